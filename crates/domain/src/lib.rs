@@ -1,0 +1,23 @@
+//! Rempart's domain model: what a job seeker's record is made of, who may
+//! see it, and why. Pure values and rules; no I/O, no clock, no randomness.
+//!
+//! Every value that comes from outside is a newtype built by a `parse`
+//! function that validates it and says which rule failed. `Debug` of
+//! personal values is redacted, so a stray `{:?}` cannot leak them.
+
+mod access;
+mod nir;
+mod normalise;
+mod person;
+pub mod records;
+
+pub use access::{
+    Account, AccountState, FieldGroup, Mandate, Organisation, OrganisationKind, Purpose, Reference,
+    Role,
+};
+pub use nir::{Nir, NirError, NirSex};
+pub use normalise::normalise_name;
+pub use person::{
+    Contact, Email, FtId, Identity, Name, Person, Phone, PostalAddress, PostalCode, Registration,
+    Statut, Text, ValueError, parse_date,
+};
