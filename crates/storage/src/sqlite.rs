@@ -1,0 +1,776 @@
+//! SQLite backend: one file `registry.db` in the data directory, WAL mode,
+//! one writer connection and a few reader connections, each used on
+//! tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rempart_domain::{
+    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    Blind, ExistingPerson, Inventory, MandateRow, PersonIndex, RegistryStore, RowRefusal,
+    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, migrate,
+};
+
+/// File name of the registry inside the data directory.
+pub const FILE_NAME: &str = "registry.db";
+const READERS: usize = 4;
+
+/// The SQLite registry.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    // A panic while holding a connection cannot leave a transaction open
+    // (rusqlite rolls back on drop), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/registry.db` and applies migrations.
+    /// The directory must exist.
+    pub async fn open(dir: &Path) -> Result<Self, StorageError> {
+        let path = dir.join(FILE_NAME);
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Self, StorageError> {
+        if !path.parent().is_some_and(Path::is_dir) {
+            return Err(StorageError::Open {
+                path: path.display().to_string(),
+                reason: "the data directory does not exist (run `rempart init` first)".into(),
+            });
+        }
+        let mut writer = Connection::open(&path)?;
+        writer.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 10000;
+             PRAGMA cache_size = -65536;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA secure_delete = ON;",
+        )?;
+        migrate_sqlite(&mut writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            r.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;")?;
+            readers.push(Mutex::new(r));
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            f(&lock(&inner.readers[i]))
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+}
+
+fn migrate_sqlite(conn: &mut Connection) -> Result<(), StorageError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+             checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
+    )?;
+    let applied: Vec<(u32, String)> = tx
+        .prepare("SELECT version, checksum FROM schema_migrations ORDER BY version")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for m in migrate::pending(migrate::SQLITE, &applied)? {
+        tx.execute_batch(m.sql)
+            .map_err(|e| StorageError::Migration {
+                version: m.version,
+                name: m.name,
+                reason: e.to_string(),
+            })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+             VALUES (?1, ?2, ?3, datetime('now'))",
+            params![m.version, m.name, m.checksum()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
+    v.try_into()
+        .map_err(|_| StorageError::Corrupt(format!("{what} is not 16 bytes")))
+}
+
+fn group_column(g: FieldGroup) -> &'static str {
+    match g {
+        FieldGroup::Identity => "identity",
+        FieldGroup::Contact => "contact",
+        FieldGroup::Nir => "nir",
+        FieldGroup::Status => "status",
+    }
+}
+
+fn index_column(i: PersonIndex) -> &'static str {
+    match i {
+        PersonIndex::FtId => "ft_blind",
+        PersonIndex::Nir => "nir_blind",
+        PersonIndex::NameBirth => "name_blind",
+    }
+}
+
+fn parse_code<T>(
+    s: String,
+    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
+) -> Result<T, StorageError> {
+    parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
+}
+
+fn grouped<T>(
+    conn: &Connection,
+    sql: &str,
+    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
+) -> Result<Vec<(T, u64)>, StorageError> {
+    let rows: Vec<(String, i64)> = conn
+        .prepare(sql)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(k, n)| Ok((parse_code(k, &parse)?, n as u64)))
+        .collect()
+}
+
+#[async_trait]
+impl RegistryStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError> {
+        let n = i64::try_from(n).map_err(|_| StorageError::Conflict("too many ids".into()))?;
+        self.write(move |c| {
+            let first: i64 = c.query_row(
+                "UPDATE id_counter SET next = next + ?1 WHERE name = 'person' RETURNING next - ?1",
+                [n],
+                |r| r.get(0),
+            )?;
+            Ok(first)
+        })
+        .await
+    }
+
+    async fn lookup_persons(
+        &self,
+        ft_blinds: &[Blind],
+    ) -> Result<Vec<Option<ExistingPerson>>, StorageError> {
+        let blinds = ft_blinds.to_vec();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, fingerprint, kek_version, dek_version, wrapped_dek
+                 FROM person WHERE ft_blind = ?1 AND wrapped_dek IS NOT NULL",
+            )?;
+            let mut out = Vec::with_capacity(blinds.len());
+            for b in &blinds {
+                let row = stmt
+                    .query_row([&b[..]], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, u32>(2)?,
+                            r.get::<_, u32>(3)?,
+                            r.get::<_, Vec<u8>>(4)?,
+                        ))
+                    })
+                    .optional()?;
+                out.push(match row {
+                    None => None,
+                    Some((id, fp, kek_version, dek_version, wrapped_dek)) => Some(ExistingPerson {
+                        id,
+                        fingerprint: blind(fp, "fingerprint")?,
+                        kek_version,
+                        dek_version,
+                        wrapped_dek,
+                    }),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write_persons(
+        &self,
+        inserts: Vec<SealedPerson>,
+        updates: Vec<(SealedPerson, Blind)>,
+    ) -> Result<(), StorageError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO person (id, ft_blind, nir_blind, name_blind, fingerprint,
+                         kek_version, dek_version, wrapped_dek, identity, contact, nir, status,
+                         retain_until)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )?;
+                for p in &inserts {
+                    ins.execute(params![
+                        p.id,
+                        &p.ft_blind[..],
+                        &p.nir_blind[..],
+                        &p.name_blind[..],
+                        &p.fingerprint[..],
+                        p.kek_version,
+                        p.dek_version,
+                        p.wrapped_dek,
+                        p.identity,
+                        p.contact,
+                        p.nir,
+                        p.status,
+                        p.retain_until,
+                    ])
+                    .map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            StorageError::Conflict(
+                                "a person of this batch was stored meanwhile by another writer"
+                                    .into(),
+                            )
+                        }
+                        other => other.into(),
+                    })?;
+                }
+                // The data key and its wrapping are left alone: a concurrent
+                // key rotation may have rewrapped it.
+                let mut upd = tx.prepare_cached(
+                    "UPDATE person SET nir_blind = ?2, name_blind = ?3, fingerprint = ?4,
+                         identity = ?5, contact = ?6, nir = ?7, status = ?8, retain_until = ?9
+                     WHERE id = ?1 AND fingerprint = ?10 AND dek_version = ?11
+                       AND wrapped_dek IS NOT NULL",
+                )?;
+                for (p, previous) in &updates {
+                    let n = upd.execute(params![
+                        p.id,
+                        &p.nir_blind[..],
+                        &p.name_blind[..],
+                        &p.fingerprint[..],
+                        p.identity,
+                        p.contact,
+                        p.nir,
+                        p.status,
+                        p.retain_until,
+                        &previous[..],
+                        p.dek_version,
+                    ])?;
+                    if n != 1 {
+                        return Err(StorageError::Conflict(format!(
+                            "person {} changed while this batch was prepared",
+                            p.id
+                        )));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_person(
+        &self,
+        id: i64,
+        groups: &[FieldGroup],
+    ) -> Result<Option<StoredPerson>, StorageError> {
+        let groups = groups.to_vec();
+        self.read(move |c| {
+            let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
+            for g in &groups {
+                sql.push_str(", ");
+                sql.push_str(group_column(*g));
+            }
+            sql.push_str(" FROM person WHERE id = ?1");
+            let mut stmt = c.prepare_cached(&sql)?;
+            stmt.query_row([id], |r| {
+                let mut sealed = Vec::with_capacity(groups.len());
+                for (i, g) in groups.iter().enumerate() {
+                    sealed.push((*g, r.get::<_, Vec<u8>>(3 + i)?));
+                }
+                Ok(StoredPerson {
+                    id,
+                    kek_version: r.get(0)?,
+                    dek_version: r.get(1)?,
+                    wrapped_dek: r.get(2)?,
+                    groups: sealed,
+                })
+            })
+            .optional()
+            .map_err(Into::into)
+        })
+        .await
+    }
+
+    async fn find_persons(
+        &self,
+        index: PersonIndex,
+        value: Blind,
+    ) -> Result<Vec<i64>, StorageError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT id FROM person WHERE {} = ?1 ORDER BY id",
+                index_column(index)
+            );
+            let ids = c
+                .prepare_cached(&sql)?
+                .query_map([&value[..]], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn keys_to_rewrap(
+        &self,
+        target: u32,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<WrappedKeyRow>, StorageError> {
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT id, kek_version, dek_version, wrapped_dek FROM person
+                     WHERE id > ?1 AND kek_version <> ?2 AND wrapped_dek IS NOT NULL
+                     ORDER BY id LIMIT ?3",
+                )?
+                .query_map(params![after, target, limit], |r| {
+                    Ok(WrappedKeyRow {
+                        id: r.get(0)?,
+                        kek_version: r.get(1)?,
+                        dek_version: r.get(2)?,
+                        wrapped_dek: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn store_rewrapped(&self, rows: Vec<(WrappedKeyRow, u32)>) -> Result<u64, StorageError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut n = 0u64;
+            {
+                let mut upd = tx.prepare_cached(
+                    "UPDATE person SET kek_version = ?2, wrapped_dek = ?3
+                     WHERE id = ?1 AND kek_version = ?4 AND dek_version = ?5
+                       AND wrapped_dek IS NOT NULL",
+                )?;
+                for (row, old_version) in &rows {
+                    n += upd.execute(params![
+                        row.id,
+                        row.kek_version,
+                        row.wrapped_dek,
+                        old_version,
+                        row.dek_version
+                    ])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn shred_person(&self, id: i64) -> Result<bool, StorageError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
+                     name_blind = NULL, fingerprint = NULL, shredded_at = datetime('now')
+                 WHERE id = ?1 AND wrapped_dek IS NOT NULL",
+                [id],
+            )?;
+            // secure_delete zeroes the old cells in the database file; the
+            // checkpoint moves the WAL's copy there and truncates the WAL.
+            // Readers may keep a snapshot alive: best effort.
+            let _: (i64, i64, i64) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn upsert_organisations(
+        &self,
+        orgs: Vec<Organisation>,
+    ) -> Result<UpsertCount, StorageError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut count = UpsertCount::default();
+            {
+                let mut get = tx.prepare_cached(
+                    "SELECT kind, name, departement FROM organisation WHERE code = ?1",
+                )?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO organisation (code, kind, name, departement) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut upd = tx.prepare_cached(
+                    "UPDATE organisation SET kind = ?2, name = ?3, departement = ?4 WHERE code = ?1",
+                )?;
+                for o in &orgs {
+                    let current: Option<(String, String, Option<String>)> = get
+                        .query_row([o.code.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    let new = (o.kind.as_str().to_string(), o.name.clone(), o.departement.clone());
+                    let p = params![o.code.as_str(), new.0, new.1, new.2];
+                    match current {
+                        None => {
+                            ins.execute(p)?;
+                            count.inserted += 1;
+                        }
+                        Some(cur) if cur == new => count.unchanged += 1,
+                        Some(_) => {
+                            upd.execute(p)?;
+                            count.updated += 1;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(count)
+        })
+        .await
+    }
+
+    async fn upsert_accounts(
+        &self,
+        accounts: Vec<Account>,
+    ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut count = UpsertCount::default();
+            let refused;
+            {
+                let mut org = tx.prepare_cached("SELECT id FROM organisation WHERE code = ?1")?;
+                let mut who =
+                    tx.prepare_cached("SELECT organisation_id FROM account WHERE login = ?1")?;
+                let (valid, r) = crate::check_account_links(
+                    &accounts,
+                    |code| Ok(org.query_row([code], |r| r.get::<_, i64>(0)).optional()?),
+                    |login| Ok(who.query_row([login], |r| r.get::<_, i64>(0)).optional()?),
+                )?;
+                refused = r;
+                let mut get = tx.prepare_cached(
+                    "SELECT a.organisation_id, a.role, a.state, r.login, p.login FROM account a
+                     LEFT JOIN account r ON r.id = a.requested_by
+                     LEFT JOIN account p ON p.id = a.approved_by
+                     WHERE a.login = ?1",
+                )?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO account (login, organisation_id, role, state) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut upd = tx.prepare_cached(
+                    "UPDATE account SET organisation_id = ?2, role = ?3, state = ?4 WHERE login = ?1",
+                )?;
+                let mut changed = Vec::new();
+                for (a, org_id) in &valid {
+                    let current: Option<(i64, String, String, Option<String>, Option<String>)> =
+                        get.query_row([a.login.as_str()], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        })
+                        .optional()?;
+                    let p = params![a.login.as_str(), org_id, a.role.as_str(), a.state.as_str()];
+                    let links = (
+                        a.requested_by.as_ref().map(|r| r.as_str().to_string()),
+                        a.approved_by.as_ref().map(|r| r.as_str().to_string()),
+                    );
+                    match current {
+                        None => {
+                            ins.execute(p)?;
+                            count.inserted += 1;
+                        }
+                        Some((o, ref role, ref state, ref req, ref app))
+                            if o == *org_id
+                                && role == a.role.as_str()
+                                && state == a.state.as_str()
+                                && (req, app) == (&links.0, &links.1) =>
+                        {
+                            count.unchanged += 1;
+                            continue;
+                        }
+                        Some(_) => {
+                            upd.execute(p)?;
+                            count.updated += 1;
+                        }
+                    }
+                    changed.push(*a);
+                }
+                // Links last, so requester and approver may appear anywhere in the batch.
+                let mut set = tx.prepare_cached(
+                    "UPDATE account SET
+                         requested_by = (SELECT id FROM account WHERE login = ?2),
+                         approved_by = (SELECT id FROM account WHERE login = ?3)
+                     WHERE login = ?1",
+                )?;
+                for a in changed {
+                    set.execute(params![
+                        a.login.as_str(),
+                        a.requested_by.as_ref().map(Reference::as_str),
+                        a.approved_by.as_ref().map(Reference::as_str)
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok((count, refused))
+        })
+        .await
+    }
+
+    async fn upsert_mandates(
+        &self,
+        mandates: Vec<MandateRow>,
+    ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut count = UpsertCount::default();
+            let mut refused = Vec::new();
+            {
+                let mut org = tx.prepare_cached("SELECT id FROM organisation WHERE code = ?1")?;
+                let mut acc =
+                    tx.prepare_cached("SELECT id, organisation_id FROM account WHERE login = ?1")?;
+                let mut person = tx.prepare_cached(
+                    "SELECT 1 FROM person WHERE id = ?1 AND wrapped_dek IS NOT NULL",
+                )?;
+                let mut get = tx.prepare_cached(
+                    "SELECT organisation_id, account_id, person_id, purpose, valid_from, valid_to, source
+                     FROM mandate WHERE reference = ?1",
+                )?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
+                         valid_from, valid_to, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                let mut upd = tx.prepare_cached(
+                    "UPDATE mandate SET organisation_id = ?2, account_id = ?3, person_id = ?4,
+                         purpose = ?5, valid_from = ?6, valid_to = ?7, source = ?8
+                     WHERE reference = ?1",
+                )?;
+                for (index, m) in mandates.iter().enumerate() {
+                    let refuse = |field, reason: &str| RowRefusal {
+                        index,
+                        field,
+                        reason: reason.into(),
+                    };
+                    let Some(org_id) = org
+                        .query_row([m.organisation.as_str()], |r| r.get::<_, i64>(0))
+                        .optional()?
+                    else {
+                        refused.push(refuse("organisation", "no such organisation"));
+                        continue;
+                    };
+                    let account_id = match &m.account {
+                        None => None,
+                        Some(login) => match acc
+                            .query_row([login.as_str()], |r| {
+                                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                            })
+                            .optional()?
+                        {
+                            None => {
+                                refused.push(refuse("account", "no such account"));
+                                continue;
+                            }
+                            Some((_, o)) if o != org_id => {
+                                refused.push(refuse(
+                                    "account",
+                                    "belongs to another organisation than the mandate",
+                                ));
+                                continue;
+                            }
+                            Some((id, _)) => Some(id),
+                        },
+                    };
+                    if person.query_row([m.person_id], |_| Ok(())).optional()?.is_none() {
+                        refused.push(refuse("ft_id", "no such person in the registry"));
+                        continue;
+                    }
+                    let new = (
+                        org_id,
+                        account_id,
+                        m.person_id,
+                        m.purpose.as_str().to_string(),
+                        m.valid_from,
+                        m.valid_to,
+                        m.source.as_str().to_string(),
+                    );
+                    let current: Option<(i64, Option<i64>, i64, String, NaiveDate, Option<NaiveDate>, String)> =
+                        get.query_row([m.reference.as_str()], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                        })
+                        .optional()?;
+                    let p = params![
+                        m.reference.as_str(),
+                        new.0,
+                        new.1,
+                        new.2,
+                        new.3,
+                        new.4,
+                        new.5,
+                        new.6
+                    ];
+                    match current {
+                        None => {
+                            ins.execute(p)?;
+                            count.inserted += 1;
+                        }
+                        Some(cur) if cur == new => count.unchanged += 1,
+                        Some(_) => {
+                            upd.execute(p)?;
+                            count.updated += 1;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok((count, refused))
+        })
+        .await
+    }
+
+    async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
+        self.read(move |c| {
+            let rows: Vec<(i64, String, String, Option<String>, String, NaiveDate, Option<NaiveDate>, String)> = c
+                .prepare_cached(
+                    "SELECT m.id, m.reference, o.code, a.login, m.purpose, m.valid_from, m.valid_to, m.source
+                     FROM mandate m JOIN organisation o ON o.id = m.organisation_id
+                     LEFT JOIN account a ON a.id = m.account_id
+                     WHERE m.person_id = ?1 ORDER BY m.id",
+                )?
+                .query_map([person_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(id, reference, org, account, purpose, valid_from, valid_to, source)| {
+                    Ok(StoredMandate {
+                        id,
+                        reference: parse_code(reference, Reference::parse)?,
+                        organisation: parse_code(org, Reference::parse)?,
+                        account: account.map(|a| parse_code(a, Reference::parse)).transpose()?,
+                        person_id,
+                        purpose: parse_code(purpose, Purpose::parse)?,
+                        valid_from,
+                        valid_to,
+                        source: parse_code(source, Reference::parse)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn inventory(&self) -> Result<Inventory, StorageError> {
+        self.read(move |c| {
+            let (persons, shredded): (i64, i64) = c.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE wrapped_dek IS NULL) FROM person",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let keys: Vec<(u32, i64)> = c
+                .prepare(
+                    "SELECT kek_version, count(*) FROM person WHERE wrapped_dek IS NOT NULL
+                     GROUP BY kek_version ORDER BY kek_version",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            Ok(Inventory {
+                persons: persons as u64,
+                shredded: shredded as u64,
+                organisations_by_kind: grouped(
+                    c,
+                    "SELECT kind, count(*) FROM organisation GROUP BY kind ORDER BY kind",
+                    OrganisationKind::parse,
+                )?,
+                accounts_by_role: grouped(
+                    c,
+                    "SELECT role, count(*) FROM account GROUP BY role ORDER BY role",
+                    Role::parse,
+                )?,
+                accounts_by_state: grouped(
+                    c,
+                    "SELECT state, count(*) FROM account GROUP BY state ORDER BY state",
+                    AccountState::parse,
+                )?,
+                mandates_by_purpose: grouped(
+                    c,
+                    "SELECT purpose, count(*) FROM mandate GROUP BY purpose ORDER BY purpose",
+                    Purpose::parse,
+                )?,
+                keys_by_kek_version: keys.into_iter().map(|(v, n)| (v, n as u64)).collect(),
+                bytes: ((pages - free) * size) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn person_ids(&self, after: i64, limit: u32) -> Result<Vec<i64>, StorageError> {
+        self.read(move |c| {
+            let ids = c
+                .prepare_cached("SELECT id FROM person WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![after, limit], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+}
