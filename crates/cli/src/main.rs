@@ -1,1 +1,458 @@
-fn main() {}
+//! `rempart`: the command line. Parses arguments, wires the crates together
+//! and reports; no domain rule lives here.
+
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use rempart_crypto::KeyRing;
+use rempart_domain::FieldGroup;
+use rempart_import::{ImportOptions, RejectSink};
+use rempart_storage::Store;
+use rempart_vault::{KEYS_ENV, KeySource, Read, Vault};
+
+/// Rempart: the protected home of job seekers' personal data.
+#[derive(Parser)]
+#[command(name = "rempart", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory, the keys (mode 0600) and the schema.
+    Init(Location),
+    /// Write a synthetic French population as CSV files.
+    Generate(GenerateArgs),
+    /// Import CSV files (or directories of them) into the registry.
+    Import(ImportArgs),
+    /// Show what the registry holds: counts and sizes, never personal data.
+    Inventory(Location),
+    /// Key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Set everything up on the embedded default and show it working:
+    /// init, generate, import, then print what is in the store.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rewrap every data key under a new KEK version (resumes an
+    /// interrupted rotation). Fields are not re-encrypted.
+    Rotate(Location),
+    /// Open every person's field groups and count what opens, what is
+    /// shredded and what fails. Prints no personal data.
+    Verify(Location),
+}
+
+/// Where the registry lives.
+#[derive(Args, Clone)]
+struct Location {
+    /// Data directory: keys, and the SQLite registry unless --database is given.
+    #[arg(long, env = "REMPART_DATA", default_value = "rempart-data")]
+    data: PathBuf,
+    /// PostgreSQL URL (postgres://…) for the registry instead of SQLite.
+    #[arg(long, env = "REMPART_DATABASE_URL")]
+    database: Option<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Number of persons.
+    #[arg(long, default_value_t = 10_000)]
+    persons: u64,
+    /// Seed: the same seed gives the same files.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Reference date for ages and statuses (YYYY-MM-DD); today by default.
+    #[arg(long)]
+    today: Option<NaiveDate>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    location: Location,
+    /// Fail the run on any bad line (persons: validate the whole file first, write nothing).
+    #[arg(long)]
+    strict: bool,
+    /// Reject report (CSV: file, line, field, reason).
+    #[arg(long, default_value = "rejects.csv")]
+    rejects: PathBuf,
+    /// Records per transaction.
+    #[arg(long, default_value_t = 8192)]
+    batch: usize,
+    /// Reference date for validation rules (YYYY-MM-DD); today by default.
+    #[arg(long)]
+    today: Option<NaiveDate>,
+    /// CSV files or directories holding organisations.csv, accounts.csv, persons.csv, mandates.csv.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Directory for the demo's data and CSV files.
+    #[arg(long, default_value = "rempart-demo")]
+    dir: PathBuf,
+    /// Number of synthetic persons.
+    #[arg(long, default_value_t = 20_000)]
+    persons: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(loc) => init(&loc).await,
+        Command::Generate(args) => generate(&args),
+        Command::Import(args) => import(&args).await.map(|_| ()),
+        Command::Inventory(loc) => inventory(&open_vault(&loc).await?).await,
+        Command::Keys(KeysCommand::Rotate(loc)) => rotate(&loc).await,
+        Command::Keys(KeysCommand::Verify(loc)) => verify(&loc).await,
+        Command::Demo(args) => demo(&args).await,
+    }
+}
+
+fn today() -> NaiveDate {
+    chrono::Local::now().date_naive()
+}
+
+fn key_path(data: &Path) -> PathBuf {
+    data.join("keys.json")
+}
+
+fn key_source(loc: &Location) -> KeySource {
+    match std::env::var(KEYS_ENV) {
+        Ok(json) if !json.trim().is_empty() => KeySource::Env(json),
+        _ => KeySource::File(key_path(&loc.data)),
+    }
+}
+
+async fn open_store(loc: &Location) -> Result<Store> {
+    let target = match &loc.database {
+        Some(url) => url.clone(),
+        None => loc.data.display().to_string(),
+    };
+    rempart_storage::open(&target)
+        .await
+        .with_context(|| format!("opening the registry ({})", describe(loc)))
+}
+
+fn describe(loc: &Location) -> String {
+    match &loc.database {
+        // Never print credentials that may sit in the URL.
+        Some(url) => format!("PostgreSQL {}", redact_url(url)),
+        None => format!("SQLite in {}", loc.data.display()),
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn open_vault(loc: &Location) -> Result<Vault> {
+    let source = key_source(loc);
+    let store = open_store(loc).await?;
+    Vault::new(source, store).context("loading the keys (run `rempart init` first?)")
+}
+
+async fn init(loc: &Location) -> Result<()> {
+    create_private_dir(&loc.data)?;
+    let keys = key_path(&loc.data);
+    if keys.exists() {
+        println!("keys: {} already exists, kept as is", keys.display());
+    } else {
+        KeyRing::generate()?.save_new(&keys)?;
+        println!("keys: created {} (mode 0600)", keys.display());
+    }
+    let store = open_store(loc).await?;
+    println!("registry: {} ready (schema up to date)", describe(loc));
+    drop(store);
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    let opts = rempart_synth::GenerateOptions {
+        persons: args.persons,
+        seed: args.seed,
+        today: args.today.unwrap_or_else(today),
+    };
+    let start = Instant::now();
+    let bar = progress::counter(args.persons, "generating persons");
+    let summary = rempart_synth::generate(&opts, &args.out, &|n| bar.set(n))
+        .with_context(|| format!("generating into {}", args.out.display()))?;
+    bar.done();
+    println!(
+        "generated in {:.1}s into {}: {} persons, {} organisations, {} accounts, {} mandates",
+        start.elapsed().as_secs_f64(),
+        args.out.display(),
+        summary.persons,
+        summary.organisations,
+        summary.accounts,
+        summary.mandates
+    );
+    Ok(())
+}
+
+async fn import(args: &ImportArgs) -> Result<Vec<rempart_import::FileReport>> {
+    let vault = open_vault(&args.location).await?;
+    let mut opts = ImportOptions::new(args.today.unwrap_or_else(today));
+    opts.strict = args.strict;
+    opts.batch = args.batch.max(1);
+    let rejects = RejectSink::to_file(&args.rejects)?;
+    let progress = progress::ImportProgress::new(std::io::stderr().is_terminal());
+    let result = rempart_import::import(&vault, &args.inputs, &opts, &rejects, &progress).await;
+    rejects.flush()?;
+    let rss = progress::peak_rss_mib();
+    let reports = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if rejects.count() > 0 {
+                eprintln!(
+                    "{} line(s) rejected: see {}",
+                    rejects.count(),
+                    args.rejects.display()
+                );
+            }
+            return Err(e.into());
+        }
+    };
+    for r in &reports {
+        let secs = r.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "{:<18} {:>9} lines in {:>7.2}s ({:>9.0}/s): {} inserted, {} updated, {} unchanged, {} rejected",
+            r.kind_name(),
+            r.records,
+            secs,
+            r.records as f64 / secs,
+            r.inserted,
+            r.updated,
+            r.unchanged,
+            r.rejected
+        );
+    }
+    if let Some(mib) = rss {
+        println!("peak memory (RSS): {mib:.0} MiB");
+    }
+    if rejects.count() > 0 {
+        println!(
+            "{} line(s) rejected: see {} (line, column and reason for each)",
+            rejects.count(),
+            args.rejects.display()
+        );
+        for r in rejects.first().iter().take(5) {
+            println!(
+                "  {} line {}: {}{}",
+                r.file,
+                r.line,
+                r.field.map(|f| format!("{f}: ")).unwrap_or_default(),
+                r.reason
+            );
+        }
+    }
+    Ok(reports)
+}
+
+trait KindName {
+    fn kind_name(&self) -> &'static str;
+}
+
+impl KindName for rempart_import::FileReport {
+    fn kind_name(&self) -> &'static str {
+        self.kind.file_name()
+    }
+}
+
+async fn inventory(vault: &Vault) -> Result<()> {
+    let inv = vault.store().inventory().await?;
+    println!("registry ({}):", vault.store().backend());
+    println!(
+        "  persons          {:>10}  ({} crypto-shredded)",
+        inv.persons, inv.shredded
+    );
+    let line = |label: &str, items: Vec<(String, u64)>| {
+        let total: u64 = items.iter().map(|(_, n)| n).sum();
+        let detail: Vec<String> = items.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("  {label:<16} {total:>10}  ({})", detail.join(", "));
+    };
+    line(
+        "organisations",
+        inv.organisations_by_kind
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect(),
+    );
+    line(
+        "accounts",
+        inv.accounts_by_role
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect(),
+    );
+    line(
+        "mandates",
+        inv.mandates_by_purpose
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect(),
+    );
+    let versions: Vec<String> = inv
+        .keys_by_kek_version
+        .iter()
+        .map(|(v, n)| format!("KEK v{v}: {n}"))
+        .collect();
+    println!("  data keys                    ({})", versions.join(", "));
+    let per_person = if inv.persons > 0 {
+        inv.bytes as f64 / inv.persons as f64
+    } else {
+        0.0
+    };
+    println!(
+        "  stored bytes     {:>10}  ({per_person:.0} bytes per person, indexes included)",
+        inv.bytes
+    );
+    Ok(())
+}
+
+async fn rotate(loc: &Location) -> Result<()> {
+    let vault = open_vault(loc).await?;
+    let bar = progress::counter(0, "rewrapping data keys");
+    let report = vault
+        .rotate(&|done, total| {
+            bar.set_total(total);
+            bar.set(done);
+        })
+        .await?;
+    bar.done();
+    println!(
+        "{} rotation to KEK v{}: {} data keys rewrapped in {:.2}s ({:.0}/s); no field re-encrypted",
+        if report.resumed { "resumed" } else { "new" },
+        report.target,
+        report.rewrapped,
+        report.elapsed.as_secs_f64(),
+        report.rewrapped as f64 / report.elapsed.as_secs_f64().max(1e-9)
+    );
+    if report.retired.is_empty() {
+        println!("older KEK versions kept: some keys still use them; run again to finish");
+    } else {
+        println!("retired KEK versions {:?} from the key file", report.retired);
+    }
+    Ok(())
+}
+
+async fn verify(loc: &Location) -> Result<()> {
+    let vault = open_vault(loc).await?;
+    let start = Instant::now();
+    let (mut ok, mut shredded, mut failed, mut after) = (0u64, 0u64, 0u64, 0i64);
+    loop {
+        let ids = vault.store().person_ids(after, 4096).await?;
+        let Some(last) = ids.last() else { break };
+        after = *last;
+        for id in ids {
+            match vault.read(id, FieldGroup::ALL).await {
+                Ok(Read::Found(_)) => ok += 1,
+                Ok(Read::Shredded) => shredded += 1,
+                Ok(Read::Missing) => {}
+                Err(e) => {
+                    failed += 1;
+                    if failed <= 5 {
+                        eprintln!("person {id}: {e}");
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "{ok} persons open, {shredded} shredded, {failed} failed, in {:.2}s",
+        start.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        bail!("{failed} person(s) do not open");
+    }
+    Ok(())
+}
+
+async fn demo(args: &DemoArgs) -> Result<()> {
+    let data = args.dir.join("data");
+    let csv = args.dir.join("csv");
+    let loc = Location {
+        data: data.clone(),
+        database: None,
+    };
+    println!("== 1. init: keys and registry in {}", data.display());
+    init(&loc).await?;
+    println!("\n== 2. generate: {} synthetic persons into {}", args.persons, csv.display());
+    generate(&GenerateArgs {
+        persons: args.persons,
+        seed: 1,
+        out: csv.clone(),
+        today: None,
+    })?;
+    println!("\n== 3. import (run it again: everything comes back unchanged)");
+    import(&ImportArgs {
+        location: loc.clone(),
+        strict: false,
+        rejects: args.dir.join("rejects.csv"),
+        batch: 8192,
+        today: None,
+        inputs: vec![csv],
+    })
+    .await?;
+    println!("\n== 4. what the store holds");
+    let vault = open_vault(&loc).await?;
+    inventory(&vault).await?;
+    println!(
+        "\nEvery name, NIR, e-mail and phone is sealed: try `grep -c Martin {}/registry.db` (0).",
+        data.display()
+    );
+    println!(
+        "Next: `rempart keys rotate --data {0}` then `rempart keys verify --data {0}`.",
+        data.display()
+    );
+    Ok(())
+}

@@ -359,6 +359,18 @@ pub struct Registration {
     pub fin_le: Option<NaiveDate>,
 }
 
+impl Registration {
+    /// Years a record is kept once the registration has ended, after which
+    /// the person may be crypto-shredded.
+    pub const RETENTION_YEARS: u32 = 10;
+
+    /// Day after which the record may be shredded: `None` while registered.
+    pub fn retain_until(&self) -> Option<NaiveDate> {
+        self.fin_le
+            .and_then(|end| end.checked_add_months(chrono::Months::new(12 * Self::RETENTION_YEARS)))
+    }
+}
+
 /// A job seeker's full record, as imported. Each part is one [`FieldGroup`]
 /// and is encrypted on its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

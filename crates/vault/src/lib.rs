@@ -1,1 +1,339 @@
-//! placeholder
+//! The vault: where a [`Person`] becomes sealed rows and back.
+//!
+//! It joins the key ring ([`rempart_crypto`]) and the store
+//! ([`rempart_storage`]): it computes blind indexes, creates and unwraps
+//! per-person data keys, seals each field group on its own, and opens only
+//! the groups a caller asks for. It also runs the two key operations that
+//! span the whole registry: KEK rotation and crypto-shredding.
+
+mod codec;
+mod rotate;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use chrono::NaiveDate;
+use rempart_crypto::{Binding, BlindKind, CryptoError, DataKey, KeyRing};
+use rempart_domain::{Contact, FieldGroup, FtId, Identity, Nir, Person, Registration};
+use rempart_storage::{
+    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store,
+};
+
+pub use rotate::{RotationProgress, RotationReport};
+
+/// Where the key ring comes from; a file can be re-read when another
+/// process (a rotation) added a KEK version.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A 0600 key file.
+    File(PathBuf),
+    /// The key file's JSON passed in an environment variable (cannot rotate).
+    Env(String),
+}
+
+/// Name of the environment variable that may hold the whole key file.
+pub const KEYS_ENV: &str = "REMPART_KEYS";
+
+impl KeySource {
+    /// Loads the ring.
+    pub fn load(&self) -> Result<KeyRing, CryptoError> {
+        match self {
+            KeySource::File(p) => KeyRing::load(p),
+            KeySource::Env(json) => KeyRing::from_json(json.as_bytes(), KEYS_ENV),
+        }
+    }
+}
+
+/// Vault failures. None carries a personal value.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("field group {group} of person {person} does not decode: {reason}")]
+    Decode {
+        person: i64,
+        group: FieldGroup,
+        reason: String,
+    },
+    #[error("keys given through {KEYS_ENV} cannot be rotated: use a key file")]
+    RotationNeedsFile,
+}
+
+/// A person's data, limited to the groups asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PersonView {
+    pub id: i64,
+    pub identity: Option<Identity>,
+    pub contact: Option<Contact>,
+    pub nir: Option<Nir>,
+    pub status: Option<Registration>,
+}
+
+impl PersonView {
+    /// The groups present.
+    pub fn groups(&self) -> Vec<FieldGroup> {
+        let mut g = Vec::new();
+        if self.identity.is_some() {
+            g.push(FieldGroup::Identity);
+        }
+        if self.contact.is_some() {
+            g.push(FieldGroup::Contact);
+        }
+        if self.nir.is_some() {
+            g.push(FieldGroup::Nir);
+        }
+        if self.status.is_some() {
+            g.push(FieldGroup::Status);
+        }
+        g
+    }
+}
+
+/// Outcome of reading a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    Found(Box<PersonView>),
+    /// The person existed and was crypto-shredded: nothing can be read.
+    Shredded,
+    Missing,
+}
+
+/// What sealing decided for one incoming person.
+#[derive(Debug)]
+pub enum Sealed {
+    /// A new person, to insert.
+    Insert(SealedPerson),
+    /// A known person whose record changed: replace, if the stored
+    /// fingerprint is still the given one.
+    Update(SealedPerson, Blind),
+    /// Same record as stored: nothing to write.
+    Unchanged,
+}
+
+/// Keys + store.
+#[derive(Clone)]
+pub struct Vault {
+    keys: Arc<RwLock<Arc<KeyRing>>>,
+    source: KeySource,
+    store: Store,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("backend", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Loads the keys and wraps the store.
+    pub fn new(source: KeySource, store: Store) -> Result<Self, VaultError> {
+        let ring = source.load()?;
+        Ok(Vault {
+            keys: Arc::new(RwLock::new(Arc::new(ring))),
+            source,
+            store,
+        })
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The key source.
+    pub fn key_source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// The current key ring (cheap clone of an `Arc`).
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn set_keys(&self, ring: KeyRing) {
+        let mut guard = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *guard = Arc::new(ring);
+    }
+
+    /// Re-reads the key source; used when a row names a KEK version this
+    /// process has not seen (another process is rotating).
+    pub fn reload_keys(&self) -> Result<(), VaultError> {
+        let ring = self.source.load()?;
+        self.set_keys(ring);
+        Ok(())
+    }
+
+    /// Blind index of a France Travail identifier.
+    pub fn blind_ft(&self, id: &FtId) -> Blind {
+        self.keys()
+            .indexer()
+            .compute(BlindKind::FtId, &[id.as_str().as_bytes()])
+    }
+
+    /// Blind index of a NIR.
+    pub fn blind_nir(&self, nir: &Nir) -> Blind {
+        self.keys().indexer().compute(BlindKind::Nir, &[nir.as_bytes()])
+    }
+
+    /// Blind index of (nom, prénom, date de naissance), after normalisation.
+    pub fn blind_name_birth(&self, nom: &str, prenom: &str, born: NaiveDate) -> Blind {
+        let keys = self.keys();
+        name_birth(&keys, nom, prenom, born)
+    }
+
+    /// Seals one person. `existing` is what the store holds under the same
+    /// France Travail id (from [`rempart_storage::RegistryStore::lookup_persons`]);
+    /// `new_id` is used only for a new person. CPU only: safe to call from
+    /// many threads at once.
+    pub fn seal(
+        keys: &KeyRing,
+        person: &Person,
+        existing: Option<&ExistingPerson>,
+        new_id: i64,
+    ) -> Result<Sealed, VaultError> {
+        let encoded = codec::encode_groups(person)?;
+        let fingerprint = keys.indexer().compute(
+            BlindKind::Fingerprint,
+            &[&encoded[0], &encoded[1], &encoded[2], &encoded[3]],
+        );
+        let (data_key, kek_version, wrapped_dek, id) = match existing {
+            Some(e) if e.fingerprint == fingerprint => return Ok(Sealed::Unchanged),
+            Some(e) => {
+                let binding = Binding {
+                    person: e.id,
+                    dek_version: e.dek_version,
+                };
+                let dk = keys.kek(e.kek_version)?.unwrap_data_key(binding, &e.wrapped_dek)?;
+                (dk, e.kek_version, e.wrapped_dek.clone(), e.id)
+            }
+            None => {
+                let binding = Binding {
+                    person: new_id,
+                    dek_version: 1,
+                };
+                let kek = keys.current_kek();
+                let (dk, wrapped) = kek.new_data_key(binding)?;
+                (dk, kek.version, wrapped, new_id)
+            }
+        };
+        let [identity, contact, nir, status] = seal_groups(&data_key, &encoded)?;
+        let sealed = SealedPerson {
+            id,
+            ft_blind: keys
+                .indexer()
+                .compute(BlindKind::FtId, &[person.identity.ft_id.as_str().as_bytes()]),
+            nir_blind: keys.indexer().compute(BlindKind::Nir, &[person.nir.as_bytes()]),
+            name_blind: name_birth(
+                keys,
+                person.identity.nom.as_str(),
+                person.identity.prenom.as_str(),
+                person.identity.date_naissance,
+            ),
+            fingerprint,
+            kek_version,
+            dek_version: data_key.binding().dek_version,
+            wrapped_dek,
+            identity,
+            contact,
+            nir,
+            status,
+            retain_until: person.status.retain_until(),
+        };
+        Ok(match existing {
+            Some(e) => Sealed::Update(sealed, e.fingerprint),
+            None => Sealed::Insert(sealed),
+        })
+    }
+
+    /// Reads a person, opening only `groups`.
+    pub async fn read(&self, id: i64, groups: &[FieldGroup]) -> Result<Read, VaultError> {
+        let Some(stored) = self.store.read_person(id, groups).await? else {
+            return Ok(Read::Missing);
+        };
+        let Some(wrapped) = stored.wrapped_dek.as_deref() else {
+            return Ok(Read::Shredded);
+        };
+        let binding = Binding {
+            person: id,
+            dek_version: stored.dek_version,
+        };
+        let mut keys = self.keys();
+        if keys.kek(stored.kek_version).is_err() {
+            // Rotated by another process since we loaded the ring.
+            self.reload_keys()?;
+            keys = self.keys();
+        }
+        let dk = keys.kek(stored.kek_version)?.unwrap_data_key(binding, wrapped)?;
+        let mut view = PersonView {
+            id,
+            ..PersonView::default()
+        };
+        for (group, blob) in &stored.groups {
+            let plain = dk.open(codec::group_code(*group), blob)?;
+            codec::decode_into(&mut view, *group, &plain)?;
+        }
+        Ok(Read::Found(Box::new(view)))
+    }
+
+    /// Ids of persons with this NIR (normally one).
+    pub async fn find_by_nir(&self, nir: &Nir) -> Result<Vec<i64>, VaultError> {
+        Ok(self
+            .store
+            .find_persons(PersonIndex::Nir, self.blind_nir(nir))
+            .await?)
+    }
+
+    /// Ids of persons with exactly this name and birth date (after normalisation).
+    pub async fn find_by_name_birth(
+        &self,
+        nom: &str,
+        prenom: &str,
+        born: NaiveDate,
+    ) -> Result<Vec<i64>, VaultError> {
+        Ok(self
+            .store
+            .find_persons(PersonIndex::NameBirth, self.blind_name_birth(nom, prenom, born))
+            .await?)
+    }
+
+    /// Id of the person with this France Travail identifier.
+    pub async fn find_by_ft(&self, id: &FtId) -> Result<Option<i64>, VaultError> {
+        Ok(self
+            .store
+            .find_persons(PersonIndex::FtId, self.blind_ft(id))
+            .await?
+            .first()
+            .copied())
+    }
+
+    /// Crypto-shreds one person: the data key and the blind indexes are
+    /// destroyed; the sealed groups stay and can never be opened again.
+    pub async fn shred(&self, id: i64) -> Result<bool, VaultError> {
+        Ok(self.store.shred_person(id).await?)
+    }
+}
+
+fn name_birth(keys: &KeyRing, nom: &str, prenom: &str, born: NaiveDate) -> Blind {
+    let nom = rempart_domain::normalise_name(nom);
+    let prenom = rempart_domain::normalise_name(prenom);
+    let date = born.format("%Y-%m-%d").to_string();
+    keys.indexer().compute(
+        BlindKind::NameBirth,
+        &[nom.as_bytes(), prenom.as_bytes(), date.as_bytes()],
+    )
+}
+
+fn seal_groups(dk: &DataKey, encoded: &[Vec<u8>; 4]) -> Result<[Vec<u8>; 4], VaultError> {
+    let mut out: [Vec<u8>; 4] = Default::default();
+    for (i, g) in FieldGroup::ALL.iter().enumerate() {
+        dk.seal(codec::group_code(*g), &encoded[i], &mut out[i])?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,213 @@
+//! The persons pipeline, the one that must be fast:
+//!
+//! ```text
+//! reader thread ──raw batches──▶ prepare task ──sealed batches──▶ writer task
+//!  (CSV records)      (bounded)   parse ∥ (rayon), dedupe,  (bounded)  one transaction
+//!                                 lookup, reserve ids,                 per batch
+//!                                 seal ∥ (rayon)
+//! ```
+//! Preparing batch k+1 overlaps writing batch k. Channels are bounded, so
+//! memory does not grow with the file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use rempart_domain::records::{RecordError, RecordRules};
+use rempart_domain::{FtId, Person};
+use rempart_storage::SealedPerson;
+use rempart_vault::{Sealed, Vault};
+
+use crate::{
+    FileKind, FileReport, ImportError, ImportOptions, Progress, RawBatch, Reject, RejectSink,
+    spawn_reader,
+};
+
+/// Which France Travail ids this import has seen: one bit per possible id
+/// (260 M ids, 32.5 MB, pages touched only as ids appear), so duplicates
+/// are caught across the whole file at a fixed memory cost.
+struct SeenIds(Vec<u64>);
+
+impl SeenIds {
+    fn new() -> Self {
+        SeenIds(vec![0; (FtId::SPACE as usize).div_ceil(64)])
+    }
+
+    /// Marks `id`; false if it was already marked.
+    fn insert(&mut self, id: &FtId) -> bool {
+        let n = id.ordinal() as usize;
+        let (word, bit) = (n / 64, 1u64 << (n % 64));
+        let fresh = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        fresh
+    }
+}
+
+/// A batch ready for the writer.
+struct Ready {
+    inserts: Vec<SealedPerson>,
+    updates: Vec<(SealedPerson, rempart_storage::Blind)>,
+    unchanged: u64,
+    rejected: u64,
+    records: u64,
+    end_byte: u64,
+}
+
+pub(crate) async fn import_persons(
+    vault: &Vault,
+    path: &Path,
+    opts: &ImportOptions,
+    rejects: &RejectSink,
+    progress: &dyn Progress,
+) -> Result<FileReport, ImportError> {
+    let file: Arc<str> = path.display().to_string().into();
+    let rules = RecordRules::new(opts.today);
+    if opts.strict {
+        // Validate the whole file before writing anything.
+        let mut rx = spawn_reader(path, FileKind::Persons, opts.batch)?;
+        let mut seen = Box::new(SeenIds::new());
+        let mut rejected = 0;
+        while let Some(batch) = rx.recv().await {
+            let (s, parsed) = parse_off_thread(rules, batch?, seen).await?;
+            seen = s;
+            for (line, e) in parsed.1 {
+                rejects.push(Reject::from_record_error(&file, line, &e))?;
+                rejected += 1;
+            }
+        }
+        if rejected > 0 {
+            return Err(ImportError::Strict {
+                path: path.to_path_buf(),
+                rejected,
+                written: false,
+            });
+        }
+    }
+
+    let mut rx = spawn_reader(path, FileKind::Persons, opts.batch)?;
+    let (tx_ready, mut rx_ready) = tokio::sync::mpsc::channel::<Ready>(2);
+
+    // Both stages run concurrently in this task; their heavy work runs on
+    // the blocking pool (SQLite) and rayon (parse, seal).
+    let prepare = async move {
+        let mut seen = Box::new(SeenIds::new());
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            let end_byte = batch.end_byte;
+            let records = batch.records.len() as u64;
+            let (s, (good, bad)) = parse_off_thread(rules, batch, seen).await?;
+            seen = s;
+            let rejected = bad.len() as u64;
+            for (line, e) in bad {
+                rejects.push(Reject::from_record_error(&file, line, &e))?;
+            }
+            let keys = vault.keys();
+            let blinds: Vec<_> = good.iter().map(|(_, p)| vault.blind_ft(&p.identity.ft_id)).collect();
+            let existing = vault.store().lookup_persons(&blinds).await?;
+            let new_count = existing.iter().filter(|e| e.is_none()).count() as u64;
+            let mut next = if new_count > 0 {
+                vault.store().reserve_person_ids(new_count).await?
+            } else {
+                0
+            };
+            // New persons get ids in file order.
+            let ids: Vec<i64> = existing
+                .iter()
+                .map(|e| match e {
+                    None => {
+                        next += 1;
+                        next - 1
+                    }
+                    Some(_) => 0,
+                })
+                .collect();
+            let sealed = tokio::task::spawn_blocking(move || {
+                good.par_iter()
+                    .zip(existing.par_iter())
+                    .zip(ids.par_iter())
+                    .map(|(((_, p), e), id)| Vault::seal(&keys, p, e.as_ref(), *id))
+                    .collect::<Result<Vec<Sealed>, _>>()
+            })
+            .await
+            .map_err(|e| ImportError::Task(e.to_string()))??;
+            let mut ready = Ready {
+                inserts: Vec::with_capacity(new_count as usize),
+                updates: Vec::new(),
+                unchanged: 0,
+                rejected,
+                records,
+                end_byte,
+            };
+            for s in sealed {
+                match s {
+                    Sealed::Insert(p) => ready.inserts.push(p),
+                    Sealed::Update(p, prev) => ready.updates.push((p, prev)),
+                    Sealed::Unchanged => ready.unchanged += 1,
+                }
+            }
+            if tx_ready.send(ready).await.is_err() {
+                // The writer stopped on an error; it reports it.
+                break;
+            }
+        }
+        Ok::<(), ImportError>(())
+    };
+
+    let mut report = FileReport::new(path, FileKind::Persons);
+    let write = async {
+        let mut result: Result<(), ImportError> = Ok(());
+        while let Some(ready) = rx_ready.recv().await {
+            let (inserted, updated) = (ready.inserts.len() as u64, ready.updates.len() as u64);
+            if let Err(e) = vault.store().write_persons(ready.inserts, ready.updates).await {
+                result = Err(e.into());
+                break;
+            }
+            report.records += ready.records;
+            report.inserted += inserted;
+            report.updated += updated;
+            report.unchanged += ready.unchanged;
+            report.rejected += ready.rejected;
+            progress.advance(ready.end_byte, report.records);
+        }
+        // Closing the channel stops the prepare stage if writing failed.
+        rx_ready.close();
+        result
+    };
+    let (prepared, written) = tokio::join!(prepare, write);
+    written?;
+    prepared?;
+    Ok(report)
+}
+
+type Parsed = (Vec<(u64, Person)>, Vec<(u64, RecordError)>);
+
+/// Parses a batch on the blocking pool (in parallel with rayon), then drops
+/// duplicates in file order. The bitmap travels with the work and back.
+async fn parse_off_thread(
+    rules: RecordRules,
+    batch: RawBatch,
+    mut seen: Box<SeenIds>,
+) -> Result<(Box<SeenIds>, Parsed), ImportError> {
+    tokio::task::spawn_blocking(move || {
+        let parsed: Vec<Result<Person, RecordError>> = batch
+            .records
+            .par_iter()
+            .map(|rec| {
+                let fields: Vec<&[u8]> = rec.iter().collect();
+                rules.person(&fields)
+            })
+            .collect();
+        let mut good = Vec::with_capacity(parsed.len());
+        let mut bad = Vec::new();
+        for (line, res) in batch.lines.into_iter().zip(parsed) {
+            match res {
+                Ok(p) if seen.insert(&p.identity.ft_id) => good.push((line, p)),
+                Ok(_) => bad.push((line, RecordError::Duplicate { field: "ft_id" })),
+                Err(e) => bad.push((line, e)),
+            }
+        }
+        (seen, (good, bad))
+    })
+    .await
+    .map_err(|e| ImportError::Task(e.to_string()))
+}
