@@ -276,6 +276,20 @@ async fn import(args: &ImportArgs) -> Result<Vec<rempart_import::FileReport>> {
             r.rejected
         );
     }
+    for r in reports
+        .iter()
+        .filter(|r| r.kind == rempart_import::FileKind::Persons)
+    {
+        let st = r.stages;
+        println!(
+            "persons pipeline (stages overlap): parse {:.2}s, lookup {:.2}s, seal {:.2}s, write {:.2}s, index build {:.2}s",
+            st.parse.as_secs_f64(),
+            st.lookup.as_secs_f64(),
+            st.seal.as_secs_f64(),
+            st.write.as_secs_f64(),
+            st.index.as_secs_f64()
+        );
+    }
     if let Some(mib) = rss {
         println!("peak memory (RSS): {mib:.0} MiB");
     }
@@ -380,7 +394,10 @@ async fn rotate(loc: &Location) -> Result<()> {
     if report.retired.is_empty() {
         println!("older KEK versions kept: some keys still use them; run again to finish");
     } else {
-        println!("retired KEK versions {:?} from the key file", report.retired);
+        println!(
+            "retired KEK versions {:?} from the key file",
+            report.retired
+        );
     }
     Ok(())
 }
@@ -426,7 +443,11 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     };
     println!("== 1. init: keys and registry in {}", data.display());
     init(&loc).await?;
-    println!("\n== 2. generate: {} synthetic persons into {}", args.persons, csv.display());
+    println!(
+        "\n== 2. generate: {} synthetic persons into {}",
+        args.persons,
+        csv.display()
+    );
     generate(&GenerateArgs {
         persons: args.persons,
         seed: 1,

@@ -92,9 +92,17 @@ fn cipher_of(key: &SecretKey) -> Aes256Gcm {
     Aes256Gcm::new(key.as_bytes().into())
 }
 
+/// Fills `buf` from a per-thread ChaCha12 generator seeded (and regularly
+/// reseeded) from the operating system: a CSPRNG, without one system call
+/// per key and nonce, which the import's throughput cannot afford.
+fn fill_random(buf: &mut [u8]) {
+    use rand::RngCore;
+    rand::rng().fill_bytes(buf);
+}
+
 fn random_nonce() -> Result<[u8; NONCE_LEN], CryptoError> {
     let mut n = [0u8; NONCE_LEN];
-    getrandom::fill(&mut n).map_err(|_| CryptoError::Random)?;
+    fill_random(&mut n);
     Ok(n)
 }
 
@@ -171,7 +179,7 @@ impl Kek {
     pub fn new_data_key(&self, binding: Binding) -> Result<(DataKey, Vec<u8>), CryptoError> {
         // One system call for the key and the wrapping nonce.
         let mut rnd = [0u8; 32 + NONCE_LEN];
-        getrandom::fill(&mut rnd).map_err(|_| CryptoError::Random)?;
+        fill_random(&mut rnd);
         let mut key = [0u8; 32];
         key.copy_from_slice(&rnd[..32]);
         let key = SecretKey::from_bytes(key);

@@ -19,5 +19,5 @@ pub use nir::{Nir, NirError, NirSex};
 pub use normalise::normalise_name;
 pub use person::{
     Contact, Email, FtId, Identity, Name, Person, Phone, PostalAddress, PostalCode, Registration,
-    Statut, Text, ValueError, parse_date,
+    Statut, Text, ValueError, date_serde, iso_date, parse_date,
 };

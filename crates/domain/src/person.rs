@@ -340,6 +340,7 @@ pub struct Identity {
     pub ft_id: FtId,
     pub nom: Name,
     pub prenom: Name,
+    #[serde(with = "date_serde")]
     pub date_naissance: NaiveDate,
 }
 
@@ -355,7 +356,9 @@ pub struct Contact {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     pub statut: Statut,
+    #[serde(with = "date_serde")]
     pub inscrit_le: NaiveDate,
+    #[serde(with = "date_serde::option")]
     pub fin_le: Option<NaiveDate>,
 }
 
@@ -432,16 +435,89 @@ impl Person {
     }
 }
 
+/// Dates as `YYYY-MM-DD` for human-readable formats (JSON) and as a day
+/// number for binary ones (the vault's encoding), where formatting and
+/// parsing text would cost more than the rest of a record.
+pub mod date_serde {
+    use chrono::{Datelike, NaiveDate};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            d.serialize(s)
+        } else {
+            d.num_days_from_ce().serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+        if d.is_human_readable() {
+            NaiveDate::deserialize(d)
+        } else {
+            let n = i32::deserialize(d)?;
+            NaiveDate::from_num_days_from_ce_opt(n)
+                .ok_or_else(|| D::Error::custom("day out of range"))
+        }
+    }
+
+    /// The same for `Option<NaiveDate>`.
+    pub mod option {
+        use super::*;
+
+        #[derive(Serialize, Deserialize)]
+        struct Wrap(#[serde(with = "super")] NaiveDate);
+
+        pub fn serialize<S: Serializer>(d: &Option<NaiveDate>, s: S) -> Result<S::Ok, S::Error> {
+            d.map(Wrap).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+}
+
+/// Writes `YYYY-MM-DD` into a fixed buffer (no allocation, no formatter).
+pub fn iso_date(d: NaiveDate) -> [u8; 10] {
+    use chrono::Datelike;
+    let mut out = *b"0000-00-00";
+    let (y, m, dd) = (d.year().clamp(0, 9999) as u32, d.month(), d.day());
+    for (i, v) in [
+        (0, y / 1000),
+        (1, y / 100 % 10),
+        (2, y / 10 % 10),
+        (3, y % 10),
+    ] {
+        out[i] = b'0' + v as u8;
+    }
+    out[5] = b'0' + (m / 10) as u8;
+    out[6] = b'0' + (m % 10) as u8;
+    out[8] = b'0' + (dd / 10) as u8;
+    out[9] = b'0' + (dd % 10) as u8;
+    out
+}
+
 /// Parses a `YYYY-MM-DD` date within `[min, max]`.
 pub fn parse_date(input: &str, min: NaiveDate, max: NaiveDate) -> Result<NaiveDate, ValueError> {
     let s = input.trim();
     if s.is_empty() {
         return Err(ValueError::Missing);
     }
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| ValueError::DateFormat)?;
-    if s.len() != 10 {
+    // Hand-parsed: chrono's format parser is a hot spot of large imports.
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return Err(ValueError::DateFormat);
     }
+    let d = match (digits(0..4), digits(5..7), digits(8..10)) {
+        (Some(y), Some(m), Some(dd)) => NaiveDate::from_ymd_opt(y as i32, m, dd),
+        _ => None,
+    }
+    .ok_or(ValueError::DateFormat)?;
     if d < min || d > max {
         return Err(ValueError::DateRange { min, max });
     }
@@ -540,6 +616,14 @@ mod tests {
             parse_date("1850-01-01", min, max),
             Err(ValueError::DateRange { .. })
         ));
+    }
+
+    #[test]
+    fn iso_date_matches_chrono() {
+        for d in ["1950-01-01", "2009-12-31", "2024-02-29", "0999-07-04"] {
+            let date = NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
+            assert_eq!(&iso_date(date), d.as_bytes());
+        }
     }
 
     #[test]

@@ -102,6 +102,19 @@ pub struct FileReport {
     pub unchanged: u64,
     pub rejected: u64,
     pub elapsed: Duration,
+    /// Where the time went (persons only; stages overlap).
+    pub stages: Stages,
+}
+
+/// Wall time spent in each stage of the persons pipeline, summed over batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stages {
+    pub parse: Duration,
+    pub lookup: Duration,
+    pub seal: Duration,
+    pub write: Duration,
+    /// Building the indexes after a first (bulk) load.
+    pub index: Duration,
 }
 
 impl FileReport {
@@ -115,6 +128,7 @@ impl FileReport {
             unchanged: 0,
             rejected: 0,
             elapsed: Duration::ZERO,
+            stages: Stages::default(),
         }
     }
 
@@ -154,7 +168,9 @@ pub enum ImportError {
     },
     #[error("{path}: not a Rempart CSV file: the header must be one of\n{expected}")]
     Header { path: PathBuf, expected: String },
-    #[error("{path}: is a directory without any of organisations.csv, accounts.csv, persons.csv, mandates.csv")]
+    #[error(
+        "{path}: is a directory without any of organisations.csv, accounts.csv, persons.csv, mandates.csv"
+    )]
     EmptyDirectory { path: PathBuf },
     #[error("{path} line {line}: {reason}")]
     Csv {
@@ -291,7 +307,6 @@ pub(crate) fn spawn_reader(
     std::thread::Builder::new()
         .name("csv-reader".into())
         .spawn(move || {
-            let mut record = csv::ByteRecord::new();
             loop {
                 let mut b = RawBatch {
                     lines: Vec::with_capacity(batch),
@@ -300,10 +315,11 @@ pub(crate) fn spawn_reader(
                 };
                 let mut done = false;
                 while b.records.len() < batch {
+                    let mut record = csv::ByteRecord::new();
                     match reader.read_byte_record(&mut record) {
                         Ok(true) => {
                             b.lines.push(record.position().map_or(0, |p| p.line()));
-                            b.records.push(record.clone());
+                            b.records.push(record);
                         }
                         Ok(false) => {
                             done = true;
@@ -343,7 +359,9 @@ pub async fn import(
         progress.start(&path, kind, bytes);
         let start = Instant::now();
         let mut report = match kind {
-            FileKind::Persons => persons::import_persons(vault, &path, opts, rejects, progress).await?,
+            FileKind::Persons => {
+                persons::import_persons(vault, &path, opts, rejects, progress).await?
+            }
             _ => import_small(vault, &path, kind, opts, rejects, progress).await?,
         };
         report.elapsed = start.elapsed();
@@ -390,7 +408,12 @@ async fn import_small(
                     match rules.$parse(&fields) {
                         Ok(v) => {
                             if !seen.insert($key(&v)) {
-                                reject(*line, RecordError::Duplicate { field: kind.columns()[0] })?;
+                                reject(
+                                    *line,
+                                    RecordError::Duplicate {
+                                        field: kind.columns()[0],
+                                    },
+                                )?;
                                 report.rejected += 1;
                                 continue;
                             }
@@ -408,7 +431,9 @@ async fn import_small(
         }
         let refusals: Vec<RowRefusal> = match kind {
             FileKind::Organisations => {
-                let rows = parse_all!(organisation, |o: &rempart_domain::Organisation| o.code.clone());
+                let rows = parse_all!(organisation, |o: &rempart_domain::Organisation| o
+                    .code
+                    .clone());
                 report.add(vault.store().upsert_organisations(rows).await?);
                 Vec::new()
             }

@@ -45,6 +45,8 @@ impl SeenIds {
 
 /// A batch ready for the writer.
 struct Ready {
+    /// Time spent parsing, looking up and sealing this batch.
+    timings: [std::time::Duration; 3],
     inserts: Vec<SealedPerson>,
     updates: Vec<(SealedPerson, rempart_storage::Blind)>,
     unchanged: u64,
@@ -85,6 +87,9 @@ pub(crate) async fn import_persons(
     }
 
     let mut rx = spawn_reader(path, FileKind::Persons, opts.batch)?;
+    // On an empty registry, load without indexes and build them at the
+    // end; nothing can already be stored, so lookups are skipped too.
+    let bulk = vault.store().begin_bulk_load().await?;
     let (tx_ready, mut rx_ready) = tokio::sync::mpsc::channel::<Ready>(2);
 
     // Both stages run concurrently in this task; their heavy work runs on
@@ -95,15 +100,26 @@ pub(crate) async fn import_persons(
             let batch = batch?;
             let end_byte = batch.end_byte;
             let records = batch.records.len() as u64;
+            let t_parse = std::time::Instant::now();
             let (s, (good, bad)) = parse_off_thread(rules, batch, seen).await?;
+            let parse_time = t_parse.elapsed();
             seen = s;
             let rejected = bad.len() as u64;
             for (line, e) in bad {
                 rejects.push(Reject::from_record_error(&file, line, &e))?;
             }
             let keys = vault.keys();
-            let blinds: Vec<_> = good.iter().map(|(_, p)| vault.blind_ft(&p.identity.ft_id)).collect();
-            let existing = vault.store().lookup_persons(&blinds).await?;
+            let blinds: Vec<_> = good
+                .iter()
+                .map(|(_, p)| vault.blind_ft(&p.identity.ft_id))
+                .collect();
+            let t_lookup = std::time::Instant::now();
+            let existing = if bulk {
+                vec![None; blinds.len()]
+            } else {
+                vault.store().lookup_persons(&blinds).await?
+            };
+            let lookup_time = t_lookup.elapsed();
             let new_count = existing.iter().filter(|e| e.is_none()).count() as u64;
             let mut next = if new_count > 0 {
                 vault.store().reserve_person_ids(new_count).await?
@@ -121,6 +137,7 @@ pub(crate) async fn import_persons(
                     Some(_) => 0,
                 })
                 .collect();
+            let t_seal = std::time::Instant::now();
             let sealed = tokio::task::spawn_blocking(move || {
                 good.par_iter()
                     .zip(existing.par_iter())
@@ -130,7 +147,9 @@ pub(crate) async fn import_persons(
             })
             .await
             .map_err(|e| ImportError::Task(e.to_string()))??;
+            let seal_time = t_seal.elapsed();
             let mut ready = Ready {
+                timings: [parse_time, lookup_time, seal_time],
                 inserts: Vec::with_capacity(new_count as usize),
                 updates: Vec::new(),
                 unchanged: 0,
@@ -158,10 +177,19 @@ pub(crate) async fn import_persons(
         let mut result: Result<(), ImportError> = Ok(());
         while let Some(ready) = rx_ready.recv().await {
             let (inserted, updated) = (ready.inserts.len() as u64, ready.updates.len() as u64);
-            if let Err(e) = vault.store().write_persons(ready.inserts, ready.updates).await {
+            let t_write = std::time::Instant::now();
+            if let Err(e) = vault
+                .store()
+                .write_persons(ready.inserts, ready.updates)
+                .await
+            {
                 result = Err(e.into());
                 break;
             }
+            report.stages.write += t_write.elapsed();
+            report.stages.parse += ready.timings[0];
+            report.stages.lookup += ready.timings[1];
+            report.stages.seal += ready.timings[2];
             report.records += ready.records;
             report.inserted += inserted;
             report.updated += updated;
@@ -174,6 +202,12 @@ pub(crate) async fn import_persons(
         result
     };
     let (prepared, written) = tokio::join!(prepare, write);
+    if bulk {
+        // Even after an error: the store must not stay without its indexes.
+        let t = std::time::Instant::now();
+        vault.store().end_bulk_load().await?;
+        report.stages.index = t.elapsed();
+    }
     written?;
     prepared?;
     Ok(report)

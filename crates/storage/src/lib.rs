@@ -254,6 +254,22 @@ pub trait RegistryStore: Send + Sync {
 
     /// Ids of stored persons, `after` exclusive, in id order (for sampling and scans).
     async fn person_ids(&self, after: i64, limit: u32) -> Result<Vec<i64>, StorageError>;
+
+    /// Prepares a first load: if no person is stored yet, drops the person
+    /// indexes (rebuilt by [`RegistryStore::end_bulk_load`], far faster
+    /// than maintaining three random-key indexes row by row) and returns
+    /// true. Otherwise does nothing and returns false. The caller must then
+    /// insert no two persons with the same France Travail id (the unique
+    /// index is back only at the end) and call `end_bulk_load` even on error.
+    async fn begin_bulk_load(&self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
+    /// Rebuilds any missing person index. Also run when a store is opened,
+    /// so an interrupted bulk load never leaves a store without them.
+    async fn end_bulk_load(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Which blind index to search.

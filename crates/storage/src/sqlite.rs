@@ -65,10 +65,10 @@ impl SqliteStore {
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 10000;
              PRAGMA cache_size = -65536;
-             PRAGMA temp_store = MEMORY;
              PRAGMA secure_delete = ON;",
         )?;
         migrate_sqlite(&mut writer)?;
+        writer.execute_batch(PERSON_INDEXES)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -116,6 +116,12 @@ impl SqliteStore {
         .map_err(|e| StorageError::Task(e.to_string()))?
     }
 }
+
+/// The person indexes, idempotent. Bulk loads drop and rebuild them.
+const PERSON_INDEXES: &str = "
+    CREATE UNIQUE INDEX IF NOT EXISTS person_ft ON person (ft_blind);
+    CREATE INDEX IF NOT EXISTS person_nir ON person (nir_blind);
+    CREATE INDEX IF NOT EXISTS person_name ON person (name_blind);";
 
 fn migrate_sqlite(conn: &mut Connection) -> Result<(), StorageError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -758,6 +764,42 @@ impl RegistryStore for SqliteStore {
                 )?,
                 keys_by_kek_version: keys.into_iter().map(|(v, n)| (v, n as u64)).collect(),
                 bytes: ((pages - free) * size) as u64,
+            })
+        })
+        .await
+    }
+
+    async fn begin_bulk_load(&self) -> Result<bool, StorageError> {
+        self.write(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let empty: bool =
+                tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM person)", [], |r| r.get(0))?;
+            if empty {
+                tx.execute_batch(
+                    "DROP INDEX IF EXISTS person_ft;
+                     DROP INDEX IF EXISTS person_nir;
+                     DROP INDEX IF EXISTS person_name;",
+                )?;
+            }
+            tx.commit()?;
+            Ok(empty)
+        })
+        .await
+    }
+
+    async fn end_bulk_load(&self) -> Result<(), StorageError> {
+        self.write(|c| {
+            // Let SQLite sort with a helper thread while it builds the indexes.
+            c.execute_batch("PRAGMA threads = 2;")?;
+            c.execute_batch(PERSON_INDEXES).map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StorageError::Conflict(
+                        "two persons with the same France Travail id were loaded at once".into(),
+                    )
+                }
+                other => other.into(),
             })
         })
         .await

@@ -15,9 +15,7 @@ use std::sync::{Arc, RwLock};
 use chrono::NaiveDate;
 use rempart_crypto::{Binding, BlindKind, CryptoError, DataKey, KeyRing};
 use rempart_domain::{Contact, FieldGroup, FtId, Identity, Nir, Person, Registration};
-use rempart_storage::{
-    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store,
-};
+use rempart_storage::{Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store};
 
 pub use rotate::{RotationProgress, RotationReport};
 
@@ -179,7 +177,9 @@ impl Vault {
 
     /// Blind index of a NIR.
     pub fn blind_nir(&self, nir: &Nir) -> Blind {
-        self.keys().indexer().compute(BlindKind::Nir, &[nir.as_bytes()])
+        self.keys()
+            .indexer()
+            .compute(BlindKind::Nir, &[nir.as_bytes()])
     }
 
     /// Blind index of (nom, prénom, date de naissance), after normalisation.
@@ -210,7 +210,9 @@ impl Vault {
                     person: e.id,
                     dek_version: e.dek_version,
                 };
-                let dk = keys.kek(e.kek_version)?.unwrap_data_key(binding, &e.wrapped_dek)?;
+                let dk = keys
+                    .kek(e.kek_version)?
+                    .unwrap_data_key(binding, &e.wrapped_dek)?;
                 (dk, e.kek_version, e.wrapped_dek.clone(), e.id)
             }
             None => {
@@ -226,10 +228,13 @@ impl Vault {
         let [identity, contact, nir, status] = seal_groups(&data_key, &encoded)?;
         let sealed = SealedPerson {
             id,
-            ft_blind: keys
+            ft_blind: keys.indexer().compute(
+                BlindKind::FtId,
+                &[person.identity.ft_id.as_str().as_bytes()],
+            ),
+            nir_blind: keys
                 .indexer()
-                .compute(BlindKind::FtId, &[person.identity.ft_id.as_str().as_bytes()]),
-            nir_blind: keys.indexer().compute(BlindKind::Nir, &[person.nir.as_bytes()]),
+                .compute(BlindKind::Nir, &[person.nir.as_bytes()]),
             name_blind: name_birth(
                 keys,
                 person.identity.nom.as_str(),
@@ -270,7 +275,9 @@ impl Vault {
             self.reload_keys()?;
             keys = self.keys();
         }
-        let dk = keys.kek(stored.kek_version)?.unwrap_data_key(binding, wrapped)?;
+        let dk = keys
+            .kek(stored.kek_version)?
+            .unwrap_data_key(binding, wrapped)?;
         let mut view = PersonView {
             id,
             ..PersonView::default()
@@ -299,7 +306,10 @@ impl Vault {
     ) -> Result<Vec<i64>, VaultError> {
         Ok(self
             .store
-            .find_persons(PersonIndex::NameBirth, self.blind_name_birth(nom, prenom, born))
+            .find_persons(
+                PersonIndex::NameBirth,
+                self.blind_name_birth(nom, prenom, born),
+            )
             .await?)
     }
 
@@ -323,10 +333,10 @@ impl Vault {
 fn name_birth(keys: &KeyRing, nom: &str, prenom: &str, born: NaiveDate) -> Blind {
     let nom = rempart_domain::normalise_name(nom);
     let prenom = rempart_domain::normalise_name(prenom);
-    let date = born.format("%Y-%m-%d").to_string();
+    let date = rempart_domain::iso_date(born);
     keys.indexer().compute(
         BlindKind::NameBirth,
-        &[nom.as_bytes(), prenom.as_bytes(), date.as_bytes()],
+        &[nom.as_bytes(), prenom.as_bytes(), &date],
     )
 }
 

@@ -32,7 +32,10 @@ pub struct RotationReport {
 
 impl Vault {
     /// Rotates the KEK (or finishes an interrupted rotation).
-    pub async fn rotate(&self, progress: RotationProgress<'_>) -> Result<RotationReport, VaultError> {
+    pub async fn rotate(
+        &self,
+        progress: RotationProgress<'_>,
+    ) -> Result<RotationReport, VaultError> {
         let start = Instant::now();
         let KeySource::File(path) = self.key_source() else {
             return Err(VaultError::RotationNeedsFile);
@@ -70,9 +73,10 @@ impl Vault {
                 after = last.id;
                 seen += rows.len() as u64;
                 let r = ring.clone();
-                let rewrapped_rows = tokio::task::spawn_blocking(move || rewrap_all(&r, target, rows))
-                    .await
-                    .map_err(|e| rempart_storage::StorageError::Task(e.to_string()))??;
+                let rewrapped_rows =
+                    tokio::task::spawn_blocking(move || rewrap_all(&r, target, rows))
+                        .await
+                        .map_err(|e| rempart_storage::StorageError::Task(e.to_string()))??;
                 rewrapped += self.store().store_rewrapped(rewrapped_rows).await?;
                 progress(rewrapped, total.max(rewrapped));
             }

@@ -80,7 +80,10 @@ fn person(i: u32) -> Person {
 
 async fn store_persons(vault: &Vault, persons: &[Person]) -> Vec<i64> {
     let keys = vault.keys();
-    let blinds: Vec<_> = persons.iter().map(|p| vault.blind_ft(&p.identity.ft_id)).collect();
+    let blinds: Vec<_> = persons
+        .iter()
+        .map(|p| vault.blind_ft(&p.identity.ft_id))
+        .collect();
     let existing = vault.store().lookup_persons(&blinds).await.unwrap();
     let first = vault
         .store()
@@ -124,7 +127,11 @@ async fn seal_read_search_on_both_backends() {
 
         // Whole record back.
         let all = found(vault.read(ids[0], FieldGroup::ALL).await.unwrap());
-        assert_eq!(all.identity.as_ref(), Some(&persons[0].identity), "{backend}");
+        assert_eq!(
+            all.identity.as_ref(),
+            Some(&persons[0].identity),
+            "{backend}"
+        );
         assert_eq!(all.contact.as_ref(), Some(&persons[0].contact), "{backend}");
         assert_eq!(all.nir, Some(persons[0].nir), "{backend}");
         assert_eq!(all.status.as_ref(), Some(&persons[0].status), "{backend}");
@@ -136,12 +143,23 @@ async fn seal_read_search_on_both_backends() {
                 .await
                 .unwrap(),
         );
-        assert_eq!(some.groups(), vec![FieldGroup::Identity, FieldGroup::Status], "{backend}");
+        assert_eq!(
+            some.groups(),
+            vec![FieldGroup::Identity, FieldGroup::Status],
+            "{backend}"
+        );
         assert!(some.nir.is_none() && some.contact.is_none());
-        assert_eq!(vault.read(999_999, FieldGroup::ALL).await.unwrap(), Read::Missing);
+        assert_eq!(
+            vault.read(999_999, FieldGroup::ALL).await.unwrap(),
+            Read::Missing
+        );
 
         // Exact searches, with name normalisation.
-        assert_eq!(vault.find_by_nir(&persons[2].nir).await.unwrap(), vec![ids[2]], "{backend}");
+        assert_eq!(
+            vault.find_by_nir(&persons[2].nir).await.unwrap(),
+            vec![ids[2]],
+            "{backend}"
+        );
         let p = &persons[3].identity;
         let hits = vault
             .find_by_name_birth("LEFEVRE-DURAND", "jean pierre", p.date_naissance)
@@ -165,7 +183,11 @@ async fn seal_read_search_on_both_backends() {
         assert_eq!(same_id, vec![ids[4]]);
         let v = found(vault.read(ids[4], &[FieldGroup::Contact]).await.unwrap());
         assert_eq!(v.contact.unwrap().adresse.code_postal.as_str(), "69001");
-        assert_eq!(vault.store().inventory().await.unwrap().persons, 50, "{backend}");
+        assert_eq!(
+            vault.store().inventory().await.unwrap().persons,
+            50,
+            "{backend}"
+        );
     }
 }
 
@@ -188,7 +210,9 @@ async fn rotation_rewraps_resumes_and_keeps_readers_working() {
         assert!(vault.shred(ids[7]).await.unwrap());
 
         // Interrupt a rotation by hand: new KEK in the file, half the keys rewrapped.
-        let KeySource::File(path) = &source else { unreachable!() };
+        let KeySource::File(path) = &source else {
+            unreachable!()
+        };
         let mut ring = KeyRing::load(path).unwrap();
         ring.add_kek().unwrap();
         ring.save_replace(path).unwrap();
@@ -226,7 +250,10 @@ async fn rotation_rewraps_resumes_and_keeps_readers_working() {
         let report = vault.rotate(&|_, _| {}).await.unwrap();
         assert!(report.resumed, "{backend}");
         assert_eq!(report.target, 2);
-        assert_eq!(report.rewrapped, 149, "{backend}: 300 − 150 done − 1 shredded");
+        assert_eq!(
+            report.rewrapped, 149,
+            "{backend}: 300 − 150 done − 1 shredded"
+        );
         assert_eq!(report.retired, vec![1]);
         assert_eq!(KeyRing::load(path).unwrap().kek_versions(), vec![2]);
         let inv = store.inventory().await.unwrap();
@@ -258,15 +285,25 @@ async fn shredding_one_person_leaves_the_others_and_fails_closed_with_wrong_keys
         let ids = store_persons(&vault, &persons).await;
         assert!(vault.shred(ids[5]).await.unwrap(), "{backend}");
         assert!(!vault.shred(ids[5]).await.unwrap(), "{backend}: twice");
-        assert_eq!(vault.read(ids[5], FieldGroup::ALL).await.unwrap(), Read::Shredded);
+        assert_eq!(
+            vault.read(ids[5], FieldGroup::ALL).await.unwrap(),
+            Read::Shredded
+        );
         assert!(vault.find_by_nir(&persons[5].nir).await.unwrap().is_empty());
-        assert_eq!(vault.find_by_ft(&persons[5].identity.ft_id).await.unwrap(), None);
+        assert_eq!(
+            vault.find_by_ft(&persons[5].identity.ft_id).await.unwrap(),
+            None
+        );
         for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 5) {
             let v = found(vault.read(*id, FieldGroup::ALL).await.unwrap());
             assert_eq!(v.identity.unwrap(), persons[i].identity, "{backend}");
         }
         // The sealed blobs are still there, and still useless.
-        let raw = store.read_person(ids[5], &[FieldGroup::Identity]).await.unwrap().unwrap();
+        let raw = store
+            .read_person(ids[5], &[FieldGroup::Identity])
+            .await
+            .unwrap()
+            .unwrap();
         assert!(raw.wrapped_dek.is_none() && !raw.groups[0].1.is_empty());
         // The same person imported again after shredding is a new person.
         let again = store_persons(&vault, std::slice::from_ref(&persons[5])).await;

@@ -10,7 +10,7 @@ INSERT INTO id_counter (name, next) VALUES ('person', 1);
 
 CREATE TABLE person (
     id           INTEGER PRIMARY KEY,
-    ft_blind     BLOB UNIQUE,          -- NULL once shredded
+    ft_blind     BLOB,                 -- NULL once shredded
     nir_blind    BLOB,
     name_blind   BLOB,
     fingerprint  BLOB,
@@ -24,6 +24,9 @@ CREATE TABLE person (
     retain_until TEXT,
     shredded_at  TEXT
 ) STRICT;
+-- Named indexes (not column constraints) so a first bulk load can drop
+-- and rebuild them; see RegistryStore::begin_bulk_load.
+CREATE UNIQUE INDEX person_ft ON person (ft_blind);
 CREATE INDEX person_nir ON person (nir_blind);
 CREATE INDEX person_name ON person (name_blind);
 

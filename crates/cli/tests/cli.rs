@@ -1,0 +1,541 @@
+//! The `rempart` binary end to end: the README's first command, imports
+//! with bad lines, re-imports, interrupted imports, and a search of every
+//! stored byte for the plaintext that went in — on SQLite and PostgreSQL.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TODAY: &str = "2026-11-01";
+
+fn rempart(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rempart"))
+        .args(args)
+        .env_remove("REMPART_KEYS")
+        .env_remove("REMPART_DATABASE_URL")
+        .env_remove("REMPART_DATA")
+        .output()
+        .expect("the rempart binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = rempart(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rempart {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn pg_url() -> String {
+    std::env::var("REMPART_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end.
+struct PgDatabase {
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create() -> Self {
+        let name = format!(
+            "rempart_t_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        psql(&pg_url(), &format!("CREATE DATABASE {name}"));
+        let base = pg_url();
+        let url = match base.rfind('/') {
+            Some(i) => format!("{}/{name}", &base[..i]),
+            None => panic!("REMPART_TEST_DATABASE_URL has no database part"),
+        };
+        PgDatabase { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &pg_url(),
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-qAtc", sql])
+        .output()
+        .expect("psql must be installed (postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql failed (is PostgreSQL reachable at {url}?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn generate(dir: &Path, persons: u32) -> PathBuf {
+    let out = dir.join("csv");
+    ok(&[
+        "generate",
+        "--persons",
+        &persons.to_string(),
+        "--seed",
+        "11",
+        "--today",
+        TODAY,
+        "--out",
+        s(&out),
+    ]);
+    out
+}
+
+fn import(
+    data: &Path,
+    db: Option<&str>,
+    rejects: &Path,
+    inputs: &[&Path],
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "import",
+        "--data",
+        s(data),
+        "--today",
+        TODAY,
+        "--rejects",
+        s(rejects),
+    ];
+    if let Some(url) = db {
+        args.extend(["--database", url]);
+    }
+    args.extend_from_slice(extra);
+    args.extend(inputs.iter().map(|p| s(p)));
+    rempart(&args)
+}
+
+fn init(data: &Path, db: Option<&str>) {
+    let mut args = vec!["init", "--data", s(data)];
+    if let Some(url) = db {
+        args.extend(["--database", url]);
+    }
+    ok(&args);
+}
+
+/// Persons in the registry, from `rempart inventory`.
+fn stored_persons(data: &Path, db: Option<&str>) -> u64 {
+    let mut args = vec!["inventory", "--data", s(data)];
+    if let Some(url) = db {
+        args.extend(["--database", url]);
+    }
+    let out = ok(&args);
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix("persons "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no persons line in:\n{out}"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The numbers of a summary line: "persons.csv  N lines … X inserted, Y updated, Z unchanged, R rejected".
+fn counts(summary: &str, file: &str) -> (u64, u64, u64, u64) {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with(file))
+        .unwrap_or_else(|| panic!("no {file} line in:\n{summary}"));
+    let num = |word: &str| -> u64 {
+        let before = &line[..line.find(word).unwrap()];
+        before.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    (
+        num(" inserted"),
+        num(" updated"),
+        num(" unchanged"),
+        num(" rejected"),
+    )
+}
+
+#[test]
+fn readme_demo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let out = ok(&["demo", "--dir", s(&demo), "--persons", "3000"]);
+    assert!(out.contains("persons") && out.contains("3000"), "{out}");
+    assert!(out.contains("bytes per person"), "{out}");
+    // Running it again keeps the keys and changes nothing.
+    let again = ok(&["demo", "--dir", s(&demo), "--persons", "3000"]);
+    assert!(again.contains("already exists"), "{again}");
+    let (inserted, updated, _, rejected) = counts(&again, "persons.csv");
+    assert_eq!((inserted, updated, rejected), (0, 0, 0), "{again}");
+}
+
+#[test]
+fn init_makes_private_keys_and_never_overwrites_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, None);
+    let keys = data.join("keys.json");
+    let before = std::fs::read(&keys).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+    init(&data, None);
+    assert_eq!(
+        std::fs::read(&keys).unwrap(),
+        before,
+        "keys must survive a second init"
+    );
+}
+
+/// Corrupts about 1% of the lines, one way each, and returns (line number → expected field).
+fn corrupt(persons_csv: &Path) -> Vec<(u64, &'static str)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(persons_csv)
+        .unwrap();
+    let rows: Vec<csv::ByteRecord> = reader.byte_records().map(|r| r.unwrap()).collect();
+    let mut out = Vec::new();
+    let mut expected = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line = i as u64 + 1;
+        let mut fields: Vec<Vec<u8>> = row.iter().map(<[u8]>::to_vec).collect();
+        if i > 0 && i % 100 == 50 {
+            let kind = (i / 100) % 7;
+            let field = match kind {
+                0 => {
+                    // Wrong NIR key.
+                    let k = &mut fields[1];
+                    let last = k.len() - 1;
+                    k[last] = if k[last] == b'9' { b'0' } else { k[last] + 1 };
+                    "nir"
+                }
+                1 => {
+                    fields[4] = b"1987-02-30".to_vec();
+                    "date_naissance"
+                }
+                2 => {
+                    fields[2] = Vec::new();
+                    "nom"
+                }
+                3 => {
+                    fields[3] = vec![b'A', 0xC3, 0x28, b'b'];
+                    "prenom"
+                }
+                4 => {
+                    fields[7] = "rue très longue ".repeat(20).into_bytes();
+                    "adresse"
+                }
+                5 => {
+                    // Duplicate identifier: the ft_id of the line before.
+                    fields[0] = rows[i - 1].get(0).unwrap().to_vec();
+                    "ft_id"
+                }
+                _ => {
+                    fields.pop();
+                    ""
+                }
+            };
+            expected.push((line, field));
+        }
+        out.push(fields);
+    }
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_path(persons_csv)
+        .unwrap();
+    for f in out {
+        // Wrong column count must survive the writer: use flexible output.
+        w.write_byte_record(&csv::ByteRecord::from(f)).unwrap();
+    }
+    w.flush().unwrap();
+    expected
+}
+
+fn read_rejects(path: &Path) -> Vec<(String, u64, String, String)> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (
+                rec[0].to_string(),
+                rec[1].parse().unwrap(),
+                rec[2].to_string(),
+                rec[3].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn bad_lines_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_dir = generate(dir.path(), 5000);
+    let persons = csv_dir.join("persons.csv");
+    let expected = corrupt(&persons);
+    assert_eq!(expected.len(), 50);
+    let rejects = dir.path().join("rejects.csv");
+
+    // --strict on a fresh store: fails and writes no person.
+    let strict_data = dir.path().join("strict");
+    init(&strict_data, db);
+    let strict = import(&strict_data, db, &rejects, &[&csv_dir], &["--strict"]);
+    assert!(!strict.status.success(), "--strict must fail");
+    assert!(
+        String::from_utf8_lossy(&strict.stderr).contains("nothing was written"),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
+    assert_eq!(stored_persons(&strict_data, db), 0);
+
+    let data = dir.path().join("data");
+    init(&data, db);
+    let first = import(&data, db, &rejects, &[&csv_dir], &[]);
+    let summary = stdout(&first);
+    assert!(
+        first.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let (inserted, updated, unchanged, rejected) = counts(&summary, "persons.csv");
+    assert_eq!(
+        (inserted, updated, unchanged, rejected),
+        (4950, 0, 0, 50),
+        "{summary}"
+    );
+
+    // Each bad line is reported once, with its line number and the column at fault.
+    let report: Vec<_> = read_rejects(&rejects)
+        .into_iter()
+        .filter(|r| r.0.ends_with("persons.csv"))
+        .collect();
+    assert_eq!(report.len(), 50, "{report:?}");
+    for (line, field) in &expected {
+        let r = report
+            .iter()
+            .find(|r| r.1 == *line)
+            .unwrap_or_else(|| panic!("line {line} not reported: {report:?}"));
+        assert_eq!(r.2, *field, "line {line}: {r:?}");
+        assert!(!r.3.is_empty());
+    }
+    // The report holds no values: no NIR-like run of 13+ digits, no e-mail.
+    let text = std::fs::read_to_string(&rejects).unwrap();
+    assert!(!text.contains('@'));
+    assert!(
+        !text
+            .as_bytes()
+            .windows(13)
+            .any(|w| w.iter().all(u8::is_ascii_digit))
+    );
+
+    // Importing again changes nothing.
+    let again = import(&data, db, &rejects, &[&csv_dir], &[]);
+    let (inserted, updated, unchanged, rejected) = counts(&stdout(&again), "persons.csv");
+    assert_eq!((inserted, updated, unchanged, rejected), (0, 0, 4950, 50));
+    let (m_ins, _, m_unch, _) = counts(&stdout(&again), "mandates.csv");
+    assert_eq!(m_ins, 0);
+    assert!(m_unch > 0);
+
+    let mut verify = vec!["keys", "verify", "--data", s(&data)];
+    if let Some(u) = db {
+        verify.extend(["--database", u]);
+    }
+    let v = ok(&verify);
+    assert!(
+        v.starts_with("4950 persons open, 0 shredded, 0 failed"),
+        "{v}"
+    );
+}
+
+#[test]
+fn bad_lines_are_reported_and_good_ones_stored_sqlite() {
+    bad_lines_scenario(None);
+}
+
+#[test]
+fn bad_lines_are_reported_and_good_ones_stored_postgres() {
+    let db = PgDatabase::create();
+    bad_lines_scenario(Some(&db.url));
+}
+
+#[test]
+fn an_interrupted_import_can_simply_be_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_dir = generate(dir.path(), 40_000);
+    let data = dir.path().join("data");
+    init(&data, None);
+    let rejects = dir.path().join("rejects.csv");
+    let persons = csv_dir.join("persons.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rempart"))
+        .args([
+            "import",
+            "--data",
+            s(&data),
+            "--today",
+            TODAY,
+            "--batch",
+            "500",
+            "--rejects",
+            s(&rejects),
+            s(&persons),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = import(&data, None, &rejects, &[&persons], &[]);
+    assert!(out.status.success());
+    let (inserted, updated, unchanged, rejected) = counts(&stdout(&out), "persons.csv");
+    assert_eq!(inserted + unchanged, 40_000, "{}", stdout(&out));
+    assert_eq!((updated, rejected), (0, 0));
+    assert_eq!(stored_persons(&data, None), 40_000);
+}
+
+/// Plaintext that went into the store, from the first `n` persons: both
+/// names, NIR, e-mail, phone as typed and as normalised. Values under 5
+/// bytes are left out: random ciphertext contains short strings by chance.
+fn sample_values(persons_csv: &Path, n: usize) -> Vec<Vec<u8>> {
+    let mut r = csv::Reader::from_path(persons_csv).unwrap();
+    let mut values = HashSet::new();
+    let (mut nirs, mut emails, mut phones) = (0, 0, 0);
+    for rec in r.records().take(n) {
+        let rec = rec.unwrap();
+        for i in [1usize, 2, 3, 5] {
+            if rec[i].len() >= 5 {
+                values.insert(rec[i].as_bytes().to_vec());
+            }
+        }
+        nirs += 1;
+        emails += usize::from(!rec[5].is_empty());
+        let digits: String = rec[6].chars().filter(char::is_ascii_digit).collect();
+        if digits.len() >= 9 {
+            phones += 1;
+            let national = match digits.strip_prefix("33") {
+                Some(rest) => format!("0{rest}"),
+                None => digits,
+            };
+            values.insert(national.into_bytes());
+            values.insert(rec[6].as_bytes().to_vec());
+        }
+    }
+    assert_eq!(nirs, n);
+    assert!(
+        emails > n * 3 / 4 && phones > n * 3 / 4,
+        "{emails} e-mails, {phones} phones"
+    );
+    values.into_iter().collect()
+}
+
+/// Finds any of the needles in one pass; says only how long the value
+/// found is, so a failure does not print personal data (even synthetic).
+fn find_any(haystack: &[u8], needles: &[Vec<u8>]) -> Option<String> {
+    let ac = aho_corasick::AhoCorasick::new(needles).unwrap();
+    ac.find(haystack).map(|m| {
+        format!(
+            "a {}-byte value at offset {}",
+            m.end() - m.start(),
+            m.start()
+        )
+    })
+}
+
+#[test]
+fn no_plaintext_in_the_data_directory_or_a_pg_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_dir = generate(dir.path(), 3000);
+    let needles = sample_values(&csv_dir.join("persons.csv"), 1000);
+    assert!(
+        needles.len() > 3000,
+        "expected thousands of distinct values, got {}",
+        needles.len()
+    );
+    let rejects = dir.path().join("rejects.csv");
+
+    // SQLite: every file of the data directory, WAL included.
+    let data = dir.path().join("data");
+    init(&data, None);
+    assert!(
+        import(&data, None, &rejects, &[&csv_dir], &[])
+            .status
+            .success()
+    );
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        files += 1;
+        assert!(
+            bytes.len() > 0
+                || path
+                    .extension()
+                    .is_some_and(|e| e == "db-shm" || e == "db-wal")
+        );
+        if let Some(found) = find_any(&bytes, &needles) {
+            panic!("{} holds a plaintext value ({found})", path.display());
+        }
+    }
+    assert!(files >= 2, "registry and keys expected");
+    // The search itself works: the CSV does contain the values.
+    let source = std::fs::read(csv_dir.join("persons.csv")).unwrap();
+    let ac = aho_corasick::AhoCorasick::new(&needles).unwrap();
+    let seen: HashSet<usize> = ac
+        .find_overlapping_iter(&source)
+        .map(|m| m.pattern().as_usize())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        needles.len(),
+        "every sampled value is in the CSV"
+    );
+
+    // PostgreSQL: a full pg_dump of the database.
+    let db = PgDatabase::create();
+    let pg_data = dir.path().join("pgdata");
+    init(&pg_data, Some(&db.url));
+    assert!(
+        import(&pg_data, Some(&db.url), &rejects, &[&csv_dir], &[])
+            .status
+            .success()
+    );
+    let dump = Command::new("pg_dump")
+        .args([&db.url, "--no-owner"])
+        .output()
+        .expect("pg_dump must be installed (postgresql-client)");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    assert!(dump.stdout.len() > 100_000, "the dump holds the registry");
+    if let Some(found) = find_any(&dump.stdout, &needles) {
+        panic!("pg_dump holds a plaintext value ({found})");
+    }
+}
