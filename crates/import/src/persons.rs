@@ -43,6 +43,19 @@ impl SeenIds {
     }
 }
 
+/// Person ids reserved at a time. An interrupted import leaves at most this
+/// many ids unused, which costs nothing.
+const ID_BLOCK: u64 = 65_536;
+
+/// A parsed batch: the good persons with their line numbers.
+struct ParsedBatch {
+    good: Vec<(u64, Person)>,
+    rejected: u64,
+    records: u64,
+    end_byte: u64,
+    parse_time: std::time::Duration,
+}
+
 /// A batch ready for the writer.
 struct Ready {
     /// Time spent parsing, looking up and sealing this batch.
@@ -90,42 +103,70 @@ pub(crate) async fn import_persons(
     // On an empty registry, load without indexes and build them at the
     // end; nothing can already be stored, so lookups are skipped too.
     let bulk = vault.store().begin_bulk_load().await?;
+    let (tx_parsed, mut rx_parsed) = tokio::sync::mpsc::channel::<ParsedBatch>(2);
     let (tx_ready, mut rx_ready) = tokio::sync::mpsc::channel::<Ready>(2);
 
-    // Both stages run concurrently in this task; their heavy work runs on
-    // the blocking pool (SQLite) and rayon (parse, seal).
-    let prepare = async move {
+    // Three stages run concurrently in this task (parse, prepare, write),
+    // each handing batches to the next over a bounded channel; their heavy
+    // work runs on rayon (parse, seal) and the blocking pool (SQLite).
+    let parse = async move {
         let mut seen = Box::new(SeenIds::new());
         while let Some(batch) = rx.recv().await {
             let batch = batch?;
-            let end_byte = batch.end_byte;
-            let records = batch.records.len() as u64;
-            let t_parse = std::time::Instant::now();
+            let (end_byte, records) = (batch.end_byte, batch.records.len() as u64);
+            let t = std::time::Instant::now();
             let (s, (good, bad)) = parse_off_thread(rules, batch, seen).await?;
-            let parse_time = t_parse.elapsed();
             seen = s;
             let rejected = bad.len() as u64;
             for (line, e) in bad {
                 rejects.push(Reject::from_record_error(&file, line, &e))?;
             }
+            let parsed = ParsedBatch {
+                good,
+                rejected,
+                records,
+                end_byte,
+                parse_time: t.elapsed(),
+            };
+            if tx_parsed.send(parsed).await.is_err() {
+                break; // a later stage stopped on an error; it reports it
+            }
+        }
+        Ok::<(), ImportError>(())
+    };
+
+    let prepare = async move {
+        // Ids are reserved in large blocks: the reservation is a write and
+        // would otherwise queue behind every batch's transaction.
+        let mut ids_left = 0u64;
+        let mut next = 0i64;
+        while let Some(batch) = rx_parsed.recv().await {
+            let ParsedBatch {
+                good,
+                rejected,
+                records,
+                end_byte,
+                parse_time,
+            } = batch;
             let keys = vault.keys();
-            let blinds: Vec<_> = good
-                .iter()
-                .map(|(_, p)| vault.blind_ft(&p.identity.ft_id))
-                .collect();
             let t_lookup = std::time::Instant::now();
             let existing = if bulk {
-                vec![None; blinds.len()]
+                vec![None; good.len()]
             } else {
+                let blinds: Vec<_> = good
+                    .iter()
+                    .map(|(_, p)| vault.blind_ft(&p.identity.ft_id))
+                    .collect();
                 vault.store().lookup_persons(&blinds).await?
             };
-            let lookup_time = t_lookup.elapsed();
             let new_count = existing.iter().filter(|e| e.is_none()).count() as u64;
-            let mut next = if new_count > 0 {
-                vault.store().reserve_person_ids(new_count).await?
-            } else {
-                0
-            };
+            if new_count > ids_left {
+                let block = new_count.max(ID_BLOCK);
+                next = vault.store().reserve_person_ids(block).await?;
+                ids_left = block;
+            }
+            ids_left -= new_count;
+            let lookup_time = t_lookup.elapsed();
             // New persons get ids in file order.
             let ids: Vec<i64> = existing
                 .iter()
@@ -147,9 +188,8 @@ pub(crate) async fn import_persons(
             })
             .await
             .map_err(|e| ImportError::Task(e.to_string()))??;
-            let seal_time = t_seal.elapsed();
             let mut ready = Ready {
-                timings: [parse_time, lookup_time, seal_time],
+                timings: [parse_time, lookup_time, t_seal.elapsed()],
                 inserts: Vec::with_capacity(new_count as usize),
                 updates: Vec::new(),
                 unchanged: 0,
@@ -165,10 +205,11 @@ pub(crate) async fn import_persons(
                 }
             }
             if tx_ready.send(ready).await.is_err() {
-                // The writer stopped on an error; it reports it.
                 break;
             }
         }
+        // Closing the channel stops the parse stage if this one failed.
+        rx_parsed.close();
         Ok::<(), ImportError>(())
     };
 
@@ -201,7 +242,7 @@ pub(crate) async fn import_persons(
         rx_ready.close();
         result
     };
-    let (prepared, written) = tokio::join!(prepare, write);
+    let (parsed, prepared, written) = tokio::join!(parse, prepare, write);
     if bulk {
         // Even after an error: the store must not stay without its indexes.
         let t = std::time::Instant::now();
@@ -210,6 +251,7 @@ pub(crate) async fn import_persons(
     }
     written?;
     prepared?;
+    parsed?;
     Ok(report)
 }
 

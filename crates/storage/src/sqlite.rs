@@ -59,6 +59,9 @@ impl SqliteStore {
             });
         }
         let mut writer = Connection::open(&path)?;
+        // Larger pages: fewer page splits and less per-page overhead for
+        // rows of ~400 bytes. Only takes effect when the file is created.
+        writer.execute_batch("PRAGMA page_size = 16384;")?;
         writer.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -789,9 +792,13 @@ impl RegistryStore for SqliteStore {
 
     async fn end_bulk_load(&self) -> Result<(), StorageError> {
         self.write(|c| {
-            // Let SQLite sort with a helper thread while it builds the indexes.
-            c.execute_batch("PRAGMA threads = 2;")?;
-            c.execute_batch(PERSON_INDEXES).map_err(|e| match e {
+            // A small sort memory makes SQLite split the sort into runs that
+            // its worker threads sort in parallel: about twice as fast here
+            // as one in-memory sort.
+            c.execute_batch("PRAGMA threads = 2; PRAGMA cache_size = -4096;")?;
+            let built = c.execute_batch(PERSON_INDEXES);
+            c.execute_batch("PRAGMA cache_size = -65536;")?;
+            built.map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
