@@ -41,6 +41,8 @@ rm -rf "$WORK/sqlite"
 timed "$BIN" import --data "$WORK/sqlite" --today "$TODAY" --rejects "$WORK/rejects.csv" "$CSV"
 SQ_RATE=$(persons_rate); SQ_SECS=$(persons_secs); SQ_RSS=$(peak_mib)
 timed "$BIN" inventory --data "$WORK/sqlite"; SQ_BPP=$(bytes_per_person)
+FIRST_FT=$(sed -n 2p "$CSV/persons.csv" | cut -d, -f1)
+"$BIN" person shred --data "$WORK/sqlite" --ft-id "$FIRST_FT"
 timed "$BIN" keys rotate --data "$WORK/sqlite"; ROT=$(awk '/rewrapped in/ { for (i=1;i<=NF;i++) if ($i=="in") print $(i+1) }' "$WORK/last.out")
 timed "$BIN" keys verify --data "$WORK/sqlite"; VERIFY="$(head -1 "$WORK/last.out")"
 
@@ -69,4 +71,4 @@ printf '%-44s %12.0f %10.2f %9s MiB %10s\n' "Rempart, PostgreSQL (same)" "$PG_RA
 printf '%-44s %12.0f %10.2f\n' "baseline: COPY into plain table (PK only)" "$COPY_RATE" "$COPY_SECS"
 printf '\nratio SQLite / COPY baseline:     %.2f\n' "$(echo "$SQ_RATE / $COPY_RATE" | bc -l)"
 printf 'ratio PostgreSQL / COPY baseline: %.2f\n' "$(echo "$PG_RATE / $COPY_RATE" | bc -l)"
-printf 'key rotation (SQLite, %s persons): %ss; after it: %s\n' "$PERSONS" "$ROT" "$VERIFY"
+printf 'key rotation (SQLite, %s persons, one shredded): %ss; after it: %s\n' "$PERSONS" "$ROT" "$VERIFY"

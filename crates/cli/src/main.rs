@@ -43,9 +43,26 @@ enum Command {
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Operations on one person.
+    #[command(subcommand)]
+    Person(PersonCommand),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, then print what is in the store.
     Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum PersonCommand {
+    /// Crypto-shred one person (erasure, end of retention): destroy the
+    /// data key and the search indexes. Irreversible: nothing of the
+    /// person can be read afterwards, nobody else is affected.
+    Shred {
+        #[command(flatten)]
+        location: Location,
+        /// France Travail identifier of the person.
+        #[arg(long)]
+        ft_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +163,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Keys(KeysCommand::Rotate(loc)) => rotate(&loc).await,
         Command::Keys(KeysCommand::Verify(loc)) => verify(&loc).await,
         Command::Demo(args) => demo(&args).await,
+        Command::Person(PersonCommand::Shred { location, ft_id }) => {
+            shred(&location, &ft_id).await
+        }
     }
 }
 
@@ -406,6 +426,20 @@ async fn rotate(loc: &Location) -> Result<()> {
         );
     }
     Ok(())
+}
+
+async fn shred(loc: &Location, ft_id: &str) -> Result<()> {
+    let ft_id = rempart_domain::FtId::parse(ft_id).context("--ft-id")?;
+    let vault = open_vault(loc).await?;
+    let Some(id) = vault.find_by_ft(&ft_id).await? else {
+        bail!("no readable person with this France Travail identifier (unknown or already shredded)");
+    };
+    if vault.shred(id).await? {
+        println!("person {id} crypto-shredded: data key and search indexes destroyed");
+        Ok(())
+    } else {
+        bail!("person {id} was shredded meanwhile")
+    }
 }
 
 async fn verify(loc: &Location) -> Result<()> {
