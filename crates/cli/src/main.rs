@@ -163,9 +163,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Keys(KeysCommand::Rotate(loc)) => rotate(&loc).await,
         Command::Keys(KeysCommand::Verify(loc)) => verify(&loc).await,
         Command::Demo(args) => demo(&args).await,
-        Command::Person(PersonCommand::Shred { location, ft_id }) => {
-            shred(&location, &ft_id).await
-        }
+        Command::Person(PersonCommand::Shred { location, ft_id }) => shred(&location, &ft_id).await,
     }
 }
 
@@ -432,7 +430,9 @@ async fn shred(loc: &Location, ft_id: &str) -> Result<()> {
     let ft_id = rempart_domain::FtId::parse(ft_id).context("--ft-id")?;
     let vault = open_vault(loc).await?;
     let Some(id) = vault.find_by_ft(&ft_id).await? else {
-        bail!("no readable person with this France Travail identifier (unknown or already shredded)");
+        bail!(
+            "no readable person with this France Travail identifier (unknown or already shredded)"
+        );
     };
     if vault.shred(id).await? {
         println!("person {id} crypto-shredded: data key and search indexes destroyed");

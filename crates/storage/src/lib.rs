@@ -144,7 +144,7 @@ pub struct RowRefusal {
 pub enum StorageError {
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("PostgreSQL connection pool: {0}")]
     Pool(String),
@@ -162,10 +162,22 @@ pub enum StorageError {
     SchemaTooNew { found: u32, known: u32 },
     #[error("concurrent change: {0}; nothing of this batch was written, run it again")]
     Conflict(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+/// The server's own message when there is one ("db error" alone says
+/// nothing). PostgreSQL messages name constraints and columns; the DETAIL
+/// line, which may quote values, is left out.
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// One interface over both backends. Every method is one transaction:
@@ -217,13 +229,16 @@ pub trait RegistryStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<WrappedKeyRow>, StorageError>;
 
-    /// Stores rewrapped keys; each row applies only if its KEK version is
-    /// still the one read (so a concurrent write is never overwritten).
-    /// Returns how many rows were updated.
+    /// Stores rewrapped keys. Each item is (the row with its *new* KEK
+    /// version and wrapped key, the *old* KEK version it was read with); it
+    /// applies only if the stored version is still the old one (so a
+    /// concurrent write is never overwritten). Returns how many rows were
+    /// updated.
     async fn store_rewrapped(&self, rows: Vec<(WrappedKeyRow, u32)>) -> Result<u64, StorageError>;
 
     /// Destroys a person's data key and blind indexes: the sealed groups
-    /// stay, unreadable forever. Returns false if there was no such person.
+    /// stay, unreadable forever. Returns false if there was no such person
+    /// or it was already shredded.
     async fn shred_person(&self, id: i64) -> Result<bool, StorageError>;
 
     /// Upserts organisations by code.
@@ -294,74 +309,98 @@ pub async fn open(url_or_dir: &str) -> Result<Store, StorageError> {
     }
 }
 
+/// Accounts accepted by [`check_account_links`] with their organisation id,
+/// and the refusals.
+pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, i64)>, Vec<RowRefusal>);
+
 /// Checks the organisation, requester and approver of each account of a
-/// batch, against the batch itself and the store (through the lookups).
-/// Returns the valid rows with their organisation id, and the refusals.
+/// batch, against the batch itself and the store (through the lookups:
+/// organisation code → (id, kind); stored login → (organisation id, role)).
 ///
-/// Rules: the organisation exists; requester and approver exist (in the
-/// store or among the batch's valid rows); an approver never belongs to the
-/// organisation of the account approved (four eyes).
-pub(crate) fn check_account_links<'a>(
-    accounts: &'a [Account],
-    mut org_id: impl FnMut(&str) -> Result<Option<i64>, StorageError>,
-    mut stored_org_of: impl FnMut(&str) -> Result<Option<i64>, StorageError>,
-) -> Result<(Vec<(&'a Account, i64)>, Vec<RowRefusal>), StorageError> {
+/// Rules (no account is born alone):
+/// - the organisation exists; requester and approver exist (in the store
+///   or among the batch's valid rows);
+/// - the approver is an `officer`, neither the account itself nor its
+///   requester;
+/// - a partner's account is approved from outside the partner
+///   organisation (officers of France Travail may approve colleagues of
+///   their own agency).
+pub(crate) fn check_account_links(
+    accounts: &[Account],
+    mut org_of_code: impl FnMut(&str) -> Result<Option<(i64, OrganisationKind)>, StorageError>,
+    mut stored_account: impl FnMut(&str) -> Result<Option<(i64, Role)>, StorageError>,
+) -> Result<LinkCheck<'_>, StorageError> {
     use std::collections::HashMap;
     let mut refused = Vec::new();
-    let mut orgs: Vec<Option<i64>> = Vec::with_capacity(accounts.len());
+    let mut orgs: Vec<Option<(i64, OrganisationKind)>> = Vec::with_capacity(accounts.len());
     for (index, a) in accounts.iter().enumerate() {
-        let id = org_id(a.organisation.as_str())?;
-        if id.is_none() {
+        let org = org_of_code(a.organisation.as_str())?;
+        if org.is_none() {
             refused.push(RowRefusal {
                 index,
                 field: "organisation",
                 reason: "no such organisation".into(),
             });
         }
-        orgs.push(id);
+        orgs.push(org);
     }
-    let mut stored: HashMap<String, Option<i64>> = HashMap::new();
+    let mut stored: HashMap<String, Option<(i64, Role)>> = HashMap::new();
     // Refusing a row may orphan rows that name it: repeat until stable.
     loop {
-        let batch: HashMap<&str, i64> = accounts
+        let batch: HashMap<&str, (i64, Role)> = accounts
             .iter()
             .zip(&orgs)
-            .filter_map(|(a, o)| o.map(|o| (a.login.as_str(), o)))
+            .filter_map(|(a, o)| o.map(|(id, _)| (a.login.as_str(), (id, a.role))))
             .collect();
         let mut newly = Vec::new();
         for (index, a) in accounts.iter().enumerate() {
-            let Some(own) = orgs[index] else { continue };
-            let mut org_of = |login: &str| -> Result<Option<i64>, StorageError> {
-                if let Some(o) = batch.get(login) {
-                    return Ok(Some(*o));
-                }
-                if let Some(o) = stored.get(login) {
-                    return Ok(*o);
-                }
-                let o = stored_org_of(login)?;
-                stored.insert(login.to_string(), o);
-                Ok(o)
+            let Some((own, kind)) = orgs[index] else {
+                continue;
             };
-            let refusal = if a
+            let mut lookup = |login: &str| -> Result<Option<(i64, Role)>, StorageError> {
+                if let Some(v) = batch.get(login) {
+                    return Ok(Some(*v));
+                }
+                if let Some(v) = stored.get(login) {
+                    return Ok(*v);
+                }
+                let v = stored_account(login)?;
+                stored.insert(login.to_string(), v);
+                Ok(v)
+            };
+            let requester = a
                 .requested_by
                 .as_ref()
-                .is_some_and(|r| matches!(org_of(r.as_str()), Ok(None)))
-            {
-                Some(("requested_by", "no such account"))
-            } else {
-                match a
-                    .approved_by
-                    .as_ref()
-                    .map(|r| org_of(r.as_str()))
-                    .transpose()?
-                {
-                    Some(None) => Some(("approved_by", "no such account")),
-                    Some(Some(o)) if o == own => Some((
-                        "approved_by",
-                        "an approver must belong to another organisation (four eyes)",
-                    )),
-                    _ => None,
+                .map(|r| lookup(r.as_str()))
+                .transpose()?;
+            let approver = a
+                .approved_by
+                .as_ref()
+                .map(|r| lookup(r.as_str()))
+                .transpose()?;
+            let refusal = match (requester, approver) {
+                (Some(None), _) => Some(("requested_by", "no such account")),
+                (_, Some(None)) => Some(("approved_by", "no such account")),
+                (_, Some(Some((_, role)))) if role != Role::Officer => {
+                    Some(("approved_by", "only an officer may approve an account"))
                 }
+                _ if a.approved_by.as_ref() == Some(&a.login) => Some((
+                    "approved_by",
+                    "an account cannot approve itself (four eyes)",
+                )),
+                _ if a.approved_by.is_some() && a.approved_by == a.requested_by => Some((
+                    "approved_by",
+                    "the approver cannot be the requester (four eyes)",
+                )),
+                (_, Some(Some((org, _))))
+                    if org == own && kind != OrganisationKind::FranceTravail =>
+                {
+                    Some((
+                        "approved_by",
+                        "a partner's account must be approved from outside its organisation (four eyes)",
+                    ))
+                }
+                _ => None,
             };
             if let Some((field, reason)) = refusal {
                 newly.push(RowRefusal {
@@ -383,7 +422,7 @@ pub(crate) fn check_account_links<'a>(
     let valid = accounts
         .iter()
         .zip(orgs)
-        .filter_map(|(a, o)| o.map(|o| (a, o)))
+        .filter_map(|(a, o)| o.map(|(id, _)| (a, id)))
         .collect();
     Ok((valid, refused))
 }

@@ -1,14 +1,1302 @@
-//! PostgreSQL backend (being written).
-use crate::StorageError;
+//! PostgreSQL backend: a pool of connections (deadpool-postgres, no TLS:
+//! the server is expected on a trusted network or a local socket), all
+//! working in one schema (`registry` by default) through their
+//! `search_path`. Same tables, columns and meaning as the SQLite backend.
+//!
+//! Bulk person inserts go through binary `COPY`, bulk updates and lookups
+//! through one statement over `UNNEST`ed arrays, so an import batch costs a
+//! handful of round trips whatever its size.
+//!
+//! SQLite has one writer; here writers run concurrently, so the few
+//! read-then-write sequences (upserts of organisations, accounts and
+//! mandates) take table locks that serialise them against each other while
+//! leaving readers alone.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rempart_domain::{
+    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+};
+use sha2::{Digest, Sha256};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
+
+use crate::{
+    Blind, ExistingPerson, Inventory, MandateRow, PersonIndex, RegistryStore, RowRefusal,
+    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, migrate,
+};
+
+/// Schema the registry lives in unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "registry";
-pub struct PgStore;
+
+/// Connections kept by the pool.
+const POOL_SIZE: usize = 16;
+/// Applied when the URL sets no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tables of the registry, for [`Inventory::bytes`].
+const TABLES: &[&str] = &["person", "organisation", "account", "mandate", "id_counter"];
+
+/// Binary COPY of new persons; its columns are, in order, [`PERSON_TYPES`].
+const COPY_PERSONS: &str = "COPY person (id, ft_blind, nir_blind, name_blind, fingerprint, \
+     kek_version, dek_version, wrapped_dek, identity, contact, nir, status, retain_until) \
+     FROM STDIN (FORMAT binary)";
+const PERSON_TYPES: &[Type] = &[
+    Type::INT8,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::INT4,
+    Type::INT4,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::DATE,
+];
+
+/// The PostgreSQL registry.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    schema: String,
+}
+
 impl PgStore {
-    pub async fn connect(
-        _url: &str,
-        _schema: &str,
-    ) -> Result<std::sync::Arc<dyn crate::RegistryStore>, StorageError> {
-        Err(StorageError::Pool(
-            "PostgreSQL backend not written yet".into(),
+    /// Connects to `url`, creates `schema` if needed, applies migrations
+    /// and returns a shared handle.
+    pub async fn connect(url: &str, schema: &str) -> Result<Arc<dyn RegistryStore>, StorageError> {
+        Ok(Arc::new(Self::connect_store(url, schema).await?))
+    }
+
+    /// Same as [`PgStore::connect`], returning the concrete type.
+    pub async fn connect_store(url: &str, schema: &str) -> Result<PgStore, StorageError> {
+        check_schema_name(schema)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StorageError::Open {
+            path: redact_url(url),
+            reason: describe(&e),
+        })?;
+        // Every connection of the pool works in the schema. The name was
+        // checked above, so it needs neither quoting nor escaping here.
+        let mut options = config.get_options().unwrap_or_default().to_string();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str("-c search_path=");
+        options.push_str(schema);
+        config.options(options);
+        if config.get_application_name().is_none() {
+            config.application_name("rempart");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StorageError::Pool(describe(&e)))?;
+        let store = PgStore {
+            pool,
+            schema: schema.to_string(),
+        };
+        store.migrate().await.map_err(|e| match e {
+            StorageError::Pool(reason) => StorageError::Open {
+                path: redact_url(url),
+                reason,
+            },
+            other => other,
+        })?;
+        store.end_bulk_load().await?;
+        Ok(store)
+    }
+
+    /// The schema this store works in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Drops the schema and everything in it (for tests).
+    pub async fn drop_schema(&self) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StorageError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StorageError::Pool(describe(&e)))
+    }
+
+    /// Creates the schema if missing and applies pending migrations, in one
+    /// transaction under an advisory lock proper to the schema, so that
+    /// concurrent openers wait for each other instead of racing.
+    async fn migrate(&self) -> Result<(), StorageError> {
+        let schema = self.schema.as_str();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
+            .await?;
+        // CREATE SCHEMA IF NOT EXISTS needs the CREATE right on the database
+        // even when the schema exists: only ask for it when needed.
+        let exists = tx
+            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+            .await?
+            .is_some();
+        if !exists {
+            tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+                .await?;
+        }
+        // The session's search_path named the schema before it existed:
+        // set it again for this transaction so unqualified names resolve.
+        tx.batch_execute(&format!(
+            "SET LOCAL search_path TO \"{schema}\";
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version INT PRIMARY KEY, name TEXT NOT NULL,
+                 checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL);"
         ))
+        .await?;
+        let applied = tx
+            .query(
+                "SELECT version, checksum FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((to_u32(r.try_get(0)?, "migration version")?, r.try_get(1)?)))
+            .collect::<Result<Vec<(u32, String)>, StorageError>>()?;
+        for m in migrate::pending(migrate::POSTGRES, &applied)? {
+            tx.batch_execute(m.sql)
+                .await
+                .map_err(|e| StorageError::Migration {
+                    version: m.version,
+                    name: m.name,
+                    reason: describe(&e),
+                })?;
+            let version = i32::try_from(m.version).map_err(|_| StorageError::Migration {
+                version: m.version,
+                name: m.name,
+                reason: "version out of range".into(),
+            })?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+                 VALUES ($1, $2, $3, now())",
+                &[&version, &m.name, &m.checksum()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Schema names are spliced into SQL and connection options: lowercase
+/// ASCII letters, digits and underscores only, not starting with a digit,
+/// at most 63 bytes, and not a system schema.
+fn check_schema_name(schema: &str) -> Result<(), StorageError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit()
+        && !schema.starts_with("pg_")
+        && schema != "information_schema";
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Open {
+            path: format!("schema {schema:?}"),
+            reason: "a schema name is 1 to 63 lowercase letters, digits or underscores, \
+                     not starting with a digit, and not a system schema"
+                .into(),
+        })
+    }
+}
+
+/// Advisory lock key of a schema's migrations.
+fn lock_key(schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("rempart migrations {schema}").as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(key)
+}
+
+/// The URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return "PostgreSQL connection string".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let password = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{}{user}{password}{}", &url[..scheme_end + 3], &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// An error and its causes, one after the other (tokio-postgres only says
+/// "db error" or "error connecting to server" at the top level).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Concurrent writers of the same persons may deadlock (SQLite, with one
+/// writer, cannot): that is a conflict too, to run again.
+fn contention(e: impl Into<StorageError>) -> StorageError {
+    match e.into() {
+        StorageError::Postgres(e)
+            if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) =>
+        {
+            StorageError::Conflict(format!("concurrent writers: {}", describe(&e)))
+        }
+        other => other,
+    }
+}
+
+fn to_i32(v: u32, what: &str) -> Result<i32, StorageError> {
+    i32::try_from(v).map_err(|_| {
+        StorageError::Corrupt(format!(
+            "{what} {v} does not fit PostgreSQL's INTEGER column"
+        ))
+    })
+}
+
+fn to_u32(v: i32, what: &str) -> Result<u32, StorageError> {
+    u32::try_from(v).map_err(|_| StorageError::Corrupt(format!("{what} is negative")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StorageError> {
+    u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("{what} is negative")))
+}
+
+fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
+    v.try_into()
+        .map_err(|_| StorageError::Corrupt(format!("{what} is not 16 bytes")))
+}
+
+fn group_column(g: FieldGroup) -> &'static str {
+    match g {
+        FieldGroup::Identity => "identity",
+        FieldGroup::Contact => "contact",
+        FieldGroup::Nir => "nir",
+        FieldGroup::Status => "status",
+    }
+}
+
+fn index_column(i: PersonIndex) -> &'static str {
+    match i {
+        PersonIndex::FtId => "ft_blind",
+        PersonIndex::Nir => "nir_blind",
+        PersonIndex::NameBirth => "name_blind",
+    }
+}
+
+fn parse_code<T>(
+    s: String,
+    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
+) -> Result<T, StorageError> {
+    parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
+}
+
+fn has_duplicates(ids: impl IntoIterator<Item = i64>) -> bool {
+    let mut seen = HashSet::new();
+    ids.into_iter().any(|id| !seen.insert(id))
+}
+
+async fn grouped<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
+) -> Result<Vec<(T, u64)>, StorageError> {
+    c.query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                parse_code(r.try_get(0)?, &parse)?,
+                to_u64(r.try_get(1)?, "count")?,
+            ))
+        })
+        .collect()
+}
+
+fn wrapped_key_row(r: &Row) -> Result<WrappedKeyRow, StorageError> {
+    Ok(WrappedKeyRow {
+        id: r.try_get(0)?,
+        kek_version: to_u32(r.try_get(1)?, "kek_version")?,
+        dek_version: to_u32(r.try_get(2)?, "dek_version")?,
+        wrapped_dek: r.try_get(3)?,
+    })
+}
+
+/// Inserts persons with one binary COPY.
+async fn copy_persons(
+    tx: &deadpool_postgres::Transaction<'_>,
+    inserts: &[SealedPerson],
+) -> Result<(), StorageError> {
+    let conflict = |e: tokio_postgres::Error| {
+        if is_unique_violation(&e) {
+            // COPY does not say which row: the whole batch is refused.
+            StorageError::Conflict(
+                "a person of this batch was stored meanwhile by another writer".into(),
+            )
+        } else {
+            e.into()
+        }
+    };
+    let stmt = tx.prepare_cached(COPY_PERSONS).await?;
+    let sink = tx.copy_in(&stmt).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, PERSON_TYPES));
+    for p in inserts {
+        let kek_version = to_i32(p.kek_version, "kek_version")?;
+        let dek_version = to_i32(p.dek_version, "dek_version")?;
+        let (ft, nir_b) = (&p.ft_blind[..], &p.nir_blind[..]);
+        let (name_b, fp) = (&p.name_blind[..], &p.fingerprint[..]);
+        writer
+            .as_mut()
+            .write(&[
+                &p.id,
+                &ft,
+                &nir_b,
+                &name_b,
+                &fp,
+                &kek_version,
+                &dek_version,
+                &p.wrapped_dek,
+                &p.identity,
+                &p.contact,
+                &p.nir,
+                &p.status,
+                &p.retain_until,
+            ])
+            .await
+            .map_err(conflict)?;
+    }
+    writer.as_mut().finish().await.map_err(conflict)?;
+    Ok(())
+}
+
+const UPDATE_ONE_PERSON: &str =
+    "UPDATE person SET nir_blind = $2, name_blind = $3, fingerprint = $4,
+         identity = $5, contact = $6, nir = $7, status = $8, retain_until = $9
+     WHERE id = $1 AND fingerprint = $10 AND dek_version = $11::int8
+       AND wrapped_dek IS NOT NULL";
+
+const UPDATE_PERSONS: &str =
+    "UPDATE person AS p SET nir_blind = u.nir_blind, name_blind = u.name_blind,
+         fingerprint = u.fingerprint, identity = u.identity, contact = u.contact, nir = u.nir,
+         status = u.status, retain_until = u.retain_until
+     FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[],
+                 $7::bytea[], $8::bytea[], $9::date[], $10::bytea[], $11::int8[])
+          AS u(id, nir_blind, name_blind, fingerprint, identity, contact, nir, status,
+               retain_until, previous, dek_version)
+     WHERE p.id = u.id AND p.fingerprint = u.previous AND p.dek_version = u.dek_version
+       AND p.wrapped_dek IS NOT NULL
+     RETURNING p.id";
+
+/// Applies updates, each only if the stored fingerprint and data key
+/// version are still the ones read. The data key and its wrapping are left
+/// alone: a concurrent key rotation may have rewrapped it.
+async fn update_persons(
+    tx: &deadpool_postgres::Transaction<'_>,
+    updates: &[(SealedPerson, Blind)],
+) -> Result<(), StorageError> {
+    let changed = |id: i64| {
+        StorageError::Conflict(format!("person {id} changed while this batch was prepared"))
+    };
+    if has_duplicates(updates.iter().map(|(p, _)| p.id)) {
+        // One statement would apply only one of the rows of an id: go row
+        // by row, in order, as SQLite does.
+        let stmt = tx.prepare_cached(UPDATE_ONE_PERSON).await?;
+        for (p, previous) in updates {
+            let (nir_b, name_b) = (&p.nir_blind[..], &p.name_blind[..]);
+            let (fp, prev) = (&p.fingerprint[..], &previous[..]);
+            let n = tx
+                .execute(
+                    &stmt,
+                    &[
+                        &p.id,
+                        &nir_b,
+                        &name_b,
+                        &fp,
+                        &p.identity,
+                        &p.contact,
+                        &p.nir,
+                        &p.status,
+                        &p.retain_until,
+                        &prev,
+                        &i64::from(p.dek_version),
+                    ],
+                )
+                .await?;
+            if n != 1 {
+                return Err(changed(p.id));
+            }
+        }
+        return Ok(());
+    }
+    let ids: Vec<i64> = updates.iter().map(|(p, _)| p.id).collect();
+    let col = |f: fn(&SealedPerson) -> &[u8]| -> Vec<&[u8]> {
+        updates.iter().map(|(p, _)| f(p)).collect()
+    };
+    let nir_blinds = col(|p| &p.nir_blind);
+    let name_blinds = col(|p| &p.name_blind);
+    let fingerprints = col(|p| &p.fingerprint);
+    let identities = col(|p| &p.identity);
+    let contacts = col(|p| &p.contact);
+    let nirs = col(|p| &p.nir);
+    let statuses = col(|p| &p.status);
+    let retain: Vec<Option<NaiveDate>> = updates.iter().map(|(p, _)| p.retain_until).collect();
+    let previous: Vec<&[u8]> = updates.iter().map(|(_, b)| &b[..]).collect();
+    let dek_versions: Vec<i64> = updates
+        .iter()
+        .map(|(p, _)| i64::from(p.dek_version))
+        .collect();
+    let stmt = tx.prepare_cached(UPDATE_PERSONS).await?;
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &ids,
+        &nir_blinds,
+        &name_blinds,
+        &fingerprints,
+        &identities,
+        &contacts,
+        &nirs,
+        &statuses,
+        &retain,
+        &previous,
+        &dek_versions,
+    ];
+    let done = tx.query(&stmt, &params).await?;
+    if done.len() != updates.len() {
+        let done: HashSet<i64> = done
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let id = ids
+            .iter()
+            .copied()
+            .find(|id| !done.contains(id))
+            .unwrap_or_default();
+        return Err(changed(id));
+    }
+    Ok(())
+}
+
+const STORE_ONE_REWRAPPED: &str = "UPDATE person SET kek_version = $2, wrapped_dek = $3
+     WHERE id = $1 AND kek_version = $4::int8 AND dek_version = $5::int8
+       AND wrapped_dek IS NOT NULL";
+
+const STORE_REWRAPPED: &str =
+    "UPDATE person AS p SET kek_version = u.kek_version, wrapped_dek = u.wrapped_dek
+     FROM UNNEST($1::int8[], $2::int4[], $3::bytea[], $4::int8[], $5::int8[])
+          AS u(id, kek_version, wrapped_dek, old_kek_version, dek_version)
+     WHERE p.id = u.id AND p.kek_version = u.old_kek_version AND p.dek_version = u.dek_version
+       AND p.wrapped_dek IS NOT NULL";
+
+/// Stores rewrapped keys, each only if its KEK and data key versions are
+/// still the ones read; returns how many applied.
+async fn rewrap_persons(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(WrappedKeyRow, u32)],
+) -> Result<u64, StorageError> {
+    Ok(if has_duplicates(rows.iter().map(|(r, _)| r.id)) {
+        // Row by row, in order, as SQLite does.
+        let stmt = tx.prepare_cached(STORE_ONE_REWRAPPED).await?;
+        let mut n = 0;
+        for (row, old_version) in rows {
+            n += tx
+                .execute(
+                    &stmt,
+                    &[
+                        &row.id,
+                        &to_i32(row.kek_version, "kek_version")?,
+                        &row.wrapped_dek,
+                        &i64::from(*old_version),
+                        &i64::from(row.dek_version),
+                    ],
+                )
+                .await?;
+        }
+        n
+    } else {
+        let ids: Vec<i64> = rows.iter().map(|(r, _)| r.id).collect();
+        let versions = rows
+            .iter()
+            .map(|(r, _)| to_i32(r.kek_version, "kek_version"))
+            .collect::<Result<Vec<i32>, _>>()?;
+        let keys: Vec<&[u8]> = rows.iter().map(|(r, _)| &r.wrapped_dek[..]).collect();
+        let old: Vec<i64> = rows.iter().map(|(_, v)| i64::from(*v)).collect();
+        let deks: Vec<i64> = rows.iter().map(|(r, _)| i64::from(r.dek_version)).collect();
+        let stmt = tx.prepare_cached(STORE_REWRAPPED).await?;
+        tx.execute(&stmt, &[&ids, &versions, &keys, &old, &deks])
+            .await?
+    })
+}
+
+#[async_trait]
+impl RegistryStore for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError> {
+        let n = i64::try_from(n)
+            .map_err(|_| StorageError::Invalid(format!("cannot reserve {n} ids at once")))?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE id_counter SET next = next + $1 WHERE name = 'person' RETURNING next - $1",
+            )
+            .await?;
+        let row = client
+            .query_opt(&stmt, &[&n])
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("id_counter has no 'person' row".into()))?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn lookup_persons(
+        &self,
+        ft_blinds: &[Blind],
+    ) -> Result<Vec<Option<ExistingPerson>>, StorageError> {
+        let mut out = vec![None; ft_blinds.len()];
+        if ft_blinds.is_empty() {
+            return Ok(out);
+        }
+        let blinds: Vec<&[u8]> = ft_blinds.iter().map(|b| &b[..]).collect();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT q.i, p.id, p.fingerprint, p.kek_version, p.dek_version, p.wrapped_dek
+                 FROM UNNEST($1::bytea[]) WITH ORDINALITY AS q(b, i)
+                 JOIN person AS p ON p.ft_blind = q.b
+                 WHERE p.wrapped_dek IS NOT NULL",
+            )
+            .await?;
+        for r in client.query(&stmt, &[&blinds]).await? {
+            let i: i64 = r.try_get(0)?;
+            let slot = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| StorageError::Corrupt(format!("lookup ordinal {i} out of range")))?;
+            *slot = Some(ExistingPerson {
+                id: r.try_get(1)?,
+                fingerprint: blind(r.try_get(2)?, "fingerprint")?,
+                kek_version: to_u32(r.try_get(3)?, "kek_version")?,
+                dek_version: to_u32(r.try_get(4)?, "dek_version")?,
+                wrapped_dek: r.try_get(5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn write_persons(
+        &self,
+        inserts: Vec<SealedPerson>,
+        updates: Vec<(SealedPerson, Blind)>,
+    ) -> Result<(), StorageError> {
+        if inserts.is_empty() && updates.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(contention)?;
+        if !inserts.is_empty() {
+            copy_persons(&tx, &inserts).await.map_err(contention)?;
+        }
+        if !updates.is_empty() {
+            update_persons(&tx, &updates).await.map_err(contention)?;
+        }
+        tx.commit().await.map_err(contention)?;
+        Ok(())
+    }
+
+    async fn read_person(
+        &self,
+        id: i64,
+        groups: &[FieldGroup],
+    ) -> Result<Option<StoredPerson>, StorageError> {
+        let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
+        for g in groups {
+            sql.push_str(", ");
+            sql.push_str(group_column(*g));
+        }
+        sql.push_str(" FROM person WHERE id = $1");
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
+            return Ok(None);
+        };
+        let mut sealed = Vec::with_capacity(groups.len());
+        for (i, g) in groups.iter().enumerate() {
+            sealed.push((*g, r.try_get::<_, Vec<u8>>(3 + i)?));
+        }
+        Ok(Some(StoredPerson {
+            id,
+            kek_version: to_u32(r.try_get(0)?, "kek_version")?,
+            dek_version: to_u32(r.try_get(1)?, "dek_version")?,
+            wrapped_dek: r.try_get(2)?,
+            groups: sealed,
+        }))
+    }
+
+    async fn find_persons(
+        &self,
+        index: PersonIndex,
+        value: Blind,
+    ) -> Result<Vec<i64>, StorageError> {
+        let sql = format!(
+            "SELECT id FROM person WHERE {} = $1 ORDER BY id",
+            index_column(index)
+        );
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let value: &[u8] = &value;
+        client
+            .query(&stmt, &[&value])
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+    }
+
+    async fn keys_to_rewrap(
+        &self,
+        target: u32,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<WrappedKeyRow>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, kek_version, dek_version, wrapped_dek FROM person
+                 WHERE id > $1 AND kek_version <> $2::int8 AND wrapped_dek IS NOT NULL
+                 ORDER BY id LIMIT $3",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&after, &i64::from(target), &i64::from(limit)])
+            .await?
+            .iter()
+            .map(wrapped_key_row)
+            .collect()
+    }
+
+    async fn store_rewrapped(&self, rows: Vec<(WrappedKeyRow, u32)>) -> Result<u64, StorageError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(contention)?;
+        let n = rewrap_persons(&tx, &rows).await.map_err(contention)?;
+        tx.commit().await.map_err(contention)?;
+        Ok(n)
+    }
+
+    async fn shred_person(&self, id: i64) -> Result<bool, StorageError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
+                     name_blind = NULL, fingerprint = NULL, shredded_at = now()
+                 WHERE id = $1 AND wrapped_dek IS NOT NULL",
+                &[&id],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn upsert_organisations(
+        &self,
+        orgs: Vec<Organisation>,
+    ) -> Result<UpsertCount, StorageError> {
+        let mut count = UpsertCount::default();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE organisation IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        let get = tx
+            .prepare_cached("SELECT kind, name, departement FROM organisation WHERE code = $1")
+            .await?;
+        let ins = tx
+            .prepare_cached(
+                "INSERT INTO organisation (code, kind, name, departement) VALUES ($1, $2, $3, $4)",
+            )
+            .await?;
+        let upd = tx
+            .prepare_cached(
+                "UPDATE organisation SET kind = $2, name = $3, departement = $4 WHERE code = $1",
+            )
+            .await?;
+        for o in &orgs {
+            let current: Option<(String, String, Option<String>)> = tx
+                .query_opt(&get, &[&o.code.as_str()])
+                .await?
+                .map(|r| Ok::<_, StorageError>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .transpose()?;
+            let new = (
+                o.kind.as_str().to_string(),
+                o.name.clone(),
+                o.departement.clone(),
+            );
+            let p: [&(dyn ToSql + Sync); 4] = [&o.code.as_str(), &new.0, &new.1, &new.2];
+            match current {
+                None => {
+                    tx.execute(&ins, &p).await?;
+                    count.inserted += 1;
+                }
+                Some(cur) if cur == new => count.unchanged += 1,
+                Some(_) => {
+                    tx.execute(&upd, &p).await?;
+                    count.updated += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn upsert_accounts(
+        &self,
+        accounts: Vec<Account>,
+    ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
+        let mut count = UpsertCount::default();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE account IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        // The link checks are synchronous: fetch what they may ask first.
+        let codes: Vec<&str> = accounts.iter().map(|a| a.organisation.as_str()).collect();
+        let org_ids: HashMap<String, (i64, String)> = tx
+            .query(
+                "SELECT code, id, kind FROM organisation WHERE code = ANY($1)",
+                &[&codes],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+            .collect::<Result<_, StorageError>>()?;
+        let linked: Vec<&str> = accounts
+            .iter()
+            .flat_map(|a| [&a.requested_by, &a.approved_by])
+            .flatten()
+            .map(Reference::as_str)
+            .collect();
+        let stored_accounts: HashMap<String, (i64, String)> = tx
+            .query(
+                "SELECT login, organisation_id, role FROM account WHERE login = ANY($1)",
+                &[&linked],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+            .collect::<Result<_, StorageError>>()?;
+        let stored_code = |s: &str| StorageError::Corrupt(format!("stored code {s:?} is unknown"));
+        let (valid, refused) = crate::check_account_links(
+            &accounts,
+            |code| {
+                org_ids
+                    .get(code)
+                    .map(|(id, kind)| {
+                        Ok((
+                            *id,
+                            OrganisationKind::parse(kind).map_err(|_| stored_code(kind))?,
+                        ))
+                    })
+                    .transpose()
+            },
+            |login| {
+                stored_accounts
+                    .get(login)
+                    .map(|(org, role)| {
+                        Ok((*org, Role::parse(role).map_err(|_| stored_code(role))?))
+                    })
+                    .transpose()
+            },
+        )?;
+        let get = tx
+            .prepare_cached(
+                "SELECT a.organisation_id, a.role, a.state, r.login, p.login FROM account a
+                 LEFT JOIN account r ON r.id = a.requested_by
+                 LEFT JOIN account p ON p.id = a.approved_by
+                 WHERE a.login = $1",
+            )
+            .await?;
+        let ins = tx
+            .prepare_cached(
+                "INSERT INTO account (login, organisation_id, role, state) VALUES ($1, $2, $3, $4)",
+            )
+            .await?;
+        let upd = tx
+            .prepare_cached(
+                "UPDATE account SET organisation_id = $2, role = $3, state = $4 WHERE login = $1",
+            )
+            .await?;
+        let mut changed = Vec::new();
+        for (a, org_id) in &valid {
+            type Current = (i64, String, String, Option<String>, Option<String>);
+            let current: Option<Current> = tx
+                .query_opt(&get, &[&a.login.as_str()])
+                .await?
+                .map(|r| {
+                    Ok::<_, StorageError>((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    ))
+                })
+                .transpose()?;
+            let p: [&(dyn ToSql + Sync); 4] = [
+                &a.login.as_str(),
+                org_id,
+                &a.role.as_str(),
+                &a.state.as_str(),
+            ];
+            let links = (
+                a.requested_by.as_ref().map(|r| r.as_str().to_string()),
+                a.approved_by.as_ref().map(|r| r.as_str().to_string()),
+            );
+            match current {
+                None => {
+                    tx.execute(&ins, &p).await?;
+                    count.inserted += 1;
+                }
+                Some((o, ref role, ref state, ref req, ref app))
+                    if o == *org_id
+                        && role == a.role.as_str()
+                        && state == a.state.as_str()
+                        && (req, app) == (&links.0, &links.1) =>
+                {
+                    count.unchanged += 1;
+                    continue;
+                }
+                Some(_) => {
+                    tx.execute(&upd, &p).await?;
+                    count.updated += 1;
+                }
+            }
+            changed.push(*a);
+        }
+        // Links last, so requester and approver may appear anywhere in the batch.
+        let set = tx
+            .prepare_cached(
+                "UPDATE account SET
+                     requested_by = (SELECT id FROM account WHERE login = $2),
+                     approved_by = (SELECT id FROM account WHERE login = $3)
+                 WHERE login = $1",
+            )
+            .await?;
+        for a in changed {
+            tx.execute(
+                &set,
+                &[
+                    &a.login.as_str(),
+                    &a.requested_by.as_ref().map(Reference::as_str),
+                    &a.approved_by.as_ref().map(Reference::as_str),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((count, refused))
+    }
+
+    async fn upsert_mandates(
+        &self,
+        mandates: Vec<MandateRow>,
+    ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
+        let mut count = UpsertCount::default();
+        let mut refused = Vec::new();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Accounts may not move to another organisation while mandates are
+        // checked against them; mandate writers go one at a time.
+        tx.batch_execute(
+            "LOCK TABLE account IN SHARE MODE;
+             LOCK TABLE mandate IN SHARE ROW EXCLUSIVE MODE;",
+        )
+        .await?;
+        let org = tx
+            .prepare_cached("SELECT id FROM organisation WHERE code = $1")
+            .await?;
+        let acc = tx
+            .prepare_cached("SELECT id, organisation_id FROM account WHERE login = $1")
+            .await?;
+        // FOR SHARE: the person cannot be shredded before this commits.
+        let person = tx
+            .prepare_cached(
+                "SELECT 1 FROM person WHERE id = $1 AND wrapped_dek IS NOT NULL FOR SHARE",
+            )
+            .await?;
+        let get = tx
+            .prepare_cached(
+                "SELECT organisation_id, account_id, person_id, purpose, valid_from, valid_to, source
+                 FROM mandate WHERE reference = $1",
+            )
+            .await?;
+        let ins = tx
+            .prepare_cached(
+                "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
+                     valid_from, valid_to, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await?;
+        let upd = tx
+            .prepare_cached(
+                "UPDATE mandate SET organisation_id = $2, account_id = $3, person_id = $4,
+                     purpose = $5, valid_from = $6, valid_to = $7, source = $8
+                 WHERE reference = $1",
+            )
+            .await?;
+        for (index, m) in mandates.iter().enumerate() {
+            let refuse = |field, reason: &str| RowRefusal {
+                index,
+                field,
+                reason: reason.into(),
+            };
+            let Some(org_row) = tx.query_opt(&org, &[&m.organisation.as_str()]).await? else {
+                refused.push(refuse("organisation", "no such organisation"));
+                continue;
+            };
+            let org_id: i64 = org_row.try_get(0)?;
+            let account_id = match &m.account {
+                None => None,
+                Some(login) => match tx.query_opt(&acc, &[&login.as_str()]).await? {
+                    None => {
+                        refused.push(refuse("account", "no such account"));
+                        continue;
+                    }
+                    Some(r) => {
+                        let (id, o): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+                        if o != org_id {
+                            refused.push(refuse(
+                                "account",
+                                "belongs to another organisation than the mandate",
+                            ));
+                            continue;
+                        }
+                        Some(id)
+                    }
+                },
+            };
+            if tx.query_opt(&person, &[&m.person_id]).await?.is_none() {
+                refused.push(refuse("ft_id", "no such person in the registry"));
+                continue;
+            }
+            type Fields = (
+                i64,
+                Option<i64>,
+                i64,
+                String,
+                NaiveDate,
+                Option<NaiveDate>,
+                String,
+            );
+            let new: Fields = (
+                org_id,
+                account_id,
+                m.person_id,
+                m.purpose.as_str().to_string(),
+                m.valid_from,
+                m.valid_to,
+                m.source.as_str().to_string(),
+            );
+            let current: Option<Fields> = tx
+                .query_opt(&get, &[&m.reference.as_str()])
+                .await?
+                .map(|r| {
+                    Ok::<_, StorageError>((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                        r.try_get(6)?,
+                    ))
+                })
+                .transpose()?;
+            let p: [&(dyn ToSql + Sync); 8] = [
+                &m.reference.as_str(),
+                &new.0,
+                &new.1,
+                &new.2,
+                &new.3,
+                &new.4,
+                &new.5,
+                &new.6,
+            ];
+            match current {
+                None => {
+                    tx.execute(&ins, &p).await?;
+                    count.inserted += 1;
+                }
+                Some(cur) if cur == new => count.unchanged += 1,
+                Some(_) => {
+                    tx.execute(&upd, &p).await?;
+                    count.updated += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok((count, refused))
+    }
+
+    async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT m.id, m.reference, o.code, a.login, m.purpose, m.valid_from, m.valid_to, m.source
+                 FROM mandate m JOIN organisation o ON o.id = m.organisation_id
+                 LEFT JOIN account a ON a.id = m.account_id
+                 WHERE m.person_id = $1 ORDER BY m.id",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&person_id])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(StoredMandate {
+                    id: r.try_get(0)?,
+                    reference: parse_code(r.try_get(1)?, Reference::parse)?,
+                    organisation: parse_code(r.try_get(2)?, Reference::parse)?,
+                    account: r
+                        .try_get::<_, Option<String>>(3)?
+                        .map(|a| parse_code(a, Reference::parse))
+                        .transpose()?,
+                    person_id,
+                    purpose: parse_code(r.try_get(4)?, Purpose::parse)?,
+                    valid_from: r.try_get(5)?,
+                    valid_to: r.try_get(6)?,
+                    source: parse_code(r.try_get(7)?, Reference::parse)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn inventory(&self) -> Result<Inventory, StorageError> {
+        let mut client = self.client().await?;
+        // One snapshot for all the counts.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let r = tx
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE wrapped_dek IS NULL) FROM person",
+                &[],
+            )
+            .await?;
+        let (persons, shredded): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        let keys = tx
+            .query(
+                "SELECT kek_version, count(*) FROM person WHERE wrapped_dek IS NOT NULL
+                 GROUP BY kek_version ORDER BY kek_version",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    to_u32(r.try_get(0)?, "kek_version")?,
+                    to_u64(r.try_get(1)?, "count")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        // Heap, indexes and TOAST of the registry's tables.
+        let bytes: i64 = tx
+            .query_one(
+                "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::int8
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname = ANY($2)",
+                &[&self.schema, &TABLES],
+            )
+            .await?
+            .try_get(0)?;
+        // Codes are ASCII: the C collation orders them as SQLite does.
+        let inventory = Inventory {
+            persons: to_u64(persons, "count")?,
+            shredded: to_u64(shredded, "count")?,
+            organisations_by_kind: grouped(
+                &*tx,
+                "SELECT kind, count(*) FROM organisation GROUP BY kind ORDER BY kind COLLATE \"C\"",
+                OrganisationKind::parse,
+            )
+            .await?,
+            accounts_by_role: grouped(
+                &*tx,
+                "SELECT role, count(*) FROM account GROUP BY role ORDER BY role COLLATE \"C\"",
+                Role::parse,
+            )
+            .await?,
+            accounts_by_state: grouped(
+                &*tx,
+                "SELECT state, count(*) FROM account GROUP BY state ORDER BY state COLLATE \"C\"",
+                AccountState::parse,
+            )
+            .await?,
+            mandates_by_purpose: grouped(
+                &*tx,
+                "SELECT purpose, count(*) FROM mandate GROUP BY purpose ORDER BY purpose COLLATE \"C\"",
+                Purpose::parse,
+            )
+            .await?,
+            keys_by_kek_version: keys,
+            bytes: to_u64(bytes, "size")?,
+        };
+        tx.commit().await?;
+        Ok(inventory)
+    }
+
+    async fn begin_bulk_load(&self) -> Result<bool, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Blocks concurrent writers until the decision is committed.
+        tx.batch_execute("LOCK TABLE person IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        let empty: bool = tx
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM person)", &[])
+            .await?
+            .try_get(0)?;
+        if empty {
+            tx.batch_execute(
+                "DROP INDEX IF EXISTS person_ft;
+                 DROP INDEX IF EXISTS person_nir;
+                 DROP INDEX IF EXISTS person_name;",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(empty)
+    }
+
+    async fn end_bulk_load(&self) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        // Sorting memory for the index builds of a large first load.
+        client
+            .batch_execute(
+                "SET maintenance_work_mem = '256MB';
+                 CREATE UNIQUE INDEX IF NOT EXISTS person_ft ON person (ft_blind);
+                 CREATE INDEX IF NOT EXISTS person_nir ON person (nir_blind);
+                 CREATE INDEX IF NOT EXISTS person_name ON person (name_blind);
+                 RESET maintenance_work_mem;",
+            )
+            .await
+            .map_err(|e| match e.code() {
+                Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => {
+                    StorageError::Conflict(
+                        "two persons with the same France Travail id were loaded at once".into(),
+                    )
+                }
+                _ => e.into(),
+            })?;
+        Ok(())
+    }
+
+    async fn person_ids(&self, after: i64, limit: u32) -> Result<Vec<i64>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id FROM person WHERE id > $1 ORDER BY id LIMIT $2")
+            .await?;
+        client
+            .query(&stmt, &[&after, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        for ok in ["registry", "t_1_2_3", "_x", "a9"] {
+            assert!(check_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Registry",
+            "a-b",
+            "a;drop",
+            "a b",
+            "9a",
+            "pg_catalog",
+            "information_schema",
+            "\"x\"",
+            &"a".repeat(64),
+        ] {
+            assert!(check_schema_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(
+            redact_url("host=h password=x"),
+            "PostgreSQL connection string"
+        );
+    }
+
+    #[test]
+    fn lock_keys_differ_by_schema() {
+        assert_ne!(lock_key("a"), lock_key("b"));
+        assert_eq!(lock_key("a"), lock_key("a"));
     }
 }

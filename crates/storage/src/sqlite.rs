@@ -204,7 +204,8 @@ impl RegistryStore for SqliteStore {
     }
 
     async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError> {
-        let n = i64::try_from(n).map_err(|_| StorageError::Conflict("too many ids".into()))?;
+        let n = i64::try_from(n)
+            .map_err(|_| StorageError::Invalid(format!("cannot reserve {n} ids at once")))?;
         self.write(move |c| {
             let first: i64 = c.query_row(
                 "UPDATE id_counter SET next = next + ?1 WHERE name = 'person' RETURNING next - ?1",
@@ -508,13 +509,24 @@ impl RegistryStore for SqliteStore {
             let mut count = UpsertCount::default();
             let refused;
             {
-                let mut org = tx.prepare_cached("SELECT id FROM organisation WHERE code = ?1")?;
+                let mut org =
+                    tx.prepare_cached("SELECT id, kind FROM organisation WHERE code = ?1")?;
                 let mut who =
-                    tx.prepare_cached("SELECT organisation_id FROM account WHERE login = ?1")?;
+                    tx.prepare_cached("SELECT organisation_id, role FROM account WHERE login = ?1")?;
                 let (valid, r) = crate::check_account_links(
                     &accounts,
-                    |code| Ok(org.query_row([code], |r| r.get::<_, i64>(0)).optional()?),
-                    |login| Ok(who.query_row([login], |r| r.get::<_, i64>(0)).optional()?),
+                    |code| {
+                        org.query_row([code], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                            .optional()?
+                            .map(|(id, kind)| Ok((id, parse_code(kind, OrganisationKind::parse)?)))
+                            .transpose()
+                    },
+                    |login| {
+                        who.query_row([login], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                            .optional()?
+                            .map(|(id, role)| Ok((id, parse_code(role, Role::parse)?)))
+                            .transpose()
+                    },
                 )?;
                 refused = r;
                 let mut get = tx.prepare_cached(

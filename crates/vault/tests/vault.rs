@@ -11,7 +11,7 @@ use rempart_domain::records::RecordRules;
 use rempart_domain::{FieldGroup, Person};
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
-use rempart_storage::{RegistryStore, Store};
+use rempart_storage::Store;
 use rempart_vault::{KeySource, Read, Sealed, Vault, VaultError};
 
 fn today() -> NaiveDate {

@@ -10,7 +10,7 @@ INSERT INTO id_counter (name, next) VALUES ('person', 1);
 
 CREATE TABLE person (
     id           BIGINT PRIMARY KEY,
-    ft_blind     BYTEA UNIQUE,          -- NULL once shredded
+    ft_blind     BYTEA,                 -- NULL once shredded
     nir_blind    BYTEA,
     name_blind   BYTEA,
     fingerprint  BYTEA,
@@ -29,6 +29,9 @@ ALTER TABLE person ALTER COLUMN identity SET STORAGE EXTERNAL,
                    ALTER COLUMN contact SET STORAGE EXTERNAL,
                    ALTER COLUMN nir SET STORAGE EXTERNAL,
                    ALTER COLUMN status SET STORAGE EXTERNAL;
+-- Named indexes (not column constraints) so a first bulk load can drop
+-- and rebuild them; see RegistryStore::begin_bulk_load.
+CREATE UNIQUE INDEX person_ft ON person (ft_blind);
 CREATE INDEX person_nir ON person (nir_blind);
 CREATE INDEX person_name ON person (name_blind);
 

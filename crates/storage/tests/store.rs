@@ -1,0 +1,1736 @@
+//! One suite, two backends: every scenario runs on SQLite (in a temporary
+//! directory) and on PostgreSQL (in a fresh schema of the database named by
+//! `REMPART_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
+//! dropped afterwards). PostgreSQL being unreachable is a failure, not a skip.
+//!
+//! Blobs and blind indexes are synthetic byte patterns: no personal data.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::NaiveDate;
+use futures_util::future::join_all;
+use rempart_domain::{
+    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+};
+use rempart_storage::postgres::PgStore;
+use rempart_storage::sqlite::SqliteStore;
+use rempart_storage::{
+    Blind, ExistingPerson, MandateRow, PersonIndex, RegistryStore, RowRefusal, SealedPerson,
+    StorageError, StoredMandate, UpsertCount, WrappedKeyRow, migrate,
+};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------- harness
+
+fn pg_url() -> String {
+    std::env::var("REMPART_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn unique_schema() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// Runs one statement on its own connection, on its own runtime (usable
+/// from `Drop`, even while a test unwinds).
+fn pg_exec_blocking(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(conn);
+            let r = client.batch_execute(&sql).await.map_err(|e| e.to_string());
+            drop(client);
+            let _ = task.await;
+            r
+        })
+    })
+    .join()
+    .map_err(|_| "thread panicked".to_string())?
+}
+
+/// Drops a test schema when the test ends, pass or fail.
+struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        // The stores' connections run on the test runtime's worker threads
+        // (multi-thread flavour), so their pending rollbacks go through
+        // while this thread waits; the lock timeout keeps a bug from hanging.
+        let sql = format!(
+            "SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        );
+        if let Err(e) = pg_exec_blocking(&self.url, &sql) {
+            eprintln!("could not drop test schema {}: {e}", self.schema);
+        }
+    }
+}
+
+async fn connect_pg(url: &str, schema: &str) -> Arc<dyn RegistryStore> {
+    PgStore::connect(url, schema).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL test database unusable at {url} (schema {schema}): {e}\n\
+             Start PostgreSQL or set REMPART_TEST_DATABASE_URL; these tests never skip."
+        )
+    })
+}
+
+/// A SQLite store and a PostgreSQL store, both empty and migrated.
+struct Both {
+    dir: TempDir,
+    sqlite: Arc<dyn RegistryStore>,
+    pg: Arc<dyn RegistryStore>,
+    url: String,
+    schema: String,
+    _guard: SchemaGuard,
+}
+
+impl Both {
+    fn stores(&self) -> [&dyn RegistryStore; 2] {
+        [&*self.sqlite, &*self.pg]
+    }
+}
+
+async fn both() -> Both {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let sqlite: Arc<dyn RegistryStore> = Arc::new(
+        SqliteStore::open(dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("SQLite store in {}: {e}", dir.path().display())),
+    );
+    let url = pg_url();
+    let schema = unique_schema();
+    let guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let pg = connect_pg(&url, &schema).await;
+    Both {
+        dir,
+        sqlite,
+        pg,
+        url,
+        schema,
+        _guard: guard,
+    }
+}
+
+/// Unwraps with the backend's name in the message.
+trait On<T> {
+    fn on(self, store: &dyn RegistryStore, what: &str) -> T;
+}
+
+impl<T> On<T> for Result<T, StorageError> {
+    fn on(self, store: &dyn RegistryStore, what: &str) -> T {
+        self.unwrap_or_else(|e| panic!("[{}] {what}: {e}", store.backend()))
+    }
+}
+
+fn assert_conflict<T: std::fmt::Debug>(
+    store: &dyn RegistryStore,
+    r: Result<T, StorageError>,
+    what: &str,
+) {
+    assert!(
+        matches!(r, Err(StorageError::Conflict(_))),
+        "[{}] {what}: expected a conflict, got {r:?}",
+        store.backend()
+    );
+}
+
+// ---------------------------------------------------------------- data
+
+/// A 16-byte pattern: `tag` then `n`.
+fn blind(tag: u8, n: i64) -> Blind {
+    let mut b = [tag; 16];
+    b[8..].copy_from_slice(&n.to_le_bytes());
+    b
+}
+
+/// A patterned blob of `len` bytes.
+fn blob(tag: u8, n: i64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (u64::from(tag) * 131 + (n as u64) * 31 + i as u64) as u8)
+        .collect()
+}
+
+fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).expect("valid date")
+}
+
+/// A synthetic sealed person; `n` varies every field.
+fn sealed(id: i64, n: i64) -> SealedPerson {
+    SealedPerson {
+        id,
+        ft_blind: blind(1, n),
+        nir_blind: blind(2, n),
+        name_blind: blind(3, n),
+        fingerprint: blind(4, n),
+        kek_version: 1,
+        dek_version: 1,
+        wrapped_dek: blob(5, n, 60),
+        identity: blob(6, n, 90),
+        contact: blob(7, n, 150),
+        nir: blob(8, n, 43),
+        status: blob(9, n, 70),
+        retain_until: if n % 2 == 0 {
+            Some(day(2030, 1, 1) + chrono::Days::new(n.unsigned_abs() % 365))
+        } else {
+            None
+        },
+    }
+}
+
+/// The same person (id, ft_blind) with new contents and fingerprint.
+fn changed(p: &SealedPerson, n: i64) -> SealedPerson {
+    let mut q = sealed(p.id, n);
+    q.ft_blind = p.ft_blind;
+    q.kek_version = p.kek_version;
+    q.dek_version = p.dek_version;
+    q.wrapped_dek = p.wrapped_dek.clone();
+    q
+}
+
+fn existing(p: &SealedPerson) -> ExistingPerson {
+    ExistingPerson {
+        id: p.id,
+        fingerprint: p.fingerprint,
+        kek_version: p.kek_version,
+        dek_version: p.dek_version,
+        wrapped_dek: p.wrapped_dek.clone(),
+    }
+}
+
+fn groups_of(p: &SealedPerson) -> Vec<(FieldGroup, Vec<u8>)> {
+    vec![
+        (FieldGroup::Identity, p.identity.clone()),
+        (FieldGroup::Contact, p.contact.clone()),
+        (FieldGroup::Nir, p.nir.clone()),
+        (FieldGroup::Status, p.status.clone()),
+    ]
+}
+
+/// Reserves ids and inserts `count` persons, `n` starting at `n0`.
+async fn insert_persons(store: &dyn RegistryStore, count: usize, n0: i64) -> Vec<SealedPerson> {
+    let first = store
+        .reserve_person_ids(count as u64)
+        .await
+        .on(store, "reserve");
+    let ps: Vec<SealedPerson> = (0..count as i64)
+        .map(|k| sealed(first + k, n0 + k))
+        .collect();
+    store
+        .write_persons(ps.clone(), vec![])
+        .await
+        .on(store, "insert persons");
+    ps
+}
+
+/// Checks the stored state of `p`: key material and every group.
+async fn assert_stored(store: &dyn RegistryStore, p: &SealedPerson, what: &str) {
+    let got = store
+        .read_person(p.id, FieldGroup::ALL)
+        .await
+        .on(store, "read_person")
+        .unwrap_or_else(|| panic!("[{}] {what}: person {} missing", store.backend(), p.id));
+    assert_eq!(got.id, p.id, "[{}] {what}", store.backend());
+    assert_eq!(
+        got.kek_version,
+        p.kek_version,
+        "[{}] {what}",
+        store.backend()
+    );
+    assert_eq!(
+        got.dek_version,
+        p.dek_version,
+        "[{}] {what}",
+        store.backend()
+    );
+    assert_eq!(
+        got.wrapped_dek.as_deref(),
+        Some(&p.wrapped_dek[..]),
+        "[{}] {what}",
+        store.backend()
+    );
+    assert_eq!(got.groups, groups_of(p), "[{}] {what}", store.backend());
+    let found = store
+        .lookup_persons(&[p.ft_blind])
+        .await
+        .on(store, "lookup");
+    assert_eq!(
+        found,
+        vec![Some(existing(p))],
+        "[{}] {what}",
+        store.backend()
+    );
+    for (index, b) in [
+        (PersonIndex::FtId, p.ft_blind),
+        (PersonIndex::Nir, p.nir_blind),
+        (PersonIndex::NameBirth, p.name_blind),
+    ] {
+        let ids = store.find_persons(index, b).await.on(store, "find");
+        assert!(
+            ids.contains(&p.id),
+            "[{}] {what}: {index:?} does not find {}",
+            store.backend(),
+            p.id
+        );
+    }
+}
+
+fn r(s: &str) -> Reference {
+    Reference::parse(s).expect("valid reference")
+}
+
+fn org(code: &str, kind: OrganisationKind, name: &str, dep: Option<&str>) -> Organisation {
+    Organisation {
+        code: r(code),
+        kind,
+        name: name.into(),
+        departement: dep.map(Into::into),
+    }
+}
+
+fn account(
+    login: &str,
+    organisation: &str,
+    role: Role,
+    state: AccountState,
+    requested_by: Option<&str>,
+    approved_by: Option<&str>,
+) -> Account {
+    Account {
+        login: r(login),
+        organisation: r(organisation),
+        role,
+        state,
+        requested_by: requested_by.map(r),
+        approved_by: approved_by.map(r),
+    }
+}
+
+fn mandate(
+    reference: &str,
+    organisation: &str,
+    account: Option<&str>,
+    person_id: i64,
+    purpose: Purpose,
+) -> MandateRow {
+    MandateRow {
+        reference: r(reference),
+        organisation: r(organisation),
+        account: account.map(r),
+        person_id,
+        purpose,
+        valid_from: day(2026, 1, 1),
+        valid_to: Some(day(2026, 7, 1)),
+        source: r("orientation"),
+    }
+}
+
+fn organisations() -> Vec<Organisation> {
+    vec![
+        org(
+            "FT",
+            OrganisationKind::FranceTravail,
+            "France Travail",
+            None,
+        ),
+        org(
+            "CE-038",
+            OrganisationKind::CapEmploi,
+            "Cap emploi Isère",
+            Some("38"),
+        ),
+        org(
+            "ML-069",
+            OrganisationKind::MissionLocale,
+            "Mission Locale Lyon",
+            Some("69"),
+        ),
+    ]
+}
+
+fn refusal_fields(refused: &[RowRefusal]) -> Vec<(usize, &'static str)> {
+    refused.iter().map(|r| (r.index, r.field)).collect()
+}
+
+fn count(inserted: u64, updated: u64, unchanged: u64) -> UpsertCount {
+    UpsertCount {
+        inserted,
+        updated,
+        unchanged,
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_guarded() {
+    let b = both().await;
+
+    // SQLite: open the same directory again, and twice at once.
+    b.sqlite
+        .upsert_organisations(organisations())
+        .await
+        .on(&*b.sqlite, "orgs");
+    let again = SqliteStore::open(b.dir.path())
+        .await
+        .expect("[sqlite] second open");
+    let (x, y) = tokio::join!(
+        SqliteStore::open(b.dir.path()),
+        SqliteStore::open(b.dir.path())
+    );
+    x.expect("[sqlite] concurrent open 1");
+    y.expect("[sqlite] concurrent open 2");
+    let inv = again.inventory().await.expect("[sqlite] inventory");
+    assert_eq!(inv.organisations_by_kind.len(), 3, "[sqlite] data kept");
+    let db = rusqlite::Connection::open(b.dir.path().join(rempart_storage::sqlite::FILE_NAME))
+        .expect("raw sqlite");
+    let applied: i64 = db
+        .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
+        .expect("schema_migrations");
+    assert_eq!(applied as usize, migrate::SQLITE.len(), "[sqlite]");
+
+    // PostgreSQL: connect again to the same schema, and twice at once.
+    b.pg.upsert_organisations(organisations())
+        .await
+        .on(&*b.pg, "orgs");
+    let again = connect_pg(&b.url, &b.schema).await;
+    let inv = again.inventory().await.expect("[postgres] inventory");
+    assert_eq!(inv.organisations_by_kind.len(), 3, "[postgres] data kept");
+    let fresh = unique_schema();
+    let _guard = SchemaGuard {
+        url: b.url.clone(),
+        schema: fresh.clone(),
+    };
+    let opens = join_all((0..4).map(|_| PgStore::connect(&b.url, &fresh))).await;
+    for (i, o) in opens.into_iter().enumerate() {
+        o.unwrap_or_else(|e| panic!("[postgres] concurrent open {i} of a new schema: {e}"));
+    }
+    let (client, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
+        .await
+        .expect("raw postgres");
+    tokio::spawn(conn);
+    for schema in [&b.schema, &fresh] {
+        let applied: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM \"{schema}\".schema_migrations"),
+                &[],
+            )
+            .await
+            .expect("schema_migrations")
+            .get(0);
+        assert_eq!(applied as usize, migrate::POSTGRES.len(), "[postgres]");
+        let tables: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = $1",
+                &[schema],
+            )
+            .await
+            .expect("pg_tables")
+            .get(0);
+        assert_eq!(tables, 6, "[postgres] registry tables + schema_migrations");
+    }
+
+    // A database newer than the program is refused by both.
+    db.execute(
+        "INSERT INTO schema_migrations VALUES (999, 'future', 'x', 'now')",
+        [],
+    )
+    .expect("fake future migration");
+    assert!(
+        matches!(
+            SqliteStore::open(b.dir.path()).await,
+            Err(StorageError::SchemaTooNew { found: 999, .. })
+        ),
+        "[sqlite] newer schema must be refused"
+    );
+    client
+        .batch_execute(&format!(
+            "INSERT INTO \"{}\".schema_migrations VALUES (999, 'future', 'x', now())",
+            b.schema
+        ))
+        .await
+        .expect("fake future migration");
+    let newer = PgStore::connect(&b.url, &b.schema).await;
+    assert!(
+        matches!(newer, Err(StorageError::SchemaTooNew { found: 999, .. })),
+        "[postgres] newer schema must be refused, got {:?}",
+        newer.err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_names_are_checked_and_schemas_dropped() {
+    let url = pg_url();
+    for bad in ["Registry", "a;drop table x", "a b", "pg_catalog", ""] {
+        assert!(
+            matches!(
+                PgStore::connect(&url, bad).await,
+                Err(StorageError::Open { .. })
+            ),
+            "schema name {bad:?} must be refused"
+        );
+    }
+    let schema = unique_schema();
+    let _guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let store = PgStore::connect_store(&url, &schema)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL test database unusable at {url}: {e}"));
+    assert_eq!(store.schema(), schema);
+    store.drop_schema().await.expect("drop_schema");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("raw postgres");
+    tokio::spawn(conn);
+    let left = client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await
+        .expect("pg_namespace");
+    assert!(left.is_none(), "schema {schema} still exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_a_clear_error() {
+    let r = PgStore::connect(
+        "postgres://nobody:secret@127.0.0.1:1/test?connect_timeout=5",
+        "registry",
+    )
+    .await;
+    let Err(e) = r else {
+        panic!("connecting to port 1 should fail")
+    };
+    let text = e.to_string();
+    assert!(matches!(e, StorageError::Open { .. }), "{text}");
+    assert!(text.contains("connect"), "{text}");
+    assert!(!text.contains("secret"), "password leaked: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_id_ranges_are_disjoint() {
+    let b = both().await;
+    for store in b.stores() {
+        let a = store.reserve_person_ids(10).await.on(store, "reserve 10");
+        let c = store.reserve_person_ids(1).await.on(store, "reserve 1");
+        let d = store.reserve_person_ids(0).await.on(store, "reserve 0");
+        let e = store
+            .reserve_person_ids(1000)
+            .await
+            .on(store, "reserve 1000");
+        assert_eq!(a, 1, "[{}] first id", store.backend());
+        assert_eq!(c, a + 10, "[{}]", store.backend());
+        assert_eq!(d, c + 1, "[{}]", store.backend());
+        assert_eq!(e, d, "[{}] reserving 0 takes nothing", store.backend());
+        let mut starts: Vec<i64> = join_all((0..16).map(|_| store.reserve_person_ids(5)))
+            .await
+            .into_iter()
+            .map(|r| r.on(store, "concurrent reserve"))
+            .collect();
+        starts.sort_unstable();
+        assert_eq!(starts[0], e + 1000, "[{}]", store.backend());
+        for w in starts.windows(2) {
+            assert_eq!(
+                w[1] - w[0],
+                5,
+                "[{}] ranges overlap or leave gaps: {starts:?}",
+                store.backend()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserted_persons_are_found_by_lookup() {
+    let b = both().await;
+    for store in b.stores() {
+        let ps = insert_persons(store, 3, 0).await;
+        let unknown = blind(1, 999);
+        let found = store
+            .lookup_persons(&[
+                ps[1].ft_blind,
+                unknown,
+                ps[0].ft_blind,
+                ps[2].ft_blind,
+                ps[0].ft_blind,
+            ])
+            .await
+            .on(store, "lookup");
+        assert_eq!(
+            found,
+            vec![
+                Some(existing(&ps[1])),
+                None,
+                Some(existing(&ps[0])),
+                Some(existing(&ps[2])),
+                Some(existing(&ps[0])),
+            ],
+            "[{}]",
+            store.backend()
+        );
+        assert!(
+            store
+                .lookup_persons(&[])
+                .await
+                .on(store, "empty lookup")
+                .is_empty()
+        );
+        // Blinds of other kinds are not France Travail ids.
+        let other = store
+            .lookup_persons(&[ps[0].nir_blind, ps[0].fingerprint])
+            .await
+            .on(store, "lookup");
+        assert_eq!(other, vec![None, None], "[{}]", store.backend());
+        for p in &ps {
+            assert_stored(store, p, "after insert").await;
+        }
+        store
+            .write_persons(vec![], vec![])
+            .await
+            .on(store, "empty write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_round_trip() {
+    let b = both().await;
+    for store in b.stores() {
+        let ps = insert_persons(store, 5000, 10_000).await;
+        let blinds: Vec<Blind> = ps.iter().rev().map(|p| p.ft_blind).collect();
+        let found = store.lookup_persons(&blinds).await.on(store, "lookup");
+        let expected: Vec<_> = ps.iter().rev().map(|p| Some(existing(p))).collect();
+        assert!(found == expected, "[{}] lookup of 5000", store.backend());
+
+        let updates: Vec<(SealedPerson, Blind)> = ps
+            .iter()
+            .map(|p| (changed(p, p.id + 50_000), p.fingerprint))
+            .collect();
+        // One stale row among 5000: nothing applies.
+        let mut bad = updates.clone();
+        bad[4321].1 = blind(4, -1);
+        assert_conflict(
+            store,
+            store.write_persons(vec![], bad).await,
+            "one stale row",
+        );
+        let found = store.lookup_persons(&blinds).await.on(store, "lookup");
+        assert!(
+            found == expected,
+            "[{}] failed batch wrote",
+            store.backend()
+        );
+
+        store
+            .write_persons(vec![], updates.clone())
+            .await
+            .on(store, "update 5000");
+        let found = store.lookup_persons(&blinds).await.on(store, "lookup");
+        let expected: Vec<_> = updates
+            .iter()
+            .rev()
+            .map(|(p, _)| Some(existing(p)))
+            .collect();
+        assert!(
+            found == expected,
+            "[{}] lookup after update",
+            store.backend()
+        );
+        assert_stored(store, &updates[2500].0, "after bulk update").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_apply_only_on_the_expected_fingerprint() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let ps = insert_persons(store, 2, 0).await;
+        let p = &ps[0];
+
+        // Right fingerprint: applies, but never touches the key material.
+        let mut p2 = changed(p, 100);
+        p2.kek_version = 7;
+        p2.wrapped_dek = blob(5, 777, 60);
+        store
+            .write_persons(vec![], vec![(p2.clone(), p.fingerprint)])
+            .await
+            .on(store, "update");
+        let mut want = p2.clone();
+        want.kek_version = p.kek_version;
+        want.wrapped_dek = p.wrapped_dek.clone();
+        assert_stored(store, &want, "after update").await;
+        assert!(
+            store
+                .find_persons(PersonIndex::Nir, p.nir_blind)
+                .await
+                .on(store, "find")
+                .is_empty(),
+            "[{be}] old NIR index still finds the person"
+        );
+
+        // Wrong fingerprint, or a data key changed meanwhile: conflict, no change.
+        let p3 = changed(p, 200);
+        assert_conflict(
+            store,
+            store
+                .write_persons(vec![], vec![(p3.clone(), p.fingerprint)])
+                .await,
+            "stale fingerprint",
+        );
+        let mut p3_dek = p3.clone();
+        p3_dek.dek_version = 2;
+        assert_conflict(
+            store,
+            store
+                .write_persons(vec![], vec![(p3_dek, want.fingerprint)])
+                .await,
+            "stale data key version",
+        );
+        let ghost = sealed(999_999, 999);
+        assert_conflict(
+            store,
+            store
+                .write_persons(vec![], vec![(ghost, blind(4, 999))])
+                .await,
+            "unknown id",
+        );
+        assert_stored(store, &want, "after refused updates").await;
+
+        // Atomicity: a good insert with a conflicting update leaves no trace.
+        let id = store.reserve_person_ids(1).await.on(store, "reserve");
+        let q = sealed(id, 300);
+        assert_conflict(
+            store,
+            store
+                .write_persons(vec![q.clone()], vec![(p3.clone(), p.fingerprint)])
+                .await,
+            "insert + stale update",
+        );
+        assert_eq!(
+            store
+                .lookup_persons(&[q.ft_blind])
+                .await
+                .on(store, "lookup"),
+            vec![None],
+            "[{be}] insert of a failed batch is visible"
+        );
+        assert!(
+            store
+                .read_person(id, &[FieldGroup::Identity])
+                .await
+                .on(store, "read")
+                .is_none(),
+            "[{be}] insert of a failed batch is readable"
+        );
+        // ... and a good update before a bad one is undone too.
+        let other = changed(&ps[1], 400);
+        assert_conflict(
+            store,
+            store
+                .write_persons(
+                    vec![],
+                    vec![
+                        (other.clone(), ps[1].fingerprint),
+                        (p3.clone(), p.fingerprint),
+                    ],
+                )
+                .await,
+            "good update + stale update",
+        );
+        assert_stored(store, &ps[1], "first update of a failed batch").await;
+
+        // Two updates of one person in one batch chain, in order.
+        let p4 = changed(p, 500);
+        store
+            .write_persons(
+                vec![],
+                vec![(p3.clone(), want.fingerprint), (p4.clone(), p3.fingerprint)],
+            )
+            .await
+            .on(store, "chained updates");
+        let mut want = p4.clone();
+        want.wrapped_dek = p.wrapped_dek.clone();
+        assert_stored(store, &want, "after chained updates").await;
+
+        // Insert and update of the same new person in one batch.
+        let id = store.reserve_person_ids(1).await.on(store, "reserve");
+        let n = sealed(id, 600);
+        let n2 = changed(&n, 601);
+        store
+            .write_persons(vec![n.clone()], vec![(n2.clone(), n.fingerprint)])
+            .await
+            .on(store, "insert then update");
+        assert_stored(store, &n2, "inserted then updated").await;
+
+        // A shredded person cannot be updated.
+        assert!(store.shred_person(id).await.on(store, "shred"));
+        assert_conflict(
+            store,
+            store
+                .write_persons(vec![], vec![(changed(&n, 602), n2.fingerprint)])
+                .await,
+            "update of a shredded person",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_conflict_instead_of_overwriting() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let ps = insert_persons(store, 1, 0).await;
+        let p = &ps[0];
+        // Two writers read the same fingerprint and race: one wins.
+        let (a, c) = (changed(p, 1), changed(p, 2));
+        let (ra, rc) = tokio::join!(
+            store.write_persons(vec![], vec![(a.clone(), p.fingerprint)]),
+            store.write_persons(vec![], vec![(c.clone(), p.fingerprint)]),
+        );
+        let winner = match (&ra, &rc) {
+            (Ok(()), Err(StorageError::Conflict(_))) => &a,
+            (Err(StorageError::Conflict(_)), Ok(())) => &c,
+            other => panic!("[{be}] expected one winner and one conflict, got {other:?}"),
+        };
+        let mut want = winner.clone();
+        want.wrapped_dek = p.wrapped_dek.clone();
+        assert_stored(store, &want, "after a race").await;
+        // Two writers register the same new person under two ids: one wins.
+        let id = store.reserve_person_ids(2).await.on(store, "reserve");
+        let x = sealed(id, 10);
+        let mut y = sealed(id + 1, 11);
+        y.ft_blind = x.ft_blind;
+        let (rx, ry) = tokio::join!(
+            store.write_persons(vec![x.clone()], vec![]),
+            store.write_persons(vec![y.clone()], vec![]),
+        );
+        let winner = match (&rx, &ry) {
+            (Ok(()), Err(StorageError::Conflict(_))) => &x,
+            (Err(StorageError::Conflict(_)), Ok(())) => &y,
+            other => panic!("[{be}] expected one winner and one conflict, got {other:?}"),
+        };
+        assert_stored(store, winner, "after a registration race").await;
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!(inv.persons, 2, "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_inserts_conflict() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let ps = insert_persons(store, 1, 0).await;
+        let ids = store.reserve_person_ids(4).await.on(store, "reserve");
+
+        let mut dup = sealed(ids, 1);
+        dup.ft_blind = ps[0].ft_blind;
+        assert_conflict(
+            store,
+            store.write_persons(vec![dup], vec![]).await,
+            "stored ft_blind",
+        );
+        let a = sealed(ids + 1, 2);
+        let mut a2 = sealed(ids + 2, 3);
+        a2.ft_blind = a.ft_blind;
+        assert_conflict(
+            store,
+            store.write_persons(vec![a.clone(), a2], vec![]).await,
+            "ft_blind twice in a batch",
+        );
+        assert_conflict(
+            store,
+            store.write_persons(vec![sealed(ps[0].id, 4)], vec![]).await,
+            "stored id",
+        );
+        // Nothing of the failed batches, and the store still works.
+        assert_eq!(
+            store
+                .lookup_persons(&[a.ft_blind, blind(1, 1), blind(1, 4)])
+                .await
+                .on(store, "lookup"),
+            vec![None, None, None],
+            "[{be}]"
+        );
+        store
+            .write_persons(vec![a.clone()], vec![])
+            .await
+            .on(store, "insert after conflicts");
+        assert_stored(store, &a, "after conflicts").await;
+        assert_stored(store, &ps[0], "first person after conflicts").await;
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!(inv.persons, 2, "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_person_returns_the_groups_asked_in_order() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let ps = insert_persons(store, 2, 7).await;
+        let p = &ps[1];
+        let got = store
+            .read_person(p.id, &[FieldGroup::Status, FieldGroup::Identity])
+            .await
+            .on(store, "read")
+            .expect("person");
+        assert_eq!(
+            got.groups,
+            vec![
+                (FieldGroup::Status, p.status.clone()),
+                (FieldGroup::Identity, p.identity.clone())
+            ],
+            "[{be}]"
+        );
+        assert_eq!(
+            (got.id, got.kek_version, got.dek_version),
+            (p.id, 1, 1),
+            "[{be}]"
+        );
+        assert_eq!(got.wrapped_dek, Some(p.wrapped_dek.clone()), "[{be}]");
+        let got = store
+            .read_person(p.id, &[])
+            .await
+            .on(store, "read")
+            .expect("person");
+        assert!(got.groups.is_empty(), "[{be}]");
+        let got = store
+            .read_person(p.id, &[FieldGroup::Nir, FieldGroup::Contact])
+            .await
+            .on(store, "read")
+            .expect("person");
+        assert_eq!(
+            got.groups,
+            vec![
+                (FieldGroup::Nir, p.nir.clone()),
+                (FieldGroup::Contact, p.contact.clone())
+            ],
+            "[{be}]"
+        );
+        for id in [0, -1, p.id + 1000] {
+            assert!(
+                store
+                    .read_person(id, FieldGroup::ALL)
+                    .await
+                    .on(store, "read")
+                    .is_none(),
+                "[{be}] id {id}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_persons_by_each_index() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let first = store.reserve_person_ids(3).await.on(store, "reserve");
+        let (mut x, mut y, mut z) = (
+            sealed(first, 20),
+            sealed(first + 1, 21),
+            sealed(first + 2, 22),
+        );
+        // x and y share a NIR index, x and z a name index.
+        y.nir_blind = x.nir_blind;
+        z.name_blind = x.name_blind;
+        x.retain_until = None;
+        // Inserted out of id order: results come in id order anyway.
+        store
+            .write_persons(vec![z.clone(), y.clone(), x.clone()], vec![])
+            .await
+            .on(store, "insert");
+        let find = |i, v| store.find_persons(i, v);
+        assert_eq!(
+            find(PersonIndex::Nir, x.nir_blind).await.on(store, "find"),
+            vec![x.id, y.id],
+            "[{be}]"
+        );
+        assert_eq!(
+            find(PersonIndex::NameBirth, x.name_blind)
+                .await
+                .on(store, "find"),
+            vec![x.id, z.id],
+            "[{be}]"
+        );
+        assert_eq!(
+            find(PersonIndex::NameBirth, y.name_blind)
+                .await
+                .on(store, "find"),
+            vec![y.id],
+            "[{be}]"
+        );
+        assert_eq!(
+            find(PersonIndex::FtId, z.ft_blind).await.on(store, "find"),
+            vec![z.id],
+            "[{be}]"
+        );
+        assert_eq!(
+            find(PersonIndex::Nir, z.nir_blind).await.on(store, "find"),
+            vec![z.id],
+            "[{be}]"
+        );
+        for i in [PersonIndex::FtId, PersonIndex::Nir, PersonIndex::NameBirth] {
+            assert!(
+                find(i, blind(0, 0)).await.on(store, "find").is_empty(),
+                "[{be}] {i:?}"
+            );
+        }
+        // The fingerprint is not an index.
+        assert!(
+            find(PersonIndex::FtId, x.fingerprint)
+                .await
+                .on(store, "find")
+                .is_empty(),
+            "[{be}]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_to_rewrap_pages_and_store_rewrapped_compares_and_sets() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let first = store.reserve_person_ids(7).await.on(store, "reserve");
+        let mut ps: Vec<SealedPerson> = (0..7).map(|k| sealed(first + k, 40 + k)).collect();
+        ps[2].kek_version = 2; // already at the target
+        ps[4].dek_version = 3;
+        store
+            .write_persons(ps.clone(), vec![])
+            .await
+            .on(store, "insert");
+        assert!(store.shred_person(ps[5].id).await.on(store, "shred"));
+
+        // Pages of 2, in id order, without the target version nor the shredded.
+        let mut work = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .keys_to_rewrap(2, after, 2)
+                .await
+                .on(store, "keys_to_rewrap");
+            assert!(page.len() <= 2, "[{be}] page too long");
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            work.extend(page);
+        }
+        let want: Vec<WrappedKeyRow> = [0, 1, 3, 4, 6]
+            .iter()
+            .map(|&k| WrappedKeyRow {
+                id: ps[k].id,
+                kek_version: ps[k].kek_version,
+                dek_version: ps[k].dek_version,
+                wrapped_dek: ps[k].wrapped_dek.clone(),
+            })
+            .collect();
+        assert_eq!(work, want, "[{be}] work list");
+        assert!(
+            store
+                .keys_to_rewrap(2, ps[6].id, 10)
+                .await
+                .on(store, "past the end")
+                .is_empty(),
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .keys_to_rewrap(2, 0, 0)
+                .await
+                .on(store, "limit 0")
+                .len(),
+            0,
+            "[{be}]"
+        );
+
+        let rewrap = |row: &WrappedKeyRow, version: u32| WrappedKeyRow {
+            id: row.id,
+            kek_version: version,
+            dek_version: row.dek_version,
+            wrapped_dek: blob(11, row.id * 10 + i64::from(version), 60),
+        };
+        // Stale reads change nothing: wrong old KEK version, wrong DEK
+        // version, shredded person.
+        let mut wrong_dek = rewrap(&work[0], 2);
+        wrong_dek.dek_version = 9;
+        let shredded = WrappedKeyRow {
+            id: ps[5].id,
+            kek_version: 2,
+            dek_version: 1,
+            wrapped_dek: blob(11, 0, 60),
+        };
+        let n = store
+            .store_rewrapped(vec![
+                (rewrap(&work[0], 2), 3),
+                (wrong_dek, 1),
+                (shredded, 1),
+            ])
+            .await
+            .on(store, "stale rewrap");
+        assert_eq!(n, 0, "[{be}] stale rows applied");
+        assert_eq!(
+            store.store_rewrapped(vec![]).await.on(store, "empty"),
+            0,
+            "[{be}]"
+        );
+
+        let rows: Vec<(WrappedKeyRow, u32)> =
+            work.iter().map(|w| (rewrap(w, 2), w.kek_version)).collect();
+        let n = store
+            .store_rewrapped(rows.clone())
+            .await
+            .on(store, "rewrap");
+        assert_eq!(n, 5, "[{be}]");
+        // Replaying the same batch: every row is now stale.
+        let n = store
+            .store_rewrapped(rows.clone())
+            .await
+            .on(store, "replay");
+        assert_eq!(n, 0, "[{be}] replay applied");
+        assert!(
+            store
+                .keys_to_rewrap(2, 0, 100)
+                .await
+                .on(store, "after")
+                .is_empty(),
+            "[{be}] rotation not finished"
+        );
+        for (row, _) in &rows {
+            let got = store
+                .read_person(row.id, &[])
+                .await
+                .on(store, "read")
+                .expect("person");
+            assert_eq!(
+                (got.kek_version, got.wrapped_dek.as_ref()),
+                (2, Some(&row.wrapped_dek)),
+                "[{be}] person {}",
+                row.id
+            );
+        }
+        // Two steps for one person in one batch apply in order.
+        let step1 = rewrap(&rows[0].0, 3);
+        let step2 = rewrap(&step1, 4);
+        let n = store
+            .store_rewrapped(vec![(step1, 2), (step2.clone(), 3)])
+            .await
+            .on(store, "two steps");
+        assert_eq!(n, 2, "[{be}] chained rewraps");
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!(inv.keys_by_kek_version, vec![(2, 5), (4, 1)], "[{be}]");
+        // Rewrapping kept every sealed group.
+        let mut p0 = ps[0].clone();
+        p0.kek_version = 4;
+        p0.wrapped_dek = step2.wrapped_dek.clone();
+        assert_stored(store, &p0, "after rotation").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shredding_destroys_key_and_indexes_only() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let ps = insert_persons(store, 2, 60).await;
+        let (gone, kept) = (&ps[0], &ps[1]);
+        assert!(store.shred_person(gone.id).await.on(store, "shred"));
+        let got = store
+            .read_person(gone.id, FieldGroup::ALL)
+            .await
+            .on(store, "read")
+            .expect("a shredded person is still there");
+        assert_eq!(got.wrapped_dek, None, "[{be}] key survived");
+        assert_eq!(got.groups, groups_of(gone), "[{be}] sealed groups stay");
+        assert_eq!(
+            store
+                .lookup_persons(&[gone.ft_blind, kept.ft_blind])
+                .await
+                .on(store, "lookup"),
+            vec![None, Some(existing(kept))],
+            "[{be}]"
+        );
+        for (i, v) in [
+            (PersonIndex::FtId, gone.ft_blind),
+            (PersonIndex::Nir, gone.nir_blind),
+            (PersonIndex::NameBirth, gone.name_blind),
+        ] {
+            assert!(
+                store.find_persons(i, v).await.on(store, "find").is_empty(),
+                "[{be}] {i:?} still finds a shredded person"
+            );
+        }
+        assert!(
+            !store.shred_person(gone.id).await.on(store, "shred again"),
+            "[{be}] second shred"
+        );
+        assert!(
+            !store.shred_person(kept.id + 100).await.on(store, "shred"),
+            "[{be}] unknown id"
+        );
+        assert_stored(store, kept, "neighbour of a shredded person").await;
+        // The id stays taken; the ft_blind is free for a new registration.
+        assert_eq!(
+            store.person_ids(0, 10).await.on(store, "ids"),
+            vec![gone.id, kept.id],
+            "[{be}]"
+        );
+        let id = store.reserve_person_ids(1).await.on(store, "reserve");
+        let mut again = sealed(id, 62);
+        again.ft_blind = gone.ft_blind;
+        store
+            .write_persons(vec![again.clone()], vec![])
+            .await
+            .on(store, "re-register");
+        assert_stored(store, &again, "re-registered").await;
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!((inv.persons, inv.shredded), (3, 1), "[{be}]");
+        assert_eq!(inv.keys_by_kek_version, vec![(1, 2)], "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organisations_and_accounts_upsert_idempotently_with_refusals() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let orgs = organisations();
+        assert_eq!(
+            store
+                .upsert_organisations(orgs.clone())
+                .await
+                .on(store, "orgs"),
+            count(3, 0, 0),
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .upsert_organisations(orgs.clone())
+                .await
+                .on(store, "orgs again"),
+            count(0, 0, 3),
+            "[{be}]"
+        );
+        let mut renamed = orgs.clone();
+        renamed[1].name = "Cap emploi 38".into();
+        renamed[2].departement = None;
+        assert_eq!(
+            store
+                .upsert_organisations(renamed)
+                .await
+                .on(store, "orgs renamed"),
+            count(0, 2, 1),
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .upsert_organisations(vec![])
+                .await
+                .on(store, "no orgs"),
+            count(0, 0, 0),
+            "[{be}]"
+        );
+
+        use AccountState::*;
+        use Role::*;
+        let accounts = vec![
+            // Approved by an officer of France Travail, listed after them.
+            account(
+                "ce.manager1",
+                "CE-038",
+                Manager,
+                Active,
+                None,
+                Some("ft.officer1"),
+            ),
+            account("ft.officer1", "FT", Officer, Active, None, None),
+            account(
+                "ce.agent1",
+                "CE-038",
+                Agent,
+                Requested,
+                Some("ce.manager1"),
+                Some("ft.officer1"),
+            ),
+            account("x.agent", "NOPE", Agent, Active, None, None),
+            account("ce.agent2", "CE-038", Agent, Requested, Some("ghost"), None),
+            account("ce.agent3", "CE-038", Agent, Active, None, Some("ghost")),
+            account(
+                "ce.agent4",
+                "CE-038",
+                Agent,
+                Active,
+                None,
+                Some("ce.manager1"),
+            ),
+            // Its requester is refused above: refused in turn.
+            account(
+                "ce.agent5",
+                "CE-038",
+                Agent,
+                Requested,
+                Some("ce.agent2"),
+                None,
+            ),
+            // An officer inside a partner organisation…
+            account(
+                "ce.officer",
+                "CE-038",
+                Officer,
+                Active,
+                None,
+                Some("ft.officer1"),
+            ),
+            // …cannot approve accounts of that organisation.
+            account(
+                "ce.agent6",
+                "CE-038",
+                Agent,
+                Active,
+                None,
+                Some("ce.officer"),
+            ),
+            // Nobody approves themselves, nor what they requested.
+            account(
+                "ft.officer2",
+                "FT",
+                Officer,
+                Active,
+                None,
+                Some("ft.officer2"),
+            ),
+            account(
+                "ft.agent2",
+                "FT",
+                Agent,
+                Active,
+                Some("ft.officer1"),
+                Some("ft.officer1"),
+            ),
+        ];
+        let want_refusals = vec![
+            (3, "organisation"),
+            (4, "requested_by"),
+            (5, "approved_by"),
+            (6, "approved_by"),
+            (7, "requested_by"),
+            (9, "approved_by"),
+            (10, "approved_by"),
+            (11, "approved_by"),
+        ];
+        let (c, refused) = store
+            .upsert_accounts(accounts.clone())
+            .await
+            .on(store, "accounts");
+        assert_eq!(c, count(4, 0, 0), "[{be}]");
+        assert_eq!(refusal_fields(&refused), want_refusals, "[{be}]");
+        assert!(
+            refused[3].reason.contains("only an officer"),
+            "[{be}] {:?}",
+            refused[3]
+        );
+        for r in &refused[5..] {
+            assert!(r.reason.contains("four eyes"), "[{be}] {r:?}");
+        }
+        assert_eq!(refused[0].reason, "no such organisation", "[{be}]");
+        assert_eq!(refused[2].reason, "no such account", "[{be}]");
+
+        let (c, refused) = store
+            .upsert_accounts(accounts.clone())
+            .await
+            .on(store, "accounts again");
+        assert_eq!(c, count(0, 0, 4), "[{be}] second identical call");
+        assert_eq!(refusal_fields(&refused), want_refusals, "[{be}]");
+
+        // Changes of state or of links are updates; stored approvers count.
+        let batch = vec![
+            account(
+                "ce.agent1",
+                "CE-038",
+                Agent,
+                Active,
+                Some("ce.manager1"),
+                Some("ft.officer1"),
+            ),
+            account("ce.manager1", "CE-038", Manager, Active, None, None),
+            account(
+                "ml.agent1",
+                "ML-069",
+                Agent,
+                Active,
+                Some("ce.manager1"),
+                Some("ft.officer1"),
+            ),
+            account("ft.agent1", "FT", Agent, Active, None, Some("ft.officer1")),
+            account("ft.officer1", "FT", Officer, Active, None, None),
+        ];
+        let (c, refused) = store
+            .upsert_accounts(batch.clone())
+            .await
+            .on(store, "account changes");
+        // France Travail officers may approve colleagues of their own agency.
+        assert_eq!(c, count(2, 2, 1), "[{be}]");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let (c, _) = store
+            .upsert_accounts(batch)
+            .await
+            .on(store, "account changes again");
+        assert_eq!(c, count(0, 0, 5), "[{be}]");
+
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!(
+            inv.organisations_by_kind,
+            vec![
+                (OrganisationKind::CapEmploi, 1),
+                (OrganisationKind::FranceTravail, 1),
+                (OrganisationKind::MissionLocale, 1)
+            ],
+            "[{be}]"
+        );
+        assert_eq!(
+            inv.accounts_by_role,
+            vec![(Agent, 3), (Manager, 1), (Officer, 2)],
+            "[{be}]"
+        );
+        assert_eq!(inv.accounts_by_state, vec![(Active, 6)], "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandates_upsert_idempotently_with_refusals() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        store
+            .upsert_organisations(organisations())
+            .await
+            .on(store, "orgs");
+        let (_, refused) = store
+            .upsert_accounts(vec![
+                account(
+                    "ft.officer1",
+                    "FT",
+                    Role::Officer,
+                    AccountState::Active,
+                    None,
+                    None,
+                ),
+                account(
+                    "ce.agent1",
+                    "CE-038",
+                    Role::Agent,
+                    AccountState::Active,
+                    None,
+                    Some("ft.officer1"),
+                ),
+            ])
+            .await
+            .on(store, "accounts");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let ps = insert_persons(store, 3, 80).await;
+        let (live, other, shredded) = (ps[0].id, ps[1].id, ps[2].id);
+        assert!(store.shred_person(shredded).await.on(store, "shred"));
+
+        let mut open_ended = mandate("M2", "ML-069", None, live, Purpose::Training);
+        open_ended.valid_to = None;
+        let batch = vec![
+            mandate("M1", "CE-038", Some("ce.agent1"), live, Purpose::FollowUp),
+            open_ended.clone(),
+            mandate("M3", "NOPE", None, live, Purpose::FollowUp),
+            mandate("M4", "CE-038", Some("ghost"), live, Purpose::FollowUp),
+            mandate("M5", "ML-069", Some("ce.agent1"), live, Purpose::FollowUp),
+            mandate("M6", "CE-038", None, live + 1000, Purpose::FollowUp),
+            mandate("M7", "CE-038", None, shredded, Purpose::FollowUp),
+            mandate("M8", "FT", None, other, Purpose::Compensation),
+        ];
+        let want_refusals = vec![
+            (2, "organisation"),
+            (3, "account"),
+            (4, "account"),
+            (5, "ft_id"),
+            (6, "ft_id"),
+        ];
+        let (c, refused) = store
+            .upsert_mandates(batch.clone())
+            .await
+            .on(store, "mandates");
+        assert_eq!(c, count(3, 0, 0), "[{be}]");
+        assert_eq!(refusal_fields(&refused), want_refusals, "[{be}]");
+        assert_eq!(refused[1].reason, "no such account", "[{be}]");
+        assert_eq!(
+            refused[2].reason, "belongs to another organisation than the mandate",
+            "[{be}]"
+        );
+        let (c, refused) = store
+            .upsert_mandates(batch.clone())
+            .await
+            .on(store, "mandates again");
+        assert_eq!(c, count(0, 0, 3), "[{be}] second identical call");
+        assert_eq!(refusal_fields(&refused), want_refusals, "[{be}]");
+
+        let mut moved = batch[..2].to_vec();
+        moved[1].valid_to = Some(day(2027, 1, 1));
+        moved[0].account = None;
+        let (c, refused) = store
+            .upsert_mandates(moved.clone())
+            .await
+            .on(store, "mandate changes");
+        assert_eq!(c, count(0, 2, 0), "[{be}]");
+        assert!(refused.is_empty(), "[{be}]");
+
+        let held = store.mandates_of_person(live).await.on(store, "mandates");
+        let strip = |m: &StoredMandate| {
+            (
+                m.reference.clone(),
+                m.organisation.clone(),
+                m.account.clone(),
+                m.person_id,
+                m.purpose,
+                m.valid_from,
+                m.valid_to,
+                m.source.clone(),
+            )
+        };
+        let want: Vec<_> = moved
+            .iter()
+            .map(|m| {
+                (
+                    m.reference.clone(),
+                    m.organisation.clone(),
+                    m.account.clone(),
+                    m.person_id,
+                    m.purpose,
+                    m.valid_from,
+                    m.valid_to,
+                    m.source.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            held.iter().map(strip).collect::<Vec<_>>(),
+            want,
+            "[{be}] mandates_of_person"
+        );
+        assert!(held[0].id < held[1].id, "[{be}] id order");
+        let held = store.mandates_of_person(other).await.on(store, "mandates");
+        assert_eq!(held.len(), 1, "[{be}]");
+        assert_eq!(held[0].reference, r("M8"), "[{be}]");
+        assert_eq!(held[0].account, None, "[{be}]");
+        for id in [shredded, live + 1000] {
+            assert!(
+                store
+                    .mandates_of_person(id)
+                    .await
+                    .on(store, "mandates")
+                    .is_empty(),
+                "[{be}] person {id}"
+            );
+        }
+        // A mandate ending before it starts is an error, not a refusal.
+        let mut inverted = mandate("M9", "CE-038", None, live, Purpose::FollowUp);
+        inverted.valid_to = Some(inverted.valid_from);
+        assert!(
+            store.upsert_mandates(vec![inverted]).await.is_err(),
+            "[{be}] inverted period"
+        );
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!(
+            inv.mandates_by_purpose,
+            vec![
+                (Purpose::Compensation, 1),
+                (Purpose::FollowUp, 1),
+                (Purpose::Training, 1)
+            ],
+            "[{be}]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_counts_and_sizes() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        let empty = store.inventory().await.on(store, "inventory");
+        assert_eq!(
+            (empty.persons, empty.shredded),
+            (0, 0),
+            "[{be}] empty store"
+        );
+        assert!(empty.keys_by_kek_version.is_empty(), "[{be}]");
+        assert!(empty.organisations_by_kind.is_empty(), "[{be}]");
+        assert!(empty.mandates_by_purpose.is_empty(), "[{be}]");
+
+        let first = store.reserve_person_ids(300).await.on(store, "reserve");
+        let ps: Vec<SealedPerson> = (0..300)
+            .map(|k| {
+                let mut p = sealed(first + k, 200 + k);
+                p.kek_version = if k < 100 { 1 } else { 3 };
+                p
+            })
+            .collect();
+        store.write_persons(ps, vec![]).await.on(store, "insert");
+        assert!(store.shred_person(first).await.on(store, "shred"));
+        assert!(store.shred_person(first + 150).await.on(store, "shred"));
+        store
+            .upsert_organisations(organisations())
+            .await
+            .on(store, "orgs");
+        let (_, refused) = store
+            .upsert_accounts(vec![
+                account(
+                    "ft.officer1",
+                    "FT",
+                    Role::Officer,
+                    AccountState::Active,
+                    None,
+                    None,
+                ),
+                account(
+                    "ce.manager1",
+                    "CE-038",
+                    Role::Manager,
+                    AccountState::Suspended,
+                    None,
+                    Some("ft.officer1"),
+                ),
+                account(
+                    "ce.agent1",
+                    "CE-038",
+                    Role::Agent,
+                    AccountState::Requested,
+                    Some("ce.manager1"),
+                    None,
+                ),
+            ])
+            .await
+            .on(store, "accounts");
+        assert!(refused.is_empty(), "[{be}]");
+        store
+            .upsert_mandates(vec![
+                mandate("M1", "CE-038", None, first + 1, Purpose::FollowUp),
+                mandate("M2", "CE-038", None, first + 2, Purpose::FollowUp),
+                mandate("M3", "FT", None, first + 3, Purpose::DocumentProcessing),
+            ])
+            .await
+            .on(store, "mandates");
+
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!((inv.persons, inv.shredded), (300, 2), "[{be}]");
+        assert_eq!(inv.keys_by_kek_version, vec![(1, 99), (3, 199)], "[{be}]");
+        assert_eq!(
+            inv.accounts_by_role,
+            vec![(Role::Agent, 1), (Role::Manager, 1), (Role::Officer, 1)],
+            "[{be}]"
+        );
+        assert_eq!(
+            inv.accounts_by_state,
+            vec![
+                (AccountState::Active, 1),
+                (AccountState::Requested, 1),
+                (AccountState::Suspended, 1)
+            ],
+            "[{be}]"
+        );
+        assert_eq!(
+            inv.mandates_by_purpose,
+            vec![(Purpose::DocumentProcessing, 1), (Purpose::FollowUp, 2)],
+            "[{be}]"
+        );
+        assert_eq!(inv.organisations_by_kind.len(), 3, "[{be}]");
+        // 300 persons of ~400 sealed bytes each, at least.
+        assert!(
+            inv.bytes > 300 * 400,
+            "[{be}] bytes = {} too small",
+            inv.bytes
+        );
+        assert!(inv.bytes >= empty.bytes, "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn person_ids_page_in_order() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        assert!(
+            store.person_ids(0, 10).await.on(store, "ids").is_empty(),
+            "[{be}]"
+        );
+        let first = store.reserve_person_ids(20).await.on(store, "reserve");
+        // Every other id of the range, inserted in reverse order.
+        let ps: Vec<SealedPerson> = (0..10)
+            .rev()
+            .map(|k| sealed(first + 2 * k, 300 + k))
+            .collect();
+        store.write_persons(ps, vec![]).await.on(store, "insert");
+        let all: Vec<i64> = (0..10).map(|k| first + 2 * k).collect();
+        let mut seen = Vec::new();
+        let mut after = i64::MIN;
+        loop {
+            let page = store.person_ids(after, 3).await.on(store, "page");
+            assert!(page.len() <= 3, "[{be}]");
+            let Some(&last) = page.last() else { break };
+            after = last;
+            seen.extend(page);
+        }
+        assert_eq!(seen, all, "[{be}]");
+        assert_eq!(
+            store.person_ids(all[4], 2).await.on(store, "page"),
+            vec![all[5], all[6]],
+            "[{be}] `after` is exclusive"
+        );
+        assert_eq!(
+            store.person_ids(all[4] + 1, 1).await.on(store, "page"),
+            vec![all[5]],
+            "[{be}]"
+        );
+        assert!(
+            store.person_ids(0, 0).await.on(store, "limit 0").is_empty(),
+            "[{be}]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_open_through_the_generic_entry_point() {
+    let b = both().await;
+    assert_eq!(b.sqlite.backend(), "sqlite");
+    assert_eq!(b.pg.backend(), "postgres");
+    let dir: &Path = b.dir.path();
+    let s = rempart_storage::open(&dir.display().to_string())
+        .await
+        .expect("open sqlite by path");
+    assert_eq!(s.backend(), "sqlite");
+    assert_eq!(
+        s.inventory().await.expect("inventory").persons,
+        0,
+        "same empty registry"
+    );
+}
