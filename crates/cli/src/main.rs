@@ -443,6 +443,7 @@ async fn shred(loc: &Location, ft_id: &str) -> Result<()> {
 }
 
 async fn verify(loc: &Location) -> Result<()> {
+    use futures_util::StreamExt;
     let vault = open_vault(loc).await?;
     let start = Instant::now();
     let (mut ok, mut shredded, mut failed, mut after) = (0u64, 0u64, 0u64, 0i64);
@@ -450,8 +451,15 @@ async fn verify(loc: &Location) -> Result<()> {
         let ids = vault.store().person_ids(after, 4096).await?;
         let Some(last) = ids.last() else { break };
         after = *last;
-        for id in ids {
-            match vault.read(id, FieldGroup::ALL).await {
+        // Several reads in flight: the store has several reader connections.
+        let mut reads = futures_util::stream::iter(ids)
+            .map(|id| {
+                let vault = &vault;
+                async move { (id, vault.read(id, FieldGroup::ALL).await) }
+            })
+            .buffer_unordered(8);
+        while let Some((id, result)) = reads.next().await {
+            match result {
                 Ok(Read::Found(_)) => ok += 1,
                 Ok(Read::Shredded) => shredded += 1,
                 Ok(Read::Missing) => {}

@@ -962,81 +962,111 @@ impl RegistryStore for PgStore {
              LOCK TABLE mandate IN SHARE ROW EXCLUSIVE MODE;",
         )
         .await?;
-        let org = tx
-            .prepare_cached("SELECT id FROM organisation WHERE code = $1")
-            .await?;
-        let acc = tx
-            .prepare_cached("SELECT id, organisation_id FROM account WHERE login = $1")
-            .await?;
-        // FOR SHARE: the person cannot be shredded before this commits.
-        let person = tx
-            .prepare_cached(
-                "SELECT 1 FROM person WHERE id = $1 AND wrapped_dek IS NOT NULL FOR SHARE",
+        // Everything the checks need, in four round trips whatever the
+        // batch size (row-by-row queries made large imports crawl).
+        let codes: Vec<&str> = mandates.iter().map(|m| m.organisation.as_str()).collect();
+        let orgs: HashMap<String, i64> = tx
+            .query(
+                "SELECT code, id FROM organisation WHERE code = ANY($1)",
+                &[&codes],
             )
-            .await?;
-        let get = tx
-            .prepare_cached(
-                "SELECT organisation_id, account_id, person_id, purpose, valid_from, valid_to, source
-                 FROM mandate WHERE reference = $1",
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, StorageError>>()?;
+        let logins: Vec<&str> = mandates
+            .iter()
+            .filter_map(|m| m.account.as_ref().map(Reference::as_str))
+            .collect();
+        let accounts: HashMap<String, (i64, i64)> = tx
+            .query(
+                "SELECT login, id, organisation_id FROM account WHERE login = ANY($1)",
+                &[&logins],
             )
-            .await?;
-        let ins = tx
-            .prepare_cached(
-                "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
-                     valid_from, valid_to, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+            .collect::<Result<_, StorageError>>()?;
+        let person_ids: Vec<i64> = mandates.iter().map(|m| m.person_id).collect();
+        // FOR SHARE: these persons cannot be shredded before this commits.
+        let live: std::collections::HashSet<i64> = tx
+            .query(
+                "SELECT id FROM person WHERE id = ANY($1) AND wrapped_dek IS NOT NULL FOR SHARE",
+                &[&person_ids],
             )
-            .await?;
-        let upd = tx
-            .prepare_cached(
-                "UPDATE mandate SET organisation_id = $2, account_id = $3, person_id = $4,
-                     purpose = $5, valid_from = $6, valid_to = $7, source = $8
-                 WHERE reference = $1",
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect::<Result<_, StorageError>>()?;
+        type Fields = (
+            i64,
+            Option<i64>,
+            i64,
+            String,
+            NaiveDate,
+            Option<NaiveDate>,
+            String,
+        );
+        let refs: Vec<&str> = mandates.iter().map(|m| m.reference.as_str()).collect();
+        let mut state: HashMap<String, Fields> = tx
+            .query(
+                "SELECT reference, organisation_id, account_id, person_id, purpose, valid_from,
+                        valid_to, source
+                 FROM mandate WHERE reference = ANY($1)",
+                &[&refs],
             )
-            .await?;
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    (
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                        r.try_get(6)?,
+                        r.try_get(7)?,
+                    ),
+                ))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        // Rows are decided in batch order, as SQLite does one by one; what
+        // is written is each reference's final state.
+        let mut pending: Vec<(String, bool)> = Vec::new();
+        let mut is_new: HashMap<String, bool> = HashMap::new();
         for (index, m) in mandates.iter().enumerate() {
             let refuse = |field, reason: &str| RowRefusal {
                 index,
                 field,
                 reason: reason.into(),
             };
-            let Some(org_row) = tx.query_opt(&org, &[&m.organisation.as_str()]).await? else {
+            let Some(&org_id) = orgs.get(m.organisation.as_str()) else {
                 refused.push(refuse("organisation", "no such organisation"));
                 continue;
             };
-            let org_id: i64 = org_row.try_get(0)?;
             let account_id = match &m.account {
                 None => None,
-                Some(login) => match tx.query_opt(&acc, &[&login.as_str()]).await? {
+                Some(login) => match accounts.get(login.as_str()) {
                     None => {
                         refused.push(refuse("account", "no such account"));
                         continue;
                     }
-                    Some(r) => {
-                        let (id, o): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
-                        if o != org_id {
-                            refused.push(refuse(
-                                "account",
-                                "belongs to another organisation than the mandate",
-                            ));
-                            continue;
-                        }
-                        Some(id)
+                    Some(&(_, o)) if o != org_id => {
+                        refused.push(refuse(
+                            "account",
+                            "belongs to another organisation than the mandate",
+                        ));
+                        continue;
                     }
+                    Some(&(id, _)) => Some(id),
                 },
             };
-            if tx.query_opt(&person, &[&m.person_id]).await?.is_none() {
+            if !live.contains(&m.person_id) {
                 refused.push(refuse("ft_id", "no such person in the registry"));
                 continue;
             }
-            type Fields = (
-                i64,
-                Option<i64>,
-                i64,
-                String,
-                NaiveDate,
-                Option<NaiveDate>,
-                String,
-            );
             let new: Fields = (
                 org_id,
                 account_id,
@@ -1046,42 +1076,57 @@ impl RegistryStore for PgStore {
                 m.valid_to,
                 m.source.as_str().to_string(),
             );
-            let current: Option<Fields> = tx
-                .query_opt(&get, &[&m.reference.as_str()])
-                .await?
-                .map(|r| {
-                    Ok::<_, StorageError>((
-                        r.try_get(0)?,
-                        r.try_get(1)?,
-                        r.try_get(2)?,
-                        r.try_get(3)?,
-                        r.try_get(4)?,
-                        r.try_get(5)?,
-                        r.try_get(6)?,
-                    ))
-                })
-                .transpose()?;
-            let p: [&(dyn ToSql + Sync); 8] = [
-                &m.reference.as_str(),
-                &new.0,
-                &new.1,
-                &new.2,
-                &new.3,
-                &new.4,
-                &new.5,
-                &new.6,
-            ];
-            match current {
-                None => {
-                    tx.execute(&ins, &p).await?;
-                    count.inserted += 1;
+            let key = m.reference.as_str().to_string();
+            match state.get(&key) {
+                Some(cur) if *cur == new => {
+                    count.unchanged += 1;
+                    continue;
                 }
-                Some(cur) if cur == new => count.unchanged += 1,
-                Some(_) => {
-                    tx.execute(&upd, &p).await?;
-                    count.updated += 1;
-                }
+                Some(_) => count.updated += 1,
+                None => count.inserted += 1,
             }
+            if !is_new.contains_key(&key) {
+                is_new.insert(key.clone(), !state.contains_key(&key));
+                pending.push((key.clone(), !state.contains_key(&key)));
+            }
+            state.insert(key, new);
+        }
+        let mut cols: [Vec<&Fields>; 2] = [Vec::new(), Vec::new()];
+        let mut keys: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+        for (key, fresh) in &pending {
+            if let Some(f) = state.get(key) {
+                let side = usize::from(!fresh);
+                cols[side].push(f);
+                keys[side].push(key);
+            }
+        }
+        for (side, sql) in [
+            "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
+                 valid_from, valid_to, source)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
+                 $5::text[], $6::date[], $7::date[], $8::text[])",
+            "UPDATE mandate m SET organisation_id = u.o, account_id = u.a, person_id = u.p,
+                 purpose = u.pu, valid_from = u.f, valid_to = u.t, source = u.s
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
+                 $5::text[], $6::date[], $7::date[], $8::text[]) AS u(r, o, a, p, pu, f, t, s)
+             WHERE m.reference = u.r",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let rows = &cols[side];
+            if rows.is_empty() {
+                continue;
+            }
+            let o: Vec<i64> = rows.iter().map(|f| f.0).collect();
+            let a: Vec<Option<i64>> = rows.iter().map(|f| f.1).collect();
+            let p: Vec<i64> = rows.iter().map(|f| f.2).collect();
+            let pu: Vec<&str> = rows.iter().map(|f| f.3.as_str()).collect();
+            let fr: Vec<NaiveDate> = rows.iter().map(|f| f.4).collect();
+            let to: Vec<Option<NaiveDate>> = rows.iter().map(|f| f.5).collect();
+            let so: Vec<&str> = rows.iter().map(|f| f.6.as_str()).collect();
+            tx.execute(sql, &[&keys[side], &o, &a, &p, &pu, &fr, &to, &so])
+                .await?;
         }
         tx.commit().await?;
         Ok((count, refused))
