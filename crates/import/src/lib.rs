@@ -480,7 +480,11 @@ async fn import_small(
                 report.add(count);
                 refused
             }
-            FileKind::Persons => unreachable!("persons have their own pipeline"),
+            FileKind::Persons => {
+                return Err(ImportError::Task(
+                    "persons go through their own pipeline".into(),
+                ));
+            }
         };
         for r in refusals {
             rejects.push(Reject {

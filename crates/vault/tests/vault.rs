@@ -9,9 +9,9 @@ use chrono::NaiveDate;
 use rempart_crypto::KeyRing;
 use rempart_domain::records::RecordRules;
 use rempart_domain::{FieldGroup, Person};
+use rempart_storage::Store;
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
-use rempart_storage::Store;
 use rempart_vault::{KeySource, Read, Sealed, Vault, VaultError};
 
 fn today() -> NaiveDate {
