@@ -1,0 +1,585 @@
+//! Benchmarks behind `rempart bench ledger`: each function runs one
+//! measurement on a given store and returns its figures; the CLI prints
+//! them. Leaves are synthetic (deterministic ids, no personal data).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::leaf::{
+    AccountId, Action, AuditLeaf, Decision, DenyReason, FieldGroups, GuardVerdict, OrganisationId,
+    PersonRef, SessionId, Timestamp,
+};
+use crate::merkle::{NodeId, leaf_hash, verify_consistency, verify_inclusion};
+use crate::note::VerifierKey;
+use crate::query::{self, persons_read_by_account};
+use crate::store::postgres::{PgLedgerConfig, PgLedgerStore};
+use crate::store::sqlite::SqliteLedgerStore;
+use crate::store::{LedgerStore, QueryRange, StoreError, Subject};
+use crate::{Ledger, LedgerConfig, LedgerError, LedgerKey, proof, verify};
+
+/// Where a benchmark runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchTarget {
+    /// A data directory holding (or to hold) `ledger.db`.
+    Sqlite {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A PostgreSQL database and schema.
+    Postgres {
+        /// Connection URL.
+        url: String,
+        /// Schema to use.
+        schema: String,
+    },
+}
+
+/// Opens the target's store; with `fresh`, first removes any ledger there
+/// (the SQLite files, or the PostgreSQL schema).
+pub async fn open_target(
+    target: &BenchTarget,
+    fresh: bool,
+) -> Result<Arc<dyn LedgerStore>, LedgerError> {
+    match target {
+        BenchTarget::Sqlite { dir } => {
+            if fresh {
+                for suffix in ["", "-wal", "-shm"] {
+                    let path = dir.join(format!("{}{suffix}", crate::store::sqlite::FILE_NAME));
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(StoreError::Open {
+                                path: path.display().to_string(),
+                                reason: e.to_string(),
+                            }
+                            .into());
+                        }
+                    }
+                }
+            }
+            Ok(Arc::new(SqliteLedgerStore::open(dir).await?))
+        }
+        BenchTarget::Postgres { url, schema } => {
+            let config = PgLedgerConfig::new(url).with_schema(schema);
+            if fresh {
+                // Validates the names first (connect refuses bad ones).
+                let store = PgLedgerStore::connect(&config).await?;
+                drop(store);
+                drop_pg_schema(url, schema).await?;
+            }
+            Ok(Arc::new(PgLedgerStore::connect(&config).await?))
+        }
+    }
+}
+
+/// Drops a schema as the connecting user (the store's own role cannot).
+async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), LedgerError> {
+    let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(pg)?;
+    let task = tokio::spawn(conn);
+    // The name passed PgLedgerStore::connect's check: plain identifier.
+    let r = client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .map_err(pg);
+    drop(client);
+    let _ = task.await;
+    r
+}
+
+/// Deterministic synthetic leaves resembling consultation traffic: 10,000
+/// accounts in 1,000 organisations, one "hot" account (id 1) doing 1 % of
+/// all reads (a compromised account), 1,000,000 persons, one leaf every
+/// 250 ms of simulated time.
+#[derive(Debug, Clone)]
+pub struct Synthetic {
+    state: u64,
+    next: u64,
+}
+
+/// Start of the synthetic time line (2026-01-01T00:00:00Z).
+pub const SYNTHETIC_START: Timestamp = Timestamp(1_767_225_600_000_000);
+/// Simulated time between two synthetic leaves.
+pub const SYNTHETIC_STEP_US: i64 = 250_000;
+/// Number of synthetic accounts.
+pub const SYNTHETIC_ACCOUNTS: u64 = 10_000;
+/// The account doing 1 % of the reads.
+pub const HOT_ACCOUNT: AccountId = AccountId(1);
+
+impl Synthetic {
+    /// A generator; `first` is the index of its first leaf (sets its time).
+    pub fn new(seed: u64, first: u64) -> Self {
+        Synthetic {
+            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+            next: first,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // splitmix64: fast, deterministic, good enough for test data.
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The next leaf.
+    pub fn leaf(&mut self) -> AuditLeaf {
+        let i = self.next;
+        self.next += 1;
+        let r = self.random();
+        let account = if r.is_multiple_of(100) {
+            HOT_ACCOUNT.0
+        } else {
+            (2 + (r >> 8) % (SYNTHETIC_ACCOUNTS - 1)) as i64
+        };
+        let person = 1 + (r >> 24) % 1_000_000;
+        let kind = (r >> 48) % 100;
+        let (action, person, groups) = match kind {
+            0..80 => (
+                Action::ReadPerson,
+                Some(person),
+                FieldGroups::of(&[
+                    rempart_domain::FieldGroup::Identity,
+                    rempart_domain::FieldGroup::Contact,
+                ]),
+            ),
+            80..95 => (
+                Action::Search,
+                Some(person),
+                FieldGroups::of(&[rempart_domain::FieldGroup::Identity]),
+            ),
+            95..98 => (Action::ListCaseload, None, FieldGroups::EMPTY),
+            _ => (Action::Login, None, FieldGroups::EMPTY),
+        };
+        let decision = if (r >> 40).is_multiple_of(20) {
+            Decision::Deny(DenyReason::NoMandate)
+        } else {
+            Decision::Allow
+        };
+        let mut session = [0u8; 16];
+        session[..8].copy_from_slice(&(account as u64).to_be_bytes());
+        session[8..].copy_from_slice(&(i / 1000).to_be_bytes());
+        AuditLeaf {
+            time: Timestamp(SYNTHETIC_START.0 + (i as i64) * SYNTHETIC_STEP_US),
+            account: AccountId(account),
+            organisation: OrganisationId(1 + account / 10),
+            session: Some(SessionId(session)),
+            person: person.map(|p| PersonRef(p as i64)),
+            action,
+            field_groups: groups,
+            purpose: Some(rempart_domain::Purpose::FollowUp),
+            decision,
+            guard: Some(GuardVerdict::Allow),
+            note: None,
+        }
+    }
+}
+
+/// Durable append throughput.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendFigures {
+    /// Leaves appended.
+    pub leaves: u64,
+    /// Concurrent callers.
+    pub callers: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Leaves per second.
+    pub per_second: f64,
+}
+
+/// Appends `leaves` single leaves from `callers` concurrent tasks, each
+/// waiting for durability before its next append (group commit at work).
+pub async fn append_throughput(
+    store: Arc<dyn LedgerStore>,
+    key: LedgerKey,
+    leaves: u64,
+    callers: usize,
+) -> Result<AppendFigures, LedgerError> {
+    let callers = callers.max(1);
+    let start_index = store.size().await?;
+    let ledger = Arc::new(Ledger::open(store, key, LedgerConfig::default()).await?);
+    let per = leaves / callers as u64;
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(callers);
+    for c in 0..callers {
+        let ledger = ledger.clone();
+        let n = per + u64::from((c as u64) < leaves % callers as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut g = Synthetic::new(c as u64, start_index + c as u64 * per);
+            for _ in 0..n {
+                ledger.append(&g.leaf()).await?;
+            }
+            Ok::<(), LedgerError>(())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .map_err(|e| LedgerError::AppendFailed(format!("bench task: {e}")))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    close(ledger).await?;
+    Ok(AppendFigures {
+        leaves,
+        callers,
+        seconds,
+        per_second: leaves as f64 / seconds,
+    })
+}
+
+async fn close(ledger: Arc<Ledger>) -> Result<(), LedgerError> {
+    match Arc::try_unwrap(ledger) {
+        Ok(l) => l.close().await,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Loads `leaves` synthetic leaves in batches (one caller), for the
+/// read-side benchmarks; returns the throughput.
+pub async fn populate(
+    store: Arc<dyn LedgerStore>,
+    key: LedgerKey,
+    leaves: u64,
+) -> Result<AppendFigures, LedgerError> {
+    let start_index = store.size().await?;
+    let ledger = Ledger::open(store, key, LedgerConfig::default()).await?;
+    let mut g = Synthetic::new(7, start_index);
+    let started = Instant::now();
+    let mut left = leaves;
+    let mut batch = Vec::with_capacity(4096);
+    while left > 0 {
+        batch.clear();
+        let n = left.min(4096);
+        batch.extend((0..n).map(|_| g.leaf()));
+        ledger.append_batch(&batch).await?;
+        left -= n;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ledger.close().await?;
+    Ok(AppendFigures {
+        leaves,
+        callers: 1,
+        seconds,
+        per_second: leaves as f64 / seconds,
+    })
+}
+
+/// Append latency at a steady offered rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyFigures {
+    /// Offered rate, appends per second.
+    pub rate: u32,
+    /// Appends made.
+    pub appends: u64,
+    /// Rate achieved.
+    pub achieved_rate: f64,
+    /// Median latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile, microseconds.
+    pub p99_us: u64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: u64,
+    /// Worst, microseconds.
+    pub max_us: u64,
+}
+
+/// Offers `rate` single appends per second for `duration` (each from its
+/// own task, as concurrent requests would) and measures how long each waits
+/// for durability.
+pub async fn append_latency(
+    store: Arc<dyn LedgerStore>,
+    key: LedgerKey,
+    rate: u32,
+    duration: Duration,
+) -> Result<LatencyFigures, LedgerError> {
+    let start_index = store.size().await?;
+    let ledger = Arc::new(Ledger::open(store, key, LedgerConfig::default()).await?);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<u64, LedgerError>>();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut g = Synthetic::new(11, start_index);
+    let mut ticks: u64 = 0;
+    let total_ticks = duration.as_millis().max(1) as u64;
+    while ticks < total_ticks {
+        ticker.tick().await;
+        ticks += 1;
+        let due = ticks * u64::from(rate) / 1000;
+        while sent < due {
+            sent += 1;
+            let leaf = g.leaf();
+            let ledger = ledger.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = ledger
+                    .append(&leaf)
+                    .await
+                    .map(|_| t.elapsed().as_micros() as u64);
+                let _ = tx.send(r);
+            });
+        }
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(sent as usize);
+    while let Some(r) = rx.recv().await {
+        latencies.push(r?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    close(ledger).await?;
+    latencies.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i]
+    };
+    Ok(LatencyFigures {
+        rate,
+        appends: latencies.len() as u64,
+        achieved_rate: latencies.len() as f64 / seconds,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        max_us: latencies.last().copied().unwrap_or(0),
+    })
+}
+
+/// Verification speed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyFigures {
+    /// Leaves verified.
+    pub leaves: u64,
+    /// Checkpoints checked.
+    pub checkpoints: usize,
+    /// Wall time.
+    pub seconds: f64,
+    /// Leaves per second.
+    pub per_second: f64,
+}
+
+/// Verifies the whole store and times it.
+pub async fn verify_speed(
+    store: &Arc<dyn LedgerStore>,
+    key: &VerifierKey,
+) -> Result<VerifyFigures, LedgerError> {
+    let started = Instant::now();
+    let report = verify(store, key).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(VerifyFigures {
+        leaves: report.leaves,
+        checkpoints: report.checkpoints,
+        seconds,
+        per_second: report.leaves as f64 / seconds,
+    })
+}
+
+/// Timing of one operation over samples, microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// Samples taken.
+    pub samples: usize,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Worst.
+    pub max_us: u64,
+}
+
+fn timing(mut micros: Vec<u64>) -> Timing {
+    micros.sort_unstable();
+    let n = micros.len();
+    let at = |p: f64| {
+        if n == 0 {
+            0
+        } else {
+            micros[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
+        }
+    };
+    Timing {
+        samples: n,
+        mean_us: if n == 0 {
+            0.0
+        } else {
+            micros.iter().sum::<u64>() as f64 / n as f64
+        },
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        max_us: micros.last().copied().unwrap_or(0),
+    }
+}
+
+/// Proof generation time and size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProofFigures {
+    /// Tree size proven against.
+    pub size: u64,
+    /// ⌈log2 size⌉: the bound on inclusion proof length (+1 for consistency).
+    pub log2_bound: usize,
+    /// Inclusion proof generation.
+    pub inclusion: Timing,
+    /// Longest inclusion proof, in hashes.
+    pub inclusion_max_hashes: usize,
+    /// Consistency proof generation.
+    pub consistency: Timing,
+    /// Longest consistency proof, in hashes.
+    pub consistency_max_hashes: usize,
+}
+
+/// Generates `samples` inclusion and consistency proofs at the store's
+/// size from stored hashes, times them, and checks each one.
+pub async fn proof_speed(
+    store: &Arc<dyn LedgerStore>,
+    samples: usize,
+) -> Result<ProofFigures, LedgerError> {
+    let size = store.size().await?;
+    if size == 0 {
+        return Err(crate::ProofError::IndexOutOfRange { index: 0, size: 0 }.into());
+    }
+    let root = proof::root(store.as_ref(), size).await?;
+    let mut g = Synthetic::new(3, 0);
+    let (mut inc, mut con) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let (mut inc_max, mut con_max) = (0, 0);
+    for _ in 0..samples {
+        let index = g.random() % size;
+        let t = Instant::now();
+        let p = proof::prove_inclusion(store.as_ref(), index, size).await?;
+        inc.push(t.elapsed().as_micros() as u64);
+        inc_max = inc_max.max(p.hashes.len());
+        let leaf = store.nodes(&[NodeId::new(0, index)]).await?;
+        if let Some(h) = leaf.first() {
+            verify_inclusion(h, index, size, &p.hashes, &root)?;
+        }
+
+        let old = 1 + g.random() % size;
+        let t = Instant::now();
+        let c = proof::prove_consistency(store.as_ref(), old, size).await?;
+        con.push(t.elapsed().as_micros() as u64);
+        con_max = con_max.max(c.hashes.len());
+        let old_root = proof::root(store.as_ref(), old).await?;
+        verify_consistency(old, size, &c.hashes, &old_root, &root)?;
+    }
+    Ok(ProofFigures {
+        size,
+        log2_bound: (64 - (size.max(2) - 1).leading_zeros()) as usize,
+        inclusion: timing(inc),
+        inclusion_max_hashes: inc_max,
+        consistency: timing(con),
+        consistency_max_hashes: con_max,
+    })
+}
+
+/// Query times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryFigures {
+    /// Leaves in the store.
+    pub leaves: u64,
+    /// "Every person shown to the hot account (1 % of all reads) over the
+    /// whole log": persons found.
+    pub hot_persons: usize,
+    /// Its time.
+    pub hot_us: u64,
+    /// The same question for ordinary accounts over one week.
+    pub account_week: Timing,
+    /// First page (100 leaves) of an ordinary account's leaves over the log.
+    pub account_page: Timing,
+    /// First page (100 leaves) of a person's leaves over the log.
+    pub person_page: Timing,
+}
+
+/// Times the breach-scoping question and paged queries.
+pub async fn query_speed(
+    store: &Arc<dyn LedgerStore>,
+    samples: usize,
+) -> Result<QueryFigures, LedgerError> {
+    let leaves = store.size().await?;
+    let end = Timestamp(SYNTHETIC_START.0 + leaves as i64 * SYNTHETIC_STEP_US + 1);
+    let t = Instant::now();
+    let hot = persons_read_by_account(store.as_ref(), HOT_ACCOUNT, SYNTHETIC_START, end).await?;
+    let hot_us = t.elapsed().as_micros() as u64;
+
+    let week = 7 * 24 * 3600 * 1_000_000i64;
+    let mut g = Synthetic::new(5, 0);
+    let (mut weeks, mut pages, mut persons) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..samples {
+        let account = AccountId(2 + (g.random() % (SYNTHETIC_ACCOUNTS - 1)) as i64);
+        let from = Timestamp(SYNTHETIC_START.0 + (g.random() % 4) as i64 * week);
+        let to = Timestamp(from.0 + week);
+        let t = Instant::now();
+        persons_read_by_account(store.as_ref(), account, from, to).await?;
+        weeks.push(t.elapsed().as_micros() as u64);
+
+        let t = Instant::now();
+        query::query(
+            store.as_ref(),
+            &QueryRange {
+                subject: Subject::Account(account),
+                from: SYNTHETIC_START,
+                to: end,
+                after: None,
+                limit: 100,
+            },
+        )
+        .await?;
+        pages.push(t.elapsed().as_micros() as u64);
+
+        let person = PersonRef(1 + (g.random() % 1_000_000) as i64);
+        let t = Instant::now();
+        query::query(
+            store.as_ref(),
+            &QueryRange {
+                subject: Subject::Person(person),
+                from: SYNTHETIC_START,
+                to: end,
+                after: None,
+                limit: 100,
+            },
+        )
+        .await?;
+        persons.push(t.elapsed().as_micros() as u64);
+    }
+    Ok(QueryFigures {
+        leaves,
+        hot_persons: hot.len(),
+        hot_us,
+        account_week: timing(weeks),
+        account_page: timing(pages),
+        person_page: timing(persons),
+    })
+}
+
+/// Hashing alone, for comparison: SHA-256 leaf hashes of synthetic leaves
+/// per second on this machine (one core).
+pub fn hash_rate(leaves: u64) -> Result<f64, LedgerError> {
+    let mut g = Synthetic::new(1, 0);
+    let encoded = (0..leaves.min(100_000))
+        .map(|_| g.leaf().encode())
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut acc = 0u8;
+    while n < leaves {
+        for e in &encoded {
+            acc ^= leaf_hash(e)[0];
+            n += 1;
+            if n == leaves {
+                break;
+            }
+        }
+    }
+    std::hint::black_box(acc);
+    Ok(leaves as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,278 @@
+//! Where the ledger lives: one interface, [`LedgerStore`], and two backends,
+//! [`sqlite`] (its own file `ledger.db` in the data directory) and
+//! [`postgres`] (its own schema, written through an INSERT-only role).
+//!
+//! A store keeps three things: the leaves (canonical bytes plus the columns
+//! the queries index), the hashes of every complete subtree (stored with the
+//! leaf that completes it, so a root or proof costs O(log n) lookups), and
+//! every signed checkpoint.
+//!
+//! Appends go through a [`LedgerWriter`], of which a store hands out one at
+//! a time (a lock file on SQLite, an advisory lock on PostgreSQL): two
+//! appenders would race for the same leaf indices.
+
+use async_trait::async_trait;
+
+use crate::leaf::{AccountId, OrganisationId, PersonRef, Timestamp};
+use crate::merkle::{Hash, NodeId, completed_count};
+
+pub(crate) mod migrate;
+pub mod postgres;
+pub mod sqlite;
+
+/// A storage failure. Messages carry no leaf content.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened.
+    #[error("cannot open the ledger at {path}: {reason}")]
+    Open {
+        /// File or database.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// SQLite failed.
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed (with its causes).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// The connection pool failed.
+    #[error("connection pool: {0}")]
+    Pool(String),
+    /// A background task died.
+    #[error("background task failed: {0}")]
+    Task(String),
+    /// A schema migration failed.
+    #[error("ledger schema migration {version} ({name}) failed: {reason}")]
+    Migration {
+        /// Its version.
+        version: u32,
+        /// Its name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The schema is newer than this program.
+    #[error("the ledger schema is at version {found}, this program knows up to {known}")]
+    SchemaTooNew {
+        /// Version found.
+        found: u32,
+        /// Newest known.
+        known: u32,
+    },
+    /// Another appender holds the store.
+    #[error("another appender holds the ledger ({0}); only one may append at a time")]
+    WriterBusy(String),
+    /// The store's size is not what the appender expected.
+    #[error("append conflict: the appender expected leaf {expected} next, the store is at {found}")]
+    Conflict {
+        /// Next index the appender expected.
+        expected: u64,
+        /// Next index the store has.
+        found: u64,
+    },
+    /// A hash needed for a root or proof is not stored.
+    #[error(
+        "missing hash of subtree (level {level}, index {index}): leaf {leaf} is absent or damaged"
+    )]
+    MissingNode {
+        /// Subtree level.
+        level: u8,
+        /// Subtree index.
+        index: u64,
+        /// The leaf that should hold it.
+        leaf: u64,
+    },
+    /// Stored values make no sense.
+    #[error("stored ledger data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A leaf as stored: its canonical bytes, the columns indexed for queries,
+/// and the hashes of the subtrees it completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRow {
+    /// Position in the log.
+    pub index: u64,
+    /// `AuditLeaf::time`, in microseconds.
+    pub time: i64,
+    /// `AuditLeaf::account`.
+    pub account: i64,
+    /// `AuditLeaf::organisation`.
+    pub organisation: i64,
+    /// `AuditLeaf::person`.
+    pub person: Option<i64>,
+    /// `AuditLeaf::reveals_person_data()`.
+    pub reveals: bool,
+    /// The canonical encoding.
+    pub data: Vec<u8>,
+    /// Hashes of the completed subtrees, level 0 up, 32 bytes each.
+    pub nodes: Vec<u8>,
+}
+
+/// A signed checkpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Tree size it commits to.
+    pub size: u64,
+    /// When it was made.
+    pub time: Timestamp,
+    /// The signed note.
+    pub note: String,
+}
+
+/// Whose leaves a query wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// Leaves of this acting account.
+    Account(AccountId),
+    /// Leaves of accounts of this organisation.
+    Organisation(OrganisationId),
+    /// Leaves about this person.
+    Person(PersonRef),
+}
+
+/// A page of leaves of one subject in a time window, ordered by (time, index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryRange {
+    /// Whose leaves.
+    pub subject: Subject,
+    /// Window start, inclusive.
+    pub from: Timestamp,
+    /// Window end, exclusive.
+    pub to: Timestamp,
+    /// Resume after this (time, index), from the previous page.
+    pub after: Option<(Timestamp, u64)>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// One leaf returned by a query, still encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    /// Position in the log.
+    pub index: u64,
+    /// Its time column.
+    pub time: i64,
+    /// The canonical encoding.
+    pub data: Vec<u8>,
+}
+
+/// Read access to a ledger, and the door to its single writer.
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// Where the ledger is, for messages (never with a password).
+    fn location(&self) -> String;
+
+    /// Takes the store's single writer; fails with
+    /// [`StoreError::WriterBusy`] while another one lives.
+    async fn writer(&self) -> Result<Box<dyn LedgerWriter>, StoreError>;
+
+    /// Number of leaves (one past the highest index).
+    async fn size(&self) -> Result<u64, StoreError>;
+
+    /// Hashes of complete subtrees, in the order asked.
+    async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError>;
+
+    /// The leaves with an index in `[from, from + count)`, in index order
+    /// (fewer if some are missing).
+    async fn leaves(&self, from: u64, count: usize) -> Result<Vec<LeafRow>, StoreError>;
+
+    /// Every checkpoint, by increasing size.
+    async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError>;
+
+    /// The largest checkpoint.
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError>;
+
+    /// One page of a subject's leaves in a window.
+    async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError>;
+
+    /// Distinct persons whose data `account` was shown in `[from, to)`,
+    /// ascending.
+    async fn persons_revealed_to(
+        &self,
+        account: AccountId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<PersonRef>, StoreError>;
+}
+
+/// The single appender's handle on a store.
+#[async_trait]
+pub trait LedgerWriter: Send {
+    /// Number of leaves.
+    async fn size(&mut self) -> Result<u64, StoreError>;
+
+    /// Hashes of complete subtrees, in the order asked.
+    async fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError>;
+
+    /// Appends `rows` (indices `first`, `first + 1`, …) in one transaction,
+    /// committed durably before returning; fails with
+    /// [`StoreError::Conflict`] unless the store has exactly `first` leaves.
+    async fn append(&mut self, first: u64, rows: Vec<LeafRow>) -> Result<(), StoreError>;
+
+    /// Stores a checkpoint durably.
+    async fn add_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;
+
+    /// Releases the writer lock now (dropping the writer releases it too,
+    /// but possibly a moment later).
+    async fn close(&mut self) {}
+}
+
+/// The leaf that stores subtree `id`, and where in its `nodes`.
+pub(crate) fn node_location(id: NodeId) -> (u64, usize) {
+    (id.last_leaf(), usize::from(id.level) * 32)
+}
+
+/// Extracts subtree `id` from the `nodes` column of its leaf.
+pub(crate) fn node_from_column(id: NodeId, nodes: &[u8]) -> Result<Hash, StoreError> {
+    let (leaf, offset) = node_location(id);
+    let missing = StoreError::MissingNode {
+        level: id.level,
+        index: id.index,
+        leaf,
+    };
+    if nodes.len() != completed_count(leaf) * 32 {
+        return Err(missing);
+    }
+    nodes
+        .get(offset..offset + 32)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(missing)
+}
+
+pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v} is out of range")))
+}
+
+pub(crate) fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative")))
+}
+
+/// The (time, index) after which a page starts: before the window when no
+/// cursor is given.
+pub(crate) fn page_start(range: &QueryRange) -> Result<(i64, i64), StoreError> {
+    match range.after {
+        Some((t, i)) => Ok((t.0, to_i64(i, "cursor index")?)),
+        None => Ok((range.from.0, -1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_locations() {
+        assert_eq!(node_location(NodeId::new(0, 5)), (5, 0));
+        assert_eq!(node_location(NodeId::new(1, 2)), (5, 32));
+        assert_eq!(node_location(NodeId::new(3, 0)), (7, 96));
+        let nodes: Vec<u8> = (0..4u8).flat_map(|l| [l; 32]).collect();
+        assert_eq!(
+            node_from_column(NodeId::new(2, 1), &nodes).unwrap(),
+            [2; 32]
+        );
+        assert!(node_from_column(NodeId::new(0, 6), &nodes).is_err());
+    }
+}

@@ -1,0 +1,1093 @@
+//! One suite, two backends: every scenario runs on SQLite (in a temporary
+//! directory) and on PostgreSQL (in a fresh schema of the database named by
+//! `REMPART_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`,
+//! dropped afterwards). PostgreSQL being unreachable is a failure, not a skip.
+//!
+//! Tampering goes around the store's protections on purpose: a direct
+//! SQLite connection (dropping the append-only triggers), or a PostgreSQL
+//! connection as the connecting user with triggers disabled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use rempart_domain::{FieldGroup, Purpose};
+use rempart_ledger::bench;
+use rempart_ledger::merkle::{Frontier, MemoryTree, leaf_hash, verify_consistency};
+use rempart_ledger::proof::{prove_consistency, prove_inclusion, root};
+use rempart_ledger::query::{persons_read_by_account, query};
+use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
+use rempart_ledger::store::sqlite::{FILE_NAME, SqliteLedgerStore};
+use rempart_ledger::store::{LeafRow, LedgerStore, QueryRange, StoreError, Subject};
+use rempart_ledger::{
+    AccountId, Action, AuditLeaf, Checkpoint, Decision, DenyReason, FieldGroups, GuardVerdict,
+    Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonRef, Problem, ProofError,
+    SessionId, Timestamp, VerifyFailure, VerifyOptions, verify, verify_with,
+};
+use tempfile::TempDir;
+
+const ORIGIN: &str = "rempart.test/ledger";
+
+// ---------------------------------------------------------------- harness
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn pg_url() -> String {
+    std::env::var("REMPART_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn unique_schema() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "lt_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+/// Runs SQL on its own connection and runtime (usable from `Drop`).
+fn pg_exec_blocking(url: &str, sql: &str) -> Result<(), String> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let task = tokio::spawn(conn);
+            let r = client.batch_execute(&sql).await.map_err(|e| e.to_string());
+            drop(client);
+            let _ = task.await;
+            r
+        })
+    })
+    .join()
+    .map_err(|_| "thread panicked".to_string())?
+}
+
+/// Drops a test schema when the test ends, pass or fail.
+struct SchemaGuard {
+    url: String,
+    schema: String,
+}
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        if let Err(e) = pg_exec_blocking(&self.url, &sql) {
+            eprintln!("could not drop test schema {}: {e}", self.schema);
+        }
+    }
+}
+
+struct Env {
+    backend: Backend,
+    store: Arc<dyn LedgerStore>,
+    dir: Option<TempDir>,
+    pg: Option<(PgLedgerConfig, SchemaGuard)>,
+}
+
+impl Env {
+    async fn new(backend: Backend) -> Env {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+                Env {
+                    backend,
+                    store: Arc::new(store),
+                    dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let url = pg_url();
+                let schema = unique_schema();
+                let guard = SchemaGuard {
+                    url: url.clone(),
+                    schema: schema.clone(),
+                };
+                let config = PgLedgerConfig::new(&url).with_schema(&schema);
+                let store = PgLedgerStore::connect(&config)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required: {e}"));
+                Env {
+                    backend,
+                    store: Arc::new(store),
+                    dir: None,
+                    pg: Some((config, guard)),
+                }
+            }
+        }
+    }
+
+    /// A second, independent store object on the same ledger.
+    async fn reopen(&self) -> Arc<dyn LedgerStore> {
+        match self.backend {
+            Backend::Sqlite => Arc::new(
+                SqliteLedgerStore::open(self.dir.as_ref().unwrap().path())
+                    .await
+                    .unwrap(),
+            ),
+            Backend::Postgres => Arc::new(
+                PgLedgerStore::connect(&self.pg.as_ref().unwrap().0)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    fn sqlite_raw(&self) -> rusqlite::Connection {
+        let c =
+            rusqlite::Connection::open(self.dir.as_ref().unwrap().path().join(FILE_NAME)).unwrap();
+        c.execute_batch(
+            "DROP TRIGGER IF EXISTS leaf_no_update; DROP TRIGGER IF EXISTS leaf_no_delete;
+             DROP TRIGGER IF EXISTS checkpoint_no_update; DROP TRIGGER IF EXISTS checkpoint_no_delete;",
+        )
+        .unwrap();
+        c
+    }
+
+    async fn pg_raw(&self) -> tokio_postgres::Client {
+        let (config, _) = self.pg.as_ref().unwrap();
+        let (client, conn) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "SET search_path TO \"{}\"; SET session_replication_role = replica;",
+                config.schema
+            ))
+            .await
+            .unwrap();
+        client
+    }
+
+    /// Runs a statement around every protection.
+    async fn tamper(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => self.sqlite_raw().execute_batch(sql).unwrap(),
+            Backend::Postgres => self.pg_raw().await.batch_execute(sql).await.unwrap(),
+        }
+    }
+
+    /// Overwrites a leaf row (all columns but the index) around every protection.
+    async fn overwrite(&self, row: &LeafRow) {
+        let idx = row.index as i64;
+        match self.backend {
+            Backend::Sqlite => {
+                self.sqlite_raw()
+                    .execute(
+                        "UPDATE leaf SET time_us = ?1, account = ?2, organisation = ?3,
+                         person = ?4, reveals = ?5, data = ?6, nodes = ?7 WHERE idx = ?8",
+                        rusqlite::params![
+                            row.time,
+                            row.account,
+                            row.organisation,
+                            row.person,
+                            row.reveals,
+                            row.data,
+                            row.nodes,
+                            idx
+                        ],
+                    )
+                    .unwrap();
+            }
+            Backend::Postgres => {
+                self.pg_raw()
+                    .await
+                    .execute(
+                        "UPDATE leaf SET time_us = $1, account = $2, organisation = $3,
+                         person = $4, reveals = $5, data = $6, nodes = $7 WHERE idx = $8",
+                        &[
+                            &row.time,
+                            &row.account,
+                            &row.organisation,
+                            &row.person,
+                            &row.reveals,
+                            &row.data,
+                            &row.nodes,
+                            &idx,
+                        ],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn insert_checkpoint(&self, size: u64, note: &str) {
+        let size = size as i64;
+        match self.backend {
+            Backend::Sqlite => {
+                self.sqlite_raw()
+                    .execute(
+                        "INSERT INTO checkpoint (size, time_us, note) VALUES (?1, 0, ?2)",
+                        rusqlite::params![size, note],
+                    )
+                    .unwrap();
+            }
+            Backend::Postgres => {
+                self.pg_raw()
+                    .await
+                    .execute(
+                        "INSERT INTO checkpoint (size, time_us, note) VALUES ($1, 0, $2)",
+                        &[&size, &note],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn rows(&self) -> Vec<LeafRow> {
+        self.store.leaves(0, 1_000_000).await.unwrap()
+    }
+}
+
+fn key() -> LedgerKey {
+    LedgerKey::generate(ORIGIN).unwrap()
+}
+
+fn copy(key: &LedgerKey) -> LedgerKey {
+    LedgerKey::from_text(&key.signer().to_text()).unwrap()
+}
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp(1_780_000_000_000_000 + seconds * 1_000_000)
+}
+
+fn leaf(i: i64) -> AuditLeaf {
+    AuditLeaf {
+        time: t(i),
+        account: AccountId(100 + i % 3),
+        organisation: OrganisationId(10 + i % 2),
+        session: Some(SessionId([i as u8; 16])),
+        person: Some(PersonRef(1000 + i % 5)),
+        action: Action::ReadPerson,
+        field_groups: FieldGroups::of(&[FieldGroup::Identity]),
+        purpose: Some(Purpose::FollowUp),
+        decision: Decision::Allow,
+        guard: Some(GuardVerdict::Allow),
+        note: None,
+    }
+}
+
+fn no_auto_checkpoints() -> LedgerConfig {
+    LedgerConfig {
+        checkpoint_every: 0,
+        checkpoint_interval: Duration::ZERO,
+        ..LedgerConfig::default()
+    }
+}
+
+/// 20 leaves, checkpoints at sizes 8, 16 and (on close) 20.
+async fn standard_ledger(env: &Env, key: &LedgerKey) {
+    let config = LedgerConfig {
+        checkpoint_every: 8,
+        checkpoint_interval: Duration::ZERO,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::open(env.store.clone(), copy(key), config)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), i as u64);
+    }
+    ledger.close().await.unwrap();
+    let sizes: Vec<u64> = env
+        .store
+        .checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.size)
+        .collect();
+    assert_eq!(sizes, vec![8, 16, 20]);
+    verify(&env.store, &key.verifier()).await.unwrap();
+}
+
+async fn failure(env: &Env, key: &LedgerKey) -> VerifyFailure {
+    match verify(&env.store, &key.verifier()).await {
+        Err(LedgerError::Tampered(f)) => *f,
+        other => panic!("verification should fail, got {other:?}"),
+    }
+}
+
+macro_rules! both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await;
+            }
+        }
+    )+};
+}
+
+both!(
+    append_prove_verify,
+    concurrent_appends_group_commit,
+    one_appender_per_store,
+    fail_closed,
+    open_refuses_a_store_behind_its_checkpoint,
+    queries,
+    append_only_rights,
+    tamper_deleted_leaf,
+    tamper_changed_byte,
+    tamper_swapped_leaves,
+    tamper_truncated_tail,
+    tamper_forged_signature,
+    tamper_inconsistent_checkpoint,
+    tamper_hidden_from_queries,
+    bench_functions_run,
+);
+
+// ---------------------------------------------------------------- scenarios
+
+async fn append_prove_verify(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let config = LedgerConfig {
+        checkpoint_every: 8,
+        checkpoint_interval: Duration::ZERO,
+        ..LedgerConfig::default()
+    };
+    let ledger = Ledger::open(env.store.clone(), copy(&key), config.clone())
+        .await
+        .unwrap();
+    let first = ledger
+        .append_batch(&(0..10).map(leaf).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(first, 0);
+    for i in 10..37 {
+        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), i as u64);
+    }
+    assert_eq!(ledger.size(), 37);
+    let cp = ledger.checkpoint_now().await.unwrap();
+    assert_eq!(cp.checkpoint.size, 37);
+    assert_eq!(cp.checkpoint.origin, ORIGIN);
+    // Nothing new: the same checkpoint.
+    assert_eq!(ledger.checkpoint_now().await.unwrap(), cp);
+    ledger.close().await.unwrap();
+
+    // The stored tree is the tree of the stored leaves, in index order.
+    let rows = env.rows().await;
+    assert_eq!(rows.len(), 37);
+    let mut tree = MemoryTree::new();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.index, i as u64);
+        assert_eq!(AuditLeaf::decode(&row.data).unwrap(), leaf(i as i64));
+        tree.push(leaf_hash(&row.data));
+    }
+    for size in 0..=37 {
+        assert_eq!(
+            root(env.store.as_ref(), size).await.unwrap(),
+            tree.root(size).unwrap(),
+            "root {size}"
+        );
+    }
+    assert_eq!(cp.checkpoint.root, tree.root(37).unwrap());
+
+    // Every inclusion proof verifies, within ⌈log2 n⌉ hashes.
+    for size in [1u64, 2, 5, 8, 13, 37] {
+        let r = tree.root(size).unwrap();
+        let bound = (64 - (size.max(2) - 1).leading_zeros()) as usize;
+        for index in 0..size {
+            let p = prove_inclusion(env.store.as_ref(), index, size)
+                .await
+                .unwrap();
+            assert!(p.hashes.len() <= bound);
+            p.verify(&leaf_hash(&rows[index as usize].data), &r)
+                .unwrap();
+        }
+    }
+    // Consistency between every pair of stored checkpoints.
+    let cps: Vec<Checkpoint> = env
+        .store
+        .checkpoints()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| Checkpoint::open(&c.note, &key.verifier()).unwrap())
+        .collect();
+    assert_eq!(
+        cps.iter().map(|c| c.size).collect::<Vec<_>>(),
+        vec![10, 18, 26, 34, 37]
+    );
+    for a in &cps {
+        for b in cps.iter().filter(|b| b.size >= a.size) {
+            let p = prove_consistency(env.store.as_ref(), a.size, b.size)
+                .await
+                .unwrap();
+            verify_consistency(a.size, b.size, &p.hashes, &a.root, &b.root).unwrap();
+        }
+    }
+    assert!(matches!(
+        prove_inclusion(env.store.as_ref(), 3, 40).await,
+        Err(LedgerError::Proof(ProofError::BeyondLog {
+            size: 40,
+            leaves: 37
+        }))
+    ));
+
+    let report = verify(&env.store, &key.verifier()).await.unwrap();
+    assert_eq!(report.leaves, 37);
+    assert_eq!(report.checkpoints, 5);
+    assert_eq!(report.latest_checkpoint, Some(37));
+    assert_eq!(report.root, tree.root(37).unwrap());
+    // Small pages read the same.
+    let small = VerifyOptions {
+        page_size: 3,
+        ..VerifyOptions::default()
+    };
+    assert_eq!(
+        verify_with(&env.store, &key.verifier(), &small)
+            .await
+            .unwrap(),
+        report
+    );
+
+    // Reopened, the ledger carries on where it stopped.
+    let ledger = Ledger::open(env.reopen().await, copy(&key), config)
+        .await
+        .unwrap();
+    assert_eq!(ledger.append(&leaf(37)).await.unwrap(), 37);
+    ledger.close().await.unwrap();
+    assert_eq!(
+        verify(&env.store, &key.verifier()).await.unwrap().leaves,
+        38
+    );
+    // Another key does not verify this ledger's checkpoints.
+    let other = LedgerKey::generate(ORIGIN).unwrap();
+    let f = failure(&env, &other).await;
+    assert!(
+        f.problems
+            .iter()
+            .all(|p| matches!(p, Problem::CheckpointSignature { .. })),
+        "{f}"
+    );
+}
+
+async fn concurrent_appends_group_commit(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Arc::new(
+        Ledger::open(env.store.clone(), copy(&key), LedgerConfig::default())
+            .await
+            .unwrap(),
+    );
+    let n = 400;
+    let results = join_all((0..n).map(|i| {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.append(&leaf(i)).await })
+    }))
+    .await;
+    let mut indices: Vec<u64> = results.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..n as u64).collect::<Vec<_>>());
+    // Durable before return: the store already has them all.
+    assert_eq!(env.store.size().await.unwrap(), n as u64);
+    let batches = ledger.batches();
+    assert!(
+        batches < n as u64,
+        "group commit should merge appends: {batches} transactions for {n} appends"
+    );
+    Arc::try_unwrap(ledger).unwrap().close().await.unwrap();
+    verify(&env.store, &key.verifier()).await.unwrap();
+}
+
+async fn one_appender_per_store(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    for store in [env.store.clone(), env.reopen().await] {
+        match Ledger::open(store, copy(&key), no_auto_checkpoints()).await {
+            Err(LedgerError::Store(StoreError::WriterBusy(_))) => {}
+            other => panic!("a second appender must be refused, got {other:?}"),
+        }
+    }
+    ledger.append(&leaf(0)).await.unwrap();
+    ledger.close().await.unwrap();
+    let again = Ledger::open(env.reopen().await, copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    assert_eq!(again.append(&leaf(1)).await.unwrap(), 1);
+    again.close().await.unwrap();
+}
+
+async fn fail_closed(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    ledger.append(&leaf(0)).await.unwrap();
+
+    // An invalid leaf is refused before anything is written.
+    let mut bad = leaf(1);
+    bad.note = Some("x".repeat(1001));
+    assert!(matches!(
+        ledger.append(&bad).await,
+        Err(LedgerError::Leaf(_))
+    ));
+    assert!(matches!(
+        ledger.append_batch(&[leaf(1), bad]).await,
+        Err(LedgerError::Leaf(_))
+    ));
+    assert_eq!(env.store.size().await.unwrap(), 1);
+
+    // Someone writes behind the appender's back: its next batch cannot
+    // commit, and every caller of it gets an error.
+    let foreign = LeafRow {
+        index: 1,
+        time: 0,
+        account: 0,
+        organisation: 0,
+        person: None,
+        reveals: false,
+        data: vec![1],
+        nodes: vec![0; 3],
+    };
+    match b {
+        Backend::Sqlite => {
+            env.sqlite_raw()
+                .execute(
+                    "INSERT INTO leaf VALUES (1, 0, 0, 0, NULL, 0, ?1, ?2)",
+                    rusqlite::params![foreign.data, foreign.nodes],
+                )
+                .unwrap();
+        }
+        Backend::Postgres => {
+            env.pg_raw()
+                .await
+                .execute(
+                    "INSERT INTO leaf VALUES (1, 0, 0, 0, NULL, false, $1, $2)",
+                    &[&foreign.data, &foreign.nodes],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let ledger = Arc::new(ledger);
+    let results = join_all((2..6).map(|i| {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.append(&leaf(i)).await })
+    }))
+    .await;
+    for r in results {
+        assert!(
+            matches!(r.unwrap(), Err(LedgerError::AppendFailed(_))),
+            "every caller of a failed batch gets an error"
+        );
+    }
+    // The damaged store stays closed to appends.
+    assert!(matches!(
+        ledger.append(&leaf(9)).await,
+        Err(LedgerError::AppendFailed(_))
+    ));
+    assert_eq!(env.store.size().await.unwrap(), 2);
+    drop(ledger);
+}
+
+async fn open_refuses_a_store_behind_its_checkpoint(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    env.tamper("DELETE FROM leaf WHERE idx >= 18").await;
+    match Ledger::open(env.reopen().await, copy(&key), no_auto_checkpoints()).await {
+        Err(LedgerError::Inconsistent { reason, .. }) => {
+            assert!(reason.contains("20"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A key of another log is refused too.
+    let env = Env::new(b).await;
+    standard_ledger(&env, &key).await;
+    let stranger = LedgerKey::generate("rempart.test/other").unwrap();
+    assert!(matches!(
+        Ledger::open(env.reopen().await, stranger, no_auto_checkpoints()).await,
+        Err(LedgerError::Inconsistent { .. })
+    ));
+}
+
+async fn queries(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    let mut leaves: Vec<AuditLeaf> = (0..30).map(leaf).collect();
+    // Account 100 was refused person 2000 and searched without a person.
+    leaves[3].decision = Decision::Deny(DenyReason::NoMandate);
+    leaves[3].person = Some(PersonRef(2000));
+    leaves[6].person = None;
+    leaves[6].action = Action::Search;
+    // Same time, two leaves: ordered by index.
+    leaves[9].time = leaves[12].time;
+    ledger.append_batch(&leaves).await.unwrap();
+    ledger.close().await.unwrap();
+
+    let store = env.store.as_ref();
+    let mut all = Vec::new();
+    let mut range = QueryRange {
+        subject: Subject::Account(AccountId(100)),
+        from: t(0),
+        to: t(100),
+        after: None,
+        limit: 3,
+    };
+    loop {
+        let page = query(store, &range).await.unwrap();
+        assert!(page.entries.len() <= 3);
+        all.extend(page.entries);
+        match page.next {
+            Some(next) => range.after = Some(next),
+            None => break,
+        }
+    }
+    let got: Vec<u64> = all.iter().map(|e| e.index).collect();
+    assert_eq!(got, vec![0, 3, 6, 9, 12, 15, 18, 21, 24, 27]);
+    for e in &all {
+        assert_eq!(e.leaf, leaves[e.index as usize]);
+    }
+
+    // Window [t1, t2): t(12) is in, t(15) is out; leaf 9 has t(12) too.
+    let page = query(
+        store,
+        &QueryRange {
+            subject: Subject::Account(AccountId(100)),
+            from: t(3),
+            to: t(15),
+            after: None,
+            limit: 100,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![3, 6, 9, 12]
+    );
+    assert_eq!(page.next, None);
+
+    let page = query(
+        store,
+        &QueryRange {
+            subject: Subject::Organisation(OrganisationId(11)),
+            from: t(0),
+            to: t(10),
+            after: None,
+            limit: 100,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1, 3, 5, 7]
+    );
+    let page = query(
+        store,
+        &QueryRange {
+            subject: Subject::Person(PersonRef(1002)),
+            from: t(0),
+            to: t(100),
+            after: None,
+            limit: 100,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![2, 7, 12, 17, 22, 27]
+    );
+
+    // Breach scoping: persons whose data account 100 was shown.
+    let persons = persons_read_by_account(store, AccountId(100), t(0), t(100))
+        .await
+        .unwrap();
+    // Leaves 0, 9, 12, 15, 18, 21, 24, 27 (3 was denied, 6 had no person).
+    let mut want: Vec<PersonRef> = [0, 9, 12, 15, 18, 21, 24, 27]
+        .iter()
+        .map(|i| PersonRef(1000 + i % 5))
+        .collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(persons, want);
+    let persons = persons_read_by_account(store, AccountId(100), t(1), t(12))
+        .await
+        .unwrap();
+    // Only leaf 9 (at t(12)) — excluded, the window ends at t(12).
+    assert_eq!(persons, vec![]);
+    let persons = persons_read_by_account(store, AccountId(100), t(1), t(13))
+        .await
+        .unwrap();
+    assert_eq!(persons, vec![PersonRef(1002), PersonRef(1004)]);
+}
+
+async fn append_only_rights(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    match b {
+        Backend::Postgres => {
+            let pg = env.store.clone();
+            // The store's own connections work as the INSERT-only role.
+            let store = PgLedgerStore::connect(&env.pg.as_ref().unwrap().0)
+                .await
+                .unwrap();
+            let client = store.pooled_client().await.unwrap();
+            let who: String = client
+                .query_one("SELECT current_user::text", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(who, "rempart_ledger_writer");
+            for sql in [
+                "UPDATE leaf SET account = 0 WHERE idx = 1",
+                "DELETE FROM leaf WHERE idx = 1",
+                "TRUNCATE leaf",
+                "UPDATE checkpoint SET note = '' WHERE size = 8",
+                "DELETE FROM checkpoint",
+                "DROP TABLE leaf",
+                "ALTER TABLE leaf DISABLE TRIGGER ALL",
+            ] {
+                let err = client
+                    .batch_execute(sql)
+                    .await
+                    .expect_err(sql)
+                    .as_db_error()
+                    .map(|e| e.message().to_string())
+                    .unwrap_or_default();
+                assert!(
+                    err.contains("permission denied") || err.contains("must be owner"),
+                    "{sql}: {err}"
+                );
+            }
+            verify(&pg, &key.verifier()).await.unwrap();
+        }
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(env.dir.as_ref().unwrap().path().join(FILE_NAME))
+                .unwrap();
+            for sql in [
+                "UPDATE leaf SET account = 0 WHERE idx = 1",
+                "DELETE FROM leaf WHERE idx = 1",
+                "DELETE FROM checkpoint",
+            ] {
+                let err = c.execute_batch(sql).expect_err(sql).to_string();
+                assert!(err.contains("append-only"), "{sql}: {err}");
+            }
+        }
+    }
+    // The owner (the connecting user) is stopped by triggers as well.
+    if b == Backend::Postgres {
+        let (config, _) = env.pg.as_ref().unwrap();
+        let (client, conn) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let err = client
+            .batch_execute(&format!(
+                "UPDATE \"{}\".leaf SET account = 0 WHERE idx = 1",
+                config.schema
+            ))
+            .await
+            .unwrap_err();
+        let message = err.as_db_error().map(|e| e.message().to_string());
+        assert!(
+            message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("append-only"),
+            "{err:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- tampering
+
+async fn tamper_deleted_leaf(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    env.tamper("DELETE FROM leaf WHERE idx = 5").await;
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, Some(5), "{f}");
+    assert_eq!(f.first_bad_checkpoint, Some(8), "{f}");
+    assert!(
+        f.problems
+            .contains(&Problem::MissingLeaves { from: 5, to: 6 }),
+        "{f}"
+    );
+    let text = f.to_string();
+    assert!(text.contains("leaf 5 is missing"), "{text}");
+}
+
+async fn tamper_changed_byte(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    let mut row = env.rows().await.remove(11);
+    // A byte of the session id: the leaf still decodes, its columns agree.
+    row.data[30] ^= 0x01;
+    env.overwrite(&row).await;
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, Some(11), "{f}");
+    assert_eq!(f.first_bad_checkpoint, Some(16), "{f}");
+    assert_eq!(
+        f.problems[0],
+        Problem::NodeMismatch {
+            index: 11,
+            level: 0,
+            first_leaf: 11
+        },
+        "{f}"
+    );
+    assert!(
+        f.problems.iter().any(|p| matches!(
+            p,
+            Problem::CheckpointRootMismatch { checkpoint, last_good: 8 } if checkpoint.size == 16
+        )),
+        "{f}"
+    );
+    assert!(f.to_string().contains("leaf 11"), "{f}");
+}
+
+async fn tamper_swapped_leaves(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    let rows = env.rows().await;
+    // Whole rows swapped, hashes included: each leaf still matches its own
+    // hash, the subtrees above them do not.
+    let (mut a, mut c) = (rows[2].clone(), rows[4].clone());
+    std::mem::swap(&mut a.index, &mut c.index);
+    env.overwrite(&a).await;
+    env.overwrite(&c).await;
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, Some(2), "{f}");
+    assert_eq!(f.first_bad_checkpoint, Some(8), "{f}");
+    assert!(f.to_string().contains("leaves 2 to 3"), "{f}");
+
+    // Contents only swapped (stored hashes left in place): exact leaf.
+    let env = Env::new(b).await;
+    standard_ledger(&env, &key).await;
+    let rows = env.rows().await;
+    let mut a = rows[12].clone();
+    let mut c = rows[14].clone();
+    std::mem::swap(&mut a.data, &mut c.data);
+    std::mem::swap(&mut a.time, &mut c.time);
+    std::mem::swap(&mut a.account, &mut c.account);
+    std::mem::swap(&mut a.organisation, &mut c.organisation);
+    std::mem::swap(&mut a.person, &mut c.person);
+    env.overwrite(&a).await;
+    env.overwrite(&c).await;
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, Some(12), "{f}");
+    assert_eq!(f.first_bad_checkpoint, Some(16), "{f}");
+}
+
+async fn tamper_truncated_tail(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    env.tamper("DELETE FROM leaf WHERE idx >= 17").await;
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, Some(17), "{f}");
+    assert_eq!(f.first_bad_checkpoint, Some(20), "{f}");
+    assert!(
+        matches!(
+            f.problems[..],
+            [Problem::Truncated { leaves: 17, checkpoint }] if checkpoint.size == 20
+        ),
+        "{f}"
+    );
+    assert!(f.to_string().contains("truncated"), "{f}");
+}
+
+async fn tamper_forged_signature(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    // A forger without the key signs a checkpoint of a larger log under the
+    // log's name (and a signature byte of a real one is altered).
+    let forger = LedgerKey::generate(ORIGIN).unwrap();
+    let forged = Checkpoint::new(ORIGIN, 24, [7; 32])
+        .sign(forger.signer())
+        .unwrap();
+    env.insert_checkpoint(24, &forged).await;
+    let stored = env.store.checkpoints().await.unwrap();
+    let real = &stored.iter().find(|c| c.size == 16).unwrap().note;
+    let at = real.rfind(' ').unwrap() + 10;
+    let mut bytes = real.clone().into_bytes();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(bytes).unwrap();
+    env.tamper("DELETE FROM checkpoint WHERE size = 16").await;
+    env.insert_checkpoint(16, &altered).await;
+
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, None, "{f}");
+    assert_eq!(f.first_bad_checkpoint, Some(16), "{f}");
+    let bad: Vec<u64> = f
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::CheckpointSignature { checkpoint, .. } => Some(checkpoint.size),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bad, vec![16, 24], "{f}");
+    assert!(f.to_string().contains("invalid signature"), "{f}");
+}
+
+async fn tamper_inconsistent_checkpoint(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    let old_16 = env
+        .store
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.size == 16)
+        .unwrap()
+        .note;
+
+    // Someone holding the key rewrites leaf 3 (another person), recomputes
+    // every stored hash, and signs a new head for size 20; the checkpoints
+    // of sizes 8 and 16 stay.
+    let mut rows = env.rows().await;
+    let mut changed = AuditLeaf::decode(&rows[3].data).unwrap();
+    changed.person = Some(PersonRef(999_999));
+    rows[3].data = changed.encode().unwrap();
+    rows[3].person = Some(999_999);
+    let mut frontier = Frontier::new();
+    for row in &mut rows {
+        row.nodes.clear();
+        frontier.push_into(leaf_hash(&row.data), &mut row.nodes);
+    }
+    for row in &rows {
+        env.overwrite(row).await;
+    }
+    env.tamper("DELETE FROM checkpoint WHERE size = 20").await;
+    let resigned = Checkpoint::new(ORIGIN, 20, frontier.root())
+        .sign(key.signer())
+        .unwrap();
+    env.insert_checkpoint(20, &resigned).await;
+
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_checkpoint, Some(8), "{f}");
+    assert!(
+        f.problems.iter().any(|p| matches!(
+            p,
+            Problem::CheckpointInconsistent { earlier, later, last_good: 0 }
+                if earlier.size == 8 && later.size == 20
+        )),
+        "{f}"
+    );
+    assert!(f.to_string().contains("inconsistent"), "{f}");
+
+    // The forger also removes the old checkpoints: the store alone now looks
+    // clean, but a checkpoint kept outside (an auditor's) still catches it.
+    env.tamper("DELETE FROM checkpoint WHERE size < 20").await;
+    verify(&env.store, &key.verifier()).await.unwrap();
+    let options = VerifyOptions {
+        external_checkpoints: vec![old_16],
+        ..VerifyOptions::default()
+    };
+    match verify_with(&env.store, &key.verifier(), &options).await {
+        Err(LedgerError::Tampered(f)) => {
+            assert_eq!(f.first_bad_checkpoint, Some(16), "{f}");
+            assert!(
+                f.problems.iter().any(|p| matches!(
+                    p,
+                    Problem::CheckpointInconsistent { earlier, .. } if earlier.size == 16 && earlier.external
+                )),
+                "{f}"
+            );
+        }
+        other => panic!("the external checkpoint must catch the rewrite: {other:?}"),
+    }
+}
+
+async fn tamper_hidden_from_queries(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    standard_ledger(&env, &key).await;
+    // Leaf 4's account column is changed so that queries miss it; the
+    // leaf and its hashes are untouched.
+    let mut row = env.rows().await.remove(4);
+    row.account = 7;
+    env.overwrite(&row).await;
+    let f = failure(&env, &key).await;
+    assert_eq!(f.first_bad_leaf, Some(4), "{f}");
+    assert_eq!(
+        f.problems,
+        vec![Problem::ColumnMismatch {
+            index: 4,
+            column: "account"
+        }],
+        "{f}"
+    );
+}
+
+async fn bench_functions_run(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let populated = bench::populate(env.store.clone(), copy(&key), 300)
+        .await
+        .unwrap();
+    assert_eq!(populated.leaves, 300);
+    let t = bench::append_throughput(env.store.clone(), copy(&key), 100, 10)
+        .await
+        .unwrap();
+    assert_eq!(t.leaves, 100);
+    assert!(t.per_second > 0.0);
+    let l = bench::append_latency(
+        env.store.clone(),
+        copy(&key),
+        500,
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(l.appends, 50);
+    assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us);
+    let v = bench::verify_speed(&env.store, &key.verifier())
+        .await
+        .unwrap();
+    assert_eq!(v.leaves, 450);
+    let p = bench::proof_speed(&env.store, 5).await.unwrap();
+    assert_eq!(p.size, 450);
+    assert!(p.inclusion_max_hashes <= p.log2_bound);
+    assert!(p.consistency_max_hashes <= p.log2_bound + 1);
+    let q = bench::query_speed(&env.store, 3).await.unwrap();
+    assert_eq!(q.leaves, 450);
+    assert!(bench::hash_rate(1000).unwrap() > 0.0);
+}
