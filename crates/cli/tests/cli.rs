@@ -544,3 +544,137 @@ fn no_plaintext_in_the_data_directory_or_a_pg_dump() {
         panic!("pg_dump holds a plaintext value ({found})");
     }
 }
+
+/// Appends `n` synthetic leaves to the ledger of `data` with its own key,
+/// as the consultation path will, then closes it (final checkpoint).
+fn fill_ledger(data: &Path, db: Option<&str>, n: u64) {
+    use rempart_ledger::bench::Synthetic;
+    use rempart_ledger::{Ledger, LedgerConfig, LedgerKey, LedgerStore};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store: std::sync::Arc<dyn LedgerStore> = match db {
+            Some(url) => std::sync::Arc::new(
+                rempart_ledger::store::postgres::PgLedgerStore::connect(
+                    &rempart_ledger::store::postgres::PgLedgerConfig::new(url),
+                )
+                .await
+                .unwrap(),
+            ),
+            None => std::sync::Arc::new(
+                rempart_ledger::store::sqlite::SqliteLedgerStore::open(data)
+                    .await
+                    .unwrap(),
+            ),
+        };
+        let key = LedgerKey::load(&data.join(rempart_ledger::KEY_FILE_NAME)).unwrap();
+        let config = LedgerConfig {
+            checkpoint_every: 1000,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(store, key, config).await.unwrap();
+        let mut synth = Synthetic::new(7, 0);
+        let leaves: Vec<_> = (0..n).map(|_| synth.leaf()).collect();
+        for chunk in leaves.chunks(500) {
+            ledger.append_batch(chunk).await.unwrap();
+        }
+        ledger.close().await.unwrap();
+    });
+}
+
+fn audit_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, db);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = data.join(rempart_ledger::KEY_FILE_NAME);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let loc = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["--data".to_string(), s(&data).to_string()]);
+        if let Some(u) = db {
+            v.extend(["--database".to_string(), u.to_string()]);
+        }
+        v
+    };
+    let run = |args: &[&str]| -> String {
+        let a = loc(args);
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // An empty ledger verifies.
+    assert!(run(&["audit", "verify"]).starts_with("audit ledger OK: 0 leaves"));
+    fill_ledger(&data, db, 5000);
+    let v = run(&["audit", "verify"]);
+    assert!(v.starts_with("audit ledger OK: 5000 leaves"), "{v}");
+    // A checkpoint, kept outside, then a proof of inclusion and one of consistency.
+    let note = run(&["audit", "checkpoint"]);
+    assert!(note.starts_with("rempart.local/audit\n5000\n"), "{note}");
+    let cp = dir.path().join("cp.txt");
+    std::fs::write(&cp, &note).unwrap();
+    let proof: serde_json::Value =
+        serde_json::from_str(&run(&["audit", "prove", "--leaf", "1234"])).unwrap();
+    assert_eq!(proof["tree_size"], 5000);
+    assert!(proof["hashes"].as_u64().unwrap() <= 13, "{proof}");
+    let cons: serde_json::Value = serde_json::from_str(&run(&[
+        "audit",
+        "consistency",
+        "--from",
+        "1000",
+        "--to",
+        "5000",
+    ]))
+    .unwrap();
+    assert!(cons["hashes"].as_u64().unwrap() <= 14, "{cons}");
+    // Queries: the hot account (id 1) and its distinct persons.
+    let rows = run(&["audit", "query", "--account", "1", "--format", "jsonl"]);
+    assert!(!rows.is_empty());
+    for line in rows.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["account"], 1, "{line}");
+    }
+    let persons = run(&["audit", "query", "--account", "1", "--persons-only"]);
+    assert!(persons.lines().count() <= rows.lines().count());
+    let bad = rempart(
+        &loc(&["audit", "prove", "--leaf", "9999"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!bad.status.success());
+
+    // Tampering with one stored leaf is found, and named.
+    if db.is_none() {
+        let conn = rusqlite_open(&data.join("ledger.db"));
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS leaf_no_update; DROP TRIGGER IF EXISTS leaf_no_delete;
+             DELETE FROM leaf WHERE idx = 2345;",
+        )
+        .unwrap();
+        drop(conn);
+        let a = loc(&["audit", "verify", "--checkpoint", s(&cp)]);
+        let out = rempart(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("first bad leaf: 2345"), "{err}");
+    }
+}
+
+fn rusqlite_open(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+#[test]
+fn audit_commands_sqlite() {
+    audit_scenario(None);
+}
+
+#[test]
+fn audit_commands_postgres() {
+    let db = PgDatabase::create();
+    audit_scenario(Some(&db.url));
+}

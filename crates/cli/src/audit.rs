@@ -1,0 +1,491 @@
+//! `rempart audit …` and `rempart bench ledger`: the audit ledger from the
+//! command line. The ledger lives beside the registry: `ledger.db` in the
+//! data directory, or the `ledger` schema of the PostgreSQL database.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use rempart_ledger::bench::{self, BenchTarget};
+use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
+use rempart_ledger::store::sqlite::SqliteLedgerStore;
+use rempart_ledger::{
+    AccountId, KEY_FILE_NAME, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore,
+    OrganisationId, PersonRef, QueryRange, Subject, Timestamp, VerifyOptions, proof,
+};
+
+use crate::Location;
+
+/// Name a new ledger signs its checkpoints with, unless `init --origin` says otherwise.
+pub const DEFAULT_ORIGIN: &str = "rempart.local/audit";
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the whole log from its leaves and check every stored
+    /// checkpoint (signature, root, consistency); on failure, say what and
+    /// where (first bad leaf, first failing checkpoint).
+    Verify {
+        #[command(flatten)]
+        location: Location,
+        /// Signed checkpoints kept elsewhere (files), checked like stored ones:
+        /// they catch a rewrite that also replaced the stored checkpoints.
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
+    },
+    /// Sign and store a checkpoint of the log as it is now, and print it.
+    Checkpoint(Location),
+    /// Inclusion proof of one leaf in the tree of a given size.
+    Prove {
+        #[command(flatten)]
+        location: Location,
+        /// Leaf index.
+        #[arg(long)]
+        leaf: u64,
+        /// Tree size (default: the whole log).
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// Consistency proof between two tree sizes.
+    Consistency {
+        #[command(flatten)]
+        location: Location,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Leaves of an account, an organisation or a person in a time window.
+    Query(QueryArgs),
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    location: Location,
+    /// Acting account id.
+    #[arg(long, group = "subject")]
+    account: Option<i64>,
+    /// Organisation id of the acting accounts.
+    #[arg(long, group = "subject")]
+    organisation: Option<i64>,
+    /// Person id (the registry's opaque id; stays valid after shredding).
+    #[arg(long, group = "subject")]
+    person: Option<i64>,
+    /// Window start (YYYY-MM-DD or RFC 3339), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// Window end (YYYY-MM-DD or RFC 3339), exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only the distinct persons whose data the account was shown.
+    #[arg(long, requires = "account")]
+    persons_only: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Most leaves printed.
+    #[arg(long, default_value_t = 1000)]
+    limit: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Jsonl,
+}
+
+/// Path of the ledger's signing key.
+pub fn key_path(data: &Path) -> PathBuf {
+    data.join(KEY_FILE_NAME)
+}
+
+/// Creates the ledger key (mode 0600) unless it exists, and the ledger store.
+pub async fn init(loc: &Location, origin: &str) -> Result<()> {
+    let path = key_path(&loc.data);
+    if path.exists() {
+        println!("ledger key: {} already exists, kept as is", path.display());
+    } else {
+        LedgerKey::generate(origin)?.save_new(&path)?;
+        println!(
+            "ledger key: created {} (mode 0600, origin {origin})",
+            path.display()
+        );
+    }
+    let store = open_store(loc).await?;
+    println!("ledger: {} ready", store.location());
+    Ok(())
+}
+
+/// Opens the ledger store beside the registry.
+pub async fn open_store(loc: &Location) -> Result<Arc<dyn LedgerStore>> {
+    Ok(match &loc.database {
+        Some(url) => Arc::new(
+            PgLedgerStore::connect(&PgLedgerConfig::new(url))
+                .await
+                .context("opening the audit ledger (PostgreSQL schema ledger)")?,
+        ),
+        None => Arc::new(
+            SqliteLedgerStore::open(&loc.data)
+                .await
+                .with_context(|| format!("opening the audit ledger in {}", loc.data.display()))?,
+        ),
+    })
+}
+
+fn load_key(loc: &Location) -> Result<LedgerKey> {
+    let path = key_path(&loc.data);
+    LedgerKey::load(&path).with_context(|| {
+        format!(
+            "loading the ledger key {} (run `rempart init` first?)",
+            path.display()
+        )
+    })
+}
+
+pub async fn run(cmd: AuditCommand) -> Result<()> {
+    match cmd {
+        AuditCommand::Verify {
+            location,
+            checkpoints,
+        } => verify(&location, &checkpoints).await,
+        AuditCommand::Checkpoint(location) => checkpoint(&location).await,
+        AuditCommand::Prove {
+            location,
+            leaf,
+            size,
+        } => prove(&location, leaf, size).await,
+        AuditCommand::Consistency { location, from, to } => consistency(&location, from, to).await,
+        AuditCommand::Query(args) => query(&args).await,
+    }
+}
+
+async fn verify(loc: &Location, external: &[PathBuf]) -> Result<()> {
+    let key = load_key(loc)?;
+    let store = open_store(loc).await?;
+    let mut options = VerifyOptions::default();
+    for path in external {
+        options.external_checkpoints.push(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading checkpoint {}", path.display()))?,
+        );
+    }
+    let start = std::time::Instant::now();
+    match rempart_ledger::verify_with(&store, &key.verifier(), &options).await {
+        Ok(report) => {
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "audit ledger OK: {} leaves rehashed, {} checkpoints checked (latest at size {}), root {}, in {secs:.2}s ({:.0} leaves/s)",
+                report.leaves,
+                report.checkpoints,
+                report
+                    .latest_checkpoint
+                    .map_or_else(|| "none".into(), |s| s.to_string()),
+                B64.encode(report.root),
+                report.leaves as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Err(LedgerError::Tampered(failure)) => bail!("{failure}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn checkpoint(loc: &Location) -> Result<()> {
+    let key = load_key(loc)?;
+    let store = open_store(loc).await?;
+    let ledger = Ledger::open(store, key, LedgerConfig::default())
+        .await
+        .context("taking the ledger's writer (is a server running on it?)")?;
+    let signed = ledger.checkpoint_now().await?;
+    ledger.close().await?;
+    print!("{}", signed.note);
+    Ok(())
+}
+
+async fn current_size(store: &dyn LedgerStore) -> Result<u64> {
+    Ok(store.size().await?)
+}
+
+async fn prove(loc: &Location, leaf: u64, size: Option<u64>) -> Result<()> {
+    let store = open_store(loc).await?;
+    let size = match size {
+        Some(s) => s,
+        None => current_size(&*store).await?,
+    };
+    if leaf >= size {
+        bail!("--leaf {leaf} is not in a tree of {size} leaves");
+    }
+    let start = std::time::Instant::now();
+    let p = proof::prove_inclusion(&*store, leaf, size).await?;
+    let elapsed = start.elapsed();
+    let root = proof::root(&*store, size).await?;
+    let leaf_hash = leaf_hash_of(&*store, leaf).await?;
+    p.verify(&leaf_hash, &root)
+        .context("the proof does not verify against the stored tree")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "leaf_index": leaf,
+            "tree_size": size,
+            "leaf_hash": B64.encode(leaf_hash),
+            "root": B64.encode(root),
+            "inclusion_path": p.hashes.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+            "hashes": p.hashes.len(),
+            "microseconds": elapsed.as_micros() as u64,
+        })
+    );
+    Ok(())
+}
+
+async fn leaf_hash_of(store: &dyn LedgerStore, index: u64) -> Result<rempart_ledger::Hash> {
+    let rows = store.leaves(index, 1).await?;
+    let row = rows
+        .first()
+        .with_context(|| format!("leaf {index} is not in the store"))?;
+    Ok(rempart_ledger::merkle::leaf_hash(&row.data))
+}
+
+async fn consistency(loc: &Location, from: u64, to: u64) -> Result<()> {
+    let store = open_store(loc).await?;
+    let size = current_size(&*store).await?;
+    if from > to || to > size {
+        bail!("need --from ≤ --to ≤ {size} (the log's size)");
+    }
+    let start = std::time::Instant::now();
+    let p = proof::prove_consistency(&*store, from, to).await?;
+    let elapsed = start.elapsed();
+    let (old_root, new_root) = (
+        proof::root(&*store, from).await?,
+        proof::root(&*store, to).await?,
+    );
+    p.verify(&old_root, &new_root)
+        .context("the proof does not verify against the stored tree")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "old_size": from,
+            "new_size": to,
+            "old_root": B64.encode(old_root),
+            "new_root": B64.encode(new_root),
+            "consistency_path": p.hashes.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+            "hashes": p.hashes.len(),
+            "microseconds": elapsed.as_micros() as u64,
+        })
+    );
+    Ok(())
+}
+
+fn parse_time(s: &str, field: &str) -> Result<Timestamp> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(Timestamp::from_datetime(t.with_timezone(&Utc)));
+    }
+    let day = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .with_context(|| format!("--{field}: expected YYYY-MM-DD or an RFC 3339 time"))?;
+    let midnight = day
+        .and_hms_opt(0, 0, 0)
+        .with_context(|| format!("--{field}: out of range"))?;
+    Ok(Timestamp::from_datetime(midnight.and_utc()))
+}
+
+async fn query(args: &QueryArgs) -> Result<()> {
+    let store = open_store(&args.location).await?;
+    let from = match &args.from {
+        Some(s) => parse_time(s, "from")?,
+        None => Timestamp(i64::MIN),
+    };
+    let to = match &args.to {
+        Some(s) => parse_time(s, "to")?,
+        None => Timestamp(i64::MAX),
+    };
+    let subject = match (args.account, args.organisation, args.person) {
+        (Some(a), _, _) => Subject::Account(AccountId(a)),
+        (_, Some(o), _) => Subject::Organisation(OrganisationId(o)),
+        (_, _, Some(p)) => Subject::Person(PersonRef(p)),
+        _ => bail!("say whose leaves: --account, --organisation or --person"),
+    };
+    if args.persons_only {
+        let Subject::Account(account) = subject else {
+            bail!("--persons-only needs --account");
+        };
+        let start = std::time::Instant::now();
+        let persons =
+            rempart_ledger::query::persons_read_by_account(&*store, account, from, to).await?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        for p in &persons {
+            match args.format {
+                Format::Jsonl => println!("{}", serde_json::json!({ "person": p.0 })),
+                Format::Table => println!("{}", p.0),
+            }
+        }
+        eprintln!(
+            "{} distinct persons shown to account {} ({ms:.1} ms)",
+            persons.len(),
+            account.0
+        );
+        return Ok(());
+    }
+    if matches!(args.format, Format::Table) {
+        println!(
+            "{:>10}  {:<27} {:>8} {:>6} {:>10}  {:<14} {:<24} {:<20} {:<10} guard",
+            "index",
+            "time (UTC)",
+            "account",
+            "org",
+            "person",
+            "action",
+            "field groups",
+            "purpose",
+            "decision"
+        );
+    }
+    let mut after = None;
+    let mut printed = 0u64;
+    while printed < args.limit {
+        let page = rempart_ledger::query::query(
+            &*store,
+            &QueryRange {
+                subject,
+                from,
+                to,
+                after,
+                limit: (args.limit - printed).min(1000) as u32,
+            },
+        )
+        .await?;
+        for e in &page.entries {
+            print_entry(e, args.format);
+            printed += 1;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn print_entry(e: &rempart_ledger::LedgerEntry, format: Format) {
+    let l = &e.leaf;
+    let time = l
+        .time
+        .to_datetime()
+        .map_or_else(|| l.time.micros().to_string(), |t| t.to_rfc3339());
+    let groups: Vec<&str> = l.field_groups.iter().map(|g| g.as_str()).collect();
+    let decision = if l.decision.is_allow() {
+        "allow".to_string()
+    } else {
+        format!("{:?}", l.decision).to_lowercase()
+    };
+    match format {
+        Format::Jsonl => println!(
+            "{}",
+            serde_json::json!({
+                "index": e.index,
+                "time": time,
+                "account": l.account.0,
+                "organisation": l.organisation.0,
+                "person": l.person.map(|p| p.0),
+                "action": l.action.as_str(),
+                "field_groups": groups,
+                "purpose": l.purpose.map(|p| p.as_str()),
+                "decision": decision,
+                "guard": l.guard.map(|g| g.as_str()),
+            })
+        ),
+        Format::Table => println!(
+            "{:>10}  {:<27} {:>8} {:>6} {:>10}  {:<14} {:<24} {:<20} {:<10} {}",
+            e.index,
+            time,
+            l.account.0,
+            l.organisation.0,
+            l.person.map_or_else(|| "-".into(), |p| p.0.to_string()),
+            l.action.as_str(),
+            groups.join(","),
+            l.purpose.map_or("-", |p| p.as_str()),
+            decision,
+            l.guard.map_or("-", |g| g.as_str()),
+        ),
+    }
+}
+
+/// `rempart bench ledger`: the figures on a fresh ledger.
+pub async fn bench_ledger(
+    leaves: u64,
+    database: Option<String>,
+    dir: Option<PathBuf>,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let target = match database {
+        Some(url) => BenchTarget::Postgres {
+            url,
+            schema: "ledger_bench".into(),
+        },
+        None => BenchTarget::Sqlite {
+            dir: dir.unwrap_or_else(|| tmp.path().to_path_buf()),
+        },
+    };
+    println!(
+        "SHA-256 leaf hashes, one core: {:.0}/s",
+        bench::hash_rate(2_000_000)?
+    );
+    println!("== {target:?}, {leaves} leaves");
+    let store = bench::open_target(&target, true).await?;
+    let key = LedgerKey::generate("rempart.bench/ledger")?;
+    let copy = || LedgerKey::from_text(&key.signer().to_text());
+    // Load most of the log first, so that the durable-append and latency
+    // figures are taken on a store of (nearly) the full size.
+    let concurrent = (leaves / 2).clamp(1, 500_000);
+    let rest = leaves.saturating_sub(concurrent);
+    if rest > 0 {
+        let p = bench::populate(store.clone(), copy()?, rest).await?;
+        println!(
+            "batched appends (4096 per call): {} leaves in {:.2} s = {:.0}/s",
+            p.leaves, p.seconds, p.per_second
+        );
+    }
+    let t = bench::append_throughput(store.clone(), copy()?, concurrent, 1024).await?;
+    println!(
+        "durable appends, {} concurrent callers, group commit: {} leaves in {:.2} s = {:.0}/s",
+        t.callers, t.leaves, t.seconds, t.per_second
+    );
+    let l = bench::append_latency(store.clone(), copy()?, 5000, Duration::from_secs(10)).await?;
+    println!(
+        "latency at {}/s offered ({:.0}/s achieved, {} appends): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+        l.rate, l.achieved_rate, l.appends, l.p50_us, l.p99_us, l.p999_us, l.max_us
+    );
+    let v = bench::verify_speed(&store, &key.verifier()).await?;
+    println!(
+        "verify: {} leaves, {} checkpoints in {:.2} s = {:.0} leaves/s",
+        v.leaves, v.checkpoints, v.seconds, v.per_second
+    );
+    let p = bench::proof_speed(&store, 1000).await?;
+    println!(
+        "proofs at size {} (⌈log2 n⌉ = {}): inclusion mean {:.0} µs, p99 {} µs, max {} hashes; consistency mean {:.0} µs, p99 {} µs, max {} hashes",
+        p.size,
+        p.log2_bound,
+        p.inclusion.mean_us,
+        p.inclusion.p99_us,
+        p.inclusion_max_hashes,
+        p.consistency.mean_us,
+        p.consistency.p99_us,
+        p.consistency_max_hashes
+    );
+    let q = bench::query_speed(&store, 200).await?;
+    println!(
+        "queries over {} leaves: persons shown to the hot account over the whole log: {} in {} µs; an account's persons over a week: mean {:.0} µs, p99 {} µs; first page of an account: mean {:.0} µs, p99 {} µs; of a person: mean {:.0} µs, p99 {} µs",
+        q.leaves,
+        q.hot_persons,
+        q.hot_us,
+        q.account_week.mean_us,
+        q.account_week.p99_us,
+        q.account_page.mean_us,
+        q.account_page.p99_us,
+        q.person_page.mean_us,
+        q.person_page.p99_us
+    );
+    Ok(())
+}
