@@ -232,15 +232,8 @@ async fn open_store(loc: &Location) -> Result<Store> {
 fn describe(loc: &Location) -> String {
     match &loc.database {
         // Never print credentials that may sit in the URL.
-        Some(url) => format!("PostgreSQL {}", redact_url(url)),
+        Some(url) => format!("PostgreSQL {}", rempart_sql::redact_url(url)),
         None => format!("SQLite in {}", loc.data.display()),
-    }
-}
-
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
     }
 }
 

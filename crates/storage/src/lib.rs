@@ -170,6 +170,21 @@ pub enum StorageError {
     Task(String),
 }
 
+impl From<rempart_sql::MigrationError> for StorageError {
+    fn from(e: rempart_sql::MigrationError) -> Self {
+        use rempart_sql::MigrationError as M;
+        match e {
+            M::TooNew { found, known } => StorageError::SchemaTooNew { found, known },
+            M::Edited { version, name } => StorageError::Migration {
+                version,
+                name,
+                reason: "was applied with different SQL (checksum mismatch)".into(),
+            },
+            unknown @ M::Unknown { .. } => StorageError::Corrupt(unknown.to_string()),
+        }
+    }
+}
+
 /// The server's own message when there is one ("db error" alone says
 /// nothing). PostgreSQL messages name constraints and columns; the DETAIL
 /// line, which may quote values, is left out.

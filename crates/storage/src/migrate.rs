@@ -3,17 +3,9 @@
 //! table `schema_migrations` records what was applied and a checksum of it,
 //! so an edited migration or a database newer than the program is refused.
 
-use sha2::{Digest, Sha256};
+pub use rempart_sql::Migration;
 
 use crate::StorageError;
-
-/// One schema step.
-#[derive(Debug, Clone, Copy)]
-pub struct Migration {
-    pub version: u32,
-    pub name: &'static str,
-    pub sql: &'static str,
-}
 
 /// SQLite migrations, in order.
 pub const SQLITE: &[Migration] = &[Migration {
@@ -29,49 +21,13 @@ pub const POSTGRES: &[Migration] = &[Migration {
     sql: include_str!("../migrations/postgres/0001_registry.sql"),
 }];
 
-impl Migration {
-    /// Hex SHA-256 of the SQL text.
-    pub fn checksum(&self) -> String {
-        Sha256::digest(self.sql.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-}
-
-/// Given what the database says was applied, the migrations still to run.
+/// Given what the database says was applied, the migrations still to run
+/// (the shared rules of `rempart_sql::pending`, with this crate's errors).
 pub fn pending<'a>(
     known: &'a [Migration],
     applied: &[(u32, String)],
 ) -> Result<Vec<&'a Migration>, StorageError> {
-    let newest_known = known.last().map_or(0, |m| m.version);
-    for (version, checksum) in applied {
-        match known.iter().find(|m| m.version == *version) {
-            None if *version > newest_known => {
-                return Err(StorageError::SchemaTooNew {
-                    found: *version,
-                    known: newest_known,
-                });
-            }
-            None => {
-                return Err(StorageError::Corrupt(format!(
-                    "schema_migrations lists version {version}, which this program does not know"
-                )));
-            }
-            Some(m) if m.checksum() != *checksum => {
-                return Err(StorageError::Migration {
-                    version: m.version,
-                    name: m.name,
-                    reason: "was applied with different SQL (checksum mismatch)".into(),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(known
-        .iter()
-        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
-        .collect())
+    rempart_sql::pending(known, applied).map_err(Into::into)
 }
 
 #[cfg(test)]

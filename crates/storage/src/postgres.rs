@@ -23,7 +23,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
 };
-use sha2::{Digest, Sha256};
+use rempart_sql::{describe, redact_url};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
@@ -217,15 +217,7 @@ impl PgStore {
 /// ASCII letters, digits and underscores only, not starting with a digit,
 /// at most 63 bytes, and not a system schema.
 fn check_schema_name(schema: &str) -> Result<(), StorageError> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !schema.as_bytes()[0].is_ascii_digit()
-        && !schema.starts_with("pg_")
-        && schema != "information_schema";
-    if ok {
+    if rempart_sql::is_plain_name(schema) {
         Ok(())
     } else {
         Err(StorageError::Open {
@@ -239,45 +231,7 @@ fn check_schema_name(schema: &str) -> Result<(), StorageError> {
 
 /// Advisory lock key of a schema's migrations.
 fn lock_key(schema: &str) -> i64 {
-    let digest = Sha256::digest(format!("rempart migrations {schema}").as_bytes());
-    let mut key = [0u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(key)
-}
-
-/// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return "PostgreSQL connection string".into();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let password = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{}{user}{password}{}", &url[..scheme_end + 3], &rest[at..])
-        }
-        None => url.to_string(),
-    }
-}
-
-/// An error and its causes, one after the other (tokio-postgres only says
-/// "db error" or "error connecting to server" at the top level).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+    rempart_sql::lock_key(&format!("rempart migrations {schema}"))
 }
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {

@@ -3,17 +3,9 @@
 //! checksum in the ledger's own `schema_migrations` table, so that an edited
 //! migration or a schema newer than the program is refused.
 
-use sha2::{Digest, Sha256};
+pub(crate) use rempart_sql::Migration;
 
 use super::StoreError;
-
-/// One schema step.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Migration {
-    pub version: u32,
-    pub name: &'static str,
-    pub sql: &'static str,
-}
 
 /// SQLite migrations, in order.
 pub(crate) const SQLITE: &[Migration] = &[Migration {
@@ -29,49 +21,13 @@ pub(crate) const POSTGRES: &[Migration] = &[Migration {
     sql: include_str!("../../migrations/postgres/0001_ledger.sql"),
 }];
 
-impl Migration {
-    /// Hex SHA-256 of the SQL text.
-    pub fn checksum(&self) -> String {
-        Sha256::digest(self.sql.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-}
-
-/// Given what the database says was applied, the migrations still to run.
+/// Given what the database says was applied, the migrations still to run
+/// (the shared rules of `rempart_sql::pending`, with this crate's errors).
 pub(crate) fn pending<'a>(
     known: &'a [Migration],
     applied: &[(u32, String)],
 ) -> Result<Vec<&'a Migration>, StoreError> {
-    let newest = known.last().map_or(0, |m| m.version);
-    for (version, checksum) in applied {
-        match known.iter().find(|m| m.version == *version) {
-            None if *version > newest => {
-                return Err(StoreError::SchemaTooNew {
-                    found: *version,
-                    known: newest,
-                });
-            }
-            None => {
-                return Err(StoreError::Corrupt(format!(
-                    "schema_migrations lists version {version}, which this program does not know"
-                )));
-            }
-            Some(m) if m.checksum() != *checksum => {
-                return Err(StoreError::Migration {
-                    version: m.version,
-                    name: m.name,
-                    reason: "was applied with different SQL (checksum mismatch)".into(),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(known
-        .iter()
-        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
-        .collect())
+    rempart_sql::pending(known, applied).map_err(Into::into)
 }
 
 #[cfg(test)]

@@ -89,6 +89,21 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl From<rempart_sql::MigrationError> for StoreError {
+    fn from(e: rempart_sql::MigrationError) -> Self {
+        use rempart_sql::MigrationError as M;
+        match e {
+            M::TooNew { found, known } => StoreError::SchemaTooNew { found, known },
+            M::Edited { version, name } => StoreError::Migration {
+                version,
+                name,
+                reason: "was applied with different SQL (checksum mismatch)".into(),
+            },
+            unknown @ M::Unknown { .. } => StoreError::Corrupt(unknown.to_string()),
+        }
+    }
+}
+
 /// A leaf as stored: its canonical bytes, the columns indexed for queries,
 /// and the hashes of the subtrees it completes.
 #[derive(Debug, Clone, PartialEq, Eq)]

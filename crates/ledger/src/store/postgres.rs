@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
+use rempart_sql::{describe, redact_url};
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
@@ -283,16 +283,8 @@ async fn setup_schema(client: &mut Client, schema: &str, role: &str) -> Result<(
 /// lowercase ASCII letters, digits and underscores, not starting with a
 /// digit, at most 63 bytes, not a system name.
 fn check_name(name: &str, what: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit()
-        && !name.starts_with("pg_")
-        && name != "information_schema"
-        && name != "public";
-    if ok {
+    // Not `public` either: the ledger's grants need a schema of its own.
+    if rempart_sql::is_plain_name(name) && name != "public" {
         Ok(())
     } else {
         Err(StoreError::Open {
@@ -307,44 +299,7 @@ fn check_name(name: &str, what: &str) -> Result<(), StoreError> {
 
 /// Advisory lock key of one purpose on one name.
 fn lock_key(purpose: &str, name: &str) -> i64 {
-    let digest = Sha256::digest(format!("rempart ledger {purpose} {name}").as_bytes());
-    let mut key = [0u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(key)
-}
-
-/// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return "PostgreSQL connection string".into();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let password = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{}{user}{password}{}", &url[..scheme_end + 3], &rest[at..])
-        }
-        None => url.to_string(),
-    }
-}
-
-/// An error and its causes (tokio-postgres says only "db error" on top).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+    rempart_sql::lock_key(&format!("rempart ledger {purpose} {name}"))
 }
 
 async fn size_of(client: &impl tokio_postgres::GenericClient) -> Result<u64, StoreError> {
