@@ -1,0 +1,479 @@
+//! The shipped policies, their failure modes at start-up, and the full
+//! decision table.
+
+use rempart_domain::{AccountState, FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_policy::{
+    Action, Authorizer, DEFAULT_POLICIES, DEFAULT_SCHEMA, MandateFact, NirView, PolicyError,
+    PolicySet, What, Who,
+};
+
+const ORG: i64 = 10;
+const ACCOUNT: i64 = 100;
+
+fn who(kind: OrganisationKind, role: Role, state: AccountState) -> Who {
+    Who {
+        account_id: ACCOUNT,
+        login: "agent.test".into(),
+        role,
+        state,
+        organisation_id: ORG,
+        kind,
+    }
+}
+
+fn what(purpose: Purpose, mandates: Vec<MandateFact>) -> What {
+    What {
+        person_id: 42,
+        purpose,
+        mandates,
+        reason_len: 0,
+    }
+}
+
+fn defaults() -> Authorizer {
+    match Authorizer::defaults() {
+        Ok(a) => a,
+        Err(e) => panic!("shipped policies must load: {e}"),
+    }
+}
+
+#[test]
+fn shipped_policies_validate_against_the_schema() {
+    let a = PolicySet::load(DEFAULT_SCHEMA, DEFAULT_POLICIES).unwrap();
+    assert!(a.policy_count() >= 10, "{}", a.policy_count());
+    // The files on disk are the embedded ones.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let from_dir = Authorizer::from_dir(dir).unwrap();
+    assert_eq!(from_dir.policy_count(), a.policy_count());
+    assert_eq!(
+        std::fs::read_to_string(format!("{dir}/default.cedar")).unwrap(),
+        DEFAULT_POLICIES
+    );
+}
+
+#[test]
+fn a_syntax_error_stops_start_up_naming_file_line_and_column() {
+    let broken = DEFAULT_POLICIES.replacen(
+        "unless { principal.state == \"active\" };",
+        "unless { principal.state == \"active\" ",
+        1,
+    );
+    assert_ne!(broken, DEFAULT_POLICIES);
+    let err = PolicySet::load(DEFAULT_SCHEMA, &broken).unwrap_err();
+    assert!(matches!(err, PolicyError::Syntax(_)), "{err:?}");
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(text.starts_with("syntax error in a policy file"), "{text}");
+    assert!(text.contains("default.cedar:"), "{text}");
+    // The problem is located (line:column) on the broken guardrail or after it.
+    let PolicyError::Syntax(problems) = &err else {
+        unreachable!()
+    };
+    let at = problems.0[0].location.expect("located");
+    let guard_line = DEFAULT_POLICIES
+        .lines()
+        .position(|l| l.contains("principal.state == \"active\""))
+        .unwrap()
+        + 1;
+    assert!(at.line >= guard_line, "{text}");
+    assert!(
+        text.contains(&format!("default.cedar:{}:", at.line)),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_file_in_the_policy_directory_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rempart.cedarschema"), DEFAULT_SCHEMA).unwrap();
+    std::fs::write(dir.path().join("default.cedar"), DEFAULT_POLICIES).unwrap();
+    std::fs::write(
+        dir.path().join("local.cedar"),
+        "// local additions\npermit (principal, action, resource) when { principal.role = \"agent\" };\n",
+    )
+    .unwrap();
+    let err = Authorizer::from_dir(dir.path()).unwrap_err();
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(matches!(err, PolicyError::Syntax(_)), "{text}");
+    assert!(text.contains("local.cedar:2:"), "{text}");
+
+    std::fs::remove_file(dir.path().join("local.cedar")).unwrap();
+    std::fs::remove_file(dir.path().join("default.cedar")).unwrap();
+    let err = Authorizer::from_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, PolicyError::NoPolicies { .. }), "{err}");
+
+    let err = Authorizer::from_dir(dir.path().join("missing")).unwrap_err();
+    assert!(err.to_string().contains("rempart.cedarschema"), "{err}");
+}
+
+#[test]
+fn a_policy_that_does_not_type_check_stops_start_up() {
+    // `principal.grade` does not exist; `context.purpose` is a String, not a Long.
+    let extra = "\n@id(\"typo\")\npermit (principal, action == Action::\"read_identity\", resource)\nwhen { principal.grade == \"agent\" };\n\
+                 @id(\"wrong-type\")\npermit (principal, action == Action::\"read_contact\", resource)\nwhen { context.purpose > 3 };\n";
+    let policies = format!("{DEFAULT_POLICIES}{extra}");
+    let err = PolicySet::load(DEFAULT_SCHEMA, &policies).unwrap_err();
+    let text = err.to_string();
+    eprintln!("{text}");
+    let PolicyError::Validation(problems) = &err else {
+        panic!("expected a validation error, got {text}")
+    };
+    assert!(text.contains("do not type-check"), "{text}");
+    let typo = problems
+        .0
+        .iter()
+        .find(|p| p.policy.as_deref() == Some("typo"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(typo.message.contains("grade"), "{text}");
+    let typo_line = policies
+        .lines()
+        .position(|l| l.contains("principal.grade"))
+        .unwrap()
+        + 1;
+    assert_eq!(typo.location.map(|l| l.line), Some(typo_line), "{text}");
+    assert!(
+        problems
+            .0
+            .iter()
+            .any(|p| p.policy.as_deref() == Some("wrong-type")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("default.cedar:{typo_line}:")),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_invalid_schema_or_a_schema_without_our_actions_stops_start_up() {
+    let err = PolicySet::load("entity Account = { role: Strin };", DEFAULT_POLICIES).unwrap_err();
+    assert!(matches!(err, PolicyError::Schema(_)), "{err}");
+    assert!(err.to_string().contains("rempart.cedarschema"), "{err}");
+
+    let err = PolicySet::load("entity Account = { role: String", DEFAULT_POLICIES).unwrap_err();
+    eprintln!("{err}");
+    assert!(matches!(err, PolicyError::Schema(_)), "{err}");
+    assert!(err.to_string().contains("rempart.cedarschema:1:"), "{err}");
+
+    let without = DEFAULT_SCHEMA.replace("break_glass, ", "");
+    let err = PolicySet::load(&without, DEFAULT_POLICIES).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PolicyError::MissingAction {
+                action: "break_glass"
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_policy_ids_are_refused() {
+    let policies = format!(
+        "{DEFAULT_POLICIES}\n@id(\"partner-follow-up\")\npermit (principal, action == Action::\"search\", resource);\n"
+    );
+    let err = PolicySet::load(DEFAULT_SCHEMA, &policies).unwrap_err();
+    assert!(matches!(err, PolicyError::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("partner-follow-up"), "{err}");
+}
+
+/// How the mandate on the person stands for the requesting account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MandateState {
+    /// Live, held by the organisation, no account named.
+    LiveOrganisation,
+    /// Live, names this account.
+    LiveThisAccount,
+    /// Held by the organisation, ended.
+    Expired,
+    /// No mandate at all.
+    Absent,
+    /// Live, held by the organisation but naming another account.
+    OtherAccount,
+    /// Live, held by another organisation.
+    OtherOrganisation,
+    /// Live, held by the organisation, for another purpose.
+    OtherPurpose,
+}
+
+const MANDATE_STATES: &[MandateState] = &[
+    MandateState::LiveOrganisation,
+    MandateState::LiveThisAccount,
+    MandateState::Expired,
+    MandateState::Absent,
+    MandateState::OtherAccount,
+    MandateState::OtherOrganisation,
+    MandateState::OtherPurpose,
+];
+
+fn mandates(state: MandateState, purpose: Purpose) -> Vec<MandateFact> {
+    let other_purpose = if purpose == Purpose::FollowUp {
+        Purpose::Training
+    } else {
+        Purpose::FollowUp
+    };
+    let m = |organisation_id, account_id, purpose, live| MandateFact {
+        organisation_id,
+        account_id,
+        purpose,
+        live,
+    };
+    match state {
+        MandateState::LiveOrganisation => vec![m(ORG, None, purpose, true)],
+        MandateState::LiveThisAccount => vec![m(ORG, Some(ACCOUNT), purpose, true)],
+        MandateState::Expired => vec![m(ORG, None, purpose, false)],
+        MandateState::Absent => vec![],
+        MandateState::OtherAccount => vec![m(ORG, Some(ACCOUNT + 1), purpose, true)],
+        MandateState::OtherOrganisation => vec![m(ORG + 1, None, purpose, true)],
+        MandateState::OtherPurpose => vec![m(ORG, None, other_purpose, true)],
+    }
+}
+
+/// The policy table: what an active agent holding a live mandate for the
+/// purpose may read.
+fn expected_with_live_mandate(
+    kind: OrganisationKind,
+    purpose: Purpose,
+) -> (Vec<FieldGroup>, NirView) {
+    use FieldGroup::*;
+    use OrganisationKind::*;
+    use Purpose::*;
+    match (kind, purpose) {
+        (FranceTravail, FollowUp) => (vec![Identity, Contact, Nir, Status], NirView::Clear),
+        (FranceTravail, Compensation) => (vec![Identity, Nir, Status], NirView::Clear),
+        (CapEmploi | MissionLocale, FollowUp) => {
+            (vec![Identity, Contact, Nir, Status], NirView::Masked)
+        }
+        (TrainingProvider, Training) => (vec![Identity, Contact], NirView::None),
+        (Processor, DocumentProcessing) => (vec![Nir], NirView::Token),
+        _ => (vec![], NirView::None),
+    }
+}
+
+#[test]
+fn decision_table_kind_purpose_mandate_and_account_state() {
+    let a = defaults();
+    let mut checked = 0;
+    for kind in OrganisationKind::ALL {
+        for purpose in Purpose::ALL {
+            for mandate in MANDATE_STATES {
+                for state in AccountState::ALL {
+                    let holds = matches!(
+                        mandate,
+                        MandateState::LiveOrganisation | MandateState::LiveThisAccount
+                    );
+                    let expected = if holds && *state == AccountState::Active {
+                        expected_with_live_mandate(*kind, *purpose)
+                    } else {
+                        (vec![], NirView::None)
+                    };
+                    let w = who(*kind, Role::Agent, *state);
+                    let q = what(*purpose, mandates(*mandate, *purpose));
+                    let d = a.allowed_field_groups(&w, &q).unwrap();
+                    assert_eq!(
+                        (d.groups.clone(), d.nir),
+                        expected,
+                        "{kind} {purpose} {mandate:?} {state}"
+                    );
+                    assert_eq!(d.allows(FieldGroup::Nir), d.nir != NirView::None);
+                    // The per-action answers agree with the summary.
+                    assert_eq!(
+                        a.is_allowed(&w, Action::ReadIdentity, &q).unwrap(),
+                        d.allows(FieldGroup::Identity)
+                    );
+                    // Partners never get the NIR in clear, whatever else holds.
+                    if *kind != OrganisationKind::FranceTravail {
+                        assert!(!a.is_allowed(&w, Action::ReadNirClear, &q).unwrap());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 4 * MANDATE_STATES.len() * 4);
+}
+
+#[test]
+fn a_live_mandate_among_others_is_found_and_the_rest_do_not_matter() {
+    let a = defaults();
+    let w = who(
+        OrganisationKind::CapEmploi,
+        Role::Agent,
+        AccountState::Active,
+    );
+    let mut all = Vec::new();
+    for state in MANDATE_STATES {
+        if *state != MandateState::LiveThisAccount && *state != MandateState::LiveOrganisation {
+            all.extend(mandates(*state, Purpose::FollowUp));
+        }
+    }
+    let denied = a
+        .allowed_field_groups(&w, &what(Purpose::FollowUp, all.clone()))
+        .unwrap();
+    assert!(denied.is_denied(), "{denied:?}");
+    all.extend(mandates(MandateState::LiveThisAccount, Purpose::FollowUp));
+    let d = a
+        .allowed_field_groups(&w, &what(Purpose::FollowUp, all))
+        .unwrap();
+    assert_eq!(d.nir, NirView::Masked);
+    assert_eq!(d.groups.len(), 4);
+}
+
+#[test]
+fn roles_other_than_agent_read_nothing() {
+    let a = defaults();
+    for kind in OrganisationKind::ALL {
+        for role in Role::ALL.iter().filter(|r| **r != Role::Agent) {
+            for purpose in Purpose::ALL {
+                let w = who(*kind, *role, AccountState::Active);
+                let q = what(*purpose, mandates(MandateState::LiveThisAccount, *purpose));
+                let d = a.allowed_field_groups(&w, &q).unwrap();
+                assert!(d.is_denied(), "{kind} {role} {purpose}: {d:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn officer_actions_need_an_active_agency_officer_and_break_glass_a_reason() {
+    let a = defaults();
+    let none = what(Purpose::FollowUp, vec![]);
+    let with_reason = What {
+        reason_len: 40,
+        ..none.clone()
+    };
+    let short_reason = What {
+        reason_len: 19,
+        ..none.clone()
+    };
+    let officer = who(
+        OrganisationKind::FranceTravail,
+        Role::Officer,
+        AccountState::Active,
+    );
+    for action in [
+        Action::GrantMandate,
+        Action::RevokeMandate,
+        Action::ManageAccounts,
+    ] {
+        assert!(a.is_allowed(&officer, action, &none).unwrap(), "{action:?}");
+    }
+    assert!(
+        a.is_allowed(&officer, Action::BreakGlass, &with_reason)
+            .unwrap()
+    );
+    assert!(
+        !a.is_allowed(&officer, Action::BreakGlass, &short_reason)
+            .unwrap()
+    );
+    assert!(!a.is_allowed(&officer, Action::BreakGlass, &none).unwrap());
+
+    // A suspended officer, a partner "officer", an agent, a manager: no.
+    let suspended = who(
+        OrganisationKind::FranceTravail,
+        Role::Officer,
+        AccountState::Suspended,
+    );
+    let partner = who(
+        OrganisationKind::MissionLocale,
+        Role::Officer,
+        AccountState::Active,
+    );
+    let agent = who(
+        OrganisationKind::FranceTravail,
+        Role::Agent,
+        AccountState::Active,
+    );
+    let manager = who(
+        OrganisationKind::MissionLocale,
+        Role::Manager,
+        AccountState::Active,
+    );
+    for w in [&suspended, &partner, &agent, &manager] {
+        for action in [
+            Action::GrantMandate,
+            Action::RevokeMandate,
+            Action::ManageAccounts,
+            Action::BreakGlass,
+        ] {
+            assert!(
+                !a.is_allowed(w, action, &with_reason).unwrap(),
+                "{:?} {:?} {action:?}",
+                w.kind,
+                w.role
+            );
+        }
+    }
+}
+
+#[test]
+fn search_and_caseload_follow_the_purposes_of_the_organisation_kind() {
+    let a = defaults();
+    for kind in OrganisationKind::ALL {
+        for purpose in Purpose::ALL {
+            let expected = !expected_with_live_mandate(*kind, *purpose).0.is_empty();
+            for state in AccountState::ALL {
+                let w = who(*kind, Role::Agent, *state);
+                for action in [Action::Search, Action::ListCaseload] {
+                    assert_eq!(
+                        a.is_allowed(&w, action, &what(*purpose, vec![])).unwrap(),
+                        expected && *state == AccountState::Active,
+                        "{kind} {purpose} {state} {action:?}"
+                    );
+                }
+            }
+            let manager = who(*kind, Role::Manager, AccountState::Active);
+            assert!(
+                !a.is_allowed(&manager, Action::Search, &what(*purpose, vec![]))
+                    .unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_request_is_evaluated_on_its_own_entities() {
+    // The same authorizer answers differently as soon as the facts change:
+    // nothing is cached between requests.
+    let a = defaults();
+    let mut w = who(
+        OrganisationKind::FranceTravail,
+        Role::Agent,
+        AccountState::Active,
+    );
+    let live = what(
+        Purpose::FollowUp,
+        mandates(MandateState::LiveOrganisation, Purpose::FollowUp),
+    );
+    assert_eq!(
+        a.allowed_field_groups(&w, &live).unwrap().nir,
+        NirView::Clear
+    );
+    w.state = AccountState::Suspended;
+    assert!(a.allowed_field_groups(&w, &live).unwrap().is_denied());
+    w.state = AccountState::Active;
+    w.kind = OrganisationKind::CapEmploi;
+    assert_eq!(
+        a.allowed_field_groups(&w, &live).unwrap().nir,
+        NirView::Masked
+    );
+    let expired = what(
+        Purpose::FollowUp,
+        mandates(MandateState::Expired, Purpose::FollowUp),
+    );
+    assert!(a.allowed_field_groups(&w, &expired).unwrap().is_denied());
+    assert_eq!(
+        a.allowed_field_groups(&w, &live).unwrap().nir,
+        NirView::Masked
+    );
+}
+
+#[test]
+fn bench_returns_figures() {
+    let a = defaults();
+    let r = rempart_policy::bench::bench(&a, 200, 3).unwrap();
+    assert_eq!(r.evaluations, 200);
+    assert!(r.evaluations_per_second > 0.0);
+}
