@@ -324,6 +324,39 @@ pub async fn open(url_or_dir: &str) -> Result<Store, StorageError> {
     }
 }
 
+/// A stored 16-byte blind index or fingerprint.
+pub(crate) fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
+    v.try_into()
+        .map_err(|_| StorageError::Corrupt(format!("{what} is not 16 bytes")))
+}
+
+/// Column holding a field group's sealed blob (same on both backends).
+pub(crate) fn group_column(g: FieldGroup) -> &'static str {
+    match g {
+        FieldGroup::Identity => "identity",
+        FieldGroup::Contact => "contact",
+        FieldGroup::Nir => "nir",
+        FieldGroup::Status => "status",
+    }
+}
+
+/// Column holding a blind index (same on both backends).
+pub(crate) fn index_column(i: PersonIndex) -> &'static str {
+    match i {
+        PersonIndex::FtId => "ft_blind",
+        PersonIndex::Nir => "nir_blind",
+        PersonIndex::NameBirth => "name_blind",
+    }
+}
+
+/// A stored code (kind, role, purpose…) parsed back into its domain type.
+pub(crate) fn parse_code<T>(
+    s: String,
+    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
+) -> Result<T, StorageError> {
+    parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
+}
+
 /// Accounts accepted by [`check_account_links`] with their organisation id,
 /// and the refusals.
 pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, i64)>, Vec<RowRefusal>);

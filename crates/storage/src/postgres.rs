@@ -31,7 +31,8 @@ use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 
 use crate::{
     Blind, ExistingPerson, Inventory, MandateRow, PersonIndex, RegistryStore, RowRefusal,
-    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, migrate,
+    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
+    group_column, index_column, migrate, parse_code,
 };
 
 /// Schema the registry lives in unless told otherwise.
@@ -266,35 +267,6 @@ fn to_u32(v: i32, what: &str) -> Result<u32, StorageError> {
 
 fn to_u64(v: i64, what: &str) -> Result<u64, StorageError> {
     u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("{what} is negative")))
-}
-
-fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
-    v.try_into()
-        .map_err(|_| StorageError::Corrupt(format!("{what} is not 16 bytes")))
-}
-
-fn group_column(g: FieldGroup) -> &'static str {
-    match g {
-        FieldGroup::Identity => "identity",
-        FieldGroup::Contact => "contact",
-        FieldGroup::Nir => "nir",
-        FieldGroup::Status => "status",
-    }
-}
-
-fn index_column(i: PersonIndex) -> &'static str {
-    match i {
-        PersonIndex::FtId => "ft_blind",
-        PersonIndex::Nir => "nir_blind",
-        PersonIndex::NameBirth => "name_blind",
-    }
-}
-
-fn parse_code<T>(
-    s: String,
-    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
-) -> Result<T, StorageError> {
-    parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
 }
 
 fn has_duplicates(ids: impl IntoIterator<Item = i64>) -> bool {

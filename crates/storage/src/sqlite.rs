@@ -15,7 +15,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use crate::{
     Blind, ExistingPerson, Inventory, MandateRow, PersonIndex, RegistryStore, RowRefusal,
-    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, migrate,
+    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
+    group_column, index_column, migrate, parse_code,
 };
 
 /// File name of the registry inside the data directory.
@@ -152,35 +153,6 @@ fn migrate_sqlite(conn: &mut Connection) -> Result<(), StorageError> {
     }
     tx.commit()?;
     Ok(())
-}
-
-fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
-    v.try_into()
-        .map_err(|_| StorageError::Corrupt(format!("{what} is not 16 bytes")))
-}
-
-fn group_column(g: FieldGroup) -> &'static str {
-    match g {
-        FieldGroup::Identity => "identity",
-        FieldGroup::Contact => "contact",
-        FieldGroup::Nir => "nir",
-        FieldGroup::Status => "status",
-    }
-}
-
-fn index_column(i: PersonIndex) -> &'static str {
-    match i {
-        PersonIndex::FtId => "ft_blind",
-        PersonIndex::Nir => "nir_blind",
-        PersonIndex::NameBirth => "name_blind",
-    }
-}
-
-fn parse_code<T>(
-    s: String,
-    parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
-) -> Result<T, StorageError> {
-    parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
 }
 
 fn grouped<T>(
