@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Consultation benchmark: consultations/s over HTTP with keep-alive, p50 and
+# p99 latency (`rempart bench consult`: one agent, random persons of its
+# caseload, policy, decryption, durable audit append), and as a baseline
+# PostgreSQL with row-level security answering the same lookups in
+# plaintext through pgbench, as a non-superuser role, same clients, same
+# duration. Target: Rempart >= 1.0x the pgbench-RLS rate.
+#
+#   bench/consult.sh [PERSONS] [WORKDIR]     (default 200000, /tmp/rempart-bench)
+#
+# Environment: BENCH_PG (default postgres://postgres@127.0.0.1:5432/test, a
+# superuser: the baseline lives in its schema bench_rls, dropped and
+# recreated, read through the role bench_rls_reader), BENCH_DURATION
+# (seconds per run, 30), BENCH_CONNECTIONS (32), BENCH_THREADS (pgbench -j,
+# 2), BENCH_RUNS (3; figures are medians over the runs), BENCH_TODAY (date
+# the population is generated as of, today by default: the policy uses
+# current_date), BENCH_KEEP=1 keeps the schema and role afterwards.
+#
+# Needs psql and pgbench. On Debian 12 pgbench ships in the server package
+# postgresql-15 (pulled in by postgresql-contrib), not in postgresql-client-15;
+# as root the script fetches that package and unpacks pgbench alone into
+# WORKDIR, without installing or starting a server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HERE=bench/rls
+PERSONS="${1:-200000}"
+WORK="${2:-/tmp/rempart-bench}"
+PG="${BENCH_PG:-postgres://postgres@127.0.0.1:5432/test}"
+DURATION="${BENCH_DURATION:-30}"
+CONNS="${BENCH_CONNECTIONS:-32}"
+THREADS="${BENCH_THREADS:-2}"
+RUNS="${BENCH_RUNS:-3}"
+TODAY="${BENCH_TODAY:-$(date +%F)}"
+ROLE=bench_rls_reader
+
+die() { echo "FATAL: $*" >&2; exit 1; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1;
+  if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# --- tools -----------------------------------------------------------------
+command -v psql > /dev/null || die "psql is missing: apt-get install postgresql-client"
+mkdir -p "$WORK"
+PGBENCH=pgbench
+if ! pgbench --version > /dev/null 2>&1; then
+  # /usr/bin/pgbench may exist as a wrapper without any pgbench behind it.
+  PGMAJOR=$(psql --version | awk '{ print $3 }' | cut -d. -f1)
+  LOCAL="$WORK/pgbench-pkg/usr/lib/postgresql/$PGMAJOR/bin/pgbench"
+  if [ ! -x "$LOCAL" ] && [ "$(id -u)" = 0 ]; then
+    echo "pgbench missing: unpacking it from postgresql-$PGMAJOR (no server installed)"
+    rm -rf "$WORK/pgbench-pkg" "$WORK/pgbench-deb" && mkdir -p "$WORK/pgbench-deb"
+    apt-get update -qq
+    (cd "$WORK/pgbench-deb" && apt-get download -qq "postgresql-$PGMAJOR")
+    dpkg-deb -x "$WORK"/pgbench-deb/postgresql-"$PGMAJOR"_*.deb "$WORK/pgbench-pkg"
+  fi
+  "$LOCAL" --version > /dev/null 2>&1 ||
+    die "pgbench is missing. On Debian 12 it comes with the server package: apt-get install postgresql-$PGMAJOR (or postgresql-contrib)"
+  PGBENCH="$LOCAL"
+fi
+psql "$PG" -qAtc 'select 1' > /dev/null || die "cannot connect to $PG"
+[ "$(psql "$PG" -qAtc "select rolsuper from pg_roles where rolname = current_user")" = t ] ||
+  die "$PG must connect as a superuser (it creates the role $ROLE)"
+
+# --- Rempart: build, generate, import --------------------------------------
+cargo build --release -q -p rempart-cli
+BIN=target/release/rempart
+CSV="$WORK/csv-$PERSONS-$TODAY"
+if [ ! -f "$CSV/persons.csv" ]; then
+  "$BIN" generate --persons "$PERSONS" --seed 42 --today "$TODAY" --out "$CSV"
+fi
+ls -l "$CSV"
+DATA="$WORK/consult-sqlite"
+rm -rf "$DATA"
+"$BIN" init --data "$DATA" > /dev/null
+"$BIN" import --data "$DATA" --today "$TODAY" --rejects "$WORK/consult-rejects.csv" "$CSV"
+
+HAVE_CONSULT=1
+if ! "$BIN" bench consult --help > /dev/null 2>&1; then
+  HAVE_CONSULT=0
+  echo "rempart bench consult not available: measuring the baseline only"
+fi
+: > "$WORK/consult-results"
+rempart_run() { # one run; appends its RESULT line to consult-results
+  echo "== Rempart, run $1/$RUNS: $CONNS connections, ${DURATION}s"
+  "$BIN" bench consult --data "$DATA" --duration "$DURATION" --connections "$CONNS" |
+    tee "$WORK/consult-run.out"
+  local line
+  line=$(tail -n 1 "$WORK/consult-run.out")
+  case "$line" in RESULT\ *) ;; *) die "rempart bench consult did not end with a RESULT line" ;; esac
+  echo "$line" >> "$WORK/consult-results"
+}
+field() { # field NAME: its value in each RESULT line, one line per run
+  sed -E 's/^RESULT //' "$WORK/consult-results" | tr ' ' '\n' | sed -n "s/^$1=//p"
+}
+ORG=""
+ACCOUNT=""
+if [ "$HAVE_CONSULT" = 1 ]; then
+  rempart_run 1
+  ORG=$(field organisation | head -n 1)
+  ACCOUNT=$(field account | head -n 1)
+fi
+
+# --- Baseline: plaintext registry in PostgreSQL with row-level security ----
+echo "== Baseline: loading the same CSVs in plaintext into schema bench_rls"
+psql "$PG" -q -f "$HERE/schema.sql"
+copy() { psql "$PG" -v ON_ERROR_STOP=1 -qc "COPY bench_rls.stage_$1 FROM STDIN WITH (FORMAT csv, HEADER true)" < "$CSV/$2"; }
+copy organisation organisations.csv
+copy account accounts.csv
+copy person persons.csv
+copy mandate mandates.csv
+psql "$PG" -q -f "$HERE/load.sql"
+
+if [ -z "$ORG" ]; then
+  # No organisation from Rempart: the one with the largest live caseload,
+  # and its active agent who sees the most.
+  read -r ORG ACCOUNT < <(psql "$PG" -qAt -F ' ' -c "
+    WITH live AS (
+      SELECT organisation_id, account_id, person_id FROM bench_rls.mandate
+      WHERE valid_from <= current_date AND (valid_to IS NULL OR valid_to > current_date)),
+    top AS (
+      SELECT organisation_id FROM live GROUP BY organisation_id
+      ORDER BY count(DISTINCT person_id) DESC, organisation_id LIMIT 1)
+    SELECT o.code, coalesce(a.login, '')
+    FROM top JOIN bench_rls.organisation o ON o.id = top.organisation_id
+    LEFT JOIN bench_rls.account a ON a.organisation_id = o.id AND a.role = 'agent' AND a.state = 'active'
+    ORDER BY (SELECT count(DISTINCT l.person_id) FROM live l WHERE l.organisation_id = o.id
+                AND (l.account_id IS NULL OR l.account_id = a.id)) DESC NULLS LAST, a.login
+    LIMIT 1") || true
+fi
+[ -n "$ORG" ] || die "no organisation holds a live mandate"
+CASELOAD=$(psql "$PG" -qAt -v org="$ORG" -v account="$ACCOUNT" -f "$HERE/sample.sql" | sed -n 's/^caseload //p')
+[ "${CASELOAD:-0}" -gt 0 ] || die "organisation $ORG / account $ACCOUNT has no live caseload"
+echo "organisation $ORG, account ${ACCOUNT:-(none)}: live caseload $CASELOAD persons"
+
+# Sanity: the reader sees exactly the caseload, nothing elsewhere, nothing
+# without settings; and it cannot bypass the policy.
+HOSTPART="${PG#*://}"
+HOSTPART="${HOSTPART#*@}"
+READER="postgres://$ROLE:$ROLE@$HOSTPART"
+visible() { # visible ORG ACCOUNT: persons the reader sees with these settings
+  PGOPTIONS="-c rempart.organisation=$1 -c rempart.account=$2" \
+    psql "$READER" -qAtc "select count(*) from bench_rls.person"
+}
+[ "$(psql "$READER" -qAtc "select rolsuper or rolbypassrls from pg_roles where rolname = current_user")" = f ] ||
+  die "$ROLE can bypass row-level security"
+SEEN=$(visible "$ORG" "${ACCOUNT:-none}")
+[ "$SEEN" = "$CASELOAD" ] || die "RLS: $ROLE sees $SEEN persons for $ORG, its live caseload is $CASELOAD"
+SEEN=$(visible "NO-SUCH-ORG-0000" "${ACCOUNT:-none}")
+[ "$SEEN" = 0 ] || die "RLS: $ROLE sees $SEEN persons for an organisation that does not exist"
+SEEN=$(psql "$READER" -qAtc "select count(*) from bench_rls.person")
+[ "$SEEN" = 0 ] || die "RLS: $ROLE sees $SEEN persons without an organisation"
+OUTSIDE=$(psql "$PG" -qAtc "select id from bench_rls.person where id not in
+  (select person_id from bench_rls.caseload) limit 1")
+if [ -n "$OUTSIDE" ]; then
+  SEEN=$(PGOPTIONS="-c rempart.organisation=$ORG -c rempart.account=${ACCOUNT:-none}" \
+    psql "$READER" -qAtc "select count(*) from bench_rls.person where id = $OUTSIDE")
+  [ "$SEEN" = 0 ] || die "RLS: $ROLE reads person $OUTSIDE, outside the caseload of $ORG"
+fi
+echo "RLS check: $ROLE sees $CASELOAD persons for $ORG, 0 for an unknown organisation, 0 without one"
+
+: > "$WORK/pgbench-results"
+pgbench_run() { # one run; appends "tps p50_ms p99_ms" to pgbench-results
+  echo "== pgbench with RLS, run $1/$RUNS: $CONNS clients, $THREADS threads, ${DURATION}s, prepared"
+  rm -f "$WORK"/pgbench-log.*
+  local status=0
+  PGOPTIONS="-c rempart.organisation=$ORG -c rempart.account=${ACCOUNT:-none}" \
+    "$PGBENCH" -n -M prepared -c "$CONNS" -j "$THREADS" -T "$DURATION" \
+    -D caseload="$CASELOAD" -f "$HERE/consult.sql" \
+    --log --log-prefix="$WORK/pgbench-log" "$READER" > "$WORK/pgbench-run.out" 2>&1 || status=$?
+  grep -E '^(number of (transactions|failed)|latency average|tps)' "$WORK/pgbench-run.out" || true
+  [ "$status" = 0 ] || { cat "$WORK/pgbench-run.out"; die "pgbench failed (exit $status)"; }
+  local tps n
+  tps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' "$WORK/pgbench-run.out" | head -n 1)
+  # Per-transaction log: client, transaction, latency (us), script, epoch, us.
+  cat "$WORK"/pgbench-log.* | awk '{ print $3 }' | sort -n > "$WORK/pgbench-latency"
+  n=$(wc -l < "$WORK/pgbench-latency")
+  [ "$n" -gt 0 ] || die "pgbench logged no transaction"
+  awk -v n="$n" -v tps="$tps" '
+    BEGIN { r50 = int(n * 0.50); if (r50 < n * 0.50) r50++; r99 = int(n * 0.99); if (r99 < n * 0.99) r99++ }
+    NR == r50 { p50 = $1 } NR == r99 { p99 = $1 }
+    END { printf "%s %.3f %.3f\n", tps, p50 / 1000, p99 / 1000 }' "$WORK/pgbench-latency" |
+    tee -a "$WORK/pgbench-results" | awk '{ printf "run: %s tps, p50 %s ms, p99 %s ms\n", $1, $2, $3 }'
+  rm -f "$WORK"/pgbench-log.* "$WORK/pgbench-latency"
+}
+# Runs alternate, so that the machine's noise falls on both sides alike.
+for i in $(seq 1 "$RUNS"); do
+  if [ "$HAVE_CONSULT" = 1 ] && [ "$i" -gt 1 ]; then rempart_run "$i"; fi
+  pgbench_run "$i"
+done
+
+PG_TPS=$(awk '{ print $1 }' "$WORK/pgbench-results" | median)
+PG_P50=$(awk '{ print $2 }' "$WORK/pgbench-results" | median)
+PG_P99=$(awk '{ print $3 }' "$WORK/pgbench-results" | median)
+
+if [ "${BENCH_KEEP:-0}" != 1 ]; then
+  psql "$PG" -qc "SET client_min_messages = warning" -c "DROP SCHEMA bench_rls CASCADE" -c "DROP ROLE $ROLE"
+fi
+
+printf '\nconsultations, %s persons, organisation %s, account %s, caseload %s,\n' \
+  "$PERSONS" "$ORG" "${ACCOUNT:-(none)}" "$CASELOAD"
+printf '%s connections (keep-alive), %ss per run, medians of %s runs\n' "$CONNS" "$DURATION" "$RUNS"
+printf '%-46s %12s %10s %10s\n' "" "reads/s" "p50 ms" "p99 ms"
+if [ "$HAVE_CONSULT" = 1 ]; then
+  C_RPS=$(field consult_rps | median); C_P50=$(field consult_p50_ms | median); C_P99=$(field consult_p99_ms | median)
+  N_RPS=$(field noop_rps | median); N_P50=$(field noop_p50_ms | median); N_P99=$(field noop_p99_ms | median)
+  printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart consult (HTTP, policy, decrypt, audit)" "$C_RPS" "$C_P50" "$C_P99"
+  printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart no-op (HTTP only)" "$N_RPS" "$N_P50" "$N_P99"
+fi
+printf '%-46s %12.0f %10.3f %10.3f\n' "baseline: pgbench, PostgreSQL RLS, plaintext" "$PG_TPS" "$PG_P50" "$PG_P99"
+if [ "$HAVE_CONSULT" = 1 ]; then
+  printf '\nratio rempart/noop:        %s\n' "$(ratio "$C_RPS" "$N_RPS")"
+  printf 'ratio rempart/pgbench-rls: %s   (target >= 1.0)\n' "$(ratio "$C_RPS" "$PG_TPS")"
+else
+  echo
+  echo "rempart bench consult not available: no Rempart figures, no ratios"
+fi
