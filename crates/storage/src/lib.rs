@@ -6,6 +6,11 @@
 //! wrapped data keys and blind indexes that the vault computed. It knows
 //! organisations, accounts and mandates in clear, because they hold no
 //! personal data of job seekers (account logins are pseudonymous handles).
+//! API credentials of accounts are kept as a digest of their secret, never
+//! the secret.
+//!
+//! Tables: `person`, `organisation`, `account`, `mandate` (with its
+//! revocation instant), `api_credential`, and `id_counter`.
 //!
 //! Schema changes are versioned migrations under `migrations/<backend>/`,
 //! applied in order when a store is opened; each backend has its own SQL
@@ -18,7 +23,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
 };
@@ -97,13 +102,83 @@ pub struct MandateRow {
 pub struct StoredMandate {
     pub id: i64,
     pub reference: Reference,
+    /// The organisation's code.
     pub organisation: Reference,
+    pub organisation_id: i64,
+    /// The login of the account it names, if any.
     pub account: Option<Reference>,
+    /// The id of the account it names, if any.
+    pub account_id: Option<i64>,
     pub person_id: i64,
     pub purpose: Purpose,
     pub valid_from: NaiveDate,
+    /// Exclusive end; `None` means open-ended.
     pub valid_to: Option<NaiveDate>,
     pub source: Reference,
+    /// When it was revoked; a revoked mandate is never live again.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl StoredMandate {
+    /// Whether the mandate is in force on `day`: not revoked, started, and
+    /// not yet ended (`valid_to` is exclusive).
+    pub fn is_live_on(&self, day: NaiveDate) -> bool {
+        self.revoked_at.is_none()
+            && self.valid_from <= day
+            && self.valid_to.is_none_or(|end| day < end)
+    }
+}
+
+/// An account with its organisation resolved: what the consultation path knows of a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    pub account_id: i64,
+    pub login: Reference,
+    pub role: Role,
+    pub state: AccountState,
+    pub organisation_id: i64,
+    /// The organisation's code.
+    pub organisation: Reference,
+    pub kind: OrganisationKind,
+}
+
+/// An API credential as stored: a digest of the secret, never the secret.
+///
+/// Instants are kept to the microsecond on both backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    pub id: i64,
+    pub account_id: i64,
+    pub secret_digest: [u8; 32],
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `None` while not revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A mandate created through the API (grant or break-glass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMandate {
+    pub reference: Reference,
+    pub organisation_id: i64,
+    /// When set, only this account of the organisation holds the mandate.
+    pub account_id: Option<i64>,
+    pub person_id: i64,
+    pub purpose: Purpose,
+    pub valid_from: NaiveDate,
+    /// Exclusive end; `None` means open-ended.
+    pub valid_to: Option<NaiveDate>,
+    pub source: Reference,
+}
+
+/// One row of a caseload page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseloadEntry {
+    pub person_id: i64,
+    pub purpose: Purpose,
+    pub mandate_id: i64,
+    /// Exclusive end of the mandate; `None` means open-ended.
+    pub valid_to: Option<NaiveDate>,
 }
 
 /// What is in the store, for `rempart demo` and operators.
@@ -276,7 +351,9 @@ pub trait RegistryStore: Send + Sync {
         mandates: Vec<MandateRow>,
     ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError>;
 
-    /// Mandates held on a person, live or not.
+    /// Mandates held on a person, live or not (revoked and expired ones
+    /// included: the caller decides with [`StoredMandate::is_live_on`]), in
+    /// id order. One indexed query: it runs on every read request.
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError>;
 
     /// Counts and sizes.
@@ -284,6 +361,101 @@ pub trait RegistryStore: Send + Sync {
 
     /// Ids of stored persons, `after` exclusive, in id order (for sampling and scans).
     async fn person_ids(&self, after: i64, limit: u32) -> Result<Vec<i64>, StorageError>;
+
+    /// The account with this login, with its organisation.
+    async fn account_by_login(
+        &self,
+        login: &Reference,
+    ) -> Result<Option<AccountRecord>, StorageError>;
+
+    /// The account with this id, with its organisation.
+    async fn account_by_id(&self, id: i64) -> Result<Option<AccountRecord>, StorageError>;
+
+    /// Accounts of one organisation, by login order (empty if there is no
+    /// such organisation).
+    async fn accounts_of_organisation(
+        &self,
+        organisation_id: i64,
+    ) -> Result<Vec<AccountRecord>, StorageError>;
+
+    /// Organisations with their ids, by code order.
+    async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError>;
+
+    /// Sets an account's state; false if there is no such account.
+    async fn set_account_state(
+        &self,
+        account_id: i64,
+        state: AccountState,
+    ) -> Result<bool, StorageError>;
+
+    /// Stores a new credential (digest only) and returns its id. Ids are
+    /// never reused. Refuses ([`StorageError::Invalid`] naming the field)
+    /// an unknown account or an `expires_at` not after `created_at`.
+    /// Instants are kept to the microsecond.
+    async fn insert_credential(
+        &self,
+        account_id: i64,
+        secret_digest: [u8; 32],
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<i64, StorageError>;
+
+    /// A credential and its account, in one query (this is on every
+    /// request's hot path). Expired and revoked credentials are returned
+    /// too, as they are: the caller decides.
+    async fn credential(
+        &self,
+        id: i64,
+    ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError>;
+
+    /// Revokes one credential of the account (if `id` is Some; a credential
+    /// of another account is left alone) or every credential of the
+    /// account; returns how many were revoked (already revoked ones don't
+    /// count).
+    async fn revoke_credentials(
+        &self,
+        account_id: i64,
+        id: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StorageError>;
+
+    /// Inserts a mandate and returns it as stored. Refuses
+    /// ([`StorageError::Invalid`], the message starting with the field's
+    /// name) `valid_to` not after `valid_from`, an unknown
+    /// `organisation_id`, an unknown `account_id` or one of another
+    /// organisation, an unknown or shredded `person_id`, or a `reference`
+    /// already used; the checks run in that order.
+    async fn grant_mandate(&self, m: NewMandate) -> Result<StoredMandate, StorageError>;
+
+    /// Marks a mandate revoked at `at` (never live again); false if no such
+    /// mandate or already revoked.
+    async fn revoke_mandate(&self, id: i64, at: DateTime<Utc>) -> Result<bool, StorageError>;
+
+    /// One mandate by id, live or not.
+    async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError>;
+
+    /// The caseload of an account: persons with a mandate live on `on` held
+    /// by the organisation as a whole (no account named) or naming
+    /// `account_id`, optionally for one purpose, with person_id > `after`,
+    /// ordered by person_id then mandate id, at most `limit` rows; shredded
+    /// persons are excluded. A person with several live mandates appears
+    /// once per mandate.
+    ///
+    /// Pages end on a person boundary: when the limit would split a
+    /// person's mandates, that person is left whole for the next page
+    /// (unless it alone fills the page: then its first `limit` mandates
+    /// only). So paging with `after` = the last person_id of the previous
+    /// page returns every live mandate exactly once, and a page may be
+    /// shorter than `limit` while more follow: only an empty page ends.
+    async fn caseload(
+        &self,
+        organisation_id: i64,
+        account_id: i64,
+        purpose: Option<Purpose>,
+        on: NaiveDate,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<CaseloadEntry>, StorageError>;
 
     /// Prepares a first load: if no person is stored yet, drops the person
     /// indexes (rebuilt by [`RegistryStore::end_bulk_load`], far faster
@@ -323,6 +495,87 @@ pub async fn open(url_or_dir: &str) -> Result<Store, StorageError> {
         Ok(Arc::new(sqlite::SqliteStore::open(dir).await?))
     }
 }
+
+/// An instant as both backends store it: to the microsecond (PostgreSQL's
+/// precision), within years 1 to 9999 (SQLite keeps RFC 3339 text).
+pub(crate) fn instant(at: DateTime<Utc>, what: &str) -> Result<DateTime<Utc>, StorageError> {
+    if (1..=9999).contains(&at.year()) {
+        Ok(at.trunc_subsecs(6))
+    } else {
+        Err(StorageError::Invalid(format!(
+            "{what}: out of range (years 1 to 9999)"
+        )))
+    }
+}
+
+/// A stored 32-byte secret digest.
+pub(crate) fn digest(v: Vec<u8>) -> Result<[u8; 32], StorageError> {
+    v.try_into()
+        .map_err(|_| StorageError::Corrupt("a credential's secret digest is not 32 bytes".into()))
+}
+
+/// Checks a new credential's period.
+pub(crate) fn credential_period(
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), StorageError> {
+    let created_at = instant(created_at, "created_at")?;
+    let expires_at = instant(expires_at, "expires_at")?;
+    if expires_at <= created_at {
+        return Err(StorageError::Invalid(
+            "expires_at: must be after created_at".into(),
+        ));
+    }
+    Ok((created_at, expires_at))
+}
+
+/// Refusals of [`RegistryStore::grant_mandate`], same words on both backends.
+pub(crate) fn grant_refusal(field: &str, reason: &str) -> StorageError {
+    StorageError::Invalid(format!("{field}: {reason}"))
+}
+
+/// Checks the period of a new mandate.
+pub(crate) fn check_mandate_period(m: &NewMandate) -> Result<(), StorageError> {
+    match m.valid_to {
+        Some(end) if end <= m.valid_from => {
+            Err(grant_refusal("valid_to", "must be after valid_from"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Cuts a caseload query's rows (up to `limit + 1`, in person then
+/// mandate order) to a page that does not split a person's mandates; see
+/// [`RegistryStore::caseload`].
+pub(crate) fn caseload_page(mut rows: Vec<CaseloadEntry>, limit: u32) -> Vec<CaseloadEntry> {
+    let limit = limit as usize;
+    let Some(next) = rows.get(limit).map(|e| e.person_id) else {
+        return rows;
+    };
+    rows.truncate(limit);
+    match rows.iter().position(|e| e.person_id == next) {
+        // The person alone fills the page: keep what fits.
+        Some(0) | None => rows,
+        Some(first) => {
+            rows.truncate(first);
+            rows
+        }
+    }
+}
+
+/// A mandate with its organisation's code and its account's login (same
+/// SQL on both backends; each reads the columns in this order).
+pub(crate) const MANDATE_SELECT: &str = "SELECT m.id, m.reference, o.code, m.organisation_id,
+         a.login, m.account_id, m.person_id, m.purpose, m.valid_from, m.valid_to, m.source,
+         m.revoked_at
+     FROM mandate m JOIN organisation o ON o.id = m.organisation_id
+     LEFT JOIN account a ON a.id = m.account_id";
+
+/// An account with its organisation (same SQL on both backends; each reads
+/// the columns in this order).
+pub(crate) const ACCOUNT_SELECT: &str =
+    "SELECT a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+     FROM account a JOIN organisation o ON o.id = a.organisation_id";
 
 /// A stored 16-byte blind index or fingerprint.
 pub(crate) fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
@@ -473,4 +726,94 @@ pub(crate) fn check_account_links(
         .filter_map(|(a, o)| o.map(|(id, _)| (a, id)))
         .collect();
     Ok((valid, refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(person_id: i64, mandate_id: i64) -> CaseloadEntry {
+        CaseloadEntry {
+            person_id,
+            purpose: Purpose::FollowUp,
+            mandate_id,
+            valid_to: None,
+        }
+    }
+
+    fn ids(page: &[CaseloadEntry]) -> Vec<(i64, i64)> {
+        page.iter().map(|e| (e.person_id, e.mandate_id)).collect()
+    }
+
+    #[test]
+    fn caseload_pages_never_split_a_person() {
+        let rows = |v: &[(i64, i64)]| v.iter().map(|&(p, m)| entry(p, m)).collect::<Vec<_>>();
+        // Fewer rows than the limit: the last page, whole.
+        assert_eq!(
+            ids(&caseload_page(rows(&[(1, 1), (2, 2)]), 3)),
+            [(1, 1), (2, 2)]
+        );
+        // The next row is another person: cut at the limit.
+        assert_eq!(
+            ids(&caseload_page(rows(&[(1, 1), (2, 2), (3, 3)]), 2)),
+            [(1, 1), (2, 2)]
+        );
+        // The next row continues person 2: person 2 goes to the next page.
+        assert_eq!(
+            ids(&caseload_page(rows(&[(1, 1), (2, 2), (2, 5)]), 2)),
+            [(1, 1)]
+        );
+        assert_eq!(
+            ids(&caseload_page(rows(&[(1, 1), (2, 2), (2, 4), (2, 5)]), 3)),
+            [(1, 1)]
+        );
+        // One person fills the page: what fits.
+        assert_eq!(
+            ids(&caseload_page(rows(&[(7, 1), (7, 2), (7, 3)]), 2)),
+            [(7, 1), (7, 2)]
+        );
+        assert!(caseload_page(rows(&[(1, 1)]), 0).is_empty());
+        assert!(caseload_page(vec![], 5).is_empty());
+    }
+
+    #[test]
+    fn live_mandates() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 3, d).unwrap_or_default();
+        let reference = Reference::parse("M1").unwrap();
+        let mut m = StoredMandate {
+            id: 1,
+            reference: reference.clone(),
+            organisation: reference.clone(),
+            organisation_id: 1,
+            account: None,
+            account_id: None,
+            person_id: 1,
+            purpose: Purpose::FollowUp,
+            valid_from: day(10),
+            valid_to: Some(day(20)),
+            source: reference,
+            revoked_at: None,
+        };
+        assert!(!m.is_live_on(day(9)));
+        assert!(m.is_live_on(day(10)));
+        assert!(m.is_live_on(day(19)));
+        assert!(!m.is_live_on(day(20)), "valid_to is exclusive");
+        m.valid_to = None;
+        assert!(m.is_live_on(day(31)));
+        m.revoked_at = Some(DateTime::<Utc>::UNIX_EPOCH);
+        assert!(!m.is_live_on(day(15)), "revoked");
+    }
+
+    #[test]
+    fn instants_keep_microseconds_within_four_digit_years() {
+        let at = DateTime::<Utc>::from_timestamp(1_800_000_000, 123_456_789).unwrap();
+        assert_eq!(
+            instant(at, "at").unwrap().timestamp_subsec_nanos(),
+            123_456_000
+        );
+        let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
+        assert!(
+            matches!(instant(far, "at"), Err(StorageError::Invalid(m)) if m.starts_with("at:"))
+        );
+    }
 }

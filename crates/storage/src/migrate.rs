@@ -8,18 +8,32 @@ pub use rempart_sql::Migration;
 use crate::StorageError;
 
 /// SQLite migrations, in order.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("../migrations/sqlite/0001_registry.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sql: include_str!("../migrations/sqlite/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "consultation",
+        sql: include_str!("../migrations/sqlite/0002_consultation.sql"),
+    },
+];
 
 /// PostgreSQL migrations, in order.
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "registry",
-    sql: include_str!("../migrations/postgres/0001_registry.sql"),
-}];
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "registry",
+        sql: include_str!("../migrations/postgres/0001_registry.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "consultation",
+        sql: include_str!("../migrations/postgres/0002_consultation.sql"),
+    },
+];
 
 /// Given what the database says was applied, the migrations still to run
 /// (the shared rules of `rempart_sql::pending`, with this crate's errors).

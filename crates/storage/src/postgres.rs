@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
@@ -30,9 +30,11 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 
 use crate::{
-    Blind, ExistingPerson, Inventory, MandateRow, PersonIndex, RegistryStore, RowRefusal,
-    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
-    group_column, index_column, migrate, parse_code,
+    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ExistingPerson, Inventory, MANDATE_SELECT,
+    MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError,
+    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
+    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
+    index_column, migrate, parse_code,
 };
 
 /// Schema the registry lives in unless told otherwise.
@@ -44,7 +46,14 @@ const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tables of the registry, for [`Inventory::bytes`].
-const TABLES: &[&str] = &["person", "organisation", "account", "mandate", "id_counter"];
+const TABLES: &[&str] = &[
+    "person",
+    "organisation",
+    "account",
+    "mandate",
+    "api_credential",
+    "id_counter",
+];
 
 /// Binary COPY of new persons; its columns are, in order, [`PERSON_TYPES`].
 const COPY_PERSONS: &str = "COPY person (id, ft_blind, nir_blind, name_blind, fingerprint, \
@@ -503,6 +512,63 @@ async fn rewrap_persons(
             .await?
     })
 }
+
+/// Reads a row of [`MANDATE_SELECT`].
+fn stored_mandate(r: &Row) -> Result<StoredMandate, StorageError> {
+    Ok(StoredMandate {
+        id: r.try_get(0)?,
+        reference: parse_code(r.try_get(1)?, Reference::parse)?,
+        organisation: parse_code(r.try_get(2)?, Reference::parse)?,
+        organisation_id: r.try_get(3)?,
+        account: r
+            .try_get::<_, Option<String>>(4)?
+            .map(|a| parse_code(a, Reference::parse))
+            .transpose()?,
+        account_id: r.try_get(5)?,
+        person_id: r.try_get(6)?,
+        purpose: parse_code(r.try_get(7)?, Purpose::parse)?,
+        valid_from: r.try_get(8)?,
+        valid_to: r.try_get(9)?,
+        source: parse_code(r.try_get(10)?, Reference::parse)?,
+        revoked_at: r.try_get(11)?,
+    })
+}
+
+/// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
+fn account_record(r: &Row, at: usize) -> Result<AccountRecord, StorageError> {
+    Ok(AccountRecord {
+        account_id: r.try_get(at)?,
+        login: parse_code(r.try_get(at + 1)?, Reference::parse)?,
+        role: parse_code(r.try_get(at + 2)?, Role::parse)?,
+        state: parse_code(r.try_get(at + 3)?, AccountState::parse)?,
+        organisation_id: r.try_get(at + 4)?,
+        organisation: parse_code(r.try_get(at + 5)?, Reference::parse)?,
+        kind: parse_code(r.try_get(at + 6)?, OrganisationKind::parse)?,
+    })
+}
+
+/// The caseload: mandates held by the organisation as a whole, merged
+/// with those naming the account, each part in person order from its own
+/// index (`mandate_org_wide`, `mandate_account_person`), so a page costs
+/// what it returns whatever the size of the organisation. `p.id > $3`
+/// repeats the bound for the person side of a merge join.
+const CASELOAD: &str = "
+    (SELECT m.person_id, m.purpose, m.id, m.valid_to FROM mandate m
+     JOIN person p ON p.id = m.person_id
+     WHERE m.organisation_id = $1 AND m.account_id IS NULL AND m.person_id > $3 AND p.id > $3
+       AND m.revoked_at IS NULL AND m.valid_from <= $4
+       AND (m.valid_to IS NULL OR m.valid_to > $4)
+       AND ($5::text IS NULL OR m.purpose = $5) AND p.wrapped_dek IS NOT NULL
+     ORDER BY m.person_id, m.id LIMIT $6)
+    UNION ALL
+    (SELECT m.person_id, m.purpose, m.id, m.valid_to FROM mandate m
+     JOIN person p ON p.id = m.person_id
+     WHERE m.account_id = $2 AND m.organisation_id = $1 AND m.person_id > $3 AND p.id > $3
+       AND m.revoked_at IS NULL AND m.valid_from <= $4
+       AND (m.valid_to IS NULL OR m.valid_to > $4)
+       AND ($5::text IS NULL OR m.purpose = $5) AND p.wrapped_dek IS NOT NULL
+     ORDER BY m.person_id, m.id LIMIT $6)
+    ORDER BY 1, 3 LIMIT $6";
 
 #[async_trait]
 impl RegistryStore for PgStore {
@@ -1061,33 +1127,15 @@ impl RegistryStore for PgStore {
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT m.id, m.reference, o.code, a.login, m.purpose, m.valid_from, m.valid_to, m.source
-                 FROM mandate m JOIN organisation o ON o.id = m.organisation_id
-                 LEFT JOIN account a ON a.id = m.account_id
-                 WHERE m.person_id = $1 ORDER BY m.id",
-            )
+            .prepare_cached(&format!(
+                "{MANDATE_SELECT} WHERE m.person_id = $1 ORDER BY m.id"
+            ))
             .await?;
         client
             .query(&stmt, &[&person_id])
             .await?
             .iter()
-            .map(|r| {
-                Ok(StoredMandate {
-                    id: r.try_get(0)?,
-                    reference: parse_code(r.try_get(1)?, Reference::parse)?,
-                    organisation: parse_code(r.try_get(2)?, Reference::parse)?,
-                    account: r
-                        .try_get::<_, Option<String>>(3)?
-                        .map(|a| parse_code(a, Reference::parse))
-                        .transpose()?,
-                    person_id,
-                    purpose: parse_code(r.try_get(4)?, Purpose::parse)?,
-                    valid_from: r.try_get(5)?,
-                    valid_to: r.try_get(6)?,
-                    source: parse_code(r.try_get(7)?, Reference::parse)?,
-                })
-            })
+            .map(stored_mandate)
             .collect()
     }
 
@@ -1223,6 +1271,325 @@ impl RegistryStore for PgStore {
             .iter()
             .map(|r| Ok(r.try_get(0)?))
             .collect()
+    }
+
+    async fn account_by_login(
+        &self,
+        login: &Reference,
+    ) -> Result<Option<AccountRecord>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.login = $1"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&login.as_str()])
+            .await?
+            .map(|r| account_record(&r, 0))
+            .transpose()
+    }
+
+    async fn account_by_id(&self, id: i64) -> Result<Option<AccountRecord>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.id = $1"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&id])
+            .await?
+            .map(|r| account_record(&r, 0))
+            .transpose()
+    }
+
+    async fn accounts_of_organisation(
+        &self,
+        organisation_id: i64,
+    ) -> Result<Vec<AccountRecord>, StorageError> {
+        let client = self.client().await?;
+        // Logins are ASCII: the C collation orders them as SQLite does.
+        let stmt = client
+            .prepare_cached(&format!(
+                "{ACCOUNT_SELECT} WHERE a.organisation_id = $1 ORDER BY a.login COLLATE \"C\""
+            ))
+            .await?;
+        client
+            .query(&stmt, &[&organisation_id])
+            .await?
+            .iter()
+            .map(|r| account_record(r, 0))
+            .collect()
+    }
+
+    async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, code, kind, name, departement FROM organisation
+                 ORDER BY code COLLATE \"C\"",
+            )
+            .await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Organisation {
+                        code: parse_code(r.try_get(1)?, Reference::parse)?,
+                        kind: parse_code(r.try_get(2)?, OrganisationKind::parse)?,
+                        name: r.try_get(3)?,
+                        departement: r.try_get(4)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_account_state(
+        &self,
+        account_id: i64,
+        state: AccountState,
+    ) -> Result<bool, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("UPDATE account SET state = $2 WHERE id = $1")
+            .await?;
+        let n = client
+            .execute(&stmt, &[&account_id, &state.as_str()])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn insert_credential(
+        &self,
+        account_id: i64,
+        secret_digest: [u8; 32],
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<i64, StorageError> {
+        let (created_at, expires_at) = credential_period(created_at, expires_at)?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO api_credential (account_id, secret_digest, created_at, expires_at)
+                 SELECT $1::int8, $2::bytea, $3::timestamptz, $4::timestamptz
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $1)
+                 RETURNING id",
+            )
+            .await?;
+        let digest: &[u8] = &secret_digest;
+        let row = client
+            .query_opt(&stmt, &[&account_id, &digest, &created_at, &expires_at])
+            .await?
+            .ok_or_else(|| StorageError::Invalid("account_id: no such account".into()))?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn credential(
+        &self,
+        id: i64,
+    ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
+                        c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+                 FROM api_credential c JOIN account a ON a.id = c.account_id
+                 JOIN organisation o ON o.id = a.organisation_id
+                 WHERE c.id = $1",
+            )
+            .await?;
+        let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
+            return Ok(None);
+        };
+        let credential = StoredCredential {
+            id: r.try_get(0)?,
+            account_id: r.try_get(1)?,
+            secret_digest: digest(r.try_get(2)?)?,
+            created_at: r.try_get(3)?,
+            expires_at: r.try_get(4)?,
+            revoked_at: r.try_get(5)?,
+        };
+        Ok(Some((credential, account_record(&r, 6)?)))
+    }
+
+    async fn revoke_credentials(
+        &self,
+        account_id: i64,
+        id: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE api_credential SET revoked_at = $3
+                 WHERE account_id = $1 AND ($2::int8 IS NULL OR id = $2) AND revoked_at IS NULL",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&account_id, &id, &at]).await?)
+    }
+
+    async fn grant_mandate(&self, m: NewMandate) -> Result<StoredMandate, StorageError> {
+        check_mandate_period(&m)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Mandate writers go one at a time (see upsert_mandates); the
+        // account and person rows checked are locked so that the account
+        // stays in its organisation and the person unshredded until this
+        // commits.
+        tx.batch_execute("LOCK TABLE mandate IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        if tx
+            .query_opt(
+                "SELECT 1 FROM organisation WHERE id = $1",
+                &[&m.organisation_id],
+            )
+            .await?
+            .is_none()
+        {
+            return Err(grant_refusal("organisation_id", "no such organisation"));
+        }
+        if let Some(account_id) = m.account_id {
+            let org: Option<i64> = tx
+                .query_opt(
+                    "SELECT organisation_id FROM account WHERE id = $1 FOR SHARE",
+                    &[&account_id],
+                )
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            match org {
+                None => return Err(grant_refusal("account_id", "no such account")),
+                Some(o) if o != m.organisation_id => {
+                    return Err(grant_refusal(
+                        "account_id",
+                        "belongs to another organisation than the mandate",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if tx
+            .query_opt(
+                "SELECT 1 FROM person WHERE id = $1 AND wrapped_dek IS NOT NULL FOR SHARE",
+                &[&m.person_id],
+            )
+            .await?
+            .is_none()
+        {
+            return Err(grant_refusal("person_id", "no such person in the registry"));
+        }
+        let taken = |e: tokio_postgres::Error| {
+            if is_unique_violation(&e) {
+                grant_refusal("reference", "already used by another mandate")
+            } else {
+                e.into()
+            }
+        };
+        if tx
+            .query_opt(
+                "SELECT 1 FROM mandate WHERE reference = $1",
+                &[&m.reference.as_str()],
+            )
+            .await?
+            .is_some()
+        {
+            return Err(grant_refusal(
+                "reference",
+                "already used by another mandate",
+            ));
+        }
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
+                     valid_from, valid_to, source)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[
+                    &m.reference.as_str(),
+                    &m.organisation_id,
+                    &m.account_id,
+                    &m.person_id,
+                    &m.purpose.as_str(),
+                    &m.valid_from,
+                    &m.valid_to,
+                    &m.source.as_str(),
+                ],
+            )
+            .await
+            .map_err(taken)?
+            .try_get(0)?;
+        let stored = tx
+            .query_opt(&format!("{MANDATE_SELECT} WHERE m.id = $1"), &[&id])
+            .await?
+            .map(|r| stored_mandate(&r))
+            .transpose()?
+            .ok_or_else(|| {
+                StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
+            })?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn revoke_mandate(&self, id: i64, at: DateTime<Utc>) -> Result<bool, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE mandate SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id, &at]).await? == 1)
+    }
+
+    async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{MANDATE_SELECT} WHERE m.id = $1"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&id])
+            .await?
+            .map(|r| stored_mandate(&r))
+            .transpose()
+    }
+
+    async fn caseload(
+        &self,
+        organisation_id: i64,
+        account_id: i64,
+        purpose: Option<Purpose>,
+        on: NaiveDate,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<CaseloadEntry>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(CASELOAD).await?;
+        // One row more than asked, to see whether the page splits a person.
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &organisation_id,
+                    &account_id,
+                    &after,
+                    &on,
+                    &purpose.map(Purpose::as_str),
+                    &(i64::from(limit) + 1),
+                ],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(CaseloadEntry {
+                    person_id: r.try_get(0)?,
+                    purpose: parse_code(r.try_get(1)?, Purpose::parse)?,
+                    mandate_id: r.try_get(2)?,
+                    valid_to: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(caseload_page(rows, limit))
     }
 }
 

@@ -7,16 +7,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::{
-    Blind, ExistingPerson, Inventory, MandateRow, PersonIndex, RegistryStore, RowRefusal,
-    SealedPerson, StorageError, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
-    group_column, index_column, migrate, parse_code,
+    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ExistingPerson, Inventory, MANDATE_SELECT,
+    MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError,
+    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
+    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
+    index_column, migrate, parse_code,
 };
 
 /// File name of the registry inside the data directory.
@@ -168,6 +170,86 @@ fn grouped<T>(
         .map(|(k, n)| Ok((parse_code(k, &parse)?, n as u64)))
         .collect()
 }
+
+/// An instant as SQLite keeps it: RFC 3339 UTC text with microseconds,
+/// fixed width so that text order is time order.
+fn instant_text(at: DateTime<Utc>, what: &str) -> Result<String, StorageError> {
+    Ok(crate::instant(at, what)?.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+fn parse_instant(s: &str, what: &str) -> Result<DateTime<Utc>, StorageError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|_| StorageError::Corrupt(format!("stored {what} is not an RFC 3339 instant")))
+}
+
+fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
+    s.map(|s| parse_instant(&s, what)).transpose()
+}
+
+/// Reads a row of [`MANDATE_SELECT`].
+fn stored_mandate(r: &Row<'_>) -> Result<StoredMandate, StorageError> {
+    Ok(StoredMandate {
+        id: r.get(0)?,
+        reference: parse_code(r.get(1)?, Reference::parse)?,
+        organisation: parse_code(r.get(2)?, Reference::parse)?,
+        organisation_id: r.get(3)?,
+        account: r
+            .get::<_, Option<String>>(4)?
+            .map(|a| parse_code(a, Reference::parse))
+            .transpose()?,
+        account_id: r.get(5)?,
+        person_id: r.get(6)?,
+        purpose: parse_code(r.get(7)?, Purpose::parse)?,
+        valid_from: r.get(8)?,
+        valid_to: r.get(9)?,
+        source: parse_code(r.get(10)?, Reference::parse)?,
+        revoked_at: optional_instant(r.get(11)?, "revoked_at")?,
+    })
+}
+
+fn mandate_by_id(c: &Connection, id: i64) -> Result<Option<StoredMandate>, StorageError> {
+    c.prepare_cached(&format!("{MANDATE_SELECT} WHERE m.id = ?1"))?
+        .query_and_then([id], stored_mandate)?
+        .next()
+        .transpose()
+}
+
+/// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
+fn account_record(r: &Row<'_>, at: usize) -> Result<AccountRecord, StorageError> {
+    Ok(AccountRecord {
+        account_id: r.get(at)?,
+        login: parse_code(r.get(at + 1)?, Reference::parse)?,
+        role: parse_code(r.get(at + 2)?, Role::parse)?,
+        state: parse_code(r.get(at + 3)?, AccountState::parse)?,
+        organisation_id: r.get(at + 4)?,
+        organisation: parse_code(r.get(at + 5)?, Reference::parse)?,
+        kind: parse_code(r.get(at + 6)?, OrganisationKind::parse)?,
+    })
+}
+
+/// The caseload: mandates held by the organisation as a whole, merged
+/// with those naming the account, each part in person order from its own
+/// index (`mandate_org_wide`, `mandate_account_person`), so a page costs
+/// what it returns whatever the size of the organisation. Without
+/// statistics SQLite would take `mandate_org` for both parts (same cost
+/// to its eyes): the indexes are named.
+const CASELOAD: &str = "
+    SELECT m.person_id, m.purpose, m.id, m.valid_to FROM mandate m INDEXED BY mandate_org_wide
+    JOIN person p ON p.id = m.person_id
+    WHERE m.organisation_id = ?1 AND m.account_id IS NULL AND m.person_id > ?3
+      AND m.revoked_at IS NULL AND m.valid_from <= ?4
+      AND (m.valid_to IS NULL OR m.valid_to > ?4)
+      AND (?5 IS NULL OR m.purpose = ?5) AND p.wrapped_dek IS NOT NULL
+    UNION ALL
+    SELECT m.person_id, m.purpose, m.id, m.valid_to
+    FROM mandate m INDEXED BY mandate_account_person
+    JOIN person p ON p.id = m.person_id
+    WHERE m.account_id = ?2 AND m.organisation_id = ?1 AND m.person_id > ?3
+      AND m.revoked_at IS NULL AND m.valid_from <= ?4
+      AND (m.valid_to IS NULL OR m.valid_to > ?4)
+      AND (?5 IS NULL OR m.purpose = ?5) AND p.wrapped_dek IS NOT NULL
+    ORDER BY 1, 3 LIMIT ?6";
 
 #[async_trait]
 impl RegistryStore for SqliteStore {
@@ -679,32 +761,11 @@ impl RegistryStore for SqliteStore {
 
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
         self.read(move |c| {
-            let rows: Vec<(i64, String, String, Option<String>, String, NaiveDate, Option<NaiveDate>, String)> = c
-                .prepare_cached(
-                    "SELECT m.id, m.reference, o.code, a.login, m.purpose, m.valid_from, m.valid_to, m.source
-                     FROM mandate m JOIN organisation o ON o.id = m.organisation_id
-                     LEFT JOIN account a ON a.id = m.account_id
-                     WHERE m.person_id = ?1 ORDER BY m.id",
-                )?
-                .query_map([person_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            rows.into_iter()
-                .map(|(id, reference, org, account, purpose, valid_from, valid_to, source)| {
-                    Ok(StoredMandate {
-                        id,
-                        reference: parse_code(reference, Reference::parse)?,
-                        organisation: parse_code(org, Reference::parse)?,
-                        account: account.map(|a| parse_code(a, Reference::parse)).transpose()?,
-                        person_id,
-                        purpose: parse_code(purpose, Purpose::parse)?,
-                        valid_from,
-                        valid_to,
-                        source: parse_code(source, Reference::parse)?,
-                    })
-                })
-                .collect()
+            c.prepare_cached(&format!(
+                "{MANDATE_SELECT} WHERE m.person_id = ?1 ORDER BY m.id"
+            ))?
+            .query_and_then([person_id], stored_mandate)?
+            .collect()
         })
         .await
     }
@@ -805,5 +866,327 @@ impl RegistryStore for SqliteStore {
             Ok(ids)
         })
         .await
+    }
+
+    async fn account_by_login(
+        &self,
+        login: &Reference,
+    ) -> Result<Option<AccountRecord>, StorageError> {
+        let login = login.as_str().to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.login = ?1"))?
+                .query_and_then([login], |r| account_record(r, 0))?
+                .next()
+                .transpose()
+        })
+        .await
+    }
+
+    async fn account_by_id(&self, id: i64) -> Result<Option<AccountRecord>, StorageError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.id = ?1"))?
+                .query_and_then([id], |r| account_record(r, 0))?
+                .next()
+                .transpose()
+        })
+        .await
+    }
+
+    async fn accounts_of_organisation(
+        &self,
+        organisation_id: i64,
+    ) -> Result<Vec<AccountRecord>, StorageError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "{ACCOUNT_SELECT} WHERE a.organisation_id = ?1 ORDER BY a.login"
+            ))?
+            .query_and_then([organisation_id], |r| account_record(r, 0))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, code, kind, name, departement FROM organisation ORDER BY code",
+            )?
+            .query_and_then([], |r| {
+                Ok((
+                    r.get(0)?,
+                    Organisation {
+                        code: parse_code(r.get(1)?, Reference::parse)?,
+                        kind: parse_code(r.get(2)?, OrganisationKind::parse)?,
+                        name: r.get(3)?,
+                        departement: r.get(4)?,
+                    },
+                ))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn set_account_state(
+        &self,
+        account_id: i64,
+        state: AccountState,
+    ) -> Result<bool, StorageError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("UPDATE account SET state = ?2 WHERE id = ?1")?
+                .execute(params![account_id, state.as_str()])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn insert_credential(
+        &self,
+        account_id: i64,
+        secret_digest: [u8; 32],
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<i64, StorageError> {
+        let (created_at, expires_at) = credential_period(created_at, expires_at)?;
+        let created_at = instant_text(created_at, "created_at")?;
+        let expires_at = instant_text(expires_at, "expires_at")?;
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO api_credential (account_id, secret_digest, created_at, expires_at)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
+                 RETURNING id",
+            )?
+            .query_row(
+                params![account_id, &secret_digest[..], created_at, expires_at],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .ok_or_else(|| StorageError::Invalid("account_id: no such account".into()))
+        })
+        .await
+    }
+
+    async fn credential(
+        &self,
+        id: i64,
+    ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
+                        c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+                 FROM api_credential c JOIN account a ON a.id = c.account_id
+                 JOIN organisation o ON o.id = a.organisation_id
+                 WHERE c.id = ?1",
+            )?
+            .query_and_then([id], |r| {
+                let credential = StoredCredential {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    secret_digest: digest(r.get(2)?)?,
+                    created_at: parse_instant(&r.get::<_, String>(3)?, "created_at")?,
+                    expires_at: parse_instant(&r.get::<_, String>(4)?, "expires_at")?,
+                    revoked_at: optional_instant(r.get(5)?, "revoked_at")?,
+                };
+                Ok((credential, account_record(r, 6)?))
+            })?
+            .next()
+            .transpose()
+        })
+        .await
+    }
+
+    async fn revoke_credentials(
+        &self,
+        account_id: i64,
+        id: Option<i64>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        let at = instant_text(at, "at")?;
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE api_credential SET revoked_at = ?3
+                     WHERE account_id = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL",
+                )?
+                .execute(params![account_id, id, at])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn grant_mandate(&self, m: NewMandate) -> Result<StoredMandate, StorageError> {
+        check_mandate_period(&m)?;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let known = tx
+                .prepare_cached("SELECT 1 FROM organisation WHERE id = ?1")?
+                .query_row([m.organisation_id], |_| Ok(()))
+                .optional()?;
+            if known.is_none() {
+                return Err(grant_refusal("organisation_id", "no such organisation"));
+            }
+            if let Some(account_id) = m.account_id {
+                let org = tx
+                    .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
+                    .query_row([account_id], |r| r.get::<_, i64>(0))
+                    .optional()?;
+                match org {
+                    None => return Err(grant_refusal("account_id", "no such account")),
+                    Some(o) if o != m.organisation_id => {
+                        return Err(grant_refusal(
+                            "account_id",
+                            "belongs to another organisation than the mandate",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            let person = tx
+                .prepare_cached("SELECT 1 FROM person WHERE id = ?1 AND wrapped_dek IS NOT NULL")?
+                .query_row([m.person_id], |_| Ok(()))
+                .optional()?;
+            if person.is_none() {
+                return Err(grant_refusal("person_id", "no such person in the registry"));
+            }
+            let taken = tx
+                .prepare_cached("SELECT 1 FROM mandate WHERE reference = ?1")?
+                .query_row([m.reference.as_str()], |_| Ok(()))
+                .optional()?;
+            if taken.is_some() {
+                return Err(grant_refusal(
+                    "reference",
+                    "already used by another mandate",
+                ));
+            }
+            let id: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO mandate (reference, organisation_id, account_id, person_id,
+                         purpose, valid_from, valid_to, source)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        m.reference.as_str(),
+                        m.organisation_id,
+                        m.account_id,
+                        m.person_id,
+                        m.purpose.as_str(),
+                        m.valid_from,
+                        m.valid_to,
+                        m.source.as_str()
+                    ],
+                    |r| r.get(0),
+                )?;
+            let stored = mandate_by_id(&tx, id)?.ok_or_else(|| {
+                StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
+            })?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn revoke_mandate(&self, id: i64, at: DateTime<Utc>) -> Result<bool, StorageError> {
+        let at = instant_text(at, "at")?;
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE mandate SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![id, at])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError> {
+        self.read(move |c| mandate_by_id(c, id)).await
+    }
+
+    async fn caseload(
+        &self,
+        organisation_id: i64,
+        account_id: i64,
+        purpose: Option<Purpose>,
+        on: NaiveDate,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<CaseloadEntry>, StorageError> {
+        self.read(move |c| {
+            // One row more than asked, to see whether the page splits a person.
+            let rows = c
+                .prepare_cached(CASELOAD)?
+                .query_and_then(
+                    params![
+                        organisation_id,
+                        account_id,
+                        after,
+                        on,
+                        purpose.map(Purpose::as_str),
+                        i64::from(limit) + 1
+                    ],
+                    |r| {
+                        Ok::<_, StorageError>(CaseloadEntry {
+                            person_id: r.get(0)?,
+                            purpose: parse_code(r.get(1)?, Purpose::parse)?,
+                            mandate_id: r.get(2)?,
+                            valid_to: r.get(3)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(caseload_page(rows, limit))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(c: &Connection, sql: &str, p: impl rusqlite::Params) -> String {
+        let lines: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(p, |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        lines.join("\n")
+    }
+
+    /// The read path's queries search indexes and sort nothing, whatever
+    /// the size of an organisation.
+    #[test]
+    fn read_path_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_blocking(dir.path().join(FILE_NAME)).unwrap();
+        let c = lock(&store.inner.writer);
+        let day = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let caseload = plan(&c, CASELOAD, params![1, 2, 0, day, None::<&str>, 51]);
+        assert!(
+            caseload.contains(
+                "SEARCH m USING INDEX mandate_org_wide (organisation_id=? AND person_id>?)"
+            ),
+            "{caseload}"
+        );
+        assert!(
+            caseload.contains(
+                "SEARCH m USING INDEX mandate_account_person (account_id=? AND person_id>?)"
+            ),
+            "{caseload}"
+        );
+        assert!(!caseload.contains("B-TREE"), "{caseload}");
+        let of_person = plan(
+            &c,
+            &format!("{MANDATE_SELECT} WHERE m.person_id = ?1 ORDER BY m.id"),
+            [1],
+        );
+        assert!(
+            of_person.contains("SEARCH m USING INDEX mandate_person (person_id=?)"),
+            "{of_person}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::join_all;
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
@@ -18,8 +18,9 @@ use rempart_domain::{
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
 use rempart_storage::{
-    Blind, ExistingPerson, MandateRow, PersonIndex, RegistryStore, RowRefusal, SealedPerson,
-    StorageError, StoredMandate, UpsertCount, WrappedKeyRow, migrate,
+    AccountRecord, Blind, CaseloadEntry, ExistingPerson, MandateRow, NewMandate, PersonIndex,
+    RegistryStore, RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate,
+    UpsertCount, WrappedKeyRow, migrate,
 };
 use tempfile::TempDir;
 
@@ -386,6 +387,99 @@ fn count(inserted: u64, updated: u64, unchanged: u64) -> UpsertCount {
     }
 }
 
+/// An instant, from RFC 3339 text.
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("valid instant")
+        .with_timezone(&Utc)
+}
+
+/// The id of a stored organisation.
+async fn org_id(store: &dyn RegistryStore, code: &str) -> i64 {
+    store
+        .organisations()
+        .await
+        .on(store, "organisations")
+        .into_iter()
+        .find(|(_, o)| o.code.as_str() == code)
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("[{}] no organisation {code}", store.backend()))
+}
+
+/// The id of a stored account.
+async fn account_id(store: &dyn RegistryStore, login: &str) -> i64 {
+    store
+        .account_by_login(&r(login))
+        .await
+        .on(store, "account_by_login")
+        .unwrap_or_else(|| panic!("[{}] no account {login}", store.backend()))
+        .account_id
+}
+
+fn assert_invalid<T: std::fmt::Debug>(
+    store: &dyn RegistryStore,
+    r: Result<T, StorageError>,
+    field: &str,
+    what: &str,
+) {
+    match r {
+        Err(StorageError::Invalid(m)) if m.starts_with(&format!("{field}: ")) => {}
+        other => panic!(
+            "[{}] {what}: expected a refusal naming {field}, got {other:?}",
+            store.backend()
+        ),
+    }
+}
+
+/// Organisations and accounts of the consultation scenarios: three
+/// organisations; in CE-038 two agents and a manager, in ML-069 one agent.
+async fn consultation_accounts(store: &dyn RegistryStore) {
+    use AccountState::Active;
+    store
+        .upsert_organisations(organisations())
+        .await
+        .on(store, "orgs");
+    let (_, refused) = store
+        .upsert_accounts(vec![
+            account("ft.officer1", "FT", Role::Officer, Active, None, None),
+            account(
+                "ce.agent1",
+                "CE-038",
+                Role::Agent,
+                Active,
+                None,
+                Some("ft.officer1"),
+            ),
+            account(
+                "ce.agent2",
+                "CE-038",
+                Role::Agent,
+                Active,
+                None,
+                Some("ft.officer1"),
+            ),
+            account(
+                "ce.Boss",
+                "CE-038",
+                Role::Manager,
+                Active,
+                None,
+                Some("ft.officer1"),
+            ),
+            account(
+                "ml.agent1",
+                "ML-069",
+                Role::Agent,
+                Active,
+                None,
+                Some("ft.officer1"),
+            ),
+        ])
+        .await
+        .on(store, "accounts");
+    assert!(refused.is_empty(), "[{}] {refused:?}", store.backend());
+}
+
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +547,7 @@ async fn migrations_are_idempotent_and_guarded() {
             .await
             .expect("pg_tables")
             .get(0);
-        assert_eq!(tables, 6, "[postgres] registry tables + schema_migrations");
+        assert_eq!(tables, 7, "[postgres] registry tables + schema_migrations");
     }
 
     // A database newer than the program is refused by both.
@@ -1482,6 +1576,19 @@ async fn mandates_upsert_idempotently_with_refusals() {
             .on(store, "mandates");
         assert_eq!(c, count(3, 0, 0), "[{be}]");
         assert_eq!(refusal_fields(&refused), want_refusals, "[{be}]");
+        // Stored mandates carry the ids of their organisation and account.
+        let held = store.mandates_of_person(live).await.on(store, "mandates");
+        let agent1 = account_id(store, "ce.agent1").await;
+        assert_eq!(
+            held.iter()
+                .map(|m| (m.organisation_id, m.account_id, m.revoked_at))
+                .collect::<Vec<_>>(),
+            vec![
+                (org_id(store, "CE-038").await, Some(agent1), None),
+                (org_id(store, "ML-069").await, None, None)
+            ],
+            "[{be}]"
+        );
         assert_eq!(refused[1].reason, "no such account", "[{be}]");
         assert_eq!(
             refused[2].reason, "belongs to another organisation than the mandate",
@@ -1538,6 +1645,7 @@ async fn mandates_upsert_idempotently_with_refusals() {
             "[{be}] mandates_of_person"
         );
         assert!(held[0].id < held[1].id, "[{be}] id order");
+        assert_eq!(held[0].account_id, None, "[{be}] account removed");
         let held = store.mandates_of_person(other).await.on(store, "mandates");
         assert_eq!(held.len(), 1, "[{be}]");
         assert_eq!(held[0].reference, r("M8"), "[{be}]");
@@ -1733,4 +1841,1042 @@ async fn stores_open_through_the_generic_entry_point() {
         0,
         "same empty registry"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_organisations_are_looked_up() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        assert!(
+            store.organisations().await.on(store, "orgs").is_empty(),
+            "[{be}]"
+        );
+        consultation_accounts(store).await;
+
+        // Organisations by code order (byte order: C < F < M), with ids.
+        let orgs = store.organisations().await.on(store, "orgs");
+        let mut want = organisations();
+        want.sort_by(|a, b| a.code.as_str().cmp(b.code.as_str()));
+        assert_eq!(
+            orgs.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>(),
+            want,
+            "[{be}]"
+        );
+        let ce = org_id(store, "CE-038").await;
+        let ml = org_id(store, "ML-069").await;
+        assert!(ce != ml, "[{be}] distinct ids");
+
+        let agent1 = store
+            .account_by_login(&r("ce.agent1"))
+            .await
+            .on(store, "by login")
+            .unwrap_or_else(|| panic!("[{be}] ce.agent1 missing"));
+        assert_eq!(
+            agent1,
+            AccountRecord {
+                account_id: agent1.account_id,
+                login: r("ce.agent1"),
+                role: Role::Agent,
+                state: AccountState::Active,
+                organisation_id: ce,
+                organisation: r("CE-038"),
+                kind: OrganisationKind::CapEmploi,
+            },
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .account_by_id(agent1.account_id)
+                .await
+                .on(store, "by id"),
+            Some(agent1.clone()),
+            "[{be}]"
+        );
+        let officer = store
+            .account_by_login(&r("ft.officer1"))
+            .await
+            .on(store, "by login")
+            .unwrap_or_else(|| panic!("[{be}] ft.officer1 missing"));
+        assert_eq!(
+            (officer.role, officer.kind, officer.organisation.as_str()),
+            (Role::Officer, OrganisationKind::FranceTravail, "FT"),
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .account_by_login(&r("nobody"))
+                .await
+                .on(store, "by login"),
+            None,
+            "[{be}]"
+        );
+        assert_eq!(
+            store.account_by_id(999_999).await.on(store, "by id"),
+            None,
+            "[{be}]"
+        );
+
+        // Accounts of an organisation, by login in byte order (upper case first).
+        let logins = |accounts: Vec<AccountRecord>| {
+            accounts
+                .into_iter()
+                .map(|a| (a.login.as_str().to_string(), a.organisation_id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            logins(
+                store
+                    .accounts_of_organisation(ce)
+                    .await
+                    .on(store, "accounts of CE")
+            ),
+            vec![
+                ("ce.Boss".to_string(), ce),
+                ("ce.agent1".to_string(), ce),
+                ("ce.agent2".to_string(), ce)
+            ],
+            "[{be}]"
+        );
+        assert_eq!(
+            logins(
+                store
+                    .accounts_of_organisation(ml)
+                    .await
+                    .on(store, "accounts of ML")
+            ),
+            vec![("ml.agent1".to_string(), ml)],
+            "[{be}]"
+        );
+        assert!(
+            store
+                .accounts_of_organisation(999_999)
+                .await
+                .on(store, "accounts of nothing")
+                .is_empty(),
+            "[{be}]"
+        );
+
+        // States change by id; an unknown id changes nothing.
+        let agent2 = account_id(store, "ce.agent2").await;
+        assert!(
+            store
+                .set_account_state(agent2, AccountState::Suspended)
+                .await
+                .on(store, "suspend"),
+            "[{be}]"
+        );
+        let got = store.account_by_id(agent2).await.on(store, "by id");
+        assert_eq!(
+            got.map(|a| a.state),
+            Some(AccountState::Suspended),
+            "[{be}]"
+        );
+        assert!(
+            !store
+                .set_account_state(999_999, AccountState::Disabled)
+                .await
+                .on(store, "unknown"),
+            "[{be}]"
+        );
+        let inv = store.inventory().await.on(store, "inventory");
+        assert_eq!(
+            inv.accounts_by_state,
+            vec![(AccountState::Active, 4), (AccountState::Suspended, 1)],
+            "[{be}] only that account changed"
+        );
+        assert!(
+            store
+                .set_account_state(agent2, AccountState::Active)
+                .await
+                .on(store, "reactivate"),
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .account_by_login(&r("ce.agent2"))
+                .await
+                .on(store, "by login")
+                .map(|a| a.state),
+            Some(AccountState::Active),
+            "[{be}]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_round_trip_and_revoke() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let record1 = store
+            .account_by_id(agent1)
+            .await
+            .on(store, "record")
+            .unwrap_or_else(|| panic!("[{be}] agent1"));
+        let digest = |tag: u8| -> [u8; 32] { std::array::from_fn(|i| tag ^ (i as u8 * 7)) };
+
+        // Nanoseconds are cut to microseconds on both backends.
+        let created = at("2026-03-01T10:00:00.123456789Z");
+        let expires = at("2026-05-30T10:00:00Z");
+        let id1 = store
+            .insert_credential(agent1, digest(1), created, expires)
+            .await
+            .on(store, "insert 1");
+        let id2 = store
+            .insert_credential(agent1, digest(2), created, expires)
+            .await
+            .on(store, "insert 2");
+        // Long expired, still stored and returned as such.
+        let id3 = store
+            .insert_credential(
+                agent2,
+                digest(3),
+                at("2025-01-01T00:00:00Z"),
+                at("2025-02-01T00:00:00Z"),
+            )
+            .await
+            .on(store, "insert 3");
+        assert!(id1 < id2 && id2 < id3, "[{be}] {id1} {id2} {id3}");
+
+        let (c1, a1) = store
+            .credential(id1)
+            .await
+            .on(store, "credential 1")
+            .unwrap_or_else(|| panic!("[{be}] credential {id1} missing"));
+        assert_eq!(
+            c1,
+            StoredCredential {
+                id: id1,
+                account_id: agent1,
+                secret_digest: digest(1),
+                created_at: at("2026-03-01T10:00:00.123456Z"),
+                expires_at: expires,
+                revoked_at: None,
+            },
+            "[{be}]"
+        );
+        assert_eq!(a1, record1, "[{be}] the credential's account");
+        let (c3, a3) = store
+            .credential(id3)
+            .await
+            .on(store, "credential 3")
+            .unwrap_or_else(|| panic!("[{be}] credential {id3} missing"));
+        assert_eq!(
+            (
+                c3.account_id,
+                c3.secret_digest,
+                c3.expires_at,
+                c3.revoked_at
+            ),
+            (agent2, digest(3), at("2025-02-01T00:00:00Z"), None),
+            "[{be}] expired but returned"
+        );
+        assert!(c3.expires_at < created, "[{be}]");
+        assert_eq!(a3.login, r("ce.agent2"), "[{be}]");
+        assert_eq!(
+            store.credential(999_999).await.on(store, "unknown"),
+            None,
+            "[{be}]"
+        );
+
+        // Refusals: unknown account, empty or inverted period.
+        assert_invalid(
+            store,
+            store
+                .insert_credential(999_999, digest(4), created, expires)
+                .await,
+            "account_id",
+            "unknown account",
+        );
+        assert_invalid(
+            store,
+            store
+                .insert_credential(agent1, digest(4), created, created)
+                .await,
+            "expires_at",
+            "empty period",
+        );
+        assert_invalid(
+            store,
+            store
+                .insert_credential(agent1, digest(4), expires, created)
+                .await,
+            "expires_at",
+            "inverted period",
+        );
+
+        // The account's state shows through the credential.
+        store
+            .set_account_state(agent1, AccountState::Suspended)
+            .await
+            .on(store, "suspend");
+        let (_, a1) = store
+            .credential(id1)
+            .await
+            .on(store, "credential 1")
+            .unwrap_or_else(|| panic!("[{be}] credential {id1} missing"));
+        assert_eq!(a1.state, AccountState::Suspended, "[{be}]");
+
+        // Revoking one: only that one, once; another account's is left alone.
+        let t1 = at("2026-03-02T08:00:00.000001Z");
+        assert_eq!(
+            store
+                .revoke_credentials(agent1, Some(id1), t1)
+                .await
+                .on(store, "revoke 1"),
+            1,
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .revoke_credentials(agent1, Some(id1), t1)
+                .await
+                .on(store, "revoke 1 again"),
+            0,
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .revoke_credentials(agent2, Some(id2), t1)
+                .await
+                .on(store, "revoke another's"),
+            0,
+            "[{be}]"
+        );
+        let revoked_at = |id| async move {
+            store
+                .credential(id)
+                .await
+                .on(store, "credential")
+                .unwrap_or_else(|| panic!("[{be}] credential {id} missing"))
+                .0
+                .revoked_at
+        };
+        assert_eq!(revoked_at(id1).await, Some(t1), "[{be}]");
+        assert_eq!(revoked_at(id2).await, None, "[{be}]");
+
+        // Revoking all of an account: the ones not yet revoked.
+        let t2 = at("2026-03-03T08:00:00Z");
+        assert_eq!(
+            store
+                .revoke_credentials(agent1, None, t2)
+                .await
+                .on(store, "revoke all"),
+            1,
+            "[{be}]"
+        );
+        assert_eq!(
+            revoked_at(id1).await,
+            Some(t1),
+            "[{be}] first revocation kept"
+        );
+        assert_eq!(revoked_at(id2).await, Some(t2), "[{be}]");
+        assert_eq!(
+            revoked_at(id3).await,
+            None,
+            "[{be}] other account untouched"
+        );
+        assert_eq!(
+            store
+                .revoke_credentials(agent1, None, t2)
+                .await
+                .on(store, "revoke all again"),
+            0,
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .revoke_credentials(agent2, None, t2)
+                .await
+                .on(store, "revoke agent2"),
+            1,
+            "[{be}]"
+        );
+        assert_eq!(revoked_at(id3).await, Some(t2), "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_mandates_are_checked_and_revocable() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let ce = org_id(store, "CE-038").await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let ml_agent = account_id(store, "ml.agent1").await;
+        let ps = insert_persons(store, 3, 500).await;
+        let (live, other, shredded) = (ps[0].id, ps[1].id, ps[2].id);
+        assert!(store.shred_person(shredded).await.on(store, "shred"));
+        // An imported mandate, whose reference a grant may not reuse.
+        let (_, refused) = store
+            .upsert_mandates(vec![mandate(
+                "M1",
+                "CE-038",
+                None,
+                other,
+                Purpose::FollowUp,
+            )])
+            .await
+            .on(store, "import");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+
+        let base = NewMandate {
+            reference: r("G1"),
+            organisation_id: ce,
+            account_id: Some(agent1),
+            person_id: live,
+            purpose: Purpose::FollowUp,
+            valid_from: day(2026, 1, 1),
+            valid_to: Some(day(2026, 7, 1)),
+            source: r("break-glass"),
+        };
+        let refusals: Vec<(&str, &str, NewMandate)> = vec![
+            (
+                "unknown person",
+                "person_id",
+                NewMandate {
+                    person_id: live + 1000,
+                    ..base.clone()
+                },
+            ),
+            (
+                "shredded person",
+                "person_id",
+                NewMandate {
+                    person_id: shredded,
+                    ..base.clone()
+                },
+            ),
+            (
+                "unknown organisation",
+                "organisation_id",
+                NewMandate {
+                    organisation_id: 999_999,
+                    ..base.clone()
+                },
+            ),
+            (
+                "unknown account",
+                "account_id",
+                NewMandate {
+                    account_id: Some(999_999),
+                    ..base.clone()
+                },
+            ),
+            (
+                "account of another organisation",
+                "account_id",
+                NewMandate {
+                    account_id: Some(ml_agent),
+                    ..base.clone()
+                },
+            ),
+            (
+                "empty period",
+                "valid_to",
+                NewMandate {
+                    valid_to: Some(base.valid_from),
+                    ..base.clone()
+                },
+            ),
+            (
+                "inverted period",
+                "valid_to",
+                NewMandate {
+                    valid_to: Some(day(2025, 12, 31)),
+                    ..base.clone()
+                },
+            ),
+            (
+                "imported reference",
+                "reference",
+                NewMandate {
+                    reference: r("M1"),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (what, field, m) in refusals {
+            assert_invalid(store, store.grant_mandate(m).await, field, what);
+        }
+        assert!(
+            store
+                .mandates_of_person(live)
+                .await
+                .on(store, "mandates")
+                .is_empty(),
+            "[{be}] refusals write nothing"
+        );
+
+        let g1 = store.grant_mandate(base.clone()).await.on(store, "grant");
+        assert_eq!(
+            g1,
+            StoredMandate {
+                id: g1.id,
+                reference: r("G1"),
+                organisation: r("CE-038"),
+                organisation_id: ce,
+                account: Some(r("ce.agent1")),
+                account_id: Some(agent1),
+                person_id: live,
+                purpose: Purpose::FollowUp,
+                valid_from: day(2026, 1, 1),
+                valid_to: Some(day(2026, 7, 1)),
+                source: r("break-glass"),
+                revoked_at: None,
+            },
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            store.grant_mandate(base.clone()).await,
+            "reference",
+            "duplicate reference",
+        );
+        let g2 = store
+            .grant_mandate(NewMandate {
+                reference: r("G2"),
+                account_id: None,
+                purpose: Purpose::Training,
+                valid_to: None,
+                ..base.clone()
+            })
+            .await
+            .on(store, "grant open-ended");
+        assert_eq!(
+            (g2.account.clone(), g2.account_id, g2.valid_to),
+            (None, None, None),
+            "[{be}]"
+        );
+        assert!(g1.id < g2.id, "[{be}]");
+        assert_eq!(
+            store.mandates_of_person(live).await.on(store, "mandates"),
+            vec![g1.clone(), g2.clone()],
+            "[{be}] granted mandates show with their ids"
+        );
+        assert_eq!(
+            store.mandate(g1.id).await.on(store, "mandate"),
+            Some(g1.clone()),
+            "[{be}]"
+        );
+        assert_eq!(
+            store.mandate(999_999).await.on(store, "mandate"),
+            None,
+            "[{be}]"
+        );
+
+        // Revocation: not live any more, out of the caseload at once.
+        let on = day(2026, 3, 1);
+        let caseload = || async {
+            store
+                .caseload(ce, agent1, None, on, i64::MIN, 100)
+                .await
+                .on(store, "caseload")
+                .iter()
+                .map(|e| e.mandate_id)
+                .collect::<Vec<_>>()
+        };
+        let m1 = store.mandates_of_person(other).await.on(store, "mandates")[0].clone();
+        assert_eq!(caseload().await, vec![g1.id, g2.id, m1.id], "[{be}]");
+        let t = at("2026-03-01T09:30:00.5Z");
+        assert!(
+            store.revoke_mandate(g1.id, t).await.on(store, "revoke"),
+            "[{be}]"
+        );
+        let revoked = store
+            .mandate(g1.id)
+            .await
+            .on(store, "mandate")
+            .unwrap_or_else(|| panic!("[{be}] revoked mandate missing"));
+        assert_eq!(revoked.revoked_at, Some(t), "[{be}]");
+        assert!(!revoked.is_live_on(on), "[{be}]");
+        assert!(
+            g1.is_live_on(on),
+            "[{be}] the same mandate before revocation"
+        );
+        assert_eq!(caseload().await, vec![g2.id, m1.id], "[{be}]");
+        assert!(
+            !store
+                .revoke_mandate(g1.id, at("2026-03-02T00:00:00Z"))
+                .await
+                .on(store, "revoke again"),
+            "[{be}]"
+        );
+        assert!(
+            !store
+                .revoke_mandate(999_999, t)
+                .await
+                .on(store, "revoke unknown"),
+            "[{be}]"
+        );
+        let held = store.mandates_of_person(live).await.on(store, "mandates");
+        assert_eq!(
+            held.iter()
+                .map(|m| (m.id, m.revoked_at))
+                .collect::<Vec<_>>(),
+            vec![(g1.id, Some(t)), (g2.id, None)],
+            "[{be}] revoked mandates stay listed, first revocation kept"
+        );
+
+        // An import never brings a revoked mandate back to life.
+        assert!(store.revoke_mandate(m1.id, t).await.on(store, "revoke M1"));
+        assert_eq!(caseload().await, vec![g2.id], "[{be}]");
+        let mut changed = mandate("M1", "CE-038", None, other, Purpose::FollowUp);
+        changed.valid_to = Some(day(2027, 1, 1));
+        let (c, _) = store
+            .upsert_mandates(vec![changed])
+            .await
+            .on(store, "re-import");
+        assert_eq!(c, count(0, 1, 0), "[{be}]");
+        let m1 = store
+            .mandate(m1.id)
+            .await
+            .on(store, "mandate")
+            .unwrap_or_else(|| panic!("[{be}] M1 missing"));
+        assert_eq!(
+            (m1.valid_to, m1.revoked_at),
+            (Some(day(2027, 1, 1)), Some(t)),
+            "[{be}]"
+        );
+        assert!(!m1.is_live_on(on), "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caseload_pages_through_live_mandates_once() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let ce = org_id(store, "CE-038").await;
+        let ml = org_id(store, "ML-069").await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let ml_agent = account_id(store, "ml.agent1").await;
+        let on = day(2026, 3, 1);
+        let ps = insert_persons(store, 40, 700).await;
+
+        // What each mandate is, and whether agent1's caseload on `on` shows it.
+        struct Spec {
+            reference: String,
+            person: i64,
+            row: MandateRow,
+            revoke: bool,
+            shown: bool,
+        }
+        let mut specs: Vec<Spec> = Vec::new();
+        let mut add =
+            |k: usize, tag: &str, org: &str, acc: Option<&str>, purpose, from, to, shown| {
+                let reference = format!("C{k}-{tag}");
+                let mut row = mandate(&reference, org, acc, ps[k].id, purpose);
+                row.valid_from = from;
+                row.valid_to = to;
+                specs.push(Spec {
+                    reference,
+                    person: ps[k].id,
+                    row,
+                    revoke: tag == "revoked",
+                    shown,
+                });
+            };
+        let (jan, jul) = (day(2026, 1, 1), Some(day(2026, 7, 1)));
+        let shredded = [9, 16];
+        for k in 0..40 {
+            let gone = shredded.contains(&k);
+            if k % 4 == 0 {
+                add(k, "org", "CE-038", None, Purpose::FollowUp, jan, jul, !gone);
+            }
+            if k % 3 == 0 {
+                let open = day(2025, 6, 1);
+                add(
+                    k,
+                    "a1",
+                    "CE-038",
+                    Some("ce.agent1"),
+                    Purpose::Training,
+                    open,
+                    None,
+                    !gone,
+                );
+            }
+            if k % 5 == 0 {
+                add(
+                    k,
+                    "a2",
+                    "CE-038",
+                    Some("ce.agent2"),
+                    Purpose::FollowUp,
+                    jan,
+                    jul,
+                    false,
+                );
+            }
+            if k % 7 == 0 {
+                add(k, "ml", "ML-069", None, Purpose::FollowUp, jan, jul, false);
+            }
+            if k % 6 == 1 {
+                // Ends on `on`: the end is exclusive.
+                add(
+                    k,
+                    "expired",
+                    "CE-038",
+                    None,
+                    Purpose::FollowUp,
+                    day(2025, 1, 1),
+                    Some(on),
+                    false,
+                );
+            }
+            if k % 8 == 2 {
+                add(
+                    k,
+                    "future",
+                    "CE-038",
+                    None,
+                    Purpose::FollowUp,
+                    day(2026, 3, 2),
+                    jul,
+                    false,
+                );
+            }
+            if k % 9 == 4 {
+                add(
+                    k,
+                    "revoked",
+                    "CE-038",
+                    None,
+                    Purpose::FollowUp,
+                    jan,
+                    jul,
+                    false,
+                );
+            }
+            if k == 12 || k == 25 {
+                // Several live mandates on one person.
+                add(
+                    k,
+                    "comp",
+                    "CE-038",
+                    None,
+                    Purpose::Compensation,
+                    on,
+                    None,
+                    true,
+                );
+            }
+        }
+        let rows: Vec<MandateRow> = specs.iter().map(|s| s.row.clone()).collect();
+        let (c, refused) = store.upsert_mandates(rows).await.on(store, "mandates");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        assert_eq!(c.inserted as usize, specs.len(), "[{be}]");
+        for k in shredded {
+            assert!(store.shred_person(ps[k].id).await.on(store, "shred"));
+        }
+
+        // The stored mandates, by reference.
+        let mut stored = std::collections::HashMap::new();
+        for p in &ps {
+            for m in store.mandates_of_person(p.id).await.on(store, "mandates") {
+                stored.insert(m.reference.as_str().to_string(), m);
+            }
+        }
+        assert_eq!(stored.len(), specs.len(), "[{be}]");
+        let id_of = |s: &Spec| -> Option<i64> { stored.get(&s.reference).map(|m| m.id) };
+        for s in specs.iter().filter(|s| s.revoke) {
+            let id = id_of(s).unwrap_or_else(|| panic!("[{be}] {} missing", s.reference));
+            assert!(
+                store
+                    .revoke_mandate(id, at("2026-02-01T00:00:00Z"))
+                    .await
+                    .on(store, "revoke")
+            );
+        }
+        let entry = |s: &Spec| CaseloadEntry {
+            person_id: s.person,
+            purpose: s.row.purpose,
+            mandate_id: id_of(s).unwrap_or_else(|| panic!("[{be}] {} missing", s.reference)),
+            valid_to: s.row.valid_to,
+        };
+        // What a caseload should hold, worked out from the specs.
+        let expected = |org: &str, login: &str| {
+            let mut v: Vec<CaseloadEntry> = specs
+                .iter()
+                .filter(|s| {
+                    !s.revoke
+                        && !shredded.iter().any(|&k| ps[k].id == s.person)
+                        && s.row.valid_from <= on
+                        && s.row.valid_to.is_none_or(|t| on < t)
+                        && s.row.organisation.as_str() == org
+                        && s.row.account.as_ref().is_none_or(|a| a.as_str() == login)
+                })
+                .map(entry)
+                .collect();
+            v.sort_by_key(|e| (e.person_id, e.mandate_id));
+            v
+        };
+        let want = expected("CE-038", "ce.agent1");
+        let mut shown: Vec<CaseloadEntry> = specs.iter().filter(|s| s.shown).map(entry).collect();
+        shown.sort_by_key(|e| (e.person_id, e.mandate_id));
+        assert_eq!(want, shown, "[{be}] the two oracles agree");
+        assert!(
+            want.len() > 20,
+            "[{be}] a caseload worth paging: {}",
+            want.len()
+        );
+        assert!(
+            want.windows(3).any(|w| w[0].person_id == w[2].person_id),
+            "[{be}] a person with three live mandates"
+        );
+
+        // Every page size returns every live mandate exactly once, pages
+        // never split a person, and only an empty page ends.
+        let all_pages = |organisation: i64, account: i64, purpose: Option<Purpose>, limit: u32| async move {
+            let mut pages: Vec<Vec<CaseloadEntry>> = Vec::new();
+            let mut after = i64::MIN;
+            loop {
+                let page = store
+                    .caseload(organisation, account, purpose, on, after, limit)
+                    .await
+                    .on(store, "caseload");
+                assert!(page.len() <= limit as usize, "[{be}] limit {limit}");
+                let Some(last) = page.last() else { break };
+                after = last.person_id;
+                pages.push(page);
+                assert!(pages.len() < 1000, "[{be}] paging does not end");
+            }
+            pages
+        };
+        for limit in [3, 4, 7, 1000] {
+            let pages = all_pages(ce, agent1, None, limit).await;
+            if limit < 1000 {
+                assert!(
+                    pages.len() > 3,
+                    "[{be}] limit {limit}: {} pages",
+                    pages.len()
+                );
+            }
+            for w in pages.windows(2) {
+                let last = w[0].last().map(|e| e.person_id);
+                assert!(
+                    w[1].iter().all(|e| Some(e.person_id) != last),
+                    "[{be}] limit {limit}: a person split across pages"
+                );
+            }
+            assert_eq!(pages.concat(), want, "[{be}] limit {limit}");
+        }
+
+        // The purpose filter.
+        for purpose in [
+            Purpose::Training,
+            Purpose::Compensation,
+            Purpose::DocumentProcessing,
+        ] {
+            let got = all_pages(ce, agent1, Some(purpose), 5).await.concat();
+            let filtered: Vec<CaseloadEntry> = want
+                .iter()
+                .filter(|e| e.purpose == purpose)
+                .cloned()
+                .collect();
+            assert_eq!(got, filtered, "[{be}] {purpose}");
+        }
+        assert!(
+            !all_pages(ce, agent1, Some(Purpose::Training), 5)
+                .await
+                .is_empty(),
+            "[{be}]"
+        );
+
+        // Another account sees the organisation's mandates and its own.
+        let want2 = expected("CE-038", "ce.agent2");
+        assert!(
+            want2.len()
+                > want
+                    .iter()
+                    .filter(|e| e.purpose == Purpose::FollowUp)
+                    .count(),
+            "[{be}] agent2 has mandates of its own"
+        );
+        assert_eq!(
+            all_pages(ce, agent2, None, 4).await.concat(),
+            want2,
+            "[{be}] agent2"
+        );
+        let want_ml = expected("ML-069", "ml.agent1");
+        assert!(!want_ml.is_empty(), "[{be}]");
+        assert_eq!(
+            all_pages(ml, ml_agent, None, 4).await.concat(),
+            want_ml,
+            "[{be}] ML-069"
+        );
+        // An account of another organisation only gets the organisation's
+        // own mandates (held as a whole).
+        assert_eq!(
+            all_pages(ce, ml_agent, None, 4).await.concat(),
+            expected("CE-038", "nobody"),
+            "[{be}] CE-038 with an account of ML-069"
+        );
+
+        // Before any mandate starts, and after the last page: nothing.
+        assert!(
+            store
+                .caseload(ce, agent1, None, day(2020, 1, 1), i64::MIN, 10)
+                .await
+                .on(store, "caseload")
+                .is_empty(),
+            "[{be}]"
+        );
+        let last_person = want.last().map(|e| e.person_id).unwrap_or_default();
+        assert!(
+            store
+                .caseload(ce, agent1, None, on, last_person, 10)
+                .await
+                .on(store, "caseload")
+                .is_empty(),
+            "[{be}]"
+        );
+        assert!(
+            store
+                .caseload(ce, agent1, None, on, i64::MIN, 0)
+                .await
+                .on(store, "caseload")
+                .is_empty(),
+            "[{be}] limit 0"
+        );
+
+        // A person whose live mandates alone exceed the page: the first ones.
+        let crowded = want
+            .windows(3)
+            .find(|w| w[0].person_id == w[2].person_id)
+            .map(|w| w[0].person_id)
+            .unwrap_or_default();
+        let page = store
+            .caseload(ce, agent1, None, on, crowded - 1, 2)
+            .await
+            .on(store, "caseload");
+        let theirs: Vec<CaseloadEntry> = want
+            .iter()
+            .filter(|e| e.person_id == crowded)
+            .take(2)
+            .cloned()
+            .collect();
+        assert_eq!(page, theirs, "[{be}]");
+
+        // A revocation takes effect on the next page asked.
+        let first = want[0].clone();
+        assert!(
+            store
+                .revoke_mandate(first.mandate_id, at("2026-03-01T12:00:00Z"))
+                .await
+                .on(store, "revoke")
+        );
+        let got = all_pages(ce, agent1, None, 5).await.concat();
+        assert_eq!(got, want[1..].to_vec(), "[{be}] after revocation");
+    }
+}
+
+/// Version 1 data, written with version 1's SQL alone: one organisation,
+/// one person, one mandate naming no account.
+const V1_DATA: &str = "
+    INSERT INTO organisation (id, code, kind, name) VALUES (1, 'CE-038', 'cap_emploi', 'Cap emploi');
+    INSERT INTO person (id, kek_version, dek_version, wrapped_dek, identity, contact, nir, status)
+        VALUES (1, 1, 1, x'01', x'02', x'03', x'04', x'05');
+    INSERT INTO mandate (id, reference, organisation_id, person_id, purpose, valid_from, source)
+        VALUES (1, 'M1', 1, 1, 'follow_up', '2026-01-01', 'orientation');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_registries_are_upgraded_in_place() {
+    let url = pg_url();
+    let v1 = migrate::SQLITE[0];
+    assert_eq!(v1.version, 1);
+
+    // SQLite: a registry left at version 1, with data.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let db = rusqlite::Connection::open(dir.path().join(rempart_storage::sqlite::FILE_NAME))
+            .expect("raw sqlite");
+        db.execute_batch(
+            "CREATE TABLE schema_migrations (
+                 version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
+        )
+        .expect("schema_migrations");
+        db.execute_batch(v1.sql).expect("version 1");
+        db.execute(
+            "INSERT INTO schema_migrations VALUES (1, ?1, ?2, datetime('now'))",
+            rusqlite::params![v1.name, v1.checksum()],
+        )
+        .expect("version 1 applied");
+        db.execute_batch(V1_DATA).expect("version 1 data");
+    }
+    let sqlite: Arc<dyn RegistryStore> = Arc::new(
+        SqliteStore::open(dir.path())
+            .await
+            .expect("[sqlite] upgrade"),
+    );
+
+    // PostgreSQL: the same, in a fresh schema (`x'…'` is a bit string there).
+    let schema = unique_schema();
+    let _guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let pg_v1 = migrate::POSTGRES[0];
+    pg_exec_blocking(
+        &url,
+        &format!(
+            "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\";
+             CREATE TABLE schema_migrations (
+                 version INT PRIMARY KEY, name TEXT NOT NULL,
+                 checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL);
+             {}
+             INSERT INTO schema_migrations VALUES (1, '{}', '{}', now());
+             {}",
+            pg_v1.sql,
+            pg_v1.name,
+            pg_v1.checksum(),
+            V1_DATA.replace("x'", "'\\x")
+        ),
+    )
+    .expect("[postgres] version 1 registry");
+    let pg = connect_pg(&url, &schema).await;
+
+    for store in [&*sqlite, &*pg] {
+        let be = store.backend();
+        let held = store.mandates_of_person(1).await.on(store, "mandates");
+        assert_eq!(held.len(), 1, "[{be}]");
+        assert_eq!(
+            (
+                held[0].reference.as_str(),
+                held[0].organisation_id,
+                held[0].account_id,
+                held[0].revoked_at
+            ),
+            ("M1", 1, None, None),
+            "[{be}] kept, not revoked"
+        );
+        assert!(held[0].is_live_on(day(2026, 3, 1)), "[{be}]");
+        assert_eq!(
+            store
+                .caseload(1, 1, None, day(2026, 3, 1), i64::MIN, 10)
+                .await
+                .on(store, "caseload")
+                .iter()
+                .map(|e| e.mandate_id)
+                .collect::<Vec<_>>(),
+            vec![1],
+            "[{be}]"
+        );
+        assert!(
+            store
+                .revoke_mandate(1, at("2026-03-01T00:00:00Z"))
+                .await
+                .on(store, "revoke"),
+            "[{be}]"
+        );
+    }
 }
