@@ -435,8 +435,8 @@ fn search_and_caseload_follow_the_purposes_of_the_organisation_kind() {
 
 #[test]
 fn every_request_is_evaluated_on_its_own_entities() {
-    // The same authorizer answers differently as soon as the facts change:
-    // nothing is cached between requests.
+    // The same authorizer answers differently as soon as an observable fact
+    // changes: remembered answers are keyed on every one of them.
     let a = defaults();
     let mut w = who(
         OrganisationKind::FranceTravail,
@@ -476,4 +476,218 @@ fn bench_returns_figures() {
     let r = rempart_policy::bench::bench(&a, 200, 3).unwrap();
     assert_eq!(r.evaluations, 200);
     assert!(r.evaluations_per_second > 0.0);
+}
+
+// ---------------------------------------------------------------------------
+// Memoization
+// ---------------------------------------------------------------------------
+
+fn load_with(extra: &str) -> Authorizer {
+    match PolicySet::load(DEFAULT_SCHEMA, &format!("{DEFAULT_POLICIES}\n{extra}\n")) {
+        Ok(a) => a,
+        Err(e) => panic!("{extra}: {e}"),
+    }
+}
+
+fn live_follow_up() -> What {
+    what(
+        Purpose::FollowUp,
+        mandates(MandateState::LiveOrganisation, Purpose::FollowUp),
+    )
+}
+
+#[test]
+fn the_shipped_policies_are_memoized() {
+    let a = defaults();
+    assert!(a.memoizes());
+    assert_eq!(a.memo_blocker(), None);
+    assert_eq!(a.cached_decisions(), 0);
+    let w = who(
+        OrganisationKind::FranceTravail,
+        Role::Agent,
+        AccountState::Active,
+    );
+    let first = a.allowed_field_groups(&w, &live_follow_up()).unwrap();
+    assert_eq!(a.cached_decisions(), 1);
+    // Another account of another organisation, another person, same facts:
+    // the remembered answer, which is Cedar's.
+    let other = Who {
+        account_id: 7,
+        login: "someone.else".into(),
+        organisation_id: 3,
+        ..w.clone()
+    };
+    let q = What {
+        person_id: 9_999,
+        mandates: vec![MandateFact {
+            organisation_id: 3,
+            account_id: None,
+            purpose: Purpose::FollowUp,
+            live: true,
+        }],
+        ..live_follow_up()
+    };
+    assert_eq!(a.allowed_field_groups(&other, &q).unwrap(), first);
+    assert_eq!(a.cached_decisions(), 1);
+    assert_eq!(a.allowed_field_groups_uncached(&other, &q).unwrap(), first);
+    assert!(a.is_allowed(&other, Action::ReadNirClear, &q).unwrap());
+    assert_eq!(a.cached_decisions(), 2);
+}
+
+#[test]
+fn a_policy_naming_an_account_turns_memoization_off_and_is_obeyed() {
+    let a = load_with("@id(\"ban-7\")\nforbid (principal == Account::\"7\", action, resource);");
+    assert!(!a.memoizes());
+    let why = a.memo_blocker().unwrap_or_default();
+    assert!(why.contains("ban-7") && why.contains("Account"), "{why}");
+
+    // Same role, state, kind, purpose and mandate records: a cache keyed on
+    // those facts would give account 7 the answer of account 8 (or the
+    // reverse). Both orders, several times.
+    let q = live_follow_up();
+    let account = |id: i64| Who {
+        account_id: id,
+        ..who(
+            OrganisationKind::FranceTravail,
+            Role::Agent,
+            AccountState::Active,
+        )
+    };
+    for _ in 0..3 {
+        for id in [8, 7, 8, 7] {
+            let d = a.allowed_field_groups(&account(id), &q).unwrap();
+            if id == 7 {
+                assert!(d.is_denied(), "{d:?}");
+                for action in Action::ALL {
+                    assert!(!a.is_allowed(&account(7), *action, &q).unwrap());
+                }
+            } else {
+                assert_eq!(d.nir, NirView::Clear);
+                assert!(a.is_allowed(&account(8), Action::Search, &q).unwrap());
+            }
+        }
+    }
+    assert_eq!(a.cached_decisions(), 0);
+}
+
+#[test]
+fn any_literal_organisation_account_or_person_turns_memoization_off() {
+    for policy in [
+        "forbid (principal in Organisation::\"3\", action, resource);",
+        "forbid (principal is Account in Organisation::\"3\", action, resource);",
+        "forbid (principal, action == Action::\"read_identity\", resource == Person::\"42\");",
+        "forbid (principal, action in Action::\"person_read\", resource in Person::\"42\");",
+        "forbid (principal, action, resource) when { principal.organisation == Organisation::\"3\" };",
+        "forbid (principal, action, resource) when { [Account::\"1\", Account::\"2\"].contains(principal) };",
+        "forbid (principal, action, resource) unless { principal != Account::\"9\" };",
+        "forbid (principal, action, resource) when { principal in Organisation::\"3\" };",
+    ] {
+        let a = load_with(policy);
+        assert!(!a.memoizes(), "{policy}");
+        assert!(a.memo_blocker().is_some(), "{policy}");
+    }
+    // Actions and the registry are the same in every request.
+    for policy in [
+        "forbid (principal, action == Action::\"search\", resource == Registry::\"rempart\") when { context.purpose == \"training\" };",
+        "forbid (principal, action, resource) when { action in [Action::\"manage_accounts\"] && principal.state == \"suspended\" };",
+    ] {
+        let a = load_with(policy);
+        assert!(a.memoizes(), "{policy}: {:?}", a.memo_blocker());
+    }
+}
+
+#[test]
+fn a_policy_reading_the_login_turns_memoization_off_and_is_obeyed() {
+    for policy in [
+        "@id(\"ban-mallory\")\nforbid (principal, action, resource) when { principal.login == \"mallory\" };",
+        "@id(\"ban-mallory\")\nforbid (principal, action, resource) when { principal has login && principal[\"login\"] like \"mall*\" };",
+    ] {
+        let a = load_with(policy);
+        assert!(!a.memoizes(), "{policy}");
+        let why = a.memo_blocker().unwrap_or_default();
+        assert!(why.contains("login"), "{why}");
+        let q = live_follow_up();
+        let login = |login: &str| Who {
+            login: login.into(),
+            ..who(
+                OrganisationKind::CapEmploi,
+                Role::Agent,
+                AccountState::Active,
+            )
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                a.allowed_field_groups(&login("alice"), &q).unwrap().nir,
+                NirView::Masked
+            );
+            assert!(
+                a.allowed_field_groups(&login("mallory"), &q)
+                    .unwrap()
+                    .is_denied()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_cache_is_bounded() {
+    let a = defaults();
+    let officer = who(
+        OrganisationKind::FranceTravail,
+        Role::Officer,
+        AccountState::Active,
+    );
+    for reason_len in 0..Authorizer::CACHE_CAPACITY + 500 {
+        let q = What {
+            reason_len,
+            ..what(Purpose::FollowUp, vec![])
+        };
+        assert_eq!(
+            a.is_allowed(&officer, Action::BreakGlass, &q).unwrap(),
+            reason_len >= 20
+        );
+        assert!(a.cached_decisions() <= Authorizer::CACHE_CAPACITY);
+    }
+    // Still exact after evictions.
+    for reason_len in [0, 19, 20, 21, 4_000] {
+        let q = What {
+            reason_len,
+            ..what(Purpose::FollowUp, vec![])
+        };
+        assert_eq!(
+            a.is_allowed(&officer, Action::BreakGlass, &q).unwrap(),
+            reason_len >= 20
+        );
+    }
+}
+
+#[test]
+fn bench_compares_uncached_and_memoized() {
+    let a = defaults();
+    let c = rempart_policy::bench::compare(
+        &a,
+        rempart_policy::bench::BenchConfig {
+            uncached_evaluations: 50,
+            memoized_evaluations: 400,
+            mandates_per_person: 2,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    assert!(c.memoizes);
+    assert_eq!(c.uncached.evaluations, 50);
+    assert_eq!(c.memoized.evaluations, 400);
+    let concurrent = c.memoized_concurrent.unwrap();
+    assert_eq!((concurrent.threads, concurrent.evaluations), (2, 400));
+    assert!(c.cached_decisions > 0);
+    // The mix is varied: every kind, allowed and denied requests.
+    let cases = rempart_policy::bench::sample_cases(3);
+    for kind in OrganisationKind::ALL {
+        assert!(cases.iter().any(|(w, _)| w.kind == *kind), "{kind}");
+    }
+    let denied = cases
+        .iter()
+        .filter(|(w, q)| a.allowed_field_groups(w, q).unwrap().is_denied())
+        .count();
+    assert!(denied > 0 && denied < cases.len() / 2, "{denied}");
 }
