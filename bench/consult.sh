@@ -82,7 +82,7 @@ fi
 : > "$WORK/consult-results"
 rempart_run() { # one run; appends its RESULT line to consult-results
   echo "== Rempart, run $1/$RUNS: $CONNS connections, ${DURATION}s"
-  "$BIN" bench consult --data "$DATA" --duration "$DURATION" --connections "$CONNS" |
+  "$BIN" bench consult --data "$DATA" --duration "$DURATION" --connections "$CONNS" --rounds 1 |
     tee "$WORK/consult-run.out"
   local line
   line=$(tail -n 1 "$WORK/consult-run.out")

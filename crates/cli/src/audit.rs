@@ -136,7 +136,7 @@ pub async fn open_store(loc: &Location) -> Result<Arc<dyn LedgerStore>> {
     })
 }
 
-fn load_key(loc: &Location) -> Result<LedgerKey> {
+pub fn load_key(loc: &Location) -> Result<LedgerKey> {
     let path = key_path(&loc.data);
     LedgerKey::load(&path).with_context(|| {
         format!(

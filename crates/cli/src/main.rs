@@ -3,6 +3,7 @@
 
 mod audit;
 mod progress;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -60,8 +61,14 @@ enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the JSON API (/api/v1): the consultation path over HTTP.
+    Serve(serve::ServeArgs),
+    /// Accounts: API credentials.
+    #[command(subcommand)]
+    Account(serve::AccountCommand),
     /// Set everything up on the embedded default and show it working:
-    /// init, generate, import, then print what is in the store.
+    /// init, generate, import, print what is in the store, then serve the
+    /// API and make a first consultation.
     Demo(DemoArgs),
 }
 
@@ -80,6 +87,10 @@ enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Consultations/s over HTTP with keep-alive (policy, decryption and a
+    /// durable ledger leaf each) against the server's own no-op endpoint,
+    /// on an imported population.
+    Consult(serve::BenchConsultArgs),
 }
 
 #[derive(Subcommand)]
@@ -162,6 +173,12 @@ struct DemoArgs {
     /// Number of synthetic persons.
     #[arg(long, default_value_t = 20_000)]
     persons: u64,
+    /// Address the demo server listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Stop after the first consultation instead of serving until Ctrl-C.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -201,6 +218,9 @@ async fn run(cli: Cli) -> Result<()> {
             database,
             dir,
         }) => audit::bench_ledger(leaves, database, dir).await,
+        Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
+        Command::Serve(args) => serve::serve(&args).await,
+        Command::Account(cmd) => serve::account(cmd).await,
     }
 }
 
@@ -549,9 +569,7 @@ async fn demo(args: &DemoArgs) -> Result<()> {
         "\nEvery name, NIR, e-mail and phone is sealed: try `grep -c Martin {}/registry.db` (0).",
         data.display()
     );
-    println!(
-        "Next: `rempart keys rotate --data {0}` then `rempart keys verify --data {0}`.",
-        data.display()
-    );
-    Ok(())
+    drop(vault);
+    println!("\n== 5. serve the API and make a first consultation");
+    serve::demo(&loc, args.listen, args.no_serve).await
 }

@@ -177,14 +177,74 @@ fn counts(summary: &str, file: &str) -> (u64, u64, u64, u64) {
 fn readme_demo_runs() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
-    let out = ok(&["demo", "--dir", s(&demo), "--persons", "3000"]);
+    let demo_args = |d: &Path| {
+        vec![
+            "demo".to_string(),
+            "--dir".into(),
+            s(d).into(),
+            "--persons".into(),
+            "3000".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--no-serve".into(),
+        ]
+    };
+    let args = demo_args(&demo);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&args);
     assert!(out.contains("persons") && out.contains("3000"), "{out}");
     assert!(out.contains("bytes per person"), "{out}");
+    // The server answered a real consultation, partner view.
+    assert!(out.contains("HTTP 200 OK"), "{out}");
+    assert!(out.contains("NIR masked"), "{out}");
+    assert!(out.contains("Authorization: Bearer"), "{out}");
     // Running it again keeps the keys and changes nothing.
-    let again = ok(&["demo", "--dir", s(&demo), "--persons", "3000"]);
+    let again = ok(&args);
     assert!(again.contains("already exists"), "{again}");
     let (inserted, updated, _, rejected) = counts(&again, "persons.csv");
     assert_eq!((inserted, updated, rejected), (0, 0, 0), "{again}");
+}
+
+#[test]
+fn a_broken_policy_file_stops_start_up_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("rempart.cedarschema"),
+        rempart_policy_schema(),
+    )
+    .unwrap();
+    // Line 3 names an attribute the schema does not have.
+    std::fs::write(
+        policies.join("local.cedar"),
+        "// local rules\n@id(\"bad\")\npermit (principal, action, resource) when { principal.nickname == \"x\" };\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = rempart(&[
+        "serve",
+        "--data",
+        s(&data),
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        s(&policies),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("local.cedar:3:"), "{stderr}");
+    assert!(stderr.contains("bad"), "{stderr}");
+    assert!(stderr.contains("nickname"), "{stderr}");
+    // Nothing was started: no data directory was created.
+    assert!(!data.exists());
+}
+
+fn rempart_policy_schema() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/policies/rempart.cedarschema"),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -27,6 +27,11 @@ pub enum BlindKind {
     NameBirth,
     /// A fingerprint of a person's whole record, to skip unchanged rows on re-import.
     Fingerprint,
+    /// `organisation id \0 NIR`: the pseudonymous token a processor receives
+    /// instead of the NIR. Keyed per organisation, so two processors cannot
+    /// join their files, and different from the stored NIR blind index, so a
+    /// processor holding a copy of the registry cannot link it either.
+    ProcessorToken,
 }
 
 impl BlindKind {
@@ -36,6 +41,7 @@ impl BlindKind {
             BlindKind::Nir => b"rempart/blind/nir/1\0",
             BlindKind::NameBirth => b"rempart/blind/name_birth/1\0",
             BlindKind::Fingerprint => b"rempart/blind/fingerprint/1\0",
+            BlindKind::ProcessorToken => b"rempart/token/processor_nir/1\0",
         }
     }
 }

@@ -257,6 +257,8 @@ coded_enum!(
         CredentialReset = 14 => "credential_reset",
         /// Exported data (breach scoping, notifications).
         Export = 15 => "export",
+        AccountReactivate = 16 => "account_reactivate",
+        AdminList = 17 => "admin_list",
     }
 );
 

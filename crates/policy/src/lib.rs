@@ -1155,9 +1155,10 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
         );
         assert!(ids(Action::ReadNirClear).contains(&"guard-nir-clear-agency-only".to_string()));
         assert!(
-            ids(Action::BreakGlass)
+            ids(Action::GrantMandate)
                 .contains(&"guard-officer-actions-agency-officers-only".to_string())
         );
+        assert!(ids(Action::BreakGlass).contains(&"guard-break-glass-needs-reason".to_string()));
         assert!(!ids(Action::Search).contains(&"guard-no-live-mandate".to_string()));
         let mut evaluated = 0;
         for action in Action::ALL {

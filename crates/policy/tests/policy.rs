@@ -156,13 +156,13 @@ fn an_invalid_schema_or_a_schema_without_our_actions_stops_start_up() {
     assert!(matches!(err, PolicyError::Schema(_)), "{err}");
     assert!(err.to_string().contains("rempart.cedarschema:1:"), "{err}");
 
-    let without = DEFAULT_SCHEMA.replace("break_glass, ", "");
+    let without = DEFAULT_SCHEMA.replace("grant_mandate, ", "");
     let err = PolicySet::load(&without, DEFAULT_POLICIES).unwrap_err();
     assert!(
         matches!(
             err,
             PolicyError::MissingAction {
-                action: "break_glass"
+                action: "grant_mandate"
             }
         ),
         "{err}"
@@ -337,7 +337,7 @@ fn roles_other_than_agent_read_nothing() {
 }
 
 #[test]
-fn officer_actions_need_an_active_agency_officer_and_break_glass_a_reason() {
+fn officer_actions_need_an_active_agency_officer_and_break_glass_an_agency_agent_and_a_reason() {
     let a = defaults();
     let none = what(Purpose::FollowUp, vec![]);
     let with_reason = What {
@@ -360,15 +360,33 @@ fn officer_actions_need_an_active_agency_officer_and_break_glass_a_reason() {
     ] {
         assert!(a.is_allowed(&officer, action, &none).unwrap(), "{action:?}");
     }
+    // Break-glass is for agency agents, never officers (who read nothing).
+    let ft_agent = who(
+        OrganisationKind::FranceTravail,
+        Role::Agent,
+        AccountState::Active,
+    );
     assert!(
-        a.is_allowed(&officer, Action::BreakGlass, &with_reason)
+        a.is_allowed(&ft_agent, Action::BreakGlass, &with_reason)
             .unwrap()
     );
     assert!(
-        !a.is_allowed(&officer, Action::BreakGlass, &short_reason)
+        !a.is_allowed(&ft_agent, Action::BreakGlass, &short_reason)
             .unwrap()
     );
-    assert!(!a.is_allowed(&officer, Action::BreakGlass, &none).unwrap());
+    assert!(!a.is_allowed(&ft_agent, Action::BreakGlass, &none).unwrap());
+    assert!(
+        !a.is_allowed(&officer, Action::BreakGlass, &with_reason)
+            .unwrap()
+    );
+    let training = What {
+        purpose: Purpose::Training,
+        ..with_reason.clone()
+    };
+    assert!(
+        !a.is_allowed(&ft_agent, Action::BreakGlass, &training)
+            .unwrap()
+    );
 
     // A suspended officer, a partner "officer", an agent, a manager: no.
     let suspended = who(
@@ -391,12 +409,30 @@ fn officer_actions_need_an_active_agency_officer_and_break_glass_a_reason() {
         Role::Manager,
         AccountState::Active,
     );
+    let partner_agent = who(
+        OrganisationKind::CapEmploi,
+        Role::Agent,
+        AccountState::Active,
+    );
+    let suspended_agent = who(
+        OrganisationKind::FranceTravail,
+        Role::Agent,
+        AccountState::Suspended,
+    );
+    for w in [
+        &suspended,
+        &partner,
+        &manager,
+        &partner_agent,
+        &suspended_agent,
+    ] {
+        assert!(!a.is_allowed(w, Action::BreakGlass, &with_reason).unwrap());
+    }
     for w in [&suspended, &partner, &agent, &manager] {
         for action in [
             Action::GrantMandate,
             Action::RevokeMandate,
             Action::ManageAccounts,
-            Action::BreakGlass,
         ] {
             assert!(
                 !a.is_allowed(w, action, &with_reason).unwrap(),
@@ -634,7 +670,7 @@ fn the_cache_is_bounded() {
     let a = defaults();
     let officer = who(
         OrganisationKind::FranceTravail,
-        Role::Officer,
+        Role::Agent,
         AccountState::Active,
     );
     for reason_len in 0..Authorizer::CACHE_CAPACITY + 500 {

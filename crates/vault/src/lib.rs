@@ -289,6 +289,24 @@ impl Vault {
         Ok(Read::Found(Box::new(view)))
     }
 
+    /// The pseudonymous token standing for `nir` in the files of the
+    /// processor organisation `organisation_id`: stable for that processor,
+    /// unlinkable across processors and to the stored blind index.
+    pub fn nir_token(&self, organisation_id: i64, nir: &Nir) -> String {
+        let org = organisation_id.to_be_bytes();
+        let b = self
+            .keys()
+            .indexer()
+            .compute(BlindKind::ProcessorToken, &[&org, nir.as_bytes()]);
+        let mut out = String::with_capacity(4 + 2 * b.len());
+        out.push_str("tok_");
+        for byte in b {
+            use std::fmt::Write;
+            let _ = write!(out, "{byte:02x}");
+        }
+        out
+    }
+
     /// Ids of persons with this NIR (normally one).
     pub async fn find_by_nir(&self, nir: &Nir) -> Result<Vec<i64>, VaultError> {
         Ok(self

@@ -1,0 +1,68 @@
+//! The consultation path of DESIGN.md, written once:
+//!
+//! ```text
+//! request ─▶ authenticate ─▶ authorize ─▶ guard ─▶ vault ─▶ ledger ─▶ response
+//! ```
+//!
+//! Each stage is a module with one job ([`authenticate`], [`authorize`],
+//! the `rempart-guard` crate, the `rempart-vault` crate, the
+//! `rempart-ledger` crate); [`Consultation`] strings them together in
+//! `path.rs`, one operation per function, read top to bottom. Nothing here
+//! knows HTTP: the web crate turns requests into calls and [`Refusal`]s
+//! into status codes.
+//!
+//! Two rules hold on every path:
+//! - **Denials travel the same path to the ledger.** A refusal after
+//!   authentication is appended before the caller hears of it.
+//! - **Fail closed.** If the store, the policy, the guard or the ledger
+//!   errs, the caller gets [`Refusal::Unavailable`] and no personal data;
+//!   data is released only after its ledger leaf is durable.
+
+pub mod authenticate;
+pub mod authorize;
+mod path;
+
+pub use authenticate::{Caller, IssuedCredential, Rejected};
+pub use path::{
+    AccountState, BreakGlass, CaseloadPage, Consultation, Grant, MAX_PAGE, MAX_REASON_BYTES,
+    MIN_REASON_CHARS, NirShown, Organisations, SearchBy, SearchResults, Shown,
+};
+
+/// Why a request was not served. Messages are safe to show the caller:
+/// they never hold a personal value nor say whether a person exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No valid credential (missing, malformed, unknown, expired, revoked).
+    #[error("a valid credential is required")]
+    Unauthenticated,
+    /// The account is requested, suspended or disabled.
+    #[error("this account is not active")]
+    AccountInactive,
+    /// No person visible to the caller matches: it does not exist, it is not
+    /// in the caller's mandates, the mandate expired or was revoked, or the
+    /// purpose shows nothing. Deliberately one answer for all.
+    #[error("no person visible to you matches this request")]
+    NotFound,
+    /// The account's role or organisation may not perform this action.
+    #[error("your account may not perform this action")]
+    Forbidden,
+    /// A request field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The guard stopped the request.
+    #[error("the request was stopped by the access guard ({0})")]
+    Guarded(&'static str),
+    /// Something failed; nothing was released. The text is for operators
+    /// (it names the failing stage, never a personal value).
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Refusal::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

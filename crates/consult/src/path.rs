@@ -1,0 +1,1165 @@
+//! The consultation path, one operation per function, each read top to
+//! bottom: authenticate → authorize → guard → vault → ledger → response.
+//! The stage helpers at the end of the file are the only places that talk
+//! to the store, the policy, the guard and the ledger.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rempart_domain::{
+    Contact, FieldGroup, Identity, Nir, Organisation, Purpose, Reference, Registration,
+};
+use rempart_guard::{Attempt, AttemptKind, Guard, Verdict};
+use rempart_ledger::{
+    AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
+    GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
+};
+use rempart_policy::{Action, Authorizer, Decision, NirView, Who};
+use rempart_storage::{AccountRecord, CaseloadEntry, NewMandate, Store, StoredMandate};
+use rempart_vault::{Read, Vault};
+
+use crate::authenticate::{self, Caller, Rejected};
+use crate::{Refusal, authorize};
+
+/// Longest a break-glass reason may be, in bytes (it goes into the ledger).
+pub const MAX_REASON_BYTES: usize = 1000;
+/// Shortest break-glass reason, in characters (the policy checks it too).
+pub const MIN_REASON_CHARS: usize = 20;
+/// Largest caseload page.
+pub const MAX_PAGE: u32 = 1000;
+/// Longest name accepted in a search, in characters.
+const MAX_SEARCH_NAME: usize = 100;
+
+pub use rempart_domain::AccountState;
+
+/// How the NIR is shown to this caller.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NirShown {
+    /// France Travail: the NIR itself.
+    Clear(String),
+    /// Partners: sex, year and month of birth only.
+    Masked(String),
+    /// Processors: a pseudonymous token, stable per processor.
+    Token(String),
+}
+
+impl std::fmt::Debug for NirShown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NirShown::Clear(_) => "NirShown::Clear(<redacted>)",
+            NirShown::Masked(_) => "NirShown::Masked(<redacted>)",
+            NirShown::Token(_) => "NirShown::Token(<redacted>)",
+        })
+    }
+}
+
+/// One person as shown to one caller for one purpose: exactly the field
+/// groups the policy allowed, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub person_id: i64,
+    pub purpose: Purpose,
+    /// The groups present, in `FieldGroup::ALL` order.
+    pub field_groups: Vec<FieldGroup>,
+    pub identity: Option<Identity>,
+    pub contact: Option<Contact>,
+    pub status: Option<Registration>,
+    pub nir: Option<NirShown>,
+    /// Where the consultation sits in the audit ledger.
+    pub ledger_index: LeafIndex,
+}
+
+/// What a search looks for: exact values only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchBy {
+    Nir(Nir),
+    NameBirth {
+        nom: String,
+        prenom: String,
+        born: NaiveDate,
+    },
+}
+
+impl SearchBy {
+    /// An exact name + birth date search. Wildcards and partial values are
+    /// refused: search finds one person the caller already knows, it does
+    /// not browse.
+    pub fn name_birth(nom: &str, prenom: &str, born: NaiveDate) -> Result<Self, Refusal> {
+        Ok(SearchBy::NameBirth {
+            nom: exact_name("nom", nom)?,
+            prenom: exact_name("prenom", prenom)?,
+            born,
+        })
+    }
+}
+
+fn exact_name(field: &'static str, value: &str) -> Result<String, Refusal> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(Refusal::invalid(field, "is empty"));
+    }
+    if v.chars().count() > MAX_SEARCH_NAME {
+        return Err(Refusal::invalid(
+            field,
+            format!("is longer than {MAX_SEARCH_NAME} characters"),
+        ));
+    }
+    if v.chars()
+        .any(|c| matches!(c, '*' | '%' | '?' | '_' | '[' | ']'))
+    {
+        return Err(Refusal::invalid(
+            field,
+            "wildcards (* % ? _ [ ]) are not allowed: search is exact",
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(Refusal::invalid(field, "contains a control character"));
+    }
+    Ok(v.to_string())
+}
+
+/// The result of a search: the matching persons the caller may see. A
+/// match outside the caller's mandates is left out, exactly as if it did
+/// not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchResults {
+    pub persons: Vec<Shown>,
+}
+
+/// One page of a caseload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseloadPage {
+    pub entries: Vec<CaseloadEntry>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<i64>,
+}
+
+/// A break-glass request: one person, outside the caller's mandates, with a
+/// written reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    pub person_id: i64,
+    pub purpose: Purpose,
+    pub reason: String,
+}
+
+/// A mandate grant by an officer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub person_id: i64,
+    pub organisation_id: i64,
+    pub account_id: Option<i64>,
+    pub purpose: Purpose,
+    pub valid_from: Option<NaiveDate>,
+    pub valid_to: Option<NaiveDate>,
+    pub source: Reference,
+}
+
+/// Organisations, for account administration.
+pub type Organisations = Vec<(i64, Organisation)>;
+
+/// The consultation path's parts, shared by every request.
+#[derive(Clone)]
+pub struct Consultation {
+    store: Store,
+    vault: Vault,
+    policy: Arc<Authorizer>,
+    guard: Guard,
+    ledger: Arc<Ledger>,
+}
+
+impl std::fmt::Debug for Consultation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consultation")
+            .field("backend", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consultation {
+    pub fn new(vault: Vault, policy: Arc<Authorizer>, guard: Guard, ledger: Arc<Ledger>) -> Self {
+        Consultation {
+            store: vault.store().clone(),
+            vault,
+            policy,
+            guard,
+            ledger,
+        }
+    }
+
+    /// The store, for readiness checks.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The ledger, for readiness checks and shutdown.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Who is calling (no consultation, nothing ledgered on success).
+    pub async fn whoami(&self, credential: Option<&str>) -> Result<AccountRecord, Refusal> {
+        let caller = self
+            .authenticate(credential, LeafAction::Login, Utc::now())
+            .await?;
+        Ok(caller.account)
+    }
+
+    /// Reads one person for a purpose. THE consultation.
+    pub async fn read_person(
+        &self,
+        credential: Option<&str>,
+        person_id: i64,
+        purpose: Purpose,
+    ) -> Result<Shown, Refusal> {
+        let now = Utc::now();
+        let action = LeafAction::ReadPerson;
+
+        // 1. Authenticate.
+        let caller = self.authenticate(credential, action, now).await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: Some(purpose),
+            now,
+        };
+
+        // 2. Authorize: the mandates as stored right now, and the policy.
+        let mandates = self.mandates_of(&ctx, person_id).await?;
+        let decision = self
+            .decide(&ctx, &who, person_id, purpose, &mandates, now)
+            .await?;
+        if decision.is_denied() {
+            return Err(self
+                .deny(
+                    &ctx,
+                    Some(person_id),
+                    denial(&who, &mandates, purpose, now.date_naive()),
+                    Refusal::NotFound,
+                )
+                .await);
+        }
+
+        // 3. Guard.
+        let verdict = self
+            .guard(&ctx, AttemptKind::ReadPerson, Some(person_id), &decision)
+            .await?;
+
+        // 4. Vault: open only the allowed groups.
+        let shown = self
+            .open(&ctx, &caller, person_id, purpose, &decision)
+            .await?;
+        let Some(mut shown) = shown else {
+            return Err(self
+                .deny(
+                    &ctx,
+                    Some(person_id),
+                    DenyReason::UnknownPerson,
+                    Refusal::NotFound,
+                )
+                .await);
+        };
+
+        // 5. Ledger, durable before anything leaves.
+        shown.ledger_index = self
+            .record(ctx.leaf(
+                Some(person_id),
+                FieldGroups::of(&shown.field_groups),
+                LeafDecision::Allow,
+                Some(verdict),
+                None,
+            ))
+            .await?;
+
+        // 6. Response.
+        Ok(shown)
+    }
+
+    /// Exact search within the caller's mandates.
+    pub async fn search(
+        &self,
+        credential: Option<&str>,
+        by: SearchBy,
+        purpose: Purpose,
+    ) -> Result<SearchResults, Refusal> {
+        let now = Utc::now();
+        let caller = self
+            .authenticate(credential, LeafAction::Search, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::Search,
+            purpose: Some(purpose),
+            now,
+        };
+        self.allow_registry_action(&ctx, &who, Action::Search, purpose)
+            .await?;
+
+        let found = match &by {
+            SearchBy::Nir(nir) => self.vault.find_by_nir(nir).await,
+            SearchBy::NameBirth { nom, prenom, born } => {
+                self.vault.find_by_name_birth(nom, prenom, *born).await
+            }
+        };
+        let candidates = match found {
+            Ok(ids) => ids,
+            Err(e) => return Err(self.fail(&ctx, None, "vault search", &e).await),
+        };
+
+        let mut leaves = Vec::new();
+        let mut persons = Vec::new();
+        for person_id in candidates {
+            let mandates = self.mandates_of(&ctx, person_id).await?;
+            let decision = self
+                .decide(&ctx, &who, person_id, purpose, &mandates, now)
+                .await?;
+            if decision.is_denied() {
+                // Evidence of a look outside one's scope; invisible to the caller.
+                leaves.push(ctx.leaf(
+                    Some(person_id),
+                    FieldGroups::EMPTY,
+                    LeafDecision::Deny(denial(&who, &mandates, purpose, now.date_naive())),
+                    None,
+                    None,
+                ));
+                continue;
+            }
+            let verdict = self
+                .guard(&ctx, AttemptKind::Search, Some(person_id), &decision)
+                .await?;
+            if let Some(shown) = self
+                .open(&ctx, &caller, person_id, purpose, &decision)
+                .await?
+            {
+                leaves.push(ctx.leaf(
+                    Some(person_id),
+                    FieldGroups::of(&shown.field_groups),
+                    LeafDecision::Allow,
+                    Some(verdict),
+                    None,
+                ));
+                persons.push(shown);
+            }
+        }
+        if leaves.is_empty() {
+            leaves.push(ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None));
+        }
+        let first = self.record_all(&leaves).await?;
+        // Shown persons get the index of their own leaf, in order.
+        let allowed = (first..)
+            .zip(&leaves)
+            .filter(|(_, l)| l.reveals_person_data());
+        for (p, (index, _)) in persons.iter_mut().zip(allowed) {
+            p.ledger_index = index;
+        }
+        Ok(SearchResults { persons })
+    }
+
+    /// One page of the caller's caseload: persons with a live mandate held
+    /// by the caller's organisation or naming the caller.
+    pub async fn caseload(
+        &self,
+        credential: Option<&str>,
+        purpose: Purpose,
+        after: i64,
+        limit: u32,
+    ) -> Result<CaseloadPage, Refusal> {
+        let now = Utc::now();
+        let caller = self
+            .authenticate(credential, LeafAction::ListCaseload, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::ListCaseload,
+            purpose: Some(purpose),
+            now,
+        };
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(self
+                .deny(
+                    &ctx,
+                    None,
+                    DenyReason::InvalidRequest,
+                    Refusal::invalid("limit", format!("must be between 1 and {MAX_PAGE}")),
+                )
+                .await);
+        }
+        self.allow_registry_action(&ctx, &who, Action::ListCaseload, purpose)
+            .await?;
+        let decision = Decision {
+            groups: Vec::new(),
+            nir: NirView::None,
+        };
+        let verdict = self
+            .guard(&ctx, AttemptKind::ListCaseload, None, &decision)
+            .await?;
+        let a = &caller.account;
+        let today = now.date_naive();
+        let page = |after: i64, limit: u32| {
+            self.store.caseload(
+                a.organisation_id,
+                a.account_id,
+                Some(purpose),
+                today,
+                after,
+                limit,
+            )
+        };
+        let entries = match page(after, limit).await {
+            Ok(e) => e,
+            Err(e) => return Err(self.fail(&ctx, None, "caseload", &e).await),
+        };
+        // A page never splits a person's mandates, so it may be shorter
+        // than `limit` with more to come: ask whether anything follows.
+        let next = match entries.last() {
+            None => None,
+            Some(last) => match page(last.person_id, 1).await {
+                Ok(more) if more.is_empty() => None,
+                Ok(_) => Some(last.person_id),
+                Err(e) => return Err(self.fail(&ctx, None, "caseload", &e).await),
+            },
+        };
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            Some(verdict),
+            None,
+        ))
+        .await?;
+        Ok(CaseloadPage { entries, next })
+    }
+
+    /// Break-glass: a France Travail agent reaches one person outside their
+    /// mandates, with a written reason. A one-day mandate naming the agent
+    /// is created and marked in the ledger with the reason, then the person
+    /// is read through the ordinary path.
+    pub async fn break_glass(
+        &self,
+        credential: Option<&str>,
+        request: BreakGlass,
+    ) -> Result<Shown, Refusal> {
+        let now = Utc::now();
+        let caller = self
+            .authenticate(credential, LeafAction::BreakGlass, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::BreakGlass,
+            purpose: Some(request.purpose),
+            now,
+        };
+        let person_id = request.person_id;
+        let reason = request.reason.trim();
+        if reason.chars().count() < MIN_REASON_CHARS || reason.len() > MAX_REASON_BYTES {
+            return Err(self
+                .deny(
+                    &ctx,
+                    Some(person_id),
+                    DenyReason::InvalidRequest,
+                    Refusal::invalid(
+                        "reason",
+                        format!(
+                            "must be {MIN_REASON_CHARS} characters to {MAX_REASON_BYTES} bytes"
+                        ),
+                    ),
+                )
+                .await);
+        }
+        let mandates = self.mandates_of(&ctx, person_id).await?;
+        let allowed = authorize::person_action(
+            &self.policy,
+            &who,
+            Action::BreakGlass,
+            &authorize::about_person(
+                person_id,
+                request.purpose,
+                &mandates,
+                now.date_naive(),
+                reason.chars().count(),
+            ),
+        );
+        match allowed {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(self
+                    .deny(
+                        &ctx,
+                        Some(person_id),
+                        DenyReason::PolicyDenied,
+                        Refusal::Forbidden,
+                    )
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, Some(person_id), "policy", &e).await),
+        }
+        let decision = Decision {
+            groups: Vec::new(),
+            nir: NirView::None,
+        };
+        let verdict = self
+            .guard(&ctx, AttemptKind::BreakGlass, Some(person_id), &decision)
+            .await?;
+        let today = now.date_naive();
+        let grant = NewMandate {
+            reference: mandate_reference("BG", now),
+            organisation_id: caller.account.organisation_id,
+            account_id: Some(caller.account.account_id),
+            person_id,
+            purpose: request.purpose,
+            valid_from: today,
+            valid_to: today.succ_opt(),
+            source: break_glass_source(),
+        };
+        match self.store.grant_mandate(grant).await {
+            Ok(_) => {}
+            Err(rempart_storage::StorageError::Invalid(_)) => {
+                // No such person: the same answer as any other miss.
+                return Err(self
+                    .deny(
+                        &ctx,
+                        Some(person_id),
+                        DenyReason::UnknownPerson,
+                        Refusal::NotFound,
+                    )
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
+        }
+        self.record(ctx.leaf(
+            Some(person_id),
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            Some(verdict),
+            Some(reason.to_string()),
+        ))
+        .await?;
+        self.read_person(credential, person_id, request.purpose)
+            .await
+    }
+
+    /// Grants a mandate (France Travail officers).
+    pub async fn grant_mandate(
+        &self,
+        credential: Option<&str>,
+        grant: Grant,
+    ) -> Result<StoredMandate, Refusal> {
+        let now = Utc::now();
+        let caller = self
+            .authenticate(credential, LeafAction::MandateGrant, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::MandateGrant,
+            purpose: Some(grant.purpose),
+            now,
+        };
+        let person_id = grant.person_id;
+        let mandates = self.mandates_of(&ctx, person_id).await?;
+        self.allow_person_action(
+            &ctx,
+            &who,
+            Action::GrantMandate,
+            person_id,
+            grant.purpose,
+            &mandates,
+        )
+        .await?;
+        let today = now.date_naive();
+        let new = NewMandate {
+            reference: mandate_reference("MG", now),
+            organisation_id: grant.organisation_id,
+            account_id: grant.account_id,
+            person_id,
+            purpose: grant.purpose,
+            valid_from: grant.valid_from.unwrap_or(today),
+            valid_to: grant.valid_to,
+            source: grant.source,
+        };
+        let stored = match self.store.grant_mandate(new).await {
+            Ok(m) => m,
+            Err(rempart_storage::StorageError::Invalid(reason)) => {
+                return Err(self
+                    .deny(
+                        &ctx,
+                        Some(person_id),
+                        DenyReason::InvalidRequest,
+                        Refusal::invalid("mandate", reason),
+                    )
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
+        };
+        self.record(ctx.leaf(
+            Some(person_id),
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!("mandate {}", stored.id)),
+        ))
+        .await?;
+        Ok(stored)
+    }
+
+    /// Revokes a mandate (France Travail officers), effective from the
+    /// next request.
+    pub async fn revoke_mandate(
+        &self,
+        credential: Option<&str>,
+        mandate_id: i64,
+    ) -> Result<(), Refusal> {
+        let now = Utc::now();
+        let caller = self
+            .authenticate(credential, LeafAction::MandateRevoke, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let mut ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::MandateRevoke,
+            purpose: None,
+            now,
+        };
+        let mandate = match self.store.mandate(mandate_id).await {
+            Ok(m) => m,
+            Err(e) => return Err(self.fail(&ctx, None, "mandate", &e).await),
+        };
+        let Some(mandate) = mandate.filter(|m| m.revoked_at.is_none()) else {
+            return Err(self
+                .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
+                .await);
+        };
+        ctx.purpose = Some(mandate.purpose);
+        let mandates = self.mandates_of(&ctx, mandate.person_id).await?;
+        self.allow_person_action(
+            &ctx,
+            &who,
+            Action::RevokeMandate,
+            mandate.person_id,
+            mandate.purpose,
+            &mandates,
+        )
+        .await?;
+        match self.store.revoke_mandate(mandate_id, now).await {
+            Ok(_) => {}
+            Err(e) => {
+                return Err(self
+                    .fail(&ctx, Some(mandate.person_id), "mandate", &e)
+                    .await);
+            }
+        }
+        self.record(ctx.leaf(
+            Some(mandate.person_id),
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!("mandate {mandate_id}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Organisations (account administration).
+    pub async fn organisations(&self, credential: Option<&str>) -> Result<Organisations, Refusal> {
+        let (caller, now) = self.admin(credential).await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::AdminList,
+            purpose: None,
+            now,
+        };
+        match self.store.organisations().await {
+            Ok(o) => Ok(o),
+            Err(e) => Err(self.fail(&ctx, None, "organisations", &e).await),
+        }
+    }
+
+    /// Accounts of one organisation (account administration).
+    pub async fn accounts(
+        &self,
+        credential: Option<&str>,
+        organisation_id: i64,
+    ) -> Result<Vec<AccountRecord>, Refusal> {
+        let (caller, now) = self.admin(credential).await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::AdminList,
+            purpose: None,
+            now,
+        };
+        match self.store.accounts_of_organisation(organisation_id).await {
+            Ok(a) => Ok(a),
+            Err(e) => Err(self.fail(&ctx, None, "accounts", &e).await),
+        }
+    }
+
+    /// Suspends or reactivates an account (account administration). An
+    /// account cannot change its own state.
+    pub async fn set_account_state(
+        &self,
+        credential: Option<&str>,
+        account_id: i64,
+        state: AccountState,
+    ) -> Result<AccountRecord, Refusal> {
+        let (caller, now) = self.admin(credential).await?;
+        let action = match state {
+            AccountState::Active => LeafAction::AccountReactivate,
+            _ => LeafAction::AccountSuspend,
+        };
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: None,
+            now,
+        };
+        if !matches!(state, AccountState::Active | AccountState::Suspended) {
+            return Err(self
+                .deny(
+                    &ctx,
+                    None,
+                    DenyReason::InvalidRequest,
+                    Refusal::invalid("state", "must be active or suspended"),
+                )
+                .await);
+        }
+        if account_id == caller.account.account_id {
+            return Err(self
+                .deny(
+                    &ctx,
+                    None,
+                    DenyReason::FourEyes,
+                    Refusal::invalid("account", "an account cannot change its own state"),
+                )
+                .await);
+        }
+        let target = match self.store.account_by_id(account_id).await {
+            Ok(t) => t,
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        };
+        let Some(target) = target else {
+            return Err(self
+                .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
+                .await);
+        };
+        if target.state == AccountState::Requested && state == AccountState::Active {
+            // Activation of a requested account is an approval (four eyes),
+            // not a reactivation.
+            return Err(self
+                .deny(
+                    &ctx,
+                    None,
+                    DenyReason::FourEyes,
+                    Refusal::invalid("state", "a requested account is activated by approval"),
+                )
+                .await);
+        }
+        match self.store.set_account_state(account_id, state).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(self
+                    .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        }
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!("account {account_id}")),
+        ))
+        .await?;
+        Ok(AccountRecord { state, ..target })
+    }
+
+    // ---------------------------------------------------------------------
+    // Stages. Each refusal is ledgered before it is returned.
+    // ---------------------------------------------------------------------
+
+    /// Stage 1. A rejected credential is ledgered (under account 0 when the
+    /// credential names no account) and answered `Unauthenticated`; an
+    /// inactive account is ledgered and answered `AccountInactive`.
+    async fn authenticate(
+        &self,
+        credential: Option<&str>,
+        action: LeafAction,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, Refusal> {
+        let outcome = authenticate::authenticate(&self.store, credential, now).await;
+        let anonymous = |account: i64, organisation: i64, reason: DenyReason| AuditLeaf {
+            time: Timestamp::from_datetime(now),
+            account: AccountId(account),
+            organisation: OrganisationId(organisation),
+            session: None,
+            person: None,
+            action,
+            field_groups: FieldGroups::EMPTY,
+            purpose: None,
+            decision: LeafDecision::Deny(reason),
+            guard: None,
+            note: None,
+        };
+        match outcome {
+            Ok(Ok(caller)) => {
+                if caller.account.state == AccountState::Active {
+                    return Ok(caller);
+                }
+                let a = &caller.account;
+                self.record(anonymous(
+                    a.account_id,
+                    a.organisation_id,
+                    DenyReason::AccountInactive,
+                ))
+                .await?;
+                Err(Refusal::AccountInactive)
+            }
+            Ok(Err(rejected)) => {
+                // The organisation is not looked up for a failed credential: the
+                // account id is enough to find it, and a miss costs one query.
+                let account = rejected.account_id().unwrap_or(0);
+                let note = match rejected {
+                    Rejected::Malformed => "malformed credential",
+                    Rejected::Unknown => "unknown credential",
+                    Rejected::WrongSecret { .. } => "wrong secret",
+                    Rejected::Expired { .. } => "expired credential",
+                    Rejected::Revoked { .. } => "revoked credential",
+                };
+                let mut leaf = anonymous(account, 0, DenyReason::BadCredentials);
+                leaf.note = Some(note.to_string());
+                self.record(leaf).await?;
+                Err(Refusal::Unauthenticated)
+            }
+            Err(e) => Err(Refusal::Unavailable(format!("authentication: {e}"))),
+        }
+    }
+
+    async fn mandates_of(
+        &self,
+        ctx: &Ctx<'_>,
+        person_id: i64,
+    ) -> Result<Vec<StoredMandate>, Refusal> {
+        match self.store.mandates_of_person(person_id).await {
+            Ok(m) => Ok(m),
+            Err(e) => Err(self.fail(ctx, Some(person_id), "mandates", &e).await),
+        }
+    }
+
+    /// Stage 2 for reads.
+    async fn decide(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &Who,
+        person_id: i64,
+        purpose: Purpose,
+        mandates: &[StoredMandate],
+        now: DateTime<Utc>,
+    ) -> Result<Decision, Refusal> {
+        match authorize::read(
+            &self.policy,
+            who,
+            person_id,
+            purpose,
+            mandates,
+            now.date_naive(),
+        ) {
+            Ok(d) => Ok(d),
+            Err(e) => Err(self.fail(ctx, Some(person_id), "policy", &e).await),
+        }
+    }
+
+    /// Stage 2 for registry-wide actions.
+    async fn allow_registry_action(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &Who,
+        action: Action,
+        purpose: Purpose,
+    ) -> Result<(), Refusal> {
+        match authorize::registry_action(&self.policy, who, action, purpose) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self
+                .deny(ctx, None, DenyReason::PolicyDenied, Refusal::Forbidden)
+                .await),
+            Err(e) => Err(self.fail(ctx, None, "policy", &e).await),
+        }
+    }
+
+    /// Stage 2 for actions on one person.
+    async fn allow_person_action(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &Who,
+        action: Action,
+        person_id: i64,
+        purpose: Purpose,
+        mandates: &[StoredMandate],
+    ) -> Result<(), Refusal> {
+        let today = ctx.now.date_naive();
+        match authorize::person_action(
+            &self.policy,
+            who,
+            action,
+            &authorize::about_person(person_id, purpose, mandates, today, 0),
+        ) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self
+                .deny(
+                    ctx,
+                    Some(person_id),
+                    DenyReason::PolicyDenied,
+                    Refusal::Forbidden,
+                )
+                .await),
+            Err(e) => Err(self.fail(ctx, Some(person_id), "policy", &e).await),
+        }
+    }
+
+    /// Administration: officers of France Travail only.
+    async fn admin(&self, credential: Option<&str>) -> Result<(Caller, DateTime<Utc>), Refusal> {
+        let now = Utc::now();
+        let caller = self
+            .authenticate(credential, LeafAction::AdminList, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::AdminList,
+            purpose: None,
+            now,
+        };
+        // The purpose is irrelevant to account management; any value does.
+        self.allow_registry_action(&ctx, &who, Action::ManageAccounts, Purpose::FollowUp)
+            .await?;
+        Ok((caller, now))
+    }
+
+    /// Stage 3.
+    async fn guard(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: AttemptKind,
+        person_id: Option<i64>,
+        decision: &Decision,
+    ) -> Result<GuardVerdict, Refusal> {
+        let a = &ctx.caller.account;
+        let attempt = Attempt {
+            account_id: a.account_id,
+            organisation_id: a.organisation_id,
+            kind,
+            person_id,
+            purpose: ctx.purpose,
+            field_groups: decision.groups.clone(),
+        };
+        let verdict = match self.guard.check(&attempt).await {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail(ctx, person_id, "guard", &e).await),
+        };
+        let (code, reason, name) = match verdict {
+            Verdict::Allow => return Ok(GuardVerdict::Allow),
+            Verdict::StepUp => (GuardVerdict::StepUp, DenyReason::StepUpRequired, "step-up"),
+            Verdict::Throttle => (GuardVerdict::Throttle, DenyReason::Throttled, "throttle"),
+            Verdict::Suspend => (GuardVerdict::Suspend, DenyReason::Suspended, "suspend"),
+        };
+        let leaf = ctx.leaf(
+            person_id,
+            FieldGroups::of(&decision.groups),
+            LeafDecision::Deny(reason),
+            Some(code),
+            None,
+        );
+        self.record(leaf).await?;
+        Err(Refusal::Guarded(name))
+    }
+
+    /// Stage 4: opens exactly the allowed groups. `None` when the person is
+    /// missing or shredded.
+    async fn open(
+        &self,
+        ctx: &Ctx<'_>,
+        caller: &Caller,
+        person_id: i64,
+        purpose: Purpose,
+        decision: &Decision,
+    ) -> Result<Option<Shown>, Refusal> {
+        let read = match self.vault.read(person_id, &decision.groups).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(ctx, Some(person_id), "vault", &e).await),
+        };
+        let view = match read {
+            Read::Found(v) => v,
+            Read::Shredded | Read::Missing => return Ok(None),
+        };
+        let nir = view.nir.as_ref().and_then(|n| match decision.nir {
+            NirView::Clear => Some(NirShown::Clear(n.as_str().to_string())),
+            NirView::Masked => Some(NirShown::Masked(n.masked())),
+            NirView::Token => Some(NirShown::Token(
+                self.vault.nir_token(caller.account.organisation_id, n),
+            )),
+            NirView::None => None,
+        });
+        let view = *view;
+        Ok(Some(Shown {
+            person_id,
+            purpose,
+            field_groups: decision.groups.clone(),
+            identity: view.identity,
+            contact: view.contact,
+            status: view.status,
+            nir,
+            ledger_index: 0,
+        }))
+    }
+
+    /// Stage 5. A failed append is `Unavailable`: nothing may be released.
+    async fn record(&self, leaf: AuditLeaf) -> Result<LeafIndex, Refusal> {
+        self.ledger
+            .append(&leaf)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("audit ledger: {e}")))
+    }
+
+    async fn record_all(&self, leaves: &[AuditLeaf]) -> Result<LeafIndex, Refusal> {
+        self.ledger
+            .append_batch(leaves)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("audit ledger: {e}")))
+    }
+
+    /// Ledgers a denial, then hands back the refusal to return (or
+    /// `Unavailable` if even the denial could not be ledgered).
+    async fn deny(
+        &self,
+        ctx: &Ctx<'_>,
+        person_id: Option<i64>,
+        reason: DenyReason,
+        refusal: Refusal,
+    ) -> Refusal {
+        match self
+            .record(ctx.leaf(
+                person_id,
+                FieldGroups::EMPTY,
+                LeafDecision::Deny(reason),
+                None,
+                None,
+            ))
+            .await
+        {
+            Ok(_) => refusal,
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// A stage failed: ledger it as an internal error (best effort) and fail
+    /// closed.
+    async fn fail(
+        &self,
+        ctx: &Ctx<'_>,
+        person_id: Option<i64>,
+        stage: &str,
+        error: &(dyn std::fmt::Display + Sync),
+    ) -> Refusal {
+        // Formatted first: the error need not live across the await.
+        let message = format!("{stage}: {error}");
+        let _ = self
+            .record(ctx.leaf(
+                person_id,
+                FieldGroups::EMPTY,
+                LeafDecision::Deny(DenyReason::InternalError),
+                None,
+                None,
+            ))
+            .await;
+        Refusal::Unavailable(message)
+    }
+}
+
+/// What a request is about, for its ledger leaves.
+struct Ctx<'a> {
+    caller: &'a Caller,
+    action: LeafAction,
+    purpose: Option<Purpose>,
+    now: DateTime<Utc>,
+}
+
+impl Ctx<'_> {
+    fn leaf(
+        &self,
+        person_id: Option<i64>,
+        field_groups: FieldGroups,
+        decision: LeafDecision,
+        guard: Option<GuardVerdict>,
+        note: Option<String>,
+    ) -> AuditLeaf {
+        let a = &self.caller.account;
+        AuditLeaf {
+            time: Timestamp::from_datetime(self.now),
+            account: AccountId(a.account_id),
+            organisation: OrganisationId(a.organisation_id),
+            session: Some(session_of(self.caller.credential_id)),
+            person: person_id.map(PersonRef),
+            action: self.action,
+            field_groups,
+            purpose: self.purpose,
+            decision,
+            guard,
+            note,
+        }
+    }
+}
+
+/// The ledger's session id for an API credential: its id, so every read
+/// made with one credential can be listed.
+fn session_of(credential_id: i64) -> SessionId {
+    let mut s = [0u8; 16];
+    s[..4].copy_from_slice(b"cred");
+    s[8..].copy_from_slice(&credential_id.to_be_bytes());
+    SessionId(s)
+}
+
+/// Why a read was refused, for the ledger (the caller only hears "not
+/// found"): no live mandate of the caller's for the purpose, or a mandate
+/// whose purpose shows nothing to this account.
+fn denial(who: &Who, mandates: &[StoredMandate], purpose: Purpose, today: NaiveDate) -> DenyReason {
+    let ours = mandates.iter().any(|m| {
+        m.organisation_id == who.organisation_id
+            && m.account_id.is_none_or(|a| a == who.account_id)
+            && m.purpose == purpose
+            && m.is_live_on(today)
+    });
+    if ours {
+        DenyReason::PolicyDenied
+    } else {
+        DenyReason::NoMandate
+    }
+}
+
+fn break_glass_source() -> Reference {
+    // A constant that satisfies the reference rules.
+    Reference::parse("break_glass").unwrap_or_else(|_| unreachable!("valid reference"))
+}
+
+/// A unique mandate reference for mandates created through the API.
+fn mandate_reference(prefix: &str, now: DateTime<Utc>) -> Reference {
+    let mut random = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
+    let mut text = format!("{prefix}-{}-", now.format("%Y%m%d%H%M%S"));
+    for b in random {
+        use std::fmt::Write;
+        let _ = write!(text, "{b:02x}");
+    }
+    Reference::parse(&text).unwrap_or_else(|_| unreachable!("valid reference"))
+}
+
+/// Handlers run on a multi-threaded runtime: the operations must be `Send`.
+#[allow(dead_code)]
+fn operations_are_send(c: &Consultation) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&c.read_person(None, 1, Purpose::FollowUp));
+    is_send(&c.caseload(None, Purpose::FollowUp, 0, 1));
+    is_send(&c.whoami(None));
+}

@@ -1,0 +1,653 @@
+//! Routes, request parsing and response bodies of `/api/v1`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use chrono::NaiveDate;
+use rempart_consult::{AccountState, BreakGlass, CaseloadPage, Grant, NirShown, SearchBy, Shown};
+use rempart_domain::{Nir, Purpose, Reference};
+use rempart_storage::{AccountRecord, StoredMandate};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, AppState, OPENAPI};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/health/live", get(live))
+        .route("/api/v1/health/ready", get(ready))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/persons/{id}", get(read_person))
+        .route("/api/v1/persons/{id}/break-glass", post(break_glass))
+        .route("/api/v1/search", post(search))
+        .route("/api/v1/caseload", get(caseload))
+        .route("/api/v1/mandates", post(grant_mandate))
+        .route("/api/v1/mandates/{id}", delete(revoke_mandate))
+        .route("/api/v1/organisations", get(organisations))
+        .route("/api/v1/organisations/{id}/accounts", get(accounts))
+        .route("/api/v1/accounts/{id}/suspend", post(suspend))
+        .route("/api/v1/accounts/{id}/reactivate", post(reactivate))
+}
+
+// -------------------------------------------------------------------------
+// Parsing. Messages name the field and the rule, never the value.
+// -------------------------------------------------------------------------
+
+/// The bearer credential, if any. A header that is not `Bearer <token>` counts
+/// as a malformed credential (401), like a missing one.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(raw: Option<String>) -> Result<Self, ApiError> {
+        let mut map = HashMap::new();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            if map.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(ApiError::invalid(k.to_string(), "is given more than once"));
+            }
+        }
+        Ok(Query(map))
+    }
+
+    fn purpose(&self) -> Result<Purpose, ApiError> {
+        match self.0.get("purpose") {
+            None => Err(ApiError::invalid("purpose", "is required")),
+            Some(p) => parse_purpose("purpose", p),
+        }
+    }
+
+    fn number(
+        &self,
+        field: &'static str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ApiError> {
+        match self.0.get(field) {
+            None => Ok(default),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::invalid(
+                    field,
+                    format!("must be an integer between {min} and {max}"),
+                )),
+            },
+        }
+    }
+}
+
+fn parse_purpose(field: &str, text: &str) -> Result<Purpose, ApiError> {
+    Purpose::parse(text).map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!(
+                "must be one of {}",
+                Purpose::ALL
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })
+}
+
+fn parse_id(field: &str, text: &str) -> Result<i64, ApiError> {
+    match text.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::invalid(field, "must be a positive integer")),
+    }
+}
+
+fn parse_date(field: &str, text: &str) -> Result<NaiveDate, ApiError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| ApiError::invalid(field, "must be a date YYYY-MM-DD"))
+}
+
+/// A JSON body, with errors naming the field (by its path) and the rule.
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is too large",
+            )
+        } else {
+            ApiError::invalid("body", "cannot be read")
+        }
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let reason = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "is not valid JSON"
+            }
+            serde_json::error::Category::Data => {
+                let text = inner.to_string();
+                if text.starts_with("missing field") {
+                    return missing_field(&text);
+                } else if text.starts_with("unknown field") {
+                    "is not a known field"
+                } else {
+                    "has the wrong type or an invalid value"
+                }
+            }
+            serde_json::error::Category::Io => "cannot be read",
+        };
+        let field = if path == "." || path == "?" || path.is_empty() {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::invalid(field, reason)
+    })?;
+    de.end()
+        .map_err(|_| ApiError::invalid("body", "has trailing characters after the JSON value"))?;
+    Ok(value)
+}
+
+/// serde's "missing field `x` at line…" → field `x`, "is required".
+fn missing_field(text: &str) -> ApiError {
+    let name = text
+        .split('`')
+        .nth(1)
+        .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or("body");
+    ApiError::invalid(name.to_string(), "is required")
+}
+
+fn path_id(
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<i64, ApiError> {
+    match path {
+        Ok(Path(text)) => parse_id("id", &text),
+        Err(_) => Err(ApiError::invalid("id", "must be a positive integer")),
+    }
+}
+
+// -------------------------------------------------------------------------
+// Response bodies
+// -------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct PersonBody {
+    id: i64,
+    purpose: &'static str,
+    field_groups: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<IdentityBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contact: Option<ContactBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nir: Option<NirBody>,
+    ledger_index: u64,
+}
+
+#[derive(Serialize)]
+struct IdentityBody {
+    ft_id: String,
+    nom: String,
+    prenom: String,
+    date_naissance: String,
+}
+
+#[derive(Serialize)]
+struct ContactBody {
+    email: Option<String>,
+    telephone: Option<String>,
+    adresse: AddressBody,
+}
+
+#[derive(Serialize)]
+struct AddressBody {
+    ligne: String,
+    code_postal: String,
+    commune: String,
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    statut: &'static str,
+    inscrit_le: String,
+    fin_le: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NirBody {
+    view: &'static str,
+    value: String,
+}
+
+impl From<Shown> for PersonBody {
+    fn from(s: Shown) -> Self {
+        PersonBody {
+            id: s.person_id,
+            purpose: s.purpose.as_str(),
+            field_groups: s.field_groups.iter().map(|g| g.as_str()).collect(),
+            identity: s.identity.map(|i| IdentityBody {
+                ft_id: i.ft_id.as_str().to_string(),
+                nom: i.nom.as_str().to_string(),
+                prenom: i.prenom.as_str().to_string(),
+                date_naissance: i.date_naissance.format("%Y-%m-%d").to_string(),
+            }),
+            contact: s.contact.map(|c| ContactBody {
+                email: c.email.map(|e| e.as_str().to_string()),
+                telephone: c.telephone.map(|t| t.as_str().to_string()),
+                adresse: AddressBody {
+                    ligne: c.adresse.ligne.as_str().to_string(),
+                    code_postal: c.adresse.code_postal.as_str().to_string(),
+                    commune: c.adresse.commune.as_str().to_string(),
+                },
+            }),
+            status: s.status.map(|r| StatusBody {
+                statut: r.statut.as_str(),
+                inscrit_le: r.inscrit_le.format("%Y-%m-%d").to_string(),
+                fin_le: r.fin_le.map(|d| d.format("%Y-%m-%d").to_string()),
+            }),
+            nir: s.nir.map(|n| match n {
+                NirShown::Clear(v) => NirBody {
+                    view: "clear",
+                    value: v,
+                },
+                NirShown::Masked(v) => NirBody {
+                    view: "masked",
+                    value: v,
+                },
+                NirShown::Token(v) => NirBody {
+                    view: "token",
+                    value: v,
+                },
+            }),
+            ledger_index: s.ledger_index,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AccountBody {
+    id: i64,
+    login: String,
+    role: &'static str,
+    state: &'static str,
+    organisation_id: i64,
+    organisation: String,
+    organisation_kind: &'static str,
+}
+
+impl From<AccountRecord> for AccountBody {
+    fn from(a: AccountRecord) -> Self {
+        AccountBody {
+            id: a.account_id,
+            login: a.login.as_str().to_string(),
+            role: a.role.as_str(),
+            state: a.state.as_str(),
+            organisation_id: a.organisation_id,
+            organisation: a.organisation.as_str().to_string(),
+            organisation_kind: a.kind.as_str(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MandateBody {
+    id: i64,
+    reference: String,
+    person_id: i64,
+    organisation_id: i64,
+    account_id: Option<i64>,
+    purpose: &'static str,
+    valid_from: String,
+    valid_to: Option<String>,
+    source: String,
+}
+
+impl From<StoredMandate> for MandateBody {
+    fn from(m: StoredMandate) -> Self {
+        MandateBody {
+            id: m.id,
+            reference: m.reference.as_str().to_string(),
+            person_id: m.person_id,
+            organisation_id: m.organisation_id,
+            account_id: m.account_id,
+            purpose: m.purpose.as_str(),
+            valid_from: m.valid_from.format("%Y-%m-%d").to_string(),
+            valid_to: m.valid_to.map(|d| d.format("%Y-%m-%d").to_string()),
+            source: m.source.as_str().to_string(),
+        }
+    }
+}
+
+// -------------------------------------------------------------------------
+// Handlers
+// -------------------------------------------------------------------------
+
+type Answer = Result<Response, ApiError>;
+
+fn ok<T: Serialize>(body: T) -> Answer {
+    Ok(Json(body).into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn live() -> Answer {
+    ok(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Answer {
+    // The store answers and the ledger's appender is running.
+    let store = state.consultation.store().person_ids(0, 1).await;
+    let ledger = state.consultation.ledger().store().size().await;
+    match (store, ledger) {
+        (Ok(_), Ok(_)) => ok(serde_json::json!({ "status": "ready" })),
+        (store, ledger) => {
+            if let Err(e) = store {
+                tracing::warn!(error = %e, "readiness: registry store");
+            }
+            if let Err(e) = ledger {
+                tracing::warn!(error = %e, "readiness: ledger store");
+            }
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the registry or the ledger is not reachable",
+            ))
+        }
+    }
+}
+
+async fn me(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+    let account = state.consultation.whoami(credential(&headers)).await?;
+    ok(AccountBody::from(account))
+}
+
+async fn read_person(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let id = path_id(path)?;
+    let purpose = Query::parse(raw)?.purpose()?;
+    let shown = state
+        .consultation
+        .read_person(credential(&headers), id, purpose)
+        .await?;
+    ok(PersonBody::from(shown))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassBody {
+    purpose: String,
+    reason: String,
+}
+
+async fn break_glass(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let person_id = path_id(path)?;
+    let body: BreakGlassBody = json_body(body)?;
+    let purpose = parse_purpose("purpose", &body.purpose)?;
+    let shown = state
+        .consultation
+        .break_glass(
+            credential(&headers),
+            BreakGlass {
+                person_id,
+                purpose,
+                reason: body.reason,
+            },
+        )
+        .await?;
+    ok(PersonBody::from(shown))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    purpose: String,
+    nir: Option<String>,
+    nom: Option<String>,
+    prenom: Option<String>,
+    date_naissance: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SearchAnswer {
+    persons: Vec<PersonBody>,
+}
+
+async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let body: SearchBody = json_body(body)?;
+    let purpose = parse_purpose("purpose", &body.purpose)?;
+    let by = match (body.nir, body.nom, body.prenom, body.date_naissance) {
+        (Some(nir), None, None, None) => {
+            SearchBy::Nir(Nir::parse(&nir).map_err(|e| ApiError::invalid("nir", e.to_string()))?)
+        }
+        (None, Some(nom), Some(prenom), Some(born)) => {
+            let born = parse_date("date_naissance", &born)?;
+            SearchBy::name_birth(&nom, &prenom, born)?
+        }
+        (None, _, _, _) => {
+            return Err(ApiError::invalid(
+                "body",
+                "give either nir, or nom, prenom and date_naissance together",
+            ));
+        }
+        (Some(_), _, _, _) => {
+            return Err(ApiError::invalid(
+                "nir",
+                "search by NIR or by name and birth date, not both",
+            ));
+        }
+    };
+    let results = state
+        .consultation
+        .search(credential(&headers), by, purpose)
+        .await?;
+    ok(SearchAnswer {
+        persons: results.persons.into_iter().map(PersonBody::from).collect(),
+    })
+}
+
+#[derive(Serialize)]
+struct CaseloadAnswer {
+    entries: Vec<CaseloadEntryBody>,
+    next: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct CaseloadEntryBody {
+    person_id: i64,
+    mandate_id: i64,
+    purpose: &'static str,
+    valid_to: Option<String>,
+}
+
+async fn caseload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let query = Query::parse(raw)?;
+    let purpose = query.purpose()?;
+    let after = query.number("after", 0, 0, i64::MAX)?;
+    let limit = query.number("limit", 100, 1, i64::from(rempart_consult::MAX_PAGE))?;
+    let CaseloadPage { entries, next } = state
+        .consultation
+        .caseload(
+            credential(&headers),
+            purpose,
+            after,
+            u32::try_from(limit).unwrap_or(100),
+        )
+        .await?;
+    ok(CaseloadAnswer {
+        entries: entries
+            .into_iter()
+            .map(|e| CaseloadEntryBody {
+                person_id: e.person_id,
+                mandate_id: e.mandate_id,
+                purpose: e.purpose.as_str(),
+                valid_to: e.valid_to.map(|d| d.format("%Y-%m-%d").to_string()),
+            })
+            .collect(),
+        next,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    person_id: i64,
+    organisation_id: i64,
+    account_id: Option<i64>,
+    purpose: String,
+    valid_from: Option<String>,
+    valid_to: Option<String>,
+    source: String,
+}
+
+async fn grant_mandate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let body: GrantBody = json_body(body)?;
+    let grant = Grant {
+        person_id: body.person_id,
+        organisation_id: body.organisation_id,
+        account_id: body.account_id,
+        purpose: parse_purpose("purpose", &body.purpose)?,
+        valid_from: body
+            .valid_from
+            .as_deref()
+            .map(|d| parse_date("valid_from", d))
+            .transpose()?,
+        valid_to: body
+            .valid_to
+            .as_deref()
+            .map(|d| parse_date("valid_to", d))
+            .transpose()?,
+        source: Reference::parse(&body.source)
+            .map_err(|e| ApiError::invalid("source", e.to_string()))?,
+    };
+    let stored = state
+        .consultation
+        .grant_mandate(credential(&headers), grant)
+        .await?;
+    Ok((StatusCode::CREATED, Json(MandateBody::from(stored))).into_response())
+}
+
+async fn revoke_mandate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Answer {
+    let id = path_id(path)?;
+    state
+        .consultation
+        .revoke_mandate(credential(&headers), id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Serialize)]
+struct OrganisationBody {
+    id: i64,
+    code: String,
+    kind: &'static str,
+    name: String,
+    departement: Option<String>,
+}
+
+async fn organisations(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+    let list = state
+        .consultation
+        .organisations(credential(&headers))
+        .await?;
+    ok(serde_json::json!({
+        "organisations": list
+            .into_iter()
+            .map(|(id, o)| OrganisationBody {
+                id,
+                code: o.code.as_str().to_string(),
+                kind: o.kind.as_str(),
+                name: o.name,
+                departement: o.departement,
+            })
+            .collect::<Vec<_>>()
+    }))
+}
+
+async fn accounts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Answer {
+    let id = path_id(path)?;
+    let list = state
+        .consultation
+        .accounts(credential(&headers), id)
+        .await?;
+    ok(serde_json::json!({
+        "accounts": list.into_iter().map(AccountBody::from).collect::<Vec<_>>()
+    }))
+}
+
+async fn suspend(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Answer {
+    set_state(state, headers, path, AccountState::Suspended).await
+}
+
+async fn reactivate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Answer {
+    set_state(state, headers, path, AccountState::Active).await
+}
+
+async fn set_state(
+    state: AppState,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    to: AccountState,
+) -> Answer {
+    let id = path_id(path)?;
+    let account = state
+        .consultation
+        .set_account_state(credential(&headers), id, to)
+        .await?;
+    ok(AccountBody::from(account))
+}

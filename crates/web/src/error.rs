@@ -1,0 +1,96 @@
+//! One error shape everywhere: `{"error": {"code", "message", "field"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rempart_consult::Refusal;
+use serde::Serialize;
+
+/// An error as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 400 naming the field at fault and why.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        let field = field.into();
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: format!("{field}: {}", reason.into()),
+            field: Some(field),
+        }
+    }
+
+    pub fn not_found_route() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unauthenticated => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", r.to_string())
+            }
+            Refusal::AccountInactive => {
+                ApiError::new(StatusCode::FORBIDDEN, "account_inactive", r.to_string())
+            }
+            Refusal::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", r.to_string()),
+            Refusal::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()),
+            Refusal::Invalid { field, reason } => ApiError::invalid(field, reason),
+            Refusal::Guarded(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "guarded", r.to_string())
+            }
+            Refusal::Unavailable(cause) => {
+                // The cause is for operators; the client learns only that
+                // nothing was released.
+                tracing::error!(%cause, "request failed closed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the service cannot answer right now; nothing was released",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

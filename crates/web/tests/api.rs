@@ -1,0 +1,1365 @@
+//! The API over real HTTP, on SQLite and on PostgreSQL: a real server on
+//! port 0 (`spawn_app`), a generated population imported through the real
+//! import, real keys, real Cedar policies and a real ledger. Each scenario
+//! runs on both backends.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{Duration, NaiveDate, Utc};
+use rempart_consult::Consultation;
+use rempart_crypto::KeyRing;
+use rempart_domain::{
+    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+};
+use rempart_guard::Guard;
+use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
+use rempart_ledger::store::sqlite::SqliteLedgerStore;
+use rempart_ledger::{
+    Action as LeafAction, AuditLeaf, Decision, Ledger, LedgerConfig, LedgerKey, LedgerStore,
+};
+use rempart_storage::{AccountRecord, NewMandate, Store};
+use rempart_vault::{KeySource, Read, Vault};
+use rempart_web::{AppState, Limits};
+use serde_json::{Value, json};
+
+const PERSONS: u64 = 3_000;
+
+fn pg_url() -> String {
+    std::env::var("REMPART_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// A running server and everything a test needs to check it from outside.
+struct TestApp {
+    base: String,
+    http: reqwest::Client,
+    store: Store,
+    vault: Vault,
+    ledger_store: Arc<dyn LedgerStore>,
+    /// Raw SQL on the backend holding the ledger, for fault injection.
+    ledger_sql: LedgerSql,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _ledger: Arc<Ledger>,
+    _dir: tempfile::TempDir,
+    pg_schemas: Vec<String>,
+    /// The test's own organisations and accounts.
+    orgs: HashMap<&'static str, i64>,
+    accounts: HashMap<&'static str, AccountRecord>,
+    tokens: HashMap<&'static str, String>,
+    /// Persons stored, by id.
+    person_ids: Vec<i64>,
+}
+
+enum LedgerSql {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default() % 1_000_000_000_000
+    )
+}
+
+async fn pg_exec(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e}", pg_url()));
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+fn r(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+/// The test's organisations: one of each kind, plus a second Cap emploi.
+const ORGS: &[(&str, OrganisationKind)] = &[
+    ("T-FT", OrganisationKind::FranceTravail),
+    ("T-CE1", OrganisationKind::CapEmploi),
+    ("T-CE2", OrganisationKind::CapEmploi),
+    ("T-ML", OrganisationKind::MissionLocale),
+    ("T-TP", OrganisationKind::TrainingProvider),
+    ("T-PR", OrganisationKind::Processor),
+];
+
+/// The test's accounts: (login, organisation, role).
+const ACCOUNTS: &[(&str, &str, Role)] = &[
+    ("t.officer", "T-FT", Role::Officer),
+    ("t.officer2", "T-FT", Role::Officer),
+    ("t.ft", "T-FT", Role::Agent),
+    ("t.ce1", "T-CE1", Role::Agent),
+    ("t.ce1b", "T-CE1", Role::Agent),
+    ("t.ce2", "T-CE2", Role::Agent),
+    ("t.ml", "T-ML", Role::Agent),
+    ("t.tp", "T-TP", Role::Agent),
+    ("t.pr", "T-PR", Role::Agent),
+];
+
+async fn spawn_app(backend: Backend) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let csv = dir.path().join("csv");
+    let today = Utc::now().date_naive();
+    rempart_synth::generate(
+        &rempart_synth::GenerateOptions {
+            persons: PERSONS,
+            seed: 7,
+            today,
+        },
+        &csv,
+        &|_| {},
+    )
+    .unwrap();
+    let keys = data.join("keys.json");
+    KeyRing::generate().unwrap().save_new(&keys).unwrap();
+
+    let mut pg_schemas = Vec::new();
+    let store: Store = match backend {
+        Backend::Sqlite => rempart_storage::open(data.to_str().unwrap()).await.unwrap(),
+        Backend::Postgres => {
+            let schema = unique("web_reg");
+            pg_schemas.push(schema.clone());
+            rempart_storage::postgres::PgStore::connect(&pg_url(), &schema)
+                .await
+                .unwrap()
+        }
+    };
+    let vault = Vault::new(KeySource::File(keys), store.clone()).unwrap();
+    let opts = rempart_import::ImportOptions::new(today);
+    let rejects = rempart_import::RejectSink::in_memory();
+    rempart_import::import(&vault, &[csv], &opts, &rejects, &rempart_import::Silent)
+        .await
+        .unwrap();
+    assert_eq!(rejects.count(), 0);
+
+    let (ledger_store, ledger_sql): (Arc<dyn LedgerStore>, LedgerSql) = match backend {
+        Backend::Sqlite => (
+            Arc::new(SqliteLedgerStore::open(&data).await.unwrap()),
+            LedgerSql::Sqlite(data.join("ledger.db")),
+        ),
+        Backend::Postgres => {
+            let schema = unique("web_led");
+            pg_schemas.push(schema.clone());
+            let config = PgLedgerConfig::new(&pg_url()).with_schema(&schema);
+            (
+                Arc::new(PgLedgerStore::connect(&config).await.unwrap()),
+                LedgerSql::Postgres(schema),
+            )
+        }
+    };
+    let ledger = Arc::new(
+        Ledger::open(
+            ledger_store.clone(),
+            LedgerKey::generate("rempart.test/ledger").unwrap(),
+            LedgerConfig::default(),
+        )
+        .await
+        .unwrap(),
+    );
+
+    // The test's own organisations and accounts, beside the generated ones.
+    store
+        .upsert_organisations(
+            ORGS.iter()
+                .map(|(code, kind)| Organisation {
+                    code: r(code),
+                    kind: *kind,
+                    name: format!("Test {code}"),
+                    departement: Some("38".into()),
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut officers = Vec::new();
+    let mut others = Vec::new();
+    for (login, org, role) in ACCOUNTS {
+        let a = Account {
+            login: r(login),
+            organisation: r(org),
+            role: *role,
+            state: AccountState::Active,
+            requested_by: None,
+            approved_by: None,
+        };
+        if *role == Role::Officer {
+            officers.push(a);
+        } else {
+            others.push(a);
+        }
+    }
+    let (_, refused) = store.upsert_accounts(officers).await.unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    for a in &mut others {
+        a.approved_by = Some(r(if a.organisation.as_str() == "T-FT" {
+            "t.officer2"
+        } else {
+            "t.officer"
+        }));
+    }
+    let (_, refused) = store.upsert_accounts(others).await.unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+
+    let mut orgs = HashMap::new();
+    for (id, o) in store.organisations().await.unwrap() {
+        if let Some((code, _)) = ORGS.iter().find(|(c, _)| *c == o.code.as_str()) {
+            orgs.insert(*code, id);
+        }
+    }
+    let mut accounts = HashMap::new();
+    let mut tokens = HashMap::new();
+    for (login, _, _) in ACCOUNTS {
+        let a = store.account_by_login(&r(login)).await.unwrap().unwrap();
+        let issued = rempart_consult::authenticate::issue(
+            &store,
+            a.account_id,
+            Duration::days(1),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        tokens.insert(*login, issued.token.as_str().to_string());
+        accounts.insert(*login, a);
+    }
+    let person_ids = store.person_ids(0, 1_000_000).await.unwrap();
+    assert_eq!(person_ids.len() as u64, PERSONS);
+
+    let consultation = Consultation::new(
+        vault.clone(),
+        Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
+        Guard::pass_through(),
+        ledger.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state = AppState {
+        consultation,
+        limits: Limits::default(),
+    };
+    let server = tokio::spawn(rempart_web::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        store,
+        vault,
+        ledger_store,
+        ledger_sql,
+        stop: Some(stop_tx),
+        server: Some(server),
+        _ledger: ledger,
+        _dir: dir,
+        pg_schemas,
+        orgs,
+        accounts,
+        tokens,
+        person_ids,
+    }
+}
+
+impl TestApp {
+    /// Stops the server (graceful) and drops the PostgreSQL schemas.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        for schema in &self.pg_schemas {
+            pg_exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+        }
+    }
+
+    fn token(&self, login: &str) -> &str {
+        &self.tokens[login]
+    }
+
+    fn org(&self, code: &str) -> i64 {
+        self.orgs[code]
+    }
+
+    fn account(&self, login: &str) -> &AccountRecord {
+        &self.accounts[login]
+    }
+
+    async fn get(&self, login: Option<&str>, path: &str) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(l) = login {
+            req = req.bearer_auth(self.token(l));
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    async fn post(&self, login: Option<&str>, path: &str, body: &Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(l) = login {
+            req = req.bearer_auth(self.token(l));
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    async fn delete(&self, login: &str, path: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(self.token(login));
+        answer(req.send().await.unwrap()).await
+    }
+
+    async fn read(&self, login: &str, person: i64, purpose: &str) -> (u16, Value) {
+        self.get(
+            Some(login),
+            &format!("/api/v1/persons/{person}?purpose={purpose}"),
+        )
+        .await
+    }
+
+    /// A mandate written straight into the store (as an import would).
+    async fn mandate(
+        &self,
+        org: &str,
+        account: Option<&str>,
+        person: i64,
+        purpose: Purpose,
+        from: NaiveDate,
+        to: Option<NaiveDate>,
+    ) -> i64 {
+        self.store
+            .grant_mandate(NewMandate {
+                reference: r(&unique("TM")),
+                organisation_id: self.org(org),
+                account_id: account.map(|a| self.account(a).account_id),
+                person_id: person,
+                purpose,
+                valid_from: from,
+                valid_to: to,
+                source: r("test"),
+            })
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn ledger_size(&self) -> u64 {
+        self.ledger_store.size().await.unwrap()
+    }
+
+    async fn leaves(&self, from: u64) -> Vec<AuditLeaf> {
+        let size = self.ledger_size().await;
+        let rows = self
+            .ledger_store
+            .leaves(from, (size - from) as usize)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| AuditLeaf::decode(&r.data).unwrap())
+            .collect()
+    }
+
+    /// Persons with no mandate at all from the test's organisations: the
+    /// generated population's mandates name generated organisations only.
+    fn fresh_person(&self, n: usize) -> i64 {
+        self.person_ids[n]
+    }
+}
+
+async fn answer(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, body)
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(keys(body), vec!["error"], "{body}");
+    assert_eq!(
+        keys(&body["error"]),
+        vec!["code", "field", "message"],
+        "{body}"
+    );
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_caseload_reads_return_exactly_the_purpose_groups() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let p = app.fresh_person(10);
+        let stored = match app.vault.read(p, FieldGroup::ALL).await.unwrap() {
+            Read::Found(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let nir = stored.nir.as_ref().unwrap().as_str().to_string();
+        let day = today();
+        for (org, _login, purpose) in [
+            ("T-FT", "t.ft", Purpose::FollowUp),
+            ("T-FT", "t.ft", Purpose::Compensation),
+            ("T-CE1", "t.ce1", Purpose::FollowUp),
+            ("T-ML", "t.ml", Purpose::FollowUp),
+            ("T-TP", "t.tp", Purpose::Training),
+            ("T-PR", "t.pr", Purpose::DocumentProcessing),
+        ] {
+            app.mandate(org, None, p, purpose, day, None).await;
+        }
+        // (login, purpose, expected groups, expected NIR view)
+        let cases: &[(&str, &str, &[&str], Option<&str>)] = &[
+            (
+                "t.ft",
+                "follow_up",
+                &["identity", "contact", "nir", "status"],
+                Some("clear"),
+            ),
+            (
+                "t.ft",
+                "compensation",
+                &["identity", "nir", "status"],
+                Some("clear"),
+            ),
+            (
+                "t.ce1",
+                "follow_up",
+                &["identity", "contact", "nir", "status"],
+                Some("masked"),
+            ),
+            (
+                "t.ml",
+                "follow_up",
+                &["identity", "contact", "nir", "status"],
+                Some("masked"),
+            ),
+            ("t.tp", "training", &["identity", "contact"], None),
+            ("t.pr", "document_processing", &["nir"], Some("token")),
+        ];
+        for (login, purpose, groups, nir_view) in cases {
+            let before = app.ledger_size().await;
+            let (status, body) = app.read(login, p, purpose).await;
+            assert_eq!(status, 200, "{backend:?} {login} {purpose}: {body}");
+            let expected: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            assert_eq!(body["field_groups"], json!(expected), "{login} {purpose}");
+            let mut want = vec!["field_groups", "id", "ledger_index", "purpose"];
+            want.extend(groups.iter().copied());
+            want.sort();
+            assert_eq!(keys(&body), want, "{login} {purpose}: exactly these keys");
+            match nir_view {
+                Some(view) => {
+                    assert_eq!(body["nir"]["view"], *view);
+                    let shown = body["nir"]["value"].as_str().unwrap();
+                    if *view == "clear" {
+                        assert_eq!(shown, nir);
+                    } else {
+                        // A partner never gets the NIR in clear.
+                        assert_ne!(shown, nir);
+                        assert!(!shown.replace(' ', "").contains(&nir[5..13]));
+                    }
+                }
+                None => assert!(body.get("nir").is_none()),
+            }
+            if groups.contains(&"identity") {
+                assert_eq!(
+                    body["identity"]["nom"],
+                    stored.identity.as_ref().unwrap().nom.as_str()
+                );
+            }
+            // Ledgered before the answer, with the groups shown.
+            let index = body["ledger_index"].as_u64().unwrap();
+            assert!(index >= before);
+            let leaf = app.leaves(index).await.remove(0);
+            assert_eq!(leaf.action, LeafAction::ReadPerson);
+            assert_eq!(leaf.decision, Decision::Allow);
+            assert_eq!(leaf.account.0, app.account(login).account_id);
+            assert_eq!(leaf.person.map(|p| p.0), Some(p));
+            let shown: Vec<&str> = leaf.field_groups.iter().map(|g| g.as_str()).collect();
+            assert_eq!(&shown, groups);
+        }
+        // Tokens are stable per processor and differ from the clear NIR.
+        let (_, a) = app.read("t.pr", p, "document_processing").await;
+        let (_, b) = app.read("t.pr", p, "document_processing").await;
+        assert_eq!(a["nir"]["value"], b["nir"]["value"]);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_caseload_expired_revoked_and_missing_look_the_same_and_are_ledgered() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let day = today();
+        let other_org = app.fresh_person(20);
+        let expired = app.fresh_person(21);
+        let future = app.fresh_person(22);
+        let revoked = app.fresh_person(23);
+        let other_account = app.fresh_person(24);
+        let wrong_purpose = app.fresh_person(25);
+        let mine = app.fresh_person(26);
+        app.mandate("T-CE2", None, other_org, Purpose::FollowUp, day, None)
+            .await;
+        app.mandate(
+            "T-CE1",
+            None,
+            expired,
+            Purpose::FollowUp,
+            day - Duration::days(30),
+            Some(day),
+        )
+        .await;
+        app.mandate(
+            "T-CE1",
+            None,
+            future,
+            Purpose::FollowUp,
+            day + Duration::days(1),
+            None,
+        )
+        .await;
+        let revoked_mandate = app
+            .mandate("T-CE1", None, revoked, Purpose::FollowUp, day, None)
+            .await;
+        app.mandate(
+            "T-CE1",
+            Some("t.ce1b"),
+            other_account,
+            Purpose::FollowUp,
+            day,
+            None,
+        )
+        .await;
+        app.mandate("T-CE1", None, wrong_purpose, Purpose::Training, day, None)
+            .await;
+        app.mandate("T-CE1", None, mine, Purpose::FollowUp, day, None)
+            .await;
+
+        assert_eq!(app.read("t.ce1", revoked, "follow_up").await.0, 200);
+        let (status, _) = app
+            .delete("t.officer", &format!("/api/v1/mandates/{revoked_mandate}"))
+            .await;
+        assert_eq!(status, 204);
+
+        let missing = i64::MAX - 1;
+        let before = app.ledger_size().await;
+        let mut answers = Vec::new();
+        for p in [
+            missing,
+            other_org,
+            expired,
+            future,
+            revoked,
+            other_account,
+            wrong_purpose,
+        ] {
+            answers.push((p, app.read("t.ce1", p, "follow_up").await));
+        }
+        let (_, first) = &answers[0];
+        assert_eq!(first.0, 404);
+        assert_error(&first.1, "not_found");
+        for (p, a) in &answers {
+            assert_eq!(
+                a, first,
+                "{backend:?}: person {p} must look exactly like a missing one"
+            );
+        }
+        // Every attempt is in the ledger, denied, with the person asked for.
+        let leaves = app.leaves(before).await;
+        assert_eq!(leaves.len(), answers.len());
+        for (leaf, (p, _)) in leaves.iter().zip(&answers) {
+            assert_eq!(leaf.person.map(|x| x.0), Some(*p));
+            assert!(matches!(leaf.decision, Decision::Deny(_)), "{leaf:?}");
+            assert!(leaf.field_groups.is_empty());
+        }
+        // The one in the caseload still reads.
+        assert_eq!(app.read("t.ce1", mine, "follow_up").await.0, 200);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_is_exact_scoped_and_refuses_wildcards() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let day = today();
+        let mine = app.fresh_person(30);
+        let theirs = app.fresh_person(31);
+        app.mandate("T-CE1", None, mine, Purpose::FollowUp, day, None)
+            .await;
+        app.mandate("T-CE2", None, theirs, Purpose::FollowUp, day, None)
+            .await;
+        let view = |id| {
+            let vault = app.vault.clone();
+            async move {
+                match vault.read(id, FieldGroup::ALL).await.unwrap() {
+                    Read::Found(v) => v,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let m = view(mine).await;
+        let t = view(theirs).await;
+        let by_nir = |nir: &str| json!({"purpose": "follow_up", "nir": nir});
+        let by_name = |v: &rempart_vault::PersonView| {
+            let i = v.identity.as_ref().unwrap();
+            json!({
+                "purpose": "follow_up",
+                "nom": i.nom.as_str().to_uppercase(),
+                "prenom": i.prenom.as_str(),
+                "date_naissance": i.date_naissance.format("%Y-%m-%d").to_string(),
+            })
+        };
+
+        let (s, body) = app
+            .post(
+                Some("t.ce1"),
+                "/api/v1/search",
+                &by_nir(m.nir.as_ref().unwrap().as_str()),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        let found: Vec<i64> = body["persons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(found, vec![mine]);
+        assert_eq!(body["persons"][0]["nir"]["view"], "masked");
+
+        let (s, body) = app
+            .post(Some("t.ce1"), "/api/v1/search", &by_name(&m))
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(body["persons"].as_array().unwrap().len(), 1, "{body}");
+
+        // Another organisation's person: exactly like nobody.
+        let before = app.ledger_size().await;
+        let (s1, theirs_nir) = app
+            .post(
+                Some("t.ce1"),
+                "/api/v1/search",
+                &by_nir(t.nir.as_ref().unwrap().as_str()),
+            )
+            .await;
+        let (s2, theirs_name) = app
+            .post(Some("t.ce1"), "/api/v1/search", &by_name(&t))
+            .await;
+        let (s3, nobody) = app
+            .post(Some("t.ce1"), "/api/v1/search", &by_nir("299122A12345688"))
+            .await;
+        assert_eq!((s1, s2, s3), (200, 200, 200));
+        assert_eq!(theirs_nir, json!({"persons": []}));
+        assert_eq!(theirs_name, nobody);
+        assert_eq!(theirs_nir, nobody);
+        // …but the ledger saw the look outside the scope.
+        let leaves = app.leaves(before).await;
+        assert!(
+            leaves
+                .iter()
+                .any(|l| l.person.map(|p| p.0) == Some(theirs) && !l.decision.is_allow()),
+            "{leaves:?}"
+        );
+
+        // Wildcards and partial values.
+        let i = m.identity.as_ref().unwrap();
+        for (field, nom, prenom) in [
+            ("nom", "*", i.prenom.as_str().to_string()),
+            ("nom", "DU%", i.prenom.as_str().to_string()),
+            ("prenom", i.nom.as_str(), "J?an".to_string()),
+            ("prenom", i.nom.as_str(), "_".to_string()),
+        ] {
+            let (s, body) = app
+                .post(
+                    Some("t.ce1"),
+                    "/api/v1/search",
+                    &json!({"purpose": "follow_up", "nom": nom, "prenom": prenom, "date_naissance": "1990-01-01"}),
+                )
+                .await;
+            assert_eq!(s, 400, "{body}");
+            assert_error(&body, "invalid_request");
+            assert_eq!(body["error"]["field"], field);
+        }
+        let partial = {
+            let nom = i.nom.as_str();
+            let cut: String = nom
+                .chars()
+                .take(nom.chars().count().saturating_sub(1).max(1))
+                .collect();
+            json!({
+                "purpose": "follow_up",
+                "nom": cut,
+                "prenom": i.prenom.as_str(),
+                "date_naissance": i.date_naissance.format("%Y-%m-%d").to_string(),
+            })
+        };
+        let (s, body) = app.post(Some("t.ce1"), "/api/v1/search", &partial).await;
+        assert_eq!((s, body), (200, json!({"persons": []})));
+        let (s, body) = app
+            .post(Some("t.ce1"), "/api/v1/search", &by_nir("1234"))
+            .await;
+        assert_eq!(s, 400);
+        assert_eq!(body["error"]["field"], "nir");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandates_granted_and_revoked_count_from_the_next_request() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let p = app.fresh_person(40);
+        assert_eq!(app.read("t.ce1", p, "follow_up").await.0, 404);
+        let grant = json!({
+            "person_id": p,
+            "organisation_id": app.org("T-CE1"),
+            "purpose": "follow_up",
+            "source": "orientation-2026-001",
+        });
+        // Only France Travail officers grant.
+        let (s, body) = app.post(Some("t.ce1"), "/api/v1/mandates", &grant).await;
+        assert_eq!(s, 403, "{body}");
+        assert_error(&body, "forbidden");
+        let (s, body) = app
+            .post(Some("t.officer"), "/api/v1/mandates", &grant)
+            .await;
+        assert_eq!(s, 201, "{body}");
+        let id = body["id"].as_i64().unwrap();
+        assert_eq!(app.read("t.ce1", p, "follow_up").await.0, 200);
+        // The caseload shows it.
+        let (s, page) = app
+            .get(
+                Some("t.ce1"),
+                "/api/v1/caseload?purpose=follow_up&limit=1000",
+            )
+            .await;
+        assert_eq!(s, 200, "{page}");
+        assert!(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["person_id"] == p)
+        );
+        let (s, _) = app
+            .delete("t.officer", &format!("/api/v1/mandates/{id}"))
+            .await;
+        assert_eq!(s, 204);
+        assert_eq!(app.read("t.ce1", p, "follow_up").await.0, 404);
+        let (_, page) = app
+            .get(
+                Some("t.ce1"),
+                "/api/v1/caseload?purpose=follow_up&limit=1000",
+            )
+            .await;
+        assert!(
+            !page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["person_id"] == p)
+        );
+        // Revoking twice: nothing left to revoke.
+        let (s, _) = app
+            .delete("t.officer", &format!("/api/v1/mandates/{id}"))
+            .await;
+        assert_eq!(s, 404);
+        // A grant naming an account of another organisation is refused.
+        let mut bad = grant.clone();
+        bad["account_id"] = json!(app.account("t.ce2").account_id);
+        let (s, body) = app.post(Some("t.officer"), "/api/v1/mandates", &bad).await;
+        assert_eq!(s, 400, "{body}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caseload_pages_cover_every_live_mandate_once() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let day = today();
+        let mut expected = HashSet::new();
+        for n in 100..350 {
+            let p = app.fresh_person(n);
+            app.mandate("T-CE1", None, p, Purpose::FollowUp, day, None)
+                .await;
+            expected.insert(p);
+        }
+        for n in 350..360 {
+            app.mandate(
+                "T-CE1",
+                None,
+                app.fresh_person(n),
+                Purpose::FollowUp,
+                day - Duration::days(10),
+                Some(day),
+            )
+            .await;
+        }
+        let mut seen = HashSet::new();
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let (s, page) = app
+                .get(
+                    Some("t.ce1"),
+                    &format!("/api/v1/caseload?purpose=follow_up&limit=64&after={after}"),
+                )
+                .await;
+            assert_eq!(s, 200, "{page}");
+            pages += 1;
+            for e in page["entries"].as_array().unwrap() {
+                assert!(seen.insert(e["person_id"].as_i64().unwrap()));
+            }
+            match page["next"].as_i64() {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected);
+        assert_eq!(pages, 4);
+        let (s, body) = app
+            .get(Some("t.ce1"), "/api/v1/caseload?purpose=follow_up&limit=0")
+            .await;
+        assert_eq!(s, 400);
+        assert_eq!(body["error"]["field"], "limit");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_needs_a_reason_and_is_marked_in_the_ledger() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let p = app.fresh_person(50);
+        let path = format!("/api/v1/persons/{p}/break-glass");
+        let (s, body) = app
+            .post(
+                Some("t.ft"),
+                &path,
+                &json!({"purpose": "follow_up", "reason": "urgent"}),
+            )
+            .await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(body["error"]["field"], "reason");
+        // Partners may not break the glass.
+        let reason = "Appel du conseiller référent absent, rendez-vous à 9 h";
+        let (s, _) = app
+            .post(
+                Some("t.ce1"),
+                &path,
+                &json!({"purpose": "follow_up", "reason": reason}),
+            )
+            .await;
+        assert_eq!(s, 403);
+        let before = app.ledger_size().await;
+        let (s, body) = app
+            .post(
+                Some("t.ft"),
+                &path,
+                &json!({"purpose": "follow_up", "reason": reason}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["id"], p);
+        let leaves = app.leaves(before).await;
+        let glass: Vec<&AuditLeaf> = leaves
+            .iter()
+            .filter(|l| l.action == LeafAction::BreakGlass)
+            .collect();
+        assert_eq!(glass.len(), 1);
+        assert_eq!(glass[0].note.as_deref(), Some(reason));
+        assert!(leaves.iter().any(|l| l.action == LeafAction::ReadPerson
+            && l.decision.is_allow()
+            && l.person.map(|x| x.0) == Some(p)));
+        // The mandate is short-lived and names the agent only.
+        let mandates = app.store.mandates_of_person(p).await.unwrap();
+        assert_eq!(mandates.len(), 1);
+        assert_eq!(mandates[0].account_id, Some(app.account("t.ft").account_id));
+        assert_eq!(mandates[0].valid_to, today().succ_opt());
+        // Missing persons look the same through the glass.
+        let (s, body) = app
+            .post(
+                Some("t.ft"),
+                &format!("/api/v1/persons/{}/break-glass", i64::MAX - 5),
+                &json!({"purpose": "follow_up", "reason": reason}),
+            )
+            .await;
+        assert_eq!(s, 404, "{body}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_account_states_are_checked_on_every_request() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let p = app.fresh_person(60);
+        app.mandate("T-CE1", None, p, Purpose::FollowUp, today(), None)
+            .await;
+        let url = format!("{}/api/v1/persons/{p}?purpose=follow_up", app.base);
+        let before = app.ledger_size().await;
+        let good = app.token("t.ce1").to_string();
+        // rmp_<id>_<secret>; the secret itself may hold '_'.
+        let id_part: String = good.splitn(3, '_').take(2).collect::<Vec<_>>().join("_");
+        let wrong_secret = format!("{id_part}_{}", "A".repeat(43));
+        for auth in [
+            None,
+            Some("Basic dXNlcjpwYXNz".to_string()),
+            Some("Bearer nonsense".to_string()),
+            Some("Bearer rmp_999999_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string()),
+            Some(format!("Bearer {wrong_secret}")),
+        ] {
+            let mut req = app.http.get(&url);
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let (s, body) = answer(req.send().await.unwrap()).await;
+            assert_eq!(s, 401, "{auth:?}: {body}");
+            assert_error(&body, "unauthenticated");
+        }
+        // Every failed attempt is ledgered; the wrong secret under its account.
+        let leaves = app.leaves(before).await;
+        assert_eq!(leaves.len(), 5);
+        assert!(leaves.iter().all(|l| !l.decision.is_allow()));
+        assert_eq!(leaves[4].account.0, app.account("t.ce1").account_id);
+
+        // Revoked credential.
+        let extra = rempart_consult::authenticate::issue(
+            &app.store,
+            app.account("t.ce1").account_id,
+            Duration::days(1),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        let with = |token: &str| app.http.get(&url).bearer_auth(token.to_string()).send();
+        assert_eq!(with(extra.token.as_str()).await.unwrap().status(), 200);
+        app.store
+            .revoke_credentials(app.account("t.ce1").account_id, Some(extra.id), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(with(extra.token.as_str()).await.unwrap().status(), 401);
+        assert_eq!(with(&good).await.unwrap().status(), 200);
+        // Expired credential.
+        let old = rempart_consult::authenticate::issue(
+            &app.store,
+            app.account("t.ce1").account_id,
+            Duration::seconds(1),
+            Utc::now() - Duration::seconds(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(with(old.token.as_str()).await.unwrap().status(), 401);
+
+        // Suspension by an officer takes effect at once; not on oneself.
+        let ce1 = app.account("t.ce1").account_id;
+        let (s, body) = app
+            .post(
+                Some("t.ce1"),
+                &format!("/api/v1/accounts/{ce1}/suspend"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 403, "{body}");
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/accounts/{ce1}/suspend"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["state"], "suspended");
+        let (s, body) = answer(with(&good).await.unwrap()).await;
+        assert_eq!(s, 403);
+        assert_error(&body, "account_inactive");
+        let officer = app.account("t.officer").account_id;
+        let (s, _) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/accounts/{officer}/suspend"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 400);
+        let (s, _) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/accounts/{ce1}/reactivate"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(with(&good).await.unwrap().status(), 200);
+        // Administration lists.
+        let (s, body) = app.get(Some("t.officer"), "/api/v1/organisations").await;
+        assert_eq!(s, 200);
+        assert!(body["organisations"].as_array().unwrap().len() >= ORGS.len());
+        let (s, body) = app
+            .get(
+                Some("t.officer"),
+                &format!("/api/v1/organisations/{}/accounts", app.org("T-CE1")),
+            )
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(body["accounts"].as_array().unwrap().len(), 2);
+        assert_eq!(app.get(Some("t.ce1"), "/api/v1/organisations").await.0, 403);
+        let (s, me) = app.get(Some("t.ce1"), "/api/v1/me").await;
+        assert_eq!(s, 200);
+        assert_eq!(me["login"], "t.ce1");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_one_shape_and_limits_hold() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let cases: Vec<(reqwest::RequestBuilder, u16, &str, Option<&str>)> = vec![
+            (
+                app.http.get(format!("{}/nowhere", app.base)),
+                404,
+                "no_route",
+                None,
+            ),
+            (
+                app.http.put(format!("{}/api/v1/search", app.base)),
+                405,
+                "method_not_allowed",
+                None,
+            ),
+            (
+                app.http
+                    .get(format!("{}/api/v1/persons/abc?purpose=follow_up", app.base)),
+                400,
+                "invalid_request",
+                Some("id"),
+            ),
+            (
+                app.http.get(format!("{}/api/v1/persons/1", app.base)),
+                400,
+                "invalid_request",
+                Some("purpose"),
+            ),
+            (
+                app.http
+                    .get(format!("{}/api/v1/persons/1?purpose=curiosity", app.base)),
+                400,
+                "invalid_request",
+                Some("purpose"),
+            ),
+            (
+                app.http.get(format!(
+                    "{}/api/v1/persons/1?purpose=follow_up&purpose=training",
+                    app.base
+                )),
+                400,
+                "invalid_request",
+                Some("purpose"),
+            ),
+            (
+                app.http
+                    .post(format!("{}/api/v1/search", app.base))
+                    .body("{not json"),
+                400,
+                "invalid_request",
+                Some("body"),
+            ),
+            (
+                app.http
+                    .post(format!("{}/api/v1/search", app.base))
+                    .body("{}"),
+                400,
+                "invalid_request",
+                Some("purpose"),
+            ),
+            (
+                app.http
+                    .post(format!("{}/api/v1/search", app.base))
+                    .body(r#"{"purpose":"follow_up","nir":1}"#),
+                400,
+                "invalid_request",
+                Some("nir"),
+            ),
+            (
+                app.http
+                    .post(format!("{}/api/v1/search", app.base))
+                    .body(r#"{"purpose":"follow_up","extra":1}"#),
+                400,
+                "invalid_request",
+                Some("extra"),
+            ),
+            (
+                app.http
+                    .post(format!("{}/api/v1/search", app.base))
+                    .body(vec![b' '; 70 * 1024]),
+                413,
+                "body_too_large",
+                None,
+            ),
+            (
+                app.http
+                    .get(format!("{}/api/v1/me", app.base))
+                    .header("x-big", "a".repeat(20 * 1024)),
+                431,
+                "headers_too_large",
+                None,
+            ),
+            (
+                app.http.get(format!("{}/api/v1/me", app.base)),
+                401,
+                "unauthenticated",
+                None,
+            ),
+        ];
+        for (req, status, code, field) in cases {
+            let (s, body) = answer(req.send().await.unwrap()).await;
+            assert_eq!(s, status, "{backend:?}: {body}");
+            assert_error(&body, code);
+            assert_eq!(body["error"]["field"].as_str(), field, "{body}");
+        }
+        // The NIR typed into a wrong place is not echoed back.
+        let (_, body) = app
+            .post(
+                None,
+                "/api/v1/search",
+                &json!({"purpose": "follow_up", "nir": ["299122A12345688"]}),
+            )
+            .await;
+        assert!(!body.to_string().contains("299122A12345688"), "{body}");
+        // Health and the document.
+        assert_eq!(app.get(None, "/api/v1/health/live").await.0, 200);
+        assert_eq!(app.get(None, "/api/v1/health/ready").await.0, 200);
+        let (s, doc) = app.get(None, "/api/v1/openapi.json").await;
+        assert_eq!(s, 200);
+        assert_eq!(doc["openapi"], "3.0.3");
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_ledger_means_503_and_no_data() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let p = app.fresh_person(70);
+        app.mandate("T-FT", None, p, Purpose::FollowUp, today(), None)
+            .await;
+        assert_eq!(app.read("t.ft", p, "follow_up").await.0, 200);
+        let size = app.ledger_size().await;
+        // Break the ledger from outside, as a full disk or a lost database would.
+        let (break_sql, mend_sql) = match &app.ledger_sql {
+            LedgerSql::Sqlite(_) => (
+                "CREATE TRIGGER test_fail BEFORE INSERT ON leaf BEGIN SELECT RAISE(ABORT, 'injected failure'); END;".to_string(),
+                "DROP TRIGGER test_fail;".to_string(),
+            ),
+            LedgerSql::Postgres(schema) => (
+                format!(
+                    "CREATE FUNCTION {schema}.test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+                     CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.leaf FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();"
+                ),
+                format!("DROP TRIGGER test_fail ON {schema}.leaf;"),
+            ),
+        };
+        let exec = |sql: String| {
+            let target = match &app.ledger_sql {
+                LedgerSql::Sqlite(path) => Some(path.clone()),
+                LedgerSql::Postgres(_) => None,
+            };
+            async move {
+                match target {
+                    Some(path) => {
+                        let c = rusqlite::Connection::open(path).unwrap();
+                        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                        c.execute_batch(&sql).unwrap();
+                    }
+                    None => pg_exec(&sql).await,
+                }
+            }
+        };
+        exec(break_sql).await;
+        let (s, body) = app.read("t.ft", p, "follow_up").await;
+        assert_eq!(s, 503, "{backend:?}: {body}");
+        assert_error(&body, "unavailable");
+        assert!(body.get("identity").is_none() && body.get("nir").is_none());
+        assert_eq!(app.ledger_size().await, size, "nothing was appended");
+        // Searches and denials fail closed too.
+        let (s, _) = app.read("t.ce1", p, "follow_up").await;
+        assert_eq!(s, 503);
+        exec(mend_sql).await;
+        let (s, body) = app.read("t.ft", p, "follow_up").await;
+        assert_eq!(s, 200, "the ledger recovers: {body}");
+        app.stop().await;
+    }
+}
+
+/// February 2024: one hijacked Cap emploi advisor account asks for 100,000
+/// random persons. It gets at most its own caseload, and every attempt is
+/// in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let day = today();
+        let mut caseload = HashSet::new();
+        for n in (0..PERSONS as usize).step_by(40) {
+            let p = app.fresh_person(n);
+            app.mandate("T-CE1", None, p, Purpose::FollowUp, day, None)
+                .await;
+            caseload.insert(p);
+        }
+        let max_id = *app.person_ids.last().unwrap();
+        let before = app.ledger_size().await;
+        let attempts: u64 = 100_000;
+        let token = Arc::new(app.token("t.ce1").to_string());
+        let base = Arc::new(app.base.clone());
+        let mut tasks = Vec::new();
+        let workers = 32u64;
+        for w in 0..workers {
+            let token = token.clone();
+            let base = base.clone();
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut denied = 0u64;
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
+                for _ in 0..attempts / workers {
+                    // xorshift: random ids over the id space and beyond it.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let id = 1 + (x % (max_id as u64 + 500)) as i64;
+                    let resp = client
+                        .get(format!("{base}/api/v1/persons/{id}?purpose=follow_up"))
+                        .bearer_auth(token.as_str())
+                        .send()
+                        .await
+                        .unwrap();
+                    match resp.status().as_u16() {
+                        200 => got.push(id),
+                        404 => denied += 1,
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+                (got, denied)
+            }));
+        }
+        let mut obtained = HashSet::new();
+        let mut served = 0u64;
+        let mut denied = 0u64;
+        for t in tasks {
+            let (got, d) = t.await.unwrap();
+            served += got.len() as u64;
+            obtained.extend(got);
+            denied += d;
+        }
+        assert_eq!(served + denied, attempts);
+        assert!(
+            obtained.is_subset(&caseload),
+            "{backend:?}: read outside the caseload"
+        );
+        assert!(obtained.len() <= caseload.len());
+        assert!(!obtained.is_empty());
+        // Every attempt is in the ledger, served or denied.
+        let leaves = app.leaves(before).await;
+        assert_eq!(leaves.len() as u64, attempts, "{backend:?}");
+        let ce1 = app.account("t.ce1").account_id;
+        assert!(leaves.iter().all(|l| l.account.0 == ce1));
+        assert_eq!(
+            leaves.iter().filter(|l| l.decision.is_allow()).count() as u64,
+            served
+        );
+        let revealed: HashSet<i64> = leaves
+            .iter()
+            .filter(|l| l.reveals_person_data())
+            .filter_map(|l| l.person.map(|p| p.0))
+            .collect();
+        assert_eq!(revealed, obtained);
+        println!(
+            "{backend:?}: {attempts} attempts, {served} served ({} distinct persons, caseload {}), {denied} denied, all ledgered",
+            obtained.len(),
+            caseload.len()
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_no_ledger_record() {
+    for backend in BACKENDS {
+        let mut app = spawn_app(backend).await;
+        let p = app.fresh_person(80);
+        app.mandate("T-FT", None, p, Purpose::FollowUp, today(), None)
+            .await;
+        let url = format!("{}/api/v1/persons/{p}?purpose=follow_up", app.base);
+        let token = app.token("t.ft").to_string();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let url = url.clone();
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut indexes = Vec::new();
+                for _ in 0..200 {
+                    match client.get(&url).bearer_auth(&token).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let v: Value = r.json().await.unwrap();
+                            indexes.push(v["ledger_index"].as_u64().unwrap());
+                        }
+                        // Refused connections once the server stops accepting.
+                        _ => break,
+                    }
+                }
+                indexes
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let _ = app.stop.take().unwrap().send(());
+        app.server.take().unwrap().await.unwrap().unwrap();
+        let mut answered = Vec::new();
+        for t in tasks {
+            answered.extend(t.await.unwrap());
+        }
+        assert!(!answered.is_empty());
+        // Appends were durable before each answer: every answered read is there.
+        let leaves = app.leaves(0).await;
+        for index in &answered {
+            let leaf = &leaves[*index as usize];
+            assert_eq!(leaf.person.map(|x| x.0), Some(p), "{backend:?}");
+            assert!(leaf.reveals_person_data());
+        }
+        println!(
+            "{backend:?}: {} answers before shutdown, all in the ledger",
+            answered.len()
+        );
+        app.stop().await;
+    }
+}
