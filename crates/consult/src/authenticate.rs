@@ -85,7 +85,7 @@ pub fn parse(token: &str) -> Result<(i64, [u8; 32]), Rejected> {
     }
     let rest = token.strip_prefix(PREFIX).ok_or(Rejected::Malformed)?;
     let (id, secret) = rest.split_once('_').ok_or(Rejected::Malformed)?;
-    if id.is_empty() || id.len() > 18 || !id.bytes().all(|b| b.is_ascii_digit()) {
+    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Rejected::Malformed);
     }
     let id: i64 = id.parse().map_err(|_| Rejected::Malformed)?;

@@ -698,7 +698,8 @@ impl Consultation {
     }
 
     /// Suspends or reactivates an account (account administration). An
-    /// account cannot change its own state.
+    /// account cannot change its own state, and a requested account is not
+    /// activated here (that is an approval, with four eyes).
     pub async fn set_account_state(
         &self,
         credential: Option<&str>,
@@ -728,12 +729,7 @@ impl Consultation {
         }
         if account_id == caller.account.account_id {
             return Err(self
-                .deny(
-                    &ctx,
-                    None,
-                    DenyReason::FourEyes,
-                    Refusal::invalid("account", "an account cannot change its own state"),
-                )
+                .deny(&ctx, None, DenyReason::FourEyes, Refusal::Forbidden)
                 .await);
         }
         let target = match self.store.account_by_id(account_id).await {
@@ -752,8 +748,9 @@ impl Consultation {
                 .deny(
                     &ctx,
                     None,
+                    // Activation of a requested account is an approval.
                     DenyReason::FourEyes,
-                    Refusal::invalid("state", "a requested account is activated by approval"),
+                    Refusal::Forbidden,
                 )
                 .await);
         }

@@ -181,6 +181,23 @@ fn path_id(
     }
 }
 
+/// A request that does not parse is answered 400 only once its credential
+/// is known good: an unauthenticated caller learns nothing about the API's
+/// validation, and gets the same 401 (ledgered) as any other.
+async fn parsed<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    input: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match input {
+        Ok(v) => Ok(v),
+        Err(invalid) => {
+            state.consultation.whoami(credential(headers)).await?;
+            Err(invalid)
+        }
+    }
+}
+
 // -------------------------------------------------------------------------
 // Response bodies
 // -------------------------------------------------------------------------
@@ -386,8 +403,8 @@ async fn read_person(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Answer {
-    let id = path_id(path)?;
-    let purpose = Query::parse(raw)?.purpose()?;
+    let input = path_id(path).and_then(|id| Ok((id, Query::parse(raw)?.purpose()?)));
+    let (id, purpose) = parsed(&state, &headers, input).await?;
     let shown = state
         .consultation
         .read_person(credential(&headers), id, purpose)
@@ -408,9 +425,12 @@ async fn break_glass(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let person_id = path_id(path)?;
-    let body: BreakGlassBody = json_body(body)?;
-    let purpose = parse_purpose("purpose", &body.purpose)?;
+    let input = path_id(path).and_then(|id| {
+        let body: BreakGlassBody = json_body(body)?;
+        let purpose = parse_purpose("purpose", &body.purpose)?;
+        Ok((id, body, purpose))
+    });
+    let (person_id, body, purpose) = parsed(&state, &headers, input).await?;
     let shown = state
         .consultation
         .break_glass(
@@ -440,12 +460,7 @@ struct SearchAnswer {
     persons: Vec<PersonBody>,
 }
 
-async fn search(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    let body: SearchBody = json_body(body)?;
+fn search_request(body: SearchBody) -> Result<(SearchBy, Purpose), ApiError> {
     let purpose = parse_purpose("purpose", &body.purpose)?;
     let by = match (body.nir, body.nom, body.prenom, body.date_naissance) {
         (Some(nir), None, None, None) => {
@@ -468,6 +483,16 @@ async fn search(
             ));
         }
     };
+    Ok((by, purpose))
+}
+
+async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let input = json_body::<SearchBody>(body).and_then(search_request);
+    let (by, purpose) = parsed(&state, &headers, input).await?;
     let results = state
         .consultation
         .search(credential(&headers), by, purpose)
@@ -496,10 +521,14 @@ async fn caseload(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Answer {
-    let query = Query::parse(raw)?;
-    let purpose = query.purpose()?;
-    let after = query.number("after", 0, 0, i64::MAX)?;
-    let limit = query.number("limit", 100, 1, i64::from(rempart_consult::MAX_PAGE))?;
+    let input = Query::parse(raw).and_then(|query| {
+        Ok((
+            query.purpose()?,
+            query.number("after", 0, 0, i64::MAX)?,
+            query.number("limit", 100, 1, i64::from(rempart_consult::MAX_PAGE))?,
+        ))
+    });
+    let (purpose, after, limit) = parsed(&state, &headers, input).await?;
     let CaseloadPage { entries, next } = state
         .consultation
         .caseload(
@@ -535,13 +564,8 @@ struct GrantBody {
     source: String,
 }
 
-async fn grant_mandate(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
-    let body: GrantBody = json_body(body)?;
-    let grant = Grant {
+fn grant_request(body: GrantBody) -> Result<Grant, ApiError> {
+    Ok(Grant {
         person_id: body.person_id,
         organisation_id: body.organisation_id,
         account_id: body.account_id,
@@ -558,7 +582,16 @@ async fn grant_mandate(
             .transpose()?,
         source: Reference::parse(&body.source)
             .map_err(|e| ApiError::invalid("source", e.to_string()))?,
-    };
+    })
+}
+
+async fn grant_mandate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let input = json_body::<GrantBody>(body).and_then(grant_request);
+    let grant = parsed(&state, &headers, input).await?;
     let stored = state
         .consultation
         .grant_mandate(credential(&headers), grant)
@@ -571,7 +604,7 @@ async fn revoke_mandate(
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
-    let id = path_id(path)?;
+    let id = parsed(&state, &headers, path_id(path)).await?;
     state
         .consultation
         .revoke_mandate(credential(&headers), id)
@@ -612,7 +645,7 @@ async fn accounts(
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
-    let id = path_id(path)?;
+    let id = parsed(&state, &headers, path_id(path)).await?;
     let list = state
         .consultation
         .accounts(credential(&headers), id)
@@ -644,7 +677,7 @@ async fn set_state(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     to: AccountState,
 ) -> Answer {
-    let id = path_id(path)?;
+    let id = parsed(&state, &headers, path_id(path)).await?;
     let account = state
         .consultation
         .set_account_state(credential(&headers), id, to)

@@ -1010,7 +1010,7 @@ async fn credentials_and_account_states_are_checked_on_every_request() {
                 &json!({}),
             )
             .await;
-        assert_eq!(s, 400);
+        assert_eq!(s, 403);
         let (s, _) = app
             .post(
                 Some("t.officer"),
@@ -1142,11 +1142,31 @@ async fn every_error_has_one_shape_and_limits_hold() {
             ),
         ];
         for (req, status, code, field) in cases {
+            // Validation answers only authenticated callers.
+            let req = if code == "unauthenticated" {
+                req
+            } else {
+                req.bearer_auth(app.token("t.ce1"))
+            };
             let (s, body) = answer(req.send().await.unwrap()).await;
             assert_eq!(s, status, "{backend:?}: {body}");
             assert_error(&body, code);
             assert_eq!(body["error"]["field"].as_str(), field, "{body}");
         }
+        // Without a valid credential, bad input is a 401 like any other:
+        // validation says nothing to strangers.
+        let (s, body) = app
+            .post(
+                Some("t.ce1"),
+                "/api/v1/search",
+                &json!({"purpose": "follow_up"}),
+            )
+            .await;
+        assert_eq!(s, 400, "{body}");
+        let (s, body) = app
+            .post(None, "/api/v1/search", &json!({"purpose": "follow_up"}))
+            .await;
+        assert_eq!(s, 401, "{body}");
         // The NIR typed into a wrong place is not echoed back.
         let (_, body) = app
             .post(
