@@ -100,6 +100,76 @@ if [ "$HAVE_CONSULT" = 1 ]; then
   ACCOUNT=$(field account | head -n 1)
 fi
 
+# --- Rempart measured by wrk: a C load generator, like pgbench ------------
+# `rempart bench consult` drives the server from a Rust client in the same
+# process; wrk is lighter and runs as its own process, as pgbench does.
+HAVE_WRK=0
+command -v wrk > /dev/null 2>&1 && HAVE_WRK=1
+if [ "$HAVE_WRK" = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+  apt-get install -y -qq wrk > /dev/null 2>&1 && HAVE_WRK=1
+fi
+[ "$HAVE_WRK" = 1 ] || echo "wrk not installed (apt-get install wrk): no wrk figures"
+: > "$WORK/wrk-results"
+SERVER_PID=""
+stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2> /dev/null || true; wait "$SERVER_PID" 2> /dev/null || true; SERVER_PID=""; fi; }
+trap stop_server EXIT
+start_server() { # `rempart serve` on $PORT (one server owns the ledger at a time)
+  "$BIN" serve --data "$DATA" --listen "127.0.0.1:$PORT" >> "$WORK/serve.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/api/v1/health/ready" > /dev/null 2>&1 && return; sleep 0.2; done
+  die "rempart serve did not become ready (see $WORK/serve.log)"
+}
+wrk_ms() { # a wrk latency (850.00us, 1.20ms, 2.00s) in ms
+  awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f\n", v }'
+}
+wrk_measure() { # wrk_measure URL [SCRIPT]: prints "rps p50_ms p99_ms"
+  local out
+  if [ -n "${2:-}" ]; then
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$2" "$1")
+  else
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1")
+  fi
+  echo "$out" | grep -q "Non-2xx" && { echo "$out" >&2; die "wrk got non-2xx answers"; }
+  printf '%s %s %s\n' "$(echo "$out" | sed -nE 's/^Requests\/sec: *([0-9.]+)/\1/p')" \
+    "$(echo "$out" | awk '$1 == "50%" { print $2 }' | wrk_ms)" \
+    "$(echo "$out" | awk '$1 == "99%" { print $2 }' | wrk_ms)"
+}
+wrk_run() { # one run: the no-op endpoint, then consultations; appends to wrk-results
+  echo "== Rempart under wrk, run $1/$RUNS: $CONNS connections, ${DURATION}s each"
+  local noop consult
+  noop=$(wrk_measure "http://127.0.0.1:$PORT/api/v1/health/live")
+  consult=$(wrk_measure "http://127.0.0.1:$PORT" "$WORK/consult.lua")
+  echo "$consult $noop" | tee -a "$WORK/wrk-results" |
+    awk '{ printf "consult %s/s (p50 %s ms, p99 %s ms), no-op %s/s (p50 %s ms, p99 %s ms)\n", $1, $2, $3, $4, $5, $6 }'
+}
+if [ "$HAVE_WRK" = 1 ] && [ -n "$ACCOUNT" ]; then
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  TOKEN=$("$BIN" account credential issue --data "$DATA" --login "$ACCOUNT" --days 1 | grep '^rmp_')
+  start_server
+  : > "$WORK/ids.txt"
+  AFTER=0
+  while :; do
+    PAGE=$(curl -fsS -H "Authorization: Bearer $TOKEN" \
+      "http://127.0.0.1:$PORT/api/v1/caseload?purpose=follow_up&limit=1000&after=$AFTER")
+    echo "$PAGE" | python3 -c 'import json,sys; print("\n".join(str(e["person_id"]) for e in json.load(sys.stdin)["entries"]))' >> "$WORK/ids.txt"
+    AFTER=$(echo "$PAGE" | python3 -c 'import json,sys; n=json.load(sys.stdin)["next"]; print(n if n is not None else "")')
+    [ -n "$AFTER" ] || break
+  done
+  sort -un "$WORK/ids.txt" -o "$WORK/ids.txt"
+  echo "caseload through the API: $(grep -c . "$WORK/ids.txt") persons"
+  cat > "$WORK/consult.lua" << LUA
+local ids = {}
+for id in io.open("$WORK/ids.txt"):read("*a"):gmatch("%d+") do ids[#ids + 1] = id end
+wrk.headers["Authorization"] = "Bearer $TOKEN"
+request = function()
+  return wrk.format("GET", "/api/v1/persons/" .. ids[math.random(#ids)] .. "?purpose=follow_up")
+end
+LUA
+  stop_server
+else
+  HAVE_WRK=0
+fi
+
 # --- Baseline: plaintext registry in PostgreSQL with row-level security ----
 echo "== Baseline: loading the same CSVs in plaintext into schema bench_rls"
 psql "$PG" -q -f "$HERE/schema.sql"
@@ -185,8 +255,10 @@ pgbench_run() { # one run; appends "tps p50_ms p99_ms" to pgbench-results
 # Runs alternate, so that the machine's noise falls on both sides alike.
 for i in $(seq 1 "$RUNS"); do
   if [ "$HAVE_CONSULT" = 1 ] && [ "$i" -gt 1 ]; then rempart_run "$i"; fi
+  if [ "$HAVE_WRK" = 1 ]; then start_server; wrk_run "$i"; stop_server; fi
   pgbench_run "$i"
 done
+stop_server
 
 PG_TPS=$(awk '{ print $1 }' "$WORK/pgbench-results" | median)
 PG_P50=$(awk '{ print $2 }' "$WORK/pgbench-results" | median)
@@ -206,10 +278,21 @@ if [ "$HAVE_CONSULT" = 1 ]; then
   printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart consult (HTTP, policy, decrypt, audit)" "$C_RPS" "$C_P50" "$C_P99"
   printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart no-op (HTTP only)" "$N_RPS" "$N_P50" "$N_P99"
 fi
+if [ "$HAVE_WRK" = 1 ]; then
+  col() { awk -v c="$1" '{ print $c }' "$WORK/wrk-results" | median; }
+  W_RPS=$(col 1); W_P50=$(col 2); W_P99=$(col 3); WN_RPS=$(col 4); WN_P50=$(col 5); WN_P99=$(col 6)
+  printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart consult, wrk" "$W_RPS" "$W_P50" "$W_P99"
+  printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart no-op, wrk" "$WN_RPS" "$WN_P50" "$WN_P99"
+fi
 printf '%-46s %12.0f %10.3f %10.3f\n' "baseline: pgbench, PostgreSQL RLS, plaintext" "$PG_TPS" "$PG_P50" "$PG_P99"
 if [ "$HAVE_CONSULT" = 1 ]; then
   printf '\nratio rempart/noop:        %s\n' "$(ratio "$C_RPS" "$N_RPS")"
   printf 'ratio rempart/pgbench-rls: %s   (target >= 1.0)\n' "$(ratio "$C_RPS" "$PG_TPS")"
+fi
+if [ "$HAVE_WRK" = 1 ]; then
+  printf 'wrk: ratio rempart/noop %s, rempart/pgbench-rls %s\n' "$(ratio "$W_RPS" "$WN_RPS")" "$(ratio "$W_RPS" "$PG_TPS")"
+fi
+if [ "$HAVE_CONSULT" = 1 ]; then :
 else
   echo
   echo "rempart bench consult not available: no Rempart figures, no ratios"

@@ -259,7 +259,7 @@ pub struct BenchConsultArgs {
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
     /// Rounds; medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 32)]
@@ -324,7 +324,19 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
             }
         }
     });
-    let (agent, caseload, credential, addr) = ready_rx.await.context("server start-up")??;
+    let ready = match ready_rx.await {
+        Ok(Ok(ready)) => ready,
+        // The server's runtime must not be dropped inside this async context.
+        Ok(Err(e)) => {
+            server_rt.shutdown_background();
+            return Err(e.context("server start-up"));
+        }
+        Err(_) => {
+            server_rt.shutdown_background();
+            bail!("the server stopped during start-up");
+        }
+    };
+    let (agent, caseload, credential, addr) = ready;
     println!(
         "account {} ({} agent of {}), caseload {} persons, purpose {}, {} connections, {} round(s) of {} s",
         agent.login,
@@ -344,37 +356,12 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
 
     let mut noop = Vec::new();
     let mut consult = Vec::new();
-    // Warm-up: connections, caches, the ledger's first batches.
-    load(
-        &base,
-        &token,
-        &caseload,
-        args.connections,
-        Duration::from_secs(2),
-        false,
-    )
-    .await?;
-    for round in 1..=args.rounds {
-        let d = Duration::from_secs(args.duration);
-        let n = load(&base, &token, &caseload, args.connections, d, false).await?;
-        let c = load(&base, &token, &caseload, args.connections, d, true).await?;
-        println!(
-            "round {round}: no-op {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | consult {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} failed) | ratio {:.2}",
-            n.rps,
-            n.p50_ms,
-            n.p99_ms,
-            c.rps,
-            c.p50_ms,
-            c.p99_ms,
-            c.failures,
-            c.rps / n.rps
-        );
-        noop.push(n);
-        consult.push(c);
-    }
+    let measured = measure(args, &base, &token, &caseload, &mut noop, &mut consult).await;
     let _ = stop_tx.send(());
-    server.await.context("server task")??;
+    let served = server.await;
     server_rt.shutdown_background();
+    measured?;
+    served.context("server task")??;
 
     let failures: u64 = consult.iter().map(|r| r.failures).sum();
     let med = |runs: &[Run], f: fn(&Run) -> f64| {
@@ -400,6 +387,46 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
     );
     if failures > 0 {
         bail!("{failures} consultation(s) did not answer 200");
+    }
+    Ok(())
+}
+
+/// The warm-up and the measured rounds, alternating no-op and consultations.
+async fn measure(
+    args: &BenchConsultArgs,
+    base: &str,
+    token: &Arc<String>,
+    caseload: &Arc<Vec<i64>>,
+    noop: &mut Vec<Run>,
+    consult: &mut Vec<Run>,
+) -> Result<()> {
+    // Warm-up: connections, caches, the ledger's first batches.
+    load(
+        base,
+        token,
+        caseload,
+        args.connections,
+        Duration::from_secs(2),
+        false,
+    )
+    .await?;
+    for round in 1..=args.rounds {
+        let d = Duration::from_secs(args.duration);
+        let n = load(base, token, caseload, args.connections, d, false).await?;
+        let c = load(base, token, caseload, args.connections, d, true).await?;
+        println!(
+            "round {round}: no-op {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | consult {:>8.0} req/s (p50 {:.2} ms, p99 {:.2} ms, {} failed) | ratio {:.2}",
+            n.rps,
+            n.p50_ms,
+            n.p99_ms,
+            c.rps,
+            c.p50_ms,
+            c.p99_ms,
+            c.failures,
+            c.rps / n.rps
+        );
+        noop.push(n);
+        consult.push(c);
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
-use rempart_storage::{AccountRecord, StorageError, Store};
+use rempart_storage::{AccountRecord, StorageError, Store, StoredCredential};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -147,11 +147,23 @@ pub async fn authenticate(
         Ok(p) => p,
         Err(r) => return Ok(Err(r)),
     };
-    let Some((stored, account)) = store.credential(id).await? else {
-        return Ok(Err(Rejected::Unknown));
+    let stored = store.credential(id).await?;
+    Ok(check(stored, id, &presented, now))
+}
+
+/// Decides on a presented credential (its id and the digest of its secret)
+/// given what the store holds under that id.
+pub fn check(
+    stored: Option<(StoredCredential, AccountRecord)>,
+    id: i64,
+    presented: &[u8; 32],
+    now: DateTime<Utc>,
+) -> Result<Caller, Rejected> {
+    let Some((stored, account)) = stored else {
+        return Err(Rejected::Unknown);
     };
     let account_id = account.account_id;
-    Ok(if !same(&stored.secret_digest, &presented) {
+    if stored.id != id || !same(&stored.secret_digest, presented) {
         Err(Rejected::WrongSecret { account_id })
     } else if stored.revoked_at.is_some_and(|t| t <= now) {
         Err(Rejected::Revoked { account_id })
@@ -162,7 +174,7 @@ pub async fn authenticate(
             account,
             credential_id: id,
         })
-    })
+    }
 }
 
 #[cfg(test)]

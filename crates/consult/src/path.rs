@@ -215,8 +215,37 @@ impl Consultation {
         let now = Utc::now();
         let action = LeafAction::ReadPerson;
 
+        // 0. One round trip for the rows every later stage needs: the
+        //    credential, the person's mandates as stored right now, and the
+        //    person's sealed groups. Nothing is decrypted before stage 4.
+        let presented = credential.map(authenticate::parse);
+        let rows = match presented {
+            Some(Ok((credential_id, _))) => {
+                match self.store.consultation_rows(credential_id, person_id).await {
+                    Ok(rows) => Some(rows),
+                    Err(e) => {
+                        return Err(Refusal::Unavailable(format!("registry: {e}")));
+                    }
+                }
+            }
+            _ => None,
+        };
+
         // 1. Authenticate.
-        let caller = self.authenticate(credential, action, now).await?;
+        let outcome = match (presented, &rows) {
+            (Some(Ok((id, digest))), Some(rows)) => Ok(authenticate::check(
+                rows.credential.clone(),
+                id,
+                &digest,
+                now,
+            )),
+            (Some(Err(rejected)), _) => Ok(Err(rejected)),
+            _ => Ok(Err(Rejected::Malformed)),
+        };
+        let caller = self.admit(outcome, action, now).await?;
+        let Some(rows) = rows else {
+            return Err(Refusal::Unavailable("registry: no rows".into()));
+        };
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
             caller: &caller,
@@ -225,17 +254,16 @@ impl Consultation {
             now,
         };
 
-        // 2. Authorize: the mandates as stored right now, and the policy.
-        let mandates = self.mandates_of(&ctx, person_id).await?;
+        // 2. Authorize: the mandates and the policy.
         let decision = self
-            .decide(&ctx, &who, person_id, purpose, &mandates, now)
+            .decide(&ctx, &who, person_id, purpose, &rows.mandates, now)
             .await?;
         if decision.is_denied() {
             return Err(self
                 .deny(
                     &ctx,
                     Some(person_id),
-                    denial(&who, &mandates, purpose, now.date_naive()),
+                    denial(&who, &rows.mandates, purpose, now.date_naive()),
                     Refusal::NotFound,
                 )
                 .await);
@@ -247,9 +275,10 @@ impl Consultation {
             .await?;
 
         // 4. Vault: open only the allowed groups.
-        let shown = self
-            .open(&ctx, &caller, person_id, purpose, &decision)
-            .await?;
+        let shown = match &rows.person {
+            Some(stored) => self.show(&ctx, &caller, stored, purpose, &decision).await?,
+            None => None,
+        };
         let Some(mut shown) = shown else {
             return Err(self
                 .deny(
@@ -788,6 +817,17 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Result<Caller, Refusal> {
         let outcome = authenticate::authenticate(&self.store, credential, now).await;
+        self.admit(outcome, action, now).await
+    }
+
+    /// The end of stage 1, once the credential is checked: let an active
+    /// account in, ledger anything else.
+    async fn admit(
+        &self,
+        outcome: Result<Result<Caller, Rejected>, rempart_storage::StorageError>,
+        action: LeafAction,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, Refusal> {
         let anonymous = |account: i64, organisation: i64, reason: DenyReason| AuditLeaf {
             time: Timestamp::from_datetime(now),
             account: AccountId(account),
@@ -983,7 +1023,25 @@ impl Consultation {
         purpose: Purpose,
         decision: &Decision,
     ) -> Result<Option<Shown>, Refusal> {
-        let read = match self.vault.read(person_id, &decision.groups).await {
+        match self.store.read_person(person_id, &decision.groups).await {
+            Ok(Some(stored)) => self.show(ctx, caller, &stored, purpose, decision).await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.fail(ctx, Some(person_id), "vault", &e).await),
+        }
+    }
+
+    /// Stage 4 on sealed rows already fetched: decrypts the allowed groups
+    /// only, and shows the NIR as the decision says.
+    async fn show(
+        &self,
+        ctx: &Ctx<'_>,
+        caller: &Caller,
+        stored: &rempart_storage::StoredPerson,
+        purpose: Purpose,
+        decision: &Decision,
+    ) -> Result<Option<Shown>, Refusal> {
+        let person_id = stored.id;
+        let read = match self.vault.open(stored, &decision.groups) {
             Ok(r) => r,
             Err(e) => return Err(self.fail(ctx, Some(person_id), "vault", &e).await),
         };

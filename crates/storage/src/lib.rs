@@ -142,6 +142,15 @@ pub struct AccountRecord {
     pub kind: OrganisationKind,
 }
 
+/// See [`RegistryStore::consultation_rows`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsultationRows {
+    pub credential: Option<(StoredCredential, AccountRecord)>,
+    pub mandates: Vec<StoredMandate>,
+    /// All four sealed groups, in [`FieldGroup::ALL`] order.
+    pub person: Option<StoredPerson>,
+}
+
 /// An API credential as stored: a digest of the secret, never the secret.
 ///
 /// Instants are kept to the microsecond on both backends.
@@ -407,6 +416,24 @@ pub trait RegistryStore: Send + Sync {
         &self,
         id: i64,
     ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError>;
+
+    /// What one read of one person needs, in one round trip: the credential
+    /// with its account, every mandate on the person, and the person's key
+    /// material with all four sealed groups. Nothing in it can be read
+    /// without the keys; the caller decides on the credential and the
+    /// mandates before it opens anything. Backends that can should answer
+    /// in one transaction; the default asks the three questions in turn.
+    async fn consultation_rows(
+        &self,
+        credential_id: i64,
+        person_id: i64,
+    ) -> Result<ConsultationRows, StorageError> {
+        Ok(ConsultationRows {
+            credential: self.credential(credential_id).await?,
+            mandates: self.mandates_of_person(person_id).await?,
+            person: self.read_person(person_id, FieldGroup::ALL).await?,
+        })
+    }
 
     /// Revokes one credential of the account (if `id` is Some; a credential
     /// of another account is left alone) or every credential of the

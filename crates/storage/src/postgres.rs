@@ -30,11 +30,11 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 
 use crate::{
-    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ExistingPerson, Inventory, MANDATE_SELECT,
-    MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError,
-    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
-    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
-    index_column, migrate, parse_code,
+    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson,
+    Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal,
+    SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson, UpsertCount,
+    WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period, digest,
+    grant_refusal, group_column, index_column, migrate, parse_code,
 };
 
 /// Schema the registry lives in unless told otherwise.
@@ -652,28 +652,8 @@ impl RegistryStore for PgStore {
         id: i64,
         groups: &[FieldGroup],
     ) -> Result<Option<StoredPerson>, StorageError> {
-        let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
-        for g in groups {
-            sql.push_str(", ");
-            sql.push_str(group_column(*g));
-        }
-        sql.push_str(" FROM person WHERE id = $1");
         let client = self.client().await?;
-        let stmt = client.prepare_cached(&sql).await?;
-        let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
-            return Ok(None);
-        };
-        let mut sealed = Vec::with_capacity(groups.len());
-        for (i, g) in groups.iter().enumerate() {
-            sealed.push((*g, r.try_get::<_, Vec<u8>>(3 + i)?));
-        }
-        Ok(Some(StoredPerson {
-            id,
-            kek_version: to_u32(r.try_get(0)?, "kek_version")?,
-            dek_version: to_u32(r.try_get(1)?, "dek_version")?,
-            wrapped_dek: r.try_get(2)?,
-            groups: sealed,
-        }))
+        person_row(&client, id, groups).await
     }
 
     async fn find_persons(
@@ -1126,17 +1106,7 @@ impl RegistryStore for PgStore {
 
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "{MANDATE_SELECT} WHERE m.person_id = $1 ORDER BY m.id"
-            ))
-            .await?;
-        client
-            .query(&stmt, &[&person_id])
-            .await?
-            .iter()
-            .map(stored_mandate)
-            .collect()
+        mandates_rows(&client, person_id).await
     }
 
     async fn inventory(&self) -> Result<Inventory, StorageError> {
@@ -1390,27 +1360,27 @@ impl RegistryStore for PgStore {
         id: i64,
     ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
-                        c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
-                 FROM api_credential c JOIN account a ON a.id = c.account_id
-                 JOIN organisation o ON o.id = a.organisation_id
-                 WHERE c.id = $1",
-            )
-            .await?;
-        let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
-            return Ok(None);
-        };
-        let credential = StoredCredential {
-            id: r.try_get(0)?,
-            account_id: r.try_get(1)?,
-            secret_digest: digest(r.try_get(2)?)?,
-            created_at: r.try_get(3)?,
-            expires_at: r.try_get(4)?,
-            revoked_at: r.try_get(5)?,
-        };
-        Ok(Some((credential, account_record(&r, 6)?)))
+        credential_row(&client, id).await
+    }
+
+    async fn consultation_rows(
+        &self,
+        credential_id: i64,
+        person_id: i64,
+    ) -> Result<ConsultationRows, StorageError> {
+        // One connection, the three queries pipelined: one round trip's
+        // wait instead of three.
+        let client = self.client().await?;
+        let (credential, mandates, person) = tokio::try_join!(
+            credential_row(&client, credential_id),
+            mandates_rows(&client, person_id),
+            person_row(&client, person_id, FieldGroup::ALL),
+        )?;
+        Ok(ConsultationRows {
+            credential,
+            mandates,
+            person,
+        })
     }
 
     async fn revoke_credentials(
@@ -1591,6 +1561,81 @@ impl RegistryStore for PgStore {
             .collect::<Result<Vec<_>, StorageError>>()?;
         Ok(caseload_page(rows, limit))
     }
+}
+
+/// A person's key material and the sealed groups asked for.
+async fn person_row(
+    client: &deadpool_postgres::ClientWrapper,
+    id: i64,
+    groups: &[FieldGroup],
+) -> Result<Option<StoredPerson>, StorageError> {
+    let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
+    for g in groups {
+        sql.push_str(", ");
+        sql.push_str(group_column(*g));
+    }
+    sql.push_str(" FROM person WHERE id = $1");
+    let stmt = client.prepare_cached(&sql).await?;
+    let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
+        return Ok(None);
+    };
+    let mut sealed = Vec::with_capacity(groups.len());
+    for (i, g) in groups.iter().enumerate() {
+        sealed.push((*g, r.try_get::<_, Vec<u8>>(3 + i)?));
+    }
+    Ok(Some(StoredPerson {
+        id,
+        kek_version: to_u32(r.try_get(0)?, "kek_version")?,
+        dek_version: to_u32(r.try_get(1)?, "dek_version")?,
+        wrapped_dek: r.try_get(2)?,
+        groups: sealed,
+    }))
+}
+
+/// Every mandate on one person, live or not.
+async fn mandates_rows(
+    client: &deadpool_postgres::ClientWrapper,
+    person_id: i64,
+) -> Result<Vec<StoredMandate>, StorageError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "{MANDATE_SELECT} WHERE m.person_id = $1 ORDER BY m.id"
+        ))
+        .await?;
+    client
+        .query(&stmt, &[&person_id])
+        .await?
+        .iter()
+        .map(stored_mandate)
+        .collect()
+}
+
+/// A credential and its account.
+async fn credential_row(
+    client: &deadpool_postgres::ClientWrapper,
+    id: i64,
+) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
+                    c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+             FROM api_credential c JOIN account a ON a.id = c.account_id
+             JOIN organisation o ON o.id = a.organisation_id
+             WHERE c.id = $1",
+        )
+        .await?;
+    let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
+        return Ok(None);
+    };
+    let credential = StoredCredential {
+        id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        secret_digest: digest(r.try_get(2)?)?,
+        created_at: r.try_get(3)?,
+        expires_at: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    };
+    Ok(Some((credential, account_record(&r, 6)?)))
 }
 
 #[cfg(test)]

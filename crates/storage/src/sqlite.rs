@@ -14,11 +14,11 @@ use rempart_domain::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::{
-    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ExistingPerson, Inventory, MANDATE_SELECT,
-    MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError,
-    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
-    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
-    index_column, migrate, parse_code,
+    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson,
+    Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal,
+    SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson, UpsertCount,
+    WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period, digest,
+    grant_refusal, group_column, index_column, migrate, parse_code,
 };
 
 /// File name of the registry inside the data directory.
@@ -213,7 +213,8 @@ fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc
 // `hot_lookups_are_never_re_prepared`).
 
 /// The credential and its account, by credential id.
-const CREDENTIAL_SQL: &str = "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
+const CREDENTIAL_SQL: &str =
+    "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
         c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
  FROM api_credential c JOIN account a ON a.id = c.account_id
  JOIN organisation o ON o.id = a.organisation_id
@@ -222,6 +223,64 @@ const CREDENTIAL_SQL: &str = "SELECT c.id, c.account_id, c.secret_digest, c.crea
 /// Every mandate on one person.
 fn mandates_of_person_sql() -> String {
     format!("{MANDATE_SELECT} WHERE m.person_id = +?1 ORDER BY m.id")
+}
+
+/// A person's key material and the sealed groups asked for.
+fn person_row(
+    c: &Connection,
+    id: i64,
+    groups: &[FieldGroup],
+) -> Result<Option<StoredPerson>, StorageError> {
+    let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
+    for g in groups {
+        sql.push_str(", ");
+        sql.push_str(group_column(*g));
+    }
+    sql.push_str(" FROM person WHERE id = +?1");
+    let mut stmt = c.prepare_cached(&sql)?;
+    stmt.query_row([id], |r| {
+        let mut sealed = Vec::with_capacity(groups.len());
+        for (i, g) in groups.iter().enumerate() {
+            sealed.push((*g, r.get::<_, Vec<u8>>(3 + i)?));
+        }
+        Ok(StoredPerson {
+            id,
+            kek_version: r.get(0)?,
+            dek_version: r.get(1)?,
+            wrapped_dek: r.get(2)?,
+            groups: sealed,
+        })
+    })
+    .optional()
+    .map_err(Into::into)
+}
+
+/// A credential and its account.
+fn credential_row(
+    c: &Connection,
+    id: i64,
+) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+    c.prepare_cached(CREDENTIAL_SQL)?
+        .query_and_then([id], |r| {
+            let credential = StoredCredential {
+                id: r.get(0)?,
+                account_id: r.get(1)?,
+                secret_digest: digest(r.get(2)?)?,
+                created_at: parse_instant(&r.get::<_, String>(3)?, "created_at")?,
+                expires_at: parse_instant(&r.get::<_, String>(4)?, "expires_at")?,
+                revoked_at: optional_instant(r.get(5)?, "revoked_at")?,
+            };
+            Ok((credential, account_record(r, 6)?))
+        })?
+        .next()
+        .transpose()
+}
+
+/// Every mandate on one person, live or not.
+fn mandates_rows(c: &Connection, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
+    c.prepare_cached(&mandates_of_person_sql())?
+        .query_and_then([person_id], stored_mandate)?
+        .collect()
 }
 
 /// Reads a row of [`MANDATE_SELECT`].
@@ -431,31 +490,7 @@ impl RegistryStore for SqliteStore {
         groups: &[FieldGroup],
     ) -> Result<Option<StoredPerson>, StorageError> {
         let groups = groups.to_vec();
-        self.read_point(move |c| {
-            let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
-            for g in &groups {
-                sql.push_str(", ");
-                sql.push_str(group_column(*g));
-            }
-            sql.push_str(" FROM person WHERE id = ?1");
-            let mut stmt = c.prepare_cached(&sql)?;
-            stmt.query_row([id], |r| {
-                let mut sealed = Vec::with_capacity(groups.len());
-                for (i, g) in groups.iter().enumerate() {
-                    sealed.push((*g, r.get::<_, Vec<u8>>(3 + i)?));
-                }
-                Ok(StoredPerson {
-                    id,
-                    kek_version: r.get(0)?,
-                    dek_version: r.get(1)?,
-                    wrapped_dek: r.get(2)?,
-                    groups: sealed,
-                })
-            })
-            .optional()
-            .map_err(Into::into)
-        })
-        .await
+        self.read_point(move |c| person_row(c, id, &groups)).await
     }
 
     async fn find_persons(
@@ -797,12 +832,7 @@ impl RegistryStore for SqliteStore {
     }
 
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
-        self.read_point(move |c| {
-            c.prepare_cached(&mandates_of_person_sql())?
-            .query_and_then([person_id], stored_mandate)?
-            .collect()
-        })
-        .await
+        self.read_point(move |c| mandates_rows(c, person_id)).await
     }
 
     async fn inventory(&self) -> Result<Inventory, StorageError> {
@@ -1006,21 +1036,29 @@ impl RegistryStore for SqliteStore {
         &self,
         id: i64,
     ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+        self.read_point(move |c| credential_row(c, id)).await
+    }
+
+    async fn consultation_rows(
+        &self,
+        credential_id: i64,
+        person_id: i64,
+    ) -> Result<ConsultationRows, StorageError> {
         self.read_point(move |c| {
-            c.prepare_cached(CREDENTIAL_SQL)?
-            .query_and_then([id], |r| {
-                let credential = StoredCredential {
-                    id: r.get(0)?,
-                    account_id: r.get(1)?,
-                    secret_digest: digest(r.get(2)?)?,
-                    created_at: parse_instant(&r.get::<_, String>(3)?, "created_at")?,
-                    expires_at: parse_instant(&r.get::<_, String>(4)?, "expires_at")?,
-                    revoked_at: optional_instant(r.get(5)?, "revoked_at")?,
-                };
-                Ok((credential, account_record(r, 6)?))
-            })?
-            .next()
-            .transpose()
+            // One read transaction: one snapshot, one round of WAL locks
+            // instead of three.
+            c.prepare_cached("BEGIN")?.execute([])?;
+            let rows = (|| -> Result<ConsultationRows, StorageError> {
+                Ok(ConsultationRows {
+                    credential: credential_row(c, credential_id)?,
+                    mandates: mandates_rows(c, person_id)?,
+                    person: person_row(c, person_id, FieldGroup::ALL)?,
+                })
+            })();
+            let end = c.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+            let rows = rows?;
+            end?;
+            Ok(rows)
         })
         .await
     }

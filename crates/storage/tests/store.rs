@@ -2880,3 +2880,68 @@ async fn version_1_registries_are_upgraded_in_place() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consultation_rows_answer_like_the_three_lookups() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let cred = store
+            .insert_credential(
+                agent1,
+                [9; 32],
+                at("2026-03-01T10:00:00Z"),
+                at("2026-05-30T10:00:00Z"),
+            )
+            .await
+            .on(store, "credential");
+        let ps = insert_persons(store, 2, 700).await;
+        let (kept, shredded) = (ps[0].id, ps[1].id);
+        let (_, refused) = store
+            .upsert_mandates(vec![
+                mandate("R1", "CE-038", None, kept, Purpose::FollowUp),
+                mandate("R2", "CE-038", Some("ce.agent1"), kept, Purpose::Training),
+            ])
+            .await
+            .on(store, "mandates");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        assert!(store.shred_person(shredded).await.on(store, "shred"));
+        for (c, p) in [
+            (cred, kept),
+            (cred, shredded),
+            (cred + 1000, kept),
+            (cred, 999_999),
+        ] {
+            let rows = store
+                .consultation_rows(c, p)
+                .await
+                .on(store, "consultation rows");
+            assert_eq!(
+                rows.credential,
+                store.credential(c).await.on(store, "credential"),
+                "[{be}] {c} {p}"
+            );
+            assert_eq!(
+                rows.mandates,
+                store.mandates_of_person(p).await.on(store, "mandates"),
+                "[{be}] {c} {p}"
+            );
+            assert_eq!(
+                rows.person,
+                store
+                    .read_person(p, FieldGroup::ALL)
+                    .await
+                    .on(store, "person"),
+                "[{be}] {c} {p}"
+            );
+        }
+        let rows = store
+            .consultation_rows(cred, kept)
+            .await
+            .on(store, "consultation rows");
+        assert_eq!(rows.mandates.len(), 2, "[{be}]");
+        assert!(rows.credential.is_some() && rows.person.is_some(), "[{be}]");
+    }
+}

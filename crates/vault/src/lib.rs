@@ -15,7 +15,9 @@ use std::sync::{Arc, RwLock};
 use chrono::NaiveDate;
 use rempart_crypto::{Binding, BlindKind, CryptoError, DataKey, KeyRing};
 use rempart_domain::{Contact, FieldGroup, FtId, Identity, Nir, Person, Registration};
-use rempart_storage::{Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store};
+use rempart_storage::{
+    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store, StoredPerson,
+};
 
 pub use rotate::{RotationProgress, RotationReport};
 
@@ -259,9 +261,16 @@ impl Vault {
 
     /// Reads a person, opening only `groups`.
     pub async fn read(&self, id: i64, groups: &[FieldGroup]) -> Result<Read, VaultError> {
-        let Some(stored) = self.store.read_person(id, groups).await? else {
-            return Ok(Read::Missing);
-        };
+        match self.store.read_person(id, groups).await? {
+            Some(stored) => self.open(&stored, groups),
+            None => Ok(Read::Missing),
+        }
+    }
+
+    /// Opens the groups of `stored` that are in `groups`, and only those:
+    /// the caller may have fetched more sealed groups than it may show.
+    pub fn open(&self, stored: &StoredPerson, groups: &[FieldGroup]) -> Result<Read, VaultError> {
+        let id = stored.id;
         let Some(wrapped) = stored.wrapped_dek.as_deref() else {
             return Ok(Read::Shredded);
         };
@@ -282,7 +291,7 @@ impl Vault {
             id,
             ..PersonView::default()
         };
-        for (group, blob) in &stored.groups {
+        for (group, blob) in stored.groups.iter().filter(|(g, _)| groups.contains(g)) {
             let plain = dk.open(codec::group_code(*group), blob)?;
             codec::decode_into(&mut view, *group, &plain)?;
         }
