@@ -216,8 +216,7 @@ pub async fn busiest_agent(
     let today = chrono::Utc::now().date_naive();
     let mut best: Option<(AccountRecord, Vec<i64>)> = None;
     let orgs = store.organisations().await?;
-    for (org_id, org) in orgs.iter().filter(|(_, o)| o.kind == kind).take(max_scan) {
-        let _ = org;
+    for (org_id, _) in orgs.iter().filter(|(_, o)| o.kind == kind).take(max_scan) {
         let accounts = store.accounts_of_organisation(*org_id).await?;
         let Some(agent) = accounts
             .into_iter()

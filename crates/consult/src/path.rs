@@ -218,33 +218,23 @@ impl Consultation {
         // 0. One round trip for the rows every later stage needs: the
         //    credential, the person's mandates as stored right now, and the
         //    person's sealed groups. Nothing is decrypted before stage 4.
-        let presented = credential.map(authenticate::parse);
-        let rows = match presented {
-            Some(Ok((credential_id, _))) => {
-                match self.store.consultation_rows(credential_id, person_id).await {
-                    Ok(rows) => Some(rows),
-                    Err(e) => {
-                        return Err(Refusal::Unavailable(format!("registry: {e}")));
-                    }
-                }
-            }
-            _ => None,
+        let (credential_id, digest) = match credential
+            .map(authenticate::parse)
+            .unwrap_or(Err(Rejected::Malformed))
+        {
+            Ok(presented) => presented,
+            Err(rejected) => return Err(self.reject(rejected, action, now).await),
+        };
+        let mut rows = match self.store.consultation_rows(credential_id, person_id).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.unavailable(&e, action, now).await),
         };
 
         // 1. Authenticate.
-        let outcome = match (presented, &rows) {
-            (Some(Ok((id, digest))), Some(rows)) => Ok(authenticate::check(
-                rows.credential.clone(),
-                id,
-                &digest,
-                now,
-            )),
-            (Some(Err(rejected)), _) => Ok(Err(rejected)),
-            _ => Ok(Err(Rejected::Malformed)),
-        };
-        let caller = self.admit(outcome, action, now).await?;
-        let Some(rows) = rows else {
-            return Err(Refusal::Unavailable("registry: no rows".into()));
+        let checked = authenticate::check(rows.credential.take(), credential_id, &digest, now);
+        let caller = match checked {
+            Ok(caller) => self.admit(caller, action, now).await?,
+            Err(rejected) => return Err(self.reject(rejected, action, now).await),
         };
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
@@ -816,63 +806,76 @@ impl Consultation {
         action: LeafAction,
         now: DateTime<Utc>,
     ) -> Result<Caller, Refusal> {
-        let outcome = authenticate::authenticate(&self.store, credential, now).await;
-        self.admit(outcome, action, now).await
+        match authenticate::authenticate(&self.store, credential, now).await {
+            Ok(Ok(caller)) => self.admit(caller, action, now).await,
+            Ok(Err(rejected)) => Err(self.reject(rejected, action, now).await),
+            Err(e) => Err(self.unavailable(&e, action, now).await),
+        }
     }
 
-    /// The end of stage 1, once the credential is checked: let an active
-    /// account in, ledger anything else.
+    /// The end of stage 1 for a good credential: an active account goes
+    /// on; any other state is ledgered and refused.
     async fn admit(
         &self,
-        outcome: Result<Result<Caller, Rejected>, rempart_storage::StorageError>,
+        caller: Caller,
         action: LeafAction,
         now: DateTime<Utc>,
     ) -> Result<Caller, Refusal> {
-        let anonymous = |account: i64, organisation: i64, reason: DenyReason| AuditLeaf {
-            time: Timestamp::from_datetime(now),
-            account: AccountId(account),
-            organisation: OrganisationId(organisation),
-            session: None,
-            person: None,
-            action,
-            field_groups: FieldGroups::EMPTY,
-            purpose: None,
-            decision: LeafDecision::Deny(reason),
-            guard: None,
-            note: None,
-        };
-        match outcome {
-            Ok(Ok(caller)) => {
-                if caller.account.state == AccountState::Active {
-                    return Ok(caller);
-                }
-                let a = &caller.account;
-                self.record(anonymous(
-                    a.account_id,
-                    a.organisation_id,
-                    DenyReason::AccountInactive,
-                ))
-                .await?;
-                Err(Refusal::AccountInactive)
-            }
-            Ok(Err(rejected)) => {
-                // The organisation is not looked up for a failed credential: the
-                // account id is enough to find it, and a miss costs one query.
-                let account = rejected.account_id().unwrap_or(0);
-                let note = match rejected {
-                    Rejected::Malformed => "malformed credential",
-                    Rejected::Unknown => "unknown credential",
-                    Rejected::WrongSecret { .. } => "wrong secret",
-                    Rejected::Expired { .. } => "expired credential",
-                    Rejected::Revoked { .. } => "revoked credential",
-                };
-                let mut leaf = anonymous(account, 0, DenyReason::BadCredentials);
-                leaf.note = Some(note.to_string());
-                self.record(leaf).await?;
-                Err(Refusal::Unauthenticated)
-            }
-            Err(e) => Err(Refusal::Unavailable(format!("authentication: {e}"))),
+        if caller.account.state == AccountState::Active {
+            return Ok(caller);
         }
+        let a = &caller.account;
+        self.record(unauthenticated_leaf(
+            a.account_id,
+            a.organisation_id,
+            action,
+            DenyReason::AccountInactive,
+            now,
+        ))
+        .await?;
+        Err(Refusal::AccountInactive)
+    }
+
+    /// Stage 1 refused the credential: ledgered (under account 0 when the
+    /// credential names no account), then `Unauthenticated`.
+    async fn reject(&self, rejected: Rejected, action: LeafAction, now: DateTime<Utc>) -> Refusal {
+        // The organisation is not looked up for a failed credential: the
+        // account id is enough to find it, and a miss costs one query.
+        let note = match rejected {
+            Rejected::Malformed => "malformed credential",
+            Rejected::Unknown => "unknown credential",
+            Rejected::WrongSecret { .. } => "wrong secret",
+            Rejected::Expired { .. } => "expired credential",
+            Rejected::Revoked { .. } => "revoked credential",
+        };
+        let account = rejected.account_id().unwrap_or(0);
+        let mut leaf = unauthenticated_leaf(account, 0, action, DenyReason::BadCredentials, now);
+        leaf.note = Some(note.to_string());
+        match self.record(leaf).await {
+            Ok(_) => Refusal::Unauthenticated,
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// The store failed before the caller was known: ledgered under account
+    /// 0 (best effort, like [`Consultation::fail`]), then `Unavailable`.
+    async fn unavailable(
+        &self,
+        error: &rempart_storage::StorageError,
+        action: LeafAction,
+        now: DateTime<Utc>,
+    ) -> Refusal {
+        let message = format!("authentication: {error}");
+        let _ = self
+            .record(unauthenticated_leaf(
+                0,
+                0,
+                action,
+                DenyReason::InternalError,
+                now,
+            ))
+            .await;
+        Refusal::Unavailable(message)
     }
 
     async fn mandates_of(
@@ -1130,6 +1133,29 @@ impl Consultation {
             ))
             .await;
         Refusal::Unavailable(message)
+    }
+}
+
+/// A leaf for a request refused at stage 1, with no session.
+fn unauthenticated_leaf(
+    account: i64,
+    organisation: i64,
+    action: LeafAction,
+    reason: DenyReason,
+    now: DateTime<Utc>,
+) -> AuditLeaf {
+    AuditLeaf {
+        time: Timestamp::from_datetime(now),
+        account: AccountId(account),
+        organisation: OrganisationId(organisation),
+        session: None,
+        person: None,
+        action,
+        field_groups: FieldGroups::EMPTY,
+        purpose: None,
+        decision: LeafDecision::Deny(reason),
+        guard: None,
+        note: None,
     }
 }
 

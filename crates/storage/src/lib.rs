@@ -604,6 +604,14 @@ pub(crate) const ACCOUNT_SELECT: &str =
     "SELECT a.id, a.login, a.role, a.state, o.id, o.code, o.kind
      FROM account a JOIN organisation o ON o.id = a.organisation_id";
 
+/// A credential with its account (same SQL on both backends; each adds its
+/// `WHERE` and reads the account columns from column 6).
+pub(crate) const CREDENTIAL_SELECT: &str =
+    "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
+            c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+     FROM api_credential c JOIN account a ON a.id = c.account_id
+     JOIN organisation o ON o.id = a.organisation_id";
+
 /// A stored 16-byte blind index or fingerprint.
 pub(crate) fn blind(v: Vec<u8>, what: &str) -> Result<Blind, StorageError> {
     v.try_into()

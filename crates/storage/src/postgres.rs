@@ -30,11 +30,11 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 
 use crate::{
-    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson,
-    Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal,
-    SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson, UpsertCount,
-    WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period, digest,
-    grant_refusal, group_column, index_column, migrate, parse_code,
+    ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
+    ExistingPerson, Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore,
+    RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson,
+    UpsertCount, WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period,
+    digest, grant_refusal, group_column, index_column, migrate, parse_code,
 };
 
 /// Schema the registry lives in unless told otherwise.
@@ -1616,13 +1616,7 @@ async fn credential_row(
     id: i64,
 ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
     let stmt = client
-        .prepare_cached(
-            "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
-                    c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
-             FROM api_credential c JOIN account a ON a.id = c.account_id
-             JOIN organisation o ON o.id = a.organisation_id
-             WHERE c.id = $1",
-        )
+        .prepare_cached(&format!("{CREDENTIAL_SELECT} WHERE c.id = $1"))
         .await?;
     let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
         return Ok(None);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
@@ -14,11 +14,11 @@ use rempart_domain::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::{
-    ACCOUNT_SELECT, AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson,
-    Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore, RowRefusal,
-    SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson, UpsertCount,
-    WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period, digest,
-    grant_refusal, group_column, index_column, migrate, parse_code,
+    ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
+    ExistingPerson, Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore,
+    RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson,
+    UpsertCount, WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period,
+    digest, grant_refusal, group_column, index_column, migrate, parse_code,
 };
 
 /// File name of the registry inside the data directory.
@@ -213,17 +213,12 @@ fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc
 // `hot_lookups_are_never_re_prepared`).
 
 /// The credential and its account, by credential id.
-const CREDENTIAL_SQL: &str =
-    "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
-        c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
- FROM api_credential c JOIN account a ON a.id = c.account_id
- JOIN organisation o ON o.id = a.organisation_id
- WHERE c.id = +?1";
+static CREDENTIAL_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{CREDENTIAL_SELECT} WHERE c.id = +?1"));
 
 /// Every mandate on one person.
-fn mandates_of_person_sql() -> String {
-    format!("{MANDATE_SELECT} WHERE m.person_id = +?1 ORDER BY m.id")
-}
+static MANDATES_OF_PERSON_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{MANDATE_SELECT} WHERE m.person_id = +?1 ORDER BY m.id"));
 
 /// A person's key material and the sealed groups asked for.
 fn person_row(
@@ -260,7 +255,7 @@ fn credential_row(
     c: &Connection,
     id: i64,
 ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
-    c.prepare_cached(CREDENTIAL_SQL)?
+    c.prepare_cached(&CREDENTIAL_SQL)?
         .query_and_then([id], |r| {
             let credential = StoredCredential {
                 id: r.get(0)?,
@@ -278,7 +273,7 @@ fn credential_row(
 
 /// Every mandate on one person, live or not.
 fn mandates_rows(c: &Connection, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
-    c.prepare_cached(&mandates_of_person_sql())?
+    c.prepare_cached(&MANDATES_OF_PERSON_SQL)?
         .query_and_then([person_id], stored_mandate)?
         .collect()
 }
@@ -1246,12 +1241,12 @@ mod tests {
             "{caseload}"
         );
         assert!(!caseload.contains("B-TREE"), "{caseload}");
-        let of_person = plan(&c, &mandates_of_person_sql(), [1]);
+        let of_person = plan(&c, &MANDATES_OF_PERSON_SQL, [1]);
         assert!(
             of_person.contains("SEARCH m USING INDEX mandate_person (person_id=?)"),
             "{of_person}"
         );
-        let credential = plan(&c, CREDENTIAL_SQL, [1]);
+        let credential = plan(&c, &CREDENTIAL_SQL, [1]);
         assert!(
             credential.contains("SEARCH c USING INTEGER PRIMARY KEY (rowid=?)"),
             "{credential}"
@@ -1266,8 +1261,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_blocking(dir.path().join(FILE_NAME)).unwrap();
         let c = lock(&store.inner.readers[0]);
-        for sql in [mandates_of_person_sql(), CREDENTIAL_SQL.to_string()] {
-            let mut stmt = c.prepare(&sql).unwrap();
+        for sql in [&*MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
+            let mut stmt = c.prepare(sql).unwrap();
             for id in 1..=5i64 {
                 let mut rows = stmt.query([id]).unwrap();
                 while rows.next().unwrap().is_some() {}
