@@ -376,8 +376,8 @@ impl ClientAssertion {
 /// `JWT` or `client-authentication+jwt` (the media type the successor of
 /// RFC 7523 registers), compared as media types.
 fn is_assertion_typ(typ: &str) -> bool {
-    let bare = match typ.get(..12) {
-        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+    let bare = match (typ.get(..12), typ.get(12..)) {
+        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("application/") => rest,
         _ => typ,
     };
     bare.eq_ignore_ascii_case("jwt") || bare.eq_ignore_ascii_case("client-authentication+jwt")

@@ -479,9 +479,11 @@ impl<'a> CompactJws<'a> {
         let signature = b64url_decode(s).ok_or(JoseError::Base64(Part::Signature))?;
         let header = parse_object(&header_bytes, Part::Header)?;
         let payload = parse_object(&payload_bytes, Part::Payload)?;
-        // h and p are ASCII (base64url), so the signing input is their
-        // joined length plus the dot.
-        let signing_input = &token.as_bytes()[..h.len() + 1 + p.len()];
+        // The signing input is the token up to the second dot.
+        let signing_input = token
+            .as_bytes()
+            .get(..h.len() + 1 + p.len())
+            .ok_or(JoseError::Segments)?;
         Ok(CompactJws {
             signing_input,
             header,
