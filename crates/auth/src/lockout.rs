@@ -50,7 +50,7 @@
 //! # Unknown accounts
 //!
 //! A login that names no account gets an [`AccountThrottle`] of its own,
-//! kept here by login (case-folded), and goes through exactly the same
+//! kept here under a keyed hash of the login (case-folded), and goes through exactly the same
 //! functions ([`Lockout::check_unknown`], [`Lockout::record_unknown_failure`]),
 //! so its delays, lock and refusals are those of a real account with the
 //! same history. Like a stored account's counter, it is never forgotten
@@ -63,16 +63,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
 /// The most consecutive failures a policy may allow before locking.
 pub const MAX_LOCK_AFTER: u32 = 10;
-
-/// Longest login kept as a key for unknown accounts; longer ones are cut
-/// (two such logins then share a counter, which only throttles more).
-const MAX_LOGIN_KEY_CHARS: usize = 128;
 
 /// How a lock ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,7 +265,11 @@ impl AddressKey {
 
 /// The throttle: a checked policy, the address table and the unknown-login
 /// table. One per process, behind the caller's lock.
-#[derive(Debug)]
+///
+/// Unknown logins are kept as keyed 64-bit hashes (SipHash under a random
+/// per-process key), never as text: what people type in the login field
+/// is sometimes their password. Two logins sharing a hash would only share
+/// a counter.
 pub struct Lockout {
     policy: LockoutPolicy,
     addresses: HashMap<AddressKey, AccountThrottle>,
@@ -277,7 +278,18 @@ pub struct Lockout {
     /// No address entry can be forgotten before this time: skips futile
     /// scans of a full table.
     prune_not_before: u64,
-    unknown: HashMap<String, AccountThrottle>,
+    unknown: HashMap<u64, AccountThrottle>,
+    login_hasher: RandomState,
+}
+
+impl fmt::Debug for Lockout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lockout")
+            .field("policy", &self.policy)
+            .field("tracked_addresses", &self.addresses.len())
+            .field("tracked_unknown_logins", &self.unknown.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lockout {
@@ -313,6 +325,7 @@ impl Lockout {
             address_overflow: AccountThrottle::default(),
             prune_not_before: 0,
             unknown: HashMap::new(),
+            login_hasher: RandomState::new(),
         })
     }
 
@@ -339,7 +352,7 @@ impl Lockout {
     pub fn check_unknown(&self, login: &str, addr: IpAddr, now_unix: u64) -> Result<(), Delay> {
         let account_wait = self
             .unknown
-            .get(&login_key(login))
+            .get(&self.login_key(login))
             .and_then(|state| self.wait(state, now_unix));
         self.combine(account_wait, addr, now_unix)
     }
@@ -362,7 +375,7 @@ impl Lockout {
     /// [`Self::record_failure`], the state kept here.
     pub fn record_unknown_failure(&mut self, login: &str, addr: IpAddr, now_unix: u64) {
         self.record_address_failure(AddressKey::of(addr), now_unix);
-        let key = login_key(login);
+        let key = self.login_key(login);
         let current = self.unknown.get(&key).cloned().unwrap_or_default();
         let next = self.after_failure(&current, self.policy.account_lock, now_unix);
         if !self.unknown.contains_key(&key) && self.unknown.len() >= self.policy.max_unknown_logins
@@ -548,12 +561,22 @@ impl Lockout {
             .unwrap_or(0);
     }
 
+    /// The key an unknown login is counted under: trimmed and lower-cased,
+    /// then hashed.
+    fn login_key(&self, login: &str) -> u64 {
+        let mut hasher = self.login_hasher.build_hasher();
+        for c in login.trim().chars().flat_map(char::to_lowercase) {
+            hasher.write_u32(u32::from(c));
+        }
+        hasher.finish()
+    }
+
     fn evict_oldest_unknown(&mut self) {
         let oldest = self
             .unknown
             .iter()
             .min_by_key(|(_, state)| state.last_failure_unix)
-            .map(|(key, _)| key.clone());
+            .map(|(key, _)| *key);
         if let Some(key) = oldest {
             self.unknown.remove(&key);
         }
@@ -572,16 +595,6 @@ fn forget_at(state: &AccountThrottle, forget_secs: u64) -> u64 {
         None => 0,
     };
     after_failure.max(after_lock)
-}
-
-/// The key an unknown login is counted under: trimmed, lower-cased, cut.
-fn login_key(login: &str) -> String {
-    login
-        .trim()
-        .chars()
-        .flat_map(char::to_lowercase)
-        .take(MAX_LOGIN_KEY_CHARS)
-        .collect()
 }
 
 /// The message shown for every credential failure.
@@ -1034,7 +1047,8 @@ mod tests {
             }
             now += 1 + (now - T0) % 7;
         }
-        assert_eq!(l.unknown.get("nobody.here"), Some(&known));
+        assert_eq!(l.unknown.get(&l.login_key("nobody.here")), Some(&known));
+        assert!(!format!("{l:?}").contains("nobody"));
         assert!(
             known.consecutive_failures >= 5,
             "the run should reach deep backoff"
@@ -1052,8 +1066,9 @@ mod tests {
         l.record_unknown_failure("b", ip("192.0.2.2"), T0 + 10);
         l.record_unknown_failure("c", ip("192.0.2.3"), T0 + 20);
         assert_eq!(l.tracked_unknown_logins(), 2);
-        assert!(!l.unknown.contains_key("a"));
-        assert!(l.unknown.contains_key("b") && l.unknown.contains_key("c"));
+        assert!(!l.unknown.contains_key(&l.login_key("a")));
+        assert!(l.unknown.contains_key(&l.login_key("b")));
+        assert!(l.unknown.contains_key(&l.login_key("c")));
     }
 
     #[test]

@@ -240,8 +240,7 @@ pub fn verify(
 /// One code generator per digit count; `skew` 0 because the window is
 /// walked here, to see every matching step, not only the first.
 fn generator(secret: &TotpSecret, digits: usize) -> Result<Totp, TotpError> {
-    let digits = u8::try_from(digits)
-        .map_err(|_| TotpError::MalformedCode(CodeProblem::WrongLength { expected: DIGITS }))?;
+    let digits = u8::try_from(digits).map_err(|_| TotpError::Mismatch)?;
     Builder::new()
         .with_algorithm(Algorithm::SHA1)
         .with_digits(digits)
@@ -249,8 +248,9 @@ fn generator(secret: &TotpSecret, digits: usize) -> Result<Totp, TotpError> {
         .with_step_duration(PERIOD_SECS)
         .with_secret(Secret::new_stack(secret.0))
         .build()
-        // Only reachable with a digit count outside 6..=8, which this module never uses.
-        .map_err(|_| TotpError::MalformedCode(CodeProblem::WrongLength { expected: DIGITS }))
+        // Only reachable with a digit count outside 6..=8, which this
+        // module never uses; refusing the code keeps it failing closed.
+        .map_err(|_| TotpError::Mismatch)
 }
 
 fn verify_with_digits(
