@@ -6,6 +6,10 @@
 //! the state they keep), so every rule here is testable without waiting.
 
 pub mod access_token;
+pub mod bench;
 pub mod client_assertion;
 pub mod dpop;
 pub mod jose;
+pub mod lockout;
+pub mod password;
+pub mod totp;
