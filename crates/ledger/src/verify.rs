@@ -110,6 +110,17 @@ pub enum Problem {
         /// Why.
         reason: LeafError,
     },
+    /// A query table does not hold exactly the keys of a segment's leaves.
+    #[error(
+        "the query table {table} disagrees with leaves {} to {} (queries would misreport them); the leaves themselves are intact",
+        segment << 14, ((segment + 1) << 14) - 1
+    )]
+    IndexMismatch {
+        /// The segment (leaves `segment << 14` onwards).
+        segment: u64,
+        /// The table.
+        table: &'static str,
+    },
     /// An indexed column disagrees with the leaf's content.
     #[error(
         "leaf {index}: its {column} column disagrees with its content (queries would misreport it)"
@@ -521,6 +532,17 @@ pub async fn verify_with(
     }
     for task in inflight {
         task.abort();
+    }
+    // Only once the leaves are known good does comparing what queries read
+    // with them mean anything; a problem here hides leaves from queries
+    // (or shows invented ones) but leaves the log itself intact.
+    if !checker.stopped {
+        for p in store.index_problems().await? {
+            checker.problem(Problem::IndexMismatch {
+                segment: p.segment,
+                table: p.table,
+            });
+        }
     }
 
     finish(checker, store.location(), read, total_checkpoints)

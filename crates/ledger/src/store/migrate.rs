@@ -8,18 +8,32 @@ pub(crate) use rempart_sql::Migration;
 use super::StoreError;
 
 /// SQLite migrations, in order.
-pub(crate) const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../../migrations/sqlite/0001_ledger.sql"),
-}];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../../migrations/sqlite/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "segment_indexes",
+        sql: include_str!("../../migrations/sqlite/0002_segment_indexes.sql"),
+    },
+];
 
 /// PostgreSQL migrations, in order.
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../../migrations/postgres/0001_ledger.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../../migrations/postgres/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "segment_indexes",
+        sql: include_str!("../../migrations/postgres/0002_segment_indexes.sql"),
+    },
+];
 
 /// Given what the database says was applied, the migrations still to run
 /// (the shared rules of `rempart_sql::pending`, with this crate's errors).
@@ -43,8 +57,14 @@ mod tests {
     #[test]
     fn edited_and_newer_schemas_are_refused() {
         let m = SQLITE[0];
-        assert_eq!(pending(SQLITE, &[]).unwrap().len(), 1);
-        assert!(pending(SQLITE, &[(1, m.checksum())]).unwrap().is_empty());
+        assert_eq!(pending(SQLITE, &[]).unwrap().len(), SQLITE.len());
+        let after_first = pending(SQLITE, &[(1, m.checksum())]).unwrap();
+        assert_eq!(
+            after_first.iter().map(|m| m.version).collect::<Vec<_>>(),
+            (2..=SQLITE.len() as u32).collect::<Vec<_>>()
+        );
+        let all: Vec<(u32, String)> = SQLITE.iter().map(|m| (m.version, m.checksum())).collect();
+        assert!(pending(SQLITE, &all).unwrap().is_empty());
         assert!(matches!(
             pending(SQLITE, &[(1, "x".into())]),
             Err(StoreError::Migration { version: 1, .. })

@@ -104,6 +104,17 @@ impl From<rempart_sql::MigrationError> for StoreError {
     }
 }
 
+/// A segment table that does not hold exactly the keys of its segment's
+/// leaves (a query could miss or invent leaves), or a complete segment
+/// that is not indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexProblem {
+    /// The first segment in doubt (leaves `segment << 14` onwards).
+    pub segment: u64,
+    /// The table.
+    pub table: &'static str,
+}
+
 /// A leaf as stored: its canonical bytes, the columns indexed for queries,
 /// and the hashes of the subtrees it completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +216,13 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// Distinct persons whose data `account` was shown in `[from, to)`,
     /// ascending.
+    /// Derived query structures that disagree with the leaves they were
+    /// built from. Only SQLite has any (its segment tables); PostgreSQL's
+    /// indexes are its own and checked by it.
+    async fn index_problems(&self) -> Result<Vec<IndexProblem>, StoreError> {
+        Ok(Vec::new())
+    }
+
     async fn persons_revealed_to(
         &self,
         account: AccountId,

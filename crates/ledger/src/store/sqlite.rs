@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError, StoredCheckpoint,
-    Subject, migrate, node_from_column, node_location, page_start, to_i64, to_u64,
+    IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError,
+    StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start, to_i64,
+    to_u64,
 };
 use crate::leaf::{AccountId, PersonRef, Timestamp};
 use crate::merkle::{Hash, NodeId};
@@ -27,8 +28,8 @@ pub const LOCK_FILE_NAME: &str = "ledger.lock";
 
 const READERS: usize = 4;
 
-/// Leaves per index segment, as a shift: must match `idx >> 14` in the
-/// migration.
+/// Leaves per index segment, as a shift: must match the `<< 14` and
+/// `>> 14` of the SQL here and of migration 0002.
 const SEGMENT_SHIFT: u32 = 14;
 
 /// The SQLite ledger.
@@ -156,10 +157,97 @@ fn size_of(conn: &Connection) -> Result<u64, StoreError> {
     to_u64(next, "leaf count")
 }
 
-/// The highest index segment, `None` when the ledger is empty.
-fn last_segment(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    let max: Option<i64> = conn.query_row("SELECT max(idx) FROM leaf", [], |r| r.get(0))?;
-    Ok(max.map(|m| m >> SEGMENT_SHIFT))
+/// How many segments are in the segment tables: segments `0..n` are, the
+/// leaves from `n << SEGMENT_SHIFT` on are the unindexed tail.
+fn indexed_segments(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(segment) + 1, 0) FROM leaf_segment")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// One of the three segment tables: which keys of a segment's leaves it
+/// holds (`select`, with the segment as `?1`) and in which order they are
+/// inserted, so that it grows at its right edge.
+struct SegmentTable {
+    name: &'static str,
+    select: &'static str,
+    order: &'static str,
+}
+
+const SEGMENT_TABLES: [SegmentTable; 3] = [
+    SegmentTable {
+        name: "leaf_by_account",
+        select: "SELECT ?1, account, time_us, idx, reveals, person FROM leaf
+                 WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
+        order: "account, time_us, idx",
+    },
+    SegmentTable {
+        name: "leaf_by_organisation",
+        select: "SELECT ?1, organisation, time_us, idx FROM leaf
+                 WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
+        order: "organisation, time_us, idx",
+    },
+    SegmentTable {
+        name: "leaf_by_person",
+        select: "SELECT ?1, person, time_us, idx FROM leaf
+                 WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14 AND person IS NOT NULL",
+        order: "person, time_us, idx",
+    },
+];
+
+/// Indexes every complete segment not yet in the segment tables, inside
+/// the caller's transaction. `size` is the log's length.
+fn index_complete_segments(c: &Connection, size: u64) -> Result<(), StoreError> {
+    let complete = to_i64(size >> SEGMENT_SHIFT, "segment")?;
+    for segment in indexed_segments(c)?..complete {
+        for t in &SEGMENT_TABLES {
+            let fill = format!("INSERT INTO {} {} ORDER BY {}", t.name, t.select, t.order);
+            c.prepare_cached(&fill)?.execute([segment])?;
+        }
+        c.prepare_cached("INSERT INTO leaf_segment (segment) VALUES (?1)")?
+            .execute([segment])?;
+    }
+    Ok(())
+}
+
+/// Compares the segment tables with the leaves they were built from, one
+/// segment at a time: the keys of each table must be exactly those of the
+/// leaves, and every complete segment must be indexed.
+fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let indexed = indexed_segments(&tx)?;
+    let complete = size_of(&tx)? >> SEGMENT_SHIFT;
+    let mut problems = Vec::new();
+    let listed: i64 = tx.query_row("SELECT count(*) FROM leaf_segment", [], |r| r.get(0))?;
+    if listed != indexed || to_u64(indexed, "segment")? != complete {
+        problems.push(IndexProblem {
+            segment: to_u64(indexed.min(listed), "segment")?,
+            table: "leaf_segment",
+        });
+    }
+    for segment in 0..indexed {
+        for t in &SEGMENT_TABLES {
+            // The leaves' keys, as the fill writes them, against the
+            // table's: both differences must be empty.
+            let (expected, stored) = (
+                t.select,
+                format!("SELECT * FROM {} WHERE segment = ?1", t.name),
+            );
+            let differs: bool = tx
+                .prepare_cached(&format!(
+                    "SELECT EXISTS ({expected} EXCEPT {stored})
+                         OR EXISTS ({stored} EXCEPT {expected})"
+                ))?
+                .query_row([segment], |r| r.get(0))?;
+            if differs {
+                problems.push(IndexProblem {
+                    segment: to_u64(segment, "segment")?,
+                    table: t.name,
+                });
+            }
+        }
+    }
+    Ok(problems)
 }
 
 fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
@@ -279,33 +367,32 @@ impl LedgerStore for SqliteLedgerStore {
     }
 
     async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
-        let (column, id) = match range.subject {
-            Subject::Account(a) => ("account", a.0),
-            Subject::Organisation(o) => ("organisation", o.0),
-            Subject::Person(p) => ("person", p.0),
+        let (table, column, id) = match range.subject {
+            Subject::Account(a) => ("leaf_by_account", "account", a.0),
+            Subject::Organisation(o) => ("leaf_by_organisation", "organisation", o.0),
+            Subject::Person(p) => ("leaf_by_person", "person", p.0),
         };
         let (after_time, after_idx) = page_start(range)?;
         let (from, to) = (range.from.0, range.to.0);
         let limit = range.limit as usize;
         self.read(move |c| {
-            let Some(last) = last_segment(c)? else {
-                return Ok(Vec::new());
-            };
-            // Each segment gives its first `limit` candidates from the index
-            // alone; the best `limit` of all are then read.
-            // The column name comes from the match above, never from input.
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT time_us, idx FROM leaf
-                 WHERE (idx >> {SEGMENT_SHIFT}) = ?1 AND {column} = ?2
+            // One snapshot for the segment tables and the tail.
+            let tx = c.unchecked_transaction()?;
+            let indexed = indexed_segments(&tx)?;
+            // Each segment gives its first `limit` candidates from its keys
+            // alone, the tail its own; the best `limit` of all are then read.
+            // Table and column names come from the match above, never from
+            // input.
+            let mut in_segment = tx.prepare_cached(&format!(
+                "SELECT time_us, idx FROM {table}
+                 WHERE segment = ?1 AND {column} = ?2
                    AND time_us >= ?3 AND time_us < ?4 AND (time_us, idx) > (?5, ?6)
                  ORDER BY time_us, idx LIMIT ?7"
             ))?;
             let mut best: Vec<(i64, i64)> = Vec::new();
-            for segment in 0..=last {
-                let rows = stmt.query_map(
-                    params![segment, id, from, to, after_time, after_idx, limit as i64],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )?;
+            let keep = |rows: &mut dyn Iterator<Item = rusqlite::Result<(i64, i64)>>,
+                        best: &mut Vec<(i64, i64)>|
+             -> Result<(), StoreError> {
                 for row in rows {
                     best.push(row?);
                 }
@@ -313,10 +400,38 @@ impl LedgerStore for SqliteLedgerStore {
                     best.sort_unstable();
                     best.truncate(limit);
                 }
+                Ok(())
+            };
+            for segment in 0..indexed {
+                let mut rows = in_segment.query_map(
+                    params![segment, id, from, to, after_time, after_idx, limit as i64],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )?;
+                keep(&mut rows, &mut best)?;
             }
+            let mut in_tail = tx.prepare_cached(&format!(
+                "SELECT time_us, idx FROM leaf
+                 WHERE idx >= ?1 AND {column} = ?2
+                   AND time_us >= ?3 AND time_us < ?4 AND (time_us, idx) > (?5, ?6)
+                 ORDER BY time_us, idx LIMIT ?7"
+            ))?;
+            let mut rows = in_tail.query_map(
+                params![
+                    indexed << SEGMENT_SHIFT,
+                    id,
+                    from,
+                    to,
+                    after_time,
+                    after_idx,
+                    limit as i64
+                ],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            keep(&mut rows, &mut best)?;
+            drop(rows);
             best.sort_unstable();
             best.truncate(limit);
-            let mut data = c.prepare_cached("SELECT data FROM leaf WHERE idx = ?1")?;
+            let mut data = tx.prepare_cached("SELECT data FROM leaf WHERE idx = ?1")?;
             best.into_iter()
                 .map(|(time, idx)| {
                     Ok(RawEntry {
@@ -337,26 +452,42 @@ impl LedgerStore for SqliteLedgerStore {
         to: Timestamp,
     ) -> Result<Vec<PersonRef>, StoreError> {
         self.read(move |c| {
-            let Some(last) = last_segment(c)? else {
-                return Ok(Vec::new());
-            };
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT person FROM leaf
-                 WHERE (idx >> {SEGMENT_SHIFT}) = ?1 AND account = ?2
+            let tx = c.unchecked_transaction()?;
+            let indexed = indexed_segments(&tx)?;
+            let mut in_segment = tx.prepare_cached(
+                "SELECT person FROM leaf_by_account
+                 WHERE segment = ?1 AND account = ?2
                    AND time_us >= ?3 AND time_us < ?4
-                   AND reveals = 1 AND person IS NOT NULL"
-            ))?;
+                   AND reveals = 1 AND person IS NOT NULL",
+            )?;
             let mut persons = BTreeSet::new();
-            for segment in 0..=last {
-                let rows =
-                    stmt.query_map(params![segment, account.0, from.0, to.0], |r| r.get(0))?;
+            for segment in 0..indexed {
+                let rows = in_segment
+                    .query_map(params![segment, account.0, from.0, to.0], |r| r.get(0))?;
                 for person in rows {
                     persons.insert(person?);
                 }
             }
+            let mut in_tail = tx.prepare_cached(
+                "SELECT person FROM leaf
+                 WHERE idx >= ?1 AND account = ?2
+                   AND time_us >= ?3 AND time_us < ?4
+                   AND reveals = 1 AND person IS NOT NULL",
+            )?;
+            let rows = in_tail.query_map(
+                params![indexed << SEGMENT_SHIFT, account.0, from.0, to.0],
+                |r| r.get(0),
+            )?;
+            for person in rows {
+                persons.insert(person?);
+            }
             Ok(persons.into_iter().map(PersonRef).collect())
         })
         .await
+    }
+
+    async fn index_problems(&self) -> Result<Vec<IndexProblem>, StoreError> {
+        self.read(index_problems).await
     }
 }
 
@@ -580,6 +711,10 @@ fn append_rows(c: &Connection, first: u64, rows: &[LeafRow]) -> Result<(), Store
             row.nodes
         ])?;
     }
+    let size = first + rows.len() as u64;
+    if size >> SEGMENT_SHIFT > first >> SEGMENT_SHIFT {
+        index_complete_segments(c, size)?;
+    }
     Ok(())
 }
 
@@ -596,38 +731,94 @@ mod tests {
         rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
     }
 
-    /// The per-segment queries seek the segmented indexes; breach scoping
-    /// reads the account index alone.
+    /// The per-segment queries seek the segment tables by their keys,
+    /// breach scoping reads the account table alone, and the tail is a
+    /// range of the leaf table.
     #[tokio::test]
-    async fn queries_use_the_segment_indexes() {
+    async fn queries_seek_the_segment_tables() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
         let c = Connection::open(store.path()).unwrap();
         let persons = plan(
             &c,
-            &format!(
-                "SELECT person FROM leaf
-                 WHERE (idx >> {SEGMENT_SHIFT}) = ?1 AND account = ?2
-                   AND time_us >= ?3 AND time_us < ?4
-                   AND reveals = 1 AND person IS NOT NULL"
-            ),
+            "SELECT person FROM leaf_by_account
+             WHERE segment = ?1 AND account = ?2
+               AND time_us >= ?3 AND time_us < ?4
+               AND reveals = 1 AND person IS NOT NULL",
         );
-        assert!(persons.contains("COVERING INDEX leaf_account"), "{persons}");
-        for (column, index) in [
-            ("account", "leaf_account"),
-            ("organisation", "leaf_organisation"),
-            ("person", "leaf_person"),
+        assert!(
+            persons.contains("SEARCH leaf_by_account USING PRIMARY KEY (segment=? AND account=? AND time_us>? AND time_us<?)"),
+            "{persons}"
+        );
+        for (table, column) in [
+            ("leaf_by_account", "account"),
+            ("leaf_by_organisation", "organisation"),
+            ("leaf_by_person", "person"),
         ] {
             let p = plan(
                 &c,
                 &format!(
-                    "SELECT time_us, idx FROM leaf
-                     WHERE (idx >> {SEGMENT_SHIFT}) = ?1 AND {column} = ?2
+                    "SELECT time_us, idx FROM {table}
+                     WHERE segment = ?1 AND {column} = ?2
                        AND time_us >= ?3 AND time_us < ?4 AND (time_us, idx) > (?5, ?6)
                      ORDER BY time_us, idx LIMIT ?7"
                 ),
             );
-            assert!(p.contains(&format!("COVERING INDEX {index}")), "{p}");
+            assert!(
+                p.contains(&format!("SEARCH {table} USING PRIMARY KEY")),
+                "{p}"
+            );
+            assert!(!p.contains("TEMP B-TREE"), "{p}");
         }
+        let tail = plan(
+            &c,
+            "SELECT person FROM leaf
+             WHERE idx >= ?1 AND account = ?2
+               AND time_us >= ?3 AND time_us < ?4
+               AND reveals = 1 AND person IS NOT NULL",
+        );
+        assert!(
+            tail.contains("SEARCH leaf USING INTEGER PRIMARY KEY (rowid>?)"),
+            "{tail}"
+        );
+    }
+
+    /// A ledger written before the segment tables existed gets them for
+    /// its complete segments when it is opened, and they hold exactly the
+    /// leaves' keys; the tail stays unindexed.
+    #[tokio::test]
+    async fn migration_indexes_an_existing_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            let first = migrate::SQLITE[0];
+            c.execute_batch(first.sql).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (1, ?1, ?2, 'then')",
+                params![first.name, first.checksum()],
+            )
+            .unwrap();
+            // Not real leaves: only the columns matter here.
+            c.execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+                 INSERT INTO leaf SELECT i, i / 3, i % 7, i % 3,
+                     CASE WHEN i % 5 = 0 THEN NULL ELSE i % 101 END, i % 2, x'00', x'00'
+                 FROM n;",
+            )
+            .unwrap();
+        }
+        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        let c = Connection::open(store.path()).unwrap();
+        assert_eq!(indexed_segments(&c).unwrap(), 2);
+        assert_eq!(index_problems(&c).unwrap(), vec![]);
+        let persons: i64 = c
+            .query_row("SELECT count(*) FROM leaf_by_person", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(persons, 2 * 16_384 - 2 * 16_384 / 5 - 1);
     }
 }
