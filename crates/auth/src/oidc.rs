@@ -24,6 +24,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, Utc};
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreIdToken,
     CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreUserInfoClaims,
@@ -52,6 +53,10 @@ pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// Per-request limit: a provider that hangs must not hold a login forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How far apart the server that began a login and the one completing it
+/// may disagree about the time.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Why a federated login was refused. Never carries a token, a code, a
 /// secret or a response body.
@@ -103,11 +108,12 @@ pub enum OidcError {
     /// The user info describes another subject than the id_token.
     #[error("sub: the user info describes another subject than the id_token")]
     SubjectMismatch,
-    /// A claim the login needs is absent.
-    #[error("{claim}: missing from the identity provider's answer")]
-    MissingClaim {
-        /// The claim's name.
-        claim: &'static str,
+    /// Something the login needs is absent from the provider's metadata or
+    /// answers (an endpoint, the id_token, the e-mail).
+    #[error("{field}: missing from the identity provider's answer")]
+    Missing {
+        /// The metadata field or claim's name.
+        field: &'static str,
     },
     /// The id_token is malformed or uses something this client refuses.
     #[error("id_token: {reason}")]
@@ -386,16 +392,15 @@ impl Federation {
         let token_url = metadata
             .token_endpoint()
             .cloned()
-            .ok_or(OidcError::MissingClaim {
-                claim: "token_endpoint",
+            .ok_or(OidcError::Missing {
+                field: "token_endpoint",
             })?;
-        let userinfo_url =
-            metadata
-                .userinfo_endpoint()
-                .cloned()
-                .ok_or(OidcError::MissingClaim {
-                    claim: "userinfo_endpoint",
-                })?;
+        let userinfo_url = metadata
+            .userinfo_endpoint()
+            .cloned()
+            .ok_or(OidcError::Missing {
+                field: "userinfo_endpoint",
+            })?;
         let client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(client_id.to_owned()),
@@ -410,6 +415,16 @@ impl Federation {
             http,
             accepted,
         })
+    }
+
+    /// The provider's issuer URL, as configured and confirmed by discovery.
+    pub fn issuer(&self) -> &str {
+        self.issuer.as_str()
+    }
+
+    /// This service's client id at the provider.
+    pub fn client_id(&self) -> &str {
+        self.client.client_id().as_str()
     }
 
     /// Starts a login: the URL to send the browser to, and the attempt to
@@ -449,15 +464,7 @@ impl Federation {
         now: SystemTime,
     ) -> Result<FederatedIdentity, OidcError> {
         // Before any request: a forged callback costs the provider nothing.
-        if !bool::from(pending.state.as_bytes().ct_eq(returned_state.as_bytes())) {
-            return Err(OidcError::WrongState);
-        }
-        let age = unix_seconds(now).saturating_sub(pending.created_at);
-        if age > PENDING_LOGIN_MAX_AGE.as_secs() {
-            return Err(OidcError::PendingExpired {
-                max_secs: PENDING_LOGIN_MAX_AGE.as_secs(),
-            });
-        }
+        check_pending(pending, returned_state, now)?;
 
         let tokens = self
             .client
@@ -468,7 +475,7 @@ impl Federation {
             .map_err(token_error)?;
         let id_token = tokens
             .id_token()
-            .ok_or(OidcError::MissingClaim { claim: "id_token" })?;
+            .ok_or(OidcError::Missing { field: "id_token" })?;
         let login = self.check_id_token(pending, id_token, now, Some(tokens.access_token()))?;
 
         let user_info: CoreUserInfoClaims = self
@@ -482,7 +489,7 @@ impl Federation {
             .map_err(user_info_error)?;
         let email = user_info
             .email()
-            .ok_or(OidcError::MissingClaim { claim: "email" })?;
+            .ok_or(OidcError::Missing { field: "email" })?;
         Ok(FederatedIdentity {
             issuer: login.issuer,
             subject: login.subject,
@@ -566,6 +573,28 @@ impl Federation {
     }
 }
 
+/// The callback answers this attempt (same state) and is not stale. An
+/// attempt dated more than [`CLOCK_SKEW`] in the future is refused too: a
+/// clock gone wrong must not make an old attempt look fresh.
+fn check_pending(
+    pending: &PendingLogin,
+    returned_state: &str,
+    now: SystemTime,
+) -> Result<(), OidcError> {
+    if !bool::from(pending.state.as_bytes().ct_eq(returned_state.as_bytes())) {
+        return Err(OidcError::WrongState);
+    }
+    let now = unix_seconds(now);
+    let from_the_future = pending.created_at > now.saturating_add(CLOCK_SKEW.as_secs());
+    let age = now.saturating_sub(pending.created_at);
+    if from_the_future || age > PENDING_LOGIN_MAX_AGE.as_secs() {
+        return Err(OidcError::PendingExpired {
+            max_secs: PENDING_LOGIN_MAX_AGE.as_secs(),
+        });
+    }
+    Ok(())
+}
+
 /// An absolute URL, HTTPS unless the host is a loopback address (tests and
 /// local development run the provider there).
 fn checked_url(field: &'static str, value: &str) -> Result<Url, OidcError> {
@@ -601,8 +630,18 @@ fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn openidconnect_time(time: SystemTime) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::<chrono::Utc>::from(time)
+/// The time as openidconnect's verifier takes it. A broken clock (before
+/// 1970, or past chrono's range) reads as the end of time, so every token
+/// looks expired: fail closed, and never panic (chrono's `From<SystemTime>`
+/// would).
+fn openidconnect_time(time: SystemTime) -> DateTime<Utc> {
+    time.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| {
+            let secs = i64::try_from(d.as_secs()).ok()?;
+            DateTime::from_timestamp(secs, d.subsec_nanos())
+        })
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn discovery_error(err: DiscoveryError<HttpError>) -> OidcError {
@@ -621,7 +660,6 @@ fn discovery_error(err: DiscoveryError<HttpError>) -> OidcError {
             field: "issuer_url",
             reason: "no metadata URL can be made from it",
         },
-        DiscoveryError::Other(_) => OidcError::Provider("metadata or keys: request failed".into()),
         _ => OidcError::Provider("metadata or keys: request failed".into()),
     }
 }
@@ -752,5 +790,359 @@ impl<'c> AsyncHttpClient<'c> for HttpClient {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(self.send(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openidconnect::StandardErrorResponse;
+    use openidconnect::core::CoreErrorResponseType;
+    use proptest::prelude::*;
+
+    const SELF_ASSERTED_2FA: &str = "https://proconnect.gouv.fr/assurance/self-asserted-2fa";
+
+    fn amr(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| (*v).to_owned()).collect()
+    }
+
+    fn pending(created_at: u64) -> PendingLogin {
+        PendingLogin {
+            state: "state-123".into(),
+            nonce: "nonce-456".into(),
+            pkce_verifier: "verifier-789".into(),
+            created_at,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn proconnect_multi_factor_acr_values_are_accepted_whatever_the_amr() {
+        let accepted = AcceptedAssurance::proconnect();
+        for acr in [
+            "eidas2",
+            "eidas3",
+            SELF_ASSERTED_2FA,
+            "https://proconnect.gouv.fr/assurance/consistency-checked-2fa",
+        ] {
+            assert!(accepted.is_multi_factor(Some(acr), &[]), "{acr}");
+            assert!(accepted.is_multi_factor(Some(acr), &amr(&["pwd"])), "{acr}");
+        }
+    }
+
+    #[test]
+    fn proconnect_single_factor_logins_are_refused() {
+        let accepted = AcceptedAssurance::proconnect();
+        let one_factor_acr = [
+            None,
+            Some("eidas1"),
+            Some("https://proconnect.gouv.fr/assurance/self-asserted"),
+            Some("https://proconnect.gouv.fr/assurance/consistency-checked"),
+            Some("https://proconnect.gouv.fr/assurance/certification-dirigeant"),
+            // Case and prefix matter: no fuzzy match.
+            Some("EIDAS2"),
+            Some("eidas2 "),
+        ];
+        let one_factor_amr: [&[&str]; 7] = [
+            &[],
+            &["pwd"],
+            &["mail"],
+            &["pwd", "mail"],
+            &["pwd", "sms"],
+            &["totp"],
+            &["totp", "totp"],
+        ];
+        for acr in one_factor_acr {
+            for methods in one_factor_amr {
+                assert!(
+                    !accepted.is_multi_factor(acr, &amr(methods)),
+                    "{acr:?} {methods:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn amr_shows_multi_factor_by_mfa_or_by_a_second_factor_beside_another_method() {
+        let accepted = AcceptedAssurance::proconnect();
+        for methods in [
+            &["mfa"][..],
+            &["pwd", "totp"],
+            &["pwd", "pop"],
+            &["mail", "totp"],
+            &["pwd", "otp"],
+            &["pwd", "hwk"],
+            &["pin", "sc"],
+        ] {
+            assert!(
+                accepted.is_multi_factor(Some("eidas1"), &amr(methods)),
+                "{methods:?}"
+            );
+        }
+        // A second factor alone is one factor.
+        assert!(!accepted.is_multi_factor(None, &amr(&["pop"])));
+    }
+
+    #[test]
+    fn assurance_can_be_narrowed_to_acr_only() {
+        let strict = AcceptedAssurance::new(["eidas3"], [] as [&str; 0], [] as [&str; 0]);
+        assert!(strict.is_multi_factor(Some("eidas3"), &[]));
+        assert!(!strict.is_multi_factor(Some("eidas2"), &amr(&["pwd", "totp", "mfa"])));
+    }
+
+    #[test]
+    fn claims_request_asks_for_an_essential_multi_factor_acr_and_for_amr() {
+        let request: serde_json::Value =
+            serde_json::from_str(&AcceptedAssurance::proconnect().claims_request()).unwrap();
+        let acr = &request["id_token"]["acr"];
+        assert_eq!(acr["essential"], true);
+        let values: BTreeSet<&str> = acr["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            BTreeSet::from([
+                "eidas2",
+                "eidas3",
+                SELF_ASSERTED_2FA,
+                "https://proconnect.gouv.fr/assurance/consistency-checked-2fa"
+            ])
+        );
+        assert_eq!(request["id_token"]["amr"]["essential"], true);
+
+        let amr_only = AcceptedAssurance::new([] as [&str; 0], ["mfa"], ["totp"]);
+        let request: serde_json::Value = serde_json::from_str(&amr_only.claims_request()).unwrap();
+        assert!(request["id_token"].get("acr").is_none());
+        assert_eq!(request["id_token"]["amr"]["essential"], true);
+    }
+
+    #[test]
+    fn urls_must_be_https_except_on_loopback() {
+        for ok in [
+            "https://auth.example.gouv.fr/api/v2",
+            "http://127.0.0.1:8080",
+            "http://127.3.4.5/x",
+            "http://localhost:3000/cb",
+            "http://[::1]:9/cb",
+        ] {
+            assert!(checked_url("issuer_url", ok).is_ok(), "{ok}");
+        }
+        for (bad, reason) in [
+            (
+                "http://auth.example.gouv.fr",
+                "must use https (plain http only on a loopback address)",
+            ),
+            (
+                "http://10.0.0.1/cb",
+                "must use https (plain http only on a loopback address)",
+            ),
+            ("ftp://127.0.0.1/", "must be an https URL"),
+            ("auth.example.gouv.fr", "not an absolute URL"),
+            ("", "not an absolute URL"),
+        ] {
+            assert_eq!(
+                checked_url("issuer_url", bad).unwrap_err(),
+                OidcError::InvalidConfig {
+                    field: "issuer_url",
+                    reason
+                },
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn pending_login_checks_state_then_age() {
+        let p = pending(1_000_000);
+        assert_eq!(check_pending(&p, "state-123", at(1_000_000)), Ok(()));
+        assert_eq!(check_pending(&p, "state-123", at(1_000_600)), Ok(()));
+        assert_eq!(
+            check_pending(&p, "state-124", at(1_000_000)),
+            Err(OidcError::WrongState)
+        );
+        assert_eq!(
+            check_pending(&p, "", at(1_000_000)),
+            Err(OidcError::WrongState)
+        );
+        let stale = Err(OidcError::PendingExpired { max_secs: 600 });
+        assert_eq!(check_pending(&p, "state-123", at(1_000_601)), stale);
+        // Begun "in the future": tolerated within the skew, refused beyond.
+        assert_eq!(check_pending(&p, "state-123", at(999_940)), Ok(()));
+        assert_eq!(check_pending(&p, "state-123", at(999_939)), stale);
+        // A clock before 1970 reads as 0: refused, not fresh.
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(check_pending(&p, "state-123", before_1970), stale);
+    }
+
+    #[test]
+    fn broken_clocks_make_tokens_look_expired_and_never_panic() {
+        assert_eq!(
+            openidconnect_time(UNIX_EPOCH - Duration::from_secs(1)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert_eq!(openidconnect_time(at(0)), DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(
+            openidconnect_time(at(1_795_000_000)).timestamp(),
+            1_795_000_000
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn time_conversion_never_panics(secs in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            if let Some(time) = UNIX_EPOCH.checked_add(Duration::new(secs, nanos)) {
+                let converted = openidconnect_time(time);
+                prop_assert!(converted >= DateTime::<Utc>::UNIX_EPOCH);
+            }
+        }
+
+        /// Only first-factor methods and a non-listed acr: always refused,
+        /// however many and in whatever order.
+        #[test]
+        fn first_factors_alone_are_never_multi_factor(
+            acr in proptest::option::of("[a-z0-9:/.-]{0,40}"),
+            methods in proptest::collection::vec(
+                prop::sample::select(vec!["pwd", "mail", "sms", "tel", "kba", "pin", "user", "wia"]),
+                0..6,
+            ),
+        ) {
+            let accepted = AcceptedAssurance::proconnect();
+            prop_assume!(acr.as_deref().is_none_or(|a| !accepted.acr.contains(a)));
+            prop_assert!(!accepted.is_multi_factor(acr.as_deref(), &amr(&methods)));
+        }
+
+        /// More evidence never turns an acceptance into a refusal, and the
+        /// order of amr does not matter.
+        #[test]
+        fn acceptance_is_monotonic_and_order_free(
+            acr in proptest::option::of(prop::sample::select(vec!["eidas1", "eidas2", SELF_ASSERTED_2FA, "other"])),
+            methods in proptest::collection::vec(
+                prop::sample::select(vec!["pwd", "mail", "totp", "pop", "mfa", "sms", "x"]),
+                0..5,
+            ),
+            extra in prop::sample::select(vec!["pwd", "mail", "totp", "pop", "mfa", "sms", "x"]),
+        ) {
+            let accepted = AcceptedAssurance::proconnect();
+            let before = accepted.is_multi_factor(acr, &amr(&methods));
+            let mut more = methods.clone();
+            more.push(extra);
+            if before {
+                prop_assert!(accepted.is_multi_factor(acr, &amr(&more)));
+            }
+            let mut reversed = methods.clone();
+            reversed.reverse();
+            prop_assert_eq!(before, accepted.is_multi_factor(acr, &amr(&reversed)));
+        }
+    }
+
+    #[test]
+    fn pending_login_round_trips_and_its_debug_shows_no_secret() {
+        let p = pending(42);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<PendingLogin>(&json).unwrap(), p);
+        let debug = format!("{p:?}");
+        for secret in ["state-123", "nonce-456", "verifier-789"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("42"));
+    }
+
+    #[test]
+    fn identities_debug_names_no_one() {
+        let identity = FederatedIdentity {
+            issuer: "https://idp.example".into(),
+            subject: "sub-0042".into(),
+            email: "agent@example.org".into(),
+            acr: Some("eidas2".into()),
+            amr: amr(&["pwd", "totp"]),
+        };
+        let debug = format!("{identity:?}");
+        assert!(!debug.contains("sub-0042") && !debug.contains("agent@example.org"));
+        assert!(debug.contains("eidas2") && debug.contains("totp"));
+        let login = VerifiedLogin {
+            issuer: identity.issuer.clone(),
+            subject: identity.subject.clone(),
+            acr: identity.acr.clone(),
+            amr: identity.amr.clone(),
+        };
+        assert!(!format!("{login:?}").contains("sub-0042"));
+    }
+
+    #[test]
+    fn token_endpoint_refusals_keep_the_code_but_not_the_description() {
+        let response = StandardErrorResponse::new(
+            CoreErrorResponseType::InvalidGrant,
+            Some("code SplxlOBeZQQYbYS6WxSbIA is invalid".into()),
+            None,
+        );
+        let err = token_error(RequestTokenError::ServerResponse(response));
+        assert_eq!(
+            err.to_string(),
+            "identity provider: token endpoint refused the code: invalid_grant"
+        );
+    }
+
+    #[test]
+    fn claim_check_failures_map_to_their_reason_without_echoing_values() {
+        let cases = [
+            (
+                ClaimsVerificationError::InvalidIssuer("found `https://evil`".into()),
+                OidcError::WrongIssuer,
+            ),
+            (
+                ClaimsVerificationError::InvalidAudience("found `x`".into()),
+                OidcError::WrongAudience,
+            ),
+            (
+                ClaimsVerificationError::InvalidNonce("nonce mismatch".into()),
+                OidcError::WrongNonce,
+            ),
+            (
+                ClaimsVerificationError::Expired("at 3".into()),
+                OidcError::Expired,
+            ),
+            (
+                ClaimsVerificationError::SignatureVerification(
+                    openidconnect::SignatureVerificationError::NoSignature,
+                ),
+                OidcError::BadSignature,
+            ),
+            (
+                ClaimsVerificationError::Other("eyJhbGciOi.secret".into()),
+                OidcError::InvalidIdToken {
+                    reason: "claims refused",
+                },
+            ),
+        ];
+        for (from, to) in cases {
+            let mapped = claims_error(from);
+            assert!(!mapped.to_string().contains("evil") && !mapped.to_string().contains("eyJ"));
+            assert_eq!(mapped, to);
+        }
+    }
+
+    #[test]
+    fn federation_and_its_futures_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Federation>();
+        send_sync::<PendingLogin>();
+        // Type-checked, never run: axum handlers need Send futures.
+        let _ = |federation: &Federation, pending: &PendingLogin| {
+            send(&federation.complete(pending, "", "", UNIX_EPOCH));
+            send(&Federation::discover(
+                "",
+                "",
+                "",
+                "",
+                AcceptedAssurance::proconnect(),
+            ));
+        };
     }
 }
