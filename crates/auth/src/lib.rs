@@ -11,5 +11,6 @@ pub mod client_assertion;
 pub mod dpop;
 pub mod jose;
 pub mod lockout;
+pub mod oidc;
 pub mod password;
 pub mod totp;
