@@ -4,3 +4,5 @@
 //! Each module verifies one kind of evidence and returns a typed answer; none
 //! of them reads a clock or a database of its own (callers pass "now" and
 //! the state they keep), so every rule here is testable without waiting.
+
+pub mod passkey;
