@@ -207,6 +207,12 @@ impl Passkeys {
     ) -> Result<StoredPasskey, PasskeyError> {
         let now_ms = unix_ms(now)?;
         check_age(state.started_at_ms, now_ms, self.ceremony_max_age)?;
+        if let Some(other) = existing.iter().find(|p| p.account_id != state.account_id) {
+            return Err(PasskeyError::WrongAccount {
+                ceremony_account: state.account_id,
+                credential_account: other.account_id,
+            });
+        }
         let answer: RegisterPublicKeyCredential = parse_client_json(client_json)?;
         let credential_id = CredentialId::from_bytes(answer.raw_id.to_vec())?;
         if existing.iter().any(|p| p.credential_id == credential_id) {

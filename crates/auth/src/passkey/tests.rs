@@ -214,7 +214,7 @@ fn username_less_login_finds_the_account_from_the_credential() {
 }
 
 #[test]
-fn username_less_login_checks_the_user_handle() {
+fn the_user_handle_must_be_the_credentials() {
     let rp = rp();
     let mut browser = Browser::new();
     let passkey = register(&rp, &mut browser, ALICE, &[]);
@@ -231,9 +231,20 @@ fn username_less_login_checks_the_user_handle() {
     let mut no_handle = answer;
     no_handle["response"]["userHandle"] = Value::Null;
     let err = rp
-        .finish_authentication(&state, &no_handle.to_string(), &[passkey], at(51))
+        .finish_authentication(&state, &no_handle.to_string(), one(&passkey), at(51))
         .unwrap_err();
     assert_eq!(err, PasskeyError::UserHandleMissing);
+
+    // Optional in an account login, but checked when sent.
+    let (options, state) = rp
+        .start_authentication(ALICE, one(&passkey), at(60))
+        .unwrap();
+    let mut answer: Value = serde_json::from_str(&browser.get(&to_json(&options))).unwrap();
+    answer["response"]["userHandle"] = json!(URL_SAFE_NO_PAD.encode([7u8; 16]));
+    let err = rp
+        .finish_authentication(&state, &answer.to_string(), one(&passkey), at(61))
+        .unwrap_err();
+    assert_eq!(err, PasskeyError::UserHandleMismatch);
 }
 
 #[test]
@@ -568,7 +579,13 @@ fn a_ceremony_needs_the_accounts_own_passkeys() {
         }
     );
     assert!(matches!(
-        rp.start_registration(ALICE, "a", "A", &[bob_key], at(0)),
+        rp.start_registration(ALICE, "a", "A", one(&bob_key), at(0)),
+        Err(PasskeyError::WrongAccount { .. })
+    ));
+    let (options, state) = rp.start_registration(ALICE, "a", "A", &[], at(0)).unwrap();
+    let answer = Browser::new().create(&to_json(&options));
+    assert!(matches!(
+        rp.finish_registration(&state, &answer, &[bob_key], at(1)),
         Err(PasskeyError::WrongAccount { .. })
     ));
     assert_eq!(
