@@ -12,5 +12,6 @@ pub mod dpop;
 pub mod jose;
 pub mod lockout;
 pub mod oidc;
+pub mod passkey;
 pub mod password;
 pub mod totp;
