@@ -10,15 +10,26 @@
 //! the secret.
 //!
 //! Tables: `person`, `organisation`, `account`, `mandate` (with its
-//! revocation instant), `api_credential`, and `id_counter`.
+//! revocation instant), `api_credential`, and `id_counter`; for
+//! authentication ([`auth`], [`AuthStore`]): `account_password`,
+//! `account_totp`, `passkey`, `web_session`, `ceremony`, `api_client`,
+//! `access_token`, `replay_key` and `credential_reset`, plus the account's
+//! history columns (`created_at`, `decided_by`, `decided_at`,
+//! `last_login_at`, `next_session_high_risk`).
 //!
 //! Schema changes are versioned migrations under `migrations/<backend>/`,
 //! applied in order when a store is opened; each backend has its own SQL
 //! but the same tables, columns and meaning.
 
+pub mod auth;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
+
+pub use auth::{
+    AccessTokenRow, AccountLifecycle, ApiClientRow, AuthStore, CredentialReset, NewAccountRequest,
+    ResetKind, ReviewEntry, SESSION_METHODS, StoredPasskeyRow, StoredSession, StoredTotp,
+};
 
 use std::sync::Arc;
 
@@ -512,14 +523,53 @@ pub enum PersonIndex {
 /// A shared handle on either backend.
 pub type Store = Arc<dyn RegistryStore>;
 
+/// Both interfaces on one opened database, sharing its connections (the
+/// SQLite writer and readers, or the PostgreSQL pool).
+#[derive(Clone)]
+pub struct Stores {
+    /// The registry: persons, organisations, accounts, mandates.
+    pub registry: Store,
+    /// What authentication persists.
+    pub auth: Arc<dyn AuthStore>,
+}
+
+impl From<sqlite::SqliteStore> for Stores {
+    fn from(s: sqlite::SqliteStore) -> Stores {
+        // A clone shares the connections.
+        Stores {
+            registry: Arc::new(s.clone()),
+            auth: Arc::new(s),
+        }
+    }
+}
+
+impl From<postgres::PgStore> for Stores {
+    fn from(s: postgres::PgStore) -> Stores {
+        // A clone shares the pool.
+        Stores {
+            registry: Arc::new(s.clone()),
+            auth: Arc::new(s),
+        }
+    }
+}
+
 /// Opens the store named by `url`: `postgres://…`/`postgresql://…`, or a
 /// data directory path (SQLite file `registry.db` inside it). Migrations run.
 pub async fn open(url_or_dir: &str) -> Result<Store, StorageError> {
+    Ok(open_stores(url_or_dir).await?.registry)
+}
+
+/// Like [`open`], with the authentication interface on the same database.
+pub async fn open_stores(url_or_dir: &str) -> Result<Stores, StorageError> {
     if url_or_dir.starts_with("postgres://") || url_or_dir.starts_with("postgresql://") {
-        postgres::PgStore::connect(url_or_dir, postgres::DEFAULT_SCHEMA).await
+        Ok(
+            postgres::PgStore::connect_store(url_or_dir, postgres::DEFAULT_SCHEMA)
+                .await?
+                .into(),
+        )
     } else {
         let dir = std::path::Path::new(url_or_dir);
-        Ok(Arc::new(sqlite::SqliteStore::open(dir).await?))
+        Ok(sqlite::SqliteStore::open(dir).await?.into())
     }
 }
 

@@ -19,6 +19,11 @@ pub const SQLITE: &[Migration] = &[
         name: "consultation",
         sql: include_str!("../migrations/sqlite/0002_consultation.sql"),
     },
+    Migration {
+        version: 3,
+        name: "authentication",
+        sql: include_str!("../migrations/sqlite/0003_authentication.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -32,6 +37,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "consultation",
         sql: include_str!("../migrations/postgres/0002_consultation.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "authentication",
+        sql: include_str!("../migrations/postgres/0003_authentication.sql"),
     },
 ];
 

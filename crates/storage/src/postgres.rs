@@ -37,6 +37,8 @@ use crate::{
     digest, grant_refusal, group_column, index_column, migrate, parse_code,
 };
 
+mod auth;
+
 /// Schema the registry lives in unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "registry";
 

@@ -21,6 +21,8 @@ use crate::{
     digest, grant_refusal, group_column, index_column, migrate, parse_code,
 };
 
+mod auth;
+
 /// File name of the registry inside the data directory.
 pub const FILE_NAME: &str = "registry.db";
 const READERS: usize = 4;

@@ -547,7 +547,10 @@ async fn migrations_are_idempotent_and_guarded() {
             .await
             .expect("pg_tables")
             .get(0);
-        assert_eq!(tables, 7, "[postgres] registry tables + schema_migrations");
+        assert_eq!(
+            tables, 16,
+            "[postgres] registry and authentication tables + schema_migrations"
+        );
     }
 
     // A database newer than the program is refused by both.
@@ -2944,4 +2947,1740 @@ async fn consultation_rows_answer_like_the_three_lookups() {
         assert_eq!(rows.mandates.len(), 2, "[{be}]");
         assert!(rows.credential.is_some() && rows.person.is_some(), "[{be}]");
     }
+}
+
+// ---------------------------------------------------------------- authentication
+
+use chrono::TimeDelta;
+use rempart_storage::{
+    AccessTokenRow, AccountLifecycle, ApiClientRow, AuthStore, CredentialReset, NewAccountRequest,
+    ResetKind, StoredPasskeyRow, StoredSession, StoredTotp, Stores,
+};
+
+/// Both backends, each opened once and seen through both interfaces (the
+/// same connections behind both).
+struct BothAuth {
+    _dir: TempDir,
+    sqlite: Stores,
+    pg: Stores,
+    _guard: SchemaGuard,
+}
+
+impl BothAuth {
+    fn each(&self) -> [(&dyn RegistryStore, &dyn AuthStore); 2] {
+        [
+            (&*self.sqlite.registry, &*self.sqlite.auth),
+            (&*self.pg.registry, &*self.pg.auth),
+        ]
+    }
+}
+
+async fn both_auth() -> BothAuth {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let sqlite = Stores::from(
+        SqliteStore::open(dir.path())
+            .await
+            .unwrap_or_else(|e| panic!("SQLite store in {}: {e}", dir.path().display())),
+    );
+    let url = pg_url();
+    let schema = unique_schema();
+    let guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let pg = Stores::from(
+        PgStore::connect_store(&url, &schema)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL test database unusable at {url} (schema {schema}): {e}\n\
+             Start PostgreSQL or set REMPART_TEST_DATABASE_URL; these tests never skip."
+                )
+            }),
+    );
+    BothAuth {
+        _dir: dir,
+        sqlite,
+        pg,
+        _guard: guard,
+    }
+}
+
+/// A synthetic 32-byte digest.
+fn key32(n: u8) -> [u8; 32] {
+    let mut k = [0xA5; 32];
+    k[0] = n;
+    k
+}
+
+/// A synthetic JWK thumbprint: 43 base64url characters.
+fn jkt(n: u8) -> String {
+    format!("{}{}", "Q".repeat(42), char::from(b'a' + n % 26))
+}
+
+const PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+const PHC2: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNob3RoZXJoYXNo";
+
+fn plus(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    t + TimeDelta::seconds(secs)
+}
+
+fn session_of(account_id: i64, n: u8, method: &str, t: DateTime<Utc>) -> StoredSession {
+    StoredSession {
+        id_digest: key32(n),
+        account_id,
+        jkt: jkt(n),
+        method: method.into(),
+        created_at: t,
+        last_seen_at: t,
+        absolute_expiry: plus(t, 10 * 3600),
+        idle_timeout_secs: 1800,
+        high_risk: false,
+        step_up_at: None,
+        ended_at: None,
+        end_reason: None,
+    }
+}
+
+fn passkey_of(account_id: i64, credential_id: &[u8], t: DateTime<Utc>) -> StoredPasskeyRow {
+    StoredPasskeyRow {
+        credential_id: credential_id.to_vec(),
+        account_id,
+        data: format!(r#"{{"cred":"{}","counter":0}}"#, credential_id.len()),
+        created_at: t,
+        last_used_at: None,
+    }
+}
+
+/// Gives an account every factor and one live session `n`.
+async fn enrol_everything(
+    store: &dyn RegistryStore,
+    auth: &dyn AuthStore,
+    account_id: i64,
+    n: u8,
+    t: DateTime<Utc>,
+) {
+    auth.set_password(account_id, PHC, t)
+        .await
+        .on(store, "password");
+    auth.set_totp(StoredTotp {
+        account_id,
+        sealed_secret: blob(20, i64::from(n), 48),
+        last_step: Some(100),
+        enrolled_at: t,
+    })
+    .await
+    .on(store, "totp");
+    for k in [n, n + 100] {
+        auth.add_passkey(passkey_of(account_id, &[k; 16], t))
+            .await
+            .on(store, "passkey");
+    }
+    auth.insert_session(session_of(account_id, n, "passkey", t))
+        .await
+        .on(store, "session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_requests_are_decided_once_by_an_outside_officer() {
+    use AccountState::{Active, Disabled, Requested, Suspended};
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let (_, refused) = store
+            .upsert_accounts(vec![
+                account(
+                    "ce.officer",
+                    "CE-038",
+                    Role::Officer,
+                    Active,
+                    None,
+                    Some("ft.officer1"),
+                ),
+                account("ft.officer2", "FT", Role::Officer, Active, None, None),
+            ])
+            .await
+            .on(store, "officers");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let ce = org_id(store, "CE-038").await;
+        let boss = account_id(store, "ce.Boss").await;
+        let officer = account_id(store, "ft.officer1").await;
+        let officer2 = account_id(store, "ft.officer2").await;
+        let ce_officer = account_id(store, "ce.officer").await;
+        let request = |login: &str, minutes: i64| NewAccountRequest {
+            organisation_id: ce,
+            login: r(login),
+            role: Role::Agent,
+            requested_by: boss,
+            at: plus(t0, 60 * minutes),
+        };
+
+        let new1 = auth
+            .request_account(request("ce.new1", 0))
+            .await
+            .on(store, "request");
+        assert_eq!(
+            (
+                new1.login.as_str(),
+                new1.state,
+                new1.role,
+                new1.organisation_id
+            ),
+            ("ce.new1", Requested, Role::Agent, ce),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.lifecycle(new1.account_id).await.on(store, "lifecycle"),
+            Some(AccountLifecycle {
+                account_id: new1.account_id,
+                created_at: Some(t0),
+                requested_by: Some(boss),
+                decided_by: None,
+                decided_at: None,
+                last_login_at: None,
+                next_session_high_risk: false,
+            }),
+            "[{be}]"
+        );
+        assert_eq!(
+            store
+                .account_by_id(new1.account_id)
+                .await
+                .on(store, "by id"),
+            Some(new1.clone()),
+            "[{be}] the registry sees the same account"
+        );
+
+        // Refused requests.
+        for (req, field, what) in [
+            (request("ce.new1", 1), "login", "a login already requested"),
+            (
+                request("ce.agent1", 1),
+                "login",
+                "an imported account's login",
+            ),
+            (
+                NewAccountRequest {
+                    organisation_id: 999_999,
+                    ..request("ce.x", 1)
+                },
+                "organisation_id",
+                "unknown organisation",
+            ),
+            (
+                NewAccountRequest {
+                    requested_by: 999_999,
+                    ..request("ce.x", 1)
+                },
+                "requested_by",
+                "unknown requester",
+            ),
+        ] {
+            assert_invalid(store, auth.request_account(req).await, field, what);
+        }
+        let agent2 = account_id(store, "ce.agent2").await;
+        assert!(
+            store
+                .set_account_state(agent2, Suspended)
+                .await
+                .on(store, "suspend")
+        );
+        assert_invalid(
+            store,
+            auth.request_account(NewAccountRequest {
+                requested_by: agent2,
+                ..request("ce.x", 1)
+            })
+            .await,
+            "requested_by",
+            "a suspended requester",
+        );
+
+        let new2 = auth
+            .request_account(request("ce.new2", 2))
+            .await
+            .on(store, "request 2");
+        let new3 = auth
+            .request_account(request("ce.new3", 3))
+            .await
+            .on(store, "request 3");
+        let new4 = auth
+            .request_account(NewAccountRequest {
+                organisation_id: org_id(store, "FT").await,
+                requested_by: officer2,
+                ..request("ft.new4", 4)
+            })
+            .await
+            .on(store, "request 4");
+
+        // Deciders who may not decide.
+        for (decider, account, what) in [
+            (boss, new1.account_id, "a manager"),
+            (
+                ce_officer,
+                new1.account_id,
+                "an officer of the partner itself",
+            ),
+            (new2.account_id, new1.account_id, "a requested account"),
+            (999_999, new1.account_id, "an unknown account"),
+            (officer2, new4.account_id, "the requester"),
+        ] {
+            assert_invalid(
+                store,
+                auth.decide_account(account, decider, true, plus(t0, 600))
+                    .await,
+                "officer_id",
+                what,
+            );
+        }
+        assert_eq!(
+            store
+                .account_by_id(new1.account_id)
+                .await
+                .on(store, "by id")
+                .map(|a| a.state),
+            Some(Requested),
+            "[{be}] refusals change nothing"
+        );
+
+        // Approval and rejection, each once.
+        let decided_at = plus(t0, 3600);
+        let approved = auth
+            .decide_account(new1.account_id, officer, true, decided_at)
+            .await
+            .on(store, "approve")
+            .unwrap_or_else(|| panic!("[{be}] approval"));
+        assert_eq!(approved.state, Active, "[{be}]");
+        let rejected = auth
+            .decide_account(new2.account_id, officer, false, decided_at)
+            .await
+            .on(store, "reject")
+            .unwrap_or_else(|| panic!("[{be}] rejection"));
+        assert_eq!(rejected.state, Disabled, "[{be}]");
+        for (id, approve) in [
+            (new1.account_id, true),
+            (new1.account_id, false),
+            (new2.account_id, true),
+            (account_id(store, "ce.agent1").await, true),
+            (999_999, true),
+        ] {
+            assert_eq!(
+                auth.decide_account(id, officer2, approve, plus(decided_at, 1))
+                    .await
+                    .on(store, "decide again"),
+                None,
+                "[{be}] account {id} is not awaiting a decision"
+            );
+        }
+        let states = [new1.account_id, new2.account_id].map(|id| async move {
+            store
+                .account_by_id(id)
+                .await
+                .on(store, "by id")
+                .map(|a| a.state)
+        });
+        assert_eq!(
+            join_all(states).await,
+            vec![Some(Active), Some(Disabled)],
+            "[{be}] a decision is final"
+        );
+        let life = auth
+            .lifecycle(new1.account_id)
+            .await
+            .on(store, "lifecycle")
+            .unwrap_or_else(|| panic!("[{be}] lifecycle"));
+        assert_eq!(
+            (life.decided_by, life.decided_at, life.requested_by),
+            (Some(officer), Some(decided_at), Some(boss)),
+            "[{be}]"
+        );
+
+        // Two officers deciding at once: exactly one decision lands.
+        let (x, y) = tokio::join!(
+            auth.decide_account(new3.account_id, officer, true, decided_at),
+            auth.decide_account(new3.account_id, officer2, false, decided_at),
+        );
+        let (x, y) = (x.on(store, "race 1"), y.on(store, "race 2"));
+        assert_eq!(
+            u8::from(x.is_some()) + u8::from(y.is_some()),
+            1,
+            "[{be}] {x:?} {y:?}"
+        );
+        let winner = auth
+            .lifecycle(new3.account_id)
+            .await
+            .on(store, "lifecycle")
+            .and_then(|l| l.decided_by);
+        let state = store
+            .account_by_id(new3.account_id)
+            .await
+            .on(store, "by id")
+            .map(|a| a.state);
+        assert!(
+            (winner == Some(officer) && state == Some(Active))
+                || (winner == Some(officer2) && state == Some(Disabled)),
+            "[{be}] {winner:?} {state:?}"
+        );
+
+        // What is left to decide.
+        let pending = auth.pending_requests().await.on(store, "pending");
+        assert_eq!(
+            pending
+                .iter()
+                .map(|e| (e.account.login.as_str(), e.lifecycle.requested_by))
+                .collect::<Vec<_>>(),
+            vec![("ft.new4", Some(officer2))],
+            "[{be}]"
+        );
+
+        // A burst of requests shows (refused requests are not counted).
+        for (since, n) in [(t0, 3), (plus(t0, 120), 2), (plus(t0, 181), 0)] {
+            assert_eq!(
+                auth.requests_since(boss, since)
+                    .await
+                    .on(store, "requests since"),
+                n,
+                "[{be}] since {since}"
+            );
+        }
+        assert_eq!(
+            auth.requests_since(officer2, t0)
+                .await
+                .on(store, "requests since"),
+            1,
+            "[{be}]"
+        );
+
+        // Logins are recorded, never backwards.
+        let login = plus(t0, 7200);
+        auth.record_login(new1.account_id, login)
+            .await
+            .on(store, "login");
+        auth.record_login(new1.account_id, plus(login, -60))
+            .await
+            .on(store, "late login");
+        assert_eq!(
+            auth.lifecycle(new1.account_id)
+                .await
+                .on(store, "lifecycle")
+                .and_then(|l| l.last_login_at),
+            Some(login),
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            auth.record_login(999_999, login).await,
+            "account_id",
+            "unknown account",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactive_accounts_are_disabled_and_the_rest_reviewed() {
+    use AccountState::{Active, Disabled, Suspended};
+    let b = both_auth().await;
+    let t0 = at("2026-01-05T08:00:00Z");
+    let cutoff = at("2026-03-01T00:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let officer = account_id(store, "ft.officer1").await;
+        let boss = account_id(store, "ce.Boss").await;
+        let ce = org_id(store, "CE-038").await;
+        let mut ids = std::collections::HashMap::new();
+        for (n, login) in [
+            "ce.never",
+            "ce.stale",
+            "ce.recent",
+            "ce.pending",
+            "ce.suspended",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let a = auth
+                .request_account(NewAccountRequest {
+                    organisation_id: ce,
+                    login: r(login),
+                    role: Role::Agent,
+                    requested_by: boss,
+                    at: plus(t0, n as i64),
+                })
+                .await
+                .on(store, "request");
+            if login != "ce.pending" {
+                auth.decide_account(a.account_id, officer, true, plus(t0, 3600))
+                    .await
+                    .on(store, "approve");
+            }
+            ids.insert(login, a.account_id);
+        }
+        auth.record_login(ids["ce.stale"], at("2026-02-01T10:00:00Z"))
+            .await
+            .on(store, "login");
+        auth.record_login(ids["ce.recent"], at("2026-03-10T10:00:00Z"))
+            .await
+            .on(store, "login");
+        auth.record_login(ids["ce.suspended"], at("2026-01-10T10:00:00Z"))
+            .await
+            .on(store, "login");
+        assert!(
+            store
+                .set_account_state(ids["ce.suspended"], Suspended)
+                .await
+                .on(store, "suspend")
+        );
+        // A session still open on a stale account (an idle one never ended).
+        let sweep = at("2026-03-15T00:00:00Z");
+        auth.insert_session(session_of(
+            ids["ce.stale"],
+            1,
+            "passkey",
+            at("2026-02-01T10:00:00Z"),
+        ))
+        .await
+        .on(store, "session");
+
+        let mut want = vec![ids["ce.never"], ids["ce.stale"]];
+        want.sort_unstable();
+        assert_eq!(
+            auth.disable_inactive(cutoff, sweep)
+                .await
+                .on(store, "disable inactive"),
+            want,
+            "[{be}] exactly the stale active accounts (imported ones have no history)"
+        );
+        assert_eq!(
+            auth.disable_inactive(cutoff, sweep)
+                .await
+                .on(store, "again"),
+            Vec::<i64>::new(),
+            "[{be}]"
+        );
+        for (login, state) in [
+            ("ce.never", Disabled),
+            ("ce.stale", Disabled),
+            ("ce.recent", Active),
+            ("ce.pending", AccountState::Requested),
+            ("ce.suspended", Suspended),
+            ("ce.agent1", Active),
+        ] {
+            assert_eq!(
+                store
+                    .account_by_login(&r(login))
+                    .await
+                    .on(store, "by login")
+                    .map(|a| a.state),
+                Some(state),
+                "[{be}] {login}"
+            );
+        }
+        let (s, _) = auth
+            .session(key32(1))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session"));
+        assert_eq!(
+            (s.ended_at, s.end_reason.as_deref()),
+            (Some(sweep), Some("inactive")),
+            "[{be}]"
+        );
+
+        // The review: every account not disabled, by organisation code then
+        // login (byte order: upper case first).
+        let review = auth.accounts_to_review(None).await.on(store, "review");
+        assert_eq!(
+            review
+                .iter()
+                .map(|e| (e.account.organisation.as_str(), e.account.login.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("CE-038", "ce.Boss"),
+                ("CE-038", "ce.agent1"),
+                ("CE-038", "ce.agent2"),
+                ("CE-038", "ce.pending"),
+                ("CE-038", "ce.recent"),
+                ("CE-038", "ce.suspended"),
+                ("FT", "ft.officer1"),
+                ("ML-069", "ml.agent1"),
+            ],
+            "[{be}]"
+        );
+        for e in &review {
+            assert_eq!(
+                Some(&e.lifecycle),
+                auth.lifecycle(e.account.account_id)
+                    .await
+                    .on(store, "lifecycle")
+                    .as_ref(),
+                "[{be}] {}",
+                e.account.login
+            );
+        }
+        let recent = review
+            .iter()
+            .find(|e| e.account.login.as_str() == "ce.recent")
+            .map(|e| e.lifecycle.clone());
+        assert_eq!(
+            recent.map(|l| (l.decided_by, l.last_login_at)),
+            Some((Some(officer), Some(at("2026-03-10T10:00:00Z")))),
+            "[{be}]"
+        );
+        let ml = org_id(store, "ML-069").await;
+        assert_eq!(
+            auth.accounts_to_review(Some(ml))
+                .await
+                .on(store, "review ML")
+                .iter()
+                .map(|e| e.account.login.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ml.agent1"],
+            "[{be}]"
+        );
+        assert!(
+            auth.accounts_to_review(Some(999_999))
+                .await
+                .on(store, "review of nothing")
+                .is_empty(),
+            "[{be}]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_totp_steps_are_kept_and_compared_and_set() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+
+        // Password and throttle state.
+        assert_eq!(auth.password(agent1).await.on(store, "password"), None);
+        auth.set_password(agent1, PHC, t0)
+            .await
+            .on(store, "set password");
+        assert_eq!(
+            auth.password(agent1).await.on(store, "password"),
+            Some((PHC.to_string(), "{}".to_string())),
+            "[{be}] a new password starts with an empty throttle state"
+        );
+        let throttle = r#"{"consecutive_failures":3,"last_failure_unix":1772442000,"lock":null}"#;
+        auth.set_throttle(agent1, throttle)
+            .await
+            .on(store, "throttle");
+        auth.set_password(agent1, PHC2, plus(t0, 60))
+            .await
+            .on(store, "change password");
+        assert_eq!(
+            auth.password(agent1).await.on(store, "password"),
+            Some((PHC2.to_string(), throttle.to_string())),
+            "[{be}] a changed password keeps the throttle state"
+        );
+        assert_invalid(
+            store,
+            auth.set_password(agent1, "$2b$12$abcdefghijklmnopqrstuuvwxyz", t0)
+                .await,
+            "phc",
+            "bcrypt",
+        );
+        assert_invalid(
+            store,
+            auth.set_password(999_999, PHC, t0).await,
+            "account_id",
+            "unknown account",
+        );
+        auth.set_throttle(agent2, "{}")
+            .await
+            .on(store, "throttle without password");
+        assert_eq!(
+            auth.password(agent2).await.on(store, "password"),
+            None,
+            "[{be}]"
+        );
+
+        // TOTP.
+        assert_eq!(auth.totp(agent1).await.on(store, "totp"), None);
+        assert!(
+            !auth
+                .accept_totp_step(agent1, 5)
+                .await
+                .on(store, "step without totp"),
+            "[{be}]"
+        );
+        let enrolled = StoredTotp {
+            account_id: agent1,
+            sealed_secret: blob(21, 1, 48),
+            last_step: None,
+            enrolled_at: t0,
+        };
+        auth.set_totp(enrolled.clone()).await.on(store, "enrol");
+        assert_eq!(
+            auth.totp(agent1).await.on(store, "totp"),
+            Some(enrolled.clone())
+        );
+        let step = 59_000_000u64;
+        for (s, accepted, what) in [
+            (step, true, "first code"),
+            (step, false, "the same step again"),
+            (step - 1, false, "an earlier step"),
+            (step + 1, true, "the next step"),
+            (step, false, "an earlier step after the next"),
+        ] {
+            assert_eq!(
+                auth.accept_totp_step(agent1, s)
+                    .await
+                    .on(store, "accept step"),
+                accepted,
+                "[{be}] {what}"
+            );
+        }
+        assert_eq!(
+            auth.totp(agent1)
+                .await
+                .on(store, "totp")
+                .and_then(|t| t.last_step),
+            Some(step + 1),
+            "[{be}]"
+        );
+        // Two logins (here sixteen) with the same code: one wins.
+        let racing = join_all((0..16).map(|_| auth.accept_totp_step(agent1, step + 10))).await;
+        let wins = racing
+            .into_iter()
+            .map(|r| r.on(store, "racing step"))
+            .filter(|&w| w)
+            .count();
+        assert_eq!(wins, 1, "[{be}]");
+        // Re-enrolment replaces the secret and forgets the step.
+        let again = StoredTotp {
+            sealed_secret: blob(21, 2, 48),
+            enrolled_at: plus(t0, 3600),
+            ..enrolled.clone()
+        };
+        auth.set_totp(again.clone()).await.on(store, "re-enrol");
+        assert_eq!(auth.totp(agent1).await.on(store, "totp"), Some(again));
+        for (t, field) in [
+            (
+                StoredTotp {
+                    account_id: 999_999,
+                    ..enrolled.clone()
+                },
+                "account_id",
+            ),
+            (
+                StoredTotp {
+                    sealed_secret: vec![],
+                    ..enrolled.clone()
+                },
+                "sealed_secret",
+            ),
+            (
+                StoredTotp {
+                    last_step: Some(u64::MAX),
+                    ..enrolled.clone()
+                },
+                "last_step",
+            ),
+        ] {
+            assert_invalid(store, auth.set_totp(t).await, field, "bad enrolment");
+        }
+        assert_invalid(
+            store,
+            auth.accept_totp_step(agent1, u64::MAX).await,
+            "step",
+            "step out of range",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkeys_are_registered_once_and_updated() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let p1 = passkey_of(agent1, &[1, 2, 3], t0);
+        let p2 = passkey_of(agent1, &[9; 64], plus(t0, 60));
+        let p3 = StoredPasskeyRow {
+            last_used_at: Some(plus(t0, 5)),
+            ..passkey_of(agent2, &[4], t0)
+        };
+        for p in [&p1, &p2, &p3] {
+            auth.add_passkey(p.clone()).await.on(store, "add passkey");
+        }
+        for (p, field, what) in [
+            (passkey_of(agent2, &[1, 2, 3], t0), "credential_id", "taken"),
+            (passkey_of(agent1, &[], t0), "credential_id", "empty"),
+            (
+                passkey_of(agent1, &[7; 1024], t0),
+                "credential_id",
+                "too long",
+            ),
+            (
+                passkey_of(999_999, &[8], t0),
+                "account_id",
+                "unknown account",
+            ),
+        ] {
+            assert_invalid(store, auth.add_passkey(p).await, field, what);
+        }
+        assert_eq!(
+            auth.passkeys(agent1).await.on(store, "passkeys"),
+            vec![p1.clone(), p2.clone()],
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.passkey_by_credential(&[4])
+                .await
+                .on(store, "by credential"),
+            Some(p3.clone()),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.passkey_by_credential(&[4, 0])
+                .await
+                .on(store, "by credential"),
+            None,
+            "[{be}]"
+        );
+        let data = r#"{"cred":"3","counter":17}"#;
+        auth.update_passkey(&[1, 2, 3], data, plus(t0, 900))
+            .await
+            .on(store, "update");
+        auth.update_passkey(&[5, 5], data, plus(t0, 900))
+            .await
+            .on(store, "update of a removed passkey");
+        assert_eq!(
+            auth.passkey_by_credential(&[1, 2, 3])
+                .await
+                .on(store, "by credential"),
+            Some(StoredPasskeyRow {
+                data: data.into(),
+                last_used_at: Some(plus(t0, 900)),
+                ..p1
+            }),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.passkeys(agent2).await.on(store, "passkeys"),
+            vec![p3],
+            "[{be}] other accounts untouched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ceremonies_are_single_use_and_expire() {
+    let b = both_auth().await;
+    let now = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        let payload = r#"{"challenge":"c3ludGhldGlj","user":null}"#;
+        auth.put_ceremony(key32(1), "webauthn_login", payload, plus(now, 300))
+            .await
+            .on(store, "put");
+        assert_eq!(
+            auth.take_ceremony(key32(1), "oidc_login", now)
+                .await
+                .on(store, "take as another kind"),
+            None,
+            "[{be}] another kind does not take it"
+        );
+        assert_eq!(
+            auth.take_ceremony(key32(1), "webauthn_login", plus(now, 299))
+                .await
+                .on(store, "take"),
+            Some(payload.to_string()),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.take_ceremony(key32(1), "webauthn_login", now)
+                .await
+                .on(store, "take again"),
+            None,
+            "[{be}] single use"
+        );
+        // Expired at its expiry instant, and gone once asked for.
+        auth.put_ceremony(key32(2), "oidc_login", "{}", plus(now, 60))
+            .await
+            .on(store, "put");
+        assert_eq!(
+            auth.take_ceremony(key32(2), "oidc_login", plus(now, 60))
+                .await
+                .on(store, "take expired"),
+            None,
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.take_ceremony(key32(2), "oidc_login", now)
+                .await
+                .on(store, "take after expiry"),
+            None,
+            "[{be}] an expired ceremony is deleted when taken"
+        );
+        // Concurrent takes: one gets it.
+        auth.put_ceremony(key32(3), "login_challenge", "x", plus(now, 60))
+            .await
+            .on(store, "put");
+        let takes = join_all((0..8).map(|_| auth.take_ceremony(key32(3), "login_challenge", now)))
+            .await
+            .into_iter()
+            .filter_map(|r| r.on(store, "racing take"))
+            .count();
+        assert_eq!(takes, 1, "[{be}]");
+        auth.put_ceremony(key32(4), "login_challenge", "x", plus(now, 60))
+            .await
+            .on(store, "put");
+        assert_invalid(
+            store,
+            auth.put_ceremony(key32(4), "login_challenge", "y", plus(now, 60))
+                .await,
+            "key",
+            "a key already stored",
+        );
+        assert_invalid(
+            store,
+            auth.put_ceremony(key32(5), "WebAuthn-Login", "y", plus(now, 60))
+                .await,
+            "kind",
+            "a malformed kind",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_read_touched_stepped_up_and_ended() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let record1 = store
+            .account_by_id(agent1)
+            .await
+            .on(store, "account")
+            .unwrap_or_else(|| panic!("[{be}] account"));
+        let s1 = session_of(agent1, 1, "passkey", t0);
+        auth.insert_session(s1.clone()).await.on(store, "insert");
+        assert_eq!(
+            auth.session(key32(1)).await.on(store, "session"),
+            Some((s1.clone(), record1.clone())),
+            "[{be}] read back with its account"
+        );
+        assert_eq!(
+            auth.session(key32(99)).await.on(store, "no session"),
+            None,
+            "[{be}]"
+        );
+        for (s, field) in [
+            (session_of(agent2, 1, "passkey", t0), "id_digest"),
+            (session_of(999_999, 9, "passkey", t0), "account_id"),
+            (session_of(agent1, 9, "password", t0), "method"),
+            (
+                StoredSession {
+                    jkt: "short".into(),
+                    ..session_of(agent1, 9, "oidc", t0)
+                },
+                "jkt",
+            ),
+            (
+                StoredSession {
+                    idle_timeout_secs: 0,
+                    ..session_of(agent1, 9, "oidc", t0)
+                },
+                "idle_timeout_secs",
+            ),
+        ] {
+            assert_invalid(store, auth.insert_session(s).await, field, "bad session");
+        }
+
+        // Activity moves forward only; step-up is recorded.
+        auth.touch_session(key32(1), plus(t0, 600))
+            .await
+            .on(store, "touch");
+        auth.touch_session(key32(1), plus(t0, 300))
+            .await
+            .on(store, "late touch");
+        auth.mark_step_up(key32(1), plus(t0, 660))
+            .await
+            .on(store, "step-up");
+        let (read, _) = auth
+            .session(key32(1))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session"));
+        assert_eq!(
+            (read.last_seen_at, read.step_up_at),
+            (plus(t0, 600), Some(plus(t0, 660))),
+            "[{be}]"
+        );
+        assert!(read.is_live_at(plus(t0, 600 + 1799)), "[{be}]");
+        assert!(
+            !read.is_live_at(plus(t0, 600 + 1800)),
+            "[{be}] idle timeout"
+        );
+
+        for (n, method) in [(2, "password_totp"), (3, "oidc")] {
+            auth.insert_session(session_of(agent1, n, method, t0))
+                .await
+                .on(store, "insert");
+        }
+        auth.insert_session(session_of(agent2, 4, "passkey", t0))
+            .await
+            .on(store, "insert");
+
+        // Ending one, then all of an account.
+        let end = plus(t0, 720);
+        assert!(
+            auth.end_session(key32(1), end, "logout")
+                .await
+                .on(store, "end"),
+            "[{be}]"
+        );
+        assert!(
+            !auth
+                .end_session(key32(1), plus(end, 1), "logout")
+                .await
+                .on(store, "end again"),
+            "[{be}] already ended"
+        );
+        assert!(
+            !auth
+                .end_session(key32(99), end, "logout")
+                .await
+                .on(store, "end unknown"),
+            "[{be}]"
+        );
+        auth.touch_session(key32(1), plus(end, 60))
+            .await
+            .on(store, "touch ended");
+        auth.mark_step_up(key32(1), plus(end, 60))
+            .await
+            .on(store, "step-up ended");
+        let (ended, _) = auth
+            .session(key32(1))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session"));
+        assert_eq!(
+            (
+                ended.ended_at,
+                ended.end_reason.as_deref(),
+                ended.last_seen_at,
+                ended.step_up_at
+            ),
+            (
+                Some(end),
+                Some("logout"),
+                plus(t0, 600),
+                Some(plus(t0, 660))
+            ),
+            "[{be}] an ended session does not change"
+        );
+        assert!(!ended.is_live_at(plus(end, 1)), "[{be}]");
+        assert_invalid(
+            store,
+            auth.end_session(key32(2), end, "Log out").await,
+            "reason",
+            "a malformed reason",
+        );
+        assert_eq!(
+            auth.end_sessions_of_account(agent1, end, "suspended")
+                .await
+                .on(store, "end all"),
+            2,
+            "[{be}] the two live ones"
+        );
+        assert_eq!(
+            auth.end_sessions_of_account(agent1, end, "suspended")
+                .await
+                .on(store, "end all again"),
+            0,
+            "[{be}]"
+        );
+        let (other, _) = auth
+            .session(key32(4))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session"));
+        assert_eq!(other.ended_at, None, "[{be}] other accounts untouched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one() {
+    use AccountState::Active;
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let (_, refused) = store
+            .upsert_accounts(vec![account(
+                "ft.officer2",
+                "FT",
+                Role::Officer,
+                Active,
+                None,
+                None,
+            )])
+            .await
+            .on(store, "officer 2");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let officer = account_id(store, "ft.officer1").await;
+        let officer2 = account_id(store, "ft.officer2").await;
+        let boss = account_id(store, "ce.Boss").await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        enrol_everything(store, auth, agent1, 1, t0).await;
+        auth.insert_session(session_of(agent1, 2, "password_totp", t0))
+            .await
+            .on(store, "second session");
+        enrol_everything(store, auth, agent2, 3, t0).await;
+
+        let factors = |account: i64| async move {
+            (
+                auth.password(account).await.on(store, "password").is_some(),
+                auth.totp(account).await.on(store, "totp").is_some(),
+                auth.passkeys(account).await.on(store, "passkeys").len(),
+            )
+        };
+        let live = |n: u8| async move {
+            auth.session(key32(n))
+                .await
+                .on(store, "session")
+                .is_some_and(|(s, _)| s.ended_at.is_none())
+        };
+        let high_risk = |account: i64| async move {
+            auth.lifecycle(account)
+                .await
+                .on(store, "lifecycle")
+                .is_some_and(|l| l.next_session_high_risk)
+        };
+
+        // A rejected reset changes nothing.
+        let r1 = auth
+            .request_reset(agent1, ResetKind::All, boss, t0)
+            .await
+            .on(store, "request reset");
+        assert_eq!(
+            r1,
+            CredentialReset {
+                id: r1.id,
+                account_id: agent1,
+                kind: ResetKind::All,
+                requested_by: boss,
+                requested_at: t0,
+                decided_by: None,
+                decided_at: None,
+                approved: None,
+            },
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.pending_resets().await.on(store, "pending"),
+            vec![r1.clone()],
+            "[{be}]"
+        );
+        for (decider, what) in [
+            (boss, "the requester, a manager"),
+            (agent1, "the account itself"),
+            (999_999, "unknown"),
+        ] {
+            assert_invalid(
+                store,
+                auth.decide_reset(r1.id, decider, true, plus(t0, 60)).await,
+                "officer_id",
+                what,
+            );
+        }
+        let rejected = auth
+            .decide_reset(r1.id, officer, false, plus(t0, 60))
+            .await
+            .on(store, "reject")
+            .unwrap_or_else(|| panic!("[{be}] rejection"));
+        assert_eq!(
+            (rejected.approved, rejected.decided_by, rejected.decided_at),
+            (Some(false), Some(officer), Some(plus(t0, 60))),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.decide_reset(r1.id, officer2, true, plus(t0, 61))
+                .await
+                .on(store, "decide again"),
+            None,
+            "[{be}] decided once"
+        );
+        assert_eq!(factors(agent1).await, (true, true, 2), "[{be}]");
+        assert!(live(1).await && live(2).await, "[{be}]");
+        assert!(!high_risk(agent1).await, "[{be}]");
+        assert!(
+            auth.pending_resets().await.on(store, "pending").is_empty(),
+            "[{be}]"
+        );
+
+        // An approved password reset, asked by the account itself.
+        let r2 = auth
+            .request_reset(agent1, ResetKind::Password, agent1, plus(t0, 120))
+            .await
+            .on(store, "request reset");
+        let approved_at = plus(t0, 180);
+        let approved = auth
+            .decide_reset(r2.id, officer, true, approved_at)
+            .await
+            .on(store, "approve")
+            .unwrap_or_else(|| panic!("[{be}] approval"));
+        assert_eq!(approved.approved, Some(true), "[{be}]");
+        assert_eq!(
+            factors(agent1).await,
+            (false, true, 2),
+            "[{be}] only the password"
+        );
+        for n in [1, 2] {
+            let (s, _) = auth
+                .session(key32(n))
+                .await
+                .on(store, "session")
+                .unwrap_or_else(|| panic!("[{be}] session"));
+            assert_eq!(
+                (s.ended_at, s.end_reason.as_deref()),
+                (Some(approved_at), Some("reset")),
+                "[{be}] session {n}"
+            );
+        }
+        assert!(
+            high_risk(agent1).await,
+            "[{be}] the next session is high-risk"
+        );
+        assert_eq!(
+            auth.decide_reset(r2.id, officer2, false, plus(approved_at, 1))
+                .await
+                .on(store, "decide again"),
+            None,
+            "[{be}]"
+        );
+
+        // Two officers racing on one reset: one decision.
+        let r3 = auth
+            .request_reset(agent1, ResetKind::Totp, boss, plus(t0, 200))
+            .await
+            .on(store, "request reset");
+        let (x, y) = tokio::join!(
+            auth.decide_reset(r3.id, officer, true, plus(t0, 210)),
+            auth.decide_reset(r3.id, officer2, true, plus(t0, 210)),
+        );
+        let (x, y) = (x.on(store, "race 1"), y.on(store, "race 2"));
+        assert_eq!(
+            u8::from(x.is_some()) + u8::from(y.is_some()),
+            1,
+            "[{be}] {x:?} {y:?}"
+        );
+        assert_eq!(factors(agent1).await, (false, false, 2), "[{be}]");
+
+        // Passkeys, then the flag cleared by a login.
+        let r4 = auth
+            .request_reset(agent1, ResetKind::Passkeys, boss, plus(t0, 220))
+            .await
+            .on(store, "request reset");
+        auth.decide_reset(r4.id, officer2, true, plus(t0, 230))
+            .await
+            .on(store, "approve");
+        assert_eq!(factors(agent1).await, (false, false, 0), "[{be}]");
+        auth.record_login(agent1, plus(t0, 300))
+            .await
+            .on(store, "login");
+        assert!(!high_risk(agent1).await, "[{be}] cleared by the next login");
+
+        // Everything of the other account is untouched.
+        assert_eq!(factors(agent2).await, (true, true, 2), "[{be}]");
+        assert!(live(3).await && !high_risk(agent2).await, "[{be}]");
+
+        // An officer's own request needs another officer.
+        let r5 = auth
+            .request_reset(agent2, ResetKind::All, officer, plus(t0, 400))
+            .await
+            .on(store, "request reset");
+        assert_invalid(
+            store,
+            auth.decide_reset(r5.id, officer, true, plus(t0, 410)).await,
+            "officer_id",
+            "the requester",
+        );
+        auth.decide_reset(r5.id, officer2, true, plus(t0, 410))
+            .await
+            .on(store, "approve")
+            .unwrap_or_else(|| panic!("[{be}] approval"));
+        assert_eq!(factors(agent2).await, (false, false, 0), "[{be}]");
+        assert!(!live(3).await && high_risk(agent2).await, "[{be}]");
+
+        assert_eq!(
+            auth.decide_reset(999_999, officer, true, t0)
+                .await
+                .on(store, "unknown reset"),
+            None,
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            auth.request_reset(999_999, ResetKind::All, boss, t0).await,
+            "account_id",
+            "unknown account",
+        );
+        assert_invalid(
+            store,
+            auth.request_reset(agent1, ResetKind::All, 999_999, t0)
+                .await,
+            "requested_by",
+            "unknown requester",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_api_clients_lose_their_tokens() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let record1 = store
+            .account_by_id(agent1)
+            .await
+            .on(store, "account")
+            .unwrap_or_else(|| panic!("[{be}] account"));
+        let client = |id: &str, account_id: i64| ApiClientRow {
+            client_id: id.into(),
+            account_id,
+            keys: r#"[{"kid":"k1","jwk":{"kty":"OKP","crv":"Ed25519","x":"c3ludGhldGlj"}}]"#.into(),
+            created_at: t0,
+            revoked_at: None,
+        };
+        let token = |n: u8, client_id: &str, account_id: i64| AccessTokenRow {
+            digest: key32(n),
+            client_id: client_id.into(),
+            account_id,
+            jkt: jkt(n),
+            scope: "persons:read caseload:read".into(),
+            issued_at: t0,
+            expires_at: plus(t0, 300),
+        };
+        auth.insert_api_client(client("partner-app", agent1))
+            .await
+            .on(store, "client");
+        auth.insert_api_client(client("partner-batch", agent1))
+            .await
+            .on(store, "client 2");
+        for (c, field) in [
+            (client("partner-app", agent2), "client_id"),
+            (client("a b", agent1), "client_id"),
+            (client("", agent1), "client_id"),
+            (client("orphan", 999_999), "account_id"),
+        ] {
+            assert_invalid(store, auth.insert_api_client(c).await, field, "bad client");
+        }
+        assert_eq!(
+            auth.api_client("partner-app").await.on(store, "client"),
+            Some((client("partner-app", agent1), record1.clone())),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.api_client("nobody").await.on(store, "client"),
+            None,
+            "[{be}]"
+        );
+
+        auth.insert_access_token(token(1, "partner-app", agent1))
+            .await
+            .on(store, "token");
+        auth.insert_access_token(token(2, "partner-app", agent1))
+            .await
+            .on(store, "token 2");
+        auth.insert_access_token(token(3, "partner-batch", agent1))
+            .await
+            .on(store, "token 3");
+        assert_eq!(
+            auth.access_token(key32(1)).await.on(store, "token"),
+            Some((token(1, "partner-app", agent1), record1.clone())),
+            "[{be}]"
+        );
+        for (t, field, what) in [
+            (
+                token(1, "partner-app", agent1),
+                "digest",
+                "a digest already stored",
+            ),
+            (
+                token(9, "partner-app", agent2),
+                "client_id",
+                "another account",
+            ),
+            (token(9, "nobody", agent1), "client_id", "unknown client"),
+            (
+                AccessTokenRow {
+                    expires_at: t0,
+                    ..token(9, "partner-app", agent1)
+                },
+                "expires_at",
+                "expiring when issued",
+            ),
+            (
+                AccessTokenRow {
+                    jkt: "nope".into(),
+                    ..token(9, "partner-app", agent1)
+                },
+                "jkt",
+                "a malformed thumbprint",
+            ),
+        ] {
+            assert_invalid(store, auth.insert_access_token(t).await, field, what);
+        }
+
+        let revoked_at = plus(t0, 60);
+        assert!(
+            auth.revoke_api_client("partner-app", revoked_at)
+                .await
+                .on(store, "revoke"),
+            "[{be}]"
+        );
+        assert!(
+            !auth
+                .revoke_api_client("partner-app", plus(revoked_at, 1))
+                .await
+                .on(store, "revoke again"),
+            "[{be}] already revoked"
+        );
+        assert!(
+            !auth
+                .revoke_api_client("nobody", revoked_at)
+                .await
+                .on(store, "revoke unknown"),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.api_client("partner-app")
+                .await
+                .on(store, "client")
+                .and_then(|(c, _)| c.revoked_at),
+            Some(revoked_at),
+            "[{be}] the client stays, revoked"
+        );
+        for n in [1, 2] {
+            assert_eq!(
+                auth.access_token(key32(n)).await.on(store, "token"),
+                None,
+                "[{be}] token {n} of the revoked client"
+            );
+        }
+        assert_invalid(
+            store,
+            auth.insert_access_token(token(4, "partner-app", agent1))
+                .await,
+            "client_id",
+            "a revoked client",
+        );
+        assert_eq!(
+            auth.access_token(key32(3))
+                .await
+                .on(store, "token")
+                .map(|(t, _)| t.client_id),
+            Some("partner-batch".to_string()),
+            "[{be}] another client of the account keeps its tokens"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_keys_admit_exactly_one_of_concurrent_inserts() {
+    let b = both_auth().await;
+    let now = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        let key = key32(7);
+        let fresh = join_all((0..32).map(|_| auth.insert_replay_if_new(key, plus(now, 60), now)))
+            .await
+            .into_iter()
+            .map(|r| r.on(store, "concurrent insert"))
+            .filter(|&fresh| fresh)
+            .count();
+        assert_eq!(fresh, 1, "[{be}] 32 concurrent inserts of one key");
+        assert!(
+            !auth
+                .insert_replay_if_new(key, plus(now, 90), plus(now, 59))
+                .await
+                .on(store, "replay"),
+            "[{be}] live until its expiry"
+        );
+        assert!(
+            auth.insert_replay_if_new(key, plus(now, 120), plus(now, 60))
+                .await
+                .on(store, "after expiry"),
+            "[{be}] an expired key is taken over"
+        );
+        assert!(
+            !auth
+                .insert_replay_if_new(key, plus(now, 150), plus(now, 61))
+                .await
+                .on(store, "replay of the new one"),
+            "[{be}] and its new expiry holds"
+        );
+        // The same race on a key that has expired: still one.
+        let again = join_all(
+            (0..32).map(|_| auth.insert_replay_if_new(key, plus(now, 300), plus(now, 200))),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.on(store, "concurrent takeover"))
+        .filter(|&fresh| fresh)
+        .count();
+        assert_eq!(again, 1, "[{be}] 32 concurrent takeovers of one key");
+        assert!(
+            auth.insert_replay_if_new(key32(8), plus(now, 60), now)
+                .await
+                .on(store, "other key"),
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            auth.insert_replay_if_new(key32(9), now, now).await,
+            "expires_at",
+            "a key that protects nothing",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_expired_counts_what_it_removes() {
+    let b = both_auth().await;
+    let now = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        // Expired: 2 ceremonies, 3 replay keys, 1 token. Live: one of each.
+        for (n, expires) in [(1, -10), (2, 0), (3, 10)] {
+            auth.put_ceremony(key32(n), "login_challenge", "{}", plus(now, expires))
+                .await
+                .on(store, "ceremony");
+        }
+        for (n, expires) in [(1, -60), (2, -1), (3, 0), (4, 60)] {
+            assert!(
+                auth.insert_replay_if_new(key32(n), plus(now, expires), plus(now, -120))
+                    .await
+                    .on(store, "replay key")
+            );
+        }
+        auth.insert_api_client(ApiClientRow {
+            client_id: "partner-app".into(),
+            account_id: agent1,
+            keys: "[]".into(),
+            created_at: plus(now, -3600),
+            revoked_at: None,
+        })
+        .await
+        .on(store, "client");
+        for (n, expires) in [(1, -1), (2, 300)] {
+            auth.insert_access_token(AccessTokenRow {
+                digest: key32(n),
+                client_id: "partner-app".into(),
+                account_id: agent1,
+                jkt: jkt(n),
+                scope: "persons:read".into(),
+                issued_at: plus(now, -600),
+                expires_at: plus(now, expires),
+            })
+            .await
+            .on(store, "token");
+        }
+        assert_eq!(
+            auth.purge_expired(now).await.on(store, "purge"),
+            6,
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.purge_expired(now).await.on(store, "purge again"),
+            0,
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.take_ceremony(key32(3), "login_challenge", now)
+                .await
+                .on(store, "live ceremony"),
+            Some("{}".to_string()),
+            "[{be}]"
+        );
+        assert!(
+            !auth
+                .insert_replay_if_new(key32(4), plus(now, 60), now)
+                .await
+                .on(store, "live key"),
+            "[{be}]"
+        );
+        assert!(
+            auth.access_token(key32(2))
+                .await
+                .on(store, "live token")
+                .is_some(),
+            "[{be}]"
+        );
+        assert!(
+            auth.access_token(key32(1))
+                .await
+                .on(store, "purged token")
+                .is_none(),
+            "[{be}]"
+        );
+    }
+}
+
+/// An account written at version 2, before accounts had a history.
+const V2_ACCOUNTS: &str = "
+    INSERT INTO organisation (id, code, kind, name) VALUES (1, 'CE-038', 'cap_emploi', 'Cap emploi');
+    INSERT INTO account (id, login, organisation_id, role, state)
+        VALUES (1, 'ce.agent1', 1, 'agent', 'active');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_of_version_2_keep_an_unknown_history() {
+    let url = pg_url();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    {
+        let db = rusqlite::Connection::open(dir.path().join(rempart_storage::sqlite::FILE_NAME))
+            .expect("raw sqlite");
+        db.execute_batch(
+            "CREATE TABLE schema_migrations (
+                 version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
+        )
+        .expect("schema_migrations");
+        for m in &migrate::SQLITE[..2] {
+            db.execute_batch(m.sql).expect("versions 1 and 2");
+            db.execute(
+                "INSERT INTO schema_migrations VALUES (?1, ?2, ?3, datetime('now'))",
+                rusqlite::params![m.version, m.name, m.checksum()],
+            )
+            .expect("applied");
+        }
+        db.execute_batch(V2_ACCOUNTS).expect("version 2 data");
+    }
+    let sqlite = Stores::from(
+        SqliteStore::open(dir.path())
+            .await
+            .expect("[sqlite] upgrade"),
+    );
+    let schema = unique_schema();
+    let _guard = SchemaGuard {
+        url: url.clone(),
+        schema: schema.clone(),
+    };
+    let mut sql = format!(
+        "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\";
+         CREATE TABLE schema_migrations (
+             version INT PRIMARY KEY, name TEXT NOT NULL,
+             checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL);"
+    );
+    for m in &migrate::POSTGRES[..2] {
+        sql.push_str(m.sql);
+        sql.push_str(&format!(
+            "\nINSERT INTO schema_migrations VALUES ({}, '{}', '{}', now());",
+            m.version,
+            m.name,
+            m.checksum()
+        ));
+    }
+    sql.push_str(V2_ACCOUNTS);
+    pg_exec_blocking(&url, &sql).expect("[postgres] version 2 registry");
+    let pg = Stores::from(
+        PgStore::connect_store(&url, &schema)
+            .await
+            .expect("[postgres] upgrade"),
+    );
+
+    for stores in [&sqlite, &pg] {
+        let (store, auth) = (&*stores.registry, &*stores.auth);
+        let be = store.backend();
+        assert_eq!(
+            auth.lifecycle(1).await.on(store, "lifecycle"),
+            Some(AccountLifecycle {
+                account_id: 1,
+                created_at: None,
+                requested_by: None,
+                decided_by: None,
+                decided_at: None,
+                last_login_at: None,
+                next_session_high_risk: false,
+            }),
+            "[{be}] nothing invented"
+        );
+        assert!(
+            auth.disable_inactive(at("2030-01-01T00:00:00Z"), at("2030-01-01T00:00:00Z"))
+                .await
+                .on(store, "disable inactive")
+                .is_empty(),
+            "[{be}] an unknown history is not a stale one"
+        );
+        auth.record_login(1, at("2026-03-02T09:00:00Z"))
+            .await
+            .on(store, "login");
+        assert_eq!(
+            auth.disable_inactive(at("2026-04-01T00:00:00Z"), at("2026-04-01T00:00:00Z"))
+                .await
+                .on(store, "disable inactive"),
+            vec![1],
+            "[{be}] once it has logged in, it can go stale"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_stores_gives_both_interfaces_on_one_database() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().display().to_string();
+    let stores = rempart_storage::open_stores(&path)
+        .await
+        .expect("open sqlite by path");
+    let (store, auth) = (&*stores.registry, &*stores.auth);
+    assert_eq!(store.backend(), "sqlite");
+    consultation_accounts(store).await;
+    let boss = account_id(store, "ce.Boss").await;
+    let ce = org_id(store, "CE-038").await;
+    let asked = auth
+        .request_account(NewAccountRequest {
+            organisation_id: ce,
+            login: r("ce.new"),
+            role: Role::Agent,
+            requested_by: boss,
+            at: at("2026-03-02T09:00:00Z"),
+        })
+        .await
+        .on(store, "request");
+    assert_eq!(
+        store
+            .account_by_login(&r("ce.new"))
+            .await
+            .on(store, "by login"),
+        Some(asked),
+        "written through one interface, read through the other"
+    );
+    let again = rempart_storage::open(&path).await.expect("open again");
+    assert!(
+        again
+            .account_by_login(&r("ce.new"))
+            .await
+            .on(&*again, "by login")
+            .is_some(),
+        "the same file"
+    );
 }

@@ -1,0 +1,1087 @@
+//! What authentication persists, behind its own interface, [`AuthStore`],
+//! implemented by both backends on the registry's database and connections.
+//!
+//! The store never sees a secret in clear: TOTP secrets arrive sealed by the
+//! caller, passwords as PHC argon2id strings, sessions, access tokens,
+//! ceremonies and replay keys as 32-byte digests. The payloads the
+//! authentication code owns (throttle state, passkeys, ceremony states,
+//! client keys) are opaque JSON text here: this crate does not know their
+//! shape.
+//!
+//! Four eyes: an account is *requested* by one account and *decided* by an
+//! active officer who is neither the requester nor the account, and (for a
+//! partner's account) from outside its organisation; credential resets
+//! follow the same rule. The store enforces these invariants itself, so no
+//! caller can forget them; who may *request* is the caller's policy.
+//!
+//! Instants are kept to the microsecond, as everywhere in the store.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeDelta, Utc};
+use rempart_domain::{AccountState, OrganisationKind, Reference, Role};
+
+use crate::{AccountRecord, StorageError};
+
+/// A manager's (or officer's) request for a new account; see
+/// [`AuthStore::request_account`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccountRequest {
+    /// The organisation the account will belong to.
+    pub organisation_id: i64,
+    /// Its login, unique in the registry.
+    pub login: Reference,
+    /// Its role once approved.
+    pub role: Role,
+    /// The account asking for it (must be active).
+    pub requested_by: i64,
+    /// When it was asked for: the account's `created_at`.
+    pub at: DateTime<Utc>,
+}
+
+/// The history of an account that authentication and reviews need.
+///
+/// Accounts stored before this schema version, and accounts written by an
+/// import, have no `created_at`, `decided_by` or `decided_at` (their
+/// history is unknown): they are `None`, never invented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountLifecycle {
+    /// The account.
+    pub account_id: i64,
+    /// When it was requested (or created), if known.
+    pub created_at: Option<DateTime<Utc>>,
+    /// Who asked for it, if known.
+    pub requested_by: Option<i64>,
+    /// The officer who approved or rejected the request.
+    pub decided_by: Option<i64>,
+    /// When the request was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The last successful login, if any.
+    pub last_login_at: Option<DateTime<Utc>>,
+    /// Set by an approved credential reset: the next session opened is
+    /// high-risk. Cleared by [`AuthStore::record_login`].
+    pub next_session_high_risk: bool,
+}
+
+/// How a browser session was opened (the column's only values).
+pub const SESSION_METHODS: &[&str] = &["passkey", "password_totp", "oidc"];
+
+/// A browser session, looked up by the digest of its cookie value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    /// SHA-256 (or similar) digest of the session id the cookie carries.
+    pub id_digest: [u8; 32],
+    /// The account logged in.
+    pub account_id: i64,
+    /// Thumbprint (43 characters of base64url) of the device key the
+    /// session is bound to: every request carries a proof signed with it.
+    pub jkt: String,
+    /// One of [`SESSION_METHODS`].
+    pub method: String,
+    /// Login instant.
+    pub created_at: DateTime<Utc>,
+    /// Last request seen; idle expiry counts from here.
+    pub last_seen_at: DateTime<Utc>,
+    /// The session ends then, whatever the activity.
+    pub absolute_expiry: DateTime<Utc>,
+    /// Idle timeout, in seconds (positive).
+    pub idle_timeout_secs: i64,
+    /// First session after a credential reset (or otherwise flagged).
+    pub high_risk: bool,
+    /// Last fresh passkey assertion (step-up) in this session.
+    pub step_up_at: Option<DateTime<Utc>>,
+    /// When it was ended (logout, reset…); `None` while not ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it was ended (a lowercase code such as `logout` or `reset`).
+    pub end_reason: Option<String>,
+}
+
+impl StoredSession {
+    /// Whether the session may serve a request at `now`: not ended, before
+    /// its absolute expiry, and not idle for its timeout or longer. A
+    /// timeout too large to add to an instant fails closed (not live).
+    pub fn is_live_at(&self, now: DateTime<Utc>) -> bool {
+        let idle_end = TimeDelta::try_seconds(self.idle_timeout_secs)
+            .and_then(|d| self.last_seen_at.checked_add_signed(d));
+        self.ended_at.is_none()
+            && now < self.absolute_expiry
+            && idle_end.is_some_and(|end| now < end)
+    }
+}
+
+/// A registered passkey (WebAuthn credential).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPasskeyRow {
+    /// The credential id the authenticator chose (1 to 1023 bytes).
+    pub credential_id: Vec<u8>,
+    /// Its owner.
+    pub account_id: i64,
+    /// The passkey as the authentication code serialises it (JSON).
+    pub data: String,
+    /// Registration instant.
+    pub created_at: DateTime<Utc>,
+    /// Last successful assertion.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// An account's TOTP factor.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredTotp {
+    /// The account.
+    pub account_id: i64,
+    /// The secret, sealed by the caller (opaque bytes, 1 to 1024).
+    pub sealed_secret: Vec<u8>,
+    /// The last time step a code was accepted for: a code is only accepted
+    /// for a later step ([`AuthStore::accept_totp_step`]).
+    pub last_step: Option<u64>,
+    /// Enrolment instant.
+    pub enrolled_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for StoredTotp {
+    // The sealed secret is not readable, but it has no business in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTotp")
+            .field("account_id", &self.account_id)
+            .field(
+                "sealed_secret",
+                &format_args!("<{} bytes>", self.sealed_secret.len()),
+            )
+            .field("last_step", &self.last_step)
+            .field("enrolled_at", &self.enrolled_at)
+            .finish()
+    }
+}
+
+/// An API client authenticating with `private_key_jwt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiClientRow {
+    /// OAuth client id (1 to 128 visible ASCII characters).
+    pub client_id: String,
+    /// The account the client acts for.
+    pub account_id: i64,
+    /// Its registered public keys, as the authentication code serialises
+    /// them (JSON).
+    pub keys: String,
+    /// Registration instant.
+    pub created_at: DateTime<Utc>,
+    /// When it was revoked; `None` while usable.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A DPoP-bound access token, looked up by the digest of its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRow {
+    /// Digest of the token value.
+    pub digest: [u8; 32],
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The account the client acts for (the client's own).
+    pub account_id: i64,
+    /// Thumbprint (43 characters) of the DPoP key it is bound to.
+    pub jkt: String,
+    /// What it may do (space-separated scope tokens).
+    pub scope: String,
+    /// Issue instant.
+    pub issued_at: DateTime<Utc>,
+    /// When it stops working (after `issued_at`).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Which factors a credential reset removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetKind {
+    /// The password (and its throttle state).
+    Password,
+    /// The TOTP factor.
+    Totp,
+    /// Every passkey.
+    Passkeys,
+    /// All of the above.
+    All,
+}
+
+impl ResetKind {
+    /// Every kind, in declaration order.
+    pub const ALL: &'static [ResetKind] = &[
+        ResetKind::Password,
+        ResetKind::Totp,
+        ResetKind::Passkeys,
+        ResetKind::All,
+    ];
+
+    /// The stable code kept in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetKind::Password => "password",
+            ResetKind::Totp => "totp",
+            ResetKind::Passkeys => "passkeys",
+            ResetKind::All => "all",
+        }
+    }
+
+    /// Parses a stored code.
+    pub fn parse(s: &str) -> Result<ResetKind, StorageError> {
+        ResetKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| StorageError::Corrupt("stored reset kind is not a known code".into()))
+    }
+
+    /// Whether the password row goes.
+    pub fn removes_password(self) -> bool {
+        matches!(self, ResetKind::Password | ResetKind::All)
+    }
+
+    /// Whether the TOTP row goes.
+    pub fn removes_totp(self) -> bool {
+        matches!(self, ResetKind::Totp | ResetKind::All)
+    }
+
+    /// Whether the passkeys go.
+    pub fn removes_passkeys(self) -> bool {
+        matches!(self, ResetKind::Passkeys | ResetKind::All)
+    }
+}
+
+/// A request to reset an account's factors, and its decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialReset {
+    /// Never reused.
+    pub id: i64,
+    /// Whose factors.
+    pub account_id: i64,
+    /// Which factors.
+    pub kind: ResetKind,
+    /// Who asked.
+    pub requested_by: i64,
+    /// When.
+    pub requested_at: DateTime<Utc>,
+    /// The officer who decided, once decided.
+    pub decided_by: Option<i64>,
+    /// When it was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// `Some(true)` approved, `Some(false)` rejected, `None` pending.
+    pub approved: Option<bool>,
+}
+
+/// An account with its history, for approval queues and periodic reviews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewEntry {
+    /// The account and its organisation.
+    pub account: AccountRecord,
+    /// Its history.
+    pub lifecycle: AccountLifecycle,
+}
+
+/// Authentication's storage, on the registry's database. Every method is
+/// one transaction: it happens whole or not at all. Refusals of bad input
+/// are [`StorageError::Invalid`] with a message starting with the field's
+/// name (`login: …`).
+#[async_trait]
+pub trait AuthStore: Send + Sync {
+    // ------------------------------------------------------------ accounts
+
+    /// Records a request for a new account, in state `requested`, with
+    /// `requested_by` and `created_at` set, and returns it. Refuses an
+    /// unknown `organisation_id`, an unknown or inactive `requested_by`,
+    /// and a `login` already used.
+    async fn request_account(&self, r: NewAccountRequest) -> Result<AccountRecord, StorageError>;
+
+    /// Decides a requested account (compare-and-set: only from
+    /// `requested`): approval makes it `active` with `approved_by`,
+    /// rejection `disabled`; both set `decided_by` and `decided_at`.
+    /// `None` if there is no such account or it is not in `requested` (so
+    /// a request is decided once). Refuses (`officer_id: …`) a decider who
+    /// is not an active officer, is the account or its requester, or (for
+    /// a partner's account) belongs to its organisation.
+    async fn decide_account(
+        &self,
+        account_id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AccountRecord>, StorageError>;
+
+    /// How many accounts `requested_by` has asked for at or after `since`
+    /// (to notice a burst of requests).
+    async fn requests_since(
+        &self,
+        requested_by: i64,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StorageError>;
+
+    /// Accounts awaiting a decision, oldest request first.
+    async fn pending_requests(&self) -> Result<Vec<ReviewEntry>, StorageError>;
+
+    /// An account's history; `None` if there is no such account.
+    async fn lifecycle(&self, account_id: i64) -> Result<Option<AccountLifecycle>, StorageError>;
+
+    /// Records a successful login: sets `last_login_at` and clears
+    /// `next_session_high_risk` (read [`AuthStore::lifecycle`] first to
+    /// know whether the session being opened is high-risk).
+    async fn record_login(&self, account_id: i64, at: DateTime<Utc>) -> Result<(), StorageError>;
+
+    /// Disables every active account whose last login (or, never logged
+    /// in, its decision or creation instant) is before `last_login_before`,
+    /// and returns their ids in order; their live sessions end at `at`
+    /// (reason `inactive`). Accounts with none of these instants (imported,
+    /// history unknown) are left alone.
+    async fn disable_inactive(
+        &self,
+        last_login_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StorageError>;
+
+    /// Every account not disabled (of one organisation, or all), with its
+    /// history, ordered by organisation code then login: the periodic
+    /// review of who still has access.
+    async fn accounts_to_review(
+        &self,
+        organisation_id: Option<i64>,
+    ) -> Result<Vec<ReviewEntry>, StorageError>;
+
+    // ------------------------------------------------------------ factors
+
+    /// The account's password (PHC string) and throttle state (JSON), if it
+    /// has a password.
+    async fn password(&self, account_id: i64) -> Result<Option<(String, String)>, StorageError>;
+
+    /// Sets the account's password (an argon2id PHC string). A new row
+    /// starts with an empty throttle state (`{}`); replacing a password
+    /// keeps the throttle state (failures are about the account, not the
+    /// password). Refuses an unknown account or a non-argon2id `phc`.
+    async fn set_password(
+        &self,
+        account_id: i64,
+        phc: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    /// Stores the throttle state (JSON) of the account's password logins;
+    /// does nothing if the account has no password.
+    async fn set_throttle(&self, account_id: i64, throttle_json: &str) -> Result<(), StorageError>;
+
+    /// The account's TOTP factor, if enrolled.
+    async fn totp(&self, account_id: i64) -> Result<Option<StoredTotp>, StorageError>;
+
+    /// Enrols (or replaces) the account's TOTP factor. Refuses an unknown
+    /// account.
+    async fn set_totp(&self, t: StoredTotp) -> Result<(), StorageError>;
+
+    /// Compare-and-set of the last accepted step: records `step` and
+    /// returns true only if it is later than the stored one (or none is
+    /// stored); false otherwise, and if the account has no TOTP. Of two
+    /// logins racing with the same code, exactly one gets true.
+    async fn accept_totp_step(&self, account_id: i64, step: u64) -> Result<bool, StorageError>;
+
+    /// The account's passkeys, oldest first.
+    async fn passkeys(&self, account_id: i64) -> Result<Vec<StoredPasskeyRow>, StorageError>;
+
+    /// The passkey with this credential id.
+    async fn passkey_by_credential(
+        &self,
+        credential_id: &[u8],
+    ) -> Result<Option<StoredPasskeyRow>, StorageError>;
+
+    /// Registers a passkey. Refuses a `credential_id` already registered
+    /// (to any account), empty or longer than 1023 bytes, and an unknown
+    /// account.
+    async fn add_passkey(&self, p: StoredPasskeyRow) -> Result<(), StorageError>;
+
+    /// Stores a passkey's updated data (signature counter, backup state)
+    /// after a successful assertion; nothing if it was removed meanwhile.
+    async fn update_passkey(
+        &self,
+        credential_id: &[u8],
+        data: &str,
+        used_at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    // ------------------------------------------------------------ resets
+
+    /// Records a request to reset factors of `account_id`. Refuses an
+    /// unknown account or requester.
+    async fn request_reset(
+        &self,
+        account_id: i64,
+        kind: ResetKind,
+        requested_by: i64,
+        at: DateTime<Utc>,
+    ) -> Result<CredentialReset, StorageError>;
+
+    /// Decides a reset, only if undecided (`None` otherwise, or if there is
+    /// no such reset). On approval, in the same transaction: deletes the
+    /// factors of its kind, ends every live session of the account (reason
+    /// `reset`) and marks its next session high-risk. Refuses
+    /// (`officer_id: …`) like [`AuthStore::decide_account`].
+    async fn decide_reset(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CredentialReset>, StorageError>;
+
+    /// Resets awaiting a decision, oldest first.
+    async fn pending_resets(&self) -> Result<Vec<CredentialReset>, StorageError>;
+
+    // ------------------------------------------------------------ ceremonies
+
+    /// Stores a single-use ceremony state (WebAuthn challenge, OIDC pending
+    /// login, login challenge) under `key` (a digest of what the browser
+    /// holds). `kind` is a lowercase code (`[a-z][a-z_]*`, at most 32).
+    /// Refuses a key already stored.
+    async fn put_ceremony(
+        &self,
+        key: [u8; 32],
+        kind: &str,
+        payload: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    /// Takes a ceremony state: deletes it and returns its payload, in one
+    /// statement, so it is used once. `None` if absent, of another kind
+    /// (then left in place), or expired at `now` (then deleted).
+    async fn take_ceremony(
+        &self,
+        key: [u8; 32],
+        kind: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StorageError>;
+
+    /// Deletes ceremonies, replay keys and access tokens expired at `now`
+    /// and returns how many rows went.
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StorageError>;
+
+    // ------------------------------------------------------------ sessions
+
+    /// Stores a new session. Refuses an unknown account, a duplicate id, an
+    /// unknown method, a malformed `jkt`, a non-positive idle timeout, an
+    /// absolute expiry not after creation.
+    async fn insert_session(&self, s: StoredSession) -> Result<(), StorageError>;
+
+    /// The session and its account, ended or not (the caller decides with
+    /// [`StoredSession::is_live_at`] and the account's state). One indexed
+    /// lookup: it runs on every browser request.
+    async fn session(
+        &self,
+        id_digest: [u8; 32],
+    ) -> Result<Option<(StoredSession, AccountRecord)>, StorageError>;
+
+    /// Moves a live session's `last_seen_at` forward to `at` (never back).
+    async fn touch_session(
+        &self,
+        id_digest: [u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    /// Records a step-up (fresh passkey assertion) in a live session.
+    async fn mark_step_up(
+        &self,
+        id_digest: [u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
+
+    /// Ends a session; false if there is none or it had already ended.
+    /// `reason` is a lowercase code like a ceremony kind.
+    async fn end_session(
+        &self,
+        id_digest: [u8; 32],
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<bool, StorageError>;
+
+    /// Ends every live session of the account; returns how many.
+    async fn end_sessions_of_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<u64, StorageError>;
+
+    // ------------------------------------------------------------ API clients
+
+    /// Registers an API client. Refuses a client id already used or
+    /// malformed, and an unknown account.
+    async fn insert_api_client(&self, c: ApiClientRow) -> Result<(), StorageError>;
+
+    /// The client and its account, revoked or not (the caller refuses a
+    /// revoked one).
+    async fn api_client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(ApiClientRow, AccountRecord)>, StorageError>;
+
+    /// Revokes a client and deletes its access tokens; false if there is
+    /// no such client or it was already revoked.
+    async fn revoke_api_client(
+        &self,
+        client_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
+
+    /// Stores an issued token. Refuses (`client_id: …`) a client that does
+    /// not exist, is revoked or acts for another account than
+    /// `account_id`, and a duplicate digest.
+    async fn insert_access_token(&self, t: AccessTokenRow) -> Result<(), StorageError>;
+
+    /// The token and its account, expired or not (the caller checks
+    /// `expires_at`), but never one of a revoked client. One indexed
+    /// lookup: it runs on every API request.
+    async fn access_token(
+        &self,
+        digest: [u8; 32],
+    ) -> Result<Option<(AccessTokenRow, AccountRecord)>, StorageError>;
+
+    // ------------------------------------------------------------ replay keys
+
+    /// Remembers a replay key (DPoP proof or client assertion `jti`) until
+    /// `expires_at`, for every server instance on the database: true if it
+    /// was not live at `now` (inserted, or an expired row taken over),
+    /// false if it is live (a replay). One statement, so of concurrent
+    /// inserts of one key exactly one gets true. Refuses an `expires_at`
+    /// not after `now` (such a key would protect nothing).
+    async fn insert_replay_if_new(
+        &self,
+        key: [u8; 32],
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
+}
+
+// ---------------------------------------------------------------- shared checks
+
+/// A refusal naming the field, as elsewhere in the store.
+pub(crate) fn refuse(field: &str, reason: &str) -> StorageError {
+    StorageError::Invalid(format!("{field}: {reason}"))
+}
+
+/// Ceremony kinds and session end reasons: lowercase codes the database
+/// checks too (`[a-z][a-z_]{0,31}`).
+pub(crate) fn check_code(field: &str, value: &str) -> Result<(), StorageError> {
+    let mut bytes = value.bytes();
+    let ok = value.len() <= 32
+        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(refuse(
+            field,
+            "must be 1 to 32 lowercase letters or underscores, starting with a letter",
+        ))
+    }
+}
+
+/// A session's method.
+pub(crate) fn check_method(method: &str) -> Result<(), StorageError> {
+    if SESSION_METHODS.contains(&method) {
+        Ok(())
+    } else {
+        Err(refuse("method", "must be passkey, password_totp or oidc"))
+    }
+}
+
+/// A JWK SHA-256 thumbprint: 43 characters of unpadded base64url.
+pub(crate) fn check_jkt(jkt: &str) -> Result<(), StorageError> {
+    if jkt.len() == 43
+        && jkt
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(refuse(
+            "jkt",
+            "must be a JWK thumbprint (43 characters of base64url)",
+        ))
+    }
+}
+
+/// An OAuth client id: 1 to 128 visible ASCII characters.
+pub(crate) fn check_client_id(client_id: &str) -> Result<(), StorageError> {
+    if (1..=128).contains(&client_id.len()) && client_id.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(refuse(
+            "client_id",
+            "must be 1 to 128 visible ASCII characters",
+        ))
+    }
+}
+
+/// A WebAuthn credential id: 1 to 1023 bytes (the specification's bound).
+pub(crate) fn check_credential_id(id: &[u8]) -> Result<(), StorageError> {
+    if (1..=1023).contains(&id.len()) {
+        Ok(())
+    } else {
+        Err(refuse("credential_id", "must be 1 to 1023 bytes"))
+    }
+}
+
+/// A password hash: an argon2id PHC string, nothing weaker.
+pub(crate) fn check_phc(phc: &str) -> Result<(), StorageError> {
+    if phc.starts_with("$argon2id$") && phc.len() <= 512 {
+        Ok(())
+    } else {
+        Err(refuse(
+            "phc",
+            "must be an argon2id PHC string of at most 512 bytes",
+        ))
+    }
+}
+
+/// A sealed TOTP secret: 1 to 1024 opaque bytes.
+pub(crate) fn check_sealed_secret(sealed: &[u8]) -> Result<(), StorageError> {
+    if (1..=1024).contains(&sealed.len()) {
+        Ok(())
+    } else {
+        Err(refuse("sealed_secret", "must be 1 to 1024 bytes"))
+    }
+}
+
+/// A TOTP step as both databases keep it (a signed 64-bit integer).
+pub(crate) fn step_to_i64(step: u64, field: &str) -> Result<i64, StorageError> {
+    i64::try_from(step).map_err(|_| refuse(field, "out of range"))
+}
+
+/// A stored TOTP step back.
+pub(crate) fn step_from_i64(step: Option<i64>) -> Result<Option<u64>, StorageError> {
+    step.map(|s| {
+        u64::try_from(s).map_err(|_| StorageError::Corrupt("stored last_step is negative".into()))
+    })
+    .transpose()
+}
+
+/// Checks a new session's fields and returns its instants, truncated:
+/// (created_at, last_seen_at, absolute_expiry, step_up_at, ended_at).
+pub(crate) type SessionInstants = (
+    DateTime<Utc>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// Checks a new session (see [`AuthStore::insert_session`]).
+pub(crate) fn check_session(s: &StoredSession) -> Result<SessionInstants, StorageError> {
+    check_jkt(&s.jkt)?;
+    check_method(&s.method)?;
+    if s.idle_timeout_secs <= 0 {
+        return Err(refuse("idle_timeout_secs", "must be positive"));
+    }
+    let created_at = crate::instant(s.created_at, "created_at")?;
+    let last_seen_at = crate::instant(s.last_seen_at, "last_seen_at")?;
+    let absolute_expiry = crate::instant(s.absolute_expiry, "absolute_expiry")?;
+    if absolute_expiry <= created_at {
+        return Err(refuse("absolute_expiry", "must be after created_at"));
+    }
+    if last_seen_at < created_at {
+        return Err(refuse("last_seen_at", "must not be before created_at"));
+    }
+    let step_up_at = s
+        .step_up_at
+        .map(|t| crate::instant(t, "step_up_at"))
+        .transpose()?;
+    let ended_at = s
+        .ended_at
+        .map(|t| crate::instant(t, "ended_at"))
+        .transpose()?;
+    match &s.end_reason {
+        None if ended_at.is_some() => return Err(refuse("end_reason", "needed with ended_at")),
+        Some(_) if ended_at.is_none() => {
+            return Err(refuse("end_reason", "only with ended_at"));
+        }
+        Some(r) => check_code("end_reason", r)?,
+        None => {}
+    }
+    Ok((
+        created_at,
+        last_seen_at,
+        absolute_expiry,
+        step_up_at,
+        ended_at,
+    ))
+}
+
+/// Checks a new access token and returns its instants, truncated.
+pub(crate) fn check_access_token(
+    t: &AccessTokenRow,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), StorageError> {
+    check_client_id(&t.client_id)?;
+    check_jkt(&t.jkt)?;
+    let issued_at = crate::instant(t.issued_at, "issued_at")?;
+    let expires_at = crate::instant(t.expires_at, "expires_at")?;
+    if expires_at <= issued_at {
+        return Err(refuse("expires_at", "must be after issued_at"));
+    }
+    Ok((issued_at, expires_at))
+}
+
+/// Checks a replay key's period and returns (expires_at, now), truncated.
+pub(crate) fn check_replay_period(
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), StorageError> {
+    let expires_at = crate::instant(expires_at, "expires_at")?;
+    let now = crate::instant(now, "now")?;
+    if expires_at <= now {
+        return Err(refuse("expires_at", "must be after now"));
+    }
+    Ok((expires_at, now))
+}
+
+/// What a decision checks about the account decided on.
+pub(crate) struct Subject {
+    pub account_id: i64,
+    pub organisation_id: i64,
+    pub kind: OrganisationKind,
+}
+
+/// What a decision checks about the decider.
+pub(crate) struct Decider {
+    pub account_id: i64,
+    pub organisation_id: i64,
+    pub role: Role,
+    pub state: AccountState,
+}
+
+/// The four-eyes rule of decisions on accounts and resets: an active
+/// officer, neither the account nor its requester, and from outside a
+/// partner's organisation (the rule of imports, [`crate::check_account_links`]).
+pub(crate) fn check_decider(
+    subject: &Subject,
+    requester: Option<i64>,
+    decider: Option<&Decider>,
+) -> Result<(), StorageError> {
+    let field = "officer_id";
+    let Some(d) = decider else {
+        return Err(refuse(field, "no such account"));
+    };
+    if d.role != Role::Officer {
+        return Err(refuse(field, "only an officer may decide"));
+    }
+    if d.state != AccountState::Active {
+        return Err(refuse(field, "the officer's account is not active"));
+    }
+    if d.account_id == subject.account_id {
+        return Err(refuse(
+            field,
+            "an account cannot decide on itself (four eyes)",
+        ));
+    }
+    if requester.is_some_and(|r| r == d.account_id) {
+        return Err(refuse(
+            field,
+            "the requester cannot decide on its own request (four eyes)",
+        ));
+    }
+    if d.organisation_id == subject.organisation_id
+        && subject.kind != OrganisationKind::FranceTravail
+    {
+        return Err(refuse(
+            field,
+            "a partner's account is decided from outside its organisation (four eyes)",
+        ));
+    }
+    Ok(())
+}
+
+/// A stored 32-byte digest.
+pub(crate) fn digest32(v: Vec<u8>, what: &str) -> Result<[u8; 32], StorageError> {
+    v.try_into()
+        .map_err(|_| StorageError::Corrupt(format!("stored {what} is not 32 bytes")))
+}
+
+// ---------------------------------------------------------------- shared SQL
+
+/// The account columns of [`crate::ACCOUNT_SELECT`], for joins.
+macro_rules! account_columns {
+    () => {
+        "a.id, a.login, a.role, a.state, o.id, o.code, o.kind"
+    };
+}
+
+/// An account, its organisation and its history (same SQL on both
+/// backends; account columns from 0, lifecycle columns from 7).
+pub(crate) const REVIEW_SELECT: &str = concat!(
+    "SELECT ",
+    account_columns!(),
+    ", a.created_at, a.requested_by, a.decided_by, a.decided_at, a.last_login_at,
+        a.next_session_high_risk
+     FROM account a JOIN organisation o ON o.id = a.organisation_id"
+);
+
+/// A session with its account (account columns from 12).
+pub(crate) const SESSION_SELECT: &str = concat!(
+    "SELECT s.id_digest, s.account_id, s.jkt, s.method, s.created_at, s.last_seen_at,
+        s.absolute_expiry, s.idle_timeout_secs, s.high_risk, s.step_up_at, s.ended_at,
+        s.end_reason, ",
+    account_columns!(),
+    " FROM web_session s JOIN account a ON a.id = s.account_id
+     JOIN organisation o ON o.id = a.organisation_id"
+);
+
+/// An API client with its account (account columns from 5).
+pub(crate) const API_CLIENT_SELECT: &str = concat!(
+    "SELECT c.client_id, c.account_id, c.public_keys, c.created_at, c.revoked_at, ",
+    account_columns!(),
+    " FROM api_client c JOIN account a ON a.id = c.account_id
+     JOIN organisation o ON o.id = a.organisation_id"
+);
+
+/// An access token with its account (account columns from 7). The join
+/// on a live client is what hides a revoked client's tokens, even one
+/// inserted while the revocation committed.
+pub(crate) const ACCESS_TOKEN_SELECT: &str = concat!(
+    "SELECT t.digest, t.client_id, t.account_id, t.jkt, t.scope, t.issued_at, t.expires_at, ",
+    account_columns!(),
+    " FROM access_token t
+     JOIN api_client c ON c.client_id = t.client_id AND c.revoked_at IS NULL
+     JOIN account a ON a.id = t.account_id
+     JOIN organisation o ON o.id = a.organisation_id"
+);
+
+/// A passkey.
+pub(crate) const PASSKEY_SELECT: &str =
+    "SELECT credential_id, account_id, data, created_at, last_used_at FROM passkey";
+
+/// A credential reset.
+pub(crate) const RESET_SELECT: &str = "SELECT id, account_id, kind, requested_by, requested_at,
+        decided_by, decided_at, approved FROM credential_reset";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(secs, 0).unwrap()
+    }
+
+    fn session() -> StoredSession {
+        StoredSession {
+            id_digest: [1; 32],
+            account_id: 1,
+            jkt: "A".repeat(43),
+            method: "passkey".into(),
+            created_at: at(1_000),
+            last_seen_at: at(1_000),
+            absolute_expiry: at(1_000 + 36_000),
+            idle_timeout_secs: 1_800,
+            high_risk: false,
+            step_up_at: None,
+            ended_at: None,
+            end_reason: None,
+        }
+    }
+
+    #[test]
+    fn sessions_live_until_idle_absolute_or_ended() {
+        let mut s = session();
+        assert!(s.is_live_at(at(1_000)));
+        assert!(s.is_live_at(at(2_799)));
+        assert!(!s.is_live_at(at(2_800)), "idle for the whole timeout");
+        s.last_seen_at = at(36_000);
+        assert!(s.is_live_at(at(36_999)));
+        assert!(!s.is_live_at(at(37_000)), "absolute expiry");
+        s.ended_at = Some(at(36_500));
+        assert!(!s.is_live_at(at(36_600)), "ended");
+        s.ended_at = None;
+        s.idle_timeout_secs = i64::MAX;
+        assert!(
+            !s.is_live_at(at(36_001)),
+            "an unrepresentable timeout fails closed"
+        );
+        s.idle_timeout_secs = -5;
+        assert!(
+            !s.is_live_at(at(36_000)),
+            "a negative timeout is never live"
+        );
+    }
+
+    #[test]
+    fn session_checks_name_their_field() {
+        let field = |s: StoredSession| match check_session(&s) {
+            Err(StorageError::Invalid(m)) => m.split(':').next().unwrap_or_default().to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(check_session(&session()).is_ok());
+        assert_eq!(
+            field(StoredSession {
+                jkt: "x".into(),
+                ..session()
+            }),
+            "jkt"
+        );
+        assert_eq!(
+            field(StoredSession {
+                jkt: format!("{}=", "A".repeat(42)),
+                ..session()
+            }),
+            "jkt"
+        );
+        assert_eq!(
+            field(StoredSession {
+                method: "password".into(),
+                ..session()
+            }),
+            "method"
+        );
+        assert_eq!(
+            field(StoredSession {
+                idle_timeout_secs: 0,
+                ..session()
+            }),
+            "idle_timeout_secs"
+        );
+        assert_eq!(
+            field(StoredSession {
+                absolute_expiry: at(1_000),
+                ..session()
+            }),
+            "absolute_expiry"
+        );
+        assert_eq!(
+            field(StoredSession {
+                last_seen_at: at(999),
+                ..session()
+            }),
+            "last_seen_at"
+        );
+        assert_eq!(
+            field(StoredSession {
+                ended_at: Some(at(1_001)),
+                ..session()
+            }),
+            "end_reason"
+        );
+        assert_eq!(
+            field(StoredSession {
+                end_reason: Some("logout".into()),
+                ..session()
+            }),
+            "end_reason"
+        );
+        assert_eq!(
+            field(StoredSession {
+                ended_at: Some(at(1_001)),
+                end_reason: Some("Logout".into()),
+                ..session()
+            }),
+            "end_reason"
+        );
+    }
+
+    #[test]
+    fn codes_are_lowercase_words() {
+        for ok in ["reset", "logout", "webauthn_login", "a", &"a".repeat(32)] {
+            assert!(check_code("kind", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Reset", "_x", "1x", "x-y", "x y", "é", &"a".repeat(33)] {
+            assert!(
+                matches!(check_code("kind", bad), Err(StorageError::Invalid(m)) if m.starts_with("kind: ")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_field_checks() {
+        assert!(check_phc("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").is_ok());
+        assert!(check_phc("$argon2i$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA").is_err());
+        assert!(check_phc("$2b$12$abcdefghijklmnopqrstuu").is_err());
+        assert!(check_client_id("partner-app.1").is_ok());
+        assert!(check_client_id("").is_err());
+        assert!(check_client_id("a b").is_err());
+        assert!(check_client_id(&"c".repeat(129)).is_err());
+        assert!(check_credential_id(&[0; 1023]).is_ok());
+        assert!(check_credential_id(&[]).is_err());
+        assert!(check_credential_id(&[0; 1024]).is_err());
+        assert!(check_sealed_secret(&[]).is_err());
+        assert!(step_to_i64(u64::MAX, "step").is_err());
+        assert_eq!(step_to_i64(59_000_000, "step").unwrap(), 59_000_000);
+        assert!(step_from_i64(Some(-1)).is_err());
+        assert!(
+            check_replay_period(at(10), at(10)).is_err(),
+            "a key expiring now protects nothing"
+        );
+        for k in ResetKind::ALL {
+            assert_eq!(ResetKind::parse(k.as_str()).unwrap(), *k);
+        }
+        assert!(ResetKind::parse("everything").is_err());
+        let debug = format!(
+            "{:?}",
+            StoredTotp {
+                account_id: 1,
+                sealed_secret: vec![0x5a; 40],
+                last_step: None,
+                enrolled_at: at(0),
+            }
+        );
+        assert!(
+            debug.contains("<40 bytes>") && !debug.contains("90"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn the_four_eyes_rule() {
+        let partner = Subject {
+            account_id: 10,
+            organisation_id: 2,
+            kind: OrganisationKind::MissionLocale,
+        };
+        let officer = |id, org, role, state| Decider {
+            account_id: id,
+            organisation_id: org,
+            role,
+            state,
+        };
+        let reason = |d: Option<&Decider>, requester| match check_decider(&partner, requester, d) {
+            Ok(()) => "ok".to_string(),
+            Err(StorageError::Invalid(m)) => m,
+            Err(e) => panic!("{e}"),
+        };
+        let ft = officer(1, 1, Role::Officer, AccountState::Active);
+        assert_eq!(reason(Some(&ft), Some(11)), "ok");
+        assert!(reason(None, None).contains("no such account"));
+        assert!(
+            reason(
+                Some(&officer(1, 1, Role::Manager, AccountState::Active)),
+                None
+            )
+            .contains("only an officer")
+        );
+        assert!(
+            reason(
+                Some(&officer(1, 1, Role::Officer, AccountState::Suspended)),
+                None
+            )
+            .contains("not active")
+        );
+        assert!(
+            reason(
+                Some(&officer(10, 1, Role::Officer, AccountState::Active)),
+                None
+            )
+            .contains("itself")
+        );
+        assert!(reason(Some(&ft), Some(1)).contains("requester"));
+        assert!(
+            reason(
+                Some(&officer(1, 2, Role::Officer, AccountState::Active)),
+                None
+            )
+            .contains("outside")
+        );
+        // France Travail officers may decide on colleagues of their agency.
+        let colleague = Subject {
+            kind: OrganisationKind::FranceTravail,
+            organisation_id: 1,
+            ..partner
+        };
+        assert!(check_decider(&colleague, None, Some(&ft)).is_ok());
+        assert!(reason(Some(&ft), Some(1)).starts_with("officer_id: "));
+    }
+}

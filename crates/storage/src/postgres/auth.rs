@@ -1,0 +1,1071 @@
+//! [`AuthStore`] on PostgreSQL: the registry's schema and pool. Writers
+//! run concurrently here, so every compare-and-set is one conditional
+//! statement (`UPDATE … WHERE <expected state>`, `INSERT … ON CONFLICT`),
+//! which READ COMMITTED re-evaluates on the latest row version after a
+//! concurrent writer commits: of two racing writers, one wins.
+
+use std::sync::LazyLock;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rempart_domain::{AccountState, OrganisationKind, Role};
+use tokio_postgres::{GenericClient, Row};
+
+use super::{PgStore, account_record};
+use crate::auth::{
+    ACCESS_TOKEN_SELECT, API_CLIENT_SELECT, AccessTokenRow, AccountLifecycle, ApiClientRow,
+    AuthStore, CredentialReset, Decider, NewAccountRequest, PASSKEY_SELECT, RESET_SELECT,
+    REVIEW_SELECT, ResetKind, ReviewEntry, SESSION_SELECT, StoredPasskeyRow, StoredSession,
+    StoredTotp, Subject, check_access_token, check_client_id, check_code, check_credential_id,
+    check_decider, check_phc, check_replay_period, check_sealed_secret, check_session, digest32,
+    refuse, step_from_i64, step_to_i64,
+};
+use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
+
+/// A session and its account, by digest.
+static SESSION_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{SESSION_SELECT} WHERE s.id_digest = $1"));
+
+/// An access token of a live client, and its account, by digest.
+static ACCESS_TOKEN_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{ACCESS_TOKEN_SELECT} WHERE t.digest = $1"));
+
+/// Inserts a replay key, or takes over an expired one; changes nothing if
+/// a live one exists. Concurrent inserts of one key wait on the first
+/// one's row, then see it live: exactly one changes a row.
+const REPLAY_SQL: &str = "INSERT INTO replay_key (digest, expires_at) VALUES ($1, $2)
+     ON CONFLICT (digest) DO UPDATE SET expires_at = EXCLUDED.expires_at
+     WHERE replay_key.expires_at <= $3";
+
+/// Reads a row of [`REVIEW_SELECT`].
+fn review_entry(r: &Row) -> Result<ReviewEntry, StorageError> {
+    let account = account_record(r, 0)?;
+    let lifecycle = AccountLifecycle {
+        account_id: account.account_id,
+        created_at: r.try_get(7)?,
+        requested_by: r.try_get(8)?,
+        decided_by: r.try_get(9)?,
+        decided_at: r.try_get(10)?,
+        last_login_at: r.try_get(11)?,
+        next_session_high_risk: r.try_get(12)?,
+    };
+    Ok(ReviewEntry { account, lifecycle })
+}
+
+fn session_row(r: &Row) -> Result<(StoredSession, AccountRecord), StorageError> {
+    let session = StoredSession {
+        id_digest: digest32(r.try_get(0)?, "session id digest")?,
+        account_id: r.try_get(1)?,
+        jkt: r.try_get(2)?,
+        method: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        last_seen_at: r.try_get(5)?,
+        absolute_expiry: r.try_get(6)?,
+        idle_timeout_secs: r.try_get(7)?,
+        high_risk: r.try_get(8)?,
+        step_up_at: r.try_get(9)?,
+        ended_at: r.try_get(10)?,
+        end_reason: r.try_get(11)?,
+    };
+    Ok((session, account_record(r, 12)?))
+}
+
+fn passkey_row(r: &Row) -> Result<StoredPasskeyRow, StorageError> {
+    Ok(StoredPasskeyRow {
+        credential_id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        data: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        last_used_at: r.try_get(4)?,
+    })
+}
+
+fn reset_row(r: &Row) -> Result<CredentialReset, StorageError> {
+    Ok(CredentialReset {
+        id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        kind: ResetKind::parse(r.try_get(2)?)?,
+        requested_by: r.try_get(3)?,
+        requested_at: r.try_get(4)?,
+        decided_by: r.try_get(5)?,
+        decided_at: r.try_get(6)?,
+        approved: r.try_get(7)?,
+    })
+}
+
+fn api_client_row(r: &Row) -> Result<(ApiClientRow, AccountRecord), StorageError> {
+    let client = ApiClientRow {
+        client_id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        keys: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        revoked_at: r.try_get(4)?,
+    };
+    Ok((client, account_record(r, 5)?))
+}
+
+fn access_token_row(r: &Row) -> Result<(AccessTokenRow, AccountRecord), StorageError> {
+    let token = AccessTokenRow {
+        digest: digest32(r.try_get(0)?, "access token digest")?,
+        client_id: r.try_get(1)?,
+        account_id: r.try_get(2)?,
+        jkt: r.try_get(3)?,
+        scope: r.try_get(4)?,
+        issued_at: r.try_get(5)?,
+        expires_at: r.try_get(6)?,
+    };
+    Ok((token, account_record(r, 7)?))
+}
+
+async fn account_exists(c: &impl GenericClient, id: i64) -> Result<bool, StorageError> {
+    Ok(c.query_opt("SELECT 1 FROM account WHERE id = $1", &[&id])
+        .await?
+        .is_some())
+}
+
+async fn account_by_id(
+    c: &impl GenericClient,
+    id: i64,
+) -> Result<Option<AccountRecord>, StorageError> {
+    c.query_opt(&format!("{ACCOUNT_SELECT} WHERE a.id = $1"), &[&id])
+        .await?
+        .map(|r| account_record(&r, 0))
+        .transpose()
+}
+
+/// The organisation facts of the account a decision is about.
+async fn subject(c: &impl GenericClient, account_id: i64) -> Result<Option<Subject>, StorageError> {
+    c.query_opt(
+        "SELECT a.organisation_id, o.kind FROM account a
+         JOIN organisation o ON o.id = a.organisation_id WHERE a.id = $1",
+        &[&account_id],
+    )
+    .await?
+    .map(|r| {
+        Ok(Subject {
+            account_id,
+            organisation_id: r.try_get(0)?,
+            kind: parse_code(r.try_get(1)?, OrganisationKind::parse)?,
+        })
+    })
+    .transpose()
+}
+
+/// What the four-eyes rule checks about a decider, its row locked against
+/// a concurrent change of role or state until the decision commits.
+async fn decider(c: &impl GenericClient, officer_id: i64) -> Result<Option<Decider>, StorageError> {
+    c.query_opt(
+        "SELECT organisation_id, role, state FROM account WHERE id = $1 FOR SHARE",
+        &[&officer_id],
+    )
+    .await?
+    .map(|r| {
+        Ok(Decider {
+            account_id: officer_id,
+            organisation_id: r.try_get(0)?,
+            role: parse_code(r.try_get(1)?, Role::parse)?,
+            state: parse_code(r.try_get(2)?, AccountState::parse)?,
+        })
+    })
+    .transpose()
+}
+
+#[async_trait]
+impl AuthStore for PgStore {
+    async fn request_account(&self, r: NewAccountRequest) -> Result<AccountRecord, StorageError> {
+        let created_at = crate::instant(r.at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if tx
+            .query_opt(
+                "SELECT 1 FROM organisation WHERE id = $1",
+                &[&r.organisation_id],
+            )
+            .await?
+            .is_none()
+        {
+            return Err(refuse("organisation_id", "no such organisation"));
+        }
+        let requester = tx
+            .query_opt(
+                "SELECT state FROM account WHERE id = $1 FOR SHARE",
+                &[&r.requested_by],
+            )
+            .await?;
+        match requester {
+            None => return Err(refuse("requested_by", "no such account")),
+            Some(row) if row.try_get::<_, &str>(0)? != AccountState::Active.as_str() => {
+                return Err(refuse(
+                    "requested_by",
+                    "the requester's account is not active",
+                ));
+            }
+            Some(_) => {}
+        }
+        let id: i64 = tx
+            .query_opt(
+                "INSERT INTO account (login, organisation_id, role, state, requested_by,
+                     created_at)
+                 VALUES ($1, $2, $3, 'requested', $4, $5)
+                 ON CONFLICT (login) DO NOTHING RETURNING id",
+                &[
+                    &r.login.as_str(),
+                    &r.organisation_id,
+                    &r.role.as_str(),
+                    &r.requested_by,
+                    &created_at,
+                ],
+            )
+            .await?
+            .ok_or_else(|| refuse("login", "already used by another account"))?
+            .try_get(0)?;
+        let account = account_by_id(&*tx, id).await?.ok_or_else(|| {
+            StorageError::Corrupt(format!("account {id} vanished after its insertion"))
+        })?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    async fn decide_account(
+        &self,
+        account_id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AccountRecord>, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(pending) = tx
+            .query_opt(
+                "SELECT requested_by FROM account WHERE id = $1 AND state = 'requested'",
+                &[&account_id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let requester: Option<i64> = pending.try_get(0)?;
+        let Some(subject) = subject(&*tx, account_id).await? else {
+            return Ok(None);
+        };
+        check_decider(
+            &subject,
+            requester,
+            decider(&*tx, officer_id).await?.as_ref(),
+        )?;
+        let state = if approve {
+            AccountState::Active
+        } else {
+            AccountState::Disabled
+        };
+        // The compare-and-set: a concurrent decision that committed first
+        // leaves no row in 'requested' to update.
+        let n = tx
+            .execute(
+                "UPDATE account SET state = $2,
+                     approved_by = CASE WHEN $5::bool THEN $3::int8 ELSE approved_by END,
+                     decided_by = $3::int8, decided_at = $4
+                 WHERE id = $1 AND state = 'requested'",
+                &[&account_id, &state.as_str(), &officer_id, &at, &approve],
+            )
+            .await?;
+        if n != 1 {
+            return Ok(None);
+        }
+        let account = account_by_id(&*tx, account_id).await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    async fn requests_since(
+        &self,
+        requested_by: i64,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StorageError> {
+        let since = crate::instant(since, "since")?;
+        let client = self.client().await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM account WHERE requested_by = $1 AND created_at >= $2",
+                &[&requested_by, &since],
+            )
+            .await?
+            .try_get(0)?;
+        u32::try_from(n).map_err(|_| StorageError::Corrupt("request count out of range".into()))
+    }
+
+    async fn pending_requests(&self) -> Result<Vec<ReviewEntry>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query(
+                &format!(
+                    "{REVIEW_SELECT} WHERE a.state = 'requested'
+                     ORDER BY a.created_at IS NOT NULL, a.created_at, a.id"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(review_entry)
+            .collect()
+    }
+
+    async fn lifecycle(&self, account_id: i64) -> Result<Option<AccountLifecycle>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT id, created_at, requested_by, decided_by, decided_at, last_login_at,
+                     next_session_high_risk
+                 FROM account WHERE id = $1",
+                &[&account_id],
+            )
+            .await?
+            .map(|r| {
+                Ok(AccountLifecycle {
+                    account_id: r.try_get(0)?,
+                    created_at: r.try_get(1)?,
+                    requested_by: r.try_get(2)?,
+                    decided_by: r.try_get(3)?,
+                    decided_at: r.try_get(4)?,
+                    last_login_at: r.try_get(5)?,
+                    next_session_high_risk: r.try_get(6)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn record_login(&self, account_id: i64, at: DateTime<Utc>) -> Result<(), StorageError> {
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        // GREATEST ignores NULL; never moves back.
+        let n = client
+            .execute(
+                "UPDATE account SET last_login_at = GREATEST(last_login_at, $2),
+                     next_session_high_risk = false
+                 WHERE id = $1",
+                &[&account_id, &at],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
+    async fn disable_inactive(
+        &self,
+        last_login_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<i64>, StorageError> {
+        let cutoff = crate::instant(last_login_before, "last_login_before")?;
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut ids = tx
+            .query(
+                "UPDATE account SET state = 'disabled'
+                 WHERE state = 'active'
+                   AND COALESCE(last_login_at, decided_at, created_at) < $1
+                 RETURNING id",
+                &[&cutoff],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<Vec<i64>, _>>()?;
+        ids.sort_unstable();
+        // A disabled account keeps no open session.
+        tx.execute(
+            "UPDATE web_session SET ended_at = $2, end_reason = 'inactive'
+             WHERE account_id = ANY($1) AND ended_at IS NULL",
+            &[&ids, &at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn accounts_to_review(
+        &self,
+        organisation_id: Option<i64>,
+    ) -> Result<Vec<ReviewEntry>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query(
+                &format!(
+                    "{REVIEW_SELECT} WHERE a.state <> 'disabled'
+                       AND ($1::int8 IS NULL OR a.organisation_id = $1)
+                     ORDER BY o.code COLLATE \"C\", a.login COLLATE \"C\""
+                ),
+                &[&organisation_id],
+            )
+            .await?
+            .iter()
+            .map(review_entry)
+            .collect()
+    }
+
+    async fn password(&self, account_id: i64) -> Result<Option<(String, String)>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT phc, throttle FROM account_password WHERE account_id = $1")
+            .await?;
+        client
+            .query_opt(&stmt, &[&account_id])
+            .await?
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()
+    }
+
+    async fn set_password(
+        &self,
+        account_id: i64,
+        phc: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        check_phc(phc)?;
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO account_password (account_id, phc, set_at)
+                 SELECT $1::int8, $2::text, $3::timestamptz
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $1)
+                 ON CONFLICT (account_id) DO UPDATE SET phc = EXCLUDED.phc,
+                     set_at = EXCLUDED.set_at",
+                &[&account_id, &phc, &at],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
+    async fn set_throttle(&self, account_id: i64, throttle_json: &str) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE account_password SET throttle = $2 WHERE account_id = $1",
+                &[&account_id, &throttle_json],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn totp(&self, account_id: i64) -> Result<Option<StoredTotp>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT sealed_secret, last_step, enrolled_at FROM account_totp
+                 WHERE account_id = $1",
+            )
+            .await?;
+        client
+            .query_opt(&stmt, &[&account_id])
+            .await?
+            .map(|r| {
+                Ok(StoredTotp {
+                    account_id,
+                    sealed_secret: r.try_get(0)?,
+                    last_step: step_from_i64(r.try_get(1)?)?,
+                    enrolled_at: r.try_get(2)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn set_totp(&self, t: StoredTotp) -> Result<(), StorageError> {
+        check_sealed_secret(&t.sealed_secret)?;
+        let last_step = t
+            .last_step
+            .map(|s| step_to_i64(s, "last_step"))
+            .transpose()?;
+        let enrolled_at = crate::instant(t.enrolled_at, "enrolled_at")?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO account_totp (account_id, sealed_secret, last_step, enrolled_at)
+                 SELECT $1::int8, $2::bytea, $3::int8, $4::timestamptz
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $1)
+                 ON CONFLICT (account_id) DO UPDATE SET sealed_secret = EXCLUDED.sealed_secret,
+                     last_step = EXCLUDED.last_step, enrolled_at = EXCLUDED.enrolled_at",
+                &[&t.account_id, &t.sealed_secret, &last_step, &enrolled_at],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
+    async fn accept_totp_step(&self, account_id: i64, step: u64) -> Result<bool, StorageError> {
+        let step = step_to_i64(step, "step")?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE account_totp SET last_step = $2
+                 WHERE account_id = $1 AND (last_step IS NULL OR last_step < $2)",
+                &[&account_id, &step],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn passkeys(&self, account_id: i64) -> Result<Vec<StoredPasskeyRow>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query(
+                &format!(
+                    "{PASSKEY_SELECT} WHERE account_id = $1 ORDER BY created_at, credential_id"
+                ),
+                &[&account_id],
+            )
+            .await?
+            .iter()
+            .map(passkey_row)
+            .collect()
+    }
+
+    async fn passkey_by_credential(
+        &self,
+        credential_id: &[u8],
+    ) -> Result<Option<StoredPasskeyRow>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{PASSKEY_SELECT} WHERE credential_id = $1"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&credential_id])
+            .await?
+            .map(|r| passkey_row(&r))
+            .transpose()
+    }
+
+    async fn add_passkey(&self, p: StoredPasskeyRow) -> Result<(), StorageError> {
+        check_credential_id(&p.credential_id)?;
+        let created_at = crate::instant(p.created_at, "created_at")?;
+        let last_used_at = p
+            .last_used_at
+            .map(|t| crate::instant(t, "last_used_at"))
+            .transpose()?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO passkey (credential_id, account_id, data, created_at, last_used_at)
+                 SELECT $1::bytea, $2::int8, $3::text, $4::timestamptz, $5::timestamptz
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &p.credential_id,
+                    &p.account_id,
+                    &p.data,
+                    &created_at,
+                    &last_used_at,
+                ],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else if account_exists(&**client, p.account_id).await? {
+            Err(refuse("credential_id", "already registered"))
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
+    async fn update_passkey(
+        &self,
+        credential_id: &[u8],
+        data: &str,
+        used_at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let used_at = crate::instant(used_at, "used_at")?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE passkey SET data = $2, last_used_at = $3 WHERE credential_id = $1",
+                &[&credential_id, &data, &used_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn request_reset(
+        &self,
+        account_id: i64,
+        kind: ResetKind,
+        requested_by: i64,
+        at: DateTime<Utc>,
+    ) -> Result<CredentialReset, StorageError> {
+        let requested_at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        // Accounts are never deleted: checked, they stay.
+        if !account_exists(&**client, account_id).await? {
+            return Err(refuse("account_id", "no such account"));
+        }
+        if !account_exists(&**client, requested_by).await? {
+            return Err(refuse("requested_by", "no such account"));
+        }
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO credential_reset (account_id, kind, requested_by, requested_at)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&account_id, &kind.as_str(), &requested_by, &requested_at],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(CredentialReset {
+            id,
+            account_id,
+            kind,
+            requested_by,
+            requested_at,
+            decided_by: None,
+            decided_at: None,
+            approved: None,
+        })
+    }
+
+    async fn decide_reset(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<CredentialReset>, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Locked: a concurrent decision waits, then finds it decided.
+        let Some(reset) = tx
+            .query_opt(&format!("{RESET_SELECT} WHERE id = $1 FOR UPDATE"), &[&id])
+            .await?
+            .map(|r| reset_row(&r))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        if reset.decided_at.is_some() {
+            return Ok(None);
+        }
+        let Some(subject) = subject(&*tx, reset.account_id).await? else {
+            return Err(StorageError::Corrupt(format!(
+                "reset {id} names a missing account"
+            )));
+        };
+        check_decider(
+            &subject,
+            Some(reset.requested_by),
+            decider(&*tx, officer_id).await?.as_ref(),
+        )?;
+        let n = tx
+            .execute(
+                "UPDATE credential_reset SET decided_by = $2, decided_at = $3, approved = $4
+                 WHERE id = $1 AND decided_at IS NULL",
+                &[&id, &officer_id, &at, &approve],
+            )
+            .await?;
+        if n != 1 {
+            return Ok(None);
+        }
+        if approve {
+            let account = reset.account_id;
+            if reset.kind.removes_password() {
+                tx.execute(
+                    "DELETE FROM account_password WHERE account_id = $1",
+                    &[&account],
+                )
+                .await?;
+            }
+            if reset.kind.removes_totp() {
+                tx.execute(
+                    "DELETE FROM account_totp WHERE account_id = $1",
+                    &[&account],
+                )
+                .await?;
+            }
+            if reset.kind.removes_passkeys() {
+                tx.execute("DELETE FROM passkey WHERE account_id = $1", &[&account])
+                    .await?;
+            }
+            tx.execute(
+                "UPDATE web_session SET ended_at = $2, end_reason = 'reset'
+                 WHERE account_id = $1 AND ended_at IS NULL",
+                &[&account, &at],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE account SET next_session_high_risk = true WHERE id = $1",
+                &[&account],
+            )
+            .await?;
+        }
+        let decided = tx
+            .query_opt(&format!("{RESET_SELECT} WHERE id = $1"), &[&id])
+            .await?
+            .map(|r| reset_row(&r))
+            .transpose()?;
+        tx.commit().await?;
+        Ok(decided)
+    }
+
+    async fn pending_resets(&self) -> Result<Vec<CredentialReset>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query(
+                &format!("{RESET_SELECT} WHERE decided_at IS NULL ORDER BY id"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(reset_row)
+            .collect()
+    }
+
+    async fn put_ceremony(
+        &self,
+        key: [u8; 32],
+        kind: &str,
+        payload: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        check_code("kind", kind)?;
+        let expires_at = crate::instant(expires_at, "expires_at")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO ceremony (id, kind, payload, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let key: &[u8] = &key;
+        let n = client
+            .execute(&stmt, &[&key, &kind, &payload, &expires_at])
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(refuse("key", "a ceremony with this key is already stored"))
+        }
+    }
+
+    async fn take_ceremony(
+        &self,
+        key: [u8; 32],
+        kind: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StorageError> {
+        let now = crate::instant(now, "now")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "DELETE FROM ceremony WHERE id = $1 AND kind = $2 RETURNING payload, expires_at",
+            )
+            .await?;
+        let key: &[u8] = &key;
+        let Some(row) = client.query_opt(&stmt, &[&key, &kind]).await? else {
+            return Ok(None);
+        };
+        let expires_at: DateTime<Utc> = row.try_get(1)?;
+        // Expired: gone all the same.
+        Ok((expires_at > now).then(|| row.try_get(0)).transpose()?)
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StorageError> {
+        let now = crate::instant(now, "now")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM ceremony WHERE expires_at <= $1",
+            "DELETE FROM replay_key WHERE expires_at <= $1",
+            "DELETE FROM access_token WHERE expires_at <= $1",
+        ] {
+            n += tx.execute(sql, &[&now]).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn insert_session(&self, s: StoredSession) -> Result<(), StorageError> {
+        let (created_at, last_seen_at, absolute_expiry, step_up_at, ended_at) = check_session(&s)?;
+        let client = self.client().await?;
+        let digest: &[u8] = &s.id_digest;
+        let n = client
+            .execute(
+                "INSERT INTO web_session (id_digest, account_id, jkt, method, created_at,
+                     last_seen_at, absolute_expiry, idle_timeout_secs, high_risk, step_up_at,
+                     ended_at, end_reason)
+                 SELECT $1::bytea, $2::int8, $3::text, $4::text, $5::timestamptz,
+                     $6::timestamptz, $7::timestamptz, $8::int8, $9::bool, $10::timestamptz,
+                     $11::timestamptz, $12::text
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &digest,
+                    &s.account_id,
+                    &s.jkt,
+                    &s.method,
+                    &created_at,
+                    &last_seen_at,
+                    &absolute_expiry,
+                    &s.idle_timeout_secs,
+                    &s.high_risk,
+                    &step_up_at,
+                    &ended_at,
+                    &s.end_reason,
+                ],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else if account_exists(&**client, s.account_id).await? {
+            Err(refuse(
+                "id_digest",
+                "a session with this id is already stored",
+            ))
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
+    async fn session(
+        &self,
+        id_digest: [u8; 32],
+    ) -> Result<Option<(StoredSession, AccountRecord)>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&SESSION_SQL).await?;
+        let digest: &[u8] = &id_digest;
+        client
+            .query_opt(&stmt, &[&digest])
+            .await?
+            .map(|r| session_row(&r))
+            .transpose()
+    }
+
+    async fn touch_session(
+        &self,
+        id_digest: [u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE web_session SET last_seen_at = GREATEST(last_seen_at, $2)
+                 WHERE id_digest = $1 AND ended_at IS NULL",
+            )
+            .await?;
+        let digest: &[u8] = &id_digest;
+        client.execute(&stmt, &[&digest, &at]).await?;
+        Ok(())
+    }
+
+    async fn mark_step_up(
+        &self,
+        id_digest: [u8; 32],
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let digest: &[u8] = &id_digest;
+        client
+            .execute(
+                "UPDATE web_session SET step_up_at = $2 WHERE id_digest = $1 AND ended_at IS NULL",
+                &[&digest, &at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn end_session(
+        &self,
+        id_digest: [u8; 32],
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<bool, StorageError> {
+        check_code("reason", reason)?;
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let digest: &[u8] = &id_digest;
+        let n = client
+            .execute(
+                "UPDATE web_session SET ended_at = $2, end_reason = $3
+                 WHERE id_digest = $1 AND ended_at IS NULL",
+                &[&digest, &at, &reason],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn end_sessions_of_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<u64, StorageError> {
+        check_code("reason", reason)?;
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "UPDATE web_session SET ended_at = $2, end_reason = $3
+                 WHERE account_id = $1 AND ended_at IS NULL",
+                &[&account_id, &at, &reason],
+            )
+            .await?)
+    }
+
+    async fn insert_api_client(&self, cl: ApiClientRow) -> Result<(), StorageError> {
+        check_client_id(&cl.client_id)?;
+        let created_at = crate::instant(cl.created_at, "created_at")?;
+        let revoked_at = cl
+            .revoked_at
+            .map(|t| crate::instant(t, "revoked_at"))
+            .transpose()?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "INSERT INTO api_client (client_id, account_id, public_keys, created_at,
+                     revoked_at)
+                 SELECT $1::text, $2::int8, $3::text, $4::timestamptz, $5::timestamptz
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &cl.client_id,
+                    &cl.account_id,
+                    &cl.keys,
+                    &created_at,
+                    &revoked_at,
+                ],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else if account_exists(&**client, cl.account_id).await? {
+            Err(refuse("client_id", "already registered"))
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
+    async fn api_client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(ApiClientRow, AccountRecord)>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{API_CLIENT_SELECT} WHERE c.client_id = $1"))
+            .await?;
+        client
+            .query_opt(&stmt, &[&client_id])
+            .await?
+            .map(|r| api_client_row(&r))
+            .transpose()
+    }
+
+    async fn revoke_api_client(
+        &self,
+        client_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
+            .execute(
+                "UPDATE api_client SET revoked_at = $2
+                 WHERE client_id = $1 AND revoked_at IS NULL",
+                &[&client_id, &at],
+            )
+            .await?;
+        tx.execute(
+            "DELETE FROM access_token WHERE client_id = $1",
+            &[&client_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn insert_access_token(&self, t: AccessTokenRow) -> Result<(), StorageError> {
+        let (issued_at, expires_at) = check_access_token(&t)?;
+        let client = self.client().await?;
+        let digest: &[u8] = &t.digest;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO access_token (digest, client_id, account_id, jkt, scope, issued_at,
+                     expires_at)
+                 SELECT $1::bytea, $2::text, $3::int8, $4::text, $5::text, $6::timestamptz,
+                     $7::timestamptz
+                 WHERE EXISTS (SELECT 1 FROM api_client
+                               WHERE client_id = $2 AND account_id = $3 AND revoked_at IS NULL)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let n = client
+            .execute(
+                &stmt,
+                &[
+                    &digest,
+                    &t.client_id,
+                    &t.account_id,
+                    &t.jkt,
+                    &t.scope,
+                    &issued_at,
+                    &expires_at,
+                ],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(());
+        }
+        let live = client
+            .query_opt(
+                "SELECT 1 FROM api_client
+                 WHERE client_id = $1 AND account_id = $2 AND revoked_at IS NULL",
+                &[&t.client_id, &t.account_id],
+            )
+            .await?;
+        Err(match live {
+            None => refuse(
+                "client_id",
+                "no such client acting for this account, or revoked",
+            ),
+            Some(_) => refuse("digest", "a token with this digest is already stored"),
+        })
+    }
+
+    async fn access_token(
+        &self,
+        digest: [u8; 32],
+    ) -> Result<Option<(AccessTokenRow, AccountRecord)>, StorageError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&ACCESS_TOKEN_SQL).await?;
+        let digest: &[u8] = &digest;
+        client
+            .query_opt(&stmt, &[&digest])
+            .await?
+            .map(|r| access_token_row(&r))
+            .transpose()
+    }
+
+    async fn insert_replay_if_new(
+        &self,
+        key: [u8; 32],
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let (expires_at, now) = check_replay_period(expires_at, now)?;
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(REPLAY_SQL).await?;
+        let key: &[u8] = &key;
+        let n = client.execute(&stmt, &[&key, &expires_at, &now]).await?;
+        Ok(n == 1)
+    }
+}
