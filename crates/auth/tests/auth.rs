@@ -4,16 +4,17 @@
 //! (`tools/oidc-provider`, the npm package `oidc-provider`, run with node)
 //! on a free port, and plays the browser with a plain HTTP client that
 //! follows the provider's redirects by hand and posts who logs in, with
-//! which acr/amr. Node and `tools/oidc-provider/node_modules` (`npm ci
-//! --prefix tools/oidc-provider`) are required: without them these tests
-//! fail, they never skip.
+//! which acr/amr. Node and npm are required: the first scenario installs
+//! the provider's pinned packages (`npm ci --prefix tools/oidc-provider`)
+//! when they are missing, and without node or npm these tests fail, they
+//! never skip.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +43,34 @@ const MFA_ACR: &str = "https://proconnect.gouv.fr/assurance/self-asserted-2fa";
 const PKCE_VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const PKCE_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
+/// Installs the provider's packages, pinned by its package-lock.json, once
+/// per test run when they are missing, so that `cargo test` stays the one
+/// command that runs every test.
+fn install_provider(dir: &std::path::Path) {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        if dir.join("node_modules/oidc-provider/package.json").is_file() {
+            return Ok(());
+        }
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run `npm` ({e}): Node.js 20.19+ and npm are required"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`npm ci --prefix tools/oidc-provider` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}; the OIDC tests need the real provider and never skip");
+    }
+}
+
 /// A running provider; dropping it kills the node process.
 struct Provider {
     child: Child,
@@ -52,13 +81,7 @@ struct Provider {
 impl Provider {
     fn start() -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/oidc-provider");
-        assert!(
-            dir.join("node_modules/oidc-provider/package.json")
-                .is_file(),
-            "{}/node_modules is missing: run `npm ci --prefix tools/oidc-provider` \
-             (.ci/run does); the OIDC tests need the real provider and never skip",
-            dir.display()
-        );
+        install_provider(&dir);
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .args([
