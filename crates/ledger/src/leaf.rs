@@ -257,8 +257,23 @@ coded_enum!(
         CredentialReset = 14 => "credential_reset",
         /// Exported data (breach scoping, notifications).
         Export = 15 => "export",
+        /// Reactivated a suspended account.
         AccountReactivate = 16 => "account_reactivate",
+        /// Listed organisations or accounts (administration).
         AdminList = 17 => "admin_list",
+        /// Rejected a requested account (four-eyes rule, second pair).
+        AccountReject = 18 => "account_reject",
+        /// Asked for a password or second-factor reset (four-eyes rule,
+        /// first pair); `CredentialReset` is the approval.
+        CredentialResetRequest = 19 => "credential_reset_request",
+        /// Was locked out after too many failed logins.
+        LockedOut = 20 => "locked_out",
+        /// Enrolled a factor (passkey, TOTP) or set a password.
+        FactorEnrol = 21 => "factor_enrol",
+        /// Was issued an API access token (client credentials).
+        TokenIssue = 22 => "token_issue",
+        /// Was disabled for inactivity.
+        AccountDisable = 23 => "account_disable",
     }
 );
 
@@ -293,6 +308,8 @@ coded_enum!(
         FourEyes = 13 => "four_eyes",
         /// An internal error: the request failed closed.
         InternalError = 14 => "internal_error",
+        /// Too many failed attempts: the account or the address waits.
+        LockedOut = 15 => "locked_out",
     }
 );
 
