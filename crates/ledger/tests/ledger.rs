@@ -755,7 +755,8 @@ async fn queries(b: Backend) {
 /// tail (scanned): every query answers what a scan of the leaves answers,
 /// and pages cross the boundaries.
 async fn queries_across_segments(b: Backend) {
-    const LEAVES: i64 = 2 * 16_384 + 5_000;
+    // Enough after the second segment for its slices to be all in.
+    const LEAVES: i64 = 2 * 16_384 + 12_000;
     let env = Env::new(b).await;
     let key = key();
     let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())

@@ -5,14 +5,14 @@
 -- current segment in each of the three indexes (one per account, per
 -- organisation, per person), so a durable commit of k leaves wrote about
 -- 3k index pages to the WAL: about 7 KB per consultation, a third of the
--- server's CPU. Now an append writes only the leaf table, at its right
--- edge. When a segment (16,384 leaves, `idx >> 14`) is complete, the
--- commit that completes it copies the segment's keys into the three
--- tables below in key order, so they too grow at their right edge, and
--- records the segment in `leaf_segment`. Queries read the indexed segments
--- from these tables and scan the one unindexed tail (< 16,384 leaves) of
--- the leaf table. `rempart audit verify` checks that the tables hold
--- exactly the leaves' keys.
+-- server's CPU. Now an append writes the leaf table at its right edge.
+-- Once a segment (16,384 leaves, `idx >> 14`) is complete, its keys go
+-- into the three tables below in key order, so they too grow at their
+-- right edge: a slice with each following commit (the writer keeps the
+-- keys in memory), and `leaf_segment` lists the segment once all are in.
+-- Queries read the listed segments from these tables and scan the leaves
+-- after them (at most two segments). `rempart audit verify` checks that
+-- the tables hold exactly the leaves' keys.
 DROP INDEX leaf_account;
 DROP INDEX leaf_organisation;
 DROP INDEX leaf_person;

@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
+mod segments;
+
+use segments::SegmentIndexer;
+
 use super::{
     IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError,
     StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start, to_i64,
@@ -165,13 +169,12 @@ fn indexed_segments(conn: &Connection) -> Result<i64, StoreError> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// One of the three segment tables: which keys of a segment's leaves it
-/// holds (`select`, with the segment as `?1`) and in which order they are
-/// inserted, so that it grows at its right edge.
+/// One of the three segment tables, and which keys of a segment's leaves
+/// it holds (`select`, with the segment as `?1`). The writer inserts them
+/// in the table's key order (see `segments`).
 struct SegmentTable {
     name: &'static str,
     select: &'static str,
-    order: &'static str,
 }
 
 const SEGMENT_TABLES: [SegmentTable; 3] = [
@@ -179,47 +182,32 @@ const SEGMENT_TABLES: [SegmentTable; 3] = [
         name: "leaf_by_account",
         select: "SELECT ?1, account, time_us, idx, reveals, person FROM leaf
                  WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
-        order: "account, time_us, idx",
     },
     SegmentTable {
         name: "leaf_by_organisation",
         select: "SELECT ?1, organisation, time_us, idx FROM leaf
                  WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
-        order: "organisation, time_us, idx",
     },
     SegmentTable {
         name: "leaf_by_person",
         select: "SELECT ?1, person, time_us, idx FROM leaf
                  WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14 AND person IS NOT NULL",
-        order: "person, time_us, idx",
     },
 ];
 
-/// Indexes every complete segment not yet in the segment tables, inside
-/// the caller's transaction. `size` is the log's length.
-fn index_complete_segments(c: &Connection, size: u64) -> Result<(), StoreError> {
-    let complete = to_i64(size >> SEGMENT_SHIFT, "segment")?;
-    for segment in indexed_segments(c)?..complete {
-        for t in &SEGMENT_TABLES {
-            let fill = format!("INSERT INTO {} {} ORDER BY {}", t.name, t.select, t.order);
-            c.prepare_cached(&fill)?.execute([segment])?;
-        }
-        c.prepare_cached("INSERT INTO leaf_segment (segment) VALUES (?1)")?
-            .execute([segment])?;
-    }
-    Ok(())
-}
-
 /// Compares the segment tables with the leaves they were built from, one
 /// segment at a time: the keys of each table must be exactly those of the
-/// leaves, and every complete segment must be indexed.
+/// leaves, and every complete segment but the last must be indexed (the
+/// writer fills the last one slice by slice).
 fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreError> {
     let tx = c.unchecked_transaction()?;
     let indexed = indexed_segments(&tx)?;
     let complete = size_of(&tx)? >> SEGMENT_SHIFT;
     let mut problems = Vec::new();
     let listed: i64 = tx.query_row("SELECT count(*) FROM leaf_segment", [], |r| r.get(0))?;
-    if listed != indexed || to_u64(indexed, "segment")? != complete {
+    // The last complete segment may still be being indexed.
+    let behind = complete.saturating_sub(to_u64(indexed, "segment")?);
+    if listed != indexed || behind > 1 {
         problems.push(IndexProblem {
             segment: to_u64(indexed.min(listed), "segment")?,
             table: "leaf_segment",
@@ -494,9 +482,17 @@ impl LedgerStore for SqliteLedgerStore {
 /// The single writer: one connection, the lock file for its lifetime, and
 /// a background thread that copies the WAL into the database file.
 struct SqliteWriter {
-    conn: Option<Connection>,
+    conn: Option<WriterConn>,
     checkpointer: Option<Checkpointer>,
     _lock: File,
+}
+
+/// The writer's connection and what travels with it.
+struct WriterConn {
+    db: Connection,
+    /// `None` until the first append, and again after a failed one (its
+    /// state may then be ahead of the database): rebuilt from the database.
+    segments: Option<SegmentIndexer>,
 }
 
 /// Copies committed WAL frames into the database file off the append path.
@@ -602,7 +598,10 @@ impl SqliteWriter {
              PRAGMA journal_size_limit = 67108864;",
         )?;
         Ok(SqliteWriter {
-            conn: Some(conn),
+            conn: Some(WriterConn {
+                db: conn,
+                segments: None,
+            }),
             checkpointer: Some(Checkpointer::start(path)?),
             _lock: lock_file,
         })
@@ -613,7 +612,7 @@ impl SqliteWriter {
     /// after which every call fails.
     async fn with<T: Send + 'static>(
         &mut self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut WriterConn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let mut conn = self
             .conn
@@ -633,12 +632,12 @@ impl SqliteWriter {
 #[async_trait]
 impl LedgerWriter for SqliteWriter {
     async fn size(&mut self) -> Result<u64, StoreError> {
-        self.with(|c| size_of(c)).await
+        self.with(|c| size_of(&c.db)).await
     }
 
     async fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
         let ids = ids.to_vec();
-        self.with(move |c| nodes_of(c, &ids)).await
+        self.with(move |c| nodes_of(&c.db, &ids)).await
     }
 
     async fn append(&mut self, first: u64, rows: Vec<LeafRow>) -> Result<(), StoreError> {
@@ -646,21 +645,17 @@ impl LedgerWriter for SqliteWriter {
             // BEGIN and COMMIT from the statement cache: rusqlite's
             // `Transaction` parses them afresh for every batch, which showed
             // in profiles of the consultation path (one batch per few reads).
-            c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            c.db.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             let written = append_rows(c, first, &rows);
-            match written {
-                Ok(()) => {
-                    if let Err(e) = c.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
-                        let _ = c.execute_batch("ROLLBACK");
-                        return Err(e.into());
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    let _ = c.execute_batch("ROLLBACK");
-                    Err(e)
-                }
+            let committed = written.and_then(|()| {
+                c.db.prepare_cached("COMMIT")?.execute([])?;
+                Ok(())
+            });
+            if committed.is_err() {
+                let _ = c.db.execute_batch("ROLLBACK");
+                c.segments = None;
             }
+            committed
         })
         .await
     }
@@ -675,7 +670,7 @@ impl LedgerWriter for SqliteWriter {
     async fn add_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
         let cp = checkpoint.clone();
         self.with(move |c| {
-            c.execute(
+            c.db.execute(
                 "INSERT INTO checkpoint (size, time_us, note) VALUES (?1, ?2, ?3)",
                 params![to_i64(cp.size, "checkpoint size")?, cp.time.0, cp.note],
             )?;
@@ -685,9 +680,11 @@ impl LedgerWriter for SqliteWriter {
     }
 }
 
-/// Checks that the log is still `first` leaves long, then inserts `rows`,
-/// inside the caller's transaction.
-fn append_rows(c: &Connection, first: u64, rows: &[LeafRow]) -> Result<(), StoreError> {
+/// Checks that the log is still `first` leaves long, then inserts `rows`
+/// and the next slice of the segment tables, inside the caller's
+/// transaction.
+fn append_rows(w: &mut WriterConn, first: u64, rows: &[LeafRow]) -> Result<(), StoreError> {
+    let c = &w.db;
     let found = size_of(c)?;
     if found != first {
         return Err(StoreError::Conflict {
@@ -711,11 +708,16 @@ fn append_rows(c: &Connection, first: u64, rows: &[LeafRow]) -> Result<(), Store
             row.nodes
         ])?;
     }
-    let size = first + rows.len() as u64;
-    if size >> SEGMENT_SHIFT > first >> SEGMENT_SHIFT {
-        index_complete_segments(c, size)?;
-    }
-    Ok(())
+    drop(stmt);
+    let segments = match &mut w.segments {
+        Some(s) => s,
+        // Loaded after the insert, so it must not see the new rows twice:
+        // it reads them, and is told about none.
+        None => {
+            return w.segments.insert(SegmentIndexer::load(c)?).appended(c, &[]);
+        }
+    };
+    segments.appended(c, rows)
 }
 
 #[cfg(test)]
@@ -820,5 +822,55 @@ mod tests {
             .query_row("SELECT count(*) FROM leaf_by_person", [], |r| r.get(0))
             .unwrap();
         assert_eq!(persons, 2 * 16_384 - 2 * 16_384 / 5 - 1);
+    }
+
+    fn row(i: u64) -> LeafRow {
+        let i64_ = i as i64;
+        LeafRow {
+            index: i,
+            time: i64_ / 3,
+            account: i64_ % 7,
+            organisation: i64_ % 3,
+            person: (!i.is_multiple_of(5)).then_some(i64_ % 101),
+            reveals: i.is_multiple_of(2),
+            data: vec![0],
+            nodes: vec![0],
+        }
+    }
+
+    async fn append_range(w: &mut Box<dyn LedgerWriter>, from: u64, to: u64, batch: u64) {
+        let mut at = from;
+        while at < to {
+            let end = to.min(at + batch);
+            w.append(at, (at..end).map(row).collect()).await.unwrap();
+            at = end;
+        }
+    }
+
+    /// A segment's keys go in slice by slice after it completes; a writer
+    /// that stops half-way (closed, or crashed: the tables are only ever
+    /// written inside append transactions) is resumed by the next one.
+    #[tokio::test]
+    async fn segments_are_indexed_in_slices_and_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        let check = || {
+            let c = Connection::open(store.path()).unwrap();
+            (indexed_segments(&c).unwrap(), index_problems(&c).unwrap())
+        };
+        let mut w = store.writer().await.unwrap();
+        append_range(&mut w, 0, 16_384 + 30, 10).await;
+        // Three slices of 1,024 so far: listed only once all are in.
+        assert_eq!(check(), (0, vec![]));
+        w.close().await;
+        drop(w);
+        let mut w = store.writer().await.unwrap();
+        append_range(&mut w, 16_384 + 30, 16_384 + 500, 10).await;
+        assert_eq!(check(), (1, vec![]));
+        // One batch completing two segments at once.
+        append_range(&mut w, 16_384 + 500, 3 * 16_384 + 7, 40_000).await;
+        assert_eq!(check().1, vec![]);
+        append_range(&mut w, 3 * 16_384 + 7, 3 * 16_384 + 100, 50).await;
+        assert_eq!(check(), (3, vec![]));
     }
 }
