@@ -653,6 +653,11 @@ impl PublicJwk {
     /// The RFC 7638 members in lexicographic order, without whitespace: the
     /// input of the thumbprint, and the form stored. base64url values need
     /// no JSON escaping, so formatting is exact.
+    /// The public half of a P-256 key this program holds (benchmarks).
+    pub(crate) fn from_p256(key: p256::ecdsa::VerifyingKey) -> Self {
+        PublicJwk(KeyKind::P256(key))
+    }
+
     pub fn to_json(&self) -> String {
         match &self.0 {
             KeyKind::P256(k) => {

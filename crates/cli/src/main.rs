@@ -91,6 +91,18 @@ enum BenchCommand {
     /// durable ledger leaf each) against the server's own no-op endpoint,
     /// on an imported population.
     Consult(serve::BenchConsultArgs),
+    /// Authentication costs: argon2id hash and verification with the
+    /// parameters in force (and an unknown account's, which must match),
+    /// and the check of one device-bound proof (ES256), paid on every
+    /// request of a browser session or a DPoP client.
+    Auth {
+        /// Password hashes and verifications measured (each).
+        #[arg(long, default_value_t = 15)]
+        passwords: usize,
+        /// Proofs verified.
+        #[arg(long, default_value_t = 2_000)]
+        proofs: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +231,7 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
         }) => audit::bench_ledger(leaves, database, dir).await,
         Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
+        Command::Bench(BenchCommand::Auth { passwords, proofs }) => bench_auth(passwords, proofs),
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
     }
@@ -572,4 +585,34 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     drop(vault);
     println!("\n== 5. serve the API and make a first consultation");
     serve::demo(&loc, args.listen, args.no_serve).await
+}
+
+fn bench_auth(passwords: usize, proofs: usize) -> anyhow::Result<()> {
+    use rempart_auth::bench::{argon2_figures, proof_figures};
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let a = argon2_figures(passwords)?;
+    println!(
+        "argon2id m={} KiB t={} p={}, medians of {}: hash {:.1} ms, verify {:.1} ms, unknown account {:.1} ms",
+        a.params.m_cost_kib,
+        a.params.t_cost,
+        a.params.p_cost,
+        a.samples,
+        ms(a.hash_median),
+        ms(a.verify_median),
+        ms(a.unknown_account_median)
+    );
+    let p = proof_figures(proofs)?;
+    println!(
+        "device-bound proof (ES256, DPoP format), median of {}: {:.0} µs per request",
+        p.samples,
+        p.verify_median.as_secs_f64() * 1e6
+    );
+    println!(
+        "RESULT argon2_hash_ms={:.2} argon2_verify_ms={:.2} argon2_unknown_ms={:.2} proof_us={:.1}",
+        ms(a.hash_median),
+        ms(a.verify_median),
+        ms(a.unknown_account_median),
+        p.verify_median.as_secs_f64() * 1e6
+    );
+    Ok(())
 }

@@ -205,6 +205,32 @@ fn readme_demo_runs() {
     assert_eq!((inserted, updated, rejected), (0, 0, 0), "{again}");
 }
 
+/// `rempart bench auth` measures real hashes and real proofs and says so
+/// in its RESULT line.
+#[test]
+fn bench_auth_prints_its_figures() {
+    let out = ok(&["bench", "auth", "--passwords", "1", "--proofs", "3"]);
+    let result = out
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {out}"));
+    for key in [
+        "argon2_hash_ms=",
+        "argon2_verify_ms=",
+        "argon2_unknown_ms=",
+        "proof_us=",
+    ] {
+        let value: f64 = result
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing in {result}"))
+            .parse()
+            .unwrap();
+        assert!(value > 0.0, "{key} in {result}");
+    }
+    assert!(out.contains("argon2id m=19456 KiB t=2 p=1"), "{out}");
+}
+
 #[test]
 fn a_broken_policy_file_stops_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
