@@ -60,6 +60,8 @@ pub const BURST_WINDOW_MINUTES: i64 = 60;
 /// Days without a login after which an account is dormant (reviews) and
 /// disabled (`rempart accounts disable-inactive`).
 pub const INACTIVITY_DAYS: u32 = 90;
+/// Longest inactivity window accepted, in days (100 years).
+pub const MAX_INACTIVITY_DAYS: u32 = 36_500;
 /// The roles a manager may ask for. Officers, security and DPO accounts are
 /// not born from a partner's request.
 pub const REQUESTABLE_ROLES: &[Role] = &[Role::Agent, Role::Manager];
@@ -132,7 +134,9 @@ pub fn dormant(history: &AccountLifecycle, now: DateTime<Utc>, days: u32) -> Opt
         .last_login_at
         .or(history.decided_at)
         .or(history.created_at)?;
-    Some(last < now - Duration::days(i64::from(days)))
+    // A window reaching before the representable past: nothing is older.
+    let cutoff = now.checked_sub_signed(Duration::days(i64::from(days)));
+    Some(cutoff.is_some_and(|cutoff| last < cutoff))
 }
 
 /// Whether a ledger leaf is an alert raised by this module.
@@ -511,10 +515,15 @@ impl Consultation {
         now: DateTime<Utc>,
         days: u32,
     ) -> Result<Vec<AccountRecord>, Refusal> {
-        if days == 0 {
-            return Err(Refusal::invalid("days", "must be at least 1"));
-        }
-        let before = now - Duration::days(i64::from(days));
+        let before = now
+            .checked_sub_signed(Duration::days(i64::from(days)))
+            .filter(|_| (1..=MAX_INACTIVITY_DAYS).contains(&days));
+        let Some(before) = before else {
+            return Err(Refusal::invalid(
+                "days",
+                format!("must be between 1 and {MAX_INACTIVITY_DAYS}"),
+            ));
+        };
         let ids = self
             .auth
             .disable_inactive(before, now)
@@ -759,6 +768,11 @@ mod tests {
             ..history()
         };
         assert_eq!(dormant(&edge, now, 90), Some(false), "exactly 90 days");
+        assert_eq!(
+            dormant(&edge, now, u32::MAX),
+            Some(false),
+            "a window before the representable past never panics"
+        );
     }
 
     #[test]
