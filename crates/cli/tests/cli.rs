@@ -852,6 +852,7 @@ fn accounts_scenario(db: Option<&str>) {
     let out = run(&["accounts", "review", "--organisation", "C-ML"]);
     let review = stdout(&out);
     assert!(out.status.success(), "{review}");
+    println!("{review}");
     assert!(
         review.contains("organisation C-ML (mission_locale), 4 account(s) to review"),
         "{review}"
