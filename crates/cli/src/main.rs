@@ -1,6 +1,7 @@
 //! `rempart`: the command line. Parses arguments, wires the crates together
 //! and reports; no domain rule lives here.
 
+mod accounts;
 mod audit;
 mod progress;
 mod serve;
@@ -66,6 +67,9 @@ enum Command {
     /// Accounts: API credentials.
     #[command(subcommand)]
     Account(serve::AccountCommand),
+    /// Accounts: the periodic review, and disabling the unused ones.
+    #[command(subcommand)]
+    Accounts(accounts::AccountsCommand),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -234,6 +238,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Auth { passwords, proofs }) => bench_auth(passwords, proofs),
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
+        Command::Accounts(cmd) => accounts::run(cmd).await,
     }
 }
 

@@ -14,10 +14,11 @@ use rempart_guard::Guard;
 use rempart_ledger::{Ledger, LedgerConfig};
 use rempart_policy::Authorizer;
 use rempart_storage::{AccountRecord, Store};
+use rempart_vault::Vault;
 use rempart_web::{AppState, Limits};
 use tokio::net::TcpListener;
 
-use crate::{Location, audit, open_vault};
+use crate::{Location, audit};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -74,7 +75,9 @@ pub fn load_policies(dir: Option<&PathBuf>) -> Result<Authorizer> {
 
 /// The consultation path over the registry, the keys and the ledger at `loc`.
 pub async fn open_consultation(loc: &Location, policies: Authorizer) -> Result<Consultation> {
-    let vault = open_vault(loc).await?;
+    let stores = crate::accounts::open_stores(loc).await?;
+    let vault = Vault::new(crate::key_source(loc), stores.registry.clone())
+        .context("loading the keys (run `rempart init` first?)")?;
     let key = audit::load_key(loc)?;
     let store = audit::open_store(loc).await?;
     let ledger = Ledger::open(store, key, LedgerConfig::default())
@@ -82,6 +85,7 @@ pub async fn open_consultation(loc: &Location, policies: Authorizer) -> Result<C
         .context("taking the audit ledger's writer (is another server running on it?)")?;
     Ok(Consultation::new(
         vault,
+        stores.auth,
         Arc::new(policies),
         Guard::pass_through(),
         Arc::new(ledger),
@@ -191,18 +195,21 @@ async fn find_account(store: &Store, login: &str) -> Result<AccountRecord> {
         .with_context(|| format!("no account with login {login}"))
 }
 
+/// Issues a credential to an active account; a requested, suspended or
+/// disabled account gets none.
 pub async fn issue(
     store: &Store,
     account: &AccountRecord,
     days: i64,
 ) -> Result<rempart_consult::IssuedCredential> {
-    Ok(rempart_consult::authenticate::issue(
+    rempart_consult::issue_credential(
         store,
         account.account_id,
         chrono::Duration::days(days),
         chrono::Utc::now(),
     )
-    .await?)
+    .await
+    .with_context(|| format!("no credential for {}", account.login))
 }
 
 /// The active agent of a partner organisation of `kind` with the largest

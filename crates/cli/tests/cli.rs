@@ -764,3 +764,234 @@ fn audit_commands_postgres() {
     let db = PgDatabase::create();
     audit_scenario(Some(&db.url));
 }
+
+/// `rempart accounts review` and `disable-inactive`, and credentials only
+/// for active accounts, on accounts whose history is set up through the
+/// store (requests and decisions in the past).
+fn accounts_scenario(db: Option<&str>) {
+    use chrono::{Duration, Utc};
+    use rempart_domain::{Account, AccountState, Organisation, OrganisationKind, Reference, Role};
+    use rempart_storage::NewAccountRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, db);
+    let loc = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["--data".to_string(), s(&data).to_string()]);
+        if let Some(u) = db {
+            v.extend(["--database".to_string(), u.to_string()]);
+        }
+        v
+    };
+    let run = |args: &[&str]| -> Output {
+        let a = loc(args);
+        rempart(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let r = |s: &str| Reference::parse(s).unwrap();
+    let target = db.map_or_else(|| s(&data).to_string(), str::to_string);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let now = Utc::now();
+    let long_ago = now - Duration::days(200);
+    let ids = rt.block_on(async {
+        let stores = rempart_storage::open_stores(&target).await.unwrap();
+        let (registry, auth) = (stores.registry, stores.auth);
+        registry
+            .upsert_organisations(
+                [
+                    ("C-FT", OrganisationKind::FranceTravail),
+                    ("C-ML", OrganisationKind::MissionLocale),
+                ]
+                .into_iter()
+                .map(|(code, kind)| Organisation {
+                    code: r(code),
+                    kind,
+                    name: format!("Test {code}"),
+                    departement: None,
+                })
+                .collect(),
+            )
+            .await
+            .unwrap();
+        for (login, org, role, approver) in [
+            ("c.officer", "C-FT", Role::Officer, None),
+            ("c.officer2", "C-FT", Role::Officer, None),
+            ("c.mlm", "C-ML", Role::Manager, Some("c.officer")),
+        ] {
+            let (_, refused) = registry
+                .upsert_accounts(vec![Account {
+                    login: r(login),
+                    organisation: r(org),
+                    role,
+                    state: AccountState::Active,
+                    requested_by: None,
+                    approved_by: approver.map(r),
+                }])
+                .await
+                .unwrap();
+            assert!(refused.is_empty(), "{refused:?}");
+        }
+        let id = |login: &'static str| {
+            let registry = registry.clone();
+            async move {
+                registry
+                    .account_by_login(&Reference::parse(login).unwrap())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let officer = id("c.officer").await;
+        let mlm = id("c.mlm").await;
+        let mut ids = Vec::new();
+        for (login, at) in [
+            ("c.old", long_ago),
+            ("c.recent", long_ago),
+            ("c.pending", now),
+        ] {
+            let a = auth
+                .request_account(NewAccountRequest {
+                    organisation_id: mlm.organisation_id,
+                    login: r(login),
+                    role: Role::Agent,
+                    requested_by: mlm.account_id,
+                    at,
+                })
+                .await
+                .unwrap();
+            ids.push(a.account_id);
+        }
+        for id in &ids[..2] {
+            auth.decide_account(*id, officer.account_id, true, long_ago)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        auth.record_login(ids[1], now - Duration::days(10))
+            .await
+            .unwrap();
+        ids
+    });
+    let old = ids[0];
+
+    // The review, per organisation.
+    let out = run(&["accounts", "review", "--organisation", "C-ML"]);
+    let review = stdout(&out);
+    assert!(out.status.success(), "{review}");
+    println!("{review}");
+    assert!(
+        review.contains("organisation C-ML (mission_locale), 4 account(s) to review"),
+        "{review}"
+    );
+    let line = |login: &str| {
+        review
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{login} ")))
+            .unwrap_or_else(|| panic!("no {login} in:\n{review}"))
+            .to_string()
+    };
+    let old_line = line("c.old");
+    assert!(old_line.contains("NO LOGIN IN 90 DAYS"), "{old_line}");
+    assert!(
+        old_line.contains("c.mlm") && old_line.contains("c.officer"),
+        "{old_line}"
+    );
+    assert!(
+        old_line.contains(&long_ago.format("%Y-%m-%d").to_string()),
+        "{old_line}"
+    );
+    let recent = line("c.recent");
+    assert!(!recent.contains("NO LOGIN"), "{recent}");
+    assert!(recent.contains(&(now - Duration::days(10)).format("%Y-%m-%d").to_string()));
+    let pending_line = line("c.pending");
+    assert!(pending_line.contains("requested") && !pending_line.contains("NO LOGIN"));
+    assert!(line("c.mlm").contains("history unknown"));
+    assert!(
+        !review
+            .lines()
+            .any(|l| l.trim_start().starts_with("c.officer ")),
+        "another organisation: {review}"
+    );
+    assert!(
+        review
+            .contains("4 account(s) to review, 1 without a login in 90 days, 1 of unknown history")
+    );
+    assert!(
+        !run(&["accounts", "review", "--organisation", "NOPE"])
+            .status
+            .success()
+    );
+
+    // A requested account gets no credential.
+    let refused = run(&["account", "credential", "issue", "--login", "c.pending"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("requested") && err.contains("only an active account"),
+        "{err}"
+    );
+    assert!(!stdout(&refused).contains("rmp_"));
+
+    // Disabling the unused: exactly the one without a login in 90 days.
+    let out = run(&["accounts", "disable-inactive", "--days", "90"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("disabled c.old (agent of C-ML)"), "{text}");
+    assert!(text.contains("1 account(s) disabled"), "{text}");
+    let again = stdout(&run(&["accounts", "disable-inactive"]));
+    assert!(again.contains("0 account(s) disabled"), "{again}");
+    assert!(
+        !run(&["accounts", "disable-inactive", "--days", "0"])
+            .status
+            .success()
+    );
+    let refused = run(&["account", "credential", "issue", "--login", "c.old"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("disabled"));
+    assert!(
+        stdout(&run(&[
+            "account",
+            "credential",
+            "issue",
+            "--login",
+            "c.recent"
+        ]))
+        .contains("rmp_")
+    );
+    // One account_disable leaf, under the disabled account, in a ledger
+    // that still verifies.
+    let rows = stdout(&run(&[
+        "audit",
+        "query",
+        "--account",
+        &old.to_string(),
+        "--format",
+        "jsonl",
+    ]));
+    let leaves: Vec<serde_json::Value> = rows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(leaves.len(), 1, "{rows}");
+    assert_eq!(leaves[0]["action"], "account_disable");
+    assert_eq!(leaves[0]["decision"], "allow");
+    assert!(stdout(&run(&["audit", "verify"])).starts_with("audit ledger OK: 1 leaves"));
+    let review = stdout(&run(&["accounts", "review"]));
+    assert!(!review.contains("c.old "), "{review}");
+    assert!(review.contains("organisation C-FT"), "{review}");
+}
+
+#[test]
+fn accounts_review_disable_inactive_and_credentials_sqlite() {
+    accounts_scenario(None);
+}
+
+#[test]
+fn accounts_review_disable_inactive_and_credentials_postgres() {
+    let db = PgDatabase::create();
+    accounts_scenario(Some(&db.url));
+}

@@ -7,7 +7,9 @@
 //! Each stage is a module with one job ([`authenticate`], [`authorize`],
 //! the `rempart-guard` crate, the `rempart-vault` crate, the
 //! `rempart-ledger` crate); [`Consultation`] strings them together in
-//! `path.rs`, one operation per function, read top to bottom. Nothing here
+//! `path.rs`, one operation per function, read top to bottom; the account
+//! lifecycle (requests, four-eyes decisions, resets, reviews) follows the
+//! same pattern in `accounts.rs`. Nothing here
 //! knows HTTP: the web crate turns requests into calls and [`Refusal`]s
 //! into status codes.
 //!
@@ -18,10 +20,16 @@
 //!   errs, the caller gets [`Refusal::Unavailable`] and no personal data;
 //!   data is released only after its ledger leaf is durable.
 
+mod accounts;
 pub mod authenticate;
 pub mod authorize;
 mod path;
 
+pub use accounts::{
+    ALERT_PREFIX, AccountRequest, BURST_REQUESTS, BURST_WINDOW_MINUTES, INACTIVITY_DAYS,
+    IssueError, REQUESTABLE_ROLES, ResetDecision, SYSTEM_PREFIX, dormant, is_alert,
+    issue_credential,
+};
 pub use authenticate::{Caller, IssuedCredential, Rejected};
 pub use path::{
     AccountState, BreakGlass, CaseloadPage, Consultation, Grant, MAX_PAGE, MAX_REASON_BYTES,

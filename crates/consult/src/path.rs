@@ -15,7 +15,7 @@ use rempart_ledger::{
     GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
 };
 use rempart_policy::{Action, Authorizer, Decision, NirView, Who};
-use rempart_storage::{AccountRecord, CaseloadEntry, NewMandate, Store, StoredMandate};
+use rempart_storage::{AccountRecord, AuthStore, CaseloadEntry, NewMandate, Store, StoredMandate};
 use rempart_vault::{Read, Vault};
 
 use crate::authenticate::{self, Caller, Rejected};
@@ -161,9 +161,11 @@ pub type Organisations = Vec<(i64, Organisation)>;
 /// The consultation path's parts, shared by every request.
 #[derive(Clone)]
 pub struct Consultation {
-    store: Store,
+    pub(crate) store: Store,
+    /// The account lifecycle and credential resets (same database as `store`).
+    pub(crate) auth: Arc<dyn AuthStore>,
     vault: Vault,
-    policy: Arc<Authorizer>,
+    pub(crate) policy: Arc<Authorizer>,
     guard: Guard,
     ledger: Arc<Ledger>,
 }
@@ -177,9 +179,19 @@ impl std::fmt::Debug for Consultation {
 }
 
 impl Consultation {
-    pub fn new(vault: Vault, policy: Arc<Authorizer>, guard: Guard, ledger: Arc<Ledger>) -> Self {
+    /// The path over a vault, the authentication store of the same
+    /// database (`rempart_storage::open_stores` gives both), the policies,
+    /// the guard and the ledger.
+    pub fn new(
+        vault: Vault,
+        auth: Arc<dyn AuthStore>,
+        policy: Arc<Authorizer>,
+        guard: Guard,
+        ledger: Arc<Ledger>,
+    ) -> Self {
         Consultation {
             store: vault.store().clone(),
+            auth,
             vault,
             policy,
             guard,
@@ -800,7 +812,7 @@ impl Consultation {
     /// Stage 1. A rejected credential is ledgered (under account 0 when the
     /// credential names no account) and answered `Unauthenticated`; an
     /// inactive account is ledgered and answered `AccountInactive`.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         credential: Option<&str>,
         action: LeafAction,
@@ -1074,14 +1086,14 @@ impl Consultation {
     }
 
     /// Stage 5. A failed append is `Unavailable`: nothing may be released.
-    async fn record(&self, leaf: AuditLeaf) -> Result<LeafIndex, Refusal> {
+    pub(crate) async fn record(&self, leaf: AuditLeaf) -> Result<LeafIndex, Refusal> {
         self.ledger
             .append(&leaf)
             .await
             .map_err(|e| Refusal::Unavailable(format!("audit ledger: {e}")))
     }
 
-    async fn record_all(&self, leaves: &[AuditLeaf]) -> Result<LeafIndex, Refusal> {
+    pub(crate) async fn record_all(&self, leaves: &[AuditLeaf]) -> Result<LeafIndex, Refusal> {
         self.ledger
             .append_batch(leaves)
             .await
@@ -1090,7 +1102,7 @@ impl Consultation {
 
     /// Ledgers a denial, then hands back the refusal to return (or
     /// `Unavailable` if even the denial could not be ledgered).
-    async fn deny(
+    pub(crate) async fn deny(
         &self,
         ctx: &Ctx<'_>,
         person_id: Option<i64>,
@@ -1114,7 +1126,7 @@ impl Consultation {
 
     /// A stage failed: ledger it as an internal error (best effort) and fail
     /// closed.
-    async fn fail(
+    pub(crate) async fn fail(
         &self,
         ctx: &Ctx<'_>,
         person_id: Option<i64>,
@@ -1160,15 +1172,15 @@ fn unauthenticated_leaf(
 }
 
 /// What a request is about, for its ledger leaves.
-struct Ctx<'a> {
-    caller: &'a Caller,
-    action: LeafAction,
-    purpose: Option<Purpose>,
-    now: DateTime<Utc>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) caller: &'a Caller,
+    pub(crate) action: LeafAction,
+    pub(crate) purpose: Option<Purpose>,
+    pub(crate) now: DateTime<Utc>,
 }
 
 impl Ctx<'_> {
-    fn leaf(
+    pub(crate) fn leaf(
         &self,
         person_id: Option<i64>,
         field_groups: FieldGroups,

@@ -64,6 +64,15 @@ pub enum Action {
     GrantMandate,
     RevokeMandate,
     ManageAccounts,
+    /// Ask for a new account in one's own organisation (first pair of eyes).
+    RequestAccount,
+    /// Ask for a credential reset of another account (first pair of eyes).
+    RequestReset,
+    /// Approve or reject requested accounts and resets, list those pending
+    /// (second pair of eyes).
+    DecideAccount,
+    /// List accounts with their history, to recertify them.
+    ReviewAccounts,
 }
 
 impl Action {
@@ -80,6 +89,10 @@ impl Action {
         Action::GrantMandate,
         Action::RevokeMandate,
         Action::ManageAccounts,
+        Action::RequestAccount,
+        Action::RequestReset,
+        Action::DecideAccount,
+        Action::ReviewAccounts,
     ];
 
     /// The Cedar action id.
@@ -97,6 +110,10 @@ impl Action {
             Action::GrantMandate => "grant_mandate",
             Action::RevokeMandate => "revoke_mandate",
             Action::ManageAccounts => "manage_accounts",
+            Action::RequestAccount => "request_account",
+            Action::RequestReset => "request_reset",
+            Action::DecideAccount => "decide_account",
+            Action::ReviewAccounts => "review_accounts",
         }
     }
 
@@ -104,7 +121,13 @@ impl Action {
     pub fn on_person(self) -> bool {
         !matches!(
             self,
-            Action::Search | Action::ListCaseload | Action::ManageAccounts
+            Action::Search
+                | Action::ListCaseload
+                | Action::ManageAccounts
+                | Action::RequestAccount
+                | Action::RequestReset
+                | Action::DecideAccount
+                | Action::ReviewAccounts
         )
     }
 

@@ -444,6 +444,49 @@ fn officer_actions_need_an_active_agency_officer_and_break_glass_an_agency_agent
     }
 }
 
+/// No account is born alone: which roles may ask for accounts and resets,
+/// decide on them and review accounts, over every kind, role and state.
+#[test]
+fn the_account_lifecycle_actions_follow_the_four_eyes_roles() {
+    let a = defaults();
+    let none = what(Purpose::FollowUp, vec![]);
+    for kind in OrganisationKind::ALL {
+        for role in Role::ALL {
+            for state in AccountState::ALL {
+                let w = who(*kind, *role, *state);
+                let active = *state == AccountState::Active;
+                let agency_officer =
+                    *kind == OrganisationKind::FranceTravail && *role == Role::Officer;
+                let expected = [
+                    (Action::RequestAccount, *role == Role::Manager),
+                    (
+                        Action::RequestReset,
+                        *role == Role::Manager || agency_officer,
+                    ),
+                    (Action::DecideAccount, agency_officer),
+                    (
+                        Action::ReviewAccounts,
+                        *kind == OrganisationKind::FranceTravail
+                            && matches!(role, Role::Officer | Role::Security),
+                    ),
+                ];
+                for (action, allowed) in expected {
+                    assert_eq!(
+                        a.is_allowed(&w, action, &none).unwrap(),
+                        allowed && active,
+                        "{kind} {role} {state} {action:?}"
+                    );
+                    // The memo and Cedar agree.
+                    assert_eq!(
+                        a.is_allowed_uncached(&w, action, &none).unwrap(),
+                        allowed && active
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn search_and_caseload_follow_the_purposes_of_the_organisation_kind() {
     let a = defaults();

@@ -17,7 +17,7 @@ use rempart_storage::{AccountRecord, StoredMandate};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, AppState, OPENAPI};
+use crate::{ApiError, AppState, OPENAPI, accounts};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -35,6 +35,36 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/organisations/{id}/accounts", get(accounts))
         .route("/api/v1/accounts/{id}/suspend", post(suspend))
         .route("/api/v1/accounts/{id}/reactivate", post(reactivate))
+        .route(
+            "/api/v1/organisations/{id}/account-requests",
+            post(accounts::request_account),
+        )
+        .route("/api/v1/account-requests", get(accounts::pending_requests))
+        .route(
+            "/api/v1/account-requests/{id}/approve",
+            post(accounts::approve_account),
+        )
+        .route(
+            "/api/v1/account-requests/{id}/reject",
+            post(accounts::reject_account),
+        )
+        .route(
+            "/api/v1/accounts/{id}/reset-requests",
+            post(accounts::request_reset),
+        )
+        .route("/api/v1/reset-requests", get(accounts::pending_resets))
+        .route(
+            "/api/v1/reset-requests/{id}/approve",
+            post(accounts::approve_reset),
+        )
+        .route(
+            "/api/v1/reset-requests/{id}/reject",
+            post(accounts::reject_reset),
+        )
+        .route(
+            "/api/v1/organisations/{id}/accounts/review",
+            get(accounts::review),
+        )
 }
 
 // -------------------------------------------------------------------------
@@ -43,7 +73,7 @@ pub fn routes() -> Router<AppState> {
 
 /// The bearer credential, if any. A header that is not `Bearer <token>` counts
 /// as a malformed credential (401), like a missing one.
-fn credential(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn credential(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -118,7 +148,9 @@ fn parse_date(field: &str, text: &str) -> Result<NaiveDate, ApiError> {
 }
 
 /// A JSON body, with errors naming the field (by its path) and the rule.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -172,7 +204,7 @@ fn missing_field(text: &str) -> ApiError {
     ApiError::invalid(name.to_string(), "is required")
 }
 
-fn path_id(
+pub(crate) fn path_id(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<i64, ApiError> {
     match path {
@@ -184,7 +216,7 @@ fn path_id(
 /// A request that does not parse is answered 400 only once its credential
 /// is known good: an unauthenticated caller learns nothing about the API's
 /// validation, and gets the same 401 (ledgered) as any other.
-async fn parsed<T>(
+pub(crate) async fn parsed<T>(
     state: &AppState,
     headers: &HeaderMap,
     input: Result<T, ApiError>,
@@ -299,7 +331,7 @@ impl From<Shown> for PersonBody {
 }
 
 #[derive(Serialize)]
-struct AccountBody {
+pub(crate) struct AccountBody {
     id: i64,
     login: String,
     role: &'static str,
@@ -356,9 +388,9 @@ impl From<StoredMandate> for MandateBody {
 // Handlers
 // -------------------------------------------------------------------------
 
-type Answer = Result<Response, ApiError>;
+pub(crate) type Answer = Result<Response, ApiError>;
 
-fn ok<T: Serialize>(body: T) -> Answer {
+pub(crate) fn ok<T: Serialize>(body: T) -> Answer {
     Ok(Json(body).into_response())
 }
 

@@ -10,6 +10,7 @@
 //! ([`Limits`]); every error, including unknown routes, wrong methods and
 //! oversized requests, has the shape `{"error": {"code", "message", "field"}}`.
 
+mod accounts;
 mod api;
 mod error;
 

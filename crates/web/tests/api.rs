@@ -19,7 +19,7 @@ use rempart_ledger::store::sqlite::SqliteLedgerStore;
 use rempart_ledger::{
     Action as LeafAction, AuditLeaf, Decision, Ledger, LedgerConfig, LedgerKey, LedgerStore,
 };
-use rempart_storage::{AccountRecord, NewMandate, Store};
+use rempart_storage::{AccountRecord, AuthStore, NewMandate, Store, Stores};
 use rempart_vault::{KeySource, Read, Vault};
 use rempart_web::{AppState, Limits};
 use serde_json::{Value, json};
@@ -44,6 +44,8 @@ struct TestApp {
     base: String,
     http: reqwest::Client,
     store: Store,
+    /// The authentication store on the same database.
+    auth: Arc<dyn AuthStore>,
     vault: Vault,
     ledger_store: Arc<dyn LedgerStore>,
     /// Raw SQL on the backend holding the ledger, for fault injection.
@@ -107,6 +109,9 @@ const ACCOUNTS: &[(&str, &str, Role)] = &[
     ("t.ml", "T-ML", Role::Agent),
     ("t.tp", "T-TP", Role::Agent),
     ("t.pr", "T-PR", Role::Agent),
+    ("t.mlm", "T-ML", Role::Manager),
+    ("t.ftm", "T-FT", Role::Manager),
+    ("t.sec", "T-FT", Role::Security),
 ];
 
 async fn spawn_app(backend: Backend) -> TestApp {
@@ -129,16 +134,20 @@ async fn spawn_app(backend: Backend) -> TestApp {
     KeyRing::generate().unwrap().save_new(&keys).unwrap();
 
     let mut pg_schemas = Vec::new();
-    let store: Store = match backend {
-        Backend::Sqlite => rempart_storage::open(data.to_str().unwrap()).await.unwrap(),
+    let stores: Stores = match backend {
+        Backend::Sqlite => rempart_storage::open_stores(data.to_str().unwrap())
+            .await
+            .unwrap(),
         Backend::Postgres => {
             let schema = unique("web_reg");
             pg_schemas.push(schema.clone());
-            rempart_storage::postgres::PgStore::connect(&pg_url(), &schema)
+            rempart_storage::postgres::PgStore::connect_store(&pg_url(), &schema)
                 .await
                 .unwrap()
+                .into()
         }
     };
+    let store: Store = stores.registry.clone();
     let vault = Vault::new(KeySource::File(keys), store.clone()).unwrap();
     let opts = rempart_import::ImportOptions::new(today);
     let rejects = rempart_import::RejectSink::in_memory();
@@ -241,6 +250,7 @@ async fn spawn_app(backend: Backend) -> TestApp {
 
     let consultation = Consultation::new(
         vault.clone(),
+        stores.auth.clone(),
         Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
         Guard::pass_through(),
         ledger.clone(),
@@ -259,6 +269,7 @@ async fn spawn_app(backend: Backend) -> TestApp {
         base: format!("http://{addr}"),
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
         store,
+        auth: stores.auth,
         vault,
         ledger_store,
         ledger_sql,
@@ -1380,6 +1391,631 @@ async fn graceful_shutdown_loses_no_ledger_record() {
             "{backend:?}: {} answers before shutdown, all in the ledger",
             answered.len()
         );
+        app.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// No account is born alone: requests, four-eyes decisions, resets, reviews.
+// ---------------------------------------------------------------------------
+
+impl TestApp {
+    async fn get_as(&self, token: &str, path: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token);
+        answer(req.send().await.unwrap()).await
+    }
+
+    async fn post_as(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body);
+        answer(req.send().await.unwrap()).await
+    }
+
+    /// A manager's request for an account in organisation `org`.
+    async fn request_account(
+        &self,
+        as_login: &str,
+        org: &str,
+        login: &str,
+        role: &str,
+    ) -> (u16, Value) {
+        self.post(
+            Some(as_login),
+            &format!("/api/v1/organisations/{}/account-requests", self.org(org)),
+            &json!({"login": login, "role": role}),
+        )
+        .await
+    }
+
+    /// An account created straight in the store (as an import would), with
+    /// a credential.
+    async fn extra_account(&self, login: &str, org: &str, role: Role) -> (AccountRecord, String) {
+        let (_, refused) = self
+            .store
+            .upsert_accounts(vec![Account {
+                login: r(login),
+                organisation: r(org),
+                role,
+                state: AccountState::Active,
+                requested_by: None,
+                approved_by: Some(r("t.officer")),
+            }])
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let a = self
+            .store
+            .account_by_login(&r(login))
+            .await
+            .unwrap()
+            .unwrap();
+        let issued = rempart_consult::issue_credential(
+            &self.store,
+            a.account_id,
+            Duration::days(1),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        (a, issued.token.as_str().to_string())
+    }
+}
+
+fn deny_reasons(leaves: &[AuditLeaf]) -> Vec<rempart_ledger::DenyReason> {
+    leaves
+        .iter()
+        .filter_map(|l| match l.decision {
+            Decision::Deny(r) => Some(r),
+            Decision::Allow => None,
+        })
+        .collect()
+}
+
+/// December 2025: a Mission Locale manager's account, taken over, creates
+/// accounts and reads with them. Here the accounts it asks for cannot work
+/// until an officer of another organisation approves them; the burst is an
+/// alert in the ledger; an officer of the same organisation cannot approve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_accounts() {
+    use rempart_ledger::DenyReason;
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let mlm = app.account("t.mlm").account_id;
+        let officer = app.account("t.officer").account_id;
+
+        // 1. A burst of five requests: all recorded, as requested accounts.
+        let before = app.ledger_size().await;
+        let mut ids = Vec::new();
+        for n in 1..=5 {
+            let (s, body) = app
+                .request_account("t.mlm", "T-ML", &format!("ml.new{n}"), "agent")
+                .await;
+            assert_eq!(s, 201, "{backend:?}: {body}");
+            assert_eq!(body["state"], "requested");
+            assert_eq!(body["role"], "agent");
+            assert_eq!(body["organisation_id"], app.org("T-ML"));
+            assert_eq!(body["requested_by"], mlm);
+            assert_eq!(body["decided_by"], Value::Null);
+            assert_eq!(body["dormant"], false);
+            assert!(body["created_at"].as_str().unwrap().ends_with('Z'));
+            ids.push(body["id"].as_i64().unwrap());
+        }
+        // …and the burst is an alert in the ledger, from the third request on.
+        let leaves = app.leaves(before).await;
+        assert!(leaves.iter().all(|l| l.action == LeafAction::AccountRequest
+            && l.account.0 == mlm
+            && l.decision == Decision::Allow));
+        let alerts: Vec<&AuditLeaf> = leaves
+            .iter()
+            .filter(|l| rempart_consult::is_alert(l))
+            .collect();
+        let expected = 5 - (rempart_consult::BURST_REQUESTS as usize - 1);
+        assert_eq!(alerts.len(), expected, "{backend:?}: {leaves:?}");
+        assert_eq!(leaves.len(), 5 + expected);
+        assert_eq!(
+            alerts.last().unwrap().note.as_deref(),
+            Some("alert: burst of 5 account requests in 60 min")
+        );
+
+        // 2. None of them can work: no credential is issued to a requested
+        //    account, and one planted in the store is refused at the door.
+        for id in &ids {
+            let refused =
+                rempart_consult::issue_credential(&app.store, *id, Duration::days(1), Utc::now())
+                    .await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(rempart_consult::IssueError::NotActive(
+                        AccountState::Requested
+                    ))
+                ),
+                "{refused:?}"
+            );
+        }
+        let planted =
+            rempart_consult::authenticate::issue(&app.store, ids[4], Duration::days(1), Utc::now())
+                .await
+                .unwrap();
+        let planted = planted.token.as_str().to_string();
+        let before = app.ledger_size().await;
+        for path in ["/api/v1/me", "/api/v1/caseload?purpose=follow_up"] {
+            let (s, body) = app.get_as(&planted, path).await;
+            assert_eq!(s, 403, "{backend:?} {path}: {body}");
+            assert_error(&body, "account_inactive");
+        }
+        // Even a mandate naming the requested account opens nothing.
+        let p = app.fresh_person(90);
+        app.store
+            .grant_mandate(NewMandate {
+                reference: r(&unique("TM")),
+                organisation_id: app.org("T-ML"),
+                account_id: Some(ids[4]),
+                person_id: p,
+                purpose: Purpose::FollowUp,
+                valid_from: today(),
+                valid_to: None,
+                source: r("test"),
+            })
+            .await
+            .unwrap();
+        let (s, _) = app
+            .get_as(&planted, &format!("/api/v1/persons/{p}?purpose=follow_up"))
+            .await;
+        assert_eq!(s, 403, "a requested account reads nothing");
+        let leaves = app.leaves(before).await;
+        assert_eq!(deny_reasons(&leaves), vec![DenyReason::AccountInactive; 3]);
+        assert!(leaves.iter().all(|l| l.account.0 == ids[4]));
+
+        // 3. The requester cannot approve, nor can an officer of the same
+        //    Mission Locale, nor an agent; the officers' queue shows them.
+        let (_, ml_officer) = app.extra_account("t.mlo", "T-ML", Role::Officer).await;
+        let approve = |id: i64| format!("/api/v1/account-requests/{id}/approve");
+        let before = app.ledger_size().await;
+        let (s, body) = app.post(Some("t.mlm"), &approve(ids[0]), &json!({})).await;
+        assert_eq!(s, 403, "{body}");
+        assert_error(&body, "forbidden");
+        let (s, _) = app.post_as(&ml_officer, &approve(ids[0]), &json!({})).await;
+        assert_eq!(s, 403);
+        let (s, _) = app.post(Some("t.ml"), &approve(ids[0]), &json!({})).await;
+        assert_eq!(s, 403);
+        let leaves = app.leaves(before).await;
+        assert_eq!(leaves.len(), 3, "every refusal is ledgered");
+        assert!(leaves.iter().all(|l| l.action == LeafAction::AccountApprove
+            && l.note.as_deref() == Some(format!("account {}", ids[0]).as_str())));
+        // The store refuses the same-organisation officer too, whoever calls it.
+        let ml_officer_id = app
+            .store
+            .account_by_login(&r("t.mlo"))
+            .await
+            .unwrap()
+            .unwrap()
+            .account_id;
+        let err = app
+            .auth
+            .decide_account(ids[0], ml_officer_id, true, Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("outside its organisation"),
+            "{err}"
+        );
+        let (s, pending) = app.get(Some("t.officer"), "/api/v1/account-requests").await;
+        assert_eq!(s, 200, "{pending}");
+        // (The generated population has requested accounts of its own.)
+        let pending_ids: Vec<i64> = pending["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .filter(|id| ids.contains(id))
+            .collect();
+        assert_eq!(pending_ids, ids, "oldest first, all still pending");
+        assert_eq!(
+            app.get(Some("t.mlm"), "/api/v1/account-requests").await.0,
+            403
+        );
+
+        // 4. An officer of another organisation decides.
+        let (s, body) = app
+            .post(Some("t.officer"), &approve(ids[0]), &json!({}))
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        assert_eq!(body["state"], "active");
+        let (s, _) = app
+            .post(Some("t.officer2"), &approve(ids[0]), &json!({}))
+            .await;
+        assert_eq!(s, 404, "decided once");
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/account-requests/{}/reject", ids[1]),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["state"], "disabled");
+        let history = app.auth.lifecycle(ids[0]).await.unwrap().unwrap();
+        assert_eq!(history.requested_by, Some(mlm));
+        assert_eq!(history.decided_by, Some(officer));
+
+        // 5. Approved, it authenticates, with an empty caseload.
+        let issued =
+            rempart_consult::issue_credential(&app.store, ids[0], Duration::days(1), Utc::now())
+                .await
+                .unwrap();
+        let token = issued.token.as_str().to_string();
+        let (s, me) = app.get_as(&token, "/api/v1/me").await;
+        assert_eq!(s, 200, "{me}");
+        assert_eq!(me["login"], "ml.new1");
+        let (s, page) = app
+            .get_as(&token, "/api/v1/caseload?purpose=follow_up&limit=1000")
+            .await;
+        assert_eq!(s, 200, "{page}");
+        assert_eq!(
+            page["entries"],
+            json!([]),
+            "no mandate came with the account"
+        );
+        // The rejected one never works.
+        assert!(matches!(
+            rempart_consult::issue_credential(&app.store, ids[1], Duration::days(1), Utc::now())
+                .await,
+            Err(rempart_consult::IssueError::NotActive(
+                AccountState::Disabled
+            ))
+        ));
+
+        // 6. The review shows who asked and who approved.
+        let review = format!("/api/v1/organisations/{}/accounts/review", app.org("T-ML"));
+        let (s, body) = app.get(Some("t.sec"), &review).await;
+        assert_eq!(s, 200, "{body}");
+        let rows = body["accounts"].as_array().unwrap();
+        let row = |login: &str| rows.iter().find(|a| a["login"] == login).cloned();
+        let new1 = row("ml.new1").unwrap();
+        assert_eq!(
+            (
+                new1["state"].clone(),
+                new1["requested_by"].clone(),
+                new1["decided_by"].clone()
+            ),
+            (json!("active"), json!(mlm), json!(officer))
+        );
+        assert!(row("ml.new2").is_none(), "a rejected account is disabled");
+        assert_eq!(row("ml.new3").unwrap()["state"], "requested");
+        assert_eq!(
+            row("t.ml").unwrap()["dormant"],
+            Value::Null,
+            "imported: unknown"
+        );
+        assert_eq!(app.get(Some("t.officer"), &review).await.0, 200);
+        assert_eq!(app.get(Some("t.mlm"), &review).await.0, 403);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_requests_are_for_managers_in_their_own_organisation_and_lesser_roles() {
+    use rempart_ledger::DenyReason;
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        // A manager cannot ask for an officer, security or DPO account.
+        let before = app.ledger_size().await;
+        for role in ["officer", "security", "dpo"] {
+            let (s, body) = app.request_account("t.mlm", "T-ML", "ml.boss", role).await;
+            assert_eq!(s, 403, "{backend:?} {role}: {body}");
+            assert_error(&body, "forbidden");
+        }
+        // Nor an account in another organisation.
+        let (s, _) = app
+            .request_account("t.mlm", "T-CE1", "ce.new", "agent")
+            .await;
+        assert_eq!(s, 403);
+        // Agents and officers cannot ask at all.
+        let (s, _) = app
+            .request_account("t.ml", "T-ML", "ml.friend", "agent")
+            .await;
+        assert_eq!(s, 403);
+        let (s, _) = app
+            .request_account("t.officer", "T-FT", "ft.new", "agent")
+            .await;
+        assert_eq!(s, 403);
+        let leaves = app.leaves(before).await;
+        assert_eq!(deny_reasons(&leaves), vec![DenyReason::PolicyDenied; 6]);
+        assert!(
+            leaves
+                .iter()
+                .all(|l| l.action == LeafAction::AccountRequest)
+        );
+        assert!(
+            app.store
+                .account_by_login(&r("ml.boss"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // A login already used is a 400 naming the field.
+        let (s, body) = app.request_account("t.mlm", "T-ML", "t.ce1", "agent").await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(body["error"]["field"], "login");
+        // Bad input: 400 naming the field for a caller, 401 for a stranger.
+        let path = format!("/api/v1/organisations/{}/account-requests", app.org("T-ML"));
+        for (body, field) in [
+            (json!({"login": "ml.x", "role": "boss"}), "role"),
+            (json!({"login": " ml.x", "role": "agent"}), "login"),
+            (json!({"login": "ml x", "role": "agent"}), "login"),
+            (json!({"login": "ml.x"}), "role"),
+            (
+                json!({"login": "ml.x", "role": "agent", "extra": 1}),
+                "extra",
+            ),
+        ] {
+            let (s, answer) = app.post(Some("t.mlm"), &path, &body).await;
+            assert_eq!(s, 400, "{body}: {answer}");
+            assert_error(&answer, "invalid_request");
+            assert_eq!(answer["error"]["field"], field, "{answer}");
+            assert_eq!(app.post(None, &path, &body).await.0, 401);
+        }
+        let (s, _) = app
+            .post(
+                Some("t.mlm"),
+                "/api/v1/organisations/abc/account-requests",
+                &json!({"login": "ml.x", "role": "agent"}),
+            )
+            .await;
+        assert_eq!(s, 400);
+        for path in [
+            "/api/v1/account-requests",
+            "/api/v1/reset-requests",
+            "/api/v1/organisations/1/accounts/review",
+        ] {
+            assert_eq!(app.get(None, path).await.0, 401, "{path}");
+        }
+        // A France Travail manager's request is decided by an agency officer.
+        let (s, body) = app
+            .request_account("t.ftm", "T-FT", "ft.new", "manager")
+            .await;
+        assert_eq!(s, 201, "{body}");
+        let id = body["id"].as_i64().unwrap();
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/account-requests/{id}/approve"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!((s, body["role"].clone()), (200, json!("manager")), "{body}");
+        // Every new route is in the document.
+        let (_, doc) = app.get(None, "/api/v1/openapi.json").await;
+        for path in [
+            "/api/v1/organisations/{id}/account-requests",
+            "/api/v1/account-requests",
+            "/api/v1/account-requests/{id}/approve",
+            "/api/v1/account-requests/{id}/reject",
+            "/api/v1/accounts/{id}/reset-requests",
+            "/api/v1/reset-requests",
+            "/api/v1/reset-requests/{id}/approve",
+            "/api/v1/reset-requests/{id}/reject",
+            "/api/v1/organisations/{id}/accounts/review",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path}");
+        }
+        app.stop().await;
+    }
+}
+
+/// February 2024 came through a help-desk password reset. Here a reset is
+/// asked by one account and approved by an officer who is neither the
+/// asker nor the account; approval ends access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_need_a_second_officer_and_end_access() {
+    use rempart_ledger::DenyReason;
+    use rempart_storage::{StoredSession, StoredTotp};
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let ml = app.account("t.ml").account_id;
+        let reset_of = |id: i64| format!("/api/v1/accounts/{id}/reset-requests");
+        // Who may ask.
+        let before = app.ledger_size().await;
+        let all = json!({"kind": "all"});
+        let (s, _) = app
+            .post(
+                Some("t.ml"),
+                &reset_of(app.account("t.ce1").account_id),
+                &all,
+            )
+            .await;
+        assert_eq!(s, 403, "agents do not ask");
+        let (s, _) = app
+            .post(
+                Some("t.mlm"),
+                &reset_of(app.account("t.ce1").account_id),
+                &all,
+            )
+            .await;
+        assert_eq!(
+            s, 404,
+            "another organisation's account looks missing to a manager"
+        );
+        let (s, _) = app.post(Some("t.mlm"), &reset_of(i64::MAX - 1), &all).await;
+        assert_eq!(s, 404);
+        let (s, _) = app
+            .post(
+                Some("t.mlm"),
+                &reset_of(app.account("t.mlm").account_id),
+                &all,
+            )
+            .await;
+        assert_eq!(s, 403, "not one's own");
+        let leaves = app.leaves(before).await;
+        assert_eq!(
+            deny_reasons(&leaves),
+            vec![
+                DenyReason::PolicyDenied,
+                DenyReason::InvalidRequest,
+                DenyReason::InvalidRequest,
+                DenyReason::FourEyes
+            ]
+        );
+        let (s, body) = app
+            .post(Some("t.mlm"), &reset_of(ml), &json!({"kind": "everything"}))
+            .await;
+        assert_eq!((s, body["error"]["field"].clone()), (400, json!("kind")));
+
+        // The account has a TOTP factor, a live browser session and an API
+        // credential that works.
+        let now = Utc::now();
+        app.auth
+            .set_totp(StoredTotp {
+                account_id: ml,
+                sealed_secret: vec![7; 40],
+                last_step: None,
+                enrolled_at: now,
+            })
+            .await
+            .unwrap();
+        app.auth
+            .insert_session(StoredSession {
+                id_digest: [9; 32],
+                account_id: ml,
+                jkt: "A".repeat(43),
+                method: "password_totp".into(),
+                created_at: now,
+                last_seen_at: now,
+                absolute_expiry: now + Duration::hours(10),
+                idle_timeout_secs: 1800,
+                high_risk: false,
+                step_up_at: None,
+                ended_at: None,
+                end_reason: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(app.get(Some("t.ml"), "/api/v1/me").await.0, 200);
+
+        // Its manager asks; it still works while the request waits.
+        let (s, reset) = app.post(Some("t.mlm"), &reset_of(ml), &all).await;
+        assert_eq!(s, 201, "{backend:?}: {reset}");
+        assert_eq!(reset["approved"], Value::Null);
+        assert_eq!(reset["requested_by"], app.account("t.mlm").account_id);
+        let reset_id = reset["id"].as_i64().unwrap();
+        assert_eq!(app.get(Some("t.ml"), "/api/v1/me").await.0, 200);
+        let (s, pending) = app.get(Some("t.officer"), "/api/v1/reset-requests").await;
+        assert_eq!(s, 200);
+        assert!(
+            pending["resets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == reset_id)
+        );
+        assert_eq!(
+            app.get(Some("t.mlm"), "/api/v1/reset-requests").await.0,
+            403
+        );
+
+        // An officer who asked cannot approve: four eyes, ledgered.
+        let ce1b = app.account("t.ce1b").account_id;
+        let (s, own) = app
+            .post(Some("t.officer"), &reset_of(ce1b), &json!({"kind": "totp"}))
+            .await;
+        assert_eq!(s, 201, "{own}");
+        let own_id = own["id"].as_i64().unwrap();
+        let before = app.ledger_size().await;
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/reset-requests/{own_id}/approve"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 403, "{body}");
+        let leaves = app.leaves(before).await;
+        assert_eq!(deny_reasons(&leaves), vec![DenyReason::FourEyes]);
+        assert_eq!(leaves[0].action, LeafAction::CredentialReset);
+        let (s, body) = app
+            .post(
+                Some("t.officer2"),
+                &format!("/api/v1/reset-requests/{own_id}/approve"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(
+            (
+                body["approved"].clone(),
+                body["credentials_revoked"].clone()
+            ),
+            (json!(true), json!(0))
+        );
+        assert_eq!(
+            app.get(Some("t.ce1b"), "/api/v1/me").await.0,
+            200,
+            "a TOTP reset leaves API credentials"
+        );
+
+        // An outside officer approves the manager's request: access ends.
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/reset-requests/{reset_id}/approve"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["approved"], true);
+        assert_eq!(body["decided_by"], app.account("t.officer").account_id);
+        assert_eq!(body["credentials_revoked"], 1);
+        let (s, body) = app.get(Some("t.ml"), "/api/v1/me").await;
+        assert_eq!(s, 401, "the API credential is revoked: {body}");
+        assert!(
+            app.auth.totp(ml).await.unwrap().is_none(),
+            "the factor is gone"
+        );
+        let (session, _) = app.auth.session([9; 32]).await.unwrap().unwrap();
+        assert_eq!(session.end_reason.as_deref(), Some("reset"));
+        assert!(
+            app.auth
+                .lifecycle(ml)
+                .await
+                .unwrap()
+                .unwrap()
+                .next_session_high_risk
+        );
+        let (s, _) = app
+            .post(
+                Some("t.officer2"),
+                &format!("/api/v1/reset-requests/{reset_id}/reject"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 404, "decided once");
+
+        // A rejected reset changes nothing.
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &reset_of(ce1b),
+                &json!({"kind": "passkeys"}),
+            )
+            .await;
+        assert_eq!(s, 201);
+        let (s, body) = app
+            .post(
+                Some("t.officer2"),
+                &format!("/api/v1/reset-requests/{}/reject", body["id"]),
+                &json!({}),
+            )
+            .await;
+        assert_eq!((s, body["approved"].clone()), (200, json!(false)), "{body}");
+        assert_eq!(app.get(Some("t.ce1b"), "/api/v1/me").await.0, 200);
         app.stop().await;
     }
 }

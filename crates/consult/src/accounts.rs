@@ -1,0 +1,828 @@
+//! No account is born alone: the account lifecycle over the consultation
+//! path, one operation per function, in the style of `path.rs`:
+//! authenticate → authorize (Cedar) → act (the store) → ledger → answer.
+//! Every refusal after authentication is ledgered before it is returned;
+//! any failure is [`Refusal::Unavailable`].
+//!
+//! The rules, and where each one is enforced:
+//! - **Who may ask** is the policy's `request_account` and `request_reset`
+//!   (managers; for resets also agency officers). The relationship the
+//!   policy context does not carry is checked here: a manager asks for
+//!   accounts in its own organisation only, for the roles
+//!   [`REQUESTABLE_ROLES`] only, and for resets of its own organisation's
+//!   agents and managers; nobody asks for a reset of its own factors.
+//! - **Who may decide** is the policy's `decide_account` (agency officers),
+//!   and the store's four-eyes rule (an active officer, neither the account
+//!   nor its requester, from outside a partner's organisation), which no
+//!   caller can skip. A store refusal is ledgered as `four_eyes`.
+//! - **A requested account cannot work**: it is not `active`, so
+//!   authentication refuses it, and [`issue_credential`] refuses to give it
+//!   a credential. It starts with an empty caseload: no mandate is created.
+//! - **A burst of requests raises an alert**: when a request makes
+//!   [`BURST_REQUESTS`] or more by the same requester within
+//!   [`BURST_WINDOW_MINUTES`], the request is still recorded, and a second
+//!   ledger leaf (action `account_request`, decision allow) whose note
+//!   starts with [`ALERT_PREFIX`] is appended with it, in the same batch,
+//!   before the answer; a `tracing` warning names ids only. [`is_alert`]
+//!   finds such leaves. (Alerts will move to the guard's own store.)
+//! - **An approved reset ends access**: the store deletes the factors,
+//!   ends the sessions and marks the next session high-risk; a reset of
+//!   kind `all` also revokes the account's API credentials here.
+//!
+//! Leaves about another account say which in their note (`account <id>`);
+//! the acting account is the caller. Jobs without a caller
+//! ([`Consultation::disable_inactive`]) write leaves whose `account` is the
+//! account acted on (the action reads "was disabled"), with no session and
+//! a note starting with [`SYSTEM_PREFIX`]: that is the system's identity
+//! in the ledger.
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use rempart_domain::{AccountState, Purpose, Reference, Role};
+use rempart_ledger::{
+    AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
+    OrganisationId, Timestamp,
+};
+use rempart_policy::Action;
+use rempart_storage::{
+    AccountLifecycle, AccountRecord, CredentialReset, NewAccountRequest, ResetKind, ReviewEntry,
+    StorageError, Store,
+};
+
+use crate::authenticate::{self, IssuedCredential};
+use crate::path::Ctx;
+use crate::{Consultation, Refusal, authorize};
+
+/// A request is a burst (and raises an alert) when it makes this many or
+/// more account requests by the same requester within the window.
+pub const BURST_REQUESTS: u32 = 3;
+/// The window of [`BURST_REQUESTS`], in minutes.
+pub const BURST_WINDOW_MINUTES: i64 = 60;
+/// Days without a login after which an account is dormant (reviews) and
+/// disabled (`rempart accounts disable-inactive`).
+pub const INACTIVITY_DAYS: u32 = 90;
+/// Longest inactivity window accepted, in days (100 years).
+pub const MAX_INACTIVITY_DAYS: u32 = 36_500;
+/// The roles a manager may ask for. Officers, security and DPO accounts are
+/// not born from a partner's request.
+pub const REQUESTABLE_ROLES: &[Role] = &[Role::Agent, Role::Manager];
+/// How the note of an alert leaf starts.
+pub const ALERT_PREFIX: &str = "alert:";
+/// How the note of a leaf written by a job without a caller starts.
+pub const SYSTEM_PREFIX: &str = "system:";
+
+/// A manager's request for a new account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRequest {
+    /// The organisation the account will belong to: the requester's own.
+    pub organisation_id: i64,
+    /// Its login (unique in the registry).
+    pub login: Reference,
+    /// One of [`REQUESTABLE_ROLES`].
+    pub role: Role,
+}
+
+/// A decided credential reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetDecision {
+    /// The reset as stored after the decision.
+    pub reset: CredentialReset,
+    /// API credentials revoked with it (approved resets of kind `all`).
+    pub credentials_revoked: u64,
+}
+
+/// Why [`issue_credential`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// `account_id`: no such account.
+    #[error("account_id: no such account")]
+    NoSuchAccount,
+    /// `account_id`: the account is not active (requested accounts await
+    /// an outside officer's approval).
+    #[error("account_id: the account is {0}, only an active account gets a credential")]
+    NotActive(AccountState),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StorageError),
+}
+
+/// Issues an API credential, only to an active account: a requested,
+/// suspended or disabled account gets none. (Authentication checks the
+/// state on every request too, so a credential issued before a suspension
+/// stops working with it.)
+pub async fn issue_credential(
+    store: &Store,
+    account_id: i64,
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<IssuedCredential, IssueError> {
+    let account = store
+        .account_by_id(account_id)
+        .await?
+        .ok_or(IssueError::NoSuchAccount)?;
+    if account.state != AccountState::Active {
+        return Err(IssueError::NotActive(account.state));
+    }
+    Ok(authenticate::issue(store, account_id, ttl, now).await?)
+}
+
+/// Whether an account has gone `days` without a login at `now`: its last
+/// login, or (never logged in) its decision or creation, is older. `None`
+/// when its history is unknown (imported accounts): the review shows it,
+/// and `disable_inactive` leaves it alone.
+pub fn dormant(history: &AccountLifecycle, now: DateTime<Utc>, days: u32) -> Option<bool> {
+    let last = history
+        .last_login_at
+        .or(history.decided_at)
+        .or(history.created_at)?;
+    // A window reaching before the representable past: nothing is older.
+    let cutoff = now.checked_sub_signed(Duration::days(i64::from(days)));
+    Some(cutoff.is_some_and(|cutoff| last < cutoff))
+}
+
+/// Whether a ledger leaf is an alert raised by this module.
+pub fn is_alert(leaf: &AuditLeaf) -> bool {
+    leaf.note
+        .as_deref()
+        .is_some_and(|n| n.starts_with(ALERT_PREFIX))
+}
+
+impl Consultation {
+    /// A manager asks for a new account in its own organisation. The
+    /// account starts `requested`, with no mandate, and works only once an
+    /// officer from elsewhere approves it ([`Consultation::decide_account`]).
+    /// A burst of requests raises an alert (see the module doc).
+    pub async fn request_account(
+        &self,
+        credential: Option<&str>,
+        request: AccountRequest,
+    ) -> Result<ReviewEntry, Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let action = LeafAction::AccountRequest;
+        let caller = self.authenticate(credential, action, now).await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: None,
+            now,
+        };
+        let asked = format!(
+            "account request in organisation {}, role {}",
+            request.organisation_id, request.role
+        );
+        self.allow(&ctx, &who, Action::RequestAccount, &asked)
+            .await?;
+        if request.organisation_id != caller.account.organisation_id
+            || !REQUESTABLE_ROLES.contains(&request.role)
+        {
+            return Err(self
+                .refuse(&ctx, DenyReason::PolicyDenied, Refusal::Forbidden, asked)
+                .await);
+        }
+        let requested_by = caller.account.account_id;
+        let stored = self
+            .auth
+            .request_account(NewAccountRequest {
+                organisation_id: request.organisation_id,
+                login: request.login,
+                role: request.role,
+                requested_by,
+                at: now,
+            })
+            .await;
+        let account = match stored {
+            Ok(a) => a,
+            Err(StorageError::Invalid(message)) => {
+                let refusal = invalid_from_store(&message);
+                return Err(self
+                    .refuse(&ctx, DenyReason::InvalidRequest, refusal, asked)
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        };
+        let since = now - Duration::minutes(BURST_WINDOW_MINUTES);
+        let recent = match self.auth.requests_since(requested_by, since).await {
+            Ok(n) => n,
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        };
+        let mut leaves = vec![ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!(
+                "account {} requested, role {}",
+                account.account_id, account.role
+            )),
+        )];
+        if recent >= BURST_REQUESTS {
+            leaves.push(ctx.leaf(
+                None,
+                FieldGroups::EMPTY,
+                LeafDecision::Allow,
+                None,
+                Some(burst_note(recent)),
+            ));
+            // Ids only: no login, no name.
+            tracing::warn!(
+                requester = requested_by,
+                organisation = caller.account.organisation_id,
+                requests = recent,
+                window_minutes = BURST_WINDOW_MINUTES,
+                "alert: burst of account requests"
+            );
+        }
+        self.record_all(&leaves).await?;
+        Ok(ReviewEntry {
+            lifecycle: AccountLifecycle {
+                account_id: account.account_id,
+                created_at: Some(now),
+                requested_by: Some(requested_by),
+                decided_by: None,
+                decided_at: None,
+                last_login_at: None,
+                next_session_high_risk: false,
+            },
+            account,
+        })
+    }
+
+    /// An officer approves (the account becomes `active`) or rejects (it
+    /// becomes `disabled`) a requested account. The store refuses a
+    /// decision without four eyes: that is a 403 ledgered as `four_eyes`.
+    /// An account that is not awaiting a decision is `NotFound`.
+    pub async fn decide_account(
+        &self,
+        credential: Option<&str>,
+        account_id: i64,
+        approve: bool,
+    ) -> Result<AccountRecord, Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let action = if approve {
+            LeafAction::AccountApprove
+        } else {
+            LeafAction::AccountReject
+        };
+        let caller = self.authenticate(credential, action, now).await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: None,
+            now,
+        };
+        let about = format!("account {account_id}");
+        self.allow(&ctx, &who, Action::DecideAccount, &about)
+            .await?;
+        let decided = self
+            .auth
+            .decide_account(account_id, caller.account.account_id, approve, now)
+            .await;
+        let account = match decided {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(self
+                    .refuse(&ctx, DenyReason::InvalidRequest, Refusal::NotFound, about)
+                    .await);
+            }
+            Err(StorageError::Invalid(message)) => {
+                let (reason, refusal) = store_refusal(&message);
+                return Err(self.refuse(&ctx, reason, refusal, about).await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        };
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(about),
+        ))
+        .await?;
+        Ok(account)
+    }
+
+    /// Accounts awaiting a decision, oldest first (officers).
+    pub async fn pending_account_requests(
+        &self,
+        credential: Option<&str>,
+    ) -> Result<Vec<ReviewEntry>, Refusal> {
+        self.listing(
+            credential,
+            Action::DecideAccount,
+            "pending account requests",
+        )
+        .await?
+        .run(self, self.auth.pending_requests())
+        .await
+    }
+
+    /// Someone asks for a reset of another account's factors: a manager for
+    /// the agents and managers of its own organisation, an agency officer
+    /// for any account. Another officer decides
+    /// ([`Consultation::decide_reset`]). For a manager, an account outside
+    /// its organisation is `NotFound`, like a missing one.
+    pub async fn request_reset(
+        &self,
+        credential: Option<&str>,
+        account_id: i64,
+        kind: ResetKind,
+    ) -> Result<CredentialReset, Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let action = LeafAction::CredentialResetRequest;
+        let caller = self.authenticate(credential, action, now).await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: None,
+            now,
+        };
+        let about = format!("account {account_id}: reset of {}", kind.as_str());
+        self.allow(&ctx, &who, Action::RequestReset, &about).await?;
+        let target = match self.store.account_by_id(account_id).await {
+            Ok(t) => t,
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        };
+        let me = &caller.account;
+        let visible = target
+            .as_ref()
+            .filter(|t| me.role == Role::Officer || t.organisation_id == me.organisation_id);
+        let Some(target) = visible else {
+            return Err(self
+                .refuse(&ctx, DenyReason::InvalidRequest, Refusal::NotFound, about)
+                .await);
+        };
+        if target.account_id == me.account_id {
+            // One's own factors are reset on someone else's request.
+            return Err(self
+                .refuse(&ctx, DenyReason::FourEyes, Refusal::Forbidden, about)
+                .await);
+        }
+        let allowed = match me.role {
+            // The policy admits agency officers only.
+            Role::Officer => true,
+            Role::Manager => REQUESTABLE_ROLES.contains(&target.role),
+            _ => false,
+        };
+        if !allowed {
+            return Err(self
+                .refuse(&ctx, DenyReason::PolicyDenied, Refusal::Forbidden, about)
+                .await);
+        }
+        let stored = self
+            .auth
+            .request_reset(account_id, kind, me.account_id, now)
+            .await;
+        let reset = match stored {
+            Ok(r) => r,
+            Err(StorageError::Invalid(message)) => {
+                let refusal = invalid_from_store(&message);
+                return Err(self
+                    .refuse(&ctx, DenyReason::InvalidRequest, refusal, about)
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "resets", &e).await),
+        };
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!("{about} requested (reset {})", reset.id)),
+        ))
+        .await?;
+        Ok(reset)
+    }
+
+    /// An officer approves or rejects a reset. Approval (in the store, in
+    /// one transaction) deletes the factors of its kind, ends the account's
+    /// sessions and marks its next session high-risk; for kind `all`, the
+    /// account's API credentials are revoked too. Four eyes as for
+    /// accounts; a reset already decided, or none, is `NotFound`.
+    pub async fn decide_reset(
+        &self,
+        credential: Option<&str>,
+        reset_id: i64,
+        approve: bool,
+    ) -> Result<ResetDecision, Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let action = LeafAction::CredentialReset;
+        let caller = self.authenticate(credential, action, now).await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: None,
+            now,
+        };
+        let verb = if approve { "approved" } else { "rejected" };
+        let about = format!("reset {reset_id} {verb}");
+        self.allow(&ctx, &who, Action::DecideAccount, &about)
+            .await?;
+        let decided = self
+            .auth
+            .decide_reset(reset_id, caller.account.account_id, approve, now)
+            .await;
+        let reset = match decided {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(self
+                    .refuse(&ctx, DenyReason::InvalidRequest, Refusal::NotFound, about)
+                    .await);
+            }
+            Err(StorageError::Invalid(message)) => {
+                let (reason, refusal) = store_refusal(&message);
+                return Err(self.refuse(&ctx, reason, refusal, about).await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "resets", &e).await),
+        };
+        let mut credentials_revoked = 0;
+        if approve && reset.kind == ResetKind::All {
+            // The factors went with the store's transaction; the API
+            // credentials live in the registry and go now. A failure here
+            // is reported (503, ledgered): the operator revokes them with
+            // `rempart account credential revoke`.
+            match self
+                .store
+                .revoke_credentials(reset.account_id, None, now)
+                .await
+            {
+                Ok(n) => credentials_revoked = n,
+                Err(e) => {
+                    return Err(self
+                        .fail(&ctx, None, "credential revocation after a reset", &e)
+                        .await);
+                }
+            }
+        }
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!(
+                "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) revoked",
+                reset.account_id,
+                reset.kind.as_str()
+            )),
+        ))
+        .await?;
+        Ok(ResetDecision {
+            reset,
+            credentials_revoked,
+        })
+    }
+
+    /// Resets awaiting a decision, oldest first (officers).
+    pub async fn pending_resets(
+        &self,
+        credential: Option<&str>,
+    ) -> Result<Vec<CredentialReset>, Refusal> {
+        self.listing(credential, Action::DecideAccount, "pending resets")
+            .await?
+            .run(self, self.auth.pending_resets())
+            .await
+    }
+
+    /// Every account not disabled, of one organisation or all, with its
+    /// history: the periodic review of who still holds access (agency
+    /// officers and security).
+    pub async fn accounts_review(
+        &self,
+        credential: Option<&str>,
+        organisation_id: Option<i64>,
+    ) -> Result<Vec<ReviewEntry>, Refusal> {
+        let note = match organisation_id {
+            Some(id) => format!("account review of organisation {id}"),
+            None => "account review".to_string(),
+        };
+        self.listing(credential, Action::ReviewAccounts, &note)
+            .await?
+            .run(self, self.auth.accounts_to_review(organisation_id))
+            .await
+    }
+
+    /// Disables every active account without a login (or, never logged in,
+    /// a decision or creation) for `days`, ends its sessions, and ledgers
+    /// one `account_disable` leaf per account under the system identity
+    /// (see the module doc). For the command line: there is no caller.
+    /// The accounts are disabled before their leaves are written, as any
+    /// action here; if the ledger fails, the answer says so (503) and the
+    /// accounts stay disabled, the safe side.
+    pub async fn disable_inactive(
+        &self,
+        now: DateTime<Utc>,
+        days: u32,
+    ) -> Result<Vec<AccountRecord>, Refusal> {
+        let before = now
+            .checked_sub_signed(Duration::days(i64::from(days)))
+            .filter(|_| (1..=MAX_INACTIVITY_DAYS).contains(&days));
+        let Some(before) = before else {
+            return Err(Refusal::invalid(
+                "days",
+                format!("must be between 1 and {MAX_INACTIVITY_DAYS}"),
+            ));
+        };
+        let ids = self
+            .auth
+            .disable_inactive(before, now)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("accounts: {e}")))?;
+        let mut disabled = Vec::with_capacity(ids.len());
+        let mut leaves = Vec::with_capacity(ids.len());
+        for id in ids {
+            let account = match self.store.account_by_id(id).await {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    return Err(Refusal::Unavailable(format!(
+                        "accounts: account {id} vanished after it was disabled"
+                    )));
+                }
+                Err(e) => return Err(Refusal::Unavailable(format!("accounts: {e}"))),
+            };
+            leaves.push(AuditLeaf {
+                time: Timestamp::from_datetime(now),
+                account: AccountId(account.account_id),
+                organisation: OrganisationId(account.organisation_id),
+                session: None,
+                person: None,
+                action: LeafAction::AccountDisable,
+                field_groups: FieldGroups::EMPTY,
+                purpose: None,
+                decision: LeafDecision::Allow,
+                guard: None,
+                note: Some(format!("{SYSTEM_PREFIX} no login for {days} days")),
+            });
+            disabled.push(account);
+        }
+        if !leaves.is_empty() {
+            self.record_all(&leaves).await?;
+        }
+        Ok(disabled)
+    }
+
+    /// Stage 1 and 2 of a listing: authenticated, allowed, and ready to
+    /// ledger what it read.
+    async fn listing(
+        &self,
+        credential: Option<&str>,
+        action: Action,
+        note: &str,
+    ) -> Result<Listing, Refusal> {
+        let now = Utc::now().trunc_subsecs(6);
+        let caller = self
+            .authenticate(credential, LeafAction::AdminList, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::AdminList,
+            purpose: None,
+            now,
+        };
+        self.allow(&ctx, &who, action, note).await?;
+        Ok(Listing {
+            caller,
+            now,
+            note: note.to_string(),
+        })
+    }
+
+    /// Stage 2: the policy's answer for a registry-wide account action; a
+    /// refusal is ledgered with `note` (what was asked, about whom).
+    async fn allow(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &rempart_policy::Who,
+        action: Action,
+        note: &str,
+    ) -> Result<(), Refusal> {
+        // The purpose is irrelevant to account management; any value does.
+        match authorize::registry_action(&self.policy, who, action, Purpose::FollowUp) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self
+                .refuse(
+                    ctx,
+                    DenyReason::PolicyDenied,
+                    Refusal::Forbidden,
+                    note.to_string(),
+                )
+                .await),
+            Err(e) => Err(self.fail(ctx, None, "policy", &e).await),
+        }
+    }
+
+    /// Ledgers a refusal about another account (named in `note`), then hands
+    /// back the refusal (or `Unavailable` if even that failed).
+    async fn refuse(
+        &self,
+        ctx: &Ctx<'_>,
+        reason: DenyReason,
+        refusal: Refusal,
+        note: String,
+    ) -> Refusal {
+        let leaf = ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Deny(reason),
+            None,
+            Some(note),
+        );
+        match self.record(leaf).await {
+            Ok(_) => refusal,
+            Err(unavailable) => unavailable,
+        }
+    }
+}
+
+/// An authorized listing, waiting for its rows.
+struct Listing {
+    caller: authenticate::Caller,
+    now: DateTime<Utc>,
+    note: String,
+}
+
+impl Listing {
+    /// Reads the rows, ledgers the listing, answers.
+    async fn run<T>(
+        self,
+        consultation: &Consultation,
+        rows: impl std::future::Future<Output = Result<Vec<T>, StorageError>>,
+    ) -> Result<Vec<T>, Refusal> {
+        let ctx = Ctx {
+            caller: &self.caller,
+            action: LeafAction::AdminList,
+            purpose: None,
+            now: self.now,
+        };
+        let rows = match rows.await {
+            Ok(r) => r,
+            Err(e) => return Err(consultation.fail(&ctx, None, "accounts", &e).await),
+        };
+        consultation
+            .record(ctx.leaf(
+                None,
+                FieldGroups::EMPTY,
+                LeafDecision::Allow,
+                None,
+                Some(format!("{} ({} rows)", self.note, rows.len())),
+            ))
+            .await?;
+        Ok(rows)
+    }
+}
+
+/// The alert's note.
+fn burst_note(requests: u32) -> String {
+    format!(
+        "{ALERT_PREFIX} burst of {requests} account requests in {} min",
+        BURST_WINDOW_MINUTES
+    )
+}
+
+/// The fields a store refusal may name, as the caller knows them.
+const STORE_FIELDS: &[&str] = &[
+    "login",
+    "organisation_id",
+    "requested_by",
+    "officer_id",
+    "account_id",
+    "role",
+];
+
+/// A store refusal (`field: reason`) as a 400 naming the field.
+fn invalid_from_store(message: &str) -> Refusal {
+    let (field, reason) = message.split_once(": ").unwrap_or(("request", message));
+    let field = STORE_FIELDS
+        .iter()
+        .copied()
+        .find(|f| *f == field)
+        .unwrap_or("request");
+    Refusal::invalid(field, reason)
+}
+
+/// A store refusal of a decision: the four-eyes rule (`officer_id: …`) is a
+/// 403 ledgered as `four_eyes`; anything else a 400.
+fn store_refusal(message: &str) -> (DenyReason, Refusal) {
+    if message.starts_with("officer_id:") {
+        (DenyReason::FourEyes, Refusal::Forbidden)
+    } else {
+        (DenyReason::InvalidRequest, invalid_from_store(message))
+    }
+}
+
+/// Handlers run on a multi-threaded runtime: the operations must be `Send`.
+#[allow(dead_code)]
+fn operations_are_send(c: &Consultation) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&c.decide_account(None, 1, true));
+    is_send(&c.pending_account_requests(None));
+    is_send(&c.accounts_review(None, None));
+    is_send(&c.disable_inactive(Utc::now(), 90));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(secs, 0).unwrap()
+    }
+
+    fn history() -> AccountLifecycle {
+        AccountLifecycle {
+            account_id: 7,
+            created_at: None,
+            requested_by: None,
+            decided_by: None,
+            decided_at: None,
+            last_login_at: None,
+            next_session_high_risk: false,
+        }
+    }
+
+    #[test]
+    fn dormancy_counts_from_the_last_known_instant() {
+        let day = 86_400;
+        let now = at(1_000 * day);
+        assert_eq!(dormant(&history(), now, 90), None, "unknown history");
+        let created = AccountLifecycle {
+            created_at: Some(at(800 * day)),
+            ..history()
+        };
+        assert_eq!(dormant(&created, now, 90), Some(true));
+        let decided = AccountLifecycle {
+            decided_at: Some(at(950 * day)),
+            ..created.clone()
+        };
+        assert_eq!(dormant(&decided, now, 90), Some(false));
+        let logged_in_long_ago = AccountLifecycle {
+            last_login_at: Some(at(900 * day)),
+            ..decided.clone()
+        };
+        // The last login wins over a later decision.
+        assert_eq!(dormant(&logged_in_long_ago, now, 90), Some(true));
+        let edge = AccountLifecycle {
+            last_login_at: Some(at(910 * day)),
+            ..history()
+        };
+        assert_eq!(dormant(&edge, now, 90), Some(false), "exactly 90 days");
+        assert_eq!(
+            dormant(&edge, now, u32::MAX),
+            Some(false),
+            "a window before the representable past never panics"
+        );
+    }
+
+    #[test]
+    fn store_refusals_name_their_field_and_four_eyes_is_forbidden() {
+        assert_eq!(
+            invalid_from_store("login: already used by another account"),
+            Refusal::invalid("login", "already used by another account")
+        );
+        assert_eq!(
+            invalid_from_store("something odd"),
+            Refusal::invalid("request", "something odd")
+        );
+        assert_eq!(
+            invalid_from_store("secret_field: x"),
+            Refusal::invalid("request", "x")
+        );
+        let (reason, refusal) =
+            store_refusal("officer_id: the requester cannot decide on its own request (four eyes)");
+        assert_eq!(
+            (reason, refusal),
+            (DenyReason::FourEyes, Refusal::Forbidden)
+        );
+        let (reason, _) = store_refusal("at: out of range (years 1 to 9999)");
+        assert_eq!(reason, DenyReason::InvalidRequest);
+    }
+
+    #[test]
+    fn alerts_are_recognised_by_their_note() {
+        let mut leaf = AuditLeaf {
+            time: Timestamp::from_datetime(at(0)),
+            account: AccountId(1),
+            organisation: OrganisationId(1),
+            session: None,
+            person: None,
+            action: LeafAction::AccountRequest,
+            field_groups: FieldGroups::EMPTY,
+            purpose: None,
+            decision: LeafDecision::Allow,
+            guard: None,
+            note: Some(burst_note(5)),
+        };
+        assert!(is_alert(&leaf));
+        assert_eq!(
+            leaf.note.as_deref(),
+            Some("alert: burst of 5 account requests in 60 min")
+        );
+        assert!(leaf.encode().is_ok(), "the note fits a leaf");
+        leaf.note = Some("account 5 requested, role agent".into());
+        assert!(!is_alert(&leaf));
+        leaf.note = None;
+        assert!(!is_alert(&leaf));
+    }
+}

@@ -1,0 +1,306 @@
+//! The account lifecycle over HTTP: account requests and their four-eyes
+//! decisions, credential resets, the periodic review. Handlers parse, call
+//! one operation of the consultation path, and shape the answer; every
+//! rule lives in `rempart_consult`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rempart_consult::{AccountRequest, INACTIVITY_DAYS, ResetDecision};
+use rempart_domain::{Reference, Role};
+use rempart_storage::{CredentialReset, ResetKind, ReviewEntry};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{AccountBody, Answer, credential, json_body, ok, parsed, path_id};
+use crate::{ApiError, AppState};
+
+type PathId = Result<Path<String>, PathRejection>;
+
+// -------------------------------------------------------------------------
+// Parsing
+// -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountRequestBody {
+    login: String,
+    role: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequestBody {
+    kind: String,
+}
+
+/// A login exactly as given: surrounding spaces are refused, not trimmed
+/// (the document's pattern has none).
+fn parse_login(text: &str) -> Result<Reference, ApiError> {
+    if text.trim() != text {
+        return Err(ApiError::invalid(
+            "login",
+            "must not start or end with spaces",
+        ));
+    }
+    Reference::parse(text).map_err(|e| ApiError::invalid("login", e.to_string()))
+}
+
+/// Any role code parses; which ones may be asked for is the consultation
+/// path's rule (a refusal there is ledgered, a parse error is not).
+fn parse_role(text: &str) -> Result<Role, ApiError> {
+    Role::ALL
+        .iter()
+        .copied()
+        .find(|r| r.as_str() == text)
+        .ok_or_else(|| ApiError::invalid("role", "must be agent or manager"))
+}
+
+fn parse_kind(text: &str) -> Result<ResetKind, ApiError> {
+    ResetKind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.as_str() == text)
+        .ok_or_else(|| ApiError::invalid("kind", "must be password, totp, passkeys or all"))
+}
+
+// -------------------------------------------------------------------------
+// Answers
+// -------------------------------------------------------------------------
+
+fn instant(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// An account with its history.
+#[derive(Serialize)]
+struct AccountHistoryBody {
+    #[serde(flatten)]
+    account: AccountBody,
+    created_at: Option<String>,
+    requested_by: Option<i64>,
+    decided_by: Option<i64>,
+    decided_at: Option<String>,
+    last_login_at: Option<String>,
+    /// No login for [`INACTIVITY_DAYS`]; `null` when the history is unknown.
+    dormant: Option<bool>,
+}
+
+impl AccountHistoryBody {
+    fn new(e: ReviewEntry, now: DateTime<Utc>) -> Self {
+        let dormant = rempart_consult::dormant(&e.lifecycle, now, INACTIVITY_DAYS);
+        let h = e.lifecycle;
+        AccountHistoryBody {
+            account: AccountBody::from(e.account),
+            created_at: instant(h.created_at),
+            requested_by: h.requested_by,
+            decided_by: h.decided_by,
+            decided_at: instant(h.decided_at),
+            last_login_at: instant(h.last_login_at),
+            dormant,
+        }
+    }
+
+    fn list(entries: Vec<ReviewEntry>) -> Vec<Self> {
+        let now = Utc::now();
+        entries.into_iter().map(|e| Self::new(e, now)).collect()
+    }
+}
+
+#[derive(Serialize)]
+struct ResetBody {
+    id: i64,
+    account_id: i64,
+    kind: &'static str,
+    requested_by: i64,
+    requested_at: String,
+    decided_by: Option<i64>,
+    decided_at: Option<String>,
+    approved: Option<bool>,
+}
+
+impl From<CredentialReset> for ResetBody {
+    fn from(r: CredentialReset) -> Self {
+        ResetBody {
+            id: r.id,
+            account_id: r.account_id,
+            kind: r.kind.as_str(),
+            requested_by: r.requested_by,
+            requested_at: r.requested_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            decided_by: r.decided_by,
+            decided_at: instant(r.decided_at),
+            approved: r.approved,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ResetDecisionBody {
+    #[serde(flatten)]
+    reset: ResetBody,
+    credentials_revoked: u64,
+}
+
+// -------------------------------------------------------------------------
+// Handlers
+// -------------------------------------------------------------------------
+
+pub(crate) async fn request_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let input = path_id(path).and_then(|organisation_id| {
+        let body: AccountRequestBody = json_body(body)?;
+        Ok(AccountRequest {
+            organisation_id,
+            login: parse_login(&body.login)?,
+            role: parse_role(&body.role)?,
+        })
+    });
+    let request = parsed(&state, &headers, input).await?;
+    let entry = state
+        .consultation
+        .request_account(credential(&headers), request)
+        .await?;
+    let body = AccountHistoryBody::new(entry, Utc::now());
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(crate) async fn pending_requests(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+    let list = state
+        .consultation
+        .pending_account_requests(credential(&headers))
+        .await?;
+    ok(serde_json::json!({ "requests": AccountHistoryBody::list(list) }))
+}
+
+pub(crate) async fn approve_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+) -> Answer {
+    decide_account(state, headers, path, true).await
+}
+
+pub(crate) async fn reject_account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+) -> Answer {
+    decide_account(state, headers, path, false).await
+}
+
+async fn decide_account(
+    state: AppState,
+    headers: HeaderMap,
+    path: PathId,
+    approve: bool,
+) -> Answer {
+    let id = parsed(&state, &headers, path_id(path)).await?;
+    let account = state
+        .consultation
+        .decide_account(credential(&headers), id, approve)
+        .await?;
+    ok(AccountBody::from(account))
+}
+
+pub(crate) async fn request_reset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let input = path_id(path).and_then(|id| {
+        let body: ResetRequestBody = json_body(body)?;
+        Ok((id, parse_kind(&body.kind)?))
+    });
+    let (account_id, kind) = parsed(&state, &headers, input).await?;
+    let reset = state
+        .consultation
+        .request_reset(credential(&headers), account_id, kind)
+        .await?;
+    Ok((StatusCode::CREATED, Json(ResetBody::from(reset))).into_response())
+}
+
+pub(crate) async fn pending_resets(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+    let list = state
+        .consultation
+        .pending_resets(credential(&headers))
+        .await?;
+    ok(serde_json::json!({
+        "resets": list.into_iter().map(ResetBody::from).collect::<Vec<_>>()
+    }))
+}
+
+pub(crate) async fn approve_reset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+) -> Answer {
+    decide_reset(state, headers, path, true).await
+}
+
+pub(crate) async fn reject_reset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+) -> Answer {
+    decide_reset(state, headers, path, false).await
+}
+
+async fn decide_reset(state: AppState, headers: HeaderMap, path: PathId, approve: bool) -> Answer {
+    let id = parsed(&state, &headers, path_id(path)).await?;
+    let ResetDecision {
+        reset,
+        credentials_revoked,
+    } = state
+        .consultation
+        .decide_reset(credential(&headers), id, approve)
+        .await?;
+    ok(ResetDecisionBody {
+        reset: ResetBody::from(reset),
+        credentials_revoked,
+    })
+}
+
+pub(crate) async fn review(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: PathId,
+) -> Answer {
+    let id = parsed(&state, &headers, path_id(path)).await?;
+    let list = state
+        .consultation
+        .accounts_review(credential(&headers), Some(id))
+        .await?;
+    ok(serde_json::json!({ "accounts": AccountHistoryBody::list(list) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_parse_exactly() {
+        assert_eq!(parse_login("ml.agent-7").unwrap().as_str(), "ml.agent-7");
+        for bad in [" ml.agent", "ml.agent ", "", "a b", "é", &"x".repeat(65)] {
+            let e = parse_login(bad).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("login"), "{bad:?}");
+            if bad.trim().len() > 2 {
+                assert!(!e.message.contains(bad.trim()), "no echo: {}", e.message);
+            }
+        }
+        assert_eq!(parse_role("manager").unwrap(), Role::Manager);
+        assert_eq!(parse_role("officer").unwrap(), Role::Officer);
+        assert!(parse_role(" agent").is_err());
+        assert!(parse_role("Agent").is_err());
+        assert_eq!(parse_kind("all").unwrap(), ResetKind::All);
+        assert!(parse_kind("everything").is_err());
+        assert!(parse_kind("all ").is_err());
+    }
+}
