@@ -49,7 +49,10 @@ const PKCE_CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 fn install_provider(dir: &std::path::Path) {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let result = INSTALLED.get_or_init(|| {
-        if dir.join("node_modules/oidc-provider/package.json").is_file() {
+        if dir
+            .join("node_modules/oidc-provider/package.json")
+            .is_file()
+        {
             return Ok(());
         }
         let out = Command::new("npm")

@@ -2,6 +2,7 @@
 //! and reports; no domain rule lives here.
 
 mod audit;
+mod bench_session;
 mod progress;
 mod serve;
 
@@ -91,6 +92,9 @@ enum BenchCommand {
     /// durable ledger leaf each) against the server's own no-op endpoint,
     /// on an imported population.
     Consult(serve::BenchConsultArgs),
+    /// Device-bound sessions: the device proof's verification time, and
+    /// the portal's caseload fragment (cookie + proof) beside the API's.
+    Session(bench_session::BenchSessionArgs),
 }
 
 #[derive(Subcommand)]
@@ -219,6 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
         }) => audit::bench_ledger(leaves, database, dir).await,
         Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
+        Command::Bench(BenchCommand::Session(args)) => bench_session::bench_session(&args).await,
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use rempart_consult::Consultation;
+use rempart_consult::{Consultation, LoginSettings};
 use rempart_domain::{OrganisationKind, Purpose, Reference, Role};
 use rempart_guard::Guard;
 use rempart_ledger::{Ledger, LedgerConfig};
@@ -17,7 +17,7 @@ use rempart_storage::{AccountRecord, Store};
 use rempart_web::{AppState, Limits};
 use tokio::net::TcpListener;
 
-use crate::{Location, audit, open_vault};
+use crate::{Location, audit};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// (default: the policies built into this program).
     #[arg(long, env = "REMPART_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// The URL browsers reach this server at (scheme, host, port): the
+    /// passkeys' origin (its host is their relying-party id, which cannot
+    /// be an IP address) and what device proofs name. Default:
+    /// http://localhost:<port of --listen>.
+    #[arg(long, env = "REMPART_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -72,20 +78,40 @@ pub fn load_policies(dir: Option<&PathBuf>) -> Result<Authorizer> {
     }
 }
 
-/// The consultation path over the registry, the keys and the ledger at `loc`.
-pub async fn open_consultation(loc: &Location, policies: Authorizer) -> Result<Consultation> {
-    let vault = open_vault(loc).await?;
+/// The consultation path over the registry, the keys and the ledger at
+/// `loc`; with `login`, browser sessions and login too.
+pub async fn open_consultation(
+    loc: &Location,
+    policies: Authorizer,
+    login: Option<LoginSettings>,
+) -> Result<Consultation> {
+    let target = match &loc.database {
+        Some(url) => url.clone(),
+        None => loc.data.display().to_string(),
+    };
+    let stores = rempart_storage::open_stores(&target)
+        .await
+        .with_context(|| format!("opening the registry ({})", crate::describe(loc)))?;
+    let vault = rempart_vault::Vault::new(crate::key_source(loc), stores.registry)
+        .context("loading the keys (run `rempart init` first?)")?;
     let key = audit::load_key(loc)?;
     let store = audit::open_store(loc).await?;
     let ledger = Ledger::open(store, key, LedgerConfig::default())
         .await
         .context("taking the audit ledger's writer (is another server running on it?)")?;
-    Ok(Consultation::new(
+    let consultation = Consultation::new(
         vault,
         Arc::new(policies),
         Guard::pass_through(),
         Arc::new(ledger),
-    ))
+    )
+    .with_auth(stores.auth);
+    match login {
+        Some(settings) => consultation
+            .with_browser_login(settings)
+            .context("browser login settings"),
+        None => Ok(consultation),
+    }
 }
 
 /// Serves until Ctrl-C/SIGTERM, then drains and closes the ledger with a
@@ -101,14 +127,20 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         .try_init();
     let policies = load_policies(args.policies.as_ref())?;
     println!("policies: {} loaded and validated", policies.policy_count());
-    let consultation = open_consultation(&args.location, policies).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let public_url = match &args.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://localhost:{}", addr.port()),
+    };
+    let login = LoginSettings::new(&public_url).context("--public-url")?;
+    let consultation = open_consultation(&args.location, policies, Some(login)).await?;
     println!(
         "serving http://{addr}/api/v1 (OpenAPI: http://{addr}/api/v1/openapi.json); Ctrl-C stops"
     );
+    println!("browser login: {public_url}/connexion");
     run_until(listener, consultation, rempart_web::shutdown_signal()).await
 }
 
@@ -291,7 +323,7 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
     let loc = args.location.clone();
     let server = server_rt.spawn(async move {
         let opened = async {
-            let consultation = open_consultation(&loc, load_policies(None)?).await?;
+            let consultation = open_consultation(&loc, load_policies(None)?, None).await?;
             let store = consultation.store().clone();
             let Some((agent, caseload)) =
                 busiest_agent(&store, OrganisationKind::CapEmploi, purpose, 200).await?
@@ -507,7 +539,7 @@ async fn load(
 /// The demo's last step: serve the generated population, make one real
 /// consultation as a Cap emploi agent, and print how to make one.
 pub async fn demo(loc: &Location, listen: SocketAddr, no_serve: bool) -> Result<()> {
-    let consultation = open_consultation(loc, load_policies(None)?).await?;
+    let consultation = open_consultation(loc, load_policies(None)?, None).await?;
     let store = consultation.store().clone();
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, Purpose::FollowUp, 50).await?

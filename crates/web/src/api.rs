@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chrono::NaiveDate;
-use rempart_consult::{AccountState, BreakGlass, CaseloadPage, Grant, NirShown, SearchBy, Shown};
+use rempart_consult::{
+    AccountState, BreakGlass, CaseloadPage, Grant, NirShown, Presented, SearchBy, Shown,
+};
 use rempart_domain::{Nir, Purpose, Reference};
 use rempart_storage::{AccountRecord, StoredMandate};
 use serde::de::DeserializeOwned;
@@ -43,10 +45,16 @@ pub fn routes() -> Router<AppState> {
 
 /// The bearer credential, if any. A header that is not `Bearer <token>` counts
 /// as a malformed credential (401), like a missing one.
-fn credential(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+fn credential(headers: &HeaderMap) -> Presented<'_> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()));
+    match token {
+        Some(token) => Presented::ApiCredential(token),
+        None => Presented::Nothing,
+    }
 }
 
 struct Query(HashMap<String, String>);
@@ -192,7 +200,7 @@ async fn parsed<T>(
     match input {
         Ok(v) => Ok(v),
         Err(invalid) => {
-            state.consultation.whoami(credential(headers)).await?;
+            state.consultation.whoami(&credential(headers)).await?;
             Err(invalid)
         }
     }
@@ -393,7 +401,7 @@ async fn ready(State(state): State<AppState>) -> Answer {
 }
 
 async fn me(State(state): State<AppState>, headers: HeaderMap) -> Answer {
-    let account = state.consultation.whoami(credential(&headers)).await?;
+    let account = state.consultation.whoami(&credential(&headers)).await?;
     ok(AccountBody::from(account))
 }
 
@@ -407,7 +415,7 @@ async fn read_person(
     let (id, purpose) = parsed(&state, &headers, input).await?;
     let shown = state
         .consultation
-        .read_person(credential(&headers), id, purpose)
+        .read_person(&credential(&headers), id, purpose)
         .await?;
     ok(PersonBody::from(shown))
 }
@@ -434,7 +442,7 @@ async fn break_glass(
     let shown = state
         .consultation
         .break_glass(
-            credential(&headers),
+            &credential(&headers),
             BreakGlass {
                 person_id,
                 purpose,
@@ -495,7 +503,7 @@ async fn search(
     let (by, purpose) = parsed(&state, &headers, input).await?;
     let results = state
         .consultation
-        .search(credential(&headers), by, purpose)
+        .search(&credential(&headers), by, purpose)
         .await?;
     ok(SearchAnswer {
         persons: results.persons.into_iter().map(PersonBody::from).collect(),
@@ -532,7 +540,7 @@ async fn caseload(
     let CaseloadPage { entries, next } = state
         .consultation
         .caseload(
-            credential(&headers),
+            &credential(&headers),
             purpose,
             after,
             u32::try_from(limit).unwrap_or(100),
@@ -594,7 +602,7 @@ async fn grant_mandate(
     let grant = parsed(&state, &headers, input).await?;
     let stored = state
         .consultation
-        .grant_mandate(credential(&headers), grant)
+        .grant_mandate(&credential(&headers), grant)
         .await?;
     Ok((StatusCode::CREATED, Json(MandateBody::from(stored))).into_response())
 }
@@ -607,7 +615,7 @@ async fn revoke_mandate(
     let id = parsed(&state, &headers, path_id(path)).await?;
     state
         .consultation
-        .revoke_mandate(credential(&headers), id)
+        .revoke_mandate(&credential(&headers), id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -624,7 +632,7 @@ struct OrganisationBody {
 async fn organisations(State(state): State<AppState>, headers: HeaderMap) -> Answer {
     let list = state
         .consultation
-        .organisations(credential(&headers))
+        .organisations(&credential(&headers))
         .await?;
     ok(serde_json::json!({
         "organisations": list
@@ -648,7 +656,7 @@ async fn accounts(
     let id = parsed(&state, &headers, path_id(path)).await?;
     let list = state
         .consultation
-        .accounts(credential(&headers), id)
+        .accounts(&credential(&headers), id)
         .await?;
     ok(serde_json::json!({
         "accounts": list.into_iter().map(AccountBody::from).collect::<Vec<_>>()
@@ -680,7 +688,7 @@ async fn set_state(
     let id = parsed(&state, &headers, path_id(path)).await?;
     let account = state
         .consultation
-        .set_account_state(credential(&headers), id, to)
+        .set_account_state(&credential(&headers), id, to)
         .await?;
     ok(AccountBody::from(account))
 }

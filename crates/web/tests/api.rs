@@ -24,6 +24,9 @@ use rempart_vault::{KeySource, Read, Vault};
 use rempart_web::{AppState, Limits};
 use serde_json::{Value, json};
 
+#[path = "api/browser.rs"]
+mod browser;
+
 const PERSONS: u64 = 3_000;
 
 fn pg_url() -> String {
@@ -59,6 +62,11 @@ struct TestApp {
     tokens: HashMap<&'static str, String>,
     /// Persons stored, by id.
     person_ids: Vec<i64>,
+    /// Browser login (mod browser): the authentication store, the port,
+    /// and the server's clock.
+    auth: Arc<dyn rempart_storage::AuthStore>,
+    port: u16,
+    clock: browser::TestClock,
 }
 
 enum LedgerSql {
@@ -129,16 +137,20 @@ async fn spawn_app(backend: Backend) -> TestApp {
     KeyRing::generate().unwrap().save_new(&keys).unwrap();
 
     let mut pg_schemas = Vec::new();
-    let store: Store = match backend {
-        Backend::Sqlite => rempart_storage::open(data.to_str().unwrap()).await.unwrap(),
+    let stores: rempart_storage::Stores = match backend {
+        Backend::Sqlite => rempart_storage::open_stores(data.to_str().unwrap())
+            .await
+            .unwrap(),
         Backend::Postgres => {
             let schema = unique("web_reg");
             pg_schemas.push(schema.clone());
-            rempart_storage::postgres::PgStore::connect(&pg_url(), &schema)
+            rempart_storage::postgres::PgStore::connect_store(&pg_url(), &schema)
                 .await
                 .unwrap()
+                .into()
         }
     };
+    let store: Store = stores.registry.clone();
     let vault = Vault::new(KeySource::File(keys), store.clone()).unwrap();
     let opts = rempart_import::ImportOptions::new(today);
     let rejects = rempart_import::RejectSink::in_memory();
@@ -239,14 +251,20 @@ async fn spawn_app(backend: Backend) -> TestApp {
     let person_ids = store.person_ids(0, 1_000_000).await.unwrap();
     assert_eq!(person_ids.len() as u64, PERSONS);
 
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    // Browser login (mod browser): served at localhost, the test's clock.
+    let clock = browser::TestClock::default();
     let consultation = Consultation::new(
         vault.clone(),
         Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
         Guard::pass_through(),
         ledger.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
+    )
+    .with_auth(stores.auth.clone())
+    .with_clock(clock.clock())
+    .with_browser_login(browser::login_settings(addr.port()))
+    .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         consultation,
@@ -271,6 +289,9 @@ async fn spawn_app(backend: Backend) -> TestApp {
         accounts,
         tokens,
         person_ids,
+        auth: stores.auth,
+        port: addr.port(),
+        clock,
     }
 }
 
