@@ -11,7 +11,8 @@
 // Both resolve to the fetch Response of the POST; they reject with the
 // browser's DOMException when the person cancels or no passkey matches
 // (NotAllowedError), or with an Error named "PasskeyUnsupported".
-// Extra request headers (a CSRF token, for instance) go in `headers`.
+// Extra request headers (a CSRF token, a device proof) go in `headers`, an
+// object or a function returning one (or a promise of one).
 
 "use strict";
 
@@ -74,11 +75,15 @@ const RempartPasskey = (() => {
     }
   }
 
+  // `headers` may be a function returning (a promise of) the headers: it
+  // is called after the person answered, so a time-limited header (a
+  // device proof) is made fresh.
   async function postJSON(url, body, headers) {
+    const extra = typeof headers === "function" ? await headers() : headers;
     return fetch(url, {
       method: "POST",
       credentials: "same-origin",
-      headers: { ...headers, "Content-Type": "application/json" },
+      headers: { ...extra, "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
   }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod audit;
+mod bench_session;
 mod progress;
 mod serve;
 
@@ -107,6 +108,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         proofs: usize,
     },
+    /// Device-bound sessions: the device proof's verification time, and
+    /// the portal's caseload fragment (cookie + proof) beside the API's.
+    Session(bench_session::BenchSessionArgs),
 }
 
 #[derive(Subcommand)]
@@ -236,6 +240,7 @@ async fn run(cli: Cli) -> Result<()> {
         }) => audit::bench_ledger(leaves, database, dir).await,
         Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth { passwords, proofs }) => bench_auth(passwords, proofs),
+        Command::Bench(BenchCommand::Session(args)) => bench_session::bench_session(&args).await,
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
         Command::Accounts(cmd) => accounts::run(cmd).await,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use rempart_consult::Consultation;
+use rempart_consult::{Consultation, LoginSettings};
 use rempart_domain::{OrganisationKind, Purpose, Reference, Role};
 use rempart_guard::Guard;
 use rempart_ledger::{Ledger, LedgerConfig};
@@ -31,6 +31,12 @@ pub struct ServeArgs {
     /// (default: the policies built into this program).
     #[arg(long, env = "REMPART_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// The URL browsers reach this server at (scheme, host, port): the
+    /// passkeys' origin (its host is their relying-party id, which cannot
+    /// be an IP address) and what device proofs name. Default:
+    /// http://localhost:<port of --listen>.
+    #[arg(long, env = "REMPART_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -73,8 +79,13 @@ pub fn load_policies(dir: Option<&PathBuf>) -> Result<Authorizer> {
     }
 }
 
-/// The consultation path over the registry, the keys and the ledger at `loc`.
-pub async fn open_consultation(loc: &Location, policies: Authorizer) -> Result<Consultation> {
+/// The consultation path over the registry, the keys and the ledger at
+/// `loc`; with `login`, browser sessions and login too.
+pub async fn open_consultation(
+    loc: &Location,
+    policies: Authorizer,
+    login: Option<LoginSettings>,
+) -> Result<Consultation> {
     let stores = crate::accounts::open_stores(loc).await?;
     let vault = Vault::new(crate::key_source(loc), stores.registry.clone())
         .context("loading the keys (run `rempart init` first?)")?;
@@ -83,13 +94,19 @@ pub async fn open_consultation(loc: &Location, policies: Authorizer) -> Result<C
     let ledger = Ledger::open(store, key, LedgerConfig::default())
         .await
         .context("taking the audit ledger's writer (is another server running on it?)")?;
-    Ok(Consultation::new(
+    let consultation = Consultation::new(
         vault,
         stores.auth,
         Arc::new(policies),
         Guard::pass_through(),
         Arc::new(ledger),
-    ))
+    );
+    match login {
+        Some(settings) => consultation
+            .with_browser_login(settings)
+            .context("browser login settings"),
+        None => Ok(consultation),
+    }
 }
 
 /// Serves until Ctrl-C/SIGTERM, then drains and closes the ledger with a
@@ -105,14 +122,20 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         .try_init();
     let policies = load_policies(args.policies.as_ref())?;
     println!("policies: {} loaded and validated", policies.policy_count());
-    let consultation = open_consultation(&args.location, policies).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let public_url = match &args.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://localhost:{}", addr.port()),
+    };
+    let login = LoginSettings::new(&public_url).context("--public-url")?;
+    let consultation = open_consultation(&args.location, policies, Some(login)).await?;
     println!(
         "serving http://{addr}/api/v1 (OpenAPI: http://{addr}/api/v1/openapi.json); Ctrl-C stops"
     );
+    println!("browser login: {public_url}/connexion");
     run_until(listener, consultation, rempart_web::shutdown_signal()).await
 }
 
@@ -298,7 +321,7 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
     let loc = args.location.clone();
     let server = server_rt.spawn(async move {
         let opened = async {
-            let consultation = open_consultation(&loc, load_policies(None)?).await?;
+            let consultation = open_consultation(&loc, load_policies(None)?, None).await?;
             let store = consultation.store().clone();
             let Some((agent, caseload)) =
                 busiest_agent(&store, OrganisationKind::CapEmploi, purpose, 200).await?
@@ -514,7 +537,7 @@ async fn load(
 /// The demo's last step: serve the generated population, make one real
 /// consultation as a Cap emploi agent, and print how to make one.
 pub async fn demo(loc: &Location, listen: SocketAddr, no_serve: bool) -> Result<()> {
-    let consultation = open_consultation(loc, load_policies(None)?).await?;
+    let consultation = open_consultation(loc, load_policies(None)?, None).await?;
     let store = consultation.store().clone();
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, Purpose::FollowUp, 50).await?

@@ -50,7 +50,7 @@ use rempart_storage::{
 
 use crate::authenticate::{self, IssuedCredential};
 use crate::path::Ctx;
-use crate::{Consultation, Refusal, authorize};
+use crate::{Consultation, Presented, Refusal, authorize};
 
 /// A request is a burst (and raises an alert) when it makes this many or
 /// more account requests by the same requester within the window.
@@ -153,12 +153,12 @@ impl Consultation {
     /// A burst of requests raises an alert (see the module doc).
     pub async fn request_account(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         request: AccountRequest,
     ) -> Result<ReviewEntry, Refusal> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.now().trunc_subsecs(6);
         let action = LeafAction::AccountRequest;
-        let caller = self.authenticate(credential, action, now).await?;
+        let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
             caller: &caller,
@@ -253,17 +253,17 @@ impl Consultation {
     /// An account that is not awaiting a decision is `NotFound`.
     pub async fn decide_account(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         account_id: i64,
         approve: bool,
     ) -> Result<AccountRecord, Refusal> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.now().trunc_subsecs(6);
         let action = if approve {
             LeafAction::AccountApprove
         } else {
             LeafAction::AccountReject
         };
-        let caller = self.authenticate(credential, action, now).await?;
+        let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
             caller: &caller,
@@ -305,10 +305,10 @@ impl Consultation {
     /// Accounts awaiting a decision, oldest first (officers).
     pub async fn pending_account_requests(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
     ) -> Result<Vec<ReviewEntry>, Refusal> {
         self.listing(
-            credential,
+            presented,
             Action::DecideAccount,
             "pending account requests",
         )
@@ -324,13 +324,13 @@ impl Consultation {
     /// its organisation is `NotFound`, like a missing one.
     pub async fn request_reset(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         account_id: i64,
         kind: ResetKind,
     ) -> Result<CredentialReset, Refusal> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.now().trunc_subsecs(6);
         let action = LeafAction::CredentialResetRequest;
-        let caller = self.authenticate(credential, action, now).await?;
+        let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
             caller: &caller,
@@ -402,13 +402,13 @@ impl Consultation {
     /// accounts; a reset already decided, or none, is `NotFound`.
     pub async fn decide_reset(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         reset_id: i64,
         approve: bool,
     ) -> Result<ResetDecision, Refusal> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.now().trunc_subsecs(6);
         let action = LeafAction::CredentialReset;
-        let caller = self.authenticate(credential, action, now).await?;
+        let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
             caller: &caller,
@@ -477,9 +477,9 @@ impl Consultation {
     /// Resets awaiting a decision, oldest first (officers).
     pub async fn pending_resets(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
     ) -> Result<Vec<CredentialReset>, Refusal> {
-        self.listing(credential, Action::DecideAccount, "pending resets")
+        self.listing(presented, Action::DecideAccount, "pending resets")
             .await?
             .run(self, self.auth.pending_resets())
             .await
@@ -490,14 +490,14 @@ impl Consultation {
     /// officers and security).
     pub async fn accounts_review(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         organisation_id: Option<i64>,
     ) -> Result<Vec<ReviewEntry>, Refusal> {
         let note = match organisation_id {
             Some(id) => format!("account review of organisation {id}"),
             None => "account review".to_string(),
         };
-        self.listing(credential, Action::ReviewAccounts, &note)
+        self.listing(presented, Action::ReviewAccounts, &note)
             .await?
             .run(self, self.auth.accounts_to_review(organisation_id))
             .await
@@ -566,13 +566,13 @@ impl Consultation {
     /// ledger what it read.
     async fn listing(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         action: Action,
         note: &str,
     ) -> Result<Listing, Refusal> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = self.now().trunc_subsecs(6);
         let caller = self
-            .authenticate(credential, LeafAction::AdminList, now)
+            .authenticate(presented, LeafAction::AdminList, now)
             .await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {

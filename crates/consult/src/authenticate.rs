@@ -1,22 +1,41 @@
-//! Stage 1: who is calling. Today: per-account API credentials issued by
-//! `rempart account credential issue`. Passkeys, second factors and device
-//! binding will come in behind the same [`Caller`].
+//! Stage 1: who is calling. Two ways in, one [`Caller`] out:
 //!
-//! A credential reads `rmp_<id>_<secret>`: the id finds the stored row, the
-//! secret (32 random bytes, base64url) is kept only as its SHA-256 digest.
-//! A fast hash is enough here because the secret has 256 bits of entropy;
-//! passwords, which do not, will get argon2id.
+//! - **API credentials** issued by `rempart account credential issue`. A
+//!   credential reads `rmp_<id>_<secret>`: the id finds the stored row, the
+//!   secret (32 random bytes, base64url) is kept only as its SHA-256 digest.
+//!   A fast hash is enough here because the secret has 256 bits of entropy;
+//!   passwords, which do not, get argon2id ([`crate::login`]).
+//! - **Browser sessions** opened by [`crate::login`]. The cookie reads
+//!   `rms_<secret>` (32 random bytes, base64url); the store keeps its
+//!   SHA-256 digest only. A session is bound to the device key that signed
+//!   the login request, and every request must carry a fresh proof signed
+//!   by that key (DPoP format: method, URL, time, unique id, and `ath`, the
+//!   hash of the session's public *handle*), so a copied cookie alone opens
+//!   nothing. The handle is derived from the secret
+//!   ([`session_handle`]): the page learns it at login and keeps it in a
+//!   `<meta>` tag, since the cookie itself is `HttpOnly`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
-use rempart_storage::{AccountRecord, StorageError, Store, StoredCredential};
+use rempart_auth::dpop::{DpopError, DpopProof, Expected};
+use rempart_auth::jose::{AlgSet, Jkt};
+use rempart_storage::{
+    AccountRecord, AuthStore, StorageError, Store, StoredCredential, auth::StoredSession,
+};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 /// Every credential starts with this, so secret scanners can spot leaks.
 pub const PREFIX: &str = "rmp_";
+
+/// Every session cookie value starts with this.
+pub const SESSION_PREFIX: &str = "rms_";
+
+/// A session is touched (its idle clock restarted) at most this often, so
+/// a busy page does not write the session row on every request.
+pub const TOUCH_EVERY_SECS: i64 = 60;
 
 /// Longest credential accepted before any parsing.
 const MAX_LEN: usize = 128;
@@ -25,8 +44,25 @@ const MAX_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub account: AccountRecord,
-    /// The credential (later: the session) the request came through.
-    pub credential_id: i64,
+    /// How the request came in.
+    pub via: Via,
+}
+
+/// How a caller came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// An API credential, by its id.
+    Credential(i64),
+    /// A browser session with a valid device proof.
+    Session {
+        /// SHA-256 of the cookie's secret: the session row's key (not a
+        /// bearer value: the cookie cannot be rebuilt from it).
+        id_digest: [u8; 32],
+        /// First session after a credential reset.
+        high_risk: bool,
+        /// The last fresh passkey assertion in this session.
+        step_up_at: Option<DateTime<Utc>>,
+    },
 }
 
 /// A newly issued credential. The token is shown once and never stored.
@@ -46,8 +82,8 @@ impl std::fmt::Debug for IssuedCredential {
     }
 }
 
-/// Why a credential was not accepted. The client is never told which
-/// (all are "401 unauthenticated"); the ledger is.
+/// Why a credential or session was not accepted. The client is never told
+/// which (all are "401 unauthenticated"); the ledger is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
     /// No credential, or not of the `rmp_<id>_<secret>` form.
@@ -64,18 +100,226 @@ pub enum Rejected {
     Revoked {
         account_id: i64,
     },
+    /// A session cookie not of the `rms_<secret>` form.
+    SessionMalformed,
+    /// No stored session has this cookie.
+    SessionUnknown,
+    /// The session ended (logout, reset), idled out or reached its
+    /// absolute expiry.
+    SessionEnded {
+        account_id: i64,
+    },
+    /// The request carries no device proof (or more than one).
+    ProofMissing {
+        account_id: i64,
+    },
+    /// The device proof is refused: wrong key, method, URL, handle, time,
+    /// or a replay. [`DpopError::is_unavailable`] means the replay cache
+    /// could not record it: a 503, not a 401.
+    ProofRefused {
+        account_id: i64,
+        error: DpopError,
+    },
 }
 
 impl Rejected {
-    /// The account the credential belongs to, when known.
+    /// The account the credential or session belongs to, when known.
     pub fn account_id(self) -> Option<i64> {
         match self {
-            Rejected::Malformed | Rejected::Unknown => None,
+            Rejected::Malformed
+            | Rejected::Unknown
+            | Rejected::SessionMalformed
+            | Rejected::SessionUnknown => None,
             Rejected::WrongSecret { account_id }
             | Rejected::Expired { account_id }
-            | Rejected::Revoked { account_id } => Some(account_id),
+            | Rejected::Revoked { account_id }
+            | Rejected::SessionEnded { account_id }
+            | Rejected::ProofMissing { account_id }
+            | Rejected::ProofRefused { account_id, .. } => Some(account_id),
         }
     }
+
+    /// Whether a browser session (rather than an API credential) was refused.
+    pub fn is_session(self) -> bool {
+        matches!(
+            self,
+            Rejected::SessionMalformed
+                | Rejected::SessionUnknown
+                | Rejected::SessionEnded { .. }
+                | Rejected::ProofMissing { .. }
+                | Rejected::ProofRefused { .. }
+        )
+    }
+
+    /// What the ledger's note says (a fixed text, never a value).
+    pub fn note(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed credential",
+            Rejected::Unknown => "unknown credential",
+            Rejected::WrongSecret { .. } => "wrong secret",
+            Rejected::Expired { .. } => "expired credential",
+            Rejected::Revoked { .. } => "revoked credential",
+            Rejected::SessionMalformed => "malformed session cookie",
+            Rejected::SessionUnknown => "unknown session",
+            Rejected::SessionEnded { .. } => "session ended or expired",
+            Rejected::ProofMissing { .. } => "no device proof",
+            Rejected::ProofRefused { error, .. } => match error {
+                DpopError::JktMismatch => "device proof: another key",
+                DpopError::Replayed => "device proof: replayed",
+                DpopError::AthMissing | DpopError::AthMismatch => "device proof: another session",
+                DpopError::HtmMismatch | DpopError::HtuMismatch => "device proof: another request",
+                DpopError::IatTooOld | DpopError::IatInFuture => "device proof: out of time",
+                DpopError::ReplayStore(_) => "device proof: replay cache unavailable",
+                _ => "device proof: invalid",
+            },
+        }
+    }
+}
+
+/// A new session's secret and what derives from it.
+pub struct NewSession {
+    /// The cookie value, `rms_<secret>`: sent once in `Set-Cookie`.
+    pub cookie: Zeroizing<String>,
+    /// The public handle the page keeps (see [`session_handle`]).
+    pub handle: String,
+    /// What the store keeps.
+    pub id_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession")
+            .field("cookie", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh session secret (32 bytes from the operating system's CSPRNG).
+pub fn new_session() -> NewSession {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(secret.as_mut());
+    NewSession {
+        cookie: Zeroizing::new(format!(
+            "{SESSION_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(secret.as_ref())
+        )),
+        handle: session_handle(&secret),
+        id_digest: digest(secret.as_ref()),
+    }
+}
+
+/// The session's public handle: base64url of the first 16 bytes of
+/// SHA-256("rempart session handle" ‖ secret). Device proofs carry its
+/// hash as `ath`, which ties each proof to one session. It is not a bearer
+/// value (nothing is opened with it alone) and cannot give back the
+/// secret; the page needs it because the cookie is out of its reach.
+pub fn session_handle(secret: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"rempart session handle");
+    h.update(secret);
+    let full: [u8; 32] = h.finalize().into();
+    URL_SAFE_NO_PAD.encode(&full[..16])
+}
+
+/// Reads a session cookie's value: (digest of the secret, handle).
+pub fn parse_session(cookie: &str) -> Result<([u8; 32], String), Rejected> {
+    if cookie.len() > MAX_LEN {
+        return Err(Rejected::SessionMalformed);
+    }
+    let encoded = cookie
+        .strip_prefix(SESSION_PREFIX)
+        .ok_or(Rejected::SessionMalformed)?;
+    let bytes = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| Rejected::SessionMalformed)?,
+    );
+    let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+        bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Rejected::SessionMalformed)?,
+    );
+    Ok((digest(secret.as_ref()), session_handle(&secret)))
+}
+
+/// A request's device proof and what it must name.
+#[derive(Clone, Copy, Debug)]
+pub struct ProofRequest<'a> {
+    pub proof: Option<&'a str>,
+    pub method: &'a str,
+    pub url: &'a str,
+}
+
+/// Decides on a session request given the stored row: live at `now`,
+/// then the device proof, bound to the session's key and handle, checked
+/// for this method and URL, its `jti` recorded in `replay`. The account's
+/// state is the caller's to check (as for credentials).
+pub fn check_session(
+    stored: Option<(StoredSession, AccountRecord)>,
+    handle: &str,
+    request: ProofRequest<'_>,
+    now: DateTime<Utc>,
+    replay: &std::sync::Mutex<rempart_auth::dpop::ReplayCache>,
+) -> Result<(Caller, StoredSession), Rejected> {
+    let Some((session, account)) = stored else {
+        return Err(Rejected::SessionUnknown);
+    };
+    let account_id = account.account_id;
+    if session.account_id != account_id || !session.is_live_at(now) {
+        return Err(Rejected::SessionEnded { account_id });
+    }
+    let Some(proof) = request.proof else {
+        return Err(Rejected::ProofMissing { account_id });
+    };
+    let refused = |error| Rejected::ProofRefused { account_id, error };
+    // A stored thumbprint that does not parse binds to nothing: refused.
+    let jkt = Jkt::parse(&session.jkt).map_err(|_| refused(DpopError::JktMismatch))?;
+    let expected = Expected::new(request.method, request.url)
+        .map_err(|_| refused(DpopError::HtuMismatch))?
+        .bound_to(jkt)
+        .with_token(handle)
+        .with_algs(AlgSet::ES256);
+    {
+        // A poisoned lock still holds a consistent cache: every insertion
+        // completes before it returns.
+        let mut cache = replay.lock().unwrap_or_else(|p| p.into_inner());
+        DpopProof::verify(proof, &expected, now, &mut *cache).map_err(refused)?;
+    }
+    let caller = Caller {
+        account,
+        via: Via::Session {
+            id_digest: session.id_digest,
+            high_risk: session.high_risk,
+            step_up_at: session.step_up_at,
+        },
+    };
+    Ok((caller, session))
+}
+
+/// Looks up and checks a browser session (see [`check_session`]), then
+/// restarts its idle clock if the last restart is a minute old or more.
+/// `Ok(Err(_))` is a rejection; `Err(_)` means the store could not answer.
+pub async fn authenticate_session(
+    auth: &dyn AuthStore,
+    cookie: &str,
+    request: ProofRequest<'_>,
+    now: DateTime<Utc>,
+    replay: &std::sync::Mutex<rempart_auth::dpop::ReplayCache>,
+) -> Result<Result<Caller, Rejected>, StorageError> {
+    let (id_digest, handle) = match parse_session(cookie) {
+        Ok(p) => p,
+        Err(r) => return Ok(Err(r)),
+    };
+    let stored = auth.session(id_digest).await?;
+    let (caller, session) = match check_session(stored, &handle, request, now, replay) {
+        Ok(c) => c,
+        Err(r) => return Ok(Err(r)),
+    };
+    if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS {
+        auth.touch_session(id_digest, now).await?;
+    }
+    Ok(Ok(caller))
 }
 
 /// Splits a presented credential into (id, digest of the secret).
@@ -172,7 +416,7 @@ pub fn check(
     } else {
         Ok(Caller {
             account,
-            credential_id: id,
+            via: Via::Credential(id),
         })
     }
 }

@@ -23,6 +23,7 @@
 mod accounts;
 pub mod authenticate;
 pub mod authorize;
+pub mod login;
 mod path;
 
 pub use accounts::{
@@ -30,11 +31,52 @@ pub use accounts::{
     IssueError, REQUESTABLE_ROLES, ResetDecision, SYSTEM_PREFIX, dormant, is_alert,
     issue_credential,
 };
-pub use authenticate::{Caller, IssuedCredential, Rejected};
+pub use authenticate::{Caller, IssuedCredential, ProofRequest, Rejected, Via};
+pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use path::{
-    AccountState, BreakGlass, CaseloadPage, Consultation, Grant, MAX_PAGE, MAX_REASON_BYTES,
+    AccountState, BreakGlass, CaseloadPage, Clock, Consultation, Grant, MAX_PAGE, MAX_REASON_BYTES,
     MIN_REASON_CHARS, NirShown, Organisations, SearchBy, SearchResults, Shown,
 };
+
+/// What a request presents to prove who is calling: the first stage's
+/// input. The web edge builds it from headers; nothing else is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// No credential at all.
+    Nothing,
+    /// An API credential `rmp_<id>_<secret>` (the `Authorization: Bearer`
+    /// value).
+    ApiCredential(&'a str),
+    /// A browser session: the session cookie's value, the device proof
+    /// (the `DPoP` header, a JWS signed by the key the session is bound
+    /// to), and the request's method and public URL, which the proof must
+    /// name.
+    Session {
+        cookie: &'a str,
+        proof: Option<&'a str>,
+        method: &'a str,
+        url: &'a str,
+    },
+}
+
+impl std::fmt::Debug for Presented<'_> {
+    // Credentials, cookies and proofs are bearer secrets (or close to it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Presented::Nothing => f.write_str("Presented::Nothing"),
+            Presented::ApiCredential(_) => f.write_str("Presented::ApiCredential(<redacted>)"),
+            Presented::Session {
+                proof, method, url, ..
+            } => f
+                .debug_struct("Presented::Session")
+                .field("cookie", &"<redacted>")
+                .field("proof", &proof.map(|_| "<present>"))
+                .field("method", method)
+                .field("url", url)
+                .finish(),
+        }
+    }
+}
 
 /// Why a request was not served. Messages are safe to show the caller:
 /// they never hold a personal value nor say whether a person exists.
@@ -57,6 +99,9 @@ pub enum Refusal {
     /// A request field is invalid.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// The action needs a fresh passkey assertion (step-up) first.
+    #[error("this action needs a fresh confirmation with your passkey")]
+    StepUpRequired,
     /// The guard stopped the request.
     #[error("the request was stopped by the access guard ({0})")]
     Guarded(&'static str),

@@ -18,8 +18,9 @@ use rempart_policy::{Action, Authorizer, Decision, NirView, Who};
 use rempart_storage::{AccountRecord, AuthStore, CaseloadEntry, NewMandate, Store, StoredMandate};
 use rempart_vault::{Read, Vault};
 
-use crate::authenticate::{self, Caller, Rejected};
-use crate::{Refusal, authorize};
+use crate::authenticate::{self, Caller, Rejected, Via};
+use crate::login::Web;
+use crate::{Presented, Refusal, authorize};
 
 /// Longest a break-glass reason may be, in bytes (it goes into the ledger).
 pub const MAX_REASON_BYTES: usize = 1000;
@@ -158,16 +159,24 @@ pub struct Grant {
 /// Organisations, for account administration.
 pub type Organisations = Vec<(i64, Organisation)>;
 
+/// Where "now" comes from: the system clock, or a test's.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
 /// The consultation path's parts, shared by every request.
 #[derive(Clone)]
 pub struct Consultation {
     pub(crate) store: Store,
-    /// The account lifecycle and credential resets (same database as `store`).
+    /// The account lifecycle, credential resets, browser sessions and
+    /// logins (same database as `store`).
     pub(crate) auth: Arc<dyn AuthStore>,
-    vault: Vault,
+    pub(crate) vault: Vault,
     pub(crate) policy: Arc<Authorizer>,
     guard: Guard,
     ledger: Arc<Ledger>,
+    // Browser sessions and logins (see `login.rs`); absent, every session
+    // is refused and no login can happen.
+    pub(crate) web: Option<Arc<Web>>,
+    pub(crate) clock: Clock,
 }
 
 impl std::fmt::Debug for Consultation {
@@ -196,7 +205,20 @@ impl Consultation {
             policy,
             guard,
             ledger,
+            web: None,
+            clock: Arc::new(Utc::now),
         }
+    }
+
+    /// Replaces the clock (tests move time forward instead of sleeping).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current instant, from the clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
     }
 
     /// The store, for readiness checks.
@@ -210,9 +232,9 @@ impl Consultation {
     }
 
     /// Who is calling (no consultation, nothing ledgered on success).
-    pub async fn whoami(&self, credential: Option<&str>) -> Result<AccountRecord, Refusal> {
+    pub async fn whoami(&self, presented: &Presented<'_>) -> Result<AccountRecord, Refusal> {
         let caller = self
-            .authenticate(credential, LeafAction::Login, Utc::now())
+            .authenticate(presented, LeafAction::Login, Utc::now())
             .await?;
         Ok(caller.account)
     }
@@ -220,34 +242,47 @@ impl Consultation {
     /// Reads one person for a purpose. THE consultation.
     pub async fn read_person(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         person_id: i64,
         purpose: Purpose,
     ) -> Result<Shown, Refusal> {
-        let now = Utc::now();
+        let now = self.now();
         let action = LeafAction::ReadPerson;
 
         // 0. One round trip for the rows every later stage needs: the
         //    credential, the person's mandates as stored right now, and the
         //    person's sealed groups. Nothing is decrypted before stage 4.
-        let (credential_id, digest) = match credential
-            .map(authenticate::parse)
-            .unwrap_or(Err(Rejected::Malformed))
-        {
-            Ok(presented) => presented,
-            Err(rejected) => return Err(self.reject(rejected, action, now).await),
+        //    A browser session is checked first (its row is in the
+        //    authentication store), then the rows come in one trip too.
+        let (caller, mut rows) = match presented {
+            Presented::ApiCredential(token) => {
+                let (credential_id, digest) = match authenticate::parse(token) {
+                    Ok(parsed) => parsed,
+                    Err(rejected) => return Err(self.reject(rejected, action, now).await),
+                };
+                let mut rows = match self.store.consultation_rows(credential_id, person_id).await {
+                    Ok(rows) => rows,
+                    Err(e) => return Err(self.unavailable(&e, action, now).await),
+                };
+                // 1. Authenticate.
+                let checked =
+                    authenticate::check(rows.credential.take(), credential_id, &digest, now);
+                match checked {
+                    Ok(caller) => (self.admit(caller, action, now).await?, rows),
+                    Err(rejected) => return Err(self.reject(rejected, action, now).await),
+                }
+            }
+            _ => {
+                // 1. Authenticate.
+                let caller = self.authenticate(presented, action, now).await?;
+                // No credential has id 0: the credential part stays empty.
+                match self.store.consultation_rows(0, person_id).await {
+                    Ok(rows) => (caller, rows),
+                    Err(e) => return Err(self.unavailable(&e, action, now).await),
+                }
+            }
         };
-        let mut rows = match self.store.consultation_rows(credential_id, person_id).await {
-            Ok(rows) => rows,
-            Err(e) => return Err(self.unavailable(&e, action, now).await),
-        };
-
-        // 1. Authenticate.
-        let checked = authenticate::check(rows.credential.take(), credential_id, &digest, now);
-        let caller = match checked {
-            Ok(caller) => self.admit(caller, action, now).await?,
-            Err(rejected) => return Err(self.reject(rejected, action, now).await),
-        };
+        rows.credential = None;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
             caller: &caller,
@@ -310,13 +345,13 @@ impl Consultation {
     /// Exact search within the caller's mandates.
     pub async fn search(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         by: SearchBy,
         purpose: Purpose,
     ) -> Result<SearchResults, Refusal> {
-        let now = Utc::now();
+        let now = self.now();
         let caller = self
-            .authenticate(credential, LeafAction::Search, now)
+            .authenticate(presented, LeafAction::Search, now)
             .await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
@@ -392,14 +427,14 @@ impl Consultation {
     /// by the caller's organisation or naming the caller.
     pub async fn caseload(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         purpose: Purpose,
         after: i64,
         limit: u32,
     ) -> Result<CaseloadPage, Refusal> {
-        let now = Utc::now();
+        let now = self.now();
         let caller = self
-            .authenticate(credential, LeafAction::ListCaseload, now)
+            .authenticate(presented, LeafAction::ListCaseload, now)
             .await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
@@ -470,12 +505,12 @@ impl Consultation {
     /// is read through the ordinary path.
     pub async fn break_glass(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         request: BreakGlass,
     ) -> Result<Shown, Refusal> {
-        let now = Utc::now();
+        let now = self.now();
         let caller = self
-            .authenticate(credential, LeafAction::BreakGlass, now)
+            .authenticate(presented, LeafAction::BreakGlass, now)
             .await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
@@ -485,6 +520,9 @@ impl Consultation {
             now,
         };
         let person_id = request.person_id;
+        if let Some(refused) = self.step_up_missing(&ctx, person_id).await {
+            return Err(refused);
+        }
         let reason = request.reason.trim();
         if reason.chars().count() < MIN_REASON_CHARS || reason.len() > MAX_REASON_BYTES {
             return Err(self
@@ -569,19 +607,19 @@ impl Consultation {
             Some(reason.to_string()),
         ))
         .await?;
-        self.read_person(credential, person_id, request.purpose)
+        self.read_person(presented, person_id, request.purpose)
             .await
     }
 
     /// Grants a mandate (France Travail officers).
     pub async fn grant_mandate(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         grant: Grant,
     ) -> Result<StoredMandate, Refusal> {
-        let now = Utc::now();
+        let now = self.now();
         let caller = self
-            .authenticate(credential, LeafAction::MandateGrant, now)
+            .authenticate(presented, LeafAction::MandateGrant, now)
             .await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
@@ -641,12 +679,12 @@ impl Consultation {
     /// next request.
     pub async fn revoke_mandate(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         mandate_id: i64,
     ) -> Result<(), Refusal> {
-        let now = Utc::now();
+        let now = self.now();
         let caller = self
-            .authenticate(credential, LeafAction::MandateRevoke, now)
+            .authenticate(presented, LeafAction::MandateRevoke, now)
             .await?;
         let who = authorize::who(&caller.account);
         let mut ctx = Ctx {
@@ -695,8 +733,8 @@ impl Consultation {
     }
 
     /// Organisations (account administration).
-    pub async fn organisations(&self, credential: Option<&str>) -> Result<Organisations, Refusal> {
-        let (caller, now) = self.admin(credential).await?;
+    pub async fn organisations(&self, presented: &Presented<'_>) -> Result<Organisations, Refusal> {
+        let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx {
             caller: &caller,
             action: LeafAction::AdminList,
@@ -712,10 +750,10 @@ impl Consultation {
     /// Accounts of one organisation (account administration).
     pub async fn accounts(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         organisation_id: i64,
     ) -> Result<Vec<AccountRecord>, Refusal> {
-        let (caller, now) = self.admin(credential).await?;
+        let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx {
             caller: &caller,
             action: LeafAction::AdminList,
@@ -733,11 +771,11 @@ impl Consultation {
     /// activated here (that is an approval, with four eyes).
     pub async fn set_account_state(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         account_id: i64,
         state: AccountState,
     ) -> Result<AccountRecord, Refusal> {
-        let (caller, now) = self.admin(credential).await?;
+        let (caller, now) = self.admin(presented).await?;
         let action = match state {
             AccountState::Active => LeafAction::AccountReactivate,
             _ => LeafAction::AccountSuspend,
@@ -814,11 +852,37 @@ impl Consultation {
     /// inactive account is ledgered and answered `AccountInactive`.
     pub(crate) async fn authenticate(
         &self,
-        credential: Option<&str>,
+        presented: &Presented<'_>,
         action: LeafAction,
         now: DateTime<Utc>,
     ) -> Result<Caller, Refusal> {
-        match authenticate::authenticate(&self.store, credential, now).await {
+        let checked = match *presented {
+            Presented::Nothing => Ok(Err(Rejected::Malformed)),
+            Presented::ApiCredential(token) => {
+                authenticate::authenticate(&self.store, Some(token), now).await
+            }
+            Presented::Session {
+                cookie,
+                proof,
+                method,
+                url,
+            } => match &self.web {
+                Some(web) => {
+                    let request = authenticate::ProofRequest { proof, method, url };
+                    authenticate::authenticate_session(
+                        self.auth.as_ref(),
+                        cookie,
+                        request,
+                        now,
+                        &web.replay,
+                    )
+                    .await
+                }
+                // Browser login is not configured: no session exists.
+                _ => Ok(Err(Rejected::SessionUnknown)),
+            },
+        };
+        match checked {
             Ok(Ok(caller)) => self.admit(caller, action, now).await,
             Ok(Err(rejected)) => Err(self.reject(rejected, action, now).await),
             Err(e) => Err(self.unavailable(&e, action, now).await),
@@ -853,25 +917,27 @@ impl Consultation {
     async fn reject(&self, rejected: Rejected, action: LeafAction, now: DateTime<Utc>) -> Refusal {
         // The organisation is not looked up for a failed credential: the
         // account id is enough to find it, and a miss costs one query.
-        let note = match rejected {
-            Rejected::Malformed => "malformed credential",
-            Rejected::Unknown => "unknown credential",
-            Rejected::WrongSecret { .. } => "wrong secret",
-            Rejected::Expired { .. } => "expired credential",
-            Rejected::Revoked { .. } => "revoked credential",
-        };
         let account = rejected.account_id().unwrap_or(0);
-        let mut leaf = unauthenticated_leaf(account, 0, action, DenyReason::BadCredentials, now);
-        leaf.note = Some(note.to_string());
+        let (reason, refusal) = match rejected {
+            // The replay cache could not record the proof: our failure.
+            Rejected::ProofRefused { error, .. } if error.is_unavailable() => (
+                DenyReason::InternalError,
+                Refusal::Unavailable(format!("authentication: {error}")),
+            ),
+            r if r.is_session() => (DenyReason::SessionInvalid, Refusal::Unauthenticated),
+            _ => (DenyReason::BadCredentials, Refusal::Unauthenticated),
+        };
+        let mut leaf = unauthenticated_leaf(account, 0, action, reason, now);
+        leaf.note = Some(rejected.note().to_string());
         match self.record(leaf).await {
-            Ok(_) => Refusal::Unauthenticated,
+            Ok(_) => refusal,
             Err(unavailable) => unavailable,
         }
     }
 
     /// The store failed before the caller was known: ledgered under account
     /// 0 (best effort, like [`Consultation::fail`]), then `Unavailable`.
-    async fn unavailable(
+    pub(crate) async fn unavailable(
         &self,
         error: &rempart_storage::StorageError,
         action: LeafAction,
@@ -888,6 +954,32 @@ impl Consultation {
             ))
             .await;
         Refusal::Unavailable(message)
+    }
+
+    /// Break-glass through a browser session needs a fresh passkey
+    /// assertion (step-up) in that session within the step-up window;
+    /// `Some(refusal)`, ledgered, when it is missing or too old.
+    async fn step_up_missing(&self, ctx: &Ctx<'_>, person_id: i64) -> Option<Refusal> {
+        let Via::Session { step_up_at, .. } = &ctx.caller.via else {
+            return None;
+        };
+        let window = self
+            .web
+            .as_ref()
+            .map_or(chrono::Duration::zero(), |w| w.settings.step_up_window);
+        let fresh = step_up_at.is_some_and(|t| t <= ctx.now && ctx.now - t <= window);
+        if fresh {
+            return None;
+        }
+        Some(
+            self.deny(
+                ctx,
+                Some(person_id),
+                DenyReason::StepUpRequired,
+                Refusal::StepUpRequired,
+            )
+            .await,
+        )
     }
 
     async fn mandates_of(
@@ -972,10 +1064,10 @@ impl Consultation {
     }
 
     /// Administration: officers of France Travail only.
-    async fn admin(&self, credential: Option<&str>) -> Result<(Caller, DateTime<Utc>), Refusal> {
-        let now = Utc::now();
+    async fn admin(&self, presented: &Presented<'_>) -> Result<(Caller, DateTime<Utc>), Refusal> {
+        let now = self.now();
         let caller = self
-            .authenticate(credential, LeafAction::AdminList, now)
+            .authenticate(presented, LeafAction::AdminList, now)
             .await?;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
@@ -1149,7 +1241,7 @@ impl Consultation {
 }
 
 /// A leaf for a request refused at stage 1, with no session.
-fn unauthenticated_leaf(
+pub(crate) fn unauthenticated_leaf(
     account: i64,
     organisation: i64,
     action: LeafAction,
@@ -1193,7 +1285,7 @@ impl Ctx<'_> {
             time: Timestamp::from_datetime(self.now),
             account: AccountId(a.account_id),
             organisation: OrganisationId(a.organisation_id),
-            session: Some(session_of(self.caller.credential_id)),
+            session: Some(session_of(&self.caller.via)),
             person: person_id.map(PersonRef),
             action: self.action,
             field_groups,
@@ -1205,12 +1297,19 @@ impl Ctx<'_> {
     }
 }
 
-/// The ledger's session id for an API credential: its id, so every read
-/// made with one credential can be listed.
-fn session_of(credential_id: i64) -> SessionId {
+/// The ledger's session id: for an API credential its id, so every read
+/// made with one credential can be listed; for a browser session the first
+/// half of its row's key (a digest of the cookie's secret, from which the
+/// cookie cannot be rebuilt), so every read of one session can be listed.
+fn session_of(via: &Via) -> SessionId {
     let mut s = [0u8; 16];
-    s[..4].copy_from_slice(b"cred");
-    s[8..].copy_from_slice(&credential_id.to_be_bytes());
+    match via {
+        Via::Credential(credential_id) => {
+            s[..4].copy_from_slice(b"cred");
+            s[8..].copy_from_slice(&credential_id.to_be_bytes());
+        }
+        Via::Session { id_digest, .. } => s.copy_from_slice(&id_digest[..16]),
+    }
     SessionId(s)
 }
 
@@ -1252,7 +1351,7 @@ fn mandate_reference(prefix: &str, now: DateTime<Utc>) -> Reference {
 #[allow(dead_code)]
 fn operations_are_send(c: &Consultation) {
     fn is_send<T: Send>(_: &T) {}
-    is_send(&c.read_person(None, 1, Purpose::FollowUp));
-    is_send(&c.caseload(None, Purpose::FollowUp, 0, 1));
-    is_send(&c.whoami(None));
+    is_send(&c.read_person(&Presented::Nothing, 1, Purpose::FollowUp));
+    is_send(&c.caseload(&Presented::Nothing, Purpose::FollowUp, 0, 1));
+    is_send(&c.whoami(&Presented::Nothing));
 }

@@ -165,7 +165,7 @@ pub(crate) async fn request_account(
     let request = parsed(&state, &headers, input).await?;
     let entry = state
         .consultation
-        .request_account(credential(&headers), request)
+        .request_account(&credential(&headers), request)
         .await?;
     let body = AccountHistoryBody::new(entry, Utc::now());
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -174,7 +174,7 @@ pub(crate) async fn request_account(
 pub(crate) async fn pending_requests(State(state): State<AppState>, headers: HeaderMap) -> Answer {
     let list = state
         .consultation
-        .pending_account_requests(credential(&headers))
+        .pending_account_requests(&credential(&headers))
         .await?;
     ok(serde_json::json!({ "requests": AccountHistoryBody::list(list) }))
 }
@@ -204,7 +204,7 @@ async fn decide_account(
     let id = parsed(&state, &headers, path_id(path)).await?;
     let account = state
         .consultation
-        .decide_account(credential(&headers), id, approve)
+        .decide_account(&credential(&headers), id, approve)
         .await?;
     ok(AccountBody::from(account))
 }
@@ -222,7 +222,7 @@ pub(crate) async fn request_reset(
     let (account_id, kind) = parsed(&state, &headers, input).await?;
     let reset = state
         .consultation
-        .request_reset(credential(&headers), account_id, kind)
+        .request_reset(&credential(&headers), account_id, kind)
         .await?;
     Ok((StatusCode::CREATED, Json(ResetBody::from(reset))).into_response())
 }
@@ -230,7 +230,7 @@ pub(crate) async fn request_reset(
 pub(crate) async fn pending_resets(State(state): State<AppState>, headers: HeaderMap) -> Answer {
     let list = state
         .consultation
-        .pending_resets(credential(&headers))
+        .pending_resets(&credential(&headers))
         .await?;
     ok(serde_json::json!({
         "resets": list.into_iter().map(ResetBody::from).collect::<Vec<_>>()
@@ -260,7 +260,7 @@ async fn decide_reset(state: AppState, headers: HeaderMap, path: PathId, approve
         credentials_revoked,
     } = state
         .consultation
-        .decide_reset(credential(&headers), id, approve)
+        .decide_reset(&credential(&headers), id, approve)
         .await?;
     ok(ResetDecisionBody {
         reset: ResetBody::from(reset),
@@ -276,7 +276,7 @@ pub(crate) async fn review(
     let id = parsed(&state, &headers, path_id(path)).await?;
     let list = state
         .consultation
-        .accounts_review(credential(&headers), Some(id))
+        .accounts_review(&credential(&headers), Some(id))
         .await?;
     ok(serde_json::json!({ "accounts": AccountHistoryBody::list(list) }))
 }

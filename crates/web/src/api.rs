@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chrono::NaiveDate;
-use rempart_consult::{AccountState, BreakGlass, CaseloadPage, Grant, NirShown, SearchBy, Shown};
+use rempart_consult::{
+    AccountState, BreakGlass, CaseloadPage, Grant, NirShown, Presented, SearchBy, Shown,
+};
 use rempart_domain::{Nir, Purpose, Reference};
 use rempart_storage::{AccountRecord, StoredMandate};
 use serde::de::DeserializeOwned;
@@ -73,10 +75,16 @@ pub fn routes() -> Router<AppState> {
 
 /// The bearer credential, if any. A header that is not `Bearer <token>` counts
 /// as a malformed credential (401), like a missing one.
-pub(crate) fn credential(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+pub(crate) fn credential(headers: &HeaderMap) -> Presented<'_> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()));
+    match token {
+        Some(token) => Presented::ApiCredential(token),
+        None => Presented::Nothing,
+    }
 }
 
 struct Query(HashMap<String, String>);
@@ -224,7 +232,7 @@ pub(crate) async fn parsed<T>(
     match input {
         Ok(v) => Ok(v),
         Err(invalid) => {
-            state.consultation.whoami(credential(headers)).await?;
+            state.consultation.whoami(&credential(headers)).await?;
             Err(invalid)
         }
     }
@@ -425,7 +433,7 @@ async fn ready(State(state): State<AppState>) -> Answer {
 }
 
 async fn me(State(state): State<AppState>, headers: HeaderMap) -> Answer {
-    let account = state.consultation.whoami(credential(&headers)).await?;
+    let account = state.consultation.whoami(&credential(&headers)).await?;
     ok(AccountBody::from(account))
 }
 
@@ -439,7 +447,7 @@ async fn read_person(
     let (id, purpose) = parsed(&state, &headers, input).await?;
     let shown = state
         .consultation
-        .read_person(credential(&headers), id, purpose)
+        .read_person(&credential(&headers), id, purpose)
         .await?;
     ok(PersonBody::from(shown))
 }
@@ -466,7 +474,7 @@ async fn break_glass(
     let shown = state
         .consultation
         .break_glass(
-            credential(&headers),
+            &credential(&headers),
             BreakGlass {
                 person_id,
                 purpose,
@@ -527,7 +535,7 @@ async fn search(
     let (by, purpose) = parsed(&state, &headers, input).await?;
     let results = state
         .consultation
-        .search(credential(&headers), by, purpose)
+        .search(&credential(&headers), by, purpose)
         .await?;
     ok(SearchAnswer {
         persons: results.persons.into_iter().map(PersonBody::from).collect(),
@@ -564,7 +572,7 @@ async fn caseload(
     let CaseloadPage { entries, next } = state
         .consultation
         .caseload(
-            credential(&headers),
+            &credential(&headers),
             purpose,
             after,
             u32::try_from(limit).unwrap_or(100),
@@ -626,7 +634,7 @@ async fn grant_mandate(
     let grant = parsed(&state, &headers, input).await?;
     let stored = state
         .consultation
-        .grant_mandate(credential(&headers), grant)
+        .grant_mandate(&credential(&headers), grant)
         .await?;
     Ok((StatusCode::CREATED, Json(MandateBody::from(stored))).into_response())
 }
@@ -639,7 +647,7 @@ async fn revoke_mandate(
     let id = parsed(&state, &headers, path_id(path)).await?;
     state
         .consultation
-        .revoke_mandate(credential(&headers), id)
+        .revoke_mandate(&credential(&headers), id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -656,7 +664,7 @@ struct OrganisationBody {
 async fn organisations(State(state): State<AppState>, headers: HeaderMap) -> Answer {
     let list = state
         .consultation
-        .organisations(credential(&headers))
+        .organisations(&credential(&headers))
         .await?;
     ok(serde_json::json!({
         "organisations": list
@@ -680,7 +688,7 @@ async fn accounts(
     let id = parsed(&state, &headers, path_id(path)).await?;
     let list = state
         .consultation
-        .accounts(credential(&headers), id)
+        .accounts(&credential(&headers), id)
         .await?;
     ok(serde_json::json!({
         "accounts": list.into_iter().map(AccountBody::from).collect::<Vec<_>>()
@@ -712,7 +720,7 @@ async fn set_state(
     let id = parsed(&state, &headers, path_id(path)).await?;
     let account = state
         .consultation
-        .set_account_state(credential(&headers), id, to)
+        .set_account_state(&credential(&headers), id, to)
         .await?;
     ok(AccountBody::from(account))
 }

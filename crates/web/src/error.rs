@@ -65,6 +65,9 @@ impl From<Refusal> for ApiError {
             Refusal::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", r.to_string()),
             Refusal::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()),
             Refusal::Invalid { field, reason } => ApiError::invalid(field, reason),
+            Refusal::StepUpRequired => {
+                ApiError::new(StatusCode::FORBIDDEN, "step_up_required", r.to_string())
+            }
             Refusal::Guarded(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "guarded", r.to_string())
             }

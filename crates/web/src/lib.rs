@@ -1,4 +1,5 @@
-//! The HTTP edge of Rempart: the JSON API under `/api/v1`.
+//! The HTTP edge of Rempart: the JSON API under `/api/v1`, and the
+//! browser's login, portal pages and fragments ([`pages`]).
 //!
 //! Handlers only translate: they parse the request into typed values (a
 //! bad value is a 400 naming the field, never an echo of the value), call
@@ -13,6 +14,7 @@
 mod accounts;
 mod api;
 mod error;
+pub mod pages;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,6 +65,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let limits = state.limits;
     api::routes()
+        .merge(pages::routes())
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

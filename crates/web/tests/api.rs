@@ -24,6 +24,9 @@ use rempart_vault::{KeySource, Read, Vault};
 use rempart_web::{AppState, Limits};
 use serde_json::{Value, json};
 
+#[path = "api/browser.rs"]
+mod browser;
+
 const PERSONS: u64 = 3_000;
 
 fn pg_url() -> String {
@@ -61,6 +64,11 @@ struct TestApp {
     tokens: HashMap<&'static str, String>,
     /// Persons stored, by id.
     person_ids: Vec<i64>,
+    /// Browser login (mod browser): the authentication store, the port,
+    /// and the server's clock.
+    auth: Arc<dyn rempart_storage::AuthStore>,
+    port: u16,
+    clock: browser::TestClock,
 }
 
 enum LedgerSql {
@@ -248,15 +256,21 @@ async fn spawn_app(backend: Backend) -> TestApp {
     let person_ids = store.person_ids(0, 1_000_000).await.unwrap();
     assert_eq!(person_ids.len() as u64, PERSONS);
 
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    // Browser login (mod browser): served at localhost, the test's clock.
+    let clock = browser::TestClock::default();
     let consultation = Consultation::new(
         vault.clone(),
         stores.auth.clone(),
         Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
         Guard::pass_through(),
         ledger.clone(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
+    )
+    .with_auth(stores.auth.clone())
+    .with_clock(clock.clock())
+    .with_browser_login(browser::login_settings(addr.port()))
+    .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         consultation,
@@ -282,6 +296,9 @@ async fn spawn_app(backend: Backend) -> TestApp {
         accounts,
         tokens,
         person_ids,
+        auth: stores.auth,
+        port: addr.port(),
+        clock,
     }
 }
 

@@ -1,0 +1,1430 @@
+//! Browser login: opening, strengthening and closing device-bound
+//! sessions. Nothing here knows HTTP; the web edge hands over the form's
+//! fields, the device proof and the source address.
+//!
+//! - **Passkey login** (username-less): [`Consultation::start_login`] with
+//!   [`LoginKind::Passkey`] returns WebAuthn request options and a
+//!   ceremony id; [`Consultation::login_passkey`] finishes it.
+//! - **Password + TOTP** (the fallback): [`Consultation::login_password`],
+//!   after a [`LoginKind::Password`] ceremony. argon2id runs for unknown
+//!   logins too ([`PasswordHasher::verify_or_dummy`]); failures are
+//!   throttled per account (state persisted with the password) and per
+//!   source address (in this process); every credential failure gets the
+//!   same message ([`LoginRefusal::message_fr`]).
+//! - **Passkey enrolment**: an account gets its first passkey from a
+//!   session opened with password + TOTP (two factors already), later ones
+//!   from any session ([`Consultation::start_passkey_registration`]). This
+//!   is the simplest secure path: no new kind of secret (an enrolment link
+//!   would be a bearer token travelling by e-mail), and the factors that
+//!   open that session were themselves issued under the four-eyes rule.
+//! - **Step-up**: a fresh passkey assertion bound to the session
+//!   ([`Consultation::finish_step_up`]); break-glass through a session
+//!   needs one within [`LoginSettings::step_up_window`].
+//! - **Logout**: [`Consultation::logout`] ends the session; the page then
+//!   forgets its device key.
+//!
+//! Every event (success, failure, lockout, step-up, logout, enrolment) is
+//! a ledger leaf appended before the answer; a session whose `Login` leaf
+//! cannot be appended is ended at once and the login fails closed.
+//!
+//! # The device key and login CSRF
+//!
+//! The page creates a non-extractable P-256 key just before logging in and
+//! signs a DPoP-format proof with it on the request that starts the
+//! ceremony and on the one that finishes it; the ceremony remembers the
+//! key's thumbprint and the session is bound to it. Login CSRF (a foreign
+//! page logging the victim's browser into the attacker's account) fails
+//! three times over: the login requests are `fetch()` calls with a JSON
+//! body and a `DPoP` header, which a cross-site page can only send after a
+//! CORS preflight this server never grants; the ceremony id comes in a
+//! response that the same-origin policy keeps from a foreign page, and it
+//! is single-use and tied to the key that asked for it; and even a session
+//! opened that way would be bound to a key held in the foreign origin's
+//! storage, which no Rempart page can use, while its cookie
+//! (`SameSite=Strict`) is not even stored from a cross-site response.
+//!
+//! # Replay cache and several instances
+//!
+//! Device proofs' `jti`s are remembered in this process
+//! ([`ReplayCache`] behind a mutex: a few hundred nanoseconds, no database
+//! write per request). Behind several instances, route each session to one
+//! instance (sticky on the session cookie): a proof replayed to another
+//! instance would otherwise pass its `jti` check (it still needs the same
+//! cookie, key binding, URL and a 60-second-old `iat` at most). The
+//! database's replay table (`AuthStore::insert_replay_if_new`) is the
+//! alternative for non-sticky routing, at one write per request.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use rempart_auth::dpop::{DpopProof, Expected, ReplayCache};
+use rempart_auth::jose::{AlgSet, Jkt};
+use rempart_auth::lockout::{AccountThrottle, Lockout, LockoutPolicy, LoginRefusal};
+use rempart_auth::passkey::{
+    AuthenticationState, CeremonyKind, Passkeys, RP_NAME, RegistrationState, StoredPasskey,
+    credential_id_of,
+};
+use rempart_auth::password::{HashParams, Password, PasswordHash, PasswordHasher};
+use rempart_auth::totp::{self, TotpCode, TotpSecret};
+use rempart_crypto::{Binding, KeyRing};
+use rempart_domain::{AccountState, Reference};
+use rempart_ledger::{
+    Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
+};
+use rempart_storage::{AccountRecord, AuthStore, StorageError, StoredPasskeyRow, StoredSession};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::authenticate::{self, Caller, ProofRequest, Via};
+use crate::path::{Ctx, unauthenticated_leaf};
+use crate::{Consultation, Presented, Refusal};
+
+/// How long a login, registration or step-up ceremony stays usable.
+const CEREMONY_SECS: i64 = 300;
+
+/// Ceremony kinds, as the store keeps them.
+const KIND_PASSWORD: &str = "login_password";
+const KIND_PASSKEY: &str = "login_passkey";
+const KIND_REGISTER: &str = "passkey_register";
+const KIND_STEP_UP: &str = "step_up";
+
+/// Longest login, password or code read from a form, in bytes.
+const MAX_FIELD: usize = 512;
+
+/// Browser login settings.
+#[derive(Debug, Clone)]
+pub struct LoginSettings {
+    /// The public URL the browser reaches the server at (scheme, host,
+    /// port; no path): the WebAuthn origin, and the base of every URL a
+    /// device proof names.
+    pub public_url: String,
+    /// The WebAuthn relying-party id: the public URL's host.
+    pub rp_id: String,
+    /// A session ends after this long without a request (30 min).
+    pub idle: Duration,
+    /// A session ends this long after login, whatever the activity (10 h).
+    pub absolute: Duration,
+    /// Break-glass through a session needs a step-up at most this old (5 min).
+    pub step_up_window: Duration,
+    /// Failed password logins: backoff and lock.
+    pub lockout: LockoutPolicy,
+    /// argon2id parameters for new hashes (and the dummy hash).
+    pub hash: HashParams,
+    /// Live device-proof `jti`s remembered at most.
+    pub replay_capacity: usize,
+}
+
+/// A [`LoginSettings`] value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginConfigError {
+    /// The public URL is not `http(s)://host[:port]`.
+    #[error("public_url: {0}")]
+    PublicUrl(&'static str),
+    /// A duration is out of range.
+    #[error("{0}: must be positive, and idle at most absolute")]
+    Duration(&'static str),
+    /// The passkey settings were refused.
+    #[error("{0}")]
+    Passkey(String),
+    /// The lockout policy was refused.
+    #[error("lockout: {0}")]
+    Lockout(String),
+    /// The password hasher could not be built.
+    #[error("hash: {0}")]
+    Hash(String),
+}
+
+impl LoginSettings {
+    /// Defaults for a server reached at `public_url` (e.g.
+    /// `https://rempart.example` or `http://localhost:8080`): sessions idle
+    /// out after 30 minutes and end after 10 hours; step-up lasts 5
+    /// minutes; lockout and argon2id at the auth crate's defaults.
+    pub fn new(public_url: &str) -> Result<Self, LoginConfigError> {
+        let url = public_url.trim_end_matches('/');
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or(LoginConfigError::PublicUrl(
+                "must start with https:// or http://",
+            ))?;
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(LoginConfigError::PublicUrl(
+                "must be scheme, host and port only",
+            ));
+        }
+        let host = match rest.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => rest,
+        };
+        if host.is_empty() {
+            return Err(LoginConfigError::PublicUrl("has no host"));
+        }
+        Ok(LoginSettings {
+            public_url: url.to_owned(),
+            rp_id: host.to_ascii_lowercase(),
+            idle: Duration::minutes(30),
+            absolute: Duration::hours(10),
+            step_up_window: Duration::minutes(5),
+            lockout: LockoutPolicy::default(),
+            hash: HashParams::RECOMMENDED,
+            replay_capacity: ReplayCache::DEFAULT_CAPACITY,
+        })
+    }
+}
+
+/// What browser login needs at run time, shared by every request.
+pub(crate) struct Web {
+    pub(crate) settings: LoginSettings,
+    passkeys: Passkeys,
+    hasher: PasswordHasher,
+    lockout: Mutex<Lockout>,
+    pub(crate) replay: Mutex<ReplayCache>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Both guarded values stay consistent if a holder panicked: every
+    // update completes before the guard is released.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which login a ceremony is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginKind {
+    /// Password and TOTP code.
+    Password,
+    /// A passkey, username-less.
+    Passkey,
+}
+
+/// A started ceremony: its id (send it back when finishing) and, for
+/// passkeys, the options for `navigator.credentials`.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub ceremony: String,
+    pub options: Option<serde_json::Value>,
+}
+
+/// The password form's fields.
+#[derive(Clone, Copy)]
+pub struct PasswordForm<'a> {
+    pub ceremony: &'a str,
+    pub login: &'a str,
+    pub password: &'a str,
+    pub code: &'a str,
+}
+
+impl std::fmt::Debug for PasswordForm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordForm(<redacted>)")
+    }
+}
+
+/// A session just opened.
+pub struct LoginAnswer {
+    /// The cookie value, sent once in `Set-Cookie`.
+    pub cookie: Zeroizing<String>,
+    /// The session's public handle, for the page's `<meta>`.
+    pub handle: String,
+    /// Seconds until the session's absolute end (the cookie's `Max-Age`).
+    pub max_age_secs: i64,
+    /// Who logged in.
+    pub account: AccountRecord,
+    /// The first session after a credential reset.
+    pub high_risk: bool,
+}
+
+impl std::fmt::Debug for LoginAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginAnswer")
+            .field("cookie", &"<redacted>")
+            .field("account", &self.account.account_id)
+            .field("high_risk", &self.high_risk)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a login did not open a session. [`Self::message_fr`] is what the
+/// page shows; it never says whether an account exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginError {
+    /// Password login refused (one message for every credential failure)
+    /// or throttled.
+    Refused(LoginRefusal),
+    /// The passkey could not be verified (unknown, wrong, inactive account).
+    PasskeyRefused,
+    /// The device proof or the ceremony is missing, stale, used or
+    /// foreign: the page must start again.
+    Restart,
+    /// A field is too long to be anything real.
+    Invalid { field: &'static str },
+    /// Browser login is not configured on this server.
+    Disabled,
+    /// Something failed; no session was opened. For operators.
+    Unavailable(String),
+}
+
+impl LoginError {
+    /// The French message for the page.
+    pub fn message_fr(&self) -> String {
+        match self {
+            LoginError::Refused(r) => r.message_fr(),
+            LoginError::PasskeyRefused => "La clé d'accès n'a pas pu être vérifiée.".to_owned(),
+            LoginError::Restart => {
+                "La demande a expiré ou n'est pas valable. Rechargez la page et recommencez."
+                    .to_owned()
+            }
+            LoginError::Invalid { .. } => rempart_auth::lockout::INVALID_CREDENTIALS_FR.to_owned(),
+            LoginError::Disabled => "La connexion n'est pas disponible sur ce serveur.".to_owned(),
+            LoginError::Unavailable(_) => {
+                "Le service ne peut pas répondre pour le moment. Réessayez plus tard.".to_owned()
+            }
+        }
+    }
+}
+
+/// What a ceremony remembers between its two requests (JSON in the store).
+#[derive(Serialize, Deserialize)]
+struct CeremonyState {
+    /// Thumbprint of the device key that started a login.
+    jkt: Option<String>,
+    /// The session (id digest, base64url) a registration or step-up
+    /// belongs to.
+    session: Option<String>,
+    authentication: Option<AuthenticationState>,
+    registration: Option<RegistrationState>,
+}
+
+impl Consultation {
+    /// Enables browser login and sessions .
+    pub fn with_browser_login(mut self, settings: LoginSettings) -> Result<Self, LoginConfigError> {
+        if settings.idle <= Duration::zero()
+            || settings.absolute <= Duration::zero()
+            || settings.idle > settings.absolute
+        {
+            return Err(LoginConfigError::Duration("idle, absolute"));
+        }
+        if settings.step_up_window <= Duration::zero() {
+            return Err(LoginConfigError::Duration("step_up_window"));
+        }
+        let passkeys = Passkeys::new(&settings.rp_id, &settings.public_url, RP_NAME)
+            .map_err(|e| LoginConfigError::Passkey(e.to_string()))?;
+        let lockout =
+            Lockout::new(settings.lockout).map_err(|e| LoginConfigError::Lockout(e.to_string()))?;
+        let hasher = PasswordHasher::new(settings.hash)
+            .map_err(|e| LoginConfigError::Hash(e.to_string()))?;
+        let replay = ReplayCache::new(settings.replay_capacity);
+        self.web = Some(Arc::new(Web {
+            settings,
+            passkeys,
+            hasher,
+            lockout: Mutex::new(lockout),
+            replay: Mutex::new(replay),
+        }));
+        Ok(self)
+    }
+
+    /// The public URL browser login was configured with.
+    pub fn public_url(&self) -> Option<&str> {
+        self.web.as_ref().map(|w| w.settings.public_url.as_str())
+    }
+
+    /// The authentication store.
+    pub fn auth_store(&self) -> &Arc<dyn AuthStore> {
+        &self.auth
+    }
+
+    /// The browser-login settings, if enabled.
+    pub fn login_settings(&self) -> Option<&LoginSettings> {
+        self.web.as_ref().map(|w| &w.settings)
+    }
+
+    /// Starts a login ceremony for the page whose device key signed
+    /// `proof` (no session yet, so no `ath`).
+    pub async fn start_login(
+        &self,
+        kind: LoginKind,
+        proof: ProofRequest<'_>,
+    ) -> Result<Started, LoginError> {
+        let (auth, web) = self.login_parts()?;
+        let now = self.now();
+        let jkt = self.login_proof(web, proof, now).await?;
+        let (store_kind, authentication, options) = match kind {
+            LoginKind::Password => (KIND_PASSWORD, None, None),
+            LoginKind::Passkey => {
+                let (options, state) = web
+                    .passkeys
+                    .start_discoverable_authentication(SystemTime::from(now))
+                    .map_err(|e| LoginError::Unavailable(format!("passkey: {e}")))?;
+                let options = serde_json::to_value(&options)
+                    .map_err(|e| LoginError::Unavailable(format!("passkey options: {e}")))?;
+                (KIND_PASSKEY, Some(state), Some(options))
+            }
+        };
+        let state = CeremonyState {
+            jkt: Some(jkt.to_string()),
+            session: None,
+            authentication,
+            registration: None,
+        };
+        let ceremony = put_ceremony(auth.as_ref(), store_kind, &state, now)
+            .await
+            .map_err(|e| LoginError::Unavailable(format!("ceremony: {e}")))?;
+        Ok(Started { ceremony, options })
+    }
+
+    /// Password + TOTP login from `addr`, finishing a
+    /// [`LoginKind::Password`] ceremony.
+    pub async fn login_password(
+        &self,
+        form: PasswordForm<'_>,
+        proof: ProofRequest<'_>,
+        addr: IpAddr,
+    ) -> Result<LoginAnswer, LoginError> {
+        let (auth, web) = self.login_parts()?;
+        let now = self.now();
+        let now_unix = u64::try_from(now.timestamp()).unwrap_or(0);
+        for (field, value) in [
+            ("login", form.login),
+            ("password", form.password),
+            ("code", form.code),
+        ] {
+            if value.len() > MAX_FIELD {
+                return Err(LoginError::Invalid { field });
+            }
+        }
+
+        // 1. The device proof and the ceremony it started.
+        let jkt = self.login_proof(web, proof, now).await?;
+        self.take_login_ceremony(auth.as_ref(), form.ceremony, KIND_PASSWORD, &jkt, now)
+            .await?;
+
+        // 2. The account, its password and its throttle state. A login
+        //    that is not a valid reference names no account.
+        let account = match Reference::parse(form.login.trim()) {
+            Ok(login) => self
+                .store
+                .account_by_login(&login)
+                .await
+                .map_err(|e| self.login_unavailable(&e))?,
+            Err(_) => None,
+        };
+        let stored = match &account {
+            Some(a) => auth
+                .password(a.account_id)
+                .await
+                .map_err(|e| self.login_unavailable(&e))?,
+            None => None,
+        };
+        // An account without a password is, for this form, no account.
+        let known = account.as_ref().filter(|_| stored.is_some());
+        let throttle = match &stored {
+            Some((_, json)) => parse_throttle(json).map_err(LoginError::Unavailable)?,
+            None => AccountThrottle::default(),
+        };
+
+        // 3. Throttle before anything is evaluated.
+        let waiting = {
+            let lockout = locked(&web.lockout);
+            match known {
+                Some(_) => lockout.check(&throttle, addr, now_unix),
+                None => lockout.check_unknown(form.login.trim(), addr, now_unix),
+            }
+        };
+        if let Err(delay) = waiting {
+            let refusal = LoginRefusal::from(delay);
+            let note = match delay.scope {
+                rempart_auth::lockout::Scope::Account => "throttled: account",
+                rempart_auth::lockout::Scope::Address => "throttled: address",
+            };
+            self.login_leaf(
+                known,
+                LeafAction::LoginFailed,
+                DenyReason::LockedOut,
+                note,
+                now,
+            )
+            .await?;
+            return Err(LoginError::Refused(refusal));
+        }
+
+        // 4. Evaluate. argon2id runs whatever the login (a dummy hash for
+        //    unknown ones) on the blocking pool; the code is checked for
+        //    every known account, but its step is only used up once the
+        //    password matched.
+        let hash = stored
+            .as_ref()
+            .and_then(|(phc, _)| PasswordHash::parse(phc).ok());
+        let password_ok = match Password::new(form.password.to_owned()) {
+            Ok(password) => {
+                let web = Arc::clone(web);
+                let hash = hash.clone();
+                tokio::task::spawn_blocking(move || {
+                    web.hasher.verify_or_dummy(hash.as_ref(), &password)
+                })
+                .await
+                .unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        let step = match known {
+            Some(a) => {
+                self.totp_step(auth.as_ref(), a.account_id, form.code, now_unix)
+                    .await?
+            }
+            None => None,
+        };
+        let refusal = match (known, password_ok, step) {
+            (None, _, _) => Some(LoginRefusal::UnknownAccount),
+            (Some(_), false, _) => Some(LoginRefusal::WrongPassword),
+            (Some(_), true, None) => Some(LoginRefusal::WrongCode),
+            (Some(a), true, Some(step)) => {
+                let fresh = auth
+                    .accept_totp_step(a.account_id, step)
+                    .await
+                    .map_err(|e| self.login_unavailable(&e))?;
+                if !fresh {
+                    Some(LoginRefusal::WrongCode)
+                } else if a.state != AccountState::Active {
+                    Some(LoginRefusal::AccountUnavailable)
+                } else {
+                    None
+                }
+            }
+        };
+
+        // 5. A failure counts against the account (stored) and the
+        //    address, and a lock it causes is its own event.
+        if let Some(refusal) = refusal {
+            let now_locked = match known {
+                Some(a) => {
+                    let next = locked(&web.lockout).record_failure(&throttle, addr, now_unix);
+                    let json = serde_json::to_string(&next)
+                        .map_err(|e| LoginError::Unavailable(format!("throttle: {e}")))?;
+                    auth.set_throttle(a.account_id, &json)
+                        .await
+                        .map_err(|e| self.login_unavailable(&e))?;
+                    next.is_locked(now_unix) && !throttle.is_locked(now_unix)
+                }
+                None => {
+                    locked(&web.lockout).record_unknown_failure(form.login.trim(), addr, now_unix);
+                    false
+                }
+            };
+            let note = match refusal {
+                LoginRefusal::UnknownAccount => "password: unknown login",
+                LoginRefusal::WrongPassword => "password: wrong password",
+                LoginRefusal::WrongCode => "password: wrong or replayed code",
+                LoginRefusal::AccountUnavailable => "password: account not active",
+                _ => "password: refused",
+            };
+            self.login_leaf(
+                known,
+                LeafAction::LoginFailed,
+                DenyReason::BadCredentials,
+                note,
+                now,
+            )
+            .await?;
+            if now_locked {
+                self.login_leaf(
+                    known,
+                    LeafAction::LockedOut,
+                    DenyReason::LockedOut,
+                    "password: too many failures",
+                    now,
+                )
+                .await?;
+            }
+            return Err(LoginError::Refused(refusal));
+        }
+        let Some(account) = known else {
+            return Err(LoginError::Refused(LoginRefusal::UnknownAccount));
+        };
+
+        // 6. Success: the counter starts again, an old hash is upgraded.
+        let reset = locked(&web.lockout).record_success(&throttle);
+        let json = serde_json::to_string(&reset)
+            .map_err(|e| LoginError::Unavailable(format!("throttle: {e}")))?;
+        auth.set_throttle(account.account_id, &json)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?;
+        if let Some(old) = &hash
+            && web.hasher.needs_rehash(old)
+            && let Ok(password) = Password::new(form.password.to_owned())
+        {
+            let web2 = Arc::clone(web);
+            if let Ok(Ok(new)) =
+                tokio::task::spawn_blocking(move || web2.hasher.hash(&password)).await
+            {
+                auth.set_password(account.account_id, &new.to_phc_string(), now)
+                    .await
+                    .map_err(|e| self.login_unavailable(&e))?;
+            }
+        }
+        self.open_session(auth.as_ref(), web, account, &jkt, "password_totp", now)
+            .await
+    }
+
+    /// Passkey login (username-less), finishing a [`LoginKind::Passkey`]
+    /// ceremony with the browser's answer (JSON).
+    pub async fn login_passkey(
+        &self,
+        ceremony: &str,
+        credential_json: &str,
+        proof: ProofRequest<'_>,
+    ) -> Result<LoginAnswer, LoginError> {
+        let (auth, web) = self.login_parts()?;
+        let now = self.now();
+        let jkt = self.login_proof(web, proof, now).await?;
+        let state = self
+            .take_login_ceremony(auth.as_ref(), ceremony, KIND_PASSKEY, &jkt, now)
+            .await?;
+        let Some(authentication) = state.authentication else {
+            return Err(LoginError::Restart);
+        };
+        let failed = |note: String, account: Option<AccountRecord>| async move {
+            self.login_leaf(
+                account.as_ref(),
+                LeafAction::LoginFailed,
+                DenyReason::BadCredentials,
+                &note,
+                now,
+            )
+            .await?;
+            Err::<LoginAnswer, LoginError>(LoginError::PasskeyRefused)
+        };
+        let Ok(credential_id) = credential_id_of(credential_json) else {
+            return failed("passkey: malformed answer".into(), None).await;
+        };
+        let row = auth
+            .passkey_by_credential(credential_id.as_bytes())
+            .await
+            .map_err(|e| self.login_unavailable(&e))?;
+        let Some(row) = row else {
+            return failed("passkey: unknown credential".into(), None).await;
+        };
+        let account = self
+            .store
+            .account_by_id(row.account_id)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?;
+        let stored = parse_passkey(&row)?;
+        let checked = web.passkeys.finish_authentication(
+            &authentication,
+            credential_json,
+            &[stored],
+            SystemTime::from(now),
+        );
+        let done = match checked {
+            Ok(done) => done,
+            Err(e) => return failed(format!("passkey: {e}"), account).await,
+        };
+        self.store_passkey(auth.as_ref(), &done.updated, now)
+            .await?;
+        let Some(account) = account.filter(|a| a.state == AccountState::Active) else {
+            let account = self
+                .store
+                .account_by_id(row.account_id)
+                .await
+                .map_err(|e| self.login_unavailable(&e))?;
+            return failed("passkey: account not active".into(), account).await;
+        };
+        self.open_session(auth.as_ref(), web, &account, &jkt, "passkey", now)
+            .await
+    }
+
+    /// Starts registering a passkey for the session's account.
+    pub async fn start_passkey_registration(
+        &self,
+        presented: &Presented<'_>,
+    ) -> Result<Started, Refusal> {
+        let now = self.now();
+        let caller = self
+            .authenticate(presented, LeafAction::FactorEnrol, now)
+            .await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::FactorEnrol,
+            purpose: None,
+            now,
+        };
+        let (auth, web, session) = self.session_parts(&ctx).await?;
+        let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
+        let login = caller.account.login.as_str();
+        let started = web.passkeys.start_registration(
+            caller.account.account_id,
+            login,
+            login,
+            &existing,
+            SystemTime::from(now),
+        );
+        let (options, registration) = match started {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
+        };
+        let state = CeremonyState {
+            jkt: None,
+            session: Some(session),
+            authentication: None,
+            registration: Some(registration),
+        };
+        self.session_ceremony(&ctx, auth.as_ref(), KIND_REGISTER, &state, options)
+            .await
+    }
+
+    /// Finishes a passkey registration with the browser's answer (JSON).
+    pub async fn finish_passkey_registration(
+        &self,
+        presented: &Presented<'_>,
+        ceremony: &str,
+        credential_json: &str,
+    ) -> Result<(), Refusal> {
+        let now = self.now();
+        let caller = self
+            .authenticate(presented, LeafAction::FactorEnrol, now)
+            .await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::FactorEnrol,
+            purpose: None,
+            now,
+        };
+        let (auth, web, session) = self.session_parts(&ctx).await?;
+        let state = self
+            .take_session_ceremony(&ctx, auth.as_ref(), ceremony, KIND_REGISTER, &session)
+            .await?;
+        let Some(registration) = state.registration else {
+            return Err(self.refuse_ceremony(&ctx).await);
+        };
+        let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
+        let passkey = match web.passkeys.finish_registration(
+            &registration,
+            credential_json,
+            &existing,
+            SystemTime::from(now),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(self
+                    .deny_note(
+                        &ctx,
+                        DenyReason::InvalidRequest,
+                        format!("passkey: {e}"),
+                        Refusal::invalid("credential", "the passkey could not be registered"),
+                    )
+                    .await);
+            }
+        };
+        let data = match serde_json::to_string(&passkey) {
+            Ok(d) => d,
+            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
+        };
+        let row = StoredPasskeyRow {
+            credential_id: passkey.credential_id().as_bytes().to_vec(),
+            account_id: caller.account.account_id,
+            data,
+            created_at: now,
+            last_used_at: None,
+        };
+        match auth.add_passkey(row).await {
+            Ok(()) => {}
+            Err(StorageError::Invalid(_)) => {
+                return Err(self
+                    .deny_note(
+                        &ctx,
+                        DenyReason::InvalidRequest,
+                        "passkey: already registered".into(),
+                        Refusal::invalid("credential", "this passkey is already registered"),
+                    )
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
+        }
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some("passkey registered".into()),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Starts a step-up: a fresh passkey assertion by the session's account.
+    pub async fn start_step_up(&self, presented: &Presented<'_>) -> Result<Started, Refusal> {
+        let now = self.now();
+        let caller = self
+            .authenticate(presented, LeafAction::StepUp, now)
+            .await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::StepUp,
+            purpose: None,
+            now,
+        };
+        let (auth, web, session) = self.session_parts(&ctx).await?;
+        let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
+        if existing.is_empty() {
+            return Err(self
+                .deny_note(
+                    &ctx,
+                    DenyReason::StepUpRequired,
+                    "step-up: no passkey registered".into(),
+                    Refusal::invalid("passkey", "register a passkey first"),
+                )
+                .await);
+        }
+        let started =
+            web.passkeys
+                .start_step_up(caller.account.account_id, &existing, SystemTime::from(now));
+        let (options, authentication) = match started {
+            Ok(s) => s,
+            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
+        };
+        let state = CeremonyState {
+            jkt: None,
+            session: Some(session),
+            authentication: Some(authentication),
+            registration: None,
+        };
+        self.session_ceremony(&ctx, auth.as_ref(), KIND_STEP_UP, &state, options)
+            .await
+    }
+
+    /// Finishes a step-up; the session records it (for break-glass).
+    pub async fn finish_step_up(
+        &self,
+        presented: &Presented<'_>,
+        ceremony: &str,
+        credential_json: &str,
+    ) -> Result<(), Refusal> {
+        let now = self.now();
+        let caller = self
+            .authenticate(presented, LeafAction::StepUp, now)
+            .await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::StepUp,
+            purpose: None,
+            now,
+        };
+        let (auth, web, session) = self.session_parts(&ctx).await?;
+        let state = self
+            .take_session_ceremony(&ctx, auth.as_ref(), ceremony, KIND_STEP_UP, &session)
+            .await?;
+        let Some(authentication) = state
+            .authentication
+            .filter(|a| a.kind() == CeremonyKind::StepUp)
+        else {
+            return Err(self.refuse_ceremony(&ctx).await);
+        };
+        let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
+        let done = match web.passkeys.finish_authentication(
+            &authentication,
+            credential_json,
+            &existing,
+            SystemTime::from(now),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(self
+                    .deny_note(
+                        &ctx,
+                        DenyReason::BadCredentials,
+                        format!("step-up: {e}"),
+                        Refusal::Unauthenticated,
+                    )
+                    .await);
+            }
+        };
+        if let Err(e) = self.store_passkey(auth.as_ref(), &done.updated, now).await {
+            return Err(self.fail(&ctx, None, "passkey", &e.message_fr()).await);
+        }
+        let Via::Session { id_digest, .. } = &caller.via else {
+            return Err(self.refuse_ceremony(&ctx).await);
+        };
+        let at = DateTime::<Utc>::from(done.ceremony_started_at);
+        if let Err(e) = auth.mark_step_up(*id_digest, at).await {
+            return Err(self.fail(&ctx, None, "session", &e).await);
+        }
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some("step-up: passkey".into()),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Ends the session the request comes with.
+    pub async fn logout(&self, presented: &Presented<'_>) -> Result<(), Refusal> {
+        let now = self.now();
+        let caller = self
+            .authenticate(presented, LeafAction::Logout, now)
+            .await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::Logout,
+            purpose: None,
+            now,
+        };
+        let (auth, _, _) = self.session_parts(&ctx).await?;
+        let Via::Session { id_digest, .. } = &caller.via else {
+            return Err(self.refuse_ceremony(&ctx).await);
+        };
+        if let Err(e) = auth.end_session(*id_digest, now, "logout").await {
+            return Err(self.fail(&ctx, None, "session", &e).await);
+        }
+        self.record(ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None))
+            .await?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------
+    // Helpers
+    // ---------------------------------------------------------------------
+
+    fn login_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), LoginError> {
+        match &self.web {
+            Some(web) => Ok((&self.auth, web)),
+            None => Err(LoginError::Disabled),
+        }
+    }
+
+    fn login_unavailable(&self, e: &StorageError) -> LoginError {
+        LoginError::Unavailable(format!("login: {e}"))
+    }
+
+    /// Verifies a login request's device proof (not yet bound: the key is
+    /// new) and returns its key's thumbprint. A refusal is ledgered.
+    async fn login_proof(
+        &self,
+        web: &Web,
+        proof: ProofRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Jkt, LoginError> {
+        let verified = proof.proof.ok_or(None).and_then(|p| {
+            let expected = Expected::new(proof.method, proof.url)
+                .map_err(|_| None)?
+                .with_algs(AlgSet::ES256);
+            let mut cache = locked(&web.replay);
+            DpopProof::verify(p, &expected, now, &mut *cache).map_err(Some)
+        });
+        match verified {
+            Ok(v) => Ok(v.jkt().clone()),
+            Err(Some(e)) if e.is_unavailable() => {
+                Err(LoginError::Unavailable(format!("login: {e}")))
+            }
+            Err(_) => {
+                self.login_leaf(
+                    None,
+                    LeafAction::LoginFailed,
+                    DenyReason::SessionInvalid,
+                    "login: device proof missing or invalid",
+                    now,
+                )
+                .await?;
+                Err(LoginError::Restart)
+            }
+        }
+    }
+
+    /// Takes a login ceremony; it must have been started by the same
+    /// device key.
+    async fn take_login_ceremony(
+        &self,
+        auth: &dyn AuthStore,
+        ceremony: &str,
+        kind: &str,
+        jkt: &Jkt,
+        now: DateTime<Utc>,
+    ) -> Result<CeremonyState, LoginError> {
+        let state = take_ceremony(auth, ceremony, kind, now)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?;
+        match state {
+            Some(s) if s.jkt.as_deref() == Some(jkt.to_string().as_str()) => Ok(s),
+            _ => {
+                self.login_leaf(
+                    None,
+                    LeafAction::LoginFailed,
+                    DenyReason::InvalidRequest,
+                    "login: ceremony unknown, used, expired or of another device",
+                    now,
+                )
+                .await?;
+                Err(LoginError::Restart)
+            }
+        }
+    }
+
+    /// The code's time step if it matches (not yet marked used).
+    async fn totp_step(
+        &self,
+        auth: &dyn AuthStore,
+        account_id: i64,
+        code: &str,
+        now_unix: u64,
+    ) -> Result<Option<u64>, LoginError> {
+        let Some(row) = auth
+            .totp(account_id)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?
+        else {
+            return Ok(None);
+        };
+        let secret = open_totp_secret(&self.vault.keys(), account_id, &row.sealed_secret)
+            .map_err(|e| LoginError::Unavailable(format!("totp: {e}")))?;
+        let Ok(code) = TotpCode::parse(code.trim()) else {
+            return Ok(None);
+        };
+        Ok(totp::verify(&secret, &code, now_unix, row.last_step).ok())
+    }
+
+    /// Opens a session bound to `jkt`, records the login, ledgers it.
+    async fn open_session(
+        &self,
+        auth: &dyn AuthStore,
+        web: &Web,
+        account: &AccountRecord,
+        jkt: &Jkt,
+        method: &str,
+        now: DateTime<Utc>,
+    ) -> Result<LoginAnswer, LoginError> {
+        let lifecycle = auth
+            .lifecycle(account.account_id)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?;
+        let high_risk = lifecycle.is_some_and(|l| l.next_session_high_risk);
+        let new = authenticate::new_session();
+        let settings = &web.settings;
+        auth.insert_session(StoredSession {
+            id_digest: new.id_digest,
+            account_id: account.account_id,
+            jkt: jkt.to_string(),
+            method: method.to_owned(),
+            created_at: now,
+            last_seen_at: now,
+            absolute_expiry: now + settings.absolute,
+            idle_timeout_secs: settings.idle.num_seconds(),
+            high_risk,
+            step_up_at: None,
+            ended_at: None,
+            end_reason: None,
+        })
+        .await
+        .map_err(|e| self.login_unavailable(&e))?;
+        auth.record_login(account.account_id, now)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?;
+        let caller = Caller {
+            account: account.clone(),
+            via: Via::Session {
+                id_digest: new.id_digest,
+                high_risk,
+                step_up_at: None,
+            },
+        };
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::Login,
+            purpose: None,
+            now,
+        };
+        let note = if high_risk {
+            format!("{method}; high-risk session")
+        } else {
+            method.to_owned()
+        };
+        let leaf = ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(note),
+        );
+        if let Err(refusal) = self.record(leaf).await {
+            // Nothing unrecorded may stay open.
+            let _ = auth.end_session(new.id_digest, now, "ledger").await;
+            return Err(LoginError::Unavailable(refusal.to_string()));
+        }
+        Ok(LoginAnswer {
+            cookie: new.cookie,
+            handle: new.handle,
+            max_age_secs: settings.absolute.num_seconds(),
+            account: account.clone(),
+            high_risk,
+        })
+    }
+
+    /// Ledgers a login event of a possibly unknown account.
+    async fn login_leaf(
+        &self,
+        account: Option<&AccountRecord>,
+        action: LeafAction,
+        reason: DenyReason,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LoginError> {
+        let mut leaf: AuditLeaf = unauthenticated_leaf(
+            account.map_or(0, |a| a.account_id),
+            account.map_or(0, |a| a.organisation_id),
+            action,
+            reason,
+            now,
+        );
+        leaf.note = Some(note.to_owned());
+        self.record(leaf)
+            .await
+            .map(|_| ())
+            .map_err(|r| LoginError::Unavailable(r.to_string()))
+    }
+
+    async fn store_passkey(
+        &self,
+        auth: &dyn AuthStore,
+        updated: &StoredPasskey,
+        now: DateTime<Utc>,
+    ) -> Result<(), LoginError> {
+        let data = serde_json::to_string(updated)
+            .map_err(|e| LoginError::Unavailable(format!("passkey: {e}")))?;
+        auth.update_passkey(updated.credential_id().as_bytes(), &data, now)
+            .await
+            .map_err(|e| self.login_unavailable(&e))
+    }
+
+    /// The parts a session operation needs, and the session's key
+    /// (base64url of its id digest); refused for API credentials.
+    async fn session_parts(
+        &self,
+        ctx: &Ctx<'_>,
+    ) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>, String), Refusal> {
+        let session = match &ctx.caller.via {
+            Via::Session { id_digest, .. } => URL_SAFE_NO_PAD.encode(id_digest),
+            Via::Credential(_) => {
+                return Err(self
+                    .deny(ctx, None, DenyReason::InvalidRequest, Refusal::Forbidden)
+                    .await);
+            }
+        };
+        match &self.web {
+            Some(web) => Ok((&self.auth, web, session)),
+            None => Err(self
+                .deny(ctx, None, DenyReason::InvalidRequest, Refusal::Forbidden)
+                .await),
+        }
+    }
+
+    async fn passkeys_of(
+        &self,
+        ctx: &Ctx<'_>,
+        auth: &dyn AuthStore,
+    ) -> Result<Vec<StoredPasskey>, Refusal> {
+        let rows = match auth.passkeys(ctx.caller.account.account_id).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(ctx, None, "passkeys", &e).await),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match parse_passkey(row) {
+                Ok(p) => out.push(p),
+                Err(e) => return Err(self.fail(ctx, None, "passkeys", &e.message_fr()).await),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn session_ceremony<T: Serialize>(
+        &self,
+        ctx: &Ctx<'_>,
+        auth: &dyn AuthStore,
+        kind: &str,
+        state: &CeremonyState,
+        options: T,
+    ) -> Result<Started, Refusal> {
+        let options = match serde_json::to_value(&options) {
+            Ok(o) => o,
+            Err(e) => return Err(self.fail(ctx, None, "passkey options", &e).await),
+        };
+        match put_ceremony(auth, kind, state, ctx.now).await {
+            Ok(ceremony) => Ok(Started {
+                ceremony,
+                options: Some(options),
+            }),
+            Err(e) => Err(self.fail(ctx, None, "ceremony", &e).await),
+        }
+    }
+
+    async fn take_session_ceremony(
+        &self,
+        ctx: &Ctx<'_>,
+        auth: &dyn AuthStore,
+        ceremony: &str,
+        kind: &str,
+        session: &str,
+    ) -> Result<CeremonyState, Refusal> {
+        match take_ceremony(auth, ceremony, kind, ctx.now).await {
+            Ok(Some(state)) if state.session.as_deref() == Some(session) => Ok(state),
+            Ok(_) => Err(self.refuse_ceremony(ctx).await),
+            Err(e) => Err(self.fail(ctx, None, "ceremony", &e).await),
+        }
+    }
+
+    async fn refuse_ceremony(&self, ctx: &Ctx<'_>) -> Refusal {
+        self.deny_note(
+            ctx,
+            DenyReason::InvalidRequest,
+            "ceremony unknown, used, expired or of another session".into(),
+            Refusal::invalid("ceremony", "is unknown, used or expired: start again"),
+        )
+        .await
+    }
+
+    async fn deny_note(
+        &self,
+        ctx: &Ctx<'_>,
+        reason: DenyReason,
+        note: String,
+        refusal: Refusal,
+    ) -> Refusal {
+        let leaf = ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Deny(reason),
+            None,
+            Some(note),
+        );
+        match self.record(leaf).await {
+            Ok(_) => refusal,
+            Err(unavailable) => unavailable,
+        }
+    }
+}
+
+/// A stored throttle state; the store starts new rows with `{}`.
+fn parse_throttle(json: &str) -> Result<AccountThrottle, String> {
+    if json.trim() == "{}" {
+        return Ok(AccountThrottle::default());
+    }
+    serde_json::from_str(json).map_err(|_| "throttle: stored state is not readable".to_owned())
+}
+
+fn parse_passkey(row: &StoredPasskeyRow) -> Result<StoredPasskey, LoginError> {
+    let passkey: StoredPasskey = serde_json::from_str(&row.data)
+        .map_err(|_| LoginError::Unavailable("passkey: stored passkey is not readable".into()))?;
+    if passkey.account_id() != row.account_id
+        || passkey.credential_id().as_bytes() != row.credential_id.as_slice()
+    {
+        return Err(LoginError::Unavailable(
+            "passkey: stored passkey disagrees with its row".into(),
+        ));
+    }
+    Ok(passkey)
+}
+
+/// The store's key for a ceremony id: its SHA-256 (the id is a bearer
+/// value while the ceremony is open).
+fn ceremony_key(id: &str) -> Option<[u8; 32]> {
+    let bytes = URL_SAFE_NO_PAD.decode(id).ok()?;
+    (bytes.len() == 32).then(|| Sha256::digest(&bytes).into())
+}
+
+async fn put_ceremony(
+    auth: &dyn AuthStore,
+    kind: &str,
+    state: &CeremonyState,
+    now: DateTime<Utc>,
+) -> Result<String, StorageError> {
+    let mut id = [0u8; 32];
+    rand::rng().fill_bytes(&mut id);
+    let payload =
+        serde_json::to_string(state).map_err(|e| StorageError::Invalid(format!("payload: {e}")))?;
+    let key: [u8; 32] = Sha256::digest(id).into();
+    auth.put_ceremony(key, kind, &payload, now + Duration::seconds(CEREMONY_SECS))
+        .await?;
+    Ok(URL_SAFE_NO_PAD.encode(id))
+}
+
+async fn take_ceremony(
+    auth: &dyn AuthStore,
+    id: &str,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<CeremonyState>, StorageError> {
+    let Some(key) = ceremony_key(id) else {
+        return Ok(None);
+    };
+    let Some(payload) = auth.take_ceremony(key, kind, now).await? else {
+        return Ok(None);
+    };
+    serde_json::from_str(&payload)
+        .map(Some)
+        .map_err(|_| StorageError::Corrupt("a ceremony's stored state is not readable".into()))
+}
+
+// -------------------------------------------------------------------------
+// TOTP secrets at rest
+// -------------------------------------------------------------------------
+
+/// Format tag of a sealed TOTP secret.
+const TOTP_FORMAT: &[u8; 2] = b"T1";
+/// Field-group code used for account secrets (persons use 0 to 3).
+const TOTP_GROUP: u8 = 0x80;
+
+/// Why a TOTP secret could not be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TotpSealError {
+    /// The blob is not a sealed TOTP secret of this account (or it was
+    /// sealed under a KEK this key ring no longer holds).
+    #[error("sealed_secret: cannot be opened for this account")]
+    Open,
+    /// Encryption failed.
+    #[error("sealed_secret: cannot be sealed")]
+    Seal,
+}
+
+/// The envelope binding of an account's own secrets: the person envelope
+/// in the negative id space (person ids are positive), so an account
+/// secret can never open as a person's data, nor the reverse.
+fn account_binding(account_id: i64) -> Binding {
+    Binding {
+        person: account_id.saturating_neg(),
+        dek_version: 1,
+    }
+}
+
+/// Seals an account's TOTP secret for [`AuthStore::set_totp`]: a fresh
+/// data key wrapped by the current KEK, bound to the account.
+/// `T1 ‖ KEK version (u32 BE) ‖ wrapped key ‖ sealed secret`.
+pub fn seal_totp_secret(
+    keys: &KeyRing,
+    account_id: i64,
+    secret: &TotpSecret,
+) -> Result<Vec<u8>, TotpSealError> {
+    let kek = keys.current_kek();
+    let (dk, wrapped) = kek
+        .new_data_key(account_binding(account_id))
+        .map_err(|_| TotpSealError::Seal)?;
+    let mut out = Vec::with_capacity(2 + 4 + wrapped.len() + 60);
+    out.extend_from_slice(TOTP_FORMAT);
+    out.extend_from_slice(&kek.version.to_be_bytes());
+    out.extend_from_slice(&wrapped);
+    dk.seal(TOTP_GROUP, secret.expose_bytes(), &mut out)
+        .map_err(|_| TotpSealError::Seal)?;
+    Ok(out)
+}
+
+/// Opens what [`seal_totp_secret`] sealed for this account.
+pub fn open_totp_secret(
+    keys: &KeyRing,
+    account_id: i64,
+    sealed: &[u8],
+) -> Result<TotpSecret, TotpSealError> {
+    let wrapped_len = rempart_crypto::envelope::WRAPPED_LEN;
+    let rest = sealed
+        .strip_prefix(TOTP_FORMAT.as_slice())
+        .ok_or(TotpSealError::Open)?;
+    let (version, rest) = rest.split_at_checked(4).ok_or(TotpSealError::Open)?;
+    let version = u32::from_be_bytes(version.try_into().map_err(|_| TotpSealError::Open)?);
+    let (wrapped, blob) = rest
+        .split_at_checked(wrapped_len)
+        .ok_or(TotpSealError::Open)?;
+    let kek = keys.kek(version).map_err(|_| TotpSealError::Open)?;
+    let dk = kek
+        .unwrap_data_key(account_binding(account_id), wrapped)
+        .map_err(|_| TotpSealError::Open)?;
+    let plain = Zeroizing::new(dk.open(TOTP_GROUP, blob).map_err(|_| TotpSealError::Open)?);
+    TotpSecret::from_bytes(&plain).map_err(|_| TotpSealError::Open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totp_secrets_open_only_for_their_account() {
+        let keys = KeyRing::generate().unwrap();
+        let secret = TotpSecret::generate().unwrap();
+        let sealed = seal_totp_secret(&keys, 7, &secret).unwrap();
+        let opened = open_totp_secret(&keys, 7, &sealed).unwrap();
+        assert_eq!(opened.expose_bytes(), secret.expose_bytes());
+        assert_eq!(
+            open_totp_secret(&keys, 8, &sealed).unwrap_err(),
+            TotpSealError::Open
+        );
+        let other = KeyRing::generate().unwrap();
+        assert!(open_totp_secret(&other, 7, &sealed).is_err());
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(open_totp_secret(&keys, 7, &flipped).is_err());
+        for n in 0..sealed.len() {
+            assert!(open_totp_secret(&keys, 7, &sealed[..n]).is_err(), "{n}");
+        }
+    }
+
+    #[test]
+    fn settings_derive_the_rp_id_and_refuse_paths() {
+        let s = LoginSettings::new("http://localhost:8080/").unwrap();
+        assert_eq!(s.rp_id, "localhost");
+        assert_eq!(s.public_url, "http://localhost:8080");
+        let s = LoginSettings::new("https://Rempart.example").unwrap();
+        assert_eq!(s.rp_id, "rempart.example");
+        for bad in [
+            "localhost:8080",
+            "ftp://x",
+            "https://x/portail",
+            "https://u@x",
+            "https://",
+            "https://x?y",
+        ] {
+            assert!(LoginSettings::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn throttle_states_read_back() {
+        assert_eq!(parse_throttle("{}").unwrap(), AccountThrottle::default());
+        let t = AccountThrottle {
+            consecutive_failures: 3,
+            last_failure_unix: Some(10),
+            lock: None,
+        };
+        assert_eq!(
+            parse_throttle(&serde_json::to_string(&t).unwrap()).unwrap(),
+            t
+        );
+        assert!(parse_throttle("[1]").is_err());
+    }
+
+    #[test]
+    fn ceremony_ids_are_32_bytes_of_base64url() {
+        assert!(ceremony_key(&URL_SAFE_NO_PAD.encode([1u8; 32])).is_some());
+        assert!(ceremony_key(&URL_SAFE_NO_PAD.encode([1u8; 31])).is_none());
+        assert!(ceremony_key("!!").is_none());
+        assert!(ceremony_key("").is_none());
+    }
+
+    #[test]
+    fn login_errors_never_tell_which_credential_failed() {
+        let same = [
+            LoginError::Refused(LoginRefusal::UnknownAccount),
+            LoginError::Refused(LoginRefusal::WrongPassword),
+            LoginError::Refused(LoginRefusal::WrongCode),
+            LoginError::Refused(LoginRefusal::AccountUnavailable),
+            LoginError::Invalid { field: "login" },
+        ];
+        for e in &same {
+            assert_eq!(e.message_fr(), same[0].message_fr());
+        }
+    }
+}

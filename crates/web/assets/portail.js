@@ -1,0 +1,161 @@
+// Rempart — the pages' script: login, the portal's fragments, passkey
+// registration, step-up and logout. Every request after login goes through
+// Device.call, which signs a device proof; the session cookie alone is
+// refused. The page says which part runs: <body data-page="…">.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const say = (text) => {
+    const m = $("message");
+    if (m) m.textContent = text;
+  };
+  const handle = () => {
+    const meta = document.querySelector('meta[name="rempart-session"]');
+    return meta ? meta.content : null;
+  };
+  async function body(response) {
+    try {
+      return await response.json();
+    } catch (_) {
+      return {};
+    }
+  }
+  const failed = (error) =>
+    error && error.name === "NotAllowedError"
+      ? "Opération annulée ou aucune clé d'accès ne correspond."
+      : (error && error.message) || "L'opération a échoué.";
+
+  // ------------------------------------------------------------------ login
+
+  /** A fresh device key, then a ceremony started with a proof it signed. */
+  async function begin(kind) {
+    const pair = await Device.create();
+    const response = await Device.call("POST", "/connexion/defi", { kind }, pair);
+    const answer = await body(response);
+    if (!response.ok) throw new Error(answer.message || "La connexion a échoué.");
+    return { pair, ceremony: answer.ceremony, options: answer.options };
+  }
+
+  async function finished(response) {
+    const answer = await body(response);
+    if (response.ok) {
+      location.assign(answer.next || "/portail");
+    } else {
+      say(answer.message || "La connexion a échoué.");
+    }
+  }
+
+  async function passwordLogin(event) {
+    event.preventDefault();
+    say("");
+    const form = event.target;
+    try {
+      const { pair, ceremony } = await begin("password");
+      const response = await Device.call(
+        "POST",
+        "/connexion/mot-de-passe",
+        {
+          ceremony,
+          login: form.login.value,
+          password: form.password.value,
+          code: form.code.value,
+        },
+        pair,
+      );
+      form.password.value = "";
+      form.code.value = "";
+      await finished(response);
+    } catch (error) {
+      say(failed(error));
+    }
+  }
+
+  async function passkeyLogin() {
+    say("");
+    try {
+      const { pair, ceremony, options } = await begin("passkey");
+      const url = "/connexion/cle?ceremonie=" + encodeURIComponent(ceremony);
+      const response = await RempartPasskey.authenticate(options, url, async () => ({
+        DPoP: await Device.proof(pair, "POST", url, null),
+      }));
+      await finished(response);
+    } catch (error) {
+      say(failed(error));
+    }
+  }
+
+  // ------------------------------------------------------------------ portal
+
+  async function load(url) {
+    const response = await Device.call("GET", url);
+    if (response.status === 401) {
+      location.assign("/connexion");
+      return;
+    }
+    // Server-rendered and escaped; the policy forbids inline scripts.
+    $("contenu").innerHTML = await response.text();
+  }
+
+  /** A passkey ceremony inside the session: registration or step-up. */
+  async function sessionCeremony(start, finish, register) {
+    say("");
+    try {
+      const pair = await Device.current();
+      const response = await Device.call("POST", start, undefined, pair);
+      const answer = await body(response);
+      if (!response.ok) throw new Error(answer.message || "L'opération a échoué.");
+      const url = finish + "?ceremonie=" + encodeURIComponent(answer.ceremony);
+      const headers = async () => ({ DPoP: await Device.proof(pair, "POST", url, handle()) });
+      const done = register
+        ? await RempartPasskey.register(answer.options, url, headers)
+        : await RempartPasskey.authenticate(answer.options, url, headers);
+      const result = await body(done);
+      say(result.message || (done.ok ? "C'est fait." : "L'opération a échoué."));
+    } catch (error) {
+      say(failed(error));
+    }
+  }
+
+  async function logout() {
+    try {
+      if (await Device.current()) {
+        await Device.call("POST", "/deconnexion");
+      }
+    } catch (_) {
+      // The session ends anyway when it idles out; the key goes now.
+    }
+    await Device.forget();
+  }
+
+  // ------------------------------------------------------------------ wiring
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const page = document.body.dataset.page;
+    if (page === "connexion") {
+      $("mot-de-passe").addEventListener("submit", passwordLogin);
+      $("cle").addEventListener("click", passkeyLogin);
+    } else if (page === "portail") {
+      document.addEventListener("click", (event) => {
+        const link = event.target.closest("a[data-fragment]");
+        if (link) {
+          event.preventDefault();
+          load(link.getAttribute("href"));
+        }
+      });
+      $("ajouter-cle").addEventListener("click", () =>
+        sessionCeremony("/portail/cle/debut", "/portail/cle/fin", true),
+      );
+      $("verifier").addEventListener("click", () =>
+        sessionCeremony("/portail/verification/debut", "/portail/verification/fin", false),
+      );
+      $("deconnexion").addEventListener("click", async () => {
+        await logout();
+        location.assign("/deconnexion");
+      });
+      load("/portail/f/dossiers");
+    } else if (page === "deconnexion") {
+      logout().then(() => say("Vous êtes déconnecté."));
+    }
+  });
+})();

@@ -1,0 +1,916 @@
+//! Browser login and device-bound sessions.
+//!
+//! Over plain HTTP (reqwest playing the page, with its own P-256 device
+//! key): password + TOTP login, the lockout with backoff and identical
+//! messages for unknown logins, sessions refused without the device proof,
+//! with another key's proof, with a replayed proof or another URL, after
+//! idling out, after logout.
+//!
+//! In a real headless Chromium (chromedriver and Chromium from Debian's
+//! packages, driven by fantoccini over WebDriver, with Chrome's virtual
+//! authenticator): log in with password + code, register a passkey, log
+//! out, log in with the passkey, open the caseload and a person (field
+//! groups and the masked NIR), then copy the session cookie into another
+//! client: refused without the device key. Missing browser parts fail the
+//! test, loudly.
+
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration as StdDuration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use fantoccini::{ClientBuilder, Locator};
+use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::Generate as _;
+use rempart_auth::password::{HashParams, Password, PasswordHasher};
+use rempart_auth::totp::TotpSecret;
+use rempart_consult::LoginSettings;
+use rempart_ledger::{Action as LeafAction, Decision, DenyReason};
+use rempart_storage::StoredTotp;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{BACKENDS, Backend, TestApp, spawn_app, today};
+use rempart_domain::Purpose;
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const PASSWORD: &str = "Verger-Orage-47-Brume";
+const INVALID: &str = "Identifiant ou mot de passe incorrect, ou code invalide.";
+
+// ---------------------------------------------------------------------------
+// The server's clock, moved by the tests instead of sleeping.
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+pub struct TestClock(Arc<AtomicI64>);
+
+impl TestClock {
+    pub fn clock(&self) -> rempart_consult::Clock {
+        let offset = self.0.clone();
+        Arc::new(move || Utc::now() + chrono::Duration::seconds(offset.load(Ordering::SeqCst)))
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Browser login served at `http://localhost:<port>` (an IP address is not
+/// a valid WebAuthn RP id).
+pub fn login_settings(port: u16) -> LoginSettings {
+    LoginSettings::new(&format!("http://localhost:{port}")).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Factors and the test's device key
+// ---------------------------------------------------------------------------
+
+/// Gives `login` a password (argon2id through the auth crate) and a TOTP
+/// secret (sealed as the server expects), through the store.
+async fn seed_factors(app: &TestApp, login: &str) -> TotpSecret {
+    let account = app.account(login).account_id;
+    let hasher = PasswordHasher::new(HashParams::RECOMMENDED).unwrap();
+    let hash = hasher
+        .hash(&Password::new(PASSWORD.to_string()).unwrap())
+        .unwrap();
+    app.auth
+        .set_password(account, &hash.to_phc_string(), Utc::now())
+        .await
+        .unwrap();
+    let secret = TotpSecret::generate().unwrap();
+    let sealed =
+        rempart_consult::login::seal_totp_secret(&app.vault.keys(), account, &secret).unwrap();
+    app.auth
+        .set_totp(StoredTotp {
+            account_id: account,
+            sealed_secret: sealed,
+            last_step: None,
+            enrolled_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    secret
+}
+
+/// The code an authenticator app shows at `at`.
+fn code_at(secret: &TotpSecret, at: DateTime<Utc>) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_skew(0)
+        .with_secret(totp_rs::Secret::new_stack(*secret.expose_bytes()))
+        .build()
+        .unwrap();
+    totp.generate(at.timestamp() as u64).to_string()
+}
+
+/// A device key as the page's WebCrypto key: P-256, proofs in DPoP format.
+struct DeviceKey(p256::ecdsa::SigningKey);
+
+impl DeviceKey {
+    fn new() -> DeviceKey {
+        DeviceKey(p256::ecdsa::SigningKey::generate())
+    }
+
+    fn jwk(&self) -> Value {
+        let point = self.0.verifying_key().to_sec1_point(false);
+        json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        })
+    }
+
+    /// A proof for `method` on `url` at `at`, tied to the session `handle`.
+    fn proof(&self, method: &str, url: &str, handle: Option<&str>, at: DateTime<Utc>) -> String {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()});
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti).unwrap();
+        let mut claims = json!({
+            "htm": method,
+            "htu": url,
+            "iat": at.timestamp(),
+            "jti": URL_SAFE_NO_PAD.encode(jti),
+        });
+        if let Some(h) = handle {
+            claims["ath"] = json!(URL_SAFE_NO_PAD.encode(Sha256::digest(h.as_bytes())));
+        }
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig: p256::ecdsa::Signature = self.0.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+}
+
+/// A client from `addr` (127.0.0.x): the lockout counts per source address.
+fn client_from(addr: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::from(addr))
+        .build()
+        .unwrap()
+}
+
+/// What the page's URL is, as the server knows it.
+fn public(app: &TestApp, path: &str) -> String {
+    format!("http://localhost:{}{path}", app.port)
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+    set_cookie: Option<String>,
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Answer {
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let retry_after = header("retry-after");
+    let set_cookie = header("set-cookie");
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        body,
+        retry_after,
+        set_cookie,
+    }
+}
+
+/// The page's password login: a ceremony, then the form, both with proofs.
+async fn password_login(
+    app: &TestApp,
+    client: &reqwest::Client,
+    key: &DeviceKey,
+    login: &str,
+    password: &str,
+    code: &str,
+) -> Answer {
+    let now = app.clock.now();
+    let start = send(
+        client
+            .post(format!("{}/connexion/defi", app.base))
+            .header(
+                "DPoP",
+                key.proof("POST", &public(app, "/connexion/defi"), None, now),
+            )
+            .json(&json!({"kind": "password"})),
+    )
+    .await;
+    assert_eq!(start.status, 200, "{:?}", start.body);
+    let ceremony = start.body["ceremony"].as_str().unwrap().to_string();
+    send(
+        client
+            .post(format!("{}/connexion/mot-de-passe", app.base))
+            .header(
+                "DPoP",
+                key.proof("POST", &public(app, "/connexion/mot-de-passe"), None, now),
+            )
+            .json(&json!({
+                "ceremony": ceremony,
+                "login": login,
+                "password": password,
+                "code": code,
+            })),
+    )
+    .await
+}
+
+/// The cookie value from a `Set-Cookie` header.
+fn cookie_value(set_cookie: &str) -> String {
+    let first = set_cookie.split(';').next().unwrap();
+    let (name, value) = first.split_once('=').unwrap();
+    assert_eq!(name, "__Host-rempart_session");
+    value.to_string()
+}
+
+/// A fragment request as the page makes it; `proof` decides the header.
+async fn fragment(app: &TestApp, cookie: &str, path: &str, proof: Option<String>) -> (u16, String) {
+    let mut req = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", app.base))
+        .header("Cookie", format!("__Host-rempart_session={cookie}"));
+    if let Some(p) = proof {
+        req = req.header("DPoP", p);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Session refusals ledgered since `from`, by note.
+async fn session_refusals(app: &TestApp, from: u64) -> Vec<String> {
+    app.leaves(from)
+        .await
+        .into_iter()
+        .filter(|l| l.decision == Decision::Deny(DenyReason::SessionInvalid))
+        .map(|l| l.note.unwrap_or_default())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Plain HTTP
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let known = client_from([127, 0, 0, 2]);
+        let unknown = client_from([127, 0, 0, 3]);
+        let key = DeviceKey::new();
+        let before = app.ledger_size().await;
+
+        let mut wait = 1;
+        for attempt in 1..=10 {
+            let code = code_at(&secret, app.clock.now());
+            let a = password_login(&app, &known, &key, "t.ce1", "Mauvais-Mot-2-Passe", &code).await;
+            let b = password_login(
+                &app,
+                &unknown,
+                &key,
+                "t.nobody",
+                "Mauvais-Mot-2-Passe",
+                &code,
+            )
+            .await;
+            assert_eq!(
+                (a.status, &a.body),
+                (401, &json!({"message": INVALID})),
+                "{backend:?}: attempt {attempt}"
+            );
+            assert_eq!((b.status, &b.body), (a.status, &a.body), "same answer");
+            // Straight away again: held back, unevaluated, the same for both.
+            let a = password_login(&app, &known, &key, "t.ce1", PASSWORD, &code).await;
+            let b = password_login(&app, &unknown, &key, "t.nobody", PASSWORD, &code).await;
+            assert_eq!(
+                a.status, 429,
+                "{backend:?}: attempt {attempt}: {:?}",
+                a.body
+            );
+            assert_eq!((b.status, &b.body), (a.status, &a.body));
+            assert_eq!(b.retry_after, a.retry_after);
+            let text = a.body["message"].as_str().unwrap();
+            assert!(text.starts_with("Trop de tentatives."), "{text}");
+            if attempt < 10 {
+                assert_eq!(a.retry_after.as_deref(), Some(wait.to_string().as_str()));
+                app.clock.advance(wait);
+                wait *= 2;
+            } else {
+                // Locked: 30 minutes, whatever is typed.
+                assert_eq!(a.retry_after.as_deref(), Some("1800"));
+                assert_eq!(text, "Trop de tentatives. Réessayez dans 30 minutes.");
+            }
+        }
+        let leaves = app.leaves(before).await;
+        let account = app.account("t.ce1").account_id;
+        let failed = |l: &&rempart_ledger::AuditLeaf| l.action == LeafAction::LoginFailed;
+        assert_eq!(
+            leaves
+                .iter()
+                .filter(failed)
+                .filter(|l| l.account.0 == account)
+                .filter(|l| l.decision == Decision::Deny(DenyReason::BadCredentials))
+                .count(),
+            10,
+            "{backend:?}: ten counted failures"
+        );
+        assert!(
+            leaves
+                .iter()
+                .any(|l| l.action == LeafAction::LockedOut && l.account.0 == account),
+            "{backend:?}: the lock is its own event"
+        );
+        assert_eq!(
+            leaves
+                .iter()
+                .filter(failed)
+                .filter(|l| l.decision == Decision::Deny(DenyReason::LockedOut))
+                .count(),
+            20,
+            "{backend:?}: every held-back attempt is ledgered"
+        );
+
+        // After the lock, the right password and a fresh code open a
+        // session; the answer carries the cookie and the handle.
+        app.clock.advance(31 * 60);
+        let ok = password_login(
+            &app,
+            &known,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{backend:?}: {:?}", ok.body);
+        let set = ok.set_cookie.unwrap();
+        for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
+            assert!(set.contains(attr), "{set}");
+        }
+        assert!(cookie_value(&set).starts_with("rms_"));
+        // The same code again: a replay, refused like any bad credential.
+        app.clock.advance(2);
+        let replay = password_login(
+            &app,
+            &known,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now() - chrono::Duration::seconds(2)),
+        )
+        .await;
+        assert!(
+            replay.status == 401 || replay.status == 429,
+            "{backend:?}: {}",
+            replay.status
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_needs_its_device_proof_on_every_request() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let person = app.fresh_person(0);
+        app.mandate("T-CE1", None, person, Purpose::FollowUp, today(), None)
+            .await;
+        let client = client_from([127, 0, 0, 4]);
+        let key = DeviceKey::new();
+        let ok = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{backend:?}: {:?}", ok.body);
+        let cookie = cookie_value(&ok.set_cookie.unwrap());
+        let handle = ok.body["handle"].as_str().unwrap().to_string();
+        let path = format!("/portail/f/personne/{person}");
+        let url = public(&app, &path);
+        let query = format!("{path}?finalite=follow_up");
+        let before = app.ledger_size().await;
+
+        // The right key, session and request: the person, as a fragment.
+        let proof = key.proof("GET", &url, Some(&handle), app.clock.now());
+        let (status, html) = fragment(&app, &cookie, &query, Some(proof.clone())).await;
+        assert_eq!(status, 200, "{backend:?}: {html}");
+        assert!(html.contains("data-groupe=\"identity\""), "{html}");
+        assert!(html.contains("data-vue=\"masked\""), "{html}");
+        // The same proof again: a replay.
+        assert_eq!(fragment(&app, &cookie, &query, Some(proof)).await.0, 401);
+        // No proof; another key; another URL; another session's handle; too old.
+        assert_eq!(fragment(&app, &cookie, &query, None).await.0, 401);
+        let other = DeviceKey::new();
+        let now = app.clock.now();
+        let cases = [
+            other.proof("GET", &url, Some(&handle), now),
+            key.proof(
+                "GET",
+                &public(&app, "/portail/f/dossiers"),
+                Some(&handle),
+                now,
+            ),
+            key.proof("POST", &url, Some(&handle), now),
+            key.proof("GET", &url, Some("autre-session"), now),
+            key.proof("GET", &url, None, now),
+            key.proof(
+                "GET",
+                &url,
+                Some(&handle),
+                now - chrono::Duration::seconds(120),
+            ),
+        ];
+        for proof in cases {
+            assert_eq!(fragment(&app, &cookie, &query, Some(proof)).await.0, 401);
+        }
+        let notes = session_refusals(&app, before).await;
+        for want in [
+            "device proof: replayed",
+            "no device proof",
+            "device proof: another key",
+            "device proof: another request",
+            "device proof: another session",
+            "device proof: out of time",
+        ] {
+            assert!(
+                notes.iter().any(|n| n == want),
+                "{backend:?}: {want} in {notes:?}"
+            );
+        }
+
+        // Idle for the whole timeout: the session is over.
+        let caseload = |at: DateTime<Utc>| {
+            key.proof(
+                "GET",
+                &public(&app, "/portail/f/dossiers"),
+                Some(&handle),
+                at,
+            )
+        };
+        let (status, html) = fragment(
+            &app,
+            &cookie,
+            "/portail/f/dossiers",
+            Some(caseload(app.clock.now())),
+        )
+        .await;
+        assert_eq!(status, 200, "{html}");
+        assert!(html.contains(&format!("/portail/f/personne/{person}?finalite=follow_up")));
+        app.clock.advance(29 * 60);
+        let (status, _) = fragment(
+            &app,
+            &cookie,
+            "/portail/f/dossiers",
+            Some(caseload(app.clock.now())),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "{backend:?}: still within 30 min of the last request"
+        );
+        app.clock.advance(29 * 60);
+        let (status, _) = fragment(
+            &app,
+            &cookie,
+            "/portail/f/dossiers",
+            Some(caseload(app.clock.now())),
+        )
+        .await;
+        assert_eq!(status, 200, "{backend:?}: requests restart the idle clock");
+        app.clock.advance(31 * 60);
+        let (status, _) = fragment(
+            &app,
+            &cookie,
+            "/portail/f/dossiers",
+            Some(caseload(app.clock.now())),
+        )
+        .await;
+        assert_eq!(status, 401, "{backend:?}: idle for 31 min");
+
+        // A fresh session, then logout: cookie and key no longer work.
+        let ok = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{backend:?}: {:?}", ok.body);
+        let cookie = cookie_value(&ok.set_cookie.unwrap());
+        let handle = ok.body["handle"].as_str().unwrap().to_string();
+        let out = send(
+            reqwest::Client::new()
+                .post(format!("{}/deconnexion", app.base))
+                .header("Cookie", format!("__Host-rempart_session={cookie}"))
+                .header(
+                    "DPoP",
+                    key.proof(
+                        "POST",
+                        &public(&app, "/deconnexion"),
+                        Some(&handle),
+                        app.clock.now(),
+                    ),
+                ),
+        )
+        .await;
+        assert_eq!(out.status, 200, "{backend:?}: {:?}", out.body);
+        assert!(out.set_cookie.unwrap().contains("Max-Age=0"));
+        let proof = key.proof(
+            "GET",
+            &public(&app, "/portail/f/dossiers"),
+            Some(&handle),
+            app.clock.now(),
+        );
+        assert_eq!(
+            fragment(&app, &cookie, "/portail/f/dossiers", Some(proof))
+                .await
+                .0,
+            401,
+            "{backend:?}: after logout"
+        );
+        let leaves = app.leaves(before).await;
+        for action in [LeafAction::Login, LeafAction::Logout] {
+            assert!(
+                leaves
+                    .iter()
+                    .any(|l| l.action == action && l.session.is_some()),
+                "{backend:?}: {action:?} ledgered with its session"
+            );
+        }
+        app.stop().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real Chromium
+// ---------------------------------------------------------------------------
+
+/// chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_driver() -> Driver {
+    for (path, package) in [(CHROMEDRIVER, "chromium-driver"), (CHROMIUM, "chromium")] {
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{path} is missing: the browser tests need Debian's {package} \
+             (apt-get install -y chromium chromium-driver); they never skip"
+        );
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await
+            && r.status().is_success()
+        {
+            return driver;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not answer on {}", driver.url);
+}
+
+async fn browser(driver: &Driver) -> fantoccini::Client {
+    let mut args = vec![
+        "--headless=new",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,900",
+        "--no-first-run",
+    ];
+    // Chromium refuses to run as root without this.
+    let root = std::env::var("USER").is_ok_and(|u| u == "root")
+        || Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root {
+        args.push("--no-sandbox");
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "binary": CHROMIUM, "args": args }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a Chromium session through chromedriver: {e}"))
+}
+
+/// Chrome's virtual authenticator (WebDriver WebAuthn extension): a
+/// platform authenticator with resident keys and user verification.
+async fn virtual_authenticator(driver: &Driver, client: &fantoccini::Client) {
+    let session = client.session_id().await.unwrap().unwrap();
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!(
+            "{}/session/{session}/webauthn/authenticator",
+            driver.url
+        ))
+        .json(&json!({
+            "protocol": "ctap2",
+            "transport": "internal",
+            "hasResidentKey": true,
+            "hasUserVerification": true,
+            "isUserConsenting": true,
+            "isUserVerified": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert!(
+        status.is_success(),
+        "virtual authenticator: {status} {body}"
+    );
+}
+
+async fn wait_for(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    client
+        .wait()
+        .at_most(StdDuration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {css}: {e}"))
+}
+
+async fn wait_for_text(client: &fantoccini::Client, css: &str, want: &str) {
+    for _ in 0..200 {
+        if let Ok(e) = client.find(Locator::Css(css)).await
+            && e.text().await.unwrap_or_default().contains(want)
+        {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    let got = match client.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => "(absent)".into(),
+    };
+    panic!("waiting for {css} to say {want:?}; it says {got:?}");
+}
+
+async fn wait_for_path(client: &fantoccini::Client, path: &str) {
+    for _ in 0..200 {
+        if client.current_url().await.is_ok_and(|u| u.path() == path) {
+            return;
+        }
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    panic!(
+        "the browser did not reach {path}; it is at {:?}",
+        client.current_url().await.map(|u| u.to_string())
+    );
+}
+
+async fn type_into(client: &fantoccini::Client, css: &str, text: &str) {
+    let e = wait_for(client, css).await;
+    e.clear().await.unwrap();
+    e.send_keys(text).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_passkey_login_opens_the_caseload_and_a_copied_cookie_is_refused() {
+    let driver = start_driver().await;
+    for backend in BACKENDS {
+        chromium_scenario(&driver, backend).await;
+    }
+}
+
+async fn chromium_scenario(driver: &Driver, backend: Backend) {
+    let app = spawn_app(backend).await;
+    let secret = seed_factors(&app, "t.ce1").await;
+    let person = app.fresh_person(1);
+    app.mandate("T-CE1", None, person, Purpose::FollowUp, today(), None)
+        .await;
+    let account = app.account("t.ce1").account_id;
+    let client = browser(driver).await;
+    let base = public(&app, "");
+
+    // 1. Password + code in the page.
+    client.goto(&format!("{base}/connexion")).await.unwrap();
+    virtual_authenticator(driver, &client).await;
+    type_into(&client, "#login", "t.ce1").await;
+    type_into(&client, "#password", PASSWORD).await;
+    type_into(&client, "#code", &code_at(&secret, app.clock.now())).await;
+    wait_for(&client, "#envoyer").await.click().await.unwrap();
+    wait_for_path(&client, "/portail").await;
+    wait_for(&client, "#dossiers").await;
+
+    // The cookie as the browser keeps it.
+    let cookie = client
+        .get_named_cookie("__Host-rempart_session")
+        .await
+        .unwrap();
+    assert_eq!(cookie.http_only(), Some(true), "{backend:?}");
+    assert_eq!(cookie.secure(), Some(true), "{backend:?}");
+    assert_eq!(
+        format!("{:?}", cookie.same_site()),
+        "Some(Strict)",
+        "{backend:?}"
+    );
+
+    // 2. Register a passkey with the virtual authenticator.
+    wait_for(&client, "#ajouter-cle")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "#message", "Votre clé d'accès est enregistrée.").await;
+    assert_eq!(app.auth.passkeys(account).await.unwrap().len(), 1);
+
+    // 3. Log out: the page ends the session and forgets the key.
+    wait_for(&client, "#deconnexion")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for_path(&client, "/deconnexion").await;
+    wait_for_text(&client, "#message", "Vous êtes déconnecté.").await;
+    let first = rempart_consult::authenticate::parse_session(cookie.value())
+        .unwrap()
+        .0;
+    let ended = app.auth.session(first).await.unwrap().unwrap().0;
+    assert_eq!(ended.end_reason.as_deref(), Some("logout"), "{backend:?}");
+
+    // 4. Log in with the passkey (username-less).
+    client.goto(&format!("{base}/connexion")).await.unwrap();
+    wait_for(&client, "#cle").await.click().await.unwrap();
+    wait_for_path(&client, "/portail").await;
+
+    // 5. The caseload, then the person: the groups of follow_up for a
+    //    Cap emploi agent, the NIR masked.
+    let link = wait_for(&client, "a.dossier").await;
+    assert_eq!(
+        link.attr("href").await.unwrap().as_deref(),
+        Some(format!("/portail/f/personne/{person}?finalite=follow_up").as_str())
+    );
+    link.click().await.unwrap();
+    wait_for(&client, "#personne").await;
+    let mut groups = Vec::new();
+    for e in client
+        .find_all(Locator::Css("section.groupe"))
+        .await
+        .unwrap()
+    {
+        groups.push(e.attr("data-groupe").await.unwrap().unwrap_or_default());
+    }
+    assert_eq!(
+        groups,
+        ["identity", "contact", "status", "nir"],
+        "{backend:?}"
+    );
+    let nir = client.find(Locator::Css("#nir-valeur")).await.unwrap();
+    assert_eq!(
+        nir.attr("data-vue").await.unwrap().as_deref(),
+        Some("masked")
+    );
+    let read = app
+        .vault
+        .read(person, &[rempart_domain::FieldGroup::Nir])
+        .await
+        .unwrap();
+    let rempart_vault::Read::Found(view) = read else {
+        panic!("person {person} not found");
+    };
+    let masked = view.nir.unwrap().masked();
+    assert_eq!(nir.text().await.unwrap(), masked, "{backend:?}");
+    assert!(masked.ends_with("** *** *** **"));
+    let page = client.source().await.unwrap();
+    assert!(!page.contains("rms_"), "the cookie never reaches the page");
+
+    // 6. The cookie copied into another client, without the device key.
+    let cookie = client
+        .get_named_cookie("__Host-rempart_session")
+        .await
+        .unwrap()
+        .value()
+        .to_string();
+    let handle = client
+        .execute(
+            "return document.querySelector('meta[name=\"rempart-session\"]').content",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = app.ledger_size().await;
+    let path = "/portail/f/dossiers";
+    assert_eq!(
+        fragment(&app, &cookie, path, None).await.0,
+        401,
+        "{backend:?}"
+    );
+    let thief = DeviceKey::new();
+    let forged = thief.proof("GET", &public(&app, path), Some(&handle), app.clock.now());
+    assert_eq!(
+        fragment(&app, &cookie, path, Some(forged)).await.0,
+        401,
+        "{backend:?}"
+    );
+    let notes = session_refusals(&app, before).await;
+    assert_eq!(
+        notes,
+        ["no device proof", "device proof: another key"],
+        "{backend:?}"
+    );
+    // Meanwhile the browser, with its key, still reads.
+    wait_for(&client, "a[data-fragment]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&client, "#dossiers").await;
+
+    // 7. Log out: the session row is ended; the cookie opens nothing.
+    wait_for(&client, "#deconnexion")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "#message", "Vous êtes déconnecté.").await;
+    let digest = rempart_consult::authenticate::parse_session(&cookie)
+        .unwrap()
+        .0;
+    let (row, _) = app.auth.session(digest).await.unwrap().unwrap();
+    assert_eq!(row.method, "passkey");
+    assert_eq!(row.end_reason.as_deref(), Some("logout"), "{backend:?}");
+    assert_eq!(fragment(&app, &cookie, path, None).await.0, 401);
+    let leaves = app.leaves(0).await;
+    for action in [
+        LeafAction::Login,
+        LeafAction::FactorEnrol,
+        LeafAction::Logout,
+        LeafAction::ReadPerson,
+    ] {
+        assert!(
+            leaves.iter().any(|l| l.action == action
+                && l.account.0 == account
+                && l.decision == Decision::Allow),
+            "{backend:?}: {action:?} in the ledger"
+        );
+    }
+    client.close().await.unwrap();
+    app.stop().await;
+}
