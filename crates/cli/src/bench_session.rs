@@ -163,7 +163,7 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
         let proof = key.proof("GET", &url, &session.handle);
         let t = Instant::now();
         let expected = Expected::new("GET", &url)?
-            .bound_to(jkt.clone())
+            .bound_to(jkt)
             .with_token(&session.handle)
             .with_algs(AlgSet::ES256);
         let mut cache = replay.lock().unwrap_or_else(|p| p.into_inner());

@@ -920,7 +920,7 @@ impl Consultation {
             DpopProof::verify(p, &expected, now, &mut *cache).map_err(Some)
         });
         match verified {
-            Ok(v) => Ok(v.jkt().clone()),
+            Ok(v) => Ok(*v.jkt()),
             Err(Some(e)) if e.is_unavailable() => {
                 Err(LoginError::Unavailable(format!("login: {e}")))
             }

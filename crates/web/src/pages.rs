@@ -10,6 +10,7 @@
 //! | `GET /portail` | the portal's shell: the session handle, no personal data |
 //! | `GET /portail/f/dossiers` | fragment: my caseload's first page |
 //! | `GET /portail/f/personne/{id}?finalite=…` | fragment: one person, allowed groups only |
+//! | `POST /portail/f/personne/{id}/bris-de-glace` | break-glass (needs a step-up within 5 min) |
 //! | `POST /portail/cle/debut`, `/portail/cle/fin?ceremonie=…` | register a passkey |
 //! | `POST /portail/verification/debut`, `/fin?ceremonie=…` | step-up |
 //! | `GET /deconnexion`, `POST /deconnexion` | logout page, logout |
@@ -70,6 +71,10 @@ pub fn routes() -> Router<AppState> {
         .route("/portail", get(portal_page))
         .route("/portail/f/dossiers", get(caseload_fragment))
         .route("/portail/f/personne/{id}", get(person_fragment))
+        .route(
+            "/portail/f/personne/{id}/bris-de-glace",
+            post(break_glass_fragment),
+        )
         .route("/portail/cle/debut", post(start_registration))
         .route("/portail/cle/fin", post(finish_registration))
         .route("/portail/verification/debut", post(start_step_up))
@@ -799,6 +804,56 @@ async fn person_fragment(
             _ => match state.consultation.whoami(p).await {
                 Ok(_) => Err(Refusal::Invalid {
                     field: "id",
+                    reason: "invalid request".into(),
+                }),
+                Err(r) => Err(r),
+            },
+        }
+    })
+    .await;
+    match shown {
+        Ok(shown) => person_html(&shown).into_response(StatusCode::OK),
+        Err(r) => refused_fragment(r),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassBody {
+    finalite: String,
+    motif: String,
+}
+
+/// Break-glass through a session: the consultation path refuses it unless
+/// the session holds a step-up from the last five minutes.
+async fn break_glass_fragment(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Bytes,
+) -> Response {
+    let id = path
+        .ok()
+        .and_then(|Path(text)| text.parse::<i64>().ok())
+        .filter(|n| *n > 0);
+    let request = serde_json::from_slice::<BreakGlassBody>(&body)
+        .ok()
+        .and_then(|b| Some((Purpose::parse(&b.finalite).ok()?, b.motif)));
+    let url_path = format!("/portail/f/personne/{}/bris-de-glace", id.unwrap_or(0));
+    let shown = with_session(&state, &headers, &method, &url_path, async |p| {
+        match (id, request) {
+            (Some(person_id), Some((purpose, reason))) => {
+                let request = rempart_consult::BreakGlass {
+                    person_id,
+                    purpose,
+                    reason,
+                };
+                state.consultation.break_glass(p, request).await
+            }
+            _ => match state.consultation.whoami(p).await {
+                Ok(_) => Err(Refusal::Invalid {
+                    field: "body",
                     reason: "invalid request".into(),
                 }),
                 Err(r) => Err(r),

@@ -535,6 +535,103 @@ async fn a_session_needs_its_device_proof_on_every_request() {
         .await;
         assert_eq!(status, 401, "{backend:?}: idle for 31 min");
 
+        // Break-glass through a session needs a step-up first (a France
+        // Travail agent, who may break the glass otherwise).
+        let ft_secret = seed_factors(&app, "t.ft").await;
+        let ft = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ft",
+            PASSWORD,
+            &code_at(&ft_secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ft.status, 200, "{backend:?}: {:?}", ft.body);
+        let ft_cookie = cookie_value(&ft.set_cookie.unwrap());
+        let ft_handle = ft.body["handle"].as_str().unwrap().to_string();
+        let target = app.fresh_person(2);
+        let bg = format!("/portail/f/personne/{target}/bris-de-glace");
+        let before_bg = app.ledger_size().await;
+        let refused = send(
+            reqwest::Client::new()
+                .post(format!("{}{bg}", app.base))
+                .header("Cookie", format!("__Host-rempart_session={ft_cookie}"))
+                .header(
+                    "DPoP",
+                    key.proof(
+                        "POST",
+                        &public(&app, &bg),
+                        Some(&ft_handle),
+                        app.clock.now(),
+                    ),
+                )
+                .json(&json!({
+                    "finalite": "follow_up",
+                    "motif": "Appel urgent de la personne, dossier bloqué depuis une semaine",
+                })),
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{backend:?}: {:?}", refused.body);
+        assert!(
+            refused
+                .body
+                .as_str()
+                .unwrap()
+                .contains("confirmation avec votre clé"),
+            "{:?}",
+            refused.body
+        );
+        assert!(
+            app.leaves(before_bg).await.iter().any(|l| {
+                l.action == LeafAction::BreakGlass
+                    && l.decision == Decision::Deny(DenyReason::StepUpRequired)
+            }),
+            "{backend:?}: the refusal is ledgered"
+        );
+
+        // However busy, a session ends 10 hours after login.
+        let ok = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{backend:?}: {:?}", ok.body);
+        let cookie = cookie_value(&ok.set_cookie.unwrap());
+        let handle = ok.body["handle"].as_str().unwrap().to_string();
+        let caseload = |at: DateTime<Utc>| {
+            key.proof(
+                "GET",
+                &public(&app, "/portail/f/dossiers"),
+                Some(&handle),
+                at,
+            )
+        };
+        for _ in 0..20 {
+            app.clock.advance(29 * 60);
+            let (status, _) = fragment(
+                &app,
+                &cookie,
+                "/portail/f/dossiers",
+                Some(caseload(app.clock.now())),
+            )
+            .await;
+            assert_eq!(status, 200, "{backend:?}: within 10 h, never idle");
+        }
+        app.clock.advance(21 * 60);
+        let (status, _) = fragment(
+            &app,
+            &cookie,
+            "/portail/f/dossiers",
+            Some(caseload(app.clock.now())),
+        )
+        .await;
+        assert_eq!(status, 401, "{backend:?}: 10 h 01 after login");
+
         // A fresh session, then logout: cookie and key no longer work.
         let ok = password_login(
             &app,
@@ -816,6 +913,10 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
     wait_for(&client, "#cle").await.click().await.unwrap();
     wait_for_path(&client, "/portail").await;
 
+    // A step-up: a fresh assertion of the passkey, recorded in the session.
+    wait_for(&client, "#verifier").await.click().await.unwrap();
+    wait_for_text(&client, "#message", "Confirmation enregistrée").await;
+
     // 5. The caseload, then the person: the groups of follow_up for a
     //    Cap emploi agent, the NIR masked.
     let link = wait_for(&client, "a.dossier").await;
@@ -914,12 +1015,17 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
         .0;
     let (row, _) = app.auth.session(digest).await.unwrap().unwrap();
     assert_eq!(row.method, "passkey");
+    assert!(
+        row.step_up_at.is_some(),
+        "{backend:?}: the step-up is in the session"
+    );
     assert_eq!(row.end_reason.as_deref(), Some("logout"), "{backend:?}");
     assert_eq!(fragment(&app, &cookie, path, None).await.0, 401);
     let leaves = app.leaves(0).await;
     for action in [
         LeafAction::Login,
         LeafAction::FactorEnrol,
+        LeafAction::StepUp,
         LeafAction::Logout,
         LeafAction::ReadPerson,
     ] {
