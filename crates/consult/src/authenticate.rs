@@ -458,10 +458,72 @@ mod tests {
         assert!(!same(&a, &b));
     }
 
+    #[test]
+    fn session_cookies_round_trip_and_others_do_not_parse() {
+        let s = new_session();
+        let (digest, handle) = parse_session(&s.cookie).unwrap();
+        assert_eq!(digest, s.id_digest);
+        assert_eq!(handle, s.handle);
+        assert_eq!(handle.len(), 22, "16 bytes of base64url");
+        assert_ne!(new_session().handle, s.handle);
+        let secret = [9u8; 32];
+        let cookie = format!("rms_{}", URL_SAFE_NO_PAD.encode(secret));
+        assert_eq!(
+            parse_session(&cookie).unwrap(),
+            (digest_of(&secret), session_handle(&secret))
+        );
+        for bad in [
+            "",
+            "rms_",
+            "rmp_AAAA",
+            &format!("rms_{}", URL_SAFE_NO_PAD.encode([1u8; 31])),
+            &format!("rms_{}", URL_SAFE_NO_PAD.encode([1u8; 33])),
+            &format!("rms_{}=", URL_SAFE_NO_PAD.encode([1u8; 32])),
+            &format!("{cookie}{}", "A".repeat(200)),
+        ] {
+            assert_eq!(parse_session(bad), Err(Rejected::SessionMalformed), "{bad}");
+        }
+        // The handle and the row key are different digests of the secret.
+        assert_ne!(
+            &digest_of(&secret)[..16],
+            URL_SAFE_NO_PAD
+                .decode(session_handle(&secret))
+                .unwrap()
+                .as_slice()
+        );
+    }
+
+    fn digest_of(secret: &[u8; 32]) -> [u8; 32] {
+        digest(secret)
+    }
+
+    #[test]
+    fn session_rejections_are_told_apart_in_the_ledger_only() {
+        let all = [
+            Rejected::SessionMalformed,
+            Rejected::SessionUnknown,
+            Rejected::SessionEnded { account_id: 1 },
+            Rejected::ProofMissing { account_id: 1 },
+            Rejected::ProofRefused {
+                account_id: 1,
+                error: DpopError::JktMismatch,
+            },
+        ];
+        for r in all {
+            assert!(r.is_session(), "{r:?}");
+        }
+        assert!(!Rejected::Malformed.is_session());
+        assert_eq!(all[0].account_id(), None);
+        assert_eq!(all[4].account_id(), Some(1));
+        let notes: std::collections::HashSet<_> = all.iter().map(|r| r.note()).collect();
+        assert_eq!(notes.len(), all.len());
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(s in ".{0,200}") {
             let _ = parse(&s);
+            let _ = parse_session(&s);
         }
 
         #[test]
