@@ -116,10 +116,7 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
     )
     .await?;
     let store = consultation.store().clone();
-    let auth: Arc<dyn AuthStore> = consultation
-        .auth_store()
-        .context("no authentication store")?
-        .clone();
+    let auth: Arc<dyn AuthStore> = consultation.auth_store().clone();
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, Purpose::FollowUp, 200).await?
     else {

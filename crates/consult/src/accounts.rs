@@ -307,14 +307,10 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
     ) -> Result<Vec<ReviewEntry>, Refusal> {
-        self.listing(
-            presented,
-            Action::DecideAccount,
-            "pending account requests",
-        )
-        .await?
-        .run(self, self.auth.pending_requests())
-        .await
+        self.listing(presented, Action::DecideAccount, "pending account requests")
+            .await?
+            .run(self, self.auth.pending_requests())
+            .await
     }
 
     /// Someone asks for a reset of another account's factors: a manager for
@@ -716,9 +712,9 @@ fn store_refusal(message: &str) -> (DenyReason, Refusal) {
 #[allow(dead_code)]
 fn operations_are_send(c: &Consultation) {
     fn is_send<T: Send>(_: &T) {}
-    is_send(&c.decide_account(None, 1, true));
-    is_send(&c.pending_account_requests(None));
-    is_send(&c.accounts_review(None, None));
+    is_send(&c.decide_account(&Presented::Nothing, 1, true));
+    is_send(&c.pending_account_requests(&Presented::Nothing));
+    is_send(&c.accounts_review(&Presented::Nothing, None));
     is_send(&c.disable_inactive(Utc::now(), 90));
 }
 

@@ -64,9 +64,7 @@ struct TestApp {
     tokens: HashMap<&'static str, String>,
     /// Persons stored, by id.
     person_ids: Vec<i64>,
-    /// Browser login (mod browser): the authentication store, the port,
-    /// and the server's clock.
-    auth: Arc<dyn rempart_storage::AuthStore>,
+    /// Browser login (mod browser): the port and the server's clock.
     port: u16,
     clock: browser::TestClock,
 }
@@ -267,7 +265,6 @@ async fn spawn_app(backend: Backend) -> TestApp {
         Guard::pass_through(),
         ledger.clone(),
     )
-    .with_auth(stores.auth.clone())
     .with_clock(clock.clock())
     .with_browser_login(browser::login_settings(addr.port()))
     .unwrap();
@@ -296,7 +293,6 @@ async fn spawn_app(backend: Backend) -> TestApp {
         accounts,
         tokens,
         person_ids,
-        auth: stores.auth,
         port: addr.port(),
         clock,
     }
