@@ -14,15 +14,25 @@
 //!   nothing. The handle is derived from the secret
 //!   ([`session_handle`]): the page learns it at login and keeps it in a
 //!   `<meta>` tag, since the cookie itself is `HttpOnly`.
+//! - **DPoP-bound access tokens** issued to API clients at the token
+//!   endpoint ([`crate::clients`]). `Authorization: DPoP rmpat_…` and a
+//!   `DPoP` proof on every request, signed by the key the token is bound
+//!   to (`cnf.jkt`), naming the method, the public URL, the hash of the
+//!   token (`ath`), a fresh `iat` and a `jti` recorded in the database's
+//!   replay table, which every server instance shares: a proof replayed to
+//!   another instance is refused too. A stolen token alone opens nothing.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
+use rempart_auth::access_token::{self, AccessTokenError, AccessTokenRecord, Scope, TokenDigest};
+use rempart_auth::client_assertion::ClientId;
 use rempart_auth::dpop::{DpopError, DpopProof, Expected};
 use rempart_auth::jose::{AlgSet, Jkt};
 use rempart_storage::{
-    AccountRecord, AuthStore, StorageError, Store, StoredCredential, auth::StoredSession,
+    AccountRecord, AuthStore, StorageError, Store, StoredCredential,
+    auth::{AccessTokenRow, StoredSession},
 };
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -62,6 +72,11 @@ pub enum Via {
         high_risk: bool,
         /// The last fresh passkey assertion in this session.
         step_up_at: Option<DateTime<Utc>>,
+    },
+    /// A DPoP-bound access token with a valid proof by its key.
+    AccessToken {
+        /// The token's stored digest (not a bearer value).
+        digest: [u8; 32],
     },
 }
 
@@ -120,6 +135,19 @@ pub enum Rejected {
         account_id: i64,
         error: DpopError,
     },
+    /// An access token refused: another scheme (`Bearer`), malformed,
+    /// unknown (or of a revoked client), expired, or not the proof key's.
+    /// The account is known when the token was found.
+    TokenRefused {
+        account_id: Option<i64>,
+        error: AccessTokenError,
+    },
+    /// A known, live access token whose DPoP proof is missing or refused.
+    /// [`DpopError::is_unavailable`] is the server's failure (503).
+    TokenProofRefused {
+        account_id: i64,
+        error: DpopError,
+    },
 }
 
 impl Rejected {
@@ -135,7 +163,37 @@ impl Rejected {
             | Rejected::Revoked { account_id }
             | Rejected::SessionEnded { account_id }
             | Rejected::ProofMissing { account_id }
-            | Rejected::ProofRefused { account_id, .. } => Some(account_id),
+            | Rejected::ProofRefused { account_id, .. }
+            | Rejected::TokenProofRefused { account_id, .. } => Some(account_id),
+            Rejected::TokenRefused { account_id, .. } => account_id,
+        }
+    }
+
+    /// Whether a DPoP-bound access token (rather than a credential or a
+    /// session) was refused.
+    pub fn is_token(self) -> bool {
+        matches!(
+            self,
+            Rejected::TokenRefused { .. } | Rejected::TokenProofRefused { .. }
+        )
+    }
+
+    /// For a refused access token, the OAuth error code of the answer's
+    /// `WWW-Authenticate: DPoP error="…"`: `invalid_dpop_proof` when the
+    /// proof is missing or unsound, `invalid_token` otherwise (unknown,
+    /// expired, `Bearer`, another key).
+    pub fn oauth_error(self) -> Option<&'static str> {
+        match self {
+            Rejected::TokenRefused {
+                error: AccessTokenError::ProofMissing,
+                ..
+            } => Some("invalid_dpop_proof"),
+            Rejected::TokenRefused { .. } => Some("invalid_token"),
+            Rejected::TokenProofRefused { error, .. } => match error {
+                DpopError::JktMismatch => Some("invalid_token"),
+                _ => Some("invalid_dpop_proof"),
+            },
+            _ => None,
         }
     }
 
@@ -171,6 +229,26 @@ impl Rejected {
                 DpopError::IatTooOld | DpopError::IatInFuture => "device proof: out of time",
                 DpopError::ReplayStore(_) => "device proof: replay cache unavailable",
                 _ => "device proof: invalid",
+            },
+            Rejected::TokenRefused { error, .. } => match error {
+                AccessTokenError::BearerScheme => "access token: used as Bearer",
+                AccessTokenError::Scheme => "access token: malformed authorization",
+                AccessTokenError::Malformed => "access token: malformed",
+                AccessTokenError::Unknown => "access token: unknown",
+                AccessTokenError::Expired => "access token: expired",
+                AccessTokenError::ProofMissing => "access token: no proof",
+                AccessTokenError::JktMismatch => "access token: another key",
+            },
+            Rejected::TokenProofRefused { error, .. } => match error {
+                DpopError::Missing | DpopError::Multiple => "dpop: no single proof",
+                DpopError::JktMismatch => "dpop: another key",
+                DpopError::Replayed => "dpop: replayed",
+                DpopError::AthMissing | DpopError::AthMismatch => "dpop: another token",
+                DpopError::HtmMismatch => "dpop: another method",
+                DpopError::HtuMismatch | DpopError::HtuInvalid(_) => "dpop: another url",
+                DpopError::IatTooOld | DpopError::IatInFuture => "dpop: out of time",
+                DpopError::ReplayStore(_) => "dpop: replay table unavailable",
+                _ => "dpop: invalid proof",
             },
         }
     }
@@ -320,6 +398,112 @@ pub async fn authenticate_session(
         auth.touch_session(id_digest, now).await?;
     }
     Ok(Ok(caller))
+}
+
+/// Looks up and checks a DPoP-bound access token (RFC 9449 §7): the
+/// `Authorization: DPoP <token>` header, the stored token (live, of a
+/// client not revoked), then the request's proof, bound to the token's key
+/// and to the token itself (`ath`), for this method and URL, its `jti`
+/// recorded in the shared replay table last (a refused proof does not use
+/// up its `jti`). `Ok(Err(_))` is a rejection; `Err(_)` means the store
+/// could not answer. The account's state is the caller's to check.
+pub async fn authenticate_access_token(
+    auth: &dyn AuthStore,
+    authorization: &str,
+    request: ProofRequest<'_>,
+    now: DateTime<Utc>,
+) -> Result<Result<Caller, Rejected>, StorageError> {
+    let refused = |account_id, error| Ok(Err(Rejected::TokenRefused { account_id, error }));
+    let token = match access_token::parse_authorization(authorization) {
+        Ok(token) => token,
+        // A Bearer use of a DPoP-bound token (RFC 9449 §7.2): refused, but
+        // looked up so that the ledger names the account it belongs to.
+        Err(AccessTokenError::BearerScheme) => {
+            let token = authorization
+                .split_once(' ')
+                .map_or("", |(_, t)| t.trim_start_matches(' '));
+            let account_id = match TokenDigest::of(token) {
+                Ok(digest) => auth
+                    .access_token(*digest.as_bytes())
+                    .await?
+                    .map(|(_, account)| account.account_id),
+                Err(_) => None,
+            };
+            return refused(account_id, AccessTokenError::BearerScheme);
+        }
+        Err(error) => return refused(None, error),
+    };
+    let digest = match TokenDigest::of(token) {
+        Ok(d) => d,
+        Err(error) => return refused(None, error),
+    };
+    let Some((row, account)) = auth.access_token(*digest.as_bytes()).await? else {
+        return refused(None, AccessTokenError::Unknown);
+    };
+    let account_id = account.account_id;
+    // A row that does not read back as a record binds to nothing: refused.
+    let Some(record) = token_record(row).filter(|r| r.account_id == account_id) else {
+        return refused(Some(account_id), AccessTokenError::Unknown);
+    };
+    if now >= record.expires_at {
+        return refused(Some(account_id), AccessTokenError::Expired);
+    }
+    let proof_refused = |error| Ok(Err(Rejected::TokenProofRefused { account_id, error }));
+    let Some(proof) = request.proof else {
+        return proof_refused(DpopError::Missing);
+    };
+    let expected = match Expected::new(request.method, request.url) {
+        Ok(e) => e.bound_to(record.jkt).with_token(token),
+        // The server's own URL does not normalise: nothing can match it.
+        Err(_) => return proof_refused(DpopError::HtuMismatch),
+    };
+    let unrecorded = match DpopProof::check(proof, &expected, now) {
+        Ok(u) => u,
+        Err(error) => return proof_refused(error),
+    };
+    let fresh = auth
+        .insert_replay_if_new(
+            *unrecorded.replay_key().as_bytes(),
+            replay_until(unrecorded.replay_expires_at(), now),
+            now,
+        )
+        .await?;
+    let verified = match unrecorded.recorded(Ok(fresh)) {
+        Ok(v) => v,
+        Err(error) => return proof_refused(error),
+    };
+    // The binding again, from the record's side: neither check alone lets
+    // a token through.
+    if let Err(error) = access_token::check(&record, token, Some(verified.jkt()), now) {
+        return refused(Some(account_id), error);
+    }
+    Ok(Ok(Caller {
+        account,
+        via: Via::AccessToken {
+            digest: *digest.as_bytes(),
+        },
+    }))
+}
+
+/// Until when a replay key is kept: its own expiry, but always after `now`
+/// (a proof whose `iat` is exactly at the window's edge expires now, and
+/// the store refuses keys that protect nothing).
+pub(crate) fn replay_until(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    expires_at.max(now + Duration::seconds(1))
+}
+
+/// The stored token as the auth crate's record; `None` if a column does
+/// not parse (then the token is refused, never half-trusted).
+fn token_record(row: AccessTokenRow) -> Option<AccessTokenRecord> {
+    Some(AccessTokenRecord {
+        digest: TokenDigest::try_from(URL_SAFE_NO_PAD.encode(row.digest)).ok()?,
+        jkt: Jkt::parse(&row.jkt).ok()?,
+        client_id: ClientId::parse(&row.client_id).ok()?,
+        account_id: row.account_id,
+        scope: Scope::parse(&row.scope).ok()?,
+        issued_at: row.issued_at,
+        expires_at: row.expires_at,
+    })
 }
 
 /// Splits a presented credential into (id, digest of the secret).

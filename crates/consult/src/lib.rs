@@ -23,6 +23,7 @@
 mod accounts;
 pub mod authenticate;
 pub mod authorize;
+pub mod clients;
 pub mod login;
 mod path;
 
@@ -32,6 +33,9 @@ pub use accounts::{
     issue_credential,
 };
 pub use authenticate::{Caller, IssuedCredential, ProofRequest, Rejected, Via};
+pub use clients::{
+    ClientConfigError, ClientSettings, RegisterError, TOKEN_PATH, TokenRefusal, TokenRequest,
+};
 pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use path::{
     AccountState, BreakGlass, CaseloadPage, Clock, Consultation, Grant, MAX_PAGE, MAX_REASON_BYTES,
@@ -57,6 +61,18 @@ pub enum Presented<'a> {
         method: &'a str,
         url: &'a str,
     },
+    /// An API client's access token (`rmpat_…`, from the token endpoint):
+    /// the whole `Authorization` header value (`DPoP <token>`; a `Bearer`
+    /// use of such a token is brought here too, to be refused and
+    /// ledgered as such), the DPoP proof (the `DPoP` header: none if
+    /// absent or repeated), and the request's method and public URL
+    /// without query, which the proof must name.
+    AccessToken {
+        authorization: &'a str,
+        proof: Option<&'a str>,
+        method: &'a str,
+        url: &'a str,
+    },
 }
 
 impl std::fmt::Debug for Presented<'_> {
@@ -74,6 +90,15 @@ impl std::fmt::Debug for Presented<'_> {
                 .field("method", method)
                 .field("url", url)
                 .finish(),
+            Presented::AccessToken {
+                proof, method, url, ..
+            } => f
+                .debug_struct("Presented::AccessToken")
+                .field("authorization", &"<redacted>")
+                .field("proof", &proof.map(|_| "<present>"))
+                .field("method", method)
+                .field("url", url)
+                .finish(),
         }
     }
 }
@@ -85,6 +110,12 @@ pub enum Refusal {
     /// No valid credential (missing, malformed, unknown, expired, revoked).
     #[error("a valid credential is required")]
     Unauthenticated,
+    /// A DPoP-bound access token or its proof was refused (missing,
+    /// unknown, expired, another key, another request, a replay). The code
+    /// is the OAuth error for `WWW-Authenticate: DPoP error="…"`
+    /// (`invalid_token` or `invalid_dpop_proof`, RFC 9449 §7.1).
+    #[error("a valid DPoP-bound access token, with a fresh DPoP proof, is required")]
+    TokenRejected { oauth_error: &'static str },
     /// The account is requested, suspended or disabled.
     #[error("this account is not active")]
     AccountInactive,

@@ -1110,7 +1110,7 @@ impl Consultation {
     ) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>, String), Refusal> {
         let session = match &ctx.caller.via {
             Via::Session { id_digest, .. } => URL_SAFE_NO_PAD.encode(id_digest),
-            Via::Credential(_) => {
+            Via::Credential(_) | Via::AccessToken { .. } => {
                 return Err(self
                     .deny(ctx, None, DenyReason::InvalidRequest, Refusal::Forbidden)
                     .await);

@@ -176,6 +176,9 @@ pub struct Consultation {
     // Browser sessions and logins (see `login.rs`); absent, every session
     // is refused and no login can happen.
     pub(crate) web: Option<Arc<Web>>,
+    // API clients' token endpoint and DPoP-bound tokens (see
+    // `clients.rs`); absent, no token is issued.
+    pub(crate) clients: Option<Arc<crate::clients::Clients>>,
     pub(crate) clock: Clock,
 }
 
@@ -206,6 +209,7 @@ impl Consultation {
             guard,
             ledger,
             web: None,
+            clients: None,
             clock: Arc::new(Utc::now),
         }
     }
@@ -272,7 +276,7 @@ impl Consultation {
                     Err(rejected) => return Err(self.reject(rejected, action, now).await),
                 }
             }
-            _ => {
+            Presented::Nothing | Presented::Session { .. } | Presented::AccessToken { .. } => {
                 // 1. Authenticate.
                 let caller = self.authenticate(presented, action, now).await?;
                 // No credential has id 0: the credential part stays empty.
@@ -881,6 +885,21 @@ impl Consultation {
                 // Browser login is not configured: no session exists.
                 _ => Ok(Err(Rejected::SessionUnknown)),
             },
+            Presented::AccessToken {
+                authorization,
+                proof,
+                method,
+                url,
+            } => {
+                let request = authenticate::ProofRequest { proof, method, url };
+                authenticate::authenticate_access_token(
+                    self.auth.as_ref(),
+                    authorization,
+                    request,
+                    now,
+                )
+                .await
+            }
         };
         match checked {
             Ok(Ok(caller)) => self.admit(caller, action, now).await,
@@ -920,11 +939,27 @@ impl Consultation {
         let account = rejected.account_id().unwrap_or(0);
         let (reason, refusal) = match rejected {
             // The replay cache could not record the proof: our failure.
-            Rejected::ProofRefused { error, .. } if error.is_unavailable() => (
-                DenyReason::InternalError,
-                Refusal::Unavailable(format!("authentication: {error}")),
-            ),
+            Rejected::ProofRefused { error, .. } | Rejected::TokenProofRefused { error, .. }
+                if error.is_unavailable() =>
+            {
+                (
+                    DenyReason::InternalError,
+                    Refusal::Unavailable(format!("authentication: {error}")),
+                )
+            }
             r if r.is_session() => (DenyReason::SessionInvalid, Refusal::Unauthenticated),
+            Rejected::TokenProofRefused { .. } => (
+                DenyReason::SessionInvalid,
+                Refusal::TokenRejected {
+                    oauth_error: rejected.oauth_error().unwrap_or("invalid_dpop_proof"),
+                },
+            ),
+            Rejected::TokenRefused { .. } => (
+                DenyReason::BadCredentials,
+                Refusal::TokenRejected {
+                    oauth_error: rejected.oauth_error().unwrap_or("invalid_token"),
+                },
+            ),
             _ => (DenyReason::BadCredentials, Refusal::Unauthenticated),
         };
         let mut leaf = unauthenticated_leaf(account, 0, action, reason, now);
@@ -1300,8 +1335,9 @@ impl Ctx<'_> {
 /// The ledger's session id: for an API credential its id, so every read
 /// made with one credential can be listed; for a browser session the first
 /// half of its row's key (a digest of the cookie's secret, from which the
-/// cookie cannot be rebuilt), so every read of one session can be listed.
-fn session_of(via: &Via) -> SessionId {
+/// cookie cannot be rebuilt), so every read of one session can be listed;
+/// for an access token the first half of its digest.
+pub(crate) fn session_of(via: &Via) -> SessionId {
     let mut s = [0u8; 16];
     match via {
         Via::Credential(credential_id) => {
@@ -1309,6 +1345,10 @@ fn session_of(via: &Via) -> SessionId {
             s[8..].copy_from_slice(&credential_id.to_be_bytes());
         }
         Via::Session { id_digest, .. } => s.copy_from_slice(&id_digest[..16]),
+        // A token's digest, as for sessions: the token's issuance leaf
+        // carries the same id, so every read made with one token can be
+        // traced back to the client assertion that obtained it.
+        Via::AccessToken { digest } => s.copy_from_slice(&digest[..16]),
     }
     SessionId(s)
 }

@@ -322,6 +322,16 @@ pub trait AuthStore: Send + Sync {
     /// know whether the session being opened is high-risk).
     async fn record_login(&self, account_id: i64, at: DateTime<Utc>) -> Result<(), StorageError>;
 
+    /// Records activity that is not a session: an API client obtaining an
+    /// access token. Moves `last_login_at` forward (never back), as a
+    /// login would for the inactivity rule, but leaves
+    /// `next_session_high_risk` alone: a partner's software fetching
+    /// tokens every few minutes must not clear the flag a reset set for
+    /// the next human session. Refuses (`account_id: …`) an unknown
+    /// account.
+    async fn record_activity(&self, account_id: i64, at: DateTime<Utc>)
+    -> Result<(), StorageError>;
+
     /// Disables every active account whose last login (or, never logged
     /// in, its decision or creation instant) is before `last_login_before`,
     /// and returns their ids in order; their live sessions end at `at`
@@ -368,6 +378,25 @@ pub trait AuthStore: Send + Sync {
     /// Enrols (or replaces) the account's TOTP factor. Refuses an unknown
     /// account.
     async fn set_totp(&self, t: StoredTotp) -> Result<(), StorageError>;
+
+    /// Sealed TOTP secrets of accounts with an id above `after`, in id
+    /// order, at most `limit` (for KEK rotation, which rewraps them).
+    async fn totp_secrets(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError>;
+
+    /// Compare-and-set of a sealed TOTP secret: replaces it with `new` only
+    /// if it is still `old` (a concurrent re-enrolment wins); the last
+    /// accepted step is left alone, so no code becomes usable again.
+    /// Refuses a malformed `new`.
+    async fn replace_totp_secret(
+        &self,
+        account_id: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError>;
 
     /// Compare-and-set of the last accepted step: records `step` and
     /// returns true only if it is later than the stored one (or none is

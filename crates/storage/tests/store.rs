@@ -3665,7 +3665,66 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set() {
             ..enrolled.clone()
         };
         auth.set_totp(again.clone()).await.on(store, "re-enrol");
-        assert_eq!(auth.totp(agent1).await.on(store, "totp"), Some(again));
+        assert_eq!(
+            auth.totp(agent1).await.on(store, "totp"),
+            Some(again.clone())
+        );
+        // KEK rotation: every sealed secret listed in account order, then
+        // replaced only if unchanged, the last step kept.
+        auth.set_totp(StoredTotp {
+            account_id: agent2,
+            ..enrolled.clone()
+        })
+        .await
+        .on(store, "enrol agent2");
+        let all = auth.totp_secrets(0, 10).await.on(store, "totp secrets");
+        let mut want = vec![
+            (agent1, again.sealed_secret.clone()),
+            (agent2, enrolled.sealed_secret.clone()),
+        ];
+        want.sort();
+        assert_eq!(all, want, "[{be}]");
+        assert_eq!(
+            auth.totp_secrets(want[0].0, 10).await.on(store, "after"),
+            want[1..].to_vec(),
+            "[{be}]"
+        );
+        assert_eq!(auth.totp_secrets(0, 1).await.on(store, "limit").len(), 1);
+        auth.accept_totp_step(agent1, step + 20)
+            .await
+            .on(store, "step before rewrap");
+        let rewrapped = blob(21, 3, 48);
+        assert!(
+            !auth
+                .replace_totp_secret(agent1, &enrolled.sealed_secret, &rewrapped)
+                .await
+                .on(store, "stale replace"),
+            "[{be}] a secret changed meanwhile is left alone"
+        );
+        assert!(
+            auth.replace_totp_secret(agent1, &again.sealed_secret, &rewrapped)
+                .await
+                .on(store, "replace"),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.totp(agent1).await.on(store, "totp"),
+            Some(StoredTotp {
+                sealed_secret: rewrapped.clone(),
+                last_step: Some(step + 20),
+                ..again.clone()
+            }),
+            "[{be}] the last step survives the rewrap"
+        );
+        assert_invalid(
+            store,
+            auth.replace_totp_secret(agent1, &rewrapped, &[]).await,
+            "sealed_secret",
+            "empty secret",
+        );
+        auth.set_totp(again.clone())
+            .await
+            .on(store, "re-enrol again");
         for (t, field) in [
             (
                 StoredTotp {
@@ -4198,6 +4257,36 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one() {
             .await
             .on(store, "approve");
         assert_eq!(factors(agent1).await, (false, false, 0), "[{be}]");
+        // An API client's token counts as activity, not as the session.
+        auth.record_activity(agent1, plus(t0, 240))
+            .await
+            .on(store, "activity");
+        assert!(high_risk(agent1).await, "[{be}] a token leaves the flag");
+        assert_eq!(
+            auth.lifecycle(agent1)
+                .await
+                .on(store, "lifecycle")
+                .and_then(|l| l.last_login_at),
+            Some(plus(t0, 240)),
+            "[{be}] a token counts as activity"
+        );
+        auth.record_activity(agent1, plus(t0, 235))
+            .await
+            .on(store, "late activity");
+        assert_eq!(
+            auth.lifecycle(agent1)
+                .await
+                .on(store, "lifecycle")
+                .and_then(|l| l.last_login_at),
+            Some(plus(t0, 240)),
+            "[{be}] never backwards"
+        );
+        assert_invalid(
+            store,
+            auth.record_activity(999_999, t0).await,
+            "account_id",
+            "unknown account",
+        );
         auth.record_login(agent1, plus(t0, 300))
             .await
             .on(store, "login");

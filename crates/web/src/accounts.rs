@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rempart_consult::{AccountRequest, INACTIVITY_DAYS, ResetDecision};
@@ -15,7 +15,7 @@ use rempart_domain::{Reference, Role};
 use rempart_storage::{CredentialReset, ResetKind, ReviewEntry};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AccountBody, Answer, credential, json_body, ok, parsed, path_id};
+use crate::api::{AccountBody, Answer, Credentials, json_body, ok, parsed, path_id};
 use crate::{ApiError, AppState};
 
 type PathId = Result<Path<String>, PathRejection>;
@@ -150,7 +150,7 @@ struct ResetDecisionBody {
 
 pub(crate) async fn request_account(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -162,56 +162,56 @@ pub(crate) async fn request_account(
             role: parse_role(&body.role)?,
         })
     });
-    let request = parsed(&state, &headers, input).await?;
+    let request = parsed(&state, &creds, input).await?;
     let entry = state
         .consultation
-        .request_account(&credential(&headers), request)
+        .request_account(&creds.presented(), request)
         .await?;
     let body = AccountHistoryBody::new(entry, Utc::now());
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub(crate) async fn pending_requests(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+pub(crate) async fn pending_requests(State(state): State<AppState>, creds: Credentials) -> Answer {
     let list = state
         .consultation
-        .pending_account_requests(&credential(&headers))
+        .pending_account_requests(&creds.presented())
         .await?;
     ok(serde_json::json!({ "requests": AccountHistoryBody::list(list) }))
 }
 
 pub(crate) async fn approve_account(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
 ) -> Answer {
-    decide_account(state, headers, path, true).await
+    decide_account(state, creds, path, true).await
 }
 
 pub(crate) async fn reject_account(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
 ) -> Answer {
-    decide_account(state, headers, path, false).await
+    decide_account(state, creds, path, false).await
 }
 
 async fn decide_account(
     state: AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
     approve: bool,
 ) -> Answer {
-    let id = parsed(&state, &headers, path_id(path)).await?;
+    let id = parsed(&state, &creds, path_id(path)).await?;
     let account = state
         .consultation
-        .decide_account(&credential(&headers), id, approve)
+        .decide_account(&creds.presented(), id, approve)
         .await?;
     ok(AccountBody::from(account))
 }
 
 pub(crate) async fn request_reset(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -219,18 +219,18 @@ pub(crate) async fn request_reset(
         let body: ResetRequestBody = json_body(body)?;
         Ok((id, parse_kind(&body.kind)?))
     });
-    let (account_id, kind) = parsed(&state, &headers, input).await?;
+    let (account_id, kind) = parsed(&state, &creds, input).await?;
     let reset = state
         .consultation
-        .request_reset(&credential(&headers), account_id, kind)
+        .request_reset(&creds.presented(), account_id, kind)
         .await?;
     Ok((StatusCode::CREATED, Json(ResetBody::from(reset))).into_response())
 }
 
-pub(crate) async fn pending_resets(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+pub(crate) async fn pending_resets(State(state): State<AppState>, creds: Credentials) -> Answer {
     let list = state
         .consultation
-        .pending_resets(&credential(&headers))
+        .pending_resets(&creds.presented())
         .await?;
     ok(serde_json::json!({
         "resets": list.into_iter().map(ResetBody::from).collect::<Vec<_>>()
@@ -239,28 +239,28 @@ pub(crate) async fn pending_resets(State(state): State<AppState>, headers: Heade
 
 pub(crate) async fn approve_reset(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
 ) -> Answer {
-    decide_reset(state, headers, path, true).await
+    decide_reset(state, creds, path, true).await
 }
 
 pub(crate) async fn reject_reset(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
 ) -> Answer {
-    decide_reset(state, headers, path, false).await
+    decide_reset(state, creds, path, false).await
 }
 
-async fn decide_reset(state: AppState, headers: HeaderMap, path: PathId, approve: bool) -> Answer {
-    let id = parsed(&state, &headers, path_id(path)).await?;
+async fn decide_reset(state: AppState, creds: Credentials, path: PathId, approve: bool) -> Answer {
+    let id = parsed(&state, &creds, path_id(path)).await?;
     let ResetDecision {
         reset,
         credentials_revoked,
     } = state
         .consultation
-        .decide_reset(&credential(&headers), id, approve)
+        .decide_reset(&creds.presented(), id, approve)
         .await?;
     ok(ResetDecisionBody {
         reset: ResetBody::from(reset),
@@ -270,13 +270,13 @@ async fn decide_reset(state: AppState, headers: HeaderMap, path: PathId, approve
 
 pub(crate) async fn review(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: PathId,
 ) -> Answer {
-    let id = parsed(&state, &headers, path_id(path)).await?;
+    let id = parsed(&state, &creds, path_id(path)).await?;
     let list = state
         .consultation
-        .accounts_review(&credential(&headers), Some(id))
+        .accounts_review(&creds.presented(), Some(id))
         .await?;
     ok(serde_json::json!({ "accounts": AccountHistoryBody::list(list) }))
 }

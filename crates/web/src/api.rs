@@ -1,16 +1,19 @@
 //! Routes, request parsing and response bodies of `/api/v1`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chrono::NaiveDate;
+use rempart_auth::access_token::TOKEN_PREFIX;
 use rempart_consult::{
     AccountState, BreakGlass, CaseloadPage, Grant, NirShown, Presented, SearchBy, Shown,
 };
@@ -27,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/health/live", get(live))
         .route("/api/v1/health/ready", get(ready))
         .route("/api/v1/me", get(me))
+        .route("/api/v1/token", post(crate::token::token))
         .route("/api/v1/persons/{id}", get(read_person))
         .route("/api/v1/persons/{id}/break-glass", post(break_glass))
         .route("/api/v1/search", post(search))
@@ -73,18 +77,103 @@ pub fn routes() -> Router<AppState> {
 // Parsing. Messages name the field and the rule, never the value.
 // -------------------------------------------------------------------------
 
-/// The bearer credential, if any. A header that is not `Bearer <token>` counts
-/// as a malformed credential (401), like a missing one.
-pub(crate) fn credential(headers: &HeaderMap) -> Presented<'_> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()));
-    match token {
-        Some(token) => Presented::ApiCredential(token),
-        None => Presented::Nothing,
+/// What a request presents to prove who is calling, read from its parts
+/// once: the `Authorization` header, and for a DPoP-bound access token
+/// also the one `DPoP` header, the method and the URL the proof must name.
+///
+/// That URL is the configured public URL ([`Consultation::api_public_url`],
+/// `rempart serve --public-url`) followed by the request's path, never
+/// one built from the `Host` header: a client must not choose what its
+/// proofs are checked against, and behind a proxy the server would not
+/// know its own public name anyway. The query is left out (RFC 9449 §4.3).
+///
+/// [`Consultation::api_public_url`]: rempart_consult::Consultation::api_public_url
+pub(crate) struct Credentials {
+    authorization: Option<String>,
+    proof: Option<String>,
+    method: Method,
+    url: String,
+}
+
+impl FromRequestParts<AppState> for Credentials {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Credentials, Infallible> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (proof, url) = if authorization.as_deref().is_some_and(is_access_token) {
+            let url = state
+                .consultation
+                .api_public_url()
+                .map(|base| format!("{base}{}", parts.uri.path()))
+                .unwrap_or_default();
+            (single_proof(&parts.headers).map(str::to_owned), url)
+        } else {
+            (None, String::new())
+        };
+        Ok(Credentials {
+            authorization,
+            proof,
+            method: parts.method.clone(),
+            url,
+        })
     }
+}
+
+impl Credentials {
+    /// The credential as the consultation path takes it. A header that is
+    /// neither `Bearer <credential>` nor an access token counts as a
+    /// malformed credential (401), like a missing one.
+    pub(crate) fn presented(&self) -> Presented<'_> {
+        let Some(authorization) = self.authorization.as_deref() else {
+            return Presented::Nothing;
+        };
+        if is_access_token(authorization) {
+            return Presented::AccessToken {
+                authorization,
+                proof: self.proof.as_deref(),
+                method: self.method.as_str(),
+                url: &self.url,
+            };
+        }
+        match authorization.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Presented::ApiCredential(token.trim())
+            }
+            _ => Presented::Nothing,
+        }
+    }
+}
+
+/// `DPoP <anything>`, or `Bearer rmpat_…` (a DPoP-bound token used as a
+/// bearer token: handed to the path so that it is refused as such and
+/// ledgered, RFC 9449 §7.2).
+fn is_access_token(authorization: &str) -> bool {
+    match authorization.split_once(' ') {
+        Some((scheme, rest)) => {
+            scheme.eq_ignore_ascii_case("dpop")
+                || (scheme.eq_ignore_ascii_case("bearer")
+                    && rest.trim_start().starts_with(TOKEN_PREFIX))
+        }
+        None => false,
+    }
+}
+
+/// The request's one `DPoP` header; `None` if absent, repeated (RFC 9449
+/// §4.3: exactly one) or not visible ASCII.
+pub(crate) fn single_proof(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all("dpop").iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()
 }
 
 struct Query(HashMap<String, String>);
@@ -226,13 +315,13 @@ pub(crate) fn path_id(
 /// validation, and gets the same 401 (ledgered) as any other.
 pub(crate) async fn parsed<T>(
     state: &AppState,
-    headers: &HeaderMap,
+    creds: &Credentials,
     input: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     match input {
         Ok(v) => Ok(v),
         Err(invalid) => {
-            state.consultation.whoami(&credential(headers)).await?;
+            state.consultation.whoami(&creds.presented()).await?;
             Err(invalid)
         }
     }
@@ -432,22 +521,22 @@ async fn ready(State(state): State<AppState>) -> Answer {
     }
 }
 
-async fn me(State(state): State<AppState>, headers: HeaderMap) -> Answer {
-    let account = state.consultation.whoami(&credential(&headers)).await?;
+async fn me(State(state): State<AppState>, creds: Credentials) -> Answer {
+    let account = state.consultation.whoami(&creds.presented()).await?;
     ok(AccountBody::from(account))
 }
 
 async fn read_person(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Answer {
     let input = path_id(path).and_then(|id| Ok((id, Query::parse(raw)?.purpose()?)));
-    let (id, purpose) = parsed(&state, &headers, input).await?;
+    let (id, purpose) = parsed(&state, &creds, input).await?;
     let shown = state
         .consultation
-        .read_person(&credential(&headers), id, purpose)
+        .read_person(&creds.presented(), id, purpose)
         .await?;
     ok(PersonBody::from(shown))
 }
@@ -461,7 +550,7 @@ struct BreakGlassBody {
 
 async fn break_glass(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -470,11 +559,11 @@ async fn break_glass(
         let purpose = parse_purpose("purpose", &body.purpose)?;
         Ok((id, body, purpose))
     });
-    let (person_id, body, purpose) = parsed(&state, &headers, input).await?;
+    let (person_id, body, purpose) = parsed(&state, &creds, input).await?;
     let shown = state
         .consultation
         .break_glass(
-            &credential(&headers),
+            &creds.presented(),
             BreakGlass {
                 person_id,
                 purpose,
@@ -528,14 +617,14 @@ fn search_request(body: SearchBody) -> Result<(SearchBy, Purpose), ApiError> {
 
 async fn search(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let input = json_body::<SearchBody>(body).and_then(search_request);
-    let (by, purpose) = parsed(&state, &headers, input).await?;
+    let (by, purpose) = parsed(&state, &creds, input).await?;
     let results = state
         .consultation
-        .search(&credential(&headers), by, purpose)
+        .search(&creds.presented(), by, purpose)
         .await?;
     ok(SearchAnswer {
         persons: results.persons.into_iter().map(PersonBody::from).collect(),
@@ -558,7 +647,7 @@ struct CaseloadEntryBody {
 
 async fn caseload(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     RawQuery(raw): RawQuery,
 ) -> Answer {
     let input = Query::parse(raw).and_then(|query| {
@@ -568,11 +657,11 @@ async fn caseload(
             query.number("limit", 100, 1, i64::from(rempart_consult::MAX_PAGE))?,
         ))
     });
-    let (purpose, after, limit) = parsed(&state, &headers, input).await?;
+    let (purpose, after, limit) = parsed(&state, &creds, input).await?;
     let CaseloadPage { entries, next } = state
         .consultation
         .caseload(
-            &credential(&headers),
+            &creds.presented(),
             purpose,
             after,
             u32::try_from(limit).unwrap_or(100),
@@ -627,27 +716,27 @@ fn grant_request(body: GrantBody) -> Result<Grant, ApiError> {
 
 async fn grant_mandate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let input = json_body::<GrantBody>(body).and_then(grant_request);
-    let grant = parsed(&state, &headers, input).await?;
+    let grant = parsed(&state, &creds, input).await?;
     let stored = state
         .consultation
-        .grant_mandate(&credential(&headers), grant)
+        .grant_mandate(&creds.presented(), grant)
         .await?;
     Ok((StatusCode::CREATED, Json(MandateBody::from(stored))).into_response())
 }
 
 async fn revoke_mandate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
-    let id = parsed(&state, &headers, path_id(path)).await?;
+    let id = parsed(&state, &creds, path_id(path)).await?;
     state
         .consultation
-        .revoke_mandate(&credential(&headers), id)
+        .revoke_mandate(&creds.presented(), id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -661,11 +750,8 @@ struct OrganisationBody {
     departement: Option<String>,
 }
 
-async fn organisations(State(state): State<AppState>, headers: HeaderMap) -> Answer {
-    let list = state
-        .consultation
-        .organisations(&credential(&headers))
-        .await?;
+async fn organisations(State(state): State<AppState>, creds: Credentials) -> Answer {
+    let list = state.consultation.organisations(&creds.presented()).await?;
     ok(serde_json::json!({
         "organisations": list
             .into_iter()
@@ -682,14 +768,11 @@ async fn organisations(State(state): State<AppState>, headers: HeaderMap) -> Ans
 
 async fn accounts(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
-    let id = parsed(&state, &headers, path_id(path)).await?;
-    let list = state
-        .consultation
-        .accounts(&credential(&headers), id)
-        .await?;
+    let id = parsed(&state, &creds, path_id(path)).await?;
+    let list = state.consultation.accounts(&creds.presented(), id).await?;
     ok(serde_json::json!({
         "accounts": list.into_iter().map(AccountBody::from).collect::<Vec<_>>()
     }))
@@ -697,30 +780,30 @@ async fn accounts(
 
 async fn suspend(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
-    set_state(state, headers, path, AccountState::Suspended).await
+    set_state(state, creds, path, AccountState::Suspended).await
 }
 
 async fn reactivate(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
-    set_state(state, headers, path, AccountState::Active).await
+    set_state(state, creds, path, AccountState::Active).await
 }
 
 async fn set_state(
     state: AppState,
-    headers: HeaderMap,
+    creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     to: AccountState,
 ) -> Answer {
-    let id = parsed(&state, &headers, path_id(path)).await?;
+    let id = parsed(&state, &creds, path_id(path)).await?;
     let account = state
         .consultation
-        .set_account_state(&credential(&headers), id, to)
+        .set_account_state(&creds.presented(), id, to)
         .await?;
     ok(AccountBody::from(account))
 }

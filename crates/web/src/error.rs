@@ -1,7 +1,8 @@
-//! One error shape everywhere: `{"error": {"code", "message", "field"}}`.
+//! One error shape everywhere: `{"error": {"code", "message", "field"}}`
+//! (the token endpoint excepted: it speaks OAuth, see `token.rs`).
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rempart_consult::Refusal;
 use serde::Serialize;
@@ -13,7 +14,14 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// For a 401: the OAuth error of the `WWW-Authenticate: DPoP` challenge
+    /// (`invalid_token`, `invalid_dpop_proof`), if a DPoP-bound token was
+    /// refused; other 401s carry a plain challenge.
+    pub dpop_error: Option<&'static str>,
 }
+
+/// The signature algorithms DPoP proofs may use (RFC 9449 §7.1 `algs`).
+const DPOP_ALGS: &str = "ES256 EdDSA";
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -34,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            dpop_error: None,
         }
     }
 
@@ -45,6 +54,7 @@ impl ApiError {
             code: "invalid_request",
             message: format!("{field}: {}", reason.into()),
             field: Some(field),
+            dpop_error: None,
         }
     }
 
@@ -59,6 +69,10 @@ impl From<Refusal> for ApiError {
             Refusal::Unauthenticated => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", r.to_string())
             }
+            Refusal::TokenRejected { oauth_error } => ApiError {
+                dpop_error: Some(oauth_error),
+                ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", r.to_string())
+            },
             Refusal::AccountInactive => {
                 ApiError::new(StatusCode::FORBIDDEN, "account_inactive", r.to_string())
             }
@@ -94,6 +108,18 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §11.6.1: a 401 names the schemes that would work;
+            // RFC 9449 §7.1: a refused DPoP-bound token says why.
+            let challenge = match self.dpop_error {
+                Some(error) => format!("DPoP error=\"{error}\", algs=\"{DPOP_ALGS}\""),
+                None => format!("Bearer, DPoP algs=\"{DPOP_ALGS}\""),
+            };
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        response
     }
 }

@@ -9,12 +9,15 @@
 //!
 //! Limits: body size, total header size and request time
 //! ([`Limits`]); every error, including unknown routes, wrong methods and
-//! oversized requests, has the shape `{"error": {"code", "message", "field"}}`.
+//! oversized requests, has the shape `{"error": {"code", "message", "field"}}`,
+//! except at the OAuth token endpoint (`POST /api/v1/token`), whose errors
+//! are RFC 6749 §5.2's `{"error", "error_description"}`.
 
 mod accounts;
 mod api;
 mod error;
 pub mod pages;
+mod token;
 
 use std::net::SocketAddr;
 use std::time::Duration;

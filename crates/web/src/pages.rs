@@ -352,7 +352,8 @@ fn clear_cookie(response: &mut Response) {
 /// A refusal as the page's script sees it (status and French message).
 fn refusal_status(r: &Refusal) -> (StatusCode, &'static str) {
     match r {
-        Refusal::Unauthenticated => (
+        // Pages never present a token; the same answer if one ever does.
+        Refusal::Unauthenticated | Refusal::TokenRejected { .. } => (
             StatusCode::UNAUTHORIZED,
             "Votre session a expiré ou n'est pas valable sur cet appareil. Reconnectez-vous.",
         ),

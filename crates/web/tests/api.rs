@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 
 #[path = "api/browser.rs"]
 mod browser;
+#[path = "api/dpop.rs"]
+mod dpop;
 
 const PERSONS: u64 = 3_000;
 
@@ -267,6 +269,8 @@ async fn spawn_app(backend: Backend) -> TestApp {
     )
     .with_clock(clock.clock())
     .with_browser_login(browser::login_settings(addr.port()))
+    .unwrap()
+    .with_api_clients(dpop::client_settings(addr.port()))
     .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {

@@ -354,6 +354,26 @@ impl AuthStore for PgStore {
         }
     }
 
+    async fn record_activity(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE account SET last_login_at = GREATEST(last_login_at, $2) WHERE id = $1",
+                &[&account_id, &at],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(refuse("account_id", "no such account"))
+        }
+    }
+
     async fn disable_inactive(
         &self,
         last_login_before: DateTime<Utc>,
@@ -501,6 +521,42 @@ impl AuthStore for PgStore {
         } else {
             Err(refuse("account_id", "no such account"))
         }
+    }
+
+    async fn totp_secrets(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT account_id, sealed_secret FROM account_totp
+                 WHERE account_id > $1 ORDER BY account_id LIMIT $2",
+                &[&after, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn replace_totp_secret(
+        &self,
+        account_id: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
+        check_sealed_secret(new)?;
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE account_totp SET sealed_secret = $3
+                 WHERE account_id = $1 AND sealed_secret = $2",
+                &[&account_id, &old, &new],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     async fn accept_totp_step(&self, account_id: i64, step: u64) -> Result<bool, StorageError> {

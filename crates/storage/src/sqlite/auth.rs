@@ -347,6 +347,28 @@ impl AuthStore for SqliteStore {
         .await
     }
 
+    async fn record_activity(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let at = instant_text(at, "at")?;
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE account SET last_login_at = max(coalesce(last_login_at, ?2), ?2)
+                     WHERE id = ?1",
+                )?
+                .execute(params![account_id, at])?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(refuse("account_id", "no such account"))
+            }
+        })
+        .await
+    }
+
     async fn disable_inactive(
         &self,
         last_login_before: DateTime<Utc>,
@@ -491,6 +513,42 @@ impl AuthStore for SqliteStore {
             } else {
                 Err(refuse("account_id", "no such account"))
             }
+        })
+        .await
+    }
+
+    async fn totp_secrets(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT account_id, sealed_secret FROM account_totp
+                 WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
+            )?
+            .query_and_then(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn replace_totp_secret(
+        &self,
+        account_id: i64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StorageError> {
+        check_sealed_secret(new)?;
+        let (old, new) = (old.to_vec(), new.to_vec());
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE account_totp SET sealed_secret = ?3
+                     WHERE account_id = ?1 AND sealed_secret = ?2",
+                )?
+                .execute(params![account_id, old, new])?;
+            Ok(n == 1)
         })
         .await
     }
