@@ -3,7 +3,9 @@
 
 mod accounts;
 mod audit;
+mod bench_dpop;
 mod bench_session;
+mod clients;
 mod progress;
 mod serve;
 
@@ -71,6 +73,10 @@ enum Command {
     /// Accounts: the periodic review, and disabling the unused ones.
     #[command(subcommand)]
     Accounts(accounts::AccountsCommand),
+    /// API clients: partner software with a registered public key, which
+    /// gets DPoP-bound access tokens with `private_key_jwt`.
+    #[command(subcommand)]
+    Client(clients::ClientCommand),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -111,6 +117,10 @@ enum BenchCommand {
     /// Device-bound sessions: the device proof's verification time, and
     /// the portal's caseload fragment (cookie + proof) beside the API's.
     Session(bench_session::BenchSessionArgs),
+    /// API clients: a consultation with a DPoP-bound token and its proof
+    /// beside the same consultation with a plain API credential (medians,
+    /// same run), and the token endpoint's own cost.
+    Dpop(bench_dpop::BenchDpopArgs),
 }
 
 #[derive(Subcommand)]
@@ -241,9 +251,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth { passwords, proofs }) => bench_auth(passwords, proofs),
         Command::Bench(BenchCommand::Session(args)) => bench_session::bench_session(&args).await,
+        Command::Bench(BenchCommand::Dpop(args)) => bench_dpop::bench_dpop(&args).await,
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
         Command::Accounts(cmd) => accounts::run(cmd).await,
+        Command::Client(cmd) => clients::run(cmd).await,
     }
 }
 
