@@ -484,12 +484,18 @@ async fn inventory(vault: &Vault) -> Result<()> {
 
 async fn rotate(loc: &Location) -> Result<()> {
     let vault = open_vault(loc).await?;
+    // Accounts' TOTP secrets are sealed under the KEK too: rewrapped in
+    // the same rotation, before any KEK is retired.
+    let totp = rempart_consult::login::TotpSecrets(accounts::open_stores(loc).await?.auth);
     let bar = progress::counter(0, "rewrapping data keys");
     let report = vault
-        .rotate(&|done, total| {
-            bar.set_total(total);
-            bar.set(done);
-        })
+        .rotate(
+            &|done, total| {
+                bar.set_total(total);
+                bar.set(done);
+            },
+            &[&totp],
+        )
         .await?;
     bar.done();
     println!(
@@ -500,6 +506,12 @@ async fn rotate(loc: &Location) -> Result<()> {
         report.elapsed.as_secs_f64(),
         report.rewrapped as f64 / report.elapsed.as_secs_f64().max(1e-9)
     );
+    for (name, other) in &report.others {
+        println!(
+            "{name}: {} rewrapped, {} left under an older KEK",
+            other.rewrapped, other.left
+        );
+    }
     if report.retired.is_empty() {
         println!("older KEK versions kept: some keys still use them; run again to finish");
     } else {

@@ -1214,6 +1214,52 @@ fn clients_scenario(db: Option<&str>) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such client"));
 }
 
+/// `rempart keys rotate` rewraps accounts' TOTP secrets (sealed under the
+/// KEK) before it retires the old KEK; they still open afterwards.
+fn totp_rotation_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (rt, stores, agent) = k_accounts(&data, db);
+    let run = |args: &[&str]| k_run(&data, db, args);
+    let keys_path = data.join("keys.json");
+    let ring = rempart_crypto::KeyRing::load(&keys_path).unwrap();
+    let secret = rempart_auth::totp::TotpSecret::generate().unwrap();
+    let sealed =
+        rempart_consult::login::seal_totp_secret(&ring, agent.account_id, &secret).unwrap();
+    rt.block_on(stores.auth.set_totp(rempart_storage::StoredTotp {
+        account_id: agent.account_id,
+        sealed_secret: sealed.clone(),
+        last_step: Some(42),
+        enrolled_at: chrono::Utc::now(),
+    }))
+    .unwrap();
+    let out = run(&["keys", "rotate"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("TOTP secrets: 1 rewrapped, 0 left"), "{text}");
+    assert!(text.contains("retired KEK versions [1]"), "{text}");
+    let ring = rempart_crypto::KeyRing::load(&keys_path).unwrap();
+    assert_eq!(ring.kek_versions(), vec![2]);
+    let stored = rt
+        .block_on(stores.auth.totp(agent.account_id))
+        .unwrap()
+        .unwrap();
+    assert_ne!(stored.sealed_secret, sealed);
+    assert_eq!(stored.last_step, Some(42), "no code becomes usable again");
+    let opened =
+        rempart_consult::login::open_totp_secret(&ring, agent.account_id, &stored.sealed_secret)
+            .unwrap();
+    assert_eq!(opened.expose_bytes(), secret.expose_bytes());
+    assert!(
+        rempart_consult::login::open_totp_secret(&ring, agent.account_id, &sealed).is_err(),
+        "the old KEK is gone"
+    );
+}
+
 #[test]
 fn clients_register_and_revoke_sqlite() {
     clients_scenario(None);
@@ -1223,4 +1269,15 @@ fn clients_register_and_revoke_sqlite() {
 fn clients_register_and_revoke_postgres() {
     let db = PgDatabase::create();
     clients_scenario(Some(&db.url));
+}
+
+#[test]
+fn keys_rotate_rewraps_totp_secrets_sqlite() {
+    totp_rotation_scenario(None);
+}
+
+#[test]
+fn keys_rotate_rewraps_totp_secrets_postgres() {
+    let db = PgDatabase::create();
+    totp_rotation_scenario(Some(&db.url));
 }
