@@ -3,7 +3,9 @@
 
 mod accounts;
 mod audit;
+mod bench_dpop;
 mod bench_session;
+mod clients;
 mod progress;
 mod serve;
 
@@ -71,6 +73,10 @@ enum Command {
     /// Accounts: the periodic review, and disabling the unused ones.
     #[command(subcommand)]
     Accounts(accounts::AccountsCommand),
+    /// API clients: partner software with a registered public key, which
+    /// gets DPoP-bound access tokens with `private_key_jwt`.
+    #[command(subcommand)]
+    Client(clients::ClientCommand),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -111,6 +117,10 @@ enum BenchCommand {
     /// Device-bound sessions: the device proof's verification time, and
     /// the portal's caseload fragment (cookie + proof) beside the API's.
     Session(bench_session::BenchSessionArgs),
+    /// API clients: a consultation with a DPoP-bound token and its proof
+    /// beside the same consultation with a plain API credential (medians,
+    /// same run), and the token endpoint's own cost.
+    Dpop(bench_dpop::BenchDpopArgs),
 }
 
 #[derive(Subcommand)]
@@ -241,9 +251,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth { passwords, proofs }) => bench_auth(passwords, proofs),
         Command::Bench(BenchCommand::Session(args)) => bench_session::bench_session(&args).await,
+        Command::Bench(BenchCommand::Dpop(args)) => bench_dpop::bench_dpop(&args).await,
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
         Command::Accounts(cmd) => accounts::run(cmd).await,
+        Command::Client(cmd) => clients::run(cmd).await,
     }
 }
 
@@ -472,12 +484,18 @@ async fn inventory(vault: &Vault) -> Result<()> {
 
 async fn rotate(loc: &Location) -> Result<()> {
     let vault = open_vault(loc).await?;
+    // Accounts' TOTP secrets are sealed under the KEK too: rewrapped in
+    // the same rotation, before any KEK is retired.
+    let totp = rempart_consult::login::TotpSecrets(accounts::open_stores(loc).await?.auth);
     let bar = progress::counter(0, "rewrapping data keys");
     let report = vault
-        .rotate(&|done, total| {
-            bar.set_total(total);
-            bar.set(done);
-        })
+        .rotate(
+            &|done, total| {
+                bar.set_total(total);
+                bar.set(done);
+            },
+            &[&totp],
+        )
         .await?;
     bar.done();
     println!(
@@ -488,6 +506,12 @@ async fn rotate(loc: &Location) -> Result<()> {
         report.elapsed.as_secs_f64(),
         report.rewrapped as f64 / report.elapsed.as_secs_f64().max(1e-9)
     );
+    for (name, other) in &report.others {
+        println!(
+            "{name}: {} rewrapped, {} left under an older KEK",
+            other.rewrapped, other.left
+        );
+    }
     if report.retired.is_empty() {
         println!("older KEK versions kept: some keys still use them; run again to finish");
     } else {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use rempart_consult::{Consultation, LoginSettings};
+use rempart_consult::{ClientSettings, Consultation, LoginSettings};
 use rempart_domain::{OrganisationKind, Purpose, Reference, Role};
 use rempart_guard::Guard;
 use rempart_ledger::{Ledger, LedgerConfig};
@@ -31,9 +31,11 @@ pub struct ServeArgs {
     /// (default: the policies built into this program).
     #[arg(long, env = "REMPART_POLICIES")]
     pub policies: Option<PathBuf>,
-    /// The URL browsers reach this server at (scheme, host, port): the
-    /// passkeys' origin (its host is their relying-party id, which cannot
-    /// be an IP address) and what device proofs name. Default:
+    /// The URL browsers and API clients reach this server at (scheme,
+    /// host, port): the passkeys' origin (its host is their relying-party
+    /// id, which cannot be an IP address), the issuer client assertions
+    /// name, and the base of the URL every DPoP and device proof names
+    /// (never taken from the Host header). Default:
     /// http://localhost:<port of --listen>.
     #[arg(long, env = "REMPART_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -131,11 +133,19 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         None => format!("http://localhost:{}", addr.port()),
     };
     let login = LoginSettings::new(&public_url).context("--public-url")?;
-    let consultation = open_consultation(&args.location, policies, Some(login)).await?;
+    let clients = ClientSettings::new(&public_url).context("--public-url")?;
+    let consultation = open_consultation(&args.location, policies, Some(login))
+        .await?
+        .with_api_clients(clients)
+        .context("API client settings")?;
     println!(
         "serving http://{addr}/api/v1 (OpenAPI: http://{addr}/api/v1/openapi.json); Ctrl-C stops"
     );
     println!("browser login: {public_url}/connexion");
+    println!(
+        "API client tokens: {public_url}{} (DPoP proofs name {public_url}/…)",
+        rempart_consult::TOKEN_PATH
+    );
     run_until(listener, consultation, rempart_web::shutdown_signal()).await
 }
 
@@ -210,7 +220,7 @@ pub async fn account(cmd: AccountCommand) -> Result<()> {
     }
 }
 
-async fn find_account(store: &Store, login: &str) -> Result<AccountRecord> {
+pub async fn find_account(store: &Store, login: &str) -> Result<AccountRecord> {
     let login = Reference::parse(login).context("--login")?;
     store
         .account_by_login(&login)

@@ -995,3 +995,289 @@ fn accounts_review_disable_inactive_and_credentials_postgres() {
     let db = PgDatabase::create();
     accounts_scenario(Some(&db.url));
 }
+
+/// An organisation pair and three accounts for the client and rotation
+/// scenarios, written through the store: (runtime, stores, `k.agent`).
+fn k_accounts(
+    data: &Path,
+    db: Option<&str>,
+) -> (
+    tokio::runtime::Runtime,
+    rempart_storage::Stores,
+    rempart_storage::AccountRecord,
+) {
+    use rempart_domain::{Account, AccountState, Organisation, OrganisationKind, Reference, Role};
+    init(data, db);
+    let r = |s: &str| Reference::parse(s).unwrap();
+    let target = db.map_or_else(|| s(data).to_string(), str::to_string);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stores = rt.block_on(rempart_storage::open_stores(&target)).unwrap();
+    let agent = rt.block_on(async {
+        let registry = &stores.registry;
+        registry
+            .upsert_organisations(vec![
+                Organisation {
+                    code: r("K-FT"),
+                    kind: OrganisationKind::FranceTravail,
+                    name: "Test K-FT".into(),
+                    departement: None,
+                },
+                Organisation {
+                    code: r("K-CE"),
+                    kind: OrganisationKind::CapEmploi,
+                    name: "Test K-CE".into(),
+                    departement: None,
+                },
+            ])
+            .await
+            .unwrap();
+        for (login, org, role, state, approver) in [
+            (
+                "k.officer",
+                "K-FT",
+                Role::Officer,
+                AccountState::Active,
+                None,
+            ),
+            (
+                "k.agent",
+                "K-CE",
+                Role::Agent,
+                AccountState::Active,
+                Some("k.officer"),
+            ),
+            (
+                "k.pending",
+                "K-CE",
+                Role::Agent,
+                AccountState::Requested,
+                None,
+            ),
+        ] {
+            let (_, refused) = registry
+                .upsert_accounts(vec![Account {
+                    login: r(login),
+                    organisation: r(org),
+                    role,
+                    state,
+                    requested_by: None,
+                    approved_by: approver.map(r),
+                }])
+                .await
+                .unwrap();
+            assert!(refused.is_empty(), "{refused:?}");
+        }
+        registry
+            .account_by_login(&r("k.agent"))
+            .await
+            .unwrap()
+            .unwrap()
+    });
+
+    (rt, stores, agent)
+}
+
+/// Runs `rempart` with `--data` (and `--database`) appended.
+fn k_run(data: &Path, db: Option<&str>, args: &[&str]) -> Output {
+    let mut v: Vec<&str> = args.to_vec();
+    v.extend(["--data", s(data)]);
+    if let Some(u) = db {
+        v.extend(["--database", u]);
+    }
+    rempart(&v)
+}
+
+/// `rempart client register` and `revoke`: only for active accounts, a
+/// public JWK (or set) only, the private key never echoed.
+fn clients_scenario(db: Option<&str>) {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use p256::elliptic_curve::Generate as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (rt, stores, agent) = k_accounts(&data, db);
+    let run = |args: &[&str]| k_run(&data, db, args);
+    // A public JWK file registers; the client id is printed once.
+    let key = p256::ecdsa::SigningKey::generate();
+    let point = key.verifying_key().to_sec1_point(false);
+    let x = URL_SAFE_NO_PAD.encode(point.x().unwrap());
+    let y = URL_SAFE_NO_PAD.encode(point.y().unwrap());
+    let jwk = dir.path().join("partner.jwk");
+    std::fs::write(
+        &jwk,
+        format!(r#"{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}","kid":"k1"}}"#),
+    )
+    .unwrap();
+    let out = run(&["client", "register", "--login", "k.agent", "--jwk", s(&jwk)]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client_id = text
+        .lines()
+        .find(|l| l.starts_with("rmpc_"))
+        .unwrap_or_else(|| panic!("no client id in {text}"))
+        .to_string();
+    let (row, account) = rt
+        .block_on(stores.auth.api_client(&client_id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(account.account_id, agent.account_id);
+    assert!(
+        row.keys.contains("k1") && row.keys.contains(&x),
+        "{}",
+        row.keys
+    );
+    // A JWK set works too.
+    let jwks = dir.path().join("partner.jwks");
+    std::fs::write(
+        &jwks,
+        format!(r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}"}}]}}"#),
+    )
+    .unwrap();
+    assert!(
+        stdout(&run(&[
+            "client",
+            "register",
+            "--login",
+            "k.agent",
+            "--jwks",
+            s(&jwks)
+        ]))
+        .contains("rmpc_")
+    );
+
+    // Refused: a private key (named, not echoed), a requested account, no key.
+    let private = dir.path().join("private.jwk");
+    let d = URL_SAFE_NO_PAD.encode(key.to_bytes());
+    std::fs::write(
+        &private,
+        format!(r#"{{"kty":"EC","crv":"P-256","x":"{x}","y":"{y}","d":"{d}"}}"#),
+    )
+    .unwrap();
+    let out = run(&[
+        "client",
+        "register",
+        "--login",
+        "k.agent",
+        "--jwk",
+        s(&private),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("private member d"), "{err}");
+    assert!(!err.contains(&d), "the private key is never echoed: {err}");
+    let out = run(&[
+        "client",
+        "register",
+        "--login",
+        "k.pending",
+        "--jwk",
+        s(&jwk),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("requested") && err.contains("only an active account"),
+        "{err}"
+    );
+    assert!(
+        !run(&["client", "register", "--login", "k.agent"])
+            .status
+            .success()
+    );
+    for help in [
+        ["client", "register", "--help"],
+        ["client", "revoke", "--help"],
+    ] {
+        let out = rempart(&help);
+        assert!(out.status.success() && !stdout(&out).is_empty(), "{help:?}");
+    }
+
+    // Revocation, once.
+    let out = run(&["client", "revoke", "--client-id", &client_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (row, _) = rt
+        .block_on(stores.auth.api_client(&client_id))
+        .unwrap()
+        .unwrap();
+    assert!(row.revoked_at.is_some());
+    let out = run(&["client", "revoke", "--client-id", &client_id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such client"));
+}
+
+/// `rempart keys rotate` rewraps accounts' TOTP secrets (sealed under the
+/// KEK) before it retires the old KEK; they still open afterwards.
+fn totp_rotation_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (rt, stores, agent) = k_accounts(&data, db);
+    let run = |args: &[&str]| k_run(&data, db, args);
+    let keys_path = data.join("keys.json");
+    let ring = rempart_crypto::KeyRing::load(&keys_path).unwrap();
+    let secret = rempart_auth::totp::TotpSecret::generate().unwrap();
+    let sealed =
+        rempart_consult::login::seal_totp_secret(&ring, agent.account_id, &secret).unwrap();
+    rt.block_on(stores.auth.set_totp(rempart_storage::StoredTotp {
+        account_id: agent.account_id,
+        sealed_secret: sealed.clone(),
+        last_step: Some(42),
+        enrolled_at: chrono::Utc::now(),
+    }))
+    .unwrap();
+    let out = run(&["keys", "rotate"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("TOTP secrets: 1 rewrapped, 0 left"), "{text}");
+    assert!(text.contains("retired KEK versions [1]"), "{text}");
+    let ring = rempart_crypto::KeyRing::load(&keys_path).unwrap();
+    assert_eq!(ring.kek_versions(), vec![2]);
+    let stored = rt
+        .block_on(stores.auth.totp(agent.account_id))
+        .unwrap()
+        .unwrap();
+    assert_ne!(stored.sealed_secret, sealed);
+    assert_eq!(stored.last_step, Some(42), "no code becomes usable again");
+    let opened =
+        rempart_consult::login::open_totp_secret(&ring, agent.account_id, &stored.sealed_secret)
+            .unwrap();
+    assert_eq!(opened.expose_bytes(), secret.expose_bytes());
+    assert!(
+        rempart_consult::login::open_totp_secret(&ring, agent.account_id, &sealed).is_err(),
+        "the old KEK is gone"
+    );
+}
+
+#[test]
+fn clients_register_and_revoke_sqlite() {
+    clients_scenario(None);
+}
+
+#[test]
+fn clients_register_and_revoke_postgres() {
+    let db = PgDatabase::create();
+    clients_scenario(Some(&db.url));
+}
+
+#[test]
+fn keys_rotate_rewraps_totp_secrets_sqlite() {
+    totp_rotation_scenario(None);
+}
+
+#[test]
+fn keys_rotate_rewraps_totp_secrets_postgres() {
+    let db = PgDatabase::create();
+    totp_rotation_scenario(Some(&db.url));
+}

@@ -1346,9 +1346,129 @@ pub fn open_totp_secret(
     TotpSecret::from_bytes(&plain).map_err(|_| TotpSealError::Open)
 }
 
+/// Rewraps the data key of a sealed TOTP secret under KEK version
+/// `target` of `keys`, leaving the sealed secret itself as it is (the
+/// field AD names no KEK version, as for persons). `None` if it is already
+/// under `target`.
+pub fn rewrap_totp_secret(
+    keys: &KeyRing,
+    account_id: i64,
+    sealed: &[u8],
+    target: u32,
+) -> Result<Option<Vec<u8>>, TotpSealError> {
+    let wrapped_len = rempart_crypto::envelope::WRAPPED_LEN;
+    let rest = sealed
+        .strip_prefix(TOTP_FORMAT.as_slice())
+        .ok_or(TotpSealError::Open)?;
+    let (version, rest) = rest.split_at_checked(4).ok_or(TotpSealError::Open)?;
+    let version = u32::from_be_bytes(version.try_into().map_err(|_| TotpSealError::Open)?);
+    if version == target {
+        return Ok(None);
+    }
+    let (wrapped, blob) = rest
+        .split_at_checked(wrapped_len)
+        .ok_or(TotpSealError::Open)?;
+    let old = keys.kek(version).map_err(|_| TotpSealError::Open)?;
+    let new = keys.kek(target).map_err(|_| TotpSealError::Seal)?;
+    let rewrapped = new
+        .rewrap(old, account_binding(account_id), wrapped)
+        .map_err(|_| TotpSealError::Open)?;
+    let mut out = Vec::with_capacity(sealed.len());
+    out.extend_from_slice(TOTP_FORMAT);
+    out.extend_from_slice(&target.to_be_bytes());
+    out.extend_from_slice(&rewrapped);
+    out.extend_from_slice(blob);
+    Ok(Some(out))
+}
+
+/// Accounts' TOTP secrets, for `rempart keys rotate`: they are sealed
+/// under the KEK like persons' data keys, so a rotation rewraps them
+/// before it retires a KEK ([`rempart_vault::OtherSecrets`]).
+pub struct TotpSecrets(pub Arc<dyn AuthStore>);
+
+#[async_trait::async_trait]
+impl rempart_vault::OtherSecrets for TotpSecrets {
+    fn name(&self) -> &'static str {
+        "TOTP secrets"
+    }
+
+    async fn rewrap(
+        &self,
+        ring: &KeyRing,
+        target: u32,
+    ) -> Result<rempart_vault::OtherRewrap, rempart_vault::VaultError> {
+        let mut report = rempart_vault::OtherRewrap::default();
+        let mut after = 0i64;
+        loop {
+            let rows = self.0.totp_secrets(after, 1000).await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = *last;
+            for (account_id, sealed) in rows {
+                match rewrap_totp_secret(ring, account_id, &sealed, target) {
+                    Ok(None) => {}
+                    // Compare-and-set: a secret re-enrolled meanwhile is
+                    // under the new KEK already, or is caught next run.
+                    Ok(Some(new)) => {
+                        if self
+                            .0
+                            .replace_totp_secret(account_id, &sealed, &new)
+                            .await?
+                        {
+                            report.rewrapped += 1;
+                        } else {
+                            report.left += 1;
+                        }
+                    }
+                    // Not readable with this ring: its KEK must stay.
+                    Err(_) => report.left += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totp_secrets_rewrap_under_a_new_kek_and_still_open() {
+        let mut keys = KeyRing::generate().unwrap();
+        let secret = TotpSecret::generate().unwrap();
+        let sealed = seal_totp_secret(&keys, 7, &secret).unwrap();
+        let v1 = keys.current_kek().version;
+        assert_eq!(rewrap_totp_secret(&keys, 7, &sealed, v1), Ok(None));
+        keys.add_kek().unwrap();
+        let v2 = keys.current_kek().version;
+        let rewrapped = rewrap_totp_secret(&keys, 7, &sealed, v2).unwrap().unwrap();
+        assert_ne!(rewrapped, sealed);
+        assert_eq!(rewrapped[2..6], v2.to_be_bytes());
+        // The sealed secret itself is untouched: only the key is rewrapped.
+        let head = 6 + rempart_crypto::envelope::WRAPPED_LEN;
+        assert_eq!(rewrapped.len(), sealed.len());
+        assert_eq!(rewrapped[head..], sealed[head..]);
+        assert_ne!(rewrapped[6..head], sealed[6..head]);
+        assert_eq!(
+            open_totp_secret(&keys, 7, &rewrapped)
+                .unwrap()
+                .expose_bytes(),
+            secret.expose_bytes()
+        );
+        // Bound to its account, as before.
+        assert_eq!(
+            rewrap_totp_secret(&keys, 8, &sealed, v2),
+            Err(TotpSealError::Open)
+        );
+        assert_eq!(
+            rewrap_totp_secret(&keys, 7, b"junk", v2),
+            Err(TotpSealError::Open)
+        );
+        // Once the old KEK is retired, only the rewrapped one opens.
+        keys.retire_older_keks();
+        assert!(open_totp_secret(&keys, 7, &sealed).is_err());
+        assert!(open_totp_secret(&keys, 7, &rewrapped).is_ok());
+    }
 
     #[test]
     fn totp_secrets_open_only_for_their_account() {

@@ -19,7 +19,7 @@ use rempart_storage::{
     Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store, StoredPerson,
 };
 
-pub use rotate::{RotationProgress, RotationReport};
+pub use rotate::{OtherRewrap, OtherSecrets, RotationProgress, RotationReport};
 
 /// Where the key ring comes from; a file can be re-read when another
 /// process (a rotation) added a KEK version.

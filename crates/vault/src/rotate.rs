@@ -3,9 +3,16 @@
 //! until every key is rewrapped, and a rerun carries on where the last
 //! one stopped. Reads keep working throughout, because every stored key
 //! names its KEK version and both versions stay in the key file.
+//!
+//! Persons' data keys are not the only thing wrapped under the KEK: the
+//! consultation path seals accounts' TOTP secrets the same way. Whoever
+//! holds such secrets hands them in as [`OtherSecrets`]; a KEK is retired
+//! from the key file only once neither the registry nor any of them still
+//! uses it (retiring it earlier would make those secrets unreadable).
 
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use rempart_crypto::{Binding, KeyRing};
 use rempart_storage::WrappedKeyRow;
 
@@ -17,6 +24,28 @@ const BATCH: u32 = 4096;
 /// Called with (keys rewrapped so far, keys to rewrap in all).
 pub type RotationProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
+/// What [`OtherSecrets::rewrap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OtherRewrap {
+    /// Secrets rewrapped under the target KEK.
+    pub rewrapped: u64,
+    /// Secrets still under an older KEK (changed meanwhile, or not
+    /// readable): the older KEK is kept for them.
+    pub left: u64,
+}
+
+/// Secrets outside the registry wrapped under the KEK (accounts' TOTP
+/// secrets), rewrapped by a rotation before it retires a KEK.
+#[async_trait]
+pub trait OtherSecrets: Send + Sync {
+    /// What they are, for reports (`TOTP secrets`).
+    fn name(&self) -> &'static str;
+
+    /// Rewraps every secret not under KEK version `target`, with the keys
+    /// of `ring`, and counts those left under an older version.
+    async fn rewrap(&self, ring: &KeyRing, target: u32) -> Result<OtherRewrap, VaultError>;
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationReport {
@@ -25,16 +54,21 @@ pub struct RotationReport {
     /// True when this run finished a rotation an earlier run had started.
     pub resumed: bool,
     pub rewrapped: u64,
+    /// Other secrets rewrapped, by name (see [`OtherSecrets`]).
+    pub others: Vec<(&'static str, OtherRewrap)>,
     /// Versions removed from the key file at the end.
     pub retired: Vec<u32>,
     pub elapsed: Duration,
 }
 
 impl Vault {
-    /// Rotates the KEK (or finishes an interrupted rotation).
+    /// Rotates the KEK (or finishes an interrupted rotation): persons'
+    /// data keys, then `others`; older KEKs are retired only when nothing
+    /// uses them any more.
     pub async fn rotate(
         &self,
         progress: RotationProgress<'_>,
+        others: &[&dyn OtherSecrets],
     ) -> Result<RotationReport, VaultError> {
         let start = Instant::now();
         let KeySource::File(path) = self.key_source() else {
@@ -84,9 +118,14 @@ impl Vault {
                 break;
             }
         }
+        let mut other_reports = Vec::with_capacity(others.len());
+        for other in others {
+            other_reports.push((other.name(), other.rewrap(&ring, target).await?));
+        }
+        let others_left = other_reports.iter().any(|(_, r)| r.left > 0);
         let left = self.store().keys_to_rewrap(target, 0, 1).await?;
         let mut retired = Vec::new();
-        if left.is_empty() {
+        if left.is_empty() && !others_left {
             let mut ring = KeyRing::load(path)?;
             retired = ring.retire_older_keks();
             if !retired.is_empty() {
@@ -99,6 +138,7 @@ impl Vault {
             target,
             resumed,
             rewrapped,
+            others: other_reports,
             retired,
             elapsed: start.elapsed(),
         })

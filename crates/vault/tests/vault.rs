@@ -12,7 +12,36 @@ use rempart_domain::{FieldGroup, Person};
 use rempart_storage::Store;
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
-use rempart_vault::{KeySource, Read, Sealed, Vault, VaultError};
+use rempart_vault::{KeySource, OtherRewrap, OtherSecrets, Read, Sealed, Vault, VaultError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Secrets held outside the registry, as the rotation sees them: it
+/// reports what it was asked to rewrap to and how many it left behind.
+#[derive(Default)]
+struct Holder {
+    left: AtomicU64,
+    target: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl OtherSecrets for Holder {
+    fn name(&self) -> &'static str {
+        "held secrets"
+    }
+
+    async fn rewrap(&self, ring: &KeyRing, target: u32) -> Result<OtherRewrap, VaultError> {
+        assert_eq!(
+            ring.current_kek().version,
+            target,
+            "the ring holds the target"
+        );
+        self.target.store(target, Ordering::SeqCst);
+        Ok(OtherRewrap {
+            rewrapped: 2,
+            left: self.left.load(Ordering::SeqCst),
+        })
+    }
+}
 
 fn today() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
@@ -247,7 +276,7 @@ async fn rotation_rewraps_resumes_and_keeps_readers_working() {
         let v = found(stale.read(ids[0], FieldGroup::ALL).await.unwrap());
         assert_eq!(v.identity.unwrap(), persons[0].identity, "{backend}");
 
-        let report = vault.rotate(&|_, _| {}).await.unwrap();
+        let report = vault.rotate(&|_, _| {}, &[]).await.unwrap();
         assert!(report.resumed, "{backend}");
         assert_eq!(report.target, 2);
         assert_eq!(
@@ -270,9 +299,34 @@ async fn rotation_rewraps_resumes_and_keeps_readers_working() {
             }
         }
         // A full new rotation from a clean state.
-        let report = vault.rotate(&|_, _| {}).await.unwrap();
+        let report = vault.rotate(&|_, _| {}, &[]).await.unwrap();
         assert!(!report.resumed);
         assert_eq!((report.target, report.rewrapped), (3, 299), "{backend}");
+
+        // Secrets held elsewhere under the KEK keep an older KEK alive
+        // while any of them is left under it, and are told the target.
+        let holder = Holder::default();
+        holder.left.store(1, Ordering::SeqCst);
+        let report = vault.rotate(&|_, _| {}, &[&holder]).await.unwrap();
+        assert_eq!(report.target, 4);
+        assert_eq!(holder.target.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            report.others,
+            vec![(
+                "held secrets",
+                OtherRewrap {
+                    rewrapped: 2,
+                    left: 1
+                }
+            )]
+        );
+        assert!(report.retired.is_empty(), "{backend}: v3 still in use");
+        assert_eq!(KeyRing::load(path).unwrap().kek_versions(), vec![3, 4]);
+        holder.left.store(0, Ordering::SeqCst);
+        let report = vault.rotate(&|_, _| {}, &[&holder]).await.unwrap();
+        assert!(report.resumed, "{backend}");
+        assert_eq!(report.retired, vec![3], "{backend}");
+        assert_eq!(KeyRing::load(path).unwrap().kek_versions(), vec![4]);
     }
 }
 
