@@ -369,7 +369,10 @@ async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
         // The document describes the endpoint and the scheme.
         let (_, doc) = app.get(None, "/api/v1/openapi.json").await;
         assert!(doc["paths"]["/api/v1/token"]["post"].is_object());
-        assert_eq!(doc["components"]["securitySchemes"]["dpop"]["scheme"], "dpop");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["dpop"]["scheme"],
+            "dpop"
+        );
         app.stop().await;
     }
 }
