@@ -191,8 +191,10 @@ impl Guard {
                 ..FlushBatch::default()
             }),
         };
+        // A first sync: the peers' baselines, the frozen organisations and
+        // what the other instances counted, before the first attempt.
         inner.load_peers(now).await?;
-        inner.load_frozen().await?;
+        inner.sync(now).await?;
         inner.last_sync.store(now.timestamp(), Ordering::SeqCst);
         Ok(Guard {
             inner: Some(Arc::new(inner)),
