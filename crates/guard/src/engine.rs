@@ -331,8 +331,8 @@ impl AccountState {
                 return;
             }
             let limit = scale(limit);
-            let h = rate.hour(now) + 1;
-            let d = rate.day(now) + 1;
+            let h = rate.hour(now).saturating_add(1);
+            let d = rate.day(now).saturating_add(1);
             if h > limit.per_hour {
                 lines.push(fh, f64::from(h), f64::from(limit.per_hour), s.throttle);
             }
@@ -346,7 +346,7 @@ impl AccountState {
             // day stream persons new in the day.
             if ev.person_new_hour {
                 let l = scale(q.persons);
-                let h = ph.hour(now) + 1;
+                let h = ph.hour(now).saturating_add(1);
                 if h > l.per_hour {
                     lines.push(
                         Feature::PersonsPerHour,
@@ -358,7 +358,7 @@ impl AccountState {
             }
             if ev.person_new_day {
                 let l = scale(q.persons);
-                let d = pd.day(now) + 1;
+                let d = pd.day(now).saturating_add(1);
                 if d > l.per_day {
                     lines.push(
                         Feature::PersonsPerDay,
@@ -398,8 +398,9 @@ impl AccountState {
         // Behaviour features.
         let own_known = self.own.hours >= f64::from(s.min_own_hours);
         let peer_known = peer.hours >= f64::from(s.min_peer_hours);
-        let persons_h =
-            self.rates[Metric::PersonsHour as usize].hour(now) + u32::from(ev.person_new_hour);
+        let persons_h = self.rates[Metric::PersonsHour as usize]
+            .hour(now)
+            .saturating_add(u32::from(ev.person_new_hour));
         if persons_h >= s.min_volume {
             let v = f64::from(persons_h);
             let volume = |e: f64| {
@@ -419,7 +420,11 @@ impl AccountState {
             lines.push(Feature::VolumeVsPeers, v, e, w.volume_vs_peers * volume(e));
         }
         if off && counts_attempt {
-            let v = f64::from(self.rates[Metric::OffHours as usize].hour(now) + 1);
+            let v = f64::from(
+                self.rates[Metric::OffHours as usize]
+                    .hour(now)
+                    .saturating_add(1),
+            );
             let b = if own_known {
                 self.own.off_hours_share
             } else if peer_known {
@@ -430,10 +435,12 @@ impl AccountState {
             let c = w.off_hours * (v / 5.0).min(1.0) * (1.0 - (b / 0.15).min(1.0));
             lines.push(Feature::OffHours, v, b, c);
         }
-        let attempts_h =
-            self.rates[Metric::Attempts as usize].hour(now) + u32::from(counts_attempt);
-        let misses_h =
-            self.rates[Metric::Misses as usize].hour(now) + u32::from(observed.is_some());
+        let attempts_h = self.rates[Metric::Attempts as usize]
+            .hour(now)
+            .saturating_add(u32::from(counts_attempt));
+        let misses_h = self.rates[Metric::Misses as usize]
+            .hour(now)
+            .saturating_add(u32::from(observed.is_some()));
         if attempts_h >= s.min_attempts && misses_h > 0 {
             let v = f64::from(misses_h) / f64::from(attempts_h);
             let b = if own_known {
@@ -446,8 +453,9 @@ impl AccountState {
             let c = w.denied_share * ((v - (2.0 * b).max(0.2)) / 0.3).clamp(0.0, 1.0);
             lines.push(Feature::DeniedShare, v, b, c);
         }
-        let seq_h =
-            self.rates[Metric::SequentialMisses as usize].hour(now) + u32::from(sequential_miss);
+        let seq_h = self.rates[Metric::SequentialMisses as usize]
+            .hour(now)
+            .saturating_add(u32::from(sequential_miss));
         if seq_h > 0 {
             let v = f64::from(seq_h);
             lines.push(
@@ -457,7 +465,9 @@ impl AccountState {
                 w.sequential_ids * ((v - 2.0) / 8.0).clamp(0.0, 1.0),
             );
         }
-        let sm_h = self.rates[Metric::SearchMisses as usize].hour(now) + u32::from(search_miss);
+        let sm_h = self.rates[Metric::SearchMisses as usize]
+            .hour(now)
+            .saturating_add(u32::from(search_miss));
         if sm_h > 0 {
             let v = f64::from(sm_h);
             let b = if own_known {
@@ -490,7 +500,11 @@ impl AccountState {
             lines.push(Feature::PostReset, 1.0, 0.0, w.post_reset);
         }
         if ev.break_glass {
-            let v = f64::from(self.rates[Metric::BreakGlass as usize].day(now) + 1);
+            let v = f64::from(
+                self.rates[Metric::BreakGlass as usize]
+                    .day(now)
+                    .saturating_add(1),
+            );
             let per_hour = if own_known {
                 self.own.break_glass_per_hour
             } else if peer_known {
@@ -532,7 +546,9 @@ impl AccountState {
             verdict = Verdict::Allow;
         }
         if checked && !verdict.lets_through() && verdict < Verdict::Suspend {
-            let refusals = self.rates[Metric::Refusals as usize].hour(now) + 1;
+            let refusals = self.rates[Metric::Refusals as usize]
+                .hour(now)
+                .saturating_add(1);
             if refusals >= c.containment.suspend_after_refusals {
                 lines.push(
                     Feature::Refusals,
@@ -738,11 +754,11 @@ impl OrgState {
             let q = &c.organisation;
             let [_, ph, pd, nir, searches, _, _, _, bg, ..] = &mut self.rates;
             let mut over = |on: bool, h: u32, d: u32, l: Limit, fh: Feature, fd: Feature| {
-                if on && h + 1 > l.per_hour {
-                    lines.push(fh, f64::from(h + 1), f64::from(l.per_hour), throttle);
+                if on && h.saturating_add(1) > l.per_hour {
+                    lines.push(fh, f64::from(h) + 1.0, f64::from(l.per_hour), throttle);
                 }
-                if on && d + 1 > l.per_day {
-                    lines.push(fd, f64::from(d + 1), f64::from(l.per_day), throttle);
+                if on && d.saturating_add(1) > l.per_day {
+                    lines.push(fd, f64::from(d) + 1.0, f64::from(l.per_day), throttle);
                 }
             };
             over(
@@ -822,7 +838,9 @@ impl OrgState {
         let refused = checked && (!account.verdict.lets_through() || !verdict.lets_through());
         let mut newly_frozen = false;
         if refused {
-            let n = self.rates[Metric::Refusals as usize].hour(now) + 1;
+            let n = self.rates[Metric::Refusals as usize]
+                .hour(now)
+                .saturating_add(1);
             self.count(Metric::Refusals, now);
             if n >= c.containment.freeze_after_refusals {
                 lines.push(
@@ -835,7 +853,9 @@ impl OrgState {
             }
         }
         if account.newly_suspended {
-            let n = self.rates[Metric::Suspensions as usize].day(now) + 1;
+            let n = self.rates[Metric::Suspensions as usize]
+                .day(now)
+                .saturating_add(1);
             self.count(Metric::Suspensions, now);
             if n >= c.containment.freeze_after_suspensions {
                 lines.push(

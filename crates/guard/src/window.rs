@@ -48,7 +48,8 @@ impl<const N: usize, const WIDTH: i64> Window<N, WIDTH> {
         } else {
             for i in 1..=gap {
                 let slot = (self.head + i).rem_euclid(N as i64) as usize;
-                self.total -= self.counts[slot];
+                // Saturated counts may leave the total below their sum.
+                self.total = self.total.saturating_sub(self.counts[slot]);
                 self.counts[slot] = 0;
             }
         }
