@@ -50,6 +50,7 @@ pub use config::{
 };
 pub use region::{LocalTime, PeerGroup, Region, region_of};
 pub use store::{GuardStore, StoreError};
+pub use window::{BUCKET_SECS, bucket_of};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
@@ -60,7 +61,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::baseline::Baseline;
 use crate::engine::{AccountState, AccountVerdict, OrgState, is_quota};
 use crate::store::{ActivityCounts, AlertQuery, FlushBatch, Freeze, Metric, Scope, StoredAlert};
-use crate::window::{DAY_BUCKETS, HOUR_BUCKETS, bucket_of};
+use crate::window::{DAY_BUCKETS, HOUR_BUCKETS};
 
 /// Failures of the guard itself. The consultation path treats any of them
 /// as a refusal: fail closed.

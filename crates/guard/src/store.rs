@@ -107,7 +107,7 @@ impl Metric {
 }
 
 /// Counts one instance adds to a shared counter bucket
-/// ([`crate::window::BUCKET_SECS`] wide).
+/// ([`crate::BUCKET_SECS`] wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterDelta {
     /// Whose.
