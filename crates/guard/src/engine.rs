@@ -835,7 +835,11 @@ impl OrgState {
                 }
             }
         }
-        let refused = checked && (!account.verdict.lets_through() || !verdict.lets_through());
+        // An account already suspended is contained: its attempts say
+        // nothing more about the organisation.
+        let contained = account.verdict >= Verdict::Suspend && !account.newly_suspended;
+        let refused =
+            checked && !contained && (!account.verdict.lets_through() || !verdict.lets_through());
         let mut newly_frozen = false;
         if refused {
             let n = self.rates[Metric::Refusals as usize]

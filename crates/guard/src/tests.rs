@@ -578,6 +578,24 @@ async fn organisations_are_frozen_after_two_suspensions_and_lifted_by_an_officer
 }
 
 #[tokio::test]
+async fn one_suspended_account_hammering_on_does_not_freeze_its_organisation() {
+    let (g, _) = open(lenient_sync()).await;
+    let mut worst = Verdict::Allow;
+    for i in 0..500 {
+        let d = g
+            .check(&read(7, i, day0() + TimeDelta::seconds(i)))
+            .await
+            .unwrap();
+        worst = worst.max(d.verdict);
+    }
+    assert_eq!(worst, Verdict::Suspend);
+    assert_eq!(
+        verdict(&g, &read(8, 1, day0() + mins(9))).await,
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
 async fn instances_sharing_a_store_add_up_each_others_counts() {
     let store = Arc::new(MemoryStore::new());
     let t0 = day0();
