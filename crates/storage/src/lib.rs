@@ -15,13 +15,16 @@
 //! `account_totp`, `passkey`, `web_session`, `ceremony`, `api_client`,
 //! `access_token`, `replay_key` and `credential_reset`, plus the account's
 //! history columns (`created_at`, `decided_by`, `decided_at`,
-//! `last_login_at`, `next_session_high_risk`).
+//! `last_login_at`, `next_session_high_risk`); for the exfiltration guard
+//! (`rempart_guard::GuardStore`): `guard_counter`, `guard_activity`,
+//! `guard_known`, `guard_alert`, `guard_alert_feature` and `guard_freeze`.
 //!
 //! Schema changes are versioned migrations under `migrations/<backend>/`,
 //! applied in order when a store is opened; each backend has its own SQL
 //! but the same tables, columns and meaning.
 
 pub mod auth;
+mod guard;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -531,6 +534,9 @@ pub struct Stores {
     pub registry: Store,
     /// What authentication persists.
     pub auth: Arc<dyn AuthStore>,
+    /// What the exfiltration guard shares between instances and keeps
+    /// across restarts.
+    pub guard: Arc<dyn rempart_guard::GuardStore>,
 }
 
 impl From<sqlite::SqliteStore> for Stores {
@@ -538,7 +544,8 @@ impl From<sqlite::SqliteStore> for Stores {
         // A clone shares the connections.
         Stores {
             registry: Arc::new(s.clone()),
-            auth: Arc::new(s),
+            auth: Arc::new(s.clone()),
+            guard: Arc::new(s),
         }
     }
 }
@@ -548,7 +555,8 @@ impl From<postgres::PgStore> for Stores {
         // A clone shares the pool.
         Stores {
             registry: Arc::new(s.clone()),
-            auth: Arc::new(s),
+            auth: Arc::new(s.clone()),
+            guard: Arc::new(s),
         }
     }
 }

@@ -38,6 +38,7 @@ use crate::{
 };
 
 mod auth;
+mod guard;
 
 /// Schema the registry lives in unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "registry";

@@ -22,6 +22,7 @@ use crate::{
 };
 
 mod auth;
+mod guard;
 
 /// File name of the registry inside the data directory.
 pub const FILE_NAME: &str = "registry.db";
