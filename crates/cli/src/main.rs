@@ -4,6 +4,7 @@
 mod accounts;
 mod audit;
 mod bench_session;
+mod guard;
 mod progress;
 mod serve;
 
@@ -71,6 +72,9 @@ enum Command {
     /// Accounts: the periodic review, and disabling the unused ones.
     #[command(subcommand)]
     Accounts(accounts::AccountsCommand),
+    /// The exfiltration guard's stored alerts, with their top features
+    /// (value, baseline) and the ledger range that evidences them.
+    Alerts(guard::AlertsArgs),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -111,6 +115,10 @@ enum BenchCommand {
     /// Device-bound sessions: the device proof's verification time, and
     /// the portal's caseload fragment (cookie + proof) beside the API's.
     Session(bench_session::BenchSessionArgs),
+    /// The guard's cost: consultations/s and p50/p99 over HTTP with the
+    /// real guard and with the pass-through one in the same run (ratio;
+    /// target overhead at most 10%), and one `check`'s median cost.
+    Guard(serve::BenchConsultArgs),
 }
 
 #[derive(Subcommand)]
@@ -244,6 +252,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::serve(&args).await,
         Command::Account(cmd) => serve::account(cmd).await,
         Command::Accounts(cmd) => accounts::run(cmd).await,
+        Command::Alerts(args) => guard::alerts(&args).await,
+        Command::Bench(BenchCommand::Guard(args)) => serve::bench_guard(&args).await,
     }
 }
 

@@ -62,7 +62,22 @@ pub enum Via {
         high_risk: bool,
         /// The last fresh passkey assertion in this session.
         step_up_at: Option<DateTime<Utc>>,
+        /// Digest of the device key's thumbprint (see [`device_digest`]):
+        /// the guard tells a new device from known ones by it.
+        device: [u8; 16],
     },
+}
+
+/// What the guard is told of a device key: 16 bytes of SHA-256 over its
+/// RFC 7638 thumbprint (itself a hash of the public key, nothing secret).
+pub fn device_digest(jkt: &str) -> [u8; 16] {
+    let full = Sha256::new()
+        .chain_update(b"rempart/guard/device/1\0")
+        .chain_update(jkt.as_bytes())
+        .finalize();
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
 /// A newly issued credential. The token is shown once and never stored.
@@ -292,6 +307,7 @@ pub fn check_session(
             id_digest: session.id_digest,
             high_risk: session.high_risk,
             step_up_at: session.step_up_at,
+            device: device_digest(&session.jkt),
         },
     };
     Ok((caller, session))

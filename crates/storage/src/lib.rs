@@ -154,6 +154,12 @@ pub struct AccountRecord {
     /// The organisation's code.
     pub organisation: Reference,
     pub kind: OrganisationKind,
+    /// When the account was requested; `None` for imported accounts, whose
+    /// history is unknown (the guard treats them as established).
+    pub created_at: Option<DateTime<Utc>>,
+    /// The organisation's département, if known (the guard's peer group
+    /// and local time).
+    pub departement: Option<String>,
 }
 
 /// See [`RegistryStore::consultation_rows`].
@@ -659,14 +665,15 @@ pub(crate) const MANDATE_SELECT: &str = "SELECT m.id, m.reference, o.code, m.org
 /// An account with its organisation (same SQL on both backends; each reads
 /// the columns in this order).
 pub(crate) const ACCOUNT_SELECT: &str =
-    "SELECT a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+    "SELECT a.id, a.login, a.role, a.state, o.id, o.code, o.kind, a.created_at, o.departement
      FROM account a JOIN organisation o ON o.id = a.organisation_id";
 
 /// A credential with its account (same SQL on both backends; each adds its
 /// `WHERE` and reads the account columns from column 6).
 pub(crate) const CREDENTIAL_SELECT: &str =
     "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
-            c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+            c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind,
+            a.created_at, o.departement
      FROM api_credential c JOIN account a ON a.id = c.account_id
      JOIN organisation o ON o.id = a.organisation_id";
 

@@ -1885,6 +1885,9 @@ async fn accounts_and_organisations_are_looked_up() {
                 organisation_id: ce,
                 organisation: r("CE-038"),
                 kind: OrganisationKind::CapEmploi,
+                // Imported: no request, so no creation instant.
+                created_at: None,
+                departement: Some("38".into()),
             },
             "[{be}]"
         );

@@ -1,12 +1,13 @@
 //! Routes, request parsing and response bodies of `/api/v1`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -85,6 +86,13 @@ pub(crate) fn credential(headers: &HeaderMap) -> Presented<'_> {
         Some(token) => Presented::ApiCredential(token),
         None => Presented::Nothing,
     }
+}
+
+/// The client's address as the guard sees it: the connection's peer.
+/// Forwarding headers are not trusted (anyone can write them); a proxy in
+/// front must be taught to this server before they are.
+pub(crate) fn client(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    Some(peer.ip())
 }
 
 struct Query(HashMap<String, String>);
@@ -439,6 +447,7 @@ async fn me(State(state): State<AppState>, headers: HeaderMap) -> Answer {
 
 async fn read_person(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
@@ -447,7 +456,7 @@ async fn read_person(
     let (id, purpose) = parsed(&state, &headers, input).await?;
     let shown = state
         .consultation
-        .read_person(&credential(&headers), id, purpose)
+        .read_person(&credential(&headers), client(peer), id, purpose)
         .await?;
     ok(PersonBody::from(shown))
 }
@@ -461,6 +470,7 @@ struct BreakGlassBody {
 
 async fn break_glass(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -475,6 +485,7 @@ async fn break_glass(
         .consultation
         .break_glass(
             &credential(&headers),
+            client(peer),
             BreakGlass {
                 person_id,
                 purpose,
@@ -528,6 +539,7 @@ fn search_request(body: SearchBody) -> Result<(SearchBy, Purpose), ApiError> {
 
 async fn search(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -535,7 +547,7 @@ async fn search(
     let (by, purpose) = parsed(&state, &headers, input).await?;
     let results = state
         .consultation
-        .search(&credential(&headers), by, purpose)
+        .search(&credential(&headers), client(peer), by, purpose)
         .await?;
     ok(SearchAnswer {
         persons: results.persons.into_iter().map(PersonBody::from).collect(),
@@ -558,6 +570,7 @@ struct CaseloadEntryBody {
 
 async fn caseload(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Answer {
@@ -573,6 +586,7 @@ async fn caseload(
         .consultation
         .caseload(
             &credential(&headers),
+            client(peer),
             purpose,
             after,
             u32::try_from(limit).unwrap_or(100),

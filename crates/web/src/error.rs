@@ -1,7 +1,7 @@
 //! One error shape everywhere: `{"error": {"code", "message", "field"}}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rempart_consult::Refusal;
 use serde::Serialize;
@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (throttled requests).
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -34,6 +36,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -45,6 +48,7 @@ impl ApiError {
             code: "invalid_request",
             message: format!("{field}: {}", reason.into()),
             field: Some(field),
+            retry_after: None,
         }
     }
 
@@ -68,8 +72,15 @@ impl From<Refusal> for ApiError {
             Refusal::StepUpRequired => {
                 ApiError::new(StatusCode::FORBIDDEN, "step_up_required", r.to_string())
             }
-            Refusal::Guarded(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "guarded", r.to_string())
+            Refusal::Throttled { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", r.to_string())
+            },
+            Refusal::AccountSuspended => {
+                ApiError::new(StatusCode::FORBIDDEN, "account_suspended", r.to_string())
+            }
+            Refusal::OrganisationFrozen => {
+                ApiError::new(StatusCode::FORBIDDEN, "organisation_frozen", r.to_string())
             }
             Refusal::Unavailable(cause) => {
                 // The cause is for operators; the client learns only that
@@ -94,6 +105,12 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
