@@ -24,6 +24,11 @@ pub const SQLITE: &[Migration] = &[
         name: "authentication",
         sql: include_str!("../migrations/sqlite/0003_authentication.sql"),
     },
+    Migration {
+        version: 5,
+        name: "activation",
+        sql: include_str!("../migrations/sqlite/0005_activation.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -42,6 +47,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "authentication",
         sql: include_str!("../migrations/postgres/0003_authentication.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "activation",
+        sql: include_str!("../migrations/postgres/0005_activation.sql"),
     },
 ];
 

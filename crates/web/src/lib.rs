@@ -12,6 +12,7 @@
 //! oversized requests, has the shape `{"error": {"code", "message", "field"}}`.
 
 mod accounts;
+mod activation;
 mod api;
 mod error;
 pub mod pages;
