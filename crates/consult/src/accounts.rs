@@ -609,9 +609,10 @@ impl Consultation {
         }
     }
 
-    /// Ledgers a refusal about another account (named in `note`), then hands
-    /// back the refusal (or `Unavailable` if even that failed).
-    async fn refuse(
+    /// Ledgers a refusal with its `note` (the account or ceremony it is
+    /// about), then hands back the refusal (or `Unavailable` if even that
+    /// failed).
+    pub(crate) async fn refuse(
         &self,
         ctx: &Ctx<'_>,
         reason: DenyReason,

@@ -712,11 +712,11 @@ impl Consultation {
             Ok(p) => p,
             Err(e) => {
                 return Err(self
-                    .deny_note(
+                    .refuse(
                         &ctx,
                         DenyReason::InvalidRequest,
-                        format!("passkey: {e}"),
                         Refusal::invalid("credential", "the passkey could not be registered"),
+                        format!("passkey: {e}"),
                     )
                     .await);
             }
@@ -736,11 +736,11 @@ impl Consultation {
             Ok(()) => {}
             Err(StorageError::Invalid(_)) => {
                 return Err(self
-                    .deny_note(
+                    .refuse(
                         &ctx,
                         DenyReason::InvalidRequest,
-                        "passkey: already registered".into(),
                         Refusal::invalid("credential", "this passkey is already registered"),
+                        "passkey: already registered".into(),
                     )
                     .await);
             }
@@ -773,11 +773,11 @@ impl Consultation {
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
         if existing.is_empty() {
             return Err(self
-                .deny_note(
+                .refuse(
                     &ctx,
                     DenyReason::StepUpRequired,
-                    "step-up: no passkey registered".into(),
                     Refusal::invalid("passkey", "register a passkey first"),
+                    "step-up: no passkey registered".into(),
                 )
                 .await);
         }
@@ -835,11 +835,11 @@ impl Consultation {
             Ok(d) => d,
             Err(e) => {
                 return Err(self
-                    .deny_note(
+                    .refuse(
                         &ctx,
                         DenyReason::BadCredentials,
-                        format!("step-up: {e}"),
                         Refusal::Unauthenticated,
+                        format!("step-up: {e}"),
                     )
                     .await);
             }
@@ -1180,33 +1180,13 @@ impl Consultation {
     }
 
     async fn refuse_ceremony(&self, ctx: &Ctx<'_>) -> Refusal {
-        self.deny_note(
+        self.refuse(
             ctx,
             DenyReason::InvalidRequest,
-            "ceremony unknown, used, expired or of another session".into(),
             Refusal::invalid("ceremony", "is unknown, used or expired: start again"),
+            "ceremony unknown, used, expired or of another session".into(),
         )
         .await
-    }
-
-    async fn deny_note(
-        &self,
-        ctx: &Ctx<'_>,
-        reason: DenyReason,
-        note: String,
-        refusal: Refusal,
-    ) -> Refusal {
-        let leaf = ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Deny(reason),
-            None,
-            Some(note),
-        );
-        match self.record(leaf).await {
-            Ok(_) => refusal,
-            Err(unavailable) => unavailable,
-        }
     }
 }
 
