@@ -1,8 +1,10 @@
 //! rempart-auth against real parts.
 //!
-//! OIDC federation: every scenario starts its own real OpenID provider
+//! OIDC federation: the scenarios share one real OpenID provider
 //! (`tools/oidc-provider`, the npm package `oidc-provider`, run with node)
-//! on a free port, and plays the browser with a plain HTTP client that
+//! on a free port, started by the first of them (one node process per test
+//! binary: nine starting at once on a loaded two-core runner took more than
+//! 30 s), and plays the browser with a plain HTTP client that
 //! follows the provider's redirects by hand and posts who logs in, with
 //! which acr/amr. Node and npm are required: the first scenario installs
 //! the provider's pinned packages (`npm ci --prefix tools/oidc-provider`)
@@ -82,6 +84,14 @@ struct Provider {
 }
 
 impl Provider {
+    /// The provider every scenario of this binary uses. It is never
+    /// dropped: it exits when this process does, because it holds our
+    /// stdin (`--exit-with-stdin`).
+    fn shared() -> &'static Self {
+        static SHARED: OnceLock<Provider> = OnceLock::new();
+        SHARED.get_or_init(Self::start)
+    }
+
     fn start() -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/oidc-provider");
         install_provider(&dir);
@@ -129,9 +139,12 @@ impl Provider {
             issuer: String::new(),
             stderr,
         };
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(issuer) => provider.issuer = issuer,
-            Err(_) => panic!("the OIDC provider printed no `listening` line within 30 s"),
+            Err(_) => panic!(
+                "the OIDC provider printed no `listening` line within 120 s; its stderr:\n{}",
+                provider.stderr.lock().unwrap()
+            ),
         }
         provider
     }
@@ -333,7 +346,7 @@ async fn raw_id_token(
 
 #[tokio::test]
 async fn oidc_mfa_login_is_accepted() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
     let (url, pending) = rp.begin(now);
@@ -375,7 +388,7 @@ const AMR_ONLY: &str = r#"{"id_token":{"amr":{"essential":true}}}"#;
 
 #[tokio::test]
 async fn oidc_mfa_shown_by_acr_or_by_amr_is_accepted() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
 
@@ -408,7 +421,7 @@ async fn oidc_mfa_shown_by_acr_or_by_amr_is_accepted() {
 
 #[tokio::test]
 async fn oidc_single_factor_login_is_refused() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
     let (url, pending) = rp.begin(now);
@@ -469,7 +482,7 @@ async fn oidc_single_factor_login_is_refused() {
 
 #[tokio::test]
 async fn oidc_wrong_issuer_is_refused() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     // The metadata names the issuer 127.0.0.1:PORT; configured under
     // another name for the same server, discovery refuses it.
     let other_name = provider.issuer.replace("127.0.0.1", "localhost");
@@ -509,7 +522,7 @@ async fn oidc_wrong_issuer_is_refused() {
 
 #[tokio::test]
 async fn oidc_wrong_audience_is_refused() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let (url, pending) = rp.begin(SystemTime::now());
     // Another service of the same federation got an id_token for this very
@@ -545,7 +558,7 @@ async fn oidc_wrong_audience_is_refused() {
 
 #[tokio::test]
 async fn oidc_wrong_nonce_is_refused() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
     let (url, pending) = rp.begin(now);
@@ -565,7 +578,7 @@ async fn oidc_wrong_nonce_is_refused() {
 
 #[tokio::test]
 async fn oidc_wrong_state_is_refused_before_the_code_is_spent() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
     let (url, pending) = rp.begin(now);
@@ -585,7 +598,7 @@ async fn oidc_wrong_state_is_refused_before_the_code_is_spent() {
 
 #[tokio::test]
 async fn oidc_code_of_another_attempt_is_refused_by_pkce() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
     let (attacker_url, _attacker) = rp.begin(now);
@@ -607,7 +620,7 @@ async fn oidc_code_of_another_attempt_is_refused_by_pkce() {
 
 #[tokio::test]
 async fn oidc_forged_expired_and_stale_logins_are_refused() {
-    let provider = Provider::start();
+    let provider = Provider::shared();
     let rp = provider.federation().await;
     let now = SystemTime::now();
     let (url, pending) = rp.begin(now);
