@@ -15,6 +15,12 @@
 //!
 //! One appender per store: the store's writer lock makes a second one (in
 //! this process or another) fail at [`Ledger::open`].
+//!
+//! Where the appender runs depends on its writer. A writer whose calls block
+//! (SQLite) gets a thread of its own, `ledger-writer`, which runs its calls
+//! inline: a commit then costs no hop to the blocking pool and back, only
+//! the callers' wakeups. A writer that talks to a server asynchronously
+//! (PostgreSQL) runs as a task on the caller's runtime.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +101,16 @@ pub struct Ledger {
     verifier: VerifierKey,
     size: Arc<AtomicU64>,
     batches: Arc<AtomicU64>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    runner: std::sync::Mutex<Option<Runner>>,
+}
+
+/// What runs the appender, to wait for at close.
+enum Runner {
+    /// A task on the caller's runtime.
+    Task(JoinHandle<()>),
+    /// A thread of its own; the receiver resolves when it has finished
+    /// (awaited rather than joined, so that no async thread blocks).
+    Thread(oneshot::Receiver<()>),
 }
 
 impl std::fmt::Debug for Ledger {
@@ -122,7 +137,7 @@ impl Ledger {
         let size = Arc::new(AtomicU64::new(state.frontier.size()));
         let batches = Arc::new(AtomicU64::new(0));
         let (commands, rx) = mpsc::channel(config.queue_depth.max(1));
-        let appender = Appender {
+        let mut appender = Appender {
             writer,
             key,
             config,
@@ -131,14 +146,18 @@ impl Ledger {
             batches: batches.clone(),
             resync: false,
         };
-        let task = tokio::spawn(appender.run(rx));
+        let runner = if appender.writer.use_own_thread() {
+            spawn_thread(appender, rx)?
+        } else {
+            Runner::Task(tokio::spawn(appender.run(rx)))
+        };
         Ok(Ledger {
             commands,
             store,
             verifier,
             size,
             batches,
-            task: std::sync::Mutex::new(Some(task)),
+            runner: std::sync::Mutex::new(Some(runner)),
         })
     }
 
@@ -203,11 +222,16 @@ impl Ledger {
     /// releases the writer lock.
     pub async fn close(self) -> Result<(), LedgerError> {
         let final_checkpoint = self.checkpoint_now().await;
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let runner = self.runner.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(self.commands);
-        if let Some(task) = task {
-            task.await
-                .map_err(|e| LedgerError::AppendFailed(format!("appender task: {e}")))?;
+        match runner {
+            Some(Runner::Task(task)) => task
+                .await
+                .map_err(|e| LedgerError::AppendFailed(format!("appender task: {e}")))?,
+            Some(Runner::Thread(done)) => done.await.map_err(|_| {
+                LedgerError::AppendFailed("the appender thread stopped abnormally".into())
+            })?,
+            None => {}
         }
         final_checkpoint.map(|_| ())
     }
@@ -234,6 +258,25 @@ impl Ledger {
     ) -> Result<ConsistencyProof, LedgerError> {
         proof::prove_consistency(self.store.as_ref(), old, new).await
     }
+}
+
+/// Starts the appender on a thread of its own, driving it with a
+/// single-threaded runtime (timers only: the writer's calls are inline).
+fn spawn_thread(appender: Appender, rx: mpsc::Receiver<Command>) -> Result<Runner, LedgerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| LedgerError::AppendFailed(format!("cannot start the appender: {e}")))?;
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || {
+            runtime.block_on(appender.run(rx));
+            // Dropped unsent if `run` panics: `close` then reports it.
+            let _ = done.send(());
+        })
+        .map_err(|e| LedgerError::AppendFailed(format!("cannot start the appender: {e}")))?;
+    Ok(Runner::Thread(finished))
 }
 
 fn prepare(leaf: &AuditLeaf) -> Result<Prepared, LedgerError> {

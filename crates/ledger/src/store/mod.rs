@@ -251,6 +251,14 @@ pub trait LedgerWriter: Send {
     /// Releases the writer lock now (dropping the writer releases it too,
     /// but possibly a moment later).
     async fn close(&mut self) {}
+
+    /// Offers the writer a thread of its own. A writer whose work blocks
+    /// accepts (returns `true`) and from then on runs its calls inline on the
+    /// thread that makes them, which must be that thread, instead of handing
+    /// each one to the blocking pool. An asynchronous writer declines.
+    fn use_own_thread(&mut self) -> bool {
+        false
+    }
 }
 
 /// The leaf that stores subtree `id`, and where in its `nodes`.

@@ -484,6 +484,9 @@ impl LedgerStore for SqliteLedgerStore {
 struct SqliteWriter {
     conn: Option<WriterConn>,
     checkpointer: Option<Checkpointer>,
+    /// Set once the appender gave this writer a thread of its own: calls
+    /// then run inline instead of on the blocking pool.
+    inline: bool,
     _lock: File,
 }
 
@@ -603,17 +606,25 @@ impl SqliteWriter {
                 segments: None,
             }),
             checkpointer: Some(Checkpointer::start(path)?),
+            inline: false,
             _lock: lock_file,
         })
     }
 
-    /// Runs `f` on the connection on the blocking pool. The connection
-    /// travels with the task and comes back; it is lost only if `f` panics,
-    /// after which every call fails.
+    /// Runs `f` on the connection: inline on the appender's own thread, else
+    /// on the blocking pool. There the connection travels with the task and
+    /// comes back; it is lost only if `f` panics, after which every call
+    /// fails.
     async fn with<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut WriterConn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if self.inline {
+            let conn = self.conn.as_mut().ok_or_else(|| {
+                StoreError::Task("the ledger writer's connection was lost".into())
+            })?;
+            return f(conn);
+        }
         let mut conn = self
             .conn
             .take()
@@ -662,9 +673,18 @@ impl LedgerWriter for SqliteWriter {
 
     async fn close(&mut self) {
         if let Some(checkpointer) = self.checkpointer.take() {
-            // Joining waits at most one tick; keep it off the async threads.
-            let _ = tokio::task::spawn_blocking(move || drop(checkpointer)).await;
+            if self.inline {
+                drop(checkpointer);
+            } else {
+                // Joining waits at most one tick; keep it off the async threads.
+                let _ = tokio::task::spawn_blocking(move || drop(checkpointer)).await;
+            }
         }
+    }
+
+    fn use_own_thread(&mut self) -> bool {
+        self.inline = true;
+        true
     }
 
     async fn add_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
