@@ -529,7 +529,7 @@ async fn oidc_wrong_audience_is_refused() {
     // login attempt (same nonce, multi-factor): it is not Rempart's.
     let nonce = param(&url, "nonce");
     let foreign = raw_id_token(
-        &provider,
+        provider,
         (OTHER_CLIENT_ID, OTHER_CLIENT_SECRET),
         &nonce,
         MFA_ACR,
@@ -543,7 +543,7 @@ async fn oidc_wrong_audience_is_refused() {
 
     // The same, issued to Rempart, passes the same checks.
     let own = raw_id_token(
-        &provider,
+        provider,
         (CLIENT_ID, CLIENT_SECRET),
         &nonce,
         MFA_ACR,
@@ -626,7 +626,7 @@ async fn oidc_forged_expired_and_stale_logins_are_refused() {
     let (url, pending) = rp.begin(now);
     let nonce = param(&url, "nonce");
     let token = raw_id_token(
-        &provider,
+        provider,
         (CLIENT_ID, CLIENT_SECRET),
         &nonce,
         "eidas1",
@@ -670,7 +670,7 @@ async fn oidc_forged_expired_and_stale_logins_are_refused() {
     // An MFA id_token, fine now, is refused once expired (the provider
     // gives id_tokens an hour).
     let token = raw_id_token(
-        &provider,
+        provider,
         (CLIENT_ID, CLIENT_SECRET),
         &nonce,
         MFA_ACR,

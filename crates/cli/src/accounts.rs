@@ -138,7 +138,14 @@ async fn review(loc: &Location, organisation: Option<&str>) -> Result<()> {
 }
 
 async fn disable_inactive(loc: &Location, days: u32) -> Result<()> {
-    let consultation = serve::open_consultation(loc, serve::load_policies(None)?, None).await?;
+    // A job on the accounts, not a consultation: the guard has no say.
+    let (consultation, _) = serve::open_consultation(
+        loc,
+        serve::load_policies(None)?,
+        None,
+        serve::GuardChoice::PassThrough,
+    )
+    .await?;
     let ledger = consultation.ledger().clone();
     let result = consultation.disable_inactive(Utc::now(), days).await;
     drop(consultation);

@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::Location;
-use crate::serve::{busiest_agent, issue, load_policies, open_consultation, run_until};
+use crate::serve::{
+    GuardChoice, busiest_agent, issue, load_policies, open_consultation, run_until,
+};
 
 #[derive(Args)]
 pub struct BenchDpopArgs {
@@ -122,9 +124,16 @@ pub async fn bench_dpop(args: &BenchDpopArgs) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let public = format!("http://localhost:{}", addr.port());
-    let consultation = open_consultation(&args.location, load_policies(None)?, None)
-        .await?
-        .with_api_clients(ClientSettings::new(&public)?)?;
+    // The guard's quotas would throttle a benchmark's burst: its cost is
+    // `rempart bench guard`'s figure.
+    let (consultation, _) = open_consultation(
+        &args.location,
+        load_policies(None)?,
+        None,
+        GuardChoice::PassThrough,
+    )
+    .await?;
+    let consultation = consultation.with_api_clients(ClientSettings::new(&public)?)?;
     let store = consultation.store().clone();
     let auth = consultation.auth_store().clone();
     let Some((agent, caseload)) =

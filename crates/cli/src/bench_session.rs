@@ -33,7 +33,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::Location;
-use crate::serve::{busiest_agent, issue, load_policies, open_consultation, run_until};
+use crate::serve::{
+    GuardChoice, busiest_agent, issue, load_policies, open_consultation, run_until,
+};
 
 #[derive(Args)]
 pub struct BenchSessionArgs {
@@ -109,10 +111,12 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let public = format!("http://localhost:{}", addr.port());
-    let consultation = open_consultation(
+    // The session's cost alone: no guard, as in `bench consult`.
+    let (consultation, _) = open_consultation(
         &args.location,
         load_policies(None)?,
         Some(LoginSettings::new(&public)?),
+        GuardChoice::PassThrough,
     )
     .await?;
     let store = consultation.store().clone();

@@ -6,6 +6,7 @@ mod audit;
 mod bench_dpop;
 mod bench_session;
 mod clients;
+mod guard;
 mod progress;
 mod serve;
 
@@ -77,6 +78,9 @@ enum Command {
     /// gets DPoP-bound access tokens with `private_key_jwt`.
     #[command(subcommand)]
     Client(clients::ClientCommand),
+    /// The exfiltration guard's stored alerts, with their top features
+    /// (value, baseline) and the ledger range that evidences them.
+    Alerts(guard::AlertsArgs),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -121,6 +125,10 @@ enum BenchCommand {
     /// beside the same consultation with a plain API credential (medians,
     /// same run), and the token endpoint's own cost.
     Dpop(bench_dpop::BenchDpopArgs),
+    /// The guard's cost: consultations/s and p50/p99 over HTTP with the
+    /// real guard and with the pass-through one in the same run (ratio;
+    /// target overhead at most 10%), and one `check`'s median cost.
+    Guard(serve::BenchConsultArgs),
 }
 
 #[derive(Subcommand)]
@@ -256,6 +264,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Account(cmd) => serve::account(cmd).await,
         Command::Accounts(cmd) => accounts::run(cmd).await,
         Command::Client(cmd) => clients::run(cmd).await,
+        Command::Alerts(args) => guard::alerts(&args).await,
+        Command::Bench(BenchCommand::Guard(args)) => serve::bench_guard(&args).await,
     }
 }
 

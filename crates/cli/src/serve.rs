@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use rempart_consult::{ClientSettings, Consultation, LoginSettings};
 use rempart_domain::{OrganisationKind, Purpose, Reference, Role};
-use rempart_guard::Guard;
+use rempart_guard::{Guard, GuardConfig, GuardStore};
 use rempart_ledger::{Ledger, LedgerConfig};
 use rempart_policy::Authorizer;
 use rempart_storage::{AccountRecord, Store};
@@ -18,7 +18,7 @@ use rempart_vault::Vault;
 use rempart_web::{AppState, Limits};
 use tokio::net::TcpListener;
 
-use crate::{Location, audit};
+use crate::{Location, audit, guard};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// http://localhost:<port of --listen>.
     #[arg(long, env = "REMPART_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// The exfiltration guard's thresholds and alert export, TOML or JSON
+    /// (by extension); the built-in defaults and no export without it.
+    #[arg(long, env = "REMPART_GUARD_CONFIG")]
+    pub guard_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -81,14 +85,36 @@ pub fn load_policies(dir: Option<&PathBuf>) -> Result<Authorizer> {
     }
 }
 
+/// Which guard a consultation path runs with.
+pub enum GuardChoice {
+    /// The real guard over the stores' `GuardStore`, with this configuration.
+    Real(Box<GuardConfig>),
+    /// Everything allowed, nothing kept (the benchmarks of other stages,
+    /// jobs that are no consultation).
+    PassThrough,
+}
+
 /// The consultation path over the registry, the keys and the ledger at
-/// `loc`; with `login`, browser sessions and login too.
+/// `loc`; with `login`, browser sessions and login too. With a real guard,
+/// its store comes back too, for the sync task ([`guard::spawn_sync`]).
 pub async fn open_consultation(
     loc: &Location,
     policies: Authorizer,
     login: Option<LoginSettings>,
-) -> Result<Consultation> {
+    guard: GuardChoice,
+) -> Result<(Consultation, Arc<dyn GuardStore>)> {
     let stores = crate::accounts::open_stores(loc).await?;
+    let guard = match guard {
+        GuardChoice::Real(config) => Guard::open(
+            *config,
+            stores.guard.clone(),
+            rand::random::<i64>(),
+            chrono::Utc::now(),
+        )
+        .await
+        .context("opening the guard's state")?,
+        GuardChoice::PassThrough => Guard::pass_through(),
+    };
     let vault = Vault::new(crate::key_source(loc), stores.registry.clone())
         .context("loading the keys (run `rempart init` first?)")?;
     let key = audit::load_key(loc)?;
@@ -100,15 +126,16 @@ pub async fn open_consultation(
         vault,
         stores.auth,
         Arc::new(policies),
-        Guard::pass_through(),
+        guard,
         Arc::new(ledger),
     );
-    match login {
+    let consultation = match login {
         Some(settings) => consultation
             .with_browser_login(settings)
-            .context("browser login settings"),
-        None => Ok(consultation),
-    }
+            .context("browser login settings")?,
+        None => consultation,
+    };
+    Ok((consultation, stores.guard))
 }
 
 /// Serves until Ctrl-C/SIGTERM, then drains and closes the ledger with a
@@ -124,6 +151,7 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         .try_init();
     let policies = load_policies(args.policies.as_ref())?;
     println!("policies: {} loaded and validated", policies.policy_count());
+    let guard_config = guard::load_config(args.guard_config.as_deref())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -134,10 +162,30 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     };
     let login = LoginSettings::new(&public_url).context("--public-url")?;
     let clients = ClientSettings::new(&public_url).context("--public-url")?;
-    let consultation = open_consultation(&args.location, policies, Some(login))
-        .await?
+    let (consultation, guard_store) = open_consultation(
+        &args.location,
+        policies,
+        Some(login),
+        GuardChoice::Real(Box::new(guard_config.guard)),
+    )
+    .await?;
+    let consultation = consultation
         .with_api_clients(clients)
         .context("API client settings")?;
+    let exporter = guard::Exporter::new(
+        guard_config.export,
+        guard::last_alert_id(guard_store.as_ref()).await?,
+    )
+    .await?;
+    println!(
+        "guard: on (sync every {} s; {})",
+        guard_config.guard.sync.interval_secs,
+        match &args.guard_config {
+            Some(p) => format!("configuration {}", p.display()),
+            None => "default thresholds".to_string(),
+        }
+    );
+    let sync = guard::spawn_sync(consultation.guard().clone(), guard_store, exporter);
     println!(
         "serving http://{addr}/api/v1 (OpenAPI: http://{addr}/api/v1/openapi.json); Ctrl-C stops"
     );
@@ -146,7 +194,14 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         "API client tokens: {public_url}{} (DPoP proofs name {public_url}/…)",
         rempart_consult::TOKEN_PATH
     );
-    run_until(listener, consultation, rempart_web::shutdown_signal()).await
+    let guard = consultation.guard().clone();
+    let served = run_until(listener, consultation, rempart_web::shutdown_signal()).await;
+    sync.abort();
+    // What this instance counted and raised since the last sync.
+    if let Err(e) = guard.sync(chrono::Utc::now()).await {
+        eprintln!("guard: last sync failed: {e}");
+    }
+    served
 }
 
 /// Serves on `listener` until `stop`, then closes the ledger.
@@ -331,7 +386,9 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
     let loc = args.location.clone();
     let server = server_rt.spawn(async move {
         let opened = async {
-            let consultation = open_consultation(&loc, load_policies(None)?, None).await?;
+            let (consultation, _) =
+                open_consultation(&loc, load_policies(None)?, None, GuardChoice::PassThrough)
+                    .await?;
             let store = consultation.store().clone();
             let Some((agent, caseload)) =
                 busiest_agent(&store, OrganisationKind::CapEmploi, purpose, 200).await?
@@ -544,10 +601,31 @@ async fn load(
     })
 }
 
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The demo's last step: serve the generated population, make one real
 /// consultation as a Cap emploi agent, and print how to make one.
 pub async fn demo(loc: &Location, listen: SocketAddr, no_serve: bool) -> Result<()> {
-    let consultation = open_consultation(loc, load_policies(None)?, None).await?;
+    let config = GuardConfig::default();
+    let (consultation, guard_store) = open_consultation(
+        loc,
+        load_policies(None)?,
+        None,
+        GuardChoice::Real(Box::new(config)),
+    )
+    .await?;
+    let _sync = AbortOnDrop(guard::spawn_sync(
+        consultation.guard().clone(),
+        guard_store,
+        None,
+    ));
     let store = consultation.store().clone();
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, Purpose::FollowUp, 50).await?
@@ -611,5 +689,198 @@ pub async fn demo(loc: &Location, listen: SocketAddr, no_serve: bool) -> Result<
     if !status.is_success() {
         bail!("the first consultation failed with HTTP {status}");
     }
+    Ok(())
+}
+
+/// The guard's configuration for `bench guard`: the real guard with every
+/// quota and threshold far away, so that the figure is the cost of
+/// deciding on every request (counting, scoring, the sync task flushing to
+/// the store), not of refusing a benchmark that reads like a bulk reader.
+fn bench_guard_config() -> GuardConfig {
+    let mut c = GuardConfig::default();
+    let far = rempart_guard::Limit {
+        per_hour: 100_000_000,
+        per_day: 100_000_000,
+    };
+    c.account.persons = far;
+    c.account.nir_reveals = far;
+    c.organisation.persons = far;
+    c.organisation.nir_reveals = far;
+    c.scoring.step_up = 1_000.0;
+    c.scoring.throttle = 2_000.0;
+    c.scoring.suspend = 3_000.0;
+    c.containment.suspend_after_refusals = 100_000;
+    c
+}
+
+/// `rempart bench guard`: one server process with the same parts served
+/// twice, on two listeners, once behind the real guard (over the real
+/// store, its sync task running) and once behind the pass-through guard;
+/// rounds alternate between them.
+pub async fn bench_guard(args: &BenchConsultArgs) -> Result<()> {
+    let purpose = Purpose::FollowUp;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let loc = args.location.clone();
+    let server = server_rt.spawn(async move {
+        let opened = async {
+            let (guarded, guard_store) = open_consultation(
+                &loc,
+                load_policies(None)?,
+                None,
+                GuardChoice::Real(Box::new(bench_guard_config())),
+            )
+            .await?;
+            let plain = guarded.clone().with_guard(Guard::pass_through());
+            let store = guarded.store().clone();
+            let Some((agent, caseload)) =
+                busiest_agent(&store, OrganisationKind::CapEmploi, purpose, 200).await?
+            else {
+                bail!(
+                    "no active Cap emploi agent with a caseload: import a generated population first"
+                );
+            };
+            if caseload.is_empty() {
+                bail!("the chosen agent's caseload is empty");
+            }
+            let credential = issue(&store, &agent, 1).await?;
+            let sync = guard::spawn_sync(guarded.guard().clone(), guard_store, None);
+            let l_guarded = TcpListener::bind("127.0.0.1:0").await?;
+            let l_plain = TcpListener::bind("127.0.0.1:0").await?;
+            Ok((
+                guarded, plain, agent, caseload, credential, sync, l_guarded, l_plain,
+            ))
+        }
+        .await;
+        match opened {
+            Ok((guarded, plain, agent, caseload, credential, sync, l_guarded, l_plain)) => {
+                let addrs = (l_guarded.local_addr()?, l_plain.local_addr()?);
+                let _ = ready_tx.send(Ok((agent, caseload, credential, addrs)));
+                let (stop_plain_tx, stop_plain_rx) = tokio::sync::oneshot::channel::<()>();
+                let plain_server = tokio::spawn(rempart_web::serve(
+                    l_plain,
+                    AppState {
+                        consultation: plain,
+                        limits: Limits::default(),
+                    },
+                    async move {
+                        let _ = stop_plain_rx.await;
+                    },
+                ));
+                let served = run_until(l_guarded, guarded, async move {
+                    let _ = stop_rx.await;
+                    let _ = stop_plain_tx.send(());
+                })
+                .await;
+                sync.abort();
+                plain_server.await??;
+                served
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                Ok(())
+            }
+        }
+    });
+    let ready = match ready_rx.await {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(e)) => {
+            server_rt.shutdown_background();
+            return Err(e.context("server start-up"));
+        }
+        Err(_) => {
+            server_rt.shutdown_background();
+            bail!("the server stopped during start-up");
+        }
+    };
+    let (agent, caseload, credential, (guarded_addr, plain_addr)) = ready;
+    println!(
+        "account {} ({} agent of {}), caseload {} persons, {} connections, {} round(s) of {} s each way",
+        agent.login,
+        agent.kind,
+        agent.organisation,
+        caseload.len(),
+        args.connections,
+        args.rounds,
+        args.duration
+    );
+    let token = Arc::new(credential.token.as_str().to_string());
+    let caseload = Arc::new(caseload);
+    let (guarded_base, plain_base) = (
+        format!("http://{guarded_addr}"),
+        format!("http://{plain_addr}"),
+    );
+    let measured = async {
+        let warm = Duration::from_secs(2);
+        load(&plain_base, &token, &caseload, args.connections, warm, true).await?;
+        load(&guarded_base, &token, &caseload, args.connections, warm, true).await?;
+        let mut with = Vec::new();
+        let mut without = Vec::new();
+        for round in 1..=args.rounds {
+            let d = Duration::from_secs(args.duration);
+            let p = load(&plain_base, &token, &caseload, args.connections, d, true).await?;
+            let g = load(&guarded_base, &token, &caseload, args.connections, d, true).await?;
+            println!(
+                "round {round}: pass-through {:>7.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | guard {:>7.0} req/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.3}",
+                p.rps,
+                p.p50_ms,
+                p.p99_ms,
+                g.rps,
+                g.p50_ms,
+                g.p99_ms,
+                g.rps / p.rps
+            );
+            if p.failures + g.failures > 0 {
+                bail!(
+                    "{} consultation(s) did not answer 200",
+                    p.failures + g.failures
+                );
+            }
+            without.push(p);
+            with.push(g);
+        }
+        anyhow::Ok((with, without))
+    }
+    .await;
+    let _ = stop_tx.send(());
+    let served = server.await;
+    server_rt.shutdown_background();
+    let (with, without) = measured?;
+    served.context("server task")??;
+
+    let med = |runs: &[Run], f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (g, p) = (med(&with, |r| r.rps), med(&without, |r| r.rps));
+    let check = rempart_guard::bench::check_cost(31, 20_000, 200)?;
+    println!(
+        "median: guard {g:.0} req/s, pass-through {p:.0} req/s, ratio {:.3}, overhead {:.1}% (target ≤ 10%)",
+        g / p,
+        (1.0 - g / p) * 100.0
+    );
+    println!(
+        "check: {:.2} µs per call with the guard, {:.3} µs pass-through ({} accounts, {} samples of {} calls)",
+        check.check_median.as_secs_f64() * 1e6,
+        check.pass_through_median.as_secs_f64() * 1e6,
+        check.accounts,
+        check.samples,
+        check.calls_per_sample
+    );
+    println!(
+        "RESULT guard_rps={g:.1} guard_p50_ms={:.3} guard_p99_ms={:.3} pass_rps={p:.1} pass_p50_ms={:.3} pass_p99_ms={:.3} ratio={:.4} check_us={:.3}",
+        med(&with, |r| r.p50_ms),
+        med(&with, |r| r.p99_ms),
+        med(&without, |r| r.p50_ms),
+        med(&without, |r| r.p99_ms),
+        g / p,
+        check.check_median.as_secs_f64() * 1e6
+    );
     Ok(())
 }

@@ -72,12 +72,30 @@ pub enum Via {
         high_risk: bool,
         /// The last fresh passkey assertion in this session.
         step_up_at: Option<DateTime<Utc>>,
+        /// Digest of the device key's thumbprint (see [`device_digest`]):
+        /// the guard tells a new device from known ones by it.
+        device: [u8; 16],
     },
     /// A DPoP-bound access token with a valid proof by its key.
     AccessToken {
         /// The token's stored digest (not a bearer value).
         digest: [u8; 32],
+        /// Digest of the key the token is bound to, as for sessions: the
+        /// guard tells a client's new key from its known ones.
+        device: [u8; 16],
     },
+}
+
+/// What the guard is told of a device key: 16 bytes of SHA-256 over its
+/// RFC 7638 thumbprint (itself a hash of the public key, nothing secret).
+pub fn device_digest(jkt: &str) -> [u8; 16] {
+    let full = Sha256::new()
+        .chain_update(b"rempart/guard/device/1\0")
+        .chain_update(jkt.as_bytes())
+        .finalize();
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
 /// A newly issued credential. The token is shown once and never stored.
@@ -370,6 +388,7 @@ pub fn check_session(
             id_digest: session.id_digest,
             high_risk: session.high_risk,
             step_up_at: session.step_up_at,
+            device: device_digest(&session.jkt),
         },
     };
     Ok((caller, session))
@@ -481,6 +500,7 @@ pub async fn authenticate_access_token(
         account,
         via: Via::AccessToken {
             digest: *digest.as_bytes(),
+            device: device_digest(&verified.jkt().to_string()),
         },
     }))
 }

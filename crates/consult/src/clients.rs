@@ -59,8 +59,8 @@ use rempart_storage::auth::{AccessTokenRow, ApiClientRow};
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
 use crate::Consultation;
-use crate::authenticate::{Via, replay_until};
-use crate::path::{session_of, unauthenticated_leaf};
+use crate::authenticate::replay_until;
+use crate::path::{token_session, unauthenticated_leaf};
 
 /// Where the token endpoint is served, under the public URL.
 pub const TOKEN_PATH: &str = "/api/v1/token";
@@ -530,7 +530,7 @@ impl Consultation {
             time: Timestamp::from_datetime(now),
             account: AccountId(account.account_id),
             organisation: OrganisationId(account.organisation_id),
-            session: Some(session_of(&Via::AccessToken { digest })),
+            session: Some(token_session(&digest)),
             person: None,
             action: LeafAction::TokenIssue,
             field_groups: FieldGroups::EMPTY,

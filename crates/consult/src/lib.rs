@@ -130,12 +130,22 @@ pub enum Refusal {
     /// A request field is invalid.
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-    /// The action needs a fresh passkey assertion (step-up) first.
+    /// The action needs a fresh passkey assertion (step-up) first: asked
+    /// for break-glass, and by the guard when behaviour looks unusual.
     #[error("this action needs a fresh confirmation with your passkey")]
     StepUpRequired,
-    /// The guard stopped the request.
-    #[error("the request was stopped by the access guard ({0})")]
-    Guarded(&'static str),
+    /// The guard throttled the account: too much, too fast. Trying again
+    /// after `retry_after_secs` may succeed.
+    #[error("too many consultations: try again in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u32 },
+    /// The guard suspended the account (its sessions are ended), or it was
+    /// suspended before: only an officer can reactivate it.
+    #[error("this account is suspended")]
+    AccountSuspended,
+    /// The guard froze the account's organisation: every account of it is
+    /// refused until an officer lifts the freeze.
+    #[error("this organisation's access is frozen")]
+    OrganisationFrozen,
     /// Something failed; nothing was released. The text is for operators
     /// (it names the failing stage, never a personal value).
     #[error("service unavailable: {0}")]

@@ -1032,6 +1032,7 @@ impl Consultation {
                 id_digest: new.id_digest,
                 high_risk,
                 step_up_at: None,
+                device: authenticate::device_digest(&jkt.to_string()),
             },
         };
         let ctx = Ctx {

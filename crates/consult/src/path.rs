@@ -3,13 +3,17 @@
 //! The stage helpers at the end of the file are the only places that talk
 //! to the store, the policy, the guard and the ledger.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rempart_domain::{
     Contact, FieldGroup, Identity, Nir, Organisation, Purpose, Reference, Registration,
 };
-use rempart_guard::{Attempt, AttemptKind, Guard, Verdict};
+use rempart_guard::{
+    AccountFacts, Alert, Attempt, AttemptKind, BUCKET_SECS, Feature, Fields, Guard, GuardConfig,
+    GuardDecision, Observed, PeerGroup, SearchKind, SessionFacts, Verdict,
+};
 use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
     GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
@@ -214,6 +218,18 @@ impl Consultation {
         }
     }
 
+    /// Replaces the guard (a benchmark serves the same parts with and
+    /// without it).
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// The guard, for its sync task.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
     /// Replaces the clock (tests move time forward instead of sleeping).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -243,10 +259,12 @@ impl Consultation {
         Ok(caller.account)
     }
 
-    /// Reads one person for a purpose. THE consultation.
+    /// Reads one person for a purpose. THE consultation. `from` is the
+    /// client's address, if known (the guard tells new networks by it).
     pub async fn read_person(
         &self,
         presented: &Presented<'_>,
+        from: Option<IpAddr>,
         person_id: i64,
         purpose: Purpose,
     ) -> Result<Shown, Refusal> {
@@ -294,26 +312,29 @@ impl Consultation {
             purpose: Some(purpose),
             now,
         };
+        let attempts = self.attempts(&ctx, from);
 
-        // 2. Authorize: the mandates and the policy.
+        // 2. Authorize: the mandates and the policy. A denial is the
+        //    guard's business too (enumeration, denied share).
         let decision = self
             .decide(&ctx, &who, person_id, purpose, &rows.mandates, now)
             .await?;
         if decision.is_denied() {
-            return Err(self
-                .deny(
-                    &ctx,
-                    Some(person_id),
-                    denial(&who, &rows.mandates, purpose, now.date_naive()),
-                    Refusal::NotFound,
-                )
-                .await);
+            let reason = denial(&who, &rows.mandates, purpose, now.date_naive());
+            let attempt = attempts.of(AttemptKind::ReadPerson, Some(person_id), Fields::NONE);
+            self.observed(
+                &ctx,
+                &attempt,
+                Observed::Denied,
+                deny_leaf(&ctx, &attempt, reason),
+            )
+            .await?;
+            return Err(Refusal::NotFound);
         }
 
-        // 3. Guard.
-        let verdict = self
-            .guard(&ctx, AttemptKind::ReadPerson, Some(person_id), &decision)
-            .await?;
+        // 3. Guard: quotas and behaviour, before anything is decrypted.
+        let attempt = attempts.of(AttemptKind::ReadPerson, Some(person_id), fields(&decision));
+        let verdict = self.screen(&ctx, &attempt).await?;
 
         // 4. Vault: open only the allowed groups.
         let shown = match &rows.person {
@@ -321,14 +342,10 @@ impl Consultation {
             None => None,
         };
         let Some(mut shown) = shown else {
-            return Err(self
-                .deny(
-                    &ctx,
-                    Some(person_id),
-                    DenyReason::UnknownPerson,
-                    Refusal::NotFound,
-                )
-                .await);
+            let leaf = deny_leaf(&ctx, &attempt, DenyReason::UnknownPerson);
+            self.observed(&ctx, &attempt, Observed::NotFound, leaf)
+                .await?;
+            return Err(Refusal::NotFound);
         };
 
         // 5. Ledger, durable before anything leaves.
@@ -346,10 +363,12 @@ impl Consultation {
         Ok(shown)
     }
 
-    /// Exact search within the caller's mandates.
+    /// Exact search within the caller's mandates. `from` as for
+    /// [`Consultation::read_person`].
     pub async fn search(
         &self,
         presented: &Presented<'_>,
+        from: Option<IpAddr>,
         by: SearchBy,
         purpose: Purpose,
     ) -> Result<SearchResults, Refusal> {
@@ -366,6 +385,15 @@ impl Consultation {
         };
         self.allow_registry_action(&ctx, &who, Action::Search, purpose)
             .await?;
+        // The query itself is counted (search quotas, enumeration) before
+        // any lookup; each person it would show is checked below.
+        let attempts = self.attempts(&ctx, from);
+        let kind = AttemptKind::Search(match &by {
+            SearchBy::Nir(_) => SearchKind::Nir,
+            SearchBy::NameBirth { .. } => SearchKind::NameBirth,
+        });
+        let query = attempts.of(kind, None, Fields::NONE);
+        self.screen(&ctx, &query).await?;
 
         let found = match &by {
             SearchBy::Nir(nir) => self.vault.find_by_nir(nir).await,
@@ -386,19 +414,23 @@ impl Consultation {
                 .decide(&ctx, &who, person_id, purpose, &mandates, now)
                 .await?;
             if decision.is_denied() {
-                // Evidence of a look outside one's scope; invisible to the caller.
-                leaves.push(ctx.leaf(
-                    Some(person_id),
-                    FieldGroups::EMPTY,
-                    LeafDecision::Deny(denial(&who, &mandates, purpose, now.date_naive())),
-                    None,
-                    None,
-                ));
+                // Evidence of a look outside one's scope; invisible to the
+                // caller, counted by the guard.
+                let reason = denial(&who, &mandates, purpose, now.date_naive());
+                let attempt = attempts.of(kind, Some(person_id), Fields::NONE);
+                self.observed(
+                    &ctx,
+                    &attempt,
+                    Observed::Denied,
+                    deny_leaf(&ctx, &attempt, reason),
+                )
+                .await?;
                 continue;
             }
-            let verdict = self
-                .guard(&ctx, AttemptKind::Search, Some(person_id), &decision)
-                .await?;
+            // A refusal here refuses the whole search: the persons opened
+            // so far are dropped unshown, with no leaf saying otherwise.
+            let attempt = attempts.of(kind, Some(person_id), fields(&decision));
+            let verdict = self.screen(&ctx, &attempt).await?;
             if let Some(shown) = self
                 .open(&ctx, &caller, person_id, purpose, &decision)
                 .await?
@@ -413,8 +445,13 @@ impl Consultation {
                 persons.push(shown);
             }
         }
-        if leaves.is_empty() {
-            leaves.push(ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None));
+        if persons.is_empty() {
+            // Nothing visible: a search miss for the guard, and the query
+            // in the ledger.
+            let leaf = ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None);
+            self.observed(&ctx, &query, Observed::NotFound, leaf)
+                .await?;
+            return Ok(SearchResults { persons });
         }
         let first = self.record_all(&leaves).await?;
         // Shown persons get the index of their own leaf, in order.
@@ -432,6 +469,7 @@ impl Consultation {
     pub async fn caseload(
         &self,
         presented: &Presented<'_>,
+        from: Option<IpAddr>,
         purpose: Purpose,
         after: i64,
         limit: u32,
@@ -459,13 +497,10 @@ impl Consultation {
         }
         self.allow_registry_action(&ctx, &who, Action::ListCaseload, purpose)
             .await?;
-        let decision = Decision {
-            groups: Vec::new(),
-            nir: NirView::None,
-        };
-        let verdict = self
-            .guard(&ctx, AttemptKind::ListCaseload, None, &decision)
-            .await?;
+        let attempt = self
+            .attempts(&ctx, from)
+            .of(AttemptKind::ListCaseload, None, Fields::NONE);
+        let verdict = self.screen(&ctx, &attempt).await?;
         let a = &caller.account;
         let today = now.date_naive();
         let page = |after: i64, limit: u32| {
@@ -510,6 +545,7 @@ impl Consultation {
     pub async fn break_glass(
         &self,
         presented: &Presented<'_>,
+        from: Option<IpAddr>,
         request: BreakGlass,
     ) -> Result<Shown, Refusal> {
         let now = self.now();
@@ -544,6 +580,9 @@ impl Consultation {
                 .await);
         }
         let mandates = self.mandates_of(&ctx, person_id).await?;
+        let attempt =
+            self.attempts(&ctx, from)
+                .of(AttemptKind::BreakGlass, Some(person_id), Fields::NONE);
         let allowed = authorize::person_action(
             &self.policy,
             &who,
@@ -559,24 +598,14 @@ impl Consultation {
         match allowed {
             Ok(true) => {}
             Ok(false) => {
-                return Err(self
-                    .deny(
-                        &ctx,
-                        Some(person_id),
-                        DenyReason::PolicyDenied,
-                        Refusal::Forbidden,
-                    )
-                    .await);
+                let leaf = deny_leaf(&ctx, &attempt, DenyReason::PolicyDenied);
+                self.observed(&ctx, &attempt, Observed::Denied, leaf)
+                    .await?;
+                return Err(Refusal::Forbidden);
             }
             Err(e) => return Err(self.fail(&ctx, Some(person_id), "policy", &e).await),
         }
-        let decision = Decision {
-            groups: Vec::new(),
-            nir: NirView::None,
-        };
-        let verdict = self
-            .guard(&ctx, AttemptKind::BreakGlass, Some(person_id), &decision)
-            .await?;
+        let verdict = self.screen(&ctx, &attempt).await?;
         let today = now.date_naive();
         let grant = NewMandate {
             reference: mandate_reference("BG", now),
@@ -592,14 +621,10 @@ impl Consultation {
             Ok(_) => {}
             Err(rempart_storage::StorageError::Invalid(_)) => {
                 // No such person: the same answer as any other miss.
-                return Err(self
-                    .deny(
-                        &ctx,
-                        Some(person_id),
-                        DenyReason::UnknownPerson,
-                        Refusal::NotFound,
-                    )
-                    .await);
+                let leaf = deny_leaf(&ctx, &attempt, DenyReason::UnknownPerson);
+                self.observed(&ctx, &attempt, Observed::NotFound, leaf)
+                    .await?;
+                return Err(Refusal::NotFound);
             }
             Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
         }
@@ -611,7 +636,7 @@ impl Consultation {
             Some(reason.to_string()),
         ))
         .await?;
-        self.read_person(presented, person_id, request.purpose)
+        self.read_person(presented, from, person_id, request.purpose)
             .await
     }
 
@@ -928,7 +953,12 @@ impl Consultation {
             now,
         ))
         .await?;
-        Err(Refusal::AccountInactive)
+        // A suspended account is told so (the guard, or an officer, did
+        // it); requested and disabled ones are simply inactive.
+        Err(match a.state {
+            AccountState::Suspended => Refusal::AccountSuspended,
+            _ => Refusal::AccountInactive,
+        })
     }
 
     /// Stage 1 refused the credential: ledgered (under account 0 when the
@@ -1117,42 +1147,141 @@ impl Consultation {
         Ok((caller, now))
     }
 
-    /// Stage 3.
-    async fn guard(
+    /// The guard's view of this request's attempts, built once: who, from
+    /// which session, device and network.
+    fn attempts(&self, ctx: &Ctx<'_>, from: Option<IpAddr>) -> Attempts {
+        let a = &ctx.caller.account;
+        let (high_risk, device, stepped_up_at) = match &ctx.caller.via {
+            Via::Session {
+                high_risk,
+                device,
+                step_up_at,
+                ..
+            } => (*high_risk, Some(*device), *step_up_at),
+            Via::AccessToken { device, .. } => (false, Some(*device), None),
+            // An API credential has no session flags and no key.
+            Via::Credential(_) => (false, None, None),
+        };
+        Attempts(Attempt {
+            at: ctx.now,
+            account: AccountFacts {
+                account_id: a.account_id,
+                organisation_id: a.organisation_id,
+                role: a.role,
+                created_at: a.created_at,
+                peer: PeerGroup::of(a.kind, a.departement.as_deref()),
+            },
+            session: SessionFacts {
+                session_id: session_of(&ctx.caller.via).0,
+                high_risk,
+                device,
+                network: from.map(|ip| self.vault.network_digest(ip)),
+                stepped_up_at,
+            },
+            kind: AttemptKind::ReadPerson,
+            person_id: None,
+            purpose: ctx.purpose,
+            fields: Fields::NONE,
+        })
+    }
+
+    /// Stage 3, on an attempt the policy allowed: `Ok` lets it go on to
+    /// the vault. Any other verdict is refused, ledgered and contained
+    /// (see [`Consultation::contain`]); a guard error fails closed.
+    async fn screen(&self, ctx: &Ctx<'_>, attempt: &Attempt) -> Result<GuardVerdict, Refusal> {
+        let decision = match self.guard.check(attempt).await {
+            Ok(d) => d,
+            Err(e) => return Err(self.fail(ctx, attempt.person_id, "guard", &e).await),
+        };
+        let (reason, refusal) = match decision.verdict {
+            Verdict::Allow => return Ok(GuardVerdict::Allow),
+            Verdict::StepUp => (DenyReason::StepUpRequired, Refusal::StepUpRequired),
+            Verdict::Throttle => (
+                DenyReason::Throttled,
+                Refusal::Throttled {
+                    retry_after_secs: retry_after(&self.guard.config(), decision.alert.as_ref()),
+                },
+            ),
+            Verdict::Suspend => (DenyReason::Suspended, Refusal::AccountSuspended),
+            Verdict::FreezeOrganisation => {
+                (DenyReason::OrganisationFrozen, Refusal::OrganisationFrozen)
+            }
+        };
+        let mut leaf = deny_leaf(ctx, attempt, reason);
+        leaf.guard = Some(ledger_verdict(decision.verdict));
+        // The groups it would have shown: what was attempted.
+        leaf.field_groups = FieldGroup::ALL
+            .iter()
+            .copied()
+            .filter(|g| attempt.fields.contains(*g))
+            .collect();
+        self.contain(ctx, decision, leaf).await?;
+        Err(refusal)
+    }
+
+    /// Stage 3 told of an attempt that ended without data (a policy
+    /// denial, nothing found): the guard counts it, then `leaf` is appended
+    /// with the guard's verdict. The caller's answer stays what it was; a
+    /// verdict other than allow is contained from now on.
+    async fn observed(
         &self,
         ctx: &Ctx<'_>,
-        kind: AttemptKind,
-        person_id: Option<i64>,
-        decision: &Decision,
-    ) -> Result<GuardVerdict, Refusal> {
-        let a = &ctx.caller.account;
-        let attempt = Attempt {
-            account_id: a.account_id,
-            organisation_id: a.organisation_id,
-            kind,
-            person_id,
-            purpose: ctx.purpose,
-            field_groups: decision.groups.clone(),
+        attempt: &Attempt,
+        how: Observed,
+        mut leaf: AuditLeaf,
+    ) -> Result<LeafIndex, Refusal> {
+        let decision = match self.guard.observe(attempt, how).await {
+            Ok(d) => d,
+            Err(e) => return Err(self.fail(ctx, attempt.person_id, "guard", &e).await),
         };
-        let verdict = match self.guard.check(&attempt).await {
-            Ok(v) => v,
-            Err(e) => return Err(self.fail(ctx, person_id, "guard", &e).await),
-        };
-        let (code, reason, name) = match verdict {
-            Verdict::Allow => return Ok(GuardVerdict::Allow),
-            Verdict::StepUp => (GuardVerdict::StepUp, DenyReason::StepUpRequired, "step-up"),
-            Verdict::Throttle => (GuardVerdict::Throttle, DenyReason::Throttled, "throttle"),
-            Verdict::Suspend => (GuardVerdict::Suspend, DenyReason::Suspended, "suspend"),
-        };
-        let leaf = ctx.leaf(
-            person_id,
-            FieldGroups::of(&decision.groups),
-            LeafDecision::Deny(reason),
-            Some(code),
-            None,
-        );
-        self.record(leaf).await?;
-        Err(Refusal::Guarded(name))
+        if decision.lets_through() {
+            return self.record(leaf).await;
+        }
+        leaf.guard = Some(ledger_verdict(decision.verdict));
+        self.contain(ctx, decision, leaf).await
+    }
+
+    /// A verdict other than allow: its leaf first, then its alert pointing
+    /// at that leaf, then the containment it calls for (a suspension ends
+    /// the account's sessions; a freeze reaches the other instances at
+    /// their next sync). The alert and the suspension happen even if the
+    /// ledger fails; the caller then gets `Unavailable`.
+    async fn contain(
+        &self,
+        ctx: &Ctx<'_>,
+        decision: GuardDecision,
+        leaf: AuditLeaf,
+    ) -> Result<LeafIndex, Refusal> {
+        let recorded = self.record(leaf).await;
+        if let Some(alert) = decision.alert {
+            let last = recorded.as_ref().ok().copied();
+            self.guard.raise(alert.with_ledger_range(None, last));
+        }
+        if decision.verdict == Verdict::Suspend {
+            self.suspend(ctx).await?;
+        }
+        recorded
+    }
+
+    /// The guard suspended the caller's account: in the registry (every
+    /// instance refuses it from its next request) and its sessions ended.
+    async fn suspend(&self, ctx: &Ctx<'_>) -> Result<(), Refusal> {
+        let id = ctx.caller.account.account_id;
+        if let Err(e) = self
+            .store
+            .set_account_state(id, AccountState::Suspended)
+            .await
+        {
+            return Err(self.fail(ctx, None, "guard suspension", &e).await);
+        }
+        if let Err(e) = self
+            .auth
+            .end_sessions_of_account(id, ctx.now, "guard_suspension")
+            .await
+        {
+            return Err(self.fail(ctx, None, "guard suspension", &e).await);
+        }
+        Ok(())
     }
 
     /// Stage 4: opens exactly the allowed groups. `None` when the person is
@@ -1332,6 +1461,73 @@ impl Ctx<'_> {
     }
 }
 
+/// This request's attempts, for the guard: one template, each attempt
+/// naming its kind, person and fields.
+struct Attempts(Attempt);
+
+impl Attempts {
+    fn of(&self, kind: AttemptKind, person_id: Option<i64>, fields: Fields) -> Attempt {
+        Attempt {
+            kind,
+            person_id,
+            fields,
+            ..self.0.clone()
+        }
+    }
+}
+
+/// What a decision would show, for the guard.
+fn fields(decision: &Decision) -> Fields {
+    Fields::of(&decision.groups, decision.nir == NirView::Clear)
+}
+
+/// The leaf of a refused attempt.
+fn deny_leaf(ctx: &Ctx<'_>, attempt: &Attempt, reason: DenyReason) -> AuditLeaf {
+    ctx.leaf(
+        attempt.person_id,
+        FieldGroups::EMPTY,
+        LeafDecision::Deny(reason),
+        None,
+        None,
+    )
+}
+
+/// The ledger's code for a guard verdict.
+fn ledger_verdict(v: Verdict) -> GuardVerdict {
+    match v {
+        Verdict::Allow => GuardVerdict::Allow,
+        Verdict::StepUp => GuardVerdict::StepUp,
+        Verdict::Throttle => GuardVerdict::Throttle,
+        Verdict::Suspend => GuardVerdict::Suspend,
+        Verdict::FreezeOrganisation => GuardVerdict::FreezeOrganisation,
+    }
+}
+
+/// When a throttled account may usefully try again, in seconds: a daily
+/// quota's window slides by the hour, an hourly one's by a counter bucket,
+/// a behaviour throttle lasts `containment.throttle_minutes`.
+fn retry_after(config: &GuardConfig, alert: Option<&Alert>) -> u32 {
+    let features = alert.map_or(&[][..], |a| a.explanation.as_slice());
+    let has = |fs: &[Feature]| features.iter().any(|e| fs.contains(&e.feature));
+    if has(&[
+        Feature::PersonsPerDay,
+        Feature::NirPerDay,
+        Feature::SearchesPerDay,
+        Feature::BreakGlassPerDay,
+    ]) {
+        3600
+    } else if has(&[
+        Feature::PersonsPerHour,
+        Feature::NirPerHour,
+        Feature::SearchesPerHour,
+        Feature::BreakGlassPerHour,
+    ]) {
+        BUCKET_SECS as u32
+    } else {
+        config.containment.throttle_minutes.saturating_mul(60)
+    }
+}
+
 /// The ledger's session id: for an API credential its id, so every read
 /// made with one credential can be listed; for a browser session the first
 /// half of its row's key (a digest of the cookie's secret, from which the
@@ -1348,8 +1544,15 @@ pub(crate) fn session_of(via: &Via) -> SessionId {
         // A token's digest, as for sessions: the token's issuance leaf
         // carries the same id, so every read made with one token can be
         // traced back to the client assertion that obtained it.
-        Via::AccessToken { digest } => s.copy_from_slice(&digest[..16]),
+        Via::AccessToken { digest, .. } => return token_session(digest),
     }
+    SessionId(s)
+}
+
+/// The session id of reads made with the access token whose digest this is.
+pub(crate) fn token_session(digest: &[u8; 32]) -> SessionId {
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&digest[..16]);
     SessionId(s)
 }
 
@@ -1391,7 +1594,7 @@ fn mandate_reference(prefix: &str, now: DateTime<Utc>) -> Reference {
 #[allow(dead_code)]
 fn operations_are_send(c: &Consultation) {
     fn is_send<T: Send>(_: &T) {}
-    is_send(&c.read_person(&Presented::Nothing, 1, Purpose::FollowUp));
-    is_send(&c.caseload(&Presented::Nothing, Purpose::FollowUp, 0, 1));
+    is_send(&c.read_person(&Presented::Nothing, None, 1, Purpose::FollowUp));
+    is_send(&c.caseload(&Presented::Nothing, None, Purpose::FollowUp, 0, 1));
     is_send(&c.whoami(&Presented::Nothing));
 }

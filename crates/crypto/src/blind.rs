@@ -32,6 +32,10 @@ pub enum BlindKind {
     /// join their files, and different from the stored NIR blind index, so a
     /// processor holding a copy of the registry cannot link it either.
     ProcessorToken,
+    /// A client's network prefix (IPv4 /24, IPv6 /48), as the guard sees
+    /// it: keyed, because a prefix has so few values that a plain hash
+    /// would give the address back.
+    GuardNetwork,
 }
 
 impl BlindKind {
@@ -42,6 +46,7 @@ impl BlindKind {
             BlindKind::NameBirth => b"rempart/blind/name_birth/1\0",
             BlindKind::Fingerprint => b"rempart/blind/fingerprint/1\0",
             BlindKind::ProcessorToken => b"rempart/token/processor_nir/1\0",
+            BlindKind::GuardNetwork => b"rempart/guard/network/1\0",
         }
     }
 }

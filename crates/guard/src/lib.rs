@@ -1,104 +1,611 @@
-//! The guard stage of the consultation path.
+//! The guard stage of the consultation path: hard quotas and explainable
+//! behaviour scoring between authorization (the policy allowed the read)
+//! and the vault (nothing decrypted yet), so that an allowed-but-abnormal
+//! read is stopped before any data leaves.
 //!
-//! It sits after authorization (the request is allowed by policy) and
-//! before the vault (nothing has been decrypted yet), so that it can stop
-//! an allowed-but-abnormal read before any data leaves. Today it is a
-//! pass-through: every attempt gets [`Verdict::Allow`]. Quotas and
-//! behaviour scoring will fill [`Guard::check`] without changing its
-//! place in the path or its signature.
+//! - [`Guard::check`] is asked about every attempt the policy allowed; its
+//!   [`GuardDecision`] says whether to go on, and carries an [`Alert`] for
+//!   every verdict other than [`Verdict::Allow`].
+//! - [`Guard::observe`] is told about attempts that ended without data
+//!   (policy denials, nothing found): they feed the enumeration and
+//!   denied-share features and can suspend an account on their own.
+//! - [`Guard::sync`], run every `sync.interval_secs` by the caller, flushes
+//!   this instance's counters, activity, devices, alerts and freezes to the
+//!   [`GuardStore`] and reads back what the other instances counted.
+//!
+//! Hot counters live in memory, in sharded maps; the hot path allocates
+//! nothing when it allows and does no I/O, except loading an account's
+//! baseline the first time it is met each (local) day. The store is the
+//! only way the guard touches the outside world; no clock is read
+//! (attempts carry their instant, sync takes `now`).
+//!
+//! **Fail closed.** A store error on load, or a guard that has not synced
+//! successfully for `sync.max_staleness_secs`, makes `check` and `observe`
+//! return [`GuardError`]: the caller refuses.
+//!
+//! **Staleness across instances.** Each instance counts exactly what it
+//! serves; other instances' counts arrive with each sync, so they are at
+//! most `sync.interval_secs` (plus one flush) old. An attacker spreading
+//! one account over k instances gains at most what it can read in one
+//! interval on k − 1 of them; distinct persons are counted per instance,
+//! so the merged count is an upper bound (never an undercount) of the truth.
 
-use rempart_domain::{FieldGroup, Purpose};
+mod alert;
+mod attempt;
+mod baseline;
+pub mod bench;
+mod config;
+mod engine;
+mod region;
+pub mod store;
+mod window;
 
-/// What the guard is asked about: one attempt by one account, after the
-/// policy decided. Identifiers only, never personal values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    pub account_id: i64,
-    pub organisation_id: i64,
-    /// What is attempted.
-    pub kind: AttemptKind,
-    /// The person concerned, when there is one.
-    pub person_id: Option<i64>,
-    pub purpose: Option<Purpose>,
-    /// Field groups about to be shown.
-    pub field_groups: Vec<FieldGroup>,
+pub use alert::{Alert, AlertKind, Evidence, Explanation, Feature, TOP_FEATURES, Verdict};
+pub use attempt::{
+    AccountFacts, Attempt, AttemptKind, Digest16, Fields, Observed, SearchKind, SessionFacts,
+};
+pub use config::{
+    AccountQuotas, ConfigError, Containment, Format, GuardConfig, Limit, OrganisationQuotas,
+    RiskyLimits, Scoring, Sync, Weights,
+};
+pub use region::{LocalTime, PeerGroup, Region, region_of};
+pub use store::{GuardStore, StoreError};
+pub use window::{BUCKET_SECS, bucket_of};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::baseline::Baseline;
+use crate::engine::{AccountState, AccountVerdict, OrgState, is_quota};
+use crate::store::{ActivityCounts, AlertQuery, FlushBatch, Freeze, Metric, Scope, StoredAlert};
+use crate::window::{DAY_BUCKETS, HOUR_BUCKETS};
+
+/// Failures of the guard itself. The consultation path treats any of them
+/// as a refusal: fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    /// The store failed.
+    #[error("guard state unavailable: {0}")]
+    Store(#[from] StoreError),
+    /// No successful sync for too long: other instances' counts are unknown.
+    #[error("guard state unavailable: last successful sync {0} s ago")]
+    Stale(i64),
 }
 
-/// The kinds of attempts the guard counts separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttemptKind {
-    ReadPerson,
-    Search,
-    ListCaseload,
-    BreakGlass,
+/// The guard's answer to one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardDecision {
+    /// What to do.
+    pub verdict: Verdict,
+    /// Present for every verdict but [`Verdict::Allow`]: pass it to
+    /// [`Guard::raise`] (after filling its ledger range) to store it.
+    pub alert: Option<Alert>,
 }
 
-/// The guard's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// Go on.
-    Allow,
-    /// Ask the account for a fresh second factor first.
-    StepUp,
-    /// Refuse for now; the account may try again later.
-    Throttle,
-    /// Refuse and suspend the account.
-    Suspend,
-}
+impl GuardDecision {
+    const ALLOW: GuardDecision = GuardDecision {
+        verdict: Verdict::Allow,
+        alert: None,
+    };
 
-impl Verdict {
     /// Whether the attempt may go on to the vault.
-    pub fn lets_through(self) -> bool {
-        self == Verdict::Allow
+    pub fn lets_through(&self) -> bool {
+        self.verdict.lets_through()
     }
 }
 
-/// Failures of the guard itself (its counters or baselines unreachable).
-/// The consultation path treats any of them as a refusal: fail closed.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    #[error("guard state unavailable: {0}")]
-    Unavailable(String),
+/// What one [`Guard::sync`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Counter deltas written.
+    pub counters: usize,
+    /// Activity rows written (account and peer).
+    pub activity: usize,
+    /// Alerts stored.
+    pub alerts: usize,
+    /// Subjects with counts from other instances.
+    pub remote: usize,
+    /// Organisations frozen.
+    pub frozen: usize,
+    /// Accounts held in memory after the sync.
+    pub accounts: usize,
 }
 
-/// The guard. Cheap to share between request handlers.
-#[derive(Debug, Clone, Default)]
+/// Other instances' (metric, hour, day) counts for one subject.
+type RemoteRows = Vec<(Metric, u32, u32)>;
+
+const ACCOUNT_SHARDS: usize = 64;
+const ORG_SHARDS: usize = 16;
+
+/// The guard. Cheap to clone and share between request handlers.
+#[derive(Clone)]
 pub struct Guard {
-    _private: (),
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("pass_through", &self.inner.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: GuardConfig,
+    store: Arc<dyn GuardStore>,
+    instance: i64,
+    accounts: Vec<Mutex<HashMap<i64, AccountState>>>,
+    orgs: Vec<Mutex<HashMap<i64, OrgState>>>,
+    peers: RwLock<HashMap<i64, Baseline>>,
+    peers_day: AtomicI32,
+    /// Unix time of the last successful sync (or open); `i64::MIN` after a
+    /// failed one.
+    last_sync: AtomicI64,
+    last_prune: AtomicI64,
+    /// Alerts raised and freezes decided since the last sync, and whatever a
+    /// failed sync could not write.
+    pending: Mutex<FlushBatch>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing under these locks can be left half-done by a panic in a way
+    // that breaks an invariant worse than a lost count.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Guard {
-    /// A guard that lets every authorized attempt through.
+    /// A guard that lets every attempt through and keeps nothing: for
+    /// benchmarks with and without the guard, and for tests of other stages.
     pub fn pass_through() -> Self {
-        Guard { _private: () }
+        Guard { inner: None }
     }
 
-    /// Decides on one attempt.
-    pub async fn check(&self, attempt: &Attempt) -> Result<Verdict, GuardError> {
-        let _ = attempt;
-        Ok(Verdict::Allow)
+    /// Opens the guard on its store: loads the peer groups' baselines and
+    /// the frozen organisations. `instance` identifies this server among
+    /// those sharing the store (any value unique among them, e.g. random).
+    pub async fn open(
+        config: GuardConfig,
+        store: Arc<dyn GuardStore>,
+        instance: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Guard, GuardError> {
+        let inner = Inner {
+            config,
+            store,
+            instance,
+            accounts: (0..ACCOUNT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            orgs: (0..ORG_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            peers: RwLock::new(HashMap::new()),
+            peers_day: AtomicI32::new(i32::MIN),
+            last_sync: AtomicI64::new(i64::MIN),
+            last_prune: AtomicI64::new(i64::MIN),
+            pending: Mutex::new(FlushBatch {
+                instance,
+                ..FlushBatch::default()
+            }),
+        };
+        // A first sync: the peers' baselines, the frozen organisations and
+        // what the other instances counted, before the first attempt.
+        inner.load_peers(now).await?;
+        inner.sync(now).await?;
+        inner.last_sync.store(now.timestamp(), Ordering::SeqCst);
+        Ok(Guard {
+            inner: Some(Arc::new(inner)),
+        })
+    }
+
+    /// The configuration in force (the defaults for a pass-through guard).
+    pub fn config(&self) -> GuardConfig {
+        self.inner.as_ref().map(|i| i.config).unwrap_or_default()
+    }
+
+    /// Decides on an attempt the policy allowed, before the vault opens
+    /// anything, and counts it.
+    pub async fn check(&self, attempt: &Attempt) -> Result<GuardDecision, GuardError> {
+        match &self.inner {
+            None => Ok(GuardDecision::ALLOW),
+            Some(inner) => inner.decide(attempt, None).await,
+        }
+    }
+
+    /// Counts an attempt that ended without data (see [`Observed`]). The
+    /// attempt is refused anyway; the decision says whether the account
+    /// must now be throttled, suspended or its organisation frozen.
+    pub async fn observe(
+        &self,
+        attempt: &Attempt,
+        how: Observed,
+    ) -> Result<GuardDecision, GuardError> {
+        match &self.inner {
+            None => Ok(GuardDecision::ALLOW),
+            Some(inner) => inner.decide(attempt, Some(how)).await,
+        }
+    }
+
+    /// Queues an alert (with its ledger range filled in) for the next sync.
+    /// No I/O: alerts are stored by [`Guard::sync`].
+    pub fn raise(&self, alert: Alert) {
+        if let Some(inner) = &self.inner {
+            lock(&inner.pending).alerts.push(alert);
+        }
+    }
+
+    /// Flushes this instance's state to the store and reads the others'.
+    /// On error the guard fails closed until a sync succeeds; nothing queued
+    /// is lost (it is retried with the next sync).
+    pub async fn sync(&self, now: DateTime<Utc>) -> Result<SyncReport, GuardError> {
+        match &self.inner {
+            None => Ok(SyncReport::default()),
+            Some(inner) => {
+                let r = inner.sync(now).await;
+                match &r {
+                    Ok(_) => inner.last_sync.store(now.timestamp(), Ordering::SeqCst),
+                    Err(_) => inner.last_sync.store(i64::MIN, Ordering::SeqCst),
+                }
+                r
+            }
+        }
+    }
+
+    /// Lifts an organisation's freeze (an officer's decision); other
+    /// instances follow at their next sync.
+    pub async fn lift_freeze(
+        &self,
+        organisation_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, GuardError> {
+        let Some(inner) = &self.inner else {
+            return Ok(false);
+        };
+        let lifted = inner.store.lift_freeze(organisation_id, at).await?;
+        if let Some(o) = lock(inner.org_shard(organisation_id)).get_mut(&organisation_id) {
+            o.frozen = false;
+        }
+        Ok(lifted)
+    }
+
+    /// Stored alerts.
+    pub async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, GuardError> {
+        match &self.inner {
+            None => Ok(Vec::new()),
+            Some(inner) => Ok(inner.store.alerts(query).await?),
+        }
+    }
+}
+
+impl Inner {
+    fn account_shard(&self, id: i64) -> &Mutex<HashMap<i64, AccountState>> {
+        &self.accounts[(id as u64 % ACCOUNT_SHARDS as u64) as usize]
+    }
+
+    fn org_shard(&self, id: i64) -> &Mutex<HashMap<i64, OrgState>> {
+        &self.orgs[(id as u64 % ORG_SHARDS as u64) as usize]
+    }
+
+    fn healthy(&self, now: i64) -> Result<(), GuardError> {
+        let last = self.last_sync.load(Ordering::SeqCst);
+        let age = now.saturating_sub(last);
+        if last == i64::MIN || age > i64::from(self.config.sync.max_staleness_secs) {
+            return Err(GuardError::Stale(if last == i64::MIN { -1 } else { age }));
+        }
+        Ok(())
+    }
+
+    fn first_baseline_day(&self, day: i32) -> i32 {
+        day.saturating_sub(self.config.scoring.baseline_days as i32)
+    }
+
+    /// Makes sure the account's baseline is loaded for its current local day.
+    async fn ensure_loaded(&self, a: &Attempt, day: i32) -> Result<(), GuardError> {
+        let id = a.account.account_id;
+        if lock(self.account_shard(id))
+            .get(&id)
+            .is_some_and(|s| s.loaded_day == day)
+        {
+            return Ok(());
+        }
+        // The lock is not held across the store call; two requests may both
+        // load, and the second simply refreshes the same baseline.
+        let history = self
+            .store
+            .load_account(id, self.first_baseline_day(day))
+            .await?;
+        let s = &self.config.scoring;
+        let own = Baseline::of(&history.activity, false, s.work_start_hour, s.work_end_hour);
+        let mut shard = lock(self.account_shard(id));
+        let st = shard.entry(id).or_insert_with(|| AccountState::new(a));
+        st.own = own;
+        st.loaded_day = day;
+        st.merge_known(&history.known);
+        Ok(())
+    }
+
+    fn peer(&self, key: i64) -> Baseline {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    async fn decide(
+        &self,
+        a: &Attempt,
+        observed: Option<Observed>,
+    ) -> Result<GuardDecision, GuardError> {
+        let now = a.at.timestamp();
+        self.healthy(now)?;
+        let local = LocalTime::of(a.at, a.account.region());
+        self.ensure_loaded(a, local.day).await?;
+        let peer = self.peer(a.account.peer.key());
+        let id = a.account.account_id;
+        let account: AccountVerdict = {
+            let mut shard = lock(self.account_shard(id));
+            let st = shard.entry(id).or_insert_with(|| AccountState::new(a));
+            st.organisation_id = a.account.organisation_id;
+            st.peer = a.account.peer.key();
+            st.decide(&self.config, a, observed, local, peer)
+        };
+        let org_id = a.account.organisation_id;
+        let org = {
+            let mut shard = lock(self.org_shard(org_id));
+            let o = shard.entry(org_id).or_insert_with(OrgState::new);
+            o.decide(&self.config, a, &account, observed.is_none())
+        };
+        if org.newly_frozen {
+            lock(&self.pending).freezes.push(Freeze {
+                organisation_id: org_id,
+                frozen_at: a.at,
+            });
+        }
+        let (verdict, kind, fresh, mut lines) = if org.verdict > account.verdict {
+            (
+                org.verdict,
+                org.kind,
+                org.fresh,
+                org.lines.as_slice().to_vec(),
+            )
+        } else {
+            (account.verdict, account.kind, account.fresh, Vec::new())
+        };
+        if verdict == Verdict::Allow {
+            return Ok(GuardDecision::ALLOW);
+        }
+        // The rare path: build the explanation.
+        lines.extend_from_slice(account.lines.as_slice());
+        lines.retain(|l| l.contribution > 0.0 || is_quota(l.feature));
+        lines.sort_by(|x, y| y.contribution.total_cmp(&x.contribution));
+        lines.truncate(TOP_FEATURES);
+        let daily = lines.iter().any(|l| {
+            matches!(
+                l.feature,
+                Feature::PersonsPerDay
+                    | Feature::NirPerDay
+                    | Feature::SearchesPerDay
+                    | Feature::BreakGlassPerDay
+                    | Feature::BreakGlassRate
+                    | Feature::Suspensions
+            )
+        });
+        let window = if daily {
+            TimeDelta::days(1)
+        } else {
+            TimeDelta::hours(1)
+        };
+        Ok(GuardDecision {
+            verdict,
+            alert: Some(Alert {
+                at: a.at,
+                kind,
+                account_id: id,
+                organisation_id: org_id,
+                verdict,
+                score: account.score,
+                explanation: lines,
+                fresh,
+                evidence: Evidence {
+                    from: a.at - window,
+                    to: a.at,
+                    first_seq: None,
+                    last_seq: None,
+                },
+            }),
+        })
+    }
+
+    async fn load_peers(&self, now: DateTime<Utc>) -> Result<(), GuardError> {
+        let day = LocalTime::of(now, 0).day;
+        let rows = self.store.load_peers(self.first_baseline_day(day)).await?;
+        let mut by_peer: HashMap<i64, Vec<store::ActivityRow>> = HashMap::new();
+        for r in rows {
+            by_peer.entry(r.subject).or_default().push(r);
+        }
+        let s = &self.config.scoring;
+        let baselines = by_peer
+            .into_iter()
+            .map(|(k, rows)| {
+                (
+                    k,
+                    Baseline::of(&rows, true, s.work_start_hour, s.work_end_hour),
+                )
+            })
+            .collect();
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = baselines;
+        self.peers_day.store(day, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn load_frozen(&self) -> Result<usize, GuardError> {
+        let frozen: std::collections::HashSet<i64> = self
+            .store
+            .frozen_organisations()
+            .await?
+            .into_iter()
+            .map(|f| f.organisation_id)
+            .collect();
+        for shard in &self.orgs {
+            for (id, o) in lock(shard).iter_mut() {
+                o.frozen = frozen.contains(id);
+            }
+        }
+        for id in &frozen {
+            lock(self.org_shard(*id))
+                .entry(*id)
+                .or_insert_with(OrgState::new)
+                .frozen = true;
+        }
+        Ok(frozen.len())
+    }
+
+    /// Takes everything pending out of the shards (peer rows summed from
+    /// the accounts' rows) and forgets idle state.
+    fn drain(&self, now: i64) -> (FlushBatch, usize) {
+        let mut batch = std::mem::take(&mut *lock(&self.pending));
+        batch.instance = self.instance;
+        let mut peers: HashMap<(i64, i32, u8), ActivityCounts> = HashMap::new();
+        let mut held = 0;
+        for shard in &self.accounts {
+            let mut shard = lock(shard);
+            for (&id, st) in shard.iter_mut() {
+                for mut d in st.pending_counts.drain(..) {
+                    d.subject = id;
+                    batch.counters.push(d);
+                }
+                for mut r in st.pending_activity.drain(..) {
+                    r.subject = id;
+                    peers
+                        .entry((st.peer, r.day, r.hour))
+                        .or_default()
+                        .add(&r.counts);
+                    batch.activity.push(r);
+                }
+                batch.known.append(&mut st.pending_known);
+                st.prune(now);
+            }
+            shard.retain(|_, st| !st.is_idle(now));
+            held += shard.len();
+        }
+        for ((peer, day, hour), counts) in peers {
+            batch.activity.push(store::ActivityRow {
+                scope: Scope::Peer,
+                subject: peer,
+                day,
+                hour,
+                counts,
+            });
+        }
+        for shard in &self.orgs {
+            let mut shard = lock(shard);
+            for (&id, o) in shard.iter_mut() {
+                for mut d in o.pending_counts.drain(..) {
+                    d.subject = id;
+                    batch.counters.push(d);
+                }
+            }
+            shard.retain(|_, o| !o.is_idle(now));
+        }
+        (batch, held)
+    }
+
+    async fn sync(&self, now: DateTime<Utc>) -> Result<SyncReport, GuardError> {
+        let t = now.timestamp();
+        let (batch, accounts) = self.drain(t);
+        let mut report = SyncReport {
+            counters: batch.counters.len(),
+            activity: batch.activity.len(),
+            alerts: batch.alerts.len(),
+            accounts,
+            ..SyncReport::default()
+        };
+        if !batch.is_empty()
+            && let Err(e) = self.store.flush(&batch).await
+        {
+            // Keep it for the next attempt, before anything newer.
+            let mut pending = lock(&self.pending);
+            let newer = std::mem::take(&mut *pending);
+            *pending = batch;
+            pending.append(newer);
+            return Err(e.into());
+        }
+        let b = bucket_of(t);
+        let remote = self
+            .store
+            .remote_counts(self.instance, b - (HOUR_BUCKETS - 1), b - (DAY_BUCKETS - 1))
+            .await?;
+        report.remote = remote.len();
+        let mut by_subject: HashMap<(Scope, i64), RemoteRows> = HashMap::new();
+        for r in remote {
+            let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            by_subject.entry((r.scope, r.subject)).or_default().push((
+                r.metric,
+                clamp(r.hour),
+                clamp(r.day),
+            ));
+        }
+        let apply = |rates: &mut [window::Rate; store::METRICS], rows: Option<&RemoteRows>| {
+            for r in rates.iter_mut() {
+                r.remote_hour = 0;
+                r.remote_day = 0;
+            }
+            for &(m, h, d) in rows.into_iter().flatten() {
+                let r = &mut rates[m as usize];
+                r.remote_hour = h;
+                r.remote_day = d;
+            }
+        };
+        // Subjects counted elsewhere but not met here yet get a state now,
+        // so that their first attempt here already sees those counts.
+        for (scope, id) in by_subject.keys() {
+            match scope {
+                Scope::Account => {
+                    lock(self.account_shard(*id))
+                        .entry(*id)
+                        .or_insert_with(|| AccountState::blank(0, 0));
+                }
+                Scope::Organisation => {
+                    lock(self.org_shard(*id))
+                        .entry(*id)
+                        .or_insert_with(OrgState::new);
+                }
+                Scope::Peer => {}
+            }
+        }
+        for shard in &self.accounts {
+            for (id, st) in lock(shard).iter_mut() {
+                apply(&mut st.rates, by_subject.get(&(Scope::Account, *id)));
+            }
+        }
+        for shard in &self.orgs {
+            for (id, o) in lock(shard).iter_mut() {
+                apply(&mut o.rates, by_subject.get(&(Scope::Organisation, *id)));
+            }
+        }
+        report.frozen = self.load_frozen().await?;
+        if self.peers_day.load(Ordering::SeqCst) != LocalTime::of(now, 0).day {
+            self.load_peers(now).await?;
+        }
+        if t.saturating_sub(self.last_prune.load(Ordering::SeqCst)) >= 3600 {
+            let day = LocalTime::of(now, 0).day;
+            self.store
+                .prune(
+                    b - DAY_BUCKETS - HOUR_BUCKETS,
+                    self.first_baseline_day(day) - 1,
+                )
+                .await?;
+            self.last_prune.store(t, Ordering::SeqCst);
+        }
+        Ok(report)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_pass_through_allows_and_only_allow_lets_through() {
-        let g = Guard::pass_through();
-        let a = Attempt {
-            account_id: 1,
-            organisation_id: 2,
-            kind: AttemptKind::ReadPerson,
-            person_id: Some(3),
-            purpose: Some(Purpose::FollowUp),
-            field_groups: vec![FieldGroup::Identity],
-        };
-        assert_eq!(g.check(&a).await.ok(), Some(Verdict::Allow));
-        assert!(Verdict::Allow.lets_through());
-        for v in [Verdict::StepUp, Verdict::Throttle, Verdict::Suspend] {
-            assert!(!v.lets_through());
-        }
-    }
-}
+mod tests;

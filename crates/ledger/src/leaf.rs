@@ -310,6 +310,8 @@ coded_enum!(
         InternalError = 14 => "internal_error",
         /// Too many failed attempts: the account or the address waits.
         LockedOut = 15 => "locked_out",
+        /// The guard froze the account's organisation.
+        OrganisationFrozen = 16 => "organisation_frozen",
     }
 );
 
@@ -324,6 +326,9 @@ coded_enum!(
         Throttle = 3 => "throttle",
         /// The account is suspended.
         Suspend = 4 => "suspend",
+        /// Every account of the organisation is refused until an officer
+        /// lifts the freeze.
+        FreezeOrganisation = 5 => "freeze_organisation",
     }
 );
 

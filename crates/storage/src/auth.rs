@@ -828,12 +828,12 @@ pub(crate) fn digest32(v: Vec<u8>, what: &str) -> Result<[u8; 32], StorageError>
 /// The account columns of [`crate::ACCOUNT_SELECT`], for joins.
 macro_rules! account_columns {
     () => {
-        "a.id, a.login, a.role, a.state, o.id, o.code, o.kind"
+        "a.id, a.login, a.role, a.state, o.id, o.code, o.kind, a.created_at, o.departement"
     };
 }
 
 /// An account, its organisation and its history (same SQL on both
-/// backends; account columns from 0, lifecycle columns from 7).
+/// backends; account columns from 0, lifecycle columns from 9).
 pub(crate) const REVIEW_SELECT: &str = concat!(
     "SELECT ",
     account_columns!(),

@@ -15,13 +15,16 @@
 //! `account_totp`, `passkey`, `web_session`, `ceremony`, `api_client`,
 //! `access_token`, `replay_key` and `credential_reset`, plus the account's
 //! history columns (`created_at`, `decided_by`, `decided_at`,
-//! `last_login_at`, `next_session_high_risk`).
+//! `last_login_at`, `next_session_high_risk`); for the exfiltration guard
+//! (`rempart_guard::GuardStore`): `guard_counter`, `guard_activity`,
+//! `guard_known`, `guard_alert`, `guard_alert_feature` and `guard_freeze`.
 //!
 //! Schema changes are versioned migrations under `migrations/<backend>/`,
 //! applied in order when a store is opened; each backend has its own SQL
 //! but the same tables, columns and meaning.
 
 pub mod auth;
+mod guard;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -151,6 +154,12 @@ pub struct AccountRecord {
     /// The organisation's code.
     pub organisation: Reference,
     pub kind: OrganisationKind,
+    /// When the account was requested; `None` for imported accounts, whose
+    /// history is unknown (the guard treats them as established).
+    pub created_at: Option<DateTime<Utc>>,
+    /// The organisation's département, if known (the guard's peer group
+    /// and local time).
+    pub departement: Option<String>,
 }
 
 /// See [`RegistryStore::consultation_rows`].
@@ -531,6 +540,9 @@ pub struct Stores {
     pub registry: Store,
     /// What authentication persists.
     pub auth: Arc<dyn AuthStore>,
+    /// What the exfiltration guard shares between instances and keeps
+    /// across restarts.
+    pub guard: Arc<dyn rempart_guard::GuardStore>,
 }
 
 impl From<sqlite::SqliteStore> for Stores {
@@ -538,7 +550,8 @@ impl From<sqlite::SqliteStore> for Stores {
         // A clone shares the connections.
         Stores {
             registry: Arc::new(s.clone()),
-            auth: Arc::new(s),
+            auth: Arc::new(s.clone()),
+            guard: Arc::new(s),
         }
     }
 }
@@ -548,7 +561,8 @@ impl From<postgres::PgStore> for Stores {
         // A clone shares the pool.
         Stores {
             registry: Arc::new(s.clone()),
-            auth: Arc::new(s),
+            auth: Arc::new(s.clone()),
+            guard: Arc::new(s),
         }
     }
 }
@@ -651,14 +665,15 @@ pub(crate) const MANDATE_SELECT: &str = "SELECT m.id, m.reference, o.code, m.org
 /// An account with its organisation (same SQL on both backends; each reads
 /// the columns in this order).
 pub(crate) const ACCOUNT_SELECT: &str =
-    "SELECT a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+    "SELECT a.id, a.login, a.role, a.state, o.id, o.code, o.kind, a.created_at, o.departement
      FROM account a JOIN organisation o ON o.id = a.organisation_id";
 
 /// A credential with its account (same SQL on both backends; each adds its
 /// `WHERE` and reads the account columns from column 6).
 pub(crate) const CREDENTIAL_SELECT: &str =
     "SELECT c.id, c.account_id, c.secret_digest, c.created_at, c.expires_at,
-            c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind
+            c.revoked_at, a.id, a.login, a.role, a.state, o.id, o.code, o.kind,
+            a.created_at, o.departement
      FROM api_credential c JOIN account a ON a.id = c.account_id
      JOIN organisation o ON o.id = a.organisation_id";
 

@@ -24,6 +24,11 @@ pub const SQLITE: &[Migration] = &[
         name: "authentication",
         sql: include_str!("../migrations/sqlite/0003_authentication.sql"),
     },
+    Migration {
+        version: 4,
+        name: "guard",
+        sql: include_str!("../migrations/sqlite/0004_guard.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -42,6 +47,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 3,
         name: "authentication",
         sql: include_str!("../migrations/postgres/0003_authentication.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "guard",
+        sql: include_str!("../migrations/postgres/0004_guard.sql"),
     },
 ];
 

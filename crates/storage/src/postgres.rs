@@ -38,6 +38,7 @@ use crate::{
 };
 
 mod auth;
+mod guard;
 
 /// Schema the registry lives in unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "registry";
@@ -546,6 +547,8 @@ fn account_record(r: &Row, at: usize) -> Result<AccountRecord, StorageError> {
         organisation_id: r.try_get(at + 4)?,
         organisation: parse_code(r.try_get(at + 5)?, Reference::parse)?,
         kind: parse_code(r.try_get(at + 6)?, OrganisationKind::parse)?,
+        created_at: r.try_get(at + 7)?,
+        departement: r.try_get(at + 8)?,
     })
 }
 

@@ -22,6 +22,7 @@ use crate::{
 };
 
 mod auth;
+mod guard;
 
 /// File name of the registry inside the data directory.
 pub const FILE_NAME: &str = "registry.db";
@@ -318,6 +319,8 @@ fn account_record(r: &Row<'_>, at: usize) -> Result<AccountRecord, StorageError>
         organisation_id: r.get(at + 4)?,
         organisation: parse_code(r.get(at + 5)?, Reference::parse)?,
         kind: parse_code(r.get(at + 6)?, OrganisationKind::parse)?,
+        created_at: optional_instant(r.get(at + 7)?, "created_at")?,
+        departement: r.get(at + 8)?,
     })
 }
 

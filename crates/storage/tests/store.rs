@@ -548,8 +548,8 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 16,
-            "[postgres] registry and authentication tables + schema_migrations"
+            tables, 22,
+            "[postgres] registry, authentication and guard tables + schema_migrations"
         );
     }
 
@@ -1885,6 +1885,9 @@ async fn accounts_and_organisations_are_looked_up() {
                 organisation_id: ce,
                 organisation: r("CE-038"),
                 kind: OrganisationKind::CapEmploi,
+                // Imported: no request, so no creation instant.
+                created_at: None,
+                departement: Some("38".into()),
             },
             "[{be}]"
         );
@@ -4772,4 +4775,559 @@ async fn open_stores_gives_both_interfaces_on_one_database() {
             .is_some(),
         "the same file"
     );
+}
+
+// ---------------------------------------------------------------- guard
+
+use rempart_guard::store::{
+    ActivityCounts, ActivityRow, AlertQuery, CounterDelta, FlushBatch, Freeze, GuardStore, Known,
+    KnownKind, Metric, RemoteCount, Scope,
+};
+use rempart_guard::{
+    AccountFacts, Alert, AlertKind, Attempt, AttemptKind, Evidence, Explanation, Feature, Fields,
+    Guard, GuardConfig, GuardError, PeerGroup, SessionFacts, Verdict,
+};
+
+impl BothAuth {
+    fn guards(&self) -> [(&'static str, Arc<dyn GuardStore>); 2] {
+        [
+            ("sqlite", self.sqlite.guard.clone()),
+            ("postgres", self.pg.guard.clone()),
+        ]
+    }
+}
+
+fn delta(scope: Scope, subject: i64, metric: Metric, bucket: i64, count: u32) -> CounterDelta {
+    CounterDelta {
+        scope,
+        subject,
+        metric,
+        bucket,
+        count,
+    }
+}
+
+fn hour_row(
+    scope: Scope,
+    subject: i64,
+    day: i32,
+    hour: u8,
+    attempts: u32,
+    persons: u32,
+) -> ActivityRow {
+    ActivityRow {
+        scope,
+        subject,
+        day,
+        hour,
+        counts: ActivityCounts {
+            attempts,
+            persons,
+            misses: 1,
+            searches: 2,
+            search_misses: 3,
+            nir: 4,
+            break_glass: 5,
+            account_hours: 1,
+        },
+    }
+}
+
+fn alert_of(account_id: i64, organisation_id: i64, at: DateTime<Utc>, score: f64) -> Alert {
+    Alert {
+        at,
+        kind: AlertKind::Behaviour,
+        account_id,
+        organisation_id,
+        verdict: Verdict::StepUp,
+        score,
+        explanation: vec![
+            Explanation {
+                feature: Feature::OffHours,
+                value: 5.0,
+                baseline: 0.01,
+                contribution: 2.5,
+            },
+            Explanation {
+                feature: Feature::NewDevice,
+                value: 1.0,
+                baseline: 2.0,
+                contribution: 2.0,
+            },
+        ],
+        fresh: true,
+        evidence: Evidence {
+            from: at - TimeDelta::hours(1),
+            to: at,
+            first_seq: Some(10),
+            last_seq: Some(42),
+        },
+    }
+}
+
+fn remote(rows: Vec<RemoteCount>) -> Vec<(Scope, i64, Metric, u64, u64)> {
+    let mut v: Vec<_> = rows
+        .into_iter()
+        .map(|r| (r.scope, r.subject, r.metric, r.hour, r.day))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_counters_add_up_across_instances_and_are_pruned() {
+    let b = both_auth().await;
+    for (be, g) in b.guards() {
+        let batch = |instance, counters| FlushBatch {
+            instance,
+            counters,
+            ..FlushBatch::default()
+        };
+        let a = Scope::Account;
+        // Instance 1 writes twice to one key (and once within one batch:
+        // a retried batch joined to the next one).
+        g.flush(&batch(
+            1,
+            vec![
+                delta(a, 7, Metric::PersonsHour, 1000, 3),
+                delta(a, 7, Metric::PersonsHour, 1000, 2),
+                delta(a, 7, Metric::PersonsHour, 990, 4),
+            ],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        g.flush(&batch(1, vec![delta(a, 7, Metric::PersonsHour, 1000, 1)]))
+            .await
+            .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        g.flush(&batch(
+            2,
+            vec![
+                delta(a, 7, Metric::PersonsHour, 1000, 10),
+                delta(Scope::Organisation, 3, Metric::Refusals, 995, 7),
+                delta(a, 8, Metric::Nir, 700, 9), // older than a day
+            ],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        // Instance 3 sees both; instance 1 only instance 2's; the hour
+        // covers buckets from 995, the day from 713.
+        let seen = |instance| {
+            let g = g.clone();
+            async move { remote(g.remote_counts(instance, 995, 713).await.unwrap()) }
+        };
+        assert_eq!(
+            seen(3).await,
+            vec![
+                (a, 7, Metric::PersonsHour, 16, 20),
+                (Scope::Organisation, 3, Metric::Refusals, 7, 7),
+            ],
+            "[{be}]"
+        );
+        assert_eq!(
+            seen(1).await,
+            vec![
+                (a, 7, Metric::PersonsHour, 10, 10),
+                (Scope::Organisation, 3, Metric::Refusals, 7, 7),
+            ],
+            "[{be}]"
+        );
+        assert_eq!(
+            g.prune(991, 0).await.unwrap(),
+            2,
+            "[{be}] buckets 990 and 700"
+        );
+        assert_eq!(
+            remote(g.remote_counts(3, 0, 0).await.unwrap()).len(),
+            2,
+            "[{be}]"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_activity_and_devices_round_trip() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (be, g) in b.guards() {
+        let (a, p) = (Scope::Account, Scope::Peer);
+        let known = |digest: u8, first_seen| Known {
+            account_id: 7,
+            kind: KnownKind::Device,
+            digest: [digest; 16],
+            first_seen,
+        };
+        g.flush(&FlushBatch {
+            instance: 1,
+            activity: vec![
+                hour_row(a, 7, 20_000, 9, 10, 5),
+                hour_row(a, 7, 20_001, 10, 4, 2),
+                hour_row(a, 8, 20_001, 10, 1, 1),
+                hour_row(p, 184, 20_001, 10, 5, 3),
+                hour_row(a, 7, 19_000, 9, 1, 1),
+            ],
+            known: vec![known(1, t0), known(2, t0)],
+            ..FlushBatch::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        // Another instance adds to the same hours and saw device 1 earlier.
+        g.flush(&FlushBatch {
+            instance: 2,
+            activity: vec![
+                hour_row(a, 7, 20_001, 10, 6, 3),
+                hour_row(p, 184, 20_001, 10, 5, 3),
+            ],
+            known: vec![
+                known(1, t0 - TimeDelta::days(3)),
+                Known {
+                    kind: KnownKind::Network,
+                    ..known(9, t0)
+                },
+            ],
+            ..FlushBatch::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        let h = g
+            .load_account(7, 19_500)
+            .await
+            .unwrap_or_else(|e| panic!("[{be}] load: {e}"));
+        assert_eq!(h.activity.len(), 2, "[{be}] the day-19000 row is too old");
+        assert_eq!(h.activity[0], hour_row(a, 7, 20_000, 9, 10, 5), "[{be}]");
+        let merged = h.activity[1].counts;
+        assert_eq!(
+            (
+                merged.attempts,
+                merged.persons,
+                merged.nir,
+                merged.account_hours
+            ),
+            (10, 5, 8, 2),
+            "[{be}]"
+        );
+        assert_eq!(
+            h.known,
+            vec![
+                known(1, t0 - TimeDelta::days(3)),
+                known(2, t0),
+                Known {
+                    kind: KnownKind::Network,
+                    ..known(9, t0)
+                },
+            ],
+            "[{be}] the earliest sighting wins"
+        );
+        let peers = g.load_peers(20_001).await.unwrap();
+        assert_eq!(peers.len(), 1, "[{be}]");
+        assert_eq!(
+            (peers[0].subject, peers[0].counts.attempts),
+            (184, 10),
+            "[{be}]"
+        );
+        assert!(
+            g.load_account(99, 0).await.unwrap().activity.is_empty(),
+            "[{be}]"
+        );
+        assert_eq!(
+            g.prune(0, 20_001).await.unwrap(),
+            2,
+            "[{be}] days 19000 and 20000"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_alerts_are_stored_whole_and_listed_by_filter() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (be, g) in b.guards() {
+        let alerts = vec![
+            alert_of(7, 3, t0, 4.5),
+            alert_of(8, 3, t0 + TimeDelta::minutes(5), 5.0),
+            alert_of(7, 4, t0 + TimeDelta::minutes(10), 6.0),
+        ];
+        g.flush(&FlushBatch {
+            instance: 1,
+            alerts: alerts.clone(),
+            freezes: vec![Freeze {
+                organisation_id: 3,
+                frozen_at: t0,
+            }],
+            ..FlushBatch::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        let list = |q: AlertQuery| {
+            let g = g.clone();
+            async move { g.alerts(&q).await.unwrap() }
+        };
+        let all = list(AlertQuery {
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await;
+        assert_eq!(
+            all.iter().map(|a| a.alert.clone()).collect::<Vec<_>>(),
+            alerts,
+            "[{be}] whole, in order"
+        );
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        let of_7 = list(AlertQuery {
+            account_id: Some(7),
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await;
+        assert_eq!(of_7.len(), 2, "[{be}]");
+        let of_org_3_late = list(AlertQuery {
+            organisation_id: Some(3),
+            from: Some(t0 + TimeDelta::minutes(1)),
+            to: Some(t0 + TimeDelta::minutes(6)),
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await;
+        assert_eq!(of_org_3_late.len(), 1, "[{be}]");
+        assert_eq!(of_org_3_late[0].alert.account_id, 8, "[{be}]");
+        let page = list(AlertQuery {
+            after_id: all[0].id,
+            limit: 1,
+            ..AlertQuery::default()
+        })
+        .await;
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].id, all[1].id, "[{be}] paging");
+        // A batch with one bad alert writes nothing at all.
+        let bad = FlushBatch {
+            instance: 1,
+            counters: vec![delta(Scope::Account, 7, Metric::Attempts, 5, 1)],
+            alerts: vec![alert_of(9, 3, t0, 1.0), alert_of(9, 3, t0, f64::NAN)],
+            ..FlushBatch::default()
+        };
+        assert!(g.flush(&bad).await.is_err(), "[{be}]");
+        assert_eq!(
+            list(AlertQuery {
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .len(),
+            3,
+            "[{be}]"
+        );
+        assert!(
+            g.remote_counts(2, 0, 0).await.unwrap().is_empty(),
+            "[{be}] all or nothing"
+        );
+        // Freezes: listed until lifted, once; re-frozen later.
+        let frozen = |g: Arc<dyn GuardStore>| async move {
+            g.frozen_organisations()
+                .await
+                .unwrap()
+                .iter()
+                .map(|f| f.organisation_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(frozen(g.clone()).await, vec![3], "[{be}]");
+        assert!(
+            g.lift_freeze(3, t0 + TimeDelta::hours(1)).await.unwrap(),
+            "[{be}]"
+        );
+        assert!(
+            !g.lift_freeze(3, t0 + TimeDelta::hours(1)).await.unwrap(),
+            "[{be}] once"
+        );
+        assert!(frozen(g.clone()).await.is_empty(), "[{be}]");
+        g.flush(&FlushBatch {
+            instance: 1,
+            freezes: vec![Freeze {
+                organisation_id: 3,
+                frozen_at: t0 + TimeDelta::hours(2),
+            }],
+            ..FlushBatch::default()
+        })
+        .await
+        .unwrap();
+        let f = g.frozen_organisations().await.unwrap();
+        assert_eq!(
+            (f[0].organisation_id, f[0].frozen_at),
+            (3, t0 + TimeDelta::hours(2)),
+            "[{be}]"
+        );
+    }
+}
+
+/// A read by a Cap emploi advisor of the Isère, at `at`.
+fn guarded_read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
+    Attempt {
+        at,
+        account: AccountFacts {
+            account_id: account,
+            organisation_id: 3,
+            role: Role::Agent,
+            created_at: None,
+            peer: PeerGroup::of(OrganisationKind::CapEmploi, Some("38")),
+        },
+        session: SessionFacts {
+            device: Some([account as u8; 16]),
+            ..SessionFacts::default()
+        },
+        kind: AttemptKind::ReadPerson,
+        person_id: Some(person),
+        purpose: Some(Purpose::FollowUp),
+        fields: Fields::of(&[FieldGroup::Identity, FieldGroup::Contact], false),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_on_one_database_share_counts_baselines_and_alerts() {
+    let b = both_auth().await;
+    // Tuesday 13 January 2026, 09:00 in Paris.
+    let t0 = at("2026-01-13T08:00:00Z");
+    let mut config = GuardConfig::default();
+    config.sync.max_staleness_secs = 24 * 3600;
+    for (be, store) in b.guards() {
+        let one = Guard::open(config, store.clone(), 1, t0).await.unwrap();
+        let two = Guard::open(config, store.clone(), 2, t0).await.unwrap();
+        // Three working days on instance one: 5 persons an hour.
+        for d in 0..3 {
+            for h in 0..8 {
+                for i in 0..5 {
+                    let t =
+                        t0 + TimeDelta::days(d) + TimeDelta::hours(h) + TimeDelta::minutes(i * 10);
+                    let r = one
+                        .check(&guarded_read(7, 7000 + (d * 40 + h * 5 + i) % 200, t))
+                        .await
+                        .unwrap();
+                    assert_eq!(r.verdict, Verdict::Allow, "[{be}] day {d} hour {h}");
+                }
+                one.sync(t0 + TimeDelta::days(d) + TimeDelta::hours(h + 1))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Day 4: 30 reads on instance one, then the account moves to two.
+        let t4 = t0 + TimeDelta::days(3);
+        two.sync(t4).await.unwrap();
+        for i in 0..30 {
+            let r = one
+                .check(&guarded_read(7, 8000 + i, t4 + TimeDelta::seconds(i * 20)))
+                .await
+                .unwrap();
+            if r.verdict != Verdict::Allow {
+                assert!(i >= 20, "[{be}] {i}: {r:?}");
+                one.raise(r.alert.unwrap().with_ledger_range(None, Some(i as u64)));
+            }
+        }
+        one.sync(t4 + TimeDelta::minutes(11)).await.unwrap();
+        two.sync(t4 + TimeDelta::minutes(11)).await.unwrap();
+        let mut on_two = Vec::new();
+        for i in 30..60 {
+            on_two.push(
+                two.check(&guarded_read(
+                    7,
+                    8000 + i,
+                    t4 + TimeDelta::minutes(12) + TimeDelta::seconds(i),
+                ))
+                .await
+                .unwrap(),
+            );
+        }
+        let refused = on_two
+            .iter()
+            .position(|d| !d.lets_through())
+            .unwrap_or_else(|| panic!("[{be}] never stopped"));
+        assert!(
+            refused <= 10,
+            "[{be}] the counts of instance one count on two: {refused}"
+        );
+        // The refusal names the account's own baseline, read from the store
+        // by an instance that never served it before.
+        let alert = on_two[refused].alert.clone().unwrap();
+        let own = alert
+            .explanation
+            .iter()
+            .find(|e| e.feature == Feature::VolumeVsOwn);
+        assert!(
+            own.is_some_and(|e| (4.0..6.0).contains(&e.baseline)),
+            "[{be}] {alert:?}"
+        );
+        // A restart keeps it all.
+        two.sync(t4 + TimeDelta::minutes(13)).await.unwrap();
+        drop(one);
+        let three = Guard::open(config, store.clone(), 3, t4 + TimeDelta::minutes(13))
+            .await
+            .unwrap();
+        let stored = three
+            .alerts(&AlertQuery {
+                account_id: Some(7),
+                limit: 100,
+                ..AlertQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(!stored.is_empty(), "[{be}] alerts raised on one are stored");
+        assert!(
+            stored.iter().all(|a| !a.alert.explanation.is_empty()),
+            "[{be}]"
+        );
+        let d = three
+            .check(&guarded_read(7, 9000, t4 + TimeDelta::minutes(14)))
+            .await
+            .unwrap();
+        assert!(
+            !d.lets_through(),
+            "[{be}] a restarted instance still counts the hour: {d:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_whose_database_fails_refuses() {
+    let b = both_auth().await;
+    let t0 = at("2026-01-13T08:00:00Z");
+    for (be, store) in b.guards() {
+        let g = Guard::open(GuardConfig::default(), store.clone(), 1, t0)
+            .await
+            .unwrap();
+        assert!(
+            g.check(&guarded_read(7, 1, t0))
+                .await
+                .unwrap()
+                .lets_through(),
+            "[{be}]"
+        );
+        // The guard's tables disappear under it (a real failure of the
+        // backend, not a simulated one).
+        let sql = "DROP TABLE guard_counter";
+        match be {
+            "sqlite" => {
+                let c = rusqlite::Connection::open(
+                    b._dir.path().join(rempart_storage::sqlite::FILE_NAME),
+                )
+                .unwrap();
+                c.execute_batch(sql).unwrap();
+            }
+            _ => {
+                let schema = &b._guard.schema;
+                pg_exec_blocking(
+                    &b._guard.url,
+                    &format!("SET search_path TO \"{schema}\"; {sql}"),
+                )
+                .unwrap();
+            }
+        }
+        let e = g.sync(t0 + TimeDelta::seconds(5)).await;
+        assert!(matches!(e, Err(GuardError::Store(_))), "[{be}] {e:?}");
+        let refused = g
+            .check(&guarded_read(7, 2, t0 + TimeDelta::seconds(6)))
+            .await;
+        assert!(refused.is_err(), "[{be}] fail closed: {refused:?}");
+        assert!(
+            g.check(&guarded_read(8, 2, t0 + TimeDelta::seconds(6)))
+                .await
+                .is_err(),
+            "[{be}] a new account too"
+        );
+    }
 }

@@ -298,6 +298,26 @@ impl Vault {
         Ok(Read::Found(Box::new(view)))
     }
 
+    /// The guard's digest of a client address's network (IPv4 /24, IPv6
+    /// /48): keyed with the blind-index key, so the guard's store cannot be
+    /// turned back into addresses, and the same on every instance.
+    pub fn network_digest(&self, address: std::net::IpAddr) -> Blind {
+        let mut prefix = [0u8; 6];
+        let len = match address.to_canonical() {
+            std::net::IpAddr::V4(v4) => {
+                prefix[..3].copy_from_slice(&v4.octets()[..3]);
+                3
+            }
+            std::net::IpAddr::V6(v6) => {
+                prefix.copy_from_slice(&v6.octets()[..6]);
+                6
+            }
+        };
+        self.keys()
+            .indexer()
+            .compute(BlindKind::GuardNetwork, &[&prefix[..len]])
+    }
+
     /// The pseudonymous token standing for `nir` in the files of the
     /// processor organisation `organisation_id`: stable for that processor,
     /// unlinkable across processors and to the stored blind index.

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -174,6 +175,13 @@ pub(crate) fn single_proof(headers: &HeaderMap) -> Option<&str> {
         return None;
     }
     first.to_str().ok()
+}
+
+/// The client's address as the guard sees it: the connection's peer.
+/// Forwarding headers are not trusted (anyone can write them); a proxy in
+/// front must be taught to this server before they are.
+pub(crate) fn client(peer: SocketAddr) -> Option<std::net::IpAddr> {
+    Some(peer.ip())
 }
 
 struct Query(HashMap<String, String>);
@@ -528,6 +536,7 @@ async fn me(State(state): State<AppState>, creds: Credentials) -> Answer {
 
 async fn read_person(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
@@ -536,7 +545,7 @@ async fn read_person(
     let (id, purpose) = parsed(&state, &creds, input).await?;
     let shown = state
         .consultation
-        .read_person(&creds.presented(), id, purpose)
+        .read_person(&creds.presented(), client(peer), id, purpose)
         .await?;
     ok(PersonBody::from(shown))
 }
@@ -550,6 +559,7 @@ struct BreakGlassBody {
 
 async fn break_glass(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     creds: Credentials,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -564,6 +574,7 @@ async fn break_glass(
         .consultation
         .break_glass(
             &creds.presented(),
+            client(peer),
             BreakGlass {
                 person_id,
                 purpose,
@@ -617,6 +628,7 @@ fn search_request(body: SearchBody) -> Result<(SearchBy, Purpose), ApiError> {
 
 async fn search(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     creds: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
@@ -624,7 +636,7 @@ async fn search(
     let (by, purpose) = parsed(&state, &creds, input).await?;
     let results = state
         .consultation
-        .search(&creds.presented(), by, purpose)
+        .search(&creds.presented(), client(peer), by, purpose)
         .await?;
     ok(SearchAnswer {
         persons: results.persons.into_iter().map(PersonBody::from).collect(),
@@ -647,6 +659,7 @@ struct CaseloadEntryBody {
 
 async fn caseload(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     creds: Credentials,
     RawQuery(raw): RawQuery,
 ) -> Answer {
@@ -662,6 +675,7 @@ async fn caseload(
         .consultation
         .caseload(
             &creds.presented(),
+            client(peer),
             purpose,
             after,
             u32::try_from(limit).unwrap_or(100),

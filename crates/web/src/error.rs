@@ -18,6 +18,8 @@ pub struct ApiError {
     /// (`invalid_token`, `invalid_dpop_proof`), if a DPoP-bound token was
     /// refused; other 401s carry a plain challenge.
     pub dpop_error: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (throttled requests).
+    pub retry_after: Option<u32>,
 }
 
 /// The signature algorithms DPoP proofs may use (RFC 9449 §7.1 `algs`).
@@ -43,6 +45,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             dpop_error: None,
+            retry_after: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl ApiError {
             message: format!("{field}: {}", reason.into()),
             field: Some(field),
             dpop_error: None,
+            retry_after: None,
         }
     }
 
@@ -82,8 +86,15 @@ impl From<Refusal> for ApiError {
             Refusal::StepUpRequired => {
                 ApiError::new(StatusCode::FORBIDDEN, "step_up_required", r.to_string())
             }
-            Refusal::Guarded(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "guarded", r.to_string())
+            Refusal::Throttled { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", r.to_string())
+            },
+            Refusal::AccountSuspended => {
+                ApiError::new(StatusCode::FORBIDDEN, "account_suspended", r.to_string())
+            }
+            Refusal::OrganisationFrozen => {
+                ApiError::new(StatusCode::FORBIDDEN, "organisation_frozen", r.to_string())
             }
             Refusal::Unavailable(cause) => {
                 // The cause is for operators; the client learns only that
@@ -109,6 +120,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 9110 §11.6.1: a 401 names the schemes that would work;
             // RFC 9449 §7.1: a refused DPoP-bound token says why.

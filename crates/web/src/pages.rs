@@ -371,9 +371,17 @@ fn refusal_status(r: &Refusal) -> (StatusCode, &'static str) {
             StatusCode::FORBIDDEN,
             "Cette action demande une confirmation avec votre clé d'accès.",
         ),
-        Refusal::Guarded(_) => (
+        Refusal::Throttled { .. } => (
             StatusCode::TOO_MANY_REQUESTS,
-            "Trop de consultations : la demande a été arrêtée.",
+            "Trop de consultations : réessayez plus tard.",
+        ),
+        Refusal::AccountSuspended => (
+            StatusCode::FORBIDDEN,
+            "Ce compte est suspendu ; un responsable doit le réactiver.",
+        ),
+        Refusal::OrganisationFrozen => (
+            StatusCode::FORBIDDEN,
+            "Les accès de votre organisation sont gelés.",
         ),
         Refusal::Unavailable(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -710,6 +718,7 @@ fn purpose_param(raw: Option<&str>) -> Option<Purpose> {
 
 async fn caseload_fragment(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -725,7 +734,7 @@ async fn caseload_fragment(
                 Some(purpose) => {
                     state
                         .consultation
-                        .caseload(p, purpose, 0, CASELOAD_PAGE)
+                        .caseload(p, crate::api::client(peer), purpose, 0, CASELOAD_PAGE)
                         .await
                 }
                 // Authenticate first: an anonymous caller learns nothing
@@ -785,6 +794,7 @@ async fn caseload_fragment(
 
 async fn person_fragment(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -801,7 +811,12 @@ async fn person_fragment(
     };
     let shown = with_session(&state, &headers, &method, &url_path, async |p| {
         match (id, purpose) {
-            (Some(id), Some(purpose)) => state.consultation.read_person(p, id, purpose).await,
+            (Some(id), Some(purpose)) => {
+                state
+                    .consultation
+                    .read_person(p, crate::api::client(peer), id, purpose)
+                    .await
+            }
             _ => match state.consultation.whoami(p).await {
                 Ok(_) => Err(Refusal::Invalid {
                     field: "id",
@@ -829,6 +844,7 @@ struct BreakGlassBody {
 /// the session holds a step-up from the last five minutes.
 async fn break_glass_fragment(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     headers: HeaderMap,
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -850,7 +866,10 @@ async fn break_glass_fragment(
                     purpose,
                     reason,
                 };
-                state.consultation.break_glass(p, request).await
+                state
+                    .consultation
+                    .break_glass(p, crate::api::client(peer), request)
+                    .await
             }
             _ => match state.consultation.whoami(p).await {
                 Ok(_) => Err(Refusal::Invalid {

@@ -13,7 +13,8 @@ use rempart_crypto::KeyRing;
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
 };
-use rempart_guard::Guard;
+use rempart_guard::store::AlertQuery;
+use rempart_guard::{Guard, GuardConfig, Verdict};
 use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
 use rempart_ledger::store::sqlite::SqliteLedgerStore;
 use rempart_ledger::{
@@ -69,6 +70,9 @@ struct TestApp {
     /// Browser login (mod browser): the port and the server's clock.
     port: u16,
     clock: browser::TestClock,
+    /// The server's guard (real, over the real stores), for its alerts.
+    guard: Guard,
+    sync: tokio::task::JoinHandle<()>,
 }
 
 enum LedgerSql {
@@ -122,7 +126,21 @@ const ACCOUNTS: &[(&str, &str, Role)] = &[
     ("t.sec", "T-FT", Role::Security),
 ];
 
+/// The guard every test runs behind: the real one, over the real stores,
+/// with the production defaults except the off-hours feature, whose weight
+/// is 0 here because these tests run at whatever hour CI starts them; it
+/// is tested on a fixed clock in the guard's own tests.
+fn test_guard_config() -> GuardConfig {
+    let mut c = GuardConfig::default();
+    c.scoring.weights.off_hours = 0.0;
+    c
+}
+
 async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, test_guard_config()).await
+}
+
+async fn spawn_app_with(backend: Backend, guard_config: GuardConfig) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -260,11 +278,27 @@ async fn spawn_app(backend: Backend) -> TestApp {
     let addr: SocketAddr = listener.local_addr().unwrap();
     // Browser login (mod browser): served at localhost, the test's clock.
     let clock = browser::TestClock::default();
+    let guard = Guard::open(guard_config, stores.guard.clone(), 1, clock.now())
+        .await
+        .unwrap();
+    // As `rempart serve` does, on the server's clock (tests move it).
+    let sync = {
+        let (guard, clock) = (guard.clone(), clock.clone());
+        let every = std::time::Duration::from_secs(u64::from(guard_config.sync.interval_secs));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = guard.sync(clock.now()).await {
+                    eprintln!("guard sync failed: {e}");
+                }
+            }
+        })
+    };
     let consultation = Consultation::new(
         vault.clone(),
         stores.auth.clone(),
         Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
-        Guard::pass_through(),
+        guard.clone(),
         ledger.clone(),
     )
     .with_clock(clock.clock())
@@ -299,12 +333,15 @@ async fn spawn_app(backend: Backend) -> TestApp {
         person_ids,
         port: addr.port(),
         clock,
+        guard,
+        sync,
     }
 }
 
 impl TestApp {
     /// Stops the server (graceful) and drops the PostgreSQL schemas.
     async fn stop(mut self) {
+        self.sync.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -314,6 +351,13 @@ impl TestApp {
         for schema in &self.pg_schemas {
             pg_exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
         }
+    }
+
+    /// Moves the server's clock forward, then syncs the guard at the new
+    /// instant: the guard refuses attempts too far past its last sync.
+    async fn advance(&self, secs: i64) {
+        self.clock.advance(secs);
+        self.guard.sync(self.clock.now()).await.unwrap();
     }
 
     fn token(&self, login: &str) -> &str {
@@ -1029,7 +1073,7 @@ async fn credentials_and_account_states_are_checked_on_every_request() {
         assert_eq!(body["state"], "suspended");
         let (s, body) = answer(with(&good).await.unwrap()).await;
         assert_eq!(s, 403);
-        assert_error(&body, "account_inactive");
+        assert_error(&body, "account_suspended");
         let officer = app.account("t.officer").account_id;
         let (s, _) = app
             .post(
@@ -1270,8 +1314,9 @@ async fn a_failing_ledger_means_503_and_no_data() {
 }
 
 /// February 2024: one hijacked Cap emploi advisor account asks for 100,000
-/// random persons. It gets at most its own caseload, and every attempt is
-/// in the ledger.
+/// random persons. It gets only persons of its own caseload, the guard
+/// contains it (refusals, then suspension) after a few dozen records, and
+/// every attempt is in the ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
     for backend in BACKENDS {
@@ -1297,7 +1342,7 @@ async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
             let client = reqwest::Client::builder().no_proxy().build().unwrap();
             tasks.push(tokio::spawn(async move {
                 let mut got = Vec::new();
-                let mut denied = 0u64;
+                let mut statuses: HashMap<(u16, String), u64> = HashMap::new();
                 let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (w + 1);
                 for _ in 0..attempts / workers {
                     // xorshift: random ids over the id space and beyond it.
@@ -1311,35 +1356,55 @@ async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
                         .send()
                         .await
                         .unwrap();
-                    match resp.status().as_u16() {
-                        200 => got.push(id),
-                        404 => denied += 1,
-                        other => panic!("unexpected status {other}"),
+                    let status = resp.status().as_u16();
+                    if status == 429 {
+                        assert!(resp.headers().contains_key("retry-after"));
                     }
+                    let body: Value = resp.json().await.unwrap();
+                    let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+                    match (status, code.as_str()) {
+                        (200, _) => got.push(id),
+                        (404, "not_found")
+                        | (429, "throttled")
+                        | (403, "step_up_required" | "account_suspended") => {}
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                    *statuses.entry((status, code)).or_default() += 1;
                 }
-                (got, denied)
+                (got, statuses)
             }));
         }
         let mut obtained = HashSet::new();
         let mut served = 0u64;
-        let mut denied = 0u64;
+        let mut statuses: HashMap<(u16, String), u64> = HashMap::new();
         for t in tasks {
-            let (got, d) = t.await.unwrap();
+            let (got, st) = t.await.unwrap();
             served += got.len() as u64;
             obtained.extend(got);
-            denied += d;
+            for (k, n) in st {
+                *statuses.entry(k).or_default() += n;
+            }
         }
-        assert_eq!(served + denied, attempts);
+        assert_eq!(statuses.values().sum::<u64>(), attempts);
         assert!(
             obtained.is_subset(&caseload),
             "{backend:?}: read outside the caseload"
         );
-        assert!(obtained.len() <= caseload.len());
-        assert!(!obtained.is_empty());
+        // Contained: at most the hourly quota of distinct persons, and the
+        // account ends suspended, its later requests refused unread.
+        let quota = test_guard_config().account.persons.per_hour as usize;
+        assert!(obtained.len() <= quota, "{backend:?}: {}", obtained.len());
+        let ce1 = app.account("t.ce1").account_id;
+        let state = app.store.account_by_id(ce1).await.unwrap().unwrap().state;
+        assert_eq!(state, AccountState::Suspended, "{backend:?}");
+        let suspended = statuses
+            .get(&(403, "account_suspended".to_string()))
+            .copied()
+            .unwrap_or(0);
+        assert!(suspended > attempts / 2, "{backend:?}: {statuses:?}");
         // Every attempt is in the ledger, served or denied.
         let leaves = app.leaves(before).await;
         assert_eq!(leaves.len() as u64, attempts, "{backend:?}");
-        let ce1 = app.account("t.ce1").account_id;
         assert!(leaves.iter().all(|l| l.account.0 == ce1));
         assert_eq!(
             leaves.iter().filter(|l| l.decision.is_allow()).count() as u64,
@@ -1351,11 +1416,278 @@ async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
             .filter_map(|l| l.person.map(|p| p.0))
             .collect();
         assert_eq!(revealed, obtained);
+        // Where containment came: the first suspension leaf, and what was
+        // served before it.
+        let first_suspend = leaves
+            .iter()
+            .position(|l| l.guard == Some(rempart_ledger::GuardVerdict::Suspend))
+            .expect("a suspension in the ledger");
+        let served_before = leaves[..first_suspend]
+            .iter()
+            .filter(|l| l.reveals_person_data())
+            .count();
+        let distinct_before: HashSet<i64> = leaves[..first_suspend]
+            .iter()
+            .filter(|l| l.reveals_person_data())
+            .filter_map(|l| l.person.map(|p| p.0))
+            .collect();
+        app.guard.sync(app.clock.now()).await.unwrap();
+        let alerts = app
+            .guard
+            .alerts(&AlertQuery {
+                account_id: Some(ce1),
+                limit: 100_000,
+                ..AlertQuery::default()
+            })
+            .await
+            .unwrap();
+        let suspension = alerts
+            .iter()
+            .find(|a| a.alert.verdict == Verdict::Suspend)
+            .expect("a suspension alert");
+        let mut answers: Vec<_> = statuses.iter().collect();
+        answers.sort();
         println!(
-            "{backend:?}: {attempts} attempts, {served} served ({} distinct persons, caseload {}), {denied} denied, all ledgered",
-            obtained.len(),
-            caseload.len()
+            "{backend:?}: {attempts} attempts; containment after {first_suspend} attempts: {served_before} records served before it ({} distinct persons, caseload {}), verdict suspend ({}: {}); {served} served in all; answers {answers:?}; {} alerts",
+            distinct_before.len(),
+            caseload.len(),
+            suspension.alert.kind,
+            suspension
+                .alert
+                .explanation
+                .iter()
+                .map(|e| format!("{} {} (baseline {})", e.feature, e.value, e.baseline))
+                .collect::<Vec<_>>()
+                .join(", "),
+            alerts.len()
         );
+        app.stop().await;
+    }
+}
+
+/// A burst: an advisor reads its own caseload as fast as it can. The
+/// hourly quota throttles it (429, Retry-After), persisting suspends the
+/// account and ends its sessions, the next request is a 403, and the alerts
+/// are stored with their explanation and the leaf that evidences them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_throttled_then_suspended_with_its_sessions_ended_and_alerts_stored() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let config = test_guard_config();
+        let quota = config.account.persons.per_hour as usize;
+        let caseload: Vec<i64> = (0..quota + 40).map(|n| app.fresh_person(n)).collect();
+        for p in &caseload {
+            app.mandate("T-CE1", None, *p, Purpose::FollowUp, today(), None)
+                .await;
+        }
+        // A browser session of the same account, to be ended.
+        let ce1 = app.account("t.ce1").account_id;
+        let session_digest = [7u8; 32];
+        let now = app.clock.now();
+        app.auth
+            .insert_session(rempart_storage::auth::StoredSession {
+                id_digest: session_digest,
+                account_id: ce1,
+                jkt: "A".repeat(43),
+                method: "passkey".into(),
+                created_at: now,
+                last_seen_at: now,
+                absolute_expiry: now + Duration::hours(10),
+                idle_timeout_secs: 1800,
+                high_risk: false,
+                step_up_at: None,
+                ended_at: None,
+                end_reason: None,
+            })
+            .await
+            .unwrap();
+        let before = app.ledger_size().await;
+
+        let mut served = 0;
+        let mut throttled = 0;
+        let mut suspended_at = None;
+        for (n, p) in caseload.iter().enumerate() {
+            let resp = app
+                .http
+                .get(format!("{}/api/v1/persons/{p}?purpose=follow_up", app.base))
+                .bearer_auth(app.token("t.ce1"))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let retry = resp.headers().get("retry-after").cloned();
+            let (_, body) = answer(resp).await;
+            match status {
+                200 => served += 1,
+                429 => {
+                    assert_error(&body, "throttled");
+                    let secs: u32 = retry.unwrap().to_str().unwrap().parse().unwrap();
+                    assert!((1..=3600).contains(&secs), "{secs}");
+                    throttled += 1;
+                }
+                403 => {
+                    assert_error(&body, "account_suspended");
+                    suspended_at = Some(n);
+                    break;
+                }
+                other => panic!("{backend:?}: unexpected {other}: {body}"),
+            }
+        }
+        assert_eq!(served, quota, "{backend:?}: exactly the hourly quota");
+        let refusals = config.containment.suspend_after_refusals as usize;
+        assert_eq!(throttled, refusals - 1, "{backend:?}");
+        assert_eq!(suspended_at, Some(quota + refusals - 1), "{backend:?}");
+
+        // Suspended in the registry, its session ended.
+        let account = app.store.account_by_id(ce1).await.unwrap().unwrap();
+        assert_eq!(account.state, AccountState::Suspended);
+        let (session, _) = app.auth.session(session_digest).await.unwrap().unwrap();
+        assert!(session.ended_at.is_some(), "{backend:?}");
+        assert_eq!(session.end_reason.as_deref(), Some("guard_suspension"));
+
+        // The next request, whatever it asks, is a 403: the account is
+        // refused at authentication, before the guard.
+        let (s, body) = app
+            .get(Some("t.ce1"), "/api/v1/caseload?purpose=follow_up")
+            .await;
+        assert_eq!(s, 403, "{body}");
+        assert_error(&body, "account_suspended");
+        let (s, body) = app.read("t.ce1", caseload[0], "follow_up").await;
+        assert_eq!(s, 403, "{body}");
+        assert_error(&body, "account_suspended");
+        // Another account of the same organisation is not affected.
+        let (s, _) = app
+            .get(Some("t.ce1b"), "/api/v1/caseload?purpose=follow_up")
+            .await;
+        assert_eq!(s, 200);
+
+        // The ledger: the quota's reads, the throttles, the suspension.
+        let leaves = app.leaves(before).await;
+        let guard_of = |v| {
+            leaves
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.account.0 == ce1 && l.guard == Some(v))
+                .map(|(i, _)| before + i as u64)
+                .collect::<Vec<_>>()
+        };
+        use rempart_ledger::GuardVerdict as G;
+        assert_eq!(guard_of(G::Allow).len(), quota);
+        assert_eq!(guard_of(G::Throttle).len(), refusals - 1);
+        let suspend_leaves = guard_of(G::Suspend);
+        assert_eq!(suspend_leaves.len(), 1);
+
+        // The alerts, once synced: explained, each pointing at its leaf.
+        app.guard.sync(app.clock.now()).await.unwrap();
+        let alerts = app
+            .guard
+            .alerts(&AlertQuery {
+                account_id: Some(ce1),
+                limit: 1000,
+                ..AlertQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(alerts.len(), refusals, "{backend:?}: one per refusal");
+        for a in &alerts {
+            let al = &a.alert;
+            assert!(!al.explanation.is_empty(), "{backend:?}: {al:?}");
+            let last = al.evidence.last_seq.expect("the refusal's leaf");
+            let leaf = &leaves[(last - before) as usize];
+            assert_eq!(leaf.account.0, ce1);
+            assert_eq!(
+                leaf.guard.map(|g| g.as_str()),
+                Some(al.verdict.as_str()),
+                "{backend:?}: the leaf shows the alert's verdict"
+            );
+            assert!(al.evidence.from < al.evidence.to);
+        }
+        let first = &alerts[0].alert;
+        assert_eq!(first.verdict, Verdict::Throttle);
+        assert!(first.fresh);
+        let quota_line = first
+            .explanation
+            .iter()
+            .find(|e| e.feature == rempart_guard::Feature::PersonsPerHour)
+            .expect("the quota named");
+        assert_eq!(quota_line.value, (quota + 1) as f64);
+        assert_eq!(quota_line.baseline, quota as f64);
+        let last = &alerts.last().unwrap().alert;
+        assert_eq!(last.verdict, Verdict::Suspend);
+        assert_eq!(last.evidence.last_seq, Some(suspend_leaves[0]));
+        assert!(
+            last.explanation
+                .iter()
+                .any(|e| e.feature == rempart_guard::Feature::Refusals),
+            "{last:?}"
+        );
+        println!(
+            "{backend:?}: {served} served, {throttled} throttled, suspended at attempt {}; {} alerts, first: {}",
+            quota + refusals,
+            alerts.len(),
+            first
+                .explanation
+                .iter()
+                .map(|e| format!("{} {} (baseline {})", e.feature, e.value, e.baseline))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        app.stop().await;
+    }
+}
+
+/// A working day at a normal rhythm: an advisor reads some thirty persons
+/// of its caseload spread over the day, lists its caseload, searches,
+/// sometimes asks for someone it does not follow. Nothing is refused and
+/// no alert is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_rhythm_is_not_alerted() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let caseload: Vec<i64> = (0..120).map(|n| app.fresh_person(n)).collect();
+        for p in &caseload {
+            app.mandate("T-CE1", None, *p, Purpose::FollowUp, today(), None)
+                .await;
+        }
+        let ce1 = app.account("t.ce1").account_id;
+        for round in 0..30usize {
+            // About one consultation every 12 minutes, six hours in all.
+            app.advance(12 * 60).await;
+            let p = caseload[(round * 7) % caseload.len()];
+            let (s, body) = app.read("t.ce1", p, "follow_up").await;
+            assert_eq!(s, 200, "{backend:?} round {round}: {body}");
+            if round % 3 == 0 {
+                let (s, body) = app
+                    .get(Some("t.ce1"), "/api/v1/caseload?purpose=follow_up&limit=50")
+                    .await;
+                assert_eq!(s, 200, "{backend:?}: {body}");
+            }
+            if round % 10 == 5 {
+                // Someone it does not follow: the ordinary 404.
+                let (s, _) = app
+                    .read("t.ce1", app.fresh_person(2000 + round), "follow_up")
+                    .await;
+                assert_eq!(s, 404);
+            }
+            if round % 5 == 2 {
+                // Re-reading the same file is part of the work too.
+                let (s, _) = app.read("t.ce1", p, "follow_up").await;
+                assert_eq!(s, 200);
+            }
+        }
+        app.guard.sync(app.clock.now()).await.unwrap();
+        let alerts = app
+            .guard
+            .alerts(&AlertQuery {
+                account_id: Some(ce1),
+                limit: 1000,
+                ..AlertQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(alerts.is_empty(), "{backend:?}: {alerts:?}");
+        let state = app.store.account_by_id(ce1).await.unwrap().unwrap().state;
+        assert_eq!(state, AccountState::Active);
         app.stop().await;
     }
 }

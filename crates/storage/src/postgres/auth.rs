@@ -42,12 +42,12 @@ fn review_entry(r: &Row) -> Result<ReviewEntry, StorageError> {
     let account = account_record(r, 0)?;
     let lifecycle = AccountLifecycle {
         account_id: account.account_id,
-        created_at: r.try_get(7)?,
-        requested_by: r.try_get(8)?,
-        decided_by: r.try_get(9)?,
-        decided_at: r.try_get(10)?,
-        last_login_at: r.try_get(11)?,
-        next_session_high_risk: r.try_get(12)?,
+        created_at: r.try_get(9)?,
+        requested_by: r.try_get(10)?,
+        decided_by: r.try_get(11)?,
+        decided_at: r.try_get(12)?,
+        last_login_at: r.try_get(13)?,
+        next_session_high_risk: r.try_get(14)?,
     };
     Ok(ReviewEntry { account, lifecycle })
 }

@@ -55,17 +55,17 @@ fn lifecycle_at(r: &Row<'_>, at: usize) -> Result<AccountLifecycle, StorageError
 }
 
 /// Reads a row of [`REVIEW_SELECT`]: the account's id is column 0 and
-/// the history follows its organisation, from column 7.
+/// the history follows its organisation, from column 9.
 fn review_entry(r: &Row<'_>) -> Result<ReviewEntry, StorageError> {
     let account = account_record(r, 0)?;
     let lifecycle = AccountLifecycle {
         account_id: account.account_id,
-        created_at: optional_instant(r.get(7)?, "created_at")?,
-        requested_by: r.get(8)?,
-        decided_by: r.get(9)?,
-        decided_at: optional_instant(r.get(10)?, "decided_at")?,
-        last_login_at: optional_instant(r.get(11)?, "last_login_at")?,
-        next_session_high_risk: r.get(12)?,
+        created_at: optional_instant(r.get(9)?, "created_at")?,
+        requested_by: r.get(10)?,
+        decided_by: r.get(11)?,
+        decided_at: optional_instant(r.get(12)?, "decided_at")?,
+        last_login_at: optional_instant(r.get(13)?, "last_login_at")?,
+        next_session_high_risk: r.get(14)?,
     };
     Ok(ReviewEntry { account, lifecycle })
 }

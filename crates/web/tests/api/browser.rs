@@ -336,7 +336,7 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
             assert!(text.starts_with("Trop de tentatives."), "{text}");
             if attempt < 10 {
                 assert_eq!(a.retry_after.as_deref(), Some(wait.to_string().as_str()));
-                app.clock.advance(wait);
+                app.advance(wait).await;
                 wait *= 2;
             } else {
                 // Locked: 30 minutes, whatever is typed.
@@ -375,7 +375,7 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
 
         // After the lock, the right password and a fresh code open a
         // session; the answer carries the cookie and the handle.
-        app.clock.advance(31 * 60);
+        app.advance(31 * 60).await;
         let ok = password_login(
             &app,
             &known,
@@ -392,7 +392,7 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
         }
         assert!(cookie_value(&set).starts_with("rms_"));
         // The same code again: a replay, refused like any bad credential.
-        app.clock.advance(2);
+        app.advance(2).await;
         let replay = password_login(
             &app,
             &known,
@@ -504,7 +504,7 @@ async fn a_session_needs_its_device_proof_on_every_request() {
         .await;
         assert_eq!(status, 200, "{html}");
         assert!(html.contains(&format!("/portail/f/personne/{person}?finalite=follow_up")));
-        app.clock.advance(29 * 60);
+        app.advance(29 * 60).await;
         let (status, _) = fragment(
             &app,
             &cookie,
@@ -516,7 +516,7 @@ async fn a_session_needs_its_device_proof_on_every_request() {
             status, 200,
             "{backend:?}: still within 30 min of the last request"
         );
-        app.clock.advance(29 * 60);
+        app.advance(29 * 60).await;
         let (status, _) = fragment(
             &app,
             &cookie,
@@ -525,7 +525,7 @@ async fn a_session_needs_its_device_proof_on_every_request() {
         )
         .await;
         assert_eq!(status, 200, "{backend:?}: requests restart the idle clock");
-        app.clock.advance(31 * 60);
+        app.advance(31 * 60).await;
         let (status, _) = fragment(
             &app,
             &cookie,
@@ -612,7 +612,7 @@ async fn a_session_needs_its_device_proof_on_every_request() {
             )
         };
         for _ in 0..20 {
-            app.clock.advance(29 * 60);
+            app.advance(29 * 60).await;
             let (status, _) = fragment(
                 &app,
                 &cookie,
@@ -622,7 +622,7 @@ async fn a_session_needs_its_device_proof_on_every_request() {
             .await;
             assert_eq!(status, 200, "{backend:?}: within 10 h, never idle");
         }
-        app.clock.advance(21 * 60);
+        app.advance(21 * 60).await;
         let (status, _) = fragment(
             &app,
             &cookie,

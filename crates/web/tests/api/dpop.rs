@@ -621,7 +621,7 @@ async fn an_expired_token_is_refused() {
                 .dpop
                 .proof("GET", &public(app, &path), Some(&token), app.clock.now())
         };
-        app.clock.advance(299);
+        app.advance(299).await;
         let r = call(
             &app.base,
             &query,
@@ -634,7 +634,7 @@ async fn an_expired_token_is_refused() {
             "{backend:?}: still live at 299 s: {}",
             r.body
         );
-        app.clock.advance(1);
+        app.advance(1).await;
         let before = app.ledger_size().await;
         let r = call(
             &app.base,
@@ -796,7 +796,7 @@ async fn suspended_accounts_and_revoked_clients_get_nothing() {
         )
         .await;
         assert_eq!(r.status, 403, "{backend:?}: {}", r.body);
-        assert_eq!(r.body["error"]["code"], "account_inactive");
+        assert_eq!(r.body["error"]["code"], "account_suspended");
         let r = token_request(
             &app,
             &app.base,

@@ -1,0 +1,697 @@
+//! The guard's thresholds: one [`GuardConfig`], with defaults sized for
+//! real caseloads, loadable from TOML or JSON and validated with errors
+//! that name the field.
+//!
+//! Why the defaults (an advisor follows 100–300 persons and reads a few
+//! dozen a day; a busy day is 60–120, a very busy hour 20–30):
+//! - 40 distinct persons per hour and 200 per day per account never touch
+//!   such a day, yet stop a bulk reader after at most 40 records.
+//! - Accounts younger than 14 days get 40% of that (16 per hour), and the
+//!   first session after a credential reset 25% (10 per hour): both are
+//!   how the seed breaches started.
+//! - 20 refused attempts in an hour is a script, not a person: suspension.
+//! - Two accounts of one organisation suspended within a day freezes the
+//!   organisation (accounts created to read, as in 2025).
+
+use serde::{Deserialize, Serialize};
+
+/// A limit per sliding hour and per sliding day (24 h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// At most this many in any 60 minutes.
+    pub per_hour: u32,
+    /// At most this many in any 24 hours.
+    pub per_day: u32,
+}
+
+impl Limit {
+    const fn new(per_hour: u32, per_day: u32) -> Limit {
+        Limit { per_hour, per_day }
+    }
+
+    /// This limit scaled by `factor` (rounded up, at least 1).
+    pub fn scaled(self, factor: f64) -> Limit {
+        let s = |n: u32| ((f64::from(n) * factor).ceil() as u32).max(1);
+        Limit {
+            per_hour: s(self.per_hour),
+            per_day: s(self.per_day),
+        }
+    }
+}
+
+/// Hard quotas of one account: exceeding one throttles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountQuotas {
+    /// Distinct persons shown.
+    pub persons: Limit,
+    /// NIRs shown in clear.
+    pub nir_reveals: Limit,
+    /// Search queries.
+    pub searches: Limit,
+    /// Break-glass accesses.
+    pub break_glass: Limit,
+}
+
+impl Default for AccountQuotas {
+    fn default() -> Self {
+        AccountQuotas {
+            persons: Limit::new(40, 200),
+            nir_reveals: Limit::new(40, 150),
+            searches: Limit::new(60, 300),
+            break_glass: Limit::new(3, 5),
+        }
+    }
+}
+
+/// Hard quotas of one organisation, all its accounts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrganisationQuotas {
+    /// Distinct persons shown (summed over the accounts).
+    pub persons: Limit,
+    /// NIRs shown in clear.
+    pub nir_reveals: Limit,
+    /// Search queries.
+    pub searches: Limit,
+    /// Break-glass accesses.
+    pub break_glass: Limit,
+}
+
+impl Default for OrganisationQuotas {
+    fn default() -> Self {
+        OrganisationQuotas {
+            persons: Limit::new(1_500, 8_000),
+            nir_reveals: Limit::new(1_500, 6_000),
+            searches: Limit::new(2_000, 10_000),
+            break_glass: Limit::new(20, 50),
+        }
+    }
+}
+
+/// Lower limits for risky accounts and sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskyLimits {
+    /// An account is young until this many days after its creation.
+    pub young_account_days: u32,
+    /// Factor applied to every account quota of a young account.
+    pub young_account_factor: f64,
+    /// Factor applied in a high-risk session (the first after a reset).
+    pub high_risk_session_factor: f64,
+}
+
+impl Default for RiskyLimits {
+    fn default() -> Self {
+        RiskyLimits {
+            young_account_days: 14,
+            young_account_factor: 0.4,
+            high_risk_session_factor: 0.25,
+        }
+    }
+}
+
+/// What follows a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Containment {
+    /// A behaviour-based throttle lasts this long.
+    pub throttle_minutes: u32,
+    /// Refused attempts within an hour that suspend the account.
+    pub suspend_after_refusals: u32,
+    /// Accounts of one organisation suspended within 24 h that freeze it.
+    pub freeze_after_suspensions: u32,
+    /// Refused attempts of one organisation within an hour that freeze it.
+    pub freeze_after_refusals: u32,
+    /// A step-up satisfies a step-up verdict for this long.
+    pub step_up_valid_minutes: u32,
+    /// A repeated alert of the same verdict within this long is not fresh.
+    pub alert_cooldown_minutes: u32,
+}
+
+impl Default for Containment {
+    fn default() -> Self {
+        Containment {
+            throttle_minutes: 15,
+            suspend_after_refusals: 20,
+            freeze_after_suspensions: 2,
+            freeze_after_refusals: 200,
+            step_up_valid_minutes: 30,
+            alert_cooldown_minutes: 10,
+        }
+    }
+}
+
+/// Weight of each behaviour feature: its largest contribution to a score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Weights {
+    /// Persons per hour against the account's own history (per doubling
+    /// beyond the allowance, up to three doublings).
+    pub volume_vs_own: f64,
+    /// Persons per hour against the peer group (same scale).
+    pub volume_vs_peers: f64,
+    /// Work at night, in the evening or at the weekend by an account that
+    /// usually does not.
+    pub off_hours: f64,
+    /// Share of denied and not-found attempts in the last hour (searches
+    /// that matched nobody count in `search_misses` instead).
+    pub denied_share: f64,
+    /// Refused reads of ids next to the previous one (enumeration).
+    pub sequential_ids: f64,
+    /// Searches that found nothing (per 7 beyond the allowance, up to
+    /// twice the weight).
+    pub search_misses: f64,
+    /// A device never seen before beside established ones.
+    pub new_device: f64,
+    /// A network never seen before beside established ones.
+    pub new_network: f64,
+    /// A young account (falls to 0 at `young_account_days`).
+    pub account_age: f64,
+    /// The first session after a credential reset.
+    pub post_reset: f64,
+    /// Break-glass accesses against the usual rate.
+    pub break_glass_rate: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            volume_vs_own: 2.0,
+            volume_vs_peers: 2.0,
+            off_hours: 3.0,
+            denied_share: 4.0,
+            sequential_ids: 3.0,
+            search_misses: 3.0,
+            new_device: 2.0,
+            new_network: 1.0,
+            account_age: 1.5,
+            post_reset: 2.5,
+            break_glass_rate: 3.0,
+        }
+    }
+}
+
+/// Behaviour scoring: weights, verdict thresholds, priors.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scoring {
+    /// Score from which the session must step up.
+    pub step_up: f64,
+    /// Score from which the account is throttled.
+    pub throttle: f64,
+    /// Score from which the account is suspended.
+    pub suspend: f64,
+    /// Feature weights.
+    pub weights: Weights,
+    /// Volume features start counting from this many persons in an hour.
+    pub min_volume: u32,
+    /// Volume allowance: up to this multiple of the baseline counts nothing.
+    pub volume_allowance: f64,
+    /// Persons per active hour assumed when neither the account nor its
+    /// peers have history yet.
+    pub prior_persons_per_hour: f64,
+    /// Active hours of history before an account's own baseline is used.
+    pub min_own_hours: u32,
+    /// Account-hours of history before a peer group's baseline is used.
+    pub min_peer_hours: u32,
+    /// Denied share features start from this many attempts in an hour.
+    pub min_attempts: u32,
+    /// Local working time starts at this hour (0–23)…
+    pub work_start_hour: u8,
+    /// …and ends at this hour (1–24); weekends are off hours.
+    pub work_end_hour: u8,
+    /// Days of history the baselines cover.
+    pub baseline_days: u32,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Scoring {
+            step_up: 4.0,
+            throttle: 7.0,
+            suspend: 11.0,
+            weights: Weights::default(),
+            min_volume: 12,
+            volume_allowance: 2.0,
+            prior_persons_per_hour: 10.0,
+            min_own_hours: 8,
+            min_peer_hours: 40,
+            min_attempts: 10,
+            work_start_hour: 7,
+            work_end_hour: 20,
+            baseline_days: 28,
+        }
+    }
+}
+
+/// How instances share their state through the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sync {
+    /// The caller runs [`crate::Guard::sync`] this often: counters of the
+    /// other instances are at most this old (plus one flush).
+    pub interval_secs: u32,
+    /// Without a successful sync for this long, the guard refuses
+    /// everything (fail closed). At least twice `interval_secs`.
+    pub max_staleness_secs: u32,
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Sync {
+            interval_secs: 5,
+            max_staleness_secs: 60,
+        }
+    }
+}
+
+/// Every threshold of the guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Per-account quotas.
+    pub account: AccountQuotas,
+    /// Per-organisation quotas.
+    pub organisation: OrganisationQuotas,
+    /// Lower limits for young accounts and high-risk sessions.
+    pub risky: RiskyLimits,
+    /// What follows refusals.
+    pub containment: Containment,
+    /// Behaviour scoring.
+    pub scoring: Scoring,
+    /// Sharing between instances.
+    pub sync: Sync,
+}
+
+/// The text formats a configuration is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// TOML.
+    Toml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// The format a file name's extension names (`.toml`, `.json`).
+    pub fn of_file_name(name: &str) -> Option<Format> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".toml") {
+            Some(Format::Toml)
+        } else if lower.ends_with(".json") {
+            Some(Format::Json)
+        } else {
+            None
+        }
+    }
+}
+
+/// A configuration that cannot be used. Messages name the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The text does not parse, or a field has the wrong type or is unknown.
+    #[error("guard configuration ({format}): {field}: {reason}")]
+    Parse {
+        /// `toml` or `json`.
+        format: &'static str,
+        /// Dotted path of the field, or `(document)`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of its range or inconsistent with another.
+    #[error("guard configuration: {field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl GuardConfig {
+    /// Parses and validates a configuration; absent fields keep their defaults.
+    pub fn parse(text: &str, format: Format) -> Result<GuardConfig, ConfigError> {
+        let config: GuardConfig = match format {
+            Format::Json => {
+                let de = &mut serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                    format: "json",
+                    field: field_of(&e.path().to_string()),
+                    reason: e.inner().to_string(),
+                })?
+            }
+            Format::Toml => {
+                let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+                    format: "toml",
+                    field: "(document)".into(),
+                    reason: e.message().to_string(),
+                })?;
+                serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                    format: "toml",
+                    field: field_of(&e.path().to_string()),
+                    reason: e.inner().message().to_string(),
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every range and every relation between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let limits = [
+            ("account.persons", self.account.persons),
+            ("account.nir_reveals", self.account.nir_reveals),
+            ("account.searches", self.account.searches),
+            ("account.break_glass", self.account.break_glass),
+            ("organisation.persons", self.organisation.persons),
+            ("organisation.nir_reveals", self.organisation.nir_reveals),
+            ("organisation.searches", self.organisation.searches),
+            ("organisation.break_glass", self.organisation.break_glass),
+        ];
+        for (field, l) in limits {
+            if l.per_hour == 0 {
+                return invalid(field_hour(field), "must be at least 1");
+            }
+            if l.per_day < l.per_hour {
+                return invalid(field_day(field), "must be at least per_hour");
+            }
+        }
+        let org_vs_account = [
+            (
+                "organisation.persons.per_hour",
+                self.organisation.persons.per_hour,
+                self.account.persons.per_hour,
+            ),
+            (
+                "organisation.persons.per_day",
+                self.organisation.persons.per_day,
+                self.account.persons.per_day,
+            ),
+        ];
+        for (field, org, account) in org_vs_account {
+            if org < account {
+                return invalid(field, "must be at least the account's limit");
+            }
+        }
+        let r = &self.risky;
+        if !(1..=365).contains(&r.young_account_days) {
+            return invalid("risky.young_account_days", "must be between 1 and 365");
+        }
+        fraction("risky.young_account_factor", r.young_account_factor)?;
+        fraction("risky.high_risk_session_factor", r.high_risk_session_factor)?;
+        let c = &self.containment;
+        let ranges: [(&'static str, u32, u32, u32); 6] = [
+            (
+                "containment.throttle_minutes",
+                c.throttle_minutes,
+                1,
+                24 * 60,
+            ),
+            (
+                "containment.suspend_after_refusals",
+                c.suspend_after_refusals,
+                1,
+                100_000,
+            ),
+            (
+                "containment.freeze_after_suspensions",
+                c.freeze_after_suspensions,
+                1,
+                100_000,
+            ),
+            (
+                "containment.freeze_after_refusals",
+                c.freeze_after_refusals,
+                1,
+                1_000_000,
+            ),
+            (
+                "containment.step_up_valid_minutes",
+                c.step_up_valid_minutes,
+                1,
+                24 * 60,
+            ),
+            (
+                "containment.alert_cooldown_minutes",
+                c.alert_cooldown_minutes,
+                0,
+                24 * 60,
+            ),
+        ];
+        for (field, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) {
+                return invalid(field, format!("must be between {lo} and {hi}"));
+            }
+        }
+        let s = &self.scoring;
+        positive("scoring.step_up", s.step_up)?;
+        if s.throttle.partial_cmp(&s.step_up) != Some(std::cmp::Ordering::Greater) {
+            return invalid("scoring.throttle", "must be greater than scoring.step_up");
+        }
+        if s.suspend.partial_cmp(&s.throttle) != Some(std::cmp::Ordering::Greater) {
+            return invalid("scoring.suspend", "must be greater than scoring.throttle");
+        }
+        if !s.suspend.is_finite() {
+            return invalid("scoring.suspend", "must be a finite number");
+        }
+        let w = &s.weights;
+        let weights = [
+            ("scoring.weights.volume_vs_own", w.volume_vs_own),
+            ("scoring.weights.volume_vs_peers", w.volume_vs_peers),
+            ("scoring.weights.off_hours", w.off_hours),
+            ("scoring.weights.denied_share", w.denied_share),
+            ("scoring.weights.sequential_ids", w.sequential_ids),
+            ("scoring.weights.search_misses", w.search_misses),
+            ("scoring.weights.new_device", w.new_device),
+            ("scoring.weights.new_network", w.new_network),
+            ("scoring.weights.account_age", w.account_age),
+            ("scoring.weights.post_reset", w.post_reset),
+            ("scoring.weights.break_glass_rate", w.break_glass_rate),
+        ];
+        for (field, v) in weights {
+            if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                return invalid(field, "must be a number between 0 and 100");
+            }
+        }
+        if s.min_volume == 0 {
+            return invalid("scoring.min_volume", "must be at least 1");
+        }
+        if !(s.volume_allowance.is_finite() && s.volume_allowance >= 1.0) {
+            return invalid("scoring.volume_allowance", "must be a number of at least 1");
+        }
+        positive("scoring.prior_persons_per_hour", s.prior_persons_per_hour)?;
+        if s.min_attempts == 0 {
+            return invalid("scoring.min_attempts", "must be at least 1");
+        }
+        if s.work_start_hour > 23 {
+            return invalid("scoring.work_start_hour", "must be between 0 and 23");
+        }
+        if s.work_end_hour <= s.work_start_hour || s.work_end_hour > 24 {
+            return invalid(
+                "scoring.work_end_hour",
+                "must be after scoring.work_start_hour and at most 24",
+            );
+        }
+        if !(1..=365).contains(&s.baseline_days) {
+            return invalid("scoring.baseline_days", "must be between 1 and 365");
+        }
+        let y = &self.sync;
+        if !(1..=3600).contains(&y.interval_secs) {
+            return invalid("sync.interval_secs", "must be between 1 and 3600");
+        }
+        if y.max_staleness_secs < y.interval_secs.saturating_mul(2) {
+            return invalid(
+                "sync.max_staleness_secs",
+                "must be at least twice sync.interval_secs",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    })
+}
+
+fn fraction(field: &'static str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= 1.0 {
+        Ok(())
+    } else {
+        invalid(field, "must be a number greater than 0 and at most 1")
+    }
+}
+
+fn positive(field: &'static str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        invalid(field, "must be a positive number")
+    }
+}
+
+/// The `per_hour` field of a limit, as a static name.
+fn field_hour(limit: &'static str) -> &'static str {
+    match limit {
+        "account.persons" => "account.persons.per_hour",
+        "account.nir_reveals" => "account.nir_reveals.per_hour",
+        "account.searches" => "account.searches.per_hour",
+        "account.break_glass" => "account.break_glass.per_hour",
+        "organisation.persons" => "organisation.persons.per_hour",
+        "organisation.nir_reveals" => "organisation.nir_reveals.per_hour",
+        "organisation.searches" => "organisation.searches.per_hour",
+        _ => "organisation.break_glass.per_hour",
+    }
+}
+
+/// The `per_day` field of a limit, as a static name.
+fn field_day(limit: &'static str) -> &'static str {
+    match limit {
+        "account.persons" => "account.persons.per_day",
+        "account.nir_reveals" => "account.nir_reveals.per_day",
+        "account.searches" => "account.searches.per_day",
+        "account.break_glass" => "account.break_glass.per_day",
+        "organisation.persons" => "organisation.persons.per_day",
+        "organisation.nir_reveals" => "organisation.nir_reveals.per_day",
+        "organisation.searches" => "organisation.searches.per_day",
+        _ => "organisation.break_glass.per_day",
+    }
+}
+
+fn field_of(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        "(document)".into()
+    } else {
+        path.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip_through_both_formats() {
+        let d = GuardConfig::default();
+        d.validate().unwrap();
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(GuardConfig::parse(&json, Format::Json).unwrap(), d);
+        let toml = toml::to_string(&d).unwrap();
+        assert_eq!(GuardConfig::parse(&toml, Format::Toml).unwrap(), d);
+        assert_eq!(GuardConfig::parse("", Format::Toml).unwrap(), d);
+        assert_eq!(GuardConfig::parse("{}", Format::Json).unwrap(), d);
+    }
+
+    #[test]
+    fn partial_files_keep_the_other_defaults() {
+        let c = GuardConfig::parse(
+            "[account.persons]\nper_hour = 30\nper_day = 120\n[scoring]\nstep_up = 3.5\n",
+            Format::Toml,
+        )
+        .unwrap();
+        assert_eq!(c.account.persons, Limit::new(30, 120));
+        assert_eq!(c.scoring.step_up, 3.5);
+        assert_eq!(c.account.searches, AccountQuotas::default().searches);
+        let c =
+            GuardConfig::parse(r#"{"containment":{"throttle_minutes":5}}"#, Format::Json).unwrap();
+        assert_eq!(c.containment.throttle_minutes, 5);
+    }
+
+    fn field(e: ConfigError) -> String {
+        match e {
+            ConfigError::Parse { field, .. } => field,
+            ConfigError::Invalid { field, .. } => field.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = |text: &str, format| field(GuardConfig::parse(text, format).unwrap_err());
+        assert_eq!(
+            bad(
+                "[account.persons]\nper_hour = 0\nper_day = 10\n",
+                Format::Toml
+            ),
+            "account.persons.per_hour"
+        );
+        assert_eq!(
+            bad(
+                r#"{"account":{"searches":{"per_hour":10,"per_day":5}}}"#,
+                Format::Json
+            ),
+            "account.searches.per_day"
+        );
+        assert_eq!(
+            bad(r#"{"scoring":{"throttle":3}}"#, Format::Json),
+            "scoring.throttle"
+        );
+        assert_eq!(
+            bad(r#"{"scoring":{"weights":{"off_hours":-1}}}"#, Format::Json),
+            "scoring.weights.off_hours"
+        );
+        assert_eq!(
+            bad(r#"{"scoring":{"weights":{"of_hours":1}}}"#, Format::Json),
+            "scoring.weights.of_hours",
+            "an unknown field is named"
+        );
+        assert_eq!(
+            bad("[risky]\nyoung_account_factor = \"half\"\n", Format::Toml),
+            "risky.young_account_factor"
+        );
+        assert_eq!(
+            bad("[risky]\nhigh_risk_session_factor = 1.5\n", Format::Toml),
+            "risky.high_risk_session_factor"
+        );
+        assert_eq!(
+            bad(
+                "[sync]\ninterval_secs = 30\nmax_staleness_secs = 40\n",
+                Format::Toml
+            ),
+            "sync.max_staleness_secs"
+        );
+        assert_eq!(bad("[account", Format::Toml), "(document)");
+        assert_eq!(
+            bad(
+                r#"{"organisation":{"persons":{"per_hour":10,"per_day":100}}}"#,
+                Format::Json
+            ),
+            "organisation.persons.per_hour"
+        );
+        let e = GuardConfig::parse(r#"{"scoring":{"throttle":3}}"#, Format::Json).unwrap_err();
+        assert!(
+            e.to_string().contains("greater than scoring.step_up"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(Format::of_file_name("guard.TOML"), Some(Format::Toml));
+        assert_eq!(Format::of_file_name("conf/guard.json"), Some(Format::Json));
+        assert_eq!(Format::of_file_name("guard.yaml"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_hour_and_day_limit_validates_exactly_when_ordered(h in 0u32..500, d in 0u32..5000) {
+            let mut c = GuardConfig::default();
+            c.account.searches = Limit::new(h, d);
+            let ok = c.validate().is_ok();
+            prop_assert_eq!(ok, h >= 1 && d >= h);
+        }
+
+        #[test]
+        fn scaled_limits_stay_positive_and_below_the_original(h in 1u32..10_000, d in 1u32..100_000, f in 0.001f64..=1.0) {
+            let l = Limit::new(h, d.max(h)).scaled(f);
+            prop_assert!(l.per_hour >= 1 && l.per_hour <= h);
+            prop_assert!(l.per_day >= 1 && l.per_day <= d.max(h));
+        }
+    }
+}

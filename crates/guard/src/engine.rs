@@ -1,0 +1,896 @@
+//! The per-account and per-organisation state and the decision on one
+//! attempt. Everything here runs under one shard lock, allocates nothing
+//! on the allow path, and does no I/O.
+
+use std::collections::HashMap;
+
+use crate::alert::{AlertKind, Explanation, Feature, Verdict};
+use crate::attempt::{Attempt, AttemptKind, Observed};
+use crate::baseline::Baseline;
+use crate::config::{GuardConfig, Limit};
+use crate::region::LocalTime;
+use crate::store::{
+    ActivityCounts, ActivityRow, CounterDelta, Known, KnownKind, METRICS, Metric, Scope,
+};
+use crate::window::{Rate, bucket_of};
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+
+/// Explanation lines of one decision, on the stack.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lines {
+    items: [Explanation; 24],
+    len: usize,
+}
+
+impl Lines {
+    fn new() -> Self {
+        Lines {
+            items: [Explanation {
+                feature: Feature::PersonsPerHour,
+                value: 0.0,
+                baseline: 0.0,
+                contribution: 0.0,
+            }; 24],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, feature: Feature, value: f64, baseline: f64, contribution: f64) {
+        if self.len < self.items.len() {
+            self.items[self.len] = Explanation {
+                feature,
+                value,
+                baseline,
+                contribution,
+            };
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Explanation] {
+        &self.items[..self.len]
+    }
+
+    /// Sum of the behaviour features' contributions (quota lines excluded).
+    fn score(&self) -> f64 {
+        self.as_slice()
+            .iter()
+            .filter(|l| !is_quota(l.feature))
+            .map(|l| l.contribution)
+            .sum()
+    }
+}
+
+pub(crate) fn is_quota(f: Feature) -> bool {
+    matches!(
+        f,
+        Feature::PersonsPerHour
+            | Feature::PersonsPerDay
+            | Feature::NirPerHour
+            | Feature::NirPerDay
+            | Feature::SearchesPerHour
+            | Feature::SearchesPerDay
+            | Feature::BreakGlassPerHour
+            | Feature::BreakGlassPerDay
+    )
+}
+
+/// What this attempt adds, decided before it is committed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Events {
+    pub(crate) person_new_hour: bool,
+    pub(crate) person_new_day: bool,
+    pub(crate) nir: bool,
+    pub(crate) search: bool,
+    pub(crate) break_glass: bool,
+}
+
+/// The account stage's result.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AccountVerdict {
+    pub(crate) verdict: Verdict,
+    pub(crate) kind: AlertKind,
+    pub(crate) score: f64,
+    pub(crate) lines: Lines,
+    pub(crate) events: Events,
+    /// The account went into suspension with this attempt.
+    pub(crate) newly_suspended: bool,
+    pub(crate) fresh: bool,
+}
+
+/// One account's hot state.
+pub(crate) struct AccountState {
+    pub(crate) organisation_id: i64,
+    pub(crate) peer: i64,
+    pub(crate) rates: [Rate; METRICS],
+    /// Persons shown, with the last time each was shown (pruned at sync).
+    persons: HashMap<i64, i64>,
+    last_person: Option<i64>,
+    pub(crate) known: Vec<Known>,
+    pub(crate) own: Baseline,
+    pub(crate) loaded_day: i32,
+    blocked_until: i64,
+    blocked_verdict: Verdict,
+    last_alert: [i64; 5],
+    pub(crate) last_seen: i64,
+    pub(crate) pending_counts: Vec<CounterDelta>,
+    pub(crate) pending_activity: Vec<ActivityRow>,
+    pub(crate) pending_known: Vec<Known>,
+}
+
+fn rates() -> [Rate; METRICS] {
+    std::array::from_fn(|_| Rate::new())
+}
+
+fn push_count(
+    pending: &mut Vec<CounterDelta>,
+    scope: Scope,
+    subject: i64,
+    metric: Metric,
+    at: i64,
+) {
+    let bucket = bucket_of(at);
+    // The deltas of one bucket sit together at the end: look back a little.
+    for d in pending.iter_mut().rev().take(METRICS) {
+        if d.bucket == bucket && d.metric == metric {
+            d.count = d.count.saturating_add(1);
+            return;
+        }
+    }
+    pending.push(CounterDelta {
+        scope,
+        subject,
+        metric,
+        bucket,
+        count: 1,
+    });
+}
+
+impl AccountState {
+    pub(crate) fn new(a: &Attempt) -> Self {
+        Self::blank(a.account.organisation_id, a.account.peer.key())
+    }
+
+    /// A state known only from other instances' counts until its first
+    /// attempt here fills in the rest.
+    pub(crate) fn blank(organisation_id: i64, peer: i64) -> Self {
+        AccountState {
+            organisation_id,
+            peer,
+            rates: rates(),
+            persons: HashMap::new(),
+            last_person: None,
+            known: Vec::new(),
+            own: Baseline::default(),
+            loaded_day: i32::MIN,
+            blocked_until: i64::MIN,
+            blocked_verdict: Verdict::Allow,
+            last_alert: [i64::MIN; 5],
+            last_seen: i64::MIN,
+            pending_counts: Vec::new(),
+            pending_activity: Vec::new(),
+            pending_known: Vec::new(),
+        }
+    }
+
+    /// Merges devices and networks loaded from the store.
+    pub(crate) fn merge_known(&mut self, loaded: &[Known]) {
+        for k in loaded {
+            match self
+                .known
+                .iter_mut()
+                .find(|x| x.kind == k.kind && x.digest == k.digest)
+            {
+                Some(x) => x.first_seen = x.first_seen.min(k.first_seen),
+                None => self.known.push(*k),
+            }
+        }
+    }
+
+    fn count(&mut self, metric: Metric, at: i64) {
+        self.rates[metric as usize].add(at, 1);
+        push_count(&mut self.pending_counts, Scope::Account, 0, metric, at);
+    }
+
+    fn activity(&mut self, local: LocalTime, add: impl FnOnce(&mut ActivityCounts)) {
+        let row = match self
+            .pending_activity
+            .iter_mut()
+            .rev()
+            .find(|r| r.day == local.day && r.hour == local.hour)
+        {
+            Some(r) => r,
+            None => {
+                self.pending_activity.push(ActivityRow {
+                    scope: Scope::Account,
+                    subject: 0,
+                    day: local.day,
+                    hour: local.hour,
+                    counts: ActivityCounts::default(),
+                });
+                let last = self.pending_activity.len() - 1;
+                &mut self.pending_activity[last]
+            }
+        };
+        add(&mut row.counts);
+    }
+
+    /// Whether `digest` of `kind` is new (first seen less than a day ago)
+    /// beside at least one established one; records it if never seen.
+    fn novelty(
+        &mut self,
+        kind: KnownKind,
+        digest: Option<[u8; 16]>,
+        a: &Attempt,
+        now: i64,
+    ) -> Option<f64> {
+        let digest = digest?;
+        let mut established = 0u32;
+        let mut first_seen = None;
+        for k in self.known.iter().filter(|k| k.kind == kind) {
+            if k.digest == digest {
+                first_seen = Some(k.first_seen.timestamp());
+            } else if now - k.first_seen.timestamp() >= DAY {
+                established += 1;
+            }
+        }
+        if first_seen.is_none() {
+            let k = Known {
+                account_id: a.account.account_id,
+                kind,
+                digest,
+                first_seen: a.at,
+            };
+            self.known.push(k);
+            self.pending_known.push(k);
+        }
+        let is_new = first_seen.is_none_or(|t| now - t < DAY);
+        (is_new && established > 0).then_some(f64::from(established))
+    }
+
+    /// Drops persons not shown for a day.
+    pub(crate) fn prune(&mut self, now: i64) {
+        self.persons.retain(|_, t| now - *t < DAY);
+    }
+
+    /// Whether the state holds nothing that matters any more.
+    pub(crate) fn is_idle(&mut self, now: i64) -> bool {
+        now.saturating_sub(self.last_seen) > DAY + HOUR
+            && self.blocked_until < now
+            && self
+                .rates
+                .iter()
+                .all(|r| r.remote_hour == 0 && r.remote_day == 0)
+            && self.pending_counts.is_empty()
+            && self.pending_activity.is_empty()
+            && self.pending_known.is_empty()
+            && self.rates.iter_mut().all(|r| r.locally_idle(now))
+    }
+
+    /// Decides on one attempt and commits what it adds.
+    pub(crate) fn decide(
+        &mut self,
+        c: &GuardConfig,
+        a: &Attempt,
+        observed: Option<Observed>,
+        local: LocalTime,
+        peer: Baseline,
+    ) -> AccountVerdict {
+        let now = a.at.timestamp();
+        let s = &c.scoring;
+        let w = &s.weights;
+        self.last_seen = self.last_seen.max(now);
+        let checked = observed.is_none();
+        let counts_attempt = observed != Some(Observed::NotFound);
+        let off = local.is_off_hours(s.work_start_hour, s.work_end_hour);
+        let is_query = matches!(a.kind, AttemptKind::Search(_)) && a.person_id.is_none();
+
+        // What the attempt would add if let through.
+        let mut ev = Events::default();
+        if checked {
+            if let Some(p) = a.person_id.filter(|_| a.fields.reveals()) {
+                let last = self.persons.get(&p).copied();
+                ev.person_new_hour = last.is_none_or(|t| now - t >= HOUR);
+                ev.person_new_day = last.is_none_or(|t| now - t >= DAY);
+                ev.nir = a.fields.nir_in_clear();
+            }
+            ev.search = is_query;
+            ev.break_glass = a.kind == AttemptKind::BreakGlass;
+        }
+        let sequential_miss = observed.is_some()
+            && matches!((a.person_id, self.last_person), (Some(p), Some(l)) if (1..=2).contains(&p.abs_diff(l)));
+        let search_miss =
+            observed == Some(Observed::NotFound) && matches!(a.kind, AttemptKind::Search(_));
+        // A search that matched nobody is `search_misses`' business only: an
+        // advisor looking up a walk-in who is not on file yet is no denial.
+        // A search that matched someone outside the caller's scope is.
+        let counts_miss = observed.is_some() && !search_miss;
+
+        let mut lines = Lines::new();
+
+        // Hard quotas: only what this attempt would add can exceed one.
+        let age_days = a
+            .account
+            .created_at
+            .map(|t| (a.at - t).num_seconds() as f64 / DAY as f64);
+        let young = age_days.is_some_and(|d| d < f64::from(c.risky.young_account_days));
+        let mut factor = 1.0f64;
+        if young {
+            factor = factor.min(c.risky.young_account_factor);
+        }
+        if a.session.high_risk {
+            factor = factor.min(c.risky.high_risk_session_factor);
+        }
+        let q = &c.account;
+        let scale = |l: Limit| if factor < 1.0 { l.scaled(factor) } else { l };
+        let quota = |lines: &mut Lines,
+                     on: bool,
+                     rate: &mut Rate,
+                     limit: Limit,
+                     fh: Feature,
+                     fd: Feature| {
+            if !on {
+                return;
+            }
+            let limit = scale(limit);
+            let h = rate.hour(now).saturating_add(1);
+            let d = rate.day(now).saturating_add(1);
+            if h > limit.per_hour {
+                lines.push(fh, f64::from(h), f64::from(limit.per_hour), s.throttle);
+            }
+            if d > limit.per_day {
+                lines.push(fd, f64::from(d), f64::from(limit.per_day), s.throttle);
+            }
+        };
+        {
+            let [_, ph, pd, nir, searches, _, _, _, bg, ..] = &mut self.rates;
+            // Persons: the hour stream counts persons new in the hour, the
+            // day stream persons new in the day.
+            if ev.person_new_hour {
+                let l = scale(q.persons);
+                let h = ph.hour(now).saturating_add(1);
+                if h > l.per_hour {
+                    lines.push(
+                        Feature::PersonsPerHour,
+                        f64::from(h),
+                        f64::from(l.per_hour),
+                        s.throttle,
+                    );
+                }
+            }
+            if ev.person_new_day {
+                let l = scale(q.persons);
+                let d = pd.day(now).saturating_add(1);
+                if d > l.per_day {
+                    lines.push(
+                        Feature::PersonsPerDay,
+                        f64::from(d),
+                        f64::from(l.per_day),
+                        s.throttle,
+                    );
+                }
+            }
+            quota(
+                &mut lines,
+                ev.nir,
+                nir,
+                q.nir_reveals,
+                Feature::NirPerHour,
+                Feature::NirPerDay,
+            );
+            quota(
+                &mut lines,
+                ev.search,
+                searches,
+                q.searches,
+                Feature::SearchesPerHour,
+                Feature::SearchesPerDay,
+            );
+            quota(
+                &mut lines,
+                ev.break_glass,
+                bg,
+                q.break_glass,
+                Feature::BreakGlassPerHour,
+                Feature::BreakGlassPerDay,
+            );
+        }
+        let quota_hit = lines.len > 0;
+
+        // Behaviour features.
+        let own_known = self.own.hours >= f64::from(s.min_own_hours);
+        let peer_known = peer.hours >= f64::from(s.min_peer_hours);
+        let persons_h = self.rates[Metric::PersonsHour as usize]
+            .hour(now)
+            .saturating_add(u32::from(ev.person_new_hour));
+        if persons_h >= s.min_volume {
+            let v = f64::from(persons_h);
+            let volume = |e: f64| {
+                (v / (s.volume_allowance * e.max(1.0)))
+                    .log2()
+                    .clamp(0.0, 3.0)
+            };
+            if own_known {
+                let e = self.own.persons_per_hour;
+                lines.push(Feature::VolumeVsOwn, v, e, w.volume_vs_own * volume(e));
+            }
+            let e = if peer_known {
+                peer.persons_per_hour
+            } else {
+                s.prior_persons_per_hour
+            };
+            lines.push(Feature::VolumeVsPeers, v, e, w.volume_vs_peers * volume(e));
+        }
+        if off && counts_attempt {
+            let v = f64::from(
+                self.rates[Metric::OffHours as usize]
+                    .hour(now)
+                    .saturating_add(1),
+            );
+            let b = if own_known {
+                self.own.off_hours_share
+            } else if peer_known {
+                peer.off_hours_share
+            } else {
+                0.0
+            };
+            let c = w.off_hours * (v / 5.0).min(1.0) * (1.0 - (b / 0.15).min(1.0));
+            lines.push(Feature::OffHours, v, b, c);
+        }
+        let attempts_h = self.rates[Metric::Attempts as usize]
+            .hour(now)
+            .saturating_add(u32::from(counts_attempt));
+        let misses_h = self.rates[Metric::Misses as usize]
+            .hour(now)
+            .saturating_add(u32::from(counts_miss));
+        if attempts_h >= s.min_attempts && misses_h > 0 {
+            let v = f64::from(misses_h) / f64::from(attempts_h);
+            let b = if own_known {
+                self.own.miss_share
+            } else if peer_known {
+                peer.miss_share
+            } else {
+                0.05
+            };
+            let c = w.denied_share * ((v - (2.0 * b).max(0.2)) / 0.3).clamp(0.0, 1.0);
+            lines.push(Feature::DeniedShare, v, b, c);
+        }
+        let seq_h = self.rates[Metric::SequentialMisses as usize]
+            .hour(now)
+            .saturating_add(u32::from(sequential_miss));
+        if seq_h > 0 {
+            let v = f64::from(seq_h);
+            lines.push(
+                Feature::SequentialIds,
+                v,
+                0.0,
+                w.sequential_ids * ((v - 2.0) / 8.0).clamp(0.0, 1.0),
+            );
+        }
+        let sm_h = self.rates[Metric::SearchMisses as usize]
+            .hour(now)
+            .saturating_add(u32::from(search_miss));
+        if sm_h > 0 {
+            let v = f64::from(sm_h);
+            let b = if own_known {
+                self.own.search_misses_per_hour
+            } else if peer_known {
+                peer.search_misses_per_hour
+            } else {
+                1.0
+            };
+            // Up to twice the weight: searches that match nobody are no denial
+            // (see `counts_miss`), so a flood of them must reach step-up alone.
+            let c = w.search_misses * ((v - (3.0 * b).max(3.0)) / 7.0).clamp(0.0, 2.0);
+            lines.push(Feature::SearchMisses, v, b, c);
+        }
+        if let Some(established) = self.novelty(KnownKind::Device, a.session.device, a, now) {
+            lines.push(Feature::NewDevice, 1.0, established, w.new_device);
+        }
+        if let Some(established) = self.novelty(KnownKind::Network, a.session.network, a, now) {
+            lines.push(Feature::NewNetwork, 1.0, established, w.new_network);
+        }
+        if let Some(days) = age_days.filter(|_| young) {
+            let young_days = f64::from(c.risky.young_account_days);
+            let days = days.max(0.0);
+            lines.push(
+                Feature::AccountAge,
+                days,
+                young_days,
+                w.account_age * (1.0 - days / young_days),
+            );
+        }
+        if a.session.high_risk {
+            lines.push(Feature::PostReset, 1.0, 0.0, w.post_reset);
+        }
+        if ev.break_glass {
+            let v = f64::from(
+                self.rates[Metric::BreakGlass as usize]
+                    .day(now)
+                    .saturating_add(1),
+            );
+            let per_hour = if own_known {
+                self.own.break_glass_per_hour
+            } else if peer_known {
+                peer.break_glass_per_hour
+            } else {
+                0.025
+            };
+            let b = per_hour * 8.0;
+            let c = w.break_glass_rate * ((v - (3.0 * b).max(1.0)) / 2.0).clamp(0.0, 1.0);
+            lines.push(Feature::BreakGlassRate, v, b, c);
+        }
+        let score = lines.score();
+
+        // The verdict: the strongest of score, quotas and an ongoing block.
+        let mut verdict = if score >= s.suspend {
+            Verdict::Suspend
+        } else if score >= s.throttle {
+            Verdict::Throttle
+        } else if score >= s.step_up {
+            Verdict::StepUp
+        } else {
+            Verdict::Allow
+        };
+        let mut kind = AlertKind::Behaviour;
+        if quota_hit && verdict < Verdict::Throttle {
+            verdict = Verdict::Throttle;
+            kind = AlertKind::AccountQuota;
+        }
+        if self.blocked_until > now && verdict < self.blocked_verdict {
+            verdict = self.blocked_verdict;
+            kind = AlertKind::Behaviour;
+        }
+        let stepped_up = a.session.stepped_up_at.is_some_and(|t| {
+            let age = now - t.timestamp();
+            (0..=i64::from(c.containment.step_up_valid_minutes) * 60).contains(&age)
+        });
+        // A step-up means nothing for an attempt already refused.
+        if verdict == Verdict::StepUp && (stepped_up || !checked) {
+            verdict = Verdict::Allow;
+        }
+        if checked && !verdict.lets_through() && verdict < Verdict::Suspend {
+            let refusals = self.rates[Metric::Refusals as usize]
+                .hour(now)
+                .saturating_add(1);
+            if refusals >= c.containment.suspend_after_refusals {
+                lines.push(
+                    Feature::Refusals,
+                    f64::from(refusals),
+                    f64::from(c.containment.suspend_after_refusals),
+                    s.suspend,
+                );
+                verdict = Verdict::Suspend;
+                kind = AlertKind::Persistence;
+            }
+        }
+        let was_suspended = self.blocked_until > now && self.blocked_verdict == Verdict::Suspend;
+        if verdict == Verdict::Suspend {
+            self.blocked_until = now + DAY;
+            self.blocked_verdict = Verdict::Suspend;
+        } else if score >= s.throttle && !was_suspended {
+            // A behaviour throttle lasts; a quota throttle lifts as soon as
+            // the window has room again.
+            let until = now + i64::from(c.containment.throttle_minutes) * 60;
+            self.blocked_until = self.blocked_until.max(until);
+            self.blocked_verdict = Verdict::Throttle;
+        }
+
+        // Commit.
+        if counts_attempt {
+            self.count(Metric::Attempts, now);
+            if off {
+                self.count(Metric::OffHours, now);
+            }
+        }
+        if counts_miss {
+            self.count(Metric::Misses, now);
+        }
+        if observed.is_some() {
+            if search_miss {
+                self.count(Metric::SearchMisses, now);
+            }
+            if sequential_miss {
+                self.count(Metric::SequentialMisses, now);
+            }
+        }
+        let allowed = checked && verdict.lets_through();
+        if allowed {
+            if ev.person_new_hour {
+                self.rates[Metric::PersonsHour as usize].add_hour(now, 1);
+                push_count(
+                    &mut self.pending_counts,
+                    Scope::Account,
+                    0,
+                    Metric::PersonsHour,
+                    now,
+                );
+            }
+            if ev.person_new_day {
+                self.rates[Metric::PersonsDay as usize].add_day(now, 1);
+                push_count(
+                    &mut self.pending_counts,
+                    Scope::Account,
+                    0,
+                    Metric::PersonsDay,
+                    now,
+                );
+            }
+            if let Some(p) = a.person_id.filter(|_| a.fields.reveals()) {
+                self.persons.insert(p, now);
+            }
+            if ev.nir {
+                self.count(Metric::Nir, now);
+            }
+            if ev.search {
+                self.count(Metric::Searches, now);
+            }
+            if ev.break_glass {
+                self.count(Metric::BreakGlass, now);
+            }
+        } else if checked {
+            self.count(Metric::Refusals, now);
+        }
+        if a.person_id.is_some() {
+            self.last_person = a.person_id;
+        }
+        let first_of_hour = !self
+            .pending_activity
+            .iter()
+            .any(|r| r.day == local.day && r.hour == local.hour);
+        self.activity(local, |r| {
+            if first_of_hour {
+                r.account_hours = 1;
+            }
+            r.attempts += u32::from(counts_attempt);
+            r.misses += u32::from(counts_miss);
+            r.search_misses += u32::from(search_miss);
+            if allowed {
+                r.persons += u32::from(ev.person_new_hour);
+                r.nir += u32::from(ev.nir);
+                r.searches += u32::from(ev.search);
+                r.break_glass += u32::from(ev.break_glass);
+            }
+        });
+
+        let fresh = self.fresh(verdict, now, c);
+        AccountVerdict {
+            verdict,
+            kind,
+            score,
+            lines,
+            events: if allowed { ev } else { Events::default() },
+            newly_suspended: verdict == Verdict::Suspend && !was_suspended,
+            fresh,
+        }
+    }
+
+    /// Whether an alert of `verdict` opens a new incident; remembers it.
+    pub(crate) fn fresh(&mut self, verdict: Verdict, now: i64, c: &GuardConfig) -> bool {
+        fresh(&mut self.last_alert, verdict, now, c)
+    }
+}
+
+fn fresh(last: &mut [i64; 5], verdict: Verdict, now: i64, c: &GuardConfig) -> bool {
+    let i = Verdict::ALL.iter().position(|v| *v == verdict).unwrap_or(0);
+    if verdict == Verdict::Allow {
+        return false;
+    }
+    let cooldown = i64::from(c.containment.alert_cooldown_minutes) * 60;
+    let is_fresh = last[i] == i64::MIN || now - last[i] >= cooldown;
+    if is_fresh {
+        last[i] = now;
+    }
+    is_fresh
+}
+
+/// One organisation's hot state.
+pub(crate) struct OrgState {
+    pub(crate) rates: [Rate; METRICS],
+    pub(crate) frozen: bool,
+    last_alert: [i64; 5],
+    pub(crate) pending_counts: Vec<CounterDelta>,
+    pub(crate) last_seen: i64,
+}
+
+/// The organisation stage's result.
+pub(crate) struct OrgVerdict {
+    pub(crate) verdict: Verdict,
+    pub(crate) kind: AlertKind,
+    pub(crate) lines: Lines,
+    pub(crate) newly_frozen: bool,
+    pub(crate) fresh: bool,
+}
+
+impl OrgState {
+    pub(crate) fn new() -> Self {
+        OrgState {
+            rates: rates(),
+            frozen: false,
+            last_alert: [i64::MIN; 5],
+            pending_counts: Vec::new(),
+            last_seen: i64::MIN,
+        }
+    }
+
+    fn count(&mut self, metric: Metric, at: i64) {
+        self.rates[metric as usize].add(at, 1);
+        push_count(&mut self.pending_counts, Scope::Organisation, 0, metric, at);
+    }
+
+    pub(crate) fn is_idle(&mut self, now: i64) -> bool {
+        !self.frozen
+            && now.saturating_sub(self.last_seen) > DAY + HOUR
+            && self
+                .rates
+                .iter()
+                .all(|r| r.remote_hour == 0 && r.remote_day == 0)
+            && self.pending_counts.is_empty()
+            && self.rates.iter_mut().all(|r| r.locally_idle(now))
+    }
+
+    /// Decides what the organisation adds to the account's verdict, and
+    /// commits the account's events.
+    pub(crate) fn decide(
+        &mut self,
+        c: &GuardConfig,
+        a: &Attempt,
+        account: &AccountVerdict,
+        checked: bool,
+    ) -> OrgVerdict {
+        let now = a.at.timestamp();
+        self.last_seen = self.last_seen.max(now);
+        let mut lines = Lines::new();
+        let throttle = c.scoring.throttle;
+        if self.frozen {
+            lines.push(Feature::FrozenOrganisation, 1.0, 0.0, c.scoring.suspend);
+            let fresh = fresh(&mut self.last_alert, Verdict::FreezeOrganisation, now, c);
+            return OrgVerdict {
+                verdict: Verdict::FreezeOrganisation,
+                kind: AlertKind::Frozen,
+                lines,
+                newly_frozen: false,
+                fresh,
+            };
+        }
+        let mut verdict = Verdict::Allow;
+        let mut kind = AlertKind::OrganisationQuota;
+        let ev = account.events;
+        if checked && account.verdict.lets_through() {
+            let q = &c.organisation;
+            let [_, ph, pd, nir, searches, _, _, _, bg, ..] = &mut self.rates;
+            let mut over = |on: bool, h: u32, d: u32, l: Limit, fh: Feature, fd: Feature| {
+                if on && h.saturating_add(1) > l.per_hour {
+                    lines.push(fh, f64::from(h) + 1.0, f64::from(l.per_hour), throttle);
+                }
+                if on && d.saturating_add(1) > l.per_day {
+                    lines.push(fd, f64::from(d) + 1.0, f64::from(l.per_day), throttle);
+                }
+            };
+            over(
+                ev.person_new_hour,
+                ph.hour(now),
+                0,
+                q.persons,
+                Feature::PersonsPerHour,
+                Feature::PersonsPerDay,
+            );
+            over(
+                ev.person_new_day,
+                0,
+                pd.day(now),
+                q.persons,
+                Feature::PersonsPerHour,
+                Feature::PersonsPerDay,
+            );
+            over(
+                ev.nir,
+                nir.hour(now),
+                nir.day(now),
+                q.nir_reveals,
+                Feature::NirPerHour,
+                Feature::NirPerDay,
+            );
+            over(
+                ev.search,
+                searches.hour(now),
+                searches.day(now),
+                q.searches,
+                Feature::SearchesPerHour,
+                Feature::SearchesPerDay,
+            );
+            over(
+                ev.break_glass,
+                bg.hour(now),
+                bg.day(now),
+                q.break_glass,
+                Feature::BreakGlassPerHour,
+                Feature::BreakGlassPerDay,
+            );
+            if lines.len > 0 {
+                verdict = Verdict::Throttle;
+            } else {
+                if ev.person_new_hour {
+                    self.rates[Metric::PersonsHour as usize].add_hour(now, 1);
+                    push_count(
+                        &mut self.pending_counts,
+                        Scope::Organisation,
+                        0,
+                        Metric::PersonsHour,
+                        now,
+                    );
+                }
+                if ev.person_new_day {
+                    self.rates[Metric::PersonsDay as usize].add_day(now, 1);
+                    push_count(
+                        &mut self.pending_counts,
+                        Scope::Organisation,
+                        0,
+                        Metric::PersonsDay,
+                        now,
+                    );
+                }
+                if ev.nir {
+                    self.count(Metric::Nir, now);
+                }
+                if ev.search {
+                    self.count(Metric::Searches, now);
+                }
+                if ev.break_glass {
+                    self.count(Metric::BreakGlass, now);
+                }
+            }
+        }
+        // An account already suspended is contained: its attempts say
+        // nothing more about the organisation.
+        let contained = account.verdict >= Verdict::Suspend && !account.newly_suspended;
+        let refused =
+            checked && !contained && (!account.verdict.lets_through() || !verdict.lets_through());
+        let mut newly_frozen = false;
+        if refused {
+            let n = self.rates[Metric::Refusals as usize]
+                .hour(now)
+                .saturating_add(1);
+            self.count(Metric::Refusals, now);
+            if n >= c.containment.freeze_after_refusals {
+                lines.push(
+                    Feature::Refusals,
+                    f64::from(n),
+                    f64::from(c.containment.freeze_after_refusals),
+                    c.scoring.suspend,
+                );
+                newly_frozen = true;
+            }
+        }
+        if account.newly_suspended {
+            let n = self.rates[Metric::Suspensions as usize]
+                .day(now)
+                .saturating_add(1);
+            self.count(Metric::Suspensions, now);
+            if n >= c.containment.freeze_after_suspensions {
+                lines.push(
+                    Feature::Suspensions,
+                    f64::from(n),
+                    f64::from(c.containment.freeze_after_suspensions),
+                    c.scoring.suspend,
+                );
+                newly_frozen = true;
+            }
+        }
+        if newly_frozen {
+            self.frozen = true;
+            verdict = Verdict::FreezeOrganisation;
+            kind = AlertKind::OrganisationContainment;
+        }
+        let fresh = fresh(&mut self.last_alert, verdict, now, c);
+        OrgVerdict {
+            verdict,
+            kind,
+            lines,
+            newly_frozen,
+            fresh,
+        }
+    }
+}

@@ -1,0 +1,835 @@
+//! The guard as the consultation path sees it: attempts in, decisions
+//! out, over the in-memory store (the database backends run the same
+//! store scenarios in `rempart-storage`).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use proptest::prelude::*;
+use rempart_domain::{FieldGroup, OrganisationKind, Purpose, Role};
+
+use super::*;
+use crate::store::memory::MemoryStore;
+
+/// Tuesday 13 January 2026, 09:00 in Paris.
+fn day0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-13T08:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn mins(m: i64) -> TimeDelta {
+    TimeDelta::minutes(m)
+}
+
+fn facts(account: i64, org: i64) -> AccountFacts {
+    AccountFacts {
+        account_id: account,
+        organisation_id: org,
+        role: Role::Agent,
+        created_at: Some(day0() - TimeDelta::days(400)),
+        peer: PeerGroup::of(OrganisationKind::CapEmploi, Some("38")),
+    }
+}
+
+fn session(device: u8) -> SessionFacts {
+    SessionFacts {
+        session_id: [device; 16],
+        high_risk: false,
+        device: Some([device; 16]),
+        network: Some([100 + device; 16]),
+        stepped_up_at: None,
+    }
+}
+
+const SHOWN: [FieldGroup; 3] = [
+    FieldGroup::Identity,
+    FieldGroup::Contact,
+    FieldGroup::Status,
+];
+
+fn read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
+    Attempt {
+        at,
+        account: facts(account, 10),
+        session: session(1),
+        kind: AttemptKind::ReadPerson,
+        person_id: Some(person),
+        purpose: Some(Purpose::FollowUp),
+        fields: Fields::of(&SHOWN, false),
+    }
+}
+
+fn search(account: i64, at: DateTime<Utc>) -> Attempt {
+    Attempt {
+        kind: AttemptKind::Search(SearchKind::Nir),
+        person_id: None,
+        fields: Fields::NONE,
+        ..read(account, 0, at)
+    }
+}
+
+fn lenient_sync() -> GuardConfig {
+    let mut c = GuardConfig::default();
+    // Tests move simulated time by hours between syncs.
+    c.sync.max_staleness_secs = u32::MAX;
+    c
+}
+
+async fn open(config: GuardConfig) -> (Guard, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let guard = Guard::open(config, store.clone(), 1, day0() - TimeDelta::days(60))
+        .await
+        .unwrap();
+    (guard, store)
+}
+
+async fn verdict(g: &Guard, a: &Attempt) -> Verdict {
+    g.check(a).await.unwrap().verdict
+}
+
+fn features(d: &GuardDecision) -> Vec<Feature> {
+    d.alert
+        .as_ref()
+        .map(|a| a.explanation.iter().map(|e| e.feature).collect())
+        .unwrap_or_default()
+}
+
+fn line(d: &GuardDecision, f: Feature) -> Explanation {
+    *d.alert
+        .as_ref()
+        .and_then(|a| a.explanation.iter().find(|e| e.feature == f))
+        .unwrap_or_else(|| panic!("{f} not in {:?}", d.alert))
+}
+
+/// A normal working day of one advisor: `persons` persons of a caseload of
+/// 250, between 9:00 and 17:00 local, with re-reads, a few searches and
+/// caseload pages. Returns the decisions that were not Allow.
+async fn working_day(
+    g: &Guard,
+    account: i64,
+    start: DateTime<Utc>,
+    persons: i64,
+) -> Vec<GuardDecision> {
+    let mut refused = Vec::new();
+    let step = 8 * 60 / persons; // minutes between new persons
+    for i in 0..persons {
+        let at = start + mins(i * step);
+        let person = account * 1000 + (i * 37 + start.timestamp() / 86_400) % 250;
+        for a in [
+            read(account, person, at),
+            read(account, person, at + mins(2)),
+        ] {
+            let d = g.check(&a).await.unwrap();
+            if d.verdict != Verdict::Allow {
+                refused.push(d);
+            }
+        }
+        if i % 6 == 0 {
+            let d = g.check(&search(account, at + mins(3))).await.unwrap();
+            if d.verdict != Verdict::Allow {
+                refused.push(d);
+            }
+        }
+        if i % 20 == 0 {
+            let list = Attempt {
+                kind: AttemptKind::ListCaseload,
+                person_id: None,
+                fields: Fields::NONE,
+                ..read(account, 0, at)
+            };
+            assert_eq!(verdict(g, &list).await, Verdict::Allow);
+        }
+        if i % 10 == 9 {
+            g.sync(at).await.unwrap();
+        }
+    }
+    g.sync(start + TimeDelta::hours(9)).await.unwrap();
+    refused
+}
+
+#[tokio::test]
+async fn a_normal_working_day_is_allowed_without_any_alert() {
+    let (g, store) = open(lenient_sync()).await;
+    // First day ever (no history at all), then three weeks of history.
+    for d in 0..22 {
+        let start = day0() + TimeDelta::days(d);
+        if LocalTime::of(start, 84).weekday >= 5 {
+            continue;
+        }
+        let refused = working_day(&g, 7, start, 60).await;
+        assert!(refused.is_empty(), "day {d}: {refused:?}");
+    }
+    let stored = g
+        .alerts(&AlertQuery {
+            limit: 100,
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(stored.is_empty());
+    drop(store);
+}
+
+#[tokio::test]
+async fn a_burst_within_the_caseload_is_throttled_within_50_records() {
+    let (g, _) = open(lenient_sync()).await;
+    working_day(&g, 7, day0(), 60).await;
+    // The next morning, the account reads its own caseload as fast as it can.
+    let start = day0() + TimeDelta::days(1);
+    let mut shown = 0;
+    let mut first_refusal = None;
+    for i in 0..300 {
+        let d = g
+            .check(&read(7, 7000 + i % 250, start + TimeDelta::seconds(i * 2)))
+            .await
+            .unwrap();
+        if d.lets_through() {
+            shown += 1;
+        } else if first_refusal.is_none() {
+            first_refusal = Some(d);
+        }
+    }
+    assert!(shown <= 50, "{shown} records read before containment");
+    let d = first_refusal.expect("the burst was stopped");
+    let alert = d.alert.expect("a refusal comes with an alert");
+    assert!(alert.fresh && !alert.explanation.is_empty());
+    assert!(
+        alert.explanation.iter().any(|e| matches!(
+            e.feature,
+            Feature::PersonsPerHour | Feature::VolumeVsOwn | Feature::VolumeVsPeers
+        )),
+        "{alert:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_script_that_keeps_going_after_refusals_is_suspended() {
+    let (g, _) = open(lenient_sync()).await;
+    let mut last = Verdict::Allow;
+    let mut shown = 0;
+    for i in 0..200 {
+        let d = g
+            .check(&read(7, 7000 + i, day0() + TimeDelta::seconds(i)))
+            .await
+            .unwrap();
+        shown += u32::from(d.lets_through());
+        last = d.verdict;
+        if last >= Verdict::Suspend {
+            let a = d.alert.unwrap();
+            assert_eq!(a.kind, AlertKind::Persistence);
+            assert_eq!(
+                line(
+                    &GuardDecision {
+                        verdict: last,
+                        alert: Some(a.clone())
+                    },
+                    Feature::Refusals
+                )
+                .baseline,
+                20.0
+            );
+            break;
+        }
+    }
+    assert_eq!(last, Verdict::Suspend);
+    assert!(shown <= 40, "{shown}");
+    // Still suspended on the next attempt, even for a person already shown.
+    assert_eq!(
+        verdict(&g, &read(7, 7000, day0() + mins(5))).await,
+        Verdict::Suspend
+    );
+}
+
+#[tokio::test]
+async fn quotas_count_distinct_persons_and_reset_with_the_window() {
+    let (g, _) = open(lenient_sync()).await;
+    for i in 0..40 {
+        assert_eq!(
+            verdict(&g, &read(7, i, day0() + TimeDelta::seconds(i * 60))).await,
+            Verdict::Allow,
+            "{i}"
+        );
+    }
+    // Re-reading someone already shown gives nothing new: allowed.
+    assert_eq!(
+        verdict(&g, &read(7, 3, day0() + mins(41))).await,
+        Verdict::Allow
+    );
+    let d = g.check(&read(7, 40, day0() + mins(42))).await.unwrap();
+    assert_eq!(d.verdict, Verdict::Throttle);
+    let l = line(&d, Feature::PersonsPerHour);
+    assert_eq!((l.value, l.baseline), (41.0, 40.0));
+    assert_eq!(
+        d.alert.as_ref().map(|a| a.kind),
+        Some(AlertKind::AccountQuota)
+    );
+    // An hour after the first reads, there is room again.
+    assert_eq!(
+        verdict(&g, &read(7, 40, day0() + mins(62))).await,
+        Verdict::Allow
+    );
+    // Another account is not affected.
+    assert_eq!(
+        verdict(&g, &read(8, 40, day0() + mins(42))).await,
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
+async fn the_day_quota_holds_across_hours() {
+    let mut c = lenient_sync();
+    c.account.persons = Limit {
+        per_hour: 30,
+        per_day: 50,
+    };
+    let (g, _) = open(c).await;
+    let mut shown = 0;
+    for i in 0..80 {
+        // 10 per hour: never the hour limit.
+        let d = g.check(&read(7, i, day0() + mins(i * 6))).await.unwrap();
+        if d.lets_through() {
+            shown += 1;
+        } else {
+            assert!(features(&d).contains(&Feature::PersonsPerDay), "{d:?}");
+        }
+    }
+    assert_eq!(shown, 50);
+}
+
+#[tokio::test]
+async fn young_accounts_and_post_reset_sessions_get_lower_limits() {
+    let (g, _) = open(lenient_sync()).await;
+    let young = |person: i64, at| Attempt {
+        account: AccountFacts {
+            created_at: Some(day0() - TimeDelta::days(3)),
+            ..facts(20, 10)
+        },
+        ..read(20, person, at)
+    };
+    let post_reset = |person: i64, at| Attempt {
+        session: SessionFacts {
+            high_risk: true,
+            ..session(1)
+        },
+        ..read(21, person, at)
+    };
+    let count = |v: Vec<Verdict>| v.iter().take_while(|v| v.lets_through()).count();
+    let mut y = Vec::new();
+    let mut r = Vec::new();
+    for i in 0..40 {
+        let at = day0() + TimeDelta::seconds(i * 60);
+        y.push(verdict(&g, &young(i, at)).await);
+        r.push(g.check(&post_reset(i, at)).await.unwrap());
+    }
+    assert_eq!(count(y), 16, "40% of 40");
+    let allowed = r.iter().take_while(|d| d.lets_through()).count();
+    // The post-reset feature alone asks for nothing; the quota is 25% of 40.
+    assert_eq!(allowed, 10);
+    assert!(features(&r[10]).contains(&Feature::PersonsPerHour));
+    assert!(features(&r[10]).contains(&Feature::PostReset));
+}
+
+#[tokio::test]
+async fn nir_searches_and_break_glass_have_their_own_quotas() {
+    let (g, _) = open(lenient_sync()).await;
+    let nir = |p: i64, at| Attempt {
+        fields: Fields::of(&[FieldGroup::Identity, FieldGroup::Nir], true),
+        ..read(30, p, at)
+    };
+    let mut c = GuardConfig::default();
+    c.account.nir_reveals = Limit {
+        per_hour: 5,
+        per_day: 10,
+    };
+    let (g2, _) = open(GuardConfig {
+        sync: lenient_sync().sync,
+        ..c
+    })
+    .await;
+    let mut shown = 0;
+    for i in 0..8 {
+        shown += u32::from(
+            g2.check(&nir(i, day0() + mins(i)))
+                .await
+                .unwrap()
+                .lets_through(),
+        );
+    }
+    assert_eq!(shown, 5);
+    // Masked NIRs are not reveals.
+    let masked = |p: i64, at| Attempt {
+        fields: Fields::of(&[FieldGroup::Identity, FieldGroup::Nir], false),
+        ..read(31, p, at)
+    };
+    for i in 0..8 {
+        assert!(
+            g2.check(&masked(i, day0() + mins(i)))
+                .await
+                .unwrap()
+                .lets_through()
+        );
+    }
+    // Searches: 60 per hour by default.
+    let mut searches = 0;
+    for i in 0..70 {
+        searches += u32::from(
+            g.check(&search(32, day0() + TimeDelta::seconds(i * 30)))
+                .await
+                .unwrap()
+                .lets_through(),
+        );
+    }
+    assert_eq!(searches, 60);
+    // Break-glass: 3 per hour.
+    let bg = |p: i64, at| Attempt {
+        kind: AttemptKind::BreakGlass,
+        fields: Fields::NONE,
+        ..read(33, p, at)
+    };
+    let mut glass = Vec::new();
+    for i in 0..5 {
+        glass.push(g.check(&bg(i, day0() + mins(i * 10))).await.unwrap());
+    }
+    assert_eq!(glass.iter().filter(|d| d.lets_through()).count(), 3);
+    assert!(
+        features(&glass[3]).contains(&Feature::BreakGlassPerHour),
+        "{:?}",
+        glass[3]
+    );
+    assert!(
+        features(&glass[3]).contains(&Feature::BreakGlassRate),
+        "{:?}",
+        glass[3]
+    );
+}
+
+#[tokio::test]
+async fn evening_bulk_reading_from_a_new_device_asks_for_a_step_up() {
+    let (g, _) = open(lenient_sync()).await;
+    for d in 0..3 {
+        working_day(&g, 7, day0() + TimeDelta::days(d), 40).await;
+    }
+    // Evening of day 3, 21:00 local, another device.
+    let evening = day0() + TimeDelta::days(3) + TimeDelta::hours(12);
+    let from_thief = |p: i64, at| Attempt {
+        session: session(9),
+        ..read(7, p, at)
+    };
+    let mut decisions = Vec::new();
+    for i in 0..10 {
+        decisions.push(
+            g.check(&from_thief(7000 + i, evening + mins(i)))
+                .await
+                .unwrap(),
+        );
+    }
+    let first_stop = decisions
+        .iter()
+        .position(|d| !d.lets_through())
+        .expect("stopped");
+    assert!(first_stop <= 5, "{first_stop}");
+    let d = &decisions[first_stop];
+    assert_eq!(d.verdict, Verdict::StepUp);
+    let off = line(d, Feature::OffHours);
+    assert_eq!(off.baseline, 0.0, "this account never works in the evening");
+    let dev = line(d, Feature::NewDevice);
+    assert_eq!(dev.baseline, 1.0, "one established device");
+    assert!(features(d).contains(&Feature::NewNetwork));
+    // The explanation is ordered by contribution and short.
+    let a = d.alert.as_ref().unwrap();
+    assert!(a.explanation.len() <= TOP_FEATURES);
+    assert!(
+        a.explanation
+            .windows(2)
+            .all(|w| w[0].contribution >= w[1].contribution)
+    );
+    assert_eq!(a.evidence.to, a.at);
+    assert_eq!(a.evidence.from, a.at - TimeDelta::hours(1));
+    // Once the session stepped up, the same reading goes on.
+    let stepped = Attempt {
+        session: SessionFacts {
+            stepped_up_at: Some(evening + mins(10)),
+            ..session(9)
+        },
+        ..read(7, 7100, evening + mins(11))
+    };
+    assert_eq!(verdict(&g, &stepped).await, Verdict::Allow);
+}
+
+#[tokio::test]
+async fn denials_and_enumeration_are_observed_and_contained() {
+    let (g, _) = open(lenient_sync()).await;
+    // Probing ids one after the other, outside the caseload: all denied.
+    let mut last = None;
+    for i in 0..30 {
+        let d = g
+            .observe(
+                &read(7, 50_000 + i, day0() + TimeDelta::seconds(i * 20)),
+                Observed::Denied,
+            )
+            .await
+            .unwrap();
+        if d.verdict >= Verdict::Throttle {
+            last = Some((i, d));
+            break;
+        }
+    }
+    let (i, d) = last.expect("enumeration contained");
+    assert!(i < 20, "{i}");
+    let seq = line(&d, Feature::SequentialIds);
+    assert!(seq.value >= 3.0 && seq.baseline == 0.0);
+    let denied = line(&d, Feature::DeniedShare);
+    assert_eq!(denied.value, 1.0);
+    // The behaviour throttle lasts: an allowed read is refused now.
+    assert_eq!(
+        verdict(&g, &read(7, 7001, day0() + mins(12))).await,
+        Verdict::Throttle
+    );
+    // The denials weigh as long as they are in the last hour; then the
+    // account works again.
+    assert_eq!(
+        verdict(&g, &read(7, 7001, day0() + mins(40))).await,
+        Verdict::Throttle
+    );
+    assert_eq!(
+        verdict(&g, &read(7, 7001, day0() + mins(80))).await,
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
+async fn searches_that_find_nothing_look_like_enumeration() {
+    let (g, _) = open(lenient_sync()).await;
+    let mut worst = Verdict::Allow;
+    let mut decision = None;
+    // Alone, they must reach step-up: 3 + 7 × 4/3 ≈ 13 an hour.
+    for i in 0..15 {
+        let at = day0() + mins(i);
+        let q = search(7, at);
+        for d in [
+            g.check(&q).await.unwrap(),
+            g.observe(&q, Observed::NotFound).await.unwrap(),
+        ] {
+            if d.verdict > worst {
+                worst = d.verdict;
+                decision = Some(d);
+            }
+        }
+    }
+    let d = decision.expect("noticed");
+    assert!(worst >= Verdict::StepUp, "{worst}");
+    let sm = line(&d, Feature::SearchMisses);
+    assert_eq!(sm.baseline, 1.0, "the prior: one empty search an hour");
+}
+
+#[tokio::test]
+async fn organisations_are_frozen_after_two_suspensions_and_lifted_by_an_officer() {
+    let (g, store) = open(lenient_sync()).await;
+    let mut suspended = 0;
+    for account in [40, 41] {
+        for i in 0..100 {
+            let d = g
+                .check(&read(account, i, day0() + TimeDelta::seconds(i)))
+                .await
+                .unwrap();
+            if d.verdict >= Verdict::Suspend {
+                suspended += 1;
+                if account == 41 {
+                    assert_eq!(d.verdict, Verdict::FreezeOrganisation);
+                    let a = d.alert.unwrap();
+                    assert_eq!(a.kind, AlertKind::OrganisationContainment);
+                    assert_eq!(a.explanation[0].feature, Feature::Suspensions);
+                    assert_eq!(a.evidence.from, a.at - TimeDelta::days(1));
+                }
+                break;
+            }
+        }
+    }
+    assert_eq!(suspended, 2);
+    // Everyone in the organisation is refused, even a quiet account.
+    let quiet = g.check(&read(42, 1, day0() + mins(5))).await.unwrap();
+    assert_eq!(quiet.verdict, Verdict::FreezeOrganisation);
+    assert_eq!(quiet.alert.map(|a| a.kind), Some(AlertKind::Frozen));
+    // Another organisation is not.
+    let other = Attempt {
+        account: facts(50, 11),
+        ..read(50, 1, day0() + mins(5))
+    };
+    assert_eq!(verdict(&g, &other).await, Verdict::Allow);
+    // The freeze is shared through the store: a second instance sees it.
+    g.sync(day0() + mins(6)).await.unwrap();
+    let g2 = Guard::open(lenient_sync(), store.clone(), 2, day0() + mins(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict(&g2, &read(43, 1, day0() + mins(7))).await,
+        Verdict::FreezeOrganisation
+    );
+    assert!(g2.lift_freeze(10, day0() + mins(8)).await.unwrap());
+    assert_eq!(
+        verdict(&g2, &read(43, 1, day0() + mins(9))).await,
+        Verdict::Allow
+    );
+    g.sync(day0() + mins(9)).await.unwrap();
+    assert_eq!(
+        verdict(&g, &read(42, 2, day0() + mins(10))).await,
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
+async fn one_suspended_account_hammering_on_does_not_freeze_its_organisation() {
+    let (g, _) = open(lenient_sync()).await;
+    let mut worst = Verdict::Allow;
+    for i in 0..500 {
+        let d = g
+            .check(&read(7, i, day0() + TimeDelta::seconds(i)))
+            .await
+            .unwrap();
+        worst = worst.max(d.verdict);
+    }
+    assert_eq!(worst, Verdict::Suspend);
+    assert_eq!(
+        verdict(&g, &read(8, 1, day0() + mins(9))).await,
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
+async fn instances_sharing_a_store_add_up_each_others_counts() {
+    let store = Arc::new(MemoryStore::new());
+    let t0 = day0();
+    let a = Guard::open(lenient_sync(), store.clone(), 1, t0)
+        .await
+        .unwrap();
+    let b = Guard::open(lenient_sync(), store.clone(), 2, t0)
+        .await
+        .unwrap();
+    for i in 0..30 {
+        assert!(
+            a.check(&read(7, i, t0 + TimeDelta::seconds(i)))
+                .await
+                .unwrap()
+                .lets_through()
+        );
+    }
+    a.sync(t0 + mins(1)).await.unwrap();
+    b.sync(t0 + mins(1)).await.unwrap();
+    let mut on_b = 0;
+    for i in 30..60 {
+        on_b += u32::from(
+            b.check(&read(7, i, t0 + mins(2) + TimeDelta::seconds(i)))
+                .await
+                .unwrap()
+                .lets_through(),
+        );
+    }
+    assert_eq!(on_b, 10, "40 per hour across both instances");
+}
+
+#[tokio::test]
+async fn baselines_survive_a_restart() {
+    let (g, store) = open(lenient_sync()).await;
+    for d in 0..3 {
+        for account in [7, 8] {
+            working_day(&g, account, day0() + TimeDelta::days(d), 40).await;
+        }
+    }
+    drop(g);
+    let t = day0() + TimeDelta::days(3);
+    let g = Guard::open(lenient_sync(), store.clone(), 3, t)
+        .await
+        .unwrap();
+    // A burst: the own baseline (5 persons an hour) is known after restart.
+    let mut d = None;
+    for i in 0..40 {
+        let x = g
+            .check(&read(7, 7000 + i, t + TimeDelta::seconds(i * 30)))
+            .await
+            .unwrap();
+        if !x.lets_through() {
+            d = Some(x);
+            break;
+        }
+    }
+    let d = d.expect("stopped");
+    let own = line(&d, Feature::VolumeVsOwn);
+    assert!((4.0..7.0).contains(&own.baseline), "{own:?}");
+    let peers = line(&d, Feature::VolumeVsPeers);
+    assert!(
+        (4.0..7.0).contains(&peers.baseline),
+        "the peer group is these two accounts: {peers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_fails_closed_and_recovers() {
+    let (g, store) = open(lenient_sync()).await;
+    assert!(g.check(&read(7, 1, day0())).await.unwrap().lets_through());
+    store.fail(true);
+    // A new account needs its baseline: refused.
+    assert!(matches!(
+        g.check(&read(8, 1, day0())).await,
+        Err(GuardError::Store(_))
+    ));
+    // A failed sync makes every check fail, known accounts too.
+    assert!(g.sync(day0() + mins(1)).await.is_err());
+    assert!(matches!(
+        g.check(&read(7, 2, day0() + mins(1))).await,
+        Err(GuardError::Stale(_))
+    ));
+    assert!(
+        g.observe(&read(7, 2, day0() + mins(1)), Observed::Denied)
+            .await
+            .is_err()
+    );
+    store.fail(false);
+    let report = g.sync(day0() + mins(2)).await.unwrap();
+    assert!(
+        report.counters > 0,
+        "what the failed sync held was kept: {report:?}"
+    );
+    assert!(
+        g.check(&read(7, 3, day0() + mins(2)))
+            .await
+            .unwrap()
+            .lets_through()
+    );
+}
+
+#[tokio::test]
+async fn a_guard_that_stops_syncing_fails_closed() {
+    let (g, _) = open(GuardConfig::default()).await;
+    let t = day0() - TimeDelta::days(60);
+    assert!(
+        g.check(&read(7, 1, t + TimeDelta::seconds(30)))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        g.check(&read(7, 1, t + TimeDelta::seconds(61))).await,
+        Err(GuardError::Stale(61))
+    );
+    g.sync(t + TimeDelta::seconds(62)).await.unwrap();
+    assert!(
+        g.check(&read(7, 1, t + TimeDelta::seconds(63)))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn raised_alerts_are_stored_with_their_ledger_range() {
+    let (g, _) = open(lenient_sync()).await;
+    let mut raised = 0;
+    for i in 0..45 {
+        let d = g
+            .check(&read(7, i, day0() + TimeDelta::seconds(i)))
+            .await
+            .unwrap();
+        if let Some(a) = d.alert {
+            g.raise(a.with_ledger_range(Some(100), Some(100 + i as u64)));
+            raised += 1;
+        }
+    }
+    assert_eq!(raised, 5);
+    let report = g.sync(day0() + mins(1)).await.unwrap();
+    assert_eq!(report.alerts, 5);
+    let stored = g
+        .alerts(&AlertQuery {
+            account_id: Some(7),
+            limit: 10,
+            ..AlertQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 5);
+    assert!(
+        stored[0].alert.fresh && !stored[1].alert.fresh,
+        "one incident, then repetitions"
+    );
+    assert_eq!(stored[0].alert.evidence.last_seq, Some(140));
+}
+
+#[tokio::test]
+async fn account_age_and_post_reset_are_explained() {
+    let (g, _) = open(lenient_sync()).await;
+    let fresh_account = |p: i64, at| Attempt {
+        account: AccountFacts {
+            created_at: Some(day0() - TimeDelta::days(1)),
+            ..facts(60, 12)
+        },
+        session: SessionFacts {
+            high_risk: true,
+            ..session(1)
+        },
+        ..read(60, p, at)
+    };
+    // Young (1.5 × 13/14) + post-reset (2.5) stays under the step-up
+    // score: such an account may work, within a quarter of the quota.
+    let mut d = None;
+    for i in 0..11 {
+        let x = g.check(&fresh_account(i, day0() + mins(i))).await.unwrap();
+        if !x.lets_through() {
+            d = Some((i, x));
+            break;
+        }
+    }
+    let (i, d) = d.expect("quota");
+    assert_eq!((i, d.verdict), (10, Verdict::Throttle));
+    let age = line(&d, Feature::AccountAge);
+    assert!((age.value - (1.0 + 10.0 / 1440.0)).abs() < 1e-9, "{age:?}");
+    assert_eq!(age.baseline, 14.0);
+    assert!(age.contribution > 1.3 && age.contribution < 1.5);
+    assert_eq!(line(&d, Feature::PostReset).contribution, 2.5);
+    let q = line(&d, Feature::PersonsPerHour);
+    assert_eq!((q.value, q.baseline), (11.0, 10.0));
+    assert_eq!(d.alert.map(|a| a.score), Some(age.contribution + 2.5));
+}
+
+#[tokio::test]
+async fn the_pass_through_allows_everything_and_keeps_nothing() {
+    let g = Guard::pass_through();
+    for i in 0..100 {
+        assert_eq!(g.check(&read(1, i, day0())).await, Ok(GuardDecision::ALLOW));
+    }
+    assert!(g.sync(day0()).await.is_ok());
+}
+
+#[test]
+fn the_benchmark_measures_something() {
+    let f = bench::check_cost(3, 200, 10).unwrap();
+    assert!(f.check_median > std::time::Duration::ZERO);
+    assert_eq!((f.samples, f.calls_per_sample, f.accounts), (3, 200, 10));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Whatever the rhythm, no sliding hour ever shows more distinct
+    /// persons than the hourly quota.
+    #[test]
+    fn no_sliding_hour_exceeds_the_quota(gaps in proptest::collection::vec(0i64..400, 1..300), persons in proptest::collection::vec(0i64..120, 300)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (g, _) = open(lenient_sync()).await;
+            let mut t = day0();
+            let mut shown: Vec<(i64, i64)> = Vec::new(); // (time, person) of allowed reads
+            for (gap, p) in gaps.iter().zip(&persons) {
+                t += TimeDelta::seconds(*gap);
+                let d = g.check(&read(7, *p, t)).await.unwrap();
+                if d.lets_through() {
+                    shown.push((t.timestamp(), *p));
+                }
+                // Distinct persons shown in the hour ending now, counting each
+                // person from its first showing after a gap of an hour.
+                let now = t.timestamp();
+                let mut distinct: Vec<i64> = shown.iter().filter(|(s, _)| now - s < 3600).map(|(_, p)| *p).collect();
+                distinct.sort();
+                distinct.dedup();
+                prop_assert!(distinct.len() <= 40 + 1, "{} distinct in an hour", distinct.len());
+            }
+            Ok(())
+        })?;
+    }
+}

@@ -1,0 +1,150 @@
+//! What the exfiltration guard persists: [`rempart_guard::GuardStore`],
+//! implemented by both backends on the registry's database and
+//! connections (`sqlite::guard`, `postgres::guard`).
+//!
+//! Tables (migration 4): `guard_counter` (5-minute buckets per subject,
+//! metric and instance, for the last day: instances read each other's),
+//! `guard_activity` (hourly activity per account and peer group, local
+//! time: the baselines), `guard_known` (device and network digests per
+//! account, earliest sighting wins), `guard_alert` and
+//! `guard_alert_feature` (alerts and their explanations), `guard_freeze`
+//! (frozen organisations). Ids, counts and digests only.
+
+use std::collections::HashMap;
+
+use rempart_guard::store::{ActivityCounts, ActivityRow, CounterDelta, FlushBatch, Scope};
+use rempart_guard::{Alert, AlertKind, Explanation, Feature, StoreError, Verdict};
+
+use crate::StorageError;
+
+/// The guard's view of a storage failure: the text, never a value (the
+/// store holds none).
+pub(crate) fn store_error(e: StorageError) -> StoreError {
+    match e {
+        StorageError::Invalid(m) => StoreError::Invalid(m),
+        StorageError::Corrupt(m) => StoreError::Corrupt(m),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// A batch's counters and activity with duplicate keys added together (a
+/// retried batch joins the next one), so each key is written once.
+pub(crate) fn merged(batch: &FlushBatch) -> (Vec<CounterDelta>, Vec<ActivityRow>) {
+    let mut counters: HashMap<(i64, Scope, i64, i16), CounterDelta> = HashMap::new();
+    for c in &batch.counters {
+        counters
+            .entry((c.bucket, c.scope, c.subject, c.metric.code()))
+            .and_modify(|x| x.count = x.count.saturating_add(c.count))
+            .or_insert(*c);
+    }
+    let mut activity: HashMap<(Scope, i64, i32, u8), ActivityRow> = HashMap::new();
+    for a in &batch.activity {
+        activity
+            .entry((a.scope, a.subject, a.day, a.hour))
+            .and_modify(|x| x.counts.add(&a.counts))
+            .or_insert(*a);
+    }
+    let mut counters: Vec<_> = counters.into_values().collect();
+    counters.sort_by_key(|c| (c.bucket, c.scope, c.subject, c.metric));
+    let mut activity: Vec<_> = activity.into_values().collect();
+    activity.sort_by_key(|a| (a.scope, a.subject, a.day, a.hour));
+    (counters, activity)
+}
+
+/// Checks what an alert stores: finite numbers only.
+pub(crate) fn check_alert(a: &Alert) -> Result<(), StorageError> {
+    let finite = a.score.is_finite()
+        && a.explanation
+            .iter()
+            .all(|e| e.value.is_finite() && e.baseline.is_finite() && e.contribution.is_finite());
+    if finite {
+        Ok(())
+    } else {
+        Err(StorageError::Invalid(
+            "alert: score and explanation must be finite numbers".into(),
+        ))
+    }
+}
+
+/// A stored count back to the guard's width.
+pub(crate) fn count(v: i64, what: &str) -> Result<u32, StorageError> {
+    u32::try_from(v).map_err(|_| StorageError::Corrupt(format!("{what}: count out of range")))
+}
+
+pub(crate) fn scope(code: i16) -> Result<Scope, StorageError> {
+    Scope::from_code(code).ok_or_else(|| StorageError::Corrupt("guard scope code".into()))
+}
+
+pub(crate) fn alert_kind(code: &str) -> Result<AlertKind, StorageError> {
+    AlertKind::parse(code).ok_or_else(|| StorageError::Corrupt("alert kind code".into()))
+}
+
+pub(crate) fn verdict(code: &str) -> Result<Verdict, StorageError> {
+    Verdict::parse(code).ok_or_else(|| StorageError::Corrupt("alert verdict code".into()))
+}
+
+pub(crate) fn explanation(
+    feature: &str,
+    value: f64,
+    baseline: f64,
+    contribution: f64,
+) -> Result<Explanation, StorageError> {
+    Ok(Explanation {
+        feature: Feature::parse(feature)
+            .ok_or_else(|| StorageError::Corrupt("alert feature code".into()))?,
+        value,
+        baseline,
+        contribution,
+    })
+}
+
+/// Activity counts from the eight stored columns, in table order.
+pub(crate) fn activity_counts(v: [i64; 8]) -> Result<ActivityCounts, StorageError> {
+    Ok(ActivityCounts {
+        attempts: count(v[0], "attempts")?,
+        persons: count(v[1], "persons")?,
+        misses: count(v[2], "misses")?,
+        searches: count(v[3], "searches")?,
+        search_misses: count(v[4], "search_misses")?,
+        nir: count(v[5], "nir")?,
+        break_glass: count(v[6], "break_glass")?,
+        account_hours: count(v[7], "account_hours")?,
+    })
+}
+
+/// The eight stored columns of activity counts, in table order.
+pub(crate) fn activity_columns(c: &ActivityCounts) -> [i64; 8] {
+    [
+        c.attempts,
+        c.persons,
+        c.misses,
+        c.searches,
+        c.search_misses,
+        c.nir,
+        c.break_glass,
+        c.account_hours,
+    ]
+    .map(i64::from)
+}
+
+/// Columns of an activity row, same on both backends.
+pub(crate) const ACTIVITY_COLUMNS: &str = "scope, subject, day, hour, attempts, persons, misses, \
+     searches, search_misses, nir, break_glass, account_hours";
+
+/// Columns of an alert, same on both backends.
+pub(crate) const ALERT_COLUMNS: &str = "id, at, kind, account_id, organisation_id, verdict, \
+     score, fresh, evidence_from, evidence_to, first_seq, last_seq";
+
+/// A ledger sequence number as stored (BIGINT).
+pub(crate) fn seq_to_i64(v: Option<u64>) -> Result<Option<i64>, StorageError> {
+    v.map(|n| {
+        i64::try_from(n)
+            .map_err(|_| StorageError::Invalid("alert: ledger sequence out of range".into()))
+    })
+    .transpose()
+}
+
+pub(crate) fn seq_from_i64(v: Option<i64>) -> Result<Option<u64>, StorageError> {
+    v.map(|n| u64::try_from(n).map_err(|_| StorageError::Corrupt("alert ledger sequence".into())))
+        .transpose()
+}

@@ -1,0 +1,441 @@
+//! [`GuardStore`] on PostgreSQL: the registry's schema and pool. A flush
+//! is one transaction; counters and activity go in one statement each
+//! over `UNNEST`ed arrays, added to what other instances wrote (`ON
+//! CONFLICT … DO UPDATE SET count = count + EXCLUDED.count` is atomic
+//! against concurrent flushes).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rempart_guard::store::{
+    AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
+    Metric, RemoteCount, StoredAlert,
+};
+use rempart_guard::{Alert, Evidence, StoreError};
+use tokio_postgres::Row;
+
+use super::PgStore;
+use crate::guard::{
+    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, check_alert,
+    explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
+};
+use crate::{StorageError, instant};
+
+fn activity_row(r: &Row) -> Result<ActivityRow, StorageError> {
+    let mut v = [0i64; 8];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = r.try_get(4 + i)?;
+    }
+    Ok(ActivityRow {
+        scope: scope(r.try_get(0)?)?,
+        subject: r.try_get(1)?,
+        day: r.try_get(2)?,
+        hour: u8::try_from(r.try_get::<_, i16>(3)?)
+            .map_err(|_| StorageError::Corrupt("activity hour".into()))?,
+        counts: activity_counts(v)?,
+    })
+}
+
+fn alert_row(r: &Row) -> Result<StoredAlert, StorageError> {
+    Ok(StoredAlert {
+        id: r.try_get(0)?,
+        alert: Alert {
+            at: r.try_get(1)?,
+            kind: alert_kind(r.try_get(2)?)?,
+            account_id: r.try_get(3)?,
+            organisation_id: r.try_get(4)?,
+            verdict: verdict(r.try_get(5)?)?,
+            score: r.try_get(6)?,
+            fresh: r.try_get(7)?,
+            evidence: Evidence {
+                from: r.try_get(8)?,
+                to: r.try_get(9)?,
+                first_seq: seq_from_i64(r.try_get(10)?)?,
+                last_seq: seq_from_i64(r.try_get(11)?)?,
+            },
+            explanation: Vec::new(),
+        },
+    })
+}
+
+impl PgStore {
+    async fn guard_flush(&self, batch: &FlushBatch) -> Result<(), StorageError> {
+        let (counters, activity) = merged(batch);
+        for a in &batch.alerts {
+            check_alert(a)?;
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if !counters.is_empty() {
+            let bucket: Vec<i64> = counters.iter().map(|d| d.bucket).collect();
+            let scope: Vec<i16> = counters.iter().map(|d| d.scope.code()).collect();
+            let subject: Vec<i64> = counters.iter().map(|d| d.subject).collect();
+            let metric: Vec<i16> = counters.iter().map(|d| d.metric.code()).collect();
+            let count: Vec<i64> = counters.iter().map(|d| i64::from(d.count)).collect();
+            tx.execute(
+                "INSERT INTO guard_counter (bucket, instance, scope, subject, metric, count)
+                 SELECT b, $1, s, x, m, n
+                 FROM UNNEST($2::int8[], $3::int2[], $4::int8[], $5::int2[], $6::int8[]) AS u(b, s, x, m, n)
+                 ON CONFLICT (bucket, instance, scope, subject, metric)
+                 DO UPDATE SET count = guard_counter.count + EXCLUDED.count",
+                &[&batch.instance, &bucket, &scope, &subject, &metric, &count],
+            )
+            .await?;
+        }
+        if !activity.is_empty() {
+            let scope: Vec<i16> = activity.iter().map(|a| a.scope.code()).collect();
+            let subject: Vec<i64> = activity.iter().map(|a| a.subject).collect();
+            let day: Vec<i32> = activity.iter().map(|a| a.day).collect();
+            let hour: Vec<i16> = activity.iter().map(|a| i16::from(a.hour)).collect();
+            let cols: Vec<[i64; 8]> = activity
+                .iter()
+                .map(|a| activity_columns(&a.counts))
+                .collect();
+            let col = |i: usize| cols.iter().map(|c| c[i]).collect::<Vec<i64>>();
+            let (c0, c1, c2, c3, c4, c5, c6, c7) = (
+                col(0),
+                col(1),
+                col(2),
+                col(3),
+                col(4),
+                col(5),
+                col(6),
+                col(7),
+            );
+            tx.execute(
+                &format!(
+                    "INSERT INTO guard_activity ({ACTIVITY_COLUMNS})
+                     SELECT * FROM UNNEST($1::int2[], $2::int8[], $3::int4[], $4::int2[],
+                         $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                         $11::int8[], $12::int8[])
+                     ON CONFLICT (scope, subject, day, hour) DO UPDATE SET
+                         attempts = guard_activity.attempts + EXCLUDED.attempts,
+                         persons = guard_activity.persons + EXCLUDED.persons,
+                         misses = guard_activity.misses + EXCLUDED.misses,
+                         searches = guard_activity.searches + EXCLUDED.searches,
+                         search_misses = guard_activity.search_misses + EXCLUDED.search_misses,
+                         nir = guard_activity.nir + EXCLUDED.nir,
+                         break_glass = guard_activity.break_glass + EXCLUDED.break_glass,
+                         account_hours = guard_activity.account_hours + EXCLUDED.account_hours"
+                ),
+                &[
+                    &scope, &subject, &day, &hour, &c0, &c1, &c2, &c3, &c4, &c5, &c6, &c7,
+                ],
+            )
+            .await?;
+        }
+        let known = tx
+            .prepare_cached(
+                "INSERT INTO guard_known (account_id, kind, digest, first_seen) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account_id, kind, digest)
+                 DO UPDATE SET first_seen = LEAST(guard_known.first_seen, EXCLUDED.first_seen)",
+            )
+            .await?;
+        for k in &batch.known {
+            let first_seen = instant(k.first_seen, "first_seen")?;
+            tx.execute(
+                &known,
+                &[&k.account_id, &k.kind.code(), &&k.digest[..], &first_seen],
+            )
+            .await?;
+        }
+        if !batch.alerts.is_empty() {
+            let alert = tx
+                .prepare_cached(
+                    "INSERT INTO guard_alert (at, kind, account_id, organisation_id, verdict, score,
+                         fresh, evidence_from, evidence_to, first_seq, last_seq, instance)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                )
+                .await?;
+            let feature = tx
+                .prepare_cached(
+                    "INSERT INTO guard_alert_feature (alert_id, rank, feature, value, baseline, contribution)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .await?;
+            for a in &batch.alerts {
+                let (at, from, to) = (
+                    instant(a.at, "at")?,
+                    instant(a.evidence.from, "evidence.from")?,
+                    instant(a.evidence.to, "evidence.to")?,
+                );
+                let (first, last) = (
+                    seq_to_i64(a.evidence.first_seq)?,
+                    seq_to_i64(a.evidence.last_seq)?,
+                );
+                let id: i64 = tx
+                    .query_one(
+                        &alert,
+                        &[
+                            &at,
+                            &a.kind.as_str(),
+                            &a.account_id,
+                            &a.organisation_id,
+                            &a.verdict.as_str(),
+                            &a.score,
+                            &a.fresh,
+                            &from,
+                            &to,
+                            &first,
+                            &last,
+                            &batch.instance,
+                        ],
+                    )
+                    .await?
+                    .try_get(0)?;
+                for (rank, e) in a.explanation.iter().enumerate() {
+                    let rank = i16::try_from(rank)
+                        .map_err(|_| StorageError::Invalid("alert: too many features".into()))?;
+                    tx.execute(
+                        &feature,
+                        &[
+                            &id,
+                            &rank,
+                            &e.feature.as_str(),
+                            &e.value,
+                            &e.baseline,
+                            &e.contribution,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+        }
+        for f in &batch.freezes {
+            let at = instant(f.frozen_at, "frozen_at")?;
+            tx.execute(
+                "INSERT INTO guard_freeze (organisation_id, frozen_at) VALUES ($1, $2)
+                 ON CONFLICT (organisation_id) DO UPDATE SET frozen_at = EXCLUDED.frozen_at, lifted_at = NULL
+                 WHERE guard_freeze.lifted_at IS NOT NULL",
+                &[&f.organisation_id, &at],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn guard_alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StorageError> {
+        let from = q.from.map(|t| instant(t, "from")).transpose()?;
+        let to = q.to.map(|t| instant(t, "to")).transpose()?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ALERT_COLUMNS} FROM guard_alert
+                     WHERE id > $1 AND ($2::timestamptz IS NULL OR at >= $2)
+                       AND ($3::timestamptz IS NULL OR at < $3)
+                       AND ($4::int8 IS NULL OR account_id = $4)
+                       AND ($5::int8 IS NULL OR organisation_id = $5)
+                     ORDER BY id LIMIT $6"
+                ),
+                &[
+                    &q.after_id,
+                    &from,
+                    &to,
+                    &q.account_id,
+                    &q.organisation_id,
+                    &i64::from(q.limit),
+                ],
+            )
+            .await?;
+        let mut out = rows.iter().map(alert_row).collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<i64> = out.iter().map(|a| a.id).collect();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let at: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let rows = client
+            .query(
+                "SELECT alert_id, feature, value, baseline, contribution FROM guard_alert_feature
+                 WHERE alert_id = ANY($1) ORDER BY alert_id, rank",
+                &[&ids],
+            )
+            .await?;
+        for r in rows {
+            if let Some(&i) = at.get(&r.try_get::<_, i64>(0)?) {
+                out[i].alert.explanation.push(explanation(
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                )?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl GuardStore for PgStore {
+    async fn load_account(
+        &self,
+        account_id: i64,
+        from_day: i32,
+    ) -> Result<AccountHistory, StoreError> {
+        async {
+            let client = self.client().await?;
+            let activity = client
+                .query(
+                    &format!(
+                        "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
+                         WHERE scope = 1 AND subject = $1 AND day >= $2 ORDER BY day, hour"
+                    ),
+                    &[&account_id, &from_day],
+                )
+                .await?
+                .iter()
+                .map(activity_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut known = Vec::new();
+            for r in client
+                .query(
+                    "SELECT kind, digest, first_seen FROM guard_known WHERE account_id = $1
+                     ORDER BY first_seen, digest",
+                    &[&account_id],
+                )
+                .await?
+            {
+                let digest: Vec<u8> = r.try_get(1)?;
+                known.push(Known {
+                    account_id,
+                    kind: KnownKind::from_code(r.try_get(0)?)
+                        .ok_or_else(|| StorageError::Corrupt("known kind code".into()))?,
+                    digest: digest.try_into().map_err(|_| {
+                        StorageError::Corrupt("known digest is not 16 bytes".into())
+                    })?,
+                    first_seen: r.try_get(2)?,
+                });
+            }
+            Ok::<_, StorageError>(AccountHistory { activity, known })
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError> {
+        async {
+            let client = self.client().await?;
+            client
+                .query(
+                    &format!(
+                        "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
+                         WHERE scope = 3 AND day >= $1 ORDER BY subject, day, hour"
+                    ),
+                    &[&from_day],
+                )
+                .await?
+                .iter()
+                .map(activity_row)
+                .collect::<Result<Vec<_>, StorageError>>()
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn flush(&self, batch: &FlushBatch) -> Result<(), StoreError> {
+        self.guard_flush(batch).await.map_err(store_error)
+    }
+
+    async fn remote_counts(
+        &self,
+        instance: i64,
+        hour_from: i64,
+        day_from: i64,
+    ) -> Result<Vec<RemoteCount>, StoreError> {
+        async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT scope, subject, metric,
+                            SUM(CASE WHEN bucket >= $2 THEN count ELSE 0 END)::int8, SUM(count)::int8
+                     FROM guard_counter WHERE bucket >= $3 AND instance <> $1
+                     GROUP BY scope, subject, metric",
+                    &[&instance, &hour_from, &day_from],
+                )
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let Some(metric) = Metric::from_code(r.try_get(2)?) else {
+                    continue; // written by a newer guard: not ours to read
+                };
+                let n = |v: i64| u64::try_from(v).map_err(|_| StorageError::Corrupt("counter sum".into()));
+                out.push(RemoteCount {
+                    scope: scope(r.try_get(0)?)?,
+                    subject: r.try_get(1)?,
+                    metric,
+                    hour: n(r.try_get(3)?)?,
+                    day: n(r.try_get(4)?)?,
+                });
+            }
+            Ok::<_, StorageError>(out)
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn frozen_organisations(&self) -> Result<Vec<Freeze>, StoreError> {
+        async {
+            let client = self.client().await?;
+            client
+                .query(
+                    "SELECT organisation_id, frozen_at FROM guard_freeze WHERE lifted_at IS NULL
+                     ORDER BY organisation_id",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(Freeze {
+                        organisation_id: r.try_get(0)?,
+                        frozen_at: r.try_get(1)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn lift_freeze(
+        &self,
+        organisation_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        async {
+            let at = instant(at, "at")?;
+            let client = self.client().await?;
+            let n = client
+                .execute(
+                    "UPDATE guard_freeze SET lifted_at = $2
+                     WHERE organisation_id = $1 AND lifted_at IS NULL",
+                    &[&organisation_id, &at],
+                )
+                .await?;
+            Ok::<_, StorageError>(n == 1)
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
+        self.guard_alerts(query).await.map_err(store_error)
+    }
+
+    async fn prune(&self, bucket: i64, day: i32) -> Result<u64, StoreError> {
+        async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let n = tx
+                .execute("DELETE FROM guard_counter WHERE bucket < $1", &[&bucket])
+                .await?
+                + tx.execute("DELETE FROM guard_activity WHERE day < $1", &[&day])
+                    .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(n)
+        }
+        .await
+        .map_err(store_error)
+    }
+}
