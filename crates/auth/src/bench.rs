@@ -1,6 +1,8 @@
-//! Figures for `rempart bench auth`: what a password verification costs on
-//! this machine with the parameters in force. Not a test: it reads the
-//! clock and prints nothing; the command prints the figures.
+//! Figures for `rempart bench auth`: what a password verification, a
+//! device-bound proof and (feature `bench-passkey`) a passkey assertion's
+//! verification cost on this machine with the parameters in force. Not a
+//! test: it reads the clock and prints nothing; the command prints the
+//! figures.
 
 use std::time::{Duration, Instant};
 
@@ -137,6 +139,95 @@ pub fn proof_figures(samples: usize) -> Result<ProofFigures, DpopError> {
     })
 }
 
+/// Median cost of verifying one passkey assertion on the server (with
+/// the `bench-passkey` feature, which brings the software authenticator).
+#[cfg(any(feature = "bench-passkey", test))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasskeyFigures {
+    /// Assertions verified.
+    pub samples: usize,
+    /// `Passkeys::finish_authentication`: client JSON parsing, challenge,
+    /// origin and RP id checks, ES256 signature, counter update.
+    pub verify_median: Duration,
+}
+
+/// Why [`passkey_figures`] could not measure.
+#[cfg(any(feature = "bench-passkey", test))]
+#[derive(Debug, thiserror::Error)]
+pub enum PasskeyBenchError {
+    /// The relying party refused a ceremony (a real refusal: no figure).
+    #[error(transparent)]
+    Passkey(#[from] crate::passkey::PasskeyError),
+    /// The relying party's own settings were refused.
+    #[error(transparent)]
+    Config(#[from] crate::passkey::PasskeyConfigError),
+    /// The software authenticator failed.
+    #[error("software authenticator: {0}")]
+    Authenticator(String),
+    /// Options or answers could not cross the JSON boundary.
+    #[error("ceremony JSON: {0}")]
+    Json(String),
+}
+
+/// Registers one passkey with webauthn-authenticator-rs's `SoftPasskey`
+/// (real P-256 keys), then `samples` times: starts an account-bound login
+/// and lets the soft key sign it (outside the timing), and times the
+/// server's `finish_authentication` of the JSON a browser would post. Each
+/// round uses the passkey as updated by the previous one (signature
+/// counter), as the server stores it.
+#[cfg(any(feature = "bench-passkey", test))]
+pub fn passkey_figures(samples: usize) -> Result<PasskeyFigures, PasskeyBenchError> {
+    use std::time::SystemTime;
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    use webauthn_authenticator_rs::prelude::Url;
+    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+
+    use crate::passkey::{Passkeys, RP_NAME};
+
+    const ORIGIN: &str = "https://rempart.example";
+    const ACCOUNT: i64 = 1;
+    let samples = samples.max(1);
+    let rp = Passkeys::new("rempart.example", ORIGIN, RP_NAME)?;
+    let origin = Url::parse(ORIGIN).map_err(|e| PasskeyBenchError::Json(e.to_string()))?;
+    let json = |e: serde_json::Error| PasskeyBenchError::Json(e.to_string());
+    let soft = |e: webauthn_authenticator_rs::prelude::WebauthnCError| {
+        PasskeyBenchError::Authenticator(format!("{e:?}"))
+    };
+    let mut authenticator = SoftPasskey::new(true);
+    let now = SystemTime::now();
+    let (options, state) = rp.start_registration(ACCOUNT, "bench", "bench", &[], now)?;
+    let options =
+        serde_json::from_value(serde_json::to_value(&options).map_err(json)?).map_err(json)?;
+    let answer = authenticator
+        .do_registration(origin.clone(), options)
+        .map_err(soft)?;
+    let answer = serde_json::to_string(&answer).map_err(json)?;
+    let mut passkey = rp.finish_registration(&state, &answer, &[], now)?;
+    let mut times = Vec::with_capacity(samples);
+    for round in 1..=samples {
+        // A ceremony must start after the passkey's previous one (replay
+        // check, in milliseconds): rounds are faster than that here.
+        let now = now + Duration::from_millis(round as u64);
+        let (options, state) =
+            rp.start_authentication(ACCOUNT, std::slice::from_ref(&passkey), now)?;
+        let options =
+            serde_json::from_value(serde_json::to_value(&options).map_err(json)?).map_err(json)?;
+        let answer = authenticator
+            .do_authentication(origin.clone(), options)
+            .map_err(soft)?;
+        let answer = serde_json::to_string(&answer).map_err(json)?;
+        let start = Instant::now();
+        let done =
+            rp.finish_authentication(&state, &answer, std::slice::from_ref(&passkey), now)?;
+        times.push(start.elapsed());
+        passkey = done.updated;
+    }
+    Ok(PasskeyFigures {
+        samples,
+        verify_median: median(&mut times),
+    })
+}
+
 fn median(times: &mut [Duration]) -> Duration {
     times.sort_unstable();
     times.get(times.len() / 2).copied().unwrap_or_default()
@@ -164,6 +255,13 @@ mod tests {
     fn proof_figures_verify_real_proofs() {
         let f = proof_figures(5).unwrap();
         assert_eq!(f.samples, 5);
+        assert!(f.verify_median > Duration::ZERO);
+    }
+
+    #[test]
+    fn passkey_figures_verify_real_assertions() {
+        let f = passkey_figures(3).unwrap();
+        assert_eq!(f.samples, 3);
         assert!(f.verify_median > Duration::ZERO);
     }
 

@@ -6,6 +6,7 @@
 //! the state they keep), so every rule here is testable without waiting.
 
 pub mod access_token;
+pub mod activation;
 pub mod bench;
 pub mod client_assertion;
 pub mod dpop;

@@ -394,10 +394,11 @@ fn print_entry(e: &rempart_ledger::LedgerEntry, format: Format) {
                 "purpose": l.purpose.map(|p| p.as_str()),
                 "decision": decision,
                 "guard": l.guard.map(|g| g.as_str()),
+                "note": l.note.as_deref(),
             })
         ),
         Format::Table => println!(
-            "{:>10}  {:<27} {:>8} {:>6} {:>10}  {:<14} {:<24} {:<20} {:<10} {}",
+            "{:>10}  {:<27} {:>8} {:>6} {:>10}  {:<14} {:<24} {:<20} {:<10} {:<10} {}",
             e.index,
             time,
             l.account.0,
@@ -408,6 +409,7 @@ fn print_entry(e: &rempart_ledger::LedgerEntry, format: Format) {
             l.purpose.map_or("-", |p| p.as_str()),
             decision,
             l.guard.map_or("-", |g| g.as_str()),
+            l.note.as_deref().unwrap_or("-"),
         ),
     }
 }

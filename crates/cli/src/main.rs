@@ -108,8 +108,9 @@ enum BenchCommand {
     Consult(serve::BenchConsultArgs),
     /// Authentication costs: argon2id hash and verification with the
     /// parameters in force (and an unknown account's, which must match),
-    /// and the check of one device-bound proof (ES256), paid on every
-    /// request of a browser session or a DPoP client.
+    /// the check of one device-bound proof (ES256), paid on every
+    /// request of a browser session or a DPoP client, and the server's
+    /// verification of one passkey assertion.
     Auth {
         /// Password hashes and verifications measured (each).
         #[arg(long, default_value_t = 15)]
@@ -117,6 +118,9 @@ enum BenchCommand {
         /// Proofs verified.
         #[arg(long, default_value_t = 2_000)]
         proofs: usize,
+        /// Passkey assertions verified (signed by a software authenticator).
+        #[arg(long, default_value_t = 200)]
+        passkeys: usize,
     },
     /// Device-bound sessions: the device proof's verification time, and
     /// the portal's caseload fragment (cookie + proof) beside the API's.
@@ -257,7 +261,11 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
         }) => audit::bench_ledger(leaves, database, dir).await,
         Command::Bench(BenchCommand::Consult(args)) => serve::bench_consult(&args).await,
-        Command::Bench(BenchCommand::Auth { passwords, proofs }) => bench_auth(passwords, proofs),
+        Command::Bench(BenchCommand::Auth {
+            passwords,
+            proofs,
+            passkeys,
+        }) => bench_auth(passwords, proofs, passkeys),
         Command::Bench(BenchCommand::Session(args)) => bench_session::bench_session(&args).await,
         Command::Bench(BenchCommand::Dpop(args)) => bench_dpop::bench_dpop(&args).await,
         Command::Serve(args) => serve::serve(&args).await,
@@ -631,8 +639,8 @@ async fn demo(args: &DemoArgs) -> Result<()> {
     serve::demo(&loc, args.listen, args.no_serve).await
 }
 
-fn bench_auth(passwords: usize, proofs: usize) -> anyhow::Result<()> {
-    use rempart_auth::bench::{argon2_figures, proof_figures};
+fn bench_auth(passwords: usize, proofs: usize, passkeys: usize) -> anyhow::Result<()> {
+    use rempart_auth::bench::{argon2_figures, passkey_figures, proof_figures};
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     let a = argon2_figures(passwords)?;
     println!(
@@ -651,12 +659,19 @@ fn bench_auth(passwords: usize, proofs: usize) -> anyhow::Result<()> {
         p.samples,
         p.verify_median.as_secs_f64() * 1e6
     );
+    let k = passkey_figures(passkeys)?;
     println!(
-        "RESULT argon2_hash_ms={:.2} argon2_verify_ms={:.2} argon2_unknown_ms={:.2} proof_us={:.1}",
+        "passkey assertion verification (ES256, webauthn-rs), median of {}: {:.0} µs per login",
+        k.samples,
+        k.verify_median.as_secs_f64() * 1e6
+    );
+    println!(
+        "RESULT argon2_hash_ms={:.2} argon2_verify_ms={:.2} argon2_unknown_ms={:.2} proof_us={:.1} passkey_verify_us={:.1}",
         ms(a.hash_median),
         ms(a.verify_median),
         ms(a.unknown_account_median),
-        p.verify_median.as_secs_f64() * 1e6
+        p.verify_median.as_secs_f64() * 1e6,
+        k.verify_median.as_secs_f64() * 1e6
     );
     Ok(())
 }

@@ -50,6 +50,31 @@ pub enum AccountCommand {
     /// API credentials of an account.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Activation codes: the first password and TOTP of an account
+    /// approved under four eyes, or whose factors were reset.
+    #[command(subcommand)]
+    Activation(ActivationCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ActivationCommand {
+    /// Issue a new activation code (voiding the previous one) for an
+    /// active account that was approved under four eyes and lacks its
+    /// password or TOTP: printed once, only its digest kept, valid 72 h,
+    /// one ledger leaf under the officer. Refused for an account never
+    /// approved by an officer. Takes the ledger's writer: run it while
+    /// `rempart serve` is stopped.
+    Issue {
+        #[command(flatten)]
+        location: Location,
+        /// Login of the account to activate.
+        #[arg(long)]
+        login: String,
+        /// Login of the officer handing the code over (an active officer,
+        /// not the account).
+        #[arg(long)]
+        officer: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,6 +284,11 @@ pub async fn account(cmd: AccountCommand) -> Result<()> {
             println!("It is shown only now. Use it as `Authorization: Bearer <credential>`.");
             Ok(())
         }
+        AccountCommand::Activation(ActivationCommand::Issue {
+            location,
+            login,
+            officer,
+        }) => issue_activation(&location, &login, &officer).await,
         AccountCommand::Credential(CredentialCommand::Revoke {
             location,
             login,
@@ -273,6 +303,49 @@ pub async fn account(cmd: AccountCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `rempart account activation issue`: the code is printed once; the
+/// store refuses an account never approved under four eyes.
+async fn issue_activation(loc: &Location, login: &str, officer: &str) -> Result<()> {
+    let (consultation, _) =
+        open_consultation(loc, load_policies(None)?, None, GuardChoice::PassThrough).await?;
+    let account = find_account(consultation.store(), login).await?;
+    let officer_login = Reference::parse(officer).context("--officer")?;
+    let officer = consultation
+        .store()
+        .account_by_login(&officer_login)
+        .await?
+        .with_context(|| format!("--officer: no account with login {officer_login}"))?;
+    let ledger = consultation.ledger().clone();
+    let result = consultation
+        .issue_activation(account.account_id, officer.account_id)
+        .await;
+    drop(consultation);
+    // The ledger is closed (final checkpoint) whatever happened.
+    let closed = match std::sync::Arc::try_unwrap(ledger) {
+        Ok(ledger) => ledger.close().await.context("closing the audit ledger"),
+        Err(shared) => shared
+            .checkpoint_now()
+            .await
+            .map(|_| ())
+            .context("final checkpoint of the audit ledger"),
+    };
+    let issued = result.with_context(|| format!("activation code for {}", account.login))?;
+    closed?;
+    println!(
+        "activation code for {} ({} of {}), handed over by {}, valid until {} (single use):",
+        account.login,
+        account.role,
+        account.organisation,
+        officer.login,
+        issued
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    println!("{}", issued.code.as_str());
+    println!("the person enters it at /activation; only its digest is kept");
+    Ok(())
 }
 
 pub async fn find_account(store: &Store, login: &str) -> Result<AccountRecord> {

@@ -205,11 +205,20 @@ fn readme_demo_runs() {
     assert_eq!((inserted, updated, rejected), (0, 0, 0), "{again}");
 }
 
-/// `rempart bench auth` measures real hashes and real proofs and says so
-/// in its RESULT line.
+/// `rempart bench auth` measures real hashes, real proofs and real passkey
+/// assertions and says so in its RESULT line.
 #[test]
 fn bench_auth_prints_its_figures() {
-    let out = ok(&["bench", "auth", "--passwords", "1", "--proofs", "3"]);
+    let out = ok(&[
+        "bench",
+        "auth",
+        "--passwords",
+        "1",
+        "--proofs",
+        "3",
+        "--passkeys",
+        "3",
+    ]);
     let result = out
         .lines()
         .find(|l| l.starts_with("RESULT "))
@@ -219,6 +228,7 @@ fn bench_auth_prints_its_figures() {
         "argon2_verify_ms=",
         "argon2_unknown_ms=",
         "proof_us=",
+        "passkey_verify_us=",
     ] {
         let value: f64 = result
             .split_whitespace()
@@ -983,6 +993,68 @@ fn accounts_scenario(db: Option<&str>) {
     let review = stdout(&run(&["accounts", "review"]));
     assert!(!review.contains("c.old "), "{review}");
     assert!(review.contains("organisation C-FT"), "{review}");
+
+    // Activation codes from the command line: only for an active account
+    // approved under four eyes, only from an officer; printed once.
+    let activation = |login: &str, officer: &str| {
+        run(&[
+            "account",
+            "activation",
+            "issue",
+            "--login",
+            login,
+            "--officer",
+            officer,
+        ])
+    };
+    for (login, officer, why) in [
+        ("c.officer2", "c.officer", "never approved under four eyes"),
+        ("c.pending", "c.officer", "not active"),
+        ("c.recent", "c.mlm", "only an officer"),
+        ("c.recent", "c.recent", "only an officer"),
+    ] {
+        let refused = activation(login, officer);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{login} by {officer}");
+        assert!(err.contains(why), "{login} by {officer}: {err}");
+    }
+    let out = activation("c.recent", "c.officer2");
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("activation code for c.recent"), "{text}");
+    let code = text.lines().nth(1).unwrap_or_default();
+    assert_eq!(code.len(), 32, "{text}");
+    assert_eq!(code.matches('-').count(), 6, "{text}");
+    // One more leaf (under the officer), never with the code.
+    let verified = stdout(&run(&["audit", "verify"]));
+    assert!(
+        verified.starts_with("audit ledger OK: 2 leaves"),
+        "{verified}"
+    );
+    let officer2 = rt.block_on(async {
+        let stores = rempart_storage::open_stores(&target).await.unwrap();
+        stores
+            .registry
+            .account_by_login(&r("c.officer2"))
+            .await
+            .unwrap()
+            .unwrap()
+            .account_id
+    });
+    let all = stdout(&run(&[
+        "audit",
+        "query",
+        "--account",
+        &officer2.to_string(),
+        "--format",
+        "jsonl",
+    ]));
+    assert!(!all.contains(code) && !all.contains(&code.replace('-', "")));
+    assert!(all.contains("activation: code issued for account"), "{all}");
 }
 
 #[test]

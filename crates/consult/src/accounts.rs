@@ -48,6 +48,7 @@ use rempart_storage::{
     StorageError, Store,
 };
 
+use crate::activation::IssuedActivation;
 use crate::authenticate::{self, IssuedCredential};
 use crate::path::Ctx;
 use crate::{Consultation, Presented, Refusal, authorize};
@@ -81,13 +82,26 @@ pub struct AccountRequest {
     pub role: Role,
 }
 
+/// A decided account request.
+#[derive(Debug)]
+pub struct AccountDecision {
+    /// The account as stored after the decision.
+    pub account: AccountRecord,
+    /// On approval, the account's activation code, shown once to the
+    /// deciding officer (see [`crate::activation`]).
+    pub activation: Option<IssuedActivation>,
+}
+
 /// A decided credential reset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ResetDecision {
     /// The reset as stored after the decision.
     pub reset: CredentialReset,
     /// API credentials revoked with it (approved resets of kind `all`).
     pub credentials_revoked: u64,
+    /// On approval of a reset removing the password or the TOTP factor,
+    /// the account's activation code, shown once to the deciding officer.
+    pub activation: Option<IssuedActivation>,
 }
 
 /// Why [`issue_credential`] refused.
@@ -250,13 +264,16 @@ impl Consultation {
     /// An officer approves (the account becomes `active`) or rejects (it
     /// becomes `disabled`) a requested account. The store refuses a
     /// decision without four eyes: that is a 403 ledgered as `four_eyes`.
-    /// An account that is not awaiting a decision is `NotFound`.
+    /// An account that is not awaiting a decision is `NotFound`. An
+    /// approval issues the account's activation code, returned here only;
+    /// if that fails the approval stands, the answer is a 503, and an
+    /// officer issues a code with `rempart account activation issue`.
     pub async fn decide_account(
         &self,
         presented: &Presented<'_>,
         account_id: i64,
         approve: bool,
-    ) -> Result<AccountRecord, Refusal> {
+    ) -> Result<AccountDecision, Refusal> {
         let now = self.now().trunc_subsecs(6);
         let action = if approve {
             LeafAction::AccountApprove
@@ -291,15 +308,37 @@ impl Consultation {
             }
             Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
         };
+        let activation = if approve {
+            match self
+                .new_activation(account_id, caller.account.account_id, now)
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    return Err(self
+                        .fail(&ctx, None, "activation code after an approval", &e)
+                        .await);
+                }
+            }
+        } else {
+            None
+        };
+        let note = match &activation {
+            Some(_) => format!("{about}; activation code issued"),
+            None => about,
+        };
         self.record(ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
-            Some(about),
+            Some(note),
         ))
         .await?;
-        Ok(account)
+        Ok(AccountDecision {
+            account,
+            activation,
+        })
     }
 
     /// Accounts awaiting a decision, oldest first (officers).
@@ -452,21 +491,42 @@ impl Consultation {
                 }
             }
         }
+        // The removed factors come back through an activation code (a
+        // passkeys-only reset leaves password + TOTP, which open a session
+        // that registers a new passkey).
+        let activation = if approve && (reset.kind.removes_password() || reset.kind.removes_totp())
+        {
+            match self
+                .new_activation(reset.account_id, caller.account.account_id, now)
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    return Err(self
+                        .fail(&ctx, None, "activation code after a reset", &e)
+                        .await);
+                }
+            }
+        } else {
+            None
+        };
         self.record(ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
             Some(format!(
-                "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) revoked",
+                "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) revoked{}",
                 reset.account_id,
-                reset.kind.as_str()
+                reset.kind.as_str(),
+                if activation.is_some() { ", activation code issued" } else { "" }
             )),
         ))
         .await?;
         Ok(ResetDecision {
             reset,
             credentials_revoked,
+            activation,
         })
     }
 

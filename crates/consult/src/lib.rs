@@ -21,6 +21,7 @@
 //!   data is released only after its ledger leaf is durable.
 
 mod accounts;
+pub mod activation;
 pub mod authenticate;
 pub mod authorize;
 pub mod clients;
@@ -28,9 +29,9 @@ pub mod login;
 mod path;
 
 pub use accounts::{
-    ALERT_PREFIX, AccountRequest, BURST_REQUESTS, BURST_WINDOW_MINUTES, INACTIVITY_DAYS,
-    IssueError, REQUESTABLE_ROLES, ResetDecision, SYSTEM_PREFIX, dormant, is_alert,
-    issue_credential,
+    ALERT_PREFIX, AccountDecision, AccountRequest, BURST_REQUESTS, BURST_WINDOW_MINUTES,
+    INACTIVITY_DAYS, IssueError, REQUESTABLE_ROLES, ResetDecision, SYSTEM_PREFIX, dormant,
+    is_alert, issue_credential,
 };
 pub use authenticate::{Caller, IssuedCredential, ProofRequest, Rejected, Via};
 pub use clients::{

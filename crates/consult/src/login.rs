@@ -182,12 +182,12 @@ impl LoginSettings {
 pub(crate) struct Web {
     pub(crate) settings: LoginSettings,
     passkeys: Passkeys,
-    hasher: PasswordHasher,
-    lockout: Mutex<Lockout>,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) lockout: Mutex<Lockout>,
     pub(crate) replay: Mutex<ReplayCache>,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Both guarded values stay consistent if a holder panicked: every
     // update completes before the guard is released.
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -265,6 +265,50 @@ pub struct CredentialReset {
     pub approved: Option<bool>,
 }
 
+/// A new activation code for [`AuthStore::issue_activation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewActivation {
+    /// The account the code activates.
+    pub account_id: i64,
+    /// SHA-256 digest of the code (the code itself is never stored).
+    pub digest: [u8; 32],
+    /// The officer handing the code over.
+    pub issued_by: i64,
+    /// Issue instant.
+    pub issued_at: DateTime<Utc>,
+    /// The code is refused from then on (after `issued_at`).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An account's activation code, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredActivation {
+    /// The account.
+    pub account_id: i64,
+    /// SHA-256 digest of the code.
+    pub digest: [u8; 32],
+    /// The officer who issued it.
+    pub issued_by: i64,
+    /// Issue instant.
+    pub issued_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// When it was used; `None` while unused.
+    pub used_at: Option<DateTime<Utc>>,
+    /// Throttle state of wrong codes (JSON, `{}` when new).
+    pub throttle: String,
+}
+
+/// The factors [`AuthStore::complete_activation`] sets, in one transaction
+/// with the code's use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivationFactors {
+    /// The new password (argon2id PHC string), if the account had none.
+    pub phc: Option<String>,
+    /// The new TOTP factor, if the account had none.
+    pub totp: Option<StoredTotp>,
+}
+
 /// An account with its history, for approval queues and periodic reviews.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewEntry {
@@ -454,6 +498,41 @@ pub trait AuthStore: Send + Sync {
 
     /// Resets awaiting a decision, oldest first.
     async fn pending_resets(&self) -> Result<Vec<CredentialReset>, StorageError>;
+
+    // ------------------------------------------------------------ activation
+
+    /// Issues (or replaces: a new code voids the old one) an account's
+    /// activation code. Refuses (`account_id: …`) an unknown or inactive
+    /// account, one never approved under four eyes (no `approved_by` and
+    /// no approved reset), one that already has both a password and a
+    /// TOTP factor (nothing to activate); refuses (`issued_by: …`) an
+    /// issuer who is not an active officer, or is the account; refuses an
+    /// `expires_at` not after `issued_at`.
+    async fn issue_activation(&self, a: NewActivation) -> Result<(), StorageError>;
+
+    /// The account's activation code, used or not, expired or not.
+    async fn activation(&self, account_id: i64) -> Result<Option<StoredActivation>, StorageError>;
+
+    /// Stores the throttle state (JSON) of the account's activation code;
+    /// nothing if it has none.
+    async fn set_activation_throttle(
+        &self,
+        account_id: i64,
+        throttle_json: &str,
+    ) -> Result<(), StorageError>;
+
+    /// Uses the account's activation code and sets its new factors, in one
+    /// transaction: only if the stored digest is `digest`, the code is
+    /// unused and not expired at `now`, and the account is active (false
+    /// otherwise, and nothing changes). Of two racing completions exactly
+    /// one gets true. The password row starts with an empty throttle state.
+    async fn complete_activation(
+        &self,
+        account_id: i64,
+        digest: [u8; 32],
+        factors: ActivationFactors,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
 
     // ------------------------------------------------------------ ceremonies
 
@@ -871,6 +950,57 @@ pub(crate) const ACCESS_TOKEN_SELECT: &str = concat!(
      JOIN account a ON a.id = t.account_id
      JOIN organisation o ON o.id = a.organisation_id"
 );
+
+/// An activation code.
+pub(crate) const ACTIVATION_SELECT: &str = "SELECT account_id, digest, issued_by, issued_at,
+        expires_at, used_at, throttle FROM activation_code";
+
+/// Why an account cannot receive an activation code, if it cannot (the
+/// rule of [`AuthStore::issue_activation`], on facts both backends read).
+pub(crate) fn check_activation_target(
+    state: Option<AccountState>,
+    four_eyes: bool,
+    has_password: bool,
+    has_totp: bool,
+) -> Result<(), StorageError> {
+    let field = "account_id";
+    match state {
+        None => Err(refuse(field, "no such account")),
+        Some(s) if s != AccountState::Active => Err(refuse(
+            field,
+            "the account is not active (an account is approved before it is activated)",
+        )),
+        Some(_) if !four_eyes => Err(refuse(
+            field,
+            "the account was never approved under four eyes: no activation code without it",
+        )),
+        Some(_) if has_password && has_totp => Err(refuse(
+            field,
+            "the account already has its password and TOTP: nothing to activate",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The issuer of an activation code: an active officer, not the account.
+pub(crate) fn check_activation_issuer(
+    account_id: i64,
+    issuer: Option<&Decider>,
+) -> Result<(), StorageError> {
+    let field = "issued_by";
+    match issuer {
+        None => Err(refuse(field, "no such account")),
+        Some(d) if d.role != Role::Officer => Err(refuse(field, "only an officer issues codes")),
+        Some(d) if d.state != AccountState::Active => {
+            Err(refuse(field, "the officer's account is not active"))
+        }
+        Some(d) if d.account_id == account_id => Err(refuse(
+            field,
+            "an account cannot issue its own activation code (four eyes)",
+        )),
+        Some(_) => Ok(()),
+    }
+}
 
 /// A passkey.
 pub(crate) const PASSKEY_SELECT: &str =

@@ -30,8 +30,9 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use auth::{
-    AccessTokenRow, AccountLifecycle, ApiClientRow, AuthStore, CredentialReset, NewAccountRequest,
-    ResetKind, ReviewEntry, SESSION_METHODS, StoredPasskeyRow, StoredSession, StoredTotp,
+    AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
+    NewAccountRequest, NewActivation, ResetKind, ReviewEntry, SESSION_METHODS, StoredActivation,
+    StoredPasskeyRow, StoredSession, StoredTotp,
 };
 
 use std::sync::Arc;

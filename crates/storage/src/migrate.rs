@@ -29,6 +29,11 @@ pub const SQLITE: &[Migration] = &[
         name: "guard",
         sql: include_str!("../migrations/sqlite/0004_guard.sql"),
     },
+    Migration {
+        version: 5,
+        name: "activation",
+        sql: include_str!("../migrations/sqlite/0005_activation.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -52,6 +57,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 4,
         name: "guard",
         sql: include_str!("../migrations/postgres/0004_guard.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "activation",
+        sql: include_str!("../migrations/postgres/0005_activation.sql"),
     },
 ];
 

@@ -548,8 +548,8 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 22,
-            "[postgres] registry, authentication and guard tables + schema_migrations"
+            tables, 23,
+            "[postgres] registry, authentication, guard and activation tables + schema_migrations"
         );
     }
 
@@ -2956,8 +2956,9 @@ async fn consultation_rows_answer_like_the_three_lookups() {
 
 use chrono::TimeDelta;
 use rempart_storage::{
-    AccessTokenRow, AccountLifecycle, ApiClientRow, AuthStore, CredentialReset, NewAccountRequest,
-    ResetKind, StoredPasskeyRow, StoredSession, StoredTotp, Stores,
+    AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
+    NewAccountRequest, NewActivation, ResetKind, StoredPasskeyRow, StoredSession, StoredTotp,
+    Stores,
 };
 
 /// Both backends, each opened once and seen through both interfaces (the
@@ -4078,6 +4079,170 @@ async fn sessions_are_read_touched_stepped_up_and_ended() {
             .on(store, "session")
             .unwrap_or_else(|| panic!("[{be}] session"));
         assert_eq!(other.ended_at, None, "[{be}] other accounts untouched");
+    }
+}
+
+/// Activation codes: only for an active account approved under four eyes
+/// that lacks a factor, issued by another, active officer; used once,
+/// with the factors, in one transaction; refused with another digest,
+/// after expiry, after use; a new code voids the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_codes_need_four_eyes_and_are_used_once_before_expiry() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let officer = account_id(store, "ft.officer1").await;
+        let boss = account_id(store, "ce.Boss").await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        enrol_everything(store, auth, agent2, 7, t0).await;
+        let code = |account_id, digest, issued_by| NewActivation {
+            account_id,
+            digest,
+            issued_by,
+            issued_at: t0,
+            expires_at: plus(t0, 72 * 3600),
+        };
+        for (new, field, what) in [
+            (code(officer, key32(1), officer), "account_id", "itself"),
+            (
+                code(boss, key32(1), agent1),
+                "issued_by",
+                "an agent does not issue codes",
+            ),
+            (
+                code(agent1, key32(1), 999_999),
+                "issued_by",
+                "unknown issuer",
+            ),
+            (
+                code(999_999, key32(1), officer),
+                "account_id",
+                "unknown account",
+            ),
+            (
+                code(agent2, key32(1), officer),
+                "account_id",
+                "both factors already there",
+            ),
+            (
+                NewActivation {
+                    expires_at: t0,
+                    ..code(agent1, key32(1), officer)
+                },
+                "expires_at",
+                "expiring when issued",
+            ),
+        ] {
+            assert_invalid(store, auth.issue_activation(new).await, field, what);
+        }
+        // The officer's own account was imported without an approver: no
+        // code, whoever issues it.
+        let (_, refused) = store
+            .upsert_accounts(vec![account(
+                "ft.officer2",
+                "FT",
+                Role::Officer,
+                AccountState::Active,
+                None,
+                None,
+            )])
+            .await
+            .on(store, "officer 2");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let officer2 = account_id(store, "ft.officer2").await;
+        assert_invalid(
+            store,
+            auth.issue_activation(code(officer, key32(1), officer2))
+                .await,
+            "account_id",
+            "never approved under four eyes",
+        );
+
+        auth.issue_activation(code(agent1, key32(1), officer))
+            .await
+            .on(store, "issue");
+        let stored = auth
+            .activation(agent1)
+            .await
+            .on(store, "read")
+            .expect("stored code");
+        assert_eq!(stored.digest, key32(1), "[{be}]");
+        assert_eq!(stored.issued_by, officer, "[{be}]");
+        assert_eq!(stored.used_at, None, "[{be}]");
+        assert_eq!(stored.throttle, "{}", "[{be}]");
+        auth.set_activation_throttle(agent1, r#"{"failures":2}"#)
+            .await
+            .on(store, "throttle");
+        // A new code replaces the old one and its throttle state.
+        auth.issue_activation(code(agent1, key32(2), officer))
+            .await
+            .on(store, "reissue");
+        let stored = auth.activation(agent1).await.on(store, "read").unwrap();
+        assert_eq!((stored.digest, stored.throttle.as_str()), (key32(2), "{}"));
+
+        let factors = || ActivationFactors {
+            phc: Some(PHC.into()),
+            totp: Some(StoredTotp {
+                account_id: agent1,
+                sealed_secret: blob(9, 1, 48),
+                last_step: Some(42),
+                enrolled_at: plus(t0, 60),
+            }),
+        };
+        let later = plus(t0, 60);
+        for (digest, when, what) in [
+            (key32(1), later, "the replaced code"),
+            (key32(3), later, "another digest"),
+            (key32(2), plus(t0, 72 * 3600), "at expiry"),
+        ] {
+            assert!(
+                !auth
+                    .complete_activation(agent1, digest, factors(), when)
+                    .await
+                    .on(store, what),
+                "[{be}] {what}"
+            );
+        }
+        assert!(auth.password(agent1).await.on(store, "pw").is_none());
+        assert!(
+            auth.complete_activation(agent1, key32(2), factors(), later)
+                .await
+                .on(store, "complete"),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.password(agent1).await.on(store, "pw").map(|p| p.0),
+            Some(PHC.to_string()),
+            "[{be}]"
+        );
+        let totp = auth.totp(agent1).await.on(store, "totp").unwrap();
+        assert_eq!(totp.last_step, Some(42), "[{be}]");
+        assert_eq!(
+            auth.activation(agent1)
+                .await
+                .on(store, "read")
+                .unwrap()
+                .used_at,
+            Some(later),
+            "[{be}]"
+        );
+        assert!(
+            !auth
+                .complete_activation(agent1, key32(2), factors(), later)
+                .await
+                .on(store, "again"),
+            "[{be}] used once"
+        );
+        // With both factors, no new code.
+        assert_invalid(
+            store,
+            auth.issue_activation(code(agent1, key32(4), officer)).await,
+            "account_id",
+            "activated already",
+        );
     }
 }
 

@@ -10,7 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rempart_consult::{AccountRequest, INACTIVITY_DAYS, ResetDecision};
+use rempart_consult::activation::IssuedActivation;
+use rempart_consult::{AccountDecision, AccountRequest, INACTIVITY_DAYS, ResetDecision};
 use rempart_domain::{Reference, Role};
 use rempart_storage::{CredentialReset, ResetKind, ReviewEntry};
 use serde::{Deserialize, Serialize};
@@ -142,6 +143,33 @@ struct ResetDecisionBody {
     #[serde(flatten)]
     reset: ResetBody,
     credentials_revoked: u64,
+    #[serde(flatten)]
+    activation: Option<ActivationBody>,
+}
+
+/// An activation code, in the approving officer's answer only: the one
+/// time it exists in clear outside the person's hands.
+#[derive(Serialize)]
+struct ActivationBody {
+    activation_code: String,
+    activation_expires_at: String,
+}
+
+impl From<IssuedActivation> for ActivationBody {
+    fn from(a: IssuedActivation) -> Self {
+        ActivationBody {
+            activation_code: a.code.as_str().to_owned(),
+            activation_expires_at: a.expires_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AccountDecisionBody {
+    #[serde(flatten)]
+    account: AccountBody,
+    #[serde(flatten)]
+    activation: Option<ActivationBody>,
 }
 
 // -------------------------------------------------------------------------
@@ -202,11 +230,17 @@ async fn decide_account(
     approve: bool,
 ) -> Answer {
     let id = parsed(&state, &creds, path_id(path)).await?;
-    let account = state
+    let AccountDecision {
+        account,
+        activation,
+    } = state
         .consultation
         .decide_account(&creds.presented(), id, approve)
         .await?;
-    ok(AccountBody::from(account))
+    ok(AccountDecisionBody {
+        account: AccountBody::from(account),
+        activation: activation.map(ActivationBody::from),
+    })
 }
 
 pub(crate) async fn request_reset(
@@ -258,6 +292,7 @@ async fn decide_reset(state: AppState, creds: Credentials, path: PathId, approve
     let ResetDecision {
         reset,
         credentials_revoked,
+        activation,
     } = state
         .consultation
         .decide_reset(&creds.presented(), id, approve)
@@ -265,6 +300,7 @@ async fn decide_reset(state: AppState, creds: Credentials, path: PathId, approve
     ok(ResetDecisionBody {
         reset: ResetBody::from(reset),
         credentials_revoked,
+        activation: activation.map(ActivationBody::from),
     })
 }
 

@@ -14,6 +14,7 @@
 //! are RFC 6749 §5.2's `{"error", "error_description"}`.
 
 mod accounts;
+mod activation;
 mod api;
 mod error;
 pub mod pages;

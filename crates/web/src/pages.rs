@@ -14,6 +14,7 @@
 //! | `POST /portail/cle/debut`, `/portail/cle/fin?ceremonie=…` | register a passkey |
 //! | `POST /portail/verification/debut`, `/fin?ceremonie=…` | step-up |
 //! | `GET /deconnexion`, `POST /deconnexion` | logout page, logout |
+//! | `GET /activation`, `POST /activation`, `/activation/facteurs` | first factors with an activation code (`crate::activation`) |
 //! | `GET /static/*.js`, `/static/rempart.css` | scripts and style, from the binary |
 //!
 //! Every request after login carries the session cookie and a device
@@ -92,6 +93,7 @@ pub fn routes() -> Router<AppState> {
                 )
             }),
         )
+        .merge(crate::activation::routes())
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -138,18 +140,18 @@ async fn security_headers(request: Request, next: Next) -> Response {
 pub struct Html(String);
 
 impl Html {
-    fn new() -> Html {
+    pub(crate) fn new() -> Html {
         Html(String::with_capacity(4096))
     }
 
-    fn raw(&mut self, s: &'static str) -> &mut Html {
+    pub(crate) fn raw(&mut self, s: &'static str) -> &mut Html {
         self.0.push_str(s);
         self
     }
 
     /// Escapes `& < > " '`, so the value is safe in text and in quoted
     /// attributes alike.
-    fn text(&mut self, s: &str) -> &mut Html {
+    pub(crate) fn text(&mut self, s: &str) -> &mut Html {
         for c in s.chars() {
             match c {
                 '&' => self.0.push_str("&amp;"),
@@ -168,7 +170,7 @@ impl Html {
         self
     }
 
-    fn into_response(self, status: StatusCode) -> Response {
+    pub(crate) fn into_response(self, status: StatusCode) -> Response {
         (
             status,
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -178,7 +180,12 @@ impl Html {
     }
 }
 
-fn page_start(h: &mut Html, title: &'static str, page: &'static str, handle: Option<&str>) {
+pub(crate) fn page_start(
+    h: &mut Html,
+    title: &'static str,
+    page: &'static str,
+    handle: Option<&str>,
+) {
     h.raw("<!doctype html>\n<html lang=\"fr\"><head><meta charset=\"utf-8\">")
         .raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
         .raw("<title>")
@@ -198,7 +205,7 @@ fn page_start(h: &mut Html, title: &'static str, page: &'static str, handle: Opt
         .raw("\">");
 }
 
-fn page_end(h: &mut Html) {
+pub(crate) fn page_end(h: &mut Html) {
     h.raw("</body></html>\n");
 }
 
@@ -430,7 +437,9 @@ async fn login_page() -> Response {
         .raw("<label for=\"code\">Code à usage unique (application d'authentification)</label>")
         .raw("<input id=\"code\" name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required pattern=\"[0-9]{6}\" maxlength=\"6\">")
         .raw("<button id=\"envoyer\" type=\"submit\">Se connecter</button></form></section>")
-        .raw("<p id=\"message\" role=\"alert\"></p></main>");
+        .raw("<p id=\"message\" role=\"alert\"></p>")
+        .raw("<p>Compte nouvellement approuvé, ou facteurs réinitialisés ? ")
+        .raw("<a href=\"/activation\">Activer votre compte avec le code reçu</a></p></main>");
     page_end(&mut h);
     h.into_response(StatusCode::OK)
 }

@@ -25,6 +25,8 @@ use rempart_vault::{KeySource, Read, Vault};
 use rempart_web::{AppState, Limits};
 use serde_json::{Value, json};
 
+#[path = "api/activation.rs"]
+mod activation;
 #[path = "api/browser.rs"]
 mod browser;
 #[path = "api/dpop.rs"]

@@ -20,6 +20,10 @@ use crate::auth::{
     check_decider, check_phc, check_replay_period, check_sealed_secret, check_session, digest32,
     refuse, step_from_i64, step_to_i64,
 };
+use crate::auth::{
+    ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, check_activation_issuer,
+    check_activation_target,
+};
 use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
 
 /// A session and its account, by digest.
@@ -168,6 +172,18 @@ async fn decider(c: &impl GenericClient, officer_id: i64) -> Result<Option<Decid
         })
     })
     .transpose()
+}
+
+fn activation_row(r: &Row) -> Result<StoredActivation, StorageError> {
+    Ok(StoredActivation {
+        account_id: r.try_get(0)?,
+        digest: digest32(r.try_get(1)?, "activation digest")?,
+        issued_by: r.try_get(2)?,
+        issued_at: r.try_get(3)?,
+        expires_at: r.try_get(4)?,
+        used_at: r.try_get(5)?,
+        throttle: r.try_get(6)?,
+    })
 }
 
 #[async_trait]
@@ -781,6 +797,149 @@ impl AuthStore for PgStore {
             .iter()
             .map(reset_row)
             .collect()
+    }
+
+    async fn issue_activation(&self, a: NewActivation) -> Result<(), StorageError> {
+        if a.expires_at <= a.issued_at {
+            return Err(refuse("expires_at", "must be after issued_at"));
+        }
+        let issued_at = crate::instant(a.issued_at, "issued_at")?;
+        let expires_at = crate::instant(a.expires_at, "expires_at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The account's row locked: a concurrent suspension waits.
+        let facts = tx
+            .query_opt(
+                "SELECT a.state,
+                    a.approved_by IS NOT NULL OR EXISTS (SELECT 1 FROM credential_reset r
+                        WHERE r.account_id = a.id AND r.approved),
+                    EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
+                    EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
+                 FROM account a WHERE a.id = $1 FOR SHARE OF a",
+                &[&a.account_id],
+            )
+            .await?;
+        match facts {
+            None => check_activation_target(None, false, false, false)?,
+            Some(r) => check_activation_target(
+                Some(parse_code(r.try_get(0)?, AccountState::parse)?),
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+            )?,
+        }
+        check_activation_issuer(a.account_id, decider(&*tx, a.issued_by).await?.as_ref())?;
+        tx.execute(
+            "INSERT INTO activation_code (account_id, digest, issued_by, issued_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account_id) DO UPDATE SET digest = EXCLUDED.digest,
+                 issued_by = EXCLUDED.issued_by, issued_at = EXCLUDED.issued_at,
+                 expires_at = EXCLUDED.expires_at, used_at = NULL, throttle = '{}'",
+            &[
+                &a.account_id,
+                &a.digest.as_slice(),
+                &a.issued_by,
+                &issued_at,
+                &expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn activation(&self, account_id: i64) -> Result<Option<StoredActivation>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                &format!("{ACTIVATION_SELECT} WHERE account_id = $1"),
+                &[&account_id],
+            )
+            .await?
+            .map(|r| activation_row(&r))
+            .transpose()
+    }
+
+    async fn set_activation_throttle(
+        &self,
+        account_id: i64,
+        throttle_json: &str,
+    ) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE activation_code SET throttle = $2 WHERE account_id = $1",
+                &[&account_id, &throttle_json],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn complete_activation(
+        &self,
+        account_id: i64,
+        digest: [u8; 32],
+        factors: ActivationFactors,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        if let Some(phc) = &factors.phc {
+            check_phc(phc)?;
+        }
+        let totp = match &factors.totp {
+            Some(t) => {
+                check_sealed_secret(&t.sealed_secret)?;
+                if t.account_id != account_id {
+                    return Err(refuse("totp", "belongs to another account"));
+                }
+                let step = t
+                    .last_step
+                    .map(|s| step_to_i64(s, "last_step"))
+                    .transpose()?;
+                Some((
+                    t.sealed_secret.clone(),
+                    step,
+                    crate::instant(t.enrolled_at, "enrolled_at")?,
+                ))
+            }
+            None => None,
+        };
+        let now = crate::instant(now, "now")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // One conditional statement: of two racing completions, the second
+        // re-evaluates on the first one's row and finds it used.
+        let n = tx
+            .execute(
+                "UPDATE activation_code SET used_at = $3
+                 WHERE account_id = $1 AND digest = $2 AND used_at IS NULL AND expires_at > $3
+                   AND EXISTS (SELECT 1 FROM account WHERE id = $1 AND state = 'active')",
+                &[&account_id, &digest.as_slice(), &now],
+            )
+            .await?;
+        if n != 1 {
+            return Ok(false);
+        }
+        if let Some(phc) = &factors.phc {
+            tx.execute(
+                "INSERT INTO account_password (account_id, phc, set_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (account_id) DO UPDATE SET phc = EXCLUDED.phc,
+                     set_at = EXCLUDED.set_at, throttle = '{}'",
+                &[&account_id, phc, &now],
+            )
+            .await?;
+        }
+        if let Some((sealed, step, enrolled_at)) = &totp {
+            tx.execute(
+                "INSERT INTO account_totp (account_id, sealed_secret, last_step, enrolled_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (account_id) DO UPDATE SET sealed_secret = EXCLUDED.sealed_secret,
+                     last_step = EXCLUDED.last_step, enrolled_at = EXCLUDED.enrolled_at",
+                &[&account_id, sealed, step, enrolled_at],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn put_ceremony(

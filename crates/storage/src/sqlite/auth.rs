@@ -19,6 +19,10 @@ use crate::auth::{
     check_decider, check_phc, check_replay_period, check_sealed_secret, check_session, digest32,
     refuse, step_from_i64, step_to_i64,
 };
+use crate::auth::{
+    ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, check_activation_issuer,
+    check_activation_target,
+};
 use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
 
 // Hot lookups compare with `+?1` so SQLite never re-prepares them (see
@@ -179,6 +183,18 @@ fn decider(c: &Connection, officer_id: i64) -> Result<Option<Decider>, StorageEr
         })?
         .next()
         .transpose()
+}
+
+fn activation_row(r: &Row<'_>) -> Result<StoredActivation, StorageError> {
+    Ok(StoredActivation {
+        account_id: r.get(0)?,
+        digest: digest32(r.get(1)?, "activation digest")?,
+        issued_by: r.get(2)?,
+        issued_at: parse_instant(&r.get::<_, String>(3)?, "issued_at")?,
+        expires_at: parse_instant(&r.get::<_, String>(4)?, "expires_at")?,
+        used_at: optional_instant(r.get(5)?, "used_at")?,
+        throttle: r.get(6)?,
+    })
 }
 
 #[async_trait]
@@ -764,6 +780,150 @@ impl AuthStore for SqliteStore {
             ))?
             .query_and_then([], reset_row)?
             .collect()
+        })
+        .await
+    }
+
+    async fn issue_activation(&self, a: NewActivation) -> Result<(), StorageError> {
+        if a.expires_at <= a.issued_at {
+            return Err(refuse("expires_at", "must be after issued_at"));
+        }
+        let issued_at = instant_text(a.issued_at, "issued_at")?;
+        let expires_at = instant_text(a.expires_at, "expires_at")?;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let facts = tx
+                .prepare_cached(
+                    "SELECT a.state,
+                        a.approved_by IS NOT NULL OR EXISTS (SELECT 1 FROM credential_reset r
+                            WHERE r.account_id = a.id AND r.approved = 1),
+                        EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
+                        EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
+                     FROM account a WHERE a.id = ?1",
+                )?
+                .query_and_then([a.account_id], |r| {
+                    Ok::<_, StorageError>((
+                        parse_code(r.get(0)?, AccountState::parse)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, bool>(2)?,
+                        r.get::<_, bool>(3)?,
+                    ))
+                })?
+                .next()
+                .transpose()?;
+            match facts {
+                None => check_activation_target(None, false, false, false)?,
+                Some((state, four_eyes, pw, totp)) => {
+                    check_activation_target(Some(state), four_eyes, pw, totp)?
+                }
+            }
+            check_activation_issuer(a.account_id, decider(&tx, a.issued_by)?.as_ref())?;
+            tx.prepare_cached(
+                "INSERT INTO activation_code (account_id, digest, issued_by, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (account_id) DO UPDATE SET digest = excluded.digest,
+                     issued_by = excluded.issued_by, issued_at = excluded.issued_at,
+                     expires_at = excluded.expires_at, used_at = NULL, throttle = '{}'",
+            )?
+            .execute(params![
+                a.account_id,
+                a.digest.as_slice(),
+                a.issued_by,
+                issued_at,
+                expires_at
+            ])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn activation(&self, account_id: i64) -> Result<Option<StoredActivation>, StorageError> {
+        self.read_point(move |c| {
+            c.prepare_cached(&format!("{ACTIVATION_SELECT} WHERE account_id = ?1"))?
+                .query_and_then([account_id], activation_row)?
+                .next()
+                .transpose()
+        })
+        .await
+    }
+
+    async fn set_activation_throttle(
+        &self,
+        account_id: i64,
+        throttle_json: &str,
+    ) -> Result<(), StorageError> {
+        let throttle = throttle_json.to_string();
+        self.write(move |c| {
+            c.prepare_cached("UPDATE activation_code SET throttle = ?2 WHERE account_id = ?1")?
+                .execute(params![account_id, throttle])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn complete_activation(
+        &self,
+        account_id: i64,
+        digest: [u8; 32],
+        factors: ActivationFactors,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        if let Some(phc) = &factors.phc {
+            check_phc(phc)?;
+        }
+        let totp = match &factors.totp {
+            Some(t) => {
+                check_sealed_secret(&t.sealed_secret)?;
+                if t.account_id != account_id {
+                    return Err(refuse("totp", "belongs to another account"));
+                }
+                let step = t
+                    .last_step
+                    .map(|s| step_to_i64(s, "last_step"))
+                    .transpose()?;
+                Some((
+                    t.sealed_secret.clone(),
+                    step,
+                    instant_text(t.enrolled_at, "enrolled_at")?,
+                ))
+            }
+            None => None,
+        };
+        let phc = factors.phc;
+        let now = instant_text(now, "now")?;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx
+                .prepare_cached(
+                    "UPDATE activation_code SET used_at = ?3
+                     WHERE account_id = ?1 AND digest = ?2 AND used_at IS NULL
+                       AND expires_at > ?3
+                       AND EXISTS (SELECT 1 FROM account WHERE id = ?1 AND state = 'active')",
+                )?
+                .execute(params![account_id, digest.as_slice(), now])?;
+            if n != 1 {
+                return Ok(false);
+            }
+            if let Some(phc) = phc {
+                tx.prepare_cached(
+                    "INSERT INTO account_password (account_id, phc, set_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
+                         set_at = excluded.set_at, throttle = '{}'",
+                )?
+                .execute(params![account_id, phc, now])?;
+            }
+            if let Some((sealed, step, enrolled_at)) = totp {
+                tx.prepare_cached(
+                    "INSERT INTO account_totp (account_id, sealed_secret, last_step, enrolled_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
+                         last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
+                )?
+                .execute(params![account_id, sealed, step, enrolled_at])?;
+            }
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }

@@ -119,7 +119,7 @@ async fn seed_factors(app: &TestApp, login: &str) -> TotpSecret {
 }
 
 /// The code an authenticator app shows at `at`.
-fn code_at(secret: &TotpSecret, at: DateTime<Utc>) -> String {
+pub(super) fn code_at(secret: &TotpSecret, at: DateTime<Utc>) -> String {
     let totp = totp_rs::Builder::new()
         .with_algorithm(totp_rs::Algorithm::SHA1)
         .with_digits(6)
@@ -132,10 +132,10 @@ fn code_at(secret: &TotpSecret, at: DateTime<Utc>) -> String {
 }
 
 /// A device key as the page's WebCrypto key: P-256, proofs in DPoP format.
-struct DeviceKey(p256::ecdsa::SigningKey);
+pub(super) struct DeviceKey(p256::ecdsa::SigningKey);
 
 impl DeviceKey {
-    fn new() -> DeviceKey {
+    pub(super) fn new() -> DeviceKey {
         DeviceKey(p256::ecdsa::SigningKey::generate())
     }
 
@@ -174,7 +174,7 @@ impl DeviceKey {
 }
 
 /// A client from `addr` (127.0.0.x): the lockout counts per source address.
-fn client_from(addr: [u8; 4]) -> reqwest::Client {
+pub(super) fn client_from(addr: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .local_address(IpAddr::from(addr))
@@ -187,9 +187,9 @@ fn public(app: &TestApp, path: &str) -> String {
     format!("http://localhost:{}{path}", app.port)
 }
 
-struct Answer {
-    status: u16,
-    body: Value,
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Value,
     retry_after: Option<String>,
     set_cookie: Option<String>,
 }
@@ -216,7 +216,7 @@ async fn send(req: reqwest::RequestBuilder) -> Answer {
 }
 
 /// The page's password login: a ceremony, then the form, both with proofs.
-async fn password_login(
+pub(super) async fn password_login(
     app: &TestApp,
     client: &reqwest::Client,
     key: &DeviceKey,
