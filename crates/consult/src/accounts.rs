@@ -97,7 +97,8 @@ pub struct AccountDecision {
 pub struct ResetDecision {
     /// The reset as stored after the decision.
     pub reset: CredentialReset,
-    /// API credentials revoked with it (approved resets of kind `all`).
+    /// API credentials and API clients revoked with it (approved resets of
+    /// kind `all`).
     pub credentials_revoked: u64,
     /// On approval of a reset removing the password or the TOTP factor,
     /// the account's activation code, shown once to the deciding officer.
@@ -475,7 +476,8 @@ impl Consultation {
         let mut credentials_revoked = 0;
         if approve && reset.kind == ResetKind::All {
             // The factors went with the store's transaction; the API
-            // credentials live in the registry and go now. A failure here
+            // credentials live in the registry and go now, with the
+            // account's API clients. A failure here
             // is reported (503, ledgered): the operator revokes them with
             // `rempart account credential revoke`.
             match self
@@ -487,6 +489,20 @@ impl Consultation {
                 Err(e) => {
                     return Err(self
                         .fail(&ctx, None, "credential revocation after a reset", &e)
+                        .await);
+                }
+            }
+            // So do its API clients (partner software acting as it): a
+            // reset of every factor assumes the account was taken.
+            match self
+                .auth
+                .revoke_api_clients_of_account(reset.account_id, now)
+                .await
+            {
+                Ok(n) => credentials_revoked += n,
+                Err(e) => {
+                    return Err(self
+                        .fail(&ctx, None, "API client revocation after a reset", &e)
                         .await);
                 }
             }
@@ -516,7 +532,7 @@ impl Consultation {
             LeafDecision::Allow,
             None,
             Some(format!(
-                "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) revoked{}",
+                "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) and client(s) revoked{}",
                 reset.account_id,
                 reset.kind.as_str(),
                 if activation.is_some() { ", activation code issued" } else { "" }

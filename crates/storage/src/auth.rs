@@ -629,6 +629,15 @@ pub trait AuthStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StorageError>;
 
+    /// Revokes every live client of an account and deletes their access
+    /// tokens (an approved reset of every factor); returns how many
+    /// clients were revoked.
+    async fn revoke_api_clients_of_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StorageError>;
+
     /// Stores an issued token. Refuses (`client_id: …`) a client that does
     /// not exist, is revoked or acts for another account than
     /// `account_id`, and a duplicate digest.

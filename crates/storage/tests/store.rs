@@ -4657,6 +4657,39 @@ async fn revoked_api_clients_lose_their_tokens() {
             Some("partner-batch".to_string()),
             "[{be}] another client of the account keeps its tokens"
         );
+
+        // A reset of every factor revokes the account's remaining clients
+        // at once, with their tokens; another account's are untouched.
+        auth.insert_api_client(client("other-app", agent2))
+            .await
+            .on(store, "client of agent 2");
+        assert_eq!(
+            auth.revoke_api_clients_of_account(agent1, plus(revoked_at, 5))
+                .await
+                .on(store, "revoke all"),
+            1,
+            "[{be}] partner-batch only: partner-app was revoked already"
+        );
+        assert_eq!(
+            auth.access_token(key32(3)).await.on(store, "token"),
+            None,
+            "[{be}] token of the client revoked with the account"
+        );
+        assert_eq!(
+            auth.revoke_api_clients_of_account(agent1, plus(revoked_at, 6))
+                .await
+                .on(store, "revoke all again"),
+            0,
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.api_client("other-app")
+                .await
+                .on(store, "client")
+                .and_then(|(c, _)| c.revoked_at),
+            None,
+            "[{be}] another account's client"
+        );
     }
 }
 

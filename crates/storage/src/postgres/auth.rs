@@ -1184,6 +1184,31 @@ impl AuthStore for PgStore {
             .transpose()
     }
 
+    async fn revoke_api_clients_of_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM access_token WHERE client_id IN
+               (SELECT client_id FROM api_client WHERE account_id = $1)",
+            &[&account_id],
+        )
+        .await?;
+        let n = tx
+            .execute(
+                "UPDATE api_client SET revoked_at = $2
+                 WHERE account_id = $1 AND revoked_at IS NULL",
+                &[&account_id, &at],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn revoke_api_client(
         &self,
         client_id: &str,

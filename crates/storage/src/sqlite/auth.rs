@@ -1179,6 +1179,31 @@ impl AuthStore for SqliteStore {
         .await
     }
 
+    async fn revoke_api_clients_of_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StorageError> {
+        let at = instant_text(at, "at")?;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached(
+                "DELETE FROM access_token WHERE client_id IN
+                   (SELECT client_id FROM api_client WHERE account_id = ?1)",
+            )?
+            .execute([account_id])?;
+            let n = tx
+                .prepare_cached(
+                    "UPDATE api_client SET revoked_at = ?2
+                     WHERE account_id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![account_id, at])?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     async fn revoke_api_client(
         &self,
         client_id: &str,
