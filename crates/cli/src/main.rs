@@ -9,6 +9,7 @@ mod clients;
 mod guard;
 mod progress;
 mod serve;
+mod simulate;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,10 @@ enum Command {
     /// The exfiltration guard's stored alerts, with their top features
     /// (value, baseline) and the ledger range that evidences them.
     Alerts(guard::AlertsArgs),
+    /// A month of normal traffic by thousands of accounts of every
+    /// organisation kind through the real guard, in simulated time: false
+    /// alerts per 1,000 account-days, suspensions per 10,000.
+    Simulate(simulate::SimulateArgs),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -274,6 +279,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Client(cmd) => clients::run(cmd).await,
         Command::Alerts(args) => guard::alerts(&args).await,
         Command::Bench(BenchCommand::Guard(args)) => serve::bench_guard(&args).await,
+        Command::Simulate(args) => simulate::simulate(&args).await,
     }
 }
 

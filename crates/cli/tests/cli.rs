@@ -1353,3 +1353,52 @@ fn keys_rotate_rewraps_totp_secrets_postgres() {
     let db = PgDatabase::create();
     totp_rotation_scenario(Some(&db.url));
 }
+
+/// Parses `label: N (R per …` from `rempart simulate`'s output.
+fn simulated(out: &str, label: &str) -> (u64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label} line in\n{out}"));
+    let rest = line[label.len()..].trim_start_matches([':', ' ']);
+    let mut words = rest.split([' ', '(']).filter(|w| !w.is_empty());
+    let n = words.next().unwrap().parse().unwrap();
+    let rate = words.next().map_or(0.0, |w| w.parse().unwrap_or(0.0));
+    (n, rate)
+}
+
+#[test]
+fn simulate_runs_a_normal_month_through_the_guard_deterministically_on_both_backends() {
+    let args = ["simulate", "--accounts", "40", "--days", "8", "--seed", "5"];
+    let url = pg_url();
+    let mut runs = Vec::new();
+    for extra in [vec![], vec![], vec!["--database", url.as_str()]] {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(extra);
+        let out = rempart(&a);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (days, _) = simulated(&stdout, "account-days (worked)");
+        let (suspensions, s_rate) = simulated(&stdout, "suspensions");
+        let (alerts, a_rate) = simulated(&stdout, "alerts");
+        let (reads, _) = simulated(&stdout, "reads");
+        assert!(days > 40 * 4 && reads > days * 10, "{stdout}");
+        // The printed rates are the counts over the account-days…
+        let expect = |n: u64, scale: f64| (n as f64 * scale / days as f64 * 100.0).round() / 100.0;
+        assert_eq!(s_rate, expect(suspensions, 10_000.0), "{stdout}");
+        assert_eq!(a_rate, expect(alerts, 1_000.0), "{stdout}");
+        // …and the exit status says whether the targets were met.
+        assert_eq!(
+            out.status.success(),
+            s_rate <= 1.0 && a_rate <= 1.0,
+            "{stdout}"
+        );
+        let figures: Vec<String> = stdout
+            .lines()
+            .filter(|l| !l.starts_with("simulated in") && !l.starts_with("normal month"))
+            .map(str::to_string)
+            .collect();
+        runs.push(figures);
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same month");
+    assert_eq!(runs[0], runs[2], "same guard decisions on PostgreSQL");
+}

@@ -108,6 +108,10 @@ pub(crate) struct AccountState {
     /// Persons shown, with the last time each was shown (pruned at sync).
     persons: HashMap<i64, i64>,
     last_person: Option<i64>,
+    /// The local (day, hour) last counted as one account-hour: pending
+    /// rows are drained by every sync, so the first row of an hour is not
+    /// the first attempt of that hour.
+    hour_counted: Option<(i32, u8)>,
     pub(crate) known: Vec<Known>,
     pub(crate) own: Baseline,
     pub(crate) loaded_day: i32,
@@ -162,6 +166,7 @@ impl AccountState {
             rates: rates(),
             persons: HashMap::new(),
             last_person: None,
+            hour_counted: None,
             known: Vec::new(),
             own: Baseline::default(),
             loaded_day: i32::MIN,
@@ -636,10 +641,8 @@ impl AccountState {
         if a.person_id.is_some() {
             self.last_person = a.person_id;
         }
-        let first_of_hour = !self
-            .pending_activity
-            .iter()
-            .any(|r| r.day == local.day && r.hour == local.hour);
+        let first_of_hour = self.hour_counted != Some((local.day, local.hour));
+        self.hour_counted = Some((local.day, local.hour));
         self.activity(local, |r| {
             if first_of_hour {
                 r.account_hours = 1;

@@ -833,3 +833,18 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_peer_account_hour_is_counted_once_however_often_it_syncs() {
+    let (g, store) = open(lenient_sync()).await;
+    let t = day0() + TimeDelta::hours(9);
+    for i in 0..6 {
+        let at = t + mins(i * 5);
+        assert_eq!(verdict(&g, &read(7, 100 + i, at)).await, Verdict::Allow);
+        g.sync(at).await.unwrap();
+    }
+    let rows = store.load_peers(i32::MIN).await.unwrap();
+    let hours: u32 = rows.iter().map(|r| r.counts.account_hours).sum();
+    let persons: u32 = rows.iter().map(|r| r.counts.persons).sum();
+    assert_eq!((hours, persons), (1, 6), "{rows:?}");
+}

@@ -27,6 +27,7 @@ mod data;
 mod orgs;
 mod plan;
 mod render;
+pub mod traffic;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
