@@ -5200,8 +5200,9 @@ async fn guard_activity_and_devices_round_trip() {
                 merged.nir,
                 merged.account_hours
             ),
-            (10, 5, 8, 2),
-            "[{be}]"
+            (10, 5, 8, 1),
+            "[{be}] counts add up; one account is active once in an hour, \
+             whichever instances it used"
         );
         assert_eq!(
             h.known,

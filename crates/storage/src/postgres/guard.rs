@@ -117,7 +117,9 @@ impl PgStore {
                          search_misses = guard_activity.search_misses + EXCLUDED.search_misses,
                          nir = guard_activity.nir + EXCLUDED.nir,
                          break_glass = guard_activity.break_glass + EXCLUDED.break_glass,
-                         account_hours = guard_activity.account_hours + EXCLUDED.account_hours"
+                         account_hours = CASE WHEN guard_activity.scope = 1
+                             THEN GREATEST(guard_activity.account_hours, EXCLUDED.account_hours)
+                             ELSE guard_activity.account_hours + EXCLUDED.account_hours END"
                 ),
                 &[
                     &scope, &subject, &day, &hour, &c0, &c1, &c2, &c3, &c4, &c5, &c6, &c7,

@@ -79,7 +79,9 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
                  search_misses = search_misses + excluded.search_misses,
                  nir = nir + excluded.nir,
                  break_glass = break_glass + excluded.break_glass,
-                 account_hours = account_hours + excluded.account_hours"
+                 account_hours = CASE WHEN scope = 1
+                     THEN max(account_hours, excluded.account_hours)
+                     ELSE account_hours + excluded.account_hours END"
         ))?;
         for a in &activity {
             let v = activity_columns(&a.counts);
