@@ -442,6 +442,36 @@ struct Run {
     failures: u64,
 }
 
+/// A benchmark server's own runtime: 2 workers, like the machine, so the
+/// load generator on the caller's runtime does not share them.
+fn server_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("server")
+        .enable_all()
+        .build()?)
+}
+
+/// Waits for a benchmark server's start-up report. On failure the server's
+/// runtime is shut down in the background: it must not be dropped inside
+/// this async context.
+async fn server_ready<T>(
+    server_rt: tokio::runtime::Runtime,
+    ready: tokio::sync::oneshot::Receiver<Result<T>>,
+) -> Result<(tokio::runtime::Runtime, T)> {
+    match ready.await {
+        Ok(Ok(ready)) => Ok((server_rt, ready)),
+        Ok(Err(e)) => {
+            server_rt.shutdown_background();
+            Err(e.context("server start-up"))
+        }
+        Err(_) => {
+            server_rt.shutdown_background();
+            bail!("the server stopped during start-up")
+        }
+    }
+}
+
 /// Consultations/s over HTTP with keep-alive against the server's own no-op
 /// endpoint, in one process: the server on its runtime, the load generator
 /// on another, both on this machine.
@@ -449,11 +479,7 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
     let purpose = Purpose::FollowUp;
     // The server gets its own runtime (2 workers, like the machine) and
     // opens everything on it; the load generator runs on the caller's.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("server")
-        .enable_all()
-        .build()?;
+    let server_rt = server_runtime()?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let loc = args.location.clone();
@@ -493,18 +519,7 @@ pub async fn bench_consult(args: &BenchConsultArgs) -> Result<()> {
             }
         }
     });
-    let ready = match ready_rx.await {
-        Ok(Ok(ready)) => ready,
-        // The server's runtime must not be dropped inside this async context.
-        Ok(Err(e)) => {
-            server_rt.shutdown_background();
-            return Err(e.context("server start-up"));
-        }
-        Err(_) => {
-            server_rt.shutdown_background();
-            bail!("the server stopped during start-up");
-        }
-    };
+    let (server_rt, ready) = server_ready(server_rt, ready_rx).await?;
     let (agent, caseload, credential, addr) = ready;
     println!(
         "account {} ({} agent of {}), caseload {} persons, purpose {}, {} connections, {} round(s) of {} s",
@@ -792,11 +807,7 @@ fn bench_guard_config() -> GuardConfig {
 /// rounds alternate between them.
 pub async fn bench_guard(args: &BenchConsultArgs) -> Result<()> {
     let purpose = Purpose::FollowUp;
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("server")
-        .enable_all()
-        .build()?;
+    let server_rt = server_runtime()?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let loc = args.location.clone();
@@ -860,17 +871,7 @@ pub async fn bench_guard(args: &BenchConsultArgs) -> Result<()> {
             }
         }
     });
-    let ready = match ready_rx.await {
-        Ok(Ok(ready)) => ready,
-        Ok(Err(e)) => {
-            server_rt.shutdown_background();
-            return Err(e.context("server start-up"));
-        }
-        Err(_) => {
-            server_rt.shutdown_background();
-            bail!("the server stopped during start-up");
-        }
-    };
+    let (server_rt, ready) = server_ready(server_rt, ready_rx).await?;
     let (agent, caseload, credential, (guarded_addr, plain_addr)) = ready;
     println!(
         "account {} ({} agent of {}), caseload {} persons, {} connections, {} round(s) of {} s each way",
