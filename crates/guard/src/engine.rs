@@ -128,6 +128,25 @@ fn rates() -> [Rate; METRICS] {
     std::array::from_fn(|_| Rate::new())
 }
 
+/// A person new to this hour's or this day's distinct count: the local
+/// rate moves now and the delta waits for the next sync.
+fn count_new_person(
+    rates: &mut [Rate; METRICS],
+    pending: &mut Vec<CounterDelta>,
+    scope: Scope,
+    ev: Events,
+    now: i64,
+) {
+    if ev.person_new_hour {
+        rates[Metric::PersonsHour as usize].add_hour(now, 1);
+        push_count(pending, scope, 0, Metric::PersonsHour, now);
+    }
+    if ev.person_new_day {
+        rates[Metric::PersonsDay as usize].add_day(now, 1);
+        push_count(pending, scope, 0, Metric::PersonsDay, now);
+    }
+}
+
 fn push_count(
     pending: &mut Vec<CounterDelta>,
     scope: Scope,
@@ -603,26 +622,13 @@ impl AccountState {
         }
         let allowed = checked && verdict.lets_through();
         if allowed {
-            if ev.person_new_hour {
-                self.rates[Metric::PersonsHour as usize].add_hour(now, 1);
-                push_count(
-                    &mut self.pending_counts,
-                    Scope::Account,
-                    0,
-                    Metric::PersonsHour,
-                    now,
-                );
-            }
-            if ev.person_new_day {
-                self.rates[Metric::PersonsDay as usize].add_day(now, 1);
-                push_count(
-                    &mut self.pending_counts,
-                    Scope::Account,
-                    0,
-                    Metric::PersonsDay,
-                    now,
-                );
-            }
+            count_new_person(
+                &mut self.rates,
+                &mut self.pending_counts,
+                Scope::Account,
+                ev,
+                now,
+            );
             if let Some(p) = a.person_id.filter(|_| a.fields.reveals()) {
                 self.persons.insert(p, now);
             }
@@ -815,26 +821,13 @@ impl OrgState {
             if lines.len > 0 {
                 verdict = Verdict::Throttle;
             } else {
-                if ev.person_new_hour {
-                    self.rates[Metric::PersonsHour as usize].add_hour(now, 1);
-                    push_count(
-                        &mut self.pending_counts,
-                        Scope::Organisation,
-                        0,
-                        Metric::PersonsHour,
-                        now,
-                    );
-                }
-                if ev.person_new_day {
-                    self.rates[Metric::PersonsDay as usize].add_day(now, 1);
-                    push_count(
-                        &mut self.pending_counts,
-                        Scope::Organisation,
-                        0,
-                        Metric::PersonsDay,
-                        now,
-                    );
-                }
+                count_new_person(
+                    &mut self.rates,
+                    &mut self.pending_counts,
+                    Scope::Organisation,
+                    ev,
+                    now,
+                );
                 if ev.nir {
                     self.count(Metric::Nir, now);
                 }
