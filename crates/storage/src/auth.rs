@@ -309,6 +309,38 @@ pub struct ActivationFactors {
     pub totp: Option<StoredTotp>,
 }
 
+/// A federated identity (an external OpenID provider's `iss` and `sub`)
+/// linked by an officer to an account: the only way a federated login
+/// names an account. See [`AuthStore::link_federation`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct FederationLink {
+    /// The provider's issuer URL, exactly as its id_tokens carry it (1 to
+    /// 512 visible ASCII characters).
+    pub issuer: String,
+    /// The provider's stable identifier of the person (1 to 255 visible
+    /// ASCII characters, OpenID Connect's bound).
+    pub subject: String,
+    /// The account the identity logs in as.
+    pub account_id: i64,
+    /// The officer who made the link.
+    pub linked_by: i64,
+    /// When the link was made.
+    pub linked_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for FederationLink {
+    // The subject identifies a person at the provider: not for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationLink")
+            .field("issuer", &self.issuer)
+            .field("subject", &"<redacted>")
+            .field("account_id", &self.account_id)
+            .field("linked_by", &self.linked_by)
+            .field("linked_at", &self.linked_at)
+            .finish()
+    }
+}
+
 /// An account with its history, for approval queues and periodic reviews.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReviewEntry {
@@ -534,6 +566,38 @@ pub trait AuthStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<bool, StorageError>;
 
+    // ------------------------------------------------------------ federation
+
+    /// Links a federated identity to an account. Refuses (`issuer: …`,
+    /// `subject: …`) values that are empty, too long or not visible ASCII;
+    /// (`account_id: …`) an unknown account; (`linked_by: …`) a linker who
+    /// is not an active officer, or is the account itself; (`subject: …`)
+    /// an identity already linked, to this account or another (unlink it
+    /// first: a link is never silently moved).
+    async fn link_federation(&self, link: FederationLink) -> Result<(), StorageError>;
+
+    /// Removes the link of an identity and, in the same transaction, ends
+    /// the live sessions its account opened through a federated login
+    /// (method `oidc`, reason `federation_unlink`), so an identity
+    /// withdrawn because it was compromised stops at once. Returns the
+    /// account it named, `None` if there was no such link. Refuses
+    /// (`unlinked_by: …`) an account that is not an active officer.
+    async fn unlink_federation(
+        &self,
+        issuer: &str,
+        subject: &str,
+        unlinked_by: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<i64>, StorageError>;
+
+    /// The link of an identity, if an officer made one. One indexed
+    /// lookup: it runs on every federated login.
+    async fn federation_link(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<FederationLink>, StorageError>;
+
     // ------------------------------------------------------------ ceremonies
 
     /// Stores a single-use ceremony state (WebAuthn challenge, OIDC pending
@@ -727,6 +791,59 @@ pub(crate) fn check_client_id(client_id: &str) -> Result<(), StorageError> {
         ))
     }
 }
+
+/// A federated identity's issuer (1 to 512) or subject (1 to 255): visible
+/// ASCII only, as issuer URLs and OpenID Connect subjects are. The value
+/// is never echoed: a subject names a person at the provider.
+pub(crate) fn check_federated(issuer: &str, subject: &str) -> Result<(), StorageError> {
+    let visible = |v: &str, max: usize| {
+        (1..=max).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
+    };
+    if !visible(issuer, 512) {
+        return Err(refuse(
+            "issuer",
+            "must be 1 to 512 visible ASCII characters",
+        ));
+    }
+    if !visible(subject, 255) {
+        return Err(refuse(
+            "subject",
+            "must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Who may link or unlink a federated identity: an active officer, never
+/// the account linked (`account_id`, when linking).
+pub(crate) fn check_federation_officer(
+    field: &'static str,
+    account_id: Option<i64>,
+    officer: Option<&Decider>,
+) -> Result<(), StorageError> {
+    match officer {
+        None => Err(refuse(field, "no such account")),
+        Some(d) if d.role != Role::Officer => Err(refuse(
+            field,
+            "only an officer links or unlinks federated identities",
+        )),
+        Some(d) if d.state != AccountState::Active => {
+            Err(refuse(field, "the officer's account is not active"))
+        }
+        Some(d) if Some(d.account_id) == account_id => Err(refuse(
+            field,
+            "an account cannot link an identity to itself (four eyes)",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Ends the sessions federated logins opened, when their link goes.
+pub(crate) const FEDERATION_UNLINK_REASON: &str = "federation_unlink";
+
+/// A federation link.
+pub(crate) const FEDERATION_SELECT: &str =
+    "SELECT issuer, subject, account_id, linked_by, linked_at FROM federation_link";
 
 /// A WebAuthn credential id: 1 to 1023 bytes (the specification's bound).
 pub(crate) fn check_credential_id(id: &[u8]) -> Result<(), StorageError> {

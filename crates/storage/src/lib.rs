@@ -31,8 +31,8 @@ pub mod sqlite;
 
 pub use auth::{
     AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
-    NewAccountRequest, NewActivation, ResetKind, ReviewEntry, SESSION_METHODS, StoredActivation,
-    StoredPasskeyRow, StoredSession, StoredTotp,
+    FederationLink, NewAccountRequest, NewActivation, ResetKind, ReviewEntry, SESSION_METHODS,
+    StoredActivation, StoredPasskeyRow, StoredSession, StoredTotp,
 };
 
 use std::sync::Arc;

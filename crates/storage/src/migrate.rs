@@ -34,6 +34,11 @@ pub const SQLITE: &[Migration] = &[
         name: "activation",
         sql: include_str!("../migrations/sqlite/0005_activation.sql"),
     },
+    Migration {
+        version: 6,
+        name: "federation",
+        sql: include_str!("../migrations/sqlite/0006_federation.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -62,6 +67,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 5,
         name: "activation",
         sql: include_str!("../migrations/postgres/0005_activation.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "federation",
+        sql: include_str!("../migrations/postgres/0006_federation.sql"),
     },
 ];
 

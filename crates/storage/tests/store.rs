@@ -548,8 +548,9 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 23,
-            "[postgres] registry, authentication, guard and activation tables + schema_migrations"
+            tables, 24,
+            "[postgres] registry, authentication, guard, activation and federation tables \
+             + schema_migrations"
         );
     }
 
@@ -2957,8 +2958,8 @@ async fn consultation_rows_answer_like_the_three_lookups() {
 use chrono::TimeDelta;
 use rempart_storage::{
     AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
-    NewAccountRequest, NewActivation, ResetKind, StoredPasskeyRow, StoredSession, StoredTotp,
-    Stores,
+    FederationLink, NewAccountRequest, NewActivation, ResetKind, StoredPasskeyRow, StoredSession,
+    StoredTotp, Stores,
 };
 
 /// Both backends, each opened once and seen through both interfaces (the
@@ -4242,6 +4243,219 @@ async fn activation_codes_need_four_eyes_and_are_used_once_before_expiry() {
             auth.issue_activation(code(agent1, key32(4), officer)).await,
             "account_id",
             "activated already",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_links_are_made_by_officers_once_per_identity_and_unlinking_ends_sessions() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    const ISS: &str = "https://auth.agentconnect.gouv.fr/api/v2";
+    const SUB: &str = "5d2c7c3e-6f0b-4f7e-9b1a-2f8e1c4d9a01";
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let (_, refused) = store
+            .upsert_accounts(vec![account(
+                "ft.officer9",
+                "FT",
+                Role::Officer,
+                AccountState::Suspended,
+                None,
+                None,
+            )])
+            .await
+            .on(store, "suspended officer");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let officer = account_id(store, "ft.officer1").await;
+        let suspended = account_id(store, "ft.officer9").await;
+        let boss = account_id(store, "ce.Boss").await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let link = |issuer: &str, subject: &str, account_id, linked_by| FederationLink {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            account_id,
+            linked_by,
+            linked_at: t0,
+        };
+
+        assert_eq!(
+            auth.federation_link(ISS, SUB).await.on(store, "lookup"),
+            None,
+            "[{be}] nothing linked yet"
+        );
+        for (new, field, what) in [
+            (link(ISS, SUB, agent1, boss), "linked_by", "a manager"),
+            (link(ISS, SUB, agent1, agent2), "linked_by", "an agent"),
+            (
+                link(ISS, SUB, agent1, suspended),
+                "linked_by",
+                "a suspended officer",
+            ),
+            (
+                link(ISS, SUB, agent1, 999_999),
+                "linked_by",
+                "unknown linker",
+            ),
+            (
+                link(ISS, SUB, officer, officer),
+                "linked_by",
+                "an officer linking itself",
+            ),
+            (
+                link(ISS, SUB, 999_999, officer),
+                "account_id",
+                "unknown account",
+            ),
+            (link("", SUB, agent1, officer), "issuer", "empty issuer"),
+            (
+                link(&"h".repeat(513), SUB, agent1, officer),
+                "issuer",
+                "issuer too long",
+            ),
+            (link(ISS, "", agent1, officer), "subject", "empty subject"),
+            (
+                link(ISS, &"s".repeat(256), agent1, officer),
+                "subject",
+                "subject too long",
+            ),
+            (link(ISS, "a b", agent1, officer), "subject", "a space"),
+            (link(ISS, "é", agent1, officer), "subject", "not ASCII"),
+        ] {
+            assert_invalid(store, auth.link_federation(new).await, field, what);
+        }
+        assert_eq!(
+            auth.federation_link(ISS, SUB).await.on(store, "lookup"),
+            None,
+            "[{be}] no refused link was stored"
+        );
+
+        auth.link_federation(link(ISS, SUB, agent1, officer))
+            .await
+            .on(store, "link");
+        let stored = auth
+            .federation_link(ISS, SUB)
+            .await
+            .on(store, "lookup")
+            .expect("linked");
+        assert_eq!(stored, link(ISS, SUB, agent1, officer), "[{be}]");
+        assert!(
+            !format!("{stored:?}").contains(SUB),
+            "[{be}] Debug hides the subject"
+        );
+        // Keyed on both halves, compared exactly.
+        for (issuer, subject) in [
+            (ISS, "5D2C7C3E-6F0B-4F7E-9B1A-2F8E1C4D9A01"),
+            ("https://auth.agentconnect.gouv.fr/api/v2/", SUB),
+            ("https://other.example", SUB),
+            (ISS, &"s".repeat(300)),
+        ] {
+            assert_eq!(
+                auth.federation_link(issuer, subject)
+                    .await
+                    .on(store, "lookup"),
+                None,
+                "[{be}] {issuer}"
+            );
+        }
+        // One identity names one account: never moved, never doubled.
+        for account in [agent1, agent2] {
+            assert_invalid(
+                store,
+                auth.link_federation(link(ISS, SUB, account, officer)).await,
+                "subject",
+                "already linked",
+            );
+        }
+        // An account may hold several identities.
+        auth.link_federation(link("https://other.example", SUB, agent1, officer))
+            .await
+            .on(store, "second identity");
+        auth.link_federation(link(ISS, "another-subject", agent2, officer))
+            .await
+            .on(store, "another subject");
+
+        // Unlinking: an officer only; ends the account's federated sessions,
+        // not its others.
+        auth.insert_session(session_of(agent1, 61, "oidc", t0))
+            .await
+            .on(store, "oidc session");
+        auth.insert_session(session_of(agent1, 62, "passkey", t0))
+            .await
+            .on(store, "passkey session");
+        auth.insert_session(session_of(agent2, 63, "oidc", t0))
+            .await
+            .on(store, "other account's session");
+        for by in [boss, suspended, 999_999] {
+            assert_invalid(
+                store,
+                auth.unlink_federation(ISS, SUB, by, plus(t0, 60)).await,
+                "unlinked_by",
+                "not an active officer",
+            );
+        }
+        assert!(
+            auth.federation_link(ISS, SUB)
+                .await
+                .on(store, "lookup")
+                .is_some(),
+            "[{be}] a refused unlink changes nothing"
+        );
+        assert_eq!(
+            auth.unlink_federation(ISS, SUB, officer, plus(t0, 60))
+                .await
+                .on(store, "unlink"),
+            Some(agent1),
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.federation_link(ISS, SUB).await.on(store, "lookup"),
+            None,
+            "[{be}] gone"
+        );
+        let ended = |n: u8| async move {
+            let (s, _) = auth
+                .session(key32(n))
+                .await
+                .on(store, "session")
+                .expect("stored session");
+            (s.ended_at, s.end_reason)
+        };
+        assert_eq!(
+            ended(61).await,
+            (Some(plus(t0, 60)), Some("federation_unlink".to_string())),
+            "[{be}] the federated session ends"
+        );
+        assert_eq!(
+            ended(62).await,
+            (None, None),
+            "[{be}] the passkey one stays"
+        );
+        assert_eq!(
+            ended(63).await,
+            (None, None),
+            "[{be}] another account's stays"
+        );
+        assert_eq!(
+            auth.unlink_federation(ISS, SUB, officer, plus(t0, 61))
+                .await
+                .on(store, "unlink again"),
+            None,
+            "[{be}] nothing left to unlink"
+        );
+        // Once unlinked, the identity may be linked again, to anyone.
+        auth.link_federation(link(ISS, SUB, agent2, officer))
+            .await
+            .on(store, "relink");
+        assert_eq!(
+            auth.federation_link(ISS, SUB)
+                .await
+                .on(store, "lookup")
+                .map(|l| l.account_id),
+            Some(agent2),
+            "[{be}]"
         );
     }
 }
