@@ -18,6 +18,10 @@
 // answers 303 to the provider's resume URL, which answers 303 to the
 // redirect URI with code, state and iss.
 //
+// More relying parties can register themselves (RFC 7591, POST /reg, open,
+// no initial access token): a test whose relying party only knows its
+// redirect URI once its server is listening registers a client of its own.
+//
 // Synthetic people and secrets only: this provider exists for tests.
 
 import { createServer } from 'node:http';
@@ -126,6 +130,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false }, // the built-in login page; replaced below
     claimsParameter: { enabled: true }, // relying parties ask for acr/amr this way
     jwtUserinfo: { enabled: true },
+    registration: { enabled: true }, // clients for servers on ports known late
   },
   findAccount: (ctx, sub) => {
     const person = bySub.get(sub);

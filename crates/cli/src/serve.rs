@@ -43,6 +43,28 @@ pub struct ServeArgs {
     /// (by extension); the built-in defaults and no export without it.
     #[arg(long, env = "REMPART_GUARD_CONFIG")]
     pub guard_config: Option<PathBuf>,
+    /// Federated login (ProConnect): the OpenID provider's issuer URL
+    /// (https, or http on a loopback address). The login page then offers
+    /// "Se connecter avec ProConnect"; without it, federation is off. Its
+    /// redirect URI is the public URL followed by
+    /// /connexion/federation/retour (register that one at the provider).
+    #[arg(
+        long,
+        env = "REMPART_OIDC_ISSUER",
+        requires_all = ["oidc_client_id", "oidc_client_secret_file"]
+    )]
+    pub oidc_issuer: Option<String>,
+    /// This server's client id at the OpenID provider.
+    #[arg(long, env = "REMPART_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    pub oidc_client_id: Option<String>,
+    /// A file holding the client secret (its only line), so that the
+    /// secret appears in no command line, environment or log.
+    #[arg(
+        long,
+        env = "REMPART_OIDC_CLIENT_SECRET_FILE",
+        requires = "oidc_issuer"
+    )]
+    pub oidc_client_secret_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +76,54 @@ pub enum AccountCommand {
     /// approved under four eyes, or whose factors were reset.
     #[command(subcommand)]
     Activation(ActivationCommand),
+    /// Federated identities (ProConnect): which identity of an OpenID
+    /// provider logs in as which account.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+}
+
+#[derive(Subcommand)]
+pub enum FederationCommand {
+    /// Link an identity of an OpenID provider (issuer and subject, as its
+    /// id_tokens carry them) to an account: a federated login with
+    /// multi-factor authentication by that identity then opens a session
+    /// as the account. An identity links to one account; an account may
+    /// hold several. Only an active officer links, never to their own
+    /// account; one ledger leaf under the officer, refused or not. Takes
+    /// the ledger's writer: run it while `rempart serve` is stopped.
+    Link {
+        #[command(flatten)]
+        location: Location,
+        /// Login of the account the identity logs in as.
+        #[arg(long)]
+        login: String,
+        /// The provider's issuer URL, exactly as given to `rempart serve
+        /// --oidc-issuer`.
+        #[arg(long)]
+        issuer: String,
+        /// The provider's stable identifier of the person (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// Login of the officer making the link.
+        #[arg(long)]
+        officer: String,
+    },
+    /// Remove the link of an identity; the sessions its account opened by
+    /// federated login end at once. Only an active officer; one ledger
+    /// leaf under the officer. Run it while `rempart serve` is stopped.
+    Unlink {
+        #[command(flatten)]
+        location: Location,
+        /// The provider's issuer URL.
+        #[arg(long)]
+        issuer: String,
+        /// The provider's identifier of the person (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// Login of the officer removing the link.
+        #[arg(long)]
+        officer: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +267,24 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     let consultation = consultation
         .with_api_clients(clients)
         .context("API client settings")?;
+    let consultation = match &args.oidc_issuer {
+        Some(issuer) => {
+            let redirect_uri = format!(
+                "{}{}",
+                public_url.trim_end_matches('/'),
+                rempart_web::pages::FEDERATION_CALLBACK_PATH
+            );
+            let federation = federation(args, issuer, &redirect_uri).await?;
+            println!(
+                "federated login: {issuer} (client {}), redirect URI {redirect_uri}",
+                federation.client_id()
+            );
+            consultation
+                .with_federation(federation)
+                .context("federated login")?
+        }
+        None => consultation,
+    };
     let exporter = guard::Exporter::new(
         guard_config.export,
         guard::last_alert_id(guard_store.as_ref()).await?,
@@ -227,6 +315,59 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         eprintln!("guard: last sync failed: {e}");
     }
     served
+}
+
+/// The OpenID provider `serve` was given, discovered (metadata and keys
+/// read now: an unreachable or misconfigured provider stops start-up).
+async fn federation(
+    args: &ServeArgs,
+    issuer: &str,
+    redirect_uri: &str,
+) -> Result<rempart_auth::oidc::Federation> {
+    let (Some(client_id), Some(secret_file)) =
+        (&args.oidc_client_id, &args.oidc_client_secret_file)
+    else {
+        bail!("--oidc-issuer needs --oidc-client-id and --oidc-client-secret-file");
+    };
+    let secret = read_secret(secret_file)?;
+    rempart_auth::oidc::Federation::discover(
+        issuer,
+        client_id,
+        &secret,
+        redirect_uri,
+        rempart_auth::oidc::AcceptedAssurance::proconnect(),
+    )
+    .await
+    .with_context(|| format!("--oidc-issuer {issuer}: discovering the OpenID provider"))
+}
+
+/// A client secret from its file: the first line, without its end. The
+/// error names the file, never its content.
+fn read_secret(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("--oidc-client-secret-file {}", path.display()))?,
+    );
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.is_empty() {
+        bail!(
+            "--oidc-client-secret-file {}: the file is empty",
+            path.display()
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: {} is readable by other users than its owner (chmod 600 it)",
+                path.display()
+            );
+        }
+    }
+    Ok(zeroize::Zeroizing::new(secret.to_owned()))
 }
 
 /// Serves on `listener` until `stop`, then closes the ledger.
@@ -289,6 +430,19 @@ pub async fn account(cmd: AccountCommand) -> Result<()> {
             login,
             officer,
         }) => issue_activation(&location, &login, &officer).await,
+        AccountCommand::Federation(FederationCommand::Link {
+            location,
+            login,
+            issuer,
+            subject,
+            officer,
+        }) => link_federation(&location, &login, &issuer, &subject, &officer).await,
+        AccountCommand::Federation(FederationCommand::Unlink {
+            location,
+            issuer,
+            subject,
+            officer,
+        }) => unlink_federation(&location, &issuer, &subject, &officer).await,
         AccountCommand::Credential(CredentialCommand::Revoke {
             location,
             login,
@@ -311,26 +465,13 @@ async fn issue_activation(loc: &Location, login: &str, officer: &str) -> Result<
     let (consultation, _) =
         open_consultation(loc, load_policies(None)?, None, GuardChoice::PassThrough).await?;
     let account = find_account(consultation.store(), login).await?;
-    let officer_login = Reference::parse(officer).context("--officer")?;
-    let officer = consultation
-        .store()
-        .account_by_login(&officer_login)
-        .await?
-        .with_context(|| format!("--officer: no account with login {officer_login}"))?;
+    let officer = find_officer(&consultation, officer).await?;
     let ledger = consultation.ledger().clone();
     let result = consultation
         .issue_activation(account.account_id, officer.account_id)
         .await;
     drop(consultation);
-    // The ledger is closed (final checkpoint) whatever happened.
-    let closed = match std::sync::Arc::try_unwrap(ledger) {
-        Ok(ledger) => ledger.close().await.context("closing the audit ledger"),
-        Err(shared) => shared
-            .checkpoint_now()
-            .await
-            .map(|_| ())
-            .context("final checkpoint of the audit ledger"),
-    };
+    let closed = close_quietly(ledger).await;
     let issued = result.with_context(|| format!("activation code for {}", account.login))?;
     closed?;
     println!(
@@ -346,6 +487,93 @@ async fn issue_activation(loc: &Location, login: &str, officer: &str) -> Result<
     println!("{}", issued.code.as_str());
     println!("the person enters it at /activation; only its digest is kept");
     Ok(())
+}
+
+/// `rempart account federation link`.
+async fn link_federation(
+    loc: &Location,
+    login: &str,
+    issuer: &str,
+    subject: &str,
+    officer: &str,
+) -> Result<()> {
+    let (consultation, _) =
+        open_consultation(loc, load_policies(None)?, None, GuardChoice::PassThrough).await?;
+    let account = find_account(consultation.store(), login).await?;
+    let officer = find_officer(&consultation, officer).await?;
+    let ledger = consultation.ledger().clone();
+    let result = consultation
+        .link_federation(account.account_id, issuer, subject, officer.account_id)
+        .await;
+    drop(consultation);
+    let closed = close_quietly(ledger).await;
+    result.with_context(|| format!("linking an identity of {issuer} to {}", account.login))?;
+    closed?;
+    // The subject is not repeated: it identifies a person at the provider.
+    println!(
+        "identity of {issuer} linked to {} ({} of {}) by {}",
+        account.login, account.role, account.organisation, officer.login
+    );
+    Ok(())
+}
+
+/// `rempart account federation unlink`.
+async fn unlink_federation(
+    loc: &Location,
+    issuer: &str,
+    subject: &str,
+    officer: &str,
+) -> Result<()> {
+    let (consultation, _) =
+        open_consultation(loc, load_policies(None)?, None, GuardChoice::PassThrough).await?;
+    let officer = find_officer(&consultation, officer).await?;
+    let ledger = consultation.ledger().clone();
+    let result = consultation
+        .unlink_federation(issuer, subject, officer.account_id)
+        .await;
+    let account = match &result {
+        Ok(Some(id)) => consultation.store().account_by_id(*id).await.ok().flatten(),
+        _ => None,
+    };
+    drop(consultation);
+    let closed = close_quietly(ledger).await;
+    let unlinked = result.with_context(|| format!("unlinking an identity of {issuer}"))?;
+    closed?;
+    match (unlinked, account) {
+        (Some(_), Some(account)) => println!(
+            "identity of {issuer} unlinked from {} by {}; its federated sessions ended",
+            account.login, officer.login
+        ),
+        (Some(id), None) => println!(
+            "identity of {issuer} unlinked from account {id} by {}; its federated sessions ended",
+            officer.login
+        ),
+        (None, _) => bail!("no account is linked to this identity of {issuer}"),
+    }
+    Ok(())
+}
+
+/// The account `--officer` names (the store checks it is an officer).
+async fn find_officer(consultation: &Consultation, officer: &str) -> Result<AccountRecord> {
+    let login = Reference::parse(officer).context("--officer")?;
+    consultation
+        .store()
+        .account_by_login(&login)
+        .await?
+        .with_context(|| format!("--officer: no account with login {login}"))
+}
+
+/// Closes the ledger of a one-off command (final checkpoint), whatever the
+/// command's outcome, which the caller reports after.
+async fn close_quietly(ledger: Arc<Ledger>) -> Result<()> {
+    match Arc::try_unwrap(ledger) {
+        Ok(ledger) => ledger.close().await.context("closing the audit ledger"),
+        Err(shared) => shared
+            .checkpoint_now()
+            .await
+            .map(|_| ())
+            .context("final checkpoint of the audit ledger"),
+    }
 }
 
 pub async fn find_account(store: &Store, login: &str) -> Result<AccountRecord> {

@@ -1055,6 +1055,120 @@ fn accounts_scenario(db: Option<&str>) {
     ]));
     assert!(!all.contains(code) && !all.contains(&code.replace('-', "")));
     assert!(all.contains("activation: code issued for account"), "{all}");
+
+    // Federated identities: linked and unlinked by an active officer only,
+    // each attempt a leaf under whoever asked, never naming the subject.
+    const ISSUER: &str = "https://auth.agentconnect.gouv.fr/api/v2";
+    const SUBJECT: &str = "5d2c7c3e-6f0b-4f7e-9b1a-2f8e1c4d9a01";
+    let link = |login: &str, officer: &str| {
+        run(&[
+            "account",
+            "federation",
+            "link",
+            "--login",
+            login,
+            "--issuer",
+            ISSUER,
+            "--subject",
+            SUBJECT,
+            "--officer",
+            officer,
+        ])
+    };
+    let unlink = |officer: &str| {
+        run(&[
+            "account",
+            "federation",
+            "unlink",
+            "--issuer",
+            ISSUER,
+            "--subject",
+            SUBJECT,
+            "--officer",
+            officer,
+        ])
+    };
+    for (login, officer, why) in [
+        ("c.recent", "c.mlm", "only an officer"),
+        (
+            "c.officer2",
+            "c.officer2",
+            "cannot link an identity to itself",
+        ),
+    ] {
+        let refused = link(login, officer);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{login} by {officer}");
+        assert!(err.contains(why), "{login} by {officer}: {err}");
+        assert!(!err.contains(SUBJECT), "{err}");
+    }
+    let out = link("c.recent", "c.officer2");
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("identity of {ISSUER} linked to c.recent")),
+        "{text}"
+    );
+    assert!(!text.contains(SUBJECT), "{text}");
+    let twice = link("c.old", "c.officer");
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already linked"));
+    let refused = unlink("c.mlm");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only an officer"));
+    let out = unlink("c.officer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "identity of {ISSUER} unlinked from c.recent by c.officer"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let none = unlink("c.officer");
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no account is linked"));
+    // Seven attempts, seven more leaves; the ledger still verifies.
+    let verified = stdout(&run(&["audit", "verify"]));
+    assert!(
+        verified.starts_with("audit ledger OK: 9 leaves"),
+        "{verified}"
+    );
+    let ids: Vec<i64> = rt.block_on(async {
+        let stores = rempart_storage::open_stores(&target).await.unwrap();
+        let mut ids = Vec::new();
+        for login in ["c.officer", "c.officer2", "c.mlm"] {
+            let a = stores.registry.account_by_login(&r(login)).await.unwrap();
+            ids.push(a.unwrap().account_id);
+        }
+        ids
+    });
+    let all: String = ids
+        .iter()
+        .map(|id| {
+            stdout(&run(&[
+                "audit",
+                "query",
+                "--account",
+                &id.to_string(),
+                "--format",
+                "jsonl",
+            ]))
+        })
+        .collect();
+    assert!(!all.contains(SUBJECT), "{all}");
+    // Links (three refused, one made) and the unlink name the issuer; the
+    // refused unlink and the one that found nothing say "unlink of".
+    assert_eq!(all.matches("federation: identity of").count(), 5, "{all}");
+    assert_eq!(all.matches("federation: unlink of").count(), 2, "{all}");
 }
 
 #[test]

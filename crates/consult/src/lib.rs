@@ -25,6 +25,7 @@ pub mod activation;
 pub mod authenticate;
 pub mod authorize;
 pub mod clients;
+pub mod federation;
 pub mod login;
 mod path;
 
@@ -37,6 +38,7 @@ pub use authenticate::{Caller, IssuedCredential, ProofRequest, Rejected, Via};
 pub use clients::{
     ClientConfigError, ClientSettings, RegisterError, TOKEN_PATH, TokenRefusal, TokenRequest,
 };
+pub use federation::{FederatedCallback, FederatedStart};
 pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use path::{
     AccountState, BreakGlass, CaseloadPage, Clock, Consultation, Grant, MAX_PAGE, MAX_REASON_BYTES,

@@ -138,6 +138,9 @@ pub enum LoginConfigError {
     /// The password hasher could not be built.
     #[error("hash: {0}")]
     Hash(String),
+    /// Federated login cannot be enabled as asked.
+    #[error("federation: {0}")]
+    Federation(&'static str),
 }
 
 impl LoginSettings {
@@ -265,6 +268,11 @@ pub enum LoginError {
     Invalid { field: &'static str },
     /// Browser login is not configured on this server.
     Disabled,
+    /// A federated login was refused: unknown, used or expired state,
+    /// another device key, the provider's answer refused (no multi-factor
+    /// authentication included), no account linked to the identity, or an
+    /// inactive account. One message for all; the ledger says which.
+    FederationRefused,
     /// Something failed; no session was opened. For operators.
     Unavailable(String),
 }
@@ -281,6 +289,10 @@ impl LoginError {
             }
             LoginError::Invalid { .. } => rempart_auth::lockout::INVALID_CREDENTIALS_FR.to_owned(),
             LoginError::Disabled => "La connexion n'est pas disponible sur ce serveur.".to_owned(),
+            LoginError::FederationRefused => {
+                "La connexion par ProConnect n'a pas abouti. Recommencez depuis la page de connexion."
+                    .to_owned()
+            }
             LoginError::Unavailable(_) => {
                 "Le service ne peut pas répondre pour le moment. Réessayez plus tard.".to_owned()
             }
@@ -893,20 +905,20 @@ impl Consultation {
     // Helpers
     // ---------------------------------------------------------------------
 
-    fn login_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), LoginError> {
+    pub(crate) fn login_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), LoginError> {
         match &self.web {
             Some(web) => Ok((&self.auth, web)),
             None => Err(LoginError::Disabled),
         }
     }
 
-    fn login_unavailable(&self, e: &StorageError) -> LoginError {
+    pub(crate) fn login_unavailable(&self, e: &StorageError) -> LoginError {
         LoginError::Unavailable(format!("login: {e}"))
     }
 
     /// Verifies a login request's device proof (not yet bound: the key is
     /// new) and returns its key's thumbprint. A refusal is ledgered.
-    async fn login_proof(
+    pub(crate) async fn login_proof(
         &self,
         web: &Web,
         proof: ProofRequest<'_>,
@@ -991,7 +1003,7 @@ impl Consultation {
     }
 
     /// Opens a session bound to `jkt`, records the login, ledgers it.
-    async fn open_session(
+    pub(crate) async fn open_session(
         &self,
         auth: &dyn AuthStore,
         web: &Web,
@@ -1068,7 +1080,7 @@ impl Consultation {
     }
 
     /// Ledgers a login event of a possibly unknown account.
-    async fn login_leaf(
+    pub(crate) async fn login_leaf(
         &self,
         account: Option<&AccountRecord>,
         action: LeafAction,

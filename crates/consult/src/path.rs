@@ -183,6 +183,9 @@ pub struct Consultation {
     // API clients' token endpoint and DPoP-bound tokens (see
     // `clients.rs`); absent, no token is issued.
     pub(crate) clients: Option<Arc<crate::clients::Clients>>,
+    // Federated login through an OpenID provider (see `federation.rs`);
+    // absent, the login page does not offer it.
+    pub(crate) federation: Option<Arc<rempart_auth::oidc::Federation>>,
     pub(crate) clock: Clock,
 }
 
@@ -214,6 +217,7 @@ impl Consultation {
             ledger,
             web: None,
             clients: None,
+            federation: None,
             clock: Arc::new(Utc::now),
         }
     }

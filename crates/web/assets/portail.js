@@ -1,5 +1,5 @@
-// Rempart — the pages' script: login, the portal's fragments, passkey
-// registration, step-up and logout. Every request after login goes through
+// Rempart — the pages' script: login (passkey, password + code, ProConnect),
+// the portal's fragments, passkey registration, step-up and logout. Every request after login goes through
 // Device.call, which signs a device proof; the session cookie alone is
 // refused. The page says which part runs: <body data-page="…">.
 "use strict";
@@ -85,6 +85,54 @@
     }
   }
 
+  // ------------------------------------------------------------ ProConnect
+
+  const FEDERATION_REFUSED =
+    "La connexion par ProConnect n'a pas abouti. Recommencez depuis la page de connexion.";
+
+  /**
+   * A fresh device key, a federated login begun with a proof it signed,
+   * then off to the provider. The key stays in IndexedDB for the return.
+   */
+  async function federationLogin() {
+    say("");
+    try {
+      const pair = await Device.create();
+      const response = await Device.call("POST", "/connexion/federation/debut", undefined, pair);
+      const answer = await body(response);
+      if (!response.ok || !answer.redirect) {
+        throw new Error(answer.message || "La connexion a échoué.");
+      }
+      location.assign(answer.redirect);
+    } catch (error) {
+      say(failed(error));
+    }
+  }
+
+  /**
+   * Back from the provider: the code and the state leave the address bar
+   * and the history at once, then go to the server with a proof by the key
+   * made before leaving; the session is bound to that key.
+   */
+  async function federationReturn() {
+    const params = new URLSearchParams(location.search);
+    const code = params.get("code");
+    const state = params.get("state");
+    history.replaceState(null, "", location.pathname);
+    if (!code || !state) {
+      say(FEDERATION_REFUSED);
+      return;
+    }
+    try {
+      const pair = await Device.current();
+      if (!pair) throw new Error(FEDERATION_REFUSED);
+      const response = await Device.call("POST", "/connexion/federation/fin", { code, state }, pair);
+      await finished(response);
+    } catch (error) {
+      say(failed(error));
+    }
+  }
+
   // ------------------------------------------------------------------ portal
 
   async function load(url) {
@@ -135,6 +183,10 @@
     if (page === "connexion") {
       $("mot-de-passe").addEventListener("submit", passwordLogin);
       $("cle").addEventListener("click", passkeyLogin);
+      const proconnect = $("proconnect");
+      if (proconnect) proconnect.addEventListener("click", federationLogin);
+    } else if (page === "federation") {
+      federationReturn();
     } else if (page === "portail") {
       document.addEventListener("click", (event) => {
         const link = event.target.closest("a[data-fragment]");

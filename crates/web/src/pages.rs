@@ -7,6 +7,9 @@
 //! | `POST /connexion/defi` | starts a login ceremony (device proof) |
 //! | `POST /connexion/mot-de-passe` | password + TOTP login (device proof) |
 //! | `POST /connexion/cle?ceremonie=…` | passkey login (device proof) |
+//! | `POST /connexion/federation/debut` | starts a ProConnect login (device proof): the provider's URL |
+//! | `GET /connexion/federation/retour` | the provider's redirect: a page whose script posts code and state |
+//! | `POST /connexion/federation/fin` | finishes a ProConnect login (device proof, same key) |
 //! | `GET /portail` | the portal's shell: the session handle, no personal data |
 //! | `GET /portail/f/dossiers` | fragment: my caseload's first page |
 //! | `GET /portail/f/personne/{id}?finalite=…` | fragment: one person, allowed groups only |
@@ -50,6 +53,11 @@ use crate::AppState;
 /// it is `Secure`, has `Path=/` and no `Domain` (no subdomain can set it).
 pub const SESSION_COOKIE: &str = "__Host-rempart_session";
 
+/// Where the identity provider sends the browser back after a federated
+/// login: the redirect URI registered with it is the public URL followed by
+/// this path.
+pub const FEDERATION_CALLBACK_PATH: &str = "/connexion/federation/retour";
+
 /// Rows in the caseload fragment.
 const CASELOAD_PAGE: u32 = 50;
 
@@ -69,6 +77,9 @@ pub fn routes() -> Router<AppState> {
         .route("/connexion/defi", post(start_login))
         .route("/connexion/mot-de-passe", post(password_login))
         .route("/connexion/cle", post(passkey_login))
+        .route("/connexion/federation/debut", post(start_federated_login))
+        .route(FEDERATION_CALLBACK_PATH, get(federation_return_page))
+        .route("/connexion/federation/fin", post(federated_login))
         .route("/portail", get(portal_page))
         .route("/portail/f/dossiers", get(caseload_fragment))
         .route("/portail/f/personne/{id}", get(person_fragment))
@@ -310,7 +321,7 @@ fn login_failed(e: LoginError) -> Response {
             }
             response
         }
-        LoginError::Refused(_) | LoginError::PasskeyRefused => {
+        LoginError::Refused(_) | LoginError::PasskeyRefused | LoginError::FederationRefused => {
             message(StatusCode::UNAUTHORIZED, &text)
         }
         LoginError::Restart | LoginError::Invalid { .. } => message(StatusCode::BAD_REQUEST, &text),
@@ -421,13 +432,20 @@ fn refused_fragment(r: Refusal) -> Response {
 // Pages
 // -------------------------------------------------------------------------
 
-async fn login_page() -> Response {
+async fn login_page(State(state): State<AppState>) -> Response {
     let mut h = Html::new();
     page_start(&mut h, "Connexion", "connexion", None);
     h.raw("<main><h1>Connexion à Rempart</h1>")
         .raw("<section><h2>Avec une clé d'accès</h2>")
         .raw("<p>Votre clé d'accès (passkey) suffit : elle est liée à cet appareil ou à votre clé de sécurité.</p>")
-        .raw("<button id=\"cle\" type=\"button\">Se connecter avec une clé d'accès</button></section>")
+        .raw("<button id=\"cle\" type=\"button\">Se connecter avec une clé d'accès</button></section>");
+    // Offered only when a provider is configured (`rempart serve --oidc-…`).
+    if state.consultation.federation_issuer().is_some() {
+        h.raw("<section><h2>Avec ProConnect</h2>")
+            .raw("<p>L'identité de votre organisation, avec sa double authentification.</p>")
+            .raw("<button id=\"proconnect\" type=\"button\">Se connecter avec ProConnect</button></section>");
+    }
+    h
         .raw("<section><h2>Avec un mot de passe et un code</h2>")
         .raw("<form id=\"mot-de-passe\" autocomplete=\"on\">")
         .raw("<label for=\"login\">Identifiant</label>")
@@ -440,6 +458,21 @@ async fn login_page() -> Response {
         .raw("<p id=\"message\" role=\"alert\"></p>")
         .raw("<p>Compte nouvellement approuvé, ou facteurs réinitialisés ? ")
         .raw("<a href=\"/activation\">Activer votre compte avec le code reçu</a></p></main>");
+    page_end(&mut h);
+    h.into_response(StatusCode::OK)
+}
+
+/// Where the identity provider sends the browser back. The code and the
+/// state stay in the address for the page's script, which posts them with
+/// a proof by the device key made before leaving (a navigation cannot
+/// carry one) and then removes them from the address and the history;
+/// nothing of them is written into the page.
+async fn federation_return_page() -> Response {
+    let mut h = Html::new();
+    page_start(&mut h, "Connexion", "federation", None);
+    h.raw("<main><h1>Connexion avec ProConnect</h1>")
+        .raw("<p id=\"message\" role=\"alert\">Connexion en cours…</p>")
+        .raw("<p><a href=\"/connexion\">Retour à la page de connexion</a></p></main>");
     page_end(&mut h);
     h.into_response(StatusCode::OK)
 }
@@ -592,6 +625,60 @@ async fn passkey_login(
         .login_passkey(&ceremony, json, proof)
         .await
     {
+        Ok(answer) => logged_in(answer),
+        Err(e) => login_failed(e),
+    }
+}
+
+/// Begins a ProConnect login for the page's new device key; the page then
+/// goes to the provider's URL.
+async fn start_federated_login(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let Some(url) = public_url(&state, "/connexion/federation/debut") else {
+        return login_failed(LoginError::Disabled);
+    };
+    let proof = proof_request(&headers, &method, &url);
+    match state.consultation.start_federated_login(proof).await {
+        Ok(started) => {
+            axum::Json(serde_json::json!({ "redirect": started.authorization_url })).into_response()
+        }
+        Err(e) => login_failed(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FederatedBody {
+    code: String,
+    state: String,
+}
+
+/// Finishes a ProConnect login: the callback's code and state, with a
+/// proof by the key that began it.
+async fn federated_login(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(url) = public_url(&state, "/connexion/federation/fin") else {
+        return login_failed(LoginError::Disabled);
+    };
+    let proof = proof_request(&headers, &method, &url);
+    // A body that is not the page's is refused like any other bad callback,
+    // by the consultation path, which ledgers it.
+    let body = serde_json::from_slice::<FederatedBody>(&body).unwrap_or(FederatedBody {
+        code: String::new(),
+        state: String::new(),
+    });
+    let callback = rempart_consult::FederatedCallback {
+        code: &body.code,
+        state: &body.state,
+    };
+    match state.consultation.login_federated(callback, proof).await {
         Ok(answer) => logged_in(answer),
         Err(e) => login_failed(e),
     }

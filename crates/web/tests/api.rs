@@ -31,6 +31,8 @@ mod activation;
 mod browser;
 #[path = "api/dpop.rs"]
 mod dpop;
+#[path = "api/federation.rs"]
+mod federation;
 
 const PERSONS: u64 = 3_000;
 
@@ -143,6 +145,13 @@ async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 async fn spawn_app_with(backend: Backend, guard_config: GuardConfig) -> TestApp {
+    spawn_app_full(backend, guard_config, false).await
+}
+
+/// With `federated`, the server also offers federated login through the
+/// binary's shared OpenID provider (mod federation), as a client
+/// registered for this server's own redirect URI.
+async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: bool) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -308,6 +317,13 @@ async fn spawn_app_with(backend: Backend, guard_config: GuardConfig) -> TestApp 
     .unwrap()
     .with_api_clients(dpop::client_settings(addr.port()))
     .unwrap();
+    let consultation = if federated {
+        consultation
+            .with_federation(federation::for_server(addr.port()).await)
+            .unwrap()
+    } else {
+        consultation
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
         consultation,

@@ -150,7 +150,13 @@ impl DeviceKey {
     }
 
     /// A proof for `method` on `url` at `at`, tied to the session `handle`.
-    fn proof(&self, method: &str, url: &str, handle: Option<&str>, at: DateTime<Utc>) -> String {
+    pub(super) fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        handle: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> String {
         let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()});
         let mut jti = [0u8; 16];
         getrandom::fill(&mut jti).unwrap();
@@ -183,7 +189,7 @@ pub(super) fn client_from(addr: [u8; 4]) -> reqwest::Client {
 }
 
 /// What the page's URL is, as the server knows it.
-fn public(app: &TestApp, path: &str) -> String {
+pub(super) fn public(app: &TestApp, path: &str) -> String {
     format!("http://localhost:{}{path}", app.port)
 }
 
@@ -191,10 +197,10 @@ pub(super) struct Answer {
     pub(super) status: u16,
     pub(super) body: Value,
     retry_after: Option<String>,
-    set_cookie: Option<String>,
+    pub(super) set_cookie: Option<String>,
 }
 
-async fn send(req: reqwest::RequestBuilder) -> Answer {
+pub(super) async fn send(req: reqwest::RequestBuilder) -> Answer {
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
     let header = |name: &str| {
@@ -255,7 +261,7 @@ pub(super) async fn password_login(
 }
 
 /// The cookie value from a `Set-Cookie` header.
-fn cookie_value(set_cookie: &str) -> String {
+pub(super) fn cookie_value(set_cookie: &str) -> String {
     let first = set_cookie.split(';').next().unwrap();
     let (name, value) = first.split_once('=').unwrap();
     assert_eq!(name, "__Host-rempart_session");
@@ -263,7 +269,12 @@ fn cookie_value(set_cookie: &str) -> String {
 }
 
 /// A fragment request as the page makes it; `proof` decides the header.
-async fn fragment(app: &TestApp, cookie: &str, path: &str, proof: Option<String>) -> (u16, String) {
+pub(super) async fn fragment(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    proof: Option<String>,
+) -> (u16, String) {
     let mut req = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -421,6 +432,28 @@ async fn a_session_needs_its_device_proof_on_every_request() {
             .await;
         let client = client_from([127, 0, 0, 4]);
         let key = DeviceKey::new();
+
+        // No OpenID provider configured: neither the button nor the route.
+        let page = send(client.get(format!("{}/connexion", app.base))).await;
+        let page = page.body.as_str().unwrap_or_default().to_string();
+        assert!(page.contains("id=\"cle\""), "{backend:?}: {page}");
+        assert!(!page.contains("ProConnect"), "{backend:?}: {page}");
+        let start = send(
+            client
+                .post(format!("{}/connexion/federation/debut", app.base))
+                .header(
+                    "DPoP",
+                    key.proof(
+                        "POST",
+                        &public(&app, "/connexion/federation/debut"),
+                        None,
+                        app.clock.now(),
+                    ),
+                ),
+        )
+        .await;
+        assert_eq!(start.status, 404, "{backend:?}: {:?}", start.body);
+
         let ok = password_login(
             &app,
             &client,
@@ -693,7 +726,7 @@ async fn a_session_needs_its_device_proof_on_every_request() {
 // ---------------------------------------------------------------------------
 
 /// chromedriver on a free port, stopped when dropped.
-struct Driver {
+pub(super) struct Driver {
     child: Child,
     url: String,
 }
@@ -705,7 +738,7 @@ impl Drop for Driver {
     }
 }
 
-async fn start_driver() -> Driver {
+pub(super) async fn start_driver() -> Driver {
     for (path, package) in [(CHROMEDRIVER, "chromium-driver"), (CHROMIUM, "chromium")] {
         assert!(
             std::path::Path::new(path).exists(),
@@ -739,7 +772,7 @@ async fn start_driver() -> Driver {
     panic!("chromedriver did not answer on {}", driver.url);
 }
 
-async fn browser(driver: &Driver) -> fantoccini::Client {
+pub(super) async fn browser(driver: &Driver) -> fantoccini::Client {
     let mut args = vec![
         "--headless=new",
         "--disable-gpu",
@@ -800,7 +833,10 @@ async fn virtual_authenticator(driver: &Driver, client: &fantoccini::Client) {
     );
 }
 
-async fn wait_for(client: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+pub(super) async fn wait_for(
+    client: &fantoccini::Client,
+    css: &str,
+) -> fantoccini::elements::Element {
     client
         .wait()
         .at_most(StdDuration::from_secs(20))
@@ -825,7 +861,7 @@ async fn wait_for_text(client: &fantoccini::Client, css: &str, want: &str) {
     panic!("waiting for {css} to say {want:?}; it says {got:?}");
 }
 
-async fn wait_for_path(client: &fantoccini::Client, path: &str) {
+pub(super) async fn wait_for_path(client: &fantoccini::Client, path: &str) {
     for _ in 0..200 {
         if client.current_url().await.is_ok_and(|u| u.path() == path) {
             return;
