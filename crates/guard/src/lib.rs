@@ -48,7 +48,7 @@ pub use config::{
     AccountQuotas, ConfigError, Containment, Format, GuardConfig, Limit, OrganisationQuotas,
     RiskyLimits, Scoring, Sync, Weights,
 };
-pub use region::{LocalTime, PeerGroup, Region, region_of};
+pub use region::{LocalTime, OffHours, PeerGroup, Region, region_of};
 pub use store::{GuardStore, StoreError};
 pub use window::{BUCKET_SECS, bucket_of};
 
