@@ -427,9 +427,17 @@ impl AccountState {
         // Behaviour features.
         let own_known = self.own.hours >= f64::from(s.min_own_hours);
         let peer_known = peer.hours >= f64::from(s.min_peer_hours);
+        // Volume counts the persons no new mandate explains: the day a
+        // training session starts, its trainees are no anomaly.
+        let explained = ev.person_new_hour && a.new_mandate;
         let persons_h = self.rates[Metric::PersonsHour as usize]
             .hour(now)
-            .saturating_add(u32::from(ev.person_new_hour));
+            .saturating_add(u32::from(ev.person_new_hour))
+            .saturating_sub(
+                self.rates[Metric::NewMandatePersons as usize]
+                    .hour(now)
+                    .saturating_add(u32::from(explained)),
+            );
         if persons_h >= s.min_volume {
             let v = f64::from(persons_h);
             let volume = |e: f64| {
@@ -572,6 +580,19 @@ impl AccountState {
         if self.blocked_until > now && verdict < self.blocked_verdict {
             verdict = self.blocked_verdict;
             kind = AlertKind::Behaviour;
+            // The alert says why even when this attempt alone is ordinary.
+            let has_reason = lines
+                .as_slice()
+                .iter()
+                .any(|l| l.contribution > 0.0 || is_quota(l.feature));
+            if !has_reason {
+                lines.push(
+                    Feature::Blocked,
+                    (self.blocked_until - now) as f64 / 60.0,
+                    f64::from(c.containment.throttle_minutes),
+                    0.0,
+                );
+            }
         }
         let stepped_up = a.session.stepped_up_at.is_some_and(|t| {
             let age = now - t.timestamp();
@@ -639,6 +660,9 @@ impl AccountState {
                 ev,
                 now,
             );
+            if explained {
+                self.count(Metric::NewMandatePersons, now);
+            }
             if let Some(p) = a.person_id.filter(|_| a.fields.reveals()) {
                 self.persons.insert(p, now);
             }
