@@ -17,22 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Duration, Utc};
 use clap::Args;
-use p256::ecdsa::signature::Signer as _;
-use p256::elliptic_curve::Generate as _;
-use rand::RngCore;
 use rempart_auth::dpop::{DpopProof, Expected, ReplayCache};
 use rempart_auth::jose::AlgSet;
 use rempart_consult::LoginSettings;
 use rempart_domain::{OrganisationKind, Purpose};
 use rempart_storage::{AuthStore, StoredSession};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::Location;
+use crate::device_key::DeviceKey;
 use crate::serve::{
     GuardChoice, busiest_agent, issue, load_policies, open_consultation, run_until,
 };
@@ -44,52 +39,6 @@ pub struct BenchSessionArgs {
     /// Requests per measured series.
     #[arg(long, default_value_t = 2000)]
     pub requests: usize,
-}
-
-/// The bench's device key, standing for the page's WebCrypto key.
-struct Key(p256::ecdsa::SigningKey);
-
-impl Key {
-    fn jwk(&self) -> serde_json::Value {
-        let point = self.0.verifying_key().to_sec1_point(false);
-        serde_json::json!({
-            "kty": "EC",
-            "crv": "P-256",
-            "x": point.x().map(|x| URL_SAFE_NO_PAD.encode(x)).unwrap_or_default(),
-            "y": point.y().map(|y| URL_SAFE_NO_PAD.encode(y)).unwrap_or_default(),
-        })
-    }
-
-    /// The RFC 7638 thumbprint, as a login would store it.
-    fn jkt(&self) -> String {
-        let jwk = self.jwk();
-        let canonical = format!(
-            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-            jwk["x"].as_str().unwrap_or_default(),
-            jwk["y"].as_str().unwrap_or_default()
-        );
-        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
-    }
-
-    fn proof(&self, method: &str, url: &str, handle: &str) -> String {
-        let mut jti = [0u8; 16];
-        rand::rng().fill_bytes(&mut jti);
-        let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()});
-        let claims = serde_json::json!({
-            "htm": method,
-            "htu": url,
-            "iat": Utc::now().timestamp(),
-            "jti": URL_SAFE_NO_PAD.encode(jti),
-            "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(handle.as_bytes())),
-        });
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig: p256::ecdsa::Signature = self.0.sign(input.as_bytes());
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-    }
 }
 
 fn median_us(mut v: Vec<f64>) -> f64 {
@@ -127,7 +76,7 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
         bail!("no active Cap emploi agent with a caseload: import a generated population first");
     };
     let credential = issue(&store, &agent, 1).await?;
-    let key = Key(p256::ecdsa::SigningKey::generate());
+    let key = DeviceKey::new();
     let session = rempart_consult::authenticate::new_session();
     let now = Utc::now();
     auth.insert_session(StoredSession {
@@ -161,7 +110,7 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
     let mut verify = Vec::with_capacity(args.requests);
     let jkt = rempart_auth::jose::Jkt::parse(&key.jkt()).context("thumbprint")?;
     for _ in 0..args.requests {
-        let proof = key.proof("GET", &url, &session.handle);
+        let proof = key.proof("GET", &url, Some(&session.handle), Utc::now());
         let t = Instant::now();
         let expected = Expected::new("GET", &url)?
             .bound_to(jkt)
@@ -208,7 +157,7 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
                     _ => client
                         .get(format!("{base}/portail/f/dossiers"))
                         .header("Cookie", &cookie)
-                        .header("DPoP", key.proof("GET", &url, &handle)),
+                        .header("DPoP", key.proof("GET", &url, Some(&handle), Utc::now())),
                 };
                 let t = Instant::now();
                 let response = request.send().await?;

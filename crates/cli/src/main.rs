@@ -6,6 +6,8 @@ mod audit;
 mod bench_dpop;
 mod bench_session;
 mod clients;
+mod device_key;
+mod drill;
 mod guard;
 mod progress;
 mod serve;
@@ -86,6 +88,10 @@ enum Command {
     /// organisation kind through the real guard, in simulated time: false
     /// alerts per 1,000 account-days, suspensions per 10,000.
     Simulate(simulate::SimulateArgs),
+    /// Replay a seed breach against a live server over HTTP, inside a week
+    /// of normal traffic, in simulated time: records beyond scope, records
+    /// before containment, time to containment, alerts, false alerts.
+    Drill(drill::DrillArgs),
     /// Set everything up on the embedded default and show it working:
     /// init, generate, import, print what is in the store, then serve the
     /// API and make a first consultation.
@@ -280,6 +286,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Alerts(args) => guard::alerts(&args).await,
         Command::Bench(BenchCommand::Guard(args)) => serve::bench_guard(&args).await,
         Command::Simulate(args) => simulate::simulate(&args).await,
+        Command::Drill(args) => drill::drill(&args).await,
     }
 }
 

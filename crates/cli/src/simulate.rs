@@ -20,7 +20,7 @@ use rempart_guard::{
     AccountFacts, Attempt, AttemptKind, Digest16, Feature, Fields, Guard, GuardConfig, GuardStore,
     PeerGroup, SessionFacts, Verdict,
 };
-use rempart_synth::traffic::{NormalMonth, TrafficAccount, TrafficOptions};
+use rempart_synth::traffic::{NormalMonth, Reason, TrafficAccount, TrafficOptions};
 
 /// Arguments of `rempart simulate`.
 #[derive(Args)]
@@ -119,6 +119,8 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
             }
             let a = &accounts[v.account];
             let mut attempt = read_attempt(a, v.at, v.person_id, stepped_up[v.account], d);
+            // An arrival's or a new trainee's mandate began today.
+            attempt.new_mandate = matches!(v.reason, Reason::Arrival | Reason::NewSession);
             fig.reads += 1;
             for _retry in 0..2 {
                 let decision = guard.check(&attempt).await.context("guard check")?;
@@ -289,5 +291,6 @@ fn read_attempt(
         person_id: Some(person_id),
         purpose: Some(a.purpose),
         fields: Fields::of(groups, nir_clear),
+        new_mandate: false,
     }
 }

@@ -1516,3 +1516,138 @@ fn simulate_runs_a_normal_month_through_the_guard_deterministically_on_both_back
     assert_eq!(runs[0], runs[1], "same seed, same month");
     assert_eq!(runs[0], runs[2], "same guard decisions on PostgreSQL");
 }
+
+/// The `RESULT attack=…` lines of `rempart drill`, as key → value maps.
+fn drill_results(out: &str) -> Vec<std::collections::HashMap<String, String>> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(|l| {
+            l.split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_drill_is_contained_within_targets_inside_normal_traffic_on_both_backends() {
+    for db in [None, Some(PgDatabase::create())] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "drill",
+            "all",
+            "--persons",
+            "20000",
+            "--accounts",
+            "60",
+            "--dir",
+            s(dir.path()),
+        ];
+        if let Some(db) = &db {
+            args.extend(["--database", db.url.as_str()]);
+        }
+        let out = ok(&args);
+        let results = drill_results(&out);
+        let attacks: Vec<_> = results
+            .iter()
+            .filter(|r| r.contains_key("attack"))
+            .collect();
+        let names: HashSet<&str> = attacks.iter().map(|r| r["attack"].as_str()).collect();
+        assert_eq!(
+            names,
+            HashSet::from([
+                "cap-emploi-2024(fast)",
+                "cap-emploi-2024(slow)",
+                "kairos-2025",
+                "missions-locales-2025",
+                "majorel-2023"
+            ]),
+            "{out}"
+        );
+        for r in &attacks {
+            assert_eq!(r["beyond_scope"], "0", "{out}");
+            let before: u64 = r["before_containment"].parse().unwrap();
+            if r["attack"] != "majorel-2023" {
+                assert!(before <= 50, "{out}");
+                let secs: f64 = r["containment_s"].parse().expect("contained");
+                assert!(secs <= 60.0, "{out}");
+            }
+        }
+        // The bulk readers were seen: alerts name them.
+        for r in attacks
+            .iter()
+            .filter(|r| r["attack"].starts_with("cap-emploi"))
+        {
+            assert!(r["guard_alerts"].parse::<u64>().unwrap() > 0, "{out}");
+            assert!(r["attempts"].parse::<u64>().unwrap() >= 180, "{out}");
+        }
+        let ml = attacks
+            .iter()
+            .find(|r| r["attack"] == "missions-locales-2025")
+            .unwrap();
+        assert!(
+            ml["ledger_alerts"].parse::<u64>().unwrap() > 0,
+            "the burst: {out}"
+        );
+        let normal = results
+            .iter()
+            .find(|r| r.contains_key("account_days"))
+            .unwrap();
+        assert!(normal["reads"].parse::<u64>().unwrap() > 1_000, "{out}");
+        assert!(
+            out.contains("0 with an identity, 0 with a NIR in clear"),
+            "{out}"
+        );
+        assert!(out.contains("every target met"), "{out}");
+    }
+}
+
+#[test]
+fn a_drill_against_a_guard_that_watches_nothing_fails_its_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    // Quotas out of reach and no behaviour weights: the bulk reader reads on.
+    let config = dir.path().join("blind.toml");
+    std::fs::write(
+        &config,
+        "[account.persons]\nper_hour = 100000\nper_day = 100000\n\
+         [account.nir_reveals]\nper_hour = 100000\nper_day = 100000\n\
+         [organisation.persons]\nper_hour = 100000\nper_day = 100000\n\
+         [organisation.nir_reveals]\nper_hour = 100000\nper_day = 100000\n\
+         [scoring.weights]\nvolume_vs_own = 0.0\nvolume_vs_peers = 0.0\noff_hours = 0.0\n\
+         denied_share = 0.0\nsequential_ids = 0.0\nsearch_misses = 0.0\nnew_device = 0.0\n\
+         new_network = 0.0\naccount_age = 0.0\npost_reset = 0.0\nbreak_glass_rate = 0.0\n",
+    )
+    .unwrap();
+    let out = rempart(&[
+        "drill",
+        "cap-emploi-2024",
+        "--persons",
+        "20000",
+        "--accounts",
+        "60",
+        "--dir",
+        s(&dir.path().join("w")),
+        "--guard-config",
+        s(&config),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("targets missed"), "{stderr}");
+    let fast = drill_results(&stdout)
+        .into_iter()
+        .find(|r| {
+            r.get("attack")
+                .is_some_and(|a| a == "cap-emploi-2024(fast)")
+        })
+        .unwrap();
+    assert!(
+        fast["before_containment"].parse::<u64>().unwrap() > 50,
+        "{stdout}"
+    );
+    assert_eq!(
+        fast["beyond_scope"], "0",
+        "the policy still holds: {stdout}"
+    );
+}

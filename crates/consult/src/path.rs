@@ -337,7 +337,8 @@ impl Consultation {
         }
 
         // 3. Guard: quotas and behaviour, before anything is decrypted.
-        let attempt = attempts.of(AttemptKind::ReadPerson, Some(person_id), fields(&decision));
+        let mut attempt = attempts.of(AttemptKind::ReadPerson, Some(person_id), fields(&decision));
+        attempt.new_mandate = mandates_are_new(&who, &rows.mandates, purpose, now.date_naive());
         let verdict = self.screen(&ctx, &attempt).await?;
 
         // 4. Vault: open only the allowed groups.
@@ -1186,6 +1187,7 @@ impl Consultation {
             person_id: None,
             purpose: ctx.purpose,
             fields: Fields::NONE,
+            new_mandate: false,
         })
     }
 
@@ -1575,6 +1577,29 @@ fn denial(who: &Who, mandates: &[StoredMandate], purpose: Purpose, today: NaiveD
     } else {
         DenyReason::NoMandate
     }
+}
+
+/// Whether every live mandate letting `who` read the person for `purpose`
+/// began in the last [`rempart_guard::NEW_MANDATE_DAYS`] days: a person
+/// who just joined the caseload (the guard's volume features leave them
+/// out). A break-glass mandate is no explanation: it is alert-worthy.
+fn mandates_are_new(
+    who: &Who,
+    mandates: &[StoredMandate],
+    purpose: Purpose,
+    today: NaiveDate,
+) -> bool {
+    let since = today - chrono::Duration::days(rempart_guard::NEW_MANDATE_DAYS);
+    let mut ours = mandates
+        .iter()
+        .filter(|m| {
+            m.organisation_id == who.organisation_id
+                && m.account_id.is_none_or(|a| a == who.account_id)
+                && m.purpose == purpose
+                && m.is_live_on(today)
+        })
+        .peekable();
+    ours.peek().is_some() && ours.all(|m| m.valid_from >= since && m.source != break_glass_source())
 }
 
 fn break_glass_source() -> Reference {

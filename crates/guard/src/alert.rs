@@ -122,6 +122,9 @@ codes!(
         Suspensions => "suspensions",
         /// The organisation was frozen.
         FrozenOrganisation => "frozen_organisation",
+        /// A throttle or suspension decided earlier still runs: minutes
+        /// left (the baseline is the throttle's length).
+        Blocked => "blocked",
     }
 );
 

@@ -24,6 +24,11 @@ pub struct Attempt {
     pub purpose: Option<Purpose>,
     /// Field groups about to be shown, and whether the NIR is shown in clear.
     pub fields: Fields,
+    /// Every mandate letting the account read this person began in the
+    /// last [`crate::NEW_MANDATE_DAYS`] days (a person who joined the
+    /// caseload, a trainee of a session starting): the read is explained.
+    /// It counts in the hard quotas, not in the volume features.
+    pub new_mandate: bool,
 }
 
 /// Facts about the account and its organisation.

@@ -3,7 +3,7 @@
 //! per *active hour* (an hour with at least one attempt) so that part-time
 //! and full-time accounts compare fairly.
 
-use crate::region::LocalTime;
+use crate::region::{LocalTime, OffHours};
 use crate::store::{ActivityCounts, ActivityRow};
 
 /// Usual rates of one account or one peer group (per account).
@@ -15,8 +15,10 @@ pub(crate) struct Baseline {
     pub persons_per_hour: f64,
     /// Denied and not-found attempts per attempt.
     pub miss_share: f64,
-    /// Attempts outside working time per attempt.
-    pub off_hours_share: f64,
+    /// Attempts in the night or evening per attempt.
+    pub night_share: f64,
+    /// Attempts in weekend daytime per attempt.
+    pub weekend_share: f64,
     /// Searches finding nothing per active hour.
     pub search_misses_per_hour: f64,
     /// Break-glass accesses per active hour.
@@ -24,11 +26,20 @@ pub(crate) struct Baseline {
 }
 
 impl Baseline {
+    /// The share of attempts made in this kind of time outside work.
+    pub(crate) fn off_hours_share(&self, kind: OffHours) -> f64 {
+        match kind {
+            OffHours::Night => self.night_share,
+            OffHours::WeekendDay => self.weekend_share,
+        }
+    }
+
     /// From activity rows; `peer` rows spread over their `account_hours`.
     pub(crate) fn of(rows: &[ActivityRow], peer: bool, work_start: u8, work_end: u8) -> Baseline {
         let mut total = ActivityCounts::default();
         let mut hours = 0u64;
-        let mut off = 0u64;
+        let mut night = 0u64;
+        let mut weekend = 0u64;
         for r in rows {
             total.add(&r.counts);
             if peer {
@@ -41,8 +52,10 @@ impl Baseline {
                 hour: r.hour,
                 weekday: LocalTime::weekday_of(r.day),
             };
-            if t.is_off_hours(work_start, work_end) {
-                off += u64::from(r.counts.attempts);
+            match t.off_hours(work_start, work_end) {
+                Some(OffHours::Night) => night += u64::from(r.counts.attempts),
+                Some(OffHours::WeekendDay) => weekend += u64::from(r.counts.attempts),
+                None => {}
             }
         }
         let per_hour = |n: u32| {
@@ -63,7 +76,8 @@ impl Baseline {
             hours: hours as f64,
             persons_per_hour: per_hour(total.persons),
             miss_share: per_attempt(u64::from(total.misses)),
-            off_hours_share: per_attempt(off),
+            night_share: per_attempt(night),
+            weekend_share: per_attempt(weekend),
             search_misses_per_hour: per_hour(total.search_misses),
             break_glass_per_hour: per_hour(total.break_glass),
         }
@@ -114,7 +128,8 @@ mod tests {
         assert_eq!(b.hours, 4.0);
         assert_eq!(b.persons_per_hour, 16.0 / 4.0);
         assert_eq!(b.miss_share, 2.0 / 30.0);
-        assert_eq!(b.off_hours_share, 10.0 / 30.0);
+        assert_eq!(b.night_share, 5.0 / 30.0);
+        assert_eq!(b.weekend_share, 5.0 / 30.0);
         let empty = Baseline::of(&[], false, 7, 20);
         assert_eq!(empty.hours, 0.0);
         assert_eq!(empty.persons_per_hour, 0.0);

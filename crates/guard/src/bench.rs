@@ -92,6 +92,7 @@ pub fn check_cost(
             person_id: Some(account * 1000 + ((i / accounts) % 200) as i64),
             purpose: Some(Purpose::FollowUp),
             fields: Fields::of(&groups, false),
+            new_mandate: false,
         }
     };
     let attempts: Vec<Attempt> = (0..calls).map(attempt).collect();

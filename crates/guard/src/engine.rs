@@ -308,7 +308,8 @@ impl AccountState {
         self.last_seen = self.last_seen.max(now);
         let checked = observed.is_none();
         let counts_attempt = observed != Some(Observed::NotFound);
-        let off = local.is_off_hours(s.work_start_hour, s.work_end_hour);
+        let off_kind = local.off_hours(s.work_start_hour, s.work_end_hour);
+        let off = off_kind.is_some();
         let is_query = matches!(a.kind, AttemptKind::Search(_)) && a.person_id.is_none();
 
         // What the attempt would add if let through.
@@ -426,9 +427,17 @@ impl AccountState {
         // Behaviour features.
         let own_known = self.own.hours >= f64::from(s.min_own_hours);
         let peer_known = peer.hours >= f64::from(s.min_peer_hours);
+        // Volume counts the persons no new mandate explains: the day a
+        // training session starts, its trainees are no anomaly.
+        let explained = ev.person_new_hour && a.new_mandate;
         let persons_h = self.rates[Metric::PersonsHour as usize]
             .hour(now)
-            .saturating_add(u32::from(ev.person_new_hour));
+            .saturating_add(u32::from(ev.person_new_hour))
+            .saturating_sub(
+                self.rates[Metric::NewMandatePersons as usize]
+                    .hour(now)
+                    .saturating_add(u32::from(explained)),
+            );
         if persons_h >= s.min_volume {
             let v = f64::from(persons_h);
             let volume = |e: f64| {
@@ -447,20 +456,25 @@ impl AccountState {
             };
             lines.push(Feature::VolumeVsPeers, v, e, w.volume_vs_peers * volume(e));
         }
-        if off && counts_attempt {
+        if let Some(kind) = off_kind.filter(|_| counts_attempt) {
             let v = f64::from(
                 self.rates[Metric::OffHours as usize]
                     .hour(now)
                     .saturating_add(1),
             );
+            // The habit of this kind of off-hours time: working Saturday
+            // mornings says nothing about 21:30 on a Tuesday.
             let b = if own_known {
-                self.own.off_hours_share
+                self.own.off_hours_share(kind)
             } else if peer_known {
-                peer.off_hours_share
+                peer.off_hours_share(kind)
             } else {
                 0.0
             };
-            let c = w.off_hours * (v / 5.0).min(1.0) * (1.0 - (b / 0.15).min(1.0));
+            // Full weight from the third off-hours attempt in an hour: an
+            // account that never works evenings and reads one person every
+            // 20 s from a new network is stopped within a minute.
+            let c = w.off_hours * (v / 3.0).min(1.0) * (1.0 - (b / 0.15).min(1.0));
             lines.push(Feature::OffHours, v, b, c);
         }
         let attempts_h = self.rates[Metric::Attempts as usize]
@@ -566,13 +580,30 @@ impl AccountState {
         if self.blocked_until > now && verdict < self.blocked_verdict {
             verdict = self.blocked_verdict;
             kind = AlertKind::Behaviour;
+            // The alert says why even when this attempt alone is ordinary.
+            let has_reason = lines
+                .as_slice()
+                .iter()
+                .any(|l| l.contribution > 0.0 || is_quota(l.feature));
+            if !has_reason {
+                lines.push(
+                    Feature::Blocked,
+                    (self.blocked_until - now) as f64 / 60.0,
+                    f64::from(c.containment.throttle_minutes),
+                    0.0,
+                );
+            }
         }
         let stepped_up = a.session.stepped_up_at.is_some_and(|t| {
             let age = now - t.timestamp();
             (0..=i64::from(c.containment.step_up_valid_minutes) * 60).contains(&age)
         });
-        // A step-up means nothing for an attempt already refused.
-        if verdict == Verdict::StepUp && (stepped_up || !checked) {
+        // A stepped-up session goes on. An attempt already refused keeps
+        // its step-up verdict: it changes nothing for the answer, but the
+        // alert tells the security officer that someone is probing (a
+        // manager's account reading random persons outside its scope never
+        // reaches `check`).
+        if verdict == Verdict::StepUp && stepped_up {
             verdict = Verdict::Allow;
         }
         if checked && !verdict.lets_through() && verdict < Verdict::Suspend {
@@ -629,6 +660,9 @@ impl AccountState {
                 ev,
                 now,
             );
+            if explained {
+                self.count(Metric::NewMandatePersons, now);
+            }
             if let Some(p) = a.person_id.filter(|_| a.fields.reveals()) {
                 self.persons.insert(p, now);
             }

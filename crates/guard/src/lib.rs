@@ -48,9 +48,13 @@ pub use config::{
     AccountQuotas, ConfigError, Containment, Format, GuardConfig, Limit, OrganisationQuotas,
     RiskyLimits, Scoring, Sync, Weights,
 };
-pub use region::{LocalTime, PeerGroup, Region, region_of};
+pub use region::{LocalTime, OffHours, PeerGroup, Region, region_of};
 pub use store::{GuardStore, StoreError};
 pub use window::{BUCKET_SECS, bucket_of};
+
+/// A mandate this many days old or younger is new (see
+/// [`Attempt::new_mandate`]).
+pub const NEW_MANDATE_DAYS: i64 = 2;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
@@ -382,7 +386,9 @@ impl Inner {
         }
         // The rare path: build the explanation.
         lines.extend_from_slice(account.lines.as_slice());
-        lines.retain(|l| l.contribution > 0.0 || is_quota(l.feature));
+        lines.retain(|l| {
+            l.contribution > 0.0 || is_quota(l.feature) || l.feature == Feature::Blocked
+        });
         lines.sort_by(|x, y| y.contribution.total_cmp(&x.contribution));
         lines.truncate(TOP_FEATURES);
         let daily = lines.iter().any(|l| {

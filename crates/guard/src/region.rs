@@ -100,8 +100,30 @@ impl LocalTime {
     /// Whether this is outside working time: before `start` or from `end`
     /// on, or a Saturday or Sunday.
     pub fn is_off_hours(self, start: u8, end: u8) -> bool {
-        self.weekday >= 5 || self.hour < start || self.hour >= end
+        self.off_hours(start, end).is_some()
     }
+
+    /// Which kind of time outside work this is, if any: the night and
+    /// evening (any day) are one kind, weekend daytime the other, so that
+    /// an advisor who works some Saturday mornings has no evening habit.
+    pub fn off_hours(self, start: u8, end: u8) -> Option<OffHours> {
+        if self.hour < start || self.hour >= end {
+            Some(OffHours::Night)
+        } else if self.weekday >= 5 {
+            Some(OffHours::WeekendDay)
+        } else {
+            None
+        }
+    }
+}
+
+/// Time outside work, by kind (see [`LocalTime::off_hours`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffHours {
+    /// Before the working day starts or from its end on, any day.
+    Night,
+    /// Working hours of a Saturday or Sunday.
+    WeekendDay,
 }
 
 fn days_since_epoch(date: NaiveDate) -> i32 {

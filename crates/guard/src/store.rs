@@ -71,10 +71,13 @@ pub enum Metric {
     OffHours = 10,
     /// Accounts suspended (organisation scope).
     Suspensions = 11,
+    /// Persons shown that were not shown in the hour before, through a new
+    /// mandate (hour stream; see `Attempt::new_mandate`).
+    NewMandatePersons = 12,
 }
 
 /// How many metrics there are.
-pub const METRICS: usize = 12;
+pub const METRICS: usize = 13;
 
 impl Metric {
     /// Every metric, in code order.
@@ -91,6 +94,7 @@ impl Metric {
         Metric::Refusals,
         Metric::OffHours,
         Metric::Suspensions,
+        Metric::NewMandatePersons,
     ];
 
     /// The stored code.

@@ -57,6 +57,7 @@ fn read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
         person_id: Some(person),
         purpose: Some(Purpose::FollowUp),
         fields: Fields::of(&SHOWN, false),
+        new_mandate: false,
     }
 }
 
@@ -661,6 +662,71 @@ async fn baselines_survive_a_restart() {
         (4.0..7.0).contains(&peers.baseline),
         "the peer group is these two accounts: {peers:?}"
     );
+}
+
+#[tokio::test]
+async fn trainees_of_a_session_starting_are_explained_by_their_new_mandates() {
+    let (g, _) = open(lenient_sync()).await;
+    for d in 0..3 {
+        for account in [7, 8] {
+            working_day(&g, account, day0() + TimeDelta::days(d), 40).await;
+        }
+    }
+    let t = day0() + TimeDelta::days(3);
+    g.sync(t).await.unwrap();
+    // 35 new persons in an hour: seven times the usual hour, under the quota.
+    let burst = |account: i64, new_mandate: bool| {
+        (0..35).map(move |i| Attempt {
+            new_mandate,
+            ..read(
+                account,
+                account * 1000 + 500 + i,
+                t + TimeDelta::seconds(i * 100),
+            )
+        })
+    };
+    for a in burst(7, true) {
+        let d = g.check(&a).await.unwrap();
+        assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.alert);
+    }
+    // The same hour with old mandates is a volume anomaly.
+    let mut stopped = None;
+    for a in burst(8, false) {
+        let d = g.check(&a).await.unwrap();
+        if !d.lets_through() {
+            stopped = Some(d);
+            break;
+        }
+    }
+    let d = stopped.expect("stopped");
+    assert!(line(&d, Feature::VolumeVsOwn).value >= 20.0);
+}
+
+#[tokio::test]
+async fn an_attempt_refused_by_a_running_throttle_says_so() {
+    // A new device alone throttles here, so that the next attempt, from the
+    // usual device, has nothing of its own to show.
+    let mut config = lenient_sync();
+    config.scoring.weights.new_device = 8.0;
+    let (g, _) = open(config).await;
+    for d in 0..3 {
+        working_day(&g, 7, day0() + TimeDelta::days(d), 40).await;
+    }
+    let t = day0() + TimeDelta::days(3);
+    g.sync(t).await.unwrap();
+    let thief = Attempt {
+        session: session(9),
+        ..read(7, 7001, t)
+    };
+    let d = g.check(&thief).await.unwrap();
+    assert_eq!(d.verdict, Verdict::Throttle);
+    let d = g.check(&read(7, 7002, t + mins(5))).await.unwrap();
+    assert_eq!(d.verdict, Verdict::Throttle);
+    let n = d.alert.as_ref().map_or(0, |a| a.explanation.len());
+    assert_eq!(n, 1, "{:?}", d.alert);
+    let blocked = line(&d, Feature::Blocked);
+    assert_eq!(blocked.value, 10.0, "minutes left");
+    assert_eq!(blocked.baseline, 15.0);
 }
 
 #[tokio::test]

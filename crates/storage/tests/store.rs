@@ -5589,6 +5589,7 @@ fn guarded_read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
         person_id: Some(person),
         purpose: Some(Purpose::FollowUp),
         fields: Fields::of(&[FieldGroup::Identity, FieldGroup::Contact], false),
+        new_mandate: false,
     }
 }
 
