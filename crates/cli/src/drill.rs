@@ -1067,46 +1067,23 @@ async fn infostealer(
                         "copied cookie, proof by the thief's key",
                     )
                 }
-                2 => {
-                    let code = s.used_code.clone().unwrap_or_default();
-                    let (st, _, _) = password_login(
-                        world,
-                        &s.thief,
-                        &s.thief_key,
-                        s.victim.account.login.as_str(),
-                        PASSWORD,
-                        &code,
-                        at,
-                    )
-                    .await?;
-                    (st, "stolen password with the code she typed (replay)")
-                }
-                3 => {
-                    let (st, _, _) = password_login(
-                        world,
-                        &s.thief,
-                        &s.thief_key,
-                        s.victim.account.login.as_str(),
-                        PASSWORD,
-                        "",
-                        at,
-                    )
-                    .await?;
-                    (st, "stolen password, no code")
-                }
                 _ => {
-                    let guess = format!("{:06}", (k as u64 * 7_919_113) % 1_000_000);
-                    let (st, _, _) = password_login(
-                        world,
-                        &s.thief,
-                        &s.thief_key,
-                        s.victim.account.login.as_str(),
-                        PASSWORD,
-                        &guess,
-                        at,
-                    )
-                    .await?;
-                    (st, "stolen password, guessed code")
+                    let (code, label) = match k {
+                        2 => (
+                            s.used_code.clone().unwrap_or_default(),
+                            "stolen password with the code she typed (replay)",
+                        ),
+                        3 => (String::new(), "stolen password, no code"),
+                        _ => (
+                            format!("{:06}", (k as u64 * 7_919_113) % 1_000_000),
+                            "stolen password, guessed code",
+                        ),
+                    };
+                    let login = s.victim.account.login.as_str();
+                    let (st, _, _) =
+                        password_login(world, &s.thief, &s.thief_key, login, PASSWORD, &code, at)
+                            .await?;
+                    (st, label)
                 }
             };
             let served = status == 200;
@@ -1350,18 +1327,12 @@ async fn report(
             raised.len()
         );
         if let Some(first) = raised.first() {
-            let lines: Vec<String> = first
-                .alert
-                .explanation
-                .iter()
-                .map(|e| format!("{} {:.1} (baseline {:.1})", e.feature, e.value, e.baseline))
-                .collect();
             println!(
                 "  first: {} {} at {}: {}",
                 first.alert.kind,
                 first.alert.verdict,
                 first.alert.at.format("%a %H:%M:%S UTC"),
-                lines.join(", ")
+                crate::guard::features_line(&first.alert.explanation)
             );
         }
         let answers: Vec<String> = a
@@ -1451,18 +1422,12 @@ async fn report(
         false_alerts.len()
     );
     for s in false_alerts.iter().take(3) {
-        let lines: Vec<String> = s
-            .alert
-            .explanation
-            .iter()
-            .map(|e| format!("{} {:.1} (baseline {:.1})", e.feature, e.value, e.baseline))
-            .collect();
         println!(
             "  account {} {} at {}: {}",
             s.alert.account_id,
             s.alert.verdict,
             s.alert.at.format("%a %H:%M UTC"),
-            lines.join(", ")
+            crate::guard::features_line(&s.alert.explanation)
         );
     }
     if !missed.is_empty() {

@@ -360,6 +360,16 @@ pub async fn alerts(args: &AlertsArgs) -> Result<()> {
     Ok(())
 }
 
+/// An alert's features on one line: `feature value (baseline b)`, joined
+/// by commas.
+pub fn features_line(explanation: &[rempart_guard::Explanation]) -> String {
+    explanation
+        .iter()
+        .map(|e| format!("{} {:.1} (baseline {:.1})", e.feature, e.value, e.baseline))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One alert as `rempart alerts` prints it.
 pub fn alert_text(a: &StoredAlert) -> String {
     let al = &a.alert;

@@ -132,20 +132,13 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
                     *fig.features.entry(e.feature).or_default() += 1;
                 }
                 if fig.examples.len() < 5 {
-                    let lines: Vec<String> = alert
-                        .explanation
-                        .iter()
-                        .map(|e| {
-                            format!("{} {:.1} (baseline {:.1})", e.feature, e.value, e.baseline)
-                        })
-                        .collect();
                     fig.examples.push(format!(
                         "{} account {} ({}) {}: {}",
                         alert.at.format("%Y-%m-%d %H:%M"),
                         a.account_id,
                         a.kind,
                         alert.verdict,
-                        lines.join(", ")
+                        crate::guard::features_line(&alert.explanation)
                     ));
                 }
                 let verdict = alert.verdict;
