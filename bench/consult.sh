@@ -63,7 +63,7 @@ psql "$PG" -qAtc 'select 1' > /dev/null || die "cannot connect to $PG"
 
 # --- Rempart: build, generate, import --------------------------------------
 cargo build --release -q -p rempart-cli
-BIN=target/release/rempart
+BIN="${CARGO_TARGET_DIR:-target}/release/rempart"
 CSV="$WORK/csv-$PERSONS-$TODAY"
 if [ ! -f "$CSV/persons.csv" ]; then
   "$BIN" generate --persons "$PERSONS" --seed 42 --today "$TODAY" --out "$CSV"
@@ -114,7 +114,10 @@ SERVER_PID=""
 stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2> /dev/null || true; wait "$SERVER_PID" 2> /dev/null || true; SERVER_PID=""; fi; }
 trap stop_server EXIT
 start_server() { # `rempart serve` on $PORT (one server owns the ledger at a time)
-  "$BIN" serve --data "$DATA" --listen "127.0.0.1:$PORT" >> "$WORK/serve.log" 2>&1 &
+  # The guard runs, with thresholds out of a load test's reach (one agent
+  # reads its caseload thousands of times a second).
+  "$BIN" serve --data "$DATA" --listen "127.0.0.1:$PORT" --guard-config bench/guard-load-test.toml \
+    >> "$WORK/serve.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/api/v1/health/ready" > /dev/null 2>&1 && return; sleep 0.2; done
   die "rempart serve did not become ready (see $WORK/serve.log)"

@@ -412,6 +412,26 @@ mod tests {
     use rempart_guard::{Alert, AlertKind, Evidence, Explanation, Feature};
     use tokio::io::AsyncWriteExt;
 
+    /// The load-test thresholds parse, and every quota and score is out of
+    /// a benchmark's reach while the other thresholds keep their defaults.
+    #[test]
+    fn the_load_test_configuration_is_far_from_the_defaults() {
+        let c = crate::serve::bench_guard_config().unwrap();
+        let d = GuardConfig::default();
+        for q in [
+            c.account.persons,
+            c.account.nir_reveals,
+            c.organisation.persons,
+            c.organisation.nir_reveals,
+        ] {
+            assert!(q.per_hour >= 100_000_000 && q.per_day >= 100_000_000);
+        }
+        assert!(c.scoring.step_up >= 100.0 * d.scoring.step_up);
+        assert!(c.containment.suspend_after_refusals >= 100_000);
+        assert_eq!(c.sync, d.sync);
+        assert_eq!(c.risky, d.risky);
+    }
+
     fn sample(id: i64) -> StoredAlert {
         let at = DateTime::from_timestamp(1_768_300_000, 0).unwrap();
         StoredAlert {

@@ -378,7 +378,7 @@ pub async fn run_until(
 ) -> Result<()> {
     let ledger = consultation.ledger().clone();
     let state = AppState {
-        consultation,
+        consultation: consultation.into(),
         limits: Limits::default(),
     };
     rempart_web::serve(listener, state, stop)
@@ -1008,25 +1008,16 @@ pub async fn demo(loc: &Location, listen: SocketAddr, no_serve: bool) -> Result<
     Ok(())
 }
 
-/// The guard's configuration for `bench guard`: the real guard with every
+/// The guard's configuration for `bench guard` and for `bench/consult.sh`
+/// (one file, `bench/guard-load-test.toml`): the real guard with every
 /// quota and threshold far away, so that the figure is the cost of
 /// deciding on every request (counting, scoring, the sync task flushing to
 /// the store), not of refusing a benchmark that reads like a bulk reader.
-fn bench_guard_config() -> GuardConfig {
-    let mut c = GuardConfig::default();
-    let far = rempart_guard::Limit {
-        per_hour: 100_000_000,
-        per_day: 100_000_000,
-    };
-    c.account.persons = far;
-    c.account.nir_reveals = far;
-    c.organisation.persons = far;
-    c.organisation.nir_reveals = far;
-    c.scoring.step_up = 1_000.0;
-    c.scoring.throttle = 2_000.0;
-    c.scoring.suspend = 3_000.0;
-    c.containment.suspend_after_refusals = 100_000;
-    c
+pub(crate) fn bench_guard_config() -> Result<GuardConfig> {
+    let text = include_str!("../../../bench/guard-load-test.toml");
+    Ok(guard::parse_config(text, rempart_guard::Format::Toml)
+        .context("bench/guard-load-test.toml")?
+        .guard)
 }
 
 /// `rempart bench guard`: one server process with the same parts served
@@ -1045,7 +1036,7 @@ pub async fn bench_guard(args: &BenchConsultArgs) -> Result<()> {
                 &loc,
                 load_policies(None)?,
                 None,
-                GuardChoice::Real(Box::new(bench_guard_config())),
+                GuardChoice::Real(Box::new(bench_guard_config()?)),
             )
             .await?;
             let plain = guarded.clone().with_guard(Guard::pass_through());
@@ -1077,7 +1068,7 @@ pub async fn bench_guard(args: &BenchConsultArgs) -> Result<()> {
                 let plain_server = tokio::spawn(rempart_web::serve(
                     l_plain,
                     AppState {
-                        consultation: plain,
+                        consultation: plain.into(),
                         limits: Limits::default(),
                     },
                     async move {

@@ -72,17 +72,23 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
         days: args.days,
         seed: args.seed,
     };
-    let mut month = NormalMonth::new(options)?;
+    let month = NormalMonth::new(options)?;
     let tmp = tempfile::tempdir()?;
-    let (store, place): (Arc<dyn GuardStore>, String) = match &args.database {
+    match &args.database {
         Some(url) => {
             let schema = format!("simulation_{}", Utc::now().timestamp_micros());
-            let stores: rempart_storage::Stores =
-                rempart_storage::postgres::PgStore::connect_store(url, &schema)
-                    .await
-                    .context("opening the guard store on PostgreSQL")?
-                    .into();
-            (stores.guard, format!("PostgreSQL, schema {schema}"))
+            let pg = rempart_storage::postgres::PgStore::connect_store(url, &schema)
+                .await
+                .context("opening the guard store on PostgreSQL")?;
+            let stores: rempart_storage::Stores = pg.clone().into();
+            let place = format!("PostgreSQL, schema {schema} (dropped after the month)");
+            let ran = run(args, config, month, stores.guard, &place).await;
+            // The month's schema is scratch: dropped whatever the outcome.
+            let dropped = pg
+                .drop_schema()
+                .await
+                .with_context(|| format!("dropping the simulation's schema {schema}"));
+            ran.and(dropped)
         }
         None => {
             let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
@@ -90,9 +96,19 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
             let stores = rempart_storage::open_stores(&dir.display().to_string())
                 .await
                 .context("opening the guard store on SQLite")?;
-            (stores.guard, "SQLite".to_string())
+            run(args, config, month, stores.guard, "SQLite").await
         }
-    };
+    }
+}
+
+/// The month itself, through the guard over `store`.
+async fn run(
+    args: &SimulateArgs,
+    config: GuardConfig,
+    mut month: NormalMonth,
+    store: Arc<dyn GuardStore>,
+    place: &str,
+) -> Result<()> {
     let start = first_instant(args.start);
     let guard = Guard::open(config, store, 1, start)
         .await
@@ -167,7 +183,7 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
         guard.sync(end_of_day).await.context("guard sync")?;
         last_sync = end_of_day.timestamp();
     }
-    print(args, &place, &fig, started.elapsed());
+    print(args, place, &fig, started.elapsed());
     let suspensions_rate = per(fig.suspensions, fig.account_days, 10_000.0);
     let alert_rate = per(fig.alerts, fig.account_days, 1_000.0);
     if suspensions_rate > 1.0 || alert_rate > 1.0 {

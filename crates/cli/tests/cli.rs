@@ -1511,6 +1511,19 @@ fn simulate_runs_a_normal_month_through_the_guard_deterministically_on_both_back
             .filter(|l| !l.starts_with("simulated in") && !l.starts_with("normal month"))
             .map(str::to_string)
             .collect();
+        // On PostgreSQL the month's scratch schema is gone afterwards.
+        if let Some(schema) = stdout
+            .split("schema ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+        {
+            assert!(schema.starts_with("simulation_"), "{stdout}");
+            let left = psql(
+                &url,
+                &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"),
+            );
+            assert_eq!(left.trim(), "0", "schema {schema} left behind");
+        }
         runs.push(figures);
     }
     assert_eq!(runs[0], runs[1], "same seed, same month");

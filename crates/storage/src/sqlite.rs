@@ -204,6 +204,35 @@ fn parse_instant(s: &str, what: &str) -> Result<DateTime<Utc>, StorageError> {
         .map_err(|_| StorageError::Corrupt(format!("stored {what} is not an RFC 3339 instant")))
 }
 
+/// A text column, borrowed from the row (`None` for NULL).
+fn text<'r>(r: &'r Row<'_>, i: usize, what: &str) -> Result<Option<&'r str>, StorageError> {
+    r.get_ref(i)?
+        .as_str_or_null()
+        .map_err(|_| StorageError::Corrupt(format!("stored {what} is not text")))
+}
+
+/// A stored `YYYY-MM-DD` day. Read by hand: chrono's format-string parser
+/// (which rusqlite uses) showed in profiles of the consultation path.
+fn day(s: &str, what: &str) -> Result<NaiveDate, StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("stored {what} is not a YYYY-MM-DD day"));
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(corrupt());
+    }
+    let (Some(y), Some(m), Some(d)) = (digits(0..4), digits(5..7), digits(8..10)) else {
+        return Err(corrupt());
+    };
+    i32::try_from(y)
+        .ok()
+        .and_then(|y| NaiveDate::from_ymd_opt(y, m, d))
+        .ok_or_else(corrupt)
+}
+
 fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
     s.map(|s| parse_instant(&s, what)).transpose()
 }
@@ -219,9 +248,21 @@ fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc
 static CREDENTIAL_SQL: LazyLock<String> =
     LazyLock::new(|| format!("{CREDENTIAL_SELECT} WHERE c.id = +?1"));
 
-/// Every mandate on one person.
+/// Every mandate on one person, in index order: `mandates_rows` sorts the
+/// few rows by id itself, which spares SQLite a temporary B-tree per call.
 static MANDATES_OF_PERSON_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("{MANDATE_SELECT} WHERE m.person_id = +?1 ORDER BY m.id"));
+    LazyLock::new(|| format!("{MANDATE_SELECT} WHERE m.person_id = +?1"));
+
+/// The SQL of [`person_row`] for these groups.
+fn person_sql(groups: &[FieldGroup]) -> String {
+    let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
+    for g in groups {
+        sql.push_str(", ");
+        sql.push_str(group_column(*g));
+    }
+    sql.push_str(" FROM person WHERE id = +?1");
+    sql
+}
 
 /// A person's key material and the sealed groups asked for.
 fn person_row(
@@ -229,13 +270,16 @@ fn person_row(
     id: i64,
     groups: &[FieldGroup],
 ) -> Result<Option<StoredPerson>, StorageError> {
-    let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
-    for g in groups {
-        sql.push_str(", ");
-        sql.push_str(group_column(*g));
-    }
-    sql.push_str(" FROM person WHERE id = +?1");
-    let mut stmt = c.prepare_cached(&sql)?;
+    // The consultation path asks for every group: its SQL is built once.
+    static ALL_GROUPS_SQL: LazyLock<String> = LazyLock::new(|| person_sql(FieldGroup::ALL));
+    let built;
+    let sql = if groups == FieldGroup::ALL {
+        &*ALL_GROUPS_SQL
+    } else {
+        built = person_sql(groups);
+        &built
+    };
+    let mut stmt = c.prepare_cached(sql)?;
     stmt.query_row([id], |r| {
         let mut sealed = Vec::with_capacity(groups.len());
         for (i, g) in groups.iter().enumerate() {
@@ -276,9 +320,12 @@ fn credential_row(
 
 /// Every mandate on one person, live or not.
 fn mandates_rows(c: &Connection, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
-    c.prepare_cached(&MANDATES_OF_PERSON_SQL)?
+    let mut rows: Vec<StoredMandate> = c
+        .prepare_cached(&MANDATES_OF_PERSON_SQL)?
         .query_and_then([person_id], stored_mandate)?
-        .collect()
+        .collect::<Result<_, _>>()?;
+    rows.sort_unstable_by_key(|m| m.id);
+    Ok(rows)
 }
 
 /// Reads a row of [`MANDATE_SELECT`].
@@ -295,8 +342,13 @@ fn stored_mandate(r: &Row<'_>) -> Result<StoredMandate, StorageError> {
         account_id: r.get(5)?,
         person_id: r.get(6)?,
         purpose: parse_code(r.get(7)?, Purpose::parse)?,
-        valid_from: r.get(8)?,
-        valid_to: r.get(9)?,
+        valid_from: match text(r, 8, "valid_from")? {
+            Some(s) => day(s, "valid_from")?,
+            None => return Err(StorageError::Corrupt("stored valid_from is NULL".into())),
+        },
+        valid_to: text(r, 9, "valid_to")?
+            .map(|s| day(s, "valid_to"))
+            .transpose()?,
         source: parse_code(r.get(10)?, Reference::parse)?,
         revoked_at: optional_instant(r.get(11)?, "revoked_at")?,
     })
@@ -1211,6 +1263,46 @@ impl RegistryStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn days_are_read_as_chrono_reads_them() {
+        for ok in ["2026-12-02", "0001-01-01", "2024-02-29", "9999-12-31"] {
+            assert_eq!(
+                super::day(ok, "d").unwrap(),
+                NaiveDate::parse_from_str(ok, "%Y-%m-%d").unwrap(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "",
+            "2026-12-2",
+            "2026-13-01",
+            "2025-02-29",
+            "2026/12/02",
+            "2026-12-02T00",
+            "+026-12-02",
+            "２０２６-12-02",
+            "2026-00-10",
+        ] {
+            let e = super::day(bad, "valid_from").unwrap_err().to_string();
+            assert!(
+                e.contains("valid_from") && !e.contains(bad) || bad.is_empty(),
+                "{e}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_day_exactly_when_it_is_one(s in "[0-9+-]{0,4}-?[0-9]{0,3}-?[0-9]{0,3}") {
+            let ours = super::day(&s, "d").ok();
+            let strict = (s.len() == 10)
+                .then(|| NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok())
+                .flatten()
+                .filter(|d| d.format("%Y-%m-%d").to_string() == s);
+            proptest::prop_assert_eq!(ours, strict);
+        }
+    }
+
     use super::*;
 
     fn plan(c: &Connection, sql: &str, p: impl rusqlite::Params) -> String {

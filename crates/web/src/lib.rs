@@ -21,6 +21,7 @@ pub mod pages;
 mod token;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -58,10 +59,12 @@ impl Default for Limits {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares. Cloned for every request (by axum, for each
+/// extractor and the middleware): the consultation behind one `Arc` costs
+/// one count instead of one per part it holds, which showed in profiles.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub consultation: Consultation,
+    pub consultation: Arc<Consultation>,
     pub limits: Limits,
 }
 

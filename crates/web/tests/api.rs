@@ -326,7 +326,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
-        consultation,
+        consultation: consultation.into(),
         limits: Limits::default(),
     };
     let server = tokio::spawn(rempart_web::serve(listener, state, async move {

@@ -449,7 +449,7 @@ async fn second_instance(
     .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let state = AppState {
-        consultation,
+        consultation: consultation.into(),
         limits: Limits::default(),
     };
     tokio::spawn(rempart_web::serve(listener, state, async move {
