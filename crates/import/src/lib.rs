@@ -375,6 +375,9 @@ pub async fn import(
         }
         reports.push(report);
     }
+    // Once, after every file: the planner must know the new rows before
+    // the first consultation.
+    vault.store().refresh_statistics().await?;
     Ok(reports)
 }
 

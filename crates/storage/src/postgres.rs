@@ -1212,6 +1212,14 @@ impl RegistryStore for PgStore {
         Ok(empty)
     }
 
+    async fn refresh_statistics(&self) -> Result<(), StorageError> {
+        self.client()
+            .await?
+            .batch_execute("ANALYZE organisation, account, person, mandate")
+            .await?;
+        Ok(())
+    }
+
     async fn end_bulk_load(&self) -> Result<(), StorageError> {
         let client = self.client().await?;
         // Sorting memory for the index builds of a large first load.

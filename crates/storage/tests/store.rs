@@ -615,6 +615,33 @@ async fn postgres_schema_names_are_checked_and_schemas_dropped() {
     assert!(left.is_none(), "schema {schema} still exists");
 }
 
+/// After an import the planner has statistics for the registry's tables
+/// (the consultation's mandate lookup was planned as a hash join over full
+/// scans without them), in the store's own schema; SQLite has nothing to
+/// refresh and says so by succeeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_are_refreshed_in_the_stores_schema() {
+    let b = both().await;
+    b.sqlite.refresh_statistics().await.expect("sqlite");
+    b.pg.refresh_statistics().await.expect("postgres");
+    let (client, conn) = tokio_postgres::connect(&b.url, tokio_postgres::NoTls)
+        .await
+        .expect("raw postgres");
+    tokio::spawn(conn);
+    let analyzed: Vec<String> = client
+        .query(
+            "SELECT relname::text FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND last_analyze IS NOT NULL ORDER BY relname",
+            &[&b.schema],
+        )
+        .await
+        .expect("pg_stat_user_tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(analyzed, ["account", "mandate", "organisation", "person"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_is_a_clear_error() {
     let r = PgStore::connect(
