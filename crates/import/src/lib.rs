@@ -375,9 +375,11 @@ pub async fn import(
         }
         reports.push(report);
     }
-    // Once, after every file: the planner must know the new rows before
-    // the first consultation.
-    vault.store().refresh_statistics().await?;
+    // Once, after every file, and only if rows changed: the planner must
+    // know the new rows before the first consultation.
+    if reports.iter().any(|r| r.inserted + r.updated > 0) {
+        vault.store().refresh_statistics().await?;
+    }
     Ok(reports)
 }
 

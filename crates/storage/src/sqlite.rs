@@ -1263,11 +1263,13 @@ impl RegistryStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn days_are_read_as_chrono_reads_them() {
         for ok in ["2026-12-02", "0001-01-01", "2024-02-29", "9999-12-31"] {
             assert_eq!(
-                super::day(ok, "d").unwrap(),
+                day(ok, "d").unwrap(),
                 NaiveDate::parse_from_str(ok, "%Y-%m-%d").unwrap(),
                 "{ok}"
             );
@@ -1283,7 +1285,7 @@ mod tests {
             "２０２６-12-02",
             "2026-00-10",
         ] {
-            let e = super::day(bad, "valid_from").unwrap_err().to_string();
+            let e = day(bad, "valid_from").unwrap_err().to_string();
             assert!(
                 e.contains("valid_from") && !e.contains(bad) || bad.is_empty(),
                 "{e}"
@@ -1294,7 +1296,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_text_is_a_day_exactly_when_it_is_one(s in "[0-9+-]{0,4}-?[0-9]{0,3}-?[0-9]{0,3}") {
-            let ours = super::day(&s, "d").ok();
+            let ours = day(&s, "d").ok();
             let strict = (s.len() == 10)
                 .then(|| NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok())
                 .flatten()
@@ -1302,8 +1304,6 @@ mod tests {
             proptest::prop_assert_eq!(ours, strict);
         }
     }
-
-    use super::*;
 
     fn plan(c: &Connection, sql: &str, p: impl rusqlite::Params) -> String {
         let lines: Vec<String> = c
