@@ -1,7 +1,8 @@
 //! Stage 2: what the caller may do. Turns the caller's account and the
 //! mandates stored on a person into the policy's facts, asks Cedar, and
-//! nothing else: no cache, so a granted or revoked mandate counts from the
-//! very next request.
+//! nothing else: no cache here (the mandates come from the store on every
+//! request), so a granted or revoked mandate counts from the very next
+//! request.
 
 use chrono::NaiveDate;
 use rempart_domain::Purpose;

@@ -25,6 +25,7 @@
 
 pub mod auth;
 mod guard;
+mod memory;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;

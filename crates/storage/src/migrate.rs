@@ -39,6 +39,11 @@ pub const SQLITE: &[Migration] = &[
         name: "federation",
         sql: include_str!("../migrations/sqlite/0006_federation.sql"),
     },
+    Migration {
+        version: 7,
+        name: "kept_in_memory",
+        sql: include_str!("../migrations/sqlite/0007_kept_in_memory.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -72,6 +77,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 6,
         name: "federation",
         sql: include_str!("../migrations/postgres/0006_federation.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "kept_in_memory",
+        sql: include_str!("../migrations/postgres/0007_kept_in_memory.sql"),
     },
 ];
 

@@ -29,6 +29,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 
+use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
     ExistingPerson, Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore,
@@ -83,6 +84,8 @@ const PERSON_TYPES: &[Type] = &[
 pub struct PgStore {
     pool: Pool,
     schema: String,
+    names: Arc<Names>,
+    credentials: Arc<Credentials>,
 }
 
 impl PgStore {
@@ -128,6 +131,8 @@ impl PgStore {
         let store = PgStore {
             pool,
             schema: schema.to_string(),
+            names: Arc::default(),
+            credentials: Arc::default(),
         };
         store.migrate().await.map_err(|e| match e {
             StorageError::Pool(reason) => StorageError::Open {
@@ -1111,7 +1116,7 @@ impl RegistryStore for PgStore {
 
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
         let client = self.client().await?;
-        mandates_rows(&client, person_id).await
+        mandates_rows(&client, &self.names, person_id).await
     }
 
     async fn inventory(&self) -> Result<Inventory, StorageError> {
@@ -1373,7 +1378,8 @@ impl RegistryStore for PgStore {
         id: i64,
     ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
         let client = self.client().await?;
-        credential_row(&client, id).await
+        let version = access_version(&client).await?;
+        checked_credential(&client, &self.credentials, version, id).await
     }
 
     async fn consultation_rows(
@@ -1381,14 +1387,20 @@ impl RegistryStore for PgStore {
         credential_id: i64,
         person_id: i64,
     ) -> Result<ConsultationRows, StorageError> {
-        // One connection, the three queries pipelined: one round trip's
-        // wait instead of three.
+        // One connection, the queries pipelined: one round trip's wait
+        // instead of three. The credential comes from memory while the
+        // access version has not moved (a second trip when it has).
         let client = self.client().await?;
-        let (credential, mandates, person) = tokio::try_join!(
-            credential_row(&client, credential_id),
-            mandates_rows(&client, person_id),
+        let (version, mandates, person) = tokio::try_join!(
+            access_version(&client),
+            mandates_rows(&client, &self.names, person_id),
             person_row(&client, person_id, FieldGroup::ALL),
         )?;
+        let credential = match credential_id {
+            // No credential has id 0: the caller came another way.
+            0 => None,
+            id => checked_credential(&client, &self.credentials, version, id).await?,
+        };
         Ok(ConsultationRows {
             credential,
             mandates,
@@ -1608,19 +1620,97 @@ async fn person_row(
 /// Every mandate on one person, live or not.
 async fn mandates_rows(
     client: &deadpool_postgres::ClientWrapper,
+    names: &Names,
     person_id: i64,
 ) -> Result<Vec<StoredMandate>, StorageError> {
+    // Without the organisation's and the account's names, which come from
+    // `Names`: no join on every consultation.
     let stmt = client
-        .prepare_cached(&format!(
-            "{MANDATE_SELECT} WHERE m.person_id = $1 ORDER BY m.id"
-        ))
+        .prepare_cached(
+            "SELECT id, reference, organisation_id, account_id, person_id, purpose, valid_from,
+                    valid_to, source, revoked_at
+             FROM mandate WHERE person_id = $1 ORDER BY id",
+        )
         .await?;
-    client
-        .query(&stmt, &[&person_id])
-        .await?
-        .iter()
-        .map(stored_mandate)
-        .collect()
+    let rows = client.query(&stmt, &[&person_id]).await?;
+    let mut mandates = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let organisation_id: i64 = r.try_get(2)?;
+        let account_id: Option<i64> = r.try_get(3)?;
+        let account = match account_id {
+            Some(a) => Some(name(client, names, Named::Account, a).await?),
+            None => None,
+        };
+        mandates.push(StoredMandate {
+            id: r.try_get(0)?,
+            reference: parse_code(r.try_get(1)?, Reference::parse)?,
+            organisation: name(client, names, Named::Organisation, organisation_id).await?,
+            organisation_id,
+            account,
+            account_id,
+            person_id: r.try_get(4)?,
+            purpose: parse_code(r.try_get(5)?, Purpose::parse)?,
+            valid_from: r.try_get(6)?,
+            valid_to: r.try_get(7)?,
+            source: parse_code(r.try_get(8)?, Reference::parse)?,
+            revoked_at: r.try_get(9)?,
+        });
+    }
+    Ok(mandates)
+}
+
+/// An organisation's code or an account's login, from [`Names`] or else
+/// from its row (which the foreign key says exists).
+async fn name(
+    client: &deadpool_postgres::ClientWrapper,
+    names: &Names,
+    kind: Named,
+    id: i64,
+) -> Result<Reference, StorageError> {
+    if let Some(known) = names.get(kind, id) {
+        return Ok(known);
+    }
+    let sql = match kind {
+        Named::Organisation => "SELECT code FROM organisation WHERE id = $1",
+        Named::Account => "SELECT login FROM account WHERE id = $1",
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+        return Err(StorageError::Corrupt(format!(
+            "a mandate names {kind:?} {id}, which does not exist"
+        )));
+    };
+    let found = parse_code(row.try_get(0)?, Reference::parse)?;
+    names.put(kind, id, &found);
+    Ok(found)
+}
+
+/// The access version (see [`Credentials`]).
+async fn access_version(client: &deadpool_postgres::ClientWrapper) -> Result<i64, StorageError> {
+    let stmt = client
+        .prepare_cached("SELECT version FROM access_version WHERE id = 1")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+}
+
+/// A credential and its account, from [`Credentials`] if it was read under
+/// `version`, else from the rows (kept for the next request). `version`
+/// must have been read before this call: a change committed since moves
+/// it, so the copy kept can only be newer than its version, never older.
+async fn checked_credential(
+    client: &deadpool_postgres::ClientWrapper,
+    credentials: &Credentials,
+    version: i64,
+    id: i64,
+) -> Result<Option<CredentialRow>, StorageError> {
+    if let Some(kept) = credentials.get(id, version) {
+        return Ok(Some(kept));
+    }
+    let row = credential_row(client, id).await?;
+    if let Some(row) = &row {
+        credentials.put(version, row);
+    }
+    Ok(row)
 }
 
 /// A credential and its account.

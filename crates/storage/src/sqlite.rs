@@ -13,6 +13,7 @@ use rempart_domain::{
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
+use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
     ExistingPerson, Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore,
@@ -39,6 +40,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    names: Names,
+    credentials: Credentials,
 }
 
 fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
@@ -93,6 +96,8 @@ impl SqliteStore {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                names: Names::default(),
+                credentials: Credentials::default(),
             }),
         })
     }
@@ -248,10 +253,15 @@ fn optional_instant(s: Option<String>, what: &str) -> Result<Option<DateTime<Utc
 static CREDENTIAL_SQL: LazyLock<String> =
     LazyLock::new(|| format!("{CREDENTIAL_SELECT} WHERE c.id = +?1"));
 
-/// Every mandate on one person, in index order: `mandates_rows` sorts the
-/// few rows by id itself, which spares SQLite a temporary B-tree per call.
-static MANDATES_OF_PERSON_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("{MANDATE_SELECT} WHERE m.person_id = +?1"));
+/// Every mandate on one person, from the covering index `mandate_person`
+/// alone (one seek, no row fetched) and without the organisation's and the
+/// account's names, which come from [`Names`]. In index order:
+/// `mandates_rows` sorts the few rows by id itself, which spares SQLite a
+/// temporary B-tree per call.
+const MANDATES_OF_PERSON_SQL: &str =
+    "SELECT id, reference, organisation_id, account_id, person_id, purpose, valid_from, valid_to,
+            source, revoked_at
+     FROM mandate WHERE person_id = +?1";
 
 /// The SQL of [`person_row`] for these groups.
 fn person_sql(groups: &[FieldGroup]) -> String {
@@ -318,14 +328,88 @@ fn credential_row(
         .transpose()
 }
 
+/// A credential and its account, from [`Credentials`] while the access
+/// version has not moved, else from the rows (kept for the next request).
+/// The version is read first: a change committed between the two reads
+/// moves it, so the copy can only be newer than its version, never older.
+fn checked_credential(
+    c: &Connection,
+    credentials: &Credentials,
+    id: i64,
+) -> Result<Option<CredentialRow>, StorageError> {
+    let version: i64 = c
+        .prepare_cached("SELECT version FROM access_version WHERE id = 1")?
+        .query_row([], |r| r.get(0))?;
+    if let Some(kept) = credentials.get(id, version) {
+        return Ok(Some(kept));
+    }
+    let row = credential_row(c, id)?;
+    if let Some(row) = &row {
+        credentials.put(version, row);
+    }
+    Ok(row)
+}
+
 /// Every mandate on one person, live or not.
-fn mandates_rows(c: &Connection, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
+fn mandates_rows(
+    c: &Connection,
+    names: &Names,
+    person_id: i64,
+) -> Result<Vec<StoredMandate>, StorageError> {
     let mut rows: Vec<StoredMandate> = c
-        .prepare_cached(&MANDATES_OF_PERSON_SQL)?
-        .query_and_then([person_id], stored_mandate)?
-        .collect::<Result<_, _>>()?;
+        .prepare_cached(MANDATES_OF_PERSON_SQL)?
+        .query_and_then([person_id], |r| {
+            let organisation_id = r.get(2)?;
+            let account_id: Option<i64> = r.get(3)?;
+            Ok(StoredMandate {
+                id: r.get(0)?,
+                reference: parse_code(r.get(1)?, Reference::parse)?,
+                organisation: name(c, names, Named::Organisation, organisation_id)?,
+                organisation_id,
+                account: account_id
+                    .map(|a| name(c, names, Named::Account, a))
+                    .transpose()?,
+                account_id,
+                person_id: r.get(4)?,
+                purpose: parse_code(r.get(5)?, Purpose::parse)?,
+                valid_from: match text(r, 6, "valid_from")? {
+                    Some(s) => day(s, "valid_from")?,
+                    None => return Err(StorageError::Corrupt("stored valid_from is NULL".into())),
+                },
+                valid_to: text(r, 7, "valid_to")?
+                    .map(|s| day(s, "valid_to"))
+                    .transpose()?,
+                source: parse_code(r.get(8)?, Reference::parse)?,
+                revoked_at: optional_instant(r.get(9)?, "revoked_at")?,
+            })
+        })?
+        .collect::<Result<_, StorageError>>()?;
     rows.sort_unstable_by_key(|m| m.id);
     Ok(rows)
+}
+
+/// An organisation's code or an account's login, from [`Names`] or else
+/// from its row (which the foreign key says exists).
+fn name(c: &Connection, names: &Names, kind: Named, id: i64) -> Result<Reference, StorageError> {
+    if let Some(known) = names.get(kind, id) {
+        return Ok(known);
+    }
+    let sql = match kind {
+        Named::Organisation => "SELECT code FROM organisation WHERE id = ?1",
+        Named::Account => "SELECT login FROM account WHERE id = ?1",
+    };
+    let found: Option<String> = c
+        .prepare_cached(sql)?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(found) = found else {
+        return Err(StorageError::Corrupt(format!(
+            "a mandate names {kind:?} {id}, which does not exist"
+        )));
+    };
+    let found = parse_code(found, Reference::parse)?;
+    names.put(kind, id, &found);
+    Ok(found)
 }
 
 /// Reads a row of [`MANDATE_SELECT`].
@@ -884,7 +968,9 @@ impl RegistryStore for SqliteStore {
     }
 
     async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
-        self.read_point(move |c| mandates_rows(c, person_id)).await
+        let inner = self.inner.clone();
+        self.read_point(move |c| mandates_rows(c, &inner.names, person_id))
+            .await
     }
 
     async fn inventory(&self) -> Result<Inventory, StorageError> {
@@ -1088,7 +1174,9 @@ impl RegistryStore for SqliteStore {
         &self,
         id: i64,
     ) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
-        self.read_point(move |c| credential_row(c, id)).await
+        let inner = self.inner.clone();
+        self.read_point(move |c| checked_credential(c, &inner.credentials, id))
+            .await
     }
 
     async fn consultation_rows(
@@ -1096,14 +1184,19 @@ impl RegistryStore for SqliteStore {
         credential_id: i64,
         person_id: i64,
     ) -> Result<ConsultationRows, StorageError> {
+        let inner = self.inner.clone();
         self.read_point(move |c| {
             // One read transaction: one snapshot, one round of WAL locks
             // instead of three.
             c.prepare_cached("BEGIN")?.execute([])?;
             let rows = (|| -> Result<ConsultationRows, StorageError> {
                 Ok(ConsultationRows {
-                    credential: credential_row(c, credential_id)?,
-                    mandates: mandates_rows(c, person_id)?,
+                    credential: match credential_id {
+                        // No credential has id 0: the caller came another way.
+                        0 => None,
+                        id => checked_credential(c, &inner.credentials, id)?,
+                    },
+                    mandates: mandates_rows(c, &inner.names, person_id)?,
                     person: person_row(c, person_id, FieldGroup::ALL)?,
                 })
             })();
@@ -1338,9 +1431,10 @@ mod tests {
             "{caseload}"
         );
         assert!(!caseload.contains("B-TREE"), "{caseload}");
-        let of_person = plan(&c, &MANDATES_OF_PERSON_SQL, [1]);
+        // One seek in the covering index, no row fetched per mandate.
+        let of_person = plan(&c, MANDATES_OF_PERSON_SQL, [1]);
         assert!(
-            of_person.contains("SEARCH m USING INDEX mandate_person (person_id=?)"),
+            of_person.contains("SEARCH mandate USING COVERING INDEX mandate_person (person_id=?)"),
             "{of_person}"
         );
         let credential = plan(&c, &CREDENTIAL_SQL, [1]);
@@ -1358,7 +1452,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_blocking(dir.path().join(FILE_NAME)).unwrap();
         let c = lock(&store.inner.readers[0]);
-        for sql in [&*MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
+        for sql in [MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
             let mut stmt = c.prepare(sql).unwrap();
             for id in 1..=5i64 {
                 let mut rows = stmt.query([id]).unwrap();

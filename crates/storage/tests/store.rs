@@ -18,9 +18,9 @@ use rempart_domain::{
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
 use rempart_storage::{
-    AccountRecord, Blind, CaseloadEntry, ExistingPerson, MandateRow, NewMandate, PersonIndex,
-    RegistryStore, RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate,
-    UpsertCount, WrappedKeyRow, migrate,
+    AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, MandateRow, NewMandate,
+    PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError, StoredCredential,
+    StoredMandate, UpsertCount, WrappedKeyRow, migrate,
 };
 use tempfile::TempDir;
 
@@ -59,7 +59,14 @@ fn pg_exec_blocking(url: &str, sql: &str) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let task = tokio::spawn(conn);
-            let r = client.batch_execute(&sql).await.map_err(|e| e.to_string());
+            // The server's message, not only "db error".
+            let r = client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => db.message().to_string(),
+                    None => e.to_string(),
+                });
             drop(client);
             let _ = task.await;
             r
@@ -548,8 +555,8 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 24,
-            "[postgres] registry, authentication, guard, activation and federation tables \
+            tables, 25,
+            "[postgres] registry, authentication, guard, activation, federation and access-version tables \
              + schema_migrations"
         );
     }
@@ -2977,6 +2984,193 @@ async fn consultation_rows_answer_like_the_three_lookups() {
             .on(store, "consultation rows");
         assert_eq!(rows.mandates.len(), 2, "[{be}]");
         assert!(rows.credential.is_some() && rows.person.is_some(), "[{be}]");
+    }
+}
+
+/// What a store keeps in memory (credentials checked, organisation codes and
+/// account logins) never outlives a change made by another process: a
+/// second store on the same database plays the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_copies_follow_every_writer() {
+    let b = both().await;
+    let sqlite_cli: Arc<dyn RegistryStore> = Arc::new(
+        SqliteStore::open(b.dir.path())
+            .await
+            .expect("second SQLite store"),
+    );
+    let pg_cli = connect_pg(&b.url, &b.schema).await;
+    for (store, cli) in [(&*b.sqlite, &*sqlite_cli), (&*b.pg, &*pg_cli)] {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let new_credential = |n: u8| {
+            store.insert_credential(
+                agent1,
+                [n; 32],
+                at("2026-03-01T10:00:00Z"),
+                at("2026-05-30T10:00:00Z"),
+            )
+        };
+        let cred = new_credential(1).await.on(store, "credential");
+        let p = insert_persons(store, 1, 900).await[0].id;
+        let (_, refused) = store
+            .upsert_mandates(vec![mandate(
+                "K1",
+                "CE-038",
+                Some("ce.agent1"),
+                p,
+                Purpose::FollowUp,
+            )])
+            .await
+            .on(store, "mandates");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let seen = |store: &'static str| format!("[{be}] {store}");
+        let caller = |rows: &ConsultationRows| rows.credential.clone().expect("credential");
+
+        // Read twice: the second answer is the kept copy, and equal.
+        let first = store.consultation_rows(cred, p).await.on(store, "rows");
+        let again = store.consultation_rows(cred, p).await.on(store, "rows");
+        assert_eq!(first, again, "{}", seen("twice"));
+        assert_eq!(
+            store.credential(cred).await.on(store, "credential"),
+            first.credential,
+            "{}",
+            seen("credential()")
+        );
+        let m = &first.mandates[0];
+        assert_eq!(m.organisation.as_str(), "CE-038", "{}", seen("org code"));
+        assert_eq!(
+            m.account.as_ref().map(Reference::as_str),
+            Some("ce.agent1"),
+            "{}",
+            seen("login")
+        );
+        assert_eq!(caller(&first).0.revoked_at, None, "{}", seen("fresh"));
+
+        // Another process revokes: the very next read says so.
+        let revoked_at = at("2026-03-02T08:00:00Z");
+        assert_eq!(
+            cli.revoke_credentials(agent1, Some(cred), revoked_at)
+                .await
+                .on(cli, "revoke"),
+            1
+        );
+        let rows = store.consultation_rows(cred, p).await.on(store, "rows");
+        assert_eq!(
+            caller(&rows).0.revoked_at,
+            Some(revoked_at),
+            "{}",
+            seen("revoked")
+        );
+        let alone = store.credential(cred).await.on(store, "credential");
+        assert_eq!(
+            alone.map(|c| c.0.revoked_at),
+            Some(Some(revoked_at)),
+            "{}",
+            seen("revoked()")
+        );
+
+        // A suspension, a change of role, a move of the organisation.
+        let cred2 = new_credential(2).await.on(store, "credential");
+        let kept = store.consultation_rows(cred2, p).await.on(store, "rows");
+        assert_eq!(
+            caller(&kept).1.state,
+            AccountState::Active,
+            "{}",
+            seen("active")
+        );
+        assert!(
+            cli.set_account_state(agent1, AccountState::Suspended)
+                .await
+                .on(cli, "suspend")
+        );
+        let rows = store.consultation_rows(cred2, p).await.on(store, "rows");
+        assert_eq!(
+            caller(&rows).1.state,
+            AccountState::Suspended,
+            "{}",
+            seen("suspended")
+        );
+        let (_, refused) = cli
+            .upsert_accounts(vec![account(
+                "ce.agent1",
+                "CE-038",
+                Role::Manager,
+                AccountState::Active,
+                None,
+                Some("ft.officer1"),
+            )])
+            .await
+            .on(cli, "accounts");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let rows = store.consultation_rows(cred2, p).await.on(store, "rows");
+        assert_eq!(caller(&rows).1.role, Role::Manager, "{}", seen("role"));
+        assert_eq!(
+            caller(&rows).1.state,
+            AccountState::Active,
+            "{}",
+            seen("reactivated")
+        );
+        let before = caller(&rows).1.departement.clone();
+        cli.upsert_organisations(vec![org(
+            "CE-038",
+            OrganisationKind::CapEmploi,
+            "Cap emploi Isère",
+            Some("73"),
+        )])
+        .await
+        .on(cli, "organisation");
+        let rows = store.consultation_rows(cred2, p).await.on(store, "rows");
+        assert_ne!(before.as_deref(), Some("73"), "{}", seen("setup"));
+        assert_eq!(
+            caller(&rows).1.departement.as_deref(),
+            Some("73"),
+            "{}",
+            seen("moved")
+        );
+
+        // The names kept in memory cannot change under the copy.
+        let refusals = match be {
+            "sqlite" => {
+                let c = rusqlite::Connection::open(b.dir.path().join("registry.db"))
+                    .expect("raw SQLite connection");
+                [
+                    "UPDATE organisation SET code = 'CE-999' WHERE code = 'CE-038'",
+                    "UPDATE account SET login = 'ce.other' WHERE login = 'ce.agent1'",
+                    "DELETE FROM account WHERE login = 'ce.agent2'",
+                    "DELETE FROM organisation WHERE code = 'ML-069'",
+                ]
+                .map(|sql| c.execute_batch(sql).err().map(|e| e.to_string()))
+            }
+            _ => {
+                let sch = &b.schema;
+                [
+                    format!("UPDATE {sch}.organisation SET code = 'CE-999' WHERE code = 'CE-038'"),
+                    format!(
+                        "UPDATE {sch}.account SET login = 'ce.other' WHERE login = 'ce.agent1'"
+                    ),
+                    format!("DELETE FROM {sch}.account WHERE login = 'ce.agent2'"),
+                    format!("DELETE FROM {sch}.organisation WHERE code = 'ML-069'"),
+                ]
+                .map(|sql| pg_exec_blocking(&b.url, &sql).err())
+            }
+        };
+        for (refusal, says) in refusals.iter().zip([
+            "code never",
+            "login never",
+            "never deleted",
+            "never deleted",
+        ]) {
+            let refusal = refusal.as_deref().unwrap_or("accepted");
+            assert!(refusal.contains(says), "[{be}] {refusal}");
+        }
+        let rows = store.consultation_rows(cred2, p).await.on(store, "rows");
+        assert_eq!(
+            rows.mandates[0].organisation.as_str(),
+            "CE-038",
+            "{}",
+            seen("code kept")
+        );
     }
 }
 
