@@ -667,13 +667,12 @@ pub(crate) fn caseload_page(mut rows: Vec<CaseloadEntry>, limit: u32) -> Vec<Cas
     }
 }
 
-/// A mandate with its organisation's code and its account's login (same
-/// SQL on both backends; each reads the columns in this order).
-pub(crate) const MANDATE_SELECT: &str = "SELECT m.id, m.reference, o.code, m.organisation_id,
-         a.login, m.account_id, m.person_id, m.purpose, m.valid_from, m.valid_to, m.source,
-         m.revoked_at
-     FROM mandate m JOIN organisation o ON o.id = m.organisation_id
-     LEFT JOIN account a ON a.id = m.account_id";
+/// A mandate's own columns, without its organisation's code and its
+/// account's login, which each backend's one decoder (`stored_mandate`)
+/// takes from [`memory::Names`]: no join on any mandate read. Same order on
+/// both backends.
+pub(crate) const MANDATE_COLUMNS: &str = "id, reference, organisation_id, account_id, person_id,
+         purpose, valid_from, valid_to, source, revoked_at";
 
 /// An account with its organisation (same SQL on both backends; each reads
 /// the columns in this order).

@@ -32,7 +32,7 @@ use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
-    ExistingPerson, Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore,
+    ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewMandate, PersonIndex, RegistryStore,
     RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson,
     UpsertCount, WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period,
     digest, grant_refusal, group_column, index_column, migrate, parse_code,
@@ -521,25 +521,49 @@ async fn rewrap_persons(
     })
 }
 
-/// Reads a row of [`MANDATE_SELECT`].
-fn stored_mandate(r: &Row) -> Result<StoredMandate, StorageError> {
+/// Reads a row of [`MANDATE_COLUMNS`], with the names from [`Names`].
+async fn stored_mandate(
+    client: &impl deadpool_postgres::GenericClient,
+    names: &Names,
+    r: &Row,
+) -> Result<StoredMandate, StorageError> {
+    let organisation_id: i64 = r.try_get(2)?;
+    let account_id: Option<i64> = r.try_get(3)?;
+    let account = match account_id {
+        Some(a) => Some(name(client, names, Named::Account, a).await?),
+        None => None,
+    };
     Ok(StoredMandate {
         id: r.try_get(0)?,
         reference: parse_code(r.try_get(1)?, Reference::parse)?,
-        organisation: parse_code(r.try_get(2)?, Reference::parse)?,
-        organisation_id: r.try_get(3)?,
-        account: r
-            .try_get::<_, Option<String>>(4)?
-            .map(|a| parse_code(a, Reference::parse))
-            .transpose()?,
-        account_id: r.try_get(5)?,
-        person_id: r.try_get(6)?,
-        purpose: parse_code(r.try_get(7)?, Purpose::parse)?,
-        valid_from: r.try_get(8)?,
-        valid_to: r.try_get(9)?,
-        source: parse_code(r.try_get(10)?, Reference::parse)?,
-        revoked_at: r.try_get(11)?,
+        organisation: name(client, names, Named::Organisation, organisation_id).await?,
+        organisation_id,
+        account,
+        account_id,
+        person_id: r.try_get(4)?,
+        purpose: parse_code(r.try_get(5)?, Purpose::parse)?,
+        valid_from: r.try_get(6)?,
+        valid_to: r.try_get(7)?,
+        source: parse_code(r.try_get(8)?, Reference::parse)?,
+        revoked_at: r.try_get(9)?,
     })
+}
+
+/// One mandate by id.
+async fn mandate_by_id(
+    client: &impl deadpool_postgres::GenericClient,
+    names: &Names,
+    id: i64,
+) -> Result<Option<StoredMandate>, StorageError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = $1"
+        ))
+        .await?;
+    match client.query_opt(&stmt, &[&id]).await? {
+        Some(r) => Ok(Some(stored_mandate(client, names, &r).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
@@ -1514,14 +1538,9 @@ impl RegistryStore for PgStore {
             .await
             .map_err(taken)?
             .try_get(0)?;
-        let stored = tx
-            .query_opt(&format!("{MANDATE_SELECT} WHERE m.id = $1"), &[&id])
-            .await?
-            .map(|r| stored_mandate(&r))
-            .transpose()?
-            .ok_or_else(|| {
-                StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
-            })?;
+        let stored = mandate_by_id(&tx, &self.names, id).await?.ok_or_else(|| {
+            StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
+        })?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -1539,14 +1558,7 @@ impl RegistryStore for PgStore {
 
     async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!("{MANDATE_SELECT} WHERE m.id = $1"))
-            .await?;
-        client
-            .query_opt(&stmt, &[&id])
-            .await?
-            .map(|r| stored_mandate(&r))
-            .transpose()
+        mandate_by_id(&client, &self.names, id).await
     }
 
     async fn caseload(
@@ -1619,42 +1631,19 @@ async fn person_row(
 
 /// Every mandate on one person, live or not.
 async fn mandates_rows(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &impl deadpool_postgres::GenericClient,
     names: &Names,
     person_id: i64,
 ) -> Result<Vec<StoredMandate>, StorageError> {
-    // Without the organisation's and the account's names, which come from
-    // `Names`: no join on every consultation.
     let stmt = client
-        .prepare_cached(
-            "SELECT id, reference, organisation_id, account_id, person_id, purpose, valid_from,
-                    valid_to, source, revoked_at
-             FROM mandate WHERE person_id = $1 ORDER BY id",
-        )
+        .prepare_cached(&format!(
+            "SELECT {MANDATE_COLUMNS} FROM mandate WHERE person_id = $1 ORDER BY id"
+        ))
         .await?;
     let rows = client.query(&stmt, &[&person_id]).await?;
     let mut mandates = Vec::with_capacity(rows.len());
     for r in &rows {
-        let organisation_id: i64 = r.try_get(2)?;
-        let account_id: Option<i64> = r.try_get(3)?;
-        let account = match account_id {
-            Some(a) => Some(name(client, names, Named::Account, a).await?),
-            None => None,
-        };
-        mandates.push(StoredMandate {
-            id: r.try_get(0)?,
-            reference: parse_code(r.try_get(1)?, Reference::parse)?,
-            organisation: name(client, names, Named::Organisation, organisation_id).await?,
-            organisation_id,
-            account,
-            account_id,
-            person_id: r.try_get(4)?,
-            purpose: parse_code(r.try_get(5)?, Purpose::parse)?,
-            valid_from: r.try_get(6)?,
-            valid_to: r.try_get(7)?,
-            source: parse_code(r.try_get(8)?, Reference::parse)?,
-            revoked_at: r.try_get(9)?,
-        });
+        mandates.push(stored_mandate(client, names, r).await?);
     }
     Ok(mandates)
 }
@@ -1662,7 +1651,7 @@ async fn mandates_rows(
 /// An organisation's code or an account's login, from [`Names`] or else
 /// from its row (which the foreign key says exists).
 async fn name(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &impl deadpool_postgres::GenericClient,
     names: &Names,
     kind: Named,
     id: i64,

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
-    ExistingPerson, Inventory, MANDATE_SELECT, MandateRow, NewMandate, PersonIndex, RegistryStore,
+    ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewMandate, PersonIndex, RegistryStore,
     RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson,
     UpsertCount, WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period,
     digest, grant_refusal, group_column, index_column, migrate, parse_code,
@@ -254,14 +254,11 @@ static CREDENTIAL_SQL: LazyLock<String> =
     LazyLock::new(|| format!("{CREDENTIAL_SELECT} WHERE c.id = +?1"));
 
 /// Every mandate on one person, from the covering index `mandate_person`
-/// alone (one seek, no row fetched) and without the organisation's and the
-/// account's names, which come from [`Names`]. In index order:
-/// `mandates_rows` sorts the few rows by id itself, which spares SQLite a
-/// temporary B-tree per call.
-const MANDATES_OF_PERSON_SQL: &str =
-    "SELECT id, reference, organisation_id, account_id, person_id, purpose, valid_from, valid_to,
-            source, revoked_at
-     FROM mandate WHERE person_id = +?1";
+/// alone (one seek, no row fetched). In index order: `mandates_rows` sorts
+/// the few rows by id itself, which spares SQLite a temporary B-tree per
+/// call.
+static MANDATES_OF_PERSON_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {MANDATE_COLUMNS} FROM mandate WHERE person_id = +?1"));
 
 /// The SQL of [`person_row`] for these groups.
 fn person_sql(groups: &[FieldGroup]) -> String {
@@ -357,32 +354,8 @@ fn mandates_rows(
     person_id: i64,
 ) -> Result<Vec<StoredMandate>, StorageError> {
     let mut rows: Vec<StoredMandate> = c
-        .prepare_cached(MANDATES_OF_PERSON_SQL)?
-        .query_and_then([person_id], |r| {
-            let organisation_id = r.get(2)?;
-            let account_id: Option<i64> = r.get(3)?;
-            Ok(StoredMandate {
-                id: r.get(0)?,
-                reference: parse_code(r.get(1)?, Reference::parse)?,
-                organisation: name(c, names, Named::Organisation, organisation_id)?,
-                organisation_id,
-                account: account_id
-                    .map(|a| name(c, names, Named::Account, a))
-                    .transpose()?,
-                account_id,
-                person_id: r.get(4)?,
-                purpose: parse_code(r.get(5)?, Purpose::parse)?,
-                valid_from: match text(r, 6, "valid_from")? {
-                    Some(s) => day(s, "valid_from")?,
-                    None => return Err(StorageError::Corrupt("stored valid_from is NULL".into())),
-                },
-                valid_to: text(r, 7, "valid_to")?
-                    .map(|s| day(s, "valid_to"))
-                    .transpose()?,
-                source: parse_code(r.get(8)?, Reference::parse)?,
-                revoked_at: optional_instant(r.get(9)?, "revoked_at")?,
-            })
-        })?
+        .prepare_cached(&MANDATES_OF_PERSON_SQL)?
+        .query_and_then([person_id], |r| stored_mandate(c, names, r))?
         .collect::<Result<_, StorageError>>()?;
     rows.sort_unstable_by_key(|m| m.id);
     Ok(rows)
@@ -412,37 +385,48 @@ fn name(c: &Connection, names: &Names, kind: Named, id: i64) -> Result<Reference
     Ok(found)
 }
 
-/// Reads a row of [`MANDATE_SELECT`].
-fn stored_mandate(r: &Row<'_>) -> Result<StoredMandate, StorageError> {
+/// Reads a row of [`MANDATE_COLUMNS`], with the names from [`Names`].
+fn stored_mandate(
+    c: &Connection,
+    names: &Names,
+    r: &Row<'_>,
+) -> Result<StoredMandate, StorageError> {
+    let organisation_id = r.get(2)?;
+    let account_id: Option<i64> = r.get(3)?;
     Ok(StoredMandate {
         id: r.get(0)?,
         reference: parse_code(r.get(1)?, Reference::parse)?,
-        organisation: parse_code(r.get(2)?, Reference::parse)?,
-        organisation_id: r.get(3)?,
-        account: r
-            .get::<_, Option<String>>(4)?
-            .map(|a| parse_code(a, Reference::parse))
+        organisation: name(c, names, Named::Organisation, organisation_id)?,
+        organisation_id,
+        account: account_id
+            .map(|a| name(c, names, Named::Account, a))
             .transpose()?,
-        account_id: r.get(5)?,
-        person_id: r.get(6)?,
-        purpose: parse_code(r.get(7)?, Purpose::parse)?,
-        valid_from: match text(r, 8, "valid_from")? {
+        account_id,
+        person_id: r.get(4)?,
+        purpose: parse_code(r.get(5)?, Purpose::parse)?,
+        valid_from: match text(r, 6, "valid_from")? {
             Some(s) => day(s, "valid_from")?,
             None => return Err(StorageError::Corrupt("stored valid_from is NULL".into())),
         },
-        valid_to: text(r, 9, "valid_to")?
+        valid_to: text(r, 7, "valid_to")?
             .map(|s| day(s, "valid_to"))
             .transpose()?,
-        source: parse_code(r.get(10)?, Reference::parse)?,
-        revoked_at: optional_instant(r.get(11)?, "revoked_at")?,
+        source: parse_code(r.get(8)?, Reference::parse)?,
+        revoked_at: optional_instant(r.get(9)?, "revoked_at")?,
     })
 }
 
-fn mandate_by_id(c: &Connection, id: i64) -> Result<Option<StoredMandate>, StorageError> {
-    c.prepare_cached(&format!("{MANDATE_SELECT} WHERE m.id = ?1"))?
-        .query_and_then([id], stored_mandate)?
-        .next()
-        .transpose()
+fn mandate_by_id(
+    c: &Connection,
+    names: &Names,
+    id: i64,
+) -> Result<Option<StoredMandate>, StorageError> {
+    c.prepare_cached(&format!(
+        "SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = ?1"
+    ))?
+    .query_and_then([id], |r| stored_mandate(c, names, r))?
+    .next()
+    .transpose()
 }
 
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
@@ -1229,6 +1213,7 @@ impl RegistryStore for SqliteStore {
 
     async fn grant_mandate(&self, m: NewMandate) -> Result<StoredMandate, StorageError> {
         check_mandate_period(&m)?;
+        let inner = self.inner.clone();
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let known = tx
@@ -1290,7 +1275,7 @@ impl RegistryStore for SqliteStore {
                     ],
                     |r| r.get(0),
                 )?;
-            let stored = mandate_by_id(&tx, id)?.ok_or_else(|| {
+            let stored = mandate_by_id(&tx, &inner.names, id)?.ok_or_else(|| {
                 StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
             })?;
             tx.commit()?;
@@ -1313,7 +1298,8 @@ impl RegistryStore for SqliteStore {
     }
 
     async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError> {
-        self.read(move |c| mandate_by_id(c, id)).await
+        let inner = self.inner.clone();
+        self.read(move |c| mandate_by_id(c, &inner.names, id)).await
     }
 
     async fn caseload(
@@ -1432,7 +1418,7 @@ mod tests {
         );
         assert!(!caseload.contains("B-TREE"), "{caseload}");
         // One seek in the covering index, no row fetched per mandate.
-        let of_person = plan(&c, MANDATES_OF_PERSON_SQL, [1]);
+        let of_person = plan(&c, &MANDATES_OF_PERSON_SQL, [1]);
         assert!(
             of_person.contains("SEARCH mandate USING COVERING INDEX mandate_person (person_id=?)"),
             "{of_person}"
@@ -1452,7 +1438,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_blocking(dir.path().join(FILE_NAME)).unwrap();
         let c = lock(&store.inner.readers[0]);
-        for sql in [MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
+        for sql in [&*MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
             let mut stmt = c.prepare(sql).unwrap();
             for id in 1..=5i64 {
                 let mut rows = stmt.query([id]).unwrap();
