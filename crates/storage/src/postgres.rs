@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -550,16 +550,22 @@ async fn stored_mandate(
 }
 
 /// One mandate by id.
+static MANDATE_BY_ID_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = $1"));
+
+/// Every mandate on one person, on the consultation path: built once, not
+/// per request.
+static MANDATES_OF_PERSON_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {MANDATE_COLUMNS} FROM mandate WHERE person_id = $1 ORDER BY id")
+});
+
+/// One mandate by id.
 async fn mandate_by_id(
     client: &impl deadpool_postgres::GenericClient,
     names: &Names,
     id: i64,
 ) -> Result<Option<StoredMandate>, StorageError> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = $1"
-        ))
-        .await?;
+    let stmt = client.prepare_cached(&MANDATE_BY_ID_SQL).await?;
     match client.query_opt(&stmt, &[&id]).await? {
         Some(r) => Ok(Some(stored_mandate(client, names, &r).await?)),
         None => Ok(None),
@@ -1635,11 +1641,7 @@ async fn mandates_rows(
     names: &Names,
     person_id: i64,
 ) -> Result<Vec<StoredMandate>, StorageError> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {MANDATE_COLUMNS} FROM mandate WHERE person_id = $1 ORDER BY id"
-        ))
-        .await?;
+    let stmt = client.prepare_cached(&MANDATES_OF_PERSON_SQL).await?;
     let rows = client.query(&stmt, &[&person_id]).await?;
     let mut mandates = Vec::with_capacity(rows.len());
     for r in &rows {

@@ -416,17 +416,19 @@ fn stored_mandate(
     })
 }
 
+/// One mandate by id.
+static MANDATE_BY_ID_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = ?1"));
+
 fn mandate_by_id(
     c: &Connection,
     names: &Names,
     id: i64,
 ) -> Result<Option<StoredMandate>, StorageError> {
-    c.prepare_cached(&format!(
-        "SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = ?1"
-    ))?
-    .query_and_then([id], |r| stored_mandate(c, names, r))?
-    .next()
-    .transpose()
+    c.prepare_cached(&MANDATE_BY_ID_SQL)?
+        .query_and_then([id], |r| stored_mandate(c, names, r))?
+        .next()
+        .transpose()
 }
 
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
