@@ -62,6 +62,18 @@ pub fn registry_action(
     action: Action,
     purpose: Purpose,
 ) -> Result<bool, PolicyError> {
+    registry_action_with_reason(policy, who, action, purpose, 0)
+}
+
+/// [`registry_action`] for an action that comes with a written reason of
+/// `reason_len` characters (lifting a freeze).
+pub fn registry_action_with_reason(
+    policy: &Authorizer,
+    who: &Who,
+    action: Action,
+    purpose: Purpose,
+    reason_len: usize,
+) -> Result<bool, PolicyError> {
     policy.is_allowed(
         who,
         action,
@@ -69,7 +81,7 @@ pub fn registry_action(
             person_id: 0,
             purpose,
             mandates: Vec::new(),
-            reason_len: 0,
+            reason_len,
         },
     )
 }

@@ -877,6 +877,89 @@ impl Consultation {
         Ok(AccountRecord { state, ..target })
     }
 
+    /// Lifts the guard's freeze of an organisation: agency security or an
+    /// agency officer, with a written reason kept in the ledger. Every
+    /// account of the organisation may read again from its next request
+    /// (on other instances, from their next guard sync); accounts the guard
+    /// suspended stay suspended, each reactivated on its own. `Ok(false)`
+    /// when the organisation was not frozen.
+    pub async fn lift_freeze(
+        &self,
+        presented: &Presented<'_>,
+        organisation_id: i64,
+        reason: &str,
+    ) -> Result<bool, Refusal> {
+        let now = self.now();
+        let action = LeafAction::OrganisationUnfreeze;
+        let caller = self.authenticate(presented, action, now).await?;
+        let who = authorize::who(&caller.account);
+        let ctx = Ctx {
+            caller: &caller,
+            action,
+            purpose: None,
+            now,
+        };
+        // The policy decides on roles; the reason's length is checked here
+        // first, so that a short one is a 400 naming the field, not a 403.
+        let reason = reason.trim();
+        if reason.chars().count() < MIN_REASON_CHARS || reason.len() > MAX_REASON_BYTES {
+            return Err(self
+                .deny(
+                    &ctx,
+                    None,
+                    DenyReason::InvalidRequest,
+                    Refusal::invalid(
+                        "reason",
+                        format!(
+                            "must be {MIN_REASON_CHARS} characters to {MAX_REASON_BYTES} bytes"
+                        ),
+                    ),
+                )
+                .await);
+        }
+        // The purpose is irrelevant here; any value does.
+        match authorize::registry_action_with_reason(
+            &self.policy,
+            &who,
+            Action::LiftFreeze,
+            Purpose::FollowUp,
+            reason.chars().count(),
+        ) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(self
+                    .deny(&ctx, None, DenyReason::PolicyDenied, Refusal::Forbidden)
+                    .await);
+            }
+            Err(e) => return Err(self.fail(&ctx, None, "policy", &e).await),
+        }
+        let known = match self.store.organisations().await {
+            Ok(all) => all.iter().any(|(id, _)| *id == organisation_id),
+            Err(e) => return Err(self.fail(&ctx, None, "organisations", &e).await),
+        };
+        if !known {
+            return Err(self
+                .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
+                .await);
+        }
+        let lifted = match self.guard.lift_freeze(organisation_id, now).await {
+            Ok(lifted) => lifted,
+            Err(e) => return Err(self.fail(&ctx, None, "guard", &e).await),
+        };
+        let outcome = if lifted { "lifted" } else { "not frozen" };
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!(
+                "organisation {organisation_id} {outcome}: {reason}"
+            )),
+        ))
+        .await?;
+        Ok(lifted)
+    }
+
     // ---------------------------------------------------------------------
     // Stages. Each refusal is ledgered before it is returned.
     // ---------------------------------------------------------------------

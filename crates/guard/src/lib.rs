@@ -260,7 +260,10 @@ impl Guard {
     }
 
     /// Lifts an organisation's freeze (an officer's decision); other
-    /// instances follow at their next sync.
+    /// instances follow at their next sync. `Ok(true)` when the
+    /// organisation was frozen, in the store or only on this instance (a
+    /// freeze decided since the last sync: it is dropped here, and the
+    /// store keeps the lift, so that no flush brings it back).
     pub async fn lift_freeze(
         &self,
         organisation_id: i64,
@@ -269,11 +272,17 @@ impl Guard {
         let Some(inner) = &self.inner else {
             return Ok(false);
         };
-        let lifted = inner.store.lift_freeze(organisation_id, at).await?;
-        if let Some(o) = lock(inner.org_shard(organisation_id)).get_mut(&organisation_id) {
-            o.frozen = false;
-        }
-        Ok(lifted)
+        let pending = {
+            let mut p = lock(&inner.pending);
+            let before = p.freezes.len();
+            p.freezes.retain(|f| f.organisation_id != organisation_id);
+            p.freezes.len() != before
+        };
+        let stored = inner.store.lift_freeze(organisation_id, at).await?;
+        let here = lock(inner.org_shard(organisation_id))
+            .get_mut(&organisation_id)
+            .is_some_and(|o| std::mem::replace(&mut o.frozen, false));
+        Ok(stored || pending || here)
     }
 
     /// Stored alerts.

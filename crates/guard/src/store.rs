@@ -344,7 +344,9 @@ pub trait GuardStore: Send + Sync {
     async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError>;
 
     /// Adds counters and activity, records devices (earliest first-seen
-    /// wins), alerts and freezes: all or nothing.
+    /// wins), alerts and freezes (a freeze no later than the organisation's
+    /// last lift is ignored: it was decided before that lift): all or
+    /// nothing.
     async fn flush(&self, batch: &FlushBatch) -> Result<(), StoreError>;
 
     /// Per subject and metric, what instances other than `instance` counted
@@ -359,7 +361,9 @@ pub trait GuardStore: Send + Sync {
     /// Organisations frozen and not lifted.
     async fn frozen_organisations(&self) -> Result<Vec<Freeze>, StoreError>;
 
-    /// Lifts an organisation's freeze; false if it was not frozen.
+    /// Lifts an organisation's freeze; false if it was not frozen. The lift
+    /// is recorded even when no freeze is stored, so that a freeze decided
+    /// before it and flushed after it does not undo it.
     async fn lift_freeze(
         &self,
         organisation_id: i64,
@@ -392,6 +396,7 @@ pub mod memory {
         known: HashMap<(i64, KnownKind, [u8; 16]), DateTime<Utc>>,
         alerts: Vec<Alert>,
         frozen: BTreeMap<i64, DateTime<Utc>>,
+        lifted: BTreeMap<i64, DateTime<Utc>>,
     }
 
     /// The in-memory store. [`MemoryStore::fail`] makes every call fail,
@@ -503,6 +508,12 @@ pub mod memory {
             }
             s.alerts.extend(batch.alerts.iter().cloned());
             for f in &batch.freezes {
+                if s.lifted
+                    .get(&f.organisation_id)
+                    .is_some_and(|&lifted| f.frozen_at <= lifted)
+                {
+                    continue;
+                }
                 s.frozen.entry(f.organisation_id).or_insert(f.frozen_at);
             }
             Ok(())
@@ -557,9 +568,12 @@ pub mod memory {
         async fn lift_freeze(
             &self,
             organisation_id: i64,
-            _at: DateTime<Utc>,
+            at: DateTime<Utc>,
         ) -> Result<bool, StoreError> {
-            Ok(self.state()?.frozen.remove(&organisation_id).is_some())
+            let mut s = self.state()?;
+            let lifted = s.lifted.entry(organisation_id).or_insert(at);
+            *lifted = (*lifted).max(at);
+            Ok(s.frozen.remove(&organisation_id).is_some())
         }
 
         async fn alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {

@@ -580,6 +580,42 @@ async fn organisations_are_frozen_after_two_suspensions_and_lifted_by_an_officer
 }
 
 #[tokio::test]
+async fn a_freeze_lifted_before_its_sync_stays_lifted() {
+    let (g, store) = open(lenient_sync()).await;
+    for account in [40, 41] {
+        for i in 0..100 {
+            let d = g
+                .check(&read(account, i, day0() + TimeDelta::seconds(i)))
+                .await
+                .unwrap();
+            if d.verdict >= Verdict::Suspend {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        verdict(&g, &read(42, 1, day0() + mins(3))).await,
+        Verdict::FreezeOrganisation
+    );
+    // Decided here, not flushed yet: nothing stored, but it was frozen.
+    assert!(store.frozen_organisations().await.unwrap().is_empty());
+    assert!(g.lift_freeze(10, day0() + mins(4)).await.unwrap());
+    assert_eq!(
+        verdict(&g, &read(42, 2, day0() + mins(5))).await,
+        Verdict::Allow
+    );
+    // The sync flushes no stale freeze, and reads back none.
+    g.sync(day0() + mins(6)).await.unwrap();
+    assert!(store.frozen_organisations().await.unwrap().is_empty());
+    assert_eq!(
+        verdict(&g, &read(42, 3, day0() + mins(7))).await,
+        Verdict::Allow
+    );
+    // Lifting again: nothing to lift.
+    assert!(!g.lift_freeze(10, day0() + mins(8)).await.unwrap());
+}
+
+#[tokio::test]
 async fn one_suspended_account_hammering_on_does_not_freeze_its_organisation() {
     let (g, _) = open(lenient_sync()).await;
     let mut worst = Verdict::Allow;

@@ -274,6 +274,9 @@ coded_enum!(
         TokenIssue = 22 => "token_issue",
         /// Was disabled for inactivity.
         AccountDisable = 23 => "account_disable",
+        /// Lifted the guard's freeze of an organisation, with a written
+        /// reason.
+        OrganisationUnfreeze = 24 => "organisation_unfreeze",
     }
 );
 

@@ -73,6 +73,8 @@ pub enum Action {
     DecideAccount,
     /// List accounts with their history, to recertify them.
     ReviewAccounts,
+    /// Lift the guard's freeze of an organisation (with a written reason).
+    LiftFreeze,
 }
 
 impl Action {
@@ -93,6 +95,7 @@ impl Action {
         Action::RequestReset,
         Action::DecideAccount,
         Action::ReviewAccounts,
+        Action::LiftFreeze,
     ];
 
     /// The Cedar action id.
@@ -114,6 +117,7 @@ impl Action {
             Action::RequestReset => "request_reset",
             Action::DecideAccount => "decide_account",
             Action::ReviewAccounts => "review_accounts",
+            Action::LiftFreeze => "lift_freeze",
         }
     }
 
@@ -128,6 +132,7 @@ impl Action {
                 | Action::RequestReset
                 | Action::DecideAccount
                 | Action::ReviewAccounts
+                | Action::LiftFreeze
         )
     }
 

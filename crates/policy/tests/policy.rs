@@ -487,6 +487,42 @@ fn the_account_lifecycle_actions_follow_the_four_eyes_roles() {
     }
 }
 
+/// Lifting the guard's freeze of an organisation: agency security and
+/// agency officers, active, with a written reason of 20 characters or more;
+/// nobody else, over every kind, role and state.
+#[test]
+fn lifting_a_freeze_needs_agency_security_or_an_officer_and_a_reason() {
+    let a = defaults();
+    let none = what(Purpose::FollowUp, vec![]);
+    let reason = |n| What {
+        reason_len: n,
+        ..none.clone()
+    };
+    for kind in OrganisationKind::ALL {
+        for role in Role::ALL {
+            for state in AccountState::ALL {
+                let w = who(*kind, *role, *state);
+                let entitled = *kind == OrganisationKind::FranceTravail
+                    && matches!(role, Role::Officer | Role::Security)
+                    && *state == AccountState::Active;
+                for (len, enough) in [(0, false), (19, false), (20, true), (400, true)] {
+                    let expected = entitled && enough;
+                    assert_eq!(
+                        a.is_allowed(&w, Action::LiftFreeze, &reason(len)).unwrap(),
+                        expected,
+                        "{kind} {role} {state} reason of {len}"
+                    );
+                    assert_eq!(
+                        a.is_allowed_uncached(&w, Action::LiftFreeze, &reason(len))
+                            .unwrap(),
+                        expected
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn search_and_caseload_follow_the_purposes_of_the_organisation_kind() {
     let a = defaults();

@@ -5788,6 +5788,37 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter() {
             (3, t0 + TimeDelta::hours(2)),
             "[{be}]"
         );
+        // A freeze decided before a lift but flushed after it (another
+        // instance's sync in flight) does not undo the lift, even when the
+        // lift found nothing stored yet; a freeze after the lift does.
+        let freeze_at = |org: i64, at| FlushBatch {
+            instance: 2,
+            freezes: vec![Freeze {
+                organisation_id: org,
+                frozen_at: at,
+            }],
+            ..FlushBatch::default()
+        };
+        assert!(
+            g.lift_freeze(3, t0 + TimeDelta::hours(3)).await.unwrap(),
+            "[{be}]"
+        );
+        g.flush(&freeze_at(3, t0 + TimeDelta::minutes(150)))
+            .await
+            .unwrap();
+        assert!(frozen(g.clone()).await.is_empty(), "[{be}] stale freeze");
+        assert!(
+            !g.lift_freeze(4, t0 + TimeDelta::hours(3)).await.unwrap(),
+            "[{be}] nothing stored for 4"
+        );
+        g.flush(&freeze_at(4, t0 + TimeDelta::minutes(170)))
+            .await
+            .unwrap();
+        assert!(frozen(g.clone()).await.is_empty(), "[{be}] stale freeze");
+        g.flush(&freeze_at(4, t0 + TimeDelta::hours(4)))
+            .await
+            .unwrap();
+        assert_eq!(frozen(g.clone()).await, vec![4], "[{be}] a new freeze");
     }
 }
 

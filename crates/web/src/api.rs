@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/mandates/{id}", delete(revoke_mandate))
         .route("/api/v1/organisations", get(organisations))
         .route("/api/v1/organisations/{id}/accounts", get(accounts))
+        .route("/api/v1/organisations/{id}/lift-freeze", post(lift_freeze))
         .route("/api/v1/accounts/{id}/suspend", post(suspend))
         .route("/api/v1/accounts/{id}/reactivate", post(reactivate))
         .route(
@@ -790,6 +791,40 @@ async fn accounts(
     ok(serde_json::json!({
         "accounts": list.into_iter().map(AccountBody::from).collect::<Vec<_>>()
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiftFreezeBody {
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct FreezeBody {
+    organisation_id: i64,
+    /// False when the organisation was not frozen.
+    lifted: bool,
+}
+
+async fn lift_freeze(
+    State(state): State<AppState>,
+    creds: Credentials,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let input = path_id(path).and_then(|id| {
+        let body: LiftFreezeBody = json_body(body)?;
+        Ok((id, body))
+    });
+    let (organisation_id, body) = parsed(&state, &creds, input).await?;
+    let lifted = state
+        .consultation
+        .lift_freeze(&creds.presented(), organisation_id, &body.reason)
+        .await?;
+    ok(FreezeBody {
+        organisation_id,
+        lifted,
+    })
 }
 
 async fn suspend(

@@ -1654,6 +1654,142 @@ async fn a_burst_is_throttled_then_suspended_with_its_sessions_ended_and_alerts_
     }
 }
 
+/// An organisation the guard froze stays refused until agency security
+/// (or an agency officer) lifts the freeze with a written reason; nobody
+/// else can, every attempt is ledgered, the guard's next sync keeps it
+/// lifted, and the suspended account stays suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
+    for backend in BACKENDS {
+        let mut config = test_guard_config();
+        config.account.persons.per_hour = 5;
+        // The first suspension freezes the organisation.
+        config.containment.freeze_after_suspensions = 1;
+        let app = spawn_app_with(backend, config).await;
+        let ce1 = app.org("T-CE1");
+        let persons: Vec<i64> = (0..40).map(|n| app.fresh_person(400 + n)).collect();
+        for p in &persons {
+            app.mandate("T-CE1", None, *p, Purpose::FollowUp, today(), None)
+                .await;
+        }
+        // One agent bursts until it is stopped: suspended, and with it the
+        // whole organisation frozen.
+        let mut stopped = None;
+        for p in &persons {
+            let (s, body) = app.read("t.ce1", *p, "follow_up").await;
+            match s {
+                200 | 429 => {}
+                403 => {
+                    stopped = Some(body["error"]["code"].as_str().unwrap().to_string());
+                    break;
+                }
+                other => panic!("{backend:?}: unexpected {other}: {body}"),
+            }
+        }
+        assert!(
+            stopped.is_some(),
+            "{backend:?}: the burst was never stopped"
+        );
+        let (s, body) = app.read("t.ce1b", persons[0], "follow_up").await;
+        assert_eq!(s, 403, "{backend:?}: {body}");
+        assert_error(&body, "organisation_frozen");
+
+        let path = format!("/api/v1/organisations/{ce1}/lift-freeze");
+        let reason = "Comptes vérifiés avec le responsable de la structure";
+        let before = app.ledger_size().await;
+        // Nobody but agency security and officers; not with a short reason.
+        for login in ["t.ce1b", "t.ft", "t.ftm", "t.mlm"] {
+            let (s, body) = app
+                .post(Some(login), &path, &json!({ "reason": reason }))
+                .await;
+            assert_eq!(s, 403, "{backend:?} {login}: {body}");
+        }
+        let (s, body) = app
+            .post(Some("t.sec"), &path, &json!({ "reason": "vu" }))
+            .await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(body["error"]["field"], "reason");
+        let (s, body) = app.post(Some("t.sec"), &path, &json!({})).await;
+        assert_eq!(s, 400, "{body}");
+        let (s, body) = app
+            .post(
+                Some("t.sec"),
+                "/api/v1/organisations/999999/lift-freeze",
+                &json!({ "reason": reason }),
+            )
+            .await;
+        assert_eq!(s, 404, "{body}");
+        let (s, body) = app.post(None, &path, &json!({ "reason": reason })).await;
+        assert_eq!(s, 401, "{body}");
+        // Still frozen after all that.
+        let (s, body) = app.read("t.ce1b", persons[0], "follow_up").await;
+        assert_eq!(s, 403, "{body}");
+        assert_error(&body, "organisation_frozen");
+
+        let (s, body) = app
+            .post(Some("t.sec"), &path, &json!({ "reason": reason }))
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        assert_eq!(body, json!({ "organisation_id": ce1, "lifted": true }));
+        // From the very next request; and the guard's next sync, which
+        // reads the frozen organisations back from the store, agrees.
+        let (s, body) = app.read("t.ce1b", persons[0], "follow_up").await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        app.advance(10).await;
+        let (s, body) = app.read("t.ce1b", persons[1], "follow_up").await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        // The account that caused it is still suspended.
+        let (s, body) = app.read("t.ce1", persons[0], "follow_up").await;
+        assert_eq!(s, 403, "{body}");
+        assert_error(&body, "account_suspended");
+        // Lifting again says there was nothing to lift.
+        let (s, body) = app
+            .post(Some("t.officer"), &path, &json!({ "reason": reason }))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["lifted"], false);
+
+        // The ledger: every attempt under its author, the reason with the
+        // decision that used it.
+        let leaves = app.leaves(before).await;
+        let lifts: Vec<&AuditLeaf> = leaves
+            .iter()
+            .filter(|l| l.action == LeafAction::OrganisationUnfreeze)
+            .collect();
+        let denied = |login: &str, reason: rempart_ledger::DenyReason| {
+            let id = app.account(login).account_id;
+            lifts
+                .iter()
+                .filter(|l| l.account.0 == id && l.decision == Decision::Deny(reason))
+                .count()
+        };
+        use rempart_ledger::DenyReason as D;
+        for login in ["t.ce1b", "t.ft", "t.ftm", "t.mlm"] {
+            assert_eq!(denied(login, D::PolicyDenied), 1, "{backend:?} {login}");
+        }
+        assert_eq!(denied("t.sec", D::InvalidRequest), 2, "{backend:?}");
+        let allowed: Vec<(i64, Option<&str>)> = lifts
+            .iter()
+            .filter(|l| l.decision.is_allow())
+            .map(|l| (l.account.0, l.note.as_deref()))
+            .collect();
+        let lifted = format!("organisation {ce1} lifted: {reason}");
+        let not_frozen = format!("organisation {ce1} not frozen: {reason}");
+        assert_eq!(
+            allowed,
+            vec![
+                (app.account("t.sec").account_id, Some(lifted.as_str())),
+                (
+                    app.account("t.officer").account_id,
+                    Some(not_frozen.as_str())
+                ),
+            ],
+            "{backend:?}"
+        );
+        app.stop().await;
+    }
+}
+
 /// A working day at a normal rhythm: an advisor reads some thirty persons
 /// of its caseload spread over the day, lists its caseload, searches,
 /// sometimes asks for someone it does not follow. Nothing is refused and

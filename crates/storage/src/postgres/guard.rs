@@ -209,7 +209,7 @@ impl PgStore {
             tx.execute(
                 "INSERT INTO guard_freeze (organisation_id, frozen_at) VALUES ($1, $2)
                  ON CONFLICT (organisation_id) DO UPDATE SET frozen_at = EXCLUDED.frozen_at, lifted_at = NULL
-                 WHERE guard_freeze.lifted_at IS NOT NULL",
+                 WHERE guard_freeze.lifted_at IS NOT NULL AND EXCLUDED.frozen_at > guard_freeze.lifted_at",
                 &[&f.organisation_id, &at],
             )
             .await?;
@@ -407,15 +407,28 @@ impl GuardStore for PgStore {
     ) -> Result<bool, StoreError> {
         async {
             let at = instant(at, "at")?;
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "UPDATE guard_freeze SET lifted_at = $2
-                     WHERE organisation_id = $1 AND lifted_at IS NULL",
-                    &[&organisation_id, &at],
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let frozen: Option<bool> = tx
+                .query_opt(
+                    "SELECT lifted_at IS NULL FROM guard_freeze WHERE organisation_id = $1 FOR UPDATE",
+                    &[&organisation_id],
                 )
-                .await?;
-            Ok::<_, StorageError>(n == 1)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            // Recorded even without a row: a freeze decided before the
+            // lift and still on its way from an instance's flush must not
+            // undo it (the flush re-freezes only after the lift).
+            tx.execute(
+                "INSERT INTO guard_freeze (organisation_id, frozen_at, lifted_at) VALUES ($1, $2, $2)
+                 ON CONFLICT (organisation_id) DO UPDATE SET lifted_at = EXCLUDED.lifted_at
+                 WHERE guard_freeze.lifted_at IS NULL OR guard_freeze.lifted_at < EXCLUDED.lifted_at",
+                &[&organisation_id, &at],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(frozen == Some(true))
         }
         .await
         .map_err(store_error)

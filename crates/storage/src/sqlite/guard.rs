@@ -10,7 +10,7 @@ use rempart_guard::store::{
     Metric, RemoteCount, StoredAlert,
 };
 use rempart_guard::{Alert, Evidence, StoreError};
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{SqliteStore, instant_text, parse_instant};
 use crate::StorageError;
@@ -155,7 +155,7 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO guard_freeze (organisation_id, frozen_at) VALUES (?1, ?2)
              ON CONFLICT (organisation_id) DO UPDATE SET frozen_at = excluded.frozen_at, lifted_at = NULL
-             WHERE guard_freeze.lifted_at IS NOT NULL",
+             WHERE guard_freeze.lifted_at IS NOT NULL AND excluded.frozen_at > guard_freeze.lifted_at",
         )?;
         for f in &batch.freezes {
             stmt.execute(params![
@@ -358,11 +358,24 @@ impl GuardStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let at = instant_text(at, "at").map_err(store_error)?;
         self.write(move |c| {
-            Ok(c.prepare_cached(
-                "UPDATE guard_freeze SET lifted_at = ?2 WHERE organisation_id = ?1 AND lifted_at IS NULL",
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let frozen = tx
+                .prepare_cached(
+                    "SELECT lifted_at IS NULL FROM guard_freeze WHERE organisation_id = ?1",
+                )?
+                .query_row([organisation_id], |r| r.get::<_, bool>(0))
+                .optional()?;
+            // Recorded even without a row: a freeze decided before the
+            // lift and still on its way from an instance's flush must not
+            // undo it (the flush re-freezes only after the lift).
+            tx.prepare_cached(
+                "INSERT INTO guard_freeze (organisation_id, frozen_at, lifted_at) VALUES (?1, ?2, ?2)
+                 ON CONFLICT (organisation_id) DO UPDATE SET lifted_at = excluded.lifted_at
+                 WHERE guard_freeze.lifted_at IS NULL OR guard_freeze.lifted_at < excluded.lifted_at",
             )?
-            .execute(params![organisation_id, at])?
-                == 1)
+            .execute(params![organisation_id, at])?;
+            tx.commit()?;
+            Ok(frozen == Some(true))
         })
         .await
         .map_err(store_error)
