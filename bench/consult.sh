@@ -16,6 +16,12 @@
 # the population is generated as of, today by default: the policy uses
 # current_date), BENCH_KEEP=1 keeps the schema and role afterwards.
 #
+# Under wrk, the script also measures `rempart bench floor`: the server's
+# no-op beside a route that only appends a leaf to a throwaway audit
+# ledger, durably (what every consultation must do before it answers), and
+# prints the CPU each kind of request costs: the server's threads by name,
+# wrk itself, and the whole machine.
+#
 # Needs psql and pgbench. On Debian 12 pgbench ships in the server package
 # postgresql-15 (pulled in by postgresql-contrib), not in postgresql-client-15;
 # as root the script fetches that package and unpacks pgbench alone into
@@ -110,6 +116,8 @@ if [ "$HAVE_WRK" = 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2
 fi
 [ "$HAVE_WRK" = 1 ] || echo "wrk not installed (apt-get install wrk): no wrk figures"
 : > "$WORK/wrk-results"
+: > "$WORK/cpu-results"
+: > "$WORK/floor-results"
 SERVER_PID=""
 stop_server() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2> /dev/null || true; wait "$SERVER_PID" 2> /dev/null || true; SERVER_PID=""; fi; }
 trap stop_server EXIT
@@ -125,23 +133,65 @@ start_server() { # `rempart serve` on $PORT (one server owns the ledger at a tim
 wrk_ms() { # a wrk latency (850.00us, 1.20ms, 2.00s) in ms
   awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f\n", v }'
 }
-wrk_measure() { # wrk_measure URL [SCRIPT]: prints "rps p50_ms p99_ms"
-  local out
+# Where the CPU goes, per request: the server's threads by name (the
+# runtime's workers, the ledger's writer and WAL checkpointer, ...) from
+# /proc, wrk's own time, and the whole machine's busy and idle time. The
+# no-op target is a budget: at 0.5x, a consultation may use twice the CPU
+# of a no-op request, load generator included.
+HZ=$(getconf CLK_TCK)
+server_threads() { # "name ticks" per thread name of the server
+  for t in /proc/"$SERVER_PID"/task/*/stat; do
+    sed -E 's/^[0-9]+ \((.*)\) [A-Z] (.*)$/\1\t\2/' "$t" 2> /dev/null | tr ' ' '_' |
+      awk -F '\t' '{ split($2, f, "_"); print $1, f[11] + f[12] }'
+  done | awk '{ t[$1] += $2 } END { for (k in t) print k, t[k] }' | sort
+}
+machine() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat; }
+wrk_measure() { # wrk_measure LABEL URL [SCRIPT]: prints "rps p50_ms p99_ms"; appends to cpu-results
+  local label=$1 out b0 i0 b1 i1 rps n
+  shift
+  server_threads > "$WORK/threads.0"
+  read -r b0 i0 < <(machine)
+  local TIMEFORMAT='%U %S'
   if [ -n "${2:-}" ]; then
-    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$2" "$1")
+    { time wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$2" "$1" > "$WORK/wrk.out"; } 2> "$WORK/wrk.time"
   else
-    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1")
+    { time wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1" > "$WORK/wrk.out"; } 2> "$WORK/wrk.time"
   fi
+  read -r b1 i1 < <(machine)
+  server_threads > "$WORK/threads.1"
+  out=$(cat "$WORK/wrk.out")
   echo "$out" | grep -q "Non-2xx" && { echo "$out" >&2; die "wrk got non-2xx answers"; }
-  printf '%s %s %s\n' "$(echo "$out" | sed -nE 's/^Requests\/sec: *([0-9.]+)/\1/p')" \
+  rps=$(echo "$out" | sed -nE 's/^Requests\/sec: *([0-9.]+)/\1/p')
+  n=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { print r * d }')
+  { join "$WORK/threads.0" "$WORK/threads.1" |
+      awk -v l="$label" -v n="$n" -v hz="$HZ" '$3 > $2 { printf "%s server:%s %.2f\n", l, $1, ($3 - $2) * 1e6 / hz / n }'
+    awk -v l="$label" -v n="$n" '{ printf "%s wrk %.2f\n", l, ($1 + $2) * 1e6 / n }' "$WORK/wrk.time"
+    awk -v l="$label" -v n="$n" -v hz="$HZ" -v b=$((b1 - b0)) -v i=$((i1 - i0)) \
+      'BEGIN { printf "%s machine-busy %.2f\n%s machine-idle-%% %.1f\n", l, b * 1e6 / hz / n, l, 100 * i / (b + i) }'
+  } >> "$WORK/cpu-results"
+  printf '%s %s %s\n' "$rps" \
     "$(echo "$out" | awk '$1 == "50%" { print $2 }' | wrk_ms)" \
     "$(echo "$out" | awk '$1 == "99%" { print $2 }' | wrk_ms)"
+}
+start_floor() { # `rempart bench floor` on $PORT: the no-op beside a durable append alone
+  "$BIN" bench floor --data "$DATA" --listen "127.0.0.1:$PORT" >> "$WORK/floor.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/bench/ledger-append" > /dev/null 2>&1 && return; sleep 0.2; done
+  die "rempart bench floor did not become ready (see $WORK/floor.log)"
+}
+floor_run() { # one run: the no-op endpoint, then the durable append alone; appends to floor-results
+  echo "== Floor under wrk, run $1/$RUNS: $CONNS connections, ${DURATION}s each"
+  local noop append
+  noop=$(wrk_measure floor-noop "http://127.0.0.1:$PORT/api/v1/health/live")
+  append=$(wrk_measure floor-append "http://127.0.0.1:$PORT/bench/ledger-append")
+  echo "$append $noop" | tee -a "$WORK/floor-results" |
+    awk '{ printf "durable append alone %s/s (p50 %s ms, p99 %s ms), no-op %s/s (p50 %s ms, p99 %s ms)\n", $1, $2, $3, $4, $5, $6 }'
 }
 wrk_run() { # one run: the no-op endpoint, then consultations; appends to wrk-results
   echo "== Rempart under wrk, run $1/$RUNS: $CONNS connections, ${DURATION}s each"
   local noop consult
-  noop=$(wrk_measure "http://127.0.0.1:$PORT/api/v1/health/live")
-  consult=$(wrk_measure "http://127.0.0.1:$PORT" "$WORK/consult.lua")
+  noop=$(wrk_measure noop "http://127.0.0.1:$PORT/api/v1/health/live")
+  consult=$(wrk_measure consult "http://127.0.0.1:$PORT" "$WORK/consult.lua")
   echo "$consult $noop" | tee -a "$WORK/wrk-results" |
     awk '{ printf "consult %s/s (p50 %s ms, p99 %s ms), no-op %s/s (p50 %s ms, p99 %s ms)\n", $1, $2, $3, $4, $5, $6 }'
 }
@@ -259,6 +309,7 @@ pgbench_run() { # one run; appends "tps p50_ms p99_ms" to pgbench-results
 for i in $(seq 1 "$RUNS"); do
   if [ "$HAVE_CONSULT" = 1 ] && [ "$i" -gt 1 ]; then rempart_run "$i"; fi
   if [ "$HAVE_WRK" = 1 ]; then start_server; wrk_run "$i"; stop_server; fi
+  if [ "$HAVE_WRK" = 1 ]; then start_floor; floor_run "$i"; stop_server; fi
   pgbench_run "$i"
 done
 stop_server
@@ -286,6 +337,10 @@ if [ "$HAVE_WRK" = 1 ]; then
   W_RPS=$(col 1); W_P50=$(col 2); W_P99=$(col 3); WN_RPS=$(col 4); WN_P50=$(col 5); WN_P99=$(col 6)
   printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart consult, wrk" "$W_RPS" "$W_P50" "$W_P99"
   printf '%-46s %12.0f %10.3f %10.3f\n' "Rempart no-op, wrk" "$WN_RPS" "$WN_P50" "$WN_P99"
+  fcol() { awk -v c="$1" '{ print $c }' "$WORK/floor-results" | median; }
+  F_RPS=$(fcol 1); F_P50=$(fcol 2); F_P99=$(fcol 3); FN_RPS=$(fcol 4); FN_P50=$(fcol 5); FN_P99=$(fcol 6)
+  printf '%-46s %12.0f %10.3f %10.3f\n' "floor: durable ledger append alone, wrk" "$F_RPS" "$F_P50" "$F_P99"
+  printf '%-46s %12.0f %10.3f %10.3f\n' "floor: its no-op, wrk" "$FN_RPS" "$FN_P50" "$FN_P99"
 fi
 printf '%-46s %12.0f %10.3f %10.3f\n' "baseline: pgbench, PostgreSQL RLS, plaintext" "$PG_TPS" "$PG_P50" "$PG_P99"
 if [ "$HAVE_CONSULT" = 1 ]; then
@@ -294,6 +349,20 @@ if [ "$HAVE_CONSULT" = 1 ]; then
 fi
 if [ "$HAVE_WRK" = 1 ]; then
   printf 'wrk: ratio rempart/noop %s, rempart/pgbench-rls %s\n' "$(ratio "$W_RPS" "$WN_RPS")" "$(ratio "$W_RPS" "$PG_TPS")"
+  printf 'floor: a durable append alone runs at %sx its no-op (a consultation cannot do better)\n' "$(ratio "$F_RPS" "$FN_RPS")"
+fi
+if [ "$HAVE_WRK" = 1 ]; then
+  # CPU per request under wrk, medians over the runs (microseconds).
+  printf '\nCPU per request under wrk, us (medians of %s runs)  %10s %10s %10s\n' "$RUNS" "no-op" "consult" "append"
+  cpu() { awk -v l="$1" -v k="$2" '$1 == l && $2 == k { print $3 }' "$WORK/cpu-results" | median 2> /dev/null || echo 0; }
+  for k in $(awk '{ print $2 }' "$WORK/cpu-results" | sort -u | grep -v '^machine'); do
+    printf '  %-48s %10.1f %10.1f %10.1f\n' "$k" "$(cpu noop "$k")" "$(cpu consult "$k")" "$(cpu floor-append "$k")"
+  done
+  NB=$(cpu noop machine-busy); CB=$(cpu consult machine-busy)
+  printf '  %-48s %10.1f %10.1f %10.1f\n' "machine, all processes (busy)" "$NB" "$CB" "$(cpu floor-append machine-busy)"
+  printf '  %-48s %9.0f%% %9.0f%% %9.0f%%\n' "machine idle" "$(cpu noop machine-idle-%)" "$(cpu consult machine-idle-%)" "$(cpu floor-append machine-idle-%)"
+  printf 'a consultation costs %sx the CPU of a no-op request, load generator included; the 0.5x target needs <= 2.0x\n' \
+    "$(ratio "$CB" "$NB")"
 fi
 if [ "$HAVE_CONSULT" = 1 ]; then :
 else

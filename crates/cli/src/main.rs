@@ -4,6 +4,7 @@
 mod accounts;
 mod audit;
 mod bench_dpop;
+mod bench_floor;
 mod bench_session;
 mod clients;
 mod device_key;
@@ -144,6 +145,11 @@ enum BenchCommand {
     /// real guard and with the pass-through one in the same run (ratio;
     /// target overhead at most 10%), and one `check`'s median cost.
     Guard(serve::BenchConsultArgs),
+    /// The floor under a consultation's cost: serves the real router
+    /// (its no-op endpoint) beside a bench-only route that makes one
+    /// durable append to a throwaway audit ledger and nothing else, for a
+    /// load generator to compare (`bench/consult.sh` drives wrk).
+    Floor(bench_floor::BenchFloorArgs),
 }
 
 #[derive(Subcommand)]
@@ -285,6 +291,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Client(cmd) => clients::run(cmd).await,
         Command::Alerts(args) => guard::alerts(&args).await,
         Command::Bench(BenchCommand::Guard(args)) => serve::bench_guard(&args).await,
+        Command::Bench(BenchCommand::Floor(args)) => bench_floor::bench_floor(&args).await,
         Command::Simulate(args) => simulate::simulate(&args).await,
         Command::Drill(args) => drill::drill(&args).await,
     }

@@ -387,7 +387,7 @@ pub async fn run_until(
     close_ledger(ledger).await
 }
 
-async fn close_ledger(ledger: Arc<Ledger>) -> Result<()> {
+pub(crate) async fn close_ledger(ledger: Arc<Ledger>) -> Result<()> {
     // Every answer already waited for its leaf to be durable; closing adds
     // the final checkpoint.
     match Arc::try_unwrap(ledger) {

@@ -515,6 +515,80 @@ fn an_interrupted_import_can_simply_be_run_again() {
     assert_eq!(stored_persons(&data, None), 40_000);
 }
 
+/// One HTTP/1.1 GET on a fresh connection: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// `rempart bench floor` serves the server's own no-op beside durable
+/// appends to a throwaway ledger, which it deletes when it stops; the data
+/// directory's own ledger receives no leaf.
+#[test]
+fn bench_floor_appends_to_a_throwaway_ledger_only() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, None);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rempart"))
+        .args([
+            "bench",
+            "floor",
+            "--data",
+            s(&data),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    assert_eq!(http_get(&addr, "/api/v1/health/live").0, 200);
+    for i in 0..3 {
+        let (status, body) = http_get(&addr, "/bench/ledger-append");
+        assert_eq!((status, body), (200, format!("{{\"index\":{i}}}")));
+    }
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l == "3 throwaway leaves appended"),
+        "{rest:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bench-floor"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let leaves: i64 = rusqlite_open(&data.join("ledger.db"))
+        .query_row("SELECT count(*) FROM leaf", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(leaves, 0, "the real ledger received nothing");
+}
+
 /// Plaintext that went into the store, from the first `n` persons: both
 /// names, NIR, e-mail, phone as typed and as normalised. Values under 5
 /// bytes are left out: random ciphertext contains short strings by chance.
