@@ -26,10 +26,31 @@ use crate::authenticate::{self, Caller, Rejected, Via};
 use crate::login::Web;
 use crate::{Presented, Refusal, authorize};
 
-/// Longest a break-glass reason may be, in bytes (it goes into the ledger).
+/// Longest a written reason (break-glass, lifting a freeze) may be, in
+/// bytes (it goes into the ledger).
 pub const MAX_REASON_BYTES: usize = 1000;
-/// Shortest break-glass reason, in characters (the policy checks it too).
+/// Shortest written reason, in characters (the policy checks it too).
 pub const MIN_REASON_CHARS: usize = 20;
+
+/// Longest reason for lifting a freeze, in bytes: its leaf's note also
+/// names the organisation and the outcome (at most 45 bytes more), and a
+/// note holds [`MAX_REASON_BYTES`].
+pub const MAX_LIFT_REASON_BYTES: usize = 950;
+
+/// A written reason (break-glass, lifting a freeze), trimmed, or the
+/// refusal naming the field: [`MIN_REASON_CHARS`] characters to
+/// `max_bytes` bytes.
+fn written_reason(raw: &str, max_bytes: usize) -> Result<&str, Refusal> {
+    let reason = raw.trim();
+    if reason.chars().count() < MIN_REASON_CHARS || reason.len() > max_bytes {
+        return Err(Refusal::invalid(
+            "reason",
+            format!("must be {MIN_REASON_CHARS} characters to {max_bytes} bytes"),
+        ));
+    }
+    Ok(reason)
+}
+
 /// Largest caseload page.
 pub const MAX_PAGE: u32 = 1000;
 /// Longest name accepted in a search, in characters.
@@ -568,22 +589,14 @@ impl Consultation {
         if let Some(refused) = self.step_up_missing(&ctx, person_id).await {
             return Err(refused);
         }
-        let reason = request.reason.trim();
-        if reason.chars().count() < MIN_REASON_CHARS || reason.len() > MAX_REASON_BYTES {
-            return Err(self
-                .deny(
-                    &ctx,
-                    Some(person_id),
-                    DenyReason::InvalidRequest,
-                    Refusal::invalid(
-                        "reason",
-                        format!(
-                            "must be {MIN_REASON_CHARS} characters to {MAX_REASON_BYTES} bytes"
-                        ),
-                    ),
-                )
-                .await);
-        }
+        let reason = match written_reason(&request.reason, MAX_REASON_BYTES) {
+            Ok(r) => r,
+            Err(refusal) => {
+                return Err(self
+                    .deny(&ctx, Some(person_id), DenyReason::InvalidRequest, refusal)
+                    .await);
+            }
+        };
         let mandates = self.mandates_of(&ctx, person_id).await?;
         let attempt =
             self.attempts(&ctx, from)
@@ -901,22 +914,14 @@ impl Consultation {
         };
         // The policy decides on roles; the reason's length is checked here
         // first, so that a short one is a 400 naming the field, not a 403.
-        let reason = reason.trim();
-        if reason.chars().count() < MIN_REASON_CHARS || reason.len() > MAX_REASON_BYTES {
-            return Err(self
-                .deny(
-                    &ctx,
-                    None,
-                    DenyReason::InvalidRequest,
-                    Refusal::invalid(
-                        "reason",
-                        format!(
-                            "must be {MIN_REASON_CHARS} characters to {MAX_REASON_BYTES} bytes"
-                        ),
-                    ),
-                )
-                .await);
-        }
+        let reason = match written_reason(reason, MAX_LIFT_REASON_BYTES) {
+            Ok(r) => r,
+            Err(refusal) => {
+                return Err(self
+                    .deny(&ctx, None, DenyReason::InvalidRequest, refusal)
+                    .await);
+            }
+        };
         // The purpose is irrelevant here; any value does.
         match authorize::registry_action_with_reason(
             &self.policy,
@@ -946,15 +951,12 @@ impl Consultation {
             Ok(lifted) => lifted,
             Err(e) => return Err(self.fail(&ctx, None, "guard", &e).await),
         };
-        let outcome = if lifted { "lifted" } else { "not frozen" };
         self.record(ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
-            Some(format!(
-                "organisation {organisation_id} {outcome}: {reason}"
-            )),
+            Some(lift_note(organisation_id, lifted, reason)),
         ))
         .await?;
         Ok(lifted)
@@ -1691,6 +1693,14 @@ fn break_glass_source() -> Reference {
 }
 
 /// A unique mandate reference for mandates created through the API.
+/// The note of a lift's leaf: the organisation, the outcome and the
+/// reason; at most [`MAX_REASON_BYTES`] for a reason of at most
+/// [`MAX_LIFT_REASON_BYTES`].
+fn lift_note(organisation_id: i64, lifted: bool, reason: &str) -> String {
+    let outcome = if lifted { "lifted" } else { "not frozen" };
+    format!("organisation {organisation_id} {outcome}: {reason}")
+}
+
 fn mandate_reference(prefix: &str, now: DateTime<Utc>) -> Reference {
     let mut random = [0u8; 6];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
@@ -1709,4 +1719,37 @@ fn operations_are_send(c: &Consultation) {
     is_send(&c.read_person(&Presented::Nothing, None, 1, Purpose::FollowUp));
     is_send(&c.caseload(&Presented::Nothing, None, Purpose::FollowUp, 0, 1));
     is_send(&c.whoami(&Presented::Nothing));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_reasons_are_trimmed_and_bounded() {
+        assert_eq!(
+            written_reason("  vingt caractères ou plus  ", 100),
+            Ok("vingt caractères ou plus")
+        );
+        // Characters at the bottom, bytes at the top.
+        assert!(written_reason(&"é".repeat(19), 100).is_err());
+        assert!(written_reason(&"é".repeat(20), 40).is_ok());
+        assert!(written_reason(&"é".repeat(20), 39).is_err());
+        match written_reason("court", 100) {
+            Err(Refusal::Invalid { field, .. }) => assert_eq!(field, "reason"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lift_note_fits_a_leaf_whatever_the_organisation() {
+        let reason = "x".repeat(MAX_LIFT_REASON_BYTES);
+        for id in [1, i64::MAX, i64::MIN] {
+            for lifted in [true, false] {
+                let note = lift_note(id, lifted, &reason);
+                assert!(note.len() <= MAX_REASON_BYTES, "{} bytes", note.len());
+                assert!(note.ends_with(&reason));
+            }
+        }
+    }
 }

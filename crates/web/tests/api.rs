@@ -1712,6 +1712,11 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         let (s, body) = app.post(Some("t.sec"), &path, &json!({})).await;
         assert_eq!(s, 400, "{body}");
         let (s, body) = app
+            .post(Some("t.sec"), &path, &json!({ "reason": "x".repeat(951) }))
+            .await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(body["error"]["field"], "reason");
+        let (s, body) = app
             .post(
                 Some("t.sec"),
                 "/api/v1/organisations/999999/lift-freeze",
@@ -1742,9 +1747,11 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         let (s, body) = app.read("t.ce1", persons[0], "follow_up").await;
         assert_eq!(s, 403, "{body}");
         assert_error(&body, "account_suspended");
-        // Lifting again says there was nothing to lift.
+        // Lifting again says there was nothing to lift; the longest
+        // reason is kept whole.
+        let longest = "x".repeat(rempart_consult::MAX_LIFT_REASON_BYTES);
         let (s, body) = app
-            .post(Some("t.officer"), &path, &json!({ "reason": reason }))
+            .post(Some("t.officer"), &path, &json!({ "reason": longest }))
             .await;
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["lifted"], false);
@@ -1767,14 +1774,14 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         for login in ["t.ce1b", "t.ft", "t.ftm", "t.mlm"] {
             assert_eq!(denied(login, D::PolicyDenied), 1, "{backend:?} {login}");
         }
-        assert_eq!(denied("t.sec", D::InvalidRequest), 2, "{backend:?}");
+        assert_eq!(denied("t.sec", D::InvalidRequest), 3, "{backend:?}");
         let allowed: Vec<(i64, Option<&str>)> = lifts
             .iter()
             .filter(|l| l.decision.is_allow())
             .map(|l| (l.account.0, l.note.as_deref()))
             .collect();
         let lifted = format!("organisation {ce1} lifted: {reason}");
-        let not_frozen = format!("organisation {ce1} not frozen: {reason}");
+        let not_frozen = format!("organisation {ce1} not frozen: {longest}");
         assert_eq!(
             allowed,
             vec![
