@@ -42,8 +42,8 @@ pub use federation::{FederatedCallback, FederatedStart};
 pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use path::{
     AccountState, BreakGlass, CaseloadPage, Clock, Consultation, Grant, MAX_LIFT_REASON_BYTES,
-    MAX_PAGE, MAX_REASON_BYTES, MIN_REASON_CHARS, NirShown, Organisations, SearchBy, SearchResults,
-    Shown,
+    MAX_PAGE, MAX_REASON_BYTES, MIN_REASON_CHARS, NirShown, OrganisationEntry, Organisations,
+    SearchBy, SearchResults, Shown,
 };
 
 /// What a request presents to prove who is calling: the first stage's

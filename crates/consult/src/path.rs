@@ -181,8 +181,17 @@ pub struct Grant {
     pub source: Reference,
 }
 
+/// An organisation as administration sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganisationEntry {
+    pub id: i64,
+    pub organisation: Organisation,
+    /// Since when the guard has frozen every account of it, if it has.
+    pub frozen_since: Option<DateTime<Utc>>,
+}
+
 /// Organisations, for account administration.
-pub type Organisations = Vec<(i64, Organisation)>;
+pub type Organisations = Vec<OrganisationEntry>;
 
 /// Where "now" comes from: the system clock, or a test's.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -788,10 +797,25 @@ impl Consultation {
             purpose: None,
             now,
         };
-        match self.store.organisations().await {
-            Ok(o) => Ok(o),
-            Err(e) => Err(self.fail(&ctx, None, "organisations", &e).await),
-        }
+        let all = match self.store.organisations().await {
+            Ok(o) => o,
+            Err(e) => return Err(self.fail(&ctx, None, "organisations", &e).await),
+        };
+        let frozen = match self.guard.frozen_organisations().await {
+            Ok(f) => f,
+            Err(e) => return Err(self.fail(&ctx, None, "guard", &e).await),
+        };
+        Ok(all
+            .into_iter()
+            .map(|(id, organisation)| OrganisationEntry {
+                id,
+                organisation,
+                frozen_since: frozen
+                    .iter()
+                    .find(|f| f.organisation_id == id)
+                    .map(|f| f.frozen_at),
+            })
+            .collect())
     }
 
     /// Accounts of one organisation (account administration).

@@ -285,6 +285,26 @@ impl Guard {
         Ok(stored || pending || here)
     }
 
+    /// Organisations frozen now, with the instant of each freeze: those the
+    /// store holds (every instance's, as of their last sync) and those
+    /// decided on this instance since its own. Empty for the pass-through.
+    pub async fn frozen_organisations(&self) -> Result<Vec<Freeze>, GuardError> {
+        let Some(inner) = &self.inner else {
+            return Ok(Vec::new());
+        };
+        let mut frozen = inner.store.frozen_organisations().await?;
+        for f in &lock(&inner.pending).freezes {
+            if !frozen
+                .iter()
+                .any(|g| g.organisation_id == f.organisation_id)
+            {
+                frozen.push(*f);
+            }
+        }
+        frozen.sort_by_key(|f| f.organisation_id);
+        Ok(frozen)
+    }
+
     /// Stored alerts.
     pub async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, GuardError> {
         match &self.inner {

@@ -763,6 +763,8 @@ struct OrganisationBody {
     kind: &'static str,
     name: String,
     departement: Option<String>,
+    /// RFC 3339, when the guard froze the organisation; null when it is not.
+    frozen_since: Option<String>,
 }
 
 async fn organisations(State(state): State<AppState>, creds: Credentials) -> Answer {
@@ -770,12 +772,15 @@ async fn organisations(State(state): State<AppState>, creds: Credentials) -> Ans
     ok(serde_json::json!({
         "organisations": list
             .into_iter()
-            .map(|(id, o)| OrganisationBody {
-                id,
-                code: o.code.as_str().to_string(),
-                kind: o.kind.as_str(),
-                name: o.name,
-                departement: o.departement,
+            .map(|e| OrganisationBody {
+                id: e.id,
+                code: e.organisation.code.as_str().to_string(),
+                kind: e.organisation.kind.as_str(),
+                name: e.organisation.name,
+                departement: e.organisation.departement,
+                frozen_since: e
+                    .frozen_since
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             })
             .collect::<Vec<_>>()
     }))

@@ -1694,6 +1694,27 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         assert_eq!(s, 403, "{backend:?}: {body}");
         assert_error(&body, "organisation_frozen");
 
+        // Administration sees which organisation is frozen, and since when.
+        let frozen_since = |list: &Value| -> Vec<(i64, Value)> {
+            list["organisations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| !o["frozen_since"].is_null())
+                .map(|o| (o["id"].as_i64().unwrap(), o["frozen_since"].clone()))
+                .collect()
+        };
+        let (s, list) = app.get(Some("t.officer"), "/api/v1/organisations").await;
+        assert_eq!(s, 200, "{list}");
+        let frozen = frozen_since(&list);
+        assert_eq!(frozen.len(), 1, "{backend:?}: {frozen:?}");
+        assert_eq!(frozen[0].0, ce1);
+        let since = frozen[0].1.as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(since).is_ok(),
+            "{since}"
+        );
+
         let path = format!("/api/v1/organisations/{ce1}/lift-freeze");
         let reason = "Comptes vérifiés avec le responsable de la structure";
         let before = app.ledger_size().await;
@@ -1743,6 +1764,8 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         app.advance(10).await;
         let (s, body) = app.read("t.ce1b", persons[1], "follow_up").await;
         assert_eq!(s, 200, "{backend:?}: {body}");
+        let (_, list) = app.get(Some("t.officer"), "/api/v1/organisations").await;
+        assert!(frozen_since(&list).is_empty(), "{backend:?}: {list}");
         // The account that caused it is still suspended.
         let (s, body) = app.read("t.ce1", persons[0], "follow_up").await;
         assert_eq!(s, 403, "{body}");
