@@ -7,10 +7,9 @@
 //! shaped like a consultation's (one agent reading a random person of a
 //! caseload of 200 for follow-up; ids only) to a throwaway ledger with the
 //! same store and group commit as the real one, then answer the leaf's
-//! index. A load
-//! generator on the same machine (`bench/consult.sh` drives wrk) compares
-//! the two: a consultation, whatever else it skips, costs at least that
-//! append. The route exists in this command only, never in `rempart serve`,
+//! index. A load generator on the same machine (`bench/consult.sh` drives
+//! wrk) compares the two: a consultation, whatever else it skips, costs at
+//! least that append. The route exists in this command only, never in `rempart serve`,
 //! and the throwaway ledger (a directory inside the data directory, on the
 //! same file system as the real ledger) is deleted when the server stops.
 

@@ -418,7 +418,7 @@ impl Consultation {
             purpose: Some(purpose),
             now,
         };
-        self.allow_registry_action(&ctx, &who, Action::Search, purpose)
+        self.allow_registry_action(&ctx, &who, Action::Search, purpose, 0)
             .await?;
         // The query itself is counted (search quotas, enumeration) before
         // any lookup; each person it would show is checked below.
@@ -530,7 +530,7 @@ impl Consultation {
                 )
                 .await);
         }
-        self.allow_registry_action(&ctx, &who, Action::ListCaseload, purpose)
+        self.allow_registry_action(&ctx, &who, Action::ListCaseload, purpose, 0)
             .await?;
         let attempt = self
             .attempts(&ctx, from)
@@ -947,21 +947,14 @@ impl Consultation {
             }
         };
         // The purpose is irrelevant here; any value does.
-        match authorize::registry_action_with_reason(
-            &self.policy,
+        self.allow_registry_action(
+            &ctx,
             &who,
             Action::LiftFreeze,
             Purpose::FollowUp,
             reason.chars().count(),
-        ) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(self
-                    .deny(&ctx, None, DenyReason::PolicyDenied, Refusal::Forbidden)
-                    .await);
-            }
-            Err(e) => return Err(self.fail(&ctx, None, "policy", &e).await),
-        }
+        )
+        .await?;
         let known = match self.store.organisations().await {
             Ok(all) => all.iter().any(|(id, _)| *id == organisation_id),
             Err(e) => return Err(self.fail(&ctx, None, "organisations", &e).await),
@@ -1195,15 +1188,18 @@ impl Consultation {
         }
     }
 
-    /// Stage 2 for registry-wide actions.
+    /// Stage 2 for registry-wide actions; `reason_len` is the length in
+    /// characters of the written reason the action comes with (0 if none).
     async fn allow_registry_action(
         &self,
         ctx: &Ctx<'_>,
         who: &Who,
         action: Action,
         purpose: Purpose,
+        reason_len: usize,
     ) -> Result<(), Refusal> {
-        match authorize::registry_action(&self.policy, who, action, purpose) {
+        match authorize::registry_action_with_reason(&self.policy, who, action, purpose, reason_len)
+        {
             Ok(true) => Ok(()),
             Ok(false) => Err(self
                 .deny(ctx, None, DenyReason::PolicyDenied, Refusal::Forbidden)
@@ -1256,7 +1252,7 @@ impl Consultation {
             now,
         };
         // The purpose is irrelevant to account management; any value does.
-        self.allow_registry_action(&ctx, &who, Action::ManageAccounts, Purpose::FollowUp)
+        self.allow_registry_action(&ctx, &who, Action::ManageAccounts, Purpose::FollowUp, 0)
             .await?;
         Ok((caller, now))
     }
@@ -1716,7 +1712,6 @@ fn break_glass_source() -> Reference {
     Reference::parse("break_glass").unwrap_or_else(|_| unreachable!("valid reference"))
 }
 
-/// A unique mandate reference for mandates created through the API.
 /// The note of a lift's leaf: the organisation, the outcome and the
 /// reason; at most [`MAX_REASON_BYTES`] for a reason of at most
 /// [`MAX_LIFT_REASON_BYTES`].
@@ -1725,6 +1720,7 @@ fn lift_note(organisation_id: i64, lifted: bool, reason: &str) -> String {
     format!("organisation {organisation_id} {outcome}: {reason}")
 }
 
+/// A unique mandate reference for mandates created through the API.
 fn mandate_reference(prefix: &str, now: DateTime<Utc>) -> Reference {
     let mut random = [0u8; 6];
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
