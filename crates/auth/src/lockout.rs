@@ -30,6 +30,29 @@
 //!   someone who is meant to be waiting; counting them would let anyone
 //!   stretch a victim's lock forever by hammering the form.
 //!
+//! # Attempts in flight
+//!
+//! Checking a state, evaluating a password (argon2id, tens of
+//! milliseconds) and then writing the state back lets every attempt that
+//! arrives during the evaluation pass the same check: 30 parallel attempts
+//! were once all evaluated and left one failure counted. So an attempt is
+//! *reserved* before anything is evaluated:
+//!
+//! * the account's side with [`Lockout::reserve`]: the caller stores the
+//!   returned state (the attempt counted as a failure) with one
+//!   compare-and-set against the state it read, evaluates only if that
+//!   succeeded, and on success replaces the stored state with
+//!   [`Lockout::record_success`]'s, again by compare-and-set, so that a
+//!   late write never erases a lock another attempt caused. Unknown logins
+//!   do the same in memory ([`Lockout::reserve_unknown`]).
+//! * the address's side with [`Lockout::admit`]: an admission holds
+//!   one place among the failures the address has left before its lock, and
+//!   [`Lockout::settle_address`] gives it back, counting a failure or not.
+//!   An address with `k` failures left before the lock has at most `k`
+//!   attempts evaluated at once (one once a timed lock has ended), so no
+//!   burst gets more evaluations than a sequence would, and successful
+//!   logins from a shared address (an agency behind one NAT) count nothing.
+//!
 //! # Addresses
 //!
 //! IPv4 addresses count one by one. IPv6 addresses count by /64: a single
@@ -280,6 +303,39 @@ pub struct Lockout {
     prune_not_before: u64,
     unknown: HashMap<u64, AccountThrottle>,
     login_hasher: RandomState,
+    /// Attempts admitted and not yet settled, per address: entries exist
+    /// only while attempts run, so the map is bounded by concurrency.
+    in_flight: HashMap<AddressKey, u32>,
+}
+
+/// What a login attempt names, for [`Lockout::admit`].
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A known account, with the throttle state read with it.
+    Account(&'a AccountThrottle),
+    /// A login that names no account (kept here).
+    UnknownLogin(&'a str),
+}
+
+/// An attempt the address's counter let through ([`Lockout::admit`]).
+/// It holds one of the address's places until [`Lockout::settle_address`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "settle the admission once the attempt has ended"]
+pub struct AddressAdmission {
+    key: AddressKey,
+}
+
+/// How an admitted attempt ended, as far as its address is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The credentials were evaluated and refused (or the attempt ended
+    /// before anyone knows: counted, failing closed).
+    Failed,
+    /// The credentials were right.
+    Succeeded,
+    /// Refused before evaluation by the account's own wait: not counted,
+    /// like any attempt refused during a wait.
+    NotEvaluated,
 }
 
 impl fmt::Debug for Lockout {
@@ -326,7 +382,114 @@ impl Lockout {
             prune_not_before: 0,
             unknown: HashMap::new(),
             login_hasher: RandomState::new(),
+            in_flight: HashMap::new(),
         })
+    }
+
+    /// Admits an attempt on `target` from `addr` before anything is
+    /// evaluated, or says how long it must wait: the longer of the
+    /// account's and the address's backoff or lock, or (scope address, a
+    /// one-second backoff) that as many attempts as the address has
+    /// failures left before its lock are already being evaluated. The
+    /// account's side is then reserved with [`Self::reserve`] or
+    /// [`Self::reserve_unknown`]. See the module doc.
+    pub fn admit(
+        &mut self,
+        target: Target<'_>,
+        addr: IpAddr,
+        now_unix: u64,
+    ) -> Result<AddressAdmission, Delay> {
+        let account_wait = match target {
+            Target::Account(state) => self.wait(state, now_unix),
+            Target::UnknownLogin(login) => self
+                .unknown
+                .get(&self.login_key(login))
+                .and_then(|state| self.wait(state, now_unix)),
+        };
+        self.combine(account_wait, addr, now_unix)?;
+        let key = AddressKey::of(addr);
+        let failures = self
+            .live_address_state(key, now_unix)
+            .map_or(0, |state| state.consecutive_failures);
+        // Past a timed lock the next failure relocks: one at a time.
+        let places = self.policy.lock_after.saturating_sub(failures).max(1);
+        let running = self.in_flight.get(&key).copied().unwrap_or(0);
+        if running >= places {
+            return Err(Delay {
+                scope: Scope::Address,
+                wait: Wait::Backoff {
+                    retry_after_secs: 1,
+                },
+            });
+        }
+        self.in_flight.insert(key, running + 1);
+        Ok(AddressAdmission { key })
+    }
+
+    /// Gives back an admission's place; a failure counts against the
+    /// address. Returns whether this failure locked the address.
+    pub fn settle_address(
+        &mut self,
+        admission: AddressAdmission,
+        end: AttemptEnd,
+        now_unix: u64,
+    ) -> bool {
+        let key = admission.key;
+        if let Some(running) = self.in_flight.get_mut(&key) {
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                self.in_flight.remove(&key);
+            }
+        }
+        if end != AttemptEnd::Failed {
+            return false;
+        }
+        let was_locked = self.address_locked(key, now_unix);
+        self.record_address_failure(key, now_unix);
+        !was_locked && self.address_locked(key, now_unix)
+    }
+
+    /// Reserves an attempt on a known account before anything is evaluated:
+    /// the state to store first (this attempt counted as a failure), or the
+    /// account's wait. The caller stores it by compare-and-set against
+    /// `account` and evaluates only if that wrote (module doc).
+    pub fn reserve(
+        &self,
+        account: &AccountThrottle,
+        now_unix: u64,
+    ) -> Result<AccountThrottle, Delay> {
+        if let Some(wait) = self.wait(account, now_unix) {
+            return Err(Delay {
+                scope: Scope::Account,
+                wait,
+            });
+        }
+        Ok(self.after_failure(account, self.policy.account_lock, now_unix))
+    }
+
+    /// [`Self::reserve`] for a login that names no account, kept here: the
+    /// attempt is counted at once (it can never succeed). Returns the state
+    /// after it, which says whether it locked.
+    pub fn reserve_unknown(
+        &mut self,
+        login: &str,
+        now_unix: u64,
+    ) -> Result<AccountThrottle, Delay> {
+        let key = self.login_key(login);
+        let current = self.unknown.get(&key).cloned().unwrap_or_default();
+        let next = self.reserve(&current, now_unix)?;
+        if !self.unknown.contains_key(&key) && self.unknown.len() >= self.policy.max_unknown_logins
+        {
+            self.evict_oldest_unknown();
+        }
+        self.unknown.insert(key, next.clone());
+        Ok(next)
+    }
+
+    /// Attempts admitted and not yet settled, over every address (for
+    /// metrics and tests).
+    pub fn attempts_in_flight(&self) -> u32 {
+        self.in_flight.values().sum()
     }
 
     /// The policy in force.
@@ -337,6 +500,11 @@ impl Lockout {
     /// Whether an attempt on a known account from `addr` may proceed to
     /// credential checks. On `Err`, refuse without evaluating anything and
     /// without recording a failure.
+    ///
+    /// This and [`Self::record_failure`] are the state machine in one step,
+    /// for a caller that evaluates nothing between them (simulations); a
+    /// login evaluates a password in between, and goes through
+    /// [`Self::admit`] and [`Self::reserve`] instead.
     pub fn check(
         &self,
         account: &AccountThrottle,
@@ -511,6 +679,11 @@ impl Lockout {
             None => return None,
         };
         (now < forget_at(state, self.policy.address_forget_secs)).then_some(state)
+    }
+
+    fn address_locked(&self, key: AddressKey, now: u64) -> bool {
+        self.live_address_state(key, now)
+            .is_some_and(|state| state.is_locked(now))
     }
 
     fn address_wait(&self, key: AddressKey, now: u64) -> Option<Wait> {
@@ -1122,6 +1295,120 @@ mod tests {
                 retry_after_secs: 5
             }
         );
+    }
+
+    /// An attempt on a fresh account from `addr`.
+    fn admit(l: &mut Lockout, addr: IpAddr, now: u64) -> Result<AddressAdmission, Delay> {
+        l.admit(Target::Account(&AccountThrottle::default()), addr, now)
+    }
+
+    #[test]
+    fn a_reserved_attempt_is_counted_before_it_is_evaluated() {
+        let l = lockout();
+        let read = AccountThrottle::default();
+        // The first of many parallel attempts reserves: counted at once.
+        let stored = l.reserve(&read, T0).unwrap();
+        assert_eq!(stored.consecutive_failures, 1);
+        // Every other one, having lost the compare-and-set and read again,
+        // waits the backoff: refused unevaluated.
+        assert_eq!(
+            l.reserve(&stored, T0),
+            Err(Delay {
+                scope: Scope::Account,
+                wait: Wait::Backoff {
+                    retry_after_secs: 1
+                }
+            })
+        );
+        // Reserving as fast as allowed locks at the tenth evaluation.
+        let mut state = AccountThrottle::default();
+        let mut now = T0;
+        let mut evaluated = 0;
+        while !state.is_locked(now) {
+            match l.reserve(&state, now) {
+                Ok(next) => {
+                    state = next;
+                    evaluated += 1;
+                }
+                Err(d) => now += d.wait.retry_after_secs().unwrap(),
+            }
+        }
+        assert_eq!(evaluated, 10);
+    }
+
+    #[test]
+    fn an_address_evaluates_at_once_no_more_than_its_failures_left() {
+        let mut l = lockout();
+        let addr = ip("192.0.2.1");
+        let mut held: Vec<AddressAdmission> = (0..10)
+            .map(|i| admit(&mut l, addr, T0).unwrap_or_else(|d| panic!("{i}: {d:?}")))
+            .collect();
+        assert_eq!(
+            admit(&mut l, addr, T0),
+            Err(Delay {
+                scope: Scope::Address,
+                wait: Wait::Backoff {
+                    retry_after_secs: 1
+                }
+            })
+        );
+        // Another address is not held back.
+        let other = admit(&mut l, ip("192.0.2.2"), T0).unwrap();
+        assert!(!l.settle_address(other, AttemptEnd::Succeeded, T0));
+        // Nine fail, the tenth too: the tenth failure locks the address.
+        let locks: Vec<bool> = held
+            .drain(..)
+            .map(|a| l.settle_address(a, AttemptEnd::Failed, T0))
+            .collect();
+        assert_eq!(locks.iter().filter(|&&b| b).count(), 1);
+        assert!(locks[9]);
+        assert_eq!(l.attempts_in_flight(), 0);
+        assert!(matches!(
+            admit(&mut l, addr, T0 + 1),
+            Err(Delay {
+                wait: Wait::Locked { .. },
+                ..
+            })
+        ));
+        // After the timed lock: one attempt at a time.
+        let after = T0 + 900;
+        let one = admit(&mut l, addr, after).unwrap();
+        assert!(admit(&mut l, addr, after).is_err());
+        assert!(l.settle_address(one, AttemptEnd::Failed, after));
+    }
+
+    #[test]
+    fn places_come_back_and_successes_count_nothing() {
+        let mut l = lockout();
+        let addr = ip("192.0.2.1");
+        // An agency behind one address: a thousand logins, none failed.
+        for _ in 0..1000 {
+            let a = admit(&mut l, addr, T0).unwrap();
+            assert!(!l.settle_address(a, AttemptEnd::Succeeded, T0));
+        }
+        let a = admit(&mut l, addr, T0).unwrap();
+        assert!(!l.settle_address(a, AttemptEnd::NotEvaluated, T0));
+        assert_eq!(l.tracked_addresses(), 0);
+        // Three failures (after their backoffs) leave seven places.
+        for at in [T0, T0 + 1, T0 + 3] {
+            let a = admit(&mut l, addr, at).unwrap();
+            let _ = l.settle_address(a, AttemptEnd::Failed, at);
+        }
+        let now = T0 + 7;
+        let mut held: Vec<_> = (0..7).map(|_| admit(&mut l, addr, now).unwrap()).collect();
+        assert!(admit(&mut l, addr, now).is_err());
+        let _ = l.settle_address(held.pop().unwrap(), AttemptEnd::Succeeded, now);
+        held.push(admit(&mut l, addr, now).unwrap());
+        assert_eq!(l.attempts_in_flight(), 7);
+    }
+
+    #[test]
+    fn unknown_logins_are_reserved_like_accounts() {
+        let mut l = lockout();
+        let first = l.reserve_unknown("Nobody", T0).unwrap();
+        assert_eq!(first.consecutive_failures, 1);
+        assert!(l.reserve_unknown("nobody ", T0).is_err());
+        assert_eq!(l.reserve(&first, T0), l.reserve_unknown("NOBODY", T0));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use rempart_auth::activation::ActivationCode;
-use rempart_auth::lockout::{AccountThrottle, LoginRefusal, Scope};
+use rempart_auth::lockout::{LoginRefusal, Scope};
 use rempart_auth::password::{Password, PasswordError, PasswordPolicy, PersonalContext};
 use rempart_auth::totp::{self, TotpCode, TotpSecret};
 use rempart_domain::{AccountState, Reference};
@@ -59,8 +59,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::login::{Web, locked, open_totp_secret, seal_totp_secret};
+use crate::login::{Web, open_totp_secret, seal_totp_secret};
 use crate::path::unauthenticated_leaf;
+use crate::throttle::{self, Counter, ThrottleError};
 use crate::{Consultation, Refusal};
 
 /// How long an activation code works after it is issued.
@@ -309,34 +310,39 @@ impl Consultation {
             None => None,
         };
         let known = account.as_ref().filter(|_| stored.is_some());
-        let throttle = match &stored {
-            Some(s) => parse_throttle(&s.throttle)?,
-            None => AccountThrottle::default(),
-        };
 
-        // Throttle before anything is evaluated.
-        let waiting = {
-            let lockout = locked(&web.lockout);
-            match known {
-                Some(_) => lockout.check(&throttle, addr, now_unix),
-                None => lockout.check_unknown(login, addr, now_unix),
+        // Reserve the attempt before anything is evaluated (`throttle.rs`).
+        let admitted = throttle::admit(
+            web,
+            auth.as_ref(),
+            Counter::Activation,
+            known
+                .zip(stored.as_ref())
+                .map(|(a, s)| (a.account_id, s.throttle.clone())),
+            login,
+            addr,
+            now_unix,
+        )
+        .await
+        .map_err(|e| throttle_unavailable(&e))?;
+        let attempt = match admitted {
+            Ok(attempt) => attempt,
+            Err(delay) => {
+                let note = match delay.scope {
+                    Scope::Account => "activation: throttled: account",
+                    Scope::Address => "activation: throttled: address",
+                };
+                self.refusal_leaf(
+                    known,
+                    LeafAction::LoginFailed,
+                    DenyReason::LockedOut,
+                    note,
+                    now,
+                )
+                .await?;
+                return Err(ActivationError::Refused(LoginRefusal::from(delay)));
             }
         };
-        if let Err(delay) = waiting {
-            let note = match delay.scope {
-                Scope::Account => "activation: throttled: account",
-                Scope::Address => "activation: throttled: address",
-            };
-            self.refusal_leaf(
-                known,
-                LeafAction::LoginFailed,
-                DenyReason::LockedOut,
-                note,
-                now,
-            )
-            .await?;
-            return Err(ActivationError::Refused(LoginRefusal::from(delay)));
-        }
 
         // Evaluate: the digest in constant time, then use and expiry.
         let typed = ActivationCode::parse(form.code).ok().map(|c| c.digest());
@@ -360,51 +366,49 @@ impl Consultation {
         let digest = match verdict {
             Ok(d) => d,
             Err(note) => {
-                let now_locked = match known {
-                    Some(a) => {
-                        let next = locked(&web.lockout).record_failure(&throttle, addr, now_unix);
-                        let json = serde_json::to_string(&next)
-                            .map_err(|e| ActivationError::Unavailable(format!("throttle: {e}")))?;
-                        auth.set_activation_throttle(a.account_id, &json)
-                            .await
-                            .map_err(|e| unavailable(&e))?;
-                        next.is_locked(now_unix) && !throttle.is_locked(now_unix)
-                    }
-                    None => {
-                        locked(&web.lockout).record_unknown_failure(login, addr, now_unix);
-                        false
-                    }
-                };
-                self.refusal_leaf(
-                    known,
-                    LeafAction::LoginFailed,
-                    DenyReason::BadCredentials,
-                    note,
-                    now,
-                )
-                .await?;
-                if now_locked {
-                    self.refusal_leaf(
+                let settled = attempt.failed();
+                let mut last = self
+                    .refusal_leaf(
                         known,
-                        LeafAction::LockedOut,
-                        DenyReason::LockedOut,
-                        "activation: too many failures",
+                        LeafAction::LoginFailed,
+                        DenyReason::BadCredentials,
+                        note,
                         now,
                     )
                     .await?;
+                if known.is_some() && settled.account_locked.is_some() {
+                    last = self
+                        .refusal_leaf(
+                            known,
+                            LeafAction::LockedOut,
+                            DenyReason::LockedOut,
+                            "activation: too many failures",
+                            now,
+                        )
+                        .await?;
                 }
+                self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last));
                 return Err(ActivationError::Refused(LoginRefusal::WrongCode));
             }
         };
         let Some(account) = known else {
             return Err(ActivationError::Refused(LoginRefusal::UnknownAccount));
         };
-        let reset = locked(&web.lockout).record_success(&throttle);
-        let json = serde_json::to_string(&reset)
-            .map_err(|e| ActivationError::Unavailable(format!("throttle: {e}")))?;
-        auth.set_activation_throttle(account.account_id, &json)
+        let locked_meanwhile = attempt
+            .succeeded(auth.as_ref(), Counter::Activation)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| throttle_unavailable(&e))?;
+        if let Some(delay) = locked_meanwhile {
+            self.refusal_leaf(
+                known,
+                LeafAction::LoginFailed,
+                DenyReason::LockedOut,
+                "activation: throttled: account locked during the attempt",
+                now,
+            )
+            .await?;
+            return Err(ActivationError::Refused(LoginRefusal::from(delay)));
+        }
 
         // Which factors are missing, and a fresh secret if TOTP is.
         let needs_password = auth
@@ -656,7 +660,7 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), ActivationError> {
+    ) -> Result<u64, ActivationError> {
         let mut leaf = unauthenticated_leaf(
             account.map_or(0, |a| a.account_id),
             account.map_or(0, |a| a.organisation_id),
@@ -667,7 +671,6 @@ impl Consultation {
         leaf.note = Some(note.to_owned());
         self.record(leaf)
             .await
-            .map(|_| ())
             .map_err(|r| ActivationError::Unavailable(r.to_string()))
     }
 }
@@ -715,13 +718,11 @@ fn unavailable(e: &StorageError) -> ActivationError {
     ActivationError::Unavailable(format!("activation: {e}"))
 }
 
-fn parse_throttle(json: &str) -> Result<AccountThrottle, ActivationError> {
-    if json.trim() == "{}" {
-        return Ok(AccountThrottle::default());
+fn throttle_unavailable(e: &ThrottleError) -> ActivationError {
+    match e {
+        ThrottleError::Store(e) => unavailable(e),
+        ThrottleError::Unreadable => ActivationError::Unavailable(format!("activation: {e}")),
     }
-    serde_json::from_str(json).map_err(|_| {
-        ActivationError::Unavailable("activation: stored throttle state is not readable".into())
-    })
 }
 
 /// The store's key for a ceremony id: its SHA-256.

@@ -28,6 +28,7 @@ pub mod clients;
 pub mod federation;
 pub mod login;
 mod path;
+mod throttle;
 
 pub use accounts::{
     ALERT_PREFIX, AccountDecision, AccountRequest, BURST_REQUESTS, BURST_WINDOW_MINUTES,

@@ -64,7 +64,7 @@ use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
 use rempart_auth::dpop::{DpopProof, Expected, ReplayCache};
 use rempart_auth::jose::{AlgSet, Jkt};
-use rempart_auth::lockout::{AccountThrottle, Lockout, LockoutPolicy, LoginRefusal};
+use rempart_auth::lockout::{Lockout, LockoutPolicy, LoginRefusal};
 use rempart_auth::passkey::{
     AuthenticationState, CeremonyKind, Passkeys, RP_NAME, RegistrationState, StoredPasskey,
     credential_id_of,
@@ -83,6 +83,7 @@ use zeroize::Zeroizing;
 
 use crate::authenticate::{self, Caller, ProofRequest, Via};
 use crate::path::{Ctx, unauthenticated_leaf};
+use crate::throttle::{self, Counter, ThrottleError};
 use crate::{Consultation, Presented, Refusal};
 
 /// How long a login, registration or step-up ceremony stays usable.
@@ -188,6 +189,13 @@ pub(crate) struct Web {
     pub(crate) hasher: PasswordHasher,
     pub(crate) lockout: Mutex<Lockout>,
     pub(crate) replay: Mutex<ReplayCache>,
+}
+
+impl Web {
+    /// Failures that lock an account or an address (the alerts' baseline).
+    pub(crate) fn lockout_after(&self) -> u32 {
+        locked(&self.lockout).policy().lock_after
+    }
 }
 
 pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -435,35 +443,41 @@ impl Consultation {
         };
         // An account without a password is, for this form, no account.
         let known = account.as_ref().filter(|_| stored.is_some());
-        let throttle = match &stored {
-            Some((_, json)) => parse_throttle(json).map_err(LoginError::Unavailable)?,
-            None => AccountThrottle::default(),
-        };
 
-        // 3. Throttle before anything is evaluated.
-        let waiting = {
-            let lockout = locked(&web.lockout);
-            match known {
-                Some(_) => lockout.check(&throttle, addr, now_unix),
-                None => lockout.check_unknown(form.login.trim(), addr, now_unix),
+        // 3. Reserve the attempt before anything is evaluated: one place of
+        //    the address, and on a known account the state counting it as
+        //    a failure, stored by compare-and-set (`throttle.rs`).
+        let admitted = throttle::admit(
+            web,
+            auth.as_ref(),
+            Counter::Password,
+            known
+                .zip(stored.as_ref())
+                .map(|(a, (_, t))| (a.account_id, t.clone())),
+            form.login.trim(),
+            addr,
+            now_unix,
+        )
+        .await
+        .map_err(|e| self.throttle_unavailable(&e))?;
+        let attempt = match admitted {
+            Ok(attempt) => attempt,
+            Err(delay) => {
+                let note = match delay.scope {
+                    rempart_auth::lockout::Scope::Account => "throttled: account",
+                    rempart_auth::lockout::Scope::Address => "throttled: address",
+                };
+                self.login_leaf(
+                    known,
+                    LeafAction::LoginFailed,
+                    DenyReason::LockedOut,
+                    note,
+                    now,
+                )
+                .await?;
+                return Err(LoginError::Refused(LoginRefusal::from(delay)));
             }
         };
-        if let Err(delay) = waiting {
-            let refusal = LoginRefusal::from(delay);
-            let note = match delay.scope {
-                rempart_auth::lockout::Scope::Account => "throttled: account",
-                rempart_auth::lockout::Scope::Address => "throttled: address",
-            };
-            self.login_leaf(
-                known,
-                LeafAction::LoginFailed,
-                DenyReason::LockedOut,
-                note,
-                now,
-            )
-            .await?;
-            return Err(LoginError::Refused(refusal));
-        }
 
         // 4. Evaluate. argon2id runs whatever the login (a dummy hash for
         //    unknown ones) on the blocking pool; the code is checked for
@@ -510,24 +524,11 @@ impl Consultation {
             }
         };
 
-        // 5. A failure counts against the account (stored) and the
-        //    address, and a lock it causes is its own event.
+        // 5. A failure was counted against the account when it was
+        //    reserved; the address counts it now. A lock it caused is its
+        //    own event, and an alert.
         if let Some(refusal) = refusal {
-            let now_locked = match known {
-                Some(a) => {
-                    let next = locked(&web.lockout).record_failure(&throttle, addr, now_unix);
-                    let json = serde_json::to_string(&next)
-                        .map_err(|e| LoginError::Unavailable(format!("throttle: {e}")))?;
-                    auth.set_throttle(a.account_id, &json)
-                        .await
-                        .map_err(|e| self.login_unavailable(&e))?;
-                    next.is_locked(now_unix) && !throttle.is_locked(now_unix)
-                }
-                None => {
-                    locked(&web.lockout).record_unknown_failure(form.login.trim(), addr, now_unix);
-                    false
-                }
-            };
+            let settled = attempt.failed();
             let note = match refusal {
                 LoginRefusal::UnknownAccount => "password: unknown login",
                 LoginRefusal::WrongPassword => "password: wrong password",
@@ -535,37 +536,50 @@ impl Consultation {
                 LoginRefusal::AccountUnavailable => "password: account not active",
                 _ => "password: refused",
             };
-            self.login_leaf(
-                known,
-                LeafAction::LoginFailed,
-                DenyReason::BadCredentials,
-                note,
-                now,
-            )
-            .await?;
-            if now_locked {
-                self.login_leaf(
+            let mut last = self
+                .login_leaf(
                     known,
-                    LeafAction::LockedOut,
-                    DenyReason::LockedOut,
-                    "password: too many failures",
+                    LeafAction::LoginFailed,
+                    DenyReason::BadCredentials,
+                    note,
                     now,
                 )
                 .await?;
+            if known.is_some() && settled.account_locked.is_some() {
+                last = self
+                    .login_leaf(
+                        known,
+                        LeafAction::LockedOut,
+                        DenyReason::LockedOut,
+                        "password: too many failures",
+                        now,
+                    )
+                    .await?;
             }
+            self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last));
             return Err(LoginError::Refused(refusal));
         }
         let Some(account) = known else {
             return Err(LoginError::Refused(LoginRefusal::UnknownAccount));
         };
 
-        // 6. Success: the counter starts again, an old hash is upgraded.
-        let reset = locked(&web.lockout).record_success(&throttle);
-        let json = serde_json::to_string(&reset)
-            .map_err(|e| LoginError::Unavailable(format!("throttle: {e}")))?;
-        auth.set_throttle(account.account_id, &json)
+        // 6. Success: the counter starts again (unless a lock came into
+        //    force meanwhile), an old hash is upgraded.
+        let locked_meanwhile = attempt
+            .succeeded(auth.as_ref(), Counter::Password)
             .await
-            .map_err(|e| self.login_unavailable(&e))?;
+            .map_err(|e| self.throttle_unavailable(&e))?;
+        if let Some(delay) = locked_meanwhile {
+            self.login_leaf(
+                known,
+                LeafAction::LoginFailed,
+                DenyReason::LockedOut,
+                "throttled: account locked during the attempt",
+                now,
+            )
+            .await?;
+            return Err(LoginError::Refused(LoginRefusal::from(delay)));
+        }
         if let Some(old) = &hash
             && web.hasher.needs_rehash(old)
             && let Ok(password) = Password::new(form.password.to_owned())
@@ -1087,7 +1101,7 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), LoginError> {
+    ) -> Result<u64, LoginError> {
         let mut leaf: AuditLeaf = unauthenticated_leaf(
             account.map_or(0, |a| a.account_id),
             account.map_or(0, |a| a.organisation_id),
@@ -1098,8 +1112,16 @@ impl Consultation {
         leaf.note = Some(note.to_owned());
         self.record(leaf)
             .await
-            .map(|_| ())
             .map_err(|r| LoginError::Unavailable(r.to_string()))
+    }
+
+    /// A throttle that cannot be read or stored: the attempt is refused
+    /// (the cause goes to the log, never to the page).
+    pub(crate) fn throttle_unavailable(&self, e: &ThrottleError) -> LoginError {
+        match e {
+            ThrottleError::Store(e) => self.login_unavailable(e),
+            ThrottleError::Unreadable => LoginError::Unavailable(e.to_string()),
+        }
     }
 
     async fn store_passkey(
@@ -1201,14 +1223,6 @@ impl Consultation {
         )
         .await
     }
-}
-
-/// A stored throttle state; the store starts new rows with `{}`.
-fn parse_throttle(json: &str) -> Result<AccountThrottle, String> {
-    if json.trim() == "{}" {
-        return Ok(AccountThrottle::default());
-    }
-    serde_json::from_str(json).map_err(|_| "throttle: stored state is not readable".to_owned())
 }
 
 fn parse_passkey(row: &StoredPasskeyRow) -> Result<StoredPasskey, LoginError> {
@@ -1502,21 +1516,6 @@ mod tests {
         ] {
             assert!(LoginSettings::new(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn throttle_states_read_back() {
-        assert_eq!(parse_throttle("{}").unwrap(), AccountThrottle::default());
-        let t = AccountThrottle {
-            consecutive_failures: 3,
-            last_failure_unix: Some(10),
-            lock: None,
-        };
-        assert_eq!(
-            parse_throttle(&serde_json::to_string(&t).unwrap()).unwrap(),
-            t
-        );
-        assert!(parse_throttle("[1]").is_err());
     }
 
     #[test]

@@ -205,7 +205,7 @@ pub struct Consultation {
     pub(crate) auth: Arc<dyn AuthStore>,
     pub(crate) vault: Vault,
     pub(crate) policy: Arc<Authorizer>,
-    guard: Guard,
+    pub(crate) guard: Guard,
     ledger: Arc<Ledger>,
     // Browser sessions and logins (see `login.rs`); absent, every session
     // is refused and no login can happen.

@@ -72,6 +72,8 @@ codes!(
         OrganisationContainment => "organisation_containment",
         /// The organisation is frozen: every attempt is refused.
         Frozen => "frozen",
+        /// Failed logins locked an account or a source address.
+        FailedLogins => "failed_logins",
     }
 );
 
@@ -125,6 +127,12 @@ codes!(
         /// A throttle or suspension decided earlier still runs: minutes
         /// left (the baseline is the throttle's length).
         Blocked => "blocked",
+        /// Consecutive failed logins that locked the account (the baseline
+        /// is the lock threshold).
+        AccountLoginFailures => "account_login_failures",
+        /// Failed logins from one source address that locked it (the
+        /// baseline is the lock threshold).
+        AddressLoginFailures => "address_login_failures",
     }
 );
 

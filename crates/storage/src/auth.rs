@@ -444,9 +444,19 @@ pub trait AuthStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StorageError>;
 
-    /// Stores the throttle state (JSON) of the account's password logins;
-    /// does nothing if the account has no password.
-    async fn set_throttle(&self, account_id: i64, throttle_json: &str) -> Result<(), StorageError>;
+    /// Replaces the throttle state (JSON) of the account's password logins
+    /// with `next` only if it is still exactly `expected`, the text read
+    /// before (one conditional statement). False when another attempt
+    /// changed it first, or the account has no password: the caller reads
+    /// again. This is how a login attempt is reserved before any hash is
+    /// computed, and how a success clears it without erasing a lock it did
+    /// not see.
+    async fn swap_throttle(
+        &self,
+        account_id: i64,
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError>;
 
     /// The account's TOTP factor, if enrolled.
     async fn totp(&self, account_id: i64) -> Result<Option<StoredTotp>, StorageError>;
@@ -545,13 +555,14 @@ pub trait AuthStore: Send + Sync {
     /// The account's activation code, used or not, expired or not.
     async fn activation(&self, account_id: i64) -> Result<Option<StoredActivation>, StorageError>;
 
-    /// Stores the throttle state (JSON) of the account's activation code;
-    /// nothing if it has none.
-    async fn set_activation_throttle(
+    /// [`Self::swap_throttle`] for the throttle state of the account's
+    /// activation code (false if it has none).
+    async fn swap_activation_throttle(
         &self,
         account_id: i64,
-        throttle_json: &str,
-    ) -> Result<(), StorageError>;
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError>;
 
     /// Uses the account's activation code and sets its new factors, in one
     /// transaction: only if the stored digest is `digest`, the code is

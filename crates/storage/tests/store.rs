@@ -3799,9 +3799,34 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set() {
             "[{be}] a new password starts with an empty throttle state"
         );
         let throttle = r#"{"consecutive_failures":3,"last_failure_unix":1772442000,"lock":null}"#;
-        auth.set_throttle(agent1, throttle)
-            .await
-            .on(store, "throttle");
+        // The throttle state moves by compare-and-set only: of parallel
+        // swaps from the same state exactly one writes, and a swap from a
+        // state that is no longer there writes nothing.
+        let swaps = futures_util::future::join_all((0..20).map(|i| async move {
+            let next = format!(r#"{{"consecutive_failures":1,"last_failure_unix":{i}}}"#);
+            auth.swap_throttle(agent1, "{}", &next).await
+        }))
+        .await;
+        let won: Vec<bool> = swaps.into_iter().map(|r| r.on(store, "swap")).collect();
+        assert_eq!(
+            won.iter().filter(|&&w| w).count(),
+            1,
+            "[{be}] one parallel swap wins: {won:?}"
+        );
+        assert!(
+            !auth
+                .swap_throttle(agent1, "{}", throttle)
+                .await
+                .on(store, "stale swap"),
+            "[{be}] a swap from a stale state writes nothing"
+        );
+        let (_, current) = auth.password(agent1).await.on(store, "password").unwrap();
+        assert!(
+            auth.swap_throttle(agent1, &current, throttle)
+                .await
+                .on(store, "swap"),
+            "[{be}] a swap from the state read writes"
+        );
         auth.set_password(agent1, PHC2, plus(t0, 60))
             .await
             .on(store, "change password");
@@ -3823,9 +3848,13 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set() {
             "account_id",
             "unknown account",
         );
-        auth.set_throttle(agent2, "{}")
-            .await
-            .on(store, "throttle without password");
+        assert!(
+            !auth
+                .swap_throttle(agent2, "{}", throttle)
+                .await
+                .on(store, "throttle without password"),
+            "[{be}] no password, no throttle state"
+        );
         assert_eq!(
             auth.password(agent2).await.on(store, "password"),
             None,
@@ -4395,9 +4424,19 @@ async fn activation_codes_need_four_eyes_and_are_used_once_before_expiry() {
         assert_eq!(stored.issued_by, officer, "[{be}]");
         assert_eq!(stored.used_at, None, "[{be}]");
         assert_eq!(stored.throttle, "{}", "[{be}]");
-        auth.set_activation_throttle(agent1, r#"{"failures":2}"#)
-            .await
-            .on(store, "throttle");
+        assert!(
+            auth.swap_activation_throttle(agent1, "{}", r#"{"failures":2}"#)
+                .await
+                .on(store, "throttle"),
+            "[{be}]"
+        );
+        assert!(
+            !auth
+                .swap_activation_throttle(agent1, "{}", r#"{"failures":3}"#)
+                .await
+                .on(store, "stale throttle"),
+            "[{be}] a stale activation throttle swap writes nothing"
+        );
         // A new code replaces the old one and its throttle state.
         auth.issue_activation(code(agent1, key32(2), officer))
             .await

@@ -485,15 +485,20 @@ impl AuthStore for PgStore {
         }
     }
 
-    async fn set_throttle(&self, account_id: i64, throttle_json: &str) -> Result<(), StorageError> {
+    async fn swap_throttle(
+        &self,
+        account_id: i64,
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError> {
         let client = self.client().await?;
-        client
+        let changed = client
             .execute(
-                "UPDATE account_password SET throttle = $2 WHERE account_id = $1",
-                &[&account_id, &throttle_json],
+                "UPDATE account_password SET throttle = $3 WHERE account_id = $1 AND throttle = $2",
+                &[&account_id, &expected, &next],
             )
             .await?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     async fn totp(&self, account_id: i64) -> Result<Option<StoredTotp>, StorageError> {
@@ -864,19 +869,20 @@ impl AuthStore for PgStore {
             .transpose()
     }
 
-    async fn set_activation_throttle(
+    async fn swap_activation_throttle(
         &self,
         account_id: i64,
-        throttle_json: &str,
-    ) -> Result<(), StorageError> {
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError> {
         let client = self.client().await?;
-        client
+        let changed = client
             .execute(
-                "UPDATE activation_code SET throttle = $2 WHERE account_id = $1",
-                &[&account_id, &throttle_json],
+                "UPDATE activation_code SET throttle = $3 WHERE account_id = $1 AND throttle = $2",
+                &[&account_id, &expected, &next],
             )
             .await?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     async fn complete_activation(

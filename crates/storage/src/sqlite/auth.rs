@@ -477,12 +477,20 @@ impl AuthStore for SqliteStore {
         .await
     }
 
-    async fn set_throttle(&self, account_id: i64, throttle_json: &str) -> Result<(), StorageError> {
-        let throttle = throttle_json.to_string();
+    async fn swap_throttle(
+        &self,
+        account_id: i64,
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError> {
+        let (expected, next) = (expected.to_owned(), next.to_owned());
         self.write(move |c| {
-            c.prepare_cached("UPDATE account_password SET throttle = ?2 WHERE account_id = ?1")?
-                .execute(params![account_id, throttle])?;
-            Ok(())
+            let changed = c
+                .prepare_cached(
+                    "UPDATE account_password SET throttle = ?3 WHERE account_id = ?1 AND throttle = ?2",
+                )?
+                .execute(params![account_id, expected, next])?;
+            Ok(changed == 1)
         })
         .await
     }
@@ -852,16 +860,20 @@ impl AuthStore for SqliteStore {
         .await
     }
 
-    async fn set_activation_throttle(
+    async fn swap_activation_throttle(
         &self,
         account_id: i64,
-        throttle_json: &str,
-    ) -> Result<(), StorageError> {
-        let throttle = throttle_json.to_string();
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError> {
+        let (expected, next) = (expected.to_owned(), next.to_owned());
         self.write(move |c| {
-            c.prepare_cached("UPDATE activation_code SET throttle = ?2 WHERE account_id = ?1")?
-                .execute(params![account_id, throttle])?;
-            Ok(())
+            let changed = c
+                .prepare_cached(
+                    "UPDATE activation_code SET throttle = ?3 WHERE account_id = ?1 AND throttle = ?2",
+                )?
+                .execute(params![account_id, expected, next])?;
+            Ok(changed == 1)
         })
         .await
     }

@@ -422,6 +422,227 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
     }
 }
 
+/// A code the authenticator does not show now.
+fn wrong_code(secret: &TotpSecret, at: DateTime<Utc>) -> String {
+    let right: u32 = code_at(secret, at).parse().unwrap();
+    format!("{:06}", (right + 500_000) % 1_000_000)
+}
+
+/// Issue 17, item 1: the right password with wrong codes, 50 attempts at
+/// once from 50 addresses, wave after wave. Each attempt is reserved by a
+/// compare-and-set before any hash is computed, so a wave evaluates one
+/// attempt (the others wait the backoff it started), the account locks at
+/// its tenth evaluated attempt, every attempt is either counted or
+/// refused, and the lock raises a guard alert. Before, a wave of 30 was
+/// evaluated whole and left one failure counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let account = app.account("t.ce1").account_id;
+        let key = DeviceKey::new();
+        let before = app.ledger_size().await;
+        app.clock.freeze();
+        let clients: Vec<reqwest::Client> = (0..50u8)
+            .map(|i| client_from([127, 0, 1, 10 + i]))
+            .collect();
+        let mut sent = 0usize;
+        let mut evaluated_per_wave = Vec::new();
+        let mut seen = before;
+        for wave in 0..40 {
+            let code = wrong_code(&secret, app.clock.now());
+            let answers = futures_util::future::join_all(
+                clients
+                    .iter()
+                    .map(|c| password_login(&app, c, &key, "t.ce1", PASSWORD, &code)),
+            )
+            .await;
+            sent += answers.len();
+            for a in &answers {
+                assert!(
+                    a.status == 401 || a.status == 429,
+                    "{backend:?} wave {wave}: {} {:?}",
+                    a.status,
+                    a.body
+                );
+            }
+            let leaves = app.leaves(seen).await;
+            seen = app.ledger_size().await;
+            evaluated_per_wave.push(
+                leaves
+                    .iter()
+                    .filter(|l| l.account.0 == account)
+                    .filter(|l| l.decision == Decision::Deny(DenyReason::BadCredentials))
+                    .count(),
+            );
+            if answers
+                .iter()
+                .any(|a| a.retry_after.as_deref() == Some("1800"))
+            {
+                break;
+            }
+            // Past the longest backoff any answer asked for.
+            let wait = answers
+                .iter()
+                .filter_map(|a| a.retry_after.as_deref())
+                .filter_map(|r| r.parse::<i64>().ok())
+                .max()
+                .unwrap_or(1);
+            app.advance(wait).await;
+        }
+        assert_eq!(
+            evaluated_per_wave[0], 1,
+            "{backend:?}: one attempt of the first wave evaluated: {evaluated_per_wave:?}"
+        );
+        let evaluated: usize = evaluated_per_wave.iter().sum();
+        assert_eq!(
+            evaluated, 10,
+            "{backend:?}: locked at the tenth evaluated attempt: {evaluated_per_wave:?}"
+        );
+        let (_, stored) = app.auth.password(account).await.unwrap().unwrap();
+        let state: rempart_auth::lockout::AccountThrottle = serde_json::from_str(&stored).unwrap();
+        assert_eq!(state.consecutive_failures, 10, "{backend:?}: {stored}");
+        assert!(
+            state.is_locked(app.clock.now().timestamp() as u64),
+            "{backend:?}"
+        );
+
+        // Every attempt is accounted for: counted, or refused unevaluated.
+        let leaves = app.leaves(before).await;
+        let mine = |l: &&rempart_ledger::AuditLeaf| {
+            l.account.0 == account && l.action == LeafAction::LoginFailed
+        };
+        let refused = leaves
+            .iter()
+            .filter(mine)
+            .filter(|l| l.decision == Decision::Deny(DenyReason::LockedOut))
+            .count();
+        assert_eq!(evaluated + refused, sent, "{backend:?}: {sent} attempts");
+        assert_eq!(
+            leaves
+                .iter()
+                .filter(|l| l.account.0 == account && l.action == LeafAction::LockedOut)
+                .count(),
+            1,
+            "{backend:?}: the lock is one event"
+        );
+
+        // The lock is an alert naming the account and its failures.
+        app.guard.sync(app.clock.now()).await.unwrap();
+        let alerts = app
+            .guard
+            .alerts(&rempart_guard::store::AlertQuery {
+                account_id: Some(account),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let alert = alerts
+            .iter()
+            .find(|a| a.alert.kind == rempart_guard::AlertKind::FailedLogins)
+            .unwrap_or_else(|| panic!("{backend:?}: no failed-logins alert in {alerts:?}"));
+        assert_eq!(
+            alert.alert.explanation[0].feature,
+            rempart_guard::Feature::AccountLoginFailures
+        );
+        assert_eq!(alert.alert.explanation[0].value, 10.0);
+        assert!(alert.alert.evidence.last_seq.is_some());
+
+        // The right code does not open a locked account, whatever the
+        // address, until the lock ends.
+        let ok = password_login(
+            &app,
+            &client_from([127, 0, 2, 1]),
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 429, "{backend:?}: {:?}", ok.body);
+        app.stop().await;
+    }
+}
+
+/// Issue 17, item 1, the address's side: one address trying 30 accounts at
+/// once gets no more evaluations than it has failures left before its lock
+/// (10), its lock is an alert, and other addresses are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_spraying_many_accounts_at_once_is_held_to_its_places() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let key = DeviceKey::new();
+        let before = app.ledger_size().await;
+        app.clock.freeze();
+        let sprayer = client_from([127, 0, 3, 7]);
+        let logins: Vec<String> = (0..30).map(|i| format!("t.sprayed{i}")).collect();
+        let answers = futures_util::future::join_all(
+            logins
+                .iter()
+                .map(|l| password_login(&app, &sprayer, &key, l, PASSWORD, "123456")),
+        )
+        .await;
+        let refused = answers.iter().filter(|a| a.status == 429).count();
+        let evaluated = app
+            .leaves(before)
+            .await
+            .iter()
+            .filter(|l| l.decision == Decision::Deny(DenyReason::BadCredentials))
+            .count();
+        assert!(
+            evaluated <= 10,
+            "{backend:?}: {evaluated} evaluated at once"
+        );
+        assert_eq!(evaluated + refused, 30, "{backend:?}");
+        // Until each is evaluated, more waves: ten failures in all lock it.
+        let mut total = evaluated;
+        for _ in 0..20 {
+            if total >= 10 {
+                break;
+            }
+            app.advance(600).await;
+            let a = password_login(&app, &sprayer, &key, "t.again", PASSWORD, "123456").await;
+            if a.status == 401 {
+                total += 1;
+            }
+        }
+        assert_eq!(total, 10, "{backend:?}");
+        let locked = password_login(&app, &sprayer, &key, "t.last", PASSWORD, "123456").await;
+        assert_eq!(locked.status, 429, "{backend:?}");
+        assert_eq!(locked.retry_after.as_deref(), Some("900"), "{backend:?}");
+        let elsewhere = password_login(
+            &app,
+            &client_from([127, 0, 3, 8]),
+            &key,
+            "t.x",
+            PASSWORD,
+            "1",
+        )
+        .await;
+        assert_eq!(elsewhere.status, 401, "{backend:?}");
+        app.guard.sync(app.clock.now()).await.unwrap();
+        let alerts = app
+            .guard
+            .alerts(&rempart_guard::store::AlertQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.alert.kind == rempart_guard::AlertKind::FailedLogins
+                    && a.alert.explanation[0].feature
+                        == rempart_guard::Feature::AddressLoginFailures),
+            "{backend:?}: {alerts:?}"
+        );
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_needs_its_device_proof_on_every_request() {
     for backend in BACKENDS {
