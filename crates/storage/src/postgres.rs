@@ -1368,14 +1368,25 @@ impl RegistryStore for PgStore {
         account_id: i64,
         state: AccountState,
     ) -> Result<bool, StorageError> {
+        let action = crate::auth::state_change(state)?;
         let client = self.client().await?;
+        // One compare-and-set carrying the state machine's rule.
         let stmt = client
-            .prepare_cached("UPDATE account SET state = $2 WHERE id = $1")
+            .prepare_cached(&format!(
+                "UPDATE account SET state = $2 WHERE id = $1 AND {}",
+                crate::auth::transition_sql("account", action)
+            ))
             .await?;
         let n = client
             .execute(&stmt, &[&account_id, &state.as_str()])
             .await?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(true);
+        }
+        match auth::subject(&**client, account_id).await? {
+            None => Ok(false),
+            Some(facts) => Err(crate::auth::refused_change(facts, action)),
+        }
     }
 
     async fn insert_credential(

@@ -1121,11 +1121,22 @@ impl RegistryStore for SqliteStore {
         account_id: i64,
         state: AccountState,
     ) -> Result<bool, StorageError> {
+        let action = crate::auth::state_change(state)?;
         self.write(move |c| {
+            // One compare-and-set carrying the state machine's rule.
             let n = c
-                .prepare_cached("UPDATE account SET state = ?2 WHERE id = ?1")?
+                .prepare_cached(&format!(
+                    "UPDATE account SET state = ?2 WHERE id = ?1 AND {}",
+                    crate::auth::transition_sql("account", action)
+                ))?
                 .execute(params![account_id, state.as_str()])?;
-            Ok(n == 1)
+            if n == 1 {
+                return Ok(true);
+            }
+            match auth::subject(c, account_id)? {
+                None => Ok(false),
+                Some(facts) => Err(crate::auth::refused_change(facts, action)),
+            }
         })
         .await
     }
