@@ -722,6 +722,43 @@ pub(crate) fn parse_code<T>(
     parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
 }
 
+/// Why an import may not move a stored account from `stored` (its state's
+/// code) to `to`, if it may not: an import follows the account state
+/// machine ([`rempart_domain::AccountAction`]) for the changes that need
+/// no decider (suspend, reactivate, disable); approving or rejecting a
+/// request is an officer's decision under four eyes, and rejected or
+/// disabled accounts are final.
+pub(crate) fn import_state_refusal(stored: &str, to: AccountState) -> Option<&'static str> {
+    use rempart_domain::{AccountAction, LifecycleState};
+    let Ok(from) = AccountState::parse(stored) else {
+        return Some("the stored state is not a known code");
+    };
+    if from == to {
+        return None;
+    }
+    let from = LifecycleState::of(from, false, true);
+    let allowed = [
+        AccountAction::Suspend,
+        AccountAction::Reactivate,
+        AccountAction::Disable,
+    ]
+    .iter()
+    .any(|a| {
+        a.from_states().contains(&from) && a.to_state().map(LifecycleState::stored) == Some(to)
+    });
+    if allowed {
+        None
+    } else if from == LifecycleState::Requested {
+        Some(
+            "a requested account is approved or rejected by an officer under four eyes, not by an import",
+        )
+    } else if to == AccountState::Requested {
+        Some("only a request makes an account requested")
+    } else {
+        Some("the account state machine has no such change (rejected and disabled are final)")
+    }
+}
+
 /// Accounts accepted by [`check_account_links`] with their organisation id,
 /// and the refusals.
 pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, i64)>, Vec<RowRefusal>);

@@ -1527,13 +1527,19 @@ async fn organisations_and_accounts_upsert_idempotently_with_refusals() {
             .await
             .on(store, "account changes");
         // France Travail officers may approve colleagues of their own agency.
-        assert_eq!(c, count(2, 2, 1), "[{be}]");
-        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        // A requested account is not approved by an import, though: that
+        // row is refused and the account stays requested.
+        assert_eq!(c, count(2, 1, 1), "[{be}]");
+        assert_eq!(refusal_fields(&refused), vec![(0, "state")], "[{be}]");
+        assert!(
+            refused[0].reason.contains("four eyes"),
+            "[{be}] {refused:?}"
+        );
         let (c, _) = store
             .upsert_accounts(batch)
             .await
             .on(store, "account changes again");
-        assert_eq!(c, count(0, 0, 5), "[{be}]");
+        assert_eq!(c, count(0, 0, 4), "[{be}]");
 
         let inv = store.inventory().await.on(store, "inventory");
         assert_eq!(
@@ -1550,7 +1556,11 @@ async fn organisations_and_accounts_upsert_idempotently_with_refusals() {
             vec![(Agent, 3), (Manager, 1), (Officer, 2)],
             "[{be}]"
         );
-        assert_eq!(inv.accounts_by_state, vec![(Active, 6)], "[{be}]");
+        assert_eq!(
+            inv.accounts_by_state,
+            vec![(Active, 5), (Requested, 1)],
+            "[{be}]"
+        );
     }
 }
 
@@ -5320,6 +5330,98 @@ async fn account_states_move_only_along_the_machine_for_every_actor() {
         // 5 states × 7 actions × (6 + 5) actors.
         assert_eq!(n, 5 * 7 * 11, "[{be}]");
         eprintln!("[{be}] {n} triples: {counted:?}");
+
+        // An import follows the machine too: it suspends, reactivates and
+        // disables, but never approves, revives or re-requests. Fresh
+        // accounts, the disabled one first (disabling takes every active
+        // account of known history).
+        let (org, requester, _, _) = families[0];
+        let mut samples = Vec::new();
+        for state in [
+            LifecycleState::Disabled,
+            LifecycleState::Requested,
+            LifecycleState::Active,
+            LifecycleState::Suspended,
+            LifecycleState::Rejected,
+        ] {
+            n += 1;
+            let t = plus(t0, i64::from(n) * 10);
+            let login = format!("sm.{n}");
+            let subject = auth
+                .request_account(NewAccountRequest {
+                    organisation_id: org,
+                    login: r(&login),
+                    role: Role::Agent,
+                    requested_by: requester,
+                    at: t,
+                })
+                .await
+                .on(store, "request")
+                .account_id;
+            if state != LifecycleState::Requested {
+                auth.decide_account(subject, outside, state != LifecycleState::Rejected, t)
+                    .await
+                    .on(store, "decide")
+                    .unwrap_or_else(|| panic!("[{be}] decision"));
+            }
+            match state {
+                LifecycleState::Suspended => {
+                    store
+                        .set_account_state(subject, AccountState::Suspended)
+                        .await
+                        .on(store, "suspend");
+                }
+                LifecycleState::Disabled => {
+                    auth.disable_inactive(plus(t, 1), plus(t, 2))
+                        .await
+                        .on(store, "disable");
+                }
+                _ => {}
+            }
+            samples.push((state, login, subject));
+        }
+        for (state, login, subject) in samples {
+            for to in [Active, AccountState::Suspended, AccountState::Requested] {
+                let row = account(
+                    &login,
+                    "CE-038",
+                    Role::Agent,
+                    to,
+                    Some("ce.officer"),
+                    Some("ftl.officer"),
+                );
+                let before = store.account_by_id(subject).await.on(store, "before");
+                let (count, refused) = store.upsert_accounts(vec![row]).await.on(store, "import");
+                let from = state.stored();
+                let allowed = from == to
+                    || matches!(
+                        (state, to),
+                        (LifecycleState::Active, AccountState::Suspended)
+                            | (LifecycleState::Suspended, AccountState::Active)
+                    );
+                let after = store.account_by_id(subject).await.on(store, "after");
+                if allowed {
+                    assert!(refused.is_empty(), "[{be}] {state} → {to}: {refused:?}");
+                    assert_eq!(after.map(|a| a.state), Some(to), "[{be}] {state} → {to}");
+                } else {
+                    assert_eq!(
+                        refusal_fields(&refused),
+                        vec![(0, "state")],
+                        "[{be}] {state} → {to}"
+                    );
+                    assert_eq!(count.updated, 0, "[{be}]");
+                    assert_eq!(after, before, "[{be}] {state} → {to}: unchanged");
+                }
+                // Back where it was, for the next target (through the
+                // machine: only active ↔ suspended ever moved).
+                if allowed && from != to {
+                    store
+                        .set_account_state(subject, from)
+                        .await
+                        .on(store, "back");
+                }
+            }
+        }
     }
 }
 
