@@ -412,7 +412,13 @@ pub trait RegistryStore: Send + Sync {
     /// Organisations with their ids, by code order.
     async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError>;
 
-    /// Sets an account's state; false if there is no such account.
+    /// Suspends (`state` suspended: only an active account) or reactivates
+    /// (`state` active: only a suspended account whose recorded request, if
+    /// any, was approved under four eyes) an account, in one conditional
+    /// statement following the account state machine
+    /// ([`rempart_domain::AccountAction`]). False if there is no such
+    /// account; refuses (`state: …`) any other target and any change the
+    /// machine does not allow from the account's state.
     async fn set_account_state(
         &self,
         account_id: i64,
