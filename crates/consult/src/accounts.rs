@@ -13,8 +13,11 @@
 //!   agents and managers; nobody asks for a reset of its own factors.
 //! - **Who may decide** is the policy's `decide_account` (agency officers),
 //!   and the store's four-eyes rule (an active officer, neither the account
-//!   nor its requester, from outside a partner's organisation), which no
-//!   caller can skip. A store refusal is ledgered as `four_eyes`.
+//!   nor its requester, never of the requester's organisation, France
+//!   Travail agencies included, and from outside a partner's organisation),
+//!   which no caller can skip; the store also moves states only along the
+//!   account state machine (`rempart_domain::AccountAction`). A store
+//!   refusal of either is ledgered as `four_eyes`.
 //! - **A requested account cannot work**: it is not `active`, so
 //!   authentication refuses it, and [`issue_credential`] refuses to give it
 //!   a credential. It starts with an empty caseload: no mandate is created.
@@ -517,6 +520,11 @@ impl Consultation {
                 .await
             {
                 Ok(a) => Some(a),
+                // The store gives a code only to an active account approved
+                // under four eyes: a suspended one gets its code once
+                // reactivated, one never approved gets none. The reset
+                // stands either way.
+                Err(StorageError::Invalid(m)) if m.starts_with("account_id:") => None,
                 Err(e) => {
                     return Err(self
                         .fail(&ctx, None, "activation code after a reset", &e)
@@ -535,7 +543,11 @@ impl Consultation {
                 "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) and client(s) revoked{}",
                 reset.account_id,
                 reset.kind.as_str(),
-                if activation.is_some() { ", activation code issued" } else { "" }
+                match (&activation, approve && (reset.kind.removes_password() || reset.kind.removes_totp())) {
+                    (Some(_), _) => ", activation code issued",
+                    (None, true) => ", no activation code (account not active or never approved under four eyes)",
+                    (None, false) => "",
+                }
             )),
         ))
         .await?;
@@ -775,10 +787,11 @@ fn invalid_from_store(message: &str) -> Refusal {
     Refusal::invalid(field, reason)
 }
 
-/// A store refusal of a decision: the four-eyes rule (`officer_id: …`) is a
-/// 403 ledgered as `four_eyes`; anything else a 400.
+/// A store refusal of a decision: the four-eyes rule (`officer_id: …`) and
+/// the account state machine (`state: …`, a detour around an approval) are
+/// a 403 ledgered as `four_eyes`; anything else a 400.
 fn store_refusal(message: &str) -> (DenyReason, Refusal) {
-    if message.starts_with("officer_id:") {
+    if message.starts_with("officer_id:") || message.starts_with("state:") {
         (DenyReason::FourEyes, Refusal::Forbidden)
     } else {
         (DenyReason::InvalidRequest, invalid_from_store(message))

@@ -881,24 +881,20 @@ impl Consultation {
                 .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
                 .await);
         };
-        if target.state == AccountState::Requested && state == AccountState::Active {
-            // Activation of a requested account is an approval (four eyes),
-            // not a reactivation.
-            return Err(self
-                .deny(
-                    &ctx,
-                    None,
-                    // Activation of a requested account is an approval.
-                    DenyReason::FourEyes,
-                    Refusal::Forbidden,
-                )
-                .await);
-        }
+        // The store moves the state only along the account state machine
+        // (suspend from active, reactivate from suspended and approved
+        // under four eyes): a requested or rejected account does not become
+        // active by a detour through here, whoever asks.
         match self.store.set_account_state(account_id, state).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(self
                     .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
+                    .await);
+            }
+            Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("state:") => {
+                return Err(self
+                    .deny(&ctx, None, DenyReason::FourEyes, Refusal::Forbidden)
                     .await);
             }
             Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
@@ -1378,12 +1374,16 @@ impl Consultation {
     /// instance refuses it from its next request) and its sessions ended.
     async fn suspend(&self, ctx: &Ctx<'_>) -> Result<(), Refusal> {
         let id = ctx.caller.account.account_id;
-        if let Err(e) = self
+        match self
             .store
             .set_account_state(id, AccountState::Suspended)
             .await
         {
-            return Err(self.fail(ctx, None, "guard suspension", &e).await);
+            Ok(_) => {}
+            // No longer active (suspended or disabled meanwhile): it is
+            // stopped already, which is what the guard asked.
+            Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("state:") => {}
+            Err(e) => return Err(self.fail(ctx, None, "guard suspension", &e).await),
         }
         if let Err(e) = self
             .auth

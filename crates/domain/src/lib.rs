@@ -6,6 +6,7 @@
 //! personal values is redacted, so a stray `{:?}` cannot leak them.
 
 mod access;
+mod lifecycle;
 mod nir;
 mod normalise;
 mod person;
@@ -15,6 +16,7 @@ pub use access::{
     Account, AccountState, FieldGroup, Mandate, Organisation, OrganisationKind, Purpose, Reference,
     Role,
 };
+pub use lifecycle::{AccountAction, LifecycleState, TransitionError, WhoMay, transition};
 pub use nir::{Nir, NirError, NirSex};
 pub use normalise::normalise_name;
 pub use person::{

@@ -18,7 +18,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use rempart_domain::{AccountState, OrganisationKind, Reference, Role};
+use rempart_domain::{
+    AccountAction, AccountState, LifecycleState, OrganisationKind, Reference, Role,
+};
 
 use crate::{AccountRecord, StorageError};
 
@@ -977,14 +979,39 @@ pub(crate) fn check_replay_period(
     Ok((expires_at, now))
 }
 
-/// What a decision checks about the account decided on.
+/// What a decision checks about the account decided on: where it
+/// belongs, and its place in the state machine.
 pub(crate) struct Subject {
     pub account_id: i64,
     pub organisation_id: i64,
     pub kind: OrganisationKind,
+    /// Its stored state.
+    pub state: AccountState,
+    /// Who asked for it, if recorded.
+    pub requested_by: Option<i64>,
+    /// Who approved it (a four-eyes decision, or an import's checked
+    /// approver).
+    pub approved_by: Option<i64>,
+    /// Whether a decision on its request is recorded.
+    pub decided: bool,
 }
 
-/// What a decision checks about the decider.
+impl Subject {
+    /// Its state as the machine sees it (a decided, unapproved `disabled`
+    /// account is a rejected request).
+    pub fn lifecycle(&self) -> LifecycleState {
+        LifecycleState::of(self.state, self.decided, self.approved_by.is_some())
+    }
+
+    /// Whether it carries a recorded four-eyes approval: an approver who
+    /// is neither the account nor its requester.
+    pub fn approved_under_four_eyes(&self) -> bool {
+        self.approved_by
+            .is_some_and(|a| a != self.account_id && Some(a) != self.requested_by)
+    }
+}
+
+/// What a decision checks about the decider (or the requester).
 pub(crate) struct Decider {
     pub account_id: i64,
     pub organisation_id: i64,
@@ -993,11 +1020,14 @@ pub(crate) struct Decider {
 }
 
 /// The four-eyes rule of decisions on accounts and resets: an active
-/// officer, neither the account nor its requester, and from outside a
-/// partner's organisation (the rule of imports, [`crate::check_account_links`]).
+/// officer, neither the account nor the requester, never of the
+/// requester's organisation (France Travail agencies included), and from
+/// outside a partner's organisation (the rule of imports,
+/// [`crate::check_account_links`]). `requester` is the one who asked for
+/// the account or the reset, `None` when unrecorded.
 pub(crate) fn check_decider(
     subject: &Subject,
-    requester: Option<i64>,
+    requester: Option<&Decider>,
     decider: Option<&Decider>,
 ) -> Result<(), StorageError> {
     let field = "officer_id";
@@ -1016,10 +1046,28 @@ pub(crate) fn check_decider(
             "an account cannot decide on itself (four eyes)",
         ));
     }
-    if requester.is_some_and(|r| r == d.account_id) {
+    check_outside(field, subject, requester, d)
+}
+
+/// The part of the four-eyes rule about where the officer stands: not the
+/// requester, not of the requester's organisation, and outside a
+/// partner's organisation.
+fn check_outside(
+    field: &str,
+    subject: &Subject,
+    requester: Option<&Decider>,
+    d: &Decider,
+) -> Result<(), StorageError> {
+    if requester.is_some_and(|r| r.account_id == d.account_id) {
         return Err(refuse(
             field,
             "the requester cannot decide on its own request (four eyes)",
+        ));
+    }
+    if requester.is_some_and(|r| r.organisation_id == d.organisation_id) {
+        return Err(refuse(
+            field,
+            "the decider cannot belong to the requester's organisation (four eyes)",
         ));
     }
     if d.organisation_id == subject.organisation_id
@@ -1031,6 +1079,109 @@ pub(crate) fn check_decider(
         ));
     }
     Ok(())
+}
+
+/// Whether the state machine lets `action` happen to the subject: its
+/// state, and the recorded approval the action needs
+/// ([`AccountAction::needs_approval`]). Refuses naming `state`.
+pub(crate) fn check_transition(
+    subject: &Subject,
+    action: AccountAction,
+) -> Result<(), StorageError> {
+    let from = subject.lifecycle();
+    if let Err(e) = rempart_domain::transition(from, action) {
+        return Err(StorageError::Invalid(e.to_string()));
+    }
+    let approved = subject.approved_under_four_eyes();
+    let needed = match action {
+        AccountAction::IssueActivation => !approved,
+        _ if action.needs_approval() => subject.requested_by.is_some() && !approved,
+        _ => false,
+    };
+    if needed {
+        return Err(refuse(
+            "state",
+            &format!("the account was never approved under four eyes: no {action} without it"),
+        ));
+    }
+    Ok(())
+}
+
+/// The SQL condition of `action` on an account row whose columns are
+/// reached through `row` (a table name or alias): the same rule as
+/// [`check_transition`], for the one conditional statement that makes the
+/// change, so a change that raced the check does not slip through.
+pub(crate) fn transition_sql(row: &str, action: AccountAction) -> String {
+    let states: Vec<String> = action
+        .from_states()
+        .iter()
+        .map(|s| format!("'{}'", s.stored().as_str()))
+        .collect();
+    // Final states share `disabled`; the machine never starts from them,
+    // which the domain's tests hold.
+    let mut sql = format!("{row}.state IN ({})", states.join(", "));
+    let approved = approved_sql(row);
+    if action == AccountAction::IssueActivation {
+        sql.push_str(&format!(" AND {approved}"));
+    } else if action.needs_approval() {
+        sql.push_str(&format!(" AND ({row}.requested_by IS NULL OR {approved})"));
+    }
+    sql
+}
+
+/// The action that moves an account to `state` by suspension or
+/// reactivation, the only changes [`crate::RegistryStore::set_account_state`]
+/// makes; refuses (`state: …`) any other target.
+pub(crate) fn state_change(state: AccountState) -> Result<AccountAction, StorageError> {
+    match state {
+        AccountState::Suspended => Ok(AccountAction::Suspend),
+        AccountState::Active => Ok(AccountAction::Reactivate),
+        AccountState::Requested => Err(refuse(
+            "state",
+            "an account is requested once, when it is asked for",
+        )),
+        AccountState::Disabled => Err(refuse(
+            "state",
+            "an account is disabled by a rejection or the inactivity job only",
+        )),
+    }
+}
+
+/// Why a state change's conditional statement changed nothing on an
+/// account that exists: the machine's refusal on the facts read after it
+/// (or, if those now allow it, a concurrent change).
+pub(crate) fn refused_change(facts: Subject, action: AccountAction) -> StorageError {
+    match check_transition(&facts, action) {
+        Err(e) => e,
+        Ok(()) => refuse("state", "the account changed meanwhile; try again"),
+    }
+}
+
+/// The SQL condition of a recorded four-eyes approval
+/// ([`Subject::approved_under_four_eyes`]) of the account row `row`.
+pub(crate) fn approved_sql(row: &str) -> String {
+    format!(
+        "({row}.approved_by IS NOT NULL AND {row}.approved_by <> {row}.id
+          AND ({row}.requested_by IS NULL OR {row}.approved_by <> {row}.requested_by))"
+    )
+}
+
+/// The SQL condition of the four-eyes rule ([`check_decider`]) for the
+/// one conditional statement of a decision: `subject`, `requester` and
+/// `decider` are SQL expressions (columns or typed parameters) naming the
+/// account decided on, the one who asked (may be NULL) and the officer.
+pub(crate) fn four_eyes_sql(subject: &str, requester: &str, decider: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM account fe_d
+            JOIN account fe_s ON fe_s.id = {subject}
+            JOIN organisation fe_o ON fe_o.id = fe_s.organisation_id
+          WHERE fe_d.id = {decider} AND fe_d.role = 'officer' AND fe_d.state = 'active'
+            AND fe_d.id <> fe_s.id
+            AND ({requester} IS NULL OR (fe_d.id <> {requester}
+                 AND fe_d.organisation_id <>
+                     (SELECT fe_r.organisation_id FROM account fe_r WHERE fe_r.id = {requester})))
+            AND (fe_o.kind = 'france_travail' OR fe_d.organisation_id <> fe_s.organisation_id))"
+    )
 }
 
 /// A stored 32-byte digest.
@@ -1119,9 +1270,13 @@ pub(crate) fn check_activation_target(
     }
 }
 
-/// The issuer of an activation code: an active officer, not the account.
+/// The issuer of an activation code: an active officer, not the account,
+/// and standing where a decider on its request would (the code opens the
+/// account: an insider re-issuing it would take over an approved account
+/// before its holder activates it).
 pub(crate) fn check_activation_issuer(
-    account_id: i64,
+    subject: &Subject,
+    requester: Option<&Decider>,
     issuer: Option<&Decider>,
 ) -> Result<(), StorageError> {
     let field = "issued_by";
@@ -1131,11 +1286,11 @@ pub(crate) fn check_activation_issuer(
         Some(d) if d.state != AccountState::Active => {
             Err(refuse(field, "the officer's account is not active"))
         }
-        Some(d) if d.account_id == account_id => Err(refuse(
+        Some(d) if d.account_id == subject.account_id => Err(refuse(
             field,
             "an account cannot issue its own activation code (four eyes)",
         )),
-        Some(_) => Ok(()),
+        Some(d) => check_outside(field, subject, requester, d),
     }
 }
 
@@ -1327,6 +1482,10 @@ mod tests {
             account_id: 10,
             organisation_id: 2,
             kind: OrganisationKind::MissionLocale,
+            state: AccountState::Requested,
+            requested_by: Some(11),
+            approved_by: None,
+            decided: false,
         };
         let officer = |id, org, role, state| Decider {
             account_id: id,
@@ -1334,13 +1493,16 @@ mod tests {
             role,
             state,
         };
-        let reason = |d: Option<&Decider>, requester| match check_decider(&partner, requester, d) {
+        let manager = officer(11, 2, Role::Manager, AccountState::Active);
+        let reason = |d: Option<&Decider>, requester: Option<&Decider>| match check_decider(
+            &partner, requester, d,
+        ) {
             Ok(()) => "ok".to_string(),
             Err(StorageError::Invalid(m)) => m,
             Err(e) => panic!("{e}"),
         };
         let ft = officer(1, 1, Role::Officer, AccountState::Active);
-        assert_eq!(reason(Some(&ft), Some(11)), "ok");
+        assert_eq!(reason(Some(&ft), Some(&manager)), "ok");
         assert!(reason(None, None).contains("no such account"));
         assert!(
             reason(
@@ -1363,7 +1525,7 @@ mod tests {
             )
             .contains("itself")
         );
-        assert!(reason(Some(&ft), Some(1)).contains("requester"));
+        assert!(reason(Some(&ft), Some(&ft)).contains("requester"));
         assert!(
             reason(
                 Some(&officer(1, 2, Role::Officer, AccountState::Active)),
@@ -1371,13 +1533,79 @@ mod tests {
             )
             .contains("outside")
         );
-        // France Travail officers may decide on colleagues of their agency.
+        // A France Travail account: an officer of the agency may decide on
+        // a colleague, unless the agency asked for it (four eyes means two
+        // organisations, France Travail agencies included).
         let colleague = Subject {
             kind: OrganisationKind::FranceTravail,
             organisation_id: 1,
+            requested_by: None,
             ..partner
         };
         assert!(check_decider(&colleague, None, Some(&ft)).is_ok());
-        assert!(reason(Some(&ft), Some(1)).starts_with("officer_id: "));
+        let agency_manager = officer(12, 1, Role::Manager, AccountState::Active);
+        assert!(matches!(
+            check_decider(&colleague, Some(&agency_manager), Some(&ft)),
+            Err(StorageError::Invalid(m)) if m.starts_with("officer_id: ") && m.contains("requester's organisation")
+        ));
+        assert!(matches!(
+            check_activation_issuer(&colleague, Some(&agency_manager), Some(&ft)),
+            Err(StorageError::Invalid(m)) if m.starts_with("issued_by: ")
+        ));
+        let outside = officer(3, 5, Role::Officer, AccountState::Active);
+        assert!(check_decider(&colleague, Some(&agency_manager), Some(&outside)).is_ok());
+        assert!(check_activation_issuer(&colleague, Some(&agency_manager), Some(&outside)).is_ok());
+        assert!(reason(Some(&ft), Some(&ft)).starts_with("officer_id: "));
+    }
+
+    #[test]
+    fn transitions_follow_the_machine_and_the_sql_names_its_states() {
+        let subject = |state, requested_by, approved_by, decided| Subject {
+            account_id: 10,
+            organisation_id: 2,
+            kind: OrganisationKind::CapEmploi,
+            state,
+            requested_by,
+            approved_by,
+            decided,
+        };
+        use AccountAction::*;
+        use AccountState::*;
+        let approved = subject(Active, Some(11), Some(1), true);
+        for a in [Suspend, Disable, ApproveReset, IssueActivation] {
+            assert!(check_transition(&approved, a).is_ok(), "{a}");
+        }
+        // Active without an approval (walked around before this rule):
+        // no code, no reset, and once suspended no way back.
+        let walked = subject(Active, Some(11), None, false);
+        for a in [ApproveReset, IssueActivation] {
+            assert!(
+                matches!(check_transition(&walked, a), Err(StorageError::Invalid(m)) if m.starts_with("state: ")),
+                "{a}"
+            );
+        }
+        let walked = subject(Suspended, Some(11), None, false);
+        assert!(check_transition(&walked, Reactivate).is_err());
+        // Imported, history unknown: may be reactivated, gets no code.
+        let imported = subject(Suspended, None, None, false);
+        assert!(check_transition(&imported, Reactivate).is_ok());
+        let imported = subject(Active, None, None, false);
+        assert!(check_transition(&imported, IssueActivation).is_err());
+        // Rejected is final.
+        let rejected = subject(Disabled, Some(11), None, true);
+        assert_eq!(rejected.lifecycle(), LifecycleState::Rejected);
+        for &a in AccountAction::ALL {
+            assert!(check_transition(&rejected, a).is_err(), "{a}");
+        }
+        assert_eq!(
+            transition_sql("a", Suspend),
+            "a.state IN ('active')",
+            "states from the domain's table"
+        );
+        assert!(
+            transition_sql("a", ApproveReset).starts_with("a.state IN ('active', 'suspended') AND")
+        );
+        assert!(transition_sql("a", IssueActivation).contains("a.approved_by IS NOT NULL"));
+        assert!(state_change(Requested).is_err() && state_change(Disabled).is_err());
     }
 }

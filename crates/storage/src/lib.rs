@@ -412,7 +412,13 @@ pub trait RegistryStore: Send + Sync {
     /// Organisations with their ids, by code order.
     async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError>;
 
-    /// Sets an account's state; false if there is no such account.
+    /// Suspends (`state` suspended: only an active account) or reactivates
+    /// (`state` active: only a suspended account whose recorded request, if
+    /// any, was approved under four eyes) an account, in one conditional
+    /// statement following the account state machine
+    /// ([`rempart_domain::AccountAction`]). False if there is no such
+    /// account; refuses (`state: …`) any other target and any change the
+    /// machine does not allow from the account's state.
     async fn set_account_state(
         &self,
         account_id: i64,
@@ -720,6 +726,43 @@ pub(crate) fn parse_code<T>(
     parse: impl Fn(&str) -> Result<T, rempart_domain::ValueError>,
 ) -> Result<T, StorageError> {
     parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
+}
+
+/// Why an import may not move a stored account from `stored` (its state's
+/// code) to `to`, if it may not: an import follows the account state
+/// machine ([`rempart_domain::AccountAction`]) for the changes that need
+/// no decider (suspend, reactivate, disable); approving or rejecting a
+/// request is an officer's decision under four eyes, and rejected or
+/// disabled accounts are final.
+pub(crate) fn import_state_refusal(stored: &str, to: AccountState) -> Option<&'static str> {
+    use rempart_domain::{AccountAction, LifecycleState};
+    let Ok(from) = AccountState::parse(stored) else {
+        return Some("the stored state is not a known code");
+    };
+    if from == to {
+        return None;
+    }
+    let from = LifecycleState::of(from, false, true);
+    let allowed = [
+        AccountAction::Suspend,
+        AccountAction::Reactivate,
+        AccountAction::Disable,
+    ]
+    .iter()
+    .any(|a| {
+        a.from_states().contains(&from) && a.to_state().map(LifecycleState::stored) == Some(to)
+    });
+    if allowed {
+        None
+    } else if from == LifecycleState::Requested {
+        Some(
+            "a requested account is approved or rejected by an officer under four eyes, not by an import",
+        )
+    } else if to == AccountState::Requested {
+        Some("only a request makes an account requested")
+    } else {
+        Some("the account state machine has no such change (rejected and disabled are final)")
+    }
 }
 
 /// Accounts accepted by [`check_account_links`] with their organisation id,

@@ -848,7 +848,7 @@ impl RegistryStore for PgStore {
             .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
             .collect::<Result<_, StorageError>>()?;
         let stored_code = |s: &str| StorageError::Corrupt(format!("stored code {s:?} is unknown"));
-        let (valid, refused) = crate::check_account_links(
+        let (valid, mut refused) = crate::check_account_links(
             &accounts,
             |code| {
                 org_ids
@@ -928,7 +928,20 @@ impl RegistryStore for PgStore {
                     count.unchanged += 1;
                     continue;
                 }
-                Some(_) => {
+                Some((_, _, ref state, _, _)) => {
+                    // Under the table lock: nothing moves between this
+                    // check and the update.
+                    if let Some(reason) = crate::import_state_refusal(state, a.state) {
+                        refused.push(RowRefusal {
+                            index: accounts
+                                .iter()
+                                .position(|x| std::ptr::eq(x, *a))
+                                .unwrap_or_default(),
+                            field: "state",
+                            reason: reason.into(),
+                        });
+                        continue;
+                    }
                     tx.execute(&upd, &p).await?;
                     count.updated += 1;
                 }
@@ -956,6 +969,7 @@ impl RegistryStore for PgStore {
             .await?;
         }
         tx.commit().await?;
+        refused.sort_by_key(|r| r.index);
         Ok((count, refused))
     }
 
@@ -1368,14 +1382,25 @@ impl RegistryStore for PgStore {
         account_id: i64,
         state: AccountState,
     ) -> Result<bool, StorageError> {
+        let action = crate::auth::state_change(state)?;
         let client = self.client().await?;
+        // One compare-and-set carrying the state machine's rule.
         let stmt = client
-            .prepare_cached("UPDATE account SET state = $2 WHERE id = $1")
+            .prepare_cached(&format!(
+                "UPDATE account SET state = $2 WHERE id = $1 AND {}",
+                crate::auth::transition_sql("account", action)
+            ))
             .await?;
         let n = client
             .execute(&stmt, &[&account_id, &state.as_str()])
             .await?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(true);
+        }
+        match auth::subject(&**client, account_id).await? {
+            None => Ok(false),
+            Some(facts) => Err(crate::auth::refused_change(facts, action)),
+        }
     }
 
     async fn insert_credential(

@@ -755,7 +755,7 @@ impl RegistryStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut count = UpsertCount::default();
-            let refused;
+            let mut refused;
             {
                 let mut org =
                     tx.prepare_cached("SELECT id, kind FROM organisation WHERE code = ?1")?;
@@ -777,6 +777,7 @@ impl RegistryStore for SqliteStore {
                     },
                 )?;
                 refused = r;
+                let mut moved = Vec::new();
                 let mut get = tx.prepare_cached(
                     "SELECT a.organisation_id, a.role, a.state, r.login, p.login FROM account a
                      LEFT JOIN account r ON r.id = a.requested_by
@@ -815,7 +816,20 @@ impl RegistryStore for SqliteStore {
                             count.unchanged += 1;
                             continue;
                         }
-                        Some(_) => {
+                        Some((_, _, ref state, _, _)) => {
+                            // In the write transaction: nothing moves
+                            // between this check and the update.
+                            if let Some(reason) = crate::import_state_refusal(state, a.state) {
+                                moved.push(RowRefusal {
+                                    index: accounts
+                                        .iter()
+                                        .position(|x| std::ptr::eq(x, *a))
+                                        .unwrap_or_default(),
+                                    field: "state",
+                                    reason: reason.into(),
+                                });
+                                continue;
+                            }
                             upd.execute(p)?;
                             count.updated += 1;
                         }
@@ -829,6 +843,8 @@ impl RegistryStore for SqliteStore {
                          approved_by = (SELECT id FROM account WHERE login = ?3)
                      WHERE login = ?1",
                 )?;
+                refused.extend(moved);
+                refused.sort_by_key(|r| r.index);
                 for a in changed {
                     set.execute(params![
                         a.login.as_str(),
@@ -1121,11 +1137,22 @@ impl RegistryStore for SqliteStore {
         account_id: i64,
         state: AccountState,
     ) -> Result<bool, StorageError> {
+        let action = crate::auth::state_change(state)?;
         self.write(move |c| {
+            // One compare-and-set carrying the state machine's rule.
             let n = c
-                .prepare_cached("UPDATE account SET state = ?2 WHERE id = ?1")?
+                .prepare_cached(&format!(
+                    "UPDATE account SET state = ?2 WHERE id = ?1 AND {}",
+                    crate::auth::transition_sql("account", action)
+                ))?
                 .execute(params![account_id, state.as_str()])?;
-            Ok(n == 1)
+            if n == 1 {
+                return Ok(true);
+            }
+            match auth::subject(c, account_id)? {
+                None => Ok(false),
+                Some(facts) => Err(crate::auth::refused_change(facts, action)),
+            }
         })
         .await
     }

@@ -1527,13 +1527,19 @@ async fn organisations_and_accounts_upsert_idempotently_with_refusals() {
             .await
             .on(store, "account changes");
         // France Travail officers may approve colleagues of their own agency.
-        assert_eq!(c, count(2, 2, 1), "[{be}]");
-        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        // A requested account is not approved by an import, though: that
+        // row is refused and the account stays requested.
+        assert_eq!(c, count(2, 1, 1), "[{be}]");
+        assert_eq!(refusal_fields(&refused), vec![(0, "state")], "[{be}]");
+        assert!(
+            refused[0].reason.contains("four eyes"),
+            "[{be}] {refused:?}"
+        );
         let (c, _) = store
             .upsert_accounts(batch)
             .await
             .on(store, "account changes again");
-        assert_eq!(c, count(0, 0, 5), "[{be}]");
+        assert_eq!(c, count(0, 0, 4), "[{be}]");
 
         let inv = store.inventory().await.on(store, "inventory");
         assert_eq!(
@@ -1550,7 +1556,11 @@ async fn organisations_and_accounts_upsert_idempotently_with_refusals() {
             vec![(Agent, 3), (Manager, 1), (Officer, 2)],
             "[{be}]"
         );
-        assert_eq!(inv.accounts_by_state, vec![(Active, 6)], "[{be}]");
+        assert_eq!(
+            inv.accounts_by_state,
+            vec![(Active, 5), (Requested, 1)],
+            "[{be}]"
+        );
     }
 }
 
@@ -2015,11 +2025,20 @@ async fn accounts_and_organisations_are_looked_up() {
         );
         assert!(
             !store
-                .set_account_state(999_999, AccountState::Disabled)
+                .set_account_state(999_999, AccountState::Suspended)
                 .await
                 .on(store, "unknown"),
             "[{be}]"
         );
+        // Only a suspension or a reactivation goes through this door.
+        for to in [AccountState::Disabled, AccountState::Requested] {
+            assert_invalid(
+                store,
+                store.set_account_state(agent2, to).await,
+                "state",
+                "not a suspension or reactivation",
+            );
+        }
         let inv = store.inventory().await.on(store, "inventory");
         assert_eq!(
             inv.accounts_by_state,
@@ -4949,7 +4968,38 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one() {
             "officer_id",
             "the requester",
         );
-        auth.decide_reset(r5.id, officer2, true, plus(t0, 410))
+        // Nor from the requester's agency: four eyes means two
+        // organisations, France Travail agencies included.
+        assert_invalid(
+            store,
+            auth.decide_reset(r5.id, officer2, true, plus(t0, 410))
+                .await,
+            "officer_id",
+            "an officer of the requester's agency",
+        );
+        store
+            .upsert_organisations(vec![org(
+                "FT-069",
+                OrganisationKind::FranceTravail,
+                "France Travail Lyon",
+                Some("69"),
+            )])
+            .await
+            .on(store, "second agency");
+        let (_, refused) = store
+            .upsert_accounts(vec![account(
+                "ftl.officer",
+                "FT-069",
+                Role::Officer,
+                Active,
+                None,
+                None,
+            )])
+            .await
+            .on(store, "officer of another agency");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let elsewhere = account_id(store, "ftl.officer").await;
+        auth.decide_reset(r5.id, elsewhere, true, plus(t0, 410))
             .await
             .on(store, "approve")
             .unwrap_or_else(|| panic!("[{be}] approval"));
@@ -4976,6 +5026,441 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one() {
             "requested_by",
             "unknown requester",
         );
+    }
+}
+
+/// The account state machine, table-driven over every (state, action,
+/// actor) triple, for two families of requests: a Cap emploi account asked
+/// for by an officer of Cap emploi, and a France Travail agency's account
+/// asked for by the agency's manager (the review's detour (d)). Each triple
+/// acts on a fresh account brought to its state through the machine itself.
+///
+/// The store takes an actor for approve, reject, reset-approve and
+/// issue-activation, and applies the four-eyes rule to it; suspension and
+/// reactivation (administrators, checked by the policy before the store)
+/// and disabling (the inactivity job) take none: their outcome must not
+/// depend on who is named, which the table checks too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_states_move_only_along_the_machine_for_every_actor() {
+    use AccountState::Active;
+    use rempart_domain::{AccountAction, LifecycleState};
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Actor {
+        Requester,
+        OfficerOfRequestingOrg,
+        FtOfficerOfSameAgency,
+        OutsideOfficer,
+        NonOfficer,
+        Itself,
+    }
+    const ACTORS: [Actor; 6] = [
+        Actor::Requester,
+        Actor::OfficerOfRequestingOrg,
+        Actor::FtOfficerOfSameAgency,
+        Actor::OutsideOfficer,
+        Actor::NonOfficer,
+        Actor::Itself,
+    ];
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Done,
+        /// `None` from a decision: not awaiting one.
+        NotFound,
+        /// Refused, naming this field.
+        Refused(&'static str),
+    }
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        store
+            .upsert_organisations(vec![
+                org(
+                    "FT",
+                    OrganisationKind::FranceTravail,
+                    "France Travail Grenoble",
+                    Some("38"),
+                ),
+                org(
+                    "FT-069",
+                    OrganisationKind::FranceTravail,
+                    "France Travail Lyon",
+                    Some("69"),
+                ),
+                org(
+                    "CE-038",
+                    OrganisationKind::CapEmploi,
+                    "Cap emploi Isère",
+                    Some("38"),
+                ),
+            ])
+            .await
+            .on(store, "orgs");
+        let (_, refused) = store
+            .upsert_accounts(vec![
+                account("ft.officer1", "FT", Role::Officer, Active, None, None),
+                account("ft.officer2", "FT", Role::Officer, Active, None, None),
+                account("ftl.officer", "FT-069", Role::Officer, Active, None, None),
+                account(
+                    "ce.officer",
+                    "CE-038",
+                    Role::Officer,
+                    Active,
+                    None,
+                    Some("ftl.officer"),
+                ),
+                account(
+                    "ce.officer2",
+                    "CE-038",
+                    Role::Officer,
+                    Active,
+                    None,
+                    Some("ftl.officer"),
+                ),
+                account(
+                    "ft.manager",
+                    "FT",
+                    Role::Manager,
+                    Active,
+                    None,
+                    Some("ftl.officer"),
+                ),
+                account(
+                    "ft.agent",
+                    "FT",
+                    Role::Agent,
+                    Active,
+                    None,
+                    Some("ftl.officer"),
+                ),
+            ])
+            .await
+            .on(store, "accounts");
+        assert!(refused.is_empty(), "[{be}] {refused:?}");
+        let id = |login: &'static str| account_id(store, login);
+        let outside = id("ftl.officer").await;
+        // (organisation, requester, officer of the requesting organisation,
+        // France Travail officer of the requester's agency if any)
+        let families = [
+            (
+                org_id(store, "CE-038").await,
+                id("ce.officer").await,
+                id("ce.officer2").await,
+                None,
+            ),
+            (
+                org_id(store, "FT").await,
+                id("ft.manager").await,
+                id("ft.officer1").await,
+                Some(id("ft.officer2").await),
+            ),
+        ];
+        let non_officer = id("ft.agent").await;
+        let mut n = 0u32;
+        let mut counted = std::collections::HashMap::<&str, u32>::new();
+        for (family, (org, requester, org_officer, same_agency)) in families.iter().enumerate() {
+            for &state in LifecycleState::ALL {
+                for &action in AccountAction::ALL {
+                    for actor in ACTORS {
+                        let actor_id = match actor {
+                            Actor::Requester => Some(*requester),
+                            Actor::OfficerOfRequestingOrg => Some(*org_officer),
+                            Actor::FtOfficerOfSameAgency => *same_agency,
+                            Actor::OutsideOfficer => Some(outside),
+                            Actor::NonOfficer => Some(non_officer),
+                            Actor::Itself => None,
+                        };
+                        if actor == Actor::FtOfficerOfSameAgency && actor_id.is_none() {
+                            continue; // a partner has no agency
+                        }
+                        // A fresh account, brought to `state` by the machine.
+                        n += 1;
+                        let t = plus(t0, i64::from(n) * 10);
+                        let subject = auth
+                            .request_account(NewAccountRequest {
+                                organisation_id: *org,
+                                login: r(&format!("sm.{n}")),
+                                role: Role::Agent,
+                                requested_by: *requester,
+                                at: t,
+                            })
+                            .await
+                            .on(store, "request")
+                            .account_id;
+                        match state {
+                            LifecycleState::Requested => {}
+                            LifecycleState::Rejected => {
+                                auth.decide_account(subject, outside, false, t)
+                                    .await
+                                    .on(store, "reject")
+                                    .unwrap_or_else(|| panic!("[{be}] rejection"));
+                            }
+                            _ => {
+                                auth.decide_account(subject, outside, true, t)
+                                    .await
+                                    .on(store, "approve")
+                                    .unwrap_or_else(|| panic!("[{be}] approval"));
+                            }
+                        }
+                        if state == LifecycleState::Suspended {
+                            assert!(
+                                store
+                                    .set_account_state(subject, AccountState::Suspended)
+                                    .await
+                                    .on(store, "suspend"),
+                                "[{be}]"
+                            );
+                        }
+                        if state == LifecycleState::Disabled {
+                            let gone = auth
+                                .disable_inactive(plus(t, 1), plus(t, 2))
+                                .await
+                                .on(store, "disable");
+                            assert!(gone.contains(&subject), "[{be}]");
+                        }
+                        let actor_id = actor_id.unwrap_or(subject);
+                        let before = store.account_by_id(subject).await.on(store, "before");
+                        let at_ = plus(t, 3);
+                        let is_four_eyes = actor == Actor::OutsideOfficer;
+                        let from_ok = action.from_states().contains(&state);
+                        let refusal = |r: Result<(), StorageError>| match r {
+                            Ok(()) => Outcome::Done,
+                            Err(StorageError::Invalid(m)) => Outcome::Refused(
+                                ["officer_id", "state", "issued_by", "account_id"]
+                                    .into_iter()
+                                    .find(|f| m.starts_with(&format!("{f}: ")))
+                                    .unwrap_or_else(|| panic!("[{be}] unnamed field: {m}")),
+                            ),
+                            Err(e) => panic!("[{be}] {e}"),
+                        };
+                        let (got, expected) = match action {
+                            AccountAction::Approve | AccountAction::Reject => {
+                                let got = match auth
+                                    .decide_account(
+                                        subject,
+                                        actor_id,
+                                        action == AccountAction::Approve,
+                                        at_,
+                                    )
+                                    .await
+                                {
+                                    Ok(Some(_)) => Outcome::Done,
+                                    Ok(None) => Outcome::NotFound,
+                                    Err(e) => refusal(Err(e)),
+                                };
+                                let expected = match (from_ok, is_four_eyes) {
+                                    (false, _) => Outcome::NotFound,
+                                    (true, false) => Outcome::Refused("officer_id"),
+                                    (true, true) => Outcome::Done,
+                                };
+                                (got, expected)
+                            }
+                            AccountAction::Suspend | AccountAction::Reactivate => {
+                                let to = if action == AccountAction::Suspend {
+                                    AccountState::Suspended
+                                } else {
+                                    Active
+                                };
+                                let got = match store.set_account_state(subject, to).await {
+                                    Ok(true) => Outcome::Done,
+                                    Ok(false) => Outcome::NotFound,
+                                    Err(e) => refusal(Err(e)),
+                                };
+                                let expected = if from_ok {
+                                    Outcome::Done
+                                } else {
+                                    Outcome::Refused("state")
+                                };
+                                (got, expected)
+                            }
+                            AccountAction::Disable => {
+                                let gone = auth
+                                    .disable_inactive(plus(at_, 1), plus(at_, 2))
+                                    .await
+                                    .on(store, "disable");
+                                let got = if gone.contains(&subject) {
+                                    Outcome::Done
+                                } else {
+                                    Outcome::NotFound
+                                };
+                                let expected = if from_ok {
+                                    Outcome::Done
+                                } else {
+                                    Outcome::NotFound
+                                };
+                                (got, expected)
+                            }
+                            AccountAction::ApproveReset => {
+                                let reset = auth
+                                    .request_reset(subject, ResetKind::All, *requester, at_)
+                                    .await
+                                    .on(store, "request reset");
+                                let got =
+                                    match auth.decide_reset(reset.id, actor_id, true, at_).await {
+                                        Ok(Some(_)) => Outcome::Done,
+                                        Ok(None) => Outcome::NotFound,
+                                        Err(e) => refusal(Err(e)),
+                                    };
+                                let expected = match (is_four_eyes, from_ok) {
+                                    (false, _) => Outcome::Refused("officer_id"),
+                                    (true, false) => Outcome::Refused("state"),
+                                    (true, true) => Outcome::Done,
+                                };
+                                (got, expected)
+                            }
+                            AccountAction::IssueActivation => {
+                                let got = refusal(
+                                    auth.issue_activation(NewActivation {
+                                        account_id: subject,
+                                        digest: key32(7),
+                                        issued_by: actor_id,
+                                        issued_at: at_,
+                                        expires_at: plus(at_, 3600),
+                                    })
+                                    .await,
+                                );
+                                // The account is checked first, then its issuer,
+                                // who stands where a decider would.
+                                let expected = match (from_ok, is_four_eyes) {
+                                    (false, _) => Outcome::Refused("account_id"),
+                                    (true, false) => Outcome::Refused("issued_by"),
+                                    (true, true) => Outcome::Done,
+                                };
+                                (got, expected)
+                            }
+                        };
+                        assert_eq!(
+                            got, expected,
+                            "[{be}] family {family}, {state} × {action} × {actor:?}"
+                        );
+                        // On a refusal nothing moved; on success, where the
+                        // machine says.
+                        let after = store.account_by_id(subject).await.on(store, "after");
+                        let after = after.map(|a| a.state);
+                        let want = if got == Outcome::Done {
+                            action.to_state().unwrap_or(state).stored()
+                        } else {
+                            state.stored()
+                        };
+                        assert_eq!(
+                            after,
+                            Some(want),
+                            "[{be}] family {family}, {state} × {action} × {actor:?}: {before:?}"
+                        );
+                        if got == Outcome::Done && action == AccountAction::IssueActivation {
+                            assert!(auth.activation(subject).await.on(store, "code").is_some());
+                        } else if action == AccountAction::IssueActivation {
+                            assert!(
+                                auth.activation(subject).await.on(store, "code").is_none(),
+                                "[{be}] no code left behind"
+                            );
+                        }
+                        *counted
+                            .entry(if got == Outcome::Done {
+                                "done"
+                            } else {
+                                "refused"
+                            })
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+        // 5 states × 7 actions × (6 + 5) actors.
+        assert_eq!(n, 5 * 7 * 11, "[{be}]");
+        eprintln!("[{be}] {n} triples: {counted:?}");
+
+        // An import follows the machine too: it suspends, reactivates and
+        // disables, but never approves, revives or re-requests. Fresh
+        // accounts, the disabled one first (disabling takes every active
+        // account of known history).
+        let (org, requester, _, _) = families[0];
+        let mut samples = Vec::new();
+        for state in [
+            LifecycleState::Disabled,
+            LifecycleState::Requested,
+            LifecycleState::Active,
+            LifecycleState::Suspended,
+            LifecycleState::Rejected,
+        ] {
+            n += 1;
+            let t = plus(t0, i64::from(n) * 10);
+            let login = format!("sm.{n}");
+            let subject = auth
+                .request_account(NewAccountRequest {
+                    organisation_id: org,
+                    login: r(&login),
+                    role: Role::Agent,
+                    requested_by: requester,
+                    at: t,
+                })
+                .await
+                .on(store, "request")
+                .account_id;
+            if state != LifecycleState::Requested {
+                auth.decide_account(subject, outside, state != LifecycleState::Rejected, t)
+                    .await
+                    .on(store, "decide")
+                    .unwrap_or_else(|| panic!("[{be}] decision"));
+            }
+            match state {
+                LifecycleState::Suspended => {
+                    store
+                        .set_account_state(subject, AccountState::Suspended)
+                        .await
+                        .on(store, "suspend");
+                }
+                LifecycleState::Disabled => {
+                    auth.disable_inactive(plus(t, 1), plus(t, 2))
+                        .await
+                        .on(store, "disable");
+                }
+                _ => {}
+            }
+            samples.push((state, login, subject));
+        }
+        for (state, login, subject) in samples {
+            for to in [Active, AccountState::Suspended, AccountState::Requested] {
+                let row = account(
+                    &login,
+                    "CE-038",
+                    Role::Agent,
+                    to,
+                    Some("ce.officer"),
+                    Some("ftl.officer"),
+                );
+                let before = store.account_by_id(subject).await.on(store, "before");
+                let (count, refused) = store.upsert_accounts(vec![row]).await.on(store, "import");
+                let from = state.stored();
+                let allowed = from == to
+                    || matches!(
+                        (state, to),
+                        (LifecycleState::Active, AccountState::Suspended)
+                            | (LifecycleState::Suspended, AccountState::Active)
+                    );
+                let after = store.account_by_id(subject).await.on(store, "after");
+                if allowed {
+                    assert!(refused.is_empty(), "[{be}] {state} → {to}: {refused:?}");
+                    assert_eq!(after.map(|a| a.state), Some(to), "[{be}] {state} → {to}");
+                } else {
+                    assert_eq!(
+                        refusal_fields(&refused),
+                        vec![(0, "state")],
+                        "[{be}] {state} → {to}"
+                    );
+                    assert_eq!(count.updated, 0, "[{be}]");
+                    assert_eq!(after, before, "[{be}] {state} → {to}: unchanged");
+                }
+                // Back where it was, for the next target (through the
+                // machine: only active ↔ suspended ever moved).
+                if allowed && from != to {
+                    store
+                        .set_account_state(subject, from)
+                        .await
+                        .on(store, "back");
+                }
+            }
+        }
     }
 }
 

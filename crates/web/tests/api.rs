@@ -2000,6 +2000,26 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// An officer of a second France Travail agency (`T-FT2`), outside
+    /// every test organisation: the four-eyes decider of requests made
+    /// from `T-FT`. Returns its credential.
+    async fn other_agency_officer(&self) -> String {
+        self.store
+            .upsert_organisations(vec![Organisation {
+                code: r("T-FT2"),
+                kind: OrganisationKind::FranceTravail,
+                name: "Test T-FT2".into(),
+                departement: Some("69".into()),
+            }])
+            .await
+            .unwrap();
+        self.extra_account("t.officer3", "T-FT2", Role::Officer)
+            .await
+            .1
+    }
+}
+
 fn deny_reasons(leaves: &[AuditLeaf]) -> Vec<rempart_ledger::DenyReason> {
     leaves
         .iter()
@@ -2136,7 +2156,8 @@ async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_acc
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains("outside its organisation"),
+            err.to_string().starts_with("invalid request: officer_id: ")
+                && err.to_string().contains("organisation (four eyes)"),
             "{err}"
         );
         let (s, pending) = app.get(Some("t.officer"), "/api/v1/account-requests").await;
@@ -2233,6 +2254,213 @@ async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_acc
     }
 }
 
+/// The review's four-eyes detours, over HTTP, each refused with a 403
+/// ledgered `four_eyes` and the account left where it was: (a) suspend a
+/// requested account then reactivate it; (b) reactivate a rejected one;
+/// (c) a reset of every factor approved for a never-approved account,
+/// hoping for its activation code; (d) an officer approving (or issuing
+/// the code of) an account asked for by a manager of their own agency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_eyes_cannot_be_walked_around() {
+    use rempart_ledger::DenyReason;
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let state_of = |id: i64| {
+            let app = &app;
+            async move {
+                let a = app.store.account_by_id(id).await.unwrap().unwrap();
+                let h = app.auth.lifecycle(id).await.unwrap().unwrap();
+                (a.state, h.decided_by)
+            }
+        };
+        let refused_four_eyes = |before: u64, action: LeafAction| {
+            let app = &app;
+            async move {
+                let leaves = app.leaves(before).await;
+                assert_eq!(
+                    deny_reasons(&leaves),
+                    vec![DenyReason::FourEyes],
+                    "{backend:?}: {leaves:?}"
+                );
+                assert_eq!(leaves[0].action, action, "{backend:?}");
+            }
+        };
+        let request = |login: &'static str| {
+            let app = &app;
+            async move {
+                let (s, body) = app.request_account("t.mlm", "T-ML", login, "agent").await;
+                assert_eq!(s, 201, "{backend:?}: {body}");
+                body["id"].as_i64().unwrap()
+            }
+        };
+        let suspend = |id: i64| format!("/api/v1/accounts/{id}/suspend");
+        let reactivate = |id: i64| format!("/api/v1/accounts/{id}/reactivate");
+
+        // (a) A requested account is neither suspended nor, after that,
+        //     reactivated: it stays requested, undecided.
+        let a = request("ml.detour-a").await;
+        for (path, action) in [
+            (suspend(a), LeafAction::AccountSuspend),
+            (reactivate(a), LeafAction::AccountReactivate),
+        ] {
+            let before = app.ledger_size().await;
+            let (s, body) = app.post(Some("t.officer"), &path, &json!({})).await;
+            assert_eq!(s, 403, "{backend:?} {path}: {body}");
+            assert_error(&body, "forbidden");
+            refused_four_eyes(before, action).await;
+        }
+        assert_eq!(state_of(a).await, (AccountState::Requested, None));
+        // Two officers racing a suspension and a reactivation change nothing either.
+        let (to_suspend, to_reactivate, empty) = (suspend(a), reactivate(a), json!({}));
+        let (x, y) = tokio::join!(
+            app.post(Some("t.officer"), &to_suspend, &empty),
+            app.post(Some("t.officer2"), &to_reactivate, &empty),
+        );
+        assert_eq!((x.0, y.0), (403, 403), "{backend:?}");
+        assert_eq!(state_of(a).await, (AccountState::Requested, None));
+
+        // (b) A rejected account is final.
+        let b = request("ml.detour-b").await;
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/account-requests/{b}/reject"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        let officer = app.account("t.officer").account_id;
+        for (who, path, action) in [
+            ("t.officer", reactivate(b), LeafAction::AccountReactivate),
+            ("t.officer2", reactivate(b), LeafAction::AccountReactivate),
+            ("t.officer2", suspend(b), LeafAction::AccountSuspend),
+        ] {
+            let before = app.ledger_size().await;
+            let (s, body) = app.post(Some(who), &path, &json!({})).await;
+            assert_eq!(s, 403, "{backend:?} {who} {path}: {body}");
+            refused_four_eyes(before, action).await;
+        }
+        assert_eq!(
+            state_of(b).await,
+            (AccountState::Disabled, Some(officer)),
+            "{backend:?}"
+        );
+
+        // (c) A reset of every factor of a never-approved account is not
+        //     approved, and hands out no activation code.
+        let c = request("ml.detour-c").await;
+        let (s, reset) = app
+            .post(
+                Some("t.mlm"),
+                &format!("/api/v1/accounts/{c}/reset-requests"),
+                &json!({"kind": "all"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {reset}");
+        let before = app.ledger_size().await;
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/reset-requests/{}/approve", reset["id"]),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 403, "{backend:?}: {body}");
+        assert!(body.get("activation_code").is_none());
+        refused_four_eyes(before, LeafAction::CredentialReset).await;
+        assert!(app.auth.activation(c).await.unwrap().is_none());
+        assert_eq!(state_of(c).await, (AccountState::Requested, None));
+        // An account already active without an approval (what the detour
+        // left behind before this rule): its reset is refused too, and no
+        // code comes from the command line's door (the store's issue).
+        let (_, refused) = app
+            .store
+            .upsert_accounts(vec![Account {
+                login: r("ml.detour-c2"),
+                organisation: r("T-ML"),
+                role: Role::Agent,
+                state: AccountState::Active,
+                requested_by: Some(r("t.mlm")),
+                approved_by: None,
+            }])
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let c2 = app
+            .store
+            .account_by_login(&r("ml.detour-c2"))
+            .await
+            .unwrap()
+            .unwrap()
+            .account_id;
+        let (s, reset) = app
+            .post(
+                Some("t.mlm"),
+                &format!("/api/v1/accounts/{c2}/reset-requests"),
+                &json!({"kind": "all"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {reset}");
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/reset-requests/{}/approve", reset["id"]),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 403, "{backend:?}: {body}");
+        assert!(app.auth.activation(c2).await.unwrap().is_none());
+        let code = |account_id: i64, issued_by: i64| rempart_storage::NewActivation {
+            account_id,
+            digest: [7; 32],
+            issued_by,
+            issued_at: Utc::now(),
+            expires_at: Utc::now() + Duration::hours(1),
+        };
+        let issued = app.auth.issue_activation(code(c2, officer)).await;
+        assert!(issued.is_err(), "{backend:?}: {issued:?}");
+        assert!(app.auth.activation(c2).await.unwrap().is_none());
+
+        // (d) An agency manager's request: no officer of the agency
+        //     approves it, or gets its code; an officer of another agency
+        //     does, and alone receives the code.
+        let (s, body) = app
+            .request_account("t.ftm", "T-FT", "ft.detour-d", "agent")
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {body}");
+        let d = body["id"].as_i64().unwrap();
+        for who in ["t.officer", "t.officer2"] {
+            let before = app.ledger_size().await;
+            let (s, body) = app
+                .post(
+                    Some(who),
+                    &format!("/api/v1/account-requests/{d}/approve"),
+                    &json!({}),
+                )
+                .await;
+            assert_eq!(s, 403, "{backend:?} {who}: {body}");
+            assert!(body.get("activation_code").is_none());
+            refused_four_eyes(before, LeafAction::AccountApprove).await;
+        }
+        assert_eq!(state_of(d).await, (AccountState::Requested, None));
+        let elsewhere = app.other_agency_officer().await;
+        let (s, body) = app
+            .post_as(
+                &elsewhere,
+                &format!("/api/v1/account-requests/{d}/approve"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        assert!(body["activation_code"].is_string(), "{body}");
+        // An officer of the agency cannot re-issue (and so take) the code.
+        let insider = app.account("t.officer2").account_id;
+        let issued = app.auth.issue_activation(code(d, insider)).await;
+        assert!(issued.is_err(), "{backend:?}: {issued:?}");
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_requests_are_for_managers_in_their_own_organisation_and_lesser_roles() {
     use rempart_ledger::DenyReason;
@@ -2311,15 +2539,17 @@ async fn account_requests_are_for_managers_in_their_own_organisation_and_lesser_
         ] {
             assert_eq!(app.get(None, path).await.0, 401, "{path}");
         }
-        // A France Travail manager's request is decided by an agency officer.
+        // A France Travail manager's request is decided by an officer of
+        // another agency.
         let (s, body) = app
             .request_account("t.ftm", "T-FT", "ft.new", "manager")
             .await;
         assert_eq!(s, 201, "{body}");
         let id = body["id"].as_i64().unwrap();
+        let elsewhere = app.other_agency_officer().await;
         let (s, body) = app
-            .post(
-                Some("t.officer"),
+            .post_as(
+                &elsewhere,
                 &format!("/api/v1/account-requests/{id}/approve"),
                 &json!({}),
             )
@@ -2473,9 +2703,20 @@ async fn resets_need_a_second_officer_and_end_access() {
         let leaves = app.leaves(before).await;
         assert_eq!(deny_reasons(&leaves), vec![DenyReason::FourEyes]);
         assert_eq!(leaves[0].action, LeafAction::CredentialReset);
+        // Nor can an officer of the same agency: four eyes means two
+        // organisations, France Travail agencies included.
         let (s, body) = app
             .post(
                 Some("t.officer2"),
+                &format!("/api/v1/reset-requests/{own_id}/approve"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 403, "{body}");
+        let elsewhere = app.other_agency_officer().await;
+        let (s, body) = app
+            .post_as(
+                &elsewhere,
                 &format!("/api/v1/reset-requests/{own_id}/approve"),
                 &json!({}),
             )
@@ -2540,9 +2781,10 @@ async fn resets_need_a_second_officer_and_end_access() {
             )
             .await;
         assert_eq!(s, 201);
+        // (Decided, even to reject, from outside the requester's agency.)
         let (s, body) = app
-            .post(
-                Some("t.officer2"),
+            .post_as(
+                &elsewhere,
                 &format!("/api/v1/reset-requests/{}/reject", body["id"]),
                 &json!({}),
             )

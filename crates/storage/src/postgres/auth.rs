@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountState, OrganisationKind, Role};
+use rempart_domain::{AccountAction, AccountState, OrganisationKind, Role};
 use tokio_postgres::{GenericClient, Row};
 
 use super::{PgStore, account_record};
@@ -16,9 +16,10 @@ use crate::auth::{
     ACCESS_TOKEN_SELECT, API_CLIENT_SELECT, AccessTokenRow, AccountLifecycle, ApiClientRow,
     AuthStore, CredentialReset, Decider, NewAccountRequest, PASSKEY_SELECT, RESET_SELECT,
     REVIEW_SELECT, ResetKind, ReviewEntry, SESSION_SELECT, StoredPasskeyRow, StoredSession,
-    StoredTotp, Subject, check_access_token, check_client_id, check_code, check_credential_id,
-    check_decider, check_phc, check_replay_period, check_sealed_secret, check_session, digest32,
-    refuse, step_from_i64, step_to_i64,
+    StoredTotp, Subject, approved_sql, check_access_token, check_client_id, check_code,
+    check_credential_id, check_decider, check_phc, check_replay_period, check_sealed_secret,
+    check_session, check_transition, digest32, four_eyes_sql, refuse, step_from_i64, step_to_i64,
+    transition_sql,
 };
 use crate::auth::{
     ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, check_activation_issuer,
@@ -141,11 +142,18 @@ async fn account_by_id(
         .transpose()
 }
 
-/// The organisation facts of the account a decision is about.
-async fn subject(c: &impl GenericClient, account_id: i64) -> Result<Option<Subject>, StorageError> {
+/// The facts of the account a decision is about (organisation, state,
+/// request and approval), its row locked for update: a concurrent decision
+/// on the same account waits, then sees this one's outcome.
+pub(super) async fn subject(
+    c: &impl GenericClient,
+    account_id: i64,
+) -> Result<Option<Subject>, StorageError> {
     c.query_opt(
-        "SELECT a.organisation_id, o.kind FROM account a
-         JOIN organisation o ON o.id = a.organisation_id WHERE a.id = $1",
+        "SELECT a.organisation_id, o.kind, a.state, a.requested_by, a.approved_by,
+             a.decided_by IS NOT NULL
+         FROM account a JOIN organisation o ON o.id = a.organisation_id
+         WHERE a.id = $1 FOR UPDATE OF a",
         &[&account_id],
     )
     .await?
@@ -154,6 +162,10 @@ async fn subject(c: &impl GenericClient, account_id: i64) -> Result<Option<Subje
             account_id,
             organisation_id: r.try_get(0)?,
             kind: parse_code(r.try_get(1)?, OrganisationKind::parse)?,
+            state: parse_code(r.try_get(2)?, AccountState::parse)?,
+            requested_by: r.try_get(3)?,
+            approved_by: r.try_get(4)?,
+            decided: r.try_get(5)?,
         })
     })
     .transpose()
@@ -256,37 +268,39 @@ impl AuthStore for PgStore {
         let at = crate::instant(at, "at")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(pending) = tx
-            .query_opt(
-                "SELECT requested_by FROM account WHERE id = $1 AND state = 'requested'",
-                &[&account_id],
-            )
-            .await?
-        else {
-            return Ok(None);
-        };
-        let requester: Option<i64> = pending.try_get(0)?;
+        // Decided once: an account no longer requested is not found.
         let Some(subject) = subject(&*tx, account_id).await? else {
             return Ok(None);
         };
+        if subject.state != AccountState::Requested {
+            return Ok(None);
+        }
+        let requester = match subject.requested_by {
+            Some(r) => decider(&*tx, r).await?,
+            None => None,
+        };
         check_decider(
             &subject,
-            requester,
+            requester.as_ref(),
             decider(&*tx, officer_id).await?.as_ref(),
         )?;
-        let state = if approve {
-            AccountState::Active
+        let (action, state) = if approve {
+            (AccountAction::Approve, AccountState::Active)
         } else {
-            AccountState::Disabled
+            (AccountAction::Reject, AccountState::Disabled)
         };
-        // The compare-and-set: a concurrent decision that committed first
-        // leaves no row in 'requested' to update.
+        check_transition(&subject, action)?;
+        // The compare-and-set carries the whole rule: state and four eyes.
         let n = tx
             .execute(
-                "UPDATE account SET state = $2,
-                     approved_by = CASE WHEN $5::bool THEN $3::int8 ELSE approved_by END,
-                     decided_by = $3::int8, decided_at = $4
-                 WHERE id = $1 AND state = 'requested'",
+                &format!(
+                    "UPDATE account SET state = $2,
+                         approved_by = CASE WHEN $5::bool THEN $3::int8 ELSE approved_by END,
+                         decided_by = $3::int8, decided_at = $4
+                     WHERE id = $1 AND {} AND {}",
+                    transition_sql("account", action),
+                    four_eyes_sql("account.id", "account.requested_by", "$3::int8"),
+                ),
                 &[&account_id, &state.as_str(), &officer_id, &at, &approve],
             )
             .await?;
@@ -405,10 +419,13 @@ impl AuthStore for PgStore {
         let tx = client.transaction().await?;
         let mut ids = tx
             .query(
-                "UPDATE account SET state = 'disabled'
-                 WHERE state = 'active'
-                   AND COALESCE(last_login_at, decided_at, created_at) < $1
-                 RETURNING id",
+                &format!(
+                    "UPDATE account SET state = 'disabled'
+                     WHERE {}
+                       AND COALESCE(last_login_at, decided_at, created_at) < $1
+                     RETURNING id",
+                    transition_sql("account", AccountAction::Disable)
+                ),
                 &[&cutoff],
             )
             .await?
@@ -741,13 +758,34 @@ impl AuthStore for PgStore {
         };
         check_decider(
             &subject,
-            Some(reset.requested_by),
+            decider(&*tx, reset.requested_by).await?.as_ref(),
             decider(&*tx, officer_id).await?.as_ref(),
         )?;
+        if approve {
+            check_transition(&subject, AccountAction::ApproveReset)?;
+        }
+        // One compare-and-set with the whole rule: undecided, four eyes,
+        // and (to approve) an account the machine lets be reset.
+        let account_ok = if approve {
+            format!(
+                "AND EXISTS (SELECT 1 FROM account WHERE account.id = credential_reset.account_id
+                     AND {})",
+                transition_sql("account", AccountAction::ApproveReset)
+            )
+        } else {
+            String::new()
+        };
         let n = tx
             .execute(
-                "UPDATE credential_reset SET decided_by = $2, decided_at = $3, approved = $4
-                 WHERE id = $1 AND decided_at IS NULL",
+                &format!(
+                    "UPDATE credential_reset SET decided_by = $2, decided_at = $3, approved = $4
+                     WHERE id = $1 AND decided_at IS NULL AND {} {account_ok}",
+                    four_eyes_sql(
+                        "credential_reset.account_id",
+                        "credential_reset.requested_by",
+                        "$2::int8"
+                    ),
+                ),
                 &[&id, &officer_id, &at, &approve],
             )
             .await?;
@@ -816,15 +854,20 @@ impl AuthStore for PgStore {
         let expires_at = crate::instant(a.expires_at, "expires_at")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // The account's row locked: a concurrent suspension waits.
+        // The account's row locked first (for update, as every decision
+        // on it): a concurrent suspension or issue waits.
+        if subject(&*tx, a.account_id).await?.is_none() {
+            return Err(refuse("account_id", "no such account"));
+        }
         let facts = tx
             .query_opt(
-                "SELECT a.state,
-                    a.approved_by IS NOT NULL OR EXISTS (SELECT 1 FROM credential_reset r
-                        WHERE r.account_id = a.id AND r.approved),
-                    EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
-                    EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
-                 FROM account a WHERE a.id = $1 FOR SHARE OF a",
+                &format!(
+                    "SELECT a.state, {},
+                        EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
+                        EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
+                     FROM account a WHERE a.id = $1 FOR SHARE OF a",
+                    approved_sql("a")
+                ),
                 &[&a.account_id],
             )
             .await?;
@@ -837,22 +880,49 @@ impl AuthStore for PgStore {
                 r.try_get(3)?,
             )?,
         }
-        check_activation_issuer(a.account_id, decider(&*tx, a.issued_by).await?.as_ref())?;
-        tx.execute(
-            "INSERT INTO activation_code (account_id, digest, issued_by, issued_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (account_id) DO UPDATE SET digest = EXCLUDED.digest,
-                 issued_by = EXCLUDED.issued_by, issued_at = EXCLUDED.issued_at,
-                 expires_at = EXCLUDED.expires_at, used_at = NULL, throttle = '{}'",
-            &[
-                &a.account_id,
-                &a.digest.as_slice(),
-                &a.issued_by,
-                &issued_at,
-                &expires_at,
-            ],
-        )
-        .await?;
+        let Some(subject) = subject(&*tx, a.account_id).await? else {
+            return Err(refuse("account_id", "no such account"));
+        };
+        let requester = match subject.requested_by {
+            Some(r) => decider(&*tx, r).await?,
+            None => None,
+        };
+        check_activation_issuer(
+            &subject,
+            requester.as_ref(),
+            decider(&*tx, a.issued_by).await?.as_ref(),
+        )?;
+        // The rule again in the one statement that issues: whatever the
+        // caller read, no code for an account without its approval.
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO activation_code (account_id, digest, issued_by, issued_at, expires_at)
+                     SELECT $1::int8, $2::bytea, $3::int8, $4::timestamptz, $5::timestamptz
+                     FROM account
+                     WHERE account.id = $1 AND {}
+                       AND {}
+                     ON CONFLICT (account_id) DO UPDATE SET digest = EXCLUDED.digest,
+                         issued_by = EXCLUDED.issued_by, issued_at = EXCLUDED.issued_at,
+                         expires_at = EXCLUDED.expires_at, used_at = NULL, throttle = '{{}}'",
+                    transition_sql("account", AccountAction::IssueActivation),
+                    four_eyes_sql("account.id", "account.requested_by", "$3::int8"),
+                ),
+                &[
+                    &a.account_id,
+                    &a.digest.as_slice(),
+                    &a.issued_by,
+                    &issued_at,
+                    &expires_at,
+                ],
+            )
+            .await?;
+        if n != 1 {
+            return Err(refuse(
+                "account_id",
+                "the account changed while the code was issued",
+            ));
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountState, OrganisationKind, Role};
+use rempart_domain::{AccountAction, AccountState, OrganisationKind, Role};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{SqliteStore, account_record, instant_text, optional_instant, parse_instant};
@@ -15,9 +15,10 @@ use crate::auth::{
     ACCESS_TOKEN_SELECT, API_CLIENT_SELECT, AccessTokenRow, AccountLifecycle, ApiClientRow,
     AuthStore, CredentialReset, Decider, NewAccountRequest, PASSKEY_SELECT, RESET_SELECT,
     REVIEW_SELECT, ResetKind, ReviewEntry, SESSION_SELECT, StoredPasskeyRow, StoredSession,
-    StoredTotp, Subject, check_access_token, check_client_id, check_code, check_credential_id,
-    check_decider, check_phc, check_replay_period, check_sealed_secret, check_session, digest32,
-    refuse, step_from_i64, step_to_i64,
+    StoredTotp, Subject, approved_sql, check_access_token, check_client_id, check_code,
+    check_credential_id, check_decider, check_phc, check_replay_period, check_sealed_secret,
+    check_session, check_transition, digest32, four_eyes_sql, refuse, step_from_i64, step_to_i64,
+    transition_sql,
 };
 use crate::auth::{
     ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, check_activation_issuer,
@@ -158,16 +159,21 @@ fn account_by_id(c: &Connection, id: i64) -> Result<Option<AccountRecord>, Stora
 }
 
 /// The organisation facts of the account a decision is about.
-fn subject(c: &Connection, account_id: i64) -> Result<Option<Subject>, StorageError> {
+pub(super) fn subject(c: &Connection, account_id: i64) -> Result<Option<Subject>, StorageError> {
     c.prepare_cached(
-        "SELECT a.organisation_id, o.kind FROM account a
-         JOIN organisation o ON o.id = a.organisation_id WHERE a.id = ?1",
+        "SELECT a.organisation_id, o.kind, a.state, a.requested_by, a.approved_by,
+             a.decided_by IS NOT NULL
+         FROM account a JOIN organisation o ON o.id = a.organisation_id WHERE a.id = ?1",
     )?
     .query_and_then([account_id], |r| {
         Ok::<_, StorageError>(Subject {
             account_id,
             organisation_id: r.get(0)?,
             kind: parse_code(r.get(1)?, OrganisationKind::parse)?,
+            state: parse_code(r.get(2)?, AccountState::parse)?,
+            requested_by: r.get(3)?,
+            approved_by: r.get(4)?,
+            decided: r.get(5)?,
         })
     })?
     .next()
@@ -268,31 +274,39 @@ impl AuthStore for SqliteStore {
         let at = instant_text(at, "at")?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let pending: Option<Option<i64>> = tx
-                .prepare_cached(
-                    "SELECT requested_by FROM account WHERE id = ?1 AND state = 'requested'",
-                )?
-                .query_row([account_id], |r| r.get(0))
-                .optional()?;
-            let Some(requester) = pending else {
-                return Ok(None);
-            };
+            // Decided once: an account no longer requested is not found.
             let Some(subject) = subject(&tx, account_id)? else {
                 return Ok(None);
             };
-            check_decider(&subject, requester, decider(&tx, officer_id)?.as_ref())?;
-            let state = if approve {
-                AccountState::Active
+            if subject.state != AccountState::Requested {
+                return Ok(None);
+            }
+            let requester = subject
+                .requested_by
+                .map(|r| decider(&tx, r))
+                .transpose()?
+                .flatten();
+            check_decider(
+                &subject,
+                requester.as_ref(),
+                decider(&tx, officer_id)?.as_ref(),
+            )?;
+            let (action, state) = if approve {
+                (AccountAction::Approve, AccountState::Active)
             } else {
-                AccountState::Disabled
+                (AccountAction::Reject, AccountState::Disabled)
             };
+            check_transition(&subject, action)?;
+            // The compare-and-set carries the whole rule: state and four eyes.
             let n = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE account SET state = ?2,
                          approved_by = CASE WHEN ?5 THEN ?3 ELSE approved_by END,
                          decided_by = ?3, decided_at = ?4
-                     WHERE id = ?1 AND state = 'requested'",
-                )?
+                     WHERE id = ?1 AND {} AND {}",
+                    transition_sql("account", action),
+                    four_eyes_sql("account.id", "account.requested_by", "?3"),
+                ))?
                 .execute(params![account_id, state.as_str(), officer_id, at, approve])?;
             if n != 1 {
                 return Ok(None);
@@ -399,12 +413,13 @@ impl AuthStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut ids = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE account SET state = 'disabled'
-                     WHERE state = 'active'
-                       AND coalesce(last_login_at, decided_at, created_at) < ?1
-                     RETURNING id",
-                )?
+                         WHERE {}
+                           AND coalesce(last_login_at, decided_at, created_at) < ?1
+                         RETURNING id",
+                    transition_sql("account", AccountAction::Disable)
+                ))?
                 .query_map([cutoff], |r| r.get::<_, i64>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
             ids.sort_unstable();
@@ -740,14 +755,33 @@ impl AuthStore for SqliteStore {
             };
             check_decider(
                 &subject,
-                Some(reset.requested_by),
+                decider(&tx, reset.requested_by)?.as_ref(),
                 decider(&tx, officer_id)?.as_ref(),
             )?;
+            if approve {
+                check_transition(&subject, AccountAction::ApproveReset)?;
+            }
+            // One compare-and-set with the whole rule: undecided, four eyes,
+            // and (to approve) an account the machine lets be reset.
+            let account_ok = if approve {
+                format!(
+                    "AND EXISTS (SELECT 1 FROM account WHERE account.id = credential_reset.account_id
+                         AND {})",
+                    transition_sql("account", AccountAction::ApproveReset)
+                )
+            } else {
+                String::new()
+            };
             let n = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE credential_reset SET decided_by = ?2, decided_at = ?3, approved = ?4
-                     WHERE id = ?1 AND decided_at IS NULL",
-                )?
+                     WHERE id = ?1 AND decided_at IS NULL AND {} {account_ok}",
+                    four_eyes_sql(
+                        "credential_reset.account_id",
+                        "credential_reset.requested_by",
+                        "?2"
+                    ),
+                ))?
                 .execute(params![id, officer_id, at, approve])?;
             if n != 1 {
                 return Ok(None);
@@ -806,12 +840,10 @@ impl AuthStore for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let facts = tx
                 .prepare_cached(
-                    "SELECT a.state,
-                        a.approved_by IS NOT NULL OR EXISTS (SELECT 1 FROM credential_reset r
-                            WHERE r.account_id = a.id AND r.approved = 1),
+                    &format!("SELECT a.state, {},
                         EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
                         EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
-                     FROM account a WHERE a.id = ?1",
+                     FROM account a WHERE a.id = ?1", approved_sql("a")),
                 )?
                 .query_and_then([a.account_id], |r| {
                     Ok::<_, StorageError>((
@@ -829,21 +861,46 @@ impl AuthStore for SqliteStore {
                     check_activation_target(Some(state), four_eyes, pw, totp)?
                 }
             }
-            check_activation_issuer(a.account_id, decider(&tx, a.issued_by)?.as_ref())?;
-            tx.prepare_cached(
-                "INSERT INTO activation_code (account_id, digest, issued_by, issued_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (account_id) DO UPDATE SET digest = excluded.digest,
-                     issued_by = excluded.issued_by, issued_at = excluded.issued_at,
-                     expires_at = excluded.expires_at, used_at = NULL, throttle = '{}'",
-            )?
-            .execute(params![
-                a.account_id,
-                a.digest.as_slice(),
-                a.issued_by,
-                issued_at,
-                expires_at
-            ])?;
+            let Some(subject) = subject(&tx, a.account_id)? else {
+                return Err(refuse("account_id", "no such account"));
+            };
+            let requester = subject
+                .requested_by
+                .map(|r| decider(&tx, r))
+                .transpose()?
+                .flatten();
+            check_activation_issuer(
+                &subject,
+                requester.as_ref(),
+                decider(&tx, a.issued_by)?.as_ref(),
+            )?;
+            // The rule again in the one statement that issues: whatever
+            // the caller read, no code for an account without its approval.
+            let n = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO activation_code (account_id, digest, issued_by, issued_at, expires_at)
+                     SELECT ?1, ?2, ?3, ?4, ?5 FROM account
+                     WHERE account.id = ?1 AND {}
+                       AND {}
+                     ON CONFLICT (account_id) DO UPDATE SET digest = excluded.digest,
+                         issued_by = excluded.issued_by, issued_at = excluded.issued_at,
+                         expires_at = excluded.expires_at, used_at = NULL, throttle = '{{}}'",
+                    transition_sql("account", AccountAction::IssueActivation),
+                    four_eyes_sql("account.id", "account.requested_by", "?3"),
+                ))?
+                .execute(params![
+                    a.account_id,
+                    a.digest.as_slice(),
+                    a.issued_by,
+                    issued_at,
+                    expires_at
+                ])?;
+            if n != 1 {
+                return Err(refuse(
+                    "account_id",
+                    "the account changed while the code was issued",
+                ));
+            }
             tx.commit()?;
             Ok(())
         })
