@@ -187,6 +187,9 @@ pub struct AccessTokenRow {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Why [`AuthStore::insert_session`] refuses an account that is not active.
+pub(crate) const INACTIVE_SESSION: &str = "the account is not active: no session opens for it";
+
 /// What [`AuthStore::suspend_account`] ended with the suspension.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Suspension {
@@ -721,9 +724,12 @@ pub trait AuthStore: Send + Sync {
 
     // ------------------------------------------------------------ sessions
 
-    /// Stores a new session. Refuses an unknown account, a duplicate id, an
-    /// unknown method, a malformed `jkt`, a non-positive idle timeout, an
-    /// absolute expiry not after creation.
+    /// Stores a new session. Refuses an unknown account, an account that is
+    /// not active (checked in the same statement, waiting for a suspension
+    /// under way: a login racing a suspension never leaves a session that
+    /// the suspension did not end), a duplicate id, an unknown method, a
+    /// malformed `jkt`, a non-positive idle timeout, an absolute expiry not
+    /// after creation.
     async fn insert_session(&self, s: StoredSession) -> Result<(), StorageError>;
 
     /// The session and its account, ended or not (the caller decides with

@@ -5648,6 +5648,70 @@ async fn suspension_ends_every_session_credential_and_token_of_the_account() {
     }
 }
 
+/// No session opens for an account that is not active, and a login
+/// racing a suspension never leaves a live session behind: the insert
+/// waits for the suspension under way and either comes before it (and is
+/// ended by it) or is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_outlives_a_suspension_it_raced() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        for state in [AccountState::Suspended, AccountState::Disabled] {
+            assert!(
+                store
+                    .set_account_state(agent1, state)
+                    .await
+                    .on(store, "state"),
+                "[{be}]"
+            );
+            assert_invalid(
+                store,
+                auth.insert_session(session_of(agent1, 1, "passkey", t0))
+                    .await,
+                "account_id",
+                "a session for an inactive account",
+            );
+        }
+        for round in 0..20u8 {
+            assert!(
+                store
+                    .set_account_state(agent1, AccountState::Active)
+                    .await
+                    .on(store, "reactivate"),
+                "[{be}]"
+            );
+            let n = 100 + round;
+            let (inserted, suspended) = tokio::join!(
+                auth.insert_session(session_of(agent1, n, "password_totp", t0)),
+                auth.suspend_account(agent1, plus(t0, 1), "suspension"),
+            );
+            assert!(
+                suspended.on(store, "suspend").is_some(),
+                "[{be}] round {round}"
+            );
+            match inserted {
+                Ok(()) => {}
+                Err(StorageError::Invalid(m)) if m.starts_with("account_id: ") => continue,
+                Err(e) => panic!("[{be}] round {round}: {e}"),
+            }
+            let (row, _) = auth
+                .session(key32(n))
+                .await
+                .on(store, "session")
+                .unwrap_or_else(|| panic!("[{be}] session"));
+            assert_eq!(
+                row.end_reason.as_deref(),
+                Some("suspension"),
+                "[{be}] round {round}: a session inserted before the suspension is ended by it"
+            );
+        }
+    }
+}
+
 /// A session's idle clock moves only while its account is active: polling
 /// a suspended account's session extends nothing, in one statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

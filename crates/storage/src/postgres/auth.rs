@@ -28,7 +28,7 @@ use crate::auth::{
     FEDERATION_SELECT, FEDERATION_UNLINK_REASON, FederationLink, check_federated,
     check_federation_officer,
 };
-use crate::auth::{PURGE_SQL, Purged, Suspension};
+use crate::auth::{INACTIVE_SESSION, PURGE_SQL, Purged, Suspension};
 use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
 
 /// A session and its account, by digest.
@@ -1154,7 +1154,8 @@ impl AuthStore for PgStore {
                  SELECT $1::bytea, $2::int8, $3::text, $4::text, $5::timestamptz,
                      $6::timestamptz, $7::timestamptz, $8::int8, $9::bool, $10::timestamptz,
                      $11::timestamptz, $12::text
-                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2)
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2 AND state = 'active'
+                               FOR SHARE)
                  ON CONFLICT DO NOTHING",
                 &[
                     &digest,
@@ -1173,14 +1174,23 @@ impl AuthStore for PgStore {
             )
             .await?;
         if n == 1 {
-            Ok(())
-        } else if account_exists(&**client, s.account_id).await? {
-            Err(refuse(
+            return Ok(());
+        }
+        // FOR SHARE above waits for a suspension under way and reads its
+        // outcome: the session is inserted before it (and ended by it) or
+        // not at all.
+        let state: Option<String> = client
+            .query_opt("SELECT state FROM account WHERE id = $1", &[&s.account_id])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        match state.as_deref() {
+            None => Err(refuse("account_id", "no such account")),
+            Some("active") => Err(refuse(
                 "id_digest",
                 "a session with this id is already stored",
-            ))
-        } else {
-            Err(refuse("account_id", "no such account"))
+            )),
+            Some(_) => Err(refuse("account_id", INACTIVE_SESSION)),
         }
     }
 

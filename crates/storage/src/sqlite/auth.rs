@@ -27,7 +27,7 @@ use crate::auth::{
     FEDERATION_SELECT, FEDERATION_UNLINK_REASON, FederationLink, check_federated,
     check_federation_officer,
 };
-use crate::auth::{PURGE_SQL, Purged, Suspension};
+use crate::auth::{INACTIVE_SESSION, PURGE_SQL, Purged, Suspension};
 use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
 
 // Hot lookups compare with `+?1` so SQLite never re-prepares them (see
@@ -1134,8 +1134,15 @@ impl AuthStore for SqliteStore {
         let ended_at = ended_at.map(|t| text(t, "ended_at")).transpose()?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !account_exists(&tx, s.account_id)? {
-                return Err(refuse("account_id", "no such account"));
+            // The single writer orders this with any suspension.
+            let state: Option<String> = tx
+                .prepare_cached("SELECT state FROM account WHERE id = ?1")?
+                .query_row([s.account_id], |r| r.get(0))
+                .optional()?;
+            match state.as_deref() {
+                None => return Err(refuse("account_id", "no such account")),
+                Some("active") => {}
+                Some(_) => return Err(refuse("account_id", INACTIVE_SESSION)),
             }
             let n = tx
                 .prepare_cached(
