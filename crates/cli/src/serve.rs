@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use rempart_consult::{ClientSettings, Consultation, LoginSettings};
+use rempart_consult::{ClientSettings, Consultation, LoginSettings, PurgeSettings};
 use rempart_domain::{OrganisationKind, Purpose, Reference, Role};
 use rempart_guard::{Guard, GuardConfig, GuardStore};
 use rempart_ledger::{Ledger, LedgerConfig};
@@ -65,6 +65,17 @@ pub struct ServeArgs {
         requires = "oidc_issuer"
     )]
     pub oidc_client_secret_file: Option<PathBuf>,
+    /// Seconds between two purges of expired authentication rows
+    /// (ceremonies, replay keys, access tokens, sessions 30 days past
+    /// their expiry); each purge deletes at most 10 rounds of 1,000 rows
+    /// per table.
+    #[arg(
+        long,
+        env = "REMPART_PURGE_INTERVAL_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub purge_interval_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -236,11 +247,13 @@ pub async fn open_consultation(
 /// Serves until Ctrl-C/SIGTERM, then drains and closes the ledger with a
 /// final signed checkpoint.
 pub async fn serve(args: &ServeArgs) -> Result<()> {
-    // Fail-closed causes go to stderr (RUST_LOG overrides the level).
+    // Fail-closed causes go to stderr (RUST_LOG overrides the level), and
+    // so do the purge's counts, one line per run.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,rempart_consult::purge=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .try_init();
@@ -299,6 +312,20 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         }
     );
     let sync = guard::spawn_sync(consultation.guard().clone(), guard_store, exporter);
+    let purge_settings = PurgeSettings {
+        interval: Duration::from_secs(args.purge_interval_secs),
+        ..PurgeSettings::default()
+    };
+    purge_settings.check().context("--purge-interval-secs")?;
+    let purge = rempart_consult::purge::spawn(
+        consultation.auth_store().clone(),
+        purge_settings,
+        Arc::new(chrono::Utc::now),
+    );
+    println!(
+        "purge of expired authentication rows: every {} s",
+        args.purge_interval_secs
+    );
     println!(
         "serving http://{addr}/api/v1 (OpenAPI: http://{addr}/api/v1/openapi.json); Ctrl-C stops"
     );
@@ -310,6 +337,7 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
     let guard = consultation.guard().clone();
     let served = run_until(listener, consultation, rempart_web::shutdown_signal()).await;
     sync.abort();
+    purge.abort();
     // What this instance counted and raised since the last sync.
     if let Err(e) = guard.sync(chrono::Utc::now()).await {
         eprintln!("guard: last sync failed: {e}");

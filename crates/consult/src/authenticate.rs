@@ -30,6 +30,7 @@ use rempart_auth::access_token::{self, AccessTokenError, AccessTokenRecord, Scop
 use rempart_auth::client_assertion::ClientId;
 use rempart_auth::dpop::{DpopError, DpopProof, Expected};
 use rempart_auth::jose::{AlgSet, Jkt};
+use rempart_domain::AccountState;
 use rempart_storage::{
     AccountRecord, AuthStore, StorageError, Store, StoredCredential,
     auth::{AccessTokenRow, StoredSession},
@@ -395,8 +396,11 @@ pub fn check_session(
 }
 
 /// Looks up and checks a browser session (see [`check_session`]), then
-/// restarts its idle clock if the last restart is a minute old or more.
-/// `Ok(Err(_))` is a rejection; `Err(_)` means the store could not answer.
+/// restarts its idle clock if the last restart is a minute old or more and
+/// the account is active (the store checks the state again in the same
+/// statement): a suspended account polling its session keeps nothing
+/// alive. `Ok(Err(_))` is a rejection; `Err(_)` means the store could not
+/// answer.
 pub async fn authenticate_session(
     auth: &dyn AuthStore,
     cookie: &str,
@@ -413,7 +417,9 @@ pub async fn authenticate_session(
         Ok(c) => c,
         Err(r) => return Ok(Err(r)),
     };
-    if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS {
+    if caller.account.state == AccountState::Active
+        && (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS
+    {
         auth.touch_session(id_digest, now).await?;
     }
     Ok(Ok(caller))
@@ -600,7 +606,12 @@ pub async fn authenticate(
 }
 
 /// Decides on a presented credential (its id and the digest of its secret)
-/// given what the store holds under that id.
+/// given what the store holds under that id. The account's state is the
+/// caller's to check: a suspension revokes the account's credentials
+/// ([`AuthStore::suspend_account`]), yet a credential of a suspended
+/// account still reads as that account, so that the refusal says
+/// "suspended" (as before the revocation) rather than "revoked"; after a
+/// reactivation it is revoked like any other.
 pub fn check(
     stored: Option<(StoredCredential, AccountRecord)>,
     id: i64,
@@ -613,7 +624,9 @@ pub fn check(
     let account_id = account.account_id;
     if stored.id != id || !same(&stored.secret_digest, presented) {
         Err(Rejected::WrongSecret { account_id })
-    } else if stored.revoked_at.is_some_and(|t| t <= now) {
+    } else if stored.revoked_at.is_some_and(|t| t <= now)
+        && account.state != AccountState::Suspended
+    {
         Err(Rejected::Revoked { account_id })
     } else if stored.expires_at <= now {
         Err(Rejected::Expired { account_id })

@@ -28,6 +28,7 @@ pub mod clients;
 pub mod federation;
 pub mod login;
 mod path;
+pub mod purge;
 mod throttle;
 
 pub use accounts::{
@@ -46,6 +47,7 @@ pub use path::{
     MAX_PAGE, MAX_REASON_BYTES, MIN_REASON_CHARS, NirShown, OrganisationEntry, Organisations,
     SearchBy, SearchResults, Shown,
 };
+pub use purge::{PurgeConfigError, PurgeSettings};
 
 /// What a request presents to prove who is calling: the first stage's
 /// input. The web edge builds it from headers; nothing else is read.
@@ -136,7 +138,9 @@ pub enum Refusal {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     /// The action needs a fresh passkey assertion (step-up) first: asked
-    /// for break-glass, and by the guard when behaviour looks unusual.
+    /// for break-glass, for adding a factor (where an account with no
+    /// passkey yet logs in again instead), and by the guard when behaviour
+    /// looks unusual.
     #[error("this action needs a fresh confirmation with your passkey")]
     StepUpRequired,
     /// The guard throttled the account: too much, too fast. Trying again

@@ -12,8 +12,10 @@
 //!   source address (in this process); every credential failure gets the
 //!   same message ([`LoginRefusal::message_fr`]).
 //! - **Passkey enrolment**: an account gets its first passkey from a
-//!   session opened with password + TOTP (two factors already), later ones
-//!   from any session ([`Consultation::start_passkey_registration`]). This
+//!   session opened with password + TOTP (two factors already) within the
+//!   step-up window, later ones from a session with a fresh passkey
+//!   step-up ([`Consultation::start_passkey_registration`]): a stolen
+//!   session alone adds no factor. This
 //!   is the simplest secure path: no new kind of secret (an enrolment link
 //!   would be a bearer token travelling by e-mail), and the factors that
 //!   open that session were themselves issued under the four-eyes rule.
@@ -681,6 +683,7 @@ impl Consultation {
             now,
         };
         let (auth, web, session) = self.session_parts(&ctx).await?;
+        self.factor_change_allowed(&ctx, auth.as_ref()).await?;
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
         let login = caller.account.login.as_str();
         let started = web.passkeys.start_registration(
@@ -728,6 +731,8 @@ impl Consultation {
         let Some(registration) = state.registration else {
             return Err(self.refuse_ceremony(&ctx).await);
         };
+        // Again at the end: the proof may have aged while the ceremony ran.
+        self.factor_change_allowed(&ctx, auth.as_ref()).await?;
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
         let passkey = match web.passkeys.finish_registration(
             &registration,
@@ -1157,6 +1162,55 @@ impl Consultation {
                 .deny(ctx, None, DenyReason::InvalidRequest, Refusal::Forbidden)
                 .await),
         }
+    }
+
+    /// Adding or removing a factor through a session needs a fresh proof of
+    /// the account's factors, within [`LoginSettings::step_up_window`]: a
+    /// passkey step-up in this session, or a session opened by a passkey
+    /// that recently; for an account with no passkey yet (its first one,
+    /// after a password + TOTP or federated login), the login itself. So a
+    /// stolen session cannot plant the attacker's passkey, which would
+    /// outlive a reset of the password and TOTP. A refusal is ledgered
+    /// (`step_up_required`) and answered [`Refusal::StepUpRequired`].
+    async fn factor_change_allowed(
+        &self,
+        ctx: &Ctx<'_>,
+        auth: &dyn AuthStore,
+    ) -> Result<(), Refusal> {
+        let Via::Session { id_digest, .. } = &ctx.caller.via else {
+            return Err(self
+                .deny(ctx, None, DenyReason::InvalidRequest, Refusal::Forbidden)
+                .await);
+        };
+        // The row as it is now, not as the request's check read it.
+        let session = match auth.session(*id_digest).await {
+            Ok(Some((session, _))) => session,
+            Ok(None) => return Err(self.refuse_ceremony(ctx).await),
+            Err(e) => return Err(self.fail(ctx, None, "session", &e).await),
+        };
+        let has_passkey = match auth.passkeys(ctx.caller.account.account_id).await {
+            Ok(rows) => !rows.is_empty(),
+            Err(e) => return Err(self.fail(ctx, None, "passkeys", &e).await),
+        };
+        let window = self
+            .web
+            .as_ref()
+            .map_or(Duration::zero(), |w| w.settings.step_up_window);
+        let fresh = |t: DateTime<Utc>| t <= ctx.now && ctx.now - t <= window;
+        let stepped_up = session.step_up_at.is_some_and(fresh);
+        let opened_recently =
+            fresh(session.created_at) && (session.method == "passkey" || !has_passkey);
+        if stepped_up || opened_recently {
+            return Ok(());
+        }
+        Err(self
+            .refuse(
+                ctx,
+                DenyReason::StepUpRequired,
+                Refusal::StepUpRequired,
+                "factor change: no recent step-up".into(),
+            )
+            .await)
     }
 
     async fn passkeys_of(

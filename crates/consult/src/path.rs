@@ -885,7 +885,7 @@ impl Consultation {
         // (suspend from active, reactivate from suspended and approved
         // under four eyes): a requested or rejected account does not become
         // active by a detour through here, whoever asks.
-        match self.store.set_account_state(account_id, state).await {
+        match self.change_state(account_id, state, now).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(self
@@ -908,6 +908,29 @@ impl Consultation {
         ))
         .await?;
         Ok(AccountRecord { state, ..target })
+    }
+
+    /// The registry's side of [`Consultation::set_account_state`]. Suspending
+    /// an active account ends, in the same transaction, its sessions, API
+    /// credentials, API clients and access tokens
+    /// ([`AuthStore::suspend_account`]); reactivation restores none of them.
+    /// Other changes set the state alone. False if there is no such account.
+    async fn change_state(
+        &self,
+        account_id: i64,
+        state: AccountState,
+        now: DateTime<Utc>,
+    ) -> Result<bool, rempart_storage::StorageError> {
+        if state == AccountState::Suspended
+            && self
+                .auth
+                .suspend_account(account_id, now, "suspension")
+                .await?
+                .is_some()
+        {
+            return Ok(true);
+        }
+        self.store.set_account_state(account_id, state).await
     }
 
     /// Lifts the guard's freeze of an organisation: agency security or an
@@ -1370,24 +1393,16 @@ impl Consultation {
         recorded
     }
 
-    /// The guard suspended the caller's account: in the registry (every
-    /// instance refuses it from its next request) and its sessions ended.
+    /// The guard suspended the caller's account: in the registry, with its
+    /// sessions, API credentials, API clients and access tokens ended in the
+    /// same transaction, so every instance refuses them from the next
+    /// request ([`AuthStore::suspend_account`]). An account no longer
+    /// active (an officer was quicker) was already ended with its change.
     async fn suspend(&self, ctx: &Ctx<'_>) -> Result<(), Refusal> {
         let id = ctx.caller.account.account_id;
-        match self
-            .store
-            .set_account_state(id, AccountState::Suspended)
-            .await
-        {
-            Ok(_) => {}
-            // No longer active (suspended or disabled meanwhile): it is
-            // stopped already, which is what the guard asked.
-            Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("state:") => {}
-            Err(e) => return Err(self.fail(ctx, None, "guard suspension", &e).await),
-        }
         if let Err(e) = self
             .auth
-            .end_sessions_of_account(id, ctx.now, "guard_suspension")
+            .suspend_account(id, ctx.now, "guard_suspension")
             .await
         {
             return Err(self.fail(ctx, None, "guard suspension", &e).await);

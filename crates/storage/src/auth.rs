@@ -189,6 +189,92 @@ pub struct AccessTokenRow {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Why [`AuthStore::insert_session`] refuses an account that is not active.
+pub(crate) const INACTIVE_SESSION: &str = "the account is not active: no session opens for it";
+
+/// What [`AuthStore::suspend_account`] ended with the suspension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Suspension {
+    /// Live browser sessions ended.
+    pub sessions: u64,
+    /// API credentials (`rmp_…`) revoked.
+    pub credentials: u64,
+    /// API clients revoked (their access tokens deleted with them).
+    pub api_clients: u64,
+    /// Access tokens deleted.
+    pub access_tokens: u64,
+}
+
+/// What one round of [`AuthStore::purge_expired`] deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Expired ceremonies.
+    pub ceremonies: u64,
+    /// Expired replay keys.
+    pub replay_keys: u64,
+    /// Expired access tokens.
+    pub access_tokens: u64,
+    /// Sessions past their absolute expiry for the kept period.
+    pub sessions: u64,
+}
+
+impl Purged {
+    /// Rows deleted in all.
+    pub fn total(&self) -> u64 {
+        self.ceremonies + self.replay_keys + self.access_tokens + self.sessions
+    }
+
+    /// Whether some table gave `limit` rows: there may be more to delete.
+    pub fn full(&self, limit: u32) -> bool {
+        let limit = u64::from(limit);
+        [
+            self.ceremonies,
+            self.replay_keys,
+            self.access_tokens,
+            self.sessions,
+        ]
+        .iter()
+        .any(|&n| n >= limit)
+    }
+
+    /// Adds another round's counts.
+    pub fn add(&mut self, other: Purged) {
+        self.ceremonies += other.ceremonies;
+        self.replay_keys += other.replay_keys;
+        self.access_tokens += other.access_tokens;
+        self.sessions += other.sessions;
+    }
+}
+
+/// The purge's statements, one per table, the same on both backends: at
+/// most `limit` rows chosen by primary key, the condition checked again on
+/// the row deleted (a replay key taken over meanwhile is live again).
+/// Parameters: 1 the instant compared with, 2 the limit.
+pub(crate) const PURGE_SQL: [(&str, &str); 4] = [
+    (
+        "ceremonies",
+        "DELETE FROM ceremony WHERE id IN
+           (SELECT id FROM ceremony WHERE expires_at <= $1 LIMIT $2) AND expires_at <= $1",
+    ),
+    (
+        "replay_keys",
+        "DELETE FROM replay_key WHERE digest IN
+           (SELECT digest FROM replay_key WHERE expires_at <= $1 LIMIT $2) AND expires_at <= $1",
+    ),
+    (
+        "access_tokens",
+        "DELETE FROM access_token WHERE digest IN
+           (SELECT digest FROM access_token WHERE expires_at <= $1 LIMIT $2)
+         AND expires_at <= $1",
+    ),
+    (
+        "sessions",
+        "DELETE FROM web_session WHERE id_digest IN
+           (SELECT id_digest FROM web_session WHERE absolute_expiry <= $1 LIMIT $2)
+         AND absolute_expiry <= $1",
+    ),
+];
+
 /// Which factors a credential reset removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResetKind {
@@ -635,15 +721,28 @@ pub trait AuthStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StorageError>;
 
-    /// Deletes ceremonies, replay keys and access tokens expired at `now`
-    /// and returns how many rows went.
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StorageError>;
+    /// One bounded round of the purge: deletes at most `limit` rows of each
+    /// table, one short statement per table (so a large backlog never holds
+    /// the writer for long): ceremonies, replay keys and access tokens
+    /// expired at `now`, and sessions whose absolute expiry is at or before
+    /// `sessions_before` (kept that long after they could last serve, for
+    /// investigations). The caller loops while a table comes back full
+    /// ([`Purged::full`]). Refuses a `limit` of 0.
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        sessions_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Purged, StorageError>;
 
     // ------------------------------------------------------------ sessions
 
-    /// Stores a new session. Refuses an unknown account, a duplicate id, an
-    /// unknown method, a malformed `jkt`, a non-positive idle timeout, an
-    /// absolute expiry not after creation.
+    /// Stores a new session. Refuses an unknown account, an account that is
+    /// not active (checked in the same statement, waiting for a suspension
+    /// under way: a login racing a suspension never leaves a session that
+    /// the suspension did not end), a duplicate id, an unknown method, a
+    /// malformed `jkt`, a non-positive idle timeout, an absolute expiry not
+    /// after creation.
     async fn insert_session(&self, s: StoredSession) -> Result<(), StorageError>;
 
     /// The session and its account, ended or not (the caller decides with
@@ -654,7 +753,9 @@ pub trait AuthStore: Send + Sync {
         id_digest: [u8; 32],
     ) -> Result<Option<(StoredSession, AccountRecord)>, StorageError>;
 
-    /// Moves a live session's `last_seen_at` forward to `at` (never back).
+    /// Moves a live session's `last_seen_at` forward to `at` (never back),
+    /// only while its account is active, in one statement: a suspended or
+    /// disabled account's requests never extend its sessions.
     async fn touch_session(
         &self,
         id_digest: [u8; 32],
@@ -684,6 +785,20 @@ pub trait AuthStore: Send + Sync {
         at: DateTime<Utc>,
         reason: &str,
     ) -> Result<u64, StorageError>;
+
+    /// Suspends an active account and ends everything it could act with,
+    /// in one transaction: state `active` → `suspended` (compare-and-set),
+    /// its live sessions ended (`reason`), its API credentials revoked, its
+    /// API clients revoked and their access tokens deleted. `None`, and
+    /// nothing changes, if there is no such account or it is not active.
+    /// Reactivation restores none of it: the owner logs in again and gets
+    /// new credentials. `reason` is a lowercase code like a ceremony kind.
+    async fn suspend_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<Suspension>, StorageError>;
 
     // ------------------------------------------------------------ API clients
 

@@ -32,8 +32,8 @@ pub mod sqlite;
 
 pub use auth::{
     AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
-    FederationLink, NewAccountRequest, NewActivation, ResetKind, ReviewEntry, SESSION_METHODS,
-    StoredActivation, StoredPasskeyRow, StoredSession, StoredTotp,
+    FederationLink, NewAccountRequest, NewActivation, Purged, ResetKind, ReviewEntry,
+    SESSION_METHODS, StoredActivation, StoredPasskeyRow, StoredSession, StoredTotp, Suspension,
 };
 
 use std::sync::Arc;

@@ -5754,13 +5754,20 @@ async fn purge_expired_counts_what_it_removes() {
             .await
             .on(store, "token");
         }
+        let long_ago = plus(now, -30 * 86_400);
         assert_eq!(
-            auth.purge_expired(now).await.on(store, "purge"),
+            auth.purge_expired(now, long_ago, 1_000)
+                .await
+                .on(store, "purge")
+                .total(),
             6,
             "[{be}]"
         );
         assert_eq!(
-            auth.purge_expired(now).await.on(store, "purge again"),
+            auth.purge_expired(now, long_ago, 1_000)
+                .await
+                .on(store, "purge again")
+                .total(),
             0,
             "[{be}]"
         );
@@ -5792,6 +5799,499 @@ async fn purge_expired_counts_what_it_removes() {
                 .is_none(),
             "[{be}]"
         );
+    }
+}
+
+impl BothAuth {
+    /// The first byte of each key stored in `table.column` (the tests'
+    /// digests are [`key32`]), sorted: which rows are there, read in raw
+    /// SQL since the interface shows no expired row.
+    async fn keys_in(&self, store: &dyn RegistryStore, table: &str, column: &str) -> Vec<u8> {
+        let sql = format!("SELECT {column} FROM {table}");
+        let keys: Vec<Vec<u8>> = if store.backend() == "sqlite" {
+            let db = rusqlite::Connection::open(
+                self._dir.path().join(rempart_storage::sqlite::FILE_NAME),
+            )
+            .expect("raw sqlite");
+            let mut stmt = db.prepare(&sql).expect("prepare");
+            stmt.query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        } else {
+            let (client, conn) = tokio_postgres::connect(&self._guard.url, tokio_postgres::NoTls)
+                .await
+                .expect("raw postgres");
+            tokio::spawn(conn);
+            let sql = format!("SELECT {column} FROM \"{}\".{table}", self._guard.schema);
+            client
+                .query(&sql, &[])
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        let mut firsts: Vec<u8> = keys.iter().map(|k| k[0]).collect();
+        firsts.sort_unstable();
+        firsts
+    }
+}
+
+/// The purge does bounded work: at most `limit` rows per table and round,
+/// only what expired (sessions: only those past the kept period), and the
+/// rounds together delete exactly the expired rows, replay keys included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_is_bounded_and_takes_exactly_what_expired() {
+    let b = both_auth().await;
+    let now = at("2026-03-02T09:00:00Z");
+    let kept_until = plus(now, -30 * 86_400);
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        // Ceremonies 1–5 expired (5 at `now` exactly), 6–7 live.
+        for (n, expires) in [
+            (1, -900),
+            (2, -60),
+            (3, -1),
+            (4, -3600),
+            (5, 0),
+            (6, 1),
+            (7, 300),
+        ] {
+            auth.put_ceremony(key32(n), "login_challenge", "{}", plus(now, expires))
+                .await
+                .on(store, "ceremony");
+        }
+        // Replay keys 1–5 expired, 6–7 live.
+        for (n, expires) in [
+            (1, -60),
+            (2, -1),
+            (3, 0),
+            (4, -30),
+            (5, -59),
+            (6, 1),
+            (7, 60),
+        ] {
+            assert!(
+                auth.insert_replay_if_new(key32(n), plus(now, expires), plus(now, -120))
+                    .await
+                    .on(store, "replay key")
+            );
+        }
+        auth.insert_api_client(ApiClientRow {
+            client_id: "partner-app".into(),
+            account_id: agent1,
+            keys: "[]".into(),
+            created_at: plus(now, -3600),
+            revoked_at: None,
+        })
+        .await
+        .on(store, "client");
+        // Access tokens 1–3 expired, 4 live.
+        for (n, expires) in [(1, -1), (2, 0), (3, -300), (4, 300)] {
+            auth.insert_access_token(AccessTokenRow {
+                digest: key32(n),
+                client_id: "partner-app".into(),
+                account_id: agent1,
+                jkt: jkt(n),
+                scope: "persons:read".into(),
+                issued_at: plus(now, -600),
+                expires_at: plus(now, expires),
+            })
+            .await
+            .on(store, "token");
+        }
+        // Sessions 1–3 ended long ago (absolute expiry at or before the
+        // kept period), 4 expired yesterday (kept), 5 live.
+        for (n, login_secs_ago) in [
+            (1, 40 * 86_400),
+            (2, 31 * 86_400),
+            (3, 30 * 86_400 + 10 * 3600),
+            (4, 86_400),
+            (5, 60),
+        ] {
+            auth.insert_session(session_of(agent1, n, "passkey", plus(now, -login_secs_ago)))
+                .await
+                .on(store, "session");
+        }
+
+        let rounds = [(2, 2, 2, 2), (2, 2, 1, 1), (1, 1, 0, 0), (0, 0, 0, 0)];
+        for (i, (c, r, t, s)) in rounds.into_iter().enumerate() {
+            let p = auth
+                .purge_expired(now, kept_until, 2)
+                .await
+                .on(store, "bounded purge");
+            assert_eq!(
+                (p.ceremonies, p.replay_keys, p.access_tokens, p.sessions),
+                (c, r, t, s),
+                "[{be}] round {i}: at most 2 rows per table"
+            );
+            assert_eq!(p.full(2), i < 2, "[{be}] round {i}: more may be left");
+        }
+        assert_eq!(b.keys_in(store, "ceremony", "id").await, [6, 7], "[{be}]");
+        assert_eq!(
+            b.keys_in(store, "replay_key", "digest").await,
+            [6, 7],
+            "[{be}] expired replay keys went, live ones stay"
+        );
+        assert_eq!(
+            b.keys_in(store, "access_token", "digest").await,
+            [4],
+            "[{be}]"
+        );
+        assert_eq!(
+            b.keys_in(store, "web_session", "id_digest").await,
+            [4, 5],
+            "[{be}] sessions are kept 30 days past their absolute expiry"
+        );
+        // The live replay key still refuses its replay.
+        assert!(
+            !auth
+                .insert_replay_if_new(key32(7), plus(now, 60), now)
+                .await
+                .on(store, "live key"),
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            auth.purge_expired(now, kept_until, 0).await,
+            "limit",
+            "a purge that deletes nothing",
+        );
+    }
+}
+
+/// A suspension ends, in the same transaction, every session, API
+/// credential, API client and access token of the account, and nothing of
+/// another account; reactivation restores none of them; of concurrent
+/// suspensions exactly one does it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_ends_every_session_credential_and_token_of_the_account() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        for (n, account) in [(1, agent1), (2, agent1), (3, agent1), (4, agent2)] {
+            auth.insert_session(session_of(account, n, "passkey", t0))
+                .await
+                .on(store, "session");
+        }
+        assert!(
+            auth.end_session(key32(3), plus(t0, 10), "logout")
+                .await
+                .on(store, "logout"),
+            "[{be}]"
+        );
+        let expires = plus(t0, 86_400);
+        let c1 = store
+            .insert_credential(agent1, key32(11), t0, expires)
+            .await
+            .on(store, "credential");
+        let c2 = store
+            .insert_credential(agent2, key32(12), t0, expires)
+            .await
+            .on(store, "credential");
+        for (client, account) in [("app-1", agent1), ("app-2", agent2)] {
+            auth.insert_api_client(ApiClientRow {
+                client_id: client.into(),
+                account_id: account,
+                keys: "[]".into(),
+                created_at: t0,
+                revoked_at: None,
+            })
+            .await
+            .on(store, "client");
+        }
+        for (n, client, account) in [
+            (21, "app-1", agent1),
+            (22, "app-1", agent1),
+            (23, "app-2", agent2),
+        ] {
+            auth.insert_access_token(AccessTokenRow {
+                digest: key32(n),
+                client_id: client.into(),
+                account_id: account,
+                jkt: jkt(n),
+                scope: "persons:read".into(),
+                issued_at: t0,
+                expires_at: plus(t0, 600),
+            })
+            .await
+            .on(store, "token");
+        }
+        // Read once, so that the store keeps the checked credential.
+        let kept = store.credential(c1).await.on(store, "credential");
+        assert!(kept.is_some_and(|(c, _)| c.revoked_at.is_none()), "[{be}]");
+
+        let at1 = plus(t0, 60);
+        let raced = join_all((0..8).map(|_| auth.suspend_account(agent1, at1, "suspension"))).await;
+        let done: Vec<_> = raced
+            .into_iter()
+            .filter_map(|r| r.on(store, "suspend"))
+            .collect();
+        assert_eq!(
+            done,
+            [rempart_storage::Suspension {
+                sessions: 2,
+                credentials: 1,
+                api_clients: 1,
+                access_tokens: 2,
+            }],
+            "[{be}] 8 concurrent suspensions: one ends everything"
+        );
+        let account = store
+            .account_by_id(agent1)
+            .await
+            .on(store, "account")
+            .unwrap_or_else(|| panic!("[{be}] account"));
+        assert_eq!(account.state, AccountState::Suspended, "[{be}]");
+        for n in [1, 2] {
+            let (s, _) = auth
+                .session(key32(n))
+                .await
+                .on(store, "session")
+                .unwrap_or_else(|| panic!("[{be}] session {n}"));
+            assert_eq!(
+                (s.ended_at, s.end_reason.as_deref()),
+                (Some(at1), Some("suspension")),
+                "[{be}] session {n}"
+            );
+        }
+        let (logged_out, _) = auth
+            .session(key32(3))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session 3"));
+        assert_eq!(
+            logged_out.end_reason.as_deref(),
+            Some("logout"),
+            "[{be}] an ended session keeps its reason"
+        );
+        let revoked = store.credential(c1).await.on(store, "credential");
+        assert_eq!(
+            revoked.map(|(c, _)| c.revoked_at),
+            Some(Some(at1)),
+            "[{be}] the kept copy is not used after the change"
+        );
+        for n in [21, 22] {
+            assert!(
+                auth.access_token(key32(n))
+                    .await
+                    .on(store, "token")
+                    .is_none(),
+                "[{be}] token {n}"
+            );
+        }
+        let (client, _) = auth
+            .api_client("app-1")
+            .await
+            .on(store, "client")
+            .unwrap_or_else(|| panic!("[{be}] client"));
+        assert_eq!(client.revoked_at, Some(at1), "[{be}]");
+
+        // Another account is untouched.
+        let (other, _) = auth
+            .session(key32(4))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session 4"));
+        assert_eq!(other.ended_at, None, "[{be}]");
+        assert!(
+            store
+                .credential(c2)
+                .await
+                .on(store, "credential")
+                .is_some_and(|(c, _)| c.revoked_at.is_none()),
+            "[{be}]"
+        );
+        assert!(
+            auth.access_token(key32(23))
+                .await
+                .on(store, "token")
+                .is_some(),
+            "[{be}]"
+        );
+
+        // Not active any more: nothing to suspend, nothing changes.
+        assert_eq!(
+            auth.suspend_account(agent1, plus(t0, 120), "suspension")
+                .await
+                .on(store, "suspend again"),
+            None,
+            "[{be}]"
+        );
+        assert_eq!(
+            auth.suspend_account(999_999, plus(t0, 120), "suspension")
+                .await
+                .on(store, "suspend unknown"),
+            None,
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            auth.suspend_account(agent2, plus(t0, 120), "Suspended")
+                .await,
+            "reason",
+            "a malformed reason",
+        );
+
+        // Reactivation restores the state alone.
+        assert!(
+            store
+                .set_account_state(agent1, AccountState::Active)
+                .await
+                .on(store, "reactivate"),
+            "[{be}]"
+        );
+        let (s, _) = auth
+            .session(key32(1))
+            .await
+            .on(store, "session")
+            .unwrap_or_else(|| panic!("[{be}] session"));
+        assert!(!s.is_live_at(plus(t0, 180)), "[{be}] no session comes back");
+        assert!(
+            store
+                .credential(c1)
+                .await
+                .on(store, "credential")
+                .is_some_and(|(c, _)| c.revoked_at.is_some()),
+            "[{be}] no credential comes back"
+        );
+        assert!(
+            auth.access_token(key32(21))
+                .await
+                .on(store, "token")
+                .is_none(),
+            "[{be}] no token comes back"
+        );
+    }
+}
+
+/// No session opens for an account that is not active, and a login
+/// racing a suspension never leaves a live session behind: the insert
+/// waits for the suspension under way and either comes before it (and is
+/// ended by it) or is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_outlives_a_suspension_it_raced() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        for state in [AccountState::Suspended, AccountState::Disabled] {
+            assert!(
+                store
+                    .set_account_state(agent1, state)
+                    .await
+                    .on(store, "state"),
+                "[{be}]"
+            );
+            assert_invalid(
+                store,
+                auth.insert_session(session_of(agent1, 1, "passkey", t0))
+                    .await,
+                "account_id",
+                "a session for an inactive account",
+            );
+        }
+        for round in 0..20u8 {
+            assert!(
+                store
+                    .set_account_state(agent1, AccountState::Active)
+                    .await
+                    .on(store, "reactivate"),
+                "[{be}]"
+            );
+            let n = 100 + round;
+            let (inserted, suspended) = tokio::join!(
+                auth.insert_session(session_of(agent1, n, "password_totp", t0)),
+                auth.suspend_account(agent1, plus(t0, 1), "suspension"),
+            );
+            assert!(
+                suspended.on(store, "suspend").is_some(),
+                "[{be}] round {round}"
+            );
+            match inserted {
+                Ok(()) => {}
+                Err(StorageError::Invalid(m)) if m.starts_with("account_id: ") => continue,
+                Err(e) => panic!("[{be}] round {round}: {e}"),
+            }
+            let (row, _) = auth
+                .session(key32(n))
+                .await
+                .on(store, "session")
+                .unwrap_or_else(|| panic!("[{be}] session"));
+            assert_eq!(
+                row.end_reason.as_deref(),
+                Some("suspension"),
+                "[{be}] round {round}: a session inserted before the suspension is ended by it"
+            );
+        }
+    }
+}
+
+/// A session's idle clock moves only while its account is active: polling
+/// a suspended account's session extends nothing, in one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_account_never_touches_its_sessions() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        auth.insert_session(session_of(agent1, 1, "passkey", t0))
+            .await
+            .on(store, "session");
+        let last_seen = || async {
+            auth.session(key32(1))
+                .await
+                .on(store, "session")
+                .unwrap_or_else(|| panic!("[{be}] session"))
+                .0
+                .last_seen_at
+        };
+        auth.touch_session(key32(1), plus(t0, 600))
+            .await
+            .on(store, "touch");
+        assert_eq!(last_seen().await, plus(t0, 600), "[{be}]");
+        // Suspended by the registry alone (as an import or a tool could).
+        for state in [AccountState::Suspended, AccountState::Disabled] {
+            assert!(
+                store
+                    .set_account_state(agent1, state)
+                    .await
+                    .on(store, "state"),
+                "[{be}]"
+            );
+            for secs in [1_200, 1_500, 1_790] {
+                auth.touch_session(key32(1), plus(t0, secs))
+                    .await
+                    .on(store, "polling");
+            }
+            assert_eq!(
+                last_seen().await,
+                plus(t0, 600),
+                "[{be}] {state:?}: polling moves nothing"
+            );
+        }
+        assert!(
+            store
+                .set_account_state(agent1, AccountState::Active)
+                .await
+                .on(store, "reactivate"),
+            "[{be}]"
+        );
+        auth.touch_session(key32(1), plus(t0, 1_799))
+            .await
+            .on(store, "touch");
+        assert_eq!(last_seen().await, plus(t0, 1_799), "[{be}] active again");
     }
 }
 

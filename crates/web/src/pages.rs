@@ -387,7 +387,8 @@ fn refusal_status(r: &Refusal) -> (StatusCode, &'static str) {
         Refusal::Invalid { .. } => (StatusCode::BAD_REQUEST, "La demande n'est pas valable."),
         Refusal::StepUpRequired => (
             StatusCode::FORBIDDEN,
-            "Cette action demande une confirmation avec votre clé d'accès.",
+            "Cette action demande une confirmation avec votre clé d'accès \
+             (sans clé d'accès : reconnectez-vous).",
         ),
         Refusal::Throttled { .. } => (
             StatusCode::TOO_MANY_REQUESTS,

@@ -29,6 +29,7 @@ use crate::auth::{
     FEDERATION_SELECT, FEDERATION_UNLINK_REASON, FederationLink, check_federated,
     check_federation_officer,
 };
+use crate::auth::{INACTIVE_SESSION, PURGE_SQL, Purged, Suspension};
 use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
 
 /// A session and its account, by digest.
@@ -1183,20 +1184,38 @@ impl AuthStore for PgStore {
         Ok((expires_at > now).then(|| row.try_get(0)).transpose()?)
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StorageError> {
-        let now = crate::instant(now, "now")?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let mut n = 0;
-        for sql in [
-            "DELETE FROM ceremony WHERE expires_at <= $1",
-            "DELETE FROM replay_key WHERE expires_at <= $1",
-            "DELETE FROM access_token WHERE expires_at <= $1",
-        ] {
-            n += tx.execute(sql, &[&now]).await?;
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        sessions_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Purged, StorageError> {
+        if limit == 0 {
+            return Err(refuse("limit", "must be at least 1"));
         }
-        tx.commit().await?;
-        Ok(n)
+        let now = crate::instant(now, "now")?;
+        let sessions_before = crate::instant(sessions_before, "sessions_before")?;
+        let limit = i64::from(limit);
+        let client = self.client().await?;
+        let mut purged = Purged::default();
+        // One statement per table, each its own transaction: no lock is
+        // held across tables or for a whole backlog.
+        for (table, sql) in PURGE_SQL {
+            let before = if table == "sessions" {
+                &sessions_before
+            } else {
+                &now
+            };
+            let stmt = client.prepare_cached(sql).await?;
+            let n = client.execute(&stmt, &[before, &limit]).await?;
+            match table {
+                "ceremonies" => purged.ceremonies = n,
+                "replay_keys" => purged.replay_keys = n,
+                "access_tokens" => purged.access_tokens = n,
+                _ => purged.sessions = n,
+            }
+        }
+        Ok(purged)
     }
 
     async fn insert_session(&self, s: StoredSession) -> Result<(), StorageError> {
@@ -1211,7 +1230,8 @@ impl AuthStore for PgStore {
                  SELECT $1::bytea, $2::int8, $3::text, $4::text, $5::timestamptz,
                      $6::timestamptz, $7::timestamptz, $8::int8, $9::bool, $10::timestamptz,
                      $11::timestamptz, $12::text
-                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2)
+                 WHERE EXISTS (SELECT 1 FROM account WHERE id = $2 AND state = 'active'
+                               FOR SHARE)
                  ON CONFLICT DO NOTHING",
                 &[
                     &digest,
@@ -1230,14 +1250,23 @@ impl AuthStore for PgStore {
             )
             .await?;
         if n == 1 {
-            Ok(())
-        } else if account_exists(&**client, s.account_id).await? {
-            Err(refuse(
+            return Ok(());
+        }
+        // FOR SHARE above waits for a suspension under way and reads its
+        // outcome: the session is inserted before it (and ended by it) or
+        // not at all.
+        let state: Option<String> = client
+            .query_opt("SELECT state FROM account WHERE id = $1", &[&s.account_id])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        match state.as_deref() {
+            None => Err(refuse("account_id", "no such account")),
+            Some("active") => Err(refuse(
                 "id_digest",
                 "a session with this id is already stored",
-            ))
-        } else {
-            Err(refuse("account_id", "no such account"))
+            )),
+            Some(_) => Err(refuse("account_id", INACTIVE_SESSION)),
         }
     }
 
@@ -1265,7 +1294,9 @@ impl AuthStore for PgStore {
         let stmt = client
             .prepare_cached(
                 "UPDATE web_session SET last_seen_at = GREATEST(last_seen_at, $2)
-                 WHERE id_digest = $1 AND ended_at IS NULL",
+                 WHERE id_digest = $1 AND ended_at IS NULL
+                   AND EXISTS (SELECT 1 FROM account a
+                               WHERE a.id = web_session.account_id AND a.state = 'active')",
             )
             .await?;
         let digest: &[u8] = &id_digest;
@@ -1326,6 +1357,64 @@ impl AuthStore for PgStore {
                 &[&account_id, &at, &reason],
             )
             .await?)
+    }
+
+    async fn suspend_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<Suspension>, StorageError> {
+        check_code("reason", reason)?;
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The compare-and-set first: it locks the account's row, so of two
+        // racing suspensions one ends everything and the other is `None`.
+        let changed = tx
+            .execute(
+                "UPDATE account SET state = 'suspended' WHERE id = $1 AND state = 'active'",
+                &[&account_id],
+            )
+            .await?;
+        if changed != 1 {
+            return Ok(None);
+        }
+        let sessions = tx
+            .execute(
+                "UPDATE web_session SET ended_at = $2, end_reason = $3
+                 WHERE account_id = $1 AND ended_at IS NULL",
+                &[&account_id, &at, &reason],
+            )
+            .await?;
+        let credentials = tx
+            .execute(
+                "UPDATE api_credential SET revoked_at = $2
+                 WHERE account_id = $1 AND revoked_at IS NULL",
+                &[&account_id, &at],
+            )
+            .await?;
+        let access_tokens = tx
+            .execute(
+                "DELETE FROM access_token WHERE client_id IN
+                   (SELECT client_id FROM api_client WHERE account_id = $1)",
+                &[&account_id],
+            )
+            .await?;
+        let api_clients = tx
+            .execute(
+                "UPDATE api_client SET revoked_at = $2
+                 WHERE account_id = $1 AND revoked_at IS NULL",
+                &[&account_id, &at],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some(Suspension {
+            sessions,
+            credentials,
+            api_clients,
+            access_tokens,
+        }))
     }
 
     async fn insert_api_client(&self, cl: ApiClientRow) -> Result<(), StorageError> {

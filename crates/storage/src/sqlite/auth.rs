@@ -28,6 +28,7 @@ use crate::auth::{
     FEDERATION_SELECT, FEDERATION_UNLINK_REASON, FederationLink, check_federated,
     check_federation_officer,
 };
+use crate::auth::{INACTIVE_SESSION, PURGE_SQL, Purged, Suspension};
 use crate::{ACCOUNT_SELECT, AccountRecord, StorageError, parse_code};
 
 // Hot lookups compare with `+?1` so SQLite never re-prepares them (see
@@ -41,9 +42,12 @@ pub(super) static SESSION_SQL: LazyLock<String> =
 pub(super) static ACCESS_TOKEN_SQL: LazyLock<String> =
     LazyLock::new(|| format!("{ACCESS_TOKEN_SELECT} WHERE t.digest = +?1"));
 
-/// Moves a live session's last activity forward.
+/// Moves a live session's last activity forward, only while its account
+/// is active (the state read in the same statement).
 pub(super) const TOUCH_SQL: &str = "UPDATE web_session SET last_seen_at = max(last_seen_at, ?2)
-     WHERE id_digest = +?1 AND ended_at IS NULL";
+     WHERE id_digest = +?1 AND ended_at IS NULL
+       AND EXISTS (SELECT 1 FROM account a
+                   WHERE a.id = web_session.account_id AND a.state = 'active')";
 
 /// Inserts a replay key, or takes over an expired one; changes nothing if
 /// a live one exists. The single writer serialises it.
@@ -1153,20 +1157,38 @@ impl AuthStore for SqliteStore {
         .await
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, StorageError> {
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        sessions_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Purged, StorageError> {
+        if limit == 0 {
+            return Err(refuse("limit", "must be at least 1"));
+        }
         let now = instant_text(now, "now")?;
+        let sessions_before = instant_text(sessions_before, "sessions_before")?;
         self.write(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut n = 0;
-            for sql in [
-                "DELETE FROM ceremony WHERE expires_at <= ?1",
-                "DELETE FROM replay_key WHERE expires_at <= ?1",
-                "DELETE FROM access_token WHERE expires_at <= ?1",
-            ] {
-                n += tx.prepare_cached(sql)?.execute([&now])? as u64;
+            let mut purged = Purged::default();
+            // One statement per table, each its own transaction: the
+            // writer is never held for a whole backlog.
+            for (table, sql) in PURGE_SQL {
+                let before = if table == "sessions" {
+                    &sessions_before
+                } else {
+                    &now
+                };
+                let n = c
+                    .prepare_cached(&sql.replace('$', "?"))?
+                    .execute(params![before, limit])? as u64;
+                match table {
+                    "ceremonies" => purged.ceremonies = n,
+                    "replay_keys" => purged.replay_keys = n,
+                    "access_tokens" => purged.access_tokens = n,
+                    _ => purged.sessions = n,
+                }
             }
-            tx.commit()?;
-            Ok(n)
+            Ok(purged)
         })
         .await
     }
@@ -1181,8 +1203,15 @@ impl AuthStore for SqliteStore {
         let ended_at = ended_at.map(|t| text(t, "ended_at")).transpose()?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !account_exists(&tx, s.account_id)? {
-                return Err(refuse("account_id", "no such account"));
+            // The single writer orders this with any suspension.
+            let state: Option<String> = tx
+                .prepare_cached("SELECT state FROM account WHERE id = ?1")?
+                .query_row([s.account_id], |r| r.get(0))
+                .optional()?;
+            match state.as_deref() {
+                None => return Err(refuse("account_id", "no such account")),
+                Some("active") => {}
+                Some(_) => return Err(refuse("account_id", INACTIVE_SESSION)),
             }
             let n = tx
                 .prepare_cached(
@@ -1299,6 +1328,60 @@ impl AuthStore for SqliteStore {
                 )?
                 .execute(params![account_id, at, reason])?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn suspend_account(
+        &self,
+        account_id: i64,
+        at: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Option<Suspension>, StorageError> {
+        check_code("reason", reason)?;
+        let reason = reason.to_string();
+        let at = instant_text(at, "at")?;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE account SET state = 'suspended' WHERE id = ?1 AND state = 'active'",
+                )?
+                .execute([account_id])?;
+            if changed != 1 {
+                return Ok(None);
+            }
+            let sessions = tx
+                .prepare_cached(
+                    "UPDATE web_session SET ended_at = ?2, end_reason = ?3
+                     WHERE account_id = ?1 AND ended_at IS NULL",
+                )?
+                .execute(params![account_id, at, reason])? as u64;
+            let credentials = tx
+                .prepare_cached(
+                    "UPDATE api_credential SET revoked_at = ?2
+                     WHERE account_id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![account_id, at])? as u64;
+            let access_tokens = tx
+                .prepare_cached(
+                    "DELETE FROM access_token WHERE client_id IN
+                       (SELECT client_id FROM api_client WHERE account_id = ?1)",
+                )?
+                .execute([account_id])? as u64;
+            let api_clients = tx
+                .prepare_cached(
+                    "UPDATE api_client SET revoked_at = ?2
+                     WHERE account_id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![account_id, at])? as u64;
+            tx.commit()?;
+            Ok(Some(Suspension {
+                sessions,
+                credentials,
+                api_clients,
+                access_tokens,
+            }))
         })
         .await
     }

@@ -35,11 +35,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{BACKENDS, Backend, TestApp, spawn_app, today};
+use rempart_domain::AccountState;
 use rempart_domain::Purpose;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
-const PASSWORD: &str = "Verger-Orage-47-Brume";
+pub(super) const PASSWORD: &str = "Verger-Orage-47-Brume";
 const INVALID: &str = "Identifiant ou mot de passe incorrect, ou code invalide.";
 
 // ---------------------------------------------------------------------------
@@ -93,7 +94,7 @@ pub fn login_settings(port: u16) -> LoginSettings {
 
 /// Gives `login` a password (argon2id through the auth crate) and a TOTP
 /// secret (sealed as the server expects), through the store.
-async fn seed_factors(app: &TestApp, login: &str) -> TotpSecret {
+pub(super) async fn seed_factors(app: &TestApp, login: &str) -> TotpSecret {
     let account = app.account(login).account_id;
     let hasher = PasswordHasher::new(HashParams::RECOMMENDED).unwrap();
     let hash = hasher
@@ -288,6 +289,59 @@ pub(super) async fn fragment(
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
+/// A POST as the page's script sends it within a session, to `base` (an
+/// instance): the cookie and a fresh device proof naming the public URL of
+/// `path`; `query` follows the path (proofs name no query).
+pub(super) async fn session_post(
+    app: &TestApp,
+    base: &str,
+    session: (&str, &str, &DeviceKey),
+    path: &str,
+    query: &str,
+    body: &str,
+) -> Answer {
+    let (cookie, handle, key) = session;
+    send(
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{base}{path}{query}"))
+            .header("Cookie", format!("__Host-rempart_session={cookie}"))
+            .header(
+                "DPoP",
+                key.proof("POST", &public(app, path), Some(handle), app.clock.now()),
+            )
+            .body(body.to_string()),
+    )
+    .await
+}
+
+/// A GET of a portal fragment within a session, to `base` (an instance).
+pub(super) async fn session_get(
+    app: &TestApp,
+    base: &str,
+    session: (&str, &str, &DeviceKey),
+    path: &str,
+) -> u16 {
+    let (cookie, handle, key) = session;
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{base}{path}"))
+        .header("Cookie", format!("__Host-rempart_session={cookie}"))
+        .header(
+            "DPoP",
+            key.proof("GET", &public(app, path), Some(handle), app.clock.now()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Session refusals ledgered since `from`, by note.
 async fn session_refusals(app: &TestApp, from: u64) -> Vec<String> {
     app.leaves(from)
@@ -417,6 +471,193 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
             (replay.status, &replay.body),
             (401, &json!({"message": INVALID})),
             "{backend:?}"
+        );
+        app.stop().await;
+    }
+}
+
+/// A stolen session (its cookie and its device key, as malware in the
+/// browser holds them) cannot plant the thief's passkey: adding a factor
+/// needs a fresh proof of the factors, within the 5-minute step-up window
+/// (for the first passkey, the password + TOTP login itself; once a
+/// passkey exists, a passkey step-up). Each refusal is ledgered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_session_cannot_add_a_passkey_without_a_fresh_step_up() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let account = app.account("t.ce1").account_id;
+        let client = client_from([127, 0, 0, 7]);
+        let key = DeviceKey::new();
+        let login = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(login.status, 200, "{backend:?}: {:?}", login.body);
+        let cookie = cookie_value(&login.set_cookie.unwrap());
+        let handle = login.body["handle"].as_str().unwrap().to_string();
+        let session = (cookie.as_str(), handle.as_str(), &key);
+
+        // Four minutes after a password + TOTP login, the owner may start
+        // enrolling a first passkey: the login is the fresh proof.
+        app.advance(4 * 60).await;
+        let start = session_post(&app, &app.base, session, "/portail/cle/debut", "", "").await;
+        assert_eq!(start.status, 200, "{backend:?}: {:?}", start.body);
+        let ceremony = start.body["ceremony"].as_str().unwrap().to_string();
+
+        // Six minutes after it, the session alone adds nothing: neither a
+        // new enrolment nor the end of the one started in time.
+        app.advance(2 * 60).await;
+        let before = app.ledger_size().await;
+        let refused = session_post(&app, &app.base, session, "/portail/cle/debut", "", "").await;
+        assert_eq!(refused.status, 403, "{backend:?}: {:?}", refused.body);
+        assert!(
+            refused.body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("confirmation avec votre clé"),
+            "{backend:?}: {:?}",
+            refused.body
+        );
+        let finish = session_post(
+            &app,
+            &app.base,
+            session,
+            "/portail/cle/fin",
+            &format!("?ceremonie={ceremony}"),
+            "{}",
+        )
+        .await;
+        assert_eq!(finish.status, 403, "{backend:?}: {:?}", finish.body);
+        let refusals: Vec<_> = app
+            .leaves(before)
+            .await
+            .into_iter()
+            .filter(|l| {
+                l.action == LeafAction::FactorEnrol
+                    && l.account.0 == account
+                    && l.decision == Decision::Deny(DenyReason::StepUpRequired)
+                    && l.note.as_deref() == Some("factor change: no recent step-up")
+            })
+            .collect();
+        assert_eq!(refusals.len(), 2, "{backend:?}: both refusals ledgered");
+        assert!(app.auth.passkeys(account).await.unwrap().is_empty());
+
+        // Once a passkey exists, even a fresh password + TOTP login (a
+        // phished password and code) adds none without the passkey.
+        app.auth
+            .add_passkey(rempart_storage::StoredPasskeyRow {
+                credential_id: vec![7; 16],
+                account_id: account,
+                data: "{}".into(),
+                created_at: app.clock.now(),
+                last_used_at: None,
+            })
+            .await
+            .unwrap();
+        let again = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(again.status, 200, "{backend:?}: {:?}", again.body);
+        let cookie = cookie_value(&again.set_cookie.unwrap());
+        let handle = again.body["handle"].as_str().unwrap().to_string();
+        let refused = session_post(
+            &app,
+            &app.base,
+            (cookie.as_str(), handle.as_str(), &key),
+            "/portail/cle/debut",
+            "",
+            "",
+        )
+        .await;
+        assert_eq!(refused.status, 403, "{backend:?}: {:?}", refused.body);
+        app.stop().await;
+    }
+}
+
+/// A suspended account's requests extend nothing: polling its session
+/// (here suspended in the registry without ending it, as a change made
+/// outside the officer's operation would be) never moves the idle clock,
+/// so the session idles out during the suspension.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_a_suspended_accounts_session_keeps_nothing_alive() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let account = app.account("t.ce1").account_id;
+        let client = client_from([127, 0, 0, 8]);
+        let key = DeviceKey::new();
+        let login = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(login.status, 200, "{backend:?}: {:?}", login.body);
+        let cookie = cookie_value(&login.set_cookie.unwrap());
+        let handle = login.body["handle"].as_str().unwrap().to_string();
+        let session = (cookie.as_str(), handle.as_str(), &key);
+        let digest = rempart_consult::authenticate::parse_session(&cookie)
+            .unwrap()
+            .0;
+        let path = "/portail/f/dossiers";
+        app.advance(2 * 60).await;
+        assert_eq!(session_get(&app, &app.base, session, path).await, 200);
+        let seen = app
+            .auth
+            .session(digest)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .last_seen_at;
+        assert!(
+            seen > app.clock.now() - chrono::Duration::seconds(5),
+            "{backend:?}: touched"
+        );
+
+        app.store
+            .set_account_state(account, AccountState::Suspended)
+            .await
+            .unwrap();
+        for _ in 0..14 {
+            app.advance(2 * 60).await;
+            assert_eq!(
+                session_get(&app, &app.base, session, path).await,
+                403,
+                "{backend:?}: suspended"
+            );
+        }
+        let row = app.auth.session(digest).await.unwrap().unwrap().0;
+        assert_eq!(
+            row.last_seen_at, seen,
+            "{backend:?}: 28 min of polling moved nothing"
+        );
+
+        // Reactivated 32 minutes after the last real request: idled out.
+        app.store
+            .set_account_state(account, AccountState::Active)
+            .await
+            .unwrap();
+        app.advance(4 * 60).await;
+        assert_eq!(
+            session_get(&app, &app.base, session, path).await,
+            401,
+            "{backend:?}: the session did not outlive its idle timeout"
         );
         app.stop().await;
     }

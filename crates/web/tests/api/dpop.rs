@@ -445,6 +445,8 @@ async fn second_instance(
         app._ledger.clone(),
     )
     .with_clock(app.clock.clock())
+    .with_browser_login(super::browser::login_settings(app.port))
+    .unwrap()
     .with_api_clients(client_settings(app.port))
     .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -840,6 +842,234 @@ async fn suspended_accounts_and_revoked_clients_get_nothing() {
         .await;
         assert_eq!(r.status, 401, "{backend:?}: {}", r.body);
         assert_eq!(r.body["error"], "invalid_client");
+        app.stop().await;
+    }
+}
+
+/// Issue 17, item 6: an officer's suspension ends, at once and on every
+/// instance, the account's browser sessions, its `rmp_` credentials and
+/// its API clients' DPoP tokens; reactivation restores none of them (the
+/// owner logs in again; credentials and clients are issued anew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_suspension_ends_every_session_and_token_on_every_instance() {
+    use super::browser::{
+        DeviceKey, PASSWORD, client_from, code_at, cookie_value, password_login, seed_factors,
+        session_get,
+    };
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let (second, stop_second) = second_instance(&app, backend).await;
+        let agent = app.account("t.ce1").account_id;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let key = DeviceKey::new();
+        let login = password_login(
+            &app,
+            &client_from([127, 0, 0, 9]),
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(login.status, 200, "{backend:?}: {:?}", login.body);
+        let cookie = cookie_value(&login.set_cookie.unwrap());
+        let handle = login.body["handle"].as_str().unwrap().to_string();
+        let session = (cookie.as_str(), handle.as_str(), &key);
+        let client = register(&app, "t.ce1").await;
+        let (_, path) = in_caseload(&app, 31).await;
+        let token = client.token(&app).await;
+        let query = format!("{path}?purpose=follow_up");
+        let dpop = |base: &str| {
+            let proof =
+                client
+                    .dpop
+                    .proof("GET", &public(&app, &path), Some(&token), app.clock.now());
+            let (base, query, authorization) =
+                (base.to_string(), query.clone(), format!("DPoP {token}"));
+            async move {
+                call(&base, &query, &authorization, Some(&proof))
+                    .await
+                    .status
+            }
+        };
+        let credential = |base: &str| {
+            let req = app
+                .http
+                .get(format!("{base}/api/v1/me"))
+                .bearer_auth(app.token("t.ce1"));
+            async move { req.send().await.unwrap().status().as_u16() }
+        };
+        let fragment = "/portail/f/dossiers";
+        for base in [app.base.as_str(), second.as_str()] {
+            assert_eq!(
+                session_get(&app, base, session, fragment).await,
+                200,
+                "{backend:?} {base}"
+            );
+            assert_eq!(credential(base).await, 200, "{backend:?} {base}");
+            assert_eq!(dpop(base).await, 200, "{backend:?} {base}");
+        }
+
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/accounts/{agent}/suspend"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        // The very next request, on either instance, is refused.
+        for base in [second.as_str(), app.base.as_str()] {
+            let s = session_get(&app, base, session, fragment).await;
+            assert!(matches!(s, 401 | 403), "{backend:?} {base}: session {s}");
+            let s = credential(base).await;
+            assert!(matches!(s, 401 | 403), "{backend:?} {base}: credential {s}");
+            let s = dpop(base).await;
+            assert!(matches!(s, 401 | 403), "{backend:?} {base}: token {s}");
+        }
+        let digest = rempart_consult::authenticate::parse_session(&cookie)
+            .unwrap()
+            .0;
+        let (row, _) = app.auth.session(digest).await.unwrap().unwrap();
+        assert_eq!(row.end_reason.as_deref(), Some("suspension"), "{backend:?}");
+
+        // Reactivated: the account may log in again, but nothing it held
+        // before the suspension works any more, on either instance.
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!("/api/v1/accounts/{agent}/reactivate"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        for base in [app.base.as_str(), second.as_str()] {
+            assert_eq!(
+                session_get(&app, base, session, fragment).await,
+                401,
+                "{backend:?} {base}"
+            );
+            assert_eq!(credential(base).await, 401, "{backend:?} {base}");
+            assert_eq!(dpop(base).await, 401, "{backend:?} {base}");
+        }
+        let r = token_request(
+            &app,
+            &second,
+            &client.assertion(&app),
+            Some(&client.token_proof(&app)),
+        )
+        .await;
+        assert_eq!(
+            r.status, 401,
+            "{backend:?}: the client was revoked: {}",
+            r.body
+        );
+        app.advance(30).await;
+        let again = password_login(
+            &app,
+            &client_from([127, 0, 0, 9]),
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(
+            again.status, 200,
+            "{backend:?}: a new login works: {:?}",
+            again.body
+        );
+        let _ = stop_second.send(());
+        app.stop().await;
+    }
+}
+
+/// Issue 17, item 4: the purge task the server runs (the function `rempart
+/// serve` starts, on the server's clock and store) removes what anonymous
+/// login starts and API calls leave behind once it has expired, in bounded
+/// runs, and nothing live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_purge_removes_expired_ceremonies_replay_keys_and_tokens() {
+    use super::browser::{DeviceKey, client_from, send};
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        // 150 anonymous login starts: one ceremony row each.
+        let anonymous = client_from([127, 0, 0, 10]);
+        let start = |key: &DeviceKey| {
+            anonymous
+                .post(format!("{}/connexion/defi", app.base))
+                .header(
+                    "DPoP",
+                    key.proof(
+                        "POST",
+                        &public(&app, "/connexion/defi"),
+                        None,
+                        app.clock.now(),
+                    ),
+                )
+                .json(&json!({"kind": "password"}))
+        };
+        for _ in 0..150 {
+            let r = send(start(&DeviceKey::new())).await;
+            assert_eq!(r.status, 200, "{backend:?}: {:?}", r.body);
+        }
+        assert_eq!(app.registry_rows("ceremony").await, 150, "{backend:?}");
+        // A token (two replay keys: assertion and proof) and a call (one).
+        let client = register(&app, "t.ce1").await;
+        let (_, path) = in_caseload(&app, 33).await;
+        let token = client.token(&app).await;
+        let proof = client
+            .dpop
+            .proof("GET", &public(&app, &path), Some(&token), app.clock.now());
+        let r = call(
+            &app.base,
+            &format!("{path}?purpose=follow_up"),
+            &format!("DPoP {token}"),
+            Some(&proof),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{backend:?}: {}", r.body);
+        assert!(app.registry_rows("replay_key").await >= 3, "{backend:?}");
+        assert_eq!(app.registry_rows("access_token").await, 1, "{backend:?}");
+
+        // Past every expiry (ceremonies 5 min, tokens 5 min, proofs less).
+        app.advance(15 * 60).await;
+        let settings = rempart_consult::PurgeSettings {
+            interval: std::time::Duration::from_millis(50),
+            batch: 40,
+            rounds: 2,
+            ..rempart_consult::PurgeSettings::default()
+        };
+        let task = rempart_consult::purge::spawn(app.auth.clone(), settings, app.clock.clock());
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let left = (
+                app.registry_rows("ceremony").await,
+                app.registry_rows("replay_key").await,
+                app.registry_rows("access_token").await,
+            );
+            seen.push(left.0);
+            if left == (0, 0, 0) {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "{backend:?}: still {left:?} after 20 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Ceremonies go in statements of at most 40 rows.
+        assert!(
+            seen.iter().all(|&n| n == 0 || (150 - n) % 40 == 0),
+            "{backend:?}: counts seen {seen:?}"
+        );
+        // A live ceremony survives the runs that follow.
+        let r = send(start(&DeviceKey::new())).await;
+        assert_eq!(r.status, 200, "{backend:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(app.registry_rows("ceremony").await, 1, "{backend:?}");
+        task.abort();
         app.stop().await;
     }
 }
