@@ -143,6 +143,15 @@ pub enum Refusal {
     /// looks unusual.
     #[error("this action needs a fresh confirmation with your passkey")]
     StepUpRequired,
+    /// Break-glass is a human act: it needs a device-bound browser session
+    /// with a fresh second factor (passkey step-up). An API credential or
+    /// an API client's access token, which a program holds and can copy,
+    /// never breaks the glass.
+    #[error(
+        "break-glass requires a browser session with a fresh second factor (passkey step-up); \
+         API credentials and API clients cannot break the glass"
+    )]
+    BrowserSessionRequired,
     /// The guard throttled the account: too much, too fast. Trying again
     /// after `retry_after_secs` may succeed.
     #[error("too many consultations: try again in {retry_after_secs} s")]

@@ -55,6 +55,22 @@
 //! cookie, key binding, URL and a 60-second-old `iat` at most). The
 //! database's replay table (`AuthStore::insert_replay_if_new`) is the
 //! alternative for non-sticky routing, at one write per request.
+//!
+//! # Two replay spaces: who can fill which
+//!
+//! A bounded cache that refuses new proofs when full (evicting would let a
+//! flood make room for a replay) is a switch for whoever can fill it. A
+//! login proof is signed by a key nobody vouches for yet: anyone can make
+//! a fresh key per request and sign proofs at will. A session proof is
+//! recorded only after the cookie found a live session and the proof was
+//! verified against the key that session is bound to. So the two go into
+//! separate bounded spaces ([`Web::login_replay`] and [`Web::replay`],
+//! sized by [`LoginSettings::login_replay_capacity`] and
+//! [`LoginSettings::replay_capacity`]): a flood of signed anonymous
+//! requests to the login endpoints fills the login space only, and the
+//! sessions already open keep working. What such a flood can still do is
+//! refuse *new* logins (503) while it lasts; that is a rate problem for
+//! the network's edge, and it never spreads to open sessions.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,9 +135,19 @@ pub struct LoginSettings {
     pub lockout: LockoutPolicy,
     /// argon2id parameters for new hashes (and the dummy hash).
     pub hash: HashParams,
-    /// Live device-proof `jti`s remembered at most.
+    /// Live device-proof `jti`s of open sessions remembered at most.
     pub replay_capacity: usize,
+    /// Live device-proof `jti`s of login requests (not yet bound to any
+    /// session: anyone can sign them) remembered at most; a space of its
+    /// own, so that filling it never refuses an open session's proofs.
+    pub login_replay_capacity: usize,
 }
+
+/// Default of [`LoginSettings::login_replay_capacity`]: logins are rare
+/// next to session requests (two proofs per login); 50,000 live entries
+/// sustain about 770 login proofs per second over the 65-second window,
+/// in 4.5 to 9 MB.
+pub const LOGIN_REPLAY_CAPACITY: usize = 50_000;
 
 /// A [`LoginSettings`] value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,6 +206,7 @@ impl LoginSettings {
             lockout: LockoutPolicy::default(),
             hash: HashParams::RECOMMENDED,
             replay_capacity: ReplayCache::DEFAULT_CAPACITY,
+            login_replay_capacity: LOGIN_REPLAY_CAPACITY,
         })
     }
 }
@@ -190,7 +217,43 @@ pub(crate) struct Web {
     passkeys: Passkeys,
     pub(crate) hasher: PasswordHasher,
     pub(crate) lockout: Mutex<Lockout>,
+    /// `jti`s of proofs by keys that open sessions are bound to: only a
+    /// caller holding a live session's cookie and key adds to it.
     pub(crate) replay: Mutex<ReplayCache>,
+    /// `jti`s of login proofs, by keys no session is bound to yet: anyone
+    /// adds to it, so it is kept apart (see the module doc).
+    pub(crate) login_replay: Mutex<ReplayCache>,
+}
+
+impl Web {
+    /// Checks the settings and builds what they describe.
+    pub(crate) fn new(settings: LoginSettings) -> Result<Web, LoginConfigError> {
+        if settings.idle <= Duration::zero()
+            || settings.absolute <= Duration::zero()
+            || settings.idle > settings.absolute
+        {
+            return Err(LoginConfigError::Duration("idle, absolute"));
+        }
+        if settings.step_up_window <= Duration::zero() {
+            return Err(LoginConfigError::Duration("step_up_window"));
+        }
+        let passkeys = Passkeys::new(&settings.rp_id, &settings.public_url, RP_NAME)
+            .map_err(|e| LoginConfigError::Passkey(e.to_string()))?;
+        let lockout =
+            Lockout::new(settings.lockout).map_err(|e| LoginConfigError::Lockout(e.to_string()))?;
+        let hasher = PasswordHasher::new(settings.hash)
+            .map_err(|e| LoginConfigError::Hash(e.to_string()))?;
+        let replay = ReplayCache::new(settings.replay_capacity);
+        let login_replay = ReplayCache::new(settings.login_replay_capacity);
+        Ok(Web {
+            settings,
+            passkeys,
+            hasher,
+            lockout: Mutex::new(lockout),
+            replay: Mutex::new(replay),
+            login_replay: Mutex::new(login_replay),
+        })
+    }
 }
 
 impl Web {
@@ -325,29 +388,7 @@ struct CeremonyState {
 impl Consultation {
     /// Enables browser login and sessions .
     pub fn with_browser_login(mut self, settings: LoginSettings) -> Result<Self, LoginConfigError> {
-        if settings.idle <= Duration::zero()
-            || settings.absolute <= Duration::zero()
-            || settings.idle > settings.absolute
-        {
-            return Err(LoginConfigError::Duration("idle, absolute"));
-        }
-        if settings.step_up_window <= Duration::zero() {
-            return Err(LoginConfigError::Duration("step_up_window"));
-        }
-        let passkeys = Passkeys::new(&settings.rp_id, &settings.public_url, RP_NAME)
-            .map_err(|e| LoginConfigError::Passkey(e.to_string()))?;
-        let lockout =
-            Lockout::new(settings.lockout).map_err(|e| LoginConfigError::Lockout(e.to_string()))?;
-        let hasher = PasswordHasher::new(settings.hash)
-            .map_err(|e| LoginConfigError::Hash(e.to_string()))?;
-        let replay = ReplayCache::new(settings.replay_capacity);
-        self.web = Some(Arc::new(Web {
-            settings,
-            passkeys,
-            hasher,
-            lockout: Mutex::new(lockout),
-            replay: Mutex::new(replay),
-        }));
+        self.web = Some(Arc::new(Web::new(settings)?));
         Ok(self)
     }
 
@@ -943,15 +984,8 @@ impl Consultation {
         proof: ProofRequest<'_>,
         now: DateTime<Utc>,
     ) -> Result<Jkt, LoginError> {
-        let verified = proof.proof.ok_or(None).and_then(|p| {
-            let expected = Expected::new(proof.method, proof.url)
-                .map_err(|_| None)?
-                .with_algs(AlgSet::ES256);
-            let mut cache = locked(&web.replay);
-            DpopProof::verify(p, &expected, now, &mut *cache).map_err(Some)
-        });
-        match verified {
-            Ok(v) => Ok(*v.jkt()),
+        match verify_login_proof(web, proof, now) {
+            Ok(jkt) => Ok(jkt),
             Err(Some(e)) if e.is_unavailable() => {
                 Err(LoginError::Unavailable(format!("login: {e}")))
             }
@@ -1489,6 +1523,27 @@ impl rempart_vault::OtherSecrets for TotpSecrets {
     }
 }
 
+/// Checks a login request's device proof (its key is new: bound to
+/// nothing yet) and records its `jti` in the login replay space, never in
+/// the sessions' one (see the module doc). `Err(None)`: no proof, or this
+/// server's URL does not normalise; `Err(Some(_))`: refused, and
+/// [`rempart_auth::dpop::DpopError::is_unavailable`] when that space is
+/// full.
+pub(crate) fn verify_login_proof(
+    web: &Web,
+    proof: ProofRequest<'_>,
+    now: DateTime<Utc>,
+) -> Result<Jkt, Option<rempart_auth::dpop::DpopError>> {
+    let p = proof.proof.ok_or(None)?;
+    let expected = Expected::new(proof.method, proof.url)
+        .map_err(|_| None)?
+        .with_algs(AlgSet::ES256);
+    let mut cache = locked(&web.login_replay);
+    DpopProof::verify(p, &expected, now, &mut *cache)
+        .map(|v| *v.jkt())
+        .map_err(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1551,6 +1606,164 @@ mod tests {
         for n in 0..sealed.len() {
             assert!(open_totp_secret(&keys, 7, &sealed[..n]).is_err(), "{n}");
         }
+    }
+
+    /// A P-256 device key signing DPoP-format proofs, as the page does.
+    struct DeviceKey(p256::ecdsa::SigningKey);
+
+    impl DeviceKey {
+        fn new() -> DeviceKey {
+            use p256::elliptic_curve::Generate as _;
+            DeviceKey(p256::ecdsa::SigningKey::generate())
+        }
+
+        fn proof(
+            &self,
+            method: &str,
+            url: &str,
+            handle: Option<&str>,
+            at: DateTime<Utc>,
+        ) -> String {
+            use p256::ecdsa::signature::Signer as _;
+            let point = self.0.verifying_key().to_sec1_point(false);
+            let jwk = serde_json::json!({
+                "kty": "EC",
+                "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+                "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+            });
+            let header = serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+            let mut jti = [0u8; 16];
+            rand::rng().fill_bytes(&mut jti);
+            let mut claims = serde_json::json!({
+                "htm": method,
+                "htu": url,
+                "iat": at.timestamp(),
+                "jti": URL_SAFE_NO_PAD.encode(jti),
+            });
+            if let Some(h) = handle {
+                claims["ath"] =
+                    serde_json::json!(URL_SAFE_NO_PAD.encode(Sha256::digest(h.as_bytes())));
+            }
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let sig: p256::ecdsa::Signature = self.0.sign(input.as_bytes());
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+        }
+    }
+
+    #[test]
+    fn a_flood_of_login_proofs_fills_the_login_space_only() {
+        const BASE: &str = "http://localhost:8080";
+        let mut settings = LoginSettings::new(BASE).unwrap();
+        settings.login_replay_capacity = 64;
+        settings.replay_capacity = 64;
+        let web = Web::new(settings).unwrap();
+        let now = Utc::now();
+        let login_url = format!("{BASE}/connexion/defi");
+        let login = |key: &DeviceKey| {
+            let proof = key.proof("POST", &login_url, None, now);
+            verify_login_proof(
+                &web,
+                ProofRequest {
+                    proof: Some(&proof),
+                    method: "POST",
+                    url: &login_url,
+                },
+                now,
+            )
+        };
+
+        // A session opened before the flood, bound to its device key.
+        let device = DeviceKey::new();
+        let jkt = login(&device).unwrap();
+        let opened = authenticate::new_session();
+        let session = StoredSession {
+            id_digest: opened.id_digest,
+            account_id: 7,
+            jkt: jkt.to_string(),
+            method: "passkey".into(),
+            created_at: now,
+            last_seen_at: now,
+            absolute_expiry: now + Duration::hours(10),
+            idle_timeout_secs: 1800,
+            high_risk: false,
+            step_up_at: None,
+            ended_at: None,
+            end_reason: None,
+        };
+        let account = AccountRecord {
+            account_id: 7,
+            login: Reference::parse("t.agent").unwrap(),
+            role: rempart_domain::Role::Agent,
+            state: AccountState::Active,
+            organisation_id: 1,
+            organisation: Reference::parse("T-FT").unwrap(),
+            kind: rempart_domain::OrganisationKind::FranceTravail,
+            created_at: None,
+            departement: None,
+        };
+
+        // Anyone: a fresh key per request, signed proofs until the login
+        // space is full.
+        let mut accepted = 1;
+        let refusal = loop {
+            match login(&DeviceKey::new()) {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted <= 64, "the login space is bounded");
+        };
+        assert_eq!(accepted, 64);
+        assert!(
+            refusal.is_some_and(|e| e.is_unavailable()),
+            "a full login space refuses new logins (503): {refusal:?}"
+        );
+        assert_eq!(locked(&web.login_replay).len(), 64);
+        assert_eq!(
+            locked(&web.replay).len(),
+            0,
+            "nothing of it in the sessions' space"
+        );
+
+        // The session opened before keeps working, request after request,
+        // well past what the login space holds; its replays are refused.
+        let url = format!("{BASE}/portail/f/dossiers");
+        for n in 0..64 {
+            let proof = device.proof("GET", &url, Some(&opened.handle), now);
+            let request = ProofRequest {
+                proof: Some(&proof),
+                method: "GET",
+                url: &url,
+            };
+            let checked = authenticate::check_session(
+                Some((session.clone(), account.clone())),
+                &opened.handle,
+                request,
+                now,
+                &web.replay,
+            );
+            assert!(checked.is_ok(), "session request {n}: {:?}", checked.err());
+            let again = authenticate::check_session(
+                Some((session.clone(), account.clone())),
+                &opened.handle,
+                request,
+                now,
+                &web.replay,
+            );
+            assert!(matches!(
+                again,
+                Err(authenticate::Rejected::ProofRefused {
+                    error: rempart_auth::dpop::DpopError::Replayed,
+                    ..
+                })
+            ));
+        }
+        // Still full on the login side: the flood did not drain into it.
+        assert!(login(&DeviceKey::new()).is_err_and(|e| e.is_some_and(|e| e.is_unavailable())));
     }
 
     #[test]

@@ -19,7 +19,10 @@ use rempart_ledger::{
     GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
 };
 use rempart_policy::{Action, Authorizer, Decision, NirView, Who};
-use rempart_storage::{AccountRecord, AuthStore, CaseloadEntry, NewMandate, Store, StoredMandate};
+use rempart_storage::{
+    AccountRecord, AuthStore, CaseloadEntry, ConsultationRows, NewBreakGlassReason, NewMandate,
+    Store, StoredMandate,
+};
 use rempart_vault::{Read, Vault};
 
 use crate::authenticate::{self, Caller, Rejected, Via};
@@ -27,7 +30,8 @@ use crate::login::Web;
 use crate::{Presented, Refusal, authorize};
 
 /// Longest a written reason (break-glass, lifting a freeze) may be, in
-/// bytes (it goes into the ledger).
+/// bytes (a freeze's goes into its ledger leaf; a break-glass's is sealed
+/// in the registry, the leaf keeping its digest).
 pub const MAX_REASON_BYTES: usize = 1000;
 /// Shortest written reason, in characters (the policy checks it too).
 pub const MIN_REASON_CHARS: usize = 20;
@@ -339,9 +343,28 @@ impl Consultation {
             }
         };
         rows.credential = None;
+        self.read_authenticated(&caller, from, person_id, purpose, rows, now)
+            .await
+    }
+
+    /// Stages 2 to 6 of [`Consultation::read_person`], for a caller
+    /// authenticated once already, over the rows read for the person (the
+    /// credential part unused). Break-glass reads through here too: its
+    /// request's device proof was checked once, at the top, and is never
+    /// presented again.
+    async fn read_authenticated(
+        &self,
+        caller: &Caller,
+        from: Option<IpAddr>,
+        person_id: i64,
+        purpose: Purpose,
+        rows: ConsultationRows,
+        now: DateTime<Utc>,
+    ) -> Result<Shown, Refusal> {
+        let action = LeafAction::ReadPerson;
         let who = authorize::who(&caller.account);
         let ctx = Ctx {
-            caller: &caller,
+            caller,
             action,
             purpose: Some(purpose),
             now,
@@ -373,7 +396,7 @@ impl Consultation {
 
         // 4. Vault: open only the allowed groups.
         let shown = match &rows.person {
-            Some(stored) => self.show(&ctx, &caller, stored, purpose, &decision).await?,
+            Some(stored) => self.show(&ctx, caller, stored, purpose, &decision).await?,
             None => None,
         };
         let Some(mut shown) = shown else {
@@ -574,9 +597,14 @@ impl Consultation {
     }
 
     /// Break-glass: a France Travail agent reaches one person outside their
-    /// mandates, with a written reason. A one-day mandate naming the agent
-    /// is created and marked in the ledger with the reason, then the person
-    /// is read through the ordinary path.
+    /// mandates, with a written reason. It is a human act: only a
+    /// device-bound browser session with a fresh step-up may do it (API
+    /// credentials and API clients are refused, ledgered). A one-day
+    /// mandate naming the agent is created with the reason, sealed under
+    /// the person's data key in the registry (erased with the person); the
+    /// ledger's leaf keeps the mandate's reference and a salted digest of
+    /// the reason, never its text. Then the person is read through the
+    /// ordinary stages, as the caller authenticated here, once.
     pub async fn break_glass(
         &self,
         presented: &Presented<'_>,
@@ -595,7 +623,7 @@ impl Consultation {
             now,
         };
         let person_id = request.person_id;
-        if let Some(refused) = self.step_up_missing(&ctx, person_id).await {
+        if let Some(refused) = self.human_presence_missing(&ctx, person_id).await {
             return Err(refused);
         }
         let reason = match written_reason(&request.reason, MAX_REASON_BYTES) {
@@ -633,6 +661,18 @@ impl Consultation {
             Err(e) => return Err(self.fail(&ctx, Some(person_id), "policy", &e).await),
         }
         let verdict = self.screen(&ctx, &attempt).await?;
+        // No such person: the same answer as any other miss.
+        let unknown = async || -> Result<Shown, Refusal> {
+            let leaf = deny_leaf(&ctx, &attempt, DenyReason::UnknownPerson);
+            self.observed(&ctx, &attempt, Observed::NotFound, leaf)
+                .await?;
+            Err(Refusal::NotFound)
+        };
+        let sealed = match self.vault.seal_reason(person_id, reason).await {
+            Ok(Some(sealed)) => sealed,
+            Ok(None) => return unknown().await,
+            Err(e) => return Err(self.fail(&ctx, Some(person_id), "vault", &e).await),
+        };
         let today = now.date_naive();
         let grant = NewMandate {
             reference: mandate_reference("BG", now),
@@ -644,26 +684,30 @@ impl Consultation {
             valid_to: today.succ_opt(),
             source: break_glass_source(),
         };
-        match self.store.grant_mandate(grant).await {
-            Ok(_) => {}
-            Err(rempart_storage::StorageError::Invalid(_)) => {
-                // No such person: the same answer as any other miss.
-                let leaf = deny_leaf(&ctx, &attempt, DenyReason::UnknownPerson);
-                self.observed(&ctx, &attempt, Observed::NotFound, leaf)
-                    .await?;
-                return Err(Refusal::NotFound);
-            }
+        let kept = NewBreakGlassReason {
+            account_id: caller.account.account_id,
+            created_at: now,
+            dek_version: sealed.dek_version,
+            sealed: sealed.sealed,
+        };
+        let mandate = match self.store.grant_break_glass(grant, kept).await {
+            Ok(m) => m,
+            Err(rempart_storage::StorageError::Invalid(_)) => return unknown().await,
             Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
-        }
+        };
         self.record(ctx.leaf(
             Some(person_id),
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             Some(verdict),
-            Some(reason.to_string()),
+            Some(break_glass_note(&mandate.reference, &sealed.digest)),
         ))
         .await?;
-        self.read_person(presented, from, person_id, request.purpose)
+        let rows = match self.store.consultation_rows(0, person_id).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(self.fail(&ctx, Some(person_id), "registry", &e).await),
+        };
+        self.read_authenticated(&caller, from, person_id, request.purpose, rows, now)
             .await
     }
 
@@ -1147,30 +1191,45 @@ impl Consultation {
         Refusal::Unavailable(message)
     }
 
-    /// Break-glass through a browser session needs a fresh passkey
-    /// assertion (step-up) in that session within the step-up window;
-    /// `Some(refusal)`, ledgered, when it is missing or too old.
-    async fn step_up_missing(&self, ctx: &Ctx<'_>, person_id: i64) -> Option<Refusal> {
-        let Via::Session { step_up_at, .. } = &ctx.caller.via else {
-            return None;
+    /// Break-glass is a human act: a device-bound browser session whose
+    /// passkey step-up is within the step-up window. `Some(refusal)`,
+    /// ledgered as a `step_up_required` denial with a note saying why,
+    /// otherwise: `BrowserSessionRequired` for an API credential or an API
+    /// client's access token (a program's copyable secret, which no step-up
+    /// can strengthen), `StepUpRequired` for a session without a fresh one.
+    async fn human_presence_missing(&self, ctx: &Ctx<'_>, person_id: i64) -> Option<Refusal> {
+        let (note, refusal) = match &ctx.caller.via {
+            Via::Session { step_up_at, .. } => {
+                let window = self
+                    .web
+                    .as_ref()
+                    .map_or(chrono::Duration::zero(), |w| w.settings.step_up_window);
+                let fresh = step_up_at.is_some_and(|t| t <= ctx.now && ctx.now - t <= window);
+                if fresh {
+                    return None;
+                }
+                ("break-glass: no fresh step-up", Refusal::StepUpRequired)
+            }
+            Via::Credential(_) => (
+                "break-glass: api credential, browser session required",
+                Refusal::BrowserSessionRequired,
+            ),
+            Via::AccessToken { .. } => (
+                "break-glass: access token, browser session required",
+                Refusal::BrowserSessionRequired,
+            ),
         };
-        let window = self
-            .web
-            .as_ref()
-            .map_or(chrono::Duration::zero(), |w| w.settings.step_up_window);
-        let fresh = step_up_at.is_some_and(|t| t <= ctx.now && ctx.now - t <= window);
-        if fresh {
-            return None;
-        }
-        Some(
-            self.deny(
-                ctx,
-                Some(person_id),
-                DenyReason::StepUpRequired,
-                Refusal::StepUpRequired,
-            )
-            .await,
-        )
+        let leaf = ctx.leaf(
+            Some(person_id),
+            FieldGroups::EMPTY,
+            LeafDecision::Deny(DenyReason::StepUpRequired),
+            None,
+            Some(note.to_string()),
+        );
+        Some(match self.record(leaf).await {
+            Ok(_) => refusal,
+            Err(unavailable) => unavailable,
+        })
     }
 
     async fn mandates_of(
@@ -1720,6 +1779,17 @@ fn mandates_are_new(
         })
         .peekable();
     ours.peek().is_some() && ours.all(|m| m.valid_from >= since && m.source != break_glass_source())
+}
+
+/// The break-glass leaf's note: the mandate it created (where the reason
+/// is kept, sealed) and the reason's salted digest, never its text.
+fn break_glass_note(mandate: &Reference, digest: &[u8; 32]) -> String {
+    use base64::Engine;
+    format!(
+        "mandate {}; reason hmac-sha256 {}",
+        mandate.as_str(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    )
 }
 
 fn break_glass_source() -> Reference {

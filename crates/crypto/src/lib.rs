@@ -4,11 +4,13 @@
 //! - [`envelope`]: per-person data keys wrapped by a KEK, and AES-256-GCM
 //!   sealing of field groups with person, group and key version bound as
 //!   associated data;
-//! - [`blind`]: HMAC-SHA-256 blind indexes for exact-match lookup.
+//! - [`blind`]: HMAC-SHA-256 blind indexes for exact-match lookup;
+//! - [`reason`]: salted digests of written reasons, for the ledger.
 
 pub mod blind;
 pub mod envelope;
 mod keys;
+pub mod reason;
 
 use std::path::PathBuf;
 

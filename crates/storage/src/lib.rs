@@ -202,6 +202,32 @@ pub struct NewMandate {
     pub source: Reference,
 }
 
+/// A break-glass's written reason as the vault sealed it: the text and
+/// the salt of its ledger digest, under the person's data key (the store
+/// cannot read it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBreakGlassReason {
+    /// The account that broke the glass.
+    pub account_id: i64,
+    pub created_at: DateTime<Utc>,
+    /// The version of the person's data key it is sealed under.
+    pub dek_version: u32,
+    pub sealed: Vec<u8>,
+}
+
+/// A stored break-glass reason, with the mandate it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBreakGlassReason {
+    pub id: i64,
+    /// The one-day mandate created with it.
+    pub mandate_id: i64,
+    pub person_id: i64,
+    pub account_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub dek_version: u32,
+    pub sealed: Vec<u8>,
+}
+
 /// One row of a caseload page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseloadEntry {
@@ -358,8 +384,9 @@ pub trait RegistryStore: Send + Sync {
     async fn store_rewrapped(&self, rows: Vec<(WrappedKeyRow, u32)>) -> Result<u64, StorageError>;
 
     /// Destroys a person's data key and blind indexes: the sealed groups
-    /// stay, unreadable forever. Returns false if there was no such person
-    /// or it was already shredded.
+    /// stay, unreadable forever; the person's break-glass reasons (sealed
+    /// under that key) are deleted in the same transaction. Returns false
+    /// if there was no such person or it was already shredded.
     async fn shred_person(&self, id: i64) -> Result<bool, StorageError>;
 
     /// Upserts organisations by code.
@@ -481,6 +508,24 @@ pub trait RegistryStore: Send + Sync {
     /// organisation, an unknown or shredded `person_id`, or a `reference`
     /// already used; the checks run in that order.
     async fn grant_mandate(&self, m: NewMandate) -> Result<StoredMandate, StorageError>;
+
+    /// Break-glass: inserts the one-day mandate `m` and its sealed reason
+    /// in one transaction, with the checks and refusals of
+    /// [`RegistryStore::grant_mandate`]. `reason` must be sealed under the
+    /// person's current data key: a person shredded or re-keyed since
+    /// ([`StorageError::Conflict`]) gets neither row.
+    async fn grant_break_glass(
+        &self,
+        m: NewMandate,
+        reason: NewBreakGlassReason,
+    ) -> Result<StoredMandate, StorageError>;
+
+    /// A person's break-glass reasons, sealed, in id order (none once the
+    /// person is shredded).
+    async fn break_glass_reasons(
+        &self,
+        person_id: i64,
+    ) -> Result<Vec<StoredBreakGlassReason>, StorageError>;
 
     /// Marks a mandate revoked at `at` (never live again); false if no such
     /// mandate or already revoked.

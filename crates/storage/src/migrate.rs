@@ -44,6 +44,11 @@ pub const SQLITE: &[Migration] = &[
         name: "kept_in_memory",
         sql: include_str!("../migrations/sqlite/0007_kept_in_memory.sql"),
     },
+    Migration {
+        version: 8,
+        name: "break_glass_reason",
+        sql: include_str!("../migrations/sqlite/0008_break_glass_reason.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -82,6 +87,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 7,
         name: "kept_in_memory",
         sql: include_str!("../migrations/postgres/0007_kept_in_memory.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "break_glass_reason",
+        sql: include_str!("../migrations/postgres/0008_break_glass_reason.sql"),
     },
 ];
 

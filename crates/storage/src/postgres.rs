@@ -32,10 +32,11 @@ use tokio_postgres::{GenericClient, IsolationLevel, NoTls, Row};
 use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
-    ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewMandate, PersonIndex, RegistryStore,
-    RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson,
-    UpsertCount, WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period,
-    digest, grant_refusal, group_column, index_column, migrate, parse_code,
+    ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate,
+    PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError, StoredBreakGlassReason,
+    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
+    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
+    index_column, migrate, parse_code,
 };
 
 mod auth;
@@ -559,6 +560,114 @@ static MANDATES_OF_PERSON_SQL: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {MANDATE_COLUMNS} FROM mandate WHERE person_id = $1 ORDER BY id")
 });
 
+/// The checks and the insertion of [`RegistryStore::grant_mandate`], in
+/// the caller's transaction. With `dek_version` (break-glass), the person
+/// must still hold a data key of that version.
+async fn insert_mandate(
+    tx: &deadpool_postgres::Transaction<'_>,
+    names: &Names,
+    m: &NewMandate,
+    dek_version: Option<u32>,
+) -> Result<StoredMandate, StorageError> {
+    // Mandate writers go one at a time (see upsert_mandates); the
+    // account and person rows checked are locked so that the account
+    // stays in its organisation and the person unshredded until this
+    // commits.
+    tx.batch_execute("LOCK TABLE mandate IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
+    if tx
+        .query_opt(
+            "SELECT 1 FROM organisation WHERE id = $1",
+            &[&m.organisation_id],
+        )
+        .await?
+        .is_none()
+    {
+        return Err(grant_refusal("organisation_id", "no such organisation"));
+    }
+    if let Some(account_id) = m.account_id {
+        let org: Option<i64> = tx
+            .query_opt(
+                "SELECT organisation_id FROM account WHERE id = $1 FOR SHARE",
+                &[&account_id],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        match org {
+            None => return Err(grant_refusal("account_id", "no such account")),
+            Some(o) if o != m.organisation_id => {
+                return Err(grant_refusal(
+                    "account_id",
+                    "belongs to another organisation than the mandate",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let person: Option<i32> = tx
+        .query_opt(
+            "SELECT dek_version FROM person WHERE id = $1 AND wrapped_dek IS NOT NULL FOR SHARE",
+            &[&m.person_id],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    match (person, dek_version) {
+        (None, _) => return Err(grant_refusal("person_id", "no such person in the registry")),
+        (Some(stored), Some(sealed)) if to_u32(stored, "dek_version")? != sealed => {
+            return Err(StorageError::Conflict(format!(
+                "person {}'s data key changed while the reason was sealed",
+                m.person_id
+            )));
+        }
+        _ => {}
+    }
+    let taken = |e: tokio_postgres::Error| {
+        if is_unique_violation(&e) {
+            grant_refusal("reference", "already used by another mandate")
+        } else {
+            e.into()
+        }
+    };
+    if tx
+        .query_opt(
+            "SELECT 1 FROM mandate WHERE reference = $1",
+            &[&m.reference.as_str()],
+        )
+        .await?
+        .is_some()
+    {
+        return Err(grant_refusal(
+            "reference",
+            "already used by another mandate",
+        ));
+    }
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
+                 valid_from, valid_to, source)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            &[
+                &m.reference.as_str(),
+                &m.organisation_id,
+                &m.account_id,
+                &m.person_id,
+                &m.purpose.as_str(),
+                &m.valid_from,
+                &m.valid_to,
+                &m.source.as_str(),
+            ],
+        )
+        .await
+        .map_err(taken)?
+        .try_get(0)?;
+    let stored = mandate_by_id(tx, names, id).await?.ok_or_else(|| {
+        StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
+    })?;
+    Ok(stored)
+}
+
 /// One mandate by id.
 async fn mandate_by_id(
     client: &impl deadpool_postgres::GenericClient,
@@ -750,8 +859,9 @@ impl RegistryStore for PgStore {
     }
 
     async fn shred_person(&self, id: i64) -> Result<bool, StorageError> {
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
                      name_blind = NULL, fingerprint = NULL, shredded_at = now()
@@ -759,6 +869,15 @@ impl RegistryStore for PgStore {
                 &[&id],
             )
             .await?;
+        // Sealed under the key just destroyed, and gone with it. A
+        // break-glass holding the person's row (FOR SHARE) has committed
+        // before the update above could run: its reason is deleted here.
+        tx.execute(
+            "DELETE FROM break_glass_reason WHERE person_id = $1",
+            &[&id],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(n == 1)
     }
 
@@ -1484,96 +1603,65 @@ impl RegistryStore for PgStore {
         check_mandate_period(&m)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // Mandate writers go one at a time (see upsert_mandates); the
-        // account and person rows checked are locked so that the account
-        // stays in its organisation and the person unshredded until this
-        // commits.
-        tx.batch_execute("LOCK TABLE mandate IN SHARE ROW EXCLUSIVE MODE")
-            .await?;
-        if tx
-            .query_opt(
-                "SELECT 1 FROM organisation WHERE id = $1",
-                &[&m.organisation_id],
-            )
-            .await?
-            .is_none()
-        {
-            return Err(grant_refusal("organisation_id", "no such organisation"));
-        }
-        if let Some(account_id) = m.account_id {
-            let org: Option<i64> = tx
-                .query_opt(
-                    "SELECT organisation_id FROM account WHERE id = $1 FOR SHARE",
-                    &[&account_id],
-                )
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-            match org {
-                None => return Err(grant_refusal("account_id", "no such account")),
-                Some(o) if o != m.organisation_id => {
-                    return Err(grant_refusal(
-                        "account_id",
-                        "belongs to another organisation than the mandate",
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        if tx
-            .query_opt(
-                "SELECT 1 FROM person WHERE id = $1 AND wrapped_dek IS NOT NULL FOR SHARE",
-                &[&m.person_id],
-            )
-            .await?
-            .is_none()
-        {
-            return Err(grant_refusal("person_id", "no such person in the registry"));
-        }
-        let taken = |e: tokio_postgres::Error| {
-            if is_unique_violation(&e) {
-                grant_refusal("reference", "already used by another mandate")
-            } else {
-                e.into()
-            }
-        };
-        if tx
-            .query_opt(
-                "SELECT 1 FROM mandate WHERE reference = $1",
-                &[&m.reference.as_str()],
-            )
-            .await?
-            .is_some()
-        {
-            return Err(grant_refusal(
-                "reference",
-                "already used by another mandate",
-            ));
-        }
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO mandate (reference, organisation_id, account_id, person_id, purpose,
-                     valid_from, valid_to, source)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                &[
-                    &m.reference.as_str(),
-                    &m.organisation_id,
-                    &m.account_id,
-                    &m.person_id,
-                    &m.purpose.as_str(),
-                    &m.valid_from,
-                    &m.valid_to,
-                    &m.source.as_str(),
-                ],
-            )
-            .await
-            .map_err(taken)?
-            .try_get(0)?;
-        let stored = mandate_by_id(&tx, &self.names, id).await?.ok_or_else(|| {
-            StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
-        })?;
+        let stored = insert_mandate(&tx, &self.names, &m, None).await?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn grant_break_glass(
+        &self,
+        m: NewMandate,
+        reason: NewBreakGlassReason,
+    ) -> Result<StoredMandate, StorageError> {
+        check_mandate_period(&m)?;
+        let created_at = crate::instant(reason.created_at, "created_at")?;
+        let dek_version = to_i32(reason.dek_version, "dek_version")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stored = insert_mandate(&tx, &self.names, &m, Some(reason.dek_version)).await?;
+        tx.execute(
+            "INSERT INTO break_glass_reason
+                 (mandate_id, person_id, account_id, created_at, dek_version, sealed)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &stored.id,
+                &m.person_id,
+                &reason.account_id,
+                &created_at,
+                &dek_version,
+                &reason.sealed,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn break_glass_reasons(
+        &self,
+        person_id: i64,
+    ) -> Result<Vec<StoredBreakGlassReason>, StorageError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, mandate_id, person_id, account_id, created_at, dek_version, sealed
+                 FROM break_glass_reason WHERE person_id = $1 ORDER BY id",
+                &[&person_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok::<_, StorageError>(StoredBreakGlassReason {
+                    id: r.try_get(0)?,
+                    mandate_id: r.try_get(1)?,
+                    person_id: r.try_get(2)?,
+                    account_id: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                    dek_version: to_u32(r.try_get(5)?, "dek_version")?,
+                    sealed: r.try_get(6)?,
+                })
+            })
+            .collect()
     }
 
     async fn revoke_mandate(&self, id: i64, at: DateTime<Utc>) -> Result<bool, StorageError> {

@@ -16,10 +16,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, Blind, CREDENTIAL_SELECT, CaseloadEntry, ConsultationRows,
-    ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewMandate, PersonIndex, RegistryStore,
-    RowRefusal, SealedPerson, StorageError, StoredCredential, StoredMandate, StoredPerson,
-    UpsertCount, WrappedKeyRow, blind, caseload_page, check_mandate_period, credential_period,
-    digest, grant_refusal, group_column, index_column, migrate, parse_code,
+    ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate,
+    PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError, StoredBreakGlassReason,
+    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
+    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
+    index_column, migrate, parse_code,
 };
 
 mod auth;
@@ -420,6 +421,87 @@ fn stored_mandate(
 static MANDATE_BY_ID_SQL: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {MANDATE_COLUMNS} FROM mandate WHERE id = ?1"));
 
+/// The checks and the insertion of [`RegistryStore::grant_mandate`], in
+/// the caller's transaction. With `dek_version` (break-glass), the person
+/// must still hold a data key of that version.
+fn insert_mandate(
+    tx: &rusqlite::Transaction<'_>,
+    names: &Names,
+    m: &NewMandate,
+    dek_version: Option<u32>,
+) -> Result<StoredMandate, StorageError> {
+    let known = tx
+        .prepare_cached("SELECT 1 FROM organisation WHERE id = ?1")?
+        .query_row([m.organisation_id], |_| Ok(()))
+        .optional()?;
+    if known.is_none() {
+        return Err(grant_refusal("organisation_id", "no such organisation"));
+    }
+    if let Some(account_id) = m.account_id {
+        let org = tx
+            .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
+            .query_row([account_id], |r| r.get::<_, i64>(0))
+            .optional()?;
+        match org {
+            None => return Err(grant_refusal("account_id", "no such account")),
+            Some(o) if o != m.organisation_id => {
+                return Err(grant_refusal(
+                    "account_id",
+                    "belongs to another organisation than the mandate",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let person: Option<u32> = tx
+        .prepare_cached("SELECT dek_version FROM person WHERE id = ?1 AND wrapped_dek IS NOT NULL")?
+        .query_row([m.person_id], |r| r.get(0))
+        .optional()?;
+    match (person, dek_version) {
+        (None, _) => return Err(grant_refusal("person_id", "no such person in the registry")),
+        (Some(stored), Some(sealed)) if stored != sealed => {
+            return Err(StorageError::Conflict(format!(
+                "person {}'s data key changed while the reason was sealed",
+                m.person_id
+            )));
+        }
+        _ => {}
+    }
+    let taken = tx
+        .prepare_cached("SELECT 1 FROM mandate WHERE reference = ?1")?
+        .query_row([m.reference.as_str()], |_| Ok(()))
+        .optional()?;
+    if taken.is_some() {
+        return Err(grant_refusal(
+            "reference",
+            "already used by another mandate",
+        ));
+    }
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO mandate (reference, organisation_id, account_id, person_id,
+                 purpose, valid_from, valid_to, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+        )?
+        .query_row(
+            params![
+                m.reference.as_str(),
+                m.organisation_id,
+                m.account_id,
+                m.person_id,
+                m.purpose.as_str(),
+                m.valid_from,
+                m.valid_to,
+                m.source.as_str()
+            ],
+            |r| r.get(0),
+        )?;
+    let stored = mandate_by_id(tx, names, id)?.ok_or_else(|| {
+        StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
+    })?;
+    Ok(stored)
+}
+
 fn mandate_by_id(
     c: &Connection,
     names: &Names,
@@ -689,12 +771,16 @@ impl RegistryStore for SqliteStore {
 
     async fn shred_person(&self, id: i64) -> Result<bool, StorageError> {
         self.write(move |c| {
-            let n = c.execute(
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
                 "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
                      name_blind = NULL, fingerprint = NULL, shredded_at = datetime('now')
                  WHERE id = ?1 AND wrapped_dek IS NOT NULL",
                 [id],
             )?;
+            // Sealed under the key just destroyed, and gone with it.
+            tx.execute("DELETE FROM break_glass_reason WHERE person_id = ?1", [id])?;
+            tx.commit()?;
             // secure_delete zeroes the old cells in the database file; the
             // checkpoint moves the WAL's copy there and truncates the WAL.
             // Readers may keep a snapshot alive: best effort.
@@ -1245,70 +1331,66 @@ impl RegistryStore for SqliteStore {
         let inner = self.inner.clone();
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let known = tx
-                .prepare_cached("SELECT 1 FROM organisation WHERE id = ?1")?
-                .query_row([m.organisation_id], |_| Ok(()))
-                .optional()?;
-            if known.is_none() {
-                return Err(grant_refusal("organisation_id", "no such organisation"));
-            }
-            if let Some(account_id) = m.account_id {
-                let org = tx
-                    .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
-                    .query_row([account_id], |r| r.get::<_, i64>(0))
-                    .optional()?;
-                match org {
-                    None => return Err(grant_refusal("account_id", "no such account")),
-                    Some(o) if o != m.organisation_id => {
-                        return Err(grant_refusal(
-                            "account_id",
-                            "belongs to another organisation than the mandate",
-                        ));
-                    }
-                    Some(_) => {}
-                }
-            }
-            let person = tx
-                .prepare_cached("SELECT 1 FROM person WHERE id = ?1 AND wrapped_dek IS NOT NULL")?
-                .query_row([m.person_id], |_| Ok(()))
-                .optional()?;
-            if person.is_none() {
-                return Err(grant_refusal("person_id", "no such person in the registry"));
-            }
-            let taken = tx
-                .prepare_cached("SELECT 1 FROM mandate WHERE reference = ?1")?
-                .query_row([m.reference.as_str()], |_| Ok(()))
-                .optional()?;
-            if taken.is_some() {
-                return Err(grant_refusal(
-                    "reference",
-                    "already used by another mandate",
-                ));
-            }
-            let id: i64 = tx
-                .prepare_cached(
-                    "INSERT INTO mandate (reference, organisation_id, account_id, person_id,
-                         purpose, valid_from, valid_to, source)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
-                )?
-                .query_row(
-                    params![
-                        m.reference.as_str(),
-                        m.organisation_id,
-                        m.account_id,
-                        m.person_id,
-                        m.purpose.as_str(),
-                        m.valid_from,
-                        m.valid_to,
-                        m.source.as_str()
-                    ],
-                    |r| r.get(0),
-                )?;
-            let stored = mandate_by_id(&tx, &inner.names, id)?.ok_or_else(|| {
-                StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
-            })?;
+            let stored = insert_mandate(&tx, &inner.names, &m, None)?;
             tx.commit()?;
             Ok(stored)
+        })
+        .await
+    }
+
+    async fn grant_break_glass(
+        &self,
+        m: NewMandate,
+        reason: NewBreakGlassReason,
+    ) -> Result<StoredMandate, StorageError> {
+        check_mandate_period(&m)?;
+        let created_at = instant_text(reason.created_at, "created_at")?;
+        let inner = self.inner.clone();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let stored = insert_mandate(&tx, &inner.names, &m, Some(reason.dek_version))?;
+            tx.prepare_cached(
+                "INSERT INTO break_glass_reason
+                     (mandate_id, person_id, account_id, created_at, dek_version, sealed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                stored.id,
+                m.person_id,
+                reason.account_id,
+                created_at,
+                reason.dek_version,
+                reason.sealed
+            ])?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn break_glass_reasons(
+        &self,
+        person_id: i64,
+    ) -> Result<Vec<StoredBreakGlassReason>, StorageError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, mandate_id, person_id, account_id, created_at, dek_version, sealed
+                 FROM break_glass_reason WHERE person_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_and_then([person_id], |r| {
+                    Ok::<_, StorageError>(StoredBreakGlassReason {
+                        id: r.get(0)?,
+                        mandate_id: r.get(1)?,
+                        person_id: r.get(2)?,
+                        account_id: r.get(3)?,
+                        created_at: parse_instant(&r.get::<_, String>(4)?, "created_at")?,
+                        dek_version: r.get(5)?,
+                        sealed: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

@@ -18,9 +18,9 @@ use rempart_domain::{
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
 use rempart_storage::{
-    AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, MandateRow, NewMandate,
-    PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError, StoredCredential,
-    StoredMandate, UpsertCount, WrappedKeyRow, migrate,
+    AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, MandateRow,
+    NewBreakGlassReason, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson,
+    StorageError, StoredCredential, StoredMandate, UpsertCount, WrappedKeyRow, migrate,
 };
 use tempfile::TempDir;
 
@@ -2257,6 +2257,165 @@ async fn credentials_round_trip_and_revoke() {
             "[{be}]"
         );
         assert_eq!(revoked_at(id3).await, Some(t2), "[{be}]");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_reasons_come_with_their_mandate_and_go_with_the_person() {
+    let b = both().await;
+    for store in b.stores() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let ce = org_id(store, "CE-038").await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let ps = insert_persons(store, 3, 700).await;
+        let (glass, other, gone) = (ps[0].id, ps[1].id, ps[2].id);
+        assert!(store.shred_person(gone).await.on(store, "shred"));
+        let at = DateTime::from_timestamp(1_790_000_000, 123_456_000).unwrap();
+        let grant = |reference: &str, person_id: i64| NewMandate {
+            reference: r(reference),
+            organisation_id: ce,
+            account_id: Some(agent1),
+            person_id,
+            purpose: Purpose::FollowUp,
+            valid_from: day(2026, 12, 5),
+            valid_to: Some(day(2026, 12, 6)),
+            source: r("break_glass"),
+        };
+        let reason = |n: u8| NewBreakGlassReason {
+            account_id: agent1,
+            created_at: at,
+            dek_version: 1,
+            sealed: vec![n; 80],
+        };
+
+        // Refused like a grant, and then nothing is written.
+        assert_invalid(
+            store,
+            store
+                .grant_break_glass(grant("BG-0", gone), reason(0))
+                .await,
+            "person_id",
+            "shredded person",
+        );
+        assert_invalid(
+            store,
+            store
+                .grant_break_glass(grant("BG-0", other + 1000), reason(0))
+                .await,
+            "person_id",
+            "unknown person",
+        );
+        // Sealed under another data key than the person's: a conflict.
+        assert_conflict(
+            store,
+            store
+                .grant_break_glass(
+                    grant("BG-0", glass),
+                    NewBreakGlassReason {
+                        dek_version: 2,
+                        ..reason(0)
+                    },
+                )
+                .await,
+            "another data key version",
+        );
+        // A reference already used: the reason is not kept either.
+        store
+            .grant_mandate(grant("BG-USED", other))
+            .await
+            .on(store, "grant");
+        assert_invalid(
+            store,
+            store
+                .grant_break_glass(grant("BG-USED", glass), reason(0))
+                .await,
+            "reference",
+            "duplicate reference",
+        );
+        for p in [glass, gone] {
+            assert!(
+                store
+                    .break_glass_reasons(p)
+                    .await
+                    .on(store, "reasons")
+                    .is_empty(),
+                "[{be}] refusals keep no reason"
+            );
+        }
+        assert!(
+            store
+                .mandates_of_person(glass)
+                .await
+                .on(store, "mandates")
+                .is_empty(),
+            "[{be}] refusals grant nothing"
+        );
+
+        // Two break-glasses on one person, one on another.
+        let m1 = store
+            .grant_break_glass(grant("BG-1", glass), reason(1))
+            .await
+            .on(store, "break-glass 1");
+        let m2 = store
+            .grant_break_glass(grant("BG-2", glass), reason(2))
+            .await
+            .on(store, "break-glass 2");
+        let m3 = store
+            .grant_break_glass(grant("BG-3", other), reason(3))
+            .await
+            .on(store, "break-glass 3");
+        assert_eq!(
+            store.mandates_of_person(glass).await.on(store, "mandates"),
+            vec![m1.clone(), m2.clone()],
+            "[{be}]"
+        );
+        let kept = store.break_glass_reasons(glass).await.on(store, "reasons");
+        assert_eq!(kept.len(), 2, "[{be}]");
+        assert_eq!(
+            (
+                kept[0].mandate_id,
+                kept[0].person_id,
+                kept[0].account_id,
+                kept[0].created_at,
+                kept[0].dek_version,
+                kept[0].sealed.clone()
+            ),
+            (m1.id, glass, agent1, at, 1, vec![1; 80]),
+            "[{be}]"
+        );
+        assert_eq!(
+            (kept[1].mandate_id, kept[1].sealed.clone()),
+            (m2.id, vec![2; 80]),
+            "[{be}]"
+        );
+        assert!(kept[0].id < kept[1].id, "[{be}]");
+
+        // Shredding the person takes their reasons, and only theirs; the
+        // mandates stay (they name no one in clear).
+        assert!(store.shred_person(glass).await.on(store, "shred"));
+        assert!(
+            store
+                .break_glass_reasons(glass)
+                .await
+                .on(store, "reasons")
+                .is_empty(),
+            "[{be}] shredded with the person"
+        );
+        assert_eq!(
+            store.break_glass_reasons(other).await.on(store, "reasons")[0].mandate_id,
+            m3.id,
+            "[{be}] another person's reason stays"
+        );
+        assert_eq!(
+            store
+                .mandates_of_person(glass)
+                .await
+                .on(store, "mandates")
+                .len(),
+            2,
+            "[{be}]"
+        );
     }
 }
 

@@ -13,10 +13,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
+use rempart_crypto::reason::{ReasonSalt, SALT_LEN};
 use rempart_crypto::{Binding, BlindKind, CryptoError, DataKey, KeyRing};
 use rempart_domain::{Contact, FieldGroup, FtId, Identity, Nir, Person, Registration};
 use rempart_storage::{
-    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store, StoredPerson,
+    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store, StoredBreakGlassReason,
+    StoredPerson,
 };
 
 pub use rotate::{OtherRewrap, OtherSecrets, RotationProgress, RotationReport};
@@ -57,6 +59,8 @@ pub enum VaultError {
         group: FieldGroup,
         reason: String,
     },
+    #[error("break-glass reason {id} does not decode: {reason}")]
+    Reason { id: i64, reason: &'static str },
     #[error("keys given through {KEYS_ENV} cannot be rotated: use a key file")]
     RotationNeedsFile,
 }
@@ -111,6 +115,41 @@ pub enum Sealed {
     /// Same record as stored: nothing to write.
     Unchanged,
 }
+
+/// A break-glass reason sealed under its person's data key, and the
+/// digest the ledger keeps of it (see [`rempart_crypto::reason`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedReason {
+    /// The version of the person's data key it is sealed under.
+    pub dek_version: u32,
+    /// Salt and text, sealed.
+    pub sealed: Vec<u8>,
+    /// `HMAC-SHA-256(salt, tag ‖ text)`: what the ledger keeps.
+    pub digest: [u8; 32],
+}
+
+/// A break-glass reason opened again (auditors, the person's own view).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OpenedReason {
+    pub text: String,
+    /// Its digest, recomputed: compare with the ledger's.
+    pub digest: [u8; 32],
+}
+
+impl std::fmt::Debug for OpenedReason {
+    // The text may hold personal data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedReason")
+            .field("text", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The associated-data code of a sealed break-glass reason: apart from the
+/// field groups' (1 to 4), so no blob opens as the other.
+const REASON_CODE: u8 = 0x42;
+/// Format byte of a sealed reason's plaintext: salt, then UTF-8 text.
+const REASON_FORMAT: u8 = 1;
 
 /// Keys + store.
 #[derive(Clone)]
@@ -368,6 +407,84 @@ impl Vault {
             .await?
             .first()
             .copied())
+    }
+
+    /// The data key of a stored, unshredded person, or `None`.
+    async fn data_key(&self, id: i64) -> Result<Option<DataKey>, VaultError> {
+        let Some(stored) = self.store.read_person(id, &[]).await? else {
+            return Ok(None);
+        };
+        let Some(wrapped) = stored.wrapped_dek.as_deref() else {
+            return Ok(None);
+        };
+        let binding = Binding {
+            person: id,
+            dek_version: stored.dek_version,
+        };
+        let mut keys = self.keys();
+        if keys.kek(stored.kek_version).is_err() {
+            self.reload_keys()?;
+            keys = self.keys();
+        }
+        Ok(Some(
+            keys.kek(stored.kek_version)?
+                .unwrap_data_key(binding, wrapped)?,
+        ))
+    }
+
+    /// Seals a break-glass reason under the person's data key, with a
+    /// fresh salt, so that shredding the person erases it; `None` if the
+    /// person is missing or shredded.
+    pub async fn seal_reason(
+        &self,
+        person_id: i64,
+        text: &str,
+    ) -> Result<Option<SealedReason>, VaultError> {
+        let Some(dk) = self.data_key(person_id).await? else {
+            return Ok(None);
+        };
+        let salt = ReasonSalt::random();
+        let mut plain = Vec::with_capacity(1 + SALT_LEN + text.len());
+        plain.push(REASON_FORMAT);
+        plain.extend_from_slice(salt.as_bytes());
+        plain.extend_from_slice(text.as_bytes());
+        let mut sealed = Vec::new();
+        dk.seal(REASON_CODE, &plain, &mut sealed)?;
+        Ok(Some(SealedReason {
+            dek_version: dk.binding().dek_version,
+            sealed,
+            digest: salt.digest(text),
+        }))
+    }
+
+    /// Opens a stored break-glass reason; `None` once the person is
+    /// shredded (or the key it was sealed under is no longer theirs).
+    pub async fn open_reason(
+        &self,
+        stored: &StoredBreakGlassReason,
+    ) -> Result<Option<OpenedReason>, VaultError> {
+        let Some(dk) = self.data_key(stored.person_id).await? else {
+            return Ok(None);
+        };
+        if dk.binding().dek_version != stored.dek_version {
+            return Ok(None);
+        }
+        let plain = dk.open(REASON_CODE, &stored.sealed)?;
+        let bad = |reason: &'static str| VaultError::Reason {
+            id: stored.id,
+            reason,
+        };
+        let (format, rest) = plain.split_first().ok_or_else(|| bad("empty"))?;
+        if *format != REASON_FORMAT || rest.len() < SALT_LEN {
+            return Err(bad("unknown format"));
+        }
+        let (salt, text) = rest.split_at(SALT_LEN);
+        let salt: [u8; SALT_LEN] = salt.try_into().map_err(|_| bad("short salt"))?;
+        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
+        Ok(Some(OpenedReason {
+            text: text.to_owned(),
+            digest: ReasonSalt::from_bytes(salt).digest(text),
+        }))
     }
 
     /// Crypto-shreds one person: the data key and the blind indexes are

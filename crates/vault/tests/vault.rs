@@ -371,3 +371,111 @@ async fn shredding_one_person_leaves_the_others_and_fails_closed_with_wrong_keys
         assert!(!err.to_string().contains("Lef"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_reasons_are_sealed_with_the_person_and_shredded_with_them() {
+    use rempart_domain::{Account, AccountState, Organisation, OrganisationKind, Purpose};
+    use rempart_domain::{Reference, Role};
+    use rempart_storage::{NewBreakGlassReason, NewMandate, StoredBreakGlassReason};
+    let r = |s: &str| Reference::parse(s).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, store) in stores(dir.path()).await {
+        let vault = Vault::new(keyfile(dir.path()), store.clone()).unwrap();
+        let persons: Vec<Person> = (1..=3).map(person).collect();
+        let ids = store_persons(&vault, &persons).await;
+        store
+            .upsert_organisations(vec![Organisation {
+                code: r("FT-38"),
+                kind: OrganisationKind::FranceTravail,
+                name: "Agence de test".into(),
+                departement: Some("38".into()),
+            }])
+            .await
+            .unwrap();
+        let (_, refused) = store
+            .upsert_accounts(vec![Account {
+                login: r("ft.agent"),
+                organisation: r("FT-38"),
+                role: Role::Agent,
+                state: AccountState::Active,
+                requested_by: None,
+                approved_by: None,
+            }])
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{backend}: {refused:?}");
+        let agent = store
+            .account_by_login(&r("ft.agent"))
+            .await
+            .unwrap()
+            .unwrap();
+        // What an agent may type in a hurry: a name, synthetic here.
+        let text = "Appel de Jean-Pierre Lefèvre, rendez-vous manqué ce matin";
+        let glass = |reference: &str, sealed: &rempart_vault::SealedReason| {
+            store.grant_break_glass(
+                NewMandate {
+                    reference: r(reference),
+                    organisation_id: agent.organisation_id,
+                    account_id: Some(agent.account_id),
+                    person_id: ids[0],
+                    purpose: Purpose::FollowUp,
+                    valid_from: today(),
+                    valid_to: today().succ_opt(),
+                    source: r("break_glass"),
+                },
+                NewBreakGlassReason {
+                    account_id: agent.account_id,
+                    created_at: chrono::Utc::now(),
+                    dek_version: sealed.dek_version,
+                    sealed: sealed.sealed.clone(),
+                },
+            )
+        };
+
+        let sealed = vault.seal_reason(ids[0], text).await.unwrap().unwrap();
+        assert!(
+            !sealed
+                .sealed
+                .windows(8)
+                .any(|w| text.as_bytes().windows(8).any(|t| t == w)),
+            "{backend}: the text is sealed"
+        );
+        assert_eq!(vault.seal_reason(999_999, text).await.unwrap(), None);
+        let mandate = glass("BG-A", &sealed).await.unwrap();
+        let kept = store.break_glass_reasons(ids[0]).await.unwrap();
+        assert_eq!(kept.len(), 1, "{backend}");
+        assert_eq!(kept[0].mandate_id, mandate.id);
+        let opened = vault.open_reason(&kept[0]).await.unwrap().unwrap();
+        assert_eq!(opened.text, text, "{backend}");
+        assert_eq!(
+            opened.digest, sealed.digest,
+            "{backend}: the ledger's digest"
+        );
+        assert!(!format!("{opened:?}").contains("Lefèvre"));
+        // Salted: the same text sealed again has another digest, so a
+        // guessed text cannot be confirmed from the ledger.
+        let again = vault.seal_reason(ids[0], text).await.unwrap().unwrap();
+        assert_ne!(again.digest, sealed.digest, "{backend}");
+        // Bound to its person: moved to another one, it does not open.
+        let moved = StoredBreakGlassReason {
+            person_id: ids[1],
+            ..kept[0].clone()
+        };
+        assert!(vault.open_reason(&moved).await.is_err(), "{backend}");
+
+        // Shredding the person erases the reason: the row is gone, and a
+        // copy kept from before can no longer be opened.
+        assert!(vault.shred(ids[0]).await.unwrap());
+        assert!(
+            store.break_glass_reasons(ids[0]).await.unwrap().is_empty(),
+            "{backend}"
+        );
+        assert_eq!(
+            vault.open_reason(&kept[0]).await.unwrap(),
+            None,
+            "{backend}"
+        );
+        assert_eq!(vault.seal_reason(ids[0], text).await.unwrap(), None);
+        assert!(glass("BG-B", &again).await.is_err(), "{backend}");
+    }
+}

@@ -1,5 +1,5 @@
 // Rempart — the pages' script: login (passkey, password + code, ProConnect),
-// the portal's fragments, passkey registration, step-up and logout. Every request after login goes through
+// the portal's fragments, passkey registration, step-up, break-glass and logout. Every request after login goes through
 // Device.call, which signs a device proof; the session cookie alone is
 // refused. The page says which part runs: <body data-page="…">.
 "use strict";
@@ -160,9 +160,35 @@
         : await RempartPasskey.authenticate(answer.options, url, headers);
       const result = await body(done);
       say(result.message || (done.ok ? "C'est fait." : "L'opération a échoué."));
+      return done.ok;
     } catch (error) {
       say(failed(error));
+      return false;
     }
+  }
+
+  /**
+   * Break-glass from the person view: a fresh confirmation with the
+   * passkey (step-up) first, then the request with its written reason; the
+   * answer (the person, or why not) replaces the view.
+   */
+  async function breakGlass(form) {
+    const stepped = await sessionCeremony(
+      "/portail/verification/debut",
+      "/portail/verification/fin",
+      false,
+    );
+    if (!stepped) return;
+    const url = "/portail/f/personne/" + encodeURIComponent(form.dataset.personne) + "/bris-de-glace";
+    const response = await Device.call("POST", url, {
+      finalite: form.dataset.finalite,
+      motif: form.motif.value,
+    });
+    if (response.status === 401) {
+      location.assign("/connexion");
+      return;
+    }
+    $("contenu").innerHTML = await response.text();
   }
 
   async function logout() {
@@ -193,6 +219,12 @@
         if (link) {
           event.preventDefault();
           load(link.getAttribute("href"));
+        }
+      });
+      document.addEventListener("submit", (event) => {
+        if (event.target.id === "bris-de-glace") {
+          event.preventDefault();
+          breakGlass(event.target);
         }
       });
       $("ajouter-cle").addEventListener("click", () =>

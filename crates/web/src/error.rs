@@ -86,6 +86,11 @@ impl From<Refusal> for ApiError {
             Refusal::StepUpRequired => {
                 ApiError::new(StatusCode::FORBIDDEN, "step_up_required", r.to_string())
             }
+            Refusal::BrowserSessionRequired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "browser_session_required",
+                r.to_string(),
+            ),
             Refusal::Throttled { retry_after_secs } => ApiError {
                 retry_after: Some(retry_after_secs),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", r.to_string())

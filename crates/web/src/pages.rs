@@ -390,6 +390,10 @@ fn refusal_status(r: &Refusal) -> (StatusCode, &'static str) {
             "Cette action demande une confirmation avec votre clé d'accès \
              (sans clé d'accès : reconnectez-vous).",
         ),
+        Refusal::BrowserSessionRequired => (
+            StatusCode::FORBIDDEN,
+            "Le bris de glace se fait depuis le portail, après confirmation avec votre clé d'accès.",
+        ),
         Refusal::Throttled { .. } => (
             StatusCode::TOO_MANY_REQUESTS,
             "Trop de consultations : réessayez plus tard.",
@@ -924,10 +928,35 @@ async fn person_fragment(
         }
     })
     .await;
-    match shown {
-        Ok(shown) => person_html(&shown).into_response(StatusCode::OK),
-        Err(r) => refused_fragment(r),
+    match (shown, id, purpose) {
+        (Ok(shown), _, _) => person_html(&shown).into_response(StatusCode::OK),
+        // Not visible: a France Travail agent may break the glass from here
+        // (the form says who may; the path decides).
+        (Err(Refusal::NotFound), Some(id), Some(purpose)) => {
+            not_found_with_break_glass(id, purpose)
+        }
+        (Err(r), _, _) => refused_fragment(r),
     }
+}
+
+/// The person view's miss, with the break-glass form: a written reason
+/// and one button, whose script asks for the passkey (step-up) and then
+/// breaks the glass.
+fn not_found_with_break_glass(id: i64, purpose: Purpose) -> Response {
+    let (status, text) = refusal_status(&Refusal::NotFound);
+    let mut h = Html::new();
+    h.raw("<p class=\"erreur\" role=\"alert\">")
+        .text(text)
+        .raw("</p><form id=\"bris-de-glace\" data-personne=\"")
+        .num(id)
+        .raw("\" data-finalite=\"")
+        .text(purpose.as_str())
+        .raw("\"><h3>Accès exceptionnel (bris de glace)</h3>")
+        .raw("<p>Réservé aux agents France Travail, en cas d'urgence. Un mandat d'un jour à votre nom est créé ; l'accès est signalé et inscrit au journal d'audit. Une confirmation avec votre clé d'accès vous est demandée. N'écrivez pas de données personnelles dans le motif.</p>")
+        .raw("<label for=\"motif\">Motif (20 caractères au moins)</label>")
+        .raw("<textarea id=\"motif\" name=\"motif\" required minlength=\"20\" maxlength=\"1000\"></textarea>")
+        .raw("<button id=\"briser\" type=\"submit\">Confirmer avec ma clé et accéder au dossier</button></form>");
+    h.into_response(status)
 }
 
 #[derive(Deserialize)]
@@ -937,8 +966,9 @@ struct BreakGlassBody {
     motif: String,
 }
 
-/// Break-glass through a session: the consultation path refuses it unless
-/// the session holds a step-up from the last five minutes.
+/// Break-glass through a session, the only way to it: the consultation
+/// path refuses it unless the session holds a step-up from the last five
+/// minutes.
 async fn break_glass_fragment(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

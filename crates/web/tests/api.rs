@@ -973,65 +973,79 @@ async fn caseload_pages_cover_every_live_mandate_once() {
     }
 }
 
+/// Break-glass is a human act: an API credential (a copyable `rmp_`
+/// secret) never breaks the glass, whatever its reason and its account;
+/// the refusal is a clear 403, ledgered, and nothing is created. The
+/// session path, which works, is in the browser module.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn break_glass_needs_a_reason_and_is_marked_in_the_ledger() {
+async fn api_credentials_cannot_break_the_glass() {
     for backend in BACKENDS {
         let app = spawn_app(backend).await;
         let p = app.fresh_person(50);
         let path = format!("/api/v1/persons/{p}/break-glass");
-        let (s, body) = app
-            .post(
-                Some("t.ft"),
-                &path,
-                &json!({"purpose": "follow_up", "reason": "urgent"}),
-            )
-            .await;
-        assert_eq!(s, 400, "{body}");
-        assert_eq!(body["error"]["field"], "reason");
-        // Partners may not break the glass.
-        let reason = "Appel du conseiller référent absent, rendez-vous à 9 h";
-        let (s, _) = app
-            .post(
-                Some("t.ce1"),
-                &path,
-                &json!({"purpose": "follow_up", "reason": reason}),
-            )
-            .await;
-        assert_eq!(s, 403);
         let before = app.ledger_size().await;
-        let (s, body) = app
-            .post(
-                Some("t.ft"),
-                &path,
-                &json!({"purpose": "follow_up", "reason": reason}),
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
-        assert_eq!(body["id"], p);
+        let tries = [
+            ("t.ft", "aaaaaaaaaaaaaaaaaaaa"),
+            (
+                "t.ft",
+                "Appel du conseiller référent absent, rendez-vous à 9 h",
+            ),
+            (
+                "t.ce1",
+                "Appel du conseiller référent absent, rendez-vous à 9 h",
+            ),
+            ("t.ft", "urgent"),
+        ];
+        for (login, reason) in tries {
+            let (s, body) = app
+                .post(
+                    Some(login),
+                    &path,
+                    &json!({"purpose": "follow_up", "reason": reason}),
+                )
+                .await;
+            assert_eq!(s, 403, "{backend:?} {login}: {body}");
+            assert_eq!(body["error"]["code"], "browser_session_required");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("browser session") && message.contains("second factor"),
+                "{message}"
+            );
+        }
         let leaves = app.leaves(before).await;
-        let glass: Vec<&AuditLeaf> = leaves
-            .iter()
-            .filter(|l| l.action == LeafAction::BreakGlass)
-            .collect();
-        assert_eq!(glass.len(), 1);
-        assert_eq!(glass[0].note.as_deref(), Some(reason));
-        assert!(leaves.iter().any(|l| l.action == LeafAction::ReadPerson
-            && l.decision.is_allow()
-            && l.person.map(|x| x.0) == Some(p)));
-        // The mandate is short-lived and names the agent only.
-        let mandates = app.store.mandates_of_person(p).await.unwrap();
-        assert_eq!(mandates.len(), 1);
-        assert_eq!(mandates[0].account_id, Some(app.account("t.ft").account_id));
-        assert_eq!(mandates[0].valid_to, today().succ_opt());
-        // Missing persons look the same through the glass.
+        assert_eq!(leaves.len(), tries.len(), "{backend:?}: one leaf each");
+        for l in &leaves {
+            assert_eq!(
+                (l.action, l.decision, l.person.map(|x| x.0)),
+                (
+                    LeafAction::BreakGlass,
+                    Decision::Deny(rempart_ledger::DenyReason::StepUpRequired),
+                    Some(p)
+                ),
+                "{backend:?}"
+            );
+            assert_eq!(
+                l.note.as_deref(),
+                Some("break-glass: api credential, browser session required")
+            );
+        }
+        assert!(
+            app.store.mandates_of_person(p).await.unwrap().is_empty(),
+            "{backend:?}: no mandate"
+        );
+        assert!(app.store.break_glass_reasons(p).await.unwrap().is_empty());
+        // The person stays out of reach.
+        let (s, _) = app.read("t.ft", p, "follow_up").await;
+        assert_eq!(s, 404, "{backend:?}");
+        // Even a person who does not exist gets the same refusal.
         let (s, body) = app
             .post(
                 Some("t.ft"),
                 &format!("/api/v1/persons/{}/break-glass", i64::MAX - 5),
-                &json!({"purpose": "follow_up", "reason": reason}),
+                &json!({"purpose": "follow_up", "reason": tries[1].1}),
             )
             .await;
-        assert_eq!(s, 404, "{body}");
+        assert_eq!(s, 403, "{backend:?}: {body}");
         app.stop().await;
     }
 }

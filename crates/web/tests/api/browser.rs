@@ -35,8 +35,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{BACKENDS, Backend, TestApp, spawn_app, today};
-use rempart_domain::AccountState;
-use rempart_domain::Purpose;
+use rempart_domain::{AccountState, FieldGroup, Purpose};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -84,9 +83,16 @@ impl TestClock {
 
 /// Browser login served at `http://localhost:<port>` (an IP address is not
 /// a valid WebAuthn RP id).
+/// The login side's replay space is smaller than in production, so that a
+/// test can fill it in a second.
 pub fn login_settings(port: u16) -> LoginSettings {
-    LoginSettings::new(&format!("http://localhost:{port}")).unwrap()
+    let mut settings = LoginSettings::new(&format!("http://localhost:{port}")).unwrap();
+    settings.login_replay_capacity = LOGIN_REPLAY_CAPACITY;
+    settings
 }
+
+/// See [`login_settings`].
+const LOGIN_REPLAY_CAPACITY: usize = 500;
 
 // ---------------------------------------------------------------------------
 // Factors and the test's device key
@@ -1183,6 +1189,247 @@ async fn a_session_needs_its_device_proof_on_every_request() {
     }
 }
 
+/// What the break-glass leaf's note says: `mandate <ref>; reason
+/// hmac-sha256 <digest>`; the reference and the digest.
+fn break_glass_note(note: &str) -> (String, Vec<u8>) {
+    let rest = note.strip_prefix("mandate ").expect(note);
+    let (reference, digest) = rest.split_once("; reason hmac-sha256 ").expect(note);
+    (
+        reference.to_string(),
+        URL_SAFE_NO_PAD.decode(digest).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_through_a_stepped_up_session_reads_once_and_keeps_the_reason_out_of_the_ledger()
+ {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ft").await;
+        let client = client_from([127, 0, 0, 42]);
+        let key = DeviceKey::new();
+        let ok = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ft",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{backend:?}: {:?}", ok.body);
+        let cookie = cookie_value(&ok.set_cookie.unwrap());
+        let handle = ok.body["handle"].as_str().unwrap().to_string();
+        let session = rempart_consult::authenticate::parse_session(&cookie)
+            .unwrap()
+            .0;
+        let target = app.fresh_person(3);
+        let bg = format!("/portail/f/personne/{target}/bris-de-glace");
+        let glass = |motif: &str, proof: String| {
+            send(
+                reqwest::Client::new()
+                    .post(format!("{}{bg}", app.base))
+                    .header("Cookie", format!("__Host-rempart_session={cookie}"))
+                    .header("DPoP", proof)
+                    .json(&json!({"finalite": "follow_up", "motif": motif})),
+            )
+        };
+        let proof = || key.proof("POST", &public(&app, &bg), Some(&handle), app.clock.now());
+        // Free text an agent may type in a hurry, personal data included
+        // (synthetic here): it must never reach the ledger.
+        let reason = "Appel de Mme Martin au 06 12 34 56 78, dossier bloqué";
+
+        // No step-up yet: refused, nothing created.
+        let before = app.ledger_size().await;
+        let r = glass(reason, proof()).await;
+        assert_eq!(r.status, 403, "{backend:?}: {:?}", r.body);
+        // The step-up, as the passkey ceremony records it (Chromium
+        // plays the ceremony itself in the browser module).
+        app.auth
+            .mark_step_up(session, app.clock.now())
+            .await
+            .unwrap();
+        let r = glass("trop court", proof()).await;
+        assert_eq!(r.status, 400, "{backend:?}: {:?}", r.body);
+
+        let sent = proof();
+        let r = glass(reason, sent.clone()).await;
+        assert_eq!(r.status, 200, "{backend:?}: {:?}", r.body);
+        let html = r.body.as_str().unwrap();
+        let nir = match app.vault.read(target, &[FieldGroup::Nir]).await.unwrap() {
+            rempart_vault::Read::Found(v) => v.nir.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            html.contains("data-vue=\"clear\"") && html.contains(nir.as_str()),
+            "{backend:?}: the person, NIR in clear for France Travail"
+        );
+        let leaves = app.leaves(before).await;
+        assert!(
+            session_refusals(&app, before).await.is_empty(),
+            "{backend:?}: one authentication per request, no replay refusal"
+        );
+        let glassed: Vec<_> = leaves
+            .iter()
+            .filter(|l| l.action == LeafAction::BreakGlass && l.decision == Decision::Allow)
+            .collect();
+        assert_eq!(glassed.len(), 1, "{backend:?}");
+        let note = glassed[0].note.clone().unwrap();
+        for word in reason.split_whitespace().filter(|w| w.len() > 3) {
+            assert!(!note.contains(word), "{backend:?}: {word:?} in {note:?}");
+        }
+        let (reference, digest) = break_glass_note(&note);
+        let reads: Vec<_> = leaves
+            .iter()
+            .filter(|l| l.action == LeafAction::ReadPerson)
+            .collect();
+        assert_eq!(reads.len(), 1, "{backend:?}");
+        assert!(reads[0].reveals_person_data() && reads[0].person.map(|p| p.0) == Some(target));
+        assert!(
+            leaves
+                .iter()
+                .all(|l| !l.note.as_deref().unwrap_or("").contains("Martin")),
+            "{backend:?}: no leaf holds the reason"
+        );
+        // The one-day mandate, and the reason kept sealed beside it: it
+        // opens to the text the ledger's digest commits to.
+        let mandates = app.store.mandates_of_person(target).await.unwrap();
+        assert_eq!(mandates.len(), 1, "{backend:?}: only the successful try");
+        assert_eq!(mandates[0].reference.as_str(), reference);
+        assert_eq!(mandates[0].account_id, Some(app.account("t.ft").account_id));
+        assert_eq!(mandates[0].valid_to, today().succ_opt());
+        let kept = app.store.break_glass_reasons(target).await.unwrap();
+        assert_eq!(kept.len(), 1, "{backend:?}");
+        assert_eq!(kept[0].mandate_id, mandates[0].id);
+        let opened = app.vault.open_reason(&kept[0]).await.unwrap().unwrap();
+        assert_eq!(opened.text, reason, "{backend:?}");
+        assert_eq!(opened.digest.as_slice(), digest.as_slice(), "{backend:?}");
+
+        // The same request replayed: refused, nothing more created.
+        let r = glass(reason, sent).await;
+        assert_eq!(r.status, 401, "{backend:?}");
+        // The step-up is 5 minutes old at most.
+        app.advance(6 * 60).await;
+        let r = glass(reason, proof()).await;
+        assert_eq!(r.status, 403, "{backend:?}: {:?}", r.body);
+        assert_eq!(app.store.mandates_of_person(target).await.unwrap().len(), 1);
+
+        // The person is shredded: their break-glass reasons go with them.
+        assert!(app.vault.shred(target).await.unwrap());
+        assert!(
+            app.store
+                .break_glass_reasons(target)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend:?}"
+        );
+        assert_eq!(app.vault.open_reason(&kept[0]).await.unwrap(), None);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_signed_login_requests_leaves_open_sessions_working() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ce1").await;
+        let client = client_from([127, 0, 0, 41]);
+        let key = DeviceKey::new();
+        app.clock.freeze();
+        let ok = password_login(
+            &app,
+            &client,
+            &key,
+            "t.ce1",
+            PASSWORD,
+            &code_at(&secret, app.clock.now()),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{backend:?}: {:?}", ok.body);
+        let cookie = cookie_value(&ok.set_cookie.unwrap());
+        let handle = ok.body["handle"].as_str().unwrap().to_string();
+        let path = "/portail/f/dossiers";
+        let read = async || {
+            let proof = key.proof("GET", &public(&app, path), Some(&handle), app.clock.now());
+            fragment(&app, &cookie, path, Some(proof)).await.0
+        };
+        assert_eq!(read().await, 200, "{backend:?}");
+
+        // Anyone: a fresh key and a valid signed proof per request, 8 at a
+        // time, until the login side refuses.
+        let started = std::time::Instant::now();
+        let flood = |n: usize| {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let url = format!("{}/connexion/defi", app.base);
+                let proof = DeviceKey::new().proof(
+                    "POST",
+                    &public(&app, "/connexion/defi"),
+                    None,
+                    app.clock.now(),
+                );
+                let client = client.clone();
+                tasks.spawn(async move {
+                    send(
+                        client
+                            .post(url)
+                            .header("DPoP", proof)
+                            .json(&json!({"kind": "password"})),
+                    )
+                    .await
+                    .status
+                });
+            }
+            tasks.join_all()
+        };
+        let mut accepted = 0;
+        let mut refused = 0;
+        while refused == 0 {
+            for status in flood(8).await {
+                match status {
+                    200 => accepted += 1,
+                    503 => refused += 1,
+                    other => panic!("{backend:?}: a login start answered {other}"),
+                }
+            }
+            assert!(accepted <= LOGIN_REPLAY_CAPACITY, "{backend:?}: bounded");
+        }
+        assert_eq!(
+            accepted + 2,
+            LOGIN_REPLAY_CAPACITY,
+            "{backend:?}: the session's own login took two entries"
+        );
+        eprintln!(
+            "{backend:?}: login side full after {accepted} anonymous requests in {:?}",
+            started.elapsed()
+        );
+        // The flood goes on; the open session keeps reading.
+        for _ in 0..5 {
+            assert!(flood(4).await.iter().all(|s| *s == 503), "{backend:?}");
+            assert_eq!(read().await, 200, "{backend:?}: the session is unaffected");
+        }
+        // A new login waits for the login side to drain (65 s at most).
+        let fresh = DeviceKey::new();
+        let start = |at| {
+            send(
+                client
+                    .post(format!("{}/connexion/defi", app.base))
+                    .header(
+                        "DPoP",
+                        fresh.proof("POST", &public(&app, "/connexion/defi"), None, at),
+                    )
+                    .json(&json!({"kind": "password"})),
+            )
+        };
+        assert_eq!(start(app.clock.now()).await.status, 503, "{backend:?}");
+        app.advance(70).await;
+        assert_eq!(start(app.clock.now()).await.status, 200, "{backend:?}");
+        assert_eq!(read().await, 200, "{backend:?}");
+        app.stop().await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Real Chromium
 // ---------------------------------------------------------------------------
@@ -1536,4 +1783,129 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
     }
     client.close().await.unwrap();
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_an_agent_breaks_the_glass_with_a_step_up() {
+    let driver = start_driver().await;
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let secret = seed_factors(&app, "t.ft").await;
+        let account = app.account("t.ft").account_id;
+        let target = app.fresh_person(5);
+        let client = browser(&driver).await;
+        let base = public(&app, "");
+
+        // Log in with password + code, then register a passkey.
+        client.goto(&format!("{base}/connexion")).await.unwrap();
+        virtual_authenticator(&driver, &client).await;
+        type_into(&client, "#login", "t.ft").await;
+        type_into(&client, "#password", PASSWORD).await;
+        type_into(&client, "#code", &code_at(&secret, app.clock.now())).await;
+        wait_for(&client, "#envoyer").await.click().await.unwrap();
+        wait_for_path(&client, "/portail").await;
+        wait_for(&client, "#dossiers").await;
+        wait_for(&client, "#ajouter-cle")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_for_text(&client, "#message", "Votre clé d'accès est enregistrée.").await;
+
+        // A person outside the agent's caseload: the view says so and
+        // offers the break-glass form.
+        client
+            .execute(
+                "const a = document.createElement('a');
+                 a.id = 'vers-personne';
+                 a.href = arguments[0];
+                 a.dataset.fragment = '';
+                 a.textContent = 'Dossier';
+                 document.body.appendChild(a);",
+                vec![json!(format!(
+                    "/portail/f/personne/{target}?finalite=follow_up"
+                ))],
+            )
+            .await
+            .unwrap();
+        let before = app.ledger_size().await;
+        wait_for(&client, "#vers-personne")
+            .await
+            .click()
+            .await
+            .unwrap();
+        wait_for(&client, "#bris-de-glace").await;
+        let reason = "Appel urgent de la personne, rendez-vous de 9 h annulé";
+        type_into(&client, "#motif", reason).await;
+        wait_for(&client, "#briser").await.click().await.unwrap();
+
+        // The passkey confirms (the virtual authenticator consents), then
+        // the glass is broken and the person shown, NIR in clear.
+        wait_for(&client, "#personne").await;
+        let nir = client.find(Locator::Css("#nir-valeur")).await.unwrap();
+        assert_eq!(
+            nir.attr("data-vue").await.unwrap().as_deref(),
+            Some("clear"),
+            "{backend:?}"
+        );
+        let stored = match app
+            .vault
+            .read(target, &[rempart_domain::FieldGroup::Nir])
+            .await
+            .unwrap()
+        {
+            rempart_vault::Read::Found(v) => v.nir.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(nir.text().await.unwrap(), stored.as_str(), "{backend:?}");
+
+        let leaves = app.leaves(before).await;
+        let allowed = |action| {
+            leaves
+                .iter()
+                .filter(|l| {
+                    l.action == action && l.account.0 == account && l.decision == Decision::Allow
+                })
+                .count()
+        };
+        assert_eq!(allowed(LeafAction::StepUp), 1, "{backend:?}");
+        assert_eq!(allowed(LeafAction::BreakGlass), 1, "{backend:?}");
+        assert_eq!(allowed(LeafAction::ReadPerson), 1, "{backend:?}");
+        assert!(
+            leaves
+                .iter()
+                .all(|l| l.decision == Decision::Allow || l.action == LeafAction::ReadPerson),
+            "{backend:?}: nothing refused but the first look: {leaves:?}"
+        );
+        let note = leaves
+            .iter()
+            .find(|l| l.action == LeafAction::BreakGlass)
+            .and_then(|l| l.note.clone())
+            .unwrap();
+        assert!(!note.contains("urgent"), "{backend:?}: {note}");
+        let (reference, digest) = break_glass_note(&note);
+        // The generated population may hold other organisations' mandates
+        // on this person; one is ours, for a day.
+        let mandates: Vec<_> = app
+            .store
+            .mandates_of_person(target)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.account_id == Some(account))
+            .collect();
+        assert_eq!(mandates.len(), 1, "{backend:?}");
+        assert_eq!(mandates[0].reference.as_str(), reference);
+        assert_eq!(mandates[0].valid_to, today().succ_opt());
+        let kept = app.store.break_glass_reasons(target).await.unwrap();
+        assert_eq!(kept.len(), 1, "{backend:?}");
+        let opened = app.vault.open_reason(&kept[0]).await.unwrap().unwrap();
+        assert_eq!(
+            (opened.text.as_str(), opened.digest.as_slice()),
+            (reason, digest.as_slice()),
+            "{backend:?}"
+        );
+        client.close().await.unwrap();
+        app.stop().await;
+    }
 }

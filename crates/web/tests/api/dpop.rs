@@ -666,6 +666,56 @@ async fn an_expired_token_is_refused() {
     }
 }
 
+/// An API client is a program: it never breaks the glass, even for a
+/// France Travail agent with a good reason. Before, its proof was checked
+/// twice (break-glass, then the read inside it): the mandate was created
+/// and the answer was a 401 for a "replay".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_client_cannot_break_the_glass() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let client = register(&app, "t.ft").await;
+        let token = client.token(&app).await;
+        let p = app.fresh_person(29);
+        let path = format!("/api/v1/persons/{p}/break-glass");
+        let before = app.ledger_size().await;
+        let proof = client
+            .dpop
+            .proof("POST", &public(&app, &path), Some(&token), app.clock.now());
+        let r = reply(
+            app.http
+                .post(format!("{}{path}", app.base))
+                .header("authorization", format!("DPoP {token}"))
+                .header("dpop", proof)
+                .json(&json!({
+                    "purpose": "follow_up",
+                    "reason": "Appel du conseiller référent absent, rendez-vous à 9 h",
+                }))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{backend:?}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], "browser_session_required");
+        assert_refusal_ledgered(
+            &app,
+            before,
+            LeafAction::BreakGlass,
+            app.account("t.ft").account_id,
+            DenyReason::StepUpRequired,
+            "break-glass: access token, browser session required",
+        )
+        .await;
+        assert!(
+            app.store.mandates_of_person(p).await.unwrap().is_empty(),
+            "{backend:?}: no mandate"
+        );
+        assert!(app.store.break_glass_reasons(p).await.unwrap().is_empty());
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_use_of_a_dpop_token_is_refused() {
     for backend in BACKENDS {
