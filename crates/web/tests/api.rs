@@ -928,7 +928,10 @@ async fn bad_input_at_the_edge_gets_the_error_shape_over_raw_tcp() {
     };
     let partial = r#"{"purpose":"follow_up","nir":"29912"#;
     let many_headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let cases: Vec<(&str, Vec<u8>, bool, u16, &str, Option<&str>)> = vec![
+    // What, the bytes, whether to close the sending side, and the answer:
+    // status, code, field.
+    type Case<'a> = (&'a str, Vec<u8>, bool, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         // Shorter than its Content-Length, the sending side closed.
         (
             "short body",
