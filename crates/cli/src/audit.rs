@@ -16,7 +16,7 @@ use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
 use rempart_ledger::store::sqlite::SqliteLedgerStore;
 use rempart_ledger::{
     AccountId, KEY_FILE_NAME, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore,
-    OrganisationId, PersonRef, QueryRange, Subject, Timestamp, VerifyOptions, proof,
+    OrganisationId, PersonRef, QueryRange, Subject, Timestamp, VerifierKey, VerifyOptions, proof,
 };
 
 use crate::Location;
@@ -29,6 +29,9 @@ pub enum AuditCommand {
     /// Recompute the whole log from its leaves and check every stored
     /// checkpoint (signature, root, consistency); on failure, say what and
     /// where (first bad leaf, first failing checkpoint).
+    ///
+    /// Only the public key is needed: with --verifier-key, the private
+    /// `ledger.key` is not read (nor needed in the data directory).
     Verify {
         #[command(flatten)]
         location: Location,
@@ -36,7 +39,15 @@ pub enum AuditCommand {
         /// they catch a rewrite that also replaced the stored checkpoints.
         #[arg(long = "checkpoint")]
         checkpoints: Vec<PathBuf>,
+        /// The public key to trust: a C2SP signed-note verifier key
+        /// (`name+hash+base64`, as `rempart audit verifier-key` prints it), or
+        /// a file holding one. Without it, the data directory's `ledger.key`.
+        #[arg(long = "verifier-key", value_name = "FILE|KEY")]
+        verifier_key: Option<String>,
     },
+    /// Print the ledger's public verifier key (C2SP signed-note,
+    /// `name+hash+base64`): publish it, and verify with it alone.
+    VerifierKey(Location),
     /// Sign and store a checkpoint of the log as it is now, and print it.
     Checkpoint(Location),
     /// Inclusion proof of one leaf in the tree of a given size.
@@ -115,6 +126,10 @@ pub async fn init(loc: &Location, origin: &str) -> Result<()> {
             path.display()
         );
     }
+    // The public half, to keep apart from the data: it alone verifies.
+    if let Ok(key) = LedgerKey::load(&path) {
+        println!("ledger verifier key: {}", key.verifier());
+    }
     let store = open_store(loc).await?;
     println!("ledger: {} ready", store.location());
     Ok(())
@@ -151,7 +166,12 @@ pub async fn run(cmd: AuditCommand) -> Result<()> {
         AuditCommand::Verify {
             location,
             checkpoints,
-        } => verify(&location, &checkpoints).await,
+            verifier_key,
+        } => verify(&location, &checkpoints, verifier_key.as_deref()).await,
+        AuditCommand::VerifierKey(location) => {
+            println!("{}", load_key(&location)?.verifier());
+            Ok(())
+        }
         AuditCommand::Checkpoint(location) => checkpoint(&location).await,
         AuditCommand::Prove {
             location,
@@ -163,8 +183,101 @@ pub async fn run(cmd: AuditCommand) -> Result<()> {
     }
 }
 
-async fn verify(loc: &Location, external: &[PathBuf]) -> Result<()> {
-    let key = load_key(loc)?;
+/// The key a verification trusts, and where it came from.
+struct Trusted {
+    key: VerifierKey,
+    source: String,
+}
+
+/// `--verifier-key`: the key's text, or a file holding it (its first
+/// non-empty line). A private key given by mistake is refused without
+/// being echoed.
+fn given_verifier_key(arg: &str) -> Result<Trusted> {
+    const PRIVATE: &str = "PRIVATE+KEY+";
+    let refuse_private = |what: &str| {
+        anyhow::anyhow!(
+            "--verifier-key: {what} is a private signing key; give the public verifier key instead (`rempart audit verifier-key` prints it)"
+        )
+    };
+    let text = arg.trim();
+    if text.starts_with(PRIVATE) {
+        return Err(refuse_private("the value"));
+    }
+    let text_error = match VerifierKey::parse(text) {
+        Ok(key) => {
+            return Ok(Trusted {
+                key,
+                source: "given with --verifier-key".into(),
+            });
+        }
+        Err(e) => e,
+    };
+    let path = Path::new(arg);
+    if !path.is_file() {
+        bail!(
+            "--verifier-key: neither a verifier key (name+hash+base64: {text_error}) nor a readable file"
+        );
+    }
+    let content = std::fs::read_to_string(path)
+        .with_context(|| format!("--verifier-key: reading {}", path.display()))?;
+    let line = content
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    if line.starts_with(PRIVATE) {
+        return Err(refuse_private(&path.display().to_string()));
+    }
+    let key = VerifierKey::parse(line).with_context(|| {
+        format!(
+            "--verifier-key: {} does not hold a verifier key (name+hash+base64)",
+            path.display()
+        )
+    })?;
+    Ok(Trusted {
+        key,
+        source: format!("from {}", path.display()),
+    })
+}
+
+/// The key to trust: the one given, else the data directory's.
+fn trusted_key(loc: &Location, given: Option<&str>) -> Result<Trusted> {
+    match given {
+        Some(arg) => {
+            let trusted = given_verifier_key(arg)?;
+            // A private key still present that is not the trusted one is
+            // the key change itself: say so up front. Unreadable or absent,
+            // it is simply not needed.
+            if let Ok(local) = LedgerKey::load(&key_path(&loc.data))
+                && local.verifier() != trusted.key
+            {
+                eprintln!(
+                    "warning: the data directory's ledger key is {}, not the trusted key {}: the signing key changed",
+                    local.verifier().name_and_id(),
+                    trusted.key.name_and_id()
+                );
+            }
+            Ok(trusted)
+        }
+        None => {
+            let path = key_path(&loc.data);
+            if !path.exists() {
+                bail!(
+                    "no ledger key at {}: give the ledger's public key with --verifier-key (name+hash+base64, or a file holding it)",
+                    path.display()
+                );
+            }
+            Ok(Trusted {
+                key: load_key(loc)?.verifier(),
+                source: format!("the verifier of {}", path.display()),
+            })
+        }
+    }
+}
+
+async fn verify(loc: &Location, external: &[PathBuf], given_key: Option<&str>) -> Result<()> {
+    let trusted = trusted_key(loc, given_key)?;
+    let key = &trusted.key;
     let store = open_store(loc).await?;
     let mut options = VerifyOptions::default();
     for path in external {
@@ -174,22 +287,28 @@ async fn verify(loc: &Location, external: &[PathBuf]) -> Result<()> {
         );
     }
     let start = std::time::Instant::now();
-    match rempart_ledger::verify_with(&store, &key.verifier(), &options).await {
+    match rempart_ledger::verify_with(&store, key, &options).await {
         Ok(report) => {
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "audit ledger OK: {} leaves rehashed, {} checkpoints checked (latest at size {}), root {}, in {secs:.2}s ({:.0} leaves/s)",
+                "audit ledger OK: {} leaves rehashed, {} checkpoints checked (latest at size {}), root {}, in {secs:.2}s ({:.0} leaves/s), with key {} ({})",
                 report.leaves,
                 report.checkpoints,
                 report
                     .latest_checkpoint
                     .map_or_else(|| "none".into(), |s| s.to_string()),
                 B64.encode(report.root),
-                report.leaves as f64 / secs.max(1e-9)
+                report.leaves as f64 / secs.max(1e-9),
+                key.name_and_id(),
+                trusted.source
             );
             Ok(())
         }
-        Err(LedgerError::Tampered(failure)) => bail!("{failure}"),
+        Err(LedgerError::Tampered(failure)) => bail!(
+            "{failure}\n  (trusted key: {}, {})",
+            key.name_and_id(),
+            trusted.source
+        ),
         Err(e) => Err(e.into()),
     }
 }

@@ -849,6 +849,148 @@ fn audit_commands_postgres() {
     audit_scenario(Some(&db.url));
 }
 
+/// `audit verify --verifier-key`: the whole ledger and every checkpoint
+/// from the public key alone, with no private key in the data directory;
+/// then the key is replaced and the stored checkpoints re-signed, and a
+/// checkpoint kept outside says that the signing key changed, naming both
+/// keys by name and hash, never their material.
+fn verifier_key_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, db);
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        v.extend(["--data".to_string(), s(&data).to_string()]);
+        if let Some(u) = db {
+            v.extend(["--database".to_string(), u.to_string()]);
+        }
+        v
+    };
+    let run = |extra: &[&str]| -> Output {
+        let a = args(extra);
+        rempart(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    fill_ledger(&data, db, 3000);
+    let key_file = data.join(rempart_ledger::KEY_FILE_NAME);
+    let private = std::fs::read_to_string(&key_file).unwrap();
+    let secret = private.trim().splitn(5, '+').nth(4).unwrap().to_string();
+    // The public key, as the ledger prints it: name+hash+base64.
+    let published = stdout(&run(&["audit", "verifier-key"])).trim().to_string();
+    let parts: Vec<&str> = published.splitn(3, '+').collect();
+    assert_eq!(parts.len(), 3, "{published}");
+    assert_eq!(parts[0], "rempart.local/audit");
+    assert_eq!(parts[1].len(), 8, "{published}");
+    assert!(!published.contains("PRIVATE") && !published.contains(&secret));
+    let old_id = format!("{}+{}", parts[0], parts[1]);
+    let kept = dir.path().join("kept-checkpoint.txt");
+    let note = run(&["audit", "checkpoint"]);
+    assert!(note.status.success(), "{}", stderr(&note));
+    std::fs::write(&kept, stdout(&note)).unwrap();
+
+    // No private key anywhere near: moved out of the data directory.
+    let away = dir.path().join("ledger.key.away");
+    std::fs::rename(&key_file, &away).unwrap();
+    let out = run(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--verifier-key"), "{}", stderr(&out));
+    let public_file = dir.path().join("ledger.pub");
+    std::fs::write(&public_file, format!("{published}\n")).unwrap();
+    for given in [published.as_str(), s(&public_file)] {
+        let out = run(&[
+            "audit",
+            "verify",
+            "--verifier-key",
+            given,
+            "--checkpoint",
+            s(&kept),
+        ]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}{}", stderr(&out));
+        assert!(text.starts_with("audit ledger OK: 3000 leaves"), "{text}");
+        assert!(text.contains(&old_id), "{text}");
+    }
+    // A private key given as the verifier key is refused, never echoed.
+    let out = run(&["audit", "verify", "--verifier-key", private.trim()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("private signing key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(&secret));
+    let out = run(&["audit", "verify", "--verifier-key", "not-a-key"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--verifier-key"), "{}", stderr(&out));
+
+    // The key is replaced and the stored checkpoints re-signed with it
+    // (the leaves untouched): a new key file, old checkpoints removed, a
+    // fresh checkpoint signed.
+    match db {
+        None => {
+            let conn = rusqlite_open(&data.join("ledger.db"));
+            conn.execute_batch(
+                "DROP TRIGGER IF EXISTS checkpoint_no_delete; DELETE FROM checkpoint;",
+            )
+            .unwrap();
+        }
+        Some(url) => {
+            psql(
+                url,
+                "SET session_replication_role = replica; DELETE FROM ledger.checkpoint;",
+            );
+        }
+    }
+    init(&data, db);
+    let new_public = stdout(&run(&["audit", "verifier-key"])).trim().to_string();
+    assert_ne!(new_public, published);
+    let new_parts: Vec<&str> = new_public.splitn(3, '+').collect();
+    let new_id = format!("{}+{}", new_parts[0], new_parts[1]);
+    let out = run(&["audit", "checkpoint"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Trusting the data directory's (new) key, the kept checkpoint is by
+    // another key: said plainly, with both keys, and nothing else.
+    let out = run(&["audit", "verify", "--checkpoint", s(&kept)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the signing key changed"), "{err}");
+    assert!(err.contains(&old_id) && err.contains(&new_id), "{err}");
+    assert!(!err.contains("invalid signature"), "{err}");
+    assert!(!err.contains("rewritten"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
+    // Trusting the published (old) key, without the new private key being
+    // read: the stored checkpoint is by another key, the kept one matches.
+    let out = run(&[
+        "audit",
+        "verify",
+        "--verifier-key",
+        s(&public_file),
+        "--checkpoint",
+        s(&kept),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("checkpoint at size 3000 is signed by key"),
+        "{err}"
+    );
+    assert!(err.contains("the signing key changed"), "{err}");
+    assert!(err.contains(&old_id) && err.contains(&new_id), "{err}");
+    assert!(!err.contains("invalid signature"), "{err}");
+    assert!(!err.contains("rewritten"), "{err}");
+}
+
+#[test]
+fn audit_verify_from_the_public_key_and_a_changed_key_sqlite() {
+    verifier_key_scenario(None);
+}
+
+#[test]
+fn audit_verify_from_the_public_key_and_a_changed_key_postgres() {
+    let db = PgDatabase::create();
+    verifier_key_scenario(Some(&db.url));
+}
+
 /// `rempart accounts review` and `disable-inactive`, and credentials only
 /// for active accounts, on accounts whose history is set up through the
 /// store (requests and decisions in the past).

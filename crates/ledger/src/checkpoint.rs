@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::merkle::Hash;
-use crate::note::{NoteError, SignerKey, VerifierKey, open_note};
+use crate::note::{NoteError, SignerKey, VerifierKey, open_note, parse_note};
 
 /// Why a checkpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,19 @@ pub enum CheckpointError {
     /// The body does not follow the checkpoint format.
     #[error("malformed checkpoint: {0}")]
     Malformed(&'static str),
+    /// The checkpoint is well signed, but by other keys than the trusted
+    /// one: the log's signing key changed (it was replaced, or someone else
+    /// signed). Keys are named by name and ID only, never their material.
+    #[error(
+        "signed by key {}, not by the trusted key {trusted}: the signing key changed",
+        found.join(", ")
+    )]
+    KeyChanged {
+        /// The trusted key, `name+id`.
+        trusted: String,
+        /// The keys whose signature lines the note carries, `name+id`.
+        found: Vec<String>,
+    },
     /// The checkpoint names another log than the key.
     #[error("checkpoint origin {found:?} is not the log's origin {expected:?}")]
     WrongOrigin {
@@ -138,8 +151,26 @@ impl Checkpoint {
 
     /// Opens a signed checkpoint: the signature by `key` must verify and the
     /// origin must be the key's name.
+    /// A note signed only by other keys is [`CheckpointError::KeyChanged`],
+    /// apart from a bad signature by the trusted key itself.
     pub fn open(note: &str, key: &VerifierKey) -> Result<Self, CheckpointError> {
-        let opened = open_note(note, std::slice::from_ref(key))?;
+        let opened = match open_note(note, std::slice::from_ref(key)) {
+            Err(NoteError::NoKnownSignature) => {
+                // The note parsed (open_note parses first): name its signers.
+                let mut found: Vec<String> = Vec::new();
+                for sig in parse_note(note)?.signatures {
+                    let named = sig.name_and_id();
+                    if !found.contains(&named) {
+                        found.push(named);
+                    }
+                }
+                return Err(CheckpointError::KeyChanged {
+                    trusted: key.name_and_id(),
+                    found,
+                });
+            }
+            other => other?,
+        };
         let checkpoint = Self::parse_body(&opened.text)?;
         if checkpoint.origin != key.name() {
             return Err(CheckpointError::WrongOrigin {
@@ -200,6 +231,22 @@ mod tests {
             Checkpoint::open(&foreign, &other.verifier()),
             Err(CheckpointError::WrongOrigin { .. })
         ));
+        // Signed by another key of the same name: the key changed, and the
+        // message names both keys by name and ID, never their material.
+        let replaced = SignerKey::generate("rempart.test/ledger").unwrap();
+        let resigned = cp.sign(&replaced).unwrap();
+        match Checkpoint::open(&resigned, &key.verifier()) {
+            Err(e @ CheckpointError::KeyChanged { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("the signing key changed"), "{text}");
+                assert!(text.contains(&key.verifier().name_and_id()), "{text}");
+                assert!(text.contains(&replaced.verifier().name_and_id()), "{text}");
+                let material = replaced.verifier().to_string();
+                let b64 = material.splitn(3, '+').nth(2).unwrap();
+                assert!(!text.contains(b64), "{text}");
+            }
+            other => panic!("expected KeyChanged, got {other:?}"),
+        }
         // A changed size breaks the signature.
         let tampered = note.replacen("\n42\n", "\n43\n", 1);
         assert!(matches!(

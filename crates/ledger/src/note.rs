@@ -258,6 +258,12 @@ impl VerifierKey {
         self.id
     }
 
+    /// `name+hhhhhhhh`: the key's name and ID, which name a key in messages
+    /// without its material (the form of a signature line's key).
+    pub fn name_and_id(&self) -> String {
+        format!("{}+{:08x}", self.name, self.id)
+    }
+
     /// Whether `signature` (without the key ID) signs `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
@@ -285,6 +291,13 @@ pub struct NoteSignature {
     pub id: u32,
     /// The signature bytes, without the key ID.
     pub signature: Vec<u8>,
+}
+
+impl NoteSignature {
+    /// `name+hhhhhhhh`, as [`VerifierKey::name_and_id`] names a key.
+    pub fn name_and_id(&self) -> String {
+        format!("{}+{:08x}", self.name, self.id)
+    }
 }
 
 /// A parsed note: its text and signature lines, not yet verified.

@@ -12,6 +12,10 @@
 //! - optionally, checkpoints held outside the store (by an auditor, a
 //!   witness, a person who was shown one), checked the same way.
 //!
+//! Only the public verifier key is needed. A checkpoint signed by other
+//! keys than the trusted one is reported as a changed signing key, apart
+//! from a bad signature and from rewritten history.
+//!
 //! A failure names what and where: the first bad leaf, the first failing
 //! checkpoint, and one line per problem.
 
@@ -157,6 +161,23 @@ pub enum Problem {
         /// Why.
         reason: String,
     },
+    /// A checkpoint is signed, but only by other keys than the trusted one:
+    /// the signing key changed (the key in the data directory was replaced,
+    /// or someone else signed it). Neither a bad signature by the trusted
+    /// key nor, by itself, a rewrite: its root could not be trusted, so it
+    /// was not compared.
+    #[error(
+        "{checkpoint} is signed by key {}, not by the trusted key {trusted}: the signing key changed (the ledger's key was replaced, or someone else signed this checkpoint); its root was not checked",
+        found.join(", ")
+    )]
+    CheckpointKeyChanged {
+        /// Which.
+        checkpoint: CheckpointRef,
+        /// The trusted key, `name+id`.
+        trusted: String,
+        /// The keys that signed it, `name+id`.
+        found: Vec<String>,
+    },
     /// A checkpoint row's size is not its note's.
     #[error("the checkpoint row for size {row_size} holds a signed note for size {note_size}")]
     CheckpointSizeMismatch {
@@ -234,6 +255,7 @@ impl Problem {
             Problem::Truncated { checkpoint, .. }
             | Problem::CheckpointUnreadable { checkpoint, .. }
             | Problem::CheckpointSignature { checkpoint, .. }
+            | Problem::CheckpointKeyChanged { checkpoint, .. }
             | Problem::CheckpointRootMismatch { checkpoint, .. } => Some(checkpoint.size),
             Problem::CheckpointSizeMismatch { row_size, .. } => Some(*row_size),
             Problem::CheckpointInconsistent { earlier, .. } => Some(earlier.size),
@@ -461,6 +483,13 @@ pub async fn verify_with(
                 root: cp.root,
                 matched: None,
             }),
+            Err(crate::CheckpointError::KeyChanged { trusted, found }) => {
+                problems.push(Problem::CheckpointKeyChanged {
+                    checkpoint: at,
+                    trusted,
+                    found,
+                });
+            }
             Err(crate::CheckpointError::Note(e)) => {
                 use crate::note::NoteError;
                 let reason = e.to_string();

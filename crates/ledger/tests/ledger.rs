@@ -23,7 +23,7 @@ use rempart_ledger::store::{LeafRow, LedgerStore, QueryRange, StoreError, Subjec
 use rempart_ledger::{
     AccountId, Action, AuditLeaf, Checkpoint, Decision, DenyReason, FieldGroups, GuardVerdict,
     Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonRef, Problem, ProofError,
-    SessionId, Timestamp, VerifyFailure, VerifyOptions, verify, verify_with,
+    SessionId, Timestamp, VerifierKey, VerifyFailure, VerifyOptions, verify, verify_with,
 };
 use tempfile::TempDir;
 
@@ -359,6 +359,7 @@ both!(
     tamper_swapped_leaves,
     tamper_truncated_tail,
     tamper_forged_signature,
+    a_replaced_key_is_told_apart,
     tamper_inconsistent_checkpoint,
     tamper_hidden_from_queries,
     bench_functions_run,
@@ -480,13 +481,14 @@ async fn append_prove_verify(b: Backend) {
         verify(&env.store, &key.verifier()).await.unwrap().leaves,
         38
     );
-    // Another key does not verify this ledger's checkpoints.
+    // Another key does not verify this ledger's checkpoints: each one is
+    // named as signed by a key that is not the trusted one.
     let other = LedgerKey::generate(ORIGIN).unwrap();
     let f = failure(&env, &other).await;
     assert!(
         f.problems
             .iter()
-            .all(|p| matches!(p, Problem::CheckpointSignature { .. })),
+            .all(|p| matches!(p, Problem::CheckpointKeyChanged { .. })),
         "{f}"
     );
 }
@@ -1069,6 +1071,8 @@ async fn tamper_forged_signature(b: Backend) {
     let f = failure(&env, &key).await;
     assert_eq!(f.first_bad_leaf, None, "{f}");
     assert_eq!(f.first_bad_checkpoint, Some(16), "{f}");
+    // The altered signature is a bad signature by the log's key; the
+    // forger's checkpoint is signed by another key: the key changed.
     let bad: Vec<u64> = f
         .problems
         .iter()
@@ -1077,8 +1081,107 @@ async fn tamper_forged_signature(b: Backend) {
             _ => None,
         })
         .collect();
-    assert_eq!(bad, vec![16, 24], "{f}");
+    assert_eq!(bad, vec![16], "{f}");
     assert!(f.to_string().contains("invalid signature"), "{f}");
+    let changed: Vec<(u64, &str, &[String])> = f
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::CheckpointKeyChanged {
+                checkpoint,
+                trusted,
+                found,
+            } => Some((checkpoint.size, trusted.as_str(), found.as_slice())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        vec![(
+            24,
+            key.verifier().name_and_id().as_str(),
+            &[forger.verifier().name_and_id()][..]
+        )],
+        "{f}"
+    );
+    assert!(f.to_string().contains("the signing key changed"), "{f}");
+}
+
+/// Verification needs only the public verifier key. When the log's key is
+/// replaced and the stored checkpoints re-signed with the new one, a
+/// checkpoint kept outside under the old key says that the signing key
+/// changed, naming both keys — not a bad signature, not a rewrite.
+async fn a_replaced_key_is_told_apart(b: Backend) {
+    let env = Env::new(b).await;
+    let old = key();
+    standard_ledger(&env, &old).await;
+    // The published key's text only: no private key is involved.
+    let published = VerifierKey::parse(&old.verifier().to_string()).unwrap();
+    let report = verify(&env.store, &published).await.unwrap();
+    assert_eq!((report.leaves, report.checkpoints), (20, 3));
+    let kept = env
+        .store
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.size == 16)
+        .unwrap()
+        .note;
+    let new = key();
+    for c in env.store.checkpoints().await.unwrap() {
+        let cp = Checkpoint::open(&c.note, &published).unwrap();
+        env.tamper(&format!("DELETE FROM checkpoint WHERE size = {}", c.size))
+            .await;
+        env.insert_checkpoint(c.size, &cp.sign(new.signer()).unwrap())
+            .await;
+    }
+    let options = VerifyOptions {
+        external_checkpoints: vec![kept],
+        ..VerifyOptions::default()
+    };
+    // Trusting the key now in use: the kept checkpoint is by another key.
+    match verify_with(&env.store, &new.verifier(), &options).await {
+        Err(LedgerError::Tampered(f)) => {
+            assert_eq!(f.problems.len(), 1, "{f}");
+            assert!(
+                matches!(
+                    &f.problems[0],
+                    Problem::CheckpointKeyChanged { checkpoint, trusted, found }
+                        if checkpoint.size == 16
+                            && checkpoint.external
+                            && *trusted == new.verifier().name_and_id()
+                            && *found == vec![old.verifier().name_and_id()]
+                ),
+                "{f}"
+            );
+            let text = f.to_string();
+            assert!(text.contains("the signing key changed"), "{text}");
+            assert!(!text.contains("invalid signature"), "{text}");
+            assert!(!text.contains("rewritten"), "{text}");
+        }
+        other => panic!("the kept checkpoint must tell the key changed: {other:?}"),
+    }
+    // Trusting the published key: every stored checkpoint is by another
+    // key, and the kept one still matches the leaves.
+    match verify_with(&env.store, &published, &options).await {
+        Err(LedgerError::Tampered(f)) => {
+            let changed: Vec<(u64, bool)> = f
+                .problems
+                .iter()
+                .map(|p| match p {
+                    Problem::CheckpointKeyChanged { checkpoint, .. } => {
+                        (checkpoint.size, checkpoint.external)
+                    }
+                    other => panic!("only changed keys are expected: {other}"),
+                })
+                .collect();
+            assert_eq!(changed, vec![(8, false), (16, false), (20, false)], "{f}");
+            assert_eq!(f.first_bad_checkpoint, Some(8), "{f}");
+            assert_eq!(f.first_bad_leaf, None, "{f}");
+        }
+        other => panic!("stored checkpoints by another key must fail: {other:?}"),
+    }
 }
 
 async fn tamper_inconsistent_checkpoint(b: Backend) {

@@ -601,14 +601,32 @@ struct SearchAnswer {
     persons: Vec<PersonBody>,
 }
 
-fn search_request(body: SearchBody) -> Result<(SearchBy, Purpose), ApiError> {
+/// Earliest birth date a search accepts: nobody registered is older.
+const EARLIEST_BIRTH: NaiveDate = match NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(d) => d,
+    None => NaiveDate::MIN,
+};
+
+/// A birth date a person can have: not after `today`, not before 1900.
+fn parse_birth_date(field: &str, text: &str, today: NaiveDate) -> Result<NaiveDate, ApiError> {
+    let born = parse_date(field, text)?;
+    if born > today {
+        return Err(ApiError::invalid(field, "is in the future"));
+    }
+    if born < EARLIEST_BIRTH {
+        return Err(ApiError::invalid(field, "is before 1900-01-01"));
+    }
+    Ok(born)
+}
+
+fn search_request(body: SearchBody, today: NaiveDate) -> Result<(SearchBy, Purpose), ApiError> {
     let purpose = parse_purpose("purpose", &body.purpose)?;
     let by = match (body.nir, body.nom, body.prenom, body.date_naissance) {
         (Some(nir), None, None, None) => {
             SearchBy::Nir(Nir::parse(&nir).map_err(|e| ApiError::invalid("nir", e.to_string()))?)
         }
         (None, Some(nom), Some(prenom), Some(born)) => {
-            let born = parse_date("date_naissance", &born)?;
+            let born = parse_birth_date("date_naissance", &born, today)?;
             SearchBy::name_birth(&nom, &prenom, born)?
         }
         (None, _, _, _) => {
@@ -633,7 +651,8 @@ async fn search(
     creds: Credentials,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let input = json_body::<SearchBody>(body).and_then(search_request);
+    let today = state.consultation.now().date_naive();
+    let input = json_body::<SearchBody>(body).and_then(|body| search_request(body, today));
     let (by, purpose) = parsed(&state, &creds, input).await?;
     let results = state
         .consultation

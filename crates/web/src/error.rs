@@ -115,16 +115,30 @@ impl From<Refusal> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Body {
+impl ApiError {
+    fn body(&self) -> Body<'_> {
+        Body {
             error: Inner {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
             },
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        }
+    }
+
+    /// The JSON body alone, for answers written below the router.
+    pub(crate) fn json_body(&self) -> Vec<u8> {
+        // Serialising strings into a Vec cannot fail; the fallback keeps
+        // the shape all the same.
+        serde_json::to_vec(&self.body()).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"","field":null}}"#.to_vec()
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

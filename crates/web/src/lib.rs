@@ -7,30 +7,38 @@
 //! or [`rempart_consult::Refusal`] into JSON. Every rule about who may see
 //! what lives in the consultation path, not here.
 //!
-//! Limits: body size, total header size and request time
-//! ([`Limits`]); every error, including unknown routes, wrong methods and
-//! oversized requests, has the shape `{"error": {"code", "message", "field"}}`,
-//! except at the OAuth token endpoint (`POST /api/v1/token`), whose errors
-//! are RFC 6749 §5.2's `{"error", "error_description"}`.
+//! Limits: body size, URI length, total header size and request time
+//! ([`Limits`]), checked at the edge before any handler runs, for every
+//! route alike: a body shorter than its `Content-Length` is a 400, one that
+//! does not arrive in time a 408, an oversized one a 413, a long URI a 414,
+//! large headers a 431, invalid UTF-8 in the path or query a 400. Every
+//! error, including unknown routes, wrong methods, oversized requests and
+//! heads hyper itself refuses ([`conn`]), has the shape `{"error": {"code",
+//! "message", "field"}}`, except at the OAuth token endpoint (`POST
+//! /api/v1/token`), whose errors are RFC 6749 §5.2's `{"error",
+//! "error_description"}`.
 
 mod accounts;
 mod activation;
 mod api;
+mod conn;
 mod error;
 pub mod pages;
 mod token;
 
-use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rempart_consult::Consultation;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 pub use error::ApiError;
 
@@ -45,7 +53,10 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Largest total size of the request's header names and values, in bytes.
     pub header_bytes: usize,
-    /// Longest a request may take before it is abandoned with a 503.
+    /// Longest request URI (path and query), in bytes.
+    pub uri_bytes: usize,
+    /// Longest a request may take: a body not received by then is a 408
+    /// (the client's delay), an answer not ready by then a 503.
     pub request_time: Duration,
 }
 
@@ -54,6 +65,7 @@ impl Default for Limits {
         Limits {
             body_bytes: 64 * 1024,
             header_bytes: 16 * 1024,
+            uri_bytes: 8 * 1024,
             request_time: Duration::from_secs(10),
         }
     }
@@ -86,31 +98,27 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Header size and request time limits, and headers every answer carries.
+/// The limits, the body received whole, and headers every answer carries.
 async fn guard_rails(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let limits = state.limits;
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    let mut response = if header_bytes > limits.header_bytes {
-        ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!("request headers exceed {} bytes", limits.header_bytes),
-        )
-        .into_response()
-    } else {
-        match tokio::time::timeout(limits.request_time, next.run(request)).await {
+    let deadline = Instant::now() + limits.request_time;
+    let token = request.uri().path() == TOKEN_PATH;
+    let mut response = match admit(request, &limits, deadline).await {
+        Err(refused) => refused.into_response_for(token),
+        Ok(request) => match tokio::time::timeout_at(deadline, next.run(request)).await {
             Ok(response) => response,
+            Err(_) if token => crate::token::oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the request took too long; no token was issued",
+            ),
             Err(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
                 "the request took too long; nothing was released",
             )
             .into_response(),
-        }
+        },
     };
     let headers = response.headers_mut();
     // Answers may hold personal data: never cached, never sniffed.
@@ -122,6 +130,153 @@ async fn guard_rails(State(state): State<AppState>, request: Request, next: Next
     response
 }
 
+/// The one endpoint whose errors take the OAuth shape.
+const TOKEN_PATH: &str = "/api/v1/token";
+
+/// A request refused at the edge, before any handler: the same for every
+/// route and every caller, so it says nothing about the API or accounts,
+/// and leaves no ledger leaf (no operation was attempted).
+struct Refused(ApiError);
+
+impl Refused {
+    fn into_response_for(self, token_endpoint: bool) -> Response {
+        if token_endpoint {
+            crate::token::oauth_error(self.0.status, "invalid_request", &self.0.message)
+        } else {
+            self.0.into_response()
+        }
+    }
+}
+
+/// Checks the head against the limits and receives the body whole (within
+/// its size and the request's time), so that handlers only ever see
+/// complete, bounded requests.
+async fn admit(request: Request, limits: &Limits, deadline: Instant) -> Result<Request, Refused> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > limits.header_bytes {
+        return Err(Refused(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request headers exceed {} bytes", limits.header_bytes),
+        )));
+    }
+    let uri = request.uri();
+    let uri_bytes = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+    if uri_bytes > limits.uri_bytes {
+        return Err(Refused(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request URI exceeds {} bytes", limits.uri_bytes),
+        )));
+    }
+    check_utf8(uri.path(), uri.query()).map_err(Refused)?;
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return Ok(Request::from_parts(parts, body));
+    }
+    match tokio::time::timeout_at(deadline, receive(body, limits.body_bytes)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
+        Ok(Err(refused)) => Err(refused),
+        Err(_) => Err(Refused(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                limits.request_time.as_secs()
+            ),
+        ))),
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body is too large",
+    )
+}
+
+/// The whole body, at most `limit` bytes.
+async fn receive(mut body: Body, limit: usize) -> Result<Bytes, Refused> {
+    let mut received = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        // The connection ended (or the chunked encoding broke) before the
+        // length the head announced.
+        let frame = frame.map_err(|_| {
+            Refused(ApiError::invalid(
+                "body",
+                "ends before the length its Content-Length (or chunked encoding) announced",
+            ))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if received.len() + data.len() > limit {
+                return Err(Refused(too_large()));
+            }
+            received.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(received))
+}
+
+/// Path and query must decode to UTF-8: every handler reads them as text.
+/// A query error names the parameter when its name is readable.
+fn check_utf8(path: &str, query: Option<&str>) -> Result<(), ApiError> {
+    if std::str::from_utf8(&percent_decode(path.as_bytes())).is_err() {
+        return Err(ApiError::invalid(
+            "path",
+            "is not valid UTF-8 once percent-decoded",
+        ));
+    }
+    for pair in query.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name.as_bytes());
+        let Ok(name) = String::from_utf8(name) else {
+            return Err(ApiError::invalid(
+                "query",
+                "has a parameter name that is not valid UTF-8 once percent-decoded",
+            ));
+        };
+        if std::str::from_utf8(&percent_decode(value.as_bytes())).is_err() {
+            let field = if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                name
+            } else {
+                "query".to_string()
+            };
+            return Err(ApiError::invalid(
+                field,
+                "is not valid UTF-8 once percent-decoded",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `%XX` sequences decoded; anything else, a stray `%` included, kept.
+fn percent_decode(text: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                text.get(i + 1).copied().and_then(hex),
+                text.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops
 /// accepting, lets requests in flight finish, and returns. Every answer
 /// given was ledgered before it left; the caller closes the ledger after.
@@ -130,13 +285,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = state.limits;
+    conn::serve(listener, router(state), limits, shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -158,5 +308,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_and_utf8() {
+        assert_eq!(percent_decode(b"a%20b%zz%4"), b"a b%zz%4".to_vec());
+        assert_eq!(percent_decode(b"%C3%A9"), "é".as_bytes().to_vec());
+        assert!(check_utf8("/api/v1/persons/%C3%A9", Some("purpose=%C3%A9")).is_ok());
+        let e = check_utf8("/api/v1/persons/%FF", None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("path"));
+        let e = check_utf8("/api/v1/caseload", Some("limit=1&purpose=%FF%FE")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("purpose"));
+        let e = check_utf8("/x", Some("%FF=1")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("query"));
+        assert!(!e.message.contains("%FF"));
     }
 }

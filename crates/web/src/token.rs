@@ -36,7 +36,7 @@ struct OAuthError<'a> {
     error_description: &'a str,
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = OAuthError {
         error,
         error_description: description,

@@ -846,8 +846,252 @@ async fn search_is_exact_scoped_and_refuses_wildcards() {
             .await;
         assert_eq!(s, 400);
         assert_eq!(body["error"]["field"], "nir");
+        // A birth date nobody can have (after the server's today, before
+        // 1900) is refused naming the field, not searched for.
+        let tomorrow = (app.clock.now() + Duration::days(1))
+            .date_naive()
+            .format("%Y-%m-%d")
+            .to_string();
+        let before = app.ledger_size().await;
+        for born in ["2999-01-01", tomorrow.as_str(), "1899-12-31", "0001-01-01"] {
+            let (s, body) = app
+                .post(
+                    Some("t.ce1"),
+                    "/api/v1/search",
+                    &json!({"purpose": "follow_up", "nom": i.nom.as_str(), "prenom": i.prenom.as_str(), "date_naissance": born}),
+                )
+                .await;
+            assert_eq!(s, 400, "{backend:?} {born}: {body}");
+            assert_error(&body, "invalid_request");
+            assert_eq!(body["error"]["field"], "date_naissance", "{body}");
+            assert!(!body.to_string().contains(born), "{body}");
+        }
+        assert!(
+            app.leaves(before)
+                .await
+                .iter()
+                .all(|l| l.action != LeafAction::Search),
+            "a refused date searches nothing"
+        );
         app.stop().await;
     }
+}
+
+/// One HTTP/1.1 exchange over raw TCP, for requests reqwest will not send
+/// (lying `Content-Length`, raw non-ASCII bytes, hundreds of headers):
+/// writes `request` (then, if `half_close`, closes the sending side), and
+/// reads one answer: status, JSON body, and the time it took.
+async fn raw_http(
+    port: u16,
+    request: &[u8],
+    half_close: bool,
+) -> (u16, Value, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    if half_close {
+        stream.shutdown().await.unwrap();
+    }
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if received.len() >= end + 4 + length {
+                    let status: u16 = head[9..12].parse().unwrap();
+                    let body = &received[end + 4..end + 4 + length];
+                    let body = serde_json::from_slice(body).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(body).into_owned())
+                    });
+                    return (status, body);
+                }
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "the server closed without a whole answer: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an answer within 30 s");
+    (answer.0, answer.1, started.elapsed())
+}
+
+/// Bad input at the HTTP edge, sent as hand-made bytes: each gets the
+/// documented error body with its status (400, 408, 414, 431), never a
+/// 5xx or `internal_error`, and leaves no ledger leaf. These are refused
+/// before any store is touched, the same whatever the backend, so one
+/// backend (SQLite) is enough here; the date rule above runs on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_at_the_edge_gets_the_error_shape_over_raw_tcp() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let token = app.token("t.ce1").to_string();
+    let search = |length: &str, body: &str| -> Vec<u8> {
+        format!(
+            "POST /api/v1/search HTTP/1.1\r\nHost: rempart.test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}"
+        )
+        .into_bytes()
+    };
+    let get = |target: &[u8], extra: &str| -> Vec<u8> {
+        let mut r = b"GET ".to_vec();
+        r.extend_from_slice(target);
+        r.extend_from_slice(
+            format!(
+                " HTTP/1.1\r\nHost: rempart.test\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        r
+    };
+    let partial = r#"{"purpose":"follow_up","nir":"29912"#;
+    let many_headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    // What, the bytes, whether to close the sending side, and the answer:
+    // status, code, field.
+    type Case<'a> = (&'a str, Vec<u8>, bool, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        // Shorter than its Content-Length, the sending side closed.
+        (
+            "short body",
+            search("200", partial),
+            true,
+            400,
+            "invalid_request",
+            Some("body"),
+        ),
+        (
+            "malformed Content-Length",
+            search("abc", ""),
+            false,
+            400,
+            "malformed_request",
+            None,
+        ),
+        (
+            "negative Content-Length",
+            search("-5", ""),
+            false,
+            400,
+            "malformed_request",
+            None,
+        ),
+        (
+            "raw non-ASCII byte in the path",
+            get(b"/api/v1/persons/\xff\xfe?purpose=follow_up", ""),
+            false,
+            400,
+            "malformed_request",
+            None,
+        ),
+        (
+            "invalid UTF-8 in the path",
+            get(b"/api/v1/persons/%FF%FE?purpose=follow_up", ""),
+            false,
+            400,
+            "invalid_request",
+            Some("path"),
+        ),
+        (
+            "invalid UTF-8 in the query",
+            get(b"/api/v1/caseload?purpose=%C3%28", ""),
+            false,
+            400,
+            "invalid_request",
+            Some("purpose"),
+        ),
+        (
+            "invalid UTF-8 in a parameter name",
+            get(b"/api/v1/caseload?%FF=1", ""),
+            false,
+            400,
+            "invalid_request",
+            Some("query"),
+        ),
+        (
+            "query over 8 KiB",
+            get(
+                format!(
+                    "/api/v1/caseload?purpose=follow_up&x={}",
+                    "a".repeat(9 * 1024)
+                )
+                .as_bytes(),
+                "",
+            ),
+            false,
+            414,
+            "uri_too_long",
+            None,
+        ),
+        (
+            "URI over hyper's 64 KiB",
+            get(
+                format!(
+                    "/api/v1/caseload?purpose=follow_up&x={}",
+                    "a".repeat(70 * 1024)
+                )
+                .as_bytes(),
+                "",
+            ),
+            false,
+            414,
+            "uri_too_long",
+            None,
+        ),
+        (
+            "one header over 16 KiB",
+            get(
+                b"/api/v1/me",
+                &format!("x-big: {}\r\n", "a".repeat(20 * 1024)),
+            ),
+            false,
+            431,
+            "headers_too_large",
+            None,
+        ),
+        (
+            "150 headers",
+            get(b"/api/v1/me", &many_headers),
+            false,
+            431,
+            "headers_too_large",
+            None,
+        ),
+    ];
+    let size = app.ledger_size().await;
+    for (what, request, half_close, status, code, field) in cases {
+        let (s, body, _) = raw_http(app.port, &request, half_close).await;
+        assert_eq!(s, status, "{what}: {body}");
+        assert_error(&body, code);
+        assert_eq!(body["error"]["field"].as_str(), field, "{what}: {body}");
+        assert!(!body.to_string().contains("internal"), "{what}: {body}");
+    }
+    // The same body sent too slowly: the rest never comes, the connection
+    // stays open. A 408 when the request time is up, not a 503.
+    let (s, body, took) = raw_http(app.port, &search("200", partial), false).await;
+    assert_eq!(s, 408, "{body}");
+    assert_error(&body, "request_timeout");
+    assert!(took >= std::time::Duration::from_secs(9), "{took:?}");
+    // None of it reached an operation: no leaf at all, so no internal_error.
+    assert_eq!(
+        app.ledger_size().await,
+        size,
+        "{:?}",
+        app.leaves(size).await
+    );
+    // And the server still answers normally.
+    let (s, _) = app.get(Some("t.ce1"), "/api/v1/me").await;
+    assert_eq!(s, 200);
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
