@@ -555,9 +555,9 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 25,
-            "[postgres] registry, authentication, guard, activation, federation and access-version tables \
-             + schema_migrations"
+            tables, 26,
+            "[postgres] registry, authentication, guard, activation, federation, access-version and \
+             break-glass reason tables + schema_migrations"
         );
     }
 
@@ -6343,22 +6343,22 @@ async fn no_session_outlives_a_suspension_it_raced() {
         let be = store.backend();
         consultation_accounts(store).await;
         let agent1 = account_id(store, "ce.agent1").await;
-        for state in [AccountState::Suspended, AccountState::Disabled] {
-            assert!(
-                store
-                    .set_account_state(agent1, state)
-                    .await
-                    .on(store, "state"),
-                "[{be}]"
-            );
-            assert_invalid(
-                store,
-                auth.insert_session(session_of(agent1, 1, "passkey", t0))
-                    .await,
-                "account_id",
-                "a session for an inactive account",
-            );
-        }
+        // Suspended (the only way out of active a registry write may take
+        // besides the inactivity job): no session opens.
+        assert!(
+            store
+                .set_account_state(agent1, AccountState::Suspended)
+                .await
+                .on(store, "state"),
+            "[{be}]"
+        );
+        assert_invalid(
+            store,
+            auth.insert_session(session_of(agent1, 1, "passkey", t0))
+                .await,
+            "account_id",
+            "a session for an inactive account",
+        );
         for round in 0..20u8 {
             assert!(
                 store
@@ -6421,25 +6421,23 @@ async fn a_suspended_account_never_touches_its_sessions() {
             .on(store, "touch");
         assert_eq!(last_seen().await, plus(t0, 600), "[{be}]");
         // Suspended by the registry alone (as an import or a tool could).
-        for state in [AccountState::Suspended, AccountState::Disabled] {
-            assert!(
-                store
-                    .set_account_state(agent1, state)
-                    .await
-                    .on(store, "state"),
-                "[{be}]"
-            );
-            for secs in [1_200, 1_500, 1_790] {
-                auth.touch_session(key32(1), plus(t0, secs))
-                    .await
-                    .on(store, "polling");
-            }
-            assert_eq!(
-                last_seen().await,
-                plus(t0, 600),
-                "[{be}] {state:?}: polling moves nothing"
-            );
+        assert!(
+            store
+                .set_account_state(agent1, AccountState::Suspended)
+                .await
+                .on(store, "state"),
+            "[{be}]"
+        );
+        for secs in [1_200, 1_500, 1_790] {
+            auth.touch_session(key32(1), plus(t0, secs))
+                .await
+                .on(store, "polling");
         }
+        assert_eq!(
+            last_seen().await,
+            plus(t0, 600),
+            "[{be}] suspended: polling moves nothing"
+        );
         assert!(
             store
                 .set_account_state(agent1, AccountState::Active)

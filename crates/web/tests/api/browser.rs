@@ -729,14 +729,16 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
             {
                 break;
             }
-            // Past the longest backoff any answer asked for.
+            // Past the longest backoff any answer asked for, and past the
+            // life of the wave's login proofs, whose replay space the test
+            // settings keep small.
             let wait = answers
                 .iter()
                 .filter_map(|a| a.retry_after.as_deref())
                 .filter_map(|r| r.parse::<i64>().ok())
                 .max()
                 .unwrap_or(1);
-            app.advance(wait).await;
+            app.advance(wait.max(600)).await;
         }
         assert_eq!(
             evaluated_per_wave[0], 1,
