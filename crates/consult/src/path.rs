@@ -849,6 +849,15 @@ impl Consultation {
             Ok(f) => f,
             Err(e) => return Err(self.fail(&ctx, None, "guard", &e).await),
         };
+        // Every answer has its leaf, durable before the answer leaves.
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!("organisations ({} rows)", all.len())),
+        ))
+        .await?;
         Ok(all
             .into_iter()
             .map(|(id, organisation)| OrganisationEntry {
@@ -875,10 +884,22 @@ impl Consultation {
             purpose: None,
             now,
         };
-        match self.store.accounts_of_organisation(organisation_id).await {
-            Ok(a) => Ok(a),
-            Err(e) => Err(self.fail(&ctx, None, "accounts", &e).await),
-        }
+        let accounts = match self.store.accounts_of_organisation(organisation_id).await {
+            Ok(a) => a,
+            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        };
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!(
+                "accounts of organisation {organisation_id} ({} rows)",
+                accounts.len()
+            )),
+        ))
+        .await?;
+        Ok(accounts)
     }
 
     /// Suspends or reactivates an account (account administration). An

@@ -1623,9 +1623,37 @@ async fn a_failing_ledger_means_503_and_no_data() {
         // Searches and denials fail closed too.
         let (s, _) = app.read("t.ce1", p, "follow_up").await;
         assert_eq!(s, 503);
+        // So do the officers' listings (issue 17, item 7: they answered
+        // 200 with no leaf at all).
+        let ft = app.orgs["T-FT"];
+        for path in [
+            "/api/v1/organisations".to_string(),
+            format!("/api/v1/organisations/{ft}/accounts"),
+        ] {
+            let (s, body) = app.get(Some("t.officer"), &path).await;
+            assert_eq!(s, 503, "{backend:?} {path}: {body}");
+            assert_error(&body, "unavailable");
+        }
+        assert_eq!(app.ledger_size().await, size, "nothing was appended");
         exec(mend_sql).await;
         let (s, body) = app.read("t.ft", p, "follow_up").await;
         assert_eq!(s, 200, "the ledger recovers: {body}");
+        let officer = app.account("t.officer").account_id;
+        for path in [
+            "/api/v1/organisations".to_string(),
+            format!("/api/v1/organisations/{ft}/accounts"),
+        ] {
+            let before = app.ledger_size().await;
+            let (s, body) = app.get(Some("t.officer"), &path).await;
+            assert_eq!(s, 200, "{backend:?} {path}: {body}");
+            let leaves = app.leaves(before).await;
+            assert!(
+                leaves.iter().any(|l| l.account.0 == officer
+                    && l.action == LeafAction::AdminList
+                    && l.decision == Decision::Allow),
+                "{backend:?} {path}: every 200 has its leaf: {leaves:?}"
+            );
+        }
         app.stop().await;
     }
 }
