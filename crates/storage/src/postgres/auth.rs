@@ -1394,20 +1394,7 @@ impl AuthStore for PgStore {
                 &[&account_id, &at],
             )
             .await?;
-        let access_tokens = tx
-            .execute(
-                "DELETE FROM access_token WHERE client_id IN
-                   (SELECT client_id FROM api_client WHERE account_id = $1)",
-                &[&account_id],
-            )
-            .await?;
-        let api_clients = tx
-            .execute(
-                "UPDATE api_client SET revoked_at = $2
-                 WHERE account_id = $1 AND revoked_at IS NULL",
-                &[&account_id, &at],
-            )
-            .await?;
+        let (access_tokens, api_clients) = end_api_clients(&tx, account_id, at).await?;
         tx.commit().await?;
         Ok(Some(Suspension {
             sessions,
@@ -1473,21 +1460,9 @@ impl AuthStore for PgStore {
         let at = crate::instant(at, "at")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "DELETE FROM access_token WHERE client_id IN
-               (SELECT client_id FROM api_client WHERE account_id = $1)",
-            &[&account_id],
-        )
-        .await?;
-        let n = tx
-            .execute(
-                "UPDATE api_client SET revoked_at = $2
-                 WHERE account_id = $1 AND revoked_at IS NULL",
-                &[&account_id, &at],
-            )
-            .await?;
+        let (_, revoked) = end_api_clients(&tx, account_id, at).await?;
         tx.commit().await?;
-        Ok(n)
+        Ok(revoked)
     }
 
     async fn revoke_api_client(
@@ -1589,4 +1564,28 @@ impl AuthStore for PgStore {
         let n = client.execute(&stmt, &[&key, &expires_at, &now]).await?;
         Ok(n == 1)
     }
+}
+
+/// Ends an account's API clients inside the caller's transaction: their
+/// access tokens deleted, the clients revoked. Returns (tokens, clients).
+async fn end_api_clients(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    at: DateTime<Utc>,
+) -> Result<(u64, u64), StorageError> {
+    let tokens = tx
+        .execute(
+            "DELETE FROM access_token WHERE client_id IN
+               (SELECT client_id FROM api_client WHERE account_id = $1)",
+            &[&account_id],
+        )
+        .await?;
+    let clients = tx
+        .execute(
+            "UPDATE api_client SET revoked_at = $2
+             WHERE account_id = $1 AND revoked_at IS NULL",
+            &[&account_id, &at],
+        )
+        .await?;
+    Ok((tokens, clients))
 }

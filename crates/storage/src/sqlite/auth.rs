@@ -1363,18 +1363,7 @@ impl AuthStore for SqliteStore {
                      WHERE account_id = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![account_id, at])? as u64;
-            let access_tokens = tx
-                .prepare_cached(
-                    "DELETE FROM access_token WHERE client_id IN
-                       (SELECT client_id FROM api_client WHERE account_id = ?1)",
-                )?
-                .execute([account_id])? as u64;
-            let api_clients = tx
-                .prepare_cached(
-                    "UPDATE api_client SET revoked_at = ?2
-                     WHERE account_id = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![account_id, at])? as u64;
+            let (access_tokens, api_clients) = end_api_clients(&tx, account_id, &at)?;
             tx.commit()?;
             Ok(Some(Suspension {
                 sessions,
@@ -1442,19 +1431,9 @@ impl AuthStore for SqliteStore {
         let at = instant_text(at, "at")?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.prepare_cached(
-                "DELETE FROM access_token WHERE client_id IN
-                   (SELECT client_id FROM api_client WHERE account_id = ?1)",
-            )?
-            .execute([account_id])?;
-            let n = tx
-                .prepare_cached(
-                    "UPDATE api_client SET revoked_at = ?2
-                     WHERE account_id = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![account_id, at])?;
+            let (_, revoked) = end_api_clients(&tx, account_id, &at)?;
             tx.commit()?;
-            Ok(n as u64)
+            Ok(revoked)
         })
         .await
     }
@@ -1558,6 +1537,28 @@ impl AuthStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Ends an account's API clients inside the caller's transaction: their
+/// access tokens deleted, the clients revoked. Returns (tokens, clients).
+fn end_api_clients(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: i64,
+    at: &str,
+) -> Result<(u64, u64), StorageError> {
+    let tokens = tx
+        .prepare_cached(
+            "DELETE FROM access_token WHERE client_id IN
+               (SELECT client_id FROM api_client WHERE account_id = ?1)",
+        )?
+        .execute([account_id])?;
+    let clients = tx
+        .prepare_cached(
+            "UPDATE api_client SET revoked_at = ?2
+             WHERE account_id = ?1 AND revoked_at IS NULL",
+        )?
+        .execute(params![account_id, at])?;
+    Ok((tokens as u64, clients as u64))
 }
 
 #[cfg(test)]
