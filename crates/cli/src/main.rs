@@ -5,6 +5,7 @@ mod accounts;
 mod audit;
 mod bench_dpop;
 mod bench_floor;
+mod bench_oracle;
 mod bench_session;
 mod clients;
 mod device_key;
@@ -150,6 +151,11 @@ enum BenchCommand {
     /// durable append to a throwaway audit ledger and nothing else, for a
     /// load generator to compare (`bench/consult.sh` drives wrk).
     Floor(bench_floor::BenchFloorArgs),
+    /// Whether a search's response time tells a registered NIR outside
+    /// the caller's scope from one registered nowhere (both answer an
+    /// empty list): medians per kind and a threshold classifier's
+    /// held-out accuracy (chance is 50%), with a control that differs.
+    SearchOracle(bench_oracle::BenchOracleArgs),
 }
 
 #[derive(Subcommand)]
@@ -292,6 +298,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Alerts(args) => guard::alerts(&args).await,
         Command::Bench(BenchCommand::Guard(args)) => serve::bench_guard(&args).await,
         Command::Bench(BenchCommand::Floor(args)) => bench_floor::bench_floor(&args).await,
+        Command::Bench(BenchCommand::SearchOracle(args)) => {
+            bench_oracle::bench_search_oracle(&args).await
+        }
         Command::Simulate(args) => simulate::simulate(&args).await,
         Command::Drill(args) => drill::drill(&args).await,
     }

@@ -47,13 +47,13 @@ use rempart_ledger::{
 };
 use rempart_policy::Action;
 use rempart_storage::{
-    AccountLifecycle, AccountRecord, CredentialReset, NewAccountRequest, ResetKind, ReviewEntry,
-    StorageError, Store,
+    AccountChange, AccountLifecycle, AccountRecord, CredentialReset, NewAccountRequest, ResetKind,
+    ReviewEntry, StorageError, Store,
 };
 
 use crate::activation::IssuedActivation;
 use crate::authenticate::{self, IssuedCredential};
-use crate::path::Ctx;
+use crate::path::{Ctx, NotMade};
 use crate::{Consultation, Presented, Refusal, authorize};
 
 /// A request is a burst (and raises an alert) when it makes this many or
@@ -295,54 +295,58 @@ impl Consultation {
         let about = format!("account {account_id}");
         self.allow(&ctx, &who, Action::DecideAccount, &about)
             .await?;
-        let decided = self
-            .auth
-            .decide_account(account_id, caller.account.account_id, approve, now)
-            .await;
-        let account = match decided {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                return Err(self
-                    .refuse(&ctx, DenyReason::InvalidRequest, Refusal::NotFound, about)
-                    .await);
-            }
-            Err(StorageError::Invalid(message)) => {
-                let (reason, refusal) = store_refusal(&message);
-                return Err(self.refuse(&ctx, reason, refusal, about).await);
-            }
-            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+        // Rehearsed (the four-eyes rule and the state machine refuse with
+        // one denial), ledgered, then made.
+        let officer = caller.account.account_id;
+        let change = AccountChange::Decide {
+            account_id,
+            officer_id: officer,
+            approve,
         };
-        let activation = if approve {
-            match self
-                .new_activation(account_id, caller.account.account_id, now)
-                .await
-            {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    return Err(self
-                        .fail(&ctx, None, "activation code after an approval", &e)
-                        .await);
-                }
-            }
+        if let Err(not_made) = decided(self.auth.rehearse(&change, now).await, "accounts") {
+            return Err(self
+                .refuse_rehearsed(&ctx, None, not_made, Some(about))
+                .await);
+        }
+        let note = if approve {
+            format!("{about}; activation code issued")
         } else {
-            None
+            about
         };
-        let note = match &activation {
-            Some(_) => format!("{about}; activation code issued"),
-            None => about,
-        };
-        self.record(ctx.leaf(
+        let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
             Some(note),
-        ))
-        .await?;
-        Ok(AccountDecision {
-            account,
-            activation,
+        );
+        self.leaf_then(&ctx, leaf, async {
+            let decision = self
+                .auth
+                .decide_account(account_id, officer, approve, now)
+                .await;
+            let account = decided(decision, "accounts")?;
+            if !approve {
+                return Ok(AccountDecision {
+                    account,
+                    activation: None,
+                });
+            }
+            // The approval stands if the code cannot be issued: the answer
+            // is a 503 and an officer issues one with `rempart account
+            // activation issue`.
+            match self.new_activation(account_id, officer, now).await {
+                Ok(a) => Ok(AccountDecision {
+                    account,
+                    activation: Some(a),
+                }),
+                Err(e) => Err(NotMade {
+                    what: "approved, but no activation code issued",
+                    ..NotMade::failed("activation code after an approval", &e)
+                }),
+            }
         })
+        .await
     }
 
     /// Accounts awaiting a decision, oldest first (officers).
@@ -459,103 +463,114 @@ impl Consultation {
         let about = format!("reset {reset_id} {verb}");
         self.allow(&ctx, &who, Action::DecideAccount, &about)
             .await?;
-        let decided = self
-            .auth
-            .decide_reset(reset_id, caller.account.account_id, approve, now)
-            .await;
-        let reset = match decided {
-            Ok(Some(r)) => r,
-            Ok(None) => {
+        // Rehearsed (four eyes, the state machine), ledgered with what it
+        // will do, then made.
+        let officer = caller.account.account_id;
+        let change = AccountChange::DecideReset {
+            reset_id,
+            officer_id: officer,
+            approve,
+        };
+        let rehearsal = match decided(self.auth.rehearse(&change, now).await, "resets") {
+            Ok(r) => r,
+            Err(not_made) => {
                 return Err(self
-                    .refuse(&ctx, DenyReason::InvalidRequest, Refusal::NotFound, about)
+                    .refuse_rehearsed(&ctx, None, not_made, Some(about))
                     .await);
             }
-            Err(StorageError::Invalid(message)) => {
-                let (reason, refusal) = store_refusal(&message);
-                return Err(self.refuse(&ctx, reason, refusal, about).await);
-            }
-            Err(e) => return Err(self.fail(&ctx, None, "resets", &e).await),
         };
-        let mut credentials_revoked = 0;
-        if approve && reset.kind == ResetKind::All {
-            // The factors went with the store's transaction; the API
-            // credentials live in the registry and go now, with the
-            // account's API clients. A failure here
-            // is reported (503, ledgered): the operator revokes them with
-            // `rempart account credential revoke`.
-            match self
-                .store
-                .revoke_credentials(reset.account_id, None, now)
-                .await
-            {
-                Ok(n) => credentials_revoked = n,
-                Err(e) => {
-                    return Err(self
-                        .fail(&ctx, None, "credential revocation after a reset", &e)
-                        .await);
-                }
-            }
-            // So do its API clients (partner software acting as it): a
-            // reset of every factor assumes the account was taken.
-            match self
-                .auth
-                .revoke_api_clients_of_account(reset.account_id, now)
-                .await
-            {
-                Ok(n) => credentials_revoked += n,
-                Err(e) => {
-                    return Err(self
-                        .fail(&ctx, None, "API client revocation after a reset", &e)
-                        .await);
-                }
-            }
-        }
-        // The removed factors come back through an activation code (a
-        // passkeys-only reset leaves password + TOTP, which open a session
-        // that registers a new passkey).
-        let activation = if approve && (reset.kind.removes_password() || reset.kind.removes_totp())
-        {
-            match self
-                .new_activation(reset.account_id, caller.account.account_id, now)
-                .await
-            {
-                Ok(a) => Some(a),
-                // The store gives a code only to an active account approved
-                // under four eyes: a suspended one gets its code once
-                // reactivated, one never approved gets none. The reset
-                // stands either way.
-                Err(StorageError::Invalid(m)) if m.starts_with("account_id:") => None,
-                Err(e) => {
-                    return Err(self
-                        .fail(&ctx, None, "activation code after a reset", &e)
-                        .await);
-                }
-            }
-        } else {
-            None
-        };
-        self.record(ctx.leaf(
+        let kind = rehearsal.reset_kind.unwrap_or(ResetKind::All);
+        let revokes = approve && kind == ResetKind::All;
+        let reactivates = approve && (kind.removes_password() || kind.removes_totp());
+        let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
             Some(format!(
-                "reset {reset_id} of account {} ({}) {verb}, {credentials_revoked} API credential(s) and client(s) revoked{}",
-                reset.account_id,
-                reset.kind.as_str(),
-                match (&activation, approve && (reset.kind.removes_password() || reset.kind.removes_totp())) {
-                    (Some(_), _) => ", activation code issued",
-                    (None, true) => ", no activation code (account not active or never approved under four eyes)",
-                    (None, false) => "",
-                }
+                "reset {reset_id} of account {} ({}) {verb}{}{}",
+                rehearsal.account_id,
+                kind.as_str(),
+                if revokes {
+                    ", API credentials and clients revoked"
+                } else {
+                    ""
+                },
+                if reactivates {
+                    ", activation code issued"
+                } else {
+                    ""
+                },
             )),
-        ))
-        .await?;
-        Ok(ResetDecision {
-            reset,
-            credentials_revoked,
-            activation,
+        );
+        self.leaf_then(&ctx, leaf, async {
+            let decision = self.auth.decide_reset(reset_id, officer, approve, now).await;
+            let reset = decided(decision, "resets")?;
+            let mut credentials_revoked = 0;
+            if approve && reset.kind == ResetKind::All {
+                // The factors went with the store's transaction; the API
+                // credentials live in the registry and go now, with the
+                // account's API clients (partner software acting as it: a
+                // reset of every factor assumes the account was taken). A
+                // failure here is reported (503, ledgered): the operator
+                // revokes them with `rempart account credential revoke`.
+                let partly = |stage: &str, e: &StorageError| NotMade {
+                    what: "reset made, but API credentials or clients not all revoked",
+                    ..NotMade::failed(stage, e)
+                };
+                credentials_revoked = self
+                    .store
+                    .revoke_credentials(reset.account_id, None, now)
+                    .await
+                    .map_err(|e| partly("credential revocation after a reset", &e))?;
+                credentials_revoked += self
+                    .auth
+                    .revoke_api_clients_of_account(reset.account_id, now)
+                    .await
+                    .map_err(|e| partly("API client revocation after a reset", &e))?;
+            }
+            // The removed factors come back through an activation code (a
+            // passkeys-only reset leaves password + TOTP, which open a
+            // session that registers a new passkey).
+            let mut activation = None;
+            if approve && (reset.kind.removes_password() || reset.kind.removes_totp()) {
+                match self.new_activation(reset.account_id, officer, now).await {
+                    Ok(a) => activation = Some(a),
+                    // The store gives a code only to an active account
+                    // approved under four eyes: a suspended one gets its
+                    // code once reactivated, one never approved gets none.
+                    // The reset stands either way; the ledger says so.
+                    Err(StorageError::Invalid(m)) if m.starts_with("account_id:") => {
+                        self.record(ctx.leaf(
+                            None,
+                            FieldGroups::EMPTY,
+                            LeafDecision::Allow,
+                            None,
+                            Some(format!(
+                                "reset {reset_id}: no activation code issued (account not active or never approved under four eyes)"
+                            )),
+                        ))
+                        .await
+                        .map_err(|refusal| NotMade {
+                            what: "reset made, no activation code issued",
+                            ..NotMade::new(DenyReason::InternalError, refusal)
+                        })?;
+                    }
+                    Err(e) => {
+                        return Err(NotMade {
+                            what: "reset made, but no activation code issued",
+                            ..NotMade::failed("activation code after a reset", &e)
+                        });
+                    }
+                }
+            }
+            Ok(ResetDecision {
+                reset,
+                credentials_revoked,
+                activation,
+            })
         })
+        .await
     }
 
     /// Resets awaiting a decision, oldest first (officers).
@@ -795,6 +810,21 @@ fn store_refusal(message: &str) -> (DenyReason, Refusal) {
         (DenyReason::FourEyes, Refusal::Forbidden)
     } else {
         (DenyReason::InvalidRequest, invalid_from_store(message))
+    }
+}
+
+/// The store's answer to a decision, rehearsed or made: `None` (no such
+/// account or reset, or already decided) is not found; a refusal reads as
+/// [`store_refusal`] says; a failure of `stage` is `Unavailable`.
+fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, NotMade> {
+    match r {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+        Err(StorageError::Invalid(message)) => {
+            let (reason, refusal) = store_refusal(&message);
+            Err(NotMade::new(reason, refusal))
+        }
+        Err(e) => Err(NotMade::failed(stage, &e)),
     }
 }
 

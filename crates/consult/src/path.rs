@@ -20,8 +20,8 @@ use rempart_ledger::{
 };
 use rempart_policy::{Action, Authorizer, Decision, NirView, Who};
 use rempart_storage::{
-    AccountRecord, AuthStore, CaseloadEntry, ConsultationRows, NewBreakGlassReason, NewMandate,
-    Store, StoredMandate,
+    AccountChange, AccountRecord, AuthStore, CaseloadEntry, ConsultationRows, NewBreakGlassReason,
+    NewMandate, Store, StoredMandate,
 };
 use rempart_vault::{Read, Vault};
 
@@ -284,6 +284,11 @@ impl Consultation {
         &self.store
     }
 
+    /// The vault, for benchmarks that need the clear values they search.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
     /// The ledger, for readiness checks and shutdown.
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
@@ -464,62 +469,110 @@ impl Consultation {
             Err(e) => return Err(self.fail(&ctx, None, "vault search", &e).await),
         };
 
-        let mut leaves = Vec::new();
+        // A search costs the same whether what it found is out of the
+        // caller's scope or does not exist (else its time tells one from
+        // the other): one mandates read and one policy decision per
+        // candidate, and as many for a miss, on no one; every leaf in one
+        // durable append at the end, whatever the outcome.
+        let looked_up = if candidates.is_empty() {
+            vec![NO_ONE]
+        } else {
+            candidates
+        };
+        let mut pending: Vec<Pending> = Vec::new();
         let mut persons = Vec::new();
-        for person_id in candidates {
-            let mandates = self.mandates_of(&ctx, person_id).await?;
-            let decision = self
-                .decide(&ctx, &who, person_id, purpose, &mandates, now)
-                .await?;
-            if decision.is_denied() {
-                // Evidence of a look outside one's scope; invisible to the
-                // caller, counted by the guard.
-                let reason = denial(&who, &mandates, purpose, now.date_naive());
-                let attempt = attempts.of(kind, Some(person_id), Fields::NONE);
-                self.observed(
-                    &ctx,
-                    &attempt,
-                    Observed::Denied,
-                    deny_leaf(&ctx, &attempt, reason),
-                )
-                .await?;
-                continue;
-            }
-            // A refusal here refuses the whole search: the persons opened
-            // so far are dropped unshown, with no leaf saying otherwise.
-            let attempt = attempts.of(kind, Some(person_id), fields(&decision));
-            let verdict = self.screen(&ctx, &attempt).await?;
-            if let Some(shown) = self
-                .open(&ctx, &caller, person_id, purpose, &decision)
-                .await?
-            {
-                leaves.push(ctx.leaf(
-                    Some(person_id),
-                    FieldGroups::of(&shown.field_groups),
-                    LeafDecision::Allow,
-                    Some(verdict),
-                    None,
-                ));
-                persons.push(shown);
+        for person_id in looked_up {
+            let step = self
+                .search_one(&ctx, &who, &attempts, kind, person_id, purpose)
+                .await;
+            match step {
+                Ok(None) => {}
+                Ok(Some((leaf, shown))) => {
+                    pending.push(leaf);
+                    persons.extend(shown);
+                }
+                Err(refusal) => {
+                    // The denials seen so far are ledgered all the same.
+                    if !pending.is_empty() {
+                        let _ = self.settle(&ctx, pending).await;
+                    }
+                    return Err(refusal);
+                }
             }
         }
         if persons.is_empty() {
             // Nothing visible: a search miss for the guard, and the query
             // in the ledger.
             let leaf = ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None);
-            self.observed(&ctx, &query, Observed::NotFound, leaf)
-                .await?;
-            return Ok(SearchResults { persons });
+            match self.observe(&ctx, &query, Observed::NotFound, leaf).await {
+                Ok(p) => pending.push(p),
+                Err(refusal) => {
+                    let _ = self.settle(&ctx, pending).await;
+                    return Err(refusal);
+                }
+            }
         }
-        let first = self.record_all(&leaves).await?;
+        let leaves: Vec<bool> = pending
+            .iter()
+            .map(|(l, _)| l.reveals_person_data())
+            .collect();
+        let first = self.settle(&ctx, pending).await?;
         // Shown persons get the index of their own leaf, in order.
-        let allowed = (first..)
-            .zip(&leaves)
-            .filter(|(_, l)| l.reveals_person_data());
+        let allowed = (first..).zip(leaves).filter(|(_, reveals)| *reveals);
         for (p, (index, _)) in persons.iter_mut().zip(allowed) {
             p.ledger_index = index;
         }
         Ok(SearchResults { persons })
+    }
+
+    /// One candidate of a search: its mandates, the policy's decision, and
+    /// either a denial observed by the guard (its leaf, nothing shown) or,
+    /// past the guard, the person opened (its leaf and the person, unless
+    /// missing or shredded). [`NO_ONE`] costs the same and yields nothing.
+    async fn search_one(
+        &self,
+        ctx: &Ctx<'_>,
+        who: &Who,
+        attempts: &Attempts,
+        kind: AttemptKind,
+        person_id: i64,
+        purpose: Purpose,
+    ) -> Result<Option<(Pending, Option<Shown>)>, Refusal> {
+        let now = ctx.now;
+        let mandates = self.mandates_of(ctx, person_id).await?;
+        let decision = self
+            .decide(ctx, who, person_id, purpose, &mandates, now)
+            .await?;
+        if person_id == NO_ONE {
+            return Ok(None);
+        }
+        if decision.is_denied() {
+            // Evidence of a look outside one's scope; invisible to the
+            // caller, counted by the guard.
+            let reason = denial(who, &mandates, purpose, now.date_naive());
+            let attempt = attempts.of(kind, Some(person_id), Fields::NONE);
+            let leaf = deny_leaf(ctx, &attempt, reason);
+            let pending = self.observe(ctx, &attempt, Observed::Denied, leaf).await?;
+            return Ok(Some((pending, None)));
+        }
+        // A refusal here refuses the whole search: the persons opened so
+        // far are dropped unshown, with no leaf saying otherwise.
+        let attempt = attempts.of(kind, Some(person_id), fields(&decision));
+        let verdict = self.screen(ctx, &attempt).await?;
+        let Some(shown) = self
+            .open(ctx, ctx.caller, person_id, purpose, &decision)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let leaf = ctx.leaf(
+            Some(person_id),
+            FieldGroups::of(&shown.field_groups),
+            LeafDecision::Allow,
+            Some(verdict),
+            None,
+        );
+        Ok(Some(((leaf, None), Some(shown))))
     }
 
     /// One page of the caller's caseload: persons with a live mandate held
@@ -690,18 +743,29 @@ impl Consultation {
             dek_version: sealed.dek_version,
             sealed: sealed.sealed,
         };
-        let mandate = match self.store.grant_break_glass(grant, kept).await {
-            Ok(m) => m,
+        // Rehearsed (a person gone meanwhile is a miss like any other),
+        // ledgered, then made.
+        match self.store.rehearse_grant(&grant).await {
+            Ok(()) => {}
             Err(rempart_storage::StorageError::Invalid(_)) => return unknown().await,
             Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
-        };
-        self.record(ctx.leaf(
+        }
+        let leaf = ctx.leaf(
             Some(person_id),
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             Some(verdict),
-            Some(break_glass_note(&mandate.reference, &sealed.digest)),
-        ))
+            Some(break_glass_note(&grant.reference, &sealed.digest)),
+        );
+        self.leaf_then(&ctx, leaf, async {
+            match self.store.grant_break_glass(grant, kept).await {
+                Ok(_) => Ok(()),
+                Err(rempart_storage::StorageError::Invalid(_)) => {
+                    Err(NotMade::new(DenyReason::UnknownPerson, Refusal::NotFound))
+                }
+                Err(e) => Err(NotMade::failed("mandate", &e)),
+            }
+        })
         .await?;
         let rows = match self.store.consultation_rows(0, person_id).await {
             Ok(rows) => rows,
@@ -750,29 +814,24 @@ impl Consultation {
             valid_to: grant.valid_to,
             source: grant.source,
         };
-        let stored = match self.store.grant_mandate(new).await {
-            Ok(m) => m,
-            Err(rempart_storage::StorageError::Invalid(reason)) => {
-                return Err(self
-                    .deny(
-                        &ctx,
-                        Some(person_id),
-                        DenyReason::InvalidRequest,
-                        Refusal::invalid("mandate", reason),
-                    )
-                    .await);
-            }
-            Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
-        };
-        self.record(ctx.leaf(
+        // Rehearsed (an invalid grant is one denial), ledgered under its
+        // reference, then made.
+        if let Err(e) = self.store.rehearse_grant(&new).await {
+            return Err(self
+                .refuse_rehearsed(&ctx, Some(person_id), grant_refused(e), None)
+                .await);
+        }
+        let leaf = ctx.leaf(
             Some(person_id),
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
-            Some(format!("mandate {}", stored.id)),
-        ))
-        .await?;
-        Ok(stored)
+            Some(format!("mandate {}", new.reference)),
+        );
+        self.leaf_then(&ctx, leaf, async {
+            self.store.grant_mandate(new).await.map_err(grant_refused)
+        })
+        .await
     }
 
     /// Revokes a mandate (France Travail officers), effective from the
@@ -813,23 +872,22 @@ impl Consultation {
             &mandates,
         )
         .await?;
-        match self.store.revoke_mandate(mandate_id, now).await {
-            Ok(_) => {}
-            Err(e) => {
-                return Err(self
-                    .fail(&ctx, Some(mandate.person_id), "mandate", &e)
-                    .await);
-            }
-        }
-        self.record(ctx.leaf(
+        // Ledgered, then made (revoked meanwhile: not made, not found).
+        let leaf = ctx.leaf(
             Some(mandate.person_id),
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
             Some(format!("mandate {mandate_id}")),
-        ))
-        .await?;
-        Ok(())
+        );
+        self.leaf_then(&ctx, leaf, async {
+            match self.store.revoke_mandate(mandate_id, now).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+                Err(e) => Err(NotMade::failed("mandate", &e)),
+            }
+        })
+        .await
     }
 
     /// Organisations (account administration).
@@ -949,28 +1007,31 @@ impl Consultation {
         // The store moves the state only along the account state machine
         // (suspend from active, reactivate from suspended and approved
         // under four eyes): a requested or rejected account does not become
-        // active by a detour through here, whoever asks.
-        match self.change_state(account_id, state, now).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(self
-                    .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
-                    .await);
-            }
+        // active by a detour through here, whoever asks. Rehearsed, so a
+        // refusal is one denial; ledgered, then made.
+        let moved = |r: Result<bool, rempart_storage::StorageError>| match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
             Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("state:") => {
-                return Err(self
-                    .deny(&ctx, None, DenyReason::FourEyes, Refusal::Forbidden)
-                    .await);
+                Err(NotMade::new(DenyReason::FourEyes, Refusal::Forbidden))
             }
-            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
+            Err(e) => Err(NotMade::failed("accounts", &e)),
+        };
+        let change = AccountChange::State { account_id, state };
+        let rehearsed = self.auth.rehearse(&change, now).await.map(|r| r.is_some());
+        if let Err(not_made) = moved(rehearsed) {
+            return Err(self.refuse_rehearsed(&ctx, None, not_made, None).await);
         }
-        self.record(ctx.leaf(
+        let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
             Some(format!("account {account_id}")),
-        ))
+        );
+        self.leaf_then(&ctx, leaf, async {
+            moved(self.change_state(account_id, state, now).await)
+        })
         .await?;
         Ok(AccountRecord { state, ..target })
     }
@@ -1048,19 +1109,30 @@ impl Consultation {
                 .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
                 .await);
         }
-        let lifted = match self.guard.lift_freeze(organisation_id, now).await {
-            Ok(lifted) => lifted,
+        // Ledgered (saying whether it is frozen now), then lifted.
+        let frozen = match self.guard.frozen_organisations().await {
+            Ok(f) => f.iter().any(|f| f.organisation_id == organisation_id),
             Err(e) => return Err(self.fail(&ctx, None, "guard", &e).await),
         };
-        self.record(ctx.leaf(
+        let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
             LeafDecision::Allow,
             None,
-            Some(lift_note(organisation_id, lifted, reason)),
-        ))
-        .await?;
-        Ok(lifted)
+            Some(lift_note(organisation_id, frozen, reason)),
+        );
+        self.leaf_then(&ctx, leaf, async {
+            self.guard
+                .lift_freeze(organisation_id, now)
+                .await
+                .map_err(|e| {
+                    NotMade::new(
+                        DenyReason::InternalError,
+                        Refusal::Unavailable(format!("guard: {e}")),
+                    )
+                })
+        })
+        .await
     }
 
     // ---------------------------------------------------------------------
@@ -1438,36 +1510,64 @@ impl Consultation {
         ctx: &Ctx<'_>,
         attempt: &Attempt,
         how: Observed,
-        mut leaf: AuditLeaf,
+        leaf: AuditLeaf,
     ) -> Result<LeafIndex, Refusal> {
+        let pending = self.observe(ctx, attempt, how, leaf).await?;
+        self.settle(ctx, vec![pending]).await
+    }
+
+    /// [`Consultation::observed`] without the append: the leaf with the
+    /// guard's verdict, and the decision to contain if it is not allow,
+    /// for [`Consultation::settle`] to append with others in one batch.
+    async fn observe(
+        &self,
+        ctx: &Ctx<'_>,
+        attempt: &Attempt,
+        how: Observed,
+        mut leaf: AuditLeaf,
+    ) -> Result<Pending, Refusal> {
         let decision = match self.guard.observe(attempt, how).await {
             Ok(d) => d,
             Err(e) => return Err(self.fail(ctx, attempt.person_id, "guard", &e).await),
         };
         if decision.lets_through() {
-            return self.record(leaf).await;
+            return Ok((leaf, None));
         }
         leaf.guard = Some(ledger_verdict(decision.verdict));
-        self.contain(ctx, decision, leaf).await
+        Ok((leaf, Some(decision)))
     }
 
     /// A verdict other than allow: its leaf first, then its alert pointing
-    /// at that leaf, then the containment it calls for (a suspension ends
-    /// the account's sessions; a freeze reaches the other instances at
-    /// their next sync). The alert and the suspension happen even if the
-    /// ledger fails; the caller then gets `Unavailable`.
+    /// at that leaf, then the containment it calls for.
     async fn contain(
         &self,
         ctx: &Ctx<'_>,
         decision: GuardDecision,
         leaf: AuditLeaf,
     ) -> Result<LeafIndex, Refusal> {
-        let recorded = self.record(leaf).await;
-        if let Some(alert) = decision.alert {
-            let last = recorded.as_ref().ok().copied();
-            self.guard.raise(alert.with_ledger_range(None, last));
+        self.settle(ctx, vec![(leaf, Some(decision))]).await
+    }
+
+    /// Appends `pending` leaves in one batch (one durable write), then, for
+    /// each verdict other than allow, its alert pointing at its leaf and
+    /// the containment it calls for (a suspension ends the account's
+    /// sessions; a freeze reaches the other instances at their next
+    /// sync). The alerts and the suspension happen even if the ledger
+    /// fails; the caller then gets `Unavailable`. The first leaf's index.
+    async fn settle(&self, ctx: &Ctx<'_>, pending: Vec<Pending>) -> Result<LeafIndex, Refusal> {
+        let (leaves, decisions): (Vec<AuditLeaf>, Vec<Option<GuardDecision>>) =
+            pending.into_iter().unzip();
+        let recorded = self.record_all(&leaves).await;
+        let mut suspend = false;
+        for (i, decision) in (0u64..).zip(decisions) {
+            let Some(decision) = decision else { continue };
+            if let Some(alert) = decision.alert {
+                let at = recorded.as_ref().ok().map(|first| first + i);
+                self.guard.raise(alert.with_ledger_range(None, at));
+            }
+            suspend |= decision.verdict == Verdict::Suspend;
         }
-        if decision.verdict == Verdict::Suspend {
+        if suspend {
             self.suspend(ctx).await?;
         }
         recorded
@@ -1562,6 +1662,67 @@ impl Consultation {
             .map_err(|e| Refusal::Unavailable(format!("audit ledger: {e}")))
     }
 
+    /// A state change and its leaf, atomic in effect: `leaf`, the change
+    /// allowed, is made durable first, and `change` runs only then, so a
+    /// failed append (or a request cut short while it waits) changes
+    /// nothing. The caller rehearses the change before (see
+    /// [`AuthStore::rehearse`]), so that a refusal is ledgered alone, as a
+    /// denial. If the change still fails (something moved since its
+    /// rehearsal, or the store failed), a deny leaf pointing at the first
+    /// follows (best effort) and the change's refusal is returned: the
+    /// ledger may hold an allowed change undone by the next leaf, never a
+    /// change without its leaf.
+    pub(crate) async fn leaf_then<T>(
+        &self,
+        ctx: &Ctx<'_>,
+        leaf: AuditLeaf,
+        change: impl std::future::Future<Output = Result<T, NotMade>>,
+    ) -> Result<T, Refusal> {
+        let person = leaf.person.map(|p| p.0);
+        let index = self.record(leaf).await?;
+        match change.await {
+            Ok(done) => Ok(done),
+            Err(not_made) => {
+                let _ = self
+                    .record(ctx.leaf(
+                        person,
+                        FieldGroups::EMPTY,
+                        LeafDecision::Deny(not_made.reason),
+                        None,
+                        Some(format!("{} (leaf {index})", not_made.what)),
+                    ))
+                    .await;
+                Err(not_made.refusal)
+            }
+        }
+    }
+
+    /// A change refused at its rehearsal: ledgered as a denial (an internal
+    /// error without note, like [`Consultation::fail`]), then its refusal.
+    pub(crate) async fn refuse_rehearsed(
+        &self,
+        ctx: &Ctx<'_>,
+        person_id: Option<i64>,
+        not_made: NotMade,
+        note: Option<String>,
+    ) -> Refusal {
+        let note = match not_made.reason {
+            DenyReason::InternalError => None,
+            _ => note,
+        };
+        let leaf = ctx.leaf(
+            person_id,
+            FieldGroups::EMPTY,
+            LeafDecision::Deny(not_made.reason),
+            None,
+            note,
+        );
+        match self.record(leaf).await {
+            Ok(_) => not_made.refusal,
+            Err(unavailable) => unavailable,
+        }
+    }
+
     /// Ledgers a denial, then hands back the refusal to return (or
     /// `Unavailable` if even the denial could not be ledgered).
     pub(crate) async fn deny(
@@ -1607,6 +1768,56 @@ impl Consultation {
             ))
             .await;
         Refusal::Unavailable(message)
+    }
+}
+
+/// The person a search miss is looked up as, so that a miss costs what an
+/// out-of-scope hit does; no person has this id.
+const NO_ONE: i64 = 0;
+
+/// A leaf waiting for its batch, with the guard's decision to contain
+/// when it is not allow (see [`Consultation::settle`]).
+type Pending = (AuditLeaf, Option<GuardDecision>);
+
+/// Why the store refused a mandate grant.
+fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
+    match e {
+        rempart_storage::StorageError::Invalid(reason) => NotMade::new(
+            DenyReason::InvalidRequest,
+            Refusal::invalid("mandate", reason),
+        ),
+        e => NotMade::failed("mandate", &e),
+    }
+}
+
+/// Why a change was not made, rehearsed or for real (see
+/// [`Consultation::leaf_then`]).
+#[derive(Debug)]
+pub(crate) struct NotMade {
+    /// How its deny leaf reads.
+    pub reason: DenyReason,
+    /// What the caller is answered.
+    pub refusal: Refusal,
+    /// The follow-up leaf's note, after the change was ledgered.
+    pub what: &'static str,
+}
+
+impl NotMade {
+    /// Refused or not made, with the follow-up note "not made".
+    pub(crate) fn new(reason: DenyReason, refusal: Refusal) -> NotMade {
+        NotMade {
+            reason,
+            refusal,
+            what: "not made",
+        }
+    }
+
+    /// The store failed at `stage`: an internal error, `Unavailable`.
+    pub(crate) fn failed(stage: &str, error: &rempart_storage::StorageError) -> NotMade {
+        NotMade::new(
+            DenyReason::InternalError,
+            Refusal::Unavailable(format!("{stage}: {error}")),
+        )
     }
 }
 

@@ -467,6 +467,20 @@ pub trait AuthStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<Option<AccountRecord>, StorageError>;
 
+    /// Rehearses `change` as its method would make it at `at`, in a
+    /// transaction that is rolled back: the same checks, the same
+    /// refusals, nothing written. `Ok(None)` where the method would answer
+    /// `None` (no such account or reset, or nothing to decide). The
+    /// consultation path rehearses a change, ledgers it, and only then
+    /// makes it, so that no change is ever made without its leaf; the
+    /// change's own compare-and-set still decides if anything moved in
+    /// between.
+    async fn rehearse(
+        &self,
+        change: &AccountChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Rehearsal>, StorageError>;
+
     /// How many accounts `requested_by` has asked for at or after `since`
     /// (to notice a burst of requests).
     async fn requests_since(
@@ -1092,6 +1106,47 @@ pub(crate) fn check_replay_period(
         return Err(refuse("expires_at", "must be after now"));
     }
     Ok((expires_at, now))
+}
+
+/// A change of an account's lifecycle, as [`AuthStore::rehearse`] checks
+/// it before it is ledgered and made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    /// [`AuthStore::decide_account`].
+    Decide {
+        /// The requested account.
+        account_id: i64,
+        /// The deciding officer.
+        officer_id: i64,
+        /// Approval (else rejection).
+        approve: bool,
+    },
+    /// [`AuthStore::decide_reset`].
+    DecideReset {
+        /// The reset.
+        reset_id: i64,
+        /// The deciding officer.
+        officer_id: i64,
+        /// Approval (else rejection).
+        approve: bool,
+    },
+    /// A suspension or a reactivation ([`AuthStore::suspend_account`],
+    /// [`crate::RegistryStore::set_account_state`]).
+    State {
+        /// The account.
+        account_id: i64,
+        /// `suspended` or `active`.
+        state: AccountState,
+    },
+}
+
+/// What a rehearsed change would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rehearsal {
+    /// The account it is about.
+    pub account_id: i64,
+    /// For a reset's decision, the reset's kind.
+    pub reset_kind: Option<ResetKind>,
 }
 
 /// What a decision checks about the account decided on: where it

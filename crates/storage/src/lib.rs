@@ -31,9 +31,10 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use auth::{
-    AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
-    FederationLink, NewAccountRequest, NewActivation, Purged, ResetKind, ReviewEntry,
-    SESSION_METHODS, StoredActivation, StoredPasskeyRow, StoredSession, StoredTotp, Suspension,
+    AccessTokenRow, AccountChange, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore,
+    CredentialReset, FederationLink, NewAccountRequest, NewActivation, Purged, Rehearsal,
+    ResetKind, ReviewEntry, SESSION_METHODS, StoredActivation, StoredPasskeyRow, StoredSession,
+    StoredTotp, Suspension,
 };
 
 use std::sync::Arc;
@@ -508,6 +509,11 @@ pub trait RegistryStore: Send + Sync {
     /// organisation, an unknown or shredded `person_id`, or a `reference`
     /// already used; the checks run in that order.
     async fn grant_mandate(&self, m: NewMandate) -> Result<StoredMandate, StorageError>;
+
+    /// Rehearses [`RegistryStore::grant_mandate`] of `m`: the same checks
+    /// and refusals, in a transaction rolled back, nothing written (see
+    /// [`AuthStore::rehearse`] for why).
+    async fn rehearse_grant(&self, m: &NewMandate) -> Result<(), StorageError>;
 
     /// Break-glass: inserts the one-day mandate `m` and its sealed reason
     /// in one transaction, with the checks and refusals of

@@ -1608,6 +1608,15 @@ impl RegistryStore for PgStore {
         Ok(stored)
     }
 
+    async fn rehearse_grant(&self, m: &NewMandate) -> Result<(), StorageError> {
+        check_mandate_period(m)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        insert_mandate(&tx, &self.names, m, None).await?;
+        tx.rollback().await?;
+        Ok(())
+    }
+
     async fn grant_break_glass(
         &self,
         m: NewMandate,

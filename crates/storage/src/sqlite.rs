@@ -1338,6 +1338,19 @@ impl RegistryStore for SqliteStore {
         .await
     }
 
+    async fn rehearse_grant(&self, m: &NewMandate) -> Result<(), StorageError> {
+        check_mandate_period(m)?;
+        let inner = self.inner.clone();
+        let m = m.clone();
+        self.write(move |c| {
+            // Dropped, not committed: rolled back.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_mandate(&tx, &inner.names, &m, None)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn grant_break_glass(
         &self,
         m: NewMandate,

@@ -18,9 +18,10 @@ use rempart_domain::{
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
 use rempart_storage::{
-    AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, MandateRow,
-    NewBreakGlassReason, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson,
-    StorageError, StoredCredential, StoredMandate, UpsertCount, WrappedKeyRow, migrate,
+    AccountChange, AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson,
+    MandateRow, NewBreakGlassReason, NewMandate, PersonIndex, RegistryStore, Rehearsal, RowRefusal,
+    SealedPerson, StorageError, StoredCredential, StoredMandate, UpsertCount, WrappedKeyRow,
+    migrate,
 };
 use tempfile::TempDir;
 
@@ -2521,15 +2522,22 @@ async fn granted_mandates_are_checked_and_revocable() {
             ),
         ];
         for (what, field, m) in refusals {
+            // Rehearsed first, as the consultation path does: the same refusal.
+            assert_invalid(store, store.rehearse_grant(&m).await, field, what);
             assert_invalid(store, store.grant_mandate(m).await, field, what);
         }
+        // A rehearsal of a valid grant refuses nothing and writes nothing.
+        store
+            .rehearse_grant(&base)
+            .await
+            .on(store, "rehearse a grant");
         assert!(
             store
                 .mandates_of_person(live)
                 .await
                 .on(store, "mandates")
                 .is_empty(),
-            "[{be}] refusals write nothing"
+            "[{be}] refusals and rehearsals write nothing"
         );
 
         let g1 = store.grant_mandate(base.clone()).await.on(store, "grant");
@@ -5392,8 +5400,31 @@ async fn account_states_move_only_along_the_machine_for_every_actor() {
                             ),
                             Err(e) => panic!("[{be}] {e}"),
                         };
+                        // What the consultation path rehearses before it
+                        // ledgers: the same outcome, nothing moved.
+                        let rehearsed = |r: Result<Option<Rehearsal>, StorageError>| match r {
+                            Ok(Some(_)) => Outcome::Done,
+                            Ok(None) => Outcome::NotFound,
+                            Err(e) => refusal(Err(e)),
+                        };
+                        let unmoved = || async {
+                            let now = store.account_by_id(subject).await.on(store, "rehearsed");
+                            assert_eq!(
+                                now.map(|a| a.state),
+                                before.as_ref().map(|a| a.state),
+                                "[{be}] a rehearsal moves nothing"
+                            );
+                        };
+                        let mut rehearsal = None;
                         let (got, expected) = match action {
                             AccountAction::Approve | AccountAction::Reject => {
+                                let change = AccountChange::Decide {
+                                    account_id: subject,
+                                    officer_id: actor_id,
+                                    approve: action == AccountAction::Approve,
+                                };
+                                rehearsal = Some(rehearsed(auth.rehearse(&change, at_).await));
+                                unmoved().await;
                                 let got = match auth
                                     .decide_account(
                                         subject,
@@ -5420,6 +5451,12 @@ async fn account_states_move_only_along_the_machine_for_every_actor() {
                                 } else {
                                     Active
                                 };
+                                let change = AccountChange::State {
+                                    account_id: subject,
+                                    state: to,
+                                };
+                                rehearsal = Some(rehearsed(auth.rehearse(&change, at_).await));
+                                unmoved().await;
                                 let got = match store.set_account_state(subject, to).await {
                                     Ok(true) => Outcome::Done,
                                     Ok(false) => Outcome::NotFound,
@@ -5454,6 +5491,13 @@ async fn account_states_move_only_along_the_machine_for_every_actor() {
                                     .request_reset(subject, ResetKind::All, *requester, at_)
                                     .await
                                     .on(store, "request reset");
+                                let change = AccountChange::DecideReset {
+                                    reset_id: reset.id,
+                                    officer_id: actor_id,
+                                    approve: true,
+                                };
+                                rehearsal = Some(rehearsed(auth.rehearse(&change, at_).await));
+                                unmoved().await;
                                 let got =
                                     match auth.decide_reset(reset.id, actor_id, true, at_).await {
                                         Ok(Some(_)) => Outcome::Done,
@@ -5492,6 +5536,13 @@ async fn account_states_move_only_along_the_machine_for_every_actor() {
                             got, expected,
                             "[{be}] family {family}, {state} × {action} × {actor:?}"
                         );
+                        if let Some(rehearsal) = rehearsal {
+                            assert_eq!(
+                                rehearsal, got,
+                                "[{be}] rehearsed: family {family}, {state} × {action} × {actor:?}"
+                            );
+                            *counted.entry("rehearsed").or_default() += 1;
+                        }
                         // On a refusal nothing moved; on success, where the
                         // machine says.
                         let after = store.account_by_id(subject).await.on(store, "after");

@@ -1585,36 +1585,7 @@ async fn a_failing_ledger_means_503_and_no_data() {
         assert_eq!(app.read("t.ft", p, "follow_up").await.0, 200);
         let size = app.ledger_size().await;
         // Break the ledger from outside, as a full disk or a lost database would.
-        let (break_sql, mend_sql) = match &app.ledger_sql {
-            LedgerSql::Sqlite(_) => (
-                "CREATE TRIGGER test_fail BEFORE INSERT ON leaf BEGIN SELECT RAISE(ABORT, 'injected failure'); END;".to_string(),
-                "DROP TRIGGER test_fail;".to_string(),
-            ),
-            LedgerSql::Postgres(schema) => (
-                format!(
-                    "CREATE FUNCTION {schema}.test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-                     CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.leaf FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();"
-                ),
-                format!("DROP TRIGGER test_fail ON {schema}.leaf;"),
-            ),
-        };
-        let exec = |sql: String| {
-            let target = match &app.ledger_sql {
-                LedgerSql::Sqlite(path) => Some(path.clone()),
-                LedgerSql::Postgres(_) => None,
-            };
-            async move {
-                match target {
-                    Some(path) => {
-                        let c = rusqlite::Connection::open(path).unwrap();
-                        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-                        c.execute_batch(&sql).unwrap();
-                    }
-                    None => pg_exec(&sql).await,
-                }
-            }
-        };
-        exec(break_sql).await;
+        app.break_ledger(true).await;
         let (s, body) = app.read("t.ft", p, "follow_up").await;
         assert_eq!(s, 503, "{backend:?}: {body}");
         assert_error(&body, "unavailable");
@@ -1635,7 +1606,7 @@ async fn a_failing_ledger_means_503_and_no_data() {
             assert_error(&body, "unavailable");
         }
         assert_eq!(app.ledger_size().await, size, "nothing was appended");
-        exec(mend_sql).await;
+        app.break_ledger(false).await;
         let (s, body) = app.read("t.ft", p, "follow_up").await;
         assert_eq!(s, 200, "the ledger recovers: {body}");
         let officer = app.account("t.officer").account_id;
@@ -1654,6 +1625,220 @@ async fn a_failing_ledger_means_503_and_no_data() {
                 "{backend:?} {path}: every 200 has its leaf: {leaves:?}"
             );
         }
+        app.stop().await;
+    }
+}
+
+impl TestApp {
+    /// Makes every append to the ledger fail (`broken`), as a full disk or
+    /// a lost database would, from outside: a trigger on its leaf table;
+    /// or mends it.
+    async fn break_ledger(&self, broken: bool) {
+        let sql = match (&self.ledger_sql, broken) {
+            (LedgerSql::Sqlite(_), true) => "CREATE TRIGGER test_fail BEFORE INSERT ON leaf BEGIN SELECT RAISE(ABORT, 'injected failure'); END;".to_string(),
+            (LedgerSql::Sqlite(_), false) => "DROP TRIGGER test_fail;".to_string(),
+            (LedgerSql::Postgres(schema), true) => format!(
+                "CREATE OR REPLACE FUNCTION {schema}.test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+                 CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.leaf FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();"
+            ),
+            (LedgerSql::Postgres(schema), false) => format!("DROP TRIGGER test_fail ON {schema}.leaf;"),
+        };
+        match &self.ledger_sql {
+            LedgerSql::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                c.execute_batch(&sql).unwrap();
+            }
+            LedgerSql::Postgres(_) => pg_exec(&sql).await,
+        }
+    }
+}
+
+/// Issue 17, item 7: suspend, reactivate, mandate grant and revocation,
+/// account and reset decisions changed state before their leaf, so a
+/// failed append left a change with no record. Each is tried with the
+/// ledger broken: 503, nothing changed, nothing appended; then with the
+/// ledger mended: the change is made, its leaf before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_change_without_its_leaf() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let empty = json!({});
+        let ce1 = app.account("t.ce1").account_id;
+        let state = |id: i64| {
+            let app = &app;
+            async move { app.store.account_by_id(id).await.unwrap().unwrap().state }
+        };
+        // What each try starts from, made with the ledger working.
+        let (s, body) = app
+            .post(
+                Some("t.officer"),
+                &format!(
+                    "/api/v1/accounts/{}/suspend",
+                    app.account("t.ce2").account_id
+                ),
+                &empty,
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        let ce2 = app.account("t.ce2").account_id;
+        let (s, requested) = app
+            .request_account("t.mlm", "T-ML", "ml.leaf-first", "agent")
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {requested}");
+        let requested = requested["id"].as_i64().unwrap();
+        let (s, reset) = app
+            .post(
+                Some("t.mlm"),
+                &format!(
+                    "/api/v1/accounts/{}/reset-requests",
+                    app.account("t.ml").account_id
+                ),
+                &json!({"kind": "all"}),
+            )
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {reset}");
+        let reset_id = reset["id"].as_i64().unwrap();
+        let p = app.fresh_person(71);
+        let grant = json!({
+            "person_id": p,
+            "organisation_id": app.org("T-CE1"),
+            "purpose": "follow_up",
+            "source": "orientation-2026-002",
+        });
+        let (s, granted) = app
+            .post(Some("t.officer"), "/api/v1/mandates", &grant)
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {granted}");
+        let mandate = granted["id"].as_i64().unwrap();
+        let q = app.fresh_person(72);
+        let grant_q = json!({
+            "person_id": q,
+            "organisation_id": app.org("T-CE1"),
+            "purpose": "follow_up",
+            "source": "orientation-2026-003",
+        });
+        let live = |person: i64| {
+            let app = &app;
+            async move {
+                app.store
+                    .mandates_of_person(person)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m.revoked_at.is_none())
+                    .count()
+            }
+        };
+
+        let (q_live, p_live) = (live(q).await, live(p).await);
+        app.break_ledger(true).await;
+        let size = app.ledger_size().await;
+        let tries = [
+            (
+                "suspend",
+                format!("/api/v1/accounts/{ce1}/suspend"),
+                empty.clone(),
+            ),
+            (
+                "reactivate",
+                format!("/api/v1/accounts/{ce2}/reactivate"),
+                empty.clone(),
+            ),
+            (
+                "approve",
+                format!("/api/v1/account-requests/{requested}/approve"),
+                empty.clone(),
+            ),
+            (
+                "reject",
+                format!("/api/v1/account-requests/{requested}/reject"),
+                empty.clone(),
+            ),
+            (
+                "reset",
+                format!("/api/v1/reset-requests/{reset_id}/approve"),
+                empty.clone(),
+            ),
+            ("grant", "/api/v1/mandates".to_string(), grant_q.clone()),
+        ];
+        for (what, path, body) in &tries {
+            let (s, answer) = app.post(Some("t.officer2"), path, body).await;
+            assert_eq!(s, 503, "{backend:?} {what}: {answer}");
+            assert_error(&answer, "unavailable");
+        }
+        let (s, answer) = app
+            .delete("t.officer", &format!("/api/v1/mandates/{mandate}"))
+            .await;
+        assert_eq!(s, 503, "{backend:?} revoke: {answer}");
+        assert_eq!(
+            app.ledger_size().await,
+            size,
+            "{backend:?}: nothing appended"
+        );
+        // Nothing changed.
+        assert_eq!(state(ce1).await, AccountState::Active, "{backend:?}");
+        assert_eq!(
+            app.read("t.ce1", app.fresh_person(73), "follow_up").await.0 / 100,
+            5,
+            "{backend:?}: the ledger is still broken"
+        );
+        assert_eq!(state(ce2).await, AccountState::Suspended, "{backend:?}");
+        assert_eq!(
+            state(requested).await,
+            AccountState::Requested,
+            "{backend:?}"
+        );
+        assert!(
+            app.auth.activation(requested).await.unwrap().is_none(),
+            "{backend:?}"
+        );
+        let pending = app.auth.pending_resets().await.unwrap();
+        assert!(
+            pending.iter().any(|r| r.id == reset_id),
+            "{backend:?}: reset undecided"
+        );
+        let (s, me) = app.get(Some("t.ml"), "/api/v1/me").await;
+        assert_eq!(s, 200, "{backend:?}: the credential was not revoked: {me}");
+        assert_eq!(live(q).await, q_live, "{backend:?}: no mandate granted");
+        assert_eq!(live(p).await, p_live, "{backend:?}: the mandate still live");
+        assert!(
+            app.store
+                .mandate(mandate)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+
+        // Mended: each change is made, with its allowed leaf.
+        app.break_ledger(false).await;
+        let officer2 = app.account("t.officer2").account_id;
+        for (what, path, body) in &tries {
+            if *what == "reject" {
+                continue; // decided by the approval
+            }
+            let before = app.ledger_size().await;
+            let (s, answer) = app.post(Some("t.officer2"), path, body).await;
+            assert!(s == 200 || s == 201, "{backend:?} {what}: {s} {answer}");
+            let leaves = app.leaves(before).await;
+            assert!(
+                leaves
+                    .iter()
+                    .any(|l| l.account.0 == officer2 && l.decision == Decision::Allow),
+                "{backend:?} {what}: {leaves:?}"
+            );
+        }
+        assert_eq!(state(ce1).await, AccountState::Suspended, "{backend:?}");
+        assert_eq!(state(ce2).await, AccountState::Active, "{backend:?}");
+        assert_eq!(state(requested).await, AccountState::Active, "{backend:?}");
+        assert_eq!(live(q).await, q_live + 1, "{backend:?}");
+        let (s, answer) = app
+            .delete("t.officer", &format!("/api/v1/mandates/{mandate}"))
+            .await;
+        assert!(s == 200 || s == 204, "{backend:?} revoke: {s} {answer}");
+        assert_eq!(live(p).await, p_live - 1, "{backend:?}");
         app.stop().await;
     }
 }

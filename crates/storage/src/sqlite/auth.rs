@@ -211,6 +211,182 @@ fn activation_row(r: &Row<'_>) -> Result<StoredActivation, StorageError> {
     })
 }
 
+/// [`AuthStore::decide_account`] in `tx`, which the caller commits (or
+/// drops, to rehearse).
+fn decide_account_in(
+    tx: &rusqlite::Transaction<'_>,
+    account_id: i64,
+    officer_id: i64,
+    approve: bool,
+    at: &str,
+) -> Result<Option<AccountRecord>, StorageError> {
+    // Decided once: an account no longer requested is not found.
+    let Some(subject) = subject(tx, account_id)? else {
+        return Ok(None);
+    };
+    if subject.state != AccountState::Requested {
+        return Ok(None);
+    }
+    let requester = subject
+        .requested_by
+        .map(|r| decider(tx, r))
+        .transpose()?
+        .flatten();
+    check_decider(
+        &subject,
+        requester.as_ref(),
+        decider(tx, officer_id)?.as_ref(),
+    )?;
+    let (action, state) = if approve {
+        (AccountAction::Approve, AccountState::Active)
+    } else {
+        (AccountAction::Reject, AccountState::Disabled)
+    };
+    check_transition(&subject, action)?;
+    // The compare-and-set carries the whole rule: state and four eyes.
+    let n = tx
+        .prepare_cached(&format!(
+            "UPDATE account SET state = ?2,
+                     approved_by = CASE WHEN ?5 THEN ?3 ELSE approved_by END,
+                     decided_by = ?3, decided_at = ?4
+                 WHERE id = ?1 AND {} AND {}",
+            transition_sql("account", action),
+            four_eyes_sql("account.id", "account.requested_by", "?3"),
+        ))?
+        .execute(params![account_id, state.as_str(), officer_id, at, approve])?;
+    if n != 1 {
+        return Ok(None);
+    }
+    account_by_id(tx, account_id)
+}
+
+/// [`AuthStore::decide_reset`] in `tx`, which the caller commits (or
+/// drops, to rehearse).
+fn decide_reset_in(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    officer_id: i64,
+    approve: bool,
+    at: &str,
+) -> Result<Option<CredentialReset>, StorageError> {
+    let by_id = format!("{RESET_SELECT} WHERE id = ?1");
+    let Some(reset) = tx
+        .prepare_cached(&by_id)?
+        .query_and_then([id], reset_row)?
+        .next()
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    if reset.decided_at.is_some() {
+        return Ok(None);
+    }
+    let Some(subject) = subject(tx, reset.account_id)? else {
+        return Err(StorageError::Corrupt(format!(
+            "reset {id} names a missing account"
+        )));
+    };
+    check_decider(
+        &subject,
+        decider(tx, reset.requested_by)?.as_ref(),
+        decider(tx, officer_id)?.as_ref(),
+    )?;
+    if approve {
+        check_transition(&subject, AccountAction::ApproveReset)?;
+    }
+    // One compare-and-set with the whole rule: undecided, four eyes,
+    // and (to approve) an account the machine lets be reset.
+    let account_ok = if approve {
+        format!(
+            "AND EXISTS (SELECT 1 FROM account WHERE account.id = credential_reset.account_id
+                 AND {})",
+            transition_sql("account", AccountAction::ApproveReset)
+        )
+    } else {
+        String::new()
+    };
+    let n = tx
+        .prepare_cached(&format!(
+            "UPDATE credential_reset SET decided_by = ?2, decided_at = ?3, approved = ?4
+             WHERE id = ?1 AND decided_at IS NULL AND {} {account_ok}",
+            four_eyes_sql(
+                "credential_reset.account_id",
+                "credential_reset.requested_by",
+                "?2"
+            ),
+        ))?
+        .execute(params![id, officer_id, at, approve])?;
+    if n != 1 {
+        return Ok(None);
+    }
+    if approve {
+        let account = reset.account_id;
+        if reset.kind.removes_password() {
+            tx.prepare_cached("DELETE FROM account_password WHERE account_id = ?1")?
+                .execute([account])?;
+        }
+        if reset.kind.removes_totp() {
+            tx.prepare_cached("DELETE FROM account_totp WHERE account_id = ?1")?
+                .execute([account])?;
+        }
+        if reset.kind.removes_passkeys() {
+            tx.prepare_cached("DELETE FROM passkey WHERE account_id = ?1")?
+                .execute([account])?;
+        }
+        tx.prepare_cached(
+            "UPDATE web_session SET ended_at = ?2, end_reason = 'reset'
+             WHERE account_id = ?1 AND ended_at IS NULL",
+        )?
+        .execute(params![account, at])?;
+        tx.prepare_cached("UPDATE account SET next_session_high_risk = 1 WHERE id = ?1")?
+            .execute([account])?;
+    }
+    tx.prepare_cached(&by_id)?
+        .query_and_then([id], reset_row)?
+        .next()
+        .transpose()
+}
+
+/// [`AuthStore::rehearse`]: `change` in a transaction dropped, never
+/// committed.
+fn rehearse_in(
+    c: &mut Connection,
+    change: &crate::auth::AccountChange,
+    at: &str,
+) -> Result<Option<crate::auth::Rehearsal>, StorageError> {
+    use crate::auth::{AccountChange, Rehearsal};
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let on = |account_id| Rehearsal {
+        account_id,
+        reset_kind: None,
+    };
+    Ok(match *change {
+        AccountChange::Decide {
+            account_id,
+            officer_id,
+            approve,
+        } => decide_account_in(&tx, account_id, officer_id, approve, at)?.map(|a| on(a.account_id)),
+        AccountChange::DecideReset {
+            reset_id,
+            officer_id,
+            approve,
+        } => decide_reset_in(&tx, reset_id, officer_id, approve, at)?.map(|r| Rehearsal {
+            account_id: r.account_id,
+            reset_kind: Some(r.kind),
+        }),
+        AccountChange::State { account_id, state } => {
+            let action = crate::auth::state_change(state)?;
+            match subject(&tx, account_id)? {
+                None => None,
+                Some(facts) => {
+                    check_transition(&facts, action)?;
+                    Some(on(account_id))
+                }
+            }
+        }
+    })
+}
+
 #[async_trait]
 impl AuthStore for SqliteStore {
     async fn request_account(&self, r: NewAccountRequest) -> Result<AccountRecord, StorageError> {
@@ -268,6 +444,16 @@ impl AuthStore for SqliteStore {
         .await
     }
 
+    async fn rehearse(
+        &self,
+        change: &crate::auth::AccountChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<crate::auth::Rehearsal>, StorageError> {
+        let at = instant_text(at, "at")?;
+        let change = *change;
+        self.write(move |c| rehearse_in(c, &change, &at)).await
+    }
+
     async fn decide_account(
         &self,
         account_id: i64,
@@ -278,44 +464,7 @@ impl AuthStore for SqliteStore {
         let at = instant_text(at, "at")?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Decided once: an account no longer requested is not found.
-            let Some(subject) = subject(&tx, account_id)? else {
-                return Ok(None);
-            };
-            if subject.state != AccountState::Requested {
-                return Ok(None);
-            }
-            let requester = subject
-                .requested_by
-                .map(|r| decider(&tx, r))
-                .transpose()?
-                .flatten();
-            check_decider(
-                &subject,
-                requester.as_ref(),
-                decider(&tx, officer_id)?.as_ref(),
-            )?;
-            let (action, state) = if approve {
-                (AccountAction::Approve, AccountState::Active)
-            } else {
-                (AccountAction::Reject, AccountState::Disabled)
-            };
-            check_transition(&subject, action)?;
-            // The compare-and-set carries the whole rule: state and four eyes.
-            let n = tx
-                .prepare_cached(&format!(
-                    "UPDATE account SET state = ?2,
-                         approved_by = CASE WHEN ?5 THEN ?3 ELSE approved_by END,
-                         decided_by = ?3, decided_at = ?4
-                     WHERE id = ?1 AND {} AND {}",
-                    transition_sql("account", action),
-                    four_eyes_sql("account.id", "account.requested_by", "?3"),
-                ))?
-                .execute(params![account_id, state.as_str(), officer_id, at, approve])?;
-            if n != 1 {
-                return Ok(None);
-            }
-            let account = account_by_id(&tx, account_id)?;
+            let account = decide_account_in(&tx, account_id, officer_id, approve, &at)?;
             tx.commit()?;
             Ok(account)
         })
@@ -740,83 +889,7 @@ impl AuthStore for SqliteStore {
         let at = instant_text(at, "at")?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let by_id = format!("{RESET_SELECT} WHERE id = ?1");
-            let Some(reset) = tx
-                .prepare_cached(&by_id)?
-                .query_and_then([id], reset_row)?
-                .next()
-                .transpose()?
-            else {
-                return Ok(None);
-            };
-            if reset.decided_at.is_some() {
-                return Ok(None);
-            }
-            let Some(subject) = subject(&tx, reset.account_id)? else {
-                return Err(StorageError::Corrupt(format!(
-                    "reset {id} names a missing account"
-                )));
-            };
-            check_decider(
-                &subject,
-                decider(&tx, reset.requested_by)?.as_ref(),
-                decider(&tx, officer_id)?.as_ref(),
-            )?;
-            if approve {
-                check_transition(&subject, AccountAction::ApproveReset)?;
-            }
-            // One compare-and-set with the whole rule: undecided, four eyes,
-            // and (to approve) an account the machine lets be reset.
-            let account_ok = if approve {
-                format!(
-                    "AND EXISTS (SELECT 1 FROM account WHERE account.id = credential_reset.account_id
-                         AND {})",
-                    transition_sql("account", AccountAction::ApproveReset)
-                )
-            } else {
-                String::new()
-            };
-            let n = tx
-                .prepare_cached(&format!(
-                    "UPDATE credential_reset SET decided_by = ?2, decided_at = ?3, approved = ?4
-                     WHERE id = ?1 AND decided_at IS NULL AND {} {account_ok}",
-                    four_eyes_sql(
-                        "credential_reset.account_id",
-                        "credential_reset.requested_by",
-                        "?2"
-                    ),
-                ))?
-                .execute(params![id, officer_id, at, approve])?;
-            if n != 1 {
-                return Ok(None);
-            }
-            if approve {
-                let account = reset.account_id;
-                if reset.kind.removes_password() {
-                    tx.prepare_cached("DELETE FROM account_password WHERE account_id = ?1")?
-                        .execute([account])?;
-                }
-                if reset.kind.removes_totp() {
-                    tx.prepare_cached("DELETE FROM account_totp WHERE account_id = ?1")?
-                        .execute([account])?;
-                }
-                if reset.kind.removes_passkeys() {
-                    tx.prepare_cached("DELETE FROM passkey WHERE account_id = ?1")?
-                        .execute([account])?;
-                }
-                tx.prepare_cached(
-                    "UPDATE web_session SET ended_at = ?2, end_reason = 'reset'
-                     WHERE account_id = ?1 AND ended_at IS NULL",
-                )?
-                .execute(params![account, at])?;
-                tx.prepare_cached("UPDATE account SET next_session_high_risk = 1 WHERE id = ?1")?
-                    .execute([account])?;
-            }
-            let decided = tx
-                .prepare_cached(&by_id)?
-                .query_and_then([id], reset_row)?
-                .next()
-                .transpose()?;
+            let decided = decide_reset_in(&tx, id, officer_id, approve, &at)?;
             tx.commit()?;
             Ok(decided)
         })

@@ -1254,6 +1254,29 @@ async fn break_glass_through_a_stepped_up_session_reads_once_and_keeps_the_reaso
         let r = glass("trop court", proof()).await;
         assert_eq!(r.status, 400, "{backend:?}: {:?}", r.body);
 
+        // The ledger fails: no mandate, no reason kept, nothing shown
+        // (issue 17, item 7: the mandate came before its leaf).
+        app.break_ledger(true).await;
+        let size = app.ledger_size().await;
+        let r = glass(reason, proof()).await;
+        assert_eq!(r.status, 503, "{backend:?}: {:?}", r.body);
+        assert_eq!(app.ledger_size().await, size, "{backend:?}");
+        assert!(
+            app.store
+                .mandates_of_person(target)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            app.store
+                .break_glass_reasons(target)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        app.break_ledger(false).await;
+
         let sent = proof();
         let r = glass(reason, sent.clone()).await;
         assert_eq!(r.status, 200, "{backend:?}: {:?}", r.body);
