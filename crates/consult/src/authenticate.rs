@@ -340,6 +340,37 @@ pub fn parse_session(cookie: &str) -> Result<([u8; 32], String), Rejected> {
     Ok((digest(secret.as_ref()), session_handle(&secret)))
 }
 
+/// How a device token (the trusted-browser cookie's value) starts.
+pub const DEVICE_PREFIX: &str = "rmd_";
+
+/// A fresh device token, `rmd_<secret>` (32 bytes from the operating
+/// system's CSPRNG), and the digest the store keeps of it.
+pub fn new_device_token() -> (Zeroizing<String>, [u8; 32]) {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(secret.as_mut());
+    let token = Zeroizing::new(format!(
+        "{DEVICE_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(secret.as_ref())
+    ));
+    (token, digest(secret.as_ref()))
+}
+
+/// The digest of a device token as a browser shows it; `None` for anything
+/// else (a malformed value is no device, never an error: the login goes on
+/// as from an unknown browser).
+pub fn device_token_digest(token: &str) -> Option<[u8; 32]> {
+    if token.len() > MAX_LEN {
+        return None;
+    }
+    let bytes = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(token.strip_prefix(DEVICE_PREFIX)?)
+            .ok()?,
+    );
+    let secret: &[u8; 32] = bytes.as_slice().try_into().ok()?;
+    Some(digest(secret))
+}
+
 /// A request's device proof and what it must name.
 #[derive(Clone, Copy, Debug)]
 pub struct ProofRequest<'a> {

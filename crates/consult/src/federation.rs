@@ -288,8 +288,15 @@ impl Consultation {
         };
 
         // 5. The session, bound to the key, as every login opens it.
-        self.open_session(auth.as_ref(), web, &account, &jkt, METHOD_OIDC, now)
-            .await
+        self.open_session(
+            auth.as_ref(),
+            web,
+            &account,
+            &jkt,
+            crate::login::Opening::by(METHOD_OIDC),
+            now,
+        )
+        .await
     }
 
     /// Ledgers a refused federated login, then refuses with the one message.

@@ -293,11 +293,39 @@ pub struct PasswordForm<'a> {
     pub login: &'a str,
     pub password: &'a str,
     pub code: &'a str,
+    /// The browser's device token (its trusted-browser cookie), if any.
+    pub device: Option<&'a str>,
 }
 
 impl std::fmt::Debug for PasswordForm<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PasswordForm(<redacted>)")
+    }
+}
+
+/// How long a browser that logged in stays trusted for the account's
+/// password logins (its own failure counter; see `throttle.rs`).
+pub const DEVICE_TRUST_DAYS: i64 = 90;
+
+/// What a login passes on to the session it opens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opening<'a> {
+    /// How it logged in (the session's `method`, the leaf's note).
+    pub(crate) method: &'a str,
+    /// The trusted browser's device token it showed (replaced by a new one).
+    pub(crate) replaces: Option<[u8; 32]>,
+    /// Failures from other browsers, for the owner and the ledger.
+    pub(crate) failed_elsewhere: u32,
+}
+
+impl<'a> Opening<'a> {
+    /// A login by `method` from a browser not trusted yet.
+    pub(crate) fn by(method: &'a str) -> Opening<'a> {
+        Opening {
+            method,
+            replaces: None,
+            failed_elsewhere: 0,
+        }
     }
 }
 
@@ -313,6 +341,14 @@ pub struct LoginAnswer {
     pub account: AccountRecord,
     /// The first session after a credential reset.
     pub high_risk: bool,
+    /// The browser's new device token, sent once in `Set-Cookie`: its
+    /// password logins to this account count on a counter of their own.
+    pub device_token: Zeroizing<String>,
+    /// Seconds the browser stays trusted (the device cookie's `Max-Age`).
+    pub device_max_age_secs: i64,
+    /// Consecutive failed password logins from other browsers since this
+    /// account's last success there (the owner is told: someone tries).
+    pub failed_elsewhere: u32,
 }
 
 impl std::fmt::Debug for LoginAnswer {
@@ -486,6 +522,26 @@ impl Consultation {
         };
         // An account without a password is, for this form, no account.
         let known = account.as_ref().filter(|_| stored.is_some());
+        // A browser the account trusts (it logged in there before) counts
+        // its failures on its own counter; every other browser shares the
+        // account's. So failing on purpose from elsewhere locks out
+        // unknown browsers only, never the owner's: the lock is no remote
+        // switch (issue 17).
+        let device = match (
+            known,
+            form.device.and_then(authenticate::device_token_digest),
+        ) {
+            (Some(a), Some(digest)) => auth
+                .login_device_throttle(&digest, a.account_id, now)
+                .await
+                .map_err(|e| self.login_unavailable(&e))?
+                .map(|throttle| (digest, throttle)),
+            _ => None,
+        };
+        let (counter, throttle_state) = match &device {
+            Some((digest, throttle)) => (Counter::Device(*digest), Some(throttle.clone())),
+            None => (Counter::Password, stored.as_ref().map(|(_, t)| t.clone())),
+        };
 
         // 3. Reserve the attempt before anything is evaluated: one place of
         //    the address, and on a known account the state counting it as
@@ -493,10 +549,8 @@ impl Consultation {
         let admitted = throttle::admit(
             web,
             auth.as_ref(),
-            Counter::Password,
-            known
-                .zip(stored.as_ref())
-                .map(|(a, (_, t))| (a.account_id, t.clone())),
+            counter,
+            known.zip(throttle_state).map(|(a, t)| (a.account_id, t)),
             form.login.trim(),
             addr,
             now_unix,
@@ -609,7 +663,7 @@ impl Consultation {
         // 6. Success: the counter starts again (unless a lock came into
         //    force meanwhile), an old hash is upgraded.
         let locked_meanwhile = attempt
-            .succeeded(auth.as_ref(), Counter::Password)
+            .succeeded(auth.as_ref(), counter)
             .await
             .map_err(|e| self.throttle_unavailable(&e))?;
         if let Some(delay) = locked_meanwhile {
@@ -636,7 +690,20 @@ impl Consultation {
                     .map_err(|e| self.login_unavailable(&e))?;
             }
         }
-        self.open_session(auth.as_ref(), web, account, &jkt, "password_totp", now)
+        // What other browsers failed meanwhile (read before this attempt:
+        // from a trusted browser, that counter was not touched here).
+        let failed_elsewhere = match (&device, &stored) {
+            (Some(_), Some((_, shared))) => throttle::parse(shared)
+                .map(|t| t.consecutive_failures)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let opening = Opening {
+            replaces: device.map(|(digest, _)| digest),
+            failed_elsewhere,
+            ..Opening::by("password_totp")
+        };
+        self.open_session(auth.as_ref(), web, account, &jkt, opening, now)
             .await
     }
 
@@ -704,8 +771,15 @@ impl Consultation {
                 .map_err(|e| self.login_unavailable(&e))?;
             return failed("passkey: account not active".into(), account).await;
         };
-        self.open_session(auth.as_ref(), web, &account, &jkt, "passkey", now)
-            .await
+        self.open_session(
+            auth.as_ref(),
+            web,
+            &account,
+            &jkt,
+            Opening::by("passkey"),
+            now,
+        )
+        .await
     }
 
     /// Starts registering a passkey for the session's account.
@@ -1062,9 +1136,10 @@ impl Consultation {
         web: &Web,
         account: &AccountRecord,
         jkt: &Jkt,
-        method: &str,
+        opening: Opening<'_>,
         now: DateTime<Utc>,
     ) -> Result<LoginAnswer, LoginError> {
+        let method = opening.method;
         let lifecycle = auth
             .lifecycle(account.account_id)
             .await
@@ -1106,11 +1181,19 @@ impl Consultation {
             purpose: None,
             now,
         };
-        let note = if high_risk {
+        let mut note = if high_risk {
             format!("{method}; high-risk session")
         } else {
             method.to_owned()
         };
+        if opening.failed_elsewhere > 0 {
+            use std::fmt::Write;
+            let _ = write!(
+                note,
+                "; {} failed attempts from other browsers",
+                opening.failed_elsewhere
+            );
+        }
         let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
@@ -1123,12 +1206,31 @@ impl Consultation {
             let _ = auth.end_session(new.id_digest, now, "ledger").await;
             return Err(LoginError::Unavailable(refusal.to_string()));
         }
+        // The browser is trusted from now on (after the leaf: nothing
+        // unrecorded). A failure here costs the trust, not the login.
+        let (device_token, digest) = authenticate::new_device_token();
+        let trust = chrono::Duration::days(DEVICE_TRUST_DAYS);
+        if let Err(e) = auth
+            .trust_login_device(
+                &digest,
+                account.account_id,
+                now,
+                now + trust,
+                opening.replaces.as_ref(),
+            )
+            .await
+        {
+            tracing::warn!(account = account.account_id, error = %e, "login device not trusted");
+        }
         Ok(LoginAnswer {
             cookie: new.cookie,
             handle: new.handle,
             max_age_secs: settings.absolute.num_seconds(),
             account: account.clone(),
             high_risk,
+            device_token,
+            device_max_age_secs: trust.num_seconds(),
+            failed_elsewhere: opening.failed_elsewhere,
         })
     }
 

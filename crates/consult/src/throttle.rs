@@ -42,6 +42,10 @@ pub(crate) enum Counter {
     Password,
     /// The account's activation code.
     Activation,
+    /// The password logins of one browser the account trusts (the digest
+    /// of its device token): its own counter, so that failures elsewhere
+    /// never lock it out (`rempart_storage::AuthStore::trust_login_device`).
+    Device([u8; 32]),
 }
 
 impl Counter {
@@ -53,6 +57,12 @@ impl Counter {
         Ok(match self {
             Counter::Password => auth.password(account_id).await?.map(|(_, t)| t),
             Counter::Activation => auth.activation(account_id).await?.map(|a| a.throttle),
+            // Read again after a lost swap: expiry was checked when the
+            // browser was recognised.
+            Counter::Device(digest) => {
+                auth.login_device_throttle(&digest, account_id, DateTime::UNIX_EPOCH)
+                    .await?
+            }
         })
     }
 
@@ -67,6 +77,10 @@ impl Counter {
             Counter::Password => auth.swap_throttle(account_id, expected, next).await,
             Counter::Activation => {
                 auth.swap_activation_throttle(account_id, expected, next)
+                    .await
+            }
+            Counter::Device(digest) => {
+                auth.swap_login_device_throttle(&digest, account_id, expected, next)
                     .await
             }
         }

@@ -216,12 +216,14 @@ pub struct Purged {
     pub access_tokens: u64,
     /// Sessions past their absolute expiry for the kept period.
     pub sessions: u64,
+    /// Trusted login devices past their expiry.
+    pub login_devices: u64,
 }
 
 impl Purged {
     /// Rows deleted in all.
     pub fn total(&self) -> u64 {
-        self.ceremonies + self.replay_keys + self.access_tokens + self.sessions
+        self.ceremonies + self.replay_keys + self.access_tokens + self.sessions + self.login_devices
     }
 
     /// Whether some table gave `limit` rows: there may be more to delete.
@@ -250,7 +252,7 @@ impl Purged {
 /// most `limit` rows chosen by primary key, the condition checked again on
 /// the row deleted (a replay key taken over meanwhile is live again).
 /// Parameters: 1 the instant compared with, 2 the limit.
-pub(crate) const PURGE_SQL: [(&str, &str); 4] = [
+pub(crate) const PURGE_SQL: [(&str, &str); 5] = [
     (
         "ceremonies",
         "DELETE FROM ceremony WHERE id IN
@@ -272,6 +274,12 @@ pub(crate) const PURGE_SQL: [(&str, &str); 4] = [
         "DELETE FROM web_session WHERE id_digest IN
            (SELECT id_digest FROM web_session WHERE absolute_expiry <= $1 LIMIT $2)
          AND absolute_expiry <= $1",
+    ),
+    (
+        "login_devices",
+        "DELETE FROM login_device WHERE digest IN
+           (SELECT digest FROM login_device WHERE expires_at <= $1 LIMIT $2)
+         AND expires_at <= $1",
     ),
 ];
 
@@ -614,6 +622,42 @@ pub trait AuthStore: Send + Sync {
         data: &str,
         used_at: DateTime<Utc>,
     ) -> Result<(), StorageError>;
+
+    // ------------------------------------------------------------ login devices
+
+    /// Trusts a browser for `account_id`'s password logins until
+    /// `expires_at`: `digest` is the digest of the device token in its
+    /// cookie, with a throttle state of its own, starting empty. The row
+    /// `replaces` (the token the browser showed, if it was this account's)
+    /// is deleted in the same transaction.
+    async fn trust_login_device(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        replaces: Option<&[u8; 32]>,
+    ) -> Result<(), StorageError>;
+
+    /// A trusted browser's throttle state, if `digest` is a device of
+    /// `account_id` still trusted at `now`; `None` otherwise (unknown,
+    /// another account's, expired).
+    async fn login_device_throttle(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StorageError>;
+
+    /// Replaces a trusted browser's throttle state if it is still
+    /// `expected` (compare-and-set, as [`AuthStore::swap_throttle`]).
+    async fn swap_login_device_throttle(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError>;
 
     // ------------------------------------------------------------ resets
 

@@ -49,6 +49,11 @@ pub const SQLITE: &[Migration] = &[
         name: "break_glass_reason",
         sql: include_str!("../migrations/sqlite/0008_break_glass_reason.sql"),
     },
+    Migration {
+        version: 10,
+        name: "login_device",
+        sql: include_str!("../migrations/sqlite/0010_login_device.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -92,6 +97,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 8,
         name: "break_glass_reason",
         sql: include_str!("../migrations/postgres/0008_break_glass_reason.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "login_device",
+        sql: include_str!("../migrations/postgres/0010_login_device.sql"),
     },
 ];
 

@@ -556,9 +556,9 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 26,
-            "[postgres] registry, authentication, guard, activation, federation, access-version and \
-             break-glass reason tables + schema_migrations"
+            tables, 27,
+            "[postgres] registry, authentication, guard, activation, federation, access-version, \
+             break-glass reason and login device tables + schema_migrations"
         );
     }
 
@@ -3961,6 +3961,99 @@ async fn inactive_accounts_are_disabled_and_the_rest_reviewed() {
                 .is_empty(),
             "[{be}]"
         );
+    }
+}
+
+/// Trusted login browsers: a device's own throttle state, found only for
+/// its account and while it lasts, moved by compare-and-set, replaced by
+/// the next token, and gone with a suspension, an approved reset or its
+/// expiry (issue 17, item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_login_devices_keep_their_own_counter_until_they_go() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    for (store, auth) in b.each() {
+        let be = store.backend();
+        consultation_accounts(store).await;
+        let agent1 = account_id(store, "ce.agent1").await;
+        let agent2 = account_id(store, "ce.agent2").await;
+        let (d1, d2, d3) = (key32(1), key32(2), key32(3));
+        let until = plus(t0, 90 * 86_400);
+        auth.trust_login_device(&d1, agent1, t0, until, None)
+            .await
+            .on(store, "trust");
+        auth.trust_login_device(&d2, agent2, t0, until, None)
+            .await
+            .on(store, "trust");
+        let throttle = |d: [u8; 32], account: i64, now| {
+            let auth = &auth;
+            async move {
+                auth.login_device_throttle(&d, account, now)
+                    .await
+                    .on(store, "device throttle")
+            }
+        };
+        assert_eq!(
+            throttle(d1, agent1, t0).await.as_deref(),
+            Some("{}"),
+            "[{be}]"
+        );
+        assert_eq!(
+            throttle(d1, agent2, t0).await,
+            None,
+            "[{be}] another account's"
+        );
+        assert_eq!(throttle(d3, agent1, t0).await, None, "[{be}] unknown");
+        assert_eq!(throttle(d1, agent1, until).await, None, "[{be}] expired");
+        // Compare-and-set: of parallel swaps from one state, one writes.
+        let swaps = futures_util::future::join_all((0..20).map(|i| {
+            let auth = &auth;
+            async move {
+                let next = format!(r#"{{"consecutive_failures":1,"last_failure_unix":{i}}}"#);
+                auth.swap_login_device_throttle(&d1, agent1, "{}", &next)
+                    .await
+            }
+        }))
+        .await;
+        let won = swaps
+            .into_iter()
+            .map(|r| r.on(store, "swap"))
+            .filter(|w| *w)
+            .count();
+        assert_eq!(won, 1, "[{be}]");
+        assert!(
+            !auth
+                .swap_login_device_throttle(&d1, agent2, "{}", "{}")
+                .await
+                .on(store, "swap"),
+            "[{be}] not through another account"
+        );
+        // The next token replaces the one shown.
+        auth.trust_login_device(&d3, agent1, plus(t0, 60), until, Some(&d1))
+            .await
+            .on(store, "replace");
+        assert_eq!(throttle(d1, agent1, t0).await, None, "[{be}] replaced");
+        assert_eq!(
+            throttle(d3, agent1, t0).await.as_deref(),
+            Some("{}"),
+            "[{be}]"
+        );
+        // A suspension ends every trust of the account, not another's.
+        assert!(
+            auth.suspend_account(agent1, plus(t0, 120), "suspension")
+                .await
+                .on(store, "suspend")
+                .is_some()
+        );
+        assert_eq!(throttle(d3, agent1, t0).await, None, "[{be}] suspended");
+        assert!(throttle(d2, agent2, t0).await.is_some(), "[{be}]");
+        // Expired rows are purged.
+        let purged = auth
+            .purge_expired(plus(until, 1), plus(t0, -86_400), 1_000)
+            .await
+            .on(store, "purge");
+        assert_eq!(purged.login_devices, 1, "[{be}] {purged:?}");
+        assert_eq!(throttle(d2, agent2, t0).await, None, "[{be}] purged");
     }
 }
 

@@ -40,6 +40,9 @@
   async function finished(response) {
     const answer = await body(response);
     if (response.ok) {
+      // Failed logins from other browsers: the owner is told on arrival.
+      const elsewhere = Number(answer.failed_attempts_elsewhere) || 0;
+      if (elsewhere > 0) sessionStorage.setItem("rempart-tentatives", String(elsewhere));
       location.assign(answer.next || "/portail");
     } else {
       say(answer.message || "La connexion a échoué.");
@@ -238,6 +241,15 @@
         location.assign("/deconnexion");
       });
       load("/portail/f/dossiers");
+      const elsewhere = sessionStorage.getItem("rempart-tentatives");
+      if (elsewhere) {
+        sessionStorage.removeItem("rempart-tentatives");
+        say(
+          `Attention : ${elsewhere} tentative(s) de connexion échouée(s) sur votre compte ` +
+            "depuis d'autres navigateurs depuis votre dernière connexion. " +
+            "Si ce n'était pas vous, prévenez votre responsable sécurité.",
+        );
+      }
     } else if (page === "deconnexion") {
       logout().then(() => say("Vous êtes déconnecté."));
     }

@@ -52,6 +52,11 @@ use crate::AppState;
 /// The session cookie's name. `__Host-` makes the browser refuse it unless
 /// it is `Secure`, has `Path=/` and no `Domain` (no subdomain can set it).
 pub const SESSION_COOKIE: &str = "__Host-rempart_session";
+/// The trusted-browser cookie: a device token, long-lived, that gives this
+/// browser's password logins a failure counter of their own (so that
+/// someone failing elsewhere cannot lock the owner out). It opens nothing
+/// by itself.
+pub const DEVICE_COOKIE: &str = "__Host-rempart_device";
 
 /// Where the identity provider sends the browser back after a federated
 /// login: the redirect URI registered with it is the public URL followed by
@@ -226,12 +231,17 @@ pub(crate) fn page_end(h: &mut Html) {
 
 /// The session cookie's value, if the request has exactly one.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, SESSION_COOKIE)
+}
+
+/// The one cookie named `wanted`, if exactly one is present.
+fn named_cookie<'h>(headers: &'h HeaderMap, wanted: &str) -> Option<&'h str> {
     let mut found = None;
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
         for pair in text.split(';') {
             if let Some((name, value)) = pair.trim().split_once('=')
-                && name == SESSION_COOKIE
+                && name == wanted
             {
                 if found.is_some() {
                     return None;
@@ -340,18 +350,31 @@ fn logged_in(answer: LoginAnswer) -> Response {
         answer.cookie.as_str(),
         answer.max_age_secs
     );
+    // `__Host-` cookies must name `Path=/`; the device token is of use to
+    // the password form only, but is as safe sent everywhere: it opens
+    // nothing by itself.
+    let device = format!(
+        "{DEVICE_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        answer.device_token.as_str(),
+        answer.device_max_age_secs
+    );
     let mut response = axum::Json(serde_json::json!({
         "next": "/portail",
         "handle": answer.handle,
         "high_risk": answer.high_risk,
+        "failed_attempts_elsewhere": answer.failed_elsewhere,
     }))
     .into_response();
-    match HeaderValue::from_str(&cookie) {
-        Ok(v) => {
+    match (
+        HeaderValue::from_str(&cookie),
+        HeaderValue::from_str(&device),
+    ) {
+        (Ok(v), Ok(d)) => {
             response.headers_mut().insert(header::SET_COOKIE, v);
+            response.headers_mut().append(header::SET_COOKIE, d);
             response
         }
-        Err(_) => message(
+        _ => message(
             StatusCode::SERVICE_UNAVAILABLE,
             &LoginError::Unavailable(String::new()).message_fr(),
         ),
@@ -594,6 +617,7 @@ async fn password_login(
         login: &body.login,
         password: &body.password,
         code: &body.code,
+        device: named_cookie(&headers, DEVICE_COOKIE),
     };
     let proof = proof_request(&headers, &method, &url);
     // The peer address: a proxy in front must be taught to this server

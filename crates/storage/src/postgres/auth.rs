@@ -347,6 +347,13 @@ async fn decide_reset_in(
             &[&account],
         )
         .await?;
+        // A reset assumes someone else held a factor: no browser stays
+        // trusted.
+        tx.execute(
+            "DELETE FROM login_device WHERE account_id = $1",
+            &[&account],
+        )
+        .await?;
     }
     tx.query_opt(&format!("{RESET_SELECT} WHERE id = $1"), &[&id])
         .await?
@@ -681,6 +688,70 @@ impl AuthStore for PgStore {
             .execute(
                 "UPDATE account_password SET throttle = $3 WHERE account_id = $1 AND throttle = $2",
                 &[&account_id, &expected, &next],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn trust_login_device(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        replaces: Option<&[u8; 32]>,
+    ) -> Result<(), StorageError> {
+        let at = crate::instant(at, "at")?;
+        let expires_at = crate::instant(expires_at, "expires_at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if let Some(old) = replaces {
+            tx.execute(
+                "DELETE FROM login_device WHERE digest = $1 AND account_id = $2",
+                &[&old.as_slice(), &account_id],
+            )
+            .await?;
+        }
+        tx.execute(
+            "INSERT INTO login_device (digest, account_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4)",
+            &[&digest.as_slice(), &account_id, &at, &expires_at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn login_device_throttle(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StorageError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT throttle FROM login_device
+                 WHERE digest = $1 AND account_id = $2 AND expires_at > $3",
+                &[&digest.as_slice(), &account_id, &now],
+            )
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn swap_login_device_throttle(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE login_device SET throttle = $4
+                 WHERE digest = $1 AND account_id = $2 AND throttle = $3",
+                &[&digest.as_slice(), &account_id, &expected, &next],
             )
             .await?;
         Ok(changed == 1)
@@ -1290,6 +1361,7 @@ impl AuthStore for PgStore {
                 "ceremonies" => purged.ceremonies = n,
                 "replay_keys" => purged.replay_keys = n,
                 "access_tokens" => purged.access_tokens = n,
+                "login_devices" => purged.login_devices = n,
                 _ => purged.sessions = n,
             }
         }
@@ -1473,6 +1545,12 @@ impl AuthStore for PgStore {
             )
             .await?;
         let (access_tokens, api_clients) = end_api_clients(&tx, account_id, at).await?;
+        // No browser stays trusted through a suspension.
+        tx.execute(
+            "DELETE FROM login_device WHERE account_id = $1",
+            &[&account_id],
+        )
+        .await?;
         tx.commit().await?;
         Ok(Some(Suspension {
             sessions,

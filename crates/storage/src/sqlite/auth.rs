@@ -340,6 +340,10 @@ fn decide_reset_in(
         .execute(params![account, at])?;
         tx.prepare_cached("UPDATE account SET next_session_high_risk = 1 WHERE id = ?1")?
             .execute([account])?;
+        // A reset assumes someone else held a factor: no browser stays
+        // trusted.
+        tx.prepare_cached("DELETE FROM login_device WHERE account_id = ?1")?
+            .execute([account])?;
     }
     tx.prepare_cached(&by_id)?
         .query_and_then([id], reset_row)?
@@ -658,6 +662,75 @@ impl AuthStore for SqliteStore {
                     "UPDATE account_password SET throttle = ?3 WHERE account_id = ?1 AND throttle = ?2",
                 )?
                 .execute(params![account_id, expected, next])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn trust_login_device(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        replaces: Option<&[u8; 32]>,
+    ) -> Result<(), StorageError> {
+        let (digest, replaces) = (*digest, replaces.copied());
+        let at = instant_text(at, "at")?;
+        let expires_at = instant_text(expires_at, "expires_at")?;
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(old) = replaces {
+                tx.prepare_cached(
+                    "DELETE FROM login_device WHERE digest = ?1 AND account_id = ?2",
+                )?
+                .execute(params![old.as_slice(), account_id])?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO login_device (digest, account_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![digest.as_slice(), account_id, at, expires_at])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn login_device_throttle(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StorageError> {
+        let digest = *digest;
+        let now = instant_text(now, "now")?;
+        self.read_point(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT throttle FROM login_device
+                 WHERE digest = ?1 AND account_id = ?2 AND expires_at > ?3",
+            )?
+            .query_row(params![digest.as_slice(), account_id, now], |r| r.get(0))
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn swap_login_device_throttle(
+        &self,
+        digest: &[u8; 32],
+        account_id: i64,
+        expected: &str,
+        next: &str,
+    ) -> Result<bool, StorageError> {
+        let (digest, expected, next) = (*digest, expected.to_owned(), next.to_owned());
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE login_device SET throttle = ?4
+                     WHERE digest = ?1 AND account_id = ?2 AND throttle = ?3",
+                )?
+                .execute(params![digest.as_slice(), account_id, expected, next])?;
             Ok(changed == 1)
         })
         .await
@@ -1258,6 +1331,7 @@ impl AuthStore for SqliteStore {
                     "ceremonies" => purged.ceremonies = n,
                     "replay_keys" => purged.replay_keys = n,
                     "access_tokens" => purged.access_tokens = n,
+                    "login_devices" => purged.login_devices = n,
                     _ => purged.sessions = n,
                 }
             }
@@ -1437,6 +1511,9 @@ impl AuthStore for SqliteStore {
                 )?
                 .execute(params![account_id, at])? as u64;
             let (access_tokens, api_clients) = end_api_clients(&tx, account_id, &at)?;
+            // No browser stays trusted through a suspension.
+            tx.prepare_cached("DELETE FROM login_device WHERE account_id = ?1")?
+                .execute([account_id])?;
             tx.commit()?;
             Ok(Some(Suspension {
                 sessions,
