@@ -139,6 +139,8 @@ pub async fn bench_search_oracle(args: &BenchOracleArgs) -> Result<()> {
         .collect();
     let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     let mut unexpected = 0u32;
+    // Kind, status, persons shown and error code of the first (no value).
+    let mut first_unexpected = None;
     for (n, (kind, i)) in warm.iter().chain(plan.iter()).enumerate() {
         let nir = match kind {
             Kind::Own => &own[i % own.len()],
@@ -159,6 +161,12 @@ pub async fn bench_search_oracle(args: &BenchOracleArgs) -> Result<()> {
         let expected = if *kind == Kind::Own { 1 } else { 0 };
         if !status.is_success() || shown != expected {
             unexpected += 1;
+            first_unexpected.get_or_insert((
+                *kind,
+                status.as_u16(),
+                shown,
+                answer["error"]["code"].as_str().unwrap_or("").to_string(),
+            ));
         }
         if n >= warm.len() {
             times[*kind as usize].push(elapsed);
@@ -168,7 +176,7 @@ pub async fn bench_search_oracle(args: &BenchOracleArgs) -> Result<()> {
     server.await.context("server task")??;
     if unexpected > 0 {
         bail!(
-            "{unexpected} searches answered other than expected (refused, or a person shown out of scope)"
+            "{unexpected} searches answered other than expected (refused, or a person shown out of scope); the first (kind, status, persons shown, error code): {first_unexpected:?}"
         );
     }
 

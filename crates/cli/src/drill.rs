@@ -394,13 +394,12 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
             }
         }
     }
-    // Processors work in lots; if none is live this week, an officer
-    // grants one over the API, as France Travail does when it sends a lot.
+    // Processors work in lots; if none is live this week, one is
+    // imported, as France Travail does when it sends a lot.
     if !by_kind.contains_key(&OrganisationKind::Processor)
-        && let (Some(p), Some(officer)) = (idle_processors.pop(), officers.first())
+        && let Some(p) = idle_processors.pop()
     {
-        let officer = reader(world, officer.clone(), Vec::new(), world.clock.now(), 0).await?;
-        let lot = grant_lot(world, &officer, &p, start).await?;
+        let lot = grant_lot(world, &p, start).await?;
         by_kind.insert(OrganisationKind::Processor, vec![(p, lot)]);
     }
     for v in by_kind.values_mut() {
@@ -469,38 +468,36 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
     Ok(Cast { normal, manager })
 }
 
-/// Grants `processor` a lot of 150 persons for document processing, valid
-/// two weeks from `start`, as `officer` over the API.
+/// Gives `processor` a lot of 150 persons for document processing, valid
+/// two weeks from `start`, as France Travail's lot import does (the
+/// registry's mandates, not an officer's grants: those are a few at a time,
+/// under the guard's quota).
 async fn grant_lot(
     world: &World,
-    officer: &Reader,
     processor: &AccountRecord,
     start: NaiveDate,
 ) -> Result<Vec<(i64, Purpose)>> {
     let mut lot = Vec::new();
     for k in 0..150i64 {
         let person = 1 + (k * 7_919) % world.max_person.max(1);
-        let resp = officer
-            .client
-            .post(format!("{}/api/v1/mandates", world.base))
-            .bearer_auth(&officer.token)
-            .json(&json!({
-                "person_id": person,
-                "organisation_id": processor.organisation_id,
-                "account_id": processor.account_id,
-                "purpose": Purpose::DocumentProcessing.as_str(),
-                "valid_from": start.to_string(),
-                "valid_to": (start + Duration::days(14)).to_string(),
-                "source": "lot-exercice-0001",
-            }))
-            .send()
-            .await?;
-        let (status, body) = answer(resp).await?;
-        if !(200..300).contains(&status) {
-            bail!(
-                "granting the processor's lot: HTTP {status} {}",
-                code(&body)
-            );
+        let granted = world
+            .store
+            .grant_mandate(rempart_storage::NewMandate {
+                reference: rempart_domain::Reference::parse(&format!("LOT-EXERCICE-0001-{k}"))?,
+                organisation_id: processor.organisation_id,
+                account_id: Some(processor.account_id),
+                person_id: person,
+                purpose: Purpose::DocumentProcessing,
+                valid_from: start,
+                valid_to: Some(start + Duration::days(14)),
+                source: rempart_domain::Reference::parse("lot-exercice-0001")?,
+            })
+            .await;
+        match granted {
+            Ok(_) => {}
+            // The same person twice in the lot, or shredded: skipped.
+            Err(rempart_storage::StorageError::Invalid(_)) => continue,
+            Err(e) => bail!("importing the processor's lot: {e}"),
         }
         lot.push((person, Purpose::DocumentProcessing));
     }

@@ -435,6 +435,7 @@ impl Consultation {
         by: SearchBy,
         purpose: Purpose,
     ) -> Result<SearchResults, Refusal> {
+        let started = tokio::time::Instant::now();
         let now = self.now();
         let caller = self
             .authenticate(presented, LeafAction::Search, now)
@@ -500,9 +501,12 @@ impl Consultation {
                 }
             }
         }
-        if persons.is_empty() {
-            // Nothing visible: a search miss for the guard, and the query
-            // in the ledger.
+        if pending.is_empty() {
+            // Nobody found at all: a search miss for the guard, and the
+            // query in the ledger. (Found but out of scope, the denials
+            // above are the query's record and the guard's count: one
+            // observation and one leaf either way, so that a miss and an
+            // out-of-scope hit cost the same.)
             let leaf = ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None);
             match self.observe(&ctx, &query, Observed::NotFound, leaf).await {
                 Ok(p) => pending.push(p),
@@ -517,6 +521,15 @@ impl Consultation {
             .map(|(l, _)| l.reveals_person_data())
             .collect();
         let first = self.settle(&ctx, pending).await?;
+        if persons.is_empty() {
+            // What is left of the difference (a few rows more to read and
+            // decide on) is rounded away: an empty answer leaves on the
+            // next multiple of the quantum since the request began.
+            let quantum = EMPTY_SEARCH_QUANTUM.as_micros().max(1);
+            let padded = started.elapsed().as_micros().div_ceil(quantum) * quantum;
+            let padded = u64::try_from(padded).unwrap_or(u64::MAX);
+            tokio::time::sleep_until(started + std::time::Duration::from_micros(padded)).await;
+        }
         // Shown persons get the index of their own leaf, in order.
         let allowed = (first..).zip(leaves).filter(|(_, reveals)| *reveals);
         for (p, (index, _)) in persons.iter_mut().zip(allowed) {
@@ -803,9 +816,34 @@ impl Consultation {
             &mandates,
         )
         .await?;
+        // Four eyes: an officer never grants to its own organisation (a
+        // colleague handed a caseload to read); an officer of another
+        // organisation does, as for account decisions.
+        if grant.organisation_id == caller.account.organisation_id {
+            let leaf = ctx.leaf(
+                Some(person_id),
+                FieldGroups::EMPTY,
+                LeafDecision::Deny(DenyReason::FourEyes),
+                None,
+                Some(
+                    "mandate for the officer's own organisation: granted by an officer of another"
+                        .into(),
+                ),
+            );
+            return Err(match self.record(leaf).await {
+                Ok(_) => Refusal::Forbidden,
+                Err(unavailable) => unavailable,
+            });
+        }
+        // Grants are the guard's business too: a burst of them is how one
+        // hands a colleague a caseload to read (quota, alert).
+        let attempt =
+            self.attempts(&ctx, None)
+                .of(AttemptKind::MandateGrant, Some(person_id), Fields::NONE);
+        self.screen(&ctx, &attempt).await?;
         let today = now.date_naive();
         let new = NewMandate {
-            reference: mandate_reference("MG", now),
+            reference: mandate_reference(GRANT_PREFIX, now),
             organisation_id: grant.organisation_id,
             account_id: grant.account_id,
             person_id,
@@ -1771,6 +1809,10 @@ impl Consultation {
     }
 }
 
+/// Empty search answers leave on a multiple of this since the request
+/// began (see [`Consultation::search`]).
+const EMPTY_SEARCH_QUANTUM: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The person a search miss is looked up as, so that a miss costs what an
 /// out-of-scope hit does; no person has this id.
 const NO_ONE: i64 = 0;
@@ -2010,8 +2052,23 @@ fn mandates_are_new(
                 && m.is_live_on(today)
         })
         .peekable();
-    ours.peek().is_some() && ours.all(|m| m.valid_from >= since && m.source != break_glass_source())
+    ours.peek().is_some() && ours.all(|m| m.valid_from >= since && !made_by_hand(m))
 }
+
+/// Whether a mandate was made through the API (an officer's grant, a
+/// break-glass) rather than by the referral imports. Such a mandate
+/// explains no volume: a burst of fresh grants to a colleague must not
+/// launder the bulk read they open.
+fn made_by_hand(m: &StoredMandate) -> bool {
+    m.reference
+        .as_str()
+        .strip_prefix(GRANT_PREFIX)
+        .is_some_and(|rest| rest.starts_with('-'))
+        || m.source == break_glass_source()
+}
+
+/// How the reference of a mandate an officer grants starts.
+const GRANT_PREFIX: &str = "MG";
 
 /// The break-glass leaf's note: the mandate it created (where the reason
 /// is kept, sealed) and the reason's salted digest, never its text.
@@ -2060,6 +2117,61 @@ fn operations_are_send(c: &Consultation) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn mandates_made_by_hand_explain_no_volume() {
+        let who = Who {
+            account_id: 7,
+            login: "a7".into(),
+            role: rempart_domain::Role::Agent,
+            state: rempart_domain::AccountState::Active,
+            organisation_id: 3,
+            kind: rempart_domain::OrganisationKind::CapEmploi,
+        };
+        let today = NaiveDate::from_ymd_opt(2026, 12, 6).unwrap();
+        let mandate = |reference: &str, source: Reference| StoredMandate {
+            id: 1,
+            reference: Reference::parse(reference).unwrap(),
+            organisation: Reference::parse("T-CE1").unwrap(),
+            organisation_id: 3,
+            account: None,
+            account_id: None,
+            person_id: 42,
+            purpose: Purpose::FollowUp,
+            valid_from: today,
+            valid_to: None,
+            source,
+            revoked_at: None,
+        };
+        let imported = mandate("ORIENT-2026-0042", Reference::parse("referral").unwrap());
+        let granted = mandate(
+            mandate_reference(GRANT_PREFIX, Utc::now()).as_str(),
+            Reference::parse("orientation").unwrap(),
+        );
+        let glassed = mandate("BG-2026-1", break_glass_source());
+        assert!(mandates_are_new(
+            &who,
+            std::slice::from_ref(&imported),
+            Purpose::FollowUp,
+            today
+        ));
+        for by_hand in [granted, glassed] {
+            assert!(made_by_hand(&by_hand));
+            assert!(!mandates_are_new(
+                &who,
+                std::slice::from_ref(&by_hand),
+                Purpose::FollowUp,
+                today
+            ));
+            assert!(!mandates_are_new(
+                &who,
+                &[imported.clone(), by_hand],
+                Purpose::FollowUp,
+                today
+            ));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -96,6 +96,10 @@ codes!(
         BreakGlassPerHour => "break_glass_per_hour",
         /// Break-glass accesses in the last day (quota).
         BreakGlassPerDay => "break_glass_per_day",
+        /// Mandates granted in the last hour (quota).
+        MandateGrantsPerHour => "mandate_grants_per_hour",
+        /// Mandates granted in the last day (quota).
+        MandateGrantsPerDay => "mandate_grants_per_day",
         /// Persons in the last hour against the account's own usual hour.
         VolumeVsOwn => "volume_vs_own",
         /// Persons in the last hour against the peer group's usual hour.

@@ -90,6 +90,9 @@ pub enum AttemptKind {
     ListCaseload,
     /// Break-glass on one person.
     BreakGlass,
+    /// A mandate granted by an officer on one person (to anyone): more
+    /// than a few in an hour is a bulk grant, throttled and alerted.
+    MandateGrant,
 }
 
 /// How a search looks persons up.

@@ -52,6 +52,10 @@ pub struct AccountQuotas {
     pub searches: Limit,
     /// Break-glass accesses.
     pub break_glass: Limit,
+    /// Mandates granted (officers). Day-to-day mandates come from the
+    /// referral imports; an officer grants a few by hand, and a burst of
+    /// grants is how one hands a colleague a caseload to read.
+    pub mandate_grants: Limit,
 }
 
 impl Default for AccountQuotas {
@@ -61,6 +65,7 @@ impl Default for AccountQuotas {
             nir_reveals: Limit::new(40, 150),
             searches: Limit::new(60, 300),
             break_glass: Limit::new(3, 5),
+            mandate_grants: Limit::new(10, 30),
         }
     }
 }
@@ -373,6 +378,7 @@ impl GuardConfig {
             ("account.nir_reveals", self.account.nir_reveals),
             ("account.searches", self.account.searches),
             ("account.break_glass", self.account.break_glass),
+            ("account.mandate_grants", self.account.mandate_grants),
             ("organisation.persons", self.organisation.persons),
             ("organisation.nir_reveals", self.organisation.nir_reveals),
             ("organisation.searches", self.organisation.searches),
@@ -549,6 +555,7 @@ fn field_hour(limit: &'static str) -> &'static str {
         "account.nir_reveals" => "account.nir_reveals.per_hour",
         "account.searches" => "account.searches.per_hour",
         "account.break_glass" => "account.break_glass.per_hour",
+        "account.mandate_grants" => "account.mandate_grants.per_hour",
         "organisation.persons" => "organisation.persons.per_hour",
         "organisation.nir_reveals" => "organisation.nir_reveals.per_hour",
         "organisation.searches" => "organisation.searches.per_hour",
@@ -563,6 +570,7 @@ fn field_day(limit: &'static str) -> &'static str {
         "account.nir_reveals" => "account.nir_reveals.per_day",
         "account.searches" => "account.searches.per_day",
         "account.break_glass" => "account.break_glass.per_day",
+        "account.mandate_grants" => "account.mandate_grants.per_day",
         "organisation.persons" => "organisation.persons.per_day",
         "organisation.nir_reveals" => "organisation.nir_reveals.per_day",
         "organisation.searches" => "organisation.searches.per_day",

@@ -74,6 +74,8 @@ pub(crate) fn is_quota(f: Feature) -> bool {
             | Feature::SearchesPerDay
             | Feature::BreakGlassPerHour
             | Feature::BreakGlassPerDay
+            | Feature::MandateGrantsPerHour
+            | Feature::MandateGrantsPerDay
     )
 }
 
@@ -85,6 +87,7 @@ pub(crate) struct Events {
     pub(crate) nir: bool,
     pub(crate) search: bool,
     pub(crate) break_glass: bool,
+    pub(crate) mandate_grant: bool,
 }
 
 /// The account stage's result.
@@ -323,6 +326,7 @@ impl AccountState {
             }
             ev.search = is_query;
             ev.break_glass = a.kind == AttemptKind::BreakGlass;
+            ev.mandate_grant = a.kind == AttemptKind::MandateGrant;
         }
         let sequential_miss = observed.is_some()
             && matches!((a.person_id, self.last_person), (Some(p), Some(l)) if (1..=2).contains(&p.abs_diff(l)));
@@ -370,7 +374,7 @@ impl AccountState {
             }
         };
         {
-            let [_, ph, pd, nir, searches, _, _, _, bg, ..] = &mut self.rates;
+            let [_, ph, pd, nir, searches, _, _, _, bg, _, _, _, _, grants] = &mut self.rates;
             // Persons: the hour stream counts persons new in the hour, the
             // day stream persons new in the day.
             if ev.person_new_hour {
@@ -420,6 +424,14 @@ impl AccountState {
                 q.break_glass,
                 Feature::BreakGlassPerHour,
                 Feature::BreakGlassPerDay,
+            );
+            quota(
+                &mut lines,
+                ev.mandate_grant,
+                grants,
+                q.mandate_grants,
+                Feature::MandateGrantsPerHour,
+                Feature::MandateGrantsPerDay,
             );
         }
         let quota_hit = lines.len > 0;
@@ -671,6 +683,9 @@ impl AccountState {
             }
             if ev.search {
                 self.count(Metric::Searches, now);
+            }
+            if ev.mandate_grant {
+                self.count(Metric::MandateGrants, now);
             }
             if ev.break_glass {
                 self.count(Metric::BreakGlass, now);

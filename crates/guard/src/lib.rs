@@ -427,6 +427,7 @@ impl Inner {
                     | Feature::NirPerDay
                     | Feature::SearchesPerDay
                     | Feature::BreakGlassPerDay
+                    | Feature::MandateGrantsPerDay
                     | Feature::BreakGlassRate
                     | Feature::Suspensions
             )

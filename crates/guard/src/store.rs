@@ -74,10 +74,12 @@ pub enum Metric {
     /// Persons shown that were not shown in the hour before, through a new
     /// mandate (hour stream; see `Attempt::new_mandate`).
     NewMandatePersons = 12,
+    /// Mandates granted by hand (officers).
+    MandateGrants = 13,
 }
 
 /// How many metrics there are.
-pub const METRICS: usize = 13;
+pub const METRICS: usize = 14;
 
 impl Metric {
     /// Every metric, in code order.
@@ -95,6 +97,7 @@ impl Metric {
         Metric::OffHours,
         Metric::Suspensions,
         Metric::NewMandatePersons,
+        Metric::MandateGrants,
     ];
 
     /// The stored code.

@@ -1843,6 +1843,102 @@ async fn no_state_change_without_its_leaf() {
     }
 }
 
+/// Issue 17, item 8: an officer granted 45 mandates in 0.07 s, with no
+/// quota and no alert. Grants are the guard's now: past the hourly quota
+/// (10) they are refused with a 429, ledgered, and alerted; nothing more is
+/// granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_mandate_grants_are_throttled_and_alerted() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let officer = app.account("t.officer").account_id;
+        let grant = |i: usize| {
+            json!({
+                "person_id": app.fresh_person(100 + i),
+                "organisation_id": app.org("T-CE1"),
+                "purpose": "follow_up",
+                "source": format!("bulk-{i}"),
+            })
+        };
+        // Never to one's own organisation: a colleague handed a caseload.
+        let own = json!({
+            "person_id": app.fresh_person(99),
+            "organisation_id": app.org("T-FT"),
+            "account_id": app.account("t.ft").account_id,
+            "purpose": "follow_up",
+            "source": "colleague",
+        });
+        let before = app.ledger_size().await;
+        let (s, body) = app.post(Some("t.officer"), "/api/v1/mandates", &own).await;
+        assert_eq!(s, 403, "{backend:?}: {body}");
+        assert_eq!(
+            deny_reasons(&app.leaves(before).await),
+            vec![rempart_ledger::DenyReason::FourEyes],
+            "{backend:?}"
+        );
+        assert!(
+            app.store
+                .mandates_of_person(app.fresh_person(99))
+                .await
+                .unwrap()
+                .iter()
+                .all(|m| m.source.as_str() != "colleague"),
+            "{backend:?}"
+        );
+        let mut answers = Vec::new();
+        for i in 0..15 {
+            let (s, body) = app
+                .post(Some("t.officer"), "/api/v1/mandates", &grant(i))
+                .await;
+            answers.push(s);
+            if s != 201 {
+                assert_eq!(s, 429, "{backend:?} grant {i}: {body}");
+                assert_error(&body, "throttled");
+            }
+        }
+        assert_eq!(
+            answers.iter().filter(|s| **s == 201).count(),
+            10,
+            "{backend:?}: {answers:?}"
+        );
+        assert!(answers[..10].iter().all(|s| *s == 201), "{backend:?}");
+        let granted: usize = futures_util::future::join_all(
+            (0..15).map(|i| app.store.mandates_of_person(app.fresh_person(100 + i))),
+        )
+        .await
+        .into_iter()
+        .map(|m| {
+            m.unwrap()
+                .iter()
+                .filter(|m| m.source.as_str().starts_with("bulk-"))
+                .count()
+        })
+        .sum();
+        assert_eq!(granted, 10, "{backend:?}: nothing granted past the quota");
+        app.guard.sync(Utc::now()).await.unwrap();
+        let alerts = app
+            .guard
+            .alerts(&rempart_guard::store::AlertQuery {
+                account_id: Some(officer),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            alerts
+                .iter()
+                .any(|a| a.alert.kind == rempart_guard::AlertKind::AccountQuota
+                    && a.alert
+                        .explanation
+                        .iter()
+                        .any(|e| e.feature == rempart_guard::Feature::MandateGrantsPerHour)),
+            "{backend:?}: {alerts:?}"
+        );
+        app.stop().await;
+    }
+}
+
 /// February 2024: one hijacked Cap emploi advisor account asks for 100,000
 /// random persons. It gets only persons of its own caseload, the guard
 /// contains it (refusals, then suspension) after a few dozen records, and
