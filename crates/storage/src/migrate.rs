@@ -49,6 +49,11 @@ pub const SQLITE: &[Migration] = &[
         name: "break_glass_reason",
         sql: include_str!("../migrations/sqlite/0008_break_glass_reason.sql"),
     },
+    Migration {
+        version: 9,
+        name: "guard_block",
+        sql: include_str!("../migrations/sqlite/0009_guard_block.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -92,6 +97,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 8,
         name: "break_glass_reason",
         sql: include_str!("../migrations/postgres/0008_break_glass_reason.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "guard_block",
+        sql: include_str!("../migrations/postgres/0009_guard_block.sql"),
     },
 ];
 
