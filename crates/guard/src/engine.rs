@@ -100,6 +100,9 @@ pub(crate) struct AccountVerdict {
     pub(crate) events: Events,
     /// The account went into suspension with this attempt.
     pub(crate) newly_suspended: bool,
+    /// The end of the suspension block this attempt set or lengthened
+    /// (Unix time), for every instance to honour.
+    pub(crate) block: Option<i64>,
     pub(crate) fresh: bool,
 }
 
@@ -275,6 +278,22 @@ impl AccountState {
         }
         let is_new = first_seen.is_none_or(|t| now - t < DAY);
         (is_new && established > 0).then_some(f64::from(established))
+    }
+
+    /// Honours a suspension block stored by any instance: suspend until
+    /// `until` (Unix time). A block never shortens; one already over
+    /// changes nothing.
+    pub(crate) fn apply_block(&mut self, until: i64, now: i64) {
+        if until <= now {
+            return;
+        }
+        let suspended = self.blocked_until > now && self.blocked_verdict == Verdict::Suspend;
+        self.blocked_until = if suspended {
+            self.blocked_until.max(until)
+        } else {
+            until
+        };
+        self.blocked_verdict = Verdict::Suspend;
     }
 
     /// Drops persons not shown for a day.
@@ -634,9 +653,17 @@ impl AccountState {
             }
         }
         let was_suspended = self.blocked_until > now && self.blocked_verdict == Verdict::Suspend;
+        let mut block = None;
         if verdict == Verdict::Suspend {
-            self.blocked_until = now + DAY;
+            // A running suspension may end later than a day from now: one
+            // another instance stored from a clock slightly ahead.
+            self.blocked_until = if was_suspended {
+                self.blocked_until.max(now + DAY)
+            } else {
+                now + DAY
+            };
             self.blocked_verdict = Verdict::Suspend;
+            block = Some(self.blocked_until);
         } else if score >= s.throttle && !was_suspended {
             // A behaviour throttle lasts; a quota throttle lifts as soon as
             // the window has room again.
@@ -721,6 +748,7 @@ impl AccountState {
             lines,
             events: if allowed { ev } else { Events::default() },
             newly_suspended: verdict == Verdict::Suspend && !was_suspended,
+            block,
             fresh,
         }
     }

@@ -11,7 +11,15 @@
 //!   denied-share features and can suspend an account on their own.
 //! - [`Guard::sync`], run every `sync.interval_secs` by the caller, flushes
 //!   this instance's counters, activity, devices, alerts and freezes to the
-//!   [`GuardStore`] and reads back what the other instances counted.
+//!   [`GuardStore`] and reads back what the other instances counted, the
+//!   frozen organisations and the accounts' suspension blocks.
+//!
+//! **Suspensions are shared.** An account the guard suspends is refused
+//! with [`Verdict::Suspend`] for a day by every instance, whatever the
+//! registry says meanwhile (an officer reactivating it sooner sees it
+//! suspended again at its first attempt): the block is stored before the
+//! suspending decision returns, read with the account's history on every
+//! other instance, and by each sync for the accounts they already hold.
 //!
 //! Hot counters live in memory, in sharded maps; the hot path allocates
 //! nothing when it allows and does no I/O, except loading an account's
@@ -64,7 +72,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::baseline::Baseline;
 use crate::engine::{AccountState, AccountVerdict, OrgState, is_quota};
-use crate::store::{ActivityCounts, AlertQuery, FlushBatch, Freeze, Metric, Scope, StoredAlert};
+use crate::store::{
+    ActivityCounts, AlertQuery, FlushBatch, Freeze, Metric, Scope, StoredAlert, SuspensionBlock,
+};
 use crate::window::{DAY_BUCKETS, HOUR_BUCKETS};
 
 /// Failures of the guard itself. The consultation path treats any of them
@@ -150,8 +160,8 @@ struct Inner {
     /// failed one.
     last_sync: AtomicI64,
     last_prune: AtomicI64,
-    /// Alerts raised and freezes decided since the last sync, and whatever a
-    /// failed sync could not write.
+    /// Alerts raised, freezes decided and suspension blocks lengthened since
+    /// the last sync, and whatever a failed write could not store.
     pending: Mutex<FlushBatch>,
 }
 
@@ -358,6 +368,11 @@ impl Inner {
         st.own = own;
         st.loaded_day = day;
         st.merge_known(&history.known);
+        // Suspended on another instance: refused here too, from the first
+        // attempt, even if the registry was reactivated meanwhile.
+        if let Some(until) = history.blocked_until {
+            st.apply_block(until.timestamp(), a.at.timestamp());
+        }
         Ok(())
     }
 
@@ -388,6 +403,9 @@ impl Inner {
             st.peer = a.account.peer.key();
             st.decide(&self.config, a, observed, local, peer)
         };
+        if let Some(until) = account.block {
+            self.share_block(id, until, account.newly_suspended).await;
+        }
         let org_id = a.account.organisation_id;
         let org = {
             let mut shard = lock(self.org_shard(org_id));
@@ -456,6 +474,37 @@ impl Inner {
                 },
             }),
         })
+    }
+
+    /// Shares a suspension block with the other instances. A new
+    /// suspension is stored before the decision returns, so that no crash
+    /// or reactivation before the next sync can lose it; a lengthened one
+    /// waits for the sync, like the counts (a suspended account's attempts
+    /// would otherwise each cost a write). A failed write is retried by
+    /// the next sync, which fails closed until it succeeds; the decision
+    /// stays a suspension meanwhile, so the registry is still suspended
+    /// and the alert still raised.
+    async fn share_block(&self, account_id: i64, until: i64, store_now: bool) {
+        let block = SuspensionBlock {
+            account_id,
+            until: DateTime::from_timestamp(until, 0).unwrap_or(DateTime::<Utc>::MAX_UTC),
+        };
+        if store_now && self.store.block_account(block).await.is_ok() {
+            return;
+        }
+        lock(&self.pending).push_block(block);
+    }
+
+    /// Applies the stored suspension blocks to the accounts held here
+    /// (the others read theirs when first met).
+    async fn load_blocks(&self, now: DateTime<Utc>) -> Result<(), GuardError> {
+        let t = now.timestamp();
+        for b in self.store.suspension_blocks(now).await? {
+            if let Some(st) = lock(self.account_shard(b.account_id)).get_mut(&b.account_id) {
+                st.apply_block(b.until.timestamp(), t);
+            }
+        }
+        Ok(())
     }
 
     async fn load_peers(&self, now: DateTime<Utc>) -> Result<(), GuardError> {
@@ -626,6 +675,7 @@ impl Inner {
             }
         }
         report.frozen = self.load_frozen().await?;
+        self.load_blocks(now).await?;
         if self.peers_day.load(Ordering::SeqCst) != LocalTime::of(now, 0).day {
             self.load_peers(now).await?;
         }

@@ -1,7 +1,7 @@
 //! What the guard persists, behind its own interface, [`GuardStore`]: the
 //! counters every instance shares, the hourly activity baselines are made
-//! of, the devices and networks seen per account, alerts and organisation
-//! freezes. `rempart-storage` implements it on SQLite and PostgreSQL;
+//! of, the devices and networks seen per account, alerts, organisation
+//! freezes and the suspension blocks of accounts. `rempart-storage` implements it on SQLite and PostgreSQL;
 //! [`memory::MemoryStore`] keeps it in one process.
 //!
 //! Nothing here is a personal value: ids, counts, 16-byte digests.
@@ -243,6 +243,9 @@ pub struct AccountHistory {
     pub activity: Vec<ActivityRow>,
     /// Devices and networks it used.
     pub known: Vec<Known>,
+    /// The end of its suspension block, if one was ever stored (it may be
+    /// over: the guard compares it with the attempt's instant).
+    pub blocked_until: Option<DateTime<Utc>>,
 }
 
 /// An organisation refused as a whole.
@@ -252,6 +255,18 @@ pub struct Freeze {
     pub organisation_id: i64,
     /// Since when.
     pub frozen_at: DateTime<Utc>,
+}
+
+/// An account the guard suspended: every instance refuses it with
+/// [`crate::Verdict::Suspend`] until `until`, whatever the registry says
+/// meanwhile (an officer reactivating it sooner sees it suspended again at
+/// its first attempt). Stored blocks only ever lengthen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuspensionBlock {
+    /// The account.
+    pub account_id: i64,
+    /// The end of the block.
+    pub until: DateTime<Utc>,
 }
 
 /// Everything one sync writes, in one transaction.
@@ -269,6 +284,8 @@ pub struct FlushBatch {
     pub alerts: Vec<Alert>,
     /// Organisations frozen.
     pub freezes: Vec<Freeze>,
+    /// Suspension blocks set or lengthened (a block never shortens).
+    pub blocks: Vec<SuspensionBlock>,
 }
 
 impl FlushBatch {
@@ -279,6 +296,7 @@ impl FlushBatch {
             && self.known.is_empty()
             && self.alerts.is_empty()
             && self.freezes.is_empty()
+            && self.blocks.is_empty()
     }
 
     /// Appends another batch (a failed flush is retried with the next one).
@@ -288,6 +306,19 @@ impl FlushBatch {
         self.known.append(&mut other.known);
         self.alerts.append(&mut other.alerts);
         self.freezes.append(&mut other.freezes);
+        self.blocks.append(&mut other.blocks);
+    }
+
+    /// Queues a suspension block, keeping one per account (the later end).
+    pub fn push_block(&mut self, block: SuspensionBlock) {
+        match self
+            .blocks
+            .iter_mut()
+            .find(|b| b.account_id == block.account_id)
+        {
+            Some(b) => b.until = b.until.max(block.until),
+            None => self.blocks.push(block),
+        }
     }
 }
 
@@ -347,9 +378,9 @@ pub trait GuardStore: Send + Sync {
     async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError>;
 
     /// Adds counters and activity, records devices (earliest first-seen
-    /// wins), alerts and freezes (a freeze no later than the organisation's
-    /// last lift is ignored: it was decided before that lift): all or
-    /// nothing.
+    /// wins), alerts, freezes (a freeze no later than the organisation's
+    /// last lift is ignored: it was decided before that lift) and
+    /// suspension blocks (the later end wins): all or nothing.
     async fn flush(&self, batch: &FlushBatch) -> Result<(), StoreError>;
 
     /// Per subject and metric, what instances other than `instance` counted
@@ -373,11 +404,24 @@ pub trait GuardStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Stores a suspension block now, outside any flush: the guard writes
+    /// one when it suspends an account, before its answer. A stored block
+    /// is never shortened (the later end wins).
+    async fn block_account(&self, block: SuspensionBlock) -> Result<(), StoreError>;
+
+    /// Suspension blocks still running at `at` (ending after it), in
+    /// account order.
+    async fn suspension_blocks(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SuspensionBlock>, StoreError>;
+
     /// Stored alerts, in id order.
     async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError>;
 
-    /// Removes counters in buckets before `bucket` and activity before
-    /// `day`; returns the rows removed.
+    /// Removes counters in buckets before `bucket`, activity before `day`
+    /// and suspension blocks that ended before `bucket` began; returns the
+    /// rows removed.
     async fn prune(&self, bucket: i64, day: i32) -> Result<u64, StoreError>;
 }
 
@@ -400,6 +444,14 @@ pub mod memory {
         alerts: Vec<Alert>,
         frozen: BTreeMap<i64, DateTime<Utc>>,
         lifted: BTreeMap<i64, DateTime<Utc>>,
+        blocks: BTreeMap<i64, DateTime<Utc>>,
+    }
+
+    impl State {
+        fn block(&mut self, b: SuspensionBlock) {
+            let until = self.blocks.entry(b.account_id).or_insert(b.until);
+            *until = (*until).max(b.until);
+        }
     }
 
     /// The in-memory store. [`MemoryStore::fail`] makes every call fail,
@@ -463,7 +515,11 @@ pub mod memory {
                 })
                 .collect();
             known.sort_by_key(|k| (k.first_seen, k.digest));
-            Ok(AccountHistory { activity, known })
+            Ok(AccountHistory {
+                activity,
+                known,
+                blocked_until: s.blocks.get(&account_id).copied(),
+            })
         }
 
         async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError> {
@@ -518,6 +574,9 @@ pub mod memory {
                     continue;
                 }
                 s.frozen.entry(f.organisation_id).or_insert(f.frozen_at);
+            }
+            for b in &batch.blocks {
+                s.block(*b);
             }
             Ok(())
         }
@@ -579,6 +638,23 @@ pub mod memory {
             Ok(s.frozen.remove(&organisation_id).is_some())
         }
 
+        async fn block_account(&self, block: SuspensionBlock) -> Result<(), StoreError> {
+            self.state()?.block(block);
+            Ok(())
+        }
+
+        async fn suspension_blocks(
+            &self,
+            at: DateTime<Utc>,
+        ) -> Result<Vec<SuspensionBlock>, StoreError> {
+            let s = self.state()?;
+            Ok(s.blocks
+                .iter()
+                .filter(|(_, until)| **until > at)
+                .map(|(&account_id, &until)| SuspensionBlock { account_id, until })
+                .collect())
+        }
+
         async fn alerts(&self, q: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
             let s = self.state()?;
             Ok(s.alerts
@@ -602,10 +678,12 @@ pub mod memory {
 
         async fn prune(&self, bucket: i64, day: i32) -> Result<u64, StoreError> {
             let mut s = self.state()?;
-            let before = s.counters.len() + s.activity.len();
+            let before = s.counters.len() + s.activity.len() + s.blocks.len();
             s.counters.retain(|k, _| k.0 >= bucket);
             s.activity.retain(|k, _| k.2 >= day);
-            Ok((before - s.counters.len() - s.activity.len()) as u64)
+            let ended = bucket.saturating_mul(crate::BUCKET_SECS);
+            s.blocks.retain(|_, until| until.timestamp() >= ended);
+            Ok((before - s.counters.len() - s.activity.len() - s.blocks.len()) as u64)
         }
     }
 }

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use rempart_domain::{FieldGroup, OrganisationKind, Purpose, Role};
 
 use super::*;
+use crate::store::SuspensionBlock;
 use crate::store::memory::MemoryStore;
 
 /// Tuesday 13 January 2026, 09:00 in Paris.
@@ -663,6 +664,114 @@ async fn instances_sharing_a_store_add_up_each_others_counts() {
         );
     }
     assert_eq!(on_b, 10, "40 per hour across both instances");
+}
+
+/// Runs a script on `g` reading new persons every second from `t` until
+/// the guard suspends `account`; returns the suspending attempt's instant.
+async fn suspend_by_script(g: &Guard, account: i64, t: DateTime<Utc>) -> DateTime<Utc> {
+    for i in 0..200 {
+        let at = t + TimeDelta::seconds(i);
+        if verdict(g, &read(account, account * 1000 + i, at)).await == Verdict::Suspend {
+            return at;
+        }
+    }
+    panic!("never suspended");
+}
+
+#[tokio::test]
+async fn a_suspension_on_one_instance_is_honoured_by_the_others() {
+    let store = Arc::new(MemoryStore::new());
+    let t0 = day0();
+    let a = Guard::open(lenient_sync(), store.clone(), 1, t0)
+        .await
+        .unwrap();
+    let b = Guard::open(lenient_sync(), store.clone(), 2, t0)
+        .await
+        .unwrap();
+    // B already holds the account: it read there first.
+    assert_eq!(verdict(&b, &read(7, 1, t0)).await, Verdict::Allow);
+    let t1 = suspend_by_script(&a, 7, t0 + mins(1)).await;
+    // Stored before A answered, with no sync of A.
+    assert_eq!(
+        store.suspension_blocks(t1).await.unwrap(),
+        vec![SuspensionBlock {
+            account_id: 7,
+            until: t1 + TimeDelta::days(1),
+        }]
+    );
+    // Whatever the registry says meanwhile (an officer may reactivate the
+    // account at once), C, which meets the account for the first time,
+    // refuses it at once (no instance has synced: nothing else tells C of
+    // the account), and B refuses it after its next sync, even for a
+    // person it already showed.
+    let c = Guard::open(lenient_sync(), store.clone(), 3, t1)
+        .await
+        .unwrap();
+    b.sync(t1 + mins(1)).await.unwrap();
+    let on_b = b.check(&read(7, 1, t1 + mins(2))).await.unwrap();
+    assert_eq!(on_b.verdict, Verdict::Suspend);
+    assert_eq!(line(&on_b, Feature::Blocked).value, 1438.0, "minutes left");
+    let on_c = c.check(&read(7, 2, t1 + mins(3))).await.unwrap();
+    assert_eq!(on_c.verdict, Verdict::Suspend);
+    assert_eq!(line(&on_c, Feature::Blocked).value, 1437.0);
+    // B's refusal lengthened the block (a day from its attempt); its sync
+    // shares that, and A follows (at its sync, or when it loads the
+    // account the next day): a block never shortens.
+    b.sync(t1 + mins(5)).await.unwrap();
+    a.sync(t1 + mins(6)).await.unwrap();
+    let until = t1 + mins(2) + TimeDelta::days(1);
+    assert_eq!(store.suspension_blocks(t1).await.unwrap()[0].until, until);
+    store
+        .block_account(SuspensionBlock {
+            account_id: 7,
+            until: t1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_account(7, 0).await.unwrap().blocked_until,
+        Some(until)
+    );
+    let late = a.check(&read(7, 7001, until - mins(1))).await.unwrap();
+    assert_eq!(late.verdict, Verdict::Suspend, "past A's own block");
+    assert_eq!(line(&late, Feature::Blocked).value, 1.0);
+    // The organisation counted one suspension, not one per instance that
+    // refused the account (a second one would freeze it).
+    c.sync(t1 + mins(6)).await.unwrap();
+    let suspensions: Vec<u64> = store
+        .remote_counts(0, 0, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.scope == Scope::Organisation && r.metric == Metric::Suspensions)
+        .map(|r| r.day)
+        .collect();
+    assert_eq!(suspensions, vec![1]);
+}
+
+#[tokio::test]
+async fn a_suspension_block_the_store_missed_is_stored_by_the_next_sync() {
+    let (g, store) = open(lenient_sync()).await;
+    assert_eq!(verdict(&g, &read(7, 1, day0())).await, Verdict::Allow);
+    // The account's history is loaded: no store call until the
+    // suspension's write, which fails.
+    store.fail(true);
+    let t1 = suspend_by_script(&g, 7, day0() + mins(1)).await;
+    store.fail(false);
+    assert!(store.suspension_blocks(t1).await.unwrap().is_empty());
+    // Still a suspension here meanwhile.
+    assert_eq!(
+        verdict(&g, &read(7, 1, t1 + mins(1))).await,
+        Verdict::Suspend
+    );
+    g.sync(t1 + mins(2)).await.unwrap();
+    assert_eq!(
+        store.suspension_blocks(t1).await.unwrap(),
+        vec![SuspensionBlock {
+            account_id: 7,
+            until: t1 + mins(1) + TimeDelta::days(1),
+        }]
+    );
 }
 
 #[tokio::test]

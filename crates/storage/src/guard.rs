@@ -8,12 +8,15 @@
 //! time: the baselines), `guard_known` (device and network digests per
 //! account, earliest sighting wins), `guard_alert` and
 //! `guard_alert_feature` (alerts and their explanations), `guard_freeze`
-//! (frozen organisations). Ids, counts and digests only.
+//! (frozen organisations); migration 9: `guard_block` (the end of each
+//! guard-suspended account's block, only ever moved later). Ids, counts,
+//! instants and digests only.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use rempart_guard::store::{ActivityCounts, ActivityRow, CounterDelta, FlushBatch, Scope};
-use rempart_guard::{Alert, AlertKind, Explanation, Feature, StoreError, Verdict};
+use rempart_guard::{Alert, AlertKind, BUCKET_SECS, Explanation, Feature, StoreError, Verdict};
 
 use crate::StorageError;
 
@@ -25,6 +28,15 @@ pub(crate) fn store_error(e: StorageError) -> StoreError {
         StorageError::Corrupt(m) => StoreError::Corrupt(m),
         other => StoreError::Backend(other.to_string()),
     }
+}
+
+/// The instant `bucket` begins: suspension blocks that ended before it are
+/// pruned with the counters before it.
+pub(crate) fn blocks_ended(bucket: i64) -> Result<DateTime<Utc>, StoreError> {
+    bucket
+        .checked_mul(BUCKET_SECS)
+        .and_then(|t| DateTime::from_timestamp(t, 0))
+        .ok_or_else(|| StoreError::Invalid("prune: bucket out of range".into()))
 }
 
 /// A batch's counters and activity with duplicate keys added together (a

@@ -50,6 +50,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../migrations/sqlite/0008_break_glass_reason.sql"),
     },
     Migration {
+        version: 9,
+        name: "guard_block",
+        sql: include_str!("../migrations/sqlite/0009_guard_block.sql"),
+    },
+    Migration {
         version: 10,
         name: "login_device",
         sql: include_str!("../migrations/sqlite/0010_login_device.sql"),
@@ -97,6 +102,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 8,
         name: "break_glass_reason",
         sql: include_str!("../migrations/postgres/0008_break_glass_reason.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "guard_block",
+        sql: include_str!("../migrations/postgres/0009_guard_block.sql"),
     },
     Migration {
         version: 10,

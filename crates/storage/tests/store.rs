@@ -556,9 +556,10 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 27,
-            "[postgres] registry, authentication, guard, activation, federation, access-version, \
-             break-glass reason and login device tables + schema_migrations"
+            tables, 28,
+            "[postgres] registry, authentication, guard (with suspension blocks), activation, \
+             federation, access-version, break-glass reason and login device tables + \
+             schema_migrations"
         );
     }
 
@@ -6739,11 +6740,11 @@ async fn open_stores_gives_both_interfaces_on_one_database() {
 
 use rempart_guard::store::{
     ActivityCounts, ActivityRow, AlertQuery, CounterDelta, FlushBatch, Freeze, GuardStore, Known,
-    KnownKind, Metric, RemoteCount, Scope,
+    KnownKind, Metric, RemoteCount, Scope, SuspensionBlock,
 };
 use rempart_guard::{
-    AccountFacts, Alert, AlertKind, Attempt, AttemptKind, Evidence, Explanation, Feature, Fields,
-    Guard, GuardConfig, GuardError, PeerGroup, SessionFacts, Verdict,
+    AccountFacts, Alert, AlertKind, Attempt, AttemptKind, BUCKET_SECS, Evidence, Explanation,
+    Feature, Fields, Guard, GuardConfig, GuardError, PeerGroup, SessionFacts, Verdict,
 };
 
 impl BothAuth {
@@ -7144,6 +7145,121 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter() {
             .await
             .unwrap();
         assert_eq!(frozen(g.clone()).await, vec![4], "[{be}] a new freeze");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_suspension_blocks_are_shared_never_shortened_and_pruned() {
+    let b = both_auth().await;
+    let t0 = at("2026-03-02T09:00:00Z");
+    let block = |account_id, until| SuspensionBlock { account_id, until };
+    let day = TimeDelta::days(1);
+    for (be, g) in b.guards() {
+        g.block_account(block(7, t0 + day))
+            .await
+            .unwrap_or_else(|e| panic!("[{be}] block: {e}"));
+        g.block_account(block(7, t0 + TimeDelta::hours(1)))
+            .await
+            .unwrap_or_else(|e| panic!("[{be}] block: {e}"));
+        // Through flushes too: a later end for 7 (another instance's
+        // refusal lengthened it), an earlier one (a flush in flight), and a
+        // short block of 8.
+        let flush = |instance, blocks| FlushBatch {
+            instance,
+            blocks,
+            ..FlushBatch::default()
+        };
+        let later = t0 + day + TimeDelta::minutes(5);
+        g.flush(&flush(
+            2,
+            vec![block(7, later), block(8, t0 + TimeDelta::minutes(30))],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        g.flush(&flush(1, vec![block(7, t0)]))
+            .await
+            .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+        assert_eq!(
+            g.suspension_blocks(t0).await.unwrap(),
+            vec![block(7, later), block(8, t0 + TimeDelta::minutes(30))],
+            "[{be}] the later end wins, in account order"
+        );
+        assert_eq!(
+            g.suspension_blocks(t0 + TimeDelta::minutes(30))
+                .await
+                .unwrap(),
+            vec![block(7, later)],
+            "[{be}] 8's block is over"
+        );
+        assert!(
+            g.suspension_blocks(later).await.unwrap().is_empty(),
+            "[{be}]"
+        );
+        // An account's history carries its block, over or not.
+        let blocked = |id| {
+            let g = g.clone();
+            async move { g.load_account(id, 0).await.unwrap().blocked_until }
+        };
+        assert_eq!(blocked(7).await, Some(later), "[{be}]");
+        assert_eq!(
+            blocked(8).await,
+            Some(t0 + TimeDelta::minutes(30)),
+            "[{be}]"
+        );
+        assert_eq!(blocked(9).await, None, "[{be}]");
+        // Pruning removes the blocks that ended before the bucket began.
+        let bucket = (t0 + TimeDelta::hours(1)).timestamp() / BUCKET_SECS;
+        assert_eq!(g.prune(bucket, 0).await.unwrap(), 1, "[{be}] 8's block");
+        assert_eq!(blocked(8).await, None, "[{be}]");
+        assert_eq!(blocked(7).await, Some(later), "[{be}]");
+        // A batch that fails writes no block either.
+        let bad = FlushBatch {
+            alerts: vec![alert_of(9, 3, t0, f64::NAN)],
+            ..flush(1, vec![block(9, later)])
+        };
+        assert!(g.flush(&bad).await.is_err(), "[{be}]");
+        assert_eq!(blocked(9).await, None, "[{be}] all or nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_on_one_database_share_suspensions() {
+    let b = both_auth().await;
+    // Tuesday 13 January 2026, 09:00 in Paris.
+    let t0 = at("2026-01-13T08:00:00Z");
+    let mut config = GuardConfig::default();
+    config.sync.max_staleness_secs = 24 * 3600;
+    for (be, store) in b.guards() {
+        let one = Guard::open(config, store.clone(), 1, t0).await.unwrap();
+        let two = Guard::open(config, store.clone(), 2, t0).await.unwrap();
+        // Two met the account before; one suspends it.
+        let d = two.check(&guarded_read(7, 1, t0)).await.unwrap();
+        assert_eq!(d.verdict, Verdict::Allow, "[{be}]");
+        let mut suspended = None;
+        for i in 0..200 {
+            let t = t0 + TimeDelta::minutes(1) + TimeDelta::seconds(i);
+            let d = one.check(&guarded_read(7, 7000 + i, t)).await.unwrap();
+            if d.verdict == Verdict::Suspend {
+                suspended = Some(t);
+                break;
+            }
+        }
+        let t1 = suspended.unwrap_or_else(|| panic!("[{be}] never suspended"));
+        // No instance has synced since: a third instance loads the account
+        // with its block at its first attempt.
+        let three = Guard::open(config, store.clone(), 3, t1).await.unwrap();
+        let d = three
+            .check(&guarded_read(7, 2, t1 + TimeDelta::minutes(1)))
+            .await
+            .unwrap();
+        assert_eq!(d.verdict, Verdict::Suspend, "[{be}] {d:?}");
+        // Two, after its sync, refuses it, even for the person it showed.
+        two.sync(t1 + TimeDelta::minutes(1)).await.unwrap();
+        let d = two
+            .check(&guarded_read(7, 1, t1 + TimeDelta::minutes(2)))
+            .await
+            .unwrap();
+        assert_eq!(d.verdict, Verdict::Suspend, "[{be}] {d:?}");
     }
 }
 

@@ -10,15 +10,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_guard::store::{
     AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
-    Metric, RemoteCount, StoredAlert,
+    Metric, RemoteCount, StoredAlert, SuspensionBlock,
 };
 use rempart_guard::{Alert, Evidence, StoreError};
 use tokio_postgres::Row;
 
 use super::PgStore;
 use crate::guard::{
-    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, check_alert,
-    explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
+    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, blocks_ended,
+    check_alert, explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
 };
 use crate::{StorageError, instant};
 
@@ -58,6 +58,11 @@ fn alert_row(r: &Row) -> Result<StoredAlert, StorageError> {
         },
     })
 }
+
+/// Stores a suspension block; the later end wins.
+const BLOCK_SQL: &str = "INSERT INTO guard_block (account_id, blocked_until) VALUES ($1, $2)
+     ON CONFLICT (account_id)
+     DO UPDATE SET blocked_until = GREATEST(guard_block.blocked_until, EXCLUDED.blocked_until)";
 
 impl PgStore {
     async fn guard_flush(&self, batch: &FlushBatch) -> Result<(), StorageError> {
@@ -214,6 +219,10 @@ impl PgStore {
             )
             .await?;
         }
+        for b in &batch.blocks {
+            let until = instant(b.until, "until")?;
+            tx.execute(BLOCK_SQL, &[&b.account_id, &until]).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -310,7 +319,19 @@ impl GuardStore for PgStore {
                     first_seen: r.try_get(2)?,
                 });
             }
-            Ok::<_, StorageError>(AccountHistory { activity, known })
+            let blocked_until = client
+                .query_opt(
+                    "SELECT blocked_until FROM guard_block WHERE account_id = $1",
+                    &[&account_id],
+                )
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            Ok::<_, StorageError>(AccountHistory {
+                activity,
+                known,
+                blocked_until,
+            })
         }
         .await
         .map_err(store_error)
@@ -434,19 +455,64 @@ impl GuardStore for PgStore {
         .map_err(store_error)
     }
 
+    async fn block_account(&self, b: SuspensionBlock) -> Result<(), StoreError> {
+        async {
+            let until = instant(b.until, "until")?;
+            let client = self.client().await?;
+            client.execute(BLOCK_SQL, &[&b.account_id, &until]).await?;
+            Ok::<_, StorageError>(())
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn suspension_blocks(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SuspensionBlock>, StoreError> {
+        async {
+            let at = instant(at, "at")?;
+            let client = self.client().await?;
+            client
+                .query(
+                    "SELECT account_id, blocked_until FROM guard_block WHERE blocked_until > $1
+                     ORDER BY account_id",
+                    &[&at],
+                )
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(SuspensionBlock {
+                        account_id: r.try_get(0)?,
+                        until: r.try_get(1)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()
+        }
+        .await
+        .map_err(store_error)
+    }
+
     async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
         self.guard_alerts(query).await.map_err(store_error)
     }
 
     async fn prune(&self, bucket: i64, day: i32) -> Result<u64, StoreError> {
+        let ended = blocks_ended(bucket)?;
         async {
+            let ended = instant(ended, "bucket")?;
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             let n = tx
                 .execute("DELETE FROM guard_counter WHERE bucket < $1", &[&bucket])
                 .await?
                 + tx.execute("DELETE FROM guard_activity WHERE day < $1", &[&day])
-                    .await?;
+                    .await?
+                + tx.execute(
+                    "DELETE FROM guard_block WHERE blocked_until < $1",
+                    &[&ended],
+                )
+                .await?;
             tx.commit().await?;
             Ok::<_, StorageError>(n)
         }

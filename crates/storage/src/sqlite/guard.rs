@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_guard::store::{
     AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
-    Metric, RemoteCount, StoredAlert,
+    Metric, RemoteCount, StoredAlert, SuspensionBlock,
 };
 use rempart_guard::{Alert, Evidence, StoreError};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -15,8 +15,8 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use super::{SqliteStore, instant_text, parse_instant};
 use crate::StorageError;
 use crate::guard::{
-    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, check_alert,
-    explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
+    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, blocks_ended,
+    check_alert, explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
 };
 
 fn activity_row(r: &Row<'_>) -> Result<ActivityRow, StorageError> {
@@ -46,6 +46,18 @@ fn activity_from(
         out.push(activity_row(r)?);
     }
     Ok(out)
+}
+
+/// Stores a suspension block; the later end wins (instants are stored as
+/// fixed-width RFC 3339 text in UTC, so text order is time order).
+fn block(c: &Connection, b: &SuspensionBlock) -> Result<(), StorageError> {
+    c.prepare_cached(
+        "INSERT INTO guard_block (account_id, blocked_until) VALUES (?1, ?2)
+         ON CONFLICT (account_id)
+         DO UPDATE SET blocked_until = max(blocked_until, excluded.blocked_until)",
+    )?
+    .execute(params![b.account_id, instant_text(b.until, "until")?])?;
+    Ok(())
 }
 
 fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
@@ -163,6 +175,9 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
                 instant_text(f.frozen_at, "frozen_at")?
             ])?;
         }
+        for b in &batch.blocks {
+            block(&tx, b)?;
+        }
     }
     tx.commit()?;
     Ok(())
@@ -267,7 +282,17 @@ impl GuardStore for SqliteStore {
                     first_seen: parse_instant(&r.get::<_, String>(2)?, "first_seen")?,
                 });
             }
-            Ok(AccountHistory { activity, known })
+            let blocked_until = c
+                .prepare_cached("SELECT blocked_until FROM guard_block WHERE account_id = ?1")?
+                .query_row([account_id], |r| r.get::<_, String>(0))
+                .optional()?
+                .map(|t| parse_instant(&t, "blocked_until"))
+                .transpose()?;
+            Ok(AccountHistory {
+                activity,
+                known,
+                blocked_until,
+            })
         })
         .await
         .map_err(store_error)
@@ -381,16 +406,46 @@ impl GuardStore for SqliteStore {
         .map_err(store_error)
     }
 
+    async fn block_account(&self, b: SuspensionBlock) -> Result<(), StoreError> {
+        self.write(move |c| block(c, &b)).await.map_err(store_error)
+    }
+
+    async fn suspension_blocks(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SuspensionBlock>, StoreError> {
+        let at = instant_text(at, "at").map_err(store_error)?;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT account_id, blocked_until FROM guard_block WHERE blocked_until > ?1
+                 ORDER BY account_id",
+            )?;
+            let mut rows = stmt.query([at])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(SuspensionBlock {
+                    account_id: r.get(0)?,
+                    until: parse_instant(&r.get::<_, String>(1)?, "blocked_until")?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_error)
+    }
+
     async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError> {
         let q = *query;
         self.read(move |c| alerts(c, &q)).await.map_err(store_error)
     }
 
     async fn prune(&self, bucket: i64, day: i32) -> Result<u64, StoreError> {
+        let ended = instant_text(blocks_ended(bucket)?, "bucket").map_err(store_error)?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute("DELETE FROM guard_counter WHERE bucket < ?1", [bucket])?
-                + tx.execute("DELETE FROM guard_activity WHERE day < ?1", [day])?;
+                + tx.execute("DELETE FROM guard_activity WHERE day < ?1", [day])?
+                + tx.execute("DELETE FROM guard_block WHERE blocked_until < ?1", [ended])?;
             tx.commit()?;
             Ok(n as u64)
         })
