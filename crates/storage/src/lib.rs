@@ -13,11 +13,14 @@
 //! revocation instant), `api_credential`, and `id_counter`; for
 //! authentication ([`auth`], [`AuthStore`]): `account_password`,
 //! `account_totp`, `passkey`, `web_session`, `ceremony`, `api_client`,
-//! `access_token`, `replay_key` and `credential_reset`, plus the account's
+//! `access_token`, `replay_key`, `credential_reset` and `login_device`
+//! (browsers trusted for an account's password logins), plus the account's
 //! history columns (`created_at`, `decided_by`, `decided_at`,
-//! `last_login_at`, `next_session_high_risk`); for the exfiltration guard
-//! (`rempart_guard::GuardStore`): `guard_counter`, `guard_activity`,
-//! `guard_known`, `guard_alert`, `guard_alert_feature` and `guard_freeze`.
+//! `last_login_at`, `next_session_high_risk`); `break_glass_reason`; for
+//! the exfiltration guard (`rempart_guard::GuardStore`): `guard_counter`,
+//! `guard_activity`, `guard_known`, `guard_alert`, `guard_alert_feature`,
+//! `guard_freeze` and `guard_block` (suspension blocks every instance
+//! honours).
 //!
 //! Schema changes are versioned migrations under `migrations/<backend>/`,
 //! applied in order when a store is opened; each backend has its own SQL
