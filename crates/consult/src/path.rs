@@ -1603,7 +1603,7 @@ impl Consultation {
                 let at = recorded.as_ref().ok().map(|first| first + i);
                 self.guard.raise(alert.with_ledger_range(None, at));
             }
-            suspend |= decision.verdict == Verdict::Suspend;
+            suspend |= decision.verdict == Verdict::Suspend || decision.suspends_account;
         }
         if suspend {
             self.suspend(ctx).await?;

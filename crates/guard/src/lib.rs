@@ -97,12 +97,17 @@ pub struct GuardDecision {
     /// Present for every verdict but [`Verdict::Allow`]: pass it to
     /// [`Guard::raise`] (after filling its ledger range) to store it.
     pub alert: Option<Alert>,
+    /// The account's own verdict is a suspension: the caller suspends it in
+    /// the registry, also when the organisation's freeze is the verdict
+    /// (the suspension that freezes it is still a suspension).
+    pub suspends_account: bool,
 }
 
 impl GuardDecision {
     const ALLOW: GuardDecision = GuardDecision {
         verdict: Verdict::Allow,
         alert: None,
+        suspends_account: false,
     };
 
     /// Whether the attempt may go on to the vault.
@@ -457,6 +462,7 @@ impl Inner {
         };
         Ok(GuardDecision {
             verdict,
+            suspends_account: account.verdict == Verdict::Suspend,
             alert: Some(Alert {
                 at: a.at,
                 kind,

@@ -224,7 +224,8 @@ async fn a_script_that_keeps_going_after_refusals_is_suspended() {
                 line(
                     &GuardDecision {
                         verdict: last,
-                        alert: Some(a.clone())
+                        alert: Some(a.clone()),
+                        suspends_account: true,
                     },
                     Feature::Refusals
                 )
@@ -537,6 +538,9 @@ async fn organisations_are_frozen_after_two_suspensions_and_lifted_by_an_officer
                 .unwrap();
             if d.verdict >= Verdict::Suspend {
                 suspended += 1;
+                // The account that freezes its organisation is suspended
+                // all the same (it was not, in the registry, before).
+                assert!(d.suspends_account, "{account}");
                 if account == 41 {
                     assert_eq!(d.verdict, Verdict::FreezeOrganisation);
                     let a = d.alert.unwrap();

@@ -2298,6 +2298,18 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
             stopped.is_some(),
             "{backend:?}: the burst was never stopped"
         );
+        // The suspension that froze the organisation is a suspension in the
+        // registry too (sessions and credentials ended), not only the
+        // guard's refusal: the freeze was the verdict, and nothing
+        // suspended the account before.
+        let ce1_state = app
+            .store
+            .account_by_id(app.account("t.ce1").account_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state;
+        assert_eq!(ce1_state, AccountState::Suspended, "{backend:?}");
         let (s, body) = app.read("t.ce1b", persons[0], "follow_up").await;
         assert_eq!(s, 403, "{backend:?}: {body}");
         assert_error(&body, "organisation_frozen");
