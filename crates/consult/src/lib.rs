@@ -43,9 +43,9 @@ pub use clients::{
 pub use federation::{FederatedCallback, FederatedStart};
 pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use path::{
-    AccountState, BreakGlass, CaseloadPage, Clock, Consultation, Grant, MAX_LIFT_REASON_BYTES,
-    MAX_PAGE, MAX_REASON_BYTES, MIN_REASON_CHARS, NirShown, OrganisationEntry, Organisations,
-    SearchBy, SearchResults, Shown,
+    AccountState, BreakGlass, CaseloadPage, Clock, Consultation, Grant, Granted,
+    MAX_LIFT_REASON_BYTES, MAX_PAGE, MAX_REASON_BYTES, MIN_REASON_CHARS, NirShown,
+    OrganisationEntry, Organisations, SearchBy, SearchResults, Shown,
 };
 pub use purge::{PurgeConfigError, PurgeSettings};
 

@@ -23,6 +23,7 @@ use rempart_storage::{
     AccountChange, AccountRecord, AuthStore, CaseloadEntry, ConsultationRows, NewBreakGlassReason,
     NewMandate, Store, StoredMandate,
 };
+use rempart_storage::{GrantDecision, GrantRequest};
 use rempart_vault::{Read, Vault};
 
 use crate::authenticate::{self, Caller, Rejected, Via};
@@ -788,12 +789,14 @@ impl Consultation {
             .await
     }
 
-    /// Grants a mandate (France Travail officers).
+    /// Grants a mandate (France Travail officers). A grant to the
+    /// officer's own organisation is not made but requested: an officer of
+    /// another organisation decides it ([`Consultation::decide_grant`]).
     pub async fn grant_mandate(
         &self,
         presented: &Presented<'_>,
         grant: Grant,
-    ) -> Result<StoredMandate, Refusal> {
+    ) -> Result<Granted, Refusal> {
         let now = self.now();
         let caller = self
             .authenticate(presented, LeafAction::MandateGrant, now)
@@ -816,25 +819,6 @@ impl Consultation {
             &mandates,
         )
         .await?;
-        // Four eyes: an officer never grants to its own organisation (a
-        // colleague handed a caseload to read); an officer of another
-        // organisation does, as for account decisions.
-        if grant.organisation_id == caller.account.organisation_id {
-            let leaf = ctx.leaf(
-                Some(person_id),
-                FieldGroups::EMPTY,
-                LeafDecision::Deny(DenyReason::FourEyes),
-                None,
-                Some(
-                    "mandate for the officer's own organisation: granted by an officer of another"
-                        .into(),
-                ),
-            );
-            return Err(match self.record(leaf).await {
-                Ok(_) => Refusal::Forbidden,
-                Err(unavailable) => unavailable,
-            });
-        }
         // Grants are the guard's business too: a burst of them is how one
         // hands a colleague a caseload to read (quota, alert).
         let attempt =
@@ -859,6 +843,32 @@ impl Consultation {
                 .refuse_rehearsed(&ctx, Some(person_id), grant_refused(e), None)
                 .await);
         }
+        // Four eyes: an officer never hands its own organisation a
+        // mandate alone (a colleague given a caseload to read): the grant
+        // waits for an officer of another organisation, as account
+        // decisions do.
+        if grant.organisation_id == caller.account.organisation_id {
+            let leaf = ctx.leaf(
+                Some(person_id),
+                FieldGroups::EMPTY,
+                LeafDecision::Allow,
+                None,
+                Some(format!(
+                    "mandate {} requested for the officer's own organisation: awaits an officer of another",
+                    new.reference
+                )),
+            );
+            let requested_by = caller.account.account_id;
+            return self
+                .leaf_then(&ctx, leaf, async {
+                    self.store
+                        .request_grant(new, requested_by, now)
+                        .await
+                        .map(Granted::Requested)
+                        .map_err(grant_refused)
+                })
+                .await;
+        }
         let leaf = ctx.leaf(
             Some(person_id),
             FieldGroups::EMPTY,
@@ -867,9 +877,137 @@ impl Consultation {
             Some(format!("mandate {}", new.reference)),
         );
         self.leaf_then(&ctx, leaf, async {
-            self.store.grant_mandate(new).await.map_err(grant_refused)
+            self.store
+                .grant_mandate(new)
+                .await
+                .map(Granted::Mandate)
+                .map_err(grant_refused)
         })
         .await
+    }
+
+    /// An officer of another organisation than the requester's approves
+    /// (the mandate is made) or rejects a grant request. The same checks as
+    /// a grant (policy, guard quota), four eyes in the store, rehearsed,
+    /// ledgered, then decided. A request decided already, or none, is
+    /// `NotFound`.
+    pub async fn decide_grant(
+        &self,
+        presented: &Presented<'_>,
+        request_id: i64,
+        approve: bool,
+    ) -> Result<GrantDecision, Refusal> {
+        let now = self.now();
+        let caller = self
+            .authenticate(presented, LeafAction::MandateGrant, now)
+            .await?;
+        let who = authorize::who(&caller.account);
+        let mut ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::MandateGrant,
+            purpose: None,
+            now,
+        };
+        let pending = match self.store.pending_grants().await {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail(&ctx, None, "mandate requests", &e).await),
+        };
+        let Some(request) = pending.into_iter().find(|r| r.id == request_id) else {
+            return Err(self
+                .deny(&ctx, None, DenyReason::InvalidRequest, Refusal::NotFound)
+                .await);
+        };
+        let m = &request.mandate;
+        ctx.purpose = Some(m.purpose);
+        let person_id = m.person_id;
+        let mandates = self.mandates_of(&ctx, person_id).await?;
+        self.allow_person_action(
+            &ctx,
+            &who,
+            Action::GrantMandate,
+            person_id,
+            m.purpose,
+            &mandates,
+        )
+        .await?;
+        if approve {
+            let attempt = self.attempts(&ctx, None).of(
+                AttemptKind::MandateGrant,
+                Some(person_id),
+                Fields::NONE,
+            );
+            self.screen(&ctx, &attempt).await?;
+        }
+        let officer = caller.account.account_id;
+        let decided = |r: Result<bool, rempart_storage::StorageError>| match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+            Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("officer_id:") => {
+                Err(NotMade::new(DenyReason::FourEyes, Refusal::Forbidden))
+            }
+            Err(e) => Err(grant_refused(e)),
+        };
+        let about = format!("mandate request {request_id}");
+        let rehearsed = self
+            .store
+            .rehearse_grant_decision(request_id, officer, approve, now)
+            .await;
+        if let Err(not_made) = decided(rehearsed) {
+            return Err(self
+                .refuse_rehearsed(&ctx, Some(person_id), not_made, Some(about))
+                .await);
+        }
+        let note = if approve {
+            format!("{about} approved: mandate {}", m.reference)
+        } else {
+            format!("{about} rejected")
+        };
+        let leaf = ctx.leaf(
+            Some(person_id),
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(note),
+        );
+        self.leaf_then(&ctx, leaf, async {
+            match self
+                .store
+                .decide_grant(request_id, officer, approve, now)
+                .await
+            {
+                Ok(Some(decision)) => Ok(decision),
+                Ok(None) => decided(Ok(false)).map(|()| GrantDecision::Rejected),
+                Err(e) => decided(Err(e)).map(|()| GrantDecision::Rejected),
+            }
+        })
+        .await
+    }
+
+    /// Grant requests awaiting a second officer, oldest first (officers).
+    pub async fn pending_grant_requests(
+        &self,
+        presented: &Presented<'_>,
+    ) -> Result<Vec<GrantRequest>, Refusal> {
+        let (caller, now) = self.admin(presented).await?;
+        let ctx = Ctx {
+            caller: &caller,
+            action: LeafAction::AdminList,
+            purpose: None,
+            now,
+        };
+        let pending = match self.store.pending_grants().await {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail(&ctx, None, "mandate requests", &e).await),
+        };
+        self.record(ctx.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(format!("pending mandate requests ({} rows)", pending.len())),
+        ))
+        .await?;
+        Ok(pending)
     }
 
     /// Revokes a mandate (France Travail officers), effective from the
@@ -1820,6 +1958,16 @@ const NO_ONE: i64 = 0;
 /// A leaf waiting for its batch, with the guard's decision to contain
 /// when it is not allow (see [`Consultation::settle`]).
 type Pending = (AuditLeaf, Option<GuardDecision>);
+
+/// What a grant came to.
+#[derive(Debug)]
+pub enum Granted {
+    /// The mandate, made.
+    Mandate(StoredMandate),
+    /// A grant to the officer's own organisation, waiting for an officer of
+    /// another.
+    Requested(GrantRequest),
+}
 
 /// Why the store refused a mandate grant.
 fn grant_refused(e: rempart_storage::StorageError) -> NotMade {

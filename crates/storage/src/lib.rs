@@ -10,7 +10,9 @@
 //! the secret.
 //!
 //! Tables: `person`, `organisation`, `account`, `mandate` (with its
-//! revocation instant), `api_credential`, and `id_counter`; for
+//! revocation instant), `mandate_request` (grants to the granting
+//! officer's own organisation, waiting for an officer of another),
+//! `api_credential`, and `id_counter`; for
 //! authentication ([`auth`], [`AuthStore`]): `account_password`,
 //! `account_totp`, `passkey`, `web_session`, `ceremony`, `api_client`,
 //! `access_token`, `replay_key`, `credential_reset` and `login_device`
@@ -189,6 +191,29 @@ pub struct StoredCredential {
     pub expires_at: DateTime<Utc>,
     /// `None` while not revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A grant to the granting officer's own organisation, waiting for a
+/// second officer (see [`RegistryStore::request_grant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRequest {
+    /// Its id.
+    pub id: i64,
+    /// The mandate it would create.
+    pub mandate: NewMandate,
+    /// The officer who asked.
+    pub requested_by: i64,
+    /// When.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// How a grant request was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantDecision {
+    /// Approved: the mandate, as stored.
+    Granted(StoredMandate),
+    /// Rejected: no mandate.
+    Rejected,
 }
 
 /// A mandate created through the API (grant or break-glass).
@@ -518,6 +543,44 @@ pub trait RegistryStore: Send + Sync {
     /// [`AuthStore::rehearse`] for why).
     async fn rehearse_grant(&self, m: &NewMandate) -> Result<(), StorageError>;
 
+    /// Records a grant to the requesting officer's own organisation, to be
+    /// decided by a second officer ([`RegistryStore::decide_grant`]).
+    /// Rehearse the grant first ([`RegistryStore::rehearse_grant`]): the
+    /// mandate's checks run again when it is approved.
+    async fn request_grant(
+        &self,
+        m: NewMandate,
+        requested_by: i64,
+        at: DateTime<Utc>,
+    ) -> Result<GrantRequest, StorageError>;
+
+    /// Decides a grant request, once (compare-and-set: `None` if there is
+    /// no such request or it is decided). Approval inserts its mandate, with
+    /// [`RegistryStore::grant_mandate`]'s checks and refusals, in the same
+    /// transaction. Refuses (`officer_id: …`) a decider who is not an
+    /// active officer, is the requester, or belongs to the requester's
+    /// organisation (four eyes, as for accounts).
+    async fn decide_grant(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<GrantDecision>, StorageError>;
+
+    /// [`RegistryStore::decide_grant`] in a transaction rolled back: the same
+    /// answer and refusals, nothing written (`false` for `None`).
+    async fn rehearse_grant_decision(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
+
+    /// Grant requests awaiting a decision, oldest first.
+    async fn pending_grants(&self) -> Result<Vec<GrantRequest>, StorageError>;
+
     /// Break-glass: inserts the one-day mandate `m` and its sealed reason
     /// in one transaction, with the checks and refusals of
     /// [`RegistryStore::grant_mandate`]. `reason` must be sealed under the
@@ -696,6 +759,31 @@ pub(crate) fn credential_period(
 /// Refusals of [`RegistryStore::grant_mandate`], same words on both backends.
 pub(crate) fn grant_refusal(field: &str, reason: &str) -> StorageError {
     StorageError::Invalid(format!("{field}: {reason}"))
+}
+
+/// The four-eyes rule of a grant request's decision: `decider` (its
+/// organisation, role and state, if it exists) is an active officer, not
+/// the requester, and not of the requester's organisation.
+pub(crate) fn check_grant_decider(
+    requested_by: i64,
+    requester_organisation: i64,
+    officer_id: i64,
+    decider: Option<(i64, Role, AccountState)>,
+) -> Result<(), StorageError> {
+    let refuse = |why: &str| Err(StorageError::Invalid(format!("officer_id: {why}")));
+    let Some((organisation, role, state)) = decider else {
+        return refuse("no such account");
+    };
+    if role != Role::Officer || state != AccountState::Active {
+        return refuse("the decider must be an active officer");
+    }
+    if officer_id == requested_by {
+        return refuse("the requester cannot decide on its own request (four eyes)");
+    }
+    if organisation == requester_organisation {
+        return refuse("an officer of the requester's organisation cannot decide (four eyes)");
+    }
+    Ok(())
 }
 
 /// Checks the period of a new mandate.

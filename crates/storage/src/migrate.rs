@@ -59,6 +59,11 @@ pub const SQLITE: &[Migration] = &[
         name: "login_device",
         sql: include_str!("../migrations/sqlite/0010_login_device.sql"),
     },
+    Migration {
+        version: 11,
+        name: "mandate_request",
+        sql: include_str!("../migrations/sqlite/0011_mandate_request.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -112,6 +117,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 10,
         name: "login_device",
         sql: include_str!("../migrations/postgres/0010_login_device.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "mandate_request",
+        sql: include_str!("../migrations/postgres/0011_mandate_request.sql"),
     },
 ];
 

@@ -523,6 +523,95 @@ async fn rewrap_persons(
 }
 
 /// Reads a row of [`MANDATE_COLUMNS`], with the names from [`Names`].
+/// The columns of a grant request, in [`grant_request_row`]'s order.
+const GRANT_REQUEST_SELECT: &str = "SELECT id, reference, organisation_id, account_id, person_id,
+     purpose, valid_from, valid_to, source, requested_by, requested_at FROM mandate_request";
+
+fn grant_request_row(r: &Row) -> Result<crate::GrantRequest, StorageError> {
+    Ok(crate::GrantRequest {
+        id: r.try_get(0)?,
+        mandate: NewMandate {
+            reference: parse_code(r.try_get(1)?, Reference::parse)?,
+            organisation_id: r.try_get(2)?,
+            account_id: r.try_get(3)?,
+            person_id: r.try_get(4)?,
+            purpose: parse_code(r.try_get(5)?, Purpose::parse)?,
+            valid_from: r.try_get(6)?,
+            valid_to: r.try_get(7)?,
+            source: parse_code(r.try_get(8)?, Reference::parse)?,
+        },
+        requested_by: r.try_get(9)?,
+        requested_at: r.try_get(10)?,
+    })
+}
+
+/// [`RegistryStore::decide_grant`] in `tx`, which the caller commits (or
+/// rolls back, to rehearse).
+async fn decide_grant_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    names: &Names,
+    id: i64,
+    officer_id: i64,
+    approve: bool,
+    at: DateTime<Utc>,
+) -> Result<Option<crate::GrantDecision>, StorageError> {
+    // Locked: a concurrent decision waits, then finds it decided.
+    let request = tx
+        .query_opt(
+            &format!("{GRANT_REQUEST_SELECT} WHERE id = $1 AND decided_at IS NULL FOR UPDATE"),
+            &[&id],
+        )
+        .await?
+        .map(|r| grant_request_row(&r))
+        .transpose()?;
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let requester: i64 = tx
+        .query_one(
+            "SELECT organisation_id FROM account WHERE id = $1",
+            &[&request.requested_by],
+        )
+        .await?
+        .try_get(0)?;
+    let decider = tx
+        .query_opt(
+            "SELECT organisation_id, role, state FROM account WHERE id = $1 FOR SHARE",
+            &[&officer_id],
+        )
+        .await?
+        .map(|r| {
+            Ok::<_, StorageError>((
+                r.try_get::<_, i64>(0)?,
+                parse_code(r.try_get(1)?, Role::parse)?,
+                parse_code(r.try_get(2)?, AccountState::parse)?,
+            ))
+        })
+        .transpose()?;
+    crate::check_grant_decider(request.requested_by, requester, officer_id, decider)?;
+    let n = tx
+        .execute(
+            "UPDATE mandate_request SET decided_by = $2, decided_at = $3, approved = $4
+             WHERE id = $1 AND decided_at IS NULL",
+            &[&id, &officer_id, &at, &approve],
+        )
+        .await?;
+    if n != 1 {
+        return Ok(None);
+    }
+    if !approve {
+        return Ok(Some(crate::GrantDecision::Rejected));
+    }
+    check_mandate_period(&request.mandate)?;
+    let stored = insert_mandate(tx, names, &request.mandate, None).await?;
+    tx.execute(
+        "UPDATE mandate_request SET mandate_id = $2 WHERE id = $1",
+        &[&id, &stored.id],
+    )
+    .await?;
+    Ok(Some(crate::GrantDecision::Granted(stored)))
+}
+
 async fn stored_mandate(
     client: &impl deadpool_postgres::GenericClient,
     names: &Names,
@@ -1615,6 +1704,87 @@ impl RegistryStore for PgStore {
         insert_mandate(&tx, &self.names, m, None).await?;
         tx.rollback().await?;
         Ok(())
+    }
+
+    async fn request_grant(
+        &self,
+        m: NewMandate,
+        requested_by: i64,
+        at: DateTime<Utc>,
+    ) -> Result<crate::GrantRequest, StorageError> {
+        check_mandate_period(&m)?;
+        let at = crate::instant(at, "at")?;
+        let client = self.client().await?;
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO mandate_request (reference, organisation_id, account_id,
+                     person_id, purpose, valid_from, valid_to, source, requested_by,
+                     requested_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                &[
+                    &m.reference.as_str(),
+                    &m.organisation_id,
+                    &m.account_id,
+                    &m.person_id,
+                    &m.purpose.as_str(),
+                    &m.valid_from,
+                    &m.valid_to,
+                    &m.source.as_str(),
+                    &requested_by,
+                    &at,
+                ],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(crate::GrantRequest {
+            id,
+            mandate: m,
+            requested_by,
+            requested_at: at,
+        })
+    }
+
+    async fn decide_grant(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<crate::GrantDecision>, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let decided = decide_grant_in(&tx, &self.names, id, officer_id, approve, at).await?;
+        tx.commit().await?;
+        Ok(decided)
+    }
+
+    async fn rehearse_grant_decision(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let at = crate::instant(at, "at")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rehearsed = decide_grant_in(&tx, &self.names, id, officer_id, approve, at).await;
+        tx.rollback().await?;
+        Ok(rehearsed?.is_some())
+    }
+
+    async fn pending_grants(&self) -> Result<Vec<crate::GrantRequest>, StorageError> {
+        let client = self.client().await?;
+        client
+            .query(
+                &format!("{GRANT_REQUEST_SELECT} WHERE decided_at IS NULL ORDER BY id"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(grant_request_row)
+            .collect()
     }
 
     async fn grant_break_glass(

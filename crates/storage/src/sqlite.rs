@@ -22,6 +22,7 @@ use crate::{
     caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
     index_column, migrate, parse_code,
 };
+use crate::{GrantDecision, GrantRequest, check_grant_decider};
 
 mod auth;
 mod guard;
@@ -500,6 +501,87 @@ fn insert_mandate(
         StorageError::Corrupt(format!("mandate {id} vanished after its insertion"))
     })?;
     Ok(stored)
+}
+
+/// The columns of a grant request, in [`grant_request_row`]'s order.
+const GRANT_REQUEST_SELECT: &str = "SELECT id, reference, organisation_id, account_id, person_id,
+     purpose, valid_from, valid_to, source, requested_by, requested_at FROM mandate_request";
+
+fn grant_request_row(r: &Row<'_>) -> Result<GrantRequest, StorageError> {
+    Ok(GrantRequest {
+        id: r.get(0)?,
+        mandate: NewMandate {
+            reference: parse_code(r.get(1)?, Reference::parse)?,
+            organisation_id: r.get(2)?,
+            account_id: r.get(3)?,
+            person_id: r.get(4)?,
+            purpose: parse_code(r.get(5)?, Purpose::parse)?,
+            valid_from: match text(r, 6, "valid_from")? {
+                Some(s) => day(s, "valid_from")?,
+                None => return Err(StorageError::Corrupt("stored valid_from is NULL".into())),
+            },
+            valid_to: text(r, 7, "valid_to")?
+                .map(|s| day(s, "valid_to"))
+                .transpose()?,
+            source: parse_code(r.get(8)?, Reference::parse)?,
+        },
+        requested_by: r.get(9)?,
+        requested_at: parse_instant(&r.get::<_, String>(10)?, "requested_at")?,
+    })
+}
+
+/// [`RegistryStore::decide_grant`] in `tx`, which the caller commits (or
+/// drops, to rehearse).
+fn decide_grant_in(
+    tx: &rusqlite::Transaction<'_>,
+    names: &Names,
+    id: i64,
+    officer_id: i64,
+    approve: bool,
+    at: &str,
+) -> Result<Option<GrantDecision>, StorageError> {
+    let request = tx
+        .prepare_cached(&format!(
+            "{GRANT_REQUEST_SELECT} WHERE id = ?1 AND decided_at IS NULL"
+        ))?
+        .query_and_then([id], grant_request_row)?
+        .next()
+        .transpose()?;
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let requester: i64 = tx
+        .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
+        .query_row([request.requested_by], |r| r.get(0))?;
+    let decider = tx
+        .prepare_cached("SELECT organisation_id, role, state FROM account WHERE id = ?1")?
+        .query_and_then([officer_id], |r| {
+            Ok::<_, StorageError>((
+                r.get::<_, i64>(0)?,
+                parse_code(r.get(1)?, Role::parse)?,
+                parse_code(r.get(2)?, AccountState::parse)?,
+            ))
+        })?
+        .next()
+        .transpose()?;
+    check_grant_decider(request.requested_by, requester, officer_id, decider)?;
+    let n = tx
+        .prepare_cached(
+            "UPDATE mandate_request SET decided_by = ?2, decided_at = ?3, approved = ?4
+             WHERE id = ?1 AND decided_at IS NULL",
+        )?
+        .execute(params![id, officer_id, at, approve])?;
+    if n != 1 {
+        return Ok(None);
+    }
+    if !approve {
+        return Ok(Some(GrantDecision::Rejected));
+    }
+    check_mandate_period(&request.mandate)?;
+    let stored = insert_mandate(tx, names, &request.mandate, None)?;
+    tx.prepare_cached("UPDATE mandate_request SET mandate_id = ?2 WHERE id = ?1")?
+        .execute([id, stored.id])?;
+    Ok(Some(GrantDecision::Granted(stored)))
 }
 
 fn mandate_by_id(
@@ -1347,6 +1429,93 @@ impl RegistryStore for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             insert_mandate(&tx, &inner.names, &m, None)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn request_grant(
+        &self,
+        m: NewMandate,
+        requested_by: i64,
+        at: DateTime<Utc>,
+    ) -> Result<GrantRequest, StorageError> {
+        check_mandate_period(&m)?;
+        let at_text = instant_text(at, "at")?;
+        self.write(move |c| {
+            let id: i64 = c
+                .prepare_cached(
+                    "INSERT INTO mandate_request (reference, organisation_id, account_id,
+                         person_id, purpose, valid_from, valid_to, source, requested_by,
+                         requested_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        m.reference.as_str(),
+                        m.organisation_id,
+                        m.account_id,
+                        m.person_id,
+                        m.purpose.as_str(),
+                        m.valid_from,
+                        m.valid_to,
+                        m.source.as_str(),
+                        requested_by,
+                        at_text
+                    ],
+                    |r| r.get(0),
+                )?;
+            Ok(GrantRequest {
+                id,
+                mandate: m,
+                requested_by,
+                requested_at: at,
+            })
+        })
+        .await
+    }
+
+    async fn decide_grant(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<Option<GrantDecision>, StorageError> {
+        let at = instant_text(at, "at")?;
+        let inner = self.inner.clone();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let decided = decide_grant_in(&tx, &inner.names, id, officer_id, approve, &at)?;
+            tx.commit()?;
+            Ok(decided)
+        })
+        .await
+    }
+
+    async fn rehearse_grant_decision(
+        &self,
+        id: i64,
+        officer_id: i64,
+        approve: bool,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let at = instant_text(at, "at")?;
+        let inner = self.inner.clone();
+        self.write(move |c| {
+            // Dropped, not committed: rolled back.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            Ok(decide_grant_in(&tx, &inner.names, id, officer_id, approve, &at)?.is_some())
+        })
+        .await
+    }
+
+    async fn pending_grants(&self) -> Result<Vec<GrantRequest>, StorageError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "{GRANT_REQUEST_SELECT} WHERE decided_at IS NULL ORDER BY id"
+            ))?
+            .query_and_then([], grant_request_row)?
+            .collect()
         })
         .await
     }

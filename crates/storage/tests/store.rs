@@ -556,10 +556,10 @@ async fn migrations_are_idempotent_and_guarded() {
             .expect("pg_tables")
             .get(0);
         assert_eq!(
-            tables, 28,
+            tables, 29,
             "[postgres] registry, authentication, guard (with suspension blocks), activation, \
-             federation, access-version, break-glass reason and login device tables + \
-             schema_migrations"
+             federation, access-version, break-glass reason, login device and mandate request \
+             tables + schema_migrations"
         );
     }
 

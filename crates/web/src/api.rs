@@ -38,6 +38,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/caseload", get(caseload))
         .route("/api/v1/mandates", post(grant_mandate))
         .route("/api/v1/mandates/{id}", delete(revoke_mandate))
+        .route("/api/v1/mandate-requests", get(pending_grants))
+        .route("/api/v1/mandate-requests/{id}/approve", post(approve_grant))
+        .route("/api/v1/mandate-requests/{id}/reject", post(reject_grant))
         .route("/api/v1/organisations", get(organisations))
         .route("/api/v1/organisations/{id}/accounts", get(accounts))
         .route("/api/v1/organisations/{id}/lift-freeze", post(lift_freeze))
@@ -490,6 +493,46 @@ impl From<StoredMandate> for MandateBody {
     }
 }
 
+/// A grant to the officer's own organisation, waiting for an officer of
+/// another (`state` is `requested`).
+#[derive(Serialize)]
+struct GrantRequestBody {
+    id: i64,
+    state: &'static str,
+    reference: String,
+    person_id: i64,
+    organisation_id: i64,
+    account_id: Option<i64>,
+    purpose: &'static str,
+    valid_from: String,
+    valid_to: Option<String>,
+    source: String,
+    requested_by: i64,
+    requested_at: String,
+}
+
+impl From<rempart_storage::GrantRequest> for GrantRequestBody {
+    fn from(r: rempart_storage::GrantRequest) -> Self {
+        let m = r.mandate;
+        GrantRequestBody {
+            id: r.id,
+            state: "requested",
+            reference: m.reference.as_str().to_string(),
+            person_id: m.person_id,
+            organisation_id: m.organisation_id,
+            account_id: m.account_id,
+            purpose: m.purpose.as_str(),
+            valid_from: m.valid_from.format("%Y-%m-%d").to_string(),
+            valid_to: m.valid_to.map(|d| d.format("%Y-%m-%d").to_string()),
+            source: m.source.as_str().to_string(),
+            requested_by: r.requested_by,
+            requested_at: r
+                .requested_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
 // -------------------------------------------------------------------------
 // Handlers
 // -------------------------------------------------------------------------
@@ -755,11 +798,62 @@ async fn grant_mandate(
 ) -> Answer {
     let input = json_body::<GrantBody>(body).and_then(grant_request);
     let grant = parsed(&state, &creds, input).await?;
-    let stored = state
+    let granted = state
         .consultation
         .grant_mandate(&creds.presented(), grant)
         .await?;
-    Ok((StatusCode::CREATED, Json(MandateBody::from(stored))).into_response())
+    Ok(match granted {
+        rempart_consult::Granted::Mandate(m) => {
+            (StatusCode::CREATED, Json(MandateBody::from(m))).into_response()
+        }
+        // The officer's own organisation: another officer decides.
+        rempart_consult::Granted::Requested(r) => {
+            (StatusCode::ACCEPTED, Json(GrantRequestBody::from(r))).into_response()
+        }
+    })
+}
+
+async fn pending_grants(State(state): State<AppState>, creds: Credentials) -> Answer {
+    let pending = state
+        .consultation
+        .pending_grant_requests(&creds.presented())
+        .await?;
+    ok(serde_json::json!({
+        "requests": pending.into_iter().map(GrantRequestBody::from).collect::<Vec<_>>(),
+    }))
+}
+
+async fn approve_grant(
+    State(state): State<AppState>,
+    creds: Credentials,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Answer {
+    let id = parsed(&state, &creds, path_id(path)).await?;
+    match state
+        .consultation
+        .decide_grant(&creds.presented(), id, true)
+        .await?
+    {
+        rempart_storage::GrantDecision::Granted(m) => {
+            Ok((StatusCode::CREATED, Json(MandateBody::from(m))).into_response())
+        }
+        rempart_storage::GrantDecision::Rejected => {
+            ok(serde_json::json!({"id": id, "state": "rejected"}))
+        }
+    }
+}
+
+async fn reject_grant(
+    State(state): State<AppState>,
+    creds: Credentials,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Answer {
+    let id = parsed(&state, &creds, path_id(path)).await?;
+    state
+        .consultation
+        .decide_grant(&creds.presented(), id, false)
+        .await?;
+    ok(serde_json::json!({"id": id, "state": "rejected"}))
 }
 
 async fn revoke_mandate(

@@ -1843,6 +1843,110 @@ async fn no_state_change_without_its_leaf() {
     }
 }
 
+/// Issue 17, item 8: an officer handed a colleague of its own agency 45
+/// mandates alone. A grant to one's own organisation is now a request
+/// (202, no mandate yet) that only an officer of another organisation
+/// decides: neither the requester nor an officer of its organisation may
+/// (403, ledgered `four_eyes`); approved, the mandate is made (201) and
+/// counts from the next request; a request is decided once; rejected, no
+/// mandate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_to_ones_own_organisation_wait_for_a_second_officer() {
+    use rempart_ledger::DenyReason;
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let outsider = app.other_agency_officer().await;
+        let own = |i: usize, source: &str| {
+            json!({
+                "person_id": app.fresh_person(120 + i),
+                "organisation_id": app.org("T-FT"),
+                "account_id": app.account("t.ft").account_id,
+                "purpose": "follow_up",
+                "source": source,
+            })
+        };
+        let p = app.fresh_person(120);
+        let before = app.ledger_size().await;
+        let (s, request) = app
+            .post(Some("t.officer"), "/api/v1/mandates", &own(0, "colleague"))
+            .await;
+        assert_eq!(s, 202, "{backend:?}: {request}");
+        assert_eq!(request["state"], "requested", "{backend:?}");
+        let id = request["id"].as_i64().unwrap();
+        let leaves = app.leaves(before).await;
+        assert!(
+            leaves.iter().any(|l| l.action == LeafAction::MandateGrant
+                && l.decision == Decision::Allow
+                && l.note.as_deref().is_some_and(|n| n.contains("requested"))),
+            "{backend:?}: {leaves:?}"
+        );
+        let granted = |person: i64| {
+            let app = &app;
+            async move {
+                app.store
+                    .mandates_of_person(person)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m.source.as_str() == "colleague")
+                    .count()
+            }
+        };
+        assert_eq!(granted(p).await, 0, "{backend:?}: nothing granted yet");
+        let (s, list) = app.get(Some("t.officer"), "/api/v1/mandate-requests").await;
+        assert_eq!(s, 200, "{backend:?}: {list}");
+        assert!(
+            list["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["id"] == id),
+            "{backend:?}: {list}"
+        );
+        // Neither the requester nor another officer of its organisation.
+        let approve = format!("/api/v1/mandate-requests/{id}/approve");
+        for who in ["t.officer", "t.officer2"] {
+            let before = app.ledger_size().await;
+            let (s, body) = app.post(Some(who), &approve, &json!({})).await;
+            assert_eq!(s, 403, "{backend:?} {who}: {body}");
+            assert_eq!(
+                deny_reasons(&app.leaves(before).await),
+                vec![DenyReason::FourEyes],
+                "{backend:?} {who}"
+            );
+        }
+        assert_eq!(granted(p).await, 0, "{backend:?}");
+        // An officer of another agency approves: the mandate is made.
+        let (s, mandate) = app.post_as(&outsider, &approve, &json!({})).await;
+        assert_eq!(s, 201, "{backend:?}: {mandate}");
+        assert_eq!(mandate["person_id"], p, "{backend:?}");
+        assert_eq!(granted(p).await, 1, "{backend:?}");
+        assert_eq!(app.read("t.ft", p, "follow_up").await.0, 200, "{backend:?}");
+        // Decided once.
+        let (s, _) = app.post_as(&outsider, &approve, &json!({})).await;
+        assert_eq!(s, 404, "{backend:?}");
+        // Rejected: no mandate.
+        let (s, request) = app
+            .post(Some("t.officer"), "/api/v1/mandates", &own(1, "colleague"))
+            .await;
+        assert_eq!(s, 202, "{backend:?}: {request}");
+        let reject = format!("/api/v1/mandate-requests/{}/reject", request["id"]);
+        let (s, body) = app.post_as(&outsider, &reject, &json!({})).await;
+        assert_eq!(
+            (s, body["state"].clone()),
+            (200, json!("rejected")),
+            "{backend:?}"
+        );
+        assert_eq!(granted(app.fresh_person(121)).await, 0, "{backend:?}");
+        let (_, list) = app.get(Some("t.officer"), "/api/v1/mandate-requests").await;
+        assert!(
+            list["requests"].as_array().unwrap().is_empty(),
+            "{backend:?}: {list}"
+        );
+        app.stop().await;
+    }
+}
+
 /// Issue 17, item 8: an officer granted 45 mandates in 0.07 s, with no
 /// quota and no alert. Grants are the guard's now: past the hourly quota
 /// (10) they are refused with a 429, ledgered, and alerted; nothing more is
@@ -1860,31 +1964,6 @@ async fn bulk_mandate_grants_are_throttled_and_alerted() {
                 "source": format!("bulk-{i}"),
             })
         };
-        // Never to one's own organisation: a colleague handed a caseload.
-        let own = json!({
-            "person_id": app.fresh_person(99),
-            "organisation_id": app.org("T-FT"),
-            "account_id": app.account("t.ft").account_id,
-            "purpose": "follow_up",
-            "source": "colleague",
-        });
-        let before = app.ledger_size().await;
-        let (s, body) = app.post(Some("t.officer"), "/api/v1/mandates", &own).await;
-        assert_eq!(s, 403, "{backend:?}: {body}");
-        assert_eq!(
-            deny_reasons(&app.leaves(before).await),
-            vec![rempart_ledger::DenyReason::FourEyes],
-            "{backend:?}"
-        );
-        assert!(
-            app.store
-                .mandates_of_person(app.fresh_person(99))
-                .await
-                .unwrap()
-                .iter()
-                .all(|m| m.source.as_str() != "colleague"),
-            "{backend:?}"
-        );
         let mut answers = Vec::new();
         for i in 0..15 {
             let (s, body) = app
