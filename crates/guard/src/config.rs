@@ -82,6 +82,9 @@ pub struct OrganisationQuotas {
     pub searches: Limit,
     /// Break-glass accesses.
     pub break_glass: Limit,
+    /// Mandates granted by its officers (many officers each under their
+    /// own quota are still a bulk grant).
+    pub mandate_grants: Limit,
 }
 
 impl Default for OrganisationQuotas {
@@ -91,6 +94,7 @@ impl Default for OrganisationQuotas {
             nir_reveals: Limit::new(1_500, 6_000),
             searches: Limit::new(2_000, 10_000),
             break_glass: Limit::new(20, 50),
+            mandate_grants: Limit::new(30, 100),
         }
     }
 }
@@ -383,6 +387,10 @@ impl GuardConfig {
             ("organisation.nir_reveals", self.organisation.nir_reveals),
             ("organisation.searches", self.organisation.searches),
             ("organisation.break_glass", self.organisation.break_glass),
+            (
+                "organisation.mandate_grants",
+                self.organisation.mandate_grants,
+            ),
         ];
         for (field, l) in limits {
             if l.per_hour == 0 {
@@ -559,6 +567,7 @@ fn field_hour(limit: &'static str) -> &'static str {
         "organisation.persons" => "organisation.persons.per_hour",
         "organisation.nir_reveals" => "organisation.nir_reveals.per_hour",
         "organisation.searches" => "organisation.searches.per_hour",
+        "organisation.mandate_grants" => "organisation.mandate_grants.per_hour",
         _ => "organisation.break_glass.per_hour",
     }
 }
@@ -574,6 +583,7 @@ fn field_day(limit: &'static str) -> &'static str {
         "organisation.persons" => "organisation.persons.per_day",
         "organisation.nir_reveals" => "organisation.nir_reveals.per_day",
         "organisation.searches" => "organisation.searches.per_day",
+        "organisation.mandate_grants" => "organisation.mandate_grants.per_day",
         _ => "organisation.break_glass.per_day",
     }
 }

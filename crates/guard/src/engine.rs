@@ -846,7 +846,7 @@ impl OrgState {
         let ev = account.events;
         if checked && account.verdict.lets_through() {
             let q = &c.organisation;
-            let [_, ph, pd, nir, searches, _, _, _, bg, ..] = &mut self.rates;
+            let [_, ph, pd, nir, searches, _, _, _, bg, _, _, _, _, grants] = &mut self.rates;
             let mut over = |on: bool, h: u32, d: u32, l: Limit, fh: Feature, fd: Feature| {
                 if on && h.saturating_add(1) > l.per_hour {
                     lines.push(fh, f64::from(h) + 1.0, f64::from(l.per_hour), throttle);
@@ -895,6 +895,14 @@ impl OrgState {
                 Feature::BreakGlassPerHour,
                 Feature::BreakGlassPerDay,
             );
+            over(
+                ev.mandate_grant,
+                grants.hour(now),
+                grants.day(now),
+                q.mandate_grants,
+                Feature::MandateGrantsPerHour,
+                Feature::MandateGrantsPerDay,
+            );
             if lines.len > 0 {
                 verdict = Verdict::Throttle;
             } else {
@@ -913,6 +921,9 @@ impl OrgState {
                 }
                 if ev.break_glass {
                     self.count(Metric::BreakGlass, now);
+                }
+                if ev.mandate_grant {
+                    self.count(Metric::MandateGrants, now);
                 }
             }
         }

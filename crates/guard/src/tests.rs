@@ -1063,3 +1063,45 @@ async fn a_peer_account_hour_is_counted_once_however_often_it_syncs() {
     let persons: u32 = rows.iter().map(|r| r.counts.persons).sum();
     assert_eq!((hours, persons), (1, 6), "{rows:?}");
 }
+
+/// Issue 17, item 8: many officers of one organisation, each under its own
+/// grant quota, are still a bulk grant: the organisation's quota throttles
+/// them together, with an organisation-quota alert.
+#[tokio::test]
+async fn an_organisations_officers_grants_add_up_to_its_quota() {
+    let (g, _) = open(lenient_sync()).await;
+    let t = day0() + TimeDelta::hours(10);
+    let grant = |officer: i64, person: i64, i: i64| Attempt {
+        kind: AttemptKind::MandateGrant,
+        fields: Fields::NONE,
+        ..read(officer, person, t + TimeDelta::seconds(i))
+    };
+    let mut granted = 0;
+    let mut stopped = None;
+    'officers: for officer in 60..64 {
+        for k in 0..8 {
+            let d = g
+                .check(&grant(officer, officer * 100 + k, granted))
+                .await
+                .unwrap();
+            if !d.lets_through() {
+                stopped = Some(d);
+                break 'officers;
+            }
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, 30, "the organisation's hourly quota");
+    let d = stopped.expect("stopped");
+    assert_eq!(d.verdict, Verdict::Throttle);
+    let a = d.alert.expect("alert");
+    assert_eq!(a.kind, AlertKind::OrganisationQuota);
+    assert!(
+        features(&GuardDecision {
+            verdict: d.verdict,
+            alert: Some(a),
+            suspends_account: false
+        })
+        .contains(&Feature::MandateGrantsPerHour)
+    );
+}
