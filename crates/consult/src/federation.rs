@@ -86,6 +86,8 @@ pub struct FederatedCallback<'a> {
     pub code: &'a str,
     /// The state the login began with.
     pub state: &'a str,
+    /// The browser's device token (its trusted-browser cookie), if any.
+    pub device: Option<&'a str>,
 }
 
 impl std::fmt::Debug for FederatedCallback<'_> {
@@ -288,15 +290,11 @@ impl Consultation {
         };
 
         // 5. The session, bound to the key, as every login opens it.
-        self.open_session(
-            auth.as_ref(),
-            web,
-            &account,
-            &jkt,
-            crate::login::Opening::by(METHOD_OIDC),
-            now,
-        )
-        .await
+        let opening = self
+            .opening(auth.as_ref(), &account, callback.device, METHOD_OIDC, now)
+            .await?;
+        self.open_session(auth.as_ref(), web, &account, &jkt, opening, now)
+            .await
     }
 
     /// Ledgers a refused federated login, then refuses with the one message.
@@ -473,6 +471,7 @@ mod tests {
         let c = FederatedCallback {
             code: "SplxlOBeZQQYbYS6WxSbIA",
             state: "af0ifjsldkj",
+            device: None,
         };
         let debug = format!("{c:?}");
         assert!(

@@ -714,6 +714,7 @@ impl Consultation {
         ceremony: &str,
         credential_json: &str,
         proof: ProofRequest<'_>,
+        device: Option<&str>,
     ) -> Result<LoginAnswer, LoginError> {
         let (auth, web) = self.login_parts()?;
         let now = self.now();
@@ -776,7 +777,8 @@ impl Consultation {
             web,
             &account,
             &jkt,
-            Opening::by("passkey"),
+            self.opening(auth.as_ref(), &account, device, "passkey", now)
+                .await?,
             now,
         )
         .await
@@ -1231,6 +1233,39 @@ impl Consultation {
             device_token,
             device_max_age_secs: trust.num_seconds(),
             failed_elsewhere: opening.failed_elsewhere,
+        })
+    }
+
+    /// What a passkey or federated login passes on to its session: the
+    /// device token the browser showed, if this account trusts it (it is
+    /// replaced), and the password failures of other browsers, which the
+    /// owner is told of whatever the way in.
+    pub(crate) async fn opening<'a>(
+        &self,
+        auth: &dyn AuthStore,
+        account: &AccountRecord,
+        device: Option<&str>,
+        method: &'a str,
+        now: DateTime<Utc>,
+    ) -> Result<Opening<'a>, LoginError> {
+        let replaces = match device.and_then(authenticate::device_token_digest) {
+            Some(digest) => auth
+                .login_device_throttle(&digest, account.account_id, now)
+                .await
+                .map_err(|e| self.login_unavailable(&e))?
+                .map(|_| digest),
+            None => None,
+        };
+        let failed_elsewhere = auth
+            .password(account.account_id)
+            .await
+            .map_err(|e| self.login_unavailable(&e))?
+            .and_then(|(_, shared)| throttle::parse(&shared).ok())
+            .map_or(0, |t| t.consecutive_failures);
+        Ok(Opening {
+            replaces,
+            failed_elsewhere,
+            ..Opening::by(method)
         })
     }
 

@@ -651,7 +651,12 @@ async fn passkey_login(
     let proof = proof_request(&headers, &method, &url);
     match state
         .consultation
-        .login_passkey(&ceremony, json, proof)
+        .login_passkey(
+            &ceremony,
+            json,
+            proof,
+            named_cookie(&headers, DEVICE_COOKIE),
+        )
         .await
     {
         Ok(answer) => logged_in(answer),
@@ -706,6 +711,7 @@ async fn federated_login(
     let callback = rempart_consult::FederatedCallback {
         code: &body.code,
         state: &body.state,
+        device: named_cookie(&headers, DEVICE_COOKIE),
     };
     match state.consultation.login_federated(callback, proof).await {
         Ok(answer) => logged_in(answer),

@@ -1915,6 +1915,15 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
     client.goto(&format!("{base}/connexion")).await.unwrap();
     wait_for(&client, "#cle").await.click().await.unwrap();
     wait_for_path(&client, "/portail").await;
+    // The owner is told someone failed elsewhere, whatever the way in.
+    wait_for_text(
+        &client,
+        "#message",
+        "10 tentative(s) de connexion échouée(s)",
+    )
+    .await;
+    // The browser's trust from its password login was renewed, not doubled.
+    assert_eq!(app.registry_rows("login_device").await, 1, "{backend:?}");
 
     // A step-up: a fresh assertion of the passkey, recorded in the session.
     wait_for(&client, "#verifier").await.click().await.unwrap();
