@@ -939,20 +939,18 @@ impl Consultation {
             self.screen(&ctx, &attempt).await?;
         }
         let officer = caller.account.account_id;
-        let decided = |r: Result<bool, rempart_storage::StorageError>| match r {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
-            Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("officer_id:") => {
-                Err(NotMade::new(DenyReason::FourEyes, Refusal::Forbidden))
-            }
-            Err(e) => Err(grant_refused(e)),
-        };
+        let undecided = || NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound);
         let about = format!("mandate request {request_id}");
-        let rehearsed = self
+        let rehearsed = match self
             .store
             .rehearse_grant_decision(request_id, officer, approve, now)
-            .await;
-        if let Err(not_made) = decided(rehearsed) {
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(undecided()),
+            Err(e) => Err(decision_refused(e)),
+        };
+        if let Err(not_made) = rehearsed {
             return Err(self
                 .refuse_rehearsed(&ctx, Some(person_id), not_made, Some(about))
                 .await);
@@ -976,8 +974,8 @@ impl Consultation {
                 .await
             {
                 Ok(Some(decision)) => Ok(decision),
-                Ok(None) => decided(Ok(false)).map(|()| GrantDecision::Rejected),
-                Err(e) => decided(Err(e)).map(|()| GrantDecision::Rejected),
+                Ok(None) => Err(undecided()),
+                Err(e) => Err(decision_refused(e)),
             }
         })
         .await
@@ -1741,7 +1739,7 @@ impl Consultation {
                 let at = recorded.as_ref().ok().map(|first| first + i);
                 self.guard.raise(alert.with_ledger_range(None, at));
             }
-            suspend |= decision.verdict == Verdict::Suspend || decision.suspends_account;
+            suspend |= decision.suspends_account;
         }
         if suspend {
             self.suspend(ctx).await?;
@@ -1967,6 +1965,17 @@ pub enum Granted {
     /// A grant to the officer's own organisation, waiting for an officer of
     /// another.
     Requested(GrantRequest),
+}
+
+/// Why the store refused a grant request's decision: the four-eyes rule
+/// (`officer_id: …`) is a 403, the rest as for a grant.
+fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
+    match e {
+        rempart_storage::StorageError::Invalid(m) if m.starts_with("officer_id:") => {
+            NotMade::new(DenyReason::FourEyes, Refusal::Forbidden)
+        }
+        e => grant_refused(e),
+    }
 }
 
 /// Why the store refused a mandate grant.

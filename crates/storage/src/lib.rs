@@ -761,26 +761,29 @@ pub(crate) fn grant_refusal(field: &str, reason: &str) -> StorageError {
     StorageError::Invalid(format!("{field}: {reason}"))
 }
 
-/// The four-eyes rule of a grant request's decision: `decider` (its
-/// organisation, role and state, if it exists) is an active officer, not
-/// the requester, and not of the requester's organisation.
+/// The four-eyes rule of a grant request's decision: the decider exists,
+/// is an active officer, is not the requester, and is not of the
+/// requester's organisation.
 pub(crate) fn check_grant_decider(
-    requested_by: i64,
-    requester_organisation: i64,
-    officer_id: i64,
-    decider: Option<(i64, Role, AccountState)>,
+    requester: Option<&auth::Decider>,
+    decider: Option<&auth::Decider>,
 ) -> Result<(), StorageError> {
     let refuse = |why: &str| Err(StorageError::Invalid(format!("officer_id: {why}")));
-    let Some((organisation, role, state)) = decider else {
+    let Some(d) = decider else {
         return refuse("no such account");
     };
-    if role != Role::Officer || state != AccountState::Active {
+    if d.role != Role::Officer || d.state != AccountState::Active {
         return refuse("the decider must be an active officer");
     }
-    if officer_id == requested_by {
+    let Some(requester) = requester else {
+        return Err(StorageError::Corrupt(
+            "a mandate request names a missing requester".into(),
+        ));
+    };
+    if d.account_id == requester.account_id {
         return refuse("the requester cannot decide on its own request (four eyes)");
     }
-    if organisation == requester_organisation {
+    if d.organisation_id == requester.organisation_id {
         return refuse("an officer of the requester's organisation cannot decide (four eyes)");
     }
     Ok(())

@@ -567,28 +567,10 @@ async fn decide_grant_in(
     let Some(request) = request else {
         return Ok(None);
     };
-    let requester: i64 = tx
-        .query_one(
-            "SELECT organisation_id FROM account WHERE id = $1",
-            &[&request.requested_by],
-        )
-        .await?
-        .try_get(0)?;
-    let decider = tx
-        .query_opt(
-            "SELECT organisation_id, role, state FROM account WHERE id = $1 FOR SHARE",
-            &[&officer_id],
-        )
-        .await?
-        .map(|r| {
-            Ok::<_, StorageError>((
-                r.try_get::<_, i64>(0)?,
-                parse_code(r.try_get(1)?, Role::parse)?,
-                parse_code(r.try_get(2)?, AccountState::parse)?,
-            ))
-        })
-        .transpose()?;
-    crate::check_grant_decider(request.requested_by, requester, officer_id, decider)?;
+    crate::check_grant_decider(
+        auth::decider(&**tx, request.requested_by).await?.as_ref(),
+        auth::decider(&**tx, officer_id).await?.as_ref(),
+    )?;
     let n = tx
         .execute(
             "UPDATE mandate_request SET decided_by = $2, decided_at = $3, approved = $4

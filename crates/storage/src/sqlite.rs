@@ -550,21 +550,10 @@ fn decide_grant_in(
     let Some(request) = request else {
         return Ok(None);
     };
-    let requester: i64 = tx
-        .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
-        .query_row([request.requested_by], |r| r.get(0))?;
-    let decider = tx
-        .prepare_cached("SELECT organisation_id, role, state FROM account WHERE id = ?1")?
-        .query_and_then([officer_id], |r| {
-            Ok::<_, StorageError>((
-                r.get::<_, i64>(0)?,
-                parse_code(r.get(1)?, Role::parse)?,
-                parse_code(r.get(2)?, AccountState::parse)?,
-            ))
-        })?
-        .next()
-        .transpose()?;
-    check_grant_decider(request.requested_by, requester, officer_id, decider)?;
+    check_grant_decider(
+        auth::decider(tx, request.requested_by)?.as_ref(),
+        auth::decider(tx, officer_id)?.as_ref(),
+    )?;
     let n = tx
         .prepare_cached(
             "UPDATE mandate_request SET decided_by = ?2, decided_at = ?3, approved = ?4

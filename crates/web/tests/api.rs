@@ -1938,6 +1938,21 @@ async fn grants_to_ones_own_organisation_wait_for_a_second_officer() {
             "{backend:?}"
         );
         assert_eq!(granted(app.fresh_person(121)).await, 0, "{backend:?}");
+        // Two approvals racing: one mandate.
+        let (s, request) = app
+            .post(Some("t.officer"), "/api/v1/mandates", &own(2, "colleague"))
+            .await;
+        assert_eq!(s, 202, "{backend:?}: {request}");
+        let race = format!("/api/v1/mandate-requests/{}/approve", request["id"]);
+        let empty = json!({});
+        let (x, y) = tokio::join!(
+            app.post_as(&outsider, &race, &empty),
+            app.post_as(&outsider, &race, &empty),
+        );
+        let mut statuses = [x.0, y.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 404], "{backend:?}");
+        assert_eq!(granted(app.fresh_person(122)).await, 1, "{backend:?}");
         let (_, list) = app.get(Some("t.officer"), "/api/v1/mandate-requests").await;
         assert!(
             list["requests"].as_array().unwrap().is_empty(),

@@ -174,7 +174,10 @@ pub(super) async fn subject(
 
 /// What the four-eyes rule checks about a decider, its row locked against
 /// a concurrent change of role or state until the decision commits.
-async fn decider(c: &impl GenericClient, officer_id: i64) -> Result<Option<Decider>, StorageError> {
+pub(super) async fn decider(
+    c: &impl GenericClient,
+    officer_id: i64,
+) -> Result<Option<Decider>, StorageError> {
     c.query_opt(
         "SELECT organisation_id, role, state FROM account WHERE id = $1 FOR SHARE",
         &[&officer_id],

@@ -185,7 +185,7 @@ pub(super) fn subject(c: &Connection, account_id: i64) -> Result<Option<Subject>
 }
 
 /// What the four-eyes rule checks about a decider.
-fn decider(c: &Connection, officer_id: i64) -> Result<Option<Decider>, StorageError> {
+pub(super) fn decider(c: &Connection, officer_id: i64) -> Result<Option<Decider>, StorageError> {
     c.prepare_cached("SELECT organisation_id, role, state FROM account WHERE id = ?1")?
         .query_and_then([officer_id], |r| {
             Ok::<_, StorageError>(Decider {
