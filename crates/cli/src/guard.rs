@@ -456,6 +456,7 @@ mod tests {
                     first_seq: None,
                     last_seq: Some(1234),
                 },
+                accounts: Vec::new(),
             },
         }
     }

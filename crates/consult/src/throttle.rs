@@ -322,6 +322,7 @@ impl Consultation {
                     first_seq: None,
                     last_seq,
                 },
+                accounts: Vec::new(),
             });
         };
         if let Some(failures) = settled.account_locked {

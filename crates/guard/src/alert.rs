@@ -74,6 +74,9 @@ codes!(
         Frozen => "frozen",
         /// Failed logins locked an account or a source address.
         FailedLogins => "failed_logins",
+        /// The organisation's own features: several of its accounts
+        /// together, each ordinary alone.
+        OrganisationBehaviour => "organisation_behaviour",
     }
 );
 
@@ -137,6 +140,33 @@ codes!(
         /// Failed logins from one source address that locked it (the
         /// baseline is the lock threshold).
         AddressLoginFailures => "address_login_failures",
+        /// Accounts of the organisation working off hours within the hour
+        /// (the baseline: the most it had in such an hour before).
+        OffHoursAccounts => "off_hours_accounts",
+        /// Accounts of the organisation active within the hour (the
+        /// baseline: the most it usually has).
+        ActiveAccounts => "active_accounts",
+        /// Accounts of the organisation that started working within the
+        /// same two minutes.
+        SynchronisedStarts => "synchronised_starts",
+        /// Accounts of the organisation reading faster than a person can,
+        /// within ten minutes.
+        BurstingAccounts => "bursting_accounts",
+        /// The organisation's distinct persons in the last hour (the
+        /// baseline: its busiest usual hour, or its peers').
+        OrganisationVolume => "organisation_volume",
+        /// Accounts of the organisation that started using the same network
+        /// within a day.
+        SharedNewNetwork => "shared_new_network",
+        /// Accounts of the organisation that started using the same device
+        /// within a day.
+        SharedNewDevice => "shared_new_device",
+        /// Organisations whose accounts started using the same network
+        /// within a day.
+        CrossOrganisationNetwork => "cross_organisation_network",
+        /// Organisations whose accounts started using the same device
+        /// within a day.
+        CrossOrganisationDevice => "cross_organisation_device",
     }
 );
 
@@ -190,6 +220,11 @@ pub struct Alert {
     pub fresh: bool,
     /// The evidence range.
     pub evidence: Evidence,
+    /// For an organisation's alert, the accounts involved (active in its
+    /// window, or sharing its network or device), in id order; empty for
+    /// an account's own alert.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<i64>,
 }
 
 /// How many features an alert names at most.

@@ -84,6 +84,57 @@ impl Baseline {
     }
 }
 
+/// What is usual for an organisation, from its hourly activity rows (its
+/// accounts' rows summed: `account_hours` is how many were active).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct OrgBaseline {
+    /// Hours with activity behind the figures.
+    pub hours: f64,
+    /// Most distinct persons in one hour.
+    pub peak_persons: u32,
+    /// Most accounts active in one hour: the organisation's working size.
+    pub peak_accounts: u32,
+    /// Most accounts active in one night or evening hour.
+    pub peak_night_accounts: u32,
+    /// Most accounts active in one weekend daytime hour.
+    pub peak_weekend_accounts: u32,
+}
+
+impl OrgBaseline {
+    /// From the organisation's activity rows.
+    pub(crate) fn of(rows: &[ActivityRow], work_start: u8, work_end: u8) -> OrgBaseline {
+        let mut b = OrgBaseline::default();
+        for r in rows.iter().filter(|r| r.counts.attempts > 0) {
+            b.hours += 1.0;
+            b.peak_persons = b.peak_persons.max(r.counts.persons);
+            b.peak_accounts = b.peak_accounts.max(r.counts.account_hours);
+            let t = LocalTime {
+                day: r.day,
+                hour: r.hour,
+                weekday: LocalTime::weekday_of(r.day),
+            };
+            match t.off_hours(work_start, work_end) {
+                Some(OffHours::Night) => {
+                    b.peak_night_accounts = b.peak_night_accounts.max(r.counts.account_hours)
+                }
+                Some(OffHours::WeekendDay) => {
+                    b.peak_weekend_accounts = b.peak_weekend_accounts.max(r.counts.account_hours)
+                }
+                None => {}
+            }
+        }
+        b
+    }
+
+    /// The most accounts it had at work in this kind of off-hours time.
+    pub(crate) fn peak_off_hours_accounts(&self, kind: OffHours) -> u32 {
+        match kind {
+            OffHours::Night => self.peak_night_accounts,
+            OffHours::WeekendDay => self.peak_weekend_accounts,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +184,24 @@ mod tests {
         let empty = Baseline::of(&[], false, 7, 20);
         assert_eq!(empty.hours, 0.0);
         assert_eq!(empty.persons_per_hour, 0.0);
+    }
+
+    #[test]
+    fn an_organisations_usual_is_its_busiest_hours() {
+        let monday = 20_472;
+        let rows = [
+            row(monday, 9, 40, 30, 0, 12),
+            row(monday, 10, 60, 45, 0, 15),
+            row(monday, 21, 3, 2, 0, 1),     // evening
+            row(monday + 5, 10, 8, 6, 0, 2), // Saturday
+            row(monday, 11, 0, 0, 0, 0),     // idle
+        ];
+        let b = OrgBaseline::of(&rows, 7, 20);
+        assert_eq!(b.hours, 4.0);
+        assert_eq!((b.peak_persons, b.peak_accounts), (45, 15));
+        assert_eq!(b.peak_off_hours_accounts(OffHours::Night), 1);
+        assert_eq!(b.peak_off_hours_accounts(OffHours::WeekendDay), 2);
+        assert_eq!(OrgBaseline::of(&[], 7, 20), OrgBaseline::default());
     }
 
     #[test]

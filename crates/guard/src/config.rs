@@ -30,6 +30,16 @@ impl Limit {
         Limit { per_hour, per_day }
     }
 
+    /// This limit multiplied by `factor` (rounded up, at least 1, at most
+    /// `u32::MAX`).
+    pub fn scaled_up(self, factor: f64) -> Limit {
+        let s = |n: u32| (f64::from(n) * factor).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+        Limit {
+            per_hour: s(self.per_hour),
+            per_day: s(self.per_day),
+        }
+    }
+
     /// This limit scaled by `factor` (rounded up, at least 1).
     pub fn scaled(self, factor: f64) -> Limit {
         let s = |n: u32| ((f64::from(n) * factor).ceil() as u32).max(1);
@@ -261,6 +271,181 @@ impl Default for Scoring {
     }
 }
 
+/// Weight of each organisation feature: its largest contribution to the
+/// organisation's score (see [`OrganisationScoring`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrganisationWeights {
+    /// Accounts of the organisation working off hours in the same hour,
+    /// beyond the most it ever had in such an hour.
+    pub off_hours_accounts: f64,
+    /// Accounts active in the same hour beyond the most it usually has.
+    pub active_accounts: f64,
+    /// Accounts starting to work within the same two minutes.
+    pub synchronised_starts: f64,
+    /// Accounts reading faster than a person can, at the same time.
+    pub bursting_accounts: f64,
+    /// The organisation's distinct persons in the hour against its busiest
+    /// hours and its peers.
+    pub volume: f64,
+    /// A network none of its accounts used the day before, shared by several.
+    pub shared_new_network: f64,
+    /// A device none of its accounts used the day before, shared by several.
+    pub shared_new_device: f64,
+    /// A network new to accounts of several organisations.
+    pub cross_organisation_network: f64,
+    /// A device new to accounts of several organisations.
+    pub cross_organisation_device: f64,
+}
+
+impl Default for OrganisationWeights {
+    fn default() -> Self {
+        OrganisationWeights {
+            off_hours_accounts: 3.0,
+            active_accounts: 2.0,
+            synchronised_starts: 2.0,
+            bursting_accounts: 4.0,
+            volume: 3.0,
+            shared_new_network: 3.0,
+            shared_new_device: 4.0,
+            cross_organisation_network: 4.0,
+            cross_organisation_device: 5.0,
+        }
+    }
+}
+
+/// The organisation's own score: evidence no single account shows. It is
+/// added to the score of every attempt of its accounts, and on its own
+/// reaching `scoring.step_up` / `throttle` / `suspend` it steps up every
+/// account of the organisation, throttles it, or freezes it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrganisationScoring {
+    /// Feature weights.
+    pub weights: OrganisationWeights,
+    /// An account showing this many persons no new mandate explains
+    /// within `burst_secs` is reading faster than a person does (2–16).
+    pub burst_persons: u32,
+    /// See `burst_persons`.
+    pub burst_secs: u32,
+    /// An account idle this long starts a new run at its next attempt.
+    pub run_gap_minutes: u32,
+    /// Runs starting within this many seconds of each other are
+    /// synchronised.
+    pub synchronised_secs: u32,
+    /// The volume feature counts from this many persons in an hour.
+    pub min_volume: u32,
+    /// Up to this multiple of the usual hour counts nothing.
+    pub volume_allowance: f64,
+    /// Organisation-hours of history before its own baseline is used.
+    pub min_hours: u32,
+    /// An organisation-wide step-up holds this long: every account of the
+    /// organisation steps up once after it began.
+    pub step_up_minutes: u32,
+}
+
+impl Default for OrganisationScoring {
+    fn default() -> Self {
+        OrganisationScoring {
+            weights: OrganisationWeights::default(),
+            burst_persons: 10,
+            burst_secs: 300,
+            run_gap_minutes: 30,
+            synchronised_secs: 120,
+            min_volume: 40,
+            volume_allowance: 2.0,
+            min_hours: 24,
+            step_up_minutes: 60,
+        }
+    }
+}
+
+/// Per-kind factors of the organisation's scaled quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindFactors {
+    /// France Travail agencies.
+    pub france_travail: f64,
+    /// Cap emploi.
+    pub cap_emploi: f64,
+    /// Missions Locales.
+    pub mission_locale: f64,
+    /// Training providers.
+    pub training_provider: f64,
+    /// Subcontracted processors (they read lots all day).
+    pub processor: f64,
+}
+
+impl Default for KindFactors {
+    fn default() -> Self {
+        KindFactors {
+            france_travail: 1.0,
+            cap_emploi: 1.0,
+            mission_locale: 1.0,
+            training_provider: 1.0,
+            processor: 2.0,
+        }
+    }
+}
+
+impl KindFactors {
+    /// The factor of `kind`.
+    pub fn of(&self, kind: rempart_domain::OrganisationKind) -> f64 {
+        use rempart_domain::OrganisationKind as K;
+        match kind {
+            K::FranceTravail => self.france_travail,
+            K::CapEmploi => self.cap_emploi,
+            K::MissionLocale => self.mission_locale,
+            K::TrainingProvider => self.training_provider,
+            K::Processor => self.processor,
+        }
+    }
+}
+
+/// The organisation's persons quota scaled by its size and kind, beneath
+/// the absolute `organisation.persons`: `persons_per_account` × its size ×
+/// its kind's factor, where its size is the most accounts it had active in
+/// one hour over the baseline days (at least `min_accounts`). Learnt from
+/// history, so that the accounts an attacker wakes up do not raise it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScaledQuotas {
+    /// Distinct persons per usual account.
+    pub persons_per_account: Limit,
+    /// The smallest size assumed.
+    pub min_accounts: u32,
+    /// Factors per organisation kind.
+    pub kind_factors: KindFactors,
+}
+
+impl Default for ScaledQuotas {
+    fn default() -> Self {
+        ScaledQuotas {
+            persons_per_account: Limit::new(30, 150),
+            min_accounts: 3,
+            kind_factors: KindFactors::default(),
+        }
+    }
+}
+
+impl ScaledQuotas {
+    /// The persons limit of an organisation of `kind` with `size` usual
+    /// accounts, never above `ceiling`.
+    pub fn persons(
+        &self,
+        kind: rempart_domain::OrganisationKind,
+        size: u32,
+        ceiling: Limit,
+    ) -> Limit {
+        let f = f64::from(size.max(self.min_accounts)) * self.kind_factors.of(kind);
+        let l = self.persons_per_account.scaled_up(f);
+        Limit {
+            per_hour: l.per_hour.min(ceiling.per_hour),
+            per_day: l.per_day.min(ceiling.per_day),
+        }
+    }
+}
+
 /// How instances share their state through the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -296,6 +481,10 @@ pub struct GuardConfig {
     pub containment: Containment,
     /// Behaviour scoring.
     pub scoring: Scoring,
+    /// The organisation's own features and verdicts.
+    pub organisation_scoring: OrganisationScoring,
+    /// The organisation's quotas scaled by its size and kind.
+    pub organisation_scaled: ScaledQuotas,
     /// Sharing between instances.
     pub sync: Sync,
 }
@@ -518,6 +707,129 @@ impl GuardConfig {
         }
         if !(1..=365).contains(&s.baseline_days) {
             return invalid("scoring.baseline_days", "must be between 1 and 365");
+        }
+        let o = &self.organisation_scoring;
+        let ow = &o.weights;
+        let org_weights = [
+            (
+                "organisation_scoring.weights.off_hours_accounts",
+                ow.off_hours_accounts,
+            ),
+            (
+                "organisation_scoring.weights.active_accounts",
+                ow.active_accounts,
+            ),
+            (
+                "organisation_scoring.weights.synchronised_starts",
+                ow.synchronised_starts,
+            ),
+            (
+                "organisation_scoring.weights.bursting_accounts",
+                ow.bursting_accounts,
+            ),
+            ("organisation_scoring.weights.volume", ow.volume),
+            (
+                "organisation_scoring.weights.shared_new_network",
+                ow.shared_new_network,
+            ),
+            (
+                "organisation_scoring.weights.shared_new_device",
+                ow.shared_new_device,
+            ),
+            (
+                "organisation_scoring.weights.cross_organisation_network",
+                ow.cross_organisation_network,
+            ),
+            (
+                "organisation_scoring.weights.cross_organisation_device",
+                ow.cross_organisation_device,
+            ),
+        ];
+        for (field, v) in org_weights {
+            if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                return invalid(field, "must be a number between 0 and 100");
+            }
+        }
+        let org_ranges: [(&'static str, u32, u32, u32); 7] = [
+            (
+                "organisation_scoring.burst_persons",
+                o.burst_persons,
+                2,
+                crate::engine::BURST_RING as u32,
+            ),
+            ("organisation_scoring.burst_secs", o.burst_secs, 1, 3600),
+            (
+                "organisation_scoring.run_gap_minutes",
+                o.run_gap_minutes,
+                1,
+                24 * 60,
+            ),
+            (
+                "organisation_scoring.synchronised_secs",
+                o.synchronised_secs,
+                1,
+                3600,
+            ),
+            ("organisation_scoring.min_volume", o.min_volume, 1, 1_000_000),
+            ("organisation_scoring.min_hours", o.min_hours, 0, 100_000),
+            (
+                "organisation_scoring.step_up_minutes",
+                o.step_up_minutes,
+                1,
+                24 * 60,
+            ),
+        ];
+        for (field, v, lo, hi) in org_ranges {
+            if !(lo..=hi).contains(&v) {
+                return invalid(field, format!("must be between {lo} and {hi}"));
+            }
+        }
+        if !(o.volume_allowance.is_finite() && o.volume_allowance >= 1.0) {
+            return invalid(
+                "organisation_scoring.volume_allowance",
+                "must be a number of at least 1",
+            );
+        }
+        let q = &self.organisation_scaled;
+        let l = q.persons_per_account;
+        if l.per_hour == 0 {
+            return invalid(
+                "organisation_scaled.persons_per_account.per_hour",
+                "must be at least 1",
+            );
+        }
+        if l.per_day < l.per_hour {
+            return invalid(
+                "organisation_scaled.persons_per_account.per_day",
+                "must be at least per_hour",
+            );
+        }
+        if !(1..=100_000).contains(&q.min_accounts) {
+            return invalid(
+                "organisation_scaled.min_accounts",
+                "must be between 1 and 100000",
+            );
+        }
+        let k = &q.kind_factors;
+        for (field, v) in [
+            (
+                "organisation_scaled.kind_factors.france_travail",
+                k.france_travail,
+            ),
+            ("organisation_scaled.kind_factors.cap_emploi", k.cap_emploi),
+            (
+                "organisation_scaled.kind_factors.mission_locale",
+                k.mission_locale,
+            ),
+            (
+                "organisation_scaled.kind_factors.training_provider",
+                k.training_provider,
+            ),
+            ("organisation_scaled.kind_factors.processor", k.processor),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1000.0) {
+                return invalid(field, "must be a number greater than 0 and at most 1000");
+            }
         }
         let y = &self.sync;
         if !(1..=3600).contains(&y.interval_secs) {

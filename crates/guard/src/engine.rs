@@ -5,17 +5,21 @@
 use std::collections::HashMap;
 
 use crate::alert::{AlertKind, Explanation, Feature, Verdict};
-use crate::attempt::{Attempt, AttemptKind, Observed};
+use crate::attempt::{Attempt, AttemptKind, Digest16, Observed};
 use crate::baseline::Baseline;
 use crate::config::{GuardConfig, Limit};
-use crate::region::LocalTime;
+use crate::region::{LocalTime, OffHours};
 use crate::store::{
     ActivityCounts, ActivityRow, CounterDelta, Known, KnownKind, METRICS, Metric, Scope,
 };
 use crate::window::{Rate, bucket_of};
 
-const HOUR: i64 = 3600;
-const DAY: i64 = 86_400;
+pub(crate) const HOUR: i64 = 3600;
+pub(crate) const DAY: i64 = 86_400;
+
+/// The most recent persons each account remembers the instant of, to tell
+/// a burst (`organisation_scoring.burst_persons` is at most this).
+pub(crate) const BURST_RING: usize = 16;
 
 /// Explanation lines of one decision, on the stack.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +29,7 @@ pub(crate) struct Lines {
 }
 
 impl Lines {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Lines {
             items: [Explanation {
                 feature: Feature::PersonsPerHour,
@@ -35,6 +39,10 @@ impl Lines {
             }; 24],
             len: 0,
         }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub(crate) fn push(&mut self, feature: Feature, value: f64, baseline: f64, contribution: f64) {
@@ -54,7 +62,7 @@ impl Lines {
     }
 
     /// Sum of the behaviour features' contributions (quota lines excluded).
-    fn score(&self) -> f64 {
+    pub(crate) fn score(&self) -> f64 {
         self.as_slice()
             .iter()
             .filter(|l| !is_quota(l.feature))
@@ -88,6 +96,8 @@ pub(crate) struct Events {
     pub(crate) search: bool,
     pub(crate) break_glass: bool,
     pub(crate) mandate_grant: bool,
+    /// The new person is explained by a new mandate.
+    pub(crate) explained: bool,
 }
 
 /// The account stage's result.
@@ -104,6 +114,18 @@ pub(crate) struct AccountVerdict {
     /// (Unix time), for every instance to honour.
     pub(crate) block: Option<i64>,
     pub(crate) fresh: bool,
+    /// The attempt counts as one (checked or denied; not a not-found
+    /// after a check).
+    pub(crate) counts_attempt: bool,
+    /// The attempt is outside working time, and of which kind.
+    pub(crate) off_hours: Option<OffHours>,
+    /// The account read faster than a person can (see
+    /// `organisation_scoring.burst_persons`), this attempt included.
+    pub(crate) bursting: bool,
+    /// The network, if the account first used it less than a day ago.
+    pub(crate) new_network: Option<Digest16>,
+    /// The device, if the account first used it less than a day ago.
+    pub(crate) new_device: Option<Digest16>,
 }
 
 /// One account's hot state.
@@ -124,19 +146,23 @@ pub(crate) struct AccountState {
     blocked_until: i64,
     blocked_verdict: Verdict,
     last_alert: [i64; 5],
+    /// Instants of the last persons shown that no new mandate explains
+    /// (a ring, oldest overwritten).
+    recent: [i64; BURST_RING],
+    recent_head: usize,
     pub(crate) last_seen: i64,
     pub(crate) pending_counts: Vec<CounterDelta>,
     pub(crate) pending_activity: Vec<ActivityRow>,
     pub(crate) pending_known: Vec<Known>,
 }
 
-fn rates() -> [Rate; METRICS] {
+pub(crate) fn rates() -> [Rate; METRICS] {
     std::array::from_fn(|_| Rate::new())
 }
 
 /// A person new to this hour's or this day's distinct count: the local
 /// rate moves now and the delta waits for the next sync.
-fn count_new_person(
+pub(crate) fn count_new_person(
     rates: &mut [Rate; METRICS],
     pending: &mut Vec<CounterDelta>,
     scope: Scope,
@@ -153,7 +179,7 @@ fn count_new_person(
     }
 }
 
-fn push_count(
+pub(crate) fn push_count(
     pending: &mut Vec<CounterDelta>,
     scope: Scope,
     subject: i64,
@@ -198,6 +224,8 @@ impl AccountState {
             blocked_until: i64::MIN,
             blocked_verdict: Verdict::Allow,
             last_alert: [i64::MIN; 5],
+            recent: [i64::MIN; BURST_RING],
+            recent_head: 0,
             last_seen: i64::MIN,
             pending_counts: Vec::new(),
             pending_activity: Vec::new(),
@@ -247,15 +275,16 @@ impl AccountState {
         add(&mut row.counts);
     }
 
-    /// Whether `digest` of `kind` is new (first seen less than a day ago)
-    /// beside at least one established one; records it if never seen.
+    /// Whether `digest` of `kind` is new to the account (first seen less
+    /// than a day ago), and beside how many established ones; records it
+    /// if never seen.
     fn novelty(
         &mut self,
         kind: KnownKind,
         digest: Option<[u8; 16]>,
         a: &Attempt,
         now: i64,
-    ) -> Option<f64> {
+    ) -> Option<(bool, u32)> {
         let digest = digest?;
         let mut established = 0u32;
         let mut first_seen = None;
@@ -277,7 +306,19 @@ impl AccountState {
             self.pending_known.push(k);
         }
         let is_new = first_seen.is_none_or(|t| now - t < DAY);
-        (is_new && established > 0).then_some(f64::from(established))
+        Some((is_new, established))
+    }
+
+    /// Remembers a person shown that no new mandate explains, and says
+    /// whether the last `n` of them were shown within `secs`.
+    fn burst(&mut self, counted: bool, now: i64, n: u32, secs: u32) -> bool {
+        if counted {
+            self.recent[self.recent_head] = now;
+            self.recent_head = (self.recent_head + 1) % BURST_RING;
+        }
+        let n = (n as usize).clamp(1, BURST_RING);
+        let nth = self.recent[(self.recent_head + BURST_RING - n) % BURST_RING];
+        nth != i64::MIN && now.saturating_sub(nth) < i64::from(secs)
     }
 
     /// Honours a suspension block stored by any instance: suspend until
@@ -461,6 +502,7 @@ impl AccountState {
         // Volume counts the persons no new mandate explains: the day a
         // training session starts, its trainees are no anomaly.
         let explained = ev.person_new_hour && a.new_mandate;
+        ev.explained = explained;
         let persons_h = self.rates[Metric::PersonsHour as usize]
             .hour(now)
             .saturating_add(u32::from(ev.person_new_hour))
@@ -555,11 +597,18 @@ impl AccountState {
             let c = w.search_misses * ((v - (3.0 * b).max(3.0)) / 7.0).clamp(0.0, 2.0);
             lines.push(Feature::SearchMisses, v, b, c);
         }
-        if let Some(established) = self.novelty(KnownKind::Device, a.session.device, a, now) {
-            lines.push(Feature::NewDevice, 1.0, established, w.new_device);
+        let device = self.novelty(KnownKind::Device, a.session.device, a, now);
+        if let Some((true, established)) = device.filter(|d| d.1 > 0) {
+            lines.push(Feature::NewDevice, 1.0, f64::from(established), w.new_device);
         }
-        if let Some(established) = self.novelty(KnownKind::Network, a.session.network, a, now) {
-            lines.push(Feature::NewNetwork, 1.0, established, w.new_network);
+        let network = self.novelty(KnownKind::Network, a.session.network, a, now);
+        if let Some((true, established)) = network.filter(|d| d.1 > 0) {
+            lines.push(
+                Feature::NewNetwork,
+                1.0,
+                f64::from(established),
+                w.new_network,
+            );
         }
         if let Some(days) = age_days.filter(|_| young) {
             let young_days = f64::from(c.risky.young_account_days);
@@ -740,7 +789,17 @@ impl AccountState {
             }
         });
 
+        let o = &c.organisation_scoring;
+        let bursting = self.burst(
+            allowed && ev.person_new_hour && !explained,
+            now,
+            o.burst_persons,
+            o.burst_secs,
+        );
         let fresh = self.fresh(verdict, now, c);
+        let new = |d: Option<(bool, u32)>, digest: Option<Digest16>| {
+            digest.filter(|_| d.is_some_and(|d| d.0))
+        };
         AccountVerdict {
             verdict,
             kind,
@@ -750,6 +809,11 @@ impl AccountState {
             newly_suspended: verdict == Verdict::Suspend && !was_suspended,
             block,
             fresh,
+            counts_attempt,
+            off_hours: off_kind,
+            bursting,
+            new_network: new(network, a.session.network),
+            new_device: new(device, a.session.device),
         }
     }
 
@@ -759,7 +823,7 @@ impl AccountState {
     }
 }
 
-fn fresh(last: &mut [i64; 5], verdict: Verdict, now: i64, c: &GuardConfig) -> bool {
+pub(crate) fn fresh(last: &mut [i64; 5], verdict: Verdict, now: i64, c: &GuardConfig) -> bool {
     let i = Verdict::ALL.iter().position(|v| *v == verdict).unwrap_or(0);
     if verdict == Verdict::Allow {
         return false;
@@ -772,209 +836,3 @@ fn fresh(last: &mut [i64; 5], verdict: Verdict, now: i64, c: &GuardConfig) -> bo
     is_fresh
 }
 
-/// One organisation's hot state.
-pub(crate) struct OrgState {
-    pub(crate) rates: [Rate; METRICS],
-    pub(crate) frozen: bool,
-    last_alert: [i64; 5],
-    pub(crate) pending_counts: Vec<CounterDelta>,
-    pub(crate) last_seen: i64,
-}
-
-/// The organisation stage's result.
-pub(crate) struct OrgVerdict {
-    pub(crate) verdict: Verdict,
-    pub(crate) kind: AlertKind,
-    pub(crate) lines: Lines,
-    pub(crate) newly_frozen: bool,
-    pub(crate) fresh: bool,
-}
-
-impl OrgState {
-    pub(crate) fn new() -> Self {
-        OrgState {
-            rates: rates(),
-            frozen: false,
-            last_alert: [i64::MIN; 5],
-            pending_counts: Vec::new(),
-            last_seen: i64::MIN,
-        }
-    }
-
-    fn count(&mut self, metric: Metric, at: i64) {
-        self.rates[metric as usize].add(at, 1);
-        push_count(&mut self.pending_counts, Scope::Organisation, 0, metric, at);
-    }
-
-    pub(crate) fn is_idle(&mut self, now: i64) -> bool {
-        !self.frozen
-            && now.saturating_sub(self.last_seen) > DAY + HOUR
-            && self
-                .rates
-                .iter()
-                .all(|r| r.remote_hour == 0 && r.remote_day == 0)
-            && self.pending_counts.is_empty()
-            && self.rates.iter_mut().all(|r| r.locally_idle(now))
-    }
-
-    /// Decides what the organisation adds to the account's verdict, and
-    /// commits the account's events.
-    pub(crate) fn decide(
-        &mut self,
-        c: &GuardConfig,
-        a: &Attempt,
-        account: &AccountVerdict,
-        checked: bool,
-    ) -> OrgVerdict {
-        let now = a.at.timestamp();
-        self.last_seen = self.last_seen.max(now);
-        let mut lines = Lines::new();
-        let throttle = c.scoring.throttle;
-        if self.frozen {
-            lines.push(Feature::FrozenOrganisation, 1.0, 0.0, c.scoring.suspend);
-            let fresh = fresh(&mut self.last_alert, Verdict::FreezeOrganisation, now, c);
-            return OrgVerdict {
-                verdict: Verdict::FreezeOrganisation,
-                kind: AlertKind::Frozen,
-                lines,
-                newly_frozen: false,
-                fresh,
-            };
-        }
-        let mut verdict = Verdict::Allow;
-        let mut kind = AlertKind::OrganisationQuota;
-        let ev = account.events;
-        if checked && account.verdict.lets_through() {
-            let q = &c.organisation;
-            let [_, ph, pd, nir, searches, _, _, _, bg, _, _, _, _, grants] = &mut self.rates;
-            let mut over = |on: bool, h: u32, d: u32, l: Limit, fh: Feature, fd: Feature| {
-                if on && h.saturating_add(1) > l.per_hour {
-                    lines.push(fh, f64::from(h) + 1.0, f64::from(l.per_hour), throttle);
-                }
-                if on && d.saturating_add(1) > l.per_day {
-                    lines.push(fd, f64::from(d) + 1.0, f64::from(l.per_day), throttle);
-                }
-            };
-            over(
-                ev.person_new_hour,
-                ph.hour(now),
-                0,
-                q.persons,
-                Feature::PersonsPerHour,
-                Feature::PersonsPerDay,
-            );
-            over(
-                ev.person_new_day,
-                0,
-                pd.day(now),
-                q.persons,
-                Feature::PersonsPerHour,
-                Feature::PersonsPerDay,
-            );
-            over(
-                ev.nir,
-                nir.hour(now),
-                nir.day(now),
-                q.nir_reveals,
-                Feature::NirPerHour,
-                Feature::NirPerDay,
-            );
-            over(
-                ev.search,
-                searches.hour(now),
-                searches.day(now),
-                q.searches,
-                Feature::SearchesPerHour,
-                Feature::SearchesPerDay,
-            );
-            over(
-                ev.break_glass,
-                bg.hour(now),
-                bg.day(now),
-                q.break_glass,
-                Feature::BreakGlassPerHour,
-                Feature::BreakGlassPerDay,
-            );
-            over(
-                ev.mandate_grant,
-                grants.hour(now),
-                grants.day(now),
-                q.mandate_grants,
-                Feature::MandateGrantsPerHour,
-                Feature::MandateGrantsPerDay,
-            );
-            if lines.len > 0 {
-                verdict = Verdict::Throttle;
-            } else {
-                count_new_person(
-                    &mut self.rates,
-                    &mut self.pending_counts,
-                    Scope::Organisation,
-                    ev,
-                    now,
-                );
-                if ev.nir {
-                    self.count(Metric::Nir, now);
-                }
-                if ev.search {
-                    self.count(Metric::Searches, now);
-                }
-                if ev.break_glass {
-                    self.count(Metric::BreakGlass, now);
-                }
-                if ev.mandate_grant {
-                    self.count(Metric::MandateGrants, now);
-                }
-            }
-        }
-        // An account already suspended is contained: its attempts say
-        // nothing more about the organisation.
-        let contained = account.verdict >= Verdict::Suspend && !account.newly_suspended;
-        let refused =
-            checked && !contained && (!account.verdict.lets_through() || !verdict.lets_through());
-        let mut newly_frozen = false;
-        if refused {
-            let n = self.rates[Metric::Refusals as usize]
-                .hour(now)
-                .saturating_add(1);
-            self.count(Metric::Refusals, now);
-            if n >= c.containment.freeze_after_refusals {
-                lines.push(
-                    Feature::Refusals,
-                    f64::from(n),
-                    f64::from(c.containment.freeze_after_refusals),
-                    c.scoring.suspend,
-                );
-                newly_frozen = true;
-            }
-        }
-        if account.newly_suspended {
-            let n = self.rates[Metric::Suspensions as usize]
-                .day(now)
-                .saturating_add(1);
-            self.count(Metric::Suspensions, now);
-            if n >= c.containment.freeze_after_suspensions {
-                lines.push(
-                    Feature::Suspensions,
-                    f64::from(n),
-                    f64::from(c.containment.freeze_after_suspensions),
-                    c.scoring.suspend,
-                );
-                newly_frozen = true;
-            }
-        }
-        if newly_frozen {
-            self.frozen = true;
-            verdict = Verdict::FreezeOrganisation;
-            kind = AlertKind::OrganisationContainment;
-        }
-        let fresh = fresh(&mut self.last_alert, verdict, now, c);
-        OrgVerdict {
-            verdict,
-            kind,
-            lines,
-            newly_frozen,
-            fresh,
-        }
-    }
-}

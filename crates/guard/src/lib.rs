@@ -44,6 +44,7 @@ mod baseline;
 pub mod bench;
 mod config;
 mod engine;
+mod organisation;
 mod region;
 pub mod store;
 mod window;
@@ -53,8 +54,9 @@ pub use attempt::{
     AccountFacts, Attempt, AttemptKind, Digest16, Fields, Observed, SearchKind, SessionFacts,
 };
 pub use config::{
-    AccountQuotas, ConfigError, Containment, Format, GuardConfig, Limit, OrganisationQuotas,
-    RiskyLimits, Scoring, Sync, Weights,
+    AccountQuotas, ConfigError, Containment, Format, GuardConfig, KindFactors, Limit,
+    OrganisationQuotas, OrganisationScoring, OrganisationWeights, RiskyLimits, ScaledQuotas,
+    Scoring, Sync, Weights,
 };
 pub use region::{LocalTime, OffHours, PeerGroup, Region, region_of};
 pub use store::{GuardStore, StoreError};
@@ -70,10 +72,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::baseline::Baseline;
-use crate::engine::{AccountState, AccountVerdict, OrgState, is_quota};
+use crate::baseline::{Baseline, OrgBaseline};
+use crate::engine::{AccountState, AccountVerdict, is_quota};
+use crate::organisation::{OrgState, Shared, Sightings};
 use crate::store::{
-    ActivityCounts, AlertQuery, FlushBatch, Freeze, Metric, Scope, StoredAlert, SuspensionBlock,
+    ActivityCounts, AlertQuery, FlushBatch, Freeze, KnownKind, Metric, Scope, StoredAlert,
+    SuspensionBlock,
 };
 use crate::window::{DAY_BUCKETS, HOUR_BUCKETS};
 
@@ -161,6 +165,8 @@ struct Inner {
     orgs: Vec<Mutex<HashMap<i64, OrgState>>>,
     peers: RwLock<HashMap<i64, Baseline>>,
     peers_day: AtomicI32,
+    /// Networks and devices accounts started using within the day.
+    sightings: Sightings,
     /// Unix time of the last successful sync (or open); `i64::MIN` after a
     /// failed one.
     last_sync: AtomicI64,
@@ -204,6 +210,7 @@ impl Guard {
                 .collect(),
             peers: RwLock::new(HashMap::new()),
             peers_day: AtomicI32::new(i32::MIN),
+            sightings: Sightings::new(),
             last_sync: AtomicI64::new(i64::MIN),
             last_prune: AtomicI64::new(i64::MIN),
             pending: Mutex::new(FlushBatch {
@@ -296,7 +303,7 @@ impl Guard {
         let stored = inner.store.lift_freeze(organisation_id, at).await?;
         let here = lock(inner.org_shard(organisation_id))
             .get_mut(&organisation_id)
-            .is_some_and(|o| std::mem::replace(&mut o.frozen, false));
+            .is_some_and(OrgState::lift);
         Ok(stored || pending || here)
     }
 
@@ -381,6 +388,42 @@ impl Inner {
         Ok(())
     }
 
+    /// Makes sure the organisation's usual is loaded for the local day.
+    async fn ensure_org_loaded(&self, organisation_id: i64, day: i32) -> Result<(), GuardError> {
+        if lock(self.org_shard(organisation_id))
+            .get(&organisation_id)
+            .is_some_and(|o| o.loaded_day == day)
+        {
+            return Ok(());
+        }
+        let rows = self
+            .store
+            .load_organisation(organisation_id, self.first_baseline_day(day))
+            .await?;
+        let s = &self.config.scoring;
+        let own = OrgBaseline::of(&rows, s.work_start_hour, s.work_end_hour);
+        let mut shard = lock(self.org_shard(organisation_id));
+        let o = shard.entry(organisation_id).or_insert_with(OrgState::new);
+        o.own = own;
+        o.loaded_day = day;
+        Ok(())
+    }
+
+    /// Records the attempt's networks and devices new to its account, and
+    /// counts who else started using them.
+    fn sight(&self, a: &Attempt, account: &AccountVerdict) -> Shared {
+        let now = a.at.timestamp();
+        let (org, id) = (a.account.organisation_id, a.account.account_id);
+        let mut shared = Shared::default();
+        if let Some(d) = account.new_network {
+            shared.network = self.sightings.sight(KnownKind::Network, d, org, id, now);
+        }
+        if let Some(d) = account.new_device {
+            shared.device = self.sightings.sight(KnownKind::Device, d, org, id, now);
+        }
+        shared
+    }
+
     fn peer(&self, key: i64) -> Baseline {
         self.peers
             .read()
@@ -399,6 +442,8 @@ impl Inner {
         self.healthy(now)?;
         let local = LocalTime::of(a.at, a.account.region());
         self.ensure_loaded(a, local.day).await?;
+        self.ensure_org_loaded(a.account.organisation_id, local.day)
+            .await?;
         let peer = self.peer(a.account.peer.key());
         let id = a.account.account_id;
         let account: AccountVerdict = {
@@ -412,10 +457,11 @@ impl Inner {
             self.share_block(id, until, account.newly_suspended).await;
         }
         let org_id = a.account.organisation_id;
-        let org = {
+        let shared = self.sight(a, &account);
+        let mut org = {
             let mut shard = lock(self.org_shard(org_id));
             let o = shard.entry(org_id).or_insert_with(OrgState::new);
-            o.decide(&self.config, a, &account, observed.is_none())
+            o.decide(&self.config, a, &account, observed.is_none(), peer, shared)
         };
         if org.newly_frozen {
             lock(&self.pending).freezes.push(Freeze {
@@ -423,7 +469,8 @@ impl Inner {
                 frozen_at: a.at,
             });
         }
-        let (verdict, kind, fresh, mut lines) = if org.verdict > account.verdict {
+        let by_org = org.verdict > account.verdict;
+        let (verdict, kind, fresh, mut lines) = if by_org {
             (
                 org.verdict,
                 org.kind,
@@ -435,6 +482,25 @@ impl Inner {
         };
         if verdict == Verdict::Allow {
             return Ok(GuardDecision::ALLOW);
+        }
+        // The rare path: the accounts an organisation's alert names.
+        let mut accounts = if by_org {
+            std::mem::take(&mut org.accounts)
+        } else {
+            Vec::new()
+        };
+        if by_org && kind == AlertKind::OrganisationBehaviour {
+            let now = a.at.timestamp();
+            for (kind, d) in [
+                (KnownKind::Network, account.new_network),
+                (KnownKind::Device, account.new_device),
+            ] {
+                if let Some(d) = d {
+                    accounts.extend(self.sightings.accounts(kind, d, now));
+                }
+            }
+            accounts.sort_unstable();
+            accounts.dedup();
         }
         // The rare path: build the explanation.
         lines.extend_from_slice(account.lines.as_slice());
@@ -453,6 +519,10 @@ impl Inner {
                     | Feature::MandateGrantsPerDay
                     | Feature::BreakGlassRate
                     | Feature::Suspensions
+                    | Feature::SharedNewNetwork
+                    | Feature::SharedNewDevice
+                    | Feature::CrossOrganisationNetwork
+                    | Feature::CrossOrganisationDevice
             )
         });
         let window = if daily {
@@ -469,7 +539,7 @@ impl Inner {
                 account_id: id,
                 organisation_id: org_id,
                 verdict,
-                score: account.score,
+                score: account.score + org.score,
                 explanation: lines,
                 fresh,
                 evidence: Evidence {
@@ -478,6 +548,7 @@ impl Inner {
                     first_seq: None,
                     last_seq: None,
                 },
+                accounts,
             }),
         })
     }
@@ -545,6 +616,10 @@ impl Inner {
             .collect();
         for shard in &self.orgs {
             for (id, o) in lock(shard).iter_mut() {
+                if o.frozen && !frozen.contains(id) {
+                    // Lifted on another instance.
+                    o.lift();
+                }
                 o.frozen = frozen.contains(id);
             }
         }
@@ -563,6 +638,7 @@ impl Inner {
         let mut batch = std::mem::take(&mut *lock(&self.pending));
         batch.instance = self.instance;
         let mut peers: HashMap<(i64, i32, u8), ActivityCounts> = HashMap::new();
+        let mut orgs: HashMap<(i64, i32, u8), ActivityCounts> = HashMap::new();
         let mut held = 0;
         for shard in &self.accounts {
             let mut shard = lock(shard);
@@ -577,6 +653,9 @@ impl Inner {
                         .entry((st.peer, r.day, r.hour))
                         .or_default()
                         .add(&r.counts);
+                    orgs.entry((st.organisation_id, r.day, r.hour))
+                        .or_default()
+                        .add(&r.counts);
                     batch.activity.push(r);
                 }
                 batch.known.append(&mut st.pending_known);
@@ -585,15 +664,18 @@ impl Inner {
             shard.retain(|_, st| !st.is_idle(now));
             held += shard.len();
         }
-        for ((peer, day, hour), counts) in peers {
-            batch.activity.push(store::ActivityRow {
-                scope: Scope::Peer,
-                subject: peer,
-                day,
-                hour,
-                counts,
-            });
+        for (scope, rows) in [(Scope::Peer, peers), (Scope::Organisation, orgs)] {
+            for ((subject, day, hour), counts) in rows {
+                batch.activity.push(store::ActivityRow {
+                    scope,
+                    subject,
+                    day,
+                    hour,
+                    counts,
+                });
+            }
         }
+        self.sightings.prune(now);
         for shard in &self.orgs {
             let mut shard = lock(shard);
             for (&id, o) in shard.iter_mut() {
@@ -601,6 +683,7 @@ impl Inner {
                     d.subject = id;
                     batch.counters.push(d);
                 }
+                o.prune(now);
             }
             shard.retain(|_, o| !o.is_idle(now));
         }

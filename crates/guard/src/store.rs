@@ -376,6 +376,13 @@ pub trait GuardStore: Send + Sync {
 
     /// Every peer group's activity from `from_day` on.
     async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError>;
+    /// An organisation's activity (its accounts' hours summed) from
+    /// `from_day` on, in (day, hour) order.
+    async fn load_organisation(
+        &self,
+        organisation_id: i64,
+        from_day: i32,
+    ) -> Result<Vec<ActivityRow>, StoreError>;
 
     /// Adds counters and activity, records devices (earliest first-seen
     /// wins), alerts, freezes (a freeze no later than the organisation's
@@ -520,6 +527,27 @@ pub mod memory {
                 known,
                 blocked_until: s.blocks.get(&account_id).copied(),
             })
+        }
+
+        async fn load_organisation(
+            &self,
+            organisation_id: i64,
+            from_day: i32,
+        ) -> Result<Vec<ActivityRow>, StoreError> {
+            let s = self.state()?;
+            Ok(s.activity
+                .range(
+                    (Scope::Organisation, organisation_id, from_day, 0)
+                        ..=(Scope::Organisation, organisation_id, i32::MAX, 23),
+                )
+                .map(|(&(scope, subject, day, hour), counts)| ActivityRow {
+                    scope,
+                    subject,
+                    day,
+                    hour,
+                    counts: *counts,
+                })
+                .collect())
         }
 
         async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError> {

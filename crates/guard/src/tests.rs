@@ -43,6 +43,23 @@ fn session(device: u8) -> SessionFacts {
     }
 }
 
+/// The account's own workstation: a device and a network no other
+/// account uses (accounts sharing a new one is a signal of its own).
+fn home(account: i64) -> SessionFacts {
+    let digest = |tag: u8| {
+        let mut d = [tag; 16];
+        d[8..].copy_from_slice(&account.to_be_bytes());
+        d
+    };
+    SessionFacts {
+        session_id: digest(0xC0),
+        high_risk: false,
+        device: Some(digest(0xD0)),
+        network: Some(digest(0xE0)),
+        stepped_up_at: None,
+    }
+}
+
 const SHOWN: [FieldGroup; 3] = [
     FieldGroup::Identity,
     FieldGroup::Contact,
@@ -53,7 +70,7 @@ fn read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
     Attempt {
         at,
         account: facts(account, 10),
-        session: session(1),
+        session: home(account),
         kind: AttemptKind::ReadPerson,
         person_id: Some(person),
         purpose: Some(Purpose::FollowUp),
@@ -313,7 +330,7 @@ async fn young_accounts_and_post_reset_sessions_get_lower_limits() {
     let post_reset = |person: i64, at| Attempt {
         session: SessionFacts {
             high_risk: true,
-            ..session(1)
+            ..home(21)
         },
         ..read(21, person, at)
     };
@@ -977,7 +994,7 @@ async fn account_age_and_post_reset_are_explained() {
         },
         session: SessionFacts {
             high_risk: true,
-            ..session(1)
+            ..home(60)
         },
         ..read(60, p, at)
     };

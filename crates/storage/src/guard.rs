@@ -145,7 +145,29 @@ pub(crate) const ACTIVITY_COLUMNS: &str = "scope, subject, day, hour, attempts, 
 
 /// Columns of an alert, same on both backends.
 pub(crate) const ALERT_COLUMNS: &str = "id, at, kind, account_id, organisation_id, verdict, \
-     score, fresh, evidence_from, evidence_to, first_seq, last_seq";
+     score, fresh, evidence_from, evidence_to, first_seq, last_seq, accounts";
+
+/// The accounts an organisation's alert names, as stored: decimal ids
+/// separated by commas.
+pub(crate) fn accounts_text(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses [`accounts_text`].
+pub(crate) fn parse_accounts(text: &str) -> Result<Vec<i64>, StorageError> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|id| {
+            id.parse()
+                .map_err(|_| StorageError::Corrupt("alert accounts".into()))
+        })
+        .collect()
+}
 
 /// A ledger sequence number as stored (BIGINT).
 pub(crate) fn seq_to_i64(v: Option<u64>) -> Result<Option<i64>, StorageError> {

@@ -64,6 +64,11 @@ pub const SQLITE: &[Migration] = &[
         name: "mandate_request",
         sql: include_str!("../migrations/sqlite/0011_mandate_request.sql"),
     },
+    Migration {
+        version: 12,
+        name: "organisation_alert",
+        sql: include_str!("../migrations/sqlite/0012_organisation_alert.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -122,6 +127,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 11,
         name: "mandate_request",
         sql: include_str!("../migrations/postgres/0011_mandate_request.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "organisation_alert",
+        sql: include_str!("../migrations/postgres/0012_organisation_alert.sql"),
     },
 ];
 

@@ -6821,6 +6821,7 @@ fn alert_of(account_id: i64, organisation_id: i64, at: DateTime<Utc>, score: f64
             first_seq: Some(10),
             last_seq: Some(42),
         },
+        accounts: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio_postgres::Row;
 
 use super::PgStore;
 use crate::guard::{
+    accounts_text, parse_accounts,
     ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, blocks_ended,
     check_alert, explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
 };
@@ -55,6 +56,7 @@ fn alert_row(r: &Row) -> Result<StoredAlert, StorageError> {
                 last_seq: seq_from_i64(r.try_get(11)?)?,
             },
             explanation: Vec::new(),
+            accounts: parse_accounts(r.try_get(12)?)?,
         },
     })
 }
@@ -151,8 +153,8 @@ impl PgStore {
             let alert = tx
                 .prepare_cached(
                     "INSERT INTO guard_alert (at, kind, account_id, organisation_id, verdict, score,
-                         fresh, evidence_from, evidence_to, first_seq, last_seq, instance)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                         fresh, evidence_from, evidence_to, first_seq, last_seq, instance, accounts)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
                 )
                 .await?;
             let feature = tx
@@ -187,6 +189,7 @@ impl PgStore {
                             &first,
                             &last,
                             &batch.instance,
+                            &accounts_text(&a.accounts),
                         ],
                     )
                     .await?
@@ -332,6 +335,30 @@ impl GuardStore for PgStore {
                 known,
                 blocked_until,
             })
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn load_organisation(
+        &self,
+        organisation_id: i64,
+        from_day: i32,
+    ) -> Result<Vec<ActivityRow>, StoreError> {
+        async {
+            let client = self.client().await?;
+            client
+                .query(
+                    &format!(
+                        "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
+                         WHERE scope = 2 AND subject = $1 AND day >= $2 ORDER BY day, hour"
+                    ),
+                    &[&organisation_id, &from_day],
+                )
+                .await?
+                .iter()
+                .map(activity_row)
+                .collect::<Result<Vec<_>, StorageError>>()
         }
         .await
         .map_err(store_error)

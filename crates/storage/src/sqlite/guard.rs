@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use super::{SqliteStore, instant_text, parse_instant};
 use crate::StorageError;
 use crate::guard::{
+    accounts_text, parse_accounts,
     ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, blocks_ended,
     check_alert, explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
 };
@@ -127,8 +128,8 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
         }
         let mut alert = tx.prepare_cached(
             "INSERT INTO guard_alert (at, kind, account_id, organisation_id, verdict, score, fresh,
-                 evidence_from, evidence_to, first_seq, last_seq, instance)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                 evidence_from, evidence_to, first_seq, last_seq, instance, accounts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING id",
         )?;
         let mut feature = tx.prepare_cached(
             "INSERT INTO guard_alert_feature (alert_id, rank, feature, value, baseline, contribution)
@@ -149,7 +150,8 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
                     instant_text(a.evidence.to, "evidence.to")?,
                     seq_to_i64(a.evidence.first_seq)?,
                     seq_to_i64(a.evidence.last_seq)?,
-                    batch.instance
+                    batch.instance,
+                    accounts_text(&a.accounts)
                 ],
                 |r| r.get(0),
             )?;
@@ -201,6 +203,7 @@ fn alert_row(r: &Row<'_>) -> Result<StoredAlert, StorageError> {
                 last_seq: seq_from_i64(r.get(11)?)?,
             },
             explanation: Vec::new(),
+            accounts: parse_accounts(&r.get::<_, String>(12)?)?,
         },
     })
 }
@@ -307,6 +310,25 @@ impl GuardStore for SqliteStore {
                      WHERE scope = 3 AND day >= ?1 ORDER BY subject, day, hour"
                 ),
                 [from_day],
+            )
+        })
+        .await
+        .map_err(store_error)
+    }
+
+    async fn load_organisation(
+        &self,
+        organisation_id: i64,
+        from_day: i32,
+    ) -> Result<Vec<ActivityRow>, StoreError> {
+        self.read(move |c| {
+            activity_from(
+                c,
+                &format!(
+                    "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
+                     WHERE scope = 2 AND subject = ?1 AND day >= ?2 ORDER BY day, hour"
+                ),
+                params![organisation_id, from_day],
             )
         })
         .await
