@@ -30,6 +30,18 @@
 //!   stolen: what does that store hold?
 //! - `cap-emploi-2024`, slow: Tuesday 21:30, another hijacked advisor
 //!   reads one person every 20 seconds.
+//! - `distributed-agency`: every agent account of the largest organisation
+//!   (those in the normal traffic with their history, the others dormant)
+//!   reads up to 35 persons of its own caseload, each under its quota,
+//!   from one machine, one account after another, Saturday 22:00; the
+//!   same with the second largest organisation on Monday 14:00 (office
+//!   hours: ≤ 200 records, contained within 10 minutes).
+//! - `slow-agency`: every account of the third largest organisation reads
+//!   two persons of its caseload five times a working day, from one
+//!   machine, Wednesday to the next Tuesday; the target is an alert within
+//!   the first working day.
+//! - `shared-device`: accounts of two more organisations, in turn, from one
+//!   machine, Monday 16:00.
 //!
 //! Per attack it prints the records obtained beyond the identity's
 //! legitimate scope, the records read after the attack began and before
@@ -84,6 +96,17 @@ pub enum Scenario {
     /// A processor's own store is stolen: what does it hold?
     #[value(name = "majorel-2023")]
     Majorel2023,
+    /// Every account of one organisation reads its own caseload, each under
+    /// its quota, from one machine: off hours, then (another organisation)
+    /// at office hours.
+    #[value(name = "distributed-agency")]
+    DistributedAgency,
+    /// The same spread over a working week at office hours, in small doses.
+    #[value(name = "slow-agency")]
+    SlowAgency,
+    /// Accounts of two organisations driven from one machine.
+    #[value(name = "shared-device")]
+    SharedDevice,
     /// Every scenario, in one timeline.
     All,
 }
@@ -157,6 +180,8 @@ struct Tally {
     notes: Vec<String>,
     /// Extra target checks of the scenario (what failed).
     missed: Vec<String>,
+    /// Records served per day (UTC weekday), for the slow attacks.
+    served_on: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -352,6 +377,9 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
 struct Cast {
     normal: Vec<Reader>,
     manager: Option<Reader>,
+    /// Organisations with their agent accounts that hold a caseload,
+    /// largest first.
+    teams: Vec<Vec<(AccountRecord, Caseload)>>,
 }
 
 async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
@@ -406,6 +434,20 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
         // Largest caseloads last: `pop` takes them first.
         v.sort_by_key(|(a, c)| (c.len(), std::cmp::Reverse(a.account_id)));
     }
+    let mut by_org: BTreeMap<i64, Vec<(AccountRecord, Caseload)>> = BTreeMap::new();
+    for v in by_kind.values() {
+        for (a, c) in v {
+            by_org
+                .entry(a.organisation_id)
+                .or_default()
+                .push((a.clone(), c.clone()));
+        }
+    }
+    let mut teams: Vec<_> = by_org.into_values().collect();
+    for t in &mut teams {
+        t.sort_by_key(|(a, _)| a.account_id);
+    }
+    teams.sort_by_key(|t| std::cmp::Reverse(t.len()));
     let now = world.clock.now();
     let mut made = 0u32;
     let mut take = |kind: OrganisationKind| by_kind.get_mut(&kind).and_then(Vec::pop);
@@ -465,7 +507,11 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
         Some((m, c)) => Some(reader(world, m, c, now, made + 1).await?),
         None => None,
     };
-    Ok(Cast { normal, manager })
+    Ok(Cast {
+        normal,
+        manager,
+        teams,
+    })
 }
 
 /// Gives `processor` a lot of 150 persons for document processing, valid
@@ -556,6 +602,24 @@ struct Attack {
     schedule: Vec<DateTime<Utc>>,
     kind: AttackKind,
     tally: Tally,
+    /// Its targets: records before containment, seconds to containment,
+    /// and the instant by which the guard must have alerted, if any.
+    targets: Targets,
+}
+
+#[derive(Clone, Copy)]
+struct Targets {
+    records: u64,
+    secs: f64,
+    alerted_by: Option<DateTime<Utc>>,
+}
+
+impl Targets {
+    const SEED: Targets = Targets {
+        records: MAX_RECORDS_BEFORE_CONTAINMENT,
+        secs: MAX_SECONDS_TO_CONTAINMENT,
+        alerted_by: None,
+    };
 }
 
 enum AttackKind {
@@ -575,6 +639,13 @@ enum AttackKind {
     Processor {
         account: i64,
         held: Vec<(i64, Value)>,
+    },
+    /// Several hijacked accounts driven from one machine: move `n` reads
+    /// `plan[n]` (reader, person, purpose), always of the reader's own
+    /// caseload.
+    Fleet {
+        readers: Vec<Reader>,
+        plan: Vec<(usize, i64, Purpose)>,
     },
 }
 
@@ -596,7 +667,11 @@ async fn run(
     vault: &rempart_vault::Vault,
     start: NaiveDate,
 ) -> Result<()> {
-    let Cast { normal, manager } = cast(world, args.accounts, start).await?;
+    let Cast {
+        normal,
+        manager,
+        teams,
+    } = cast(world, args.accounts, start).await?;
     println!(
         "normal accounts: {}; server {} (clock simulated)",
         normal.len(),
@@ -646,6 +721,7 @@ async fn run(
                     .map(|i| t0 + Duration::milliseconds(i as i64 * every_ms))
                     .collect(),
                 tally: Tally::default(),
+                targets: Targets::SEED,
                 kind: AttackKind::Bulk {
                     reader,
                     scope,
@@ -672,6 +748,7 @@ async fn run(
             name: "kairos-2025",
             schedule,
             tally: Tally::default(),
+            targets: Targets::SEED,
             kind: AttackKind::Infostealer(Box::new(Infostealer {
                 // Her PC: the network her normal work comes from.
                 victim: Reader {
@@ -701,6 +778,7 @@ async fn run(
             name: "missions-locales-2025",
             schedule: (0..60).map(|i| t0 + Duration::seconds(i * 10)).collect(),
             tally: Tally::default(),
+            targets: Targets::SEED,
             kind: AttackKind::Manager {
                 reader,
                 requested: Vec::new(),
@@ -718,14 +796,25 @@ async fn run(
             name: "majorel-2023",
             schedule: Vec::new(),
             tally: Tally::default(),
+            targets: Targets::SEED,
             kind: AttackKind::Processor {
                 account: normal[p].account.account_id,
                 held: Vec::new(),
             },
         });
     }
+    fleets(
+        world,
+        args.scenario,
+        &teams,
+        &normal,
+        start,
+        &mut attacks,
+        &mut hijacked_from,
+    )
+    .await?;
     for a in &mut attacks {
-        a.tally.accounts.insert(attack_account(&a.kind));
+        a.tally.accounts.extend(attack_accounts(&a.kind));
         // The Kairos victim's own login and first page come before the theft.
         let first_hostile = if matches!(a.kind, AttackKind::Infostealer(_)) {
             2
@@ -811,14 +900,213 @@ async fn run(
     report(world, &attacks, &normal, &fig, ledger_from, took).await
 }
 
-fn attack_account(kind: &AttackKind) -> i64 {
+fn attack_accounts(kind: &AttackKind) -> Vec<i64> {
     match kind {
         AttackKind::Bulk { reader, .. } | AttackKind::Manager { reader, .. } => {
-            reader.account.account_id
+            vec![reader.account.account_id]
         }
-        AttackKind::Processor { account, .. } => *account,
-        AttackKind::Infostealer(i) => i.victim.account.account_id,
+        AttackKind::Processor { account, .. } => vec![*account],
+        AttackKind::Infostealer(i) => vec![i.victim.account.account_id],
+        AttackKind::Fleet { readers, .. } => readers.iter().map(|r| r.account.account_id).collect(),
     }
+}
+
+/// The hijacked accounts of a team, used from the attacker's machine
+/// (127.`net`.1.0/24), or from each account's own network with `None`:
+/// the normal reader's credential when the account works in the normal
+/// traffic (its owner stops at `t0`), a fresh one for a dormant account.
+async fn hijack_team(
+    world: &World,
+    members: &[(AccountRecord, Caseload)],
+    normal: &[Reader],
+    hijacked_from: &mut HashMap<usize, DateTime<Utc>>,
+    t0: DateTime<Utc>,
+    net: Option<u8>,
+) -> Result<Vec<Reader>> {
+    // Dormant accounts first: no history of their own to betray them,
+    // only what the organisation sees.
+    let mut members: Vec<_> = members.iter().collect();
+    members.sort_by_key(|(a, _)| normal.iter().any(|r| r.account.account_id == a.account_id));
+    let mut readers = Vec::new();
+    for (account, caseload) in members {
+        let own = match normal
+            .iter()
+            .position(|r| r.account.account_id == account.account_id)
+        {
+            Some(i) => {
+                hijacked_from.insert(i, t0);
+                let own = &normal[i];
+                match net {
+                    Some(net) => hijacked(own, net, 1)?,
+                    None => Reader {
+                        account: own.account.clone(),
+                        token: own.token.clone(),
+                        client: own.client.clone(),
+                        caseload: own.caseload.clone(),
+                    },
+                }
+            }
+            None => {
+                let now = world.clock.now();
+                // Its own network: one of 127.100.x.0/24.
+                let n = 25_000 + account.account_id.rem_euclid(20_000) as u32;
+                let r = reader(world, account.clone(), caseload.clone(), now, n).await?;
+                match net {
+                    Some(net) => hijacked(&r, net, 1)?,
+                    None => r,
+                }
+            }
+        };
+        readers.push(own);
+    }
+    Ok(readers)
+}
+
+/// The attacks through many accounts: `distributed-agency`,
+/// `slow-agency`, `shared-device` (see the module doc). Each takes
+/// organisations of its own, in `teams` order (largest first), so that
+/// one attack's containment says nothing of another's.
+async fn fleets(
+    world: &World,
+    scenario: Scenario,
+    teams: &[Vec<(AccountRecord, Caseload)>],
+    normal: &[Reader],
+    start: NaiveDate,
+    attacks: &mut Vec<Attack>,
+    hijacked_from: &mut HashMap<usize, DateTime<Utc>>,
+) -> Result<()> {
+    // Organisations the seed attacks touch are left to them.
+    let taken: HashSet<i64> = attacks
+        .iter()
+        .flat_map(|a| attack_accounts(&a.kind))
+        .filter_map(|id| {
+            normal
+                .iter()
+                .find(|r| r.account.account_id == id)
+                .map(|r| r.account.organisation_id)
+        })
+        .collect();
+    let mut free = teams.iter().filter(|t| {
+        t.first()
+            .is_some_and(|(a, _)| !taken.contains(&a.organisation_id))
+    });
+    let mut next_team = |min: usize, what: &str| match free.next() {
+        Some(t) if t.len() >= min => Ok(t),
+        _ => Err(anyhow::anyhow!(
+            "no organisation left with {min} working agent accounts for {what}: use more --persons"
+        )),
+    };
+    // Up to `per_account` persons of each reader's own caseload, one
+    // account after the other.
+    let bulk_plan = |readers: &[Reader], per_account: usize| {
+        let mut plan = Vec::new();
+        for (i, r) in readers.iter().enumerate() {
+            for (p, purpose) in r.caseload.iter().take(per_account) {
+                plan.push((i, *p, *purpose));
+            }
+        }
+        plan
+    };
+    let every = |t0: DateTime<Utc>, ms: i64, n: usize| {
+        (0..n)
+            .map(|i| t0 + Duration::milliseconds(i as i64 * ms))
+            .collect::<Vec<_>>()
+    };
+    if scenario.includes(Scenario::DistributedAgency) {
+        for (name, t0, net, targets) in [
+            (
+                "distributed-agency (off hours)",
+                local(start, 5, 22, 0),
+                70u8,
+                Targets::SEED,
+            ),
+            (
+                "distributed-agency (office hours)",
+                local(start, 7, 14, 0),
+                71,
+                Targets {
+                    records: 200,
+                    secs: 600.0,
+                    alerted_by: None,
+                },
+            ),
+        ] {
+            let team = next_team(3, name)?;
+            // From each account's own usual network (a machine inside the
+            // agency, or proxies next to each advisor): nothing new per
+            // account, only what the organisation sees.
+            let readers = hijack_team(world, team, normal, hijacked_from, t0, None).await?;
+            let _ = net;
+            let plan = bulk_plan(&readers, 35);
+            attacks.push(Attack {
+                name,
+                schedule: every(t0, 20, plan.len()),
+                tally: Tally::default(),
+                kind: AttackKind::Fleet { readers, plan },
+                targets,
+            });
+        }
+    }
+    if scenario.includes(Scenario::SlowAgency) {
+        let team = next_team(3, "slow-agency")?;
+        let t0 = local(start, 2, 10, 0);
+        let readers = hijack_team(world, team, normal, hijacked_from, t0, Some(72)).await?;
+        let mut plan = Vec::new();
+        let mut schedule = Vec::new();
+        let mut next = vec![0usize; readers.len()];
+        for d in [2u32, 3, 4, 7, 8] {
+            for hh in [10u32, 11, 14, 15, 16] {
+                let mut at = local(start, d, hh, 0);
+                for (i, r) in readers.iter().enumerate() {
+                    for _ in 0..2 {
+                        if let Some((p, purpose)) = r.caseload.get(next[i]) {
+                            plan.push((i, *p, *purpose));
+                            schedule.push(at);
+                            next[i] += 1;
+                            at += Duration::seconds(30);
+                        }
+                    }
+                }
+            }
+        }
+        attacks.push(Attack {
+            name: "slow-agency",
+            schedule,
+            tally: Tally::default(),
+            kind: AttackKind::Fleet { readers, plan },
+            // What it obtains is reported; the target is an alert within
+            // its first working day.
+            targets: Targets {
+                records: u64::MAX,
+                secs: f64::INFINITY,
+                alerted_by: Some(local(start, 2, 18, 0)),
+            },
+        });
+    }
+    if scenario.includes(Scenario::SharedDevice) {
+        let a = next_team(1, "shared-device")?;
+        let b = next_team(1, "shared-device")?;
+        let t0 = local(start, 7, 16, 0);
+        // Two accounts of each, in turn: A, B, A, B.
+        let mut members = Vec::new();
+        for k in 0..2 {
+            for t in [a, b] {
+                if let Some(m) = t.get(k) {
+                    members.push(m.clone());
+                }
+            }
+        }
+        let readers = hijack_team(world, &members, normal, hijacked_from, t0, Some(73)).await?;
+        let plan = bulk_plan(&readers, 35);
+        attacks.push(Attack {
+            name: "shared-device",
+            schedule: every(t0, 1_000, plan.len()),
+            tally: Tally::default(),
+            kind: AttackKind::Fleet { readers, plan },
+            targets: Targets::SEED,
+        });
+    }
+    Ok(())
 }
 
 /// The traffic model's person `n`, as one of the reader's real persons.
@@ -979,6 +1267,20 @@ async fn act(world: &mut World, a: &mut Attack, n: usize, at: DateTime<Utc>) -> 
             }
         }
         AttackKind::Processor { .. } => {}
+        AttackKind::Fleet { readers, plan } => {
+            let Some(&(r, person, purpose)) = plan.get(n) else {
+                return Ok(());
+            };
+            let (status, body) = world.read(&readers[r], person, purpose).await?;
+            a.tally
+                .record(at, status, &code(&body), status == 200, false);
+            if status == 200 {
+                *a.tally
+                    .served_on
+                    .entry(at.format("%a").to_string())
+                    .or_default() += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -1297,13 +1599,34 @@ async fn report(
             "records beyond the legitimate scope:   {} (target 0)",
             o.beyond
         );
+        let t = a.targets;
+        let limit = |v: f64, unit: &str| {
+            if v.is_finite() && v < 1e18 {
+                format!("target ≤ {v}{unit}")
+            } else {
+                "reported".to_string()
+            }
+        };
+        if let AttackKind::Fleet { readers, .. } = &a.kind {
+            println!(
+                "accounts driven:                       {} of {} organisation(s)",
+                readers.len(),
+                readers
+                    .iter()
+                    .map(|r| r.account.organisation_id)
+                    .collect::<HashSet<_>>()
+                    .len()
+            );
+        }
         println!(
-            "records after the start, before containment: {} (target ≤ {MAX_RECORDS_BEFORE_CONTAINMENT})",
-            o.before_containment
+            "records after the start, before containment: {} ({})",
+            o.before_containment,
+            limit(t.records as f64, "")
         );
         match o.containment_secs {
             Some(s) => println!(
-                "time to containment:                   {s:.1} s of simulated time (target ≤ {MAX_SECONDS_TO_CONTAINMENT} s)"
+                "time to containment:                   {s:.1} s of simulated time ({})",
+                limit(t.secs, " s")
             ),
             None if o.attempts == 0 => println!(
                 "time to containment:                   n/a: nothing to contain, the attack reads no server"
@@ -1324,13 +1647,33 @@ async fn report(
             raised.len()
         );
         if let Some(first) = raised.first() {
+            let after = a.tally.since.map_or(0.0, |t| {
+                (first.alert.at - t).num_milliseconds() as f64 / 1000.0
+            });
             println!(
-                "  first: {} {} at {}: {}",
+                "  first: {} {} at {} ({after:.1} s after the start): {}",
                 first.alert.kind,
                 first.alert.verdict,
                 first.alert.at.format("%a %H:%M:%S UTC"),
                 crate::guard::features_line(&first.alert.explanation)
             );
+            if !first.alert.accounts.is_empty() {
+                println!(
+                    "  naming {} accounts: {:?}",
+                    first.alert.accounts.len(),
+                    first.alert.accounts
+                );
+            }
+        }
+        if let Some(by) = t.alerted_by {
+            match raised.first() {
+                Some(f) if f.alert.at <= by => {}
+                Some(f) => missed.push(format!(
+                    "{}: first alerted at {}, after {}",
+                    a.name, f.alert.at, by
+                )),
+                None => missed.push(format!("{}: never alerted", a.name)),
+            }
         }
         let answers: Vec<String> = a
             .tally
@@ -1347,6 +1690,15 @@ async fn report(
         for n in &a.tally.notes {
             println!("  {n}");
         }
+        if matches!(a.kind, AttackKind::Fleet { .. }) && a.tally.served_on.len() > 1 {
+            let days: Vec<String> = a
+                .tally
+                .served_on
+                .iter()
+                .map(|(d, n)| format!("{d} {n}"))
+                .collect();
+            println!("  records served per day: {}", days.join(", "));
+        }
         println!(
             "RESULT attack={} attempts={} beyond_scope={} before_containment={} containment_s={} guard_alerts={} ledger_alerts={logged}",
             a.name.replace(' ', ""),
@@ -1360,23 +1712,34 @@ async fn report(
         if o.beyond > 0 {
             missed.push(format!("{}: {} records beyond scope", a.name, o.beyond));
         }
-        if o.before_containment > MAX_RECORDS_BEFORE_CONTAINMENT
-            && !matches!(a.kind, AttackKind::Processor { .. })
-        {
+        if o.before_containment > t.records && !matches!(a.kind, AttackKind::Processor { .. }) {
             missed.push(format!(
                 "{}: {} records before containment",
                 a.name, o.before_containment
             ));
         }
         match o.containment_secs {
-            Some(s) if s <= MAX_SECONDS_TO_CONTAINMENT => {}
+            Some(s) if s <= t.secs => {}
             Some(s) => missed.push(format!("{}: contained after {s:.1} s", a.name)),
-            None if o.attempts == 0 => {}
+            None if o.attempts == 0 || !t.secs.is_finite() => {}
             None => missed.push(format!("{}: never contained", a.name)),
         }
         missed.extend(a.tally.missed.iter().map(|m| format!("{}: {m}", a.name)));
     }
-    let false_alerts: Vec<_> = alerts
+    // The organisations attacked, from when: their other accounts are
+    // stepped up or throttled with them (the organisation's containment),
+    // which is no false alert.
+    let mut attacked_orgs: HashMap<i64, DateTime<Utc>> = HashMap::new();
+    for a in attacks {
+        let (Some(t), AttackKind::Fleet { readers, .. }) = (a.tally.since, &a.kind) else {
+            continue;
+        };
+        for r in readers {
+            let e = attacked_orgs.entry(r.account.organisation_id).or_insert(t);
+            *e = (*e).min(t);
+        }
+    }
+    let (collateral, false_alerts): (Vec<_>, Vec<_>) = alerts
         .iter()
         .filter(|s| normal_ids.contains(&s.alert.account_id))
         .filter(|s| {
@@ -1384,7 +1747,11 @@ async fn report(
                 .get(&s.alert.account_id)
                 .is_none_or(|t| s.alert.at < *t)
         })
-        .collect();
+        .partition(|s| {
+            attacked_orgs
+                .get(&s.alert.organisation_id)
+                .is_some_and(|t| s.alert.at >= *t)
+        });
     let per_1000 = if fig.account_days == 0 {
         0.0
     } else {
@@ -1411,6 +1778,15 @@ async fn report(
     println!(
         "false alerts: {} ({per_1000:.2} per 1,000 account-days)",
         false_alerts.len()
+    );
+    println!(
+        "colleagues caught by their organisation's containment during an attack: {} alerts on {} accounts",
+        collateral.len(),
+        collateral
+            .iter()
+            .map(|s| s.alert.account_id)
+            .collect::<HashSet<_>>()
+            .len()
     );
     println!(
         "RESULT normal reads={} account_days={} false_alerts={}",

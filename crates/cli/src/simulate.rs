@@ -61,6 +61,10 @@ struct Figures {
     by_verdict: HashMap<Verdict, u64>,
     features: HashMap<Feature, u64>,
     examples: Vec<String>,
+    /// Reads per reason (campaign days, sessions starting…).
+    reasons: HashMap<Reason, u64>,
+    /// Alerts raised by the organisation stage, and their accounts.
+    organisation_alerts: u64,
 }
 
 /// Runs the month and prints its figures.
@@ -138,11 +142,14 @@ async fn run(
             // An arrival's or a new trainee's mandate began today.
             attempt.new_mandate = matches!(v.reason, Reason::Arrival | Reason::NewSession);
             fig.reads += 1;
+            *fig.reasons.entry(v.reason).or_default() += 1;
             for _retry in 0..2 {
                 let decision = guard.check(&attempt).await.context("guard check")?;
                 let Some(alert) = decision.alert else { break };
                 fig.alerts += 1;
                 fig.fresh_alerts += u64::from(alert.fresh);
+                fig.organisation_alerts +=
+                    u64::from(alert.kind == rempart_guard::AlertKind::OrganisationBehaviour);
                 *fig.by_verdict.entry(alert.verdict).or_default() += 1;
                 for e in &alert.explanation {
                     *fig.features.entry(e.feature).or_default() += 1;
@@ -226,6 +233,19 @@ fn print(args: &SimulateArgs, place: &str, fig: &Figures, took: std::time::Durat
     println!(
         "verdicts:                      step-up {}, throttle {}, suspend {}",
         fig.step_ups, fig.throttled, fig.suspensions
+    );
+    println!(
+        "by the organisation stage:     {} alerts",
+        fig.organisation_alerts
+    );
+    let r = |why: Reason| fig.reasons.get(&why).copied().unwrap_or(0);
+    println!(
+        "reads by reason:               routine {}, arrivals {}, covering {}, campaign days {}, sessions starting {}",
+        r(Reason::Routine),
+        r(Reason::Arrival),
+        r(Reason::Covering),
+        r(Reason::Campaign),
+        r(Reason::NewSession)
     );
     let mut features: Vec<_> = fig.features.iter().collect();
     features.sort_by(|a, b| b.1.cmp(a.1).then(a.0.as_str().cmp(b.0.as_str())));

@@ -167,6 +167,9 @@ codes!(
         /// Organisations whose accounts started using the same device
         /// within a day.
         CrossOrganisationDevice => "cross_organisation_device",
+        /// The organisation's step-up still runs: minutes left (the
+        /// baseline is its length). Every session steps up once.
+        OrganisationStepUp => "organisation_step_up",
     }
 );
 

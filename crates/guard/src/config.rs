@@ -26,14 +26,18 @@ pub struct Limit {
 }
 
 impl Limit {
-    const fn new(per_hour: u32, per_day: u32) -> Limit {
+    pub(crate) const fn new(per_hour: u32, per_day: u32) -> Limit {
         Limit { per_hour, per_day }
     }
 
     /// This limit multiplied by `factor` (rounded up, at least 1, at most
     /// `u32::MAX`).
     pub fn scaled_up(self, factor: f64) -> Limit {
-        let s = |n: u32| (f64::from(n) * factor).ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+        let s = |n: u32| {
+            (f64::from(n) * factor)
+                .ceil()
+                .clamp(1.0, f64::from(u32::MAX)) as u32
+        };
         Limit {
             per_hour: s(self.per_hour),
             per_day: s(self.per_day),
@@ -770,7 +774,12 @@ impl GuardConfig {
                 1,
                 3600,
             ),
-            ("organisation_scoring.min_volume", o.min_volume, 1, 1_000_000),
+            (
+                "organisation_scoring.min_volume",
+                o.min_volume,
+                1,
+                1_000_000,
+            ),
             ("organisation_scoring.min_hours", o.min_hours, 0, 100_000),
             (
                 "organisation_scoring.step_up_minutes",

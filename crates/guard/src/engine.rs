@@ -599,7 +599,12 @@ impl AccountState {
         }
         let device = self.novelty(KnownKind::Device, a.session.device, a, now);
         if let Some((true, established)) = device.filter(|d| d.1 > 0) {
-            lines.push(Feature::NewDevice, 1.0, f64::from(established), w.new_device);
+            lines.push(
+                Feature::NewDevice,
+                1.0,
+                f64::from(established),
+                w.new_device,
+            );
         }
         let network = self.novelty(KnownKind::Network, a.session.network, a, now);
         if let Some((true, established)) = network.filter(|d| d.1 > 0) {
@@ -835,4 +840,3 @@ pub(crate) fn fresh(last: &mut [i64; 5], verdict: Verdict, now: i64, c: &GuardCo
     }
     is_fresh
 }
-

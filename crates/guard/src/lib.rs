@@ -409,17 +409,24 @@ impl Inner {
         Ok(())
     }
 
-    /// Records the attempt's networks and devices new to its account, and
-    /// counts who else started using them.
+    /// Records the attempt's network and device, and counts who else
+    /// started using them (see [`Sightings::sight`]).
     fn sight(&self, a: &Attempt, account: &AccountVerdict) -> Shared {
         let now = a.at.timestamp();
-        let (org, id) = (a.account.organisation_id, a.account.account_id);
+        let who = (a.account.organisation_id, a.account.account_id);
+        let stepped_up = a.session.stepped_up_at.map(|t| t.timestamp());
         let mut shared = Shared::default();
-        if let Some(d) = account.new_network {
-            shared.network = self.sightings.sight(KnownKind::Network, d, org, id, now);
+        if let Some(d) = a.session.network {
+            let new = account.new_network.is_some();
+            shared.network = self
+                .sightings
+                .sight(KnownKind::Network, d, new, who, stepped_up, now);
         }
-        if let Some(d) = account.new_device {
-            shared.device = self.sightings.sight(KnownKind::Device, d, org, id, now);
+        if let Some(d) = a.session.device {
+            let new = account.new_device.is_some();
+            shared.device = self
+                .sightings
+                .sight(KnownKind::Device, d, new, who, stepped_up, now);
         }
         shared
     }
@@ -492,8 +499,8 @@ impl Inner {
         if by_org && kind == AlertKind::OrganisationBehaviour {
             let now = a.at.timestamp();
             for (kind, d) in [
-                (KnownKind::Network, account.new_network),
-                (KnownKind::Device, account.new_device),
+                (KnownKind::Network, a.session.network),
+                (KnownKind::Device, a.session.device),
             ] {
                 if let Some(d) = d {
                     accounts.extend(self.sightings.accounts(kind, d, now));
@@ -505,7 +512,9 @@ impl Inner {
         // The rare path: build the explanation.
         lines.extend_from_slice(account.lines.as_slice());
         lines.retain(|l| {
-            l.contribution > 0.0 || is_quota(l.feature) || l.feature == Feature::Blocked
+            l.contribution > 0.0
+                || is_quota(l.feature)
+                || matches!(l.feature, Feature::Blocked | Feature::OrganisationStepUp)
         });
         lines.sort_by(|x, y| y.contribution.total_cmp(&x.contribution));
         lines.truncate(TOP_FEATURES);

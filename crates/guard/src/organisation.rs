@@ -25,9 +25,7 @@ use crate::alert::{AlertKind, Feature, Verdict};
 use crate::attempt::{Attempt, Digest16};
 use crate::baseline::{Baseline, OrgBaseline};
 use crate::config::{GuardConfig, Limit};
-use crate::engine::{
-    AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, push_count, rates,
-};
+use crate::engine::{AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, push_count, rates};
 use crate::store::{CounterDelta, KnownKind, METRICS, Metric, Scope};
 use crate::window::Rate;
 
@@ -65,16 +63,26 @@ pub(crate) struct Shared {
 struct Sighting {
     organisation_id: i64,
     account_id: i64,
+    /// When the account first used it.
+    since: i64,
+    /// When it last did.
     at: i64,
+    /// A session of the account passed a step-up while using it: its
+    /// owner vouched for it (an agency's new office network), and it
+    /// counts no more.
+    cleared: bool,
 }
 
 const SIGHTING_SHARDS: usize = 16;
+/// A network or device shared anew stays followed this long after its
+/// last use: a weekend does not launder the attacker's machine.
+const SIGHTING_SECS: i64 = 7 * DAY;
 /// Accounts remembered per digest and day: beyond this many, the counts
 /// are saturated anyway.
 const MAX_SIGHTINGS: usize = 64;
 
-/// Networks and devices that accounts started using within the last day,
-/// with who: the first use of one machine by accounts of several
+/// Networks and devices that accounts started using (within a day of
+/// their first use), with who, followed while used in the week: the first use of one machine by accounts of several
 /// organisations (an infostealer operator's) or by several accounts of
 /// one. Per instance: each instance sees the accounts it serves.
 pub(crate) struct Sightings {
@@ -94,28 +102,55 @@ impl Sightings {
         &self.shards[usize::from(digest[0]) % SIGHTING_SHARDS]
     }
 
-    /// Records that `account` of `organisation` uses `digest`, new to it,
-    /// and counts who else started using it within the day.
+    /// Records that `account` of `organisation` uses `digest` (`new`: it
+    /// first did less than a day ago), and counts who else started using
+    /// it while none of them had. A digest the account had used before is
+    /// only followed when it was new to the account at its first
+    /// sighting and has not been vouched for since (`stepped_up_at`): the
+    /// attacker's machine stays suspicious the day after, an agency's new
+    /// network does not once its advisors stepped up from it.
     pub(crate) fn sight(
         &self,
         kind: KnownKind,
         digest: Digest16,
-        organisation_id: i64,
-        account_id: i64,
+        new: bool,
+        who: (i64, i64),
+        stepped_up_at: Option<i64>,
         now: i64,
     ) -> Sharing {
+        let (organisation_id, account_id) = who;
         let mut shard = crate::lock(self.shard(&digest));
+        if !new && !shard.contains_key(&(kind, digest)) {
+            // The common case: an established digest nobody shares anew.
+            return Sharing::default();
+        }
         let seen = shard.entry((kind, digest)).or_default();
-        seen.retain(|s| now.saturating_sub(s.at) < DAY);
+        seen.retain(|s| now.saturating_sub(s.at) < SIGHTING_SECS);
         if let Some(i) = seen.iter().position(|s| s.account_id == account_id) {
-            seen[i].at = seen[i].at.max(now);
-        } else if seen.len() < MAX_SIGHTINGS {
+            let s = &mut seen[i];
+            s.at = s.at.max(now);
+            s.cleared |= stepped_up_at.is_some_and(|t| t >= s.since);
+        } else if new && seen.len() < MAX_SIGHTINGS {
             seen.push(Sighting {
                 organisation_id,
                 account_id,
+                since: now,
                 at: now,
+                cleared: stepped_up_at.is_some_and(|t| t >= now),
             });
         }
+        if seen.is_empty() {
+            shard.remove(&(kind, digest));
+            return Sharing::default();
+        }
+        let seen = &shard[&(kind, digest)];
+        if !seen
+            .iter()
+            .any(|s| s.account_id == account_id && !s.cleared)
+        {
+            return Sharing::default();
+        }
+        let seen: Vec<Sighting> = seen.iter().filter(|s| !s.cleared).copied().collect();
         let accounts = seen
             .iter()
             .filter(|s| s.organisation_id == organisation_id)
@@ -143,19 +178,19 @@ impl Sightings {
             .get(&(kind, digest))
             .map(|v| {
                 v.iter()
-                    .filter(|s| now.saturating_sub(s.at) < DAY)
+                    .filter(|s| !s.cleared && now.saturating_sub(s.at) < SIGHTING_SECS)
                     .map(|s| s.account_id)
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// Forgets sightings older than a day.
+    /// Forgets sightings not renewed for [`SIGHTING_SECS`].
     pub(crate) fn prune(&self, now: i64) {
         for shard in &self.shards {
             let mut shard = crate::lock(shard);
             shard.retain(|_, v| {
-                v.retain(|s| now.saturating_sub(s.at) < DAY);
+                v.retain(|s| now.saturating_sub(s.at) < SIGHTING_SECS);
                 !v.is_empty()
             });
         }
@@ -242,8 +277,7 @@ impl OrgState {
 
     /// Forgets accounts not seen for a day.
     pub(crate) fn prune(&mut self, now: i64) {
-        self.members
-            .retain(|_, m| now.saturating_sub(m.last) < DAY);
+        self.members.retain(|_, m| now.saturating_sub(m.last) < DAY);
     }
 
     pub(crate) fn is_idle(&mut self, now: i64) -> bool {
@@ -293,14 +327,14 @@ impl OrgState {
         let ev = account.events;
         if checked && account.verdict.lets_through() {
             let q = &c.organisation;
-            let size = if self.own.hours >= f64::from(c.organisation_scoring.min_hours) {
-                self.own.peak_accounts
+            // Scaled once its size is known from its own history; the
+            // absolute ceiling before that.
+            let persons = if self.own.hours >= f64::from(c.organisation_scoring.min_hours) {
+                c.organisation_scaled
+                    .persons(a.account.kind(), self.own.peak_accounts, q.persons)
             } else {
-                0
+                q.persons
             };
-            let persons = c
-                .organisation_scaled
-                .persons(a.account.kind(), size, q.persons);
             let mut quota = Lines::new();
             let [_, ph, pd, nir, searches, _, _, _, bg, _, _, _, _, grants] = &mut self.rates;
             let mut over = |on: bool, h: u32, d: u32, l: Limit, fh: Feature, fd: Feature| {
@@ -391,12 +425,25 @@ impl OrgState {
         let stepped_up_at = a.session.stepped_up_at.map(|t| t.timestamp());
         let stepped_up = stepped_up_at.is_some_and(|t| (0..=valid).contains(&(now - t)));
         let mut behaviour = Verdict::Allow;
+        let minutes_left = |until: i64| (until - now) as f64 / 60.0;
         if self.throttled_until > now {
             behaviour = Verdict::Throttle;
+            lines.push(
+                Feature::Blocked,
+                minutes_left(self.throttled_until),
+                f64::from(c.containment.throttle_minutes),
+                0.0,
+            );
         } else if self.step_up_until > now
             && !stepped_up_at.is_some_and(|t| t >= self.step_up_since && stepped_up)
         {
             behaviour = Verdict::StepUp;
+            lines.push(
+                Feature::OrganisationStepUp,
+                minutes_left(self.step_up_until),
+                f64::from(c.organisation_scoring.step_up_minutes),
+                0.0,
+            );
         }
         // The account's score with the organisation's evidence added: at
         // most a throttle (suspensions stay the account's own decision).
@@ -529,15 +576,12 @@ impl OrgState {
         let w = &o.weights;
         if account.counts_attempt {
             let gap = i64::from(o.run_gap_minutes) * 60;
-            let m = self
-                .members
-                .entry(a.account.account_id)
-                .or_insert(Member {
-                    last: i64::MIN,
-                    run_start: now,
-                    last_off: i64::MIN,
-                    burst_at: i64::MIN,
-                });
+            let m = self.members.entry(a.account.account_id).or_insert(Member {
+                last: i64::MIN,
+                run_start: now,
+                last_off: i64::MIN,
+                burst_at: i64::MIN,
+            });
             if now.saturating_sub(m.last) >= gap {
                 m.run_start = now;
             }
@@ -569,18 +613,26 @@ impl OrgState {
         let usual = |v: u32| if own_known { v } else { 0 };
 
         // A whole agency at work at 21:00 on a Saturday is not an agency
-        // working. Weekend mornings see two accounts at work now and then.
+        // working. Nights allow one account (more in a large agency: 2% of
+        // its size); weekend mornings see a few accounts at work now and
+        // then, 6% of a large agency, and count from two beyond that.
+        let size = if own_known {
+            self.own.peak_accounts
+        } else {
+            active
+        };
         if let Some(kind) = account.off_hours.filter(|_| off >= 2) {
-            let floor = match kind {
-                crate::region::OffHours::Night => 1,
-                crate::region::OffHours::WeekendDay => 2,
+            let share = |p: f64| (f64::from(size) * p).ceil() as u32;
+            let (floor, slack) = match kind {
+                crate::region::OffHours::Night => (share(0.02).max(1), 0.0),
+                crate::region::OffHours::WeekendDay => (share(0.06).max(2), 1.0),
             };
             let b = usual(self.own.peak_off_hours_accounts(kind));
-            let excess = f64::from(off) - f64::from(b.max(floor));
+            let excess = f64::from(off) - f64::from(b.max(floor)) - slack;
             lines.push(
                 Feature::OffHoursAccounts,
                 f64::from(off),
-                f64::from(b),
+                f64::from(b.max(floor)),
                 w.off_hours_accounts * (excess / 2.0).clamp(0.0, 1.0),
             );
         }
@@ -596,12 +648,16 @@ impl OrgState {
                 w.active_accounts * (excess / step).clamp(0.0, 1.0),
             );
         }
-        if starts >= 3 {
+        // Mornings see a few accounts start within the same two minutes in
+        // a large agency (arrivals spread over 90 minutes): the allowance
+        // grows with its usual size.
+        let allowance = (f64::from(size) / 8.0).max(2.0);
+        if f64::from(starts) > allowance {
             lines.push(
                 Feature::SynchronisedStarts,
                 f64::from(starts),
-                2.0,
-                w.synchronised_starts * ((f64::from(starts) - 2.0) / 3.0).clamp(0.0, 1.0),
+                allowance,
+                w.synchronised_starts * ((f64::from(starts) - allowance) / 3.0).clamp(0.0, 1.0),
             );
         }
         if bursting >= 2 {
@@ -622,7 +678,12 @@ impl OrgState {
                     .saturating_add(u32::from(account.events.explained)),
             );
         if v >= o.min_volume {
-            let by_peers = peer.persons_per_hour * f64::from(active.max(1));
+            let per_account = if peer.hours >= f64::from(c.scoring.min_peer_hours) {
+                peer.persons_per_hour
+            } else {
+                c.scoring.prior_persons_per_hour
+            };
+            let by_peers = per_account * f64::from(active.max(1));
             let by_own = if own_known {
                 f64::from(self.own.peak_persons)
             } else {
@@ -639,24 +700,25 @@ impl OrgState {
                 w.volume * ratio.log2().clamp(0.0, 1.5),
             );
         }
-        let mut sharing = |n: Sharing, within: Feature, across: Feature, wi: f64, wa: f64, per: f64| {
-            if n.accounts >= 2 {
-                lines.push(
-                    within,
-                    f64::from(n.accounts),
-                    1.0,
-                    wi * ((f64::from(n.accounts) - 1.0) / per).clamp(0.0, 1.5),
-                );
-            }
-            if n.organisations >= 2 {
-                lines.push(
-                    across,
-                    f64::from(n.organisations),
-                    1.0,
-                    wa * (f64::from(n.organisations) - 1.0).clamp(0.0, 1.5),
-                );
-            }
-        };
+        let mut sharing =
+            |n: Sharing, within: Feature, across: Feature, wi: f64, wa: f64, per: f64| {
+                if n.accounts >= 2 {
+                    lines.push(
+                        within,
+                        f64::from(n.accounts),
+                        1.0,
+                        wi * ((f64::from(n.accounts) - 1.0) / per).clamp(0.0, 1.5),
+                    );
+                }
+                if n.organisations >= 2 {
+                    lines.push(
+                        across,
+                        f64::from(n.organisations),
+                        1.0,
+                        wa * (f64::from(n.organisations) - 1.0).clamp(0.0, 1.5),
+                    );
+                }
+            };
         sharing(
             shared.network,
             Feature::SharedNewNetwork,

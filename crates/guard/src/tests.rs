@@ -1122,3 +1122,303 @@ async fn an_organisations_officers_grants_add_up_to_its_quota() {
         .contains(&Feature::MandateGrantsPerHour)
     );
 }
+
+/// An account of organisation `org` reading `person` through `session`.
+fn read_in(org: i64, account: i64, person: i64, at: DateTime<Utc>, s: SessionFacts) -> Attempt {
+    Attempt {
+        account: facts(account, org),
+        session: s,
+        ..read(account, person, at)
+    }
+}
+
+/// Each account of `accounts`, one after the other, reads `each` persons
+/// of its own caseload one second apart from `t0` (from its own machine
+/// unless `shared` is given). Returns the reads served and every decision.
+async fn fleet(
+    g: &Guard,
+    org: i64,
+    accounts: std::ops::Range<i64>,
+    each: i64,
+    t0: DateTime<Utc>,
+    shared: Option<SessionFacts>,
+) -> (usize, Vec<GuardDecision>) {
+    let mut served = 0;
+    let mut all = Vec::new();
+    let mut t = t0;
+    for account in accounts {
+        for p in 0..each {
+            let s = shared.clone().unwrap_or_else(|| home(account));
+            let d = g
+                .check(&read_in(org, account, account * 1000 + p, t, s))
+                .await
+                .unwrap();
+            served += usize::from(d.lets_through());
+            all.push(d);
+            t += TimeDelta::seconds(1);
+        }
+    }
+    (served, all)
+}
+
+fn org_alerts(all: &[GuardDecision]) -> Vec<&Alert> {
+    all.iter()
+        .filter_map(|d| d.alert.as_ref())
+        .filter(|a| a.kind == AlertKind::OrganisationBehaviour)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_whole_agency_reading_a_little_each_at_night_is_stopped_within_a_few_records() {
+    let (g, _) = open(lenient_sync()).await;
+    // Saturday 17 January, 21:00 in Paris: 22 accounts of one agency, no
+    // history, each reading 19 persons of its own caseload from its own
+    // machine (under every account quota and the volume features).
+    let saturday_evening = day0() + TimeDelta::days(4) + TimeDelta::hours(12);
+    let alone = fleet(&g, 31, 500..501, 19, saturday_evening, None).await;
+    assert_eq!(alone.0, 19, "one account alone reads its 19: {:?}", alone.1);
+    let (served, all) = fleet(&g, 30, 600..622, 19, saturday_evening, None).await;
+    assert!(served <= 25, "{served} records served");
+    let orgs = org_alerts(&all);
+    let first = orgs.first().expect("an organisation alert");
+    assert!(first.fresh);
+    assert!(
+        first
+            .explanation
+            .iter()
+            .any(|l| l.feature == Feature::OffHoursAccounts && l.contribution > 0.0),
+        "{first:?}"
+    );
+    assert!(first.accounts.len() >= 2 && first.accounts.contains(&600));
+    // The accounts after it are refused from their first read.
+    assert!(all[19 * 3..].iter().all(|d| !d.lets_through()));
+    // One incident, not one per read: a few fresh alerts at most.
+    let fresh = all
+        .iter()
+        .filter(|d| d.alert.as_ref().is_some_and(|a| a.fresh))
+        .count();
+    assert!(fresh <= 6, "{fresh} fresh alerts");
+}
+
+#[tokio::test]
+async fn office_hours_bursts_across_accounts_step_up_the_whole_organisation() {
+    let (g, _) = open(lenient_sync()).await;
+    // Tuesday 14:00: each account reads 19 persons in 19 seconds, which
+    // alone stays under every account feature.
+    let t0 = day0() + TimeDelta::hours(5);
+    let alone = fleet(&g, 31, 500..501, 19, t0, None).await;
+    assert_eq!(alone.0, 19);
+    assert!(alone.1.iter().all(|d| d.alert.is_none()));
+    let (served, all) = fleet(&g, 30, 600..609, 19, t0, None).await;
+    assert!(served <= 19 * 2 + 10, "{served} records served");
+    let first = org_alerts(&all)[0];
+    assert!(
+        first
+            .explanation
+            .iter()
+            .any(|l| l.feature == Feature::BurstingAccounts),
+        "{first:?}"
+    );
+    // A colleague who did nothing unusual steps up once, after which the
+    // organisation's step-up no longer stops her.
+    let later = t0 + mins(30);
+    let colleague = read_in(30, 650, 650_001, later, home(650));
+    let d = g.check(&colleague).await.unwrap();
+    assert_eq!(d.verdict, Verdict::StepUp);
+    assert_eq!(
+        line(&d, Feature::OrganisationStepUp).baseline,
+        60.0,
+        "the step-up's length"
+    );
+    let before = SessionFacts {
+        stepped_up_at: Some(t0 - mins(5)),
+        ..home(650)
+    };
+    assert_eq!(
+        verdict(&g, &read_in(30, 650, 650_002, later, before)).await,
+        Verdict::StepUp,
+        "a step-up older than the organisation's does not count"
+    );
+    let after = SessionFacts {
+        stepped_up_at: Some(later),
+        ..home(650)
+    };
+    assert_eq!(
+        verdict(&g, &read_in(30, 650, 650_003, later, after)).await,
+        Verdict::Allow
+    );
+    // Another organisation is untouched.
+    assert_eq!(
+        verdict(&g, &read_in(31, 500, 500_100, later, home(500))).await,
+        Verdict::Allow
+    );
+}
+
+#[tokio::test]
+async fn a_new_network_shared_by_several_accounts_stays_suspect_until_they_vouch_for_it() {
+    let attacker = SessionFacts {
+        network: Some([0xAA; 16]),
+        ..SessionFacts::default()
+    };
+    // A week before: each account works from its own network; on day 0
+    // six of them read two persons each from one new network.
+    let setup = async || {
+        let (g, store) = open(lenient_sync()).await;
+        for account in 700..706 {
+            let a = read_in(
+                40,
+                account,
+                account * 1000,
+                day0() - TimeDelta::days(7),
+                home(account),
+            );
+            assert_eq!(verdict(&g, &a).await, Verdict::Allow);
+        }
+        g.sync(day0() - TimeDelta::days(7)).await.unwrap();
+        (g, store)
+    };
+    let dose = |account: i64, p: i64, at, s: &SessionFacts| {
+        read_in(
+            40,
+            account,
+            account * 1000 + p,
+            at,
+            SessionFacts {
+                session_id: [account as u8; 16],
+                ..s.clone()
+            },
+        )
+    };
+    // The attacker never steps up.
+    let (g, _) = setup().await;
+    let mut served = 0;
+    let mut first_alert = None;
+    for (i, account) in (700..706).enumerate() {
+        for p in 1..3 {
+            let at = day0() + mins(i as i64 * 2 + p);
+            let d = g.check(&dose(account, p, at, &attacker)).await.unwrap();
+            served += usize::from(d.lets_through());
+            if first_alert.is_none() && d.alert.is_some() {
+                first_alert = d.alert;
+            }
+        }
+    }
+    let a = first_alert.expect("alerted on the first day");
+    assert!(
+        a.explanation
+            .iter()
+            .any(|l| l.feature == Feature::SharedNewNetwork),
+        "{a:?}"
+    );
+    assert!(served <= 8, "{served}");
+    // Three days later (a weekend in between), the network is no longer
+    // new to any of them, and still refused: nobody vouched for it.
+    let later = day0() + TimeDelta::days(3);
+    g.sync(later).await.unwrap();
+    let d = g.check(&dose(700, 9, later, &attacker)).await.unwrap();
+    assert_eq!(d.verdict, Verdict::StepUp, "{:?}", d.alert);
+    assert!(d.alert.unwrap().accounts.len() >= 5);
+
+    // An agency's new office network: its advisors step up from it, and
+    // it is theirs.
+    let (g, _) = setup().await;
+    for (i, account) in (700..706).enumerate() {
+        let at = day0() + mins(i as i64 * 2);
+        let mut d = g.check(&dose(account, 1, at, &attacker)).await.unwrap();
+        if d.verdict == Verdict::StepUp {
+            let vouched = SessionFacts {
+                stepped_up_at: Some(at),
+                ..attacker.clone()
+            };
+            d = g.check(&dose(account, 1, at, &vouched)).await.unwrap();
+        }
+        assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.alert);
+    }
+    let later = day0() + TimeDelta::days(3);
+    g.sync(later).await.unwrap();
+    for account in 700..706 {
+        let d = g.check(&dose(account, 5, later, &attacker)).await.unwrap();
+        assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.alert);
+    }
+}
+
+#[tokio::test]
+async fn one_machine_new_to_accounts_of_two_organisations_is_stopped_at_the_second() {
+    let (g, _) = open(lenient_sync()).await;
+    let machine = SessionFacts {
+        device: Some([0xBB; 16]),
+        network: Some([0xBC; 16]),
+        ..SessionFacts::default()
+    };
+    let t0 = day0() + TimeDelta::hours(2);
+    let (first, _) = fleet(&g, 50, 800..801, 5, t0, Some(machine.clone())).await;
+    assert_eq!(first, 5, "one organisation's account alone is ordinary");
+    let d = g
+        .check(&read_in(51, 900, 900_001, t0 + mins(1), machine))
+        .await
+        .unwrap();
+    // A device and a network both new to two organisations: a throttle.
+    assert_eq!(d.verdict, Verdict::Throttle);
+    let a = d.alert.unwrap();
+    assert_eq!(a.kind, AlertKind::OrganisationBehaviour);
+    assert!(
+        a.explanation
+            .iter()
+            .any(|l| l.feature == Feature::CrossOrganisationDevice),
+        "{a:?}"
+    );
+    assert!(
+        a.accounts.contains(&800) && a.accounts.contains(&900),
+        "{:?}",
+        a.accounts
+    );
+}
+
+#[tokio::test]
+async fn an_organisations_quota_follows_its_usual_size() {
+    let mut c = lenient_sync();
+    c.organisation_scaled.persons_per_account = Limit::new(5, 100);
+    let (g, _) = open(c).await;
+    // Four days of three accounts at work: its usual size is three.
+    for d in 0..4 {
+        for account in 1..4 {
+            working_day(&g, account, day0() + TimeDelta::days(d), 8).await;
+        }
+    }
+    let t0 = day0() + TimeDelta::days(4) + TimeDelta::hours(1);
+    let mut served = 0;
+    let mut quota = None;
+    for i in 0..30i64 {
+        let account = 1 + i % 3;
+        let d = g
+            .check(&read(account, 90_000 + i, t0 + TimeDelta::seconds(i * 100)))
+            .await
+            .unwrap();
+        if d.lets_through() {
+            served += 1;
+        } else if quota.is_none() {
+            quota = d.alert;
+        }
+    }
+    let a = quota.expect("throttled");
+    assert_eq!(a.kind, AlertKind::OrganisationQuota);
+    let l = a
+        .explanation
+        .iter()
+        .find(|l| l.feature == Feature::PersonsPerHour)
+        .unwrap();
+    assert_eq!(l.baseline, 15.0, "5 per account × 3 accounts");
+    assert_eq!(served, 15);
+    assert_eq!(
+        c.organisation_scaled
+            .persons(OrganisationKind::Processor, 3, Limit::new(1_000, 8_000)),
+        Limit::new(30, 600),
+        "processors read twice as much"
+    );
+    assert_eq!(
+        c.organisation_scaled
+            .persons(OrganisationKind::CapEmploi, 1_000, Limit::new(1_000, 8_000)),
+        Limit::new(1_000, 8_000),
+        "never above the absolute ceiling"
+    );
+}

@@ -10,10 +10,16 @@
 //! are French public holidays; leave and sick days (8% of working days),
 //! part-time Wednesdays. Caseloads churn: every working day about 2% of an
 //! account's persons leave and as many arrive, and arrivals are read on
-//! their first day. Legitimate spikes: a training provider's account
-//! starts a new session once a month (50–70 new trainees read that day),
-//! and advisors cover for an absent colleague (3% of their working days:
-//! the colleague's caseload read beside their own).
+//! their first day. Legitimate spikes: a training provider starts a new
+//! session once a month, for all its trainers on the same day (50–70 new
+//! trainees read by each), and advisors cover for an absent colleague (3%
+//! of their working days: the colleague's caseload read beside their own).
+//! Organisation-wide days, which the guard's organisation stage must take
+//! in its stride: once a month an agency (France Travail, Cap emploi,
+//! Mission Locale) holds a campaign day when every advisor calls their
+//! caseload (twice the usual reads, `Reason::Campaign`); and the first
+//! working day after a public holiday everybody arrives between 8:00 and
+//! 8:30 with a backlog (one and a half times the usual reads).
 //!
 //! Local times are metropolitan French time (the EU summer-time rule);
 //! organisations are placed in metropolitan départements only.
@@ -87,6 +93,8 @@ pub enum Reason {
     NewSession,
     /// A person of an absent colleague's caseload.
     Covering,
+    /// A person called on the organisation's campaign day.
+    Campaign,
 }
 
 /// One read.
@@ -118,8 +126,11 @@ struct AccountWork {
     /// Persons read per ordinary working day (mean).
     daily: u32,
     wednesday_off: bool,
-    /// Day index of the month's session start (training providers).
+    /// Day index of the month's session start (training providers, the
+    /// same for every trainer of the organisation).
     session_day: Option<u32>,
+    /// Day index of the organisation's campaign day (advisors).
+    campaign_day: Option<u32>,
 }
 
 impl NormalMonth {
@@ -145,12 +156,26 @@ impl NormalMonth {
         let mut organisation_id = 0i64;
         let mut left_in_org = 0u32;
         let mut org = (OrganisationKind::FranceTravail, "75");
+        let mut org_days: (Option<u32>, Option<u32>) = (None, None);
         for i in 0..options.accounts {
             if left_in_org == 0 {
                 organisation_id += 1;
                 let kind = pick_kind(&mut rng);
                 let dept = metro[rng.random_range(0..metro.len())];
                 org = (kind, dept);
+                // From a stream of its own: the accounts' layout stays
+                // what the seed gave before organisations had days.
+                let day = ChaCha8Rng::seed_from_u64(
+                    options.seed ^ (organisation_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                )
+                .random_range(0..options.days);
+                org_days = match kind {
+                    OrganisationKind::TrainingProvider => (Some(day), None),
+                    OrganisationKind::FranceTravail
+                    | OrganisationKind::CapEmploi
+                    | OrganisationKind::MissionLocale => (None, Some(day)),
+                    OrganisationKind::Processor => (None, None),
+                };
                 left_in_org = match kind {
                     OrganisationKind::FranceTravail => rng.random_range(20..60),
                     OrganisationKind::CapEmploi | OrganisationKind::MissionLocale => {
@@ -190,8 +215,7 @@ impl NormalMonth {
             };
             let base = i64::from(i) * IDS_PER_ACCOUNT + 1;
             let caseload: Vec<i64> = (base..base + caseload_size).collect();
-            let session_day = (kind == OrganisationKind::TrainingProvider)
-                .then(|| rng.random_range(0..options.days));
+            let (session_day, campaign_day) = org_days;
             accounts.push(TrafficAccount {
                 account_id: i64::from(i) + 1,
                 organisation_id,
@@ -205,6 +229,7 @@ impl NormalMonth {
                 daily,
                 wednesday_off: rng.random_bool(0.1),
                 session_day,
+                campaign_day,
             });
         }
         Ok(NormalMonth {
@@ -230,6 +255,14 @@ impl NormalMonth {
     pub fn day(&mut self, index: u32) -> Vec<Visit> {
         let date = self.options.start + TimeDelta::days(i64::from(index));
         let off_day = is_weekend(date) || is_public_holiday(date);
+        let after_holiday = !off_day && {
+            // Back from a holiday (a weekend may come in between).
+            let mut d = date - TimeDelta::days(1);
+            while is_weekend(d) && !is_public_holiday(d) {
+                d -= TimeDelta::days(1);
+            }
+            is_public_holiday(d)
+        };
         let mut visits = Vec::new();
         // Who is absent today: their caseload may be covered by a colleague.
         let n = self.accounts.len();
@@ -254,11 +287,25 @@ impl NormalMonth {
                 }
                 continue;
             }
-            let day = self.working_day();
+            let mut day = self.working_day();
+            if after_holiday {
+                day.start = self.rng.random_range(8 * 60..8 * 60 + 30);
+            }
             let st = &self.state[i];
-            let mean = st.daily;
+            let mean = if after_holiday {
+                st.daily + st.daily / 2
+            } else {
+                st.daily
+            };
+            let campaign = st.campaign_day == Some(index);
             let mut reads: Vec<(i64, Reason)> = Vec::new();
             let routine = self.rng.random_range(mean / 2..=mean + mean / 2);
+            if campaign {
+                for _ in 0..routine {
+                    let p = self.pick(i);
+                    reads.push((p, Reason::Campaign));
+                }
+            }
             for _ in 0..routine {
                 let p = self.pick(i);
                 reads.push((p, Reason::Routine));
@@ -503,7 +550,11 @@ mod tests {
 
     #[test]
     fn offices_keep_office_hours() {
-        let mut m = month(1);
+        let mut m = NormalMonth::new(TrafficOptions {
+            accounts: 600,
+            ..month(1).options()
+        })
+        .unwrap();
         let kinds: std::collections::HashSet<_> = m.accounts().iter().map(|a| a.kind).collect();
         assert_eq!(kinds.len(), 5, "every organisation kind works");
         let (mut weekday, mut weekend, mut holiday, mut late, mut total) = (0, 0, 0, 0, 0);
@@ -536,7 +587,57 @@ mod tests {
         );
         assert!(holiday * 20 * 19 < weekday, "11 November is off: {holiday}");
         assert!(late * 50 < total, "few evenings: {late} of {total}");
-        assert_eq!(reasons.len(), 4, "routine, arrivals, sessions, covering");
+        assert_eq!(
+            reasons.len(),
+            5,
+            "routine, arrivals, sessions, covering, campaigns"
+        );
+    }
+
+    #[test]
+    fn organisations_have_their_own_days() {
+        let mut m = month(2);
+        let accounts = m.accounts().to_vec();
+        let org_of = |i: usize| accounts[i].organisation_id;
+        let mut session: std::collections::HashMap<i64, std::collections::HashSet<u32>> =
+            Default::default();
+        let mut campaign: std::collections::HashMap<i64, std::collections::HashSet<u32>> =
+            Default::default();
+        let mut first_after_holiday = Vec::new();
+        for d in 0..28 {
+            let date = m.options().start + TimeDelta::days(i64::from(d));
+            for v in m.day(d) {
+                match v.reason {
+                    Reason::NewSession => {
+                        session.entry(org_of(v.account)).or_default().insert(d);
+                    }
+                    Reason::Campaign => {
+                        campaign.entry(org_of(v.account)).or_default().insert(d);
+                    }
+                    _ => {}
+                }
+                // 12 November 2026, the day after Armistice Day.
+                if date == NaiveDate::from_ymd_opt(2026, 11, 12).unwrap() {
+                    first_after_holiday.push(v);
+                }
+            }
+        }
+        assert!(!session.is_empty() && !campaign.is_empty());
+        // One day per organisation, for all its accounts.
+        assert!(session.values().all(|d| d.len() == 1), "{session:?}");
+        assert!(campaign.values().all(|d| d.len() == 1), "{campaign:?}");
+        // Everybody back before 8:30 local after the holiday.
+        let mut first: std::collections::HashMap<usize, DateTime<Utc>> = Default::default();
+        for v in &first_after_holiday {
+            let t = first.entry(v.account).or_insert(v.at);
+            *t = (*t).min(v.at);
+        }
+        assert!(first.len() > 100);
+        let early = first
+            .values()
+            .filter(|t| (**t + TimeDelta::hours(1)).hour() < 9)
+            .count();
+        assert!(early * 10 >= first.len() * 9, "{early} of {}", first.len());
     }
 
     #[test]

@@ -17,9 +17,9 @@ use tokio_postgres::Row;
 
 use super::PgStore;
 use crate::guard::{
-    accounts_text, parse_accounts,
-    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, blocks_ended,
-    check_alert, explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
+    ACTIVITY_COLUMNS, ALERT_COLUMNS, accounts_text, activity_columns, activity_counts, alert_kind,
+    blocks_ended, check_alert, explanation, merged, parse_accounts, scope, seq_from_i64,
+    seq_to_i64, store_error, verdict,
 };
 use crate::{StorageError, instant};
 

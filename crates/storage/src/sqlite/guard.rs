@@ -15,9 +15,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use super::{SqliteStore, instant_text, parse_instant};
 use crate::StorageError;
 use crate::guard::{
-    accounts_text, parse_accounts,
-    ACTIVITY_COLUMNS, ALERT_COLUMNS, activity_columns, activity_counts, alert_kind, blocks_ended,
-    check_alert, explanation, merged, scope, seq_from_i64, seq_to_i64, store_error, verdict,
+    ACTIVITY_COLUMNS, ALERT_COLUMNS, accounts_text, activity_columns, activity_counts, alert_kind,
+    blocks_ended, check_alert, explanation, merged, parse_accounts, scope, seq_from_i64,
+    seq_to_i64, store_error, verdict,
 };
 
 fn activity_row(r: &Row<'_>) -> Result<ActivityRow, StorageError> {
