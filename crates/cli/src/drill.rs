@@ -1699,8 +1699,14 @@ async fn report(
                 .collect();
             println!("  records served per day: {}", days.join(", "));
         }
+        let first_alert_s = match (raised.first(), a.tally.since) {
+            (Some(f), Some(t)) => {
+                format!("{:.1}", (f.alert.at - t).num_milliseconds() as f64 / 1000.0)
+            }
+            _ => "never".to_string(),
+        };
         println!(
-            "RESULT attack={} attempts={} beyond_scope={} before_containment={} containment_s={} guard_alerts={} ledger_alerts={logged}",
+            "RESULT attack={} attempts={} beyond_scope={} before_containment={} containment_s={} guard_alerts={} ledger_alerts={logged} first_alert_s={first_alert_s}",
             a.name.replace(' ', ""),
             o.attempts,
             o.beyond,

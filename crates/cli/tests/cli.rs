@@ -1766,8 +1766,10 @@ fn every_drill_is_contained_within_targets_inside_normal_traffic_on_both_backend
         let mut args = vec![
             "drill",
             "all",
+            // Organisations large enough for the attacks through many
+            // accounts: 11, 9 and 9 working agents in the largest three.
             "--persons",
-            "20000",
+            "50000",
             "--accounts",
             "60",
             "--dir",
@@ -1790,19 +1792,34 @@ fn every_drill_is_contained_within_targets_inside_normal_traffic_on_both_backend
                 "cap-emploi-2024(slow)",
                 "kairos-2025",
                 "missions-locales-2025",
-                "majorel-2023"
+                "majorel-2023",
+                "distributed-agency(offhours)",
+                "distributed-agency(officehours)",
+                "slow-agency",
+                "shared-device",
             ]),
             "{out}"
         );
         for r in &attacks {
             assert_eq!(r["beyond_scope"], "0", "{out}");
             let before: u64 = r["before_containment"].parse().unwrap();
-            if r["attack"] != "majorel-2023" {
-                assert!(before <= 50, "{out}");
-                let secs: f64 = r["containment_s"].parse().expect("contained");
-                assert!(secs <= 60.0, "{out}");
-            }
+            let (records, secs) = match r["attack"].as_str() {
+                "majorel-2023" | "slow-agency" => continue,
+                "distributed-agency(officehours)" => (200, 600.0),
+                _ => (50, 60.0),
+            };
+            assert!(before <= records, "{out}");
+            let took: f64 = r["containment_s"].parse().expect("contained");
+            assert!(took <= secs, "{out}");
         }
+        // The slow agency is alerted on within its first working day
+        // (10:00 to 18:00).
+        let slow = attacks
+            .iter()
+            .find(|r| r["attack"] == "slow-agency")
+            .unwrap();
+        let first: f64 = slow["first_alert_s"].parse().expect("alerted");
+        assert!(first <= 8.0 * 3600.0, "{out}");
         // The bulk readers were seen: alerts name them.
         for r in attacks
             .iter()

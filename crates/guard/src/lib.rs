@@ -14,6 +14,14 @@
 //!   [`GuardStore`] and reads back what the other instances counted, the
 //!   frozen organisations and the accounts' suspension blocks.
 //!
+//! **Organisations.** After the account's own stage, every attempt goes
+//! through its organisation's (`organisation`): what several accounts do
+//! together (at work off hours, bursting, waking, sharing a new network
+//! or device, the organisation's volume against its busiest hours) makes
+//! the organisation's score, added to the account's and able on its own
+//! to step up, throttle or freeze the whole organisation with one alert
+//! naming the accounts involved.
+//!
 //! **Suspensions are shared.** An account the guard suspends is refused
 //! with [`Verdict::Suspend`] for a day by every instance, whatever the
 //! registry says meanwhile (an officer reactivating it sooner sees it
@@ -37,6 +45,8 @@
 //! one account over k instances gains at most what it can read in one
 //! interval on k − 1 of them; distinct persons are counted per instance,
 //! so the merged count is an upper bound (never an undercount) of the truth.
+//! The organisation stage's accounts at work and the networks and devices
+//! shared anew are seen per instance.
 
 mod alert;
 mod attempt;

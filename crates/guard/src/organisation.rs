@@ -81,12 +81,15 @@ const SIGHTING_SECS: i64 = 7 * DAY;
 /// are saturated anyway.
 const MAX_SIGHTINGS: usize = 64;
 
+/// Who started using one network or device, per digest.
+type SightingMap = HashMap<(KnownKind, Digest16), Vec<Sighting>>;
+
 /// Networks and devices that accounts started using (within a day of
 /// their first use), with who, followed while used in the week: the first use of one machine by accounts of several
 /// organisations (an infostealer operator's) or by several accounts of
 /// one. Per instance: each instance sees the accounts it serves.
 pub(crate) struct Sightings {
-    shards: Vec<Mutex<HashMap<(KnownKind, Digest16), Vec<Sighting>>>>,
+    shards: Vec<Mutex<SightingMap>>,
 }
 
 impl Sightings {
@@ -98,7 +101,7 @@ impl Sightings {
         }
     }
 
-    fn shard(&self, digest: &Digest16) -> &Mutex<HashMap<(KnownKind, Digest16), Vec<Sighting>>> {
+    fn shard(&self, digest: &Digest16) -> &Mutex<SightingMap> {
         &self.shards[usize::from(digest[0]) % SIGHTING_SHARDS]
     }
 

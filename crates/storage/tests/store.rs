@@ -6924,6 +6924,8 @@ async fn guard_activity_and_devices_round_trip() {
                 hour_row(a, 8, 20_001, 10, 1, 1),
                 hour_row(p, 184, 20_001, 10, 5, 3),
                 hour_row(a, 7, 19_000, 9, 1, 1),
+                hour_row(Scope::Organisation, 3, 20_001, 10, 12, 7),
+                hour_row(Scope::Organisation, 3, 20_001, 11, 2, 1),
             ],
             known: vec![known(1, t0), known(2, t0)],
             ..FlushBatch::default()
@@ -6979,7 +6981,22 @@ async fn guard_activity_and_devices_round_trip() {
             "[{be}] the earliest sighting wins"
         );
         let peers = g.load_peers(20_001).await.unwrap();
-        assert_eq!(peers.len(), 1, "[{be}]");
+        assert_eq!(peers.len(), 1, "[{be}] organisation rows are not a peer's");
+        let org = g.load_organisation(3, 20_001).await.unwrap();
+        assert_eq!(
+            org.iter()
+                .map(|r| (r.scope, r.subject, r.hour, r.counts.attempts))
+                .collect::<Vec<_>>(),
+            vec![
+                (Scope::Organisation, 3, 10, 12),
+                (Scope::Organisation, 3, 11, 2)
+            ],
+            "[{be}] an organisation's hours, in order"
+        );
+        assert!(
+            g.load_organisation(4, 0).await.unwrap().is_empty(),
+            "[{be}]"
+        );
         assert_eq!(
             (peers[0].subject, peers[0].counts.attempts),
             (184, 10),
@@ -7004,7 +7021,12 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter() {
     for (be, g) in b.guards() {
         let alerts = vec![
             alert_of(7, 3, t0, 4.5),
-            alert_of(8, 3, t0 + TimeDelta::minutes(5), 5.0),
+            // An organisation's alert names the accounts involved.
+            Alert {
+                kind: AlertKind::OrganisationBehaviour,
+                accounts: vec![7, 8, 12],
+                ..alert_of(8, 3, t0 + TimeDelta::minutes(5), 5.0)
+            },
             alert_of(7, 4, t0 + TimeDelta::minutes(10), 6.0),
         ];
         g.flush(&FlushBatch {

@@ -17,7 +17,8 @@
 //! Organisation-wide days, which the guard's organisation stage must take
 //! in its stride: once a month an agency (France Travail, Cap emploi,
 //! Mission Locale) holds a campaign day when every advisor calls their
-//! caseload (twice the usual reads, `Reason::Campaign`); and the first
+//! caseload (twice the usual reads, at most 40 more: calls take minutes;
+//! `Reason::Campaign`); and the first
 //! working day after a public holiday everybody arrives between 8:00 and
 //! 8:30 with a backlog (one and a half times the usual reads).
 //!
@@ -301,7 +302,8 @@ impl NormalMonth {
             let mut reads: Vec<(i64, Reason)> = Vec::new();
             let routine = self.rng.random_range(mean / 2..=mean + mean / 2);
             if campaign {
-                for _ in 0..routine {
+                // Calls take minutes: at most 40 more in a day.
+                for _ in 0..routine.min(40) {
                     let p = self.pick(i);
                     reads.push((p, Reason::Campaign));
                 }
