@@ -1897,3 +1897,49 @@ fn a_drill_against_a_guard_that_watches_nothing_fails_its_targets() {
         "the policy still holds: {stdout}"
     );
 }
+
+#[test]
+fn a_drill_against_a_guard_blind_to_organisations_misses_the_distributed_agency() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every account feature as shipped, none of the organisation's: each
+    // hijacked account alone looks like an advisor working late.
+    let config = dir.path().join("blind.toml");
+    std::fs::write(
+        &config,
+        "[organisation_scoring.weights]\noff_hours_accounts = 0.0\nactive_accounts = 0.0\n\
+         synchronised_starts = 0.0\nbursting_accounts = 0.0\nvolume = 0.0\n\
+         shared_new_network = 0.0\nshared_new_device = 0.0\n\
+         cross_organisation_network = 0.0\ncross_organisation_device = 0.0\n",
+    )
+    .unwrap();
+    let out = rempart(&[
+        "drill",
+        "distributed-agency",
+        "--persons",
+        "50000",
+        "--accounts",
+        "60",
+        "--dir",
+        s(&dir.path().join("w")),
+        "--guard-config",
+        s(&config),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("distributed-agency (off hours)"),
+        "{stderr}"
+    );
+    let night = drill_results(&stdout)
+        .into_iter()
+        .find(|r| {
+            r.get("attack")
+                .is_some_and(|a| a == "distributed-agency(offhours)")
+        })
+        .unwrap();
+    assert!(
+        night["before_containment"].parse::<u64>().unwrap() > 50,
+        "{stdout}"
+    );
+}
