@@ -122,9 +122,10 @@ pub(crate) struct AccountVerdict {
     /// The account read faster than a person can (see
     /// `organisation_scoring.burst_persons`), this attempt included.
     pub(crate) bursting: bool,
-    /// The network, if the account first used it less than a day ago.
+    /// The network, if the account first used it less than a day ago
+    /// beside an established one.
     pub(crate) new_network: Option<Digest16>,
-    /// The device, if the account first used it less than a day ago.
+    /// The device, likewise.
     pub(crate) new_device: Option<Digest16>,
 }
 
@@ -802,8 +803,10 @@ impl AccountState {
             o.burst_secs,
         );
         let fresh = self.fresh(verdict, now, c);
+        // New beside an established one: on an account's first day, or a
+        // deployment's, every network is new and says nothing.
         let new = |d: Option<(bool, u32)>, digest: Option<Digest16>| {
-            digest.filter(|_| d.is_some_and(|d| d.0))
+            digest.filter(|_| d.is_some_and(|(new, established)| new && established > 0))
         };
         AccountVerdict {
             verdict,

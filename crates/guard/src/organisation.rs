@@ -146,7 +146,9 @@ impl Sightings {
             shard.remove(&(kind, digest));
             return Sharing::default();
         }
-        let seen = &shard[&(kind, digest)];
+        let Some(seen) = shard.get(&(kind, digest)) else {
+            return Sharing::default();
+        };
         if !seen
             .iter()
             .any(|s| s.account_id == account_id && !s.cleared)

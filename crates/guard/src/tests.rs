@@ -1350,6 +1350,41 @@ async fn one_machine_new_to_accounts_of_two_organisations_is_stopped_at_the_seco
         network: Some([0xBC; 16]),
         ..SessionFacts::default()
     };
+    // A deployment's first day: accounts of several organisations without
+    // any history all come through one proxy. Nothing is new *beside*
+    // something known: no alert.
+    let launch = day0() - TimeDelta::days(7);
+    for (org, account) in [(50, 800), (51, 900), (52, 901), (53, 902)] {
+        let d = g
+            .check(&read_in(
+                org,
+                account,
+                account * 1000,
+                launch,
+                machine.clone(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.alert);
+    }
+    // A week later both accounts work from their own machines, then one
+    // new machine serves them both.
+    for (org, account) in [(50, 800), (51, 900)] {
+        let at = launch + TimeDelta::hours(1);
+        assert_eq!(
+            verdict(
+                &g,
+                &read_in(org, account, account * 1000 + 1, at, home(account))
+            )
+            .await,
+            Verdict::Allow
+        );
+    }
+    let machine = SessionFacts {
+        device: Some([0xBD; 16]),
+        network: Some([0xBE; 16]),
+        ..SessionFacts::default()
+    };
     let t0 = day0() + TimeDelta::hours(2);
     let (first, _) = fleet(&g, 50, 800..801, 5, t0, Some(machine.clone())).await;
     assert_eq!(first, 5, "one organisation's account alone is ordinary");
