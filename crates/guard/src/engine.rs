@@ -71,6 +71,20 @@ impl Lines {
     }
 }
 
+/// The verdict a behaviour score reaches (account or organisation).
+pub(crate) fn verdict_of(score: f64, c: &GuardConfig) -> Verdict {
+    let s = &c.scoring;
+    if score >= s.suspend {
+        Verdict::Suspend
+    } else if score >= s.throttle {
+        Verdict::Throttle
+    } else if score >= s.step_up {
+        Verdict::StepUp
+    } else {
+        Verdict::Allow
+    }
+}
+
 pub(crate) fn is_quota(f: Feature) -> bool {
     matches!(
         f,
@@ -649,15 +663,7 @@ impl AccountState {
         let score = lines.score();
 
         // The verdict: the strongest of score, quotas and an ongoing block.
-        let mut verdict = if score >= s.suspend {
-            Verdict::Suspend
-        } else if score >= s.throttle {
-            Verdict::Throttle
-        } else if score >= s.step_up {
-            Verdict::StepUp
-        } else {
-            Verdict::Allow
-        };
+        let mut verdict = verdict_of(score, c);
         let mut kind = AlertKind::Behaviour;
         if quota_hit && verdict < Verdict::Throttle {
             verdict = Verdict::Throttle;

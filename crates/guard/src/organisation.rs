@@ -25,7 +25,9 @@ use crate::alert::{AlertKind, Feature, Verdict};
 use crate::attempt::{Attempt, Digest16};
 use crate::baseline::{Baseline, OrgBaseline};
 use crate::config::{GuardConfig, Limit};
-use crate::engine::{AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, push_count, rates};
+use crate::engine::{
+    AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, push_count, rates, verdict_of,
+};
 use crate::store::{CounterDelta, KnownKind, METRICS, Metric, Scope};
 use crate::window::Rate;
 
@@ -233,19 +235,6 @@ pub(crate) struct OrgVerdict {
     /// Accounts involved, when the organisation's verdict is not allow
     /// (allocated on that rare path only).
     pub(crate) accounts: Vec<i64>,
-}
-
-fn verdict_of(score: f64, c: &GuardConfig) -> Verdict {
-    let s = &c.scoring;
-    if score >= s.suspend {
-        Verdict::Suspend
-    } else if score >= s.throttle {
-        Verdict::Throttle
-    } else if score >= s.step_up {
-        Verdict::StepUp
-    } else {
-        Verdict::Allow
-    }
 }
 
 impl OrgState {

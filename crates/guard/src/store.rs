@@ -455,6 +455,20 @@ pub mod memory {
     }
 
     impl State {
+        /// One subject's activity rows from `from_day` on, in order.
+        fn subject_activity(&self, scope: Scope, subject: i64, from_day: i32) -> Vec<ActivityRow> {
+            self.activity
+                .range((scope, subject, from_day, 0)..=(scope, subject, i32::MAX, 23))
+                .map(|(&(scope, subject, day, hour), counts)| ActivityRow {
+                    scope,
+                    subject,
+                    day,
+                    hour,
+                    counts: *counts,
+                })
+                .collect()
+        }
+
         fn block(&mut self, b: SuspensionBlock) {
             let until = self.blocks.entry(b.account_id).or_insert(b.until);
             *until = (*until).max(b.until);
@@ -496,20 +510,7 @@ pub mod memory {
             from_day: i32,
         ) -> Result<AccountHistory, StoreError> {
             let s = self.state()?;
-            let activity = s
-                .activity
-                .range(
-                    (Scope::Account, account_id, from_day, 0)
-                        ..=(Scope::Account, account_id, i32::MAX, 23),
-                )
-                .map(|(&(scope, subject, day, hour), counts)| ActivityRow {
-                    scope,
-                    subject,
-                    day,
-                    hour,
-                    counts: *counts,
-                })
-                .collect();
+            let activity = s.subject_activity(Scope::Account, account_id, from_day);
             let mut known: Vec<Known> = s
                 .known
                 .iter()
@@ -534,20 +535,9 @@ pub mod memory {
             organisation_id: i64,
             from_day: i32,
         ) -> Result<Vec<ActivityRow>, StoreError> {
-            let s = self.state()?;
-            Ok(s.activity
-                .range(
-                    (Scope::Organisation, organisation_id, from_day, 0)
-                        ..=(Scope::Organisation, organisation_id, i32::MAX, 23),
-                )
-                .map(|(&(scope, subject, day, hour), counts)| ActivityRow {
-                    scope,
-                    subject,
-                    day,
-                    hour,
-                    counts: *counts,
-                })
-                .collect())
+            Ok(self
+                .state()?
+                .subject_activity(Scope::Organisation, organisation_id, from_day))
         }
 
         async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError> {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_guard::store::{
     AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
-    Metric, RemoteCount, StoredAlert, SuspensionBlock,
+    Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
 };
 use rempart_guard::{Alert, Evidence, StoreError};
 use tokio_postgres::Row;
@@ -281,6 +281,28 @@ impl PgStore {
     }
 }
 
+/// One account's or organisation's activity rows from `from_day` on, in
+/// (day, hour) order.
+async fn subject_activity(
+    client: &tokio_postgres::Client,
+    scope: Scope,
+    subject: i64,
+    from_day: i32,
+) -> Result<Vec<ActivityRow>, StorageError> {
+    client
+        .query(
+            &format!(
+                "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
+                 WHERE scope = $1 AND subject = $2 AND day >= $3 ORDER BY day, hour"
+            ),
+            &[&scope.code(), &subject, &from_day],
+        )
+        .await?
+        .iter()
+        .map(activity_row)
+        .collect()
+}
+
 #[async_trait]
 impl GuardStore for PgStore {
     async fn load_account(
@@ -290,18 +312,7 @@ impl GuardStore for PgStore {
     ) -> Result<AccountHistory, StoreError> {
         async {
             let client = self.client().await?;
-            let activity = client
-                .query(
-                    &format!(
-                        "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
-                         WHERE scope = 1 AND subject = $1 AND day >= $2 ORDER BY day, hour"
-                    ),
-                    &[&account_id, &from_day],
-                )
-                .await?
-                .iter()
-                .map(activity_row)
-                .collect::<Result<Vec<_>, _>>()?;
+            let activity = subject_activity(&client, Scope::Account, account_id, from_day).await?;
             let mut known = Vec::new();
             for r in client
                 .query(
@@ -347,18 +358,7 @@ impl GuardStore for PgStore {
     ) -> Result<Vec<ActivityRow>, StoreError> {
         async {
             let client = self.client().await?;
-            client
-                .query(
-                    &format!(
-                        "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
-                         WHERE scope = 2 AND subject = $1 AND day >= $2 ORDER BY day, hour"
-                    ),
-                    &[&organisation_id, &from_day],
-                )
-                .await?
-                .iter()
-                .map(activity_row)
-                .collect::<Result<Vec<_>, StorageError>>()
+            subject_activity(&client, Scope::Organisation, organisation_id, from_day).await
         }
         .await
         .map_err(store_error)

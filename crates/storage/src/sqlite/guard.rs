@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_guard::store::{
     AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
-    Metric, RemoteCount, StoredAlert, SuspensionBlock,
+    Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
 };
 use rempart_guard::{Alert, Evidence, StoreError};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -47,6 +47,24 @@ fn activity_from(
         out.push(activity_row(r)?);
     }
     Ok(out)
+}
+
+/// One account's or organisation's activity rows from `from_day` on, in
+/// (day, hour) order.
+fn subject_activity(
+    c: &Connection,
+    scope: Scope,
+    subject: i64,
+    from_day: i32,
+) -> Result<Vec<ActivityRow>, StorageError> {
+    activity_from(
+        c,
+        &format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
+             WHERE scope = ?1 AND subject = ?2 AND day >= ?3 ORDER BY day, hour"
+        ),
+        params![scope.code(), subject, from_day],
+    )
 }
 
 /// Stores a suspension block; the later end wins (instants are stored as
@@ -259,14 +277,7 @@ impl GuardStore for SqliteStore {
         from_day: i32,
     ) -> Result<AccountHistory, StoreError> {
         self.read(move |c| {
-            let activity = activity_from(
-                c,
-                &format!(
-                    "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
-                     WHERE scope = 1 AND subject = ?1 AND day >= ?2 ORDER BY day, hour"
-                ),
-                params![account_id, from_day],
-            )?;
+            let activity = subject_activity(c, Scope::Account, account_id, from_day)?;
             let mut stmt = c.prepare_cached(
                 "SELECT kind, digest, first_seen FROM guard_known WHERE account_id = ?1
                  ORDER BY first_seen, digest",
@@ -321,18 +332,9 @@ impl GuardStore for SqliteStore {
         organisation_id: i64,
         from_day: i32,
     ) -> Result<Vec<ActivityRow>, StoreError> {
-        self.read(move |c| {
-            activity_from(
-                c,
-                &format!(
-                    "SELECT {ACTIVITY_COLUMNS} FROM guard_activity
-                     WHERE scope = 2 AND subject = ?1 AND day >= ?2 ORDER BY day, hour"
-                ),
-                params![organisation_id, from_day],
-            )
-        })
-        .await
-        .map_err(store_error)
+        self.read(move |c| subject_activity(c, Scope::Organisation, organisation_id, from_day))
+            .await
+            .map_err(store_error)
     }
 
     async fn flush(&self, batch: &FlushBatch) -> Result<(), StoreError> {
