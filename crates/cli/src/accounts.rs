@@ -6,11 +6,15 @@ use std::collections::HashMap;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use rempart_consult::Consultation;
 use rempart_consult::{INACTIVITY_DAYS, dormant};
 use rempart_domain::AccountState;
-use rempart_storage::{Store, Stores};
+use rempart_domain::Reference;
+use rempart_storage::{AccountRecord, Store};
 
-use crate::{Location, describe, serve};
+use rempart_server::{App, GuardChoice, ServerConfig};
+
+use crate::location::Location;
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -50,19 +54,8 @@ pub async fn run(cmd: AccountsCommand) -> Result<()> {
     }
 }
 
-/// Both store interfaces on the registry at `loc`.
-pub async fn open_stores(loc: &Location) -> Result<Stores> {
-    let target = match &loc.database {
-        Some(url) => url.clone(),
-        None => loc.data.display().to_string(),
-    };
-    rempart_storage::open_stores(&target)
-        .await
-        .with_context(|| format!("opening the registry ({})", describe(loc)))
-}
-
 async fn review(loc: &Location, organisation: Option<&str>) -> Result<()> {
-    let stores = open_stores(loc).await?;
+    let stores = loc.open_stores().await?;
     let orgs = stores.registry.organisations().await?;
     let only = match organisation {
         None => None,
@@ -139,25 +132,10 @@ async fn review(loc: &Location, organisation: Option<&str>) -> Result<()> {
 
 async fn disable_inactive(loc: &Location, days: u32) -> Result<()> {
     // A job on the accounts, not a consultation: the guard has no say.
-    let (consultation, _) = serve::open_consultation(
-        loc,
-        serve::load_policies(None)?,
-        None,
-        serve::GuardChoice::PassThrough,
-    )
-    .await?;
-    let ledger = consultation.ledger().clone();
-    let result = consultation.disable_inactive(Utc::now(), days).await;
-    drop(consultation);
+    let app = open_job(loc).await?;
+    let result = app.consultation().disable_inactive(Utc::now(), days).await;
     // The ledger is closed (final checkpoint) whatever happened.
-    let closed = match std::sync::Arc::try_unwrap(ledger) {
-        Ok(ledger) => ledger.close().await.context("closing the audit ledger"),
-        Err(shared) => shared
-            .checkpoint_now()
-            .await
-            .map(|_| ())
-            .context("final checkpoint of the audit ledger"),
-    };
+    let closed = app.close().await;
     let disabled = result.context("disabling inactive accounts")?;
     closed?;
     for a in &disabled {
@@ -205,4 +183,297 @@ impl<'a> Logins<'a> {
         self.known.insert(id, login.clone());
         Ok(login)
     }
+}
+
+#[derive(Subcommand)]
+pub enum AccountCommand {
+    /// API credentials of an account.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Activation codes: the first password and TOTP of an account
+    /// approved under four eyes, or whose factors were reset.
+    #[command(subcommand)]
+    Activation(ActivationCommand),
+    /// Federated identities (ProConnect): which identity of an OpenID
+    /// provider logs in as which account.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+}
+
+#[derive(Subcommand)]
+pub enum FederationCommand {
+    /// Link an identity of an OpenID provider (issuer and subject, as its
+    /// id_tokens carry them) to an account: a federated login with
+    /// multi-factor authentication by that identity then opens a session
+    /// as the account. An identity links to one account; an account may
+    /// hold several. Only an active officer links, never to their own
+    /// account; one ledger leaf under the officer, refused or not. Takes
+    /// the ledger's writer: run it while `rempart serve` is stopped.
+    Link {
+        #[command(flatten)]
+        location: Location,
+        /// Login of the account the identity logs in as.
+        #[arg(long)]
+        login: String,
+        /// The provider's issuer URL, exactly as given to `rempart serve
+        /// --oidc-issuer`.
+        #[arg(long)]
+        issuer: String,
+        /// The provider's stable identifier of the person (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// Login of the officer making the link.
+        #[arg(long)]
+        officer: String,
+    },
+    /// Remove the link of an identity; the sessions its account opened by
+    /// federated login end at once. Only an active officer; one ledger
+    /// leaf under the officer. Run it while `rempart serve` is stopped.
+    Unlink {
+        #[command(flatten)]
+        location: Location,
+        /// The provider's issuer URL.
+        #[arg(long)]
+        issuer: String,
+        /// The provider's identifier of the person (`sub`).
+        #[arg(long)]
+        subject: String,
+        /// Login of the officer removing the link.
+        #[arg(long)]
+        officer: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ActivationCommand {
+    /// Issue a new activation code (voiding the previous one) for an
+    /// active account that was approved under four eyes and lacks its
+    /// password or TOTP: printed once, only its digest kept, valid 72 h,
+    /// one ledger leaf under the officer. Refused for an account never
+    /// approved by an officer. Takes the ledger's writer: run it while
+    /// `rempart serve` is stopped.
+    Issue {
+        #[command(flatten)]
+        location: Location,
+        /// Login of the account to activate.
+        #[arg(long)]
+        login: String,
+        /// Login of the officer handing the code over (an active officer,
+        /// not the account).
+        #[arg(long)]
+        officer: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CredentialCommand {
+    /// Issue a credential; it is printed once and only its digest is kept.
+    Issue {
+        #[command(flatten)]
+        location: Location,
+        /// Login of the account.
+        #[arg(long)]
+        login: String,
+        /// Days until the credential expires (1–365).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=365))]
+        days: u16,
+    },
+    /// Revoke one credential (--id) or all credentials of an account.
+    Revoke {
+        #[command(flatten)]
+        location: Location,
+        #[arg(long)]
+        login: String,
+        #[arg(long)]
+        id: Option<i64>,
+    },
+}
+
+pub async fn account(cmd: AccountCommand) -> Result<()> {
+    match cmd {
+        AccountCommand::Credential(CredentialCommand::Issue {
+            location,
+            login,
+            days,
+        }) => {
+            let store = location.open_store().await?;
+            let account = find_account(&store, &login).await?;
+            let issued = issue(&store, &account, i64::from(days)).await?;
+            println!(
+                "credential {} for {} ({} of {}), expires {}:",
+                issued.id,
+                account.login,
+                account.role,
+                account.organisation,
+                issued.expires_at.format("%Y-%m-%d %H:%M UTC")
+            );
+            println!("{}", issued.token.as_str());
+            println!("It is shown only now. Use it as `Authorization: Bearer <credential>`.");
+            Ok(())
+        }
+        AccountCommand::Activation(ActivationCommand::Issue {
+            location,
+            login,
+            officer,
+        }) => issue_activation(&location, &login, &officer).await,
+        AccountCommand::Federation(FederationCommand::Link {
+            location,
+            login,
+            issuer,
+            subject,
+            officer,
+        }) => link_federation(&location, &login, &issuer, &subject, &officer).await,
+        AccountCommand::Federation(FederationCommand::Unlink {
+            location,
+            issuer,
+            subject,
+            officer,
+        }) => unlink_federation(&location, &issuer, &subject, &officer).await,
+        AccountCommand::Credential(CredentialCommand::Revoke {
+            location,
+            login,
+            id,
+        }) => {
+            let store = location.open_store().await?;
+            let account = find_account(&store, &login).await?;
+            let n = store
+                .revoke_credentials(account.account_id, id, chrono::Utc::now())
+                .await?;
+            println!("{n} credential(s) of {} revoked", account.login);
+            Ok(())
+        }
+    }
+}
+
+/// `rempart account activation issue`: the code is printed once; the
+/// store refuses an account never approved under four eyes.
+async fn issue_activation(loc: &Location, login: &str, officer: &str) -> Result<()> {
+    let app = open_job(loc).await?;
+    let consultation = app.consultation();
+    let account = find_account(consultation.store(), login).await?;
+    let officer = find_officer(consultation, officer).await?;
+    let result = consultation
+        .issue_activation(account.account_id, officer.account_id)
+        .await;
+    let closed = app.close().await;
+    let issued = result.with_context(|| format!("activation code for {}", account.login))?;
+    closed?;
+    println!(
+        "activation code for {} ({} of {}), handed over by {}, valid until {} (single use):",
+        account.login,
+        account.role,
+        account.organisation,
+        officer.login,
+        issued
+            .expires_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    println!("{}", issued.code.as_str());
+    println!("the person enters it at /activation; only its digest is kept");
+    Ok(())
+}
+
+/// `rempart account federation link`.
+async fn link_federation(
+    loc: &Location,
+    login: &str,
+    issuer: &str,
+    subject: &str,
+    officer: &str,
+) -> Result<()> {
+    let app = open_job(loc).await?;
+    let consultation = app.consultation();
+    let account = find_account(consultation.store(), login).await?;
+    let officer = find_officer(consultation, officer).await?;
+    let result = consultation
+        .link_federation(account.account_id, issuer, subject, officer.account_id)
+        .await;
+    let closed = app.close().await;
+    result.with_context(|| format!("linking an identity of {issuer} to {}", account.login))?;
+    closed?;
+    // The subject is not repeated: it identifies a person at the provider.
+    println!(
+        "identity of {issuer} linked to {} ({} of {}) by {}",
+        account.login, account.role, account.organisation, officer.login
+    );
+    Ok(())
+}
+
+/// `rempart account federation unlink`.
+async fn unlink_federation(
+    loc: &Location,
+    issuer: &str,
+    subject: &str,
+    officer: &str,
+) -> Result<()> {
+    let app = open_job(loc).await?;
+    let consultation = app.consultation();
+    let officer = find_officer(consultation, officer).await?;
+    let result = consultation
+        .unlink_federation(issuer, subject, officer.account_id)
+        .await;
+    let account = match &result {
+        Ok(Some(id)) => consultation.store().account_by_id(*id).await.ok().flatten(),
+        _ => None,
+    };
+    let closed = app.close().await;
+    let unlinked = result.with_context(|| format!("unlinking an identity of {issuer}"))?;
+    closed?;
+    match (unlinked, account) {
+        (Some(_), Some(account)) => println!(
+            "identity of {issuer} unlinked from {} by {}; its federated sessions ended",
+            account.login, officer.login
+        ),
+        (Some(id), None) => println!(
+            "identity of {issuer} unlinked from account {id} by {}; its federated sessions ended",
+            officer.login
+        ),
+        (None, _) => bail!("no account is linked to this identity of {issuer}"),
+    }
+    Ok(())
+}
+
+/// The account `--officer` names (the store checks it is an officer).
+async fn find_officer(consultation: &Consultation, officer: &str) -> Result<AccountRecord> {
+    let login = Reference::parse(officer).context("--officer")?;
+    consultation
+        .store()
+        .account_by_login(&login)
+        .await?
+        .with_context(|| format!("--officer: no account with login {login}"))
+}
+
+/// The parts of a one-off job on the accounts: not a consultation, so the
+/// guard has no say. [`App::close`] closes its ledger (final checkpoint)
+/// whatever the job's outcome, which the caller reports after.
+async fn open_job(loc: &Location) -> Result<App> {
+    Ok(
+        App::build(ServerConfig::new(loc.server().storage()).with_guard(GuardChoice::PassThrough))
+            .await?,
+    )
+}
+
+pub async fn find_account(store: &Store, login: &str) -> Result<AccountRecord> {
+    let login = Reference::parse(login).context("--login")?;
+    store
+        .account_by_login(&login)
+        .await?
+        .with_context(|| format!("no account with login {login}"))
+}
+
+/// Issues a credential to an active account; a requested, suspended or
+/// disabled account gets none.
+pub async fn issue(
+    store: &Store,
+    account: &AccountRecord,
+    days: i64,
+) -> Result<rempart_consult::IssuedCredential> {
+    rempart_consult::issue_credential(
+        store,
+        account.account_id,
+        chrono::Duration::days(days),
+        chrono::Utc::now(),
+    )
+    .await
+    .with_context(|| format!("no credential for {}", account.login))
 }

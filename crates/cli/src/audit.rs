@@ -3,7 +3,6 @@
 //! data directory, or the `ledger` schema of the PostgreSQL database.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -12,14 +11,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use rempart_ledger::bench::{self, BenchTarget};
-use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
-use rempart_ledger::store::sqlite::SqliteLedgerStore;
 use rempart_ledger::{
-    AccountId, KEY_FILE_NAME, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore,
-    OrganisationId, PersonRef, QueryRange, Subject, Timestamp, VerifierKey, VerifyOptions, proof,
+    AccountId, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore, OrganisationId,
+    PersonRef, QueryRange, Subject, Timestamp, VerifierKey, VerifyOptions, proof,
 };
 
-use crate::Location;
+use crate::location::Location;
 
 /// Name a new ledger signs its checkpoints with, unless `init --origin` says otherwise.
 pub const DEFAULT_ORIGIN: &str = "rempart.local/audit";
@@ -109,14 +106,9 @@ enum Format {
     Jsonl,
 }
 
-/// Path of the ledger's signing key.
-pub fn key_path(data: &Path) -> PathBuf {
-    data.join(KEY_FILE_NAME)
-}
-
 /// Creates the ledger key (mode 0600) unless it exists, and the ledger store.
 pub async fn init(loc: &Location, origin: &str) -> Result<()> {
-    let path = key_path(&loc.data);
+    let path = loc.server().ledger_key_path();
     if path.exists() {
         println!("ledger key: {} already exists, kept as is", path.display());
     } else {
@@ -130,35 +122,9 @@ pub async fn init(loc: &Location, origin: &str) -> Result<()> {
     if let Ok(key) = LedgerKey::load(&path) {
         println!("ledger verifier key: {}", key.verifier());
     }
-    let store = open_store(loc).await?;
+    let store = loc.open_ledger_store().await?;
     println!("ledger: {} ready", store.location());
     Ok(())
-}
-
-/// Opens the ledger store beside the registry.
-pub async fn open_store(loc: &Location) -> Result<Arc<dyn LedgerStore>> {
-    Ok(match &loc.database {
-        Some(url) => Arc::new(
-            PgLedgerStore::connect(&PgLedgerConfig::new(url))
-                .await
-                .context("opening the audit ledger (PostgreSQL schema ledger)")?,
-        ),
-        None => Arc::new(
-            SqliteLedgerStore::open(&loc.data)
-                .await
-                .with_context(|| format!("opening the audit ledger in {}", loc.data.display()))?,
-        ),
-    })
-}
-
-pub fn load_key(loc: &Location) -> Result<LedgerKey> {
-    let path = key_path(&loc.data);
-    LedgerKey::load(&path).with_context(|| {
-        format!(
-            "loading the ledger key {} (run `rempart init` first?)",
-            path.display()
-        )
-    })
 }
 
 pub async fn run(cmd: AuditCommand) -> Result<()> {
@@ -169,7 +135,7 @@ pub async fn run(cmd: AuditCommand) -> Result<()> {
             verifier_key,
         } => verify(&location, &checkpoints, verifier_key.as_deref()).await,
         AuditCommand::VerifierKey(location) => {
-            println!("{}", load_key(&location)?.verifier());
+            println!("{}", location.load_ledger_key()?.verifier());
             Ok(())
         }
         AuditCommand::Checkpoint(location) => checkpoint(&location).await,
@@ -248,7 +214,7 @@ fn trusted_key(loc: &Location, given: Option<&str>) -> Result<Trusted> {
             // A private key still present that is not the trusted one is
             // the key change itself: say so up front. Unreadable or absent,
             // it is simply not needed.
-            if let Ok(local) = LedgerKey::load(&key_path(&loc.data))
+            if let Ok(local) = LedgerKey::load(&loc.server().ledger_key_path())
                 && local.verifier() != trusted.key
             {
                 eprintln!(
@@ -260,7 +226,7 @@ fn trusted_key(loc: &Location, given: Option<&str>) -> Result<Trusted> {
             Ok(trusted)
         }
         None => {
-            let path = key_path(&loc.data);
+            let path = loc.server().ledger_key_path();
             if !path.exists() {
                 bail!(
                     "no ledger key at {}: give the ledger's public key with --verifier-key (name+hash+base64, or a file holding it)",
@@ -268,7 +234,7 @@ fn trusted_key(loc: &Location, given: Option<&str>) -> Result<Trusted> {
                 );
             }
             Ok(Trusted {
-                key: load_key(loc)?.verifier(),
+                key: loc.load_ledger_key()?.verifier(),
                 source: format!("the verifier of {}", path.display()),
             })
         }
@@ -278,7 +244,7 @@ fn trusted_key(loc: &Location, given: Option<&str>) -> Result<Trusted> {
 async fn verify(loc: &Location, external: &[PathBuf], given_key: Option<&str>) -> Result<()> {
     let trusted = trusted_key(loc, given_key)?;
     let key = &trusted.key;
-    let store = open_store(loc).await?;
+    let store = loc.open_ledger_store().await?;
     let mut options = VerifyOptions::default();
     for path in external {
         options.external_checkpoints.push(
@@ -314,8 +280,8 @@ async fn verify(loc: &Location, external: &[PathBuf], given_key: Option<&str>) -
 }
 
 async fn checkpoint(loc: &Location) -> Result<()> {
-    let key = load_key(loc)?;
-    let store = open_store(loc).await?;
+    let key = loc.load_ledger_key()?;
+    let store = loc.open_ledger_store().await?;
     let ledger = Ledger::open(store, key, LedgerConfig::default())
         .await
         .context("taking the ledger's writer (is a server running on it?)")?;
@@ -330,7 +296,7 @@ async fn current_size(store: &dyn LedgerStore) -> Result<u64> {
 }
 
 async fn prove(loc: &Location, leaf: u64, size: Option<u64>) -> Result<()> {
-    let store = open_store(loc).await?;
+    let store = loc.open_ledger_store().await?;
     let size = match size {
         Some(s) => s,
         None => current_size(&*store).await?,
@@ -369,7 +335,7 @@ async fn leaf_hash_of(store: &dyn LedgerStore, index: u64) -> Result<rempart_led
 }
 
 async fn consistency(loc: &Location, from: u64, to: u64) -> Result<()> {
-    let store = open_store(loc).await?;
+    let store = loc.open_ledger_store().await?;
     let size = current_size(&*store).await?;
     if from > to || to > size {
         bail!("need --from ≤ --to ≤ {size} (the log's size)");
@@ -411,7 +377,7 @@ fn parse_time(s: &str, field: &str) -> Result<Timestamp> {
 }
 
 async fn query(args: &QueryArgs) -> Result<()> {
-    let store = open_store(&args.location).await?;
+    let store = args.location.open_ledger_store().await?;
     let from = match &args.from {
         Some(s) => parse_time(s, "from")?,
         None => Timestamp(i64::MIN),

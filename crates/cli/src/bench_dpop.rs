@@ -31,10 +31,11 @@ use rempart_domain::{OrganisationKind, Purpose};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::Location;
-use crate::serve::{
-    GuardChoice, busiest_agent, issue, load_policies, open_consultation, run_until,
-};
+use rempart_server::{App, GuardChoice, ServerConfig};
+
+use crate::accounts::issue;
+use crate::bench::busiest_agent;
+use crate::location::Location;
 
 #[derive(Args)]
 pub struct BenchDpopArgs {
@@ -126,16 +127,14 @@ pub async fn bench_dpop(args: &BenchDpopArgs) -> Result<()> {
     let public = format!("http://localhost:{}", addr.port());
     // The guard's quotas would throttle a benchmark's burst: its cost is
     // `rempart bench guard`'s figure.
-    let (consultation, _) = open_consultation(
-        &args.location,
-        load_policies(None)?,
-        None,
-        GuardChoice::PassThrough,
+    let app = App::build(
+        ServerConfig::new(args.location.server().storage())
+            .with_guard(GuardChoice::PassThrough)
+            .with_api_clients(ClientSettings::new(&public)?),
     )
     .await?;
-    let consultation = consultation.with_api_clients(ClientSettings::new(&public)?)?;
-    let store = consultation.store().clone();
-    let auth = consultation.auth_store().clone();
+    let store = app.consultation().store().clone();
+    let auth = app.consultation().auth_store().clone();
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, Purpose::FollowUp, 200).await?
     else {
@@ -168,7 +167,7 @@ pub async fn bench_dpop(args: &BenchDpopArgs) -> Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run_until(listener, consultation, async move {
+    let server = tokio::spawn(app.serve(listener, async move {
         let _ = stop_rx.await;
     }));
     let base = format!("http://{addr}");

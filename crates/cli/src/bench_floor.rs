@@ -29,11 +29,10 @@ use rempart_ledger::{
     AccountId, Action, AuditLeaf, Decision, FieldGroups, GuardVerdict, Ledger, LedgerConfig,
     LedgerKey, LedgerStore, OrganisationId, PersonRef, Timestamp,
 };
-use rempart_web::{AppState, Limits};
 use tokio::net::TcpListener;
 
-use crate::Location;
-use crate::serve::{GuardChoice, load_policies, open_consultation};
+use crate::location::Location;
+use rempart_server::{App, GuardChoice, ServerConfig};
 
 /// Arguments of `rempart bench floor`.
 #[derive(Args)]
@@ -57,11 +56,8 @@ const CASELOAD: u64 = 200;
 
 /// Serves the real router and the append route until Ctrl-C/SIGTERM.
 pub async fn bench_floor(args: &BenchFloorArgs) -> Result<()> {
-    let (consultation, _) = open_consultation(
-        &args.location,
-        load_policies(None)?,
-        None,
-        GuardChoice::PassThrough,
+    let app = App::build(
+        ServerConfig::new(args.location.server().storage()).with_guard(GuardChoice::PassThrough),
     )
     .await?;
     let scratch = tempfile::Builder::new()
@@ -86,12 +82,7 @@ pub async fn bench_floor(args: &BenchFloorArgs) -> Result<()> {
                 .context("the throwaway ledger's writer")?,
         ),
     };
-    let real_ledger = consultation.ledger().clone();
-    let app = rempart_web::router(AppState {
-        consultation: consultation.into(),
-        limits: Limits::default(),
-    })
-    .merge(
+    let router = app.router().merge(
         Router::new()
             .route("/bench/ledger-append", get(append))
             .with_state(floor.clone()),
@@ -105,7 +96,7 @@ pub async fn bench_floor(args: &BenchFloorArgs) -> Result<()> {
     );
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(rempart_web::shutdown_signal())
     .await
@@ -120,7 +111,9 @@ pub async fn bench_floor(args: &BenchFloorArgs) -> Result<()> {
     println!("{appended} throwaway leaves appended");
     // The real ledger received nothing from this command; the throwaway
     // one goes with its directory.
-    crate::serve::close_ledger(real_ledger).await
+    app.close().await?;
+    println!("stopped; audit ledger closed with a final checkpoint");
+    Ok(())
 }
 
 /// One durable append of a consultation's leaf, then its index.

@@ -28,11 +28,11 @@ use rempart_vault::Read;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::Location;
-use crate::serve::{
-    GuardChoice, bench_guard_config, busiest_agent, issue, load_policies, open_consultation,
-    run_until,
-};
+use rempart_server::{App, GuardChoice, ServerConfig};
+
+use crate::accounts::issue;
+use crate::bench::{bench_guard_config, busiest_agent};
+use crate::location::Location;
 
 /// Arguments of `rempart bench search-oracle`.
 #[derive(Args)]
@@ -60,15 +60,13 @@ pub async fn bench_search_oracle(args: &BenchOracleArgs) -> Result<()> {
     let tries = args.tries as usize;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (consultation, _) = open_consultation(
-        &args.location,
-        load_policies(None)?,
-        None,
-        GuardChoice::Real(Box::new(bench_guard_config()?)),
+    let app = App::build(
+        ServerConfig::new(args.location.server().storage())
+            .with_guard(GuardChoice::real(bench_guard_config()?)),
     )
     .await?;
-    let store = consultation.store().clone();
-    let vault = consultation.vault().clone();
+    let store = app.consultation().store().clone();
+    let vault = app.consultation().vault().clone();
     let purpose = Purpose::FollowUp;
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, purpose, 200).await?
@@ -120,7 +118,7 @@ pub async fn bench_search_oracle(args: &BenchOracleArgs) -> Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run_until(listener, consultation, async move {
+    let server = tokio::spawn(app.serve(listener, async move {
         let _ = stop_rx.await;
     }));
     let client = reqwest::Client::builder()

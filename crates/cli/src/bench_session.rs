@@ -26,11 +26,12 @@ use rempart_domain::{OrganisationKind, Purpose};
 use rempart_storage::{AuthStore, StoredSession};
 use tokio::net::TcpListener;
 
-use crate::Location;
+use rempart_server::{App, GuardChoice, ServerConfig};
+
+use crate::accounts::issue;
+use crate::bench::busiest_agent;
 use crate::device_key::DeviceKey;
-use crate::serve::{
-    GuardChoice, busiest_agent, issue, load_policies, open_consultation, run_until,
-};
+use crate::location::Location;
 
 #[derive(Args)]
 pub struct BenchSessionArgs {
@@ -61,15 +62,14 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     let public = format!("http://localhost:{}", addr.port());
     // The session's cost alone: no guard, as in `bench consult`.
-    let (consultation, _) = open_consultation(
-        &args.location,
-        load_policies(None)?,
-        Some(LoginSettings::new(&public)?),
-        GuardChoice::PassThrough,
+    let app = App::build(
+        ServerConfig::new(args.location.server().storage())
+            .with_guard(GuardChoice::PassThrough)
+            .with_login(LoginSettings::new(&public)?),
     )
     .await?;
-    let store = consultation.store().clone();
-    let auth: Arc<dyn AuthStore> = consultation.auth_store().clone();
+    let store = app.consultation().store().clone();
+    let auth: Arc<dyn AuthStore> = app.consultation().auth_store().clone();
     let Some((agent, caseload)) =
         busiest_agent(&store, OrganisationKind::CapEmploi, Purpose::FollowUp, 200).await?
     else {
@@ -129,7 +129,7 @@ pub async fn bench_session(args: &BenchSessionArgs) -> Result<()> {
 
     // 2. Over HTTP.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run_until(listener, consultation, async move {
+    let server = tokio::spawn(app.serve(listener, async move {
         let _ = stop_rx.await;
     }));
     let base = format!("http://{addr}");

@@ -9,7 +9,8 @@ use rempart_auth::client_assertion::ClientKey;
 use rempart_auth::jose::PublicJwk;
 use serde_json::Value;
 
-use crate::{Location, accounts, serve};
+use crate::accounts::find_account;
+use crate::location::Location;
 
 /// Largest key file read, in bytes: a JWK is a few hundred bytes.
 const MAX_KEY_FILE: u64 = 64 * 1024;
@@ -61,8 +62,8 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
                 (None, Some(file)) => key_set(&read_json(&file)?, &file)?,
                 _ => bail!("give exactly one of --jwk and --jwks"),
             };
-            let stores = accounts::open_stores(&location).await?;
-            let account = serve::find_account(&stores.registry, &login).await?;
+            let stores = location.open_stores().await?;
+            let account = find_account(&stores.registry, &login).await?;
             let client_id = rempart_consult::clients::register_client(
                 stores.auth.as_ref(),
                 &account,
@@ -87,7 +88,7 @@ pub async fn run(cmd: ClientCommand) -> Result<()> {
             location,
             client_id,
         } => {
-            let stores = accounts::open_stores(&location).await?;
+            let stores = location.open_stores().await?;
             rempart_consult::clients::revoke_client(
                 stores.auth.as_ref(),
                 &client_id,

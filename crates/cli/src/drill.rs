@@ -65,14 +65,15 @@ use rempart_consult::LoginSettings;
 use rempart_domain::{AccountState, FieldGroup, OrganisationKind, Purpose, Role};
 use rempart_guard::store::AlertQuery;
 use rempart_guard::{Guard, GuardConfig};
+use rempart_server::{App, GuardChoice, ServerConfig};
 use rempart_storage::{AccountRecord, AuthStore, Store, StoredTotp};
 use rempart_synth::traffic::{NormalMonth, TrafficOptions, paris_to_utc};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::device_key::DeviceKey;
-use crate::serve::{GuardChoice, load_policies, open_consultation, run_until};
-use crate::{GenerateArgs, ImportArgs, Location};
+use crate::location::Location;
+use crate::registry::{GenerateArgs, ImportArgs};
 
 /// The targets of must-show 1.
 const MAX_RECORDS_BEFORE_CONTAINMENT: u64 = 50;
@@ -283,7 +284,8 @@ enum Step {
 
 /// Runs the drill and prints its figures.
 pub async fn drill(args: &DrillArgs) -> Result<()> {
-    let config: GuardConfig = crate::guard::load_config(args.guard_config.as_deref())?.guard;
+    let config: GuardConfig =
+        rempart_server::alerts::load_config(args.guard_config.as_deref())?.guard;
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     // The timeline's Monday: the first one after today, so that the
@@ -309,15 +311,15 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
             "SQLite"
         }
     );
-    crate::init(&loc, crate::audit::DEFAULT_ORIGIN).await?;
+    crate::registry::init(&loc, crate::audit::DEFAULT_ORIGIN).await?;
     let csv = dir.join("csv");
-    crate::generate(&GenerateArgs {
+    crate::registry::generate(&GenerateArgs {
         persons: args.persons,
         seed: args.seed,
         out: csv.clone(),
         today: Some(start),
     })?;
-    crate::import(&ImportArgs {
+    crate::registry::import(&ImportArgs {
         location: loc.clone(),
         strict: false,
         rejects: dir.join("rejects.csv"),
@@ -330,29 +332,28 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let public = format!("http://localhost:{}", addr.port());
-    let (consultation, guard_store) = open_consultation(
-        &loc,
-        load_policies(None)?,
-        Some(LoginSettings::new(&public)?),
-        GuardChoice::PassThrough,
-    )
-    .await?;
     let first = local(start, 0, 0, 0);
     let clock = SimClock(Arc::new(AtomicI64::new(first.timestamp_micros())));
-    let guard = Guard::open(config, guard_store, 1, first)
-        .await
-        .context("opening the guard")?;
-    let consultation = consultation.with_guard(guard.clone()).with_clock({
-        let c = clock.clone();
-        Arc::new(move || c.now())
-    });
-    let store = consultation.store().clone();
-    let auth = consultation.auth_store().clone();
-    let vault = crate::open_vault(&loc).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run_until(listener, consultation, async move {
-        let _ = stop_rx.await;
-    }));
+    // The real guard on the drill's clock; the drill syncs it itself, at
+    // the simulated sync interval.
+    let mut server = ServerConfig::new(loc.server().storage())
+        .with_guard(GuardChoice::Real {
+            config: Box::new(config),
+            sync: false,
+        })
+        .with_login(LoginSettings::new(&public)?)
+        .with_clock({
+            let c = clock.clone();
+            Arc::new(move || c.now())
+        });
+    server.guard_instance = 1;
+    let app = App::build(server).await?;
+    let guard = app.consultation().guard().clone();
+    let store = app.consultation().store().clone();
+    let auth = app.consultation().auth_store().clone();
+    let ledger = app.ledger_store().clone();
+    let vault = app.consultation().vault().clone();
+    let server = app.spawn(listener)?;
     let mut world = World {
         base: format!("http://{addr}"),
         public,
@@ -363,11 +364,10 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
         interval: i64::from(config.sync.interval_secs.max(1)),
         last_sync: first.timestamp(),
         max_person: i64::try_from(args.persons).unwrap_or(i64::MAX),
-        ledger: crate::audit::open_store(&loc).await?,
+        ledger,
     };
     let ran = run(args, &mut world, &vault, start).await;
-    let _ = stop_tx.send(());
-    server.await.context("server task")??;
+    server.stop().await?;
     ran
 }
 

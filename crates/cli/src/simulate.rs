@@ -69,7 +69,8 @@ struct Figures {
 
 /// Runs the month and prints its figures.
 pub async fn simulate(args: &SimulateArgs) -> Result<()> {
-    let config: GuardConfig = crate::guard::load_config(args.guard_config.as_deref())?.guard;
+    let config: GuardConfig =
+        rempart_server::alerts::load_config(args.guard_config.as_deref())?.guard;
     let options = TrafficOptions {
         accounts: args.accounts,
         start: args.start,
@@ -97,7 +98,8 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
         None => {
             let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
-            let stores = rempart_storage::open_stores(&dir.display().to_string())
+            let stores = rempart_server::RegistryAt::Sqlite(dir)
+                .open()
                 .await
                 .context("opening the guard store on SQLite")?;
             run(args, config, month, stores.guard, "SQLite").await

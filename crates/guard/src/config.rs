@@ -15,6 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most recent persons each account remembers the instant of, to tell
+/// a burst (`organisation_scoring.burst_persons` is at most this).
+pub(crate) const BURST_RING: usize = 16;
+
 /// A limit per sliding hour and per sliding day (24 h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -759,7 +763,7 @@ impl GuardConfig {
                 "organisation_scoring.burst_persons",
                 o.burst_persons,
                 2,
-                crate::engine::BURST_RING as u32,
+                BURST_RING as u32,
             ),
             ("organisation_scoring.burst_secs", o.burst_secs, 1, 3600),
             (

@@ -17,9 +17,7 @@ use crate::window::{Rate, bucket_of};
 pub(crate) const HOUR: i64 = 3600;
 pub(crate) const DAY: i64 = 86_400;
 
-/// The most recent persons each account remembers the instant of, to tell
-/// a burst (`organisation_scoring.burst_persons` is at most this).
-pub(crate) const BURST_RING: usize = 16;
+pub(crate) use crate::config::BURST_RING;
 
 /// Explanation lines of one decision, on the stack.
 #[derive(Debug, Clone, Copy)]

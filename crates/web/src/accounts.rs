@@ -16,7 +16,9 @@ use rempart_domain::{Reference, Role};
 use rempart_storage::{CredentialReset, ResetKind, ReviewEntry};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AccountBody, Answer, Credentials, json_body, ok, parsed, path_id};
+use rempart_storage::AccountRecord;
+
+use crate::request::{Answer, Credentials, json_body, ok, parsed, path_id};
 use crate::{ApiError, AppState};
 
 type PathId = Result<Path<String>, PathRejection>;
@@ -315,6 +317,31 @@ pub(crate) async fn review(
         .accounts_review(&creds.presented(), Some(id))
         .await?;
     ok(serde_json::json!({ "accounts": AccountHistoryBody::list(list) }))
+}
+
+#[derive(Serialize)]
+pub(crate) struct AccountBody {
+    id: i64,
+    login: String,
+    role: &'static str,
+    state: &'static str,
+    organisation_id: i64,
+    organisation: String,
+    organisation_kind: &'static str,
+}
+
+impl From<AccountRecord> for AccountBody {
+    fn from(a: AccountRecord) -> Self {
+        AccountBody {
+            id: a.account_id,
+            login: a.login.as_str().to_string(),
+            role: a.role.as_str(),
+            state: a.state.as_str(),
+            organisation_id: a.organisation_id,
+            organisation: a.organisation.as_str().to_string(),
+            organisation_kind: a.kind.as_str(),
+        }
+    }
 }
 
 #[cfg(test)]

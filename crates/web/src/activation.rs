@@ -26,7 +26,7 @@ use rempart_consult::activation::{ActivationError, ActivationForm, Enrolment, Fa
 use zeroize::Zeroizing;
 
 use crate::AppState;
-use crate::pages::{Html, page_end, page_start};
+use crate::html::{Html, page_end, page_start};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -23,7 +23,9 @@ mod activation;
 mod api;
 mod conn;
 mod error;
+mod html;
 pub mod pages;
+mod request;
 mod token;
 
 use std::pin::Pin;

@@ -19,7 +19,7 @@ use rempart_consult::{TokenRefusal, TokenRequest};
 use serde::Serialize;
 
 use crate::AppState;
-use crate::api::single_proof;
+use crate::request::single_proof;
 
 /// The form fields read; others are ignored (RFC 6749 §3.2).
 const FIELDS: [&str; 5] = [

@@ -7,8 +7,6 @@
 //! the server's public URL (`http://localhost:<port>`), not the address the
 //! test connects to (`127.0.0.1`), as a client behind any proxy would.
 
-use std::sync::Arc;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -16,13 +14,13 @@ use p256::ecdsa::signature::Signer as _;
 use p256::elliptic_curve::Generate as _;
 use rempart_auth::client_assertion::{ASSERTION_TYPE, ClientKey};
 use rempart_auth::jose::PublicJwk;
-use rempart_consult::{ClientSettings, Consultation};
+use rempart_consult::ClientSettings;
 use rempart_domain::{AccountState, Purpose};
-use rempart_guard::Guard;
 use rempart_ledger::{Action as LeafAction, AuditLeaf, Decision, DenyReason};
-use rempart_storage::Stores;
-use rempart_vault::{KeySource, Vault};
-use rempart_web::{AppState, Limits};
+use rempart_server::{
+    App, GuardChoice, LedgerAt, LedgerKeyFrom, RegistryAt, Running, ServerConfig, Storage,
+};
+use rempart_vault::KeySource;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -413,51 +411,32 @@ async fn a_token_without_its_proof_is_refused() {
 
 /// A second server instance on the same database (its own connections,
 /// its own process state), sharing the ledger as instances do.
-async fn second_instance(
-    app: &TestApp,
-    backend: Backend,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
+async fn second_instance(app: &TestApp, backend: Backend) -> (String, Running) {
     let data = app._dir.path().join("data");
-    let stores: Stores = match backend {
-        Backend::Sqlite => rempart_storage::open_stores(data.to_str().unwrap())
-            .await
-            .unwrap(),
-        Backend::Postgres => {
-            rempart_storage::postgres::PgStore::connect_store(&pg_url(), &app.pg_schemas[0])
-                .await
-                .unwrap()
-                .into()
-        }
+    let registry = match backend {
+        Backend::Sqlite => RegistryAt::Sqlite(data.clone()),
+        Backend::Postgres => RegistryAt::Postgres {
+            url: pg_url(),
+            schema: app.pg_schemas[0].clone(),
+        },
     };
-    let vault = Vault::new(
-        KeySource::File(data.join("keys.json")),
-        stores.registry.clone(),
-    )
-    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     // The same public URL: both instances stand behind one name.
-    let consultation = Consultation::new(
-        vault,
-        stores.auth,
-        Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
-        Guard::pass_through(),
-        app._ledger.clone(),
-    )
+    let config = ServerConfig::new(Storage {
+        registry,
+        ledger: LedgerAt::Open {
+            ledger: app.ledger.clone(),
+            store: app.ledger_store.clone(),
+        },
+        keys: KeySource::File(data.join("keys.json")),
+        ledger_key: LedgerKeyFrom::File(data.join("unused")),
+    })
+    .with_guard(GuardChoice::PassThrough)
     .with_clock(app.clock.clock())
-    .with_browser_login(super::browser::login_settings(app.port))
-    .unwrap()
-    .with_api_clients(client_settings(app.port))
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState {
-        consultation: consultation.into(),
-        limits: Limits::default(),
-    };
-    tokio::spawn(rempart_web::serve(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
-    (format!("http://{addr}"), stop_tx)
+    .with_login(super::browser::login_settings(app.port))
+    .with_api_clients(client_settings(app.port));
+    let server = App::build(config).await.unwrap().spawn(listener).unwrap();
+    (format!("http://{}", server.addr), server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,7 +475,7 @@ async fn a_reused_proof_jti_is_refused_by_every_instance() {
             .proof("GET", &public(&app, &path), Some(&token), app.clock.now());
         let r = call(&second, &query, &authorization, Some(&fresh)).await;
         assert_eq!(r.status, 200, "{backend:?}: {}", r.body);
-        let _ = stop_second.send(());
+        stop_second.stop().await.unwrap();
         app.stop().await;
     }
 }
@@ -1029,7 +1008,7 @@ async fn an_officer_suspension_ends_every_session_and_token_on_every_instance() 
             "{backend:?}: a new login works: {:?}",
             again.body
         );
-        let _ = stop_second.send(());
+        stop_second.stop().await.unwrap();
         app.stop().await;
     }
 }

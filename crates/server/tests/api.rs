@@ -1,6 +1,7 @@
 //! The API over real HTTP, on SQLite and on PostgreSQL: a real server on
-//! port 0 (`spawn_app`), a generated population imported through the real
-//! import, real keys, real Cedar policies and a real ledger. Each scenario
+//! port 0 (`spawn_app`), built by `App::build` as every command builds it,
+//! a generated population imported through the real import, real keys,
+//! real Cedar policies, the real guard and a real ledger. Each scenario
 //! runs on both backends.
 
 use std::collections::{HashMap, HashSet};
@@ -8,21 +9,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate, Utc};
-use rempart_consult::Consultation;
 use rempart_crypto::KeyRing;
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
 };
 use rempart_guard::store::AlertQuery;
 use rempart_guard::{Guard, GuardConfig, Verdict};
-use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
-use rempart_ledger::store::sqlite::SqliteLedgerStore;
-use rempart_ledger::{
-    Action as LeafAction, AuditLeaf, Decision, Ledger, LedgerConfig, LedgerKey, LedgerStore,
+use rempart_ledger::store::postgres::PgLedgerConfig;
+use rempart_ledger::{Action as LeafAction, AuditLeaf, Decision, Ledger, LedgerKey, LedgerStore};
+use rempart_server::{
+    App, GuardChoice, LedgerAt, LedgerKeyFrom, RegistryAt, Running, ServerConfig, Storage,
 };
 use rempart_storage::{AccountRecord, AuthStore, NewMandate, Store, Stores};
 use rempart_vault::{KeySource, Read, Vault};
-use rempart_web::{AppState, Limits};
 use serde_json::{Value, json};
 
 #[path = "api/activation.rs"]
@@ -60,9 +59,10 @@ struct TestApp {
     ledger_store: Arc<dyn LedgerStore>,
     /// Raw SQL on the backend holding the ledger, for fault injection.
     ledger_sql: LedgerSql,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _ledger: Arc<Ledger>,
+    /// The server, built by `App::build` as every command builds it.
+    server: Option<Running>,
+    /// The ledger's writer, shared by a second instance (mod dpop).
+    ledger: Arc<Ledger>,
     _dir: tempfile::TempDir,
     pg_schemas: Vec<String>,
     /// The test's own organisations and accounts.
@@ -76,7 +76,6 @@ struct TestApp {
     clock: browser::TestClock,
     /// The server's guard (real, over the real stores), for its alerts.
     guard: Guard,
-    sync: tokio::task::JoinHandle<()>,
 }
 
 enum LedgerSql {
@@ -171,52 +170,64 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     KeyRing::generate().unwrap().save_new(&keys).unwrap();
 
     let mut pg_schemas = Vec::new();
-    let stores: Stores = match backend {
-        Backend::Sqlite => rempart_storage::open_stores(data.to_str().unwrap())
-            .await
-            .unwrap(),
+    let (registry, ledger_at, ledger_sql) = match backend {
+        Backend::Sqlite => (
+            RegistryAt::Sqlite(data.clone()),
+            LedgerAt::Sqlite(data.clone()),
+            LedgerSql::Sqlite(data.join("ledger.db")),
+        ),
         Backend::Postgres => {
-            let schema = unique("web_reg");
-            pg_schemas.push(schema.clone());
-            rempart_storage::postgres::PgStore::connect_store(&pg_url(), &schema)
-                .await
-                .unwrap()
-                .into()
+            let (registry, ledger) = (unique("web_reg"), unique("web_led"));
+            pg_schemas.push(registry.clone());
+            pg_schemas.push(ledger.clone());
+            (
+                RegistryAt::Postgres {
+                    url: pg_url(),
+                    schema: registry,
+                },
+                LedgerAt::Postgres(PgLedgerConfig::new(&pg_url()).with_schema(&ledger)),
+                LedgerSql::Postgres(ledger),
+            )
         }
     };
+    // Browser login and API clients name the server's address: bound
+    // first, port 0.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    // The server's clock: the tests move it (mod browser).
+    let clock = browser::TestClock::default();
+    let mut config = ServerConfig::new(Storage {
+        registry,
+        ledger: ledger_at,
+        keys: KeySource::File(keys),
+        ledger_key: LedgerKeyFrom::Key(Box::new(
+            LedgerKey::generate("rempart.test/ledger").unwrap(),
+        )),
+    })
+    .with_guard(GuardChoice::real(guard_config))
+    .with_clock(clock.clock())
+    .with_login(browser::login_settings(addr.port()))
+    .with_api_clients(dpop::client_settings(addr.port()));
+    config.guard_instance = 1;
+    if federated {
+        config.federation = Some(federation::for_server(addr.port()).await);
+    }
+    // The production wiring: stores, keys, ledger, policies, the real
+    // guard with its sync task on the server's clock.
+    let built = App::build(config).await.unwrap();
+    let stores: Stores = built.stores().clone();
     let store: Store = stores.registry.clone();
-    let vault = Vault::new(KeySource::File(keys), store.clone()).unwrap();
+    let vault = built.consultation().vault().clone();
+    let ledger = built.consultation().ledger().clone();
+    let ledger_store = built.ledger_store().clone();
+    let guard = built.consultation().guard().clone();
+
     let opts = rempart_import::ImportOptions::new(today);
     let rejects = rempart_import::RejectSink::in_memory();
     rempart_import::import(&vault, &[csv], &opts, &rejects, &rempart_import::Silent)
         .await
         .unwrap();
     assert_eq!(rejects.count(), 0);
-
-    let (ledger_store, ledger_sql): (Arc<dyn LedgerStore>, LedgerSql) = match backend {
-        Backend::Sqlite => (
-            Arc::new(SqliteLedgerStore::open(&data).await.unwrap()),
-            LedgerSql::Sqlite(data.join("ledger.db")),
-        ),
-        Backend::Postgres => {
-            let schema = unique("web_led");
-            pg_schemas.push(schema.clone());
-            let config = PgLedgerConfig::new(&pg_url()).with_schema(&schema);
-            (
-                Arc::new(PgLedgerStore::connect(&config).await.unwrap()),
-                LedgerSql::Postgres(schema),
-            )
-        }
-    };
-    let ledger = Arc::new(
-        Ledger::open(
-            ledger_store.clone(),
-            LedgerKey::generate("rempart.test/ledger").unwrap(),
-            LedgerConfig::default(),
-        )
-        .await
-        .unwrap(),
-    );
 
     // The test's own organisations and accounts, beside the generated ones.
     store
@@ -285,53 +296,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     let person_ids = store.person_ids(0, 1_000_000).await.unwrap();
     assert_eq!(person_ids.len() as u64, PERSONS);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    // Browser login (mod browser): served at localhost, the test's clock.
-    let clock = browser::TestClock::default();
-    let guard = Guard::open(guard_config, stores.guard.clone(), 1, clock.now())
-        .await
-        .unwrap();
-    // As `rempart serve` does, on the server's clock (tests move it).
-    let sync = {
-        let (guard, clock) = (guard.clone(), clock.clone());
-        let every = std::time::Duration::from_secs(u64::from(guard_config.sync.interval_secs));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = guard.sync(clock.now()).await {
-                    eprintln!("guard sync failed: {e}");
-                }
-            }
-        })
-    };
-    let consultation = Consultation::new(
-        vault.clone(),
-        stores.auth.clone(),
-        Arc::new(rempart_policy::Authorizer::defaults().unwrap()),
-        guard.clone(),
-        ledger.clone(),
-    )
-    .with_clock(clock.clock())
-    .with_browser_login(browser::login_settings(addr.port()))
-    .unwrap()
-    .with_api_clients(dpop::client_settings(addr.port()))
-    .unwrap();
-    let consultation = if federated {
-        consultation
-            .with_federation(federation::for_server(addr.port()).await)
-            .unwrap()
-    } else {
-        consultation
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState {
-        consultation: consultation.into(),
-        limits: Limits::default(),
-    };
-    let server = tokio::spawn(rempart_web::serve(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = built.spawn(listener).unwrap();
     TestApp {
         base: format!("http://{addr}"),
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -340,9 +305,8 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         vault,
         ledger_store,
         ledger_sql,
-        stop: Some(stop_tx),
         server: Some(server),
-        _ledger: ledger,
+        ledger,
         _dir: dir,
         pg_schemas,
         orgs,
@@ -352,19 +316,14 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         port: addr.port(),
         clock,
         guard,
-        sync,
     }
 }
 
 impl TestApp {
     /// Stops the server (graceful) and drops the PostgreSQL schemas.
     async fn stop(mut self) {
-        self.sync.abort();
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
         if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+            server.stop().await.unwrap();
         }
         for schema in &self.pg_schemas {
             pg_exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
@@ -2620,8 +2579,7 @@ async fn graceful_shutdown_loses_no_ledger_record() {
             }));
         }
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let _ = app.stop.take().unwrap().send(());
-        app.server.take().unwrap().await.unwrap().unwrap();
+        app.server.take().unwrap().stop().await.unwrap();
         let mut answered = Vec::new();
         for t in tasks {
             answered.extend(t.await.unwrap());
