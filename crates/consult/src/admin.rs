@@ -33,19 +33,29 @@ pub const MAX_LIFT_REASON_BYTES: usize = 950;
 /// A mandate grant by an officer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// The person the mandate is on.
     pub person_id: i64,
+    /// The organisation it lets read.
     pub organisation_id: i64,
+    /// The one account of it that may read, or all of them.
     pub account_id: Option<i64>,
+    /// What for.
     pub purpose: Purpose,
+    /// First day (today if absent).
     pub valid_from: Option<NaiveDate>,
+    /// Exclusive end; `None` means open-ended.
     pub valid_to: Option<NaiveDate>,
+    /// Where the mandate comes from (orientation decision, training
+    /// enrolment…).
     pub source: Reference,
 }
 
 /// An organisation as administration sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrganisationEntry {
+    /// Its id in the registry.
     pub id: i64,
+    /// The organisation itself.
     pub organisation: Organisation,
     /// Since when the guard has frozen every account of it, if it has.
     pub frozen_since: Option<DateTime<Utc>>,

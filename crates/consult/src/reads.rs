@@ -62,13 +62,19 @@ impl std::fmt::Debug for NirShown {
 /// groups the policy allowed, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shown {
+    /// The person's id in the registry.
     pub person_id: i64,
+    /// The purpose it was read for.
     pub purpose: Purpose,
     /// The groups present, in `FieldGroup::ALL` order.
     pub field_groups: Vec<FieldGroup>,
+    /// Identity, if the policy shows it.
     pub identity: Option<Identity>,
+    /// Contact details, if the policy shows them.
     pub contact: Option<Contact>,
+    /// Registration status, if the policy shows it.
     pub status: Option<Registration>,
+    /// The NIR, as the policy shows it to this caller, if at all.
     pub nir: Option<NirShown>,
     /// Where the consultation sits in the audit ledger.
     pub ledger_index: LeafIndex,
@@ -77,10 +83,16 @@ pub struct Shown {
 /// What a search looks for: exact values only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchBy {
+    /// One NIR.
     Nir(Nir),
+    /// Family name, first name and birth date, exactly (see
+    /// [`SearchBy::name_birth`]).
     NameBirth {
+        /// Family name.
         nom: String,
+        /// First name.
         prenom: String,
+        /// Birth date.
         born: NaiveDate,
     },
 }
@@ -128,12 +140,14 @@ fn exact_name(field: &'static str, value: &str) -> Result<String, Refusal> {
 /// not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchResults {
+    /// The persons shown, each with its own ledger leaf.
     pub persons: Vec<Shown>,
 }
 
 /// One page of a caseload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseloadPage {
+    /// This page's live mandates, by person.
     pub entries: Vec<CaseloadEntry>,
     /// Pass as `after` to get the next page; `None` on the last page.
     pub next: Option<i64>,
@@ -143,8 +157,12 @@ pub struct CaseloadPage {
 /// written reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakGlass {
+    /// The person to reach.
     pub person_id: i64,
+    /// What for.
     pub purpose: Purpose,
+    /// Why, in writing ([`MIN_REASON_CHARS`](crate::authorize::MIN_REASON_CHARS)
+    /// characters to [`MAX_REASON_BYTES`] bytes).
     pub reason: String,
 }
 
