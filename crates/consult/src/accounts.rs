@@ -1,5 +1,5 @@
 //! No account is born alone: the account lifecycle over the consultation
-//! path, one operation per function, in the style of `path.rs`:
+//! path, one operation per function, in the style of `reads.rs`:
 //! authenticate → authorize (Cedar) → act (the store) → ledger → answer.
 //! Every refusal after authentication is ledgered before it is returned;
 //! any failure is [`Refusal::Unavailable`].
@@ -51,10 +51,10 @@ use rempart_storage::{
     ReviewEntry, StorageError, Store,
 };
 
-use crate::activation::IssuedActivation;
 use crate::authenticate::{self, IssuedCredential};
-use crate::path::{Ctx, NotMade};
-use crate::{Consultation, Presented, Refusal, authorize};
+use crate::authorize;
+use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::secrets::IssuedActivation;
 
 /// A request is a burst (and raises an alert) when it makes this many or
 /// more account requests by the same requester within the window.
@@ -178,12 +178,7 @@ impl Consultation {
         let action = LeafAction::AccountRequest;
         let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
-        let ctx = Ctx {
-            caller: &caller,
-            action,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, action, now);
         let asked = format!(
             "account request in organisation {}, role {}",
             request.organisation_id, request.role
@@ -219,10 +214,14 @@ impl Consultation {
             Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
         };
         let since = now - Duration::minutes(BURST_WINDOW_MINUTES);
-        let recent = match self.auth.requests_since(requested_by, since).await {
-            Ok(n) => n,
-            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
-        };
+        let recent = self
+            .fail_on(
+                &ctx,
+                None,
+                "accounts",
+                self.auth.requests_since(requested_by, since).await,
+            )
+            .await?;
         let mut leaves = vec![ctx.leaf(
             None,
             FieldGroups::EMPTY,
@@ -286,12 +285,7 @@ impl Consultation {
         };
         let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
-        let ctx = Ctx {
-            caller: &caller,
-            action,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, action, now);
         let about = format!("account {account_id}");
         self.allow(&ctx, &who, Action::DecideAccount, &about)
             .await?;
@@ -375,18 +369,17 @@ impl Consultation {
         let action = LeafAction::CredentialResetRequest;
         let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
-        let ctx = Ctx {
-            caller: &caller,
-            action,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, action, now);
         let about = format!("account {account_id}: reset of {}", kind.as_str());
         self.allow(&ctx, &who, Action::RequestReset, &about).await?;
-        let target = match self.store.account_by_id(account_id).await {
-            Ok(t) => t,
-            Err(e) => return Err(self.fail(&ctx, None, "accounts", &e).await),
-        };
+        let target = self
+            .fail_on(
+                &ctx,
+                None,
+                "accounts",
+                self.store.account_by_id(account_id).await,
+            )
+            .await?;
         let me = &caller.account;
         let visible = target
             .as_ref()
@@ -453,12 +446,7 @@ impl Consultation {
         let action = LeafAction::CredentialReset;
         let caller = self.authenticate(presented, action, now).await?;
         let who = authorize::who(&caller.account);
-        let ctx = Ctx {
-            caller: &caller,
-            action,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, action, now);
         let verb = if approve { "approved" } else { "rejected" };
         let about = format!("reset {reset_id} {verb}");
         self.allow(&ctx, &who, Action::DecideAccount, &about)
@@ -674,12 +662,7 @@ impl Consultation {
             .authenticate(presented, LeafAction::AdminList, now)
             .await?;
         let who = authorize::who(&caller.account);
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::AdminList,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
         self.allow(&ctx, &who, action, note).await?;
         Ok(Listing {
             caller,
@@ -698,41 +681,18 @@ impl Consultation {
         note: &str,
     ) -> Result<(), Refusal> {
         // The purpose is irrelevant to account management; any value does.
-        match authorize::registry_action(&self.policy, who, action, Purpose::FollowUp) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self
-                .refuse(
-                    ctx,
-                    DenyReason::PolicyDenied,
-                    Refusal::Forbidden,
-                    note.to_string(),
-                )
-                .await),
-            Err(e) => Err(self.fail(ctx, None, "policy", &e).await),
+        let allowed = authorize::registry_action(&self.policy, who, action, Purpose::FollowUp);
+        if self.fail_on(ctx, None, "policy", allowed).await? {
+            return Ok(());
         }
-    }
-
-    /// Ledgers a refusal with its `note` (the account or ceremony it is
-    /// about), then hands back the refusal (or `Unavailable` if even that
-    /// failed).
-    pub(crate) async fn refuse(
-        &self,
-        ctx: &Ctx<'_>,
-        reason: DenyReason,
-        refusal: Refusal,
-        note: String,
-    ) -> Refusal {
-        let leaf = ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Deny(reason),
-            None,
-            Some(note),
-        );
-        match self.record(leaf).await {
-            Ok(_) => refusal,
-            Err(unavailable) => unavailable,
-        }
+        Err(self
+            .refuse(
+                ctx,
+                DenyReason::PolicyDenied,
+                Refusal::Forbidden,
+                note.to_string(),
+            )
+            .await)
     }
 }
 
@@ -750,16 +710,10 @@ impl Listing {
         consultation: &Consultation,
         rows: impl std::future::Future<Output = Result<Vec<T>, StorageError>>,
     ) -> Result<Vec<T>, Refusal> {
-        let ctx = Ctx {
-            caller: &self.caller,
-            action: LeafAction::AdminList,
-            purpose: None,
-            now: self.now,
-        };
-        let rows = match rows.await {
-            Ok(r) => r,
-            Err(e) => return Err(consultation.fail(&ctx, None, "accounts", &e).await),
-        };
+        let ctx = Ctx::new(&self.caller, LeafAction::AdminList, self.now);
+        let rows = consultation
+            .fail_on(&ctx, None, "accounts", rows.await)
+            .await?;
         consultation
             .record(ctx.leaf(
                 None,
@@ -835,7 +789,7 @@ fn operations_are_send(c: &Consultation) {
     is_send(&c.decide_account(&Presented::Nothing, 1, true));
     is_send(&c.pending_account_requests(&Presented::Nothing));
     is_send(&c.accounts_review(&Presented::Nothing, None));
-    is_send(&c.disable_inactive(Utc::now(), 90));
+    is_send(&c.disable_inactive(c.now(), 90));
 }
 
 #[cfg(test)]

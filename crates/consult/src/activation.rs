@@ -51,21 +51,19 @@ use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
     OrganisationId, Timestamp,
 };
-use rempart_storage::{
-    AccountRecord, ActivationFactors, AuthStore, NewActivation, StorageError, StoredTotp,
-};
+use rempart_storage::{AccountRecord, ActivationFactors, AuthStore, StorageError, StoredTotp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::login::{Web, open_totp_secret, seal_totp_secret};
-use crate::path::unauthenticated_leaf;
+use crate::kernel::{Consultation, Refusal, unauthenticated_leaf};
+use crate::secrets::{open_totp_secret, seal_totp_secret};
+use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
-use crate::{Consultation, Refusal};
 
-/// How long an activation code works after it is issued.
-pub const ACTIVATION_HOURS: i64 = 72;
+pub use crate::secrets::{ACTIVATION_HOURS, IssuedActivation};
+
 /// Mistakes allowed in step 2 (password rules, confirmation, TOTP code)
 /// before the person must start again from the code.
 pub const MAX_FACTOR_ATTEMPTS: u32 = 5;
@@ -79,23 +77,6 @@ const CEREMONY_SECS: i64 = 900;
 const KIND_ACTIVATION: &str = "activation";
 /// Longest login, code or password read from a form, in bytes.
 const MAX_FIELD: usize = 512;
-
-/// A code just issued: shown once to the officer, never stored in clear.
-pub struct IssuedActivation {
-    /// The code, in groups of four.
-    pub code: Zeroizing<String>,
-    /// When it stops working.
-    pub expires_at: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for IssuedActivation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedActivation")
-            .field("code", &"<redacted>")
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
-}
 
 /// Step 1's fields.
 #[derive(Clone, Copy)]
@@ -251,31 +232,6 @@ impl Consultation {
         ))
         .await?;
         Ok(issued)
-    }
-
-    /// Generates and stores a code (digest only) for `account_id`.
-    pub(crate) async fn new_activation(
-        &self,
-        account_id: i64,
-        officer_id: i64,
-        now: DateTime<Utc>,
-    ) -> Result<IssuedActivation, StorageError> {
-        let code =
-            ActivationCode::generate().map_err(|e| StorageError::Invalid(format!("code: {e}")))?;
-        let expires_at = now + Duration::hours(ACTIVATION_HOURS);
-        self.auth
-            .issue_activation(NewActivation {
-                account_id,
-                digest: code.digest(),
-                issued_by: officer_id,
-                issued_at: now,
-                expires_at,
-            })
-            .await?;
-        Ok(IssuedActivation {
-            code: code.grouped(),
-            expires_at,
-        })
     }
 
     /// Step 1: login and code, from `addr`.

@@ -37,17 +37,13 @@
 //! the public URL, the token endpoint is the public URL + [`TOKEN_PATH`],
 //! and a request's `htu` is the public URL + the request's path.
 
-use std::sync::Arc;
-use std::time::Duration as StdDuration;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use rempart_auth::access_token::{self, Scope, TokenResponse};
 use rempart_auth::client_assertion::{
-    ASSERTION_TYPE, AssertionPolicy, ClientAssertion, ClientAssertionError, ClientId, ClientKey,
-    RegisteredClient,
+    ASSERTION_TYPE, ClientAssertion, ClientAssertionError, ClientId, ClientKey, RegisteredClient,
 };
 use rempart_auth::dpop::{DpopError, DpopProof, Expected};
 use rempart_domain::AccountState;
@@ -58,12 +54,11 @@ use rempart_ledger::{
 use rempart_storage::auth::{AccessTokenRow, ApiClientRow};
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
-use crate::Consultation;
 use crate::authenticate::replay_until;
-use crate::path::{token_session, unauthenticated_leaf};
+use crate::kernel::{Consultation, token_session, unauthenticated_leaf};
 
-/// Where the token endpoint is served, under the public URL.
-pub const TOKEN_PATH: &str = "/api/v1/token";
+pub use crate::settings::{ClientConfigError, ClientSettings, TOKEN_PATH};
+
 /// The only scope: the token acts as its account for the whole API, as
 /// far as the account's role, mandates and the policy allow. Narrower
 /// scopes can come later without changing clients that ask for this one.
@@ -72,64 +67,6 @@ pub const SCOPE_API: &str = "api";
 pub const CLIENT_ID_PREFIX: &str = "rmpc_";
 /// At most this many keys per client (a key and its successor, and some).
 pub const MAX_KEYS: usize = 4;
-
-/// API client settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSettings {
-    /// The public URL clients reach the server at (scheme, host, port; no
-    /// path): the issuer assertions name, and the base of every `htu`.
-    pub public_url: String,
-    /// How long an access token lives (1 s to 1 h; 5 min by default).
-    pub token_ttl: StdDuration,
-}
-
-/// A [`ClientSettings`] value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientConfigError {
-    /// The public URL is not `http(s)://host[:port]`.
-    #[error("public_url: {0}")]
-    PublicUrl(&'static str),
-    /// The token lifetime is out of range.
-    #[error("token_ttl: must be 1 s to {} s", access_token::MAX_TTL.as_secs())]
-    TokenTtl,
-}
-
-impl ClientSettings {
-    /// Settings for a server reached at `public_url` (e.g.
-    /// `https://rempart.example`), tokens living 5 minutes.
-    pub fn new(public_url: &str) -> Result<Self, ClientConfigError> {
-        let url = public_url.trim_end_matches('/');
-        let rest = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
-            .ok_or(ClientConfigError::PublicUrl(
-                "must start with https:// or http://",
-            ))?;
-        if rest.is_empty() || rest.starts_with(':') {
-            return Err(ClientConfigError::PublicUrl("has no host"));
-        }
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err(ClientConfigError::PublicUrl(
-                "must be scheme, host and port only",
-            ));
-        }
-        // The same normalisation proofs get: a URL it refuses would make
-        // every proof fail.
-        rempart_auth::dpop::Htu::parse(&format!("{url}{TOKEN_PATH}"))
-            .map_err(|_| ClientConfigError::PublicUrl("is not a valid http(s) URL"))?;
-        Ok(ClientSettings {
-            public_url: url.to_owned(),
-            token_ttl: access_token::DEFAULT_TTL,
-        })
-    }
-}
-
-/// What the token endpoint needs at run time.
-pub(crate) struct Clients {
-    pub(crate) settings: ClientSettings,
-    token_endpoint: String,
-    policy: AssertionPolicy,
-}
 
 /// A token request's fields (RFC 6749 §4.4.2, RFC 7523 §2.2) and its
 /// `DPoP` header. The web edge fills them from the form; a field given
@@ -303,29 +240,6 @@ struct Denied {
 }
 
 impl Consultation {
-    /// Enables the token endpoint and DPoP-bound tokens.
-    pub fn with_api_clients(mut self, settings: ClientSettings) -> Result<Self, ClientConfigError> {
-        if settings.token_ttl.is_zero() || settings.token_ttl > access_token::MAX_TTL {
-            return Err(ClientConfigError::TokenTtl);
-        }
-        let token_endpoint = format!("{}{TOKEN_PATH}", settings.public_url);
-        let policy = AssertionPolicy::new(&settings.public_url, &token_endpoint);
-        self.clients = Some(Arc::new(Clients {
-            settings,
-            token_endpoint,
-            policy,
-        }));
-        Ok(self)
-    }
-
-    /// The public URL API clients were configured with: what the web edge
-    /// prefixes to a request's path to get the URL its proof must name.
-    pub fn api_public_url(&self) -> Option<&str> {
-        self.clients
-            .as_ref()
-            .map(|c| c.settings.public_url.as_str())
-    }
-
     /// The token endpoint: client credentials with `private_key_jwt` and a
     /// DPoP proof, read top to bottom: the request's form → the client and
     /// its keys → the assertion → the proof → the account → both `jti`s →
@@ -692,6 +606,7 @@ fn operations_are_send(c: &Consultation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration as StdDuration;
 
     #[test]
     fn public_urls_are_scheme_host_and_port_only() {

@@ -38,11 +38,10 @@
 //! ([`Consultation::link_federation`], [`Consultation::unlink_federation`];
 //! the store enforces the role), each a ledger leaf under the officer.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use chrono::{DateTime, Duration, Utc};
-use rempart_auth::oidc::{Federation, OidcError, PENDING_LOGIN_MAX_AGE, PendingLogin};
+use rempart_auth::oidc::{OidcError, PENDING_LOGIN_MAX_AGE, PendingLogin};
 use rempart_domain::AccountState;
 use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
@@ -53,8 +52,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::authenticate::ProofRequest;
-use crate::login::{LoginAnswer, LoginConfigError, LoginError};
-use crate::{Consultation, Refusal};
+use crate::kernel::{Consultation, Refusal};
+use crate::session::{LoginAnswer, LoginError};
 
 /// The ceremony kind of a federated login waiting for the provider.
 const KIND_OIDC: &str = "oidc_login";
@@ -135,25 +134,6 @@ fn refusal_note(e: &OidcError) -> String {
 }
 
 impl Consultation {
-    /// Enables federated login through `federation`. Browser login must be
-    /// enabled first ([`Consultation::with_browser_login`]): the session a
-    /// federated login opens is the same device-bound session.
-    pub fn with_federation(mut self, federation: Federation) -> Result<Self, LoginConfigError> {
-        if self.web.is_none() {
-            return Err(LoginConfigError::Federation(
-                "browser login must be enabled first",
-            ));
-        }
-        self.federation = Some(Arc::new(federation));
-        Ok(self)
-    }
-
-    /// The identity provider's issuer URL, if federated login is enabled
-    /// (the login page then offers it).
-    pub fn federation_issuer(&self) -> Option<&str> {
-        self.federation.as_deref().map(Federation::issuer)
-    }
-
     /// Begins a federated login for the page whose new device key signed
     /// `proof`: stores the attempt and returns the provider's URL.
     pub async fn start_federated_login(

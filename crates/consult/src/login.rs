@@ -73,36 +73,37 @@
 //! the network's edge, and it never spreads to open sessions.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore;
-use rempart_auth::dpop::{DpopProof, Expected, ReplayCache};
-use rempart_auth::jose::{AlgSet, Jkt};
-use rempart_auth::lockout::{Lockout, LockoutPolicy, LoginRefusal};
+use rempart_auth::jose::Jkt;
+use rempart_auth::lockout::LoginRefusal;
 use rempart_auth::passkey::{
-    AuthenticationState, CeremonyKind, Passkeys, RP_NAME, RegistrationState, StoredPasskey,
-    credential_id_of,
+    AuthenticationState, CeremonyKind, RegistrationState, StoredPasskey, credential_id_of,
 };
-use rempart_auth::password::{HashParams, Password, PasswordHash, PasswordHasher};
-use rempart_auth::totp::{self, TotpCode, TotpSecret};
-use rempart_crypto::{Binding, KeyRing};
+use rempart_auth::password::{Password, PasswordHash};
+use rempart_auth::totp::{self, TotpCode};
 use rempart_domain::{AccountState, Reference};
-use rempart_ledger::{
-    Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
-};
-use rempart_storage::{AccountRecord, AuthStore, StorageError, StoredPasskeyRow, StoredSession};
+use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
+use rempart_storage::{AccountRecord, AuthStore, StorageError, StoredPasskeyRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
-use crate::authenticate::{self, Caller, ProofRequest, Via};
-use crate::path::{Ctx, unauthenticated_leaf};
+use crate::authenticate::{self, ProofRequest, Via};
+use crate::kernel::{Consultation, Ctx, Presented, Refusal};
+use crate::session::Opening;
+use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
-use crate::{Consultation, Presented, Refusal};
+
+pub use crate::secrets::{
+    TotpSealError, TotpSecrets, open_totp_secret, rewrap_totp_secret, seal_totp_secret,
+};
+pub use crate::session::{DEVICE_TRUST_DAYS, LoginAnswer, LoginError};
+pub use crate::settings::{LOGIN_REPLAY_CAPACITY, LoginConfigError, LoginSettings};
 
 /// How long a login, registration or step-up ceremony stays usable.
 const CEREMONY_SECS: i64 = 300;
@@ -115,159 +116,6 @@ const KIND_STEP_UP: &str = "step_up";
 
 /// Longest login, password or code read from a form, in bytes.
 const MAX_FIELD: usize = 512;
-
-/// Browser login settings.
-#[derive(Debug, Clone)]
-pub struct LoginSettings {
-    /// The public URL the browser reaches the server at (scheme, host,
-    /// port; no path): the WebAuthn origin, and the base of every URL a
-    /// device proof names.
-    pub public_url: String,
-    /// The WebAuthn relying-party id: the public URL's host.
-    pub rp_id: String,
-    /// A session ends after this long without a request (30 min).
-    pub idle: Duration,
-    /// A session ends this long after login, whatever the activity (10 h).
-    pub absolute: Duration,
-    /// Break-glass through a session needs a step-up at most this old (5 min).
-    pub step_up_window: Duration,
-    /// Failed password logins: backoff and lock.
-    pub lockout: LockoutPolicy,
-    /// argon2id parameters for new hashes (and the dummy hash).
-    pub hash: HashParams,
-    /// Live device-proof `jti`s of open sessions remembered at most.
-    pub replay_capacity: usize,
-    /// Live device-proof `jti`s of login requests (not yet bound to any
-    /// session: anyone can sign them) remembered at most; a space of its
-    /// own, so that filling it never refuses an open session's proofs.
-    pub login_replay_capacity: usize,
-}
-
-/// Default of [`LoginSettings::login_replay_capacity`]: logins are rare
-/// next to session requests (two proofs per login); 50,000 live entries
-/// sustain about 770 login proofs per second over the 65-second window,
-/// in 4.5 to 9 MB.
-pub const LOGIN_REPLAY_CAPACITY: usize = 50_000;
-
-/// A [`LoginSettings`] value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LoginConfigError {
-    /// The public URL is not `http(s)://host[:port]`.
-    #[error("public_url: {0}")]
-    PublicUrl(&'static str),
-    /// A duration is out of range.
-    #[error("{0}: must be positive, and idle at most absolute")]
-    Duration(&'static str),
-    /// The passkey settings were refused.
-    #[error("{0}")]
-    Passkey(String),
-    /// The lockout policy was refused.
-    #[error("lockout: {0}")]
-    Lockout(String),
-    /// The password hasher could not be built.
-    #[error("hash: {0}")]
-    Hash(String),
-    /// Federated login cannot be enabled as asked.
-    #[error("federation: {0}")]
-    Federation(&'static str),
-}
-
-impl LoginSettings {
-    /// Defaults for a server reached at `public_url` (e.g.
-    /// `https://rempart.example` or `http://localhost:8080`): sessions idle
-    /// out after 30 minutes and end after 10 hours; step-up lasts 5
-    /// minutes; lockout and argon2id at the auth crate's defaults.
-    pub fn new(public_url: &str) -> Result<Self, LoginConfigError> {
-        let url = public_url.trim_end_matches('/');
-        let rest = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
-            .ok_or(LoginConfigError::PublicUrl(
-                "must start with https:// or http://",
-            ))?;
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err(LoginConfigError::PublicUrl(
-                "must be scheme, host and port only",
-            ));
-        }
-        let host = match rest.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => rest,
-        };
-        if host.is_empty() {
-            return Err(LoginConfigError::PublicUrl("has no host"));
-        }
-        Ok(LoginSettings {
-            public_url: url.to_owned(),
-            rp_id: host.to_ascii_lowercase(),
-            idle: Duration::minutes(30),
-            absolute: Duration::hours(10),
-            step_up_window: Duration::minutes(5),
-            lockout: LockoutPolicy::default(),
-            hash: HashParams::RECOMMENDED,
-            replay_capacity: ReplayCache::DEFAULT_CAPACITY,
-            login_replay_capacity: LOGIN_REPLAY_CAPACITY,
-        })
-    }
-}
-
-/// What browser login needs at run time, shared by every request.
-pub(crate) struct Web {
-    pub(crate) settings: LoginSettings,
-    passkeys: Passkeys,
-    pub(crate) hasher: PasswordHasher,
-    pub(crate) lockout: Mutex<Lockout>,
-    /// `jti`s of proofs by keys that open sessions are bound to: only a
-    /// caller holding a live session's cookie and key adds to it.
-    pub(crate) replay: Mutex<ReplayCache>,
-    /// `jti`s of login proofs, by keys no session is bound to yet: anyone
-    /// adds to it, so it is kept apart (see the module doc).
-    pub(crate) login_replay: Mutex<ReplayCache>,
-}
-
-impl Web {
-    /// Checks the settings and builds what they describe.
-    pub(crate) fn new(settings: LoginSettings) -> Result<Web, LoginConfigError> {
-        if settings.idle <= Duration::zero()
-            || settings.absolute <= Duration::zero()
-            || settings.idle > settings.absolute
-        {
-            return Err(LoginConfigError::Duration("idle, absolute"));
-        }
-        if settings.step_up_window <= Duration::zero() {
-            return Err(LoginConfigError::Duration("step_up_window"));
-        }
-        let passkeys = Passkeys::new(&settings.rp_id, &settings.public_url, RP_NAME)
-            .map_err(|e| LoginConfigError::Passkey(e.to_string()))?;
-        let lockout =
-            Lockout::new(settings.lockout).map_err(|e| LoginConfigError::Lockout(e.to_string()))?;
-        let hasher = PasswordHasher::new(settings.hash)
-            .map_err(|e| LoginConfigError::Hash(e.to_string()))?;
-        let replay = ReplayCache::new(settings.replay_capacity);
-        let login_replay = ReplayCache::new(settings.login_replay_capacity);
-        Ok(Web {
-            settings,
-            passkeys,
-            hasher,
-            lockout: Mutex::new(lockout),
-            replay: Mutex::new(replay),
-            login_replay: Mutex::new(login_replay),
-        })
-    }
-}
-
-impl Web {
-    /// Failures that lock an account or an address (the alerts' baseline).
-    pub(crate) fn lockout_after(&self) -> u32 {
-        locked(&self.lockout).policy().lock_after
-    }
-}
-
-pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Both guarded values stay consistent if a holder panicked: every
-    // update completes before the guard is released.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Which login a ceremony is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,112 +151,6 @@ impl std::fmt::Debug for PasswordForm<'_> {
     }
 }
 
-/// How long a browser that logged in stays trusted for the account's
-/// password logins (its own failure counter; see `throttle.rs`).
-pub const DEVICE_TRUST_DAYS: i64 = 90;
-
-/// What a login passes on to the session it opens.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Opening<'a> {
-    /// How it logged in (the session's `method`, the leaf's note).
-    pub(crate) method: &'a str,
-    /// The trusted browser's device token it showed (replaced by a new one).
-    pub(crate) replaces: Option<[u8; 32]>,
-    /// Failures from other browsers, for the owner and the ledger.
-    pub(crate) failed_elsewhere: u32,
-}
-
-impl<'a> Opening<'a> {
-    /// A login by `method` from a browser not trusted yet.
-    pub(crate) fn by(method: &'a str) -> Opening<'a> {
-        Opening {
-            method,
-            replaces: None,
-            failed_elsewhere: 0,
-        }
-    }
-}
-
-/// A session just opened.
-pub struct LoginAnswer {
-    /// The cookie value, sent once in `Set-Cookie`.
-    pub cookie: Zeroizing<String>,
-    /// The session's public handle, for the page's `<meta>`.
-    pub handle: String,
-    /// Seconds until the session's absolute end (the cookie's `Max-Age`).
-    pub max_age_secs: i64,
-    /// Who logged in.
-    pub account: AccountRecord,
-    /// The first session after a credential reset.
-    pub high_risk: bool,
-    /// The browser's new device token, sent once in `Set-Cookie`: its
-    /// password logins to this account count on a counter of their own.
-    pub device_token: Zeroizing<String>,
-    /// Seconds the browser stays trusted (the device cookie's `Max-Age`).
-    pub device_max_age_secs: i64,
-    /// Consecutive failed password logins from other browsers since this
-    /// account's last success there (the owner is told: someone tries).
-    pub failed_elsewhere: u32,
-}
-
-impl std::fmt::Debug for LoginAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginAnswer")
-            .field("cookie", &"<redacted>")
-            .field("account", &self.account.account_id)
-            .field("high_risk", &self.high_risk)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a login did not open a session. [`Self::message_fr`] is what the
-/// page shows; it never says whether an account exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginError {
-    /// Password login refused (one message for every credential failure)
-    /// or throttled.
-    Refused(LoginRefusal),
-    /// The passkey could not be verified (unknown, wrong, inactive account).
-    PasskeyRefused,
-    /// The device proof or the ceremony is missing, stale, used or
-    /// foreign: the page must start again.
-    Restart,
-    /// A field is too long to be anything real.
-    Invalid { field: &'static str },
-    /// Browser login is not configured on this server.
-    Disabled,
-    /// A federated login was refused: unknown, used or expired state,
-    /// another device key, the provider's answer refused (no multi-factor
-    /// authentication included), no account linked to the identity, or an
-    /// inactive account. One message for all; the ledger says which.
-    FederationRefused,
-    /// Something failed; no session was opened. For operators.
-    Unavailable(String),
-}
-
-impl LoginError {
-    /// The French message for the page.
-    pub fn message_fr(&self) -> String {
-        match self {
-            LoginError::Refused(r) => r.message_fr(),
-            LoginError::PasskeyRefused => "La clé d'accès n'a pas pu être vérifiée.".to_owned(),
-            LoginError::Restart => {
-                "La demande a expiré ou n'est pas valable. Rechargez la page et recommencez."
-                    .to_owned()
-            }
-            LoginError::Invalid { .. } => rempart_auth::lockout::INVALID_CREDENTIALS_FR.to_owned(),
-            LoginError::Disabled => "La connexion n'est pas disponible sur ce serveur.".to_owned(),
-            LoginError::FederationRefused => {
-                "La connexion par ProConnect n'a pas abouti. Recommencez depuis la page de connexion."
-                    .to_owned()
-            }
-            LoginError::Unavailable(_) => {
-                "Le service ne peut pas répondre pour le moment. Réessayez plus tard.".to_owned()
-            }
-        }
-    }
-}
-
 /// What a ceremony remembers between its two requests (JSON in the store).
 #[derive(Serialize, Deserialize)]
 struct CeremonyState {
@@ -422,27 +164,6 @@ struct CeremonyState {
 }
 
 impl Consultation {
-    /// Enables browser login and sessions .
-    pub fn with_browser_login(mut self, settings: LoginSettings) -> Result<Self, LoginConfigError> {
-        self.web = Some(Arc::new(Web::new(settings)?));
-        Ok(self)
-    }
-
-    /// The public URL browser login was configured with.
-    pub fn public_url(&self) -> Option<&str> {
-        self.web.as_ref().map(|w| w.settings.public_url.as_str())
-    }
-
-    /// The authentication store.
-    pub fn auth_store(&self) -> &Arc<dyn AuthStore> {
-        &self.auth
-    }
-
-    /// The browser-login settings, if enabled.
-    pub fn login_settings(&self) -> Option<&LoginSettings> {
-        self.web.as_ref().map(|w| &w.settings)
-    }
-
     /// Starts a login ceremony for the page whose device key signed
     /// `proof` (no session yet, so no `ath`).
     pub async fn start_login(
@@ -793,12 +514,7 @@ impl Consultation {
         let caller = self
             .authenticate(presented, LeafAction::FactorEnrol, now)
             .await?;
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::FactorEnrol,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, LeafAction::FactorEnrol, now);
         let (auth, web, session) = self.session_parts(&ctx).await?;
         self.factor_change_allowed(&ctx, auth.as_ref()).await?;
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
@@ -810,10 +526,7 @@ impl Consultation {
             &existing,
             SystemTime::from(now),
         );
-        let (options, registration) = match started {
-            Ok(s) => s,
-            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
-        };
+        let (options, registration) = self.fail_on(&ctx, None, "passkey", started).await?;
         let state = CeremonyState {
             jkt: None,
             session: Some(session),
@@ -835,12 +548,7 @@ impl Consultation {
         let caller = self
             .authenticate(presented, LeafAction::FactorEnrol, now)
             .await?;
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::FactorEnrol,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, LeafAction::FactorEnrol, now);
         let (auth, web, session) = self.session_parts(&ctx).await?;
         let state = self
             .take_session_ceremony(&ctx, auth.as_ref(), ceremony, KIND_REGISTER, &session)
@@ -869,10 +577,9 @@ impl Consultation {
                     .await);
             }
         };
-        let data = match serde_json::to_string(&passkey) {
-            Ok(d) => d,
-            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
-        };
+        let data = self
+            .fail_on(&ctx, None, "passkey", serde_json::to_string(&passkey))
+            .await?;
         let row = StoredPasskeyRow {
             credential_id: passkey.credential_id().as_bytes().to_vec(),
             account_id: caller.account.account_id,
@@ -911,12 +618,7 @@ impl Consultation {
         let caller = self
             .authenticate(presented, LeafAction::StepUp, now)
             .await?;
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::StepUp,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, LeafAction::StepUp, now);
         let (auth, web, session) = self.session_parts(&ctx).await?;
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
         if existing.is_empty() {
@@ -932,10 +634,7 @@ impl Consultation {
         let started =
             web.passkeys
                 .start_step_up(caller.account.account_id, &existing, SystemTime::from(now));
-        let (options, authentication) = match started {
-            Ok(s) => s,
-            Err(e) => return Err(self.fail(&ctx, None, "passkey", &e).await),
-        };
+        let (options, authentication) = self.fail_on(&ctx, None, "passkey", started).await?;
         let state = CeremonyState {
             jkt: None,
             session: Some(session),
@@ -957,12 +656,7 @@ impl Consultation {
         let caller = self
             .authenticate(presented, LeafAction::StepUp, now)
             .await?;
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::StepUp,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, LeafAction::StepUp, now);
         let (auth, web, session) = self.session_parts(&ctx).await?;
         let state = self
             .take_session_ceremony(&ctx, auth.as_ref(), ceremony, KIND_STEP_UP, &session)
@@ -992,16 +686,17 @@ impl Consultation {
                     .await);
             }
         };
-        if let Err(e) = self.store_passkey(auth.as_ref(), &done.updated, now).await {
-            return Err(self.fail(&ctx, None, "passkey", &e.message_fr()).await);
-        }
+        let stored = self
+            .store_passkey(auth.as_ref(), &done.updated, now)
+            .await
+            .map_err(|e| e.message_fr());
+        self.fail_on(&ctx, None, "passkey", stored).await?;
         let Via::Session { id_digest, .. } = &caller.via else {
             return Err(self.refuse_ceremony(&ctx).await);
         };
         let at = DateTime::<Utc>::from(done.ceremony_started_at);
-        if let Err(e) = auth.mark_step_up(*id_digest, at).await {
-            return Err(self.fail(&ctx, None, "session", &e).await);
-        }
+        let marked = auth.mark_step_up(*id_digest, at).await;
+        self.fail_on(&ctx, None, "session", marked).await?;
         self.record(ctx.leaf(
             None,
             FieldGroups::EMPTY,
@@ -1019,19 +714,13 @@ impl Consultation {
         let caller = self
             .authenticate(presented, LeafAction::Logout, now)
             .await?;
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::Logout,
-            purpose: None,
-            now,
-        };
+        let ctx = Ctx::new(&caller, LeafAction::Logout, now);
         let (auth, _, _) = self.session_parts(&ctx).await?;
         let Via::Session { id_digest, .. } = &caller.via else {
             return Err(self.refuse_ceremony(&ctx).await);
         };
-        if let Err(e) = auth.end_session(*id_digest, now, "logout").await {
-            return Err(self.fail(&ctx, None, "session", &e).await);
-        }
+        let ended = auth.end_session(*id_digest, now, "logout").await;
+        self.fail_on(&ctx, None, "session", ended).await?;
         self.record(ctx.leaf(None, FieldGroups::EMPTY, LeafDecision::Allow, None, None))
             .await?;
         Ok(())
@@ -1040,44 +729,6 @@ impl Consultation {
     // ---------------------------------------------------------------------
     // Helpers
     // ---------------------------------------------------------------------
-
-    pub(crate) fn login_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), LoginError> {
-        match &self.web {
-            Some(web) => Ok((&self.auth, web)),
-            None => Err(LoginError::Disabled),
-        }
-    }
-
-    pub(crate) fn login_unavailable(&self, e: &StorageError) -> LoginError {
-        LoginError::Unavailable(format!("login: {e}"))
-    }
-
-    /// Verifies a login request's device proof (not yet bound: the key is
-    /// new) and returns its key's thumbprint. A refusal is ledgered.
-    pub(crate) async fn login_proof(
-        &self,
-        web: &Web,
-        proof: ProofRequest<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Jkt, LoginError> {
-        match verify_login_proof(web, proof, now) {
-            Ok(jkt) => Ok(jkt),
-            Err(Some(e)) if e.is_unavailable() => {
-                Err(LoginError::Unavailable(format!("login: {e}")))
-            }
-            Err(_) => {
-                self.login_leaf(
-                    None,
-                    LeafAction::LoginFailed,
-                    DenyReason::SessionInvalid,
-                    "login: device proof missing or invalid",
-                    now,
-                )
-                .await?;
-                Err(LoginError::Restart)
-            }
-        }
-    }
 
     /// Takes a login ceremony; it must have been started by the same
     /// device key.
@@ -1129,166 +780,6 @@ impl Consultation {
             return Ok(None);
         };
         Ok(totp::verify(&secret, &code, now_unix, row.last_step).ok())
-    }
-
-    /// Opens a session bound to `jkt`, records the login, ledgers it.
-    pub(crate) async fn open_session(
-        &self,
-        auth: &dyn AuthStore,
-        web: &Web,
-        account: &AccountRecord,
-        jkt: &Jkt,
-        opening: Opening<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<LoginAnswer, LoginError> {
-        let method = opening.method;
-        let lifecycle = auth
-            .lifecycle(account.account_id)
-            .await
-            .map_err(|e| self.login_unavailable(&e))?;
-        let high_risk = lifecycle.is_some_and(|l| l.next_session_high_risk);
-        let new = authenticate::new_session();
-        let settings = &web.settings;
-        auth.insert_session(StoredSession {
-            id_digest: new.id_digest,
-            account_id: account.account_id,
-            jkt: jkt.to_string(),
-            method: method.to_owned(),
-            created_at: now,
-            last_seen_at: now,
-            absolute_expiry: now + settings.absolute,
-            idle_timeout_secs: settings.idle.num_seconds(),
-            high_risk,
-            step_up_at: None,
-            ended_at: None,
-            end_reason: None,
-        })
-        .await
-        .map_err(|e| self.login_unavailable(&e))?;
-        auth.record_login(account.account_id, now)
-            .await
-            .map_err(|e| self.login_unavailable(&e))?;
-        let caller = Caller {
-            account: account.clone(),
-            via: Via::Session {
-                id_digest: new.id_digest,
-                high_risk,
-                step_up_at: None,
-                device: authenticate::device_digest(&jkt.to_string()),
-            },
-        };
-        let ctx = Ctx {
-            caller: &caller,
-            action: LeafAction::Login,
-            purpose: None,
-            now,
-        };
-        let mut note = if high_risk {
-            format!("{method}; high-risk session")
-        } else {
-            method.to_owned()
-        };
-        if opening.failed_elsewhere > 0 {
-            use std::fmt::Write;
-            let _ = write!(
-                note,
-                "; {} failed attempts from other browsers",
-                opening.failed_elsewhere
-            );
-        }
-        let leaf = ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Allow,
-            None,
-            Some(note),
-        );
-        if let Err(refusal) = self.record(leaf).await {
-            // Nothing unrecorded may stay open.
-            let _ = auth.end_session(new.id_digest, now, "ledger").await;
-            return Err(LoginError::Unavailable(refusal.to_string()));
-        }
-        // The browser is trusted from now on (after the leaf: nothing
-        // unrecorded). A failure here costs the trust, not the login.
-        let (device_token, digest) = authenticate::new_device_token();
-        let trust = chrono::Duration::days(DEVICE_TRUST_DAYS);
-        if let Err(e) = auth
-            .trust_login_device(
-                &digest,
-                account.account_id,
-                now,
-                now + trust,
-                opening.replaces.as_ref(),
-            )
-            .await
-        {
-            tracing::warn!(account = account.account_id, error = %e, "login device not trusted");
-        }
-        Ok(LoginAnswer {
-            cookie: new.cookie,
-            handle: new.handle,
-            max_age_secs: settings.absolute.num_seconds(),
-            account: account.clone(),
-            high_risk,
-            device_token,
-            device_max_age_secs: trust.num_seconds(),
-            failed_elsewhere: opening.failed_elsewhere,
-        })
-    }
-
-    /// What a passkey or federated login passes on to its session: the
-    /// device token the browser showed, if this account trusts it (it is
-    /// replaced), and the password failures of other browsers, which the
-    /// owner is told of whatever the way in.
-    pub(crate) async fn opening<'a>(
-        &self,
-        auth: &dyn AuthStore,
-        account: &AccountRecord,
-        device: Option<&str>,
-        method: &'a str,
-        now: DateTime<Utc>,
-    ) -> Result<Opening<'a>, LoginError> {
-        let replaces = match device.and_then(authenticate::device_token_digest) {
-            Some(digest) => auth
-                .login_device_throttle(&digest, account.account_id, now)
-                .await
-                .map_err(|e| self.login_unavailable(&e))?
-                .map(|_| digest),
-            None => None,
-        };
-        let failed_elsewhere = auth
-            .password(account.account_id)
-            .await
-            .map_err(|e| self.login_unavailable(&e))?
-            .and_then(|(_, shared)| throttle::parse(&shared).ok())
-            .map_or(0, |t| t.consecutive_failures);
-        Ok(Opening {
-            replaces,
-            failed_elsewhere,
-            ..Opening::by(method)
-        })
-    }
-
-    /// Ledgers a login event of a possibly unknown account.
-    pub(crate) async fn login_leaf(
-        &self,
-        account: Option<&AccountRecord>,
-        action: LeafAction,
-        reason: DenyReason,
-        note: &str,
-        now: DateTime<Utc>,
-    ) -> Result<u64, LoginError> {
-        let mut leaf: AuditLeaf = unauthenticated_leaf(
-            account.map_or(0, |a| a.account_id),
-            account.map_or(0, |a| a.organisation_id),
-            action,
-            reason,
-            now,
-        );
-        leaf.note = Some(note.to_owned());
-        self.record(leaf)
-            .await
-            .map_err(|r| LoginError::Unavailable(r.to_string()))
     }
 
     /// A throttle that cannot be read or stored: the attempt is refused
@@ -1354,15 +845,15 @@ impl Consultation {
                 .await);
         };
         // The row as it is now, not as the request's check read it.
-        let session = match auth.session(*id_digest).await {
-            Ok(Some((session, _))) => session,
-            Ok(None) => return Err(self.refuse_ceremony(ctx).await),
-            Err(e) => return Err(self.fail(ctx, None, "session", &e).await),
+        let session = auth.session(*id_digest).await;
+        let Some((session, _)) = self.fail_on(ctx, None, "session", session).await? else {
+            return Err(self.refuse_ceremony(ctx).await);
         };
-        let has_passkey = match auth.passkeys(ctx.caller.account.account_id).await {
-            Ok(rows) => !rows.is_empty(),
-            Err(e) => return Err(self.fail(ctx, None, "passkeys", &e).await),
-        };
+        let passkeys = auth.passkeys(ctx.caller.account.account_id).await;
+        let has_passkey = !self
+            .fail_on(ctx, None, "passkeys", passkeys)
+            .await?
+            .is_empty();
         let window = self
             .web
             .as_ref()
@@ -1389,16 +880,18 @@ impl Consultation {
         ctx: &Ctx<'_>,
         auth: &dyn AuthStore,
     ) -> Result<Vec<StoredPasskey>, Refusal> {
-        let rows = match auth.passkeys(ctx.caller.account.account_id).await {
-            Ok(r) => r,
-            Err(e) => return Err(self.fail(ctx, None, "passkeys", &e).await),
-        };
+        let rows = self
+            .fail_on(
+                ctx,
+                None,
+                "passkeys",
+                auth.passkeys(ctx.caller.account.account_id).await,
+            )
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            match parse_passkey(row) {
-                Ok(p) => out.push(p),
-                Err(e) => return Err(self.fail(ctx, None, "passkeys", &e.message_fr()).await),
-            }
+            let parsed = parse_passkey(row).map_err(|e| e.message_fr());
+            out.push(self.fail_on(ctx, None, "passkeys", parsed).await?);
         }
         Ok(out)
     }
@@ -1411,17 +904,15 @@ impl Consultation {
         state: &CeremonyState,
         options: T,
     ) -> Result<Started, Refusal> {
-        let options = match serde_json::to_value(&options) {
-            Ok(o) => o,
-            Err(e) => return Err(self.fail(ctx, None, "passkey options", &e).await),
-        };
-        match put_ceremony(auth, kind, state, ctx.now).await {
-            Ok(ceremony) => Ok(Started {
-                ceremony,
-                options: Some(options),
-            }),
-            Err(e) => Err(self.fail(ctx, None, "ceremony", &e).await),
-        }
+        let options = self
+            .fail_on(ctx, None, "passkey options", serde_json::to_value(&options))
+            .await?;
+        let ceremony = put_ceremony(auth, kind, state, ctx.now).await;
+        let ceremony = self.fail_on(ctx, None, "ceremony", ceremony).await?;
+        Ok(Started {
+            ceremony,
+            options: Some(options),
+        })
     }
 
     async fn take_session_ceremony(
@@ -1432,10 +923,10 @@ impl Consultation {
         kind: &str,
         session: &str,
     ) -> Result<CeremonyState, Refusal> {
-        match take_ceremony(auth, ceremony, kind, ctx.now).await {
-            Ok(Some(state)) if state.session.as_deref() == Some(session) => Ok(state),
-            Ok(_) => Err(self.refuse_ceremony(ctx).await),
-            Err(e) => Err(self.fail(ctx, None, "ceremony", &e).await),
+        let taken = take_ceremony(auth, ceremony, kind, ctx.now).await;
+        match self.fail_on(ctx, None, "ceremony", taken).await? {
+            Some(state) if state.session.as_deref() == Some(session) => Ok(state),
+            _ => Err(self.refuse_ceremony(ctx).await),
         }
     }
 
@@ -1503,247 +994,12 @@ async fn take_ceremony(
         .map_err(|_| StorageError::Corrupt("a ceremony's stored state is not readable".into()))
 }
 
-// -------------------------------------------------------------------------
-// TOTP secrets at rest
-// -------------------------------------------------------------------------
-
-/// Format tag of a sealed TOTP secret.
-const TOTP_FORMAT: &[u8; 2] = b"T1";
-/// Field-group code used for account secrets (persons use 0 to 3).
-const TOTP_GROUP: u8 = 0x80;
-
-/// Why a TOTP secret could not be sealed or opened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TotpSealError {
-    /// The blob is not a sealed TOTP secret of this account (or it was
-    /// sealed under a KEK this key ring no longer holds).
-    #[error("sealed_secret: cannot be opened for this account")]
-    Open,
-    /// Encryption failed.
-    #[error("sealed_secret: cannot be sealed")]
-    Seal,
-}
-
-/// The envelope binding of an account's own secrets: the person envelope
-/// in the negative id space (person ids are positive), so an account
-/// secret can never open as a person's data, nor the reverse.
-fn account_binding(account_id: i64) -> Binding {
-    Binding {
-        person: account_id.saturating_neg(),
-        dek_version: 1,
-    }
-}
-
-/// Seals an account's TOTP secret for [`AuthStore::set_totp`]: a fresh
-/// data key wrapped by the current KEK, bound to the account.
-/// `T1 ‖ KEK version (u32 BE) ‖ wrapped key ‖ sealed secret`.
-pub fn seal_totp_secret(
-    keys: &KeyRing,
-    account_id: i64,
-    secret: &TotpSecret,
-) -> Result<Vec<u8>, TotpSealError> {
-    let kek = keys.current_kek();
-    let (dk, wrapped) = kek
-        .new_data_key(account_binding(account_id))
-        .map_err(|_| TotpSealError::Seal)?;
-    let mut out = Vec::with_capacity(2 + 4 + wrapped.len() + 60);
-    out.extend_from_slice(TOTP_FORMAT);
-    out.extend_from_slice(&kek.version.to_be_bytes());
-    out.extend_from_slice(&wrapped);
-    dk.seal(TOTP_GROUP, secret.expose_bytes(), &mut out)
-        .map_err(|_| TotpSealError::Seal)?;
-    Ok(out)
-}
-
-/// Opens what [`seal_totp_secret`] sealed for this account.
-pub fn open_totp_secret(
-    keys: &KeyRing,
-    account_id: i64,
-    sealed: &[u8],
-) -> Result<TotpSecret, TotpSealError> {
-    let wrapped_len = rempart_crypto::envelope::WRAPPED_LEN;
-    let rest = sealed
-        .strip_prefix(TOTP_FORMAT.as_slice())
-        .ok_or(TotpSealError::Open)?;
-    let (version, rest) = rest.split_at_checked(4).ok_or(TotpSealError::Open)?;
-    let version = u32::from_be_bytes(version.try_into().map_err(|_| TotpSealError::Open)?);
-    let (wrapped, blob) = rest
-        .split_at_checked(wrapped_len)
-        .ok_or(TotpSealError::Open)?;
-    let kek = keys.kek(version).map_err(|_| TotpSealError::Open)?;
-    let dk = kek
-        .unwrap_data_key(account_binding(account_id), wrapped)
-        .map_err(|_| TotpSealError::Open)?;
-    let plain = Zeroizing::new(dk.open(TOTP_GROUP, blob).map_err(|_| TotpSealError::Open)?);
-    TotpSecret::from_bytes(&plain).map_err(|_| TotpSealError::Open)
-}
-
-/// Rewraps the data key of a sealed TOTP secret under KEK version
-/// `target` of `keys`, leaving the sealed secret itself as it is (the
-/// field AD names no KEK version, as for persons). `None` if it is already
-/// under `target`.
-pub fn rewrap_totp_secret(
-    keys: &KeyRing,
-    account_id: i64,
-    sealed: &[u8],
-    target: u32,
-) -> Result<Option<Vec<u8>>, TotpSealError> {
-    let wrapped_len = rempart_crypto::envelope::WRAPPED_LEN;
-    let rest = sealed
-        .strip_prefix(TOTP_FORMAT.as_slice())
-        .ok_or(TotpSealError::Open)?;
-    let (version, rest) = rest.split_at_checked(4).ok_or(TotpSealError::Open)?;
-    let version = u32::from_be_bytes(version.try_into().map_err(|_| TotpSealError::Open)?);
-    if version == target {
-        return Ok(None);
-    }
-    let (wrapped, blob) = rest
-        .split_at_checked(wrapped_len)
-        .ok_or(TotpSealError::Open)?;
-    let old = keys.kek(version).map_err(|_| TotpSealError::Open)?;
-    let new = keys.kek(target).map_err(|_| TotpSealError::Seal)?;
-    let rewrapped = new
-        .rewrap(old, account_binding(account_id), wrapped)
-        .map_err(|_| TotpSealError::Open)?;
-    let mut out = Vec::with_capacity(sealed.len());
-    out.extend_from_slice(TOTP_FORMAT);
-    out.extend_from_slice(&target.to_be_bytes());
-    out.extend_from_slice(&rewrapped);
-    out.extend_from_slice(blob);
-    Ok(Some(out))
-}
-
-/// Accounts' TOTP secrets, for `rempart keys rotate`: they are sealed
-/// under the KEK like persons' data keys, so a rotation rewraps them
-/// before it retires a KEK ([`rempart_vault::OtherSecrets`]).
-pub struct TotpSecrets(pub Arc<dyn AuthStore>);
-
-#[async_trait::async_trait]
-impl rempart_vault::OtherSecrets for TotpSecrets {
-    fn name(&self) -> &'static str {
-        "TOTP secrets"
-    }
-
-    async fn rewrap(
-        &self,
-        ring: &KeyRing,
-        target: u32,
-    ) -> Result<rempart_vault::OtherRewrap, rempart_vault::VaultError> {
-        let mut report = rempart_vault::OtherRewrap::default();
-        let mut after = 0i64;
-        loop {
-            let rows = self.0.totp_secrets(after, 1000).await?;
-            let Some((last, _)) = rows.last() else { break };
-            after = *last;
-            for (account_id, sealed) in rows {
-                match rewrap_totp_secret(ring, account_id, &sealed, target) {
-                    Ok(None) => {}
-                    // Compare-and-set: a secret re-enrolled meanwhile is
-                    // under the new KEK already, or is caught next run.
-                    Ok(Some(new)) => {
-                        if self
-                            .0
-                            .replace_totp_secret(account_id, &sealed, &new)
-                            .await?
-                        {
-                            report.rewrapped += 1;
-                        } else {
-                            report.left += 1;
-                        }
-                    }
-                    // Not readable with this ring: its KEK must stay.
-                    Err(_) => report.left += 1,
-                }
-            }
-        }
-        Ok(report)
-    }
-}
-
-/// Checks a login request's device proof (its key is new: bound to
-/// nothing yet) and records its `jti` in the login replay space, never in
-/// the sessions' one (see the module doc). `Err(None)`: no proof, or this
-/// server's URL does not normalise; `Err(Some(_))`: refused, and
-/// [`rempart_auth::dpop::DpopError::is_unavailable`] when that space is
-/// full.
-pub(crate) fn verify_login_proof(
-    web: &Web,
-    proof: ProofRequest<'_>,
-    now: DateTime<Utc>,
-) -> Result<Jkt, Option<rempart_auth::dpop::DpopError>> {
-    let p = proof.proof.ok_or(None)?;
-    let expected = Expected::new(proof.method, proof.url)
-        .map_err(|_| None)?
-        .with_algs(AlgSet::ES256);
-    let mut cache = locked(&web.login_replay);
-    DpopProof::verify(p, &expected, now, &mut *cache)
-        .map(|v| *v.jkt())
-        .map_err(Some)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn totp_secrets_rewrap_under_a_new_kek_and_still_open() {
-        let mut keys = KeyRing::generate().unwrap();
-        let secret = TotpSecret::generate().unwrap();
-        let sealed = seal_totp_secret(&keys, 7, &secret).unwrap();
-        let v1 = keys.current_kek().version;
-        assert_eq!(rewrap_totp_secret(&keys, 7, &sealed, v1), Ok(None));
-        keys.add_kek().unwrap();
-        let v2 = keys.current_kek().version;
-        let rewrapped = rewrap_totp_secret(&keys, 7, &sealed, v2).unwrap().unwrap();
-        assert_ne!(rewrapped, sealed);
-        assert_eq!(rewrapped[2..6], v2.to_be_bytes());
-        // The sealed secret itself is untouched: only the key is rewrapped.
-        let head = 6 + rempart_crypto::envelope::WRAPPED_LEN;
-        assert_eq!(rewrapped.len(), sealed.len());
-        assert_eq!(rewrapped[head..], sealed[head..]);
-        assert_ne!(rewrapped[6..head], sealed[6..head]);
-        assert_eq!(
-            open_totp_secret(&keys, 7, &rewrapped)
-                .unwrap()
-                .expose_bytes(),
-            secret.expose_bytes()
-        );
-        // Bound to its account, as before.
-        assert_eq!(
-            rewrap_totp_secret(&keys, 8, &sealed, v2),
-            Err(TotpSealError::Open)
-        );
-        assert_eq!(
-            rewrap_totp_secret(&keys, 7, b"junk", v2),
-            Err(TotpSealError::Open)
-        );
-        // Once the old KEK is retired, only the rewrapped one opens.
-        keys.retire_older_keks();
-        assert!(open_totp_secret(&keys, 7, &sealed).is_err());
-        assert!(open_totp_secret(&keys, 7, &rewrapped).is_ok());
-    }
-
-    #[test]
-    fn totp_secrets_open_only_for_their_account() {
-        let keys = KeyRing::generate().unwrap();
-        let secret = TotpSecret::generate().unwrap();
-        let sealed = seal_totp_secret(&keys, 7, &secret).unwrap();
-        let opened = open_totp_secret(&keys, 7, &sealed).unwrap();
-        assert_eq!(opened.expose_bytes(), secret.expose_bytes());
-        assert_eq!(
-            open_totp_secret(&keys, 8, &sealed).unwrap_err(),
-            TotpSealError::Open
-        );
-        let other = KeyRing::generate().unwrap();
-        assert!(open_totp_secret(&other, 7, &sealed).is_err());
-        let mut flipped = sealed.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
-        assert!(open_totp_secret(&keys, 7, &flipped).is_err());
-        for n in 0..sealed.len() {
-            assert!(open_totp_secret(&keys, 7, &sealed[..n]).is_err(), "{n}");
-        }
-    }
+    use crate::session::verify_login_proof;
+    use crate::settings::locked;
+    use rempart_storage::StoredSession;
 
     /// A P-256 device key signing DPoP-format proofs, as the page does.
     struct DeviceKey(p256::ecdsa::SigningKey);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use rempart_storage::{AuthStore, Purged, StorageError};
 
-use crate::Clock;
+use crate::kernel::Clock;
 
 /// How often and how much the purge deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,8 +27,8 @@ use rempart_auth::lockout::{
 use rempart_guard::{Alert, AlertKind, Evidence, Explanation, Feature, Verdict};
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
-use crate::Consultation;
-use crate::login::{Web, locked};
+use crate::kernel::Consultation;
+use crate::settings::{Web, locked};
 
 /// Lost compare-and-sets tolerated before an attempt gives up and is
 /// refused as if waiting: only a flood of attempts on one account loses
