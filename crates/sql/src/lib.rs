@@ -1,8 +1,14 @@
 //! What the registry's and the ledger's stores share, so that each keeps
-//! only its own SQL: the rules of versioned migrations and a few
-//! PostgreSQL helpers. No I/O.
+//! only its own SQL: versioned migrations (the rules, and the one runner
+//! per backend both stores use) and a few PostgreSQL helpers.
 
 use sha2::{Digest, Sha256};
+
+mod readers;
+mod run;
+
+pub use readers::{SqliteReaders, lock_connection};
+pub use run::{migrate_postgres, migrate_sqlite};
 
 /// One schema step: same version numbers on every backend of a store.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +39,14 @@ pub enum MigrationError {
     Unknown { version: u32 },
     #[error("migration {version} ({name}) was applied with different SQL (checksum mismatch)")]
     Edited { version: u32, name: &'static str },
+    #[error("migration {version} ({name}): {reason}")]
+    Failed {
+        version: u32,
+        name: &'static str,
+        reason: String,
+    },
+    #[error("schema_migrations lists version {0}, which no migration can have")]
+    BadVersion(i64),
 }
 
 /// Given what the database says was applied (version, checksum), the

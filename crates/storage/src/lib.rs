@@ -341,7 +341,18 @@ impl From<rempart_sql::MigrationError> for StorageError {
                 name,
                 reason: "was applied with different SQL (checksum mismatch)".into(),
             },
-            unknown @ M::Unknown { .. } => StorageError::Corrupt(unknown.to_string()),
+            M::Failed {
+                version,
+                name,
+                reason,
+            } => StorageError::Migration {
+                version,
+                name,
+                reason,
+            },
+            corrupt @ (M::Unknown { .. } | M::BadVersion(_)) => {
+                StorageError::Corrupt(corrupt.to_string())
+            }
         }
     }
 }

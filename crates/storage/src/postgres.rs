@@ -177,56 +177,13 @@ impl PgStore {
         let schema = self.schema.as_str();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
-            .await?;
-        // CREATE SCHEMA IF NOT EXISTS needs the CREATE right on the database
-        // even when the schema exists: only ask for it when needed.
-        let exists = tx
-            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
-            .await?
-            .is_some();
-        if !exists {
-            tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
-                .await?;
-        }
-        // The session's search_path named the schema before it existed:
-        // set it again for this transaction so unqualified names resolve.
-        tx.batch_execute(&format!(
-            "SET LOCAL search_path TO \"{schema}\";
-             CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version INT PRIMARY KEY, name TEXT NOT NULL,
-                 checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL);"
-        ))
+        rempart_sql::migrate_postgres::<StorageError>(
+            &tx,
+            schema,
+            lock_key(schema),
+            migrate::POSTGRES,
+        )
         .await?;
-        let applied = tx
-            .query(
-                "SELECT version, checksum FROM schema_migrations ORDER BY version",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| Ok((to_u32(r.try_get(0)?, "migration version")?, r.try_get(1)?)))
-            .collect::<Result<Vec<(u32, String)>, StorageError>>()?;
-        for m in migrate::pending(migrate::POSTGRES, &applied)? {
-            tx.batch_execute(m.sql)
-                .await
-                .map_err(|e| StorageError::Migration {
-                    version: m.version,
-                    name: m.name,
-                    reason: describe(&e),
-                })?;
-            let version = i32::try_from(m.version).map_err(|_| StorageError::Migration {
-                version: m.version,
-                name: m.name,
-                reason: "version out of range".into(),
-            })?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, name, checksum, applied_at)
-                 VALUES ($1, $2, $3, now())",
-                &[&version, &m.name, &m.checksum()],
-            )
-            .await?;
-        }
         tx.commit().await?;
         Ok(())
     }

@@ -3,7 +3,6 @@
 //! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
@@ -11,7 +10,8 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rempart_domain::{
     Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
 };
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rempart_sql::SqliteReaders;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::memory::{CredentialRow, Credentials, Named, Names};
 use crate::{
@@ -40,17 +40,12 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    readers: SqliteReaders,
     names: Names,
     credentials: Credentials,
 }
 
-fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    // A panic while holding a connection cannot leave a transaction open
-    // (rusqlite rolls back on drop), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use rempart_sql::lock_connection as lock;
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/registry.db` and applies migrations.
@@ -83,21 +78,16 @@ impl SqliteStore {
         )?;
         migrate_sqlite(&mut writer)?;
         writer.execute_batch(PERSON_INDEXES)?;
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            let r = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            r.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;")?;
-            readers.push(Mutex::new(r));
-        }
+        let readers = SqliteReaders::open(
+            &path,
+            READERS,
+            "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -16384;",
+        )?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer: Mutex::new(writer),
                 readers,
-                next_reader: AtomicUsize::new(0),
                 names: Names::default(),
                 credentials: Credentials::default(),
             }),
@@ -127,14 +117,10 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
-        let n = self.inner.readers.len();
-        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
-        for k in 0..n {
-            if let Ok(conn) = self.inner.readers[(start + k) % n].try_lock() {
-                return f(&conn);
-            }
+        match self.inner.readers.try_with(f) {
+            Ok(done) => done,
+            Err(f) => self.read(f).await,
         }
-        self.read(f).await
     }
 
     async fn read<T: Send + 'static>(
@@ -142,12 +128,9 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
-            f(&lock(&inner.readers[i]))
-        })
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))?
     }
 }
 
@@ -158,31 +141,7 @@ const PERSON_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS person_name ON person (name_blind);";
 
 fn migrate_sqlite(conn: &mut Connection) -> Result<(), StorageError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, name TEXT NOT NULL,
-             checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
-    )?;
-    let applied: Vec<(u32, String)> = tx
-        .prepare("SELECT version, checksum FROM schema_migrations ORDER BY version")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for m in migrate::pending(migrate::SQLITE, &applied)? {
-        tx.execute_batch(m.sql)
-            .map_err(|e| StorageError::Migration {
-                version: m.version,
-                name: m.name,
-                reason: e.to_string(),
-            })?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
-             VALUES (?1, ?2, ?3, datetime('now'))",
-            params![m.version, m.name, m.checksum()],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
+    rempart_sql::migrate_sqlite(conn, migrate::SQLITE)
 }
 
 fn grouped<T>(
@@ -1719,18 +1678,19 @@ mod tests {
     fn hot_lookups_are_never_re_prepared() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_blocking(dir.path().join(FILE_NAME)).unwrap();
-        let c = lock(&store.inner.readers[0]);
-        for sql in [&*MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
-            let mut stmt = c.prepare(sql).unwrap();
-            for id in 1..=5i64 {
-                let mut rows = stmt.query([id]).unwrap();
-                while rows.next().unwrap().is_some() {}
+        store.inner.readers.with(|c| {
+            for sql in [&*MANDATES_OF_PERSON_SQL, &*CREDENTIAL_SQL] {
+                let mut stmt = c.prepare(sql).unwrap();
+                for id in 1..=5i64 {
+                    let mut rows = stmt.query([id]).unwrap();
+                    while rows.next().unwrap().is_some() {}
+                }
+                assert_eq!(
+                    stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                    0,
+                    "{sql}"
+                );
             }
-            assert_eq!(
-                stmt.get_status(rusqlite::StatementStatus::RePrepare),
-                0,
-                "{sql}"
-            );
-        }
+        });
     }
 }

@@ -5,8 +5,6 @@
 
 pub(crate) use rempart_sql::Migration;
 
-use super::StoreError;
-
 /// SQLite migrations, in order.
 pub(crate) const SQLITE: &[Migration] = &[
     Migration {
@@ -35,18 +33,19 @@ pub(crate) const POSTGRES: &[Migration] = &[
     },
 ];
 
-/// Given what the database says was applied, the migrations still to run
-/// (the shared rules of `rempart_sql::pending`, with this crate's errors).
-pub(crate) fn pending<'a>(
-    known: &'a [Migration],
-    applied: &[(u32, String)],
-) -> Result<Vec<&'a Migration>, StoreError> {
-    rempart_sql::pending(known, applied).map_err(Into::into)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
+
+    /// Given what the database says was applied, the migrations still to run
+    /// (the shared rules of `rempart_sql::pending`, with this crate's errors).
+    fn pending<'a>(
+        known: &'a [Migration],
+        applied: &[(u32, String)],
+    ) -> Result<Vec<&'a Migration>, StoreError> {
+        rempart_sql::pending(known, applied).map_err(Into::into)
+    }
 
     #[test]
     fn same_versions_on_both_backends() {

@@ -99,7 +99,18 @@ impl From<rempart_sql::MigrationError> for StoreError {
                 name,
                 reason: "was applied with different SQL (checksum mismatch)".into(),
             },
-            unknown @ M::Unknown { .. } => StoreError::Corrupt(unknown.to_string()),
+            M::Failed {
+                version,
+                name,
+                reason,
+            } => StoreError::Migration {
+                version,
+                name,
+                reason,
+            },
+            corrupt @ (M::Unknown { .. } | M::BadVersion(_)) => {
+                StoreError::Corrupt(corrupt.to_string())
+            }
         }
     }
 }

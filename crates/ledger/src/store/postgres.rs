@@ -194,60 +194,13 @@ impl PgLedgerStore {
 /// One transaction under an advisory lock, so concurrent openers queue.
 async fn setup_schema(client: &mut Client, schema: &str, role: &str) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&lock_key("migrations", schema)],
+    rempart_sql::migrate_postgres::<StoreError>(
+        &tx,
+        schema,
+        lock_key("migrations", schema),
+        migrate::POSTGRES,
     )
     .await?;
-    let exists = tx
-        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
-        .await?
-        .is_some();
-    if !exists {
-        tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
-            .await?;
-    }
-    tx.batch_execute(&format!(
-        "SET LOCAL search_path TO \"{schema}\";
-         CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INT PRIMARY KEY, name TEXT NOT NULL,
-             checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL);"
-    ))
-    .await?;
-    let applied = tx
-        .query(
-            "SELECT version, checksum FROM schema_migrations ORDER BY version",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let v: i32 = r.try_get(0)?;
-            let v = u32::try_from(v)
-                .map_err(|_| StoreError::Corrupt("negative migration version".into()))?;
-            Ok((v, r.try_get(1)?))
-        })
-        .collect::<Result<Vec<(u32, String)>, StoreError>>()?;
-    for m in migrate::pending(migrate::POSTGRES, &applied)? {
-        tx.batch_execute(m.sql)
-            .await
-            .map_err(|e| StoreError::Migration {
-                version: m.version,
-                name: m.name,
-                reason: describe(&e),
-            })?;
-        let version = i32::try_from(m.version).map_err(|_| StoreError::Migration {
-            version: m.version,
-            name: m.name,
-            reason: "version out of range".into(),
-        })?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
-             VALUES ($1, $2, $3, now())",
-            &[&version, &m.name, &m.checksum()],
-        )
-        .await?;
-    }
     // Roles belong to the cluster: a lock of their own, and a creation that
     // tolerates a racing creator elsewhere.
     tx.execute(

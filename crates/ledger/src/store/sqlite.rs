@@ -7,11 +7,12 @@
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rempart_sql::SqliteReaders;
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 mod segments;
 
@@ -45,14 +46,7 @@ pub struct SqliteLedgerStore {
 struct Inner {
     dir: PathBuf,
     path: PathBuf,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
-}
-
-fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    // A panic while holding a connection cannot leave a transaction open
-    // (rusqlite rolls back on drop), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    readers: SqliteReaders,
 }
 
 fn task_error(e: tokio::task::JoinError) -> StoreError {
@@ -85,26 +79,15 @@ impl SqliteLedgerStore {
         )?;
         migrate_sqlite(&mut conn)?;
         drop(conn);
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            let r = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            r.execute_batch(
-                "PRAGMA busy_timeout = 10000;
-                 PRAGMA cache_size = -65536;
-                 PRAGMA mmap_size = 1073741824;",
-            )?;
-            readers.push(Mutex::new(r));
-        }
+        let readers = SqliteReaders::open(
+            &path,
+            READERS,
+            "PRAGMA busy_timeout = 10000;
+             PRAGMA cache_size = -65536;
+             PRAGMA mmap_size = 1073741824;",
+        )?;
         Ok(SqliteLedgerStore {
-            inner: Arc::new(Inner {
-                dir,
-                path,
-                readers,
-                next_reader: AtomicUsize::new(0),
-            }),
+            inner: Arc::new(Inner { dir, path, readers }),
         })
     }
 
@@ -118,40 +101,14 @@ impl SqliteLedgerStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
-            f(&lock(&inner.readers[i]))
-        })
-        .await
-        .map_err(task_error)?
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .map_err(task_error)?
     }
 }
 
 fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version INTEGER PRIMARY KEY, name TEXT NOT NULL,
-             checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
-    )?;
-    let applied: Vec<(u32, String)> = tx
-        .prepare("SELECT version, checksum FROM schema_migrations ORDER BY version")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for m in migrate::pending(migrate::SQLITE, &applied)? {
-        tx.execute_batch(m.sql).map_err(|e| StoreError::Migration {
-            version: m.version,
-            name: m.name,
-            reason: e.to_string(),
-        })?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at)
-             VALUES (?1, ?2, ?3, datetime('now'))",
-            params![m.version, m.name, m.checksum()],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
+    rempart_sql::migrate_sqlite(conn, migrate::SQLITE)
 }
 
 fn size_of(conn: &Connection) -> Result<u64, StoreError> {
