@@ -1129,7 +1129,7 @@ async fn seed_factors(
         .set_password(account, &hash.to_phc_string(), now)
         .await?;
     let secret = TotpSecret::generate()?;
-    let sealed = rempart_consult::login::seal_totp_secret(&vault.keys(), account, &secret)?;
+    let sealed = rempart_consult::login::seal_totp_secret(vault, account, &secret)?;
     world
         .auth
         .set_totp(StoredTotp {

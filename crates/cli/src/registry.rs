@@ -245,7 +245,7 @@ pub async fn rotate(loc: &Location) -> Result<()> {
     let vault = loc.open_vault().await?;
     // Accounts' TOTP secrets are sealed under the KEK too: rewrapped in
     // the same rotation, before any KEK is retired.
-    let totp = rempart_consult::login::TotpSecrets(loc.open_stores().await?.auth);
+    let totp = rempart_vault::AccountSecrets(loc.open_stores().await?.auth);
     let bar = progress::counter(0, "rewrapping data keys");
     let report = vault
         .rotate(

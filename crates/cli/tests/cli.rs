@@ -1624,10 +1624,14 @@ fn totp_rotation_scenario(db: Option<&str>) {
     let (rt, stores, agent) = k_accounts(&data, db);
     let run = |args: &[&str]| k_run(&data, db, args);
     let keys_path = data.join("keys.json");
-    let ring = rempart_crypto::KeyRing::load(&keys_path).unwrap();
+    let vault = rempart_vault::Vault::new(
+        rempart_vault::KeySource::File(keys_path.clone()),
+        stores.registry.clone(),
+    )
+    .unwrap();
     let secret = rempart_auth::totp::TotpSecret::generate().unwrap();
     let sealed =
-        rempart_consult::login::seal_totp_secret(&ring, agent.account_id, &secret).unwrap();
+        rempart_consult::login::seal_totp_secret(&vault, agent.account_id, &secret).unwrap();
     rt.block_on(stores.auth.set_totp(rempart_storage::StoredTotp {
         account_id: agent.account_id,
         sealed_secret: sealed.clone(),
@@ -1646,6 +1650,12 @@ fn totp_rotation_scenario(db: Option<&str>) {
     assert!(text.contains("retired KEK versions [1]"), "{text}");
     let ring = rempart_crypto::KeyRing::load(&keys_path).unwrap();
     assert_eq!(ring.kek_versions(), vec![2]);
+    // A vault opened now holds only the new KEK.
+    let vault = rempart_vault::Vault::new(
+        rempart_vault::KeySource::File(keys_path.clone()),
+        stores.registry.clone(),
+    )
+    .unwrap();
     let stored = rt
         .block_on(stores.auth.totp(agent.account_id))
         .unwrap()
@@ -1653,11 +1663,11 @@ fn totp_rotation_scenario(db: Option<&str>) {
     assert_ne!(stored.sealed_secret, sealed);
     assert_eq!(stored.last_step, Some(42), "no code becomes usable again");
     let opened =
-        rempart_consult::login::open_totp_secret(&ring, agent.account_id, &stored.sealed_secret)
+        rempart_consult::login::open_totp_secret(&vault, agent.account_id, &stored.sealed_secret)
             .unwrap();
     assert_eq!(opened.expose_bytes(), secret.expose_bytes());
     assert!(
-        rempart_consult::login::open_totp_secret(&ring, agent.account_id, &sealed).is_err(),
+        rempart_consult::login::open_totp_secret(&vault, agent.account_id, &sealed).is_err(),
         "the old KEK is gone"
     );
 }

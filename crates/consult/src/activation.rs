@@ -380,7 +380,7 @@ impl Consultation {
         let sealed_totp = if needs_totp {
             let secret = TotpSecret::generate()
                 .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
-            let sealed = seal_totp_secret(&self.vault.keys(), account.account_id, &secret)
+            let sealed = seal_totp_secret(&self.vault, account.account_id, &secret)
                 .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
             Some(STANDARD.encode(sealed))
         } else {
@@ -465,7 +465,7 @@ impl Consultation {
             let sealed = STANDARD.decode(sealed_b64).map_err(|_| {
                 ActivationError::Unavailable("activation: stored secret is not readable".into())
             })?;
-            let secret = open_totp_secret(&self.vault.keys(), account.account_id, &sealed)
+            let secret = open_totp_secret(&self.vault, account.account_id, &sealed)
                 .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
             let step = TotpCode::parse(form.totp_code.trim())
                 .ok()
@@ -576,7 +576,7 @@ impl Consultation {
                 let sealed = STANDARD.decode(sealed_b64).map_err(|_| {
                     ActivationError::Unavailable("activation: sealed secret unreadable".into())
                 })?;
-                let secret = open_totp_secret(&self.vault.keys(), account.account_id, &sealed)
+                let secret = open_totp_secret(&self.vault, account.account_id, &sealed)
                     .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
                 let uri = totp::provisioning_uri(&secret, account.login.as_str())
                     .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;

@@ -100,7 +100,7 @@ use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
 
 pub use crate::secrets::{
-    TotpSealError, TotpSecrets, open_totp_secret, rewrap_totp_secret, seal_totp_secret,
+    TotpSealError, open_totp_secret, seal_totp_secret,
 };
 pub use crate::session::{DEVICE_TRUST_DAYS, LoginAnswer, LoginError};
 pub use crate::settings::{LOGIN_REPLAY_CAPACITY, LoginConfigError, LoginSettings};
@@ -774,7 +774,7 @@ impl Consultation {
         else {
             return Ok(None);
         };
-        let secret = open_totp_secret(&self.vault.keys(), account_id, &row.sealed_secret)
+        let secret = open_totp_secret(&self.vault, account_id, &row.sealed_secret)
             .map_err(|e| LoginError::Unavailable(format!("totp: {e}")))?;
         let Ok(code) = TotpCode::parse(code.trim()) else {
             return Ok(None);

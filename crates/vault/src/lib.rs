@@ -6,6 +6,7 @@
 //! the groups a caller asks for. It also runs the two key operations that
 //! span the whole registry: KEK rotation and crypto-shredding.
 
+mod account_secrets;
 mod codec;
 mod rotate;
 
@@ -21,6 +22,7 @@ use rempart_storage::{
     StoredPerson,
 };
 
+pub use account_secrets::{AccountSecretError, AccountSecrets};
 pub use rotate::{OtherRewrap, OtherSecrets, RotationProgress, RotationReport};
 
 /// Where the key ring comes from; a file can be re-read when another

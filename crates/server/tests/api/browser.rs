@@ -112,7 +112,7 @@ pub(super) async fn seed_factors(app: &TestApp, login: &str) -> TotpSecret {
         .unwrap();
     let secret = TotpSecret::generate().unwrap();
     let sealed =
-        rempart_consult::login::seal_totp_secret(&app.vault.keys(), account, &secret).unwrap();
+        rempart_consult::login::seal_totp_secret(&app.vault, account, &secret).unwrap();
     app.auth
         .set_totp(StoredTotp {
             account_id: account,
