@@ -542,7 +542,10 @@ async fn grant_lot(
         match granted {
             Ok(_) => {}
             // The same person twice in the lot, or shredded: skipped.
-            Err(rempart_storage::StorageError::Invalid(_)) => continue,
+            Err(
+                rempart_storage::StorageError::Refused { .. }
+                | rempart_storage::StorageError::NotFound { .. },
+            ) => continue,
             Err(e) => bail!("importing the processor's lot: {e}"),
         }
         lot.push((person, Purpose::DocumentProcessing));

@@ -205,8 +205,8 @@ impl Consultation {
             .await;
         let account = match stored {
             Ok(a) => a,
-            Err(StorageError::Invalid(message)) => {
-                let refusal = invalid_from_store(&message);
+            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
+                let refusal = invalid_from_store(&e);
                 return Err(self
                     .refuse(&ctx, DenyReason::InvalidRequest, refusal, asked)
                     .await);
@@ -412,8 +412,8 @@ impl Consultation {
             .await;
         let reset = match stored {
             Ok(r) => r,
-            Err(StorageError::Invalid(message)) => {
-                let refusal = invalid_from_store(&message);
+            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
+                let refusal = invalid_from_store(&e);
                 return Err(self
                     .refuse(&ctx, DenyReason::InvalidRequest, refusal, about)
                     .await);
@@ -528,7 +528,16 @@ impl Consultation {
                     // approved under four eyes: a suspended one gets its
                     // code once reactivated, one never approved gets none.
                     // The reset stands either way; the ledger says so.
-                    Err(StorageError::Invalid(m)) if m.starts_with("account_id:") => {
+                    Err(
+                        StorageError::Refused {
+                            field: "account_id",
+                            ..
+                        }
+                        | StorageError::NotFound {
+                            field: "account_id",
+                            ..
+                        },
+                    ) => {
                         self.record(ctx.leaf(
                             None,
                             FieldGroups::EMPTY,
@@ -745,9 +754,10 @@ const STORE_FIELDS: &[&str] = &[
     "role",
 ];
 
-/// A store refusal (`field: reason`) as a 400 naming the field.
-fn invalid_from_store(message: &str) -> Refusal {
-    let (field, reason) = message.split_once(": ").unwrap_or(("request", message));
+/// A store refusal as a 400 naming the field (only fields a caller sent;
+/// any other is `request`).
+fn invalid_from_store(e: &StorageError) -> Refusal {
+    let (field, reason) = e.refused().unwrap_or(("request", e.to_string()));
     let field = STORE_FIELDS
         .iter()
         .copied()
@@ -756,14 +766,20 @@ fn invalid_from_store(message: &str) -> Refusal {
     Refusal::invalid(field, reason)
 }
 
-/// A store refusal of a decision: the four-eyes rule (`officer_id: …`) and
-/// the account state machine (`state: …`, a detour around an approval) are
+/// A store refusal of a decision: the four-eyes rule (`officer_id`) and
+/// the account state machine (`state`, a detour around an approval) are
 /// a 403 ledgered as `four_eyes`; anything else a 400.
-fn store_refusal(message: &str) -> (DenyReason, Refusal) {
-    if message.starts_with("officer_id:") || message.starts_with("state:") {
-        (DenyReason::FourEyes, Refusal::Forbidden)
-    } else {
-        (DenyReason::InvalidRequest, invalid_from_store(message))
+fn store_refusal(e: &StorageError) -> (DenyReason, Refusal) {
+    match e {
+        StorageError::Refused {
+            field: "officer_id" | "state",
+            ..
+        }
+        | StorageError::NotFound {
+            field: "officer_id",
+            ..
+        } => (DenyReason::FourEyes, Refusal::Forbidden),
+        e => (DenyReason::InvalidRequest, invalid_from_store(e)),
     }
 }
 
@@ -774,8 +790,8 @@ fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, NotM
     match r {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
-        Err(StorageError::Invalid(message)) => {
-            let (reason, refusal) = store_refusal(&message);
+        Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
+            let (reason, refusal) = store_refusal(&e);
             Err(NotMade::new(reason, refusal))
         }
         Err(e) => Err(NotMade::failed(stage, &e)),
@@ -847,25 +863,42 @@ mod tests {
 
     #[test]
     fn store_refusals_name_their_field_and_four_eyes_is_forbidden() {
+        let refused = |field, reason: &str| StorageError::Refused {
+            field,
+            reason: reason.into(),
+        };
         assert_eq!(
-            invalid_from_store("login: already used by another account"),
+            invalid_from_store(&refused("login", "already used by another account")),
             Refusal::invalid("login", "already used by another account")
         );
         assert_eq!(
-            invalid_from_store("something odd"),
-            Refusal::invalid("request", "something odd")
+            invalid_from_store(&StorageError::NotFound {
+                field: "account_id",
+                what: "account"
+            }),
+            Refusal::invalid("account_id", "no such account")
         );
         assert_eq!(
-            invalid_from_store("secret_field: x"),
+            invalid_from_store(&refused("secret_field", "x")),
             Refusal::invalid("request", "x")
         );
-        let (reason, refusal) =
-            store_refusal("officer_id: the requester cannot decide on its own request (four eyes)");
+        let (reason, refusal) = store_refusal(&refused(
+            "officer_id",
+            "the requester cannot decide on its own request (four eyes)",
+        ));
         assert_eq!(
             (reason, refusal),
             (DenyReason::FourEyes, Refusal::Forbidden)
         );
-        let (reason, _) = store_refusal("at: out of range (years 1 to 9999)");
+        let (reason, refusal) = store_refusal(&refused(
+            "state",
+            "an account that is requested cannot be subject to reactivate",
+        ));
+        assert_eq!(
+            (reason, refusal),
+            (DenyReason::FourEyes, Refusal::Forbidden)
+        );
+        let (reason, _) = store_refusal(&refused("at", "out of range (years 1 to 9999)"));
         assert_eq!(reason, DenyReason::InvalidRequest);
     }
 

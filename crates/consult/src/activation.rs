@@ -212,16 +212,14 @@ impl Consultation {
         };
         let issued = match self.new_activation(account_id, officer_id, now).await {
             Ok(i) => i,
-            Err(StorageError::Invalid(message)) => {
-                let (field, reason) = message
-                    .split_once(": ")
-                    .unwrap_or(("account", message.as_str()));
+            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
+                let (field, reason) = e.refused().unwrap_or(("account", e.to_string()));
                 let field = if field == "issued_by" {
                     "officer"
                 } else {
                     "account"
                 };
-                return Err(Refusal::invalid(field, reason.to_owned()));
+                return Err(Refusal::invalid(field, reason));
             }
             Err(e) => return Err(Refusal::Unavailable(format!("activation: {e}"))),
         };

@@ -78,7 +78,14 @@ pub enum Granted {
 /// (`officer_id: …`) is a 403, the rest as for a grant.
 fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
     match e {
-        rempart_storage::StorageError::Invalid(m) if m.starts_with("officer_id:") => {
+        rempart_storage::StorageError::Refused {
+            field: "officer_id",
+            ..
+        }
+        | rempart_storage::StorageError::NotFound {
+            field: "officer_id",
+            ..
+        } => {
             NotMade::new(DenyReason::FourEyes, Refusal::Forbidden)
         }
         e => grant_refused(e),
@@ -88,9 +95,10 @@ fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
 /// Why the store refused a mandate grant.
 fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
     match e {
-        rempart_storage::StorageError::Invalid(reason) => NotMade::new(
+        e @ (rempart_storage::StorageError::Refused { .. }
+        | rempart_storage::StorageError::NotFound { .. }) => NotMade::new(
             DenyReason::InvalidRequest,
-            Refusal::invalid("mandate", reason),
+            Refusal::invalid("mandate", e.to_string()),
         ),
         e => NotMade::failed("mandate", &e),
     }
@@ -477,7 +485,7 @@ impl Consultation {
         let moved = |r: Result<bool, rempart_storage::StorageError>| match r {
             Ok(true) => Ok(()),
             Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
-            Err(rempart_storage::StorageError::Invalid(m)) if m.starts_with("state:") => {
+            Err(rempart_storage::StorageError::Refused { field: "state", .. }) => {
                 Err(NotMade::new(DenyReason::FourEyes, Refusal::Forbidden))
             }
             Err(e) => Err(NotMade::failed("accounts", &e)),

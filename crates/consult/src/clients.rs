@@ -204,7 +204,10 @@ pub async fn register_client(
     ))
     .map_err(|_| RegisterError::Random)?;
     let keys_json = serde_json::to_string(&keys)
-        .map_err(|e| RegisterError::Store(StorageError::Invalid(format!("jwk: {e}"))))?;
+        .map_err(|e| RegisterError::Store(StorageError::Refused {
+            field: "jwk",
+            reason: e.to_string(),
+        }))?;
     auth.insert_api_client(ApiClientRow {
         client_id: client_id.as_str().to_owned(),
         account_id: account.account_id,
@@ -349,7 +352,10 @@ impl Consultation {
             unavailable(
                 known,
                 "token endpoint url",
-                &StorageError::Invalid("public_url".into()),
+                &StorageError::Refused {
+                    field: "public_url",
+                    reason: "no token endpoint URL can be made of it".into(),
+                },
             )
         })?;
         let proof = DpopProof::check(proof, &expected, now).map_err(|e| {

@@ -378,10 +378,8 @@ impl Consultation {
     ) -> Result<(), Refusal> {
         let (decision, refusal, note) = match stored {
             Ok(()) => (LeafDecision::Allow, None, format!("{what} (command line)")),
-            Err(StorageError::Invalid(message)) => {
-                let (field, reason) = message
-                    .split_once(": ")
-                    .unwrap_or(("request", message.as_str()));
+            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
+                let (field, reason) = e.refused().unwrap_or(("request", e.to_string()));
                 let (deny, field) = match field {
                     "linked_by" | "unlinked_by" => (DenyReason::FourEyes, "officer"),
                     "account_id" => (DenyReason::InvalidRequest, "account"),
@@ -390,7 +388,7 @@ impl Consultation {
                 };
                 (
                     LeafDecision::Deny(deny),
-                    Some(Refusal::invalid(field, reason.to_owned())),
+                    Some(Refusal::invalid(field, reason.clone())),
                     format!("{what}: refused, {field}: {reason} (command line)"),
                 )
             }

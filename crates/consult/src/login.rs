@@ -589,7 +589,7 @@ impl Consultation {
         };
         match auth.add_passkey(row).await {
             Ok(()) => {}
-            Err(StorageError::Invalid(_)) => {
+            Err(StorageError::Refused { .. } | StorageError::NotFound { .. }) => {
                 return Err(self
                     .refuse(
                         &ctx,
@@ -970,7 +970,10 @@ async fn put_ceremony(
     let mut id = [0u8; 32];
     rand::rng().fill_bytes(&mut id);
     let payload =
-        serde_json::to_string(state).map_err(|e| StorageError::Invalid(format!("payload: {e}")))?;
+        serde_json::to_string(state).map_err(|e| StorageError::Refused {
+            field: "payload",
+            reason: e.to_string(),
+        })?;
     let key: [u8; 32] = Sha256::digest(id).into();
     auth.put_ceremony(key, kind, &payload, now + Duration::seconds(CEREMONY_SECS))
         .await?;

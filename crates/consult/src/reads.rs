@@ -599,7 +599,10 @@ impl Consultation {
         // ledgered, then made.
         match self.store.rehearse_grant(&grant).await {
             Ok(()) => {}
-            Err(rempart_storage::StorageError::Invalid(_)) => return unknown().await,
+            Err(
+                rempart_storage::StorageError::Refused { .. }
+                | rempart_storage::StorageError::NotFound { .. },
+            ) => return unknown().await,
             Err(e) => return Err(self.fail(&ctx, Some(person_id), "mandate", &e).await),
         }
         let leaf = ctx.leaf(
@@ -612,7 +615,10 @@ impl Consultation {
         self.leaf_then(&ctx, leaf, async {
             match self.store.grant_break_glass(grant, kept).await {
                 Ok(_) => Ok(()),
-                Err(rempart_storage::StorageError::Invalid(_)) => {
+                Err(
+                    rempart_storage::StorageError::Refused { .. }
+                    | rempart_storage::StorageError::NotFound { .. },
+                ) => {
                     Err(NotMade::new(DenyReason::UnknownPerson, Refusal::NotFound))
                 }
                 Err(e) => Err(NotMade::failed("mandate", &e)),

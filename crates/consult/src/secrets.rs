@@ -95,7 +95,10 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Result<IssuedActivation, StorageError> {
         let code =
-            ActivationCode::generate().map_err(|e| StorageError::Invalid(format!("code: {e}")))?;
+            ActivationCode::generate().map_err(|e| StorageError::Refused {
+                field: "code",
+                reason: e.to_string(),
+            })?;
         let expires_at = now + Duration::hours(ACTIVATION_HOURS);
         self.auth
             .issue_activation(NewActivation {

@@ -447,9 +447,9 @@ pub struct ReviewEntry {
 }
 
 /// Authentication's storage, on the registry's database. Every method is
-/// one transaction: it happens whole or not at all. Refusals of bad input
-/// are [`StorageError::Invalid`] with a message starting with the field's
-/// name (`login: …`).
+/// one transaction: it happens whole or not at all. Refusals name the
+/// request's field: [`StorageError::NotFound`] for what does not exist,
+/// [`StorageError::Refused`] for a rule (`login: already used…`).
 #[async_trait]
 pub trait AuthStore: Send + Sync {
     // ------------------------------------------------------------ accounts
@@ -919,9 +919,17 @@ pub trait AuthStore: Send + Sync {
 
 // ---------------------------------------------------------------- shared checks
 
-/// A refusal naming the field, as elsewhere in the store.
-pub(crate) fn refuse(field: &str, reason: &str) -> StorageError {
-    StorageError::Invalid(format!("{field}: {reason}"))
+/// A refusal naming the field and the rule, as elsewhere in the store.
+pub(crate) fn refuse(field: &'static str, reason: impl Into<String>) -> StorageError {
+    StorageError::Refused {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// What `field` names does not exist.
+pub(crate) fn not_found(field: &'static str, what: &'static str) -> StorageError {
+    StorageError::NotFound { field, what }
 }
 
 /// Ceremony kinds and session end reasons: lowercase codes the database
@@ -1008,7 +1016,7 @@ pub(crate) fn check_federation_officer(
     officer: Option<&Decider>,
 ) -> Result<(), StorageError> {
     match officer {
-        None => Err(refuse(field, "no such account")),
+        None => Err(not_found(field, "account")),
         Some(d) if d.role != Role::Officer => Err(refuse(
             field,
             "only an officer links or unlinks federated identities",
@@ -1246,7 +1254,7 @@ pub(crate) fn check_decider(
 ) -> Result<(), StorageError> {
     let field = "officer_id";
     let Some(d) = decider else {
-        return Err(refuse(field, "no such account"));
+        return Err(not_found(field, "account"));
     };
     if d.role != Role::Officer {
         return Err(refuse(field, "only an officer may decide"));
@@ -1304,7 +1312,13 @@ pub(crate) fn check_transition(
 ) -> Result<(), StorageError> {
     let from = subject.lifecycle();
     if let Err(e) = rempart_domain::transition(from, action) {
-        return Err(StorageError::Invalid(e.to_string()));
+        return Err(refuse(
+            "state",
+            format!(
+                "an account that is {} cannot be subject to {}",
+                e.from, e.action
+            ),
+        ));
     }
     let approved = subject.approved_under_four_eyes();
     let needed = match action {
@@ -1467,7 +1481,7 @@ pub(crate) fn check_activation_target(
 ) -> Result<(), StorageError> {
     let field = "account_id";
     match state {
-        None => Err(refuse(field, "no such account")),
+        None => Err(not_found(field, "account")),
         Some(s) if s != AccountState::Active => Err(refuse(
             field,
             "the account is not active (an account is approved before it is activated)",
@@ -1495,7 +1509,7 @@ pub(crate) fn check_activation_issuer(
 ) -> Result<(), StorageError> {
     let field = "issued_by";
     match issuer {
-        None => Err(refuse(field, "no such account")),
+        None => Err(not_found(field, "account")),
         Some(d) if d.role != Role::Officer => Err(refuse(field, "only an officer issues codes")),
         Some(d) if d.state != AccountState::Active => {
             Err(refuse(field, "the officer's account is not active"))
@@ -1568,7 +1582,9 @@ mod tests {
     #[test]
     fn session_checks_name_their_field() {
         let field = |s: StoredSession| match check_session(&s) {
-            Err(StorageError::Invalid(m)) => m.split(':').next().unwrap_or_default().to_string(),
+            Err(StorageError::Refused { field, .. } | StorageError::NotFound { field, .. }) => {
+                field.to_string()
+            }
             other => panic!("expected a refusal, got {other:?}"),
         };
         assert!(check_session(&session()).is_ok());
@@ -1645,7 +1661,7 @@ mod tests {
         }
         for bad in ["", "Reset", "_x", "1x", "x-y", "x y", "é", &"a".repeat(33)] {
             assert!(
-                matches!(check_code("kind", bad), Err(StorageError::Invalid(m)) if m.starts_with("kind: ")),
+                matches!(check_code("kind", bad), Err(StorageError::Refused { field: "kind", .. })),
                 "{bad}"
             );
         }
@@ -1712,7 +1728,7 @@ mod tests {
             &partner, requester, d,
         ) {
             Ok(()) => "ok".to_string(),
-            Err(StorageError::Invalid(m)) => m,
+            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => e.to_string(),
             Err(e) => panic!("{e}"),
         };
         let ft = officer(1, 1, Role::Officer, AccountState::Active);
@@ -1760,11 +1776,11 @@ mod tests {
         let agency_manager = officer(12, 1, Role::Manager, AccountState::Active);
         assert!(matches!(
             check_decider(&colleague, Some(&agency_manager), Some(&ft)),
-            Err(StorageError::Invalid(m)) if m.starts_with("officer_id: ") && m.contains("requester's organisation")
+            Err(StorageError::Refused { field: "officer_id", reason }) if reason.contains("requester's organisation")
         ));
         assert!(matches!(
             check_activation_issuer(&colleague, Some(&agency_manager), Some(&ft)),
-            Err(StorageError::Invalid(m)) if m.starts_with("issued_by: ")
+            Err(StorageError::Refused { field: "issued_by", .. })
         ));
         let outside = officer(3, 5, Role::Officer, AccountState::Active);
         assert!(check_decider(&colleague, Some(&agency_manager), Some(&outside)).is_ok());
@@ -1794,7 +1810,7 @@ mod tests {
         let walked = subject(Active, Some(11), None, false);
         for a in [ApproveReset, IssueActivation] {
             assert!(
-                matches!(check_transition(&walked, a), Err(StorageError::Invalid(m)) if m.starts_with("state: ")),
+                matches!(check_transition(&walked, a), Err(StorageError::Refused { field: "state", .. })),
                 "{a}"
             );
         }

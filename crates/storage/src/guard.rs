@@ -24,7 +24,9 @@ use crate::StorageError;
 /// store holds none).
 pub(crate) fn store_error(e: StorageError) -> StoreError {
     match e {
-        StorageError::Invalid(m) => StoreError::Invalid(m),
+        e @ (StorageError::Refused { .. } | StorageError::NotFound { .. }) => {
+            StoreError::Invalid(e.to_string())
+        }
         StorageError::Corrupt(m) => StoreError::Corrupt(m),
         other => StoreError::Backend(other.to_string()),
     }
@@ -72,8 +74,9 @@ pub(crate) fn check_alert(a: &Alert) -> Result<(), StorageError> {
     if finite {
         Ok(())
     } else {
-        Err(StorageError::Invalid(
-            "alert: score and explanation must be finite numbers".into(),
+        Err(crate::auth::refuse(
+            "alert",
+            "score and explanation must be finite numbers",
         ))
     }
 }
@@ -173,7 +176,7 @@ pub(crate) fn parse_accounts(text: &str) -> Result<Vec<i64>, StorageError> {
 pub(crate) fn seq_to_i64(v: Option<u64>) -> Result<Option<i64>, StorageError> {
     v.map(|n| {
         i64::try_from(n)
-            .map_err(|_| StorageError::Invalid("alert: ledger sequence out of range".into()))
+            .map_err(|_| crate::auth::refuse("alert", "ledger sequence out of range"))
     })
     .transpose()
 }

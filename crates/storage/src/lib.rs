@@ -323,12 +323,42 @@ pub enum StorageError {
     SchemaTooNew { found: u32, known: u32 },
     #[error("concurrent change: {0}; nothing of this batch was written, run it again")]
     Conflict(String),
-    #[error("invalid request: {0}")]
-    Invalid(String),
+    /// What the request names does not exist (`account_id: no such
+    /// account`): `field` names the request's field.
+    #[error("{field}: no such {what}")]
+    NotFound {
+        /// The request's field naming it.
+        field: &'static str,
+        /// What it should have named.
+        what: &'static str,
+    },
+    /// A rule of the store refuses the request (four eyes, a state
+    /// transition, a range, a value already used): `field` names the
+    /// request's field, `reason` the rule, in words a caller may be shown.
+    #[error("{field}: {reason}")]
+    Refused {
+        /// The request's field the rule is about.
+        field: &'static str,
+        /// The rule, in words.
+        reason: String,
+    },
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
     #[error("background task failed: {0}")]
     Task(String),
+}
+
+impl StorageError {
+    /// The request's field and why, when the store refused the request
+    /// ([`StorageError::NotFound`], [`StorageError::Refused`]); `None` when
+    /// it failed.
+    pub fn refused(&self) -> Option<(&'static str, String)> {
+        match self {
+            StorageError::NotFound { field, what } => Some((field, format!("no such {what}"))),
+            StorageError::Refused { field, reason } => Some((field, reason.clone())),
+            _ => None,
+        }
+    }
 }
 
 impl From<rempart_sql::MigrationError> for StorageError {
@@ -493,8 +523,9 @@ pub trait RegistryStore: Send + Sync {
     ) -> Result<bool, StorageError>;
 
     /// Stores a new credential (digest only) and returns its id. Ids are
-    /// never reused. Refuses ([`StorageError::Invalid`] naming the field)
-    /// an unknown account or an `expires_at` not after `created_at`.
+    /// never reused. Refuses, naming the field, an unknown account
+    /// ([`StorageError::NotFound`]) or an `expires_at` not after
+    /// `created_at` ([`StorageError::Refused`]).
     /// Instants are kept to the microsecond.
     async fn insert_credential(
         &self,
@@ -542,8 +573,8 @@ pub trait RegistryStore: Send + Sync {
     ) -> Result<u64, StorageError>;
 
     /// Inserts a mandate and returns it as stored. Refuses
-    /// ([`StorageError::Invalid`], the message starting with the field's
-    /// name) `valid_to` not after `valid_from`, an unknown
+    /// ([`StorageError::Refused`] or [`StorageError::NotFound`], naming
+    /// the field) `valid_to` not after `valid_from`, an unknown
     /// `organisation_id`, an unknown `account_id` or one of another
     /// organisation, an unknown or shredded `person_id`, or a `reference`
     /// already used; the checks run in that order.
@@ -736,13 +767,11 @@ pub async fn open_stores(url_or_dir: &str) -> Result<Stores, StorageError> {
 
 /// An instant as both backends store it: to the microsecond (PostgreSQL's
 /// precision), within years 1 to 9999 (SQLite keeps RFC 3339 text).
-pub(crate) fn instant(at: DateTime<Utc>, what: &str) -> Result<DateTime<Utc>, StorageError> {
+pub(crate) fn instant(at: DateTime<Utc>, what: &'static str) -> Result<DateTime<Utc>, StorageError> {
     if (1..=9999).contains(&at.year()) {
         Ok(at.trunc_subsecs(6))
     } else {
-        Err(StorageError::Invalid(format!(
-            "{what}: out of range (years 1 to 9999)"
-        )))
+        Err(auth::refuse(what, "out of range (years 1 to 9999)"))
     }
 }
 
@@ -760,16 +789,14 @@ pub(crate) fn credential_period(
     let created_at = instant(created_at, "created_at")?;
     let expires_at = instant(expires_at, "expires_at")?;
     if expires_at <= created_at {
-        return Err(StorageError::Invalid(
-            "expires_at: must be after created_at".into(),
-        ));
+        return Err(auth::refuse("expires_at", "must be after created_at"));
     }
     Ok((created_at, expires_at))
 }
 
 /// Refusals of [`RegistryStore::grant_mandate`], same words on both backends.
-pub(crate) fn grant_refusal(field: &str, reason: &str) -> StorageError {
-    StorageError::Invalid(format!("{field}: {reason}"))
+pub(crate) fn grant_refusal(field: &'static str, reason: &str) -> StorageError {
+    auth::refuse(field, reason)
 }
 
 /// The four-eyes rule of a grant request's decision: the decider exists,
@@ -779,9 +806,9 @@ pub(crate) fn check_grant_decider(
     requester: Option<&auth::Decider>,
     decider: Option<&auth::Decider>,
 ) -> Result<(), StorageError> {
-    let refuse = |why: &str| Err(StorageError::Invalid(format!("officer_id: {why}")));
+    let refuse = |why: &str| Err(auth::refuse("officer_id", why));
     let Some(d) = decider else {
-        return refuse("no such account");
+        return Err(auth::not_found("officer_id", "account"));
     };
     if d.role != Role::Officer || d.state != AccountState::Active {
         return refuse("the decider must be an active officer");
@@ -1124,7 +1151,7 @@ mod tests {
         );
         let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
         assert!(
-            matches!(instant(far, "at"), Err(StorageError::Invalid(m)) if m.starts_with("at:"))
+            matches!(instant(far, "at"), Err(StorageError::Refused { field: "at", .. }))
         );
     }
 }

@@ -611,7 +611,7 @@ async fn insert_mandate(
         .await?
         .is_none()
     {
-        return Err(grant_refusal("organisation_id", "no such organisation"));
+        return Err(not_found("organisation_id", "organisation"));
     }
     if let Some(account_id) = m.account_id {
         let org: Option<i64> = tx
@@ -623,7 +623,7 @@ async fn insert_mandate(
             .map(|r| r.try_get(0))
             .transpose()?;
         match org {
-            None => return Err(grant_refusal("account_id", "no such account")),
+            None => return Err(not_found("account_id", "account")),
             Some(o) if o != m.organisation_id => {
                 return Err(grant_refusal(
                     "account_id",
@@ -642,7 +642,7 @@ async fn insert_mandate(
         .map(|r| r.try_get(0))
         .transpose()?;
     match (person, dek_version) {
-        (None, _) => return Err(grant_refusal("person_id", "no such person in the registry")),
+        (None, _) => return Err(not_found("person_id", "person in the registry")),
         (Some(stored), Some(sealed)) if to_u32(stored, "dek_version")? != sealed => {
             return Err(StorageError::Conflict(format!(
                 "person {}'s data key changed while the reason was sealed",
@@ -755,7 +755,7 @@ impl RegistryStore for PgStore {
 
     async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError> {
         let n = i64::try_from(n)
-            .map_err(|_| StorageError::Invalid(format!("cannot reserve {n} ids at once")))?;
+            .map_err(|_| crate::auth::refuse("count", format!("cannot reserve {n} ids at once")))?;
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -1216,14 +1216,14 @@ impl RegistryStore for PgStore {
                 reason: reason.into(),
             };
             let Some(&org_id) = orgs.get(m.organisation.as_str()) else {
-                refused.push(refuse("organisation", "no such organisation"));
+                refused.push(not_found("organisation", "organisation"));
                 continue;
             };
             let account_id = match &m.account {
                 None => None,
                 Some(login) => match accounts.get(login.as_str()) {
                     None => {
-                        refused.push(refuse("account", "no such account"));
+                        refused.push(not_found("account", "account"));
                         continue;
                     }
                     Some(&(_, o)) if o != org_id => {
@@ -1237,7 +1237,7 @@ impl RegistryStore for PgStore {
                 },
             };
             if !live.contains(&m.person_id) {
-                refused.push(refuse("ft_id", "no such person in the registry"));
+                refused.push(not_found("ft_id", "person in the registry"));
                 continue;
             }
             let new: Fields = (
@@ -1571,7 +1571,7 @@ impl RegistryStore for PgStore {
         let row = client
             .query_opt(&stmt, &[&account_id, &digest, &created_at, &expires_at])
             .await?
-            .ok_or_else(|| StorageError::Invalid("account_id: no such account".into()))?;
+            .ok_or_else(|| crate::auth::not_found("account_id", "account"))?;
         Ok(row.try_get(0)?)
     }
 

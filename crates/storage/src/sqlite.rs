@@ -395,7 +395,7 @@ fn insert_mandate(
         .query_row([m.organisation_id], |_| Ok(()))
         .optional()?;
     if known.is_none() {
-        return Err(grant_refusal("organisation_id", "no such organisation"));
+        return Err(not_found("organisation_id", "organisation"));
     }
     if let Some(account_id) = m.account_id {
         let org = tx
@@ -403,7 +403,7 @@ fn insert_mandate(
             .query_row([account_id], |r| r.get::<_, i64>(0))
             .optional()?;
         match org {
-            None => return Err(grant_refusal("account_id", "no such account")),
+            None => return Err(not_found("account_id", "account")),
             Some(o) if o != m.organisation_id => {
                 return Err(grant_refusal(
                     "account_id",
@@ -418,7 +418,7 @@ fn insert_mandate(
         .query_row([m.person_id], |r| r.get(0))
         .optional()?;
     match (person, dek_version) {
-        (None, _) => return Err(grant_refusal("person_id", "no such person in the registry")),
+        (None, _) => return Err(not_found("person_id", "person in the registry")),
         (Some(stored), Some(sealed)) if stored != sealed => {
             return Err(StorageError::Conflict(format!(
                 "person {}'s data key changed while the reason was sealed",
@@ -589,7 +589,7 @@ impl RegistryStore for SqliteStore {
 
     async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError> {
         let n = i64::try_from(n)
-            .map_err(|_| StorageError::Invalid(format!("cannot reserve {n} ids at once")))?;
+            .map_err(|_| crate::auth::refuse("count", format!("cannot reserve {n} ids at once")))?;
         self.write(move |c| {
             let first: i64 = c.query_row(
                 "UPDATE id_counter SET next = next + ?1 WHERE name = 'person' RETURNING next - ?1",
@@ -1013,7 +1013,7 @@ impl RegistryStore for SqliteStore {
                         .query_row([m.organisation.as_str()], |r| r.get::<_, i64>(0))
                         .optional()?
                     else {
-                        refused.push(refuse("organisation", "no such organisation"));
+                        refused.push(not_found("organisation", "organisation"));
                         continue;
                     };
                     let account_id = match &m.account {
@@ -1025,7 +1025,7 @@ impl RegistryStore for SqliteStore {
                             .optional()?
                         {
                             None => {
-                                refused.push(refuse("account", "no such account"));
+                                refused.push(not_found("account", "account"));
                                 continue;
                             }
                             Some((_, o)) if o != org_id => {
@@ -1039,7 +1039,7 @@ impl RegistryStore for SqliteStore {
                         },
                     };
                     if person.query_row([m.person_id], |_| Ok(())).optional()?.is_none() {
-                        refused.push(refuse("ft_id", "no such person in the registry"));
+                        refused.push(not_found("ft_id", "person in the registry"));
                         continue;
                     }
                     let new = (
@@ -1294,7 +1294,7 @@ impl RegistryStore for SqliteStore {
                 |r| r.get::<_, i64>(0),
             )
             .optional()?
-            .ok_or_else(|| StorageError::Invalid("account_id: no such account".into()))
+            .ok_or_else(|| crate::auth::not_found("account_id", "account"))
         })
         .await
     }

@@ -420,7 +420,7 @@ impl AuthStore for PgStore {
             .await?
             .is_none()
         {
-            return Err(refuse("organisation_id", "no such organisation"));
+            return Err(not_found("organisation_id", "organisation"));
         }
         let requester = tx
             .query_opt(
@@ -429,7 +429,7 @@ impl AuthStore for PgStore {
             )
             .await?;
         match requester {
-            None => return Err(refuse("requested_by", "no such account")),
+            None => return Err(not_found("requested_by", "account")),
             Some(row) if row.try_get::<_, &str>(0)? != AccountState::Active.as_str() => {
                 return Err(refuse(
                     "requested_by",
@@ -562,7 +562,7 @@ impl AuthStore for PgStore {
         if n == 1 {
             Ok(())
         } else {
-            Err(refuse("account_id", "no such account"))
+            Err(not_found("account_id", "account"))
         }
     }
 
@@ -582,7 +582,7 @@ impl AuthStore for PgStore {
         if n == 1 {
             Ok(())
         } else {
-            Err(refuse("account_id", "no such account"))
+            Err(not_found("account_id", "account"))
         }
     }
 
@@ -676,7 +676,7 @@ impl AuthStore for PgStore {
         if n == 1 {
             Ok(())
         } else {
-            Err(refuse("account_id", "no such account"))
+            Err(not_found("account_id", "account"))
         }
     }
 
@@ -803,7 +803,7 @@ impl AuthStore for PgStore {
         if n == 1 {
             Ok(())
         } else {
-            Err(refuse("account_id", "no such account"))
+            Err(not_found("account_id", "account"))
         }
     }
 
@@ -914,7 +914,7 @@ impl AuthStore for PgStore {
         } else if account_exists(&**client, p.account_id).await? {
             Err(refuse("credential_id", "already registered"))
         } else {
-            Err(refuse("account_id", "no such account"))
+            Err(not_found("account_id", "account"))
         }
     }
 
@@ -946,10 +946,10 @@ impl AuthStore for PgStore {
         let client = self.client().await?;
         // Accounts are never deleted: checked, they stay.
         if !account_exists(&**client, account_id).await? {
-            return Err(refuse("account_id", "no such account"));
+            return Err(not_found("account_id", "account"));
         }
         if !account_exists(&**client, requested_by).await? {
-            return Err(refuse("requested_by", "no such account"));
+            return Err(not_found("requested_by", "account"));
         }
         let id: i64 = client
             .query_one(
@@ -1010,7 +1010,7 @@ impl AuthStore for PgStore {
         // The account's row locked first (for update, as every decision
         // on it): a concurrent suspension or issue waits.
         if subject(&*tx, a.account_id).await?.is_none() {
-            return Err(refuse("account_id", "no such account"));
+            return Err(not_found("account_id", "account"));
         }
         let facts = tx
             .query_opt(
@@ -1034,7 +1034,7 @@ impl AuthStore for PgStore {
             )?,
         }
         let Some(subject) = subject(&*tx, a.account_id).await? else {
-            return Err(refuse("account_id", "no such account"));
+            return Err(not_found("account_id", "account"));
         };
         let requester = match subject.requested_by {
             Some(r) => decider(&*tx, r).await?,
@@ -1190,7 +1190,7 @@ impl AuthStore for PgStore {
             .await?
             .is_none()
         {
-            return Err(refuse("account_id", "no such account"));
+            return Err(not_found("account_id", "account"));
         }
         check_federation_officer(
             "linked_by",
@@ -1414,7 +1414,7 @@ impl AuthStore for PgStore {
             .map(|r| r.try_get(0))
             .transpose()?;
         match state.as_deref() {
-            None => Err(refuse("account_id", "no such account")),
+            None => Err(not_found("account_id", "account")),
             Some("active") => Err(refuse(
                 "id_digest",
                 "a session with this id is already stored",
@@ -1592,7 +1592,7 @@ impl AuthStore for PgStore {
         } else if account_exists(&**client, cl.account_id).await? {
             Err(refuse("client_id", "already registered"))
         } else {
-            Err(refuse("account_id", "no such account"))
+            Err(not_found("account_id", "account"))
         }
     }
 

@@ -196,7 +196,7 @@ impl PgStore {
                     .try_get(0)?;
                 for (rank, e) in a.explanation.iter().enumerate() {
                     let rank = i16::try_from(rank)
-                        .map_err(|_| StorageError::Invalid("alert: too many features".into()))?;
+                        .map_err(|_| crate::auth::refuse("alert", "too many features"))?;
                     tx.execute(
                         &feature,
                         &[

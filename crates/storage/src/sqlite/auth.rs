@@ -402,14 +402,14 @@ impl AuthStore for SqliteStore {
                 .query_row([r.organisation_id], |_| Ok(()))
                 .optional()?;
             if org.is_none() {
-                return Err(refuse("organisation_id", "no such organisation"));
+                return Err(not_found("organisation_id", "organisation"));
             }
             let requester: Option<String> = tx
                 .prepare_cached("SELECT state FROM account WHERE id = ?1")?
                 .query_row([r.requested_by], |r| r.get(0))
                 .optional()?;
             match requester.as_deref() {
-                None => return Err(refuse("requested_by", "no such account")),
+                None => return Err(not_found("requested_by", "account")),
                 Some(s) if s != AccountState::Active.as_str() => {
                     return Err(refuse(
                         "requested_by",
@@ -532,7 +532,7 @@ impl AuthStore for SqliteStore {
             if n == 1 {
                 Ok(())
             } else {
-                Err(refuse("account_id", "no such account"))
+                Err(not_found("account_id", "account"))
             }
         })
         .await
@@ -554,7 +554,7 @@ impl AuthStore for SqliteStore {
             if n == 1 {
                 Ok(())
             } else {
-                Err(refuse("account_id", "no such account"))
+                Err(not_found("account_id", "account"))
             }
         })
         .await
@@ -643,7 +643,7 @@ impl AuthStore for SqliteStore {
             if n == 1 {
                 Ok(())
             } else {
-                Err(refuse("account_id", "no such account"))
+                Err(not_found("account_id", "account"))
             }
         })
         .await
@@ -780,7 +780,7 @@ impl AuthStore for SqliteStore {
             if n == 1 {
                 Ok(())
             } else {
-                Err(refuse("account_id", "no such account"))
+                Err(not_found("account_id", "account"))
             }
         })
         .await
@@ -871,7 +871,7 @@ impl AuthStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if !account_exists(&tx, p.account_id)? {
-                return Err(refuse("account_id", "no such account"));
+                return Err(not_found("account_id", "account"));
             }
             let n = tx
                 .prepare_cached(
@@ -924,10 +924,10 @@ impl AuthStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if !account_exists(&tx, account_id)? {
-                return Err(refuse("account_id", "no such account"));
+                return Err(not_found("account_id", "account"));
             }
             if !account_exists(&tx, requested_by)? {
-                return Err(refuse("requested_by", "no such account"));
+                return Err(not_found("requested_by", "account"));
             }
             let id: i64 = tx
                 .prepare_cached(
@@ -1012,7 +1012,7 @@ impl AuthStore for SqliteStore {
                 }
             }
             let Some(subject) = subject(&tx, a.account_id)? else {
-                return Err(refuse("account_id", "no such account"));
+                return Err(not_found("account_id", "account"));
             };
             let requester = subject
                 .requested_by
@@ -1157,7 +1157,7 @@ impl AuthStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if !account_exists(&tx, link.account_id)? {
-                return Err(refuse("account_id", "no such account"));
+                return Err(not_found("account_id", "account"));
             }
             check_federation_officer(
                 "linked_by",
@@ -1356,7 +1356,7 @@ impl AuthStore for SqliteStore {
                 .query_row([s.account_id], |r| r.get(0))
                 .optional()?;
             match state.as_deref() {
-                None => return Err(refuse("account_id", "no such account")),
+                None => return Err(not_found("account_id", "account")),
                 Some("active") => {}
                 Some(_) => return Err(refuse("account_id", INACTIVE_SESSION)),
             }
@@ -1535,7 +1535,7 @@ impl AuthStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if !account_exists(&tx, cl.account_id)? {
-                return Err(refuse("account_id", "no such account"));
+                return Err(not_found("account_id", "account"));
             }
             let n = tx
                 .prepare_cached(
