@@ -85,9 +85,7 @@ fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
         | rempart_storage::StorageError::NotFound {
             field: "officer_id",
             ..
-        } => {
-            NotMade::new(DenyReason::FourEyes, Refusal::Forbidden)
-        }
+        } => NotMade::new(DenyReason::FourEyes, Refusal::Forbidden),
         e => grant_refused(e),
     }
 }
@@ -98,7 +96,11 @@ fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
         e @ (rempart_storage::StorageError::Refused { .. }
         | rempart_storage::StorageError::NotFound { .. }) => NotMade::new(
             DenyReason::InvalidRequest,
-            Refusal::invalid("mandate", e.to_string()),
+            Refusal::invalid(
+                "mandate",
+                e.refused()
+                    .map_or_else(|| e.to_string(), |(f, r)| format!("{f}: {r}")),
+            ),
         ),
         e => NotMade::failed("mandate", &e),
     }

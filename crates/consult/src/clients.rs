@@ -203,11 +203,12 @@ pub async fn register_client(
         URL_SAFE_NO_PAD.encode(raw)
     ))
     .map_err(|_| RegisterError::Random)?;
-    let keys_json = serde_json::to_string(&keys)
-        .map_err(|e| RegisterError::Store(StorageError::Refused {
+    let keys_json = serde_json::to_string(&keys).map_err(|e| {
+        RegisterError::Store(StorageError::Refused {
             field: "jwk",
             reason: e.to_string(),
-        }))?;
+        })
+    })?;
     auth.insert_api_client(ApiClientRow {
         client_id: client_id.as_str().to_owned(),
         account_id: account.account_id,

@@ -99,9 +99,7 @@ use crate::session::Opening;
 use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
 
-pub use crate::secrets::{
-    TotpSealError, open_totp_secret, seal_totp_secret,
-};
+pub use crate::secrets::{TotpSealError, open_totp_secret, seal_totp_secret};
 pub use crate::session::{DEVICE_TRUST_DAYS, LoginAnswer, LoginError};
 pub use crate::settings::{LOGIN_REPLAY_CAPACITY, LoginConfigError, LoginSettings};
 
@@ -969,11 +967,10 @@ async fn put_ceremony(
 ) -> Result<String, StorageError> {
     let mut id = [0u8; 32];
     rand::rng().fill_bytes(&mut id);
-    let payload =
-        serde_json::to_string(state).map_err(|e| StorageError::Refused {
-            field: "payload",
-            reason: e.to_string(),
-        })?;
+    let payload = serde_json::to_string(state).map_err(|e| StorageError::Refused {
+        field: "payload",
+        reason: e.to_string(),
+    })?;
     let key: [u8; 32] = Sha256::digest(id).into();
     auth.put_ceremony(key, kind, &payload, now + Duration::seconds(CEREMONY_SECS))
         .await?;

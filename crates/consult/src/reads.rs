@@ -618,9 +618,7 @@ impl Consultation {
                 Err(
                     rempart_storage::StorageError::Refused { .. }
                     | rempart_storage::StorageError::NotFound { .. },
-                ) => {
-                    Err(NotMade::new(DenyReason::UnknownPerson, Refusal::NotFound))
-                }
+                ) => Err(NotMade::new(DenyReason::UnknownPerson, Refusal::NotFound)),
                 Err(e) => Err(NotMade::failed("mandate", &e)),
             }
         })

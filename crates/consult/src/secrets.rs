@@ -11,12 +11,10 @@
 //!
 //! These items are public under `login` and `activation` too.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Duration, Utc};
 use rempart_auth::activation::ActivationCode;
 use rempart_auth::totp::TotpSecret;
-use rempart_storage::{AuthStore, NewActivation, StorageError};
+use rempart_storage::{NewActivation, StorageError};
 use rempart_vault::Vault;
 use zeroize::Zeroizing;
 
@@ -38,7 +36,7 @@ pub enum TotpSealError {
     Seal,
 }
 
-/// Seals an account's TOTP secret for [`AuthStore::set_totp`], through the
+/// Seals an account's TOTP secret for [`rempart_storage::AuthStore::set_totp`], through the
 /// vault (the only holder of the keys).
 pub fn seal_totp_secret(
     vault: &Vault,
@@ -94,11 +92,10 @@ impl Consultation {
         officer_id: i64,
         now: DateTime<Utc>,
     ) -> Result<IssuedActivation, StorageError> {
-        let code =
-            ActivationCode::generate().map_err(|e| StorageError::Refused {
-                field: "code",
-                reason: e.to_string(),
-            })?;
+        let code = ActivationCode::generate().map_err(|e| StorageError::Refused {
+            field: "code",
+            reason: e.to_string(),
+        })?;
         let expires_at = now + Duration::hours(ACTIVATION_HOURS);
         self.auth
             .issue_activation(NewActivation {

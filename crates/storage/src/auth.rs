@@ -934,7 +934,7 @@ pub(crate) fn not_found(field: &'static str, what: &'static str) -> StorageError
 
 /// Ceremony kinds and session end reasons: lowercase codes the database
 /// checks too (`[a-z][a-z_]{0,31}`).
-pub(crate) fn check_code(field: &str, value: &str) -> Result<(), StorageError> {
+pub(crate) fn check_code(field: &'static str, value: &str) -> Result<(), StorageError> {
     let mut bytes = value.bytes();
     let ok = value.len() <= 32
         && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
@@ -1070,7 +1070,7 @@ pub(crate) fn check_sealed_secret(sealed: &[u8]) -> Result<(), StorageError> {
 }
 
 /// A TOTP step as both databases keep it (a signed 64-bit integer).
-pub(crate) fn step_to_i64(step: u64, field: &str) -> Result<i64, StorageError> {
+pub(crate) fn step_to_i64(step: u64, field: &'static str) -> Result<i64, StorageError> {
     i64::try_from(step).map_err(|_| refuse(field, "out of range"))
 }
 
@@ -1275,7 +1275,7 @@ pub(crate) fn check_decider(
 /// requester, not of the requester's organisation, and outside a
 /// partner's organisation.
 fn check_outside(
-    field: &str,
+    field: &'static str,
     subject: &Subject,
     requester: Option<&Decider>,
     d: &Decider,
@@ -1329,7 +1329,7 @@ pub(crate) fn check_transition(
     if needed {
         return Err(refuse(
             "state",
-            &format!("the account was never approved under four eyes: no {action} without it"),
+            format!("the account was never approved under four eyes: no {action} without it"),
         ));
     }
     Ok(())
@@ -1661,7 +1661,10 @@ mod tests {
         }
         for bad in ["", "Reset", "_x", "1x", "x-y", "x y", "é", &"a".repeat(33)] {
             assert!(
-                matches!(check_code("kind", bad), Err(StorageError::Refused { field: "kind", .. })),
+                matches!(
+                    check_code("kind", bad),
+                    Err(StorageError::Refused { field: "kind", .. })
+                ),
                 "{bad}"
             );
         }
@@ -1728,7 +1731,10 @@ mod tests {
             &partner, requester, d,
         ) {
             Ok(()) => "ok".to_string(),
-            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => e.to_string(),
+            Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => e
+                .refused()
+                .map(|(f, r)| format!("{f}: {r}"))
+                .unwrap_or_default(),
             Err(e) => panic!("{e}"),
         };
         let ft = officer(1, 1, Role::Officer, AccountState::Active);
@@ -1780,7 +1786,10 @@ mod tests {
         ));
         assert!(matches!(
             check_activation_issuer(&colleague, Some(&agency_manager), Some(&ft)),
-            Err(StorageError::Refused { field: "issued_by", .. })
+            Err(StorageError::Refused {
+                field: "issued_by",
+                ..
+            })
         ));
         let outside = officer(3, 5, Role::Officer, AccountState::Active);
         assert!(check_decider(&colleague, Some(&agency_manager), Some(&outside)).is_ok());
@@ -1810,7 +1819,10 @@ mod tests {
         let walked = subject(Active, Some(11), None, false);
         for a in [ApproveReset, IssueActivation] {
             assert!(
-                matches!(check_transition(&walked, a), Err(StorageError::Refused { field: "state", .. })),
+                matches!(
+                    check_transition(&walked, a),
+                    Err(StorageError::Refused { field: "state", .. })
+                ),
                 "{a}"
             );
         }

@@ -175,8 +175,7 @@ pub(crate) fn parse_accounts(text: &str) -> Result<Vec<i64>, StorageError> {
 /// A ledger sequence number as stored (BIGINT).
 pub(crate) fn seq_to_i64(v: Option<u64>) -> Result<Option<i64>, StorageError> {
     v.map(|n| {
-        i64::try_from(n)
-            .map_err(|_| crate::auth::refuse("alert", "ledger sequence out of range"))
+        i64::try_from(n).map_err(|_| crate::auth::refuse("alert", "ledger sequence out of range"))
     })
     .transpose()
 }

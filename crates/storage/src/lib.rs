@@ -325,7 +325,7 @@ pub enum StorageError {
     Conflict(String),
     /// What the request names does not exist (`account_id: no such
     /// account`): `field` names the request's field.
-    #[error("{field}: no such {what}")]
+    #[error("invalid request: {field}: no such {what}")]
     NotFound {
         /// The request's field naming it.
         field: &'static str,
@@ -335,7 +335,7 @@ pub enum StorageError {
     /// A rule of the store refuses the request (four eyes, a state
     /// transition, a range, a value already used): `field` names the
     /// request's field, `reason` the rule, in words a caller may be shown.
-    #[error("{field}: {reason}")]
+    #[error("invalid request: {field}: {reason}")]
     Refused {
         /// The request's field the rule is about.
         field: &'static str,
@@ -767,7 +767,10 @@ pub async fn open_stores(url_or_dir: &str) -> Result<Stores, StorageError> {
 
 /// An instant as both backends store it: to the microsecond (PostgreSQL's
 /// precision), within years 1 to 9999 (SQLite keeps RFC 3339 text).
-pub(crate) fn instant(at: DateTime<Utc>, what: &'static str) -> Result<DateTime<Utc>, StorageError> {
+pub(crate) fn instant(
+    at: DateTime<Utc>,
+    what: &'static str,
+) -> Result<DateTime<Utc>, StorageError> {
     if (1..=9999).contains(&at.year()) {
         Ok(at.trunc_subsecs(6))
     } else {
@@ -1150,8 +1153,9 @@ mod tests {
             123_456_000
         );
         let far = DateTime::<Utc>::from_timestamp(300_000_000_000, 0).unwrap();
-        assert!(
-            matches!(instant(far, "at"), Err(StorageError::Refused { field: "at", .. }))
-        );
+        assert!(matches!(
+            instant(far, "at"),
+            Err(StorageError::Refused { field: "at", .. })
+        ));
     }
 }

@@ -611,7 +611,7 @@ async fn insert_mandate(
         .await?
         .is_none()
     {
-        return Err(not_found("organisation_id", "organisation"));
+        return Err(crate::auth::not_found("organisation_id", "organisation"));
     }
     if let Some(account_id) = m.account_id {
         let org: Option<i64> = tx
@@ -623,7 +623,7 @@ async fn insert_mandate(
             .map(|r| r.try_get(0))
             .transpose()?;
         match org {
-            None => return Err(not_found("account_id", "account")),
+            None => return Err(crate::auth::not_found("account_id", "account")),
             Some(o) if o != m.organisation_id => {
                 return Err(grant_refusal(
                     "account_id",
@@ -642,7 +642,12 @@ async fn insert_mandate(
         .map(|r| r.try_get(0))
         .transpose()?;
     match (person, dek_version) {
-        (None, _) => return Err(not_found("person_id", "person in the registry")),
+        (None, _) => {
+            return Err(crate::auth::not_found(
+                "person_id",
+                "person in the registry",
+            ));
+        }
         (Some(stored), Some(sealed)) if to_u32(stored, "dek_version")? != sealed => {
             return Err(StorageError::Conflict(format!(
                 "person {}'s data key changed while the reason was sealed",
@@ -1216,14 +1221,14 @@ impl RegistryStore for PgStore {
                 reason: reason.into(),
             };
             let Some(&org_id) = orgs.get(m.organisation.as_str()) else {
-                refused.push(not_found("organisation", "organisation"));
+                refused.push(refuse("organisation", "no such organisation"));
                 continue;
             };
             let account_id = match &m.account {
                 None => None,
                 Some(login) => match accounts.get(login.as_str()) {
                     None => {
-                        refused.push(not_found("account", "account"));
+                        refused.push(refuse("account", "no such account"));
                         continue;
                     }
                     Some(&(_, o)) if o != org_id => {
@@ -1237,7 +1242,7 @@ impl RegistryStore for PgStore {
                 },
             };
             if !live.contains(&m.person_id) {
-                refused.push(not_found("ft_id", "person in the registry"));
+                refused.push(refuse("ft_id", "no such person in the registry"));
                 continue;
             }
             let new: Fields = (

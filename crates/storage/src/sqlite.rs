@@ -160,7 +160,7 @@ fn grouped<T>(
 
 /// An instant as SQLite keeps it: RFC 3339 UTC text with microseconds,
 /// fixed width so that text order is time order.
-fn instant_text(at: DateTime<Utc>, what: &str) -> Result<String, StorageError> {
+fn instant_text(at: DateTime<Utc>, what: &'static str) -> Result<String, StorageError> {
     Ok(crate::instant(at, what)?.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
@@ -395,7 +395,7 @@ fn insert_mandate(
         .query_row([m.organisation_id], |_| Ok(()))
         .optional()?;
     if known.is_none() {
-        return Err(not_found("organisation_id", "organisation"));
+        return Err(crate::auth::not_found("organisation_id", "organisation"));
     }
     if let Some(account_id) = m.account_id {
         let org = tx
@@ -403,7 +403,7 @@ fn insert_mandate(
             .query_row([account_id], |r| r.get::<_, i64>(0))
             .optional()?;
         match org {
-            None => return Err(not_found("account_id", "account")),
+            None => return Err(crate::auth::not_found("account_id", "account")),
             Some(o) if o != m.organisation_id => {
                 return Err(grant_refusal(
                     "account_id",
@@ -418,7 +418,12 @@ fn insert_mandate(
         .query_row([m.person_id], |r| r.get(0))
         .optional()?;
     match (person, dek_version) {
-        (None, _) => return Err(not_found("person_id", "person in the registry")),
+        (None, _) => {
+            return Err(crate::auth::not_found(
+                "person_id",
+                "person in the registry",
+            ));
+        }
         (Some(stored), Some(sealed)) if stored != sealed => {
             return Err(StorageError::Conflict(format!(
                 "person {}'s data key changed while the reason was sealed",
@@ -1013,7 +1018,7 @@ impl RegistryStore for SqliteStore {
                         .query_row([m.organisation.as_str()], |r| r.get::<_, i64>(0))
                         .optional()?
                     else {
-                        refused.push(not_found("organisation", "organisation"));
+                        refused.push(refuse("organisation", "no such organisation"));
                         continue;
                     };
                     let account_id = match &m.account {
@@ -1025,7 +1030,7 @@ impl RegistryStore for SqliteStore {
                             .optional()?
                         {
                             None => {
-                                refused.push(not_found("account", "account"));
+                                refused.push(refuse("account", "no such account"));
                                 continue;
                             }
                             Some((_, o)) if o != org_id => {
@@ -1039,7 +1044,7 @@ impl RegistryStore for SqliteStore {
                         },
                     };
                     if person.query_row([m.person_id], |_| Ok(())).optional()?.is_none() {
-                        refused.push(not_found("ft_id", "person in the registry"));
+                        refused.push(refuse("ft_id", "no such person in the registry"));
                         continue;
                     }
                     let new = (

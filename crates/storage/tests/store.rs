@@ -431,7 +431,7 @@ fn assert_invalid<T: std::fmt::Debug>(
     what: &str,
 ) {
     match r {
-        Err(StorageError::Invalid(m)) if m.starts_with(&format!("{field}: ")) => {}
+        Err(e) if e.refused().is_some_and(|(f, _)| f == field) => {}
         other => panic!(
             "[{}] {what}: expected a refusal naming {field}, got {other:?}",
             store.backend()
@@ -5486,11 +5486,11 @@ async fn account_states_move_only_along_the_machine_for_every_actor() {
                         let from_ok = action.from_states().contains(&state);
                         let refusal = |r: Result<(), StorageError>| match r {
                             Ok(()) => Outcome::Done,
-                            Err(StorageError::Invalid(m)) => Outcome::Refused(
+                            Err(e) if e.refused().is_some() => Outcome::Refused(
                                 ["officer_id", "state", "issued_by", "account_id"]
                                     .into_iter()
-                                    .find(|f| m.starts_with(&format!("{f}: ")))
-                                    .unwrap_or_else(|| panic!("[{be}] unnamed field: {m}")),
+                                    .find(|f| e.refused().is_some_and(|(field, _)| field == *f))
+                                    .unwrap_or_else(|| panic!("[{be}] unnamed field: {e}")),
                             ),
                             Err(e) => panic!("[{be}] {e}"),
                         };
@@ -6523,7 +6523,16 @@ async fn no_session_outlives_a_suspension_it_raced() {
             );
             match inserted {
                 Ok(()) => {}
-                Err(StorageError::Invalid(m)) if m.starts_with("account_id: ") => continue,
+                Err(
+                    StorageError::NotFound {
+                        field: "account_id",
+                        ..
+                    }
+                    | StorageError::Refused {
+                        field: "account_id",
+                        ..
+                    },
+                ) => continue,
                 Err(e) => panic!("[{be}] round {round}: {e}"),
             }
             let (row, _) = auth

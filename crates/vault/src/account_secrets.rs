@@ -127,11 +127,7 @@ impl OtherSecrets for AccountSecrets {
         "TOTP secrets"
     }
 
-    async fn rewrap(
-        &self,
-        ring: &KeyRing,
-        target: u32,
-    ) -> Result<OtherRewrap, VaultError> {
+    async fn rewrap(&self, ring: &KeyRing, target: u32) -> Result<OtherRewrap, VaultError> {
         let mut report = OtherRewrap::default();
         let mut after = 0i64;
         loop {
@@ -206,20 +202,12 @@ mod tests {
         assert_eq!(rewrapped[head..], sealed[head..]);
         assert_ne!(rewrapped[6..head], sealed[6..head]);
         assert_eq!(
-            open(&keys, 7, &rewrapped)
-                .unwrap()
-                .as_slice(),
+            open(&keys, 7, &rewrapped).unwrap().as_slice(),
             secret.as_slice()
         );
         // Bound to its account, as before.
-        assert_eq!(
-            rewrap(&keys, 8, &sealed, v2),
-            Err(AccountSecretError::Open)
-        );
-        assert_eq!(
-            rewrap(&keys, 7, b"junk", v2),
-            Err(AccountSecretError::Open)
-        );
+        assert_eq!(rewrap(&keys, 8, &sealed, v2), Err(AccountSecretError::Open));
+        assert_eq!(rewrap(&keys, 7, b"junk", v2), Err(AccountSecretError::Open));
         // Once the old KEK is retired, only the rewrapped one opens.
         keys.retire_older_keks();
         assert!(open(&keys, 7, &sealed).is_err());

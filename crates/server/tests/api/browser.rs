@@ -111,8 +111,7 @@ pub(super) async fn seed_factors(app: &TestApp, login: &str) -> TotpSecret {
         .await
         .unwrap();
     let secret = TotpSecret::generate().unwrap();
-    let sealed =
-        rempart_consult::login::seal_totp_secret(&app.vault, account, &secret).unwrap();
+    let sealed = rempart_consult::login::seal_totp_secret(&app.vault, account, &secret).unwrap();
     app.auth
         .set_totp(StoredTotp {
             account_id: account,

@@ -18,8 +18,8 @@ use crate::auth::{
     REVIEW_SELECT, ResetKind, ReviewEntry, SESSION_SELECT, StoredPasskeyRow, StoredSession,
     StoredTotp, Subject, approved_sql, check_access_token, check_client_id, check_code,
     check_credential_id, check_decider, check_phc, check_replay_period, check_sealed_secret,
-    check_session, check_transition, digest32, four_eyes_sql, refuse, step_from_i64, step_to_i64,
-    transition_sql,
+    check_session, check_transition, digest32, four_eyes_sql, not_found, refuse, step_from_i64,
+    step_to_i64, transition_sql,
 };
 use crate::auth::{
     ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, check_activation_issuer,
