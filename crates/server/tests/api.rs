@@ -491,6 +491,24 @@ fn assert_error(body: &Value, code: &str) {
 
 // ---------------------------------------------------------------------------
 
+/// Every instant comes from the server's clock, `whoami` included: once
+/// the server's clock is past a credential's expiry, `GET /api/v1/me`
+/// refuses it, as every other operation does (it used to read the system
+/// clock and answer 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_reads_the_servers_clock() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let (s, body) = app.get(Some("t.ce1"), "/api/v1/me").await;
+        assert_eq!(s, 200, "{backend:?}: {body}");
+        // Test credentials last one day: two days later on the server's clock.
+        app.advance(2 * 86_400).await;
+        let (s, body) = app.get(Some("t.ce1"), "/api/v1/me").await;
+        assert_eq!(s, 401, "{backend:?}: {body}");
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_caseload_reads_return_exactly_the_purpose_groups() {
     for backend in BACKENDS {
