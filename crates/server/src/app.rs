@@ -211,8 +211,7 @@ impl ServerConfig {
         self
     }
 
-    /// Browser login (and, with `api_clients`, API clients) as served at
-    /// `public_url`.
+    /// Browser login with these settings (they name the public URL).
     pub fn with_login(mut self, login: LoginSettings) -> Self {
         self.login = Some(login);
         self

@@ -25,7 +25,11 @@ use crate::StorageError;
 pub(crate) fn store_error(e: StorageError) -> StoreError {
     match e {
         e @ (StorageError::Refused { .. } | StorageError::NotFound { .. }) => {
-            StoreError::Invalid(e.to_string())
+            // `field: reason`, as the guard's own refusals read.
+            StoreError::Invalid(
+                e.refused()
+                    .map_or_else(|| e.to_string(), |(f, r)| format!("{f}: {r}")),
+            )
         }
         StorageError::Corrupt(m) => StoreError::Corrupt(m),
         other => StoreError::Backend(other.to_string()),
@@ -183,4 +187,18 @@ pub(crate) fn seq_to_i64(v: Option<u64>) -> Result<Option<i64>, StorageError> {
 pub(crate) fn seq_from_i64(v: Option<i64>) -> Result<Option<u64>, StorageError> {
     v.map(|n| u64::try_from(n).map_err(|_| StorageError::Corrupt("alert ledger sequence".into())))
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reaches_the_guard_as_field_and_reason() {
+        let e = store_error(crate::auth::refuse("alert", "too many features"));
+        assert!(
+            matches!(&e, StoreError::Invalid(m) if m == "alert: too many features"),
+            "{e:?}"
+        );
+    }
 }

@@ -797,11 +797,6 @@ pub(crate) fn credential_period(
     Ok((created_at, expires_at))
 }
 
-/// Refusals of [`RegistryStore::grant_mandate`], same words on both backends.
-pub(crate) fn grant_refusal(field: &'static str, reason: &str) -> StorageError {
-    auth::refuse(field, reason)
-}
-
 /// The four-eyes rule of a grant request's decision: the decider exists,
 /// is an active officer, is not the requester, and is not of the
 /// requester's organisation.
@@ -834,7 +829,7 @@ pub(crate) fn check_grant_decider(
 pub(crate) fn check_mandate_period(m: &NewMandate) -> Result<(), StorageError> {
     match m.valid_to {
         Some(end) if end <= m.valid_from => {
-            Err(grant_refusal("valid_to", "must be after valid_from"))
+            Err(crate::auth::refuse("valid_to", "must be after valid_from"))
         }
         _ => Ok(()),
     }

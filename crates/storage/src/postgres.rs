@@ -35,8 +35,8 @@ use crate::{
     ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate,
     PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError, StoredBreakGlassReason,
     StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
-    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
-    index_column, migrate, parse_code,
+    caseload_page, check_mandate_period, credential_period, digest, group_column, index_column,
+    migrate, parse_code,
 };
 
 mod auth;
@@ -625,7 +625,7 @@ async fn insert_mandate(
         match org {
             None => return Err(crate::auth::not_found("account_id", "account")),
             Some(o) if o != m.organisation_id => {
-                return Err(grant_refusal(
+                return Err(crate::auth::refuse(
                     "account_id",
                     "belongs to another organisation than the mandate",
                 ));
@@ -658,7 +658,7 @@ async fn insert_mandate(
     }
     let taken = |e: tokio_postgres::Error| {
         if is_unique_violation(&e) {
-            grant_refusal("reference", "already used by another mandate")
+            crate::auth::refuse("reference", "already used by another mandate")
         } else {
             e.into()
         }
@@ -671,7 +671,7 @@ async fn insert_mandate(
         .await?
         .is_some()
     {
-        return Err(grant_refusal(
+        return Err(crate::auth::refuse(
             "reference",
             "already used by another mandate",
         ));

@@ -19,8 +19,8 @@ use crate::{
     ExistingPerson, Inventory, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate,
     PersonIndex, RegistryStore, RowRefusal, SealedPerson, StorageError, StoredBreakGlassReason,
     StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, blind,
-    caseload_page, check_mandate_period, credential_period, digest, grant_refusal, group_column,
-    index_column, migrate, parse_code,
+    caseload_page, check_mandate_period, credential_period, digest, group_column, index_column,
+    migrate, parse_code,
 };
 use crate::{GrantDecision, GrantRequest, check_grant_decider};
 
@@ -405,7 +405,7 @@ fn insert_mandate(
         match org {
             None => return Err(crate::auth::not_found("account_id", "account")),
             Some(o) if o != m.organisation_id => {
-                return Err(grant_refusal(
+                return Err(crate::auth::refuse(
                     "account_id",
                     "belongs to another organisation than the mandate",
                 ));
@@ -437,7 +437,7 @@ fn insert_mandate(
         .query_row([m.reference.as_str()], |_| Ok(()))
         .optional()?;
     if taken.is_some() {
-        return Err(grant_refusal(
+        return Err(crate::auth::refuse(
             "reference",
             "already used by another mandate",
         ));
