@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use rempart_testdb::TestDatabase;
+
 const TODAY: &str = "2026-11-01";
 
 fn rempart(args: &[&str]) -> Output {
@@ -31,49 +33,6 @@ fn ok(args: &[&str]) -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn pg_url() -> String {
-    std::env::var("REMPART_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh PostgreSQL database for one test, dropped at the end.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn create() -> Self {
-        let name = format!(
-            "rempart_t_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        psql(&pg_url(), &format!("CREATE DATABASE {name}"));
-        let base = pg_url();
-        let url = match base.rfind('/') {
-            Some(i) => format!("{}/{name}", &base[..i]),
-            None => panic!("REMPART_TEST_DATABASE_URL has no database part"),
-        };
-        PgDatabase { name, url }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([
-                &pg_url(),
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
 }
 
 fn psql(url: &str, sql: &str) -> String {
@@ -475,7 +434,7 @@ fn bad_lines_are_reported_and_good_ones_stored_sqlite() {
 
 #[test]
 fn bad_lines_are_reported_and_good_ones_stored_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     bad_lines_scenario(Some(&db.url));
 }
 
@@ -692,7 +651,7 @@ fn no_plaintext_in_the_data_directory_or_a_pg_dump() {
     );
 
     // PostgreSQL: a full pg_dump of the database.
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     let pg_data = dir.path().join("pgdata");
     init(&pg_data, Some(&db.url));
     assert!(
@@ -845,7 +804,7 @@ fn audit_commands_sqlite() {
 
 #[test]
 fn audit_commands_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     audit_scenario(Some(&db.url));
 }
 
@@ -987,7 +946,7 @@ fn audit_verify_from_the_public_key_and_a_changed_key_sqlite() {
 
 #[test]
 fn audit_verify_from_the_public_key_and_a_changed_key_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     verifier_key_scenario(Some(&db.url));
 }
 
@@ -1394,7 +1353,7 @@ fn accounts_review_disable_inactive_and_credentials_sqlite() {
 
 #[test]
 fn accounts_review_disable_inactive_and_credentials_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     accounts_scenario(Some(&db.url));
 }
 
@@ -1679,7 +1638,7 @@ fn clients_register_and_revoke_sqlite() {
 
 #[test]
 fn clients_register_and_revoke_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     clients_scenario(Some(&db.url));
 }
 
@@ -1690,7 +1649,7 @@ fn keys_rotate_rewraps_totp_secrets_sqlite() {
 
 #[test]
 fn keys_rotate_rewraps_totp_secrets_postgres() {
-    let db = PgDatabase::create();
+    let db = TestDatabase::create("rempart_t");
     totp_rotation_scenario(Some(&db.url));
 }
 
@@ -1710,7 +1669,7 @@ fn simulated(out: &str, label: &str) -> (u64, f64) {
 #[test]
 fn simulate_runs_a_normal_month_through_the_guard_deterministically_on_both_backends() {
     let args = ["simulate", "--accounts", "40", "--days", "8", "--seed", "5"];
-    let url = pg_url();
+    let url = rempart_testdb::url();
     let mut runs = Vec::new();
     for extra in [vec![], vec![], vec!["--database", url.as_str()]] {
         let mut a: Vec<&str> = args.to_vec();
@@ -1771,7 +1730,7 @@ fn drill_results(out: &str) -> Vec<std::collections::HashMap<String, String>> {
 
 #[test]
 fn every_drill_is_contained_within_targets_inside_normal_traffic_on_both_backends() {
-    for db in [None, Some(PgDatabase::create())] {
+    for db in [None, Some(TestDatabase::create("rempart_t"))] {
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec![
             "drill",

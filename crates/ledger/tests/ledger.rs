@@ -8,8 +8,7 @@
 //! connection as the connecting user with triggers disabled.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use rempart_domain::{FieldGroup, Purpose};
@@ -25,6 +24,7 @@ use rempart_ledger::{
     Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonRef, Problem, ProofError,
     SessionId, Timestamp, VerifierKey, VerifyFailure, VerifyOptions, verify, verify_with,
 };
+use rempart_testdb::TestSchema;
 use tempfile::TempDir;
 
 const ORIGIN: &str = "rempart.test/ledger";
@@ -37,68 +37,11 @@ enum Backend {
     Postgres,
 }
 
-fn pg_url() -> String {
-    std::env::var("REMPART_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn unique_schema() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "lt_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// Runs SQL on its own connection and runtime (usable from `Drop`).
-fn pg_exec_blocking(url: &str, sql: &str) -> Result<(), String> {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            let task = tokio::spawn(conn);
-            let r = client.batch_execute(&sql).await.map_err(|e| e.to_string());
-            drop(client);
-            let _ = task.await;
-            r
-        })
-    })
-    .join()
-    .map_err(|_| "thread panicked".to_string())?
-}
-
-/// Drops a test schema when the test ends, pass or fail.
-struct SchemaGuard {
-    url: String,
-    schema: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
-        if let Err(e) = pg_exec_blocking(&self.url, &sql) {
-            eprintln!("could not drop test schema {}: {e}", self.schema);
-        }
-    }
-}
-
 struct Env {
     backend: Backend,
     store: Arc<dyn LedgerStore>,
     dir: Option<TempDir>,
-    pg: Option<(PgLedgerConfig, SchemaGuard)>,
+    pg: Option<(PgLedgerConfig, TestSchema)>,
 }
 
 impl Env {
@@ -115,13 +58,9 @@ impl Env {
                 }
             }
             Backend::Postgres => {
-                let url = pg_url();
-                let schema = unique_schema();
-                let guard = SchemaGuard {
-                    url: url.clone(),
-                    schema: schema.clone(),
-                };
-                let config = PgLedgerConfig::new(&url).with_schema(&schema);
+                let guard = TestSchema::new("lt");
+                let url = guard.url.clone();
+                let config = PgLedgerConfig::new(&url).with_schema(&guard.schema);
                 let store = PgLedgerStore::connect(&config)
                     .await
                     .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required: {e}"));

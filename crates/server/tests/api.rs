@@ -21,6 +21,7 @@ use rempart_server::{
     App, GuardChoice, LedgerAt, LedgerKeyFrom, RegistryAt, Running, ServerConfig, Storage,
 };
 use rempart_storage::{AccountRecord, AuthStore, NewMandate, Store, Stores};
+use rempart_testdb::TestSchema;
 use rempart_vault::{KeySource, Read, Vault};
 use serde_json::{Value, json};
 
@@ -34,11 +35,6 @@ mod dpop;
 mod federation;
 
 const PERSONS: u64 = 3_000;
-
-fn pg_url() -> String {
-    std::env::var("REMPART_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
@@ -64,7 +60,8 @@ struct TestApp {
     /// The ledger's writer, shared by a second instance (mod dpop).
     ledger: Arc<Ledger>,
     _dir: tempfile::TempDir,
-    pg_schemas: Vec<String>,
+    /// The PostgreSQL schemas (registry, ledger), dropped with the app.
+    pg_schemas: Vec<TestSchema>,
     /// The test's own organisations and accounts.
     orgs: HashMap<&'static str, i64>,
     accounts: HashMap<&'static str, AccountRecord>,
@@ -92,10 +89,7 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn pg_exec(sql: &str) {
-    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {} must be reachable: {e}", pg_url()));
-    tokio::spawn(conn);
+    let client = rempart_testdb::client(&rempart_testdb::url()).await;
     client.batch_execute(sql).await.expect(sql);
 }
 
@@ -177,17 +171,18 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
             LedgerSql::Sqlite(data.join("ledger.db")),
         ),
         Backend::Postgres => {
-            let (registry, ledger) = (unique("web_reg"), unique("web_led"));
-            pg_schemas.push(registry.clone());
-            pg_schemas.push(ledger.clone());
-            (
+            let (registry, ledger) = (TestSchema::new("web_reg"), TestSchema::new("web_led"));
+            let at = (
                 RegistryAt::Postgres {
-                    url: pg_url(),
-                    schema: registry,
+                    url: registry.url.clone(),
+                    schema: registry.schema.clone(),
                 },
-                LedgerAt::Postgres(PgLedgerConfig::new(&pg_url()).with_schema(&ledger)),
-                LedgerSql::Postgres(ledger),
-            )
+                LedgerAt::Postgres(PgLedgerConfig::new(&ledger.url).with_schema(&ledger.schema)),
+                LedgerSql::Postgres(ledger.schema.clone()),
+            );
+            pg_schemas.push(registry);
+            pg_schemas.push(ledger);
+            at
         }
     };
     // Browser login and API clients name the server's address: bound
@@ -320,13 +315,10 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
 }
 
 impl TestApp {
-    /// Stops the server (graceful) and drops the PostgreSQL schemas.
+    /// Stops the server (graceful); the PostgreSQL schemas go with the app.
     async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.unwrap();
-        }
-        for schema in &self.pg_schemas {
-            pg_exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
         }
     }
 
@@ -433,11 +425,8 @@ impl TestApp {
     /// show an expired row).
     async fn registry_rows(&self, table: &str) -> i64 {
         match self.pg_schemas.first() {
-            Some(schema) => {
-                let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
+            Some(TestSchema { url, schema }) => {
+                let client = rempart_testdb::client(url).await;
                 client
                     .query_one(&format!("SELECT count(*) FROM {schema}.{table}"), &[])
                     .await

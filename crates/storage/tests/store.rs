@@ -13,8 +13,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rempart_domain::{
@@ -27,6 +25,7 @@ use rempart_storage::{
     AuthStore, Blind, ExistingPerson, MandateRow, PersonIndex, RegistryStore, RowRefusal,
     SealedPerson, StorageError, StoredSession, Stores, UpsertCount,
 };
+use rempart_testdb::TestSchema;
 use tempfile::TempDir;
 
 // ---------------------------------------------------------------- harness
@@ -89,111 +88,20 @@ impl Backend {
     }
 }
 
-fn pg_url() -> String {
-    std::env::var("REMPART_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn unique_schema() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "t_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// Runs one statement on its own connection, on its own runtime (usable
-/// from `Drop`, even while a test unwinds).
-fn pg_exec_blocking(url: &str, sql: &str) -> Result<(), String> {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            let task = tokio::spawn(conn);
-            // The server's message, not only "db error".
-            let r = client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| match e.as_db_error() {
-                    Some(db) => db.message().to_string(),
-                    None => e.to_string(),
-                });
-            drop(client);
-            let _ = task.await;
-            r
-        })
-    })
-    .join()
-    .map_err(|_| "thread panicked".to_string())?
-}
-
-/// A raw connection to the test database, on the test's runtime, to see
-/// what the interfaces do not show.
-async fn pg_client(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("raw postgres");
-    tokio::spawn(conn);
-    client
-}
-
-/// Drops a test schema when the test ends, pass or fail.
-struct SchemaGuard {
-    url: String,
-    schema: String,
-}
-
-impl SchemaGuard {
-    /// A fresh schema name in the test database, dropped with the guard.
-    fn new() -> SchemaGuard {
-        SchemaGuard {
-            url: pg_url(),
-            schema: unique_schema(),
-        }
-    }
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        // The stores' connections run on the test runtime's worker threads
-        // (multi-thread flavour), so their pending rollbacks go through
-        // while this thread waits; the lock timeout keeps a bug from hanging.
-        let sql = format!(
-            "SET lock_timeout = '30s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.schema
-        );
-        if let Err(e) = pg_exec_blocking(&self.url, &sql) {
-            eprintln!("could not drop test schema {}: {e}", self.schema);
-        }
-    }
-}
-
 /// Where a test's database lives: a temporary directory (SQLite), or a
 /// fresh schema of the test database, dropped when the test ends
 /// (PostgreSQL). Nothing is opened yet: a test may first write an older
 /// version's tables by hand.
 enum Place {
     Sqlite(TempDir),
-    Postgres(SchemaGuard),
+    Postgres(TestSchema),
 }
 
 impl Place {
     fn new(backend: Backend) -> Place {
         match backend {
             Backend::Sqlite => Place::Sqlite(tempfile::tempdir().expect("temporary directory")),
-            Backend::Postgres => Place::Postgres(SchemaGuard::new()),
+            Backend::Postgres => Place::Postgres(TestSchema::new("t")),
         }
     }
 
@@ -206,7 +114,7 @@ impl Place {
     }
 
     /// The PostgreSQL database and schema.
-    fn pg(&self) -> &SchemaGuard {
+    fn pg(&self) -> &TestSchema {
         match self {
             Place::Postgres(pg) => pg,
             Place::Sqlite(_) => panic!("a SQLite test has no PostgreSQL schema"),
@@ -226,7 +134,7 @@ impl Place {
     async fn open(&self) -> Stores {
         self.try_open().await.unwrap_or_else(|e| match self {
             Place::Sqlite(dir) => panic!("SQLite store in {}: {e}", dir.path().display()),
-            Place::Postgres(SchemaGuard { url, schema }) => panic!(
+            Place::Postgres(TestSchema { url, schema }) => panic!(
                 "PostgreSQL test database unusable at {url} (schema {schema}): {e}\n\
                  Start PostgreSQL or set REMPART_TEST_DATABASE_URL; these tests never skip."
             ),
@@ -243,9 +151,10 @@ impl Place {
                     .and_then(|db| db.execute_batch(sql))
                     .map_err(|e| e.to_string())
             }
-            Place::Postgres(SchemaGuard { url, schema }) => {
-                pg_exec_blocking(url, &format!("SET search_path TO \"{schema}\"; {sql}"))
-            }
+            Place::Postgres(TestSchema { url, schema }) => rempart_testdb::exec_blocking(
+                url,
+                &format!("SET search_path TO \"{schema}\"; {sql}"),
+            ),
         }
     }
 }

@@ -12,6 +12,7 @@ use rempart_domain::{FieldGroup, Person};
 use rempart_storage::Store;
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
+use rempart_testdb::TestSchema;
 use rempart_vault::{KeySource, OtherRewrap, OtherSecrets, Read, Sealed, Vault, VaultError};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -47,33 +48,15 @@ fn today() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
 }
 
-fn pg_url() -> String {
-    std::env::var("REMPART_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn unique_schema() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "tv_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
-}
-
-/// A fresh store of each backend, with a key file in `dir`.
-async fn stores(dir: &Path) -> Vec<(&'static str, Store)> {
+/// A fresh store of each backend, in `dir` (SQLite) and in a schema
+/// dropped when the returned guard is (PostgreSQL).
+async fn stores(dir: &Path) -> (Vec<(&'static str, Store)>, TestSchema) {
     let sqlite: Store = Arc::new(SqliteStore::open(dir).await.unwrap());
-    let pg: Store = PgStore::connect(&pg_url(), &unique_schema())
+    let schema = TestSchema::new("tv");
+    let pg: Store = PgStore::connect(&schema.url, &schema.schema)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {}: {e}", pg_url()));
-    vec![("sqlite", sqlite), ("postgres", pg)]
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {}: {e}", schema.url));
+    (vec![("sqlite", sqlite), ("postgres", pg)], schema)
 }
 
 fn keyfile(dir: &Path) -> KeySource {
@@ -149,7 +132,8 @@ fn found(r: Read) -> rempart_vault::PersonView {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seal_read_search_on_both_backends() {
     let dir = tempfile::tempdir().unwrap();
-    for (backend, store) in stores(dir.path()).await {
+    let (backends, _schema) = stores(dir.path()).await;
+    for (backend, store) in backends {
         let vault = Vault::new(keyfile(dir.path()), store).unwrap();
         let persons: Vec<Person> = (1..=50).map(person).collect();
         let ids = store_persons(&vault, &persons).await;
@@ -224,12 +208,8 @@ async fn seal_read_search_on_both_backends() {
 async fn rotation_rewraps_resumes_and_keeps_readers_working() {
     for backend in ["sqlite", "postgres"] {
         let dir = tempfile::tempdir().unwrap();
-        let store = stores(dir.path())
-            .await
-            .into_iter()
-            .find(|(b, _)| *b == backend)
-            .unwrap()
-            .1;
+        let (backends, _schema) = stores(dir.path()).await;
+        let store = backends.into_iter().find(|(b, _)| *b == backend).unwrap().1;
         let source = keyfile(dir.path());
         let vault = Vault::new(source.clone(), store.clone()).unwrap();
         let persons: Vec<Person> = (1..=300).map(person).collect();
@@ -333,7 +313,8 @@ async fn rotation_rewraps_resumes_and_keeps_readers_working() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shredding_one_person_leaves_the_others_and_fails_closed_with_wrong_keys() {
     let dir = tempfile::tempdir().unwrap();
-    for (backend, store) in stores(dir.path()).await {
+    let (backends, _schema) = stores(dir.path()).await;
+    for (backend, store) in backends {
         let vault = Vault::new(keyfile(dir.path()), store.clone()).unwrap();
         let persons: Vec<Person> = (1..=20).map(person).collect();
         let ids = store_persons(&vault, &persons).await;
@@ -379,7 +360,8 @@ async fn break_glass_reasons_are_sealed_with_the_person_and_shredded_with_them()
     use rempart_storage::{NewBreakGlassReason, NewMandate, StoredBreakGlassReason};
     let r = |s: &str| Reference::parse(s).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for (backend, store) in stores(dir.path()).await {
+    let (backends, _schema) = stores(dir.path()).await;
+    for (backend, store) in backends {
         let vault = Vault::new(keyfile(dir.path()), store.clone()).unwrap();
         let persons: Vec<Person> = (1..=3).map(person).collect();
         let ids = store_persons(&vault, &persons).await;

@@ -24,7 +24,7 @@ use rempart_vault::KeySource;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{BACKENDS, Backend, TestApp, pg_url, spawn_app, today};
+use super::{BACKENDS, Backend, TestApp, spawn_app, today};
 
 /// What the test server's API clients are configured with.
 pub fn client_settings(port: u16) -> ClientSettings {
@@ -416,8 +416,8 @@ async fn second_instance(app: &TestApp, backend: Backend) -> (String, Running) {
     let registry = match backend {
         Backend::Sqlite => RegistryAt::Sqlite(data.clone()),
         Backend::Postgres => RegistryAt::Postgres {
-            url: pg_url(),
-            schema: app.pg_schemas[0].clone(),
+            url: app.pg_schemas[0].url.clone(),
+            schema: app.pg_schemas[0].schema.clone(),
         },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -55,7 +55,7 @@ mod migrations_are_idempotent_and_guarded {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
         let b = Db::open(Backend::Postgres).await;
-        let SchemaGuard { url, schema } = b.place.pg();
+        let TestSchema { url, schema } = b.place.pg();
 
         // Connect again to the same schema, and four times at once to a
         // new one.
@@ -66,12 +66,12 @@ mod migrations_are_idempotent_and_guarded {
         let again = b.place.open().await.registry;
         let inv = again.inventory().await.expect("[postgres] inventory");
         assert_eq!(inv.organisations_by_kind.len(), 3, "[postgres] data kept");
-        let fresh = SchemaGuard::new();
+        let fresh = TestSchema::new("t");
         let opens = join_all((0..4).map(|_| PgStore::connect(url, &fresh.schema))).await;
         for (i, o) in opens.into_iter().enumerate() {
             o.unwrap_or_else(|e| panic!("[postgres] concurrent open {i} of a new schema: {e}"));
         }
-        let client = pg_client(url).await;
+        let client = rempart_testdb::client(url).await;
         for schema in [schema, &fresh.schema] {
             let applied: i64 = client
                 .query_one(
@@ -116,7 +116,7 @@ mod migrations_are_idempotent_and_guarded {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_schema_names_are_checked_and_schemas_dropped() {
-    let url = pg_url();
+    let url = rempart_testdb::url();
     for bad in ["Registry", "a;drop table x", "a b", "pg_catalog", ""] {
         assert!(
             matches!(
@@ -126,14 +126,14 @@ async fn postgres_schema_names_are_checked_and_schemas_dropped() {
             "schema name {bad:?} must be refused"
         );
     }
-    let guard = SchemaGuard::new();
+    let guard = TestSchema::new("t");
     let schema = &guard.schema;
     let store = PgStore::connect_store(&url, schema)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL test database unusable at {url}: {e}"));
     assert_eq!(store.schema(), schema);
     store.drop_schema().await.expect("drop_schema");
-    let client = pg_client(&url).await;
+    let client = rempart_testdb::client(&url).await;
     let left = client
         .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
         .await
@@ -152,8 +152,8 @@ async fn statistics_are_refreshed_in_the_stores_schema(backend: Backend) {
         .refresh_statistics()
         .await
         .on(store, "refresh_statistics");
-    if let Place::Postgres(SchemaGuard { url, schema }) = &db.place {
-        let client = pg_client(url).await;
+    if let Place::Postgres(TestSchema { url, schema }) = &db.place {
+        let client = rempart_testdb::client(url).await;
         let analyzed: Vec<String> = client
             .query(
                 "SELECT relname::text FROM pg_stat_user_tables
@@ -239,9 +239,9 @@ async fn version_1_registries_are_upgraded_in_place(backend: Backend) {
             db.execute_batch(V1_DATA).expect("version 1 data");
         }
         // PostgreSQL: the same, in a fresh schema (`x'…'` is a bit string there).
-        Place::Postgres(SchemaGuard { url, schema }) => {
+        Place::Postgres(TestSchema { url, schema }) => {
             let pg_v1 = migrate::POSTGRES[0];
-            pg_exec_blocking(
+            rempart_testdb::exec_blocking(
                 url,
                 &format!(
                     "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\";
@@ -329,7 +329,7 @@ async fn accounts_of_version_2_keep_an_unknown_history(backend: Backend) {
             }
             db.execute_batch(V2_ACCOUNTS).expect("version 2 data");
         }
-        Place::Postgres(SchemaGuard { url, schema }) => {
+        Place::Postgres(TestSchema { url, schema }) => {
             let mut sql = format!(
                 "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\";
                  CREATE TABLE schema_migrations (
@@ -346,7 +346,7 @@ async fn accounts_of_version_2_keep_an_unknown_history(backend: Backend) {
                 ));
             }
             sql.push_str(V2_ACCOUNTS);
-            pg_exec_blocking(url, &sql).expect("[postgres] version 2 registry");
+            rempart_testdb::exec_blocking(url, &sql).expect("[postgres] version 2 registry");
         }
     }
     let stores = place

@@ -518,7 +518,7 @@ impl Db {
                     .expect("rows")
             }
             Place::Postgres(pg) => {
-                let client = pg_client(&pg.url).await;
+                let client = rempart_testdb::client(&pg.url).await;
                 let sql = format!("SELECT {column} FROM \"{}\".{table}", pg.schema);
                 client
                     .query(&sql, &[])
