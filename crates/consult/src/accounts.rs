@@ -47,14 +47,17 @@ use rempart_ledger::{
 };
 use rempart_policy::Action;
 use rempart_storage::{
-    AccountChange, AccountLifecycle, AccountRecord, CredentialReset, NewAccountRequest, ResetKind,
-    ReviewEntry, StorageError, Store,
+    AccountChange, AccountLifecycle, AccountRecord, NewAccountRequest,
+    ResetKind as StoredResetKind, StorageError, Store,
 };
 
 use crate::authenticate::{self, IssuedCredential};
 use crate::authorize;
 use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
 use crate::secrets::IssuedActivation;
+use crate::views::{
+    AccountHistory, AccountReview, AccountView, ResetKind, ResetView, dormant_since,
+};
 
 /// A request is a burst (and raises an alert) when it makes this many or
 /// more account requests by the same requester within the window.
@@ -89,7 +92,7 @@ pub struct AccountRequest {
 #[derive(Debug)]
 pub struct AccountDecision {
     /// The account as stored after the decision.
-    pub account: AccountRecord,
+    pub account: AccountView,
     /// On approval, the account's activation code, shown once to the
     /// deciding officer (see [`crate::activation`]).
     pub activation: Option<IssuedActivation>,
@@ -99,7 +102,7 @@ pub struct AccountDecision {
 #[derive(Debug)]
 pub struct ResetDecision {
     /// The reset as stored after the decision.
-    pub reset: CredentialReset,
+    pub reset: ResetView,
     /// API credentials and API clients revoked with it (approved resets of
     /// kind `all`).
     pub credentials_revoked: u64,
@@ -148,13 +151,14 @@ pub async fn issue_credential(
 /// when its history is unknown (imported accounts): the review shows it,
 /// and `disable_inactive` leaves it alone.
 pub fn dormant(history: &AccountLifecycle, now: DateTime<Utc>, days: u32) -> Option<bool> {
-    let last = history
-        .last_login_at
-        .or(history.decided_at)
-        .or(history.created_at)?;
-    // A window reaching before the representable past: nothing is older.
-    let cutoff = now.checked_sub_signed(Duration::days(i64::from(days)));
-    Some(cutoff.is_some_and(|cutoff| last < cutoff))
+    dormant_since(
+        history
+            .last_login_at
+            .or(history.decided_at)
+            .or(history.created_at),
+        now,
+        days,
+    )
 }
 
 /// Whether a ledger leaf is an alert raised by this module.
@@ -173,7 +177,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         request: AccountRequest,
-    ) -> Result<ReviewEntry, Refusal> {
+    ) -> Result<AccountReview, Refusal> {
         let now = self.now().trunc_subsecs(6);
         let action = LeafAction::AccountRequest;
         let caller = self.authenticate(presented, action, now).await?;
@@ -250,17 +254,15 @@ impl Consultation {
             );
         }
         self.record_all(&leaves).await?;
-        Ok(ReviewEntry {
-            lifecycle: AccountLifecycle {
-                account_id: account.account_id,
+        Ok(AccountReview {
+            history: AccountHistory {
                 created_at: Some(now),
                 requested_by: Some(requested_by),
                 decided_by: None,
                 decided_at: None,
                 last_login_at: None,
-                next_session_high_risk: false,
             },
-            account,
+            account: AccountView::from(account),
         })
     }
 
@@ -319,7 +321,7 @@ impl Consultation {
                 .auth
                 .decide_account(account_id, officer, approve, now)
                 .await;
-            let account = decided(decision, "accounts")?;
+            let account = AccountView::from(decided(decision, "accounts")?);
             if !approve {
                 return Ok(AccountDecision {
                     account,
@@ -347,7 +349,7 @@ impl Consultation {
     pub async fn pending_account_requests(
         &self,
         presented: &Presented<'_>,
-    ) -> Result<Vec<ReviewEntry>, Refusal> {
+    ) -> Result<Vec<AccountReview>, Refusal> {
         self.listing(presented, Action::DecideAccount, "pending account requests")
             .await?
             .run(self, self.auth.pending_requests())
@@ -364,7 +366,7 @@ impl Consultation {
         presented: &Presented<'_>,
         account_id: i64,
         kind: ResetKind,
-    ) -> Result<CredentialReset, Refusal> {
+    ) -> Result<ResetView, Refusal> {
         let now = self.now().trunc_subsecs(6);
         let action = LeafAction::CredentialResetRequest;
         let caller = self.authenticate(presented, action, now).await?;
@@ -408,7 +410,7 @@ impl Consultation {
         }
         let stored = self
             .auth
-            .request_reset(account_id, kind, me.account_id, now)
+            .request_reset(account_id, kind.stored(), me.account_id, now)
             .await;
         let reset = match stored {
             Ok(r) => r,
@@ -428,7 +430,7 @@ impl Consultation {
             Some(format!("{about} requested (reset {})", reset.id)),
         ))
         .await?;
-        Ok(reset)
+        Ok(ResetView::from(reset))
     }
 
     /// An officer approves or rejects a reset. Approval (in the store, in
@@ -467,8 +469,8 @@ impl Consultation {
                     .await);
             }
         };
-        let kind = rehearsal.reset_kind.unwrap_or(ResetKind::All);
-        let revokes = approve && kind == ResetKind::All;
+        let kind = rehearsal.reset_kind.unwrap_or(StoredResetKind::All);
+        let revokes = approve && kind == StoredResetKind::All;
         let reactivates = approve && (kind.removes_password() || kind.removes_totp());
         let leaf = ctx.leaf(
             None,
@@ -495,7 +497,7 @@ impl Consultation {
             let decision = self.auth.decide_reset(reset_id, officer, approve, now).await;
             let reset = decided(decision, "resets")?;
             let mut credentials_revoked = 0;
-            if approve && reset.kind == ResetKind::All {
+            if approve && reset.kind == StoredResetKind::All {
                 // The factors went with the store's transaction; the API
                 // credentials live in the registry and go now, with the
                 // account's API clients (partner software acting as it: a
@@ -562,7 +564,7 @@ impl Consultation {
                 }
             }
             Ok(ResetDecision {
-                reset,
+                reset: ResetView::from(reset),
                 credentials_revoked,
                 activation,
             })
@@ -574,7 +576,7 @@ impl Consultation {
     pub async fn pending_resets(
         &self,
         presented: &Presented<'_>,
-    ) -> Result<Vec<CredentialReset>, Refusal> {
+    ) -> Result<Vec<ResetView>, Refusal> {
         self.listing(presented, Action::DecideAccount, "pending resets")
             .await?
             .run(self, self.auth.pending_resets())
@@ -588,7 +590,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         organisation_id: Option<i64>,
-    ) -> Result<Vec<ReviewEntry>, Refusal> {
+    ) -> Result<Vec<AccountReview>, Refusal> {
         let note = match organisation_id {
             Some(id) => format!("account review of organisation {id}"),
             None => "account review".to_string(),
@@ -714,10 +716,10 @@ struct Listing {
 
 impl Listing {
     /// Reads the rows, ledgers the listing, answers.
-    async fn run<T>(
+    async fn run<R, T: From<R>>(
         self,
         consultation: &Consultation,
-        rows: impl std::future::Future<Output = Result<Vec<T>, StorageError>>,
+        rows: impl std::future::Future<Output = Result<Vec<R>, StorageError>>,
     ) -> Result<Vec<T>, Refusal> {
         let ctx = Ctx::new(&self.caller, LeafAction::AdminList, self.now);
         let rows = consultation
@@ -732,7 +734,7 @@ impl Listing {
                 Some(format!("{} ({} rows)", self.note, rows.len())),
             ))
             .await?;
-        Ok(rows)
+        Ok(rows.into_iter().map(T::from).collect())
     }
 }
 

@@ -17,13 +17,12 @@ use rempart_domain::{AccountState, Organisation, Purpose, Reference};
 use rempart_guard::{AttemptKind, Fields};
 use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
 use rempart_policy::Action;
-use rempart_storage::{
-    AccountChange, AccountRecord, GrantDecision, GrantRequest, NewMandate, StoredMandate,
-};
+use rempart_storage::{AccountChange, NewMandate};
 
 use crate::authenticate::Caller;
 use crate::authorize::{self, GRANT_PREFIX, mandate_reference, written_reason};
 use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::views::{AccountView, GrantDecision, GrantRequestView, MandateView};
 
 /// Longest reason for lifting a freeze, in bytes: its leaf's note also
 /// names the organisation and the outcome (at most 45 bytes more), and a
@@ -68,10 +67,10 @@ pub type Organisations = Vec<OrganisationEntry>;
 #[derive(Debug)]
 pub enum Granted {
     /// The mandate, made.
-    Mandate(StoredMandate),
+    Mandate(MandateView),
     /// A grant to the officer's own organisation, waiting for an officer of
     /// another.
-    Requested(GrantRequest),
+    Requested(GrantRequestView),
 }
 
 /// Why the store refused a grant request's decision: the four-eyes rule
@@ -177,7 +176,7 @@ impl Consultation {
                     self.store
                         .request_grant(new, requested_by, now)
                         .await
-                        .map(Granted::Requested)
+                        .map(|r| Granted::Requested(r.into()))
                         .map_err(grant_refused)
                 })
                 .await;
@@ -193,7 +192,7 @@ impl Consultation {
             self.store
                 .grant_mandate(new)
                 .await
-                .map(Granted::Mandate)
+                .map(|m| Granted::Mandate(m.into()))
                 .map_err(grant_refused)
         })
         .await
@@ -285,7 +284,7 @@ impl Consultation {
                 .decide_grant(request_id, officer, approve, now)
                 .await
             {
-                Ok(Some(decision)) => Ok(decision),
+                Ok(Some(decision)) => Ok(GrantDecision::from(decision)),
                 Ok(None) => Err(undecided()),
                 Err(e) => Err(decision_refused(e)),
             }
@@ -297,7 +296,7 @@ impl Consultation {
     pub async fn pending_grant_requests(
         &self,
         presented: &Presented<'_>,
-    ) -> Result<Vec<GrantRequest>, Refusal> {
+    ) -> Result<Vec<GrantRequestView>, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
         let pending = self
@@ -316,7 +315,7 @@ impl Consultation {
             Some(format!("pending mandate requests ({} rows)", pending.len())),
         ))
         .await?;
-        Ok(pending)
+        Ok(pending.into_iter().map(GrantRequestView::from).collect())
     }
 
     /// Revokes a mandate (France Travail officers), effective from the
@@ -411,7 +410,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         organisation_id: i64,
-    ) -> Result<Vec<AccountRecord>, Refusal> {
+    ) -> Result<Vec<AccountView>, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
         let accounts = self
@@ -433,7 +432,7 @@ impl Consultation {
             )),
         ))
         .await?;
-        Ok(accounts)
+        Ok(accounts.into_iter().map(AccountView::from).collect())
     }
 
     /// Suspends or reactivates an account (account administration). An
@@ -444,7 +443,7 @@ impl Consultation {
         presented: &Presented<'_>,
         account_id: i64,
         state: AccountState,
-    ) -> Result<AccountRecord, Refusal> {
+    ) -> Result<AccountView, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let action = match state {
             AccountState::Active => LeafAction::AccountReactivate,
@@ -508,7 +507,10 @@ impl Consultation {
             moved(self.change_state(account_id, state, now).await)
         })
         .await?;
-        Ok(AccountRecord { state, ..target })
+        Ok(AccountView {
+            state,
+            ..AccountView::from(target)
+        })
     }
 
     /// The registry's side of [`Consultation::set_account_state`]. Suspending

@@ -35,13 +35,14 @@ use rempart_ledger::{
     GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
 };
 use rempart_policy::Authorizer;
-use rempart_storage::{AccountRecord, AuthStore, Store};
+use rempart_storage::{AuthStore, Store};
 use rempart_vault::Vault;
 
 use crate::authenticate::{self, Caller, Rejected, Via};
 use crate::settings::{
     ClientConfigError, ClientSettings, Clients, LoginConfigError, LoginSettings, Web,
 };
+use crate::views::AccountView;
 
 pub use rempart_domain::AccountState;
 
@@ -269,6 +270,26 @@ impl Consultation {
         &self.vault
     }
 
+    /// Whether the registry's store answers and the ledger's store is
+    /// reachable, for readiness probes. Each failure names its part, with
+    /// the error's text for operators (never a value).
+    pub async fn readiness(&self) -> Result<(), Vec<(&'static str, String)>> {
+        let store = self.store.person_ids(0, 1).await;
+        let ledger = self.ledger.store().size().await;
+        let mut failed = Vec::new();
+        if let Err(e) = store {
+            failed.push(("registry store", e.to_string()));
+        }
+        if let Err(e) = ledger {
+            failed.push(("ledger store", e.to_string()));
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
     /// The ledger, for readiness checks and shutdown.
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
@@ -329,11 +350,11 @@ impl Consultation {
     }
 
     /// Who is calling (no consultation, nothing ledgered on success).
-    pub async fn whoami(&self, presented: &Presented<'_>) -> Result<AccountRecord, Refusal> {
+    pub async fn whoami(&self, presented: &Presented<'_>) -> Result<AccountView, Refusal> {
         let caller = self
             .authenticate(presented, LeafAction::Login, self.now())
             .await?;
-        Ok(caller.account)
+        Ok(AccountView::from(caller.account))
     }
 
     // ---------------------------------------------------------------------

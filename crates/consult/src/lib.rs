@@ -59,6 +59,7 @@ mod secrets;
 mod session;
 mod settings;
 mod throttle;
+mod views;
 
 pub use accounts::{
     ALERT_PREFIX, AccountDecision, AccountRequest, BURST_REQUESTS, BURST_WINDOW_MINUTES,
@@ -76,3 +77,7 @@ pub use kernel::{AccountState, Clock, Consultation, Presented, Refusal};
 pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use purge::{PurgeConfigError, PurgeSettings};
 pub use reads::{BreakGlass, CaseloadPage, MAX_PAGE, NirShown, SearchBy, SearchResults, Shown};
+pub use views::{
+    AccountHistory, AccountReview, AccountView, CaseloadEntry, GrantDecision, GrantRequestView,
+    MandateTerms, MandateView, ResetKind, ResetView,
+};

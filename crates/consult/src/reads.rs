@@ -20,9 +20,7 @@ use rempart_ledger::{
     Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups, LeafIndex,
 };
 use rempart_policy::{Action, Decision, NirView, Who};
-use rempart_storage::{
-    CaseloadEntry, ConsultationRows, NewBreakGlassReason, NewMandate, StoredMandate,
-};
+use rempart_storage::{ConsultationRows, NewBreakGlassReason, NewMandate, StoredMandate};
 use rempart_vault::Read;
 
 use crate::authenticate::{self, Caller, Via};
@@ -31,6 +29,7 @@ use crate::authorize::{
 };
 use crate::guard::{Attempts, Pending, deny_leaf, fields};
 use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::views::CaseloadEntry;
 
 /// Largest caseload page.
 pub const MAX_PAGE: u32 = 1000;
@@ -505,7 +504,10 @@ impl Consultation {
             None,
         ))
         .await?;
-        Ok(CaseloadPage { entries, next })
+        Ok(CaseloadPage {
+            entries: entries.into_iter().map(CaseloadEntry::from).collect(),
+            next,
+        })
     }
 
     /// Break-glass: a France Travail agent reaches one person outside their
