@@ -53,7 +53,7 @@ use rempart_storage::{
 
 use crate::authenticate::{self, IssuedCredential};
 use crate::authorize;
-use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
 use crate::secrets::IssuedActivation;
 use crate::views::{
     AccountHistory, AccountReview, AccountView, ResetKind, ResetView, dormant_since,
@@ -111,39 +111,35 @@ pub struct ResetDecision {
     pub activation: Option<IssuedActivation>,
 }
 
-/// Why [`issue_credential`] refused.
-#[derive(Debug, thiserror::Error)]
-pub enum IssueError {
-    /// `account_id`: no such account.
-    #[error("account_id: no such account")]
-    NoSuchAccount,
-    /// `account_id`: the account is not active (requested accounts await
-    /// an outside officer's approval).
-    #[error("account_id: the account is {0}, only an active account gets a credential")]
-    NotActive(AccountState),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StorageError),
-}
-
 /// Issues an API credential, only to an active account: a requested,
 /// suspended or disabled account gets none. (Authentication checks the
 /// state on every request too, so a credential issued before a suspension
-/// stops working with it.)
+/// stops working with it.) Refused with [`Refusal::Invalid`] naming
+/// `account_id` (no such account, or one not active; requested accounts
+/// await an outside officer's approval).
 pub async fn issue_credential(
     store: &Store,
     account_id: i64,
     ttl: Duration,
     now: DateTime<Utc>,
-) -> Result<IssuedCredential, IssueError> {
+) -> Result<IssuedCredential, Refusal> {
     let account = store
         .account_by_id(account_id)
-        .await?
-        .ok_or(IssueError::NoSuchAccount)?;
+        .await
+        .map_err(|e| Refusal::from_store("accounts", &e))?
+        .ok_or_else(|| Refusal::invalid("account_id", "no such account"))?;
     if account.state != AccountState::Active {
-        return Err(IssueError::NotActive(account.state));
+        return Err(Refusal::invalid(
+            "account_id",
+            format!(
+                "the account is {}, only an active account gets a credential",
+                account.state
+            ),
+        ));
     }
-    Ok(authenticate::issue(store, account_id, ttl, now).await?)
+    authenticate::issue(store, account_id, ttl, now)
+        .await
+        .map_err(|e| Refusal::from_store("credentials", &e))
 }
 
 /// Whether an account has gone `days` without a login at `now`: its last
@@ -299,9 +295,9 @@ impl Consultation {
             officer_id: officer,
             approve,
         };
-        if let Err(not_made) = decided(self.auth.rehearse(&change, now).await, "accounts") {
+        if let Err(refused) = decided(self.auth.rehearse(&change, now).await, "accounts") {
             return Err(self
-                .refuse_rehearsed(&ctx, None, not_made, Some(about))
+                .refuse_rehearsed(&ctx, None, refused, Some(about))
                 .await);
         }
         let note = if approve {
@@ -336,9 +332,9 @@ impl Consultation {
                     account,
                     activation: Some(a),
                 }),
-                Err(e) => Err(NotMade {
+                Err(e) => Err(ChangeRefusal {
                     what: "approved, but no activation code issued",
-                    ..NotMade::failed("activation code after an approval", &e)
+                    ..ChangeRefusal::failed("activation code after an approval", &e)
                 }),
             }
         })
@@ -463,9 +459,9 @@ impl Consultation {
         };
         let rehearsal = match decided(self.auth.rehearse(&change, now).await, "resets") {
             Ok(r) => r,
-            Err(not_made) => {
+            Err(refused) => {
                 return Err(self
-                    .refuse_rehearsed(&ctx, None, not_made, Some(about))
+                    .refuse_rehearsed(&ctx, None, refused, Some(about))
                     .await);
             }
         };
@@ -504,9 +500,9 @@ impl Consultation {
                 // reset of every factor assumes the account was taken). A
                 // failure here is reported (503, ledgered): the operator
                 // revokes them with `rempart account credential revoke`.
-                let partly = |stage: &str, e: &StorageError| NotMade {
+                let partly = |stage: &str, e: &StorageError| ChangeRefusal {
                     what: "reset made, but API credentials or clients not all revoked",
-                    ..NotMade::failed(stage, e)
+                    ..ChangeRefusal::failed(stage, e)
                 };
                 credentials_revoked = self
                     .store
@@ -550,15 +546,15 @@ impl Consultation {
                             )),
                         ))
                         .await
-                        .map_err(|refusal| NotMade {
+                        .map_err(|refusal| ChangeRefusal {
                             what: "reset made, no activation code issued",
-                            ..NotMade::new(DenyReason::InternalError, refusal)
+                            ..ChangeRefusal::new(DenyReason::InternalError, refusal)
                         })?;
                     }
                     Err(e) => {
-                        return Err(NotMade {
+                        return Err(ChangeRefusal {
                             what: "reset made, but no activation code issued",
-                            ..NotMade::failed("activation code after a reset", &e)
+                            ..ChangeRefusal::failed("activation code after a reset", &e)
                         });
                     }
                 }
@@ -788,15 +784,18 @@ fn store_refusal(e: &StorageError) -> (DenyReason, Refusal) {
 /// The store's answer to a decision, rehearsed or made: `None` (no such
 /// account or reset, or already decided) is not found; a refusal reads as
 /// [`store_refusal`] says; a failure of `stage` is `Unavailable`.
-fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, NotMade> {
+fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, ChangeRefusal> {
     match r {
         Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+        Ok(None) => Err(ChangeRefusal::new(
+            DenyReason::InvalidRequest,
+            Refusal::NotFound,
+        )),
         Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
             let (reason, refusal) = store_refusal(&e);
-            Err(NotMade::new(reason, refusal))
+            Err(ChangeRefusal::new(reason, refusal))
         }
-        Err(e) => Err(NotMade::failed(stage, &e)),
+        Err(e) => Err(ChangeRefusal::failed(stage, &e)),
     }
 }
 

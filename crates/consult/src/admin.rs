@@ -21,7 +21,7 @@ use rempart_storage::{AccountChange, NewMandate};
 
 use crate::authenticate::Caller;
 use crate::authorize::{self, GRANT_PREFIX, mandate_reference, written_reason};
-use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
 use crate::views::{AccountView, GrantDecision, GrantRequestView, MandateView};
 
 /// Longest reason for lifting a freeze, in bytes: its leaf's note also
@@ -75,7 +75,7 @@ pub enum Granted {
 
 /// Why the store refused a grant request's decision: the four-eyes rule
 /// (`officer_id: …`) is a 403, the rest as for a grant.
-fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
+fn decision_refused(e: rempart_storage::StorageError) -> ChangeRefusal {
     match e {
         rempart_storage::StorageError::Refused {
             field: "officer_id",
@@ -84,16 +84,16 @@ fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
         | rempart_storage::StorageError::NotFound {
             field: "officer_id",
             ..
-        } => NotMade::new(DenyReason::FourEyes, Refusal::Forbidden),
+        } => ChangeRefusal::new(DenyReason::FourEyes, Refusal::Forbidden),
         e => grant_refused(e),
     }
 }
 
 /// Why the store refused a mandate grant.
-fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
+fn grant_refused(e: rempart_storage::StorageError) -> ChangeRefusal {
     match e {
         e @ (rempart_storage::StorageError::Refused { .. }
-        | rempart_storage::StorageError::NotFound { .. }) => NotMade::new(
+        | rempart_storage::StorageError::NotFound { .. }) => ChangeRefusal::new(
             DenyReason::InvalidRequest,
             Refusal::invalid(
                 "mandate",
@@ -101,7 +101,7 @@ fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
                     .map_or_else(|| e.to_string(), |(f, r)| format!("{f}: {r}")),
             ),
         ),
-        e => NotMade::failed("mandate", &e),
+        e => ChangeRefusal::failed("mandate", &e),
     }
 }
 
@@ -250,7 +250,7 @@ impl Consultation {
             self.screen(&ctx, &attempt).await?;
         }
         let officer = caller.account.account_id;
-        let undecided = || NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound);
+        let undecided = || ChangeRefusal::new(DenyReason::InvalidRequest, Refusal::NotFound);
         let about = format!("mandate request {request_id}");
         let rehearsed = match self
             .store
@@ -261,9 +261,9 @@ impl Consultation {
             Ok(false) => Err(undecided()),
             Err(e) => Err(decision_refused(e)),
         };
-        if let Err(not_made) = rehearsed {
+        if let Err(refused) = rehearsed {
             return Err(self
-                .refuse_rehearsed(&ctx, Some(person_id), not_made, Some(about))
+                .refuse_rehearsed(&ctx, Some(person_id), refused, Some(about))
                 .await);
         }
         let note = if approve {
@@ -361,8 +361,11 @@ impl Consultation {
         self.leaf_then(&ctx, leaf, async {
             match self.store.revoke_mandate(mandate_id, now).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
-                Err(e) => Err(NotMade::failed("mandate", &e)),
+                Ok(false) => Err(ChangeRefusal::new(
+                    DenyReason::InvalidRequest,
+                    Refusal::NotFound,
+                )),
+                Err(e) => Err(ChangeRefusal::failed("mandate", &e)),
             }
         })
         .await
@@ -485,16 +488,19 @@ impl Consultation {
         // refusal is one denial; ledgered, then made.
         let moved = |r: Result<bool, rempart_storage::StorageError>| match r {
             Ok(true) => Ok(()),
-            Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+            Ok(false) => Err(ChangeRefusal::new(
+                DenyReason::InvalidRequest,
+                Refusal::NotFound,
+            )),
             Err(rempart_storage::StorageError::Refused { field: "state", .. }) => {
-                Err(NotMade::new(DenyReason::FourEyes, Refusal::Forbidden))
+                Err(ChangeRefusal::new(DenyReason::FourEyes, Refusal::Forbidden))
             }
-            Err(e) => Err(NotMade::failed("accounts", &e)),
+            Err(e) => Err(ChangeRefusal::failed("accounts", &e)),
         };
         let change = AccountChange::State { account_id, state };
         let rehearsed = self.auth.rehearse(&change, now).await.map(|r| r.is_some());
-        if let Err(not_made) = moved(rehearsed) {
-            return Err(self.refuse_rehearsed(&ctx, None, not_made, None).await);
+        if let Err(refused) = moved(rehearsed) {
+            return Err(self.refuse_rehearsed(&ctx, None, refused, None).await);
         }
         let leaf = ctx.leaf(
             None,
@@ -605,7 +611,7 @@ impl Consultation {
                 .lift_freeze(organisation_id, now)
                 .await
                 .map_err(|e| {
-                    NotMade::new(
+                    ChangeRefusal::new(
                         DenyReason::InternalError,
                         Refusal::Unavailable(format!("guard: {e}")),
                     )

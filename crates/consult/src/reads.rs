@@ -28,7 +28,7 @@ use crate::authorize::{
     self, GRANT_PREFIX, MAX_REASON_BYTES, break_glass_source, mandate_reference, written_reason,
 };
 use crate::guard::{Attempts, Pending, deny_leaf, fields};
-use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
 use crate::views::CaseloadEntry;
 
 /// Largest caseload page.
@@ -620,8 +620,11 @@ impl Consultation {
                 Err(
                     rempart_storage::StorageError::Refused { .. }
                     | rempart_storage::StorageError::NotFound { .. },
-                ) => Err(NotMade::new(DenyReason::UnknownPerson, Refusal::NotFound)),
-                Err(e) => Err(NotMade::failed("mandate", &e)),
+                ) => Err(ChangeRefusal::new(
+                    DenyReason::UnknownPerson,
+                    Refusal::NotFound,
+                )),
+                Err(e) => Err(ChangeRefusal::failed("mandate", &e)),
             }
         })
         .await?;
