@@ -69,9 +69,11 @@ impl AccessTokenError {
     }
 }
 
-/// Why [`issue`] fails.
+/// Why [`issue`] fails: a lifetime out of bounds or the random source,
+/// the issuer's own failure (never a refusal of the client, which the
+/// consultation path decides).
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
-pub enum IssueError {
+pub enum TokenIssueError {
     /// The lifetime is zero or longer than [`MAX_TTL`].
     #[error("access token: the lifetime must be 1 s to {} s", MAX_TTL.as_secs())]
     Ttl,
@@ -230,17 +232,17 @@ pub fn issue(
     jkt: Jkt,
     now: DateTime<Utc>,
     ttl: Duration,
-) -> Result<(AccessToken, AccessTokenRecord), IssueError> {
+) -> Result<(AccessToken, AccessTokenRecord), TokenIssueError> {
     if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(IssueError::Ttl);
+        return Err(TokenIssueError::Ttl);
     }
-    let ttl = TimeDelta::from_std(ttl).map_err(|_| IssueError::Ttl)?;
-    let expires_at = now.checked_add_signed(ttl).ok_or(IssueError::Ttl)?;
+    let ttl = TimeDelta::from_std(ttl).map_err(|_| TokenIssueError::Ttl)?;
+    let expires_at = now.checked_add_signed(ttl).ok_or(TokenIssueError::Ttl)?;
     let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|_| IssueError::Random)?;
+    getrandom::fill(&mut secret).map_err(|_| TokenIssueError::Random)?;
     let token = format!("{TOKEN_PREFIX}{}", b64url(&secret));
     // The value was just built in the expected form.
-    let digest = TokenDigest::of(&token).map_err(|_| IssueError::Random)?;
+    let digest = TokenDigest::of(&token).map_err(|_| TokenIssueError::Random)?;
     let record = AccessTokenRecord {
         digest,
         jkt,
@@ -554,8 +556,8 @@ mod tests {
             )
             .map(|_| ())
         };
-        assert_eq!(mk(Duration::ZERO), Err(IssueError::Ttl));
-        assert_eq!(mk(Duration::from_secs(3601)), Err(IssueError::Ttl));
+        assert_eq!(mk(Duration::ZERO), Err(TokenIssueError::Ttl));
+        assert_eq!(mk(Duration::from_secs(3601)), Err(TokenIssueError::Ttl));
         assert_eq!(mk(Duration::from_secs(3600)), Ok(()));
     }
 

@@ -47,14 +47,17 @@ use rempart_ledger::{
 };
 use rempart_policy::Action;
 use rempart_storage::{
-    AccountChange, AccountLifecycle, AccountRecord, CredentialReset, NewAccountRequest, ResetKind,
-    ReviewEntry, StorageError, Store,
+    AccountChange, AccountLifecycle, AccountRecord, NewAccountRequest,
+    ResetKind as StoredResetKind, StorageError, Store,
 };
 
 use crate::authenticate::{self, IssuedCredential};
 use crate::authorize;
-use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
 use crate::secrets::IssuedActivation;
+use crate::views::{
+    AccountHistory, AccountReview, AccountView, ResetKind, ResetView, dormant_since,
+};
 
 /// A request is a burst (and raises an alert) when it makes this many or
 /// more account requests by the same requester within the window.
@@ -89,7 +92,7 @@ pub struct AccountRequest {
 #[derive(Debug)]
 pub struct AccountDecision {
     /// The account as stored after the decision.
-    pub account: AccountRecord,
+    pub account: AccountView,
     /// On approval, the account's activation code, shown once to the
     /// deciding officer (see [`crate::activation`]).
     pub activation: Option<IssuedActivation>,
@@ -99,7 +102,7 @@ pub struct AccountDecision {
 #[derive(Debug)]
 pub struct ResetDecision {
     /// The reset as stored after the decision.
-    pub reset: CredentialReset,
+    pub reset: ResetView,
     /// API credentials and API clients revoked with it (approved resets of
     /// kind `all`).
     pub credentials_revoked: u64,
@@ -108,39 +111,35 @@ pub struct ResetDecision {
     pub activation: Option<IssuedActivation>,
 }
 
-/// Why [`issue_credential`] refused.
-#[derive(Debug, thiserror::Error)]
-pub enum IssueError {
-    /// `account_id`: no such account.
-    #[error("account_id: no such account")]
-    NoSuchAccount,
-    /// `account_id`: the account is not active (requested accounts await
-    /// an outside officer's approval).
-    #[error("account_id: the account is {0}, only an active account gets a credential")]
-    NotActive(AccountState),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StorageError),
-}
-
 /// Issues an API credential, only to an active account: a requested,
 /// suspended or disabled account gets none. (Authentication checks the
 /// state on every request too, so a credential issued before a suspension
-/// stops working with it.)
+/// stops working with it.) Refused with [`Refusal::Invalid`] naming
+/// `account_id` (no such account, or one not active; requested accounts
+/// await an outside officer's approval).
 pub async fn issue_credential(
     store: &Store,
     account_id: i64,
     ttl: Duration,
     now: DateTime<Utc>,
-) -> Result<IssuedCredential, IssueError> {
+) -> Result<IssuedCredential, Refusal> {
     let account = store
         .account_by_id(account_id)
-        .await?
-        .ok_or(IssueError::NoSuchAccount)?;
+        .await
+        .map_err(|e| Refusal::from_store("accounts", &e))?
+        .ok_or_else(|| Refusal::invalid("account_id", "no such account"))?;
     if account.state != AccountState::Active {
-        return Err(IssueError::NotActive(account.state));
+        return Err(Refusal::invalid(
+            "account_id",
+            format!(
+                "the account is {}, only an active account gets a credential",
+                account.state
+            ),
+        ));
     }
-    Ok(authenticate::issue(store, account_id, ttl, now).await?)
+    authenticate::issue(store, account_id, ttl, now)
+        .await
+        .map_err(|e| Refusal::from_store("credentials", &e))
 }
 
 /// Whether an account has gone `days` without a login at `now`: its last
@@ -148,13 +147,14 @@ pub async fn issue_credential(
 /// when its history is unknown (imported accounts): the review shows it,
 /// and `disable_inactive` leaves it alone.
 pub fn dormant(history: &AccountLifecycle, now: DateTime<Utc>, days: u32) -> Option<bool> {
-    let last = history
-        .last_login_at
-        .or(history.decided_at)
-        .or(history.created_at)?;
-    // A window reaching before the representable past: nothing is older.
-    let cutoff = now.checked_sub_signed(Duration::days(i64::from(days)));
-    Some(cutoff.is_some_and(|cutoff| last < cutoff))
+    dormant_since(
+        history
+            .last_login_at
+            .or(history.decided_at)
+            .or(history.created_at),
+        now,
+        days,
+    )
 }
 
 /// Whether a ledger leaf is an alert raised by this module.
@@ -173,7 +173,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         request: AccountRequest,
-    ) -> Result<ReviewEntry, Refusal> {
+    ) -> Result<AccountReview, Refusal> {
         let now = self.now().trunc_subsecs(6);
         let action = LeafAction::AccountRequest;
         let caller = self.authenticate(presented, action, now).await?;
@@ -250,17 +250,15 @@ impl Consultation {
             );
         }
         self.record_all(&leaves).await?;
-        Ok(ReviewEntry {
-            lifecycle: AccountLifecycle {
-                account_id: account.account_id,
+        Ok(AccountReview {
+            history: AccountHistory {
                 created_at: Some(now),
                 requested_by: Some(requested_by),
                 decided_by: None,
                 decided_at: None,
                 last_login_at: None,
-                next_session_high_risk: false,
             },
-            account,
+            account: AccountView::from(account),
         })
     }
 
@@ -297,9 +295,9 @@ impl Consultation {
             officer_id: officer,
             approve,
         };
-        if let Err(not_made) = decided(self.auth.rehearse(&change, now).await, "accounts") {
+        if let Err(refused) = decided(self.auth.rehearse(&change, now).await, "accounts") {
             return Err(self
-                .refuse_rehearsed(&ctx, None, not_made, Some(about))
+                .refuse_rehearsed(&ctx, None, refused, Some(about))
                 .await);
         }
         let note = if approve {
@@ -319,7 +317,7 @@ impl Consultation {
                 .auth
                 .decide_account(account_id, officer, approve, now)
                 .await;
-            let account = decided(decision, "accounts")?;
+            let account = AccountView::from(decided(decision, "accounts")?);
             if !approve {
                 return Ok(AccountDecision {
                     account,
@@ -334,9 +332,9 @@ impl Consultation {
                     account,
                     activation: Some(a),
                 }),
-                Err(e) => Err(NotMade {
+                Err(e) => Err(ChangeRefusal {
                     what: "approved, but no activation code issued",
-                    ..NotMade::failed("activation code after an approval", &e)
+                    ..ChangeRefusal::failed("activation code after an approval", &e)
                 }),
             }
         })
@@ -347,7 +345,7 @@ impl Consultation {
     pub async fn pending_account_requests(
         &self,
         presented: &Presented<'_>,
-    ) -> Result<Vec<ReviewEntry>, Refusal> {
+    ) -> Result<Vec<AccountReview>, Refusal> {
         self.listing(presented, Action::DecideAccount, "pending account requests")
             .await?
             .run(self, self.auth.pending_requests())
@@ -364,7 +362,7 @@ impl Consultation {
         presented: &Presented<'_>,
         account_id: i64,
         kind: ResetKind,
-    ) -> Result<CredentialReset, Refusal> {
+    ) -> Result<ResetView, Refusal> {
         let now = self.now().trunc_subsecs(6);
         let action = LeafAction::CredentialResetRequest;
         let caller = self.authenticate(presented, action, now).await?;
@@ -408,7 +406,7 @@ impl Consultation {
         }
         let stored = self
             .auth
-            .request_reset(account_id, kind, me.account_id, now)
+            .request_reset(account_id, kind.stored(), me.account_id, now)
             .await;
         let reset = match stored {
             Ok(r) => r,
@@ -428,7 +426,7 @@ impl Consultation {
             Some(format!("{about} requested (reset {})", reset.id)),
         ))
         .await?;
-        Ok(reset)
+        Ok(ResetView::from(reset))
     }
 
     /// An officer approves or rejects a reset. Approval (in the store, in
@@ -461,14 +459,14 @@ impl Consultation {
         };
         let rehearsal = match decided(self.auth.rehearse(&change, now).await, "resets") {
             Ok(r) => r,
-            Err(not_made) => {
+            Err(refused) => {
                 return Err(self
-                    .refuse_rehearsed(&ctx, None, not_made, Some(about))
+                    .refuse_rehearsed(&ctx, None, refused, Some(about))
                     .await);
             }
         };
-        let kind = rehearsal.reset_kind.unwrap_or(ResetKind::All);
-        let revokes = approve && kind == ResetKind::All;
+        let kind = rehearsal.reset_kind.unwrap_or(StoredResetKind::All);
+        let revokes = approve && kind == StoredResetKind::All;
         let reactivates = approve && (kind.removes_password() || kind.removes_totp());
         let leaf = ctx.leaf(
             None,
@@ -495,16 +493,16 @@ impl Consultation {
             let decision = self.auth.decide_reset(reset_id, officer, approve, now).await;
             let reset = decided(decision, "resets")?;
             let mut credentials_revoked = 0;
-            if approve && reset.kind == ResetKind::All {
+            if approve && reset.kind == StoredResetKind::All {
                 // The factors went with the store's transaction; the API
                 // credentials live in the registry and go now, with the
                 // account's API clients (partner software acting as it: a
                 // reset of every factor assumes the account was taken). A
                 // failure here is reported (503, ledgered): the operator
                 // revokes them with `rempart account credential revoke`.
-                let partly = |stage: &str, e: &StorageError| NotMade {
+                let partly = |stage: &str, e: &StorageError| ChangeRefusal {
                     what: "reset made, but API credentials or clients not all revoked",
-                    ..NotMade::failed(stage, e)
+                    ..ChangeRefusal::failed(stage, e)
                 };
                 credentials_revoked = self
                     .store
@@ -548,21 +546,21 @@ impl Consultation {
                             )),
                         ))
                         .await
-                        .map_err(|refusal| NotMade {
+                        .map_err(|refusal| ChangeRefusal {
                             what: "reset made, no activation code issued",
-                            ..NotMade::new(DenyReason::InternalError, refusal)
+                            ..ChangeRefusal::new(DenyReason::InternalError, refusal)
                         })?;
                     }
                     Err(e) => {
-                        return Err(NotMade {
+                        return Err(ChangeRefusal {
                             what: "reset made, but no activation code issued",
-                            ..NotMade::failed("activation code after a reset", &e)
+                            ..ChangeRefusal::failed("activation code after a reset", &e)
                         });
                     }
                 }
             }
             Ok(ResetDecision {
-                reset,
+                reset: ResetView::from(reset),
                 credentials_revoked,
                 activation,
             })
@@ -574,7 +572,7 @@ impl Consultation {
     pub async fn pending_resets(
         &self,
         presented: &Presented<'_>,
-    ) -> Result<Vec<CredentialReset>, Refusal> {
+    ) -> Result<Vec<ResetView>, Refusal> {
         self.listing(presented, Action::DecideAccount, "pending resets")
             .await?
             .run(self, self.auth.pending_resets())
@@ -588,7 +586,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         organisation_id: Option<i64>,
-    ) -> Result<Vec<ReviewEntry>, Refusal> {
+    ) -> Result<Vec<AccountReview>, Refusal> {
         let note = match organisation_id {
             Some(id) => format!("account review of organisation {id}"),
             None => "account review".to_string(),
@@ -714,10 +712,10 @@ struct Listing {
 
 impl Listing {
     /// Reads the rows, ledgers the listing, answers.
-    async fn run<T>(
+    async fn run<R, T: From<R>>(
         self,
         consultation: &Consultation,
-        rows: impl std::future::Future<Output = Result<Vec<T>, StorageError>>,
+        rows: impl std::future::Future<Output = Result<Vec<R>, StorageError>>,
     ) -> Result<Vec<T>, Refusal> {
         let ctx = Ctx::new(&self.caller, LeafAction::AdminList, self.now);
         let rows = consultation
@@ -732,7 +730,7 @@ impl Listing {
                 Some(format!("{} ({} rows)", self.note, rows.len())),
             ))
             .await?;
-        Ok(rows)
+        Ok(rows.into_iter().map(T::from).collect())
     }
 }
 
@@ -786,15 +784,18 @@ fn store_refusal(e: &StorageError) -> (DenyReason, Refusal) {
 /// The store's answer to a decision, rehearsed or made: `None` (no such
 /// account or reset, or already decided) is not found; a refusal reads as
 /// [`store_refusal`] says; a failure of `stage` is `Unavailable`.
-fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, NotMade> {
+fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, ChangeRefusal> {
     match r {
         Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+        Ok(None) => Err(ChangeRefusal::new(
+            DenyReason::InvalidRequest,
+            Refusal::NotFound,
+        )),
         Err(e @ (StorageError::Refused { .. } | StorageError::NotFound { .. })) => {
             let (reason, refusal) = store_refusal(&e);
-            Err(NotMade::new(reason, refusal))
+            Err(ChangeRefusal::new(reason, refusal))
         }
-        Err(e) => Err(NotMade::failed(stage, &e)),
+        Err(e) => Err(ChangeRefusal::failed(stage, &e)),
     }
 }
 

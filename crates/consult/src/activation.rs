@@ -61,6 +61,7 @@ use crate::kernel::{Consultation, Refusal, unauthenticated_leaf};
 use crate::secrets::{open_totp_secret, seal_totp_secret};
 use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
+use crate::views::AccountView;
 
 pub use crate::secrets::{ACTIVATION_HOURS, IssuedActivation};
 
@@ -408,7 +409,7 @@ impl Consultation {
     pub async fn finish_activation(
         &self,
         form: FactorsForm<'_>,
-    ) -> Result<AccountRecord, ActivationError> {
+    ) -> Result<AccountView, ActivationError> {
         let (auth, web) = self.activation_parts()?;
         let now = self.now();
         let now_unix = u64::try_from(now.timestamp()).unwrap_or(0);
@@ -551,7 +552,7 @@ impl Consultation {
         self.record(allow_leaf(&account, now, format!("activation: {what}")))
             .await
             .map_err(|r| ActivationError::Unavailable(r.to_string()))?;
-        Ok(account)
+        Ok(AccountView::from(account))
     }
 
     fn activation_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), ActivationError> {

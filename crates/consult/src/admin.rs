@@ -17,13 +17,12 @@ use rempart_domain::{AccountState, Organisation, Purpose, Reference};
 use rempart_guard::{AttemptKind, Fields};
 use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
 use rempart_policy::Action;
-use rempart_storage::{
-    AccountChange, AccountRecord, GrantDecision, GrantRequest, NewMandate, StoredMandate,
-};
+use rempart_storage::{AccountChange, NewMandate};
 
 use crate::authenticate::Caller;
 use crate::authorize::{self, GRANT_PREFIX, mandate_reference, written_reason};
-use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
+use crate::views::{AccountView, GrantDecision, GrantRequestView, MandateView};
 
 /// Longest reason for lifting a freeze, in bytes: its leaf's note also
 /// names the organisation and the outcome (at most 45 bytes more), and a
@@ -68,15 +67,15 @@ pub type Organisations = Vec<OrganisationEntry>;
 #[derive(Debug)]
 pub enum Granted {
     /// The mandate, made.
-    Mandate(StoredMandate),
+    Mandate(MandateView),
     /// A grant to the officer's own organisation, waiting for an officer of
     /// another.
-    Requested(GrantRequest),
+    Requested(GrantRequestView),
 }
 
 /// Why the store refused a grant request's decision: the four-eyes rule
 /// (`officer_id: …`) is a 403, the rest as for a grant.
-fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
+fn decision_refused(e: rempart_storage::StorageError) -> ChangeRefusal {
     match e {
         rempart_storage::StorageError::Refused {
             field: "officer_id",
@@ -85,16 +84,16 @@ fn decision_refused(e: rempart_storage::StorageError) -> NotMade {
         | rempart_storage::StorageError::NotFound {
             field: "officer_id",
             ..
-        } => NotMade::new(DenyReason::FourEyes, Refusal::Forbidden),
+        } => ChangeRefusal::new(DenyReason::FourEyes, Refusal::Forbidden),
         e => grant_refused(e),
     }
 }
 
 /// Why the store refused a mandate grant.
-fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
+fn grant_refused(e: rempart_storage::StorageError) -> ChangeRefusal {
     match e {
         e @ (rempart_storage::StorageError::Refused { .. }
-        | rempart_storage::StorageError::NotFound { .. }) => NotMade::new(
+        | rempart_storage::StorageError::NotFound { .. }) => ChangeRefusal::new(
             DenyReason::InvalidRequest,
             Refusal::invalid(
                 "mandate",
@@ -102,7 +101,7 @@ fn grant_refused(e: rempart_storage::StorageError) -> NotMade {
                     .map_or_else(|| e.to_string(), |(f, r)| format!("{f}: {r}")),
             ),
         ),
-        e => NotMade::failed("mandate", &e),
+        e => ChangeRefusal::failed("mandate", &e),
     }
 }
 
@@ -177,7 +176,7 @@ impl Consultation {
                     self.store
                         .request_grant(new, requested_by, now)
                         .await
-                        .map(Granted::Requested)
+                        .map(|r| Granted::Requested(r.into()))
                         .map_err(grant_refused)
                 })
                 .await;
@@ -193,7 +192,7 @@ impl Consultation {
             self.store
                 .grant_mandate(new)
                 .await
-                .map(Granted::Mandate)
+                .map(|m| Granted::Mandate(m.into()))
                 .map_err(grant_refused)
         })
         .await
@@ -251,7 +250,7 @@ impl Consultation {
             self.screen(&ctx, &attempt).await?;
         }
         let officer = caller.account.account_id;
-        let undecided = || NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound);
+        let undecided = || ChangeRefusal::new(DenyReason::InvalidRequest, Refusal::NotFound);
         let about = format!("mandate request {request_id}");
         let rehearsed = match self
             .store
@@ -262,9 +261,9 @@ impl Consultation {
             Ok(false) => Err(undecided()),
             Err(e) => Err(decision_refused(e)),
         };
-        if let Err(not_made) = rehearsed {
+        if let Err(refused) = rehearsed {
             return Err(self
-                .refuse_rehearsed(&ctx, Some(person_id), not_made, Some(about))
+                .refuse_rehearsed(&ctx, Some(person_id), refused, Some(about))
                 .await);
         }
         let note = if approve {
@@ -285,7 +284,7 @@ impl Consultation {
                 .decide_grant(request_id, officer, approve, now)
                 .await
             {
-                Ok(Some(decision)) => Ok(decision),
+                Ok(Some(decision)) => Ok(GrantDecision::from(decision)),
                 Ok(None) => Err(undecided()),
                 Err(e) => Err(decision_refused(e)),
             }
@@ -297,7 +296,7 @@ impl Consultation {
     pub async fn pending_grant_requests(
         &self,
         presented: &Presented<'_>,
-    ) -> Result<Vec<GrantRequest>, Refusal> {
+    ) -> Result<Vec<GrantRequestView>, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
         let pending = self
@@ -316,7 +315,7 @@ impl Consultation {
             Some(format!("pending mandate requests ({} rows)", pending.len())),
         ))
         .await?;
-        Ok(pending)
+        Ok(pending.into_iter().map(GrantRequestView::from).collect())
     }
 
     /// Revokes a mandate (France Travail officers), effective from the
@@ -362,8 +361,11 @@ impl Consultation {
         self.leaf_then(&ctx, leaf, async {
             match self.store.revoke_mandate(mandate_id, now).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
-                Err(e) => Err(NotMade::failed("mandate", &e)),
+                Ok(false) => Err(ChangeRefusal::new(
+                    DenyReason::InvalidRequest,
+                    Refusal::NotFound,
+                )),
+                Err(e) => Err(ChangeRefusal::failed("mandate", &e)),
             }
         })
         .await
@@ -411,7 +413,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         organisation_id: i64,
-    ) -> Result<Vec<AccountRecord>, Refusal> {
+    ) -> Result<Vec<AccountView>, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
         let accounts = self
@@ -433,7 +435,7 @@ impl Consultation {
             )),
         ))
         .await?;
-        Ok(accounts)
+        Ok(accounts.into_iter().map(AccountView::from).collect())
     }
 
     /// Suspends or reactivates an account (account administration). An
@@ -444,7 +446,7 @@ impl Consultation {
         presented: &Presented<'_>,
         account_id: i64,
         state: AccountState,
-    ) -> Result<AccountRecord, Refusal> {
+    ) -> Result<AccountView, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let action = match state {
             AccountState::Active => LeafAction::AccountReactivate,
@@ -486,16 +488,19 @@ impl Consultation {
         // refusal is one denial; ledgered, then made.
         let moved = |r: Result<bool, rempart_storage::StorageError>| match r {
             Ok(true) => Ok(()),
-            Ok(false) => Err(NotMade::new(DenyReason::InvalidRequest, Refusal::NotFound)),
+            Ok(false) => Err(ChangeRefusal::new(
+                DenyReason::InvalidRequest,
+                Refusal::NotFound,
+            )),
             Err(rempart_storage::StorageError::Refused { field: "state", .. }) => {
-                Err(NotMade::new(DenyReason::FourEyes, Refusal::Forbidden))
+                Err(ChangeRefusal::new(DenyReason::FourEyes, Refusal::Forbidden))
             }
-            Err(e) => Err(NotMade::failed("accounts", &e)),
+            Err(e) => Err(ChangeRefusal::failed("accounts", &e)),
         };
         let change = AccountChange::State { account_id, state };
         let rehearsed = self.auth.rehearse(&change, now).await.map(|r| r.is_some());
-        if let Err(not_made) = moved(rehearsed) {
-            return Err(self.refuse_rehearsed(&ctx, None, not_made, None).await);
+        if let Err(refused) = moved(rehearsed) {
+            return Err(self.refuse_rehearsed(&ctx, None, refused, None).await);
         }
         let leaf = ctx.leaf(
             None,
@@ -508,7 +513,10 @@ impl Consultation {
             moved(self.change_state(account_id, state, now).await)
         })
         .await?;
-        Ok(AccountRecord { state, ..target })
+        Ok(AccountView {
+            state,
+            ..AccountView::from(target)
+        })
     }
 
     /// The registry's side of [`Consultation::set_account_state`]. Suspending
@@ -603,7 +611,7 @@ impl Consultation {
                 .lift_freeze(organisation_id, now)
                 .await
                 .map_err(|e| {
-                    NotMade::new(
+                    ChangeRefusal::new(
                         DenyReason::InternalError,
                         Refusal::Unavailable(format!("guard: {e}")),
                     )

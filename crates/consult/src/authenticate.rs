@@ -119,7 +119,7 @@ impl std::fmt::Debug for IssuedCredential {
 /// Why a credential or session was not accepted. The client is never told
 /// which (all are "401 unauthenticated"); the ledger is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejected {
+pub enum BadCredential {
     /// No credential, or not of the `rmp_<id>_<secret>` form.
     Malformed,
     /// No stored credential has this id.
@@ -169,22 +169,22 @@ pub enum Rejected {
     },
 }
 
-impl Rejected {
+impl BadCredential {
     /// The account the credential or session belongs to, when known.
     pub fn account_id(self) -> Option<i64> {
         match self {
-            Rejected::Malformed
-            | Rejected::Unknown
-            | Rejected::SessionMalformed
-            | Rejected::SessionUnknown => None,
-            Rejected::WrongSecret { account_id }
-            | Rejected::Expired { account_id }
-            | Rejected::Revoked { account_id }
-            | Rejected::SessionEnded { account_id }
-            | Rejected::ProofMissing { account_id }
-            | Rejected::ProofRefused { account_id, .. }
-            | Rejected::TokenProofRefused { account_id, .. } => Some(account_id),
-            Rejected::TokenRefused { account_id, .. } => account_id,
+            BadCredential::Malformed
+            | BadCredential::Unknown
+            | BadCredential::SessionMalformed
+            | BadCredential::SessionUnknown => None,
+            BadCredential::WrongSecret { account_id }
+            | BadCredential::Expired { account_id }
+            | BadCredential::Revoked { account_id }
+            | BadCredential::SessionEnded { account_id }
+            | BadCredential::ProofMissing { account_id }
+            | BadCredential::ProofRefused { account_id, .. }
+            | BadCredential::TokenProofRefused { account_id, .. } => Some(account_id),
+            BadCredential::TokenRefused { account_id, .. } => account_id,
         }
     }
 
@@ -193,7 +193,7 @@ impl Rejected {
     pub fn is_token(self) -> bool {
         matches!(
             self,
-            Rejected::TokenRefused { .. } | Rejected::TokenProofRefused { .. }
+            BadCredential::TokenRefused { .. } | BadCredential::TokenProofRefused { .. }
         )
     }
 
@@ -203,12 +203,12 @@ impl Rejected {
     /// expired, `Bearer`, another key).
     pub fn oauth_error(self) -> Option<&'static str> {
         match self {
-            Rejected::TokenRefused {
+            BadCredential::TokenRefused {
                 error: AccessTokenError::ProofMissing,
                 ..
             } => Some("invalid_dpop_proof"),
-            Rejected::TokenRefused { .. } => Some("invalid_token"),
-            Rejected::TokenProofRefused { error, .. } => match error {
+            BadCredential::TokenRefused { .. } => Some("invalid_token"),
+            BadCredential::TokenProofRefused { error, .. } => match error {
                 DpopError::JktMismatch => Some("invalid_token"),
                 _ => Some("invalid_dpop_proof"),
             },
@@ -220,27 +220,27 @@ impl Rejected {
     pub fn is_session(self) -> bool {
         matches!(
             self,
-            Rejected::SessionMalformed
-                | Rejected::SessionUnknown
-                | Rejected::SessionEnded { .. }
-                | Rejected::ProofMissing { .. }
-                | Rejected::ProofRefused { .. }
+            BadCredential::SessionMalformed
+                | BadCredential::SessionUnknown
+                | BadCredential::SessionEnded { .. }
+                | BadCredential::ProofMissing { .. }
+                | BadCredential::ProofRefused { .. }
         )
     }
 
     /// What the ledger's note says (a fixed text, never a value).
     pub fn note(self) -> &'static str {
         match self {
-            Rejected::Malformed => "malformed credential",
-            Rejected::Unknown => "unknown credential",
-            Rejected::WrongSecret { .. } => "wrong secret",
-            Rejected::Expired { .. } => "expired credential",
-            Rejected::Revoked { .. } => "revoked credential",
-            Rejected::SessionMalformed => "malformed session cookie",
-            Rejected::SessionUnknown => "unknown session",
-            Rejected::SessionEnded { .. } => "session ended or expired",
-            Rejected::ProofMissing { .. } => "no device proof",
-            Rejected::ProofRefused { error, .. } => match error {
+            BadCredential::Malformed => "malformed credential",
+            BadCredential::Unknown => "unknown credential",
+            BadCredential::WrongSecret { .. } => "wrong secret",
+            BadCredential::Expired { .. } => "expired credential",
+            BadCredential::Revoked { .. } => "revoked credential",
+            BadCredential::SessionMalformed => "malformed session cookie",
+            BadCredential::SessionUnknown => "unknown session",
+            BadCredential::SessionEnded { .. } => "session ended or expired",
+            BadCredential::ProofMissing { .. } => "no device proof",
+            BadCredential::ProofRefused { error, .. } => match error {
                 DpopError::JktMismatch => "device proof: another key",
                 DpopError::Replayed => "device proof: replayed",
                 DpopError::AthMissing | DpopError::AthMismatch => "device proof: another session",
@@ -249,7 +249,7 @@ impl Rejected {
                 DpopError::ReplayStore(_) => "device proof: replay cache unavailable",
                 _ => "device proof: invalid",
             },
-            Rejected::TokenRefused { error, .. } => match error {
+            BadCredential::TokenRefused { error, .. } => match error {
                 AccessTokenError::BearerScheme => "access token: used as Bearer",
                 AccessTokenError::Scheme => "access token: malformed authorization",
                 AccessTokenError::Malformed => "access token: malformed",
@@ -258,7 +258,7 @@ impl Rejected {
                 AccessTokenError::ProofMissing => "access token: no proof",
                 AccessTokenError::JktMismatch => "access token: another key",
             },
-            Rejected::TokenProofRefused { error, .. } => match error {
+            BadCredential::TokenProofRefused { error, .. } => match error {
                 DpopError::Missing | DpopError::Multiple => "dpop: no single proof",
                 DpopError::JktMismatch => "dpop: another key",
                 DpopError::Replayed => "dpop: replayed",
@@ -319,23 +319,23 @@ pub fn session_handle(secret: &[u8; 32]) -> String {
 }
 
 /// Reads a session cookie's value: (digest of the secret, handle).
-pub fn parse_session(cookie: &str) -> Result<([u8; 32], String), Rejected> {
+pub fn parse_session(cookie: &str) -> Result<([u8; 32], String), BadCredential> {
     if cookie.len() > MAX_LEN {
-        return Err(Rejected::SessionMalformed);
+        return Err(BadCredential::SessionMalformed);
     }
     let encoded = cookie
         .strip_prefix(SESSION_PREFIX)
-        .ok_or(Rejected::SessionMalformed)?;
+        .ok_or(BadCredential::SessionMalformed)?;
     let bytes = Zeroizing::new(
         URL_SAFE_NO_PAD
             .decode(encoded)
-            .map_err(|_| Rejected::SessionMalformed)?,
+            .map_err(|_| BadCredential::SessionMalformed)?,
     );
     let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
         bytes
             .as_slice()
             .try_into()
-            .map_err(|_| Rejected::SessionMalformed)?,
+            .map_err(|_| BadCredential::SessionMalformed)?,
     );
     Ok((digest(secret.as_ref()), session_handle(&secret)))
 }
@@ -389,18 +389,18 @@ pub fn check_session(
     request: ProofRequest<'_>,
     now: DateTime<Utc>,
     replay: &std::sync::Mutex<rempart_auth::dpop::ReplayCache>,
-) -> Result<(Caller, StoredSession), Rejected> {
+) -> Result<(Caller, StoredSession), BadCredential> {
     let Some((session, account)) = stored else {
-        return Err(Rejected::SessionUnknown);
+        return Err(BadCredential::SessionUnknown);
     };
     let account_id = account.account_id;
     if session.account_id != account_id || !session.is_live_at(now) {
-        return Err(Rejected::SessionEnded { account_id });
+        return Err(BadCredential::SessionEnded { account_id });
     }
     let Some(proof) = request.proof else {
-        return Err(Rejected::ProofMissing { account_id });
+        return Err(BadCredential::ProofMissing { account_id });
     };
-    let refused = |error| Rejected::ProofRefused { account_id, error };
+    let refused = |error| BadCredential::ProofRefused { account_id, error };
     // A stored thumbprint that does not parse binds to nothing: refused.
     let jkt = Jkt::parse(&session.jkt).map_err(|_| refused(DpopError::JktMismatch))?;
     let expected = Expected::new(request.method, request.url)
@@ -438,7 +438,7 @@ pub async fn authenticate_session(
     request: ProofRequest<'_>,
     now: DateTime<Utc>,
     replay: &std::sync::Mutex<rempart_auth::dpop::ReplayCache>,
-) -> Result<Result<Caller, Rejected>, StorageError> {
+) -> Result<Result<Caller, BadCredential>, StorageError> {
     let (id_digest, handle) = match parse_session(cookie) {
         Ok(p) => p,
         Err(r) => return Ok(Err(r)),
@@ -468,8 +468,8 @@ pub async fn authenticate_access_token(
     authorization: &str,
     request: ProofRequest<'_>,
     now: DateTime<Utc>,
-) -> Result<Result<Caller, Rejected>, StorageError> {
-    let refused = |account_id, error| Ok(Err(Rejected::TokenRefused { account_id, error }));
+) -> Result<Result<Caller, BadCredential>, StorageError> {
+    let refused = |account_id, error| Ok(Err(BadCredential::TokenRefused { account_id, error }));
     let token = match access_token::parse_authorization(authorization) {
         Ok(token) => token,
         // A Bearer use of a DPoP-bound token (RFC 9449 §7.2): refused, but
@@ -504,7 +504,7 @@ pub async fn authenticate_access_token(
     if now >= record.expires_at {
         return refused(Some(account_id), AccessTokenError::Expired);
     }
-    let proof_refused = |error| Ok(Err(Rejected::TokenProofRefused { account_id, error }));
+    let proof_refused = |error| Ok(Err(BadCredential::TokenProofRefused { account_id, error }));
     let Some(proof) = request.proof else {
         return proof_refused(DpopError::Missing);
     };
@@ -564,23 +564,23 @@ fn token_record(row: AccessTokenRow) -> Option<AccessTokenRecord> {
 }
 
 /// Splits a presented credential into (id, digest of the secret).
-pub fn parse(token: &str) -> Result<(i64, [u8; 32]), Rejected> {
+pub fn parse(token: &str) -> Result<(i64, [u8; 32]), BadCredential> {
     if token.len() > MAX_LEN {
-        return Err(Rejected::Malformed);
+        return Err(BadCredential::Malformed);
     }
-    let rest = token.strip_prefix(PREFIX).ok_or(Rejected::Malformed)?;
-    let (id, secret) = rest.split_once('_').ok_or(Rejected::Malformed)?;
+    let rest = token.strip_prefix(PREFIX).ok_or(BadCredential::Malformed)?;
+    let (id, secret) = rest.split_once('_').ok_or(BadCredential::Malformed)?;
     if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Rejected::Malformed);
+        return Err(BadCredential::Malformed);
     }
-    let id: i64 = id.parse().map_err(|_| Rejected::Malformed)?;
+    let id: i64 = id.parse().map_err(|_| BadCredential::Malformed)?;
     let secret = Zeroizing::new(
         URL_SAFE_NO_PAD
             .decode(secret)
-            .map_err(|_| Rejected::Malformed)?,
+            .map_err(|_| BadCredential::Malformed)?,
     );
     if secret.len() != 32 {
-        return Err(Rejected::Malformed);
+        return Err(BadCredential::Malformed);
     }
     Ok((id, digest(&secret)))
 }
@@ -624,9 +624,9 @@ pub async fn authenticate(
     store: &Store,
     token: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<Result<Caller, Rejected>, StorageError> {
+) -> Result<Result<Caller, BadCredential>, StorageError> {
     let Some(token) = token else {
-        return Ok(Err(Rejected::Malformed));
+        return Ok(Err(BadCredential::Malformed));
     };
     let (id, presented) = match parse(token) {
         Ok(p) => p,
@@ -648,19 +648,19 @@ pub fn check(
     id: i64,
     presented: &[u8; 32],
     now: DateTime<Utc>,
-) -> Result<Caller, Rejected> {
+) -> Result<Caller, BadCredential> {
     let Some((stored, account)) = stored else {
-        return Err(Rejected::Unknown);
+        return Err(BadCredential::Unknown);
     };
     let account_id = account.account_id;
     if stored.id != id || !same(&stored.secret_digest, presented) {
-        Err(Rejected::WrongSecret { account_id })
+        Err(BadCredential::WrongSecret { account_id })
     } else if stored.revoked_at.is_some_and(|t| t <= now)
         && account.state != AccountState::Suspended
     {
-        Err(Rejected::Revoked { account_id })
+        Err(BadCredential::Revoked { account_id })
     } else if stored.expires_at <= now {
-        Err(Rejected::Expired { account_id })
+        Err(BadCredential::Expired { account_id })
     } else {
         Ok(Caller {
             account,
@@ -691,10 +691,10 @@ mod tests {
             "rmp_42_AAAA",
             "rmp_99999999999999999999_AAAA",
         ] {
-            assert_eq!(parse(bad), Err(Rejected::Malformed), "{bad}");
+            assert_eq!(parse(bad), Err(BadCredential::Malformed), "{bad}");
         }
         let long = format!("{token}{}", "A".repeat(200));
-        assert_eq!(parse(&long), Err(Rejected::Malformed));
+        assert_eq!(parse(&long), Err(BadCredential::Malformed));
     }
 
     #[test]
@@ -729,7 +729,11 @@ mod tests {
             &format!("rms_{}=", URL_SAFE_NO_PAD.encode([1u8; 32])),
             &format!("{cookie}{}", "A".repeat(200)),
         ] {
-            assert_eq!(parse_session(bad), Err(Rejected::SessionMalformed), "{bad}");
+            assert_eq!(
+                parse_session(bad),
+                Err(BadCredential::SessionMalformed),
+                "{bad}"
+            );
         }
         // The handle and the row key are different digests of the secret.
         assert_ne!(
@@ -748,11 +752,11 @@ mod tests {
     #[test]
     fn session_rejections_are_told_apart_in_the_ledger_only() {
         let all = [
-            Rejected::SessionMalformed,
-            Rejected::SessionUnknown,
-            Rejected::SessionEnded { account_id: 1 },
-            Rejected::ProofMissing { account_id: 1 },
-            Rejected::ProofRefused {
+            BadCredential::SessionMalformed,
+            BadCredential::SessionUnknown,
+            BadCredential::SessionEnded { account_id: 1 },
+            BadCredential::ProofMissing { account_id: 1 },
+            BadCredential::ProofRefused {
                 account_id: 1,
                 error: DpopError::JktMismatch,
             },
@@ -760,7 +764,7 @@ mod tests {
         for r in all {
             assert!(r.is_session(), "{r:?}");
         }
-        assert!(!Rejected::Malformed.is_session());
+        assert!(!BadCredential::Malformed.is_session());
         assert_eq!(all[0].account_id(), None);
         assert_eq!(all[4].account_id(), Some(1));
         let notes: std::collections::HashSet<_> = all.iter().map(|r| r.note()).collect();

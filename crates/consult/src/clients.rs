@@ -55,7 +55,7 @@ use rempart_storage::auth::{AccessTokenRow, ApiClientRow};
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
 use crate::authenticate::replay_until;
-use crate::kernel::{Consultation, token_session, unauthenticated_leaf};
+use crate::kernel::{Consultation, Refusal, token_session, unauthenticated_leaf};
 
 pub use crate::settings::{ClientConfigError, ClientSettings, TOKEN_PATH};
 
@@ -150,50 +150,41 @@ impl TokenRefusal {
 const CLIENT_FAILED: &str =
     "client authentication failed: unknown client, or no registered key of it signed the assertion";
 
-/// Why [`register_client`] or [`revoke_client`] refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    /// The account is not active (requested accounts await an outside
-    /// officer's approval).
-    #[error("login: the account is {0}, only an active account gets an API client")]
-    NotActive(AccountState),
-    /// No key, or too many.
-    #[error("jwk: give 1 to {MAX_KEYS} public keys")]
-    KeyCount,
-    /// Two keys have the same thumbprint or the same `kid`.
-    #[error("jwk: the keys must differ, and so must their kid")]
-    DuplicateKey,
-    /// No client has this id, or it is already revoked.
-    #[error("client_id: no such client, or already revoked")]
-    NoSuchClient,
-    /// A client id could not be made.
-    #[error("client_id: could not be generated")]
-    Random,
-    /// The store failed or refused.
-    #[error(transparent)]
-    Store(#[from] StorageError),
-}
-
 /// Registers an API client for an active account, with its public keys,
-/// and returns the new client id (`rmpc_` + 128 random bits).
+/// and returns the new client id (`rmpc_` + 128 random bits). Refused with
+/// [`Refusal::Invalid`] naming `login` (an account not active: requested
+/// accounts await an outside officer's approval) or `jwk` (no key, too
+/// many, or two alike).
 pub async fn register_client(
     auth: &dyn AuthStore,
     account: &AccountRecord,
     keys: Vec<ClientKey>,
     now: DateTime<Utc>,
-) -> Result<ClientId, RegisterError> {
+) -> Result<ClientId, Refusal> {
     if account.state != AccountState::Active {
-        return Err(RegisterError::NotActive(account.state));
+        return Err(Refusal::invalid(
+            "login",
+            format!(
+                "the account is {}, only an active account gets an API client",
+                account.state
+            ),
+        ));
     }
     if keys.is_empty() || keys.len() > MAX_KEYS {
-        return Err(RegisterError::KeyCount);
+        return Err(Refusal::invalid(
+            "jwk",
+            format!("give 1 to {MAX_KEYS} public keys"),
+        ));
     }
     for (i, k) in keys.iter().enumerate() {
         let same = |o: &ClientKey| {
             o.jwk.thumbprint() == k.jwk.thumbprint() || (o.kid.is_some() && o.kid == k.kid)
         };
         if keys[..i].iter().any(same) {
-            return Err(RegisterError::DuplicateKey);
+            return Err(Refusal::invalid(
+                "jwk",
+                "the keys must differ, and so must their kid",
+            ));
         }
     }
     let mut raw = [0u8; 16];
@@ -202,13 +193,9 @@ pub async fn register_client(
         "{CLIENT_ID_PREFIX}{}",
         URL_SAFE_NO_PAD.encode(raw)
     ))
-    .map_err(|_| RegisterError::Random)?;
-    let keys_json = serde_json::to_string(&keys).map_err(|e| {
-        RegisterError::Store(StorageError::Refused {
-            field: "jwk",
-            reason: e.to_string(),
-        })
-    })?;
+    .map_err(|_| Refusal::Unavailable("client_id: could not be generated".into()))?;
+    let keys_json =
+        serde_json::to_string(&keys).map_err(|e| Refusal::invalid("jwk", e.to_string()))?;
     auth.insert_api_client(ApiClientRow {
         client_id: client_id.as_str().to_owned(),
         account_id: account.account_id,
@@ -216,21 +203,30 @@ pub async fn register_client(
         created_at: now,
         revoked_at: None,
     })
-    .await?;
+    .await
+    .map_err(|e| Refusal::from_store("API clients", &e))?;
     Ok(client_id)
 }
 
 /// Revokes a client: its assertions are refused from now on and its
-/// tokens deleted (so they stop working at the next request).
+/// tokens deleted (so they stop working at the next request). Refused
+/// with [`Refusal::Invalid`] naming `client_id` when no live client has it.
 pub async fn revoke_client(
     auth: &dyn AuthStore,
     client_id: &str,
     now: DateTime<Utc>,
-) -> Result<(), RegisterError> {
-    if auth.revoke_api_client(client_id, now).await? {
+) -> Result<(), Refusal> {
+    let revoked = auth
+        .revoke_api_client(client_id, now)
+        .await
+        .map_err(|e| Refusal::from_store("API clients", &e))?;
+    if revoked {
         Ok(())
     } else {
-        Err(RegisterError::NoSuchClient)
+        Err(Refusal::invalid(
+            "client_id",
+            "no such client, or already revoked",
+        ))
     }
 }
 

@@ -14,7 +14,7 @@
 //!   [`Consultation::record_all`] (stage 5), [`Consultation::deny`],
 //!   [`Consultation::refuse`], [`Consultation::fail`] and
 //!   [`Consultation::fail_on`], [`Consultation::leaf_then`] and
-//!   [`Consultation::refuse_rehearsed`] with [`NotMade`].
+//!   [`Consultation::refuse_rehearsed`] with [`ChangeRefusal`].
 //!
 //! Operation modules (`reads`, `admin`, `accounts`, `activation`,
 //! `login`, `federation`, `clients`) depend on this module and on the
@@ -35,13 +35,14 @@ use rempart_ledger::{
     GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
 };
 use rempart_policy::Authorizer;
-use rempart_storage::{AccountRecord, AuthStore, Store};
+use rempart_storage::{AuthStore, Store};
 use rempart_vault::Vault;
 
-use crate::authenticate::{self, Caller, Rejected, Via};
+use crate::authenticate::{self, BadCredential, Caller, Via};
 use crate::settings::{
     ClientConfigError, ClientSettings, Clients, LoginConfigError, LoginSettings, Web,
 };
+use crate::views::AccountView;
 
 pub use rempart_domain::AccountState;
 
@@ -167,6 +168,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// What a store's error means for the caller: the store refused the
+    /// request (a 400 naming its field), or it failed (`Unavailable`,
+    /// naming `stage`).
+    pub(crate) fn from_store(stage: &str, e: &rempart_storage::StorageError) -> Self {
+        match e.refused() {
+            Some((field, reason)) => Refusal::Invalid { field, reason },
+            None => Refusal::Unavailable(format!("{stage}: {e}")),
+        }
+    }
+
+    /// A request field is invalid, and why.
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Refusal::Invalid {
             field,
@@ -269,6 +281,26 @@ impl Consultation {
         &self.vault
     }
 
+    /// Whether the registry's store answers and the ledger's store is
+    /// reachable, for readiness probes. Each failure names its part, with
+    /// the error's text for operators (never a value).
+    pub async fn readiness(&self) -> Result<(), Vec<(&'static str, String)>> {
+        let store = self.store.person_ids(0, 1).await;
+        let ledger = self.ledger.store().size().await;
+        let mut failed = Vec::new();
+        if let Err(e) = store {
+            failed.push(("registry store", e.to_string()));
+        }
+        if let Err(e) = ledger {
+            failed.push(("ledger store", e.to_string()));
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
     /// The ledger, for readiness checks and shutdown.
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
@@ -329,11 +361,11 @@ impl Consultation {
     }
 
     /// Who is calling (no consultation, nothing ledgered on success).
-    pub async fn whoami(&self, presented: &Presented<'_>) -> Result<AccountRecord, Refusal> {
+    pub async fn whoami(&self, presented: &Presented<'_>) -> Result<AccountView, Refusal> {
         let caller = self
             .authenticate(presented, LeafAction::Login, self.now())
             .await?;
-        Ok(caller.account)
+        Ok(AccountView::from(caller.account))
     }
 
     // ---------------------------------------------------------------------
@@ -351,7 +383,7 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Result<Caller, Refusal> {
         let checked = match *presented {
-            Presented::Nothing => Ok(Err(Rejected::Malformed)),
+            Presented::Nothing => Ok(Err(BadCredential::Malformed)),
             Presented::ApiCredential(token) => {
                 authenticate::authenticate(&self.store, Some(token), now).await
             }
@@ -373,7 +405,7 @@ impl Consultation {
                     .await
                 }
                 // Browser login is not configured: no session exists.
-                _ => Ok(Err(Rejected::SessionUnknown)),
+                _ => Ok(Err(BadCredential::SessionUnknown)),
             },
             Presented::AccessToken {
                 authorization,
@@ -430,7 +462,7 @@ impl Consultation {
     /// credential names no account), then `Unauthenticated`.
     pub(crate) async fn reject(
         &self,
-        rejected: Rejected,
+        rejected: BadCredential,
         action: LeafAction,
         now: DateTime<Utc>,
     ) -> Refusal {
@@ -439,7 +471,8 @@ impl Consultation {
         let account = rejected.account_id().unwrap_or(0);
         let (reason, refusal) = match rejected {
             // The replay cache could not record the proof: our failure.
-            Rejected::ProofRefused { error, .. } | Rejected::TokenProofRefused { error, .. }
+            BadCredential::ProofRefused { error, .. }
+            | BadCredential::TokenProofRefused { error, .. }
                 if error.is_unavailable() =>
             {
                 (
@@ -448,13 +481,13 @@ impl Consultation {
                 )
             }
             r if r.is_session() => (DenyReason::SessionInvalid, Refusal::Unauthenticated),
-            Rejected::TokenProofRefused { .. } => (
+            BadCredential::TokenProofRefused { .. } => (
                 DenyReason::SessionInvalid,
                 Refusal::TokenRejected {
                     oauth_error: rejected.oauth_error().unwrap_or("invalid_dpop_proof"),
                 },
             ),
-            Rejected::TokenRefused { .. } => (
+            BadCredential::TokenRefused { .. } => (
                 DenyReason::BadCredentials,
                 Refusal::TokenRejected {
                     oauth_error: rejected.oauth_error().unwrap_or("invalid_token"),
@@ -520,23 +553,23 @@ impl Consultation {
         &self,
         ctx: &Ctx<'_>,
         leaf: AuditLeaf,
-        change: impl std::future::Future<Output = Result<T, NotMade>>,
+        change: impl std::future::Future<Output = Result<T, ChangeRefusal>>,
     ) -> Result<T, Refusal> {
         let person = leaf.person.map(|p| p.0);
         let index = self.record(leaf).await?;
         match change.await {
             Ok(done) => Ok(done),
-            Err(not_made) => {
+            Err(refused) => {
                 let _ = self
                     .record(ctx.leaf(
                         person,
                         FieldGroups::EMPTY,
-                        LeafDecision::Deny(not_made.reason),
+                        LeafDecision::Deny(refused.reason),
                         None,
-                        Some(format!("{} (leaf {index})", not_made.what)),
+                        Some(format!("{} (leaf {index})", refused.what)),
                     ))
                     .await;
-                Err(not_made.refusal)
+                Err(refused.refusal)
             }
         }
     }
@@ -547,22 +580,22 @@ impl Consultation {
         &self,
         ctx: &Ctx<'_>,
         person_id: Option<i64>,
-        not_made: NotMade,
+        refused: ChangeRefusal,
         note: Option<String>,
     ) -> Refusal {
-        let note = match not_made.reason {
+        let note = match refused.reason {
             DenyReason::InternalError => None,
             _ => note,
         };
         let leaf = ctx.leaf(
             person_id,
             FieldGroups::EMPTY,
-            LeafDecision::Deny(not_made.reason),
+            LeafDecision::Deny(refused.reason),
             None,
             note,
         );
         match self.record(leaf).await {
-            Ok(_) => not_made.refusal,
+            Ok(_) => refused.refusal,
             Err(unavailable) => unavailable,
         }
     }
@@ -658,10 +691,11 @@ impl Consultation {
     }
 }
 
-/// Why a change was not made, rehearsed or for real (see
-/// [`Consultation::leaf_then`]).
+/// A state change refused, rehearsed or for real (see
+/// [`Consultation::leaf_then`]): the [`Refusal`] the caller hears, with how
+/// its deny leaf reads.
 #[derive(Debug)]
-pub(crate) struct NotMade {
+pub(crate) struct ChangeRefusal {
     /// How its deny leaf reads.
     pub reason: DenyReason,
     /// What the caller is answered.
@@ -670,10 +704,10 @@ pub(crate) struct NotMade {
     pub what: &'static str,
 }
 
-impl NotMade {
+impl ChangeRefusal {
     /// Refused or not made, with the follow-up note "not made".
-    pub(crate) fn new(reason: DenyReason, refusal: Refusal) -> NotMade {
-        NotMade {
+    pub(crate) fn new(reason: DenyReason, refusal: Refusal) -> ChangeRefusal {
+        ChangeRefusal {
             reason,
             refusal,
             what: "not made",
@@ -681,8 +715,8 @@ impl NotMade {
     }
 
     /// The store failed at `stage`: an internal error, `Unavailable`.
-    pub(crate) fn failed(stage: &str, error: &rempart_storage::StorageError) -> NotMade {
-        NotMade::new(
+    pub(crate) fn failed(stage: &str, error: &rempart_storage::StorageError) -> ChangeRefusal {
+        ChangeRefusal::new(
             DenyReason::InternalError,
             Refusal::Unavailable(format!("{stage}: {error}")),
         )

@@ -59,20 +59,23 @@ mod secrets;
 mod session;
 mod settings;
 mod throttle;
+mod views;
 
 pub use accounts::{
     ALERT_PREFIX, AccountDecision, AccountRequest, BURST_REQUESTS, BURST_WINDOW_MINUTES,
-    INACTIVITY_DAYS, IssueError, REQUESTABLE_ROLES, ResetDecision, SYSTEM_PREFIX, dormant,
-    is_alert, issue_credential,
+    INACTIVITY_DAYS, REQUESTABLE_ROLES, ResetDecision, SYSTEM_PREFIX, dormant, is_alert,
+    issue_credential,
 };
 pub use admin::{Grant, Granted, MAX_LIFT_REASON_BYTES, OrganisationEntry, Organisations};
-pub use authenticate::{Caller, IssuedCredential, ProofRequest, Rejected, Via};
+pub use authenticate::{BadCredential, Caller, IssuedCredential, ProofRequest, Via};
 pub use authorize::{MAX_REASON_BYTES, MIN_REASON_CHARS};
-pub use clients::{
-    ClientConfigError, ClientSettings, RegisterError, TOKEN_PATH, TokenRefusal, TokenRequest,
-};
+pub use clients::{ClientConfigError, ClientSettings, TOKEN_PATH, TokenRefusal, TokenRequest};
 pub use federation::{FederatedCallback, FederatedStart};
 pub use kernel::{AccountState, Clock, Consultation, Presented, Refusal};
 pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
 pub use purge::{PurgeConfigError, PurgeSettings};
 pub use reads::{BreakGlass, CaseloadPage, MAX_PAGE, NirShown, SearchBy, SearchResults, Shown};
+pub use views::{
+    AccountHistory, AccountReview, AccountView, CaseloadEntry, GrantDecision, GrantRequestView,
+    MandateTerms, MandateView, ResetKind, ResetView,
+};

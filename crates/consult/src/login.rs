@@ -1149,7 +1149,7 @@ mod tests {
             );
             assert!(matches!(
                 again,
-                Err(authenticate::Rejected::ProofRefused {
+                Err(authenticate::BadCredential::ProofRefused {
                     error: rempart_auth::dpop::DpopError::Replayed,
                     ..
                 })

@@ -20,9 +20,7 @@ use rempart_ledger::{
     Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups, LeafIndex,
 };
 use rempart_policy::{Action, Decision, NirView, Who};
-use rempart_storage::{
-    CaseloadEntry, ConsultationRows, NewBreakGlassReason, NewMandate, StoredMandate,
-};
+use rempart_storage::{ConsultationRows, NewBreakGlassReason, NewMandate, StoredMandate};
 use rempart_vault::Read;
 
 use crate::authenticate::{self, Caller, Via};
@@ -30,7 +28,8 @@ use crate::authorize::{
     self, GRANT_PREFIX, MAX_REASON_BYTES, break_glass_source, mandate_reference, written_reason,
 };
 use crate::guard::{Attempts, Pending, deny_leaf, fields};
-use crate::kernel::{Consultation, Ctx, NotMade, Presented, Refusal};
+use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
+use crate::views::CaseloadEntry;
 
 /// Largest caseload page.
 pub const MAX_PAGE: u32 = 1000;
@@ -505,7 +504,10 @@ impl Consultation {
             None,
         ))
         .await?;
-        Ok(CaseloadPage { entries, next })
+        Ok(CaseloadPage {
+            entries: entries.into_iter().map(CaseloadEntry::from).collect(),
+            next,
+        })
     }
 
     /// Break-glass: a France Travail agent reaches one person outside their
@@ -618,8 +620,11 @@ impl Consultation {
                 Err(
                     rempart_storage::StorageError::Refused { .. }
                     | rempart_storage::StorageError::NotFound { .. },
-                ) => Err(NotMade::new(DenyReason::UnknownPerson, Refusal::NotFound)),
-                Err(e) => Err(NotMade::failed("mandate", &e)),
+                ) => Err(ChangeRefusal::new(
+                    DenyReason::UnknownPerson,
+                    Refusal::NotFound,
+                )),
+                Err(e) => Err(ChangeRefusal::failed("mandate", &e)),
             }
         })
         .await?;

@@ -25,6 +25,7 @@ use crate::authenticate::{self, Caller, ProofRequest, Via};
 use crate::kernel::{Consultation, Ctx, unauthenticated_leaf};
 use crate::settings::{Web, locked};
 use crate::throttle;
+use crate::views::AccountView;
 
 /// How long a browser that logged in stays trusted for the account's
 /// password logins (its own failure counter; see `throttle.rs`).
@@ -61,7 +62,7 @@ pub struct LoginAnswer {
     /// Seconds until the session's absolute end (the cookie's `Max-Age`).
     pub max_age_secs: i64,
     /// Who logged in.
-    pub account: AccountRecord,
+    pub account: AccountView,
     /// The first session after a credential reset.
     pub high_risk: bool,
     /// The browser's new device token, sent once in `Set-Cookie`: its
@@ -263,7 +264,7 @@ impl Consultation {
             cookie: new.cookie,
             handle: new.handle,
             max_age_secs: settings.absolute.num_seconds(),
-            account: account.clone(),
+            account: AccountView::from(account),
             high_risk,
             device_token,
             device_max_age_secs: trust.num_seconds(),

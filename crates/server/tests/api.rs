@@ -2764,9 +2764,8 @@ async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_acc
             assert!(
                 matches!(
                     refused,
-                    Err(rempart_consult::IssueError::NotActive(
-                        AccountState::Requested
-                    ))
+                    Err(rempart_consult::Refusal::Invalid { field: "account_id", ref reason })
+                        if reason.contains("is requested")
                 ),
                 "{refused:?}"
             );
@@ -2900,9 +2899,8 @@ async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_acc
         assert!(matches!(
             rempart_consult::issue_credential(&app.store, ids[1], Duration::days(1), Utc::now())
                 .await,
-            Err(rempart_consult::IssueError::NotActive(
-                AccountState::Disabled
-            ))
+            Err(rempart_consult::Refusal::Invalid { field: "account_id", ref reason })
+                if reason.contains("is disabled")
         ));
 
         // 6. The review shows who asked and who approved.

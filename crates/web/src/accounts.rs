@@ -11,12 +11,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rempart_consult::activation::IssuedActivation;
-use rempart_consult::{AccountDecision, AccountRequest, INACTIVITY_DAYS, ResetDecision};
+use rempart_consult::{
+    AccountDecision, AccountRequest, AccountReview, AccountView, INACTIVITY_DAYS, ResetDecision,
+    ResetKind, ResetView,
+};
 use rempart_domain::{Reference, Role};
-use rempart_storage::{CredentialReset, ResetKind, ReviewEntry};
 use serde::{Deserialize, Serialize};
-
-use rempart_storage::AccountRecord;
 
 use crate::request::{Answer, Credentials, json_body, ok, parsed, path_id};
 use crate::{ApiError, AppState};
@@ -93,9 +93,9 @@ struct AccountHistoryBody {
 }
 
 impl AccountHistoryBody {
-    fn new(e: ReviewEntry, now: DateTime<Utc>) -> Self {
-        let dormant = rempart_consult::dormant(&e.lifecycle, now, INACTIVITY_DAYS);
-        let h = e.lifecycle;
+    fn new(e: AccountReview, now: DateTime<Utc>) -> Self {
+        let dormant = e.history.dormant(now, INACTIVITY_DAYS);
+        let h = e.history;
         AccountHistoryBody {
             account: AccountBody::from(e.account),
             created_at: instant(h.created_at),
@@ -107,7 +107,7 @@ impl AccountHistoryBody {
         }
     }
 
-    fn list(entries: Vec<ReviewEntry>) -> Vec<Self> {
+    fn list(entries: Vec<AccountReview>) -> Vec<Self> {
         let now = Utc::now();
         entries.into_iter().map(|e| Self::new(e, now)).collect()
     }
@@ -125,8 +125,8 @@ struct ResetBody {
     approved: Option<bool>,
 }
 
-impl From<CredentialReset> for ResetBody {
-    fn from(r: CredentialReset) -> Self {
+impl From<ResetView> for ResetBody {
+    fn from(r: ResetView) -> Self {
         ResetBody {
             id: r.id,
             account_id: r.account_id,
@@ -330,8 +330,8 @@ pub(crate) struct AccountBody {
     organisation_kind: &'static str,
 }
 
-impl From<AccountRecord> for AccountBody {
-    fn from(a: AccountRecord) -> Self {
+impl From<AccountView> for AccountBody {
+    fn from(a: AccountView) -> Self {
         AccountBody {
             id: a.account_id,
             login: a.login.as_str().to_string(),

@@ -12,9 +12,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chrono::NaiveDate;
-use rempart_consult::{AccountState, BreakGlass, CaseloadPage, Grant, NirShown, SearchBy, Shown};
+use rempart_consult::{
+    AccountState, BreakGlass, CaseloadPage, Grant, GrantDecision, GrantRequestView, MandateView,
+    NirShown, SearchBy, Shown,
+};
 use rempart_domain::{Nir, Purpose, Reference};
-use rempart_storage::StoredMandate;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{self, AccountBody};
@@ -252,10 +254,10 @@ struct MandateBody {
     source: String,
 }
 
-impl From<StoredMandate> for MandateBody {
-    fn from(m: StoredMandate) -> Self {
+impl From<MandateView> for MandateBody {
+    fn from(MandateView { id, terms: m }: MandateView) -> Self {
         MandateBody {
-            id: m.id,
+            id,
             reference: m.reference.as_str().to_string(),
             person_id: m.person_id,
             organisation_id: m.organisation_id,
@@ -286,9 +288,9 @@ struct GrantRequestBody {
     requested_at: String,
 }
 
-impl From<rempart_storage::GrantRequest> for GrantRequestBody {
-    fn from(r: rempart_storage::GrantRequest) -> Self {
-        let m = r.mandate;
+impl From<GrantRequestView> for GrantRequestBody {
+    fn from(r: GrantRequestView) -> Self {
+        let m = r.terms;
         GrantRequestBody {
             id: r.id,
             state: "requested",
@@ -321,17 +323,11 @@ async fn live() -> Answer {
 }
 
 async fn ready(State(state): State<AppState>) -> Answer {
-    // The store answers and the ledger's appender is running.
-    let store = state.consultation.store().person_ids(0, 1).await;
-    let ledger = state.consultation.ledger().store().size().await;
-    match (store, ledger) {
-        (Ok(_), Ok(_)) => ok(serde_json::json!({ "status": "ready" })),
-        (store, ledger) => {
-            if let Err(e) = store {
-                tracing::warn!(error = %e, "readiness: registry store");
-            }
-            if let Err(e) = ledger {
-                tracing::warn!(error = %e, "readiness: ledger store");
+    match state.consultation.readiness().await {
+        Ok(()) => ok(serde_json::json!({ "status": "ready" })),
+        Err(failed) => {
+            for (part, error) in failed {
+                tracing::warn!(%error, "readiness: {part}");
             }
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -603,12 +599,10 @@ async fn approve_grant(
         .decide_grant(&creds.presented(), id, true)
         .await?
     {
-        rempart_storage::GrantDecision::Granted(m) => {
+        GrantDecision::Granted(m) => {
             Ok((StatusCode::CREATED, Json(MandateBody::from(m))).into_response())
         }
-        rempart_storage::GrantDecision::Rejected => {
-            ok(serde_json::json!({"id": id, "state": "rejected"}))
-        }
+        GrantDecision::Rejected => ok(serde_json::json!({"id": id, "state": "rejected"})),
     }
 }
 
