@@ -9,9 +9,10 @@ use super::PgStore;
 use super::accounts::{decider, subject};
 use crate::auth::{
     ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, approved_sql,
-    check_activation_issuer, check_activation_target, check_phc, check_sealed_secret, digest32,
-    four_eyes_sql, not_found, refuse, step_to_i64, transition_sql,
+    check_activation_issuer, check_activation_target, digest32, four_eyes_sql, not_found, refuse,
+    transition_sql,
 };
+use crate::rules::{CheckedFactors, check_activation_period, checked_factors};
 use crate::{StorageError, parse_code};
 
 pub(super) fn activation_row(r: &Row) -> Result<StoredActivation, StorageError> {
@@ -30,9 +31,7 @@ pub(super) async fn issue_activation(
     store: &PgStore,
     a: NewActivation,
 ) -> Result<(), StorageError> {
-    if a.expires_at <= a.issued_at {
-        return Err(refuse("expires_at", "must be after issued_at"));
-    }
+    check_activation_period(a.issued_at, a.expires_at)?;
     let issued_at = crate::instant(a.issued_at, "issued_at")?;
     let expires_at = crate::instant(a.expires_at, "expires_at")?;
     let mut client = store.client().await?;
@@ -148,27 +147,7 @@ pub(super) async fn complete_activation(
     factors: ActivationFactors,
     now: DateTime<Utc>,
 ) -> Result<bool, StorageError> {
-    if let Some(phc) = &factors.phc {
-        check_phc(phc)?;
-    }
-    let totp = match &factors.totp {
-        Some(t) => {
-            check_sealed_secret(&t.sealed_secret)?;
-            if t.account_id != account_id {
-                return Err(refuse("totp", "belongs to another account"));
-            }
-            let step = t
-                .last_step
-                .map(|s| step_to_i64(s, "last_step"))
-                .transpose()?;
-            Some((
-                t.sealed_secret.clone(),
-                step,
-                crate::instant(t.enrolled_at, "enrolled_at")?,
-            ))
-        }
-        None => None,
-    };
+    let CheckedFactors { phc, totp } = checked_factors(account_id, factors)?;
     let now = crate::instant(now, "now")?;
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
@@ -185,7 +164,7 @@ pub(super) async fn complete_activation(
     if n != 1 {
         return Ok(false);
     }
-    if let Some(phc) = &factors.phc {
+    if let Some(phc) = &phc {
         tx.execute(
             "INSERT INTO account_password (account_id, phc, set_at) VALUES ($1, $2, $3)
              ON CONFLICT (account_id) DO UPDATE SET phc = EXCLUDED.phc,
@@ -194,13 +173,13 @@ pub(super) async fn complete_activation(
         )
         .await?;
     }
-    if let Some((sealed, step, enrolled_at)) = &totp {
+    if let Some(t) = &totp {
         tx.execute(
             "INSERT INTO account_totp (account_id, sealed_secret, last_step, enrolled_at)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (account_id) DO UPDATE SET sealed_secret = EXCLUDED.sealed_secret,
                  last_step = EXCLUDED.last_step, enrolled_at = EXCLUDED.enrolled_at",
-            &[&account_id, sealed, step, enrolled_at],
+            &[&account_id, &t.sealed_secret, &t.last_step, &t.enrolled_at],
         )
         .await?;
     }

@@ -8,9 +8,10 @@ use tokio_postgres::Row;
 use super::PgStore;
 use super::accounts::{account_exists, account_row, decider, subject};
 use crate::auth::{
-    CredentialReset, RESET_SELECT, ResetKind, check_decider, check_transition, four_eyes_sql,
-    not_found, transition_sql,
+    CredentialReset, RESET_SELECT, ResetKind, check_transition, four_eyes_sql, not_found,
+    transition_sql,
 };
+use crate::rules::{account_decision, check_reset_decision};
 use crate::{AccountRecord, StorageError};
 
 pub(super) fn reset_row(r: &Row) -> Result<CredentialReset, StorageError> {
@@ -46,17 +47,12 @@ pub(super) async fn decide_account_in(
         Some(r) => decider(&**tx, r).await?,
         None => None,
     };
-    check_decider(
+    let (action, state) = account_decision(
         &subject,
         requester.as_ref(),
         decider(&**tx, officer_id).await?.as_ref(),
+        approve,
     )?;
-    let (action, state) = if approve {
-        (AccountAction::Approve, AccountState::Active)
-    } else {
-        (AccountAction::Reject, AccountState::Disabled)
-    };
-    check_transition(&subject, action)?;
     // The compare-and-set carries the whole rule: state and four eyes.
     let n = tx
         .execute(
@@ -103,14 +99,12 @@ pub(super) async fn decide_reset_in(
             "reset {id} names a missing account"
         )));
     };
-    check_decider(
+    check_reset_decision(
         &subject,
         decider(&**tx, reset.requested_by).await?.as_ref(),
         decider(&**tx, officer_id).await?.as_ref(),
+        approve,
     )?;
-    if approve {
-        check_transition(&subject, AccountAction::ApproveReset)?;
-    }
     // One compare-and-set with the whole rule: undecided, four eyes,
     // and (to approve) an account the machine lets be reset.
     let account_ok = if approve {

@@ -14,7 +14,7 @@ use crate::{NewMandate, StorageError, check_mandate_period, parse_code};
 /// The columns of a grant request, in [`grant_request_row`]'s order.
 pub(super) const GRANT_REQUEST_SELECT: &str =
     "SELECT id, reference, organisation_id, account_id, person_id,
-     purpose, valid_from, valid_to, source, requested_by, requested_at FROM mandate_request";
+         purpose, valid_from, valid_to, source, requested_by, requested_at FROM mandate_request";
 
 pub(super) fn grant_request_row(r: &Row) -> Result<crate::GrantRequest, StorageError> {
     Ok(crate::GrantRequest {

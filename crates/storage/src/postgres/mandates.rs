@@ -11,6 +11,9 @@ use tokio_postgres::Row;
 use super::PgStore;
 use super::values::{is_unique_violation, to_i32, to_u32};
 use crate::memory::{Named, Names};
+use crate::rules::{
+    check_mandate_account, check_mandate_person, mandate_row_links, reference_taken,
+};
 use crate::{
     CaseloadEntry, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate, RowRefusal,
     StorageError, StoredBreakGlassReason, StoredMandate, UpsertCount, caseload_page,
@@ -89,16 +92,7 @@ pub(super) async fn insert_mandate(
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        match org {
-            None => return Err(crate::auth::not_found("account_id", "account")),
-            Some(o) if o != m.organisation_id => {
-                return Err(crate::auth::refuse(
-                    "account_id",
-                    "belongs to another organisation than the mandate",
-                ));
-            }
-            Some(_) => {}
-        }
+        check_mandate_account(org, m)?;
     }
     let person: Option<i32> = tx
         .query_opt(
@@ -108,24 +102,11 @@ pub(super) async fn insert_mandate(
         .await?
         .map(|r| r.try_get(0))
         .transpose()?;
-    match (person, dek_version) {
-        (None, _) => {
-            return Err(crate::auth::not_found(
-                "person_id",
-                "person in the registry",
-            ));
-        }
-        (Some(stored), Some(sealed)) if to_u32(stored, "dek_version")? != sealed => {
-            return Err(StorageError::Conflict(format!(
-                "person {}'s data key changed while the reason was sealed",
-                m.person_id
-            )));
-        }
-        _ => {}
-    }
+    let person = person.map(|v| to_u32(v, "dek_version")).transpose()?;
+    check_mandate_person(person, dek_version, m.person_id)?;
     let taken = |e: tokio_postgres::Error| {
         if is_unique_violation(&e) {
-            crate::auth::refuse("reference", "already used by another mandate")
+            reference_taken()
         } else {
             e.into()
         }
@@ -138,10 +119,7 @@ pub(super) async fn insert_mandate(
         .await?
         .is_some()
     {
-        return Err(crate::auth::refuse(
-            "reference",
-            "already used by another mandate",
-        ));
+        return Err(reference_taken());
     }
     let id: i64 = tx
         .query_one(
@@ -294,36 +272,20 @@ pub(super) async fn upsert_mandates(
     let mut pending: Vec<(String, bool)> = Vec::new();
     let mut is_new: HashMap<String, bool> = HashMap::new();
     for (index, m) in mandates.iter().enumerate() {
-        let refuse = |field, reason: &str| RowRefusal {
+        let links = mandate_row_links(
             index,
-            field,
-            reason: reason.into(),
+            m,
+            |code| Ok(orgs.get(code).copied()),
+            |login| Ok(accounts.get(login).copied()),
+            |id| Ok(live.contains(&id)),
+        )?;
+        let (org_id, account_id) = match links {
+            Ok(links) => links,
+            Err(refusal) => {
+                refused.push(refusal);
+                continue;
+            }
         };
-        let Some(&org_id) = orgs.get(m.organisation.as_str()) else {
-            refused.push(refuse("organisation", "no such organisation"));
-            continue;
-        };
-        let account_id = match &m.account {
-            None => None,
-            Some(login) => match accounts.get(login.as_str()) {
-                None => {
-                    refused.push(refuse("account", "no such account"));
-                    continue;
-                }
-                Some(&(_, o)) if o != org_id => {
-                    refused.push(refuse(
-                        "account",
-                        "belongs to another organisation than the mandate",
-                    ));
-                    continue;
-                }
-                Some(&(id, _)) => Some(id),
-            },
-        };
-        if !live.contains(&m.person_id) {
-            refused.push(refuse("ft_id", "no such person in the registry"));
-            continue;
-        }
         let new: Fields = (
             org_id,
             account_id,

@@ -65,9 +65,9 @@ pub(super) async fn upsert_accounts(
                 let mut moved = Vec::new();
                 let mut get = tx.prepare_cached(
                     "SELECT a.organisation_id, a.role, a.state, r.login, p.login FROM account a
-                 LEFT JOIN account r ON r.id = a.requested_by
-                 LEFT JOIN account p ON p.id = a.approved_by
-                 WHERE a.login = ?1",
+                     LEFT JOIN account r ON r.id = a.requested_by
+                     LEFT JOIN account p ON p.id = a.approved_by
+                     WHERE a.login = ?1",
                 )?;
                 let mut ins = tx.prepare_cached(
                 "INSERT INTO account (login, organisation_id, role, state) VALUES (?1, ?2, ?3, ?4)",
@@ -125,9 +125,9 @@ pub(super) async fn upsert_accounts(
                 // Links last, so requester and approver may appear anywhere in the batch.
                 let mut set = tx.prepare_cached(
                     "UPDATE account SET
-                     requested_by = (SELECT id FROM account WHERE login = ?2),
-                     approved_by = (SELECT id FROM account WHERE login = ?3)
-                 WHERE login = ?1",
+                         requested_by = (SELECT id FROM account WHERE login = ?2),
+                         approved_by = (SELECT id FROM account WHERE login = ?3)
+                     WHERE login = ?1",
                 )?;
                 refused.extend(moved);
                 refused.sort_by_key(|r| r.index);
@@ -326,9 +326,9 @@ pub(super) async fn request_account(
             let id: Option<i64> = tx
                 .prepare_cached(
                     "INSERT INTO account (login, organisation_id, role, state, requested_by,
-                     created_at)
-                 VALUES (?1, ?2, ?3, 'requested', ?4, ?5)
-                 ON CONFLICT (login) DO NOTHING RETURNING id",
+                         created_at)
+                     VALUES (?1, ?2, ?3, 'requested', ?4, ?5)
+                     ON CONFLICT (login) DO NOTHING RETURNING id",
                 )?
                 .query_row(
                     params![
@@ -378,7 +378,7 @@ pub(super) async fn pending_requests(
         .read(|c| {
             c.prepare_cached(&format!(
                 "{REVIEW_SELECT} WHERE a.state = 'requested'
-             ORDER BY a.created_at IS NOT NULL, a.created_at, a.id"
+                 ORDER BY a.created_at IS NOT NULL, a.created_at, a.id"
             ))?
             .query_and_then([], review_entry)?
             .collect()
@@ -394,8 +394,8 @@ pub(super) async fn lifecycle(
         .read(move |c| {
             c.prepare_cached(
                 "SELECT id, created_at, requested_by, decided_by, decided_at, last_login_at,
-                 next_session_high_risk
-             FROM account WHERE id = ?1",
+                     next_session_high_risk
+                 FROM account WHERE id = ?1",
             )?
             .query_and_then([account_id], |r| lifecycle_at(r, 0))?
             .next()
@@ -416,8 +416,8 @@ pub(super) async fn record_login(
             let n = c
                 .prepare_cached(
                     "UPDATE account SET last_login_at = max(coalesce(last_login_at, ?2), ?2),
-                     next_session_high_risk = 0
-                 WHERE id = ?1",
+                         next_session_high_risk = 0
+                     WHERE id = ?1",
                 )?
                 .execute(params![account_id, at])?;
             if n == 1 {
@@ -440,7 +440,7 @@ pub(super) async fn record_activity(
             let n = c
                 .prepare_cached(
                     "UPDATE account SET last_login_at = max(coalesce(last_login_at, ?2), ?2)
-                 WHERE id = ?1",
+                     WHERE id = ?1",
                 )?
                 .execute(params![account_id, at])?;
             if n == 1 {
@@ -465,9 +465,9 @@ pub(super) async fn disable_inactive(
             let mut ids = tx
                 .prepare_cached(&format!(
                     "UPDATE account SET state = 'disabled'
-                     WHERE {}
-                       AND coalesce(last_login_at, decided_at, created_at) < ?1
-                     RETURNING id",
+                         WHERE {}
+                           AND coalesce(last_login_at, decided_at, created_at) < ?1
+                         RETURNING id",
                     transition_sql("account", AccountAction::Disable)
                 ))?
                 .query_map([cutoff], |r| r.get::<_, i64>(0))?
@@ -476,7 +476,7 @@ pub(super) async fn disable_inactive(
             // A disabled account keeps no open session.
             let mut end = tx.prepare_cached(
                 "UPDATE web_session SET ended_at = ?2, end_reason = 'inactive'
-             WHERE account_id = ?1 AND ended_at IS NULL",
+                 WHERE account_id = ?1 AND ended_at IS NULL",
             )?;
             for id in &ids {
                 end.execute(params![id, at])?;
@@ -496,8 +496,8 @@ pub(super) async fn accounts_to_review(
         .read(move |c| {
             c.prepare_cached(&format!(
                 "{REVIEW_SELECT} WHERE a.state <> 'disabled'
-               AND (?1 IS NULL OR a.organisation_id = ?1)
-             ORDER BY o.code, a.login"
+                   AND (?1 IS NULL OR a.organisation_id = ?1)
+                 ORDER BY o.code, a.login"
             ))?
             .query_and_then([organisation_id], review_entry)?
             .collect()

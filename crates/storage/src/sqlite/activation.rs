@@ -10,9 +10,10 @@ use super::accounts::{decider, subject};
 use super::values::{instant_text, optional_instant, parse_instant};
 use crate::auth::{
     ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, approved_sql,
-    check_activation_issuer, check_activation_target, check_phc, check_sealed_secret, digest32,
-    four_eyes_sql, not_found, refuse, step_to_i64, transition_sql,
+    check_activation_issuer, check_activation_target, digest32, four_eyes_sql, not_found, refuse,
+    transition_sql,
 };
+use crate::rules::{CheckedFactors, check_activation_period, checked_factors};
 use crate::{StorageError, parse_code};
 
 pub(super) fn activation_row(r: &Row<'_>) -> Result<StoredActivation, StorageError> {
@@ -31,9 +32,7 @@ pub(super) async fn issue_activation(
     store: &SqliteStore,
     a: NewActivation,
 ) -> Result<(), StorageError> {
-    if a.expires_at <= a.issued_at {
-        return Err(refuse("expires_at", "must be after issued_at"));
-    }
+    check_activation_period(a.issued_at, a.expires_at)?;
     let issued_at = instant_text(a.issued_at, "issued_at")?;
     let expires_at = instant_text(a.expires_at, "expires_at")?;
     store
@@ -42,9 +41,9 @@ pub(super) async fn issue_activation(
             let facts = tx
                 .prepare_cached(&format!(
                     "SELECT a.state, {},
-                    EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
-                    EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
-                 FROM account a WHERE a.id = ?1",
+                        EXISTS (SELECT 1 FROM account_password p WHERE p.account_id = a.id),
+                        EXISTS (SELECT 1 FROM account_totp t WHERE t.account_id = a.id)
+                     FROM account a WHERE a.id = ?1",
                     approved_sql("a")
                 ))?
                 .query_and_then([a.account_id], |r| {
@@ -149,28 +148,15 @@ pub(super) async fn complete_activation(
     factors: ActivationFactors,
     now: DateTime<Utc>,
 ) -> Result<bool, StorageError> {
-    if let Some(phc) = &factors.phc {
-        check_phc(phc)?;
-    }
-    let totp = match &factors.totp {
-        Some(t) => {
-            check_sealed_secret(&t.sealed_secret)?;
-            if t.account_id != account_id {
-                return Err(refuse("totp", "belongs to another account"));
-            }
-            let step = t
-                .last_step
-                .map(|s| step_to_i64(s, "last_step"))
-                .transpose()?;
-            Some((
-                t.sealed_secret.clone(),
-                step,
-                instant_text(t.enrolled_at, "enrolled_at")?,
-            ))
-        }
+    let CheckedFactors { phc, totp } = checked_factors(account_id, factors)?;
+    let totp = match totp {
+        Some(t) => Some((
+            t.sealed_secret,
+            t.last_step,
+            instant_text(t.enrolled_at, "enrolled_at")?,
+        )),
         None => None,
     };
-    let phc = factors.phc;
     let now = instant_text(now, "now")?;
     store
         .write(move |c| {
@@ -178,9 +164,9 @@ pub(super) async fn complete_activation(
             let n = tx
                 .prepare_cached(
                     "UPDATE activation_code SET used_at = ?3
-                 WHERE account_id = ?1 AND digest = ?2 AND used_at IS NULL
-                   AND expires_at > ?3
-                   AND EXISTS (SELECT 1 FROM account WHERE id = ?1 AND state = 'active')",
+                     WHERE account_id = ?1 AND digest = ?2 AND used_at IS NULL
+                       AND expires_at > ?3
+                       AND EXISTS (SELECT 1 FROM account WHERE id = ?1 AND state = 'active')",
                 )?
                 .execute(params![account_id, digest.as_slice(), now])?;
             if n != 1 {
@@ -189,17 +175,17 @@ pub(super) async fn complete_activation(
             if let Some(phc) = phc {
                 tx.prepare_cached(
                     "INSERT INTO account_password (account_id, phc, set_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
-                     set_at = excluded.set_at, throttle = '{}'",
+                     ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
+                         set_at = excluded.set_at, throttle = '{}'",
                 )?
                 .execute(params![account_id, phc, now])?;
             }
             if let Some((sealed, step, enrolled_at)) = totp {
                 tx.prepare_cached(
                     "INSERT INTO account_totp (account_id, sealed_secret, last_step, enrolled_at)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
-                     last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
+                         last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
                 )?
                 .execute(params![account_id, sealed, step, enrolled_at])?;
             }

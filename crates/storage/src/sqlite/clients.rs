@@ -70,8 +70,8 @@ pub(super) async fn insert_api_client(
             let n = tx
                 .prepare_cached(
                     "INSERT INTO api_client (client_id, account_id, public_keys, created_at,
-                     revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                         revoked_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![
                     cl.client_id,
@@ -133,7 +133,7 @@ pub(super) async fn revoke_api_client(
             let n = tx
                 .prepare_cached(
                     "UPDATE api_client SET revoked_at = ?2
-                 WHERE client_id = ?1 AND revoked_at IS NULL",
+                     WHERE client_id = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![client_id, at])?;
             tx.prepare_cached("DELETE FROM access_token WHERE client_id = ?1")?
@@ -157,7 +157,7 @@ pub(super) async fn insert_access_token(
             let live = tx
                 .prepare_cached(
                     "SELECT 1 FROM api_client
-                 WHERE client_id = ?1 AND account_id = ?2 AND revoked_at IS NULL",
+                     WHERE client_id = ?1 AND account_id = ?2 AND revoked_at IS NULL",
                 )?
                 .query_row(params![t.client_id, t.account_id], |_| Ok(()))
                 .optional()?;
@@ -170,8 +170,8 @@ pub(super) async fn insert_access_token(
             let n = tx
                 .prepare_cached(
                     "INSERT INTO access_token (digest, client_id, account_id, jkt, scope,
-                     issued_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                         issued_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![
                     &t.digest[..],

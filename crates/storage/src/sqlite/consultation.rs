@@ -81,8 +81,8 @@ pub(super) async fn insert_credential(
         .write(move |c| {
             c.prepare_cached(
                 "INSERT INTO api_credential (account_id, secret_digest, created_at, expires_at)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
-             RETURNING id",
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
+                 RETURNING id",
             )?
             .query_row(
                 params![account_id, &secret_digest[..], created_at, expires_at],
@@ -146,7 +146,7 @@ pub(super) async fn revoke_credentials(
             let n = c
                 .prepare_cached(
                     "UPDATE api_credential SET revoked_at = ?3
-                 WHERE account_id = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL",
+                     WHERE account_id = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL",
                 )?
                 .execute(params![account_id, id, at])?;
             Ok(n as u64)

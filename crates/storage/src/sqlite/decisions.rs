@@ -9,9 +9,10 @@ use super::SqliteStore;
 use super::accounts::{account_exists, account_row, decider, subject};
 use super::values::{instant_text, optional_instant, parse_instant};
 use crate::auth::{
-    CredentialReset, RESET_SELECT, ResetKind, check_decider, check_transition, four_eyes_sql,
-    not_found, transition_sql,
+    CredentialReset, RESET_SELECT, ResetKind, check_transition, four_eyes_sql, not_found,
+    transition_sql,
 };
+use crate::rules::{account_decision, check_reset_decision};
 use crate::{AccountRecord, StorageError};
 
 pub(super) fn reset_row(r: &Row<'_>) -> Result<CredentialReset, StorageError> {
@@ -48,17 +49,12 @@ pub(super) fn decide_account_in(
         .map(|r| decider(tx, r))
         .transpose()?
         .flatten();
-    check_decider(
+    let (action, state) = account_decision(
         &subject,
         requester.as_ref(),
         decider(tx, officer_id)?.as_ref(),
+        approve,
     )?;
-    let (action, state) = if approve {
-        (AccountAction::Approve, AccountState::Active)
-    } else {
-        (AccountAction::Reject, AccountState::Disabled)
-    };
-    check_transition(&subject, action)?;
     // The compare-and-set carries the whole rule: state and four eyes.
     let n = tx
         .prepare_cached(&format!(
@@ -102,14 +98,12 @@ pub(super) fn decide_reset_in(
             "reset {id} names a missing account"
         )));
     };
-    check_decider(
+    check_reset_decision(
         &subject,
         decider(tx, reset.requested_by)?.as_ref(),
         decider(tx, officer_id)?.as_ref(),
+        approve,
     )?;
-    if approve {
-        check_transition(&subject, AccountAction::ApproveReset)?;
-    }
     // One compare-and-set with the whole rule: undecided, four eyes,
     // and (to approve) an account the machine lets be reset.
     let account_ok = if approve {
@@ -256,7 +250,7 @@ pub(super) async fn request_reset(
             let id: i64 = tx
                 .prepare_cached(
                     "INSERT INTO credential_reset (account_id, kind, requested_by, requested_at)
-                 VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                     VALUES (?1, ?2, ?3, ?4) RETURNING id",
                 )?
                 .query_row(params![account_id, kind.as_str(), requested_by, at], |r| {
                     r.get(0)

@@ -71,14 +71,14 @@ pub(super) async fn unlink_federation(
             let account: Option<i64> = tx
                 .prepare_cached(
                     "DELETE FROM federation_link WHERE issuer = ?1 AND subject = ?2
-                 RETURNING account_id",
+                     RETURNING account_id",
                 )?
                 .query_row(params![issuer, subject], |r| r.get(0))
                 .optional()?;
             if let Some(account_id) = account {
                 tx.prepare_cached(
                     "UPDATE web_session SET ended_at = ?2, end_reason = ?3
-                 WHERE account_id = ?1 AND method = 'oidc' AND ended_at IS NULL",
+                     WHERE account_id = ?1 AND method = 'oidc' AND ended_at IS NULL",
                 )?
                 .execute(params![account_id, at, FEDERATION_UNLINK_REASON])?;
             }

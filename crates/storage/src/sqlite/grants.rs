@@ -18,7 +18,7 @@ use crate::{
 /// The columns of a grant request, in [`grant_request_row`]'s order.
 pub(super) const GRANT_REQUEST_SELECT: &str =
     "SELECT id, reference, organisation_id, account_id, person_id,
-     purpose, valid_from, valid_to, source, requested_by, requested_at FROM mandate_request";
+         purpose, valid_from, valid_to, source, requested_by, requested_at FROM mandate_request";
 
 pub(super) fn grant_request_row(r: &Row<'_>) -> Result<GrantRequest, StorageError> {
     Ok(GrantRequest {
@@ -99,9 +99,9 @@ pub(super) async fn request_grant(
             let id: i64 = c
                 .prepare_cached(
                     "INSERT INTO mandate_request (reference, organisation_id, account_id,
-                     person_id, purpose, valid_from, valid_to, source, requested_by,
-                     requested_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                         person_id, purpose, valid_from, valid_to, source, requested_by,
+                         requested_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
                 )?
                 .query_row(
                     params![

@@ -17,7 +17,7 @@ pub(super) async fn inventory(store: &SqliteStore) -> Result<Inventory, StorageE
             let keys: Vec<(u32, i64)> = c
                 .prepare(
                     "SELECT kek_version, count(*) FROM person WHERE wrapped_dek IS NOT NULL
-                 GROUP BY kek_version ORDER BY kek_version",
+                     GROUP BY kek_version ORDER BY kek_version",
                 )?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;

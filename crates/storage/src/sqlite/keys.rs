@@ -17,8 +17,8 @@ pub(super) async fn keys_to_rewrap(
             let rows = c
                 .prepare_cached(
                     "SELECT id, kek_version, dek_version, wrapped_dek FROM person
-                 WHERE id > ?1 AND kek_version <> ?2 AND wrapped_dek IS NOT NULL
-                 ORDER BY id LIMIT ?3",
+                     WHERE id > ?1 AND kek_version <> ?2 AND wrapped_dek IS NOT NULL
+                     ORDER BY id LIMIT ?3",
                 )?
                 .query_map(params![after, target, limit], |r| {
                     Ok(WrappedKeyRow {
@@ -45,8 +45,8 @@ pub(super) async fn store_rewrapped(
             {
                 let mut upd = tx.prepare_cached(
                     "UPDATE person SET kek_version = ?2, wrapped_dek = ?3
-                 WHERE id = ?1 AND kek_version = ?4 AND dek_version = ?5
-                   AND wrapped_dek IS NOT NULL",
+                     WHERE id = ?1 AND kek_version = ?4 AND dek_version = ?5
+                       AND wrapped_dek IS NOT NULL",
                 )?;
                 for (row, old_version) in &rows {
                     n += upd.execute(params![

@@ -52,9 +52,9 @@ pub(super) async fn set_password(
             let n = c
                 .prepare_cached(
                     "INSERT INTO account_password (account_id, phc, set_at)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
-                 ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
-                     set_at = excluded.set_at",
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
+                     ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
+                         set_at = excluded.set_at",
                 )?
                 .execute(params![account_id, phc, at])?;
             if n == 1 {
@@ -107,7 +107,7 @@ pub(super) async fn trust_login_device(
             }
             tx.prepare_cached(
                 "INSERT INTO login_device (digest, account_id, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4)",
+                 VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![digest.as_slice(), account_id, at, expires_at])?;
             tx.commit()?;
@@ -128,7 +128,7 @@ pub(super) async fn login_device_throttle(
         .read_point(move |c| {
             Ok(c.prepare_cached(
                 "SELECT throttle FROM login_device
-             WHERE digest = ?1 AND account_id = ?2 AND expires_at > ?3",
+                 WHERE digest = ?1 AND account_id = ?2 AND expires_at > ?3",
             )?
             .query_row(params![digest.as_slice(), account_id, now], |r| r.get(0))
             .optional()?)
@@ -149,7 +149,7 @@ pub(super) async fn swap_login_device_throttle(
             let changed = c
                 .prepare_cached(
                     "UPDATE login_device SET throttle = ?4
-                 WHERE digest = ?1 AND account_id = ?2 AND throttle = ?3",
+                     WHERE digest = ?1 AND account_id = ?2 AND throttle = ?3",
                 )?
                 .execute(params![digest.as_slice(), account_id, expected, next])?;
             Ok(changed == 1)
@@ -165,7 +165,7 @@ pub(super) async fn totp(
         .read_point(move |c| {
             c.prepare_cached(
                 "SELECT sealed_secret, last_step, enrolled_at FROM account_totp
-             WHERE account_id = ?1",
+                 WHERE account_id = ?1",
             )?
             .query_and_then([account_id], |r| {
                 Ok(StoredTotp {
@@ -193,9 +193,9 @@ pub(super) async fn set_totp(store: &SqliteStore, t: StoredTotp) -> Result<(), S
             let n = c
                 .prepare_cached(
                     "INSERT INTO account_totp (account_id, sealed_secret, last_step, enrolled_at)
-                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
-                 ON CONFLICT (account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
-                     last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM account WHERE id = ?1)
+                     ON CONFLICT (account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
+                         last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
                 )?
                 .execute(params![
                     t.account_id,
@@ -221,7 +221,7 @@ pub(super) async fn totp_secrets(
         .read(move |c| {
             c.prepare_cached(
                 "SELECT account_id, sealed_secret FROM account_totp
-             WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
+                 WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
             )?
             .query_and_then(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
@@ -242,7 +242,7 @@ pub(super) async fn replace_totp_secret(
             let n = c
                 .prepare_cached(
                     "UPDATE account_totp SET sealed_secret = ?3
-                 WHERE account_id = ?1 AND sealed_secret = ?2",
+                     WHERE account_id = ?1 AND sealed_secret = ?2",
                 )?
                 .execute(params![account_id, old, new])?;
             Ok(n == 1)
@@ -261,7 +261,7 @@ pub(super) async fn accept_totp_step(
             let n = c
                 .prepare_cached(
                     "UPDATE account_totp SET last_step = ?2
-                 WHERE account_id = ?1 AND (last_step IS NULL OR last_step < ?2)",
+                     WHERE account_id = ?1 AND (last_step IS NULL OR last_step < ?2)",
                 )?
                 .execute(params![account_id, step])?;
             Ok(n == 1)

@@ -10,6 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use super::SqliteStore;
 use super::values::{day, instant_text, optional_instant, parse_instant, text};
 use crate::memory::{Named, Names};
+use crate::rules::{
+    check_mandate_account, check_mandate_person, mandate_row_links, reference_taken,
+};
 use crate::{
     CaseloadEntry, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate, RowRefusal,
     StorageError, StoredBreakGlassReason, StoredMandate, UpsertCount, caseload_page,
@@ -123,45 +126,19 @@ pub(super) fn insert_mandate(
             .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
             .query_row([account_id], |r| r.get::<_, i64>(0))
             .optional()?;
-        match org {
-            None => return Err(crate::auth::not_found("account_id", "account")),
-            Some(o) if o != m.organisation_id => {
-                return Err(crate::auth::refuse(
-                    "account_id",
-                    "belongs to another organisation than the mandate",
-                ));
-            }
-            Some(_) => {}
-        }
+        check_mandate_account(org, m)?;
     }
     let person: Option<u32> = tx
         .prepare_cached("SELECT dek_version FROM person WHERE id = ?1 AND wrapped_dek IS NOT NULL")?
         .query_row([m.person_id], |r| r.get(0))
         .optional()?;
-    match (person, dek_version) {
-        (None, _) => {
-            return Err(crate::auth::not_found(
-                "person_id",
-                "person in the registry",
-            ));
-        }
-        (Some(stored), Some(sealed)) if stored != sealed => {
-            return Err(StorageError::Conflict(format!(
-                "person {}'s data key changed while the reason was sealed",
-                m.person_id
-            )));
-        }
-        _ => {}
-    }
+    check_mandate_person(person, dek_version, m.person_id)?;
     let taken = tx
         .prepare_cached("SELECT 1 FROM mandate WHERE reference = ?1")?
         .query_row([m.reference.as_str()], |_| Ok(()))
         .optional()?;
     if taken.is_some() {
-        return Err(crate::auth::refuse(
-            "reference",
-            "already used by another mandate",
-        ));
+        return Err(reference_taken());
     }
     let id: i64 = tx
         .prepare_cached(
@@ -251,44 +228,24 @@ pub(super) async fn upsert_mandates(
                  WHERE reference = ?1",
             )?;
             for (index, m) in mandates.iter().enumerate() {
-                let refuse = |field, reason: &str| RowRefusal {
+                let links = mandate_row_links(
                     index,
-                    field,
-                    reason: reason.into(),
-                };
-                let Some(org_id) = org
-                    .query_row([m.organisation.as_str()], |r| r.get::<_, i64>(0))
-                    .optional()?
-                else {
-                    refused.push(refuse("organisation", "no such organisation"));
-                    continue;
-                };
-                let account_id = match &m.account {
-                    None => None,
-                    Some(login) => match acc
-                        .query_row([login.as_str()], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-                        })
-                        .optional()?
-                    {
-                        None => {
-                            refused.push(refuse("account", "no such account"));
-                            continue;
-                        }
-                        Some((_, o)) if o != org_id => {
-                            refused.push(refuse(
-                                "account",
-                                "belongs to another organisation than the mandate",
-                            ));
-                            continue;
-                        }
-                        Some((id, _)) => Some(id),
+                    m,
+                    |code| Ok(org.query_row([code], |r| r.get::<_, i64>(0)).optional()?),
+                    |login| {
+                        Ok(acc
+                            .query_row([login], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                            .optional()?)
                     },
+                    |id| Ok(person.query_row([id], |_| Ok(())).optional()?.is_some()),
+                )?;
+                let (org_id, account_id) = match links {
+                    Ok(links) => links,
+                    Err(refusal) => {
+                        refused.push(refusal);
+                        continue;
+                    }
                 };
-                if person.query_row([m.person_id], |_| Ok(())).optional()?.is_none() {
-                    refused.push(refuse("ft_id", "no such person in the registry"));
-                    continue;
-                }
                 let new = (
                     org_id,
                     account_id,
@@ -390,8 +347,8 @@ pub(super) async fn grant_break_glass(
             let stored = insert_mandate(&tx, &inner.names, &m, Some(reason.dek_version))?;
             tx.prepare_cached(
                 "INSERT INTO break_glass_reason
-                 (mandate_id, person_id, account_id, created_at, dek_version, sealed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (mandate_id, person_id, account_id, created_at, dek_version, sealed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 stored.id,
@@ -415,7 +372,7 @@ pub(super) async fn break_glass_reasons(
         .read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, mandate_id, person_id, account_id, created_at, dek_version, sealed
-             FROM break_glass_reason WHERE person_id = ?1 ORDER BY id",
+                 FROM break_glass_reason WHERE person_id = ?1 ORDER BY id",
             )?;
             let rows = stmt
                 .query_and_then([person_id], |r| {

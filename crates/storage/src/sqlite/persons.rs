@@ -87,7 +87,7 @@ pub(super) async fn lookup_persons(
         .read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, fingerprint, kek_version, dek_version, wrapped_dek
-             FROM person WHERE ft_blind = ?1 AND wrapped_dek IS NOT NULL",
+                 FROM person WHERE ft_blind = ?1 AND wrapped_dek IS NOT NULL",
             )?;
             let mut out = Vec::with_capacity(blinds.len());
             for b in &blinds {
@@ -129,9 +129,9 @@ pub(super) async fn write_persons(
             {
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO person (id, ft_blind, nir_blind, name_blind, fingerprint,
-                     kek_version, dek_version, wrapped_dek, identity, contact, nir, status,
-                     retain_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                         kek_version, dek_version, wrapped_dek, identity, contact, nir, status,
+                         retain_until)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
                 for p in &inserts {
                     ins.execute(params![
@@ -165,9 +165,9 @@ pub(super) async fn write_persons(
                 // key rotation may have rewrapped it.
                 let mut upd = tx.prepare_cached(
                     "UPDATE person SET nir_blind = ?2, name_blind = ?3, fingerprint = ?4,
-                     identity = ?5, contact = ?6, nir = ?7, status = ?8, retain_until = ?9
-                 WHERE id = ?1 AND fingerprint = ?10 AND dek_version = ?11
-                   AND wrapped_dek IS NOT NULL",
+                         identity = ?5, contact = ?6, nir = ?7, status = ?8, retain_until = ?9
+                     WHERE id = ?1 AND fingerprint = ?10 AND dek_version = ?11
+                       AND wrapped_dek IS NOT NULL",
                 )?;
                 for (p, previous) in &updates {
                     let n = upd.execute(params![
@@ -232,8 +232,8 @@ pub(super) async fn shred_person(store: &SqliteStore, id: i64) -> Result<bool, S
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute(
                 "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
-                 name_blind = NULL, fingerprint = NULL, shredded_at = datetime('now')
-             WHERE id = ?1 AND wrapped_dek IS NOT NULL",
+                     name_blind = NULL, fingerprint = NULL, shredded_at = datetime('now')
+                 WHERE id = ?1 AND wrapped_dek IS NOT NULL",
                 [id],
             )?;
             // Sealed under the key just destroyed, and gone with it.
@@ -259,8 +259,8 @@ pub(super) async fn begin_bulk_load(store: &SqliteStore) -> Result<bool, Storage
             if empty {
                 tx.execute_batch(
                     "DROP INDEX IF EXISTS person_ft;
-                 DROP INDEX IF EXISTS person_nir;
-                 DROP INDEX IF EXISTS person_name;",
+                     DROP INDEX IF EXISTS person_nir;
+                     DROP INDEX IF EXISTS person_name;",
                 )?;
             }
             tx.commit()?;

@@ -61,7 +61,7 @@ pub(super) async fn put_ceremony(
             let n = c
                 .prepare_cached(
                     "INSERT INTO ceremony (id, kind, payload, expires_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO NOTHING",
+                     ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![&key[..], kind, payload, expires_at])?;
             if n == 1 {
@@ -86,7 +86,7 @@ pub(super) async fn take_ceremony(
             let taken: Option<(String, String)> = c
                 .prepare_cached(
                     "DELETE FROM ceremony WHERE id = ?1 AND kind = ?2
-                 RETURNING payload, expires_at",
+                     RETURNING payload, expires_at",
                 )?
                 .query_row(params![&key[..], kind], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
@@ -166,10 +166,10 @@ pub(super) async fn insert_session(
             let n = tx
                 .prepare_cached(
                     "INSERT INTO web_session (id_digest, account_id, jkt, method, created_at,
-                     last_seen_at, absolute_expiry, idle_timeout_secs, high_risk, step_up_at,
-                     ended_at, end_reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT DO NOTHING",
+                         last_seen_at, absolute_expiry, idle_timeout_secs, high_risk, step_up_at,
+                         ended_at, end_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![
                     &s.id_digest[..],
@@ -257,7 +257,7 @@ pub(super) async fn end_session(
             let n = c
                 .prepare_cached(
                     "UPDATE web_session SET ended_at = ?2, end_reason = ?3
-                 WHERE id_digest = ?1 AND ended_at IS NULL",
+                     WHERE id_digest = ?1 AND ended_at IS NULL",
                 )?
                 .execute(params![&id_digest[..], at, reason])?;
             Ok(n == 1)
@@ -279,7 +279,7 @@ pub(super) async fn end_sessions_of_account(
             let n = c
                 .prepare_cached(
                     "UPDATE web_session SET ended_at = ?2, end_reason = ?3
-                 WHERE account_id = ?1 AND ended_at IS NULL",
+                     WHERE account_id = ?1 AND ended_at IS NULL",
                 )?
                 .execute(params![account_id, at, reason])?;
             Ok(n as u64)
@@ -310,13 +310,13 @@ pub(super) async fn suspend_account(
             let sessions = tx
                 .prepare_cached(
                     "UPDATE web_session SET ended_at = ?2, end_reason = ?3
-                 WHERE account_id = ?1 AND ended_at IS NULL",
+                     WHERE account_id = ?1 AND ended_at IS NULL",
                 )?
                 .execute(params![account_id, at, reason])? as u64;
             let credentials = tx
                 .prepare_cached(
                     "UPDATE api_credential SET revoked_at = ?2
-                 WHERE account_id = ?1 AND revoked_at IS NULL",
+                     WHERE account_id = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![account_id, at])? as u64;
             let (access_tokens, api_clients) = end_api_clients(&tx, account_id, &at)?;
