@@ -33,6 +33,7 @@ mod guard;
 mod memory;
 pub mod migrate;
 pub mod postgres;
+mod rules;
 pub mod sqlite;
 
 pub use auth::{

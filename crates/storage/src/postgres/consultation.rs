@@ -1,0 +1,144 @@
+//! What a consultation reads: API credentials (with their kept copies) and
+//! the one-round-trip read of a person's rows.
+
+use chrono::{DateTime, Utc};
+use rempart_domain::FieldGroup;
+
+use super::PgStore;
+use super::accounts::account_record;
+use super::mandates::mandates_rows;
+use super::persons::person_row;
+use crate::memory::{CredentialRow, Credentials};
+use crate::{
+    AccountRecord, CREDENTIAL_SELECT, ConsultationRows, StorageError, StoredCredential,
+    credential_period, digest,
+};
+
+pub(super) async fn insert_credential(
+    store: &PgStore,
+    account_id: i64,
+    secret_digest: [u8; 32],
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<i64, StorageError> {
+    let (created_at, expires_at) = credential_period(created_at, expires_at)?;
+    let client = store.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO api_credential (account_id, secret_digest, created_at, expires_at)
+             SELECT $1::int8, $2::bytea, $3::timestamptz, $4::timestamptz
+             WHERE EXISTS (SELECT 1 FROM account WHERE id = $1)
+             RETURNING id",
+        )
+        .await?;
+    let digest: &[u8] = &secret_digest;
+    let row = client
+        .query_opt(&stmt, &[&account_id, &digest, &created_at, &expires_at])
+        .await?
+        .ok_or_else(|| crate::auth::not_found("account_id", "account"))?;
+    Ok(row.try_get(0)?)
+}
+
+pub(super) async fn credential(
+    store: &PgStore,
+    id: i64,
+) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+    let client = store.client().await?;
+    let version = access_version(&client).await?;
+    checked_credential(&client, &store.credentials, version, id).await
+}
+
+pub(super) async fn consultation_rows(
+    store: &PgStore,
+    credential_id: i64,
+    person_id: i64,
+) -> Result<ConsultationRows, StorageError> {
+    // One connection, the queries pipelined: one round trip's wait
+    // instead of three. The credential comes from memory while the
+    // access version has not moved (a second trip when it has).
+    let client = store.client().await?;
+    let (version, mandates, person) = tokio::try_join!(
+        access_version(&client),
+        mandates_rows(&client, &store.names, person_id),
+        person_row(&client, person_id, FieldGroup::ALL),
+    )?;
+    let credential = match credential_id {
+        // No credential has id 0: the caller came another way.
+        0 => None,
+        id => checked_credential(&client, &store.credentials, version, id).await?,
+    };
+    Ok(ConsultationRows {
+        credential,
+        mandates,
+        person,
+    })
+}
+
+pub(super) async fn revoke_credentials(
+    store: &PgStore,
+    account_id: i64,
+    id: Option<i64>,
+    at: DateTime<Utc>,
+) -> Result<u64, StorageError> {
+    let at = crate::instant(at, "at")?;
+    let client = store.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE api_credential SET revoked_at = $3
+             WHERE account_id = $1 AND ($2::int8 IS NULL OR id = $2) AND revoked_at IS NULL",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&account_id, &id, &at]).await?)
+}
+
+/// The access version (see [`Credentials`]).
+pub(super) async fn access_version(
+    client: &deadpool_postgres::ClientWrapper,
+) -> Result<i64, StorageError> {
+    let stmt = client
+        .prepare_cached("SELECT version FROM access_version WHERE id = 1")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+}
+
+/// A credential and its account, from [`Credentials`] if it was read under
+/// `version`, else from the rows (kept for the next request). `version`
+/// must have been read before this call: a change committed since moves
+/// it, so the copy kept can only be newer than its version, never older.
+pub(super) async fn checked_credential(
+    client: &deadpool_postgres::ClientWrapper,
+    credentials: &Credentials,
+    version: i64,
+    id: i64,
+) -> Result<Option<CredentialRow>, StorageError> {
+    if let Some(kept) = credentials.get(id, version) {
+        return Ok(Some(kept));
+    }
+    let row = credential_row(client, id).await?;
+    if let Some(row) = &row {
+        credentials.put(version, row);
+    }
+    Ok(row)
+}
+
+/// A credential and its account.
+pub(super) async fn credential_row(
+    client: &deadpool_postgres::ClientWrapper,
+    id: i64,
+) -> Result<Option<(StoredCredential, AccountRecord)>, StorageError> {
+    let stmt = client
+        .prepare_cached(&format!("{CREDENTIAL_SELECT} WHERE c.id = $1"))
+        .await?;
+    let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
+        return Ok(None);
+    };
+    let credential = StoredCredential {
+        id: r.try_get(0)?,
+        account_id: r.try_get(1)?,
+        secret_digest: digest(r.try_get(2)?)?,
+        created_at: r.try_get(3)?,
+        expires_at: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    };
+    Ok(Some((credential, account_record(&r, 6)?)))
+}
