@@ -12,6 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rempart_domain::AccountId;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -212,7 +213,7 @@ pub struct AccessTokenRecord {
     /// The client that obtained it.
     pub client_id: ClientId,
     /// The account the client acts for.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// What it may do.
     pub scope: Scope,
     /// When it was issued.
@@ -227,7 +228,7 @@ pub struct AccessTokenRecord {
 /// record to persist.
 pub fn issue(
     client_id: ClientId,
-    account_id: i64,
+    account_id: AccountId,
     scope: Scope,
     jkt: Jkt,
     now: DateTime<Utc>,
@@ -356,7 +357,7 @@ mod tests {
     fn issued(key: &TestKey) -> (AccessToken, AccessTokenRecord) {
         issue(
             ClientId::parse("partner-ce038").unwrap(),
-            42,
+            AccountId::new(42),
             Scope::parse("persons:read caseload:read").unwrap(),
             key.public().thumbprint(),
             at(NOW),
@@ -548,7 +549,7 @@ mod tests {
         let mk = |ttl| {
             issue(
                 ClientId::parse("c").unwrap(),
-                1,
+                AccountId::new(1),
                 Scope::parse("s").unwrap(),
                 key.public().thumbprint(),
                 at(NOW),

@@ -185,7 +185,7 @@ pub fn passkey_figures(samples: usize) -> Result<PasskeyFigures, PasskeyBenchErr
     use crate::passkey::{Passkeys, RP_NAME};
 
     const ORIGIN: &str = "https://rempart.example";
-    const ACCOUNT: i64 = 1;
+    const ACCOUNT: rempart_domain::AccountId = rempart_domain::AccountId::new(1);
     let samples = samples.max(1);
     let rp = Passkeys::new("rempart.example", ORIGIN, RP_NAME)?;
     let origin = Url::parse(ORIGIN).map_err(|e| PasskeyBenchError::Json(e.to_string()))?;

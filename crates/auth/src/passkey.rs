@@ -27,6 +27,7 @@ mod tests;
 
 use std::time::{Duration, SystemTime};
 
+use rempart_domain::AccountId;
 use serde::de::DeserializeOwned;
 use webauthn_rs::prelude::{
     PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid, Webauthn, WebauthnBuilder,
@@ -83,7 +84,7 @@ pub struct Passkeys {
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     /// The account the credential is registered to.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// The credential that signed.
     pub credential_id: CredentialId,
     /// Which ceremony this was.
@@ -149,7 +150,7 @@ impl Passkeys {
     /// twice.
     pub fn start_registration(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         login: &str,
         display_name: &str,
         existing: &[StoredPasskey],
@@ -259,7 +260,7 @@ impl Passkeys {
     /// Starts a login for a known account, allowing only its `passkeys`.
     pub fn start_authentication(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         passkeys: &[StoredPasskey],
         now: SystemTime,
     ) -> Result<(RequestChallengeResponse, AuthenticationState), PasskeyError> {
@@ -271,7 +272,7 @@ impl Passkeys {
     /// The caller checks the finished state's account against the session's.
     pub fn start_step_up(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         passkeys: &[StoredPasskey],
         now: SystemTime,
     ) -> Result<(RequestChallengeResponse, AuthenticationState), PasskeyError> {
@@ -280,7 +281,7 @@ impl Passkeys {
 
     fn start_bound(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         passkeys: &[StoredPasskey],
         step_up: bool,
         now: SystemTime,

@@ -12,8 +12,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use rempart_ledger::bench::{self, BenchTarget};
 use rempart_ledger::{
-    AccountId, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore, OrganisationId,
-    PersonRef, QueryRange, Subject, Timestamp, VerifierKey, VerifyOptions, proof,
+    AccountId, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore, OrganisationId, PersonId,
+    QueryRange, Subject, Timestamp, VerifierKey, VerifyOptions, proof,
 };
 
 use crate::location::Location;
@@ -387,9 +387,9 @@ async fn query(args: &QueryArgs) -> Result<()> {
         None => Timestamp(i64::MAX),
     };
     let subject = match (args.account, args.organisation, args.person) {
-        (Some(a), _, _) => Subject::Account(AccountId(a)),
-        (_, Some(o), _) => Subject::Organisation(OrganisationId(o)),
-        (_, _, Some(p)) => Subject::Person(PersonRef(p)),
+        (Some(a), _, _) => Subject::Account(AccountId::new(a)),
+        (_, Some(o), _) => Subject::Organisation(OrganisationId::new(o)),
+        (_, _, Some(p)) => Subject::Person(PersonId::new(p)),
         _ => bail!("say whose leaves: --account, --organisation or --person"),
     };
     if args.persons_only {
@@ -402,14 +402,14 @@ async fn query(args: &QueryArgs) -> Result<()> {
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         for p in &persons {
             match args.format {
-                Format::Jsonl => println!("{}", serde_json::json!({ "person": p.0 })),
-                Format::Table => println!("{}", p.0),
+                Format::Jsonl => println!("{}", serde_json::json!({ "person": p.get() })),
+                Format::Table => println!("{}", p),
             }
         }
         eprintln!(
             "{} distinct persons shown to account {} ({ms:.1} ms)",
             persons.len(),
-            account.0
+            account
         );
         return Ok(());
     }
@@ -471,9 +471,9 @@ fn print_entry(e: &rempart_ledger::LedgerEntry, format: Format) {
             serde_json::json!({
                 "index": e.index,
                 "time": time,
-                "account": l.account.0,
-                "organisation": l.organisation.0,
-                "person": l.person.map(|p| p.0),
+                "account": l.account.get(),
+                "organisation": l.organisation.get(),
+                "person": l.person.map(|p| p.get()),
                 "action": l.action.as_str(),
                 "field_groups": groups,
                 "purpose": l.purpose.map(|p| p.as_str()),
@@ -486,9 +486,9 @@ fn print_entry(e: &rempart_ledger::LedgerEntry, format: Format) {
             "{:>10}  {:<27} {:>8} {:>6} {:>10}  {:<14} {:<24} {:<20} {:<10} {:<10} {}",
             e.index,
             time,
-            l.account.0,
-            l.organisation.0,
-            l.person.map_or_else(|| "-".into(), |p| p.0.to_string()),
+            l.account.get(),
+            l.organisation.get(),
+            l.person.map_or_else(|| "-".into(), |p| p.to_string()),
             l.action.as_str(),
             groups.join(","),
             l.purpose.map_or("-", |p| p.as_str()),

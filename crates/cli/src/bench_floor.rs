@@ -27,7 +27,7 @@ use rempart_domain::{FieldGroup, Purpose};
 use rempart_ledger::store::sqlite::SqliteLedgerStore;
 use rempart_ledger::{
     AccountId, Action, AuditLeaf, Decision, FieldGroups, GuardVerdict, Ledger, LedgerConfig,
-    LedgerKey, LedgerStore, OrganisationId, PersonRef, Timestamp,
+    LedgerKey, LedgerStore, OrganisationId, PersonId, Timestamp,
 };
 use tokio::net::TcpListener;
 
@@ -120,10 +120,10 @@ pub async fn bench_floor(args: &BenchFloorArgs) -> Result<()> {
 async fn append(State(floor): State<Floor>) -> Response {
     let leaf = AuditLeaf {
         time: Timestamp(chrono::Utc::now().timestamp_micros()),
-        account: AccountId(1),
-        organisation: OrganisationId(1),
+        account: AccountId::new(1),
+        organisation: OrganisationId::new(1),
         session: None,
-        person: Some(PersonRef(1 + (rand::random::<u64>() % CASELOAD) as i64)),
+        person: Some(PersonId::new(1 + (rand::random::<u64>() % CASELOAD) as i64)),
         action: Action::ReadPerson,
         field_groups: FieldGroups::of(FieldGroup::ALL),
         purpose: Some(Purpose::FollowUp),

@@ -849,7 +849,7 @@ async fn run(
                     v.at,
                     Step::Normal {
                         reader: v.account,
-                        person: v.person_id,
+                        person: v.person_id.get(),
                     },
                 )
             })
@@ -1593,7 +1593,7 @@ async fn report(
         let o = outcome(&a.tally);
         let raised: Vec<_> = alerts
             .iter()
-            .filter(|s| a.tally.accounts.contains(&s.alert.account_id))
+            .filter(|s| a.tally.accounts.contains(&s.alert.account_id.get()))
             .filter(|s| a.tally.since.is_some_and(|t| s.alert.at >= t))
             .collect();
         println!("\n== {}", a.name);
@@ -1750,15 +1750,15 @@ async fn report(
     }
     let (collateral, false_alerts): (Vec<_>, Vec<_>) = alerts
         .iter()
-        .filter(|s| normal_ids.contains(&s.alert.account_id))
+        .filter(|s| normal_ids.contains(&s.alert.account_id.get()))
         .filter(|s| {
             attacked
-                .get(&s.alert.account_id)
+                .get(&s.alert.account_id.get())
                 .is_none_or(|t| s.alert.at < *t)
         })
         .partition(|s| {
             attacked_orgs
-                .get(&s.alert.organisation_id)
+                .get(&s.alert.organisation_id.get())
                 .is_some_and(|t| s.alert.at >= *t)
         });
     let per_1000 = if fig.account_days == 0 {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, ValueEnum};
+use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::store::{AlertQuery, StoredAlert};
 
 use rempart_server::alerts::alert_json;
@@ -65,8 +66,8 @@ pub async fn alerts(args: &AlertsArgs) -> Result<()> {
             .alerts(&AlertQuery {
                 from: args.since,
                 to: None,
-                account_id: args.account,
-                organisation_id: args.organisation,
+                account_id: args.account.map(AccountId::new),
+                organisation_id: args.organisation.map(OrganisationId::new),
                 after_id: after,
                 limit: (args.limit - shown).min(500),
             })
@@ -165,8 +166,8 @@ mod tests {
             alert: Alert {
                 at,
                 kind: AlertKind::AccountQuota,
-                account_id: 17,
-                organisation_id: 3,
+                account_id: AccountId::new(17),
+                organisation_id: OrganisationId::new(3),
                 verdict: Verdict::Throttle,
                 score: 7.0,
                 explanation: vec![Explanation {

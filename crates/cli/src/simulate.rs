@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
-use rempart_domain::{FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{FieldGroup, OrganisationKind, PersonId, Purpose, Role};
 use rempart_guard::{
     AccountFacts, Attempt, AttemptKind, Digest16, Feature, Fields, Guard, GuardConfig, GuardStore,
     PeerGroup, SessionFacts, Verdict,
@@ -273,7 +273,7 @@ pub fn first_instant(day: NaiveDate) -> DateTime<Utc> {
 fn digest(tag: u8, a: &TrafficAccount, extra: u32) -> Digest16 {
     let mut d = [0u8; 16];
     d[0] = tag;
-    d[1..9].copy_from_slice(&a.account_id.to_be_bytes());
+    d[1..9].copy_from_slice(&a.account_id.get().to_be_bytes());
     d[9..13].copy_from_slice(&extra.to_be_bytes());
     d
 }
@@ -284,7 +284,7 @@ fn digest(tag: u8, a: &TrafficAccount, extra: u32) -> Digest16 {
 fn read_attempt(
     a: &TrafficAccount,
     at: DateTime<Utc>,
-    person_id: i64,
+    person_id: PersonId,
     stepped_up_at: Option<DateTime<Utc>>,
     day: u32,
 ) -> Attempt {

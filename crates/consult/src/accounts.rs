@@ -637,8 +637,8 @@ impl Consultation {
             };
             leaves.push(AuditLeaf {
                 time: Timestamp::from_datetime(now),
-                account: AccountId(account.account_id),
-                organisation: OrganisationId(account.organisation_id),
+                account: AccountId::new(account.account_id),
+                organisation: OrganisationId::new(account.organisation_id),
                 session: None,
                 person: None,
                 action: LeafAction::AccountDisable,
@@ -907,8 +907,8 @@ mod tests {
     fn alerts_are_recognised_by_their_note() {
         let mut leaf = AuditLeaf {
             time: Timestamp::from_datetime(at(0)),
-            account: AccountId(1),
-            organisation: OrganisationId(1),
+            account: AccountId::new(1),
+            organisation: OrganisationId::new(1),
             session: None,
             person: None,
             action: LeafAction::AccountRequest,

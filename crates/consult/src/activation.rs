@@ -634,8 +634,8 @@ impl Consultation {
 fn allow_leaf(account: &AccountRecord, now: DateTime<Utc>, note: String) -> AuditLeaf {
     AuditLeaf {
         time: Timestamp::from_datetime(now),
-        account: AccountId(account.account_id),
-        organisation: OrganisationId(account.organisation_id),
+        account: AccountId::new(account.account_id),
+        organisation: OrganisationId::new(account.organisation_id),
         session: None,
         person: None,
         action: LeafAction::FactorEnrol,

@@ -13,7 +13,7 @@
 //! [`Consultation::fail_on`].
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{AccountState, Organisation, Purpose, Reference};
+use rempart_domain::{AccountState, Organisation, OrganisationId, Purpose, Reference};
 use rempart_guard::{AttemptKind, Fields};
 use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
 use rempart_policy::Action;
@@ -402,7 +402,7 @@ impl Consultation {
                 organisation,
                 frozen_since: frozen
                     .iter()
-                    .find(|f| f.organisation_id == id)
+                    .find(|f| f.organisation_id.get() == id)
                     .map(|f| f.frozen_at),
             })
             .collect())
@@ -598,7 +598,7 @@ impl Consultation {
             .fail_on(&ctx, None, "guard", self.guard.frozen_organisations().await)
             .await?
             .iter()
-            .any(|f| f.organisation_id == organisation_id);
+            .any(|f| f.organisation_id.get() == organisation_id);
         let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
@@ -608,7 +608,7 @@ impl Consultation {
         );
         self.leaf_then(&ctx, leaf, async {
             self.guard
-                .lift_freeze(organisation_id, now)
+                .lift_freeze(OrganisationId::new(organisation_id), now)
                 .await
                 .map_err(|e| {
                     ChangeRefusal::new(

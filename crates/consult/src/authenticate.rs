@@ -30,7 +30,7 @@ use rempart_auth::access_token::{self, AccessTokenError, AccessTokenRecord, Scop
 use rempart_auth::client_assertion::ClientId;
 use rempart_auth::dpop::{DpopError, DpopProof, Expected};
 use rempart_auth::jose::{AlgSet, Jkt};
-use rempart_domain::AccountState;
+use rempart_domain::{AccountId, AccountState};
 use rempart_storage::{
     AccountRecord, AuthStore, StorageError, Store, StoredCredential,
     auth::{AccessTokenRow, StoredSession},
@@ -498,7 +498,7 @@ pub async fn authenticate_access_token(
     };
     let account_id = account.account_id;
     // A row that does not read back as a record binds to nothing: refused.
-    let Some(record) = token_record(row).filter(|r| r.account_id == account_id) else {
+    let Some(record) = token_record(row).filter(|r| r.account_id.get() == account_id) else {
         return refused(Some(account_id), AccessTokenError::Unknown);
     };
     if now >= record.expires_at {
@@ -556,7 +556,7 @@ fn token_record(row: AccessTokenRow) -> Option<AccessTokenRecord> {
         digest: TokenDigest::try_from(URL_SAFE_NO_PAD.encode(row.digest)).ok()?,
         jkt: Jkt::parse(&row.jkt).ok()?,
         client_id: ClientId::parse(&row.client_id).ok()?,
-        account_id: row.account_id,
+        account_id: AccountId::new(row.account_id),
         scope: Scope::parse(&row.scope).ok()?,
         issued_at: row.issued_at,
         expires_at: row.expires_at,

@@ -8,7 +8,7 @@
 //! of mandates made through the API are checked and made here too.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{Purpose, Reference};
+use rempart_domain::{AccountId, OrganisationId, PersonId, Purpose, Reference};
 use rempart_ledger::DenyReason;
 use rempart_policy::{Action, Authorizer, Decision, MandateFact, PolicyError, What, Who};
 use rempart_storage::{AccountRecord, StoredMandate};
@@ -18,11 +18,11 @@ use crate::kernel::{Consultation, Ctx, Refusal};
 /// The policy's view of the caller.
 pub fn who(account: &AccountRecord) -> Who {
     Who {
-        account_id: account.account_id,
+        account_id: AccountId::new(account.account_id),
         login: account.login.as_str().to_string(),
         role: account.role,
         state: account.state,
-        organisation_id: account.organisation_id,
+        organisation_id: OrganisationId::new(account.organisation_id),
         kind: account.kind,
     }
 }
@@ -32,8 +32,8 @@ pub fn facts(mandates: &[StoredMandate], today: NaiveDate) -> Vec<MandateFact> {
     mandates
         .iter()
         .map(|m| MandateFact {
-            organisation_id: m.organisation_id,
-            account_id: m.account_id,
+            organisation_id: OrganisationId::new(m.organisation_id),
+            account_id: m.account_id.map(AccountId::new),
             purpose: m.purpose,
             live: m.is_live_on(today),
         })
@@ -52,7 +52,7 @@ pub fn read(
     policy.allowed_field_groups(
         who,
         &What {
-            person_id,
+            person_id: PersonId::new(person_id),
             purpose,
             mandates: facts(mandates, today),
             reason_len: 0,
@@ -84,7 +84,7 @@ pub fn registry_action_with_reason(
         who,
         action,
         &What {
-            person_id: 0,
+            person_id: PersonId::new(0),
             purpose,
             mandates: Vec::new(),
             reason_len,
@@ -102,7 +102,7 @@ pub fn about_person(
     reason_len: usize,
 ) -> What {
     What {
-        person_id,
+        person_id: PersonId::new(person_id),
         purpose,
         mandates: facts(mandates, today),
         reason_len,

@@ -410,7 +410,7 @@ impl Consultation {
         // 7. The token, bound to the proof's key, stored as a digest.
         let (token, record) = access_token::issue(
             verified.client_id().clone(),
-            account.account_id,
+            AccountId::new(account.account_id),
             scope,
             *proof.jkt(),
             now,
@@ -427,7 +427,7 @@ impl Consultation {
             .insert_access_token(AccessTokenRow {
                 digest,
                 client_id: record.client_id.as_str().to_owned(),
-                account_id: record.account_id,
+                account_id: record.account_id.get(),
                 jkt: record.jkt.to_string(),
                 scope: record.scope.as_str().to_owned(),
                 issued_at: record.issued_at,
@@ -445,8 +445,8 @@ impl Consultation {
         // 8. Ledger, durable before the token leaves.
         let leaf = AuditLeaf {
             time: Timestamp::from_datetime(now),
-            account: AccountId(account.account_id),
-            organisation: OrganisationId(account.organisation_id),
+            account: AccountId::new(account.account_id),
+            organisation: OrganisationId::new(account.organisation_id),
             session: Some(token_session(&digest)),
             person: None,
             action: LeafAction::TokenIssue,

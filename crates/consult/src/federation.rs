@@ -396,8 +396,8 @@ impl Consultation {
         };
         self.record(AuditLeaf {
             time: Timestamp::from_datetime(now),
-            account: AccountId(officer.account_id),
-            organisation: OrganisationId(officer.organisation_id),
+            account: AccountId::new(officer.account_id),
+            organisation: OrganisationId::new(officer.organisation_id),
             session: None,
             person: None,
             action: LeafAction::FactorEnrol,

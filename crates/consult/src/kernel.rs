@@ -32,7 +32,7 @@ use rempart_domain::Purpose;
 use rempart_guard::Guard;
 use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
-    GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonRef, SessionId, Timestamp,
+    GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonId, SessionId, Timestamp,
 };
 use rempart_policy::Authorizer;
 use rempart_storage::{AuthStore, Store};
@@ -555,7 +555,7 @@ impl Consultation {
         leaf: AuditLeaf,
         change: impl std::future::Future<Output = Result<T, ChangeRefusal>>,
     ) -> Result<T, Refusal> {
-        let person = leaf.person.map(|p| p.0);
+        let person = leaf.person.map(|p| p.get());
         let index = self.record(leaf).await?;
         match change.await {
             Ok(done) => Ok(done),
@@ -733,8 +733,8 @@ pub(crate) fn unauthenticated_leaf(
 ) -> AuditLeaf {
     AuditLeaf {
         time: Timestamp::from_datetime(now),
-        account: AccountId(account),
-        organisation: OrganisationId(organisation),
+        account: AccountId::new(account),
+        organisation: OrganisationId::new(organisation),
         session: None,
         person: None,
         action,
@@ -785,10 +785,10 @@ impl<'a> Ctx<'a> {
         let a = &self.caller.account;
         AuditLeaf {
             time: Timestamp::from_datetime(self.now),
-            account: AccountId(a.account_id),
-            organisation: OrganisationId(a.organisation_id),
+            account: AccountId::new(a.account_id),
+            organisation: OrganisationId::new(a.organisation_id),
             session: Some(session_of(&self.caller.via)),
-            person: person_id.map(PersonRef),
+            person: person_id.map(PersonId::new),
             action: self.action,
             field_groups,
             purpose: self.purpose,

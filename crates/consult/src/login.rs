@@ -87,7 +87,7 @@ use rempart_auth::passkey::{
 };
 use rempart_auth::password::{Password, PasswordHash};
 use rempart_auth::totp::{self, TotpCode};
-use rempart_domain::{AccountState, Reference};
+use rempart_domain::{AccountId, AccountState, Reference};
 use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
 use rempart_storage::{AccountRecord, AuthStore, StorageError, StoredPasskeyRow};
 use serde::{Deserialize, Serialize};
@@ -518,7 +518,7 @@ impl Consultation {
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
         let login = caller.account.login.as_str();
         let started = web.passkeys.start_registration(
-            caller.account.account_id,
+            AccountId::new(caller.account.account_id),
             login,
             login,
             &existing,
@@ -629,9 +629,11 @@ impl Consultation {
                 )
                 .await);
         }
-        let started =
-            web.passkeys
-                .start_step_up(caller.account.account_id, &existing, SystemTime::from(now));
+        let started = web.passkeys.start_step_up(
+            AccountId::new(caller.account.account_id),
+            &existing,
+            SystemTime::from(now),
+        );
         let (options, authentication) = self.fail_on(&ctx, None, "passkey", started).await?;
         let state = CeremonyState {
             jkt: None,
@@ -942,7 +944,7 @@ impl Consultation {
 fn parse_passkey(row: &StoredPasskeyRow) -> Result<StoredPasskey, LoginError> {
     let passkey: StoredPasskey = serde_json::from_str(&row.data)
         .map_err(|_| LoginError::Unavailable("passkey: stored passkey is not readable".into()))?;
-    if passkey.account_id() != row.account_id
+    if passkey.account_id().get() != row.account_id
         || passkey.credential_id().as_bytes() != row.credential_id.as_slice()
     {
         return Err(LoginError::Unavailable(

@@ -777,8 +777,8 @@ const NO_ONE: i64 = 0;
 /// whose purpose shows nothing to this account.
 fn denial(who: &Who, mandates: &[StoredMandate], purpose: Purpose, today: NaiveDate) -> DenyReason {
     let ours = mandates.iter().any(|m| {
-        m.organisation_id == who.organisation_id
-            && m.account_id.is_none_or(|a| a == who.account_id)
+        m.organisation_id == who.organisation_id.get()
+            && m.account_id.is_none_or(|a| a == who.account_id.get())
             && m.purpose == purpose
             && m.is_live_on(today)
     });
@@ -803,8 +803,8 @@ fn mandates_are_new(
     let mut ours = mandates
         .iter()
         .filter(|m| {
-            m.organisation_id == who.organisation_id
-                && m.account_id.is_none_or(|a| a == who.account_id)
+            m.organisation_id == who.organisation_id.get()
+                && m.account_id.is_none_or(|a| a == who.account_id.get())
                 && m.purpose == purpose
                 && m.is_live_on(today)
         })
@@ -850,11 +850,11 @@ mod tests {
     #[test]
     fn mandates_made_by_hand_explain_no_volume() {
         let who = Who {
-            account_id: 7,
+            account_id: rempart_domain::AccountId::new(7),
             login: "a7".into(),
             role: rempart_domain::Role::Agent,
             state: rempart_domain::AccountState::Active,
-            organisation_id: 3,
+            organisation_id: rempart_domain::OrganisationId::new(3),
             kind: rempart_domain::OrganisationKind::CapEmploi,
         };
         let today = NaiveDate::from_ymd_opt(2026, 12, 6).unwrap();

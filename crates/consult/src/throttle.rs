@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use rempart_auth::lockout::{
     AccountThrottle, AddressAdmission, AttemptEnd, Delay, Scope, Target, Wait,
 };
+use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::{Alert, AlertKind, Evidence, Explanation, Feature, Verdict};
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
@@ -305,8 +306,8 @@ impl Consultation {
             self.guard.raise(Alert {
                 at: now,
                 kind: AlertKind::FailedLogins,
-                account_id: account.map_or(0, |a| a.account_id),
-                organisation_id: account.map_or(0, |a| a.organisation_id),
+                account_id: AccountId::new(account.map_or(0, |a| a.account_id)),
+                organisation_id: OrganisationId::new(account.map_or(0, |a| a.organisation_id)),
                 verdict: Verdict::Throttle,
                 score: 0.0,
                 explanation: vec![Explanation {

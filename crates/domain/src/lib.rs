@@ -6,6 +6,7 @@
 //! personal values is redacted, so a stray `{:?}` cannot leak them.
 
 mod access;
+mod ids;
 mod lifecycle;
 mod nir;
 mod normalise;
@@ -16,6 +17,7 @@ pub use access::{
     Account, AccountState, FieldGroup, Mandate, Organisation, OrganisationKind, Purpose, Reference,
     Role,
 };
+pub use ids::{AccountId, MandateId, OrganisationId, PersonId};
 pub use lifecycle::{AccountAction, LifecycleState, TransitionError, WhoMay, transition};
 pub use nir::{Nir, NirError, NirSex};
 pub use normalise::normalise_name;

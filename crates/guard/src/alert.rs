@@ -2,6 +2,7 @@
 //! with one, naming its top features with their values and baselines.
 
 use chrono::{DateTime, Utc};
+use rempart_domain::{AccountId, OrganisationId};
 use serde::{Deserialize, Serialize};
 
 macro_rules! codes {
@@ -209,9 +210,9 @@ pub struct Alert {
     /// What made the guard speak.
     pub kind: AlertKind,
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Its organisation.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// The verdict given.
     pub verdict: Verdict,
     /// The behaviour score at that moment.
@@ -227,7 +228,7 @@ pub struct Alert {
     /// window, or sharing its network or device), in id order; empty for
     /// an account's own alert.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub accounts: Vec<i64>,
+    pub accounts: Vec<AccountId>,
 }
 
 /// How many features an alert names at most.

@@ -2,7 +2,9 @@
 //! facts only: never a personal value.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 
 use crate::region::{PeerGroup, Region};
 
@@ -19,7 +21,7 @@ pub struct Attempt {
     pub kind: AttemptKind,
     /// The person concerned, when there is one. A search's query itself has
     /// none; each person a search shows is checked with its id.
-    pub person_id: Option<i64>,
+    pub person_id: Option<PersonId>,
     /// The purpose invoked.
     pub purpose: Option<Purpose>,
     /// Field groups about to be shown, and whether the NIR is shown in clear.
@@ -35,9 +37,9 @@ pub struct Attempt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountFacts {
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Its organisation.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// Its role.
     pub role: Role,
     /// When the account was created (requested), if known. Accounts whose

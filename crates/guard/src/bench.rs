@@ -12,7 +12,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use rempart_domain::{FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 
 use crate::store::memory::MemoryStore;
 use crate::{
@@ -78,8 +80,8 @@ pub fn check_cost(
         Attempt {
             at: start + TimeDelta::milliseconds((i / accounts) as i64 * 50),
             account: AccountFacts {
-                account_id: account,
-                organisation_id: account / 20 + 1,
+                account_id: AccountId::new(account),
+                organisation_id: OrganisationId::new(account / 20 + 1),
                 role: Role::Agent,
                 created_at: None,
                 peer: PeerGroup::of(OrganisationKind::CapEmploi, Some("38")),
@@ -89,7 +91,9 @@ pub fn check_cost(
                 ..SessionFacts::default()
             },
             kind: AttemptKind::ReadPerson,
-            person_id: Some(account * 1000 + ((i / accounts) % 200) as i64),
+            person_id: Some(PersonId::new(
+                account * 1000 + ((i / accounts) % 200) as i64,
+            )),
             purpose: Some(Purpose::FollowUp),
             fields: Fields::of(&groups, false),
             new_mandate: false,

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use rempart_domain::{OrganisationId, PersonId};
+
 use crate::alert::{AlertKind, Explanation, Feature, Verdict};
 use crate::attempt::{Attempt, AttemptKind, Digest16, Observed};
 use crate::baseline::Baseline;
@@ -143,12 +145,12 @@ pub(crate) struct AccountVerdict {
 
 /// One account's hot state.
 pub(crate) struct AccountState {
-    pub(crate) organisation_id: i64,
+    pub(crate) organisation_id: OrganisationId,
     pub(crate) peer: i64,
     pub(crate) rates: [Rate; METRICS],
     /// Persons shown, with the last time each was shown (pruned at sync).
-    persons: HashMap<i64, i64>,
-    last_person: Option<i64>,
+    persons: HashMap<PersonId, i64>,
+    last_person: Option<PersonId>,
     /// The local (day, hour) last counted as one account-hour: pending
     /// rows are drained by every sync, so the first row of an hour is not
     /// the first attempt of that hour.
@@ -223,7 +225,7 @@ impl AccountState {
 
     /// A state known only from other instances' counts until its first
     /// attempt here fills in the rest.
-    pub(crate) fn blank(organisation_id: i64, peer: i64) -> Self {
+    pub(crate) fn blank(organisation_id: OrganisationId, peer: i64) -> Self {
         AccountState {
             organisation_id,
             peer,
@@ -402,7 +404,7 @@ impl AccountState {
             ev.mandate_grant = a.kind == AttemptKind::MandateGrant;
         }
         let sequential_miss = observed.is_some()
-            && matches!((a.person_id, self.last_person), (Some(p), Some(l)) if (1..=2).contains(&p.abs_diff(l)));
+            && matches!((a.person_id, self.last_person), (Some(p), Some(l)) if (1..=2).contains(&p.get().abs_diff(l.get())));
         let search_miss =
             observed == Some(Observed::NotFound) && matches!(a.kind, AttemptKind::Search(_));
         // A search that matched nobody is `search_misses`' business only: an

@@ -81,6 +81,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use rempart_domain::{AccountId, OrganisationId};
 
 use crate::baseline::{Baseline, OrgBaseline};
 use crate::engine::{AccountState, AccountVerdict, is_quota};
@@ -171,8 +172,8 @@ struct Inner {
     config: GuardConfig,
     store: Arc<dyn GuardStore>,
     instance: i64,
-    accounts: Vec<Mutex<HashMap<i64, AccountState>>>,
-    orgs: Vec<Mutex<HashMap<i64, OrgState>>>,
+    accounts: Vec<Mutex<HashMap<AccountId, AccountState>>>,
+    orgs: Vec<Mutex<HashMap<OrganisationId, OrgState>>>,
     peers: RwLock<HashMap<i64, Baseline>>,
     peers_day: AtomicI32,
     /// Networks and devices accounts started using within the day.
@@ -298,7 +299,7 @@ impl Guard {
     /// store keeps the lift, so that no flush brings it back).
     pub async fn lift_freeze(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         at: DateTime<Utc>,
     ) -> Result<bool, GuardError> {
         let Some(inner) = &self.inner else {
@@ -347,12 +348,12 @@ impl Guard {
 }
 
 impl Inner {
-    fn account_shard(&self, id: i64) -> &Mutex<HashMap<i64, AccountState>> {
-        &self.accounts[(id as u64 % ACCOUNT_SHARDS as u64) as usize]
+    fn account_shard(&self, id: AccountId) -> &Mutex<HashMap<AccountId, AccountState>> {
+        &self.accounts[(id.get() as u64 % ACCOUNT_SHARDS as u64) as usize]
     }
 
-    fn org_shard(&self, id: i64) -> &Mutex<HashMap<i64, OrgState>> {
-        &self.orgs[(id as u64 % ORG_SHARDS as u64) as usize]
+    fn org_shard(&self, id: OrganisationId) -> &Mutex<HashMap<OrganisationId, OrgState>> {
+        &self.orgs[(id.get() as u64 % ORG_SHARDS as u64) as usize]
     }
 
     fn healthy(&self, now: i64) -> Result<(), GuardError> {
@@ -399,7 +400,11 @@ impl Inner {
     }
 
     /// Makes sure the organisation's usual is loaded for the local day.
-    async fn ensure_org_loaded(&self, organisation_id: i64, day: i32) -> Result<(), GuardError> {
+    async fn ensure_org_loaded(
+        &self,
+        organisation_id: OrganisationId,
+        day: i32,
+    ) -> Result<(), GuardError> {
         if lock(self.org_shard(organisation_id))
             .get(&organisation_id)
             .is_some_and(|o| o.loaded_day == day)
@@ -580,7 +585,7 @@ impl Inner {
     /// the next sync, which fails closed until it succeeds; the decision
     /// stays a suspension meanwhile, so the registry is still suspended
     /// and the alert still raised.
-    async fn share_block(&self, account_id: i64, until: i64, store_now: bool) {
+    async fn share_block(&self, account_id: AccountId, until: i64, store_now: bool) {
         let block = SuspensionBlock {
             account_id,
             until: DateTime::from_timestamp(until, 0).unwrap_or(DateTime::<Utc>::MAX_UTC),
@@ -626,7 +631,7 @@ impl Inner {
     }
 
     async fn load_frozen(&self) -> Result<usize, GuardError> {
-        let frozen: std::collections::HashSet<i64> = self
+        let frozen: std::collections::HashSet<OrganisationId> = self
             .store
             .frozen_organisations()
             .await?
@@ -656,6 +661,8 @@ impl Inner {
     fn drain(&self, now: i64) -> (FlushBatch, usize) {
         let mut batch = std::mem::take(&mut *lock(&self.pending));
         batch.instance = self.instance;
+        // Keyed by the rows' plain `subject`: a peer group's key, an
+        // organisation's id.
         let mut peers: HashMap<(i64, i32, u8), ActivityCounts> = HashMap::new();
         let mut orgs: HashMap<(i64, i32, u8), ActivityCounts> = HashMap::new();
         let mut held = 0;
@@ -663,16 +670,16 @@ impl Inner {
             let mut shard = lock(shard);
             for (&id, st) in shard.iter_mut() {
                 for mut d in st.pending_counts.drain(..) {
-                    d.subject = id;
+                    d.subject = id.get();
                     batch.counters.push(d);
                 }
                 for mut r in st.pending_activity.drain(..) {
-                    r.subject = id;
+                    r.subject = id.get();
                     peers
                         .entry((st.peer, r.day, r.hour))
                         .or_default()
                         .add(&r.counts);
-                    orgs.entry((st.organisation_id, r.day, r.hour))
+                    orgs.entry((st.organisation_id.get(), r.day, r.hour))
                         .or_default()
                         .add(&r.counts);
                     batch.activity.push(r);
@@ -699,7 +706,7 @@ impl Inner {
             let mut shard = lock(shard);
             for (&id, o) in shard.iter_mut() {
                 for mut d in o.pending_counts.drain(..) {
-                    d.subject = id;
+                    d.subject = id.get();
                     batch.counters.push(d);
                 }
                 o.prune(now);
@@ -757,16 +764,18 @@ impl Inner {
         };
         // Subjects counted elsewhere but not met here yet get a state now,
         // so that their first attempt here already sees those counts.
-        for (scope, id) in by_subject.keys() {
+        for &(scope, subject) in by_subject.keys() {
             match scope {
                 Scope::Account => {
-                    lock(self.account_shard(*id))
-                        .entry(*id)
-                        .or_insert_with(|| AccountState::blank(0, 0));
+                    let id = AccountId::new(subject);
+                    lock(self.account_shard(id))
+                        .entry(id)
+                        .or_insert_with(|| AccountState::blank(OrganisationId::new(0), 0));
                 }
                 Scope::Organisation => {
-                    lock(self.org_shard(*id))
-                        .entry(*id)
+                    let id = OrganisationId::new(subject);
+                    lock(self.org_shard(id))
+                        .entry(id)
                         .or_insert_with(OrgState::new);
                 }
                 Scope::Peer => {}
@@ -774,12 +783,15 @@ impl Inner {
         }
         for shard in &self.accounts {
             for (id, st) in lock(shard).iter_mut() {
-                apply(&mut st.rates, by_subject.get(&(Scope::Account, *id)));
+                apply(&mut st.rates, by_subject.get(&(Scope::Account, id.get())));
             }
         }
         for shard in &self.orgs {
             for (id, o) in lock(shard).iter_mut() {
-                apply(&mut o.rates, by_subject.get(&(Scope::Organisation, *id)));
+                apply(
+                    &mut o.rates,
+                    by_subject.get(&(Scope::Organisation, id.get())),
+                );
             }
         }
         report.frozen = self.load_frozen().await?;

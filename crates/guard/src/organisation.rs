@@ -21,6 +21,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use rempart_domain::{AccountId, OrganisationId};
+
 use crate::alert::{AlertKind, Feature, Verdict};
 use crate::attempt::{Attempt, Digest16};
 use crate::baseline::{Baseline, OrgBaseline};
@@ -63,8 +65,8 @@ pub(crate) struct Shared {
 
 #[derive(Debug, Clone, Copy)]
 struct Sighting {
-    organisation_id: i64,
-    account_id: i64,
+    organisation_id: OrganisationId,
+    account_id: AccountId,
     /// When the account first used it.
     since: i64,
     /// When it last did.
@@ -119,7 +121,7 @@ impl Sightings {
         kind: KnownKind,
         digest: Digest16,
         new: bool,
-        who: (i64, i64),
+        who: (OrganisationId, AccountId),
         stepped_up_at: Option<i64>,
         now: i64,
     ) -> Sharing {
@@ -180,7 +182,7 @@ impl Sightings {
 
     /// The accounts that started using `digest` within the day (for an
     /// alert: the rare path).
-    pub(crate) fn accounts(&self, kind: KnownKind, digest: Digest16, now: i64) -> Vec<i64> {
+    pub(crate) fn accounts(&self, kind: KnownKind, digest: Digest16, now: i64) -> Vec<AccountId> {
         crate::lock(self.shard(&digest))
             .get(&(kind, digest))
             .map(|v| {
@@ -211,7 +213,7 @@ pub(crate) struct OrgState {
     last_alert: [i64; 5],
     pub(crate) pending_counts: Vec<CounterDelta>,
     pub(crate) last_seen: i64,
-    members: HashMap<i64, Member>,
+    members: HashMap<AccountId, Member>,
     /// Its usual, loaded once per local day.
     pub(crate) own: OrgBaseline,
     pub(crate) loaded_day: i32,
@@ -234,7 +236,7 @@ pub(crate) struct OrgVerdict {
     pub(crate) fresh: bool,
     /// Accounts involved, when the organisation's verdict is not allow
     /// (allocated on that rare path only).
-    pub(crate) accounts: Vec<i64>,
+    pub(crate) accounts: Vec<AccountId>,
 }
 
 impl OrgState {
@@ -543,8 +545,8 @@ impl OrgState {
     }
 
     /// Accounts active within the hour, in id order.
-    fn involved(&self, now: i64) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
+    fn involved(&self, now: i64) -> Vec<AccountId> {
+        let mut ids: Vec<AccountId> = self
             .members
             .iter()
             .filter(|(_, m)| now.saturating_sub(m.last) < HOUR)

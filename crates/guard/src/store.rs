@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rempart_domain::{AccountId, OrganisationId};
 
 use crate::alert::Alert;
 
@@ -227,7 +228,7 @@ impl KnownKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Known {
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Device or network.
     pub kind: KnownKind,
     /// Its digest.
@@ -252,7 +253,7 @@ pub struct AccountHistory {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freeze {
     /// The organisation.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// Since when.
     pub frozen_at: DateTime<Utc>,
 }
@@ -264,7 +265,7 @@ pub struct Freeze {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SuspensionBlock {
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// The end of the block.
     pub until: DateTime<Utc>,
 }
@@ -330,9 +331,9 @@ pub struct AlertQuery {
     /// Until this instant (exclusive).
     pub to: Option<DateTime<Utc>>,
     /// Of this account only.
-    pub account_id: Option<i64>,
+    pub account_id: Option<AccountId>,
     /// Of this organisation only.
-    pub organisation_id: Option<i64>,
+    pub organisation_id: Option<OrganisationId>,
     /// Ids strictly greater than this (paging).
     pub after_id: i64,
     /// At most this many (0: none).
@@ -370,7 +371,7 @@ pub trait GuardStore: Send + Sync {
     /// devices and networks it used.
     async fn load_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         from_day: i32,
     ) -> Result<AccountHistory, StoreError>;
 
@@ -380,7 +381,7 @@ pub trait GuardStore: Send + Sync {
     /// `from_day` on, in (day, hour) order.
     async fn load_organisation(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         from_day: i32,
     ) -> Result<Vec<ActivityRow>, StoreError>;
 
@@ -407,7 +408,7 @@ pub trait GuardStore: Send + Sync {
     /// before it and flushed after it does not undo it.
     async fn lift_freeze(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
@@ -447,11 +448,11 @@ pub mod memory {
     struct State {
         counters: BTreeMap<(i64, i64, Scope, i64, i16), u64>,
         activity: BTreeMap<(Scope, i64, i32, u8), ActivityCounts>,
-        known: HashMap<(i64, KnownKind, [u8; 16]), DateTime<Utc>>,
+        known: HashMap<(AccountId, KnownKind, [u8; 16]), DateTime<Utc>>,
         alerts: Vec<Alert>,
-        frozen: BTreeMap<i64, DateTime<Utc>>,
-        lifted: BTreeMap<i64, DateTime<Utc>>,
-        blocks: BTreeMap<i64, DateTime<Utc>>,
+        frozen: BTreeMap<OrganisationId, DateTime<Utc>>,
+        lifted: BTreeMap<OrganisationId, DateTime<Utc>>,
+        blocks: BTreeMap<AccountId, DateTime<Utc>>,
     }
 
     impl State {
@@ -506,11 +507,11 @@ pub mod memory {
     impl GuardStore for MemoryStore {
         async fn load_account(
             &self,
-            account_id: i64,
+            account_id: AccountId,
             from_day: i32,
         ) -> Result<AccountHistory, StoreError> {
             let s = self.state()?;
-            let activity = s.subject_activity(Scope::Account, account_id, from_day);
+            let activity = s.subject_activity(Scope::Account, account_id.get(), from_day);
             let mut known: Vec<Known> = s
                 .known
                 .iter()
@@ -532,12 +533,12 @@ pub mod memory {
 
         async fn load_organisation(
             &self,
-            organisation_id: i64,
+            organisation_id: OrganisationId,
             from_day: i32,
         ) -> Result<Vec<ActivityRow>, StoreError> {
             Ok(self
                 .state()?
-                .subject_activity(Scope::Organisation, organisation_id, from_day))
+                .subject_activity(Scope::Organisation, organisation_id.get(), from_day))
         }
 
         async fn load_peers(&self, from_day: i32) -> Result<Vec<ActivityRow>, StoreError> {
@@ -647,7 +648,7 @@ pub mod memory {
 
         async fn lift_freeze(
             &self,
-            organisation_id: i64,
+            organisation_id: OrganisationId,
             at: DateTime<Utc>,
         ) -> Result<bool, StoreError> {
             let mut s = self.state()?;

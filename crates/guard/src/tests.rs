@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proptest::prelude::*;
-use rempart_domain::{FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 
 use super::*;
 use crate::store::SuspensionBlock;
@@ -25,8 +27,8 @@ fn mins(m: i64) -> TimeDelta {
 
 fn facts(account: i64, org: i64) -> AccountFacts {
     AccountFacts {
-        account_id: account,
-        organisation_id: org,
+        account_id: AccountId::new(account),
+        organisation_id: OrganisationId::new(org),
         role: Role::Agent,
         created_at: Some(day0() - TimeDelta::days(400)),
         peer: PeerGroup::of(OrganisationKind::CapEmploi, Some("38")),
@@ -72,7 +74,7 @@ fn read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
         account: facts(account, 10),
         session: home(account),
         kind: AttemptKind::ReadPerson,
-        person_id: Some(person),
+        person_id: Some(PersonId::new(person)),
         purpose: Some(Purpose::FollowUp),
         fields: Fields::of(&SHOWN, false),
         new_mandate: false,
@@ -589,7 +591,11 @@ async fn organisations_are_frozen_after_two_suspensions_and_lifted_by_an_officer
         verdict(&g2, &read(43, 1, day0() + mins(7))).await,
         Verdict::FreezeOrganisation
     );
-    assert!(g2.lift_freeze(10, day0() + mins(8)).await.unwrap());
+    assert!(
+        g2.lift_freeze(OrganisationId::new(10), day0() + mins(8))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         verdict(&g2, &read(43, 1, day0() + mins(9))).await,
         Verdict::Allow
@@ -621,7 +627,11 @@ async fn a_freeze_lifted_before_its_sync_stays_lifted() {
     );
     // Decided here, not flushed yet: nothing stored, but it was frozen.
     assert!(store.frozen_organisations().await.unwrap().is_empty());
-    assert!(g.lift_freeze(10, day0() + mins(4)).await.unwrap());
+    assert!(
+        g.lift_freeze(OrganisationId::new(10), day0() + mins(4))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         verdict(&g, &read(42, 2, day0() + mins(5))).await,
         Verdict::Allow
@@ -634,7 +644,11 @@ async fn a_freeze_lifted_before_its_sync_stays_lifted() {
         Verdict::Allow
     );
     // Lifting again: nothing to lift.
-    assert!(!g.lift_freeze(10, day0() + mins(8)).await.unwrap());
+    assert!(
+        !g.lift_freeze(OrganisationId::new(10), day0() + mins(8))
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
@@ -716,7 +730,7 @@ async fn a_suspension_on_one_instance_is_honoured_by_the_others() {
     assert_eq!(
         store.suspension_blocks(t1).await.unwrap(),
         vec![SuspensionBlock {
-            account_id: 7,
+            account_id: AccountId::new(7),
             until: t1 + TimeDelta::days(1),
         }]
     );
@@ -744,13 +758,17 @@ async fn a_suspension_on_one_instance_is_honoured_by_the_others() {
     assert_eq!(store.suspension_blocks(t1).await.unwrap()[0].until, until);
     store
         .block_account(SuspensionBlock {
-            account_id: 7,
+            account_id: AccountId::new(7),
             until: t1,
         })
         .await
         .unwrap();
     assert_eq!(
-        store.load_account(7, 0).await.unwrap().blocked_until,
+        store
+            .load_account(AccountId::new(7), 0)
+            .await
+            .unwrap()
+            .blocked_until,
         Some(until)
     );
     let late = a.check(&read(7, 7001, until - mins(1))).await.unwrap();
@@ -789,7 +807,7 @@ async fn a_suspension_block_the_store_missed_is_stored_by_the_next_sync() {
     assert_eq!(
         store.suspension_blocks(t1).await.unwrap(),
         vec![SuspensionBlock {
-            account_id: 7,
+            account_id: AccountId::new(7),
             until: t1 + mins(1) + TimeDelta::days(1),
         }]
     );
@@ -970,7 +988,7 @@ async fn raised_alerts_are_stored_with_their_ledger_range() {
     assert_eq!(report.alerts, 5);
     let stored = g
         .alerts(&AlertQuery {
-            account_id: Some(7),
+            account_id: Some(AccountId::new(7)),
             limit: 10,
             ..AlertQuery::default()
         })
@@ -1189,7 +1207,7 @@ async fn a_whole_agency_reading_a_little_each_at_night_is_stopped_within_a_few_r
             .any(|l| l.feature == Feature::OffHoursAccounts && l.contribution > 0.0),
         "{first:?}"
     );
-    assert!(first.accounts.len() >= 2 && first.accounts.contains(&600));
+    assert!(first.accounts.len() >= 2 && first.accounts.contains(&AccountId::new(600)));
     // The accounts after it are refused from their first read.
     assert!(all[19 * 3..].iter().all(|d| !d.lets_through()));
     // One incident, not one per read: a few fresh alerts at most.
@@ -1403,7 +1421,7 @@ async fn one_machine_new_to_accounts_of_two_organisations_is_stopped_at_the_seco
         "{a:?}"
     );
     assert!(
-        a.accounts.contains(&800) && a.accounts.contains(&900),
+        a.accounts.contains(&AccountId::new(800)) && a.accounts.contains(&AccountId::new(900)),
         "{:?}",
         a.accounts
     );

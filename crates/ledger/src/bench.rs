@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::leaf::{
     AccountId, Action, AuditLeaf, Decision, DenyReason, FieldGroups, GuardVerdict, OrganisationId,
-    PersonRef, SessionId, Timestamp,
+    PersonId, SessionId, Timestamp,
 };
 use crate::merkle::{NodeId, leaf_hash, verify_consistency, verify_inclusion};
 use crate::note::VerifierKey;
@@ -110,7 +110,7 @@ pub const SYNTHETIC_STEP_US: i64 = 250_000;
 /// Number of synthetic accounts.
 pub const SYNTHETIC_ACCOUNTS: u64 = 10_000;
 /// The account doing 1 % of the reads.
-pub const HOT_ACCOUNT: AccountId = AccountId(1);
+pub const HOT_ACCOUNT: AccountId = AccountId::new(1);
 
 impl Synthetic {
     /// A generator; `first` is the index of its first leaf (sets its time).
@@ -136,7 +136,7 @@ impl Synthetic {
         self.next += 1;
         let r = self.random();
         let account = if r.is_multiple_of(100) {
-            HOT_ACCOUNT.0
+            HOT_ACCOUNT.get()
         } else {
             (2 + (r >> 8) % (SYNTHETIC_ACCOUNTS - 1)) as i64
         };
@@ -169,10 +169,10 @@ impl Synthetic {
         session[8..].copy_from_slice(&(i / 1000).to_be_bytes());
         AuditLeaf {
             time: Timestamp(SYNTHETIC_START.0 + (i as i64) * SYNTHETIC_STEP_US),
-            account: AccountId(account),
-            organisation: OrganisationId(1 + account / 10),
+            account: AccountId::new(account),
+            organisation: OrganisationId::new(1 + account / 10),
             session: Some(SessionId(session)),
-            person: person.map(|p| PersonRef(p as i64)),
+            person: person.map(|p| PersonId::new(p as i64)),
             action,
             field_groups: groups,
             purpose: Some(rempart_domain::Purpose::FollowUp),
@@ -515,7 +515,7 @@ pub async fn query_speed(
     let mut g = Synthetic::new(5, 0);
     let (mut weeks, mut pages, mut persons) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..samples {
-        let account = AccountId(2 + (g.random() % (SYNTHETIC_ACCOUNTS - 1)) as i64);
+        let account = AccountId::new(2 + (g.random() % (SYNTHETIC_ACCOUNTS - 1)) as i64);
         let from = Timestamp(SYNTHETIC_START.0 + (g.random() % 4) as i64 * week);
         let to = Timestamp(from.0 + week);
         let t = Instant::now();
@@ -536,7 +536,7 @@ pub async fn query_speed(
         .await?;
         pages.push(t.elapsed().as_micros() as u64);
 
-        let person = PersonRef(1 + (g.random() % 1_000_000) as i64);
+        let person = PersonId::new(1 + (g.random() % 1_000_000) as i64);
         let t = Instant::now();
         query::query(
             store.as_ref(),

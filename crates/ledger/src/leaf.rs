@@ -34,6 +34,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use rempart_domain::{FieldGroup, Purpose};
 
+// The ids a leaf names are the registry's, defined once in the domain;
+// re-exported so the ledger's callers need not import both crates.
+pub use rempart_domain::{AccountId, OrganisationId, PersonId};
+
 /// Format version written by [`AuditLeaf::encode`].
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -152,19 +156,6 @@ impl From<DateTime<Utc>> for Timestamp {
         Self::from_datetime(t)
     }
 }
-
-/// The registry's id of an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AccountId(pub i64);
-
-/// The registry's id of an organisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OrganisationId(pub i64);
-
-/// The registry's opaque id of a person. It stays meaningful after the person
-/// is crypto-shredded: the row and its id survive, only the keys go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PersonRef(pub i64);
 
 /// The identifier of a session (never its bearer secret): 16 opaque bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -501,7 +492,7 @@ pub struct AuditLeaf {
     /// The session the request came through, if any (a failed login has none).
     pub session: Option<SessionId>,
     /// The person concerned, if any (a search with no match, a login…).
-    pub person: Option<PersonRef>,
+    pub person: Option<PersonId>,
     /// What was done.
     pub action: Action,
     /// The field groups shown (or asked for, when denied).
@@ -550,8 +541,8 @@ impl AuditLeaf {
         let start = out.len();
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.time.0.to_be_bytes());
-        out.extend_from_slice(&self.account.0.to_be_bytes());
-        out.extend_from_slice(&self.organisation.0.to_be_bytes());
+        out.extend_from_slice(&self.account.get().to_be_bytes());
+        out.extend_from_slice(&self.organisation.get().to_be_bytes());
         match self.session {
             None => out.push(0),
             Some(s) => {
@@ -563,7 +554,7 @@ impl AuditLeaf {
             None => out.push(0),
             Some(p) => {
                 out.push(1);
-                out.extend_from_slice(&p.0.to_be_bytes());
+                out.extend_from_slice(&p.get().to_be_bytes());
             }
         }
         out.push(self.action.code());
@@ -609,15 +600,15 @@ impl AuditLeaf {
             return Err(LeafError::UnknownVersion(version));
         }
         let time = Timestamp(r.i64("time")?);
-        let account = AccountId(r.i64("account")?);
-        let organisation = OrganisationId(r.i64("organisation")?);
+        let account = AccountId::new(r.i64("account")?);
+        let organisation = OrganisationId::new(r.i64("organisation")?);
         let session = if r.flag("session")? {
             Some(SessionId(r.array("session")?))
         } else {
             None
         };
         let person = if r.flag("person")? {
-            Some(PersonRef(r.i64("person")?))
+            Some(PersonId::new(r.i64("person")?))
         } else {
             None
         };
@@ -706,10 +697,10 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> AuditLeaf {
         AuditLeaf {
             time: Timestamp(1_780_000_000_123_456),
-            account: AccountId(42),
-            organisation: OrganisationId(7),
+            account: AccountId::new(42),
+            organisation: OrganisationId::new(7),
             session: Some(SessionId([0xab; 16])),
-            person: Some(PersonRef(123_456_789)),
+            person: Some(PersonId::new(123_456_789)),
             action: Action::ReadPerson,
             field_groups: FieldGroups::of(&[FieldGroup::Identity, FieldGroup::Contact]),
             purpose: Some(Purpose::FollowUp),
@@ -734,10 +725,10 @@ pub(crate) mod tests {
             .prop_map(
                 |((t, a, o), s, p, action, fg, purpose, deny, guard, note)| AuditLeaf {
                     time: Timestamp(t),
-                    account: AccountId(a),
-                    organisation: OrganisationId(o),
+                    account: AccountId::new(a),
+                    organisation: OrganisationId::new(o),
                     session: s.map(SessionId),
-                    person: p.map(PersonRef),
+                    person: p.map(PersonId::new),
                     action,
                     field_groups: FieldGroups(fg),
                     purpose,

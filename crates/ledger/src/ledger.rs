@@ -286,9 +286,9 @@ fn prepare(leaf: &AuditLeaf) -> Result<Prepared, LedgerError> {
         row: LeafRow {
             index: 0,
             time: leaf.time.0,
-            account: leaf.account.0,
-            organisation: leaf.organisation.0,
-            person: leaf.person.map(|p| p.0),
+            account: leaf.account.get(),
+            organisation: leaf.organisation.get(),
+            person: leaf.person.map(|p| p.get()),
             reveals: leaf.reveals_person_data(),
             data,
             nodes: Vec::new(),

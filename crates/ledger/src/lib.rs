@@ -32,7 +32,7 @@ pub use checkpoint::{Checkpoint, CheckpointError};
 pub use key::{KEY_FILE_NAME, KeyError, LedgerKey};
 pub use leaf::{
     AccountId, Action, AuditLeaf, Decision, DenyReason, FieldGroups, GuardVerdict, LeafError,
-    OrganisationId, PersonRef, SessionId, Timestamp,
+    OrganisationId, PersonId, SessionId, Timestamp,
 };
 pub use ledger::{Ledger, LedgerConfig, SignedCheckpoint};
 pub use merkle::{ConsistencyProof, Hash, InclusionProof, ProofError};

@@ -2,7 +2,7 @@
 //! and breach scoping ("every person whose data account A was shown between
 //! T1 and T2").
 
-use crate::leaf::{AccountId, AuditLeaf, PersonRef, Timestamp};
+use crate::leaf::{AccountId, AuditLeaf, PersonId, Timestamp};
 use crate::store::{LedgerStore, QueryRange};
 use crate::{LeafIndex, LedgerError};
 
@@ -57,6 +57,6 @@ pub async fn persons_read_by_account(
     account: AccountId,
     from: Timestamp,
     to: Timestamp,
-) -> Result<Vec<PersonRef>, LedgerError> {
+) -> Result<Vec<PersonId>, LedgerError> {
     Ok(store.persons_revealed_to(account, from, to).await?)
 }

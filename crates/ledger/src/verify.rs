@@ -428,11 +428,11 @@ fn first_difference(recomputed: &[u8], stored: &[u8]) -> u8 {
 fn mismatched_column(leaf: &AuditLeaf, row: &LeafRow) -> Option<&'static str> {
     if leaf.time.0 != row.time {
         Some("time")
-    } else if leaf.account.0 != row.account {
+    } else if leaf.account.get() != row.account {
         Some("account")
-    } else if leaf.organisation.0 != row.organisation {
+    } else if leaf.organisation.get() != row.organisation {
         Some("organisation")
-    } else if leaf.person.map(|p| p.0) != row.person {
+    } else if leaf.person.map(|p| p.get()) != row.person {
         Some("person")
     } else if leaf.reveals_person_data() != row.reveals {
         Some("reveals")

@@ -21,7 +21,7 @@ use rempart_ledger::store::sqlite::{FILE_NAME, SqliteLedgerStore};
 use rempart_ledger::store::{LeafRow, LedgerStore, QueryRange, StoreError, Subject};
 use rempart_ledger::{
     AccountId, Action, AuditLeaf, Checkpoint, Decision, DenyReason, FieldGroups, GuardVerdict,
-    Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonRef, Problem, ProofError,
+    Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonId, Problem, ProofError,
     SessionId, Timestamp, VerifierKey, VerifyFailure, VerifyOptions, verify, verify_with,
 };
 use rempart_testdb::TestSchema;
@@ -214,10 +214,10 @@ fn t(seconds: i64) -> Timestamp {
 fn leaf(i: i64) -> AuditLeaf {
     AuditLeaf {
         time: t(i),
-        account: AccountId(100 + i % 3),
-        organisation: OrganisationId(10 + i % 2),
+        account: AccountId::new(100 + i % 3),
+        organisation: OrganisationId::new(10 + i % 2),
         session: Some(SessionId([i as u8; 16])),
-        person: Some(PersonRef(1000 + i % 5)),
+        person: Some(PersonId::new(1000 + i % 5)),
         action: Action::ReadPerson,
         field_groups: FieldGroups::of(&[FieldGroup::Identity]),
         purpose: Some(Purpose::FollowUp),
@@ -585,7 +585,7 @@ async fn queries(b: Backend) {
     let mut leaves: Vec<AuditLeaf> = (0..30).map(leaf).collect();
     // Account 100 was refused person 2000 and searched without a person.
     leaves[3].decision = Decision::Deny(DenyReason::NoMandate);
-    leaves[3].person = Some(PersonRef(2000));
+    leaves[3].person = Some(PersonId::new(2000));
     leaves[6].person = None;
     leaves[6].action = Action::Search;
     // Same time, two leaves: ordered by index.
@@ -596,7 +596,7 @@ async fn queries(b: Backend) {
     let store = env.store.as_ref();
     let mut all = Vec::new();
     let mut range = QueryRange {
-        subject: Subject::Account(AccountId(100)),
+        subject: Subject::Account(AccountId::new(100)),
         from: t(0),
         to: t(100),
         after: None,
@@ -621,7 +621,7 @@ async fn queries(b: Backend) {
     let page = query(
         store,
         &QueryRange {
-            subject: Subject::Account(AccountId(100)),
+            subject: Subject::Account(AccountId::new(100)),
             from: t(3),
             to: t(15),
             after: None,
@@ -639,7 +639,7 @@ async fn queries(b: Backend) {
     let page = query(
         store,
         &QueryRange {
-            subject: Subject::Organisation(OrganisationId(11)),
+            subject: Subject::Organisation(OrganisationId::new(11)),
             from: t(0),
             to: t(10),
             after: None,
@@ -655,7 +655,7 @@ async fn queries(b: Backend) {
     let page = query(
         store,
         &QueryRange {
-            subject: Subject::Person(PersonRef(1002)),
+            subject: Subject::Person(PersonId::new(1002)),
             from: t(0),
             to: t(100),
             after: None,
@@ -670,26 +670,26 @@ async fn queries(b: Backend) {
     );
 
     // Breach scoping: persons whose data account 100 was shown.
-    let persons = persons_read_by_account(store, AccountId(100), t(0), t(100))
+    let persons = persons_read_by_account(store, AccountId::new(100), t(0), t(100))
         .await
         .unwrap();
     // Leaves 0, 9, 12, 15, 18, 21, 24, 27 (3 was denied, 6 had no person).
-    let mut want: Vec<PersonRef> = [0, 9, 12, 15, 18, 21, 24, 27]
+    let mut want: Vec<PersonId> = [0, 9, 12, 15, 18, 21, 24, 27]
         .iter()
-        .map(|i| PersonRef(1000 + i % 5))
+        .map(|i| PersonId::new(1000 + i % 5))
         .collect();
     want.sort();
     want.dedup();
     assert_eq!(persons, want);
-    let persons = persons_read_by_account(store, AccountId(100), t(1), t(12))
+    let persons = persons_read_by_account(store, AccountId::new(100), t(1), t(12))
         .await
         .unwrap();
     // Only leaf 9 (at t(12)) — excluded, the window ends at t(12).
     assert_eq!(persons, vec![]);
-    let persons = persons_read_by_account(store, AccountId(100), t(1), t(13))
+    let persons = persons_read_by_account(store, AccountId::new(100), t(1), t(13))
         .await
         .unwrap();
-    assert_eq!(persons, vec![PersonRef(1002), PersonRef(1004)]);
+    assert_eq!(persons, vec![PersonId::new(1002), PersonId::new(1004)]);
 }
 
 /// Two complete segments (on SQLite, read from the segment tables) and a
@@ -706,9 +706,9 @@ async fn queries_across_segments(b: Backend) {
     let leaves: Vec<AuditLeaf> = (0..LEAVES)
         .map(|i| {
             let mut l = leaf(i / 7);
-            l.account = AccountId(100 + (i * 7919) % 13);
-            l.organisation = OrganisationId(10 + i % 4);
-            l.person = (i % 11 != 0).then_some(PersonRef(1000 + (i * 104_729) % 997));
+            l.account = AccountId::new(100 + (i * 7919) % 13);
+            l.organisation = OrganisationId::new(10 + i % 4);
+            l.person = (i % 11 != 0).then_some(PersonId::new(1000 + (i * 104_729) % 997));
             if i % 17 == 0 {
                 l.decision = Decision::Deny(DenyReason::NoMandate);
             }
@@ -723,9 +723,9 @@ async fn queries_across_segments(b: Backend) {
     let store = env.store.as_ref();
     let (from, to) = (t(100), t(4_000));
     let subjects = [
-        Subject::Account(AccountId(105)),
-        Subject::Organisation(OrganisationId(12)),
-        Subject::Person(PersonRef(1500)),
+        Subject::Account(AccountId::new(105)),
+        Subject::Organisation(OrganisationId::new(12)),
+        Subject::Person(PersonId::new(1500)),
     ];
     for subject in subjects {
         let wanted: Vec<u64> = (0..LEAVES as usize)
@@ -761,10 +761,13 @@ async fn queries_across_segments(b: Backend) {
         // Leaves at the same time come by index, so time order is index order.
         assert_eq!(got, wanted, "{subject:?}");
     }
-    let mut revealed: Vec<PersonRef> = leaves
+    let mut revealed: Vec<PersonId> = leaves
         .iter()
         .filter(|l| {
-            l.account == AccountId(105) && l.time >= from && l.time < to && l.reveals_person_data()
+            l.account == AccountId::new(105)
+                && l.time >= from
+                && l.time < to
+                && l.reveals_person_data()
         })
         .filter_map(|l| l.person)
         .collect();
@@ -772,7 +775,7 @@ async fn queries_across_segments(b: Backend) {
     revealed.dedup();
     assert!(revealed.len() > 50);
     assert_eq!(
-        persons_read_by_account(store, AccountId(105), from, to)
+        persons_read_by_account(store, AccountId::new(105), from, to)
             .await
             .unwrap(),
         revealed
@@ -1142,7 +1145,7 @@ async fn tamper_inconsistent_checkpoint(b: Backend) {
     // of sizes 8 and 16 stay.
     let mut rows = env.rows().await;
     let mut changed = AuditLeaf::decode(&rows[3].data).unwrap();
-    changed.person = Some(PersonRef(999_999));
+    changed.person = Some(PersonId::new(999_999));
     rows[3].data = changed.encode().unwrap();
     rows[3].person = Some(999_999);
     let mut frontier = Frontier::new();

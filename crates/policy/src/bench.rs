@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use rempart_domain::{AccountState, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, AccountState, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 
 use crate::{Authorizer, MandateFact, PolicyError, What, Who};
 
@@ -321,15 +323,15 @@ pub fn sample_cases(mandates_per_person: usize) -> Vec<(Who, What)> {
                 _ => Some(account_id + 1),
             };
             mandates.push(MandateFact {
-                organisation_id,
-                account_id: account,
+                organisation_id: OrganisationId::new(organisation_id),
+                account_id: account.map(AccountId::new),
                 purpose,
                 live: rng.percent(90),
             });
         }
         while mandates.len() < mandates_per_person {
             mandates.push(MandateFact {
-                organisation_id: 90_000 + rng.below(500) as i64,
+                organisation_id: OrganisationId::new(90_000 + rng.below(500) as i64),
                 account_id: None,
                 purpose: rng.pick(Purpose::ALL, Purpose::FollowUp),
                 live: rng.percent(50),
@@ -342,15 +344,15 @@ pub fn sample_cases(mandates_per_person: usize) -> Vec<(Who, What)> {
         };
         cases.push((
             Who {
-                account_id,
+                account_id: AccountId::new(account_id),
                 login: format!("agent-{account_id}"),
                 role,
                 state,
-                organisation_id,
+                organisation_id: OrganisationId::new(organisation_id),
                 kind,
             },
             What {
-                person_id: 1 + rng.below(5_000_000) as i64,
+                person_id: PersonId::new(1 + rng.below(5_000_000) as i64),
                 purpose,
                 mandates,
                 reason_len,

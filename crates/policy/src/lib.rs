@@ -36,7 +36,9 @@ use cedar_policy::{
     Entity, EntityId, EntityTypeName, EntityUid, PolicyId, Request, RestrictedExpression, Schema,
     ValidationMode, Validator,
 };
-use rempart_domain::{AccountState, FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, AccountState, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 
 pub use error::{Location, PolicyError, Problem, Problems};
 
@@ -157,21 +159,21 @@ pub enum NirView {
 /// The account making the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Who {
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// The pseudonymous login handle.
     pub login: String,
     pub role: Role,
     pub state: AccountState,
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     pub kind: OrganisationKind,
 }
 
 /// One mandate on the person, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MandateFact {
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// When set, only this account of the organisation holds the mandate.
-    pub account_id: Option<i64>,
+    pub account_id: Option<AccountId>,
     pub purpose: Purpose,
     /// In force today (the caller decides with `Mandate::is_live_on`).
     pub live: bool,
@@ -181,7 +183,7 @@ pub struct MandateFact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct What {
     /// The person (ignored by registry-wide actions).
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// The declared purpose of the request.
     pub purpose: Purpose,
     /// Every mandate on the person (empty for registry-wide actions).
@@ -891,11 +893,11 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
         )
             .prop_map(
                 |(account_id, organisation_id, role, state, kind, login)| Who {
-                    account_id,
+                    account_id: AccountId::new(account_id),
                     login,
                     role,
                     state,
-                    organisation_id,
+                    organisation_id: OrganisationId::new(organisation_id),
                     kind,
                 },
             )
@@ -909,8 +911,8 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
             any::<bool>(),
         )
             .prop_map(|(organisation_id, account_id, purpose, live)| MandateFact {
-                organisation_id,
-                account_id,
+                organisation_id: OrganisationId::new(organisation_id),
+                account_id: account_id.map(AccountId::new),
                 purpose,
                 live,
             });
@@ -921,7 +923,7 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
             prop_oneof![Just(0usize), 18..=22usize, 0..100usize],
         )
             .prop_map(|(person_id, purpose, mandates, reason_len)| What {
-                person_id,
+                person_id: PersonId::new(person_id),
                 purpose,
                 mandates,
                 reason_len,
@@ -975,7 +977,9 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
         for kind in OrganisationKind::ALL {
             out.push(with_who(&|w| w.kind = *kind));
         }
-        out.push(with_who(&|w| w.account_id += 10));
+        out.push(with_who(&|w| {
+            w.account_id = AccountId::new(w.account_id.get() + 10)
+        }));
         out.push(with_who(&|w| w.login.push('x')));
         for purpose in Purpose::ALL {
             out.push(with_what(&|q| q.purpose = *purpose));
@@ -989,12 +993,16 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
         ] {
             out.push(with_what(&|q| q.reason_len = reason_len));
         }
-        out.push(with_what(&|q| q.person_id = q.person_id.wrapping_add(1)));
+        out.push(with_what(&|q| {
+            q.person_id = PersonId::new(q.person_id.get().wrapping_add(1))
+        }));
+        let next_account = AccountId::new(who.account_id.get() + 1);
+        let next_organisation = OrganisationId::new(who.organisation_id.get() + 1);
         let holders = [
             (who.organisation_id, None),
             (who.organisation_id, Some(who.account_id)),
-            (who.organisation_id, Some(who.account_id + 1)),
-            (who.organisation_id + 1, None),
+            (who.organisation_id, Some(next_account)),
+            (next_organisation, None),
         ];
         for i in 0..what.mandates.len() {
             out.push(with_what(&|q| q.mandates[i].live = !q.mandates[i].live));
@@ -1085,19 +1093,19 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
                             for live in [true, false] {
                                 for account_id in [1, 5] {
                                     let who = Who {
-                                        account_id,
+                                        account_id: AccountId::new(account_id),
                                         login: format!("l{account_id}"),
                                         role: *role,
                                         state,
-                                        organisation_id: 1,
+                                        organisation_id: OrganisationId::new(1),
                                         kind: *kind,
                                     };
                                     let what = What {
-                                        person_id: account_id * 7,
+                                        person_id: PersonId::new(account_id * 7),
                                         purpose: *purpose,
                                         mandates: vec![MandateFact {
-                                            organisation_id: org,
-                                            account_id: account,
+                                            organisation_id: OrganisationId::new(org),
+                                            account_id: account.map(AccountId::new),
                                             purpose: Purpose::FollowUp,
                                             live,
                                         }],
@@ -1133,15 +1141,15 @@ when { principal.role == "manager" && context.reason_len > 20 && context.mandate
         let a = PolicySet::load(DEFAULT_SCHEMA, &policies).unwrap();
         assert!(a.memoizes());
         let who = Who {
-            account_id: 1,
+            account_id: AccountId::new(1),
             login: "x".into(),
             role: Role::Agent,
             state: AccountState::Active,
-            organisation_id: 1,
+            organisation_id: OrganisationId::new(1),
             kind: OrganisationKind::FranceTravail,
         };
         let mut what = What {
-            person_id: 1,
+            person_id: PersonId::new(1),
             purpose: Purpose::FollowUp,
             mandates: vec![],
             reason_len: 1,

@@ -307,14 +307,15 @@ fn observed_in_json(json: &serde_json::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rempart_domain::{AccountId, OrganisationId, PersonId};
 
     fn who() -> Who {
         Who {
-            account_id: 1,
+            account_id: AccountId::new(1),
             login: "a".into(),
             role: Role::Agent,
             state: AccountState::Active,
-            organisation_id: 10,
+            organisation_id: OrganisationId::new(10),
             kind: OrganisationKind::CapEmploi,
         }
     }
@@ -326,8 +327,8 @@ mod tests {
         live: bool,
     ) -> MandateFact {
         MandateFact {
-            organisation_id,
-            account_id,
+            organisation_id: OrganisationId::new(organisation_id),
+            account_id: account_id.map(AccountId::new),
             purpose,
             live,
         }
@@ -357,7 +358,7 @@ mod tests {
     fn the_key_sees_the_set_of_records_not_ids_order_or_repeats() {
         let w = who();
         let what = |mandates: Vec<MandateFact>| What {
-            person_id: 1,
+            person_id: PersonId::new(1),
             purpose: Purpose::FollowUp,
             mandates,
             reason_len: 0,
@@ -379,13 +380,13 @@ mod tests {
         // Another request for a different person, by another account of
         // another organisation standing the same way: same key.
         let other = Who {
-            account_id: 2,
+            account_id: AccountId::new(2),
             login: "b".into(),
-            organisation_id: 20,
+            organisation_id: OrganisationId::new(20),
             ..w.clone()
         };
         let shifted = What {
-            person_id: 99,
+            person_id: PersonId::new(99),
             ..what(vec![mandate(20, None, Purpose::FollowUp, true)])
         };
         assert_eq!(Key::new(&other, &shifted, Query::FieldGroups), key(vec![a]));
@@ -401,7 +402,7 @@ mod tests {
         let w = who();
         for reason_len in 0..CAPACITY * 3 {
             let what = What {
-                person_id: 1,
+                person_id: PersonId::new(1),
                 purpose: Purpose::FollowUp,
                 mandates: vec![],
                 reason_len,

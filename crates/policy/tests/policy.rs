@@ -1,14 +1,16 @@
 //! The shipped policies, their failure modes at start-up, and the full
 //! decision table.
 
-use rempart_domain::{AccountState, FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, AccountState, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 use rempart_policy::{
     Action, Authorizer, DEFAULT_POLICIES, DEFAULT_SCHEMA, MandateFact, NirView, PolicyError,
     PolicySet, What, Who,
 };
 
-const ORG: i64 = 10;
-const ACCOUNT: i64 = 100;
+const ORG: OrganisationId = OrganisationId::new(10);
+const ACCOUNT: AccountId = AccountId::new(100);
 
 fn who(kind: OrganisationKind, role: Role, state: AccountState) -> Who {
     Who {
@@ -23,7 +25,7 @@ fn who(kind: OrganisationKind, role: Role, state: AccountState) -> Who {
 
 fn what(purpose: Purpose, mandates: Vec<MandateFact>) -> What {
     What {
-        person_id: 42,
+        person_id: PersonId::new(42),
         purpose,
         mandates,
         reason_len: 0,
@@ -225,8 +227,15 @@ fn mandates(state: MandateState, purpose: Purpose) -> Vec<MandateFact> {
         MandateState::LiveThisAccount => vec![m(ORG, Some(ACCOUNT), purpose, true)],
         MandateState::Expired => vec![m(ORG, None, purpose, false)],
         MandateState::Absent => vec![],
-        MandateState::OtherAccount => vec![m(ORG, Some(ACCOUNT + 1), purpose, true)],
-        MandateState::OtherOrganisation => vec![m(ORG + 1, None, purpose, true)],
+        MandateState::OtherAccount => vec![m(
+            ORG,
+            Some(AccountId::new(ACCOUNT.get() + 1)),
+            purpose,
+            true,
+        )],
+        MandateState::OtherOrganisation => {
+            vec![m(OrganisationId::new(ORG.get() + 1), None, purpose, true)]
+        }
         MandateState::OtherPurpose => vec![m(ORG, None, other_purpose, true)],
     }
 }
@@ -627,15 +636,15 @@ fn the_shipped_policies_are_memoized() {
     // Another account of another organisation, another person, same facts:
     // the remembered answer, which is Cedar's.
     let other = Who {
-        account_id: 7,
+        account_id: AccountId::new(7),
         login: "someone.else".into(),
-        organisation_id: 3,
+        organisation_id: OrganisationId::new(3),
         ..w.clone()
     };
     let q = What {
-        person_id: 9_999,
+        person_id: PersonId::new(9_999),
         mandates: vec![MandateFact {
-            organisation_id: 3,
+            organisation_id: OrganisationId::new(3),
             account_id: None,
             purpose: Purpose::FollowUp,
             live: true,
@@ -661,7 +670,7 @@ fn a_policy_naming_an_account_turns_memoization_off_and_is_obeyed() {
     // reverse). Both orders, several times.
     let q = live_follow_up();
     let account = |id: i64| Who {
-        account_id: id,
+        account_id: AccountId::new(id),
         ..who(
             OrganisationKind::FranceTravail,
             Role::Agent,

@@ -397,8 +397,8 @@ mod tests {
             alert: Alert {
                 at,
                 kind: AlertKind::AccountQuota,
-                account_id: 17,
-                organisation_id: 3,
+                account_id: rempart_domain::AccountId::new(17),
+                organisation_id: rempart_domain::OrganisationId::new(3),
                 verdict: Verdict::Throttle,
                 score: 7.0,
                 explanation: vec![Explanation {

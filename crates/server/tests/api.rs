@@ -11,7 +11,8 @@ use std::sync::Arc;
 use chrono::{Duration, NaiveDate, Utc};
 use rempart_crypto::KeyRing;
 use rempart_domain::{
-    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+    Account, AccountId, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose,
+    Reference, Role,
 };
 use rempart_guard::store::AlertQuery;
 use rempart_guard::{Guard, GuardConfig, Verdict};
@@ -584,8 +585,8 @@ async fn in_caseload_reads_return_exactly_the_purpose_groups() {
             let leaf = app.leaves(index).await.remove(0);
             assert_eq!(leaf.action, LeafAction::ReadPerson);
             assert_eq!(leaf.decision, Decision::Allow);
-            assert_eq!(leaf.account.0, app.account(login).account_id);
-            assert_eq!(leaf.person.map(|p| p.0), Some(p));
+            assert_eq!(leaf.account.get(), app.account(login).account_id);
+            assert_eq!(leaf.person.map(|p| p.get()), Some(p));
             let shown: Vec<&str> = leaf.field_groups.iter().map(|g| g.as_str()).collect();
             assert_eq!(&shown, groups);
         }
@@ -679,7 +680,7 @@ async fn out_of_caseload_expired_revoked_and_missing_look_the_same_and_are_ledge
         let leaves = app.leaves(before).await;
         assert_eq!(leaves.len(), answers.len());
         for (leaf, (p, _)) in leaves.iter().zip(&answers) {
-            assert_eq!(leaf.person.map(|x| x.0), Some(*p));
+            assert_eq!(leaf.person.map(|x| x.get()), Some(*p));
             assert!(matches!(leaf.decision, Decision::Deny(_)), "{leaf:?}");
             assert!(leaf.field_groups.is_empty());
         }
@@ -769,7 +770,7 @@ async fn search_is_exact_scoped_and_refuses_wildcards() {
         assert!(
             leaves
                 .iter()
-                .any(|l| l.person.map(|p| p.0) == Some(theirs) && !l.decision.is_allow()),
+                .any(|l| l.person.map(|p| p.get()) == Some(theirs) && !l.decision.is_allow()),
             "{leaves:?}"
         );
 
@@ -1226,7 +1227,7 @@ async fn api_credentials_cannot_break_the_glass() {
         assert_eq!(leaves.len(), tries.len(), "{backend:?}: one leaf each");
         for l in &leaves {
             assert_eq!(
-                (l.action, l.decision, l.person.map(|x| x.0)),
+                (l.action, l.decision, l.person.map(|x| x.get())),
                 (
                     LeafAction::BreakGlass,
                     Decision::Deny(rempart_ledger::DenyReason::StepUpRequired),
@@ -1292,7 +1293,7 @@ async fn credentials_and_account_states_are_checked_on_every_request() {
         let leaves = app.leaves(before).await;
         assert_eq!(leaves.len(), 5);
         assert!(leaves.iter().all(|l| !l.decision.is_allow()));
-        assert_eq!(leaves[4].account.0, app.account("t.ce1").account_id);
+        assert_eq!(leaves[4].account.get(), app.account("t.ce1").account_id);
 
         // Revoked credential.
         let extra = rempart_consult::authenticate::issue(
@@ -1585,7 +1586,7 @@ async fn a_failing_ledger_means_503_and_no_data() {
             assert_eq!(s, 200, "{backend:?} {path}: {body}");
             let leaves = app.leaves(before).await;
             assert!(
-                leaves.iter().any(|l| l.account.0 == officer
+                leaves.iter().any(|l| l.account.get() == officer
                     && l.action == LeafAction::AdminList
                     && l.decision == Decision::Allow),
                 "{backend:?} {path}: every 200 has its leaf: {leaves:?}"
@@ -1792,7 +1793,7 @@ async fn no_state_change_without_its_leaf() {
             assert!(
                 leaves
                     .iter()
-                    .any(|l| l.account.0 == officer2 && l.decision == Decision::Allow),
+                    .any(|l| l.account.get() == officer2 && l.decision == Decision::Allow),
                 "{backend:?} {what}: {leaves:?}"
             );
         }
@@ -1979,7 +1980,7 @@ async fn bulk_mandate_grants_are_throttled_and_alerted() {
         let alerts = app
             .guard
             .alerts(&rempart_guard::store::AlertQuery {
-                account_id: Some(officer),
+                account_id: Some(AccountId::new(officer)),
                 limit: 100,
                 ..Default::default()
             })
@@ -2091,7 +2092,7 @@ async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
         // Every attempt is in the ledger, served or denied.
         let leaves = app.leaves(before).await;
         assert_eq!(leaves.len() as u64, attempts, "{backend:?}");
-        assert!(leaves.iter().all(|l| l.account.0 == ce1));
+        assert!(leaves.iter().all(|l| l.account.get() == ce1));
         assert_eq!(
             leaves.iter().filter(|l| l.decision.is_allow()).count() as u64,
             served
@@ -2099,7 +2100,7 @@ async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
         let revealed: HashSet<i64> = leaves
             .iter()
             .filter(|l| l.reveals_person_data())
-            .filter_map(|l| l.person.map(|p| p.0))
+            .filter_map(|l| l.person.map(|p| p.get()))
             .collect();
         assert_eq!(revealed, obtained);
         // Where containment came: the first suspension leaf, and what was
@@ -2115,13 +2116,13 @@ async fn the_2024_scenario_one_advisor_asks_for_100k_random_persons() {
         let distinct_before: HashSet<i64> = leaves[..first_suspend]
             .iter()
             .filter(|l| l.reveals_person_data())
-            .filter_map(|l| l.person.map(|p| p.0))
+            .filter_map(|l| l.person.map(|p| p.get()))
             .collect();
         app.guard.sync(app.clock.now()).await.unwrap();
         let alerts = app
             .guard
             .alerts(&AlertQuery {
-                account_id: Some(ce1),
+                account_id: Some(AccountId::new(ce1)),
                 limit: 100_000,
                 ..AlertQuery::default()
             })
@@ -2253,7 +2254,7 @@ async fn a_burst_is_throttled_then_suspended_with_its_sessions_ended_and_alerts_
             leaves
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.account.0 == ce1 && l.guard == Some(v))
+                .filter(|(_, l)| l.account.get() == ce1 && l.guard == Some(v))
                 .map(|(i, _)| before + i as u64)
                 .collect::<Vec<_>>()
         };
@@ -2268,7 +2269,7 @@ async fn a_burst_is_throttled_then_suspended_with_its_sessions_ended_and_alerts_
         let alerts = app
             .guard
             .alerts(&AlertQuery {
-                account_id: Some(ce1),
+                account_id: Some(AccountId::new(ce1)),
                 limit: 1000,
                 ..AlertQuery::default()
             })
@@ -2280,7 +2281,7 @@ async fn a_burst_is_throttled_then_suspended_with_its_sessions_ended_and_alerts_
             assert!(!al.explanation.is_empty(), "{backend:?}: {al:?}");
             let last = al.evidence.last_seq.expect("the refusal's leaf");
             let leaf = &leaves[(last - before) as usize];
-            assert_eq!(leaf.account.0, ce1);
+            assert_eq!(leaf.account.get(), ce1);
             assert_eq!(
                 leaf.guard.map(|g| g.as_str()),
                 Some(al.verdict.as_str()),
@@ -2470,7 +2471,7 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
             let id = app.account(login).account_id;
             lifts
                 .iter()
-                .filter(|l| l.account.0 == id && l.decision == Decision::Deny(reason))
+                .filter(|l| l.account.get() == id && l.decision == Decision::Deny(reason))
                 .count()
         };
         use rempart_ledger::DenyReason as D;
@@ -2481,7 +2482,7 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         let allowed: Vec<(i64, Option<&str>)> = lifts
             .iter()
             .filter(|l| l.decision.is_allow())
-            .map(|l| (l.account.0, l.note.as_deref()))
+            .map(|l| (l.account.get(), l.note.as_deref()))
             .collect();
         let lifted = format!("organisation {ce1} lifted: {reason}");
         let not_frozen = format!("organisation {ce1} not frozen: {longest}");
@@ -2543,7 +2544,7 @@ async fn a_normal_rhythm_is_not_alerted() {
         let alerts = app
             .guard
             .alerts(&AlertQuery {
-                account_id: Some(ce1),
+                account_id: Some(AccountId::new(ce1)),
                 limit: 1000,
                 ..AlertQuery::default()
             })
@@ -2596,7 +2597,7 @@ async fn graceful_shutdown_loses_no_ledger_record() {
         let leaves = app.leaves(0).await;
         for index in &answered {
             let leaf = &leaves[*index as usize];
-            assert_eq!(leaf.person.map(|x| x.0), Some(p), "{backend:?}");
+            assert_eq!(leaf.person.map(|x| x.get()), Some(p), "{backend:?}");
             assert!(leaf.reveals_person_data());
         }
         println!(
@@ -2741,7 +2742,7 @@ async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_acc
         // …and the burst is an alert in the ledger, from the third request on.
         let leaves = app.leaves(before).await;
         assert!(leaves.iter().all(|l| l.action == LeafAction::AccountRequest
-            && l.account.0 == mlm
+            && l.account.get() == mlm
             && l.decision == Decision::Allow));
         let alerts: Vec<&AuditLeaf> = leaves
             .iter()
@@ -2802,7 +2803,7 @@ async fn the_december_2025_scenario_a_hijacked_manager_cannot_create_working_acc
         assert_eq!(s, 403, "a requested account reads nothing");
         let leaves = app.leaves(before).await;
         assert_eq!(deny_reasons(&leaves), vec![DenyReason::AccountInactive; 3]);
-        assert!(leaves.iter().all(|l| l.account.0 == ids[4]));
+        assert!(leaves.iter().all(|l| l.account.get() == ids[4]));
 
         // 3. The requester cannot approve, nor can an officer of the same
         //    Mission Locale, nor an agent; the officers' queue shows them.

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use rempart_domain::AccountId;
 use rempart_guard::store::{ActivityCounts, ActivityRow, CounterDelta, FlushBatch, Scope};
 use rempart_guard::{Alert, AlertKind, BUCKET_SECS, Explanation, Feature, StoreError, Verdict};
 
@@ -156,7 +157,7 @@ pub(crate) const ALERT_COLUMNS: &str = "id, at, kind, account_id, organisation_i
 
 /// The accounts an organisation's alert names, as stored: decimal ids
 /// separated by commas.
-pub(crate) fn accounts_text(ids: &[i64]) -> String {
+pub(crate) fn accounts_text(ids: &[AccountId]) -> String {
     ids.iter()
         .map(|id| id.to_string())
         .collect::<Vec<_>>()
@@ -164,13 +165,14 @@ pub(crate) fn accounts_text(ids: &[i64]) -> String {
 }
 
 /// Parses [`accounts_text`].
-pub(crate) fn parse_accounts(text: &str) -> Result<Vec<i64>, StorageError> {
+pub(crate) fn parse_accounts(text: &str) -> Result<Vec<AccountId>, StorageError> {
     if text.is_empty() {
         return Ok(Vec::new());
     }
     text.split(',')
         .map(|id| {
             id.parse()
+                .map(AccountId::new)
                 .map_err(|_| StorageError::Corrupt("alert accounts".into()))
         })
         .collect()

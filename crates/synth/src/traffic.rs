@@ -28,7 +28,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc, Weekday};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rempart_domain::{OrganisationKind, Purpose};
+use rempart_domain::{AccountId, OrganisationId, OrganisationKind, PersonId, Purpose};
 
 use crate::data::DEPTS;
 
@@ -72,9 +72,9 @@ const IDS_PER_ACCOUNT: i64 = 20_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrafficAccount {
     /// Its id (1-based, dense).
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Its organisation's id (1-based, dense).
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// Its organisation's kind.
     pub kind: OrganisationKind,
     /// Its organisation's département.
@@ -106,7 +106,7 @@ pub struct Visit {
     /// Index of the account in [`NormalMonth::accounts`].
     pub account: usize,
     /// The person read.
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// Why.
     pub reason: Reason,
 }
@@ -218,8 +218,8 @@ impl NormalMonth {
             let caseload: Vec<i64> = (base..base + caseload_size).collect();
             let (session_day, campaign_day) = org_days;
             accounts.push(TrafficAccount {
-                account_id: i64::from(i) + 1,
-                organisation_id,
+                account_id: AccountId::new(i64::from(i) + 1),
+                organisation_id: OrganisationId::new(organisation_id),
                 kind,
                 departement,
                 purpose,
@@ -352,7 +352,7 @@ impl NormalMonth {
         Visit {
             at: paris_to_utc(date.and_time(t)),
             account: i,
-            person_id: p,
+            person_id: PersonId::new(p),
             reason: why,
         }
     }
@@ -601,10 +601,12 @@ mod tests {
         let mut m = month(2);
         let accounts = m.accounts().to_vec();
         let org_of = |i: usize| accounts[i].organisation_id;
-        let mut session: std::collections::HashMap<i64, std::collections::HashSet<u32>> =
+        let mut session: std::collections::HashMap<OrganisationId, std::collections::HashSet<u32>> =
             Default::default();
-        let mut campaign: std::collections::HashMap<i64, std::collections::HashSet<u32>> =
-            Default::default();
+        let mut campaign: std::collections::HashMap<
+            OrganisationId,
+            std::collections::HashSet<u32>,
+        > = Default::default();
         let mut first_after_holiday = Vec::new();
         for d in 0..28 {
             let date = m.options().start + TimeDelta::days(i64::from(d));

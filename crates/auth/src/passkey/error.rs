@@ -4,6 +4,7 @@
 //! client: only field names, account ids and fixed reasons, so errors can be
 //! logged and written to the ledger as they are.
 
+use rempart_domain::AccountId;
 use webauthn_rs::prelude::WebauthnError;
 
 /// A relying-party setting given to [`super::Passkeys::new`] or
@@ -120,9 +121,9 @@ pub enum PasskeyError {
     )]
     WrongAccount {
         /// The account the ceremony was started for.
-        ceremony_account: i64,
+        ceremony_account: AccountId,
         /// The account the credential is registered to.
-        credential_account: i64,
+        credential_account: AccountId,
     },
     /// A username-less assertion came without `response.userHandle`.
     #[error("response.userHandle: missing")]

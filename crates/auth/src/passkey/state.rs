@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rempart_domain::AccountId;
 use serde::{Deserialize, Serialize};
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, Passkey, PasskeyAuthentication, PasskeyRegistration, Uuid,
@@ -90,7 +91,7 @@ impl<'de> Deserialize<'de> for CredentialId {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "StoredPasskeyRepr", into = "StoredPasskeyRepr")]
 pub struct StoredPasskey {
-    pub(super) account_id: i64,
+    pub(super) account_id: AccountId,
     pub(super) credential_id: CredentialId,
     /// The WebAuthn user handle: random, one per account, reused for each
     /// new passkey of the account; never derived from personal data.
@@ -109,7 +110,7 @@ pub struct StoredPasskey {
 
 #[derive(Serialize, Deserialize)]
 struct StoredPasskeyRepr {
-    account_id: i64,
+    account_id: AccountId,
     credential_id: CredentialId,
     user_handle: Uuid,
     passkey: Passkey,
@@ -160,7 +161,7 @@ impl From<StoredPasskey> for StoredPasskeyRepr {
 
 impl StoredPasskey {
     /// The account this passkey opens.
-    pub fn account_id(&self) -> i64 {
+    pub fn account_id(&self) -> AccountId {
         self.account_id
     }
 
@@ -203,7 +204,7 @@ impl fmt::Debug for StoredPasskey {
 /// it out (delete) when finishing.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct RegistrationState {
-    pub(super) account_id: i64,
+    pub(super) account_id: AccountId,
     pub(super) user_handle: Uuid,
     pub(super) started_at_ms: u64,
     pub(super) ceremony: PasskeyRegistration,
@@ -211,7 +212,7 @@ pub struct RegistrationState {
 
 impl RegistrationState {
     /// The account the passkey is being registered for.
-    pub fn account_id(&self) -> i64 {
+    pub fn account_id(&self) -> AccountId {
         self.account_id
     }
 
@@ -255,7 +256,7 @@ pub struct AuthenticationState {
 pub(super) enum Flow {
     Discoverable(DiscoverableAuthentication),
     Account {
-        account_id: i64,
+        account_id: AccountId,
         step_up: bool,
         ceremony: PasskeyAuthentication,
     },
@@ -274,7 +275,7 @@ impl AuthenticationState {
     /// The account the ceremony is bound to; `None` for a username-less
     /// login, where the credential decides. Load this account's passkeys
     /// before finishing.
-    pub fn account_id(&self) -> Option<i64> {
+    pub fn account_id(&self) -> Option<AccountId> {
         match &self.flow {
             Flow::Discoverable(_) => None,
             Flow::Account { account_id, .. } => Some(*account_id),

@@ -25,8 +25,8 @@ use super::*;
 
 const RP_ID: &str = "rempart.example";
 const ORIGIN: &str = "https://rempart.example";
-const ALICE: i64 = 41;
-const BOB: i64 = 42;
+const ALICE: AccountId = AccountId::new(41);
+const BOB: AccountId = AccountId::new(42);
 
 fn rp() -> Passkeys {
     Passkeys::new(RP_ID, ORIGIN, RP_NAME).unwrap()
@@ -130,7 +130,7 @@ fn to_json<T: serde::Serialize>(options: &T) -> Value {
 fn register(
     rp: &Passkeys,
     browser: &mut Browser,
-    account: i64,
+    account: AccountId,
     existing: &[StoredPasskey],
 ) -> StoredPasskey {
     let (options, state) = rp

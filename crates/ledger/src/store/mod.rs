@@ -13,7 +13,7 @@
 
 use async_trait::async_trait;
 
-use crate::leaf::{AccountId, OrganisationId, PersonRef, Timestamp};
+use crate::leaf::{AccountId, OrganisationId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId, completed_count};
 
 pub(crate) mod migrate;
@@ -167,7 +167,7 @@ pub enum Subject {
     /// Leaves of accounts of this organisation.
     Organisation(OrganisationId),
     /// Leaves about this person.
-    Person(PersonRef),
+    Person(PersonId),
 }
 
 /// A page of leaves of one subject in a time window, ordered by (time, index).
@@ -239,7 +239,7 @@ pub trait LedgerStore: Send + Sync + 'static {
         account: AccountId,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<PersonRef>, StoreError>;
+    ) -> Result<Vec<PersonId>, StoreError>;
 }
 
 /// The single appender's handle on a store.

@@ -26,7 +26,7 @@ use super::{
     LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError, StoredCheckpoint,
     Subject, migrate, node_from_column, node_location, page_start, to_i64, to_u64,
 };
-use crate::leaf::{AccountId, PersonRef, Timestamp};
+use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId};
 
 /// Schema of the ledger unless told otherwise.
@@ -404,9 +404,9 @@ impl LedgerStore for PgLedgerStore {
 
     async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
         let (column, id) = match range.subject {
-            Subject::Account(a) => ("account", a.0),
-            Subject::Organisation(o) => ("organisation", o.0),
-            Subject::Person(p) => ("person", p.0),
+            Subject::Account(a) => ("account", a.get()),
+            Subject::Organisation(o) => ("organisation", o.get()),
+            Subject::Person(p) => ("person", p.get()),
         };
         let (after_time, after_idx) = page_start(range)?;
         let client = self.pooled_client().await?;
@@ -448,7 +448,7 @@ impl LedgerStore for PgLedgerStore {
         account: AccountId,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<PersonRef>, StoreError> {
+    ) -> Result<Vec<PersonId>, StoreError> {
         let client = self.pooled_client().await?;
         let stmt = client
             .prepare_cached(
@@ -459,10 +459,10 @@ impl LedgerStore for PgLedgerStore {
             )
             .await?;
         client
-            .query(&stmt, &[&account.0, &from.0, &to.0])
+            .query(&stmt, &[&account.get(), &from.0, &to.0])
             .await?
             .iter()
-            .map(|r| Ok(PersonRef(r.try_get(0)?)))
+            .map(|r| Ok(PersonId::new(r.try_get(0)?)))
             .collect()
     }
 }

@@ -23,7 +23,7 @@ use super::{
     StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start, to_i64,
     to_u64,
 };
-use crate::leaf::{AccountId, PersonRef, Timestamp};
+use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId};
 
 /// File name of the ledger inside the data directory.
@@ -316,9 +316,9 @@ impl LedgerStore for SqliteLedgerStore {
 
     async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
         let (table, column, id) = match range.subject {
-            Subject::Account(a) => ("leaf_by_account", "account", a.0),
-            Subject::Organisation(o) => ("leaf_by_organisation", "organisation", o.0),
-            Subject::Person(p) => ("leaf_by_person", "person", p.0),
+            Subject::Account(a) => ("leaf_by_account", "account", a.get()),
+            Subject::Organisation(o) => ("leaf_by_organisation", "organisation", o.get()),
+            Subject::Person(p) => ("leaf_by_person", "person", p.get()),
         };
         let (after_time, after_idx) = page_start(range)?;
         let (from, to) = (range.from.0, range.to.0);
@@ -398,7 +398,7 @@ impl LedgerStore for SqliteLedgerStore {
         account: AccountId,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<PersonRef>, StoreError> {
+    ) -> Result<Vec<PersonId>, StoreError> {
         self.read(move |c| {
             let tx = c.unchecked_transaction()?;
             let indexed = indexed_segments(&tx)?;
@@ -411,7 +411,7 @@ impl LedgerStore for SqliteLedgerStore {
             let mut persons = BTreeSet::new();
             for segment in 0..indexed {
                 let rows = in_segment
-                    .query_map(params![segment, account.0, from.0, to.0], |r| r.get(0))?;
+                    .query_map(params![segment, account.get(), from.0, to.0], |r| r.get(0))?;
                 for person in rows {
                     persons.insert(person?);
                 }
@@ -423,13 +423,13 @@ impl LedgerStore for SqliteLedgerStore {
                    AND reveals = 1 AND person IS NOT NULL",
             )?;
             let rows = in_tail.query_map(
-                params![indexed << SEGMENT_SHIFT, account.0, from.0, to.0],
+                params![indexed << SEGMENT_SHIFT, account.get(), from.0, to.0],
                 |r| r.get(0),
             )?;
             for person in rows {
                 persons.insert(person?);
             }
-            Ok(persons.into_iter().map(PersonRef).collect())
+            Ok(persons.into_iter().map(PersonId::new).collect())
         })
         .await
     }

@@ -256,7 +256,7 @@ async fn assert_refusal_ledgered(
     assert_eq!(leaves.len(), 1, "one leaf: {leaves:?}");
     let leaf = &leaves[0];
     assert_eq!(leaf.action, action);
-    assert_eq!(leaf.account.0, account);
+    assert_eq!(leaf.account.get(), account);
     assert_eq!(leaf.decision, Decision::Deny(reason));
     assert_eq!(leaf.note.as_deref(), Some(note));
 }
@@ -290,7 +290,11 @@ async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
         let issued = app.leaves(before).await;
         assert_eq!(issued.len(), 1, "{backend:?}");
         assert_eq!(
-            (issued[0].action, issued[0].decision, issued[0].account.0),
+            (
+                issued[0].action,
+                issued[0].decision,
+                issued[0].account.get()
+            ),
             (LeafAction::TokenIssue, Decision::Allow, agent.account_id)
         );
         assert_eq!(
@@ -324,7 +328,7 @@ async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
         let read = app.leaves(before).await;
         assert_eq!(read.len(), 1);
         assert_eq!(
-            (read[0].action, read[0].decision, read[0].account.0),
+            (read[0].action, read[0].decision, read[0].account.get()),
             (LeafAction::ReadPerson, Decision::Allow, agent.account_id)
         );
         assert_eq!(

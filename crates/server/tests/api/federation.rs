@@ -343,7 +343,7 @@ async fn failures(app: &TestApp, from: u64) -> Vec<(i64, DenyReason, String)> {
         .into_iter()
         .filter(|l: &AuditLeaf| l.action == LeafAction::LoginFailed)
         .filter_map(|l| match l.decision {
-            Decision::Deny(reason) => Some((l.account.0, reason, l.note.unwrap_or_default())),
+            Decision::Deny(reason) => Some((l.account.get(), reason, l.note.unwrap_or_default())),
             Decision::Allow => None,
         })
         .collect()
@@ -431,7 +431,7 @@ async fn a_federated_login_opens_a_device_bound_session_that_reads_the_caseload(
             .iter()
             .find(|l| l.action == LeafAction::Login)
             .unwrap_or_else(|| panic!("{backend:?}: no login leaf in {leaves:?}"));
-        assert_eq!(login.account.0, account, "{backend:?}");
+        assert_eq!(login.account.get(), account, "{backend:?}");
         assert_eq!(login.decision, Decision::Allow, "{backend:?}");
         assert_eq!(login.note.as_deref(), Some("oidc"), "{backend:?}");
         assert!(login.session.is_some(), "{backend:?}");

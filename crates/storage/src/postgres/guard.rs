@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::store::{
     AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
     Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
@@ -44,8 +45,8 @@ fn alert_row(r: &Row) -> Result<StoredAlert, StorageError> {
         alert: Alert {
             at: r.try_get(1)?,
             kind: alert_kind(r.try_get(2)?)?,
-            account_id: r.try_get(3)?,
-            organisation_id: r.try_get(4)?,
+            account_id: AccountId::new(r.try_get(3)?),
+            organisation_id: OrganisationId::new(r.try_get(4)?),
             verdict: verdict(r.try_get(5)?)?,
             score: r.try_get(6)?,
             fresh: r.try_get(7)?,
@@ -145,7 +146,12 @@ impl PgStore {
             let first_seen = instant(k.first_seen, "first_seen")?;
             tx.execute(
                 &known,
-                &[&k.account_id, &k.kind.code(), &&k.digest[..], &first_seen],
+                &[
+                    &k.account_id.get(),
+                    &k.kind.code(),
+                    &&k.digest[..],
+                    &first_seen,
+                ],
             )
             .await?;
         }
@@ -179,8 +185,8 @@ impl PgStore {
                         &[
                             &at,
                             &a.kind.as_str(),
-                            &a.account_id,
-                            &a.organisation_id,
+                            &a.account_id.get(),
+                            &a.organisation_id.get(),
                             &a.verdict.as_str(),
                             &a.score,
                             &a.fresh,
@@ -218,13 +224,14 @@ impl PgStore {
                 "INSERT INTO guard_freeze (organisation_id, frozen_at) VALUES ($1, $2)
                  ON CONFLICT (organisation_id) DO UPDATE SET frozen_at = EXCLUDED.frozen_at, lifted_at = NULL
                  WHERE guard_freeze.lifted_at IS NOT NULL AND EXCLUDED.frozen_at > guard_freeze.lifted_at",
-                &[&f.organisation_id, &at],
+                &[&f.organisation_id.get(), &at],
             )
             .await?;
         }
         for b in &batch.blocks {
             let until = instant(b.until, "until")?;
-            tx.execute(BLOCK_SQL, &[&b.account_id, &until]).await?;
+            tx.execute(BLOCK_SQL, &[&b.account_id.get(), &until])
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -248,8 +255,8 @@ impl PgStore {
                     &q.after_id,
                     &from,
                     &to,
-                    &q.account_id,
-                    &q.organisation_id,
+                    &q.account_id.map(AccountId::get),
+                    &q.organisation_id.map(OrganisationId::get),
                     &i64::from(q.limit),
                 ],
             )
@@ -307,18 +314,19 @@ async fn subject_activity(
 impl GuardStore for PgStore {
     async fn load_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         from_day: i32,
     ) -> Result<AccountHistory, StoreError> {
+        let id = account_id.get();
         async {
             let client = self.client().await?;
-            let activity = subject_activity(&client, Scope::Account, account_id, from_day).await?;
+            let activity = subject_activity(&client, Scope::Account, id, from_day).await?;
             let mut known = Vec::new();
             for r in client
                 .query(
                     "SELECT kind, digest, first_seen FROM guard_known WHERE account_id = $1
                      ORDER BY first_seen, digest",
-                    &[&account_id],
+                    &[&id],
                 )
                 .await?
             {
@@ -336,7 +344,7 @@ impl GuardStore for PgStore {
             let blocked_until = client
                 .query_opt(
                     "SELECT blocked_until FROM guard_block WHERE account_id = $1",
-                    &[&account_id],
+                    &[&id],
                 )
                 .await?
                 .map(|r| r.try_get(0))
@@ -353,12 +361,18 @@ impl GuardStore for PgStore {
 
     async fn load_organisation(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         from_day: i32,
     ) -> Result<Vec<ActivityRow>, StoreError> {
         async {
             let client = self.client().await?;
-            subject_activity(&client, Scope::Organisation, organisation_id, from_day).await
+            subject_activity(
+                &client,
+                Scope::Organisation,
+                organisation_id.get(),
+                from_day,
+            )
+            .await
         }
         .await
         .map_err(store_error)
@@ -438,7 +452,7 @@ impl GuardStore for PgStore {
                 .iter()
                 .map(|r| {
                     Ok(Freeze {
-                        organisation_id: r.try_get(0)?,
+                        organisation_id: OrganisationId::new(r.try_get(0)?),
                         frozen_at: r.try_get(1)?,
                     })
                 })
@@ -450,9 +464,10 @@ impl GuardStore for PgStore {
 
     async fn lift_freeze(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let organisation_id = organisation_id.get();
         async {
             let at = instant(at, "at")?;
             let mut client = self.client().await?;
@@ -486,7 +501,9 @@ impl GuardStore for PgStore {
         async {
             let until = instant(b.until, "until")?;
             let client = self.client().await?;
-            client.execute(BLOCK_SQL, &[&b.account_id, &until]).await?;
+            client
+                .execute(BLOCK_SQL, &[&b.account_id.get(), &until])
+                .await?;
             Ok::<_, StorageError>(())
         }
         .await
@@ -510,7 +527,7 @@ impl GuardStore for PgStore {
                 .iter()
                 .map(|r| {
                     Ok(SuspensionBlock {
-                        account_id: r.try_get(0)?,
+                        account_id: AccountId::new(r.try_get(0)?),
                         until: r.try_get(1)?,
                     })
                 })

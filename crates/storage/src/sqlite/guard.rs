@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::store::{
     AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
     Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
@@ -75,7 +76,7 @@ fn block(c: &Connection, b: &SuspensionBlock) -> Result<(), StorageError> {
          ON CONFLICT (account_id)
          DO UPDATE SET blocked_until = max(blocked_until, excluded.blocked_until)",
     )?
-    .execute(params![b.account_id, instant_text(b.until, "until")?])?;
+    .execute(params![b.account_id.get(), instant_text(b.until, "until")?])?;
     Ok(())
 }
 
@@ -138,7 +139,7 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
         )?;
         for k in &batch.known {
             stmt.execute(params![
-                k.account_id,
+                k.account_id.get(),
                 k.kind.code(),
                 &k.digest[..],
                 instant_text(k.first_seen, "first_seen")?
@@ -159,8 +160,8 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
                 params![
                     instant_text(a.at, "at")?,
                     a.kind.as_str(),
-                    a.account_id,
-                    a.organisation_id,
+                    a.account_id.get(),
+                    a.organisation_id.get(),
                     a.verdict.as_str(),
                     a.score,
                     a.fresh,
@@ -191,7 +192,7 @@ fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
         )?;
         for f in &batch.freezes {
             stmt.execute(params![
-                f.organisation_id,
+                f.organisation_id.get(),
                 instant_text(f.frozen_at, "frozen_at")?
             ])?;
         }
@@ -209,8 +210,8 @@ fn alert_row(r: &Row<'_>) -> Result<StoredAlert, StorageError> {
         alert: Alert {
             at: parse_instant(&r.get::<_, String>(1)?, "at")?,
             kind: alert_kind(&r.get::<_, String>(2)?)?,
-            account_id: r.get(3)?,
-            organisation_id: r.get(4)?,
+            account_id: AccountId::new(r.get(3)?),
+            organisation_id: OrganisationId::new(r.get(4)?),
             verdict: verdict(&r.get::<_, String>(5)?)?,
             score: r.get(6)?,
             fresh: r.get(7)?,
@@ -239,8 +240,8 @@ fn alerts(c: &Connection, q: &AlertQuery) -> Result<Vec<StoredAlert>, StorageErr
         q.after_id,
         from,
         to,
-        q.account_id,
-        q.organisation_id,
+        q.account_id.map(AccountId::get),
+        q.organisation_id.map(OrganisationId::get),
         i64::from(q.limit)
     ])?;
     let mut out = Vec::new();
@@ -273,16 +274,17 @@ fn alerts(c: &Connection, q: &AlertQuery) -> Result<Vec<StoredAlert>, StorageErr
 impl GuardStore for SqliteStore {
     async fn load_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         from_day: i32,
     ) -> Result<AccountHistory, StoreError> {
+        let id = account_id.get();
         self.read(move |c| {
-            let activity = subject_activity(c, Scope::Account, account_id, from_day)?;
+            let activity = subject_activity(c, Scope::Account, id, from_day)?;
             let mut stmt = c.prepare_cached(
                 "SELECT kind, digest, first_seen FROM guard_known WHERE account_id = ?1
                  ORDER BY first_seen, digest",
             )?;
-            let mut rows = stmt.query([account_id])?;
+            let mut rows = stmt.query([id])?;
             let mut known = Vec::new();
             while let Some(r) = rows.next()? {
                 let digest: Vec<u8> = r.get(1)?;
@@ -298,7 +300,7 @@ impl GuardStore for SqliteStore {
             }
             let blocked_until = c
                 .prepare_cached("SELECT blocked_until FROM guard_block WHERE account_id = ?1")?
-                .query_row([account_id], |r| r.get::<_, String>(0))
+                .query_row([id], |r| r.get::<_, String>(0))
                 .optional()?
                 .map(|t| parse_instant(&t, "blocked_until"))
                 .transpose()?;
@@ -329,12 +331,14 @@ impl GuardStore for SqliteStore {
 
     async fn load_organisation(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         from_day: i32,
     ) -> Result<Vec<ActivityRow>, StoreError> {
-        self.read(move |c| subject_activity(c, Scope::Organisation, organisation_id, from_day))
-            .await
-            .map_err(store_error)
+        self.read(move |c| {
+            subject_activity(c, Scope::Organisation, organisation_id.get(), from_day)
+        })
+        .await
+        .map_err(store_error)
     }
 
     async fn flush(&self, batch: &FlushBatch) -> Result<(), StoreError> {
@@ -390,7 +394,7 @@ impl GuardStore for SqliteStore {
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 out.push(Freeze {
-                    organisation_id: r.get(0)?,
+                    organisation_id: OrganisationId::new(r.get(0)?),
                     frozen_at: parse_instant(&r.get::<_, String>(1)?, "frozen_at")?,
                 });
             }
@@ -402,9 +406,10 @@ impl GuardStore for SqliteStore {
 
     async fn lift_freeze(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let organisation_id = organisation_id.get();
         let at = instant_text(at, "at").map_err(store_error)?;
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -448,7 +453,7 @@ impl GuardStore for SqliteStore {
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 out.push(SuspensionBlock {
-                    account_id: r.get(0)?,
+                    account_id: AccountId::new(r.get(0)?),
                     until: parse_instant(&r.get::<_, String>(1)?, "blocked_until")?,
                 });
             }

@@ -4,6 +4,8 @@
 
 use super::*;
 
+use rempart_domain::{AccountId, OrganisationId, PersonId};
+
 use rempart_guard::store::{
     ActivityCounts, ActivityRow, AlertQuery, CounterDelta, FlushBatch, Freeze, GuardStore, Known,
     KnownKind, Metric, RemoteCount, Scope, SuspensionBlock,
@@ -53,8 +55,8 @@ fn alert_of(account_id: i64, organisation_id: i64, at: DateTime<Utc>, score: f64
     Alert {
         at,
         kind: AlertKind::Behaviour,
-        account_id,
-        organisation_id,
+        account_id: AccountId::new(account_id),
+        organisation_id: OrganisationId::new(organisation_id),
         verdict: Verdict::StepUp,
         score,
         explanation: vec![
@@ -166,7 +168,7 @@ async fn guard_activity_and_devices_round_trip(backend: Backend) {
     let (be, g) = (backend.name(), db.guard());
     let (a, p) = (Scope::Account, Scope::Peer);
     let known = |digest: u8, first_seen| Known {
-        account_id: 7,
+        account_id: AccountId::new(7),
         kind: KnownKind::Device,
         digest: [digest; 16],
         first_seen,
@@ -206,7 +208,7 @@ async fn guard_activity_and_devices_round_trip(backend: Backend) {
     .await
     .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
     let h = g
-        .load_account(7, 19_500)
+        .load_account(AccountId::new(7), 19_500)
         .await
         .unwrap_or_else(|e| panic!("[{be}] load: {e}"));
     assert_eq!(h.activity.len(), 2, "[{be}] the day-19000 row is too old");
@@ -237,7 +239,10 @@ async fn guard_activity_and_devices_round_trip(backend: Backend) {
     );
     let peers = g.load_peers(20_001).await.unwrap();
     assert_eq!(peers.len(), 1, "[{be}] organisation rows are not a peer's");
-    let org = g.load_organisation(3, 20_001).await.unwrap();
+    let org = g
+        .load_organisation(OrganisationId::new(3), 20_001)
+        .await
+        .unwrap();
     assert_eq!(
         org.iter()
             .map(|r| (r.scope, r.subject, r.hour, r.counts.attempts))
@@ -249,7 +254,10 @@ async fn guard_activity_and_devices_round_trip(backend: Backend) {
         "[{be}] an organisation's hours, in order"
     );
     assert!(
-        g.load_organisation(4, 0).await.unwrap().is_empty(),
+        g.load_organisation(OrganisationId::new(4), 0)
+            .await
+            .unwrap()
+            .is_empty(),
         "[{be}]"
     );
     assert_eq!(
@@ -258,7 +266,11 @@ async fn guard_activity_and_devices_round_trip(backend: Backend) {
         "[{be}]"
     );
     assert!(
-        g.load_account(99, 0).await.unwrap().activity.is_empty(),
+        g.load_account(AccountId::new(99), 0)
+            .await
+            .unwrap()
+            .activity
+            .is_empty(),
         "[{be}]"
     );
     assert_eq!(
@@ -278,7 +290,7 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
         // An organisation's alert names the accounts involved.
         Alert {
             kind: AlertKind::OrganisationBehaviour,
-            accounts: vec![7, 8, 12],
+            accounts: [7, 8, 12].map(AccountId::new).to_vec(),
             ..alert_of(8, 3, t0 + TimeDelta::minutes(5), 5.0)
         },
         alert_of(7, 4, t0 + TimeDelta::minutes(10), 6.0),
@@ -287,7 +299,7 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
         instance: 1,
         alerts: alerts.clone(),
         freezes: vec![Freeze {
-            organisation_id: 3,
+            organisation_id: OrganisationId::new(3),
             frozen_at: t0,
         }],
         ..FlushBatch::default()
@@ -310,14 +322,14 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
     );
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
     let of_7 = list(AlertQuery {
-        account_id: Some(7),
+        account_id: Some(AccountId::new(7)),
         limit: 10,
         ..AlertQuery::default()
     })
     .await;
     assert_eq!(of_7.len(), 2, "[{be}]");
     let of_org_3_late = list(AlertQuery {
-        organisation_id: Some(3),
+        organisation_id: Some(OrganisationId::new(3)),
         from: Some(t0 + TimeDelta::minutes(1)),
         to: Some(t0 + TimeDelta::minutes(6)),
         limit: 10,
@@ -325,7 +337,11 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
     })
     .await;
     assert_eq!(of_org_3_late.len(), 1, "[{be}]");
-    assert_eq!(of_org_3_late[0].alert.account_id, 8, "[{be}]");
+    assert_eq!(
+        of_org_3_late[0].alert.account_id,
+        AccountId::new(8),
+        "[{be}]"
+    );
     let page = list(AlertQuery {
         after_id: all[0].id,
         limit: 1,
@@ -362,23 +378,27 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
             .await
             .unwrap()
             .iter()
-            .map(|f| f.organisation_id)
+            .map(|f| f.organisation_id.get())
             .collect::<Vec<_>>()
     };
     assert_eq!(frozen(g.clone()).await, vec![3], "[{be}]");
     assert!(
-        g.lift_freeze(3, t0 + TimeDelta::hours(1)).await.unwrap(),
+        g.lift_freeze(OrganisationId::new(3), t0 + TimeDelta::hours(1))
+            .await
+            .unwrap(),
         "[{be}]"
     );
     assert!(
-        !g.lift_freeze(3, t0 + TimeDelta::hours(1)).await.unwrap(),
+        !g.lift_freeze(OrganisationId::new(3), t0 + TimeDelta::hours(1))
+            .await
+            .unwrap(),
         "[{be}] once"
     );
     assert!(frozen(g.clone()).await.is_empty(), "[{be}]");
     g.flush(&FlushBatch {
         instance: 1,
         freezes: vec![Freeze {
-            organisation_id: 3,
+            organisation_id: OrganisationId::new(3),
             frozen_at: t0 + TimeDelta::hours(2),
         }],
         ..FlushBatch::default()
@@ -388,7 +408,7 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
     let f = g.frozen_organisations().await.unwrap();
     assert_eq!(
         (f[0].organisation_id, f[0].frozen_at),
-        (3, t0 + TimeDelta::hours(2)),
+        (OrganisationId::new(3), t0 + TimeDelta::hours(2)),
         "[{be}]"
     );
     // A freeze decided before a lift but flushed after it (another
@@ -397,13 +417,15 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
     let freeze_at = |org: i64, at| FlushBatch {
         instance: 2,
         freezes: vec![Freeze {
-            organisation_id: org,
+            organisation_id: OrganisationId::new(org),
             frozen_at: at,
         }],
         ..FlushBatch::default()
     };
     assert!(
-        g.lift_freeze(3, t0 + TimeDelta::hours(3)).await.unwrap(),
+        g.lift_freeze(OrganisationId::new(3), t0 + TimeDelta::hours(3))
+            .await
+            .unwrap(),
         "[{be}]"
     );
     g.flush(&freeze_at(3, t0 + TimeDelta::minutes(150)))
@@ -411,7 +433,9 @@ async fn guard_alerts_are_stored_whole_and_listed_by_filter(backend: Backend) {
         .unwrap();
     assert!(frozen(g.clone()).await.is_empty(), "[{be}] stale freeze");
     assert!(
-        !g.lift_freeze(4, t0 + TimeDelta::hours(3)).await.unwrap(),
+        !g.lift_freeze(OrganisationId::new(4), t0 + TimeDelta::hours(3))
+            .await
+            .unwrap(),
         "[{be}] nothing stored for 4"
     );
     g.flush(&freeze_at(4, t0 + TimeDelta::minutes(170)))
@@ -428,7 +452,10 @@ both_backends!(guard_alerts_are_stored_whole_and_listed_by_filter);
 async fn guard_suspension_blocks_are_shared_never_shortened_and_pruned(backend: Backend) {
     let db = Db::open(backend).await;
     let t0 = at("2026-03-02T09:00:00Z");
-    let block = |account_id, until| SuspensionBlock { account_id, until };
+    let block = |id, until| SuspensionBlock {
+        account_id: AccountId::new(id),
+        until,
+    };
     let day = TimeDelta::days(1);
     let (be, g) = (backend.name(), db.guard());
     g.block_account(block(7, t0 + day))
@@ -472,9 +499,14 @@ async fn guard_suspension_blocks_are_shared_never_shortened_and_pruned(backend: 
         "[{be}]"
     );
     // An account's history carries its block, over or not.
-    let blocked = |id| {
+    let blocked = |id: i64| {
         let g = g.clone();
-        async move { g.load_account(id, 0).await.unwrap().blocked_until }
+        async move {
+            g.load_account(AccountId::new(id), 0)
+                .await
+                .unwrap()
+                .blocked_until
+        }
     };
     assert_eq!(blocked(7).await, Some(later), "[{be}]");
     assert_eq!(
@@ -543,8 +575,8 @@ fn guarded_read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
     Attempt {
         at,
         account: AccountFacts {
-            account_id: account,
-            organisation_id: 3,
+            account_id: AccountId::new(account),
+            organisation_id: OrganisationId::new(3),
             role: Role::Agent,
             created_at: None,
             peer: PeerGroup::of(OrganisationKind::CapEmploi, Some("38")),
@@ -554,7 +586,7 @@ fn guarded_read(account: i64, person: i64, at: DateTime<Utc>) -> Attempt {
             ..SessionFacts::default()
         },
         kind: AttemptKind::ReadPerson,
-        person_id: Some(person),
+        person_id: Some(PersonId::new(person)),
         purpose: Some(Purpose::FollowUp),
         fields: Fields::of(&[FieldGroup::Identity, FieldGroup::Contact], false),
         new_mandate: false,
@@ -642,7 +674,7 @@ async fn guards_on_one_database_share_counts_baselines_and_alerts(backend: Backe
         .unwrap();
     let stored = three
         .alerts(&AlertQuery {
-            account_id: Some(7),
+            account_id: Some(AccountId::new(7)),
             limit: 100,
             ..AlertQuery::default()
         })
