@@ -57,9 +57,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::kernel::{Consultation, Refusal, unauthenticated_leaf};
+use crate::kernel::{Consultation, LoginFailure, Refusal, unauthenticated_leaf};
 use crate::secrets::{open_totp_secret, seal_totp_secret};
-use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
 use crate::views::AccountView;
 
@@ -136,49 +135,36 @@ pub struct TotpShown {
     pub secret: Zeroizing<String>,
 }
 
-/// Why an activation step did not go through. [`Self::message_fr`] is
-/// what the page shows.
-#[derive(Debug)]
-pub enum ActivationError {
-    /// Step 1 refused: one message for every credential failure, or a
-    /// throttling message.
-    Refused(LoginRefusal),
-    /// Step 2 must be corrected: the page shows the enrolment again with
-    /// these messages (each broken password rule, a mismatch, a wrong code).
+/// What step 2 came to, when it was not refused.
+pub enum ActivationStep {
+    /// The factors are set: the person may log in.
+    Done(AccountView),
+    /// Step 2 must be corrected: the page shows the enrolment again (a
+    /// new ceremony id, the same TOTP secret) with these messages, each
+    /// broken password rule, a mismatch or a wrong code, in French. Not a
+    /// refusal: it holds the secret to enrol.
     Retry {
-        /// Boxed: the error travels through every `?` of the activation.
-        enrolment: Box<Enrolment>,
+        enrolment: Enrolment,
         messages: Vec<String>,
     },
-    /// The ceremony is unknown, used, expired or out of attempts.
-    Restart,
-    /// Activation needs browser login, which this server does not serve.
-    Disabled,
-    /// Something failed; nothing was changed. For operators.
-    Unavailable(String),
 }
 
-impl ActivationError {
-    /// The French messages for the page.
-    pub fn messages_fr(&self) -> Vec<String> {
+impl std::fmt::Debug for ActivationStep {
+    // Written out so that the TOTP secret can never reach it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ActivationError::Refused(r) if r.is_throttled() => vec![r.message_fr()],
-            ActivationError::Refused(_) => vec![ACTIVATION_REFUSED_FR.to_owned()],
-            ActivationError::Retry { messages, .. } => messages.clone(),
-            ActivationError::Restart => vec![
-                "La demande a expiré ou n'est plus valable : saisissez de nouveau votre \
-                 identifiant et votre code d'activation."
-                    .to_owned(),
-            ],
-            ActivationError::Disabled => {
-                vec!["L'activation n'est pas disponible sur ce serveur.".to_owned()]
-            }
-            ActivationError::Unavailable(_) => {
-                vec![
-                    "Le service ne peut pas répondre pour le moment. Réessayez plus tard."
-                        .to_owned(),
-                ]
-            }
+            ActivationStep::Done(account) => f
+                .debug_tuple("ActivationStep::Done")
+                .field(account)
+                .finish(),
+            ActivationStep::Retry {
+                enrolment,
+                messages,
+            } => f
+                .debug_struct("ActivationStep::Retry")
+                .field("enrolment", enrolment)
+                .field("messages", &messages.len())
+                .finish(),
         }
     }
 }
@@ -238,13 +224,13 @@ impl Consultation {
         &self,
         form: ActivationForm<'_>,
         addr: IpAddr,
-    ) -> Result<Enrolment, ActivationError> {
-        let (auth, web) = self.activation_parts()?;
+    ) -> Result<Enrolment, Refusal> {
+        let (auth, web) = self.login_parts()?;
         let now = self.now();
         let now_unix = u64::try_from(now.timestamp()).unwrap_or(0);
         let login = form.login.trim();
         if login.len() > MAX_FIELD || form.code.len() > MAX_FIELD {
-            return Err(ActivationError::Refused(LoginRefusal::UnknownAccount));
+            return Err(refused(LoginRefusal::UnknownAccount));
         }
 
         // The account and its code; a login that is not a reference, or an
@@ -295,7 +281,7 @@ impl Consultation {
                     now,
                 )
                 .await?;
-                return Err(ActivationError::Refused(LoginRefusal::from(delay)));
+                return Err(refused(LoginRefusal::from(delay)));
             }
         };
 
@@ -343,11 +329,11 @@ impl Consultation {
                         .await?;
                 }
                 self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last));
-                return Err(ActivationError::Refused(LoginRefusal::WrongCode));
+                return Err(refused(LoginRefusal::WrongCode));
             }
         };
         let Some(account) = known else {
-            return Err(ActivationError::Refused(LoginRefusal::UnknownAccount));
+            return Err(refused(LoginRefusal::UnknownAccount));
         };
         let locked_meanwhile = attempt
             .succeeded(auth.as_ref(), Counter::Activation)
@@ -362,7 +348,7 @@ impl Consultation {
                 now,
             )
             .await?;
-            return Err(ActivationError::Refused(LoginRefusal::from(delay)));
+            return Err(refused(LoginRefusal::from(delay)));
         }
 
         // Which factors are missing, and a fresh secret if TOTP is.
@@ -377,10 +363,10 @@ impl Consultation {
             .map_err(|e| unavailable(&e))?
             .is_none();
         let sealed_totp = if needs_totp {
-            let secret = TotpSecret::generate()
-                .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
+            let secret =
+                TotpSecret::generate().map_err(|e| Refusal::Unavailable(format!("totp: {e}")))?;
             let sealed = seal_totp_secret(&self.vault, account.account_id, &secret)
-                .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
+                .map_err(|e| Refusal::Unavailable(format!("totp: {e}")))?;
             Some(STANDARD.encode(sealed))
         } else {
             None
@@ -400,8 +386,7 @@ impl Consultation {
             now,
             "activation: code accepted".to_owned(),
         ))
-        .await
-        .map_err(|r| ActivationError::Unavailable(r.to_string()))?;
+        .await?;
         Ok(enrolment)
     }
 
@@ -409,23 +394,22 @@ impl Consultation {
     pub async fn finish_activation(
         &self,
         form: FactorsForm<'_>,
-    ) -> Result<AccountView, ActivationError> {
-        let (auth, web) = self.activation_parts()?;
+    ) -> Result<ActivationStep, Refusal> {
+        let (auth, web) = self.login_parts()?;
         let now = self.now();
         let now_unix = u64::try_from(now.timestamp()).unwrap_or(0);
         let Some(key) = ceremony_key(form.ceremony) else {
-            return Err(ActivationError::Restart);
+            return Err(Refusal::Restart);
         };
         let Some(payload) = auth
             .take_ceremony(key, KIND_ACTIVATION, now)
             .await
             .map_err(|e| unavailable(&e))?
         else {
-            return Err(ActivationError::Restart);
+            return Err(Refusal::Restart);
         };
-        let mut pending: Pending = serde_json::from_str(&payload).map_err(|_| {
-            ActivationError::Unavailable("activation: stored state is not readable".into())
-        })?;
+        let mut pending: Pending = serde_json::from_str(&payload)
+            .map_err(|_| Refusal::Unavailable("activation: stored state is not readable".into()))?;
         let account = self
             .store
             .account_by_id(pending.account_id)
@@ -433,7 +417,7 @@ impl Consultation {
             .map_err(|e| unavailable(&e))?
             .filter(|a| a.state == AccountState::Active);
         let Some(account) = account else {
-            return Err(ActivationError::Restart);
+            return Err(Refusal::Restart);
         };
 
         // Check each factor; collect every mistake.
@@ -451,8 +435,8 @@ impl Consultation {
                         let hashed =
                             tokio::task::spawn_blocking(move || web2.hasher.hash(&password))
                                 .await
-                                .map_err(|e| ActivationError::Unavailable(format!("hash: {e}")))?
-                                .map_err(|e| ActivationError::Unavailable(format!("hash: {e}")))?;
+                                .map_err(|e| Refusal::Unavailable(format!("hash: {e}")))?
+                                .map_err(|e| Refusal::Unavailable(format!("hash: {e}")))?;
                         phc = Some(hashed.to_phc_string());
                     }
                     Err(mut m) => messages.append(&mut m),
@@ -462,10 +446,10 @@ impl Consultation {
         let mut totp_row = None;
         if let Some(sealed_b64) = &pending.sealed_totp {
             let sealed = STANDARD.decode(sealed_b64).map_err(|_| {
-                ActivationError::Unavailable("activation: stored secret is not readable".into())
+                Refusal::Unavailable("activation: stored secret is not readable".into())
             })?;
             let secret = open_totp_secret(&self.vault, account.account_id, &sealed)
-                .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
+                .map_err(|e| Refusal::Unavailable(format!("totp: {e}")))?;
             let step = TotpCode::parse(form.totp_code.trim())
                 .ok()
                 .and_then(|code| totp::verify(&secret, &code, now_unix, None).ok());
@@ -501,13 +485,13 @@ impl Consultation {
             )
             .await?;
             if pending.attempts >= MAX_FACTOR_ATTEMPTS {
-                return Err(ActivationError::Restart);
+                return Err(Refusal::Restart);
             }
             let enrolment = self
                 .enrolment(auth.as_ref(), &account, &pending, now)
                 .await?;
-            return Err(ActivationError::Retry {
-                enrolment: Box::new(enrolment),
+            return Ok(ActivationStep::Retry {
+                enrolment,
                 messages,
             });
         }
@@ -518,7 +502,7 @@ impl Consultation {
             .ok()
             .and_then(|d| d.try_into().ok())
             .ok_or_else(|| {
-                ActivationError::Unavailable("activation: stored digest is not readable".into())
+                Refusal::Unavailable("activation: stored digest is not readable".into())
             })?;
         let done = auth
             .complete_activation(
@@ -541,7 +525,7 @@ impl Consultation {
                 now,
             )
             .await?;
-            return Err(ActivationError::Restart);
+            return Err(Refusal::Restart);
         }
         let what = match (pending.needs_password, pending.sealed_totp.is_some()) {
             (true, true) => "password and TOTP set",
@@ -550,16 +534,8 @@ impl Consultation {
             (false, false) => "nothing missing",
         };
         self.record(allow_leaf(&account, now, format!("activation: {what}")))
-            .await
-            .map_err(|r| ActivationError::Unavailable(r.to_string()))?;
-        Ok(AccountView::from(account))
-    }
-
-    fn activation_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), ActivationError> {
-        match &self.web {
-            Some(web) => Ok((&self.auth, web)),
-            None => Err(ActivationError::Disabled),
-        }
+            .await?;
+        Ok(ActivationStep::Done(AccountView::from(account)))
     }
 
     /// Stores `pending` under a new ceremony id and describes step 2.
@@ -569,16 +545,16 @@ impl Consultation {
         account: &AccountRecord,
         pending: &Pending,
         now: DateTime<Utc>,
-    ) -> Result<Enrolment, ActivationError> {
+    ) -> Result<Enrolment, Refusal> {
         let totp = match &pending.sealed_totp {
             Some(sealed_b64) => {
                 let sealed = STANDARD.decode(sealed_b64).map_err(|_| {
-                    ActivationError::Unavailable("activation: sealed secret unreadable".into())
+                    Refusal::Unavailable("activation: sealed secret unreadable".into())
                 })?;
                 let secret = open_totp_secret(&self.vault, account.account_id, &sealed)
-                    .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
+                    .map_err(|e| Refusal::Unavailable(format!("totp: {e}")))?;
                 let uri = totp::provisioning_uri(&secret, account.login.as_str())
-                    .map_err(|e| ActivationError::Unavailable(format!("totp: {e}")))?;
+                    .map_err(|e| Refusal::Unavailable(format!("totp: {e}")))?;
                 Some(TotpShown {
                     uri: Zeroizing::new(uri.expose().to_owned()),
                     secret: secret.to_base32(),
@@ -587,7 +563,7 @@ impl Consultation {
             None => None,
         };
         let payload = serde_json::to_string(pending)
-            .map_err(|e| ActivationError::Unavailable(format!("activation: {e}")))?;
+            .map_err(|e| Refusal::Unavailable(format!("activation: {e}")))?;
         let mut id = [0u8; 32];
         rand::rng().fill_bytes(&mut id);
         let key: [u8; 32] = Sha256::digest(id).into();
@@ -615,7 +591,7 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<u64, ActivationError> {
+    ) -> Result<u64, Refusal> {
         let mut leaf = unauthenticated_leaf(
             account.map_or(0, |a| a.account_id),
             account.map_or(0, |a| a.organisation_id),
@@ -624,9 +600,7 @@ impl Consultation {
             now,
         );
         leaf.note = Some(note.to_owned());
-        self.record(leaf)
-            .await
-            .map_err(|r| ActivationError::Unavailable(r.to_string()))
+        self.record(leaf).await
     }
 }
 
@@ -669,14 +643,19 @@ fn check_new_password(typed: &str, login: &str) -> Result<Password, Vec<String>>
     }
 }
 
-fn unavailable(e: &StorageError) -> ActivationError {
-    ActivationError::Unavailable(format!("activation: {e}"))
+/// Step 1 refused with the lockout's verdict.
+fn refused(r: LoginRefusal) -> Refusal {
+    Refusal::LoginFailed(LoginFailure::Credentials(r))
 }
 
-fn throttle_unavailable(e: &ThrottleError) -> ActivationError {
+fn unavailable(e: &StorageError) -> Refusal {
+    Refusal::Unavailable(format!("activation: {e}"))
+}
+
+fn throttle_unavailable(e: &ThrottleError) -> Refusal {
     match e {
         ThrottleError::Store(e) => unavailable(e),
-        ThrottleError::Unreadable => ActivationError::Unavailable(format!("activation: {e}")),
+        ThrottleError::Unreadable => Refusal::Unavailable(format!("activation: {e}")),
     }
 }
 
@@ -707,23 +686,5 @@ mod tests {
             vec!["Choisissez un mot de passe.".to_owned()]
         );
         assert!(check_new_password("Verger-Orage-47-Brume", "ml.agent").is_ok());
-    }
-
-    #[test]
-    fn step_one_failures_read_the_same() {
-        for r in [
-            LoginRefusal::UnknownAccount,
-            LoginRefusal::WrongCode,
-            LoginRefusal::AccountUnavailable,
-        ] {
-            assert_eq!(
-                ActivationError::Refused(r).messages_fr(),
-                vec![ACTIVATION_REFUSED_FR.to_owned()]
-            );
-        }
-        let throttled = ActivationError::Refused(LoginRefusal::TooManyAttempts {
-            retry_after_secs: 30,
-        });
-        assert!(throttled.messages_fr()[0].contains("Trop de tentatives"));
     }
 }

@@ -55,7 +55,7 @@ use rempart_storage::auth::{AccessTokenRow, ApiClientRow};
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
 use crate::authenticate::replay_until;
-use crate::kernel::{Consultation, Refusal, token_session, unauthenticated_leaf};
+use crate::kernel::{Consultation, OAuthError, Refusal, token_session, unauthenticated_leaf};
 
 pub use crate::settings::{ClientConfigError, ClientSettings, TOKEN_PATH};
 
@@ -99,48 +99,6 @@ impl std::fmt::Debug for TokenRequest<'_> {
             .field("scope", &self.scope)
             .field("proof", &self.proof.map(|_| "<present>"))
             .finish_non_exhaustive()
-    }
-}
-
-/// Why the token endpoint refused, as RFC 6749 §5.2 and RFC 9449 §5 name
-/// it. Messages name the parameter or claim and the rule, never a value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenRefusal {
-    /// A parameter is missing, repeated or malformed.
-    #[error("{0}")]
-    InvalidRequest(String),
-    /// `grant_type` is not `client_credentials`.
-    #[error("grant_type: only client_credentials is supported")]
-    UnsupportedGrantType,
-    /// Client authentication failed.
-    #[error("{0}")]
-    InvalidClient(String),
-    /// The client authenticated but its account is not active.
-    #[error("the account this client acts for is not active")]
-    UnauthorizedClient,
-    /// `scope` asks for something other than [`SCOPE_API`].
-    #[error("scope: the only scope is {SCOPE_API}")]
-    InvalidScope,
-    /// The DPoP proof is missing or refused.
-    #[error("{0}")]
-    InvalidDpopProof(String),
-    /// Something failed; no token was issued. The text is for operators.
-    #[error("service unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl TokenRefusal {
-    /// The `error` member of the answer (RFC 6749 §5.2, RFC 9449 §5).
-    pub fn oauth_error(&self) -> &'static str {
-        match self {
-            TokenRefusal::InvalidRequest(_) => "invalid_request",
-            TokenRefusal::UnsupportedGrantType => "unsupported_grant_type",
-            TokenRefusal::InvalidClient(_) => "invalid_client",
-            TokenRefusal::UnauthorizedClient => "unauthorized_client",
-            TokenRefusal::InvalidScope => "invalid_scope",
-            TokenRefusal::InvalidDpopProof(_) => "invalid_dpop_proof",
-            TokenRefusal::Unavailable(_) => "temporarily_unavailable",
-        }
     }
 }
 
@@ -236,7 +194,7 @@ struct Denied {
     account: Option<(i64, i64)>,
     reason: DenyReason,
     note: &'static str,
-    refusal: TokenRefusal,
+    refusal: Refusal,
 }
 
 impl Consultation {
@@ -244,10 +202,7 @@ impl Consultation {
     /// DPoP proof, read top to bottom: the request's form → the client and
     /// its keys → the assertion → the proof → the account → both `jti`s →
     /// the token → the ledger → the answer. Every refusal is ledgered.
-    pub async fn issue_token(
-        &self,
-        request: TokenRequest<'_>,
-    ) -> Result<TokenResponse, TokenRefusal> {
+    pub async fn issue_token(&self, request: TokenRequest<'_>) -> Result<TokenResponse, Refusal> {
         let now = self.now();
         match self.try_issue_token(request, now).await {
             Ok(answer) => Ok(answer),
@@ -264,7 +219,10 @@ impl Consultation {
             return Err(anonymous(
                 DenyReason::InvalidRequest,
                 "token endpoint not configured",
-                TokenRefusal::InvalidClient("this server issues no API tokens".into()),
+                Refusal::oauth(
+                    OAuthError::InvalidClient,
+                    "this server issues no API tokens",
+                ),
             ));
         };
 
@@ -276,15 +234,16 @@ impl Consultation {
             anonymous(
                 DenyReason::BadCredentials,
                 assertion_note(e),
-                TokenRefusal::InvalidClient(e.to_string()),
+                Refusal::oauth(OAuthError::InvalidClient, e.to_string()),
             )
         })?;
         if request.client_id.is_some_and(|id| id != claimed.as_str()) {
             return Err(anonymous(
                 DenyReason::BadCredentials,
                 "client_id is not the assertion's iss",
-                TokenRefusal::InvalidClient(
-                    "client_id: is not the client the assertion names".into(),
+                Refusal::oauth(
+                    OAuthError::InvalidClient,
+                    "client_id: is not the client the assertion names",
                 ),
             ));
         }
@@ -294,7 +253,7 @@ impl Consultation {
                 return Err(anonymous(
                     DenyReason::BadCredentials,
                     "unknown client",
-                    TokenRefusal::InvalidClient(CLIENT_FAILED.into()),
+                    Refusal::oauth(OAuthError::InvalidClient, CLIENT_FAILED),
                 ));
             }
             Err(e) => return Err(unavailable(None, "client store", &e)),
@@ -310,14 +269,14 @@ impl Consultation {
             return Err(denied(
                 DenyReason::BadCredentials,
                 "revoked client",
-                TokenRefusal::InvalidClient(CLIENT_FAILED.into()),
+                Refusal::oauth(OAuthError::InvalidClient, CLIENT_FAILED),
             ));
         }
         let keys: Vec<ClientKey> = serde_json::from_str(&row.keys).map_err(|_| Denied {
             account: known,
             reason: DenyReason::InternalError,
             note: "stored client keys unreadable",
-            refusal: TokenRefusal::Unavailable("client keys: stored keys do not parse".into()),
+            refusal: Refusal::Unavailable("client keys: stored keys do not parse".into()),
         })?;
         let client = RegisteredClient {
             client_id: claimed,
@@ -329,9 +288,9 @@ impl Consultation {
             ClientAssertion::check(assertion, &client, &clients.policy, now).map_err(|e| {
                 let refusal = match e {
                     ClientAssertionError::NoKey | ClientAssertionError::Jose(_) => {
-                        TokenRefusal::InvalidClient(CLIENT_FAILED.into())
+                        Refusal::oauth(OAuthError::InvalidClient, CLIENT_FAILED)
                     }
-                    e => TokenRefusal::InvalidClient(e.to_string()),
+                    e => Refusal::oauth(OAuthError::InvalidClient, e.to_string()),
                 };
                 denied(DenyReason::BadCredentials, assertion_note(e), refusal)
             })?;
@@ -342,7 +301,7 @@ impl Consultation {
             denied(
                 DenyReason::SessionInvalid,
                 "dpop: no single proof",
-                TokenRefusal::InvalidDpopProof(DpopError::Missing.to_string()),
+                Refusal::oauth(OAuthError::InvalidDpopProof, DpopError::Missing.to_string()),
             )
         })?;
         let expected = Expected::new("POST", &clients.token_endpoint).map_err(|_| {
@@ -359,7 +318,7 @@ impl Consultation {
             denied(
                 DenyReason::SessionInvalid,
                 proof_note(e),
-                TokenRefusal::InvalidDpopProof(e.to_string()),
+                Refusal::oauth(OAuthError::InvalidDpopProof, e.to_string()),
             )
         })?;
 
@@ -368,7 +327,10 @@ impl Consultation {
             return Err(denied(
                 DenyReason::AccountInactive,
                 "account not active",
-                TokenRefusal::UnauthorizedClient,
+                Refusal::oauth(
+                    OAuthError::UnauthorizedClient,
+                    "the account this client acts for is not active",
+                ),
             ));
         }
 
@@ -387,7 +349,7 @@ impl Consultation {
             denied(
                 DenyReason::BadCredentials,
                 assertion_note(e),
-                TokenRefusal::InvalidClient(e.to_string()),
+                Refusal::oauth(OAuthError::InvalidClient, e.to_string()),
             )
         })?;
         let fresh = self
@@ -403,7 +365,7 @@ impl Consultation {
             denied(
                 DenyReason::SessionInvalid,
                 proof_note(e),
-                TokenRefusal::InvalidDpopProof(e.to_string()),
+                Refusal::oauth(OAuthError::InvalidDpopProof, e.to_string()),
             )
         })?;
 
@@ -420,7 +382,7 @@ impl Consultation {
             account: known,
             reason: DenyReason::InternalError,
             note: "token generation failed",
-            refusal: TokenRefusal::Unavailable(e.to_string()),
+            refusal: Refusal::Unavailable(e.to_string()),
         })?;
         let digest = *record.digest.as_bytes();
         self.auth
@@ -460,7 +422,7 @@ impl Consultation {
             account: known,
             reason: DenyReason::InternalError,
             note: "ledger",
-            refusal: TokenRefusal::Unavailable(e.to_string()),
+            refusal: e,
         })?;
 
         // 9. The answer.
@@ -470,7 +432,7 @@ impl Consultation {
     /// Ledgers a token refusal (under account 0 when no client was
     /// found), then hands back the refusal; `Unavailable` if even that
     /// leaf could not be appended.
-    async fn deny_token(&self, denied: Denied, now: DateTime<Utc>) -> TokenRefusal {
+    async fn deny_token(&self, denied: Denied, now: DateTime<Utc>) -> Refusal {
         let (account, organisation) = denied.account.unwrap_or((0, 0));
         let mut leaf = unauthenticated_leaf(
             account,
@@ -484,8 +446,8 @@ impl Consultation {
             // A failed ledger append after a failure is the same failure.
             Ok(_) => denied.refusal,
             Err(e) => match denied.refusal {
-                TokenRefusal::Unavailable(cause) => TokenRefusal::Unavailable(cause),
-                _ => TokenRefusal::Unavailable(e.to_string()),
+                cause @ Refusal::Unavailable(_) => cause,
+                _ => e,
             },
         }
     }
@@ -498,7 +460,7 @@ fn token_form<'a>(request: &TokenRequest<'a>) -> Result<(&'a str, Scope), Denied
         anonymous(
             DenyReason::InvalidRequest,
             note,
-            TokenRefusal::InvalidRequest(message.to_owned()),
+            Refusal::oauth(OAuthError::InvalidRequest, message.to_owned()),
         )
     };
     match request.grant_type {
@@ -508,7 +470,10 @@ fn token_form<'a>(request: &TokenRequest<'a>) -> Result<(&'a str, Scope), Denied
             return Err(anonymous(
                 DenyReason::InvalidRequest,
                 "unsupported grant_type",
-                TokenRefusal::UnsupportedGrantType,
+                Refusal::oauth(
+                    OAuthError::UnsupportedGrantType,
+                    "grant_type: only client_credentials is supported",
+                ),
             ));
         }
     }
@@ -517,10 +482,10 @@ fn token_form<'a>(request: &TokenRequest<'a>) -> Result<(&'a str, Scope), Denied
         return Err(anonymous(
             DenyReason::BadCredentials,
             "no client assertion",
-            TokenRefusal::InvalidClient(
+            Refusal::oauth(
+                OAuthError::InvalidClient,
                 "client_assertion: client authentication is required, with \
-                 client_assertion_type and client_assertion (private_key_jwt)"
-                    .into(),
+                 client_assertion_type and client_assertion (private_key_jwt)",
             ),
         ));
     };
@@ -528,7 +493,10 @@ fn token_form<'a>(request: &TokenRequest<'a>) -> Result<(&'a str, Scope), Denied
         return Err(anonymous(
             DenyReason::BadCredentials,
             "unsupported client_assertion_type",
-            TokenRefusal::InvalidClient(format!("client_assertion_type: must be {ASSERTION_TYPE}")),
+            Refusal::oauth(
+                OAuthError::InvalidClient,
+                format!("client_assertion_type: must be {ASSERTION_TYPE}"),
+            ),
         ));
     }
     let scope = match request.scope {
@@ -538,7 +506,10 @@ fn token_form<'a>(request: &TokenRequest<'a>) -> Result<(&'a str, Scope), Denied
             return Err(anonymous(
                 DenyReason::InvalidRequest,
                 "unsupported scope",
-                TokenRefusal::InvalidScope,
+                Refusal::oauth(
+                    OAuthError::InvalidScope,
+                    format!("scope: the only scope is {SCOPE_API}"),
+                ),
             ));
         }
     }
@@ -546,13 +517,13 @@ fn token_form<'a>(request: &TokenRequest<'a>) -> Result<(&'a str, Scope), Denied
         anonymous(
             DenyReason::InternalError,
             "scope",
-            TokenRefusal::Unavailable("scope: the built-in scope does not parse".into()),
+            Refusal::Unavailable("scope: the built-in scope does not parse".into()),
         )
     })?;
     Ok((assertion, scope))
 }
 
-fn anonymous(reason: DenyReason, note: &'static str, refusal: TokenRefusal) -> Denied {
+fn anonymous(reason: DenyReason, note: &'static str, refusal: Refusal) -> Denied {
     Denied {
         account: None,
         reason,
@@ -566,7 +537,7 @@ fn unavailable(account: Option<(i64, i64)>, stage: &'static str, e: &StorageErro
         account,
         reason: DenyReason::InternalError,
         note: stage,
-        refusal: TokenRefusal::Unavailable(format!("{stage}: {e}")),
+        refusal: Refusal::Unavailable(format!("{stage}: {e}")),
     }
 }
 
@@ -636,25 +607,33 @@ mod tests {
         }
     }
 
+    /// The OAuth code of a token refusal, if it is one.
+    fn code(r: &Refusal) -> Option<&'static str> {
+        match r {
+            Refusal::OAuth { error, .. } => Some(error.as_str()),
+            _ => None,
+        }
+    }
+
     #[test]
     fn refusals_have_their_oauth_codes() {
         let cases = [
-            (
-                TokenRefusal::InvalidRequest(String::new()),
-                "invalid_request",
-            ),
-            (TokenRefusal::UnsupportedGrantType, "unsupported_grant_type"),
-            (TokenRefusal::InvalidClient(String::new()), "invalid_client"),
-            (TokenRefusal::UnauthorizedClient, "unauthorized_client"),
-            (TokenRefusal::InvalidScope, "invalid_scope"),
-            (
-                TokenRefusal::InvalidDpopProof(String::new()),
-                "invalid_dpop_proof",
-            ),
+            (OAuthError::InvalidRequest, "invalid_request"),
+            (OAuthError::UnsupportedGrantType, "unsupported_grant_type"),
+            (OAuthError::InvalidClient, "invalid_client"),
+            (OAuthError::UnauthorizedClient, "unauthorized_client"),
+            (OAuthError::InvalidScope, "invalid_scope"),
+            (OAuthError::InvalidDpopProof, "invalid_dpop_proof"),
         ];
-        for (refusal, code) in cases {
-            assert_eq!(refusal.oauth_error(), code);
+        for (error, text) in cases {
+            assert_eq!(code(&Refusal::oauth(error, "x")), Some(text));
         }
+        // The description is the refusal's text, as the answer shows it.
+        let scope = Refusal::oauth(
+            OAuthError::InvalidScope,
+            format!("scope: the only scope is {SCOPE_API}"),
+        );
+        assert_eq!(scope.to_string(), "scope: the only scope is api");
     }
 
     #[test]
@@ -667,7 +646,7 @@ mod tests {
         };
         let (assertion, scope) = token_form(&good).map_err(|d| d.refusal).unwrap();
         assert_eq!((assertion, scope.as_str()), ("a.b.c", SCOPE_API));
-        let refused = |r: TokenRequest<'_>| token_form(&r).err().map(|d| d.refusal.oauth_error());
+        let refused = |r: TokenRequest<'_>| token_form(&r).err().and_then(|d| code(&d.refusal));
         assert_eq!(
             refused(TokenRequest {
                 grant_type: None,

@@ -25,7 +25,7 @@
 //! here: a callback URL an attacker got for their own identity and pushed
 //! into a victim's browser finds no ceremony begun by the victim's key.
 //!
-//! Every refusal reads the same to the page ([`LoginError::FederationRefused`]),
+//! Every refusal reads the same to the page ([`LoginFailure::Federation`]),
 //! whether the state was unknown or replayed, the key another one, the
 //! provider's answer refused (no multi-factor authentication included),
 //! the identity linked to no account or the account inactive: which one
@@ -52,8 +52,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::authenticate::ProofRequest;
-use crate::kernel::{Consultation, Refusal};
-use crate::session::{LoginAnswer, LoginError};
+use crate::kernel::{Consultation, LoginFailure, Refusal};
+use crate::session::LoginAnswer;
 
 /// The ceremony kind of a federated login waiting for the provider.
 const KIND_OIDC: &str = "oidc_login";
@@ -139,9 +139,9 @@ impl Consultation {
     pub async fn start_federated_login(
         &self,
         proof: ProofRequest<'_>,
-    ) -> Result<FederatedStart, LoginError> {
+    ) -> Result<FederatedStart, Refusal> {
         let (auth, web) = self.login_parts()?;
-        let federation = self.federation.as_ref().ok_or(LoginError::Disabled)?;
+        let federation = self.federation.as_ref().ok_or(Refusal::NotOffered)?;
         let now = self.now();
         let jkt = self.login_proof(web, proof, now).await?;
         let (url, pending) = federation.begin(SystemTime::from(now));
@@ -150,9 +150,9 @@ impl Consultation {
             jkt: jkt.to_string(),
             pending,
         })
-        .map_err(|e| LoginError::Unavailable(format!("ceremony: {e}")))?;
+        .map_err(|e| Refusal::Unavailable(format!("ceremony: {e}")))?;
         let max_age = Duration::from_std(PENDING_LOGIN_MAX_AGE)
-            .map_err(|e| LoginError::Unavailable(format!("ceremony: {e}")))?;
+            .map_err(|e| Refusal::Unavailable(format!("ceremony: {e}")))?;
         auth.put_ceremony(key, KIND_OIDC, &payload, now + max_age)
             .await
             .map_err(|e| self.login_unavailable(&e))?;
@@ -167,9 +167,9 @@ impl Consultation {
         &self,
         callback: FederatedCallback<'_>,
         proof: ProofRequest<'_>,
-    ) -> Result<LoginAnswer, LoginError> {
+    ) -> Result<LoginAnswer, Refusal> {
         let (auth, web) = self.login_parts()?;
-        let federation = self.federation.as_ref().ok_or(LoginError::Disabled)?;
+        let federation = self.federation.as_ref().ok_or(Refusal::NotOffered)?;
         let now = self.now();
 
         // 1. The device proof: the key that will hold the session.
@@ -202,7 +202,7 @@ impl Consultation {
                 .await;
         };
         let ceremony: FederationCeremony = serde_json::from_str(&payload).map_err(|_| {
-            LoginError::Unavailable(
+            Refusal::Unavailable(
                 "ceremony: a federated login's stored state is not readable".into(),
             )
         })?;
@@ -284,10 +284,10 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<LoginAnswer, LoginError> {
+    ) -> Result<LoginAnswer, Refusal> {
         self.login_leaf(account, LeafAction::LoginFailed, reason, note, now)
             .await?;
-        Err(LoginError::FederationRefused)
+        Err(Refusal::LoginFailed(LoginFailure::Federation))
     }
 
     /// Links the identity (`issuer`, `subject`) to `account_id`, by

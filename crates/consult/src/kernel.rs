@@ -5,7 +5,8 @@
 //!   clients, federation, clock, guard) and its accessors; [`Clock`], the
 //!   one source of "now" for every operation.
 //! - What every operation takes and answers: [`Presented`] (the
-//!   credential a request shows) and [`Refusal`].
+//!   credential a request shows) and [`Refusal`], the one refusal of
+//!   every public operation (with [`LoginFailure`] and [`OAuthError`]).
 //! - [`Ctx`], what a request is about, from which its ledger leaves are
 //!   made.
 //! - Stage 1 (authenticate the presented credential, ledgering a
@@ -27,6 +28,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rempart_auth::lockout::LoginRefusal;
 use rempart_auth::oidc::Federation;
 use rempart_domain::Purpose;
 use rempart_guard::Guard;
@@ -161,10 +163,109 @@ pub enum Refusal {
     /// refused until an officer lifts the freeze.
     #[error("this organisation's access is frozen")]
     OrganisationFrozen,
+    /// A login (password + TOTP, passkey, federated) or an activation's
+    /// first step was refused, or throttled. Why, as far as the person may
+    /// be told: never whether the account exists (the ledger says which
+    /// check failed).
+    #[error("{0}")]
+    LoginFailed(LoginFailure),
+    /// A login's or an activation's ceremony, or the device proof that
+    /// must come with it, is missing, stale, used or foreign: the page
+    /// must start again.
+    #[error("the request expired or is not valid: start again")]
+    Restart,
+    /// This server does not offer the operation: browser login (and with
+    /// it activation) or federated login is not configured.
+    #[error("this server does not offer this operation")]
+    NotOffered,
+    /// The token endpoint refused the request, as RFC 6749 §5.2 and RFC
+    /// 9449 §5 name it. The description names the parameter or claim and
+    /// the rule, never a value; a failure on our side is `Unavailable`.
+    #[error("{description}")]
+    OAuth {
+        error: OAuthError,
+        description: String,
+    },
     /// Something failed; nothing was released. The text is for operators
     /// (it names the failing stage, never a personal value).
     #[error("service unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why a login was refused ([`Refusal::LoginFailed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Password + TOTP, or an activation code: the lockout's verdict,
+    /// one for every credential failure, or a throttling one.
+    Credentials(LoginRefusal),
+    /// The passkey could not be verified (unknown, wrong, inactive
+    /// account).
+    Passkey,
+    /// A federated login was refused: unknown, used or expired state,
+    /// another device key, the provider's answer refused (no multi-factor
+    /// authentication included), no account linked to the identity, or an
+    /// inactive account.
+    Federation,
+}
+
+impl LoginFailure {
+    /// Whether this is a throttling refusal (too many attempts).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, LoginFailure::Credentials(r) if r.is_throttled())
+    }
+
+    /// Seconds until another attempt may succeed, when there is a known
+    /// end.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            LoginFailure::Credentials(r) => r.retry_after_secs(),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LoginFailure {
+    // For operators and the command line; pages say it in French.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoginFailure::Credentials(r) if r.is_throttled() => "too many login attempts",
+            LoginFailure::Credentials(_) => "login refused: wrong or unknown credentials",
+            LoginFailure::Passkey => "the passkey could not be verified",
+            LoginFailure::Federation => "the federated login was refused",
+        })
+    }
+}
+
+/// The token endpoint's refusals ([`Refusal::OAuth`]), by their OAuth
+/// `error` code (RFC 6749 §5.2, RFC 9449 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthError {
+    /// A parameter is missing, repeated or malformed.
+    InvalidRequest,
+    /// `grant_type` is not `client_credentials`.
+    UnsupportedGrantType,
+    /// Client authentication failed.
+    InvalidClient,
+    /// The client authenticated but its account is not active.
+    UnauthorizedClient,
+    /// `scope` asks for something this server does not grant.
+    InvalidScope,
+    /// The DPoP proof is missing or refused.
+    InvalidDpopProof,
+}
+
+impl OAuthError {
+    /// The `error` member of the answer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest => "invalid_request",
+            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthError::InvalidClient => "invalid_client",
+            OAuthError::UnauthorizedClient => "unauthorized_client",
+            OAuthError::InvalidScope => "invalid_scope",
+            OAuthError::InvalidDpopProof => "invalid_dpop_proof",
+        }
+    }
 }
 
 impl Refusal {
@@ -175,6 +276,14 @@ impl Refusal {
         match e.refused() {
             Some((field, reason)) => Refusal::Invalid { field, reason },
             None => Refusal::Unavailable(format!("{stage}: {e}")),
+        }
+    }
+
+    /// A token-endpoint refusal with its description.
+    pub(crate) fn oauth(error: OAuthError, description: impl Into<String>) -> Self {
+        Refusal::OAuth {
+            error,
+            description: description.into(),
         }
     }
 

@@ -69,10 +69,10 @@ pub use accounts::{
 pub use admin::{Grant, Granted, MAX_LIFT_REASON_BYTES, OrganisationEntry, Organisations};
 pub use authenticate::{BadCredential, Caller, IssuedCredential, ProofRequest, Via};
 pub use authorize::{MAX_REASON_BYTES, MIN_REASON_CHARS};
-pub use clients::{ClientConfigError, ClientSettings, TOKEN_PATH, TokenRefusal, TokenRequest};
+pub use clients::{ClientConfigError, ClientSettings, TOKEN_PATH, TokenRequest};
 pub use federation::{FederatedCallback, FederatedStart};
-pub use kernel::{AccountState, Clock, Consultation, Presented, Refusal};
-pub use login::{LoginAnswer, LoginError, LoginSettings, PasswordForm, Started};
+pub use kernel::{AccountState, Clock, Consultation, LoginFailure, OAuthError, Presented, Refusal};
+pub use login::{LoginAnswer, LoginSettings, PasswordForm, Started};
 pub use purge::{PurgeConfigError, PurgeSettings};
 pub use reads::{BreakGlass, CaseloadPage, MAX_PAGE, NirShown, SearchBy, SearchResults, Shown};
 pub use views::{

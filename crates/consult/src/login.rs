@@ -94,13 +94,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::authenticate::{self, ProofRequest, Via};
-use crate::kernel::{Consultation, Ctx, Presented, Refusal};
+use crate::kernel::{Consultation, Ctx, LoginFailure, Presented, Refusal};
 use crate::session::Opening;
 use crate::settings::Web;
 use crate::throttle::{self, Counter, ThrottleError};
 
 pub use crate::secrets::{TotpSealError, open_totp_secret, seal_totp_secret};
-pub use crate::session::{DEVICE_TRUST_DAYS, LoginAnswer, LoginError};
+pub use crate::session::{DEVICE_TRUST_DAYS, LoginAnswer};
 pub use crate::settings::{LOGIN_REPLAY_CAPACITY, LoginConfigError, LoginSettings};
 
 /// How long a login, registration or step-up ceremony stays usable.
@@ -168,7 +168,7 @@ impl Consultation {
         &self,
         kind: LoginKind,
         proof: ProofRequest<'_>,
-    ) -> Result<Started, LoginError> {
+    ) -> Result<Started, Refusal> {
         let (auth, web) = self.login_parts()?;
         let now = self.now();
         let jkt = self.login_proof(web, proof, now).await?;
@@ -178,9 +178,9 @@ impl Consultation {
                 let (options, state) = web
                     .passkeys
                     .start_discoverable_authentication(SystemTime::from(now))
-                    .map_err(|e| LoginError::Unavailable(format!("passkey: {e}")))?;
+                    .map_err(|e| Refusal::Unavailable(format!("passkey: {e}")))?;
                 let options = serde_json::to_value(&options)
-                    .map_err(|e| LoginError::Unavailable(format!("passkey options: {e}")))?;
+                    .map_err(|e| Refusal::Unavailable(format!("passkey options: {e}")))?;
                 (KIND_PASSKEY, Some(state), Some(options))
             }
         };
@@ -192,7 +192,7 @@ impl Consultation {
         };
         let ceremony = put_ceremony(auth.as_ref(), store_kind, &state, now)
             .await
-            .map_err(|e| LoginError::Unavailable(format!("ceremony: {e}")))?;
+            .map_err(|e| Refusal::Unavailable(format!("ceremony: {e}")))?;
         Ok(Started { ceremony, options })
     }
 
@@ -203,7 +203,7 @@ impl Consultation {
         form: PasswordForm<'_>,
         proof: ProofRequest<'_>,
         addr: IpAddr,
-    ) -> Result<LoginAnswer, LoginError> {
+    ) -> Result<LoginAnswer, Refusal> {
         let (auth, web) = self.login_parts()?;
         let now = self.now();
         let now_unix = u64::try_from(now.timestamp()).unwrap_or(0);
@@ -213,7 +213,7 @@ impl Consultation {
             ("code", form.code),
         ] {
             if value.len() > MAX_FIELD {
-                return Err(LoginError::Invalid { field });
+                return Err(Refusal::invalid(field, "is too long"));
             }
         }
 
@@ -291,7 +291,9 @@ impl Consultation {
                     now,
                 )
                 .await?;
-                return Err(LoginError::Refused(LoginRefusal::from(delay)));
+                return Err(Refusal::LoginFailed(LoginFailure::Credentials(
+                    LoginRefusal::from(delay),
+                )));
             }
         };
 
@@ -373,10 +375,12 @@ impl Consultation {
                     .await?;
             }
             self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last));
-            return Err(LoginError::Refused(refusal));
+            return Err(Refusal::LoginFailed(LoginFailure::Credentials(refusal)));
         }
         let Some(account) = known else {
-            return Err(LoginError::Refused(LoginRefusal::UnknownAccount));
+            return Err(Refusal::LoginFailed(LoginFailure::Credentials(
+                LoginRefusal::UnknownAccount,
+            )));
         };
 
         // 6. Success: the counter starts again (unless a lock came into
@@ -394,7 +398,9 @@ impl Consultation {
                 now,
             )
             .await?;
-            return Err(LoginError::Refused(LoginRefusal::from(delay)));
+            return Err(Refusal::LoginFailed(LoginFailure::Credentials(
+                LoginRefusal::from(delay),
+            )));
         }
         if let Some(old) = &hash
             && web.hasher.needs_rehash(old)
@@ -434,7 +440,7 @@ impl Consultation {
         credential_json: &str,
         proof: ProofRequest<'_>,
         device: Option<&str>,
-    ) -> Result<LoginAnswer, LoginError> {
+    ) -> Result<LoginAnswer, Refusal> {
         let (auth, web) = self.login_parts()?;
         let now = self.now();
         let jkt = self.login_proof(web, proof, now).await?;
@@ -442,7 +448,7 @@ impl Consultation {
             .take_login_ceremony(auth.as_ref(), ceremony, KIND_PASSKEY, &jkt, now)
             .await?;
         let Some(authentication) = state.authentication else {
-            return Err(LoginError::Restart);
+            return Err(Refusal::Restart);
         };
         let failed = |note: String, account: Option<AccountRecord>| async move {
             self.login_leaf(
@@ -453,7 +459,7 @@ impl Consultation {
                 now,
             )
             .await?;
-            Err::<LoginAnswer, LoginError>(LoginError::PasskeyRefused)
+            Err::<LoginAnswer, Refusal>(Refusal::LoginFailed(LoginFailure::Passkey))
         };
         let Ok(credential_id) = credential_id_of(credential_json) else {
             return failed("passkey: malformed answer".into(), None).await;
@@ -470,7 +476,8 @@ impl Consultation {
             .account_by_id(row.account_id)
             .await
             .map_err(|e| self.login_unavailable(&e))?;
-        let stored = parse_passkey(&row)?;
+        let stored =
+            parse_passkey(&row).map_err(|e| Refusal::Unavailable(format!("passkey: {e}")))?;
         let checked = web.passkeys.finish_authentication(
             &authentication,
             credential_json,
@@ -689,7 +696,7 @@ impl Consultation {
         let stored = self
             .store_passkey(auth.as_ref(), &done.updated, now)
             .await
-            .map_err(|e| e.message_fr());
+            .map_err(|e| e.to_string());
         self.fail_on(&ctx, None, "passkey", stored).await?;
         let Via::Session { id_digest, .. } = &caller.via else {
             return Err(self.refuse_ceremony(&ctx).await);
@@ -739,7 +746,7 @@ impl Consultation {
         kind: &str,
         jkt: &Jkt,
         now: DateTime<Utc>,
-    ) -> Result<CeremonyState, LoginError> {
+    ) -> Result<CeremonyState, Refusal> {
         let state = take_ceremony(auth, ceremony, kind, now)
             .await
             .map_err(|e| self.login_unavailable(&e))?;
@@ -754,7 +761,7 @@ impl Consultation {
                     now,
                 )
                 .await?;
-                Err(LoginError::Restart)
+                Err(Refusal::Restart)
             }
         }
     }
@@ -766,7 +773,7 @@ impl Consultation {
         account_id: i64,
         code: &str,
         now_unix: u64,
-    ) -> Result<Option<u64>, LoginError> {
+    ) -> Result<Option<u64>, Refusal> {
         let Some(row) = auth
             .totp(account_id)
             .await
@@ -775,7 +782,7 @@ impl Consultation {
             return Ok(None);
         };
         let secret = open_totp_secret(&self.vault, account_id, &row.sealed_secret)
-            .map_err(|e| LoginError::Unavailable(format!("totp: {e}")))?;
+            .map_err(|e| Refusal::Unavailable(format!("totp: {e}")))?;
         let Ok(code) = TotpCode::parse(code.trim()) else {
             return Ok(None);
         };
@@ -784,10 +791,10 @@ impl Consultation {
 
     /// A throttle that cannot be read or stored: the attempt is refused
     /// (the cause goes to the log, never to the page).
-    pub(crate) fn throttle_unavailable(&self, e: &ThrottleError) -> LoginError {
+    pub(crate) fn throttle_unavailable(&self, e: &ThrottleError) -> Refusal {
         match e {
             ThrottleError::Store(e) => self.login_unavailable(e),
-            ThrottleError::Unreadable => LoginError::Unavailable(e.to_string()),
+            ThrottleError::Unreadable => Refusal::Unavailable(e.to_string()),
         }
     }
 
@@ -796,9 +803,9 @@ impl Consultation {
         auth: &dyn AuthStore,
         updated: &StoredPasskey,
         now: DateTime<Utc>,
-    ) -> Result<(), LoginError> {
+    ) -> Result<(), Refusal> {
         let data = serde_json::to_string(updated)
-            .map_err(|e| LoginError::Unavailable(format!("passkey: {e}")))?;
+            .map_err(|e| Refusal::Unavailable(format!("passkey: {e}")))?;
         auth.update_passkey(updated.credential_id().as_bytes(), &data, now)
             .await
             .map_err(|e| self.login_unavailable(&e))
@@ -890,7 +897,7 @@ impl Consultation {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let parsed = parse_passkey(row).map_err(|e| e.message_fr());
+            let parsed = parse_passkey(row);
             out.push(self.fail_on(ctx, None, "passkeys", parsed).await?);
         }
         Ok(out)
@@ -941,15 +948,13 @@ impl Consultation {
     }
 }
 
-fn parse_passkey(row: &StoredPasskeyRow) -> Result<StoredPasskey, LoginError> {
-    let passkey: StoredPasskey = serde_json::from_str(&row.data)
-        .map_err(|_| LoginError::Unavailable("passkey: stored passkey is not readable".into()))?;
+fn parse_passkey(row: &StoredPasskeyRow) -> Result<StoredPasskey, &'static str> {
+    let passkey: StoredPasskey =
+        serde_json::from_str(&row.data).map_err(|_| "stored passkey is not readable")?;
     if passkey.account_id().get() != row.account_id
         || passkey.credential_id().as_bytes() != row.credential_id.as_slice()
     {
-        return Err(LoginError::Unavailable(
-            "passkey: stored passkey disagrees with its row".into(),
-        ));
+        return Err("stored passkey disagrees with its row");
     }
     Ok(passkey)
 }
@@ -1189,16 +1194,16 @@ mod tests {
     }
 
     #[test]
-    fn login_errors_never_tell_which_credential_failed() {
+    fn login_refusals_never_tell_which_credential_failed() {
         let same = [
-            LoginError::Refused(LoginRefusal::UnknownAccount),
-            LoginError::Refused(LoginRefusal::WrongPassword),
-            LoginError::Refused(LoginRefusal::WrongCode),
-            LoginError::Refused(LoginRefusal::AccountUnavailable),
-            LoginError::Invalid { field: "login" },
-        ];
+            LoginRefusal::UnknownAccount,
+            LoginRefusal::WrongPassword,
+            LoginRefusal::WrongCode,
+            LoginRefusal::AccountUnavailable,
+        ]
+        .map(|r| Refusal::LoginFailed(LoginFailure::Credentials(r)));
         for e in &same {
-            assert_eq!(e.message_fr(), same[0].message_fr());
+            assert_eq!(e.to_string(), same[0].to_string());
         }
     }
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rempart_auth::dpop::{DpopProof, Expected};
 use rempart_auth::jose::{AlgSet, Jkt};
-use rempart_auth::lockout::LoginRefusal;
 use rempart_ledger::{
     Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
 };
@@ -22,7 +21,7 @@ use rempart_storage::{AccountRecord, AuthStore, StorageError, StoredSession};
 use zeroize::Zeroizing;
 
 use crate::authenticate::{self, Caller, ProofRequest, Via};
-use crate::kernel::{Consultation, Ctx, unauthenticated_leaf};
+use crate::kernel::{Consultation, Ctx, Refusal, unauthenticated_leaf};
 use crate::settings::{Web, locked};
 use crate::throttle;
 use crate::views::AccountView;
@@ -85,64 +84,19 @@ impl std::fmt::Debug for LoginAnswer {
     }
 }
 
-/// Why a login did not open a session. [`Self::message_fr`] is what the
-/// page shows; it never says whether an account exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginError {
-    /// Password login refused (one message for every credential failure)
-    /// or throttled.
-    Refused(LoginRefusal),
-    /// The passkey could not be verified (unknown, wrong, inactive account).
-    PasskeyRefused,
-    /// The device proof or the ceremony is missing, stale, used or
-    /// foreign: the page must start again.
-    Restart,
-    /// A field is too long to be anything real.
-    Invalid { field: &'static str },
-    /// Browser login is not configured on this server.
-    Disabled,
-    /// A federated login was refused: unknown, used or expired state,
-    /// another device key, the provider's answer refused (no multi-factor
-    /// authentication included), no account linked to the identity, or an
-    /// inactive account. One message for all; the ledger says which.
-    FederationRefused,
-    /// Something failed; no session was opened. For operators.
-    Unavailable(String),
-}
-
-impl LoginError {
-    /// The French message for the page.
-    pub fn message_fr(&self) -> String {
-        match self {
-            LoginError::Refused(r) => r.message_fr(),
-            LoginError::PasskeyRefused => "La clé d'accès n'a pas pu être vérifiée.".to_owned(),
-            LoginError::Restart => {
-                "La demande a expiré ou n'est pas valable. Rechargez la page et recommencez."
-                    .to_owned()
-            }
-            LoginError::Invalid { .. } => rempart_auth::lockout::INVALID_CREDENTIALS_FR.to_owned(),
-            LoginError::Disabled => "La connexion n'est pas disponible sur ce serveur.".to_owned(),
-            LoginError::FederationRefused => {
-                "La connexion par ProConnect n'a pas abouti. Recommencez depuis la page de connexion."
-                    .to_owned()
-            }
-            LoginError::Unavailable(_) => {
-                "Le service ne peut pas répondre pour le moment. Réessayez plus tard.".to_owned()
-            }
-        }
-    }
-}
-
 impl Consultation {
-    pub(crate) fn login_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), LoginError> {
+    /// The store and browser-login parts, or [`Refusal::NotOffered`]
+    /// when browser login is not configured.
+    pub(crate) fn login_parts(&self) -> Result<(&Arc<dyn AuthStore>, &Arc<Web>), Refusal> {
         match &self.web {
             Some(web) => Ok((&self.auth, web)),
-            None => Err(LoginError::Disabled),
+            None => Err(Refusal::NotOffered),
         }
     }
 
-    pub(crate) fn login_unavailable(&self, e: &StorageError) -> LoginError {
-        LoginError::Unavailable(format!("login: {e}"))
+    /// A login's store failure: no session is opened.
+    pub(crate) fn login_unavailable(&self, e: &StorageError) -> Refusal {
+        Refusal::Unavailable(format!("login: {e}"))
     }
 
     /// Verifies a login request's device proof (not yet bound: the key is
@@ -152,12 +106,10 @@ impl Consultation {
         web: &Web,
         proof: ProofRequest<'_>,
         now: DateTime<Utc>,
-    ) -> Result<Jkt, LoginError> {
+    ) -> Result<Jkt, Refusal> {
         match verify_login_proof(web, proof, now) {
             Ok(jkt) => Ok(jkt),
-            Err(Some(e)) if e.is_unavailable() => {
-                Err(LoginError::Unavailable(format!("login: {e}")))
-            }
+            Err(Some(e)) if e.is_unavailable() => Err(Refusal::Unavailable(format!("login: {e}"))),
             Err(_) => {
                 self.login_leaf(
                     None,
@@ -167,7 +119,7 @@ impl Consultation {
                     now,
                 )
                 .await?;
-                Err(LoginError::Restart)
+                Err(Refusal::Restart)
             }
         }
     }
@@ -181,7 +133,7 @@ impl Consultation {
         jkt: &Jkt,
         opening: Opening<'_>,
         now: DateTime<Utc>,
-    ) -> Result<LoginAnswer, LoginError> {
+    ) -> Result<LoginAnswer, Refusal> {
         let method = opening.method;
         let lifecycle = auth
             .lifecycle(account.account_id)
@@ -242,7 +194,7 @@ impl Consultation {
         if let Err(refusal) = self.record(leaf).await {
             // Nothing unrecorded may stay open.
             let _ = auth.end_session(new.id_digest, now, "ledger").await;
-            return Err(LoginError::Unavailable(refusal.to_string()));
+            return Err(refusal);
         }
         // The browser is trusted from now on (after the leaf: nothing
         // unrecorded). A failure here costs the trust, not the login.
@@ -283,7 +235,7 @@ impl Consultation {
         device: Option<&str>,
         method: &'a str,
         now: DateTime<Utc>,
-    ) -> Result<Opening<'a>, LoginError> {
+    ) -> Result<Opening<'a>, Refusal> {
         let replaces = match device.and_then(authenticate::device_token_digest) {
             Some(digest) => auth
                 .login_device_throttle(&digest, account.account_id, now)
@@ -313,7 +265,7 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<u64, LoginError> {
+    ) -> Result<u64, Refusal> {
         let mut leaf: AuditLeaf = unauthenticated_leaf(
             account.map_or(0, |a| a.account_id),
             account.map_or(0, |a| a.organisation_id),
@@ -322,9 +274,7 @@ impl Consultation {
             now,
         );
         leaf.note = Some(note.to_owned());
-        self.record(leaf)
-            .await
-            .map_err(|r| LoginError::Unavailable(r.to_string()))
+        self.record(leaf).await
     }
 }
 

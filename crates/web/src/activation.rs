@@ -22,7 +22,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use rempart_consult::activation::{ActivationError, ActivationForm, Enrolment, FactorsForm};
+use rempart_consult::Refusal;
+use rempart_consult::activation::{ActivationForm, ActivationStep, Enrolment, FactorsForm};
 use zeroize::Zeroizing;
 
 use crate::AppState;
@@ -131,23 +132,11 @@ fn done() -> Response {
     h.into_response(StatusCode::OK)
 }
 
-fn failed(e: ActivationError) -> Response {
-    let text = e.messages_fr();
-    match e {
-        ActivationError::Refused(r) if r.is_throttled() => {
-            step_one(StatusCode::TOO_MANY_REQUESTS, &text)
-        }
-        ActivationError::Refused(_) => step_one(StatusCode::UNAUTHORIZED, &text),
-        ActivationError::Retry { enrolment, .. } => {
-            step_two(StatusCode::UNPROCESSABLE_ENTITY, &enrolment, &text)
-        }
-        ActivationError::Restart => step_one(StatusCode::BAD_REQUEST, &text),
-        ActivationError::Disabled => step_one(StatusCode::NOT_FOUND, &text),
-        ActivationError::Unavailable(cause) => {
-            tracing::error!(%cause, "activation failed closed");
-            step_one(StatusCode::SERVICE_UNAVAILABLE, &text)
-        }
-    }
+/// A refused step: step 1 again, with the status and messages decided in
+/// `refusal.rs`.
+fn failed(r: &Refusal) -> Response {
+    let (status, text) = crate::refusal::activation(r);
+    step_one(status, &text)
 }
 
 async fn code_page() -> Response {
@@ -167,7 +156,7 @@ async fn check_code(
     // The peer address, as for password logins (no X-Forwarded-For).
     match state.consultation.start_activation(form, peer.ip()).await {
         Ok(enrolment) => step_two(StatusCode::OK, &enrolment, &[]),
-        Err(e) => failed(e),
+        Err(r) => failed(&r),
     }
 }
 
@@ -180,7 +169,12 @@ async fn set_factors(State(state): State<AppState>, body: Bytes) -> Response {
         totp_code: &f[3],
     };
     match state.consultation.finish_activation(form).await {
-        Ok(_) => done(),
-        Err(e) => failed(e),
+        Ok(ActivationStep::Done(_)) => done(),
+        // Not a refusal: step 2 again with the same secret and the reasons.
+        Ok(ActivationStep::Retry {
+            enrolment,
+            messages,
+        }) => step_two(StatusCode::UNPROCESSABLE_ENTITY, &enrolment, &messages),
+        Err(r) => failed(&r),
     }
 }

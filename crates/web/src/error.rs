@@ -1,10 +1,11 @@
 //! One error shape everywhere: `{"error": {"code", "message", "field"}}`
-//! (the token endpoint excepted: it speaks OAuth, see `token.rs`).
+//! (the token endpoint excepted: it speaks OAuth, see `token.rs`). A
+//! consultation's `Refusal` becomes an [`ApiError`] in `refusal.rs`, where
+//! every surface's mapping is decided.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rempart_consult::Refusal;
 use serde::Serialize;
 
 /// An error as the client sees it.
@@ -64,54 +65,6 @@ impl ApiError {
 
     pub fn not_found_route() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Unauthenticated => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", r.to_string())
-            }
-            Refusal::TokenRejected { oauth_error } => ApiError {
-                dpop_error: Some(oauth_error),
-                ..ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", r.to_string())
-            },
-            Refusal::AccountInactive => {
-                ApiError::new(StatusCode::FORBIDDEN, "account_inactive", r.to_string())
-            }
-            Refusal::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", r.to_string()),
-            Refusal::Forbidden => ApiError::new(StatusCode::FORBIDDEN, "forbidden", r.to_string()),
-            Refusal::Invalid { field, reason } => ApiError::invalid(field, reason),
-            Refusal::StepUpRequired => {
-                ApiError::new(StatusCode::FORBIDDEN, "step_up_required", r.to_string())
-            }
-            Refusal::BrowserSessionRequired => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "browser_session_required",
-                r.to_string(),
-            ),
-            Refusal::Throttled { retry_after_secs } => ApiError {
-                retry_after: Some(retry_after_secs),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", r.to_string())
-            },
-            Refusal::AccountSuspended => {
-                ApiError::new(StatusCode::FORBIDDEN, "account_suspended", r.to_string())
-            }
-            Refusal::OrganisationFrozen => {
-                ApiError::new(StatusCode::FORBIDDEN, "organisation_frozen", r.to_string())
-            }
-            Refusal::Unavailable(cause) => {
-                // The cause is for operators; the client learns only that
-                // nothing was released.
-                tracing::error!(%cause, "request failed closed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the service cannot answer right now; nothing was released",
-                )
-            }
-        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! Handlers only translate: they parse the request into typed values (a
 //! bad value is a 400 naming the field, never an echo of the value), call
 //! one operation of [`rempart_consult::Consultation`], and turn its answer
-//! or [`rempart_consult::Refusal`] into JSON. Every rule about who may see
-//! what lives in the consultation path, not here.
+//! or [`rempart_consult::Refusal`] into JSON or a page; a refusal's status
+//! is decided once, in `refusal.rs`, for every surface. Every rule about
+//! who may see what lives in the consultation path, not here.
 //!
 //! Limits: body size, URI length, total header size and request time
 //! ([`Limits`]), checked at the edge before any handler runs, for every
@@ -25,6 +26,7 @@ mod conn;
 mod error;
 mod html;
 pub mod pages;
+mod refusal;
 mod request;
 mod token;
 
@@ -109,7 +111,7 @@ async fn guard_rails(State(state): State<AppState>, request: Request, next: Next
         Err(refused) => refused.into_response_for(token),
         Ok(request) => match tokio::time::timeout_at(deadline, next.run(request)).await {
             Ok(response) => response,
-            Err(_) if token => crate::token::oauth_error(
+            Err(_) if token => crate::refusal::oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the request took too long; no token was issued",
@@ -143,7 +145,7 @@ struct Refused(ApiError);
 impl Refused {
     fn into_response_for(self, token_endpoint: bool) -> Response {
         if token_endpoint {
-            crate::token::oauth_error(self.0.status, "invalid_request", &self.0.message)
+            crate::refusal::oauth_error(self.0.status, "invalid_request", &self.0.message)
         } else {
             self.0.into_response()
         }

@@ -42,13 +42,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rempart_consult::login::LoginKind;
 use rempart_consult::{
-    LoginAnswer, LoginError, NirShown, PasswordForm, Presented, ProofRequest, Refusal, Shown,
+    LoginAnswer, LoginFailure, NirShown, PasswordForm, Presented, ProofRequest, Refusal, Shown,
 };
 use rempart_domain::{FieldGroup, Purpose};
 use serde::Deserialize;
 
 use crate::AppState;
 use crate::html::{Html, page_end, page_start};
+use crate::refusal::{self, LOGIN_UNAVAILABLE_FR, message};
 
 /// The session cookie's name. `__Host-` makes the browser refuse it unless
 /// it is `Secure`, has `Path=/` and no `Domain` (no subdomain can set it).
@@ -240,35 +241,6 @@ fn query_value(raw: Option<&str>, name: &str) -> Option<String> {
 // Answers
 // -------------------------------------------------------------------------
 
-/// A JSON answer `{"message": …}` for the page's script.
-fn message(status: StatusCode, text: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "message": text }))).into_response()
-}
-
-fn login_failed(e: LoginError) -> Response {
-    let text = e.message_fr();
-    match &e {
-        LoginError::Refused(r) if r.is_throttled() => {
-            let mut response = message(StatusCode::TOO_MANY_REQUESTS, &text);
-            if let Some(secs) = r.retry_after_secs()
-                && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-            {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            response
-        }
-        LoginError::Refused(_) | LoginError::PasskeyRefused | LoginError::FederationRefused => {
-            message(StatusCode::UNAUTHORIZED, &text)
-        }
-        LoginError::Restart | LoginError::Invalid { .. } => message(StatusCode::BAD_REQUEST, &text),
-        LoginError::Disabled => message(StatusCode::NOT_FOUND, &text),
-        LoginError::Unavailable(cause) => {
-            tracing::error!(%cause, "login failed closed");
-            message(StatusCode::SERVICE_UNAVAILABLE, &text)
-        }
-    }
-}
-
 /// Sets the session cookie and tells the page where to go and its handle.
 fn logged_in(answer: LoginAnswer) -> Response {
     let cookie = format!(
@@ -300,10 +272,7 @@ fn logged_in(answer: LoginAnswer) -> Response {
             response.headers_mut().append(header::SET_COOKIE, d);
             response
         }
-        _ => message(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &LoginError::Unavailable(String::new()).message_fr(),
-        ),
+        _ => message(StatusCode::SERVICE_UNAVAILABLE, LOGIN_UNAVAILABLE_FR),
     }
 }
 
@@ -314,72 +283,6 @@ fn clear_cookie(response: &mut Response) {
             "__Host-rempart_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
         ),
     );
-}
-
-/// A refusal as the page's script sees it (status and French message).
-fn refusal_status(r: &Refusal) -> (StatusCode, &'static str) {
-    match r {
-        // Pages never present a token; the same answer if one ever does.
-        Refusal::Unauthenticated | Refusal::TokenRejected { .. } => (
-            StatusCode::UNAUTHORIZED,
-            "Votre session a expiré ou n'est pas valable sur cet appareil. Reconnectez-vous.",
-        ),
-        Refusal::AccountInactive => (StatusCode::FORBIDDEN, "Ce compte n'est pas actif."),
-        Refusal::NotFound => (
-            StatusCode::NOT_FOUND,
-            "Aucun dossier visible pour vous ne correspond à cette demande.",
-        ),
-        Refusal::Forbidden => (
-            StatusCode::FORBIDDEN,
-            "Votre compte ne permet pas cette action.",
-        ),
-        Refusal::Invalid { .. } => (StatusCode::BAD_REQUEST, "La demande n'est pas valable."),
-        Refusal::StepUpRequired => (
-            StatusCode::FORBIDDEN,
-            "Cette action demande une confirmation avec votre clé d'accès \
-             (sans clé d'accès : reconnectez-vous).",
-        ),
-        Refusal::BrowserSessionRequired => (
-            StatusCode::FORBIDDEN,
-            "Le bris de glace se fait depuis le portail, après confirmation avec votre clé d'accès.",
-        ),
-        Refusal::Throttled { .. } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "Trop de consultations : réessayez plus tard.",
-        ),
-        Refusal::AccountSuspended => (
-            StatusCode::FORBIDDEN,
-            "Ce compte est suspendu ; un responsable doit le réactiver.",
-        ),
-        Refusal::OrganisationFrozen => (
-            StatusCode::FORBIDDEN,
-            "Les accès de votre organisation sont gelés.",
-        ),
-        Refusal::Unavailable(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Le service ne peut pas répondre pour le moment ; rien n'a été communiqué.",
-        ),
-    }
-}
-
-fn refused_json(r: Refusal) -> Response {
-    if let Refusal::Unavailable(cause) = &r {
-        tracing::error!(%cause, "request failed closed");
-    }
-    let (status, text) = refusal_status(&r);
-    message(status, text)
-}
-
-fn refused_fragment(r: Refusal) -> Response {
-    if let Refusal::Unavailable(cause) = &r {
-        tracing::error!(%cause, "request failed closed");
-    }
-    let (status, text) = refusal_status(&r);
-    let mut h = Html::new();
-    h.raw("<p class=\"erreur\" role=\"alert\">")
-        .text(text)
-        .raw("</p>");
-    h.into_response(status)
 }
 
 // -------------------------------------------------------------------------
@@ -495,15 +398,15 @@ async fn start_login(
     body: Bytes,
 ) -> Response {
     let Ok(body) = serde_json::from_slice::<StartBody>(&body) else {
-        return login_failed(LoginError::Restart);
+        return refusal::login(Refusal::Restart);
     };
     let kind = match body.kind.as_str() {
         "password" => LoginKind::Password,
         "passkey" => LoginKind::Passkey,
-        _ => return login_failed(LoginError::Restart),
+        _ => return refusal::login(Refusal::Restart),
     };
     let Some(url) = public_url(&state, "/connexion/defi") else {
-        return login_failed(LoginError::Disabled);
+        return refusal::login(Refusal::NotOffered);
     };
     let proof = proof_request(&headers, &method, &url);
     match state.consultation.start_login(kind, proof).await {
@@ -512,7 +415,7 @@ async fn start_login(
             "options": started.options,
         }))
         .into_response(),
-        Err(e) => login_failed(e),
+        Err(e) => refusal::login(e),
     }
 }
 
@@ -533,10 +436,10 @@ async fn password_login(
     body: Bytes,
 ) -> Response {
     let Ok(body) = serde_json::from_slice::<PasswordBody>(&body) else {
-        return login_failed(LoginError::Restart);
+        return refusal::login(Refusal::Restart);
     };
     let Some(url) = public_url(&state, "/connexion/mot-de-passe") else {
-        return login_failed(LoginError::Disabled);
+        return refusal::login(Refusal::NotOffered);
     };
     let form = PasswordForm {
         ceremony: &body.ceremony,
@@ -554,7 +457,7 @@ async fn password_login(
         .await
     {
         Ok(answer) => logged_in(answer),
-        Err(e) => login_failed(e),
+        Err(e) => refusal::login(e),
     }
 }
 
@@ -566,13 +469,13 @@ async fn passkey_login(
     body: Bytes,
 ) -> Response {
     let Some(ceremony) = query_value(raw.as_deref(), "ceremonie") else {
-        return login_failed(LoginError::Restart);
+        return refusal::login(Refusal::Restart);
     };
     let Ok(json) = std::str::from_utf8(&body) else {
-        return login_failed(LoginError::PasskeyRefused);
+        return refusal::login(Refusal::LoginFailed(LoginFailure::Passkey));
     };
     let Some(url) = public_url(&state, "/connexion/cle") else {
-        return login_failed(LoginError::Disabled);
+        return refusal::login(Refusal::NotOffered);
     };
     let proof = proof_request(&headers, &method, &url);
     match state
@@ -586,7 +489,7 @@ async fn passkey_login(
         .await
     {
         Ok(answer) => logged_in(answer),
-        Err(e) => login_failed(e),
+        Err(e) => refusal::login(e),
     }
 }
 
@@ -598,14 +501,14 @@ async fn start_federated_login(
     headers: HeaderMap,
 ) -> Response {
     let Some(url) = public_url(&state, "/connexion/federation/debut") else {
-        return login_failed(LoginError::Disabled);
+        return refusal::login(Refusal::NotOffered);
     };
     let proof = proof_request(&headers, &method, &url);
     match state.consultation.start_federated_login(proof).await {
         Ok(started) => {
             axum::Json(serde_json::json!({ "redirect": started.authorization_url })).into_response()
         }
-        Err(e) => login_failed(e),
+        Err(e) => refusal::login(e),
     }
 }
 
@@ -625,7 +528,7 @@ async fn federated_login(
     body: Bytes,
 ) -> Response {
     let Some(url) = public_url(&state, "/connexion/federation/fin") else {
-        return login_failed(LoginError::Disabled);
+        return refusal::login(Refusal::NotOffered);
     };
     let proof = proof_request(&headers, &method, &url);
     // A body that is not the page's is refused like any other bad callback,
@@ -641,7 +544,7 @@ async fn federated_login(
     };
     match state.consultation.login_federated(callback, proof).await {
         Ok(answer) => logged_in(answer),
-        Err(e) => login_failed(e),
+        Err(e) => refusal::login(e),
     }
 }
 
@@ -661,7 +564,7 @@ async fn start_registration(
     match started {
         Ok(s) => axum::Json(serde_json::json!({ "ceremony": s.ceremony, "options": s.options }))
             .into_response(),
-        Err(r) => refused_json(r),
+        Err(r) => refusal::portal_json(r),
     }
 }
 
@@ -683,7 +586,7 @@ async fn finish_registration(
     .await;
     match done {
         Ok(()) => message(StatusCode::OK, "Votre clé d'accès est enregistrée."),
-        Err(r) => refused_json(r),
+        Err(r) => refusal::portal_json(r),
     }
 }
 
@@ -703,7 +606,7 @@ async fn start_step_up(
     match started {
         Ok(s) => axum::Json(serde_json::json!({ "ceremony": s.ceremony, "options": s.options }))
             .into_response(),
-        Err(r) => refused_json(r),
+        Err(r) => refusal::portal_json(r),
     }
 }
 
@@ -726,7 +629,7 @@ async fn finish_step_up(
     .await;
     match done {
         Ok(()) => message(StatusCode::OK, "Confirmation enregistrée pour 5 minutes."),
-        Err(r) => refused_json(r),
+        Err(r) => refusal::portal_json(r),
     }
 }
 
@@ -737,7 +640,7 @@ async fn logout(State(state): State<AppState>, method: Method, headers: HeaderMa
     .await;
     let mut response = match done {
         Ok(()) => message(StatusCode::OK, "Vous êtes déconnecté."),
-        Err(r) => refused_json(r),
+        Err(r) => refusal::portal_json(r),
     };
     // Whatever happened, this browser forgets the cookie.
     clear_cookie(&mut response);
@@ -809,7 +712,7 @@ async fn caseload_fragment(
     .await;
     let page = match page {
         Ok(page) => page,
-        Err(r) => return refused_fragment(r),
+        Err(r) => return refusal::portal_fragment(r),
     };
     let purpose = purpose.unwrap_or(Purpose::FollowUp);
     let mut h = Html::new();
@@ -891,7 +794,7 @@ async fn person_fragment(
         (Err(Refusal::NotFound), Some(id), Some(purpose)) => {
             not_found_with_break_glass(id, purpose)
         }
-        (Err(r), _, _) => refused_fragment(r),
+        (Err(r), _, _) => refusal::portal_fragment(r),
     }
 }
 
@@ -899,7 +802,8 @@ async fn person_fragment(
 /// and one button, whose script asks for the passkey (step-up) and then
 /// breaks the glass.
 fn not_found_with_break_glass(id: i64, purpose: Purpose) -> Response {
-    let (status, text) = refusal_status(&Refusal::NotFound);
+    let status = refusal::status(&Refusal::NotFound);
+    let text = refusal::portal_text(&Refusal::NotFound);
     let mut h = Html::new();
     h.raw("<p class=\"erreur\" role=\"alert\">")
         .text(text)
@@ -966,7 +870,7 @@ async fn break_glass_fragment(
     .await;
     match shown {
         Ok(shown) => person_html(&shown).into_response(StatusCode::OK),
-        Err(r) => refused_fragment(r),
+        Err(r) => refusal::portal_fragment(r),
     }
 }
 

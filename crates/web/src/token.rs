@@ -6,8 +6,9 @@
 //! client libraries read exactly that here; every other endpoint keeps
 //! `{"error": {"code", "message", "field"}}`, including 401s for refused
 //! tokens, which add `WWW-Authenticate: DPoP error="…"` (RFC 9449 §7.1).
-//! `invalid_client` is a 401, a failure on our side a 503
-//! (`temporarily_unavailable`), everything else a 400.
+//! A refusal's status and body are decided in `refusal.rs`
+//! (`refusal::token`): `invalid_client` is a 401, a failure on our side a
+//! 503 (`temporarily_unavailable`), everything else a 400.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -15,10 +16,10 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rempart_consult::{TokenRefusal, TokenRequest};
-use serde::Serialize;
+use rempart_consult::TokenRequest;
 
 use crate::AppState;
+use crate::refusal::oauth_error;
 use crate::request::single_proof;
 
 /// The form fields read; others are ignored (RFC 6749 §3.2).
@@ -29,26 +30,6 @@ const FIELDS: [&str; 5] = [
     "client_id",
     "scope",
 ];
-
-#[derive(Serialize)]
-struct OAuthError<'a> {
-    error: &'a str,
-    error_description: &'a str,
-}
-
-pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let body = OAuthError {
-        error,
-        error_description: description,
-    };
-    let mut response = (status, Json(body)).into_response();
-    // RFC 6749 §5.1 asks for both on token answers; `no-store` is also
-    // set for every answer by the router.
-    response
-        .headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
 
 fn invalid_request(description: &str) -> Response {
     oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
@@ -114,22 +95,6 @@ pub(crate) async fn token(
                 .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             response
         }
-        Err(refusal) => {
-            let status = match &refusal {
-                TokenRefusal::InvalidClient(_) => StatusCode::UNAUTHORIZED,
-                TokenRefusal::Unavailable(cause) => {
-                    tracing::error!(%cause, "token request failed closed");
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                _ => StatusCode::BAD_REQUEST,
-            };
-            let description = match &refusal {
-                TokenRefusal::Unavailable(_) => {
-                    "the service cannot answer right now; no token was issued".to_owned()
-                }
-                r => r.to_string(),
-            };
-            oauth_error(status, refusal.oauth_error(), &description)
-        }
+        Err(refusal) => crate::refusal::token(refusal),
     }
 }
