@@ -40,8 +40,8 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Runs `sql` on a connection and a runtime of its own, on a thread of its
 /// own, so it works from `Drop` and from synchronous tests, even inside a
-/// test's runtime. A refusal comes back as the server's own message, not
-/// only "db error".
+/// test's runtime. A refusal comes back with the server's own message
+/// ([`rempart_sql::describe`]), not only "db error".
 pub fn exec_blocking(url: &str, sql: &str) -> Result<(), String> {
     let (url, sql) = (url.to_string(), sql.to_string());
     std::thread::spawn(move || {
@@ -52,9 +52,12 @@ pub fn exec_blocking(url: &str, sql: &str) -> Result<(), String> {
         runtime.block_on(async {
             let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| rempart_sql::describe(&e))?;
             let task = tokio::spawn(connection);
-            let result = client.batch_execute(&sql).await.map_err(|e| message(&e));
+            let result = client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| rempart_sql::describe(&e));
             drop(client);
             let _ = task.await;
             result
@@ -70,7 +73,7 @@ pub fn exec_blocking(url: &str, sql: &str) -> Result<(), String> {
 pub async fn client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("{}", unreachable(url, &e.to_string())));
+        .unwrap_or_else(|e| panic!("{}", unreachable(url, &rempart_sql::describe(&e))));
     tokio::spawn(connection);
     client
 }
@@ -82,17 +85,12 @@ pub async fn client_in(url: &str, schema: &str) -> tokio_postgres::Client {
         .batch_execute(&format!("SET search_path TO \"{schema}\""))
         .await
     {
-        panic!("could not enter test schema {schema}: {}", message(&e));
+        panic!(
+            "could not enter test schema {schema}: {}",
+            rempart_sql::describe(&e)
+        );
     }
     client
-}
-
-/// The server's message for a refused statement.
-fn message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
-    }
 }
 
 fn unreachable(url: &str, why: &str) -> String {
