@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use rempart_consult::Consultation;
 use rempart_consult::{INACTIVITY_DAYS, dormant};
-use rempart_domain::AccountState;
 use rempart_domain::Reference;
+use rempart_domain::{AccountId, AccountState};
 use rempart_storage::{AccountRecord, Store};
 
 use rempart_server::{App, GuardChoice, ServerConfig};
@@ -158,7 +158,7 @@ fn day(t: Option<DateTime<Utc>>) -> String {
 /// Logins of the accounts named in the review, each looked up once.
 struct Logins<'a> {
     store: &'a Store,
-    known: HashMap<i64, String>,
+    known: HashMap<AccountId, String>,
 }
 
 impl<'a> Logins<'a> {
@@ -169,7 +169,7 @@ impl<'a> Logins<'a> {
         }
     }
 
-    async fn of(&mut self, id: Option<i64>) -> Result<String> {
+    async fn of(&mut self, id: Option<AccountId>) -> Result<String> {
         let Some(id) = id else {
             return Ok("-".to_string());
         };

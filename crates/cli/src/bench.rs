@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use rempart_domain::{OrganisationKind, Purpose, Role};
+use rempart_domain::{OrganisationKind, PersonId, Purpose, Role};
 use rempart_guard::{Guard, GuardConfig};
 use rempart_server::{App, GuardChoice, ServerConfig};
 use rempart_storage::{AccountRecord, Store};
@@ -23,9 +23,9 @@ pub async fn busiest_agent(
     kind: OrganisationKind,
     purpose: Purpose,
     max_scan: usize,
-) -> Result<Option<(AccountRecord, Vec<i64>)>> {
+) -> Result<Option<(AccountRecord, Vec<PersonId>)>> {
     let today = chrono::Utc::now().date_naive();
-    let mut best: Option<(AccountRecord, Vec<i64>)> = None;
+    let mut best: Option<(AccountRecord, Vec<PersonId>)> = None;
     let orgs = store.organisations().await?;
     for (org_id, _) in orgs.iter().filter(|(_, o)| o.kind == kind).take(max_scan) {
         let accounts = store.accounts_of_organisation(*org_id).await?;
@@ -36,7 +36,7 @@ pub async fn busiest_agent(
             continue;
         };
         let mut persons = Vec::new();
-        let mut after = 0;
+        let mut after = PersonId::new(0);
         loop {
             let page = store
                 .caseload(
@@ -225,7 +225,7 @@ async fn measure(
     args: &BenchConsultArgs,
     base: &str,
     token: &Arc<String>,
-    caseload: &Arc<Vec<i64>>,
+    caseload: &Arc<Vec<PersonId>>,
     noop: &mut Vec<Run>,
     consult: &mut Vec<Run>,
 ) -> Result<()> {
@@ -269,7 +269,7 @@ async fn leaf_count(loc: &Location) -> Result<u64> {
 async fn load(
     base: &str,
     token: &Arc<String>,
-    caseload: &Arc<Vec<i64>>,
+    caseload: &Arc<Vec<PersonId>>,
     connections: usize,
     duration: Duration,
     consult: bool,

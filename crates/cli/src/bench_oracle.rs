@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
-use rempart_domain::{FieldGroup, Nir, OrganisationKind, Purpose};
+use rempart_domain::{FieldGroup, Nir, OrganisationKind, PersonId, Purpose};
 use rempart_vault::Read;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -80,11 +80,11 @@ pub async fn bench_search_oracle(args: &BenchOracleArgs) -> Result<()> {
             "no active Mission Locale agent with a caseload: import a generated population first"
         );
     };
-    let elsewhere: Vec<i64> = theirs
+    let elsewhere: Vec<PersonId> = theirs
         .into_iter()
         .filter(|p| !caseload.contains(p))
         .collect();
-    let nirs_of = |ids: Vec<i64>| {
+    let nirs_of = |ids: Vec<PersonId>| {
         let vault = vault.clone();
         async move {
             let mut nirs = Vec::new();

@@ -62,7 +62,9 @@ use clap::{Args, ValueEnum};
 use rempart_auth::password::{HashParams, Password, PasswordHasher};
 use rempart_auth::totp::TotpSecret;
 use rempart_consult::LoginSettings;
-use rempart_domain::{AccountState, FieldGroup, OrganisationKind, Purpose, Role};
+use rempart_domain::{
+    AccountId, AccountState, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
+};
 use rempart_guard::store::AlertQuery;
 use rempart_guard::{Guard, GuardConfig};
 use rempart_server::{App, GuardChoice, ServerConfig};
@@ -175,7 +177,7 @@ struct Tally {
     /// refused by the guard).
     attempts: Vec<(DateTime<Utc>, bool, bool, bool)>,
     answers: BTreeMap<String, u64>,
-    accounts: HashSet<i64>,
+    accounts: HashSet<AccountId>,
     /// When the attack began (the first hostile move).
     since: Option<DateTime<Utc>>,
     notes: Vec<String>,
@@ -404,7 +406,7 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
                 continue;
             }
             let mut caseload = Vec::new();
-            let mut after = 0;
+            let mut after = PersonId::new(0);
             loop {
                 let page = world
                     .store
@@ -412,7 +414,7 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
                     .await?;
                 let Some(last) = page.last() else { break };
                 after = last.person_id;
-                caseload.extend(page.iter().map(|e| (e.person_id, e.purpose)));
+                caseload.extend(page.iter().map(|e| (e.person_id.get(), e.purpose)));
             }
             caseload.dedup_by_key(|e| e.0);
             if !caseload.is_empty() {
@@ -434,7 +436,7 @@ async fn cast(world: &World, accounts: u32, start: NaiveDate) -> Result<Cast> {
         // Largest caseloads last: `pop` takes them first.
         v.sort_by_key(|(a, c)| (c.len(), std::cmp::Reverse(a.account_id)));
     }
-    let mut by_org: BTreeMap<i64, Vec<(AccountRecord, Caseload)>> = BTreeMap::new();
+    let mut by_org: BTreeMap<OrganisationId, Vec<(AccountRecord, Caseload)>> = BTreeMap::new();
     for v in by_kind.values() {
         for (a, c) in v {
             by_org
@@ -532,7 +534,7 @@ async fn grant_lot(
                 reference: rempart_domain::Reference::parse(&format!("LOT-EXERCICE-0001-{k}"))?,
                 organisation_id: processor.organisation_id,
                 account_id: Some(processor.account_id),
-                person_id: person,
+                person_id: PersonId::new(person),
                 purpose: Purpose::DocumentProcessing,
                 valid_from: start,
                 valid_to: Some(start + Duration::days(14)),
@@ -635,12 +637,12 @@ enum AttackKind {
     Infostealer(Box<Infostealer>),
     Manager {
         reader: Reader,
-        requested: Vec<i64>,
+        requested: Vec<AccountId>,
         scope: HashSet<i64>,
     },
     /// The processor's normal reads are its attack surface: what it keeps.
     Processor {
-        account: i64,
+        account: AccountId,
         held: Vec<(i64, Value)>,
     },
     /// Several hijacked accounts driven from one machine: move `n` reads
@@ -903,7 +905,7 @@ async fn run(
     report(world, &attacks, &normal, &fig, ledger_from, took).await
 }
 
-fn attack_accounts(kind: &AttackKind) -> Vec<i64> {
+fn attack_accounts(kind: &AttackKind) -> Vec<AccountId> {
     match kind {
         AttackKind::Bulk { reader, .. } | AttackKind::Manager { reader, .. } => {
             vec![reader.account.account_id]
@@ -952,7 +954,7 @@ async fn hijack_team(
             None => {
                 let now = world.clock.now();
                 // Its own network: one of 127.100.x.0/24.
-                let n = 25_000 + account.account_id.rem_euclid(20_000) as u32;
+                let n = 25_000 + account.account_id.get().rem_euclid(20_000) as u32;
                 let r = reader(world, account.clone(), caseload.clone(), now, n).await?;
                 match net {
                     Some(net) => hijacked(&r, net, 1)?,
@@ -979,7 +981,7 @@ async fn fleets(
     hijacked_from: &mut HashMap<usize, DateTime<Utc>>,
 ) -> Result<()> {
     // Organisations the seed attacks touch are left to them.
-    let taken: HashSet<i64> = attacks
+    let taken: HashSet<OrganisationId> = attacks
         .iter()
         .flat_map(|a| attack_accounts(&a.kind))
         .filter_map(|id| {
@@ -1122,7 +1124,7 @@ fn pick(caseload: &[(i64, Purpose)], n: i64) -> (i64, Purpose) {
 async fn seed_factors(
     world: &World,
     vault: &rempart_vault::Vault,
-    account: i64,
+    account: AccountId,
 ) -> Result<TotpSecret> {
     let hasher = PasswordHasher::new(HashParams::RECOMMENDED)?;
     let hash = hasher.hash(&Password::new(PASSWORD.to_string())?)?;
@@ -1203,7 +1205,7 @@ async fn act(world: &mut World, a: &mut Attack, n: usize, at: DateTime<Utc>) -> 
                     .await?;
                 let (status, body) = answer(resp).await?;
                 if let Some(id) = body["id"].as_i64() {
-                    requested.push(id);
+                    requested.push(AccountId::new(id));
                 }
                 a.tally.record(at, status, &code(&body), false, false);
             } else if n < 10 {
@@ -1457,7 +1459,8 @@ async fn finish(a: &mut Attack, vault: &rempart_vault::Vault) -> Result<()> {
         if body["nir"]["view"].as_str() == Some("token") {
             tokens += 1;
         }
-        let rempart_vault::Read::Found(view) = vault.read(*person, &groups).await? else {
+        let rempart_vault::Read::Found(view) = vault.read(PersonId::new(*person), &groups).await?
+        else {
             continue;
         };
         if let Some(nir) = &view.nir
@@ -1501,8 +1504,8 @@ async fn leaf_count(world: &World) -> Result<u64> {
 
 /// Alerts the account lifecycle wrote into the ledger since `from` (bursts
 /// of account requests), per account.
-async fn ledger_alerts(world: &World, from: u64) -> Result<HashMap<i64, u64>> {
-    let mut out: HashMap<i64, u64> = HashMap::new();
+async fn ledger_alerts(world: &World, from: u64) -> Result<HashMap<AccountId, u64>> {
+    let mut out: HashMap<AccountId, u64> = HashMap::new();
     let end = world.ledger.size().await?;
     let mut at = from;
     while at < end {
@@ -1513,7 +1516,7 @@ async fn ledger_alerts(world: &World, from: u64) -> Result<HashMap<i64, u64>> {
             let leaf = rempart_ledger::AuditLeaf::decode(&row.data)
                 .with_context(|| format!("ledger leaf {}", row.index))?;
             if rempart_consult::is_alert(&leaf) {
-                *out.entry(row.account).or_default() += 1;
+                *out.entry(leaf.account).or_default() += 1;
             }
         }
     }
@@ -1577,7 +1580,7 @@ async fn report(
     let lifecycle = ledger_alerts(world, ledger_from).await?;
     // An alert on an attacked account from the attack's start is the
     // attack's; before it, or on any other account, it is a false alert.
-    let attacked: HashMap<i64, DateTime<Utc>> = attacks
+    let attacked: HashMap<AccountId, DateTime<Utc>> = attacks
         .iter()
         .flat_map(|a| {
             a.tally
@@ -1586,14 +1589,14 @@ async fn report(
                 .filter_map(|id| a.tally.since.map(|t| (*id, t)))
         })
         .collect();
-    let normal_ids: HashSet<i64> = normal.iter().map(|r| r.account.account_id).collect();
+    let normal_ids: HashSet<AccountId> = normal.iter().map(|r| r.account.account_id).collect();
     let mut missed = Vec::new();
     println!("simulated {DAYS} days in {:.1} s", took.as_secs_f64());
     for a in attacks {
         let o = outcome(&a.tally);
         let raised: Vec<_> = alerts
             .iter()
-            .filter(|s| a.tally.accounts.contains(&s.alert.account_id.get()))
+            .filter(|s| a.tally.accounts.contains(&s.alert.account_id))
             .filter(|s| a.tally.since.is_some_and(|t| s.alert.at >= t))
             .collect();
         println!("\n== {}", a.name);
@@ -1738,7 +1741,7 @@ async fn report(
     // The organisations attacked, from when: their other accounts are
     // stepped up or throttled with them (the organisation's containment),
     // which is no false alert.
-    let mut attacked_orgs: HashMap<i64, DateTime<Utc>> = HashMap::new();
+    let mut attacked_orgs: HashMap<OrganisationId, DateTime<Utc>> = HashMap::new();
     for a in attacks {
         let (Some(t), AttackKind::Fleet { readers, .. }) = (a.tally.since, &a.kind) else {
             continue;
@@ -1750,15 +1753,15 @@ async fn report(
     }
     let (collateral, false_alerts): (Vec<_>, Vec<_>) = alerts
         .iter()
-        .filter(|s| normal_ids.contains(&s.alert.account_id.get()))
+        .filter(|s| normal_ids.contains(&s.alert.account_id))
         .filter(|s| {
             attacked
-                .get(&s.alert.account_id.get())
+                .get(&s.alert.account_id)
                 .is_none_or(|t| s.alert.at < *t)
         })
         .partition(|s| {
             attacked_orgs
-                .get(&s.alert.organisation_id.get())
+                .get(&s.alert.organisation_id)
                 .is_some_and(|t| s.alert.at >= *t)
         });
     let per_1000 = if fig.account_days == 0 {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use chrono::NaiveDate;
 use clap::Args;
 use rempart_crypto::KeyRing;
-use rempart_domain::FieldGroup;
+use rempart_domain::{FieldGroup, PersonId};
 use rempart_import::{ImportOptions, RejectSink};
 use rempart_vault::{Read, Vault};
 
@@ -302,7 +302,7 @@ pub async fn verify(loc: &Location) -> Result<()> {
     use futures_util::StreamExt;
     let vault = loc.open_vault().await?;
     let start = Instant::now();
-    let (mut ok, mut shredded, mut failed, mut after) = (0u64, 0u64, 0u64, 0i64);
+    let (mut ok, mut shredded, mut failed, mut after) = (0u64, 0u64, 0u64, PersonId::new(0));
     loop {
         let ids = vault.store().person_ids(after, 4096).await?;
         let Some(last) = ids.last() else { break };

@@ -1317,7 +1317,7 @@ fn accounts_scenario(db: Option<&str>) {
         verified.starts_with("audit ledger OK: 9 leaves"),
         "{verified}"
     );
-    let ids: Vec<i64> = rt.block_on(async {
+    let ids: Vec<rempart_domain::AccountId> = rt.block_on(async {
         let stores = rempart_storage::open_stores(&target).await.unwrap();
         let mut ids = Vec::new();
         for login in ["c.officer", "c.officer2", "c.mlm"] {

@@ -81,7 +81,7 @@ pub const SYSTEM_PREFIX: &str = "system:";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRequest {
     /// The organisation the account will belong to: the requester's own.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// Its login (unique in the registry).
     pub login: Reference,
     /// One of [`REQUESTABLE_ROLES`].
@@ -119,7 +119,7 @@ pub struct ResetDecision {
 /// await an outside officer's approval).
 pub async fn issue_credential(
     store: &Store,
-    account_id: i64,
+    account_id: AccountId,
     ttl: Duration,
     now: DateTime<Utc>,
 ) -> Result<IssuedCredential, Refusal> {
@@ -242,8 +242,8 @@ impl Consultation {
             ));
             // Ids only: no login, no name.
             tracing::warn!(
-                requester = requested_by,
-                organisation = caller.account.organisation_id,
+                requester = requested_by.get(),
+                organisation = caller.account.organisation_id.get(),
                 requests = recent,
                 window_minutes = BURST_WINDOW_MINUTES,
                 "alert: burst of account requests"
@@ -272,7 +272,7 @@ impl Consultation {
     pub async fn decide_account(
         &self,
         presented: &Presented<'_>,
-        account_id: i64,
+        account_id: AccountId,
         approve: bool,
     ) -> Result<AccountDecision, Refusal> {
         let now = self.now().trunc_subsecs(6);
@@ -360,7 +360,7 @@ impl Consultation {
     pub async fn request_reset(
         &self,
         presented: &Presented<'_>,
-        account_id: i64,
+        account_id: AccountId,
         kind: ResetKind,
     ) -> Result<ResetView, Refusal> {
         let now = self.now().trunc_subsecs(6);
@@ -585,7 +585,7 @@ impl Consultation {
     pub async fn accounts_review(
         &self,
         presented: &Presented<'_>,
-        organisation_id: Option<i64>,
+        organisation_id: Option<OrganisationId>,
     ) -> Result<Vec<AccountReview>, Refusal> {
         let note = match organisation_id {
             Some(id) => format!("account review of organisation {id}"),
@@ -637,8 +637,8 @@ impl Consultation {
             };
             leaves.push(AuditLeaf {
                 time: Timestamp::from_datetime(now),
-                account: AccountId::new(account.account_id),
-                organisation: OrganisationId::new(account.organisation_id),
+                account: account.account_id,
+                organisation: account.organisation_id,
                 session: None,
                 person: None,
                 action: LeafAction::AccountDisable,
@@ -803,7 +803,7 @@ fn decided<T>(r: Result<Option<T>, StorageError>, stage: &str) -> Result<T, Chan
 #[allow(dead_code)]
 fn operations_are_send(c: &Consultation) {
     fn is_send<T: Send>(_: &T) {}
-    is_send(&c.decide_account(&Presented::Nothing, 1, true));
+    is_send(&c.decide_account(&Presented::Nothing, AccountId::new(1), true));
     is_send(&c.pending_account_requests(&Presented::Nothing));
     is_send(&c.accounts_review(&Presented::Nothing, None));
     is_send(&c.disable_inactive(c.now(), 90));
@@ -819,7 +819,7 @@ mod tests {
 
     fn history() -> AccountLifecycle {
         AccountLifecycle {
-            account_id: 7,
+            account_id: AccountId::new(7),
             created_at: None,
             requested_by: None,
             decided_by: None,

@@ -172,7 +172,7 @@ impl std::fmt::Debug for ActivationStep {
 /// What the ceremony between the two steps remembers (JSON in the store).
 #[derive(Serialize, Deserialize)]
 struct Pending {
-    account_id: i64,
+    account_id: AccountId,
     /// base64url of the code's digest: step 2 uses the code.
     digest: String,
     needs_password: bool,
@@ -188,8 +188,8 @@ impl Consultation {
     /// Ledgered under the officer, with a note naming the account.
     pub async fn issue_activation(
         &self,
-        account_id: i64,
-        officer_id: i64,
+        account_id: AccountId,
+        officer_id: AccountId,
     ) -> Result<IssuedActivation, Refusal> {
         let now = self.now();
         let officer = match self.store.account_by_id(officer_id).await {
@@ -593,8 +593,8 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Result<u64, Refusal> {
         let mut leaf = unauthenticated_leaf(
-            account.map_or(0, |a| a.account_id),
-            account.map_or(0, |a| a.organisation_id),
+            account.map_or(AccountId::UNKNOWN, |a| a.account_id),
+            account.map_or(OrganisationId::UNKNOWN, |a| a.organisation_id),
             action,
             reason,
             now,
@@ -608,8 +608,8 @@ impl Consultation {
 fn allow_leaf(account: &AccountRecord, now: DateTime<Utc>, note: String) -> AuditLeaf {
     AuditLeaf {
         time: Timestamp::from_datetime(now),
-        account: AccountId::new(account.account_id),
-        organisation: OrganisationId::new(account.organisation_id),
+        account: account.account_id,
+        organisation: account.organisation_id,
         session: None,
         person: None,
         action: LeafAction::FactorEnrol,

@@ -13,7 +13,9 @@
 //! [`Consultation::fail_on`].
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{AccountState, Organisation, OrganisationId, Purpose, Reference};
+use rempart_domain::{
+    AccountId, AccountState, MandateId, Organisation, OrganisationId, PersonId, Purpose, Reference,
+};
 use rempart_guard::{AttemptKind, Fields};
 use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
 use rempart_policy::Action;
@@ -33,11 +35,11 @@ pub const MAX_LIFT_REASON_BYTES: usize = 950;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// The person the mandate is on.
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// The organisation it lets read.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// The one account of it that may read, or all of them.
-    pub account_id: Option<i64>,
+    pub account_id: Option<AccountId>,
     /// What for.
     pub purpose: Purpose,
     /// First day (today if absent).
@@ -53,7 +55,7 @@ pub struct Grant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrganisationEntry {
     /// Its id in the registry.
-    pub id: i64,
+    pub id: OrganisationId,
     /// The organisation itself.
     pub organisation: Organisation,
     /// Since when the guard has frozen every account of it, if it has.
@@ -323,7 +325,7 @@ impl Consultation {
     pub async fn revoke_mandate(
         &self,
         presented: &Presented<'_>,
-        mandate_id: i64,
+        mandate_id: MandateId,
     ) -> Result<(), Refusal> {
         let now = self.now();
         let caller = self
@@ -402,7 +404,7 @@ impl Consultation {
                 organisation,
                 frozen_since: frozen
                     .iter()
-                    .find(|f| f.organisation_id.get() == id)
+                    .find(|f| f.organisation_id == id)
                     .map(|f| f.frozen_at),
             })
             .collect())
@@ -412,7 +414,7 @@ impl Consultation {
     pub async fn accounts(
         &self,
         presented: &Presented<'_>,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
     ) -> Result<Vec<AccountView>, Refusal> {
         let (caller, now) = self.admin(presented).await?;
         let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
@@ -444,7 +446,7 @@ impl Consultation {
     pub async fn set_account_state(
         &self,
         presented: &Presented<'_>,
-        account_id: i64,
+        account_id: AccountId,
         state: AccountState,
     ) -> Result<AccountView, Refusal> {
         let (caller, now) = self.admin(presented).await?;
@@ -526,7 +528,7 @@ impl Consultation {
     /// Other changes set the state alone. False if there is no such account.
     async fn change_state(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         state: AccountState,
         now: DateTime<Utc>,
     ) -> Result<bool, rempart_storage::StorageError> {
@@ -551,7 +553,7 @@ impl Consultation {
     pub async fn lift_freeze(
         &self,
         presented: &Presented<'_>,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
         reason: &str,
     ) -> Result<bool, Refusal> {
         let now = self.now();
@@ -598,7 +600,7 @@ impl Consultation {
             .fail_on(&ctx, None, "guard", self.guard.frozen_organisations().await)
             .await?
             .iter()
-            .any(|f| f.organisation_id.get() == organisation_id);
+            .any(|f| f.organisation_id == organisation_id);
         let leaf = ctx.leaf(
             None,
             FieldGroups::EMPTY,
@@ -608,7 +610,7 @@ impl Consultation {
         );
         self.leaf_then(&ctx, leaf, async {
             self.guard
-                .lift_freeze(OrganisationId::new(organisation_id), now)
+                .lift_freeze(organisation_id, now)
                 .await
                 .map_err(|e| {
                     ChangeRefusal::new(
@@ -638,7 +640,7 @@ impl Consultation {
 /// The note of a lift's leaf: the organisation, the outcome and the
 /// reason; at most [`MAX_REASON_BYTES`](crate::authorize::MAX_REASON_BYTES) for a reason of at most
 /// [`MAX_LIFT_REASON_BYTES`].
-fn lift_note(organisation_id: i64, lifted: bool, reason: &str) -> String {
+fn lift_note(organisation_id: OrganisationId, lifted: bool, reason: &str) -> String {
     let outcome = if lifted { "lifted" } else { "not frozen" };
     format!("organisation {organisation_id} {outcome}: {reason}")
 }
@@ -653,7 +655,7 @@ mod tests {
         let reason = "x".repeat(MAX_LIFT_REASON_BYTES);
         for id in [1, i64::MAX, i64::MIN] {
             for lifted in [true, false] {
-                let note = lift_note(id, lifted, &reason);
+                let note = lift_note(OrganisationId::new(id), lifted, &reason);
                 assert!(note.len() <= MAX_REASON_BYTES, "{} bytes", note.len());
                 assert!(note.ends_with(&reason));
             }

@@ -126,13 +126,13 @@ pub enum BadCredential {
     Unknown,
     /// The secret does not match.
     WrongSecret {
-        account_id: i64,
+        account_id: AccountId,
     },
     Expired {
-        account_id: i64,
+        account_id: AccountId,
     },
     Revoked {
-        account_id: i64,
+        account_id: AccountId,
     },
     /// A session cookie not of the `rms_<secret>` form.
     SessionMalformed,
@@ -141,37 +141,37 @@ pub enum BadCredential {
     /// The session ended (logout, reset), idled out or reached its
     /// absolute expiry.
     SessionEnded {
-        account_id: i64,
+        account_id: AccountId,
     },
     /// The request carries no device proof (or more than one).
     ProofMissing {
-        account_id: i64,
+        account_id: AccountId,
     },
     /// The device proof is refused: wrong key, method, URL, handle, time,
     /// or a replay. [`DpopError::is_unavailable`] means the replay cache
     /// could not record it: a 503, not a 401.
     ProofRefused {
-        account_id: i64,
+        account_id: AccountId,
         error: DpopError,
     },
     /// An access token refused: another scheme (`Bearer`), malformed,
     /// unknown (or of a revoked client), expired, or not the proof key's.
     /// The account is known when the token was found.
     TokenRefused {
-        account_id: Option<i64>,
+        account_id: Option<AccountId>,
         error: AccessTokenError,
     },
     /// A known, live access token whose DPoP proof is missing or refused.
     /// [`DpopError::is_unavailable`] is the server's failure (503).
     TokenProofRefused {
-        account_id: i64,
+        account_id: AccountId,
         error: DpopError,
     },
 }
 
 impl BadCredential {
     /// The account the credential or session belongs to, when known.
-    pub fn account_id(self) -> Option<i64> {
+    pub fn account_id(self) -> Option<AccountId> {
         match self {
             BadCredential::Malformed
             | BadCredential::Unknown
@@ -498,7 +498,7 @@ pub async fn authenticate_access_token(
     };
     let account_id = account.account_id;
     // A row that does not read back as a record binds to nothing: refused.
-    let Some(record) = token_record(row).filter(|r| r.account_id.get() == account_id) else {
+    let Some(record) = token_record(row).filter(|r| r.account_id == account_id) else {
         return refused(Some(account_id), AccessTokenError::Unknown);
     };
     if now >= record.expires_at {
@@ -556,7 +556,7 @@ fn token_record(row: AccessTokenRow) -> Option<AccessTokenRecord> {
         digest: TokenDigest::try_from(URL_SAFE_NO_PAD.encode(row.digest)).ok()?,
         jkt: Jkt::parse(&row.jkt).ok()?,
         client_id: ClientId::parse(&row.client_id).ok()?,
-        account_id: AccountId::new(row.account_id),
+        account_id: row.account_id,
         scope: Scope::parse(&row.scope).ok()?,
         issued_at: row.issued_at,
         expires_at: row.expires_at,
@@ -597,7 +597,7 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Issues a credential for `account_id`, valid for `ttl` from `now`.
 pub async fn issue(
     store: &Store,
-    account_id: i64,
+    account_id: AccountId,
     ttl: Duration,
     now: DateTime<Utc>,
 ) -> Result<IssuedCredential, StorageError> {
@@ -754,10 +754,14 @@ mod tests {
         let all = [
             BadCredential::SessionMalformed,
             BadCredential::SessionUnknown,
-            BadCredential::SessionEnded { account_id: 1 },
-            BadCredential::ProofMissing { account_id: 1 },
+            BadCredential::SessionEnded {
+                account_id: AccountId::new(1),
+            },
+            BadCredential::ProofMissing {
+                account_id: AccountId::new(1),
+            },
             BadCredential::ProofRefused {
-                account_id: 1,
+                account_id: AccountId::new(1),
                 error: DpopError::JktMismatch,
             },
         ];
@@ -766,7 +770,7 @@ mod tests {
         }
         assert!(!BadCredential::Malformed.is_session());
         assert_eq!(all[0].account_id(), None);
-        assert_eq!(all[4].account_id(), Some(1));
+        assert_eq!(all[4].account_id(), Some(AccountId::new(1)));
         let notes: std::collections::HashSet<_> = all.iter().map(|r| r.note()).collect();
         assert_eq!(notes.len(), all.len());
     }

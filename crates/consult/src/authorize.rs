@@ -8,7 +8,7 @@
 //! of mandates made through the API are checked and made here too.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{AccountId, OrganisationId, PersonId, Purpose, Reference};
+use rempart_domain::{PersonId, Purpose, Reference};
 use rempart_ledger::DenyReason;
 use rempart_policy::{Action, Authorizer, Decision, MandateFact, PolicyError, What, Who};
 use rempart_storage::{AccountRecord, StoredMandate};
@@ -18,11 +18,11 @@ use crate::kernel::{Consultation, Ctx, Refusal};
 /// The policy's view of the caller.
 pub fn who(account: &AccountRecord) -> Who {
     Who {
-        account_id: AccountId::new(account.account_id),
+        account_id: account.account_id,
         login: account.login.as_str().to_string(),
         role: account.role,
         state: account.state,
-        organisation_id: OrganisationId::new(account.organisation_id),
+        organisation_id: account.organisation_id,
         kind: account.kind,
     }
 }
@@ -32,8 +32,8 @@ pub fn facts(mandates: &[StoredMandate], today: NaiveDate) -> Vec<MandateFact> {
     mandates
         .iter()
         .map(|m| MandateFact {
-            organisation_id: OrganisationId::new(m.organisation_id),
-            account_id: m.account_id.map(AccountId::new),
+            organisation_id: m.organisation_id,
+            account_id: m.account_id,
             purpose: m.purpose,
             live: m.is_live_on(today),
         })
@@ -44,7 +44,7 @@ pub fn facts(mandates: &[StoredMandate], today: NaiveDate) -> Vec<MandateFact> {
 pub fn read(
     policy: &Authorizer,
     who: &Who,
-    person_id: i64,
+    person_id: PersonId,
     purpose: Purpose,
     mandates: &[StoredMandate],
     today: NaiveDate,
@@ -52,7 +52,7 @@ pub fn read(
     policy.allowed_field_groups(
         who,
         &What {
-            person_id: PersonId::new(person_id),
+            person_id,
             purpose,
             mandates: facts(mandates, today),
             reason_len: 0,
@@ -95,14 +95,14 @@ pub fn registry_action_with_reason(
 /// The facts about one person the policy decides on: the purpose, every
 /// mandate on the person as of `today`, and the length of a written reason.
 pub fn about_person(
-    person_id: i64,
+    person_id: PersonId,
     purpose: Purpose,
     mandates: &[StoredMandate],
     today: NaiveDate,
     reason_len: usize,
 ) -> What {
     What {
-        person_id: PersonId::new(person_id),
+        person_id,
         purpose,
         mandates: facts(mandates, today),
         reason_len,
@@ -150,7 +150,7 @@ impl Consultation {
     pub(crate) async fn mandates_of(
         &self,
         ctx: &Ctx<'_>,
-        person_id: i64,
+        person_id: PersonId,
     ) -> Result<Vec<StoredMandate>, Refusal> {
         self.fail_on(
             ctx,
@@ -186,7 +186,7 @@ impl Consultation {
         ctx: &Ctx<'_>,
         who: &Who,
         action: Action,
-        person_id: i64,
+        person_id: PersonId,
         purpose: Purpose,
         mandates: &[StoredMandate],
     ) -> Result<(), Refusal> {

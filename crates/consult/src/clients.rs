@@ -191,7 +191,7 @@ pub async fn revoke_client(
 /// What a refusal puts in the ledger: the account when known, the reason,
 /// and a fixed note (never a value).
 struct Denied {
-    account: Option<(i64, i64)>,
+    account: Option<(AccountId, OrganisationId)>,
     reason: DenyReason,
     note: &'static str,
     refusal: Refusal,
@@ -372,7 +372,7 @@ impl Consultation {
         // 7. The token, bound to the proof's key, stored as a digest.
         let (token, record) = access_token::issue(
             verified.client_id().clone(),
-            AccountId::new(account.account_id),
+            account.account_id,
             scope,
             *proof.jkt(),
             now,
@@ -389,7 +389,7 @@ impl Consultation {
             .insert_access_token(AccessTokenRow {
                 digest,
                 client_id: record.client_id.as_str().to_owned(),
-                account_id: record.account_id.get(),
+                account_id: record.account_id,
                 jkt: record.jkt.to_string(),
                 scope: record.scope.as_str().to_owned(),
                 issued_at: record.issued_at,
@@ -407,8 +407,8 @@ impl Consultation {
         // 8. Ledger, durable before the token leaves.
         let leaf = AuditLeaf {
             time: Timestamp::from_datetime(now),
-            account: AccountId::new(account.account_id),
-            organisation: OrganisationId::new(account.organisation_id),
+            account: account.account_id,
+            organisation: account.organisation_id,
             session: Some(token_session(&digest)),
             person: None,
             action: LeafAction::TokenIssue,
@@ -433,7 +433,9 @@ impl Consultation {
     /// found), then hands back the refusal; `Unavailable` if even that
     /// leaf could not be appended.
     async fn deny_token(&self, denied: Denied, now: DateTime<Utc>) -> Refusal {
-        let (account, organisation) = denied.account.unwrap_or((0, 0));
+        let (account, organisation) = denied
+            .account
+            .unwrap_or((AccountId::UNKNOWN, OrganisationId::UNKNOWN));
         let mut leaf = unauthenticated_leaf(
             account,
             organisation,
@@ -532,7 +534,11 @@ fn anonymous(reason: DenyReason, note: &'static str, refusal: Refusal) -> Denied
     }
 }
 
-fn unavailable(account: Option<(i64, i64)>, stage: &'static str, e: &StorageError) -> Denied {
+fn unavailable(
+    account: Option<(AccountId, OrganisationId)>,
+    stage: &'static str,
+    e: &StorageError,
+) -> Denied {
     Denied {
         account,
         reason: DenyReason::InternalError,

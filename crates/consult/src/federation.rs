@@ -45,7 +45,7 @@ use rempart_auth::oidc::{OidcError, PENDING_LOGIN_MAX_AGE, PendingLogin};
 use rempart_domain::AccountState;
 use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
-    OrganisationId, Timestamp,
+    Timestamp,
 };
 use rempart_storage::{AccountRecord, FederationLink, StorageError};
 use serde::{Deserialize, Serialize};
@@ -296,10 +296,10 @@ impl Consultation {
     /// account and the issuer, never the subject. For the command line.
     pub async fn link_federation(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         issuer: &str,
         subject: &str,
-        officer_id: i64,
+        officer_id: AccountId,
     ) -> Result<(), Refusal> {
         let now = self.now();
         let officer = self.federation_officer(officer_id).await?;
@@ -326,8 +326,8 @@ impl Consultation {
         &self,
         issuer: &str,
         subject: &str,
-        officer_id: i64,
-    ) -> Result<Option<i64>, Refusal> {
+        officer_id: AccountId,
+    ) -> Result<Option<AccountId>, Refusal> {
         let now = self.now();
         let officer = self.federation_officer(officer_id).await?;
         let removed = self
@@ -359,7 +359,7 @@ impl Consultation {
         Ok(account)
     }
 
-    async fn federation_officer(&self, officer_id: i64) -> Result<AccountRecord, Refusal> {
+    async fn federation_officer(&self, officer_id: AccountId) -> Result<AccountRecord, Refusal> {
         match self.store.account_by_id(officer_id).await {
             Ok(Some(o)) => Ok(o),
             Ok(None) => Err(Refusal::invalid("officer", "no such account")),
@@ -396,8 +396,8 @@ impl Consultation {
         };
         self.record(AuditLeaf {
             time: Timestamp::from_datetime(now),
-            account: AccountId::new(officer.account_id),
-            organisation: OrganisationId::new(officer.organisation_id),
+            account: officer.account_id,
+            organisation: officer.organisation_id,
             session: None,
             person: None,
             action: LeafAction::FactorEnrol,

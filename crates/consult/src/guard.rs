@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use rempart_domain::{AccountId, FieldGroup, OrganisationId, PersonId};
+use rempart_domain::{FieldGroup, PersonId};
 use rempart_guard::{
     AccountFacts, Alert, Attempt, AttemptKind, BUCKET_SECS, Feature, Fields, GuardConfig,
     GuardDecision, Observed, PeerGroup, SessionFacts, Verdict,
@@ -45,8 +45,8 @@ impl Consultation {
         Attempts(Attempt {
             at: ctx.now,
             account: AccountFacts {
-                account_id: AccountId::new(a.account_id),
-                organisation_id: OrganisationId::new(a.organisation_id),
+                account_id: a.account_id,
+                organisation_id: a.organisation_id,
                 role: a.role,
                 created_at: a.created_at,
                 peer: PeerGroup::of(a.kind, a.departement.as_deref()),
@@ -77,7 +77,7 @@ impl Consultation {
         let decision = self
             .fail_on(
                 ctx,
-                attempt.person_id.map(PersonId::get),
+                attempt.person_id,
                 "guard",
                 self.guard.check(attempt).await,
             )
@@ -136,7 +136,7 @@ impl Consultation {
         let decision = self
             .fail_on(
                 ctx,
-                attempt.person_id.map(PersonId::get),
+                attempt.person_id,
                 "guard",
                 self.guard.observe(attempt, how).await,
             )
@@ -210,10 +210,15 @@ impl Consultation {
 pub(crate) struct Attempts(Attempt);
 
 impl Attempts {
-    pub(crate) fn of(&self, kind: AttemptKind, person_id: Option<i64>, fields: Fields) -> Attempt {
+    pub(crate) fn of(
+        &self,
+        kind: AttemptKind,
+        person_id: Option<PersonId>,
+        fields: Fields,
+    ) -> Attempt {
         Attempt {
             kind,
-            person_id: person_id.map(PersonId::new),
+            person_id,
             fields,
             ..self.0.clone()
         }
@@ -228,7 +233,7 @@ pub(crate) fn fields(decision: &Decision) -> Fields {
 /// The leaf of a refused attempt.
 pub(crate) fn deny_leaf(ctx: &Ctx<'_>, attempt: &Attempt, reason: DenyReason) -> AuditLeaf {
     ctx.leaf(
-        attempt.person_id.map(PersonId::get),
+        attempt.person_id,
         FieldGroups::EMPTY,
         LeafDecision::Deny(reason),
         None,

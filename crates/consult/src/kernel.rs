@@ -394,7 +394,7 @@ impl Consultation {
     /// reachable, for readiness probes. Each failure names its part, with
     /// the error's text for operators (never a value).
     pub async fn readiness(&self) -> Result<(), Vec<(&'static str, String)>> {
-        let store = self.store.person_ids(0, 1).await;
+        let store = self.store.person_ids(PersonId::new(0), 1).await;
         let ledger = self.ledger.store().size().await;
         let mut failed = Vec::new();
         if let Err(e) = store {
@@ -577,7 +577,7 @@ impl Consultation {
     ) -> Refusal {
         // The organisation is not looked up for a failed credential: the
         // account id is enough to find it, and a miss costs one query.
-        let account = rejected.account_id().unwrap_or(0);
+        let account = rejected.account_id().unwrap_or(AccountId::UNKNOWN);
         let (reason, refusal) = match rejected {
             // The replay cache could not record the proof: our failure.
             BadCredential::ProofRefused { error, .. }
@@ -604,7 +604,7 @@ impl Consultation {
             ),
             _ => (DenyReason::BadCredentials, Refusal::Unauthenticated),
         };
-        let mut leaf = unauthenticated_leaf(account, 0, action, reason, now);
+        let mut leaf = unauthenticated_leaf(account, OrganisationId::UNKNOWN, action, reason, now);
         leaf.note = Some(rejected.note().to_string());
         match self.record(leaf).await {
             Ok(_) => refusal,
@@ -623,8 +623,8 @@ impl Consultation {
         let message = format!("authentication: {error}");
         let _ = self
             .record(unauthenticated_leaf(
-                0,
-                0,
+                AccountId::UNKNOWN,
+                OrganisationId::UNKNOWN,
                 action,
                 DenyReason::InternalError,
                 now,
@@ -664,7 +664,7 @@ impl Consultation {
         leaf: AuditLeaf,
         change: impl std::future::Future<Output = Result<T, ChangeRefusal>>,
     ) -> Result<T, Refusal> {
-        let person = leaf.person.map(|p| p.get());
+        let person = leaf.person;
         let index = self.record(leaf).await?;
         match change.await {
             Ok(done) => Ok(done),
@@ -688,7 +688,7 @@ impl Consultation {
     pub(crate) async fn refuse_rehearsed(
         &self,
         ctx: &Ctx<'_>,
-        person_id: Option<i64>,
+        person_id: Option<PersonId>,
         refused: ChangeRefusal,
         note: Option<String>,
     ) -> Refusal {
@@ -714,7 +714,7 @@ impl Consultation {
     pub(crate) async fn deny(
         &self,
         ctx: &Ctx<'_>,
-        person_id: Option<i64>,
+        person_id: Option<PersonId>,
         reason: DenyReason,
         refusal: Refusal,
     ) -> Refusal {
@@ -738,7 +738,7 @@ impl Consultation {
     pub(crate) async fn fail(
         &self,
         ctx: &Ctx<'_>,
-        person_id: Option<i64>,
+        person_id: Option<PersonId>,
         stage: &str,
         error: &(dyn std::fmt::Display + Sync),
     ) -> Refusal {
@@ -763,7 +763,7 @@ impl Consultation {
     pub(crate) async fn fail_on<T, E>(
         &self,
         ctx: &Ctx<'_>,
-        person_id: Option<i64>,
+        person_id: Option<PersonId>,
         stage: &str,
         result: Result<T, E>,
     ) -> Result<T, Refusal>
@@ -834,16 +834,16 @@ impl ChangeRefusal {
 
 /// A leaf for a request refused at stage 1, with no session.
 pub(crate) fn unauthenticated_leaf(
-    account: i64,
-    organisation: i64,
+    account: AccountId,
+    organisation: OrganisationId,
     action: LeafAction,
     reason: DenyReason,
     now: DateTime<Utc>,
 ) -> AuditLeaf {
     AuditLeaf {
         time: Timestamp::from_datetime(now),
-        account: AccountId::new(account),
-        organisation: OrganisationId::new(organisation),
+        account,
+        organisation,
         session: None,
         person: None,
         action,
@@ -885,7 +885,7 @@ impl<'a> Ctx<'a> {
     /// purpose, with what the caller of this helper says.
     pub(crate) fn leaf(
         &self,
-        person_id: Option<i64>,
+        person_id: Option<PersonId>,
         field_groups: FieldGroups,
         decision: LeafDecision,
         guard: Option<GuardVerdict>,
@@ -894,10 +894,10 @@ impl<'a> Ctx<'a> {
         let a = &self.caller.account;
         AuditLeaf {
             time: Timestamp::from_datetime(self.now),
-            account: AccountId::new(a.account_id),
-            organisation: OrganisationId::new(a.organisation_id),
+            account: a.account_id,
+            organisation: a.organisation_id,
             session: Some(session_of(&self.caller.via)),
-            person: person_id.map(PersonId::new),
+            person: person_id,
             action: self.action,
             field_groups,
             purpose: self.purpose,

@@ -525,7 +525,7 @@ impl Consultation {
         let existing = self.passkeys_of(&ctx, auth.as_ref()).await?;
         let login = caller.account.login.as_str();
         let started = web.passkeys.start_registration(
-            AccountId::new(caller.account.account_id),
+            caller.account.account_id,
             login,
             login,
             &existing,
@@ -636,11 +636,9 @@ impl Consultation {
                 )
                 .await);
         }
-        let started = web.passkeys.start_step_up(
-            AccountId::new(caller.account.account_id),
-            &existing,
-            SystemTime::from(now),
-        );
+        let started =
+            web.passkeys
+                .start_step_up(caller.account.account_id, &existing, SystemTime::from(now));
         let (options, authentication) = self.fail_on(&ctx, None, "passkey", started).await?;
         let state = CeremonyState {
             jkt: None,
@@ -770,7 +768,7 @@ impl Consultation {
     async fn totp_step(
         &self,
         auth: &dyn AuthStore,
-        account_id: i64,
+        account_id: AccountId,
         code: &str,
         now_unix: u64,
     ) -> Result<Option<u64>, Refusal> {
@@ -951,7 +949,7 @@ impl Consultation {
 fn parse_passkey(row: &StoredPasskeyRow) -> Result<StoredPasskey, &'static str> {
     let passkey: StoredPasskey =
         serde_json::from_str(&row.data).map_err(|_| "stored passkey is not readable")?;
-    if passkey.account_id().get() != row.account_id
+    if passkey.account_id() != row.account_id
         || passkey.credential_id().as_bytes() != row.credential_id.as_slice()
     {
         return Err("stored passkey disagrees with its row");
@@ -1006,6 +1004,7 @@ mod tests {
     use super::*;
     use crate::session::verify_login_proof;
     use crate::settings::locked;
+    use rempart_domain::OrganisationId;
     use rempart_storage::StoredSession;
 
     /// A P-256 device key signing DPoP-format proofs, as the page does.
@@ -1083,7 +1082,7 @@ mod tests {
         let opened = authenticate::new_session();
         let session = StoredSession {
             id_digest: opened.id_digest,
-            account_id: 7,
+            account_id: AccountId::new(7),
             jkt: jkt.to_string(),
             method: "passkey".into(),
             created_at: now,
@@ -1096,11 +1095,11 @@ mod tests {
             end_reason: None,
         };
         let account = AccountRecord {
-            account_id: 7,
+            account_id: AccountId::new(7),
             login: Reference::parse("t.agent").unwrap(),
             role: rempart_domain::Role::Agent,
             state: AccountState::Active,
-            organisation_id: 1,
+            organisation_id: OrganisationId::new(1),
             organisation: Reference::parse("T-FT").unwrap(),
             kind: rempart_domain::OrganisationKind::FranceTravail,
             created_at: None,

@@ -14,7 +14,9 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{Contact, FieldGroup, Identity, Nir, Purpose, Reference, Registration};
+use rempart_domain::{
+    Contact, FieldGroup, Identity, Nir, PersonId, Purpose, Reference, Registration,
+};
 use rempart_guard::{AttemptKind, Fields, Observed, SearchKind};
 use rempart_ledger::{
     Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups, LeafIndex,
@@ -62,7 +64,7 @@ impl std::fmt::Debug for NirShown {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shown {
     /// The person's id in the registry.
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// The purpose it was read for.
     pub purpose: Purpose,
     /// The groups present, in `FieldGroup::ALL` order.
@@ -149,7 +151,7 @@ pub struct CaseloadPage {
     /// This page's live mandates, by person.
     pub entries: Vec<CaseloadEntry>,
     /// Pass as `after` to get the next page; `None` on the last page.
-    pub next: Option<i64>,
+    pub next: Option<PersonId>,
 }
 
 /// A break-glass request: one person, outside the caller's mandates, with a
@@ -157,7 +159,7 @@ pub struct CaseloadPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BreakGlass {
     /// The person to reach.
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// What for.
     pub purpose: Purpose,
     /// Why, in writing ([`MIN_REASON_CHARS`](crate::authorize::MIN_REASON_CHARS)
@@ -172,7 +174,7 @@ impl Consultation {
         &self,
         presented: &Presented<'_>,
         from: Option<IpAddr>,
-        person_id: i64,
+        person_id: PersonId,
         purpose: Purpose,
     ) -> Result<Shown, Refusal> {
         let now = self.now();
@@ -225,7 +227,7 @@ impl Consultation {
         &self,
         caller: &Caller,
         from: Option<IpAddr>,
-        person_id: i64,
+        person_id: PersonId,
         purpose: Purpose,
         rows: ConsultationRows,
         now: DateTime<Utc>,
@@ -399,7 +401,7 @@ impl Consultation {
         who: &Who,
         attempts: &Attempts,
         kind: AttemptKind,
-        person_id: i64,
+        person_id: PersonId,
         purpose: Purpose,
     ) -> Result<Option<(Pending, Option<Shown>)>, Refusal> {
         let now = ctx.now;
@@ -446,7 +448,7 @@ impl Consultation {
         presented: &Presented<'_>,
         from: Option<IpAddr>,
         purpose: Purpose,
-        after: i64,
+        after: PersonId,
         limit: u32,
     ) -> Result<CaseloadPage, Refusal> {
         let now = self.now();
@@ -473,7 +475,7 @@ impl Consultation {
         let verdict = self.screen(&ctx, &attempt).await?;
         let a = &caller.account;
         let today = now.date_naive();
-        let page = |after: i64, limit: u32| {
+        let page = |after: PersonId, limit: u32| {
             self.store.caseload(
                 a.organisation_id,
                 a.account_id,
@@ -646,7 +648,7 @@ impl Consultation {
     /// otherwise: `BrowserSessionRequired` for an API credential or an API
     /// client's access token (a program's copyable secret, which no step-up
     /// can strengthen), `StepUpRequired` for a session without a fresh one.
-    async fn human_presence_missing(&self, ctx: &Ctx<'_>, person_id: i64) -> Option<Refusal> {
+    async fn human_presence_missing(&self, ctx: &Ctx<'_>, person_id: PersonId) -> Option<Refusal> {
         let (note, refusal) = match &ctx.caller.via {
             Via::Session { step_up_at, .. } => {
                 let window = self
@@ -686,7 +688,7 @@ impl Consultation {
         &self,
         ctx: &Ctx<'_>,
         who: &Who,
-        person_id: i64,
+        person_id: PersonId,
         purpose: Purpose,
         mandates: &[StoredMandate],
         now: DateTime<Utc>,
@@ -708,7 +710,7 @@ impl Consultation {
         &self,
         ctx: &Ctx<'_>,
         caller: &Caller,
-        person_id: i64,
+        person_id: PersonId,
         purpose: Purpose,
         decision: &Decision,
     ) -> Result<Option<Shown>, Refusal> {
@@ -770,15 +772,15 @@ const EMPTY_SEARCH_QUANTUM: std::time::Duration = std::time::Duration::from_mill
 
 /// The person a search miss is looked up as, so that a miss costs what an
 /// out-of-scope hit does; no person has this id.
-const NO_ONE: i64 = 0;
+const NO_ONE: PersonId = PersonId::UNKNOWN;
 
 /// Why a read was refused, for the ledger (the caller only hears "not
 /// found"): no live mandate of the caller's for the purpose, or a mandate
 /// whose purpose shows nothing to this account.
 fn denial(who: &Who, mandates: &[StoredMandate], purpose: Purpose, today: NaiveDate) -> DenyReason {
     let ours = mandates.iter().any(|m| {
-        m.organisation_id == who.organisation_id.get()
-            && m.account_id.is_none_or(|a| a == who.account_id.get())
+        m.organisation_id == who.organisation_id
+            && m.account_id.is_none_or(|a| a == who.account_id)
             && m.purpose == purpose
             && m.is_live_on(today)
     });
@@ -803,8 +805,8 @@ fn mandates_are_new(
     let mut ours = mandates
         .iter()
         .filter(|m| {
-            m.organisation_id == who.organisation_id.get()
-                && m.account_id.is_none_or(|a| a == who.account_id.get())
+            m.organisation_id == who.organisation_id
+                && m.account_id.is_none_or(|a| a == who.account_id)
                 && m.purpose == purpose
                 && m.is_live_on(today)
         })
@@ -839,13 +841,25 @@ fn break_glass_note(mandate: &Reference, digest: &[u8; 32]) -> String {
 #[allow(dead_code)]
 fn operations_are_send(c: &Consultation) {
     fn is_send<T: Send>(_: &T) {}
-    is_send(&c.read_person(&Presented::Nothing, None, 1, Purpose::FollowUp));
-    is_send(&c.caseload(&Presented::Nothing, None, Purpose::FollowUp, 0, 1));
+    is_send(&c.read_person(
+        &Presented::Nothing,
+        None,
+        PersonId::new(1),
+        Purpose::FollowUp,
+    ));
+    is_send(&c.caseload(
+        &Presented::Nothing,
+        None,
+        Purpose::FollowUp,
+        PersonId::new(0),
+        1,
+    ));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rempart_domain::{MandateId, OrganisationId};
 
     #[test]
     fn mandates_made_by_hand_explain_no_volume() {
@@ -859,13 +873,13 @@ mod tests {
         };
         let today = NaiveDate::from_ymd_opt(2026, 12, 6).unwrap();
         let mandate = |reference: &str, source: Reference| StoredMandate {
-            id: 1,
+            id: MandateId::new(1),
             reference: Reference::parse(reference).unwrap(),
             organisation: Reference::parse("T-CE1").unwrap(),
-            organisation_id: 3,
+            organisation_id: OrganisationId::new(3),
             account: None,
             account_id: None,
-            person_id: 42,
+            person_id: PersonId::new(42),
             purpose: Purpose::FollowUp,
             valid_from: today,
             valid_to: None,

@@ -14,6 +14,7 @@
 use chrono::{DateTime, Duration, Utc};
 use rempart_auth::activation::ActivationCode;
 use rempart_auth::totp::TotpSecret;
+use rempart_domain::AccountId;
 use rempart_storage::{NewActivation, StorageError};
 use rempart_vault::Vault;
 use zeroize::Zeroizing;
@@ -40,7 +41,7 @@ pub enum TotpSealError {
 /// vault (the only holder of the keys).
 pub fn seal_totp_secret(
     vault: &Vault,
-    account_id: i64,
+    account_id: AccountId,
     secret: &TotpSecret,
 ) -> Result<Vec<u8>, TotpSealError> {
     vault
@@ -51,7 +52,7 @@ pub fn seal_totp_secret(
 /// Opens what [`seal_totp_secret`] sealed for this account.
 pub fn open_totp_secret(
     vault: &Vault,
-    account_id: i64,
+    account_id: AccountId,
     sealed: &[u8],
 ) -> Result<TotpSecret, TotpSealError> {
     let plain = vault
@@ -88,8 +89,8 @@ impl Consultation {
     /// Generates and stores a code (digest only) for `account_id`.
     pub(crate) async fn new_activation(
         &self,
-        account_id: i64,
-        officer_id: i64,
+        account_id: AccountId,
+        officer_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<IssuedActivation, StorageError> {
         let code = ActivationCode::generate().map_err(|e| StorageError::Refused {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rempart_auth::dpop::{DpopProof, Expected};
 use rempart_auth::jose::{AlgSet, Jkt};
+use rempart_domain::{AccountId, OrganisationId};
 use rempart_ledger::{
     Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
 };
@@ -210,7 +211,7 @@ impl Consultation {
             )
             .await
         {
-            tracing::warn!(account = account.account_id, error = %e, "login device not trusted");
+            tracing::warn!(account = account.account_id.get(), error = %e, "login device not trusted");
         }
         Ok(LoginAnswer {
             cookie: new.cookie,
@@ -267,8 +268,8 @@ impl Consultation {
         now: DateTime<Utc>,
     ) -> Result<u64, Refusal> {
         let mut leaf: AuditLeaf = unauthenticated_leaf(
-            account.map_or(0, |a| a.account_id),
-            account.map_or(0, |a| a.organisation_id),
+            account.map_or(AccountId::UNKNOWN, |a| a.account_id),
+            account.map_or(OrganisationId::UNKNOWN, |a| a.organisation_id),
             action,
             reason,
             now,

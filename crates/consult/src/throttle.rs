@@ -53,7 +53,7 @@ impl Counter {
     async fn read(
         self,
         auth: &dyn AuthStore,
-        account_id: i64,
+        account_id: AccountId,
     ) -> Result<Option<String>, StorageError> {
         Ok(match self {
             Counter::Password => auth.password(account_id).await?.map(|(_, t)| t),
@@ -70,7 +70,7 @@ impl Counter {
     async fn swap(
         self,
         auth: &dyn AuthStore,
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError> {
@@ -112,7 +112,7 @@ pub(crate) struct Attempt {
 
 /// What a known account's reservation wrote.
 struct Reserved {
-    account_id: i64,
+    account_id: AccountId,
     stored: String,
     state: AccountThrottle,
     locks: bool,
@@ -210,7 +210,7 @@ pub(crate) async fn admit(
     web: &Arc<Web>,
     auth: &dyn AuthStore,
     counter: Counter,
-    account: Option<(i64, String)>,
+    account: Option<(AccountId, String)>,
     login: &str,
     addr: IpAddr,
     now_unix: u64,
@@ -306,8 +306,8 @@ impl Consultation {
             self.guard.raise(Alert {
                 at: now,
                 kind: AlertKind::FailedLogins,
-                account_id: AccountId::new(account.map_or(0, |a| a.account_id)),
-                organisation_id: OrganisationId::new(account.map_or(0, |a| a.organisation_id)),
+                account_id: account.map_or(AccountId::UNKNOWN, |a| a.account_id),
+                organisation_id: account.map_or(OrganisationId::UNKNOWN, |a| a.organisation_id),
                 verdict: Verdict::Throttle,
                 score: 0.0,
                 explanation: vec![Explanation {

@@ -8,13 +8,16 @@
 //! This module depends on no other of the crate: every module may use it.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use rempart_domain::{AccountState, OrganisationKind, Purpose, Reference, Role};
+use rempart_domain::{
+    AccountId, AccountState, MandateId, OrganisationId, OrganisationKind, PersonId, Purpose,
+    Reference, Role,
+};
 
 /// An account with its organisation, as an operation shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountView {
     /// Its id in the registry.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Its login.
     pub login: Reference,
     /// Its role.
@@ -22,7 +25,7 @@ pub struct AccountView {
     /// Its state.
     pub state: AccountState,
     /// Its organisation's id.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// Its organisation's code.
     pub organisation: Reference,
     /// Its organisation's kind.
@@ -56,9 +59,9 @@ pub struct AccountHistory {
     /// When it was requested (or created).
     pub created_at: Option<DateTime<Utc>>,
     /// Who asked for it.
-    pub requested_by: Option<i64>,
+    pub requested_by: Option<AccountId>,
     /// The officer who approved or rejected the request.
-    pub decided_by: Option<i64>,
+    pub decided_by: Option<AccountId>,
     /// When the request was decided.
     pub decided_at: Option<DateTime<Utc>>,
     /// The last successful login.
@@ -127,11 +130,11 @@ pub struct MandateTerms {
     /// Its reference.
     pub reference: Reference,
     /// The person it is on.
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// The organisation it lets read.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// The one account of it that may read, or all of them.
-    pub account_id: Option<i64>,
+    pub account_id: Option<AccountId>,
     /// What for.
     pub purpose: Purpose,
     /// First day.
@@ -161,7 +164,7 @@ impl From<rempart_storage::NewMandate> for MandateTerms {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MandateView {
     /// Its id in the registry.
-    pub id: i64,
+    pub id: MandateId,
     /// What it says.
     pub terms: MandateTerms,
 }
@@ -193,7 +196,7 @@ pub struct GrantRequestView {
     /// The mandate it would make.
     pub terms: MandateTerms,
     /// The officer who asked.
-    pub requested_by: i64,
+    pub requested_by: AccountId,
     /// When.
     pub requested_at: DateTime<Utc>,
 }
@@ -282,15 +285,15 @@ pub struct ResetView {
     /// Its id.
     pub id: i64,
     /// Whose factors.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Which factors.
     pub kind: ResetKind,
     /// Who asked.
-    pub requested_by: i64,
+    pub requested_by: AccountId,
     /// When.
     pub requested_at: DateTime<Utc>,
     /// The officer who decided, once decided.
-    pub decided_by: Option<i64>,
+    pub decided_by: Option<AccountId>,
     /// When it was decided.
     pub decided_at: Option<DateTime<Utc>>,
     /// `Some(true)` approved, `Some(false)` rejected, `None` pending.
@@ -316,11 +319,11 @@ impl From<rempart_storage::CredentialReset> for ResetView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseloadEntry {
     /// The person.
-    pub person_id: i64,
+    pub person_id: PersonId,
     /// What for.
     pub purpose: Purpose,
     /// The mandate.
-    pub mandate_id: i64,
+    pub mandate_id: MandateId,
     /// Exclusive end of the mandate; `None` means open-ended.
     pub valid_to: Option<NaiveDate>,
 }

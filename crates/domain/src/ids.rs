@@ -21,6 +21,11 @@ macro_rules! id_type {
         pub struct $name(i64);
 
         impl $name {
+            /// Id 0, which no row has: what a ledger leaf names when the
+            /// request never reached a known row (an unknown login, a
+            /// malformed credential).
+            pub const UNKNOWN: Self = Self(0);
+
             /// The id the registry stores as `value`.
             pub const fn new(value: i64) -> Self {
                 Self(value)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use rempart_domain::records::{RecordError, RecordRules};
-use rempart_domain::{FtId, Person};
+use rempart_domain::{FtId, Person, PersonId};
 use rempart_storage::SealedPerson;
 use rempart_vault::{Sealed, Vault};
 
@@ -162,7 +162,7 @@ pub(crate) async fn import_persons(
             let new_count = existing.iter().filter(|e| e.is_none()).count() as u64;
             if new_count > ids_left {
                 let block = new_count.max(ID_BLOCK);
-                next = vault.store().reserve_person_ids(block).await?;
+                next = vault.store().reserve_person_ids(block).await?.get();
                 ids_left = block;
             }
             ids_left -= new_count;
@@ -183,7 +183,7 @@ pub(crate) async fn import_persons(
                 good.par_iter()
                     .zip(existing.par_iter())
                     .zip(ids.par_iter())
-                    .map(|(((_, p), e), id)| Vault::seal(&keys, p, e.as_ref(), *id))
+                    .map(|(((_, p), e), id)| Vault::seal(&keys, p, e.as_ref(), PersonId::new(*id)))
                     .collect::<Result<Vec<Sealed>, _>>()
             })
             .await

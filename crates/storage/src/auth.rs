@@ -19,7 +19,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use rempart_domain::{
-    AccountAction, AccountState, LifecycleState, OrganisationKind, Reference, Role,
+    AccountAction, AccountId, AccountState, LifecycleState, OrganisationId, OrganisationKind,
+    Reference, Role,
 };
 
 use crate::{AccountRecord, StorageError};
@@ -29,13 +30,13 @@ use crate::{AccountRecord, StorageError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAccountRequest {
     /// The organisation the account will belong to.
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// Its login, unique in the registry.
     pub login: Reference,
     /// Its role once approved.
     pub role: Role,
     /// The account asking for it (must be active).
-    pub requested_by: i64,
+    pub requested_by: AccountId,
     /// When it was asked for: the account's `created_at`.
     pub at: DateTime<Utc>,
 }
@@ -48,13 +49,13 @@ pub struct NewAccountRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountLifecycle {
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// When it was requested (or created), if known.
     pub created_at: Option<DateTime<Utc>>,
     /// Who asked for it, if known.
-    pub requested_by: Option<i64>,
+    pub requested_by: Option<AccountId>,
     /// The officer who approved or rejected the request.
-    pub decided_by: Option<i64>,
+    pub decided_by: Option<AccountId>,
     /// When the request was decided.
     pub decided_at: Option<DateTime<Utc>>,
     /// The last successful login, if any.
@@ -73,7 +74,7 @@ pub struct StoredSession {
     /// SHA-256 (or similar) digest of the session id the cookie carries.
     pub id_digest: [u8; 32],
     /// The account logged in.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Thumbprint (43 characters of base64url) of the device key the
     /// session is bound to: every request carries a proof signed with it.
     pub jkt: String,
@@ -116,7 +117,7 @@ pub struct StoredPasskeyRow {
     /// The credential id the authenticator chose (1 to 1023 bytes).
     pub credential_id: Vec<u8>,
     /// Its owner.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// The passkey as the authentication code serialises it (JSON).
     pub data: String,
     /// Registration instant.
@@ -129,7 +130,7 @@ pub struct StoredPasskeyRow {
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredTotp {
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// The secret, sealed by the caller (opaque bytes, 1 to 1024).
     pub sealed_secret: Vec<u8>,
     /// The last time step a code was accepted for: a code is only accepted
@@ -160,7 +161,7 @@ pub struct ApiClientRow {
     /// OAuth client id (1 to 128 visible ASCII characters).
     pub client_id: String,
     /// The account the client acts for.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Its registered public keys, as the authentication code serialises
     /// them (JSON).
     pub keys: String,
@@ -178,7 +179,7 @@ pub struct AccessTokenRow {
     /// The client it was issued to.
     pub client_id: String,
     /// The account the client acts for (the client's own).
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Thumbprint (43 characters) of the DPoP key it is bound to.
     pub jkt: String,
     /// What it may do (space-separated scope tokens).
@@ -346,15 +347,15 @@ pub struct CredentialReset {
     /// Never reused.
     pub id: i64,
     /// Whose factors.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// Which factors.
     pub kind: ResetKind,
     /// Who asked.
-    pub requested_by: i64,
+    pub requested_by: AccountId,
     /// When.
     pub requested_at: DateTime<Utc>,
     /// The officer who decided, once decided.
-    pub decided_by: Option<i64>,
+    pub decided_by: Option<AccountId>,
     /// When it was decided.
     pub decided_at: Option<DateTime<Utc>>,
     /// `Some(true)` approved, `Some(false)` rejected, `None` pending.
@@ -365,11 +366,11 @@ pub struct CredentialReset {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewActivation {
     /// The account the code activates.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// SHA-256 digest of the code (the code itself is never stored).
     pub digest: [u8; 32],
     /// The officer handing the code over.
-    pub issued_by: i64,
+    pub issued_by: AccountId,
     /// Issue instant.
     pub issued_at: DateTime<Utc>,
     /// The code is refused from then on (after `issued_at`).
@@ -380,11 +381,11 @@ pub struct NewActivation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredActivation {
     /// The account.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// SHA-256 digest of the code.
     pub digest: [u8; 32],
     /// The officer who issued it.
-    pub issued_by: i64,
+    pub issued_by: AccountId,
     /// Issue instant.
     pub issued_at: DateTime<Utc>,
     /// Expiry.
@@ -417,9 +418,9 @@ pub struct FederationLink {
     /// ASCII characters, OpenID Connect's bound).
     pub subject: String,
     /// The account the identity logs in as.
-    pub account_id: i64,
+    pub account_id: AccountId,
     /// The officer who made the link.
-    pub linked_by: i64,
+    pub linked_by: AccountId,
     /// When the link was made.
     pub linked_at: DateTime<Utc>,
 }
@@ -469,8 +470,8 @@ pub trait AuthStore: Send + Sync {
     /// a partner's account) belongs to its organisation.
     async fn decide_account(
         &self,
-        account_id: i64,
-        officer_id: i64,
+        account_id: AccountId,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<AccountRecord>, StorageError>;
@@ -493,7 +494,7 @@ pub trait AuthStore: Send + Sync {
     /// (to notice a burst of requests).
     async fn requests_since(
         &self,
-        requested_by: i64,
+        requested_by: AccountId,
         since: DateTime<Utc>,
     ) -> Result<u32, StorageError>;
 
@@ -501,12 +502,19 @@ pub trait AuthStore: Send + Sync {
     async fn pending_requests(&self) -> Result<Vec<ReviewEntry>, StorageError>;
 
     /// An account's history; `None` if there is no such account.
-    async fn lifecycle(&self, account_id: i64) -> Result<Option<AccountLifecycle>, StorageError>;
+    async fn lifecycle(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<AccountLifecycle>, StorageError>;
 
     /// Records a successful login: sets `last_login_at` and clears
     /// `next_session_high_risk` (read [`AuthStore::lifecycle`] first to
     /// know whether the session being opened is high-risk).
-    async fn record_login(&self, account_id: i64, at: DateTime<Utc>) -> Result<(), StorageError>;
+    async fn record_login(
+        &self,
+        account_id: AccountId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
 
     /// Records activity that is not a session: an API client obtaining an
     /// access token. Moves `last_login_at` forward (never back), as a
@@ -515,8 +523,11 @@ pub trait AuthStore: Send + Sync {
     /// tokens every few minutes must not clear the flag a reset set for
     /// the next human session. Refuses (`account_id: …`) an unknown
     /// account.
-    async fn record_activity(&self, account_id: i64, at: DateTime<Utc>)
-    -> Result<(), StorageError>;
+    async fn record_activity(
+        &self,
+        account_id: AccountId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError>;
 
     /// Disables every active account whose last login (or, never logged
     /// in, its decision or creation instant) is before `last_login_before`,
@@ -527,21 +538,24 @@ pub trait AuthStore: Send + Sync {
         &self,
         last_login_before: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<Vec<i64>, StorageError>;
+    ) -> Result<Vec<AccountId>, StorageError>;
 
     /// Every account not disabled (of one organisation, or all), with its
     /// history, ordered by organisation code then login: the periodic
     /// review of who still has access.
     async fn accounts_to_review(
         &self,
-        organisation_id: Option<i64>,
+        organisation_id: Option<OrganisationId>,
     ) -> Result<Vec<ReviewEntry>, StorageError>;
 
     // ------------------------------------------------------------ factors
 
     /// The account's password (PHC string) and throttle state (JSON), if it
     /// has a password.
-    async fn password(&self, account_id: i64) -> Result<Option<(String, String)>, StorageError>;
+    async fn password(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<(String, String)>, StorageError>;
 
     /// Sets the account's password (an argon2id PHC string). A new row
     /// starts with an empty throttle state (`{}`); replacing a password
@@ -549,7 +563,7 @@ pub trait AuthStore: Send + Sync {
     /// password). Refuses an unknown account or a non-argon2id `phc`.
     async fn set_password(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         phc: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StorageError>;
@@ -563,13 +577,13 @@ pub trait AuthStore: Send + Sync {
     /// not see.
     async fn swap_throttle(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError>;
 
     /// The account's TOTP factor, if enrolled.
-    async fn totp(&self, account_id: i64) -> Result<Option<StoredTotp>, StorageError>;
+    async fn totp(&self, account_id: AccountId) -> Result<Option<StoredTotp>, StorageError>;
 
     /// Enrols (or replaces) the account's TOTP factor. Refuses an unknown
     /// account.
@@ -579,9 +593,9 @@ pub trait AuthStore: Send + Sync {
     /// order, at most `limit` (for KEK rotation, which rewraps them).
     async fn totp_secrets(
         &self,
-        after: i64,
+        after: AccountId,
         limit: u32,
-    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError>;
+    ) -> Result<Vec<(AccountId, Vec<u8>)>, StorageError>;
 
     /// Compare-and-set of a sealed TOTP secret: replaces it with `new` only
     /// if it is still `old` (a concurrent re-enrolment wins); the last
@@ -589,7 +603,7 @@ pub trait AuthStore: Send + Sync {
     /// Refuses a malformed `new`.
     async fn replace_totp_secret(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         old: &[u8],
         new: &[u8],
     ) -> Result<bool, StorageError>;
@@ -598,10 +612,14 @@ pub trait AuthStore: Send + Sync {
     /// returns true only if it is later than the stored one (or none is
     /// stored); false otherwise, and if the account has no TOTP. Of two
     /// logins racing with the same code, exactly one gets true.
-    async fn accept_totp_step(&self, account_id: i64, step: u64) -> Result<bool, StorageError>;
+    async fn accept_totp_step(
+        &self,
+        account_id: AccountId,
+        step: u64,
+    ) -> Result<bool, StorageError>;
 
     /// The account's passkeys, oldest first.
-    async fn passkeys(&self, account_id: i64) -> Result<Vec<StoredPasskeyRow>, StorageError>;
+    async fn passkeys(&self, account_id: AccountId) -> Result<Vec<StoredPasskeyRow>, StorageError>;
 
     /// The passkey with this credential id.
     async fn passkey_by_credential(
@@ -633,7 +651,7 @@ pub trait AuthStore: Send + Sync {
     async fn trust_login_device(
         &self,
         digest: &[u8; 32],
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         replaces: Option<&[u8; 32]>,
@@ -645,7 +663,7 @@ pub trait AuthStore: Send + Sync {
     async fn login_device_throttle(
         &self,
         digest: &[u8; 32],
-        account_id: i64,
+        account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StorageError>;
 
@@ -654,7 +672,7 @@ pub trait AuthStore: Send + Sync {
     async fn swap_login_device_throttle(
         &self,
         digest: &[u8; 32],
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError>;
@@ -665,9 +683,9 @@ pub trait AuthStore: Send + Sync {
     /// unknown account or requester.
     async fn request_reset(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         kind: ResetKind,
-        requested_by: i64,
+        requested_by: AccountId,
         at: DateTime<Utc>,
     ) -> Result<CredentialReset, StorageError>;
 
@@ -679,7 +697,7 @@ pub trait AuthStore: Send + Sync {
     async fn decide_reset(
         &self,
         id: i64,
-        officer_id: i64,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<CredentialReset>, StorageError>;
@@ -699,13 +717,16 @@ pub trait AuthStore: Send + Sync {
     async fn issue_activation(&self, a: NewActivation) -> Result<(), StorageError>;
 
     /// The account's activation code, used or not, expired or not.
-    async fn activation(&self, account_id: i64) -> Result<Option<StoredActivation>, StorageError>;
+    async fn activation(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<StoredActivation>, StorageError>;
 
     /// [`Self::swap_throttle`] for the throttle state of the account's
     /// activation code (false if it has none).
     async fn swap_activation_throttle(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError>;
@@ -717,7 +738,7 @@ pub trait AuthStore: Send + Sync {
     /// one gets true. The password row starts with an empty throttle state.
     async fn complete_activation(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         digest: [u8; 32],
         factors: ActivationFactors,
         now: DateTime<Utc>,
@@ -743,9 +764,9 @@ pub trait AuthStore: Send + Sync {
         &self,
         issuer: &str,
         subject: &str,
-        unlinked_by: i64,
+        unlinked_by: AccountId,
         at: DateTime<Utc>,
-    ) -> Result<Option<i64>, StorageError>;
+    ) -> Result<Option<AccountId>, StorageError>;
 
     /// The link of an identity, if an officer made one. One indexed
     /// lookup: it runs on every federated login.
@@ -839,7 +860,7 @@ pub trait AuthStore: Send + Sync {
     /// Ends every live session of the account; returns how many.
     async fn end_sessions_of_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
         reason: &str,
     ) -> Result<u64, StorageError>;
@@ -853,7 +874,7 @@ pub trait AuthStore: Send + Sync {
     /// new credentials. `reason` is a lowercase code like a ceremony kind.
     async fn suspend_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
         reason: &str,
     ) -> Result<Option<Suspension>, StorageError>;
@@ -884,7 +905,7 @@ pub trait AuthStore: Send + Sync {
     /// clients were revoked.
     async fn revoke_api_clients_of_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
     ) -> Result<u64, StorageError>;
 
@@ -915,6 +936,47 @@ pub trait AuthStore: Send + Sync {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool, StorageError>;
+}
+
+/// A change of an account's lifecycle, as [`AuthStore::rehearse`] checks
+/// it before it is ledgered and made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    /// [`AuthStore::decide_account`].
+    Decide {
+        /// The requested account.
+        account_id: AccountId,
+        /// The deciding officer.
+        officer_id: AccountId,
+        /// Approval (else rejection).
+        approve: bool,
+    },
+    /// [`AuthStore::decide_reset`].
+    DecideReset {
+        /// The reset.
+        reset_id: i64,
+        /// The deciding officer.
+        officer_id: AccountId,
+        /// Approval (else rejection).
+        approve: bool,
+    },
+    /// A suspension or a reactivation ([`AuthStore::suspend_account`],
+    /// [`crate::RegistryStore::set_account_state`]).
+    State {
+        /// The account.
+        account_id: AccountId,
+        /// `suspended` or `active`.
+        state: AccountState,
+    },
+}
+
+/// What a rehearsed change would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rehearsal {
+    /// The account it is about.
+    pub account_id: AccountId,
+    /// For a reset's decision, the reset's kind.
+    pub reset_kind: Option<ResetKind>,
 }
 
 // ---------------------------------------------------------------- shared checks
@@ -1012,7 +1074,7 @@ pub(crate) fn check_federated(issuer: &str, subject: &str) -> Result<(), Storage
 /// the account linked (`account_id`, when linking).
 pub(crate) fn check_federation_officer(
     field: &'static str,
-    account_id: Option<i64>,
+    account_id: Option<AccountId>,
     officer: Option<&Decider>,
 ) -> Result<(), StorageError> {
     match officer {
@@ -1160,60 +1222,19 @@ pub(crate) fn check_replay_period(
     Ok((expires_at, now))
 }
 
-/// A change of an account's lifecycle, as [`AuthStore::rehearse`] checks
-/// it before it is ledgered and made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountChange {
-    /// [`AuthStore::decide_account`].
-    Decide {
-        /// The requested account.
-        account_id: i64,
-        /// The deciding officer.
-        officer_id: i64,
-        /// Approval (else rejection).
-        approve: bool,
-    },
-    /// [`AuthStore::decide_reset`].
-    DecideReset {
-        /// The reset.
-        reset_id: i64,
-        /// The deciding officer.
-        officer_id: i64,
-        /// Approval (else rejection).
-        approve: bool,
-    },
-    /// A suspension or a reactivation ([`AuthStore::suspend_account`],
-    /// [`crate::RegistryStore::set_account_state`]).
-    State {
-        /// The account.
-        account_id: i64,
-        /// `suspended` or `active`.
-        state: AccountState,
-    },
-}
-
-/// What a rehearsed change would change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rehearsal {
-    /// The account it is about.
-    pub account_id: i64,
-    /// For a reset's decision, the reset's kind.
-    pub reset_kind: Option<ResetKind>,
-}
-
 /// What a decision checks about the account decided on: where it
 /// belongs, and its place in the state machine.
 pub(crate) struct Subject {
-    pub account_id: i64,
-    pub organisation_id: i64,
+    pub account_id: AccountId,
+    pub organisation_id: OrganisationId,
     pub kind: OrganisationKind,
     /// Its stored state.
     pub state: AccountState,
     /// Who asked for it, if recorded.
-    pub requested_by: Option<i64>,
+    pub requested_by: Option<AccountId>,
     /// Who approved it (a four-eyes decision, or an import's checked
     /// approver).
-    pub approved_by: Option<i64>,
+    pub approved_by: Option<AccountId>,
     /// Whether a decision on its request is recorded.
     pub decided: bool,
 }
@@ -1235,8 +1256,8 @@ impl Subject {
 
 /// What a decision checks about the decider (or the requester).
 pub(crate) struct Decider {
-    pub account_id: i64,
-    pub organisation_id: i64,
+    pub account_id: AccountId,
+    pub organisation_id: OrganisationId,
     pub role: Role,
     pub state: AccountState,
 }
@@ -1418,6 +1439,57 @@ pub(crate) fn digest32(v: Vec<u8>, what: &str) -> Result<[u8; 32], StorageError>
         .map_err(|_| StorageError::Corrupt(format!("stored {what} is not 32 bytes")))
 }
 
+/// Why an account cannot receive an activation code, if it cannot (the
+/// rule of [`AuthStore::issue_activation`], on facts both backends read).
+pub(crate) fn check_activation_target(
+    state: Option<AccountState>,
+    four_eyes: bool,
+    has_password: bool,
+    has_totp: bool,
+) -> Result<(), StorageError> {
+    let field = "account_id";
+    match state {
+        None => Err(not_found(field, "account")),
+        Some(s) if s != AccountState::Active => Err(refuse(
+            field,
+            "the account is not active (an account is approved before it is activated)",
+        )),
+        Some(_) if !four_eyes => Err(refuse(
+            field,
+            "the account was never approved under four eyes: no activation code without it",
+        )),
+        Some(_) if has_password && has_totp => Err(refuse(
+            field,
+            "the account already has its password and TOTP: nothing to activate",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The issuer of an activation code: an active officer, not the account,
+/// and standing where a decider on its request would (the code opens the
+/// account: an insider re-issuing it would take over an approved account
+/// before its holder activates it).
+pub(crate) fn check_activation_issuer(
+    subject: &Subject,
+    requester: Option<&Decider>,
+    issuer: Option<&Decider>,
+) -> Result<(), StorageError> {
+    let field = "issued_by";
+    match issuer {
+        None => Err(not_found(field, "account")),
+        Some(d) if d.role != Role::Officer => Err(refuse(field, "only an officer issues codes")),
+        Some(d) if d.state != AccountState::Active => {
+            Err(refuse(field, "the officer's account is not active"))
+        }
+        Some(d) if d.account_id == subject.account_id => Err(refuse(
+            field,
+            "an account cannot issue its own activation code (four eyes)",
+        )),
+        Some(d) => check_outside(field, subject, requester, d),
+    }
+}
+
 // ---------------------------------------------------------------- shared SQL
 
 /// The account columns of [`crate::ACCOUNT_SELECT`], for joins.
@@ -1471,57 +1543,6 @@ pub(crate) const ACCESS_TOKEN_SELECT: &str = concat!(
 pub(crate) const ACTIVATION_SELECT: &str = "SELECT account_id, digest, issued_by, issued_at,
         expires_at, used_at, throttle FROM activation_code";
 
-/// Why an account cannot receive an activation code, if it cannot (the
-/// rule of [`AuthStore::issue_activation`], on facts both backends read).
-pub(crate) fn check_activation_target(
-    state: Option<AccountState>,
-    four_eyes: bool,
-    has_password: bool,
-    has_totp: bool,
-) -> Result<(), StorageError> {
-    let field = "account_id";
-    match state {
-        None => Err(not_found(field, "account")),
-        Some(s) if s != AccountState::Active => Err(refuse(
-            field,
-            "the account is not active (an account is approved before it is activated)",
-        )),
-        Some(_) if !four_eyes => Err(refuse(
-            field,
-            "the account was never approved under four eyes: no activation code without it",
-        )),
-        Some(_) if has_password && has_totp => Err(refuse(
-            field,
-            "the account already has its password and TOTP: nothing to activate",
-        )),
-        Some(_) => Ok(()),
-    }
-}
-
-/// The issuer of an activation code: an active officer, not the account,
-/// and standing where a decider on its request would (the code opens the
-/// account: an insider re-issuing it would take over an approved account
-/// before its holder activates it).
-pub(crate) fn check_activation_issuer(
-    subject: &Subject,
-    requester: Option<&Decider>,
-    issuer: Option<&Decider>,
-) -> Result<(), StorageError> {
-    let field = "issued_by";
-    match issuer {
-        None => Err(not_found(field, "account")),
-        Some(d) if d.role != Role::Officer => Err(refuse(field, "only an officer issues codes")),
-        Some(d) if d.state != AccountState::Active => {
-            Err(refuse(field, "the officer's account is not active"))
-        }
-        Some(d) if d.account_id == subject.account_id => Err(refuse(
-            field,
-            "an account cannot issue its own activation code (four eyes)",
-        )),
-        Some(d) => check_outside(field, subject, requester, d),
-    }
-}
-
 /// A passkey.
 pub(crate) const PASSKEY_SELECT: &str =
     "SELECT credential_id, account_id, data, created_at, last_used_at FROM passkey";
@@ -1541,7 +1562,7 @@ mod tests {
     fn session() -> StoredSession {
         StoredSession {
             id_digest: [1; 32],
-            account_id: 1,
+            account_id: AccountId::new(1),
             jkt: "A".repeat(43),
             method: "passkey".into(),
             created_at: at(1_000),
@@ -1697,7 +1718,7 @@ mod tests {
         let debug = format!(
             "{:?}",
             StoredTotp {
-                account_id: 1,
+                account_id: AccountId::new(1),
                 sealed_secret: vec![0x5a; 40],
                 last_step: None,
                 enrolled_at: at(0),
@@ -1712,17 +1733,17 @@ mod tests {
     #[test]
     fn the_four_eyes_rule() {
         let partner = Subject {
-            account_id: 10,
-            organisation_id: 2,
+            account_id: AccountId::new(10),
+            organisation_id: OrganisationId::new(2),
             kind: OrganisationKind::MissionLocale,
             state: AccountState::Requested,
-            requested_by: Some(11),
+            requested_by: Some(AccountId::new(11)),
             approved_by: None,
             decided: false,
         };
         let officer = |id, org, role, state| Decider {
-            account_id: id,
-            organisation_id: org,
+            account_id: AccountId::new(id),
+            organisation_id: OrganisationId::new(org),
             role,
             state,
         };
@@ -1774,7 +1795,7 @@ mod tests {
         // organisations, France Travail agencies included).
         let colleague = Subject {
             kind: OrganisationKind::FranceTravail,
-            organisation_id: 1,
+            organisation_id: OrganisationId::new(1),
             requested_by: None,
             ..partner
         };
@@ -1799,15 +1820,16 @@ mod tests {
 
     #[test]
     fn transitions_follow_the_machine_and_the_sql_names_its_states() {
-        let subject = |state, requested_by, approved_by, decided| Subject {
-            account_id: 10,
-            organisation_id: 2,
-            kind: OrganisationKind::CapEmploi,
-            state,
-            requested_by,
-            approved_by,
-            decided,
-        };
+        let subject =
+            |state, requested_by: Option<i64>, approved_by: Option<i64>, decided| Subject {
+                account_id: AccountId::new(10),
+                organisation_id: OrganisationId::new(2),
+                kind: OrganisationKind::CapEmploi,
+                state,
+                requested_by: requested_by.map(AccountId::new),
+                approved_by: approved_by.map(AccountId::new),
+                decided,
+            };
         use AccountAction::*;
         use AccountState::*;
         let approved = subject(Active, Some(11), Some(1), true);

@@ -48,7 +48,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
 use rempart_domain::{
-    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+    Account, AccountId, AccountState, FieldGroup, MandateId, Organisation, OrganisationId,
+    OrganisationKind, PersonId, Purpose, Reference, Role,
 };
 
 /// A 16-byte blind index or fingerprint, computed by the vault.
@@ -58,7 +59,7 @@ pub type Blind = [u8; 16];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedPerson {
     /// Opaque id, reserved with [`RegistryStore::reserve_person_ids`].
-    pub id: i64,
+    pub id: PersonId,
     pub ft_blind: Blind,
     pub nir_blind: Blind,
     pub name_blind: Blind,
@@ -79,7 +80,7 @@ pub struct SealedPerson {
 /// What an import needs to know about a person already stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingPerson {
-    pub id: i64,
+    pub id: PersonId,
     pub fingerprint: Blind,
     pub kek_version: u32,
     pub dek_version: u32,
@@ -89,7 +90,7 @@ pub struct ExistingPerson {
 /// A person's key material and the sealed groups asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredPerson {
-    pub id: i64,
+    pub id: PersonId,
     pub kek_version: u32,
     pub dek_version: u32,
     /// `None` once the person has been crypto-shredded.
@@ -101,7 +102,7 @@ pub struct StoredPerson {
 /// A wrapped data key, for rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKeyRow {
-    pub id: i64,
+    pub id: PersonId,
     pub kek_version: u32,
     pub dek_version: u32,
     pub wrapped_dek: Vec<u8>,
@@ -113,7 +114,7 @@ pub struct MandateRow {
     pub reference: Reference,
     pub organisation: Reference,
     pub account: Option<Reference>,
-    pub person_id: i64,
+    pub person_id: PersonId,
     pub purpose: Purpose,
     pub valid_from: NaiveDate,
     pub valid_to: Option<NaiveDate>,
@@ -123,16 +124,16 @@ pub struct MandateRow {
 /// A mandate as stored, with ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMandate {
-    pub id: i64,
+    pub id: MandateId,
     pub reference: Reference,
     /// The organisation's code.
     pub organisation: Reference,
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// The login of the account it names, if any.
     pub account: Option<Reference>,
     /// The id of the account it names, if any.
-    pub account_id: Option<i64>,
-    pub person_id: i64,
+    pub account_id: Option<AccountId>,
+    pub person_id: PersonId,
     pub purpose: Purpose,
     pub valid_from: NaiveDate,
     /// Exclusive end; `None` means open-ended.
@@ -155,11 +156,11 @@ impl StoredMandate {
 /// An account with its organisation resolved: what the consultation path knows of a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRecord {
-    pub account_id: i64,
+    pub account_id: AccountId,
     pub login: Reference,
     pub role: Role,
     pub state: AccountState,
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// The organisation's code.
     pub organisation: Reference,
     pub kind: OrganisationKind,
@@ -186,7 +187,7 @@ pub struct ConsultationRows {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCredential {
     pub id: i64,
-    pub account_id: i64,
+    pub account_id: AccountId,
     pub secret_digest: [u8; 32],
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -203,7 +204,7 @@ pub struct GrantRequest {
     /// The mandate it would create.
     pub mandate: NewMandate,
     /// The officer who asked.
-    pub requested_by: i64,
+    pub requested_by: AccountId,
     /// When.
     pub requested_at: DateTime<Utc>,
 }
@@ -221,10 +222,10 @@ pub enum GrantDecision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMandate {
     pub reference: Reference,
-    pub organisation_id: i64,
+    pub organisation_id: OrganisationId,
     /// When set, only this account of the organisation holds the mandate.
-    pub account_id: Option<i64>,
-    pub person_id: i64,
+    pub account_id: Option<AccountId>,
+    pub person_id: PersonId,
     pub purpose: Purpose,
     pub valid_from: NaiveDate,
     /// Exclusive end; `None` means open-ended.
@@ -238,7 +239,7 @@ pub struct NewMandate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewBreakGlassReason {
     /// The account that broke the glass.
-    pub account_id: i64,
+    pub account_id: AccountId,
     pub created_at: DateTime<Utc>,
     /// The version of the person's data key it is sealed under.
     pub dek_version: u32,
@@ -250,9 +251,9 @@ pub struct NewBreakGlassReason {
 pub struct StoredBreakGlassReason {
     pub id: i64,
     /// The one-day mandate created with it.
-    pub mandate_id: i64,
-    pub person_id: i64,
-    pub account_id: i64,
+    pub mandate_id: MandateId,
+    pub person_id: PersonId,
+    pub account_id: AccountId,
     pub created_at: DateTime<Utc>,
     pub dek_version: u32,
     pub sealed: Vec<u8>,
@@ -261,9 +262,9 @@ pub struct StoredBreakGlassReason {
 /// One row of a caseload page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaseloadEntry {
-    pub person_id: i64,
+    pub person_id: PersonId,
     pub purpose: Purpose,
-    pub mandate_id: i64,
+    pub mandate_id: MandateId,
     /// Exclusive end of the mandate; `None` means open-ended.
     pub valid_to: Option<NaiveDate>,
 }
@@ -406,7 +407,7 @@ pub trait RegistryStore: Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Reserves `n` consecutive person ids and returns the first.
-    async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError>;
+    async fn reserve_person_ids(&self, n: u64) -> Result<PersonId, StorageError>;
 
     /// For each blind France Travail id, the stored person it names, if any
     /// (shredded persons are not found).
@@ -427,7 +428,7 @@ pub trait RegistryStore: Send + Sync {
     /// Reads a person's key material and the sealed groups asked for.
     async fn read_person(
         &self,
-        id: i64,
+        id: PersonId,
         groups: &[FieldGroup],
     ) -> Result<Option<StoredPerson>, StorageError>;
 
@@ -436,14 +437,14 @@ pub trait RegistryStore: Send + Sync {
         &self,
         index: PersonIndex,
         blind: Blind,
-    ) -> Result<Vec<i64>, StorageError>;
+    ) -> Result<Vec<PersonId>, StorageError>;
 
     /// Up to `limit` wrapped keys with id > `after` whose KEK version is not
     /// `target`, in id order: the work list of a rotation.
     async fn keys_to_rewrap(
         &self,
         target: u32,
-        after: i64,
+        after: PersonId,
         limit: u32,
     ) -> Result<Vec<WrappedKeyRow>, StorageError>;
 
@@ -458,7 +459,7 @@ pub trait RegistryStore: Send + Sync {
     /// stay, unreadable forever; the person's break-glass reasons (sealed
     /// under that key) are deleted in the same transaction. Returns false
     /// if there was no such person or it was already shredded.
-    async fn shred_person(&self, id: i64) -> Result<bool, StorageError>;
+    async fn shred_person(&self, id: PersonId) -> Result<bool, StorageError>;
 
     /// Upserts organisations by code.
     async fn upsert_organisations(
@@ -483,13 +484,16 @@ pub trait RegistryStore: Send + Sync {
     /// Mandates held on a person, live or not (revoked and expired ones
     /// included: the caller decides with [`StoredMandate::is_live_on`]), in
     /// id order. One indexed query: it runs on every read request.
-    async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError>;
+    async fn mandates_of_person(
+        &self,
+        person_id: PersonId,
+    ) -> Result<Vec<StoredMandate>, StorageError>;
 
     /// Counts and sizes.
     async fn inventory(&self) -> Result<Inventory, StorageError>;
 
     /// Ids of stored persons, `after` exclusive, in id order (for sampling and scans).
-    async fn person_ids(&self, after: i64, limit: u32) -> Result<Vec<i64>, StorageError>;
+    async fn person_ids(&self, after: PersonId, limit: u32) -> Result<Vec<PersonId>, StorageError>;
 
     /// The account with this login, with its organisation.
     async fn account_by_login(
@@ -498,17 +502,17 @@ pub trait RegistryStore: Send + Sync {
     ) -> Result<Option<AccountRecord>, StorageError>;
 
     /// The account with this id, with its organisation.
-    async fn account_by_id(&self, id: i64) -> Result<Option<AccountRecord>, StorageError>;
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountRecord>, StorageError>;
 
     /// Accounts of one organisation, by login order (empty if there is no
     /// such organisation).
     async fn accounts_of_organisation(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
     ) -> Result<Vec<AccountRecord>, StorageError>;
 
     /// Organisations with their ids, by code order.
-    async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError>;
+    async fn organisations(&self) -> Result<Vec<(OrganisationId, Organisation)>, StorageError>;
 
     /// Suspends (`state` suspended: only an active account) or reactivates
     /// (`state` active: only a suspended account whose recorded request, if
@@ -519,7 +523,7 @@ pub trait RegistryStore: Send + Sync {
     /// machine does not allow from the account's state.
     async fn set_account_state(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         state: AccountState,
     ) -> Result<bool, StorageError>;
 
@@ -530,7 +534,7 @@ pub trait RegistryStore: Send + Sync {
     /// Instants are kept to the microsecond.
     async fn insert_credential(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         secret_digest: [u8; 32],
         created_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
@@ -553,7 +557,7 @@ pub trait RegistryStore: Send + Sync {
     async fn consultation_rows(
         &self,
         credential_id: i64,
-        person_id: i64,
+        person_id: PersonId,
     ) -> Result<ConsultationRows, StorageError> {
         Ok(ConsultationRows {
             credential: self.credential(credential_id).await?,
@@ -568,7 +572,7 @@ pub trait RegistryStore: Send + Sync {
     /// count).
     async fn revoke_credentials(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         id: Option<i64>,
         at: DateTime<Utc>,
     ) -> Result<u64, StorageError>;
@@ -593,7 +597,7 @@ pub trait RegistryStore: Send + Sync {
     async fn request_grant(
         &self,
         m: NewMandate,
-        requested_by: i64,
+        requested_by: AccountId,
         at: DateTime<Utc>,
     ) -> Result<GrantRequest, StorageError>;
 
@@ -606,7 +610,7 @@ pub trait RegistryStore: Send + Sync {
     async fn decide_grant(
         &self,
         id: i64,
-        officer_id: i64,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<GrantDecision>, StorageError>;
@@ -616,7 +620,7 @@ pub trait RegistryStore: Send + Sync {
     async fn rehearse_grant_decision(
         &self,
         id: i64,
-        officer_id: i64,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<bool, StorageError>;
@@ -639,15 +643,15 @@ pub trait RegistryStore: Send + Sync {
     /// person is shredded).
     async fn break_glass_reasons(
         &self,
-        person_id: i64,
+        person_id: PersonId,
     ) -> Result<Vec<StoredBreakGlassReason>, StorageError>;
 
     /// Marks a mandate revoked at `at` (never live again); false if no such
     /// mandate or already revoked.
-    async fn revoke_mandate(&self, id: i64, at: DateTime<Utc>) -> Result<bool, StorageError>;
+    async fn revoke_mandate(&self, id: MandateId, at: DateTime<Utc>) -> Result<bool, StorageError>;
 
     /// One mandate by id, live or not.
-    async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError>;
+    async fn mandate(&self, id: MandateId) -> Result<Option<StoredMandate>, StorageError>;
 
     /// The caseload of an account: persons with a mandate live on `on` held
     /// by the organisation as a whole (no account named) or naming
@@ -664,11 +668,11 @@ pub trait RegistryStore: Send + Sync {
     /// shorter than `limit` while more follow: only an empty page ends.
     async fn caseload(
         &self,
-        organisation_id: i64,
-        account_id: i64,
+        organisation_id: OrganisationId,
+        account_id: AccountId,
         purpose: Option<Purpose>,
         on: NaiveDate,
-        after: i64,
+        after: PersonId,
         limit: u32,
     ) -> Result<Vec<CaseloadEntry>, StorageError>;
 
@@ -949,7 +953,7 @@ pub(crate) fn import_state_refusal(stored: &str, to: AccountState) -> Option<&'s
 
 /// Accounts accepted by [`check_account_links`] with their organisation id,
 /// and the refusals.
-pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, i64)>, Vec<RowRefusal>);
+pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, OrganisationId)>, Vec<RowRefusal>);
 
 /// Checks the organisation, requester and approver of each account of a
 /// batch, against the batch itself and the store (through the lookups:
@@ -965,12 +969,15 @@ pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, i64)>, Vec<RowRefusal>);
 ///   their own agency).
 pub(crate) fn check_account_links(
     accounts: &[Account],
-    mut org_of_code: impl FnMut(&str) -> Result<Option<(i64, OrganisationKind)>, StorageError>,
-    mut stored_account: impl FnMut(&str) -> Result<Option<(i64, Role)>, StorageError>,
+    mut org_of_code: impl FnMut(
+        &str,
+    ) -> Result<Option<(OrganisationId, OrganisationKind)>, StorageError>,
+    mut stored_account: impl FnMut(&str) -> Result<Option<(OrganisationId, Role)>, StorageError>,
 ) -> Result<LinkCheck<'_>, StorageError> {
     use std::collections::HashMap;
     let mut refused = Vec::new();
-    let mut orgs: Vec<Option<(i64, OrganisationKind)>> = Vec::with_capacity(accounts.len());
+    let mut orgs: Vec<Option<(OrganisationId, OrganisationKind)>> =
+        Vec::with_capacity(accounts.len());
     for (index, a) in accounts.iter().enumerate() {
         let org = org_of_code(a.organisation.as_str())?;
         if org.is_none() {
@@ -982,10 +989,10 @@ pub(crate) fn check_account_links(
         }
         orgs.push(org);
     }
-    let mut stored: HashMap<String, Option<(i64, Role)>> = HashMap::new();
+    let mut stored: HashMap<String, Option<(OrganisationId, Role)>> = HashMap::new();
     // Refusing a row may orphan rows that name it: repeat until stable.
     loop {
-        let batch: HashMap<&str, (i64, Role)> = accounts
+        let batch: HashMap<&str, (OrganisationId, Role)> = accounts
             .iter()
             .zip(&orgs)
             .filter_map(|(a, o)| o.map(|(id, _)| (a.login.as_str(), (id, a.role))))
@@ -995,7 +1002,7 @@ pub(crate) fn check_account_links(
             let Some((own, kind)) = orgs[index] else {
                 continue;
             };
-            let mut lookup = |login: &str| -> Result<Option<(i64, Role)>, StorageError> {
+            let mut lookup = |login: &str| -> Result<Option<(OrganisationId, Role)>, StorageError> {
                 if let Some(v) = batch.get(login) {
                     return Ok(Some(*v));
                 }
@@ -1071,15 +1078,17 @@ mod tests {
 
     fn entry(person_id: i64, mandate_id: i64) -> CaseloadEntry {
         CaseloadEntry {
-            person_id,
+            person_id: PersonId::new(person_id),
             purpose: Purpose::FollowUp,
-            mandate_id,
+            mandate_id: MandateId::new(mandate_id),
             valid_to: None,
         }
     }
 
     fn ids(page: &[CaseloadEntry]) -> Vec<(i64, i64)> {
-        page.iter().map(|e| (e.person_id, e.mandate_id)).collect()
+        page.iter()
+            .map(|e| (e.person_id.get(), e.mandate_id.get()))
+            .collect()
     }
 
     #[test]
@@ -1118,13 +1127,13 @@ mod tests {
         let day = |d| NaiveDate::from_ymd_opt(2026, 3, d).unwrap_or_default();
         let reference = Reference::parse("M1").unwrap();
         let mut m = StoredMandate {
-            id: 1,
+            id: MandateId::new(1),
             reference: reference.clone(),
             organisation: reference.clone(),
-            organisation_id: 1,
+            organisation_id: OrganisationId::new(1),
             account: None,
             account_id: None,
-            person_id: 1,
+            person_id: PersonId::new(1),
             purpose: Purpose::FollowUp,
             valid_from: day(10),
             valid_to: Some(day(20)),

@@ -4,7 +4,7 @@
 //! transaction and its row reading, and calls these with what it read.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountAction, AccountState};
+use rempart_domain::{AccountAction, AccountId, AccountState, OrganisationId, PersonId};
 
 use crate::auth::{
     ActivationFactors, Decider, Subject, check_decider, check_phc, check_sealed_secret,
@@ -75,7 +75,7 @@ pub(crate) struct CheckedTotp {
 /// Checks the factors an activation sets for `account_id`, in this order:
 /// the password, the TOTP secret, its account, its last step, its instant.
 pub(crate) fn checked_factors(
-    account_id: i64,
+    account_id: AccountId,
     factors: ActivationFactors,
 ) -> Result<CheckedFactors, StorageError> {
     if let Some(phc) = &factors.phc {
@@ -108,7 +108,7 @@ pub(crate) fn checked_factors(
 /// Checks the account a new mandate names, given that account's
 /// organisation as stored (`None`: no such account).
 pub(crate) fn check_mandate_account(
-    account_organisation: Option<i64>,
+    account_organisation: Option<OrganisationId>,
     m: &NewMandate,
 ) -> Result<(), StorageError> {
     match account_organisation {
@@ -128,7 +128,7 @@ pub(crate) fn check_mandate_account(
 pub(crate) fn check_mandate_person(
     stored: Option<u32>,
     sealed: Option<u32>,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<(), StorageError> {
     match (stored, sealed) {
         (None, _) => Err(not_found("person_id", "person in the registry")),
@@ -152,10 +152,10 @@ pub(crate) fn reference_taken() -> StorageError {
 pub(crate) fn mandate_row_links(
     index: usize,
     m: &MandateRow,
-    organisation: impl FnOnce(&str) -> Result<Option<i64>, StorageError>,
-    account: impl FnOnce(&str) -> Result<Option<(i64, i64)>, StorageError>,
-    person_live: impl FnOnce(i64) -> Result<bool, StorageError>,
-) -> Result<Result<(i64, Option<i64>), RowRefusal>, StorageError> {
+    organisation: impl FnOnce(&str) -> Result<Option<OrganisationId>, StorageError>,
+    account: impl FnOnce(&str) -> Result<Option<(AccountId, OrganisationId)>, StorageError>,
+    person_live: impl FnOnce(PersonId) -> Result<bool, StorageError>,
+) -> Result<Result<(OrganisationId, Option<AccountId>), RowRefusal>, StorageError> {
     let refuse = |field, reason: &str| {
         Ok(Err(RowRefusal {
             index,

@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{Account, AccountState, FieldGroup, Organisation, Purpose, Reference};
+use rempart_domain::{
+    Account, AccountId, AccountState, FieldGroup, MandateId, Organisation, OrganisationId,
+    PersonId, Purpose, Reference,
+};
 use rempart_sql::SqliteReaders;
 use rempart_sql::lock_connection as lock;
 use rusqlite::Connection;
@@ -174,7 +177,7 @@ impl RegistryStore for SqliteStore {
         "sqlite"
     }
 
-    async fn reserve_person_ids(&self, n: u64) -> Result<i64, StorageError> {
+    async fn reserve_person_ids(&self, n: u64) -> Result<PersonId, StorageError> {
         persons::reserve_person_ids(self, n).await
     }
 
@@ -195,7 +198,7 @@ impl RegistryStore for SqliteStore {
 
     async fn read_person(
         &self,
-        id: i64,
+        id: PersonId,
         groups: &[FieldGroup],
     ) -> Result<Option<StoredPerson>, StorageError> {
         persons::read_person(self, id, groups).await
@@ -205,14 +208,14 @@ impl RegistryStore for SqliteStore {
         &self,
         index: PersonIndex,
         value: Blind,
-    ) -> Result<Vec<i64>, StorageError> {
+    ) -> Result<Vec<PersonId>, StorageError> {
         persons::find_persons(self, index, value).await
     }
 
     async fn keys_to_rewrap(
         &self,
         target: u32,
-        after: i64,
+        after: PersonId,
         limit: u32,
     ) -> Result<Vec<WrappedKeyRow>, StorageError> {
         keys::keys_to_rewrap(self, target, after, limit).await
@@ -222,7 +225,7 @@ impl RegistryStore for SqliteStore {
         keys::store_rewrapped(self, rows).await
     }
 
-    async fn shred_person(&self, id: i64) -> Result<bool, StorageError> {
+    async fn shred_person(&self, id: PersonId) -> Result<bool, StorageError> {
         persons::shred_person(self, id).await
     }
 
@@ -247,7 +250,10 @@ impl RegistryStore for SqliteStore {
         mandates::upsert_mandates(self, mandates).await
     }
 
-    async fn mandates_of_person(&self, person_id: i64) -> Result<Vec<StoredMandate>, StorageError> {
+    async fn mandates_of_person(
+        &self,
+        person_id: PersonId,
+    ) -> Result<Vec<StoredMandate>, StorageError> {
         mandates::mandates_of_person(self, person_id).await
     }
 
@@ -263,7 +269,7 @@ impl RegistryStore for SqliteStore {
         persons::end_bulk_load(self).await
     }
 
-    async fn person_ids(&self, after: i64, limit: u32) -> Result<Vec<i64>, StorageError> {
+    async fn person_ids(&self, after: PersonId, limit: u32) -> Result<Vec<PersonId>, StorageError> {
         persons::person_ids(self, after, limit).await
     }
 
@@ -274,24 +280,24 @@ impl RegistryStore for SqliteStore {
         accounts::account_by_login(self, login).await
     }
 
-    async fn account_by_id(&self, id: i64) -> Result<Option<AccountRecord>, StorageError> {
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<AccountRecord>, StorageError> {
         accounts::account_by_id(self, id).await
     }
 
     async fn accounts_of_organisation(
         &self,
-        organisation_id: i64,
+        organisation_id: OrganisationId,
     ) -> Result<Vec<AccountRecord>, StorageError> {
         accounts::accounts_of_organisation(self, organisation_id).await
     }
 
-    async fn organisations(&self) -> Result<Vec<(i64, Organisation)>, StorageError> {
+    async fn organisations(&self) -> Result<Vec<(OrganisationId, Organisation)>, StorageError> {
         organisations::organisations(self).await
     }
 
     async fn set_account_state(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         state: AccountState,
     ) -> Result<bool, StorageError> {
         accounts::set_account_state(self, account_id, state).await
@@ -299,7 +305,7 @@ impl RegistryStore for SqliteStore {
 
     async fn insert_credential(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         secret_digest: [u8; 32],
         created_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
@@ -318,14 +324,14 @@ impl RegistryStore for SqliteStore {
     async fn consultation_rows(
         &self,
         credential_id: i64,
-        person_id: i64,
+        person_id: PersonId,
     ) -> Result<ConsultationRows, StorageError> {
         consultation::consultation_rows(self, credential_id, person_id).await
     }
 
     async fn revoke_credentials(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         id: Option<i64>,
         at: DateTime<Utc>,
     ) -> Result<u64, StorageError> {
@@ -343,7 +349,7 @@ impl RegistryStore for SqliteStore {
     async fn request_grant(
         &self,
         m: NewMandate,
-        requested_by: i64,
+        requested_by: AccountId,
         at: DateTime<Utc>,
     ) -> Result<GrantRequest, StorageError> {
         grants::request_grant(self, m, requested_by, at).await
@@ -352,7 +358,7 @@ impl RegistryStore for SqliteStore {
     async fn decide_grant(
         &self,
         id: i64,
-        officer_id: i64,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<GrantDecision>, StorageError> {
@@ -362,7 +368,7 @@ impl RegistryStore for SqliteStore {
     async fn rehearse_grant_decision(
         &self,
         id: i64,
-        officer_id: i64,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<bool, StorageError> {
@@ -383,26 +389,26 @@ impl RegistryStore for SqliteStore {
 
     async fn break_glass_reasons(
         &self,
-        person_id: i64,
+        person_id: PersonId,
     ) -> Result<Vec<StoredBreakGlassReason>, StorageError> {
         mandates::break_glass_reasons(self, person_id).await
     }
 
-    async fn revoke_mandate(&self, id: i64, at: DateTime<Utc>) -> Result<bool, StorageError> {
+    async fn revoke_mandate(&self, id: MandateId, at: DateTime<Utc>) -> Result<bool, StorageError> {
         mandates::revoke_mandate(self, id, at).await
     }
 
-    async fn mandate(&self, id: i64) -> Result<Option<StoredMandate>, StorageError> {
+    async fn mandate(&self, id: MandateId) -> Result<Option<StoredMandate>, StorageError> {
         mandates::mandate(self, id).await
     }
 
     async fn caseload(
         &self,
-        organisation_id: i64,
-        account_id: i64,
+        organisation_id: OrganisationId,
+        account_id: AccountId,
         purpose: Option<Purpose>,
         on: NaiveDate,
-        after: i64,
+        after: PersonId,
         limit: u32,
     ) -> Result<Vec<CaseloadEntry>, StorageError> {
         mandates::caseload(self, organisation_id, account_id, purpose, on, after, limit).await
@@ -425,8 +431,8 @@ impl AuthStore for SqliteStore {
 
     async fn decide_account(
         &self,
-        account_id: i64,
-        officer_id: i64,
+        account_id: AccountId,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<AccountRecord>, StorageError> {
@@ -435,7 +441,7 @@ impl AuthStore for SqliteStore {
 
     async fn requests_since(
         &self,
-        requested_by: i64,
+        requested_by: AccountId,
         since: DateTime<Utc>,
     ) -> Result<u32, StorageError> {
         accounts::requests_since(self, requested_by, since).await
@@ -445,17 +451,24 @@ impl AuthStore for SqliteStore {
         accounts::pending_requests(self).await
     }
 
-    async fn lifecycle(&self, account_id: i64) -> Result<Option<AccountLifecycle>, StorageError> {
+    async fn lifecycle(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<AccountLifecycle>, StorageError> {
         accounts::lifecycle(self, account_id).await
     }
 
-    async fn record_login(&self, account_id: i64, at: DateTime<Utc>) -> Result<(), StorageError> {
+    async fn record_login(
+        &self,
+        account_id: AccountId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
         accounts::record_login(self, account_id, at).await
     }
 
     async fn record_activity(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
     ) -> Result<(), StorageError> {
         accounts::record_activity(self, account_id, at).await
@@ -465,24 +478,27 @@ impl AuthStore for SqliteStore {
         &self,
         last_login_before: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<Vec<i64>, StorageError> {
+    ) -> Result<Vec<AccountId>, StorageError> {
         accounts::disable_inactive(self, last_login_before, at).await
     }
 
     async fn accounts_to_review(
         &self,
-        organisation_id: Option<i64>,
+        organisation_id: Option<OrganisationId>,
     ) -> Result<Vec<ReviewEntry>, StorageError> {
         accounts::accounts_to_review(self, organisation_id).await
     }
 
-    async fn password(&self, account_id: i64) -> Result<Option<(String, String)>, StorageError> {
+    async fn password(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<(String, String)>, StorageError> {
         login::password(self, account_id).await
     }
 
     async fn set_password(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         phc: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StorageError> {
@@ -491,7 +507,7 @@ impl AuthStore for SqliteStore {
 
     async fn swap_throttle(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError> {
@@ -501,7 +517,7 @@ impl AuthStore for SqliteStore {
     async fn trust_login_device(
         &self,
         digest: &[u8; 32],
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         replaces: Option<&[u8; 32]>,
@@ -512,7 +528,7 @@ impl AuthStore for SqliteStore {
     async fn login_device_throttle(
         &self,
         digest: &[u8; 32],
-        account_id: i64,
+        account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, StorageError> {
         login::login_device_throttle(self, digest, account_id, now).await
@@ -521,14 +537,14 @@ impl AuthStore for SqliteStore {
     async fn swap_login_device_throttle(
         &self,
         digest: &[u8; 32],
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError> {
         login::swap_login_device_throttle(self, digest, account_id, expected, next).await
     }
 
-    async fn totp(&self, account_id: i64) -> Result<Option<StoredTotp>, StorageError> {
+    async fn totp(&self, account_id: AccountId) -> Result<Option<StoredTotp>, StorageError> {
         login::totp(self, account_id).await
     }
 
@@ -538,26 +554,30 @@ impl AuthStore for SqliteStore {
 
     async fn totp_secrets(
         &self,
-        after: i64,
+        after: AccountId,
         limit: u32,
-    ) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<(AccountId, Vec<u8>)>, StorageError> {
         login::totp_secrets(self, after, limit).await
     }
 
     async fn replace_totp_secret(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         old: &[u8],
         new: &[u8],
     ) -> Result<bool, StorageError> {
         login::replace_totp_secret(self, account_id, old, new).await
     }
 
-    async fn accept_totp_step(&self, account_id: i64, step: u64) -> Result<bool, StorageError> {
+    async fn accept_totp_step(
+        &self,
+        account_id: AccountId,
+        step: u64,
+    ) -> Result<bool, StorageError> {
         login::accept_totp_step(self, account_id, step).await
     }
 
-    async fn passkeys(&self, account_id: i64) -> Result<Vec<StoredPasskeyRow>, StorageError> {
+    async fn passkeys(&self, account_id: AccountId) -> Result<Vec<StoredPasskeyRow>, StorageError> {
         login::passkeys(self, account_id).await
     }
 
@@ -583,9 +603,9 @@ impl AuthStore for SqliteStore {
 
     async fn request_reset(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         kind: ResetKind,
-        requested_by: i64,
+        requested_by: AccountId,
         at: DateTime<Utc>,
     ) -> Result<CredentialReset, StorageError> {
         decisions::request_reset(self, account_id, kind, requested_by, at).await
@@ -594,7 +614,7 @@ impl AuthStore for SqliteStore {
     async fn decide_reset(
         &self,
         id: i64,
-        officer_id: i64,
+        officer_id: AccountId,
         approve: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<CredentialReset>, StorageError> {
@@ -609,13 +629,16 @@ impl AuthStore for SqliteStore {
         activation::issue_activation(self, a).await
     }
 
-    async fn activation(&self, account_id: i64) -> Result<Option<StoredActivation>, StorageError> {
+    async fn activation(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<StoredActivation>, StorageError> {
         activation::activation(self, account_id).await
     }
 
     async fn swap_activation_throttle(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError> {
@@ -624,7 +647,7 @@ impl AuthStore for SqliteStore {
 
     async fn complete_activation(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         digest: [u8; 32],
         factors: ActivationFactors,
         now: DateTime<Utc>,
@@ -640,9 +663,9 @@ impl AuthStore for SqliteStore {
         &self,
         issuer: &str,
         subject: &str,
-        unlinked_by: i64,
+        unlinked_by: AccountId,
         at: DateTime<Utc>,
-    ) -> Result<Option<i64>, StorageError> {
+    ) -> Result<Option<AccountId>, StorageError> {
         federation::unlink_federation(self, issuer, subject, unlinked_by, at).await
     }
 
@@ -720,7 +743,7 @@ impl AuthStore for SqliteStore {
 
     async fn end_sessions_of_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
         reason: &str,
     ) -> Result<u64, StorageError> {
@@ -729,7 +752,7 @@ impl AuthStore for SqliteStore {
 
     async fn suspend_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
         reason: &str,
     ) -> Result<Option<Suspension>, StorageError> {
@@ -749,7 +772,7 @@ impl AuthStore for SqliteStore {
 
     async fn revoke_api_clients_of_account(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         at: DateTime<Utc>,
     ) -> Result<u64, StorageError> {
         clients::revoke_api_clients_of_account(self, account_id, at).await

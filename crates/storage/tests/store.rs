@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use rempart_domain::{
-    Account, AccountState, FieldGroup, Organisation, OrganisationKind, Purpose, Reference, Role,
+    Account, AccountId, AccountState, FieldGroup, MandateId, Organisation, OrganisationId,
+    OrganisationKind, PersonId, Purpose, Reference, Role,
 };
 use rempart_guard::store::GuardStore;
 use rempart_storage::postgres::PgStore;
@@ -234,7 +235,7 @@ fn day(y: i32, m: u32, d: u32) -> NaiveDate {
 }
 
 /// A synthetic sealed person; `n` varies every field.
-fn sealed(id: i64, n: i64) -> SealedPerson {
+fn sealed(id: PersonId, n: i64) -> SealedPerson {
     SealedPerson {
         id,
         ft_blind: blind(1, n),
@@ -292,7 +293,7 @@ async fn insert_persons(store: &dyn RegistryStore, count: usize, n0: i64) -> Vec
         .await
         .on(store, "reserve");
     let ps: Vec<SealedPerson> = (0..count as i64)
-        .map(|k| sealed(first + k, n0 + k))
+        .map(|k| sealed(PersonId::new(first.get() + k), n0 + k))
         .collect();
     store
         .write_persons(ps.clone(), vec![])
@@ -388,7 +389,7 @@ fn mandate(
     reference: &str,
     organisation: &str,
     account: Option<&str>,
-    person_id: i64,
+    person_id: PersonId,
     purpose: Purpose,
 ) -> MandateRow {
     MandateRow {
@@ -446,7 +447,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 /// The id of a stored organisation.
-async fn org_id(store: &dyn RegistryStore, code: &str) -> i64 {
+async fn org_id(store: &dyn RegistryStore, code: &str) -> OrganisationId {
     store
         .organisations()
         .await
@@ -458,7 +459,7 @@ async fn org_id(store: &dyn RegistryStore, code: &str) -> i64 {
 }
 
 /// The id of a stored account.
-async fn account_id(store: &dyn RegistryStore, login: &str) -> i64 {
+async fn account_id(store: &dyn RegistryStore, login: &str) -> AccountId {
     store
         .account_by_login(&r(login))
         .await
@@ -549,7 +550,7 @@ fn plus(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
     t + TimeDelta::seconds(secs)
 }
 
-fn session_of(account_id: i64, n: u8, method: &str, t: DateTime<Utc>) -> StoredSession {
+fn session_of(account_id: AccountId, n: u8, method: &str, t: DateTime<Utc>) -> StoredSession {
     StoredSession {
         id_digest: key32(n),
         account_id,

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use rempart_crypto::{Binding, KeyRing};
+use rempart_domain::AccountId;
 use rempart_storage::AuthStore;
 use zeroize::Zeroizing;
 
@@ -33,9 +34,9 @@ pub enum AccountSecretError {
 /// The envelope binding of an account's own secrets: the person envelope
 /// in the negative id space (person ids are positive), so an account
 /// secret can never open as a person's data, nor the reverse.
-fn account_binding(account_id: i64) -> Binding {
+fn account_binding(account_id: AccountId) -> Binding {
     Binding {
-        person: account_id.saturating_neg(),
+        person: account_id.get().saturating_neg(),
         dek_version: 1,
     }
 }
@@ -43,7 +44,11 @@ fn account_binding(account_id: i64) -> Binding {
 /// Seals an account's secret: a fresh data key wrapped by the current KEK,
 /// bound to the account.
 /// `T1 ‖ KEK version (u32 BE) ‖ wrapped key ‖ sealed secret`.
-fn seal(keys: &KeyRing, account_id: i64, secret: &[u8]) -> Result<Vec<u8>, AccountSecretError> {
+fn seal(
+    keys: &KeyRing,
+    account_id: AccountId,
+    secret: &[u8],
+) -> Result<Vec<u8>, AccountSecretError> {
     let kek = keys.current_kek();
     let (dk, wrapped) = kek
         .new_data_key(account_binding(account_id))
@@ -60,7 +65,7 @@ fn seal(keys: &KeyRing, account_id: i64, secret: &[u8]) -> Result<Vec<u8>, Accou
 /// Opens what [`seal`] sealed for this account.
 fn open(
     keys: &KeyRing,
-    account_id: i64,
+    account_id: AccountId,
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, AccountSecretError> {
     let wrapped_len = rempart_crypto::envelope::WRAPPED_LEN;
@@ -87,7 +92,7 @@ fn open(
 /// under `target`.
 fn rewrap(
     keys: &KeyRing,
-    account_id: i64,
+    account_id: AccountId,
     sealed: &[u8],
     target: u32,
 ) -> Result<Option<Vec<u8>>, AccountSecretError> {
@@ -129,7 +134,7 @@ impl OtherSecrets for AccountSecrets {
 
     async fn rewrap(&self, ring: &KeyRing, target: u32) -> Result<OtherRewrap, VaultError> {
         let mut report = OtherRewrap::default();
-        let mut after = 0i64;
+        let mut after = AccountId::new(0);
         loop {
             let rows = self.0.totp_secrets(after, 1000).await?;
             let Some((last, _)) = rows.last() else { break };
@@ -164,7 +169,7 @@ impl Vault {
     /// bound to the account, for `AuthStore::set_totp`.
     pub fn seal_account_secret(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         secret: &[u8],
     ) -> Result<Vec<u8>, AccountSecretError> {
         seal(&self.keys(), account_id, secret)
@@ -173,7 +178,7 @@ impl Vault {
     /// Opens what [`Vault::seal_account_secret`] sealed for this account.
     pub fn open_account_secret(
         &self,
-        account_id: i64,
+        account_id: AccountId,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, AccountSecretError> {
         open(&self.keys(), account_id, sealed)
@@ -188,12 +193,14 @@ mod tests {
     fn account_secrets_rewrap_under_a_new_kek_and_still_open() {
         let mut keys = KeyRing::generate().unwrap();
         let secret = b"twenty bytes secret!".to_vec();
-        let sealed = seal(&keys, 7, &secret).unwrap();
+        let sealed = seal(&keys, AccountId::new(7), &secret).unwrap();
         let v1 = keys.current_kek().version;
-        assert_eq!(rewrap(&keys, 7, &sealed, v1), Ok(None));
+        assert_eq!(rewrap(&keys, AccountId::new(7), &sealed, v1), Ok(None));
         keys.add_kek().unwrap();
         let v2 = keys.current_kek().version;
-        let rewrapped = rewrap(&keys, 7, &sealed, v2).unwrap().unwrap();
+        let rewrapped = rewrap(&keys, AccountId::new(7), &sealed, v2)
+            .unwrap()
+            .unwrap();
         assert_ne!(rewrapped, sealed);
         assert_eq!(rewrapped[2..6], v2.to_be_bytes());
         // The sealed secret itself is untouched: only the key is rewrapped.
@@ -202,37 +209,45 @@ mod tests {
         assert_eq!(rewrapped[head..], sealed[head..]);
         assert_ne!(rewrapped[6..head], sealed[6..head]);
         assert_eq!(
-            open(&keys, 7, &rewrapped).unwrap().as_slice(),
+            open(&keys, AccountId::new(7), &rewrapped)
+                .unwrap()
+                .as_slice(),
             secret.as_slice()
         );
         // Bound to its account, as before.
-        assert_eq!(rewrap(&keys, 8, &sealed, v2), Err(AccountSecretError::Open));
-        assert_eq!(rewrap(&keys, 7, b"junk", v2), Err(AccountSecretError::Open));
+        assert_eq!(
+            rewrap(&keys, AccountId::new(8), &sealed, v2),
+            Err(AccountSecretError::Open)
+        );
+        assert_eq!(
+            rewrap(&keys, AccountId::new(7), b"junk", v2),
+            Err(AccountSecretError::Open)
+        );
         // Once the old KEK is retired, only the rewrapped one opens.
         keys.retire_older_keks();
-        assert!(open(&keys, 7, &sealed).is_err());
-        assert!(open(&keys, 7, &rewrapped).is_ok());
+        assert!(open(&keys, AccountId::new(7), &sealed).is_err());
+        assert!(open(&keys, AccountId::new(7), &rewrapped).is_ok());
     }
 
     #[test]
     fn account_secrets_open_only_for_their_account() {
         let keys = KeyRing::generate().unwrap();
         let secret = b"twenty bytes secret!".to_vec();
-        let sealed = seal(&keys, 7, &secret).unwrap();
-        let opened = open(&keys, 7, &sealed).unwrap();
+        let sealed = seal(&keys, AccountId::new(7), &secret).unwrap();
+        let opened = open(&keys, AccountId::new(7), &sealed).unwrap();
         assert_eq!(opened.as_slice(), secret.as_slice());
         assert_eq!(
-            open(&keys, 8, &sealed).unwrap_err(),
+            open(&keys, AccountId::new(8), &sealed).unwrap_err(),
             AccountSecretError::Open
         );
         let other = KeyRing::generate().unwrap();
-        assert!(open(&other, 7, &sealed).is_err());
+        assert!(open(&other, AccountId::new(7), &sealed).is_err());
         let mut flipped = sealed.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert!(open(&keys, 7, &flipped).is_err());
+        assert!(open(&keys, AccountId::new(7), &flipped).is_err());
         for n in 0..sealed.len() {
-            assert!(open(&keys, 7, &sealed[..n]).is_err(), "{n}");
+            assert!(open(&keys, AccountId::new(7), &sealed[..n]).is_err(), "{n}");
         }
     }
 }

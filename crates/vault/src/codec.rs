@@ -2,7 +2,7 @@
 //! postcard (compact, deterministic for a given value, so the fingerprint
 //! of an unchanged record does not change).
 
-use rempart_domain::{Contact, FieldGroup, Identity, Nir, Person, Registration};
+use rempart_domain::{Contact, FieldGroup, Identity, Nir, Person, PersonId, Registration};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -23,14 +23,18 @@ pub fn group_code(g: FieldGroup) -> u8 {
 fn encode<T: Serialize>(group: FieldGroup, v: &T) -> Result<Vec<u8>, VaultError> {
     let mut out = vec![FORMAT];
     postcard::to_io(v, &mut out).map_err(|e| VaultError::Decode {
-        person: 0,
+        person: PersonId::new(0),
         group,
         reason: e.to_string(),
     })?;
     Ok(out)
 }
 
-fn decode<T: DeserializeOwned>(person: i64, group: FieldGroup, b: &[u8]) -> Result<T, VaultError> {
+fn decode<T: DeserializeOwned>(
+    person: PersonId,
+    group: FieldGroup,
+    b: &[u8],
+) -> Result<T, VaultError> {
     let err = |reason: String| VaultError::Decode {
         person,
         group,

@@ -16,7 +16,9 @@ use std::sync::{Arc, RwLock};
 use chrono::NaiveDate;
 use rempart_crypto::reason::{ReasonSalt, SALT_LEN};
 use rempart_crypto::{Binding, BlindKind, CryptoError, DataKey, KeyRing};
-use rempart_domain::{Contact, FieldGroup, FtId, Identity, Nir, Person, Registration};
+use rempart_domain::{
+    Contact, FieldGroup, FtId, Identity, Nir, OrganisationId, Person, PersonId, Registration,
+};
 use rempart_storage::{
     Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, Store, StoredBreakGlassReason,
     StoredPerson,
@@ -57,7 +59,7 @@ pub enum VaultError {
     Storage(#[from] StorageError),
     #[error("field group {group} of person {person} does not decode: {reason}")]
     Decode {
-        person: i64,
+        person: PersonId,
         group: FieldGroup,
         reason: String,
     },
@@ -68,9 +70,9 @@ pub enum VaultError {
 }
 
 /// A person's data, limited to the groups asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersonView {
-    pub id: i64,
+    pub id: PersonId,
     pub identity: Option<Identity>,
     pub contact: Option<Contact>,
     pub nir: Option<Nir>,
@@ -239,7 +241,7 @@ impl Vault {
         keys: &KeyRing,
         person: &Person,
         existing: Option<&ExistingPerson>,
-        new_id: i64,
+        new_id: PersonId,
     ) -> Result<Sealed, VaultError> {
         let encoded = codec::encode_groups(person)?;
         let fingerprint = keys.indexer().compute(
@@ -250,7 +252,7 @@ impl Vault {
             Some(e) if e.fingerprint == fingerprint => return Ok(Sealed::Unchanged),
             Some(e) => {
                 let binding = Binding {
-                    person: e.id,
+                    person: e.id.get(),
                     dek_version: e.dek_version,
                 };
                 let dk = keys
@@ -260,7 +262,7 @@ impl Vault {
             }
             None => {
                 let binding = Binding {
-                    person: new_id,
+                    person: new_id.get(),
                     dek_version: 1,
                 };
                 let kek = keys.current_kek();
@@ -301,7 +303,7 @@ impl Vault {
     }
 
     /// Reads a person, opening only `groups`.
-    pub async fn read(&self, id: i64, groups: &[FieldGroup]) -> Result<Read, VaultError> {
+    pub async fn read(&self, id: PersonId, groups: &[FieldGroup]) -> Result<Read, VaultError> {
         match self.store.read_person(id, groups).await? {
             Some(stored) => self.open(&stored, groups),
             None => Ok(Read::Missing),
@@ -316,7 +318,7 @@ impl Vault {
             return Ok(Read::Shredded);
         };
         let binding = Binding {
-            person: id,
+            person: id.get(),
             dek_version: stored.dek_version,
         };
         let mut keys = self.keys();
@@ -330,7 +332,10 @@ impl Vault {
             .unwrap_data_key(binding, wrapped)?;
         let mut view = PersonView {
             id,
-            ..PersonView::default()
+            identity: None,
+            contact: None,
+            nir: None,
+            status: None,
         };
         for (group, blob) in stored.groups.iter().filter(|(g, _)| groups.contains(g)) {
             let plain = dk.open(codec::group_code(*group), blob)?;
@@ -362,8 +367,8 @@ impl Vault {
     /// The pseudonymous token standing for `nir` in the files of the
     /// processor organisation `organisation_id`: stable for that processor,
     /// unlinkable across processors and to the stored blind index.
-    pub fn nir_token(&self, organisation_id: i64, nir: &Nir) -> String {
-        let org = organisation_id.to_be_bytes();
+    pub fn nir_token(&self, organisation_id: OrganisationId, nir: &Nir) -> String {
+        let org = organisation_id.get().to_be_bytes();
         let b = self
             .keys()
             .indexer()
@@ -378,7 +383,7 @@ impl Vault {
     }
 
     /// Ids of persons with this NIR (normally one).
-    pub async fn find_by_nir(&self, nir: &Nir) -> Result<Vec<i64>, VaultError> {
+    pub async fn find_by_nir(&self, nir: &Nir) -> Result<Vec<PersonId>, VaultError> {
         Ok(self
             .store
             .find_persons(PersonIndex::Nir, self.blind_nir(nir))
@@ -391,7 +396,7 @@ impl Vault {
         nom: &str,
         prenom: &str,
         born: NaiveDate,
-    ) -> Result<Vec<i64>, VaultError> {
+    ) -> Result<Vec<PersonId>, VaultError> {
         Ok(self
             .store
             .find_persons(
@@ -402,7 +407,7 @@ impl Vault {
     }
 
     /// Id of the person with this France Travail identifier.
-    pub async fn find_by_ft(&self, id: &FtId) -> Result<Option<i64>, VaultError> {
+    pub async fn find_by_ft(&self, id: &FtId) -> Result<Option<PersonId>, VaultError> {
         Ok(self
             .store
             .find_persons(PersonIndex::FtId, self.blind_ft(id))
@@ -412,7 +417,7 @@ impl Vault {
     }
 
     /// The data key of a stored, unshredded person, or `None`.
-    async fn data_key(&self, id: i64) -> Result<Option<DataKey>, VaultError> {
+    async fn data_key(&self, id: PersonId) -> Result<Option<DataKey>, VaultError> {
         let Some(stored) = self.store.read_person(id, &[]).await? else {
             return Ok(None);
         };
@@ -420,7 +425,7 @@ impl Vault {
             return Ok(None);
         };
         let binding = Binding {
-            person: id,
+            person: id.get(),
             dek_version: stored.dek_version,
         };
         let mut keys = self.keys();
@@ -439,7 +444,7 @@ impl Vault {
     /// person is missing or shredded.
     pub async fn seal_reason(
         &self,
-        person_id: i64,
+        person_id: PersonId,
         text: &str,
     ) -> Result<Option<SealedReason>, VaultError> {
         let Some(dk) = self.data_key(person_id).await? else {
@@ -491,7 +496,7 @@ impl Vault {
 
     /// Crypto-shreds one person: the data key and the blind indexes are
     /// destroyed; the sealed groups stay and can never be opened again.
-    pub async fn shred(&self, id: i64) -> Result<bool, VaultError> {
+    pub async fn shred(&self, id: PersonId) -> Result<bool, VaultError> {
         Ok(self.store.shred_person(id).await?)
     }
 }

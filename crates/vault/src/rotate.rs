@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rempart_crypto::{Binding, KeyRing};
+use rempart_domain::PersonId;
 use rempart_storage::WrappedKeyRow;
 
 use crate::{KeySource, Vault, VaultError};
@@ -99,7 +100,7 @@ impl Vault {
         // A second pass catches keys written under an old KEK by a process
         // that had not reloaded its keys yet.
         for _pass in 0..3 {
-            let mut after = 0i64;
+            let mut after = PersonId::new(0);
             let mut seen = 0u64;
             loop {
                 let rows = self.store().keys_to_rewrap(target, after, BATCH).await?;
@@ -123,7 +124,10 @@ impl Vault {
             other_reports.push((other.name(), other.rewrap(&ring, target).await?));
         }
         let others_left = other_reports.iter().any(|(_, r)| r.left > 0);
-        let left = self.store().keys_to_rewrap(target, 0, 1).await?;
+        let left = self
+            .store()
+            .keys_to_rewrap(target, PersonId::new(0), 1)
+            .await?;
         let mut retired = Vec::new();
         if left.is_empty() && !others_left {
             let mut ring = KeyRing::load(path)?;
@@ -155,7 +159,7 @@ fn rewrap_all(
         .map(|row| {
             let old = ring.kek(row.kek_version)?;
             let binding = Binding {
-                person: row.id,
+                person: row.id.get(),
                 dek_version: row.dek_version,
             };
             let wrapped = new.rewrap(old, binding, &row.wrapped_dek)?;

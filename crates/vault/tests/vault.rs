@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use rempart_crypto::KeyRing;
 use rempart_domain::records::RecordRules;
-use rempart_domain::{FieldGroup, Person};
+use rempart_domain::{FieldGroup, Person, PersonId};
 use rempart_storage::Store;
 use rempart_storage::postgres::PgStore;
 use rempart_storage::sqlite::SqliteStore;
@@ -90,7 +90,7 @@ fn person(i: u32) -> Person {
     RecordRules::new(today()).person(&fields).unwrap()
 }
 
-async fn store_persons(vault: &Vault, persons: &[Person]) -> Vec<i64> {
+async fn store_persons(vault: &Vault, persons: &[Person]) -> Vec<PersonId> {
     let keys = vault.keys();
     let blinds: Vec<_> = persons
         .iter()
@@ -106,7 +106,7 @@ async fn store_persons(vault: &Vault, persons: &[Person]) -> Vec<i64> {
     let mut updates = Vec::new();
     let mut ids = Vec::new();
     for (i, (p, e)) in persons.iter().zip(&existing).enumerate() {
-        match Vault::seal(&keys, p, e.as_ref(), first + i as i64).unwrap() {
+        match Vault::seal(&keys, p, e.as_ref(), PersonId::new(first.get() + i as i64)).unwrap() {
             Sealed::Insert(s) => {
                 ids.push(s.id);
                 inserts.push(s)
@@ -163,7 +163,10 @@ async fn seal_read_search_on_both_backends() {
         );
         assert!(some.nir.is_none() && some.contact.is_none());
         assert_eq!(
-            vault.read(999_999, FieldGroup::ALL).await.unwrap(),
+            vault
+                .read(PersonId::new(999_999), FieldGroup::ALL)
+                .await
+                .unwrap(),
             Read::Missing
         );
 
@@ -225,12 +228,15 @@ async fn rotation_rewraps_resumes_and_keeps_readers_working() {
         let mut ring = KeyRing::load(path).unwrap();
         ring.add_kek().unwrap();
         ring.save_replace(path).unwrap();
-        let half = store.keys_to_rewrap(2, 0, 150).await.unwrap();
+        let half = store
+            .keys_to_rewrap(2, PersonId::new(0), 150)
+            .await
+            .unwrap();
         let rewrapped: Vec<_> = half
             .into_iter()
             .map(|row| {
                 let b = rempart_crypto::Binding {
-                    person: row.id,
+                    person: row.id.get(),
                     dek_version: row.dek_version,
                 };
                 let w = ring
@@ -422,7 +428,13 @@ async fn break_glass_reasons_are_sealed_with_the_person_and_shredded_with_them()
                 .any(|w| text.as_bytes().windows(8).any(|t| t == w)),
             "{backend}: the text is sealed"
         );
-        assert_eq!(vault.seal_reason(999_999, text).await.unwrap(), None);
+        assert_eq!(
+            vault
+                .seal_reason(PersonId::new(999_999), text)
+                .await
+                .unwrap(),
+            None
+        );
         let mandate = glass("BG-A", &sealed).await.unwrap();
         let kept = store.break_glass_reasons(ids[0]).await.unwrap();
         assert_eq!(kept.len(), 1, "{backend}");

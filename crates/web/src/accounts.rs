@@ -15,7 +15,7 @@ use rempart_consult::{
     AccountDecision, AccountRequest, AccountReview, AccountView, INACTIVITY_DAYS, ResetDecision,
     ResetKind, ResetView,
 };
-use rempart_domain::{Reference, Role};
+use rempart_domain::{AccountId, OrganisationId, Reference, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::request::{Answer, Credentials, json_body, ok, parsed, path_id};
@@ -84,8 +84,8 @@ struct AccountHistoryBody {
     #[serde(flatten)]
     account: AccountBody,
     created_at: Option<String>,
-    requested_by: Option<i64>,
-    decided_by: Option<i64>,
+    requested_by: Option<AccountId>,
+    decided_by: Option<AccountId>,
     decided_at: Option<String>,
     last_login_at: Option<String>,
     /// No login for [`INACTIVITY_DAYS`]; `null` when the history is unknown.
@@ -116,11 +116,11 @@ impl AccountHistoryBody {
 #[derive(Serialize)]
 struct ResetBody {
     id: i64,
-    account_id: i64,
+    account_id: AccountId,
     kind: &'static str,
-    requested_by: i64,
+    requested_by: AccountId,
     requested_at: String,
-    decided_by: Option<i64>,
+    decided_by: Option<AccountId>,
     decided_at: Option<String>,
     approved: Option<bool>,
 }
@@ -187,7 +187,7 @@ pub(crate) async fn request_account(
     let input = path_id(path).and_then(|organisation_id| {
         let body: AccountRequestBody = json_body(body)?;
         Ok(AccountRequest {
-            organisation_id,
+            organisation_id: OrganisationId::new(organisation_id),
             login: parse_login(&body.login)?,
             role: parse_role(&body.role)?,
         })
@@ -237,7 +237,7 @@ async fn decide_account(
         activation,
     } = state
         .consultation
-        .decide_account(&creds.presented(), id, approve)
+        .decide_account(&creds.presented(), AccountId::new(id), approve)
         .await?;
     ok(AccountDecisionBody {
         account: AccountBody::from(account),
@@ -258,7 +258,7 @@ pub(crate) async fn request_reset(
     let (account_id, kind) = parsed(&state, &creds, input).await?;
     let reset = state
         .consultation
-        .request_reset(&creds.presented(), account_id, kind)
+        .request_reset(&creds.presented(), AccountId::new(account_id), kind)
         .await?;
     Ok((StatusCode::CREATED, Json(ResetBody::from(reset))).into_response())
 }
@@ -314,18 +314,18 @@ pub(crate) async fn review(
     let id = parsed(&state, &creds, path_id(path)).await?;
     let list = state
         .consultation
-        .accounts_review(&creds.presented(), Some(id))
+        .accounts_review(&creds.presented(), Some(OrganisationId::new(id)))
         .await?;
     ok(serde_json::json!({ "accounts": AccountHistoryBody::list(list) }))
 }
 
 #[derive(Serialize)]
 pub(crate) struct AccountBody {
-    id: i64,
+    id: AccountId,
     login: String,
     role: &'static str,
     state: &'static str,
-    organisation_id: i64,
+    organisation_id: OrganisationId,
     organisation: String,
     organisation_kind: &'static str,
 }

@@ -16,7 +16,7 @@ use rempart_consult::{
     AccountState, BreakGlass, CaseloadPage, Grant, GrantDecision, GrantRequestView, MandateView,
     NirShown, SearchBy, Shown,
 };
-use rempart_domain::{Nir, Purpose, Reference};
+use rempart_domain::{AccountId, MandateId, Nir, OrganisationId, PersonId, Purpose, Reference};
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{self, AccountBody};
@@ -147,7 +147,7 @@ fn parse_date(field: &str, text: &str) -> Result<NaiveDate, ApiError> {
 
 #[derive(Serialize)]
 struct PersonBody {
-    id: i64,
+    id: PersonId,
     purpose: &'static str,
     field_groups: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -243,11 +243,11 @@ impl From<Shown> for PersonBody {
 
 #[derive(Serialize)]
 struct MandateBody {
-    id: i64,
+    id: MandateId,
     reference: String,
-    person_id: i64,
-    organisation_id: i64,
-    account_id: Option<i64>,
+    person_id: PersonId,
+    organisation_id: OrganisationId,
+    account_id: Option<AccountId>,
     purpose: &'static str,
     valid_from: String,
     valid_to: Option<String>,
@@ -277,14 +277,14 @@ struct GrantRequestBody {
     id: i64,
     state: &'static str,
     reference: String,
-    person_id: i64,
-    organisation_id: i64,
-    account_id: Option<i64>,
+    person_id: PersonId,
+    organisation_id: OrganisationId,
+    account_id: Option<AccountId>,
     purpose: &'static str,
     valid_from: String,
     valid_to: Option<String>,
     source: String,
-    requested_by: i64,
+    requested_by: AccountId,
     requested_at: String,
 }
 
@@ -354,7 +354,7 @@ async fn read_person(
     let (id, purpose) = parsed(&state, &creds, input).await?;
     let shown = state
         .consultation
-        .read_person(&creds.presented(), client(peer), id, purpose)
+        .read_person(&creds.presented(), client(peer), PersonId::new(id), purpose)
         .await?;
     ok(PersonBody::from(shown))
 }
@@ -385,7 +385,7 @@ async fn break_glass(
             &creds.presented(),
             client(peer),
             BreakGlass {
-                person_id,
+                person_id: PersonId::new(person_id),
                 purpose,
                 reason: body.reason,
             },
@@ -474,13 +474,13 @@ async fn search(
 #[derive(Serialize)]
 struct CaseloadAnswer {
     entries: Vec<CaseloadEntryBody>,
-    next: Option<i64>,
+    next: Option<PersonId>,
 }
 
 #[derive(Serialize)]
 struct CaseloadEntryBody {
-    person_id: i64,
-    mandate_id: i64,
+    person_id: PersonId,
+    mandate_id: MandateId,
     purpose: &'static str,
     valid_to: Option<String>,
 }
@@ -505,7 +505,7 @@ async fn caseload(
             &creds.presented(),
             client(peer),
             purpose,
-            after,
+            PersonId::new(after),
             u32::try_from(limit).unwrap_or(100),
         )
         .await?;
@@ -526,9 +526,9 @@ async fn caseload(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GrantBody {
-    person_id: i64,
-    organisation_id: i64,
-    account_id: Option<i64>,
+    person_id: PersonId,
+    organisation_id: OrganisationId,
+    account_id: Option<AccountId>,
     purpose: String,
     valid_from: Option<String>,
     valid_to: Option<String>,
@@ -627,14 +627,14 @@ async fn revoke_mandate(
     let id = parsed(&state, &creds, path_id(path)).await?;
     state
         .consultation
-        .revoke_mandate(&creds.presented(), id)
+        .revoke_mandate(&creds.presented(), MandateId::new(id))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Serialize)]
 struct OrganisationBody {
-    id: i64,
+    id: OrganisationId,
     code: String,
     kind: &'static str,
     name: String,
@@ -668,7 +668,10 @@ async fn accounts(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Answer {
     let id = parsed(&state, &creds, path_id(path)).await?;
-    let list = state.consultation.accounts(&creds.presented(), id).await?;
+    let list = state
+        .consultation
+        .accounts(&creds.presented(), OrganisationId::new(id))
+        .await?;
     ok(serde_json::json!({
         "accounts": list.into_iter().map(AccountBody::from).collect::<Vec<_>>()
     }))
@@ -682,7 +685,7 @@ struct LiftFreezeBody {
 
 #[derive(Serialize)]
 struct FreezeBody {
-    organisation_id: i64,
+    organisation_id: OrganisationId,
     /// False when the organisation was not frozen.
     lifted: bool,
 }
@@ -700,10 +703,14 @@ async fn lift_freeze(
     let (organisation_id, body) = parsed(&state, &creds, input).await?;
     let lifted = state
         .consultation
-        .lift_freeze(&creds.presented(), organisation_id, &body.reason)
+        .lift_freeze(
+            &creds.presented(),
+            OrganisationId::new(organisation_id),
+            &body.reason,
+        )
         .await?;
     ok(FreezeBody {
-        organisation_id,
+        organisation_id: OrganisationId::new(organisation_id),
         lifted,
     })
 }
@@ -733,7 +740,7 @@ async fn set_state(
     let id = parsed(&state, &creds, path_id(path)).await?;
     let account = state
         .consultation
-        .set_account_state(&creds.presented(), id, to)
+        .set_account_state(&creds.presented(), AccountId::new(id), to)
         .await?;
     ok(AccountBody::from(account))
 }

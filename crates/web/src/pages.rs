@@ -44,7 +44,7 @@ use rempart_consult::login::LoginKind;
 use rempart_consult::{
     LoginAnswer, LoginFailure, NirShown, PasswordForm, Presented, ProofRequest, Refusal, Shown,
 };
-use rempart_domain::{FieldGroup, Purpose};
+use rempart_domain::{FieldGroup, PersonId, Purpose};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -694,7 +694,13 @@ async fn caseload_fragment(
                 Some(purpose) => {
                     state
                         .consultation
-                        .caseload(p, crate::request::client(peer), purpose, 0, CASELOAD_PAGE)
+                        .caseload(
+                            p,
+                            crate::request::client(peer),
+                            purpose,
+                            PersonId::new(0),
+                            CASELOAD_PAGE,
+                        )
                         .await
                 }
                 // Authenticate first: an anonymous caller learns nothing
@@ -731,11 +737,11 @@ async fn caseload_fragment(
             }
             last = Some(e.person_id);
             h.raw("<li><a class=\"dossier\" data-fragment href=\"/portail/f/personne/")
-                .num(e.person_id)
+                .num(e.person_id.get())
                 .raw("?finalite=")
                 .text(e.purpose.as_str())
                 .raw("\">Dossier n° ")
-                .num(e.person_id)
+                .num(e.person_id.get())
                 .raw("</a>");
             if let Some(to) = e.valid_to {
                 h.raw(" — mandat jusqu'au ")
@@ -774,7 +780,7 @@ async fn person_fragment(
             (Some(id), Some(purpose)) => {
                 state
                     .consultation
-                    .read_person(p, crate::request::client(peer), id, purpose)
+                    .read_person(p, crate::request::client(peer), PersonId::new(id), purpose)
                     .await
             }
             _ => match state.consultation.whoami(p).await {
@@ -849,7 +855,7 @@ async fn break_glass_fragment(
         match (id, request) {
             (Some(person_id), Some((purpose, reason))) => {
                 let request = rempart_consult::BreakGlass {
-                    person_id,
+                    person_id: PersonId::new(person_id),
                     purpose,
                     reason,
                 };
@@ -878,9 +884,9 @@ async fn break_glass_fragment(
 fn person_html(s: &Shown) -> Html {
     let mut h = Html::new();
     h.raw("<article id=\"personne\" data-person=\"")
-        .num(s.person_id)
+        .num(s.person_id.get())
         .raw("\"><h2>Dossier n° ")
-        .num(s.person_id)
+        .num(s.person_id.get())
         .raw("</h2><p>Finalité : ")
         .text(purpose_fr(s.purpose))
         .raw("</p><p>Données affichées : ");

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{BACKENDS, Backend, TestApp, spawn_app, today};
-use rempart_domain::{AccountId, AccountState, FieldGroup, Purpose};
+use rempart_domain::{AccountState, FieldGroup, Purpose};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -460,7 +460,7 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
             leaves
                 .iter()
                 .filter(failed)
-                .filter(|l| l.account.get() == account)
+                .filter(|l| l.account == account)
                 .filter(|l| l.decision == Decision::Deny(DenyReason::BadCredentials))
                 .count(),
             10,
@@ -469,7 +469,7 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
         assert!(
             leaves
                 .iter()
-                .any(|l| l.action == LeafAction::LockedOut && l.account.get() == account),
+                .any(|l| l.action == LeafAction::LockedOut && l.account == account),
             "{backend:?}: the lock is its own event"
         );
         assert_eq!(
@@ -584,7 +584,7 @@ async fn a_stolen_session_cannot_add_a_passkey_without_a_fresh_step_up() {
             .into_iter()
             .filter(|l| {
                 l.action == LeafAction::FactorEnrol
-                    && l.account.get() == account
+                    && l.account == account
                     && l.decision == Decision::Deny(DenyReason::StepUpRequired)
                     && l.note.as_deref() == Some("factor change: no recent step-up")
             })
@@ -845,7 +845,7 @@ async fn a_lock_is_no_remote_switch_for_the_owners_browser() {
             .leaves(before)
             .await
             .into_iter()
-            .find(|l| l.action == LeafAction::Login && l.account.get() == account)
+            .find(|l| l.action == LeafAction::Login && l.account == account)
             .expect("the login's leaf");
         assert_eq!(
             login.note.as_deref(),
@@ -923,7 +923,7 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
             evaluated_per_wave.push(
                 leaves
                     .iter()
-                    .filter(|l| l.account.get() == account)
+                    .filter(|l| l.account == account)
                     .filter(|l| l.decision == Decision::Deny(DenyReason::BadCredentials))
                     .count(),
             );
@@ -964,7 +964,7 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
         // Every attempt is accounted for: counted, or refused unevaluated.
         let leaves = app.leaves(before).await;
         let mine = |l: &&rempart_ledger::AuditLeaf| {
-            l.account.get() == account && l.action == LeafAction::LoginFailed
+            l.account == account && l.action == LeafAction::LoginFailed
         };
         let refused = leaves
             .iter()
@@ -975,7 +975,7 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
         assert_eq!(
             leaves
                 .iter()
-                .filter(|l| l.account.get() == account && l.action == LeafAction::LockedOut)
+                .filter(|l| l.account == account && l.action == LeafAction::LockedOut)
                 .count(),
             1,
             "{backend:?}: the lock is one event"
@@ -986,7 +986,7 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
         let alerts = app
             .guard
             .alerts(&rempart_guard::store::AlertQuery {
-                account_id: Some(AccountId::new(account)),
+                account_id: Some(account),
                 limit: 100,
                 ..Default::default()
             })
@@ -1513,7 +1513,7 @@ async fn break_glass_through_a_stepped_up_session_reads_once_and_keeps_the_reaso
             .filter(|l| l.action == LeafAction::ReadPerson)
             .collect();
         assert_eq!(reads.len(), 1, "{backend:?}");
-        assert!(reads[0].reveals_person_data() && reads[0].person.map(|p| p.get()) == Some(target));
+        assert!(reads[0].reveals_person_data() && reads[0].person == Some(target));
         assert!(
             leaves
                 .iter()
@@ -2042,7 +2042,7 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
     ] {
         assert!(
             leaves.iter().any(|l| l.action == action
-                && l.account.get() == account
+                && l.account == account
                 && l.decision == Decision::Allow),
             "{backend:?}: {action:?} in the ledger"
         );
@@ -2130,9 +2130,7 @@ async fn in_chromium_an_agent_breaks_the_glass_with_a_step_up() {
             leaves
                 .iter()
                 .filter(|l| {
-                    l.action == action
-                        && l.account.get() == account
-                        && l.decision == Decision::Allow
+                    l.action == action && l.account == account && l.decision == Decision::Allow
                 })
                 .count()
         };

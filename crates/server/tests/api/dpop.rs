@@ -15,7 +15,7 @@ use p256::elliptic_curve::Generate as _;
 use rempart_auth::client_assertion::{ASSERTION_TYPE, ClientKey};
 use rempart_auth::jose::PublicJwk;
 use rempart_consult::ClientSettings;
-use rempart_domain::{AccountState, Purpose};
+use rempart_domain::{AccountId, AccountState, PersonId, Purpose};
 use rempart_ledger::{Action as LeafAction, AuditLeaf, Decision, DenyReason};
 use rempart_server::{
     App, GuardChoice, LedgerAt, LedgerKeyFrom, RegistryAt, Running, ServerConfig, Storage,
@@ -223,7 +223,7 @@ async fn call(base: &str, path: &str, authorization: &str, proof: Option<&str>) 
 }
 
 /// A person in `t.ce1`'s caseload (a mandate of its organisation).
-async fn in_caseload(app: &TestApp, n: usize) -> (i64, String) {
+async fn in_caseload(app: &TestApp, n: usize) -> (PersonId, String) {
     let p = app.fresh_person(n);
     app.mandate("T-CE1", None, p, Purpose::FollowUp, today(), None)
         .await;
@@ -248,7 +248,7 @@ async fn assert_refusal_ledgered(
     app: &TestApp,
     from: u64,
     action: LeafAction,
-    account: i64,
+    account: AccountId,
     reason: DenyReason,
     note: &str,
 ) {
@@ -256,7 +256,7 @@ async fn assert_refusal_ledgered(
     assert_eq!(leaves.len(), 1, "one leaf: {leaves:?}");
     let leaf = &leaves[0];
     assert_eq!(leaf.action, action);
-    assert_eq!(leaf.account.get(), account);
+    assert_eq!(leaf.account, account);
     assert_eq!(leaf.decision, Decision::Deny(reason));
     assert_eq!(leaf.note.as_deref(), Some(note));
 }
@@ -290,11 +290,7 @@ async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
         let issued = app.leaves(before).await;
         assert_eq!(issued.len(), 1, "{backend:?}");
         assert_eq!(
-            (
-                issued[0].action,
-                issued[0].decision,
-                issued[0].account.get()
-            ),
+            (issued[0].action, issued[0].decision, issued[0].account),
             (LeafAction::TokenIssue, Decision::Allow, agent.account_id)
         );
         assert_eq!(
@@ -323,12 +319,12 @@ async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
         )
         .await;
         assert_eq!(r.status, 200, "{backend:?}: {}", r.body);
-        assert_eq!(r.body["id"], p);
+        assert_eq!(r.body["id"], json!(p));
         assert_eq!(r.body["nir"]["view"], "masked", "the account's own policy");
         let read = app.leaves(before).await;
         assert_eq!(read.len(), 1);
         assert_eq!(
-            (read[0].action, read[0].decision, read[0].account.get()),
+            (read[0].action, read[0].decision, read[0].account),
             (LeafAction::ReadPerson, Decision::Allow, agent.account_id)
         );
         assert_eq!(

@@ -25,7 +25,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::Utc;
 use rempart_auth::oidc::{AcceptedAssurance, Federation};
-use rempart_domain::{AccountState, Purpose};
+use rempart_domain::{AccountId, AccountState, Purpose};
 use rempart_ledger::{Action as LeafAction, AuditLeaf, Decision, DenyReason};
 use rempart_storage::FederationLink;
 use rempart_web::pages::FEDERATION_CALLBACK_PATH;
@@ -337,13 +337,13 @@ async fn link(app: &TestApp, subject: &str, login: &str) {
 }
 
 /// Failed logins ledgered since `from`: (account, reason, note).
-async fn failures(app: &TestApp, from: u64) -> Vec<(i64, DenyReason, String)> {
+async fn failures(app: &TestApp, from: u64) -> Vec<(AccountId, DenyReason, String)> {
     app.leaves(from)
         .await
         .into_iter()
         .filter(|l: &AuditLeaf| l.action == LeafAction::LoginFailed)
         .filter_map(|l| match l.decision {
-            Decision::Deny(reason) => Some((l.account.get(), reason, l.note.unwrap_or_default())),
+            Decision::Deny(reason) => Some((l.account, reason, l.note.unwrap_or_default())),
             Decision::Allow => None,
         })
         .collect()
@@ -431,7 +431,7 @@ async fn a_federated_login_opens_a_device_bound_session_that_reads_the_caseload(
             .iter()
             .find(|l| l.action == LeafAction::Login)
             .unwrap_or_else(|| panic!("{backend:?}: no login leaf in {leaves:?}"));
-        assert_eq!(login.account.get(), account, "{backend:?}");
+        assert_eq!(login.account, account, "{backend:?}");
         assert_eq!(login.decision, Decision::Allow, "{backend:?}");
         assert_eq!(login.note.as_deref(), Some("oidc"), "{backend:?}");
         assert!(login.session.is_some(), "{backend:?}");
@@ -447,7 +447,7 @@ async fn a_federated_login_opens_a_device_bound_session_that_reads_the_caseload(
         assert_eq!(
             noted,
             vec![(
-                0,
+                AccountId::UNKNOWN,
                 DenyReason::InvalidRequest,
                 "oidc: state unknown, used or expired".to_string()
             )],
@@ -509,7 +509,7 @@ async fn federated_logins_are_refused_alike_and_ledgered_each_with_its_reason() 
         assert_eq!(
             failures(&app, before).await,
             vec![(
-                0,
+                AccountId::UNKNOWN,
                 DenyReason::BadCredentials,
                 "oidc: no account linked to this identity".to_string()
             )],

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{Account, AccountAction, AccountState, OrganisationKind, Reference, Role};
+use rempart_domain::{
+    Account, AccountAction, AccountId, AccountState, OrganisationId, OrganisationKind, Reference,
+    Role,
+};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
@@ -18,11 +21,11 @@ use crate::{ACCOUNT_SELECT, AccountRecord, RowRefusal, StorageError, UpsertCount
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
 pub(super) fn account_record(r: &Row, at: usize) -> Result<AccountRecord, StorageError> {
     Ok(AccountRecord {
-        account_id: r.try_get(at)?,
+        account_id: AccountId::new(r.try_get(at)?),
         login: parse_code(r.try_get(at + 1)?, Reference::parse)?,
         role: parse_code(r.try_get(at + 2)?, Role::parse)?,
         state: parse_code(r.try_get(at + 3)?, AccountState::parse)?,
-        organisation_id: r.try_get(at + 4)?,
+        organisation_id: OrganisationId::new(r.try_get(at + 4)?),
         organisation: parse_code(r.try_get(at + 5)?, Reference::parse)?,
         kind: parse_code(r.try_get(at + 6)?, OrganisationKind::parse)?,
         created_at: r.try_get(at + 7)?,
@@ -73,7 +76,7 @@ pub(super) async fn upsert_accounts(
                 .get(code)
                 .map(|(id, kind)| {
                     Ok((
-                        *id,
+                        OrganisationId::new(*id),
                         OrganisationKind::parse(kind).map_err(|_| stored_code(kind))?,
                     ))
                 })
@@ -82,7 +85,12 @@ pub(super) async fn upsert_accounts(
         |login| {
             stored_accounts
                 .get(login)
-                .map(|(org, role)| Ok((*org, Role::parse(role).map_err(|_| stored_code(role))?)))
+                .map(|(org, role)| {
+                    Ok((
+                        OrganisationId::new(*org),
+                        Role::parse(role).map_err(|_| stored_code(role))?,
+                    ))
+                })
                 .transpose()
         },
     )?;
@@ -122,7 +130,7 @@ pub(super) async fn upsert_accounts(
             .transpose()?;
         let p: [&(dyn ToSql + Sync); 4] = [
             &a.login.as_str(),
-            org_id,
+            &org_id.get(),
             &a.role.as_str(),
             &a.state.as_str(),
         ];
@@ -136,7 +144,7 @@ pub(super) async fn upsert_accounts(
                 count.inserted += 1;
             }
             Some((o, ref role, ref state, ref req, ref app))
-                if o == *org_id
+                if o == org_id.get()
                     && role == a.role.as_str()
                     && state == a.state.as_str()
                     && (req, app) == (&links.0, &links.1) =>
@@ -206,14 +214,14 @@ pub(super) async fn account_by_login(
 
 pub(super) async fn account_by_id(
     store: &PgStore,
-    id: i64,
+    id: AccountId,
 ) -> Result<Option<AccountRecord>, StorageError> {
     let client = store.client().await?;
     let stmt = client
         .prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.id = $1"))
         .await?;
     client
-        .query_opt(&stmt, &[&id])
+        .query_opt(&stmt, &[&id.get()])
         .await?
         .map(|r| account_record(&r, 0))
         .transpose()
@@ -221,7 +229,7 @@ pub(super) async fn account_by_id(
 
 pub(super) async fn accounts_of_organisation(
     store: &PgStore,
-    organisation_id: i64,
+    organisation_id: OrganisationId,
 ) -> Result<Vec<AccountRecord>, StorageError> {
     let client = store.client().await?;
     // Logins are ASCII: the C collation orders them as SQLite does.
@@ -231,7 +239,7 @@ pub(super) async fn accounts_of_organisation(
         ))
         .await?;
     client
-        .query(&stmt, &[&organisation_id])
+        .query(&stmt, &[&organisation_id.get()])
         .await?
         .iter()
         .map(|r| account_record(r, 0))
@@ -240,7 +248,7 @@ pub(super) async fn accounts_of_organisation(
 
 pub(super) async fn set_account_state(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     state: AccountState,
 ) -> Result<bool, StorageError> {
     let action = crate::auth::state_change(state)?;
@@ -253,7 +261,7 @@ pub(super) async fn set_account_state(
         ))
         .await?;
     let n = client
-        .execute(&stmt, &[&account_id, &state.as_str()])
+        .execute(&stmt, &[&account_id.get(), &state.as_str()])
         .await?;
     if n == 1 {
         return Ok(true);
@@ -270,8 +278,8 @@ pub(super) fn review_entry(r: &Row) -> Result<ReviewEntry, StorageError> {
     let lifecycle = AccountLifecycle {
         account_id: account.account_id,
         created_at: r.try_get(9)?,
-        requested_by: r.try_get(10)?,
-        decided_by: r.try_get(11)?,
+        requested_by: r.try_get::<_, Option<i64>>(10)?.map(AccountId::new),
+        decided_by: r.try_get::<_, Option<i64>>(11)?.map(AccountId::new),
         decided_at: r.try_get(12)?,
         last_login_at: r.try_get(13)?,
         next_session_high_risk: r.try_get(14)?,
@@ -300,24 +308,24 @@ pub(super) async fn account_row(
 /// on the same account waits, then sees this one's outcome.
 pub(super) async fn subject(
     c: &impl GenericClient,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<Subject>, StorageError> {
     c.query_opt(
         "SELECT a.organisation_id, o.kind, a.state, a.requested_by, a.approved_by,
              a.decided_by IS NOT NULL
          FROM account a JOIN organisation o ON o.id = a.organisation_id
          WHERE a.id = $1 FOR UPDATE OF a",
-        &[&account_id],
+        &[&account_id.get()],
     )
     .await?
     .map(|r| {
         Ok(Subject {
             account_id,
-            organisation_id: r.try_get(0)?,
+            organisation_id: OrganisationId::new(r.try_get(0)?),
             kind: parse_code(r.try_get(1)?, OrganisationKind::parse)?,
             state: parse_code(r.try_get(2)?, AccountState::parse)?,
-            requested_by: r.try_get(3)?,
-            approved_by: r.try_get(4)?,
+            requested_by: r.try_get::<_, Option<i64>>(3)?.map(AccountId::new),
+            approved_by: r.try_get::<_, Option<i64>>(4)?.map(AccountId::new),
             decided: r.try_get(5)?,
         })
     })
@@ -328,17 +336,17 @@ pub(super) async fn subject(
 /// a concurrent change of role or state until the decision commits.
 pub(super) async fn decider(
     c: &impl GenericClient,
-    officer_id: i64,
+    officer_id: AccountId,
 ) -> Result<Option<Decider>, StorageError> {
     c.query_opt(
         "SELECT organisation_id, role, state FROM account WHERE id = $1 FOR SHARE",
-        &[&officer_id],
+        &[&officer_id.get()],
     )
     .await?
     .map(|r| {
         Ok(Decider {
             account_id: officer_id,
-            organisation_id: r.try_get(0)?,
+            organisation_id: OrganisationId::new(r.try_get(0)?),
             role: parse_code(r.try_get(1)?, Role::parse)?,
             state: parse_code(r.try_get(2)?, AccountState::parse)?,
         })
@@ -356,7 +364,7 @@ pub(super) async fn request_account(
     if tx
         .query_opt(
             "SELECT 1 FROM organisation WHERE id = $1",
-            &[&r.organisation_id],
+            &[&r.organisation_id.get()],
         )
         .await?
         .is_none()
@@ -366,7 +374,7 @@ pub(super) async fn request_account(
     let requester = tx
         .query_opt(
             "SELECT state FROM account WHERE id = $1 FOR SHARE",
-            &[&r.requested_by],
+            &[&r.requested_by.get()],
         )
         .await?;
     match requester {
@@ -387,9 +395,9 @@ pub(super) async fn request_account(
              ON CONFLICT (login) DO NOTHING RETURNING id",
             &[
                 &r.login.as_str(),
-                &r.organisation_id,
+                &r.organisation_id.get(),
                 &r.role.as_str(),
-                &r.requested_by,
+                &r.requested_by.get(),
                 &created_at,
             ],
         )
@@ -405,7 +413,7 @@ pub(super) async fn request_account(
 
 pub(super) async fn requests_since(
     store: &PgStore,
-    requested_by: i64,
+    requested_by: AccountId,
     since: DateTime<Utc>,
 ) -> Result<u32, StorageError> {
     let since = crate::instant(since, "since")?;
@@ -413,7 +421,7 @@ pub(super) async fn requests_since(
     let n: i64 = client
         .query_one(
             "SELECT count(*) FROM account WHERE requested_by = $1 AND created_at >= $2",
-            &[&requested_by, &since],
+            &[&requested_by.get(), &since],
         )
         .await?
         .try_get(0)?;
@@ -438,7 +446,7 @@ pub(super) async fn pending_requests(store: &PgStore) -> Result<Vec<ReviewEntry>
 
 pub(super) async fn lifecycle(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<AccountLifecycle>, StorageError> {
     let client = store.client().await?;
     client
@@ -446,15 +454,15 @@ pub(super) async fn lifecycle(
             "SELECT id, created_at, requested_by, decided_by, decided_at, last_login_at,
                  next_session_high_risk
              FROM account WHERE id = $1",
-            &[&account_id],
+            &[&account_id.get()],
         )
         .await?
         .map(|r| {
             Ok(AccountLifecycle {
-                account_id: r.try_get(0)?,
+                account_id: AccountId::new(r.try_get(0)?),
                 created_at: r.try_get(1)?,
-                requested_by: r.try_get(2)?,
-                decided_by: r.try_get(3)?,
+                requested_by: r.try_get::<_, Option<i64>>(2)?.map(AccountId::new),
+                decided_by: r.try_get::<_, Option<i64>>(3)?.map(AccountId::new),
                 decided_at: r.try_get(4)?,
                 last_login_at: r.try_get(5)?,
                 next_session_high_risk: r.try_get(6)?,
@@ -465,7 +473,7 @@ pub(super) async fn lifecycle(
 
 pub(super) async fn record_login(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<(), StorageError> {
     let at = crate::instant(at, "at")?;
@@ -476,7 +484,7 @@ pub(super) async fn record_login(
             "UPDATE account SET last_login_at = GREATEST(last_login_at, $2),
                  next_session_high_risk = false
              WHERE id = $1",
-            &[&account_id, &at],
+            &[&account_id.get(), &at],
         )
         .await?;
     if n == 1 {
@@ -488,7 +496,7 @@ pub(super) async fn record_login(
 
 pub(super) async fn record_activity(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<(), StorageError> {
     let at = crate::instant(at, "at")?;
@@ -496,7 +504,7 @@ pub(super) async fn record_activity(
     let n = client
         .execute(
             "UPDATE account SET last_login_at = GREATEST(last_login_at, $2) WHERE id = $1",
-            &[&account_id, &at],
+            &[&account_id.get(), &at],
         )
         .await?;
     if n == 1 {
@@ -510,7 +518,7 @@ pub(super) async fn disable_inactive(
     store: &PgStore,
     last_login_before: DateTime<Utc>,
     at: DateTime<Utc>,
-) -> Result<Vec<i64>, StorageError> {
+) -> Result<Vec<AccountId>, StorageError> {
     let cutoff = crate::instant(last_login_before, "last_login_before")?;
     let at = crate::instant(at, "at")?;
     let mut client = store.client().await?;
@@ -539,12 +547,12 @@ pub(super) async fn disable_inactive(
     )
     .await?;
     tx.commit().await?;
-    Ok(ids)
+    Ok(ids.into_iter().map(AccountId::new).collect())
 }
 
 pub(super) async fn accounts_to_review(
     store: &PgStore,
-    organisation_id: Option<i64>,
+    organisation_id: Option<OrganisationId>,
 ) -> Result<Vec<ReviewEntry>, StorageError> {
     let client = store.client().await?;
     client
@@ -554,7 +562,7 @@ pub(super) async fn accounts_to_review(
                    AND ($1::int8 IS NULL OR a.organisation_id = $1)
                  ORDER BY o.code COLLATE \"C\", a.login COLLATE \"C\""
             ),
-            &[&organisation_id],
+            &[&organisation_id.map(OrganisationId::get)],
         )
         .await?
         .iter()

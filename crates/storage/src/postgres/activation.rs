@@ -2,7 +2,7 @@
 //! factors.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountAction, AccountState};
+use rempart_domain::{AccountAction, AccountId, AccountState};
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -17,9 +17,9 @@ use crate::{StorageError, parse_code};
 
 pub(super) fn activation_row(r: &Row) -> Result<StoredActivation, StorageError> {
     Ok(StoredActivation {
-        account_id: r.try_get(0)?,
+        account_id: AccountId::new(r.try_get(0)?),
         digest: digest32(r.try_get(1)?, "activation digest")?,
-        issued_by: r.try_get(2)?,
+        issued_by: AccountId::new(r.try_get(2)?),
         issued_at: r.try_get(3)?,
         expires_at: r.try_get(4)?,
         used_at: r.try_get(5)?,
@@ -50,7 +50,7 @@ pub(super) async fn issue_activation(
                  FROM account a WHERE a.id = $1 FOR SHARE OF a",
                 approved_sql("a")
             ),
-            &[&a.account_id],
+            &[&a.account_id.get()],
         )
         .await?;
     match facts {
@@ -91,9 +91,9 @@ pub(super) async fn issue_activation(
                 four_eyes_sql("account.id", "account.requested_by", "$3::int8"),
             ),
             &[
-                &a.account_id,
+                &a.account_id.get(),
                 &a.digest.as_slice(),
-                &a.issued_by,
+                &a.issued_by.get(),
                 &issued_at,
                 &expires_at,
             ],
@@ -111,13 +111,13 @@ pub(super) async fn issue_activation(
 
 pub(super) async fn activation(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<StoredActivation>, StorageError> {
     let client = store.client().await?;
     client
         .query_opt(
             &format!("{ACTIVATION_SELECT} WHERE account_id = $1"),
-            &[&account_id],
+            &[&account_id.get()],
         )
         .await?
         .map(|r| activation_row(&r))
@@ -126,7 +126,7 @@ pub(super) async fn activation(
 
 pub(super) async fn swap_activation_throttle(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     expected: &str,
     next: &str,
 ) -> Result<bool, StorageError> {
@@ -134,7 +134,7 @@ pub(super) async fn swap_activation_throttle(
     let changed = client
         .execute(
             "UPDATE activation_code SET throttle = $3 WHERE account_id = $1 AND throttle = $2",
-            &[&account_id, &expected, &next],
+            &[&account_id.get(), &expected, &next],
         )
         .await?;
     Ok(changed == 1)
@@ -142,7 +142,7 @@ pub(super) async fn swap_activation_throttle(
 
 pub(super) async fn complete_activation(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     digest: [u8; 32],
     factors: ActivationFactors,
     now: DateTime<Utc>,
@@ -158,7 +158,7 @@ pub(super) async fn complete_activation(
             "UPDATE activation_code SET used_at = $3
              WHERE account_id = $1 AND digest = $2 AND used_at IS NULL AND expires_at > $3
                AND EXISTS (SELECT 1 FROM account WHERE id = $1 AND state = 'active')",
-            &[&account_id, &digest.as_slice(), &now],
+            &[&account_id.get(), &digest.as_slice(), &now],
         )
         .await?;
     if n != 1 {
@@ -169,7 +169,7 @@ pub(super) async fn complete_activation(
             "INSERT INTO account_password (account_id, phc, set_at) VALUES ($1, $2, $3)
              ON CONFLICT (account_id) DO UPDATE SET phc = EXCLUDED.phc,
                  set_at = EXCLUDED.set_at, throttle = '{}'",
-            &[&account_id, phc, &now],
+            &[&account_id.get(), phc, &now],
         )
         .await?;
     }
@@ -179,7 +179,12 @@ pub(super) async fn complete_activation(
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (account_id) DO UPDATE SET sealed_secret = EXCLUDED.sealed_secret,
                  last_step = EXCLUDED.last_step, enrolled_at = EXCLUDED.enrolled_at",
-            &[&account_id, &t.sealed_secret, &t.last_step, &t.enrolled_at],
+            &[
+                &account_id.get(),
+                &t.sealed_secret,
+                &t.last_step,
+                &t.enrolled_at,
+            ],
         )
         .await?;
     }

@@ -1,5 +1,6 @@
 //! API clients, their DPoP-bound access tokens, and replay keys.
 
+use rempart_domain::AccountId;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +28,7 @@ pub(super) const REPLAY_SQL: &str = "INSERT INTO replay_key (digest, expires_at)
 pub(super) fn api_client_row(r: &Row) -> Result<(ApiClientRow, AccountRecord), StorageError> {
     let client = ApiClientRow {
         client_id: r.try_get(0)?,
-        account_id: r.try_get(1)?,
+        account_id: AccountId::new(r.try_get(1)?),
         keys: r.try_get(2)?,
         created_at: r.try_get(3)?,
         revoked_at: r.try_get(4)?,
@@ -39,7 +40,7 @@ pub(super) fn access_token_row(r: &Row) -> Result<(AccessTokenRow, AccountRecord
     let token = AccessTokenRow {
         digest: digest32(r.try_get(0)?, "access token digest")?,
         client_id: r.try_get(1)?,
-        account_id: r.try_get(2)?,
+        account_id: AccountId::new(r.try_get(2)?),
         jkt: r.try_get(3)?,
         scope: r.try_get(4)?,
         issued_at: r.try_get(5)?,
@@ -68,7 +69,7 @@ pub(super) async fn insert_api_client(
              ON CONFLICT DO NOTHING",
             &[
                 &cl.client_id,
-                &cl.account_id,
+                &cl.account_id.get(),
                 &cl.keys,
                 &created_at,
                 &revoked_at,
@@ -77,7 +78,7 @@ pub(super) async fn insert_api_client(
         .await?;
     if n == 1 {
         Ok(())
-    } else if account_exists(&**client, cl.account_id).await? {
+    } else if account_exists(&**client, cl.account_id.get()).await? {
         Err(refuse("client_id", "already registered"))
     } else {
         Err(not_found("account_id", "account"))
@@ -101,7 +102,7 @@ pub(super) async fn api_client(
 
 pub(super) async fn revoke_api_clients_of_account(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<u64, StorageError> {
     let at = crate::instant(at, "at")?;
@@ -160,7 +161,7 @@ pub(super) async fn insert_access_token(
             &[
                 &digest,
                 &t.client_id,
-                &t.account_id,
+                &t.account_id.get(),
                 &t.jkt,
                 &t.scope,
                 &issued_at,
@@ -175,7 +176,7 @@ pub(super) async fn insert_access_token(
         .query_opt(
             "SELECT 1 FROM api_client
              WHERE client_id = $1 AND account_id = $2 AND revoked_at IS NULL",
-            &[&t.client_id, &t.account_id],
+            &[&t.client_id, &t.account_id.get()],
         )
         .await?;
     Err(match live {
@@ -219,21 +220,21 @@ pub(super) async fn insert_replay_if_new(
 /// access tokens deleted, the clients revoked. Returns (tokens, clients).
 pub(super) async fn end_api_clients(
     tx: &tokio_postgres::Transaction<'_>,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<(u64, u64), StorageError> {
     let tokens = tx
         .execute(
             "DELETE FROM access_token WHERE client_id IN
                (SELECT client_id FROM api_client WHERE account_id = $1)",
-            &[&account_id],
+            &[&account_id.get()],
         )
         .await?;
     let clients = tx
         .execute(
             "UPDATE api_client SET revoked_at = $2
              WHERE account_id = $1 AND revoked_at IS NULL",
-            &[&account_id, &at],
+            &[&account_id.get(), &at],
         )
         .await?;
     Ok((tokens, clients))

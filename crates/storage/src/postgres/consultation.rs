@@ -2,7 +2,7 @@
 //! the one-round-trip read of a person's rows.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::FieldGroup;
+use rempart_domain::{AccountId, FieldGroup, PersonId};
 
 use super::PgStore;
 use super::accounts::account_record;
@@ -16,7 +16,7 @@ use crate::{
 
 pub(super) async fn insert_credential(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     secret_digest: [u8; 32],
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -33,7 +33,10 @@ pub(super) async fn insert_credential(
         .await?;
     let digest: &[u8] = &secret_digest;
     let row = client
-        .query_opt(&stmt, &[&account_id, &digest, &created_at, &expires_at])
+        .query_opt(
+            &stmt,
+            &[&account_id.get(), &digest, &created_at, &expires_at],
+        )
         .await?
         .ok_or_else(|| crate::auth::not_found("account_id", "account"))?;
     Ok(row.try_get(0)?)
@@ -51,7 +54,7 @@ pub(super) async fn credential(
 pub(super) async fn consultation_rows(
     store: &PgStore,
     credential_id: i64,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<ConsultationRows, StorageError> {
     // One connection, the queries pipelined: one round trip's wait
     // instead of three. The credential comes from memory while the
@@ -76,7 +79,7 @@ pub(super) async fn consultation_rows(
 
 pub(super) async fn revoke_credentials(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     id: Option<i64>,
     at: DateTime<Utc>,
 ) -> Result<u64, StorageError> {
@@ -88,7 +91,9 @@ pub(super) async fn revoke_credentials(
              WHERE account_id = $1 AND ($2::int8 IS NULL OR id = $2) AND revoked_at IS NULL",
         )
         .await?;
-    Ok(client.execute(&stmt, &[&account_id, &id, &at]).await?)
+    Ok(client
+        .execute(&stmt, &[&account_id.get(), &id, &at])
+        .await?)
 }
 
 /// The access version (see [`Credentials`]).
@@ -134,7 +139,7 @@ pub(super) async fn credential_row(
     };
     let credential = StoredCredential {
         id: r.try_get(0)?,
-        account_id: r.try_get(1)?,
+        account_id: AccountId::new(r.try_get(1)?),
         secret_digest: digest(r.try_get(2)?)?,
         created_at: r.try_get(3)?,
         expires_at: r.try_get(4)?,

@@ -2,7 +2,7 @@
 //! credential resets, and rehearsing any account change.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountAction, AccountState};
+use rempart_domain::{AccountAction, AccountId, AccountState};
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -17,11 +17,11 @@ use crate::{AccountRecord, StorageError};
 pub(super) fn reset_row(r: &Row) -> Result<CredentialReset, StorageError> {
     Ok(CredentialReset {
         id: r.try_get(0)?,
-        account_id: r.try_get(1)?,
+        account_id: AccountId::new(r.try_get(1)?),
         kind: ResetKind::parse(r.try_get(2)?)?,
-        requested_by: r.try_get(3)?,
+        requested_by: AccountId::new(r.try_get(3)?),
         requested_at: r.try_get(4)?,
-        decided_by: r.try_get(5)?,
+        decided_by: r.try_get::<_, Option<i64>>(5)?.map(AccountId::new),
         decided_at: r.try_get(6)?,
         approved: r.try_get(7)?,
     })
@@ -31,8 +31,8 @@ pub(super) fn reset_row(r: &Row) -> Result<CredentialReset, StorageError> {
 /// rolls back, to rehearse).
 pub(super) async fn decide_account_in(
     tx: &deadpool_postgres::Transaction<'_>,
-    account_id: i64,
-    officer_id: i64,
+    account_id: AccountId,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountRecord>, StorageError> {
@@ -64,13 +64,19 @@ pub(super) async fn decide_account_in(
                 transition_sql("account", action),
                 four_eyes_sql("account.id", "account.requested_by", "$3::int8"),
             ),
-            &[&account_id, &state.as_str(), &officer_id, &at, &approve],
+            &[
+                &account_id.get(),
+                &state.as_str(),
+                &officer_id.get(),
+                &at,
+                &approve,
+            ],
         )
         .await?;
     if n != 1 {
         return Ok(None);
     }
-    account_row(&**tx, account_id).await
+    account_row(&**tx, account_id.get()).await
 }
 
 /// [`AuthStore::decide_reset`] in `tx`, which the caller commits (or rolls
@@ -78,7 +84,7 @@ pub(super) async fn decide_account_in(
 pub(super) async fn decide_reset_in(
     tx: &deadpool_postgres::Transaction<'_>,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<CredentialReset>, StorageError> {
@@ -127,7 +133,7 @@ pub(super) async fn decide_reset_in(
                     "$2::int8"
                 ),
             ),
-            &[&id, &officer_id, &at, &approve],
+            &[&id, &officer_id.get(), &at, &approve],
         )
         .await?;
     if n != 1 {
@@ -138,37 +144,40 @@ pub(super) async fn decide_reset_in(
         if reset.kind.removes_password() {
             tx.execute(
                 "DELETE FROM account_password WHERE account_id = $1",
-                &[&account],
+                &[&account.get()],
             )
             .await?;
         }
         if reset.kind.removes_totp() {
             tx.execute(
                 "DELETE FROM account_totp WHERE account_id = $1",
-                &[&account],
+                &[&account.get()],
             )
             .await?;
         }
         if reset.kind.removes_passkeys() {
-            tx.execute("DELETE FROM passkey WHERE account_id = $1", &[&account])
-                .await?;
+            tx.execute(
+                "DELETE FROM passkey WHERE account_id = $1",
+                &[&account.get()],
+            )
+            .await?;
         }
         tx.execute(
             "UPDATE web_session SET ended_at = $2, end_reason = 'reset'
              WHERE account_id = $1 AND ended_at IS NULL",
-            &[&account, &at],
+            &[&account.get(), &at],
         )
         .await?;
         tx.execute(
             "UPDATE account SET next_session_high_risk = true WHERE id = $1",
-            &[&account],
+            &[&account.get()],
         )
         .await?;
         // A reset assumes someone else held a factor: no browser stays
         // trusted.
         tx.execute(
             "DELETE FROM login_device WHERE account_id = $1",
-            &[&account],
+            &[&account.get()],
         )
         .await?;
     }
@@ -235,8 +244,8 @@ pub(super) async fn rehearse(
 
 pub(super) async fn decide_account(
     store: &PgStore,
-    account_id: i64,
-    officer_id: i64,
+    account_id: AccountId,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountRecord>, StorageError> {
@@ -250,25 +259,30 @@ pub(super) async fn decide_account(
 
 pub(super) async fn request_reset(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     kind: ResetKind,
-    requested_by: i64,
+    requested_by: AccountId,
     at: DateTime<Utc>,
 ) -> Result<CredentialReset, StorageError> {
     let requested_at = crate::instant(at, "at")?;
     let client = store.client().await?;
     // Accounts are never deleted: checked, they stay.
-    if !account_exists(&**client, account_id).await? {
+    if !account_exists(&**client, account_id.get()).await? {
         return Err(not_found("account_id", "account"));
     }
-    if !account_exists(&**client, requested_by).await? {
+    if !account_exists(&**client, requested_by.get()).await? {
         return Err(not_found("requested_by", "account"));
     }
     let id: i64 = client
         .query_one(
             "INSERT INTO credential_reset (account_id, kind, requested_by, requested_at)
              VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&account_id, &kind.as_str(), &requested_by, &requested_at],
+            &[
+                &account_id.get(),
+                &kind.as_str(),
+                &requested_by.get(),
+                &requested_at,
+            ],
         )
         .await?
         .try_get(0)?;
@@ -287,7 +301,7 @@ pub(super) async fn request_reset(
 pub(super) async fn decide_reset(
     store: &PgStore,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<CredentialReset>, StorageError> {

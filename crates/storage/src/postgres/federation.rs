@@ -2,6 +2,7 @@
 //! an officer.
 
 use chrono::{DateTime, Utc};
+use rempart_domain::AccountId;
 
 use super::PgStore;
 use super::accounts::decider;
@@ -24,7 +25,7 @@ pub(super) async fn link_federation(
     if tx
         .query_opt(
             "SELECT 1 FROM account WHERE id = $1 FOR SHARE",
-            &[&link.account_id],
+            &[&link.account_id.get()],
         )
         .await?
         .is_none()
@@ -43,8 +44,8 @@ pub(super) async fn link_federation(
             &[
                 &link.issuer,
                 &link.subject,
-                &link.account_id,
-                &link.linked_by,
+                &link.account_id.get(),
+                &link.linked_by.get(),
                 &linked_at,
             ],
         )
@@ -63,9 +64,9 @@ pub(super) async fn unlink_federation(
     store: &PgStore,
     issuer: &str,
     subject: &str,
-    unlinked_by: i64,
+    unlinked_by: AccountId,
     at: DateTime<Utc>,
-) -> Result<Option<i64>, StorageError> {
+) -> Result<Option<AccountId>, StorageError> {
     check_federated(issuer, subject)?;
     let at = crate::instant(at, "at")?;
     let mut client = store.client().await?;
@@ -93,7 +94,7 @@ pub(super) async fn unlink_federation(
         .await?;
     }
     tx.commit().await?;
-    Ok(account)
+    Ok(account.map(AccountId::new))
 }
 
 pub(super) async fn federation_link(
@@ -118,8 +119,8 @@ pub(super) async fn federation_link(
             Ok(FederationLink {
                 issuer: r.try_get(0)?,
                 subject: r.try_get(1)?,
-                account_id: r.try_get(2)?,
-                linked_by: r.try_get(3)?,
+                account_id: AccountId::new(r.try_get(2)?),
+                linked_by: AccountId::new(r.try_get(3)?),
                 linked_at: r.try_get(4)?,
             })
         })

@@ -2,7 +2,7 @@
 //! decided by an officer of another (four eyes).
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{Purpose, Reference};
+use rempart_domain::{AccountId, OrganisationId, PersonId, Purpose, Reference};
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -21,15 +21,15 @@ pub(super) fn grant_request_row(r: &Row) -> Result<crate::GrantRequest, StorageE
         id: r.try_get(0)?,
         mandate: NewMandate {
             reference: parse_code(r.try_get(1)?, Reference::parse)?,
-            organisation_id: r.try_get(2)?,
-            account_id: r.try_get(3)?,
-            person_id: r.try_get(4)?,
+            organisation_id: OrganisationId::new(r.try_get(2)?),
+            account_id: r.try_get::<_, Option<i64>>(3)?.map(AccountId::new),
+            person_id: PersonId::new(r.try_get(4)?),
             purpose: parse_code(r.try_get(5)?, Purpose::parse)?,
             valid_from: r.try_get(6)?,
             valid_to: r.try_get(7)?,
             source: parse_code(r.try_get(8)?, Reference::parse)?,
         },
-        requested_by: r.try_get(9)?,
+        requested_by: AccountId::new(r.try_get(9)?),
         requested_at: r.try_get(10)?,
     })
 }
@@ -40,7 +40,7 @@ pub(super) async fn decide_grant_in(
     tx: &deadpool_postgres::Transaction<'_>,
     names: &Names,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<crate::GrantDecision>, StorageError> {
@@ -64,7 +64,7 @@ pub(super) async fn decide_grant_in(
         .execute(
             "UPDATE mandate_request SET decided_by = $2, decided_at = $3, approved = $4
              WHERE id = $1 AND decided_at IS NULL",
-            &[&id, &officer_id, &at, &approve],
+            &[&id, &officer_id.get(), &at, &approve],
         )
         .await?;
     if n != 1 {
@@ -77,7 +77,7 @@ pub(super) async fn decide_grant_in(
     let stored = insert_mandate(tx, names, &request.mandate, None).await?;
     tx.execute(
         "UPDATE mandate_request SET mandate_id = $2 WHERE id = $1",
-        &[&id, &stored.id],
+        &[&id, &stored.id.get()],
     )
     .await?;
     Ok(Some(crate::GrantDecision::Granted(stored)))
@@ -86,7 +86,7 @@ pub(super) async fn decide_grant_in(
 pub(super) async fn request_grant(
     store: &PgStore,
     m: NewMandate,
-    requested_by: i64,
+    requested_by: AccountId,
     at: DateTime<Utc>,
 ) -> Result<crate::GrantRequest, StorageError> {
     check_mandate_period(&m)?;
@@ -100,14 +100,14 @@ pub(super) async fn request_grant(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             &[
                 &m.reference.as_str(),
-                &m.organisation_id,
-                &m.account_id,
-                &m.person_id,
+                &m.organisation_id.get(),
+                &m.account_id.map(AccountId::get),
+                &m.person_id.get(),
                 &m.purpose.as_str(),
                 &m.valid_from,
                 &m.valid_to,
                 &m.source.as_str(),
-                &requested_by,
+                &requested_by.get(),
                 &at,
             ],
         )
@@ -124,7 +124,7 @@ pub(super) async fn request_grant(
 pub(super) async fn decide_grant(
     store: &PgStore,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<crate::GrantDecision>, StorageError> {
@@ -139,7 +139,7 @@ pub(super) async fn decide_grant(
 pub(super) async fn rehearse_grant_decision(
     store: &PgStore,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<bool, StorageError> {

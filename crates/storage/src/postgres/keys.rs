@@ -1,6 +1,7 @@
 //! Key rotation: the wrapped data keys to rewrap, and their
 //! compare-and-set.
 
+use rempart_domain::PersonId;
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -9,7 +10,7 @@ use crate::{StorageError, WrappedKeyRow};
 
 pub(super) fn wrapped_key_row(r: &Row) -> Result<WrappedKeyRow, StorageError> {
     Ok(WrappedKeyRow {
-        id: r.try_get(0)?,
+        id: PersonId::new(r.try_get(0)?),
         kek_version: to_u32(r.try_get(1)?, "kek_version")?,
         dek_version: to_u32(r.try_get(2)?, "dek_version")?,
         wrapped_dek: r.try_get(3)?,
@@ -33,7 +34,7 @@ pub(super) async fn rewrap_persons(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[(WrappedKeyRow, u32)],
 ) -> Result<u64, StorageError> {
-    Ok(if has_duplicates(rows.iter().map(|(r, _)| r.id)) {
+    Ok(if has_duplicates(rows.iter().map(|(r, _)| r.id.get())) {
         // Row by row, in order, as SQLite does.
         let stmt = tx.prepare_cached(STORE_ONE_REWRAPPED).await?;
         let mut n = 0;
@@ -42,7 +43,7 @@ pub(super) async fn rewrap_persons(
                 .execute(
                     &stmt,
                     &[
-                        &row.id,
+                        &row.id.get(),
                         &to_i32(row.kek_version, "kek_version")?,
                         &row.wrapped_dek,
                         &i64::from(*old_version),
@@ -53,7 +54,7 @@ pub(super) async fn rewrap_persons(
         }
         n
     } else {
-        let ids: Vec<i64> = rows.iter().map(|(r, _)| r.id).collect();
+        let ids: Vec<i64> = rows.iter().map(|(r, _)| r.id.get()).collect();
         let versions = rows
             .iter()
             .map(|(r, _)| to_i32(r.kek_version, "kek_version"))
@@ -70,7 +71,7 @@ pub(super) async fn rewrap_persons(
 pub(super) async fn keys_to_rewrap(
     store: &PgStore,
     target: u32,
-    after: i64,
+    after: PersonId,
     limit: u32,
 ) -> Result<Vec<WrappedKeyRow>, StorageError> {
     let client = store.client().await?;
@@ -82,7 +83,10 @@ pub(super) async fn keys_to_rewrap(
         )
         .await?;
     client
-        .query(&stmt, &[&after, &i64::from(target), &i64::from(limit)])
+        .query(
+            &stmt,
+            &[&after.get(), &i64::from(target), &i64::from(limit)],
+        )
         .await?
         .iter()
         .map(wrapped_key_row)

@@ -2,6 +2,7 @@
 //! TOTP and passkeys.
 
 use chrono::{DateTime, Utc};
+use rempart_domain::AccountId;
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -15,7 +16,7 @@ use crate::auth::{
 pub(super) fn passkey_row(r: &Row) -> Result<StoredPasskeyRow, StorageError> {
     Ok(StoredPasskeyRow {
         credential_id: r.try_get(0)?,
-        account_id: r.try_get(1)?,
+        account_id: AccountId::new(r.try_get(1)?),
         data: r.try_get(2)?,
         created_at: r.try_get(3)?,
         last_used_at: r.try_get(4)?,
@@ -24,14 +25,14 @@ pub(super) fn passkey_row(r: &Row) -> Result<StoredPasskeyRow, StorageError> {
 
 pub(super) async fn password(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<(String, String)>, StorageError> {
     let client = store.client().await?;
     let stmt = client
         .prepare_cached("SELECT phc, throttle FROM account_password WHERE account_id = $1")
         .await?;
     client
-        .query_opt(&stmt, &[&account_id])
+        .query_opt(&stmt, &[&account_id.get()])
         .await?
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .transpose()
@@ -39,7 +40,7 @@ pub(super) async fn password(
 
 pub(super) async fn set_password(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     phc: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StorageError> {
@@ -53,7 +54,7 @@ pub(super) async fn set_password(
              WHERE EXISTS (SELECT 1 FROM account WHERE id = $1)
              ON CONFLICT (account_id) DO UPDATE SET phc = EXCLUDED.phc,
                  set_at = EXCLUDED.set_at",
-            &[&account_id, &phc, &at],
+            &[&account_id.get(), &phc, &at],
         )
         .await?;
     if n == 1 {
@@ -65,7 +66,7 @@ pub(super) async fn set_password(
 
 pub(super) async fn swap_throttle(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     expected: &str,
     next: &str,
 ) -> Result<bool, StorageError> {
@@ -73,7 +74,7 @@ pub(super) async fn swap_throttle(
     let changed = client
         .execute(
             "UPDATE account_password SET throttle = $3 WHERE account_id = $1 AND throttle = $2",
-            &[&account_id, &expected, &next],
+            &[&account_id.get(), &expected, &next],
         )
         .await?;
     Ok(changed == 1)
@@ -82,7 +83,7 @@ pub(super) async fn swap_throttle(
 pub(super) async fn trust_login_device(
     store: &PgStore,
     digest: &[u8; 32],
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     replaces: Option<&[u8; 32]>,
@@ -94,14 +95,14 @@ pub(super) async fn trust_login_device(
     if let Some(old) = replaces {
         tx.execute(
             "DELETE FROM login_device WHERE digest = $1 AND account_id = $2",
-            &[&old.as_slice(), &account_id],
+            &[&old.as_slice(), &account_id.get()],
         )
         .await?;
     }
     tx.execute(
         "INSERT INTO login_device (digest, account_id, created_at, expires_at)
          VALUES ($1, $2, $3, $4)",
-        &[&digest.as_slice(), &account_id, &at, &expires_at],
+        &[&digest.as_slice(), &account_id.get(), &at, &expires_at],
     )
     .await?;
     tx.commit().await?;
@@ -111,7 +112,7 @@ pub(super) async fn trust_login_device(
 pub(super) async fn login_device_throttle(
     store: &PgStore,
     digest: &[u8; 32],
-    account_id: i64,
+    account_id: AccountId,
     now: DateTime<Utc>,
 ) -> Result<Option<String>, StorageError> {
     let client = store.client().await?;
@@ -119,7 +120,7 @@ pub(super) async fn login_device_throttle(
         .query_opt(
             "SELECT throttle FROM login_device
              WHERE digest = $1 AND account_id = $2 AND expires_at > $3",
-            &[&digest.as_slice(), &account_id, &now],
+            &[&digest.as_slice(), &account_id.get(), &now],
         )
         .await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
@@ -128,7 +129,7 @@ pub(super) async fn login_device_throttle(
 pub(super) async fn swap_login_device_throttle(
     store: &PgStore,
     digest: &[u8; 32],
-    account_id: i64,
+    account_id: AccountId,
     expected: &str,
     next: &str,
 ) -> Result<bool, StorageError> {
@@ -137,7 +138,7 @@ pub(super) async fn swap_login_device_throttle(
         .execute(
             "UPDATE login_device SET throttle = $4
              WHERE digest = $1 AND account_id = $2 AND throttle = $3",
-            &[&digest.as_slice(), &account_id, &expected, &next],
+            &[&digest.as_slice(), &account_id.get(), &expected, &next],
         )
         .await?;
     Ok(changed == 1)
@@ -145,7 +146,7 @@ pub(super) async fn swap_login_device_throttle(
 
 pub(super) async fn totp(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<StoredTotp>, StorageError> {
     let client = store.client().await?;
     let stmt = client
@@ -155,7 +156,7 @@ pub(super) async fn totp(
         )
         .await?;
     client
-        .query_opt(&stmt, &[&account_id])
+        .query_opt(&stmt, &[&account_id.get()])
         .await?
         .map(|r| {
             Ok(StoredTotp {
@@ -183,7 +184,12 @@ pub(super) async fn set_totp(store: &PgStore, t: StoredTotp) -> Result<(), Stora
              WHERE EXISTS (SELECT 1 FROM account WHERE id = $1)
              ON CONFLICT (account_id) DO UPDATE SET sealed_secret = EXCLUDED.sealed_secret,
                  last_step = EXCLUDED.last_step, enrolled_at = EXCLUDED.enrolled_at",
-            &[&t.account_id, &t.sealed_secret, &last_step, &enrolled_at],
+            &[
+                &t.account_id.get(),
+                &t.sealed_secret,
+                &last_step,
+                &enrolled_at,
+            ],
         )
         .await?;
     if n == 1 {
@@ -195,25 +201,25 @@ pub(super) async fn set_totp(store: &PgStore, t: StoredTotp) -> Result<(), Stora
 
 pub(super) async fn totp_secrets(
     store: &PgStore,
-    after: i64,
+    after: AccountId,
     limit: u32,
-) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+) -> Result<Vec<(AccountId, Vec<u8>)>, StorageError> {
     let client = store.client().await?;
     let rows = client
         .query(
             "SELECT account_id, sealed_secret FROM account_totp
              WHERE account_id > $1 ORDER BY account_id LIMIT $2",
-            &[&after, &i64::from(limit)],
+            &[&after.get(), &i64::from(limit)],
         )
         .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((AccountId::new(r.try_get(0)?), r.try_get(1)?)))
         .collect()
 }
 
 pub(super) async fn replace_totp_secret(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     old: &[u8],
     new: &[u8],
 ) -> Result<bool, StorageError> {
@@ -223,7 +229,7 @@ pub(super) async fn replace_totp_secret(
         .execute(
             "UPDATE account_totp SET sealed_secret = $3
              WHERE account_id = $1 AND sealed_secret = $2",
-            &[&account_id, &old, &new],
+            &[&account_id.get(), &old, &new],
         )
         .await?;
     Ok(n == 1)
@@ -231,7 +237,7 @@ pub(super) async fn replace_totp_secret(
 
 pub(super) async fn accept_totp_step(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     step: u64,
 ) -> Result<bool, StorageError> {
     let step = step_to_i64(step, "step")?;
@@ -240,7 +246,7 @@ pub(super) async fn accept_totp_step(
         .execute(
             "UPDATE account_totp SET last_step = $2
              WHERE account_id = $1 AND (last_step IS NULL OR last_step < $2)",
-            &[&account_id, &step],
+            &[&account_id.get(), &step],
         )
         .await?;
     Ok(n == 1)
@@ -248,13 +254,13 @@ pub(super) async fn accept_totp_step(
 
 pub(super) async fn passkeys(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Vec<StoredPasskeyRow>, StorageError> {
     let client = store.client().await?;
     client
         .query(
             &format!("{PASSKEY_SELECT} WHERE account_id = $1 ORDER BY created_at, credential_id"),
-            &[&account_id],
+            &[&account_id.get()],
         )
         .await?
         .iter()
@@ -293,7 +299,7 @@ pub(super) async fn add_passkey(store: &PgStore, p: StoredPasskeyRow) -> Result<
              ON CONFLICT DO NOTHING",
             &[
                 &p.credential_id,
-                &p.account_id,
+                &p.account_id.get(),
                 &p.data,
                 &created_at,
                 &last_used_at,
@@ -302,7 +308,7 @@ pub(super) async fn add_passkey(store: &PgStore, p: StoredPasskeyRow) -> Result<
         .await?;
     if n == 1 {
         Ok(())
-    } else if account_exists(&**client, p.account_id).await? {
+    } else if account_exists(&**client, p.account_id.get()).await? {
         Err(refuse("credential_id", "already registered"))
     } else {
         Err(not_found("account_id", "account"))

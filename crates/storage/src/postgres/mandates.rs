@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{Purpose, Reference};
+use rempart_domain::{AccountId, MandateId, OrganisationId, PersonId, Purpose, Reference};
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -26,20 +26,20 @@ pub(super) async fn stored_mandate(
     names: &Names,
     r: &Row,
 ) -> Result<StoredMandate, StorageError> {
-    let organisation_id: i64 = r.try_get(2)?;
-    let account_id: Option<i64> = r.try_get(3)?;
+    let organisation_id: OrganisationId = OrganisationId::new(r.try_get(2)?);
+    let account_id: Option<AccountId> = r.try_get::<_, Option<i64>>(3)?.map(AccountId::new);
     let account = match account_id {
-        Some(a) => Some(name(client, names, Named::Account, a).await?),
+        Some(a) => Some(name(client, names, Named::Account, a.get()).await?),
         None => None,
     };
     Ok(StoredMandate {
-        id: r.try_get(0)?,
+        id: MandateId::new(r.try_get(0)?),
         reference: parse_code(r.try_get(1)?, Reference::parse)?,
-        organisation: name(client, names, Named::Organisation, organisation_id).await?,
+        organisation: name(client, names, Named::Organisation, organisation_id.get()).await?,
         organisation_id,
         account,
         account_id,
-        person_id: r.try_get(4)?,
+        person_id: PersonId::new(r.try_get(4)?),
         purpose: parse_code(r.try_get(5)?, Purpose::parse)?,
         valid_from: r.try_get(6)?,
         valid_to: r.try_get(7)?,
@@ -76,7 +76,7 @@ pub(super) async fn insert_mandate(
     if tx
         .query_opt(
             "SELECT 1 FROM organisation WHERE id = $1",
-            &[&m.organisation_id],
+            &[&m.organisation_id.get()],
         )
         .await?
         .is_none()
@@ -84,20 +84,20 @@ pub(super) async fn insert_mandate(
         return Err(crate::auth::not_found("organisation_id", "organisation"));
     }
     if let Some(account_id) = m.account_id {
-        let org: Option<i64> = tx
+        let org: Option<OrganisationId> = tx
             .query_opt(
                 "SELECT organisation_id FROM account WHERE id = $1 FOR SHARE",
-                &[&account_id],
+                &[&account_id.get()],
             )
             .await?
-            .map(|r| r.try_get(0))
+            .map(|r| r.try_get(0).map(OrganisationId::new))
             .transpose()?;
         check_mandate_account(org, m)?;
     }
     let person: Option<i32> = tx
         .query_opt(
             "SELECT dek_version FROM person WHERE id = $1 AND wrapped_dek IS NOT NULL FOR SHARE",
-            &[&m.person_id],
+            &[&m.person_id.get()],
         )
         .await?
         .map(|r| r.try_get(0))
@@ -128,9 +128,9 @@ pub(super) async fn insert_mandate(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
             &[
                 &m.reference.as_str(),
-                &m.organisation_id,
-                &m.account_id,
-                &m.person_id,
+                &m.organisation_id.get(),
+                &m.account_id.map(AccountId::get),
+                &m.person_id.get(),
                 &m.purpose.as_str(),
                 &m.valid_from,
                 &m.valid_to,
@@ -222,7 +222,7 @@ pub(super) async fn upsert_mandates(
         .iter()
         .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
         .collect::<Result<_, StorageError>>()?;
-    let person_ids: Vec<i64> = mandates.iter().map(|m| m.person_id).collect();
+    let person_ids: Vec<i64> = mandates.iter().map(|m| m.person_id.get()).collect();
     // FOR SHARE: these persons cannot be shredded before this commits.
     let live: std::collections::HashSet<i64> = tx
         .query(
@@ -275,9 +275,13 @@ pub(super) async fn upsert_mandates(
         let links = mandate_row_links(
             index,
             m,
-            |code| Ok(orgs.get(code).copied()),
-            |login| Ok(accounts.get(login).copied()),
-            |id| Ok(live.contains(&id)),
+            |code| Ok(orgs.get(code).copied().map(OrganisationId::new)),
+            |login| {
+                Ok(accounts
+                    .get(login)
+                    .map(|&(a, o)| (AccountId::new(a), OrganisationId::new(o))))
+            },
+            |id| Ok(live.contains(&id.get())),
         )?;
         let (org_id, account_id) = match links {
             Ok(links) => links,
@@ -287,9 +291,9 @@ pub(super) async fn upsert_mandates(
             }
         };
         let new: Fields = (
-            org_id,
-            account_id,
-            m.person_id,
+            org_id.get(),
+            account_id.map(AccountId::get),
+            m.person_id.get(),
             m.purpose.as_str().to_string(),
             m.valid_from,
             m.valid_to,
@@ -353,7 +357,7 @@ pub(super) async fn upsert_mandates(
 
 pub(super) async fn mandates_of_person(
     store: &PgStore,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<Vec<StoredMandate>, StorageError> {
     let client = store.client().await?;
     mandates_rows(&client, &store.names, person_id).await
@@ -396,9 +400,9 @@ pub(super) async fn grant_break_glass(
              (mandate_id, person_id, account_id, created_at, dek_version, sealed)
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[
-            &stored.id,
-            &m.person_id,
-            &reason.account_id,
+            &stored.id.get(),
+            &m.person_id.get(),
+            &reason.account_id.get(),
             &created_at,
             &dek_version,
             &reason.sealed,
@@ -411,23 +415,23 @@ pub(super) async fn grant_break_glass(
 
 pub(super) async fn break_glass_reasons(
     store: &PgStore,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<Vec<StoredBreakGlassReason>, StorageError> {
     let client = store.client().await?;
     let rows = client
         .query(
             "SELECT id, mandate_id, person_id, account_id, created_at, dek_version, sealed
              FROM break_glass_reason WHERE person_id = $1 ORDER BY id",
-            &[&person_id],
+            &[&person_id.get()],
         )
         .await?;
     rows.iter()
         .map(|r| {
             Ok::<_, StorageError>(StoredBreakGlassReason {
                 id: r.try_get(0)?,
-                mandate_id: r.try_get(1)?,
-                person_id: r.try_get(2)?,
-                account_id: r.try_get(3)?,
+                mandate_id: MandateId::new(r.try_get(1)?),
+                person_id: PersonId::new(r.try_get(2)?),
+                account_id: AccountId::new(r.try_get(3)?),
                 created_at: r.try_get(4)?,
                 dek_version: to_u32(r.try_get(5)?, "dek_version")?,
                 sealed: r.try_get(6)?,
@@ -438,7 +442,7 @@ pub(super) async fn break_glass_reasons(
 
 pub(super) async fn revoke_mandate(
     store: &PgStore,
-    id: i64,
+    id: MandateId,
     at: DateTime<Utc>,
 ) -> Result<bool, StorageError> {
     let at = crate::instant(at, "at")?;
@@ -446,24 +450,24 @@ pub(super) async fn revoke_mandate(
     let stmt = client
         .prepare_cached("UPDATE mandate SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .await?;
-    Ok(client.execute(&stmt, &[&id, &at]).await? == 1)
+    Ok(client.execute(&stmt, &[&id.get(), &at]).await? == 1)
 }
 
 pub(super) async fn mandate(
     store: &PgStore,
-    id: i64,
+    id: MandateId,
 ) -> Result<Option<StoredMandate>, StorageError> {
     let client = store.client().await?;
-    mandate_by_id(&client, &store.names, id).await
+    mandate_by_id(&client, &store.names, id.get()).await
 }
 
 pub(super) async fn caseload(
     store: &PgStore,
-    organisation_id: i64,
-    account_id: i64,
+    organisation_id: OrganisationId,
+    account_id: AccountId,
     purpose: Option<Purpose>,
     on: NaiveDate,
-    after: i64,
+    after: PersonId,
     limit: u32,
 ) -> Result<Vec<CaseloadEntry>, StorageError> {
     let client = store.client().await?;
@@ -473,9 +477,9 @@ pub(super) async fn caseload(
         .query(
             &stmt,
             &[
-                &organisation_id,
-                &account_id,
-                &after,
+                &organisation_id.get(),
+                &account_id.get(),
+                &after.get(),
                 &on,
                 &purpose.map(Purpose::as_str),
                 &(i64::from(limit) + 1),
@@ -485,9 +489,9 @@ pub(super) async fn caseload(
         .iter()
         .map(|r| {
             Ok(CaseloadEntry {
-                person_id: r.try_get(0)?,
+                person_id: PersonId::new(r.try_get(0)?),
                 purpose: parse_code(r.try_get(1)?, Purpose::parse)?,
-                mandate_id: r.try_get(2)?,
+                mandate_id: MandateId::new(r.try_get(2)?),
                 valid_to: r.try_get(3)?,
             })
         })
@@ -499,10 +503,10 @@ pub(super) async fn caseload(
 pub(super) async fn mandates_rows(
     client: &impl deadpool_postgres::GenericClient,
     names: &Names,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<Vec<StoredMandate>, StorageError> {
     let stmt = client.prepare_cached(&MANDATES_OF_PERSON_SQL).await?;
-    let rows = client.query(&stmt, &[&person_id]).await?;
+    let rows = client.query(&stmt, &[&person_id.get()]).await?;
     let mut mandates = Vec::with_capacity(rows.len());
     for r in &rows {
         mandates.push(stored_mandate(client, names, r).await?);

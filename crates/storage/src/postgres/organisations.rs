@@ -1,6 +1,6 @@
 //! Organisations: imports and listing.
 
-use rempart_domain::{Organisation, OrganisationKind, Reference};
+use rempart_domain::{Organisation, OrganisationId, OrganisationKind, Reference};
 use tokio_postgres::types::ToSql;
 
 use super::PgStore;
@@ -58,7 +58,7 @@ pub(super) async fn upsert_organisations(
 
 pub(super) async fn organisations(
     store: &PgStore,
-) -> Result<Vec<(i64, Organisation)>, StorageError> {
+) -> Result<Vec<(OrganisationId, Organisation)>, StorageError> {
     let client = store.client().await?;
     let stmt = client
         .prepare_cached(
@@ -72,7 +72,7 @@ pub(super) async fn organisations(
         .iter()
         .map(|r| {
             Ok((
-                r.try_get(0)?,
+                OrganisationId::new(r.try_get(0)?),
                 Organisation {
                     code: parse_code(r.try_get(1)?, Reference::parse)?,
                     kind: parse_code(r.try_get(2)?, OrganisationKind::parse)?,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::pin::pin;
 
 use chrono::NaiveDate;
-use rempart_domain::FieldGroup;
+use rempart_domain::{FieldGroup, PersonId};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -62,7 +62,7 @@ pub(super) async fn copy_persons(
         writer
             .as_mut()
             .write(&[
-                &p.id,
+                &p.id.get(),
                 &ft,
                 &nir_b,
                 &name_b,
@@ -111,7 +111,7 @@ pub(super) async fn update_persons(
     let changed = |id: i64| {
         StorageError::Conflict(format!("person {id} changed while this batch was prepared"))
     };
-    if has_duplicates(updates.iter().map(|(p, _)| p.id)) {
+    if has_duplicates(updates.iter().map(|(p, _)| p.id.get())) {
         // One statement would apply only one of the rows of an id: go row
         // by row, in order, as SQLite does.
         let stmt = tx.prepare_cached(UPDATE_ONE_PERSON).await?;
@@ -122,7 +122,7 @@ pub(super) async fn update_persons(
                 .execute(
                     &stmt,
                     &[
-                        &p.id,
+                        &p.id.get(),
                         &nir_b,
                         &name_b,
                         &fp,
@@ -137,12 +137,12 @@ pub(super) async fn update_persons(
                 )
                 .await?;
             if n != 1 {
-                return Err(changed(p.id));
+                return Err(changed(p.id.get()));
             }
         }
         return Ok(());
     }
-    let ids: Vec<i64> = updates.iter().map(|(p, _)| p.id).collect();
+    let ids: Vec<i64> = updates.iter().map(|(p, _)| p.id.get()).collect();
     let col = |f: fn(&SealedPerson) -> &[u8]| -> Vec<&[u8]> {
         updates.iter().map(|(p, _)| f(p)).collect()
     };
@@ -189,7 +189,7 @@ pub(super) async fn update_persons(
     Ok(())
 }
 
-pub(super) async fn reserve_person_ids(store: &PgStore, n: u64) -> Result<i64, StorageError> {
+pub(super) async fn reserve_person_ids(store: &PgStore, n: u64) -> Result<PersonId, StorageError> {
     let n = i64::try_from(n)
         .map_err(|_| crate::auth::refuse("count", format!("cannot reserve {n} ids at once")))?;
     let client = store.client().await?;
@@ -202,7 +202,7 @@ pub(super) async fn reserve_person_ids(store: &PgStore, n: u64) -> Result<i64, S
         .query_opt(&stmt, &[&n])
         .await?
         .ok_or_else(|| StorageError::Corrupt("id_counter has no 'person' row".into()))?;
-    Ok(row.try_get(0)?)
+    Ok(PersonId::new(row.try_get(0)?))
 }
 
 pub(super) async fn lookup_persons(
@@ -230,7 +230,7 @@ pub(super) async fn lookup_persons(
             .and_then(|i| out.get_mut(i))
             .ok_or_else(|| StorageError::Corrupt(format!("lookup ordinal {i} out of range")))?;
         *slot = Some(ExistingPerson {
-            id: r.try_get(1)?,
+            id: PersonId::new(r.try_get(1)?),
             fingerprint: blind(r.try_get(2)?, "fingerprint")?,
             kek_version: to_u32(r.try_get(3)?, "kek_version")?,
             dek_version: to_u32(r.try_get(4)?, "dek_version")?,
@@ -262,7 +262,7 @@ pub(super) async fn write_persons(
 
 pub(super) async fn read_person(
     store: &PgStore,
-    id: i64,
+    id: PersonId,
     groups: &[FieldGroup],
 ) -> Result<Option<StoredPerson>, StorageError> {
     let client = store.client().await?;
@@ -273,7 +273,7 @@ pub(super) async fn find_persons(
     store: &PgStore,
     index: PersonIndex,
     value: Blind,
-) -> Result<Vec<i64>, StorageError> {
+) -> Result<Vec<PersonId>, StorageError> {
     let sql = format!(
         "SELECT id FROM person WHERE {} = $1 ORDER BY id",
         index_column(index)
@@ -285,11 +285,11 @@ pub(super) async fn find_persons(
         .query(&stmt, &[&value])
         .await?
         .iter()
-        .map(|r| Ok(r.try_get(0)?))
+        .map(|r| Ok(PersonId::new(r.try_get(0)?)))
         .collect()
 }
 
-pub(super) async fn shred_person(store: &PgStore, id: i64) -> Result<bool, StorageError> {
+pub(super) async fn shred_person(store: &PgStore, id: PersonId) -> Result<bool, StorageError> {
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
     let n = tx
@@ -297,7 +297,7 @@ pub(super) async fn shred_person(store: &PgStore, id: i64) -> Result<bool, Stora
             "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
                  name_blind = NULL, fingerprint = NULL, shredded_at = now()
              WHERE id = $1 AND wrapped_dek IS NOT NULL",
-            &[&id],
+            &[&id.get()],
         )
         .await?;
     // Sealed under the key just destroyed, and gone with it. A
@@ -305,7 +305,7 @@ pub(super) async fn shred_person(store: &PgStore, id: i64) -> Result<bool, Stora
     // before the update above could run: its reason is deleted here.
     tx.execute(
         "DELETE FROM break_glass_reason WHERE person_id = $1",
-        &[&id],
+        &[&id.get()],
     )
     .await?;
     tx.commit().await?;
@@ -368,25 +368,25 @@ pub(super) async fn end_bulk_load(store: &PgStore) -> Result<(), StorageError> {
 
 pub(super) async fn person_ids(
     store: &PgStore,
-    after: i64,
+    after: PersonId,
     limit: u32,
-) -> Result<Vec<i64>, StorageError> {
+) -> Result<Vec<PersonId>, StorageError> {
     let client = store.client().await?;
     let stmt = client
         .prepare_cached("SELECT id FROM person WHERE id > $1 ORDER BY id LIMIT $2")
         .await?;
     client
-        .query(&stmt, &[&after, &i64::from(limit)])
+        .query(&stmt, &[&after.get(), &i64::from(limit)])
         .await?
         .iter()
-        .map(|r| Ok(r.try_get(0)?))
+        .map(|r| Ok(PersonId::new(r.try_get(0)?)))
         .collect()
 }
 
 /// A person's key material and the sealed groups asked for.
 pub(super) async fn person_row(
     client: &deadpool_postgres::ClientWrapper,
-    id: i64,
+    id: PersonId,
     groups: &[FieldGroup],
 ) -> Result<Option<StoredPerson>, StorageError> {
     let mut sql = String::from("SELECT kek_version, dek_version, wrapped_dek");
@@ -396,7 +396,7 @@ pub(super) async fn person_row(
     }
     sql.push_str(" FROM person WHERE id = $1");
     let stmt = client.prepare_cached(&sql).await?;
-    let Some(r) = client.query_opt(&stmt, &[&id]).await? else {
+    let Some(r) = client.query_opt(&stmt, &[&id.get()]).await? else {
         return Ok(None);
     };
     let mut sealed = Vec::with_capacity(groups.len());

@@ -1,6 +1,7 @@
 //! Browser sessions (opened only for an active account), suspension, login
 //! ceremonies and the purge of what expired.
 
+use rempart_domain::AccountId;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ pub(super) static SESSION_SQL: LazyLock<String> =
 pub(super) fn session_row(r: &Row) -> Result<(StoredSession, AccountRecord), StorageError> {
     let session = StoredSession {
         id_digest: digest32(r.try_get(0)?, "session id digest")?,
-        account_id: r.try_get(1)?,
+        account_id: AccountId::new(r.try_get(1)?),
         jkt: r.try_get(2)?,
         method: r.try_get(3)?,
         created_at: r.try_get(4)?,
@@ -138,7 +139,7 @@ pub(super) async fn insert_session(store: &PgStore, s: StoredSession) -> Result<
              ON CONFLICT DO NOTHING",
             &[
                 &digest,
-                &s.account_id,
+                &s.account_id.get(),
                 &s.jkt,
                 &s.method,
                 &created_at,
@@ -159,7 +160,10 @@ pub(super) async fn insert_session(store: &PgStore, s: StoredSession) -> Result<
     // outcome: the session is inserted before it (and ended by it) or
     // not at all.
     let state: Option<String> = client
-        .query_opt("SELECT state FROM account WHERE id = $1", &[&s.account_id])
+        .query_opt(
+            "SELECT state FROM account WHERE id = $1",
+            &[&s.account_id.get()],
+        )
         .await?
         .map(|r| r.try_get(0))
         .transpose()?;
@@ -246,7 +250,7 @@ pub(super) async fn end_session(
 
 pub(super) async fn end_sessions_of_account(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
     reason: &str,
 ) -> Result<u64, StorageError> {
@@ -257,14 +261,14 @@ pub(super) async fn end_sessions_of_account(
         .execute(
             "UPDATE web_session SET ended_at = $2, end_reason = $3
              WHERE account_id = $1 AND ended_at IS NULL",
-            &[&account_id, &at, &reason],
+            &[&account_id.get(), &at, &reason],
         )
         .await?)
 }
 
 pub(super) async fn suspend_account(
     store: &PgStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
     reason: &str,
 ) -> Result<Option<Suspension>, StorageError> {
@@ -277,7 +281,7 @@ pub(super) async fn suspend_account(
     let changed = tx
         .execute(
             "UPDATE account SET state = 'suspended' WHERE id = $1 AND state = 'active'",
-            &[&account_id],
+            &[&account_id.get()],
         )
         .await?;
     if changed != 1 {
@@ -287,21 +291,21 @@ pub(super) async fn suspend_account(
         .execute(
             "UPDATE web_session SET ended_at = $2, end_reason = $3
              WHERE account_id = $1 AND ended_at IS NULL",
-            &[&account_id, &at, &reason],
+            &[&account_id.get(), &at, &reason],
         )
         .await?;
     let credentials = tx
         .execute(
             "UPDATE api_credential SET revoked_at = $2
              WHERE account_id = $1 AND revoked_at IS NULL",
-            &[&account_id, &at],
+            &[&account_id.get(), &at],
         )
         .await?;
     let (access_tokens, api_clients) = end_api_clients(&tx, account_id, at).await?;
     // No browser stays trusted through a suspension.
     tx.execute(
         "DELETE FROM login_device WHERE account_id = $1",
-        &[&account_id],
+        &[&account_id.get()],
     )
     .await?;
     tx.commit().await?;

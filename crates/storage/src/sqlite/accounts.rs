@@ -2,7 +2,10 @@
 //! lookups, state changes, account requests and their history.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{Account, AccountAction, AccountState, OrganisationKind, Reference, Role};
+use rempart_domain::{
+    Account, AccountAction, AccountId, AccountState, OrganisationId, OrganisationKind, Reference,
+    Role,
+};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -16,11 +19,11 @@ use crate::{ACCOUNT_SELECT, AccountRecord, RowRefusal, StorageError, UpsertCount
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
 pub(super) fn account_record(r: &Row<'_>, at: usize) -> Result<AccountRecord, StorageError> {
     Ok(AccountRecord {
-        account_id: r.get(at)?,
+        account_id: AccountId::new(r.get(at)?),
         login: parse_code(r.get(at + 1)?, Reference::parse)?,
         role: parse_code(r.get(at + 2)?, Role::parse)?,
         state: parse_code(r.get(at + 3)?, AccountState::parse)?,
-        organisation_id: r.get(at + 4)?,
+        organisation_id: OrganisationId::new(r.get(at + 4)?),
         organisation: parse_code(r.get(at + 5)?, Reference::parse)?,
         kind: parse_code(r.get(at + 6)?, OrganisationKind::parse)?,
         created_at: optional_instant(r.get(at + 7)?, "created_at")?,
@@ -49,12 +52,20 @@ pub(super) async fn upsert_accounts(
                             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                         })
                         .optional()?
-                        .map(|(id, kind)| Ok((id, parse_code(kind, OrganisationKind::parse)?)))
+                        .map(|(id, kind)| {
+                            Ok((
+                                OrganisationId::new(id),
+                                parse_code(kind, OrganisationKind::parse)?,
+                            ))
+                        })
                         .transpose()
                     },
                     |login| {
                         who.query_row([login], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                            Ok((
+                                OrganisationId::new(r.get::<_, i64>(0)?),
+                                r.get::<_, String>(1)?,
+                            ))
                         })
                         .optional()?
                         .map(|(id, role)| Ok((id, parse_code(role, Role::parse)?)))
@@ -83,7 +94,12 @@ pub(super) async fn upsert_accounts(
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                         })
                         .optional()?;
-                    let p = params![a.login.as_str(), org_id, a.role.as_str(), a.state.as_str()];
+                    let p = params![
+                        a.login.as_str(),
+                        org_id.get(),
+                        a.role.as_str(),
+                        a.state.as_str()
+                    ];
                     let links = (
                         a.requested_by.as_ref().map(|r| r.as_str().to_string()),
                         a.approved_by.as_ref().map(|r| r.as_str().to_string()),
@@ -94,7 +110,7 @@ pub(super) async fn upsert_accounts(
                             count.inserted += 1;
                         }
                         Some((o, ref role, ref state, ref req, ref app))
-                            if o == *org_id
+                            if o == org_id.get()
                                 && role == a.role.as_str()
                                 && state == a.state.as_str()
                                 && (req, app) == (&links.0, &links.1) =>
@@ -162,12 +178,12 @@ pub(super) async fn account_by_login(
 
 pub(super) async fn account_by_id(
     store: &SqliteStore,
-    id: i64,
+    id: AccountId,
 ) -> Result<Option<AccountRecord>, StorageError> {
     store
         .read_point(move |c| {
             c.prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.id = ?1"))?
-                .query_and_then([id], |r| account_record(r, 0))?
+                .query_and_then([id.get()], |r| account_record(r, 0))?
                 .next()
                 .transpose()
         })
@@ -176,14 +192,14 @@ pub(super) async fn account_by_id(
 
 pub(super) async fn accounts_of_organisation(
     store: &SqliteStore,
-    organisation_id: i64,
+    organisation_id: OrganisationId,
 ) -> Result<Vec<AccountRecord>, StorageError> {
     store
         .read(move |c| {
             c.prepare_cached(&format!(
                 "{ACCOUNT_SELECT} WHERE a.organisation_id = ?1 ORDER BY a.login"
             ))?
-            .query_and_then([organisation_id], |r| account_record(r, 0))?
+            .query_and_then([organisation_id.get()], |r| account_record(r, 0))?
             .collect()
         })
         .await
@@ -191,7 +207,7 @@ pub(super) async fn accounts_of_organisation(
 
 pub(super) async fn set_account_state(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     state: AccountState,
 ) -> Result<bool, StorageError> {
     let action = crate::auth::state_change(state)?;
@@ -203,7 +219,7 @@ pub(super) async fn set_account_state(
                     "UPDATE account SET state = ?2 WHERE id = ?1 AND {}",
                     crate::auth::transition_sql("account", action)
                 ))?
-                .execute(params![account_id, state.as_str()])?;
+                .execute(params![account_id.get(), state.as_str()])?;
             if n == 1 {
                 return Ok(true);
             }
@@ -217,10 +233,10 @@ pub(super) async fn set_account_state(
 
 pub(super) fn lifecycle_at(r: &Row<'_>, at: usize) -> Result<AccountLifecycle, StorageError> {
     Ok(AccountLifecycle {
-        account_id: r.get(at)?,
+        account_id: AccountId::new(r.get(at)?),
         created_at: optional_instant(r.get(at + 1)?, "created_at")?,
-        requested_by: r.get(at + 2)?,
-        decided_by: r.get(at + 3)?,
+        requested_by: r.get::<_, Option<i64>>(at + 2)?.map(AccountId::new),
+        decided_by: r.get::<_, Option<i64>>(at + 3)?.map(AccountId::new),
         decided_at: optional_instant(r.get(at + 4)?, "decided_at")?,
         last_login_at: optional_instant(r.get(at + 5)?, "last_login_at")?,
         next_session_high_risk: r.get(at + 6)?,
@@ -234,8 +250,8 @@ pub(super) fn review_entry(r: &Row<'_>) -> Result<ReviewEntry, StorageError> {
     let lifecycle = AccountLifecycle {
         account_id: account.account_id,
         created_at: optional_instant(r.get(9)?, "created_at")?,
-        requested_by: r.get(10)?,
-        decided_by: r.get(11)?,
+        requested_by: r.get::<_, Option<i64>>(10)?.map(AccountId::new),
+        decided_by: r.get::<_, Option<i64>>(11)?.map(AccountId::new),
         decided_at: optional_instant(r.get(12)?, "decided_at")?,
         last_login_at: optional_instant(r.get(13)?, "last_login_at")?,
         next_session_high_risk: r.get(14)?,
@@ -250,28 +266,34 @@ pub(super) fn account_exists(c: &Connection, id: i64) -> Result<bool, StorageErr
         .is_some())
 }
 
-pub(super) fn account_row(c: &Connection, id: i64) -> Result<Option<AccountRecord>, StorageError> {
+pub(super) fn account_row(
+    c: &Connection,
+    id: AccountId,
+) -> Result<Option<AccountRecord>, StorageError> {
     c.prepare_cached(&format!("{ACCOUNT_SELECT} WHERE a.id = ?1"))?
-        .query_and_then([id], |r| account_record(r, 0))?
+        .query_and_then([id.get()], |r| account_record(r, 0))?
         .next()
         .transpose()
 }
 
 /// The organisation facts of the account a decision is about.
-pub(super) fn subject(c: &Connection, account_id: i64) -> Result<Option<Subject>, StorageError> {
+pub(super) fn subject(
+    c: &Connection,
+    account_id: AccountId,
+) -> Result<Option<Subject>, StorageError> {
     c.prepare_cached(
         "SELECT a.organisation_id, o.kind, a.state, a.requested_by, a.approved_by,
              a.decided_by IS NOT NULL
          FROM account a JOIN organisation o ON o.id = a.organisation_id WHERE a.id = ?1",
     )?
-    .query_and_then([account_id], |r| {
+    .query_and_then([account_id.get()], |r| {
         Ok::<_, StorageError>(Subject {
             account_id,
-            organisation_id: r.get(0)?,
+            organisation_id: OrganisationId::new(r.get(0)?),
             kind: parse_code(r.get(1)?, OrganisationKind::parse)?,
             state: parse_code(r.get(2)?, AccountState::parse)?,
-            requested_by: r.get(3)?,
-            approved_by: r.get(4)?,
+            requested_by: r.get::<_, Option<i64>>(3)?.map(AccountId::new),
+            approved_by: r.get::<_, Option<i64>>(4)?.map(AccountId::new),
             decided: r.get(5)?,
         })
     })?
@@ -280,12 +302,15 @@ pub(super) fn subject(c: &Connection, account_id: i64) -> Result<Option<Subject>
 }
 
 /// What the four-eyes rule checks about a decider.
-pub(super) fn decider(c: &Connection, officer_id: i64) -> Result<Option<Decider>, StorageError> {
+pub(super) fn decider(
+    c: &Connection,
+    officer_id: AccountId,
+) -> Result<Option<Decider>, StorageError> {
     c.prepare_cached("SELECT organisation_id, role, state FROM account WHERE id = ?1")?
-        .query_and_then([officer_id], |r| {
+        .query_and_then([officer_id.get()], |r| {
             Ok::<_, StorageError>(Decider {
                 account_id: officer_id,
-                organisation_id: r.get(0)?,
+                organisation_id: OrganisationId::new(r.get(0)?),
                 role: parse_code(r.get(1)?, Role::parse)?,
                 state: parse_code(r.get(2)?, AccountState::parse)?,
             })
@@ -304,14 +329,14 @@ pub(super) async fn request_account(
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let org = tx
                 .prepare_cached("SELECT 1 FROM organisation WHERE id = ?1")?
-                .query_row([r.organisation_id], |_| Ok(()))
+                .query_row([r.organisation_id.get()], |_| Ok(()))
                 .optional()?;
             if org.is_none() {
                 return Err(not_found("organisation_id", "organisation"));
             }
             let requester: Option<String> = tx
                 .prepare_cached("SELECT state FROM account WHERE id = ?1")?
-                .query_row([r.requested_by], |r| r.get(0))
+                .query_row([r.requested_by.get()], |r| r.get(0))
                 .optional()?;
             match requester.as_deref() {
                 None => return Err(not_found("requested_by", "account")),
@@ -333,9 +358,9 @@ pub(super) async fn request_account(
                 .query_row(
                     params![
                         r.login.as_str(),
-                        r.organisation_id,
+                        r.organisation_id.get(),
                         r.role.as_str(),
-                        r.requested_by,
+                        r.requested_by.get(),
                         created_at
                     ],
                     |row| row.get(0),
@@ -344,7 +369,7 @@ pub(super) async fn request_account(
             let Some(id) = id else {
                 return Err(refuse("login", "already used by another account"));
             };
-            let account = account_row(&tx, id)?.ok_or_else(|| {
+            let account = account_row(&tx, AccountId::new(id))?.ok_or_else(|| {
                 StorageError::Corrupt(format!("account {id} vanished after its insertion"))
             })?;
             tx.commit()?;
@@ -355,7 +380,7 @@ pub(super) async fn request_account(
 
 pub(super) async fn requests_since(
     store: &SqliteStore,
-    requested_by: i64,
+    requested_by: AccountId,
     since: DateTime<Utc>,
 ) -> Result<u32, StorageError> {
     let since = instant_text(since, "since")?;
@@ -365,7 +390,7 @@ pub(super) async fn requests_since(
                 .prepare_cached(
                     "SELECT count(*) FROM account WHERE requested_by = ?1 AND created_at >= ?2",
                 )?
-                .query_row(params![requested_by, since], |r| r.get(0))?;
+                .query_row(params![requested_by.get(), since], |r| r.get(0))?;
             u32::try_from(n).map_err(|_| StorageError::Corrupt("request count out of range".into()))
         })
         .await
@@ -388,7 +413,7 @@ pub(super) async fn pending_requests(
 
 pub(super) async fn lifecycle(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<AccountLifecycle>, StorageError> {
     store
         .read(move |c| {
@@ -397,7 +422,7 @@ pub(super) async fn lifecycle(
                      next_session_high_risk
                  FROM account WHERE id = ?1",
             )?
-            .query_and_then([account_id], |r| lifecycle_at(r, 0))?
+            .query_and_then([account_id.get()], |r| lifecycle_at(r, 0))?
             .next()
             .transpose()
         })
@@ -406,7 +431,7 @@ pub(super) async fn lifecycle(
 
 pub(super) async fn record_login(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<(), StorageError> {
     let at = instant_text(at, "at")?;
@@ -419,7 +444,7 @@ pub(super) async fn record_login(
                          next_session_high_risk = 0
                      WHERE id = ?1",
                 )?
-                .execute(params![account_id, at])?;
+                .execute(params![account_id.get(), at])?;
             if n == 1 {
                 Ok(())
             } else {
@@ -431,7 +456,7 @@ pub(super) async fn record_login(
 
 pub(super) async fn record_activity(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<(), StorageError> {
     let at = instant_text(at, "at")?;
@@ -442,7 +467,7 @@ pub(super) async fn record_activity(
                     "UPDATE account SET last_login_at = max(coalesce(last_login_at, ?2), ?2)
                      WHERE id = ?1",
                 )?
-                .execute(params![account_id, at])?;
+                .execute(params![account_id.get(), at])?;
             if n == 1 {
                 Ok(())
             } else {
@@ -456,7 +481,7 @@ pub(super) async fn disable_inactive(
     store: &SqliteStore,
     last_login_before: DateTime<Utc>,
     at: DateTime<Utc>,
-) -> Result<Vec<i64>, StorageError> {
+) -> Result<Vec<AccountId>, StorageError> {
     let cutoff = instant_text(last_login_before, "last_login_before")?;
     let at = instant_text(at, "at")?;
     store
@@ -483,6 +508,7 @@ pub(super) async fn disable_inactive(
             }
             drop(end);
             tx.commit()?;
+            let ids: Vec<AccountId> = ids.into_iter().map(AccountId::new).collect();
             Ok(ids)
         })
         .await
@@ -490,7 +516,7 @@ pub(super) async fn disable_inactive(
 
 pub(super) async fn accounts_to_review(
     store: &SqliteStore,
-    organisation_id: Option<i64>,
+    organisation_id: Option<OrganisationId>,
 ) -> Result<Vec<ReviewEntry>, StorageError> {
     store
         .read(move |c| {
@@ -499,7 +525,7 @@ pub(super) async fn accounts_to_review(
                    AND (?1 IS NULL OR a.organisation_id = ?1)
                  ORDER BY o.code, a.login"
             ))?
-            .query_and_then([organisation_id], review_entry)?
+            .query_and_then([organisation_id.map(OrganisationId::get)], review_entry)?
             .collect()
         })
         .await

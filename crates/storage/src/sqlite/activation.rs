@@ -2,7 +2,7 @@
 //! factors.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountAction, AccountState};
+use rempart_domain::{AccountAction, AccountId, AccountState};
 use rusqlite::{Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -18,9 +18,9 @@ use crate::{StorageError, parse_code};
 
 pub(super) fn activation_row(r: &Row<'_>) -> Result<StoredActivation, StorageError> {
     Ok(StoredActivation {
-        account_id: r.get(0)?,
+        account_id: AccountId::new(r.get(0)?),
         digest: digest32(r.get(1)?, "activation digest")?,
-        issued_by: r.get(2)?,
+        issued_by: AccountId::new(r.get(2)?),
         issued_at: parse_instant(&r.get::<_, String>(3)?, "issued_at")?,
         expires_at: parse_instant(&r.get::<_, String>(4)?, "expires_at")?,
         used_at: optional_instant(r.get(5)?, "used_at")?,
@@ -46,7 +46,7 @@ pub(super) async fn issue_activation(
                      FROM account a WHERE a.id = ?1",
                     approved_sql("a")
                 ))?
-                .query_and_then([a.account_id], |r| {
+                .query_and_then([a.account_id.get()], |r| {
                     Ok::<_, StorageError>((
                         parse_code(r.get(0)?, AccountState::parse)?,
                         r.get::<_, bool>(1)?,
@@ -90,9 +90,9 @@ pub(super) async fn issue_activation(
                 four_eyes_sql("account.id", "account.requested_by", "?3"),
             ))?
                 .execute(params![
-                    a.account_id,
+                    a.account_id.get(),
                     a.digest.as_slice(),
-                    a.issued_by,
+                    a.issued_by.get(),
                     issued_at,
                     expires_at
                 ])?;
@@ -110,12 +110,12 @@ pub(super) async fn issue_activation(
 
 pub(super) async fn activation(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<StoredActivation>, StorageError> {
     store
         .read_point(move |c| {
             c.prepare_cached(&format!("{ACTIVATION_SELECT} WHERE account_id = ?1"))?
-                .query_and_then([account_id], activation_row)?
+                .query_and_then([account_id.get()], activation_row)?
                 .next()
                 .transpose()
         })
@@ -124,7 +124,7 @@ pub(super) async fn activation(
 
 pub(super) async fn swap_activation_throttle(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     expected: &str,
     next: &str,
 ) -> Result<bool, StorageError> {
@@ -135,7 +135,7 @@ pub(super) async fn swap_activation_throttle(
             .prepare_cached(
                 "UPDATE activation_code SET throttle = ?3 WHERE account_id = ?1 AND throttle = ?2",
             )?
-            .execute(params![account_id, expected, next])?;
+            .execute(params![account_id.get(), expected, next])?;
             Ok(changed == 1)
         })
         .await
@@ -143,7 +143,7 @@ pub(super) async fn swap_activation_throttle(
 
 pub(super) async fn complete_activation(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     digest: [u8; 32],
     factors: ActivationFactors,
     now: DateTime<Utc>,
@@ -168,7 +168,7 @@ pub(super) async fn complete_activation(
                        AND expires_at > ?3
                        AND EXISTS (SELECT 1 FROM account WHERE id = ?1 AND state = 'active')",
                 )?
-                .execute(params![account_id, digest.as_slice(), now])?;
+                .execute(params![account_id.get(), digest.as_slice(), now])?;
             if n != 1 {
                 return Ok(false);
             }
@@ -178,7 +178,7 @@ pub(super) async fn complete_activation(
                      ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
                          set_at = excluded.set_at, throttle = '{}'",
                 )?
-                .execute(params![account_id, phc, now])?;
+                .execute(params![account_id.get(), phc, now])?;
             }
             if let Some((sealed, step, enrolled_at)) = totp {
                 tx.prepare_cached(
@@ -187,7 +187,7 @@ pub(super) async fn complete_activation(
                      ON CONFLICT (account_id) DO UPDATE SET sealed_secret = excluded.sealed_secret,
                          last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
                 )?
-                .execute(params![account_id, sealed, step, enrolled_at])?;
+                .execute(params![account_id.get(), sealed, step, enrolled_at])?;
             }
             tx.commit()?;
             Ok(true)

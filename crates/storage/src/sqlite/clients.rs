@@ -1,5 +1,6 @@
 //! API clients, their DPoP-bound access tokens, and replay keys.
 
+use rempart_domain::AccountId;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +29,7 @@ pub(super) const REPLAY_SQL: &str = "INSERT INTO replay_key (digest, expires_at)
 pub(super) fn api_client_row(r: &Row<'_>) -> Result<(ApiClientRow, AccountRecord), StorageError> {
     let client = ApiClientRow {
         client_id: r.get(0)?,
-        account_id: r.get(1)?,
+        account_id: AccountId::new(r.get(1)?),
         keys: r.get(2)?,
         created_at: parse_instant(&r.get::<_, String>(3)?, "created_at")?,
         revoked_at: optional_instant(r.get(4)?, "revoked_at")?,
@@ -42,7 +43,7 @@ pub(super) fn access_token_row(
     let token = AccessTokenRow {
         digest: digest32(r.get(0)?, "access token digest")?,
         client_id: r.get(1)?,
-        account_id: r.get(2)?,
+        account_id: AccountId::new(r.get(2)?),
         jkt: r.get(3)?,
         scope: r.get(4)?,
         issued_at: parse_instant(&r.get::<_, String>(5)?, "issued_at")?,
@@ -64,7 +65,7 @@ pub(super) async fn insert_api_client(
     store
         .write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !account_exists(&tx, cl.account_id)? {
+            if !account_exists(&tx, cl.account_id.get())? {
                 return Err(not_found("account_id", "account"));
             }
             let n = tx
@@ -75,7 +76,7 @@ pub(super) async fn insert_api_client(
                 )?
                 .execute(params![
                     cl.client_id,
-                    cl.account_id,
+                    cl.account_id.get(),
                     cl.keys,
                     created_at,
                     revoked_at
@@ -106,7 +107,7 @@ pub(super) async fn api_client(
 
 pub(super) async fn revoke_api_clients_of_account(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
 ) -> Result<u64, StorageError> {
     let at = instant_text(at, "at")?;
@@ -159,7 +160,7 @@ pub(super) async fn insert_access_token(
                     "SELECT 1 FROM api_client
                      WHERE client_id = ?1 AND account_id = ?2 AND revoked_at IS NULL",
                 )?
-                .query_row(params![t.client_id, t.account_id], |_| Ok(()))
+                .query_row(params![t.client_id, t.account_id.get()], |_| Ok(()))
                 .optional()?;
             if live.is_none() {
                 return Err(refuse(
@@ -176,7 +177,7 @@ pub(super) async fn insert_access_token(
                 .execute(params![
                     &t.digest[..],
                     t.client_id,
-                    t.account_id,
+                    t.account_id.get(),
                     t.jkt,
                     t.scope,
                     issued_at,
@@ -231,7 +232,7 @@ pub(super) async fn insert_replay_if_new(
 /// access tokens deleted, the clients revoked. Returns (tokens, clients).
 pub(super) fn end_api_clients(
     tx: &rusqlite::Transaction<'_>,
-    account_id: i64,
+    account_id: AccountId,
     at: &str,
 ) -> Result<(u64, u64), StorageError> {
     let tokens = tx
@@ -239,12 +240,12 @@ pub(super) fn end_api_clients(
             "DELETE FROM access_token WHERE client_id IN
                (SELECT client_id FROM api_client WHERE account_id = ?1)",
         )?
-        .execute([account_id])?;
+        .execute([account_id.get()])?;
     let clients = tx
         .prepare_cached(
             "UPDATE api_client SET revoked_at = ?2
              WHERE account_id = ?1 AND revoked_at IS NULL",
         )?
-        .execute(params![account_id, at])?;
+        .execute(params![account_id.get(), at])?;
     Ok((tokens as u64, clients as u64))
 }

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use rempart_domain::FieldGroup;
+use rempart_domain::{AccountId, FieldGroup, PersonId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
@@ -33,7 +33,7 @@ pub(super) fn credential_row(
         .query_and_then([id], |r| {
             let credential = StoredCredential {
                 id: r.get(0)?,
-                account_id: r.get(1)?,
+                account_id: AccountId::new(r.get(1)?),
                 secret_digest: digest(r.get(2)?)?,
                 created_at: parse_instant(&r.get::<_, String>(3)?, "created_at")?,
                 expires_at: parse_instant(&r.get::<_, String>(4)?, "expires_at")?,
@@ -69,7 +69,7 @@ pub(super) fn checked_credential(
 
 pub(super) async fn insert_credential(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     secret_digest: [u8; 32],
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
@@ -85,7 +85,7 @@ pub(super) async fn insert_credential(
                  RETURNING id",
             )?
             .query_row(
-                params![account_id, &secret_digest[..], created_at, expires_at],
+                params![account_id.get(), &secret_digest[..], created_at, expires_at],
                 |r| r.get::<_, i64>(0),
             )
             .optional()?
@@ -107,7 +107,7 @@ pub(super) async fn credential(
 pub(super) async fn consultation_rows(
     store: &SqliteStore,
     credential_id: i64,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<ConsultationRows, StorageError> {
     let inner = store.inner.clone();
     store
@@ -136,7 +136,7 @@ pub(super) async fn consultation_rows(
 
 pub(super) async fn revoke_credentials(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     id: Option<i64>,
     at: DateTime<Utc>,
 ) -> Result<u64, StorageError> {
@@ -148,7 +148,7 @@ pub(super) async fn revoke_credentials(
                     "UPDATE api_credential SET revoked_at = ?3
                      WHERE account_id = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at IS NULL",
                 )?
-                .execute(params![account_id, id, at])?;
+                .execute(params![account_id.get(), id, at])?;
             Ok(n as u64)
         })
         .await

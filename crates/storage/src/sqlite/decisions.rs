@@ -2,7 +2,7 @@
 //! credential resets, and rehearsing any account change.
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{AccountAction, AccountState};
+use rempart_domain::{AccountAction, AccountId, AccountState};
 use rusqlite::{Connection, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -18,11 +18,11 @@ use crate::{AccountRecord, StorageError};
 pub(super) fn reset_row(r: &Row<'_>) -> Result<CredentialReset, StorageError> {
     Ok(CredentialReset {
         id: r.get(0)?,
-        account_id: r.get(1)?,
+        account_id: AccountId::new(r.get(1)?),
         kind: ResetKind::parse(&r.get::<_, String>(2)?)?,
-        requested_by: r.get(3)?,
+        requested_by: AccountId::new(r.get(3)?),
         requested_at: parse_instant(&r.get::<_, String>(4)?, "requested_at")?,
-        decided_by: r.get(5)?,
+        decided_by: r.get::<_, Option<i64>>(5)?.map(AccountId::new),
         decided_at: optional_instant(r.get(6)?, "decided_at")?,
         approved: r.get(7)?,
     })
@@ -32,8 +32,8 @@ pub(super) fn reset_row(r: &Row<'_>) -> Result<CredentialReset, StorageError> {
 /// drops, to rehearse).
 pub(super) fn decide_account_in(
     tx: &rusqlite::Transaction<'_>,
-    account_id: i64,
-    officer_id: i64,
+    account_id: AccountId,
+    officer_id: AccountId,
     approve: bool,
     at: &str,
 ) -> Result<Option<AccountRecord>, StorageError> {
@@ -65,7 +65,13 @@ pub(super) fn decide_account_in(
             transition_sql("account", action),
             four_eyes_sql("account.id", "account.requested_by", "?3"),
         ))?
-        .execute(params![account_id, state.as_str(), officer_id, at, approve])?;
+        .execute(params![
+            account_id.get(),
+            state.as_str(),
+            officer_id.get(),
+            at,
+            approve
+        ])?;
     if n != 1 {
         return Ok(None);
     }
@@ -77,7 +83,7 @@ pub(super) fn decide_account_in(
 pub(super) fn decide_reset_in(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: &str,
 ) -> Result<Option<CredentialReset>, StorageError> {
@@ -125,7 +131,7 @@ pub(super) fn decide_reset_in(
                 "?2"
             ),
         ))?
-        .execute(params![id, officer_id, at, approve])?;
+        .execute(params![id, officer_id.get(), at, approve])?;
     if n != 1 {
         return Ok(None);
     }
@@ -133,27 +139,27 @@ pub(super) fn decide_reset_in(
         let account = reset.account_id;
         if reset.kind.removes_password() {
             tx.prepare_cached("DELETE FROM account_password WHERE account_id = ?1")?
-                .execute([account])?;
+                .execute([account.get()])?;
         }
         if reset.kind.removes_totp() {
             tx.prepare_cached("DELETE FROM account_totp WHERE account_id = ?1")?
-                .execute([account])?;
+                .execute([account.get()])?;
         }
         if reset.kind.removes_passkeys() {
             tx.prepare_cached("DELETE FROM passkey WHERE account_id = ?1")?
-                .execute([account])?;
+                .execute([account.get()])?;
         }
         tx.prepare_cached(
             "UPDATE web_session SET ended_at = ?2, end_reason = 'reset'
              WHERE account_id = ?1 AND ended_at IS NULL",
         )?
-        .execute(params![account, at])?;
+        .execute(params![account.get(), at])?;
         tx.prepare_cached("UPDATE account SET next_session_high_risk = 1 WHERE id = ?1")?
-            .execute([account])?;
+            .execute([account.get()])?;
         // A reset assumes someone else held a factor: no browser stays
         // trusted.
         tx.prepare_cached("DELETE FROM login_device WHERE account_id = ?1")?
-            .execute([account])?;
+            .execute([account.get()])?;
     }
     tx.prepare_cached(&by_id)?
         .query_and_then([id], reset_row)?
@@ -213,8 +219,8 @@ pub(super) async fn rehearse(
 
 pub(super) async fn decide_account(
     store: &SqliteStore,
-    account_id: i64,
-    officer_id: i64,
+    account_id: AccountId,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountRecord>, StorageError> {
@@ -231,9 +237,9 @@ pub(super) async fn decide_account(
 
 pub(super) async fn request_reset(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     kind: ResetKind,
-    requested_by: i64,
+    requested_by: AccountId,
     at: DateTime<Utc>,
 ) -> Result<CredentialReset, StorageError> {
     let requested_at = crate::instant(at, "at")?;
@@ -241,10 +247,10 @@ pub(super) async fn request_reset(
     store
         .write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !account_exists(&tx, account_id)? {
+            if !account_exists(&tx, account_id.get())? {
                 return Err(not_found("account_id", "account"));
             }
-            if !account_exists(&tx, requested_by)? {
+            if !account_exists(&tx, requested_by.get())? {
                 return Err(not_found("requested_by", "account"));
             }
             let id: i64 = tx
@@ -252,9 +258,10 @@ pub(super) async fn request_reset(
                     "INSERT INTO credential_reset (account_id, kind, requested_by, requested_at)
                      VALUES (?1, ?2, ?3, ?4) RETURNING id",
                 )?
-                .query_row(params![account_id, kind.as_str(), requested_by, at], |r| {
-                    r.get(0)
-                })?;
+                .query_row(
+                    params![account_id.get(), kind.as_str(), requested_by.get(), at],
+                    |r| r.get(0),
+                )?;
             tx.commit()?;
             Ok(CredentialReset {
                 id,
@@ -273,7 +280,7 @@ pub(super) async fn request_reset(
 pub(super) async fn decide_reset(
     store: &SqliteStore,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<CredentialReset>, StorageError> {

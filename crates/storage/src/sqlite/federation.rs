@@ -2,6 +2,7 @@
 //! an officer.
 
 use chrono::{DateTime, Utc};
+use rempart_domain::AccountId;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -22,7 +23,7 @@ pub(super) async fn link_federation(
     store
         .write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !account_exists(&tx, link.account_id)? {
+            if !account_exists(&tx, link.account_id.get())? {
                 return Err(not_found("account_id", "account"));
             }
             check_federation_officer(
@@ -38,8 +39,8 @@ pub(super) async fn link_federation(
             .execute(params![
                 link.issuer,
                 link.subject,
-                link.account_id,
-                link.linked_by,
+                link.account_id.get(),
+                link.linked_by.get(),
                 linked_at
             ])?;
             if n != 1 {
@@ -58,9 +59,9 @@ pub(super) async fn unlink_federation(
     store: &SqliteStore,
     issuer: &str,
     subject: &str,
-    unlinked_by: i64,
+    unlinked_by: AccountId,
     at: DateTime<Utc>,
-) -> Result<Option<i64>, StorageError> {
+) -> Result<Option<AccountId>, StorageError> {
     check_federated(issuer, subject)?;
     let (issuer, subject) = (issuer.to_owned(), subject.to_owned());
     let at = instant_text(at, "at")?;
@@ -83,7 +84,7 @@ pub(super) async fn unlink_federation(
                 .execute(params![account_id, at, FEDERATION_UNLINK_REASON])?;
             }
             tx.commit()?;
-            Ok(account)
+            Ok(account.map(AccountId::new))
         })
         .await
 }
@@ -107,8 +108,8 @@ pub(super) async fn federation_link(
                 Ok::<_, StorageError>(FederationLink {
                     issuer: r.get(0)?,
                     subject: r.get(1)?,
-                    account_id: r.get(2)?,
-                    linked_by: r.get(3)?,
+                    account_id: AccountId::new(r.get(2)?),
+                    linked_by: AccountId::new(r.get(3)?),
                     linked_at: parse_instant(&r.get::<_, String>(4)?, "linked_at")?,
                 })
             })?

@@ -2,7 +2,7 @@
 //! decided by an officer of another (four eyes).
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{Purpose, Reference};
+use rempart_domain::{AccountId, OrganisationId, PersonId, Purpose, Reference};
 use rusqlite::{Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -25,9 +25,9 @@ pub(super) fn grant_request_row(r: &Row<'_>) -> Result<GrantRequest, StorageErro
         id: r.get(0)?,
         mandate: NewMandate {
             reference: parse_code(r.get(1)?, Reference::parse)?,
-            organisation_id: r.get(2)?,
-            account_id: r.get(3)?,
-            person_id: r.get(4)?,
+            organisation_id: OrganisationId::new(r.get(2)?),
+            account_id: r.get::<_, Option<i64>>(3)?.map(AccountId::new),
+            person_id: PersonId::new(r.get(4)?),
             purpose: parse_code(r.get(5)?, Purpose::parse)?,
             valid_from: match text(r, 6, "valid_from")? {
                 Some(s) => day(s, "valid_from")?,
@@ -38,7 +38,7 @@ pub(super) fn grant_request_row(r: &Row<'_>) -> Result<GrantRequest, StorageErro
                 .transpose()?,
             source: parse_code(r.get(8)?, Reference::parse)?,
         },
-        requested_by: r.get(9)?,
+        requested_by: AccountId::new(r.get(9)?),
         requested_at: parse_instant(&r.get::<_, String>(10)?, "requested_at")?,
     })
 }
@@ -49,7 +49,7 @@ pub(super) fn decide_grant_in(
     tx: &rusqlite::Transaction<'_>,
     names: &Names,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: &str,
 ) -> Result<Option<GrantDecision>, StorageError> {
@@ -72,7 +72,7 @@ pub(super) fn decide_grant_in(
             "UPDATE mandate_request SET decided_by = ?2, decided_at = ?3, approved = ?4
              WHERE id = ?1 AND decided_at IS NULL",
         )?
-        .execute(params![id, officer_id, at, approve])?;
+        .execute(params![id, officer_id.get(), at, approve])?;
     if n != 1 {
         return Ok(None);
     }
@@ -82,14 +82,14 @@ pub(super) fn decide_grant_in(
     check_mandate_period(&request.mandate)?;
     let stored = insert_mandate(tx, names, &request.mandate, None)?;
     tx.prepare_cached("UPDATE mandate_request SET mandate_id = ?2 WHERE id = ?1")?
-        .execute([id, stored.id])?;
+        .execute([id, stored.id.get()])?;
     Ok(Some(GrantDecision::Granted(stored)))
 }
 
 pub(super) async fn request_grant(
     store: &SqliteStore,
     m: NewMandate,
-    requested_by: i64,
+    requested_by: AccountId,
     at: DateTime<Utc>,
 ) -> Result<GrantRequest, StorageError> {
     check_mandate_period(&m)?;
@@ -106,14 +106,14 @@ pub(super) async fn request_grant(
                 .query_row(
                     params![
                         m.reference.as_str(),
-                        m.organisation_id,
-                        m.account_id,
-                        m.person_id,
+                        m.organisation_id.get(),
+                        m.account_id.map(AccountId::get),
+                        m.person_id.get(),
                         m.purpose.as_str(),
                         m.valid_from,
                         m.valid_to,
                         m.source.as_str(),
-                        requested_by,
+                        requested_by.get(),
                         at_text
                     ],
                     |r| r.get(0),
@@ -131,7 +131,7 @@ pub(super) async fn request_grant(
 pub(super) async fn decide_grant(
     store: &SqliteStore,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<Option<GrantDecision>, StorageError> {
@@ -150,7 +150,7 @@ pub(super) async fn decide_grant(
 pub(super) async fn rehearse_grant_decision(
     store: &SqliteStore,
     id: i64,
-    officer_id: i64,
+    officer_id: AccountId,
     approve: bool,
     at: DateTime<Utc>,
 ) -> Result<bool, StorageError> {

@@ -1,6 +1,7 @@
 //! Key rotation: the wrapped data keys to rewrap, and their
 //! compare-and-set.
 
+use rempart_domain::PersonId;
 use rusqlite::{TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -9,7 +10,7 @@ use crate::{StorageError, WrappedKeyRow};
 pub(super) async fn keys_to_rewrap(
     store: &SqliteStore,
     target: u32,
-    after: i64,
+    after: PersonId,
     limit: u32,
 ) -> Result<Vec<WrappedKeyRow>, StorageError> {
     store
@@ -20,9 +21,9 @@ pub(super) async fn keys_to_rewrap(
                      WHERE id > ?1 AND kek_version <> ?2 AND wrapped_dek IS NOT NULL
                      ORDER BY id LIMIT ?3",
                 )?
-                .query_map(params![after, target, limit], |r| {
+                .query_map(params![after.get(), target, limit], |r| {
                     Ok(WrappedKeyRow {
-                        id: r.get(0)?,
+                        id: PersonId::new(r.get(0)?),
                         kek_version: r.get(1)?,
                         dek_version: r.get(2)?,
                         wrapped_dek: r.get(3)?,
@@ -50,7 +51,7 @@ pub(super) async fn store_rewrapped(
                 )?;
                 for (row, old_version) in &rows {
                     n += upd.execute(params![
-                        row.id,
+                        row.id.get(),
                         row.kek_version,
                         row.wrapped_dek,
                         old_version,

@@ -2,6 +2,7 @@
 //! TOTP and passkeys.
 
 use chrono::{DateTime, Utc};
+use rempart_domain::AccountId;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -16,7 +17,7 @@ use crate::auth::{
 pub(super) fn passkey_row(r: &Row<'_>) -> Result<StoredPasskeyRow, StorageError> {
     Ok(StoredPasskeyRow {
         credential_id: r.get(0)?,
-        account_id: r.get(1)?,
+        account_id: AccountId::new(r.get(1)?),
         data: r.get(2)?,
         created_at: parse_instant(&r.get::<_, String>(3)?, "created_at")?,
         last_used_at: optional_instant(r.get(4)?, "last_used_at")?,
@@ -25,14 +26,14 @@ pub(super) fn passkey_row(r: &Row<'_>) -> Result<StoredPasskeyRow, StorageError>
 
 pub(super) async fn password(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<(String, String)>, StorageError> {
     store
         .read_point(move |c| {
             Ok(c.prepare_cached(
                 "SELECT phc, throttle FROM account_password WHERE account_id = ?1",
             )?
-            .query_row([account_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([account_id.get()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
         })
         .await
@@ -40,7 +41,7 @@ pub(super) async fn password(
 
 pub(super) async fn set_password(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     phc: &str,
     at: DateTime<Utc>,
 ) -> Result<(), StorageError> {
@@ -56,7 +57,7 @@ pub(super) async fn set_password(
                      ON CONFLICT (account_id) DO UPDATE SET phc = excluded.phc,
                          set_at = excluded.set_at",
                 )?
-                .execute(params![account_id, phc, at])?;
+                .execute(params![account_id.get(), phc, at])?;
             if n == 1 {
                 Ok(())
             } else {
@@ -68,7 +69,7 @@ pub(super) async fn set_password(
 
 pub(super) async fn swap_throttle(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     expected: &str,
     next: &str,
 ) -> Result<bool, StorageError> {
@@ -79,7 +80,7 @@ pub(super) async fn swap_throttle(
             .prepare_cached(
                 "UPDATE account_password SET throttle = ?3 WHERE account_id = ?1 AND throttle = ?2",
             )?
-            .execute(params![account_id, expected, next])?;
+            .execute(params![account_id.get(), expected, next])?;
             Ok(changed == 1)
         })
         .await
@@ -88,7 +89,7 @@ pub(super) async fn swap_throttle(
 pub(super) async fn trust_login_device(
     store: &SqliteStore,
     digest: &[u8; 32],
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     replaces: Option<&[u8; 32]>,
@@ -103,13 +104,13 @@ pub(super) async fn trust_login_device(
                 tx.prepare_cached(
                     "DELETE FROM login_device WHERE digest = ?1 AND account_id = ?2",
                 )?
-                .execute(params![old.as_slice(), account_id])?;
+                .execute(params![old.as_slice(), account_id.get()])?;
             }
             tx.prepare_cached(
                 "INSERT INTO login_device (digest, account_id, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![digest.as_slice(), account_id, at, expires_at])?;
+            .execute(params![digest.as_slice(), account_id.get(), at, expires_at])?;
             tx.commit()?;
             Ok(())
         })
@@ -119,7 +120,7 @@ pub(super) async fn trust_login_device(
 pub(super) async fn login_device_throttle(
     store: &SqliteStore,
     digest: &[u8; 32],
-    account_id: i64,
+    account_id: AccountId,
     now: DateTime<Utc>,
 ) -> Result<Option<String>, StorageError> {
     let digest = *digest;
@@ -130,7 +131,9 @@ pub(super) async fn login_device_throttle(
                 "SELECT throttle FROM login_device
                  WHERE digest = ?1 AND account_id = ?2 AND expires_at > ?3",
             )?
-            .query_row(params![digest.as_slice(), account_id, now], |r| r.get(0))
+            .query_row(params![digest.as_slice(), account_id.get(), now], |r| {
+                r.get(0)
+            })
             .optional()?)
         })
         .await
@@ -139,7 +142,7 @@ pub(super) async fn login_device_throttle(
 pub(super) async fn swap_login_device_throttle(
     store: &SqliteStore,
     digest: &[u8; 32],
-    account_id: i64,
+    account_id: AccountId,
     expected: &str,
     next: &str,
 ) -> Result<bool, StorageError> {
@@ -151,7 +154,7 @@ pub(super) async fn swap_login_device_throttle(
                     "UPDATE login_device SET throttle = ?4
                      WHERE digest = ?1 AND account_id = ?2 AND throttle = ?3",
                 )?
-                .execute(params![digest.as_slice(), account_id, expected, next])?;
+                .execute(params![digest.as_slice(), account_id.get(), expected, next])?;
             Ok(changed == 1)
         })
         .await
@@ -159,7 +162,7 @@ pub(super) async fn swap_login_device_throttle(
 
 pub(super) async fn totp(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Option<StoredTotp>, StorageError> {
     store
         .read_point(move |c| {
@@ -167,7 +170,7 @@ pub(super) async fn totp(
                 "SELECT sealed_secret, last_step, enrolled_at FROM account_totp
                  WHERE account_id = ?1",
             )?
-            .query_and_then([account_id], |r| {
+            .query_and_then([account_id.get()], |r| {
                 Ok(StoredTotp {
                     account_id,
                     sealed_secret: r.get(0)?,
@@ -198,7 +201,7 @@ pub(super) async fn set_totp(store: &SqliteStore, t: StoredTotp) -> Result<(), S
                          last_step = excluded.last_step, enrolled_at = excluded.enrolled_at",
                 )?
                 .execute(params![
-                    t.account_id,
+                    t.account_id.get(),
                     t.sealed_secret,
                     last_step,
                     enrolled_at
@@ -214,16 +217,18 @@ pub(super) async fn set_totp(store: &SqliteStore, t: StoredTotp) -> Result<(), S
 
 pub(super) async fn totp_secrets(
     store: &SqliteStore,
-    after: i64,
+    after: AccountId,
     limit: u32,
-) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+) -> Result<Vec<(AccountId, Vec<u8>)>, StorageError> {
     store
         .read(move |c| {
             c.prepare_cached(
                 "SELECT account_id, sealed_secret FROM account_totp
                  WHERE account_id > ?1 ORDER BY account_id LIMIT ?2",
             )?
-            .query_and_then(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_and_then(params![after.get(), limit], |r| {
+                Ok((AccountId::new(r.get(0)?), r.get(1)?))
+            })?
             .collect()
         })
         .await
@@ -231,7 +236,7 @@ pub(super) async fn totp_secrets(
 
 pub(super) async fn replace_totp_secret(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     old: &[u8],
     new: &[u8],
 ) -> Result<bool, StorageError> {
@@ -244,7 +249,7 @@ pub(super) async fn replace_totp_secret(
                     "UPDATE account_totp SET sealed_secret = ?3
                      WHERE account_id = ?1 AND sealed_secret = ?2",
                 )?
-                .execute(params![account_id, old, new])?;
+                .execute(params![account_id.get(), old, new])?;
             Ok(n == 1)
         })
         .await
@@ -252,7 +257,7 @@ pub(super) async fn replace_totp_secret(
 
 pub(super) async fn accept_totp_step(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     step: u64,
 ) -> Result<bool, StorageError> {
     let step = step_to_i64(step, "step")?;
@@ -263,7 +268,7 @@ pub(super) async fn accept_totp_step(
                     "UPDATE account_totp SET last_step = ?2
                      WHERE account_id = ?1 AND (last_step IS NULL OR last_step < ?2)",
                 )?
-                .execute(params![account_id, step])?;
+                .execute(params![account_id.get(), step])?;
             Ok(n == 1)
         })
         .await
@@ -271,14 +276,14 @@ pub(super) async fn accept_totp_step(
 
 pub(super) async fn passkeys(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
 ) -> Result<Vec<StoredPasskeyRow>, StorageError> {
     store
         .read(move |c| {
             c.prepare_cached(&format!(
                 "{PASSKEY_SELECT} WHERE account_id = ?1 ORDER BY created_at, credential_id"
             ))?
-            .query_and_then([account_id], passkey_row)?
+            .query_and_then([account_id.get()], passkey_row)?
             .collect()
         })
         .await
@@ -312,7 +317,7 @@ pub(super) async fn add_passkey(
     store
         .write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if !account_exists(&tx, p.account_id)? {
+            if !account_exists(&tx, p.account_id.get())? {
                 return Err(not_found("account_id", "account"));
             }
             let n = tx
@@ -322,7 +327,7 @@ pub(super) async fn add_passkey(
             )?
             .execute(params![
                 p.credential_id,
-                p.account_id,
+                p.account_id.get(),
                 p.data,
                 created_at,
                 last_used_at

@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rempart_domain::{Purpose, Reference};
+use rempart_domain::{AccountId, MandateId, OrganisationId, PersonId, Purpose, Reference};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -31,11 +31,11 @@ pub(super) static MANDATES_OF_PERSON_SQL: LazyLock<String> =
 pub(super) fn mandates_rows(
     c: &Connection,
     names: &Names,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<Vec<StoredMandate>, StorageError> {
     let mut rows: Vec<StoredMandate> = c
         .prepare_cached(&MANDATES_OF_PERSON_SQL)?
-        .query_and_then([person_id], |r| stored_mandate(c, names, r))?
+        .query_and_then([person_id.get()], |r| stored_mandate(c, names, r))?
         .collect::<Result<_, StorageError>>()?;
     rows.sort_unstable_by_key(|m| m.id);
     Ok(rows)
@@ -76,18 +76,18 @@ pub(super) fn stored_mandate(
     names: &Names,
     r: &Row<'_>,
 ) -> Result<StoredMandate, StorageError> {
-    let organisation_id = r.get(2)?;
-    let account_id: Option<i64> = r.get(3)?;
+    let organisation_id = OrganisationId::new(r.get(2)?);
+    let account_id: Option<AccountId> = r.get::<_, Option<i64>>(3)?.map(AccountId::new);
     Ok(StoredMandate {
-        id: r.get(0)?,
+        id: MandateId::new(r.get(0)?),
         reference: parse_code(r.get(1)?, Reference::parse)?,
-        organisation: name(c, names, Named::Organisation, organisation_id)?,
+        organisation: name(c, names, Named::Organisation, organisation_id.get())?,
         organisation_id,
         account: account_id
-            .map(|a| name(c, names, Named::Account, a))
+            .map(|a| name(c, names, Named::Account, a.get()))
             .transpose()?,
         account_id,
-        person_id: r.get(4)?,
+        person_id: PersonId::new(r.get(4)?),
         purpose: parse_code(r.get(5)?, Purpose::parse)?,
         valid_from: match text(r, 6, "valid_from")? {
             Some(s) => day(s, "valid_from")?,
@@ -116,7 +116,7 @@ pub(super) fn insert_mandate(
 ) -> Result<StoredMandate, StorageError> {
     let known = tx
         .prepare_cached("SELECT 1 FROM organisation WHERE id = ?1")?
-        .query_row([m.organisation_id], |_| Ok(()))
+        .query_row([m.organisation_id.get()], |_| Ok(()))
         .optional()?;
     if known.is_none() {
         return Err(crate::auth::not_found("organisation_id", "organisation"));
@@ -124,13 +124,14 @@ pub(super) fn insert_mandate(
     if let Some(account_id) = m.account_id {
         let org = tx
             .prepare_cached("SELECT organisation_id FROM account WHERE id = ?1")?
-            .query_row([account_id], |r| r.get::<_, i64>(0))
-            .optional()?;
+            .query_row([account_id.get()], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(OrganisationId::new);
         check_mandate_account(org, m)?;
     }
     let person: Option<u32> = tx
         .prepare_cached("SELECT dek_version FROM person WHERE id = ?1 AND wrapped_dek IS NOT NULL")?
-        .query_row([m.person_id], |r| r.get(0))
+        .query_row([m.person_id.get()], |r| r.get(0))
         .optional()?;
     check_mandate_person(person, dek_version, m.person_id)?;
     let taken = tx
@@ -149,9 +150,9 @@ pub(super) fn insert_mandate(
         .query_row(
             params![
                 m.reference.as_str(),
-                m.organisation_id,
-                m.account_id,
-                m.person_id,
+                m.organisation_id.get(),
+                m.account_id.map(AccountId::get),
+                m.person_id.get(),
                 m.purpose.as_str(),
                 m.valid_from,
                 m.valid_to,
@@ -231,13 +232,22 @@ pub(super) async fn upsert_mandates(
                 let links = mandate_row_links(
                     index,
                     m,
-                    |code| Ok(org.query_row([code], |r| r.get::<_, i64>(0)).optional()?),
-                    |login| {
-                        Ok(acc
-                            .query_row([login], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    |code| {
+                        Ok(org
+                            .query_row([code], |r| r.get::<_, i64>(0).map(OrganisationId::new))
                             .optional()?)
                     },
-                    |id| Ok(person.query_row([id], |_| Ok(())).optional()?.is_some()),
+                    |login| {
+                        Ok(acc
+                            .query_row([login], |r| {
+                                Ok((
+                                    AccountId::new(r.get(0)?),
+                                    OrganisationId::new(r.get(1)?),
+                                ))
+                            })
+                            .optional()?)
+                    },
+                    |id| Ok(person.query_row([id.get()], |_| Ok(())).optional()?.is_some()),
                 )?;
                 let (org_id, account_id) = match links {
                     Ok(links) => links,
@@ -247,9 +257,9 @@ pub(super) async fn upsert_mandates(
                     }
                 };
                 let new = (
-                    org_id,
-                    account_id,
-                    m.person_id,
+                    org_id.get(),
+                    account_id.map(AccountId::get),
+                    m.person_id.get(),
                     m.purpose.as_str().to_string(),
                     m.valid_from,
                     m.valid_to,
@@ -292,7 +302,7 @@ pub(super) async fn upsert_mandates(
 
 pub(super) async fn mandates_of_person(
     store: &SqliteStore,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<Vec<StoredMandate>, StorageError> {
     let inner = store.inner.clone();
     store
@@ -351,9 +361,9 @@ pub(super) async fn grant_break_glass(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
-                stored.id,
-                m.person_id,
-                reason.account_id,
+                stored.id.get(),
+                m.person_id.get(),
+                reason.account_id.get(),
                 created_at,
                 reason.dek_version,
                 reason.sealed
@@ -366,7 +376,7 @@ pub(super) async fn grant_break_glass(
 
 pub(super) async fn break_glass_reasons(
     store: &SqliteStore,
-    person_id: i64,
+    person_id: PersonId,
 ) -> Result<Vec<StoredBreakGlassReason>, StorageError> {
     store
         .read(move |c| {
@@ -375,12 +385,12 @@ pub(super) async fn break_glass_reasons(
                  FROM break_glass_reason WHERE person_id = ?1 ORDER BY id",
             )?;
             let rows = stmt
-                .query_and_then([person_id], |r| {
+                .query_and_then([person_id.get()], |r| {
                     Ok::<_, StorageError>(StoredBreakGlassReason {
                         id: r.get(0)?,
-                        mandate_id: r.get(1)?,
-                        person_id: r.get(2)?,
-                        account_id: r.get(3)?,
+                        mandate_id: MandateId::new(r.get(1)?),
+                        person_id: PersonId::new(r.get(2)?),
+                        account_id: AccountId::new(r.get(3)?),
                         created_at: parse_instant(&r.get::<_, String>(4)?, "created_at")?,
                         dek_version: r.get(5)?,
                         sealed: r.get(6)?,
@@ -394,7 +404,7 @@ pub(super) async fn break_glass_reasons(
 
 pub(super) async fn revoke_mandate(
     store: &SqliteStore,
-    id: i64,
+    id: MandateId,
     at: DateTime<Utc>,
 ) -> Result<bool, StorageError> {
     let at = instant_text(at, "at")?;
@@ -404,7 +414,7 @@ pub(super) async fn revoke_mandate(
                 .prepare_cached(
                     "UPDATE mandate SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 )?
-                .execute(params![id, at])?;
+                .execute(params![id.get(), at])?;
             Ok(n == 1)
         })
         .await
@@ -412,21 +422,21 @@ pub(super) async fn revoke_mandate(
 
 pub(super) async fn mandate(
     store: &SqliteStore,
-    id: i64,
+    id: MandateId,
 ) -> Result<Option<StoredMandate>, StorageError> {
     let inner = store.inner.clone();
     store
-        .read(move |c| mandate_by_id(c, &inner.names, id))
+        .read(move |c| mandate_by_id(c, &inner.names, id.get()))
         .await
 }
 
 pub(super) async fn caseload(
     store: &SqliteStore,
-    organisation_id: i64,
-    account_id: i64,
+    organisation_id: OrganisationId,
+    account_id: AccountId,
     purpose: Option<Purpose>,
     on: NaiveDate,
-    after: i64,
+    after: PersonId,
     limit: u32,
 ) -> Result<Vec<CaseloadEntry>, StorageError> {
     store
@@ -436,18 +446,18 @@ pub(super) async fn caseload(
                 .prepare_cached(CASELOAD)?
                 .query_and_then(
                     params![
-                        organisation_id,
-                        account_id,
-                        after,
+                        organisation_id.get(),
+                        account_id.get(),
+                        after.get(),
                         on,
                         purpose.map(Purpose::as_str),
                         i64::from(limit) + 1
                     ],
                     |r| {
                         Ok::<_, StorageError>(CaseloadEntry {
-                            person_id: r.get(0)?,
+                            person_id: PersonId::new(r.get(0)?),
                             purpose: parse_code(r.get(1)?, Purpose::parse)?,
-                            mandate_id: r.get(2)?,
+                            mandate_id: MandateId::new(r.get(2)?),
                             valid_to: r.get(3)?,
                         })
                     },

@@ -1,6 +1,6 @@
 //! Organisations: imports and listing.
 
-use rempart_domain::{Organisation, OrganisationKind, Reference};
+use rempart_domain::{Organisation, OrganisationId, OrganisationKind, Reference};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -55,7 +55,7 @@ pub(super) async fn upsert_organisations(
 
 pub(super) async fn organisations(
     store: &SqliteStore,
-) -> Result<Vec<(i64, Organisation)>, StorageError> {
+) -> Result<Vec<(OrganisationId, Organisation)>, StorageError> {
     store
         .read(move |c| {
             c.prepare_cached(
@@ -63,7 +63,7 @@ pub(super) async fn organisations(
             )?
             .query_and_then([], |r| {
                 Ok((
-                    r.get(0)?,
+                    OrganisationId::new(r.get(0)?),
                     Organisation {
                         code: parse_code(r.get(1)?, Reference::parse)?,
                         kind: parse_code(r.get(2)?, OrganisationKind::parse)?,

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use rempart_domain::FieldGroup;
+use rempart_domain::{FieldGroup, PersonId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
@@ -33,7 +33,7 @@ pub(super) fn person_sql(groups: &[FieldGroup]) -> String {
 /// A person's key material and the sealed groups asked for.
 pub(super) fn person_row(
     c: &Connection,
-    id: i64,
+    id: PersonId,
     groups: &[FieldGroup],
 ) -> Result<Option<StoredPerson>, StorageError> {
     // The consultation path asks for every group: its SQL is built once.
@@ -46,7 +46,7 @@ pub(super) fn person_row(
         &built
     };
     let mut stmt = c.prepare_cached(sql)?;
-    stmt.query_row([id], |r| {
+    stmt.query_row([id.get()], |r| {
         let mut sealed = Vec::with_capacity(groups.len());
         for (i, g) in groups.iter().enumerate() {
             sealed.push((*g, r.get::<_, Vec<u8>>(3 + i)?));
@@ -63,7 +63,10 @@ pub(super) fn person_row(
     .map_err(Into::into)
 }
 
-pub(super) async fn reserve_person_ids(store: &SqliteStore, n: u64) -> Result<i64, StorageError> {
+pub(super) async fn reserve_person_ids(
+    store: &SqliteStore,
+    n: u64,
+) -> Result<PersonId, StorageError> {
     let n = i64::try_from(n)
         .map_err(|_| crate::auth::refuse("count", format!("cannot reserve {n} ids at once")))?;
     store
@@ -73,7 +76,7 @@ pub(super) async fn reserve_person_ids(store: &SqliteStore, n: u64) -> Result<i6
                 [n],
                 |r| r.get(0),
             )?;
-            Ok(first)
+            Ok(PersonId::new(first))
         })
         .await
 }
@@ -105,7 +108,7 @@ pub(super) async fn lookup_persons(
                 out.push(match row {
                     None => None,
                     Some((id, fp, kek_version, dek_version, wrapped_dek)) => Some(ExistingPerson {
-                        id,
+                        id: PersonId::new(id),
                         fingerprint: blind(fp, "fingerprint")?,
                         kek_version,
                         dek_version,
@@ -135,7 +138,7 @@ pub(super) async fn write_persons(
                 )?;
                 for p in &inserts {
                     ins.execute(params![
-                        p.id,
+                        p.id.get(),
                         &p.ft_blind[..],
                         &p.nir_blind[..],
                         &p.name_blind[..],
@@ -171,7 +174,7 @@ pub(super) async fn write_persons(
                 )?;
                 for (p, previous) in &updates {
                     let n = upd.execute(params![
-                        p.id,
+                        p.id.get(),
                         &p.nir_blind[..],
                         &p.name_blind[..],
                         &p.fingerprint[..],
@@ -199,7 +202,7 @@ pub(super) async fn write_persons(
 
 pub(super) async fn read_person(
     store: &SqliteStore,
-    id: i64,
+    id: PersonId,
     groups: &[FieldGroup],
 ) -> Result<Option<StoredPerson>, StorageError> {
     let groups = groups.to_vec();
@@ -210,7 +213,7 @@ pub(super) async fn find_persons(
     store: &SqliteStore,
     index: PersonIndex,
     value: Blind,
-) -> Result<Vec<i64>, StorageError> {
+) -> Result<Vec<PersonId>, StorageError> {
     store
         .read(move |c| {
             let sql = format!(
@@ -219,14 +222,14 @@ pub(super) async fn find_persons(
             );
             let ids = c
                 .prepare_cached(&sql)?
-                .query_map([&value[..]], |r| r.get(0))?
+                .query_map([&value[..]], |r| r.get(0).map(PersonId::new))?
                 .collect::<Result<_, _>>()?;
             Ok(ids)
         })
         .await
 }
 
-pub(super) async fn shred_person(store: &SqliteStore, id: i64) -> Result<bool, StorageError> {
+pub(super) async fn shred_person(store: &SqliteStore, id: PersonId) -> Result<bool, StorageError> {
     store
         .write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -234,10 +237,13 @@ pub(super) async fn shred_person(store: &SqliteStore, id: i64) -> Result<bool, S
                 "UPDATE person SET wrapped_dek = NULL, ft_blind = NULL, nir_blind = NULL,
                      name_blind = NULL, fingerprint = NULL, shredded_at = datetime('now')
                  WHERE id = ?1 AND wrapped_dek IS NOT NULL",
-                [id],
+                [id.get()],
             )?;
             // Sealed under the key just destroyed, and gone with it.
-            tx.execute("DELETE FROM break_glass_reason WHERE person_id = ?1", [id])?;
+            tx.execute(
+                "DELETE FROM break_glass_reason WHERE person_id = ?1",
+                [id.get()],
+            )?;
             tx.commit()?;
             // secure_delete zeroes the old cells in the database file; the
             // checkpoint moves the WAL's copy there and truncates the WAL.
@@ -294,14 +300,14 @@ pub(super) async fn end_bulk_load(store: &SqliteStore) -> Result<(), StorageErro
 
 pub(super) async fn person_ids(
     store: &SqliteStore,
-    after: i64,
+    after: PersonId,
     limit: u32,
-) -> Result<Vec<i64>, StorageError> {
+) -> Result<Vec<PersonId>, StorageError> {
     store
         .read(move |c| {
             let ids = c
                 .prepare_cached("SELECT id FROM person WHERE id > ?1 ORDER BY id LIMIT ?2")?
-                .query_map(params![after, limit], |r| r.get(0))?
+                .query_map(params![after.get(), limit], |r| r.get(0).map(PersonId::new))?
                 .collect::<Result<_, _>>()?;
             Ok(ids)
         })

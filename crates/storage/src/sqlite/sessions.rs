@@ -1,6 +1,7 @@
 //! Browser sessions (opened only for an active account), suspension, login
 //! ceremonies and the purge of what expired.
 
+use rempart_domain::AccountId;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -31,7 +32,7 @@ pub(super) const TOUCH_SQL: &str = "UPDATE web_session SET last_seen_at = max(la
 pub(super) fn session_row(r: &Row<'_>) -> Result<(StoredSession, AccountRecord), StorageError> {
     let session = StoredSession {
         id_digest: digest32(r.get(0)?, "session id digest")?,
-        account_id: r.get(1)?,
+        account_id: AccountId::new(r.get(1)?),
         jkt: r.get(2)?,
         method: r.get(3)?,
         created_at: parse_instant(&r.get::<_, String>(4)?, "created_at")?,
@@ -156,7 +157,7 @@ pub(super) async fn insert_session(
             // The single writer orders this with any suspension.
             let state: Option<String> = tx
                 .prepare_cached("SELECT state FROM account WHERE id = ?1")?
-                .query_row([s.account_id], |r| r.get(0))
+                .query_row([s.account_id.get()], |r| r.get(0))
                 .optional()?;
             match state.as_deref() {
                 None => return Err(not_found("account_id", "account")),
@@ -173,7 +174,7 @@ pub(super) async fn insert_session(
                 )?
                 .execute(params![
                     &s.id_digest[..],
-                    s.account_id,
+                    s.account_id.get(),
                     s.jkt,
                     s.method,
                     created_at,
@@ -267,7 +268,7 @@ pub(super) async fn end_session(
 
 pub(super) async fn end_sessions_of_account(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
     reason: &str,
 ) -> Result<u64, StorageError> {
@@ -281,7 +282,7 @@ pub(super) async fn end_sessions_of_account(
                     "UPDATE web_session SET ended_at = ?2, end_reason = ?3
                      WHERE account_id = ?1 AND ended_at IS NULL",
                 )?
-                .execute(params![account_id, at, reason])?;
+                .execute(params![account_id.get(), at, reason])?;
             Ok(n as u64)
         })
         .await
@@ -289,7 +290,7 @@ pub(super) async fn end_sessions_of_account(
 
 pub(super) async fn suspend_account(
     store: &SqliteStore,
-    account_id: i64,
+    account_id: AccountId,
     at: DateTime<Utc>,
     reason: &str,
 ) -> Result<Option<Suspension>, StorageError> {
@@ -303,7 +304,7 @@ pub(super) async fn suspend_account(
                 .prepare_cached(
                     "UPDATE account SET state = 'suspended' WHERE id = ?1 AND state = 'active'",
                 )?
-                .execute([account_id])?;
+                .execute([account_id.get()])?;
             if changed != 1 {
                 return Ok(None);
             }
@@ -312,17 +313,17 @@ pub(super) async fn suspend_account(
                     "UPDATE web_session SET ended_at = ?2, end_reason = ?3
                      WHERE account_id = ?1 AND ended_at IS NULL",
                 )?
-                .execute(params![account_id, at, reason])? as u64;
+                .execute(params![account_id.get(), at, reason])? as u64;
             let credentials = tx
                 .prepare_cached(
                     "UPDATE api_credential SET revoked_at = ?2
                      WHERE account_id = ?1 AND revoked_at IS NULL",
                 )?
-                .execute(params![account_id, at])? as u64;
+                .execute(params![account_id.get(), at])? as u64;
             let (access_tokens, api_clients) = end_api_clients(&tx, account_id, &at)?;
             // No browser stays trusted through a suspension.
             tx.prepare_cached("DELETE FROM login_device WHERE account_id = ?1")?
-                .execute([account_id])?;
+                .execute([account_id.get()])?;
             tx.commit()?;
             Ok(Some(Suspension {
                 sessions,

@@ -89,7 +89,7 @@ async fn account_requests_are_decided_once_by_an_outside_officer(backend: Backen
         ),
         (
             NewAccountRequest {
-                organisation_id: 999_999,
+                organisation_id: OrganisationId::new(999_999),
                 ..request("ce.x", 1)
             },
             "organisation_id",
@@ -97,7 +97,7 @@ async fn account_requests_are_decided_once_by_an_outside_officer(backend: Backen
         ),
         (
             NewAccountRequest {
-                requested_by: 999_999,
+                requested_by: AccountId::new(999_999),
                 ..request("ce.x", 1)
             },
             "requested_by",
@@ -150,7 +150,11 @@ async fn account_requests_are_decided_once_by_an_outside_officer(backend: Backen
             "an officer of the partner itself",
         ),
         (new2.account_id, new1.account_id, "a requested account"),
-        (999_999, new1.account_id, "an unknown account"),
+        (
+            AccountId::new(999_999),
+            new1.account_id,
+            "an unknown account",
+        ),
         (officer2, new4.account_id, "the requester"),
     ] {
         assert_invalid(
@@ -190,7 +194,7 @@ async fn account_requests_are_decided_once_by_an_outside_officer(backend: Backen
         (new1.account_id, false),
         (new2.account_id, true),
         (account_id(store, "ce.agent1").await, true),
-        (999_999, true),
+        (AccountId::new(999_999), true),
     ] {
         assert_eq!(
             auth.decide_account(id, officer2, approve, plus(decided_at, 1))
@@ -297,7 +301,7 @@ async fn account_requests_are_decided_once_by_an_outside_officer(backend: Backen
     );
     assert_invalid(
         store,
-        auth.record_login(999_999, login).await,
+        auth.record_login(AccountId::new(999_999), login).await,
         "account_id",
         "unknown account",
     );
@@ -382,7 +386,7 @@ async fn inactive_accounts_are_disabled_and_the_rest_reviewed(backend: Backend) 
         auth.disable_inactive(cutoff, sweep)
             .await
             .on(store, "again"),
-        Vec::<i64>::new(),
+        Vec::<AccountId>::new(),
         "[{be}]"
     );
     for (login, state) in [
@@ -466,7 +470,7 @@ async fn inactive_accounts_are_disabled_and_the_rest_reviewed(backend: Backend) 
         "[{be}]"
     );
     assert!(
-        auth.accounts_to_review(Some(999_999))
+        auth.accounts_to_review(Some(OrganisationId::new(999_999)))
             .await
             .on(store, "review of nothing")
             .is_empty(),

@@ -87,7 +87,7 @@ async fn credentials_round_trip_and_revoke(backend: Backend) {
     assert_invalid(
         store,
         store
-            .insert_credential(999_999, digest(4), created, expires)
+            .insert_credential(AccountId::new(999_999), digest(4), created, expires)
             .await,
         "account_id",
         "unknown account",
@@ -230,7 +230,7 @@ async fn consultation_rows_answer_like_the_three_lookups(backend: Backend) {
         (cred, kept),
         (cred, shredded),
         (cred + 1000, kept),
-        (cred, 999_999),
+        (cred, PersonId::new(999_999)),
     ] {
         let rows = store
             .consultation_rows(c, p)

@@ -10,7 +10,9 @@ async fn keys_to_rewrap_pages_and_store_rewrapped_compares_and_sets(backend: Bac
     let store = db.store();
     let be = store.backend();
     let first = store.reserve_person_ids(7).await.on(store, "reserve");
-    let mut ps: Vec<SealedPerson> = (0..7).map(|k| sealed(first + k, 40 + k)).collect();
+    let mut ps: Vec<SealedPerson> = (0..7)
+        .map(|k| sealed(PersonId::new(first.get() + k), 40 + k))
+        .collect();
     ps[2].kek_version = 2; // already at the target
     ps[4].dek_version = 3;
     store
@@ -21,7 +23,7 @@ async fn keys_to_rewrap_pages_and_store_rewrapped_compares_and_sets(backend: Bac
 
     // Pages of 2, in id order, without the target version nor the shredded.
     let mut work = Vec::new();
-    let mut after = 0;
+    let mut after = PersonId::new(0);
     loop {
         let page = store
             .keys_to_rewrap(2, after, 2)
@@ -52,7 +54,7 @@ async fn keys_to_rewrap_pages_and_store_rewrapped_compares_and_sets(backend: Bac
     );
     assert_eq!(
         store
-            .keys_to_rewrap(2, 0, 0)
+            .keys_to_rewrap(2, PersonId::new(0), 0)
             .await
             .on(store, "limit 0")
             .len(),
@@ -64,7 +66,7 @@ async fn keys_to_rewrap_pages_and_store_rewrapped_compares_and_sets(backend: Bac
         id: row.id,
         kek_version: version,
         dek_version: row.dek_version,
-        wrapped_dek: blob(11, row.id * 10 + i64::from(version), 60),
+        wrapped_dek: blob(11, row.id.get() * 10 + i64::from(version), 60),
     };
     // Stale reads change nothing: wrong old KEK version, wrong DEK
     // version, shredded person.
@@ -106,7 +108,7 @@ async fn keys_to_rewrap_pages_and_store_rewrapped_compares_and_sets(backend: Bac
     assert_eq!(n, 0, "[{be}] replay applied");
     assert!(
         store
-            .keys_to_rewrap(2, 0, 100)
+            .keys_to_rewrap(2, PersonId::new(0), 100)
             .await
             .on(store, "after")
             .is_empty(),
@@ -180,13 +182,19 @@ async fn shredding_destroys_key_and_indexes_only(backend: Backend) {
         "[{be}] second shred"
     );
     assert!(
-        !store.shred_person(kept.id + 100).await.on(store, "shred"),
+        !store
+            .shred_person(PersonId::new(kept.id.get() + 100))
+            .await
+            .on(store, "shred"),
         "[{be}] unknown id"
     );
     assert_stored(store, kept, "neighbour of a shredded person").await;
     // The id stays taken; the ft_blind is free for a new registration.
     assert_eq!(
-        store.person_ids(0, 10).await.on(store, "ids"),
+        store
+            .person_ids(PersonId::new(0), 10)
+            .await
+            .on(store, "ids"),
         vec![gone.id, kept.id],
         "[{be}]"
     );
@@ -221,14 +229,19 @@ async fn inventory_counts_and_sizes(backend: Backend) {
     let first = store.reserve_person_ids(300).await.on(store, "reserve");
     let ps: Vec<SealedPerson> = (0..300)
         .map(|k| {
-            let mut p = sealed(first + k, 200 + k);
+            let mut p = sealed(PersonId::new(first.get() + k), 200 + k);
             p.kek_version = if k < 100 { 1 } else { 3 };
             p
         })
         .collect();
     store.write_persons(ps, vec![]).await.on(store, "insert");
     assert!(store.shred_person(first).await.on(store, "shred"));
-    assert!(store.shred_person(first + 150).await.on(store, "shred"));
+    assert!(
+        store
+            .shred_person(PersonId::new(first.get() + 150))
+            .await
+            .on(store, "shred")
+    );
     store
         .upsert_organisations(organisations())
         .await
@@ -265,9 +278,27 @@ async fn inventory_counts_and_sizes(backend: Backend) {
     assert!(refused.is_empty(), "[{be}]");
     store
         .upsert_mandates(vec![
-            mandate("M1", "CE-038", None, first + 1, Purpose::FollowUp),
-            mandate("M2", "CE-038", None, first + 2, Purpose::FollowUp),
-            mandate("M3", "FT", None, first + 3, Purpose::DocumentProcessing),
+            mandate(
+                "M1",
+                "CE-038",
+                None,
+                PersonId::new(first.get() + 1),
+                Purpose::FollowUp,
+            ),
+            mandate(
+                "M2",
+                "CE-038",
+                None,
+                PersonId::new(first.get() + 2),
+                Purpose::FollowUp,
+            ),
+            mandate(
+                "M3",
+                "FT",
+                None,
+                PersonId::new(first.get() + 3),
+                Purpose::DocumentProcessing,
+            ),
         ])
         .await
         .on(store, "mandates");

@@ -14,7 +14,7 @@ const PHC: &str =
 const PHC2: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNob3RoZXJoYXNo";
 
-fn passkey_of(account_id: i64, credential_id: &[u8], t: DateTime<Utc>) -> StoredPasskeyRow {
+fn passkey_of(account_id: AccountId, credential_id: &[u8], t: DateTime<Utc>) -> StoredPasskeyRow {
     StoredPasskeyRow {
         credential_id: credential_id.to_vec(),
         account_id,
@@ -28,7 +28,7 @@ fn passkey_of(account_id: i64, credential_id: &[u8], t: DateTime<Utc>) -> Stored
 async fn enrol_everything(
     store: &dyn RegistryStore,
     auth: &dyn AuthStore,
-    account_id: i64,
+    account_id: AccountId,
     n: u8,
     t: DateTime<Utc>,
 ) {
@@ -73,7 +73,7 @@ async fn trusted_login_devices_keep_their_own_counter_until_they_go(backend: Bac
     auth.trust_login_device(&d2, agent2, t0, until, None)
         .await
         .on(store, "trust");
-    let throttle = |d: [u8; 32], account: i64, now| {
+    let throttle = |d: [u8; 32], account: AccountId, now| {
         let auth = &auth;
         async move {
             auth.login_device_throttle(&d, account, now)
@@ -210,7 +210,7 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set(backend: Backend
     );
     assert_invalid(
         store,
-        auth.set_password(999_999, PHC, t0).await,
+        auth.set_password(AccountId::new(999_999), PHC, t0).await,
         "account_id",
         "unknown account",
     );
@@ -298,7 +298,10 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set(backend: Backend
     })
     .await
     .on(store, "enrol agent2");
-    let all = auth.totp_secrets(0, 10).await.on(store, "totp secrets");
+    let all = auth
+        .totp_secrets(AccountId::new(0), 10)
+        .await
+        .on(store, "totp secrets");
     let mut want = vec![
         (agent1, again.sealed_secret.clone()),
         (agent2, enrolled.sealed_secret.clone()),
@@ -310,7 +313,13 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set(backend: Backend
         want[1..].to_vec(),
         "[{be}]"
     );
-    assert_eq!(auth.totp_secrets(0, 1).await.on(store, "limit").len(), 1);
+    assert_eq!(
+        auth.totp_secrets(AccountId::new(0), 1)
+            .await
+            .on(store, "limit")
+            .len(),
+        1
+    );
     auth.accept_totp_step(agent1, step + 20)
         .await
         .on(store, "step before rewrap");
@@ -349,7 +358,7 @@ async fn passwords_and_totp_steps_are_kept_and_compared_and_set(backend: Backend
     for (t, field) in [
         (
             StoredTotp {
-                account_id: 999_999,
+                account_id: AccountId::new(999_999),
                 ..enrolled.clone()
             },
             "account_id",
@@ -406,7 +415,7 @@ async fn passkeys_are_registered_once_and_updated(backend: Backend) {
             "too long",
         ),
         (
-            passkey_of(999_999, &[8], t0),
+            passkey_of(AccountId::new(999_999), &[8], t0),
             "account_id",
             "unknown account",
         ),
@@ -566,12 +575,12 @@ async fn activation_codes_need_four_eyes_and_are_used_once_before_expiry(backend
             "an agent does not issue codes",
         ),
         (
-            code(agent1, key32(1), 999_999),
+            code(agent1, key32(1), AccountId::new(999_999)),
             "issued_by",
             "unknown issuer",
         ),
         (
-            code(999_999, key32(1), officer),
+            code(AccountId::new(999_999), key32(1), officer),
             "account_id",
             "unknown account",
         ),
@@ -758,7 +767,7 @@ async fn federation_links_are_made_by_officers_once_per_identity_and_unlinking_e
             "a suspended officer",
         ),
         (
-            link(ISS, SUB, agent1, 999_999),
+            link(ISS, SUB, agent1, AccountId::new(999_999)),
             "linked_by",
             "unknown linker",
         ),
@@ -768,7 +777,7 @@ async fn federation_links_are_made_by_officers_once_per_identity_and_unlinking_e
             "an officer linking itself",
         ),
         (
-            link(ISS, SUB, 999_999, officer),
+            link(ISS, SUB, AccountId::new(999_999), officer),
             "account_id",
             "unknown account",
         ),
@@ -851,7 +860,7 @@ async fn federation_links_are_made_by_officers_once_per_identity_and_unlinking_e
     auth.insert_session(session_of(agent2, 63, "oidc", t0))
         .await
         .on(store, "other account's session");
-    for by in [boss, suspended, 999_999] {
+    for by in [boss, suspended, AccountId::new(999_999)] {
         assert_invalid(
             store,
             auth.unlink_federation(ISS, SUB, by, plus(t0, 60)).await,
@@ -953,7 +962,7 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one(backe
         .on(store, "second session");
     enrol_everything(store, auth, agent2, 3, t0).await;
 
-    let factors = |account: i64| async move {
+    let factors = |account: AccountId| async move {
         (
             auth.password(account).await.on(store, "password").is_some(),
             auth.totp(account).await.on(store, "totp").is_some(),
@@ -966,7 +975,7 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one(backe
             .on(store, "session")
             .is_some_and(|(s, _)| s.ended_at.is_none())
     };
-    let high_risk = |account: i64| async move {
+    let high_risk = |account: AccountId| async move {
         auth.lifecycle(account)
             .await
             .on(store, "lifecycle")
@@ -1000,7 +1009,7 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one(backe
     for (decider, what) in [
         (boss, "the requester, a manager"),
         (agent1, "the account itself"),
-        (999_999, "unknown"),
+        (AccountId::new(999_999), "unknown"),
     ] {
         assert_invalid(
             store,
@@ -1127,7 +1136,7 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one(backe
     );
     assert_invalid(
         store,
-        auth.record_activity(999_999, t0).await,
+        auth.record_activity(AccountId::new(999_999), t0).await,
         "account_id",
         "unknown account",
     );
@@ -1198,13 +1207,14 @@ async fn approved_resets_remove_factors_end_sessions_and_flag_the_next_one(backe
     );
     assert_invalid(
         store,
-        auth.request_reset(999_999, ResetKind::All, boss, t0).await,
+        auth.request_reset(AccountId::new(999_999), ResetKind::All, boss, t0)
+            .await,
         "account_id",
         "unknown account",
     );
     assert_invalid(
         store,
-        auth.request_reset(agent1, ResetKind::All, 999_999, t0)
+        auth.request_reset(agent1, ResetKind::All, AccountId::new(999_999), t0)
             .await,
         "requested_by",
         "unknown requester",

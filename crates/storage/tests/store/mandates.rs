@@ -47,7 +47,13 @@ async fn mandates_upsert_idempotently_with_refusals(backend: Backend) {
         mandate("M3", "NOPE", None, live, Purpose::FollowUp),
         mandate("M4", "CE-038", Some("ghost"), live, Purpose::FollowUp),
         mandate("M5", "ML-069", Some("ce.agent1"), live, Purpose::FollowUp),
-        mandate("M6", "CE-038", None, live + 1000, Purpose::FollowUp),
+        mandate(
+            "M6",
+            "CE-038",
+            None,
+            PersonId::new(live.get() + 1000),
+            Purpose::FollowUp,
+        ),
         mandate("M7", "CE-038", None, shredded, Purpose::FollowUp),
         mandate("M8", "FT", None, other, Purpose::Compensation),
     ];
@@ -138,7 +144,7 @@ async fn mandates_upsert_idempotently_with_refusals(backend: Backend) {
     assert_eq!(held.len(), 1, "[{be}]");
     assert_eq!(held[0].reference, r("M8"), "[{be}]");
     assert_eq!(held[0].account, None, "[{be}]");
-    for id in [shredded, live + 1000] {
+    for id in [shredded, PersonId::new(live.get() + 1000)] {
         assert!(
             store
                 .mandates_of_person(id)
@@ -179,7 +185,7 @@ async fn break_glass_reasons_come_with_their_mandate_and_go_with_the_person(back
     let (glass, other, gone) = (ps[0].id, ps[1].id, ps[2].id);
     assert!(store.shred_person(gone).await.on(store, "shred"));
     let at = DateTime::from_timestamp(1_790_000_000, 123_456_000).unwrap();
-    let grant = |reference: &str, person_id: i64| NewMandate {
+    let grant = |reference: &str, person_id: PersonId| NewMandate {
         reference: r(reference),
         organisation_id: ce,
         account_id: Some(agent1),
@@ -208,7 +214,7 @@ async fn break_glass_reasons_come_with_their_mandate_and_go_with_the_person(back
     assert_invalid(
         store,
         store
-            .grant_break_glass(grant("BG-0", other + 1000), reason(0))
+            .grant_break_glass(grant("BG-0", PersonId::new(other.get() + 1000)), reason(0))
             .await,
         "person_id",
         "unknown person",
@@ -365,7 +371,7 @@ async fn granted_mandates_are_checked_and_revocable(backend: Backend) {
             "unknown person",
             "person_id",
             NewMandate {
-                person_id: live + 1000,
+                person_id: PersonId::new(live.get() + 1000),
                 ..base.clone()
             },
         ),
@@ -381,7 +387,7 @@ async fn granted_mandates_are_checked_and_revocable(backend: Backend) {
             "unknown organisation",
             "organisation_id",
             NewMandate {
-                organisation_id: 999_999,
+                organisation_id: OrganisationId::new(999_999),
                 ..base.clone()
             },
         ),
@@ -389,7 +395,7 @@ async fn granted_mandates_are_checked_and_revocable(backend: Backend) {
             "unknown account",
             "account_id",
             NewMandate {
-                account_id: Some(999_999),
+                account_id: Some(AccountId::new(999_999)),
                 ..base.clone()
             },
         ),
@@ -497,7 +503,10 @@ async fn granted_mandates_are_checked_and_revocable(backend: Backend) {
         "[{be}]"
     );
     assert_eq!(
-        store.mandate(999_999).await.on(store, "mandate"),
+        store
+            .mandate(MandateId::new(999_999))
+            .await
+            .on(store, "mandate"),
         None,
         "[{be}]"
     );
@@ -506,7 +515,7 @@ async fn granted_mandates_are_checked_and_revocable(backend: Backend) {
     let on = day(2026, 3, 1);
     let caseload = || async {
         store
-            .caseload(ce, agent1, None, on, i64::MIN, 100)
+            .caseload(ce, agent1, None, on, PersonId::new(i64::MIN), 100)
             .await
             .on(store, "caseload")
             .iter()
@@ -541,7 +550,7 @@ async fn granted_mandates_are_checked_and_revocable(backend: Backend) {
     );
     assert!(
         !store
-            .revoke_mandate(999_999, t)
+            .revoke_mandate(MandateId::new(999_999), t)
             .await
             .on(store, "revoke unknown"),
         "[{be}]"
@@ -595,7 +604,7 @@ async fn caseload_pages_through_live_mandates_once(backend: Backend) {
     // What each mandate is, and whether agent1's caseload on `on` shows it.
     struct Spec {
         reference: String,
-        person: i64,
+        person: PersonId,
         row: MandateRow,
         revoke: bool,
         shown: bool,
@@ -716,7 +725,7 @@ async fn caseload_pages_through_live_mandates_once(backend: Backend) {
         }
     }
     assert_eq!(stored.len(), specs.len(), "[{be}]");
-    let id_of = |s: &Spec| -> Option<i64> { stored.get(&s.reference).map(|m| m.id) };
+    let id_of = |s: &Spec| -> Option<MandateId> { stored.get(&s.reference).map(|m| m.id) };
     for s in specs.iter().filter(|s| s.revoke) {
         let id = id_of(s).unwrap_or_else(|| panic!("[{be}] {} missing", s.reference));
         assert!(
@@ -765,9 +774,12 @@ async fn caseload_pages_through_live_mandates_once(backend: Backend) {
 
     // Every page size returns every live mandate exactly once, pages
     // never split a person, and only an empty page ends.
-    let all_pages = |organisation: i64, account: i64, purpose: Option<Purpose>, limit: u32| async move {
+    let all_pages = |organisation: OrganisationId,
+                     account: AccountId,
+                     purpose: Option<Purpose>,
+                     limit: u32| async move {
         let mut pages: Vec<Vec<CaseloadEntry>> = Vec::new();
-        let mut after = i64::MIN;
+        let mut after = PersonId::new(i64::MIN);
         loop {
             let page = store
                 .caseload(organisation, account, purpose, on, after, limit)
@@ -854,13 +866,20 @@ async fn caseload_pages_through_live_mandates_once(backend: Backend) {
     // Before any mandate starts, and after the last page: nothing.
     assert!(
         store
-            .caseload(ce, agent1, None, day(2020, 1, 1), i64::MIN, 10)
+            .caseload(
+                ce,
+                agent1,
+                None,
+                day(2020, 1, 1),
+                PersonId::new(i64::MIN),
+                10
+            )
             .await
             .on(store, "caseload")
             .is_empty(),
         "[{be}]"
     );
-    let last_person = want.last().map(|e| e.person_id).unwrap_or_default();
+    let last_person = want.last().map(|e| e.person_id).unwrap_or(PersonId::new(0));
     assert!(
         store
             .caseload(ce, agent1, None, on, last_person, 10)
@@ -871,7 +890,7 @@ async fn caseload_pages_through_live_mandates_once(backend: Backend) {
     );
     assert!(
         store
-            .caseload(ce, agent1, None, on, i64::MIN, 0)
+            .caseload(ce, agent1, None, on, PersonId::new(i64::MIN), 0)
             .await
             .on(store, "caseload")
             .is_empty(),
@@ -883,9 +902,9 @@ async fn caseload_pages_through_live_mandates_once(backend: Backend) {
         .windows(3)
         .find(|w| w[0].person_id == w[2].person_id)
         .map(|w| w[0].person_id)
-        .unwrap_or_default();
+        .unwrap_or(PersonId::new(0));
     let page = store
-        .caseload(ce, agent1, None, on, crowded - 1, 2)
+        .caseload(ce, agent1, None, on, PersonId::new(crowded.get() - 1), 2)
         .await
         .on(store, "caseload");
     let theirs: Vec<CaseloadEntry> = want

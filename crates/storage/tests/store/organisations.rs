@@ -291,7 +291,10 @@ async fn accounts_and_organisations_are_looked_up(backend: Backend) {
         "[{be}]"
     );
     assert_eq!(
-        store.account_by_id(999_999).await.on(store, "by id"),
+        store
+            .account_by_id(AccountId::new(999_999))
+            .await
+            .on(store, "by id"),
         None,
         "[{be}]"
     );
@@ -329,7 +332,7 @@ async fn accounts_and_organisations_are_looked_up(backend: Backend) {
     );
     assert!(
         store
-            .accounts_of_organisation(999_999)
+            .accounts_of_organisation(OrganisationId::new(999_999))
             .await
             .on(store, "accounts of nothing")
             .is_empty(),
@@ -353,7 +356,7 @@ async fn accounts_and_organisations_are_looked_up(backend: Backend) {
     );
     assert!(
         !store
-            .set_account_state(999_999, AccountState::Suspended)
+            .set_account_state(AccountId::new(999_999), AccountState::Suspended)
             .await
             .on(store, "unknown"),
         "[{be}]"

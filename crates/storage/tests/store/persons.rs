@@ -15,20 +15,25 @@ async fn reserved_id_ranges_are_disjoint(backend: Backend) {
         .reserve_person_ids(1000)
         .await
         .on(store, "reserve 1000");
-    assert_eq!(a, 1, "[{}] first id", store.backend());
-    assert_eq!(c, a + 10, "[{}]", store.backend());
-    assert_eq!(d, c + 1, "[{}]", store.backend());
+    assert_eq!(a, PersonId::new(1), "[{}] first id", store.backend());
+    assert_eq!(c, PersonId::new(a.get() + 10), "[{}]", store.backend());
+    assert_eq!(d, PersonId::new(c.get() + 1), "[{}]", store.backend());
     assert_eq!(e, d, "[{}] reserving 0 takes nothing", store.backend());
-    let mut starts: Vec<i64> = join_all((0..16).map(|_| store.reserve_person_ids(5)))
+    let mut starts: Vec<PersonId> = join_all((0..16).map(|_| store.reserve_person_ids(5)))
         .await
         .into_iter()
         .map(|r| r.on(store, "concurrent reserve"))
         .collect();
     starts.sort_unstable();
-    assert_eq!(starts[0], e + 1000, "[{}]", store.backend());
+    assert_eq!(
+        starts[0],
+        PersonId::new(e.get() + 1000),
+        "[{}]",
+        store.backend()
+    );
     for w in starts.windows(2) {
         assert_eq!(
-            w[1] - w[0],
+            w[1].get() - w[0].get(),
             5,
             "[{}] ranges overlap or leave gaps: {starts:?}",
             store.backend()
@@ -98,7 +103,7 @@ async fn large_batches_round_trip(backend: Backend) {
 
     let updates: Vec<(SealedPerson, Blind)> = ps
         .iter()
-        .map(|p| (changed(p, p.id + 50_000), p.fingerprint))
+        .map(|p| (changed(p, p.id.get() + 50_000), p.fingerprint))
         .collect();
     // One stale row among 5000: nothing applies.
     let mut bad = updates.clone();
@@ -180,7 +185,7 @@ async fn updates_apply_only_on_the_expected_fingerprint(backend: Backend) {
             .await,
         "stale data key version",
     );
-    let ghost = sealed(999_999, 999);
+    let ghost = sealed(PersonId::new(999_999), 999);
     assert_conflict(
         store,
         store
@@ -291,7 +296,7 @@ async fn concurrent_writers_conflict_instead_of_overwriting(backend: Backend) {
     // Two writers register the same new person under two ids: one wins.
     let id = store.reserve_person_ids(2).await.on(store, "reserve");
     let x = sealed(id, 10);
-    let mut y = sealed(id + 1, 11);
+    let mut y = sealed(PersonId::new(id.get() + 1), 11);
     y.ft_blind = x.ft_blind;
     let (rx, ry) = tokio::join!(
         store.write_persons(vec![x.clone()], vec![]),
@@ -322,8 +327,8 @@ async fn duplicate_inserts_conflict(backend: Backend) {
         store.write_persons(vec![dup], vec![]).await,
         "stored ft_blind",
     );
-    let a = sealed(ids + 1, 2);
-    let mut a2 = sealed(ids + 2, 3);
+    let a = sealed(PersonId::new(ids.get() + 1), 2);
+    let mut a2 = sealed(PersonId::new(ids.get() + 2), 3);
     a2.ft_blind = a.ft_blind;
     assert_conflict(
         store,
@@ -399,7 +404,11 @@ async fn read_person_returns_the_groups_asked_in_order(backend: Backend) {
         ],
         "[{be}]"
     );
-    for id in [0, -1, p.id + 1000] {
+    for id in [
+        PersonId::new(0),
+        PersonId::new(-1),
+        PersonId::new(p.id.get() + 1000),
+    ] {
         assert!(
             store
                 .read_person(id, FieldGroup::ALL)
@@ -419,8 +428,8 @@ async fn find_persons_by_each_index(backend: Backend) {
     let first = store.reserve_person_ids(3).await.on(store, "reserve");
     let (mut x, mut y, mut z) = (
         sealed(first, 20),
-        sealed(first + 1, 21),
-        sealed(first + 2, 22),
+        sealed(PersonId::new(first.get() + 1), 21),
+        sealed(PersonId::new(first.get() + 2), 22),
     );
     // x and y share a NIR index, x and z a name index.
     y.nir_blind = x.nir_blind;
@@ -483,19 +492,25 @@ async fn person_ids_page_in_order(backend: Backend) {
     let store = db.store();
     let be = store.backend();
     assert!(
-        store.person_ids(0, 10).await.on(store, "ids").is_empty(),
+        store
+            .person_ids(PersonId::new(0), 10)
+            .await
+            .on(store, "ids")
+            .is_empty(),
         "[{be}]"
     );
     let first = store.reserve_person_ids(20).await.on(store, "reserve");
     // Every other id of the range, inserted in reverse order.
     let ps: Vec<SealedPerson> = (0..10)
         .rev()
-        .map(|k| sealed(first + 2 * k, 300 + k))
+        .map(|k| sealed(PersonId::new(first.get() + 2 * k), 300 + k))
         .collect();
     store.write_persons(ps, vec![]).await.on(store, "insert");
-    let all: Vec<i64> = (0..10).map(|k| first + 2 * k).collect();
+    let all: Vec<PersonId> = (0..10)
+        .map(|k| PersonId::new(first.get() + 2 * k))
+        .collect();
     let mut seen = Vec::new();
-    let mut after = i64::MIN;
+    let mut after = PersonId::new(i64::MIN);
     loop {
         let page = store.person_ids(after, 3).await.on(store, "page");
         assert!(page.len() <= 3, "[{be}]");
@@ -510,12 +525,19 @@ async fn person_ids_page_in_order(backend: Backend) {
         "[{be}] `after` is exclusive"
     );
     assert_eq!(
-        store.person_ids(all[4] + 1, 1).await.on(store, "page"),
+        store
+            .person_ids(PersonId::new(all[4].get() + 1), 1)
+            .await
+            .on(store, "page"),
         vec![all[5]],
         "[{be}]"
     );
     assert!(
-        store.person_ids(0, 0).await.on(store, "limit 0").is_empty(),
+        store
+            .person_ids(PersonId::new(0), 0)
+            .await
+            .on(store, "limit 0")
+            .is_empty(),
         "[{be}]"
     );
 }

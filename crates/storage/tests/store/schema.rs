@@ -266,7 +266,10 @@ async fn version_1_registries_are_upgraded_in_place(backend: Backend) {
         .unwrap_or_else(|e| panic!("[{}] upgrade: {e}", backend.name()));
     let store = &*stores.registry;
     let be = store.backend();
-    let held = store.mandates_of_person(1).await.on(store, "mandates");
+    let held = store
+        .mandates_of_person(PersonId::new(1))
+        .await
+        .on(store, "mandates");
     assert_eq!(held.len(), 1, "[{be}]");
     assert_eq!(
         (
@@ -275,24 +278,31 @@ async fn version_1_registries_are_upgraded_in_place(backend: Backend) {
             held[0].account_id,
             held[0].revoked_at
         ),
-        ("M1", 1, None, None),
+        ("M1", OrganisationId::new(1), None, None),
         "[{be}] kept, not revoked"
     );
     assert!(held[0].is_live_on(day(2026, 3, 1)), "[{be}]");
     assert_eq!(
         store
-            .caseload(1, 1, None, day(2026, 3, 1), i64::MIN, 10)
+            .caseload(
+                OrganisationId::new(1),
+                AccountId::new(1),
+                None,
+                day(2026, 3, 1),
+                PersonId::new(i64::MIN),
+                10,
+            )
             .await
             .on(store, "caseload")
             .iter()
             .map(|e| e.mandate_id)
             .collect::<Vec<_>>(),
-        vec![1],
+        vec![MandateId::new(1)],
         "[{be}]"
     );
     assert!(
         store
-            .revoke_mandate(1, at("2026-03-01T00:00:00Z"))
+            .revoke_mandate(MandateId::new(1), at("2026-03-01T00:00:00Z"))
             .await
             .on(store, "revoke"),
         "[{be}]"
@@ -356,9 +366,11 @@ async fn accounts_of_version_2_keep_an_unknown_history(backend: Backend) {
     let (store, auth) = (&*stores.registry, &*stores.auth);
     let be = store.backend();
     assert_eq!(
-        auth.lifecycle(1).await.on(store, "lifecycle"),
+        auth.lifecycle(AccountId::new(1))
+            .await
+            .on(store, "lifecycle"),
         Some(AccountLifecycle {
-            account_id: 1,
+            account_id: AccountId::new(1),
             created_at: None,
             requested_by: None,
             decided_by: None,
@@ -375,14 +387,14 @@ async fn accounts_of_version_2_keep_an_unknown_history(backend: Backend) {
             .is_empty(),
         "[{be}] an unknown history is not a stale one"
     );
-    auth.record_login(1, at("2026-03-02T09:00:00Z"))
+    auth.record_login(AccountId::new(1), at("2026-03-02T09:00:00Z"))
         .await
         .on(store, "login");
     assert_eq!(
         auth.disable_inactive(at("2026-04-01T00:00:00Z"), at("2026-04-01T00:00:00Z"))
             .await
             .on(store, "disable inactive"),
-        vec![1],
+        vec![AccountId::new(1)],
         "[{be}] once it has logged in, it can go stale"
     );
 }

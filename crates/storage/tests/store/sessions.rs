@@ -33,7 +33,10 @@ async fn sessions_are_read_touched_stepped_up_and_ended(backend: Backend) {
     );
     for (s, field) in [
         (session_of(agent2, 1, "passkey", t0), "id_digest"),
-        (session_of(999_999, 9, "passkey", t0), "account_id"),
+        (
+            session_of(AccountId::new(999_999), 9, "passkey", t0),
+            "account_id",
+        ),
         (session_of(agent1, 9, "password", t0), "method"),
         (
             StoredSession {
@@ -179,14 +182,14 @@ async fn revoked_api_clients_lose_their_tokens(backend: Backend) {
         .await
         .on(store, "account")
         .unwrap_or_else(|| panic!("[{be}] account"));
-    let client = |id: &str, account_id: i64| ApiClientRow {
+    let client = |id: &str, account_id: AccountId| ApiClientRow {
         client_id: id.into(),
         account_id,
         keys: r#"[{"kid":"k1","jwk":{"kty":"OKP","crv":"Ed25519","x":"c3ludGhldGlj"}}]"#.into(),
         created_at: t0,
         revoked_at: None,
     };
-    let token = |n: u8, client_id: &str, account_id: i64| AccessTokenRow {
+    let token = |n: u8, client_id: &str, account_id: AccountId| AccessTokenRow {
         digest: key32(n),
         client_id: client_id.into(),
         account_id,
@@ -205,7 +208,7 @@ async fn revoked_api_clients_lose_their_tokens(backend: Backend) {
         (client("partner-app", agent2), "client_id"),
         (client("a b", agent1), "client_id"),
         (client("", agent1), "client_id"),
-        (client("orphan", 999_999), "account_id"),
+        (client("orphan", AccountId::new(999_999)), "account_id"),
     ] {
         assert_invalid(store, auth.insert_api_client(c).await, field, "bad client");
     }
@@ -817,7 +820,7 @@ async fn suspension_ends_every_session_credential_and_token_of_the_account(backe
         "[{be}]"
     );
     assert_eq!(
-        auth.suspend_account(999_999, plus(t0, 120), "suspension")
+        auth.suspend_account(AccountId::new(999_999), plus(t0, 120), "suspension")
             .await
             .on(store, "suspend unknown"),
         None,
