@@ -914,6 +914,56 @@ pub(crate) fn parse_code<T>(
     parse(&s).map_err(|e| StorageError::Corrupt(format!("stored code: {e}")))
 }
 
+/// An account as stored, as an import compares it with its row: the
+/// requester and approver by login.
+pub(crate) struct StoredAccountRow {
+    pub organisation_id: OrganisationId,
+    pub role: String,
+    pub state: String,
+    pub requested_by: Option<String>,
+    pub approved_by: Option<String>,
+}
+
+/// What an import does with one account row that passed the link checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccountUpsert {
+    /// No such login yet.
+    Insert,
+    /// Stored, with another organisation, role, state or links.
+    Update,
+    /// Stored exactly so: nothing written.
+    Unchanged,
+    /// A state change the import may not make (see [`import_state_refusal`]).
+    Refused(&'static str),
+}
+
+/// Decides one account row of an import against what is stored for its
+/// login (both backends read the row in the transaction that acts on it).
+pub(crate) fn account_upsert(
+    a: &Account,
+    organisation_id: OrganisationId,
+    stored: Option<&StoredAccountRow>,
+) -> AccountUpsert {
+    let Some(s) = stored else {
+        return AccountUpsert::Insert;
+    };
+    fn login(r: &Option<Reference>) -> Option<&str> {
+        r.as_ref().map(Reference::as_str)
+    }
+    if s.organisation_id == organisation_id
+        && s.role == a.role.as_str()
+        && s.state == a.state.as_str()
+        && s.requested_by.as_deref() == login(&a.requested_by)
+        && s.approved_by.as_deref() == login(&a.approved_by)
+    {
+        return AccountUpsert::Unchanged;
+    }
+    match import_state_refusal(&s.state, a.state) {
+        Some(reason) => AccountUpsert::Refused(reason),
+        None => AccountUpsert::Update,
+    }
+}
+
 /// Why an import may not move a stored account from `stored` (its state's
 /// code) to `to`, if it may not: an import follows the account state
 /// machine ([`rempart_domain::AccountAction`]) for the changes that need
@@ -951,9 +1001,9 @@ pub(crate) fn import_state_refusal(stored: &str, to: AccountState) -> Option<&'s
     }
 }
 
-/// Accounts accepted by [`check_account_links`] with their organisation id,
-/// and the refusals.
-pub(crate) type LinkCheck<'a> = (Vec<(&'a Account, OrganisationId)>, Vec<RowRefusal>);
+/// Accounts accepted by [`check_account_links`] with their index in the
+/// batch and their organisation id, and the refusals.
+pub(crate) type LinkCheck<'a> = (Vec<(usize, &'a Account, OrganisationId)>, Vec<RowRefusal>);
 
 /// Checks the organisation, requester and approver of each account of a
 /// batch, against the batch itself and the store (through the lookups:
@@ -1067,7 +1117,8 @@ pub(crate) fn check_account_links(
     let valid = accounts
         .iter()
         .zip(orgs)
-        .filter_map(|(a, o)| o.map(|(id, _)| (a, id)))
+        .enumerate()
+        .filter_map(|(index, (a, o))| o.map(|(id, _)| (index, a, id)))
         .collect();
     Ok((valid, refused))
 }
@@ -1089,6 +1140,56 @@ mod tests {
         page.iter()
             .map(|e| (e.person_id.get(), e.mandate_id.get()))
             .collect()
+    }
+
+    #[test]
+    fn an_import_row_is_inserted_updated_left_or_refused() {
+        let r = |s: &str| Reference::parse(s).unwrap();
+        let row = Account {
+            login: r("ml.agent"),
+            organisation: r("ML-038"),
+            role: Role::Agent,
+            state: AccountState::Active,
+            requested_by: Some(r("ml.manager")),
+            approved_by: Some(r("ft.officer")),
+        };
+        let org = OrganisationId::new(3);
+        let stored = StoredAccountRow {
+            organisation_id: org,
+            role: "agent".into(),
+            state: "active".into(),
+            requested_by: Some("ml.manager".into()),
+            approved_by: Some("ft.officer".into()),
+        };
+        assert_eq!(account_upsert(&row, org, None), AccountUpsert::Insert);
+        assert_eq!(
+            account_upsert(&row, org, Some(&stored)),
+            AccountUpsert::Unchanged
+        );
+        // Any field of the row differing is an update, links included.
+        let moved = OrganisationId::new(4);
+        assert_eq!(
+            account_upsert(&row, moved, Some(&stored)),
+            AccountUpsert::Update
+        );
+        let relinked = StoredAccountRow {
+            approved_by: Some("ft.other".into()),
+            ..stored
+        };
+        assert_eq!(
+            account_upsert(&row, org, Some(&relinked)),
+            AccountUpsert::Update
+        );
+        // An import does not approve a request: that is an officer's
+        // decision under four eyes.
+        let requested = StoredAccountRow {
+            state: "requested".into(),
+            ..relinked
+        };
+        assert!(matches!(
+            account_upsert(&row, org, Some(&requested)),
+            AccountUpsert::Refused(reason) if reason.contains("four eyes")
+        ));
     }
 
     #[test]

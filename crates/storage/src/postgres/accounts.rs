@@ -16,7 +16,10 @@ use crate::auth::{
     AccountLifecycle, Decider, NewAccountRequest, REVIEW_SELECT, ReviewEntry, Subject, not_found,
     refuse, transition_sql,
 };
-use crate::{ACCOUNT_SELECT, AccountRecord, RowRefusal, StorageError, UpsertCount, parse_code};
+use crate::{
+    ACCOUNT_SELECT, AccountRecord, AccountUpsert, RowRefusal, StorageError, StoredAccountRow,
+    UpsertCount, account_upsert, parse_code,
+};
 
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
 pub(super) fn account_record(r: &Row, at: usize) -> Result<AccountRecord, StorageError> {
@@ -113,19 +116,18 @@ pub(super) async fn upsert_accounts(
         )
         .await?;
     let mut changed = Vec::new();
-    for (a, org_id) in &valid {
-        type Current = (i64, String, String, Option<String>, Option<String>);
-        let current: Option<Current> = tx
+    for &(index, a, org_id) in &valid {
+        let stored = tx
             .query_opt(&get, &[&a.login.as_str()])
             .await?
             .map(|r| {
-                Ok::<_, StorageError>((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                    r.try_get(4)?,
-                ))
+                Ok::<_, StorageError>(StoredAccountRow {
+                    organisation_id: OrganisationId::new(r.try_get(0)?),
+                    role: r.try_get(1)?,
+                    state: r.try_get(2)?,
+                    requested_by: r.try_get(3)?,
+                    approved_by: r.try_get(4)?,
+                })
             })
             .transpose()?;
         let p: [&(dyn ToSql + Sync); 4] = [
@@ -134,43 +136,31 @@ pub(super) async fn upsert_accounts(
             &a.role.as_str(),
             &a.state.as_str(),
         ];
-        let links = (
-            a.requested_by.as_ref().map(|r| r.as_str().to_string()),
-            a.approved_by.as_ref().map(|r| r.as_str().to_string()),
-        );
-        match current {
-            None => {
+        // Under the table lock: nothing moves between this decision and
+        // the write.
+        match account_upsert(a, org_id, stored.as_ref()) {
+            AccountUpsert::Insert => {
                 tx.execute(&ins, &p).await?;
                 count.inserted += 1;
             }
-            Some((o, ref role, ref state, ref req, ref app))
-                if o == org_id.get()
-                    && role == a.role.as_str()
-                    && state == a.state.as_str()
-                    && (req, app) == (&links.0, &links.1) =>
-            {
-                count.unchanged += 1;
-                continue;
-            }
-            Some((_, _, ref state, _, _)) => {
-                // Under the table lock: nothing moves between this
-                // check and the update.
-                if let Some(reason) = crate::import_state_refusal(state, a.state) {
-                    refused.push(RowRefusal {
-                        index: accounts
-                            .iter()
-                            .position(|x| std::ptr::eq(x, *a))
-                            .unwrap_or_default(),
-                        field: "state",
-                        reason: reason.into(),
-                    });
-                    continue;
-                }
+            AccountUpsert::Update => {
                 tx.execute(&upd, &p).await?;
                 count.updated += 1;
             }
+            AccountUpsert::Unchanged => {
+                count.unchanged += 1;
+                continue;
+            }
+            AccountUpsert::Refused(reason) => {
+                refused.push(RowRefusal {
+                    index,
+                    field: "state",
+                    reason: reason.into(),
+                });
+                continue;
+            }
         }
-        changed.push(*a);
+        changed.push(a);
     }
     // Links last, so requester and approver may appear anywhere in the batch.
     let set = tx

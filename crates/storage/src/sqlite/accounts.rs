@@ -14,7 +14,10 @@ use crate::auth::{
     AccountLifecycle, Decider, NewAccountRequest, REVIEW_SELECT, ReviewEntry, Subject, not_found,
     refuse, transition_sql,
 };
-use crate::{ACCOUNT_SELECT, AccountRecord, RowRefusal, StorageError, UpsertCount, parse_code};
+use crate::{
+    ACCOUNT_SELECT, AccountRecord, AccountUpsert, RowRefusal, StorageError, StoredAccountRow,
+    UpsertCount, account_upsert, parse_code,
+};
 
 /// Reads the account columns of [`ACCOUNT_SELECT`], starting at column `at`.
 pub(super) fn account_record(r: &Row<'_>, at: usize) -> Result<AccountRecord, StorageError> {
@@ -73,7 +76,6 @@ pub(super) async fn upsert_accounts(
                     },
                 )?;
                 refused = r;
-                let mut moved = Vec::new();
                 let mut get = tx.prepare_cached(
                     "SELECT a.organisation_id, a.role, a.state, r.login, p.login FROM account a
                      LEFT JOIN account r ON r.id = a.requested_by
@@ -87,11 +89,16 @@ pub(super) async fn upsert_accounts(
                 "UPDATE account SET organisation_id = ?2, role = ?3, state = ?4 WHERE login = ?1",
             )?;
                 let mut changed = Vec::new();
-                for (a, org_id) in &valid {
-                    type Current = (i64, String, String, Option<String>, Option<String>);
-                    let current: Option<Current> = get
+                for &(index, a, org_id) in &valid {
+                    let stored = get
                         .query_row([a.login.as_str()], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                            Ok(StoredAccountRow {
+                                organisation_id: OrganisationId::new(r.get(0)?),
+                                role: r.get(1)?,
+                                state: r.get(2)?,
+                                requested_by: r.get(3)?,
+                                approved_by: r.get(4)?,
+                            })
                         })
                         .optional()?;
                     let p = params![
@@ -100,43 +107,31 @@ pub(super) async fn upsert_accounts(
                         a.role.as_str(),
                         a.state.as_str()
                     ];
-                    let links = (
-                        a.requested_by.as_ref().map(|r| r.as_str().to_string()),
-                        a.approved_by.as_ref().map(|r| r.as_str().to_string()),
-                    );
-                    match current {
-                        None => {
+                    // In the write transaction: nothing moves between this
+                    // decision and the write.
+                    match account_upsert(a, org_id, stored.as_ref()) {
+                        AccountUpsert::Insert => {
                             ins.execute(p)?;
                             count.inserted += 1;
                         }
-                        Some((o, ref role, ref state, ref req, ref app))
-                            if o == org_id.get()
-                                && role == a.role.as_str()
-                                && state == a.state.as_str()
-                                && (req, app) == (&links.0, &links.1) =>
-                        {
-                            count.unchanged += 1;
-                            continue;
-                        }
-                        Some((_, _, ref state, _, _)) => {
-                            // In the write transaction: nothing moves
-                            // between this check and the update.
-                            if let Some(reason) = crate::import_state_refusal(state, a.state) {
-                                moved.push(RowRefusal {
-                                    index: accounts
-                                        .iter()
-                                        .position(|x| std::ptr::eq(x, *a))
-                                        .unwrap_or_default(),
-                                    field: "state",
-                                    reason: reason.into(),
-                                });
-                                continue;
-                            }
+                        AccountUpsert::Update => {
                             upd.execute(p)?;
                             count.updated += 1;
                         }
+                        AccountUpsert::Unchanged => {
+                            count.unchanged += 1;
+                            continue;
+                        }
+                        AccountUpsert::Refused(reason) => {
+                            refused.push(RowRefusal {
+                                index,
+                                field: "state",
+                                reason: reason.into(),
+                            });
+                            continue;
+                        }
                     }
-                    changed.push(*a);
+                    changed.push(a);
                 }
                 // Links last, so requester and approver may appear anywhere in the batch.
                 let mut set = tx.prepare_cached(
@@ -145,7 +140,6 @@ pub(super) async fn upsert_accounts(
                          approved_by = (SELECT id FROM account WHERE login = ?3)
                      WHERE login = ?1",
                 )?;
-                refused.extend(moved);
                 refused.sort_by_key(|r| r.index);
                 for a in changed {
                     set.execute(params![
