@@ -79,32 +79,33 @@ pub async fn simulate(args: &SimulateArgs) -> Result<()> {
     };
     let month = NormalMonth::new(options)?;
     let tmp = tempfile::tempdir()?;
-    match &args.database {
+    let (at, place) = match &args.database {
         Some(url) => {
             let schema = format!("simulation_{}", Utc::now().timestamp_micros());
-            let pg = rempart_storage::postgres::PgStore::connect_store(url, &schema)
-                .await
-                .context("opening the guard store on PostgreSQL")?;
-            let stores: rempart_storage::Stores = pg.clone().into();
             let place = format!("PostgreSQL, schema {schema} (dropped after the month)");
-            let ran = run(args, config, month, stores.guard, &place).await;
-            // The month's schema is scratch: dropped whatever the outcome.
-            let dropped = pg
-                .drop_schema()
-                .await
-                .with_context(|| format!("dropping the simulation's schema {schema}"));
-            ran.and(dropped)
+            let at = rempart_server::RegistryAt::Postgres {
+                url: url.clone(),
+                schema,
+            };
+            (at, place)
         }
         None => {
             let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
             std::fs::create_dir_all(&dir)?;
-            let stores = rempart_server::RegistryAt::Sqlite(dir)
-                .open()
-                .await
-                .context("opening the guard store on SQLite")?;
-            run(args, config, month, stores.guard, "SQLite").await
+            (
+                rempart_server::RegistryAt::Sqlite(dir),
+                "SQLite".to_string(),
+            )
         }
-    }
+    };
+    let scratch = at.open_scratch().await.context("opening the guard store")?;
+    let ran = run(args, config, month, scratch.stores.guard.clone(), &place).await;
+    // The month's schema is scratch: dropped whatever the outcome.
+    let dropped = scratch
+        .discard()
+        .await
+        .context("dropping the simulation's schema");
+    ran.and(dropped)
 }
 
 /// The month itself, through the guard over `store`.

@@ -113,16 +113,49 @@ impl RegistryAt {
 
     /// Opens and migrates the registry's stores.
     pub async fn open(&self) -> Result<Stores, BuildError> {
+        Ok(self.open_scratch().await?.stores)
+    }
+
+    /// Opens and migrates the registry's stores for a run that leaves
+    /// nothing behind (`rempart simulate`): [`Scratch::discard`] drops a
+    /// PostgreSQL schema afterwards.
+    pub async fn open_scratch(&self) -> Result<Scratch, BuildError> {
         let opened = match self {
-            RegistryAt::Sqlite(dir) => SqliteStore::open(dir).await.map(Stores::from),
+            RegistryAt::Sqlite(dir) => SqliteStore::open(dir).await.map(|s| Scratch {
+                stores: s.into(),
+                schema: None,
+            }),
             RegistryAt::Postgres { url, schema } => {
-                PgStore::connect_store(url, schema).await.map(Stores::from)
+                PgStore::connect_store(url, schema).await.map(|s| Scratch {
+                    stores: s.clone().into(),
+                    schema: Some(s),
+                })
             }
         };
         opened.map_err(|source| BuildError::Registry {
             place: self.describe(),
             source,
         })
+    }
+}
+
+/// Stores opened by [`RegistryAt::open_scratch`].
+pub struct Scratch {
+    /// The stores, as [`RegistryAt::open`] gives them.
+    pub stores: Stores,
+    /// The PostgreSQL store whose schema goes with the run.
+    schema: Option<PgStore>,
+}
+
+impl Scratch {
+    /// Drops the run's PostgreSQL schema, with everything in it; a SQLite
+    /// directory is left to its owner (a temporary directory, or one the
+    /// user named).
+    pub async fn discard(self) -> Result<(), rempart_storage::StorageError> {
+        match self.schema {
+            Some(pg) => pg.drop_schema().await,
+            None => Ok(()),
+        }
     }
 }
 
