@@ -148,7 +148,7 @@ pub(crate) async fn import_persons(
                 end_byte,
                 parse_time,
             } = batch;
-            let keys = vault.keys();
+            let sealer = vault.sealer();
             let t_lookup = std::time::Instant::now();
             let existing = if bulk {
                 vec![None; good.len()]
@@ -183,7 +183,7 @@ pub(crate) async fn import_persons(
                 good.par_iter()
                     .zip(existing.par_iter())
                     .zip(ids.par_iter())
-                    .map(|(((_, p), e), id)| Vault::seal(&keys, p, e.as_ref(), PersonId::new(*id)))
+                    .map(|(((_, p), e), id)| sealer.seal(p, e.as_ref(), PersonId::new(*id)))
                     .collect::<Result<Vec<Sealed>, _>>()
             })
             .await

@@ -120,6 +120,24 @@ pub enum Sealed {
     Unchanged,
 }
 
+/// Seals persons with the key ring of the moment it was made
+/// ([`Vault::sealer`]): what an import hands to its worker threads, so the
+/// import itself never holds a key. Cheap to clone; CPU only.
+#[derive(Clone)]
+pub struct Sealer(Arc<KeyRing>);
+
+impl Sealer {
+    /// [`Vault::seal`] with this sealer's keys.
+    pub fn seal(
+        &self,
+        person: &Person,
+        existing: Option<&ExistingPerson>,
+        new_id: PersonId,
+    ) -> Result<Sealed, VaultError> {
+        Vault::seal(&self.0, person, existing, new_id)
+    }
+}
+
 /// A break-glass reason sealed under its person's data key, and the
 /// digest the ledger keeps of it (see [`rempart_crypto::reason`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +249,12 @@ impl Vault {
     pub fn blind_name_birth(&self, nom: &str, prenom: &str, born: NaiveDate) -> Blind {
         let keys = self.keys();
         name_birth(&keys, nom, prenom, born)
+    }
+
+    /// A [`Sealer`] with the current key ring, for an import's worker
+    /// threads.
+    pub fn sealer(&self) -> Sealer {
+        Sealer(self.keys())
     }
 
     /// Seals one person. `existing` is what the store holds under the same
