@@ -306,7 +306,7 @@ pub struct RowRefusal {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("SQLite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("PostgreSQL: {}", postgres_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("PostgreSQL connection pool: {0}")]
@@ -359,6 +359,28 @@ impl StorageError {
             StorageError::NotFound { field, what } => Some((field, format!("no such {what}"))),
             StorageError::Refused { field, reason } => Some((field, reason.clone())),
             _ => None,
+        }
+    }
+}
+
+/// A stored value that does not decode as its Rust type (a negative
+/// version, text where a number belongs) is a damaged row, as PostgreSQL's
+/// side reports it: [`StorageError::Corrupt`], naming the column, never
+/// the value.
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::Error as E;
+        match e {
+            E::IntegralValueOutOfRange(column, _) => {
+                StorageError::Corrupt(format!("column {column} holds an out-of-range number"))
+            }
+            E::FromSqlConversionFailure(column, stored, _) => {
+                StorageError::Corrupt(format!("column {column} ({stored}) does not decode"))
+            }
+            E::InvalidColumnType(column, name, stored) => {
+                StorageError::Corrupt(format!("column {column} ({name}) holds {stored}"))
+            }
+            other => StorageError::Sqlite(other),
         }
     }
 }

@@ -181,8 +181,8 @@ async fn break_glass_reasons_come_with_their_mandate_and_go_with_the_person(back
     consultation_accounts(store).await;
     let ce = org_id(store, "CE-038").await;
     let agent1 = account_id(store, "ce.agent1").await;
-    let ps = insert_persons(store, 3, 700).await;
-    let (glass, other, gone) = (ps[0].id, ps[1].id, ps[2].id);
+    let ps = insert_persons(store, 4, 700).await;
+    let (glass, other, gone, bad) = (ps[0].id, ps[1].id, ps[2].id, ps[3].id);
     assert!(store.shred_person(gone).await.on(store, "shred"));
     let at = DateTime::from_timestamp(1_790_000_000, 123_456_000).unwrap();
     let grant = |reference: &str, person_id: PersonId| NewMandate {
@@ -232,6 +232,33 @@ async fn break_glass_reasons_come_with_their_mandate_and_go_with_the_person(back
             )
             .await,
         "another data key version",
+    );
+    // A stored data-key version that is no version (a damaged row): the
+    // store says so and writes neither row.
+    db.place
+        .exec(&format!(
+            "UPDATE person SET dek_version = -1 WHERE id = {bad}"
+        ))
+        .unwrap_or_else(|e| panic!("[{be}] damaging the row: {e}"));
+    let damaged = store
+        .grant_break_glass(grant("BG-BAD", bad), reason(0))
+        .await;
+    assert!(
+        matches!(damaged, Err(StorageError::Corrupt(_))),
+        "[{be}] {damaged:?}"
+    );
+    assert!(
+        store
+            .mandates_of_person(bad)
+            .await
+            .on(store, "mandates")
+            .is_empty()
+            && store
+                .break_glass_reasons(bad)
+                .await
+                .on(store, "reasons")
+                .is_empty(),
+        "[{be}] a damaged row got a mandate"
     );
     // A reference already used: the reason is not kept either.
     store
