@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::alerts::{self, AlertsError, ExportConfig, Exporter};
-use crate::location::{LedgerAt, Storage};
+use crate::location::{LedgerSource, Storage};
 
 /// Why a server could not be built. Each variant names the part; its
 /// source says why.
@@ -275,9 +275,9 @@ impl App {
         };
         let vault = Vault::new(storage.keys, stores.registry.clone()).map_err(BuildError::Keys)?;
         let (ledger, ledger_store) = match storage.ledger {
-            LedgerAt::Open { ledger, store } => (ledger, store),
-            at => {
-                let key = storage.ledger_key.load()?;
+            LedgerSource::Shared { ledger, store } => (ledger, store),
+            LedgerSource::Own { at, key } => {
+                let key = key.load()?;
                 let store = at.open().await?;
                 let ledger = Ledger::open(store.clone(), key, LedgerConfig::default())
                     .await

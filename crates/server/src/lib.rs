@@ -18,4 +18,4 @@ mod app;
 mod location;
 
 pub use app::{App, BuildError, GuardChoice, Policies, Running, ServeError, ServerConfig};
-pub use location::{LedgerAt, LedgerKeyFrom, Location, RegistryAt, Scratch, Storage};
+pub use location::{LedgerAt, LedgerKeyFrom, LedgerSource, Location, RegistryAt, Scratch, Storage};

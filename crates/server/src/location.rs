@@ -60,12 +60,19 @@ impl Location {
                 },
                 None => RegistryAt::Sqlite(self.data.clone()),
             },
-            ledger: match &self.database {
-                Some(url) => LedgerAt::Postgres(PgLedgerConfig::new(url)),
-                None => LedgerAt::Sqlite(self.data.clone()),
+            ledger: LedgerSource::Own {
+                at: self.ledger_at(),
+                key: LedgerKeyFrom::File(self.ledger_key_path()),
             },
             keys: self.key_source(),
-            ledger_key: LedgerKeyFrom::File(self.ledger_key_path()),
+        }
+    }
+
+    /// Where the audit ledger lives.
+    pub fn ledger_at(&self) -> LedgerAt {
+        match &self.database {
+            Some(url) => LedgerAt::Postgres(PgLedgerConfig::new(url)),
+            None => LedgerAt::Sqlite(self.data.clone()),
         }
     }
 
@@ -76,7 +83,7 @@ impl Location {
 
     /// The audit ledger's store.
     pub async fn open_ledger_store(&self) -> Result<Arc<dyn LedgerStore>, BuildError> {
-        self.storage().ledger.open().await
+        self.ledger_at().open().await
     }
 
     /// The ledger's signing key.
@@ -166,9 +173,20 @@ pub enum LedgerAt {
     Sqlite(PathBuf),
     /// A schema of a PostgreSQL database, under its INSERT-only role.
     Postgres(PgLedgerConfig),
+}
+
+/// The ledger a server records to.
+pub enum LedgerSource {
+    /// Opened by the server from `at`, signing checkpoints with `key`.
+    Own {
+        /// Where it lives.
+        at: LedgerAt,
+        /// Its signing key.
+        key: LedgerKeyFrom,
+    },
     /// A ledger this process already writes: a second server in the same
-    /// process shares its single writer (the ledger key is then unused).
-    Open {
+    /// process shares its single writer (and its key).
+    Shared {
         /// The writer.
         ledger: Arc<Ledger>,
         /// Its store.
@@ -194,7 +212,6 @@ impl LedgerAt {
                     source,
                 }),
             },
-            LedgerAt::Open { store, .. } => Ok(store.clone()),
         }
     }
 }
@@ -233,16 +250,14 @@ fn load_key_file(path: &Path) -> Result<LedgerKey, BuildError> {
     })
 }
 
-/// Everything a server opens: the registry's stores, the ledger's store,
-/// and the two keys. No `Debug`: the key ring may come from the
-/// environment as text.
+/// Everything a server opens: the registry's stores, the ledger (with its
+/// signing key) and the registry's key ring. No `Debug`: the key ring may
+/// come from the environment as text.
 pub struct Storage {
     /// The registry and the stores beside it.
     pub registry: RegistryAt,
     /// The audit ledger.
-    pub ledger: LedgerAt,
+    pub ledger: LedgerSource,
     /// The registry's key ring.
     pub keys: KeySource,
-    /// The ledger's signing key.
-    pub ledger_key: LedgerKeyFrom,
 }

@@ -19,7 +19,8 @@ use rempart_guard::{Guard, GuardConfig, Verdict};
 use rempart_ledger::store::postgres::PgLedgerConfig;
 use rempart_ledger::{Action as LeafAction, AuditLeaf, Decision, Ledger, LedgerKey, LedgerStore};
 use rempart_server::{
-    App, GuardChoice, LedgerAt, LedgerKeyFrom, RegistryAt, Running, ServerConfig, Storage,
+    App, GuardChoice, LedgerAt, LedgerKeyFrom, LedgerSource, RegistryAt, Running, ServerConfig,
+    Storage,
 };
 use rempart_storage::{AccountRecord, AuthStore, NewMandate, Store, Stores};
 use rempart_testdb::TestSchema;
@@ -194,11 +195,13 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     let clock = browser::TestClock::default();
     let mut config = ServerConfig::new(Storage {
         registry,
-        ledger: ledger_at,
+        ledger: LedgerSource::Own {
+            at: ledger_at,
+            key: LedgerKeyFrom::Key(Box::new(
+                LedgerKey::generate("rempart.test/ledger").unwrap(),
+            )),
+        },
         keys: KeySource::File(keys),
-        ledger_key: LedgerKeyFrom::Key(Box::new(
-            LedgerKey::generate("rempart.test/ledger").unwrap(),
-        )),
     })
     .with_guard(GuardChoice::real(guard_config))
     .with_clock(clock.clock())

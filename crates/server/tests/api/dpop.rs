@@ -17,9 +17,7 @@ use rempart_auth::jose::PublicJwk;
 use rempart_consult::ClientSettings;
 use rempart_domain::{AccountId, AccountState, PersonId, Purpose};
 use rempart_ledger::{Action as LeafAction, AuditLeaf, Decision, DenyReason};
-use rempart_server::{
-    App, GuardChoice, LedgerAt, LedgerKeyFrom, RegistryAt, Running, ServerConfig, Storage,
-};
+use rempart_server::{App, GuardChoice, LedgerSource, RegistryAt, Running, ServerConfig, Storage};
 use rempart_vault::KeySource;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -424,12 +422,11 @@ async fn second_instance(app: &TestApp, backend: Backend) -> (String, Running) {
     // The same public URL: both instances stand behind one name.
     let config = ServerConfig::new(Storage {
         registry,
-        ledger: LedgerAt::Open {
+        ledger: LedgerSource::Shared {
             ledger: app.ledger.clone(),
             store: app.ledger_store.clone(),
         },
         keys: KeySource::File(data.join("keys.json")),
-        ledger_key: LedgerKeyFrom::File(data.join("unused")),
     })
     .with_guard(GuardChoice::PassThrough)
     .with_clock(app.clock.clock())
