@@ -12,8 +12,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use rempart_ledger::bench::{self, BenchTarget};
 use rempart_ledger::{
-    AccountId, Ledger, LedgerConfig, LedgerError, LedgerKey, LedgerStore, OrganisationId, PersonId,
-    QueryRange, Subject, Timestamp, VerifierKey, VerifyOptions, proof,
+    AccountId, LedgerError, LedgerKey, LedgerStore, OrganisationId, PersonId, QueryRange, Subject,
+    Timestamp, VerifierKey, VerifyOptions, proof,
 };
 
 use crate::location::Location;
@@ -280,13 +280,18 @@ async fn verify(loc: &Location, external: &[PathBuf], given_key: Option<&str>) -
 }
 
 async fn checkpoint(loc: &Location) -> Result<()> {
-    let key = loc.load_ledger_key()?;
-    let store = loc.open_ledger_store().await?;
-    let ledger = Ledger::open(store, key, LedgerConfig::default())
+    let (ledger, _) = loc
+        .server()
+        .storage()
+        .ledger
+        .open()
         .await
         .context("taking the ledger's writer (is a server running on it?)")?;
     let signed = ledger.checkpoint_now().await?;
-    ledger.close().await?;
+    // Opened here and held nowhere else: closing releases the writer lock.
+    if let Ok(ledger) = std::sync::Arc::try_unwrap(ledger) {
+        ledger.close().await?;
+    }
     print!("{}", signed.note);
     Ok(())
 }

@@ -24,11 +24,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Args;
 use rempart_domain::{FieldGroup, Purpose};
-use rempart_ledger::store::sqlite::SqliteLedgerStore;
 use rempart_ledger::{
-    AccountId, Action, AuditLeaf, Decision, FieldGroups, GuardVerdict, Ledger, LedgerConfig,
-    LedgerKey, LedgerStore, OrganisationId, PersonId, Timestamp,
+    AccountId, Action, AuditLeaf, Decision, FieldGroups, GuardVerdict, Ledger, LedgerKey,
+    OrganisationId, PersonId, Timestamp,
 };
+use rempart_server::{LedgerAt, LedgerKeyFrom, LedgerSource};
 use tokio::net::TcpListener;
 
 use crate::location::Location;
@@ -69,19 +69,15 @@ pub async fn bench_floor(args: &BenchFloorArgs) -> Result<()> {
                 args.location.data.as_path().display()
             )
         })?;
-    let store: Arc<dyn LedgerStore> = Arc::new(
-        SqliteLedgerStore::open(scratch.path())
-            .await
-            .context("the throwaway ledger")?,
-    );
     let key = LedgerKey::generate("rempart.bench/floor").context("a throwaway ledger key")?;
-    let floor = Floor {
-        ledger: Arc::new(
-            Ledger::open(store, key, LedgerConfig::default())
-                .await
-                .context("the throwaway ledger's writer")?,
-        ),
-    };
+    let (ledger, _) = LedgerSource::Own {
+        at: LedgerAt::Sqlite(scratch.path().to_path_buf()),
+        key: LedgerKeyFrom::Key(Box::new(key)),
+    }
+    .open()
+    .await
+    .context("the throwaway ledger")?;
+    let floor = Floor { ledger };
     let router = app.router().merge(
         Router::new()
             .route("/bench/ledger-append", get(append))

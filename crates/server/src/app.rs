@@ -13,7 +13,7 @@ use rempart_consult::{
     ClientConfigError, ClientSettings, Clock, Consultation, LoginSettings, PurgeSettings,
 };
 use rempart_guard::{Guard, GuardConfig, GuardStore};
-use rempart_ledger::{Ledger, LedgerConfig, LedgerStore};
+use rempart_ledger::LedgerStore;
 use rempart_policy::{Authorizer, PolicyError};
 use rempart_storage::Stores;
 use rempart_vault::{Vault, VaultError};
@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::alerts::{self, AlertsError, ExportConfig, Exporter};
-use crate::location::{LedgerSource, Storage};
+use crate::location::Storage;
 
 /// Why a server could not be built. Each variant names the part; its
 /// source says why.
@@ -274,17 +274,7 @@ impl App {
             GuardChoice::PassThrough => (Guard::pass_through(), false),
         };
         let vault = Vault::new(storage.keys, stores.registry.clone()).map_err(BuildError::Keys)?;
-        let (ledger, ledger_store) = match storage.ledger {
-            LedgerSource::Shared { ledger, store } => (ledger, store),
-            LedgerSource::Own { at, key } => {
-                let key = key.load()?;
-                let store = at.open().await?;
-                let ledger = Ledger::open(store.clone(), key, LedgerConfig::default())
-                    .await
-                    .map_err(BuildError::Ledger)?;
-                (Arc::new(ledger), store)
-            }
-        };
+        let (ledger, ledger_store) = storage.ledger.open().await?;
         let mut consultation =
             Consultation::new(vault, stores.auth.clone(), Arc::new(policy), guard, ledger)
                 .with_clock(clock.clone());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
 use rempart_ledger::store::sqlite::SqliteLedgerStore;
-use rempart_ledger::{KEY_FILE_NAME, Ledger, LedgerKey, LedgerStore};
+use rempart_ledger::{KEY_FILE_NAME, Ledger, LedgerConfig, LedgerKey, LedgerStore};
 use rempart_storage::{Stores, postgres::PgStore, sqlite::SqliteStore};
 use rempart_vault::{KEYS_ENV, KeySource};
 
@@ -212,6 +212,24 @@ impl LedgerAt {
                     source,
                 }),
             },
+        }
+    }
+}
+
+impl LedgerSource {
+    /// The ledger's single writer and its store: opened (the key loaded,
+    /// the store opened, the writer taken) or the shared ones.
+    pub async fn open(self) -> Result<(Arc<Ledger>, Arc<dyn LedgerStore>), BuildError> {
+        match self {
+            LedgerSource::Shared { ledger, store } => Ok((ledger, store)),
+            LedgerSource::Own { at, key } => {
+                let key = key.load()?;
+                let store = at.open().await?;
+                let ledger = Ledger::open(store.clone(), key, LedgerConfig::default())
+                    .await
+                    .map_err(BuildError::Ledger)?;
+                Ok((Arc::new(ledger), store))
+            }
         }
     }
 }
