@@ -79,7 +79,7 @@ pub(crate) fn check_alert(a: &Alert) -> Result<(), StorageError> {
     if finite {
         Ok(())
     } else {
-        Err(crate::auth::refuse(
+        Err(crate::auth::checks::refuse(
             "alert",
             "score and explanation must be finite numbers",
         ))
@@ -181,7 +181,8 @@ pub(crate) fn parse_accounts(text: &str) -> Result<Vec<AccountId>, StorageError>
 /// A ledger sequence number as stored (BIGINT).
 pub(crate) fn seq_to_i64(v: Option<u64>) -> Result<Option<i64>, StorageError> {
     v.map(|n| {
-        i64::try_from(n).map_err(|_| crate::auth::refuse("alert", "ledger sequence out of range"))
+        i64::try_from(n)
+            .map_err(|_| crate::auth::checks::refuse("alert", "ledger sequence out of range"))
     })
     .transpose()
 }
@@ -197,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_refusal_reaches_the_guard_as_field_and_reason() {
-        let e = store_error(crate::auth::refuse("alert", "too many features"));
+        let e = store_error(crate::auth::checks::refuse("alert", "too many features"));
         assert!(
             matches!(&e, StoreError::Invalid(m) if m == "alert: too many features"),
             "{e:?}"

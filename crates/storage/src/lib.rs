@@ -801,7 +801,7 @@ pub(crate) fn instant(
     if (1..=9999).contains(&at.year()) {
         Ok(at.trunc_subsecs(6))
     } else {
-        Err(auth::refuse(what, "out of range (years 1 to 9999)"))
+        Err(auth::checks::refuse(what, "out of range (years 1 to 9999)"))
     }
 }
 
@@ -819,7 +819,10 @@ pub(crate) fn credential_period(
     let created_at = instant(created_at, "created_at")?;
     let expires_at = instant(expires_at, "expires_at")?;
     if expires_at <= created_at {
-        return Err(auth::refuse("expires_at", "must be after created_at"));
+        return Err(auth::checks::refuse(
+            "expires_at",
+            "must be after created_at",
+        ));
     }
     Ok((created_at, expires_at))
 }
@@ -828,12 +831,12 @@ pub(crate) fn credential_period(
 /// is an active officer, is not the requester, and is not of the
 /// requester's organisation.
 pub(crate) fn check_grant_decider(
-    requester: Option<&auth::Decider>,
-    decider: Option<&auth::Decider>,
+    requester: Option<&auth::checks::Decider>,
+    decider: Option<&auth::checks::Decider>,
 ) -> Result<(), StorageError> {
-    let refuse = |why: &str| Err(auth::refuse("officer_id", why));
+    let refuse = |why: &str| Err(auth::checks::refuse("officer_id", why));
     let Some(d) = decider else {
-        return Err(auth::not_found("officer_id", "account"));
+        return Err(auth::checks::not_found("officer_id", "account"));
     };
     if d.role != Role::Officer || d.state != AccountState::Active {
         return refuse("the decider must be an active officer");
@@ -855,9 +858,10 @@ pub(crate) fn check_grant_decider(
 /// Checks the period of a new mandate.
 pub(crate) fn check_mandate_period(m: &NewMandate) -> Result<(), StorageError> {
     match m.valid_to {
-        Some(end) if end <= m.valid_from => {
-            Err(crate::auth::refuse("valid_to", "must be after valid_from"))
-        }
+        Some(end) if end <= m.valid_from => Err(crate::auth::checks::refuse(
+            "valid_to",
+            "must be after valid_from",
+        )),
         _ => Ok(()),
     }
 }

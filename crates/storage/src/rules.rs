@@ -6,9 +6,10 @@
 use chrono::{DateTime, Utc};
 use rempart_domain::{AccountAction, AccountId, AccountState, OrganisationId, PersonId};
 
-use crate::auth::{
-    ActivationFactors, Decider, Subject, check_decider, check_phc, check_sealed_secret,
-    check_transition, not_found, refuse, step_to_i64,
+use crate::auth::ActivationFactors;
+use crate::auth::checks::{
+    Decider, Subject, check_decider, check_phc, check_sealed_secret, check_transition, not_found,
+    refuse, step_to_i64,
 };
 use crate::{MandateRow, NewMandate, RowRefusal, StorageError};
 

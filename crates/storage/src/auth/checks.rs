@@ -4,7 +4,13 @@
 //! of decisions on accounts, resets, activations and federated links.
 //! Written once here; each backend only fetches the facts they judge.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use rempart_domain::{
+    AccountAction, AccountId, AccountState, LifecycleState, OrganisationId, OrganisationKind, Role,
+};
+
+use crate::StorageError;
+use crate::auth::{AccessTokenRow, SESSION_METHODS, StoredSession};
 
 /// A refusal naming the field and the rule, as elsewhere in the store.
 pub(crate) fn refuse(field: &'static str, reason: impl Into<String>) -> StorageError {
@@ -518,6 +524,7 @@ pub(crate) fn check_activation_issuer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::*;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(secs, 0).unwrap()

@@ -18,19 +18,12 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use rempart_domain::{
-    AccountAction, AccountId, AccountState, LifecycleState, OrganisationId, OrganisationKind,
-    Reference, Role,
-};
+use rempart_domain::{AccountId, AccountState, OrganisationId, Reference, Role};
 
 use crate::{AccountRecord, StorageError};
 
-mod checks;
-mod sql;
-
-// The backends name the shared checks and SQL as `crate::auth::…`.
-pub(crate) use checks::*;
-pub(crate) use sql::*;
+pub(crate) mod checks;
+pub(crate) mod sql;
 
 /// A manager's (or officer's) request for a new account; see
 /// [`AuthStore::request_account`].

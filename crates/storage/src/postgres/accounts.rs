@@ -12,10 +12,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 use super::PgStore;
-use crate::auth::{
-    AccountLifecycle, Decider, NewAccountRequest, REVIEW_SELECT, ReviewEntry, Subject, not_found,
-    refuse, transition_sql,
-};
+use crate::auth::checks::{Decider, Subject, not_found, refuse, transition_sql};
+use crate::auth::sql::REVIEW_SELECT;
+use crate::auth::{AccountLifecycle, NewAccountRequest, ReviewEntry};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, AccountUpsert, RowRefusal, StorageError, StoredAccountRow,
     UpsertCount, account_upsert, parse_code,
@@ -241,13 +240,13 @@ pub(super) async fn set_account_state(
     account_id: AccountId,
     state: AccountState,
 ) -> Result<bool, StorageError> {
-    let action = crate::auth::state_change(state)?;
+    let action = crate::auth::checks::state_change(state)?;
     let client = store.client().await?;
     // One compare-and-set carrying the state machine's rule.
     let stmt = client
         .prepare_cached(&format!(
             "UPDATE account SET state = $2 WHERE id = $1 AND {}",
-            crate::auth::transition_sql("account", action)
+            crate::auth::checks::transition_sql("account", action)
         ))
         .await?;
     let n = client
@@ -258,7 +257,7 @@ pub(super) async fn set_account_state(
     }
     match subject(&**client, account_id).await? {
         None => Ok(false),
-        Some(facts) => Err(crate::auth::refused_change(facts, action)),
+        Some(facts) => Err(crate::auth::checks::refused_change(facts, action)),
     }
 }
 

@@ -8,10 +8,11 @@ use tokio_postgres::Row;
 
 use super::PgStore;
 use super::accounts::{account_exists, account_record};
-use crate::auth::{
-    ACCESS_TOKEN_SELECT, API_CLIENT_SELECT, AccessTokenRow, ApiClientRow, check_access_token,
-    check_client_id, check_replay_period, digest32, not_found, refuse,
+use crate::auth::checks::{
+    check_access_token, check_client_id, check_replay_period, digest32, not_found, refuse,
 };
+use crate::auth::sql::{ACCESS_TOKEN_SELECT, API_CLIENT_SELECT};
+use crate::auth::{AccessTokenRow, ApiClientRow};
 use crate::{AccountRecord, StorageError};
 
 /// An access token of a live client, and its account, by digest.

@@ -38,7 +38,7 @@ pub(super) async fn insert_credential(
             &[&account_id.get(), &digest, &created_at, &expires_at],
         )
         .await?
-        .ok_or_else(|| crate::auth::not_found("account_id", "account"))?;
+        .ok_or_else(|| crate::auth::checks::not_found("account_id", "account"))?;
     Ok(row.try_get(0)?)
 }
 

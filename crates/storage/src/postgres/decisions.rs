@@ -7,10 +7,9 @@ use tokio_postgres::Row;
 
 use super::PgStore;
 use super::accounts::{account_exists, account_row, decider, subject};
-use crate::auth::{
-    CredentialReset, RESET_SELECT, ResetKind, check_transition, four_eyes_sql, not_found,
-    transition_sql,
-};
+use crate::auth::checks::{check_transition, four_eyes_sql, not_found, transition_sql};
+use crate::auth::sql::RESET_SELECT;
+use crate::auth::{CredentialReset, ResetKind};
 use crate::rules::{account_decision, check_reset_decision};
 use crate::{AccountRecord, StorageError};
 
@@ -217,7 +216,7 @@ pub(super) async fn rehearse_in(
                 reset_kind: Some(r.kind),
             }),
         AccountChange::State { account_id, state } => {
-            let action = crate::auth::state_change(state)?;
+            let action = crate::auth::checks::state_change(state)?;
             match subject(&**tx, account_id).await? {
                 None => None,
                 Some(facts) => {

@@ -7,9 +7,10 @@ use rempart_domain::AccountId;
 use super::PgStore;
 use super::accounts::decider;
 use crate::StorageError;
-use crate::auth::{
-    FEDERATION_SELECT, FEDERATION_UNLINK_REASON, FederationLink, check_federated,
-    check_federation_officer, not_found, refuse,
+use crate::auth::FederationLink;
+use crate::auth::checks::{
+    FEDERATION_SELECT, FEDERATION_UNLINK_REASON, check_federated, check_federation_officer,
+    not_found, refuse,
 };
 
 pub(super) async fn link_federation(

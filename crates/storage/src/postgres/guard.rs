@@ -202,7 +202,7 @@ impl PgStore {
                     .try_get(0)?;
                 for (rank, e) in a.explanation.iter().enumerate() {
                     let rank = i16::try_from(rank)
-                        .map_err(|_| crate::auth::refuse("alert", "too many features"))?;
+                        .map_err(|_| crate::auth::checks::refuse("alert", "too many features"))?;
                     tx.execute(
                         &feature,
                         &[

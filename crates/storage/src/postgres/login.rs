@@ -8,10 +8,12 @@ use tokio_postgres::Row;
 use super::PgStore;
 use super::accounts::account_exists;
 use crate::StorageError;
-use crate::auth::{
-    PASSKEY_SELECT, StoredPasskeyRow, StoredTotp, check_credential_id, check_phc,
-    check_sealed_secret, not_found, refuse, step_from_i64, step_to_i64,
+use crate::auth::checks::{
+    check_credential_id, check_phc, check_sealed_secret, not_found, refuse, step_from_i64,
+    step_to_i64,
 };
+use crate::auth::sql::PASSKEY_SELECT;
+use crate::auth::{StoredPasskeyRow, StoredTotp};
 
 pub(super) fn passkey_row(r: &Row) -> Result<StoredPasskeyRow, StorageError> {
     Ok(StoredPasskeyRow {

@@ -81,7 +81,10 @@ pub(super) async fn insert_mandate(
         .await?
         .is_none()
     {
-        return Err(crate::auth::not_found("organisation_id", "organisation"));
+        return Err(crate::auth::checks::not_found(
+            "organisation_id",
+            "organisation",
+        ));
     }
     if let Some(account_id) = m.account_id {
         let org: Option<OrganisationId> = tx

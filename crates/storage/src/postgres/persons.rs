@@ -190,8 +190,9 @@ pub(super) async fn update_persons(
 }
 
 pub(super) async fn reserve_person_ids(store: &PgStore, n: u64) -> Result<PersonId, StorageError> {
-    let n = i64::try_from(n)
-        .map_err(|_| crate::auth::refuse("count", format!("cannot reserve {n} ids at once")))?;
+    let n = i64::try_from(n).map_err(|_| {
+        crate::auth::checks::refuse("count", format!("cannot reserve {n} ids at once"))
+    })?;
     let client = store.client().await?;
     let stmt = client
         .prepare_cached(

@@ -10,10 +10,9 @@ use tokio_postgres::Row;
 use super::PgStore;
 use super::accounts::account_record;
 use super::clients::end_api_clients;
-use crate::auth::{
-    INACTIVE_SESSION, PURGE_SQL, Purged, SESSION_SELECT, StoredSession, Suspension, check_code,
-    check_session, digest32, not_found, refuse,
-};
+use crate::auth::checks::{check_code, check_session, digest32, not_found, refuse};
+use crate::auth::sql::SESSION_SELECT;
+use crate::auth::{INACTIVE_SESSION, PURGE_SQL, Purged, StoredSession, Suspension};
 use crate::{AccountRecord, StorageError};
 
 /// A session and its account, by digest.

@@ -10,10 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
 use super::values::{instant_text, optional_instant};
-use crate::auth::{
-    AccountLifecycle, Decider, NewAccountRequest, REVIEW_SELECT, ReviewEntry, Subject, not_found,
-    refuse, transition_sql,
-};
+use crate::auth::checks::{Decider, Subject, not_found, refuse, transition_sql};
+use crate::auth::sql::REVIEW_SELECT;
+use crate::auth::{AccountLifecycle, NewAccountRequest, ReviewEntry};
 use crate::{
     ACCOUNT_SELECT, AccountRecord, AccountUpsert, RowRefusal, StorageError, StoredAccountRow,
     UpsertCount, account_upsert, parse_code,
@@ -204,14 +203,14 @@ pub(super) async fn set_account_state(
     account_id: AccountId,
     state: AccountState,
 ) -> Result<bool, StorageError> {
-    let action = crate::auth::state_change(state)?;
+    let action = crate::auth::checks::state_change(state)?;
     store
         .write(move |c| {
             // One compare-and-set carrying the state machine's rule.
             let n = c
                 .prepare_cached(&format!(
                     "UPDATE account SET state = ?2 WHERE id = ?1 AND {}",
-                    crate::auth::transition_sql("account", action)
+                    crate::auth::checks::transition_sql("account", action)
                 ))?
                 .execute(params![account_id.get(), state.as_str()])?;
             if n == 1 {
@@ -219,7 +218,7 @@ pub(super) async fn set_account_state(
             }
             match subject(c, account_id)? {
                 None => Ok(false),
-                Some(facts) => Err(crate::auth::refused_change(facts, action)),
+                Some(facts) => Err(crate::auth::checks::refused_change(facts, action)),
             }
         })
         .await

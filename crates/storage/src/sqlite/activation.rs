@@ -8,11 +8,12 @@ use rusqlite::{Row, TransactionBehavior, params};
 use super::SqliteStore;
 use super::accounts::{decider, subject};
 use super::values::{instant_text, optional_instant, parse_instant};
-use crate::auth::{
-    ACTIVATION_SELECT, ActivationFactors, NewActivation, StoredActivation, approved_sql,
-    check_activation_issuer, check_activation_target, digest32, four_eyes_sql, not_found, refuse,
-    transition_sql,
+use crate::auth::checks::{
+    approved_sql, check_activation_issuer, check_activation_target, digest32, four_eyes_sql,
+    not_found, refuse, transition_sql,
 };
+use crate::auth::sql::ACTIVATION_SELECT;
+use crate::auth::{ActivationFactors, NewActivation, StoredActivation};
 use crate::rules::{CheckedFactors, check_activation_period, checked_factors};
 use crate::{StorageError, parse_code};
 

@@ -9,10 +9,11 @@ use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use super::SqliteStore;
 use super::accounts::{account_exists, account_record};
 use super::values::{instant_text, optional_instant, parse_instant};
-use crate::auth::{
-    ACCESS_TOKEN_SELECT, API_CLIENT_SELECT, AccessTokenRow, ApiClientRow, check_access_token,
-    check_client_id, check_replay_period, digest32, not_found, refuse,
+use crate::auth::checks::{
+    check_access_token, check_client_id, check_replay_period, digest32, not_found, refuse,
 };
+use crate::auth::sql::{ACCESS_TOKEN_SELECT, API_CLIENT_SELECT};
+use crate::auth::{AccessTokenRow, ApiClientRow};
 use crate::{AccountRecord, StorageError};
 
 // Compares with `+?1`: see "Hot lookups" in the backend's root.

@@ -89,7 +89,7 @@ pub(super) async fn insert_credential(
                 |r| r.get::<_, i64>(0),
             )
             .optional()?
-            .ok_or_else(|| crate::auth::not_found("account_id", "account"))
+            .ok_or_else(|| crate::auth::checks::not_found("account_id", "account"))
         })
         .await
 }

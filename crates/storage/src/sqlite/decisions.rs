@@ -8,10 +8,9 @@ use rusqlite::{Connection, Row, TransactionBehavior, params};
 use super::SqliteStore;
 use super::accounts::{account_exists, account_row, decider, subject};
 use super::values::{instant_text, optional_instant, parse_instant};
-use crate::auth::{
-    CredentialReset, RESET_SELECT, ResetKind, check_transition, four_eyes_sql, not_found,
-    transition_sql,
-};
+use crate::auth::checks::{check_transition, four_eyes_sql, not_found, transition_sql};
+use crate::auth::sql::RESET_SELECT;
+use crate::auth::{CredentialReset, ResetKind};
 use crate::rules::{account_decision, check_reset_decision};
 use crate::{AccountRecord, StorageError};
 
@@ -195,7 +194,7 @@ pub(super) fn rehearse_in(
             reset_kind: Some(r.kind),
         }),
         AccountChange::State { account_id, state } => {
-            let action = crate::auth::state_change(state)?;
+            let action = crate::auth::checks::state_change(state)?;
             match subject(&tx, account_id)? {
                 None => None,
                 Some(facts) => {

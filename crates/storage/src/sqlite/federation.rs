@@ -9,9 +9,10 @@ use super::SqliteStore;
 use super::accounts::{account_exists, decider};
 use super::values::{instant_text, parse_instant};
 use crate::StorageError;
-use crate::auth::{
-    FEDERATION_SELECT, FEDERATION_UNLINK_REASON, FederationLink, check_federated,
-    check_federation_officer, not_found, refuse,
+use crate::auth::FederationLink;
+use crate::auth::checks::{
+    FEDERATION_SELECT, FEDERATION_UNLINK_REASON, check_federated, check_federation_officer,
+    not_found, refuse,
 };
 
 pub(super) async fn link_federation(

@@ -9,10 +9,12 @@ use super::SqliteStore;
 use super::accounts::account_exists;
 use super::values::{instant_text, optional_instant, parse_instant};
 use crate::StorageError;
-use crate::auth::{
-    PASSKEY_SELECT, StoredPasskeyRow, StoredTotp, check_credential_id, check_phc,
-    check_sealed_secret, not_found, refuse, step_from_i64, step_to_i64,
+use crate::auth::checks::{
+    check_credential_id, check_phc, check_sealed_secret, not_found, refuse, step_from_i64,
+    step_to_i64,
 };
+use crate::auth::sql::PASSKEY_SELECT;
+use crate::auth::{StoredPasskeyRow, StoredTotp};
 
 pub(super) fn passkey_row(r: &Row<'_>) -> Result<StoredPasskeyRow, StorageError> {
     Ok(StoredPasskeyRow {

@@ -119,7 +119,10 @@ pub(super) fn insert_mandate(
         .query_row([m.organisation_id.get()], |_| Ok(()))
         .optional()?;
     if known.is_none() {
-        return Err(crate::auth::not_found("organisation_id", "organisation"));
+        return Err(crate::auth::checks::not_found(
+            "organisation_id",
+            "organisation",
+        ));
     }
     if let Some(account_id) = m.account_id {
         let org = tx

@@ -67,8 +67,9 @@ pub(super) async fn reserve_person_ids(
     store: &SqliteStore,
     n: u64,
 ) -> Result<PersonId, StorageError> {
-    let n = i64::try_from(n)
-        .map_err(|_| crate::auth::refuse("count", format!("cannot reserve {n} ids at once")))?;
+    let n = i64::try_from(n).map_err(|_| {
+        crate::auth::checks::refuse("count", format!("cannot reserve {n} ids at once"))
+    })?;
     store
         .write(move |c| {
             let first: i64 = c.query_row(

@@ -11,10 +11,9 @@ use super::SqliteStore;
 use super::accounts::account_record;
 use super::clients::end_api_clients;
 use super::values::{instant_text, optional_instant, parse_instant};
-use crate::auth::{
-    INACTIVE_SESSION, PURGE_SQL, Purged, SESSION_SELECT, StoredSession, Suspension, check_code,
-    check_session, digest32, not_found, refuse,
-};
+use crate::auth::checks::{check_code, check_session, digest32, not_found, refuse};
+use crate::auth::sql::SESSION_SELECT;
+use crate::auth::{INACTIVE_SESSION, PURGE_SQL, Purged, StoredSession, Suspension};
 use crate::{AccountRecord, StorageError};
 
 // Compares with `+?1`: see "Hot lookups" in the backend's root.
