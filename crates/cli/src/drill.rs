@@ -1664,10 +1664,11 @@ async fn report(
                 crate::guard::features_line(&first.alert.explanation)
             );
             if !first.alert.accounts.is_empty() {
+                let ids: Vec<String> = first.alert.accounts.iter().map(|a| a.to_string()).collect();
                 println!(
-                    "  naming {} accounts: {:?}",
+                    "  naming {} accounts: [{}]",
                     first.alert.accounts.len(),
-                    first.alert.accounts
+                    ids.join(", ")
                 );
             }
         }
