@@ -784,18 +784,27 @@ async fn queries_across_segments(b: Backend) {
 
     if b == Backend::Sqlite {
         // A leaf hidden from "who looked at my file" by removing its key
-        // from a segment table is caught, and so is an invented one.
+        // from a segment table is caught, and so is an invented one, and a
+        // read passed off as showing nothing (its `reveals` flag cleared in
+        // the breach-scoping table, the only copy queries read).
         env.tamper(
             "DROP TRIGGER leaf_by_person_no_delete;
              DELETE FROM leaf_by_person WHERE segment = 1 AND idx = (
                  SELECT min(idx) FROM leaf_by_person WHERE segment = 1);
-             INSERT INTO leaf_by_organisation VALUES (0, 99, 0, 5);",
+             INSERT INTO leaf_by_organisation VALUES (0, 99, 0, 5);
+             DROP TRIGGER leaf_by_account_no_update;
+             UPDATE leaf_by_account SET reveals = 0 WHERE segment = 0 AND idx = (
+                 SELECT min(idx) FROM leaf_by_account WHERE segment = 0 AND reveals = 1);",
         )
         .await;
         let f = failure(&env, &key).await;
         assert_eq!(
             f.problems,
             vec![
+                Problem::IndexMismatch {
+                    segment: 0,
+                    table: "leaf_by_account"
+                },
                 Problem::IndexMismatch {
                     segment: 0,
                     table: "leaf_by_organisation"

@@ -129,29 +129,30 @@ fn indexed_segments(conn: &Connection) -> Result<i64, StoreError> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// One of the three segment tables, and which keys of a segment's leaves
-/// it holds (`select`, with the segment as `?1`). The writer inserts them
-/// in the table's key order (see `segments`).
+/// One of the three segment tables, and how a segment's rows are read
+/// back in the table's primary-key order (`stored`, with the segment as
+/// `?1`: the key, time, idx, then the account table's extra columns). The
+/// writer inserts them in that order (see `segments`).
 struct SegmentTable {
     name: &'static str,
-    select: &'static str,
+    stored: &'static str,
 }
 
 const SEGMENT_TABLES: [SegmentTable; 3] = [
     SegmentTable {
         name: "leaf_by_account",
-        select: "SELECT ?1, account, time_us, idx, reveals, person FROM leaf
-                 WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
+        stored: "SELECT account, time_us, idx, reveals, person FROM leaf_by_account
+                 WHERE segment = ?1 ORDER BY account, time_us, idx",
     },
     SegmentTable {
         name: "leaf_by_organisation",
-        select: "SELECT ?1, organisation, time_us, idx FROM leaf
-                 WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
+        stored: "SELECT organisation, time_us, idx FROM leaf_by_organisation
+                 WHERE segment = ?1 ORDER BY organisation, time_us, idx",
     },
     SegmentTable {
         name: "leaf_by_person",
-        select: "SELECT ?1, person, time_us, idx FROM leaf
-                 WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14 AND person IS NOT NULL",
+        stored: "SELECT person, time_us, idx FROM leaf_by_person
+                 WHERE segment = ?1 ORDER BY person, time_us, idx",
     },
 ];
 
@@ -174,20 +175,9 @@ fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreError> {
         });
     }
     for segment in 0..indexed {
-        for t in &SEGMENT_TABLES {
-            // The leaves' keys, as the fill writes them, against the
-            // table's: both differences must be empty.
-            let (expected, stored) = (
-                t.select,
-                format!("SELECT * FROM {} WHERE segment = ?1", t.name),
-            );
-            let differs: bool = tx
-                .prepare_cached(&format!(
-                    "SELECT EXISTS ({expected} EXCEPT {stored})
-                         OR EXISTS ({stored} EXCEPT {expected})"
-                ))?
-                .query_row([segment], |r| r.get(0))?;
-            if differs {
+        let matches = segments::segment_matches(&tx, segment)?;
+        for (t, same) in SEGMENT_TABLES.iter().zip(matches) {
+            if !same {
                 problems.push(IndexProblem {
                     segment: to_u64(segment, "segment")?,
                     table: t.name,
