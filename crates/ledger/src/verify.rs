@@ -533,6 +533,13 @@ pub async fn verify_with(
     let pages = size.div_ceil(page_size);
     // Pages are index ranges, independent of each other: a few are read
     // ahead, concurrently, while the current one is hashed.
+    // The query tables' check reads its own snapshot, independent of the
+    // pages: it runs beside them on another core, and is reported below
+    // only if the leaves turn out intact.
+    let mut index_check = AbortOnDrop(Some({
+        let store = store.clone();
+        tokio::spawn(async move { store.index_problems().await })
+    }));
     let mut inflight = VecDeque::new();
     let mut next_page = 0u64;
     let mut read: u64 = 0;
@@ -565,8 +572,9 @@ pub async fn verify_with(
     // Only once the leaves are known good does comparing what queries read
     // with them mean anything; a problem here hides leaves from queries
     // (or shows invented ones) but leaves the log itself intact.
-    if !checker.stopped {
-        for p in store.index_problems().await? {
+    if let (false, Some(task)) = (checker.stopped, index_check.0.take()) {
+        let problems = task.await.map_err(|e| StoreError::Task(e.to_string()))??;
+        for p in problems {
             checker.problem(Problem::IndexMismatch {
                 segment: p.segment,
                 table: p.table,
@@ -575,6 +583,18 @@ pub async fn verify_with(
     }
 
     finish(checker, store.location(), read, total_checkpoints)
+}
+
+/// A task stopped if its result is no longer wanted (verification stopped
+/// early or failed).
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// The size line of a checkpoint note, without checking anything.
