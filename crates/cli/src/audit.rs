@@ -549,6 +549,12 @@ pub async fn bench_ledger(
         "latency at {}/s offered ({:.0}/s achieved, {} appends): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
         l.rate, l.achieved_rate, l.appends, l.p50_us, l.p99_us, l.p999_us, l.max_us
     );
+    let bytes = bench::bytes_used(&target).await?;
+    let size = store.size().await?;
+    println!(
+        "bytes on disk: {bytes} for {size} leaves = {:.0} bytes per leaf",
+        bytes as f64 / size.max(1) as f64
+    );
     let v = bench::verify_speed(&store, &key.verifier()).await?;
     println!(
         "verify: {} leaves, {} checkpoints in {:.2} s = {:.0} leaves/s",

@@ -77,6 +77,37 @@ pub async fn open_target(
 }
 
 /// Drops a schema as the connecting user (the store's own role cannot).
+/// Bytes the target's ledger takes: the SQLite database file (not its
+/// WAL, a transient copy of recent pages that the checkpointer empties),
+/// or the PostgreSQL schema's tables with their indexes and TOAST.
+pub async fn bytes_used(target: &BenchTarget) -> Result<u64, LedgerError> {
+    match target {
+        BenchTarget::Sqlite { dir } => {
+            Ok(std::fs::metadata(dir.join(crate::store::sqlite::FILE_NAME)).map_or(0, |m| m.len()))
+        }
+        BenchTarget::Postgres { url, schema } => {
+            let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(pg)?;
+            let task = tokio::spawn(conn);
+            let r = client
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND c.relkind = 'r'",
+                    &[&schema],
+                )
+                .await
+                .map_err(pg)
+                .map(|row| row.get::<_, i64>(0));
+            drop(client);
+            let _ = task.await;
+            Ok(u64::try_from(r?).unwrap_or(0))
+        }
+    }
+}
+
 async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), LedgerError> {
     let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
