@@ -1781,6 +1781,22 @@ fn every_drill_is_contained_within_targets_inside_normal_traffic_on_both_backend
             let took: f64 = r["containment_s"].parse().expect("contained");
             assert!(took <= secs, "{out}");
         }
+        // An organisation alert names its accounts by their bare ids, as
+        // an operator types them into `rempart alerts --account`.
+        let naming: Vec<&str> = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("naming "))
+            .collect();
+        assert!(!naming.is_empty(), "{out}");
+        for line in naming {
+            let (_, ids) = line.split_once(": [").expect("a list of accounts");
+            assert!(
+                ids.trim_end_matches(']')
+                    .split(", ")
+                    .all(|id| id.parse::<i64>().is_ok()),
+                "{line}"
+            );
+        }
         // The slow agency is alerted on within its first working day
         // (10:00 to 18:00).
         let slow = attacks

@@ -585,8 +585,9 @@ pub async fn verify_with(
     finish(checker, store.location(), read, total_checkpoints)
 }
 
-/// A task stopped if its result is no longer wanted (verification stopped
-/// early or failed).
+/// A task whose result is dropped if no longer wanted (verification
+/// stopped early or failed). Aborting ends the task; a store read already
+/// running on a blocking thread finishes there and is discarded.
 struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
 
 impl<T> Drop for AbortOnDrop<T> {
