@@ -34,7 +34,7 @@ pub use leaf::{
     AccountId, Action, AuditLeaf, Decision, DenyReason, FieldGroups, GuardVerdict, LeafError,
     OrganisationId, PersonId, SessionId, Timestamp,
 };
-pub use ledger::{Ledger, LedgerConfig, SignedCheckpoint};
+pub use ledger::{LeafRef, Ledger, LedgerConfig, SignedCheckpoint};
 pub use merkle::{ConsistencyProof, Hash, InclusionProof, ProofError};
 pub use note::{NoteError, VerifierKey};
 pub use query::{LedgerEntry, Page};
@@ -69,6 +69,10 @@ pub enum LedgerError {
     /// The appender has stopped.
     #[error("the audit ledger's appender has stopped")]
     Closed,
+    /// This appender stages its leaves; another process integrates them
+    /// and signs the checkpoints.
+    #[error("another process integrates this ledger and signs its checkpoints")]
+    NotIntegrating,
     /// At opening, the store does not match its latest checkpoint.
     #[error(
         "the ledger at {location} does not match its latest checkpoint: {reason} (run the ledger verification)"

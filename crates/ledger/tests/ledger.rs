@@ -21,7 +21,7 @@ use rempart_ledger::store::sqlite::{FILE_NAME, SqliteLedgerStore};
 use rempart_ledger::store::{LeafRow, LedgerStore, QueryRange, StoreError, Subject};
 use rempart_ledger::{
     AccountId, Action, AuditLeaf, Checkpoint, Decision, DenyReason, FieldGroups, GuardVerdict,
-    Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonId, Problem, ProofError,
+    LeafRef, Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonId, Problem, ProofError,
     SessionId, Timestamp, VerifierKey, VerifyFailure, VerifyOptions, verify, verify_with,
 };
 use rempart_testdb::TestSchema;
@@ -246,7 +246,7 @@ async fn standard_ledger(env: &Env, key: &LedgerKey) {
         .await
         .unwrap();
     for i in 0..20 {
-        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), i as u64);
+        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), LeafRef::Index(i as u64));
     }
     ledger.close().await.unwrap();
     let sizes: Vec<u64> = env
@@ -321,9 +321,9 @@ async fn append_prove_verify(b: Backend) {
         .append_batch(&(0..10).map(leaf).collect::<Vec<_>>())
         .await
         .unwrap();
-    assert_eq!(first, 0);
+    assert_eq!(first, Some(LeafRef::Index(0)));
     for i in 10..37 {
-        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), i as u64);
+        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), LeafRef::Index(i as u64));
     }
     assert_eq!(ledger.size(), 37);
     let cp = ledger.checkpoint_now().await.unwrap();
@@ -414,7 +414,7 @@ async fn append_prove_verify(b: Backend) {
     let ledger = Ledger::open(env.reopen().await, copy(&key), config)
         .await
         .unwrap();
-    assert_eq!(ledger.append(&leaf(37)).await.unwrap(), 37);
+    assert_eq!(ledger.append(&leaf(37)).await.unwrap(), LeafRef::Index(37));
     ledger.close().await.unwrap();
     assert_eq!(
         verify(&env.store, &key.verifier()).await.unwrap().leaves,
@@ -446,7 +446,10 @@ async fn concurrent_appends_group_commit(b: Backend) {
         tokio::spawn(async move { ledger.append(&leaf(i)).await })
     }))
     .await;
-    let mut indices: Vec<u64> = results.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let mut indices: Vec<u64> = results
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().index().unwrap())
+        .collect();
     indices.sort_unstable();
     assert_eq!(indices, (0..n as u64).collect::<Vec<_>>());
     // Durable before return: the store already has them all.
@@ -460,16 +463,27 @@ async fn concurrent_appends_group_commit(b: Backend) {
     verify(&env.store, &key.verifier()).await.unwrap();
 }
 
+/// One writer per store: on SQLite a second appender is refused; on
+/// PostgreSQL it stages, and only the first gives indices.
 async fn one_appender_per_store(b: Backend) {
     let env = Env::new(b).await;
     let key = key();
     let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
         .await
         .unwrap();
+    assert!(ledger.is_integrating());
     for store in [env.store.clone(), env.reopen().await] {
-        match Ledger::open(store, copy(&key), no_auto_checkpoints()).await {
-            Err(LedgerError::Store(StoreError::WriterBusy(_))) => {}
-            other => panic!("a second appender must be refused, got {other:?}"),
+        match (b, Ledger::open(store, copy(&key), no_auto_checkpoints()).await) {
+            (Backend::Sqlite, Err(LedgerError::Store(StoreError::WriterBusy(_)))) => {}
+            (Backend::Postgres, Ok(second)) => {
+                assert!(!second.is_integrating());
+                assert!(matches!(
+                    second.checkpoint_now().await,
+                    Err(LedgerError::NotIntegrating)
+                ));
+                second.close().await.unwrap();
+            }
+            (_, other) => panic!("{b:?}: unexpected second appender {other:?}"),
         }
     }
     ledger.append(&leaf(0)).await.unwrap();
@@ -477,7 +491,7 @@ async fn one_appender_per_store(b: Backend) {
     let again = Ledger::open(env.reopen().await, copy(&key), no_auto_checkpoints())
         .await
         .unwrap();
-    assert_eq!(again.append(&leaf(1)).await.unwrap(), 1);
+    assert_eq!(again.append(&leaf(1)).await.unwrap(), LeafRef::Index(1));
     again.close().await.unwrap();
 }
 
@@ -513,6 +527,7 @@ async fn fail_closed(b: Backend) {
         reveals: false,
         data: vec![1],
         nodes: vec![0; 3],
+        receipt: None,
     };
     match b {
         Backend::Sqlite => {
@@ -896,6 +911,264 @@ async fn append_only_rights(b: Backend) {
             "{err:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------- several appenders
+
+/// Quick takeovers and integrations, for tests.
+fn replicas_config() -> LedgerConfig {
+    LedgerConfig {
+        takeover_every: Duration::from_millis(100),
+        integrate_every: Duration::from_millis(20),
+        checkpoint_interval: Duration::from_millis(200),
+        ..LedgerConfig::default()
+    }
+}
+
+/// Waits until every leaf has an index; returns them, in the leaves' order.
+async fn indices_of(ledger: &Ledger, refs: &[LeafRef]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        match ledger.index_of(*r, Duration::from_secs(10)).await.unwrap() {
+            Some(i) => out.push(i),
+            None => panic!("{r:?} not integrated within 10 s"),
+        }
+    }
+    out
+}
+
+/// Three processes (three stores, three pools) append at once: the one
+/// holding the writer answers with indices, the others with receipts; every
+/// leaf ends in the log once, as appended, and the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_appenders_one_integrator() {
+    let env = Env::new(Backend::Postgres).await;
+    let key = key();
+    let mut ledgers = Vec::new();
+    for _ in 0..3 {
+        let store = env.reopen().await;
+        ledgers.push(Arc::new(
+            Ledger::open(store, copy(&key), replicas_config())
+                .await
+                .unwrap(),
+        ));
+    }
+    assert_eq!(
+        ledgers.iter().filter(|l| l.is_integrating()).count(),
+        1,
+        "exactly one integrates"
+    );
+    let per = 150i64;
+    let tasks = (0..3 * per).map(|i| {
+        let ledger = ledgers[(i % 3) as usize].clone();
+        tokio::spawn(async move { (i, ledger.append(&leaf(i)).await.unwrap()) })
+    });
+    let appended: Vec<(i64, LeafRef)> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    for (i, r) in &appended {
+        let integrating = ledgers[(*i % 3) as usize].is_integrating();
+        assert_eq!(matches!(r, LeafRef::Index(_)), integrating, "leaf {i}: {r:?}");
+    }
+    let refs: Vec<LeafRef> = appended.iter().map(|(_, r)| *r).collect();
+    let indices = indices_of(&ledgers[0], &refs).await;
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..3 * per as u64).collect::<Vec<_>>());
+    let rows = env.rows().await;
+    for ((i, _), index) in appended.iter().zip(&indices) {
+        let stored = AuditLeaf::decode(&rows[*index as usize].data).unwrap();
+        assert_eq!(stored, leaf(*i), "leaf {i} at {index}");
+    }
+    assert_eq!(env.store.staged_backlog().await.unwrap(), 0);
+    for l in ledgers {
+        Arc::try_unwrap(l).unwrap().close().await.unwrap();
+    }
+    let report = verify(&env.store, &key.verifier()).await.unwrap();
+    assert_eq!(report.leaves, 3 * per as u64);
+}
+
+/// The integrating process dies (its runtime is dropped, connections and
+/// all, as with `kill -9`): another takes over within a bound, integrates
+/// what was staged and signs; a process started afterwards stages. Nothing
+/// that was answered is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_integrator_dies_another_takes_over() {
+    let env = Env::new(Backend::Postgres).await;
+    let key = key();
+    // The first "process": a runtime of its own, dropped below.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = env.reopen().await;
+    let k = copy(&key);
+    let first = doomed
+        .spawn(async move { Ledger::open(store, k, replicas_config()).await })
+        .await
+        .unwrap()
+        .unwrap();
+    let second = Ledger::open(env.reopen().await, copy(&key), replicas_config())
+        .await
+        .unwrap();
+    assert!(first.is_integrating() && !second.is_integrating());
+    let mut refs = Vec::new();
+    for i in 0..20 {
+        refs.push(first.append(&leaf(i)).await.unwrap());
+        refs.push(second.append(&leaf(100 + i)).await.unwrap());
+    }
+    doomed.shutdown_background();
+    assert!(matches!(
+        first.append(&leaf(0)).await,
+        Err(LedgerError::Closed)
+    ));
+    let started = std::time::Instant::now();
+    // Appends go on through the second while it takes over.
+    while !second.is_integrating() {
+        refs.push(second.append(&leaf(500)).await.unwrap());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no takeover in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("takeover after {} ms", started.elapsed().as_millis());
+    let third = Ledger::open(env.reopen().await, copy(&key), replicas_config())
+        .await
+        .unwrap();
+    assert!(!third.is_integrating());
+    refs.push(third.append(&leaf(300)).await.unwrap());
+    assert!(matches!(refs.last(), Some(LeafRef::Receipt(_))));
+    let indices = indices_of(&second, &refs).await;
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), refs.len(), "every answered leaf once");
+    // The new integrator signs a checkpoint covering them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let latest = env.store.latest_checkpoint().await.unwrap();
+        if latest.is_some_and(|c| c.size > *sorted.last().unwrap()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    third.close().await.unwrap();
+    second.close().await.unwrap();
+    verify(&env.store, &key.verifier()).await.unwrap();
+}
+
+/// The integrator's session is ended by the server (a network cut, an
+/// administrator): its next write fails (nothing released), and one of the
+/// processes integrates again; nothing answered is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_integrators_connection_is_cut() {
+    let env = Env::new(Backend::Postgres).await;
+    let key = key();
+    let first = Ledger::open(env.reopen().await, copy(&key), replicas_config())
+        .await
+        .unwrap();
+    let second = Ledger::open(env.reopen().await, copy(&key), replicas_config())
+        .await
+        .unwrap();
+    let mut refs = Vec::new();
+    for i in 0..10 {
+        refs.push(first.append(&leaf(i)).await.unwrap());
+        refs.push(second.append(&leaf(100 + i)).await.unwrap());
+    }
+    let schema = &env.pg.as_ref().unwrap().0.schema;
+    let lock = rempart_sql::lock_key(&format!("rempart ledger writer {schema}")) as u64;
+    let killed: i64 = env
+        .pg_raw()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+             WHERE locktype = 'advisory' AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+            &[&((lock >> 32) as i64), &((lock & 0xffff_ffff) as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the writer's session was found");
+    let mut failed = 0;
+    for i in 0..40 {
+        for l in [&first, &second] {
+            match l.append(&leaf(200 + i)).await {
+                Ok(r) => refs.push(r),
+                Err(LedgerError::AppendFailed(_)) => failed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(failed <= 2, "{failed} appends failed");
+    assert_eq!(
+        u8::from(first.is_integrating()) + u8::from(second.is_integrating()),
+        1
+    );
+    let indices = indices_of(&first, &refs).await;
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), refs.len(), "every answered leaf once");
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+    verify(&env.store, &key.verifier()).await.unwrap();
+}
+
+/// A staged leaf leaves staging only into the log: the store's role cannot
+/// delete or change one that is not integrated, even though it may delete
+/// integrated ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_leaves_leave_only_into_the_log() {
+    let env = Env::new(Backend::Postgres).await;
+    let key = key();
+    // Hold the writer without integrating.
+    let store = env.reopen().await;
+    let mut writer = store.writer().await.unwrap();
+    let stager = Ledger::open(env.reopen().await, copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    let r = stager.append(&leaf(1)).await.unwrap();
+    let LeafRef::Receipt(receipt) = r else {
+        panic!("{r:?}")
+    };
+    assert!(receipt >= 65_536);
+    assert_eq!(env.store.staged_backlog().await.unwrap(), 1);
+    let pg = PgLedgerStore::connect(&env.pg.as_ref().unwrap().0)
+        .await
+        .unwrap();
+    let client = pg.pooled_client().await.unwrap();
+    for sql in [
+        "DELETE FROM staged".to_string(),
+        format!("UPDATE staged SET data = '\\x00' WHERE id = {receipt}"),
+        "TRUNCATE staged".to_string(),
+    ] {
+        let err = client.batch_execute(&sql).await.expect_err(&sql);
+        let message = err.as_db_error().map(|e| e.message().to_string());
+        assert!(
+            message.as_deref().is_some_and(|m| m.contains("not in the log")
+                || m.contains("append-only")
+                || m.contains("permission denied")),
+            "{sql}: {err:?}"
+        );
+    }
+    assert_eq!(env.store.staged_backlog().await.unwrap(), 1);
+    let staged = writer.staged(10).await.unwrap();
+    assert_eq!(staged.len(), 1);
+    assert_eq!(staged[0].receipt, receipt);
+    writer.close().await;
+    drop(writer);
+    stager.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------- tampering

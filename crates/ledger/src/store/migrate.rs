@@ -17,6 +17,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "segment_indexes",
         sql: include_str!("../../migrations/sqlite/0002_segment_indexes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "staging",
+        sql: include_str!("../../migrations/sqlite/0003_staging.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -30,6 +35,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "segment_indexes",
         sql: include_str!("../../migrations/postgres/0002_segment_indexes.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "staging",
+        sql: include_str!("../../migrations/postgres/0003_staging.sql"),
     },
 ];
 

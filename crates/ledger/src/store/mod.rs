@@ -9,7 +9,10 @@
 //!
 //! Appends go through a [`LedgerWriter`], of which a store hands out one at
 //! a time (a lock file on SQLite, an advisory lock on PostgreSQL): two
-//! appenders would race for the same leaf indices.
+//! appenders would race for the same leaf indices. On PostgreSQL, other
+//! processes append through a [`LedgerStager`] instead: their leaves wait,
+//! durable, in a staging table until the writer integrates them (gives them
+//! indices in the same transaction that removes them from staging).
 
 use async_trait::async_trait;
 
@@ -146,6 +149,19 @@ pub struct LeafRow {
     pub data: Vec<u8>,
     /// Hashes of the completed subtrees, level 0 up, 32 bytes each.
     pub nodes: Vec<u8>,
+    /// The receipt it was staged under, if it was staged (written by the
+    /// integrator, which removes it from staging in the same transaction;
+    /// not read back by [`LedgerStore::leaves`]).
+    pub receipt: Option<u64>,
+}
+
+/// A leaf staged by an appender that does not hold the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedLeaf {
+    /// Its receipt.
+    pub receipt: u64,
+    /// The canonical encoding.
+    pub data: Vec<u8>,
 }
 
 /// A signed checkpoint as stored.
@@ -206,6 +222,23 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// [`StoreError::WriterBusy`] while another one lives.
     async fn writer(&self) -> Result<Box<dyn LedgerWriter>, StoreError>;
 
+    /// The door of appenders that do not hold the writer, if this store has
+    /// one (PostgreSQL; a SQLite ledger has a single process).
+    fn stager(&self) -> Option<Box<dyn LedgerStager>> {
+        None
+    }
+
+    /// The index of the leaf staged under `receipt`, once it is integrated.
+    async fn index_of_receipt(&self, receipt: u64) -> Result<Option<u64>, StoreError> {
+        let _ = receipt;
+        Ok(None)
+    }
+
+    /// Number of leaves staged and not yet integrated.
+    async fn staged_backlog(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Number of leaves (one past the highest index).
     async fn size(&self) -> Result<u64, StoreError>;
 
@@ -259,6 +292,14 @@ pub trait LedgerWriter: Send {
     /// Stores a checkpoint durably.
     async fn add_checkpoint(&mut self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError>;
 
+    /// Up to `limit` staged leaves, by increasing receipt. Appending a row
+    /// with its `receipt` set removes that leaf from staging in the same
+    /// transaction.
+    async fn staged(&mut self, limit: usize) -> Result<Vec<StagedLeaf>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
+
     /// Releases the writer lock now (dropping the writer releases it too,
     /// but possibly a moment later).
     async fn close(&mut self) {}
@@ -270,6 +311,14 @@ pub trait LedgerWriter: Send {
     fn use_own_thread(&mut self) -> bool {
         false
     }
+}
+
+/// Where appenders that do not hold the writer put their leaves.
+#[async_trait]
+pub trait LedgerStager: Send {
+    /// Stages encoded leaves in one transaction, durable before returning;
+    /// their receipts are consecutive from the one returned.
+    async fn stage(&mut self, leaves: Vec<Vec<u8>>) -> Result<u64, StoreError>;
 }
 
 /// The leaf that stores subtree `id`, and where in its `nodes`.

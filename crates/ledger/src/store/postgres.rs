@@ -7,8 +7,14 @@
 //! history: PostgreSQL refuses. (Triggers refuse too, should the owner try.)
 //!
 //! The single writer has its own connection holding a session advisory
-//! lock proper to the schema; a second appender, in this process or
-//! another, fails with [`StoreError::WriterBusy`].
+//! lock proper to the schema; a second writer, in this process or
+//! another, fails with [`StoreError::WriterBusy`]. Other processes append
+//! through a [`PgStager`] into the `staged` table, which the writer
+//! integrates (migration 0003 says how). The lock lives as long as the
+//! writer's connection: a writer whose process dies or whose connection
+//! breaks has lost it (TCP keepalives bound how long the server takes to
+//! notice a silent peer), and every write goes through that connection, so
+//! a writer that lost the lock can no longer write.
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -23,8 +29,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::{
-    LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError, StoredCheckpoint,
-    Subject, migrate, node_from_column, node_location, page_start, to_i64, to_u64,
+    LeafRow, LedgerStager, LedgerStore, LedgerWriter, QueryRange, RawEntry, StagedLeaf,
+    StoreError, StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start,
+    to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId};
@@ -47,6 +54,14 @@ const LEAF_TYPES: &[Type] = &[
     Type::BYTEA,
 ];
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most leaves one staging transaction may hold: a receipt is
+/// `batch * 65536 + ordinal`.
+pub const MAX_STAGED_BATCH: usize = 65_536;
+/// Session settings of the writer's and the stagers' connections: durable
+/// before return even if the server defaults otherwise, and a dead peer
+/// noticed (its writer lock released) within about 8 seconds.
+const DURABLE_SESSION: &str = "SET synchronous_commit = on; SET tcp_keepalives_idle = 5;
+     SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3;";
 
 /// Where and as whom the ledger is kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -225,6 +240,8 @@ async fn setup_schema(client: &mut Client, schema: &str, role: &str) -> Result<(
          GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
          REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM \"{role}\";
          GRANT SELECT, INSERT ON leaf, checkpoint TO \"{role}\";
+         GRANT SELECT, INSERT, DELETE ON staged TO \"{role}\";
+         GRANT USAGE ON SEQUENCE staged_batch TO \"{role}\";
          GRANT SELECT ON schema_migrations TO \"{role}\";"
     ))
     .await?;
@@ -320,6 +337,37 @@ impl LedgerStore for PgLedgerStore {
         Ok(Box::new(w))
     }
 
+    fn stager(&self) -> Option<Box<dyn LedgerStager>> {
+        Some(Box::new(PgStager {
+            config: self.config.clone(),
+            role: self.role.clone(),
+            client: None,
+        }))
+    }
+
+    async fn index_of_receipt(&self, receipt: u64) -> Result<Option<u64>, StoreError> {
+        let receipt = to_i64(receipt, "receipt")?;
+        let client = self.pooled_client().await?;
+        let stmt = client
+            .prepare_cached("SELECT idx FROM leaf WHERE receipt = $1")
+            .await?;
+        client
+            .query_opt(&stmt, &[&receipt])
+            .await?
+            .map(|r| to_u64(r.try_get(0)?, "leaf index"))
+            .transpose()
+    }
+
+    async fn staged_backlog(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .pooled_client()
+            .await?
+            .query_one("SELECT count(*) FROM staged", &[])
+            .await?
+            .try_get(0)?;
+        to_u64(n, "staged count")
+    }
+
     async fn size(&self) -> Result<u64, StoreError> {
         size_of(&**self.pooled_client().await?).await
     }
@@ -370,6 +418,7 @@ impl LedgerStore for PgLedgerStore {
                 reveals: row.try_get(5)?,
                 data: row.try_get(6)?,
                 nodes: row.try_get(7)?,
+                receipt: None,
             });
         }
         tx.commit().await?;
@@ -467,12 +516,39 @@ impl LedgerStore for PgLedgerStore {
     }
 }
 
-/// Appends a batch if, and only if, the log has exactly `$9` leaves.
+/// Appends a batch if, and only if, the log has exactly `$10` leaves.
 const INSERT_LEAVES: &str = "
-    INSERT INTO leaf (idx, time_us, account, organisation, person, reveals, data, nodes)
+    INSERT INTO leaf (idx, time_us, account, organisation, person, reveals, data, nodes, receipt)
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                         $5::bigint[], $6::boolean[], $7::bytea[], $8::bytea[])
-    WHERE (SELECT coalesce(max(idx) + 1, 0) FROM leaf) = $9";
+                         $5::bigint[], $6::boolean[], $7::bytea[], $8::bytea[], $9::bigint[])
+    WHERE (SELECT coalesce(max(idx) + 1, 0) FROM leaf) = $10";
+
+/// Removes integrated leaves from staging (the table's trigger checks each
+/// is in the log).
+const UNSTAGE: &str = "DELETE FROM staged WHERE id = ANY($1)";
+
+/// Stages a batch under one number of `staged_batch`: receipts
+/// `batch * 65536 + 0, 1, …`. Returns the first receipt and the count.
+const STAGE: &str = "
+    WITH b AS (SELECT nextval('staged_batch') * 65536 AS base),
+    ins AS (INSERT INTO staged (id, data)
+            SELECT b.base + u.o - 1, u.d
+            FROM b, unnest($1::bytea[]) WITH ORDINALITY AS u(d, o)
+            RETURNING id)
+    SELECT min(id), count(*) FROM ins";
+
+/// Opens a connection working as `role`, durable and with keepalives.
+async fn durable_session(
+    config: &tokio_postgres::Config,
+    role: &str,
+) -> Result<Client, StoreError> {
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET ROLE \"{role}\"; {DURABLE_SESSION}"))
+        .await?;
+    Ok(client)
+}
 
 /// A batch of rows, column by column, for `unnest`.
 struct Columns {
@@ -484,6 +560,7 @@ struct Columns {
     reveals: Vec<bool>,
     data: Vec<Vec<u8>>,
     nodes: Vec<Vec<u8>>,
+    receipt: Vec<Option<i64>>,
 }
 
 impl Columns {
@@ -497,6 +574,7 @@ impl Columns {
             reveals: Vec::with_capacity(n),
             data: Vec::with_capacity(n),
             nodes: Vec::with_capacity(n),
+            receipt: Vec::with_capacity(n),
         }
     }
 }
@@ -518,15 +596,7 @@ impl PgWriter {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             self.insert = None;
-            let (client, conn) = self.config.connect(NoTls).await?;
-            tokio::spawn(conn);
-            // Durable before return even if the server defaults otherwise.
-            client
-                .batch_execute(&format!(
-                    "SET ROLE \"{}\"; SET synchronous_commit = on;",
-                    self.role
-                ))
-                .await?;
+            let client = durable_session(&self.config, &self.role).await?;
             let locked: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&self.lock])
                 .await?
@@ -571,7 +641,10 @@ impl LedgerWriter for PgWriter {
             cols.reveals.push(row.reveals);
             cols.data.push(row.data);
             cols.nodes.push(row.nodes);
+            cols.receipt
+                .push(row.receipt.map(|r| to_i64(r, "receipt")).transpose()?);
         }
+        let staged: Vec<i64> = cols.receipt.iter().flatten().copied().collect();
         let expected = cols.idx.len() as u64;
         let first_i64 = to_i64(first, "leaf index")?;
         if self.insert.is_none() || self.client.as_ref().is_none_or(Client::is_closed) {
@@ -579,37 +652,65 @@ impl LedgerWriter for PgWriter {
             let stmt = client.prepare(INSERT_LEAVES).await?;
             self.insert = Some(stmt);
         }
-        let (Some(client), Some(stmt)) = (self.client.as_ref(), self.insert.as_ref()) else {
+        let (Some(client), Some(stmt)) = (self.client.as_mut(), self.insert.as_ref()) else {
             return Err(StoreError::Task(
                 "the ledger writer has no connection".into(),
             ));
         };
-        // One statement, one round trip, its own transaction: committed
-        // (and, with synchronous_commit on, flushed) when it returns.
-        let inserted = client
-            .execute(
-                stmt,
-                &[
-                    &cols.idx,
-                    &cols.time,
-                    &cols.account,
-                    &cols.organisation,
-                    &cols.person,
-                    &cols.reveals,
-                    &cols.data,
-                    &cols.nodes,
-                    &first_i64,
-                ],
-            )
-            .await?;
-        if inserted != expected {
-            let found = size_of(client).await?;
-            return Err(StoreError::Conflict {
-                expected: first,
-                found,
-            });
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &cols.idx,
+            &cols.time,
+            &cols.account,
+            &cols.organisation,
+            &cols.person,
+            &cols.reveals,
+            &cols.data,
+            &cols.nodes,
+            &cols.receipt,
+            &first_i64,
+        ];
+        if staged.is_empty() {
+            // One statement, one round trip, its own transaction: committed
+            // (and, with synchronous_commit on, flushed) when it returns.
+            let inserted = client.execute(stmt, &params).await?;
+            if inserted != expected {
+                return Err(conflict(client, first).await);
+            }
+            return Ok(());
         }
+        // Staged leaves leave staging in the transaction that logs them.
+        let tx = client.transaction().await?;
+        let inserted = tx.execute(stmt, &params).await?;
+        if inserted != expected {
+            drop(tx);
+            return Err(conflict(client, first).await);
+        }
+        let removed = tx.execute(UNSTAGE, &[&staged]).await?;
+        if removed != staged.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} integrated leaves were still staged",
+                removed,
+                staged.len()
+            )));
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn staged(&mut self, limit: usize) -> Result<Vec<StagedLeaf>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .query("SELECT id, data FROM staged ORDER BY id LIMIT $1", &[&limit])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(StagedLeaf {
+                    receipt: to_u64(r.try_get(0)?, "receipt")?,
+                    data: r.try_get(1)?,
+                })
+            })
+            .collect()
     }
 
     async fn close(&mut self) {
@@ -632,6 +733,54 @@ impl LedgerWriter for PgWriter {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The conflict a refused append reports: what the writer expected, and
+/// what the store has (or the error that hid it).
+async fn conflict(client: &Client, expected: u64) -> StoreError {
+    match size_of(client).await {
+        Ok(found) => StoreError::Conflict { expected, found },
+        Err(e) => e,
+    }
+}
+
+/// An appender that does not hold the writer: its own connection
+/// (reopened at the next call when lost), no lock.
+struct PgStager {
+    config: tokio_postgres::Config,
+    role: String,
+    client: Option<(Client, tokio_postgres::Statement)>,
+}
+
+#[async_trait]
+impl LedgerStager for PgStager {
+    async fn stage(&mut self, leaves: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        if leaves.len() > MAX_STAGED_BATCH {
+            return Err(StoreError::Task(format!(
+                "{} leaves in one staging batch, at most {MAX_STAGED_BATCH}",
+                leaves.len()
+            )));
+        }
+        if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            self.client = None;
+            let client = durable_session(&self.config, &self.role).await?;
+            let stmt = client.prepare(STAGE).await?;
+            self.client = Some((client, stmt));
+        }
+        let Some((client, stmt)) = self.client.as_ref() else {
+            return Err(StoreError::Task("the ledger stager has no connection".into()));
+        };
+        // One statement in its own transaction: durable when it returns.
+        let row = client.query_one(stmt, &[&leaves]).await?;
+        let (first, count): (Option<i64>, i64) = (row.try_get(0)?, row.try_get(1)?);
+        match first {
+            Some(first) if count as usize == leaves.len() => to_u64(first, "receipt"),
+            _ => Err(StoreError::Corrupt(format!(
+                "staged {count} of {} leaves",
+                leaves.len()
+            ))),
+        }
     }
 }
 

@@ -221,6 +221,7 @@ fn leaf_row(r: &Row<'_>) -> rusqlite::Result<(i64, LeafRow)> {
             reveals: r.get(5)?,
             data: r.get(6)?,
             nodes: r.get(7)?,
+            receipt: None,
         },
     ))
 }
@@ -805,6 +806,7 @@ mod tests {
             reveals: i.is_multiple_of(2),
             data: vec![0],
             nodes: vec![0],
+            receipt: None,
         }
     }
 
