@@ -128,7 +128,7 @@ async fn append(State(floor): State<Floor>) -> Response {
         note: None,
     };
     match floor.ledger.append(&leaf).await {
-        Ok(index) => axum::Json(serde_json::json!({ "index": index })).into_response(),
+        Ok(leaf) => axum::Json(serde_json::json!({ "index": leaf.index() })).into_response(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }

@@ -49,7 +49,7 @@ use rempart_auth::totp::{self, TotpCode, TotpSecret};
 use rempart_domain::{AccountState, Reference};
 use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
-    OrganisationId, Timestamp,
+    LeafRef, OrganisationId, Timestamp,
 };
 use rempart_storage::{AccountRecord, ActivationFactors, AuthStore, StorageError, StoredTotp};
 use serde::{Deserialize, Serialize};
@@ -328,7 +328,8 @@ impl Consultation {
                         )
                         .await?;
                 }
-                self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last));
+                self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last))
+                    .await;
                 return Err(refused(LoginRefusal::WrongCode));
             }
         };
@@ -591,7 +592,7 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<LeafRef, Refusal> {
         let mut leaf = unauthenticated_leaf(
             account.map_or(AccountId::UNKNOWN, |a| a.account_id),
             account.map_or(OrganisationId::UNKNOWN, |a| a.organisation_id),

@@ -15,7 +15,7 @@ use rempart_guard::{
     GuardDecision, Observed, PeerGroup, SessionFacts, Verdict,
 };
 use rempart_ledger::{
-    AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups, GuardVerdict, LeafIndex,
+    AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups, GuardVerdict, LeafRef,
 };
 use rempart_policy::{Decision, NirView};
 
@@ -25,6 +25,10 @@ use crate::kernel::{Consultation, Ctx, Refusal, session_of};
 /// A leaf waiting for its batch, with the guard's decision to contain
 /// when it is not allow (see [`Consultation::settle`]).
 pub(crate) type Pending = (AuditLeaf, Option<GuardDecision>);
+
+/// How long an alert waits for its staged leaf's index (a few integration
+/// rounds) before it is raised without it.
+pub(crate) const ALERT_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Consultation {
     /// The guard's view of this request's attempts, built once: who, from
@@ -118,9 +122,9 @@ impl Consultation {
         attempt: &Attempt,
         how: Observed,
         leaf: AuditLeaf,
-    ) -> Result<LeafIndex, Refusal> {
+    ) -> Result<(), Refusal> {
         let pending = self.observe(ctx, attempt, how, leaf).await?;
-        self.settle(ctx, vec![pending]).await
+        self.settle(ctx, vec![pending]).await.map(|_| ())
     }
 
     /// [`Consultation::observed`] without the append: the leaf with the
@@ -155,8 +159,10 @@ impl Consultation {
         ctx: &Ctx<'_>,
         decision: GuardDecision,
         leaf: AuditLeaf,
-    ) -> Result<LeafIndex, Refusal> {
-        self.settle(ctx, vec![(leaf, Some(decision))]).await
+    ) -> Result<(), Refusal> {
+        self.settle(ctx, vec![(leaf, Some(decision))])
+            .await
+            .map(|_| ())
     }
 
     /// Appends `pending` leaves in one batch (one durable write), then, for
@@ -164,27 +170,48 @@ impl Consultation {
     /// the containment it calls for (a suspension ends the account's
     /// sessions; a freeze reaches the other instances at their next
     /// sync). The alerts and the suspension happen even if the ledger
-    /// fails; the caller then gets `Unavailable`. The first leaf's index.
+    /// fails; the caller then gets `Unavailable`. The first leaf's place
+    /// (`None` for no leaves).
+    ///
+    /// The suspension comes first: an alert names its leaf's index, which a
+    /// staged leaf gets only once integrated (waited for, up to
+    /// [`ALERT_INDEX_WAIT`]; the alert is raised without it after that).
     pub(crate) async fn settle(
         &self,
         ctx: &Ctx<'_>,
         pending: Vec<Pending>,
-    ) -> Result<LeafIndex, Refusal> {
+    ) -> Result<Option<LeafRef>, Refusal> {
         let (leaves, decisions): (Vec<AuditLeaf>, Vec<Option<GuardDecision>>) =
             pending.into_iter().unzip();
         let recorded = self.record_all(&leaves).await;
+        let first = recorded.as_ref().ok().copied().flatten();
         let mut suspend = false;
+        let mut alerts = Vec::new();
         for (i, decision) in (0u64..).zip(decisions) {
             let Some(decision) = decision else { continue };
             if let Some(alert) = decision.alert {
-                let at = recorded.as_ref().ok().map(|first| first + i);
-                self.guard.raise(alert.with_ledger_range(None, at));
+                alerts.push((alert, first.map(|f| f.offset(i))));
             }
             suspend |= decision.suspends_account;
         }
-        if suspend {
-            self.suspend(ctx).await?;
+        let suspended = if suspend {
+            self.suspend(ctx).await
+        } else {
+            Ok(())
+        };
+        for (alert, leaf) in alerts {
+            let at = match leaf {
+                Some(leaf) => self
+                    .ledger()
+                    .index_of(leaf, ALERT_INDEX_WAIT)
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            self.guard.raise(alert.with_ledger_range(None, at));
         }
+        suspended?;
         recorded
     }
 

@@ -34,7 +34,7 @@ use rempart_domain::Purpose;
 use rempart_guard::Guard;
 use rempart_ledger::{
     AccountId, Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
-    GuardVerdict, LeafIndex, Ledger, OrganisationId, PersonId, SessionId, Timestamp,
+    GuardVerdict, LeafRef, Ledger, OrganisationId, PersonId, SessionId, Timestamp,
 };
 use rempart_policy::Authorizer;
 use rempart_storage::{AuthStore, Store};
@@ -634,14 +634,17 @@ impl Consultation {
     }
 
     /// Stage 5. A failed append is `Unavailable`: nothing may be released.
-    pub(crate) async fn record(&self, leaf: AuditLeaf) -> Result<LeafIndex, Refusal> {
+    pub(crate) async fn record(&self, leaf: AuditLeaf) -> Result<LeafRef, Refusal> {
         self.ledger
             .append(&leaf)
             .await
             .map_err(|e| Refusal::Unavailable(format!("audit ledger: {e}")))
     }
 
-    pub(crate) async fn record_all(&self, leaves: &[AuditLeaf]) -> Result<LeafIndex, Refusal> {
+    pub(crate) async fn record_all(
+        &self,
+        leaves: &[AuditLeaf],
+    ) -> Result<Option<LeafRef>, Refusal> {
         self.ledger
             .append_batch(leaves)
             .await
@@ -665,7 +668,7 @@ impl Consultation {
         change: impl std::future::Future<Output = Result<T, ChangeRefusal>>,
     ) -> Result<T, Refusal> {
         let person = leaf.person;
-        let index = self.record(leaf).await?;
+        let recorded = self.record(leaf).await?;
         match change.await {
             Ok(done) => Ok(done),
             Err(refused) => {
@@ -675,7 +678,7 @@ impl Consultation {
                         FieldGroups::EMPTY,
                         LeafDecision::Deny(refused.reason),
                         None,
-                        Some(format!("{} (leaf {index})", refused.what)),
+                        Some(format!("{} ({recorded})", refused.what)),
                     ))
                     .await;
                 Err(refused.refusal)

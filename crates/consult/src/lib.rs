@@ -75,6 +75,9 @@ pub use kernel::{AccountState, Clock, Consultation, LoginFailure, OAuthError, Pr
 pub use login::{LoginAnswer, LoginSettings, PasswordForm, Started};
 pub use purge::{PurgeConfigError, PurgeSettings};
 pub use reads::{BreakGlass, CaseloadPage, MAX_PAGE, NirShown, SearchBy, SearchResults, Shown};
+/// Where a consultation's leaf is (its index, or a staging receipt): part
+/// of what a consultation returns.
+pub use rempart_ledger::LeafRef;
 pub use views::{
     AccountHistory, AccountReview, AccountView, CaseloadEntry, GrantDecision, GrantRequestView,
     MandateTerms, MandateView, ResetKind, ResetView,

@@ -374,7 +374,8 @@ impl Consultation {
                     )
                     .await?;
             }
-            self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last));
+            self.raise_login_alerts(known, settled, web.lockout_after(), now, Some(last))
+                .await;
             return Err(Refusal::LoginFailed(LoginFailure::Credentials(refusal)));
         }
         let Some(account) = known else {

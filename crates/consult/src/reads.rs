@@ -19,7 +19,7 @@ use rempart_domain::{
 };
 use rempart_guard::{AttemptKind, Fields, Observed, SearchKind};
 use rempart_ledger::{
-    Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups, LeafIndex,
+    Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups, LeafRef,
 };
 use rempart_policy::{Action, Decision, NirView, Who};
 use rempart_storage::{ConsultationRows, NewBreakGlassReason, NewMandate, StoredMandate};
@@ -77,8 +77,9 @@ pub struct Shown {
     pub status: Option<Registration>,
     /// The NIR, as the policy shows it to this caller, if at all.
     pub nir: Option<NirShown>,
-    /// Where the consultation sits in the audit ledger.
-    pub ledger_index: LeafIndex,
+    /// Where the consultation sits in the audit ledger: its index, or the
+    /// receipt of a leaf staged for the integrating server.
+    pub ledger: LeafRef,
 }
 
 /// What a search looks for: exact values only.
@@ -273,7 +274,7 @@ impl Consultation {
         };
 
         // 5. Ledger, durable before anything leaves.
-        shown.ledger_index = self
+        shown.ledger = self
             .record(ctx.leaf(
                 Some(person_id),
                 FieldGroups::of(&shown.field_groups),
@@ -383,10 +384,12 @@ impl Consultation {
             let padded = u64::try_from(padded).unwrap_or(u64::MAX);
             tokio::time::sleep_until(started + std::time::Duration::from_micros(padded)).await;
         }
-        // Shown persons get the index of their own leaf, in order.
-        let allowed = (first..).zip(leaves).filter(|(_, reveals)| *reveals);
-        for (p, (index, _)) in persons.iter_mut().zip(allowed) {
-            p.ledger_index = index;
+        // Shown persons get the place of their own leaf, in order.
+        if let Some(first) = first {
+            let allowed = (0..).zip(leaves).filter(|(_, reveals)| *reveals);
+            for (p, (i, _)) in persons.iter_mut().zip(allowed) {
+                p.ledger = first.offset(i);
+            }
         }
         Ok(SearchResults { persons })
     }
@@ -761,7 +764,7 @@ impl Consultation {
             contact: view.contact,
             status: view.status,
             nir,
-            ledger_index: 0,
+            ledger: LeafRef::Index(0),
         }))
     }
 }

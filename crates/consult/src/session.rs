@@ -16,7 +16,7 @@ use rempart_auth::dpop::{DpopProof, Expected};
 use rempart_auth::jose::{AlgSet, Jkt};
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_ledger::{
-    Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups,
+    Action as LeafAction, AuditLeaf, Decision as LeafDecision, DenyReason, FieldGroups, LeafRef,
 };
 use rempart_storage::{AccountRecord, AuthStore, StorageError, StoredSession};
 use zeroize::Zeroizing;
@@ -266,7 +266,7 @@ impl Consultation {
         reason: DenyReason,
         note: &str,
         now: DateTime<Utc>,
-    ) -> Result<u64, Refusal> {
+    ) -> Result<LeafRef, Refusal> {
         let mut leaf: AuditLeaf = unauthenticated_leaf(
             account.map_or(AccountId::UNKNOWN, |a| a.account_id),
             account.map_or(OrganisationId::UNKNOWN, |a| a.organisation_id),

@@ -26,6 +26,7 @@ use rempart_auth::lockout::{
 };
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::{Alert, AlertKind, Evidence, Explanation, Feature, Verdict};
+use rempart_ledger::LeafRef;
 use rempart_storage::{AccountRecord, AuthStore, StorageError};
 
 use crate::kernel::Consultation;
@@ -293,15 +294,29 @@ impl Consultation {
     /// Raises the guard's alert for what a failed attempt locked, if
     /// anything: the account (its failures against the lock threshold) or
     /// the address the attempts came from. `last_seq` is the attempt's own
-    /// leaf. No I/O: the guard stores it at its next sync.
-    pub(crate) fn raise_login_alerts(
+    /// leaf (whose index, if it was staged, is waited for up to
+    /// `ALERT_INDEX_WAIT` when there is an alert to raise). The guard
+    /// stores the alerts at its next sync.
+    pub(crate) async fn raise_login_alerts(
         &self,
         account: Option<&AccountRecord>,
         settled: Settled,
         lock_after: u32,
         now: DateTime<Utc>,
-        last_seq: Option<u64>,
+        last: Option<LeafRef>,
     ) {
+        if settled.account_locked.is_none() && !settled.address_locked {
+            return;
+        }
+        let last_seq = match last {
+            Some(leaf) => self
+                .ledger()
+                .index_of(leaf, crate::guard::ALERT_INDEX_WAIT)
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
         let alert = |feature: Feature, value: u32| {
             self.guard.raise(Alert {
                 at: now,

@@ -45,7 +45,9 @@ use crate::key::LedgerKey;
 use crate::leaf::{AuditLeaf, Timestamp};
 use crate::merkle::{ConsistencyProof, Frontier, Hash, InclusionProof, leaf_hash, root_nodes};
 use crate::note::VerifierKey;
-use crate::store::{LeafRow, LedgerStager, LedgerStore, LedgerWriter, StoreError, StoredCheckpoint};
+use crate::store::{
+    LeafRow, LedgerStager, LedgerStore, LedgerWriter, StoreError, StoredCheckpoint,
+};
 use crate::{LeafIndex, LedgerError, proof};
 
 /// Where an appended leaf is, as known when its append returns.
@@ -57,6 +59,15 @@ pub enum LeafRef {
     /// it an index ([`LedgerStore::index_of_receipt`]) within
     /// `integrate_every` at nominal load.
     Receipt(u64),
+}
+
+impl std::fmt::Display for LeafRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeafRef::Index(i) => write!(f, "leaf {i}"),
+            LeafRef::Receipt(r) => write!(f, "staged leaf {r}"),
+        }
+    }
 }
 
 impl LeafRef {
@@ -211,7 +222,9 @@ impl Ledger {
         let verifier = key.verifier();
         let status = Arc::new(Status::default());
         if let Some(i) = &integrator {
-            status.size.store(i.state.frontier.size(), Ordering::Release);
+            status
+                .size
+                .store(i.state.frontier.size(), Ordering::Release);
             status.integrating.store(true, Ordering::Release);
         }
         let (commands, rx) = mpsc::channel(config.queue_depth.max(1));
@@ -614,7 +627,10 @@ impl Appender {
         };
         match load_state(writer.as_mut(), self.store.as_ref(), &self.key).await {
             Ok(state) => {
-                tracing::info!(size = state.frontier.size(), "ledger: this process integrates now");
+                tracing::info!(
+                    size = state.frontier.size(),
+                    "ledger: this process integrates now"
+                );
                 self.status
                     .size
                     .store(state.frontier.size(), Ordering::Release);

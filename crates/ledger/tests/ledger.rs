@@ -21,8 +21,9 @@ use rempart_ledger::store::sqlite::{FILE_NAME, SqliteLedgerStore};
 use rempart_ledger::store::{LeafRow, LedgerStore, QueryRange, StoreError, Subject};
 use rempart_ledger::{
     AccountId, Action, AuditLeaf, Checkpoint, Decision, DenyReason, FieldGroups, GuardVerdict,
-    LeafRef, Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonId, Problem, ProofError,
-    SessionId, Timestamp, VerifierKey, VerifyFailure, VerifyOptions, verify, verify_with,
+    LeafRef, Ledger, LedgerConfig, LedgerError, LedgerKey, OrganisationId, PersonId, Problem,
+    ProofError, SessionId, Timestamp, VerifierKey, VerifyFailure, VerifyOptions, verify,
+    verify_with,
 };
 use rempart_testdb::TestSchema;
 use tempfile::TempDir;
@@ -246,7 +247,10 @@ async fn standard_ledger(env: &Env, key: &LedgerKey) {
         .await
         .unwrap();
     for i in 0..20 {
-        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), LeafRef::Index(i as u64));
+        assert_eq!(
+            ledger.append(&leaf(i)).await.unwrap(),
+            LeafRef::Index(i as u64)
+        );
     }
     ledger.close().await.unwrap();
     let sizes: Vec<u64> = env
@@ -323,7 +327,10 @@ async fn append_prove_verify(b: Backend) {
         .unwrap();
     assert_eq!(first, Some(LeafRef::Index(0)));
     for i in 10..37 {
-        assert_eq!(ledger.append(&leaf(i)).await.unwrap(), LeafRef::Index(i as u64));
+        assert_eq!(
+            ledger.append(&leaf(i)).await.unwrap(),
+            LeafRef::Index(i as u64)
+        );
     }
     assert_eq!(ledger.size(), 37);
     let cp = ledger.checkpoint_now().await.unwrap();
@@ -473,7 +480,10 @@ async fn one_appender_per_store(b: Backend) {
         .unwrap();
     assert!(ledger.is_integrating());
     for store in [env.store.clone(), env.reopen().await] {
-        match (b, Ledger::open(store, copy(&key), no_auto_checkpoints()).await) {
+        match (
+            b,
+            Ledger::open(store, copy(&key), no_auto_checkpoints()).await,
+        ) {
             (Backend::Sqlite, Err(LedgerError::Store(StoreError::WriterBusy(_)))) => {}
             (Backend::Postgres, Ok(second)) => {
                 assert!(!second.is_integrating());
@@ -970,7 +980,11 @@ async fn three_appenders_one_integrator() {
         .collect();
     for (i, r) in &appended {
         let integrating = ledgers[(*i % 3) as usize].is_integrating();
-        assert_eq!(matches!(r, LeafRef::Index(_)), integrating, "leaf {i}: {r:?}");
+        assert_eq!(
+            matches!(r, LeafRef::Index(_)),
+            integrating,
+            "leaf {i}: {r:?}"
+        );
     }
     let refs: Vec<LeafRef> = appended.iter().map(|(_, r)| *r).collect();
     let indices = indices_of(&ledgers[0], &refs).await;
@@ -1156,9 +1170,11 @@ async fn staged_leaves_leave_only_into_the_log() {
         let err = client.batch_execute(&sql).await.expect_err(&sql);
         let message = err.as_db_error().map(|e| e.message().to_string());
         assert!(
-            message.as_deref().is_some_and(|m| m.contains("not in the log")
-                || m.contains("append-only")
-                || m.contains("permission denied")),
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("not in the log")
+                    || m.contains("append-only")
+                    || m.contains("permission denied")),
             "{sql}: {err:?}"
         );
     }

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use chrono::NaiveDate;
 use rempart_consult::{
-    AccountState, BreakGlass, CaseloadPage, Grant, GrantDecision, GrantRequestView, MandateView,
-    NirShown, SearchBy, Shown,
+    AccountState, BreakGlass, CaseloadPage, Grant, GrantDecision, GrantRequestView, LeafRef,
+    MandateView, NirShown, SearchBy, Shown,
 };
 use rempart_domain::{AccountId, MandateId, Nir, OrganisationId, PersonId, Purpose, Reference};
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,10 @@ struct PersonBody {
     status: Option<StatusBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
     nir: Option<NirBody>,
-    ledger_index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_receipt: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -236,7 +239,11 @@ impl From<Shown> for PersonBody {
                     value: v,
                 },
             }),
-            ledger_index: s.ledger_index,
+            ledger_index: s.ledger.index(),
+            ledger_receipt: match s.ledger {
+                LeafRef::Receipt(r) => Some(r),
+                LeafRef::Index(_) => None,
+            },
         }
     }
 }

@@ -42,7 +42,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rempart_consult::login::LoginKind;
 use rempart_consult::{
-    LoginAnswer, LoginFailure, NirShown, PasswordForm, Presented, ProofRequest, Refusal, Shown,
+    LeafRef, LoginAnswer, LoginFailure, NirShown, PasswordForm, Presented, ProofRequest, Refusal,
+    Shown,
 };
 use rempart_domain::{FieldGroup, PersonId, Purpose};
 use serde::Deserialize;
@@ -956,8 +957,13 @@ fn person_html(s: &Shown) -> Html {
             .raw(label)
             .raw(")</p></section>");
     }
-    h.raw("<p class=\"trace\">Consultation inscrite au journal d'audit (n° ")
-        .num(i64::try_from(s.ledger_index).unwrap_or(i64::MAX))
+    let (what, n) = match s.ledger {
+        LeafRef::Index(i) => ("n° ", i),
+        LeafRef::Receipt(r) => ("reçu n° ", r),
+    };
+    h.raw("<p class=\"trace\">Consultation inscrite au journal d'audit (")
+        .raw(what)
+        .num(i64::try_from(n).unwrap_or(i64::MAX))
         .raw(").</p><p><a href=\"/portail/f/dossiers\" data-fragment>Retour à mes dossiers</a></p></article>");
     h
 }

@@ -29,9 +29,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::{
-    LeafRow, LedgerStager, LedgerStore, LedgerWriter, QueryRange, RawEntry, StagedLeaf,
-    StoreError, StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start,
-    to_i64, to_u64,
+    LeafRow, LedgerStager, LedgerStore, LedgerWriter, QueryRange, RawEntry, StagedLeaf, StoreError,
+    StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start, to_i64,
+    to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId};
@@ -701,7 +701,10 @@ impl LedgerWriter for PgWriter {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.client()
             .await?
-            .query("SELECT id, data FROM staged ORDER BY id LIMIT $1", &[&limit])
+            .query(
+                "SELECT id, data FROM staged ORDER BY id LIMIT $1",
+                &[&limit],
+            )
             .await?
             .iter()
             .map(|r| {
@@ -769,7 +772,9 @@ impl LedgerStager for PgStager {
             self.client = Some((client, stmt));
         }
         let Some((client, stmt)) = self.client.as_ref() else {
-            return Err(StoreError::Task("the ledger stager has no connection".into()));
+            return Err(StoreError::Task(
+                "the ledger stager has no connection".into(),
+            ));
         };
         // One statement in its own transaction: durable when it returns.
         let row = client.query_one(stmt, &[&leaves]).await?;
