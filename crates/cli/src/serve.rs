@@ -69,6 +69,17 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub purge_interval_secs: u64,
+    /// Milliseconds a server told to stop (SIGTERM, Ctrl-C) keeps serving
+    /// while `/readyz` answers 503 `draining`, before it stops accepting:
+    /// set it above the load balancer's health-check interval times its
+    /// fall count, so that no new request is sent to a closed port.
+    #[arg(
+        long,
+        env = "REMPART_DRAIN_GRACE_MS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=600_000)
+    )]
+    pub drain_grace_ms: u64,
 }
 
 /// Serves until Ctrl-C/SIGTERM, then drains and closes the ledger with a
@@ -106,7 +117,8 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         })
         .with_guard(GuardChoice::real(guard_file.guard))
         .with_login(LoginSettings::new(&public_url).context("--public-url")?)
-        .with_api_clients(ClientSettings::new(&public_url).context("--public-url")?);
+        .with_api_clients(ClientSettings::new(&public_url).context("--public-url")?)
+        .with_drain_grace(Duration::from_millis(args.drain_grace_ms));
     config.export = guard_file.export;
     config.purge = Some(purge);
     if let Some(issuer) = &args.oidc_issuer {

@@ -403,6 +403,9 @@ impl Consultation {
         if let Err(e) = ledger {
             failed.push(("ledger store", e.to_string()));
         }
+        if !self.ledger.is_running() {
+            failed.push(("ledger appender", "stopped".to_string()));
+        }
         if failed.is_empty() {
             Ok(())
         } else {

@@ -151,6 +151,9 @@ enum Command {
     Checkpoint {
         reply: oneshot::Sender<Result<SignedCheckpoint, LedgerError>>,
     },
+    /// Stop after what was queued before: answered once the writer is
+    /// released.
+    Shutdown { reply: oneshot::Sender<()> },
 }
 
 /// The ledger's appender. Cheap to share behind an `Arc`; all methods take
@@ -355,6 +358,27 @@ impl Ledger {
         answer.await.map_err(|_| LedgerError::Closed)?
     }
 
+    /// Stops the appender after the queued appends, as [`Ledger::close`],
+    /// through any handle: later appends get [`LedgerError::Closed`]. For a
+    /// server that shares the handle with others and closes; a stopped
+    /// appender's writer lock is released, so another process may take over.
+    pub async fn shutdown(&self) -> Result<(), LedgerError> {
+        let final_checkpoint = self.checkpoint_now().await;
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+        match final_checkpoint {
+            Ok(_) | Err(LedgerError::NotIntegrating | LedgerError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Stops the appender after the queued appends; an integrating one
     /// integrates what is staged and signs a final checkpoint, then
     /// releases the writer lock.
@@ -539,7 +563,8 @@ impl Appender {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let max_batch = self.config.max_batch.max(1);
         let mut pending = Vec::new();
-        loop {
+        let mut shutdown = Vec::new();
+        while shutdown.is_empty() {
             let deadline = self.next_deadline();
             let first = tokio::select! {
                 biased;
@@ -551,9 +576,13 @@ impl Appender {
             };
             let Some(first) = first else { break };
             let mut leaves = count(&first);
-            pending.push(first);
-            while leaves < max_batch {
+            match first {
+                Command::Shutdown { reply } => shutdown.push(reply),
+                cmd => pending.push(cmd),
+            }
+            while leaves < max_batch && shutdown.is_empty() {
                 match rx.try_recv() {
+                    Ok(Command::Shutdown { reply }) => shutdown.push(reply),
                     Ok(cmd) => {
                         leaves += count(&cmd);
                         pending.push(cmd);
@@ -562,6 +591,19 @@ impl Appender {
                 }
             }
             self.handle(&mut pending).await;
+        }
+        // Nothing is taken after a shutdown: later senders get `Closed`.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Command::Append { reply, .. } => {
+                    let _ = reply.send(Err(LedgerError::Closed));
+                }
+                Command::Checkpoint { reply } => {
+                    let _ = reply.send(Err(LedgerError::Closed));
+                }
+                Command::Shutdown { reply } => shutdown.push(reply),
+            }
         }
         if self.integrator.is_some() {
             // What is staged now would wait for the next integrator.
@@ -576,6 +618,9 @@ impl Appender {
             i.writer.close().await;
         }
         self.status.integrating.store(false, Ordering::Release);
+        for reply in shutdown {
+            let _ = reply.send(());
+        }
     }
 
     /// The next timed duty: a checkpoint or a look at staging while
@@ -680,6 +725,10 @@ impl Appender {
             match cmd {
                 Command::Append { leaves, reply } => appends.push((leaves, reply)),
                 Command::Checkpoint { reply } => checkpoints.push(reply),
+                // Taken out by `run` before it calls this.
+                Command::Shutdown { reply } => {
+                    let _ = reply.send(());
+                }
             }
         }
         if !appends.is_empty() {
@@ -946,7 +995,7 @@ async fn reload(integrator: &mut Integrator) -> Result<(), LedgerError> {
 fn count(cmd: &Command) -> usize {
     match cmd {
         Command::Append { leaves, .. } => leaves.len(),
-        Command::Checkpoint { .. } => 0,
+        Command::Checkpoint { .. } | Command::Shutdown { .. } => 0,
     }
 }
 

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rempart_auth::oidc::Federation;
 use rempart_consult::login::LoginConfigError;
@@ -17,7 +18,7 @@ use rempart_ledger::LedgerStore;
 use rempart_policy::{Authorizer, PolicyError};
 use rempart_storage::Stores;
 use rempart_vault::{Vault, VaultError};
-use rempart_web::{AppState, Limits};
+use rempart_web::{AppState, Health, Limits};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -178,6 +179,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The purge of expired authentication rows (off by default).
     pub purge: Option<PurgeSettings>,
+    /// How long a server told to stop keeps serving while `/readyz` says
+    /// it is draining, so that load balancers take it out before it stops
+    /// accepting (none by default).
+    pub drain_grace: Duration,
 }
 
 impl ServerConfig {
@@ -196,7 +201,14 @@ impl ServerConfig {
             clock: Arc::new(chrono::Utc::now),
             limits: Limits::default(),
             purge: None,
+            drain_grace: Duration::ZERO,
         }
+    }
+
+    /// Keeps serving this long, not ready, once told to stop.
+    pub fn with_drain_grace(mut self, grace: Duration) -> Self {
+        self.drain_grace = grace;
+        self
     }
 
     /// Other policies.
@@ -239,6 +251,11 @@ pub struct App {
     limits: Limits,
     policy_count: usize,
     tasks: Vec<JoinHandle<()>>,
+    health: Health,
+    drain_grace: Duration,
+    /// Whether this server opened its ledger appender (and stops it when it
+    /// closes) or shares another's.
+    owns_ledger: bool,
 }
 
 impl App {
@@ -260,6 +277,7 @@ impl App {
             clock,
             limits,
             purge,
+            drain_grace,
         } = config;
         let policy = policies.load()?;
         let policy_count = policy.policy_count();
@@ -274,6 +292,7 @@ impl App {
             GuardChoice::PassThrough => (Guard::pass_through(), false),
         };
         let vault = Vault::new(storage.keys, stores.registry.clone()).map_err(BuildError::Keys)?;
+        let owns_ledger = matches!(storage.ledger, crate::LedgerSource::Own { .. });
         let (ledger, ledger_store) = storage.ledger.open().await?;
         let mut consultation =
             Consultation::new(vault, stores.auth.clone(), Arc::new(policy), guard, ledger)
@@ -324,6 +343,9 @@ impl App {
             limits,
             policy_count,
             tasks,
+            health: Health::default(),
+            drain_grace,
+            owns_ledger,
         })
     }
 
@@ -357,6 +379,7 @@ impl App {
         AppState {
             consultation: Arc::new(self.consultation.clone()),
             limits: self.limits,
+            health: self.health.clone(),
         }
     }
 
@@ -374,6 +397,21 @@ impl App {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let state = self.state();
+        // Told to stop: not ready first, for the grace period, then no
+        // longer accepting; requests in flight finish with their leaves.
+        let health = self.health.clone();
+        let grace = self.drain_grace;
+        let stop = async move {
+            stop.await;
+            health.start_draining();
+            if !grace.is_zero() {
+                tracing::info!(
+                    grace_ms = grace.as_millis(),
+                    "draining: not ready, still serving"
+                );
+                tokio::time::sleep(grace).await;
+            }
+        };
         let served = rempart_web::serve(listener, state, stop).await;
         let closed = self.close().await;
         served.map_err(ServeError::Http)?;
@@ -409,15 +447,16 @@ impl App {
         }
         let ledger = self.consultation.ledger().clone();
         drop(self.consultation);
-        // Every answer already waited for its leaf to be durable; closing
-        // adds the final checkpoint.
-        match Arc::try_unwrap(ledger) {
-            Ok(ledger) => ledger.close().await.map_err(ServeError::Ledger),
-            Err(shared) => shared
-                .checkpoint_now()
-                .await
-                .map(|_| ())
-                .map_err(ServeError::Ledger),
+        // Every answer already waited for its leaf to be durable. Closing
+        // an appender of its own adds the final checkpoint and releases the
+        // writer (another replica takes over) even if handles to it remain.
+        if self.owns_ledger {
+            return ledger.shutdown().await.map_err(ServeError::Ledger);
+        }
+        match ledger.checkpoint_now().await {
+            // A staging replica signs nothing: the integrator does.
+            Ok(_) | Err(rempart_ledger::LedgerError::NotIntegrating) => Ok(()),
+            Err(e) => Err(ServeError::Ledger(e)),
         }
     }
 }

@@ -35,6 +35,8 @@ mod browser;
 mod dpop;
 #[path = "api/federation.rs"]
 mod federation;
+#[path = "api/replicas.rs"]
+mod replicas;
 
 const PERSONS: u64 = 3_000;
 
@@ -61,6 +63,9 @@ struct TestApp {
     server: Option<Running>,
     /// The ledger's writer, shared by a second instance (mod dpop).
     ledger: Arc<Ledger>,
+    /// The ledger's signing key, as text: replicas sign with it when they
+    /// integrate (mod replicas).
+    ledger_key: String,
     _dir: tempfile::TempDir,
     /// The PostgreSQL schemas (registry, ledger), dropped with the app.
     pg_schemas: Vec<TestSchema>,
@@ -193,13 +198,16 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     let addr: SocketAddr = listener.local_addr().unwrap();
     // The server's clock: the tests move it (mod browser).
     let clock = browser::TestClock::default();
+    let ledger_key = LedgerKey::generate("rempart.test/ledger")
+        .unwrap()
+        .signer()
+        .to_text()
+        .to_string();
     let mut config = ServerConfig::new(Storage {
         registry,
         ledger: LedgerSource::Own {
             at: ledger_at,
-            key: LedgerKeyFrom::Key(Box::new(
-                LedgerKey::generate("rempart.test/ledger").unwrap(),
-            )),
+            key: LedgerKeyFrom::Key(Box::new(LedgerKey::from_text(&ledger_key).unwrap())),
         },
         keys: KeySource::File(keys),
     })
@@ -309,6 +317,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         ledger_sql,
         server: Some(server),
         ledger,
+        ledger_key,
         _dir: dir,
         pg_schemas,
         orgs,

@@ -28,6 +28,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/health/live", get(live))
         .route("/api/v1/health/ready", get(ready))
+        .route("/livez", get(live))
+        .route("/readyz", get(ready))
         .route("/api/v1/me", get(me))
         .route("/api/v1/token", post(crate::token::token))
         .route("/api/v1/persons/{id}", get(read_person))
@@ -329,7 +331,16 @@ async fn live() -> Answer {
     ok(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready: not draining, the registry and the ledger's store answer, the
+/// ledger's appender runs. Which part failed is logged, not told.
 async fn ready(State(state): State<AppState>) -> Answer {
+    if state.health.is_draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this server is stopping: send requests to another",
+        ));
+    }
     match state.consultation.readiness().await {
         Ok(()) => ok(serde_json::json!({ "status": "ready" })),
         Err(failed) => {

@@ -82,6 +82,27 @@ impl Default for Limits {
 pub struct AppState {
     pub consultation: Arc<Consultation>,
     pub limits: Limits,
+    pub health: Health,
+}
+
+/// What `/readyz` adds to the parts' own checks: whether this process was
+/// told to stop and is draining (still serving, no longer ready).
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Health {
+    /// From now on `/readyz` answers 503 `draining`.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the process is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// The whole API, with its limits and error shapes.
