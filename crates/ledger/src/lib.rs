@@ -11,8 +11,9 @@
 //! - [`merkle`]: hashing, proofs and their verification, no I/O.
 //! - [`note`], [`checkpoint`], [`key`]: signed notes, tree heads, the key file.
 //! - [`store`]: the [`LedgerStore`] interface, SQLite and PostgreSQL backends.
-//! - [`Ledger`]: the single appender (group commit, durable before return,
-//!   checkpoints every N leaves or T seconds).
+//! - [`Ledger`]: a process's appender (group commit, durable before
+//!   return, checkpoints every N leaves or T seconds); on PostgreSQL, one
+//!   per process, the writer's holder integrating what the others stage.
 //! - [`verify()`], [`proof`], [`query`]: checking, proving, searching.
 //! - [`bench`](mod@bench): the figures behind `rempart bench ledger`.
 
