@@ -334,13 +334,16 @@ async fn load(
     })
 }
 
+/// bench/guard-load-test.toml, for the benchmarks that serve.
+pub(crate) const BENCH_GUARD_TOML: &str = include_str!("../../../bench/guard-load-test.toml");
+
 /// The guard's configuration for `bench guard` and for `bench/consult.sh`
 /// (one file, `bench/guard-load-test.toml`): the real guard with every
 /// quota and threshold far away, so that the figure is the cost of
 /// deciding on every request (counting, scoring, the sync task flushing to
 /// the store), not of refusing a benchmark that reads like a bulk reader.
 pub(crate) fn bench_guard_config() -> Result<GuardConfig> {
-    let text = include_str!("../../../bench/guard-load-test.toml");
+    let text = BENCH_GUARD_TOML;
     Ok(
         rempart_server::alerts::parse_config(text, rempart_guard::Format::Toml)
             .context("bench/guard-load-test.toml")?

@@ -7,6 +7,7 @@ mod bench;
 mod bench_dpop;
 mod bench_floor;
 mod bench_oracle;
+mod bench_replicas;
 mod bench_session;
 mod clients;
 mod demo;
@@ -150,6 +151,12 @@ enum BenchCommand {
     /// durable append to a throwaway audit ledger and nothing else, for a
     /// load generator to compare (`bench/consult.sh` drives wrk).
     Floor(bench_floor::BenchFloorArgs),
+    /// Several `rempart serve` processes on one PostgreSQL behind a real
+    /// HAProxy, under load, with a replica, the integrator or the database
+    /// killed halfway if asked: consultations/s, p50/p99, the errors
+    /// clients saw, takeover or outage time, the integration lag; fails
+    /// if an answer's leaf is missing or the ledger does not verify.
+    Replicas(bench_replicas::BenchReplicasArgs),
     /// Whether a search's response time tells a registered NIR outside
     /// the caller's scope from one registered nowhere (both answer an
     /// empty list): medians per kind and a threshold classifier's
@@ -235,6 +242,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Alerts(args) => guard::alerts(&args).await,
         Command::Bench(BenchCommand::Guard(args)) => bench::bench_guard(&args).await,
         Command::Bench(BenchCommand::Floor(args)) => bench_floor::bench_floor(&args).await,
+        Command::Bench(BenchCommand::Replicas(args)) => bench_replicas::bench_replicas(&args).await,
         Command::Bench(BenchCommand::SearchOracle(args)) => {
             bench_oracle::bench_search_oracle(&args).await
         }

@@ -342,7 +342,15 @@ async fn ready(State(state): State<AppState>) -> Answer {
         ));
     }
     match state.consultation.readiness().await {
-        Ok(()) => ok(serde_json::json!({ "status": "ready" })),
+        // Which replica integrates the ledger, for operators and tests.
+        Ok(()) => ok(serde_json::json!({
+            "status": "ready",
+            "ledger": if state.consultation.ledger().is_integrating() {
+                "integrating"
+            } else {
+                "staging"
+            },
+        })),
         Err(failed) => {
             for (part, error) in failed {
                 tracing::warn!(%error, "readiness: {part}");
