@@ -81,8 +81,8 @@ pub struct BenchReplicasArgs {
     /// RESULT line counts the records it read before).
     #[arg(long, value_enum, default_value = "bench")]
     pub guard: GuardKind,
-    /// The HAProxy binary (Debian's `haproxy`).
-    #[arg(long, default_value = "haproxy")]
+    /// The HAProxy binary (Debian's `haproxy` package puts it here).
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
     pub haproxy: PathBuf,
 }
 
@@ -587,6 +587,7 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
 
     tally.latencies_us.sort_unstable();
     let ok = tally.answers.len() as u64;
+    let persons: HashSet<PersonId> = tally.answers.iter().map(|a| a.person).collect();
     let errors: u64 = tally.errors.values().sum();
     let mut error_list: Vec<String> = tally
         .errors
@@ -595,11 +596,12 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
         .collect();
     error_list.sort();
     println!(
-        "RESULT replicas={} direct={} kill={:?} seconds={:.1} ok={ok} errors={errors} error_statuses={} consult_rps={:.1} p50_ms={:.3} p99_ms={:.3} unledgered={} lost={lost} wrong={wrong} duplicate={duplicate} takeover_ms={} outage_ms={} checkpoint_lag_p50_ms={:.1} checkpoint_lag_p99_ms={:.1} leaves={} clean_exits={clean}",
+        "RESULT replicas={} direct={} kill={:?} seconds={:.1} ok={ok} persons_read={} errors={errors} error_statuses={} consult_rps={:.1} p50_ms={:.3} p99_ms={:.3} unledgered={} lost={lost} wrong={wrong} duplicate={duplicate} takeover_ms={} outage_ms={} checkpoint_lag_p50_ms={:.1} checkpoint_lag_p99_ms={:.1} leaves={} clean_exits={clean}",
         args.replicas,
         args.direct,
         args.kill,
         elapsed,
+        persons.len(),
         if error_list.is_empty() {
             "none".to_string()
         } else {

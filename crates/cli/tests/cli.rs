@@ -1928,3 +1928,70 @@ fn a_drill_against_a_guard_blind_to_organisations_misses_the_distributed_agency(
         "{stdout}"
     );
 }
+
+/// Three `rempart serve` processes on one PostgreSQL behind a real HAProxy,
+/// under load, each time with something killed halfway: a staging replica
+/// (`kill -9`), the integrating one, the database (its connections cut and
+/// refused for 3 s). Every answer 200 has its leaf in the log once, about
+/// the person read (the command fails otherwise); clients that retry keep
+/// working; the integrator is replaced within 10 s; while the database is
+/// away the answers are 503, never 200; the ledger verifies.
+#[test]
+fn replicas_behind_haproxy_survive_kills() {
+    let db = TestDatabase::create("rempart_rp");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, Some(&db.url));
+    let csv = generate(dir.path(), 3000);
+    let rejects = dir.path().join("rejects.csv");
+    let out = import(&data, Some(&db.url), &rejects, &[&csv], &[]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    for kill in ["none", "replica", "integrator", "database"] {
+        let out = ok(&[
+            "bench",
+            "replicas",
+            "--data",
+            s(&data),
+            "--database",
+            &db.url,
+            "--seconds",
+            "6",
+            "--connections",
+            "6",
+            "--kill",
+            kill,
+        ]);
+        let results = drill_results(&out);
+        assert_eq!(results.len(), 1, "{out}");
+        let r = &results[0];
+        let n = |k: &str| -> u64 { r[k].parse().unwrap_or_else(|_| panic!("{k} in {out}")) };
+        for k in ["unledgered", "lost", "wrong", "duplicate"] {
+            assert_eq!(n(k), 0, "{kill}: {k}\n{out}");
+        }
+        assert!(n("ok") > 100, "{kill}: {out}");
+        assert_eq!(r["replicas"], "3");
+        match kill {
+            "none" => assert_eq!(r["error_statuses"], "none", "{out}"),
+            // In-flight requests of the killed process fail; the rest go on.
+            "replica" => assert!(n("errors") < 50, "{out}"),
+            "integrator" => {
+                assert!(n("errors") < 50, "{out}");
+                assert!(n("takeover_ms") <= 10_000, "{out}");
+            }
+            "database" => {
+                // Refused while it is away: 503, or a connection the
+                // balancer could not complete; never a 200 without a leaf.
+                for status in r["error_statuses"].split(',') {
+                    let code = status.split(':').next().unwrap();
+                    assert!(["503", "0", "502", "504"].contains(&code), "{out}");
+                }
+                assert!(n("outage_ms") < 30_000, "{out}");
+            }
+            _ => unreachable!(),
+        }
+        println!(
+            "{kill}: {}",
+            out.lines().find(|l| l.starts_with("RESULT")).unwrap()
+        );
+    }
+}
