@@ -81,6 +81,10 @@ pub struct BenchReplicasArgs {
     /// RESULT line counts the records it read before).
     #[arg(long, value_enum, default_value = "bench")]
     pub guard: GuardKind,
+    /// A guard configuration file for the replicas instead (`--guard` is
+    /// then ignored).
+    #[arg(long)]
+    pub guard_config: Option<PathBuf>,
     /// The HAProxy binary (Debian's `haproxy` package puts it here).
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     pub haproxy: PathBuf,
@@ -102,7 +106,7 @@ impl Proc {
     }
 
     /// SIGTERM, then waits up to `wait` for the exit; `kill -9` after that.
-    fn terminate(&mut self, wait: Duration) -> Result<bool> {
+    async fn terminate(&mut self, wait: Duration) -> Result<bool> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
@@ -111,7 +115,7 @@ impl Proc {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status.success());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.kill9();
         Ok(false)
@@ -340,7 +344,9 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
             .args(["--drain-grace-ms", "1000"])
             .env_remove("REMPART_GUARD_CONFIG")
             .env("RUST_LOG", "warn");
-        if args.guard == GuardKind::Bench {
+        if let Some(file) = &args.guard_config {
+            cmd.arg("--guard-config").arg(file);
+        } else if args.guard == GuardKind::Bench {
             cmd.arg("--guard-config").arg(&guard_config);
         }
         replicas.push(spawn(&format!("replica-{i}"), &mut cmd, &logs)?);
@@ -575,7 +581,7 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
     // Stop the replicas gracefully (drain), then the balancers.
     let mut clean = 0;
     for r in replicas.iter_mut() {
-        if matches!(r.child.try_wait(), Ok(None)) && r.terminate(Duration::from_secs(20))? {
+        if matches!(r.child.try_wait(), Ok(None)) && r.terminate(Duration::from_secs(20)).await? {
             clean += 1;
         }
     }
