@@ -1146,6 +1146,12 @@ async fn the_integrators_connection_is_cut() {
 async fn staged_leaves_leave_only_into_the_log() {
     let env = Env::new(Backend::Postgres).await;
     let key = key();
+    // One leaf in the log, of the integrator's own.
+    let first = Ledger::open(env.reopen().await, copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    assert_eq!(first.append(&leaf(0)).await.unwrap(), LeafRef::Index(0));
+    first.close().await.unwrap();
     // Hold the writer without integrating.
     let store = env.reopen().await;
     let mut writer = store.writer().await.unwrap();
@@ -1178,6 +1184,16 @@ async fn staged_leaves_leave_only_into_the_log() {
             "{sql}: {err:?}"
         );
     }
+    // Nor retire it by recording it against a leaf that does not hold it.
+    let sql = format!("INSERT INTO integrated (receipt, idx) VALUES ({receipt}, 0)");
+    let err = client.batch_execute(&sql).await.expect_err(&sql);
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("does not hold")),
+        "{sql}: {err:?}"
+    );
     assert_eq!(env.store.staged_backlog().await.unwrap(), 1);
     let staged = writer.staged(10).await.unwrap();
     assert_eq!(staged.len(), 1);

@@ -18,11 +18,32 @@ CREATE TABLE staged (
     data BYTEA NOT NULL
 );
 
--- The receipt of a leaf that was staged, so that whoever holds a receipt
--- finds its index (and its proof) once it is integrated. NULL for the
--- integrator's own leaves, which had an index when they were answered.
-ALTER TABLE leaf ADD COLUMN receipt BIGINT;
-CREATE UNIQUE INDEX leaf_receipt ON leaf (receipt) WHERE receipt IS NOT NULL;
+-- The index each staged leaf got, so that whoever holds a receipt finds
+-- its leaf (and its proof) once it is integrated. Only staged leaves have
+-- a row: the integrator's own were answered with their index, and their
+-- appends stay what they were (no column more in `leaf`).
+CREATE TABLE integrated (
+    receipt BIGINT PRIMARY KEY,
+    idx BIGINT NOT NULL UNIQUE REFERENCES leaf (idx)
+);
+-- A receipt is recorded only against the leaf that holds its staged bytes:
+-- no process can retire a staged leaf by pointing it at another one.
+CREATE FUNCTION ledger_integrated_is_the_staged_leaf() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM staged s JOIN leaf l ON l.idx = NEW.idx
+                   WHERE s.id = NEW.receipt AND s.data = l.data) THEN
+        RAISE EXCEPTION 'leaf % does not hold staged leaf %', NEW.idx, NEW.receipt;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER integrated_matches_staged BEFORE INSERT ON integrated
+    FOR EACH ROW EXECUTE FUNCTION ledger_integrated_is_the_staged_leaf();
+CREATE TRIGGER integrated_append_only BEFORE UPDATE OR DELETE ON integrated
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER integrated_no_truncate BEFORE TRUNCATE ON integrated
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
 
 -- A staged leaf leaves `staged` only into the log: a process that could
 -- delete it otherwise could hide a read it made. Never updated, never
@@ -30,7 +51,7 @@ CREATE UNIQUE INDEX leaf_receipt ON leaf (receipt) WHERE receipt IS NOT NULL;
 CREATE FUNCTION ledger_staged_leaves_only_into_the_log() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM leaf WHERE receipt = OLD.id) THEN
+    IF NOT EXISTS (SELECT 1 FROM integrated WHERE receipt = OLD.id) THEN
         RAISE EXCEPTION 'staged leaf % is not in the log: it may not be deleted', OLD.id;
     END IF;
     RETURN OLD;

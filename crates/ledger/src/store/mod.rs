@@ -149,9 +149,9 @@ pub struct LeafRow {
     pub data: Vec<u8>,
     /// Hashes of the completed subtrees, level 0 up, 32 bytes each.
     pub nodes: Vec<u8>,
-    /// The receipt it was staged under, if it was staged (written by the
-    /// integrator, which removes it from staging in the same transaction;
-    /// not read back by [`LedgerStore::leaves`]).
+    /// The receipt it was staged under, if it was staged: the integrator
+    /// records its index and removes it from staging in the transaction
+    /// that appends it. Not stored in the row; `None` when read back.
     pub receipt: Option<u64>,
 }
 

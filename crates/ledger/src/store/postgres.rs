@@ -240,6 +240,7 @@ async fn setup_schema(client: &mut Client, schema: &str, role: &str) -> Result<(
          GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
          REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM \"{role}\";
          GRANT SELECT, INSERT ON leaf, checkpoint TO \"{role}\";
+         GRANT SELECT, INSERT ON integrated TO \"{role}\";
          GRANT SELECT, INSERT, DELETE ON staged TO \"{role}\";
          GRANT USAGE ON SEQUENCE staged_batch TO \"{role}\";
          GRANT SELECT ON schema_migrations TO \"{role}\";"
@@ -349,7 +350,7 @@ impl LedgerStore for PgLedgerStore {
         let receipt = to_i64(receipt, "receipt")?;
         let client = self.pooled_client().await?;
         let stmt = client
-            .prepare_cached("SELECT idx FROM leaf WHERE receipt = $1")
+            .prepare_cached("SELECT idx FROM integrated WHERE receipt = $1")
             .await?;
         client
             .query_opt(&stmt, &[&receipt])
@@ -516,15 +517,19 @@ impl LedgerStore for PgLedgerStore {
     }
 }
 
-/// Appends a batch if, and only if, the log has exactly `$10` leaves.
+/// Appends a batch if, and only if, the log has exactly `$9` leaves.
 const INSERT_LEAVES: &str = "
-    INSERT INTO leaf (idx, time_us, account, organisation, person, reveals, data, nodes, receipt)
+    INSERT INTO leaf (idx, time_us, account, organisation, person, reveals, data, nodes)
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
-                         $5::bigint[], $6::boolean[], $7::bytea[], $8::bytea[], $9::bigint[])
-    WHERE (SELECT coalesce(max(idx) + 1, 0) FROM leaf) = $10";
+                         $5::bigint[], $6::boolean[], $7::bytea[], $8::bytea[])
+    WHERE (SELECT coalesce(max(idx) + 1, 0) FROM leaf) = $9";
+
+/// Records the indices staged leaves got.
+const RECORD_INTEGRATED: &str =
+    "INSERT INTO integrated (receipt, idx) SELECT * FROM unnest($1::bigint[], $2::bigint[])";
 
 /// Removes integrated leaves from staging (the table's trigger checks each
-/// is in the log).
+/// was recorded as integrated).
 const UNSTAGE: &str = "DELETE FROM staged WHERE id = ANY($1)";
 
 /// Stages a batch under one number of `staged_batch`: receipts
@@ -560,7 +565,6 @@ struct Columns {
     reveals: Vec<bool>,
     data: Vec<Vec<u8>>,
     nodes: Vec<Vec<u8>>,
-    receipt: Vec<Option<i64>>,
 }
 
 impl Columns {
@@ -574,7 +578,6 @@ impl Columns {
             reveals: Vec::with_capacity(n),
             data: Vec::with_capacity(n),
             nodes: Vec::with_capacity(n),
-            receipt: Vec::with_capacity(n),
         }
     }
 }
@@ -632,7 +635,13 @@ impl LedgerWriter for PgWriter {
 
     async fn append(&mut self, first: u64, rows: Vec<LeafRow>) -> Result<(), StoreError> {
         let mut cols = Columns::with_capacity(rows.len());
+        // (receipt, index) of the staged leaves among them.
+        let mut staged: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
         for row in rows {
+            if let Some(r) = row.receipt {
+                staged.0.push(to_i64(r, "receipt")?);
+                staged.1.push(to_i64(row.index, "leaf index")?);
+            }
             cols.idx.push(to_i64(row.index, "leaf index")?);
             cols.time.push(row.time);
             cols.account.push(row.account);
@@ -641,10 +650,7 @@ impl LedgerWriter for PgWriter {
             cols.reveals.push(row.reveals);
             cols.data.push(row.data);
             cols.nodes.push(row.nodes);
-            cols.receipt
-                .push(row.receipt.map(|r| to_i64(r, "receipt")).transpose()?);
         }
-        let staged: Vec<i64> = cols.receipt.iter().flatten().copied().collect();
         let expected = cols.idx.len() as u64;
         let first_i64 = to_i64(first, "leaf index")?;
         if self.insert.is_none() || self.client.as_ref().is_none_or(Client::is_closed) {
@@ -657,7 +663,7 @@ impl LedgerWriter for PgWriter {
                 "the ledger writer has no connection".into(),
             ));
         };
-        let params: [&(dyn ToSql + Sync); 10] = [
+        let params: [&(dyn ToSql + Sync); 9] = [
             &cols.idx,
             &cols.time,
             &cols.account,
@@ -666,10 +672,9 @@ impl LedgerWriter for PgWriter {
             &cols.reveals,
             &cols.data,
             &cols.nodes,
-            &cols.receipt,
             &first_i64,
         ];
-        if staged.is_empty() {
+        if staged.0.is_empty() {
             // One statement, one round trip, its own transaction: committed
             // (and, with synchronous_commit on, flushed) when it returns.
             let inserted = client.execute(stmt, &params).await?;
@@ -685,12 +690,14 @@ impl LedgerWriter for PgWriter {
             drop(tx);
             return Err(conflict(client, first).await);
         }
-        let removed = tx.execute(UNSTAGE, &[&staged]).await?;
-        if removed != staged.len() as u64 {
+        tx.execute(RECORD_INTEGRATED, &[&staged.0, &staged.1])
+            .await?;
+        let removed = tx.execute(UNSTAGE, &[&staged.0]).await?;
+        if removed != staged.0.len() as u64 {
             return Err(StoreError::Corrupt(format!(
                 "{} of {} integrated leaves were still staged",
                 removed,
-                staged.len()
+                staged.0.len()
             )));
         }
         tx.commit().await?;
