@@ -184,7 +184,7 @@ async fn a_stopping_server_drains_before_it_closes() {
     assert_eq!(get("/livez").await.unwrap().0, 200);
     assert_eq!(
         get("/readyz").await.unwrap(),
-        (200, json!({"status": "ready"}))
+        (200, json!({"status": "ready", "ledger": "staging"}))
     );
     let p = app.fresh_person(92);
     app.mandate("T-FT", None, p, Purpose::FollowUp, today(), None)
