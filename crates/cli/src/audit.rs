@@ -52,8 +52,12 @@ pub enum AuditCommand {
         #[command(flatten)]
         location: Location,
         /// Leaf index.
+        #[arg(long, required_unless_present = "receipt", conflicts_with = "receipt")]
+        leaf: Option<u64>,
+        /// The receipt a staging replica answered with (`ledger_receipt`):
+        /// the proof of the leaf it was integrated as.
         #[arg(long)]
-        leaf: u64,
+        receipt: Option<u64>,
         /// Tree size (default: the whole log).
         #[arg(long)]
         size: Option<u64>,
@@ -142,8 +146,9 @@ pub async fn run(cmd: AuditCommand) -> Result<()> {
         AuditCommand::Prove {
             location,
             leaf,
+            receipt,
             size,
-        } => prove(&location, leaf, size).await,
+        } => prove(&location, leaf, receipt, size).await,
         AuditCommand::Consistency { location, from, to } => consistency(&location, from, to).await,
         AuditCommand::Query(args) => query(&args).await,
     }
@@ -300,8 +305,23 @@ async fn current_size(store: &dyn LedgerStore) -> Result<u64> {
     Ok(store.size().await?)
 }
 
-async fn prove(loc: &Location, leaf: u64, size: Option<u64>) -> Result<()> {
+async fn prove(
+    loc: &Location,
+    leaf: Option<u64>,
+    receipt: Option<u64>,
+    size: Option<u64>,
+) -> Result<()> {
     let store = loc.open_ledger_store().await?;
+    let leaf = match (leaf, receipt) {
+        (Some(leaf), _) => leaf,
+        (None, Some(r)) => match store.index_of_receipt(r).await? {
+            Some(leaf) => leaf,
+            None => bail!(
+                "--receipt {r}: no leaf was integrated under this receipt (yet: a staged leaf is integrated within about a second while a server integrates)"
+            ),
+        },
+        (None, None) => bail!("give --leaf or --receipt"),
+    };
     let size = match size {
         Some(s) => s,
         None => current_size(&*store).await?,
@@ -320,6 +340,7 @@ async fn prove(loc: &Location, leaf: u64, size: Option<u64>) -> Result<()> {
         "{}",
         serde_json::json!({
             "leaf_index": leaf,
+            "receipt": receipt,
             "tree_size": size,
             "leaf_hash": B64.encode(leaf_hash),
             "root": B64.encode(root),

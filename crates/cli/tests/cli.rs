@@ -1994,4 +1994,28 @@ fn replicas_behind_haproxy_survive_kills() {
             out.lines().find(|l| l.starts_with("RESULT")).unwrap()
         );
     }
+    // A staging replica's receipt gives its leaf's inclusion proof.
+    let (receipt, index) = psql(
+        &db.url,
+        "SELECT receipt, idx FROM ledger.integrated ORDER BY receipt DESC LIMIT 1",
+    )
+    .trim()
+    .split_once('|')
+    .map(|(r, i)| (r.to_string(), i.to_string()))
+    .expect("staged leaves were integrated");
+    let args = ["audit", "prove", "--data", s(&data), "--database", &db.url];
+    let proof: serde_json::Value =
+        serde_json::from_str(&ok(&[&args[..], &["--receipt", &receipt]].concat())).unwrap();
+    assert_eq!(proof["leaf_index"].to_string(), index);
+    assert_eq!(proof["receipt"].to_string(), receipt);
+    let by_index: serde_json::Value =
+        serde_json::from_str(&ok(&[&args[..], &["--leaf", &index]].concat())).unwrap();
+    assert_eq!(proof["inclusion_path"], by_index["inclusion_path"]);
+    let out = rempart(&[&args[..], &["--receipt", "65535"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no leaf was integrated under this receipt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
