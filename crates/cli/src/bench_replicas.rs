@@ -305,17 +305,13 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
 
     // The database, through a TCP proxy that can be taken away.
     let mut db_proxy = None;
-    let mut db_target = String::new();
+    // The proxy's configuration, to start it again after the outage.
+    let mut db_proxy_config = String::new();
     let replica_url = if args.kill == Kill::Database {
         let port = free_port()?;
         let (proxied, target) = through_proxy(&url, port)?;
-        db_proxy = Some(haproxy(
-            args,
-            "db-proxy",
-            &database_proxy_config(port, &target),
-            &logs,
-        )?);
-        db_target = target;
+        db_proxy_config = database_proxy_config(port, &target);
+        db_proxy = Some(haproxy(args, "db-proxy", &db_proxy_config, &logs)?);
         tokio::time::sleep(Duration::from_millis(300)).await;
         proxied
     } else {
@@ -504,18 +500,7 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
             }
             println!("database away for {} s", args.outage_secs);
             tokio::time::sleep(Duration::from_secs(args.outage_secs)).await;
-            let port: u16 = replica_url
-                .split("127.0.0.1:")
-                .nth(1)
-                .and_then(|rest| rest.split(['/', '?']).next())
-                .and_then(|p| p.parse().ok())
-                .context("the proxy's port")?;
-            db_proxy = Some(haproxy(
-                args,
-                "db-proxy-again",
-                &database_proxy_config(port, &db_target),
-                &logs,
-            )?);
+            db_proxy = Some(haproxy(args, "db-proxy-again", &db_proxy_config, &logs)?);
             // Until a consultation is answered again.
             let back = Instant::now();
             while back.elapsed() < Duration::from_secs(60) {

@@ -383,7 +383,7 @@ impl Ledger {
     /// integrates what is staged and signs a final checkpoint, then
     /// releases the writer lock.
     pub async fn close(self) -> Result<(), LedgerError> {
-        let final_checkpoint = self.checkpoint_now().await;
+        let stopped = self.shutdown().await;
         let runner = self.runner.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(self.commands);
         match runner {
@@ -395,10 +395,7 @@ impl Ledger {
             })?,
             None => {}
         }
-        match final_checkpoint {
-            Ok(_) | Err(LedgerError::NotIntegrating) => Ok(()),
-            Err(e) => Err(e),
-        }
+        stopped
     }
 
     /// Root of the tree of `size` leaves.

@@ -963,6 +963,51 @@ pub(crate) enum AccountUpsert {
     Refused(&'static str),
 }
 
+/// The statement an account row of an import needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccountWrite {
+    /// An `INSERT`.
+    Insert,
+    /// An `UPDATE`.
+    Update,
+}
+
+impl AccountUpsert {
+    /// Counts the row (row `index` of the batch) as this decision says and
+    /// records its refusal, if refused; the write it needs, `None` when
+    /// nothing is written. A write that then fails fails the batch, counts
+    /// and all.
+    pub(crate) fn tally(
+        self,
+        index: usize,
+        count: &mut UpsertCount,
+        refused: &mut Vec<RowRefusal>,
+    ) -> Option<AccountWrite> {
+        match self {
+            AccountUpsert::Insert => {
+                count.inserted += 1;
+                Some(AccountWrite::Insert)
+            }
+            AccountUpsert::Update => {
+                count.updated += 1;
+                Some(AccountWrite::Update)
+            }
+            AccountUpsert::Unchanged => {
+                count.unchanged += 1;
+                None
+            }
+            AccountUpsert::Refused(reason) => {
+                refused.push(RowRefusal {
+                    index,
+                    field: "state",
+                    reason: reason.into(),
+                });
+                None
+            }
+        }
+    }
+}
+
 /// Decides one account row of an import against what is stored for its
 /// login (both backends read the row in the transaction that acts on it).
 pub(crate) fn account_upsert(

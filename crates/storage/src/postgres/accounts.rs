@@ -16,7 +16,7 @@ use crate::auth::checks::{Decider, Subject, not_found, refuse, transition_sql};
 use crate::auth::sql::REVIEW_SELECT;
 use crate::auth::{AccountLifecycle, NewAccountRequest, ReviewEntry};
 use crate::{
-    ACCOUNT_SELECT, AccountRecord, AccountUpsert, RowRefusal, StorageError, StoredAccountRow,
+    ACCOUNT_SELECT, AccountRecord, AccountWrite, RowRefusal, StorageError, StoredAccountRow,
     UpsertCount, account_upsert, parse_code,
 };
 
@@ -137,28 +137,13 @@ pub(super) async fn upsert_accounts(
         ];
         // Under the table lock: nothing moves between this decision and
         // the write.
-        match account_upsert(a, org_id, stored.as_ref()) {
-            AccountUpsert::Insert => {
-                tx.execute(&ins, &p).await?;
-                count.inserted += 1;
-            }
-            AccountUpsert::Update => {
-                tx.execute(&upd, &p).await?;
-                count.updated += 1;
-            }
-            AccountUpsert::Unchanged => {
-                count.unchanged += 1;
-                continue;
-            }
-            AccountUpsert::Refused(reason) => {
-                refused.push(RowRefusal {
-                    index,
-                    field: "state",
-                    reason: reason.into(),
-                });
-                continue;
-            }
-        }
+        let write =
+            account_upsert(a, org_id, stored.as_ref()).tally(index, &mut count, &mut refused);
+        match write {
+            Some(AccountWrite::Insert) => tx.execute(&ins, &p).await?,
+            Some(AccountWrite::Update) => tx.execute(&upd, &p).await?,
+            None => continue,
+        };
         changed.push(a);
     }
     // Links last, so requester and approver may appear anywhere in the batch.

@@ -14,7 +14,7 @@ use crate::auth::checks::{Decider, Subject, not_found, refuse, transition_sql};
 use crate::auth::sql::REVIEW_SELECT;
 use crate::auth::{AccountLifecycle, NewAccountRequest, ReviewEntry};
 use crate::{
-    ACCOUNT_SELECT, AccountRecord, AccountUpsert, RowRefusal, StorageError, StoredAccountRow,
+    ACCOUNT_SELECT, AccountRecord, AccountWrite, RowRefusal, StorageError, StoredAccountRow,
     UpsertCount, account_upsert, parse_code,
 };
 
@@ -108,28 +108,16 @@ pub(super) async fn upsert_accounts(
                     ];
                     // In the write transaction: nothing moves between this
                     // decision and the write.
-                    match account_upsert(a, org_id, stored.as_ref()) {
-                        AccountUpsert::Insert => {
-                            ins.execute(p)?;
-                            count.inserted += 1;
-                        }
-                        AccountUpsert::Update => {
-                            upd.execute(p)?;
-                            count.updated += 1;
-                        }
-                        AccountUpsert::Unchanged => {
-                            count.unchanged += 1;
-                            continue;
-                        }
-                        AccountUpsert::Refused(reason) => {
-                            refused.push(RowRefusal {
-                                index,
-                                field: "state",
-                                reason: reason.into(),
-                            });
-                            continue;
-                        }
-                    }
+                    let write = account_upsert(a, org_id, stored.as_ref()).tally(
+                        index,
+                        &mut count,
+                        &mut refused,
+                    );
+                    match write {
+                        Some(AccountWrite::Insert) => ins.execute(p)?,
+                        Some(AccountWrite::Update) => upd.execute(p)?,
+                        None => continue,
+                    };
                     changed.push(a);
                 }
                 // Links last, so requester and approver may appear anywhere in the batch.

@@ -102,22 +102,7 @@ impl Pending {
 /// (Two `EXCEPT`s per table had SQLite sort both sides twice: with three
 /// tables, twelve sorts of a segment, most of `audit verify`'s time.)
 pub(super) fn segment_matches(c: &Connection, segment: i64) -> Result<[bool; 3], StoreError> {
-    let keys = c
-        .prepare_cached(
-            "SELECT idx, time_us, account, organisation, person, reveals FROM leaf
-             WHERE idx >= ?1 << 14 AND idx < (?1 + 1) << 14",
-        )?
-        .query_map([segment], |r| {
-            Ok(Keys {
-                idx: r.get(0)?,
-                time: r.get(1)?,
-                account: r.get(2)?,
-                organisation: r.get(3)?,
-                person: r.get(4)?,
-                reveals: r.get(5)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = keys_between(c, segment << 14, (segment + 1) << 14)?;
     let expected = Pending::new(segment, keys).tables;
     let mut matches = [false; 3];
     for (t, table) in SEGMENT_TABLES.iter().enumerate() {
