@@ -464,6 +464,18 @@ pub struct Sync {
     /// Without a successful sync for this long, the guard refuses
     /// everything (fail closed). At least twice `interval_secs`.
     pub max_staleness_secs: u32,
+    /// An instance that counted this many attempts of one account since it
+    /// last shared them shares them before deciding on the next one, and
+    /// reads the other instances' counts for that account and its
+    /// organisation in the same statement (the exchange): one account's
+    /// reads spread over k instances are then hidden from each by at most
+    /// this many per other instance (plus those in flight), however short
+    /// the burst. 0 exchanges before every decision.
+    pub exchange_after: u32,
+    /// From this share of any of its limits (a quota, the refusals that
+    /// suspend or freeze), an account or organisation exchanges before
+    /// every decision, whatever `exchange_after` says.
+    pub exchange_near_percent: u32,
 }
 
 impl Default for Sync {
@@ -471,6 +483,8 @@ impl Default for Sync {
         Sync {
             interval_secs: 5,
             max_staleness_secs: 60,
+            exchange_after: 2,
+            exchange_near_percent: 50,
         }
     }
 }
@@ -854,6 +868,12 @@ impl GuardConfig {
                 "must be at least twice sync.interval_secs",
             );
         }
+        if y.exchange_after > 10_000 {
+            return invalid("sync.exchange_after", "must be at most 10000");
+        }
+        if !(1..=100).contains(&y.exchange_near_percent) {
+            return invalid("sync.exchange_near_percent", "must be between 1 and 100");
+        }
         Ok(())
     }
 }
@@ -1004,6 +1024,14 @@ mod tests {
                 Format::Toml
             ),
             "sync.max_staleness_secs"
+        );
+        assert_eq!(
+            bad("[sync]\nexchange_near_percent = 0\n", Format::Toml),
+            "sync.exchange_near_percent"
+        );
+        assert_eq!(
+            bad("[sync]\nexchange_after = 20000\n", Format::Toml),
+            "sync.exchange_after"
         );
         assert_eq!(bad("[account", Format::Toml), "(document)");
         assert_eq!(

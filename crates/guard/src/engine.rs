@@ -167,12 +167,49 @@ pub(crate) struct AccountState {
     recent_head: usize,
     pub(crate) last_seen: i64,
     pub(crate) pending_counts: Vec<CounterDelta>,
+    /// Decisions since `pending_counts` were last taken to be shared.
+    unshared: u32,
     pub(crate) pending_activity: Vec<ActivityRow>,
     pub(crate) pending_known: Vec<Known>,
 }
 
 pub(crate) fn rates() -> [Rate; METRICS] {
     std::array::from_fn(|_| Rate::new())
+}
+
+/// The factor an attempt's account quotas are scaled by (at most 1):
+/// young accounts and high-risk sessions get less.
+pub(crate) fn quota_factor(c: &GuardConfig, a: &Attempt) -> f64 {
+    let young = a.account.created_at.is_some_and(|t| {
+        ((a.at - t).num_seconds() as f64 / DAY as f64) < f64::from(c.risky.young_account_days)
+    });
+    let mut factor = 1.0f64;
+    if young {
+        factor = factor.min(c.risky.young_account_factor);
+    }
+    if a.session.high_risk {
+        factor = factor.min(c.risky.high_risk_session_factor);
+    }
+    factor
+}
+
+/// Whether `count` reached `percent` % of `limit`.
+pub(crate) fn near(count: u32, limit: u32, percent: u32) -> bool {
+    u64::from(count) * 100 >= u64::from(limit) * u64::from(percent)
+}
+
+/// Whether a rate's hour or day count reached `percent` % of its limit.
+pub(crate) fn near_limit(rate: &mut Rate, limit: Limit, percent: u32, now: i64) -> bool {
+    near(rate.hour(now), limit.per_hour, percent) || near(rate.day(now), limit.per_day, percent)
+}
+
+/// Moves counts not yet shared to `out`, naming their subject.
+pub(crate) fn take_counts(
+    pending: &mut Vec<CounterDelta>,
+    subject: i64,
+    out: &mut Vec<CounterDelta>,
+) {
+    out.extend(pending.drain(..).map(|d| CounterDelta { subject, ..d }));
 }
 
 /// A person new to this hour's or this day's distinct count: the local
@@ -243,9 +280,58 @@ impl AccountState {
             recent_head: 0,
             last_seen: i64::MIN,
             pending_counts: Vec::new(),
+            unshared: 0,
             pending_activity: Vec::new(),
             pending_known: Vec::new(),
         }
+    }
+
+    /// Whether this instance must share the account's counts and read the
+    /// others' before deciding on `a` (see `sync.exchange_after`): it
+    /// counted enough attempts the others have not seen, or one of the
+    /// account's limits is near.
+    pub(crate) fn needs_exchange(&mut self, c: &GuardConfig, a: &Attempt, now: i64) -> bool {
+        if self.unshared >= c.sync.exchange_after {
+            return true;
+        }
+        let pct = c.sync.exchange_near_percent;
+        let factor = quota_factor(c, a);
+        let scale = |l: Limit| if factor < 1.0 { l.scaled(factor) } else { l };
+        let q = &c.account;
+        let persons = scale(q.persons);
+        let [
+            _,
+            ph,
+            pd,
+            nir,
+            searches,
+            _,
+            _,
+            _,
+            bg,
+            refusals,
+            _,
+            _,
+            _,
+            grants,
+        ] = &mut self.rates;
+        near(ph.hour(now), persons.per_hour, pct)
+            || near(pd.day(now), persons.per_day, pct)
+            || near_limit(nir, scale(q.nir_reveals), pct, now)
+            || near_limit(searches, scale(q.searches), pct, now)
+            || near_limit(bg, scale(q.break_glass), pct, now)
+            || near_limit(grants, scale(q.mandate_grants), pct, now)
+            || near(
+                refusals.hour(now),
+                c.containment.suspend_after_refusals,
+                pct,
+            )
+    }
+
+    /// Moves the counts not yet shared to `out` (to exchange or flush).
+    pub(crate) fn take_counts(&mut self, id: i64, out: &mut Vec<CounterDelta>) {
+        take_counts(&mut self.pending_counts, id, out);
+        self.unshared = 0;
     }
 
     /// Merges devices and networks loaded from the store.
@@ -420,13 +506,7 @@ impl AccountState {
             .created_at
             .map(|t| (a.at - t).num_seconds() as f64 / DAY as f64);
         let young = age_days.is_some_and(|d| d < f64::from(c.risky.young_account_days));
-        let mut factor = 1.0f64;
-        if young {
-            factor = factor.min(c.risky.young_account_factor);
-        }
-        if a.session.high_risk {
-            factor = factor.min(c.risky.high_risk_session_factor);
-        }
+        let factor = quota_factor(c, a);
         let q = &c.account;
         let scale = |l: Limit| if factor < 1.0 { l.scaled(factor) } else { l };
         let quota = |lines: &mut Lines,
@@ -784,6 +864,7 @@ impl AccountState {
         if a.person_id.is_some() {
             self.last_person = a.person_id;
         }
+        self.unshared = self.unshared.saturating_add(1);
         let first_of_hour = self.hour_counted != Some((local.day, local.hour));
         self.hour_counted = Some((local.day, local.hour));
         self.activity(local, |r| {

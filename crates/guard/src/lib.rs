@@ -41,12 +41,23 @@
 //!
 //! **Staleness across instances.** Each instance counts exactly what it
 //! serves; other instances' counts arrive with each sync, so they are at
-//! most `sync.interval_secs` (plus one flush) old. An attacker spreading
-//! one account over k instances gains at most what it can read in one
-//! interval on k − 1 of them; distinct persons are counted per instance,
-//! so the merged count is an upper bound (never an undercount) of the truth.
-//! The organisation stage's accounts at work and the networks and devices
-//! shared anew are seen per instance.
+//! most `sync.interval_secs` (plus one flush) old. That is too slow for a
+//! bulk reader: one credential spread round-robin over three instances
+//! reads its whole quota on each within a second. So an account that
+//! counted `sync.exchange_after` attempts since it last shared them, or
+//! that (or whose organisation) is within `sync.exchange_near_percent` of a
+//! limit, first *exchanges*: one store call adds its unshared counts and
+//! reads the others' for the account and its organisation, and the
+//! decision follows. Each other instance then hides at most
+//! `exchange_after` attempts of the account, plus its latest decision and
+//! those in flight: across k instances a quota of q lets through at most
+//! q + (k − 1)(exchange_after + 1) + what is in flight. An instance that
+//! has seen no other instance announce itself within
+//! `sync.max_staleness_secs` (a single server) never exchanges: a new
+//! instance is known to the others from their next sync. Distinct persons
+//! are counted per instance, so the merged count is an upper bound (never
+//! an undercount) of the truth. The organisation stage's accounts at work
+//! and the networks and devices shared anew are seen per instance.
 
 mod alert;
 mod attempt;
@@ -77,7 +88,7 @@ pub use window::{BUCKET_SECS, bucket_of};
 pub const NEW_MANDATE_DAYS: i64 = 2;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -151,6 +162,34 @@ pub struct SyncReport {
 /// Other instances' (metric, hour, day) counts for one subject.
 type RemoteRows = Vec<(Metric, u32, u32)>;
 
+/// Other instances' counts by subject.
+fn remote_rows(remote: Vec<store::RemoteCount>) -> HashMap<(Scope, i64), RemoteRows> {
+    let mut by_subject: HashMap<(Scope, i64), RemoteRows> = HashMap::new();
+    for r in remote {
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        by_subject.entry((r.scope, r.subject)).or_default().push((
+            r.metric,
+            clamp(r.hour),
+            clamp(r.day),
+        ));
+    }
+    by_subject
+}
+
+/// Sets a subject's remote counts to the other instances' (none when
+/// `rows` is `None`).
+fn apply_remote(rates: &mut [window::Rate; store::METRICS], rows: Option<&RemoteRows>) {
+    for r in rates.iter_mut() {
+        r.remote_hour = 0;
+        r.remote_day = 0;
+    }
+    for &(m, h, d) in rows.into_iter().flatten() {
+        let r = &mut rates[m as usize];
+        r.remote_hour = h;
+        r.remote_day = d;
+    }
+}
+
 const ACCOUNT_SHARDS: usize = 64;
 const ORG_SHARDS: usize = 16;
 
@@ -182,6 +221,9 @@ struct Inner {
     /// failed one.
     last_sync: AtomicI64,
     last_prune: AtomicI64,
+    /// Other instances alive as of the last sync: with none, there is no
+    /// one to exchange with.
+    others: AtomicU32,
     /// Alerts raised, freezes decided and suspension blocks lengthened since
     /// the last sync, and whatever a failed write could not store.
     pending: Mutex<FlushBatch>,
@@ -224,6 +266,7 @@ impl Guard {
             sightings: Sightings::new(),
             last_sync: AtomicI64::new(i64::MIN),
             last_prune: AtomicI64::new(i64::MIN),
+            others: AtomicU32::new(0),
             pending: Mutex::new(FlushBatch {
                 instance,
                 ..FlushBatch::default()
@@ -466,6 +509,7 @@ impl Inner {
         self.ensure_loaded(a, local.day).await?;
         self.ensure_org_loaded(a.account.organisation_id, local.day)
             .await?;
+        self.exchange_if_due(a).await?;
         let peer = self.peer(a.account.peer.key());
         let id = a.account.account_id;
         let account: AccountVerdict = {
@@ -577,6 +621,66 @@ impl Inner {
         })
     }
 
+    /// The synchronous exchange (see `sync.exchange_after`): when the
+    /// account counted enough attempts the other instances have not seen,
+    /// or it or its organisation is near a limit, shares their counts and
+    /// reads the others' for both, in one store call, before the decision.
+    /// On error the counts taken wait for the next sync and the attempt is
+    /// refused (fail closed).
+    async fn exchange_if_due(&self, a: &Attempt) -> Result<(), GuardError> {
+        if self.others.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let now = a.at.timestamp();
+        let (id, org_id) = (a.account.account_id, a.account.organisation_id);
+        let mut deltas = Vec::new();
+        {
+            let mut shard = lock(self.account_shard(id));
+            let st = shard.entry(id).or_insert_with(|| AccountState::new(a));
+            let due = st.needs_exchange(&self.config, a, now);
+            drop(shard);
+            let mut orgs = lock(self.org_shard(org_id));
+            let o = orgs.entry(org_id).or_insert_with(OrgState::new);
+            if !due && !o.needs_exchange(&self.config, a, now) {
+                return Ok(());
+            }
+            o.take_counts(org_id.get(), &mut deltas);
+        }
+        if let Some(st) = lock(self.account_shard(id)).get_mut(&id) {
+            st.take_counts(id.get(), &mut deltas);
+        }
+        let b = bucket_of(now);
+        let subjects = [
+            (Scope::Account, id.get()),
+            (Scope::Organisation, org_id.get()),
+        ];
+        let remote = match self
+            .store
+            .exchange(
+                self.instance,
+                &deltas,
+                &subjects,
+                b - (HOUR_BUCKETS - 1),
+                b - (DAY_BUCKETS - 1),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                lock(&self.pending).counters.append(&mut deltas);
+                return Err(e.into());
+            }
+        };
+        let rows = remote_rows(remote);
+        if let Some(st) = lock(self.account_shard(id)).get_mut(&id) {
+            apply_remote(&mut st.rates, rows.get(&subjects[0]));
+        }
+        if let Some(o) = lock(self.org_shard(org_id)).get_mut(&org_id) {
+            apply_remote(&mut o.rates, rows.get(&subjects[1]));
+        }
+        Ok(())
+    }
+
     /// Shares a suspension block with the other instances. A new
     /// suspension is stored before the decision returns, so that no crash
     /// or reactivation before the next sync can lose it; a lengthened one
@@ -669,10 +773,7 @@ impl Inner {
         for shard in &self.accounts {
             let mut shard = lock(shard);
             for (&id, st) in shard.iter_mut() {
-                for mut d in st.pending_counts.drain(..) {
-                    d.subject = id.get();
-                    batch.counters.push(d);
-                }
+                st.take_counts(id.get(), &mut batch.counters);
                 for mut r in st.pending_activity.drain(..) {
                     r.subject = id.get();
                     peers
@@ -705,10 +806,7 @@ impl Inner {
         for shard in &self.orgs {
             let mut shard = lock(shard);
             for (&id, o) in shard.iter_mut() {
-                for mut d in o.pending_counts.drain(..) {
-                    d.subject = id.get();
-                    batch.counters.push(d);
-                }
+                o.take_counts(id.get(), &mut batch.counters);
                 o.prune(now);
             }
             shard.retain(|_, o| !o.is_idle(now));
@@ -736,32 +834,20 @@ impl Inner {
             pending.append(newer);
             return Err(e.into());
         }
+        let since = now
+            .checked_sub_signed(TimeDelta::seconds(i64::from(
+                self.config.sync.max_staleness_secs,
+            )))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let others = self.store.announce(self.instance, now, since).await?;
+        self.others.store(others, Ordering::SeqCst);
         let b = bucket_of(t);
         let remote = self
             .store
             .remote_counts(self.instance, b - (HOUR_BUCKETS - 1), b - (DAY_BUCKETS - 1))
             .await?;
         report.remote = remote.len();
-        let mut by_subject: HashMap<(Scope, i64), RemoteRows> = HashMap::new();
-        for r in remote {
-            let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-            by_subject.entry((r.scope, r.subject)).or_default().push((
-                r.metric,
-                clamp(r.hour),
-                clamp(r.day),
-            ));
-        }
-        let apply = |rates: &mut [window::Rate; store::METRICS], rows: Option<&RemoteRows>| {
-            for r in rates.iter_mut() {
-                r.remote_hour = 0;
-                r.remote_day = 0;
-            }
-            for &(m, h, d) in rows.into_iter().flatten() {
-                let r = &mut rates[m as usize];
-                r.remote_hour = h;
-                r.remote_day = d;
-            }
-        };
+        let by_subject = remote_rows(remote);
         // Subjects counted elsewhere but not met here yet get a state now,
         // so that their first attempt here already sees those counts.
         for &(scope, subject) in by_subject.keys() {
@@ -783,12 +869,12 @@ impl Inner {
         }
         for shard in &self.accounts {
             for (id, st) in lock(shard).iter_mut() {
-                apply(&mut st.rates, by_subject.get(&(Scope::Account, id.get())));
+                apply_remote(&mut st.rates, by_subject.get(&(Scope::Account, id.get())));
             }
         }
         for shard in &self.orgs {
             for (id, o) in lock(shard).iter_mut() {
-                apply(
+                apply_remote(
                     &mut o.rates,
                     by_subject.get(&(Scope::Organisation, id.get())),
                 );

@@ -28,7 +28,8 @@ use crate::attempt::{Attempt, Digest16};
 use crate::baseline::{Baseline, OrgBaseline};
 use crate::config::{GuardConfig, Limit};
 use crate::engine::{
-    AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, push_count, rates, verdict_of,
+    AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, near, near_limit, push_count, rates,
+    take_counts, verdict_of,
 };
 use crate::store::{CounterDelta, KnownKind, METRICS, Metric, Scope};
 use crate::window::Rate;
@@ -261,6 +262,60 @@ impl OrgState {
         push_count(&mut self.pending_counts, Scope::Organisation, 0, metric, at);
     }
 
+    /// The organisation's persons quota: scaled once its size is known
+    /// from its own history, the absolute ceiling before that.
+    fn persons_limit(&self, c: &GuardConfig, a: &Attempt) -> Limit {
+        let q = &c.organisation;
+        if self.own.hours >= f64::from(c.organisation_scoring.min_hours) {
+            c.organisation_scaled
+                .persons(a.account.kind(), self.own.peak_accounts, q.persons)
+        } else {
+            q.persons
+        }
+    }
+
+    /// Whether one of the organisation's limits is near enough
+    /// (`sync.exchange_near_percent`) for every decision on its accounts to
+    /// exchange counts with the other instances first.
+    pub(crate) fn needs_exchange(&mut self, c: &GuardConfig, a: &Attempt, now: i64) -> bool {
+        if self.frozen {
+            return false;
+        }
+        let pct = c.sync.exchange_near_percent;
+        let q = &c.organisation;
+        let persons = self.persons_limit(c, a);
+        let k = &c.containment;
+        let [
+            _,
+            ph,
+            pd,
+            nir,
+            searches,
+            _,
+            _,
+            _,
+            bg,
+            refusals,
+            _,
+            suspensions,
+            _,
+            grants,
+        ] = &mut self.rates;
+        near(ph.hour(now), persons.per_hour, pct)
+            || near(pd.day(now), persons.per_day, pct)
+            || near_limit(nir, q.nir_reveals, pct, now)
+            || near_limit(searches, q.searches, pct, now)
+            || near_limit(bg, q.break_glass, pct, now)
+            || near_limit(grants, q.mandate_grants, pct, now)
+            || near(refusals.hour(now), k.freeze_after_refusals, pct)
+            || near(suspensions.day(now), k.freeze_after_suspensions, pct)
+    }
+
+    /// Moves the counts not yet shared to `out` (to exchange or flush).
+    pub(crate) fn take_counts(&mut self, id: i64, out: &mut Vec<CounterDelta>) {
+        take_counts(&mut self.pending_counts, id, out);
+    }
+
     /// An officer lifted the freeze: the organisation starts afresh (its
     /// step-up, throttle and what its accounts did together are the
     /// incident the officer closed).
@@ -323,14 +378,7 @@ impl OrgState {
         let ev = account.events;
         if checked && account.verdict.lets_through() {
             let q = &c.organisation;
-            // Scaled once its size is known from its own history; the
-            // absolute ceiling before that.
-            let persons = if self.own.hours >= f64::from(c.organisation_scoring.min_hours) {
-                c.organisation_scaled
-                    .persons(a.account.kind(), self.own.peak_accounts, q.persons)
-            } else {
-                q.persons
-            };
+            let persons = self.persons_limit(c, a);
             let mut quota = Lines::new();
             let [_, ph, pd, nir, searches, _, _, _, bg, _, _, _, _, grants] = &mut self.rates;
             let mut over = |on: bool, h: u32, d: u32, l: Limit, fh: Feature, fd: Feature| {

@@ -400,6 +400,44 @@ pub trait GuardStore: Send + Sync {
         day_from: i64,
     ) -> Result<Vec<RemoteCount>, StoreError>;
 
+    /// Records that `instance` is alive at `now`, and returns how many
+    /// other instances recorded so since `since` (the instances sharing the
+    /// store: an instance alone has no one to exchange with).
+    async fn announce(
+        &self,
+        instance: i64,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StoreError>;
+
+    /// The synchronous exchange of one account near a limit (see
+    /// [`crate::Sync::exchange_after`]): adds this instance's `deltas`,
+    /// then returns what the other instances counted for `subjects` only,
+    /// as [`GuardStore::remote_counts`] does for all. The deltas are added
+    /// whole or not at all; the reading sees every delta another instance
+    /// had added before. The default is a flush and a full read; backends
+    /// make it one statement on the subjects' rows.
+    async fn exchange(
+        &self,
+        instance: i64,
+        deltas: &[CounterDelta],
+        subjects: &[(Scope, i64)],
+        hour_from: i64,
+        day_from: i64,
+    ) -> Result<Vec<RemoteCount>, StoreError> {
+        if !deltas.is_empty() {
+            self.flush(&FlushBatch {
+                instance,
+                counters: deltas.to_vec(),
+                ..FlushBatch::default()
+            })
+            .await?;
+        }
+        let mut remote = self.remote_counts(instance, hour_from, day_from).await?;
+        remote.retain(|r| subjects.contains(&(r.scope, r.subject)));
+        Ok(remote)
+    }
+
     /// Organisations frozen and not lifted.
     async fn frozen_organisations(&self) -> Result<Vec<Freeze>, StoreError>;
 
@@ -427,9 +465,9 @@ pub trait GuardStore: Send + Sync {
     /// Stored alerts, in id order.
     async fn alerts(&self, query: &AlertQuery) -> Result<Vec<StoredAlert>, StoreError>;
 
-    /// Removes counters in buckets before `bucket`, activity before `day`
-    /// and suspension blocks that ended before `bucket` began; returns the
-    /// rows removed.
+    /// Removes counters in buckets before `bucket`, activity before `day`,
+    /// suspension blocks that ended before `bucket` began and instances
+    /// last seen before it; returns the rows removed.
     async fn prune(&self, bucket: i64, day: i32) -> Result<u64, StoreError>;
 }
 
@@ -453,6 +491,7 @@ pub mod memory {
         frozen: BTreeMap<OrganisationId, DateTime<Utc>>,
         lifted: BTreeMap<OrganisationId, DateTime<Utc>>,
         blocks: BTreeMap<AccountId, DateTime<Utc>>,
+        instances: BTreeMap<i64, DateTime<Utc>>,
     }
 
     impl State {
@@ -635,6 +674,23 @@ pub mod memory {
                 .collect())
         }
 
+        async fn announce(
+            &self,
+            instance: i64,
+            now: DateTime<Utc>,
+            since: DateTime<Utc>,
+        ) -> Result<u32, StoreError> {
+            let mut s = self.state()?;
+            let seen = s.instances.entry(instance).or_insert(now);
+            *seen = (*seen).max(now);
+            let others = s
+                .instances
+                .iter()
+                .filter(|&(&i, &at)| i != instance && at >= since)
+                .count();
+            Ok(u32::try_from(others).unwrap_or(u32::MAX))
+        }
+
         async fn frozen_organisations(&self) -> Result<Vec<Freeze>, StoreError> {
             let s = self.state()?;
             Ok(s.frozen
@@ -702,6 +758,7 @@ pub mod memory {
             s.activity.retain(|k, _| k.2 >= day);
             let ended = bucket.saturating_mul(crate::BUCKET_SECS);
             s.blocks.retain(|_, until| until.timestamp() >= ended);
+            s.instances.retain(|_, seen| seen.timestamp() >= ended);
             Ok((before - s.counters.len() - s.activity.len() - s.blocks.len()) as u64)
         }
     }

@@ -701,6 +701,131 @@ async fn instances_sharing_a_store_add_up_each_others_counts() {
     assert_eq!(on_b, 10, "40 per hour across both instances");
 }
 
+/// Three guards on one store that know of each other (each has synced
+/// after all opened).
+async fn three_instances(config: GuardConfig) -> (Vec<Guard>, Arc<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new());
+    let t0 = day0();
+    let mut guards = Vec::new();
+    for instance in 1..=3 {
+        guards.push(
+            Guard::open(config, store.clone(), instance, t0)
+                .await
+                .unwrap(),
+        );
+    }
+    for g in &guards {
+        g.sync(t0).await.unwrap();
+    }
+    (guards, store)
+}
+
+#[tokio::test]
+async fn one_account_read_round_robin_over_three_instances_meets_its_quota_between_syncs() {
+    // The 2024 scenario spread over three replicas: one account reading a
+    // new person every 100 ms, each request on the next instance, no sync
+    // in between. Without the exchange each instance lets 40 through.
+    let (guards, _) = three_instances(lenient_sync()).await;
+    let mut allowed = 0;
+    for i in 0..150 {
+        let at = day0() + TimeDelta::milliseconds(100 * i);
+        let d = guards[i as usize % 3].check(&read(7, i, at)).await.unwrap();
+        allowed += u32::from(d.lets_through());
+    }
+    // Each decision misses at most the latest decision of each other
+    // instance (not exchanged yet).
+    assert!(
+        (40..=42).contains(&allowed),
+        "{allowed} persons for a quota of 40"
+    );
+}
+
+#[tokio::test]
+async fn reads_hidden_on_other_instances_are_bounded_by_exchange_after() {
+    // The attacker reads a little on two instances, below what makes them
+    // exchange, then as much as it can on the third.
+    let (guards, _) = three_instances(lenient_sync()).await;
+    let after = GuardConfig::default().sync.exchange_after;
+    let mut allowed = 0;
+    let mut i = 0;
+    for g in &guards[1..] {
+        for _ in 0..after {
+            i += 1;
+            allowed += u32::from(
+                g.check(&read(7, i, day0() + TimeDelta::seconds(i)))
+                    .await
+                    .unwrap()
+                    .lets_through(),
+            );
+        }
+    }
+    for _ in 0..100 {
+        i += 1;
+        allowed += u32::from(
+            guards[0]
+                .check(&read(7, i, day0() + TimeDelta::seconds(i)))
+                .await
+                .unwrap()
+                .lets_through(),
+        );
+    }
+    assert!(
+        allowed <= 40 + 2 * after,
+        "{allowed} persons for a quota of 40"
+    );
+}
+
+#[tokio::test]
+async fn an_exchange_that_fails_refuses_and_loses_no_count() {
+    let (guards, store) = three_instances(lenient_sync()).await;
+    let (a, b) = (&guards[0], &guards[1]);
+    let after = i64::from(GuardConfig::default().sync.exchange_after);
+    for i in 0..after {
+        assert!(
+            a.check(&read(7, i, day0() + TimeDelta::seconds(i)))
+                .await
+                .unwrap()
+                .lets_through()
+        );
+    }
+    // The next decision exchanges first: the store fails, the attempt is
+    // refused (fail closed).
+    store.fail(true);
+    let at = day0() + TimeDelta::seconds(after);
+    assert!(matches!(
+        a.check(&read(7, after, at)).await,
+        Err(GuardError::Store(_))
+    ));
+    store.fail(false);
+    // The counts it had taken are shared by the next sync.
+    a.sync(at).await.unwrap();
+    let seen: u64 = store
+        .remote_counts(2, 0, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.scope == Scope::Account && r.subject == 7 && r.metric == Metric::PersonsHour)
+        .map(|r| r.hour)
+        .sum();
+    assert_eq!(seen, after as u64);
+    b.sync(at).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_instance_alone_makes_no_store_call_to_decide() {
+    // One server: no exchange, whatever the pace (the store failing is
+    // not seen until the next sync).
+    let (g, store) = open(lenient_sync()).await;
+    assert_eq!(verdict(&g, &read(7, 0, day0())).await, Verdict::Allow);
+    store.fail(true);
+    for i in 1..30 {
+        assert_eq!(
+            verdict(&g, &read(7, i, day0() + TimeDelta::milliseconds(10 * i))).await,
+            Verdict::Allow
+        );
+    }
+}
+
 /// Runs a script on `g` reading new persons every second from `t` until
 /// the guard suspends `account`; returns the suspending attempt's instant.
 async fn suspend_by_script(g: &Guard, account: i64, t: DateTime<Utc>) -> DateTime<Utc> {

@@ -49,13 +49,7 @@ pub(crate) fn blocks_ended(bucket: i64) -> Result<DateTime<Utc>, StoreError> {
 /// A batch's counters and activity with duplicate keys added together (a
 /// retried batch joins the next one), so each key is written once.
 pub(crate) fn merged(batch: &FlushBatch) -> (Vec<CounterDelta>, Vec<ActivityRow>) {
-    let mut counters: HashMap<(i64, Scope, i64, i16), CounterDelta> = HashMap::new();
-    for c in &batch.counters {
-        counters
-            .entry((c.bucket, c.scope, c.subject, c.metric.code()))
-            .and_modify(|x| x.count = x.count.saturating_add(c.count))
-            .or_insert(*c);
-    }
+    let counters = merged_counters(&batch.counters);
     let mut activity: HashMap<(Scope, i64, i32, u8), ActivityRow> = HashMap::new();
     for a in &batch.activity {
         activity
@@ -63,11 +57,24 @@ pub(crate) fn merged(batch: &FlushBatch) -> (Vec<CounterDelta>, Vec<ActivityRow>
             .and_modify(|x| x.counts.add(&a.counts))
             .or_insert(*a);
     }
-    let mut counters: Vec<_> = counters.into_values().collect();
-    counters.sort_by_key(|c| (c.bucket, c.scope, c.subject, c.metric));
     let mut activity: Vec<_> = activity.into_values().collect();
     activity.sort_by_key(|a| (a.scope, a.subject, a.day, a.hour));
     (counters, activity)
+}
+
+/// Counter deltas with one row per key (a statement may not update a row
+/// twice), in key order (concurrent writers lock rows in the same order).
+pub(crate) fn merged_counters(deltas: &[CounterDelta]) -> Vec<CounterDelta> {
+    let mut counters: HashMap<(i64, Scope, i64, i16), CounterDelta> = HashMap::new();
+    for c in deltas {
+        counters
+            .entry((c.bucket, c.scope, c.subject, c.metric.code()))
+            .and_modify(|x| x.count = x.count.saturating_add(c.count))
+            .or_insert(*c);
+    }
+    let mut counters: Vec<_> = counters.into_values().collect();
+    counters.sort_by_key(|c| (c.bucket, c.scope, c.subject, c.metric));
+    counters
 }
 
 /// Checks what an alert stores: finite numbers only.

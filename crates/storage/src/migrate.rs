@@ -69,6 +69,11 @@ pub const SQLITE: &[Migration] = &[
         name: "organisation_alert",
         sql: include_str!("../migrations/sqlite/0012_organisation_alert.sql"),
     },
+    Migration {
+        version: 13,
+        name: "guard_exchange",
+        sql: include_str!("../migrations/sqlite/0013_guard_exchange.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -132,6 +137,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 12,
         name: "organisation_alert",
         sql: include_str!("../migrations/postgres/0012_organisation_alert.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "guard_exchange",
+        sql: include_str!("../migrations/postgres/0013_guard_exchange.sql"),
     },
 ];
 

@@ -10,17 +10,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::store::{
-    AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
-    Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
+    AccountHistory, ActivityRow, AlertQuery, CounterDelta, FlushBatch, Freeze, GuardStore, Known,
+    KnownKind, Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
 };
-use rempart_guard::{Alert, Evidence, StoreError};
+use rempart_guard::{Alert, BUCKET_SECS, Evidence, StoreError};
 use tokio_postgres::Row;
 
 use super::PgStore;
 use crate::guard::{
     ACTIVITY_COLUMNS, ALERT_COLUMNS, accounts_text, activity_columns, activity_counts, alert_kind,
-    blocks_ended, check_alert, explanation, merged, parse_accounts, scope, seq_from_i64,
-    seq_to_i64, store_error, verdict,
+    blocks_ended, check_alert, explanation, merged, merged_counters, parse_accounts, scope,
+    seq_from_i64, seq_to_i64, store_error, verdict,
 };
 use crate::{StorageError, instant};
 
@@ -37,6 +37,25 @@ fn activity_row(r: &Row) -> Result<ActivityRow, StorageError> {
             .map_err(|_| StorageError::Corrupt("activity hour".into()))?,
         counts: activity_counts(v)?,
     })
+}
+
+/// Rows of (scope, subject, metric, hour sum, day sum).
+fn remote_counts(rows: &[Row]) -> Result<Vec<RemoteCount>, StorageError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(metric) = Metric::from_code(r.try_get(2)?) else {
+            continue; // written by a newer guard: not ours to read
+        };
+        let n = |v: i64| u64::try_from(v).map_err(|_| StorageError::Corrupt("counter sum".into()));
+        out.push(RemoteCount {
+            scope: scope(r.try_get(0)?)?,
+            subject: r.try_get(1)?,
+            metric,
+            hour: n(r.try_get(3)?)?,
+            day: n(r.try_get(4)?)?,
+        });
+    }
+    Ok(out)
 }
 
 fn alert_row(r: &Row) -> Result<StoredAlert, StorageError> {
@@ -68,6 +87,65 @@ const BLOCK_SQL: &str = "INSERT INTO guard_block (account_id, blocked_until) VAL
      DO UPDATE SET blocked_until = GREATEST(guard_block.blocked_until, EXCLUDED.blocked_until)";
 
 impl PgStore {
+    /// One statement, so one round trip: the upsert of this instance's
+    /// rows and the sum of the others' (which the upsert does not touch)
+    /// for the subjects, through the (scope, subject, bucket) index.
+    async fn guard_exchange(
+        &self,
+        instance: i64,
+        deltas: &[CounterDelta],
+        subjects: &[(Scope, i64)],
+        hour_from: i64,
+        day_from: i64,
+    ) -> Result<Vec<RemoteCount>, StorageError> {
+        let counters = merged_counters(deltas);
+        let bucket: Vec<i64> = counters.iter().map(|d| d.bucket).collect();
+        let scope_code: Vec<i16> = counters.iter().map(|d| d.scope.code()).collect();
+        let subject: Vec<i64> = counters.iter().map(|d| d.subject).collect();
+        let metric: Vec<i16> = counters.iter().map(|d| d.metric.code()).collect();
+        let count: Vec<i64> = counters.iter().map(|d| i64::from(d.count)).collect();
+        let wanted_scope: Vec<i16> = subjects.iter().map(|s| s.0.code()).collect();
+        let wanted: Vec<i64> = subjects.iter().map(|s| s.1).collect();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH added AS (
+                     INSERT INTO guard_counter (bucket, instance, scope, subject, metric, count)
+                     SELECT b, $1, s, x, m, n
+                     FROM UNNEST($2::int8[], $3::int2[], $4::int8[], $5::int2[], $6::int8[])
+                         AS u(b, s, x, m, n)
+                     ON CONFLICT (bucket, instance, scope, subject, metric)
+                     DO UPDATE SET count = guard_counter.count + EXCLUDED.count
+                     RETURNING 1)
+                 SELECT c.scope, c.subject, c.metric,
+                        SUM(CASE WHEN c.bucket >= $9 THEN c.count ELSE 0 END)::int8,
+                        SUM(c.count)::int8
+                 FROM UNNEST($7::int2[], $8::int8[]) AS w(scope, subject)
+                 JOIN guard_counter c ON c.scope = w.scope AND c.subject = w.subject
+                 WHERE c.bucket >= $10 AND c.instance <> $1
+                 GROUP BY c.scope, c.subject, c.metric",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &instance,
+                    &bucket,
+                    &scope_code,
+                    &subject,
+                    &metric,
+                    &count,
+                    &wanted_scope,
+                    &wanted,
+                    &hour_from,
+                    &day_from,
+                ],
+            )
+            .await?;
+        remote_counts(&rows)
+    }
+
     async fn guard_flush(&self, batch: &FlushBatch) -> Result<(), StorageError> {
         let (counters, activity) = merged(batch);
         for a in &batch.alerts {
@@ -419,21 +497,46 @@ impl GuardStore for PgStore {
                     &[&instance, &hour_from, &day_from],
                 )
                 .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                let Some(metric) = Metric::from_code(r.try_get(2)?) else {
-                    continue; // written by a newer guard: not ours to read
-                };
-                let n = |v: i64| u64::try_from(v).map_err(|_| StorageError::Corrupt("counter sum".into()));
-                out.push(RemoteCount {
-                    scope: scope(r.try_get(0)?)?,
-                    subject: r.try_get(1)?,
-                    metric,
-                    hour: n(r.try_get(3)?)?,
-                    day: n(r.try_get(4)?)?,
-                });
-            }
-            Ok::<_, StorageError>(out)
+            remote_counts(&rows)
+        }
+        .await
+        .map_err(store_error)
+    }
+
+    async fn exchange(
+        &self,
+        instance: i64,
+        deltas: &[CounterDelta],
+        subjects: &[(Scope, i64)],
+        hour_from: i64,
+        day_from: i64,
+    ) -> Result<Vec<RemoteCount>, StoreError> {
+        self.guard_exchange(instance, deltas, subjects, hour_from, day_from)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn announce(
+        &self,
+        instance: i64,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        async {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    "WITH me AS (
+                         INSERT INTO guard_instance (instance, seen_at) VALUES ($1, $2)
+                         ON CONFLICT (instance)
+                         DO UPDATE SET seen_at = GREATEST(guard_instance.seen_at, EXCLUDED.seen_at)
+                         RETURNING 1)
+                     SELECT count(*) FROM guard_instance WHERE instance <> $1 AND seen_at >= $3",
+                    &[&instance, &now.timestamp(), &since.timestamp()],
+                )
+                .await?;
+            let n: i64 = row.try_get(0)?;
+            Ok::<_, StorageError>(u32::try_from(n).unwrap_or(u32::MAX))
         }
         .await
         .map_err(store_error)
@@ -557,6 +660,11 @@ impl GuardStore for PgStore {
                     &[&ended],
                 )
                 .await?;
+            tx.execute(
+                "DELETE FROM guard_instance WHERE seen_at < $1",
+                &[&bucket.saturating_mul(BUCKET_SECS)],
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, StorageError>(n)
         }

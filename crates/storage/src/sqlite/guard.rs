@@ -7,18 +7,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::store::{
-    AccountHistory, ActivityRow, AlertQuery, FlushBatch, Freeze, GuardStore, Known, KnownKind,
-    Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
+    AccountHistory, ActivityRow, AlertQuery, CounterDelta, FlushBatch, Freeze, GuardStore, Known,
+    KnownKind, Metric, RemoteCount, Scope, StoredAlert, SuspensionBlock,
 };
-use rempart_guard::{Alert, Evidence, StoreError};
+use rempart_guard::{Alert, BUCKET_SECS, Evidence, StoreError};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{SqliteStore, instant_text, parse_instant};
 use crate::StorageError;
 use crate::guard::{
     ACTIVITY_COLUMNS, ALERT_COLUMNS, accounts_text, activity_columns, activity_counts, alert_kind,
-    blocks_ended, check_alert, explanation, merged, parse_accounts, scope, seq_from_i64,
-    seq_to_i64, store_error, verdict,
+    blocks_ended, check_alert, explanation, merged, merged_counters, parse_accounts, scope,
+    seq_from_i64, seq_to_i64, store_error, verdict,
 };
 
 fn activity_row(r: &Row<'_>) -> Result<ActivityRow, StorageError> {
@@ -80,26 +80,52 @@ fn block(c: &Connection, b: &SuspensionBlock) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Adds one instance's counter deltas to the stored ones.
+fn add_counters(
+    tx: &rusqlite::Transaction<'_>,
+    instance: i64,
+    counters: &[CounterDelta],
+) -> Result<(), StorageError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO guard_counter (bucket, instance, scope, subject, metric, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (bucket, instance, scope, subject, metric)
+         DO UPDATE SET count = count + excluded.count",
+    )?;
+    for d in counters {
+        stmt.execute(params![
+            d.bucket,
+            instance,
+            d.scope.code(),
+            d.subject,
+            d.metric.code(),
+            i64::from(d.count)
+        ])?;
+    }
+    Ok(())
+}
+
+/// A row of (scope, subject, metric, hour sum, day sum); `None` for a
+/// metric written by a newer guard (not ours to read).
+fn remote_count(r: &Row<'_>) -> Result<Option<RemoteCount>, StorageError> {
+    let Some(metric) = Metric::from_code(r.get(2)?) else {
+        return Ok(None);
+    };
+    let n = |v: i64| u64::try_from(v).map_err(|_| StorageError::Corrupt("counter sum".into()));
+    Ok(Some(RemoteCount {
+        scope: scope(r.get(0)?)?,
+        subject: r.get(1)?,
+        metric,
+        hour: n(r.get(3)?)?,
+        day: n(r.get(4)?)?,
+    }))
+}
+
 fn flush(c: &mut Connection, batch: &FlushBatch) -> Result<(), StorageError> {
     let (counters, activity) = merged(batch);
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    add_counters(&tx, batch.instance, &counters)?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO guard_counter (bucket, instance, scope, subject, metric, count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (bucket, instance, scope, subject, metric)
-             DO UPDATE SET count = count + excluded.count",
-        )?;
-        for d in &counters {
-            stmt.execute(params![
-                d.bucket,
-                batch.instance,
-                d.scope.code(),
-                d.subject,
-                d.metric.code(),
-                i64::from(d.count)
-            ])?;
-        }
         let mut stmt = tx.prepare_cached(&format!(
             "INSERT INTO guard_activity ({ACTIVITY_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
@@ -348,6 +374,45 @@ impl GuardStore for SqliteStore {
             .map_err(store_error)
     }
 
+    async fn exchange(
+        &self,
+        instance: i64,
+        deltas: &[CounterDelta],
+        subjects: &[(Scope, i64)],
+        hour_from: i64,
+        day_from: i64,
+    ) -> Result<Vec<RemoteCount>, StoreError> {
+        let counters = merged_counters(deltas);
+        let subjects = subjects.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            add_counters(&tx, instance, &counters)?;
+            let mut out = Vec::new();
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT scope, subject, metric,
+                            SUM(CASE WHEN bucket >= ?4 THEN count ELSE 0 END), SUM(count)
+                     FROM guard_counter
+                     WHERE scope = ?2 AND subject = ?3 AND bucket >= ?5 AND instance <> ?1
+                     GROUP BY scope, subject, metric",
+                )?;
+                for (s, subject) in &subjects {
+                    let mut rows =
+                        stmt.query(params![instance, s.code(), subject, hour_from, day_from])?;
+                    while let Some(r) = rows.next()? {
+                        if let Some(rc) = remote_count(r)? {
+                            out.push(rc);
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(store_error)
+    }
+
     async fn remote_counts(
         &self,
         instance: i64,
@@ -364,21 +429,37 @@ impl GuardStore for SqliteStore {
             let mut rows = stmt.query(params![instance, hour_from, day_from])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
-                let Some(metric) = Metric::from_code(r.get(2)?) else {
-                    continue; // written by a newer guard: not ours to read
-                };
-                let n = |v: i64| {
-                    u64::try_from(v).map_err(|_| StorageError::Corrupt("counter sum".into()))
-                };
-                out.push(RemoteCount {
-                    scope: scope(r.get(0)?)?,
-                    subject: r.get(1)?,
-                    metric,
-                    hour: n(r.get(3)?)?,
-                    day: n(r.get(4)?)?,
-                });
+                if let Some(rc) = remote_count(r)? {
+                    out.push(rc);
+                }
             }
             Ok(out)
+        })
+        .await
+        .map_err(store_error)
+    }
+
+    async fn announce(
+        &self,
+        instance: i64,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Result<u32, StoreError> {
+        let (now, since) = (now.timestamp(), since.timestamp());
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.prepare_cached(
+                "INSERT INTO guard_instance (instance, seen_at) VALUES (?1, ?2)
+                 ON CONFLICT (instance) DO UPDATE SET seen_at = max(seen_at, excluded.seen_at)",
+            )?
+            .execute(params![instance, now])?;
+            let n: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM guard_instance WHERE instance <> ?1 AND seen_at >= ?2",
+                )?
+                .query_row(params![instance, since], |r| r.get(0))?;
+            tx.commit()?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
         .await
         .map_err(store_error)
@@ -475,6 +556,10 @@ impl GuardStore for SqliteStore {
             let n = tx.execute("DELETE FROM guard_counter WHERE bucket < ?1", [bucket])?
                 + tx.execute("DELETE FROM guard_activity WHERE day < ?1", [day])?
                 + tx.execute("DELETE FROM guard_block WHERE blocked_until < ?1", [ended])?;
+            tx.execute(
+                "DELETE FROM guard_instance WHERE seen_at < ?1",
+                [bucket.saturating_mul(BUCKET_SECS)],
+            )?;
             tx.commit()?;
             Ok(n as u64)
         })

@@ -162,6 +162,101 @@ async fn guard_counters_add_up_across_instances_and_are_pruned(backend: Backend)
 }
 both_backends!(guard_counters_add_up_across_instances_and_are_pruned);
 
+async fn guard_exchange_adds_then_reads_only_the_subjects_asked(backend: Backend) {
+    let db = Db::open(backend).await;
+    let (be, g) = (backend.name(), db.guard());
+    let (a, o) = (Scope::Account, Scope::Organisation);
+    g.flush(&FlushBatch {
+        instance: 2,
+        counters: vec![
+            delta(a, 7, Metric::PersonsHour, 1000, 10),
+            delta(a, 8, Metric::PersonsHour, 1000, 5), // not asked for
+            delta(o, 3, Metric::PersonsHour, 1000, 30),
+        ],
+        ..FlushBatch::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("[{be}] flush: {e}"));
+    // Instance 1's deltas, one key twice (merged, not refused), and what
+    // instance 2 counted for account 7 and organisation 3.
+    let got = g
+        .exchange(
+            1,
+            &[
+                delta(a, 7, Metric::PersonsHour, 1000, 2),
+                delta(a, 7, Metric::PersonsHour, 1000, 1),
+                delta(o, 3, Metric::PersonsHour, 1000, 3),
+            ],
+            &[(a, 7), (o, 3)],
+            995,
+            713,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] exchange: {e}"));
+    assert_eq!(
+        remote(got),
+        vec![
+            (a, 7, Metric::PersonsHour, 10, 10),
+            (o, 3, Metric::PersonsHour, 30, 30),
+        ],
+        "[{be}] the others' counts, not its own"
+    );
+    // Instance 2's exchange reads instance 1's deltas.
+    let got = g
+        .exchange(2, &[], &[(a, 7), (o, 3)], 995, 713)
+        .await
+        .unwrap_or_else(|e| panic!("[{be}] exchange: {e}"));
+    assert_eq!(
+        remote(got),
+        vec![
+            (a, 7, Metric::PersonsHour, 3, 3),
+            (o, 3, Metric::PersonsHour, 3, 3),
+        ],
+        "[{be}]"
+    );
+}
+both_backends!(guard_exchange_adds_then_reads_only_the_subjects_asked);
+
+async fn guard_instances_announce_themselves_and_are_forgotten(backend: Backend) {
+    let db = Db::open(backend).await;
+    let (be, g) = (backend.name(), db.guard());
+    let t0 = DateTime::from_timestamp(1_000 * BUCKET_SECS, 0).unwrap();
+    let s = TimeDelta::seconds;
+    assert_eq!(
+        g.announce(1, t0, t0 - s(60)).await.unwrap(),
+        0,
+        "[{be}] alone"
+    );
+    assert_eq!(
+        g.announce(2, t0 + s(1), t0 - s(59)).await.unwrap(),
+        1,
+        "[{be}]"
+    );
+    assert_eq!(
+        g.announce(3, t0 + s(2), t0 - s(58)).await.unwrap(),
+        2,
+        "[{be}]"
+    );
+    // Instance 1 is not heard of for over a minute: the others forget it.
+    assert_eq!(
+        g.announce(2, t0 + s(61), t0 + s(1)).await.unwrap(),
+        1,
+        "[{be}]"
+    );
+    // A clock behind does not make an instance older.
+    assert_eq!(
+        g.announce(3, t0 - s(30), t0 - s(30)).await.unwrap(),
+        2,
+        "[{be}]"
+    );
+    assert_eq!(
+        g.announce(1, t0 + s(62), t0 + s(2)).await.unwrap(),
+        2,
+        "[{be}]"
+    );
+}
+both_backends!(guard_instances_announce_themselves_and_are_forgotten);
+
 async fn guard_activity_and_devices_round_trip(backend: Backend) {
     let db = Db::open(backend).await;
     let t0 = at("2026-03-02T09:00:00Z");

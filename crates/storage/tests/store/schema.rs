@@ -91,10 +91,10 @@ mod migrations_are_idempotent_and_guarded {
                 .expect("pg_tables")
                 .get(0);
             assert_eq!(
-                tables, 29,
-                "[postgres] registry, authentication, guard (with suspension blocks), activation, \
-                 federation, access-version, break-glass reason, login device and mandate request \
-                 tables + schema_migrations"
+                tables, 30,
+                "[postgres] registry, authentication, guard (with suspension blocks and \
+                 instances), activation, federation, access-version, break-glass reason, login \
+                 device and mandate request tables + schema_migrations"
             );
         }
 
