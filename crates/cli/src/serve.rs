@@ -80,6 +80,17 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(0..=600_000)
     )]
     pub drain_grace_ms: u64,
+    /// A load balancer (address or network, e.g. 127.0.0.1 or 10.0.0.0/8)
+    /// whose `X-Forwarded-For` names the client: per-address login limits
+    /// then count the client, not the balancer. Repeat for several. Only
+    /// what connects from these is believed.
+    #[arg(long = "trusted-proxy", env = "REMPART_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+fn parse_proxy(text: &str) -> Result<ipnet::IpNet, rempart_web::BadProxy> {
+    rempart_web::TrustedProxies::parse_one(text)
 }
 
 /// Serves until Ctrl-C/SIGTERM, then drains and closes the ledger with a
@@ -119,6 +130,7 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         .with_login(LoginSettings::new(&public_url).context("--public-url")?)
         .with_api_clients(ClientSettings::new(&public_url).context("--public-url")?)
         .with_drain_grace(Duration::from_millis(args.drain_grace_ms));
+    config.trusted_proxies = rempart_web::TrustedProxies::new(args.trusted_proxies.clone());
     config.export = guard_file.export;
     config.purge = Some(purge);
     if let Some(issuer) = &args.oidc_issuer {

@@ -18,7 +18,7 @@ use rempart_ledger::LedgerStore;
 use rempart_policy::{Authorizer, PolicyError};
 use rempart_storage::Stores;
 use rempart_vault::{Vault, VaultError};
-use rempart_web::{AppState, Health, Limits};
+use rempart_web::{AppState, Health, Limits, TrustedProxies};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -177,6 +177,9 @@ pub struct ServerConfig {
     pub clock: Clock,
     /// Body, header and connection limits.
     pub limits: Limits,
+    /// Load balancers believed about the client they forward for (none by
+    /// default: the peer is the client).
+    pub trusted_proxies: TrustedProxies,
     /// The purge of expired authentication rows (off by default).
     pub purge: Option<PurgeSettings>,
     /// How long a server told to stop keeps serving while `/readyz` says
@@ -200,6 +203,7 @@ impl ServerConfig {
             federation: None,
             clock: Arc::new(chrono::Utc::now),
             limits: Limits::default(),
+            trusted_proxies: TrustedProxies::default(),
             purge: None,
             drain_grace: Duration::ZERO,
         }
@@ -249,6 +253,7 @@ pub struct App {
     stores: Stores,
     ledger_store: Arc<dyn LedgerStore>,
     limits: Limits,
+    trusted_proxies: TrustedProxies,
     policy_count: usize,
     tasks: Vec<JoinHandle<()>>,
     health: Health,
@@ -276,6 +281,7 @@ impl App {
             federation,
             clock,
             limits,
+            trusted_proxies,
             purge,
             drain_grace,
         } = config;
@@ -341,6 +347,7 @@ impl App {
             stores,
             ledger_store,
             limits,
+            trusted_proxies,
             policy_count,
             tasks,
             health: Health::default(),
@@ -380,6 +387,7 @@ impl App {
             consultation: Arc::new(self.consultation.clone()),
             limits: self.limits,
             health: self.health.clone(),
+            proxies: self.trusted_proxies.clone(),
         }
     }
 

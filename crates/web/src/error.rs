@@ -63,6 +63,11 @@ impl ApiError {
         }
     }
 
+    /// The field at fault, if any.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
     pub fn not_found_route() -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint")
     }

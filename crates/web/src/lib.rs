@@ -22,6 +22,7 @@
 mod accounts;
 mod activation;
 mod api;
+mod client;
 mod conn;
 mod error;
 mod html;
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +45,7 @@ use rempart_consult::Consultation;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+pub use client::{BadProxy, TrustedProxies};
 pub use error::ApiError;
 
 /// The OpenAPI document served at `/api/v1/openapi.json`, written by hand
@@ -83,6 +85,8 @@ pub struct AppState {
     pub consultation: Arc<Consultation>,
     pub limits: Limits,
     pub health: Health,
+    /// Load balancers believed about the client they forward for.
+    pub proxies: TrustedProxies,
 }
 
 /// What `/readyz` adds to the parts' own checks: whether this process was
@@ -128,7 +132,11 @@ async fn guard_rails(State(state): State<AppState>, request: Request, next: Next
     let limits = state.limits;
     let deadline = Instant::now() + limits.request_time;
     let token = request.uri().path() == TOKEN_PATH;
-    let mut response = match admit(request, &limits, deadline).await {
+    let admitted = match forwarded_client(&state.proxies, request) {
+        Ok(request) => admit(request, &limits, deadline).await,
+        Err(refused) => Err(refused),
+    };
+    let mut response = match admitted {
         Err(refused) => refused.into_response_for(token),
         Ok(request) => match tokio::time::timeout_at(deadline, next.run(request)).await {
             Ok(response) => response,
@@ -153,6 +161,24 @@ async fn guard_rails(State(state): State<AppState>, request: Request, next: Next
         HeaderValue::from_static("nosniff"),
     );
     response
+}
+
+/// Replaces the peer's address (`ConnectInfo`) by the client's when the
+/// peer is a trusted proxy (see [`TrustedProxies`]).
+fn forwarded_client(proxies: &TrustedProxies, mut request: Request) -> Result<Request, Refused> {
+    if proxies.is_empty() {
+        return Ok(request);
+    }
+    let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .copied()
+    else {
+        return Ok(request);
+    };
+    let client = proxies.client(peer, request.headers()).map_err(Refused)?;
+    request.extensions_mut().insert(ConnectInfo(client));
+    Ok(request)
 }
 
 /// The one endpoint whose errors take the OAuth shape.
