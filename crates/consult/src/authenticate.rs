@@ -379,17 +379,34 @@ pub struct ProofRequest<'a> {
     pub url: &'a str,
 }
 
+/// A session request [`check_session`] let through, and the proof's
+/// replay key, still to be recorded where every instance sees it.
+#[derive(Debug)]
+pub struct CheckedSession {
+    /// Who asks, through which session.
+    pub caller: Caller,
+    /// The stored session.
+    pub session: StoredSession,
+    /// The device proof's key in the shared replay table.
+    pub replay_key: rempart_auth::dpop::ReplayKey,
+    /// Until when that key must be remembered.
+    pub replay_expires_at: DateTime<Utc>,
+}
+
 /// Decides on a session request given the stored row: live at `now`,
 /// then the device proof, bound to the session's key and handle, checked
-/// for this method and URL, its `jti` recorded in `replay`. The account's
-/// state is the caller's to check (as for credentials).
+/// for this method and URL, its `jti` recorded in `replay` (this process's
+/// cache: a replay to the same instance costs no database call). The
+/// caller records the key in the shared table too ([`authenticate_session`]
+/// does). The account's state is the caller's to check (as for
+/// credentials).
 pub fn check_session(
     stored: Option<(StoredSession, AccountRecord)>,
     handle: &str,
     request: ProofRequest<'_>,
     now: DateTime<Utc>,
     replay: &std::sync::Mutex<rempart_auth::dpop::ReplayCache>,
-) -> Result<(Caller, StoredSession), BadCredential> {
+) -> Result<CheckedSession, BadCredential> {
     let Some((session, account)) = stored else {
         return Err(BadCredential::SessionUnknown);
     };
@@ -408,11 +425,14 @@ pub fn check_session(
         .bound_to(jkt)
         .with_token(handle)
         .with_algs(AlgSet::ES256);
+    let unrecorded = DpopProof::check(proof, &expected, now).map_err(refused)?;
+    let (replay_key, replay_expires_at) = (unrecorded.replay_key(), unrecorded.replay_expires_at());
     {
         // A poisoned lock still holds a consistent cache: every insertion
         // completes before it returns.
         let mut cache = replay.lock().unwrap_or_else(|p| p.into_inner());
-        DpopProof::verify(proof, &expected, now, &mut *cache).map_err(refused)?;
+        let outcome = cache.insert_if_new(replay_key, replay_expires_at, now);
+        unrecorded.recorded(outcome).map_err(refused)?;
     }
     let caller = Caller {
         account,
@@ -423,11 +443,18 @@ pub fn check_session(
             device: device_digest(&session.jkt),
         },
     };
-    Ok((caller, session))
+    Ok(CheckedSession {
+        caller,
+        session,
+        replay_key,
+        replay_expires_at,
+    })
 }
 
-/// Looks up and checks a browser session (see [`check_session`]), then
-/// restarts its idle clock if the last restart is a minute old or more and
+/// Looks up and checks a browser session (see [`check_session`]), records
+/// its proof's key in the shared replay table (a proof replayed to another
+/// instance behind the same balancer is refused there), then restarts its
+/// idle clock if the last restart is a minute old or more and
 /// the account is active (the store checks the state again in the same
 /// statement): a suspended account polling its session keeps nothing
 /// alive. `Ok(Err(_))` is a rejection; `Err(_)` means the store could not
@@ -444,10 +471,26 @@ pub async fn authenticate_session(
         Err(r) => return Ok(Err(r)),
     };
     let stored = auth.session(id_digest).await?;
-    let (caller, session) = match check_session(stored, &handle, request, now, replay) {
+    let checked = match check_session(stored, &handle, request, now, replay) {
         Ok(c) => c,
         Err(r) => return Ok(Err(r)),
     };
+    let fresh = auth
+        .insert_replay_if_new(
+            *checked.replay_key.as_bytes(),
+            replay_until(checked.replay_expires_at, now),
+            now,
+        )
+        .await?;
+    let CheckedSession {
+        caller, session, ..
+    } = checked;
+    if !fresh {
+        return Ok(Err(BadCredential::ProofRefused {
+            account_id: caller.account.account_id,
+            error: DpopError::Replayed,
+        }));
+    }
     if caller.account.state == AccountState::Active
         && (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS
     {

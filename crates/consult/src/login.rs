@@ -47,14 +47,16 @@
 //!
 //! # Replay cache and several instances
 //!
-//! Device proofs' `jti`s are remembered in this process
-//! ([`ReplayCache`] behind a mutex: a few hundred nanoseconds, no database
-//! write per request). Behind several instances, route each session to one
-//! instance (sticky on the session cookie): a proof replayed to another
-//! instance would otherwise pass its `jti` check (it still needs the same
-//! cookie, key binding, URL and a 60-second-old `iat` at most). The
-//! database's replay table (`AuthStore::insert_replay_if_new`) is the
-//! alternative for non-sticky routing, at one write per request.
+//! A session's device proofs are remembered in this process first
+//! ([`ReplayCache`] behind a mutex: a replay to the same instance costs no
+//! database call), then in the database's replay table
+//! (`AuthStore::insert_replay_if_new`, one write per session request), so
+//! that behind a balancer sending each request to any instance a proof
+//! replayed to another is refused there too. Login proofs stay in this
+//! process's bounded space: what they carry is single-use in the database
+//! already (a ceremony, and the passkey challenge it holds, is consumed
+//! once; a TOTP step is accepted once), and an anonymous flood must not
+//! become database writes.
 //!
 //! # Two replay spaces: who can fill which
 //!
