@@ -85,6 +85,14 @@ pub struct BenchReplicasArgs {
     /// then ignored).
     #[arg(long)]
     pub guard_config: Option<PathBuf>,
+    /// Also print p50/p99/max and the rate for each interval of this many
+    /// seconds (a soak: the tail over time, minute by minute); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub report_secs: u64,
+    /// Check the leaves of this many answers, spread over the run (0: every
+    /// one; a soak's millions of answers are sampled).
+    #[arg(long, default_value_t = 0)]
+    pub check_answers: usize,
     /// The HAProxy binary (Debian's `haproxy` package puts it here).
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     pub haproxy: PathBuf,
@@ -186,7 +194,8 @@ fn balancer_config(port: u16, replicas: &[u16]) -> String {
         "global\n    maxconn 4096\n\
          defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\
          \x20   retries 3\n    option redispatch\n    retry-on conn-failure\n\
-         frontend rempart\n    bind 127.0.0.1:{port}\n    default_backend replicas\n\
+         frontend rempart\n    bind 127.0.0.1:{port}\n    option forwardfor\n\
+         \x20   default_backend replicas\n\
          backend replicas\n    balance roundrobin\n    option httpchk GET /readyz\n\
          \x20   http-check expect status 200\n    default-server inter 500ms fall 2 rise 1\n"
     );
@@ -235,6 +244,9 @@ struct Answer {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
+    /// When each request started, in milliseconds from the load's start
+    /// (beside `latencies_us`).
+    starts_ms: Vec<u32>,
     answers: Vec<Answer>,
     /// Status (0: no answer at all) → count, for answers other than 200.
     errors: HashMap<u16, u64>,
@@ -281,9 +293,11 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 /// Runs the benchmark; fails if a promise does not hold.
 pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
-    let Some(url) = args.location.database.clone() else {
-        bail!("bench replicas runs on PostgreSQL: give --database");
-    };
+    // SQLite is one process: one replica, clients on it directly.
+    let url = args.location.database.clone();
+    if url.is_none() && !(args.replicas == 1 && args.direct && args.kill == Kill::None) {
+        bail!("several replicas, a balancer or a kill need PostgreSQL: give --database");
+    }
     let store = args.location.open_stores().await?.registry;
     let purpose = Purpose::FollowUp;
     let Some((agent, caseload)) =
@@ -311,13 +325,13 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
     let mut db_proxy = None;
     // The proxy's configuration, to start it again after the outage.
     let mut db_proxy_config = String::new();
-    let replica_url = if args.kill == Kill::Database {
+    let replica_url = if let (Kill::Database, Some(url)) = (args.kill, &url) {
         let port = free_port()?;
-        let (proxied, target) = through_proxy(&url, port)?;
+        let (proxied, target) = through_proxy(url, port)?;
         db_proxy_config = database_proxy_config(port, &target);
         db_proxy = Some(haproxy(args, "db-proxy", &db_proxy_config, &logs)?);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        proxied
+        Some(proxied)
     } else {
         url.clone()
     };
@@ -338,12 +352,16 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.args(["serve", "--data"])
             .arg(&args.location.data)
-            .args(["--database", &replica_url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--public-url", &public])
             .args(["--drain-grace-ms", "1000"])
+            .args(["--trusted-proxy", "127.0.0.1"])
             .env_remove("REMPART_GUARD_CONFIG")
+            .env_remove("REMPART_DATABASE_URL")
             .env("RUST_LOG", "warn");
+        if let Some(url) = &replica_url {
+            cmd.args(["--database", url]);
+        }
         if let Some(file) = &args.guard_config {
             cmd.arg("--guard-config").arg(file);
         } else if args.guard == GuardKind::Bench {
@@ -446,6 +464,8 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
                 };
                 mine.latencies_us
                     .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                mine.starts_ms
+                    .push(u32::try_from((t - start).as_millis()).unwrap_or(u32::MAX));
                 if status != 200 {
                     *mine.errors.entry(status).or_default() += 1;
                     // A client that failed waits a little and tries again.
@@ -454,6 +474,7 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
             }
             let mut all = tally.lock().unwrap_or_else(|p| p.into_inner());
             all.latencies_us.extend(mine.latencies_us);
+            all.starts_ms.extend(mine.starts_ms);
             all.answers.extend(mine.answers);
             all.unledgered += mine.unledgered;
             for (s, n) in mine.errors {
@@ -542,7 +563,11 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
     let mut wrong = 0u64;
     let mut duplicate = 0u64;
     let settle_deadline = Instant::now() + Duration::from_secs(15);
-    for a in &tally.answers {
+    let step = match args.check_answers {
+        0 => 1,
+        n => (tally.answers.len() / n).max(1),
+    };
+    for a in tally.answers.iter().step_by(step) {
         let Some(leaf) = a.leaf else { continue };
         let index = match leaf {
             LeafRef::Index(i) => Some(i),
@@ -586,6 +611,11 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
         .await
         .context("the ledger does not verify")?;
 
+    if args.report_secs > 0 {
+        for line in intervals(&tally, args.report_secs, elapsed) {
+            println!("{line}");
+        }
+    }
     tally.latencies_us.sort_unstable();
     let ok = tally.answers.len() as u64;
     let persons: HashSet<PersonId> = tally.answers.iter().map(|a| a.person).collect();
@@ -636,6 +666,35 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&logs);
     Ok(())
+}
+
+/// One line per interval of `secs` seconds of the load: requests started
+/// in it, their rate, p50, p99 and slowest.
+fn intervals(tally: &Tally, secs: u64, elapsed: f64) -> Vec<String> {
+    let width_ms = secs.saturating_mul(1000).max(1);
+    let n = ((elapsed * 1000.0) as u64).div_ceil(width_ms).max(1);
+    let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
+    for (&start, &lat) in tally.starts_ms.iter().zip(&tally.latencies_us) {
+        let i = (u64::from(start) / width_ms).min(n - 1) as usize;
+        buckets[i].push(lat);
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut b)| {
+            b.sort_unstable();
+            format!(
+                "INTERVAL n={} from_s={} requests={} rps={:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+                i + 1,
+                i as u64 * secs,
+                b.len(),
+                b.len() as f64 / secs as f64,
+                percentile(&b, 0.50),
+                percentile(&b, 0.99),
+                b.last().map_or(0.0, |&us| f64::from(us) / 1000.0),
+            )
+        })
+        .collect()
 }
 
 /// The integration lag of a sample of the answers (500 at most): from the

@@ -38,15 +38,101 @@ mod federation;
 #[path = "api/replicas.rs"]
 mod replicas;
 
+/// A real HAProxy in front of the replicas ([`Backend::Balanced`]).
+mod balancer {
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The balancer's process, killed when dropped.
+    pub(super) struct Haproxy {
+        child: Child,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A free local address for the balancer to bind.
+    pub(super) fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    impl Haproxy {
+        /// Starts HAProxy on `addr`, every request to the next of `ports`
+        /// (round-robin, the readiness check as in README), and waits until
+        /// it answers.
+        pub(super) async fn start(addr: SocketAddr, ports: &[u16]) -> Haproxy {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = format!(
+                "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n\
+                 \x20   timeout server 30s\n    retries 2\n    option redispatch\n\
+                 \x20   retry-on conn-failure\n\
+                 frontend rempart\n    bind {addr}\n    option forwardfor\n\
+                 \x20   default_backend replicas\n\
+                 backend replicas\n    balance roundrobin\n    option httpchk GET /readyz\n\
+                 \x20   http-check expect status 200\n    default-server inter 500ms fall 2 rise 2\n"
+            );
+            for (i, p) in ports.iter().enumerate() {
+                config.push_str(&format!("    server r{i} 127.0.0.1:{p} check\n"));
+            }
+            let file = dir.path().join("haproxy.cfg");
+            std::fs::write(&file, config).unwrap();
+            let child = Command::new("/usr/sbin/haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("haproxy (Debian's package) is needed by the balanced tests");
+            let h = Haproxy { child, _dir: dir };
+            let http = reqwest::Client::builder().no_proxy().build().unwrap();
+            let started = Instant::now();
+            loop {
+                let ready = http
+                    .get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ready {
+                    return h;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the balancer on {addr} did not answer within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    impl Drop for Haproxy {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 const PERSONS: u64 = 3_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL, three replicas behind a real HAProxy balancing every
+    /// request round-robin: `base` and the public URL are the balancer's.
+    Balanced,
 }
 
 const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// The browser and API-client scenarios also run through the balancer:
+/// whatever replica a request lands on, they must pass as on one server.
+const WITH_BALANCER: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::Balanced];
+
+/// Replicas behind the balancer ([`Backend::Balanced`]), the first being
+/// the app's own server.
+const REPLICAS: usize = 3;
 
 /// A running server and everything a test needs to check it from outside.
 struct TestApp {
@@ -80,6 +166,9 @@ struct TestApp {
     clock: browser::TestClock,
     /// The server's guard (real, over the real stores), for its alerts.
     guard: Guard,
+    /// With [`Backend::Balanced`]: the other replicas, and the balancer.
+    replicas: Vec<(Running, Guard)>,
+    _balancer: Option<balancer::Haproxy>,
 }
 
 enum LedgerSql {
@@ -177,7 +266,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
             LedgerAt::Sqlite(data.clone()),
             LedgerSql::Sqlite(data.join("ledger.db")),
         ),
-        Backend::Postgres => {
+        Backend::Postgres | Backend::Balanced => {
             let (registry, ledger) = (TestSchema::new("web_reg"), TestSchema::new("web_led"));
             let at = (
                 RegistryAt::Postgres {
@@ -195,7 +284,12 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     // Browser login and API clients name the server's address: bound
     // first, port 0.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
+    let own_addr: SocketAddr = listener.local_addr().unwrap();
+    // Behind the balancer, the public address is the balancer's.
+    let addr = match backend {
+        Backend::Balanced => balancer::free_addr(),
+        _ => own_addr,
+    };
     // The server's clock: the tests move it (mod browser).
     let clock = browser::TestClock::default();
     let ledger_key = LedgerKey::generate("rempart.test/ledger")
@@ -203,19 +297,32 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         .signer()
         .to_text()
         .to_string();
-    let mut config = ServerConfig::new(Storage {
-        registry,
-        ledger: LedgerSource::Own {
-            at: ledger_at,
-            key: LedgerKeyFrom::Key(Box::new(LedgerKey::from_text(&ledger_key).unwrap())),
-        },
-        keys: KeySource::File(keys),
-    })
-    .with_guard(GuardChoice::real(guard_config))
-    .with_clock(clock.clock())
-    .with_login(browser::login_settings(addr.port()))
-    .with_api_clients(dpop::client_settings(addr.port()));
-    config.guard_instance = 1;
+    // Every replica gets the same configuration but its guard instance
+    // (federated login is tested on one server).
+    assert!(!(federated && backend == Backend::Balanced));
+    let config_of = |instance: i64| {
+        let mut config = ServerConfig::new(Storage {
+            registry: registry.clone(),
+            ledger: LedgerSource::Own {
+                at: ledger_at.clone(),
+                key: LedgerKeyFrom::Key(Box::new(LedgerKey::from_text(&ledger_key).unwrap())),
+            },
+            keys: KeySource::File(keys.clone()),
+        })
+        .with_guard(GuardChoice::real(guard_config))
+        .with_clock(clock.clock())
+        .with_login(browser::login_settings(addr.port()))
+        .with_api_clients(dpop::client_settings(addr.port()));
+        config.guard_instance = instance;
+        if backend == Backend::Balanced {
+            // The balancer names the client (its `option forwardfor`).
+            config.trusted_proxies = rempart_web::TrustedProxies::new(vec![
+                rempart_web::TrustedProxies::parse_one("127.0.0.1").unwrap(),
+            ]);
+        }
+        config
+    };
+    let mut config = config_of(1);
     if federated {
         config.federation = Some(federation::for_server(addr.port()).await);
     }
@@ -307,6 +414,24 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     assert_eq!(person_ids.len() as u64, PERSONS);
 
     let server = built.spawn(listener).unwrap();
+    let mut replicas = Vec::new();
+    let mut balancer = None;
+    if backend == Backend::Balanced {
+        let mut ports = vec![own_addr.port()];
+        for instance in 2..=REPLICAS as i64 {
+            let built = App::build(config_of(instance)).await.unwrap();
+            let guard = built.consultation().guard().clone();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let running = built.spawn(listener).unwrap();
+            ports.push(running.addr.port());
+            replicas.push((running, guard));
+        }
+        balancer = Some(balancer::Haproxy::start(addr, &ports).await);
+        // Every replica has announced itself to the others' guards.
+        for g in std::iter::once(&guard).chain(replicas.iter().map(|(_, g)| g)) {
+            g.sync(clock.now()).await.unwrap();
+        }
+    }
     TestApp {
         base: format!("http://{addr}"),
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -327,22 +452,35 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         port: addr.port(),
         clock,
         guard,
+        replicas,
+        _balancer: balancer,
     }
 }
 
 impl TestApp {
-    /// Stops the server (graceful); the PostgreSQL schemas go with the app.
+    /// Stops the servers (graceful); the PostgreSQL schemas go with the app.
     async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.unwrap();
         }
+        for (server, _) in self.replicas.drain(..) {
+            server.stop().await.unwrap();
+        }
     }
 
-    /// Moves the server's clock forward, then syncs the guard at the new
+    /// Moves the servers' clock forward, then syncs the guards at the new
     /// instant: the guard refuses attempts too far past its last sync.
     async fn advance(&self, secs: i64) {
         self.clock.advance(secs);
-        self.guard.sync(self.clock.now()).await.unwrap();
+        self.sync_guards().await;
+    }
+
+    /// Syncs every replica's guard now: what each counted and the alerts
+    /// it raised are in the store.
+    async fn sync_guards(&self) {
+        for g in std::iter::once(&self.guard).chain(self.replicas.iter().map(|(_, g)| g)) {
+            g.sync(self.clock.now()).await.unwrap();
+        }
     }
 
     fn token(&self, login: &str) -> &str {
@@ -415,7 +553,17 @@ impl TestApp {
             .id
     }
 
+    /// The ledger's size once every leaf the replicas staged is in it
+    /// (the leaves of requests already answered, wherever they landed).
     async fn ledger_size(&self) -> u64 {
+        let started = std::time::Instant::now();
+        while self.ledger_store.staged_backlog().await.unwrap() > 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "staged leaves not integrated within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.ledger_store.size().await.unwrap()
     }
 
@@ -1616,14 +1764,21 @@ impl TestApp {
     /// a lost database would, from outside: a trigger on its leaf table;
     /// or mends it.
     async fn break_ledger(&self, broken: bool) {
+        if broken {
+            // What replicas staged before the failure is integrated first.
+            self.ledger_size().await;
+        }
         let sql = match (&self.ledger_sql, broken) {
             (LedgerSql::Sqlite(_), true) => "CREATE TRIGGER test_fail BEFORE INSERT ON leaf BEGIN SELECT RAISE(ABORT, 'injected failure'); END;".to_string(),
             (LedgerSql::Sqlite(_), false) => "DROP TRIGGER test_fail;".to_string(),
             (LedgerSql::Postgres(schema), true) => format!(
                 "CREATE OR REPLACE FUNCTION {schema}.test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-                 CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.leaf FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();"
+                 CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.leaf FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();
+                 CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.staged FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();"
             ),
-            (LedgerSql::Postgres(schema), false) => format!("DROP TRIGGER test_fail ON {schema}.leaf;"),
+            (LedgerSql::Postgres(schema), false) => format!(
+                "DROP TRIGGER test_fail ON {schema}.leaf; DROP TRIGGER test_fail ON {schema}.staged;"
+            ),
         };
         match &self.ledger_sql {
             LedgerSql::Sqlite(path) => {

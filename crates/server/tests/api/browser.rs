@@ -34,7 +34,7 @@ use rempart_storage::StoredTotp;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{BACKENDS, Backend, TestApp, spawn_app, today};
+use super::{BACKENDS, Backend, TestApp, WITH_BALANCER, spawn_app, today};
 use rempart_domain::{AccountState, FieldGroup, Purpose};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -402,6 +402,11 @@ async fn session_refusals(app: &TestApp, from: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same() {
+    // Not through the balancer yet: an address's failures, and a login
+    // that names no account, are counted in each replica's memory
+    // (`rempart_auth::lockout`), so behind k replicas an address gets k
+    // times its places and an unknown login's backoff differs from a known
+    // account's (README, "Running several replicas", known limits).
     for backend in BACKENDS {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
@@ -527,7 +532,7 @@ async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same(
 /// passkey exists, a passkey step-up). Each refusal is ledgered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stolen_session_cannot_add_a_passkey_without_a_fresh_step_up() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let account = app.account("t.ce1").account_id;
@@ -636,7 +641,7 @@ async fn a_stolen_session_cannot_add_a_passkey_without_a_fresh_step_up() {
 /// so the session idles out during the suspension.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_a_suspended_accounts_session_keeps_nothing_alive() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let account = app.account("t.ce1").account_id;
@@ -762,7 +767,7 @@ async fn fail_until_locked(
 /// the lock stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_is_no_remote_switch_for_the_owners_browser() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let other = seed_factors(&app, "t.ce2").await;
@@ -888,7 +893,7 @@ async fn a_lock_is_no_remote_switch_for_the_owners_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let account = app.account("t.ce1").account_id;
@@ -982,7 +987,7 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
         );
 
         // The lock is an alert naming the account and its failures.
-        app.guard.sync(app.clock.now()).await.unwrap();
+        app.sync_guards().await;
         let alerts = app
             .guard
             .alerts(&rempart_guard::store::AlertQuery {
@@ -1024,6 +1029,11 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
 /// (10), its lock is an alert, and other addresses are not held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_spraying_many_accounts_at_once_is_held_to_its_places() {
+    // Not through the balancer yet: an address's failures, and a login
+    // that names no account, are counted in each replica's memory
+    // (`rempart_auth::lockout`), so behind k replicas an address gets k
+    // times its places and an unknown login's backoff differs from a known
+    // account's (README, "Running several replicas", known limits).
     for backend in BACKENDS {
         let app = spawn_app(backend).await;
         let key = DeviceKey::new();
@@ -1075,7 +1085,7 @@ async fn one_address_spraying_many_accounts_at_once_is_held_to_its_places() {
         )
         .await;
         assert_eq!(elsewhere.status, 401, "{backend:?}");
-        app.guard.sync(app.clock.now()).await.unwrap();
+        app.sync_guards().await;
         let alerts = app
             .guard
             .alerts(&rempart_guard::store::AlertQuery {
@@ -1098,7 +1108,7 @@ async fn one_address_spraying_many_accounts_at_once_is_held_to_its_places() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_needs_its_device_proof_on_every_request() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let person = app.fresh_person(0);
@@ -1409,7 +1419,7 @@ fn break_glass_note(note: &str) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_through_a_stepped_up_session_reads_once_and_keeps_the_reason_out_of_the_ledger()
  {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ft").await;
         let client = client_from([127, 0, 0, 42]);
@@ -1560,7 +1570,7 @@ async fn break_glass_through_a_stepped_up_session_reads_once_and_keeps_the_reaso
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_signed_login_requests_leaves_open_sessions_working() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let client = client_from([127, 0, 0, 41]);
@@ -1586,7 +1596,13 @@ async fn a_flood_of_signed_login_requests_leaves_open_sessions_working() {
         assert_eq!(read().await, 200, "{backend:?}");
 
         // Anyone: a fresh key and a valid signed proof per request, 8 at a
-        // time, until the login side refuses.
+        // time, until the login side refuses (each replica's, behind the
+        // balancer).
+        let replicas = if backend == Backend::Balanced {
+            super::REPLICAS
+        } else {
+            1
+        };
         let started = std::time::Instant::now();
         let flood = |n: usize| {
             let mut tasks = tokio::task::JoinSet::new();
@@ -1622,13 +1638,32 @@ async fn a_flood_of_signed_login_requests_leaves_open_sessions_working() {
                     other => panic!("{backend:?}: a login start answered {other}"),
                 }
             }
-            assert!(accepted <= LOGIN_REPLAY_CAPACITY, "{backend:?}: bounded");
+            assert!(
+                accepted <= LOGIN_REPLAY_CAPACITY * replicas,
+                "{backend:?}: bounded"
+            );
         }
-        assert_eq!(
-            accepted + 2,
-            LOGIN_REPLAY_CAPACITY,
-            "{backend:?}: the session's own login took two entries"
-        );
+        if replicas == 1 {
+            assert_eq!(
+                accepted + 2,
+                LOGIN_REPLAY_CAPACITY,
+                "{backend:?}: the session's own login took two entries"
+            );
+        } else {
+            // Each replica's space is its own: the first to fill refuses
+            // first; the others fill within a few more rounds.
+            for _ in 0..8 {
+                let statuses = flood(8).await;
+                accepted += statuses.iter().filter(|s| **s == 200).count();
+                if statuses.iter().all(|s| *s == 503) {
+                    break;
+                }
+            }
+            assert!(
+                accepted + 2 <= LOGIN_REPLAY_CAPACITY * replicas,
+                "{backend:?}: bounded by the replicas' spaces"
+            );
+        }
         eprintln!(
             "{backend:?}: login side full after {accepted} anonymous requests in {:?}",
             started.elapsed()
@@ -1821,7 +1856,7 @@ async fn type_into(client: &fantoccini::Client, css: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_chromium_passkey_login_opens_the_caseload_and_a_copied_cookie_is_refused() {
     let driver = start_driver().await;
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         chromium_scenario(&driver, backend).await;
     }
 }
@@ -2000,12 +2035,17 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
         401,
         "{backend:?}"
     );
-    let notes = session_refusals(&app, before).await;
-    assert_eq!(
-        notes,
-        ["no device proof", "device proof: another key"],
-        "{backend:?}"
-    );
+    let mut notes = session_refusals(&app, before).await;
+    if backend == Backend::Balanced {
+        // Leaves staged by different replicas are in the order the
+        // integrator took them, not the order of the requests.
+        notes.sort();
+    }
+    let mut expected = vec!["no device proof", "device proof: another key"];
+    if backend == Backend::Balanced {
+        expected.sort();
+    }
+    assert_eq!(notes, expected, "{backend:?}");
     // Meanwhile the browser, with its key, still reads.
     wait_for(&client, "a[data-fragment]")
         .await
@@ -2054,7 +2094,7 @@ async fn chromium_scenario(driver: &Driver, backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_chromium_an_agent_breaks_the_glass_with_a_step_up() {
     let driver = start_driver().await;
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ft").await;
         let account = app.account("t.ft").account_id;

@@ -22,7 +22,7 @@ use rempart_vault::KeySource;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{BACKENDS, Backend, TestApp, spawn_app, today};
+use super::{Backend, TestApp, WITH_BALANCER, spawn_app, today};
 
 /// What the test server's API clients are configured with.
 pub fn client_settings(port: u16) -> ClientSettings {
@@ -263,7 +263,7 @@ async fn assert_refusal_ledgered(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let agent = app.account("t.ce1").clone();
         let client = register(&app, "t.ce1").await;
@@ -375,7 +375,7 @@ async fn a_client_gets_a_dpop_token_and_reads_its_caseload_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_its_proof_is_refused() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 22).await;
@@ -413,7 +413,7 @@ async fn second_instance(app: &TestApp, backend: Backend) -> (String, Running) {
     let data = app._dir.path().join("data");
     let registry = match backend {
         Backend::Sqlite => RegistryAt::Sqlite(data.clone()),
-        Backend::Postgres => RegistryAt::Postgres {
+        Backend::Postgres | Backend::Balanced => RegistryAt::Postgres {
             url: app.pg_schemas[0].url.clone(),
             schema: app.pg_schemas[0].schema.clone(),
         },
@@ -438,7 +438,7 @@ async fn second_instance(app: &TestApp, backend: Backend) -> (String, Running) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reused_proof_jti_is_refused_by_every_instance() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let (second, stop_second) = second_instance(&app, backend).await;
         let client = register(&app, "t.ce1").await;
@@ -479,7 +479,7 @@ async fn a_reused_proof_jti_is_refused_by_every_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_for_another_method_is_refused() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 24).await;
@@ -511,7 +511,7 @@ async fn a_proof_for_another_method_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_for_another_url_is_refused() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 25).await;
@@ -556,7 +556,7 @@ async fn a_proof_for_another_url_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_replayed_with_another_key_is_refused() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 26).await;
@@ -588,7 +588,7 @@ async fn a_token_replayed_with_another_key_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_is_refused() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 27).await;
@@ -648,7 +648,7 @@ async fn an_expired_token_is_refused() {
 /// and the answer was a 401 for a "replay".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_client_cannot_break_the_glass() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ft").await;
         let token = client.token(&app).await;
@@ -694,7 +694,7 @@ async fn an_api_client_cannot_break_the_glass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_use_of_a_dpop_token_is_refused() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 28).await;
@@ -729,7 +729,7 @@ async fn a_bearer_use_of_a_dpop_token_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_client_assertion_gets_no_token() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let assertion = client.assertion(&app);
@@ -762,7 +762,7 @@ async fn a_replayed_client_assertion_gets_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assertion_signed_by_an_unregistered_key_gets_no_token() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         // Same client id, same claims, another Ed25519 key.
@@ -798,7 +798,7 @@ async fn an_assertion_signed_by_an_unregistered_key_gets_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspended_accounts_and_revoked_clients_get_nothing() {
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let client = register(&app, "t.ce1").await;
         let (_, path) = in_caseload(&app, 29).await;
@@ -882,7 +882,7 @@ async fn an_officer_suspension_ends_every_session_and_token_on_every_instance() 
         DeviceKey, PASSWORD, client_from, code_at, cookie_value, password_login, seed_factors,
         session_get,
     };
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let (second, stop_second) = second_instance(&app, backend).await;
         let agent = app.account("t.ce1").account_id;
@@ -1017,7 +1017,7 @@ async fn an_officer_suspension_ends_every_session_and_token_on_every_instance() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduled_purge_removes_expired_ceremonies_replay_keys_and_tokens() {
     use super::browser::{DeviceKey, client_from, send};
-    for backend in BACKENDS {
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         // 150 anonymous login starts: one ceremony row each.
         let anonymous = client_from([127, 0, 0, 10]);
