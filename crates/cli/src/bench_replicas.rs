@@ -672,7 +672,8 @@ pub async fn bench_replicas(args: &BenchReplicasArgs) -> Result<()> {
 /// in it, their rate, p50, p99 and slowest.
 fn intervals(tally: &Tally, secs: u64, elapsed: f64) -> Vec<String> {
     let width_ms = secs.saturating_mul(1000).max(1);
-    let n = ((elapsed * 1000.0) as u64).div_ceil(width_ms).max(1);
+    // Whole intervals: the last few milliseconds go to the last one.
+    let n = ((elapsed * 1000.0) as u64 / width_ms).max(1);
     let mut buckets: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
     for (&start, &lat) in tally.starts_ms.iter().zip(&tally.latencies_us) {
         let i = (u64::from(start) / width_ms).min(n - 1) as usize;

@@ -464,14 +464,20 @@ pub struct Sync {
     /// Without a successful sync for this long, the guard refuses
     /// everything (fail closed). At least twice `interval_secs`.
     pub max_staleness_secs: u32,
-    /// An instance that counted this many attempts of one account since it
-    /// last shared them shares them before deciding on the next one, and
-    /// reads the other instances' counts for that account and its
-    /// organisation in the same statement (the exchange): one account's
-    /// reads spread over k instances are then hidden from each by at most
-    /// this many per other instance (plus those in flight), however short
-    /// the burst. 0 exchanges before every decision.
+    /// An instance that counted this many of one account's persons (or
+    /// NIRs, searches, break-glass accesses, mandate grants, refusals)
+    /// since it last shared them, and at least `exchange_room_percent` of
+    /// the room left under that limit, shares them before deciding on the
+    /// next attempt, and reads the other instances' counts for the account
+    /// and its organisation in the same statement (the exchange): one
+    /// account's reads spread over k instances are then hidden from each
+    /// by at most that many per other instance (plus those in flight),
+    /// however short the burst. 0 exchanges before every decision.
     pub exchange_after: u32,
+    /// See `exchange_after`: with a limit far away, an instance may keep
+    /// this share of the room left to itself before it exchanges (a bulk
+    /// client under a high limit costs no round trip per read).
+    pub exchange_room_percent: u32,
     /// From this share of any of its limits (a quota, the refusals that
     /// suspend or freeze), an account or organisation exchanges before
     /// every decision, whatever `exchange_after` says.
@@ -484,6 +490,7 @@ impl Default for Sync {
             interval_secs: 5,
             max_staleness_secs: 60,
             exchange_after: 2,
+            exchange_room_percent: 5,
             exchange_near_percent: 50,
         }
     }
@@ -870,6 +877,9 @@ impl GuardConfig {
         }
         if y.exchange_after > 10_000 {
             return invalid("sync.exchange_after", "must be at most 10000");
+        }
+        if y.exchange_room_percent > 100 {
+            return invalid("sync.exchange_room_percent", "must be at most 100");
         }
         if !(1..=100).contains(&y.exchange_near_percent) {
             return invalid("sync.exchange_near_percent", "must be between 1 and 100");

@@ -167,8 +167,8 @@ pub(crate) struct AccountState {
     recent_head: usize,
     pub(crate) last_seen: i64,
     pub(crate) pending_counts: Vec<CounterDelta>,
-    /// Decisions since `pending_counts` were last taken to be shared.
-    unshared: u32,
+    /// An exchange of this account is in flight on this instance.
+    pub(crate) exchanging: bool,
     pub(crate) pending_activity: Vec<ActivityRow>,
     pub(crate) pending_known: Vec<Known>,
 }
@@ -199,8 +199,35 @@ pub(crate) fn near(count: u32, limit: u32, percent: u32) -> bool {
 }
 
 /// Whether a rate's hour or day count reached `percent` % of its limit.
-pub(crate) fn near_limit(rate: &mut Rate, limit: Limit, percent: u32, now: i64) -> bool {
+fn near_limit(rate: &mut Rate, limit: Limit, percent: u32, now: i64) -> bool {
     near(rate.hour(now), limit.per_hour, percent) || near(rate.day(now), limit.per_day, percent)
+}
+
+/// Whether a subject is near one of its limits: `limits` are its persons,
+/// NIRs, searches, break-glass and mandate-grant quotas, `refusals` the
+/// refusals in an hour that suspend or freeze it.
+pub(crate) fn near_any(
+    rates: &mut [Rate; METRICS],
+    limits: [Limit; 5],
+    refusals: u32,
+    percent: u32,
+    now: i64,
+) -> bool {
+    let [persons, nir, searches, bg, grants] = limits;
+    let m = |metric: Metric| metric as usize;
+    near(
+        rates[m(Metric::PersonsHour)].hour(now),
+        persons.per_hour,
+        percent,
+    ) || near(
+        rates[m(Metric::PersonsDay)].day(now),
+        persons.per_day,
+        percent,
+    ) || near_limit(&mut rates[m(Metric::Nir)], nir, percent, now)
+        || near_limit(&mut rates[m(Metric::Searches)], searches, percent, now)
+        || near_limit(&mut rates[m(Metric::BreakGlass)], bg, percent, now)
+        || near_limit(&mut rates[m(Metric::MandateGrants)], grants, percent, now)
+        || near(rates[m(Metric::Refusals)].hour(now), refusals, percent)
 }
 
 /// Moves counts not yet shared to `out`, naming their subject.
@@ -280,58 +307,82 @@ impl AccountState {
             recent_head: 0,
             last_seen: i64::MIN,
             pending_counts: Vec::new(),
-            unshared: 0,
+            exchanging: false,
             pending_activity: Vec::new(),
             pending_known: Vec::new(),
         }
     }
 
     /// Whether this instance must share the account's counts and read the
-    /// others' before deciding on `a` (see `sync.exchange_after`): it
-    /// counted enough attempts the others have not seen, or one of the
-    /// account's limits is near.
+    /// others' before deciding on `a` (see `sync.exchange_after`): one of
+    /// the account's limits is near, or it counted, towards one of them,
+    /// enough the others have not seen for the room left under it.
     pub(crate) fn needs_exchange(&mut self, c: &GuardConfig, a: &Attempt, now: i64) -> bool {
-        if self.unshared >= c.sync.exchange_after {
+        let s = &c.sync;
+        if s.exchange_after == 0 {
             return true;
         }
-        let pct = c.sync.exchange_near_percent;
         let factor = quota_factor(c, a);
         let scale = |l: Limit| if factor < 1.0 { l.scaled(factor) } else { l };
         let q = &c.account;
-        let persons = scale(q.persons);
-        let [
-            _,
-            ph,
-            pd,
-            nir,
-            searches,
-            _,
-            _,
-            _,
-            bg,
+        let limits = [
+            scale(q.persons),
+            scale(q.nir_reveals),
+            scale(q.searches),
+            scale(q.break_glass),
+            scale(q.mandate_grants),
+        ];
+        let refusals = c.containment.suspend_after_refusals;
+        if near_any(
+            &mut self.rates,
+            limits,
             refusals,
-            _,
-            _,
-            _,
-            grants,
-        ] = &mut self.rates;
-        near(ph.hour(now), persons.per_hour, pct)
-            || near(pd.day(now), persons.per_day, pct)
-            || near_limit(nir, scale(q.nir_reveals), pct, now)
-            || near_limit(searches, scale(q.searches), pct, now)
-            || near_limit(bg, scale(q.break_glass), pct, now)
-            || near_limit(grants, scale(q.mandate_grants), pct, now)
-            || near(
-                refusals.hour(now),
-                c.containment.suspend_after_refusals,
-                pct,
-            )
+            s.exchange_near_percent,
+            now,
+        ) {
+            return true;
+        }
+        let [persons, nir, searches, bg, grants] = limits;
+        let hour = |l: u32| Limit {
+            per_hour: l,
+            per_day: u32::MAX,
+        };
+        let day = |l: u32| Limit {
+            per_hour: u32::MAX,
+            per_day: l,
+        };
+        [
+            (Metric::PersonsHour, hour(persons.per_hour)),
+            (Metric::PersonsDay, day(persons.per_day)),
+            (Metric::Nir, nir),
+            (Metric::Searches, searches),
+            (Metric::BreakGlass, bg),
+            (Metric::MandateGrants, grants),
+            (Metric::Refusals, hour(refusals)),
+        ]
+        .into_iter()
+        .any(|(metric, limit)| {
+            let unshared: u32 = self
+                .pending_counts
+                .iter()
+                .filter(|d| d.metric == metric)
+                .map(|d| d.count)
+                .fold(0, u32::saturating_add);
+            if unshared < s.exchange_after {
+                return false;
+            }
+            let r = &mut self.rates[metric as usize];
+            let room = limit
+                .per_hour
+                .saturating_sub(r.hour(now))
+                .min(limit.per_day.saturating_sub(r.day(now)));
+            u64::from(unshared) * 100 >= u64::from(room) * u64::from(s.exchange_room_percent)
+        })
     }
 
     /// Moves the counts not yet shared to `out` (to exchange or flush).
     pub(crate) fn take_counts(&mut self, id: i64, out: &mut Vec<CounterDelta>) {
         take_counts(&mut self.pending_counts, id, out);
-        self.unshared = 0;
     }
 
     /// Merges devices and networks loaded from the store.
@@ -864,7 +915,6 @@ impl AccountState {
         if a.person_id.is_some() {
             self.last_person = a.person_id;
         }
-        self.unshared = self.unshared.saturating_add(1);
         let first_of_hour = self.hour_counted != Some((local.day, local.hour));
         self.hour_counted = Some((local.day, local.hour));
         self.activity(local, |r| {

@@ -44,14 +44,17 @@
 //! most `sync.interval_secs` (plus one flush) old. That is too slow for a
 //! bulk reader: one credential spread round-robin over three instances
 //! reads its whole quota on each within a second. So an account that
-//! counted `sync.exchange_after` attempts since it last shared them, or
-//! that (or whose organisation) is within `sync.exchange_near_percent` of a
-//! limit, first *exchanges*: one store call adds its unshared counts and
-//! reads the others' for the account and its organisation, and the
-//! decision follows. Each other instance then hides at most
-//! `exchange_after` attempts of the account, plus its latest decision and
+//! counted, towards one of its limits, `sync.exchange_after` it has not
+//! shared and at least `sync.exchange_room_percent` of the room left under
+//! that limit, or that (or whose organisation) is within
+//! `sync.exchange_near_percent` of a limit, first *exchanges*: one store
+//! call adds its unshared counts and reads the others' for the account and
+//! its organisation, and the decision follows (one exchange per account at
+//! a time on an instance). Each other instance then hides at most
+//! `exchange_after` of the account's counts, plus its latest decision and
 //! those in flight: across k instances a quota of q lets through at most
-//! q + (k − 1)(exchange_after + 1) + what is in flight. An instance that
+//! q + (k − 1)(exchange_after + 1) + what is in flight. A reader far below
+//! its limits exchanges nothing. An instance that
 //! has seen no other instance announce itself within
 //! `sync.max_staleness_secs` (a single server) never exchanges: a new
 //! instance is known to the others from their next sync. Distinct persons
@@ -161,6 +164,65 @@ pub struct SyncReport {
 
 /// Other instances' (metric, hour, day) counts for one subject.
 type RemoteRows = Vec<(Metric, u32, u32)>;
+
+/// An account's exchange in flight on this instance: marks the account
+/// (see [`AccountState::exchanging`]) and holds the counts taken, which go
+/// back to the next sync unless [`Exchange::stored`] says the store has
+/// them, also when the request is dropped halfway.
+struct Exchange<'a> {
+    inner: &'a Inner,
+    id: AccountId,
+    deltas: Vec<store::CounterDelta>,
+    marked: bool,
+}
+
+impl<'a> Exchange<'a> {
+    fn start(inner: &'a Inner, id: AccountId) -> Self {
+        Exchange {
+            inner,
+            id,
+            deltas: Vec::new(),
+            marked: false,
+        }
+    }
+
+    /// Marks the account and takes its and its organisation's unshared
+    /// counts; `None` if the account is already being exchanged.
+    fn take(&mut self, org_id: OrganisationId) -> Option<&[store::CounterDelta]> {
+        {
+            let mut shard = lock(self.inner.account_shard(self.id));
+            let st = shard.get_mut(&self.id)?;
+            if st.exchanging {
+                return None;
+            }
+            st.exchanging = true;
+            self.marked = true;
+            st.take_counts(self.id.get(), &mut self.deltas);
+        }
+        if let Some(o) = lock(self.inner.org_shard(org_id)).get_mut(&org_id) {
+            o.take_counts(org_id.get(), &mut self.deltas);
+        }
+        Some(&self.deltas)
+    }
+
+    /// The store added the counts.
+    fn stored(&mut self) {
+        self.deltas.clear();
+    }
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        if !self.deltas.is_empty() {
+            lock(&self.inner.pending).counters.append(&mut self.deltas);
+        }
+        if self.marked
+            && let Some(st) = lock(self.inner.account_shard(self.id)).get_mut(&self.id)
+        {
+            st.exchanging = false;
+        }
+    }
+}
 
 /// Other instances' counts by subject.
 fn remote_rows(remote: Vec<store::RemoteCount>) -> HashMap<(Scope, i64), RemoteRows> {
@@ -633,10 +695,16 @@ impl Inner {
         }
         let now = a.at.timestamp();
         let (id, org_id) = (a.account.account_id, a.account.organisation_id);
-        let mut deltas = Vec::new();
         {
             let mut shard = lock(self.account_shard(id));
             let st = shard.entry(id).or_insert_with(|| AccountState::new(a));
+            // One exchange per account at a time on this instance: the
+            // decisions meanwhile go on with the counts last read, and
+            // what they count is shared by the next exchange. (Concurrent
+            // exchanges of one hot account would queue on its counter rows.)
+            if st.exchanging {
+                return Ok(());
+            }
             let due = st.needs_exchange(&self.config, a, now);
             drop(shard);
             let mut orgs = lock(self.org_shard(org_id));
@@ -644,11 +712,11 @@ impl Inner {
             if !due && !o.needs_exchange(&self.config, a, now) {
                 return Ok(());
             }
-            o.take_counts(org_id.get(), &mut deltas);
         }
-        if let Some(st) = lock(self.account_shard(id)).get_mut(&id) {
-            st.take_counts(id.get(), &mut deltas);
-        }
+        let mut exchange = Exchange::start(self, id);
+        let Some(deltas) = exchange.take(org_id) else {
+            return Ok(()); // another decision started one meanwhile
+        };
         let b = bucket_of(now);
         let subjects = [
             (Scope::Account, id.get()),
@@ -658,7 +726,7 @@ impl Inner {
             .store
             .exchange(
                 self.instance,
-                &deltas,
+                deltas,
                 &subjects,
                 b - (HOUR_BUCKETS - 1),
                 b - (DAY_BUCKETS - 1),
@@ -666,11 +734,11 @@ impl Inner {
             .await
         {
             Ok(r) => r,
-            Err(e) => {
-                lock(&self.pending).counters.append(&mut deltas);
-                return Err(e.into());
-            }
+            // The counts go back to the next sync (`Exchange`'s drop).
+            Err(e) => return Err(e.into()),
         };
+        exchange.stored();
+        drop(exchange);
         let rows = remote_rows(remote);
         if let Some(st) = lock(self.account_shard(id)).get_mut(&id) {
             apply_remote(&mut st.rates, rows.get(&subjects[0]));

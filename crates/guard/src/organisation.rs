@@ -28,7 +28,7 @@ use crate::attempt::{Attempt, Digest16};
 use crate::baseline::{Baseline, OrgBaseline};
 use crate::config::{GuardConfig, Limit};
 use crate::engine::{
-    AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, near, near_limit, push_count, rates,
+    AccountVerdict, DAY, HOUR, Lines, count_new_person, fresh, near, near_any, push_count, rates,
     take_counts, verdict_of,
 };
 use crate::store::{CounterDelta, KnownKind, METRICS, Metric, Scope};
@@ -283,32 +283,20 @@ impl OrgState {
         }
         let pct = c.sync.exchange_near_percent;
         let q = &c.organisation;
-        let persons = self.persons_limit(c, a);
         let k = &c.containment;
-        let [
-            _,
-            ph,
-            pd,
-            nir,
-            searches,
-            _,
-            _,
-            _,
-            bg,
-            refusals,
-            _,
-            suspensions,
-            _,
-            grants,
-        ] = &mut self.rates;
-        near(ph.hour(now), persons.per_hour, pct)
-            || near(pd.day(now), persons.per_day, pct)
-            || near_limit(nir, q.nir_reveals, pct, now)
-            || near_limit(searches, q.searches, pct, now)
-            || near_limit(bg, q.break_glass, pct, now)
-            || near_limit(grants, q.mandate_grants, pct, now)
-            || near(refusals.hour(now), k.freeze_after_refusals, pct)
-            || near(suspensions.day(now), k.freeze_after_suspensions, pct)
+        let limits = [
+            self.persons_limit(c, a),
+            q.nir_reveals,
+            q.searches,
+            q.break_glass,
+            q.mandate_grants,
+        ];
+        near_any(&mut self.rates, limits, k.freeze_after_refusals, pct, now)
+            || near(
+                self.rates[Metric::Suspensions as usize].day(now),
+                k.freeze_after_suspensions,
+                pct,
+            )
     }
 
     /// Moves the counts not yet shared to `out` (to exchange or flush).

@@ -809,6 +809,48 @@ async fn an_exchange_that_fails_refuses_and_loses_no_count() {
         .sum();
     assert_eq!(seen, after as u64);
     b.sync(at).await.unwrap();
+    // The failed exchange left the account free to exchange again: the
+    // next one due reaches the store (which fails again here).
+    store.fail(true);
+    let mut refused = false;
+    for i in 0..=after {
+        let at = at + TimeDelta::seconds(1 + i);
+        if a.check(&read(7, 100 + i, at)).await.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "no exchange after a failed one");
+}
+
+#[tokio::test]
+async fn a_fast_reader_far_below_its_limits_costs_no_exchange() {
+    // A bulk client under high limits: what it keeps unshared is a small
+    // share of the room left, so no decision waits for the store.
+    let mut c = lenient_sync();
+    let high = Limit::new(1_000_000, 1_000_000);
+    c.account.persons = high;
+    c.organisation.persons = high;
+    c.organisation_scaled.persons_per_account = high;
+    let (guards, store) = three_instances(c).await;
+    // Each instance loads the account's history once.
+    for (i, g) in guards.iter().enumerate() {
+        assert!(
+            g.check(&read(7, 1000 + i as i64, day0()))
+                .await
+                .unwrap()
+                .lets_through()
+        );
+    }
+    store.fail(true);
+    for i in 0..300 {
+        let at = day0() + TimeDelta::milliseconds(10 * i);
+        // Decided without the store (its behaviour may still stop it).
+        assert!(
+            guards[i as usize % 3].check(&read(7, i, at)).await.is_ok(),
+            "attempt {i}"
+        );
+    }
 }
 
 #[tokio::test]
