@@ -314,12 +314,12 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         .with_login(browser::login_settings(addr.port()))
         .with_api_clients(dpop::client_settings(addr.port()));
         config.guard_instance = instance;
-        if backend == Backend::Balanced {
-            // The balancer names the client (its `option forwardfor`).
-            config.trusted_proxies = rempart_web::TrustedProxies::new(vec![
-                rempart_web::TrustedProxies::parse_one("127.0.0.1").unwrap(),
-            ]);
-        }
+        // The balancer names the client (its `option forwardfor`); on one
+        // server, tests play a proxy from 127.0.0.1 (mod browser). Clients
+        // of other 127.x addresses are their own peers.
+        config.trusted_proxies = rempart_web::TrustedProxies::new(vec![
+            rempart_web::TrustedProxies::parse_one("127.0.0.1").unwrap(),
+        ]);
         config
     };
     let mut config = config_of(1);

@@ -1024,6 +1024,63 @@ async fn parallel_wrong_codes_are_reserved_before_any_hash_and_lock_at_ten() {
     }
 }
 
+/// Behind a trusted proxy (127.0.0.1 here), the address counted is the
+/// client's from `X-Forwarded-For`: one client's failure holds back that
+/// client, not the others behind the same proxy. Anyone else's claim is
+/// ignored, and garbage where the proxy wrote is a 400 naming the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_a_trusted_proxy_are_counted_apart() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        app.clock.freeze();
+        let key = DeviceKey::new();
+        let behind = |local: [u8; 4], client: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                "x-forwarded-for",
+                reqwest::header::HeaderValue::from_str(client).unwrap(),
+            );
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(IpAddr::from(local))
+                .default_headers(headers)
+                .build()
+                .unwrap()
+        };
+        let proxy = [127, 0, 0, 1];
+        let code = "123456";
+        let status = async |client: &reqwest::Client, login: &str| {
+            password_login(&app, client, &key, login, "Mauvais-Mot-2-Passe", code)
+                .await
+                .status
+        };
+        // Distinct unknown logins: only the address's counter is shared.
+        let a = behind(proxy, "192.0.2.1");
+        assert_eq!(status(&a, "t.nobody1").await, 401, "{backend:?}");
+        assert_eq!(status(&a, "t.nobody2").await, 429, "{backend:?}: A waits");
+        let b = behind(proxy, "6.6.6.6, 192.0.2.2");
+        assert_eq!(
+            status(&b, "t.nobody3").await,
+            401,
+            "{backend:?}: B, behind the same proxy, does not wait for A"
+        );
+        // Not a trusted proxy: its claims are not believed.
+        let c = behind([127, 0, 0, 7], "192.0.2.3");
+        assert_eq!(status(&c, "t.nobody4").await, 401, "{backend:?}");
+        let d = behind([127, 0, 0, 7], "192.0.2.4");
+        assert_eq!(
+            status(&d, "t.nobody5").await,
+            429,
+            "{backend:?}: the same peer, whatever it claims"
+        );
+        let garbage = behind(proxy, "not-an-address");
+        let r = send(garbage.get(format!("{}/livez", app.base))).await;
+        assert_eq!(r.status, 400, "{backend:?}: {:?}", r.body);
+        assert_eq!(r.body["error"]["field"], "x-forwarded-for", "{:?}", r.body);
+        app.stop().await;
+    }
+}
+
 /// Issue 17, item 1, the address's side: one address trying 30 accounts at
 /// once gets no more evaluations than it has failures left before its lock
 /// (10), its lock is an alert, and other addresses are not held back.
