@@ -200,19 +200,43 @@ impl Consultation {
             Ok(())
         };
         for (alert, leaf) in alerts {
-            let at = match leaf {
-                Some(leaf) => self
-                    .ledger()
-                    .index_of(leaf, ALERT_INDEX_WAIT)
-                    .await
-                    .ok()
-                    .flatten(),
-                None => None,
-            };
-            self.guard.raise(alert.with_ledger_range(None, at));
+            self.raise_with_leaf(alert, leaf);
         }
         suspended?;
         recorded
+    }
+
+    /// Raises `alert` naming `leaf` as its last: at once when the leaf has
+    /// its index; a staged leaf's index is waited for (up to
+    /// [`ALERT_INDEX_WAIT`], then the alert goes without it) off the
+    /// request path, so that a refusal on a staging replica does not wait
+    /// for the integrator. [`Consultation::finish_alerts`] waits for those.
+    pub(crate) fn raise_with_leaf(&self, alert: Alert, leaf: Option<LeafRef>) {
+        match leaf {
+            None => self.guard.raise(alert.with_ledger_range(None, None)),
+            Some(LeafRef::Index(i)) => self.guard.raise(alert.with_ledger_range(None, Some(i))),
+            Some(staged) => {
+                let (ledger, guard) = (self.ledger().clone(), self.guard.clone());
+                let mut late = self.late_alerts.lock().unwrap_or_else(|p| p.into_inner());
+                // Forget those done, so that the set stays small.
+                while late.try_join_next().is_some() {}
+                late.spawn(async move {
+                    let at = ledger
+                        .index_of(staged, ALERT_INDEX_WAIT)
+                        .await
+                        .ok()
+                        .flatten();
+                    guard.raise(alert.with_ledger_range(None, at));
+                });
+            }
+        }
+    }
+
+    /// Waits until every alert raised off the request path is queued for
+    /// the guard's next sync: before a server's last sync, and in tests.
+    pub async fn finish_alerts(&self) {
+        let late = std::mem::take(&mut *self.late_alerts.lock().unwrap_or_else(|p| p.into_inner()));
+        late.join_all().await;
     }
 
     /// The guard suspended the caller's account: in the registry, with its

@@ -322,6 +322,9 @@ pub struct Consultation {
     // Every instant an operation uses: the system clock unless a test's
     // replaces it (`with_clock`); read it through `now`.
     pub(crate) clock: Clock,
+    // Alerts waiting for their staged leaf's index off the request path
+    // (`raise_with_leaf`); `finish_alerts` waits for them.
+    pub(crate) late_alerts: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
 }
 
 impl std::fmt::Debug for Consultation {
@@ -354,6 +357,7 @@ impl Consultation {
             clients: None,
             federation: None,
             clock: Arc::new(Utc::now),
+            late_alerts: Arc::default(),
         }
     }
 

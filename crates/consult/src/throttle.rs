@@ -293,10 +293,10 @@ pub(crate) fn parse(json: &str) -> Result<AccountThrottle, ThrottleError> {
 impl Consultation {
     /// Raises the guard's alert for what a failed attempt locked, if
     /// anything: the account (its failures against the lock threshold) or
-    /// the address the attempts came from. `last_seq` is the attempt's own
-    /// leaf (whose index, if it was staged, is waited for up to
-    /// `ALERT_INDEX_WAIT` when there is an alert to raise). The guard
-    /// stores the alerts at its next sync.
+    /// the address the attempts came from. `last` is the attempt's own
+    /// leaf (see `raise_with_leaf`: a staged leaf's index is waited for
+    /// off the request path). The guard stores the alerts at its next
+    /// sync.
     pub(crate) async fn raise_login_alerts(
         &self,
         account: Option<&AccountRecord>,
@@ -308,17 +308,8 @@ impl Consultation {
         if settled.account_locked.is_none() && !settled.address_locked {
             return;
         }
-        let last_seq = match last {
-            Some(leaf) => self
-                .ledger()
-                .index_of(leaf, crate::guard::ALERT_INDEX_WAIT)
-                .await
-                .ok()
-                .flatten(),
-            None => None,
-        };
         let alert = |feature: Feature, value: u32| {
-            self.guard.raise(Alert {
+            let alert = Alert {
                 at: now,
                 kind: AlertKind::FailedLogins,
                 account_id: account.map_or(AccountId::UNKNOWN, |a| a.account_id),
@@ -336,10 +327,11 @@ impl Consultation {
                     from: now,
                     to: now,
                     first_seq: None,
-                    last_seq,
+                    last_seq: None,
                 },
                 accounts: Vec::new(),
-            });
+            };
+            self.raise_with_leaf(alert, last);
         };
         if let Some(failures) = settled.account_locked {
             alert(Feature::AccountLoginFailures, failures);

@@ -448,6 +448,8 @@ impl App {
         for task in &self.tasks {
             task.abort();
         }
+        // Alerts still waiting for a staged leaf's index join the last sync.
+        self.consultation.finish_alerts().await;
         // A pass-through guard's sync does nothing.
         let guard = self.consultation.guard().clone();
         if let Err(e) = guard.sync(self.consultation.now()).await {

@@ -168,6 +168,9 @@ struct TestApp {
     guard: Guard,
     /// With [`Backend::Balanced`]: the other replicas, and the balancer.
     replicas: Vec<(Running, Guard)>,
+    /// Every replica's consultation path (the first is the app's own), for
+    /// the alerts they raise off the request path.
+    consultations: Vec<rempart_consult::Consultation>,
     _balancer: Option<balancer::Haproxy>,
 }
 
@@ -335,6 +338,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
     let ledger = built.consultation().ledger().clone();
     let ledger_store = built.ledger_store().clone();
     let guard = built.consultation().guard().clone();
+    let mut consultations = vec![built.consultation().clone()];
 
     let opts = rempart_import::ImportOptions::new(today);
     let rejects = rempart_import::RejectSink::in_memory();
@@ -421,6 +425,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         for instance in 2..=REPLICAS as i64 {
             let built = App::build(config_of(instance)).await.unwrap();
             let guard = built.consultation().guard().clone();
+            consultations.push(built.consultation().clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let running = built.spawn(listener).unwrap();
             ports.push(running.addr.port());
@@ -453,6 +458,7 @@ async fn spawn_app_full(backend: Backend, guard_config: GuardConfig, federated: 
         clock,
         guard,
         replicas,
+        consultations,
         _balancer: balancer,
     }
 }
@@ -478,6 +484,9 @@ impl TestApp {
     /// Syncs every replica's guard now: what each counted and the alerts
     /// it raised are in the store.
     async fn sync_guards(&self) {
+        for c in &self.consultations {
+            c.finish_alerts().await;
+        }
         for g in std::iter::once(&self.guard).chain(self.replicas.iter().map(|(_, g)| g)) {
             g.sync(self.clock.now()).await.unwrap();
         }

@@ -16,6 +16,16 @@ async fn replica(app: &TestApp) -> (String, Running, Arc<Ledger>) {
 
 /// Same, keeping on serving for `grace` once told to stop.
 async fn replica_draining(app: &TestApp, grace: StdDuration) -> (String, Running, Arc<Ledger>) {
+    let (base, server, ledger, _) = replica_with(app, grace, test_guard_config()).await;
+    (base, server, ledger)
+}
+
+/// Same, with its own guard configuration, and its consultation path.
+async fn replica_with(
+    app: &TestApp,
+    grace: StdDuration,
+    guard: GuardConfig,
+) -> (String, Running, Arc<Ledger>, rempart_consult::Consultation) {
     let data = app._dir.path().join("data");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = ServerConfig::new(Storage {
@@ -31,15 +41,66 @@ async fn replica_draining(app: &TestApp, grace: StdDuration) -> (String, Running
         },
         keys: KeySource::File(data.join("keys.json")),
     })
-    .with_guard(GuardChoice::real(test_guard_config()))
+    .with_guard(GuardChoice::real(guard))
     .with_clock(app.clock.clock())
     .with_login(browser::login_settings(app.port))
     .with_api_clients(dpop::client_settings(app.port))
     .with_drain_grace(grace);
     let built = App::build(config).await.unwrap();
     let ledger = built.consultation().ledger().clone();
+    let consultation = built.consultation().clone();
     let server = built.spawn(listener).unwrap();
-    (format!("http://{}", server.addr), server, ledger)
+    (
+        format!("http://{}", server.addr),
+        server,
+        ledger,
+        consultation,
+    )
+}
+
+/// A guard refusal on a staging replica is answered without waiting for
+/// its leaf's index; the alert, raised off the request path, still names
+/// that leaf once integrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staging_replicas_guard_alert_names_its_integrated_leaf() {
+    let app = spawn_app(Backend::Postgres).await;
+    let mut strict = test_guard_config();
+    strict.account.persons = rempart_guard::Limit {
+        per_hour: 1,
+        per_day: 10,
+    };
+    let (b, b_server, _, b_consult) = replica_with(&app, StdDuration::ZERO, strict).await;
+    let (p, q) = (app.fresh_person(93), app.fresh_person(94));
+    for person in [p, q] {
+        app.mandate("T-FT", None, person, Purpose::FollowUp, today(), None)
+            .await;
+    }
+    assert_eq!(read_at(&app, &b, "t.ft", p).await.0, 200);
+    let (status, leaf) = read_at(&app, &b, "t.ft", q).await;
+    assert_eq!(status, 429, "the second person is over a quota of one");
+    assert!(leaf.is_none(), "a refusal names no leaf to the client");
+    b_consult.finish_alerts().await;
+    b_consult.guard().sync(app.clock.now()).await.unwrap();
+    let alerts = app
+        .guard
+        .alerts(&AlertQuery {
+            account_id: Some(app.account("t.ft").account_id),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let alert = alerts.last().expect("the quota's alert");
+    let index = alert
+        .alert
+        .evidence
+        .last_seq
+        .expect("the alert names the refusal's leaf");
+    let leaf = &app.leaves(index).await[0];
+    assert_eq!(leaf.person, Some(q));
+    assert!(!leaf.reveals_person_data());
+    b_server.stop().await.unwrap();
+    app.stop().await;
 }
 
 /// A consultation through `base`: its status and where its leaf is.
