@@ -28,7 +28,7 @@ RUNS="${BENCH_RUNS:-3}"
 TODAY="$(date +%F)"
 DB=rempart_replicas_bench
 
-die() { echo "FATAL: $*" >&2; exit 1; }
+. bench/lib.sh
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1;
   if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -39,18 +39,9 @@ mkdir -p "$WORK"
 
 cargo build --release -q -p rempart-cli
 BIN="${CARGO_TARGET_DIR:-target}/release/rempart"
-CSV="$WORK/csv-$PERSONS-$TODAY"
-if [ ! -f "$CSV/persons.csv" ]; then
-  "$BIN" generate --persons "$PERSONS" --seed 42 --today "$TODAY" --out "$CSV"
-fi
-URL="${PG%/*}/$DB"
-psql "$PG" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
-  -c "CREATE DATABASE $DB"
+CSV=$(population_csv "$BIN" "$PERSONS" "$TODAY" "$WORK")
 DATA="$WORK/replicas-data"
-rm -rf "$DATA"
-"$BIN" init --data "$DATA" --database "$URL" > /dev/null
-"$BIN" import --data "$DATA" --database "$URL" --today "$TODAY" \
-  --rejects "$WORK/replicas-rejects.csv" "$CSV" > /dev/null
+URL=$(imported_postgres "$BIN" "$PG" "$DB" "$DATA" "$CSV" "$TODAY" "$WORK/replicas-rejects.csv")
 
 : > "$WORK/replicas-results"
 run() { # run LABEL ARGS...: one `bench replicas`, its RESULT line appended under LABEL

@@ -26,14 +26,11 @@ ONLY="${SOAK_ONLY:-}"
 TODAY="$(date +%F)"
 DB=rempart_soak_bench
 
-die() { echo "FATAL: $*" >&2; exit 1; }
+. bench/lib.sh
 mkdir -p "$WORK"
 cargo build --release -q -p rempart-cli
 BIN="${CARGO_TARGET_DIR:-target}/release/rempart"
-CSV="$WORK/csv-$PERSONS-$TODAY"
-if [ ! -f "$CSV/persons.csv" ]; then
-  "$BIN" generate --persons "$PERSONS" --seed 42 --today "$TODAY" --out "$CSV"
-fi
+CSV=$(population_csv "$BIN" "$PERSONS" "$TODAY" "$WORK")
 
 soak() { # soak LABEL ARGS...: one long `bench replicas`, its lines under LABEL
   local label=$1
@@ -52,15 +49,8 @@ if [ "$ONLY" != balanced ]; then
   soak sqlite --data "$DATA" --replicas 1 --direct
 fi
 if [ "$ONLY" != sqlite ]; then
-  command -v psql > /dev/null || die "psql is missing: apt-get install postgresql-client"
   [ -x /usr/sbin/haproxy ] || die "haproxy is missing: apt-get install haproxy"
-  URL="${PG%/*}/$DB"
-  psql "$PG" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
-    -c "CREATE DATABASE $DB"
   DATA="$WORK/soak-pg"
-  rm -rf "$DATA"
-  "$BIN" init --data "$DATA" --database "$URL" > /dev/null
-  "$BIN" import --data "$DATA" --database "$URL" --today "$TODAY" \
-    --rejects "$WORK/soak-rejects.csv" "$CSV" > /dev/null
+  URL=$(imported_postgres "$BIN" "$PG" "$DB" "$DATA" "$CSV" "$TODAY" "$WORK/soak-rejects.csv")
   soak balanced-3 --data "$DATA" --database "$URL" --replicas 3
 fi
