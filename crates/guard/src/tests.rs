@@ -741,6 +741,32 @@ async fn one_account_read_round_robin_over_three_instances_meets_its_quota_betwe
 }
 
 #[tokio::test]
+async fn one_organisations_accounts_spread_over_three_instances_meet_its_quota() {
+    // The same attack spread over many accounts: 30 accounts of one
+    // organisation, each under its own quota, round-robin over three
+    // instances, no sync in between. The organisation's quota (60 an
+    // hour here) holds across them.
+    let mut c = lenient_sync();
+    c.organisation.persons = Limit::new(60, 600);
+    let (guards, _) = three_instances(c).await;
+    let mut allowed = 0;
+    let mut n = 0;
+    for _ in 0..10 {
+        for account in 0..30 {
+            n += 1;
+            let at = day0() + TimeDelta::milliseconds(50 * n);
+            let g = &guards[n as usize % 3];
+            let d = g.check(&read(100 + account, n, at)).await.unwrap();
+            allowed += u32::from(d.lets_through());
+        }
+    }
+    assert!(
+        (60..=66).contains(&allowed),
+        "{allowed} persons for an organisation quota of 60"
+    );
+}
+
+#[tokio::test]
 async fn reads_hidden_on_other_instances_are_bounded_by_exchange_after() {
     // The attacker reads a little on two instances, below what makes them
     // exchange, then as much as it can on the third.

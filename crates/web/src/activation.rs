@@ -153,7 +153,8 @@ async fn check_code(
         login: &f[0],
         code: &f[1],
     };
-    // The peer address, as for password logins (no X-Forwarded-For).
+    // The client's address, as for password logins (the peer's, or the
+    // one a trusted proxy forwards for: `client.rs`).
     match state.consultation.start_activation(form, peer.ip()).await {
         Ok(enrolment) => step_two(StatusCode::OK, &enrolment, &[]),
         Err(r) => failed(&r),

@@ -450,8 +450,8 @@ async fn password_login(
         device: named_cookie(&headers, DEVICE_COOKIE),
     };
     let proof = proof_request(&headers, &method, &url);
-    // The peer address: a proxy in front must be taught to this server
-    // before X-Forwarded-For is trusted, which it is not by default.
+    // The client's address: the peer's, or the one a proxy listed in
+    // `--trusted-proxy` forwards for (`client.rs`); none is by default.
     match state
         .consultation
         .login_password(form, proof, peer.ip())
