@@ -59,7 +59,7 @@ use zeroize::Zeroizing;
 
 use crate::kernel::{Consultation, LoginFailure, Refusal, unauthenticated_leaf};
 use crate::secrets::{open_totp_secret, seal_totp_secret};
-use crate::throttle::{self, Counter, ThrottleError};
+use crate::throttle::{Counter, ThrottleError};
 use crate::views::AccountView;
 
 pub use crate::secrets::{ACTIVATION_HOURS, IssuedActivation};
@@ -253,19 +253,19 @@ impl Consultation {
         let known = account.as_ref().filter(|_| stored.is_some());
 
         // Reserve the attempt before anything is evaluated (`throttle.rs`).
-        let admitted = throttle::admit(
-            web,
-            auth.as_ref(),
-            Counter::Activation,
-            known
-                .zip(stored.as_ref())
-                .map(|(a, s)| (a.account_id, s.throttle.clone())),
-            login,
-            addr,
-            now_unix,
-        )
-        .await
-        .map_err(|e| throttle_unavailable(&e))?;
+        let admitted = self
+            .admit_attempt(
+                web,
+                Counter::Activation,
+                known
+                    .zip(stored.as_ref())
+                    .map(|(a, s)| (a.account_id, s.throttle.clone())),
+                login,
+                addr,
+                now_unix,
+            )
+            .await
+            .map_err(|e| throttle_unavailable(&e))?;
         let attempt = match admitted {
             Ok(attempt) => attempt,
             Err(delay) => {
@@ -307,7 +307,7 @@ impl Consultation {
         let digest = match verdict {
             Ok(d) => d,
             Err(note) => {
-                let settled = attempt.failed();
+                let settled = attempt.failed().await;
                 let mut last = self
                     .refusal_leaf(
                         known,
@@ -656,7 +656,9 @@ fn unavailable(e: &StorageError) -> Refusal {
 fn throttle_unavailable(e: &ThrottleError) -> Refusal {
     match e {
         ThrottleError::Store(e) => unavailable(e),
-        ThrottleError::Unreadable => Refusal::Unavailable(format!("activation: {e}")),
+        ThrottleError::Unreadable | ThrottleError::Contended => {
+            Refusal::Unavailable(format!("activation: {e}"))
+        }
     }
 }
 

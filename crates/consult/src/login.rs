@@ -99,7 +99,7 @@ use crate::authenticate::{self, ProofRequest, Via};
 use crate::kernel::{Consultation, Ctx, LoginFailure, Presented, Refusal};
 use crate::session::Opening;
 use crate::settings::Web;
-use crate::throttle::{self, Counter, ThrottleError};
+use crate::throttle::{Counter, ThrottleError};
 
 pub use crate::secrets::{TotpSealError, open_totp_secret, seal_totp_secret};
 pub use crate::session::{DEVICE_TRUST_DAYS, LoginAnswer};
@@ -267,17 +267,17 @@ impl Consultation {
         // 3. Reserve the attempt before anything is evaluated: one place of
         //    the address, and on a known account the state counting it as
         //    a failure, stored by compare-and-set (`throttle.rs`).
-        let admitted = throttle::admit(
-            web,
-            auth.as_ref(),
-            counter,
-            known.zip(throttle_state).map(|(a, t)| (a.account_id, t)),
-            form.login.trim(),
-            addr,
-            now_unix,
-        )
-        .await
-        .map_err(|e| self.throttle_unavailable(&e))?;
+        let admitted = self
+            .admit_attempt(
+                web,
+                counter,
+                known.zip(throttle_state).map(|(a, t)| (a.account_id, t)),
+                form.login.trim(),
+                addr,
+                now_unix,
+            )
+            .await
+            .map_err(|e| self.throttle_unavailable(&e))?;
         let attempt = match admitted {
             Ok(attempt) => attempt,
             Err(delay) => {
@@ -348,7 +348,7 @@ impl Consultation {
         //    reserved; the address counts it now. A lock it caused is its
         //    own event, and an alert.
         if let Some(refusal) = refusal {
-            let settled = attempt.failed();
+            let settled = attempt.failed().await;
             let note = match refusal {
                 LoginRefusal::UnknownAccount => "password: unknown login",
                 LoginRefusal::WrongPassword => "password: wrong password",
@@ -421,7 +421,7 @@ impl Consultation {
         // What other browsers failed meanwhile (read before this attempt:
         // from a trusted browser, that counter was not touched here).
         let failed_elsewhere = match (&device, &stored) {
-            (Some(_), Some((_, shared))) => throttle::parse(shared)
+            (Some(_), Some((_, shared))) => crate::throttle::parse(shared)
                 .map(|t| t.consecutive_failures)
                 .unwrap_or(0),
             _ => 0,
@@ -795,7 +795,9 @@ impl Consultation {
     pub(crate) fn throttle_unavailable(&self, e: &ThrottleError) -> Refusal {
         match e {
             ThrottleError::Store(e) => self.login_unavailable(e),
-            ThrottleError::Unreadable => Refusal::Unavailable(e.to_string()),
+            ThrottleError::Unreadable | ThrottleError::Contended => {
+                Refusal::Unavailable(e.to_string())
+            }
         }
     }
 

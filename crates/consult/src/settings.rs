@@ -120,7 +120,8 @@ pub(crate) struct Web {
     pub(crate) settings: LoginSettings,
     pub(crate) passkeys: Passkeys,
     pub(crate) hasher: PasswordHasher,
-    pub(crate) lockout: Mutex<Lockout>,
+    /// The login throttle's rule (its states are in the store).
+    pub(crate) lockout: Lockout,
     /// `jti`s of proofs by keys that open sessions are bound to: only a
     /// caller holding a live session's cookie and key adds to it.
     pub(crate) replay: Mutex<ReplayCache>,
@@ -153,7 +154,7 @@ impl Web {
             settings,
             passkeys,
             hasher,
-            lockout: Mutex::new(lockout),
+            lockout,
             replay: Mutex::new(replay),
             login_replay: Mutex::new(login_replay),
         })
@@ -163,7 +164,7 @@ impl Web {
 impl Web {
     /// Failures that lock an account or an address (the alerts' baseline).
     pub(crate) fn lockout_after(&self) -> u32 {
-        locked(&self.lockout).policy().lock_after
+        self.lockout.policy().lock_after
     }
 }
 

@@ -1,17 +1,27 @@
 //! Login attempts reserved before they are evaluated, for password logins
 //! and activation codes alike (the rule is `rempart_auth::lockout`'s
-//! module doc).
+//! module doc). Every state is in the store every instance shares, so
+//! attempts spread over instances meet the same counters.
 //!
-//! An attempt first takes one of its address's places (in memory, under
-//! the lockout's lock), then reserves itself on the account: the stored
-//! throttle state, read before, is replaced by the state counting this
-//! attempt as a failure with one compare-and-set, and only an attempt whose
-//! swap wrote goes on to argon2id or the code check. A lost swap reads
-//! again, so N parallel attempts count N: each is either refused (the
-//! backoff the winner started) or counted. A success clears the state with
-//! another compare-and-set from what it stored, and when that state moved
+//! An attempt first takes one of its address's places: the address's
+//! stored state (under a keyed digest of the address) is replaced by the
+//! one holding one more place with one compare-and-set. Then it reserves
+//! itself on the account: the stored throttle state, read before, is
+//! replaced by the state counting this attempt as a failure, again with one
+//! compare-and-set, and only an attempt whose swaps wrote goes on to
+//! argon2id or the code check. A lost swap reads again, so N parallel
+//! attempts count N: each is either refused (the backoff the winner
+//! started) or counted. A success clears the state with another
+//! compare-and-set from what it stored, and when that state moved
 //! meanwhile (other attempts counted) it clears it only if no lock is in
-//! force: a late write never erases a lock.
+//! force: a late write never erases a lock. A login that names no account
+//! reserves on its own stored state the same way.
+//!
+//! Address states are bounded: when the table is full, states that may be
+//! forgotten are pruned, and if none may, the address counts on the shared
+//! overflow state (never evicting: an attacker cannot reset their own
+//! counter by failing from fresh addresses). Unknown-login states evict the
+//! oldest when full.
 //!
 //! An account or an address that reaches its lock raises a guard alert
 //! (kind `failed_logins`), so that a burst of failed logins reaches the
@@ -22,20 +32,27 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rempart_auth::lockout::{
-    AccountThrottle, AddressAdmission, AttemptEnd, Delay, Scope, Target, Wait,
+    AccountThrottle, AddressKey, AddressThrottle, AttemptEnd, Delay, Lockout, Scope, Wait,
+    fold_login,
 };
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_guard::{Alert, AlertKind, Evidence, Explanation, Feature, Verdict};
 use rempart_ledger::LeafRef;
-use rempart_storage::{AccountRecord, AuthStore, StorageError};
+use rempart_storage::{
+    AccountRecord, AuthStore, StorageError, ThrottleEntry, ThrottleInsert, ThrottleScope,
+};
 
 use crate::kernel::Consultation;
-use crate::settings::{Web, locked};
+use crate::settings::Web;
 
 /// Lost compare-and-sets tolerated before an attempt gives up and is
-/// refused as if waiting: only a flood of attempts on one account loses
-/// this often, and refusing it is the safe answer.
+/// refused as if waiting: only a flood of attempts on one account or
+/// address loses this often, and refusing it is the safe answer.
 const MAX_SWAPS: usize = 8;
+
+/// Lost compare-and-sets tolerated when an attempt gives its address's
+/// place back: its failure must count, so it tries much longer.
+const MAX_SETTLE_SWAPS: usize = 64;
 
 /// Which stored throttle state an attempt counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +116,9 @@ pub(crate) enum ThrottleError {
     /// The stored state is not a throttle state.
     #[error("throttle: stored state is not readable")]
     Unreadable,
+    /// The address's state kept changing under other attempts.
+    #[error("throttle: the address's state kept changing")]
+    Contended,
 }
 
 /// An attempt let through: it holds one place of its address until it is
@@ -106,7 +126,9 @@ pub(crate) enum ThrottleError {
 /// counts as a failure) and, on a known account, the state it stored.
 pub(crate) struct Attempt {
     web: Arc<Web>,
-    admission: Option<AddressAdmission>,
+    auth: Arc<dyn AuthStore>,
+    /// The stored key of the address state holding the place.
+    place: Option<Vec<u8>>,
     now_unix: u64,
     reserved: Option<Reserved>,
 }
@@ -130,9 +152,10 @@ pub(crate) struct Settled {
 
 impl Attempt {
     /// The attempt failed: the account's failure was counted when it was
-    /// reserved; the address counts it now.
-    pub(crate) fn failed(mut self) -> Settled {
-        let address_locked = self.settle(AttemptEnd::Failed);
+    /// reserved; the address counts it now. A store failure here is
+    /// logged: the attempt is refused anyway.
+    pub(crate) async fn failed(mut self) -> Settled {
+        let address_locked = self.settle(AttemptEnd::Failed).await;
         Settled {
             account_locked: self
                 .reserved
@@ -151,7 +174,7 @@ impl Attempt {
         auth: &dyn AuthStore,
         counter: Counter,
     ) -> Result<Option<Delay>, ThrottleError> {
-        self.settle(AttemptEnd::Succeeded);
+        self.settle(AttemptEnd::Succeeded).await;
         let Some(reserved) = self.reserved.take() else {
             return Ok(None);
         };
@@ -178,7 +201,7 @@ impl Attempt {
             };
             let state = parse(&current)?;
             if state.is_locked(self.now_unix) {
-                let lock = locked(&self.web.lockout).reserve(&state, self.now_unix);
+                let lock = self.web.lockout.reserve(&state, self.now_unix);
                 return Ok(lock.err());
             }
             expected = current;
@@ -188,10 +211,25 @@ impl Attempt {
         Ok(None)
     }
 
-    fn settle(&mut self, end: AttemptEnd) -> bool {
-        match self.admission.take() {
-            Some(a) => locked(&self.web.lockout).settle_address(a, end, self.now_unix),
-            None => false,
+    /// Gives the address's place back; whether this failure locked it.
+    async fn settle(&mut self, end: AttemptEnd) -> bool {
+        let Some(key) = self.place.take() else {
+            return false;
+        };
+        match settle_place(
+            &self.web.lockout,
+            self.auth.as_ref(),
+            &key,
+            end,
+            self.now_unix,
+        )
+        .await
+        {
+            Ok(locked) => locked,
+            Err(e) => {
+                tracing::warn!(error = %e, "login throttle: an address's place was not given back");
+                false
+            }
         }
     }
 }
@@ -199,70 +237,231 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         // Ended before anyone said how (an error, a cancelled request):
-        // counted, failing closed.
-        self.settle(AttemptEnd::Failed);
+        // counted, failing closed, by a task of its own (a drop cannot
+        // wait). Without a runtime the place lapses by itself.
+        let Some(key) = self.place.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (web, auth, now_unix) = (Arc::clone(&self.web), Arc::clone(&self.auth), self.now_unix);
+        runtime.spawn(async move {
+            let settled = settle_place(
+                &web.lockout,
+                auth.as_ref(),
+                &key,
+                AttemptEnd::Failed,
+                now_unix,
+            )
+            .await;
+            if let Err(e) = settled {
+                tracing::warn!(error = %e, "login throttle: an address's place was not given back");
+            }
+        });
     }
 }
 
-/// Admits an attempt on `account` (with the throttle state read with it) or
-/// on an unknown `login`, from `addr`: the attempt to evaluate, or the wait
-/// that refuses it unevaluated.
-pub(crate) async fn admit(
-    web: &Arc<Web>,
+impl Consultation {
+    /// Admits an attempt on `account` (with the throttle state read with
+    /// it) or on an unknown `login`, from `addr`: the attempt to evaluate,
+    /// or the wait that refuses it unevaluated.
+    pub(crate) async fn admit_attempt(
+        &self,
+        web: &Arc<Web>,
+        counter: Counter,
+        account: Option<(AccountId, String)>,
+        login: &str,
+        addr: IpAddr,
+        now_unix: u64,
+    ) -> Result<Result<Attempt, Delay>, ThrottleError> {
+        let auth = self.auth.as_ref();
+        let lockout = &web.lockout;
+        let unknown_key = match &account {
+            Some(_) => None,
+            None => Some(self.vault.unknown_login_key(&fold_login(login)).to_vec()),
+        };
+        // The account's side as read now: its wait counts in the admission.
+        let read = match (&account, &unknown_key) {
+            (Some((_, json)), _) => parse(json)?,
+            (None, Some(key)) => match auth
+                .login_throttle(ThrottleScope::UnknownLogin, key)
+                .await?
+            {
+                Some(json) => parse(&json)?,
+                None => AccountThrottle::default(),
+            },
+            (None, None) => AccountThrottle::default(),
+        };
+        let address_key = self.vault.login_address_key(&AddressKey::of(addr).bytes());
+        let overflow_key = self.vault.login_address_key(&AddressKey::Overflow.bytes());
+        let place = take_place(lockout, auth, &address_key, &overflow_key, &read, now_unix).await?;
+        let mut attempt = Attempt {
+            web: Arc::clone(web),
+            auth: Arc::clone(&self.auth),
+            place: match place {
+                Ok(key) => Some(key),
+                Err(delay) => return Ok(Err(delay)),
+            },
+            now_unix,
+            reserved: None,
+        };
+        let reserved = match (account, unknown_key) {
+            (Some((account_id, json)), _) => {
+                reserve_account(lockout, auth, counter, account_id, json, now_unix).await?
+            }
+            (None, Some(key)) => reserve_unknown(lockout, auth, &key, now_unix).await?,
+            (None, None) => Err(contended()),
+        };
+        match reserved {
+            Ok(reserved) => {
+                attempt.reserved = reserved;
+                Ok(Ok(attempt))
+            }
+            Err(delay) => {
+                attempt.settle(AttemptEnd::NotEvaluated).await;
+                Ok(Err(delay))
+            }
+        }
+    }
+}
+
+/// The refusal of an attempt whose compare-and-sets kept losing.
+fn contended() -> Delay {
+    Delay {
+        scope: Scope::Account,
+        wait: Wait::Backoff {
+            retry_after_secs: 1,
+        },
+    }
+}
+
+/// Takes one of the address's places: the stored key holding it, or the
+/// wait (the account's `account` state counted in it).
+async fn take_place(
+    lockout: &Lockout,
+    auth: &dyn AuthStore,
+    address_key: &[u8],
+    overflow_key: &[u8],
+    account: &AccountThrottle,
+    now_unix: u64,
+) -> Result<Result<Vec<u8>, Delay>, ThrottleError> {
+    let scope = ThrottleScope::Address;
+    let max = u64::try_from(lockout.policy().max_addresses).unwrap_or(u64::MAX);
+    let mut key = address_key;
+    let mut pruned = false;
+    for _ in 0..MAX_SWAPS {
+        let read = auth.login_throttle(scope, key).await?;
+        let current = match &read {
+            Some(json) => parse_address(json)?,
+            None => AddressThrottle::default(),
+        };
+        let next = match lockout.admit(account, &current, now_unix) {
+            Ok(next) => next,
+            Err(delay) => return Ok(Err(delay)),
+        };
+        let entry = address_entry(lockout, &next, now_unix)?;
+        let wrote = match &read {
+            Some(json) => {
+                auth.swap_login_throttle(scope, key, json, Some(&entry))
+                    .await?
+            }
+            None => {
+                let bound = (key != overflow_key).then_some(max);
+                match auth
+                    .insert_login_throttle(scope, key, &entry, bound)
+                    .await?
+                {
+                    ThrottleInsert::Inserted => true,
+                    ThrottleInsert::Exists => false,
+                    // Make room once; if none can be made, count on the
+                    // overflow state.
+                    ThrottleInsert::Full if !pruned => {
+                        auth.prune_login_throttles(scope, unix_i64(now_unix))
+                            .await?;
+                        pruned = true;
+                        false
+                    }
+                    ThrottleInsert::Full => {
+                        key = overflow_key;
+                        false
+                    }
+                }
+            }
+        };
+        if wrote {
+            return Ok(Ok(key.to_vec()));
+        }
+    }
+    Ok(Err(Delay {
+        scope: Scope::Address,
+        wait: Wait::Backoff {
+            retry_after_secs: 1,
+        },
+    }))
+}
+
+/// Gives back a place taken by [`take_place`] under `key`, counting a
+/// failure or not; whether this failure locked the address.
+async fn settle_place(
+    lockout: &Lockout,
+    auth: &dyn AuthStore,
+    key: &[u8],
+    end: AttemptEnd,
+    now_unix: u64,
+) -> Result<bool, ThrottleError> {
+    let scope = ThrottleScope::Address;
+    for _ in 0..MAX_SETTLE_SWAPS {
+        let read = auth.login_throttle(scope, key).await?;
+        let current = match &read {
+            Some(json) => parse_address(json)?,
+            // Pruned once the place lapsed: a failure still counts.
+            None if end == AttemptEnd::Failed => AddressThrottle::default(),
+            None => return Ok(false),
+        };
+        let (next, locked) = lockout.settle_address(&current, end, now_unix);
+        let keep = lockout.address_forget_at(&next) > now_unix;
+        let entry = address_entry(lockout, &next, now_unix)?;
+        let wrote = match &read {
+            Some(json) => {
+                auth.swap_login_throttle(scope, key, json, keep.then_some(&entry))
+                    .await?
+            }
+            None => {
+                auth.insert_login_throttle(scope, key, &entry, None).await?
+                    == ThrottleInsert::Inserted
+            }
+        };
+        if wrote {
+            return Ok(locked);
+        }
+    }
+    Err(ThrottleError::Contended)
+}
+
+/// Reserves an attempt on a known account (module doc).
+async fn reserve_account(
+    lockout: &Lockout,
     auth: &dyn AuthStore,
     counter: Counter,
-    account: Option<(AccountId, String)>,
-    login: &str,
-    addr: IpAddr,
+    account_id: AccountId,
+    mut read: String,
     now_unix: u64,
-) -> Result<Result<Attempt, Delay>, ThrottleError> {
-    let read = match &account {
-        Some((_, json)) => Some(parse(json)?),
-        None => None,
-    };
-    let target = match &read {
-        Some(state) => Target::Account(state),
-        None => Target::UnknownLogin(login),
-    };
-    let admitted = locked(&web.lockout).admit(target, addr, now_unix);
-    let admission = match admitted {
-        Ok(a) => a,
-        Err(delay) => return Ok(Err(delay)),
-    };
-    let mut attempt = Attempt {
-        web: Arc::clone(web),
-        admission: Some(admission),
-        now_unix,
-        reserved: None,
-    };
-    let refused = |mut attempt: Attempt, delay: Delay| {
-        attempt.settle(AttemptEnd::NotEvaluated);
-        Ok(Err(delay))
-    };
-    let Some((account_id, mut read)) = account else {
-        let reserved = locked(&web.lockout).reserve_unknown(login, now_unix);
-        return match reserved {
-            Ok(_) => Ok(Ok(attempt)),
-            Err(delay) => refused(attempt, delay),
-        };
-    };
+) -> Result<Result<Option<Reserved>, Delay>, ThrottleError> {
     for _ in 0..MAX_SWAPS {
         let before = parse(&read)?;
-        // The lock is released before `refused` takes it again.
-        let reserved = locked(&web.lockout).reserve(&before, now_unix);
-        let next = match reserved {
+        let next = match lockout.reserve(&before, now_unix) {
             Ok(next) => next,
-            Err(delay) => return refused(attempt, delay),
+            Err(delay) => return Ok(Err(delay)),
         };
         let stored = serde_json::to_string(&next).map_err(|_| ThrottleError::Unreadable)?;
         if counter.swap(auth, account_id, &read, &stored).await? {
-            attempt.reserved = Some(Reserved {
+            return Ok(Ok(Some(Reserved {
                 account_id,
                 stored,
                 locks: next.is_locked(now_unix) && !before.is_locked(now_unix),
                 state: next,
-            });
-            return Ok(Ok(attempt));
+            })));
         }
         // Another attempt wrote first: read what it wrote.
         match counter.read(auth, account_id).await? {
@@ -271,15 +470,78 @@ pub(crate) async fn admit(
             None => break,
         }
     }
-    refused(
-        attempt,
-        Delay {
-            scope: Scope::Account,
-            wait: Wait::Backoff {
-                retry_after_secs: 1,
+    Ok(Err(contended()))
+}
+
+/// Reserves an attempt on a login that names no account, on the state
+/// stored under its keyed digest: counted at once (it can never succeed).
+async fn reserve_unknown(
+    lockout: &Lockout,
+    auth: &dyn AuthStore,
+    key: &[u8],
+    now_unix: u64,
+) -> Result<Result<Option<Reserved>, Delay>, ThrottleError> {
+    let scope = ThrottleScope::UnknownLogin;
+    let max = u64::try_from(lockout.policy().max_unknown_logins).unwrap_or(u64::MAX);
+    for _ in 0..MAX_SWAPS {
+        let read = auth.login_throttle(scope, key).await?;
+        let current = match &read {
+            Some(json) => parse(json)?,
+            None => AccountThrottle::default(),
+        };
+        let next = match lockout.reserve(&current, now_unix) {
+            Ok(next) => next,
+            Err(delay) => return Ok(Err(delay)),
+        };
+        let entry = ThrottleEntry {
+            entry: serde_json::to_string(&next).map_err(|_| ThrottleError::Unreadable)?,
+            // Never forgotten with time, like an account's (module doc).
+            forget_at: i64::MAX,
+            touched: unix_i64(now_unix),
+        };
+        let wrote = match &read {
+            Some(json) => {
+                auth.swap_login_throttle(scope, key, json, Some(&entry))
+                    .await?
+            }
+            None => match auth
+                .insert_login_throttle(scope, key, &entry, Some(max))
+                .await?
+            {
+                ThrottleInsert::Inserted => true,
+                ThrottleInsert::Exists => false,
+                ThrottleInsert::Full => {
+                    auth.evict_login_throttle(scope).await?;
+                    false
+                }
             },
-        },
-    )
+        };
+        if wrote {
+            return Ok(Ok(None));
+        }
+    }
+    Ok(Err(contended()))
+}
+
+/// An address state as stored, with its forget time and last change.
+fn address_entry(
+    lockout: &Lockout,
+    state: &AddressThrottle,
+    now_unix: u64,
+) -> Result<ThrottleEntry, ThrottleError> {
+    Ok(ThrottleEntry {
+        entry: serde_json::to_string(state).map_err(|_| ThrottleError::Unreadable)?,
+        forget_at: unix_i64(lockout.address_forget_at(state)),
+        touched: unix_i64(now_unix),
+    })
+}
+
+fn unix_i64(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+fn parse_address(json: &str) -> Result<AddressThrottle, ThrottleError> {
+    serde_json::from_str(json).map_err(|_| ThrottleError::Unreadable)
 }
 
 /// A stored throttle state; the store starts new rows with `{}`.

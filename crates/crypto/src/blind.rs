@@ -36,6 +36,13 @@ pub enum BlindKind {
     /// it: keyed, because a prefix has so few values that a plain hash
     /// would give the address back.
     GuardNetwork,
+    /// A login attempt's source address (IPv4, or IPv6 /64) as the login
+    /// throttle counts it: keyed, so the stored counters name no address.
+    LoginAddress,
+    /// A login that names no account (trimmed, lower-cased) as the login
+    /// throttle counts it: keyed, because what people type in the login
+    /// field is sometimes their password.
+    UnknownLogin,
 }
 
 impl BlindKind {
@@ -47,6 +54,8 @@ impl BlindKind {
             BlindKind::Fingerprint => b"rempart/blind/fingerprint/1\0",
             BlindKind::ProcessorToken => b"rempart/token/processor_nir/1\0",
             BlindKind::GuardNetwork => b"rempart/guard/network/1\0",
+            BlindKind::LoginAddress => b"rempart/login/address/1\0",
+            BlindKind::UnknownLogin => b"rempart/login/unknown/1\0",
         }
     }
 }

@@ -40,7 +40,7 @@ pub use auth::{
     AccessTokenRow, AccountChange, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore,
     CredentialReset, FederationLink, NewAccountRequest, NewActivation, Purged, Rehearsal,
     ResetKind, ReviewEntry, SESSION_METHODS, StoredActivation, StoredPasskeyRow, StoredSession,
-    StoredTotp, Suspension,
+    StoredTotp, Suspension, ThrottleEntry, ThrottleInsert, ThrottleScope,
 };
 
 use std::sync::Arc;

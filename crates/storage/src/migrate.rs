@@ -74,6 +74,11 @@ pub const SQLITE: &[Migration] = &[
         name: "guard_exchange",
         sql: include_str!("../migrations/sqlite/0013_guard_exchange.sql"),
     },
+    Migration {
+        version: 14,
+        name: "login_throttle",
+        sql: include_str!("../migrations/sqlite/0014_login_throttle.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -142,6 +147,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 13,
         name: "guard_exchange",
         sql: include_str!("../migrations/postgres/0013_guard_exchange.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "login_throttle",
+        sql: include_str!("../migrations/postgres/0014_login_throttle.sql"),
     },
 ];
 

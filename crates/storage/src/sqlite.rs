@@ -31,7 +31,8 @@ use rusqlite::Connection;
 use crate::auth::{
     AccessTokenRow, AccountLifecycle, ActivationFactors, ApiClientRow, AuthStore, CredentialReset,
     FederationLink, NewAccountRequest, NewActivation, Purged, ResetKind, ReviewEntry,
-    StoredActivation, StoredPasskeyRow, StoredSession, StoredTotp, Suspension,
+    StoredActivation, StoredPasskeyRow, StoredSession, StoredTotp, Suspension, ThrottleEntry,
+    ThrottleInsert, ThrottleScope,
 };
 use crate::memory::{Credentials, Names};
 use crate::{
@@ -542,6 +543,46 @@ impl AuthStore for SqliteStore {
         next: &str,
     ) -> Result<bool, StorageError> {
         login::swap_login_device_throttle(self, digest, account_id, expected, next).await
+    }
+
+    async fn login_throttle(
+        &self,
+        scope: ThrottleScope,
+        key: &[u8],
+    ) -> Result<Option<String>, StorageError> {
+        login::login_throttle(self, scope, key).await
+    }
+
+    async fn insert_login_throttle(
+        &self,
+        scope: ThrottleScope,
+        key: &[u8],
+        entry: &ThrottleEntry,
+        max_rows: Option<u64>,
+    ) -> Result<ThrottleInsert, StorageError> {
+        login::insert_login_throttle(self, scope, key, entry, max_rows).await
+    }
+
+    async fn swap_login_throttle(
+        &self,
+        scope: ThrottleScope,
+        key: &[u8],
+        expected: &str,
+        next: Option<&ThrottleEntry>,
+    ) -> Result<bool, StorageError> {
+        login::swap_login_throttle(self, scope, key, expected, next).await
+    }
+
+    async fn prune_login_throttles(
+        &self,
+        scope: ThrottleScope,
+        now_unix: i64,
+    ) -> Result<u64, StorageError> {
+        login::prune_login_throttles(self, scope, now_unix).await
+    }
+
+    async fn evict_login_throttle(&self, scope: ThrottleScope) -> Result<bool, StorageError> {
+        login::evict_login_throttle(self, scope).await
     }
 
     async fn totp(&self, account_id: AccountId) -> Result<Option<StoredTotp>, StorageError> {

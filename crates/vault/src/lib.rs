@@ -388,6 +388,23 @@ impl Vault {
             .compute(BlindKind::GuardNetwork, &[&prefix[..len]])
     }
 
+    /// The login throttle's key for a source address, given as its
+    /// counting key's bytes (`rempart_auth::lockout::AddressKey::bytes`):
+    /// the same on every instance, and no address in the store.
+    pub fn login_address_key(&self, address_key: &[u8]) -> Blind {
+        self.keys()
+            .indexer()
+            .compute(BlindKind::LoginAddress, &[address_key])
+    }
+
+    /// The login throttle's key for a login that names no account, given
+    /// folded (`rempart_auth::lockout::fold_login`).
+    pub fn unknown_login_key(&self, folded_login: &str) -> Blind {
+        self.keys()
+            .indexer()
+            .compute(BlindKind::UnknownLogin, &[folded_login.as_bytes()])
+    }
+
     /// The pseudonymous token standing for `nir` in the files of the
     /// processor organisation `organisation_id`: stable for that processor,
     /// unlinkable across processors and to the stored blind index.

@@ -88,8 +88,16 @@ impl TestClock {
 pub fn login_settings(port: u16) -> LoginSettings {
     let mut settings = LoginSettings::new(&format!("http://localhost:{port}")).unwrap();
     settings.login_replay_capacity = LOGIN_REPLAY_CAPACITY;
+    // Small enough that a test fills them (see
+    // `a_full_address_table_counts_new_addresses_together`).
+    settings.lockout.max_addresses = MAX_ADDRESSES;
+    settings.lockout.max_unknown_logins = MAX_ADDRESSES;
     settings
 }
+
+/// Source addresses (and unknown logins) the test servers' login throttle
+/// keeps states for at most.
+const MAX_ADDRESSES: usize = 8;
 
 /// See [`login_settings`].
 const LOGIN_REPLAY_CAPACITY: usize = 500;
@@ -402,12 +410,9 @@ async fn session_refusals(app: &TestApp, from: u64) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_wrong_passwords_lock_with_backoff_and_unknown_logins_read_the_same() {
-    // Not through the balancer yet: an address's failures, and a login
-    // that names no account, are counted in each replica's memory
-    // (`rempart_auth::lockout`), so behind k replicas an address gets k
-    // times its places and an unknown login's backoff differs from a known
-    // account's (README, "Running several replicas", known limits).
-    for backend in BACKENDS {
+    // Through the balancer too: an address's counter, and a login that
+    // names no account, are the store's, whichever replica counts them.
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let secret = seed_factors(&app, "t.ce1").await;
         let known = client_from([127, 0, 0, 2]);
@@ -1086,12 +1091,9 @@ async fn clients_behind_a_trusted_proxy_are_counted_apart() {
 /// (10), its lock is an alert, and other addresses are not held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_spraying_many_accounts_at_once_is_held_to_its_places() {
-    // Not through the balancer yet: an address's failures, and a login
-    // that names no account, are counted in each replica's memory
-    // (`rempart_auth::lockout`), so behind k replicas an address gets k
-    // times its places and an unknown login's backoff differs from a known
-    // account's (README, "Running several replicas", known limits).
-    for backend in BACKENDS {
+    // Through the balancer too: an address's counter, and a login that
+    // names no account, are the store's, whichever replica counts them.
+    for backend in WITH_BALANCER {
         let app = spawn_app(backend).await;
         let key = DeviceKey::new();
         let before = app.ledger_size().await;
@@ -1159,6 +1161,53 @@ async fn one_address_spraying_many_accounts_at_once_is_held_to_its_places() {
                         == rempart_guard::Feature::AddressLoginFailures),
             "{backend:?}: {alerts:?}"
         );
+        app.stop().await;
+    }
+}
+
+/// The address table is bounded and never evicts: once it holds as many
+/// failing addresses as it may, every new address counts on one shared
+/// state (so failing from fresh addresses resets nobody's counter), the
+/// addresses already known keep their own, and once their failures may be
+/// forgotten the table makes room again. Through the balancer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_address_table_counts_new_addresses_together() {
+    for backend in WITH_BALANCER {
+        let app = spawn_app(backend).await;
+        let key = DeviceKey::new();
+        app.clock.freeze();
+        let from = |i: u8| client_from([127, 0, 4, i]);
+        let fail = |client: reqwest::Client, login: String| {
+            let (app, key) = (&app, &key);
+            async move { password_login(app, &client, key, &login, PASSWORD, "1").await }
+        };
+        // Fill the table: one failure from each of as many addresses.
+        for i in 1..=MAX_ADDRESSES as u8 {
+            let a = fail(from(i), format!("t.full{i}")).await;
+            assert_eq!(a.status, 401, "{backend:?}: address {i}");
+        }
+        // New addresses share one state: the second waits the first's
+        // backoff although it never failed itself.
+        let a = fail(from(101), "t.new1".into()).await;
+        assert_eq!(a.status, 401, "{backend:?}");
+        let b = fail(from(102), "t.new2".into()).await;
+        assert_eq!(b.status, 429, "{backend:?}: {:?}", b.body);
+        assert_eq!(b.retry_after.as_deref(), Some("1"), "{backend:?}");
+        // A known address keeps its own counter (one failure: 1 s).
+        app.advance(1).await;
+        let known = fail(from(1), "t.full1b".into()).await;
+        assert_eq!(known.status, 401, "{backend:?}");
+        let c = fail(from(103), "t.new3".into()).await;
+        assert_eq!(c.status, 401, "{backend:?}");
+        let d = fail(from(104), "t.new4".into()).await;
+        assert_eq!(d.retry_after.as_deref(), Some("2"), "{backend:?}");
+        // An hour later every failure may be forgotten: room again, and
+        // new addresses count apart.
+        app.advance(3601).await;
+        for i in [105, 106] {
+            let a = fail(from(i), format!("t.later{i}")).await;
+            assert_eq!(a.status, 401, "{backend:?}: address {i}");
+        }
         app.stop().await;
     }
 }

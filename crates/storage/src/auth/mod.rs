@@ -284,6 +284,51 @@ pub(crate) const PURGE_SQL: [(&str, &str); 5] = [
     ),
 ];
 
+/// Which login throttle states a row of the shared table holds: those that
+/// belong to no account (an account's own states are stored with its
+/// factors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleScope {
+    /// A source address (IPv4, or IPv6 /64), or the overflow counter.
+    Address,
+    /// A login that names no account.
+    UnknownLogin,
+}
+
+impl ThrottleScope {
+    /// The scope as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleScope::Address => "address",
+            ThrottleScope::UnknownLogin => "unknown_login",
+        }
+    }
+}
+
+/// A login throttle state to store, with what the table needs to bound
+/// itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleEntry {
+    /// The state (JSON), compared byte for byte by compare-and-set.
+    pub entry: String,
+    /// When the state may be deleted (Unix seconds; `i64::MAX` never).
+    pub forget_at: i64,
+    /// When it last changed (Unix seconds): a full unknown-login table
+    /// evicts the oldest.
+    pub touched: i64,
+}
+
+/// What [`AuthStore::insert_login_throttle`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleInsert {
+    /// The state is stored.
+    Inserted,
+    /// A state was there already: nothing written.
+    Exists,
+    /// The scope holds its maximum: nothing written.
+    Full,
+}
+
 /// Which factors a credential reset removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ResetKind {
@@ -676,6 +721,51 @@ pub trait AuthStore: Send + Sync {
         expected: &str,
         next: &str,
     ) -> Result<bool, StorageError>;
+
+    /// The login throttle state (JSON) stored under `key` in `scope`: a
+    /// source address's or a login's that names no account.
+    async fn login_throttle(
+        &self,
+        scope: ThrottleScope,
+        key: &[u8],
+    ) -> Result<Option<String>, StorageError>;
+
+    /// Stores a first state under `key`, unless one is there already
+    /// ([`ThrottleInsert::Exists`]: read it and compare-and-set) or `scope`
+    /// already holds `max_rows` states ([`ThrottleInsert::Full`]), in one
+    /// statement. Concurrent inserts of different keys may pass the bound
+    /// by as many as run at once.
+    async fn insert_login_throttle(
+        &self,
+        scope: ThrottleScope,
+        key: &[u8],
+        entry: &ThrottleEntry,
+        max_rows: Option<u64>,
+    ) -> Result<ThrottleInsert, StorageError>;
+
+    /// Replaces the state under `key` with `next` (or deletes it, `None`)
+    /// only if it is still exactly `expected` (one conditional statement,
+    /// as [`AuthStore::swap_throttle`]). False when another attempt changed
+    /// it first, or it is gone.
+    async fn swap_login_throttle(
+        &self,
+        scope: ThrottleScope,
+        key: &[u8],
+        expected: &str,
+        next: Option<&ThrottleEntry>,
+    ) -> Result<bool, StorageError>;
+
+    /// Deletes the states of `scope` whose `forget_at` is at or before
+    /// `now_unix` (they say nothing any more); returns how many.
+    async fn prune_login_throttles(
+        &self,
+        scope: ThrottleScope,
+        now_unix: i64,
+    ) -> Result<u64, StorageError>;
+
+    /// Deletes the state of `scope` touched longest ago; false if there was
+    /// none.
+    async fn evict_login_throttle(&self, scope: ThrottleScope) -> Result<bool, StorageError>;
 
     // ------------------------------------------------------------ resets
 

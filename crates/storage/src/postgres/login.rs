@@ -13,7 +13,7 @@ use crate::auth::checks::{
     step_to_i64,
 };
 use crate::auth::sql::PASSKEY_SELECT;
-use crate::auth::{StoredPasskeyRow, StoredTotp};
+use crate::auth::{StoredPasskeyRow, StoredTotp, ThrottleEntry, ThrottleInsert, ThrottleScope};
 
 pub(super) fn passkey_row(r: &Row) -> Result<StoredPasskeyRow, StorageError> {
     Ok(StoredPasskeyRow {
@@ -332,4 +332,140 @@ pub(super) async fn update_passkey(
         )
         .await?;
     Ok(())
+}
+
+/// Parameter 6 of the insert when the scope is not bounded.
+const UNBOUNDED: i64 = i64::MAX;
+
+pub(super) async fn login_throttle(
+    store: &PgStore,
+    scope: ThrottleScope,
+    key: &[u8],
+) -> Result<Option<String>, StorageError> {
+    let client = store.client().await?;
+    let stmt = client
+        .prepare_cached("SELECT entry FROM login_throttle WHERE scope = $1 AND key = $2")
+        .await?;
+    let row = client.query_opt(&stmt, &[&scope.as_str(), &key]).await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+pub(super) async fn insert_login_throttle(
+    store: &PgStore,
+    scope: ThrottleScope,
+    key: &[u8],
+    entry: &ThrottleEntry,
+    max_rows: Option<u64>,
+) -> Result<ThrottleInsert, StorageError> {
+    let max = max_rows.map_or(UNBOUNDED, |m| i64::try_from(m).unwrap_or(UNBOUNDED));
+    let client = store.client().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO login_throttle (scope, key, entry, forget_at, touched)
+             SELECT $1::text, $2::bytea, $3::text, $4::int8, $5::int8
+             WHERE (SELECT count(*) FROM login_throttle WHERE scope = $1) < $6
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .await?;
+    let n = client
+        .execute(
+            &stmt,
+            &[
+                &scope.as_str(),
+                &key,
+                &entry.entry,
+                &entry.forget_at,
+                &entry.touched,
+                &max,
+            ],
+        )
+        .await?;
+    if n == 1 {
+        return Ok(ThrottleInsert::Inserted);
+    }
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM login_throttle WHERE scope = $1 AND key = $2",
+            &[&scope.as_str(), &key],
+        )
+        .await?
+        .is_some();
+    Ok(if exists {
+        ThrottleInsert::Exists
+    } else {
+        ThrottleInsert::Full
+    })
+}
+
+pub(super) async fn swap_login_throttle(
+    store: &PgStore,
+    scope: ThrottleScope,
+    key: &[u8],
+    expected: &str,
+    next: Option<&ThrottleEntry>,
+) -> Result<bool, StorageError> {
+    let client = store.client().await?;
+    let n = match next {
+        Some(next) => {
+            let stmt = client
+                .prepare_cached(
+                    "UPDATE login_throttle SET entry = $4, forget_at = $5, touched = $6
+                     WHERE scope = $1 AND key = $2 AND entry = $3",
+                )
+                .await?;
+            client
+                .execute(
+                    &stmt,
+                    &[
+                        &scope.as_str(),
+                        &key,
+                        &expected,
+                        &next.entry,
+                        &next.forget_at,
+                        &next.touched,
+                    ],
+                )
+                .await?
+        }
+        None => {
+            let stmt = client
+                .prepare_cached(
+                    "DELETE FROM login_throttle WHERE scope = $1 AND key = $2 AND entry = $3",
+                )
+                .await?;
+            client
+                .execute(&stmt, &[&scope.as_str(), &key, &expected])
+                .await?
+        }
+    };
+    Ok(n == 1)
+}
+
+pub(super) async fn prune_login_throttles(
+    store: &PgStore,
+    scope: ThrottleScope,
+    now_unix: i64,
+) -> Result<u64, StorageError> {
+    let client = store.client().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM login_throttle WHERE scope = $1 AND forget_at <= $2",
+            &[&scope.as_str(), &now_unix],
+        )
+        .await?)
+}
+
+pub(super) async fn evict_login_throttle(
+    store: &PgStore,
+    scope: ThrottleScope,
+) -> Result<bool, StorageError> {
+    let client = store.client().await?;
+    let n = client
+        .execute(
+            "DELETE FROM login_throttle WHERE scope = $1 AND key =
+               (SELECT key FROM login_throttle WHERE scope = $1 ORDER BY touched LIMIT 1)",
+            &[&scope.as_str()],
+        )
+        .await?;
+    Ok(n == 1)
 }

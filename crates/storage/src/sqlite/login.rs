@@ -14,7 +14,7 @@ use crate::auth::checks::{
     step_to_i64,
 };
 use crate::auth::sql::PASSKEY_SELECT;
-use crate::auth::{StoredPasskeyRow, StoredTotp};
+use crate::auth::{StoredPasskeyRow, StoredTotp, ThrottleEntry, ThrottleInsert, ThrottleScope};
 
 pub(super) fn passkey_row(r: &Row<'_>) -> Result<StoredPasskeyRow, StorageError> {
     Ok(StoredPasskeyRow {
@@ -358,6 +358,134 @@ pub(super) async fn update_passkey(
             )?
             .execute(params![id, data, used_at])?;
             Ok(())
+        })
+        .await
+}
+
+/// Parameter 6 of the insert when the scope is not bounded.
+const UNBOUNDED: i64 = i64::MAX;
+
+pub(super) async fn login_throttle(
+    store: &SqliteStore,
+    scope: ThrottleScope,
+    key: &[u8],
+) -> Result<Option<String>, StorageError> {
+    let key = key.to_vec();
+    store
+        .read_point(move |c| {
+            Ok(
+                c.prepare_cached("SELECT entry FROM login_throttle WHERE scope = ?1 AND key = ?2")?
+                    .query_row(params![scope.as_str(), key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+}
+
+pub(super) async fn insert_login_throttle(
+    store: &SqliteStore,
+    scope: ThrottleScope,
+    key: &[u8],
+    entry: &ThrottleEntry,
+    max_rows: Option<u64>,
+) -> Result<ThrottleInsert, StorageError> {
+    let (key, entry) = (key.to_vec(), entry.clone());
+    let max = max_rows.map_or(UNBOUNDED, |m| i64::try_from(m).unwrap_or(UNBOUNDED));
+    store
+        .write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO login_throttle (scope, key, entry, forget_at, touched)
+                     SELECT ?1, ?2, ?3, ?4, ?5
+                     WHERE (SELECT count(*) FROM login_throttle WHERE scope = ?1) < ?6
+                     ON CONFLICT (scope, key) DO NOTHING",
+                )?
+                .execute(params![
+                    scope.as_str(),
+                    key,
+                    entry.entry,
+                    entry.forget_at,
+                    entry.touched,
+                    max
+                ])?;
+            if n == 1 {
+                return Ok(ThrottleInsert::Inserted);
+            }
+            let exists = c
+                .prepare_cached("SELECT 1 FROM login_throttle WHERE scope = ?1 AND key = ?2")?
+                .exists(params![scope.as_str(), key])?;
+            Ok(if exists {
+                ThrottleInsert::Exists
+            } else {
+                ThrottleInsert::Full
+            })
+        })
+        .await
+}
+
+pub(super) async fn swap_login_throttle(
+    store: &SqliteStore,
+    scope: ThrottleScope,
+    key: &[u8],
+    expected: &str,
+    next: Option<&ThrottleEntry>,
+) -> Result<bool, StorageError> {
+    let (key, expected, next) = (key.to_vec(), expected.to_owned(), next.cloned());
+    store
+        .write(move |c| {
+            let n = match next {
+                Some(next) => c
+                    .prepare_cached(
+                        "UPDATE login_throttle SET entry = ?4, forget_at = ?5, touched = ?6
+                         WHERE scope = ?1 AND key = ?2 AND entry = ?3",
+                    )?
+                    .execute(params![
+                        scope.as_str(),
+                        key,
+                        expected,
+                        next.entry,
+                        next.forget_at,
+                        next.touched
+                    ])?,
+                None => c
+                    .prepare_cached(
+                        "DELETE FROM login_throttle WHERE scope = ?1 AND key = ?2 AND entry = ?3",
+                    )?
+                    .execute(params![scope.as_str(), key, expected])?,
+            };
+            Ok(n == 1)
+        })
+        .await
+}
+
+pub(super) async fn prune_login_throttles(
+    store: &SqliteStore,
+    scope: ThrottleScope,
+    now_unix: i64,
+) -> Result<u64, StorageError> {
+    store
+        .write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM login_throttle WHERE scope = ?1 AND forget_at <= ?2")?
+                .execute(params![scope.as_str(), now_unix])?;
+            Ok(n as u64)
+        })
+        .await
+}
+
+pub(super) async fn evict_login_throttle(
+    store: &SqliteStore,
+    scope: ThrottleScope,
+) -> Result<bool, StorageError> {
+    store
+        .write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM login_throttle WHERE scope = ?1 AND key =
+                       (SELECT key FROM login_throttle WHERE scope = ?1 ORDER BY touched LIMIT 1)",
+                )?
+                .execute(params![scope.as_str()])?;
+            Ok(n == 1)
         })
         .await
 }

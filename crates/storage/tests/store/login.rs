@@ -6,7 +6,7 @@ use super::*;
 use futures_util::future::join_all;
 use rempart_storage::{
     ActivationFactors, CredentialReset, FederationLink, NewActivation, ResetKind, StoredPasskeyRow,
-    StoredTotp,
+    StoredTotp, ThrottleEntry, ThrottleInsert, ThrottleScope,
 };
 
 const PHC: &str =
@@ -144,6 +144,189 @@ async fn trusted_login_devices_keep_their_own_counter_until_they_go(backend: Bac
     assert_eq!(throttle(d2, agent2, t0).await, None, "[{be}] purged");
 }
 both_backends!(trusted_login_devices_keep_their_own_counter_until_they_go);
+
+/// The throttle states that belong to no account (source addresses,
+/// unknown logins): one insert per key, a bound per scope, compare-and-set
+/// updates and deletes, pruning by `forget_at`, eviction of the oldest.
+async fn login_throttles_are_shared_bounded_and_compared_and_set(backend: Backend) {
+    let db = Db::open(backend).await;
+    let (store, auth) = (db.store(), db.auth());
+    let be = store.backend();
+    let (addr, unknown) = (ThrottleScope::Address, ThrottleScope::UnknownLogin);
+    let entry = |state: &str, forget_at: i64, touched: i64| ThrottleEntry {
+        entry: state.to_owned(),
+        forget_at,
+        touched,
+    };
+    assert_eq!(
+        auth.login_throttle(addr, b"a").await.on(store, "read"),
+        None,
+        "[{be}]"
+    );
+    // Twenty instances insert the same key at once: one writes.
+    let inserts = join_all((0..20).map(|i| {
+        let auth = &auth;
+        let e = entry(&format!("s{i}"), 100, 10);
+        async move { auth.insert_login_throttle(addr, b"a", &e, Some(2)).await }
+    }))
+    .await;
+    let outcomes: Vec<_> = inserts.into_iter().map(|r| r.on(store, "insert")).collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ThrottleInsert::Inserted)
+            .count(),
+        1,
+        "[{be}] {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| *o != ThrottleInsert::Full),
+        "[{be}]"
+    );
+    let first = auth
+        .login_throttle(addr, b"a")
+        .await
+        .on(store, "read")
+        .expect("stored");
+    // The same key in the other scope is another state.
+    assert_eq!(
+        auth.login_throttle(unknown, b"a").await.on(store, "read"),
+        None,
+        "[{be}]"
+    );
+    // Compare-and-set: of parallel swaps from one state, one writes.
+    let swaps = join_all((0..20).map(|i| {
+        let auth = &auth;
+        let (first, next) = (first.clone(), entry(&format!("t{i}"), 200, 20));
+        async move {
+            auth.swap_login_throttle(addr, b"a", &first, Some(&next))
+                .await
+        }
+    }))
+    .await;
+    let won = swaps
+        .into_iter()
+        .map(|r| r.on(store, "swap"))
+        .filter(|w| *w)
+        .count();
+    assert_eq!(won, 1, "[{be}]");
+    let second = auth
+        .login_throttle(addr, b"a")
+        .await
+        .on(store, "read")
+        .expect("stored");
+    assert!(second.starts_with('t'), "[{be}] {second}");
+    // The bound: a second key fits, a third does not; the overflow key,
+    // unbounded, does.
+    let put = |key: &'static [u8], max: Option<u64>, forget_at: i64, touched: i64| {
+        let auth = &auth;
+        async move {
+            auth.insert_login_throttle(addr, key, &entry("x", forget_at, touched), max)
+                .await
+                .on(store, "insert")
+        }
+    };
+    assert_eq!(
+        put(b"b", Some(2), 150, 15).await,
+        ThrottleInsert::Inserted,
+        "[{be}]"
+    );
+    assert_eq!(
+        put(b"c", Some(2), 150, 15).await,
+        ThrottleInsert::Full,
+        "[{be}]"
+    );
+    assert_eq!(
+        put(b"a", Some(2), 150, 15).await,
+        ThrottleInsert::Exists,
+        "[{be}]"
+    );
+    assert_eq!(
+        put(b"", None, 150, 15).await,
+        ThrottleInsert::Inserted,
+        "[{be}]"
+    );
+    // Pruning deletes what may be forgotten at `now`, nothing else.
+    assert_eq!(
+        auth.prune_login_throttles(addr, 150)
+            .await
+            .on(store, "prune"),
+        2,
+        "[{be}]"
+    );
+    assert_eq!(
+        auth.prune_login_throttles(unknown, 1000)
+            .await
+            .on(store, "prune"),
+        0,
+        "[{be}] another scope"
+    );
+    assert!(
+        auth.login_throttle(addr, b"a")
+            .await
+            .on(store, "read")
+            .is_some()
+    );
+    assert!(
+        auth.login_throttle(addr, b"b")
+            .await
+            .on(store, "read")
+            .is_none()
+    );
+    // A delete is a compare-and-set too.
+    assert!(
+        !auth
+            .swap_login_throttle(addr, b"a", &first, None)
+            .await
+            .on(store, "delete"),
+        "[{be}] not from a stale state"
+    );
+    assert!(
+        auth.swap_login_throttle(addr, b"a", &second, None)
+            .await
+            .on(store, "delete"),
+        "[{be}]"
+    );
+    assert!(
+        auth.login_throttle(addr, b"a")
+            .await
+            .on(store, "read")
+            .is_none()
+    );
+    // Eviction takes the state touched longest ago, in its scope only.
+    for (key, touched) in [(&b"p"[..], 30), (b"q", 10), (b"r", 20)] {
+        auth.insert_login_throttle(unknown, key, &entry("u", i64::MAX, touched), None)
+            .await
+            .on(store, "insert");
+    }
+    assert!(
+        auth.evict_login_throttle(unknown).await.on(store, "evict"),
+        "[{be}]"
+    );
+    assert!(
+        auth.login_throttle(unknown, b"q")
+            .await
+            .on(store, "read")
+            .is_none()
+    );
+    assert!(
+        auth.login_throttle(unknown, b"p")
+            .await
+            .on(store, "read")
+            .is_some()
+    );
+    assert!(
+        auth.login_throttle(unknown, b"r")
+            .await
+            .on(store, "read")
+            .is_some()
+    );
+    assert!(
+        !auth.evict_login_throttle(addr).await.on(store, "evict"),
+        "[{be}] nothing left in the other scope"
+    );
+}
+both_backends!(login_throttles_are_shared_bounded_and_compared_and_set);
 
 async fn passwords_and_totp_steps_are_kept_and_compared_and_set(backend: Backend) {
     let db = Db::open(backend).await;
