@@ -938,7 +938,7 @@ mod tests {
     fn success_resets_the_account_but_not_the_address() {
         let mut l = sim();
         let addr = ip("192.0.2.1");
-        let (state, now) = fail_n(&mut l, 3, addr);
+        let (_, now) = fail_n(&mut l, 3, addr);
         let state = AccountThrottle::default();
         // Another account from the same address still waits the address's
         // backoff (3 failures: 4 s).
