@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use rempart_storage::{AuthStore, Purged, StorageError};
+use rempart_storage::{AuthStore, Purged, StorageError, ThrottleScope};
 
 use crate::kernel::Clock;
 
@@ -89,6 +89,12 @@ pub async fn purge_once(
             break;
         }
     }
+    // Addresses whose failures may be forgotten: kept no longer than the
+    // throttle needs them, table full or not.
+    let now_unix = now.timestamp();
+    total.login_throttles = auth
+        .prune_login_throttles(ThrottleScope::Address, now_unix)
+        .await?;
     Ok(total)
 }
 
@@ -111,6 +117,8 @@ pub fn spawn(
                     replay_keys = p.replay_keys,
                     access_tokens = p.access_tokens,
                     sessions = p.sessions,
+                    login_devices = p.login_devices,
+                    login_throttles = p.login_throttles,
                     "purge of expired authentication rows"
                 ),
                 Err(e) => tracing::warn!(error = %e, "purge of expired authentication rows failed"),

@@ -1204,6 +1204,24 @@ async fn a_full_address_table_counts_new_addresses_together() {
         // An hour later every failure may be forgotten: room again, and
         // new addresses count apart.
         app.advance(3601).await;
+        // The purge deletes them without waiting for the table to fill.
+        // (8 addresses, the overflow, 8 unknown logins.)
+        let before = app.registry_rows("login_throttle").await;
+        assert_eq!(before, 2 * MAX_ADDRESSES as i64 + 1, "{backend:?}");
+        let settings = rempart_consult::PurgeSettings::default();
+        let purged =
+            rempart_consult::purge::purge_once(app.auth.as_ref(), &settings, app.clock.now())
+                .await
+                .unwrap();
+        // Every address's state, the overflow's too; unknown logins are
+        // never forgotten with time (like an account's counter).
+        assert_eq!(
+            purged.login_throttles,
+            MAX_ADDRESSES as u64 + 1,
+            "{backend:?}"
+        );
+        let after = app.registry_rows("login_throttle").await;
+        assert_eq!(after, MAX_ADDRESSES as i64, "{backend:?}");
         for i in [105, 106] {
             let a = fail(from(i), format!("t.later{i}")).await;
             assert_eq!(a.status, 401, "{backend:?}: address {i}");

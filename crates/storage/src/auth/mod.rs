@@ -219,12 +219,20 @@ pub struct Purged {
     pub sessions: u64,
     /// Trusted login devices past their expiry.
     pub login_devices: u64,
+    /// Source addresses' login throttle states that say nothing any more
+    /// (`AuthStore::prune_login_throttles`; not batched).
+    pub login_throttles: u64,
 }
 
 impl Purged {
     /// Rows deleted in all.
     pub fn total(&self) -> u64 {
-        self.ceremonies + self.replay_keys + self.access_tokens + self.sessions + self.login_devices
+        self.ceremonies
+            + self.replay_keys
+            + self.access_tokens
+            + self.sessions
+            + self.login_devices
+            + self.login_throttles
     }
 
     /// Whether some table gave `limit` rows: there may be more to delete.
@@ -235,6 +243,7 @@ impl Purged {
             self.replay_keys,
             self.access_tokens,
             self.sessions,
+            self.login_devices,
         ]
         .iter()
         .any(|&n| n >= limit)
@@ -246,6 +255,8 @@ impl Purged {
         self.replay_keys += other.replay_keys;
         self.access_tokens += other.access_tokens;
         self.sessions += other.sessions;
+        self.login_devices += other.login_devices;
+        self.login_throttles += other.login_throttles;
     }
 }
 
@@ -1067,4 +1078,43 @@ pub struct Rehearsal {
     pub account_id: AccountId,
     /// For a reset's decision, the reset's kind.
     pub reset_kind: Option<ResetKind>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purged_rounds_add_up_every_table() {
+        let round = Purged {
+            ceremonies: 1,
+            replay_keys: 2,
+            access_tokens: 3,
+            sessions: 4,
+            login_devices: 5,
+            login_throttles: 6,
+        };
+        let mut total = Purged::default();
+        total.add(round);
+        total.add(round);
+        assert_eq!(
+            total,
+            Purged {
+                ceremonies: 2,
+                replay_keys: 4,
+                access_tokens: 6,
+                sessions: 8,
+                login_devices: 10,
+                login_throttles: 12,
+            }
+        );
+        assert_eq!(total.total(), 42);
+        // A table that gave a whole batch calls for another round.
+        let devices = Purged {
+            login_devices: 10,
+            ..Purged::default()
+        };
+        assert!(devices.full(10));
+        assert!(!devices.full(11));
+    }
 }
