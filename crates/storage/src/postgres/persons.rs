@@ -397,18 +397,33 @@ pub(super) async fn person_row(
     }
     sql.push_str(" FROM person WHERE id = $1");
     let stmt = client.prepare_cached(&sql).await?;
-    let Some(r) = client.query_opt(&stmt, &[&id.get()]).await? else {
+    match client.query_opt(&stmt, &[&id.get()]).await? {
+        Some(r) => person_at(&r, 0, id, groups),
+        None => Ok(None),
+    }
+}
+
+/// The person whose `kek_version, dek_version, wrapped_dek` and then
+/// `groups`' columns start at column `first` of `r`; `None` if they are
+/// NULL (a left join that found no person).
+pub(super) fn person_at(
+    r: &tokio_postgres::Row,
+    first: usize,
+    id: PersonId,
+    groups: &[FieldGroup],
+) -> Result<Option<StoredPerson>, StorageError> {
+    let Some(kek_version) = r.try_get::<_, Option<i32>>(first)? else {
         return Ok(None);
     };
     let mut sealed = Vec::with_capacity(groups.len());
     for (i, g) in groups.iter().enumerate() {
-        sealed.push((*g, r.try_get::<_, Vec<u8>>(3 + i)?));
+        sealed.push((*g, r.try_get::<_, Vec<u8>>(first + 3 + i)?));
     }
     Ok(Some(StoredPerson {
         id,
-        kek_version: to_u32(r.try_get(0)?, "kek_version")?,
-        dek_version: to_u32(r.try_get(1)?, "dek_version")?,
-        wrapped_dek: r.try_get(2)?,
+        kek_version: to_u32(kek_version, "kek_version")?,
+        dek_version: to_u32(r.try_get(first + 1)?, "dek_version")?,
+        wrapped_dek: r.try_get(first + 2)?,
         groups: sealed,
     }))
 }
