@@ -606,5 +606,10 @@ pub async fn bench_ledger(
         q.person_page.mean_us,
         q.person_page.p99_us
     );
+    drop(store);
+    bench::close_target(&target).await?;
+    if let BenchTarget::Postgres { schema, .. } = &target {
+        println!("schema {schema} dropped");
+    }
     Ok(())
 }

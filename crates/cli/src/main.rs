@@ -108,7 +108,7 @@ enum BenchCommand {
         /// Leaves in the benchmark log.
         #[arg(long, default_value_t = 1_000_000)]
         leaves: u64,
-        /// Run on PostgreSQL (schema ledger_bench, recreated) instead of SQLite.
+        /// Run on PostgreSQL (schema ledger_bench, recreated, dropped at the end) instead of SQLite.
         #[arg(long)]
         database: Option<String>,
         /// Directory for the SQLite ledger (default: a temporary one).

@@ -1715,6 +1715,21 @@ fn simulate_runs_a_normal_month_through_the_guard_deterministically_on_both_back
     assert_eq!(runs[0], runs[2], "same guard decisions on PostgreSQL");
 }
 
+/// `rempart bench ledger --database` leaves nothing behind: its schema of
+/// synthetic leaves (gigabytes at national sizes) is dropped at the end.
+#[test]
+fn bench_ledger_on_postgres_drops_its_schema() {
+    let url = rempart_testdb::url();
+    let out = ok(&["bench", "ledger", "--leaves", "3000", "--database", &url]);
+    assert!(out.contains("verify: "), "{out}");
+    assert!(out.contains("schema ledger_bench dropped"), "{out}");
+    let left = psql(
+        &url,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'ledger_bench'",
+    );
+    assert_eq!(left.trim(), "0", "schema ledger_bench left behind");
+}
+
 /// The `RESULT attack=…` lines of `rempart drill`, as key → value maps.
 fn drill_results(out: &str) -> Vec<std::collections::HashMap<String, String>> {
     out.lines()

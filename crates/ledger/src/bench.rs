@@ -108,6 +108,16 @@ pub async fn bytes_used(target: &BenchTarget) -> Result<u64, LedgerError> {
     }
 }
 
+/// Removes what [`open_target`] made on PostgreSQL: the schema with its
+/// leaves (gigabytes at national sizes, which a finished bench has no use
+/// for). SQLite's files stay where the caller put them.
+pub async fn close_target(target: &BenchTarget) -> Result<(), LedgerError> {
+    match target {
+        BenchTarget::Sqlite { .. } => Ok(()),
+        BenchTarget::Postgres { url, schema } => drop_pg_schema(url, schema).await,
+    }
+}
+
 async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), LedgerError> {
     let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
