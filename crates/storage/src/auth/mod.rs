@@ -744,8 +744,9 @@ pub trait AuthStore: Send + Sync {
     /// Stores a first state under `key`, unless one is there already
     /// ([`ThrottleInsert::Exists`]: read it and compare-and-set) or `scope`
     /// already holds `max_rows` states ([`ThrottleInsert::Full`]), in one
-    /// statement. Concurrent inserts of different keys may pass the bound
-    /// by as many as run at once.
+    /// statement. The bound reads a count the table's triggers keep (one
+    /// row, not a count of rows). Concurrent inserts of different keys may
+    /// pass it by as many as run at once.
     async fn insert_login_throttle(
         &self,
         scope: ThrottleScope,

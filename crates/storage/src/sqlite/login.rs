@@ -397,7 +397,7 @@ pub(super) async fn insert_login_throttle(
                 .prepare_cached(
                     "INSERT INTO login_throttle (scope, key, entry, forget_at, touched)
                      SELECT ?1, ?2, ?3, ?4, ?5
-                     WHERE (SELECT count(*) FROM login_throttle WHERE scope = ?1) < ?6
+                     WHERE (SELECT n FROM login_throttle_count WHERE scope = ?1) < ?6
                      ON CONFLICT (scope, key) DO NOTHING",
                 )?
                 .execute(params![

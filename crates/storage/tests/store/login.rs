@@ -325,6 +325,23 @@ async fn login_throttles_are_shared_bounded_and_compared_and_set(backend: Backen
         !auth.evict_login_throttle(addr).await.on(store, "evict"),
         "[{be}] nothing left in the other scope"
     );
+    // The bound follows deletes too (prune, compare-and-set, eviction):
+    // the scope is empty again, so two fit and a third does not.
+    assert_eq!(
+        put(b"d", Some(2), 150, 15).await,
+        ThrottleInsert::Inserted,
+        "[{be}]"
+    );
+    assert_eq!(
+        put(b"e", Some(2), 150, 15).await,
+        ThrottleInsert::Inserted,
+        "[{be}]"
+    );
+    assert_eq!(
+        put(b"f", Some(2), 150, 15).await,
+        ThrottleInsert::Full,
+        "[{be}]"
+    );
 }
 both_backends!(login_throttles_are_shared_bounded_and_compared_and_set);
 

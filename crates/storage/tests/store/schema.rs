@@ -91,10 +91,10 @@ mod migrations_are_idempotent_and_guarded {
                 .expect("pg_tables")
                 .get(0);
             assert_eq!(
-                tables, 31,
+                tables, 32,
                 "[postgres] registry, authentication, guard (with suspension blocks and \
                  instances), activation, federation, access-version, break-glass reason, login \
-                 device, login throttle and mandate request tables + schema_migrations"
+                 device, login throttle (and its count) and mandate request tables + schema_migrations"
             );
         }
 
