@@ -277,21 +277,20 @@ impl Consultation {
     ) -> Result<Result<Attempt, Delay>, ThrottleError> {
         let auth = self.auth.as_ref();
         let lockout = &web.lockout;
-        let unknown_key = match &account {
-            Some(_) => None,
-            None => Some(self.vault.unknown_login_key(&fold_login(login)).to_vec()),
+        let target = match account {
+            Some((account_id, json)) => Target::Account(account_id, json),
+            None => Target::Unknown(self.vault.unknown_login_key(&fold_login(login)).to_vec()),
         };
         // The account's side as read now: its wait counts in the admission.
-        let read = match (&account, &unknown_key) {
-            (Some((_, json)), _) => parse(json)?,
-            (None, Some(key)) => match auth
+        let read = match &target {
+            Target::Account(_, json) => parse(json)?,
+            Target::Unknown(key) => match auth
                 .login_throttle(ThrottleScope::UnknownLogin, key)
                 .await?
             {
                 Some(json) => parse(&json)?,
                 None => AccountThrottle::default(),
             },
-            (None, None) => AccountThrottle::default(),
         };
         let address_key = self.vault.login_address_key(&AddressKey::of(addr).bytes());
         let overflow_key = self.vault.login_address_key(&AddressKey::Overflow.bytes());
@@ -306,12 +305,11 @@ impl Consultation {
             now_unix,
             reserved: None,
         };
-        let reserved = match (account, unknown_key) {
-            (Some((account_id, json)), _) => {
+        let reserved = match target {
+            Target::Account(account_id, json) => {
                 reserve_account(lockout, auth, counter, account_id, json, now_unix).await?
             }
-            (None, Some(key)) => reserve_unknown(lockout, auth, &key, now_unix).await?,
-            (None, None) => Err(contended()),
+            Target::Unknown(key) => reserve_unknown(lockout, auth, &key, now_unix).await?,
         };
         match reserved {
             Ok(reserved) => {
@@ -324,6 +322,14 @@ impl Consultation {
             }
         }
     }
+}
+
+/// What an attempt's account side counts against.
+enum Target {
+    /// A known account, with the throttle state read with it.
+    Account(AccountId, String),
+    /// A login that names no account: the stored key of its own state.
+    Unknown(Vec<u8>),
 }
 
 /// The refusal of an attempt whose compare-and-sets kept losing.
