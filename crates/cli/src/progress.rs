@@ -78,6 +78,23 @@ struct State {
     name: String,
     bytes: u64,
     last_line: Instant,
+    /// The first position reported (a resumed import starts part-way)
+    /// and when: rates and the ETA count from there.
+    origin: Option<(Instant, u64, u64)>,
+}
+
+impl State {
+    /// Lines per second and seconds left, once there is something to go on.
+    fn pace(&self, bytes: u64, records: u64) -> Option<(f64, f64)> {
+        let (at, b0, r0) = self.origin?;
+        let secs = at.elapsed().as_secs_f64();
+        let done = bytes.saturating_sub(b0) as f64;
+        if secs < 0.5 || done <= 0.0 {
+            return None;
+        }
+        let left = self.bytes.saturating_sub(bytes) as f64 / (done / secs);
+        Some((records.saturating_sub(r0) as f64 / secs, left))
+    }
 }
 
 impl ImportProgress {
@@ -89,6 +106,7 @@ impl ImportProgress {
                 name: String::new(),
                 bytes: 0,
                 last_line: Instant::now(),
+                origin: None,
             }),
         }
     }
@@ -100,6 +118,7 @@ impl Progress for ImportProgress {
         s.name = path.display().to_string();
         s.bytes = bytes;
         s.last_line = Instant::now();
+        s.origin = None;
         if self.terminal {
             let b = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
             b.set_style(
@@ -118,8 +137,15 @@ impl Progress for ImportProgress {
 
     fn advance(&self, bytes: u64, records: u64) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.origin.is_none() {
+            s.origin = Some((Instant::now(), bytes, records));
+        }
+        let pace = s.pace(bytes, records);
         if let Some(b) = &s.bar {
             b.set_position(bytes);
+            if let Some((rate, _)) = pace {
+                b.set_message(format!("{} {records} lines, {rate:.0} lines/s", s.name));
+            }
         } else if s.last_line.elapsed() >= LINE_EVERY {
             s.last_line = Instant::now();
             let pct = if s.bytes > 0 {
@@ -127,7 +153,13 @@ impl Progress for ImportProgress {
             } else {
                 100.0
             };
-            eprintln!("  {}: {records} lines, {pct:.0}%", s.name);
+            match pace {
+                Some((rate, left)) => eprintln!(
+                    "  {}: {records} lines, {pct:.0}%, {rate:.0} lines/s, about {left:.0}s left",
+                    s.name
+                ),
+                None => eprintln!("  {}: {records} lines, {pct:.0}%", s.name),
+            }
         }
     }
 

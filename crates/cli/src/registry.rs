@@ -143,14 +143,23 @@ pub async fn import(args: &ImportArgs) -> Result<Vec<rempart_import::FileReport>
             r.unchanged,
             r.rejected
         );
+        if let Some(line) = r.resumed_at {
+            println!(
+                "  (resumed an interrupted import at line {line}: the counts cover the whole file; \
+                 lines rejected before it are in the earlier run's reject report)"
+            );
+        }
     }
-    for r in reports
-        .iter()
-        .filter(|r| r.kind == rempart_import::FileKind::Persons)
-    {
+    for r in reports.iter().filter(|r| {
+        matches!(
+            r.kind,
+            rempart_import::FileKind::Persons | rempart_import::FileKind::Mandates
+        )
+    }) {
         let st = r.stages;
         println!(
-            "persons pipeline (stages overlap): parse {:.2}s, lookup {:.2}s, seal {:.2}s, write {:.2}s, index build {:.2}s",
+            "{} pipeline (stages overlap): parse {:.2}s, lookup {:.2}s, seal {:.2}s, write {:.2}s, index build {:.2}s",
+            r.kind_name().trim_end_matches(".csv"),
             st.parse.as_secs_f64(),
             st.lookup.as_secs_f64(),
             st.seal.as_secs_f64(),

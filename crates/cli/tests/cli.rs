@@ -2034,3 +2034,201 @@ fn replicas_behind_haproxy_survive_kills() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Where an import of `kind` stands in the registry: (next_byte, next_line), if any.
+fn import_progress(data: &Path, db: Option<&str>, kind: &str) -> Option<(u64, u64)> {
+    let sql = format!("SELECT next_byte, next_line FROM import_progress WHERE kind = '{kind}'");
+    match db {
+        Some(url) => {
+            // Before the import's migrations ran, the table is not there yet.
+            let out = Command::new("psql")
+                .args([url, "-qAtc", &format!("SET search_path = registry; {sql}")])
+                .output()
+                .ok()?;
+            let out = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = out.lines().find(|l| l.contains('|'))?;
+            let (b, l) = line.split_once('|')?;
+            Some((b.trim().parse().ok()?, l.trim().parse().ok()?))
+        }
+        None => {
+            let c = rusqlite::Connection::open_with_flags(
+                data.join("registry.db"),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok()?;
+            c.busy_timeout(std::time::Duration::from_secs(5)).ok()?;
+            c.query_row(&sql, [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .ok()
+        }
+    }
+}
+
+/// Starts an import of `inputs` and kills it (SIGKILL) once `kind`'s file
+/// has some batches committed and more to come; returns where it stood.
+fn kill_mid_import(
+    data: &Path,
+    db: Option<&str>,
+    inputs: &[&Path],
+    kind: &str,
+    file_bytes: u64,
+) -> (u64, u64) {
+    let mut args = vec![
+        "import".to_string(),
+        "--data".into(),
+        s(data).into(),
+        "--today".into(),
+        TODAY.into(),
+        "--batch".into(),
+        "100".into(),
+        "--rejects".into(),
+        s(&data.join("rejects.csv")).into(),
+    ];
+    if let Some(url) = db {
+        args.extend(["--database".into(), url.to_string()]);
+    }
+    args.extend(inputs.iter().map(|p| s(p).to_string()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rempart"))
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some((byte, _)) = import_progress(data, db, kind)
+            && byte > file_bytes / 10
+        {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import of {kind} ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress on {kind}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean anything up
+    child.wait().unwrap();
+    let at = import_progress(data, db, kind).expect("the progress survives the kill");
+    assert!(
+        at.0 < file_bytes,
+        "killed at the end of {kind}: {at:?} of {file_bytes} bytes"
+    );
+    at
+}
+
+/// The registry's content that does not depend on ids or random nonces:
+/// each person's blind indexes and keyed fingerprint, each mandate with its
+/// person's blind index (the keys are the same: the data directories are
+/// copies).
+fn registry_content(data: &Path, db: Option<&str>) -> Vec<String> {
+    let persons = "SELECT encode(ft_blind, 'hex') || encode(nir_blind, 'hex') || \
+                   encode(name_blind, 'hex') || encode(fingerprint, 'hex') || \
+                   coalesce(retain_until::text, '') FROM person ORDER BY 1";
+    let mandates = "SELECT m.reference || '|' || m.organisation_id || '|' || \
+                    coalesce(m.account_id::text, '') || '|' || encode(p.ft_blind, 'hex') || '|' || \
+                    m.purpose || '|' || m.valid_from || '|' || coalesce(m.valid_to::text, '') || \
+                    '|' || m.source FROM mandate m JOIN person p ON p.id = m.person_id ORDER BY 1";
+    let indexes = match db {
+        Some(_) => "SELECT indexname FROM pg_indexes WHERE schemaname = 'registry' ORDER BY 1",
+        None => "SELECT name FROM sqlite_schema WHERE type = 'index' ORDER BY 1",
+    };
+    match db {
+        Some(url) => [indexes, persons, mandates]
+            .iter()
+            .flat_map(|q| {
+                psql(url, &format!("SET search_path = registry; {q}"))
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        None => {
+            let c = rusqlite_open(&data.join("registry.db"));
+            let sqlite = |q: &str| {
+                q.replace("encode(", "hex(")
+                    .replace(", 'hex')", ")")
+                    .replace("::text", "")
+            };
+            let mut out = Vec::new();
+            for q in [indexes, persons, mandates] {
+                let mut st = c.prepare(&sqlite(q)).unwrap();
+                let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+                out.extend(rows.map(Result::unwrap).map(|s| s.to_lowercase()));
+            }
+            out
+        }
+    }
+}
+
+fn resume_scenario(db_a: Option<&str>, db_b: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_dir = generate(dir.path(), 30_000);
+    let [orgs, accounts, persons, mandates] = [
+        "organisations.csv",
+        "accounts.csv",
+        "persons.csv",
+        "mandates.csv",
+    ]
+    .map(|f| csv_dir.join(f));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    init(&a, db_a);
+    // The same keys for both: their blind indexes and fingerprints compare.
+    std::fs::create_dir(&b).unwrap();
+    for f in ["keys.json", "ledger.key"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    let rejects = dir.path().join("rejects.csv");
+    let whole = import(&a, db_a, &rejects, &[&csv_dir], &[]);
+    assert!(whole.status.success(), "{}", stdout(&whole));
+
+    // Killed in the middle of the persons, then run again on them.
+    let (_, line) = kill_mid_import(&b, db_b, &[&csv_dir], "persons", size(&persons));
+    let again = import(&b, db_b, &rejects, &[&orgs, &accounts, &persons], &[]);
+    let out = stdout(&again);
+    assert!(again.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("resumed an interrupted import at line {line}")),
+        "{out}"
+    );
+    // The counts cover the whole file, and nothing was imported twice.
+    assert_eq!(counts(&out, "persons.csv"), (30_000, 0, 0, 0), "{out}");
+    assert_eq!(import_progress(&b, db_b, "persons"), None);
+
+    // Killed in the middle of the mandates, then run again.
+    let (_, line) = kill_mid_import(&b, db_b, &[&mandates], "mandates", size(&mandates));
+    let again = import(&b, db_b, &rejects, &[&mandates], &[]);
+    let out = stdout(&again);
+    assert!(again.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("resumed an interrupted import at line {line}")),
+        "{out}"
+    );
+    let whole_mandates = counts(&stdout(&whole), "mandates.csv");
+    assert_eq!(counts(&out, "mandates.csv"), whole_mandates, "{out}");
+
+    // The registry is the one an uninterrupted import made.
+    let (left, right) = (registry_content(&a, db_a), registry_content(&b, db_b));
+    assert!(left.len() > 30_000, "{}", left.len());
+    assert!(left == right, "the resumed registry differs");
+}
+
+#[test]
+fn an_import_killed_mid_file_resumes_and_ends_as_an_uninterrupted_one_sqlite() {
+    resume_scenario(None, None);
+}
+
+#[test]
+fn an_import_killed_mid_file_resumes_and_ends_as_an_uninterrupted_one_postgres() {
+    let (a, b) = (
+        TestDatabase::create("rempart_ra"),
+        TestDatabase::create("rempart_rb"),
+    );
+    resume_scenario(Some(&a.url), Some(&b.url));
+}

@@ -14,11 +14,12 @@
 //! `organisations.csv`, `accounts.csv`, `persons.csv`, `mandates.csv`,
 //! imported in that order (each may refer to the ones before).
 
+mod mandates;
 mod persons;
 mod rejects;
+mod resume;
 
 use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use rempart_domain::records::{
     ACCOUNT_COLUMNS, MANDATE_COLUMNS, ORGANISATION_COLUMNS, PERSON_COLUMNS, RecordError,
     RecordRules,
 };
-use rempart_storage::{MandateRow, RowRefusal, StorageError, UpsertCount};
+use rempart_storage::{RowRefusal, StorageError, UpsertCount};
 use rempart_vault::{Vault, VaultError};
 
 pub use rejects::{Reject, RejectSink};
@@ -102,8 +103,11 @@ pub struct FileReport {
     pub unchanged: u64,
     pub rejected: u64,
     pub elapsed: Duration,
-    /// Where the time went (persons only; stages overlap).
+    /// Where the time went (persons and mandates; stages overlap).
     pub stages: Stages,
+    /// The line this run started from when it resumed an interrupted
+    /// import of the same file (the counts above cover the whole file).
+    pub resumed_at: Option<u64>,
 }
 
 /// Wall time spent in each stage of the persons pipeline, summed over batches.
@@ -129,6 +133,7 @@ impl FileReport {
             rejected: 0,
             elapsed: Duration::ZERO,
             stages: Stages::default(),
+            resumed_at: None,
         }
     }
 
@@ -254,7 +259,7 @@ fn header_error(path: &Path) -> ImportError {
     }
 }
 
-fn csv_error(path: &Path, e: &csv::Error) -> ImportError {
+pub(crate) fn csv_error(path: &Path, e: &csv::Error) -> ImportError {
     ImportError::Csv {
         path: path.to_path_buf(),
         line: e.position().map_or(0, |p| p.line()),
@@ -266,24 +271,36 @@ fn csv_error(path: &Path, e: &csv::Error) -> ImportError {
     }
 }
 
-pub(crate) fn open_csv(path: &Path) -> Result<csv::Reader<Box<dyn Read + Send>>, ImportError> {
+pub(crate) fn open_csv(path: &Path) -> Result<csv::Reader<File>, ImportError> {
     let file = File::open(path).map_err(|source| ImportError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let reader: Box<dyn Read + Send> = Box::new(BufReader::with_capacity(1 << 20, file));
     Ok(csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .from_reader(reader))
+        .buffer_capacity(1 << 20)
+        .from_reader(file))
 }
 
 /// A batch of raw records with their line numbers, as read.
 pub(crate) struct RawBatch {
     pub lines: Vec<u64>,
     pub records: Vec<csv::ByteRecord>,
-    /// Bytes of the file read once this batch was complete.
+    /// Bytes of the file read once this batch was complete: where the
+    /// next batch starts.
     pub end_byte: u64,
+    /// The line the next batch starts on.
+    pub end_line: u64,
+}
+
+/// Which part of a file to read: from `from` (a record's start, as an
+/// import's progress recorded it; the top when `None`) up to the record
+/// starting at byte `until` (the end when `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Span {
+    pub from: Option<(u64, u64)>,
+    pub until: Option<u64>,
 }
 
 /// Reads `path` in batches on a thread of its own, sending them on a
@@ -293,6 +310,7 @@ pub(crate) fn spawn_reader(
     path: &Path,
     kind: FileKind,
     batch: usize,
+    span: Span,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<RawBatch, ImportError>>, ImportError> {
     let mut reader = open_csv(path)?;
     let header = reader
@@ -301,6 +319,14 @@ pub(crate) fn spawn_reader(
         .clone();
     if !header_matches(&header, kind.columns()) {
         return Err(header_error(path));
+    }
+    if let Some((byte, line)) = span.from {
+        // The header is read: the reader goes on from the recorded record.
+        let mut at = csv::Position::new();
+        at.set_byte(byte).set_line(line);
+        reader
+            .seek_raw(std::io::SeekFrom::Start(byte), at)
+            .map_err(|e| csv_error(path, &e))?;
     }
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let path = path.to_path_buf();
@@ -312,9 +338,14 @@ pub(crate) fn spawn_reader(
                     lines: Vec::with_capacity(batch),
                     records: Vec::with_capacity(batch),
                     end_byte: 0,
+                    end_line: 0,
                 };
                 let mut done = false;
                 while b.records.len() < batch {
+                    if span.until.is_some_and(|u| reader.position().byte() >= u) {
+                        done = true;
+                        break;
+                    }
                     let mut record = csv::ByteRecord::new();
                     match reader.read_byte_record(&mut record) {
                         Ok(true) => {
@@ -332,6 +363,7 @@ pub(crate) fn spawn_reader(
                     }
                 }
                 b.end_byte = reader.position().byte();
+                b.end_line = reader.position().line();
                 if !b.records.is_empty() && tx.blocking_send(Ok(b)).is_err() {
                     return;
                 }
@@ -362,6 +394,9 @@ pub async fn import(
             FileKind::Persons => {
                 persons::import_persons(vault, &path, opts, rejects, progress).await?
             }
+            FileKind::Mandates => {
+                mandates::import_mandates(vault, &path, opts, rejects, progress).await?
+            }
             _ => import_small(vault, &path, kind, opts, rejects, progress).await?,
         };
         report.elapsed = start.elapsed();
@@ -383,7 +418,8 @@ pub async fn import(
     Ok(reports)
 }
 
-/// Organisations, accounts, mandates: parse a batch, then one upsert per batch.
+/// Organisations and accounts (small files): parse a batch, then one upsert
+/// per batch.
 async fn import_small(
     vault: &Vault,
     path: &Path,
@@ -394,7 +430,7 @@ async fn import_small(
 ) -> Result<FileReport, ImportError> {
     let rules = RecordRules::new(opts.today);
     let mut report = FileReport::new(path, kind);
-    let mut rx = spawn_reader(path, kind, opts.batch)?;
+    let mut rx = spawn_reader(path, kind, opts.batch, Span::default())?;
     let file_name = path.display().to_string();
     let mut seen = std::collections::HashSet::new();
     while let Some(batch) = rx.recv().await {
@@ -448,46 +484,9 @@ async fn import_small(
                 report.add(count);
                 refused
             }
-            FileKind::Mandates => {
-                let parsed = parse_all!(mandate, |m: &rempart_domain::Mandate| m.reference.clone());
-                let blinds: Vec<_> = parsed.iter().map(|m| vault.blind_ft(&m.person)).collect();
-                let found = vault.store().lookup_persons(&blinds).await?;
-                let mut rows = Vec::with_capacity(parsed.len());
-                let mut kept_lines = Vec::with_capacity(parsed.len());
-                for ((m, person), line) in parsed.into_iter().zip(found).zip(&lines) {
-                    match person {
-                        Some(p) => {
-                            kept_lines.push(*line);
-                            rows.push(MandateRow {
-                                reference: m.reference,
-                                organisation: m.organisation,
-                                account: m.account,
-                                person_id: p.id,
-                                purpose: m.purpose,
-                                valid_from: m.valid_from,
-                                valid_to: m.valid_to,
-                                source: m.source,
-                            });
-                        }
-                        None => {
-                            rejects.push(Reject {
-                                file: file_name.clone(),
-                                line: *line,
-                                field: Some("ft_id"),
-                                reason: "no such person in the registry".into(),
-                            })?;
-                            report.rejected += 1;
-                        }
-                    }
-                }
-                lines = kept_lines;
-                let (count, refused) = vault.store().upsert_mandates(rows).await?;
-                report.add(count);
-                refused
-            }
-            FileKind::Persons => {
+            FileKind::Persons | FileKind::Mandates => {
                 return Err(ImportError::Task(
-                    "persons go through their own pipeline".into(),
+                    "persons and mandates go through their own pipelines".into(),
                 ));
             }
         };

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use rempart_domain::records::{RecordError, RecordRules};
 use rempart_domain::{FtId, Person, PersonId};
-use rempart_storage::SealedPerson;
+use rempart_storage::{ImportKind, ImportMark, SealedPerson};
 use rempart_vault::{Sealed, Vault};
 
+use crate::resume::{done, rest, resume_point};
 use crate::{
-    FileKind, FileReport, ImportError, ImportOptions, Progress, RawBatch, Reject, RejectSink,
+    FileKind, FileReport, ImportError, ImportOptions, Progress, RawBatch, Reject, RejectSink, Span,
     spawn_reader,
 };
 
@@ -53,6 +54,7 @@ struct ParsedBatch {
     rejected: u64,
     records: u64,
     end_byte: u64,
+    end_line: u64,
     parse_time: std::time::Duration,
 }
 
@@ -66,6 +68,7 @@ struct Ready {
     rejected: u64,
     records: u64,
     end_byte: u64,
+    end_line: u64,
 }
 
 pub(crate) async fn import_persons(
@@ -79,7 +82,7 @@ pub(crate) async fn import_persons(
     let rules = RecordRules::new(opts.today);
     if opts.strict {
         // Validate the whole file before writing anything.
-        let mut rx = spawn_reader(path, FileKind::Persons, opts.batch)?;
+        let mut rx = spawn_reader(path, FileKind::Persons, opts.batch, Span::default())?;
         let mut seen = Box::new(SeenIds::new());
         let mut rejected = 0;
         while let Some(batch) = rx.recv().await {
@@ -99,10 +102,31 @@ pub(crate) async fn import_persons(
         }
     }
 
-    let mut rx = spawn_reader(path, FileKind::Persons, opts.batch)?;
+    let (file_id, resume) = resume_point(vault, path, ImportKind::Persons).await?;
+    let mut seen = Box::new(SeenIds::new());
+    if let Some(p) = &resume {
+        // The ids of the lines already imported, as their import saw them.
+        let mut rx = spawn_reader(path, FileKind::Persons, opts.batch, done(p))?;
+        while let Some(batch) = rx.recv().await {
+            seen = parse_off_thread(rules, batch?, seen).await?.0;
+        }
+        progress.advance(p.next_byte, p.counts.records);
+    }
+    let mut rx = spawn_reader(path, FileKind::Persons, opts.batch, rest(resume.as_ref()))?;
     // On an empty registry, load without indexes and build them at the
-    // end; nothing can already be stored, so lookups are skipped too.
-    let bulk = vault.store().begin_bulk_load().await?;
+    // end; nothing can already be stored, so lookups are skipped too. The
+    // rest of such a load goes on the same way.
+    let bulk = match &resume {
+        None => vault.store().begin_bulk_load(false).await?,
+        Some(p) if p.bulk => vault.store().begin_bulk_load(true).await?,
+        Some(_) => false,
+    };
+    if resume.is_none() {
+        vault
+            .store()
+            .start_import(ImportKind::Persons, file_id, bulk)
+            .await?;
+    }
     let (tx_parsed, mut rx_parsed) = tokio::sync::mpsc::channel::<ParsedBatch>(2);
     let (tx_ready, mut rx_ready) = tokio::sync::mpsc::channel::<Ready>(2);
 
@@ -110,10 +134,10 @@ pub(crate) async fn import_persons(
     // each handing batches to the next over a bounded channel; their heavy
     // work runs on rayon (parse, seal) and the blocking pool (SQLite).
     let parse = async move {
-        let mut seen = Box::new(SeenIds::new());
         while let Some(batch) = rx.recv().await {
             let batch = batch?;
-            let (end_byte, records) = (batch.end_byte, batch.records.len() as u64);
+            let (end_byte, end_line, records) =
+                (batch.end_byte, batch.end_line, batch.records.len() as u64);
             let t = std::time::Instant::now();
             let (s, (good, bad)) = parse_off_thread(rules, batch, seen).await?;
             seen = s;
@@ -126,6 +150,7 @@ pub(crate) async fn import_persons(
                 rejected,
                 records,
                 end_byte,
+                end_line,
                 parse_time: t.elapsed(),
             };
             if tx_parsed.send(parsed).await.is_err() {
@@ -146,6 +171,7 @@ pub(crate) async fn import_persons(
                 rejected,
                 records,
                 end_byte,
+                end_line,
                 parse_time,
             } = batch;
             let sealer = vault.sealer();
@@ -196,6 +222,7 @@ pub(crate) async fn import_persons(
                 rejected,
                 records,
                 end_byte,
+                end_line,
             };
             for s in sealed {
                 match s {
@@ -214,14 +241,24 @@ pub(crate) async fn import_persons(
     };
 
     let mut report = FileReport::new(path, FileKind::Persons);
+    report.resumed_at = resume.as_ref().map(|p| p.next_line);
     let write = async {
         let mut result: Result<(), ImportError> = Ok(());
         while let Some(ready) = rx_ready.recv().await {
             let (inserted, updated) = (ready.inserts.len() as u64, ready.updates.len() as u64);
             let t_write = std::time::Instant::now();
+            let mark = ImportMark {
+                kind: ImportKind::Persons,
+                file_id,
+                next_byte: ready.end_byte,
+                next_line: ready.end_line,
+                records: ready.records,
+                unchanged: ready.unchanged,
+                rejected: ready.rejected,
+            };
             if let Err(e) = vault
                 .store()
-                .write_persons(ready.inserts, ready.updates)
+                .write_persons_marked(ready.inserts, ready.updates, Some(mark))
                 .await
             {
                 result = Err(e.into());
@@ -252,7 +289,26 @@ pub(crate) async fn import_persons(
     written?;
     prepared?;
     parsed?;
+    finish(vault, ImportKind::Persons, &mut report).await?;
     Ok(report)
+}
+
+/// The file is done: its counts, over every run that imported part of it,
+/// are the store's; then its progress is forgotten.
+pub(crate) async fn finish(
+    vault: &Vault,
+    kind: ImportKind,
+    report: &mut FileReport,
+) -> Result<(), ImportError> {
+    if let Some(p) = vault.store().import_progress(kind).await? {
+        report.records = p.counts.records;
+        report.inserted = p.counts.inserted;
+        report.updated = p.counts.updated;
+        report.unchanged = p.counts.unchanged;
+        report.rejected = p.counts.rejected;
+    }
+    vault.store().finish_import(kind).await?;
+    Ok(())
 }
 
 type Parsed = (Vec<(u64, Person)>, Vec<(u64, RecordError)>);

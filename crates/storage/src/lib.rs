@@ -108,6 +108,68 @@ pub struct WrappedKeyRow {
     pub wrapped_dek: Vec<u8>,
 }
 
+/// The kinds of file whose import resumes where it stopped (organisations
+/// and accounts are small: an interrupted run is simply run again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    Persons,
+    Mandates,
+}
+
+impl ImportKind {
+    /// The name stored in `import_progress.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportKind::Persons => "persons",
+            ImportKind::Mandates => "mandates",
+        }
+    }
+}
+
+/// What an import of one file has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    /// Data lines read.
+    pub records: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+}
+
+/// Where an interrupted import of a file stands: its last committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Names the file (see `rempart_import`): another file starts afresh.
+    pub file_id: [u8; 32],
+    /// Byte offset of the first line not yet imported.
+    pub next_byte: u64,
+    /// Its line number (1 is the header).
+    pub next_line: u64,
+    pub counts: ImportCounts,
+    /// The load began on an empty registry: the person indexes stay
+    /// dropped until the end.
+    pub bulk: bool,
+}
+
+/// One batch's step in an import's progress, written in the batch's own
+/// transaction, so the progress never runs ahead of or behind what is
+/// stored. The store adds what it decides itself (rows inserted, updated,
+/// refused) to the counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportMark {
+    pub kind: ImportKind,
+    pub file_id: [u8; 32],
+    pub next_byte: u64,
+    pub next_line: u64,
+    /// Data lines in this batch.
+    pub records: u64,
+    /// Lines of this batch found unchanged before the store saw them.
+    pub unchanged: u64,
+    /// Lines of this batch refused before the store saw them.
+    pub rejected: u64,
+}
+
 /// A mandate with its person already resolved to an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MandateRow {
@@ -438,6 +500,14 @@ pub trait RegistryStore: Send + Sync {
         ft_blinds: &[Blind],
     ) -> Result<Vec<Option<ExistingPerson>>, StorageError>;
 
+    /// For each blind France Travail id, the id of the stored person it
+    /// names, if any (shredded persons are not found). Reads the unique
+    /// index alone: the mandates import's lookup.
+    async fn lookup_person_ids(
+        &self,
+        ft_blinds: &[Blind],
+    ) -> Result<Vec<Option<PersonId>>, StorageError>;
+
     /// Inserts new persons and replaces changed ones, in one transaction.
     /// An update only applies if the stored fingerprint is still
     /// `previous` (else [`StorageError::Conflict`] and nothing is written).
@@ -445,7 +515,38 @@ pub trait RegistryStore: Send + Sync {
         &self,
         inserts: Vec<SealedPerson>,
         updates: Vec<(SealedPerson, Blind)>,
+    ) -> Result<(), StorageError> {
+        self.write_persons_marked(inserts, updates, None).await
+    }
+
+    /// [`RegistryStore::write_persons`], moving the import's progress to
+    /// `mark` in the same transaction. A mark whose file is no longer the
+    /// one in progress (another import of the same kind started) is
+    /// [`StorageError::Conflict`], and nothing is written.
+    async fn write_persons_marked(
+        &self,
+        inserts: Vec<SealedPerson>,
+        updates: Vec<(SealedPerson, Blind)>,
+        mark: Option<ImportMark>,
     ) -> Result<(), StorageError>;
+
+    /// The progress of an interrupted import of this kind of file, if any.
+    async fn import_progress(
+        &self,
+        kind: ImportKind,
+    ) -> Result<Option<ImportProgress>, StorageError>;
+
+    /// Starts recording an import's progress from the top of the file
+    /// `file_id`, replacing any other of the same kind.
+    async fn start_import(
+        &self,
+        kind: ImportKind,
+        file_id: [u8; 32],
+        bulk: bool,
+    ) -> Result<(), StorageError>;
+
+    /// The file is done: forgets its progress.
+    async fn finish_import(&self, kind: ImportKind) -> Result<(), StorageError>;
 
     /// Reads a person's key material and the sealed groups asked for.
     async fn read_person(
@@ -501,6 +602,16 @@ pub trait RegistryStore: Send + Sync {
     async fn upsert_mandates(
         &self,
         mandates: Vec<MandateRow>,
+    ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
+        self.upsert_mandates_marked(mandates, None).await
+    }
+
+    /// [`RegistryStore::upsert_mandates`], moving the import's progress to
+    /// `mark` in the same transaction (as `write_persons_marked`).
+    async fn upsert_mandates_marked(
+        &self,
+        mandates: Vec<MandateRow>,
+        mark: Option<ImportMark>,
     ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError>;
 
     /// Mandates held on a person, live or not (revoked and expired ones
@@ -704,12 +815,28 @@ pub trait RegistryStore: Send + Sync {
     /// true. Otherwise does nothing and returns false. The caller must then
     /// insert no two persons with the same France Travail id (the unique
     /// index is back only at the end) and call `end_bulk_load` even on error.
-    async fn begin_bulk_load(&self) -> Result<bool, StorageError> {
+    ///
+    /// `resuming`: the rest of a first load that was interrupted (its
+    /// progress says so), whose persons are the only ones stored: the
+    /// indexes, rebuilt when the store was opened again, are dropped anew.
+    async fn begin_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
+        let _ = resuming;
         Ok(false)
     }
 
-    /// Rebuilds any missing person index. Also run when a store is opened,
-    /// so an interrupted bulk load never leaves a store without them.
+    /// Prepares a first load of mandates as `begin_bulk_load` does persons:
+    /// if none is stored yet (or `resuming` the rest of such a load),
+    /// drops the mandates' secondary indexes, kept with the statements
+    /// that make them again, and returns true. The unique reference stays.
+    /// The caller calls `end_bulk_load` at the end, even on error.
+    async fn begin_mandate_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
+        let _ = resuming;
+        Ok(false)
+    }
+
+    /// Rebuilds any missing person index and any index a bulk load of
+    /// mandates dropped. Also run when a store is opened, so an
+    /// interrupted bulk load never leaves a store without them.
     async fn end_bulk_load(&self) -> Result<(), StorageError> {
         Ok(())
     }

@@ -79,6 +79,11 @@ pub const SQLITE: &[Migration] = &[
         name: "login_throttle",
         sql: include_str!("../migrations/sqlite/0014_login_throttle.sql"),
     },
+    Migration {
+        version: 15,
+        name: "import_progress",
+        sql: include_str!("../migrations/sqlite/0015_import_progress.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -152,6 +157,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 14,
         name: "login_throttle",
         sql: include_str!("../migrations/postgres/0014_login_throttle.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "import_progress",
+        sql: include_str!("../migrations/postgres/0015_import_progress.sql"),
     },
 ];
 

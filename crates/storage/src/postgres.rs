@@ -39,10 +39,10 @@ use crate::auth::{
 };
 use crate::memory::{Credentials, Names};
 use crate::{
-    AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, Inventory, MandateRow,
-    NewBreakGlassReason, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson,
-    StorageError, StoredBreakGlassReason, StoredCredential, StoredMandate, StoredPerson,
-    UpsertCount, WrappedKeyRow, migrate,
+    AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, ImportKind, ImportMark,
+    ImportProgress, Inventory, MandateRow, NewBreakGlassReason, NewMandate, PersonIndex,
+    RegistryStore, RowRefusal, SealedPerson, StorageError, StoredBreakGlassReason,
+    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, migrate,
 };
 
 mod accounts;
@@ -53,6 +53,7 @@ mod decisions;
 mod federation;
 mod grants;
 mod guard;
+mod import;
 mod inventory;
 mod keys;
 mod login;
@@ -217,12 +218,40 @@ impl RegistryStore for PgStore {
         persons::lookup_persons(self, ft_blinds).await
     }
 
-    async fn write_persons(
+    async fn lookup_person_ids(
+        &self,
+        ft_blinds: &[Blind],
+    ) -> Result<Vec<Option<PersonId>>, StorageError> {
+        persons::lookup_person_ids(self, ft_blinds).await
+    }
+
+    async fn write_persons_marked(
         &self,
         inserts: Vec<SealedPerson>,
         updates: Vec<(SealedPerson, Blind)>,
+        mark: Option<ImportMark>,
     ) -> Result<(), StorageError> {
-        persons::write_persons(self, inserts, updates).await
+        persons::write_persons(self, inserts, updates, mark).await
+    }
+
+    async fn import_progress(
+        &self,
+        kind: ImportKind,
+    ) -> Result<Option<ImportProgress>, StorageError> {
+        import::import_progress(self, kind).await
+    }
+
+    async fn start_import(
+        &self,
+        kind: ImportKind,
+        file_id: [u8; 32],
+        bulk: bool,
+    ) -> Result<(), StorageError> {
+        import::start_import(self, kind, file_id, bulk).await
+    }
+
+    async fn finish_import(&self, kind: ImportKind) -> Result<(), StorageError> {
+        import::finish_import(self, kind).await
     }
 
     async fn read_person(
@@ -272,11 +301,12 @@ impl RegistryStore for PgStore {
         accounts::upsert_accounts(self, accounts).await
     }
 
-    async fn upsert_mandates(
+    async fn upsert_mandates_marked(
         &self,
         mandates: Vec<MandateRow>,
+        mark: Option<ImportMark>,
     ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
-        mandates::upsert_mandates(self, mandates).await
+        mandates::upsert_mandates(self, mandates, mark).await
     }
 
     async fn mandates_of_person(
@@ -290,8 +320,12 @@ impl RegistryStore for PgStore {
         inventory::inventory(self).await
     }
 
-    async fn begin_bulk_load(&self) -> Result<bool, StorageError> {
-        persons::begin_bulk_load(self).await
+    async fn begin_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
+        persons::begin_bulk_load(self, resuming).await
+    }
+
+    async fn begin_mandate_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
+        import::begin_mandate_bulk_load(self, resuming).await
     }
 
     async fn refresh_statistics(&self) -> Result<(), StorageError> {

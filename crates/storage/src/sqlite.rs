@@ -37,9 +37,10 @@ use crate::auth::{
 use crate::memory::{Credentials, Names};
 use crate::{
     AccountRecord, Blind, CaseloadEntry, ConsultationRows, ExistingPerson, GrantDecision,
-    GrantRequest, Inventory, MandateRow, NewBreakGlassReason, NewMandate, PersonIndex,
-    RegistryStore, RowRefusal, SealedPerson, StorageError, StoredBreakGlassReason,
-    StoredCredential, StoredMandate, StoredPerson, UpsertCount, WrappedKeyRow, migrate,
+    GrantRequest, ImportKind, ImportMark, ImportProgress, Inventory, MandateRow,
+    NewBreakGlassReason, NewMandate, PersonIndex, RegistryStore, RowRefusal, SealedPerson,
+    StorageError, StoredBreakGlassReason, StoredCredential, StoredMandate, StoredPerson,
+    UpsertCount, WrappedKeyRow, migrate,
 };
 
 use persons::PERSON_INDEXES;
@@ -54,6 +55,7 @@ mod decisions;
 mod federation;
 mod grants;
 mod guard;
+pub(crate) mod import;
 mod inventory;
 mod keys;
 mod login;
@@ -112,6 +114,7 @@ impl SqliteStore {
         )?;
         migrate_sqlite(&mut writer)?;
         writer.execute_batch(PERSON_INDEXES)?;
+        import::rebuild_dropped_indexes(&mut writer)?;
         let readers = SqliteReaders::open(
             &path,
             READERS,
@@ -189,12 +192,40 @@ impl RegistryStore for SqliteStore {
         persons::lookup_persons(self, ft_blinds).await
     }
 
-    async fn write_persons(
+    async fn lookup_person_ids(
+        &self,
+        ft_blinds: &[Blind],
+    ) -> Result<Vec<Option<PersonId>>, StorageError> {
+        persons::lookup_person_ids(self, ft_blinds).await
+    }
+
+    async fn write_persons_marked(
         &self,
         inserts: Vec<SealedPerson>,
         updates: Vec<(SealedPerson, Blind)>,
+        mark: Option<ImportMark>,
     ) -> Result<(), StorageError> {
-        persons::write_persons(self, inserts, updates).await
+        persons::write_persons(self, inserts, updates, mark).await
+    }
+
+    async fn import_progress(
+        &self,
+        kind: ImportKind,
+    ) -> Result<Option<ImportProgress>, StorageError> {
+        import::import_progress(self, kind).await
+    }
+
+    async fn start_import(
+        &self,
+        kind: ImportKind,
+        file_id: [u8; 32],
+        bulk: bool,
+    ) -> Result<(), StorageError> {
+        import::start_import(self, kind, file_id, bulk).await
+    }
+
+    async fn finish_import(&self, kind: ImportKind) -> Result<(), StorageError> {
+        import::finish_import(self, kind).await
     }
 
     async fn read_person(
@@ -244,11 +275,12 @@ impl RegistryStore for SqliteStore {
         accounts::upsert_accounts(self, accounts).await
     }
 
-    async fn upsert_mandates(
+    async fn upsert_mandates_marked(
         &self,
         mandates: Vec<MandateRow>,
+        mark: Option<ImportMark>,
     ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
-        mandates::upsert_mandates(self, mandates).await
+        mandates::upsert_mandates(self, mandates, mark).await
     }
 
     async fn mandates_of_person(
@@ -262,8 +294,12 @@ impl RegistryStore for SqliteStore {
         inventory::inventory(self).await
     }
 
-    async fn begin_bulk_load(&self) -> Result<bool, StorageError> {
-        persons::begin_bulk_load(self).await
+    async fn begin_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
+        persons::begin_bulk_load(self, resuming).await
+    }
+
+    async fn begin_mandate_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
+        import::begin_mandate_bulk_load(self, resuming).await
     }
 
     async fn end_bulk_load(&self) -> Result<(), StorageError> {

@@ -15,8 +15,8 @@ use crate::rules::{
     check_mandate_account, check_mandate_person, mandate_row_links, reference_taken,
 };
 use crate::{
-    CaseloadEntry, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate, RowRefusal,
-    StorageError, StoredBreakGlassReason, StoredMandate, UpsertCount, caseload_page,
+    CaseloadEntry, ImportMark, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate,
+    RowRefusal, StorageError, StoredBreakGlassReason, StoredMandate, UpsertCount, caseload_page,
     check_mandate_period, parse_code,
 };
 
@@ -188,6 +188,7 @@ pub(super) const CASELOAD: &str = "
 pub(super) async fn upsert_mandates(
     store: &PgStore,
     mandates: Vec<MandateRow>,
+    mark: Option<ImportMark>,
 ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
     let mut count = UpsertCount::default();
     let mut refused = Vec::new();
@@ -353,6 +354,9 @@ pub(super) async fn upsert_mandates(
         let so: Vec<&str> = rows.iter().map(|f| f.6.as_str()).collect();
         tx.execute(sql, &[&keys[side], &o, &a, &p, &pu, &fr, &to, &so])
             .await?;
+    }
+    if let Some(mark) = &mark {
+        super::import::advance(&tx, mark, count, refused.len() as u64).await?;
     }
     tx.commit().await?;
     Ok((count, refused))

@@ -12,8 +12,8 @@ use tokio_postgres::types::{ToSql, Type};
 use super::PgStore;
 use super::values::{contention, has_duplicates, is_unique_violation, to_i32, to_u32};
 use crate::{
-    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, StoredPerson, blind,
-    group_column, index_column,
+    Blind, ExistingPerson, ImportMark, PersonIndex, SealedPerson, StorageError, StoredPerson,
+    UpsertCount, blind, group_column, index_column,
 };
 
 /// Binary COPY of new persons; its columns are, in order, [`PERSON_TYPES`].
@@ -241,12 +241,42 @@ pub(super) async fn lookup_persons(
     Ok(out)
 }
 
+pub(super) async fn lookup_person_ids(
+    store: &PgStore,
+    ft_blinds: &[Blind],
+) -> Result<Vec<Option<PersonId>>, StorageError> {
+    let mut out = vec![None; ft_blinds.len()];
+    if ft_blinds.is_empty() {
+        return Ok(out);
+    }
+    let blinds: Vec<&[u8]> = ft_blinds.iter().map(|b| &b[..]).collect();
+    let client = store.client().await?;
+    // A shredded person's ft_blind is NULL, so it is not found.
+    let stmt = client
+        .prepare_cached(
+            "SELECT q.i, p.id
+             FROM UNNEST($1::bytea[]) WITH ORDINALITY AS q(b, i)
+             JOIN person AS p ON p.ft_blind = q.b",
+        )
+        .await?;
+    for r in client.query(&stmt, &[&blinds]).await? {
+        let i: i64 = r.try_get(0)?;
+        let slot = usize::try_from(i - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| StorageError::Corrupt(format!("lookup ordinal {i} out of range")))?;
+        *slot = Some(PersonId::new(r.try_get(1)?));
+    }
+    Ok(out)
+}
+
 pub(super) async fn write_persons(
     store: &PgStore,
     inserts: Vec<SealedPerson>,
     updates: Vec<(SealedPerson, Blind)>,
+    mark: Option<ImportMark>,
 ) -> Result<(), StorageError> {
-    if inserts.is_empty() && updates.is_empty() {
+    if inserts.is_empty() && updates.is_empty() && mark.is_none() {
         return Ok(());
     }
     let mut client = store.client().await?;
@@ -256,6 +286,16 @@ pub(super) async fn write_persons(
     }
     if !updates.is_empty() {
         update_persons(&tx, &updates).await.map_err(contention)?;
+    }
+    if let Some(mark) = &mark {
+        let written = UpsertCount {
+            inserted: inserts.len() as u64,
+            updated: updates.len() as u64,
+            unchanged: 0,
+        };
+        super::import::advance(&tx, mark, written, 0)
+            .await
+            .map_err(contention)?;
     }
     tx.commit().await.map_err(contention)?;
     Ok(())
@@ -313,16 +353,17 @@ pub(super) async fn shred_person(store: &PgStore, id: PersonId) -> Result<bool, 
     Ok(n == 1)
 }
 
-pub(super) async fn begin_bulk_load(store: &PgStore) -> Result<bool, StorageError> {
+pub(super) async fn begin_bulk_load(store: &PgStore, resuming: bool) -> Result<bool, StorageError> {
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
     // Blocks concurrent writers until the decision is committed.
     tx.batch_execute("LOCK TABLE person IN SHARE ROW EXCLUSIVE MODE")
         .await?;
-    let empty: bool = tx
-        .query_one("SELECT NOT EXISTS (SELECT 1 FROM person)", &[])
-        .await?
-        .try_get(0)?;
+    let empty: bool = resuming
+        || tx
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM person)", &[])
+            .await?
+            .try_get(0)?;
     if empty {
         tx.batch_execute(
             "DROP INDEX IF EXISTS person_ft;
@@ -364,7 +405,7 @@ pub(super) async fn end_bulk_load(store: &PgStore) -> Result<(), StorageError> {
             }
             _ => e.into(),
         })?;
-    Ok(())
+    super::import::rebuild_dropped_indexes(store).await
 }
 
 pub(super) async fn person_ids(

@@ -1,6 +1,7 @@
 //! Mandates: imports, reads by person or id, grants, break-glass,
 //! revocation and caseloads.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -14,8 +15,8 @@ use crate::rules::{
     check_mandate_account, check_mandate_person, mandate_row_links, reference_taken,
 };
 use crate::{
-    CaseloadEntry, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate, RowRefusal,
-    StorageError, StoredBreakGlassReason, StoredMandate, UpsertCount, caseload_page,
+    CaseloadEntry, ImportMark, MANDATE_COLUMNS, MandateRow, NewBreakGlassReason, NewMandate,
+    RowRefusal, StorageError, StoredBreakGlassReason, StoredMandate, UpsertCount, caseload_page,
     check_mandate_period, parse_code,
 };
 
@@ -206,12 +207,17 @@ pub(super) const CASELOAD: &str = "
 pub(super) async fn upsert_mandates(
     store: &SqliteStore,
     mandates: Vec<MandateRow>,
+    mark: Option<ImportMark>,
 ) -> Result<(UpsertCount, Vec<RowRefusal>), StorageError> {
     store.write(move |c| {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut count = UpsertCount::default();
         let mut refused = Vec::new();
         {
+            // A batch names few organisations and accounts, many times each.
+            let mut orgs: HashMap<String, Option<OrganisationId>> = HashMap::new();
+            let mut accounts: HashMap<String, Option<(AccountId, OrganisationId)>> =
+                HashMap::new();
             let mut org = tx.prepare_cached("SELECT id FROM organisation WHERE code = ?1")?;
             let mut acc =
                 tx.prepare_cached("SELECT id, organisation_id FROM account WHERE login = ?1")?;
@@ -236,19 +242,29 @@ pub(super) async fn upsert_mandates(
                     index,
                     m,
                     |code| {
-                        Ok(org
+                        if let Some(known) = orgs.get(code) {
+                            return Ok(*known);
+                        }
+                        let found = org
                             .query_row([code], |r| r.get::<_, i64>(0).map(OrganisationId::new))
-                            .optional()?)
+                            .optional()?;
+                        orgs.insert(code.to_string(), found);
+                        Ok(found)
                     },
                     |login| {
-                        Ok(acc
+                        if let Some(known) = accounts.get(login) {
+                            return Ok(*known);
+                        }
+                        let found = acc
                             .query_row([login], |r| {
                                 Ok((
                                     AccountId::new(r.get(0)?),
                                     OrganisationId::new(r.get(1)?),
                                 ))
                             })
-                            .optional()?)
+                            .optional()?;
+                        accounts.insert(login.to_string(), found);
+                        Ok(found)
                     },
                     |id| Ok(person.query_row([id.get()], |_| Ok(())).optional()?.is_some()),
                 )?;
@@ -296,6 +312,9 @@ pub(super) async fn upsert_mandates(
                     }
                 }
             }
+        }
+        if let Some(mark) = &mark {
+            super::import::advance(&tx, mark, count, refused.len() as u64)?;
         }
         tx.commit()?;
         Ok((count, refused))

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
 use crate::{
-    Blind, ExistingPerson, PersonIndex, SealedPerson, StorageError, StoredPerson, blind,
-    group_column, index_column,
+    Blind, ExistingPerson, ImportMark, PersonIndex, SealedPerson, StorageError, StoredPerson,
+    UpsertCount, blind, group_column, index_column,
 };
 
 /// The person indexes, idempotent. Bulk loads drop and rebuild them.
@@ -122,10 +122,37 @@ pub(super) async fn lookup_persons(
         .await
 }
 
+pub(super) async fn lookup_person_ids(
+    store: &SqliteStore,
+    ft_blinds: &[Blind],
+) -> Result<Vec<Option<PersonId>>, StorageError> {
+    // In key order, so a batch walks the index once from left to right;
+    // answered in the order asked.
+    let mut order: Vec<usize> = (0..ft_blinds.len()).collect();
+    order.sort_unstable_by_key(|&i| ft_blinds[i]);
+    let blinds: Vec<(usize, Blind)> = order.into_iter().map(|i| (i, ft_blinds[i])).collect();
+    store
+        .read(move |c| {
+            // The rowid is in the index: no table page is read. A shredded
+            // person's ft_blind is NULL, so it is not found.
+            let mut stmt = c.prepare_cached("SELECT id FROM person WHERE ft_blind = ?1")?;
+            let mut out = vec![None; blinds.len()];
+            for (i, b) in &blinds {
+                out[*i] = stmt
+                    .query_row([&b[..]], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .map(PersonId::new);
+            }
+            Ok(out)
+        })
+        .await
+}
+
 pub(super) async fn write_persons(
     store: &SqliteStore,
     inserts: Vec<SealedPerson>,
     updates: Vec<(SealedPerson, Blind)>,
+    mark: Option<ImportMark>,
 ) -> Result<(), StorageError> {
     store
         .write(move |c| {
@@ -195,6 +222,14 @@ pub(super) async fn write_persons(
                     }
                 }
             }
+            if let Some(mark) = &mark {
+                let written = UpsertCount {
+                    inserted: inserts.len() as u64,
+                    updated: updates.len() as u64,
+                    unchanged: 0,
+                };
+                super::import::advance(&tx, mark, written, 0)?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -257,12 +292,15 @@ pub(super) async fn shred_person(store: &SqliteStore, id: PersonId) -> Result<bo
         .await
 }
 
-pub(super) async fn begin_bulk_load(store: &SqliteStore) -> Result<bool, StorageError> {
+pub(super) async fn begin_bulk_load(
+    store: &SqliteStore,
+    resuming: bool,
+) -> Result<bool, StorageError> {
     store
-        .write(|c| {
+        .write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let empty: bool =
-                tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM person)", [], |r| r.get(0))?;
+            let empty: bool = resuming
+                || tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM person)", [], |r| r.get(0))?;
             if empty {
                 tx.execute_batch(
                     "DROP INDEX IF EXISTS person_ft;
@@ -284,7 +322,11 @@ pub(super) async fn end_bulk_load(store: &SqliteStore) -> Result<(), StorageErro
             // as one in-memory sort.
             c.execute_batch("PRAGMA threads = 2; PRAGMA cache_size = -4096;")?;
             let built = c.execute_batch(PERSON_INDEXES);
+            let rebuilt = built
+                .is_ok()
+                .then(|| super::import::rebuild_dropped_indexes(c));
             c.execute_batch("PRAGMA cache_size = -65536;")?;
+            rebuilt.transpose()?;
             built.map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>

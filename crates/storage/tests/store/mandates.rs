@@ -3,7 +3,9 @@
 //! caseload paged through live mandates.
 
 use super::*;
-use rempart_storage::{CaseloadEntry, NewBreakGlassReason, NewMandate, StoredMandate};
+use rempart_storage::{
+    CaseloadEntry, ImportKind, ImportMark, NewBreakGlassReason, NewMandate, StoredMandate,
+};
 
 async fn mandates_upsert_idempotently_with_refusals(backend: Backend) {
     let db = Db::open(backend).await;
@@ -173,6 +175,162 @@ async fn mandates_upsert_idempotently_with_refusals(backend: Backend) {
     );
 }
 both_backends!(mandates_upsert_idempotently_with_refusals);
+
+/// An import's progress moves with each batch in the batch's transaction,
+/// a batch of a file no longer in progress is refused whole, and the
+/// indexes a first load of mandates drops come back at its end or, when
+/// the load was killed, when the store is opened again.
+async fn an_import_progress_moves_with_its_batches_and_bulk_indexes_come_back(backend: Backend) {
+    let db = Db::open(backend).await;
+    let store = db.store();
+    let be = store.backend();
+    store
+        .upsert_organisations(organisations())
+        .await
+        .on(store, "orgs");
+    let ps = insert_persons(store, 2, 90).await;
+    let index_there = || {
+        db.place
+            .exec("BEGIN; DROP INDEX mandate_person; ROLLBACK;")
+            .is_ok()
+    };
+    assert!(index_there(), "[{be}] mandate_person");
+    assert_eq!(
+        store
+            .import_progress(ImportKind::Mandates)
+            .await
+            .on(store, "progress"),
+        None
+    );
+
+    assert!(
+        store.begin_mandate_bulk_load(false).await.on(store, "bulk"),
+        "[{be}] an empty mandate table loads in bulk"
+    );
+    assert!(!index_there(), "[{be}] dropped for the load");
+    let file = [7u8; 32];
+    store
+        .start_import(ImportKind::Mandates, file, true)
+        .await
+        .on(store, "start");
+    let mark = |file_id, next_byte| ImportMark {
+        kind: ImportKind::Mandates,
+        file_id,
+        next_byte,
+        next_line: next_byte / 10,
+        records: 4,
+        unchanged: 0,
+        rejected: 1,
+    };
+    let rows = vec![
+        mandate("M1", "CE-038", None, ps[0].id, Purpose::FollowUp),
+        mandate("M2", "CE-038", None, ps[1].id, Purpose::Training),
+        mandate("M3", "NO-SUCH", None, ps[1].id, Purpose::Training),
+    ];
+    let (c, refused) = store
+        .upsert_mandates_marked(rows, Some(mark(file, 100)))
+        .await
+        .on(store, "batch");
+    assert_eq!((c, refused.len()), (count(2, 0, 0), 1), "[{be}]");
+    let p = store
+        .import_progress(ImportKind::Mandates)
+        .await
+        .on(store, "progress")
+        .expect("in progress");
+    assert_eq!(
+        (p.file_id, p.next_byte, p.next_line, p.bulk),
+        (file, 100, 10, true),
+        "[{be}]"
+    );
+    let n = p.counts;
+    assert_eq!(
+        (n.records, n.inserted, n.updated, n.unchanged, n.rejected),
+        (4, 2, 0, 0, 2),
+        "[{be}] the store's own refusal counts with the caller's"
+    );
+
+    // Another import of mandates started: this one's next batch is refused
+    // whole, its rows included.
+    let late = vec![mandate("M4", "CE-038", None, ps[0].id, Purpose::Training)];
+    assert_conflict(
+        store,
+        store
+            .upsert_mandates_marked(late, Some(mark([8u8; 32], 200)))
+            .await,
+        "a batch of a file no longer in progress",
+    );
+    assert_eq!(
+        store
+            .mandates_of_person(ps[0].id)
+            .await
+            .on(store, "held")
+            .len(),
+        1,
+        "[{be}] nothing of the refused batch is stored"
+    );
+
+    // Killed here: the next open makes the indexes again.
+    let reopened = db.place.open().await;
+    assert!(index_there(), "[{be}] rebuilt when the store is opened");
+    let again = &*reopened.registry;
+    assert!(
+        !again.begin_mandate_bulk_load(false).await.on(again, "bulk"),
+        "[{be}] mandates are stored: no bulk load"
+    );
+    assert!(index_there(), "[{be}] left alone");
+    // Resuming such a load drops them again, and its end restores them.
+    assert!(
+        again
+            .begin_mandate_bulk_load(true)
+            .await
+            .on(again, "resume")
+    );
+    assert!(!index_there(), "[{be}] dropped again");
+    again.end_bulk_load().await.on(again, "end");
+    assert!(index_there(), "[{be}] restored at the end");
+    assert_eq!(
+        again
+            .mandates_of_person(ps[0].id)
+            .await
+            .on(again, "held")
+            .len(),
+        1
+    );
+
+    again
+        .finish_import(ImportKind::Mandates)
+        .await
+        .on(again, "finish");
+    assert_eq!(
+        again
+            .import_progress(ImportKind::Mandates)
+            .await
+            .on(again, "progress"),
+        None
+    );
+    // A persons batch with no import of persons in progress is refused too.
+    let p = sealed(PersonId::new(9_000), 9_000);
+    let orphan = ImportMark {
+        kind: ImportKind::Persons,
+        ..mark(file, 10)
+    };
+    assert_conflict(
+        again,
+        again
+            .write_persons_marked(vec![p.clone()], vec![], Some(orphan))
+            .await,
+        "a persons batch without its import",
+    );
+    assert_eq!(
+        again
+            .lookup_person_ids(&[p.ft_blind, ps[0].ft_blind])
+            .await
+            .on(again, "ids"),
+        vec![None, Some(ps[0].id)],
+        "[{be}]"
+    );
+}
+both_backends!(an_import_progress_moves_with_its_batches_and_bulk_indexes_come_back);
 
 async fn break_glass_reasons_come_with_their_mandate_and_go_with_the_person(backend: Backend) {
     let db = Db::open(backend).await;
