@@ -826,8 +826,9 @@ pub trait RegistryStore: Send + Sync {
 
     /// Prepares a first load of mandates as `begin_bulk_load` does persons:
     /// if none is stored yet (or `resuming` the rest of such a load),
-    /// drops the mandates' secondary indexes, kept with the statements
-    /// that make them again, and returns true. The unique reference stays.
+    /// drops the mandates' secondary indexes (and on PostgreSQL their
+    /// foreign keys), kept with the statements that make them again, and
+    /// returns true. The unique reference stays.
     /// The caller calls `end_bulk_load` at the end, even on error.
     async fn begin_mandate_bulk_load(&self, resuming: bool) -> Result<bool, StorageError> {
         let _ = resuming;

@@ -20,13 +20,16 @@ CREATE TABLE import_progress (
     bulk       INTEGER NOT NULL CHECK (bulk IN (0, 1))
 ) STRICT;
 
--- The indexes a first load of mandates dropped, with the statement that
--- makes each again: the load rebuilds them at its end, and opening the
--- store rebuilds any still listed (a load that was killed), so a store is
--- never left without them. Sorting once is several times faster than
--- inserting millions of rows into indexes keyed by organisation and
--- account, whose pages the writes would visit at random.
-CREATE TABLE bulk_dropped_index (
+-- What a first load of mandates dropped, with the statement that makes
+-- each again: their secondary indexes (and on PostgreSQL their foreign
+-- keys, whose checks lock every referenced person row). The load makes
+-- them again at its end, and opening the store makes any still listed (a
+-- load that was killed), so a store is never left without them. Sorting
+-- once is several times faster than inserting millions of rows into
+-- indexes keyed by organisation and account, whose pages the writes would
+-- visit at random.
+CREATE TABLE bulk_dropped (
     name TEXT NOT NULL PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('index', 'constraint')),
     sql  TEXT NOT NULL
 ) STRICT;

@@ -96,7 +96,10 @@ pub(super) async fn advance(
 }
 
 /// Prepares a first load of mandates (see the SQLite version): keeps each
-/// secondary index of `mandate` with its definition and drops it.
+/// secondary index and foreign key of `mandate` with its definition and
+/// drops it. The rows' references are checked by the load itself meanwhile
+/// (`upsert_mandates`, under table locks), and again by the foreign keys
+/// when they come back.
 pub(super) async fn begin_mandate_bulk_load(
     store: &PgStore,
     resuming: bool,
@@ -122,29 +125,58 @@ pub(super) async fn begin_mandate_bulk_load(
                 &[],
             )
             .await?;
-        for r in indexes {
-            let (name, sql): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-            tx.execute(
-                "INSERT INTO bulk_dropped_index (name, sql) VALUES ($1, $2)
-                 ON CONFLICT (name) DO NOTHING",
-                &[&name, &sql],
+        let keys = tx
+            .query(
+                "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+                 WHERE conrelid = 'mandate'::regclass AND contype = 'f'",
+                &[],
             )
             .await?;
-            tx.batch_execute(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))
+        for r in indexes {
+            let (name, sql): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            keep(&tx, &name, "index", &sql).await?;
+            tx.batch_execute(&format!("DROP INDEX {}", quoted(&name)))
                 .await?;
+        }
+        for r in keys {
+            let (name, def): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let sql = format!("ALTER TABLE mandate ADD CONSTRAINT {} {def}", quoted(&name));
+            keep(&tx, &name, "constraint", &sql).await?;
+            tx.batch_execute(&format!(
+                "ALTER TABLE mandate DROP CONSTRAINT {}",
+                quoted(&name)
+            ))
+            .await?;
         }
     }
     tx.commit().await?;
     Ok(empty)
 }
 
-/// Makes again every index a bulk load dropped (at its end, and when a
-/// store is opened), each in its own transaction with its row's removal.
+/// An identifier, quoted.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Records what is about to be dropped, unless a load already did.
+async fn keep(tx: &Transaction<'_>, name: &str, kind: &str, sql: &str) -> Result<(), StorageError> {
+    tx.execute(
+        "INSERT INTO bulk_dropped (name, kind, sql) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO NOTHING",
+        &[&name, &kind, &sql],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Makes again everything a bulk load dropped (at its end, and when a
+/// store is opened), indexes first, each in its own transaction with its
+/// row's removal.
 pub(super) async fn rebuild_dropped_indexes(store: &PgStore) -> Result<(), StorageError> {
     let mut client = store.client().await?;
     let dropped = client
         .query(
-            "SELECT name, sql FROM bulk_dropped_index ORDER BY name",
+            "SELECT name, kind, sql FROM bulk_dropped ORDER BY kind DESC, name",
             &[],
         )
         .await?;
@@ -156,16 +188,23 @@ pub(super) async fn rebuild_dropped_indexes(store: &PgStore) -> Result<(), Stora
             .await?;
     }
     for r in dropped {
-        let (name, sql): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        let (name, kind, sql): (String, String, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         let tx = client.transaction().await?;
         let exists: bool = tx
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .query_one(
+                "SELECT CASE WHEN $2 = 'index' THEN to_regclass($1) IS NOT NULL
+                        ELSE EXISTS (SELECT 1 FROM pg_constraint
+                                     WHERE conname = $1 AND conrelid = 'mandate'::regclass)
+                        END",
+                &[&name, &kind],
+            )
             .await?
             .try_get(0)?;
         if !exists {
             tx.batch_execute(&sql).await?;
         }
-        tx.execute("DELETE FROM bulk_dropped_index WHERE name = $1", &[&name])
+        tx.execute("DELETE FROM bulk_dropped WHERE name = $1", &[&name])
             .await?;
         tx.commit().await?;
     }

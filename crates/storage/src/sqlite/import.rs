@@ -157,7 +157,7 @@ pub(crate) fn gone(kind: ImportKind) -> StorageError {
 
 /// Prepares a first load of mandates: if none is stored yet (or the rest
 /// of such a load resumes), records each secondary index of `mandate`
-/// with its statement in `bulk_dropped_index` and drops it.
+/// with its statement in `bulk_dropped` and drops it.
 pub(super) async fn begin_mandate_bulk_load(
     store: &SqliteStore,
     resuming: bool,
@@ -180,7 +180,8 @@ pub(super) async fn begin_mandate_bulk_load(
                     .collect::<Result<_, _>>()?;
                 for (name, sql) in indexes {
                     tx.execute(
-                        "INSERT OR IGNORE INTO bulk_dropped_index (name, sql) VALUES (?1, ?2)",
+                        "INSERT OR IGNORE INTO bulk_dropped (name, kind, sql)
+                         VALUES (?1, 'index', ?2)",
                         params![name, sql],
                     )?;
                     tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
@@ -196,7 +197,7 @@ pub(super) async fn begin_mandate_bulk_load(
 /// store is opened), each in its own transaction with its row's removal.
 pub(super) fn rebuild_dropped_indexes(c: &mut Connection) -> Result<(), StorageError> {
     let dropped: Vec<(String, String)> = c
-        .prepare("SELECT name, sql FROM bulk_dropped_index ORDER BY name")?
+        .prepare("SELECT name, sql FROM bulk_dropped ORDER BY name")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (name, sql) in dropped {
@@ -209,7 +210,7 @@ pub(super) fn rebuild_dropped_indexes(c: &mut Connection) -> Result<(), StorageE
         if !exists {
             tx.execute_batch(&sql)?;
         }
-        tx.execute("DELETE FROM bulk_dropped_index WHERE name = ?1", [&name])?;
+        tx.execute("DELETE FROM bulk_dropped WHERE name = ?1", [&name])?;
         tx.commit()?;
     }
     Ok(())
