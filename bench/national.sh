@@ -62,8 +62,15 @@ SUMMARY="$WORK/summary-$BACKEND.txt"
 # functions' results.
 say() { echo "$*" | tee -a "$SUMMARY" >&2; }
 
+# One backend's registry at a time: the other's goes first.
+if [ "$BACKEND" = postgres ]; then rm -rf "$WORK/sqlite-$PERSONS"; else
+  psql "$PG" -qc "DROP DATABASE IF EXISTS rempart_national WITH (FORCE)" > /dev/null 2>&1 || true; fi
 free_gb=$(df -BG --output=avail "$WORK" | tail -1 | tr -dc 0-9)
-need_gb=$(( PERSONS * (200 + 650) / 1000000000 + 1 ))
+# About 650 bytes a person stored (PostgreSQL; SQLite 590), and 200 of CSV
+# unless it is there already.
+csv_bytes=200
+[ -f "$WORK/csv-$PERSONS-$TODAY/persons.csv" ] && csv_bytes=0
+need_gb=$(( PERSONS * (csv_bytes + 650) / 1000000000 + 1 ))
 say "== national scale, $BACKEND: $PERSONS persons ($SMALL for comparison), $LEAVES ledger leaves"
 say "disk: ${free_gb} GB free in $WORK, about ${need_gb} GB needed for the registry and its CSV"
 [ "$free_gb" -ge "$need_gb" ] || die "not enough disk: scale down with --persons"
@@ -121,10 +128,6 @@ value() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 BIG="$WORK/$BACKEND-$PERSONS"
 BIG_URL=""
 [ "$BACKEND" = postgres ] && BIG_URL="${PG%/*}/rempart_national"
-# One backend's registry at a time: the other's goes first.
-if [ "$BACKEND" = postgres ]; then rm -rf "$WORK/sqlite-$PERSONS"; else
-  psql "$PG" -qc "DROP DATABASE IF EXISTS rempart_national WITH (FORCE)" > /dev/null 2>&1 || true; fi
-
 CSV=$(population_csv "$BIN" "$PERSONS" "$TODAY" "$WORK")
 say "CSV: $(du -sb "$CSV" | cut -f1) bytes in $CSV"
 if [ "$SKIP_IMPORT" = 0 ] || [ ! -d "$BIG" ]; then
