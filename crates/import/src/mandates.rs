@@ -18,7 +18,7 @@ use rempart_domain::records::{RecordError, RecordRules};
 use rempart_storage::{Blind, ImportKind, ImportMark, MandateRow};
 use rempart_vault::Vault;
 
-use crate::persons::finish;
+use crate::persons::conclude;
 use crate::resume::{done, rest, resume_point};
 use crate::{
     FileKind, FileReport, ImportError, ImportOptions, Progress, RawBatch, Reject, RejectSink,
@@ -292,16 +292,8 @@ pub(crate) async fn import_mandates(
         result
     };
     let (parsed, looked_up, written) = tokio::join!(parse, lookup, write);
-    if bulk {
-        // Even after an error: the store must not stay without its indexes.
-        let t = std::time::Instant::now();
-        vault.store().end_bulk_load().await?;
-        report.stages.index = t.elapsed();
-    }
-    written?;
-    looked_up?;
-    parsed?;
-    finish(vault, ImportKind::Mandates, &mut report).await?;
+    let stages = [written, looked_up, parsed];
+    conclude(vault, ImportKind::Mandates, bulk, &mut report, stages).await?;
     Ok(report)
 }
 

@@ -280,26 +280,35 @@ pub(crate) async fn import_persons(
         result
     };
     let (parsed, prepared, written) = tokio::join!(parse, prepare, write);
+    conclude(
+        vault,
+        ImportKind::Persons,
+        bulk,
+        &mut report,
+        [written, prepared, parsed],
+    )
+    .await?;
+    Ok(report)
+}
+
+/// The end of a file's pipeline: its indexes back if it loaded in bulk
+/// (even after an error: the store must not stay without them), then the
+/// first error of its stages, last stage first; or, when all went well,
+/// the file's counts over every run that imported part of it, which are
+/// the store's, and its progress forgotten.
+pub(crate) async fn conclude(
+    vault: &Vault,
+    kind: ImportKind,
+    bulk: bool,
+    report: &mut FileReport,
+    stages: [Result<(), ImportError>; 3],
+) -> Result<(), ImportError> {
     if bulk {
-        // Even after an error: the store must not stay without its indexes.
         let t = std::time::Instant::now();
         vault.store().end_bulk_load().await?;
         report.stages.index = t.elapsed();
     }
-    written?;
-    prepared?;
-    parsed?;
-    finish(vault, ImportKind::Persons, &mut report).await?;
-    Ok(report)
-}
-
-/// The file is done: its counts, over every run that imported part of it,
-/// are the store's; then its progress is forgotten.
-pub(crate) async fn finish(
-    vault: &Vault,
-    kind: ImportKind,
-    report: &mut FileReport,
-) -> Result<(), ImportError> {
+    stages.into_iter().collect::<Result<Vec<()>, _>>()?;
     if let Some(p) = vault.store().import_progress(kind).await? {
         report.records = p.counts.records;
         report.inserted = p.counts.inserted;

@@ -225,12 +225,7 @@ pub(super) async fn lookup_persons(
         )
         .await?;
     for r in client.query(&stmt, &[&blinds]).await? {
-        let i: i64 = r.try_get(0)?;
-        let slot = usize::try_from(i - 1)
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| StorageError::Corrupt(format!("lookup ordinal {i} out of range")))?;
-        *slot = Some(ExistingPerson {
+        *slot(&mut out, r.try_get(0)?)? = Some(ExistingPerson {
             id: PersonId::new(r.try_get(1)?),
             fingerprint: blind(r.try_get(2)?, "fingerprint")?,
             kek_version: to_u32(r.try_get(3)?, "kek_version")?,
@@ -260,14 +255,17 @@ pub(super) async fn lookup_person_ids(
         )
         .await?;
     for r in client.query(&stmt, &[&blinds]).await? {
-        let i: i64 = r.try_get(0)?;
-        let slot = usize::try_from(i - 1)
-            .ok()
-            .and_then(|i| out.get_mut(i))
-            .ok_or_else(|| StorageError::Corrupt(format!("lookup ordinal {i} out of range")))?;
-        *slot = Some(PersonId::new(r.try_get(1)?));
+        *slot(&mut out, r.try_get(0)?)? = Some(PersonId::new(r.try_get(1)?));
     }
     Ok(out)
+}
+
+/// The answer's place for `UNNEST … WITH ORDINALITY`'s ordinal `i` (from 1).
+fn slot<T>(out: &mut [Option<T>], i: i64) -> Result<&mut Option<T>, StorageError> {
+    usize::try_from(i - 1)
+        .ok()
+        .and_then(|i| out.get_mut(i))
+        .ok_or_else(|| StorageError::Corrupt(format!("lookup ordinal {i} out of range")))
 }
 
 pub(super) async fn write_persons(
