@@ -294,6 +294,39 @@ pub(crate) struct RawBatch {
     pub end_line: u64,
 }
 
+/// A batch's good records and refused lines, each with its line number.
+pub(crate) type InFileOrder<T> = (Vec<(u64, T)>, Vec<(u64, RecordError)>);
+
+/// Parses a batch's records in parallel (rayon; call it on a blocking
+/// thread), then keeps, in file order, each record `fresh` has not met
+/// before; a repeat is refused as a duplicate of `field`.
+pub(crate) fn parse_in_file_order<T: Send>(
+    lines: Vec<u64>,
+    records: &[csv::ByteRecord],
+    parse: impl Fn(&[&[u8]]) -> Result<T, RecordError> + Sync,
+    mut fresh: impl FnMut(&T) -> bool,
+    field: &'static str,
+) -> InFileOrder<T> {
+    use rayon::prelude::*;
+    let parsed: Vec<Result<T, RecordError>> = records
+        .par_iter()
+        .map(|rec| {
+            let fields: Vec<&[u8]> = rec.iter().collect();
+            parse(&fields)
+        })
+        .collect();
+    let mut good = Vec::with_capacity(parsed.len());
+    let mut bad = Vec::new();
+    for (line, res) in lines.into_iter().zip(parsed) {
+        match res {
+            Ok(v) if fresh(&v) => good.push((line, v)),
+            Ok(_) => bad.push((line, RecordError::Duplicate { field })),
+            Err(e) => bad.push((line, e)),
+        }
+    }
+    (good, bad)
+}
+
 /// Which part of a file to read: from `from` (a record's start, as an
 /// import's progress recorded it; the top when `None`) up to the record
 /// starting at byte `until` (the end when `None`).

@@ -22,7 +22,7 @@ use crate::persons::conclude;
 use crate::resume::{done, rest, resume_point};
 use crate::{
     FileKind, FileReport, ImportError, ImportOptions, Progress, RawBatch, Reject, RejectSink,
-    csv_error, open_csv, spawn_reader,
+    csv_error, open_csv, parse_in_file_order, spawn_reader,
 };
 
 /// Which mandate references this import has seen, exactly, in memory that
@@ -309,23 +309,13 @@ async fn parse_off_thread(
     let vault = vault.clone();
     tokio::task::spawn_blocking(move || {
         let records = batch.records.len() as u64;
-        let parsed: Vec<Result<Mandate, RecordError>> = batch
-            .records
-            .par_iter()
-            .map(|rec| {
-                let fields: Vec<&[u8]> = rec.iter().collect();
-                rules.mandate(&fields)
-            })
-            .collect();
-        let mut good = Vec::with_capacity(parsed.len());
-        let mut bad = Vec::new();
-        for (line, res) in batch.lines.into_iter().zip(parsed) {
-            match res {
-                Ok(m) if seen.insert(m.reference.as_str()) => good.push((line, m)),
-                Ok(_) => bad.push((line, RecordError::Duplicate { field: "reference" })),
-                Err(e) => bad.push((line, e)),
-            }
-        }
+        let (good, bad) = parse_in_file_order(
+            batch.lines,
+            &batch.records,
+            |fields| rules.mandate(fields),
+            |m: &Mandate| seen.insert(m.reference.as_str()),
+            "reference",
+        );
         let good: Vec<(u64, Mandate, Blind)> = good
             .into_par_iter()
             .map(|(line, m)| {

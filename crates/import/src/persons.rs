@@ -13,15 +13,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use rempart_domain::records::{RecordError, RecordRules};
+use rempart_domain::records::RecordRules;
 use rempart_domain::{FtId, Person, PersonId};
 use rempart_storage::{ImportKind, ImportMark, SealedPerson};
 use rempart_vault::{Sealed, Vault};
 
 use crate::resume::{done, rest, resume_point};
 use crate::{
-    FileKind, FileReport, ImportError, ImportOptions, Progress, RawBatch, Reject, RejectSink, Span,
-    spawn_reader,
+    FileKind, FileReport, ImportError, ImportOptions, InFileOrder, Progress, RawBatch, Reject,
+    RejectSink, Span, parse_in_file_order, spawn_reader,
 };
 
 /// Which France Travail ids this import has seen: one bit per possible id
@@ -320,7 +320,7 @@ pub(crate) async fn conclude(
     Ok(())
 }
 
-type Parsed = (Vec<(u64, Person)>, Vec<(u64, RecordError)>);
+type Parsed = InFileOrder<Person>;
 
 /// Parses a batch on the blocking pool (in parallel with rayon), then drops
 /// duplicates in file order. The bitmap travels with the work and back.
@@ -330,24 +330,14 @@ async fn parse_off_thread(
     mut seen: Box<SeenIds>,
 ) -> Result<(Box<SeenIds>, Parsed), ImportError> {
     tokio::task::spawn_blocking(move || {
-        let parsed: Vec<Result<Person, RecordError>> = batch
-            .records
-            .par_iter()
-            .map(|rec| {
-                let fields: Vec<&[u8]> = rec.iter().collect();
-                rules.person(&fields)
-            })
-            .collect();
-        let mut good = Vec::with_capacity(parsed.len());
-        let mut bad = Vec::new();
-        for (line, res) in batch.lines.into_iter().zip(parsed) {
-            match res {
-                Ok(p) if seen.insert(&p.identity.ft_id) => good.push((line, p)),
-                Ok(_) => bad.push((line, RecordError::Duplicate { field: "ft_id" })),
-                Err(e) => bad.push((line, e)),
-            }
-        }
-        (seen, (good, bad))
+        let parsed = parse_in_file_order(
+            batch.lines,
+            &batch.records,
+            |fields| rules.person(fields),
+            |p: &Person| seen.insert(&p.identity.ft_id),
+            "ft_id",
+        );
+        (seen, parsed)
     })
     .await
     .map_err(|e| ImportError::Task(e.to_string()))
