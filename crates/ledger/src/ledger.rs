@@ -217,6 +217,7 @@ impl Ledger {
                     writer,
                     state,
                     resync: false,
+                    pending: None,
                 })
             }
             Err(StoreError::WriterBusy(_)) if stager.is_some() => None,
@@ -539,6 +540,9 @@ struct Integrator {
     state: State,
     /// Set after a failed write: the store's state must be re-read.
     resync: bool,
+    /// The tree a failed write would have made: its commit may have
+    /// happened, so the store may be there instead of at `state`.
+    pending: Option<Frontier>,
 }
 
 struct Appender {
@@ -682,6 +686,7 @@ impl Appender {
                     writer,
                     state,
                     resync: false,
+                    pending: None,
                 });
             }
             Err(e) => {
@@ -814,7 +819,7 @@ impl Appender {
             return false;
         };
         if integrator.resync {
-            match reload(integrator).await {
+            match reload(integrator, &self.store.location()).await {
                 Ok(()) => integrator.resync = false,
                 Err(e) => {
                     let busy = matches!(e, LedgerError::Store(StoreError::WriterBusy(_)));
@@ -913,6 +918,7 @@ impl Appender {
             }
             Err(e) => {
                 integrator.resync = true;
+                integrator.pending = Some(frontier);
                 let busy = matches!(e, StoreError::WriterBusy(_));
                 let reason = e.to_string();
                 for reply in replies {
@@ -931,7 +937,7 @@ impl Appender {
             return Err(LedgerError::NotIntegrating);
         };
         if integrator.resync {
-            if let Err(e) = reload(integrator).await {
+            if let Err(e) = reload(integrator, &self.store.location()).await {
                 if matches!(e, LedgerError::Store(StoreError::WriterBusy(_))) {
                     self.step_down().await;
                 }
@@ -980,12 +986,32 @@ fn push_row(frontier: &mut Frontier, rows: &mut Vec<LeafRow>, mut row: LeafRow, 
     rows.push(row);
 }
 
-/// Re-reads size and frontier from the store (after a failed write, whose
-/// commit may or may not have happened).
-async fn reload(integrator: &mut Integrator) -> Result<(), LedgerError> {
+/// Re-reads size and frontier from the store after a failed write, whose
+/// commit may or may not have happened: the store must be where this
+/// appender left it or where the failed write would have taken it. Anything
+/// else was written behind the appender's back (it holds the only writer):
+/// it is not adopted into the log, and appends stay refused.
+async fn reload(integrator: &mut Integrator, location: &str) -> Result<(), LedgerError> {
     let size = integrator.writer.size().await?;
     let nodes = integrator.writer.nodes(&root_nodes(size)).await?;
-    integrator.state.frontier = Frontier::from_nodes(size, nodes)?;
+    let found = Frontier::from_nodes(size, nodes)?;
+    let same = |f: &Frontier| f.size() == found.size() && f.nodes() == found.nodes();
+    if !same(&integrator.state.frontier) && !integrator.pending.as_ref().is_some_and(same) {
+        return Err(LedgerError::Inconsistent {
+            location: location.to_owned(),
+            reason: format!(
+                "the store changed behind its appender: it holds {size} leaves, the appender \
+                 wrote {} (or {} if its last write committed)",
+                integrator.state.frontier.size(),
+                integrator
+                    .pending
+                    .as_ref()
+                    .map_or(integrator.state.frontier.size(), Frontier::size)
+            ),
+        });
+    }
+    integrator.state.frontier = found;
+    integrator.pending = None;
     Ok(())
 }
 

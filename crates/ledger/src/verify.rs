@@ -336,6 +336,8 @@ struct Checker {
     node_mismatch_seen: bool,
     stopped: bool,
     buf: Vec<u8>,
+    /// The store keeps the hashes of this level and up with each leaf.
+    lowest: u8,
 }
 
 impl Checker {
@@ -388,14 +390,18 @@ impl Checker {
             }
             self.buf.clear();
             self.frontier.push_into(leaf_hash(&row.data), &mut self.buf);
-            if self.buf != row.nodes {
+            let kept = self
+                .buf
+                .get(usize::from(self.lowest) * 32..)
+                .unwrap_or_default();
+            if kept != row.nodes {
                 if self.node_mismatch_seen {
                     // Consequences of the first one: the recomputation goes
                     // on from the leaves, and checkpoints will tell.
                     self.omitted += 1;
                 } else {
                     self.node_mismatch_seen = true;
-                    let level = first_difference(&self.buf, &row.nodes);
+                    let level = first_difference(kept, &row.nodes).saturating_add(self.lowest);
                     self.problem(Problem::NodeMismatch {
                         index: row.index,
                         level,
@@ -523,6 +529,7 @@ pub async fn verify_with(
         node_mismatch_seen: false,
         stopped: false,
         buf: Vec::with_capacity(64 * 32),
+        lowest: store.lowest_stored_level(),
     };
     checker.check_checkpoints();
 
@@ -670,7 +677,23 @@ fn finish(
             },
         });
     }
-    let first_bad_leaf = c.problems.iter().filter_map(Problem::first_leaf).min();
+    // Without a problem naming a leaf (a store that keeps no hash below the
+    // tile level names none inside a tile), the first leaf in doubt is the
+    // one after the last checkpoint that matched.
+    let first_bad_leaf = c
+        .problems
+        .iter()
+        .filter_map(Problem::first_leaf)
+        .min()
+        .or_else(|| {
+            c.problems
+                .iter()
+                .filter_map(|p| match p {
+                    Problem::CheckpointRootMismatch { last_good, .. } => Some(*last_good),
+                    _ => None,
+                })
+                .min()
+        });
     let first_unchecked = if c.stopped {
         unreached.first().map(|cp| cp.size)
     } else {

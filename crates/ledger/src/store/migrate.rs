@@ -22,6 +22,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "staging",
         sql: include_str!("../../migrations/sqlite/0003_staging.sql"),
     },
+    Migration {
+        version: 4,
+        name: "compact",
+        sql: include_str!("../../migrations/sqlite/0004_compact.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -40,6 +45,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "staging",
         sql: include_str!("../../migrations/postgres/0003_staging.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "compact",
+        sql: include_str!("../../migrations/postgres/0004_compact.sql"),
     },
 ];
 

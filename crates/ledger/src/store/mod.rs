@@ -21,7 +21,13 @@ use crate::merkle::{Hash, NodeId, completed_count};
 
 pub(crate) mod migrate;
 pub mod postgres;
+pub(crate) mod posting;
 pub mod sqlite;
+
+/// The level below which a store may keep no subtree hashes: a subtree of
+/// `2^TILE_LEVEL` leaves is a tile (C2SP tlog-tiles' width), and hashes
+/// inside a tile are recomputed from its leaves.
+pub(crate) const TILE_LEVEL: u8 = 8;
 
 /// A storage failure. Messages carry no leaf content.
 #[derive(Debug, thiserror::Error)]
@@ -118,12 +124,13 @@ impl From<rempart_sql::MigrationError> for StoreError {
     }
 }
 
-/// A segment table that does not hold exactly the keys of its segment's
-/// leaves (a query could miss or invent leaves), or a complete segment
-/// that is not indexed.
+/// A query index table that does not hold exactly the postings of a run's
+/// leaves (a query could miss or invent leaves), or runs that do not cover
+/// the leaves without gap or overlap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexProblem {
-    /// The first segment in doubt (leaves `segment << 14` onwards).
+    /// The first segment in doubt (leaves `segment << 14` onwards): the
+    /// start of the run in doubt.
     pub segment: u64,
     /// The table.
     pub table: &'static str,
@@ -242,6 +249,13 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// Number of leaves (one past the highest index).
     async fn size(&self) -> Result<u64, StoreError>;
 
+    /// The lowest level of the hashes a [`LeafRow`] read back carries in
+    /// `nodes`: 0 if every completed subtree's hash is stored with its
+    /// leaf, [`TILE_LEVEL`] if those inside a tile are recomputed instead.
+    fn lowest_stored_level(&self) -> u8 {
+        0
+    }
+
     /// Hashes of complete subtrees, in the order asked.
     async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError>;
 
@@ -261,7 +275,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// Distinct persons whose data `account` was shown in `[from, to)`,
     /// ascending.
     /// Derived query structures that disagree with the leaves they were
-    /// built from. Only SQLite has any (its segment tables); PostgreSQL's
+    /// built from. Only SQLite has any (its runs of postings); PostgreSQL's
     /// indexes are its own and checked by it.
     async fn index_problems(&self) -> Result<Vec<IndexProblem>, StoreError> {
         Ok(Vec::new())
@@ -326,17 +340,20 @@ pub(crate) fn node_location(id: NodeId) -> (u64, usize) {
     (id.last_leaf(), usize::from(id.level) * 32)
 }
 
-/// Extracts subtree `id` from the `nodes` column of its leaf.
-pub(crate) fn node_from_column(id: NodeId, nodes: &[u8]) -> Result<Hash, StoreError> {
+/// Extracts subtree `id` from the `nodes` column of its leaf, which holds
+/// the hashes from level `lowest` up.
+pub(crate) fn node_from_column(id: NodeId, nodes: &[u8], lowest: u8) -> Result<Hash, StoreError> {
     let (leaf, offset) = node_location(id);
     let missing = StoreError::MissingNode {
         level: id.level,
         index: id.index,
         leaf,
     };
-    if nodes.len() != completed_count(leaf) * 32 {
+    let skipped = usize::from(lowest) * 32;
+    if id.level < lowest || nodes.len() + skipped != completed_count(leaf).max(lowest.into()) * 32 {
         return Err(missing);
     }
+    let offset = offset - skipped;
     nodes
         .get(offset..offset + 32)
         .and_then(|s| s.try_into().ok())
@@ -371,9 +388,17 @@ mod tests {
         assert_eq!(node_location(NodeId::new(3, 0)), (7, 96));
         let nodes: Vec<u8> = (0..4u8).flat_map(|l| [l; 32]).collect();
         assert_eq!(
-            node_from_column(NodeId::new(2, 1), &nodes).unwrap(),
+            node_from_column(NodeId::new(2, 1), &nodes, 0).unwrap(),
             [2; 32]
         );
-        assert!(node_from_column(NodeId::new(0, 6), &nodes).is_err());
+        assert!(node_from_column(NodeId::new(0, 6), &nodes, 0).is_err());
+        // Leaf 1023 completes levels 0 to 10; from level 8, three are kept.
+        let upper: Vec<u8> = (8..11u8).flat_map(|l| [l; 32]).collect();
+        assert_eq!(
+            node_from_column(NodeId::new(9, 1), &upper, 8).unwrap(),
+            [9; 32]
+        );
+        assert!(node_from_column(NodeId::new(7, 7), &upper, 8).is_err());
+        assert!(node_from_column(NodeId::new(8, 3), &upper[32..], 8).is_err());
     }
 }

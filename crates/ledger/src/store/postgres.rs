@@ -300,7 +300,7 @@ fn nodes_from_rows(ids: &[NodeId], rows: Vec<Row>) -> Result<Vec<Hash>, StoreErr
         .map(|id| {
             let leaf = node_location(*id).0;
             match i64::try_from(leaf).ok().and_then(|l| by_leaf.get(&l)) {
-                Some(nodes) => node_from_column(*id, nodes),
+                Some(nodes) => node_from_column(*id, nodes, 0),
                 None => Err(StoreError::MissingNode {
                     level: id.level,
                     index: id.index,

@@ -4,7 +4,6 @@
 //! connections on tokio's blocking pool; the single writer owns one
 //! connection and the lock file `ledger.lock` for as long as it lives.
 
-use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +13,17 @@ use async_trait::async_trait;
 use rempart_sql::SqliteReaders;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-mod segments;
+mod runs;
 
-use segments::SegmentIndexer;
+use runs::RunIndexer;
 
 use super::{
     IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError,
-    StoredCheckpoint, Subject, migrate, node_from_column, node_location, page_start, to_i64,
-    to_u64,
+    StoredCheckpoint, TILE_LEVEL, migrate, node_from_column, node_location, to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
-use crate::merkle::{Hash, NodeId};
+use crate::merkle::{Hash, NodeId, leaf_hash, node_hash};
+use crate::store::posting::LeafKeys;
 
 /// File name of the ledger inside the data directory.
 pub const FILE_NAME: &str = "ledger.db";
@@ -32,10 +31,6 @@ pub const FILE_NAME: &str = "ledger.db";
 pub const LOCK_FILE_NAME: &str = "ledger.lock";
 
 const READERS: usize = 4;
-
-/// Leaves per index segment, as a shift: must match the `<< 14` and
-/// `>> 14` of the SQL here and of migration 0002.
-const SEGMENT_SHIFT: u32 = 14;
 
 /// The SQLite ledger.
 #[derive(Clone)]
@@ -121,109 +116,83 @@ fn size_of(conn: &Connection) -> Result<u64, StoreError> {
     to_u64(next, "leaf count")
 }
 
-/// How many segments are in the segment tables: segments `0..n` are, the
-/// leaves from `n << SEGMENT_SHIFT` on are the unindexed tail.
-fn indexed_segments(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT coalesce(max(segment) + 1, 0) FROM leaf_segment")?
-        .query_row([], |r| r.get(0))?)
-}
-
-/// One of the three segment tables, and how a segment's rows are read
-/// back in the table's primary-key order (`stored`, with the segment as
-/// `?1`: the key, time, idx, then the account table's extra columns). The
-/// writer inserts them in that order (see `segments`).
-struct SegmentTable {
-    name: &'static str,
-    stored: &'static str,
-}
-
-const SEGMENT_TABLES: [SegmentTable; 3] = [
-    SegmentTable {
-        name: "leaf_by_account",
-        stored: "SELECT account, time_us, idx, reveals, person FROM leaf_by_account
-                 WHERE segment = ?1 ORDER BY account, time_us, idx",
-    },
-    SegmentTable {
-        name: "leaf_by_organisation",
-        stored: "SELECT organisation, time_us, idx FROM leaf_by_organisation
-                 WHERE segment = ?1 ORDER BY organisation, time_us, idx",
-    },
-    SegmentTable {
-        name: "leaf_by_person",
-        stored: "SELECT person, time_us, idx FROM leaf_by_person
-                 WHERE segment = ?1 ORDER BY person, time_us, idx",
-    },
-];
-
-/// Compares the segment tables with the leaves they were built from, one
-/// segment at a time: the keys of each table must be exactly those of the
-/// leaves, and every complete segment but the last must be indexed (the
-/// writer fills the last one slice by slice).
-fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreError> {
-    let tx = c.unchecked_transaction()?;
-    let indexed = indexed_segments(&tx)?;
-    let complete = size_of(&tx)? >> SEGMENT_SHIFT;
-    let mut problems = Vec::new();
-    let listed: i64 = tx.query_row("SELECT count(*) FROM leaf_segment", [], |r| r.get(0))?;
-    // The last complete segment may still be being indexed.
-    let behind = complete.saturating_sub(to_u64(indexed, "segment")?);
-    if listed != indexed || behind > 1 {
-        problems.push(IndexProblem {
-            segment: to_u64(indexed.min(listed), "segment")?,
-            table: "leaf_segment",
-        });
-    }
-    for segment in 0..indexed {
-        let matches = segments::segment_matches(&tx, segment)?;
-        for (t, same) in SEGMENT_TABLES.iter().zip(matches) {
-            if !same {
-                problems.push(IndexProblem {
-                    segment: to_u64(segment, "segment")?,
-                    table: t.name,
-                });
-            }
-        }
-    }
-    Ok(problems)
-}
-
+/// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
+/// `nodes` of the leaf completing them, the lower ones recomputed from
+/// their leaves (at most 128 of them: a lower subtree lies in one tile).
 fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT nodes FROM leaf WHERE idx = ?1")?;
+    let mut stored = conn.prepare_cached("SELECT nodes FROM leaf WHERE idx = ?1")?;
+    let mut leaves =
+        conn.prepare_cached("SELECT data FROM leaf WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")?;
     ids.iter()
         .map(|id| {
             let (leaf, _) = node_location(*id);
-            let nodes: Option<Vec<u8>> = stmt
-                .query_row([to_i64(leaf, "leaf index")?], |r| r.get(0))
-                .optional()?;
-            match nodes {
-                Some(n) => node_from_column(*id, &n),
-                None => Err(StoreError::MissingNode {
-                    level: id.level,
-                    index: id.index,
-                    leaf,
-                }),
+            let missing = || StoreError::MissingNode {
+                level: id.level,
+                index: id.index,
+                leaf,
+            };
+            if id.level >= TILE_LEVEL {
+                let nodes: Option<Option<Vec<u8>>> = stored
+                    .query_row([to_i64(leaf, "leaf index")?], |r| r.get(0))
+                    .optional()?;
+                return match nodes {
+                    Some(n) => node_from_column(*id, &n.unwrap_or_default(), TILE_LEVEL),
+                    None => Err(missing()),
+                };
             }
+            let mut rows = leaves.query([
+                to_i64(id.first_leaf(), "leaf index")?,
+                to_i64(leaf, "leaf index")?,
+            ])?;
+            let mut hashes = Vec::with_capacity(1 << id.level);
+            while let Some(r) = rows.next()? {
+                hashes.push(leaf_hash(blob(r, 0)?));
+            }
+            if hashes.len() != 1 << id.level {
+                return Err(missing());
+            }
+            while hashes.len() > 1 {
+                hashes = hashes
+                    .chunks_exact(2)
+                    .map(|pair| node_hash(&pair[0], &pair[1]))
+                    .collect();
+            }
+            hashes.pop().ok_or_else(missing)
         })
         .collect()
 }
 
-fn leaf_row(r: &Row<'_>) -> rusqlite::Result<(i64, LeafRow)> {
+/// Column `i` of `r` as a blob, not copied.
+fn blob<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r [u8], StoreError> {
+    r.get_ref(i)?
+        .as_blob()
+        .map_err(|e| StoreError::Corrupt(format!("a leaf's data: {e}")))
+}
+
+/// A leaf as read back: its query columns decoded from its bytes (zero
+/// for a leaf that does not decode: the verifier reports it).
+fn leaf_row(r: &Row<'_>) -> Result<LeafRow, StoreError> {
     let idx: i64 = r.get(0)?;
-    Ok((
+    let data: Vec<u8> = r.get(1)?;
+    let keys = LeafKeys::decode(idx, &data).unwrap_or(LeafKeys {
         idx,
-        LeafRow {
-            index: 0,
-            time: r.get(1)?,
-            account: r.get(2)?,
-            organisation: r.get(3)?,
-            person: r.get(4)?,
-            reveals: r.get(5)?,
-            data: r.get(6)?,
-            nodes: r.get(7)?,
-            receipt: None,
-        },
-    ))
+        time: 0,
+        account: 0,
+        organisation: 0,
+        person: None,
+        reveals: false,
+    });
+    Ok(LeafRow {
+        index: to_u64(idx, "leaf index")?,
+        time: keys.time,
+        account: keys.account,
+        organisation: keys.organisation,
+        person: keys.person,
+        reveals: keys.reveals,
+        data,
+        nodes: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+        receipt: None,
+    })
 }
 
 fn checkpoint_row(r: &Row<'_>) -> rusqlite::Result<(i64, i64, String)> {
@@ -257,6 +226,10 @@ impl LedgerStore for SqliteLedgerStore {
         self.read(size_of).await
     }
 
+    fn lowest_stored_level(&self) -> u8 {
+        TILE_LEVEL
+    }
+
     async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
         let ids = ids.to_vec();
         self.read(move |c| nodes_of(c, &ids)).await
@@ -267,16 +240,14 @@ impl LedgerStore for SqliteLedgerStore {
         let end = from.saturating_add(i64::try_from(count).unwrap_or(i64::MAX));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT idx, time_us, account, organisation, person, reveals, data, nodes
-                 FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+                "SELECT idx, data, nodes FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
             )?;
-            let rows = stmt.query_map([from, end], leaf_row)?;
-            rows.map(|r| {
-                let (idx, mut row) = r?;
-                row.index = to_u64(idx, "leaf index")?;
-                Ok(row)
-            })
-            .collect()
+            let mut rows = stmt.query([from, end])?;
+            let mut leaves = Vec::new();
+            while let Some(r) = rows.next()? {
+                leaves.push(leaf_row(r)?);
+            }
+            Ok(leaves)
         })
         .await
     }
@@ -306,82 +277,8 @@ impl LedgerStore for SqliteLedgerStore {
     }
 
     async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
-        let (table, column, id) = match range.subject {
-            Subject::Account(a) => ("leaf_by_account", "account", a.get()),
-            Subject::Organisation(o) => ("leaf_by_organisation", "organisation", o.get()),
-            Subject::Person(p) => ("leaf_by_person", "person", p.get()),
-        };
-        let (after_time, after_idx) = page_start(range)?;
-        let (from, to) = (range.from.0, range.to.0);
-        let limit = range.limit as usize;
-        self.read(move |c| {
-            // One snapshot for the segment tables and the tail.
-            let tx = c.unchecked_transaction()?;
-            let indexed = indexed_segments(&tx)?;
-            // Each segment gives its first `limit` candidates from its keys
-            // alone, the tail its own; the best `limit` of all are then read.
-            // Table and column names come from the match above, never from
-            // input.
-            let mut in_segment = tx.prepare_cached(&format!(
-                "SELECT time_us, idx FROM {table}
-                 WHERE segment = ?1 AND {column} = ?2
-                   AND time_us >= ?3 AND time_us < ?4 AND (time_us, idx) > (?5, ?6)
-                 ORDER BY time_us, idx LIMIT ?7"
-            ))?;
-            let mut best: Vec<(i64, i64)> = Vec::new();
-            let keep = |rows: &mut dyn Iterator<Item = rusqlite::Result<(i64, i64)>>,
-                        best: &mut Vec<(i64, i64)>|
-             -> Result<(), StoreError> {
-                for row in rows {
-                    best.push(row?);
-                }
-                if best.len() > 4 * limit.max(1) {
-                    best.sort_unstable();
-                    best.truncate(limit);
-                }
-                Ok(())
-            };
-            for segment in 0..indexed {
-                let mut rows = in_segment.query_map(
-                    params![segment, id, from, to, after_time, after_idx, limit as i64],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-                )?;
-                keep(&mut rows, &mut best)?;
-            }
-            let mut in_tail = tx.prepare_cached(&format!(
-                "SELECT time_us, idx FROM leaf
-                 WHERE idx >= ?1 AND {column} = ?2
-                   AND time_us >= ?3 AND time_us < ?4 AND (time_us, idx) > (?5, ?6)
-                 ORDER BY time_us, idx LIMIT ?7"
-            ))?;
-            let mut rows = in_tail.query_map(
-                params![
-                    indexed << SEGMENT_SHIFT,
-                    id,
-                    from,
-                    to,
-                    after_time,
-                    after_idx,
-                    limit as i64
-                ],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )?;
-            keep(&mut rows, &mut best)?;
-            drop(rows);
-            best.sort_unstable();
-            best.truncate(limit);
-            let mut data = tx.prepare_cached("SELECT data FROM leaf WHERE idx = ?1")?;
-            best.into_iter()
-                .map(|(time, idx)| {
-                    Ok(RawEntry {
-                        index: to_u64(idx, "leaf index")?,
-                        time,
-                        data: data.query_row([idx], |r| r.get(0))?,
-                    })
-                })
-                .collect()
-        })
-        .await
+        let range = *range;
+        self.read(move |c| runs::query(c, &range)).await
     }
 
     async fn persons_revealed_to(
@@ -390,43 +287,12 @@ impl LedgerStore for SqliteLedgerStore {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<PersonId>, StoreError> {
-        self.read(move |c| {
-            let tx = c.unchecked_transaction()?;
-            let indexed = indexed_segments(&tx)?;
-            let mut in_segment = tx.prepare_cached(
-                "SELECT person FROM leaf_by_account
-                 WHERE segment = ?1 AND account = ?2
-                   AND time_us >= ?3 AND time_us < ?4
-                   AND reveals = 1 AND person IS NOT NULL",
-            )?;
-            let mut persons = BTreeSet::new();
-            for segment in 0..indexed {
-                let rows = in_segment
-                    .query_map(params![segment, account.get(), from.0, to.0], |r| r.get(0))?;
-                for person in rows {
-                    persons.insert(person?);
-                }
-            }
-            let mut in_tail = tx.prepare_cached(
-                "SELECT person FROM leaf
-                 WHERE idx >= ?1 AND account = ?2
-                   AND time_us >= ?3 AND time_us < ?4
-                   AND reveals = 1 AND person IS NOT NULL",
-            )?;
-            let rows = in_tail.query_map(
-                params![indexed << SEGMENT_SHIFT, account.get(), from.0, to.0],
-                |r| r.get(0),
-            )?;
-            for person in rows {
-                persons.insert(person?);
-            }
-            Ok(persons.into_iter().map(PersonId::new).collect())
-        })
-        .await
+        self.read(move |c| runs::persons_revealed_to(c, account, from, to))
+            .await
     }
 
     async fn index_problems(&self) -> Result<Vec<IndexProblem>, StoreError> {
-        self.read(index_problems).await
+        self.read(runs::index_problems).await
     }
 }
 
@@ -446,8 +312,15 @@ struct WriterConn {
     db: Connection,
     /// `None` until the first append, and again after a failed one (its
     /// state may then be ahead of the database): rebuilt from the database.
-    segments: Option<SegmentIndexer>,
+    runs: Option<RunIndexer>,
+    /// Set when the index's work failed: appends go on without it (queries
+    /// scan the leaves its runs do not cover) until then, when it is
+    /// reloaded from the database and tried again.
+    index_paused_until: Option<std::time::Instant>,
 }
+
+/// How long the index rests after its work failed.
+const INDEX_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Copies committed WAL frames into the database file off the append path.
 /// SQLite's automatic checkpoint runs inside the commit that crosses its
@@ -554,7 +427,8 @@ impl SqliteWriter {
         Ok(SqliteWriter {
             conn: Some(WriterConn {
                 db: conn,
-                segments: None,
+                runs: None,
+                index_paused_until: None,
             }),
             checkpointer: Some(Checkpointer::start(path)?),
             inline: false,
@@ -615,7 +489,7 @@ impl LedgerWriter for SqliteWriter {
             });
             if committed.is_err() {
                 let _ = c.db.execute_batch("ROLLBACK");
-                c.segments = None;
+                c.runs = None;
             }
             committed
         })
@@ -652,8 +526,7 @@ impl LedgerWriter for SqliteWriter {
 }
 
 /// Checks that the log is still `first` leaves long, then inserts `rows`
-/// and the next slice of the segment tables, inside the caller's
-/// transaction.
+/// and moves the query index forward, inside the caller's transaction.
 fn append_rows(w: &mut WriterConn, first: u64, rows: &[LeafRow]) -> Result<(), StoreError> {
     let c = &w.db;
     let found = size_of(c)?;
@@ -663,32 +536,60 @@ fn append_rows(w: &mut WriterConn, first: u64, rows: &[LeafRow]) -> Result<(), S
             found,
         });
     }
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO leaf (idx, time_us, account, organisation, person, reveals, data, nodes)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
+    let mut stmt = c.prepare_cached("INSERT INTO leaf (idx, data, nodes) VALUES (?1, ?2, ?3)")?;
     for row in rows {
         stmt.execute(params![
             to_i64(row.index, "leaf index")?,
-            row.time,
-            row.account,
-            row.organisation,
-            row.person,
-            row.reveals,
             row.data,
-            row.nodes
+            stored_nodes(&row.nodes)
         ])?;
     }
     drop(stmt);
-    let segments = match &mut w.segments {
-        Some(s) => s,
-        // Loaded after the insert, so it must not see the new rows twice:
-        // it reads them, and is told about none.
-        None => {
-            return w.segments.insert(SegmentIndexer::load(c)?).appended(c, &[]);
+    w.index(rows)
+}
+
+/// The part of a leaf's completed-subtree hashes that is stored: levels
+/// `TILE_LEVEL` and up, `None` for a leaf that completes none of them.
+fn stored_nodes(nodes: &[u8]) -> Option<&[u8]> {
+    nodes
+        .get(usize::from(TILE_LEVEL) * 32..)
+        .filter(|n| !n.is_empty())
+}
+
+impl WriterConn {
+    /// Moves the query index forward inside a savepoint of the append's
+    /// transaction. The leaves do not depend on it: if its work fails, only
+    /// that work is rolled back, the failure is logged, and the appends go
+    /// on while it rests (queries scan what its runs do not cover yet).
+    fn index(&mut self, rows: &[LeafRow]) -> Result<(), StoreError> {
+        if let Some(until) = self.index_paused_until {
+            if std::time::Instant::now() < until {
+                return Ok(());
+            }
+            self.index_paused_until = None;
+            self.runs = None;
         }
-    };
-    segments.appended(c, rows)
+        let c = &self.db;
+        c.prepare_cached("SAVEPOINT runs")?.execute([])?;
+        let worked = match &mut self.runs {
+            Some(r) => r.appended(c, rows),
+            // Loaded after the insert, so it must not see the new rows
+            // twice: it reads them, and is told about none.
+            None => RunIndexer::load(c).and_then(|r| self.runs.insert(r).appended(c, &[])),
+        };
+        match worked {
+            Ok(()) => {
+                c.prepare_cached("RELEASE runs")?.execute([])?;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ledger: the query index failed; appends go on, it retries in 30 s");
+                c.execute_batch("ROLLBACK TO runs; RELEASE runs;")?;
+                self.runs = None;
+                self.index_paused_until = Some(std::time::Instant::now() + INDEX_RETRY);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -704,145 +605,327 @@ mod tests {
         rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
     }
 
-    /// The per-segment queries seek the segment tables by their keys,
-    /// breach scoping reads the account table alone, and the tail is a
-    /// range of the leaf table.
+    /// Queries seek each run by key and cursor, merges read each source
+    /// in key order, deletions go by key, and the tail is a range of the
+    /// leaf table: no sort, no scan of a whole table.
     #[tokio::test]
-    async fn queries_seek_the_segment_tables() {
+    async fn index_statements_seek() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
         let c = Connection::open(store.path()).unwrap();
-        let persons = plan(
-            &c,
-            "SELECT person FROM leaf_by_account
-             WHERE segment = ?1 AND account = ?2
-               AND time_us >= ?3 AND time_us < ?4
-               AND reveals = 1 AND person IS NOT NULL",
-        );
-        assert!(
-            persons.contains("SEARCH leaf_by_account USING PRIMARY KEY (segment=? AND account=? AND time_us>? AND time_us<?)"),
-            "{persons}"
-        );
-        for (table, column) in [
-            ("leaf_by_account", "account"),
-            ("leaf_by_organisation", "organisation"),
-            ("leaf_by_person", "person"),
-        ] {
-            let p = plan(
-                &c,
-                &format!(
-                    "SELECT time_us, idx FROM {table}
-                     WHERE segment = ?1 AND {column} = ?2
-                       AND time_us >= ?3 AND time_us < ?4 AND (time_us, idx) > (?5, ?6)
-                     ORDER BY time_us, idx LIMIT ?7"
+        for table in ["posting_account", "posting_organisation", "posting_person"] {
+            for (sql, wanted) in [
+                (
+                    format!(
+                        "SELECT key, time_last, idx_last, postings FROM {table}
+                         WHERE run = ?1 AND key = ?2 AND (time_last, idx_last) > (?3, ?4)
+                         ORDER BY time_last, idx_last"
+                    ),
+                    "(run=? AND key=? AND (time_last,idx_last)>(?,?))",
                 ),
-            );
-            assert!(
-                p.contains(&format!("SEARCH {table} USING PRIMARY KEY")),
-                "{p}"
-            );
-            assert!(!p.contains("TEMP B-TREE"), "{p}");
+                (
+                    format!(
+                        "SELECT key, time_last, idx_last, postings FROM {table}
+                         WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)
+                         ORDER BY key, time_last, idx_last LIMIT ?5"
+                    ),
+                    "(run=? AND (key,time_last,idx_last)>(?,?,?))",
+                ),
+                (
+                    format!(
+                        "DELETE FROM {table} WHERE run = ?1 AND key <= (
+                             SELECT max(key) FROM (
+                                 SELECT key FROM {table} WHERE run = ?1 ORDER BY key LIMIT ?2))"
+                    ),
+                    "(run=? AND key<?)",
+                ),
+            ] {
+                let p = plan(&c, &sql);
+                assert!(
+                    p.contains(&format!("SEARCH {table} USING PRIMARY KEY {wanted}")),
+                    "{p}"
+                );
+                assert!(!p.contains("TEMP B-TREE"), "{p}");
+            }
         }
         let tail = plan(
             &c,
-            "SELECT person FROM leaf
-             WHERE idx >= ?1 AND account = ?2
-               AND time_us >= ?3 AND time_us < ?4
-               AND reveals = 1 AND person IS NOT NULL",
+            "SELECT idx, data FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
         );
         assert!(
-            tail.contains("SEARCH leaf USING INTEGER PRIMARY KEY (rowid>?)"),
+            tail.contains("SEARCH leaf USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
             "{tail}"
         );
     }
 
-    /// A ledger written before the segment tables existed gets them for
-    /// its complete segments when it is opened, and they hold exactly the
-    /// leaves' keys; the tail stays unindexed.
-    #[tokio::test]
-    async fn migration_indexes_an_existing_ledger() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
-            let first = migrate::SQLITE[0];
-            c.execute_batch(first.sql).unwrap();
-            c.execute_batch(
-                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,
-                 name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT;",
-            )
-            .unwrap();
-            c.execute(
-                "INSERT INTO schema_migrations VALUES (1, ?1, ?2, 'then')",
-                params![first.name, first.checksum()],
-            )
-            .unwrap();
-            // Not real leaves: only the columns matter here.
-            c.execute_batch(
-                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
-                 INSERT INTO leaf SELECT i, i / 3, i % 7, i % 3,
-                     CASE WHEN i % 5 = 0 THEN NULL ELSE i % 101 END, i % 2, x'00', x'00'
-                 FROM n;",
-            )
-            .unwrap();
+    /// Leaves with few accounts, organisations and persons, and times that
+    /// go back and forth (as leaves from concurrent requests do), so that
+    /// keys span many chunks and time order is not index order.
+    fn leaves(from: u64, to: u64) -> Vec<crate::leaf::AuditLeaf> {
+        let mut g = crate::bench::Synthetic::new(from, from);
+        (from..to)
+            .map(|i| {
+                let mut l = g.leaf();
+                let i = i as i64;
+                l.time = Timestamp(1_000_000 + (i / 5) * 1_000 - (i % 3) * 700);
+                l.account = AccountId::new(1 + (i * 7919) % 7);
+                l.organisation = crate::leaf::OrganisationId::new(1 + i % 3);
+                l.person = (i % 11 != 0).then(|| PersonId::new(1 + (i * 104_729) % 53));
+                l
+            })
+            .collect()
+    }
+
+    fn rows_of(
+        first: u64,
+        leaves: &[crate::leaf::AuditLeaf],
+        frontier: &mut crate::merkle::Frontier,
+    ) -> Vec<LeafRow> {
+        leaves
+            .iter()
+            .zip(first..)
+            .map(|(l, index)| {
+                let data = l.encode().unwrap();
+                let mut nodes = Vec::new();
+                frontier.push_into(leaf_hash(&data), &mut nodes);
+                LeafRow {
+                    index,
+                    time: l.time.0,
+                    account: l.account.get(),
+                    organisation: l.organisation.get(),
+                    person: l.person.map(|p| p.get()),
+                    reveals: l.reveals_person_data(),
+                    data,
+                    nodes,
+                    receipt: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Every subject's leaves as the index answers them, page by page,
+    /// against a scan of `all`.
+    async fn assert_queries_match(store: &SqliteLedgerStore, all: &[crate::leaf::AuditLeaf]) {
+        use crate::store::{QueryRange, Subject};
+        let subjects = (1..8)
+            .map(|a| Subject::Account(AccountId::new(a)))
+            .chain((1..4).map(|o| Subject::Organisation(crate::leaf::OrganisationId::new(o))))
+            .chain((1..54).map(|p| Subject::Person(PersonId::new(p))));
+        let windows = [
+            (Timestamp::MIN, Timestamp::MAX),
+            (Timestamp(1_200_000), Timestamp(1_900_000)),
+        ];
+        for subject in subjects {
+            for (from, to) in windows {
+                let mut wanted: Vec<(i64, u64)> = all
+                    .iter()
+                    .zip(0u64..)
+                    .filter(|(l, _)| {
+                        l.time >= from
+                            && l.time < to
+                            && match subject {
+                                Subject::Account(a) => l.account == a,
+                                Subject::Organisation(o) => l.organisation == o,
+                                Subject::Person(p) => l.person == Some(p),
+                            }
+                    })
+                    .map(|(l, i)| (l.time.0, i))
+                    .collect();
+                wanted.sort_unstable();
+                let mut range = QueryRange {
+                    subject,
+                    from,
+                    to,
+                    after: None,
+                    limit: 37,
+                };
+                let mut got = Vec::new();
+                loop {
+                    let page = store.query(&range).await.unwrap();
+                    for e in &page {
+                        assert_eq!(e.data, all[e.index as usize].encode().unwrap());
+                    }
+                    got.extend(page.iter().map(|e| (e.time, e.index)));
+                    match page.last() {
+                        Some(e) if page.len() == 37 => {
+                            range.after = Some((Timestamp(e.time), e.index))
+                        }
+                        _ => break,
+                    }
+                }
+                assert_eq!(got, wanted, "{subject:?} {from:?}..{to:?}");
+            }
         }
-        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        for a in 1..8 {
+            let account = AccountId::new(a);
+            let (from, to) = (Timestamp(1_100_000), Timestamp(2_000_000));
+            let mut wanted: Vec<PersonId> = all
+                .iter()
+                .filter(|l| {
+                    l.account == account && l.time >= from && l.time < to && l.reveals_person_data()
+                })
+                .filter_map(|l| l.person)
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+            assert_eq!(
+                store.persons_revealed_to(account, from, to).await.unwrap(),
+                wanted
+            );
+        }
+    }
+
+    fn run_levels(store: &SqliteLedgerStore) -> Vec<(i64, i64)> {
         let c = Connection::open(store.path()).unwrap();
-        assert_eq!(indexed_segments(&c).unwrap(), 2);
-        assert_eq!(index_problems(&c).unwrap(), vec![]);
-        let persons: i64 = c
-            .query_row("SELECT count(*) FROM leaf_by_person", [], |r| r.get(0))
+        let mut stmt = c
+            .prepare("SELECT level, state FROM run ORDER BY first_leaf, level DESC")
             .unwrap();
-        assert_eq!(persons, 2 * 16_384 - 2 * 16_384 / 5 - 1);
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
-    fn row(i: u64) -> LeafRow {
-        let i64_ = i as i64;
-        LeafRow {
-            index: i,
-            time: i64_ / 3,
-            account: i64_ % 7,
-            organisation: i64_ % 3,
-            person: (!i.is_multiple_of(5)).then_some(i64_ % 101),
-            reveals: i.is_multiple_of(2),
-            data: vec![0],
-            nodes: vec![0],
-            receipt: None,
+    /// Runs are built a slice per commit, merged up to the top level and
+    /// the merged ones deleted; a writer closed half-way, or whose index
+    /// work is lost with its transaction, is resumed by the next one; and
+    /// at every step queries answer exactly what a scan of the leaves does
+    /// and the check finds nothing.
+    #[tokio::test]
+    async fn runs_are_built_merged_resumed_and_answer_like_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        let mut frontier = crate::merkle::Frontier::new();
+        let all = leaves(0, 9_000);
+        let mut w = store.writer().await.unwrap();
+        let mut at = 0usize;
+        let mut step = 0;
+        for batch in [1usize, 7, 50, 300, 3, 1_000, 2, 64, 900, 5_000] {
+            let end = (at + batch).min(all.len());
+            let rows = rows_of(at as u64, &all[at..end], &mut frontier);
+            w.append(at as u64, rows).await.unwrap();
+            at = end;
+            step += 1;
+            if step % 3 == 0 {
+                // A new writer: resumes from the tables alone.
+                w.close().await;
+                drop(w);
+                w = store.writer().await.unwrap();
+            }
+            assert_eq!(store.index_problems().await.unwrap(), vec![]);
+            assert_queries_match(&store, &all[..at]).await;
         }
-    }
-
-    async fn append_range(w: &mut Box<dyn LedgerWriter>, from: u64, to: u64, batch: u64) {
-        let mut at = from;
-        while at < to {
-            let end = to.min(at + batch);
-            w.append(at, (at..end).map(row).collect()).await.unwrap();
+        while at < all.len() {
+            let end = (at + 97).min(all.len());
+            let rows = rows_of(at as u64, &all[at..end], &mut frontier);
+            w.append(at as u64, rows).await.unwrap();
             at = end;
         }
+        let all = settle(&store, &mut w, all, &mut frontier).await;
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        assert_queries_match(&store, &all).await;
+        // Every complete segment in a live run, each level below the top
+        // with fewer than 4 runs: the greedy decomposition, largest first.
+        let mut wanted = Vec::new();
+        let mut left = all.len() as i64 >> 6 << 6;
+        for level in (0..=3).rev() {
+            let size = 64i64 << (2 * level);
+            while left >= size {
+                wanted.push((level, 1));
+                left -= size;
+            }
+        }
+        assert_eq!(run_levels(&store), wanted);
     }
 
-    /// A segment's keys go in slice by slice after it completes; a writer
-    /// that stops half-way (closed, or crashed: the tables are only ever
-    /// written inside append transactions) is resumed by the next one.
+    /// Appends small batches until the index has nothing left to build,
+    /// merge or delete (its work goes a slice per commit); returns `all`
+    /// with the leaves added.
+    async fn settle(
+        store: &SqliteLedgerStore,
+        w: &mut Box<dyn LedgerWriter>,
+        mut all: Vec<crate::leaf::AuditLeaf>,
+        frontier: &mut crate::merkle::Frontier,
+    ) -> Vec<crate::leaf::AuditLeaf> {
+        for _ in 0..2_000 {
+            if run_levels(store).iter().all(|&(_, state)| state == 1) {
+                return all;
+            }
+            let at = all.len() as u64;
+            let more = leaves(at, at + 8);
+            w.append(at, rows_of(at, &more, frontier)).await.unwrap();
+            all.extend(more);
+        }
+        panic!("the index never settles: {:?}", run_levels(store));
+    }
+
+    /// A ledger in the format before 0004 (columns and every level's
+    /// hashes per leaf, segment tables) keeps its leaves and the hashes of
+    /// level 8 and up, answers the same queries (from its tail until the
+    /// writer indexes it) and the same subtree hashes.
     #[tokio::test]
-    async fn segments_are_indexed_in_slices_and_resumed() {
+    async fn migration_compacts_an_existing_ledger() {
         let dir = tempfile::tempdir().unwrap();
+        let all = leaves(0, 1_000);
+        let mut frontier = crate::merkle::Frontier::new();
+        let rows = rows_of(0, &all, &mut frontier);
+        {
+            let mut c = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            rempart_sql::migrate_sqlite::<StoreError>(&mut c, &migrate::SQLITE[..3]).unwrap();
+            for r in &rows {
+                c.execute(
+                    "INSERT INTO leaf (idx, time_us, account, organisation, person, reveals,
+                                       data, nodes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        r.index as i64,
+                        r.time,
+                        r.account,
+                        r.organisation,
+                        r.person,
+                        r.reveals,
+                        r.data,
+                        r.nodes
+                    ],
+                )
+                .unwrap();
+            }
+        }
         let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
-        let check = || {
-            let c = Connection::open(store.path()).unwrap();
-            (indexed_segments(&c).unwrap(), index_problems(&c).unwrap())
-        };
+        let back = store.leaves(0, 2_000).await.unwrap();
+        assert_eq!(back.len(), rows.len());
+        for (b, r) in back.iter().zip(&rows) {
+            assert_eq!(
+                (b.index, b.time, b.account, b.person, b.reveals, &b.data),
+                (r.index, r.time, r.account, r.person, r.reveals, &r.data)
+            );
+            assert_eq!(b.nodes, r.nodes.get(256..).unwrap_or_default());
+        }
+        let ids: Vec<NodeId> = (0..10u8)
+            .flat_map(|level| (0..(1_000u64 >> level)).map(move |i| NodeId::new(level, i)))
+            .collect();
+        let hashes = store.nodes(&ids).await.unwrap();
+        for (id, h) in ids.iter().zip(hashes) {
+            let (leaf, offset) = node_location(*id);
+            assert_eq!(
+                &rows[leaf as usize].nodes[offset..offset + 32],
+                h.as_slice(),
+                "{id:?}"
+            );
+        }
+        assert!(store.nodes(&[NodeId::new(3, 125)]).await.is_err());
+        assert_queries_match(&store, &all).await;
         let mut w = store.writer().await.unwrap();
-        append_range(&mut w, 0, 16_384 + 30, 10).await;
-        // Three slices of 1,024 so far: listed only once all are in.
-        assert_eq!(check(), (0, vec![]));
-        w.close().await;
-        drop(w);
-        let mut w = store.writer().await.unwrap();
-        append_range(&mut w, 16_384 + 30, 16_384 + 500, 10).await;
-        assert_eq!(check(), (1, vec![]));
-        // One batch completing two segments at once.
-        append_range(&mut w, 16_384 + 500, 3 * 16_384 + 7, 40_000).await;
-        assert_eq!(check().1, vec![]);
-        append_range(&mut w, 3 * 16_384 + 7, 3 * 16_384 + 100, 50).await;
-        assert_eq!(check(), (3, vec![]));
+        let more = leaves(1_000, 1_001);
+        w.append(1_000, rows_of(1_000, &more, &mut frontier))
+            .await
+            .unwrap();
+        let all: Vec<_> = all.into_iter().chain(more).collect();
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        assert_queries_match(&store, &all).await;
+        let all = settle(&store, &mut w, all, &mut frontier).await;
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        assert_queries_match(&store, &all).await;
+        assert!(!run_levels(&store).is_empty());
     }
 }

@@ -1,0 +1,369 @@
+//! Postings: what the query index stores about a leaf, packed many to a
+//! row. No I/O.
+//!
+//! For each of the three query subjects (account, organisation, person) a
+//! leaf gives one posting: the subject's id (the key), the leaf's time and
+//! index, and for the account kind whether it revealed person data and
+//! about whom (breach scoping reads that kind alone). A stored row holds a
+//! chunk of up to [`CHUNK`] postings of one key, sorted by (time, index).
+//! The row's key columns are the chunk's last posting, as offsets from its
+//! run's bases (small integers take fewer bytes in both backends); the
+//! blob holds the others as backward deltas, so a chunk of one posting, the
+//! common case for a person, has an empty blob but for the account kind's
+//! flags.
+
+use crate::store::StoreError;
+
+/// Most postings in one stored chunk: about 1 KiB of blob, one page (in
+/// unit tests, a few, so that keys span several chunks).
+#[cfg(not(test))]
+pub(crate) const CHUNK: usize = 256;
+#[cfg(test)]
+pub(crate) const CHUNK: usize = 8;
+
+/// The query columns of a leaf, as the writer knows them (from its
+/// [`LeafRow`](crate::store::LeafRow)) or as decoded from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeafKeys {
+    pub idx: i64,
+    pub time: i64,
+    pub account: i64,
+    pub organisation: i64,
+    pub person: Option<i64>,
+    pub reveals: bool,
+}
+
+impl LeafKeys {
+    /// The keys of an encoded leaf, or `None` if it does not decode (the
+    /// verifier reports such a leaf; the index has nothing to say of it).
+    pub(crate) fn decode(idx: i64, data: &[u8]) -> Option<Self> {
+        let leaf = crate::leaf::AuditLeaf::decode(data).ok()?;
+        Some(LeafKeys {
+            idx,
+            time: leaf.time.0,
+            account: leaf.account.get(),
+            organisation: leaf.organisation.get(),
+            person: leaf.person.map(|p| p.get()),
+            reveals: leaf.reveals_person_data(),
+        })
+    }
+}
+
+/// One of the three query subjects, each with its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    Account,
+    Organisation,
+    Person,
+}
+
+impl Kind {
+    /// In the order a run is built.
+    pub(crate) const ALL: [Kind; 3] = [Kind::Account, Kind::Organisation, Kind::Person];
+
+    /// Its table (never from input).
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Kind::Account => "posting_account",
+            Kind::Organisation => "posting_organisation",
+            Kind::Person => "posting_person",
+        }
+    }
+
+    /// Whether its postings carry the person and the reveals flag.
+    pub(crate) fn has_extra(self) -> bool {
+        self == Kind::Account
+    }
+
+    /// The leaf's posting of this kind (a leaf about nobody has no person
+    /// posting).
+    pub(crate) fn posting(self, k: &LeafKeys) -> Option<Posting> {
+        let (key, person, reveals) = match self {
+            Kind::Account => (k.account, k.person, k.reveals),
+            Kind::Organisation => (k.organisation, None, false),
+            Kind::Person => (k.person?, None, false),
+        };
+        Some(Posting {
+            key,
+            time: k.time,
+            idx: k.idx,
+            person,
+            reveals,
+        })
+    }
+}
+
+/// One leaf under one key. Ordered by key, then (time, index): the order
+/// of a run's rows and of the postings inside them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Posting {
+    pub key: i64,
+    pub time: i64,
+    pub idx: i64,
+    /// Account kind only.
+    pub person: Option<i64>,
+    /// Account kind only.
+    pub reveals: bool,
+}
+
+impl Posting {
+    /// The (key, time, index) position, for resuming after it.
+    pub(crate) fn position(&self) -> (i64, i64, i64) {
+        (self.key, self.time, self.idx)
+    }
+}
+
+/// The bases a run's key columns are offsets from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bases {
+    /// Subtracted from times.
+    pub time: i64,
+    /// Subtracted from indices: the run's first leaf.
+    pub idx: i64,
+}
+
+impl Bases {
+    /// Bases for a run of leaves from `first` with times in `[min, max]`:
+    /// the earliest time, unless the span does not fit an `i64` (then
+    /// times are stored as they are).
+    pub(crate) fn new(first: i64, min_time: i64, max_time: i64) -> Self {
+        let time = if max_time.checked_sub(min_time).is_some() {
+            min_time
+        } else {
+            0
+        };
+        Bases { time, idx: first }
+    }
+
+    /// The stored key columns of a position. Saturating: a bound outside
+    /// the run's range stays below (or above) every stored row.
+    pub(crate) fn offsets(&self, time: i64, idx: i64) -> (i64, i64) {
+        (time.saturating_sub(self.time), idx.saturating_sub(self.idx))
+    }
+}
+
+/// A chunk of postings of one key as stored: key columns and blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredChunk {
+    pub key: i64,
+    pub time_off: i64,
+    pub idx_off: i64,
+    pub blob: Vec<u8>,
+}
+
+/// Encodes a non-empty chunk (one key, sorted by (time, index), postings of
+/// the run with these bases).
+pub(crate) fn encode(kind: Kind, bases: Bases, chunk: &[Posting]) -> Option<StoredChunk> {
+    let last = chunk.last()?;
+    let mut blob = Vec::new();
+    put(&mut blob, chunk.len() as u64 - 1);
+    for pair in chunk.windows(2).rev() {
+        // Sorted, so the wrapped difference is the true one.
+        put(&mut blob, pair[1].time.wrapping_sub(pair[0].time) as u64);
+        put(&mut blob, zigzag(pair[1].idx.wrapping_sub(pair[0].idx)));
+    }
+    if kind.has_extra() {
+        for p in chunk {
+            blob.push(u8::from(p.reveals) | (u8::from(p.person.is_some()) << 1));
+            if let Some(person) = p.person {
+                put(&mut blob, zigzag(person));
+            }
+        }
+    }
+    Some(StoredChunk {
+        key: last.key,
+        time_off: last.time.wrapping_sub(bases.time),
+        idx_off: last.idx.wrapping_sub(bases.idx),
+        blob,
+    })
+}
+
+/// Decodes a stored chunk, appending its postings (in order) to `out`.
+pub(crate) fn decode(
+    kind: Kind,
+    bases: Bases,
+    chunk: &StoredChunk,
+    out: &mut Vec<Posting>,
+) -> Result<(), StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("a {} chunk {what}", kind.table()));
+    let mut r = Reader(&chunk.blob);
+    let before = r.get().ok_or_else(|| bad("has no count"))?;
+    // Every earlier posting takes at least two bytes.
+    if before > (chunk.blob.len() / 2) as u64 {
+        return Err(bad("counts more postings than it holds"));
+    }
+    let n = before as usize + 1;
+    let start = out.len();
+    out.resize(
+        start + n,
+        Posting {
+            key: chunk.key,
+            time: 0,
+            idx: 0,
+            person: None,
+            reveals: false,
+        },
+    );
+    let slots = &mut out[start..];
+    slots[n - 1].time = chunk.time_off.wrapping_add(bases.time);
+    slots[n - 1].idx = chunk.idx_off.wrapping_add(bases.idx);
+    for j in (0..n - 1).rev() {
+        let dt = r.get().ok_or_else(|| bad("is truncated"))?;
+        let di = r.get().ok_or_else(|| bad("is truncated"))?;
+        slots[j].time = slots[j + 1].time.wrapping_sub(dt as i64);
+        slots[j].idx = slots[j + 1].idx.wrapping_sub(unzigzag(di));
+    }
+    if kind.has_extra() {
+        for p in slots.iter_mut() {
+            let flags = r.byte().ok_or_else(|| bad("is truncated"))?;
+            if flags > 3 {
+                return Err(bad("has unknown flags"));
+            }
+            p.reveals = flags & 1 == 1;
+            if flags & 2 == 2 {
+                p.person = Some(unzigzag(r.get().ok_or_else(|| bad("is truncated"))?));
+            }
+        }
+    }
+    if !r.0.is_empty() {
+        return Err(bad("has trailing bytes"));
+    }
+    // Sorted, as they were written: anything else is damage.
+    if slots
+        .windows(2)
+        .any(|w| (w[0].time, w[0].idx) >= (w[1].time, w[1].idx))
+    {
+        return Err(bad("is out of order"));
+    }
+    Ok(())
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// LEB128.
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+
+    fn get(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            // The tenth byte may only carry the top bit.
+            if shift == 63 && bits > 1 {
+                return None;
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn chunk_strategy() -> impl Strategy<Value = (Kind, Bases, Vec<Posting>)> {
+        (
+            prop::sample::select(Kind::ALL.to_vec()),
+            any::<i64>(),
+            any::<i64>(),
+            prop::collection::btree_set((any::<i64>(), any::<i64>()), 1..40),
+            prop::collection::vec((any::<Option<i64>>(), any::<bool>()), 40),
+        )
+            .prop_map(|(kind, key, base, times, extras)| {
+                let postings = times
+                    .into_iter()
+                    .zip(extras)
+                    .map(|((time, idx), (person, reveals))| Posting {
+                        key,
+                        time,
+                        idx,
+                        person: if kind.has_extra() { person } else { None },
+                        reveals: kind.has_extra() && reveals,
+                    })
+                    .collect();
+                (
+                    kind,
+                    Bases {
+                        time: base,
+                        idx: base / 3,
+                    },
+                    postings,
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_round_trip((kind, bases, postings) in chunk_strategy()) {
+            let stored = encode(kind, bases, &postings).unwrap();
+            let mut back = Vec::new();
+            decode(kind, bases, &stored, &mut back).unwrap();
+            prop_assert_eq!(back, postings);
+        }
+
+        #[test]
+        fn damaged_chunks_are_errors_not_panics(
+            (kind, bases, postings) in chunk_strategy(),
+            cut in any::<prop::sample::Index>(),
+            junk in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut stored = encode(kind, bases, &postings).unwrap();
+            stored.blob.truncate(cut.index(stored.blob.len() + 1));
+            stored.blob.extend_from_slice(&junk);
+            let mut back = Vec::new();
+            let _ = decode(kind, bases, &stored, &mut back);
+        }
+    }
+
+    #[test]
+    fn a_lone_person_posting_has_an_empty_blob() {
+        let p = Posting {
+            key: 42,
+            time: 1_700_000_000_000_000,
+            idx: 123_456,
+            person: None,
+            reveals: false,
+        };
+        let bases = Bases::new(100_000, 1_699_999_999_000_000, 1_700_000_100_000_000);
+        let stored = encode(Kind::Person, bases, &[p]).unwrap();
+        assert_eq!(stored.blob, [0]);
+        assert_eq!((stored.time_off, stored.idx_off), (1_000_000, 23_456));
+    }
+
+    #[test]
+    fn bases_survive_extreme_times() {
+        let b = Bases::new(0, i64::MIN, i64::MAX);
+        assert_eq!(b.time, 0);
+        assert_eq!(b.offsets(i64::MIN, 5), (i64::MIN, 5));
+        let b = Bases::new(10, 1_000, 2_000);
+        assert_eq!(b.offsets(i64::MIN, i64::MIN), (i64::MIN, i64::MIN));
+        assert_eq!(b.offsets(1_500, 12), (500, 2));
+    }
+}

@@ -1,0 +1,840 @@
+//! The SQLite ledger's query index: runs of postings (migration 0004), a
+//! log-structured merge maintained by the single writer.
+//!
+//! The writer keeps the keys of the segment being appended in memory. When
+//! the segment completes, a level-0 run is built from them, a slice per
+//! commit, into the three posting tables in key order (so each table grows
+//! at its right edge). Sixteen live runs of one level are merged into one
+//! run of the next level, and once that run is live the merged ones are
+//! deleted, again a slice per commit. A run is built under state 0 and
+//! becomes live (and its sources retired) in one commit; queries read only
+//! live runs, which cover leaves 0 up to some index with no gap, and scan
+//! the leaves after them (the segment being appended and at most one being
+//! built).
+//!
+//! Every slice writes whole chunks, so what is in the tables is always a
+//! prefix of the run in its order: a writer that stops (closed, crashed, or
+//! its transaction failed) is resumed from the last stored chunk.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::size_of;
+use crate::leaf::{AccountId, PersonId, Timestamp};
+use crate::store::posting::{self, Bases, CHUNK, Kind, LeafKeys, Posting, StoredChunk};
+use crate::store::{
+    IndexProblem, LeafRow, QueryRange, RawEntry, StoreError, Subject, page_start, to_i64, to_u64,
+};
+
+/// Leaves per segment (the size of a level-0 run), as a shift. The unit
+/// tests shrink segments and fan-out so that merges up to the top level
+/// happen within a few thousand leaves.
+#[cfg(not(test))]
+pub(super) const SEGMENT_SHIFT: u32 = 14;
+#[cfg(test)]
+pub(super) const SEGMENT_SHIFT: u32 = 6;
+const SEGMENT: i64 = 1 << SEGMENT_SHIFT;
+/// Runs of one level merged into one of the next.
+#[cfg(not(test))]
+const FANOUT: usize = 16;
+#[cfg(test)]
+const FANOUT: usize = 4;
+/// The highest level: runs of 2^(14 + 4·3) = 2^26 leaves, never merged.
+const MAX_LEVEL: i64 = 3;
+/// Fewest postings a commit moves while there is index work.
+#[cfg(not(test))]
+const MIN_SLICE: usize = 256;
+#[cfg(test)]
+const MIN_SLICE: usize = 16;
+/// Postings a commit moves per leaf it appends. A leaf's postings are
+/// written once per level and deleted once per merge: about 3 × 4 + 3 × 3
+/// = 21 moves; more, so that the work never falls behind.
+const WORK_PER_LEAF: usize = 32;
+/// Chunks fetched at a time from a run being merged.
+const FETCH: i64 = 64;
+/// Run states.
+const BUILDING: i64 = 0;
+const LIVE: i64 = 1;
+const RETIRED: i64 = 2;
+
+/// A run as listed in the `run` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Run {
+    id: i64,
+    level: i64,
+    first: i64,
+    end: i64,
+    min_time: i64,
+    max_time: i64,
+    state: i64,
+}
+
+impl Run {
+    fn bases(&self) -> Bases {
+        Bases::new(self.first, self.min_time, self.max_time)
+    }
+}
+
+fn all_runs(c: &Connection) -> Result<Vec<Run>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, level, first_leaf, end_leaf, min_time, max_time, state FROM run
+         ORDER BY first_leaf, level DESC, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Run {
+            id: r.get(0)?,
+            level: r.get(1)?,
+            first: r.get(2)?,
+            end: r.get(3)?,
+            min_time: r.get(4)?,
+            max_time: r.get(5)?,
+            state: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The live runs, by first leaf.
+fn live_runs(c: &Connection) -> Result<Vec<Run>, StoreError> {
+    Ok(all_runs(c)?
+        .into_iter()
+        .filter(|r| r.state == LIVE)
+        .collect())
+}
+
+/// Where the live runs end: leaves from here are scanned.
+fn covered(live: &[Run]) -> i64 {
+    live.last().map_or(0, |r| r.end)
+}
+
+/// The keys of the leaves `[from, to)` that decode.
+fn keys_between(c: &Connection, from: i64, to: i64) -> Result<Vec<LeafKeys>, StoreError> {
+    let mut stmt =
+        c.prepare_cached("SELECT idx, data FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+    let mut rows = stmt.query([from, to])?;
+    let mut keys = Vec::new();
+    while let Some(r) = rows.next()? {
+        let idx: i64 = r.get(0)?;
+        if let Some(k) = LeafKeys::decode(idx, super::blob(r, 1)?) {
+            keys.push(k);
+        }
+    }
+    Ok(keys)
+}
+
+fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChunk> {
+    Ok(StoredChunk {
+        key: r.get(0)?,
+        time_off: r.get(1)?,
+        idx_off: r.get(2)?,
+        blob: r.get(3)?,
+    })
+}
+
+/// Calls `f` with the postings of `key` in `run` that come after
+/// `(time, idx)`, in order, until it returns false.
+fn scan_key(
+    c: &Connection,
+    kind: Kind,
+    run: &Run,
+    key: i64,
+    after: (i64, i64),
+    mut f: impl FnMut(&Posting) -> bool,
+) -> Result<(), StoreError> {
+    let bases = run.bases();
+    let (t, i) = bases.offsets(after.0, after.1);
+    // Table names come from `Kind`, never from input.
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT key, time_last, idx_last, postings FROM {}
+         WHERE run = ?1 AND key = ?2 AND (time_last, idx_last) > (?3, ?4)
+         ORDER BY time_last, idx_last",
+        kind.table()
+    ))?;
+    let mut rows = stmt.query(params![run.id, key, t, i])?;
+    let mut postings = Vec::with_capacity(CHUNK);
+    while let Some(r) = rows.next()? {
+        postings.clear();
+        posting::decode(kind, bases, &chunk_row(r)?, &mut postings)?;
+        for p in postings.iter().filter(|p| (p.time, p.idx) > after) {
+            if !f(p) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One page of a subject's leaves: each live run in the window gives its
+/// first `limit` postings after the cursor, the scanned tail its own; the
+/// best `limit` of all are then read.
+pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
+    let (kind, key) = match range.subject {
+        Subject::Account(a) => (Kind::Account, a.get()),
+        Subject::Organisation(o) => (Kind::Organisation, o.get()),
+        Subject::Person(p) => (Kind::Person, p.get()),
+    };
+    let start = page_start(range)?;
+    let (from, to) = (range.from.0, range.to.0);
+    let limit = (range.limit as usize).max(1);
+    // One snapshot for the runs, their postings and the tail.
+    let tx = c.unchecked_transaction()?;
+    let live = live_runs(&tx)?;
+    let mut best: Vec<(i64, i64)> = Vec::new();
+    let prune = |best: &mut Vec<(i64, i64)>| {
+        if best.len() > 4 * limit {
+            best.sort_unstable();
+            best.truncate(limit);
+        }
+    };
+    for run in live
+        .iter()
+        .filter(|r| r.max_time >= from && r.min_time < to && r.max_time >= start.0)
+    {
+        let mut taken = 0;
+        scan_key(&tx, kind, run, key, start, |p| {
+            if p.time >= to {
+                return false;
+            }
+            if p.time >= from {
+                best.push((p.time, p.idx));
+                taken += 1;
+            }
+            taken < limit
+        })?;
+        prune(&mut best);
+    }
+    for k in keys_between(&tx, covered(&live), i64::MAX)? {
+        if let Some(p) = kind.posting(&k)
+            && p.key == key
+            && p.time >= from
+            && p.time < to
+            && (p.time, p.idx) > start
+        {
+            best.push((p.time, p.idx));
+        }
+    }
+    best.sort_unstable();
+    best.truncate(range.limit as usize);
+    let mut data = tx.prepare_cached("SELECT data FROM leaf WHERE idx = ?1")?;
+    best.into_iter()
+        .map(|(time, idx)| {
+            Ok(RawEntry {
+                index: to_u64(idx, "leaf index")?,
+                time,
+                data: data.query_row([idx], |r| r.get(0))?,
+            })
+        })
+        .collect()
+}
+
+/// Distinct persons whose data `account` was shown in `[from, to)`, from
+/// the account postings alone (and the tail).
+pub(super) fn persons_revealed_to(
+    c: &Connection,
+    account: AccountId,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<PersonId>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let live = live_runs(&tx)?;
+    let mut persons = std::collections::BTreeSet::new();
+    let mut keep = |p: &Posting| {
+        if p.reveals
+            && let Some(person) = p.person
+        {
+            persons.insert(person);
+        }
+    };
+    for run in live
+        .iter()
+        .filter(|r| r.max_time >= from.0 && r.min_time < to.0)
+    {
+        scan_key(&tx, Kind::Account, run, account.get(), (from.0, -1), |p| {
+            if p.time >= to.0 {
+                return false;
+            }
+            keep(p);
+            true
+        })?;
+    }
+    for k in keys_between(&tx, covered(&live), i64::MAX)? {
+        if let Some(p) = Kind::Account.posting(&k)
+            && p.key == account.get()
+            && p.time >= from.0
+            && p.time < to.0
+        {
+            keep(&p);
+        }
+    }
+    Ok(persons.into_iter().map(PersonId::new).collect())
+}
+
+/// Compares the live runs with the leaves they were built from: they must
+/// cover leaves 0 onwards with no gap or overlap, every leaf's time must lie
+/// in its run's bounds (queries skip runs by them), each table's chunks
+/// must decode in order, and each table must hold exactly the postings of
+/// the run's leaves. That last check compares, per run and table, the sums
+/// of a hash keyed afresh for each check over the expected and the stored
+/// postings: memory stays constant whatever the run's size, and no change
+/// made before the check can be tuned to keep a sum.
+pub(super) fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreError> {
+    let tx = c.unchecked_transaction()?;
+    let size = to_i64(size_of(&tx)?, "leaf count")?;
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut problems = Vec::new();
+    let mut expected_first = 0;
+    for run in live_runs(&tx)? {
+        let segment = to_u64(run.first.max(0) >> SEGMENT_SHIFT, "run")?;
+        if run.first != expected_first || run.end > size {
+            problems.push(IndexProblem {
+                segment: to_u64(expected_first >> SEGMENT_SHIFT, "run")?,
+                table: "run",
+            });
+            break;
+        }
+        expected_first = run.end;
+        let mut sums = [0u64; 3];
+        let mut in_bounds = true;
+        for k in keys_between(&tx, run.first, run.end)? {
+            in_bounds &= (run.min_time..=run.max_time).contains(&k.time);
+            for (t, kind) in Kind::ALL.iter().enumerate() {
+                if let Some(p) = kind.posting(&k) {
+                    sums[t] = sums[t].wrapping_add(hasher.hash_one((t, p)));
+                }
+            }
+        }
+        if !in_bounds {
+            problems.push(IndexProblem {
+                segment,
+                table: "run",
+            });
+        }
+        for (t, kind) in Kind::ALL.iter().enumerate() {
+            let stored = stored_sum(&tx, *kind, &run, |p| hasher.hash_one((t, p)));
+            if stored.ok() != Some(sums[t]) {
+                problems.push(IndexProblem {
+                    segment,
+                    table: kind.table(),
+                });
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The sum of `h` over a run's stored postings of one kind; an error if a
+/// chunk does not decode, or a key's postings are not in strictly
+/// increasing (time, index) order across its chunks, or one lies outside
+/// the run.
+fn stored_sum(
+    c: &Connection,
+    kind: Kind,
+    run: &Run,
+    h: impl Fn(Posting) -> u64,
+) -> Result<u64, StoreError> {
+    let bases = run.bases();
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT key, time_last, idx_last, postings FROM {} WHERE run = ?1
+         ORDER BY key, time_last, idx_last",
+        kind.table()
+    ))?;
+    let mut rows = stmt.query([run.id])?;
+    let mut sum = 0u64;
+    let mut previous: Option<Posting> = None;
+    let mut postings = Vec::with_capacity(CHUNK);
+    while let Some(r) = rows.next()? {
+        postings.clear();
+        posting::decode(kind, bases, &chunk_row(r)?, &mut postings)?;
+        for p in &postings {
+            let ordered = previous.is_none_or(|q| q.key != p.key || q.position() < p.position());
+            if !ordered || !(run.first..run.end).contains(&p.idx) {
+                return Err(StoreError::Corrupt(format!(
+                    "{} is out of order",
+                    kind.table()
+                )));
+            }
+            sum = sum.wrapping_add(h(*p));
+            previous = Some(*p);
+        }
+    }
+    Ok(sum)
+}
+
+fn insert_run(
+    c: &Connection,
+    level: i64,
+    first: i64,
+    end: i64,
+    min_time: i64,
+    max_time: i64,
+) -> Result<Run, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO run (level, first_leaf, end_leaf, min_time, max_time, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+    )?
+    .execute(params![level, first, end, min_time, max_time])?;
+    Ok(Run {
+        id: c.last_insert_rowid(),
+        level,
+        first,
+        end,
+        min_time,
+        max_time,
+        state: BUILDING,
+    })
+}
+
+/// Changes a run's state from `from` to `to`, failing if it was not in
+/// `from` (compare-and-set: two writers never both move it).
+fn set_state(c: &Connection, run: &Run, from: i64, to: i64) -> Result<(), StoreError> {
+    let changed = c
+        .prepare_cached("UPDATE run SET state = ?3 WHERE id = ?1 AND state = ?2")?
+        .execute(params![run.id, from, to])?;
+    if changed != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "run {} was not in state {from}",
+            run.id
+        )));
+    }
+    Ok(())
+}
+
+/// Where a run's postings come from, for one kind.
+enum Source {
+    /// A level-0 run's, from leaf keys, sorted.
+    Memory { postings: Vec<Posting>, next: usize },
+    /// A stored run being merged, fetched a few chunks at a time.
+    Stored {
+        run: Run,
+        kind: Kind,
+        buffer: VecDeque<Posting>,
+        /// The last chunk fetched (its key columns).
+        after: (i64, i64, i64),
+        /// Postings at or before this position were written already.
+        skip: Option<(i64, i64, i64)>,
+        exhausted: bool,
+    },
+}
+
+impl Source {
+    fn peek(&mut self, c: &Connection) -> Result<Option<Posting>, StoreError> {
+        match self {
+            Source::Memory { postings, next } => Ok(postings.get(*next).copied()),
+            Source::Stored {
+                run,
+                kind,
+                buffer,
+                after,
+                skip,
+                exhausted,
+            } => {
+                while buffer.is_empty() && !*exhausted {
+                    let bases = run.bases();
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT key, time_last, idx_last, postings FROM {}
+                         WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)
+                         ORDER BY key, time_last, idx_last LIMIT ?5",
+                        kind.table()
+                    ))?;
+                    let mut rows = stmt.query(params![run.id, after.0, after.1, after.2, FETCH])?;
+                    let mut fetched = 0;
+                    let mut postings = Vec::new();
+                    while let Some(r) = rows.next()? {
+                        let chunk = chunk_row(r)?;
+                        *after = (chunk.key, chunk.time_off, chunk.idx_off);
+                        posting::decode(*kind, bases, &chunk, &mut postings)?;
+                        fetched += 1;
+                    }
+                    *exhausted = fetched < FETCH;
+                    buffer.extend(
+                        postings
+                            .into_iter()
+                            .filter(|p| skip.is_none_or(|s| p.position() > s)),
+                    );
+                }
+                Ok(buffer.front().copied())
+            }
+        }
+    }
+
+    fn pop(&mut self) {
+        match self {
+            Source::Memory { next, .. } => *next += 1,
+            Source::Stored { buffer, .. } => {
+                buffer.pop_front();
+            }
+        }
+    }
+}
+
+/// What a run is built from.
+enum Inputs {
+    /// A segment's leaf keys (level 0).
+    Keys(Vec<LeafKeys>),
+    /// The live runs it merges, in order.
+    Runs(Vec<Run>),
+}
+
+/// A run being built: kind by kind, a k-way merge of its sources into
+/// chunks.
+struct Build {
+    run: Run,
+    inputs: Inputs,
+    /// Index in `Kind::ALL` of the kind being written.
+    kind: usize,
+    /// The current kind's sources, opened after `last`.
+    sources: Option<Vec<Source>>,
+    /// The last posting stored for the current kind.
+    last: Option<Posting>,
+    chunk: Vec<Posting>,
+}
+
+impl Build {
+    /// Resumes (or starts) building `run` after what its tables hold.
+    fn resume(c: &Connection, run: Run, inputs: Inputs) -> Result<Self, StoreError> {
+        let mut build = Build {
+            run,
+            inputs,
+            kind: 0,
+            sources: None,
+            last: None,
+            chunk: Vec::with_capacity(CHUNK),
+        };
+        for (t, kind) in Kind::ALL.iter().enumerate().rev() {
+            let last = c
+                .prepare_cached(&format!(
+                    "SELECT key, time_last, idx_last, postings FROM {} WHERE run = ?1
+                     ORDER BY key DESC, time_last DESC, idx_last DESC LIMIT 1",
+                    kind.table()
+                ))?
+                .query_row([run.id], chunk_row)
+                .optional()?;
+            if let Some(chunk) = last {
+                let mut postings = Vec::new();
+                posting::decode(*kind, run.bases(), &chunk, &mut postings)?;
+                build.kind = t;
+                build.last = postings.last().copied();
+                break;
+            }
+        }
+        Ok(build)
+    }
+
+    fn open_sources(&self, kind: Kind) -> Vec<Source> {
+        let skip = self.last.map(|p| p.position());
+        match &self.inputs {
+            Inputs::Keys(keys) => {
+                let mut postings: Vec<Posting> =
+                    keys.iter().filter_map(|k| kind.posting(k)).collect();
+                postings.sort_unstable();
+                let next = skip.map_or(0, |s| postings.partition_point(|p| p.position() <= s));
+                vec![Source::Memory { postings, next }]
+            }
+            Inputs::Runs(runs) => runs
+                .iter()
+                .map(|run| {
+                    let after = match self.last {
+                        None => (i64::MIN, i64::MIN, i64::MIN),
+                        Some(p) => {
+                            let (t, i) = run.bases().offsets(p.time, p.idx);
+                            (p.key, t, i)
+                        }
+                    };
+                    Source::Stored {
+                        run: *run,
+                        kind,
+                        buffer: VecDeque::new(),
+                        after,
+                        skip,
+                        exhausted: false,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Moves up to `budget` postings; returns how many, and whether the run
+    /// is complete (then published: live, its sources retired).
+    fn advance(&mut self, c: &Connection, budget: usize) -> Result<(usize, bool), StoreError> {
+        let mut used = 0;
+        while let Some(&kind) = Kind::ALL.get(self.kind) {
+            let mut sources = match self.sources.take() {
+                Some(s) => s,
+                None => self.open_sources(kind),
+            };
+            loop {
+                if used >= budget {
+                    self.flush(c, kind)?;
+                    self.sources = Some(sources);
+                    return Ok((used, false));
+                }
+                let mut best: Option<(usize, Posting)> = None;
+                for (i, s) in sources.iter_mut().enumerate() {
+                    if let Some(p) = s.peek(c)?
+                        && best.is_none_or(|(_, b)| p < b)
+                    {
+                        best = Some((i, p));
+                    }
+                }
+                let Some((i, p)) = best else {
+                    self.flush(c, kind)?;
+                    self.kind += 1;
+                    self.last = None;
+                    break;
+                };
+                sources[i].pop();
+                used += 1;
+                let previous = self.chunk.last().or(self.last.as_ref());
+                if previous.is_some_and(|q| q.position() == p.position()) {
+                    continue;
+                }
+                if self
+                    .chunk
+                    .last()
+                    .is_some_and(|q| q.key != p.key || self.chunk.len() >= CHUNK)
+                {
+                    self.flush(c, kind)?;
+                }
+                self.chunk.push(p);
+            }
+        }
+        set_state(c, &self.run, BUILDING, LIVE)?;
+        if let Inputs::Runs(runs) = &self.inputs {
+            for source in runs {
+                set_state(c, source, LIVE, RETIRED)?;
+            }
+        }
+        Ok((used, true))
+    }
+
+    fn flush(&mut self, c: &Connection, kind: Kind) -> Result<(), StoreError> {
+        let Some(chunk) = posting::encode(kind, self.run.bases(), &self.chunk) else {
+            return Ok(());
+        };
+        c.prepare_cached(&format!(
+            "INSERT INTO {} (run, key, time_last, idx_last, postings) VALUES (?1, ?2, ?3, ?4, ?5)",
+            kind.table()
+        ))?
+        .execute(params![
+            self.run.id,
+            chunk.key,
+            chunk.time_off,
+            chunk.idx_off,
+            chunk.blob
+        ])?;
+        self.last = self.chunk.last().copied();
+        self.chunk.clear();
+        Ok(())
+    }
+}
+
+/// A merged run's postings being deleted.
+struct Retire {
+    run: Run,
+    kind: usize,
+}
+
+impl Retire {
+    fn advance(&mut self, c: &Connection, budget: usize) -> Result<(usize, bool), StoreError> {
+        let mut used = 0;
+        while let Some(kind) = Kind::ALL.get(self.kind) {
+            if used >= budget {
+                return Ok((used, false));
+            }
+            // Whole keys at a time, the first few of the run.
+            let deleted = c
+                .prepare_cached(&format!(
+                    "DELETE FROM {0} WHERE run = ?1 AND key <= (
+                         SELECT max(key) FROM (
+                             SELECT key FROM {0} WHERE run = ?1 ORDER BY key LIMIT ?2))",
+                    kind.table()
+                ))?
+                .execute(params![self.run.id, (budget - used).min(4096) as i64])?;
+            used += deleted;
+            if deleted == 0 {
+                self.kind += 1;
+            }
+        }
+        c.prepare_cached("DELETE FROM run WHERE id = ?1 AND state = 2")?
+            .execute([self.run.id])?;
+        Ok((used, true))
+    }
+}
+
+/// Merging or deleting, in the background of appends.
+enum Background {
+    Merge(Build),
+    Retire(Retire),
+}
+
+/// The writer's view of the index: the keys of the segment being appended,
+/// the complete segments waiting for their run, the level-0 run being built
+/// and one merge or deletion.
+pub(super) struct RunIndexer {
+    current: Vec<LeafKeys>,
+    waiting: VecDeque<(i64, Option<Vec<LeafKeys>>)>,
+    build: Option<Build>,
+    background: Option<Background>,
+    /// Whether runs changed since the last look for background work.
+    look: bool,
+}
+
+impl RunIndexer {
+    /// Rebuilds the state from the database, inside the caller's
+    /// transaction.
+    pub(super) fn load(c: &Connection) -> Result<Self, StoreError> {
+        let size = to_i64(size_of(c)?, "leaf count")?;
+        let complete = size >> SEGMENT_SHIFT;
+        let runs = all_runs(c)?;
+        let covered_end = runs
+            .iter()
+            .filter(|r| r.state != RETIRED)
+            .map(|r| r.end)
+            .max()
+            .unwrap_or(0);
+        let mut build = None;
+        let mut background = None;
+        for run in runs.iter().filter(|r| r.state == BUILDING) {
+            if run.level == 0 {
+                let keys = keys_between(c, run.first, run.end)?;
+                build = Some(Build::resume(c, *run, Inputs::Keys(keys))?);
+            } else {
+                let sources = runs
+                    .iter()
+                    .filter(|s| s.state == LIVE && s.first >= run.first && s.end <= run.end)
+                    .copied()
+                    .collect();
+                background = Some(Background::Merge(Build::resume(
+                    c,
+                    *run,
+                    Inputs::Runs(sources),
+                )?));
+            }
+        }
+        Ok(RunIndexer {
+            current: keys_between(c, complete << SEGMENT_SHIFT, size)?,
+            waiting: ((covered_end >> SEGMENT_SHIFT)..complete)
+                .map(|s| (s, None))
+                .collect(),
+            build,
+            background,
+            look: true,
+        })
+    }
+
+    /// Takes note of appended rows (in index order, following the last
+    /// ones) and moves the index forward by a slice proportional to them,
+    /// inside the append's transaction.
+    pub(super) fn appended(&mut self, c: &Connection, rows: &[LeafRow]) -> Result<(), StoreError> {
+        for row in rows {
+            let keys = LeafKeys {
+                idx: to_i64(row.index, "leaf index")?,
+                time: row.time,
+                account: row.account,
+                organisation: row.organisation,
+                person: row.person,
+                reveals: row.reveals,
+            };
+            self.current.push(keys);
+            if (keys.idx + 1) % SEGMENT == 0 {
+                let segment = keys.idx >> SEGMENT_SHIFT;
+                self.waiting
+                    .push_back((segment, Some(std::mem::take(&mut self.current))));
+            }
+        }
+        self.work(c, MIN_SLICE.max(rows.len().saturating_mul(WORK_PER_LEAF)))
+    }
+
+    /// Does up to `budget` postings of work: level-0 runs first (queries
+    /// scan the leaves they do not cover yet), then merges and deletions.
+    fn work(&mut self, c: &Connection, budget: usize) -> Result<(), StoreError> {
+        let mut used = 0;
+        while used < budget {
+            if self.build.is_none() {
+                let Some((segment, keys)) = self.waiting.pop_front() else {
+                    break;
+                };
+                let (first, end) = (segment << SEGMENT_SHIFT, (segment + 1) << SEGMENT_SHIFT);
+                let keys = match keys {
+                    Some(k) => k,
+                    None => keys_between(c, first, end)?,
+                };
+                let min = keys.iter().map(|k| k.time).min().unwrap_or(0);
+                let max = keys.iter().map(|k| k.time).max().unwrap_or(0);
+                let run = insert_run(c, 0, first, end, min, max)?;
+                self.build = Some(Build::resume(c, run, Inputs::Keys(keys))?);
+            }
+            if let Some(b) = &mut self.build {
+                let (u, done) = b.advance(c, budget - used)?;
+                used += u;
+                if done {
+                    self.build = None;
+                    self.look = true;
+                }
+            }
+        }
+        while used < budget {
+            if self.background.is_none() {
+                if !self.look {
+                    break;
+                }
+                self.background = next_background(c)?;
+                if self.background.is_none() {
+                    self.look = false;
+                    break;
+                }
+            }
+            let (u, done) = match &mut self.background {
+                Some(Background::Merge(b)) => b.advance(c, budget - used)?,
+                Some(Background::Retire(r)) => r.advance(c, budget - used)?,
+                None => break,
+            };
+            used += u.max(1);
+            if done {
+                self.background = None;
+                self.look = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next merge (the oldest `FANOUT` live runs of the lowest level that
+/// has that many) or, failing one, the next deletion of a merged run.
+fn next_background(c: &Connection) -> Result<Option<Background>, StoreError> {
+    let runs = all_runs(c)?;
+    if runs.iter().any(|r| r.state == BUILDING && r.level > 0) {
+        return Ok(None);
+    }
+    for level in 0..MAX_LEVEL {
+        let sources: Vec<Run> = runs
+            .iter()
+            .filter(|r| r.state == LIVE && r.level == level)
+            .take(FANOUT)
+            .copied()
+            .collect();
+        if sources.len() < FANOUT {
+            continue;
+        }
+        if sources.windows(2).any(|w| w[0].end != w[1].first) {
+            return Err(StoreError::Corrupt(format!(
+                "the level-{level} runs are not contiguous"
+            )));
+        }
+        let (first, end) = (sources[0].first, sources[FANOUT - 1].end);
+        let min = sources.iter().map(|r| r.min_time).min().unwrap_or(0);
+        let max = sources.iter().map(|r| r.max_time).max().unwrap_or(0);
+        let run = insert_run(c, level + 1, first, end, min, max)?;
+        return Ok(Some(Background::Merge(Build::resume(
+            c,
+            run,
+            Inputs::Runs(sources),
+        )?)));
+    }
+    Ok(runs
+        .iter()
+        .find(|r| r.state == RETIRED)
+        .map(|r| Background::Retire(Retire { run: *r, kind: 0 })))
+}
