@@ -839,7 +839,7 @@ async fn queries_across_segments(b: Backend) {
                     table: "posting_organisation"
                 },
                 Problem::IndexMismatch {
-                    segment: 1,
+                    segment: 4,
                     table: "posting_person"
                 },
             ],

@@ -24,12 +24,12 @@ CREATE TRIGGER leaf_no_delete BEFORE DELETE ON leaf
 BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 
 -- The query index: postings (see `store/posting.rs`) in runs, a log-
--- structured merge. Each complete segment of 16,384 leaves becomes a run of
+-- structured merge. Each complete segment of 4,096 leaves becomes a run of
 -- level 0, built by the writer a slice per commit from the keys it kept in
--- memory; sixteen runs of one level are merged into one of the next level
--- (at most level 3, 2^26 leaves), and the merged ones deleted, again a
--- slice per commit. A subject's query seeks each live run once (at most 15
--- per level below 3, plus one per 2^26 leaves: 52 at 500 million) where
+-- memory; 32 runs of one level are merged into one of the next level (at
+-- most level 2, 2^22 leaves), and the merged ones deleted, again a slice
+-- per commit. A subject's query seeks each live run once (at most 31 per
+-- level below 2, plus one per 2^22 leaves: 181 at 500 million) where
 -- 0002's tables took one seek per segment (30,000). Each table's rows are
 -- chunks of one key's postings, keyed by the chunk's last (time, index) as
 -- offsets from the run's bases: (key, time_last, idx_last) orders the

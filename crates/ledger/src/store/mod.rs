@@ -129,8 +129,8 @@ impl From<rempart_sql::MigrationError> for StoreError {
 /// the leaves without gap or overlap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexProblem {
-    /// The first segment in doubt (leaves `segment << 14` onwards): the
-    /// start of the run in doubt.
+    /// The first segment in doubt (leaves `segment << 12` onwards on
+    /// SQLite): the start of the run in doubt.
     pub segment: u64,
     /// The table.
     pub table: &'static str,

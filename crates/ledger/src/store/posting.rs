@@ -37,14 +37,15 @@ impl LeafKeys {
     /// The keys of an encoded leaf, or `None` if it does not decode (the
     /// verifier reports such a leaf; the index has nothing to say of it).
     pub(crate) fn decode(idx: i64, data: &[u8]) -> Option<Self> {
-        let leaf = crate::leaf::AuditLeaf::decode(data).ok()?;
+        let (time, account, organisation, person, reveals) =
+            crate::leaf::AuditLeaf::query_keys(data)?;
         Some(LeafKeys {
             idx,
-            time: leaf.time.0,
-            account: leaf.account.get(),
-            organisation: leaf.organisation.get(),
-            person: leaf.person.map(|p| p.get()),
-            reveals: leaf.reveals_person_data(),
+            time,
+            account,
+            organisation,
+            person,
+            reveals,
         })
     }
 }
@@ -70,6 +71,15 @@ impl Kind {
         }
     }
 
+    /// Its statements, written out so that no string is built per call.
+    pub(crate) fn sql(self) -> &'static KindSql {
+        match self {
+            Kind::Account => &ACCOUNT_SQL,
+            Kind::Organisation => &ORGANISATION_SQL,
+            Kind::Person => &PERSON_SQL,
+        }
+    }
+
     /// Whether its postings carry the person and the reveals flag.
     pub(crate) fn has_extra(self) -> bool {
         self == Kind::Account
@@ -92,6 +102,68 @@ impl Kind {
         })
     }
 }
+
+/// The statements of one posting table (SQLite), with `?1` the run.
+pub(crate) struct KindSql {
+    /// The postings of key `?2` after offsets `(?3, ?4)`, in order.
+    pub scan_key: &'static str,
+    /// Up to `?5` chunks after `(key, time, idx) = (?2, ?3, ?4)`, in order.
+    pub fetch: &'static str,
+    /// The run's last chunk.
+    pub last: &'static str,
+    /// All of the run's chunks, in order.
+    pub all: &'static str,
+    /// One chunk: `(?2, ?3, ?4, ?5)`.
+    pub insert: &'static str,
+    /// The run's first `?2` keys' chunks.
+    pub delete: &'static str,
+}
+
+macro_rules! kind_sql {
+    ($name:ident, $table:literal) => {
+        const $name: KindSql = KindSql {
+            scan_key: concat!(
+                "SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " WHERE run = ?1 AND key = ?2 AND (time_last, idx_last) > (?3, ?4)",
+                " ORDER BY time_last, idx_last"
+            ),
+            fetch: concat!(
+                "SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)",
+                " ORDER BY key, time_last, idx_last LIMIT ?5"
+            ),
+            last: concat!(
+                "SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " WHERE run = ?1 ORDER BY key DESC, time_last DESC, idx_last DESC LIMIT 1"
+            ),
+            all: concat!(
+                "SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " WHERE run = ?1 ORDER BY key, time_last, idx_last"
+            ),
+            insert: concat!(
+                "INSERT INTO ",
+                $table,
+                " (run, key, time_last, idx_last, postings) VALUES (?1, ?2, ?3, ?4, ?5)"
+            ),
+            delete: concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE run = ?1 AND key <= (SELECT max(key) FROM (",
+                "SELECT key FROM ",
+                $table,
+                " WHERE run = ?1 ORDER BY key LIMIT ?2))"
+            ),
+        };
+    };
+}
+
+kind_sql!(ACCOUNT_SQL, "posting_account");
+kind_sql!(ORGANISATION_SQL, "posting_organisation");
+kind_sql!(PERSON_SQL, "posting_person");
 
 /// One leaf under one key. Ordered by key, then (time, index): the order
 /// of a run's rows and of the postings inside them.

@@ -4,7 +4,7 @@
 //! The writer keeps the keys of the segment being appended in memory. When
 //! the segment completes, a level-0 run is built from them, a slice per
 //! commit, into the three posting tables in key order (so each table grows
-//! at its right edge). Sixteen live runs of one level are merged into one
+//! at its right edge). `FANOUT` live runs of one level are merged into one
 //! run of the next level, and once that run is live the merged ones are
 //! deleted, again a slice per commit. A run is built under state 0 and
 //! becomes live (and its sources retired) in one commit; queries read only
@@ -32,25 +32,31 @@ use crate::store::{
 /// tests shrink segments and fan-out so that merges up to the top level
 /// happen within a few thousand leaves.
 #[cfg(not(test))]
-pub(super) const SEGMENT_SHIFT: u32 = 14;
+pub(super) const SEGMENT_SHIFT: u32 = 12;
 #[cfg(test)]
 pub(super) const SEGMENT_SHIFT: u32 = 6;
 const SEGMENT: i64 = 1 << SEGMENT_SHIFT;
 /// Runs of one level merged into one of the next.
 #[cfg(not(test))]
-const FANOUT: usize = 16;
+const FANOUT: usize = 32;
 #[cfg(test)]
 const FANOUT: usize = 4;
-/// The highest level: runs of 2^(14 + 4·3) = 2^26 leaves, never merged.
+/// The highest level: runs of 2^(12 + 5·2) = 2^22 leaves, never merged.
+/// Each level more would cost every posting one more write and delete;
+/// each level less, more runs for a query to seek (at 500 million leaves:
+/// 119 of the top level and at most 31 of each other, 181).
+#[cfg(not(test))]
+const MAX_LEVEL: i64 = 2;
+#[cfg(test)]
 const MAX_LEVEL: i64 = 3;
 /// Fewest postings a commit moves while there is index work.
 #[cfg(not(test))]
-const MIN_SLICE: usize = 256;
+const MIN_SLICE: usize = 64;
 #[cfg(test)]
 const MIN_SLICE: usize = 16;
 /// Postings a commit moves per leaf it appends. A leaf's postings are
-/// written once per level and deleted once per merge: about 3 × 4 + 3 × 3
-/// = 21 moves; more, so that the work never falls behind.
+/// written once per level and deleted once per merge: about 3 × 3 + 3 × 2
+/// = 15 moves; more, so that the work never falls behind.
 const WORK_PER_LEAF: usize = 32;
 /// Chunks fetched at a time from a run being merged.
 const FETCH: i64 = 64;
@@ -145,13 +151,7 @@ fn scan_key(
 ) -> Result<(), StoreError> {
     let bases = run.bases();
     let (t, i) = bases.offsets(after.0, after.1);
-    // Table names come from `Kind`, never from input.
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT key, time_last, idx_last, postings FROM {}
-         WHERE run = ?1 AND key = ?2 AND (time_last, idx_last) > (?3, ?4)
-         ORDER BY time_last, idx_last",
-        kind.table()
-    ))?;
+    let mut stmt = c.prepare_cached(kind.sql().scan_key)?;
     let mut rows = stmt.query(params![run.id, key, t, i])?;
     let mut postings = Vec::with_capacity(CHUNK);
     while let Some(r) = rows.next()? {
@@ -335,11 +335,7 @@ fn stored_sum(
     h: impl Fn(Posting) -> u64,
 ) -> Result<u64, StoreError> {
     let bases = run.bases();
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT key, time_last, idx_last, postings FROM {} WHERE run = ?1
-         ORDER BY key, time_last, idx_last",
-        kind.table()
-    ))?;
+    let mut stmt = c.prepare_cached(kind.sql().all)?;
     let mut rows = stmt.query([run.id])?;
     let mut sum = 0u64;
     let mut previous: Option<Posting> = None;
@@ -432,12 +428,7 @@ impl Source {
             } => {
                 while buffer.is_empty() && !*exhausted {
                     let bases = run.bases();
-                    let mut stmt = c.prepare_cached(&format!(
-                        "SELECT key, time_last, idx_last, postings FROM {}
-                         WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)
-                         ORDER BY key, time_last, idx_last LIMIT ?5",
-                        kind.table()
-                    ))?;
+                    let mut stmt = c.prepare_cached(kind.sql().fetch)?;
                     let mut rows = stmt.query(params![run.id, after.0, after.1, after.2, FETCH])?;
                     let mut fetched = 0;
                     let mut postings = Vec::new();
@@ -504,11 +495,7 @@ impl Build {
         };
         for (t, kind) in Kind::ALL.iter().enumerate().rev() {
             let last = c
-                .prepare_cached(&format!(
-                    "SELECT key, time_last, idx_last, postings FROM {} WHERE run = ?1
-                     ORDER BY key DESC, time_last DESC, idx_last DESC LIMIT 1",
-                    kind.table()
-                ))?
+                .prepare_cached(kind.sql().last)?
                 .query_row([run.id], chunk_row)
                 .optional()?;
             if let Some(chunk) = last {
@@ -613,11 +600,7 @@ impl Build {
         let Some(chunk) = posting::encode(kind, self.run.bases(), &self.chunk) else {
             return Ok(());
         };
-        c.prepare_cached(&format!(
-            "INSERT INTO {} (run, key, time_last, idx_last, postings) VALUES (?1, ?2, ?3, ?4, ?5)",
-            kind.table()
-        ))?
-        .execute(params![
+        c.prepare_cached(kind.sql().insert)?.execute(params![
             self.run.id,
             chunk.key,
             chunk.time_off,
@@ -645,12 +628,7 @@ impl Retire {
             }
             // Whole keys at a time, the first few of the run.
             let deleted = c
-                .prepare_cached(&format!(
-                    "DELETE FROM {0} WHERE run = ?1 AND key <= (
-                         SELECT max(key) FROM (
-                             SELECT key FROM {0} WHERE run = ?1 ORDER BY key LIMIT ?2))",
-                    kind.table()
-                ))?
+                .prepare_cached(kind.sql().delete)?
                 .execute(params![self.run.id, (budget - used).min(4096) as i64])?;
             used += deleted;
             if deleted == 0 {
