@@ -133,15 +133,10 @@ impl Env {
         let idx = row.index as i64;
         match self.backend {
             Backend::Sqlite => {
-                let kept = if row.nodes.len() > 256 && row.nodes.len() % 32 == 0 {
-                    let full = 32 * (row.index.trailing_ones() as usize + 1);
-                    if row.nodes.len() == full {
-                        &row.nodes[256..]
-                    } else {
-                        &row.nodes[..]
-                    }
-                } else if row.nodes.len() == 32 * (row.index.trailing_ones() as usize + 1) {
-                    &[][..]
+                // A full list (every level from 0) is cut to level 8 up.
+                let full = 32 * (row.index.trailing_ones() as usize + 1);
+                let kept = if row.nodes.len() == full {
+                    row.nodes.get(256..).unwrap_or_default()
                 } else {
                     &row.nodes[..]
                 };
