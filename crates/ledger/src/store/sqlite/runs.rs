@@ -312,8 +312,14 @@ pub(super) fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreE
             });
         }
         for (t, kind) in Kind::ALL.iter().enumerate() {
-            let stored = stored_sum(&tx, *kind, &run, |p| hasher.hash_one((t, p)));
-            if stored.ok() != Some(sums[t]) {
+            // Damage is a problem to report; a failing store is an error,
+            // not evidence of tampering.
+            let matches = match stored_sum(&tx, *kind, &run, |p| hasher.hash_one((t, p))) {
+                Ok(sum) => sum == sums[t],
+                Err(StoreError::Corrupt(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if !matches {
                 problems.push(IndexProblem {
                     segment,
                     table: kind.table(),
