@@ -859,6 +859,39 @@ mod tests {
         panic!("the index never settles: {:?}", run_levels(store));
     }
 
+    /// The leaves do not depend on the index: when its work fails (here a
+    /// trigger refuses every posting), appends still commit, nothing of the
+    /// failed slice stays, and queries answer from the leaves the runs do
+    /// not cover.
+    #[tokio::test]
+    async fn a_failing_index_never_blocks_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        Connection::open(store.path())
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER no_postings BEFORE INSERT ON posting_person
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+            )
+            .unwrap();
+        let mut frontier = crate::merkle::Frontier::new();
+        let all = leaves(0, 600);
+        let mut w = store.writer().await.unwrap();
+        for at in (0..600).step_by(50) {
+            let rows = rows_of(at as u64, &all[at..at + 50], &mut frontier);
+            w.append(at as u64, rows).await.unwrap();
+        }
+        assert_eq!(store.size().await.unwrap(), 600);
+        let c = Connection::open(store.path()).unwrap();
+        let persons: i64 = c
+            .query_row("SELECT count(*) FROM posting_person", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(persons, 0);
+        assert!(run_levels(&store).iter().all(|&(_, state)| state == 1));
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        assert_queries_match(&store, &all).await;
+    }
+
     /// A ledger in the format before 0004 (columns and every level's
     /// hashes per leaf, segment tables) keeps its leaves and the hashes of
     /// level 8 and up, answers the same queries (from its tail until the
