@@ -19,8 +19,12 @@
 #
 # What fits here: the 43 M CSV files take about 8.5 GB, the SQLite registry
 # about 21 GB, the PostgreSQL one about 28 GB (run one backend at a time:
-# each run deletes the other's data first); a ledger of 500 M leaves at
-# 238 bytes a leaf would take 119 GB, which is why --leaves defaults lower.
+# each run deletes the other's data first). The ledger's synthetic leaves
+# read the same number of persons as the registry holds; 500 M leaves take
+# about 62 GB on SQLite (123 bytes a leaf), more than fits beside the
+# registry, which is why --leaves defaults lower: for the full size, run
+# `rempart bench ledger --leaves 500000000 --persons 43000000 --dir DIR`
+# on its own.
 #
 # Needs /usr/bin/time; --postgres needs PostgreSQL at $BENCH_PG (default
 # postgres://postgres@127.0.0.1:5432/test) and psql. Seconds per
@@ -157,7 +161,7 @@ say "  ratio: $(printf '%.2f' "$(echo "$B_RPS / $S_RPS" | bc -l)") (target >= 0.
 [ "$BACKEND" = postgres ] && psql "$PG" -qc "DROP DATABASE IF EXISTS rempart_national_small WITH (FORCE)" > /dev/null
 
 say "== ledger at $LEAVES leaves ($BACKEND)"
-LEDGER_ARGS=(--leaves "$LEAVES")
+LEDGER_ARGS=(--leaves "$LEAVES" --persons "$PERSONS")
 if [ "$BACKEND" = postgres ]; then LEDGER_ARGS+=(--database "$PG"); else
   mkdir -p "$WORK/ledger"; rm -rf "$WORK/ledger"/*; LEDGER_ARGS+=(--dir "$WORK/ledger"); fi
 "$BIN" bench ledger "${LEDGER_ARGS[@]}" > "$WORK/ledger.out" 2>&1 || { cat "$WORK/ledger.out"; die "bench ledger failed"; }

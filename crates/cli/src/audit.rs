@@ -530,6 +530,7 @@ pub async fn bench_ledger(
     leaves: u64,
     database: Option<String>,
     dir: Option<PathBuf>,
+    persons: u64,
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let target = match database {
@@ -545,7 +546,7 @@ pub async fn bench_ledger(
         "SHA-256 leaf hashes, one core: {:.0}/s",
         bench::hash_rate(2_000_000)?
     );
-    println!("== {target:?}, {leaves} leaves");
+    println!("== {target:?}, {leaves} leaves reading {persons} persons");
     let store = bench::open_target(&target, true).await?;
     let key = LedgerKey::generate("rempart.bench/ledger")?;
     let copy = || LedgerKey::from_text(&key.signer().to_text());
@@ -554,18 +555,25 @@ pub async fn bench_ledger(
     let concurrent = (leaves / 2).clamp(1, 500_000);
     let rest = leaves.saturating_sub(concurrent);
     if rest > 0 {
-        let p = bench::populate(store.clone(), copy()?, rest).await?;
+        let p = bench::populate(store.clone(), copy()?, rest, persons).await?;
         println!(
             "batched appends (4096 per call): {} leaves in {:.2} s = {:.0}/s",
             p.leaves, p.seconds, p.per_second
         );
     }
-    let t = bench::append_throughput(store.clone(), copy()?, concurrent, 1024).await?;
+    let t = bench::append_throughput(store.clone(), copy()?, concurrent, 1024, persons).await?;
     println!(
         "durable appends, {} concurrent callers, group commit: {} leaves in {:.2} s = {:.0}/s",
         t.callers, t.leaves, t.seconds, t.per_second
     );
-    let l = bench::append_latency(store.clone(), copy()?, 5000, Duration::from_secs(10)).await?;
+    let l = bench::append_latency(
+        store.clone(),
+        copy()?,
+        5000,
+        Duration::from_secs(10),
+        persons,
+    )
+    .await?;
     println!(
         "latency at {}/s offered ({:.0}/s achieved, {} appends): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
         l.rate, l.achieved_rate, l.appends, l.p50_us, l.p99_us, l.p999_us, l.max_us
@@ -593,7 +601,7 @@ pub async fn bench_ledger(
         p.consistency.p99_us,
         p.consistency_max_hashes
     );
-    let q = bench::query_speed(&store, 200).await?;
+    let q = bench::query_speed(&store, 200, persons).await?;
     println!(
         "queries over {} leaves: persons shown to the hot account over the whole log: {} in {} µs; an account's persons over a week: mean {:.0} µs, p99 {} µs; first page of an account: mean {:.0} µs, p99 {} µs; of a person: mean {:.0} µs, p99 {} µs",
         q.leaves,

@@ -114,6 +114,10 @@ enum BenchCommand {
         /// Directory for the SQLite ledger (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Distinct persons the synthetic leaves read (43,000,000 for the
+        /// national registry: most persons then appear a few times a year).
+        #[arg(long, default_value_t = rempart_ledger::bench::SYNTHETIC_PERSONS)]
+        persons: u64,
     },
     /// Consultations/s over HTTP with keep-alive (policy, decryption and a
     /// durable ledger leaf each) against the server's own no-op endpoint,
@@ -226,7 +230,8 @@ async fn run(cli: Cli) -> Result<()> {
             leaves,
             database,
             dir,
-        }) => audit::bench_ledger(leaves, database, dir).await,
+            persons,
+        }) => audit::bench_ledger(leaves, database, dir, persons).await,
         Command::Bench(BenchCommand::Consult(args)) => bench::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth {
             passwords,

@@ -142,6 +142,7 @@ async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), LedgerError> {
 pub struct Synthetic {
     state: u64,
     next: u64,
+    persons: u64,
 }
 
 /// Start of the synthetic time line (2026-01-01T00:00:00Z).
@@ -150,6 +151,11 @@ pub const SYNTHETIC_START: Timestamp = Timestamp(1_767_225_600_000_000);
 pub const SYNTHETIC_STEP_US: i64 = 250_000;
 /// Number of synthetic accounts.
 pub const SYNTHETIC_ACCOUNTS: u64 = 10_000;
+/// Number of synthetic persons unless told otherwise: few enough that every
+/// person is read many times over a million leaves. At national scale
+/// (`with_persons(43_000_000)`) most persons are read a few times a year,
+/// which is what the person postings' size depends on.
+pub const SYNTHETIC_PERSONS: u64 = 1_000_000;
 /// The account doing 1 % of the reads.
 pub const HOT_ACCOUNT: AccountId = AccountId::new(1);
 
@@ -159,7 +165,14 @@ impl Synthetic {
         Synthetic {
             state: seed ^ 0x9e37_79b9_7f4a_7c15,
             next: first,
+            persons: SYNTHETIC_PERSONS,
         }
+    }
+
+    /// The same generator reading persons `1..=persons` (at least one).
+    pub fn with_persons(mut self, persons: u64) -> Self {
+        self.persons = persons.max(1);
+        self
     }
 
     fn random(&mut self) -> u64 {
@@ -181,7 +194,7 @@ impl Synthetic {
         } else {
             (2 + (r >> 8) % (SYNTHETIC_ACCOUNTS - 1)) as i64
         };
-        let person = 1 + (r >> 24) % 1_000_000;
+        let person = 1 + (r >> 24) % self.persons;
         let kind = (r >> 48) % 100;
         let (action, person, groups) = match kind {
             0..80 => (
@@ -244,6 +257,7 @@ pub async fn append_throughput(
     key: LedgerKey,
     leaves: u64,
     callers: usize,
+    persons: u64,
 ) -> Result<AppendFigures, LedgerError> {
     let callers = callers.max(1);
     let start_index = store.size().await?;
@@ -255,7 +269,8 @@ pub async fn append_throughput(
         let ledger = ledger.clone();
         let n = per + u64::from((c as u64) < leaves % callers as u64);
         tasks.push(tokio::spawn(async move {
-            let mut g = Synthetic::new(c as u64, start_index + c as u64 * per);
+            let mut g =
+                Synthetic::new(c as u64, start_index + c as u64 * per).with_persons(persons);
             for _ in 0..n {
                 ledger.append(&g.leaf()).await?;
             }
@@ -289,10 +304,11 @@ pub async fn populate(
     store: Arc<dyn LedgerStore>,
     key: LedgerKey,
     leaves: u64,
+    persons: u64,
 ) -> Result<AppendFigures, LedgerError> {
     let start_index = store.size().await?;
     let ledger = Ledger::open(store, key, LedgerConfig::default()).await?;
-    let mut g = Synthetic::new(7, start_index);
+    let mut g = Synthetic::new(7, start_index).with_persons(persons);
     let started = Instant::now();
     let mut left = leaves;
     let mut batch = Vec::with_capacity(4096);
@@ -340,6 +356,7 @@ pub async fn append_latency(
     key: LedgerKey,
     rate: u32,
     duration: Duration,
+    persons: u64,
 ) -> Result<LatencyFigures, LedgerError> {
     let start_index = store.size().await?;
     let ledger = Arc::new(Ledger::open(store, key, LedgerConfig::default()).await?);
@@ -348,7 +365,7 @@ pub async fn append_latency(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut sent: u64 = 0;
-    let mut g = Synthetic::new(11, start_index);
+    let mut g = Synthetic::new(11, start_index).with_persons(persons);
     let mut ticks: u64 = 0;
     let total_ticks = duration.as_millis().max(1) as u64;
     while ticks < total_ticks {
@@ -545,6 +562,7 @@ pub struct QueryFigures {
 pub async fn query_speed(
     store: &Arc<dyn LedgerStore>,
     samples: usize,
+    population: u64,
 ) -> Result<QueryFigures, LedgerError> {
     let leaves = store.size().await?;
     let end = Timestamp(SYNTHETIC_START.0 + leaves as i64 * SYNTHETIC_STEP_US + 1);
@@ -577,7 +595,7 @@ pub async fn query_speed(
         .await?;
         pages.push(t.elapsed().as_micros() as u64);
 
-        let person = PersonId::new(1 + (g.random() % 1_000_000) as i64);
+        let person = PersonId::new(1 + (g.random() % population.max(1)) as i64);
         let t = Instant::now();
         query::query(
             store.as_ref(),

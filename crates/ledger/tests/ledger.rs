@@ -1553,11 +1553,11 @@ async fn tamper_hidden_from_queries(b: Backend) {
 async fn bench_functions_run(b: Backend) {
     let env = Env::new(b).await;
     let key = key();
-    let populated = bench::populate(env.store.clone(), copy(&key), 300)
+    let populated = bench::populate(env.store.clone(), copy(&key), 300, 1000)
         .await
         .unwrap();
     assert_eq!(populated.leaves, 300);
-    let t = bench::append_throughput(env.store.clone(), copy(&key), 100, 10)
+    let t = bench::append_throughput(env.store.clone(), copy(&key), 100, 10, 1000)
         .await
         .unwrap();
     assert_eq!(t.leaves, 100);
@@ -1567,6 +1567,7 @@ async fn bench_functions_run(b: Backend) {
         copy(&key),
         500,
         Duration::from_millis(100),
+        1000,
     )
     .await
     .unwrap();
@@ -1580,7 +1581,7 @@ async fn bench_functions_run(b: Backend) {
     assert_eq!(p.size, 450);
     assert!(p.inclusion_max_hashes <= p.log2_bound);
     assert!(p.consistency_max_hashes <= p.log2_bound + 1);
-    let q = bench::query_speed(&env.store, 3).await.unwrap();
+    let q = bench::query_speed(&env.store, 3, 1000).await.unwrap();
     assert_eq!(q.leaves, 450);
     assert!(bench::hash_rate(1000).unwrap() > 0.0);
 }

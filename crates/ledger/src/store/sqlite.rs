@@ -661,7 +661,7 @@ mod tests {
     /// Leaves with few accounts, organisations and persons, and times that
     /// go back and forth (as leaves from concurrent requests do), so that
     /// keys span many chunks and time order is not index order.
-    fn leaves(from: u64, to: u64) -> Vec<crate::leaf::AuditLeaf> {
+    pub(super) fn leaves(from: u64, to: u64) -> Vec<crate::leaf::AuditLeaf> {
         let mut g = crate::bench::Synthetic::new(from, from);
         (from..to)
             .map(|i| {
@@ -676,7 +676,7 @@ mod tests {
             .collect()
     }
 
-    fn rows_of(
+    pub(super) fn rows_of(
         first: u64,
         leaves: &[crate::leaf::AuditLeaf],
         frontier: &mut crate::merkle::Frontier,
@@ -841,7 +841,7 @@ mod tests {
     /// Appends small batches until the index has nothing left to build,
     /// merge or delete (its work goes a slice per commit); returns `all`
     /// with the leaves added.
-    async fn settle(
+    pub(super) async fn settle(
         store: &SqliteLedgerStore,
         w: &mut Box<dyn LedgerWriter>,
         mut all: Vec<crate::leaf::AuditLeaf>,
