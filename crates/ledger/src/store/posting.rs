@@ -5,7 +5,8 @@
 //! leaf gives one posting: the subject's id (the key), the leaf's time and
 //! index, and for the account kind whether it revealed person data and
 //! about whom (breach scoping reads that kind alone). A stored row holds a
-//! chunk of up to [`CHUNK`] postings of one key, sorted by (time, index).
+//! chunk of up to [`CHUNK`] postings of one key (and [`BLOB_BUDGET`] bytes),
+//! sorted by (time, index).
 //! The row's key columns are the chunk's last posting, as offsets from its
 //! run's bases (small integers take fewer bytes in both backends); the
 //! blob holds the others as backward deltas, so a chunk of one posting, the
@@ -14,12 +15,43 @@
 
 use crate::store::StoreError;
 
-/// Most postings in one stored chunk: about 1 KiB of blob, one page (in
-/// unit tests, a few, so that keys span several chunks).
+/// Most postings in one stored chunk (in unit tests, a few, so that keys
+/// span several chunks).
 #[cfg(not(test))]
 pub(crate) const CHUNK: usize = 256;
 #[cfg(test)]
 pub(crate) const CHUNK: usize = 8;
+
+/// Most bytes of postings in one chunk's blob. SQLite keeps at most 1,002
+/// bytes of a WITHOUT ROWID row on its 4 KiB page and moves the rest to an
+/// overflow page of its own, mostly empty: chunks of 256 account postings
+/// (about 3 KB) took 22 bytes a posting on disk instead of 12. Under this
+/// budget, with the count and the key columns, a row stays on its page.
+/// (In unit tests, small enough that chunks are cut by bytes as well as by
+/// count.)
+#[cfg(not(test))]
+pub(crate) const BLOB_BUDGET: usize = 920;
+#[cfg(test)]
+pub(crate) const BLOB_BUDGET: usize = 24;
+
+/// The bytes posting `p` adds to a chunk's blob after `previous` (none for
+/// a chunk's first posting), as [`encode`] writes it.
+pub(crate) fn cost(kind: Kind, previous: Option<&Posting>, p: &Posting) -> usize {
+    let deltas = previous.map_or(0, |q| {
+        varint_len(p.time.wrapping_sub(q.time) as u64)
+            + varint_len(zigzag(p.idx.wrapping_sub(q.idx)))
+    });
+    let extra = if kind.has_extra() {
+        1 + p.person.map_or(0, |person| varint_len(zigzag(person)))
+    } else {
+        0
+    };
+    deltas + extra
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
 
 /// The query columns of a leaf, as the writer knows them (from its
 /// [`LeafRow`](crate::store::LeafRow)) or as decoded from its bytes.
@@ -398,6 +430,18 @@ mod tests {
             let mut back = Vec::new();
             decode(kind, bases, &stored, &mut back).unwrap();
             prop_assert_eq!(back, postings);
+        }
+
+        /// The writer cuts chunks by this sum: it must be the blob's size.
+        #[test]
+        fn costs_add_up_to_the_blob((kind, bases, postings) in chunk_strategy()) {
+            let stored = encode(kind, bases, &postings).unwrap();
+            let costs: usize = postings
+                .iter()
+                .enumerate()
+                .map(|(i, p)| cost(kind, i.checked_sub(1).map(|j| &postings[j]), p))
+                .sum();
+            prop_assert_eq!(varint_len(postings.len() as u64 - 1) + costs, stored.blob.len());
         }
 
         #[test]

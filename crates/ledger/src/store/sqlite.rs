@@ -824,6 +824,21 @@ mod tests {
         let all = settle(&store, &mut w, all, &mut frontier).await;
         assert_eq!(store.index_problems().await.unwrap(), vec![]);
         assert_queries_match(&store, &all).await;
+        // Chunks are cut by bytes too (with the count's varint).
+        let c = Connection::open(store.path()).unwrap();
+        for table in ["posting_account", "posting_organisation", "posting_person"] {
+            let longest: i64 = c
+                .query_row(
+                    &format!("SELECT max(length(postings)) FROM {table}"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(
+                longest as usize <= crate::store::posting::BLOB_BUDGET + 2,
+                "{table}: {longest}"
+            );
+        }
         // Every complete segment in a live run, each level below the top
         // with fewer than 4 runs: the greedy decomposition, largest first.
         let mut wanted = Vec::new();

@@ -24,7 +24,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::size_of;
 use crate::leaf::{AccountId, PersonId, Timestamp};
-use crate::store::posting::{self, Bases, CHUNK, Kind, LeafKeys, Posting, StoredChunk};
+use crate::store::posting::{
+    self, BLOB_BUDGET, Bases, CHUNK, Kind, LeafKeys, Posting, StoredChunk,
+};
 use crate::store::{
     IndexProblem, LeafRow, QueryRange, RawEntry, StoreError, Subject, page_start, to_i64, to_u64,
 };
@@ -528,6 +530,8 @@ struct Build {
     /// The last posting stored for the current kind.
     last: Option<Posting>,
     chunk: Vec<Posting>,
+    /// The blob bytes of `chunk`'s postings (without the count).
+    chunk_bytes: usize,
 }
 
 impl Build {
@@ -540,6 +544,7 @@ impl Build {
             sources: None,
             last: None,
             chunk: Vec::with_capacity(CHUNK),
+            chunk_bytes: 0,
         };
         for (t, kind) in Kind::ALL.iter().enumerate().rev() {
             let last = c
@@ -616,13 +621,17 @@ impl Build {
                 if previous.is_some_and(|q| q.position() == p.position()) {
                     continue;
                 }
-                if self
-                    .chunk
-                    .last()
-                    .is_some_and(|q| q.key != p.key || self.chunk.len() >= CHUNK)
+                let same_key = self.chunk.last().filter(|q| q.key == p.key);
+                let cost = posting::cost(kind, same_key, &p);
+                if !self.chunk.is_empty()
+                    && (same_key.is_none()
+                        || self.chunk.len() >= CHUNK
+                        || self.chunk_bytes + cost > BLOB_BUDGET)
                 {
                     self.flush(c, kind)?;
                 }
+                // A chunk's first posting has no delta.
+                self.chunk_bytes += posting::cost(kind, self.chunk.last(), &p);
                 self.chunk.push(p);
             }
         }
@@ -648,6 +657,7 @@ impl Build {
         ])?;
         self.last = self.chunk.last().copied();
         self.chunk.clear();
+        self.chunk_bytes = 0;
         Ok(())
     }
 }
