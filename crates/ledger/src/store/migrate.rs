@@ -27,6 +27,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "compact",
         sql: include_str!("../../migrations/sqlite/0004_compact.sql"),
     },
+    Migration {
+        version: 5,
+        name: "multi_key_chunks",
+        sql: include_str!("../../migrations/sqlite/0005_multi_key_chunks.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -50,6 +55,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 4,
         name: "compact",
         sql: include_str!("../../migrations/postgres/0004_compact.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "multi_key_chunks",
+        sql: include_str!("../../migrations/postgres/0005_multi_key_chunks.sql"),
     },
 ];
 

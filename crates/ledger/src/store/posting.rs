@@ -5,13 +5,18 @@
 //! leaf gives one posting: the subject's id (the key), the leaf's time and
 //! index, and for the account kind whether it revealed person data and
 //! about whom (breach scoping reads that kind alone). A stored row holds a
-//! chunk of up to [`CHUNK`] postings of one key (and [`BLOB_BUDGET`] bytes),
-//! sorted by (time, index).
-//! The row's key columns are the chunk's last posting, as offsets from its
-//! run's bases (small integers take fewer bytes in both backends); the
-//! blob holds the others as backward deltas, so a chunk of one posting, the
-//! common case for a person, has an empty blob but for the account kind's
-//! flags.
+//! chunk of up to [`CHUNK`] postings (and [`BLOB_BUDGET`] bytes), sorted by
+//! (key, time, index). The row's key columns are the chunk's last posting,
+//! as offsets from its run's bases (small integers take fewer bytes in both
+//! backends); the blob holds the others backwards, each as deltas from the
+//! next one of its key, or as its key's delta and offsets from the bases
+//! where the key changes.
+//!
+//! Runs written before [`Format::MultiKey`] hold chunks of one key each
+//! ([`Format::OneKey`]): a person read once in a run then took a row of its
+//! own, about 27 bytes on SQLite and far more on PostgreSQL, where every
+//! row carries a 24-byte header. Both formats are read; new runs are
+//! written in the multi-key one.
 
 use crate::store::StoreError;
 
@@ -34,12 +39,56 @@ pub(crate) const BLOB_BUDGET: usize = 920;
 #[cfg(test)]
 pub(crate) const BLOB_BUDGET: usize = 24;
 
+/// How a run's chunks are laid out (its `format` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// One key per chunk (runs built before migration 0005).
+    OneKey,
+    /// Consecutive postings of any keys.
+    MultiKey,
+}
+
+impl Format {
+    /// The format of a stored run, if known.
+    pub(crate) fn from_column(v: i64) -> Option<Self> {
+        match v {
+            0 => Some(Format::OneKey),
+            1 => Some(Format::MultiKey),
+            _ => None,
+        }
+    }
+
+    /// Its column value.
+    pub(crate) fn column(self) -> i64 {
+        match self {
+            Format::OneKey => 0,
+            Format::MultiKey => 1,
+        }
+    }
+
+    /// Whether `p` may follow `previous` in one chunk.
+    pub(crate) fn may_share(self, previous: &Posting, p: &Posting) -> bool {
+        self == Format::MultiKey || previous.key == p.key
+    }
+}
+
 /// The bytes posting `p` adds to a chunk's blob after `previous` (none for
-/// a chunk's first posting), as [`encode`] writes it.
-pub(crate) fn cost(kind: Kind, previous: Option<&Posting>, p: &Posting) -> usize {
+/// a chunk's first posting), as [`encode`] writes it: `previous` is written
+/// relative to `p`.
+pub(crate) fn cost(
+    kind: Kind,
+    format: Format,
+    bases: Bases,
+    previous: Option<&Posting>,
+    p: &Posting,
+) -> usize {
     let deltas = previous.map_or(0, |q| {
-        varint_len(p.time.wrapping_sub(q.time) as u64)
-            + varint_len(zigzag(p.idx.wrapping_sub(q.idx)))
+        let (time, idx) = pair_fields(format, bases, q, p);
+        let key = match format {
+            Format::OneKey => 0,
+            Format::MultiKey => varint_len(p.key.wrapping_sub(q.key) as u64),
+        };
+        key + varint_len(time) + varint_len(idx)
     });
     let extra = if kind.has_extra() {
         1 + p.person.map_or(0, |person| varint_len(zigzag(person)))
@@ -137,7 +186,8 @@ impl Kind {
 
 /// The statements of one posting table (SQLite), with `?1` the run.
 pub(crate) struct KindSql {
-    /// The postings of key `?2` after offsets `(?3, ?4)`, in order.
+    /// The chunks ending after `(key, time, idx) = (?2, ?3, ?4)`, in order
+    /// (the caller stops past its key).
     pub scan_key: &'static str,
     /// Up to `?5` chunks after `(key, time, idx) = (?2, ?3, ?4)`, in order.
     pub fetch: &'static str,
@@ -157,8 +207,8 @@ macro_rules! kind_sql {
             scan_key: concat!(
                 "SELECT key, time_last, idx_last, postings FROM ",
                 $table,
-                " WHERE run = ?1 AND key = ?2 AND (time_last, idx_last) > (?3, ?4)",
-                " ORDER BY time_last, idx_last"
+                " WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)",
+                " ORDER BY key, time_last, idx_last"
             ),
             fetch: concat!(
                 "SELECT key, time_last, idx_last, postings FROM ",
@@ -255,16 +305,42 @@ pub(crate) struct StoredChunk {
     pub blob: Vec<u8>,
 }
 
-/// Encodes a non-empty chunk (one key, sorted by (time, index), postings of
-/// the run with these bases).
-pub(crate) fn encode(kind: Kind, bases: Bases, chunk: &[Posting]) -> Option<StoredChunk> {
+/// The two fields that place posting `q` given the next one, `p`: deltas
+/// from `p` when they share a key (sorted, so the wrapped time difference
+/// is the true one), else offsets from the bases (not zigzagged: the run's
+/// postings lie above its bases; anything else still round-trips, wrapped).
+fn pair_fields(format: Format, bases: Bases, q: &Posting, p: &Posting) -> (u64, u64) {
+    if format == Format::OneKey || q.key == p.key {
+        (
+            p.time.wrapping_sub(q.time) as u64,
+            zigzag(p.idx.wrapping_sub(q.idx)),
+        )
+    } else {
+        (
+            q.time.wrapping_sub(bases.time) as u64,
+            q.idx.wrapping_sub(bases.idx) as u64,
+        )
+    }
+}
+
+/// Encodes a non-empty chunk (sorted by (key, time, index), of one key in
+/// [`Format::OneKey`], postings of the run with these bases).
+pub(crate) fn encode(
+    kind: Kind,
+    format: Format,
+    bases: Bases,
+    chunk: &[Posting],
+) -> Option<StoredChunk> {
     let last = chunk.last()?;
     let mut blob = Vec::new();
     put(&mut blob, chunk.len() as u64 - 1);
     for pair in chunk.windows(2).rev() {
-        // Sorted, so the wrapped difference is the true one.
-        put(&mut blob, pair[1].time.wrapping_sub(pair[0].time) as u64);
-        put(&mut blob, zigzag(pair[1].idx.wrapping_sub(pair[0].idx)));
+        if format == Format::MultiKey {
+            put(&mut blob, pair[1].key.wrapping_sub(pair[0].key) as u64);
+        }
+        let (time, idx) = pair_fields(format, bases, &pair[0], &pair[1]);
+        put(&mut blob, time);
+        put(&mut blob, idx);
     }
     if kind.has_extra() {
         for p in chunk {
@@ -285,6 +361,7 @@ pub(crate) fn encode(kind: Kind, bases: Bases, chunk: &[Posting]) -> Option<Stor
 /// Decodes a stored chunk, appending its postings (in order) to `out`.
 pub(crate) fn decode(
     kind: Kind,
+    format: Format,
     bases: Bases,
     chunk: &StoredChunk,
     out: &mut Vec<Posting>,
@@ -312,10 +389,22 @@ pub(crate) fn decode(
     slots[n - 1].time = chunk.time_off.wrapping_add(bases.time);
     slots[n - 1].idx = chunk.idx_off.wrapping_add(bases.idx);
     for j in (0..n - 1).rev() {
-        let dt = r.get().ok_or_else(|| bad("is truncated"))?;
-        let di = r.get().ok_or_else(|| bad("is truncated"))?;
-        slots[j].time = slots[j + 1].time.wrapping_sub(dt as i64);
-        slots[j].idx = slots[j + 1].idx.wrapping_sub(unzigzag(di));
+        let dk = match format {
+            Format::OneKey => 0,
+            Format::MultiKey => r.get().ok_or_else(|| bad("is truncated"))?,
+        };
+        let time = r.get().ok_or_else(|| bad("is truncated"))?;
+        let idx = r.get().ok_or_else(|| bad("is truncated"))?;
+        let next = slots[j + 1];
+        let slot = &mut slots[j];
+        slot.key = next.key.wrapping_sub(dk as i64);
+        if dk == 0 {
+            slot.time = next.time.wrapping_sub(time as i64);
+            slot.idx = next.idx.wrapping_sub(unzigzag(idx));
+        } else {
+            slot.time = bases.time.wrapping_add(time as i64);
+            slot.idx = bases.idx.wrapping_add(idx as i64);
+        }
     }
     if kind.has_extra() {
         for p in slots.iter_mut() {
@@ -333,10 +422,7 @@ pub(crate) fn decode(
         return Err(bad("has trailing bytes"));
     }
     // Sorted, as they were written: anything else is damage.
-    if slots
-        .windows(2)
-        .any(|w| (w[0].time, w[0].idx) >= (w[1].time, w[1].idx))
-    {
+    if slots.windows(2).any(|w| w[0].position() >= w[1].position()) {
         return Err(bad("is out of order"));
     }
     Ok(())
@@ -392,28 +478,38 @@ mod tests {
 
     use super::*;
 
-    fn chunk_strategy() -> impl Strategy<Value = (Kind, Bases, Vec<Posting>)> {
+    /// A chunk as a run holds one: sorted by (key, time, index), distinct
+    /// positions, of one key in the one-key format; keys, times and indices
+    /// anywhere in `i64` (wrapping arithmetic must round-trip them all).
+    fn chunk_strategy() -> impl Strategy<Value = (Kind, Format, Bases, Vec<Posting>)> {
         (
             prop::sample::select(Kind::ALL.to_vec()),
+            prop::sample::select(vec![Format::OneKey, Format::MultiKey]),
+            prop::collection::vec(any::<i64>(), 1..4),
             any::<i64>(),
-            any::<i64>(),
-            prop::collection::btree_set((any::<i64>(), any::<i64>()), 1..40),
+            prop::collection::btree_set((0usize..4, any::<i64>(), any::<i64>()), 1..40),
             prop::collection::vec((any::<Option<i64>>(), any::<bool>()), 40),
         )
-            .prop_map(|(kind, key, base, times, extras)| {
-                let postings = times
+            .prop_map(|(kind, format, keys, base, positions, extras)| {
+                let mut postings: Vec<Posting> = positions
                     .into_iter()
                     .zip(extras)
-                    .map(|((time, idx), (person, reveals))| Posting {
-                        key,
+                    .map(|((k, time, idx), (person, reveals))| Posting {
+                        key: match format {
+                            Format::OneKey => keys[0],
+                            Format::MultiKey => keys[k % keys.len()],
+                        },
                         time,
                         idx,
                         person: if kind.has_extra() { person } else { None },
                         reveals: kind.has_extra() && reveals,
                     })
                     .collect();
+                postings.sort_unstable();
+                postings.dedup_by_key(|p| p.position());
                 (
                     kind,
+                    format,
                     Bases {
                         time: base,
                         idx: base / 3,
@@ -425,52 +521,99 @@ mod tests {
 
     proptest! {
         #[test]
-        fn chunks_round_trip((kind, bases, postings) in chunk_strategy()) {
-            let stored = encode(kind, bases, &postings).unwrap();
+        fn chunks_round_trip((kind, format, bases, postings) in chunk_strategy()) {
+            let stored = encode(kind, format, bases, &postings).unwrap();
             let mut back = Vec::new();
-            decode(kind, bases, &stored, &mut back).unwrap();
+            decode(kind, format, bases, &stored, &mut back).unwrap();
             prop_assert_eq!(back, postings);
         }
 
         /// The writer cuts chunks by this sum: it must be the blob's size.
         #[test]
-        fn costs_add_up_to_the_blob((kind, bases, postings) in chunk_strategy()) {
-            let stored = encode(kind, bases, &postings).unwrap();
+        fn costs_add_up_to_the_blob((kind, format, bases, postings) in chunk_strategy()) {
+            let stored = encode(kind, format, bases, &postings).unwrap();
             let costs: usize = postings
                 .iter()
                 .enumerate()
-                .map(|(i, p)| cost(kind, i.checked_sub(1).map(|j| &postings[j]), p))
+                .map(|(i, p)| cost(kind, format, bases, i.checked_sub(1).map(|j| &postings[j]), p))
                 .sum();
             prop_assert_eq!(varint_len(postings.len() as u64 - 1) + costs, stored.blob.len());
         }
 
         #[test]
         fn damaged_chunks_are_errors_not_panics(
-            (kind, bases, postings) in chunk_strategy(),
+            (kind, format, bases, postings) in chunk_strategy(),
             cut in any::<prop::sample::Index>(),
             junk in prop::collection::vec(any::<u8>(), 0..64),
         ) {
-            let mut stored = encode(kind, bases, &postings).unwrap();
+            let mut stored = encode(kind, format, bases, &postings).unwrap();
             stored.blob.truncate(cut.index(stored.blob.len() + 1));
             stored.blob.extend_from_slice(&junk);
             let mut back = Vec::new();
-            let _ = decode(kind, bases, &stored, &mut back);
+            let _ = decode(kind, format, bases, &stored, &mut back);
+        }
+    }
+
+    fn person(key: i64, time: i64, idx: i64) -> Posting {
+        Posting {
+            key,
+            time,
+            idx,
+            person: None,
+            reveals: false,
         }
     }
 
     #[test]
     fn a_lone_person_posting_has_an_empty_blob() {
-        let p = Posting {
-            key: 42,
-            time: 1_700_000_000_000_000,
-            idx: 123_456,
-            person: None,
-            reveals: false,
-        };
+        let p = person(42, 1_700_000_000_000_000, 123_456);
         let bases = Bases::new(100_000, 1_699_999_999_000_000, 1_700_000_100_000_000);
-        let stored = encode(Kind::Person, bases, &[p]).unwrap();
-        assert_eq!(stored.blob, [0]);
-        assert_eq!((stored.time_off, stored.idx_off), (1_000_000, 23_456));
+        for format in [Format::OneKey, Format::MultiKey] {
+            let stored = encode(Kind::Person, format, bases, &[p]).unwrap();
+            assert_eq!(stored.blob, [0]);
+            assert_eq!((stored.time_off, stored.idx_off), (1_000_000, 23_456));
+        }
+    }
+
+    /// The point of the multi-key format: persons read once in a run share
+    /// rows, each taking its key's delta and two offsets.
+    #[test]
+    fn persons_read_once_share_a_chunk() {
+        let bases = Bases::new(4_194_304, 1_700_000_000_000_000, 1_701_000_000_000_000);
+        let postings: Vec<Posting> = (0..100)
+            .map(|i| {
+                person(
+                    1_000 + 7 * i,
+                    bases.time + 9_999_999 * i,
+                    bases.idx + 41 * i,
+                )
+            })
+            .collect();
+        let stored = encode(Kind::Person, Format::MultiKey, bases, &postings).unwrap();
+        // 1 (count) + 99 × (1 key + at most 5 time + 2 index).
+        assert!(stored.blob.len() <= 1 + 99 * 8, "{}", stored.blob.len());
+        let mut back = Vec::new();
+        decode(Kind::Person, Format::MultiKey, bases, &stored, &mut back).unwrap();
+        assert_eq!(back, postings);
+        // Not a valid one-key chunk: its keys differ.
+        assert!(
+            decode(
+                Kind::Person,
+                Format::OneKey,
+                bases,
+                &stored,
+                &mut Vec::new()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn formats_are_named_by_their_column() {
+        for f in [Format::OneKey, Format::MultiKey] {
+            assert_eq!(Format::from_column(f.column()), Some(f));
+        }
+        assert_eq!(Format::from_column(2), None);
     }
 
     #[test]

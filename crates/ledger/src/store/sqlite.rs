@@ -705,7 +705,10 @@ mod tests {
 
     /// Every subject's leaves as the index answers them, page by page,
     /// against a scan of `all`.
-    async fn assert_queries_match(store: &SqliteLedgerStore, all: &[crate::leaf::AuditLeaf]) {
+    pub(super) async fn assert_queries_match(
+        store: &SqliteLedgerStore,
+        all: &[crate::leaf::AuditLeaf],
+    ) {
         use crate::store::{QueryRange, Subject};
         let subjects = (1..8)
             .map(|a| Subject::Account(AccountId::new(a)))
@@ -775,7 +778,7 @@ mod tests {
         }
     }
 
-    fn run_levels(store: &SqliteLedgerStore) -> Vec<(i64, i64)> {
+    pub(super) fn run_levels(store: &SqliteLedgerStore) -> Vec<(i64, i64)> {
         let c = Connection::open(store.path()).unwrap();
         let mut stmt = c
             .prepare("SELECT level, state FROM run ORDER BY first_leaf, level DESC")

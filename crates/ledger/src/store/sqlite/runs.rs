@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::size_of;
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::store::posting::{
-    self, BLOB_BUDGET, Bases, CHUNK, Kind, LeafKeys, Posting, StoredChunk,
+    self, BLOB_BUDGET, Bases, CHUNK, Format, Kind, LeafKeys, Posting, StoredChunk,
 };
 use crate::store::{
     IndexProblem, LeafRow, QueryRange, RawEntry, StoreError, Subject, page_start, to_i64, to_u64,
@@ -78,21 +78,35 @@ pub(super) struct Run {
     min_time: i64,
     max_time: i64,
     state: i64,
+    format: Format,
 }
 
 impl Run {
     fn bases(&self) -> Bases {
         Bases::new(self.first, self.min_time, self.max_time)
     }
+
+    /// Decodes one of its chunks of `kind`, appending the postings to `out`.
+    fn decode(
+        &self,
+        kind: Kind,
+        chunk: &StoredChunk,
+        out: &mut Vec<Posting>,
+    ) -> Result<(), StoreError> {
+        posting::decode(kind, self.format, self.bases(), chunk, out)
+    }
 }
 
 fn all_runs(c: &Connection) -> Result<Vec<Run>, StoreError> {
     let mut stmt = c.prepare_cached(
-        "SELECT id, level, first_leaf, end_leaf, min_time, max_time, state FROM run
+        "SELECT id, level, first_leaf, end_leaf, min_time, max_time, state, format FROM run
          ORDER BY first_leaf, level DESC, id",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Run {
+    let mut rows = stmt.query([])?;
+    let mut runs = Vec::new();
+    while let Some(r) = rows.next()? {
+        let format: i64 = r.get(7)?;
+        runs.push(Run {
             id: r.get(0)?,
             level: r.get(1)?,
             first: r.get(2)?,
@@ -100,9 +114,11 @@ fn all_runs(c: &Connection) -> Result<Vec<Run>, StoreError> {
             min_time: r.get(4)?,
             max_time: r.get(5)?,
             state: r.get(6)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+            format: Format::from_column(format)
+                .ok_or_else(|| StoreError::Corrupt(format!("a run of unknown format {format}")))?,
+        });
+    }
+    Ok(runs)
 }
 
 /// The live runs, by first leaf.
@@ -143,7 +159,10 @@ fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChunk> {
 }
 
 /// Calls `f` with the postings of `key` in `run` that come after
-/// `(time, idx)`, in order, until it returns false.
+/// `(time, idx)`, in order, until it returns false: from the first chunk
+/// that ends after that position to the first that ends past the key (in
+/// the multi-key format, a chunk may start with the key and end with
+/// another).
 fn scan_key(
     c: &Connection,
     kind: Kind,
@@ -152,18 +171,27 @@ fn scan_key(
     after: (i64, i64),
     mut f: impl FnMut(&Posting) -> bool,
 ) -> Result<(), StoreError> {
-    let bases = run.bases();
-    let (t, i) = bases.offsets(after.0, after.1);
+    let (t, i) = run.bases().offsets(after.0, after.1);
     let mut stmt = c.prepare_cached(kind.sql().scan_key)?;
     let mut rows = stmt.query(params![run.id, key, t, i])?;
     let mut postings = Vec::with_capacity(CHUNK);
     while let Some(r) = rows.next()? {
+        let chunk = chunk_row(r)?;
+        if chunk.key > key && run.format == Format::OneKey {
+            break;
+        }
         postings.clear();
-        posting::decode(kind, bases, &chunk_row(r)?, &mut postings)?;
-        for p in postings.iter().filter(|p| (p.time, p.idx) > after) {
+        run.decode(kind, &chunk, &mut postings)?;
+        for p in postings
+            .iter()
+            .filter(|p| p.key == key && (p.time, p.idx) > after)
+        {
             if !f(p) {
                 return Ok(());
             }
+        }
+        if chunk.key > key {
+            break;
         }
     }
     Ok(())
@@ -343,7 +371,6 @@ fn stored_sum(
     run: &Run,
     h: impl Fn(Posting) -> u64,
 ) -> Result<u64, StoreError> {
-    let bases = run.bases();
     let mut stmt = c.prepare_cached(kind.sql().all)?;
     let mut rows = stmt.query([run.id])?;
     let mut sum = 0u64;
@@ -351,9 +378,9 @@ fn stored_sum(
     let mut postings = Vec::with_capacity(CHUNK);
     while let Some(r) = rows.next()? {
         postings.clear();
-        posting::decode(kind, bases, &chunk_row(r)?, &mut postings)?;
+        run.decode(kind, &chunk_row(r)?, &mut postings)?;
         for p in &postings {
-            let ordered = previous.is_none_or(|q| q.key != p.key || q.position() < p.position());
+            let ordered = previous.is_none_or(|q| q.position() < p.position());
             if !ordered || !(run.first..run.end).contains(&p.idx) {
                 return Err(StoreError::Corrupt(format!(
                     "{} is out of order",
@@ -375,11 +402,19 @@ fn insert_run(
     min_time: i64,
     max_time: i64,
 ) -> Result<Run, StoreError> {
+    let format = Format::MultiKey;
     c.prepare_cached(
-        "INSERT INTO run (level, first_leaf, end_leaf, min_time, max_time, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+        "INSERT INTO run (level, first_leaf, end_leaf, min_time, max_time, state, format)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
     )?
-    .execute(params![level, first, end, min_time, max_time])?;
+    .execute(params![
+        level,
+        first,
+        end,
+        min_time,
+        max_time,
+        format.column()
+    ])?;
     Ok(Run {
         id: c.last_insert_rowid(),
         level,
@@ -388,6 +423,7 @@ fn insert_run(
         min_time,
         max_time,
         state: BUILDING,
+        format,
     })
 }
 
@@ -436,7 +472,6 @@ impl Source {
                 exhausted,
             } => {
                 while buffer.is_empty() && !*exhausted {
-                    let bases = run.bases();
                     let mut stmt = c.prepare_cached(kind.sql().fetch)?;
                     let mut rows = stmt.query(params![run.id, after.0, after.1, after.2, FETCH])?;
                     let mut fetched = 0;
@@ -445,7 +480,7 @@ impl Source {
                     while let Some(r) = rows.next()? {
                         let chunk = chunk_row(r)?;
                         *after = (chunk.key, chunk.time_off, chunk.idx_off);
-                        posting::decode(*kind, bases, &chunk, &mut postings)?;
+                        run.decode(*kind, &chunk, &mut postings)?;
                         fetched += 1;
                         // A chunk's worth is enough: opening a merge reads
                         // every source, and one commit's slice is small.
@@ -553,7 +588,7 @@ impl Build {
                 .optional()?;
             if let Some(chunk) = last {
                 let mut postings = Vec::new();
-                posting::decode(*kind, run.bases(), &chunk, &mut postings)?;
+                run.decode(*kind, &chunk, &mut postings)?;
                 build.kind = t;
                 build.last = postings.last().copied();
                 break;
@@ -621,17 +656,17 @@ impl Build {
                 if previous.is_some_and(|q| q.position() == p.position()) {
                     continue;
                 }
-                let same_key = self.chunk.last().filter(|q| q.key == p.key);
-                let cost = posting::cost(kind, same_key, &p);
-                if !self.chunk.is_empty()
-                    && (same_key.is_none()
+                let (format, bases) = (self.run.format, self.run.bases());
+                if let Some(q) = self.chunk.last()
+                    && (!format.may_share(q, &p)
                         || self.chunk.len() >= CHUNK
-                        || self.chunk_bytes + cost > BLOB_BUDGET)
+                        || self.chunk_bytes + posting::cost(kind, format, bases, Some(q), &p)
+                            > BLOB_BUDGET)
                 {
                     self.flush(c, kind)?;
                 }
                 // A chunk's first posting has no delta.
-                self.chunk_bytes += posting::cost(kind, self.chunk.last(), &p);
+                self.chunk_bytes += posting::cost(kind, format, bases, self.chunk.last(), &p);
                 self.chunk.push(p);
             }
         }
@@ -645,7 +680,8 @@ impl Build {
     }
 
     fn flush(&mut self, c: &Connection, kind: Kind) -> Result<(), StoreError> {
-        let Some(chunk) = posting::encode(kind, self.run.bases(), &self.chunk) else {
+        let Some(chunk) = posting::encode(kind, self.run.format, self.run.bases(), &self.chunk)
+        else {
             return Ok(());
         };
         c.prepare_cached(kind.sql().insert)?.execute(params![
@@ -871,7 +907,100 @@ mod tests {
     use super::*;
     use crate::store::LedgerStore;
     use crate::store::sqlite::SqliteLedgerStore;
-    use crate::store::sqlite::tests::{leaves, rows_of, settle};
+    use crate::store::sqlite::tests::{assert_queries_match, leaves, rows_of, run_levels, settle};
+
+    /// Rewrites every run in the one-key format, as migration 0005 finds
+    /// the runs that 0004's code built.
+    fn rewrite_as_one_key(c: &Connection) {
+        for run in all_runs(c).unwrap() {
+            for kind in Kind::ALL {
+                let mut postings = Vec::new();
+                let mut stmt = c.prepare(kind.sql().all).unwrap();
+                let mut rows = stmt.query([run.id]).unwrap();
+                while let Some(r) = rows.next().unwrap() {
+                    run.decode(kind, &chunk_row(r).unwrap(), &mut postings)
+                        .unwrap();
+                }
+                drop(rows);
+                c.execute(
+                    &format!("DELETE FROM {} WHERE run = ?1", kind.table()),
+                    [run.id],
+                )
+                .unwrap();
+                for chunk in postings.chunk_by(|a, b| a.key == b.key) {
+                    for part in chunk.chunks(CHUNK) {
+                        let stored =
+                            posting::encode(kind, Format::OneKey, run.bases(), part).unwrap();
+                        c.prepare(kind.sql().insert)
+                            .unwrap()
+                            .execute(params![
+                                run.id,
+                                stored.key,
+                                stored.time_off,
+                                stored.idx_off,
+                                stored.blob
+                            ])
+                            .unwrap();
+                    }
+                }
+            }
+        }
+        c.execute("UPDATE run SET format = 0", []).unwrap();
+    }
+
+    /// Runs of both formats side by side: queries and the check read each
+    /// in its own, merges of old runs write new ones in the multi-key
+    /// format, and in that format persons read once share rows.
+    #[tokio::test]
+    async fn one_key_runs_are_read_and_merged_into_multi_key_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        let mut frontier = crate::merkle::Frontier::new();
+        let all = leaves(0, 2_000);
+        let mut w = store.writer().await.unwrap();
+        w.append(0, rows_of(0, &all, &mut frontier)).await.unwrap();
+        let all = settle(&store, &mut w, all, &mut frontier).await;
+        w.close().await;
+        drop(w);
+        let c = Connection::open(store.path()).unwrap();
+        let multi_key_rows: i64 = c
+            .query_row("SELECT count(*) FROM posting_person", [], |r| r.get(0))
+            .unwrap();
+        rewrite_as_one_key(&c);
+        let one_key_rows: i64 = c
+            .query_row("SELECT count(*) FROM posting_person", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            multi_key_rows < one_key_rows,
+            "{multi_key_rows} vs {one_key_rows}"
+        );
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        assert_queries_match(&store, &all).await;
+
+        // Enough leaves for merges of the old runs with new ones.
+        let mut w = store.writer().await.unwrap();
+        let more = leaves(all.len() as u64, 4_200);
+        w.append(
+            all.len() as u64,
+            rows_of(all.len() as u64, &more, &mut frontier),
+        )
+        .await
+        .unwrap();
+        let mut all = all;
+        all.extend(more);
+        let all = settle(&store, &mut w, all, &mut frontier).await;
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        assert_queries_match(&store, &all).await;
+        let formats: Vec<(i64, i64)> = c
+            .prepare("SELECT level, format FROM run WHERE state = 1 ORDER BY first_leaf")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(formats.contains(&(3, 1)), "{formats:?}");
+        assert_eq!(run_levels(&store).len(), formats.len());
+    }
 
     /// Opening a merge peeks at every source, inside an append's commit:
     /// each source reads about a chunk's worth of postings at a time, not
