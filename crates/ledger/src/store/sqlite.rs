@@ -613,34 +613,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
         let c = Connection::open(store.path()).unwrap();
-        for table in ["posting_account", "posting_organisation", "posting_person"] {
+        for kind in crate::store::posting::Kind::ALL {
+            let (table, sql) = (kind.table(), kind.sql());
             for (sql, wanted) in [
-                (
-                    format!(
-                        "SELECT key, time_last, idx_last, postings FROM {table}
-                         WHERE run = ?1 AND key = ?2 AND (time_last, idx_last) > (?3, ?4)
-                         ORDER BY time_last, idx_last"
-                    ),
-                    "(run=? AND key=? AND (time_last,idx_last)>(?,?))",
-                ),
-                (
-                    format!(
-                        "SELECT key, time_last, idx_last, postings FROM {table}
-                         WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)
-                         ORDER BY key, time_last, idx_last LIMIT ?5"
-                    ),
-                    "(run=? AND (key,time_last,idx_last)>(?,?,?))",
-                ),
-                (
-                    format!(
-                        "DELETE FROM {table} WHERE run = ?1 AND key <= (
-                             SELECT max(key) FROM (
-                                 SELECT key FROM {table} WHERE run = ?1 ORDER BY key LIMIT ?2))"
-                    ),
-                    "(run=? AND key<?)",
-                ),
+                (sql.scan_key, "(run=? AND (key,time_last,idx_last)>(?,?,?))"),
+                (sql.fetch, "(run=? AND (key,time_last,idx_last)>(?,?,?))"),
+                (sql.last, "(run=?)"),
+                (sql.all, "(run=?)"),
+                (sql.delete, "(run=? AND key<?)"),
             ] {
-                let p = plan(&c, &sql);
+                let p = plan(&c, sql);
                 assert!(
                     p.contains(&format!("SEARCH {table} USING PRIMARY KEY {wanted}")),
                     "{p}"
