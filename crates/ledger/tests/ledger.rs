@@ -96,7 +96,8 @@ impl Env {
             rusqlite::Connection::open(self.dir.as_ref().unwrap().path().join(FILE_NAME)).unwrap();
         c.execute_batch(
             "DROP TRIGGER IF EXISTS leaf_no_update; DROP TRIGGER IF EXISTS leaf_no_delete;
-             DROP TRIGGER IF EXISTS checkpoint_no_update; DROP TRIGGER IF EXISTS checkpoint_no_delete;",
+             DROP TRIGGER IF EXISTS checkpoint_no_update; DROP TRIGGER IF EXISTS checkpoint_no_delete;
+             DROP TRIGGER IF EXISTS subtree_no_update; DROP TRIGGER IF EXISTS subtree_no_delete;",
         )
         .unwrap();
         c
@@ -127,8 +128,9 @@ impl Env {
     }
 
     /// Overwrites a leaf row (all columns but the index) around every
-    /// protection. SQLite's rows hold only the bytes and the hashes of
-    /// level 8 and up (`row.nodes` as read back; a full list is cut).
+    /// protection. SQLite's rows hold only the bytes; the hashes of level 8
+    /// and up (`row.nodes` as read back; a full list is cut) are its tile's
+    /// `subtree` row.
     async fn overwrite(&self, row: &LeafRow) {
         let idx = row.index as i64;
         match self.backend {
@@ -140,12 +142,24 @@ impl Env {
                 } else {
                     &row.nodes[..]
                 };
-                self.sqlite_raw()
-                    .execute(
-                        "UPDATE leaf SET data = ?1, nodes = ?2 WHERE idx = ?3",
-                        rusqlite::params![row.data, (!kept.is_empty()).then_some(kept), idx],
+                let c = self.sqlite_raw();
+                c.execute(
+                    "UPDATE leaf SET data = ?1 WHERE idx = ?2",
+                    rusqlite::params![row.data, idx],
+                )
+                .unwrap();
+                c.execute(
+                    "DELETE FROM subtree WHERE tile = ?1 AND ?2 % 256 = 255",
+                    [idx >> 8, idx],
+                )
+                .unwrap();
+                if !kept.is_empty() {
+                    c.execute(
+                        "INSERT INTO subtree (tile, nodes) VALUES (?1, ?2)",
+                        rusqlite::params![idx >> 8, kept],
                     )
                     .unwrap();
+                }
             }
             Backend::Postgres => {
                 self.pg_raw()

@@ -32,6 +32,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "multi_key_chunks",
         sql: include_str!("../../migrations/sqlite/0005_multi_key_chunks.sql"),
     },
+    Migration {
+        version: 6,
+        name: "subtree_hashes",
+        sql: include_str!("../../migrations/sqlite/0006_subtree_hashes.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -60,6 +65,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 5,
         name: "multi_key_chunks",
         sql: include_str!("../../migrations/postgres/0005_multi_key_chunks.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "subtree_hashes",
+        sql: include_str!("../../migrations/postgres/0006_subtree_hashes.sql"),
     },
 ];
 

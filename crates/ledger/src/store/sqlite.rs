@@ -117,10 +117,11 @@ fn size_of(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
-/// `nodes` of the leaf completing them, the lower ones recomputed from
-/// their leaves (at most 128 of them: a lower subtree lies in one tile).
+/// `subtree` row of the tile whose last leaf completes them, the lower ones
+/// recomputed from their leaves (at most 128 of them: a lower subtree lies
+/// in one tile).
 fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
-    let mut stored = conn.prepare_cached("SELECT nodes FROM leaf WHERE idx = ?1")?;
+    let mut stored = conn.prepare_cached("SELECT nodes FROM subtree WHERE tile = ?1")?;
     let mut leaves =
         conn.prepare_cached("SELECT data FROM leaf WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")?;
     ids.iter()
@@ -132,11 +133,11 @@ fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> 
                 leaf,
             };
             if id.level >= TILE_LEVEL {
-                let nodes: Option<Option<Vec<u8>>> = stored
-                    .query_row([to_i64(leaf, "leaf index")?], |r| r.get(0))
+                let nodes: Option<Vec<u8>> = stored
+                    .query_row([to_i64(leaf >> TILE_LEVEL, "tile index")?], |r| r.get(0))
                     .optional()?;
                 return match nodes {
-                    Some(n) => node_from_column(*id, &n.unwrap_or_default(), TILE_LEVEL),
+                    Some(n) => node_from_column(*id, &n, TILE_LEVEL),
                     None => Err(missing()),
                 };
             }
@@ -170,7 +171,8 @@ fn blob<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r [u8], StoreError> {
 }
 
 /// A leaf as read back: its query columns decoded from its bytes (zero
-/// for a leaf that does not decode: the verifier reports it).
+/// for a leaf that does not decode: the verifier reports it); its hashes
+/// are added from `subtree` by the caller.
 fn leaf_row(r: &Row<'_>) -> Result<LeafRow, StoreError> {
     let idx: i64 = r.get(0)?;
     let data: Vec<u8> = r.get(1)?;
@@ -190,7 +192,7 @@ fn leaf_row(r: &Row<'_>) -> Result<LeafRow, StoreError> {
         person: keys.person,
         reveals: keys.reveals,
         data,
-        nodes: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+        nodes: Vec::new(),
         receipt: None,
     })
 }
@@ -239,13 +241,34 @@ impl LedgerStore for SqliteLedgerStore {
         let from = to_i64(from, "leaf index")?;
         let end = from.saturating_add(i64::try_from(count).unwrap_or(i64::MAX));
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT idx, data, nodes FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            // One snapshot for the leaves and their tiles' hashes.
+            let tx = c.unchecked_transaction()?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT idx, data FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
             )?;
             let mut rows = stmt.query([from, end])?;
             let mut leaves = Vec::new();
             while let Some(r) = rows.next()? {
                 leaves.push(leaf_row(r)?);
+            }
+            drop(rows);
+            // Each tile's hashes belong to its last leaf.
+            let mut stmt = tx.prepare_cached(
+                "SELECT tile, nodes FROM subtree WHERE tile >= ?1 AND tile < ?2 ORDER BY tile",
+            )?;
+            // Tiles whose last leaf lies in [from, end).
+            let mut rows = stmt.query([from >> TILE_LEVEL, end >> TILE_LEVEL])?;
+            while let Some(r) = rows.next()? {
+                let tile: i64 = r.get(0)?;
+                let last = tile.saturating_mul(256).saturating_add(255);
+                if let Some(row) = last
+                    .checked_sub(from)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .and_then(|i| leaves.get_mut(i))
+                    .filter(|row| i64::try_from(row.index) == Ok(last))
+                {
+                    row.nodes = r.get(1)?;
+                }
             }
             Ok(leaves)
         })
@@ -536,15 +559,16 @@ fn append_rows(w: &mut WriterConn, first: u64, rows: &[LeafRow]) -> Result<(), S
             found,
         });
     }
-    let mut stmt = c.prepare_cached("INSERT INTO leaf (idx, data, nodes) VALUES (?1, ?2, ?3)")?;
+    let mut stmt = c.prepare_cached("INSERT INTO leaf (idx, data) VALUES (?1, ?2)")?;
+    let mut subtree = c.prepare_cached("INSERT INTO subtree (tile, nodes) VALUES (?1, ?2)")?;
     for row in rows {
-        stmt.execute(params![
-            to_i64(row.index, "leaf index")?,
-            row.data,
-            stored_nodes(&row.nodes)
-        ])?;
+        let idx = to_i64(row.index, "leaf index")?;
+        stmt.execute(params![idx, row.data])?;
+        if let Some(nodes) = stored_nodes(&row.nodes) {
+            subtree.execute(params![idx >> TILE_LEVEL, nodes])?;
+        }
     }
-    drop(stmt);
+    drop((stmt, subtree));
     w.index(rows)
 }
 
@@ -857,6 +881,57 @@ mod tests {
             all.extend(more);
         }
         panic!("the index never settles: {:?}", run_levels(store));
+    }
+
+    /// The hashes of level 8 and up live in `subtree`, one row per complete
+    /// tile (not scattered over the leaf rows, where proofs read them at
+    /// random once the ledger outgrew memory), and are read back, for
+    /// proofs and for the verifier, as the writer computed them.
+    #[tokio::test]
+    async fn tile_hashes_live_in_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+        let mut frontier = crate::merkle::Frontier::new();
+        let all = leaves(0, 1_000);
+        let rows = rows_of(0, &all, &mut frontier);
+        let mut w = store.writer().await.unwrap();
+        w.append(0, rows.clone()).await.unwrap();
+        let c = Connection::open(store.path()).unwrap();
+        let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM subtree"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM leaf WHERE nodes IS NOT NULL"),
+            0
+        );
+        let back = store.leaves(0, 1_000).await.unwrap();
+        for (b, r) in back.iter().zip(&rows) {
+            assert_eq!(
+                b.nodes,
+                r.nodes.get(256..).unwrap_or_default(),
+                "{}",
+                b.index
+            );
+        }
+        // A page that ends inside a tile, or starts after its last leaf.
+        let page = store.leaves(300, 212).await.unwrap();
+        assert_eq!(page[211].nodes, rows[511].nodes[256..]);
+        assert!(
+            store
+                .leaves(512, 255)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.nodes.is_empty())
+        );
+        let ids = [NodeId::new(8, 1), NodeId::new(9, 0), NodeId::new(8, 2)];
+        let hashes = store.nodes(&ids).await.unwrap();
+        for (id, hash) in ids.iter().zip(hashes) {
+            let (leaf, offset) = node_location(*id);
+            let full = &rows[leaf as usize].nodes;
+            assert_eq!(&hash[..], &full[offset..][..32]);
+        }
+        // Level 8 and up of a tile not complete yet: missing.
+        assert!(store.nodes(&[NodeId::new(8, 3)]).await.is_err());
     }
 
     /// The leaves do not depend on the index: when its work fails (here a
