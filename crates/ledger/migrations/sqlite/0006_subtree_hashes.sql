@@ -15,8 +15,16 @@ CREATE TABLE subtree (
     nodes BLOB NOT NULL
 );
 
+-- One primary-key lookup per tile's last leaf, not a scan of every leaf
+-- (a migration of 500 M leaves would read 50 GB to find 2 M rows).
+WITH RECURSIVE last(idx) AS (
+    SELECT 255
+    UNION ALL
+    SELECT idx + 256 FROM last WHERE idx + 256 <= (SELECT max(idx) FROM leaf)
+)
 INSERT INTO subtree (tile, nodes)
-    SELECT idx >> 8, nodes FROM leaf WHERE idx % 256 = 255 AND nodes IS NOT NULL;
+    SELECT leaf.idx >> 8, leaf.nodes FROM last JOIN leaf ON leaf.idx = last.idx
+    WHERE leaf.nodes IS NOT NULL;
 
 CREATE TRIGGER subtree_no_update BEFORE UPDATE ON subtree
 BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
