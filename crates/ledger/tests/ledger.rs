@@ -127,21 +127,20 @@ impl Env {
         }
     }
 
-    /// Overwrites a leaf row (all columns but the index) around every
-    /// protection. SQLite's rows hold only the bytes; the hashes of level 8
-    /// and up (`row.nodes` as read back; a full list is cut) are its tile's
-    /// `subtree` row.
+    /// Overwrites a leaf row around every protection. Rows hold only the
+    /// bytes; the hashes of level 8 and up (`row.nodes` as read back; a
+    /// full list is cut) are its tile's `subtree` row.
     async fn overwrite(&self, row: &LeafRow) {
         let idx = row.index as i64;
+        // A full list (every level from 0) is cut to level 8 up.
+        let full = 32 * (row.index.trailing_ones() as usize + 1);
+        let kept = if row.nodes.len() == full {
+            row.nodes.get(256..).unwrap_or_default()
+        } else {
+            &row.nodes[..]
+        };
         match self.backend {
             Backend::Sqlite => {
-                // A full list (every level from 0) is cut to level 8 up.
-                let full = 32 * (row.index.trailing_ones() as usize + 1);
-                let kept = if row.nodes.len() == full {
-                    row.nodes.get(256..).unwrap_or_default()
-                } else {
-                    &row.nodes[..]
-                };
                 let c = self.sqlite_raw();
                 c.execute(
                     "UPDATE leaf SET data = ?1 WHERE idx = ?2",
@@ -162,24 +161,27 @@ impl Env {
                 }
             }
             Backend::Postgres => {
-                self.pg_raw()
-                    .await
-                    .execute(
-                        "UPDATE leaf SET time_us = $1, account = $2, organisation = $3,
-                         person = $4, reveals = $5, data = $6, nodes = $7 WHERE idx = $8",
-                        &[
-                            &row.time,
-                            &row.account,
-                            &row.organisation,
-                            &row.person,
-                            &row.reveals,
-                            &row.data,
-                            &row.nodes,
-                            &idx,
-                        ],
+                let c = self.pg_raw().await;
+                c.execute(
+                    "UPDATE leaf SET data = $1 WHERE idx = $2",
+                    &[&row.data, &idx],
+                )
+                .await
+                .unwrap();
+                c.execute(
+                    "DELETE FROM subtree WHERE tile = $1 AND $2::bigint % 256 = 255",
+                    &[&(idx >> 8), &idx],
+                )
+                .await
+                .unwrap();
+                if !kept.is_empty() {
+                    c.execute(
+                        "INSERT INTO subtree (tile, nodes) VALUES ($1, $2)",
+                        &[&(idx >> 8), &kept],
                     )
                     .await
                     .unwrap();
+                }
             }
         }
     }
@@ -566,7 +568,7 @@ async fn fail_closed(b: Backend) {
             env.pg_raw()
                 .await
                 .execute(
-                    "INSERT INTO leaf VALUES (1, 0, 0, 0, NULL, false, $1, $2)",
+                    "INSERT INTO leaf (idx, data, nodes) VALUES (1, $1, $2)",
                     &[&foreign.data, &foreign.nodes],
                 )
                 .await
@@ -821,21 +823,33 @@ async fn queries_across_segments(b: Backend) {
     );
     verify(&env.store, &key.verifier()).await.unwrap();
 
-    if b == Backend::Sqlite {
+    {
         // A leaf hidden from "who looked at my file" by removing its
         // postings from a run is caught, and so is an invented one, and a
         // read passed off as showing nothing (a `reveals` flag cleared in
         // the breach-scoping table, the only copy queries read).
-        env.tamper(
+        // PostgreSQL's indexer works behind the appends: let it finish.
+        env.store.settle_index().await.unwrap();
+        let hide =
             "DELETE FROM posting_person WHERE run = (SELECT id FROM run WHERE first_leaf = 16384)
                  AND key = (SELECT min(key) FROM posting_person WHERE run = (
-                     SELECT id FROM run WHERE first_leaf = 16384));
-             INSERT INTO posting_organisation VALUES (
-                 (SELECT id FROM run WHERE first_leaf = 0), 99, 0, 5, x'00');
-             UPDATE posting_account SET postings = CAST(replace(postings, x'03', x'02') AS BLOB)
-                 WHERE run = (SELECT id FROM run WHERE first_leaf = 0) AND key = 105;",
-        )
-        .await;
+                     SELECT id FROM run WHERE first_leaf = 16384));";
+        let clear_flag = match b {
+            Backend::Sqlite => {
+                "INSERT INTO posting_organisation VALUES (
+                     (SELECT id FROM run WHERE first_leaf = 0), 99, 0, 5, x'00');
+                 UPDATE posting_account SET postings = CAST(replace(postings, x'03', x'02') AS BLOB)
+                     WHERE run = (SELECT id FROM run WHERE first_leaf = 0) AND key = 105;"
+            }
+            Backend::Postgres => {
+                "INSERT INTO posting_organisation VALUES (
+                     (SELECT id FROM run WHERE first_leaf = 0), 99, 0, 5, '\\x00');
+                 UPDATE posting_account
+                     SET postings = set_byte(postings, position('\\x03'::bytea IN postings) - 1, 2)
+                     WHERE run = (SELECT id FROM run WHERE first_leaf = 0) AND key = 105;"
+            }
+        };
+        env.tamper(&format!("{hide}{clear_flag}")).await;
         let f = failure(&env, &key).await;
         assert_eq!(
             f.problems,
@@ -877,9 +891,12 @@ async fn append_only_rights(b: Backend) {
                 .get(0);
             assert_eq!(who, "rempart_ledger_writer");
             for sql in [
-                "UPDATE leaf SET account = 0 WHERE idx = 1",
+                "UPDATE leaf SET data = '\\x00' WHERE idx = 1",
                 "DELETE FROM leaf WHERE idx = 1",
                 "TRUNCATE leaf",
+                "UPDATE subtree SET nodes = '\\x00'",
+                "DELETE FROM subtree",
+                "TRUNCATE subtree",
                 "UPDATE checkpoint SET note = '' WHERE size = 8",
                 "DELETE FROM checkpoint",
                 "DROP TABLE leaf",
@@ -921,7 +938,7 @@ async fn append_only_rights(b: Backend) {
         tokio::spawn(conn);
         let err = client
             .batch_execute(&format!(
-                "UPDATE \"{}\".leaf SET account = 0 WHERE idx = 1",
+                "UPDATE \"{}\".leaf SET data = '\\x00' WHERE idx = 1",
                 config.schema
             ))
             .await
@@ -1253,24 +1270,10 @@ async fn tamper_changed_byte(b: Backend) {
         )),
         "{f}"
     );
-    if b == Backend::Postgres {
-        // Every leaf's hash is stored: the leaf itself is named.
-        assert_eq!(f.first_bad_leaf, Some(11), "{f}");
-        assert_eq!(
-            f.problems[0],
-            Problem::NodeMismatch {
-                index: 11,
-                level: 0,
-                first_leaf: 11
-            },
-            "{f}"
-        );
-        assert!(f.to_string().contains("leaf 11"), "{f}");
-    } else {
-        // Inside a tile no hash is stored: the checkpoints bound it.
-        assert_eq!(f.first_bad_leaf, Some(8), "{f}");
-        assert!(f.to_string().contains("leaves 8 to 15"), "{f}");
-    }
+    // Inside a tile no hash is stored (on either backend): the checkpoints
+    // bound it.
+    assert_eq!(f.first_bad_leaf, Some(8), "{f}");
+    assert!(f.to_string().contains("leaves 8 to 15"), "{f}");
 }
 
 async fn tamper_swapped_leaves(b: Backend) {
@@ -1286,13 +1289,8 @@ async fn tamper_swapped_leaves(b: Backend) {
     env.overwrite(&c).await;
     let f = failure(&env, &key).await;
     assert_eq!(f.first_bad_checkpoint, Some(8), "{f}");
-    if b == Backend::Postgres {
-        assert_eq!(f.first_bad_leaf, Some(2), "{f}");
-        assert!(f.to_string().contains("leaves 2 to 3"), "{f}");
-    } else {
-        assert_eq!(f.first_bad_leaf, Some(0), "{f}");
-        assert!(f.to_string().contains("leaves 0 to 7"), "{f}");
-    }
+    assert_eq!(f.first_bad_leaf, Some(0), "{f}");
+    assert!(f.to_string().contains("leaves 0 to 7"), "{f}");
 
     // Contents only swapped (stored hashes left in place): exact leaf.
     let env = Env::new(b).await;
@@ -1308,12 +1306,11 @@ async fn tamper_swapped_leaves(b: Backend) {
     env.overwrite(&a).await;
     env.overwrite(&c).await;
     let f = failure(&env, &key).await;
-    let first = if b == Backend::Postgres { 12 } else { 8 };
-    assert_eq!(f.first_bad_leaf, Some(first), "{f}");
+    assert_eq!(f.first_bad_leaf, Some(8), "{f}");
     assert_eq!(f.first_bad_checkpoint, Some(16), "{f}");
 }
 
-/// The hashes of level 8 and up (SQLite: a `subtree` row per tile) are
+/// The hashes of level 8 and up (a `subtree` row per tile) are
 /// checked against the recomputed tree: one changed byte is found.
 async fn tamper_tile_hashes(b: Backend) {
     let env = Env::new(b).await;
@@ -1581,22 +1578,10 @@ async fn tamper_hidden_from_queries(b: Backend) {
     let mut row = env.rows().await.remove(4);
     row.account = 7;
     env.overwrite(&row).await;
-    if b == Backend::Sqlite {
-        // There is no such column: queries read the leaf's own bytes (and
-        // postings that `queries_across_segments` tampers with).
-        verify(&env.store, &key.verifier()).await.unwrap();
-        return;
-    }
-    let f = failure(&env, &key).await;
-    assert_eq!(f.first_bad_leaf, Some(4), "{f}");
-    assert_eq!(
-        f.problems,
-        vec![Problem::ColumnMismatch {
-            index: 4,
-            column: "account"
-        }],
-        "{f}"
-    );
+    // There is no such column on either backend: queries read the leaf's
+    // own bytes (and postings that `queries_across_segments` tampers with).
+    verify(&env.store, &key.verifier()).await.unwrap();
+    let _ = b;
 }
 
 async fn bench_functions_run(b: Backend) {

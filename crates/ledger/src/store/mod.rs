@@ -22,6 +22,7 @@ use crate::merkle::{Hash, NodeId, completed_count};
 pub(crate) mod migrate;
 pub mod postgres;
 pub(crate) mod posting;
+pub(crate) mod runs;
 pub mod sqlite;
 
 /// The level below which a store may keep no subtree hashes: a subtree of
@@ -272,15 +273,23 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// One page of a subject's leaves in a window.
     async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError>;
 
-    /// Distinct persons whose data `account` was shown in `[from, to)`,
-    /// ascending.
-    /// Derived query structures that disagree with the leaves they were
-    /// built from. Only SQLite has any (its runs of postings); PostgreSQL's
-    /// indexes are its own and checked by it.
+    /// Brings the query index up to the leaves and returns once there is
+    /// nothing left to do. PostgreSQL's indexer works apart from the
+    /// appends (a slice per transaction, behind them); SQLite's index moves
+    /// with the appends: nothing to do. Queries are right either way (they
+    /// scan the leaves the index does not cover yet), only slower.
+    async fn settle_index(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Derived query structures (the runs of postings) that disagree with
+    /// the leaves they were built from.
     async fn index_problems(&self) -> Result<Vec<IndexProblem>, StoreError> {
         Ok(Vec::new())
     }
 
+    /// Distinct persons whose data `account` was shown in `[from, to)`,
+    /// ascending.
     async fn persons_revealed_to(
         &self,
         account: AccountId,
@@ -333,6 +342,61 @@ pub trait LedgerStager: Send {
     /// Stages encoded leaves in one transaction, durable before returning;
     /// their receipts are consecutive from the one returned.
     async fn stage(&mut self, leaves: Vec<Vec<u8>>) -> Result<u64, StoreError>;
+}
+
+impl LeafRow {
+    /// A leaf as read back from its bytes: its query columns decoded (zero
+    /// for a leaf that does not decode: the verifier reports it), no
+    /// hashes (the caller adds its tile's, if it is a tile's last leaf).
+    pub(crate) fn decoded(idx: i64, data: Vec<u8>) -> Result<Self, StoreError> {
+        let keys = posting::LeafKeys::decode(idx, &data).unwrap_or(posting::LeafKeys {
+            idx,
+            time: 0,
+            account: 0,
+            organisation: 0,
+            person: None,
+            reveals: false,
+        });
+        Ok(LeafRow {
+            index: to_u64(idx, "leaf index")?,
+            time: keys.time,
+            account: keys.account,
+            organisation: keys.organisation,
+            person: keys.person,
+            reveals: keys.reveals,
+            data,
+            nodes: Vec::new(),
+            receipt: None,
+        })
+    }
+}
+
+/// The part of a leaf's completed-subtree hashes that is stored: levels
+/// `TILE_LEVEL` and up, `None` for a leaf that completes none of them.
+pub(crate) fn stored_nodes(nodes: &[u8]) -> Option<&[u8]> {
+    nodes
+        .get(usize::from(TILE_LEVEL) * 32..)
+        .filter(|n| !n.is_empty())
+}
+
+/// The hash of subtree `id`, below [`TILE_LEVEL`], from the hashes of its
+/// leaves in order; missing unless there are exactly `2^level` of them.
+pub(crate) fn subtree_of(id: NodeId, mut hashes: Vec<Hash>) -> Result<Hash, StoreError> {
+    let missing = || StoreError::MissingNode {
+        level: id.level,
+        index: id.index,
+        leaf: id.last_leaf(),
+    };
+    if hashes.len() != 1 << id.level {
+        return Err(missing());
+    }
+    while hashes.len() > 1 {
+        hashes = hashes
+            .chunks_exact(2)
+            .map(|pair| crate::merkle::node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    hashes.pop().ok_or_else(missing)
 }
 
 /// The leaf that stores subtree `id`, and where in its `nodes`.

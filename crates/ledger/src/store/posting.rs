@@ -188,13 +188,10 @@ impl Kind {
 pub(crate) struct KindSql {
     /// The chunks ending after `(key, time, idx) = (?2, ?3, ?4)`, in order
     /// (the caller stops past its key).
-    pub scan_key: &'static str,
     /// Up to `?5` chunks after `(key, time, idx) = (?2, ?3, ?4)`, in order.
     pub fetch: &'static str,
     /// The run's last chunk.
     pub last: &'static str,
-    /// All of the run's chunks, in order.
-    pub all: &'static str,
     /// One chunk: `(?2, ?3, ?4, ?5)`.
     pub insert: &'static str,
     /// The run's first `?2` keys' chunks.
@@ -204,12 +201,6 @@ pub(crate) struct KindSql {
 macro_rules! kind_sql {
     ($name:ident, $table:literal) => {
         const $name: KindSql = KindSql {
-            scan_key: concat!(
-                "SELECT key, time_last, idx_last, postings FROM ",
-                $table,
-                " WHERE run = ?1 AND (key, time_last, idx_last) > (?2, ?3, ?4)",
-                " ORDER BY key, time_last, idx_last"
-            ),
             fetch: concat!(
                 "SELECT key, time_last, idx_last, postings FROM ",
                 $table,
@@ -220,11 +211,6 @@ macro_rules! kind_sql {
                 "SELECT key, time_last, idx_last, postings FROM ",
                 $table,
                 " WHERE run = ?1 ORDER BY key DESC, time_last DESC, idx_last DESC LIMIT 1"
-            ),
-            all: concat!(
-                "SELECT key, time_last, idx_last, postings FROM ",
-                $table,
-                " WHERE run = ?1 ORDER BY key, time_last, idx_last"
             ),
             insert: concat!(
                 "INSERT INTO ",

@@ -13,17 +13,15 @@ use async_trait::async_trait;
 use rempart_sql::SqliteReaders;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-mod runs;
-
-use runs::RunIndexer;
-
+use super::runs::{self, Run, RunDb, RunIndexer};
 use super::{
     IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError,
-    StoredCheckpoint, TILE_LEVEL, migrate, node_from_column, node_location, to_i64, to_u64,
+    StoredCheckpoint, TILE_LEVEL, migrate, node_from_column, node_location, stored_nodes,
+    subtree_of, to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
-use crate::merkle::{Hash, NodeId, leaf_hash, node_hash};
-use crate::store::posting::LeafKeys;
+use crate::merkle::{Hash, NodeId, leaf_hash};
+use crate::store::posting::{Kind, LeafKeys, StoredChunk};
 
 /// File name of the ledger inside the data directory.
 pub const FILE_NAME: &str = "ledger.db";
@@ -149,18 +147,140 @@ fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> 
             while let Some(r) = rows.next()? {
                 hashes.push(leaf_hash(blob(r, 0)?));
             }
-            if hashes.len() != 1 << id.level {
-                return Err(missing());
-            }
-            while hashes.len() > 1 {
-                hashes = hashes
-                    .chunks_exact(2)
-                    .map(|pair| node_hash(&pair[0], &pair[1]))
-                    .collect();
-            }
-            hashes.pop().ok_or_else(missing)
+            subtree_of(*id, hashes)
         })
         .collect()
+}
+
+/// The run index's statements on a SQLite connection (SQL of
+/// [`Kind::sql`]).
+pub(crate) struct SqliteRuns<'c>(pub &'c Connection);
+
+fn chunk_row(r: &Row<'_>) -> rusqlite::Result<StoredChunk> {
+    Ok(StoredChunk {
+        key: r.get(0)?,
+        time_off: r.get(1)?,
+        idx_off: r.get(2)?,
+        blob: r.get(3)?,
+    })
+}
+
+impl RunDb for SqliteRuns<'_> {
+    fn size(&mut self) -> Result<i64, StoreError> {
+        to_i64(size_of(self.0)?, "leaf count")
+    }
+
+    fn runs(&mut self) -> Result<Vec<Run>, StoreError> {
+        let mut stmt = self.0.prepare_cached(runs::RUNS_SQL)?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(Run {
+                id: r.get(0)?,
+                level: r.get(1)?,
+                first: r.get(2)?,
+                end: r.get(3)?,
+                min_time: r.get(4)?,
+                max_time: r.get(5)?,
+                state: r.get(6)?,
+                format: runs::run_format(r.get(7)?)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn leaf_keys(&mut self, from: i64, to: i64) -> Result<Vec<LeafKeys>, StoreError> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT idx, data FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+        )?;
+        let mut rows = stmt.query([from, to])?;
+        let mut keys = Vec::new();
+        while let Some(r) = rows.next()? {
+            if let Some(k) = LeafKeys::decode(r.get(0)?, blob(r, 1)?) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn leaf_data(&mut self, idx: &[i64]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT data FROM leaf WHERE idx = ?1")?;
+        idx.iter()
+            .map(|i| Ok(stmt.query_row([i], |r| r.get(0))?))
+            .collect()
+    }
+
+    fn chunks_after(
+        &mut self,
+        kind: Kind,
+        run: i64,
+        after: (i64, i64, i64),
+        limit: i64,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        let mut stmt = self.0.prepare_cached(kind.sql().fetch)?;
+        let rows = stmt.query_map(params![run, after.0, after.1, after.2, limit], chunk_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn last_chunk(&mut self, kind: Kind, run: i64) -> Result<Option<StoredChunk>, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(kind.sql().last)?
+            .query_row([run], chunk_row)
+            .optional()?)
+    }
+
+    fn insert_chunk(&mut self, kind: Kind, run: i64, chunk: StoredChunk) -> Result<(), StoreError> {
+        self.0.prepare_cached(kind.sql().insert)?.execute(params![
+            run,
+            chunk.key,
+            chunk.time_off,
+            chunk.idx_off,
+            chunk.blob
+        ])?;
+        Ok(())
+    }
+
+    fn delete_chunks(&mut self, kind: Kind, run: i64, keys: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(kind.sql().delete)?
+            .execute(params![run, keys])?)
+    }
+
+    fn insert_run(&mut self, run: &Run) -> Result<i64, StoreError> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO run (level, first_leaf, end_leaf, min_time, max_time, state, format)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                run.level,
+                run.first,
+                run.end,
+                run.min_time,
+                run.max_time,
+                run.state,
+                run.format.column()
+            ])?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    fn set_state(&mut self, id: i64, from: i64, to: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached("UPDATE run SET state = ?3 WHERE id = ?1 AND state = ?2")?
+            .execute(params![id, from, to])?)
+    }
+
+    fn delete_run(&mut self, id: i64) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached("DELETE FROM run WHERE id = ?1 AND state = 2")?
+            .execute([id])?;
+        Ok(())
+    }
 }
 
 /// Column `i` of `r` as a blob, not copied.
@@ -170,31 +290,8 @@ fn blob<'r>(r: &'r Row<'_>, i: usize) -> Result<&'r [u8], StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("a leaf's data: {e}")))
 }
 
-/// A leaf as read back: its query columns decoded from its bytes (zero
-/// for a leaf that does not decode: the verifier reports it); its hashes
-/// are added from `subtree` by the caller.
 fn leaf_row(r: &Row<'_>) -> Result<LeafRow, StoreError> {
-    let idx: i64 = r.get(0)?;
-    let data: Vec<u8> = r.get(1)?;
-    let keys = LeafKeys::decode(idx, &data).unwrap_or(LeafKeys {
-        idx,
-        time: 0,
-        account: 0,
-        organisation: 0,
-        person: None,
-        reveals: false,
-    });
-    Ok(LeafRow {
-        index: to_u64(idx, "leaf index")?,
-        time: keys.time,
-        account: keys.account,
-        organisation: keys.organisation,
-        person: keys.person,
-        reveals: keys.reveals,
-        data,
-        nodes: Vec::new(),
-        receipt: None,
-    })
+    LeafRow::decoded(r.get(0)?, r.get(1)?)
 }
 
 fn checkpoint_row(r: &Row<'_>) -> rusqlite::Result<(i64, i64, String)> {
@@ -301,7 +398,12 @@ impl LedgerStore for SqliteLedgerStore {
 
     async fn query(&self, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
         let range = *range;
-        self.read(move |c| runs::query(c, &range)).await
+        // One snapshot for the runs, their postings and the tail.
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            runs::query(&mut SqliteRuns(&tx), &range)
+        })
+        .await
     }
 
     async fn persons_revealed_to(
@@ -310,12 +412,19 @@ impl LedgerStore for SqliteLedgerStore {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<PersonId>, StoreError> {
-        self.read(move |c| runs::persons_revealed_to(c, account, from, to))
-            .await
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            runs::persons_revealed_to(&mut SqliteRuns(&tx), account, from, to)
+        })
+        .await
     }
 
     async fn index_problems(&self) -> Result<Vec<IndexProblem>, StoreError> {
-        self.read(runs::index_problems).await
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            runs::index_problems(&mut SqliteRuns(&tx))
+        })
+        .await
     }
 }
 
@@ -572,14 +681,6 @@ fn append_rows(w: &mut WriterConn, first: u64, rows: &[LeafRow]) -> Result<(), S
     w.index(rows)
 }
 
-/// The part of a leaf's completed-subtree hashes that is stored: levels
-/// `TILE_LEVEL` and up, `None` for a leaf that completes none of them.
-fn stored_nodes(nodes: &[u8]) -> Option<&[u8]> {
-    nodes
-        .get(usize::from(TILE_LEVEL) * 32..)
-        .filter(|n| !n.is_empty())
-}
-
 impl WriterConn {
     /// Moves the query index forward inside a savepoint of the append's
     /// transaction. The leaves do not depend on it: if its work fails, only
@@ -595,11 +696,12 @@ impl WriterConn {
         }
         let c = &self.db;
         c.prepare_cached("SAVEPOINT runs")?.execute([])?;
+        let db = &mut SqliteRuns(c);
         let worked = match &mut self.runs {
-            Some(r) => r.appended(c, rows),
+            Some(r) => r.appended(db, rows),
             // Loaded after the insert, so it must not see the new rows
             // twice: it reads them, and is told about none.
-            None => RunIndexer::load(c).and_then(|r| self.runs.insert(r).appended(c, &[])),
+            None => RunIndexer::load(db, true).and_then(|r| self.runs.insert(r).appended(db, &[])),
         };
         match worked {
             Ok(()) => {
@@ -617,7 +719,7 @@ impl WriterConn {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn plan(c: &Connection, sql: &str) -> String {
@@ -640,10 +742,8 @@ mod tests {
         for kind in crate::store::posting::Kind::ALL {
             let (table, sql) = (kind.table(), kind.sql());
             for (sql, wanted) in [
-                (sql.scan_key, "(run=? AND (key,time_last,idx_last)>(?,?,?))"),
                 (sql.fetch, "(run=? AND (key,time_last,idx_last)>(?,?,?))"),
                 (sql.last, "(run=?)"),
-                (sql.all, "(run=?)"),
                 (sql.delete, "(run=? AND key<?)"),
             ] {
                 let p = plan(&c, sql);
@@ -667,7 +767,7 @@ mod tests {
     /// Leaves with few accounts, organisations and persons, and times that
     /// go back and forth (as leaves from concurrent requests do), so that
     /// keys span many chunks and time order is not index order.
-    pub(super) fn leaves(from: u64, to: u64) -> Vec<crate::leaf::AuditLeaf> {
+    pub(crate) fn leaves(from: u64, to: u64) -> Vec<crate::leaf::AuditLeaf> {
         let mut g = crate::bench::Synthetic::new(from, from);
         (from..to)
             .map(|i| {
@@ -682,7 +782,7 @@ mod tests {
             .collect()
     }
 
-    pub(super) fn rows_of(
+    pub(crate) fn rows_of(
         first: u64,
         leaves: &[crate::leaf::AuditLeaf],
         frontier: &mut crate::merkle::Frontier,
@@ -711,8 +811,8 @@ mod tests {
 
     /// Every subject's leaves as the index answers them, page by page,
     /// against a scan of `all`.
-    pub(super) async fn assert_queries_match(
-        store: &SqliteLedgerStore,
+    pub(crate) async fn assert_queries_match(
+        store: &dyn LedgerStore,
         all: &[crate::leaf::AuditLeaf],
     ) {
         use crate::store::{QueryRange, Subject};
@@ -784,7 +884,7 @@ mod tests {
         }
     }
 
-    pub(super) fn run_levels(store: &SqliteLedgerStore) -> Vec<(i64, i64)> {
+    pub(crate) fn run_levels(store: &SqliteLedgerStore) -> Vec<(i64, i64)> {
         let c = Connection::open(store.path()).unwrap();
         let mut stmt = c
             .prepare("SELECT level, state FROM run ORDER BY first_leaf, level DESC")
@@ -865,7 +965,7 @@ mod tests {
     /// Appends small batches until the index has nothing left to build,
     /// merge or delete (its work goes a slice per commit); returns `all`
     /// with the leaves added.
-    pub(super) async fn settle(
+    pub(crate) async fn settle(
         store: &SqliteLedgerStore,
         w: &mut Box<dyn LedgerWriter>,
         mut all: Vec<crate::leaf::AuditLeaf>,

@@ -1,10 +1,12 @@
-//! The SQLite ledger's query index: runs of postings (migration 0004), a
-//! log-structured merge maintained by the single writer.
+//! The ledger's query index on both backends: runs of postings (SQLite
+//! migration 0004, PostgreSQL 0007), a log-structured merge with a single
+//! builder. The logic is here once; each backend gives its statements
+//! through [`RunDb`].
 //!
-//! The writer keeps the keys of the segment being appended in memory. When
-//! the segment completes, a level-0 run is built from them, a slice per
-//! commit, into the three posting tables in key order (so each table grows
-//! at its right edge). `FANOUT` live runs of one level are merged into one
+//! When a segment of leaves completes, a level-0 run is built from their
+//! keys (on SQLite the writer kept them in memory; on PostgreSQL the
+//! indexer reads them back), a slice per commit, into the three posting
+//! tables in key order (so each table grows at its right edge). `FANOUT` live runs of one level are merged into one
 //! run of the next level, and once that run is live the merged ones are
 //! deleted, again a slice per commit. A run is built under state 0 and
 //! becomes live (and its sources retired) in one commit; queries read only
@@ -20,9 +22,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 
-use rusqlite::{Connection, OptionalExtension, params};
-
-use super::size_of;
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::store::posting::{
     self, BLOB_BUDGET, Bases, CHUNK, Format, Kind, LeafKeys, Posting, StoredChunk,
@@ -30,6 +29,45 @@ use crate::store::posting::{
 use crate::store::{
     IndexProblem, LeafRow, QueryRange, RawEntry, StoreError, Subject, page_start, to_i64, to_u64,
 };
+
+/// The statements the run index needs, each run on one connection inside
+/// its caller's transaction (a snapshot for reads; for writes, the commit
+/// that makes a slice of work durable). Errors are the backend's.
+pub(crate) trait RunDb {
+    /// Number of leaves (one past the highest index).
+    fn size(&mut self) -> Result<i64, StoreError>;
+    /// Every run, by first leaf, then level descending, then id.
+    fn runs(&mut self) -> Result<Vec<Run>, StoreError>;
+    /// The keys of the leaves `[from, to)` that decode, by index.
+    fn leaf_keys(&mut self, from: i64, to: i64) -> Result<Vec<LeafKeys>, StoreError>;
+    /// The bytes of the given leaves, in the order asked; an error if one
+    /// is missing.
+    fn leaf_data(&mut self, idx: &[i64]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Up to `limit` chunks of `kind` of run `run` after the key columns
+    /// `after` (key, time offset, index offset), in that order.
+    fn chunks_after(
+        &mut self,
+        kind: Kind,
+        run: i64,
+        after: (i64, i64, i64),
+        limit: i64,
+    ) -> Result<Vec<StoredChunk>, StoreError>;
+    /// The run's last chunk of `kind`.
+    fn last_chunk(&mut self, kind: Kind, run: i64) -> Result<Option<StoredChunk>, StoreError>;
+    /// Stores one chunk (a backend may hold it back until its next
+    /// statement, never past the end of the transaction).
+    fn insert_chunk(&mut self, kind: Kind, run: i64, chunk: StoredChunk) -> Result<(), StoreError>;
+    /// Deletes the chunks of the run's first `keys` keys of `kind`;
+    /// returns how many rows went.
+    fn delete_chunks(&mut self, kind: Kind, run: i64, keys: i64) -> Result<usize, StoreError>;
+    /// Records a run being built; returns its id.
+    fn insert_run(&mut self, run: &Run) -> Result<i64, StoreError>;
+    /// Moves run `id` from state `from` to `to` in one conditional
+    /// statement; returns how many rows changed (0 or 1).
+    fn set_state(&mut self, id: i64, from: i64, to: i64) -> Result<usize, StoreError>;
+    /// Removes a retired run's row.
+    fn delete_run(&mut self, id: i64) -> Result<(), StoreError>;
+}
 
 /// Leaves per segment (the size of a level-0 run), as a shift. The unit
 /// tests shrink segments and fan-out so that merges up to the top level
@@ -70,15 +108,15 @@ const RETIRED: i64 = 2;
 
 /// A run as listed in the `run` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Run {
-    id: i64,
-    level: i64,
-    first: i64,
-    end: i64,
-    min_time: i64,
-    max_time: i64,
-    state: i64,
-    format: Format,
+pub(crate) struct Run {
+    pub id: i64,
+    pub level: i64,
+    pub first: i64,
+    pub end: i64,
+    pub min_time: i64,
+    pub max_time: i64,
+    pub state: i64,
+    pub format: Format,
 }
 
 impl Run {
@@ -97,65 +135,26 @@ impl Run {
     }
 }
 
-fn all_runs(c: &Connection) -> Result<Vec<Run>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT id, level, first_leaf, end_leaf, min_time, max_time, state, format FROM run
-         ORDER BY first_leaf, level DESC, id",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut runs = Vec::new();
-    while let Some(r) = rows.next()? {
-        let format: i64 = r.get(7)?;
-        runs.push(Run {
-            id: r.get(0)?,
-            level: r.get(1)?,
-            first: r.get(2)?,
-            end: r.get(3)?,
-            min_time: r.get(4)?,
-            max_time: r.get(5)?,
-            state: r.get(6)?,
-            format: Format::from_column(format)
-                .ok_or_else(|| StoreError::Corrupt(format!("a run of unknown format {format}")))?,
-        });
-    }
-    Ok(runs)
+/// The statement listing runs, in [`RunDb::runs`]'s order (the same SQL on
+/// both backends).
+pub(crate) const RUNS_SQL: &str =
+    "SELECT id, level, first_leaf, end_leaf, min_time, max_time, state, format FROM run
+     ORDER BY first_leaf, level DESC, id";
+
+/// A run's format column, checked.
+pub(crate) fn run_format(column: i64) -> Result<Format, StoreError> {
+    Format::from_column(column)
+        .ok_or_else(|| StoreError::Corrupt(format!("a run of unknown format {column}")))
 }
 
 /// The live runs, by first leaf.
-fn live_runs(c: &Connection) -> Result<Vec<Run>, StoreError> {
-    Ok(all_runs(c)?
-        .into_iter()
-        .filter(|r| r.state == LIVE)
-        .collect())
+fn live_runs(db: &mut dyn RunDb) -> Result<Vec<Run>, StoreError> {
+    Ok(db.runs()?.into_iter().filter(|r| r.state == LIVE).collect())
 }
 
 /// Where the live runs end: leaves from here are scanned.
 fn covered(live: &[Run]) -> i64 {
     live.last().map_or(0, |r| r.end)
-}
-
-/// The keys of the leaves `[from, to)` that decode.
-fn keys_between(c: &Connection, from: i64, to: i64) -> Result<Vec<LeafKeys>, StoreError> {
-    let mut stmt =
-        c.prepare_cached("SELECT idx, data FROM leaf WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
-    let mut rows = stmt.query([from, to])?;
-    let mut keys = Vec::new();
-    while let Some(r) = rows.next()? {
-        let idx: i64 = r.get(0)?;
-        if let Some(k) = LeafKeys::decode(idx, super::blob(r, 1)?) {
-            keys.push(k);
-        }
-    }
-    Ok(keys)
-}
-
-fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChunk> {
-    Ok(StoredChunk {
-        key: r.get(0)?,
-        time_off: r.get(1)?,
-        idx_off: r.get(2)?,
-        blob: r.get(3)?,
-    })
 }
 
 /// Calls `f` with the postings of `key` in `run` that come after
@@ -164,7 +163,7 @@ fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredChunk> {
 /// the multi-key format, a chunk may start with the key and end with
 /// another).
 fn scan_key(
-    c: &Connection,
+    db: &mut dyn RunDb,
     kind: Kind,
     run: &Run,
     key: i64,
@@ -172,35 +171,43 @@ fn scan_key(
     mut f: impl FnMut(&Posting) -> bool,
 ) -> Result<(), StoreError> {
     let (t, i) = run.bases().offsets(after.0, after.1);
-    let mut stmt = c.prepare_cached(kind.sql().scan_key)?;
-    let mut rows = stmt.query(params![run.id, key, t, i])?;
+    let mut position = (key, t, i);
     let mut postings = Vec::with_capacity(CHUNK);
-    while let Some(r) = rows.next()? {
-        let chunk = chunk_row(r)?;
-        if chunk.key > key && run.format == Format::OneKey {
-            break;
-        }
-        postings.clear();
-        run.decode(kind, &chunk, &mut postings)?;
-        for p in postings
-            .iter()
-            .filter(|p| p.key == key && (p.time, p.idx) > after)
-        {
-            if !f(p) {
+    // A page mostly lies in the first chunk or two: fetch a few, then more.
+    let mut batch = 2;
+    loop {
+        let chunks = db.chunks_after(kind, run.id, position, batch)?;
+        let fetched = chunks.len();
+        for chunk in chunks {
+            if chunk.key > key && run.format == Format::OneKey {
+                return Ok(());
+            }
+            position = (chunk.key, chunk.time_off, chunk.idx_off);
+            postings.clear();
+            run.decode(kind, &chunk, &mut postings)?;
+            for p in postings
+                .iter()
+                .filter(|p| p.key == key && (p.time, p.idx) > after)
+            {
+                if !f(p) {
+                    return Ok(());
+                }
+            }
+            if chunk.key > key {
                 return Ok(());
             }
         }
-        if chunk.key > key {
-            break;
+        if fetched < batch as usize {
+            return Ok(());
         }
+        batch = (batch * 2).min(FETCH);
     }
-    Ok(())
 }
 
 /// One page of a subject's leaves: each live run in the window gives its
 /// first `limit` postings after the cursor, the scanned tail its own; the
 /// best `limit` of all are then read.
-pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
+pub(crate) fn query(db: &mut dyn RunDb, range: &QueryRange) -> Result<Vec<RawEntry>, StoreError> {
     let (kind, key) = match range.subject {
         Subject::Account(a) => (Kind::Account, a.get()),
         Subject::Organisation(o) => (Kind::Organisation, o.get()),
@@ -209,9 +216,7 @@ pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>,
     let start = page_start(range)?;
     let (from, to) = (range.from.0, range.to.0);
     let limit = (range.limit as usize).max(1);
-    // One snapshot for the runs, their postings and the tail.
-    let tx = c.unchecked_transaction()?;
-    let live = live_runs(&tx)?;
+    let live = live_runs(db)?;
     let mut best: Vec<(i64, i64)> = Vec::new();
     let prune = |best: &mut Vec<(i64, i64)>| {
         if best.len() > 4 * limit {
@@ -224,7 +229,7 @@ pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>,
         .filter(|r| r.max_time >= from && r.min_time < to && r.max_time >= start.0)
     {
         let mut taken = 0;
-        scan_key(&tx, kind, run, key, start, |p| {
+        scan_key(db, kind, run, key, start, |p| {
             if p.time >= to {
                 return false;
             }
@@ -236,7 +241,7 @@ pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>,
         })?;
         prune(&mut best);
     }
-    for k in keys_between(&tx, covered(&live), i64::MAX)? {
+    for k in db.leaf_keys(covered(&live), i64::MAX)? {
         if let Some(p) = kind.posting(&k)
             && p.key == key
             && p.time >= from
@@ -248,13 +253,15 @@ pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>,
     }
     best.sort_unstable();
     best.truncate(range.limit as usize);
-    let mut data = tx.prepare_cached("SELECT data FROM leaf WHERE idx = ?1")?;
+    let idx: Vec<i64> = best.iter().map(|(_, i)| *i).collect();
+    let data = db.leaf_data(&idx)?;
     best.into_iter()
-        .map(|(time, idx)| {
+        .zip(data)
+        .map(|((time, idx), data)| {
             Ok(RawEntry {
                 index: to_u64(idx, "leaf index")?,
                 time,
-                data: data.query_row([idx], |r| r.get(0))?,
+                data,
             })
         })
         .collect()
@@ -262,14 +269,13 @@ pub(super) fn query(c: &Connection, range: &QueryRange) -> Result<Vec<RawEntry>,
 
 /// Distinct persons whose data `account` was shown in `[from, to)`, from
 /// the account postings alone (and the tail).
-pub(super) fn persons_revealed_to(
-    c: &Connection,
+pub(crate) fn persons_revealed_to(
+    db: &mut dyn RunDb,
     account: AccountId,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<PersonId>, StoreError> {
-    let tx = c.unchecked_transaction()?;
-    let live = live_runs(&tx)?;
+    let live = live_runs(db)?;
     let mut persons = std::collections::BTreeSet::new();
     let mut keep = |p: &Posting| {
         if p.reveals
@@ -282,7 +288,7 @@ pub(super) fn persons_revealed_to(
         .iter()
         .filter(|r| r.max_time >= from.0 && r.min_time < to.0)
     {
-        scan_key(&tx, Kind::Account, run, account.get(), (from.0, -1), |p| {
+        scan_key(db, Kind::Account, run, account.get(), (from.0, -1), |p| {
             if p.time >= to.0 {
                 return false;
             }
@@ -290,7 +296,7 @@ pub(super) fn persons_revealed_to(
             true
         })?;
     }
-    for k in keys_between(&tx, covered(&live), i64::MAX)? {
+    for k in db.leaf_keys(covered(&live), i64::MAX)? {
         if let Some(p) = Kind::Account.posting(&k)
             && p.key == account.get()
             && p.time >= from.0
@@ -310,13 +316,12 @@ pub(super) fn persons_revealed_to(
 /// of a hash keyed afresh for each check over the expected and the stored
 /// postings: memory stays constant whatever the run's size, and no change
 /// made before the check can be tuned to keep a sum.
-pub(super) fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreError> {
-    let tx = c.unchecked_transaction()?;
-    let size = to_i64(size_of(&tx)?, "leaf count")?;
+pub(crate) fn index_problems(db: &mut dyn RunDb) -> Result<Vec<IndexProblem>, StoreError> {
+    let size = db.size()?;
     let hasher = std::collections::hash_map::RandomState::new();
     let mut problems = Vec::new();
     let mut expected_first = 0;
-    for run in live_runs(&tx)? {
+    for run in live_runs(db)? {
         let segment = to_u64(run.first.max(0) >> SEGMENT_SHIFT, "run")?;
         if run.first != expected_first || run.end > size {
             problems.push(IndexProblem {
@@ -328,7 +333,7 @@ pub(super) fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreE
         expected_first = run.end;
         let mut sums = [0u64; 3];
         let mut in_bounds = true;
-        for k in keys_between(&tx, run.first, run.end)? {
+        for k in db.leaf_keys(run.first, run.end)? {
             in_bounds &= (run.min_time..=run.max_time).contains(&k.time);
             for (t, kind) in Kind::ALL.iter().enumerate() {
                 if let Some(p) = kind.posting(&k) {
@@ -345,7 +350,7 @@ pub(super) fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreE
         for (t, kind) in Kind::ALL.iter().enumerate() {
             // Damage is a problem to report; a failing store is an error,
             // not evidence of tampering.
-            let matches = match stored_sum(&tx, *kind, &run, |p| hasher.hash_one((t, p))) {
+            let matches = match stored_sum(db, *kind, &run, |p| hasher.hash_one((t, p))) {
                 Ok(sum) => sum == sums[t],
                 Err(StoreError::Corrupt(_)) => false,
                 Err(e) => return Err(e),
@@ -366,73 +371,66 @@ pub(super) fn index_problems(c: &Connection) -> Result<Vec<IndexProblem>, StoreE
 /// increasing (time, index) order across its chunks, or one lies outside
 /// the run.
 fn stored_sum(
-    c: &Connection,
+    db: &mut dyn RunDb,
     kind: Kind,
     run: &Run,
     h: impl Fn(Posting) -> u64,
 ) -> Result<u64, StoreError> {
-    let mut stmt = c.prepare_cached(kind.sql().all)?;
-    let mut rows = stmt.query([run.id])?;
     let mut sum = 0u64;
     let mut previous: Option<Posting> = None;
     let mut postings = Vec::with_capacity(CHUNK);
-    while let Some(r) = rows.next()? {
-        postings.clear();
-        run.decode(kind, &chunk_row(r)?, &mut postings)?;
-        for p in &postings {
-            let ordered = previous.is_none_or(|q| q.position() < p.position());
-            if !ordered || !(run.first..run.end).contains(&p.idx) {
-                return Err(StoreError::Corrupt(format!(
-                    "{} is out of order",
-                    kind.table()
-                )));
+    let mut after = (i64::MIN, i64::MIN, i64::MIN);
+    loop {
+        let chunks = db.chunks_after(kind, run.id, after, FETCH)?;
+        let Some(last) = chunks.last() else {
+            break;
+        };
+        after = (last.key, last.time_off, last.idx_off);
+        for chunk in &chunks {
+            postings.clear();
+            run.decode(kind, chunk, &mut postings)?;
+            for p in &postings {
+                let ordered = previous.is_none_or(|q| q.position() < p.position());
+                if !ordered || !(run.first..run.end).contains(&p.idx) {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} is out of order",
+                        kind.table()
+                    )));
+                }
+                sum = sum.wrapping_add(h(*p));
+                previous = Some(*p);
             }
-            sum = sum.wrapping_add(h(*p));
-            previous = Some(*p);
         }
     }
     Ok(sum)
 }
 
 fn insert_run(
-    c: &Connection,
+    db: &mut dyn RunDb,
     level: i64,
     first: i64,
     end: i64,
     min_time: i64,
     max_time: i64,
 ) -> Result<Run, StoreError> {
-    let format = Format::MultiKey;
-    c.prepare_cached(
-        "INSERT INTO run (level, first_leaf, end_leaf, min_time, max_time, state, format)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-    )?
-    .execute(params![
-        level,
-        first,
-        end,
-        min_time,
-        max_time,
-        format.column()
-    ])?;
-    Ok(Run {
-        id: c.last_insert_rowid(),
+    let mut run = Run {
+        id: 0,
         level,
         first,
         end,
         min_time,
         max_time,
         state: BUILDING,
-        format,
-    })
+        format: Format::MultiKey,
+    };
+    run.id = db.insert_run(&run)?;
+    Ok(run)
 }
 
 /// Changes a run's state from `from` to `to`, failing if it was not in
 /// `from` (compare-and-set: two writers never both move it).
-fn set_state(c: &Connection, run: &Run, from: i64, to: i64) -> Result<(), StoreError> {
-    let changed = c
-        .prepare_cached("UPDATE run SET state = ?3 WHERE id = ?1 AND state = ?2")?
-        .execute(params![run.id, from, to])?;
+fn set_state(db: &mut dyn RunDb, run: &Run, from: i64, to: i64) -> Result<(), StoreError> {
+    let changed = db.set_state(run.id, from, to)?;
     if changed != 1 {
         return Err(StoreError::Corrupt(format!(
             "run {} was not in state {from}",
@@ -460,7 +458,7 @@ enum Source {
 }
 
 impl Source {
-    fn peek(&mut self, c: &Connection) -> Result<Option<Posting>, StoreError> {
+    fn peek(&mut self, db: &mut dyn RunDb) -> Result<Option<Posting>, StoreError> {
         match self {
             Source::Memory { postings, next } => Ok(postings.get(*next).copied()),
             Source::Stored {
@@ -472,24 +470,22 @@ impl Source {
                 exhausted,
             } => {
                 while buffer.is_empty() && !*exhausted {
-                    let mut stmt = c.prepare_cached(kind.sql().fetch)?;
-                    let mut rows = stmt.query(params![run.id, after.0, after.1, after.2, FETCH])?;
-                    let mut fetched = 0;
+                    // A chunk's worth is enough: opening a merge reads
+                    // every source, and one commit's slice is small. A
+                    // chunk holds at least one posting: fetch a few.
+                    let chunks = db.chunks_after(*kind, run.id, *after, 4)?;
+                    let fetched = chunks.len() as i64;
                     let mut postings = Vec::new();
                     let mut full = false;
-                    while let Some(r) = rows.next()? {
-                        let chunk = chunk_row(r)?;
+                    for chunk in chunks {
                         *after = (chunk.key, chunk.time_off, chunk.idx_off);
                         run.decode(*kind, &chunk, &mut postings)?;
-                        fetched += 1;
-                        // A chunk's worth is enough: opening a merge reads
-                        // every source, and one commit's slice is small.
                         if postings.len() >= CHUNK {
                             full = true;
                             break;
                         }
                     }
-                    *exhausted = !full && fetched < FETCH;
+                    *exhausted = !full && fetched < 4;
                     buffer.extend(
                         postings
                             .into_iter()
@@ -520,10 +516,10 @@ struct Merge {
 }
 
 impl Merge {
-    fn open(c: &Connection, mut sources: Vec<Source>) -> Result<Self, StoreError> {
+    fn open(db: &mut dyn RunDb, mut sources: Vec<Source>) -> Result<Self, StoreError> {
         let mut heads = BinaryHeap::with_capacity(sources.len());
         for (i, s) in sources.iter_mut().enumerate() {
-            if let Some(p) = s.peek(c)? {
+            if let Some(p) = s.peek(db)? {
                 heads.push(Reverse((p, i)));
             }
         }
@@ -531,13 +527,13 @@ impl Merge {
     }
 
     /// The least posting of all sources, taken out of its source.
-    fn next(&mut self, c: &Connection) -> Result<Option<Posting>, StoreError> {
+    fn next(&mut self, db: &mut dyn RunDb) -> Result<Option<Posting>, StoreError> {
         let Some(Reverse((p, i))) = self.heads.pop() else {
             return Ok(None);
         };
         if let Some(source) = self.sources.get_mut(i) {
             source.pop();
-            if let Some(q) = source.peek(c)? {
+            if let Some(q) = source.peek(db)? {
                 self.heads.push(Reverse((q, i)));
             }
         }
@@ -571,7 +567,7 @@ struct Build {
 
 impl Build {
     /// Resumes (or starts) building `run` after what its tables hold.
-    fn resume(c: &Connection, run: Run, inputs: Inputs) -> Result<Self, StoreError> {
+    fn resume(db: &mut dyn RunDb, run: Run, inputs: Inputs) -> Result<Self, StoreError> {
         let mut build = Build {
             run,
             inputs,
@@ -582,11 +578,7 @@ impl Build {
             chunk_bytes: 0,
         };
         for (t, kind) in Kind::ALL.iter().enumerate().rev() {
-            let last = c
-                .prepare_cached(kind.sql().last)?
-                .query_row([run.id], chunk_row)
-                .optional()?;
-            if let Some(chunk) = last {
+            if let Some(chunk) = db.last_chunk(*kind, run.id)? {
                 let mut postings = Vec::new();
                 run.decode(*kind, &chunk, &mut postings)?;
                 build.kind = t;
@@ -632,21 +624,21 @@ impl Build {
 
     /// Moves up to `budget` postings; returns how many, and whether the run
     /// is complete (then published: live, its sources retired).
-    fn advance(&mut self, c: &Connection, budget: usize) -> Result<(usize, bool), StoreError> {
+    fn advance(&mut self, db: &mut dyn RunDb, budget: usize) -> Result<(usize, bool), StoreError> {
         let mut used = 0;
         while let Some(&kind) = Kind::ALL.get(self.kind) {
             let mut sources = match self.sources.take() {
                 Some(s) => s,
-                None => Merge::open(c, self.open_sources(kind))?,
+                None => Merge::open(db, self.open_sources(kind))?,
             };
             loop {
                 if used >= budget {
-                    self.flush(c, kind)?;
+                    self.flush(db, kind)?;
                     self.sources = Some(sources);
                     return Ok((used, false));
                 }
-                let Some(p) = sources.next(c)? else {
-                    self.flush(c, kind)?;
+                let Some(p) = sources.next(db)? else {
+                    self.flush(db, kind)?;
                     self.kind += 1;
                     self.last = None;
                     break;
@@ -663,34 +655,28 @@ impl Build {
                         || self.chunk_bytes + posting::cost(kind, format, bases, Some(q), &p)
                             > BLOB_BUDGET)
                 {
-                    self.flush(c, kind)?;
+                    self.flush(db, kind)?;
                 }
                 // A chunk's first posting has no delta.
                 self.chunk_bytes += posting::cost(kind, format, bases, self.chunk.last(), &p);
                 self.chunk.push(p);
             }
         }
-        set_state(c, &self.run, BUILDING, LIVE)?;
+        set_state(db, &self.run, BUILDING, LIVE)?;
         if let Inputs::Runs(runs) = &self.inputs {
             for source in runs {
-                set_state(c, source, LIVE, RETIRED)?;
+                set_state(db, source, LIVE, RETIRED)?;
             }
         }
         Ok((used, true))
     }
 
-    fn flush(&mut self, c: &Connection, kind: Kind) -> Result<(), StoreError> {
+    fn flush(&mut self, db: &mut dyn RunDb, kind: Kind) -> Result<(), StoreError> {
         let Some(chunk) = posting::encode(kind, self.run.format, self.run.bases(), &self.chunk)
         else {
             return Ok(());
         };
-        c.prepare_cached(kind.sql().insert)?.execute(params![
-            self.run.id,
-            chunk.key,
-            chunk.time_off,
-            chunk.idx_off,
-            chunk.blob
-        ])?;
+        db.insert_chunk(kind, self.run.id, chunk)?;
         self.last = self.chunk.last().copied();
         self.chunk.clear();
         self.chunk_bytes = 0;
@@ -705,23 +691,20 @@ struct Retire {
 }
 
 impl Retire {
-    fn advance(&mut self, c: &Connection, budget: usize) -> Result<(usize, bool), StoreError> {
+    fn advance(&mut self, db: &mut dyn RunDb, budget: usize) -> Result<(usize, bool), StoreError> {
         let mut used = 0;
         while let Some(kind) = Kind::ALL.get(self.kind) {
             if used >= budget {
                 return Ok((used, false));
             }
             // Whole keys at a time, the first few of the run.
-            let deleted = c
-                .prepare_cached(kind.sql().delete)?
-                .execute(params![self.run.id, (budget - used).min(4096) as i64])?;
+            let deleted = db.delete_chunks(*kind, self.run.id, (budget - used).min(4096) as i64)?;
             used += deleted;
             if deleted == 0 {
                 self.kind += 1;
             }
         }
-        c.prepare_cached("DELETE FROM run WHERE id = ?1 AND state = 2")?
-            .execute([self.run.id])?;
+        db.delete_run(self.run.id)?;
         Ok((used, true))
     }
 }
@@ -735,9 +718,11 @@ enum Background {
 /// The writer's view of the index: the keys of the segment being appended,
 /// the complete segments waiting for their run, the level-0 run being built
 /// and one merge or deletion.
-pub(super) struct RunIndexer {
+pub(crate) struct RunIndexer {
     current: Vec<LeafKeys>,
     waiting: VecDeque<(i64, Option<Vec<LeafKeys>>)>,
+    /// Complete segments seen so far (queued, built, or covered).
+    known: i64,
     build: Option<Build>,
     background: Option<Background>,
     /// Whether runs changed since the last look for background work.
@@ -746,11 +731,12 @@ pub(super) struct RunIndexer {
 
 impl RunIndexer {
     /// Rebuilds the state from the database, inside the caller's
-    /// transaction.
-    pub(super) fn load(c: &Connection) -> Result<Self, StoreError> {
-        let size = to_i64(size_of(c)?, "leaf count")?;
+    /// transaction; with `current`, also the keys of the segment being
+    /// appended (an appender that drives the index tells it of the rest).
+    pub(crate) fn load(db: &mut dyn RunDb, current: bool) -> Result<Self, StoreError> {
+        let size = db.size()?;
         let complete = size >> SEGMENT_SHIFT;
-        let runs = all_runs(c)?;
+        let runs = db.runs()?;
         let covered_end = runs
             .iter()
             .filter(|r| r.state != RETIRED)
@@ -761,8 +747,8 @@ impl RunIndexer {
         let mut background = None;
         for run in runs.iter().filter(|r| r.state == BUILDING) {
             if run.level == 0 {
-                let keys = keys_between(c, run.first, run.end)?;
-                build = Some(Build::resume(c, *run, Inputs::Keys(keys))?);
+                let keys = db.leaf_keys(run.first, run.end)?;
+                build = Some(Build::resume(db, *run, Inputs::Keys(keys))?);
             } else {
                 let sources = runs
                     .iter()
@@ -770,17 +756,22 @@ impl RunIndexer {
                     .copied()
                     .collect();
                 background = Some(Background::Merge(Build::resume(
-                    c,
+                    db,
                     *run,
                     Inputs::Runs(sources),
                 )?));
             }
         }
         Ok(RunIndexer {
-            current: keys_between(c, complete << SEGMENT_SHIFT, size)?,
+            current: if current {
+                db.leaf_keys(complete << SEGMENT_SHIFT, size)?
+            } else {
+                Vec::new()
+            },
             waiting: ((covered_end >> SEGMENT_SHIFT)..complete)
                 .map(|s| (s, None))
                 .collect(),
+            known: complete,
             build,
             background,
             look: true,
@@ -790,7 +781,11 @@ impl RunIndexer {
     /// Takes note of appended rows (in index order, following the last
     /// ones) and moves the index forward by a slice proportional to them,
     /// inside the append's transaction.
-    pub(super) fn appended(&mut self, c: &Connection, rows: &[LeafRow]) -> Result<(), StoreError> {
+    pub(crate) fn appended(
+        &mut self,
+        db: &mut dyn RunDb,
+        rows: &[LeafRow],
+    ) -> Result<(), StoreError> {
         for row in rows {
             let keys = LeafKeys {
                 idx: to_i64(row.index, "leaf index")?,
@@ -805,14 +800,33 @@ impl RunIndexer {
                 let segment = keys.idx >> SEGMENT_SHIFT;
                 self.waiting
                     .push_back((segment, Some(std::mem::take(&mut self.current))));
+                self.known = segment + 1;
             }
         }
-        self.work(c, MIN_SLICE.max(rows.len().saturating_mul(WORK_PER_LEAF)))
+        self.work(db, MIN_SLICE.max(rows.len().saturating_mul(WORK_PER_LEAF)))?;
+        Ok(())
+    }
+
+    /// For an indexer apart from the appender: takes note of the segments
+    /// completed since it last looked (their keys are read back from the
+    /// leaves when their run is built), then does up to `budget` postings of
+    /// work. Returns the work done: 0 once there is none left.
+    pub(crate) fn catch_up(
+        &mut self,
+        db: &mut dyn RunDb,
+        budget: usize,
+    ) -> Result<usize, StoreError> {
+        let complete = db.size()? >> SEGMENT_SHIFT;
+        while self.known < complete {
+            self.waiting.push_back((self.known, None));
+            self.known += 1;
+        }
+        self.work(db, budget)
     }
 
     /// Does up to `budget` postings of work: level-0 runs first (queries
     /// scan the leaves they do not cover yet), then merges and deletions.
-    fn work(&mut self, c: &Connection, budget: usize) -> Result<(), StoreError> {
+    fn work(&mut self, db: &mut dyn RunDb, budget: usize) -> Result<usize, StoreError> {
         let mut used = 0;
         while used < budget {
             if self.build.is_none() {
@@ -822,15 +836,15 @@ impl RunIndexer {
                 let (first, end) = (segment << SEGMENT_SHIFT, (segment + 1) << SEGMENT_SHIFT);
                 let keys = match keys {
                     Some(k) => k,
-                    None => keys_between(c, first, end)?,
+                    None => db.leaf_keys(first, end)?,
                 };
                 let min = keys.iter().map(|k| k.time).min().unwrap_or(0);
                 let max = keys.iter().map(|k| k.time).max().unwrap_or(0);
-                let run = insert_run(c, 0, first, end, min, max)?;
-                self.build = Some(Build::resume(c, run, Inputs::Keys(keys))?);
+                let run = insert_run(db, 0, first, end, min, max)?;
+                self.build = Some(Build::resume(db, run, Inputs::Keys(keys))?);
             }
             if let Some(b) = &mut self.build {
-                let (u, done) = b.advance(c, budget - used)?;
+                let (u, done) = b.advance(db, budget - used)?;
                 used += u;
                 if done {
                     self.build = None;
@@ -843,15 +857,15 @@ impl RunIndexer {
                 if !self.look {
                     break;
                 }
-                self.background = next_background(c)?;
+                self.background = next_background(db)?;
                 if self.background.is_none() {
                     self.look = false;
                     break;
                 }
             }
             let (u, done) = match &mut self.background {
-                Some(Background::Merge(b)) => b.advance(c, budget - used)?,
-                Some(Background::Retire(r)) => r.advance(c, budget - used)?,
+                Some(Background::Merge(b)) => b.advance(db, budget - used)?,
+                Some(Background::Retire(r)) => r.advance(db, budget - used)?,
                 None => break,
             };
             used += u.max(1);
@@ -860,14 +874,14 @@ impl RunIndexer {
                 self.look = true;
             }
         }
-        Ok(())
+        Ok(used)
     }
 }
 
 /// The next merge (the oldest `FANOUT` live runs of the lowest level that
 /// has that many) or, failing one, the next deletion of a merged run.
-fn next_background(c: &Connection) -> Result<Option<Background>, StoreError> {
-    let runs = all_runs(c)?;
+fn next_background(db: &mut dyn RunDb) -> Result<Option<Background>, StoreError> {
+    let runs = db.runs()?;
     if runs.iter().any(|r| r.state == BUILDING && r.level > 0) {
         return Ok(None);
     }
@@ -889,9 +903,9 @@ fn next_background(c: &Connection) -> Result<Option<Background>, StoreError> {
         let (first, end) = (sources[0].first, sources[FANOUT - 1].end);
         let min = sources.iter().map(|r| r.min_time).min().unwrap_or(0);
         let max = sources.iter().map(|r| r.max_time).max().unwrap_or(0);
-        let run = insert_run(c, level + 1, first, end, min, max)?;
+        let run = insert_run(db, level + 1, first, end, min, max)?;
         return Ok(Some(Background::Merge(Build::resume(
-            c,
+            db,
             run,
             Inputs::Runs(sources),
         )?)));
@@ -905,23 +919,23 @@ fn next_background(c: &Connection) -> Result<Option<Background>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
+
     use crate::store::LedgerStore;
-    use crate::store::sqlite::SqliteLedgerStore;
     use crate::store::sqlite::tests::{assert_queries_match, leaves, rows_of, run_levels, settle};
+    use crate::store::sqlite::{SqliteLedgerStore, SqliteRuns};
 
     /// Rewrites every run in the one-key format, as migration 0005 finds
     /// the runs that 0004's code built.
     fn rewrite_as_one_key(c: &Connection) {
-        for run in all_runs(c).unwrap() {
+        let db = &mut SqliteRuns(c);
+        for run in db.runs().unwrap() {
             for kind in Kind::ALL {
                 let mut postings = Vec::new();
-                let mut stmt = c.prepare(kind.sql().all).unwrap();
-                let mut rows = stmt.query([run.id]).unwrap();
-                while let Some(r) = rows.next().unwrap() {
-                    run.decode(kind, &chunk_row(r).unwrap(), &mut postings)
-                        .unwrap();
+                let start = (i64::MIN, i64::MIN, i64::MIN);
+                for chunk in db.chunks_after(kind, run.id, start, i64::MAX).unwrap() {
+                    run.decode(kind, &chunk, &mut postings).unwrap();
                 }
-                drop(rows);
                 c.execute(
                     &format!("DELETE FROM {} WHERE run = ?1", kind.table()),
                     [run.id],
@@ -931,16 +945,7 @@ mod tests {
                     for part in chunk.chunks(CHUNK) {
                         let stored =
                             posting::encode(kind, Format::OneKey, run.bases(), part).unwrap();
-                        c.prepare(kind.sql().insert)
-                            .unwrap()
-                            .execute(params![
-                                run.id,
-                                stored.key,
-                                stored.time_off,
-                                stored.idx_off,
-                                stored.blob
-                            ])
-                            .unwrap();
+                        db.insert_chunk(kind, run.id, stored).unwrap();
                     }
                 }
             }
@@ -1017,7 +1022,8 @@ mod tests {
         w.append(0, rows_of(0, &all, &mut frontier)).await.unwrap();
         settle(&store, &mut w, all, &mut frontier).await;
         let c = Connection::open(store.path()).unwrap();
-        let run = live_runs(&c)
+        let db = &mut SqliteRuns(&c);
+        let run = live_runs(db)
             .unwrap()
             .into_iter()
             .find(|r| r.level == 2)
@@ -1031,7 +1037,7 @@ mod tests {
             exhausted: false,
         };
         let mut postings = Vec::new();
-        while let Some(p) = source.peek(&c).unwrap() {
+        while let Some(p) = source.peek(db).unwrap() {
             let Source::Stored { buffer, .. } = &source else {
                 unreachable!()
             };

@@ -1,0 +1,423 @@
+//! The run index (`store/runs.rs`) on PostgreSQL: its statements, and the
+//! indexer that builds the runs apart from the appends.
+//!
+//! The run logic is synchronous (SQLite's writer drives it inside its
+//! commits); here each call runs on tokio's blocking pool and waits for its
+//! statements on the runtime (`Handle::block_on`), over a pooled connection
+//! working as the ledger's role.
+//!
+//! The indexer belongs to the writer (the integrator): a task that, after
+//! appends or every second, does a slice of index work per transaction. A
+//! slice starts from what the database holds (no state carried from one
+//! transaction to the next) and takes a transaction-level advisory lock
+//! first, so two indexers (a writer that lost its lock, and the next one)
+//! never build the same run at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
+
+use crate::store::StoreError;
+use crate::store::posting::{Kind, LeafKeys, StoredChunk};
+use crate::store::runs::{self, Run, RunDb, RunIndexer};
+use rempart_sql::describe;
+
+/// Postings a slice of the indexer moves in one transaction: a few
+/// level-0 runs, or a 32nd of a level-1 merge.
+#[cfg(not(test))]
+const SLICE: usize = 65_536;
+#[cfg(test)]
+const SLICE: usize = 256;
+/// How long the indexer sleeps when it has nothing to do and hears of no
+/// append.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long it rests after a failed slice.
+const RETRY: Duration = Duration::from_secs(5);
+/// Chunks held back before they are inserted in one statement.
+const PENDING: usize = 256;
+
+/// Statements of one posting table, in PostgreSQL's placeholders.
+struct PgKindSql {
+    fetch: &'static str,
+    last: &'static str,
+    insert: &'static str,
+    delete: &'static str,
+}
+
+macro_rules! pg_kind_sql {
+    ($name:ident, $table:literal) => {
+        const $name: PgKindSql = PgKindSql {
+            fetch: concat!(
+                "SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " WHERE run = $1 AND (key, time_last, idx_last) > ($2, $3, $4)",
+                " ORDER BY key, time_last, idx_last LIMIT $5"
+            ),
+            last: concat!(
+                "SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " WHERE run = $1 ORDER BY key DESC, time_last DESC, idx_last DESC LIMIT 1"
+            ),
+            insert: concat!(
+                "INSERT INTO ",
+                $table,
+                " (run, key, time_last, idx_last, postings)",
+                " SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[])"
+            ),
+            delete: concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE run = $1 AND key <= (SELECT max(key) FROM (",
+                "SELECT key FROM ",
+                $table,
+                " WHERE run = $1 ORDER BY key LIMIT $2) AS first_keys)"
+            ),
+        };
+    };
+}
+
+pg_kind_sql!(ACCOUNT, "posting_account");
+pg_kind_sql!(ORGANISATION, "posting_organisation");
+pg_kind_sql!(PERSON, "posting_person");
+
+fn sql(kind: Kind) -> &'static PgKindSql {
+    match kind {
+        Kind::Account => &ACCOUNT,
+        Kind::Organisation => &ORGANISATION,
+        Kind::Person => &PERSON,
+    }
+}
+
+/// The run index's statements on a pooled connection, from a thread of the
+/// blocking pool. Inserted chunks are held back and sent in one statement
+/// per table before the next other statement, or by [`PgRuns::flush`].
+pub(super) struct PgRuns<'c> {
+    handle: Handle,
+    client: &'c deadpool_postgres::Client,
+    pending: Vec<(Kind, i64, StoredChunk)>,
+}
+
+impl<'c> PgRuns<'c> {
+    pub(super) fn new(handle: Handle, client: &'c deadpool_postgres::Client) -> Self {
+        PgRuns {
+            handle,
+            client,
+            pending: Vec::new(),
+        }
+    }
+
+    fn stmt(&self, sql: &str) -> Result<Statement, StoreError> {
+        Ok(self.handle.block_on(self.client.prepare_cached(sql))?)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.flush()?;
+        let stmt = self.stmt(sql)?;
+        Ok(self.handle.block_on(self.client.query(&stmt, params))?)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.flush()?;
+        let stmt = self.stmt(sql)?;
+        Ok(self.handle.block_on(self.client.execute(&stmt, params))?)
+    }
+
+    /// Runs a statement without parameters (BEGIN, COMMIT, ROLLBACK).
+    pub(super) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.flush()?;
+        Ok(self.handle.block_on(self.client.batch_execute(sql))?)
+    }
+
+    /// Sends the chunks held back.
+    pub(super) fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for kind in Kind::ALL {
+            let mut runs_of_kind = pending.iter().filter(|(k, _, _)| *k == kind).peekable();
+            while let Some((_, run, _)) = runs_of_kind.peek().copied() {
+                let (mut keys, mut times, mut idx, mut blobs) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                while let Some((_, _, c)) = runs_of_kind.next_if(|(_, r, _)| r == run) {
+                    keys.push(c.key);
+                    times.push(c.time_off);
+                    idx.push(c.idx_off);
+                    blobs.push(c.blob.as_slice());
+                }
+                let stmt = self.stmt(sql(kind).insert)?;
+                self.handle.block_on(
+                    self.client
+                        .execute(&stmt, &[run, &keys, &times, &idx, &blobs]),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls back after a failure, best effort: a connection that cannot
+    /// is broken, and the pool drops broken connections.
+    pub(super) fn rollback(&mut self) {
+        self.pending.clear();
+        let _ = self.handle.block_on(self.client.batch_execute("ROLLBACK"));
+    }
+}
+
+fn chunk(r: &tokio_postgres::Row) -> Result<StoredChunk, StoreError> {
+    Ok(StoredChunk {
+        key: r.try_get(0)?,
+        time_off: r.try_get(1)?,
+        idx_off: r.try_get(2)?,
+        blob: r.try_get(3)?,
+    })
+}
+
+impl RunDb for PgRuns<'_> {
+    fn size(&mut self) -> Result<i64, StoreError> {
+        let rows = self.query("SELECT coalesce(max(idx) + 1, 0) FROM leaf", &[])?;
+        match rows.first() {
+            Some(r) => Ok(r.try_get(0)?),
+            None => Err(StoreError::Corrupt("the leaf count is missing".into())),
+        }
+    }
+
+    fn runs(&mut self) -> Result<Vec<Run>, StoreError> {
+        self.query(runs::RUNS_SQL, &[])?
+            .iter()
+            .map(|r| {
+                Ok(Run {
+                    id: r.try_get(0)?,
+                    level: r.try_get(1)?,
+                    first: r.try_get(2)?,
+                    end: r.try_get(3)?,
+                    min_time: r.try_get(4)?,
+                    max_time: r.try_get(5)?,
+                    state: r.try_get(6)?,
+                    format: runs::run_format(r.try_get(7)?)?,
+                })
+            })
+            .collect()
+    }
+
+    fn leaf_keys(&mut self, from: i64, to: i64) -> Result<Vec<LeafKeys>, StoreError> {
+        let rows = self.query(
+            "SELECT idx, data FROM leaf WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+            &[&from, &to],
+        )?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(k) = LeafKeys::decode(r.try_get(0)?, r.try_get(1)?) {
+                keys.push(k);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn leaf_data(&mut self, idx: &[i64]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = self.query(
+            "SELECT idx, data FROM leaf WHERE idx = ANY($1)",
+            &[&idx.to_vec()],
+        )?;
+        let mut by_idx = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            by_idx.insert(r.try_get::<_, i64>(0)?, r.try_get::<_, Vec<u8>>(1)?);
+        }
+        idx.iter()
+            .map(|i| {
+                by_idx
+                    .remove(i)
+                    .ok_or_else(|| StoreError::Corrupt(format!("leaf {i} is indexed but absent")))
+            })
+            .collect()
+    }
+
+    fn chunks_after(
+        &mut self,
+        kind: Kind,
+        run: i64,
+        after: (i64, i64, i64),
+        limit: i64,
+    ) -> Result<Vec<StoredChunk>, StoreError> {
+        self.query(
+            sql(kind).fetch,
+            &[&run, &after.0, &after.1, &after.2, &limit],
+        )?
+        .iter()
+        .map(chunk)
+        .collect()
+    }
+
+    fn last_chunk(&mut self, kind: Kind, run: i64) -> Result<Option<StoredChunk>, StoreError> {
+        self.query(sql(kind).last, &[&run])?
+            .first()
+            .map(chunk)
+            .transpose()
+    }
+
+    fn insert_chunk(&mut self, kind: Kind, run: i64, chunk: StoredChunk) -> Result<(), StoreError> {
+        self.pending.push((kind, run, chunk));
+        if self.pending.len() >= PENDING {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn delete_chunks(&mut self, kind: Kind, run: i64, keys: i64) -> Result<usize, StoreError> {
+        let n = self.execute(sql(kind).delete, &[&run, &keys])?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn insert_run(&mut self, run: &Run) -> Result<i64, StoreError> {
+        let rows = self.query(
+            "INSERT INTO run (level, first_leaf, end_leaf, min_time, max_time, state, format)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[
+                &run.level,
+                &run.first,
+                &run.end,
+                &run.min_time,
+                &run.max_time,
+                &run.state,
+                &run.format.column(),
+            ],
+        )?;
+        match rows.first() {
+            Some(r) => Ok(r.try_get(0)?),
+            None => Err(StoreError::Corrupt("a new run got no id".into())),
+        }
+    }
+
+    fn set_state(&mut self, id: i64, from: i64, to: i64) -> Result<usize, StoreError> {
+        let n = self.execute(
+            "UPDATE run SET state = $3 WHERE id = $1 AND state = $2",
+            &[&id, &from, &to],
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn delete_run(&mut self, id: i64) -> Result<(), StoreError> {
+        self.execute("DELETE FROM run WHERE id = $1 AND state = 2", &[&id])?;
+        Ok(())
+    }
+}
+
+/// Runs `f` on a pooled connection from the blocking pool, inside a
+/// read-only snapshot (the runs, their postings and the tail agree).
+pub(super) async fn read<T: Send + 'static>(
+    pool: &Pool,
+    f: impl FnOnce(&mut dyn RunDb) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Pool(describe(&e)))?;
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut db = PgRuns::new(handle, &client);
+        db.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let result = f(&mut db).and_then(|v| {
+            db.batch("COMMIT")?;
+            Ok(v)
+        });
+        if result.is_err() {
+            db.rollback();
+        }
+        result
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// The writer's indexer task: stopped when dropped.
+pub(super) struct Indexer {
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Indexer {
+    /// Starts the task, which takes the transaction-level advisory lock
+    /// `lock` for each slice.
+    pub(super) fn start(pool: Pool, lock: i64) -> Self {
+        let wake = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (w, s) = (wake.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Acquire) {
+                let pause = match slice(&pool, lock).await {
+                    Ok(Some(0) | None) => IDLE,
+                    Ok(Some(_)) => Duration::ZERO,
+                    Err(e) => {
+                        tracing::error!(error = %e, "ledger: the query index failed; appends go on, it retries in 5 s");
+                        RETRY
+                    }
+                };
+                if !pause.is_zero() {
+                    let _ = tokio::time::timeout(pause, w.notified()).await;
+                }
+            }
+        });
+        Indexer { wake, stop }
+    }
+
+    /// Tells the task that leaves were appended.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+/// One slice of index work in its own transaction; returns the postings
+/// moved (0: nothing to do), or `None` if another indexer holds the lock.
+pub(super) async fn slice(pool: &Pool, lock: i64) -> Result<Option<usize>, StoreError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Pool(describe(&e)))?;
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut db = PgRuns::new(handle, &client);
+        db.batch("BEGIN")?;
+        let result = (|| {
+            let locked = db
+                .query("SELECT pg_try_advisory_xact_lock($1)", &[&lock])?
+                .first()
+                .map(|r| r.try_get::<_, bool>(0))
+                .transpose()?;
+            if locked != Some(true) {
+                return Ok(None);
+            }
+            let mut indexer = RunIndexer::load(&mut db, false)?;
+            let used = indexer.catch_up(&mut db, SLICE)?;
+            db.flush()?;
+            Ok(Some(used))
+        })();
+        match result {
+            Ok(used) => {
+                db.batch("COMMIT")?;
+                Ok(used)
+            }
+            Err(e) => {
+                db.rollback();
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
+}
