@@ -21,7 +21,7 @@
 //! notice a silent peer), and every write goes through that connection, so
 //! a writer that lost the lock can no longer write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -281,17 +281,28 @@ async fn size_of(client: &impl tokio_postgres::GenericClient) -> Result<u64, Sto
     to_u64(next, "leaf count")
 }
 
+/// The tiles' hashes `$1` and the leaves in the ranges `[$2, $3]` that
+/// [`nodes_of`] needs, in one statement (one round trip; a range scan per
+/// tile, not a lookup per leaf).
+const NODES_QUERY: &str = "SELECT 0::int2, tile, nodes FROM subtree WHERE tile = ANY($1)
+     UNION ALL
+     SELECT 1::int2, l.idx, l.data FROM unnest($2::bigint[], $3::bigint[]) AS r(lo, hi)
+     CROSS JOIN LATERAL (SELECT idx, data FROM leaf WHERE idx >= r.lo AND idx <= r.hi) AS l";
+
 /// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
-/// `subtree` row of the tile whose last leaf completes them (one query for
-/// all), the lower ones recomputed from their leaves (one range query per
-/// tile they lie in: a proof's lie in one or two).
+/// `subtree` row of the tile whose last leaf completes them, the lower ones
+/// recomputed from their leaves (a lower subtree lies in one tile: at most
+/// 128 leaves each, a proof's within one or two tiles). No snapshot is
+/// needed: what is read is never changed once written, and anything
+/// missing is an error. `stmt` is [`NODES_QUERY`], prepared.
 async fn nodes_of(
-    client: &impl tokio_postgres::GenericClient,
+    client: &Client,
+    stmt: &tokio_postgres::Statement,
     ids: &[NodeId],
 ) -> Result<Vec<Hash>, StoreError> {
     let mut tiles: Vec<i64> = Vec::new();
-    // Per tile, the range of leaves the lower subtrees in it need.
-    let mut ranges: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    // Per tile, the range of leaves its lower subtrees need.
+    let mut ranges: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
     for id in ids {
         let last = id.last_leaf();
         if id.level >= TILE_LEVEL {
@@ -303,22 +314,19 @@ async fn nodes_of(
             *r = (r.0.min(id.first_leaf()), r.1.max(last));
         }
     }
-    let mut stored: HashMap<i64, Vec<u8>> = HashMap::new();
-    if !tiles.is_empty() {
-        let sql = "SELECT tile, nodes FROM subtree WHERE tile = ANY($1)";
-        for r in client.query(sql, &[&tiles]).await? {
-            stored.insert(r.try_get(0)?, r.try_get(1)?);
-        }
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    for (first, last) in ranges.values() {
+        lo.push(to_i64(*first, "leaf index")?);
+        hi.push(to_i64(*last, "leaf index")?);
     }
-    let mut hashes: HashMap<u64, Hash> = HashMap::new();
-    if !ranges.is_empty() {
-        let sql = "SELECT idx, data FROM leaf WHERE idx >= $1 AND idx <= $2";
-        for (first, last) in ranges.values() {
-            let (first, last) = (to_i64(*first, "leaf index")?, to_i64(*last, "leaf index")?);
-            for r in client.query(sql, &[&first, &last]).await? {
-                let idx = to_u64(r.try_get(0)?, "leaf index")?;
-                hashes.insert(idx, leaf_hash(r.try_get::<_, &[u8]>(1)?));
-            }
+    let mut stored: HashMap<i64, Vec<u8>> = HashMap::new();
+    let mut hashes: HashMap<i64, Hash> = HashMap::new();
+    for r in client.query(stmt, &[&tiles, &lo, &hi]).await? {
+        let (what, at): (i16, i64) = (r.try_get(0)?, r.try_get(1)?);
+        if what == 0 {
+            stored.insert(at, r.try_get(2)?);
+        } else {
+            hashes.insert(at, leaf_hash(r.try_get::<_, &[u8]>(2)?));
         }
     }
     ids.iter()
@@ -335,10 +343,14 @@ async fn nodes_of(
                     }),
                 };
             }
-            let leaves = (id.first_leaf()..=last)
-                .map_while(|i| hashes.get(&i).copied())
-                .collect();
-            subtree_of(*id, leaves)
+            let mut below = Vec::with_capacity(1 << id.level);
+            for i in id.first_leaf()..=last {
+                match hashes.get(&to_i64(i, "leaf index")?) {
+                    Some(h) => below.push(*h),
+                    None => break,
+                }
+            }
+            subtree_of(*id, below)
         })
         .collect()
 }
@@ -411,17 +423,9 @@ impl LedgerStore for PgLedgerStore {
     }
 
     async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
-        let mut client = self.pooled_client().await?;
-        // One snapshot for the tiles' hashes and the leaves.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let nodes = nodes_of(&*tx, ids).await?;
-        tx.commit().await?;
-        Ok(nodes)
+        let client = self.pooled_client().await?;
+        let stmt = client.prepare_cached(NODES_QUERY).await?;
+        nodes_of(&client, &stmt, ids).await
     }
 
     async fn leaves(&self, from: u64, count: usize) -> Result<Vec<LeafRow>, StoreError> {
@@ -650,7 +654,9 @@ impl LedgerWriter for PgWriter {
 
     async fn nodes(&mut self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
         // The writer's own connection sees every leaf it appended.
-        nodes_of(&*self.client().await?, ids).await
+        let client = self.client().await?;
+        let stmt = client.prepare(NODES_QUERY).await?;
+        nodes_of(client, &stmt, ids).await
     }
 
     async fn append(&mut self, first: u64, rows: Vec<LeafRow>) -> Result<(), StoreError> {
@@ -884,7 +890,9 @@ mod tests {
         for batch in 0..24u64 {
             let at = all.len() as u64;
             let more = leaves(at, at + 211 + batch);
-            w.append(at, rows_of(at, &more, &mut frontier)).await.unwrap();
+            w.append(at, rows_of(at, &more, &mut frontier))
+                .await
+                .unwrap();
             all.extend(more);
             if batch % 8 == 0 {
                 assert_queries_match(&store, &all).await;
@@ -893,7 +901,10 @@ mod tests {
         // The writer's own indexer got some of it done without being asked.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while run_levels(&store).await.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "the indexer never ran");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the indexer never ran"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         store.settle_index().await.unwrap();

@@ -52,6 +52,20 @@ pub(crate) trait RunDb {
         after: (i64, i64, i64),
         limit: i64,
     ) -> Result<Vec<StoredChunk>, StoreError>;
+    /// For each `(run, after)`, what [`RunDb::chunks_after`] gives: one
+    /// statement for all where the backend can (a round trip per run
+    /// would dominate a query on PostgreSQL).
+    fn chunks_after_each(
+        &mut self,
+        kind: Kind,
+        seeks: &[(i64, (i64, i64, i64))],
+        limit: i64,
+    ) -> Result<Vec<Vec<StoredChunk>>, StoreError> {
+        seeks
+            .iter()
+            .map(|(run, after)| self.chunks_after(kind, *run, *after, limit))
+            .collect()
+    }
     /// The run's last chunk of `kind`.
     fn last_chunk(&mut self, kind: Kind, run: i64) -> Result<Option<StoredChunk>, StoreError>;
     /// Stores one chunk (a backend may hold it back until its next
@@ -157,48 +171,72 @@ fn covered(live: &[Run]) -> i64 {
     live.last().map_or(0, |r| r.end)
 }
 
-/// Calls `f` with the postings of `key` in `run` that come after
-/// `(time, idx)`, in order, until it returns false: from the first chunk
-/// that ends after that position to the first that ends past the key (in
-/// the multi-key format, a chunk may start with the key and end with
-/// another).
+/// Calls `f(i, p)` with the postings `p` of `key` in each run `runs[i]`
+/// that come after `(time, idx)`, in order within each run, until it
+/// returns false for that run: from the first chunk that ends after that
+/// position to the first that ends past the key (in the multi-key format, a
+/// chunk may start with the key and end with another). The runs are read
+/// together, a batch of chunks of each per call of
+/// [`RunDb::chunks_after_each`] (one round trip on PostgreSQL).
 fn scan_key(
     db: &mut dyn RunDb,
     kind: Kind,
-    run: &Run,
+    runs: &[Run],
     key: i64,
     after: (i64, i64),
-    mut f: impl FnMut(&Posting) -> bool,
+    mut f: impl FnMut(usize, &Posting) -> bool,
 ) -> Result<(), StoreError> {
-    let (t, i) = run.bases().offsets(after.0, after.1);
-    let mut position = (key, t, i);
+    // Per run: where to read on from, or None once done.
+    let mut positions: Vec<Option<(i64, i64, i64)>> = runs
+        .iter()
+        .map(|run| {
+            let (t, i) = run.bases().offsets(after.0, after.1);
+            Some((key, t, i))
+        })
+        .collect();
     let mut postings = Vec::with_capacity(CHUNK);
     // A page mostly lies in the first chunk or two: fetch a few, then more.
     let mut batch = 2;
     loop {
-        let chunks = db.chunks_after(kind, run.id, position, batch)?;
-        let fetched = chunks.len();
-        for chunk in chunks {
-            if chunk.key > key && run.format == Format::OneKey {
-                return Ok(());
-            }
-            position = (chunk.key, chunk.time_off, chunk.idx_off);
-            postings.clear();
-            run.decode(kind, &chunk, &mut postings)?;
-            for p in postings
-                .iter()
-                .filter(|p| p.key == key && (p.time, p.idx) > after)
-            {
-                if !f(p) {
-                    return Ok(());
+        let seeks: Vec<(usize, i64, (i64, i64, i64))> = positions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|p| (i, runs[i].id, p)))
+            .collect();
+        if seeks.is_empty() {
+            return Ok(());
+        }
+        let asked: Vec<(i64, (i64, i64, i64))> = seeks.iter().map(|s| (s.1, s.2)).collect();
+        let fetched = db.chunks_after_each(kind, &asked, batch)?;
+        for ((i, _, _), chunks) in seeks.into_iter().zip(fetched) {
+            let run = &runs[i];
+            let complete = chunks.len() < batch as usize;
+            let mut more = true;
+            for chunk in chunks {
+                if chunk.key > key && run.format == Format::OneKey {
+                    more = false;
+                    break;
+                }
+                positions[i] = Some((chunk.key, chunk.time_off, chunk.idx_off));
+                postings.clear();
+                run.decode(kind, &chunk, &mut postings)?;
+                for p in postings
+                    .iter()
+                    .filter(|p| p.key == key && (p.time, p.idx) > after)
+                {
+                    if !f(i, p) {
+                        more = false;
+                        break;
+                    }
+                }
+                if !more || chunk.key > key {
+                    more = false;
+                    break;
                 }
             }
-            if chunk.key > key {
-                return Ok(());
+            if !more || complete {
+                positions[i] = None;
             }
-        }
-        if fetched < batch as usize {
-            return Ok(());
         }
         batch = (batch * 2).min(FETCH);
     }
@@ -224,23 +262,24 @@ pub(crate) fn query(db: &mut dyn RunDb, range: &QueryRange) -> Result<Vec<RawEnt
             best.truncate(limit);
         }
     };
-    for run in live
+    let runs: Vec<Run> = live
         .iter()
         .filter(|r| r.max_time >= from && r.min_time < to && r.max_time >= start.0)
-    {
-        let mut taken = 0;
-        scan_key(db, kind, run, key, start, |p| {
-            if p.time >= to {
-                return false;
-            }
-            if p.time >= from {
-                best.push((p.time, p.idx));
-                taken += 1;
-            }
-            taken < limit
-        })?;
-        prune(&mut best);
-    }
+        .copied()
+        .collect();
+    // Each run gives at most `limit` postings.
+    let mut taken = vec![0; runs.len()];
+    scan_key(db, kind, &runs, key, start, |i, p| {
+        if p.time >= to {
+            return false;
+        }
+        if p.time >= from {
+            best.push((p.time, p.idx));
+            prune(&mut best);
+            taken[i] += 1;
+        }
+        taken[i] < limit
+    })?;
     for k in db.leaf_keys(covered(&live), i64::MAX)? {
         if let Some(p) = kind.posting(&k)
             && p.key == key
@@ -284,18 +323,25 @@ pub(crate) fn persons_revealed_to(
             persons.insert(person);
         }
     };
-    for run in live
+    let runs: Vec<Run> = live
         .iter()
         .filter(|r| r.max_time >= from.0 && r.min_time < to.0)
-    {
-        scan_key(db, Kind::Account, run, account.get(), (from.0, -1), |p| {
+        .copied()
+        .collect();
+    scan_key(
+        db,
+        Kind::Account,
+        &runs,
+        account.get(),
+        (from.0, -1),
+        |_, p| {
             if p.time >= to.0 {
                 return false;
             }
             keep(p);
             true
-        })?;
-    }
+        },
+    )?;
     for k in db.leaf_keys(covered(&live), i64::MAX)? {
         if let Some(p) = Kind::Account.posting(&k)
             && p.key == account.get()

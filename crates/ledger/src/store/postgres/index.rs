@@ -18,10 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use std::pin::pin;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+
+use futures_util::StreamExt;
 use tokio_postgres::Statement;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::store::StoreError;
 use crate::store::posting::{Kind, LeafKeys, StoredChunk};
@@ -45,6 +49,10 @@ const PENDING: usize = 256;
 /// Statements of one posting table, in PostgreSQL's placeholders.
 struct PgKindSql {
     fetch: &'static str,
+    /// `fetch` for many runs: `($1, $2, $3, $4)` are the runs and the key
+    /// columns to read after, `$5` the limit for each; rows come with the
+    /// ordinal of their seek.
+    each: &'static str,
     last: &'static str,
     insert: &'static str,
     delete: &'static str,
@@ -58,6 +66,16 @@ macro_rules! pg_kind_sql {
                 $table,
                 " WHERE run = $1 AND (key, time_last, idx_last) > ($2, $3, $4)",
                 " ORDER BY key, time_last, idx_last LIMIT $5"
+            ),
+            each: concat!(
+                "SELECT s.n, c.key, c.time_last, c.idx_last, c.postings",
+                " FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])",
+                " WITH ORDINALITY AS s(run, key, t, i, n)",
+                " CROSS JOIN LATERAL (SELECT key, time_last, idx_last, postings FROM ",
+                $table,
+                " p WHERE p.run = s.run AND (p.key, p.time_last, p.idx_last) > (s.key, s.t, s.i)",
+                " ORDER BY p.key, p.time_last, p.idx_last LIMIT $5) AS c",
+                " ORDER BY s.n, c.key, c.time_last, c.idx_last"
             ),
             last: concat!(
                 "SELECT key, time_last, idx_last, postings FROM ",
@@ -210,17 +228,28 @@ impl RunDb for PgRuns<'_> {
     }
 
     fn leaf_keys(&mut self, from: i64, to: i64) -> Result<Vec<LeafKeys>, StoreError> {
-        let rows = self.query(
-            "SELECT idx, data FROM leaf WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-            &[&from, &to],
-        )?;
-        let mut keys = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if let Some(k) = LeafKeys::decode(r.try_get(0)?, r.try_get(1)?) {
-                keys.push(k);
+        self.flush()?;
+        // Binary COPY: whole runs' leaves are read this way (a check reads
+        // every leaf once more). COPY takes no parameters; both bounds are
+        // integers formatted here.
+        let sql = format!(
+            "COPY (SELECT idx, data FROM leaf WHERE idx >= {from} AND idx < {to} ORDER BY idx)
+             TO STDOUT (FORMAT binary)"
+        );
+        let client = self.client;
+        self.handle.block_on(async move {
+            let stream = client.copy_out(&sql).await?;
+            let rows = BinaryCopyOutStream::new(stream, &[Type::INT8, Type::BYTEA]);
+            let mut rows = pin!(rows);
+            let mut keys = Vec::new();
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                if let Some(k) = LeafKeys::decode(row.try_get(0)?, row.try_get(1)?) {
+                    keys.push(k);
+                }
             }
-        }
-        Ok(keys)
+            Ok(keys)
+        })
     }
 
     fn leaf_data(&mut self, idx: &[i64]) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -255,6 +284,36 @@ impl RunDb for PgRuns<'_> {
         .iter()
         .map(chunk)
         .collect()
+    }
+
+    fn chunks_after_each(
+        &mut self,
+        kind: Kind,
+        seeks: &[(i64, (i64, i64, i64))],
+        limit: i64,
+    ) -> Result<Vec<Vec<StoredChunk>>, StoreError> {
+        let mut out = vec![Vec::new(); seeks.len()];
+        if seeks.is_empty() {
+            return Ok(out);
+        }
+        let runs: Vec<i64> = seeks.iter().map(|s| s.0).collect();
+        let keys: Vec<i64> = seeks.iter().map(|s| s.1.0).collect();
+        let times: Vec<i64> = seeks.iter().map(|s| s.1.1).collect();
+        let idx: Vec<i64> = seeks.iter().map(|s| s.1.2).collect();
+        for r in self.query(sql(kind).each, &[&runs, &keys, &times, &idx, &limit])? {
+            let n: i64 = r.try_get(0)?;
+            let slot = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("a chunk for seek {n}")))?;
+            slot.push(StoredChunk {
+                key: r.try_get(1)?,
+                time_off: r.try_get(2)?,
+                idx_off: r.try_get(3)?,
+                blob: r.try_get(4)?,
+            });
+        }
+        Ok(out)
     }
 
     fn last_chunk(&mut self, kind: Kind, run: i64) -> Result<Option<StoredChunk>, StoreError> {
