@@ -592,6 +592,16 @@ pub async fn bench_ledger(
         "bytes on disk: {bytes} for {size} leaves = {:.0} bytes per leaf",
         bytes as f64 / size.max(1) as f64
     );
+    let tables = bench::bytes_by_table(&target).await?;
+    if !tables.is_empty() {
+        let per_leaf = |b: u64| b as f64 / size.max(1) as f64;
+        let parts: Vec<String> = tables
+            .iter()
+            .filter(|(_, b)| per_leaf(*b) >= 0.05)
+            .map(|(t, b)| format!("{t} {:.1}", per_leaf(*b)))
+            .collect();
+        println!("bytes per leaf by table: {}", parts.join(", "));
+    }
     let v = bench::verify_speed(&store, &key.verifier()).await?;
     println!(
         "verify: {} leaves, {} checkpoints in {:.2} s = {:.0} leaves/s",

@@ -108,6 +108,34 @@ pub async fn bytes_used(target: &BenchTarget) -> Result<u64, LedgerError> {
     }
 }
 
+/// On PostgreSQL, the bytes of each of the ledger's tables (with its
+/// indexes and TOAST), largest first; on SQLite, nothing (one file).
+pub async fn bytes_by_table(target: &BenchTarget) -> Result<Vec<(String, u64)>, LedgerError> {
+    let BenchTarget::Postgres { url, schema } = target else {
+        return Ok(Vec::new());
+    };
+    let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(pg)?;
+    let task = tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT c.relname::text, pg_total_relation_size(c.oid)::int8
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 2 DESC",
+            &[&schema],
+        )
+        .await
+        .map_err(pg);
+    drop(client);
+    let _ = task.await;
+    Ok(rows?
+        .iter()
+        .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+        .collect())
+}
+
 /// Removes what [`open_target`] made on PostgreSQL: the schema with its
 /// leaves (gigabytes at national sizes, which a finished bench has no use
 /// for). SQLite's files stay where the caller put them.

@@ -119,6 +119,64 @@ impl Env {
         client
     }
 
+    /// Rewrites the leaves from bundle `first` on (PostgreSQL keeps them
+    /// 16 to a `leaf_bundle` row, each length-prefixed) around every
+    /// protection: `edit` gets them in order and changes, removes or adds
+    /// some; they are packed again from `first`.
+    async fn pg_rewrite_leaves(&self, first: i64, edit: impl FnOnce(&mut Vec<Vec<u8>>)) {
+        let c = self.pg_raw().await;
+        let mut leaves = Vec::new();
+        for r in c
+            .query(
+                "SELECT data FROM leaf_bundle WHERE first >= $1 ORDER BY first",
+                &[&first],
+            )
+            .await
+            .unwrap()
+        {
+            let mut rest: &[u8] = r.get(0);
+            while let [hi, lo, tail @ ..] = rest {
+                let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+                leaves.push(tail[..len].to_vec());
+                rest = &tail[len..];
+            }
+        }
+        edit(&mut leaves);
+        c.execute("DELETE FROM leaf_bundle WHERE first >= $1", &[&first])
+            .await
+            .unwrap();
+        for (n, bundle) in leaves.chunks(16).enumerate() {
+            let mut data = Vec::new();
+            for l in bundle {
+                data.extend_from_slice(&(l.len() as u16).to_be_bytes());
+                data.extend_from_slice(l);
+            }
+            c.execute(
+                "INSERT INTO leaf_bundle (first, count, data) VALUES ($1, $2, $3)",
+                &[&(first + 16 * n as i64), &(bundle.len() as i32), &data],
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    /// Removes the leaves from `from` on, around every protection.
+    async fn truncate_leaves(&self, from: i64) {
+        match self.backend {
+            Backend::Sqlite => self
+                .sqlite_raw()
+                .execute("DELETE FROM leaf WHERE idx >= ?1", [from])
+                .map(drop)
+                .unwrap(),
+            Backend::Postgres => {
+                self.pg_rewrite_leaves(from - from % 16, |leaves| {
+                    leaves.truncate((from % 16) as usize)
+                })
+                .await
+            }
+        }
+    }
+
     /// Runs a statement around every protection.
     async fn tamper(&self, sql: &str) {
         match self.backend {
@@ -161,13 +219,11 @@ impl Env {
                 }
             }
             Backend::Postgres => {
+                self.pg_rewrite_leaves(idx - idx % 16, |leaves| {
+                    leaves[(idx % 16) as usize] = row.data.clone()
+                })
+                .await;
                 let c = self.pg_raw().await;
-                c.execute(
-                    "UPDATE leaf SET data = $1 WHERE idx = $2",
-                    &[&row.data, &idx],
-                )
-                .await
-                .unwrap();
                 c.execute(
                     "DELETE FROM subtree WHERE tile = $1 AND $2::bigint % 256 = 255",
                     &[&(idx >> 8), &idx],
@@ -565,14 +621,8 @@ async fn fail_closed(b: Backend) {
                 .unwrap();
         }
         Backend::Postgres => {
-            env.pg_raw()
-                .await
-                .execute(
-                    "INSERT INTO leaf (idx, data, nodes) VALUES (1, $1, $2)",
-                    &[&foreign.data, &foreign.nodes],
-                )
-                .await
-                .unwrap();
+            env.pg_rewrite_leaves(0, |leaves| leaves.push(foreign.data.clone()))
+                .await;
         }
     }
     let ledger = Arc::new(ledger);
@@ -600,7 +650,7 @@ async fn open_refuses_a_store_behind_its_checkpoint(b: Backend) {
     let env = Env::new(b).await;
     let key = key();
     standard_ledger(&env, &key).await;
-    env.tamper("DELETE FROM leaf WHERE idx >= 18").await;
+    env.truncate_leaves(18).await;
     match Ledger::open(env.reopen().await, copy(&key), no_auto_checkpoints()).await {
         Err(LedgerError::Inconsistent { reason, .. }) => {
             assert!(reason.contains("20"), "{reason}")
@@ -891,16 +941,16 @@ async fn append_only_rights(b: Backend) {
                 .get(0);
             assert_eq!(who, "rempart_ledger_writer");
             for sql in [
-                "UPDATE leaf SET data = '\\x00' WHERE idx = 1",
-                "DELETE FROM leaf WHERE idx = 1",
-                "TRUNCATE leaf",
+                "DELETE FROM leaf_bundle WHERE first = 0",
+                "TRUNCATE leaf_bundle",
+                "UPDATE leaf_bundle SET first = 16 WHERE first = 0",
                 "UPDATE subtree SET nodes = '\\x00'",
                 "DELETE FROM subtree",
                 "TRUNCATE subtree",
                 "UPDATE checkpoint SET note = '' WHERE size = 8",
                 "DELETE FROM checkpoint",
-                "DROP TABLE leaf",
-                "ALTER TABLE leaf DISABLE TRIGGER ALL",
+                "DROP TABLE leaf_bundle",
+                "ALTER TABLE leaf_bundle DISABLE TRIGGER ALL",
             ] {
                 let err = client
                     .batch_execute(sql)
@@ -913,6 +963,24 @@ async fn append_only_rights(b: Backend) {
                     err.contains("permission denied") || err.contains("must be owner"),
                     "{sql}: {err}"
                 );
+            }
+            // The role may grow the last bundle (that is appending), and
+            // nothing else: bytes already there never change, a full
+            // bundle takes no more.
+            for sql in [
+                "UPDATE leaf_bundle SET data = '\\x00' WHERE first = 0",
+                "UPDATE leaf_bundle SET count = 16 WHERE first = 16",
+                "UPDATE leaf_bundle SET count = 16, data = '\\x0000' || data WHERE first = 16",
+                "UPDATE leaf_bundle SET count = count + 1, data = data || '\\x0000' WHERE first = 0",
+            ] {
+                let err = client
+                    .batch_execute(sql)
+                    .await
+                    .expect_err(sql)
+                    .as_db_error()
+                    .map(|e| e.message().to_string())
+                    .unwrap_or_default();
+                assert!(err.contains("append-only"), "{sql}: {err}");
             }
             verify(&pg, &key.verifier()).await.unwrap();
         }
@@ -938,7 +1006,7 @@ async fn append_only_rights(b: Backend) {
         tokio::spawn(conn);
         let err = client
             .batch_execute(&format!(
-                "UPDATE \"{}\".leaf SET data = '\\x00' WHERE idx = 1",
+                "UPDATE \"{}\".leaf_bundle SET data = '\\x00' WHERE first = 0",
                 config.schema
             ))
             .await
@@ -1240,6 +1308,29 @@ async fn tamper_deleted_leaf(b: Backend) {
     let env = Env::new(b).await;
     let key = key();
     standard_ledger(&env, &key).await;
+    if b == Backend::Postgres {
+        // Leaves are 16 to a row: one taken out and the rows packed again
+        // shifts every later leaf down one index; the checkpoints catch
+        // both the changed leaves and the shortened log.
+        env.pg_rewrite_leaves(0, |leaves| drop(leaves.remove(5)))
+            .await;
+        let f = failure(&env, &key).await;
+        assert_eq!(f.first_bad_checkpoint, Some(8), "{f}");
+        assert!(
+            f.problems.iter().any(|p| matches!(
+                p,
+                Problem::CheckpointRootMismatch { checkpoint, last_good: 0 } if checkpoint.size == 8
+            )),
+            "{f}"
+        );
+        assert!(
+            f.problems
+                .iter()
+                .any(|p| matches!(p, Problem::Truncated { leaves: 19, .. })),
+            "{f}"
+        );
+        return;
+    }
     env.tamper("DELETE FROM leaf WHERE idx = 5").await;
     let f = failure(&env, &key).await;
     assert_eq!(f.first_bad_leaf, Some(5), "{f}");
@@ -1348,7 +1439,7 @@ async fn tamper_truncated_tail(b: Backend) {
     let env = Env::new(b).await;
     let key = key();
     standard_ledger(&env, &key).await;
-    env.tamper("DELETE FROM leaf WHERE idx >= 17").await;
+    env.truncate_leaves(17).await;
     let f = failure(&env, &key).await;
     assert_eq!(f.first_bad_leaf, Some(17), "{f}");
     assert_eq!(f.first_bad_checkpoint, Some(20), "{f}");

@@ -1782,11 +1782,11 @@ impl TestApp {
             (LedgerSql::Sqlite(_), false) => "DROP TRIGGER test_fail;".to_string(),
             (LedgerSql::Postgres(schema), true) => format!(
                 "CREATE OR REPLACE FUNCTION {schema}.test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
-                 CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.leaf FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();
+                 CREATE TRIGGER test_fail BEFORE INSERT OR UPDATE ON {schema}.leaf_bundle FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();
                  CREATE TRIGGER test_fail BEFORE INSERT ON {schema}.staged FOR EACH ROW EXECUTE FUNCTION {schema}.test_fail();"
             ),
             (LedgerSql::Postgres(schema), false) => format!(
-                "DROP TRIGGER test_fail ON {schema}.leaf; DROP TRIGGER test_fail ON {schema}.staged;"
+                "DROP TRIGGER test_fail ON {schema}.leaf_bundle; DROP TRIGGER test_fail ON {schema}.staged;"
             ),
         };
         match &self.ledger_sql {

@@ -42,6 +42,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "postgres_compact",
         sql: include_str!("../../migrations/sqlite/0007_postgres_compact.sql"),
     },
+    Migration {
+        version: 8,
+        name: "leaf_bundles",
+        sql: include_str!("../../migrations/sqlite/0008_leaf_bundles.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -80,6 +85,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 7,
         name: "postgres_compact",
         sql: include_str!("../../migrations/postgres/0007_postgres_compact.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "leaf_bundles",
+        sql: include_str!("../../migrations/postgres/0008_leaf_bundles.sql"),
     },
 ];
 
