@@ -2,10 +2,12 @@
 //! [`sqlite`] (its own file `ledger.db` in the data directory) and
 //! [`postgres`] (its own schema, written through an INSERT-only role).
 //!
-//! A store keeps three things: the leaves (canonical bytes plus the columns
-//! the queries index), the hashes of every complete subtree (stored with the
-//! leaf that completes it, so a root or proof costs O(log n) lookups), and
-//! every signed checkpoint.
+//! A store keeps four things: the leaves (their canonical bytes: a row each
+//! on SQLite, 16 to a row on PostgreSQL), the hashes of the complete
+//! subtrees of level 8 and up (a row per 256-leaf tile; lower ones are
+//! recomputed from the tile's leaves, so a root or proof costs O(log n)
+//! lookups and one tile's leaves), the query index (runs of postings,
+//! [`runs`]), and every signed checkpoint.
 //!
 //! Appends go through a [`LedgerWriter`], of which a store hands out one at
 //! a time (a lock file on SQLite, an advisory lock on PostgreSQL): two
