@@ -531,6 +531,8 @@ pub async fn bench_ledger(
     database: Option<String>,
     dir: Option<PathBuf>,
     persons: u64,
+    keep: bool,
+    reuse: bool,
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let target = match database {
@@ -546,9 +548,92 @@ pub async fn bench_ledger(
         "SHA-256 leaf hashes, one core: {:.0}/s",
         bench::hash_rate(2_000_000)?
     );
-    println!("== {target:?}, {leaves} leaves reading {persons} persons");
-    let store = bench::open_target(&target, true).await?;
+    let store = bench::open_target(&target, !reuse).await?;
     let key = LedgerKey::generate("rempart.bench/ledger")?;
+    if reuse {
+        println!(
+            "== {target:?}, the {} leaves already there",
+            store.size().await?
+        );
+    } else {
+        println!("== {target:?}, {leaves} leaves reading {persons} persons");
+        build_bench_ledger(&store, &key, leaves, persons).await?;
+    }
+    // PostgreSQL's indexer works behind the appends: the bytes and queries
+    // below are measured on a settled index (SQLite's moves with the appends).
+    let settle = std::time::Instant::now();
+    store.settle_index().await?;
+    println!(
+        "query index settled {:.2} s after the last append",
+        settle.elapsed().as_secs_f64()
+    );
+    let bytes = bench::bytes_used(&target).await?;
+    let size = store.size().await?;
+    println!(
+        "bytes on disk: {bytes} for {size} leaves = {:.0} bytes per leaf",
+        bytes as f64 / size.max(1) as f64
+    );
+    let tables = bench::bytes_by_table(&target).await?;
+    if !tables.is_empty() {
+        let per_leaf = |b: u64| b as f64 / size.max(1) as f64;
+        let parts: Vec<String> = tables
+            .iter()
+            .filter(|(_, b)| per_leaf(*b) >= 0.05)
+            .map(|(t, b)| format!("{t} {:.1}", per_leaf(*b)))
+            .collect();
+        println!("bytes per leaf by table: {}", parts.join(", "));
+    }
+    if !reuse {
+        let v = bench::verify_speed(&store, &key.verifier()).await?;
+        println!(
+            "verify: {} leaves, {} checkpoints in {:.2} s = {:.0} leaves/s",
+            v.leaves, v.checkpoints, v.seconds, v.per_second
+        );
+    }
+    let p = bench::proof_speed(&store, 1000).await?;
+    println!(
+        "proofs at size {} (⌈log2 n⌉ = {}): inclusion mean {:.0} µs, p99 {} µs, max {} hashes; consistency mean {:.0} µs, p99 {} µs, max {} hashes",
+        p.size,
+        p.log2_bound,
+        p.inclusion.mean_us,
+        p.inclusion.p99_us,
+        p.inclusion_max_hashes,
+        p.consistency.mean_us,
+        p.consistency.p99_us,
+        p.consistency_max_hashes
+    );
+    let q = bench::query_speed(&store, 200, persons).await?;
+    println!(
+        "queries over {} leaves: persons shown to the hot account over the whole log: {} in {} µs; an account's persons over a week: mean {:.0} µs, p99 {} µs; first page of an account: mean {:.0} µs, p99 {} µs; of a person: mean {:.0} µs, p99 {} µs",
+        q.leaves,
+        q.hot_persons,
+        q.hot_us,
+        q.account_week.mean_us,
+        q.account_week.p99_us,
+        q.account_page.mean_us,
+        q.account_page.p99_us,
+        q.person_page.mean_us,
+        q.person_page.p99_us
+    );
+    drop(store);
+    if keep {
+        return Ok(());
+    }
+    bench::close_target(&target).await?;
+    if let BenchTarget::Postgres { schema, .. } = &target {
+        println!("schema {schema} dropped");
+    }
+    Ok(())
+}
+
+/// The building half of `bench ledger`: most of the log in batches, then
+/// durable appends from many callers, then the latency at a steady rate.
+async fn build_bench_ledger(
+    store: &std::sync::Arc<dyn rempart_ledger::store::LedgerStore>,
+    key: &LedgerKey,
+    leaves: u64,
+    persons: u64,
+) -> Result<()> {
     let copy = || LedgerKey::from_text(&key.signer().to_text());
     // Load most of the log first, so that the durable-append and latency
     // figures are taken on a store of (nearly) the full size.
@@ -578,64 +663,5 @@ pub async fn bench_ledger(
         "latency at {}/s offered ({:.0}/s achieved, {} appends): p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
         l.rate, l.achieved_rate, l.appends, l.p50_us, l.p99_us, l.p999_us, l.max_us
     );
-    // PostgreSQL's indexer works behind the appends: the bytes and queries
-    // below are measured on a settled index (SQLite's moves with the appends).
-    let settle = std::time::Instant::now();
-    store.settle_index().await?;
-    println!(
-        "query index settled {:.2} s after the last append",
-        settle.elapsed().as_secs_f64()
-    );
-    let bytes = bench::bytes_used(&target).await?;
-    let size = store.size().await?;
-    println!(
-        "bytes on disk: {bytes} for {size} leaves = {:.0} bytes per leaf",
-        bytes as f64 / size.max(1) as f64
-    );
-    let tables = bench::bytes_by_table(&target).await?;
-    if !tables.is_empty() {
-        let per_leaf = |b: u64| b as f64 / size.max(1) as f64;
-        let parts: Vec<String> = tables
-            .iter()
-            .filter(|(_, b)| per_leaf(*b) >= 0.05)
-            .map(|(t, b)| format!("{t} {:.1}", per_leaf(*b)))
-            .collect();
-        println!("bytes per leaf by table: {}", parts.join(", "));
-    }
-    let v = bench::verify_speed(&store, &key.verifier()).await?;
-    println!(
-        "verify: {} leaves, {} checkpoints in {:.2} s = {:.0} leaves/s",
-        v.leaves, v.checkpoints, v.seconds, v.per_second
-    );
-    let p = bench::proof_speed(&store, 1000).await?;
-    println!(
-        "proofs at size {} (⌈log2 n⌉ = {}): inclusion mean {:.0} µs, p99 {} µs, max {} hashes; consistency mean {:.0} µs, p99 {} µs, max {} hashes",
-        p.size,
-        p.log2_bound,
-        p.inclusion.mean_us,
-        p.inclusion.p99_us,
-        p.inclusion_max_hashes,
-        p.consistency.mean_us,
-        p.consistency.p99_us,
-        p.consistency_max_hashes
-    );
-    let q = bench::query_speed(&store, 200, persons).await?;
-    println!(
-        "queries over {} leaves: persons shown to the hot account over the whole log: {} in {} µs; an account's persons over a week: mean {:.0} µs, p99 {} µs; first page of an account: mean {:.0} µs, p99 {} µs; of a person: mean {:.0} µs, p99 {} µs",
-        q.leaves,
-        q.hot_persons,
-        q.hot_us,
-        q.account_week.mean_us,
-        q.account_week.p99_us,
-        q.account_page.mean_us,
-        q.account_page.p99_us,
-        q.person_page.mean_us,
-        q.person_page.p99_us
-    );
-    drop(store);
-    bench::close_target(&target).await?;
-    if let BenchTarget::Postgres { schema, .. } = &target {
-        println!("schema {schema} dropped");
-    }
     Ok(())
 }

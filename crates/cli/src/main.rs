@@ -118,6 +118,14 @@ enum BenchCommand {
         /// national registry: most persons then appear a few times a year).
         #[arg(long, default_value_t = rempart_ledger::bench::SYNTHETIC_PERSONS)]
         persons: u64,
+        /// Keep the ledger at the end (PostgreSQL drops its schema otherwise).
+        #[arg(long)]
+        keep: bool,
+        /// Build nothing: measure bytes, proofs and queries on the ledger an
+        /// earlier run kept (`--keep`, or SQLite's `--dir`). Verification is
+        /// not measured (the key that signed its checkpoints is gone).
+        #[arg(long)]
+        reuse: bool,
     },
     /// Consultations/s over HTTP with keep-alive (policy, decryption and a
     /// durable ledger leaf each) against the server's own no-op endpoint,
@@ -231,7 +239,9 @@ async fn run(cli: Cli) -> Result<()> {
             database,
             dir,
             persons,
-        }) => audit::bench_ledger(leaves, database, dir, persons).await,
+            keep,
+            reuse,
+        }) => audit::bench_ledger(leaves, database, dir, persons, keep, reuse).await,
         Command::Bench(BenchCommand::Consult(args)) => bench::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth {
             passwords,
