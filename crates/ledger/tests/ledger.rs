@@ -376,7 +376,6 @@ both!(
     tamper_forged_signature,
     a_replaced_key_is_told_apart,
     tamper_inconsistent_checkpoint,
-    tamper_hidden_from_queries,
     bench_functions_run,
 );
 
@@ -1658,21 +1657,6 @@ async fn tamper_inconsistent_checkpoint(b: Backend) {
         }
         other => panic!("the external checkpoint must catch the rewrite: {other:?}"),
     }
-}
-
-async fn tamper_hidden_from_queries(b: Backend) {
-    let env = Env::new(b).await;
-    let key = key();
-    standard_ledger(&env, &key).await;
-    // Leaf 4's account column is changed so that queries miss it; the
-    // leaf and its hashes are untouched.
-    let mut row = env.rows().await.remove(4);
-    row.account = 7;
-    env.overwrite(&row).await;
-    // There is no such column on either backend: queries read the leaf's
-    // own bytes (and postings that `queries_across_segments` tampers with).
-    verify(&env.store, &key.verifier()).await.unwrap();
-    let _ = b;
 }
 
 async fn bench_functions_run(b: Backend) {
