@@ -139,8 +139,10 @@ pub struct IndexProblem {
     pub table: &'static str,
 }
 
-/// A leaf as stored: its canonical bytes, the columns indexed for queries,
-/// and the hashes of the subtrees it completes.
+/// A leaf as appended or read back: its canonical bytes, its query keys
+/// (given by the appender, decoded from the bytes when read: no backend
+/// stores them beside the bytes), and the hashes of the subtrees it
+/// completes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeafRow {
     /// Position in the log.
@@ -157,7 +159,10 @@ pub struct LeafRow {
     pub reveals: bool,
     /// The canonical encoding.
     pub data: Vec<u8>,
-    /// Hashes of the completed subtrees, level 0 up, 32 bytes each.
+    /// Hashes of the completed subtrees, 32 bytes each: level 0 up when
+    /// appended (the store keeps those of level [`TILE_LEVEL`] and up), as
+    /// read back those of level [`TILE_LEVEL`] and up, on a tile's last leaf
+    /// only.
     pub nodes: Vec<u8>,
     /// The receipt it was staged under, if it was staged: the integrator
     /// records its index and removes it from staging in the transaction
