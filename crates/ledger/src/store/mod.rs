@@ -160,8 +160,8 @@ pub struct LeafRow {
     /// The canonical encoding.
     pub data: Vec<u8>,
     /// Hashes of the completed subtrees, 32 bytes each: level 0 up when
-    /// appended (the store keeps those of level [`TILE_LEVEL`] and up), as
-    /// read back those of level [`TILE_LEVEL`] and up, on a tile's last leaf
+    /// appended (the store keeps those of level 8 and up), as
+    /// read back those of level 8 and up, on a tile's last leaf
     /// only.
     pub nodes: Vec<u8>,
     /// The receipt it was staged under, if it was staged: the integrator
