@@ -811,6 +811,35 @@ pub(crate) mod tests {
 
     /// Every subject's leaves as the index answers them, page by page,
     /// against a scan of `all`.
+    /// The store holds `rows` (1,000 leaves, as appended with every hash
+    /// from level 0): their bytes and query keys read back, the hashes of
+    /// level 8 and up with each tile's last leaf, and every complete
+    /// subtree's hash (lower ones recomputed), none beyond the log.
+    pub(crate) async fn assert_leaves_and_hashes(store: &dyn LedgerStore, rows: &[LeafRow]) {
+        let back = store.leaves(0, 2_000).await.unwrap();
+        assert_eq!(back.len(), rows.len());
+        for (b, r) in back.iter().zip(rows) {
+            assert_eq!(
+                (b.index, b.time, b.account, b.person, b.reveals, &b.data),
+                (r.index, r.time, r.account, r.person, r.reveals, &r.data)
+            );
+            assert_eq!(b.nodes, r.nodes.get(256..).unwrap_or_default());
+        }
+        let ids: Vec<NodeId> = (0..10u8)
+            .flat_map(|level| (0..(1_000u64 >> level)).map(move |i| NodeId::new(level, i)))
+            .collect();
+        let hashes = store.nodes(&ids).await.unwrap();
+        for (id, h) in ids.iter().zip(hashes) {
+            let (leaf, offset) = node_location(*id);
+            assert_eq!(
+                &rows[leaf as usize].nodes[offset..offset + 32],
+                h.as_slice(),
+                "{id:?}"
+            );
+        }
+        assert!(store.nodes(&[NodeId::new(3, 125)]).await.is_err());
+    }
+
     pub(crate) async fn assert_queries_match(
         store: &dyn LedgerStore,
         all: &[crate::leaf::AuditLeaf],
@@ -1100,28 +1129,7 @@ pub(crate) mod tests {
             }
         }
         let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
-        let back = store.leaves(0, 2_000).await.unwrap();
-        assert_eq!(back.len(), rows.len());
-        for (b, r) in back.iter().zip(&rows) {
-            assert_eq!(
-                (b.index, b.time, b.account, b.person, b.reveals, &b.data),
-                (r.index, r.time, r.account, r.person, r.reveals, &r.data)
-            );
-            assert_eq!(b.nodes, r.nodes.get(256..).unwrap_or_default());
-        }
-        let ids: Vec<NodeId> = (0..10u8)
-            .flat_map(|level| (0..(1_000u64 >> level)).map(move |i| NodeId::new(level, i)))
-            .collect();
-        let hashes = store.nodes(&ids).await.unwrap();
-        for (id, h) in ids.iter().zip(hashes) {
-            let (leaf, offset) = node_location(*id);
-            assert_eq!(
-                &rows[leaf as usize].nodes[offset..offset + 32],
-                h.as_slice(),
-                "{id:?}"
-            );
-        }
-        assert!(store.nodes(&[NodeId::new(3, 125)]).await.is_err());
+        assert_leaves_and_hashes(&store, &rows).await;
         assert_queries_match(&store, &all).await;
         let mut w = store.writer().await.unwrap();
         let more = leaves(1_000, 1_001);

@@ -395,6 +395,22 @@ pub(super) async fn read<T: Send + 'static>(
     pool: &Pool,
     f: impl FnOnce(&mut dyn RunDb) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
+    transaction(
+        pool,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        |db| f(db),
+    )
+    .await
+}
+
+/// Runs `f` on a pooled connection from the blocking pool, in a
+/// transaction opened by `begin`: committed (held-back chunks sent first)
+/// if `f` succeeds, rolled back otherwise.
+async fn transaction<T: Send + 'static>(
+    pool: &Pool,
+    begin: &'static str,
+    f: impl FnOnce(&mut PgRuns<'_>) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     let client = pool
         .get()
         .await
@@ -402,7 +418,7 @@ pub(super) async fn read<T: Send + 'static>(
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut db = PgRuns::new(handle, &client);
-        db.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        db.batch(begin)?;
         let result = f(&mut db).and_then(|v| {
             db.batch("COMMIT")?;
             Ok(v)
@@ -522,39 +538,17 @@ async fn vacuum(owner: &tokio_postgres::Config) -> Result<(), StoreError> {
 /// One slice of index work in its own transaction; returns the postings
 /// moved (0: nothing to do), or `None` if another indexer holds the lock.
 pub(super) async fn slice(pool: &Pool, lock: i64) -> Result<Option<usize>, StoreError> {
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| StoreError::Pool(describe(&e)))?;
-    let handle = Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let mut db = PgRuns::new(handle, &client);
-        db.batch("BEGIN")?;
-        let result = (|| {
-            let locked = db
-                .query("SELECT pg_try_advisory_xact_lock($1)", &[&lock])?
-                .first()
-                .map(|r| r.try_get::<_, bool>(0))
-                .transpose()?;
-            if locked != Some(true) {
-                return Ok(None);
-            }
-            let mut indexer = RunIndexer::load(&mut db, false)?;
-            let used = indexer.catch_up(&mut db, SLICE)?;
-            db.flush()?;
-            Ok(Some(used))
-        })();
-        match result {
-            Ok(used) => {
-                db.batch("COMMIT")?;
-                Ok(used)
-            }
-            Err(e) => {
-                db.rollback();
-                Err(e)
-            }
+    transaction(pool, "BEGIN", move |db| {
+        let locked = db
+            .query("SELECT pg_try_advisory_xact_lock($1)", &[&lock])?
+            .first()
+            .map(|r| r.try_get::<_, bool>(0))
+            .transpose()?;
+        if locked != Some(true) {
+            return Ok(None);
         }
+        let mut indexer = RunIndexer::load(db, false)?;
+        Ok(Some(indexer.catch_up(db, SLICE)?))
     })
     .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
 }
