@@ -1000,6 +1000,38 @@ mod tests {
         w.close().await;
     }
 
+    /// The store's role may change runs (its indexer must), so a process
+    /// working as it could hide leaves from queries by retiring a live run
+    /// or shifting its bounds: the check names the run table either way.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_hidden_from_queries_is_found() {
+        let db = TestSchema::new("lh");
+        let store = PgLedgerStore::connect(&PgLedgerConfig::new(&db.url).with_schema(&db.schema))
+            .await
+            .unwrap();
+        let mut frontier = crate::merkle::Frontier::new();
+        let all = leaves(0, 1_000);
+        let mut w = store.writer().await.unwrap();
+        w.append(0, rows_of(0, &all, &mut frontier)).await.unwrap();
+        w.close().await;
+        store.settle_index().await.unwrap();
+        assert_eq!(store.index_problems().await.unwrap(), vec![]);
+        let c = store.pooled_client().await.unwrap();
+        for tamper in [
+            "UPDATE run SET state = 2 WHERE id = (SELECT min(id) FROM run WHERE state = 1)",
+            "UPDATE run SET state = 1 WHERE state = 2;
+             UPDATE run SET first_leaf = first_leaf + 1
+                 WHERE id = (SELECT max(id) FROM run WHERE state = 1 AND first_leaf > 0)",
+        ] {
+            c.batch_execute(tamper).await.unwrap();
+            let problems = store.index_problems().await.unwrap();
+            assert!(
+                problems.iter().any(|p| p.table == "run"),
+                "{tamper}: {problems:?}"
+            );
+        }
+    }
+
     /// Every connection of the store, pooled or the writer's, plans without
     /// JIT or parallel workers: generic plans of its statements were once
     /// JIT-compiled at each execution (9 ms of a 10 ms proof) and once a
