@@ -361,6 +361,7 @@ macro_rules! both {
 
 both!(
     append_prove_verify,
+    proofs_over_upper_levels,
     concurrent_appends_group_commit,
     one_appender_per_store,
     fail_closed,
@@ -508,6 +509,54 @@ async fn append_prove_verify(b: Backend) {
             .all(|p| matches!(p, Problem::CheckpointKeyChanged { .. })),
         "{f}"
     );
+}
+
+/// Proofs and roots that need hashes of every kind: recomputed inside a
+/// tile, read from `subtree` (levels 8 to 11) and from the covering index
+/// of the upper ones (level 12 and up, from 4,096 leaves), at the right
+/// edge of complete and incomplete trees.
+async fn proofs_over_upper_levels(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    let all: Vec<AuditLeaf> = (0..9_000).map(leaf).collect();
+    for batch in all.chunks(1_000) {
+        ledger.append_batch(batch).await.unwrap();
+    }
+    ledger.close().await.unwrap();
+    let hashes: Vec<_> = env
+        .rows()
+        .await
+        .iter()
+        .map(|r| leaf_hash(&r.data))
+        .collect();
+    let mut tree = MemoryTree::new();
+    for h in &hashes {
+        tree.push(*h);
+    }
+    let sizes = [4_095u64, 4_096, 4_097, 8_191, 8_192, 8_193, 9_000];
+    for &size in &sizes {
+        let r = tree.root(size).unwrap();
+        assert_eq!(root(env.store.as_ref(), size).await.unwrap(), r, "{size}");
+        for index in [0u64, 255, 256, 4_095, 4_096, 5_000, 8_191, 8_192, 8_999] {
+            if index >= size {
+                continue;
+            }
+            let p = prove_inclusion(env.store.as_ref(), index, size)
+                .await
+                .unwrap();
+            p.verify(&hashes[index as usize], &r)
+                .unwrap_or_else(|e| panic!("leaf {index} in {size}: {e}"));
+        }
+        for &old in sizes.iter().filter(|&&old| old <= size) {
+            let p = prove_consistency(env.store.as_ref(), old, size)
+                .await
+                .unwrap();
+            verify_consistency(old, size, &p.hashes, &tree.root(old).unwrap(), &r).unwrap();
+        }
+    }
 }
 
 async fn concurrent_appends_group_commit(b: Backend) {

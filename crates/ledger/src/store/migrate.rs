@@ -47,6 +47,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "leaf_bundles",
         sql: include_str!("../../migrations/sqlite/0008_leaf_bundles.sql"),
     },
+    Migration {
+        version: 9,
+        name: "upper_subtrees",
+        sql: include_str!("../../migrations/sqlite/0009_upper_subtrees.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -90,6 +95,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 8,
         name: "leaf_bundles",
         sql: include_str!("../../migrations/postgres/0008_leaf_bundles.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "upper_subtrees",
+        sql: include_str!("../../migrations/postgres/0009_upper_subtrees.sql"),
     },
 ];
 

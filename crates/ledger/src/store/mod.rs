@@ -32,6 +32,17 @@ pub mod sqlite;
 /// inside a tile are recomputed from its leaves.
 pub(crate) const TILE_LEVEL: u8 = 8;
 
+/// The level from which subtree hashes are read through the `subtree_upper`
+/// covering index (migration 0009): the rows holding them are one in 16 and
+/// lie far from the leaf, packed there into a few pages that stay cached.
+pub(crate) const UPPER_LEVEL: u8 = 12;
+
+/// The condition that puts a `subtree` row in `subtree_upper`, as written
+/// in migration 0009 (a query must repeat it word for word for the planner
+/// to use that partial index): rows holding a hash of [`UPPER_LEVEL`] or
+/// more, those of [`TILE_LEVEL`] up to it included.
+pub(crate) const UPPER_ROWS: &str = "length(nodes) >= 160";
+
 /// A storage failure. Messages carry no leaf content.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -451,6 +462,19 @@ pub(crate) fn page_start(range: &QueryRange) -> Result<(i64, i64), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upper_index_holds_the_rows_of_upper_hashes() {
+        let bytes = (usize::from(UPPER_LEVEL - TILE_LEVEL) + 1) * 32;
+        assert_eq!(UPPER_ROWS, format!("length(nodes) >= {bytes}"));
+        for sql in [
+            include_str!("../../migrations/sqlite/0009_upper_subtrees.sql"),
+            include_str!("../../migrations/postgres/0009_upper_subtrees.sql"),
+        ] {
+            assert!(sql.contains(&format!("WHERE {UPPER_ROWS};")), "{sql}");
+        }
+        assert!(postgres::NODES_QUERY.contains(&format!("AND {UPPER_ROWS}\n")));
+    }
 
     #[test]
     fn node_locations() {

@@ -36,8 +36,8 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::{
     IndexProblem, LeafRow, LedgerStager, LedgerStore, LedgerWriter, QueryRange, RawEntry,
-    StagedLeaf, StoreError, StoredCheckpoint, TILE_LEVEL, migrate, node_from_column, runs,
-    stored_nodes, subtree_of, to_i64, to_u64,
+    StagedLeaf, StoreError, StoredCheckpoint, TILE_LEVEL, UPPER_LEVEL, migrate, node_from_column,
+    runs, stored_nodes, subtree_of, to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId, leaf_hash};
@@ -298,27 +298,34 @@ async fn size_of(client: &impl tokio_postgres::GenericClient) -> Result<u64, Sto
 /// their first leaf, not by ranges in a LATERAL join: the generic plan of
 /// that join was a parallel scan of the whole table (0.5 s a proof at
 /// 100 M leaves).
-const NODES_QUERY: &str = "SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($1)
+pub(super) const NODES_QUERY: &str =
+    "SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($1)
+     UNION ALL
+     SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($3) AND length(nodes) >= 160
      UNION ALL
      SELECT 1::int2, first, count, data FROM leaf_bundle WHERE first = ANY($2)";
 
 /// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
 /// `subtree` row of the tile whose last leaf completes them, the lower ones
 /// recomputed from their leaves (a lower subtree lies in one tile: at most
-/// 128 leaves each, a proof's within one or two tiles). No snapshot is
-/// needed: what is read is never changed once written, and anything
-/// missing is an error. `stmt` is [`NODES_QUERY`], prepared.
+/// 128 leaves each, a proof's within one or two tiles). Rows of hashes of
+/// `UPPER_LEVEL` and up are read from the covering index that packs them
+/// (`$3`). No snapshot is needed: what is read is never changed once
+/// written, and anything missing is an error. `stmt` is [`NODES_QUERY`],
+/// prepared.
 async fn nodes_of(
     client: &Client,
     stmt: &tokio_postgres::Statement,
     ids: &[NodeId],
 ) -> Result<Vec<Hash>, StoreError> {
-    let mut tiles: Vec<i64> = Vec::new();
+    let (mut tiles, mut upper): (Vec<i64>, Vec<i64>) = Default::default();
     // Per tile, the range of leaves its lower subtrees need.
     let mut ranges: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
     for id in ids {
         let last = id.last_leaf();
-        if id.level >= TILE_LEVEL {
+        if id.level >= UPPER_LEVEL {
+            upper.push(to_i64(last >> TILE_LEVEL, "tile index")?);
+        } else if id.level >= TILE_LEVEL {
             tiles.push(to_i64(last >> TILE_LEVEL, "tile index")?);
         } else {
             let r = ranges
@@ -338,7 +345,7 @@ async fn nodes_of(
     }
     let mut stored: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut hashes: HashMap<i64, Hash> = HashMap::new();
-    for r in client.query(stmt, &[&tiles, &bundles]).await? {
+    for r in client.query(stmt, &[&tiles, &bundles, &upper]).await? {
         let (what, at): (i16, i64) = (r.try_get(0)?, r.try_get(1)?);
         if what == 0 {
             stored.insert(at, r.try_get(3)?);
@@ -1030,6 +1037,59 @@ mod tests {
                 "{tamper}: {problems:?}"
             );
         }
+    }
+
+    /// Proofs read hashes of level 12 and up through the covering index of
+    /// their rows (migration 0009), not through the table's key: the planner
+    /// takes the partial index only when the query repeats its condition.
+    /// Sequential scans are ruled out, as a table of 35 rows would be read
+    /// whole; at scale the index is the cheapest path anyway.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proofs_read_upper_hashes_from_their_index() {
+        let db = TestSchema::new("lu");
+        let store = PgLedgerStore::connect(&PgLedgerConfig::new(&db.url).with_schema(&db.schema))
+            .await
+            .unwrap();
+        let mut frontier = crate::merkle::Frontier::new();
+        let rows = rows_of(0, &leaves(0, 9_000), &mut frontier);
+        let mut tree = crate::merkle::MemoryTree::new();
+        for r in &rows {
+            tree.push(leaf_hash(&r.data));
+        }
+        let mut w = store.writer().await.unwrap();
+        w.append(0, rows).await.unwrap();
+        w.close().await;
+        // As the indexer does: an index-only scan is the cheaper plan once
+        // the visibility map says the table's pages need no visit.
+        let (owner, conn) = tokio_postgres::connect(&db.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        owner
+            .batch_execute(&format!("VACUUM ANALYZE \"{}\".subtree", db.schema))
+            .await
+            .unwrap();
+        let c = store.pooled_client().await.unwrap();
+        c.batch_execute(&format!(
+            "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan;
+             PREPARE nodes (bigint[], bigint[], bigint[]) AS {NODES_QUERY}"
+        ))
+        .await
+        .unwrap();
+        let plan: Vec<String> = c
+            .query("EXPLAIN EXECUTE nodes ('{1}', '{0}', '{15}')", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Only Scan using subtree_upper on subtree"),
+            "{plan}"
+        );
+        // Tile 15 completes the level-12 subtree of leaves 0 to 4095.
+        let upper = NodeId::new(UPPER_LEVEL, 0);
+        let expected = crate::merkle::NodeSource::node(&tree, upper).unwrap();
+        assert_eq!(store.nodes(&[upper]).await.unwrap(), vec![expected]);
     }
 
     /// Every connection of the store, pooled or the writer's, plans without

@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::runs::{self, Run, RunDb, RunIndexer};
 use super::{
     IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError,
-    StoredCheckpoint, TILE_LEVEL, migrate, node_from_column, node_location, stored_nodes,
-    subtree_of, to_i64, to_u64,
+    StoredCheckpoint, TILE_LEVEL, UPPER_LEVEL, UPPER_ROWS, migrate, node_from_column,
+    node_location, stored_nodes, subtree_of, to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId, leaf_hash};
@@ -114,12 +114,20 @@ fn size_of(conn: &Connection) -> Result<u64, StoreError> {
     to_u64(next, "leaf count")
 }
 
+/// The `subtree` row of a tile, read from the covering index of the rows
+/// holding hashes of `UPPER_LEVEL` and up.
+fn upper_nodes_sql() -> String {
+    format!("SELECT nodes FROM subtree INDEXED BY subtree_upper WHERE tile = ?1 AND {UPPER_ROWS}")
+}
+
 /// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
 /// `subtree` row of the tile whose last leaf completes them, the lower ones
 /// recomputed from their leaves (at most 128 of them: a lower subtree lies
-/// in one tile).
+/// in one tile). Hashes of `UPPER_LEVEL` and up are read from the covering
+/// index that packs their rows (the planner would pick the table's key).
 fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
     let mut stored = conn.prepare_cached("SELECT nodes FROM subtree WHERE tile = ?1")?;
+    let mut upper = conn.prepare_cached(&upper_nodes_sql())?;
     let mut leaves =
         conn.prepare_cached("SELECT data FROM leaf WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")?;
     ids.iter()
@@ -131,7 +139,12 @@ fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> 
                 leaf,
             };
             if id.level >= TILE_LEVEL {
-                let nodes: Option<Vec<u8>> = stored
+                let from = if id.level >= UPPER_LEVEL {
+                    &mut upper
+                } else {
+                    &mut stored
+                };
+                let nodes: Option<Vec<u8>> = from
                     .query_row([to_i64(leaf >> TILE_LEVEL, "tile index")?], |r| r.get(0))
                     .optional()?;
                 return match nodes {
@@ -732,8 +745,9 @@ pub(crate) mod tests {
     }
 
     /// Queries seek each run by key and cursor, merges read each source
-    /// in key order, deletions go by key, and the tail is a range of the
-    /// leaf table: no sort, no scan of a whole table.
+    /// in key order, deletions go by key, the tail is a range of the leaf
+    /// table, and proofs' upper hashes come from their covering index: no
+    /// sort, no scan of a whole table.
     #[tokio::test]
     async fn index_statements_seek() {
         let dir = tempfile::tempdir().unwrap();
@@ -761,6 +775,12 @@ pub(crate) mod tests {
         assert!(
             tail.contains("SEARCH leaf USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
             "{tail}"
+        );
+        // Proofs' upper hashes: from the index alone, not the table.
+        let upper = plan(&c, &upper_nodes_sql());
+        assert!(
+            upper.contains("SEARCH subtree USING COVERING INDEX subtree_upper (tile=?)"),
+            "{upper}"
         );
     }
 

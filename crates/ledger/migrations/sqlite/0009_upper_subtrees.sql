@@ -1,0 +1,12 @@
+-- The subtree hashes of level 12 and up, packed together.
+--
+-- A proof reads one hash per level. Those of levels 8 to 11 lie in the
+-- `subtree` rows of the 16 tiles around the leaf's own, a page or two; but
+-- each hash of level 12 and up lies in the row of a tile thousands of
+-- tiles away, one row in 16 or fewer, a page read each once the ledger
+-- outgrows the memory. The rows that hold a hash of level 12 or more (5
+-- hashes or more: one row in 16) are copied into a covering index of their
+-- own, about 0.05 bytes a leaf, read without the table: a few pages that
+-- stay cached. Nothing new is stored: the index is another path to the
+-- same rows (`audit verify` checks them in `subtree`).
+CREATE INDEX subtree_upper ON subtree (tile, nodes) WHERE length(nodes) >= 160;
