@@ -484,10 +484,18 @@ impl Drop for Indexer {
 }
 
 /// When to vacuum the posting tables: every [`VACUUM_EVERY`] postings an
-/// indexer moves, and when it falls idle after work.
-#[derive(Default)]
+/// indexer moves, when it falls idle after work, and the first time it
+/// falls idle (a store opened after an upgrade or a crash may have pages
+/// the visibility map does not cover, which an index-only scan visits).
 pub(super) struct Vacuum {
     moved: usize,
+}
+
+impl Default for Vacuum {
+    fn default() -> Self {
+        // As if something had moved: the first idle pass vacuums.
+        Vacuum { moved: 1 }
+    }
 }
 
 impl Vacuum {
