@@ -525,23 +525,33 @@ fn print_entry(e: &rempart_ledger::LedgerEntry, format: Format) {
     }
 }
 
+/// Where `rempart bench ledger` runs: the PostgreSQL `schema` of
+/// `database` if given, else SQLite in `dir` (`None`: a temporary one).
+pub struct LedgerBenchAt {
+    /// PostgreSQL URL.
+    pub database: Option<String>,
+    /// PostgreSQL schema.
+    pub schema: String,
+    /// SQLite directory.
+    pub dir: Option<PathBuf>,
+}
+
 /// `rempart bench ledger`: the figures on a fresh ledger.
 pub async fn bench_ledger(
     leaves: u64,
-    database: Option<String>,
-    dir: Option<PathBuf>,
+    at: LedgerBenchAt,
     persons: u64,
     keep: bool,
     reuse: bool,
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let target = match database {
+    let target = match at.database {
         Some(url) => BenchTarget::Postgres {
             url,
-            schema: "ledger_bench".into(),
+            schema: at.schema,
         },
         None => BenchTarget::Sqlite {
-            dir: dir.unwrap_or_else(|| tmp.path().to_path_buf()),
+            dir: at.dir.unwrap_or_else(|| tmp.path().to_path_buf()),
         },
     };
     println!(

@@ -108,10 +108,15 @@ enum BenchCommand {
         /// Leaves in the benchmark log.
         #[arg(long, default_value_t = 1_000_000)]
         leaves: u64,
-        /// Run on PostgreSQL (schema ledger_bench, recreated, dropped at the end) instead of SQLite.
+        /// Run on PostgreSQL (in `--schema`, recreated, dropped at the end) instead of SQLite.
         #[arg(long)]
         database: Option<String>,
-        /// Directory for the SQLite ledger (default: a temporary one).
+        /// The PostgreSQL schema; its name must start with `ledger_bench`
+        /// (it is dropped and recreated: never a real ledger's).
+        #[arg(long, default_value = rempart_ledger::bench::BENCH_SCHEMA_PREFIX)]
+        schema: String,
+        /// Directory for the SQLite ledger (default: a temporary one). A
+        /// `ledger.db` already there is deleted only if a benchmark made it.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Distinct persons the synthetic leaves read (43,000,000 for the
@@ -239,9 +244,17 @@ async fn run(cli: Cli) -> Result<()> {
             database,
             dir,
             persons,
+            schema,
             keep,
             reuse,
-        }) => audit::bench_ledger(leaves, database, dir, persons, keep, reuse).await,
+        }) => {
+            let target = audit::LedgerBenchAt {
+                database,
+                schema,
+                dir,
+            };
+            audit::bench_ledger(leaves, target, persons, keep, reuse).await
+        }
         Command::Bench(BenchCommand::Consult(args)) => bench::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth {
             passwords,

@@ -1717,17 +1717,86 @@ fn simulate_runs_a_normal_month_through_the_guard_deterministically_on_both_back
 
 /// `rempart bench ledger --database` leaves nothing behind: its schema of
 /// synthetic leaves (gigabytes at national sizes) is dropped at the end.
+/// Its own schema only: another run's (`--schema`, a kept national-size
+/// ledger was once dropped by this very test under a shared name), and
+/// never one whose name does not say it is a benchmark's.
 #[test]
 fn bench_ledger_on_postgres_drops_its_schema() {
     let url = rempart_testdb::url();
-    let out = ok(&["bench", "ledger", "--leaves", "3000", "--database", &url]);
-    assert!(out.contains("verify: "), "{out}");
-    assert!(out.contains("schema ledger_bench dropped"), "{out}");
-    let left = psql(
+    let count = |schema: &str| {
+        psql(
+            &url,
+            &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'"),
+        )
+        .trim()
+        .to_string()
+    };
+    let other = rempart_testdb::unique_name("ledger_bench_other");
+    psql(&url, &format!("CREATE SCHEMA {other}"));
+    let schema = rempart_testdb::unique_name("ledger_bench");
+    let out = ok(&[
+        "bench",
+        "ledger",
+        "--leaves",
+        "3000",
+        "--database",
         &url,
-        "SELECT count(*) FROM pg_namespace WHERE nspname = 'ledger_bench'",
+        "--schema",
+        &schema,
+    ]);
+    assert!(out.contains("verify: "), "{out}");
+    assert!(out.contains(&format!("schema {schema} dropped")), "{out}");
+    assert_eq!(count(&schema), "0", "schema {schema} left behind");
+    assert_eq!(count(&other), "1", "another run's schema was dropped");
+    psql(&url, &format!("DROP SCHEMA {other}"));
+
+    // A real ledger's schema is refused before anything is dropped.
+    let victim = rempart_testdb::unique_name("ledger");
+    psql(&url, &format!("CREATE SCHEMA {victim}"));
+    let out = rempart(&["bench", "ledger", "--database", &url, "--schema", &victim]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must start with ledger_bench"), "{err}");
+    assert_eq!(count(&victim), "1", "{err}");
+    psql(&url, &format!("DROP SCHEMA {victim}"));
+}
+
+/// `rempart bench ledger --dir` deletes the ledger it finds there only if
+/// a benchmark made it: pointed at a data directory by mistake, it leaves
+/// the audit ledger as it was.
+#[test]
+fn bench_ledger_keeps_a_ledger_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    std::fs::write(&db, b"the audit ledger of a data directory").unwrap();
+    let out = rempart(&[
+        "bench",
+        "ledger",
+        "--leaves",
+        "3000",
+        "--dir",
+        s(dir.path()),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to delete it"), "{err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"the audit ledger of a data directory"
     );
-    assert_eq!(left.trim(), "0", "schema ledger_bench left behind");
+    // The ledger it makes is marked as a benchmark's, for the next run
+    // to replace.
+    std::fs::remove_file(&db).unwrap();
+    let out = ok(&[
+        "bench",
+        "ledger",
+        "--leaves",
+        "3000",
+        "--dir",
+        s(dir.path()),
+    ]);
+    assert!(out.contains("verify: "), "{out}");
+    assert!(dir.path().join("ledger.bench").exists());
 }
 
 /// The `RESULT attack=…` lines of `rempart drill`, as key → value maps.

@@ -37,14 +37,37 @@ pub enum BenchTarget {
     },
 }
 
+/// What every benchmark schema's name starts with: a fresh benchmark drops
+/// its schema, and is never let near a real ledger's (`ledger`).
+pub const BENCH_SCHEMA_PREFIX: &str = "ledger_bench";
+
+/// The file that marks a directory's `ledger.db` as a benchmark's: a fresh
+/// benchmark deletes only a ledger a benchmark made, never the audit
+/// ledger of a data directory it was pointed at by mistake.
+pub const BENCH_MARK: &str = "ledger.bench";
+
 /// Opens the target's store; with `fresh`, first removes any ledger there
-/// (the SQLite files, or the PostgreSQL schema).
+/// (the SQLite files, or the PostgreSQL schema), provided a benchmark made
+/// it: a directory's `ledger.db` without [`BENCH_MARK`] beside it, or a
+/// schema whose name does not start with [`BENCH_SCHEMA_PREFIX`], is
+/// refused and left as it is.
 pub async fn open_target(
     target: &BenchTarget,
     fresh: bool,
 ) -> Result<Arc<dyn LedgerStore>, LedgerError> {
     match target {
         BenchTarget::Sqlite { dir } => {
+            let db = dir.join(crate::store::sqlite::FILE_NAME);
+            if fresh && db.exists() && !dir.join(BENCH_MARK).exists() {
+                return Err(StoreError::Open {
+                    path: db.display().to_string(),
+                    reason: format!(
+                        "it holds a ledger no benchmark made (no {BENCH_MARK} beside it): \
+                         refusing to delete it"
+                    ),
+                }
+                .into());
+            }
             if fresh {
                 for suffix in ["", "-wal", "-shm"] {
                     let path = dir.join(format!("{}{suffix}", crate::store::sqlite::FILE_NAME));
@@ -61,10 +84,31 @@ pub async fn open_target(
                     }
                 }
             }
-            Ok(Arc::new(SqliteLedgerStore::open(dir).await?))
+            let store = SqliteLedgerStore::open(dir).await?;
+            if fresh {
+                std::fs::write(
+                    dir.join(BENCH_MARK),
+                    "a benchmark's ledger: any data here is synthetic\n",
+                )
+                .map_err(|e| StoreError::Open {
+                    path: dir.join(BENCH_MARK).display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+            Ok(Arc::new(store))
         }
         BenchTarget::Postgres { url, schema } => {
             let config = PgLedgerConfig::new(url).with_schema(schema);
+            if fresh && !schema.starts_with(BENCH_SCHEMA_PREFIX) {
+                return Err(StoreError::Open {
+                    path: schema.clone(),
+                    reason: format!(
+                        "a benchmark's schema is dropped and recreated: its name must start \
+                         with {BENCH_SCHEMA_PREFIX}"
+                    ),
+                }
+                .into());
+            }
             if fresh {
                 // Validates the names first (connect refuses bad ones).
                 let store = PgLedgerStore::connect(&config).await?;
@@ -76,7 +120,6 @@ pub async fn open_target(
     }
 }
 
-/// Drops a schema as the connecting user (the store's own role cannot).
 /// Bytes the target's ledger takes: the SQLite database file (not its
 /// WAL, a transient copy of recent pages that the checkpointer empties),
 /// or the PostgreSQL schema's tables with their indexes and TOAST.
@@ -146,6 +189,7 @@ pub async fn close_target(target: &BenchTarget) -> Result<(), LedgerError> {
     }
 }
 
+/// Drops a schema as the connecting user (the store's own role cannot).
 async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), LedgerError> {
     let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
