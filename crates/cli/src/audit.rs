@@ -543,6 +543,7 @@ pub async fn bench_ledger(
     persons: u64,
     keep: bool,
     reuse: bool,
+    proofs_only: bool,
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let target = match at.database {
@@ -571,12 +572,16 @@ pub async fn bench_ledger(
     }
     // PostgreSQL's indexer works behind the appends: the bytes and queries
     // below are measured on a settled index (SQLite's moves with the appends).
-    let settle = std::time::Instant::now();
-    store.settle_index().await?;
-    println!(
-        "query index settled {:.2} s after the last append",
-        settle.elapsed().as_secs_f64()
-    );
+    if proofs_only {
+        println!("query index not waited for: its tables may hold runs not yet merged");
+    } else {
+        let settle = std::time::Instant::now();
+        store.settle_index().await?;
+        println!(
+            "query index settled {:.2} s after the last append",
+            settle.elapsed().as_secs_f64()
+        );
+    }
     let bytes = bench::bytes_used(&target).await?;
     let size = store.size().await?;
     println!(
@@ -612,7 +617,26 @@ pub async fn bench_ledger(
         p.consistency.p99_us,
         p.consistency_max_hashes
     );
-    let q = bench::query_speed(&store, 200, persons).await?;
+    if !proofs_only {
+        print_query_speed(&store, persons).await?;
+    }
+    drop(store);
+    if keep {
+        return Ok(());
+    }
+    bench::close_target(&target).await?;
+    if let BenchTarget::Postgres { schema, .. } = &target {
+        println!("schema {schema} dropped");
+    }
+    Ok(())
+}
+
+/// The query figures of `bench ledger`.
+async fn print_query_speed(
+    store: &std::sync::Arc<dyn rempart_ledger::store::LedgerStore>,
+    persons: u64,
+) -> Result<()> {
+    let q = bench::query_speed(store, 200, persons).await?;
     println!(
         "queries over {} leaves: persons shown to the hot account over the whole log: {} in {} µs; an account's persons over a week: mean {:.0} µs, p99 {} µs; first page of an account: mean {:.0} µs, p99 {} µs; of a person: mean {:.0} µs, p99 {} µs",
         q.leaves,
@@ -625,14 +649,6 @@ pub async fn bench_ledger(
         q.person_page.mean_us,
         q.person_page.p99_us
     );
-    drop(store);
-    if keep {
-        return Ok(());
-    }
-    bench::close_target(&target).await?;
-    if let BenchTarget::Postgres { schema, .. } = &target {
-        println!("schema {schema} dropped");
-    }
     Ok(())
 }
 

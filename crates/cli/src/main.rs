@@ -131,6 +131,11 @@ enum BenchCommand {
         /// not measured (the key that signed its checkpoints is gone).
         #[arg(long)]
         reuse: bool,
+        /// Measure bytes and proofs only, without waiting for PostgreSQL's
+        /// indexer (at hundreds of millions of leaves its last merges take
+        /// an hour; proofs do not read the query index).
+        #[arg(long)]
+        proofs_only: bool,
     },
     /// Consultations/s over HTTP with keep-alive (policy, decryption and a
     /// durable ledger leaf each) against the server's own no-op endpoint,
@@ -247,13 +252,14 @@ async fn run(cli: Cli) -> Result<()> {
             schema,
             keep,
             reuse,
+            proofs_only,
         }) => {
             let target = audit::LedgerBenchAt {
                 database,
                 schema,
                 dir,
             };
-            audit::bench_ledger(leaves, target, persons, keep, reuse).await
+            audit::bench_ledger(leaves, target, persons, keep, reuse, proofs_only).await
         }
         Command::Bench(BenchCommand::Consult(args)) => bench::bench_consult(&args).await,
         Command::Bench(BenchCommand::Auth {

@@ -1797,6 +1797,17 @@ fn bench_ledger_keeps_a_ledger_it_did_not_make() {
     ]);
     assert!(out.contains("verify: "), "{out}");
     assert!(dir.path().join("ledger.bench").exists());
+    // Kept, it is measured again without a build; proofs only, at once.
+    let out = ok(&[
+        "bench",
+        "ledger",
+        "--dir",
+        s(dir.path()),
+        "--reuse",
+        "--proofs-only",
+    ]);
+    assert!(out.contains("proofs at size"), "{out}");
+    assert!(!out.contains("queries over"), "{out}");
 }
 
 /// The `RESULT attack=…` lines of `rempart drill`, as key → value maps.
