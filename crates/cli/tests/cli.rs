@@ -1753,11 +1753,15 @@ fn bench_ledger_on_postgres_drops_its_schema() {
     // A real ledger's schema is refused before anything is dropped.
     let victim = rempart_testdb::unique_name("ledger");
     psql(&url, &format!("CREATE SCHEMA {victim}"));
-    let out = rempart(&["bench", "ledger", "--database", &url, "--schema", &victim]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("must start with ledger_bench"), "{err}");
-    assert_eq!(count(&victim), "1", "{err}");
+    for reuse in [None, Some("--reuse")] {
+        let mut args = vec!["bench", "ledger", "--database", &url, "--schema", &victim];
+        args.extend(reuse);
+        let out = rempart(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must start with ledger_bench"), "{err}");
+        assert_eq!(count(&victim), "1", "{err}");
+    }
     psql(&url, &format!("DROP SCHEMA {victim}"));
 }
 

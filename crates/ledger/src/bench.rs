@@ -48,9 +48,10 @@ pub const BENCH_MARK: &str = "ledger.bench";
 
 /// Opens the target's store; with `fresh`, first removes any ledger there
 /// (the SQLite files, or the PostgreSQL schema), provided a benchmark made
-/// it: a directory's `ledger.db` without [`BENCH_MARK`] beside it, or a
-/// schema whose name does not start with [`BENCH_SCHEMA_PREFIX`], is
-/// refused and left as it is.
+/// it: a directory's `ledger.db` without [`BENCH_MARK`] beside it is
+/// refused and left as it is. A schema whose name does not start with
+/// [`BENCH_SCHEMA_PREFIX`] is refused whether fresh or not (a benchmark
+/// drops its schema at the end).
 pub async fn open_target(
     target: &BenchTarget,
     fresh: bool,
@@ -99,16 +100,7 @@ pub async fn open_target(
         }
         BenchTarget::Postgres { url, schema } => {
             let config = PgLedgerConfig::new(url).with_schema(schema);
-            if fresh && !schema.starts_with(BENCH_SCHEMA_PREFIX) {
-                return Err(StoreError::Open {
-                    path: schema.clone(),
-                    reason: format!(
-                        "a benchmark's schema is dropped and recreated: its name must start \
-                         with {BENCH_SCHEMA_PREFIX}"
-                    ),
-                }
-                .into());
-            }
+            bench_schema(schema)?;
             if fresh {
                 // Validates the names first (connect refuses bad ones).
                 let store = PgLedgerStore::connect(&config).await?;
@@ -189,8 +181,25 @@ pub async fn close_target(target: &BenchTarget) -> Result<(), LedgerError> {
     }
 }
 
-/// Drops a schema as the connecting user (the store's own role cannot).
+/// Refuses a schema a benchmark may not drop.
+fn bench_schema(schema: &str) -> Result<(), LedgerError> {
+    if schema.starts_with(BENCH_SCHEMA_PREFIX) {
+        return Ok(());
+    }
+    Err(StoreError::Open {
+        path: schema.to_string(),
+        reason: format!(
+            "a benchmark's schema is dropped and recreated: its name must start with \
+             {BENCH_SCHEMA_PREFIX}"
+        ),
+    }
+    .into())
+}
+
+/// Drops a benchmark's schema as the connecting user (the store's own role
+/// cannot).
 async fn drop_pg_schema(url: &str, schema: &str) -> Result<(), LedgerError> {
+    bench_schema(schema)?;
     let pg = |e: tokio_postgres::Error| LedgerError::Store(e.into());
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
