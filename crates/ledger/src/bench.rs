@@ -37,8 +37,9 @@ pub enum BenchTarget {
     },
 }
 
-/// What every benchmark schema's name starts with: a fresh benchmark drops
-/// its schema, and is never let near a real ledger's (`ledger`).
+/// What every benchmark schema's name starts with: a benchmark drops its
+/// schema (when fresh, and at the end unless kept), and is never let near
+/// a real ledger's (`ledger`).
 pub const BENCH_SCHEMA_PREFIX: &str = "ledger_bench";
 
 /// The file that marks a directory's `ledger.db` as a benchmark's: a fresh
