@@ -1773,14 +1773,15 @@ fn bench_ledger_keeps_a_ledger_it_did_not_make() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
     std::fs::write(&db, b"the audit ledger of a data directory").unwrap();
-    let out = rempart(&[
+    let fresh = [
         "bench",
         "ledger",
         "--leaves",
         "3000",
         "--dir",
         s(dir.path()),
-    ]);
+    ];
+    let out = rempart(&fresh);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to delete it"), "{err}");
@@ -1791,14 +1792,7 @@ fn bench_ledger_keeps_a_ledger_it_did_not_make() {
     // The ledger it makes is marked as a benchmark's, for the next run
     // to replace.
     std::fs::remove_file(&db).unwrap();
-    let out = ok(&[
-        "bench",
-        "ledger",
-        "--leaves",
-        "3000",
-        "--dir",
-        s(dir.path()),
-    ]);
+    let out = ok(&fresh);
     assert!(out.contains("verify: "), "{out}");
     assert!(dir.path().join("ledger.bench").exists());
     // Kept, it is measured again without a build; proofs only, at once.
