@@ -462,6 +462,7 @@ fn row_of(leaf: &AuditLeaf, data: Vec<u8>) -> LeafRow {
         reveals: leaf.reveals_person_data(),
         data,
         nodes: Vec::new(),
+        level4: Vec::new(),
         receipt: None,
     }
 }

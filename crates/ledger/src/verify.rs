@@ -29,7 +29,7 @@ use crate::checkpoint::Checkpoint;
 use crate::leaf::{AuditLeaf, LeafError};
 use crate::merkle::{EMPTY_ROOT, Frontier, Hash, leaf_hash};
 use crate::note::VerifierKey;
-use crate::store::{LeafRow, LedgerStore, StoreError};
+use crate::store::{GROUP_HASHES, GROUP_LEVEL, LeafRow, LedgerStore, StoreError, TILE_LEVEL};
 
 /// Pages read ahead of the one being hashed.
 const READ_AHEAD: usize = 3;
@@ -138,7 +138,8 @@ pub enum Problem {
     /// A stored subtree hash is not the recomputed one.
     #[error("{}", describe_node_mismatch(*index, *level, *first_leaf))]
     NodeMismatch {
-        /// The leaf whose row holds the hash (the subtree's last leaf).
+        /// The subtree's last leaf (whose row holds the hash, or whose
+        /// tile's row for hashes of level 4).
         index: u64,
         /// The subtree's level (0: the leaf's own hash).
         level: u8,
@@ -338,6 +339,9 @@ struct Checker {
     buf: Vec<u8>,
     /// The store keeps the hashes of this level and up with each leaf.
     lowest: u8,
+    /// The recomputed level-4 hashes of the current tile, to compare with
+    /// those its last leaf's row carries.
+    level4: Vec<u8>,
 }
 
 impl Checker {
@@ -394,19 +398,43 @@ impl Checker {
                 .buf
                 .get(usize::from(self.lowest) * 32..)
                 .unwrap_or_default();
-            if kept != row.nodes {
+            let group = (1u64 << GROUP_LEVEL) - 1;
+            if row.index & ((1 << TILE_LEVEL) - 1) == 0 {
+                self.level4.clear();
+            }
+            if row.index & group == group {
+                let at = usize::from(GROUP_LEVEL) * 32;
+                self.level4
+                    .extend_from_slice(self.buf.get(at..at + 32).unwrap_or_default());
+            }
+            // A row carries level-4 hashes only as its tile's last leaf.
+            let level4_differs = !row.level4.is_empty() && row.level4 != self.level4;
+            if kept != row.nodes || level4_differs {
                 if self.node_mismatch_seen {
                     // Consequences of the first one: the recomputation goes
                     // on from the leaves, and checkpoints will tell.
                     self.omitted += 1;
                 } else {
                     self.node_mismatch_seen = true;
-                    let level = first_difference(kept, &row.nodes).saturating_add(self.lowest);
-                    self.problem(Problem::NodeMismatch {
-                        index: row.index,
-                        level,
-                        first_leaf: row.index + 1 - (1u64 << level),
-                    });
+                    let problem = if kept != row.nodes {
+                        let level = first_difference(kept, &row.nodes).saturating_add(self.lowest);
+                        Problem::NodeMismatch {
+                            index: row.index,
+                            level,
+                            first_leaf: row.index + 1 - (1u64 << level),
+                        }
+                    } else {
+                        // Groups of 16 leaves from the tile's first.
+                        let g = u64::from(first_difference(&self.level4, &row.level4));
+                        let first_leaf =
+                            (row.index & !((1 << TILE_LEVEL) - 1)) + (g << GROUP_LEVEL);
+                        Problem::NodeMismatch {
+                            index: first_leaf + group,
+                            level: GROUP_LEVEL,
+                            first_leaf,
+                        }
+                    };
+                    self.problem(problem);
                 }
             }
             self.expected += 1;
@@ -530,6 +558,7 @@ pub async fn verify_with(
         stopped: false,
         buf: Vec::with_capacity(64 * 32),
         lowest: store.lowest_stored_level(),
+        level4: Vec::with_capacity(GROUP_HASHES),
     };
     checker.check_checkpoints();
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rempart_domain::{FieldGroup, Purpose};
 use rempart_ledger::bench;
-use rempart_ledger::merkle::{Frontier, MemoryTree, leaf_hash, verify_consistency};
+use rempart_ledger::merkle::{
+    Frontier, MemoryTree, NodeId, NodeSource, leaf_hash, verify_consistency,
+};
 use rempart_ledger::proof::{prove_consistency, prove_inclusion, root};
 use rempart_ledger::query::{persons_read_by_account, query};
 use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
@@ -97,7 +99,9 @@ impl Env {
         c.execute_batch(
             "DROP TRIGGER IF EXISTS leaf_no_update; DROP TRIGGER IF EXISTS leaf_no_delete;
              DROP TRIGGER IF EXISTS checkpoint_no_update; DROP TRIGGER IF EXISTS checkpoint_no_delete;
-             DROP TRIGGER IF EXISTS subtree_no_update; DROP TRIGGER IF EXISTS subtree_no_delete;",
+             DROP TRIGGER IF EXISTS subtree_no_update; DROP TRIGGER IF EXISTS subtree_no_delete;
+             DROP TRIGGER IF EXISTS tile_level4_no_update;
+             DROP TRIGGER IF EXISTS tile_level4_no_delete;",
         )
         .unwrap();
         c
@@ -362,6 +366,7 @@ macro_rules! both {
 both!(
     append_prove_verify,
     proofs_over_upper_levels,
+    level4_hashes_of_tiles,
     concurrent_appends_group_commit,
     one_appender_per_store,
     fail_closed,
@@ -559,6 +564,134 @@ async fn proofs_over_upper_levels(b: Backend) {
     }
 }
 
+/// The level-4 hashes a complete tile's `tile_level4` row keeps (proofs
+/// read them instead of the tile's leaves): written whatever the batches
+/// and writer restarts in the middle of a tile, checked by `audit verify`,
+/// and not needed (proofs recompute from the leaves without them).
+async fn level4_hashes_of_tiles(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let all: Vec<AuditLeaf> = (0..1_000).map(leaf).collect();
+    // Three writers, each starting in the middle of a tile and of a group.
+    for part in [&all[..300], &all[300..701], &all[701..]] {
+        let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+            .await
+            .unwrap();
+        for batch in part.chunks(37) {
+            ledger.append_batch(batch).await.unwrap();
+        }
+        ledger.checkpoint_now().await.unwrap();
+        ledger.close().await.unwrap();
+    }
+    let hashes: Vec<_> = env
+        .rows()
+        .await
+        .iter()
+        .map(|r| leaf_hash(&r.data))
+        .collect();
+    let mut tree = MemoryTree::new();
+    for h in &hashes {
+        tree.push(*h);
+    }
+    let expected = |tile: u64| -> Vec<u8> {
+        (tile * 16..tile * 16 + 16)
+            .flat_map(|g| NodeSource::node(&tree, NodeId::new(4, g)).unwrap())
+            .collect()
+    };
+    let sql = "SELECT tile, hashes FROM tile_level4 ORDER BY tile";
+    let stored: Vec<(i64, Vec<u8>)> = match b {
+        Backend::Sqlite => {
+            let c = env.sqlite_raw();
+            let mut s = c.prepare(sql).unwrap();
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        }
+        Backend::Postgres => env
+            .pg_raw()
+            .await
+            .query(sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+    };
+    assert_eq!(
+        stored,
+        (0..3).map(|t| (t as i64, expected(t))).collect::<Vec<_>>()
+    );
+    let size = 1_000;
+    let root = tree.root(size).unwrap();
+    let proofs_hold = || async {
+        for index in (0..size).step_by(7).chain([255, 256, 511, 767, 768, 999]) {
+            let p = prove_inclusion(env.store.as_ref(), index, size)
+                .await
+                .unwrap();
+            if p.verify(&hashes[index as usize], &root).is_err() {
+                return false;
+            }
+        }
+        for old in [1, 16, 255, 256, 300, 513, 767, 768, 999] {
+            let p = prove_consistency(env.store.as_ref(), old, size)
+                .await
+                .unwrap();
+            let old_root = tree.root(old).unwrap();
+            if verify_consistency(old, size, &p.hashes, &old_root, &root).is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    assert!(proofs_hold().await);
+    verify(&env.store, &key.verifier()).await.unwrap();
+
+    // One hash of tile 1 altered (group 5, leaves 336 to 351): proofs that
+    // use it no longer verify, and `audit verify` names the group.
+    let mut altered = expected(1);
+    altered[5 * 32] ^= 1;
+    match b {
+        Backend::Sqlite => {
+            env.sqlite_raw()
+                .execute(
+                    "UPDATE tile_level4 SET hashes = ?1 WHERE tile = 1",
+                    [&altered],
+                )
+                .unwrap();
+        }
+        Backend::Postgres => {
+            env.pg_raw()
+                .await
+                .execute(
+                    "UPDATE tile_level4 SET hashes = $1 WHERE tile = 1",
+                    &[&altered],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert!(!proofs_hold().await);
+    let f = failure(&env, &key).await;
+    assert!(
+        f.problems.iter().any(|p| matches!(
+            p,
+            Problem::NodeMismatch {
+                level: 4,
+                first_leaf: 336,
+                index: 351
+            }
+        )),
+        "{f}"
+    );
+
+    // A ledger written before these rows existed: proofs recompute the
+    // hashes from the leaves, and verify.
+    env.tamper("DELETE FROM tile_level4").await;
+    assert!(proofs_hold().await);
+    verify(&env.store, &key.verifier()).await.unwrap();
+}
+
 async fn concurrent_appends_group_commit(b: Backend) {
     let env = Env::new(b).await;
     let key = key();
@@ -657,6 +790,7 @@ async fn fail_closed(b: Backend) {
         reveals: false,
         data: vec![1],
         nodes: vec![0; 3],
+        level4: Vec::new(),
         receipt: None,
     };
     match b {

@@ -52,6 +52,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "upper_subtrees",
         sql: include_str!("../../migrations/sqlite/0009_upper_subtrees.sql"),
     },
+    Migration {
+        version: 10,
+        name: "tile_level4",
+        sql: include_str!("../../migrations/sqlite/0010_tile_level4.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -100,6 +105,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 9,
         name: "upper_subtrees",
         sql: include_str!("../../migrations/postgres/0009_upper_subtrees.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "tile_level4",
+        sql: include_str!("../../migrations/postgres/0010_tile_level4.sql"),
     },
 ];
 

@@ -43,6 +43,14 @@ pub(crate) const UPPER_LEVEL: u8 = 12;
 /// more, those of [`TILE_LEVEL`] up to it included.
 pub(crate) const UPPER_ROWS: &str = "length(nodes) >= 160";
 
+/// The level of the hashes a complete tile's `tile_level4` row keeps
+/// (migration 0010): those of its 16 subtrees of 16 leaves (a bundle each
+/// on PostgreSQL). A proof reads them instead of the tile's 256 leaves.
+pub(crate) const GROUP_LEVEL: u8 = 4;
+
+/// Bytes of a `tile_level4` row's hashes.
+pub(crate) const GROUP_HASHES: usize = 32 << (TILE_LEVEL - GROUP_LEVEL);
+
 /// A storage failure. Messages carry no leaf content.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -175,6 +183,11 @@ pub struct LeafRow {
     /// read back those of level 8 and up, on a tile's last leaf
     /// only.
     pub nodes: Vec<u8>,
+    /// As read back, on a tile's last leaf, the hashes of the tile's 16
+    /// subtrees of level [`GROUP_LEVEL`] if the store keeps them (empty
+    /// otherwise). Ignored when appended: the writer gathers them from the
+    /// rows' `nodes`.
+    pub level4: Vec<u8>,
     /// The receipt it was staged under, if it was staged: the integrator
     /// records its index and removes it from staging in the transaction
     /// that appends it. Not stored in the row; `None` when read back.
@@ -384,9 +397,117 @@ impl LeafRow {
             reveals: keys.reveals,
             data,
             nodes: Vec::new(),
+            level4: Vec::new(),
             receipt: None,
         })
     }
+}
+
+/// Gathers, from the rows a writer appends, the level-4 hashes of the tile
+/// being filled, so that the row completing it can store all 16 of them.
+/// It follows the appends leaf by leaf; a writer that finds it elsewhere
+/// (new, or after a failed append whose rows it had seen) primes it from
+/// the store with the hashes of the tile's groups already complete.
+#[derive(Debug, Default)]
+pub(crate) struct TileGroups {
+    /// The next leaf it expects, `None` when it must be primed.
+    next: Option<u64>,
+    /// The level-4 hashes of the current tile so far.
+    hashes: Vec<u8>,
+}
+
+impl TileGroups {
+    /// Whether it has followed the appends up to leaf `first`.
+    pub(crate) fn follows(&self, first: u64) -> bool {
+        self.next == Some(first)
+    }
+
+    /// The level-4 subtrees of `first`'s tile complete before `first`: the
+    /// hashes [`TileGroups::prime`] wants.
+    pub(crate) fn before(first: u64) -> Vec<NodeId> {
+        let groups = first >> GROUP_LEVEL;
+        let tile_start = (first >> TILE_LEVEL) << (TILE_LEVEL - GROUP_LEVEL);
+        (tile_start..groups)
+            .map(|g| NodeId::new(GROUP_LEVEL, g))
+            .collect()
+    }
+
+    /// Starts following at leaf `first`, given the hashes of
+    /// [`TileGroups::before`]`(first)`, or `None` if the store could not give
+    /// them (the tile then gets no row; its proofs read its leaves).
+    pub(crate) fn prime(&mut self, first: u64, before: Option<Vec<Hash>>) {
+        self.hashes = before.map(|h| h.concat()).unwrap_or_default();
+        let complete = self.hashes.len() == Self::before(first).len() * 32;
+        self.next = complete.then_some(first);
+    }
+
+    /// Takes note of the row appended at `index` with its completed
+    /// subtrees' hashes `nodes` (level 0 up); returns the tile's 16 level-4
+    /// hashes when this row completes the tile.
+    pub(crate) fn push(&mut self, index: u64, nodes: &[u8]) -> Option<Vec<u8>> {
+        if self.next != Some(index) {
+            self.next = None;
+            return None;
+        }
+        self.next = Some(index + 1);
+        let in_tile = index & ((1 << TILE_LEVEL) - 1);
+        if in_tile == 0 {
+            self.hashes.clear();
+        }
+        let group_mask = (1 << GROUP_LEVEL) - 1;
+        if index & group_mask != group_mask {
+            return None;
+        }
+        let at = usize::from(GROUP_LEVEL) * 32;
+        let Some(hash) = nodes.get(at..at + 32) else {
+            self.next = None;
+            return None;
+        };
+        self.hashes.extend_from_slice(hash);
+        let last = (1 << TILE_LEVEL) - 1;
+        (in_tile == last && self.hashes.len() == GROUP_HASHES)
+            .then(|| std::mem::take(&mut self.hashes))
+    }
+}
+
+/// The hash of subtree `id`, of a level from [`GROUP_LEVEL`] to below
+/// [`TILE_LEVEL`], from its tile's level-4 hashes (a `tile_level4` row).
+pub(crate) fn subtree_of_groups(id: NodeId, level4: &[u8]) -> Result<Hash, StoreError> {
+    let missing = || StoreError::MissingNode {
+        level: id.level,
+        index: id.index,
+        leaf: id.last_leaf(),
+    };
+    if id.level < GROUP_LEVEL || id.level >= TILE_LEVEL || level4.len() != GROUP_HASHES {
+        return Err(missing());
+    }
+    let groups = 1usize << (id.level - GROUP_LEVEL);
+    let first = ((id.first_leaf() & ((1 << TILE_LEVEL) - 1)) >> GROUP_LEVEL) as usize;
+    let hashes = level4
+        .chunks_exact(32)
+        .skip(first)
+        .take(groups)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect::<Vec<Hash>>();
+    fold(hashes).ok_or_else(missing)
+}
+
+/// The root of a complete subtree from its `2^k` lowest hashes in order.
+fn fold(mut hashes: Vec<Hash>) -> Option<Hash> {
+    if !hashes.len().is_power_of_two() {
+        return None;
+    }
+    while hashes.len() > 1 {
+        hashes = hashes
+            .chunks_exact(2)
+            .map(|pair| crate::merkle::node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    hashes.pop()
 }
 
 /// The part of a leaf's completed-subtree hashes that is stored: levels
@@ -399,7 +520,7 @@ pub(crate) fn stored_nodes(nodes: &[u8]) -> Option<&[u8]> {
 
 /// The hash of subtree `id`, below [`TILE_LEVEL`], from the hashes of its
 /// leaves in order; missing unless there are exactly `2^level` of them.
-pub(crate) fn subtree_of(id: NodeId, mut hashes: Vec<Hash>) -> Result<Hash, StoreError> {
+pub(crate) fn subtree_of(id: NodeId, hashes: Vec<Hash>) -> Result<Hash, StoreError> {
     let missing = || StoreError::MissingNode {
         level: id.level,
         index: id.index,
@@ -408,13 +529,7 @@ pub(crate) fn subtree_of(id: NodeId, mut hashes: Vec<Hash>) -> Result<Hash, Stor
     if hashes.len() != 1 << id.level {
         return Err(missing());
     }
-    while hashes.len() > 1 {
-        hashes = hashes
-            .chunks_exact(2)
-            .map(|pair| crate::merkle::node_hash(&pair[0], &pair[1]))
-            .collect();
-    }
-    hashes.pop().ok_or_else(missing)
+    fold(hashes).ok_or_else(missing)
 }
 
 /// The leaf that stores subtree `id`, and where in its `nodes`.
@@ -474,6 +589,93 @@ mod tests {
             assert!(sql.contains(&format!("WHERE {UPPER_ROWS};")), "{sql}");
         }
         assert!(postgres::NODES_QUERY.contains(&format!("AND {UPPER_ROWS}\n")));
+    }
+
+    /// Leaf hashes and each leaf's completed-subtree hashes (level 0 up),
+    /// as an appender makes them.
+    fn appended(n: u64) -> (Vec<Hash>, Vec<Vec<u8>>) {
+        let mut frontier = crate::merkle::Frontier::default();
+        (0..n)
+            .map(|i| {
+                let h = crate::merkle::leaf_hash(&i.to_be_bytes());
+                let mut nodes = Vec::new();
+                frontier.push_into(h, &mut nodes);
+                (h, nodes)
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn tile_groups_gather_a_tiles_level4_hashes() {
+        let (leaves, nodes) = appended(768);
+        let level4 = |tile: u64| -> Vec<u8> {
+            (0..16)
+                .flat_map(|g| {
+                    let id = NodeId::new(4, tile * 16 + g);
+                    let below = leaves[id.first_leaf() as usize..=id.last_leaf() as usize].to_vec();
+                    subtree_of(id, below).unwrap()
+                })
+                .collect()
+        };
+        // Followed from the start: tiles 0 and 1 complete at leaves 255, 511.
+        let mut g = TileGroups::default();
+        g.prime(0, Some(Vec::new()));
+        let got: Vec<(u64, Vec<u8>)> = (0..600)
+            .filter_map(|i| g.push(i, &nodes[i as usize]).map(|h| (i, h)))
+            .collect();
+        assert_eq!(got, vec![(255, level4(0)), (511, level4(1))]);
+        // Primed in the middle of a group of tile 2, with the two groups
+        // before it: the tile still gets its 16 hashes.
+        assert_eq!(
+            TileGroups::before(512 + 37),
+            vec![NodeId::new(4, 32), NodeId::new(4, 33)]
+        );
+        assert!(TileGroups::before(512).is_empty());
+        let before: Vec<Hash> = level4(2)[..64]
+            .chunks(32)
+            .map(|c| c.try_into().unwrap())
+            .collect();
+        let mut g = TileGroups::default();
+        g.prime(512 + 37, Some(before.clone()));
+        assert!(g.follows(549));
+        let got: Vec<Vec<u8>> = (549..768)
+            .filter_map(|i| g.push(i, &nodes[i as usize]))
+            .collect();
+        assert_eq!(got, vec![level4(2)]);
+        // A gap, a short prime or a failed one: no row rather than a wrong one.
+        let mut g = TileGroups::default();
+        g.prime(512 + 37, Some(before[..1].to_vec()));
+        assert!(!g.follows(549));
+        assert!((549..768).all(|i| g.push(i, &nodes[i as usize]).is_none()));
+        g.prime(549, None);
+        assert!((549..768).all(|i| g.push(i, &nodes[i as usize]).is_none()));
+        g.prime(512 + 37, Some(before));
+        assert!(g.push(600, &nodes[600]).is_none());
+        assert!(!g.follows(601));
+        assert!((601..768).all(|i| g.push(i, &nodes[i as usize]).is_none()));
+    }
+
+    #[test]
+    fn subtrees_from_level4_hashes_match_those_from_leaves() {
+        let (leaves, _) = appended(512);
+        let level4: Vec<u8> = (16..32)
+            .flat_map(|g| {
+                subtree_of(NodeId::new(4, g), leaves[g as usize * 16..][..16].to_vec()).unwrap()
+            })
+            .collect();
+        for level in 4..8u8 {
+            for index in (256u64 >> level)..(512 >> level) {
+                let id = NodeId::new(level, index);
+                let below = leaves[id.first_leaf() as usize..=id.last_leaf() as usize].to_vec();
+                assert_eq!(
+                    subtree_of_groups(id, &level4).unwrap(),
+                    subtree_of(id, below).unwrap()
+                );
+            }
+        }
+        assert!(subtree_of_groups(NodeId::new(3, 32), &level4).is_err());
+        assert!(subtree_of_groups(NodeId::new(8, 1), &level4).is_err());
+        assert!(subtree_of_groups(NodeId::new(5, 8), &level4[32..]).is_err());
     }
 
     #[test]

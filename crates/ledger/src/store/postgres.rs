@@ -35,9 +35,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::{
-    IndexProblem, LeafRow, LedgerStager, LedgerStore, LedgerWriter, QueryRange, RawEntry,
-    StagedLeaf, StoreError, StoredCheckpoint, TILE_LEVEL, UPPER_LEVEL, migrate, node_from_column,
-    runs, stored_nodes, subtree_of, to_i64, to_u64,
+    GROUP_LEVEL, IndexProblem, LeafRow, LedgerStager, LedgerStore, LedgerWriter, QueryRange,
+    RawEntry, StagedLeaf, StoreError, StoredCheckpoint, TILE_LEVEL, TileGroups, UPPER_LEVEL,
+    migrate, node_from_column, runs, stored_nodes, subtree_of, subtree_of_groups, to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId, leaf_hash};
@@ -251,7 +251,7 @@ async fn setup_schema(client: &mut Client, schema: &str, role: &str) -> Result<(
          END $$;
          GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
          REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM \"{role}\";
-         GRANT SELECT, INSERT ON leaf_bundle, checkpoint, subtree TO \"{role}\";
+         GRANT SELECT, INSERT ON leaf_bundle, checkpoint, subtree, tile_level4 TO \"{role}\";
          GRANT UPDATE (count, data) ON leaf_bundle TO \"{role}\";
          GRANT SELECT, INSERT, UPDATE, DELETE
              ON run, posting_account, posting_organisation, posting_person TO \"{role}\";
@@ -293,62 +293,99 @@ async fn size_of(client: &impl tokio_postgres::GenericClient) -> Result<u64, Sto
     to_u64(next, "leaf count")
 }
 
-/// The tiles' hashes `$1` and the bundles `$2` that [`nodes_of`] needs, in
-/// one statement (one round trip, up to 16 bundles a tile). Bundles by
-/// their first leaf, not by ranges in a LATERAL join: the generic plan of
-/// that join was a parallel scan of the whole table (0.5 s a proof at
-/// 100 M leaves).
+/// What [`nodes_of`] needs, in one statement (one round trip): the tiles'
+/// hashes `$1` (`$3` from the covering index of the upper ones), the
+/// tiles' level-4 hashes `$4`, the bundles `$2`, and the bundles `$5` only
+/// if their tile has no level-4 hashes (an older or unfinished tile: the
+/// array is computed once, before the scan, so that no bundle is read for
+/// nothing). Bundles by their first leaf, not by ranges in a LATERAL join:
+/// the generic plan of that join was a parallel scan of the whole table
+/// (0.5 s a proof at 100 M leaves).
 pub(super) const NODES_QUERY: &str =
     "SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($1)
      UNION ALL
      SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($3) AND length(nodes) >= 160
      UNION ALL
-     SELECT 1::int2, first, count, data FROM leaf_bundle WHERE first = ANY($2)";
+     SELECT 2::int2, tile, 0, hashes FROM tile_level4 WHERE tile = ANY($4)
+     UNION ALL
+     SELECT 1::int2, first, count, data FROM leaf_bundle WHERE first = ANY($2)
+     UNION ALL
+     SELECT 1::int2, first, count, data FROM leaf_bundle
+     WHERE first = ANY(ARRAY(SELECT b FROM unnest($5::int8[]) AS b
+                             WHERE NOT EXISTS (SELECT FROM tile_level4 WHERE tile = b / 256)))";
+
+/// The bundles holding leaves `first..=last` of one tile.
+fn bundles_over(first: u64, last: u64, into: &mut Vec<i64>) -> Result<(), StoreError> {
+    let (first, last) = (to_i64(first, "leaf index")?, to_i64(last, "leaf index")?);
+    let mut b = bundle::bundle_of(first);
+    while b <= last {
+        into.push(b);
+        b += bundle::BUNDLE;
+    }
+    Ok(())
+}
 
 /// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
-/// `subtree` row of the tile whose last leaf completes them, the lower ones
-/// recomputed from their leaves (a lower subtree lies in one tile: at most
-/// 128 leaves each, a proof's within one or two tiles). Rows of hashes of
-/// `UPPER_LEVEL` and up are read from the covering index that packs them
-/// (`$3`). No snapshot is needed: what is read is never changed once
-/// written, and anything missing is an error. `stmt` is [`NODES_QUERY`],
-/// prepared.
+/// `subtree` row of the tile whose last leaf completes them, those of
+/// levels `GROUP_LEVEL` to `TILE_LEVEL` from their tile's `tile_level4`
+/// row, the others (and those of a tile without that row) recomputed from
+/// their leaves (a lower subtree lies in one tile, a proof's within one or
+/// two tiles). Rows of hashes of `UPPER_LEVEL` and up are read from the
+/// covering index that packs them (`$3`). No snapshot is needed: what is
+/// read is never changed once written, and anything missing is an error.
+/// `stmt` is [`NODES_QUERY`], prepared.
 async fn nodes_of(
     client: &Client,
     stmt: &tokio_postgres::Statement,
     ids: &[NodeId],
 ) -> Result<Vec<Hash>, StoreError> {
-    let (mut tiles, mut upper): (Vec<i64>, Vec<i64>) = Default::default();
-    // Per tile, the range of leaves its lower subtrees need.
+    let (mut tiles, mut upper, mut grouped): (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+    // Per tile, the range of leaves its lowest subtrees need, and the range
+    // those of levels 4 to 7 need if the tile has no level-4 hashes.
     let mut ranges: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+    let mut if_ungrouped: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
     for id in ids {
         let last = id.last_leaf();
+        let tile = last >> TILE_LEVEL;
         if id.level >= UPPER_LEVEL {
-            upper.push(to_i64(last >> TILE_LEVEL, "tile index")?);
+            upper.push(to_i64(tile, "tile index")?);
         } else if id.level >= TILE_LEVEL {
-            tiles.push(to_i64(last >> TILE_LEVEL, "tile index")?);
+            tiles.push(to_i64(tile, "tile index")?);
         } else {
-            let r = ranges
-                .entry(last >> TILE_LEVEL)
-                .or_insert((id.first_leaf(), last));
+            if id.level >= GROUP_LEVEL {
+                grouped.push(to_i64(tile, "tile index")?);
+            }
+            let into = if id.level >= GROUP_LEVEL {
+                &mut if_ungrouped
+            } else {
+                &mut ranges
+            };
+            let r = into.entry(tile).or_insert((id.first_leaf(), last));
             *r = (r.0.min(id.first_leaf()), r.1.max(last));
         }
     }
-    let mut bundles = Vec::new();
+    grouped.sort_unstable();
+    grouped.dedup();
+    let (mut bundles, mut maybe) = (Vec::new(), Vec::new());
     for (first, last) in ranges.values() {
-        let (first, last) = (to_i64(*first, "leaf index")?, to_i64(*last, "leaf index")?);
-        let mut b = bundle::bundle_of(first);
-        while b <= last {
-            bundles.push(b);
-            b += bundle::BUNDLE;
-        }
+        bundles_over(*first, *last, &mut bundles)?;
     }
+    for (first, last) in if_ungrouped.values() {
+        bundles_over(*first, *last, &mut maybe)?;
+    }
+    maybe.retain(|b| !bundles.contains(b));
     let mut stored: HashMap<i64, Vec<u8>> = HashMap::new();
+    let mut level4: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut hashes: HashMap<i64, Hash> = HashMap::new();
-    for r in client.query(stmt, &[&tiles, &bundles, &upper]).await? {
+    let rows = client
+        .query(stmt, &[&tiles, &bundles, &upper, &grouped, &maybe])
+        .await?;
+    for r in rows {
         let (what, at): (i16, i64) = (r.try_get(0)?, r.try_get(1)?);
         if what == 0 {
             stored.insert(at, r.try_get(3)?);
+        } else if what == 2 {
+            level4.insert(at, r.try_get(3)?);
         } else if let Some(leaves) = bundle::split(at, r.try_get(2)?, r.try_get(3)?) {
             // A damaged bundle gives no hashes: its subtrees are missing.
             for (idx, data) in leaves {
@@ -369,6 +406,12 @@ async fn nodes_of(
                         leaf: last,
                     }),
                 };
+            }
+            if id.level >= GROUP_LEVEL {
+                let tile = to_i64(last >> TILE_LEVEL, "tile index")?;
+                if let Some(groups) = level4.get(&tile) {
+                    return subtree_of_groups(*id, groups);
+                }
             }
             let mut below = Vec::with_capacity(1 << id.level);
             for i in id.first_leaf()..=last {
@@ -410,6 +453,7 @@ impl LedgerStore for PgLedgerStore {
                 self.config.clone(),
                 lock_key("indexer", &self.schema),
             ),
+            groups: TileGroups::default(),
         };
         w.client().await?;
         Ok(Box::new(w))
@@ -510,7 +554,9 @@ impl LedgerStore for PgLedgerStore {
         // leaf lies in [from, end).
         let tiles = tx
             .query(
-                "SELECT tile, nodes FROM subtree WHERE tile >= $1 AND tile < $2 ORDER BY tile",
+                "SELECT s.tile, s.nodes, g.hashes FROM subtree s
+                 LEFT JOIN tile_level4 g ON g.tile = s.tile
+                 WHERE s.tile >= $1 AND s.tile < $2 ORDER BY s.tile",
                 &[&(from >> TILE_LEVEL), &(end >> TILE_LEVEL)],
             )
             .await?;
@@ -524,6 +570,7 @@ impl LedgerStore for PgLedgerStore {
                 .filter(|row| i64::try_from(row.index) == Ok(last))
             {
                 row.nodes = r.try_get(1)?;
+                row.level4 = r.try_get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
             }
         }
         tx.commit().await?;
@@ -616,6 +663,12 @@ const INSERT_LEAVES: &str = "
         INSERT INTO subtree (tile, nodes)
         SELECT u.tile, u.nodes FROM unnest($8::bigint[], $9::bytea[]) AS u(tile, nodes), expected
         WHERE expected.ok
+        RETURNING 1),
+    groups AS (
+        INSERT INTO tile_level4 (tile, hashes)
+        SELECT u.tile, u.hashes
+        FROM unnest($10::bigint[], $11::bytea[]) AS u(tile, hashes), expected
+        WHERE expected.ok
         RETURNING 1)
     SELECT (SELECT count(*) FROM grown), (SELECT coalesce(sum(count), 0) FROM added)::int8";
 
@@ -656,6 +709,8 @@ async fn durable_session(
 struct Columns {
     tiles: Vec<i64>,
     nodes: Vec<Vec<u8>>,
+    grouped: Vec<i64>,
+    level4: Vec<Vec<u8>>,
 }
 
 /// The single writer: its own connection, holding the schema's advisory
@@ -672,6 +727,8 @@ struct PgWriter {
     nodes: Option<tokio_postgres::Statement>,
     /// Builds the query index behind the appends; stops with the writer.
     indexer: index::Indexer,
+    /// The level-4 hashes of the tile being filled.
+    groups: TileGroups,
 }
 
 impl PgWriter {
@@ -725,6 +782,17 @@ impl LedgerWriter for PgWriter {
     }
 
     async fn append(&mut self, first: u64, rows: Vec<LeafRow>) -> Result<(), StoreError> {
+        if !self.groups.follows(first) {
+            // Once a writer's life, or after a failed append.
+            let before = TileGroups::before(first);
+            let hashes = match LedgerWriter::nodes(self, &before).await {
+                Ok(h) => Some(h),
+                // A damaged tile gets no level-4 row; `audit verify` says why.
+                Err(StoreError::MissingNode { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            self.groups.prime(first, hashes);
+        }
         let mut cols = Columns::default();
         // (receipt, index) of the staged leaves among them.
         let mut staged: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -743,6 +811,10 @@ impl LedgerWriter for PgWriter {
                 cols.tiles.push(idx >> TILE_LEVEL);
                 cols.nodes.push(nodes.to_vec());
             }
+            if let Some(level4) = self.groups.push(row.index, &row.nodes) {
+                cols.grouped.push(idx >> TILE_LEVEL);
+                cols.level4.push(level4);
+            }
         }
         let packed = bundle::pack(first_i64, rows.iter().map(|r| r.data.as_slice()))?;
         let expected = (
@@ -759,7 +831,7 @@ impl LedgerWriter for PgWriter {
                 "the ledger writer has no connection".into(),
             ));
         };
-        let params: [&(dyn ToSql + Sync); 9] = [
+        let params: [&(dyn ToSql + Sync); 11] = [
             &packed.grow_first,
             &packed.grow_count,
             &packed.grow_data,
@@ -769,6 +841,8 @@ impl LedgerWriter for PgWriter {
             &first_i64,
             &cols.tiles,
             &cols.nodes,
+            &cols.grouped,
+            &cols.level4,
         ];
         let inserted =
             |row: Row| -> Result<(i64, i64), StoreError> { Ok((row.try_get(0)?, row.try_get(1)?)) };
@@ -1083,12 +1157,15 @@ mod tests {
         assert!(pages > 0, "subtree was not vacuumed");
         c.batch_execute(&format!(
             "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan;
-             PREPARE nodes (bigint[], bigint[], bigint[]) AS {NODES_QUERY}"
+             PREPARE nodes (bigint[], bigint[], bigint[], bigint[], bigint[]) AS {NODES_QUERY}"
         ))
         .await
         .unwrap();
         let plan: Vec<String> = c
-            .query("EXPLAIN EXECUTE nodes ('{1}', '{0}', '{15}')", &[])
+            .query(
+                "EXPLAIN EXECUTE nodes ('{1}', '{0}', '{15}', '{2}', '{512, 528}')",
+                &[],
+            )
             .await
             .unwrap()
             .iter()
@@ -1096,6 +1173,17 @@ mod tests {
             .collect();
         let plan = plan.join("\n");
         assert!(plan.contains("subtree_upper"), "{plan}");
+        // The bundles wanted only without level-4 hashes: their list is
+        // made once, before the scan (an InitPlan, whose one join is of
+        // the list with `tile_level4`), and the scan reads the bundles of
+        // that list only, by key: no join of the bundles with anything.
+        let joins: Vec<&str> = plan.lines().filter(|l| l.contains("Join")).collect();
+        assert!(
+            plan.contains("InitPlan")
+                && !plan.contains("Seq Scan")
+                && joins.iter().all(|l| l.contains("Anti Join")),
+            "{plan}"
+        );
         if visible == pages {
             assert!(
                 plan.contains("Index Only Scan using subtree_upper on subtree"),

@@ -15,9 +15,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::runs::{self, Run, RunDb, RunIndexer};
 use super::{
-    IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry, StoreError,
-    StoredCheckpoint, TILE_LEVEL, UPPER_LEVEL, UPPER_ROWS, migrate, node_from_column,
-    node_location, stored_nodes, subtree_of, to_i64, to_u64,
+    GROUP_LEVEL, IndexProblem, LeafRow, LedgerStore, LedgerWriter, QueryRange, RawEntry,
+    StoreError, StoredCheckpoint, TILE_LEVEL, TileGroups, UPPER_LEVEL, UPPER_ROWS, migrate,
+    node_from_column, node_location, stored_nodes, subtree_of, subtree_of_groups, to_i64, to_u64,
 };
 use crate::leaf::{AccountId, PersonId, Timestamp};
 use crate::merkle::{Hash, NodeId, leaf_hash};
@@ -121,13 +121,18 @@ fn upper_nodes_sql() -> String {
 }
 
 /// Hashes of complete subtrees: those of level `TILE_LEVEL` and up from the
-/// `subtree` row of the tile whose last leaf completes them, the lower ones
-/// recomputed from their leaves (at most 128 of them: a lower subtree lies
-/// in one tile). Hashes of `UPPER_LEVEL` and up are read from the covering
-/// index that packs their rows (the planner would pick the table's key).
+/// `subtree` row of the tile whose last leaf completes them, those of
+/// levels `GROUP_LEVEL` to `TILE_LEVEL` from their tile's `tile_level4`
+/// row, the others (and those of a tile without that row) recomputed from
+/// their leaves (at most 128 of them: a lower subtree lies in one tile).
+/// Hashes of `UPPER_LEVEL` and up are read from the covering index that
+/// packs their rows (the planner would pick the table's key).
 fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
     let mut stored = conn.prepare_cached("SELECT nodes FROM subtree WHERE tile = ?1")?;
     let mut upper = conn.prepare_cached(&upper_nodes_sql())?;
+    let mut grouped = conn.prepare_cached("SELECT hashes FROM tile_level4 WHERE tile = ?1")?;
+    // A proof asks for up to four hashes of one tile's level-4 row.
+    let mut level4: Option<(u64, Option<Vec<u8>>)> = None;
     let mut leaves =
         conn.prepare_cached("SELECT data FROM leaf WHERE idx >= ?1 AND idx <= ?2 ORDER BY idx")?;
     ids.iter()
@@ -151,6 +156,18 @@ fn nodes_of(conn: &Connection, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> 
                     Some(n) => node_from_column(*id, &n, TILE_LEVEL),
                     None => Err(missing()),
                 };
+            }
+            if id.level >= GROUP_LEVEL {
+                let tile = leaf >> TILE_LEVEL;
+                if level4.as_ref().is_none_or(|(t, _)| *t != tile) {
+                    let row: Option<Vec<u8>> = grouped
+                        .query_row([to_i64(tile, "tile index")?], |r| r.get(0))
+                        .optional()?;
+                    level4 = Some((tile, row));
+                }
+                if let Some((_, Some(groups))) = &level4 {
+                    return subtree_of_groups(*id, groups);
+                }
             }
             let mut rows = leaves.query([
                 to_i64(id.first_leaf(), "leaf index")?,
@@ -364,7 +381,9 @@ impl LedgerStore for SqliteLedgerStore {
             drop(rows);
             // Each tile's hashes belong to its last leaf.
             let mut stmt = tx.prepare_cached(
-                "SELECT tile, nodes FROM subtree WHERE tile >= ?1 AND tile < ?2 ORDER BY tile",
+                "SELECT s.tile, s.nodes, g.hashes FROM subtree s
+                 LEFT JOIN tile_level4 g ON g.tile = s.tile
+                 WHERE s.tile >= ?1 AND s.tile < ?2 ORDER BY s.tile",
             )?;
             // Tiles whose last leaf lies in [from, end).
             let mut rows = stmt.query([from >> TILE_LEVEL, end >> TILE_LEVEL])?;
@@ -378,6 +397,7 @@ impl LedgerStore for SqliteLedgerStore {
                     .filter(|row| i64::try_from(row.index) == Ok(last))
                 {
                     row.nodes = r.get(1)?;
+                    row.level4 = r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default();
                 }
             }
             Ok(leaves)
@@ -462,6 +482,8 @@ struct WriterConn {
     /// scan the leaves its runs do not cover) until then, when it is
     /// reloaded from the database and tried again.
     index_paused_until: Option<std::time::Instant>,
+    /// The level-4 hashes of the tile being filled.
+    groups: TileGroups,
 }
 
 /// How long the index rests after its work failed.
@@ -574,6 +596,7 @@ impl SqliteWriter {
                 db: conn,
                 runs: None,
                 index_paused_until: None,
+                groups: TileGroups::default(),
             }),
             checkpointer: Some(Checkpointer::start(path)?),
             inline: false,
@@ -681,16 +704,30 @@ fn append_rows(w: &mut WriterConn, first: u64, rows: &[LeafRow]) -> Result<(), S
             found,
         });
     }
+    if !w.groups.follows(first) {
+        // Once a writer's life, or after a failed append.
+        let hashes = match nodes_of(c, &TileGroups::before(first)) {
+            Ok(h) => Some(h),
+            // A damaged tile gets no level-4 row; `audit verify` says why.
+            Err(StoreError::MissingNode { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        w.groups.prime(first, hashes);
+    }
     let mut stmt = c.prepare_cached("INSERT INTO leaf (idx, data) VALUES (?1, ?2)")?;
     let mut subtree = c.prepare_cached("INSERT INTO subtree (tile, nodes) VALUES (?1, ?2)")?;
+    let mut grouped = c.prepare_cached("INSERT INTO tile_level4 (tile, hashes) VALUES (?1, ?2)")?;
     for row in rows {
         let idx = to_i64(row.index, "leaf index")?;
         stmt.execute(params![idx, row.data])?;
         if let Some(nodes) = stored_nodes(&row.nodes) {
             subtree.execute(params![idx >> TILE_LEVEL, nodes])?;
         }
+        if let Some(level4) = w.groups.push(row.index, &row.nodes) {
+            grouped.execute(params![idx >> TILE_LEVEL, level4])?;
+        }
     }
-    drop((stmt, subtree));
+    drop((stmt, subtree, grouped));
     w.index(rows)
 }
 
@@ -823,6 +860,7 @@ pub(crate) mod tests {
                     reveals: l.reveals_person_data(),
                     data,
                     nodes,
+                    level4: Vec::new(),
                     receipt: None,
                 }
             })
