@@ -580,17 +580,20 @@ pub struct ProofFigures {
 }
 
 /// Generates `samples` inclusion and consistency proofs at the store's
-/// size from stored hashes, times them, and checks each one.
+/// size from stored hashes, times them, and checks each one. The leaves are
+/// drawn at random from `seed`: the same seed proves the same leaves again
+/// (their pages cached), another one other leaves.
 pub async fn proof_speed(
     store: &Arc<dyn LedgerStore>,
     samples: usize,
+    seed: u64,
 ) -> Result<ProofFigures, LedgerError> {
     let size = store.size().await?;
     if size == 0 {
         return Err(crate::ProofError::IndexOutOfRange { index: 0, size: 0 }.into());
     }
     let root = proof::root(store.as_ref(), size).await?;
-    let mut g = Synthetic::new(3, 0);
+    let mut g = Synthetic::new(seed, 0);
     let (mut inc, mut con) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     let (mut inc_max, mut con_max) = (0, 0);
     for _ in 0..samples {

@@ -601,7 +601,9 @@ async fn level4_hashes_of_tiles(b: Backend) {
     let sql = "SELECT tile, hashes FROM tile_level4 ORDER BY tile";
     let stored: Vec<(i64, Vec<u8>)> = match b {
         Backend::Sqlite => {
-            let c = env.sqlite_raw();
+            // Not `sqlite_raw`: the triggers are tried below.
+            let c = rusqlite::Connection::open(env.dir.as_ref().unwrap().path().join(FILE_NAME))
+                .unwrap();
             let mut s = c.prepare(sql).unwrap();
             s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .unwrap()
@@ -646,6 +648,51 @@ async fn level4_hashes_of_tiles(b: Backend) {
     };
     assert!(proofs_hold().await);
     verify(&env.store, &key.verifier()).await.unwrap();
+
+    // Append-only, for the store's role and the owner alike.
+    match b {
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(env.dir.as_ref().unwrap().path().join(FILE_NAME))
+                .unwrap();
+            for sql in [
+                "UPDATE tile_level4 SET hashes = zeroblob(512) WHERE tile = 1",
+                "DELETE FROM tile_level4 WHERE tile = 1",
+            ] {
+                let err = c.execute_batch(sql).expect_err(sql).to_string();
+                assert!(err.contains("append-only"), "{sql}: {err}");
+            }
+        }
+        Backend::Postgres => {
+            let (config, _) = env.pg.as_ref().unwrap();
+            let store = PgLedgerStore::connect(config).await.unwrap();
+            let role = store.pooled_client().await.unwrap();
+            let (owner, conn) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for sql in [
+                "UPDATE tile_level4 SET hashes = hashes WHERE tile = 1",
+                "DELETE FROM tile_level4 WHERE tile = 1",
+                "TRUNCATE tile_level4",
+            ] {
+                let err = role.batch_execute(sql).await.expect_err(sql);
+                let err = err.as_db_error().map(|e| e.message().to_string());
+                assert!(
+                    err.as_deref()
+                        .unwrap_or_default()
+                        .contains("permission denied"),
+                    "{sql}: {err:?}"
+                );
+                let sql = sql.replace("tile_level4", &format!("\"{}\".tile_level4", config.schema));
+                let err = owner.batch_execute(&sql).await.expect_err(&sql);
+                let err = err.as_db_error().map(|e| e.message().to_string());
+                assert!(
+                    err.as_deref().unwrap_or_default().contains("append-only"),
+                    "{sql}: {err:?}"
+                );
+            }
+        }
+    }
 
     // One hash of tile 1 altered (group 5, leaves 336 to 351): proofs that
     // use it no longer verify, and `audit verify` names the group.
@@ -1869,7 +1916,7 @@ async fn bench_functions_run(b: Backend) {
         .await
         .unwrap();
     assert_eq!(v.leaves, 450);
-    let p = bench::proof_speed(&env.store, 5).await.unwrap();
+    let p = bench::proof_speed(&env.store, 5, 3).await.unwrap();
     assert_eq!(p.size, 450);
     assert!(p.inclusion_max_hashes <= p.log2_bound);
     assert!(p.consistency_max_hashes <= p.log2_bound + 1);

@@ -588,7 +588,7 @@ mod tests {
         ] {
             assert!(sql.contains(&format!("WHERE {UPPER_ROWS};")), "{sql}");
         }
-        assert!(postgres::NODES_QUERY.contains(&format!("AND {UPPER_ROWS}\n")));
+        assert!(postgres::TILES_QUERY.contains(&format!("AND {UPPER_ROWS}\n")));
     }
 
     /// Leaf hashes and each leaf's completed-subtree hashes (level 0 up),

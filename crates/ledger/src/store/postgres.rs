@@ -75,11 +75,11 @@ const DURABLE_SESSION: &str = "SET synchronous_commit = on; SET tcp_keepalives_i
 /// table for what an index answers.
 const PLAIN_PLANS: &str = "SET jit = off; SET max_parallel_workers_per_gather = 0";
 
-/// Plans made once per connection for [`NODES_QUERY`], whatever its
-/// arguments: left to choose, PostgreSQL planned it afresh at every
-/// execution (its generic plan's estimate never won), 0.1 to 0.25 ms of a
-/// proof's 0.35 ms when cached, for an execution of 0.05 ms. Its generic
-/// plan is the one `proofs_read_upper_hashes_from_their_index` checks:
+/// Plans made once per connection for a proof's statements, whatever their
+/// arguments: left to choose, PostgreSQL planned them afresh at every
+/// execution (the generic plan's estimate never won), 0.1 to 0.25 ms of a
+/// proof's 0.35 ms when cached, for an execution of 0.05 ms. Their generic
+/// plans are the ones `proofs_read_upper_hashes_from_their_index` checks:
 /// lookups by key only. Not for the other statements: generic plans of
 /// range queries were once scans of whole tables.
 const GENERIC_PLANS: &str = "SET plan_cache_mode = force_generic_plan";
@@ -126,9 +126,10 @@ impl PgLedgerConfig {
 #[derive(Clone)]
 pub struct PgLedgerStore {
     pool: Pool,
-    /// Connections for [`NODES_QUERY`] alone, planned once per connection
+    /// Connections for [`BUNDLES_QUERY`] and [`TILES_QUERY`] alone, one
+    /// pool each (a proof runs both at once), planned once per connection
     /// (see [`GENERIC_PLANS`]).
-    proofs: Pool,
+    proofs: (Pool, Pool),
     config: tokio_postgres::Config,
     schema: String,
     role: String,
@@ -186,7 +187,10 @@ impl PgLedgerStore {
         let set_role = format!("SET ROLE \"{}\"; {PLAIN_PLANS}", config.role);
         let store = PgLedgerStore {
             pool: pool_of(&pg, set_role.clone())?,
-            proofs: pool_of(&pg, format!("{set_role}; {GENERIC_PLANS}"))?,
+            proofs: (
+                pool_of(&pg, format!("{set_role}; {GENERIC_PLANS}"))?,
+                pool_of(&pg, format!("{set_role}; {GENERIC_PLANS}"))?,
+            ),
             config: pg,
             schema: config.schema.clone(),
             role: config.role.clone(),
@@ -308,26 +312,41 @@ async fn size_of(client: &impl tokio_postgres::GenericClient) -> Result<u64, Sto
     to_u64(next, "leaf count")
 }
 
-/// What [`nodes_of`] needs, in one statement (one round trip): the tiles'
-/// hashes `$1` (`$3` from the covering index of the upper ones), the
-/// tiles' level-4 hashes `$4`, the bundles `$2`, and the bundles `$5` only
-/// if their tile has no level-4 hashes (an older or unfinished tile: the
-/// array is computed once, before the scan, so that no bundle is read for
-/// nothing). Bundles by their first leaf, not by ranges in a LATERAL join:
-/// the generic plan of that join was a parallel scan of the whole table
-/// (0.5 s a proof at 100 M leaves).
-pub(super) const NODES_QUERY: &str =
+/// The half of what [`nodes_of`] needs that lies around the proven leaf:
+/// the bundles `$1`. Bundles by their first leaf, not by ranges in a
+/// LATERAL join: the generic plan of that join was a parallel scan of the
+/// whole table (0.5 s a proof at 100 M leaves).
+pub(super) const BUNDLES_QUERY: &str =
+    "SELECT 1::int2, first, count, data FROM leaf_bundle WHERE first = ANY($1)";
+
+/// The other half, run at the same time on another connection (a cold
+/// proof's page reads then overlap instead of adding up): the tiles'
+/// hashes `$1` (`$2` from the covering index of the upper ones), the
+/// tiles' level-4 hashes `$3`, and the bundles `$4` only if their tile has
+/// no level-4 hashes (an older or unfinished tile: the array is computed
+/// once, before the scan, so that no bundle is read for nothing; in the
+/// statement that reads `tile_level4`, so that both answers come from one
+/// snapshot).
+pub(super) const TILES_QUERY: &str =
     "SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($1)
      UNION ALL
-     SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($3) AND length(nodes) >= 160
+     SELECT 0::int2, tile, 0, nodes FROM subtree WHERE tile = ANY($2) AND length(nodes) >= 160
      UNION ALL
-     SELECT 2::int2, tile, 0, hashes FROM tile_level4 WHERE tile = ANY($4)
-     UNION ALL
-     SELECT 1::int2, first, count, data FROM leaf_bundle WHERE first = ANY($2)
+     SELECT 2::int2, tile, 0, hashes FROM tile_level4 WHERE tile = ANY($3)
      UNION ALL
      SELECT 1::int2, first, count, data FROM leaf_bundle
-     WHERE first = ANY(ARRAY(SELECT b FROM unnest($5::int8[]) AS b
+     WHERE first = ANY(ARRAY(SELECT b FROM unnest($4::int8[]) AS b
                              WHERE NOT EXISTS (SELECT FROM tile_level4 WHERE tile = b / 256)))";
+
+/// Where [`nodes_of`] runs [`BUNDLES_QUERY`] and [`TILES_QUERY`], prepared:
+/// two connections of the store, or the writer's one (the two statements
+/// then pipelined).
+pub(super) struct NodeReaders<'c> {
+    /// The connection and statement of [`BUNDLES_QUERY`].
+    pub bundles: (&'c Client, &'c tokio_postgres::Statement),
+    /// The connection and statement of [`TILES_QUERY`].
+    pub tiles: (&'c Client, &'c tokio_postgres::Statement),
+}
 
 /// The bundles holding leaves `first..=last` of one tile.
 fn bundles_over(first: u64, last: u64, into: &mut Vec<i64>) -> Result<(), StoreError> {
@@ -346,14 +365,9 @@ fn bundles_over(first: u64, last: u64, into: &mut Vec<i64>) -> Result<(), StoreE
 /// row, the others (and those of a tile without that row) recomputed from
 /// their leaves (a lower subtree lies in one tile, a proof's within one or
 /// two tiles). Rows of hashes of `UPPER_LEVEL` and up are read from the
-/// covering index that packs them (`$3`). No snapshot is needed: what is
+/// covering index that packs them. No common snapshot is needed: what is
 /// read is never changed once written, and anything missing is an error.
-/// `stmt` is [`NODES_QUERY`], prepared.
-async fn nodes_of(
-    client: &Client,
-    stmt: &tokio_postgres::Statement,
-    ids: &[NodeId],
-) -> Result<Vec<Hash>, StoreError> {
+async fn nodes_of(readers: NodeReaders<'_>, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
     let (mut tiles, mut upper, mut grouped): (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
     // Per tile, the range of leaves its lowest subtrees need, and the range
     // those of levels 4 to 7 need if the tile has no level-4 hashes.
@@ -392,10 +406,21 @@ async fn nodes_of(
     let mut stored: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut level4: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut hashes: HashMap<i64, Hash> = HashMap::new();
-    let rows = client
-        .query(stmt, &[&tiles, &bundles, &upper, &grouped, &maybe])
-        .await?;
-    for r in rows {
+    let near = async {
+        if bundles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (client, stmt) = readers.bundles;
+        client.query(stmt, &[&bundles]).await
+    };
+    let far = async {
+        let (client, stmt) = readers.tiles;
+        client
+            .query(stmt, &[&tiles, &upper, &grouped, &maybe])
+            .await
+    };
+    let (near, far) = futures_util::future::join(near, far).await;
+    for r in near?.into_iter().chain(far?) {
         let (what, at): (i16, i64) = (r.try_get(0)?, r.try_get(1)?);
         if what == 0 {
             stored.insert(at, r.try_get(3)?);
@@ -514,13 +539,23 @@ impl LedgerStore for PgLedgerStore {
     }
 
     async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Hash>, StoreError> {
-        let client = self
-            .proofs
-            .get()
-            .await
-            .map_err(|e| StoreError::Pool(describe(&e)))?;
-        let stmt = client.prepare_cached(NODES_QUERY).await?;
-        nodes_of(&client, &stmt, ids).await
+        // One connection of each pool, always in this order: a task holding
+        // one of the second pool's holds all it needs, so none waits in a
+        // circle.
+        let pool_error = |e: deadpool_postgres::PoolError| StoreError::Pool(describe(&e));
+        let near = self.proofs.0.get().await.map_err(pool_error)?;
+        let far = self.proofs.1.get().await.map_err(pool_error)?;
+        let (bundles, tiles) = futures_util::future::join(
+            near.prepare_cached(BUNDLES_QUERY),
+            far.prepare_cached(TILES_QUERY),
+        )
+        .await;
+        let (bundles, tiles) = (bundles?, tiles?);
+        let readers = NodeReaders {
+            bundles: (&near, &bundles),
+            tiles: (&far, &tiles),
+        };
+        nodes_of(readers, ids).await
     }
 
     async fn leaves(&self, from: u64, count: usize) -> Result<Vec<LeafRow>, StoreError> {
@@ -742,8 +777,9 @@ struct PgWriter {
     lock: i64,
     client: Option<Client>,
     insert: Option<tokio_postgres::Statement>,
-    /// [`NODES_QUERY`], prepared (every checkpoint asks for a root).
-    nodes: Option<tokio_postgres::Statement>,
+    /// [`BUNDLES_QUERY`] and [`TILES_QUERY`], prepared (every checkpoint
+    /// asks for a root).
+    nodes: Option<(tokio_postgres::Statement, tokio_postgres::Statement)>,
     /// Builds the query index behind the appends; stops with the writer.
     indexer: index::Indexer,
     /// The level-4 hashes of the tile being filled.
@@ -789,15 +825,21 @@ impl LedgerWriter for PgWriter {
         // Prepared once per connection, like the insert.
         if self.nodes.is_none() || self.client.as_ref().is_none_or(Client::is_closed) {
             let client = self.client().await?;
-            let stmt = client.prepare(NODES_QUERY).await?;
-            self.nodes = Some(stmt);
+            let bundles = client.prepare(BUNDLES_QUERY).await?;
+            let tiles = client.prepare(TILES_QUERY).await?;
+            self.nodes = Some((bundles, tiles));
         }
-        let (Some(client), Some(stmt)) = (self.client.as_ref(), self.nodes.as_ref()) else {
+        let (Some(client), Some((bundles, tiles))) = (self.client.as_ref(), self.nodes.as_ref())
+        else {
             return Err(StoreError::Task(
                 "the ledger writer has no connection".into(),
             ));
         };
-        nodes_of(client, stmt, ids).await
+        let readers = NodeReaders {
+            bundles: (client, bundles),
+            tiles: (client, tiles),
+        };
+        nodes_of(readers, ids).await
     }
 
     async fn append(&mut self, first: u64, rows: Vec<LeafRow>) -> Result<(), StoreError> {
@@ -1176,21 +1218,27 @@ mod tests {
         assert!(pages > 0, "subtree was not vacuumed");
         c.batch_execute(&format!(
             "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan;
-             PREPARE nodes (bigint[], bigint[], bigint[], bigint[], bigint[]) AS {NODES_QUERY}"
+             PREPARE tiles (bigint[], bigint[], bigint[], bigint[]) AS {TILES_QUERY};
+             PREPARE bundles (bigint[]) AS {BUNDLES_QUERY}"
         ))
         .await
         .unwrap();
-        let plan: Vec<String> = c
-            .query(
-                "EXPLAIN EXECUTE nodes ('{1}', '{0}', '{15}', '{2}', '{512, 528}')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let plan = plan.join("\n");
+        let explain = |sql: &'static str| {
+            let c = &c;
+            async move {
+                let rows = c.query(sql, &[]).await.unwrap();
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        };
+        let bundles = explain("EXPLAIN EXECUTE bundles ('{0, 16}')").await;
+        assert!(
+            bundles.contains("leaf_bundle_pkey") && !bundles.contains("Seq Scan"),
+            "{bundles}"
+        );
+        let plan = explain("EXPLAIN EXECUTE tiles ('{1}', '{15}', '{2}', '{512, 528}')").await;
         assert!(plan.contains("subtree_upper"), "{plan}");
         // The bundles wanted only without level-4 hashes: their list is
         // made once, before the scan (an InitPlan, whose one join is of
@@ -1227,11 +1275,13 @@ mod tests {
             .await
             .unwrap();
         let pooled = store.pooled_client().await.unwrap();
-        let proofs = store.proofs.get().await.unwrap();
+        let near = store.proofs.0.get().await.unwrap();
+        let far = store.proofs.1.get().await.unwrap();
         let writer = durable_session(&store.config, &store.role).await.unwrap();
         for (client, plans) in [
             (&**pooled, "auto"),
-            (&**proofs, "force_generic_plan"),
+            (&**near, "force_generic_plan"),
+            (&**far, "force_generic_plan"),
             (&writer, "auto"),
         ] {
             let row = client
