@@ -207,7 +207,8 @@ impl PgLedgerStore {
     }
 
     /// A connection of the pool, working as the INSERT-only role (for
-    /// diagnostics and tests; the store's own queries use the same).
+    /// diagnostics and tests; the store's own queries use the same, its
+    /// proofs two pools of their own).
     pub async fn pooled_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool
             .get()
