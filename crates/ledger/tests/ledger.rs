@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use rempart_domain::{FieldGroup, Purpose};
 use rempart_ledger::bench;
 use rempart_ledger::merkle::{
-    Frontier, MemoryTree, NodeId, NodeSource, leaf_hash, verify_consistency,
+    Frontier, Hash, MemoryTree, NodeId, NodeSource, leaf_hash, verify_consistency,
 };
 use rempart_ledger::proof::{prove_consistency, prove_inclusion, root};
 use rempart_ledger::query::{persons_read_by_account, query};
@@ -273,6 +273,22 @@ impl Env {
     async fn rows(&self) -> Vec<LeafRow> {
         self.store.leaves(0, 1_000_000).await.unwrap()
     }
+
+    /// The stored leaves' hashes, and the tree they make (to compare roots,
+    /// proofs and subtree hashes with).
+    async fn leaf_hashes(&self) -> (Vec<Hash>, MemoryTree) {
+        let hashes: Vec<Hash> = self
+            .rows()
+            .await
+            .iter()
+            .map(|r| leaf_hash(&r.data))
+            .collect();
+        let mut tree = MemoryTree::new();
+        for h in &hashes {
+            tree.push(*h);
+        }
+        (hashes, tree)
+    }
 }
 
 fn key() -> LedgerKey {
@@ -367,6 +383,7 @@ both!(
     append_prove_verify,
     proofs_over_upper_levels,
     level4_hashes_of_tiles,
+    many_proofs_at_once,
     concurrent_appends_group_commit,
     one_appender_per_store,
     fail_closed,
@@ -531,16 +548,7 @@ async fn proofs_over_upper_levels(b: Backend) {
         ledger.append_batch(batch).await.unwrap();
     }
     ledger.close().await.unwrap();
-    let hashes: Vec<_> = env
-        .rows()
-        .await
-        .iter()
-        .map(|r| leaf_hash(&r.data))
-        .collect();
-    let mut tree = MemoryTree::new();
-    for h in &hashes {
-        tree.push(*h);
-    }
+    let (hashes, tree) = env.leaf_hashes().await;
     let sizes = [4_095u64, 4_096, 4_097, 8_191, 8_192, 8_193, 9_000];
     for &size in &sizes {
         let r = tree.root(size).unwrap();
@@ -583,16 +591,7 @@ async fn level4_hashes_of_tiles(b: Backend) {
         ledger.checkpoint_now().await.unwrap();
         ledger.close().await.unwrap();
     }
-    let hashes: Vec<_> = env
-        .rows()
-        .await
-        .iter()
-        .map(|r| leaf_hash(&r.data))
-        .collect();
-    let mut tree = MemoryTree::new();
-    for h in &hashes {
-        tree.push(*h);
-    }
+    let (hashes, tree) = env.leaf_hashes().await;
     let expected = |tile: u64| -> Vec<u8> {
         (tile * 16..tile * 16 + 16)
             .flat_map(|g| NodeSource::node(&tree, NodeId::new(4, g)).unwrap())
@@ -737,6 +736,34 @@ async fn level4_hashes_of_tiles(b: Backend) {
     env.tamper("DELETE FROM tile_level4").await;
     assert!(proofs_hold().await);
     verify(&env.store, &key.verifier()).await.unwrap();
+}
+
+/// Far more proofs at once than the store has connections (on PostgreSQL a
+/// proof holds one of each of its two pools): none waits forever for a
+/// connection another one holds, and every proof verifies.
+async fn many_proofs_at_once(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    let all: Vec<AuditLeaf> = (0..1_000).map(leaf).collect();
+    ledger.append_batch(&all).await.unwrap();
+    ledger.close().await.unwrap();
+    let (hashes, tree) = env.leaf_hashes().await;
+    let size = 1_000u64;
+    let root = tree.root(size).unwrap();
+    let proofs = join_all((0..200u64).map(|i| {
+        let store = env.store.clone();
+        tokio::spawn(async move { prove_inclusion(store.as_ref(), i * 5, size).await })
+    }));
+    let proofs = tokio::time::timeout(Duration::from_secs(60), proofs)
+        .await
+        .expect("proofs waited on each other's connections");
+    for (i, p) in (0u64..).zip(proofs) {
+        let p = p.unwrap().unwrap();
+        p.verify(&hashes[(i * 5) as usize], &root).unwrap();
+    }
 }
 
 async fn concurrent_appends_group_commit(b: Backend) {
