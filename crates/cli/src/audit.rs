@@ -390,7 +390,8 @@ async fn consistency(loc: &Location, from: u64, to: u64) -> Result<()> {
     Ok(())
 }
 
-fn parse_time(s: &str, field: &str) -> Result<Timestamp> {
+/// A time given on the command line: YYYY-MM-DD (midnight UTC) or RFC 3339.
+pub(crate) fn parse_time(s: &str, field: &str) -> Result<Timestamp> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(Timestamp::from_datetime(t.with_timezone(&Utc)));
     }

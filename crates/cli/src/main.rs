@@ -8,12 +8,14 @@ mod bench_dpop;
 mod bench_floor;
 mod bench_oracle;
 mod bench_replicas;
+mod bench_scope;
 mod bench_session;
 mod clients;
 mod demo;
 mod device_key;
 mod drill;
 mod guard;
+mod incident;
 mod location;
 mod progress;
 mod registry;
@@ -83,6 +85,10 @@ enum Command {
     /// gets DPoP-bound access tokens with `private_key_jwt`.
     #[command(subcommand)]
     Client(clients::ClientCommand),
+    /// After a breach: the breach register, and an incident's exact scope
+    /// read from the audit ledger.
+    #[command(subcommand)]
+    Incident(incident::IncidentCommand),
     /// The exfiltration guard's stored alerts, with their top features
     /// (value, baseline) and the ledger range that evidences them.
     Alerts(guard::AlertsArgs),
@@ -102,6 +108,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Breach scoping: the exact scope of a compromised account and of its
+    /// organisation over a large synthetic ledger, against the query
+    /// index's distinct persons for the account.
+    Scope(bench_scope::ScopeBenchArgs),
     /// Audit ledger: durable appends/s with group commit, latency at a
     /// steady 5,000 appends/s, verify speed, proof time and size, query time.
     Ledger {
@@ -262,6 +272,7 @@ async fn run(cli: Cli) -> Result<()> {
             audit::bench_ledger(leaves, target, persons, keep, reuse, proofs_only).await
         }
         Command::Bench(BenchCommand::Consult(args)) => bench::bench_consult(&args).await,
+        Command::Bench(BenchCommand::Scope(args)) => bench_scope::bench_scope(&args).await,
         Command::Bench(BenchCommand::Auth {
             passwords,
             proofs,
@@ -274,6 +285,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Accounts(cmd) => accounts::run(cmd).await,
         Command::Client(cmd) => clients::run(cmd).await,
         Command::Alerts(args) => guard::alerts(&args).await,
+        Command::Incident(cmd) => incident::run(cmd).await,
         Command::Bench(BenchCommand::Guard(args)) => bench::bench_guard(&args).await,
         Command::Bench(BenchCommand::Floor(args)) => bench_floor::bench_floor(&args).await,
         Command::Bench(BenchCommand::Replicas(args)) => bench_replicas::bench_replicas(&args).await,

@@ -2310,3 +2310,146 @@ fn an_import_killed_mid_file_resumes_and_ends_as_an_uninterrupted_one_postgres()
     );
     resume_scenario(Some(&a.url), Some(&b.url));
 }
+
+/// `rempart incident`: an incident entered in the register, its scope
+/// from the ledger (the persons the index lists for the account, with a
+/// CSV of them and a signed checkpoint), its timeline; and bad input (an
+/// unknown account, a reversed window, an unknown incident, an incident
+/// already closed), each a clear error that writes nothing.
+fn incident_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, db);
+    let csv = generate(dir.path(), 300);
+    let rejects = dir.path().join("rejects.csv");
+    assert!(import(&data, db, &rejects, &[&csv], &[]).status.success());
+    fill_ledger(&data, db, 5000);
+    let loc = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["--data".to_string(), s(&data).to_string()]);
+        if let Some(u) = db {
+            v.extend(["--database".to_string(), u.to_string()]);
+        }
+        v
+    };
+    let run = |args: &[&str]| -> String {
+        let a = loc(args);
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let fails = |args: &[&str]| -> String {
+        let a = loc(args);
+        let out = rempart(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let open = |account: &str, from: &str, to: &str| {
+        vec![
+            "incident",
+            "open",
+            "--title",
+            "Identifiants hameçonnés",
+            "--account",
+            account,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--aware-at",
+            "2026-01-03T08:00:00Z",
+            "--by",
+            "dpo",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    fn as_strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    let opened = run(&as_strs(&open("1", "2026-01-01", "2026-01-02")));
+    assert!(opened.starts_with("incident 1 opened"), "{opened}");
+    assert!(
+        opened.contains("Art. 33 deadline 2026-01-06 08:00 UTC"),
+        "{opened}"
+    );
+
+    // The scope is the persons the index says the account was shown.
+    let listed: HashSet<String> = run(&["audit", "query", "--account", "1", "--persons-only"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(!listed.is_empty());
+    let csv_out = dir.path().join("persons.csv");
+    let report: serde_json::Value = serde_json::from_str(&run(&[
+        "incident",
+        "scope",
+        "1",
+        "--format",
+        "json",
+        "--persons",
+        s(&csv_out),
+    ]))
+    .unwrap();
+    assert_eq!(report["persons"], listed.len(), "{report}");
+    assert_eq!(report["tree_size"], 5000, "{report}");
+    assert!(
+        report["checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("rempart.local/audit\n5000\n"),
+        "{report}"
+    );
+    let rows = std::fs::read_to_string(&csv_out).unwrap();
+    let ids: HashSet<String> = rows
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, listed, "the CSV lists exactly the scope's persons");
+    let shown = run(&["incident", "show", "1"]);
+    assert!(shown.contains("scoped:"), "{shown}");
+
+    // Bad input: clear errors, nothing written.
+    let e = fails(&as_strs(&open("999999", "2026-01-01", "2026-01-02")));
+    assert!(e.contains("account 999999 is not in the registry"), "{e}");
+    let e = fails(&as_strs(&open("1", "2026-01-02", "2026-01-01")));
+    assert!(e.contains("window: it must end after it starts"), "{e}");
+    let e = fails(&["incident", "show", "42"]);
+    assert!(e.contains("incident 42: no such incident"), "{e}");
+    let e = fails(&["incident", "event", "1", "--milestone", "notified"]);
+    assert!(e.contains("--milestone"), "{e}");
+    run(&[
+        "incident",
+        "event",
+        "1",
+        "--milestone",
+        "closed",
+        "--note",
+        "clos",
+    ]);
+    let e = fails(&["incident", "event", "1", "--milestone", "contained"]);
+    assert!(e.contains("incident 1 is closed"), "{e}");
+    let e = fails(&["incident", "scope", "1"]);
+    assert!(e.contains("incident 1 is closed"), "{e}");
+    let list = run(&["incident", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.contains("closed"), "{list}");
+    let shown = run(&["incident", "show", "1"]);
+    assert_eq!(
+        shown.matches("\n    ").count(),
+        3,
+        "opened, scoped, closed: {shown}"
+    );
+}
+
+#[test]
+fn incident_commands_sqlite() {
+    incident_scenario(None);
+}
+
+#[test]
+fn incident_commands_postgres() {
+    let db = TestDatabase::create("rempart_t");
+    incident_scenario(Some(&db.url));
+}

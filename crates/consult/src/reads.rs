@@ -77,9 +77,20 @@ pub struct Shown {
     pub status: Option<Registration>,
     /// The NIR, as the policy shows it to this caller, if at all.
     pub nir: Option<NirShown>,
+    /// How the policy lets this caller see the NIR (what the ledger
+    /// records, whether or not the person has one).
+    pub nir_view: NirView,
     /// Where the consultation sits in the audit ledger: its index, or the
     /// receipt of a leaf staged for the integrating server.
     pub ledger: LeafRef,
+}
+
+impl Shown {
+    /// The field groups shown and the NIR's view, as the ledger records
+    /// them (breach scoping tells a clear NIR from a token by them).
+    pub fn ledger_groups(&self) -> FieldGroups {
+        FieldGroups::of(&self.field_groups).with_nir_view(self.nir_view)
+    }
 }
 
 /// What a search looks for: exact values only.
@@ -277,7 +288,7 @@ impl Consultation {
         shown.ledger = self
             .record(ctx.leaf(
                 Some(person_id),
-                FieldGroups::of(&shown.field_groups),
+                shown.ledger_groups(),
                 LeafDecision::Allow,
                 Some(verdict),
                 None,
@@ -436,7 +447,7 @@ impl Consultation {
         };
         let leaf = ctx.leaf(
             Some(person_id),
-            FieldGroups::of(&shown.field_groups),
+            shown.ledger_groups(),
             LeafDecision::Allow,
             Some(verdict),
             None,
@@ -764,6 +775,7 @@ impl Consultation {
             contact: view.contact,
             status: view.status,
             nir,
+            nir_view: decision.nir,
             ledger: LeafRef::Index(0),
         }))
     }

@@ -56,6 +56,22 @@ code_enum!(
 );
 
 code_enum!(
+    /// How the NIR is shown to a caller, from nothing to the clear value;
+    /// ordered so that the larger is the more revealing.
+    NirView {
+        /// Not at all.
+        None => "none",
+        /// A pseudonymous token, keyed per organisation (processors).
+        Token => "token",
+        /// Masked: sex, year and month of birth only, the rest hidden
+        /// (partners).
+        Masked => "masked",
+        /// In clear (France Travail).
+        Clear => "clear",
+    }
+);
+
+code_enum!(
     /// Why an organisation holds a mandate on a person; decides the field groups shown.
     Purpose {
         /// Day-to-day job-search follow-up (France Travail, Cap emploi, Mission Locale).

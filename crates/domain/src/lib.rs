@@ -7,6 +7,7 @@
 
 mod access;
 mod ids;
+pub mod incident;
 mod lifecycle;
 mod nir;
 mod normalise;
@@ -14,8 +15,8 @@ mod person;
 pub mod records;
 
 pub use access::{
-    Account, AccountState, FieldGroup, Mandate, Organisation, OrganisationKind, Purpose, Reference,
-    Role,
+    Account, AccountState, FieldGroup, Mandate, NirView, Organisation, OrganisationKind, Purpose,
+    Reference, Role,
 };
 pub use ids::{AccountId, MandateId, OrganisationId, PersonId};
 pub use lifecycle::{AccountAction, LifecycleState, TransitionError, WhoMay, transition};

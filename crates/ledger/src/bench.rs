@@ -225,6 +225,7 @@ pub struct Synthetic {
     state: u64,
     next: u64,
     persons: u64,
+    hot_percent: u64,
 }
 
 /// Start of the synthetic time line (2026-01-01T00:00:00Z).
@@ -248,7 +249,15 @@ impl Synthetic {
             state: seed ^ 0x9e37_79b9_7f4a_7c15,
             next: first,
             persons: SYNTHETIC_PERSONS,
+            hot_percent: 1,
         }
+    }
+
+    /// The same generator giving `percent` of the leaves (1 by default) to
+    /// [`HOT_ACCOUNT`]: a compromised account of a breach benchmark.
+    pub fn with_hot_percent(mut self, percent: u64) -> Self {
+        self.hot_percent = percent.min(100);
+        self
     }
 
     /// The same generator reading persons `1..=persons` (at least one).
@@ -271,7 +280,7 @@ impl Synthetic {
         let i = self.next;
         self.next += 1;
         let r = self.random();
-        let account = if r.is_multiple_of(100) {
+        let account = if r % 100 < self.hot_percent {
             HOT_ACCOUNT.get()
         } else {
             (2 + (r >> 8) % (SYNTHETIC_ACCOUNTS - 1)) as i64
@@ -388,9 +397,22 @@ pub async fn populate(
     leaves: u64,
     persons: u64,
 ) -> Result<AppendFigures, LedgerError> {
+    populate_with(store, key, leaves, |first| {
+        Synthetic::new(7, first).with_persons(persons)
+    })
+    .await
+}
+
+/// [`populate`] with the generator `make` returns for the first index.
+pub async fn populate_with(
+    store: Arc<dyn LedgerStore>,
+    key: LedgerKey,
+    leaves: u64,
+    make: impl FnOnce(u64) -> Synthetic,
+) -> Result<AppendFigures, LedgerError> {
     let start_index = store.size().await?;
     let ledger = Ledger::open(store, key, LedgerConfig::default()).await?;
-    let mut g = Synthetic::new(7, start_index).with_persons(persons);
+    let mut g = make(start_index);
     let started = Instant::now();
     let mut left = leaves;
     let mut batch = Vec::with_capacity(4096);

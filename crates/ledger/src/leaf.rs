@@ -13,12 +13,18 @@
 //! u8   session present (0|1)       [16 bytes session id]
 //! u8   person present (0|1)        [i64 person id]
 //! u8   action code
-//! u16  field groups bitmask
+//! u16  field groups bitmask; bits 4-5: how the NIR was shown (below)
 //! u8   purpose code (0 = none)
 //! u8   decision (0 = allow, otherwise the deny reason code)
 //! u8   guard verdict code (0 = none)
 //! u8   note present (0|1)          [u16 length, UTF-8 bytes]
 //! ```
+//!
+//! The field groups mask has one bit per group (identity 0, contact 1, NIR
+//! 2, status 3) and, when the NIR group is set, its view in bits 4-5: 1
+//! token, 2 masked, 3 clear, 0 not recorded (leaves written before the
+//! view was, which breach scoping counts as clear). The view bits are
+//! refused without the NIR bit, so each leaf still has one encoding.
 //!
 //! A leaf holds identifiers only, never a name, NIR or contact value. The
 //! person reference is the registry's opaque person id: the person row
@@ -32,7 +38,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use rempart_domain::{FieldGroup, Purpose};
+use rempart_domain::{FieldGroup, NirView, Purpose};
 
 // The ids a leaf names are the registry's, defined once in the domain;
 // re-exported so the ledger's callers need not import both crates.
@@ -390,13 +396,50 @@ fn purpose_from_code(code: u8) -> Result<Option<Purpose>, LeafError> {
 }
 
 /// A set of field groups, stored as a 16-bit mask with one fixed bit per
-/// group.
+/// group, and how the NIR was shown when its group is in the set.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FieldGroups(u16);
+
+/// Where the NIR view sits in the mask.
+const NIR_VIEW_SHIFT: u16 = 4;
+const NIR_VIEW_BITS: u16 = 0b11 << NIR_VIEW_SHIFT;
 
 impl FieldGroups {
     /// No field group.
     pub const EMPTY: FieldGroups = FieldGroups(0);
+
+    /// The same groups, recording that the NIR was shown as `view`
+    /// (nothing recorded if the NIR group is not in the set or `view` is
+    /// [`NirView::None`]).
+    pub fn with_nir_view(self, view: NirView) -> Self {
+        let code = match view {
+            NirView::None => 0,
+            NirView::Token => 1,
+            NirView::Masked => 2,
+            NirView::Clear => 3,
+        };
+        let groups = self.0 & !NIR_VIEW_BITS;
+        if groups & Self::bit(FieldGroup::Nir) == 0 {
+            return FieldGroups(groups);
+        }
+        FieldGroups(groups | (code << NIR_VIEW_SHIFT))
+    }
+
+    /// How the NIR was shown: `None` if its group is not in the set or the
+    /// leaf predates the recording of the view (see the module's notes).
+    pub fn nir_view(self) -> Option<NirView> {
+        match (self.0 & NIR_VIEW_BITS) >> NIR_VIEW_SHIFT {
+            1 => Some(NirView::Token),
+            2 => Some(NirView::Masked),
+            3 => Some(NirView::Clear),
+            _ => None,
+        }
+    }
+
+    /// The groups alone, without the NIR view.
+    pub fn groups_only(self) -> Self {
+        FieldGroups(self.0 & !NIR_VIEW_BITS)
+    }
 
     fn bit(g: FieldGroup) -> u16 {
         // Fixed bits, as for purposes: a new group must be given one here.
@@ -434,7 +477,7 @@ impl FieldGroups {
 
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 & Self::known_bits() == 0
     }
 
     /// The groups, in `FieldGroup::ALL` order.
@@ -450,9 +493,11 @@ impl FieldGroups {
         self.0
     }
 
-    /// The set of a stored mask; unknown bits are refused.
+    /// The set of a stored mask; unknown bits, and a NIR view without the
+    /// NIR group, are refused.
     pub fn from_bits(bits: u16) -> Result<Self, LeafError> {
-        if bits & !Self::known_bits() != 0 {
+        let view_without_nir = bits & NIR_VIEW_BITS != 0 && bits & Self::bit(FieldGroup::Nir) == 0;
+        if bits & !(Self::known_bits() | NIR_VIEW_BITS) != 0 || view_without_nir {
             return Err(LeafError::UnknownCode {
                 field: "field groups",
                 code: bits,
@@ -475,7 +520,10 @@ impl FromIterator<FieldGroup> for FieldGroups {
 impl fmt::Debug for FieldGroups {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set()
-            .entries(self.iter().map(|g| g.as_str()))
+            .entries(self.iter().map(|g| match (g, self.nir_view()) {
+                (FieldGroup::Nir, Some(v)) => format!("nir ({v})"),
+                _ => g.as_str().to_string(),
+            }))
             .finish()
     }
 }
@@ -754,21 +802,21 @@ pub(crate) mod tests {
             proptest::option::of(any::<[u8; 16]>()),
             proptest::option::of(any::<i64>()),
             proptest::sample::select(Action::ALL),
-            0u16..16,
+            (0u16..16, proptest::sample::select(NirView::ALL)),
             proptest::option::of(proptest::sample::select(Purpose::ALL)),
             proptest::option::of(proptest::sample::select(DenyReason::ALL)),
             proptest::option::of(proptest::sample::select(GuardVerdict::ALL)),
             proptest::option::of("\\PC{0,300}"),
         )
             .prop_map(
-                |((t, a, o), s, p, action, fg, purpose, deny, guard, note)| AuditLeaf {
+                |((t, a, o), s, p, action, (fg, nir), purpose, deny, guard, note)| AuditLeaf {
                     time: Timestamp(t),
                     account: AccountId::new(a),
                     organisation: OrganisationId::new(o),
                     session: s.map(SessionId),
                     person: p.map(PersonId::new),
                     action,
-                    field_groups: FieldGroups(fg),
+                    field_groups: FieldGroups(fg).with_nir_view(nir),
                     purpose,
                     decision: deny.map_or(Decision::Allow, Decision::Deny),
                     guard,
@@ -879,6 +927,36 @@ pub(crate) mod tests {
         assert!(matches!(
             AuditLeaf::decode(&vec![1; MAX_LEAF_BYTES + 1]),
             Err(LeafError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn the_nir_view_rides_in_the_mask_and_only_with_the_nir() {
+        let nir = FieldGroups::of(&[FieldGroup::Identity, FieldGroup::Nir]);
+        for view in [NirView::Token, NirView::Masked, NirView::Clear] {
+            let mut leaf = sample();
+            leaf.field_groups = nir.with_nir_view(view);
+            let back = AuditLeaf::decode(&leaf.encode().unwrap()).unwrap();
+            assert_eq!(back.field_groups.nir_view(), Some(view));
+            assert_eq!(back.field_groups.groups_only(), nir);
+            assert!(back.field_groups.contains(FieldGroup::Nir));
+            assert_eq!(back.field_groups.iter().count(), 2);
+        }
+        // Not recorded (older leaves), or no NIR group: no view.
+        assert_eq!(nir.nir_view(), None);
+        let identity = FieldGroups::of(&[FieldGroup::Identity]);
+        assert_eq!(identity.with_nir_view(NirView::Clear), identity);
+        assert!(FieldGroups::EMPTY.with_nir_view(NirView::Clear).is_empty());
+        // View bits without the NIR group are not canonical.
+        let mut b = sample().encode().unwrap();
+        let mask_at = 1 + 24 + 17 + 9 + 1;
+        b[mask_at + 1] |= 3 << 4;
+        assert!(matches!(
+            AuditLeaf::decode(&b),
+            Err(LeafError::UnknownCode {
+                field: "field groups",
+                ..
+            })
         ));
     }
 

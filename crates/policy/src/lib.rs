@@ -143,18 +143,9 @@ impl Action {
     }
 }
 
-/// How the NIR may be shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NirView {
-    /// Not at all.
-    None,
-    /// A pseudonymous token (processors).
-    Token,
-    /// Masked (partners).
-    Masked,
-    /// In clear (France Travail).
-    Clear,
-}
+// How the NIR may be shown: defined in the domain, where the ledger's leaf
+// records it too.
+pub use rempart_domain::NirView;
 
 /// The account making the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

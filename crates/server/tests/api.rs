@@ -761,6 +761,9 @@ async fn in_caseload_reads_return_exactly_the_purpose_groups() {
             assert_eq!(leaf.person, Some(p));
             let shown: Vec<&str> = leaf.field_groups.iter().map(|g| g.as_str()).collect();
             assert_eq!(&shown, groups);
+            // With the NIR's view as shown, which breach scoping reads.
+            let recorded = leaf.field_groups.nir_view().map(|v| v.as_str());
+            assert_eq!(recorded, *nir_view, "{login} {purpose}");
         }
         // Tokens are stable per processor and differ from the clear NIR.
         let (_, a) = app.read("t.pr", p, "document_processing").await;

@@ -30,6 +30,7 @@
 
 pub mod auth;
 mod guard;
+pub mod incidents;
 mod memory;
 pub mod migrate;
 pub mod postgres;
@@ -42,6 +43,7 @@ pub use auth::{
     ResetKind, ReviewEntry, SESSION_METHODS, StoredActivation, StoredPasskeyRow, StoredSession,
     StoredTotp, Suspension, ThrottleEntry, ThrottleInsert, ThrottleScope,
 };
+pub use incidents::{IncidentStore, RegisterError};
 
 use std::sync::Arc;
 
@@ -876,6 +878,8 @@ pub struct Stores {
     /// What the exfiltration guard shares between instances and keeps
     /// across restarts.
     pub guard: Arc<dyn rempart_guard::GuardStore>,
+    /// The breach register.
+    pub incidents: Arc<dyn IncidentStore>,
 }
 
 impl From<sqlite::SqliteStore> for Stores {
@@ -884,7 +888,8 @@ impl From<sqlite::SqliteStore> for Stores {
         Stores {
             registry: Arc::new(s.clone()),
             auth: Arc::new(s.clone()),
-            guard: Arc::new(s),
+            guard: Arc::new(s.clone()),
+            incidents: Arc::new(s),
         }
     }
 }
@@ -895,7 +900,8 @@ impl From<postgres::PgStore> for Stores {
         Stores {
             registry: Arc::new(s.clone()),
             auth: Arc::new(s.clone()),
-            guard: Arc::new(s),
+            guard: Arc::new(s.clone()),
+            incidents: Arc::new(s),
         }
     }
 }

@@ -84,6 +84,11 @@ pub const SQLITE: &[Migration] = &[
         name: "import_progress",
         sql: include_str!("../migrations/sqlite/0015_import_progress.sql"),
     },
+    Migration {
+        version: 16,
+        name: "incident",
+        sql: include_str!("../migrations/sqlite/0016_incident.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -162,6 +167,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 15,
         name: "import_progress",
         sql: include_str!("../migrations/postgres/0015_import_progress.sql"),
+    },
+    Migration {
+        version: 16,
+        name: "incident",
+        sql: include_str!("../migrations/postgres/0016_incident.sql"),
     },
 ];
 

@@ -54,6 +54,7 @@ mod federation;
 mod grants;
 mod guard;
 mod import;
+mod incidents;
 mod inventory;
 mod keys;
 mod login;

@@ -56,6 +56,7 @@ mod federation;
 mod grants;
 mod guard;
 pub(crate) mod import;
+mod incidents;
 mod inventory;
 mod keys;
 mod login;

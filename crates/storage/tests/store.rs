@@ -57,6 +57,8 @@ mod accounts;
 mod consultation;
 #[path = "store/guard.rs"]
 mod guard;
+#[path = "store/incidents.rs"]
+mod incidents;
 #[path = "store/keys.rs"]
 mod keys;
 #[path = "store/login.rs"]

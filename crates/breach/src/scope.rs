@@ -1,0 +1,564 @@
+//! Scoping: every person whose data was revealed to the compromised
+//! subjects in a window, read from the ledger's query index and leaves.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use rempart_domain::incident::{Compromised, Window};
+use rempart_domain::{FieldGroup, NirView};
+use rempart_ledger::leaf::{Decision, DenyReason, FieldGroups};
+use rempart_ledger::{
+    LedgerError, LedgerStore, OrganisationId, PersonId, QueryRange, Subject, Timestamp, query,
+};
+
+/// Leaves asked of the store per page: large enough that a scope of
+/// millions of leaves pays few round trips, small enough to bound memory.
+/// (In unit tests, a few, so that every subject spans pages.)
+#[cfg(not(test))]
+const PAGE: u32 = 20_000;
+#[cfg(test)]
+const PAGE: u32 = 3;
+
+/// Why a scope cannot be computed. Messages name the field, never a
+/// person.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    /// Nothing is said to be compromised.
+    #[error("compromised: name at least one account or organisation")]
+    NothingCompromised,
+    /// The ledger could not be read (nothing is reported from a partial
+    /// read).
+    #[error("reading the audit ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The ledger's store could not be read.
+    #[error("reading the audit ledger: {0}")]
+    Store(#[from] rempart_ledger::StoreError),
+}
+
+/// How the NIR reached the compromised subjects, the most revealing first
+/// in [`Ord`] (what a person's exposure keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NirSeen {
+    /// A pseudonymous token: identifies no one without the key.
+    Token,
+    /// Masked: sex, year and month of birth.
+    Masked,
+    /// In clear.
+    Clear,
+    /// Shown, in a view the leaf did not record (leaves written before the
+    /// view was): counted as clear, the worst case.
+    NotRecorded,
+}
+
+impl NirSeen {
+    /// The view a leaf's groups record, if its NIR group is set.
+    fn of(groups: FieldGroups) -> Option<Self> {
+        if !groups.contains(FieldGroup::Nir) {
+            return None;
+        }
+        Some(match groups.nir_view() {
+            Some(NirView::Token) => NirSeen::Token,
+            Some(NirView::Masked) => NirSeen::Masked,
+            Some(NirView::Clear) => NirSeen::Clear,
+            Some(NirView::None) | None => NirSeen::NotRecorded,
+        })
+    }
+
+    /// Whether it identifies the person (clear, or not known not to).
+    pub fn identifies(self) -> bool {
+        matches!(self, NirSeen::Clear | NirSeen::NotRecorded)
+    }
+
+    /// Its stable text code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NirSeen::Token => "token",
+            NirSeen::Masked => "masked",
+            NirSeen::Clear => "clear",
+            NirSeen::NotRecorded => "not_recorded",
+        }
+    }
+}
+
+impl fmt::Display for NirSeen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one person's data showed the compromised subjects in the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// Every field group shown at least once (the NIR's view apart).
+    pub groups: FieldGroups,
+    /// The most revealing view of the NIR shown, if it was.
+    pub nir: Option<NirSeen>,
+    /// How many times their data was shown.
+    pub reads: u64,
+    /// The first time, and its leaf.
+    pub first: (Timestamp, u64),
+    /// The last time, and its leaf.
+    pub last: (Timestamp, u64),
+    /// The organisations whose accounts were shown it, ascending.
+    pub organisations: Vec<OrganisationId>,
+}
+
+impl Exposure {
+    /// Whether what was shown cannot identify the person by itself (no
+    /// identity, no contact, no NIR in clear): GDPR Art. 34(3)(a) exempts
+    /// such persons from the notice (data unintelligible to the holder).
+    pub fn pseudonymous_only(&self) -> bool {
+        !self.groups.contains(FieldGroup::Identity)
+            && !self.groups.contains(FieldGroup::Contact)
+            && !self.nir.is_some_and(NirSeen::identifies)
+    }
+
+    fn first_seen(
+        leaf_groups: FieldGroups,
+        organisation: OrganisationId,
+        at: (Timestamp, u64),
+    ) -> Self {
+        Exposure {
+            groups: leaf_groups.groups_only(),
+            nir: NirSeen::of(leaf_groups),
+            reads: 1,
+            first: at,
+            last: at,
+            organisations: vec![organisation],
+        }
+    }
+
+    fn seen_again(
+        &mut self,
+        leaf_groups: FieldGroups,
+        organisation: OrganisationId,
+        at: (Timestamp, u64),
+    ) {
+        for g in leaf_groups.iter() {
+            self.groups.insert(g);
+        }
+        self.nir = self.nir.max(NirSeen::of(leaf_groups));
+        self.reads += 1;
+        self.first = self.first.min(at);
+        self.last = self.last.max(at);
+        if let Err(at) = self.organisations.binary_search(&organisation) {
+            self.organisations.insert(at, organisation);
+        }
+    }
+}
+
+/// The exact scope of a breach: who was revealed, what, when, and the
+/// attempts that were refused, over the ledger up to a tree size.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// What was compromised, as asked.
+    pub compromised: Vec<Compromised>,
+    /// The window read.
+    pub window: Window,
+    /// The ledger's size the scope covers: leaves at or after it (appended
+    /// while scoping) are left out, so a checkpoint of at least this size
+    /// proves every leaf the scope counted.
+    pub tree_size: u64,
+    /// Every person revealed, ascending by id.
+    pub persons: Vec<(PersonId, Exposure)>,
+    /// Leaves of the compromised subjects in the window.
+    pub leaves: u64,
+    /// Those that revealed person data.
+    pub revealing: u64,
+    /// Refused attempts by reason (each a leaf of the subjects, denied).
+    pub refused: BTreeMap<DenyReason, u64>,
+    /// Distinct persons named by a refused attempt and never revealed.
+    pub refused_only_persons: u64,
+    /// The lowest and highest index of the leaves counted.
+    pub leaf_range: Option<(u64, u64)>,
+}
+
+impl Scope {
+    /// Persons shown each field group (the NIR whatever its view).
+    pub fn persons_by_group(&self) -> BTreeMap<FieldGroup, u64> {
+        let mut counts = BTreeMap::new();
+        for (_, e) in &self.persons {
+            for g in e.groups.iter() {
+                *counts.entry(g).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Persons by the most revealing view of their NIR shown.
+    pub fn persons_by_nir(&self) -> BTreeMap<NirSeen, u64> {
+        let mut counts = BTreeMap::new();
+        for (_, e) in &self.persons {
+            if let Some(n) = e.nir {
+                *counts.entry(n).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Persons revealed to each organisation's accounts.
+    pub fn persons_by_organisation(&self) -> BTreeMap<OrganisationId, u64> {
+        let mut counts = BTreeMap::new();
+        for (_, e) in &self.persons {
+            for o in &e.organisations {
+                *counts.entry(*o).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Persons whose exposure is pseudonymous only (Art. 34(3)(a)).
+    pub fn pseudonymous_only(&self) -> u64 {
+        self.persons
+            .iter()
+            .filter(|(_, e)| e.pseudonymous_only())
+            .count() as u64
+    }
+
+    /// The exposure of one person, if they were revealed.
+    pub fn exposure_of(&self, person: PersonId) -> Option<&Exposure> {
+        self.persons
+            .binary_search_by_key(&person, |(p, _)| *p)
+            .ok()
+            .map(|i| &self.persons[i].1)
+    }
+}
+
+/// Scopes a breach over the whole ledger as it is now.
+pub async fn scope(
+    store: &dyn LedgerStore,
+    compromised: &[Compromised],
+    window: Window,
+) -> Result<Scope, ScopeError> {
+    let size = store.size().await?;
+    scope_at(store, compromised, window, size).await
+}
+
+/// Scopes a breach over the ledger's first `tree_size` leaves: every leaf
+/// of a compromised subject in the window is read once (an account of a
+/// compromised organisation is read with it), decoded, and counted. A
+/// leaf that does not decode fails the whole scope: a scope that silently
+/// skipped one could miss a person.
+pub async fn scope_at(
+    store: &dyn LedgerStore,
+    compromised: &[Compromised],
+    window: Window,
+    tree_size: u64,
+) -> Result<Scope, ScopeError> {
+    let mut subjects: Vec<Compromised> = compromised.to_vec();
+    subjects.sort_unstable();
+    subjects.dedup();
+    if subjects.is_empty() {
+        return Err(ScopeError::NothingCompromised);
+    }
+    // An account of a listed organisation is counted with it, once.
+    let organisations: HashSet<OrganisationId> = subjects
+        .iter()
+        .filter_map(|s| match s {
+            Compromised::Organisation(o) => Some(*o),
+            Compromised::Account(_) => None,
+        })
+        .collect();
+    let mut persons: HashMap<PersonId, Exposure> = HashMap::new();
+    let mut refused_persons: HashSet<PersonId> = HashSet::new();
+    let mut refused = BTreeMap::new();
+    let (mut leaves, mut revealing) = (0u64, 0u64);
+    let mut range: Option<(u64, u64)> = None;
+    for subject in &subjects {
+        let (query_subject, account) = match *subject {
+            Compromised::Organisation(o) => (Subject::Organisation(o), None),
+            Compromised::Account(a) => (Subject::Account(a), Some(a)),
+        };
+        let mut after = None;
+        loop {
+            let page = query::query(
+                store,
+                &QueryRange {
+                    subject: query_subject,
+                    from: Timestamp::from_datetime(window.from()),
+                    to: Timestamp::from_datetime(window.to()),
+                    after,
+                    limit: PAGE,
+                },
+            )
+            .await?;
+            for entry in &page.entries {
+                let leaf = &entry.leaf;
+                if entry.index >= tree_size
+                    || (account.is_some() && organisations.contains(&leaf.organisation))
+                {
+                    continue;
+                }
+                leaves += 1;
+                range = Some(match range {
+                    None => (entry.index, entry.index),
+                    Some((lo, hi)) => (lo.min(entry.index), hi.max(entry.index)),
+                });
+                if let Decision::Deny(reason) = leaf.decision {
+                    *refused.entry(reason).or_insert(0) += 1;
+                    if let Some(p) = leaf.person {
+                        refused_persons.insert(p);
+                    }
+                    continue;
+                }
+                let Some(person) = leaf.person.filter(|_| leaf.reveals_person_data()) else {
+                    continue;
+                };
+                revealing += 1;
+                let at = (leaf.time, entry.index);
+                persons
+                    .entry(person)
+                    .and_modify(|e| e.seen_again(leaf.field_groups, leaf.organisation, at))
+                    .or_insert_with(|| {
+                        Exposure::first_seen(leaf.field_groups, leaf.organisation, at)
+                    });
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    let refused_only_persons = refused_persons
+        .iter()
+        .filter(|p| !persons.contains_key(p))
+        .count() as u64;
+    let mut persons: Vec<(PersonId, Exposure)> = persons.into_iter().collect();
+    persons.sort_unstable_by_key(|(p, _)| *p);
+    Ok(Scope {
+        compromised: subjects,
+        window,
+        tree_size,
+        persons,
+        leaves,
+        revealing,
+        refused,
+        refused_only_persons,
+        leaf_range: range,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rempart_domain::Purpose;
+    use rempart_ledger::leaf::{Action, AuditLeaf, GuardVerdict};
+    use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
+    use rempart_ledger::store::sqlite::SqliteLedgerStore;
+    use rempart_ledger::{AccountId, Ledger, LedgerConfig, LedgerKey};
+    use rempart_testdb::TestSchema;
+
+    use super::*;
+
+    enum Keep {
+        Dir(#[allow(dead_code)] tempfile::TempDir),
+        Schema(#[allow(dead_code)] TestSchema),
+    }
+
+    async fn store(postgres: bool) -> (Arc<dyn LedgerStore>, Keep) {
+        if postgres {
+            let schema = TestSchema::new("breach");
+            let config = PgLedgerConfig::new(&schema.url).with_schema(&schema.schema);
+            let store = PgLedgerStore::connect(&config)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {} is required: {e}", schema.url));
+            (Arc::new(store), Keep::Schema(schema))
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteLedgerStore::open(dir.path()).await.unwrap();
+            (Arc::new(store), Keep::Dir(dir))
+        }
+    }
+
+    fn t(minute: i64) -> chrono::DateTime<chrono::Utc> {
+        // 2026-03-02T00:00Z plus minutes.
+        chrono::DateTime::from_timestamp(1_772_409_600 + minute * 60, 0).unwrap()
+    }
+
+    fn read(minute: i64, account: i64, person: i64, groups: FieldGroups) -> AuditLeaf {
+        AuditLeaf {
+            time: Timestamp::from_datetime(t(minute)),
+            account: AccountId::new(account),
+            organisation: OrganisationId::new(account / 10),
+            session: None,
+            person: Some(PersonId::new(person)),
+            action: Action::ReadPerson,
+            field_groups: groups,
+            purpose: Some(Purpose::FollowUp),
+            decision: Decision::Allow,
+            guard: Some(GuardVerdict::Allow),
+            note: None,
+        }
+    }
+
+    fn groups(g: &[FieldGroup], nir: NirView) -> FieldGroups {
+        FieldGroups::of(g).with_nir_view(nir)
+    }
+
+    /// Organisation 7 (accounts 70, 71) and 8 (account 80).
+    fn history() -> Vec<AuditLeaf> {
+        use FieldGroup::*;
+        let ident = groups(&[Identity, Contact], NirView::None);
+        let mut denied = read(12, 71, 4, ident);
+        denied.decision = Decision::Deny(DenyReason::NoMandate);
+        let mut login = read(13, 70, 0, FieldGroups::EMPTY);
+        login.person = None;
+        login.action = Action::Login;
+        let mut refused_then_read = read(14, 71, 1, ident);
+        refused_then_read.decision = Decision::Deny(DenyReason::Throttled);
+        vec![
+            read(5, 70, 6, ident), // before the window
+            read(10, 70, 1, ident),
+            read(11, 70, 2, groups(&[Nir, Status], NirView::Token)),
+            read(11, 70, 3, groups(&[Nir], NirView::Clear)),
+            denied,
+            login,
+            refused_then_read,
+            read(15, 71, 1, groups(&[Nir], NirView::Masked)),
+            read(16, 80, 5, ident), // another organisation
+            read(17, 70, 3, groups(&[Status], NirView::None)),
+            read(18, 71, 8, groups(&[Nir], NirView::None)), // NIR, view not recorded
+            read(30, 70, 9, ident),                         // after the window
+        ]
+    }
+
+    async fn ledger_of(store: &Arc<dyn LedgerStore>, leaves: &[AuditLeaf]) {
+        let key = LedgerKey::generate("rempart.test/breach").unwrap();
+        let ledger = Ledger::open(store.clone(), key, LedgerConfig::default())
+            .await
+            .unwrap();
+        ledger.append_batch(leaves).await.unwrap();
+        ledger.close().await.unwrap();
+        store.settle_index().await.unwrap();
+    }
+
+    fn window() -> Window {
+        Window::new(t(10), t(20)).unwrap()
+    }
+
+    async fn exact_scope(postgres: bool) {
+        let (store, _keep) = store(postgres).await;
+        ledger_of(&store, &history()).await;
+        let org = [Compromised::Organisation(OrganisationId::new(7))];
+        let s = scope(store.as_ref(), &org, window()).await.unwrap();
+        let ids: Vec<i64> = s.persons.iter().map(|(p, _)| p.get()).collect();
+        assert_eq!(
+            ids,
+            [1, 2, 3, 8],
+            "exactly the persons revealed in the window"
+        );
+        assert_eq!(s.tree_size, 12);
+        assert_eq!(s.leaves, 9, "the organisation's leaves in the window");
+        assert_eq!(s.revealing, 6);
+        assert_eq!(
+            s.refused.iter().map(|(r, n)| (*r, *n)).collect::<Vec<_>>(),
+            [(DenyReason::NoMandate, 1), (DenyReason::Throttled, 1)]
+        );
+        assert_eq!(s.refused_only_persons, 1, "person 4 was only attempted");
+        assert_eq!(s.leaf_range, Some((1, 10)));
+
+        let one = s.exposure_of(PersonId::new(1)).unwrap();
+        assert_eq!(one.reads, 2);
+        assert!(one.groups.contains(FieldGroup::Identity));
+        assert_eq!(one.nir, Some(NirSeen::Masked));
+        assert_eq!((one.first.1, one.last.1), (1, 7));
+        assert!(!one.pseudonymous_only());
+        let two = s.exposure_of(PersonId::new(2)).unwrap();
+        assert_eq!(two.nir, Some(NirSeen::Token));
+        assert!(
+            two.pseudonymous_only(),
+            "a token and a status identify no one"
+        );
+        let three = s.exposure_of(PersonId::new(3)).unwrap();
+        assert_eq!(three.nir, Some(NirSeen::Clear));
+        assert!(three.groups.contains(FieldGroup::Status));
+        let eight = s.exposure_of(PersonId::new(8)).unwrap();
+        assert_eq!(eight.nir, Some(NirSeen::NotRecorded));
+        assert!(
+            !eight.pseudonymous_only(),
+            "an unrecorded view counts as clear"
+        );
+        assert_eq!(s.pseudonymous_only(), 1);
+        assert_eq!(
+            s.persons_by_nir().into_iter().collect::<Vec<_>>(),
+            [
+                (NirSeen::Token, 1),
+                (NirSeen::Masked, 1),
+                (NirSeen::Clear, 1),
+                (NirSeen::NotRecorded, 1)
+            ]
+        );
+        assert_eq!(s.persons_by_group()[&FieldGroup::Nir], 4);
+        assert_eq!(s.persons_by_group()[&FieldGroup::Contact], 1);
+        assert_eq!(
+            s.persons_by_organisation().into_iter().collect::<Vec<_>>(),
+            [(OrganisationId::new(7), 4)]
+        );
+
+        // Accounts named beside their organisation are not counted twice;
+        // an account alone gives its own reads only.
+        let both = [
+            Compromised::Account(AccountId::new(70)),
+            Compromised::Organisation(OrganisationId::new(7)),
+            Compromised::Account(AccountId::new(80)),
+        ];
+        let s2 = scope(store.as_ref(), &both, window()).await.unwrap();
+        assert_eq!(s2.leaves, 10);
+        assert_eq!(s2.persons.len(), 5);
+        assert_eq!(s2.exposure_of(PersonId::new(1)).unwrap().reads, 2);
+        let s3 = scope(
+            store.as_ref(),
+            &[Compromised::Account(AccountId::new(71))],
+            window(),
+        )
+        .await
+        .unwrap();
+        let ids: Vec<i64> = s3.persons.iter().map(|(p, _)| p.get()).collect();
+        assert_eq!(ids, [1, 8]);
+
+        // A scope bound to a tree size leaves later leaves out.
+        let at = scope_at(store.as_ref(), &org, window(), 3).await.unwrap();
+        let ids: Vec<i64> = at.persons.iter().map(|(p, _)| p.get()).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(at.tree_size, 3);
+    }
+
+    async fn bad_input(postgres: bool) {
+        let (store, _keep) = store(postgres).await;
+        ledger_of(&store, &history()).await;
+        assert!(Window::new(t(20), t(10)).is_err());
+        assert!(Window::new(t(10), t(10)).is_err());
+        assert!(matches!(
+            scope(store.as_ref(), &[], window()).await,
+            Err(ScopeError::NothingCompromised)
+        ));
+        // An unknown subject has an empty scope (the ledger cannot tell an
+        // unknown account from an idle one; the registry can).
+        let none = scope(
+            store.as_ref(),
+            &[Compromised::Account(AccountId::new(999))],
+            window(),
+        )
+        .await
+        .unwrap();
+        assert!(none.persons.is_empty() && none.leaves == 0 && none.leaf_range.is_none());
+    }
+
+    macro_rules! both {
+        ($($name:ident),+) => {$(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(false).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(true).await;
+                }
+            }
+        )+};
+    }
+
+    both!(exact_scope, bad_input);
+}

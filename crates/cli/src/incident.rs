@@ -1,0 +1,488 @@
+//! `rempart incident …`: the breach register and the exact scope of an
+//! incident, read from the audit ledger.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use rempart_breach::Scope;
+use rempart_domain::incident::{
+    Compromised, Event, Incident, IncidentId, Milestone, NewIncident, Window,
+};
+use rempart_domain::{AccountId, OrganisationId};
+use rempart_ledger::LedgerStore;
+
+use crate::audit::parse_time;
+use crate::location::Location;
+
+#[derive(Subcommand)]
+pub enum IncidentCommand {
+    /// Enter an incident in the breach register: what was compromised
+    /// (accounts, organisations) and the window.
+    Open(OpenArgs),
+    /// The register: every incident, newest first.
+    List(Location),
+    /// One incident with its timeline and the 72-hour clock.
+    Show {
+        #[command(flatten)]
+        location: Location,
+        /// Its number.
+        id: i64,
+    },
+    /// Add a step to an incident's timeline (contained, authority_notified,
+    /// persons_informed, closed).
+    Event {
+        #[command(flatten)]
+        location: Location,
+        /// Its number.
+        id: i64,
+        /// The step.
+        #[arg(long)]
+        milestone: String,
+        /// When it happened (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// What was done.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Its exact scope from the ledger: every person revealed to the
+    /// compromised subjects in the window, what of them, and the refused
+    /// attempts; bound to a signed checkpoint.
+    Scope(ScopeArgs),
+}
+
+#[derive(Args)]
+pub struct OpenArgs {
+    #[command(flatten)]
+    location: Location,
+    /// What happened, in a line (name no job seeker).
+    #[arg(long)]
+    title: String,
+    /// A compromised account's id (repeat for several).
+    #[arg(long = "account")]
+    accounts: Vec<i64>,
+    /// A compromised organisation's id: all its accounts (repeat for
+    /// several).
+    #[arg(long = "organisation")]
+    organisations: Vec<i64>,
+    /// Window start (YYYY-MM-DD or RFC 3339), inclusive.
+    #[arg(long)]
+    from: String,
+    /// Window end (YYYY-MM-DD or RFC 3339), exclusive.
+    #[arg(long)]
+    to: String,
+    /// When the controller became aware (default: now); the 72 hours of
+    /// Art. 33 run from it.
+    #[arg(long)]
+    aware_at: Option<String>,
+    /// Who enters it.
+    #[arg(long, env = "USER", default_value = "operator")]
+    by: String,
+}
+
+#[derive(Args)]
+pub struct ScopeArgs {
+    #[command(flatten)]
+    location: Location,
+    /// The incident's number.
+    id: i64,
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value_t = ScopeFormat::Text)]
+    format: ScopeFormat,
+    /// Write the affected persons' ids there, one per line with what was
+    /// shown of each (CSV).
+    #[arg(long)]
+    persons: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeFormat {
+    Text,
+    Json,
+}
+
+pub async fn run(cmd: IncidentCommand) -> Result<()> {
+    match cmd {
+        IncidentCommand::Open(args) => open(&args).await,
+        IncidentCommand::List(location) => list(&location).await,
+        IncidentCommand::Show { location, id } => show(&location, IncidentId::new(id)).await,
+        IncidentCommand::Event {
+            location,
+            id,
+            milestone,
+            at,
+            note,
+        } => {
+            event(
+                &location,
+                IncidentId::new(id),
+                &milestone,
+                at.as_deref(),
+                note,
+            )
+            .await
+        }
+        IncidentCommand::Scope(args) => scope(&args).await,
+    }
+}
+
+fn instant(text: &str, field: &str) -> Result<DateTime<Utc>> {
+    parse_time(text, field)?
+        .to_datetime()
+        .with_context(|| format!("--{field}: out of range"))
+}
+
+async fn open(args: &OpenArgs) -> Result<()> {
+    let now = Utc::now();
+    let window = Window::new(instant(&args.from, "from")?, instant(&args.to, "to")?)
+        .context("--from/--to")?;
+    let compromised: Vec<Compromised> = args
+        .accounts
+        .iter()
+        .map(|a| Compromised::Account(AccountId::new(*a)))
+        .chain(
+            args.organisations
+                .iter()
+                .map(|o| Compromised::Organisation(OrganisationId::new(*o))),
+        )
+        .collect();
+    if compromised.is_empty() {
+        bail!("say what was compromised: --account ID or --organisation ID");
+    }
+    let aware_at = match &args.aware_at {
+        Some(t) => instant(t, "aware-at")?,
+        None => now,
+    };
+    let stores = args.location.open_stores().await?;
+    let id = stores
+        .incidents
+        .open_incident(
+            &NewIncident {
+                title: args.title.clone(),
+                compromised,
+                window,
+                aware_at,
+                opened_by: args.by.clone(),
+            },
+            now,
+        )
+        .await?;
+    println!("incident {id} opened");
+    let incident = stores
+        .incidents
+        .incident(id)
+        .await?
+        .context("the incident just opened is not in the register")?;
+    print!("{}", incident_text(&incident, now));
+    Ok(())
+}
+
+async fn list(location: &Location) -> Result<()> {
+    let stores = location.open_stores().await?;
+    let now = Utc::now();
+    let all = stores.incidents.incidents().await?;
+    if all.is_empty() {
+        println!("the breach register is empty");
+    }
+    for i in &all {
+        let state = if i.is_closed() { "closed" } else { "open" };
+        println!(
+            "{:>5}  {state:<6}  aware {}  {}  {}",
+            i.id,
+            i.aware_at.format("%Y-%m-%d %H:%M"),
+            clock(i, now),
+            i.title
+        );
+    }
+    Ok(())
+}
+
+async fn show(location: &Location, id: IncidentId) -> Result<()> {
+    let stores = location.open_stores().await?;
+    let incident = stores
+        .incidents
+        .incident(id)
+        .await?
+        .with_context(|| format!("incident {id}: no such incident"))?;
+    print!("{}", incident_text(&incident, Utc::now()));
+    Ok(())
+}
+
+async fn event(
+    location: &Location,
+    id: IncidentId,
+    milestone: &str,
+    at: Option<&str>,
+    note: Option<String>,
+) -> Result<()> {
+    let Some(milestone) = Milestone::parse(milestone) else {
+        bail!(
+            "--milestone: expected one of contained, scoped, authority_notified, persons_informed, closed"
+        );
+    };
+    let now = Utc::now();
+    let at = match at {
+        Some(t) => instant(t, "at")?,
+        None => now,
+    };
+    let stores = location.open_stores().await?;
+    stores
+        .incidents
+        .record_event(
+            id,
+            &Event {
+                at,
+                milestone,
+                note,
+                recorded_at: now,
+            },
+        )
+        .await?;
+    println!("incident {id}: {milestone} recorded");
+    Ok(())
+}
+
+/// Where the 72 hours of Art. 33 stand.
+fn clock(i: &Incident, now: DateTime<Utc>) -> String {
+    let deadline = i.notification_deadline();
+    match i.reached(Milestone::AuthorityNotified) {
+        Some(at) if at <= deadline => format!("notified {}", at.format("%Y-%m-%d %H:%M")),
+        Some(at) => format!(
+            "notified {} ({} h late)",
+            at.format("%Y-%m-%d %H:%M"),
+            (at - deadline).num_hours()
+        ),
+        None if now <= deadline => {
+            format!("{} h left to notify", (deadline - now).num_hours())
+        }
+        None => format!("notification {} h overdue", (now - deadline).num_hours()),
+    }
+}
+
+fn incident_text(i: &Incident, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let subjects: Vec<String> = i.compromised.iter().map(|c| c.to_string()).collect();
+    out.push_str(&format!("incident {}: {}\n", i.id, i.title));
+    out.push_str(&format!("  compromised: {}\n", subjects.join(", ")));
+    out.push_str(&format!(
+        "  window: {} to {}\n",
+        i.window.from(),
+        i.window.to()
+    ));
+    out.push_str(&format!(
+        "  aware: {}; Art. 33 deadline {}: {}\n",
+        i.aware_at.format("%Y-%m-%d %H:%M UTC"),
+        i.notification_deadline().format("%Y-%m-%d %H:%M UTC"),
+        clock(i, now)
+    ));
+    out.push_str(&format!("  opened by {}\n  timeline:\n", i.opened_by));
+    for e in &i.timeline {
+        out.push_str(&format!(
+            "    {}  {}{}\n",
+            e.at.format("%Y-%m-%d %H:%M"),
+            e.milestone,
+            e.note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// The checkpoint a scope is bound to: a fresh one when no server holds
+/// the ledger's writer, else the latest one a server signed (leaves after
+/// it are left out, and the report says how many).
+async fn evidence(location: &Location, store: &dyn LedgerStore) -> Result<(u64, String)> {
+    if let Ok((ledger, _)) = location.server().storage().ledger.open().await {
+        let signed = ledger.checkpoint_now().await?;
+        if let Ok(ledger) = std::sync::Arc::try_unwrap(ledger) {
+            ledger.close().await?;
+        }
+        return Ok((signed.checkpoint.size, signed.note));
+    }
+    match store.latest_checkpoint().await? {
+        Some(c) => Ok((c.size, c.note)),
+        None => bail!(
+            "the ledger has no signed checkpoint yet and its writer is busy: wait for the server's next checkpoint"
+        ),
+    }
+}
+
+async fn scope(args: &ScopeArgs) -> Result<()> {
+    let stores = args.location.open_stores().await?;
+    let id = IncidentId::new(args.id);
+    let incident = stores
+        .incidents
+        .incident(id)
+        .await?
+        .with_context(|| format!("incident {id}: no such incident"))?;
+    if incident.is_closed() {
+        bail!("incident {id} is closed: its scope was fixed when it was open");
+    }
+    let store = args.location.open_ledger_store().await?;
+    let (size, checkpoint) = evidence(&args.location, store.as_ref()).await?;
+    let started = std::time::Instant::now();
+    let scope =
+        rempart_breach::scope_at(store.as_ref(), &incident.compromised, incident.window, size)
+            .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let later = store.size().await?.saturating_sub(size);
+    if let Some(path) = &args.persons {
+        write_persons(path, &scope)?;
+    }
+    let now = Utc::now();
+    stores
+        .incidents
+        .record_event(
+            id,
+            &Event {
+                at: now,
+                milestone: Milestone::Scoped,
+                note: Some(format!(
+                    "{} persons revealed ({} pseudonymous only), ledger size {size}",
+                    scope.persons.len(),
+                    scope.pseudonymous_only()
+                )),
+                recorded_at: now,
+            },
+        )
+        .await?;
+    match args.format {
+        ScopeFormat::Text => print!(
+            "{}",
+            scope_text(&incident, &scope, &checkpoint, later, seconds)
+        ),
+        ScopeFormat::Json => println!(
+            "{}",
+            scope_json(&incident, &scope, &checkpoint, later, seconds)
+        ),
+    }
+    Ok(())
+}
+
+fn write_persons(path: &PathBuf, scope: &Scope) -> Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("--persons: cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(
+        out,
+        "person_id,field_groups,nir,reads,first,last,first_leaf,pseudonymous_only"
+    )?;
+    for (p, e) in &scope.persons {
+        let groups: Vec<&str> = e.groups.iter().map(|g| g.as_str()).collect();
+        writeln!(
+            out,
+            "{},{},{},{},{},{},{},{}",
+            p,
+            groups.join(";"),
+            e.nir.map_or("", |n| n.as_str()),
+            e.reads,
+            e.first.0,
+            e.last.0,
+            e.first.1,
+            e.pseudonymous_only()
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn scope_text(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f64) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("incident {}: {}\n", i.id, i.title));
+    out.push_str(&format!(
+        "  window {} to {}; {} leaves of the compromised subjects read in {:.2} s\n",
+        i.window.from(),
+        i.window.to(),
+        s.leaves,
+        seconds
+    ));
+    out.push_str(&format!(
+        "  persons revealed: {} ({} reads); of whom pseudonymous only (Art. 34(3)(a), no notice): {}\n",
+        s.persons.len(),
+        s.revealing,
+        s.pseudonymous_only()
+    ));
+    let groups: Vec<String> = s
+        .persons_by_group()
+        .iter()
+        .map(|(g, n)| format!("{g} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "  persons by field group: {}\n",
+        groups.join(", ")
+    ));
+    let nir: Vec<String> = s
+        .persons_by_nir()
+        .iter()
+        .map(|(v, n)| format!("{v} {n}"))
+        .collect();
+    out.push_str(&format!("  persons by NIR view: {}\n", nir.join(", ")));
+    let orgs: Vec<String> = s
+        .persons_by_organisation()
+        .iter()
+        .map(|(o, n)| format!("organisation {o}: {n}"))
+        .collect();
+    out.push_str(&format!("  persons by organisation: {}\n", orgs.join(", ")));
+    let refused: Vec<String> = s.refused.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    out.push_str(&format!(
+        "  refused attempts: {} ({}); persons only attempted: {}\n",
+        s.refused.values().sum::<u64>(),
+        refused.join(", "),
+        s.refused_only_persons
+    ));
+    match s.leaf_range {
+        Some((lo, hi)) => out.push_str(&format!(
+            "  evidence: leaves {lo} to {hi} of a ledger of {} (prove any with `rempart audit prove --leaf N --size {}`)\n",
+            s.tree_size, s.tree_size
+        )),
+        None => out.push_str(&format!(
+            "  evidence: no leaf of the compromised subjects in the window, in a ledger of {}\n",
+            s.tree_size
+        )),
+    }
+    if later > 0 {
+        out.push_str(&format!(
+            "  {later} leaves appended after this checkpoint are not covered: scope again after the next one\n"
+        ));
+    }
+    out.push_str("  signed checkpoint:\n");
+    for line in checkpoint.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out
+}
+
+fn scope_json(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f64) -> String {
+    let counts = |m: Vec<(String, u64)>| {
+        serde_json::Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, serde_json::Value::from(v)))
+                .collect(),
+        )
+    };
+    serde_json::json!({
+        "incident": i.id.get(),
+        "window": {"from": i.window.from().to_string(), "to": i.window.to().to_string()},
+        "compromised": i.compromised.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        "persons": s.persons.len(),
+        "reads": s.revealing,
+        "pseudonymous_only": s.pseudonymous_only(),
+        "by_field_group": counts(s.persons_by_group().into_iter().map(|(g, n)| (g.to_string(), n)).collect()),
+        "by_nir_view": counts(s.persons_by_nir().into_iter().map(|(v, n)| (v.to_string(), n)).collect()),
+        "by_organisation": counts(s.persons_by_organisation().into_iter().map(|(o, n)| (o.to_string(), n)).collect()),
+        "refused": counts(s.refused.iter().map(|(r, n)| (r.to_string(), *n)).collect()),
+        "persons_only_attempted": s.refused_only_persons,
+        "leaves": s.leaves,
+        "leaf_range": s.leaf_range.map(|(lo, hi)| [lo, hi]),
+        "tree_size": s.tree_size,
+        "leaves_after_checkpoint": later,
+        "checkpoint": checkpoint,
+        "seconds": seconds,
+    })
+    .to_string()
+}

@@ -1,0 +1,36 @@
+-- The breach register (GDPR Art. 33(5)): every incident, notified or not,
+-- what was compromised, the window, and its timeline. No personal value:
+-- ids, instants, an officer's text. `events` counts the timeline's rows
+-- and is bumped by the statement that adds one, under the row's lock, only
+-- while `closed_at` is NULL: nothing is recorded on a closed incident,
+-- whatever runs beside it. Window bounds are microseconds since the Unix
+-- epoch, as the audit ledger's leaves keep time.
+CREATE TABLE incident (
+    id          INTEGER NOT NULL PRIMARY KEY,
+    title       TEXT    NOT NULL CHECK (length(title) BETWEEN 1 AND 2000),
+    window_from INTEGER NOT NULL,
+    window_to   INTEGER NOT NULL CHECK (window_to > window_from),
+    aware_at    TEXT    NOT NULL,
+    opened_by   TEXT    NOT NULL CHECK (length(opened_by) BETWEEN 1 AND 2000),
+    events      INTEGER NOT NULL DEFAULT 0 CHECK (events >= 0),
+    closed_at   TEXT
+) STRICT;
+
+-- What was in the attacker's hands: kind 1 an account, 2 an organisation.
+CREATE TABLE incident_subject (
+    incident_id INTEGER NOT NULL REFERENCES incident (id),
+    kind        INTEGER NOT NULL CHECK (kind IN (1, 2)),
+    subject_id  INTEGER NOT NULL,
+    PRIMARY KEY (incident_id, kind, subject_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE incident_event (
+    incident_id INTEGER NOT NULL REFERENCES incident (id),
+    seq         INTEGER NOT NULL CHECK (seq >= 1),
+    at          TEXT    NOT NULL,
+    milestone   TEXT    NOT NULL CHECK (milestone IN ('opened', 'contained', 'scoped',
+                    'authority_notified', 'persons_informed', 'closed')),
+    note        TEXT,
+    recorded_at TEXT    NOT NULL,
+    PRIMARY KEY (incident_id, seq)
+) STRICT, WITHOUT ROWID;
