@@ -46,9 +46,14 @@
 //! Per attack it prints the records obtained beyond the identity's
 //! legitimate scope, the records read after the attack began and before
 //! containment, the time to containment and the alerts raised; for the
-//! normal accounts, the alerts raised on them (false alerts). It fails if
-//! an attack misses a target: any record beyond scope, more than 50
-//! records before containment, containment later than 60 s.
+//! normal accounts, the alerts raised on them (false alerts). Then the
+//! breach's scope as an incident response would compute it from the
+//! ledger (the attack's accounts over its window), against every person
+//! the answers to those accounts revealed in that window as the drill's
+//! client saw them. It fails if an attack misses a target: any record
+//! beyond scope, more than 50 records before containment, containment
+//! later than 60 s, a person the scope misses or adds, or one it calls
+//! pseudonymous when the answers were not (or the reverse).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -62,6 +67,7 @@ use clap::{Args, ValueEnum};
 use rempart_auth::password::{HashParams, Password, PasswordHasher};
 use rempart_auth::totp::TotpSecret;
 use rempart_consult::LoginSettings;
+use rempart_domain::incident::{Compromised, Window};
 use rempart_domain::{
     AccountId, AccountState, FieldGroup, OrganisationId, OrganisationKind, PersonId, Purpose, Role,
 };
@@ -219,6 +225,19 @@ struct World {
     last_sync: i64,
     max_person: i64,
     ledger: Arc<dyn rempart_ledger::LedgerStore>,
+    /// Every person an answer revealed, as the drill's client saw it: when,
+    /// to which account, whether pseudonymously only (no identity, no
+    /// contact, no NIR in clear). What a breach's scope must find again.
+    revealed: std::sync::Mutex<Vec<Revealed>>,
+}
+
+/// One person's data in one answer.
+#[derive(Debug, Clone, Copy)]
+struct Revealed {
+    at: DateTime<Utc>,
+    account: AccountId,
+    person: i64,
+    pseudonymous: bool,
 }
 
 impl World {
@@ -232,8 +251,32 @@ impl World {
         Ok(())
     }
 
-    /// Reads a person over the API as `r`.
+    /// Reads a person over the API as `r`; what a served answer revealed is
+    /// kept in `revealed`.
     async fn read(&self, r: &Reader, person: i64, purpose: Purpose) -> Result<(u16, Value)> {
+        let (status, body) = self.read_unlogged(r, person, purpose).await?;
+        if status == 200 {
+            let pseudonymous = body.get("identity").is_none()
+                && body.get("contact").is_none()
+                && body["nir"]["view"].as_str() != Some("clear");
+            if let Ok(mut log) = self.revealed.lock() {
+                log.push(Revealed {
+                    at: self.clock.now(),
+                    account: r.account.account_id,
+                    person,
+                    pseudonymous,
+                });
+            }
+        }
+        Ok((status, body))
+    }
+
+    async fn read_unlogged(
+        &self,
+        r: &Reader,
+        person: i64,
+        purpose: Purpose,
+    ) -> Result<(u16, Value)> {
         let resp = r
             .client
             .get(format!(
@@ -367,6 +410,7 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
         last_sync: first.timestamp(),
         max_person: i64::try_from(args.persons).unwrap_or(i64::MAX),
         ledger,
+        revealed: std::sync::Mutex::new(Vec::new()),
     };
     let ran = run(args, &mut world, &vault, start).await;
     server.stop().await?;
@@ -1488,6 +1532,80 @@ async fn finish(a: &mut Attack, vault: &rempart_vault::Vault) -> Result<()> {
     Ok(())
 }
 
+/// The breach's exact scope, read from the ledger for the attack's
+/// accounts over its window (from its first hostile move to one second
+/// after its last; the whole timeline for a stolen store), against what
+/// the answers to those accounts revealed in that window, as the drill's
+/// client saw them: persons missed, persons extra, and persons whose
+/// exposure the scope calls pseudonymous when the answers were not (or
+/// the reverse). Each is a missed target.
+async fn scope_check(world: &World, a: &Attack) -> Result<(String, Vec<String>)> {
+    let compromised: Vec<Compromised> = a
+        .tally
+        .accounts
+        .iter()
+        .map(|id| Compromised::Account(*id))
+        .collect();
+    if compromised.is_empty() {
+        return Ok((
+            "breach scope:                          no account to scope".into(),
+            Vec::new(),
+        ));
+    }
+    let from = a.tally.since.unwrap_or(DateTime::UNIX_EPOCH);
+    let to = a
+        .schedule
+        .last()
+        .copied()
+        .unwrap_or_else(|| world.clock.now())
+        + Duration::seconds(1);
+    let window = Window::new(from, to).context("the attack's window")?;
+    world.ledger.settle_index().await?;
+    let started = std::time::Instant::now();
+    let scope = rempart_breach::scope(world.ledger.as_ref(), &compromised, window).await?;
+    let took = started.elapsed().as_secs_f64();
+    // Person → pseudonymous in every answer.
+    let mut obtained: BTreeMap<i64, bool> = BTreeMap::new();
+    {
+        let log = world
+            .revealed
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the drill's log of answers is poisoned"))?;
+        for r in log
+            .iter()
+            .filter(|r| a.tally.accounts.contains(&r.account) && r.at >= from && r.at < to)
+        {
+            let p = obtained.entry(r.person).or_insert(true);
+            *p &= r.pseudonymous;
+        }
+    }
+    let listed: BTreeMap<i64, bool> = scope
+        .persons
+        .iter()
+        .map(|(p, e)| (p.get(), e.pseudonymous_only()))
+        .collect();
+    let missed_persons = obtained.keys().filter(|p| !listed.contains_key(p)).count();
+    let extra = listed.keys().filter(|p| !obtained.contains_key(p)).count();
+    let disagree = listed
+        .iter()
+        .filter(|(p, pseudo)| obtained.get(p).is_some_and(|o| o != *pseudo))
+        .count();
+    let line = format!(
+        "breach scope (ledger, {took:.2} s):        {} persons, {} pseudonymous only (no Art. 34 notice), {} to notify; the answers revealed {}: missed {missed_persons}, extra {extra}, pseudonymity disagreeing {disagree} (target 0, 0, 0)",
+        scope.persons.len(),
+        scope.pseudonymous_only(),
+        scope.persons.len() as u64 - scope.pseudonymous_only(),
+        obtained.len(),
+    );
+    let mut missed = Vec::new();
+    if missed_persons > 0 || extra > 0 || disagree > 0 {
+        missed.push(format!(
+            "the ledger's scope missed {missed_persons}, added {extra} and classed {disagree} persons otherwise than the answers"
+        ));
+    }
+    Ok((line, missed))
+}
+
 /// Whether `text` holds `name` (names of one or two letters would match
 /// by chance: they are looked for in quotes).
 fn contains_name(text: &str, name: &str) -> bool {
@@ -1706,6 +1824,9 @@ async fn report(
                 .collect();
             println!("  records served per day: {}", days.join(", "));
         }
+        let (scope_line, scope_missed) = scope_check(world, a).await?;
+        println!("{scope_line}");
+        missed.extend(scope_missed.into_iter().map(|m| format!("{}: {m}", a.name)));
         let first_alert_s = match (raised.first(), a.tally.since) {
             (Some(f), Some(t)) => {
                 format!("{:.1}", (f.alert.at - t).num_milliseconds() as f64 / 1000.0)
