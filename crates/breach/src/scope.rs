@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rempart_domain::incident::{Compromised, Window};
 use rempart_domain::{FieldGroup, NirView};
-use rempart_ledger::leaf::{Decision, DenyReason, FieldGroups};
+use rempart_ledger::leaf::{AuditLeaf, Decision, DenyReason, FieldGroups};
 use rempart_ledger::{
     LedgerError, LedgerStore, OrganisationId, PersonId, QueryRange, Subject, Timestamp, query,
 };
@@ -128,6 +129,22 @@ impl Exposure {
         }
     }
 
+    /// Adds what another slice saw of the same person.
+    fn merge(&mut self, other: Exposure) {
+        for g in other.groups.iter() {
+            self.groups.insert(g);
+        }
+        self.nir = self.nir.max(other.nir);
+        self.reads += other.reads;
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+        for o in other.organisations {
+            if let Err(at) = self.organisations.binary_search(&o) {
+                self.organisations.insert(at, o);
+            }
+        }
+    }
+
     fn seen_again(
         &mut self,
         leaf_groups: FieldGroups,
@@ -239,6 +256,11 @@ pub async fn scope(
 /// compromised organisation is read with it), decoded, and counted. A
 /// leaf that does not decode fails the whole scope: a scope that silently
 /// skipped one could miss a person.
+///
+/// Each subject's window is cut into [`SLICES`] consecutive time slices
+/// read at once (a store serves them on several connections), and their
+/// counts merged: the slices partition the window, so each leaf is read
+/// exactly once.
 pub async fn scope_at(
     store: &dyn LedgerStore,
     compromised: &[Compromised],
@@ -259,83 +281,189 @@ pub async fn scope_at(
             Compromised::Account(_) => None,
         })
         .collect();
-    let mut persons: HashMap<PersonId, Exposure> = HashMap::new();
-    let mut refused_persons: HashSet<PersonId> = HashSet::new();
-    let mut refused = BTreeMap::new();
-    let (mut leaves, mut revealing) = (0u64, 0u64);
-    let mut range: Option<(u64, u64)> = None;
-    for subject in &subjects {
-        let (query_subject, account) = match *subject {
-            Compromised::Organisation(o) => (Subject::Organisation(o), None),
-            Compromised::Account(a) => (Subject::Account(a), Some(a)),
-        };
-        let mut after = None;
-        loop {
-            let page = query::query(
-                store,
-                &QueryRange {
-                    subject: query_subject,
-                    from: Timestamp::from_datetime(window.from()),
-                    to: Timestamp::from_datetime(window.to()),
-                    after,
-                    limit: PAGE,
-                },
-            )
-            .await?;
-            for entry in &page.entries {
-                let leaf = &entry.leaf;
-                if entry.index >= tree_size
-                    || (account.is_some() && organisations.contains(&leaf.organisation))
-                {
-                    continue;
-                }
-                leaves += 1;
-                range = Some(match range {
-                    None => (entry.index, entry.index),
-                    Some((lo, hi)) => (lo.min(entry.index), hi.max(entry.index)),
-                });
-                if let Decision::Deny(reason) = leaf.decision {
-                    *refused.entry(reason).or_insert(0) += 1;
-                    if let Some(p) = leaf.person {
-                        refused_persons.insert(p);
-                    }
-                    continue;
-                }
-                let Some(person) = leaf.person.filter(|_| leaf.reveals_person_data()) else {
-                    continue;
-                };
-                revealing += 1;
-                let at = (leaf.time, entry.index);
-                persons
-                    .entry(person)
-                    .and_modify(|e| e.seen_again(leaf.field_groups, leaf.organisation, at))
-                    .or_insert_with(|| {
-                        Exposure::first_seen(leaf.field_groups, leaf.organisation, at)
-                    });
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+    let slices = slices(store, window, tree_size).await?;
+    let (organisations, slices) = (&organisations, &slices);
+    let reads = subjects.iter().flat_map(|subject| {
+        slices
+            .iter()
+            .map(move |&(from, to)| read_slice(store, *subject, from, to, tree_size, organisations))
+    });
+    let parts: Vec<Partial> = stream::iter(reads)
+        .buffer_unordered(SLICES)
+        .try_collect()
+        .await?;
+    let mut total = Partial::default();
+    for part in parts {
+        total.merge(part);
     }
-    let refused_only_persons = refused_persons
+    let refused_only_persons = total
+        .refused_persons
         .iter()
-        .filter(|p| !persons.contains_key(p))
+        .filter(|p| !total.persons.contains_key(p))
         .count() as u64;
-    let mut persons: Vec<(PersonId, Exposure)> = persons.into_iter().collect();
+    let mut persons: Vec<(PersonId, Exposure)> = total.persons.into_iter().collect();
     persons.sort_unstable_by_key(|(p, _)| *p);
     Ok(Scope {
         compromised: subjects,
         window,
         tree_size,
         persons,
-        leaves,
-        revealing,
-        refused,
+        leaves: total.leaves,
+        revealing: total.revealing,
+        refused: total.refused,
         refused_only_persons,
-        leaf_range: range,
+        leaf_range: total.range,
     })
+}
+
+/// Time slices read at once.
+const SLICES: usize = 4;
+
+/// The window cut into up to [`SLICES`] consecutive half-open slices of
+/// equal time over the part the ledger's leaves span (the first starts at
+/// the window's start and the last ends at its end, whatever the leaves'
+/// times: together they are the window).
+async fn slices(
+    store: &dyn LedgerStore,
+    window: Window,
+    tree_size: u64,
+) -> Result<Vec<(Timestamp, Timestamp)>, ScopeError> {
+    let (from, to) = (
+        Timestamp::from_datetime(window.from()),
+        Timestamp::from_datetime(window.to()),
+    );
+    let time_of = |index: u64| async move {
+        let rows = store.leaves(index, 1).await?;
+        Ok::<_, ScopeError>(
+            rows.first()
+                .and_then(|r| AuditLeaf::decode(&r.data).ok())
+                .map(|l| l.time.micros()),
+        )
+    };
+    let span = match tree_size {
+        0 => None,
+        n => match (time_of(0).await?, time_of(n - 1).await?) {
+            (Some(first), Some(last)) => Some((first.max(from.micros()), last.min(to.micros()))),
+            _ => None,
+        },
+    };
+    let Some((lo, hi)) = span.filter(|(lo, hi)| lo < hi) else {
+        return Ok(vec![(from, to)]);
+    };
+    let step = (hi - lo) / SLICES as i64;
+    if step <= 0 {
+        return Ok(vec![(from, to)]);
+    }
+    let mut bounds = vec![from];
+    bounds.extend((1..SLICES as i64).map(|k| Timestamp(lo + k * step)));
+    bounds.push(to);
+    Ok(bounds.windows(2).map(|w| (w[0], w[1])).collect())
+}
+
+/// What one slice of one subject counted.
+#[derive(Default)]
+struct Partial {
+    persons: HashMap<PersonId, Exposure>,
+    refused_persons: HashSet<PersonId>,
+    refused: BTreeMap<DenyReason, u64>,
+    leaves: u64,
+    revealing: u64,
+    range: Option<(u64, u64)>,
+}
+
+impl Partial {
+    fn merge(&mut self, other: Partial) {
+        if other.persons.len() > self.persons.len() {
+            let mine = std::mem::replace(&mut self.persons, other.persons);
+            merge_persons(&mut self.persons, mine);
+        } else {
+            merge_persons(&mut self.persons, other.persons);
+        }
+        self.refused_persons.extend(other.refused_persons);
+        for (r, n) in other.refused {
+            *self.refused.entry(r).or_insert(0) += n;
+        }
+        self.leaves += other.leaves;
+        self.revealing += other.revealing;
+        self.range = match (self.range, other.range) {
+            (Some((a, b)), Some((c, d))) => Some((a.min(c), b.max(d))),
+            (r, None) | (None, r) => r,
+        };
+    }
+}
+
+fn merge_persons(into: &mut HashMap<PersonId, Exposure>, from: HashMap<PersonId, Exposure>) {
+    for (p, e) in from {
+        match into.get_mut(&p) {
+            Some(mine) => mine.merge(e),
+            None => {
+                into.insert(p, e);
+            }
+        }
+    }
+}
+
+/// Reads one subject's leaves in `[from, to)` page by page.
+async fn read_slice(
+    store: &dyn LedgerStore,
+    subject: Compromised,
+    from: Timestamp,
+    to: Timestamp,
+    tree_size: u64,
+    organisations: &HashSet<OrganisationId>,
+) -> Result<Partial, ScopeError> {
+    let (query_subject, account) = match subject {
+        Compromised::Organisation(o) => (Subject::Organisation(o), None),
+        Compromised::Account(a) => (Subject::Account(a), Some(a)),
+    };
+    let mut part = Partial::default();
+    let mut after = None;
+    loop {
+        let page = query::query(
+            store,
+            &QueryRange {
+                subject: query_subject,
+                from,
+                to,
+                after,
+                limit: PAGE,
+            },
+        )
+        .await?;
+        for entry in &page.entries {
+            let leaf = &entry.leaf;
+            if entry.index >= tree_size
+                || (account.is_some() && organisations.contains(&leaf.organisation))
+            {
+                continue;
+            }
+            part.leaves += 1;
+            part.range = Some(match part.range {
+                None => (entry.index, entry.index),
+                Some((lo, hi)) => (lo.min(entry.index), hi.max(entry.index)),
+            });
+            if let Decision::Deny(reason) = leaf.decision {
+                *part.refused.entry(reason).or_insert(0) += 1;
+                if let Some(p) = leaf.person {
+                    part.refused_persons.insert(p);
+                }
+                continue;
+            }
+            let Some(person) = leaf.person.filter(|_| leaf.reveals_person_data()) else {
+                continue;
+            };
+            part.revealing += 1;
+            let at = (leaf.time, entry.index);
+            part.persons
+                .entry(person)
+                .and_modify(|e| e.seen_again(leaf.field_groups, leaf.organisation, at))
+                .or_insert_with(|| Exposure::first_seen(leaf.field_groups, leaf.organisation, at));
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(part),
+        }
+    }
 }
 
 #[cfg(test)]

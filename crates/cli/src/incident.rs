@@ -12,7 +12,8 @@ use rempart_domain::incident::{
     Compromised, Event, Incident, IncidentId, Milestone, NewIncident, Window,
 };
 use rempart_domain::{AccountId, OrganisationId};
-use rempart_ledger::LedgerStore;
+use rempart_ledger::{LedgerError, LedgerStore, StoreError};
+use rempart_server::BuildError;
 
 use crate::audit::parse_time;
 use crate::location::Location;
@@ -295,14 +296,25 @@ fn incident_text(i: &Incident, now: DateTime<Utc>) -> String {
 
 /// The checkpoint a scope is bound to: a fresh one when no server holds
 /// the ledger's writer, else the latest one a server signed (leaves after
-/// it are left out, and the report says how many).
+/// it are left out, and the report says how many). Any other failure to
+/// open the ledger (unreachable, not matching its checkpoint) is the
+/// command's error: a scope is never bound to a ledger that did not open.
 async fn evidence(location: &Location, store: &dyn LedgerStore) -> Result<(u64, String)> {
-    if let Ok((ledger, _)) = location.server().storage().ledger.open().await {
-        let signed = ledger.checkpoint_now().await?;
-        if let Ok(ledger) = std::sync::Arc::try_unwrap(ledger) {
-            ledger.close().await?;
+    match location.server().storage().ledger.open().await {
+        Ok((ledger, _)) => {
+            let signed = ledger.checkpoint_now().await;
+            if let Ok(ledger) = std::sync::Arc::try_unwrap(ledger) {
+                ledger.close().await?;
+            }
+            match signed {
+                Ok(signed) => return Ok((signed.checkpoint.size, signed.note)),
+                // A PostgreSQL replica integrates: this process only stages.
+                Err(LedgerError::NotIntegrating) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        return Ok((signed.checkpoint.size, signed.note));
+        Err(BuildError::Ledger(LedgerError::Store(StoreError::WriterBusy(_)))) => {}
+        Err(e) => return Err(e.into()),
     }
     match store.latest_checkpoint().await? {
         Some(c) => Ok((c.size, c.note)),

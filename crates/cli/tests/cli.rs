@@ -676,25 +676,33 @@ fn no_plaintext_in_the_data_directory_or_a_pg_dump() {
 
 /// Appends `n` synthetic leaves to the ledger of `data` with its own key,
 /// as the consultation path will, then closes it (final checkpoint).
-fn fill_ledger(data: &Path, db: Option<&str>, n: u64) {
-    use rempart_ledger::bench::Synthetic;
-    use rempart_ledger::{Ledger, LedgerConfig, LedgerKey, LedgerStore};
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store: std::sync::Arc<dyn LedgerStore> = match db {
-            Some(url) => std::sync::Arc::new(
-                rempart_ledger::store::postgres::PgLedgerStore::connect(
-                    &rempart_ledger::store::postgres::PgLedgerConfig::new(url),
-                )
+/// The data directory's ledger store, as `rempart` opens it.
+async fn ledger_store(
+    data: &Path,
+    db: Option<&str>,
+) -> std::sync::Arc<dyn rempart_ledger::LedgerStore> {
+    match db {
+        Some(url) => std::sync::Arc::new(
+            rempart_ledger::store::postgres::PgLedgerStore::connect(
+                &rempart_ledger::store::postgres::PgLedgerConfig::new(url),
+            )
+            .await
+            .unwrap(),
+        ),
+        None => std::sync::Arc::new(
+            rempart_ledger::store::sqlite::SqliteLedgerStore::open(data)
                 .await
                 .unwrap(),
-            ),
-            None => std::sync::Arc::new(
-                rempart_ledger::store::sqlite::SqliteLedgerStore::open(data)
-                    .await
-                    .unwrap(),
-            ),
-        };
+        ),
+    }
+}
+
+fn fill_ledger(data: &Path, db: Option<&str>, n: u64) {
+    use rempart_ledger::bench::Synthetic;
+    use rempart_ledger::{Ledger, LedgerConfig, LedgerKey};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = ledger_store(data, db).await;
         let key = LedgerKey::load(&data.join(rempart_ledger::KEY_FILE_NAME)).unwrap();
         let config = LedgerConfig {
             checkpoint_every: 1000,
@@ -2410,6 +2418,32 @@ fn incident_scenario(db: Option<&str>) {
     let shown = run(&["incident", "show", "1"]);
     assert!(shown.contains("scoped:"), "{shown}");
 
+    // While another process holds the ledger's writer (a server) and has
+    // appended past its last checkpoint, the scope is bound to that
+    // checkpoint and says how many leaves it leaves out.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let held = rt.block_on(async {
+        use rempart_ledger::{Ledger, LedgerConfig, LedgerKey};
+        let key = LedgerKey::load(&data.join(rempart_ledger::KEY_FILE_NAME)).unwrap();
+        let config = LedgerConfig {
+            checkpoint_every: 0,
+            checkpoint_interval: std::time::Duration::ZERO,
+            ..LedgerConfig::default()
+        };
+        let ledger = Ledger::open(ledger_store(&data, db).await, key, config)
+            .await
+            .unwrap();
+        let mut synth = rempart_ledger::bench::Synthetic::new(9, 5000);
+        let more: Vec<_> = (0..10).map(|_| synth.leaf()).collect();
+        ledger.append_batch(&more).await.unwrap();
+        ledger
+    });
+    let bound: serde_json::Value =
+        serde_json::from_str(&run(&["incident", "scope", "1", "--format", "json"])).unwrap();
+    assert_eq!(bound["tree_size"], 5000, "{bound}");
+    assert_eq!(bound["leaves_after_checkpoint"], 10, "{bound}");
+    rt.block_on(held.close()).unwrap();
+
     // Bad input: clear errors, nothing written.
     let e = fails(&as_strs(&open("999999", "2026-01-01", "2026-01-02")));
     assert!(e.contains("account 999999 is not in the registry"), "{e}");
@@ -2438,8 +2472,8 @@ fn incident_scenario(db: Option<&str>) {
     let shown = run(&["incident", "show", "1"]);
     assert_eq!(
         shown.matches("\n    ").count(),
-        3,
-        "opened, scoped, closed: {shown}"
+        4,
+        "opened, scoped twice, closed: {shown}"
     );
 }
 

@@ -91,11 +91,11 @@ mod migrations_are_idempotent_and_guarded {
                 .expect("pg_tables")
                 .get(0);
             assert_eq!(
-                tables, 34,
+                tables, 37,
                 "[postgres] registry, authentication, guard (with suspension blocks and \
                  instances), activation, federation, access-version, break-glass reason, login \
-                 device, login throttle (and its count), mandate request, import progress and \
-                 bulk-dropped tables + schema_migrations"
+                 device, login throttle (and its count), mandate request, import progress, \
+                 bulk-dropped and breach register tables + schema_migrations"
             );
         }
 
