@@ -131,18 +131,13 @@ impl Exposure {
 
     /// Adds what another slice saw of the same person.
     fn merge(&mut self, other: Exposure) {
-        for g in other.groups.iter() {
-            self.groups.insert(g);
-        }
-        self.nir = self.nir.max(other.nir);
-        self.reads += other.reads;
-        self.first = self.first.min(other.first);
-        self.last = self.last.max(other.last);
-        for o in other.organisations {
-            if let Err(at) = self.organisations.binary_search(&o) {
-                self.organisations.insert(at, o);
-            }
-        }
+        self.add(
+            other.groups,
+            other.nir,
+            other.reads,
+            (other.first, other.last),
+            other.organisations,
+        );
     }
 
     fn seen_again(
@@ -151,15 +146,31 @@ impl Exposure {
         organisation: OrganisationId,
         at: (Timestamp, u64),
     ) {
-        for g in leaf_groups.iter() {
+        let nir = NirSeen::of(leaf_groups);
+        self.add(leaf_groups, nir, 1, (at, at), [organisation]);
+    }
+
+    /// Counts `reads` more reads between `first` and `last` that showed
+    /// `groups` and `nir` to `organisations`.
+    fn add(
+        &mut self,
+        groups: FieldGroups,
+        nir: Option<NirSeen>,
+        reads: u64,
+        (first, last): ((Timestamp, u64), (Timestamp, u64)),
+        organisations: impl IntoIterator<Item = OrganisationId>,
+    ) {
+        for g in groups.iter() {
             self.groups.insert(g);
         }
-        self.nir = self.nir.max(NirSeen::of(leaf_groups));
-        self.reads += 1;
-        self.first = self.first.min(at);
-        self.last = self.last.max(at);
-        if let Err(at) = self.organisations.binary_search(&organisation) {
-            self.organisations.insert(at, organisation);
+        self.nir = self.nir.max(nir);
+        self.reads += reads;
+        self.first = self.first.min(first);
+        self.last = self.last.max(last);
+        for o in organisations {
+            if let Err(at) = self.organisations.binary_search(&o) {
+                self.organisations.insert(at, o);
+            }
         }
     }
 }
