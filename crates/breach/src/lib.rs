@@ -7,7 +7,17 @@
 //! how the NIR was shown (clear, masked, token), when and by which
 //! organisations; and the attempts that were refused. It reads only the
 //! ledger: nothing here decrypts a person or touches the registry.
+//!
+//! [`report`] turns an incident and its scope into the draft notification
+//! to the CNIL (Art. 33); [`notice`] renders each person's notice
+//! (Art. 34) and its PDF letter. Both are pure: the caller brings the
+//! register's incident, the registry's organisation names and, for a
+//! letter, the recipient's address.
 
+pub mod notice;
+pub mod report;
 mod scope;
 
+pub use notice::{NoticeContext, NoticeFacts, NoticeText};
+pub use report::{Art33Draft, Controller, DraftError, DraftFacts, OrganisationLabel, Phase};
 pub use scope::{Exposure, NirSeen, Scope, ScopeError, scope, scope_at};

@@ -53,7 +53,7 @@ pub enum NirSeen {
 
 impl NirSeen {
     /// The view a leaf's groups record, if its NIR group is set.
-    fn of(groups: FieldGroups) -> Option<Self> {
+    pub(crate) fn of(groups: FieldGroups) -> Option<Self> {
         if !groups.contains(FieldGroup::Nir) {
             return None;
         }

@@ -289,6 +289,19 @@ impl PostalCode {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("")
     }
+
+    /// The département it lies in: its first two digits; three for the
+    /// overseas départements (971 to 976); 2A or 2B for Corsica (codes
+    /// 20000 to 20199 are Corse-du-Sud, the rest Haute-Corse).
+    pub fn departement(&self) -> String {
+        let code = self.as_str();
+        match &code[..2] {
+            "97" | "98" => code[..3].to_string(),
+            "20" if code < "20200" => "2A".to_string(),
+            "20" => "2B".to_string(),
+            two => two.to_string(),
+        }
+    }
 }
 
 /// A postal address: street line, postal code, commune.
@@ -527,6 +540,21 @@ pub fn parse_date(input: &str, min: NaiveDate, max: NaiveDate) -> Result<NaiveDa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postal_codes_name_their_departement() {
+        for (code, dep) in [
+            ("75020", "75"),
+            ("01000", "01"),
+            ("20000", "2A"),
+            ("20199", "2A"),
+            ("20200", "2B"),
+            ("97400", "974"),
+            ("97180", "971"),
+        ] {
+            assert_eq!(PostalCode::parse(code).unwrap().departement(), dep);
+        }
+    }
 
     #[test]
     fn ft_id_roundtrips_through_its_ordinal() {
