@@ -6,7 +6,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use crate::{AccountId, OrganisationId};
+use crate::{AccountId, OrganisationId, PersonId};
 
 /// Why a window is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,4 +206,93 @@ impl Incident {
     pub fn notification_deadline(&self) -> DateTime<Utc> {
         self.aware_at + chrono::Duration::hours(72)
     }
+}
+
+/// How a person's notice reaches them, besides their personal space
+/// (where every notice is shown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NoticeChannel {
+    /// By e-mail, to the address the registry holds.
+    Email,
+    /// By post, a printed letter: for persons with no e-mail address.
+    Letter,
+}
+
+impl NoticeChannel {
+    /// Both channels.
+    pub const ALL: [NoticeChannel; 2] = [NoticeChannel::Email, NoticeChannel::Letter];
+
+    /// Its stable text code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeChannel::Email => "email",
+            NoticeChannel::Letter => "letter",
+        }
+    }
+
+    /// Parses a text code.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}
+
+impl fmt::Display for NoticeChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What every notice of an incident shares, fixed when the first one is
+/// queued: a notice is rendered again, identical, from it and the
+/// person's [`QueuedNotice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoticeRun {
+    /// The controller's name.
+    pub controller: String,
+    /// How to reach the DPO.
+    pub dpo: String,
+    /// What was done, in a sentence for the persons.
+    pub measures: String,
+    /// The version of the notice's wording.
+    pub wording: i64,
+    /// When the notices were first prepared.
+    pub prepared_at: DateTime<Utc>,
+}
+
+/// One person's notice, queued: what the ledger recorded of their
+/// exposure (codes, not data), where it goes, and the digest of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedNotice {
+    /// The person.
+    pub person: PersonId,
+    /// E-mail or letter.
+    pub channel: NoticeChannel,
+    /// Their département (counts for the authority).
+    pub departement: String,
+    /// The field groups and NIR view shown, as a code.
+    pub groups: i64,
+    /// The kinds of organisation shown it, as a code.
+    pub kinds: i64,
+    /// Consultations that revealed their data.
+    pub reads: u64,
+    /// The first of them.
+    pub first: DateTime<Utc>,
+    /// The last of them.
+    pub last: DateTime<Utc>,
+    /// SHA-256 of the notice's text.
+    pub digest: [u8; 32],
+}
+
+/// A queued notice with its delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNotice {
+    /// The incident.
+    pub incident: IncidentId,
+    /// The notice.
+    pub notice: QueuedNotice,
+    /// Deliveries begun (more than one: a dispatcher stopped between
+    /// beginning and recording it).
+    pub attempts: u32,
+    /// When its delivery was recorded.
+    pub sent_at: Option<DateTime<Utc>>,
 }

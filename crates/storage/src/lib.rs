@@ -33,6 +33,7 @@ mod guard;
 pub mod incidents;
 mod memory;
 pub mod migrate;
+pub mod notices;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
@@ -44,6 +45,7 @@ pub use auth::{
     StoredTotp, Suspension, ThrottleEntry, ThrottleInsert, ThrottleScope,
 };
 pub use incidents::{IncidentStore, RegisterError};
+pub use notices::{NoticeProgress, NoticeStore};
 
 use std::sync::Arc;
 
@@ -880,6 +882,8 @@ pub struct Stores {
     pub guard: Arc<dyn rempart_guard::GuardStore>,
     /// The breach register.
     pub incidents: Arc<dyn IncidentStore>,
+    /// The register's notices to persons.
+    pub notices: Arc<dyn NoticeStore>,
 }
 
 impl From<sqlite::SqliteStore> for Stores {
@@ -889,7 +893,8 @@ impl From<sqlite::SqliteStore> for Stores {
             registry: Arc::new(s.clone()),
             auth: Arc::new(s.clone()),
             guard: Arc::new(s.clone()),
-            incidents: Arc::new(s),
+            incidents: Arc::new(s.clone()),
+            notices: Arc::new(s),
         }
     }
 }
@@ -901,7 +906,8 @@ impl From<postgres::PgStore> for Stores {
             registry: Arc::new(s.clone()),
             auth: Arc::new(s.clone()),
             guard: Arc::new(s.clone()),
-            incidents: Arc::new(s),
+            incidents: Arc::new(s.clone()),
+            notices: Arc::new(s),
         }
     }
 }

@@ -89,6 +89,11 @@ pub const SQLITE: &[Migration] = &[
         name: "incident",
         sql: include_str!("../migrations/sqlite/0016_incident.sql"),
     },
+    Migration {
+        version: 17,
+        name: "notice",
+        sql: include_str!("../migrations/sqlite/0017_notice.sql"),
+    },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -172,6 +177,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 16,
         name: "incident",
         sql: include_str!("../migrations/postgres/0016_incident.sql"),
+    },
+    Migration {
+        version: 17,
+        name: "notice",
+        sql: include_str!("../migrations/postgres/0017_notice.sql"),
     },
 ];
 

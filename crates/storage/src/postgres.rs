@@ -59,6 +59,7 @@ mod inventory;
 mod keys;
 mod login;
 mod mandates;
+mod notices;
 mod organisations;
 mod persons;
 mod sessions;

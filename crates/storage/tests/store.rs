@@ -65,6 +65,8 @@ mod keys;
 mod login;
 #[path = "store/mandates.rs"]
 mod mandates;
+#[path = "store/notices.rs"]
+mod notices;
 #[path = "store/organisations.rs"]
 mod organisations;
 #[path = "store/persons.rs"]

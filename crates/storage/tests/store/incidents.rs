@@ -8,7 +8,7 @@ use rempart_domain::incident::{
 };
 use rempart_storage::RegisterError;
 
-fn hour(h: i64) -> DateTime<Utc> {
+pub(super) fn hour(h: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(1_780_000_000 + h * 3600, 0).expect("in range")
 }
 
@@ -21,7 +21,7 @@ fn event(at: i64, milestone: Milestone, note: Option<&str>) -> Event {
     }
 }
 
-async fn incident_fixture(db: &Db) -> (NewIncident, AccountId, OrganisationId) {
+pub(super) async fn incident_fixture(db: &Db) -> (NewIncident, AccountId, OrganisationId) {
     let store = db.store();
     consultation_accounts(store).await;
     let ce = org_id(store, "CE-038").await;

@@ -91,11 +91,11 @@ mod migrations_are_idempotent_and_guarded {
                 .expect("pg_tables")
                 .get(0);
             assert_eq!(
-                tables, 37,
+                tables, 39,
                 "[postgres] registry, authentication, guard (with suspension blocks and \
                  instances), activation, federation, access-version, break-glass reason, login \
                  device, login throttle (and its count), mandate request, import progress, \
-                 bulk-dropped and breach register tables + schema_migrations"
+                 bulk-dropped, breach register and notice tables + schema_migrations"
             );
         }
 

@@ -1,0 +1,34 @@
+-- The notices of the breach register (GDPR Art. 34). `notice_run` fixes,
+-- once per incident, what every notice shares; `notice` holds one row per
+-- person and incident (the primary key is what makes a person notified
+-- once): codes of what was shown, counts, instants in microseconds since
+-- the Unix epoch, the département, the digest of the text. No personal
+-- value. A delivery is begun (`attempts` + 1) and recorded (`sent_at`)
+-- each by one statement that finds the notice undelivered.
+CREATE TABLE notice_run (
+    incident_id bigint  NOT NULL PRIMARY KEY REFERENCES incident (id),
+    controller  text    NOT NULL CHECK (length(controller) BETWEEN 1 AND 2000),
+    dpo         text    NOT NULL CHECK (length(dpo) BETWEEN 1 AND 2000),
+    measures    text    NOT NULL CHECK (length(measures) BETWEEN 1 AND 2000),
+    wording     bigint  NOT NULL,
+    prepared_at bigint  NOT NULL
+);
+
+CREATE TABLE notice (
+    incident_id bigint   NOT NULL REFERENCES notice_run (incident_id),
+    person_id   bigint   NOT NULL,
+    channel     smallint NOT NULL CHECK (channel IN (1, 2)),
+    departement text     NOT NULL CHECK (length(departement) BETWEEN 2 AND 3),
+    groups      bigint   NOT NULL,
+    kinds       bigint   NOT NULL,
+    reads       bigint   NOT NULL CHECK (reads >= 1),
+    first_at    bigint   NOT NULL,
+    last_at     bigint   NOT NULL CHECK (last_at >= first_at),
+    digest      bytea    NOT NULL CHECK (length(digest) = 32),
+    attempts    integer  NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    sent_at     bigint,
+    PRIMARY KEY (incident_id, person_id)
+);
+
+-- A person's space lists their notices.
+CREATE INDEX notice_of_person ON notice (person_id);
