@@ -150,6 +150,11 @@ pub struct DrillArgs {
     /// Guard configuration file (TOML or JSON); the defaults otherwise.
     #[arg(long)]
     guard_config: Option<PathBuf>,
+    /// Write each attack's breach report there: the draft notification
+    /// to the CNIL (`<attack>.cnil.md`, `.cnil.json`) and one person's
+    /// notice (`<attack>.notice.txt`).
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 /// The server's clock: the drill's timeline, in microseconds.
@@ -225,6 +230,14 @@ struct World {
     last_sync: i64,
     max_person: i64,
     ledger: Arc<dyn rempart_ledger::LedgerStore>,
+    /// The server's ledger, to sign the checkpoint a breach's scope is
+    /// bound to.
+    signer: Arc<rempart_ledger::Ledger>,
+    /// The register and the registry, for each attack's incident.
+    stores: rempart_storage::Stores,
+    vault: rempart_vault::Vault,
+    /// Where the breach reports go, if anywhere.
+    report: Option<PathBuf>,
     /// Every person an answer revealed, as the drill's client saw it: when,
     /// to which account, whether pseudonymously only (no identity, no
     /// contact, no NIR in clear). What a breach's scope must find again.
@@ -398,6 +411,12 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
     let auth = app.consultation().auth_store().clone();
     let ledger = app.ledger_store().clone();
     let vault = app.consultation().vault().clone();
+    let signer = app.consultation().ledger().clone();
+    let stores = app.stores().clone();
+    if let Some(dir) = &args.report {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--report: cannot create {}", dir.display()))?;
+    }
     let server = app.spawn(listener)?;
     let mut world = World {
         base: format!("http://{addr}"),
@@ -410,6 +429,10 @@ pub async fn drill(args: &DrillArgs) -> Result<()> {
         last_sync: first.timestamp(),
         max_person: i64::try_from(args.persons).unwrap_or(i64::MAX),
         ledger,
+        signer,
+        stores,
+        vault: vault.clone(),
+        report: args.report.clone(),
         revealed: std::sync::Mutex::new(Vec::new()),
     };
     let ran = run(args, &mut world, &vault, start).await;
@@ -1561,8 +1584,15 @@ async fn scope_check(world: &World, a: &Attack) -> Result<(String, Vec<String>)>
         + Duration::seconds(1);
     let window = Window::new(from, to).context("the attack's window")?;
     world.ledger.settle_index().await?;
+    let signed = world.signer.checkpoint_now().await?;
     let started = std::time::Instant::now();
-    let scope = rempart_breach::scope(world.ledger.as_ref(), &compromised, window).await?;
+    let scope = rempart_breach::scope_at(
+        world.ledger.as_ref(),
+        &compromised,
+        window,
+        signed.checkpoint.size,
+    )
+    .await?;
     let took = started.elapsed().as_secs_f64();
     // Person → pseudonymous in every answer.
     let mut obtained: BTreeMap<i64, bool> = BTreeMap::new();
@@ -1603,6 +1633,146 @@ async fn scope_check(world: &World, a: &Attack) -> Result<(String, Vec<String>)>
             "the ledger's scope missed {missed_persons}, added {extra} and classed {disagree} persons otherwise than the answers"
         ));
     }
+    let (report_line, report_missed) =
+        breach_report(world, a, compromised, window, &scope, &signed.note).await?;
+    missed.extend(report_missed);
+    Ok((format!("{line}\n{report_line}"), missed))
+}
+
+/// The attack as the breach register sees it: an incident for its
+/// accounts over its window, the draft notification to the CNIL, and the
+/// notices queued for every person to inform. A person to inform left
+/// without a notice is a missed target.
+async fn breach_report(
+    world: &World,
+    a: &Attack,
+    compromised: Vec<Compromised>,
+    window: Window,
+    scope: &rempart_breach::Scope,
+    checkpoint: &str,
+) -> Result<(String, Vec<String>)> {
+    use rempart_breach::{Art33Draft, Controller, DraftFacts, NoticeContext, OrganisationLabel};
+    use rempart_domain::incident::{Event, Milestone, NewIncident};
+    let now = world.clock.now();
+    let id = world
+        .stores
+        .incidents
+        .open_incident(
+            &NewIncident {
+                title: format!("Exercice {} : comptes détournés", a.name),
+                compromised,
+                window,
+                aware_at: now,
+                opened_by: "drill".into(),
+            },
+            now,
+        )
+        .await?;
+    world
+        .stores
+        .incidents
+        .record_event(
+            id,
+            &Event {
+                at: now,
+                milestone: Milestone::Contained,
+                note: Some("comptes suspendus par la garde".into()),
+                recorded_at: now,
+            },
+        )
+        .await?;
+    let incident = world
+        .stores
+        .incidents
+        .incident(id)
+        .await?
+        .context("the drill's incident")?;
+    let controller = Controller {
+        name: "France Travail".into(),
+        dpo: "Délégué à la protection des données, dpo@exemple.invalid".into(),
+    };
+    let organisations: BTreeMap<OrganisationId, OrganisationLabel> = world
+        .store
+        .organisations()
+        .await?
+        .into_iter()
+        .map(|(id, o)| {
+            (
+                id,
+                OrganisationLabel {
+                    name: o.name,
+                    kind: o.kind,
+                },
+            )
+        })
+        .collect();
+    let context = NoticeContext {
+        controller: controller.clone(),
+        measures:
+            "Les comptes utilisés ont été suspendus dès la détection, et leurs accès révoqués."
+                .into(),
+    };
+    let prepared =
+        crate::notices::prepare_notices(&world.stores, &world.vault, id, scope, &context, false)
+            .await?;
+    let progress = world.stores.notices.notice_progress(id).await?;
+    let draft = Art33Draft::new(
+        DraftFacts {
+            incident: &incident,
+            scope,
+            checkpoint,
+            organisations: &organisations,
+            departements: Some(&progress.by_departement),
+        },
+        &controller,
+        None,
+        now,
+    )?;
+    let to_inform = scope.persons.len() as u64 - scope.pseudonymous_only();
+    let mut missed = Vec::new();
+    if prepared.queued + prepared.unreachable != to_inform {
+        missed.push(format!(
+            "{}: {to_inform} persons to inform, {} notices queued",
+            a.name, prepared.queued
+        ));
+    }
+    if let Some(dir) = &world.report {
+        std::fs::write(dir.join(format!("{}.cnil.md", a.name)), draft.to_markdown())?;
+        std::fs::write(
+            dir.join(format!("{}.cnil.json", a.name)),
+            serde_json::to_string_pretty(&draft)? + "\n",
+        )?;
+        let first = world
+            .stores
+            .notices
+            .pending_notices(
+                id,
+                rempart_domain::incident::NoticeChannel::Email,
+                PersonId::new(i64::MIN),
+                1,
+            )
+            .await?;
+        if let Some(n) = first.first() {
+            let text = crate::notices::text_of(n, &context)?;
+            std::fs::write(
+                dir.join(format!("{}.notice.txt", a.name)),
+                format!("Objet : {}\n\n{}", text.subject, text.body),
+            )?;
+        }
+    }
+    let line = format!(
+        "breach report:                         incident {id}, CNIL draft {} ({} h left); {} notices queued ({} e-mail, {} letter), {} exempt (pseudonymous only), {} unreachable",
+        match draft.phase {
+            rempart_breach::Phase::Initial => "initial",
+            rempart_breach::Phase::Complementary => "complementary",
+        },
+        draft.clock.hours_left,
+        prepared.queued,
+        prepared.email,
+        prepared.letter,
+        prepared.exempt,
+        prepared.unreachable
+    );
     Ok((line, missed))
 }
 

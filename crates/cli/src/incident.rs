@@ -14,6 +14,7 @@ use rempart_domain::incident::{
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_ledger::{LedgerError, LedgerStore, StoreError};
 use rempart_server::BuildError;
+use rempart_storage::Stores;
 
 use crate::audit::parse_time;
 use crate::location::Location;
@@ -53,6 +54,15 @@ pub enum IncidentCommand {
     /// compromised subjects in the window, what of them, and the refused
     /// attempts; bound to a signed checkpoint.
     Scope(ScopeArgs),
+    /// The draft notification to the CNIL (Art. 33), in French: initial
+    /// until `authority_notified` is recorded, complementary after.
+    Report(crate::notices::ReportArgs),
+    /// Render and queue one notice per person to inform (Art. 34), shown
+    /// at once in their personal space.
+    Notify(crate::notices::NotifyArgs),
+    /// Deliver the queued notices: e-mails through SMTP, letters as PDF
+    /// files; resumable, each notice delivered and recorded once.
+    Dispatch(crate::notices::DispatchArgs),
 }
 
 #[derive(Args)]
@@ -127,6 +137,9 @@ pub async fn run(cmd: IncidentCommand) -> Result<()> {
             .await
         }
         IncidentCommand::Scope(args) => scope(&args).await,
+        IncidentCommand::Report(args) => crate::notices::report(&args).await,
+        IncidentCommand::Notify(args) => crate::notices::notify(&args).await,
+        IncidentCommand::Dispatch(args) => crate::notices::dispatch(&args).await,
     }
 }
 
@@ -324,9 +337,9 @@ async fn evidence(location: &Location, store: &dyn LedgerStore) -> Result<(u64, 
     }
 }
 
-async fn scope(args: &ScopeArgs) -> Result<()> {
-    let stores = args.location.open_stores().await?;
-    let id = IncidentId::new(args.id);
+/// An open incident of the register: unknown and closed ones are refused
+/// (a closed incident's scope and notices were fixed while it was open).
+pub(crate) async fn open_incident(stores: &Stores, id: IncidentId) -> Result<Incident> {
     let incident = stores
         .incidents
         .incident(id)
@@ -335,14 +348,48 @@ async fn scope(args: &ScopeArgs) -> Result<()> {
     if incident.is_closed() {
         bail!("incident {id} is closed: its scope was fixed when it was open");
     }
-    let store = args.location.open_ledger_store().await?;
-    let (size, checkpoint) = evidence(&args.location, store.as_ref()).await?;
+    Ok(incident)
+}
+
+/// An incident's scope bound to a signed checkpoint.
+pub(crate) struct BoundScope {
+    pub scope: Scope,
+    /// The checkpoint, as a signed note.
+    pub checkpoint: String,
+    /// Leaves appended after it, not covered.
+    pub later: u64,
+    /// How long the scoping took.
+    pub seconds: f64,
+}
+
+pub(crate) async fn bound_scope(location: &Location, incident: &Incident) -> Result<BoundScope> {
+    let store = location.open_ledger_store().await?;
+    let (size, checkpoint) = evidence(location, store.as_ref()).await?;
     let started = std::time::Instant::now();
     let scope =
         rempart_breach::scope_at(store.as_ref(), &incident.compromised, incident.window, size)
             .await?;
     let seconds = started.elapsed().as_secs_f64();
     let later = store.size().await?.saturating_sub(size);
+    Ok(BoundScope {
+        scope,
+        checkpoint,
+        later,
+        seconds,
+    })
+}
+
+async fn scope(args: &ScopeArgs) -> Result<()> {
+    let stores = args.location.open_stores().await?;
+    let id = IncidentId::new(args.id);
+    let incident = open_incident(&stores, id).await?;
+    let BoundScope {
+        scope,
+        checkpoint,
+        later,
+        seconds,
+    } = bound_scope(&args.location, &incident).await?;
+    let size = scope.tree_size;
     if let Some(path) = &args.persons {
         write_persons(path, &scope)?;
     }

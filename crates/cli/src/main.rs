@@ -17,6 +17,7 @@ mod drill;
 mod guard;
 mod incident;
 mod location;
+mod notices;
 mod progress;
 mod registry;
 mod serve;

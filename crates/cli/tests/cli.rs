@@ -2,7 +2,7 @@
 //! with bad lines, re-imports, interrupted imports, and a search of every
 //! stored byte for the plaintext that went in — on SQLite and PostgreSQL.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -698,7 +698,16 @@ async fn ledger_store(
 }
 
 fn fill_ledger(data: &Path, db: Option<&str>, n: u64) {
-    use rempart_ledger::bench::Synthetic;
+    fill_ledger_with(data, db, rempart_ledger::bench::Synthetic::new(7, 0), n);
+}
+
+/// Appends `n` leaves of `synth` and closes the ledger.
+fn fill_ledger_with(
+    data: &Path,
+    db: Option<&str>,
+    mut synth: rempart_ledger::bench::Synthetic,
+    n: u64,
+) {
     use rempart_ledger::{Ledger, LedgerConfig, LedgerKey};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -709,7 +718,6 @@ fn fill_ledger(data: &Path, db: Option<&str>, n: u64) {
             ..LedgerConfig::default()
         };
         let ledger = Ledger::open(store, key, config).await.unwrap();
-        let mut synth = Synthetic::new(7, 0);
         let leaves: Vec<_> = (0..n).map(|_| synth.leaf()).collect();
         for chunk in leaves.chunks(500) {
             ledger.append_batch(chunk).await.unwrap();
@@ -2486,4 +2494,357 @@ fn incident_commands_sqlite() {
 fn incident_commands_postgres() {
     let db = TestDatabase::create("rempart_t");
     incident_scenario(Some(&db.url));
+}
+
+/// The SMTP sink of the notice tests: aiosmtpd (PyPI) storing what it
+/// accepts in a Maildir, on a free port. `scripts/test` installs it.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+impl SmtpSink {
+    fn start(dir: &Path) -> SmtpSink {
+        let python =
+            std::env::var("REMPART_SMTP_SINK_PYTHON").unwrap_or_else(|_| {
+                s(&Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tools/smtp-sink/.venv/bin/python"))
+                .to_string()
+            });
+        assert!(
+            Path::new(&python).exists(),
+            "the SMTP sink is not installed ({python}): run scripts/test, which installs it"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = dir.join("maildir");
+        let child = Command::new(&python)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                s(&maildir),
+            ])
+            .spawn()
+            .expect("the SMTP sink starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the SMTP sink never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        SmtpSink {
+            child,
+            port,
+            maildir,
+        }
+    }
+
+    /// Every message received, raw.
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A header's value in a raw message.
+fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+}
+
+fn notice_scenario(db: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data, db);
+    let csv = generate(dir.path(), 300);
+    let rejects = dir.path().join("rejects.csv");
+    assert!(import(&data, db, &rejects, &[&csv], &[]).status.success());
+    // A tenth of the reads by account 1, over the 300 imported persons.
+    fill_ledger_with(
+        &data,
+        db,
+        rempart_ledger::bench::Synthetic::new(7, 0)
+            .with_persons(300)
+            .with_hot_percent(10),
+        3000,
+    );
+    let loc = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend(["--data".to_string(), s(&data).to_string()]);
+        if let Some(u) = db {
+            v.extend(["--database".to_string(), u.to_string()]);
+        }
+        v
+    };
+    let command = |args: &[&str]| -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rempart"));
+        c.args(loc(args))
+            .env_remove("REMPART_KEYS")
+            .env_remove("REMPART_DATABASE_URL")
+            .env_remove("REMPART_DATA")
+            .env_remove("REMPART_DPO");
+        c
+    };
+    let run = |args: &[&str]| -> String {
+        let out = command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fails = |args: &[&str]| -> String {
+        let out = command(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    run(&[
+        "incident",
+        "open",
+        "--title",
+        "Identifiants hameçonnés",
+        "--account",
+        "1",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-02",
+        "--aware-at",
+        "2026-01-03T08:00:00Z",
+    ]);
+    let scope: serde_json::Value =
+        serde_json::from_str(&run(&["incident", "scope", "1", "--format", "json"])).unwrap();
+    let persons = scope["persons"].as_u64().unwrap();
+    let exempt = scope["pseudonymous_only"].as_u64().unwrap();
+    assert!(persons - exempt >= 40, "{scope}");
+    let dpo = [
+        "--dpo",
+        "DPO, 1 rue de l'Exemple, 75000 Paris, dpo@example.org",
+    ];
+
+    // The draft: the DPO is required, and the 72 hours are long past, so
+    // the reasons for the delay are too.
+    let e = fails(&["incident", "report", "1"]);
+    assert!(e.contains("--dpo"), "{e}");
+    let e = fails(&["incident", "report", "1", dpo[0], dpo[1]]);
+    assert!(e.contains("delay reason"), "{e}");
+    let md = run(&[
+        "incident",
+        "report",
+        "1",
+        dpo[0],
+        dpo[1],
+        "--delay-reason",
+        "exercice",
+    ]);
+    assert!(md.contains("CNIL — initiale"), "{md}");
+    assert!(
+        md.contains(&format!(
+            "Personnes concernées (demandeurs d'emploi) : **{persons}**"
+        )),
+        "{md}"
+    );
+    assert!(md.contains("Motifs du retard : exercice"), "{md}");
+    assert!(
+        md.contains("disponible une fois les communications préparées"),
+        "{md}"
+    );
+
+    // Notices: one per person to inform, queued once.
+    let e = fails(&["incident", "dispatch", "1", "--letters", s(dir.path())]);
+    assert!(e.contains("run `rempart incident notify 1` first"), "{e}");
+    let measures = ["--measures", "Le compte a été suspendu le jour même."];
+    let out = run(&[
+        "incident",
+        "notify",
+        "1",
+        dpo[0],
+        dpo[1],
+        measures[0],
+        measures[1],
+    ]);
+    let to_inform = persons - exempt;
+    assert!(
+        out.contains(&format!("{to_inform} notices queued")),
+        "{out}"
+    );
+    let again = run(&[
+        "incident",
+        "notify",
+        "1",
+        dpo[0],
+        dpo[1],
+        measures[0],
+        measures[1],
+    ]);
+    assert!(
+        again.contains("0 notices queued")
+            && again.contains(&format!("({to_inform} already queued)")),
+        "{again}"
+    );
+    let number = |text: &str, after: &str| -> u64 {
+        let i = text
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} in {text}"))
+            + after.len();
+        text[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let emails = number(&out, "; ");
+    let letters = number(&out, "by e-mail, ");
+    assert_eq!(emails + letters, to_inform, "{out}");
+    assert!(letters > 0 && emails > 0, "{out}");
+
+    // Dispatch, killed with SIGKILL mid-way, then started again.
+    let sink = SmtpSink::start(dir.path());
+    let letters_dir = dir.path().join("letters");
+    let relay = format!("127.0.0.1:{}", sink.port);
+    let dispatch = |rate: &str| {
+        vec![
+            "incident".to_string(),
+            "dispatch".into(),
+            "1".into(),
+            "--smtp".into(),
+            relay.clone(),
+            "--from".into(),
+            "dpo@example.org".into(),
+            "--letters".into(),
+            s(&letters_dir).into(),
+            "--rate".into(),
+            rate.into(),
+        ]
+    };
+    let args = dispatch("40");
+    let mut child = command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sink.messages().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "no e-mail arrived");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = sink.messages().len() as u64;
+    assert!(
+        before < emails,
+        "killed before the end: {before} of {emails}"
+    );
+    let args = dispatch("2000");
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains(&format!(
+            "register: {to_inform} of {to_inform} notices delivered"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("persons_informed recorded"), "{out}");
+
+    // Every person informed once: one Message-ID each; at most the one
+    // e-mail in flight at the kill arrived twice, with the same identity.
+    let messages = sink.messages();
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for m in &messages {
+        let id = header(m, "Message-ID").expect("a Message-ID").to_string();
+        *ids.entry(id).or_default() += 1;
+        assert_eq!(
+            header(m, "Content-Type"),
+            Some("text/plain; charset=utf-8"),
+            "{m}"
+        );
+    }
+    assert_eq!(ids.len() as u64, emails, "one distinct e-mail per person");
+    assert!(
+        messages.len() as u64 - emails <= 1,
+        "{} duplicates",
+        messages.len() as u64 - emails
+    );
+    let pdfs: Vec<_> = std::fs::read_dir(letters_dir.join("incident-1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        pdfs.len() as u64,
+        letters,
+        "one letter per person without e-mail"
+    );
+    assert!(
+        pdfs.iter()
+            .all(|p| p.extension().is_some_and(|e| e == "pdf"))
+    );
+    assert!(std::fs::read(&pdfs[0]).unwrap().starts_with(b"%PDF-"));
+    // No personal value leaves in the notice body but what the notice
+    // says: the greeting names no one.
+    assert!(messages[0].contains("Madame, Monsieur,"), "{}", messages[0]);
+
+    // Again: nothing more to deliver, nothing delivered twice.
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("0 notices delivered"), "{out}");
+    assert_eq!(sink.messages().len(), messages.len());
+    let shown = run(&["incident", "show", "1"]);
+    assert_eq!(shown.matches("persons_informed").count(), 1, "{shown}");
+
+    // The draft now counts by département, and once the authority is
+    // notified the next one is complementary.
+    run(&[
+        "incident",
+        "event",
+        "1",
+        "--milestone",
+        "authority_notified",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&run(&[
+        "incident", "report", "1", dpo[0], dpo[1], "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(json["phase"], "complementary", "{json}");
+    let by_dep: u64 = json["departements"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_dep, to_inform, "{json}");
+}
+
+#[test]
+fn notice_commands_sqlite() {
+    notice_scenario(None);
+}
+
+#[test]
+fn notice_commands_postgres() {
+    let db = TestDatabase::create("rempart_t");
+    notice_scenario(Some(&db.url));
 }

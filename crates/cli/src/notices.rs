@@ -1,0 +1,624 @@
+//! `rempart incident report|notify|dispatch`: the draft notification to
+//! the CNIL (Art. 33) and the notices to persons (Art. 34), from the
+//! incident's exact scope.
+//!
+//! `notify` renders one notice per person to inform (pseudonymous-only
+//! exposures are exempt, Art. 34(3)(a)) and queues it in the register,
+//! where the person's space shows it; the channel is e-mail when the
+//! registry holds an address, else a letter. `dispatch` delivers what is
+//! queued: e-mails through SMTP, letters as PDF files for the print batch.
+//! Each delivery is begun and recorded in the register around the send,
+//! so a dispatch killed at any moment and started again delivers every
+//! notice, and records each once; an e-mail interrupted between the
+//! server's acceptance and its record is sent again with the same
+//! Message-ID (at most one per dispatcher at a time), which the report
+//! counts.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use clap::{Args, ValueEnum};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, Message};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use rempart_breach::notice::{WORDING, digest, letter_pdf, render};
+use rempart_breach::{
+    Art33Draft, Controller, DraftFacts, NoticeContext, NoticeFacts, OrganisationLabel,
+};
+use rempart_domain::incident::{
+    Event, IncidentId, Milestone, NoticeChannel, NoticeRun, QueuedNotice, StoredNotice,
+};
+use rempart_domain::{FieldGroup, OrganisationId, OrganisationKind, PersonId};
+use rempart_storage::Stores;
+use rempart_vault::{Read, Vault};
+
+use crate::incident::{bound_scope, open_incident};
+use crate::location::Location;
+use crate::progress::counter;
+
+/// Who the documents name as controller, and its DPO.
+#[derive(Args, Clone)]
+pub struct ControllerArgs {
+    /// The controller's name.
+    #[arg(long, env = "REMPART_CONTROLLER", default_value = "France Travail")]
+    controller: String,
+    /// How persons and the authority reach the data protection officer
+    /// (postal address, e-mail).
+    #[arg(long, env = "REMPART_DPO")]
+    dpo: Option<String>,
+}
+
+impl ControllerArgs {
+    fn controller(&self) -> Result<Controller> {
+        let Some(dpo) = self.dpo.as_deref().map(str::trim).filter(|d| !d.is_empty()) else {
+            bail!(
+                "--dpo: the DPO's contact is required (Art. 33(3)(b), Art. 34(2)); give it, or set REMPART_DPO"
+            );
+        };
+        Ok(Controller {
+            name: self.controller.trim().to_string(),
+            dpo: dpo.to_string(),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    location: Location,
+    /// The incident's number.
+    id: i64,
+    #[command(flatten)]
+    controller: ControllerArgs,
+    /// Why the initial notification comes after the 72 hours (required
+    /// then, Art. 33(1)).
+    #[arg(long)]
+    delay_reason: Option<String>,
+    /// `markdown` for the officer, `json` for tools.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+    format: ReportFormat,
+    /// Write it there instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Markdown,
+    Json,
+}
+
+#[derive(Args)]
+pub struct NotifyArgs {
+    #[command(flatten)]
+    location: Location,
+    /// The incident's number.
+    id: i64,
+    #[command(flatten)]
+    controller: ControllerArgs,
+    /// What was done, in a sentence every notice repeats (fixed the first
+    /// time the notices are prepared).
+    #[arg(long)]
+    measures: String,
+}
+
+#[derive(Args)]
+pub struct DispatchArgs {
+    #[command(flatten)]
+    location: Location,
+    /// The incident's number.
+    id: i64,
+    /// The SMTP relay for the e-mails, HOST:PORT (no e-mail sent without).
+    #[arg(long)]
+    smtp: Option<String>,
+    /// The e-mails' sender.
+    #[arg(long, default_value = "dpo@rempart.invalid")]
+    from: String,
+    /// Where the letters' PDF files go, one per person, for the print
+    /// batch (no letter written without).
+    #[arg(long)]
+    letters: Option<PathBuf>,
+    /// Deliveries per second at most.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+}
+
+/// Registry names and kinds of every organisation.
+async fn organisation_labels(
+    stores: &Stores,
+) -> Result<BTreeMap<OrganisationId, OrganisationLabel>> {
+    Ok(stores
+        .registry
+        .organisations()
+        .await?
+        .into_iter()
+        .map(|(id, o)| {
+            (
+                id,
+                OrganisationLabel {
+                    name: o.name,
+                    kind: o.kind,
+                },
+            )
+        })
+        .collect())
+}
+
+pub async fn report(args: &ReportArgs) -> Result<()> {
+    let controller = args.controller.controller()?;
+    let stores = args.location.open_stores().await?;
+    let id = IncidentId::new(args.id);
+    let incident = open_incident(&stores, id).await?;
+    let bound = bound_scope(&args.location, &incident).await?;
+    let organisations = organisation_labels(&stores).await?;
+    let progress = stores.notices.notice_progress(id).await?;
+    let departements = (progress.total_queued() > 0).then_some(progress.by_departement);
+    let draft = Art33Draft::new(
+        DraftFacts {
+            incident: &incident,
+            scope: &bound.scope,
+            checkpoint: &bound.checkpoint,
+            organisations: &organisations,
+            departements: departements.as_ref(),
+        },
+        &controller,
+        args.delay_reason.as_deref(),
+        Utc::now(),
+    )?;
+    let text = match args.format {
+        ReportFormat::Markdown => draft.to_markdown(),
+        ReportFormat::Json => serde_json::to_string_pretty(&draft)? + "\n",
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, text)
+                .with_context(|| format!("--out: cannot write {}", path.display()))?;
+            eprintln!("incident {id}: draft written to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Persons read from the vault at once while notices are prepared.
+const READ_AHEAD: usize = 64;
+/// Notices queued per transaction.
+const QUEUE_BATCH: usize = 5_000;
+
+/// What preparing the notices found.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub queued: u64,
+    pub already: u64,
+    pub email: u64,
+    pub letter: u64,
+    pub exempt: u64,
+    pub unreachable: u64,
+    pub seconds: f64,
+}
+
+/// Renders and queues the notices of an incident's persons to inform:
+/// the part of `notify` after the scope, shared with its benchmark.
+pub async fn prepare_notices(
+    stores: &Stores,
+    vault: &Vault,
+    id: IncidentId,
+    scope: &rempart_breach::Scope,
+    context: &NoticeContext,
+    show_progress: bool,
+) -> Result<Prepared> {
+    let started = Instant::now();
+    let run = stores
+        .notices
+        .prepare_notices(
+            id,
+            &NoticeRun {
+                controller: context.controller.name.clone(),
+                dpo: context.controller.dpo.clone(),
+                measures: context.measures.clone(),
+                wording: WORDING,
+                prepared_at: Utc::now(),
+            },
+        )
+        .await?;
+    if run.wording != WORDING {
+        bail!(
+            "incident {id}: its notices were prepared with wording {} and this version renders {WORDING}",
+            run.wording
+        );
+    }
+    let context = context_of(&run);
+    let kinds: BTreeMap<OrganisationId, OrganisationKind> = stores
+        .registry
+        .organisations()
+        .await?
+        .into_iter()
+        .map(|(id, o)| (id, o.kind))
+        .collect();
+    let mut p = Prepared::default();
+    let to_inform: Vec<_> = scope
+        .persons
+        .iter()
+        .filter(|(_, e)| !e.pseudonymous_only())
+        .collect();
+    p.exempt = scope.persons.len() as u64 - to_inform.len() as u64;
+    let bar = show_progress.then(|| counter(to_inform.len() as u64, "notices"));
+    let mut done = 0u64;
+    for chunk in to_inform.chunks(QUEUE_BATCH) {
+        let read: Vec<Option<QueuedNotice>> = stream::iter(chunk.iter().map(|(person, e)| {
+            let vault = vault.clone();
+            let facts = NoticeFacts::of(
+                id,
+                e,
+                e.organisations.iter().filter_map(|o| kinds.get(o).copied()),
+            );
+            let context = &context;
+            async move {
+                let contact = match vault.read(*person, &[FieldGroup::Contact]).await? {
+                    Read::Found(view) => view.contact,
+                    Read::Shredded | Read::Missing => None,
+                };
+                let Some(contact) = contact else {
+                    return anyhow::Ok(None);
+                };
+                let text = render(&facts, context);
+                Ok(Some(QueuedNotice {
+                    person: *person,
+                    channel: if contact.email.is_some() {
+                        NoticeChannel::Email
+                    } else {
+                        NoticeChannel::Letter
+                    },
+                    departement: contact.adresse.code_postal.departement(),
+                    groups: facts.groups_code(),
+                    kinds: facts.kinds_code(),
+                    reads: facts.reads,
+                    first: facts.first,
+                    last: facts.last,
+                    digest: digest(&text),
+                }))
+            }
+        }))
+        .buffered(READ_AHEAD)
+        .try_collect()
+        .await?;
+        let batch: Vec<QueuedNotice> = read.iter().flatten().cloned().collect();
+        p.unreachable += (read.len() - batch.len()) as u64;
+        for n in &batch {
+            match n.channel {
+                NoticeChannel::Email => p.email += 1,
+                NoticeChannel::Letter => p.letter += 1,
+            }
+        }
+        let added = stores.notices.queue_notices(id, &batch).await?;
+        p.queued += added;
+        p.already += batch.len() as u64 - added;
+        done += chunk.len() as u64;
+        if let Some(b) = &bar {
+            b.set(done);
+        }
+    }
+    if let Some(b) = bar {
+        b.done();
+    }
+    p.seconds = started.elapsed().as_secs_f64();
+    Ok(p)
+}
+
+fn context_of(run: &NoticeRun) -> NoticeContext {
+    NoticeContext {
+        controller: Controller {
+            name: run.controller.clone(),
+            dpo: run.dpo.clone(),
+        },
+        measures: run.measures.clone(),
+    }
+}
+
+pub async fn notify(args: &NotifyArgs) -> Result<()> {
+    let controller = args.controller.controller()?;
+    let stores = args.location.open_stores().await?;
+    let vault = args.location.open_vault().await?;
+    let id = IncidentId::new(args.id);
+    let incident = open_incident(&stores, id).await?;
+    let bound = bound_scope(&args.location, &incident).await?;
+    let context = NoticeContext {
+        controller,
+        measures: args.measures.clone(),
+    };
+    let p = prepare_notices(&stores, &vault, id, &bound.scope, &context, true).await?;
+    println!(
+        "incident {id}: {} notices queued in {:.1} s ({} already queued); {} by e-mail, {} by letter; {} persons exempt (pseudonymous only, Art. 34(3)(a)); {} unreachable (record shredded since)",
+        p.queued, p.seconds, p.already, p.email, p.letter, p.exempt, p.unreachable
+    );
+    println!(
+        "every queued notice is in its person's space; deliver them with `rempart incident dispatch {id}`"
+    );
+    Ok(())
+}
+
+/// A notice's text again, from the register, checked against the digest
+/// it was queued with: a notice whose text would differ is not sent.
+pub(crate) fn text_of(
+    n: &StoredNotice,
+    context: &NoticeContext,
+) -> Result<rempart_breach::NoticeText> {
+    let q = &n.notice;
+    let Some(facts) =
+        NoticeFacts::from_codes(n.incident, q.groups, q.kinds, q.reads, q.first, q.last)
+    else {
+        bail!(
+            "incident {}: person {}'s queued notice holds codes this version does not read",
+            n.incident,
+            q.person
+        );
+    };
+    let text = render(&facts, context);
+    if digest(&text) != q.digest {
+        bail!(
+            "incident {}: person {}'s notice renders differently from the text queued; nothing sent",
+            n.incident,
+            q.person
+        );
+    }
+    Ok(text)
+}
+
+/// Paces deliveries at `rate` per second.
+struct Pace {
+    every: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(rate: f64) -> Result<Self> {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate: expected a positive number of deliveries per second");
+        }
+        Ok(Pace {
+            every: Duration::from_secs_f64(1.0 / rate),
+            next: tokio::time::Instant::now(),
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep_until(self.next).await;
+        self.next = self.next.max(tokio::time::Instant::now() - self.every) + self.every;
+    }
+}
+
+/// Where one channel's deliveries go.
+enum Sink {
+    Email {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+        domain: String,
+    },
+    Letters(PathBuf),
+}
+
+/// What a dispatch did.
+#[derive(Debug, Default)]
+pub struct Dispatched {
+    pub sent: u64,
+    pub resent_interrupted: u64,
+    pub skipped_no_address: u64,
+    pub seconds: f64,
+}
+
+pub async fn dispatch(args: &DispatchArgs) -> Result<()> {
+    let stores = args.location.open_stores().await?;
+    let vault = args.location.open_vault().await?;
+    let id = IncidentId::new(args.id);
+    let incident = open_incident(&stores, id).await?;
+    let Some(run) = stores.notices.notice_run(id).await? else {
+        bail!("incident {id}: no notice queued; run `rempart incident notify {id}` first");
+    };
+    let context = context_of(&run);
+    let mut sinks = Vec::new();
+    if let Some(relay) = &args.smtp {
+        let (host, port) = relay
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .context("--smtp: expected HOST:PORT")?;
+        let from: Mailbox = args.from.parse().context("--from: not an e-mail address")?;
+        let domain = from.email.domain().to_string();
+        // A local relay, as a mail system's submission agent: no TLS here;
+        // the relay carries the messages on.
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(Duration::from_secs(30)))
+            .build();
+        sinks.push((
+            NoticeChannel::Email,
+            Sink::Email {
+                transport,
+                from,
+                domain,
+            },
+        ));
+    }
+    if let Some(dir) = &args.letters {
+        let dir = dir.join(format!("incident-{id}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("--letters: cannot create {}", dir.display()))?;
+        sinks.push((NoticeChannel::Letter, Sink::Letters(dir)));
+    }
+    if sinks.is_empty() {
+        bail!("say where the notices go: --smtp HOST:PORT for e-mails, --letters DIR for letters");
+    }
+    let before = stores.notices.notice_progress(id).await?;
+    let pending: u64 = sinks
+        .iter()
+        .map(|(c, _)| {
+            before.queued.get(c).copied().unwrap_or(0) - before.sent.get(c).copied().unwrap_or(0)
+        })
+        .sum();
+    let bar = counter(pending, "notices delivered");
+    let mut pace = Pace::new(args.rate)?;
+    let started = Instant::now();
+    let mut d = Dispatched::default();
+    for (channel, sink) in &sinks {
+        let mut after = PersonId::new(i64::MIN);
+        loop {
+            let page = stores
+                .notices
+                .pending_notices(id, *channel, after, 500)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.notice.person;
+            for n in page {
+                pace.wait().await;
+                let text = text_of(&n, &context)?;
+                let person = n.notice.person;
+                if !stores.notices.begin_notice(id, person).await? {
+                    continue;
+                }
+                if n.attempts > 0 {
+                    d.resent_interrupted += 1;
+                }
+                let delivered = deliver(sink, &vault, &incident.id, person, &text).await?;
+                if !delivered {
+                    d.skipped_no_address += 1;
+                    continue;
+                }
+                if stores.notices.notice_sent(id, person, Utc::now()).await? {
+                    d.sent += 1;
+                }
+                bar.set(d.sent);
+            }
+        }
+    }
+    bar.done();
+    d.seconds = started.elapsed().as_secs_f64();
+    let after = stores.notices.notice_progress(id).await?;
+    println!(
+        "incident {id}: {} notices delivered in {:.1} s ({:.0}/s); {} of them interrupted before and delivered again; {} without an address any more",
+        d.sent,
+        d.seconds,
+        d.sent as f64 / d.seconds.max(1e-9),
+        d.resent_interrupted,
+        d.skipped_no_address
+    );
+    println!(
+        "register: {} of {} notices delivered (e-mail {}/{}, letters {}/{})",
+        after.total_sent(),
+        after.total_queued(),
+        after.sent.get(&NoticeChannel::Email).unwrap_or(&0),
+        after.queued.get(&NoticeChannel::Email).unwrap_or(&0),
+        after.sent.get(&NoticeChannel::Letter).unwrap_or(&0),
+        after.queued.get(&NoticeChannel::Letter).unwrap_or(&0),
+    );
+    if after.total_sent() == after.total_queued()
+        && incident.reached(Milestone::PersonsInformed).is_none()
+    {
+        let now = Utc::now();
+        stores
+            .incidents
+            .record_event(
+                id,
+                &Event {
+                    at: now,
+                    milestone: Milestone::PersonsInformed,
+                    note: Some(format!(
+                        "{} notices delivered: {} e-mails, {} letters",
+                        after.total_sent(),
+                        after.sent.get(&NoticeChannel::Email).unwrap_or(&0),
+                        after.sent.get(&NoticeChannel::Letter).unwrap_or(&0),
+                    )),
+                    recorded_at: now,
+                },
+            )
+            .await?;
+        println!("incident {id}: persons_informed recorded");
+    }
+    Ok(())
+}
+
+/// Delivers one notice; `false` when the registry has no address for it
+/// any more (shredded, or the e-mail removed since it was queued).
+async fn deliver(
+    sink: &Sink,
+    vault: &Vault,
+    incident: &IncidentId,
+    person: PersonId,
+    text: &rempart_breach::NoticeText,
+) -> Result<bool> {
+    match sink {
+        Sink::Email {
+            transport,
+            from,
+            domain,
+        } => {
+            let contact = match vault.read(person, &[FieldGroup::Contact]).await? {
+                Read::Found(v) => v.contact,
+                Read::Shredded | Read::Missing => None,
+            };
+            let Some(email) = contact.and_then(|c| c.email) else {
+                return Ok(false);
+            };
+            let to: Mailbox = email.as_str().parse().with_context(|| {
+                format!(
+                    "incident {incident}: person {person}'s e-mail address is not one SMTP takes"
+                )
+            })?;
+            // The same Message-ID on every attempt: a notice delivered
+            // again after an interruption is recognisably the same one.
+            let message = Message::builder()
+                .from(from.clone())
+                .to(to)
+                .subject(text.subject.clone())
+                .message_id(Some(format!("<notice.{incident}.{person}@{domain}>")))
+                .header(ContentType::TEXT_PLAIN)
+                .body(text.body.clone())
+                .context("building the e-mail")?;
+            transport.send(message).await.with_context(|| {
+                format!("incident {incident}: the relay refused person {person}'s notice")
+            })?;
+            Ok(true)
+        }
+        Sink::Letters(dir) => {
+            let view = match vault
+                .read(person, &[FieldGroup::Identity, FieldGroup::Contact])
+                .await?
+            {
+                Read::Found(v) => v,
+                Read::Shredded | Read::Missing => return Ok(false),
+            };
+            let (Some(identity), Some(contact)) = (view.identity, view.contact) else {
+                return Ok(false);
+            };
+            let recipient = [
+                format!("{} {}", identity.prenom.as_str(), identity.nom.as_str()),
+                contact.adresse.ligne.as_str().to_string(),
+                format!(
+                    "{} {}",
+                    contact.adresse.code_postal.as_str(),
+                    contact.adresse.commune.as_str()
+                ),
+            ];
+            let pdf = letter_pdf(text, &recipient)
+                .with_context(|| format!("incident {incident}: person {person}'s letter"))?;
+            write_atomically(&dir.join(format!("person-{person}.pdf")), &pdf)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Writes a file whole or not at all: a letter written again after an
+/// interruption replaces the same file, so the batch holds one per
+/// person.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("pdf.part");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
