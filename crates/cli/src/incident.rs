@@ -139,7 +139,7 @@ pub async fn run(cmd: IncidentCommand) -> Result<()> {
         IncidentCommand::Scope(args) => scope(&args).await,
         IncidentCommand::Report(args) => crate::notices::report(&args).await,
         IncidentCommand::Notify(args) => crate::notices::notify(&args).await,
-        IncidentCommand::Dispatch(args) => crate::notices::dispatch(&args).await,
+        IncidentCommand::Dispatch(args) => crate::notices::dispatch(&args).await.map(|_| ()),
     }
 }
 

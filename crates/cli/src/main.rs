@@ -6,6 +6,7 @@ mod audit;
 mod bench;
 mod bench_dpop;
 mod bench_floor;
+mod bench_notices;
 mod bench_oracle;
 mod bench_replicas;
 mod bench_scope;
@@ -113,6 +114,10 @@ enum BenchCommand {
     /// organisation over a large synthetic ledger, against the query
     /// index's distinct persons for the account.
     Scope(bench_scope::ScopeBenchArgs),
+    /// Breach notices: one per affected person rendered and queued, against
+    /// the vault reads and the rendering alone; the dispatcher's delivery
+    /// rate to an SMTP server and as PDF letters.
+    Notices(bench_notices::NoticesBenchArgs),
     /// Audit ledger: durable appends/s with group commit, latency at a
     /// steady 5,000 appends/s, verify speed, proof time and size, query time.
     Ledger {
@@ -274,6 +279,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Consult(args)) => bench::bench_consult(&args).await,
         Command::Bench(BenchCommand::Scope(args)) => bench_scope::bench_scope(&args).await,
+        Command::Bench(BenchCommand::Notices(args)) => bench_notices::bench_notices(&args).await,
         Command::Bench(BenchCommand::Auth {
             passwords,
             proofs,

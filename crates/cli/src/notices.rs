@@ -110,22 +110,31 @@ pub struct NotifyArgs {
 #[derive(Args)]
 pub struct DispatchArgs {
     #[command(flatten)]
-    location: Location,
+    pub(crate) location: Location,
     /// The incident's number.
-    id: i64,
+    pub(crate) id: i64,
     /// The SMTP relay for the e-mails, HOST:PORT (no e-mail sent without).
     #[arg(long)]
-    smtp: Option<String>,
+    pub(crate) smtp: Option<String>,
     /// The e-mails' sender.
     #[arg(long, default_value = "dpo@rempart.invalid")]
-    from: String,
+    pub(crate) from: String,
     /// Where the letters' PDF files go, one per person, for the print
     /// batch (no letter written without).
     #[arg(long)]
-    letters: Option<PathBuf>,
+    pub(crate) letters: Option<PathBuf>,
     /// Deliveries per second at most.
     #[arg(long, default_value_t = 100.0)]
-    rate: f64,
+    pub(crate) rate: f64,
+    /// Stop after this many deliveries (a batch); the rest stays queued.
+    #[arg(long)]
+    pub(crate) limit: Option<u64>,
+    /// How long a delivery's claim keeps other dispatchers off a notice,
+    /// in seconds: a dispatcher killed mid-delivery delays that notice
+    /// by as much. It must outlast an SMTP transaction (its timeout is
+    /// half of it, 30 s at most).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(2..))]
+    pub(crate) claim_seconds: u32,
 }
 
 /// Registry names and kinds of every organisation.
@@ -411,7 +420,7 @@ pub struct Dispatched {
     pub seconds: f64,
 }
 
-pub async fn dispatch(args: &DispatchArgs) -> Result<()> {
+pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     let stores = args.location.open_stores().await?;
     let vault = args.location.open_vault().await?;
     let id = IncidentId::new(args.id);
@@ -432,7 +441,9 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<()> {
         // the relay carries the messages on.
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(port)
-            .timeout(Some(Duration::from_secs(30)))
+            .timeout(Some(Duration::from_secs(
+                u64::from(args.claim_seconds / 2).min(30),
+            )))
             .build();
         sinks.push((
             NoticeChannel::Email,
@@ -463,36 +474,63 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<()> {
     let mut pace = Pace::new(args.rate)?;
     let started = Instant::now();
     let mut d = Dispatched::default();
-    for (channel, sink) in &sinks {
-        let mut after = PersonId::new(i64::MIN);
-        loop {
-            let page = stores
-                .notices
-                .pending_notices(id, *channel, after, 500)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.notice.person;
-            for n in page {
-                pace.wait().await;
-                let text = text_of(&n, &context)?;
-                let person = n.notice.person;
-                if !stores.notices.begin_notice(id, person).await? {
-                    continue;
+    let limit = args.limit.unwrap_or(u64::MAX);
+    let claim = chrono::Duration::seconds(args.claim_seconds.into());
+    // Notices this run found no address for: left queued, not retried.
+    let mut no_address = std::collections::HashSet::new();
+    'passes: loop {
+        // Notices another dispatcher holds a running claim on.
+        let mut deferred = 0u64;
+        for (channel, sink) in &sinks {
+            let mut after = PersonId::new(i64::MIN);
+            loop {
+                let page = stores
+                    .notices
+                    .pending_notices(id, *channel, after, 500)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = last.notice.person;
+                for n in page {
+                    let person = n.notice.person;
+                    if no_address.contains(&person) {
+                        continue;
+                    }
+                    if d.sent >= limit {
+                        break 'passes;
+                    }
+                    pace.wait().await;
+                    let text = text_of(&n, &context)?;
+                    let now = Utc::now();
+                    if !stores
+                        .notices
+                        .begin_notice(id, person, now, now + claim)
+                        .await?
+                    {
+                        deferred += 1;
+                        continue;
+                    }
+                    if n.attempts > 0 {
+                        d.resent_interrupted += 1;
+                    }
+                    if !deliver(sink, &vault, &incident.id, person, &text).await? {
+                        d.skipped_no_address += 1;
+                        no_address.insert(person);
+                        continue;
+                    }
+                    if stores.notices.notice_sent(id, person, Utc::now()).await? {
+                        d.sent += 1;
+                    }
+                    bar.set(d.sent);
                 }
-                if n.attempts > 0 {
-                    d.resent_interrupted += 1;
-                }
-                let delivered = deliver(sink, &vault, &incident.id, person, &text).await?;
-                if !delivered {
-                    d.skipped_no_address += 1;
-                    continue;
-                }
-                if stores.notices.notice_sent(id, person, Utc::now()).await? {
-                    d.sent += 1;
-                }
-                bar.set(d.sent);
             }
         }
+        if deferred == 0 {
+            break;
+        }
+        // Claimed by a dispatcher running beside this one, or by one
+        // killed mid-delivery: wait until they are delivered or the
+        // claims lapse, then look again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     bar.done();
     d.seconds = started.elapsed().as_secs_f64();
@@ -537,7 +575,7 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<()> {
             .await?;
         println!("incident {id}: persons_informed recorded");
     }
-    Ok(())
+    Ok(d)
 }
 
 /// Delivers one notice; `false` when the registry has no address for it

@@ -75,9 +75,16 @@ pub trait NoticeStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<StoredNotice>, RegisterError>;
 
-    /// Records that a notice's delivery begins, if it is still
-    /// undelivered (`false`: it was delivered meanwhile, send nothing).
-    async fn begin_notice(&self, id: IncidentId, person: PersonId) -> Result<bool, RegisterError>;
+    /// Claims a notice for delivery until `until`, if it is undelivered
+    /// and no other dispatcher's claim runs at `now` (`false`: send
+    /// nothing now; it was delivered, or another dispatcher is on it).
+    async fn begin_notice(
+        &self,
+        id: IncidentId,
+        person: PersonId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, RegisterError>;
 
     /// Records a notice delivered at `at`, if it was not yet (`false`:
     /// another dispatcher recorded it first).
@@ -102,9 +109,20 @@ pub trait NoticeStore: Send + Sync {
 
 /// Checks a run before it is stored.
 pub(crate) fn check_run(run: &NoticeRun) -> Result<NoticeRun, RegisterError> {
+    // The controller's name goes into the e-mails' subject line: one line.
+    let one_line = |field: &'static str, text: &str| {
+        let text = checked_text(field, text)?;
+        if text.contains('\n') {
+            return Err(RegisterError::Invalid {
+                field,
+                reason: "must be one line".into(),
+            });
+        }
+        Ok(text)
+    };
     Ok(NoticeRun {
-        controller: checked_text("controller", &run.controller)?,
-        dpo: checked_text("dpo", &run.dpo)?,
+        controller: one_line("controller", &run.controller)?,
+        dpo: one_line("dpo", &run.dpo)?,
         measures: checked_text("measures", &run.measures)?,
         wording: run.wording,
         prepared_at: crate::instant(run.prepared_at, "prepared_at").map_err(register_error)?,

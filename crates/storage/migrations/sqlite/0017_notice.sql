@@ -3,8 +3,11 @@
 -- person and incident (the primary key is what makes a person notified
 -- once): codes of what was shown, counts, instants in microseconds since
 -- the Unix epoch, the département, the digest of the text. No personal
--- value. A delivery is begun (`attempts` + 1) and recorded (`sent_at`)
--- each by one statement that finds the notice undelivered.
+-- value. A delivery is begun and recorded each by one statement that
+-- finds the notice undelivered: beginning claims it until
+-- `claimed_until` (no other dispatcher takes it meanwhile; a dispatcher
+-- killed mid-delivery leaves a claim that lapses), recording sets
+-- `sent_at`.
 CREATE TABLE notice_run (
     incident_id INTEGER NOT NULL PRIMARY KEY REFERENCES incident (id),
     controller  TEXT    NOT NULL CHECK (length(controller) BETWEEN 1 AND 2000),
@@ -26,6 +29,7 @@ CREATE TABLE notice (
     last_at     INTEGER NOT NULL CHECK (last_at >= first_at),
     digest      BLOB    NOT NULL CHECK (length(digest) = 32),
     attempts    INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    claimed_until INTEGER,
     sent_at     INTEGER,
     PRIMARY KEY (incident_id, person_id)
 ) STRICT, WITHOUT ROWID;

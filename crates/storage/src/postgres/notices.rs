@@ -263,11 +263,18 @@ impl NoticeStore for PgStore {
         .map_err(register_error)
     }
 
-    async fn begin_notice(&self, id: IncidentId, person: PersonId) -> Result<bool, RegisterError> {
+    async fn begin_notice(
+        &self,
+        id: IncidentId,
+        person: PersonId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, RegisterError> {
         self.mark(
-            "UPDATE notice SET attempts = attempts + 1
-             WHERE incident_id = $1 AND person_id = $2 AND sent_at IS NULL",
-            &[&id.get(), &person.get()],
+            "UPDATE notice SET attempts = attempts + 1, claimed_until = $4
+             WHERE incident_id = $1 AND person_id = $2 AND sent_at IS NULL
+               AND (claimed_until IS NULL OR claimed_until <= $3)",
+            &[&id.get(), &person.get(), &micros(now), &micros(until)],
         )
         .await
         .map_err(register_error)

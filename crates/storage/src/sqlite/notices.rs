@@ -196,13 +196,20 @@ impl NoticeStore for SqliteStore {
         .map_err(register_error)
     }
 
-    async fn begin_notice(&self, id: IncidentId, person: PersonId) -> Result<bool, RegisterError> {
+    async fn begin_notice(
+        &self,
+        id: IncidentId,
+        person: PersonId,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, RegisterError> {
         self.write(move |c| {
             Ok(c.prepare_cached(
-                "UPDATE notice SET attempts = attempts + 1
-                 WHERE incident_id = ?1 AND person_id = ?2 AND sent_at IS NULL",
+                "UPDATE notice SET attempts = attempts + 1, claimed_until = ?4
+                 WHERE incident_id = ?1 AND person_id = ?2 AND sent_at IS NULL
+                   AND (claimed_until IS NULL OR claimed_until <= ?3)",
             )?
-            .execute(params![id.get(), person.get()])?
+            .execute(params![id.get(), person.get(), micros(now), micros(until)])?
                 == 1)
         })
         .await

@@ -59,6 +59,20 @@ async fn notices_are_queued_once_and_delivered_once(backend: Backend) {
         Err(RegisterError::Unknown(_)) => {}
         other => panic!("[{be}] unknown: {other:?}"),
     }
+    // The controller's name goes into a subject line: a line break there
+    // could forge mail headers.
+    let forged = NoticeRun {
+        controller: "France Travail\nBcc: attacker@example.org".into(),
+        ..run("x")
+    };
+    match notices.prepare_notices(id, &forged).await {
+        Err(RegisterError::Invalid {
+            field: "controller",
+            ..
+        }) => {}
+        other => panic!("[{be}] forged controller: {other:?}"),
+    }
+    assert_eq!(notices.notice_run(id).await.expect("run"), None, "[{be}]");
     let first = notices
         .prepare_notices(id, &run("Comptes suspendus."))
         .await
@@ -142,7 +156,7 @@ async fn notices_are_queued_once_and_delivered_once(backend: Backend) {
     // Delivery: begun, recorded once.
     assert!(
         notices
-            .begin_notice(id, PersonId::new(1))
+            .begin_notice(id, PersonId::new(1), hour(61), hour(62))
             .await
             .expect("begin"),
         "[{be}]"
@@ -163,22 +177,42 @@ async fn notices_are_queued_once_and_delivered_once(backend: Backend) {
     );
     assert!(
         !notices
-            .begin_notice(id, PersonId::new(1))
+            .begin_notice(id, PersonId::new(1), hour(70), hour(71))
             .await
             .expect("begin after"),
         "[{be}]"
     );
-    // Begun and never recorded: an interrupted delivery, still pending.
+    // Begun and never recorded: an interrupted delivery, still pending,
+    // claimed until its claim lapses, then taken again.
     assert!(
         notices
-            .begin_notice(id, PersonId::new(3))
+            .begin_notice(id, PersonId::new(3), hour(61), hour(62))
             .await
             .expect("begin 3"),
         "[{be}]"
     );
+    assert!(
+        !notices
+            .begin_notice(id, PersonId::new(3), hour(61), hour(63))
+            .await
+            .expect("claimed"),
+        "[{be}] another dispatcher's claim runs"
+    );
+    assert!(
+        notices
+            .begin_notice(id, PersonId::new(3), hour(62), hour(63))
+            .await
+            .expect("lapsed"),
+        "[{be}] the claim lapsed"
+    );
     let p = notices.notice_progress(id).await.expect("progress");
     assert_eq!(p.sent.get(&NoticeChannel::Email), Some(&1), "[{be}]");
     assert_eq!(p.interrupted, 1, "[{be}]");
+    let three = notices
+        .notices_of_person(PersonId::new(3))
+        .await
+        .expect("space");
+    assert_eq!(three[0].attempts, 2, "[{be}]");
     let mine = notices
         .notices_of_person(PersonId::new(1))
         .await
@@ -212,7 +246,8 @@ async fn notices_are_queued_once_and_delivered_once(backend: Backend) {
 }
 both_backends!(notices_are_queued_once_and_delivered_once);
 
-/// Twelve dispatchers recording the same notice at once: one succeeds.
+/// Twelve dispatchers claiming, then recording, the same notice at once:
+/// one claim and one record succeed.
 async fn racing_dispatchers_record_a_notice_once(backend: Backend) {
     let db = Db::open(backend).await;
     let be = db.store().backend();
@@ -228,6 +263,23 @@ async fn racing_dispatchers_record_a_notice_once(backend: Backend) {
         .queue_notices(id, &[notice(1, NoticeChannel::Email, "38")])
         .await
         .expect("queue");
+    let claims: Vec<_> = (0..12)
+        .map(|_| {
+            let notices = notices.clone();
+            tokio::spawn(async move {
+                notices
+                    .begin_notice(id, PersonId::new(1), hour(61), hour(62))
+                    .await
+            })
+        })
+        .collect();
+    let mut claimed = 0;
+    for c in claims {
+        if c.await.expect("task").expect("claim") {
+            claimed += 1;
+        }
+    }
+    assert_eq!(claimed, 1, "[{be}]");
     let calls: Vec<_> = (0..12)
         .map(|i| {
             let notices = notices.clone();

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Breach notices at scale (GDPR Art. 34): one notice per affected person
+# rendered and queued, then the dispatcher's delivery rate, on SQLite and
+# on PostgreSQL.
+#
+#   bench/notices.sh [PERSONS] [--sqlite-only] [--server postgres://…/postgres]
+#
+# Builds `rempart-cli` in release mode, starts the SMTP sink the tests use
+# (aiosmtpd, installed in tools/smtp-sink/.venv if missing), then runs
+# `rempart bench notices` on a registry of PERSONS persons (default
+# 1,000,000), every one of them affected: SQLite in a temporary directory,
+# then PostgreSQL in a database created for the run and dropped after.
+# Each prints the rendered-and-queued time against the vault reads and
+# the rendering alone, and the e-mail and letter delivery rates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PERSONS=1000000
+SERVER="postgres://postgres@127.0.0.1:5432/postgres"
+SQLITE_ONLY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --server) SERVER="$2"; shift 2 ;;
+    --sqlite-only) SQLITE_ONLY=1; shift ;;
+    *) PERSONS="$1"; shift ;;
+  esac
+done
+
+cargo build --release -q -p rempart-cli
+bin="${CARGO_TARGET_DIR:-target}/release/rempart"
+sink=tools/smtp-sink/.venv
+if [ ! -x "$sink/bin/python" ]; then
+  python3 -m venv "$sink"
+  "$sink/bin/pip" install -q --disable-pip-version-check -r tools/smtp-sink/requirements.txt
+fi
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$sink/bin/python" -m aiosmtpd -n -l "127.0.0.1:$port" -c aiosmtpd.handlers.Mailbox "$work/maildir" &
+sink_pid=$!
+trap 'kill $sink_pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+
+"$bin" bench notices --persons "$PERSONS" --dir "$work/sqlite" --smtp "127.0.0.1:$port"
+rm -rf "$work/sqlite" "$work/maildir"
+if [ "$SQLITE_ONLY" = 0 ]; then
+  db=rempart_bench_notices
+  psql "$SERVER" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+  url="${SERVER%/*}/$db"
+  "$bin" bench notices --persons "$PERSONS" --dir "$work/pg" --database "$url" --smtp "127.0.0.1:$port"
+  psql "$SERVER" -qc "DROP DATABASE $db"
+fi
