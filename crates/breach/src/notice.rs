@@ -180,6 +180,15 @@ impl NoticeFacts {
     }
 }
 
+/// A field group as the person's own, with its possessive.
+fn your(g: FieldGroup) -> String {
+    let possessive = match g {
+        FieldGroup::Contact => "vos",
+        FieldGroup::Identity | FieldGroup::Nir | FieldGroup::Status => "votre",
+    };
+    format!("{possessive} {}", group_label(g))
+}
+
 fn group_bit(g: FieldGroup) -> i64 {
     match g {
         FieldGroup::Identity => 1,
@@ -249,14 +258,14 @@ pub fn render(facts: &NoticeFacts, context: &NoticeContext) -> NoticeText {
                 "- une partie de votre numéro de sécurité sociale (sexe, année et mois de naissance), le reste masqué".to_string()
             }
             (FieldGroup::Nir, _) => "- votre numéro de sécurité sociale (NIR), en entier".to_string(),
-            (g, _) => format!("- votre {}", group_label(*g)),
+            (g, _) => format!("- {}", your(*g)),
         };
         wrap(&mut body, &line, "  ");
     }
     let not_seen: Vec<String> = FieldGroup::ALL
         .iter()
         .filter(|g| !facts.groups.contains(g))
-        .map(|g| format!("votre {}", group_label(*g)))
+        .map(|g| your(*g))
         .collect();
     if !not_seen.is_empty() {
         wrap(

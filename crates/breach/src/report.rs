@@ -325,7 +325,12 @@ impl Art33Draft {
                 "Usurpation d'identité : l'identité et le NIR en clair permettent des démarches frauduleuses (ouverture de comptes, prestations sociales).".to_string(),
             );
         }
-        if by_group.contains_key(&FieldGroup::Status) {
+        // A status seen with nothing identifying says nothing of anyone.
+        let identified_status = scope
+            .persons
+            .iter()
+            .any(|(_, e)| !e.pseudonymous_only() && e.groups.contains(FieldGroup::Status));
+        if identified_status {
             consequences.push(
                 "Atteinte à la vie privée : la situation de demandeur d'emploi est révélée, et peut servir d'appât (fausses offres, fausses aides).".to_string(),
             );
@@ -363,12 +368,15 @@ impl Art33Draft {
             scope.tree_size
         ));
         let to_inform = scope.persons.len() as u64 - scope.pseudonymous_only();
-        let mut measures_planned = vec![format!(
-            "Communication à chacune des {to_inform} personnes concernées (art. 34) : par courriel, ou par courrier à défaut d'adresse électronique, et dans son espace personnel."
-        )];
+        let mut measures_planned = Vec::new();
+        if to_inform > 0 {
+            measures_planned.push(format!(
+                "Communication à chaque personne concernée (art. 34), soit {to_inform} : par courriel, ou par courrier à défaut d'adresse électronique, et dans son espace personnel."
+            ));
+        }
         if scope.pseudonymous_only() > 0 {
             measures_planned.push(format!(
-                "{} personnes n'ont été exposées qu'à des valeurs pseudonymes ou masquées : pas de communication individuelle (art. 34(3)(a)).",
+                "Personnes exposées uniquement à des valeurs pseudonymes ou masquées, sans communication individuelle (art. 34(3)(a)) : {}.",
                 scope.pseudonymous_only()
             ));
         }
@@ -459,7 +467,7 @@ impl Art33Draft {
         let _ = writeln!(md, "- {}", self.controller.name);
         let _ = writeln!(
             md,
-            "- Délégué à la protection des données : {}",
+            "- Contact du délégué à la protection des données : {}",
             self.controller.dpo
         );
         let _ = writeln!(md, "\n## Nature de la violation (art. 33(3)(a))\n");
@@ -518,13 +526,22 @@ impl Art33Draft {
         }
         match &self.departements {
             Some(d) if !d.is_empty() => {
-                let _ = writeln!(md, "\n### Par département (adresse des personnes)\n");
+                let _ = writeln!(
+                    md,
+                    "\n### Par département (personnes à informer, selon leur adresse)\n"
+                );
                 let _ = writeln!(md, "| Département | Personnes |\n|---|---:|");
                 for (dep, n) in d {
                     let _ = writeln!(md, "| {dep} | {n} |");
                 }
             }
-            _ => {
+            Some(_) => {
+                let _ = writeln!(
+                    md,
+                    "\n*Répartition par département : aucune personne à informer.*"
+                );
+            }
+            None => {
                 let _ = writeln!(
                     md,
                     "\n*Répartition par département : disponible une fois les communications préparées (`rempart incident notify`).*"
@@ -710,6 +727,40 @@ mod tests {
         assert_eq!(json["persons"], 3);
         assert_eq!(json["nir_views"]["token"], 1);
         assert_eq!(json["departements"]["38"], 2);
+    }
+
+    #[test]
+    fn tokens_only_propose_no_notice() {
+        let i = incident(vec![(Milestone::Opened, 0, None)]);
+        let mut s = scope();
+        s.persons.retain(|(p, _)| p.get() == 3);
+        let orgs = BTreeMap::new();
+        let none = BTreeMap::new();
+        let d = Art33Draft::new(
+            DraftFacts {
+                incident: &i,
+                scope: &s,
+                checkpoint: "c\n",
+                organisations: &orgs,
+                departements: Some(&none),
+            },
+            &Controller {
+                name: "France Travail".into(),
+                dpo: "dpo@example.org".into(),
+            },
+            None,
+            at(1),
+        )
+        .unwrap();
+        assert_eq!((d.persons, d.persons_pseudonymous_only), (1, 1));
+        let md = d.to_markdown();
+        assert!(md.contains("Risque faible"), "{md}");
+        assert!(!md.contains("Communication à chaque personne"), "{md}");
+        assert!(
+            md.contains("sans communication individuelle (art. 34(3)(a)) : 1."),
+            "{md}"
+        );
+        assert!(md.contains("aucune personne à informer"), "{md}");
     }
 
     #[test]

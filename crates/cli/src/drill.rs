@@ -1689,7 +1689,7 @@ async fn breach_report(
         .context("the drill's incident")?;
     let controller = Controller {
         name: "France Travail".into(),
-        dpo: "Délégué à la protection des données, dpo@exemple.invalid".into(),
+        dpo: "dpo@exemple.invalid".into(),
     };
     let organisations: BTreeMap<OrganisationId, OrganisationLabel> = world
         .store
@@ -1737,25 +1737,36 @@ async fn breach_report(
         ));
     }
     if let Some(dir) = &world.report {
-        std::fs::write(dir.join(format!("{}.cnil.md", a.name)), draft.to_markdown())?;
+        // "cap-emploi-2024 (fast)" → "cap-emploi-2024-fast".
+        let slug = a
+            .name
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        std::fs::write(dir.join(format!("{slug}.cnil.md")), draft.to_markdown())?;
         std::fs::write(
-            dir.join(format!("{}.cnil.json", a.name)),
+            dir.join(format!("{slug}.cnil.json")),
             serde_json::to_string_pretty(&draft)? + "\n",
         )?;
-        let first = world
-            .stores
-            .notices
-            .pending_notices(
-                id,
-                rempart_domain::incident::NoticeChannel::Email,
-                PersonId::new(i64::MIN),
-                1,
-            )
-            .await?;
-        if let Some(n) = first.first() {
+        // The first person's notice, whichever its channel.
+        let mut first = None;
+        for channel in rempart_domain::incident::NoticeChannel::ALL {
+            first = world
+                .stores
+                .notices
+                .pending_notices(id, channel, PersonId::new(i64::MIN), 1)
+                .await?
+                .into_iter()
+                .next();
+            if first.is_some() {
+                break;
+            }
+        }
+        if let Some(n) = &first {
             let text = crate::notices::text_of(n, &context)?;
             std::fs::write(
-                dir.join(format!("{}.notice.txt", a.name)),
+                dir.join(format!("{slug}.notice.txt")),
                 format!("Objet : {}\n\n{}", text.subject, text.body),
             )?;
         }
