@@ -69,9 +69,19 @@ pub enum IncidentCommand {
 pub struct OpenArgs {
     #[command(flatten)]
     location: Location,
-    /// What happened, in a line (name no job seeker).
+    /// What happened, in a line (name no job seeker); from an alert, its
+    /// kind by default.
     #[arg(long)]
-    title: String,
+    title: Option<String>,
+    /// A guard alert (its id in `rempart alerts`): its account, or for an
+    /// organisation's alert every account it names, is compromised; the
+    /// window runs by default from a week before the alert's evidence to
+    /// now.
+    #[arg(long)]
+    alert: Option<i64>,
+    /// Scope it at once (as `incident scope`).
+    #[arg(long)]
+    scope: bool,
     /// A compromised account's id (repeat for several).
     #[arg(long = "account")]
     accounts: Vec<i64>,
@@ -81,10 +91,10 @@ pub struct OpenArgs {
     organisations: Vec<i64>,
     /// Window start (YYYY-MM-DD or RFC 3339), inclusive.
     #[arg(long)]
-    from: String,
-    /// Window end (YYYY-MM-DD or RFC 3339), exclusive.
+    from: Option<String>,
+    /// Window end (YYYY-MM-DD or RFC 3339), exclusive; default now.
     #[arg(long)]
-    to: String,
+    to: Option<String>,
     /// When the controller became aware (default: now); the 72 hours of
     /// Art. 33 run from it.
     #[arg(long)]
@@ -149,11 +159,34 @@ fn instant(text: &str, field: &str) -> Result<DateTime<Utc>> {
         .with_context(|| format!("--{field}: out of range"))
 }
 
+/// A guard alert by its id.
+async fn alert(stores: &Stores, id: i64) -> Result<rempart_guard::Alert> {
+    let found = stores
+        .guard
+        .alerts(&rempart_guard::store::AlertQuery {
+            from: None,
+            to: None,
+            account_id: None,
+            organisation_id: None,
+            after_id: id.saturating_sub(1),
+            limit: 1,
+        })
+        .await?;
+    match found.into_iter().next() {
+        Some(a) if a.id == id => Ok(a.alert),
+        _ => bail!("--alert: alert {id} is not in the guard's store"),
+    }
+}
+
+/// How far before an alert's evidence its incident's window starts by
+/// default: the guard speaks once the reads look wrong, and the same
+/// hands may have read quietly before.
+const BEFORE_ALERT: chrono::Duration = chrono::Duration::days(7);
+
 async fn open(args: &OpenArgs) -> Result<()> {
     let now = Utc::now();
-    let window = Window::new(instant(&args.from, "from")?, instant(&args.to, "to")?)
-        .context("--from/--to")?;
-    let compromised: Vec<Compromised> = args
+    let stores = args.location.open_stores().await?;
+    let mut compromised: Vec<Compromised> = args
         .accounts
         .iter()
         .map(|a| Compromised::Account(AccountId::new(*a)))
@@ -163,19 +196,42 @@ async fn open(args: &OpenArgs) -> Result<()> {
                 .map(|o| Compromised::Organisation(OrganisationId::new(*o))),
         )
         .collect();
-    if compromised.is_empty() {
-        bail!("say what was compromised: --account ID or --organisation ID");
+    let (mut from, mut title) = (None, args.title.clone());
+    if let Some(alert_id) = args.alert {
+        let a = alert(&stores, alert_id).await?;
+        if a.accounts.is_empty() {
+            compromised.push(Compromised::Account(a.account_id));
+        } else {
+            compromised.extend(a.accounts.iter().map(|x| Compromised::Account(*x)));
+        }
+        from = Some(a.evidence.from - BEFORE_ALERT);
+        title.get_or_insert_with(|| format!("Alerte {alert_id} de la garde ({})", a.kind.as_str()));
     }
+    if compromised.is_empty() {
+        bail!("say what was compromised: --account ID, --organisation ID or --alert ID");
+    }
+    let from = match (&args.from, from) {
+        (Some(t), _) => instant(t, "from")?,
+        (None, Some(f)) => f,
+        (None, None) => bail!("--from: the window's start is required (or --alert ID)"),
+    };
+    let to = match &args.to {
+        Some(t) => instant(t, "to")?,
+        None => now,
+    };
+    let window = Window::new(from, to).context("--from/--to")?;
+    let Some(title) = title else {
+        bail!("--title: say what happened, in a line (or --alert ID)");
+    };
     let aware_at = match &args.aware_at {
         Some(t) => instant(t, "aware-at")?,
         None => now,
     };
-    let stores = args.location.open_stores().await?;
     let id = stores
         .incidents
         .open_incident(
             &NewIncident {
-                title: args.title.clone(),
+                title,
                 compromised,
                 window,
                 aware_at,
@@ -191,6 +247,15 @@ async fn open(args: &OpenArgs) -> Result<()> {
         .await?
         .context("the incident just opened is not in the register")?;
     print!("{}", incident_text(&incident, now));
+    if args.scope {
+        scope(&ScopeArgs {
+            location: args.location.clone(),
+            id: id.get(),
+            format: ScopeFormat::Text,
+            persons: None,
+        })
+        .await?;
+    }
     Ok(())
 }
 

@@ -2452,6 +2452,66 @@ fn incident_scenario(db: Option<&str>) {
     assert_eq!(bound["leaves_after_checkpoint"], 10, "{bound}");
     rt.block_on(held.close()).unwrap();
 
+    // From a guard alert, in one command: an organisation's alert naming
+    // account 1 opens an incident on it, from a week before the alert's
+    // evidence, and scopes it: the same persons.
+    rt.block_on(async {
+        use rempart_guard::store::FlushBatch;
+        use rempart_guard::{Alert, AlertKind, Evidence, Verdict};
+        let target = db.map_or_else(|| s(&data).to_string(), str::to_string);
+        let stores = rempart_storage::open_stores(&target).await.unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-03T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        stores
+            .guard
+            .flush(&FlushBatch {
+                instance: 1,
+                alerts: vec![Alert {
+                    at,
+                    kind: AlertKind::OrganisationBehaviour,
+                    account_id: rempart_domain::AccountId::new(1),
+                    organisation_id: rempart_domain::OrganisationId::new(1),
+                    verdict: Verdict::StepUp,
+                    score: 3.0,
+                    explanation: Vec::new(),
+                    fresh: true,
+                    evidence: Evidence {
+                        from: at - chrono::Duration::hours(2),
+                        to: at,
+                        first_seq: None,
+                        last_seq: None,
+                    },
+                    accounts: vec![rempart_domain::AccountId::new(1)],
+                }],
+                ..FlushBatch::default()
+            })
+            .await
+            .unwrap();
+    });
+    let e = fails(&["incident", "open", "--alert", "99"]);
+    assert!(e.contains("alert 99 is not in the guard's store"), "{e}");
+    let from_alert = run(&[
+        "incident", "open", "--alert", "1", "--scope", "--by", "rssi",
+    ]);
+    assert!(
+        from_alert.contains("Alerte 1 de la garde (organisation_behaviour)"),
+        "{from_alert}"
+    );
+    assert!(
+        from_alert.contains("compromised: account 1\n"),
+        "{from_alert}"
+    );
+    assert!(
+        from_alert.contains("window: 2025-12-27 10:00:00 UTC to "),
+        "{from_alert}"
+    );
+    assert!(
+        from_alert.contains(&format!("persons revealed: {} (", listed.len())),
+        "{from_alert}"
+    );
+    run(&["incident", "event", "2", "--milestone", "closed"]);
+
     // Bad input: clear errors, nothing written.
     let e = fails(&as_strs(&open("999999", "2026-01-01", "2026-01-02")));
     assert!(e.contains("account 999999 is not in the registry"), "{e}");
@@ -2475,8 +2535,8 @@ fn incident_scenario(db: Option<&str>) {
     let e = fails(&["incident", "scope", "1"]);
     assert!(e.contains("incident 1 is closed"), "{e}");
     let list = run(&["incident", "list"]);
-    assert_eq!(list.lines().count(), 1, "{list}");
-    assert!(list.contains("closed"), "{list}");
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert_eq!(list.matches("closed").count(), 2, "{list}");
     let shown = run(&["incident", "show", "1"]);
     assert_eq!(
         shown.matches("\n    ").count(),
