@@ -237,6 +237,7 @@ pub async fn bench_notices(args: &NoticesBenchArgs) -> Result<()> {
             rate: 1e9,
             limit: Some(args.emails),
             claim_seconds: 120,
+            parallel: 8,
         })
         .await?;
         println!(
@@ -256,6 +257,7 @@ pub async fn bench_notices(args: &NoticesBenchArgs) -> Result<()> {
         rate: 1e9,
         limit: Some(args.letters),
         claim_seconds: 120,
+        parallel: 8,
     })
     .await?;
     println!(

@@ -25,7 +25,8 @@ use clap::{Args, ValueEnum};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::extension::ClientId;
 use rempart_breach::notice::{WORDING, digest, letter_pdf, render};
 use rempart_breach::{
     Art33Draft, Controller, DraftFacts, NoticeContext, NoticeFacts, OrganisationLabel,
@@ -129,6 +130,10 @@ pub struct DispatchArgs {
     /// Stop after this many deliveries (a batch); the rest stays queued.
     #[arg(long)]
     pub(crate) limit: Option<u64>,
+    /// Deliveries under way at once (each e-mail on its own connection
+    /// to the relay).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) parallel: u16,
     /// How long a delivery's claim keeps other dispatchers off a notice,
     /// in seconds: a dispatcher killed mid-delivery delays that notice
     /// by as much. It must outlast an SMTP transaction (its timeout is
@@ -378,10 +383,11 @@ pub(crate) fn text_of(
     Ok(text)
 }
 
-/// Paces deliveries at `rate` per second.
+/// Paces deliveries at `rate` per second, across the workers: each
+/// delivery takes the next slot.
 struct Pace {
     every: Duration,
-    next: tokio::time::Instant,
+    next: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Pace {
@@ -391,23 +397,84 @@ impl Pace {
         }
         Ok(Pace {
             every: Duration::from_secs_f64(1.0 / rate),
-            next: tokio::time::Instant::now(),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
         })
     }
 
-    async fn wait(&mut self) {
-        tokio::time::sleep_until(self.next).await;
-        self.next = self.next.max(tokio::time::Instant::now() - self.every) + self.every;
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.every;
+            slot
+        };
+        // A slot already due is taken at once: the timer's millisecond
+        // would otherwise cap the rate.
+        if slot > tokio::time::Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
+    }
+}
+
+/// The SMTP relay, with the connections of the workers: each message on
+/// a connection of its own while it is sent, connections kept open and
+/// reused.
+struct Relay {
+    addr: String,
+    from: Mailbox,
+    domain: String,
+    timeout: Duration,
+    idle: tokio::sync::Mutex<Vec<AsyncSmtpConnection>>,
+}
+
+impl Relay {
+    async fn connect(&self) -> Result<AsyncSmtpConnection> {
+        let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(&self.addr))
+            .await
+            .with_context(|| format!("--smtp: {} did not answer in time", self.addr))?
+            .with_context(|| format!("--smtp: cannot connect to {}", self.addr))?;
+        // Every SMTP command waits for its reply, and the message's final
+        // "." goes in a write of its own: with Nagle's algorithm it would
+        // wait for the relay's delayed acknowledgement, 40 ms a notice.
+        tcp.set_nodelay(true)?;
+        tokio::time::timeout(
+            self.timeout,
+            AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &ClientId::default()),
+        )
+        .await
+        .with_context(|| format!("--smtp: {} did not greet in time", self.addr))?
+        .with_context(|| format!("--smtp: {} refused the session", self.addr))
+    }
+
+    /// Sends one message; an error leaves its connection closed.
+    async fn send(&self, message: &Message) -> Result<()> {
+        let idle = self.idle.lock().await.pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        tokio::time::timeout(
+            self.timeout,
+            conn.send(message.envelope(), &message.formatted()),
+        )
+        .await
+        .context("the relay did not answer in time")??;
+        if !conn.has_broken() {
+            self.idle.lock().await.push(conn);
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        for mut c in self.idle.lock().await.drain(..) {
+            let _ = c.quit().await;
+        }
     }
 }
 
 /// Where one channel's deliveries go.
 enum Sink {
-    Email {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
-        from: Mailbox,
-        domain: String,
-    },
+    Email(Relay),
     Letters(PathBuf),
 }
 
@@ -420,7 +487,76 @@ pub struct Dispatched {
     pub seconds: f64,
 }
 
+/// What the workers of a dispatch share.
+struct Workers<'a> {
+    stores: &'a Stores,
+    vault: &'a Vault,
+    context: &'a NoticeContext,
+    id: IncidentId,
+    claim: chrono::Duration,
+    pace: Pace,
+    limit: u64,
+    /// Deliveries begun (claimed or not): the limit counts them.
+    started: std::sync::atomic::AtomicU64,
+    sent: std::sync::atomic::AtomicU64,
+    resent: std::sync::atomic::AtomicU64,
+    /// Notices another dispatcher held a running claim on, this pass.
+    deferred: std::sync::atomic::AtomicU64,
+    /// Notices this run found no address for: left queued, not retried.
+    no_address: std::sync::Mutex<std::collections::HashSet<PersonId>>,
+    bar: crate::progress::Counter,
+}
+
+impl Workers<'_> {
+    /// Claims, delivers and records one notice.
+    async fn deliver_one(&self, sink: &Sink, n: StoredNotice) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let person = n.notice.person;
+        let known_without = self
+            .no_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&person);
+        if known_without || self.started.fetch_add(1, Relaxed) >= self.limit {
+            return Ok(());
+        }
+        self.pace.wait().await;
+        let text = text_of(&n, self.context)?;
+        let now = Utc::now();
+        if !self
+            .stores
+            .notices
+            .begin_notice(self.id, person, now, now + self.claim)
+            .await?
+        {
+            self.deferred.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        if n.attempts > 0 {
+            self.resent.fetch_add(1, Relaxed);
+        }
+        if !deliver(sink, self.vault, &self.id, person, &text).await? {
+            self.no_address
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(person);
+            return Ok(());
+        }
+        if self
+            .stores
+            .notices
+            .notice_sent(self.id, person, Utc::now())
+            .await?
+        {
+            let sent = self.sent.fetch_add(1, Relaxed) + 1;
+            self.bar.set(sent);
+        }
+        Ok(())
+    }
+}
+
 pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
+    use std::sync::atomic::Ordering::Relaxed;
     let stores = args.location.open_stores().await?;
     let vault = args.location.open_vault().await?;
     let id = IncidentId::new(args.id);
@@ -431,27 +567,26 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     let context = context_of(&run);
     let mut sinks = Vec::new();
     if let Some(relay) = &args.smtp {
-        let (host, port) = relay
+        if relay
             .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-            .context("--smtp: expected HOST:PORT")?;
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            bail!("--smtp: expected HOST:PORT");
+        }
         let from: Mailbox = args.from.parse().context("--from: not an e-mail address")?;
         let domain = from.email.domain().to_string();
         // A local relay, as a mail system's submission agent: no TLS here;
         // the relay carries the messages on.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
-            .timeout(Some(Duration::from_secs(
-                u64::from(args.claim_seconds / 2).min(30),
-            )))
-            .build();
         sinks.push((
             NoticeChannel::Email,
-            Sink::Email {
-                transport,
+            Sink::Email(Relay {
+                addr: relay.clone(),
                 from,
                 domain,
-            },
+                timeout: Duration::from_secs(u64::from(args.claim_seconds / 2).min(30)),
+                idle: tokio::sync::Mutex::new(Vec::new()),
+            }),
         ));
     }
     if let Some(dir) = &args.letters {
@@ -467,73 +602,81 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     let pending: u64 = sinks
         .iter()
         .map(|(c, _)| {
-            before.queued.get(c).copied().unwrap_or(0) - before.sent.get(c).copied().unwrap_or(0)
+            before
+                .queued
+                .get(c)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.sent.get(c).copied().unwrap_or(0))
         })
         .sum();
-    let bar = counter(pending, "notices delivered");
-    let mut pace = Pace::new(args.rate)?;
+    let workers = Workers {
+        stores: &stores,
+        vault: &vault,
+        context: &context,
+        id,
+        claim: chrono::Duration::seconds(args.claim_seconds.into()),
+        pace: Pace::new(args.rate)?,
+        limit: args.limit.unwrap_or(u64::MAX),
+        started: 0.into(),
+        sent: 0.into(),
+        resent: 0.into(),
+        deferred: 0.into(),
+        no_address: std::sync::Mutex::new(std::collections::HashSet::new()),
+        bar: counter(
+            pending.min(args.limit.unwrap_or(u64::MAX)),
+            "notices delivered",
+        ),
+    };
     let started = Instant::now();
-    let mut d = Dispatched::default();
-    let limit = args.limit.unwrap_or(u64::MAX);
-    let claim = chrono::Duration::seconds(args.claim_seconds.into());
-    // Notices this run found no address for: left queued, not retried.
-    let mut no_address = std::collections::HashSet::new();
-    'passes: loop {
-        // Notices another dispatcher holds a running claim on.
-        let mut deferred = 0u64;
-        for (channel, sink) in &sinks {
-            let mut after = PersonId::new(i64::MIN);
-            loop {
-                let page = stores
-                    .notices
-                    .pending_notices(id, *channel, after, 500)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = last.notice.person;
-                for n in page {
-                    let person = n.notice.person;
-                    if no_address.contains(&person) {
-                        continue;
+    let parallel = usize::from(args.parallel);
+    let outcome: Result<()> = async {
+        loop {
+            workers.deferred.store(0, Relaxed);
+            for (channel, sink) in &sinks {
+                let mut after = PersonId::new(i64::MIN);
+                loop {
+                    if workers.started.load(Relaxed) >= workers.limit {
+                        return Ok(());
                     }
-                    if d.sent >= limit {
-                        break 'passes;
-                    }
-                    pace.wait().await;
-                    let text = text_of(&n, &context)?;
-                    let now = Utc::now();
-                    if !stores
+                    let page = stores
                         .notices
-                        .begin_notice(id, person, now, now + claim)
-                        .await?
-                    {
-                        deferred += 1;
-                        continue;
-                    }
-                    if n.attempts > 0 {
-                        d.resent_interrupted += 1;
-                    }
-                    if !deliver(sink, &vault, &incident.id, person, &text).await? {
-                        d.skipped_no_address += 1;
-                        no_address.insert(person);
-                        continue;
-                    }
-                    if stores.notices.notice_sent(id, person, Utc::now()).await? {
-                        d.sent += 1;
-                    }
-                    bar.set(d.sent);
+                        .pending_notices(id, *channel, after, 500)
+                        .await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.notice.person;
+                    stream::iter(page.into_iter().map(Ok))
+                        .try_for_each_concurrent(parallel, |n| workers.deliver_one(sink, n))
+                        .await?;
                 }
             }
+            if workers.deferred.load(Relaxed) == 0 {
+                return Ok(());
+            }
+            // Claimed by a dispatcher running beside this one, or by one
+            // killed mid-delivery: wait until they are delivered or the
+            // claims lapse, then look again.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if deferred == 0 {
-            break;
-        }
-        // Claimed by a dispatcher running beside this one, or by one
-        // killed mid-delivery: wait until they are delivered or the
-        // claims lapse, then look again.
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    bar.done();
-    d.seconds = started.elapsed().as_secs_f64();
+    .await;
+    for (_, sink) in &sinks {
+        if let Sink::Email(relay) = sink {
+            relay.close().await;
+        }
+    }
+    outcome?;
+    workers.bar.done();
+    let d = Dispatched {
+        sent: workers.sent.load(Relaxed),
+        resent_interrupted: workers.resent.load(Relaxed),
+        skipped_no_address: workers
+            .no_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     let after = stores.notices.notice_progress(id).await?;
     println!(
         "incident {id}: {} notices delivered in {:.1} s ({:.0}/s); {} of them interrupted before and delivered again; {} without an address any more",
@@ -588,11 +731,7 @@ async fn deliver(
     text: &rempart_breach::NoticeText,
 ) -> Result<bool> {
     match sink {
-        Sink::Email {
-            transport,
-            from,
-            domain,
-        } => {
+        Sink::Email(relay) => {
             let contact = match vault.read(person, &[FieldGroup::Contact]).await? {
                 Read::Found(v) => v.contact,
                 Read::Shredded | Read::Missing => None,
@@ -608,14 +747,17 @@ async fn deliver(
             // The same Message-ID on every attempt: a notice delivered
             // again after an interruption is recognisably the same one.
             let message = Message::builder()
-                .from(from.clone())
+                .from(relay.from.clone())
                 .to(to)
                 .subject(text.subject.clone())
-                .message_id(Some(format!("<notice.{incident}.{person}@{domain}>")))
+                .message_id(Some(format!(
+                    "<notice.{incident}.{person}@{}>",
+                    relay.domain
+                )))
                 .header(ContentType::TEXT_PLAIN)
                 .body(text.body.clone())
                 .context("building the e-mail")?;
-            transport.send(message).await.with_context(|| {
+            relay.send(&message).await.with_context(|| {
                 format!("incident {incident}: the relay refused person {person}'s notice")
             })?;
             Ok(true)
@@ -642,7 +784,8 @@ async fn deliver(
             ];
             let pdf = letter_pdf(text, &recipient)
                 .with_context(|| format!("incident {incident}: person {person}'s letter"))?;
-            write_atomically(&dir.join(format!("person-{person}.pdf")), &pdf)?;
+            let path = dir.join(format!("person-{person}.pdf"));
+            tokio::task::spawn_blocking(move || write_atomically(&path, &pdf)).await??;
             Ok(true)
         }
     }

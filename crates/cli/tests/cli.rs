@@ -2806,7 +2806,10 @@ fn notice_scenario(db: Option<&str>) {
             "2".into(),
         ]
     };
-    let args = dispatch("40");
+    // One worker each: a killed dispatcher has at most one e-mail between
+    // the relay's acceptance and its record (with N workers, N).
+    let mut args = dispatch("40");
+    args.extend(["--parallel".to_string(), "1".to_string()]);
     let spawn = || {
         command(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .stdout(std::process::Stdio::null())
