@@ -44,7 +44,9 @@ for _ in $(seq 100); do
 done
 
 "$bin" bench notices --persons "$PERSONS" --dir "$work/sqlite" --smtp "127.0.0.1:$port"
-rm -rf "$work/sqlite" "$work/maildir"
+# The sink keeps its Maildir open: empty it, do not remove it.
+rm -rf "$work/sqlite"
+find "$work/maildir" -type f -delete
 if [ "$SQLITE_ONLY" = 0 ]; then
   db=rempart_bench_notices
   psql "$SERVER" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
