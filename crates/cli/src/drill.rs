@@ -1651,7 +1651,7 @@ async fn breach_report(
     scope: &rempart_breach::Scope,
     checkpoint: &str,
 ) -> Result<(String, Vec<String>)> {
-    use rempart_breach::{Art33Draft, Controller, DraftFacts, NoticeContext, OrganisationLabel};
+    use rempart_breach::{Art33Draft, Controller, DraftFacts, NoticeContext};
     use rempart_domain::incident::{Event, Milestone, NewIncident};
     let now = world.clock.now();
     let id = world
@@ -1673,12 +1673,11 @@ async fn breach_report(
         .incidents
         .record_event(
             id,
-            &Event {
-                at: now,
-                milestone: Milestone::Contained,
-                note: Some("comptes suspendus par la garde".into()),
-                recorded_at: now,
-            },
+            &Event::happening(
+                now,
+                Milestone::Contained,
+                Some("comptes suspendus par la garde".into()),
+            ),
         )
         .await?;
     let incident = world
@@ -1691,21 +1690,7 @@ async fn breach_report(
         name: "France Travail".into(),
         dpo: "dpo@exemple.invalid".into(),
     };
-    let organisations: BTreeMap<OrganisationId, OrganisationLabel> = world
-        .store
-        .organisations()
-        .await?
-        .into_iter()
-        .map(|(id, o)| {
-            (
-                id,
-                OrganisationLabel {
-                    name: o.name,
-                    kind: o.kind,
-                },
-            )
-        })
-        .collect();
+    let organisations = crate::notices::organisation_labels(&world.store).await?;
     let context = NoticeContext {
         controller: controller.clone(),
         measures:

@@ -85,6 +85,12 @@ pub struct OpenArgs {
     /// A compromised account's id (repeat for several).
     #[arg(long = "account")]
     accounts: Vec<i64>,
+    /// A compromised API client (`rmpc_…`, repeat for several): the
+    /// account it reads as. The ledger records that account, so the scope
+    /// also counts the account's own reads: more than the client's, never
+    /// less.
+    #[arg(long = "client")]
+    clients: Vec<String>,
     /// A compromised organisation's id: all its accounts (repeat for
     /// several).
     #[arg(long = "organisation")]
@@ -196,6 +202,12 @@ async fn open(args: &OpenArgs) -> Result<()> {
                 .map(|o| Compromised::Organisation(OrganisationId::new(*o))),
         )
         .collect();
+    for client in &args.clients {
+        match stores.auth.api_client(client).await? {
+            Some((_, account)) => compromised.push(Compromised::Account(account.account_id)),
+            None => bail!("--client: {client} is not a registered API client"),
+        }
+    }
     let (mut from, mut title) = (None, args.title.clone());
     if let Some(alert_id) = args.alert {
         let a = alert(&stores, alert_id).await?;
@@ -208,7 +220,9 @@ async fn open(args: &OpenArgs) -> Result<()> {
         title.get_or_insert_with(|| format!("Alerte {alert_id} de la garde ({})", a.kind.as_str()));
     }
     if compromised.is_empty() {
-        bail!("say what was compromised: --account ID, --organisation ID or --alert ID");
+        bail!(
+            "say what was compromised: --account ID, --organisation ID, --client ID or --alert ID"
+        );
     }
     let from = match (&args.from, from) {
         (Some(t), _) => instant(t, "from")?,
@@ -459,21 +473,14 @@ async fn scope(args: &ScopeArgs) -> Result<()> {
         write_persons(path, &scope)?;
     }
     let now = Utc::now();
+    let note = format!(
+        "{} persons revealed ({} pseudonymous only), ledger size {size}",
+        scope.persons.len(),
+        scope.pseudonymous_only()
+    );
     stores
         .incidents
-        .record_event(
-            id,
-            &Event {
-                at: now,
-                milestone: Milestone::Scoped,
-                note: Some(format!(
-                    "{} persons revealed ({} pseudonymous only), ledger size {size}",
-                    scope.persons.len(),
-                    scope.pseudonymous_only()
-                )),
-                recorded_at: now,
-            },
-        )
+        .record_event(id, &Event::happening(now, Milestone::Scoped, Some(note)))
         .await?;
     match args.format {
         ScopeFormat::Text => print!(

@@ -143,11 +143,10 @@ pub struct DispatchArgs {
 }
 
 /// Registry names and kinds of every organisation.
-async fn organisation_labels(
-    stores: &Stores,
+pub(crate) async fn organisation_labels(
+    registry: &rempart_storage::Store,
 ) -> Result<BTreeMap<OrganisationId, OrganisationLabel>> {
-    Ok(stores
-        .registry
+    Ok(registry
         .organisations()
         .await?
         .into_iter()
@@ -169,7 +168,7 @@ pub async fn report(args: &ReportArgs) -> Result<()> {
     let id = IncidentId::new(args.id);
     let incident = open_incident(&stores, id).await?;
     let bound = bound_scope(&args.location, &incident).await?;
-    let organisations = organisation_labels(&stores).await?;
+    let organisations = organisation_labels(&stores.registry).await?;
     let progress = stores.notices.notice_progress(id).await?;
     let departements = (progress.total_queued() > 0).then_some(progress.by_departement);
     let draft = Art33Draft::new(
@@ -591,7 +590,15 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     }
     if let Some(dir) = &args.letters {
         let dir = dir.join(format!("incident-{id}"));
-        std::fs::create_dir_all(&dir)
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(&dir)
             .with_context(|| format!("--letters: cannot create {}", dir.display()))?;
         sinks.push((NoticeChannel::Letter, Sink::Letters(dir)));
     }
@@ -699,21 +706,17 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
         && incident.reached(Milestone::PersonsInformed).is_none()
     {
         let now = Utc::now();
+        let note = format!(
+            "{} notices delivered: {} e-mails, {} letters",
+            after.total_sent(),
+            after.sent.get(&NoticeChannel::Email).unwrap_or(&0),
+            after.sent.get(&NoticeChannel::Letter).unwrap_or(&0),
+        );
         stores
             .incidents
             .record_event(
                 id,
-                &Event {
-                    at: now,
-                    milestone: Milestone::PersonsInformed,
-                    note: Some(format!(
-                        "{} notices delivered: {} e-mails, {} letters",
-                        after.total_sent(),
-                        after.sent.get(&NoticeChannel::Email).unwrap_or(&0),
-                        after.sent.get(&NoticeChannel::Letter).unwrap_or(&0),
-                    )),
-                    recorded_at: now,
-                },
+                &Event::happening(now, Milestone::PersonsInformed, Some(note)),
             )
             .await?;
         println!("incident {id}: persons_informed recorded");
@@ -796,8 +799,17 @@ async fn deliver(
 /// person.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("pdf.part");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    // A letter holds a name and an address: for its owner's eyes only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;

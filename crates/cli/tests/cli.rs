@@ -2512,6 +2512,77 @@ fn incident_scenario(db: Option<&str>) {
     );
     run(&["incident", "event", "2", "--milestone", "closed"]);
 
+    // A compromised API client: the account it reads as.
+    let login = rt.block_on(async {
+        let target = db.map_or_else(|| s(&data).to_string(), str::to_string);
+        let stores = rempart_storage::open_stores(&target).await.unwrap();
+        stores
+            .registry
+            .account_by_id(rempart_domain::AccountId::new(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .login
+            .as_str()
+            .to_string()
+    });
+    let client_id = {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use p256::elliptic_curve::Generate as _;
+        let key = p256::ecdsa::SigningKey::generate();
+        let point = key.verifying_key().to_sec1_point(false);
+        let jwk = dir.path().join("partner.jwk");
+        std::fs::write(
+            &jwk,
+            format!(
+                r#"{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}"#,
+                URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+                URL_SAFE_NO_PAD.encode(point.y().unwrap())
+            ),
+        )
+        .unwrap();
+        run(&["client", "register", "--login", &login, "--jwk", s(&jwk)])
+            .lines()
+            .find(|l| l.starts_with("rmpc_"))
+            .unwrap()
+            .to_string()
+    };
+    let e = fails(&[
+        "incident",
+        "open",
+        "--client",
+        "rmpc_nope",
+        "--title",
+        "t",
+        "--from",
+        "2026-01-01",
+    ]);
+    assert!(
+        e.contains("--client: rmpc_nope is not a registered API client"),
+        "{e}"
+    );
+    let by_client = run(&[
+        "incident",
+        "open",
+        "--client",
+        &client_id,
+        "--title",
+        "Clé d'un logiciel partenaire volée",
+        "--from",
+        "2026-01-01",
+        "--scope",
+    ]);
+    assert!(
+        by_client.contains("compromised: account 1\n"),
+        "{by_client}"
+    );
+    assert!(
+        by_client.contains(&format!("persons revealed: {} (", listed.len())),
+        "{by_client}"
+    );
+    run(&["incident", "event", "3", "--milestone", "closed"]);
+
     // Bad input: clear errors, nothing written.
     let e = fails(&as_strs(&open("999999", "2026-01-01", "2026-01-02")));
     assert!(e.contains("account 999999 is not in the registry"), "{e}");
@@ -2535,8 +2606,8 @@ fn incident_scenario(db: Option<&str>) {
     let e = fails(&["incident", "scope", "1"]);
     assert!(e.contains("incident 1 is closed"), "{e}");
     let list = run(&["incident", "list"]);
-    assert_eq!(list.lines().count(), 2, "{list}");
-    assert_eq!(list.matches("closed").count(), 2, "{list}");
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert_eq!(list.matches("closed").count(), 3, "{list}");
     let shown = run(&["incident", "show", "1"]);
     assert_eq!(
         shown.matches("\n    ").count(),
@@ -2876,6 +2947,15 @@ fn notice_scenario(db: Option<&str>) {
             .all(|p| p.extension().is_some_and(|e| e == "pdf"))
     );
     assert!(std::fs::read(&pdfs[0]).unwrap().starts_with(b"%PDF-"));
+    #[cfg(unix)]
+    {
+        // A letter holds a name and an address: private to its owner.
+        use std::os::unix::fs::PermissionsExt;
+        for p in pdfs.iter().chain([&letters_dir.join("incident-1")]) {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o077;
+            assert_eq!(mode, 0, "{} is readable by others", p.display());
+        }
+    }
     // No personal value leaves in the notice body but what the notice
     // says: the greeting names no one.
     assert!(messages[0].contains("Madame, Monsieur,"), "{}", messages[0]);

@@ -152,6 +152,18 @@ pub struct Event {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl Event {
+    /// An event entered as it happens.
+    pub fn happening(at: DateTime<Utc>, milestone: Milestone, note: Option<String>) -> Self {
+        Event {
+            at,
+            milestone,
+            note,
+            recorded_at: at,
+        }
+    }
+}
+
 /// An incident to enter in the register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewIncident {
