@@ -445,23 +445,31 @@ impl Relay {
         .with_context(|| format!("--smtp: {} refused the session", self.addr))
     }
 
-    /// Sends one message; an error leaves its connection closed.
-    async fn send(&self, message: &Message) -> Result<()> {
+    /// Sends one message: `Ok(false)` if the relay refused it for good (a
+    /// 5xx reply: that address will not take it), an error for anything
+    /// that may pass (the dispatch stops; its claim lapses and a later
+    /// run tries again). A connection that saw an error is closed.
+    async fn send(&self, message: &Message) -> Result<bool> {
         let idle = self.idle.lock().await.pop();
         let mut conn = match idle {
             Some(c) => c,
             None => self.connect().await?,
         };
-        tokio::time::timeout(
+        let sent = tokio::time::timeout(
             self.timeout,
             conn.send(message.envelope(), &message.formatted()),
         )
         .await
-        .context("the relay did not answer in time")??;
-        if !conn.has_broken() {
-            self.idle.lock().await.push(conn);
+        .context("the relay did not answer in time")?;
+        match sent {
+            Ok(_) if !conn.has_broken() => {
+                self.idle.lock().await.push(conn);
+                Ok(true)
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.is_permanent() => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     async fn close(&self) {
@@ -482,7 +490,8 @@ enum Sink {
 pub struct Dispatched {
     pub sent: u64,
     pub resent_interrupted: u64,
-    pub skipped_no_address: u64,
+    /// Left queued: no address any more, or refused by the relay for good.
+    pub undeliverable: u64,
     pub seconds: f64,
 }
 
@@ -501,8 +510,9 @@ struct Workers<'a> {
     resent: std::sync::atomic::AtomicU64,
     /// Notices another dispatcher held a running claim on, this pass.
     deferred: std::sync::atomic::AtomicU64,
-    /// Notices this run found no address for: left queued, not retried.
-    no_address: std::sync::Mutex<std::collections::HashSet<PersonId>>,
+    /// Notices this run could not deliver (no address any more, or one
+    /// the relay refused for good): left queued, not retried by this run.
+    undeliverable: std::sync::Mutex<std::collections::HashSet<PersonId>>,
     bar: crate::progress::Counter,
 }
 
@@ -512,7 +522,7 @@ impl Workers<'_> {
         use std::sync::atomic::Ordering::Relaxed;
         let person = n.notice.person;
         let known_without = self
-            .no_address
+            .undeliverable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&person);
@@ -535,7 +545,7 @@ impl Workers<'_> {
             self.resent.fetch_add(1, Relaxed);
         }
         if !deliver(sink, self.vault, &self.id, person, &text).await? {
-            self.no_address
+            self.undeliverable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(person);
@@ -629,7 +639,7 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
         sent: 0.into(),
         resent: 0.into(),
         deferred: 0.into(),
-        no_address: std::sync::Mutex::new(std::collections::HashSet::new()),
+        undeliverable: std::sync::Mutex::new(std::collections::HashSet::new()),
         bar: counter(
             pending.min(args.limit.unwrap_or(u64::MAX)),
             "notices delivered",
@@ -677,8 +687,8 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     let d = Dispatched {
         sent: workers.sent.load(Relaxed),
         resent_interrupted: workers.resent.load(Relaxed),
-        skipped_no_address: workers
-            .no_address
+        undeliverable: workers
+            .undeliverable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len() as u64,
@@ -686,12 +696,12 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     };
     let after = stores.notices.notice_progress(id).await?;
     println!(
-        "incident {id}: {} notices delivered in {:.1} s ({:.0}/s); {} of them interrupted before and delivered again; {} without an address any more",
+        "incident {id}: {} notices delivered in {:.1} s ({:.0}/s); {} of them interrupted before and delivered again; {} undeliverable (no address any more, or refused by the relay for good), left queued and shown in the persons' space",
         d.sent,
         d.seconds,
         d.sent as f64 / d.seconds.max(1e-9),
         d.resent_interrupted,
-        d.skipped_no_address
+        d.undeliverable
     );
     println!(
         "register: {} of {} notices delivered (e-mail {}/{}, letters {}/{})",
@@ -724,8 +734,9 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     Ok(d)
 }
 
-/// Delivers one notice; `false` when the registry has no address for it
-/// any more (shredded, or the e-mail removed since it was queued).
+/// Delivers one notice; `false` when it cannot be: the registry has no
+/// address for it any more (shredded, or the e-mail removed since it was
+/// queued), or the relay refused the address for good.
 async fn deliver(
     sink: &Sink,
     vault: &Vault,
@@ -742,11 +753,9 @@ async fn deliver(
             let Some(email) = contact.and_then(|c| c.email) else {
                 return Ok(false);
             };
-            let to: Mailbox = email.as_str().parse().with_context(|| {
-                format!(
-                    "incident {incident}: person {person}'s e-mail address is not one SMTP takes"
-                )
-            })?;
+            let Ok(to) = email.as_str().parse::<Mailbox>() else {
+                return Ok(false);
+            };
             // The same Message-ID on every attempt: a notice delivered
             // again after an interruption is recognisably the same one.
             let message = Message::builder()
@@ -761,9 +770,8 @@ async fn deliver(
                 .body(text.body.clone())
                 .context("building the e-mail")?;
             relay.send(&message).await.with_context(|| {
-                format!("incident {incident}: the relay refused person {person}'s notice")
-            })?;
-            Ok(true)
+                format!("incident {incident}: person {person}'s notice was not delivered")
+            })
         }
         Sink::Letters(dir) => {
             let view = match vault

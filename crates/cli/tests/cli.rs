@@ -2636,7 +2636,9 @@ struct SmtpSink {
 }
 
 impl SmtpSink {
-    fn start(dir: &Path) -> SmtpSink {
+    /// A sink on a free port; with `refuse`, it refuses for good (550)
+    /// every recipient at that domain.
+    fn start(dir: &Path, refuse: Option<&str>) -> SmtpSink {
         let python =
             std::env::var("REMPART_SMTP_SINK_PYTHON").unwrap_or_else(|_| {
                 s(&Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -2652,18 +2654,19 @@ impl SmtpSink {
             .local_addr()
             .unwrap()
             .port();
-        let maildir = dir.join("maildir");
+        let maildir = dir.join(format!("maildir-{port}"));
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["-m", "aiosmtpd", "-n", "-l", &listen, "-c"];
+        match refuse {
+            None => args.extend(["aiosmtpd.handlers.Mailbox", s(&maildir)]),
+            Some(domain) => args.extend(["refusing.Refusing", s(&maildir), domain]),
+        }
         let child = Command::new(&python)
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-                "aiosmtpd.handlers.Mailbox",
-                s(&maildir),
-            ])
+            .args(&args)
+            .env(
+                "PYTHONPATH",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/smtp-sink"),
+            )
             .spawn()
             .expect("the SMTP sink starts");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -2857,7 +2860,7 @@ fn notice_scenario(db: Option<&str>) {
 
     // Two dispatchers at once, each killed with SIGKILL mid-way, then one
     // started again.
-    let sink = SmtpSink::start(dir.path());
+    let sink = SmtpSink::start(dir.path(), None);
     let letters_dir = dir.path().join("letters");
     let relay = format!("127.0.0.1:{}", sink.port);
     let dispatch = |rate: &str| {
@@ -2966,6 +2969,63 @@ fn notice_scenario(db: Option<&str>) {
     assert_eq!(sink.messages().len(), messages.len());
     let shown = run(&["incident", "show", "1"]);
     assert_eq!(shown.matches("persons_informed").count(), 1, "{shown}");
+
+    // A relay that refuses some addresses for good: the dispatch goes on,
+    // leaves those notices queued and says how many; the persons are not
+    // yet all informed. Another relay delivers them later.
+    run(&[
+        "incident",
+        "open",
+        "--title",
+        "Bis",
+        "--account",
+        "1",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-02",
+    ]);
+    run(&[
+        "incident",
+        "notify",
+        "2",
+        dpo[0],
+        dpo[1],
+        measures[0],
+        measures[1],
+    ]);
+    let refusing = SmtpSink::start(dir.path(), Some("laposte.net"));
+    let to_relay = |port: u16| {
+        let relay = format!("127.0.0.1:{port}");
+        run(&[
+            "incident",
+            "dispatch",
+            "2",
+            "--smtp",
+            &relay,
+            "--from",
+            "dpo@example.org",
+            "--rate",
+            "5000",
+        ])
+    };
+    let out = to_relay(refusing.port);
+    let refused = number(&out, "again; ");
+    assert!(refused > 0, "{out}");
+    assert_eq!(refusing.messages().len() as u64, emails - refused, "{out}");
+    assert!(
+        out.contains(&format!(
+            "register: {} of {to_inform}",
+            to_inform - letters - refused
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("persons_informed"), "{out}");
+    let out = to_relay(sink.port);
+    assert!(
+        out.contains(&format!("{refused} notices delivered")),
+        "{out}"
+    );
 
     // The draft now counts by département, and once the authority is
     // notified the next one is complementary.
