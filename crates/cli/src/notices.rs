@@ -490,7 +490,10 @@ enum Sink {
 pub struct Dispatched {
     pub sent: u64,
     pub resent_interrupted: u64,
-    /// Left queued: no address any more, or refused by the relay for good.
+    /// E-mail notices turned into letters: no e-mail any more, or refused
+    /// by the relay for good.
+    pub to_letter: u64,
+    /// Left queued: no postal address any more (the record shredded).
     pub undeliverable: u64,
     pub seconds: f64,
 }
@@ -508,6 +511,8 @@ struct Workers<'a> {
     started: std::sync::atomic::AtomicU64,
     sent: std::sync::atomic::AtomicU64,
     resent: std::sync::atomic::AtomicU64,
+    /// E-mail notices sent by letter instead.
+    to_letter: std::sync::atomic::AtomicU64,
     /// Notices another dispatcher held a running claim on, this pass.
     deferred: std::sync::atomic::AtomicU64,
     /// Notices this run could not deliver (no address any more, or one
@@ -545,10 +550,22 @@ impl Workers<'_> {
             self.resent.fetch_add(1, Relaxed);
         }
         if !deliver(sink, self.vault, &self.id, person, &text).await? {
-            self.undeliverable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(person);
+            // No e-mail any more, or refused for good: by post instead
+            // (the letters' pass comes after the e-mails').
+            if matches!(sink, Sink::Email(_))
+                && self
+                    .stores
+                    .notices
+                    .notice_to_letter(self.id, person)
+                    .await?
+            {
+                self.to_letter.fetch_add(1, Relaxed);
+            } else {
+                self.undeliverable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(person);
+            }
             return Ok(());
         }
         if self
@@ -638,6 +655,7 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
         started: 0.into(),
         sent: 0.into(),
         resent: 0.into(),
+        to_letter: 0.into(),
         deferred: 0.into(),
         undeliverable: std::sync::Mutex::new(std::collections::HashSet::new()),
         bar: counter(
@@ -687,6 +705,7 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     let d = Dispatched {
         sent: workers.sent.load(Relaxed),
         resent_interrupted: workers.resent.load(Relaxed),
+        to_letter: workers.to_letter.load(Relaxed),
         undeliverable: workers
             .undeliverable
             .lock()
@@ -696,11 +715,12 @@ pub async fn dispatch(args: &DispatchArgs) -> Result<Dispatched> {
     };
     let after = stores.notices.notice_progress(id).await?;
     println!(
-        "incident {id}: {} notices delivered in {:.1} s ({:.0}/s); {} of them interrupted before and delivered again; {} undeliverable (no address any more, or refused by the relay for good), left queued and shown in the persons' space",
+        "incident {id}: {} notices delivered in {:.1} s ({:.0}/s); {} of them interrupted before and delivered again; {} e-mails to send by letter instead (no e-mail any more, or refused by the relay for good); {} undeliverable (record shredded), left queued",
         d.sent,
         d.seconds,
         d.sent as f64 / d.seconds.max(1e-9),
         d.resent_interrupted,
+        d.to_letter,
         d.undeliverable
     );
     println!(

@@ -2971,8 +2971,8 @@ fn notice_scenario(db: Option<&str>) {
     assert_eq!(shown.matches("persons_informed").count(), 1, "{shown}");
 
     // A relay that refuses some addresses for good: the dispatch goes on,
-    // leaves those notices queued and says how many; the persons are not
-    // yet all informed. Another relay delivers them later.
+    // turns those notices into letters and says how many; the persons are
+    // not all informed until the letters are written.
     run(&[
         "incident",
         "open",
@@ -2995,36 +2995,42 @@ fn notice_scenario(db: Option<&str>) {
         measures[1],
     ]);
     let refusing = SmtpSink::start(dir.path(), Some("laposte.net"));
-    let to_relay = |port: u16| {
-        let relay = format!("127.0.0.1:{port}");
-        run(&[
-            "incident",
-            "dispatch",
-            "2",
-            "--smtp",
-            &relay,
-            "--from",
-            "dpo@example.org",
-            "--rate",
-            "5000",
-        ])
-    };
-    let out = to_relay(refusing.port);
+    let relay = format!("127.0.0.1:{}", refusing.port);
+    let out = run(&[
+        "incident",
+        "dispatch",
+        "2",
+        "--smtp",
+        &relay,
+        "--from",
+        "dpo@example.org",
+        "--rate",
+        "5000",
+    ]);
     let refused = number(&out, "again; ");
     assert!(refused > 0, "{out}");
     assert_eq!(refusing.messages().len() as u64, emails - refused, "{out}");
     assert!(
         out.contains(&format!(
-            "register: {} of {to_inform}",
-            to_inform - letters - refused
+            "(e-mail {0}/{0}, letters 0/{1})",
+            emails - refused,
+            letters + refused
         )),
         "{out}"
     );
     assert!(!out.contains("persons_informed"), "{out}");
-    let out = to_relay(sink.port);
+    let second = dir.path().join("letters-2");
+    let out = run(&["incident", "dispatch", "2", "--letters", s(&second)]);
     assert!(
-        out.contains(&format!("{refused} notices delivered")),
+        out.contains(&format!("{} notices delivered", letters + refused)),
         "{out}"
+    );
+    assert!(out.contains("persons_informed recorded"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(second.join("incident-2"))
+            .unwrap()
+            .count() as u64,
+        letters + refused
     );
 
     // The draft now counts by département, and once the authority is

@@ -86,6 +86,16 @@ pub trait NoticeStore: Send + Sync {
         until: DateTime<Utc>,
     ) -> Result<bool, RegisterError>;
 
+    /// Sends an undelivered e-mail notice by letter instead (its address
+    /// is gone or refused for good), its claim released so that the
+    /// letters' pass takes it at once; `false` if it was not an
+    /// undelivered e-mail notice.
+    async fn notice_to_letter(
+        &self,
+        id: IncidentId,
+        person: PersonId,
+    ) -> Result<bool, RegisterError>;
+
     /// Records a notice delivered at `at`, if it was not yet (`false`:
     /// another dispatcher recorded it first).
     async fn notice_sent(

@@ -280,6 +280,20 @@ impl NoticeStore for PgStore {
         .map_err(register_error)
     }
 
+    async fn notice_to_letter(
+        &self,
+        id: IncidentId,
+        person: PersonId,
+    ) -> Result<bool, RegisterError> {
+        self.mark(
+            "UPDATE notice SET channel = 2, claimed_until = NULL
+             WHERE incident_id = $1 AND person_id = $2 AND channel = 1 AND sent_at IS NULL",
+            &[&id.get(), &person.get()],
+        )
+        .await
+        .map_err(register_error)
+    }
+
     async fn notice_sent(
         &self,
         id: IncidentId,

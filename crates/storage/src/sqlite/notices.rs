@@ -216,6 +216,24 @@ impl NoticeStore for SqliteStore {
         .map_err(register_error)
     }
 
+    async fn notice_to_letter(
+        &self,
+        id: IncidentId,
+        person: PersonId,
+    ) -> Result<bool, RegisterError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE notice SET channel = 2, claimed_until = NULL
+                 WHERE incident_id = ?1 AND person_id = ?2 AND channel = 1
+                   AND sent_at IS NULL",
+            )?
+            .execute(params![id.get(), person.get()])?
+                == 1)
+        })
+        .await
+        .map_err(register_error)
+    }
+
     async fn notice_sent(
         &self,
         id: IncidentId,

@@ -224,6 +224,40 @@ async fn notices_are_queued_once_and_delivered_once(backend: Backend) {
     );
     assert_eq!(mine[0].attempts, 1, "[{be}]");
 
+    // An e-mail that cannot go becomes a letter, its claim released; a
+    // delivered notice or a letter does not change.
+    assert!(
+        notices
+            .notice_to_letter(id, PersonId::new(3))
+            .await
+            .expect("to letter"),
+        "[{be}]"
+    );
+    for (p, what) in [(3, "already a letter"), (1, "delivered"), (2, "a letter")] {
+        assert!(
+            !notices
+                .notice_to_letter(id, PersonId::new(p))
+                .await
+                .expect("to letter"),
+            "[{be}] {what}"
+        );
+    }
+    let letters: Vec<i64> = notices
+        .pending_notices(id, NoticeChannel::Letter, PersonId::new(0), 10)
+        .await
+        .expect("pending")
+        .iter()
+        .map(|n| n.notice.person.get())
+        .collect();
+    assert_eq!(letters, [2, 3, 4], "[{be}]");
+    assert!(
+        notices
+            .begin_notice(id, PersonId::new(3), hour(61), hour(62))
+            .await
+            .expect("claim released"),
+        "[{be}]"
+    );
+
     // Closed: nothing more queued.
     reg.record_event(
         id,
