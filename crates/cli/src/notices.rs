@@ -245,7 +245,16 @@ pub async fn prepare_notices(
             run.wording
         );
     }
-    let context = context_of(&run);
+    let context_stored = context_of(&run);
+    if context_stored != *context {
+        // A notice already queued must render again the same: the words
+        // fixed when the notices were first prepared stand.
+        eprintln!(
+            "incident {id}: its notices were prepared on {} with another controller, DPO or measures; those stand",
+            run.prepared_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    let context = context_stored;
     let kinds: BTreeMap<OrganisationId, OrganisationKind> = stores
         .registry
         .organisations()

@@ -2827,15 +2827,26 @@ fn notice_scenario(db: Option<&str>) {
         out.contains(&format!("{to_inform} notices queued")),
         "{out}"
     );
-    let again = run(&[
+    // Queued again with other words: nothing added, the first words
+    // stand (a queued notice renders again the same), and it says so.
+    let other = command(&[
         "incident",
         "notify",
         "1",
         dpo[0],
         dpo[1],
-        measures[0],
-        measures[1],
-    ]);
+        "--measures",
+        "Autre chose.",
+    ])
+    .output()
+    .unwrap();
+    assert!(other.status.success());
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("those stand"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let again = String::from_utf8_lossy(&other.stdout).into_owned();
     assert!(
         again.contains("0 notices queued")
             && again.contains(&format!("({to_inform} already queued)")),
