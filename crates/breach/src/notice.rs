@@ -359,6 +359,46 @@ fn win_ansi(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// An address line in the letter font's encoding, whatever its script: a
+/// letter the font has no glyph for is written without its accents
+/// (Unicode decomposition), as a few letters of their own (Ł, Đ, Ħ, ı)
+/// by their base, else as `?`. Postal addresses are commonly written
+/// without accents; a name must never stop a letter.
+fn printable(text: &str) -> Vec<u8> {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = Vec::with_capacity(text.len());
+    for ch in text.chars() {
+        if let Some(b) = win_ansi(ch.encode_utf8(&mut [0; 4])) {
+            out.extend(b);
+            continue;
+        }
+        let own = match ch {
+            'Ł' => Some('L'),
+            'ł' => Some('l'),
+            'Đ' => Some('D'),
+            'đ' => Some('d'),
+            'Ħ' => Some('H'),
+            'ħ' => Some('h'),
+            'ı' => Some('i'),
+            _ => None,
+        };
+        let base: Vec<u8> = match own {
+            Some(c) => vec![c as u8],
+            None => std::iter::once(ch)
+                .nfd()
+                .filter_map(|c| win_ansi(c.encode_utf8(&mut [0; 4])))
+                .flatten()
+                .collect(),
+        };
+        if base.is_empty() {
+            out.push(b'?');
+        } else {
+            out.extend(base);
+        }
+    }
+    out
+}
+
 /// A4 in points, and the letter's layout.
 const PAGE_W: f32 = 595.0;
 const PAGE_H: f32 = 842.0;
@@ -372,10 +412,7 @@ const LEADING: f32 = 12.5;
 pub fn letter_pdf(text: &NoticeText, recipient: &[String]) -> Result<Vec<u8>, LetterError> {
     let mut lines: Vec<(f32, Vec<u8>)> = Vec::new();
     for r in recipient {
-        lines.push((
-            11.0,
-            win_ansi(r).ok_or(LetterError::Unprintable("address"))?,
-        ));
+        lines.push((11.0, printable(r)));
     }
     let address_lines = lines.len();
     let subject = win_ansi(&text.subject).ok_or(LetterError::Unprintable("subject"))?;
@@ -546,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn a_letter_is_a_pdf_with_the_address_and_refuses_unprintable_text() {
+    fn a_letter_is_a_pdf_with_the_address_in_any_script() {
         let e = exposure(&[FieldGroup::Identity], rempart_domain::NirView::None);
         let n = render(
             &NoticeFacts::of(IncidentId::new(1), &e, [OrganisationKind::MissionLocale]),
@@ -566,9 +603,19 @@ mod tests {
         // Text is written in the font's encoding, not as UTF-8: "Dupré"
         // with é as 0xE9 (a hex string, for its byte above 0x7F).
         assert!(pdf.windows(10).any(|w| w == b"44757072E9"));
+        // A name in another script never stops a letter: without its
+        // accents, or `?`.
+        assert_eq!(printable("Łukasz Wałęsa"), b"Lukasz Walesa");
+        assert_eq!(printable("Şule Ğüneş"), b"Sule G\xfcnes");
+        assert_eq!(printable("Dupré 漢"), b"Dupr\xe9 ?");
+        assert!(letter_pdf(&n, &["Dupré 漢".into()]).is_ok());
+        // The notice's own text is ours: a glyph missing there is a bug,
+        // refused rather than printed wrong.
+        let mut bad = n.clone();
+        bad.body.push('漢');
         assert_eq!(
-            letter_pdf(&n, &["Dupré 漢".into()]),
-            Err(LetterError::Unprintable("address"))
+            letter_pdf(&bad, &[]),
+            Err(LetterError::Unprintable("notice"))
         );
     }
 
