@@ -21,6 +21,7 @@ mod location;
 mod notices;
 mod progress;
 mod registry;
+mod scoping;
 mod serve;
 mod simulate;
 

@@ -38,9 +38,9 @@ use rempart_domain::{FieldGroup, OrganisationId, OrganisationKind, PersonId};
 use rempart_storage::Stores;
 use rempart_vault::{Read, Vault};
 
-use crate::incident::{bound_scope, open_incident};
 use crate::location::Location;
 use crate::progress::counter;
+use crate::scoping::{bound_scope, open_incident};
 
 /// Who the documents name as controller, and its DPO.
 #[derive(Args, Clone)]
