@@ -41,10 +41,10 @@ pub struct NoticesBenchArgs {
     /// SMTP server to measure the e-mail delivery rate against, HOST:PORT.
     #[arg(long)]
     smtp: Option<String>,
-    /// E-mails delivered for the rate.
+    /// E-mails delivered for the rate (0: none; the notices stay queued).
     #[arg(long, default_value_t = 20_000)]
     emails: u64,
-    /// Letters written for the rate.
+    /// Letters written for the rate (0: none).
     #[arg(long, default_value_t = 5_000)]
     letters: u64,
 }
@@ -227,7 +227,7 @@ pub async fn bench_notices(args: &NoticesBenchArgs) -> Result<()> {
         p.seconds / (read_s + render_s)
     );
 
-    if let Some(relay) = &args.smtp {
+    if let Some(relay) = args.smtp.as_ref().filter(|_| args.emails > 0) {
         let d = dispatch(&DispatchArgs {
             location: location.clone(),
             id: id.get(),
@@ -246,6 +246,9 @@ pub async fn bench_notices(args: &NoticesBenchArgs) -> Result<()> {
             d.seconds,
             d.sent as f64 / d.seconds
         );
+    }
+    if args.letters == 0 {
+        return Ok(());
     }
     let letters = tmp.path().join("letters");
     let d = dispatch(&DispatchArgs {
