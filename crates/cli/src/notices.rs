@@ -7,12 +7,13 @@
 //! where the person's space shows it; the channel is e-mail when the
 //! registry holds an address, else a letter. `dispatch` delivers what is
 //! queued: e-mails through SMTP, letters as PDF files for the print batch.
-//! Each delivery is begun and recorded in the register around the send,
-//! so a dispatch killed at any moment and started again delivers every
-//! notice, and records each once; an e-mail interrupted between the
-//! server's acceptance and its record is sent again with the same
-//! Message-ID (at most one per dispatcher at a time), which the report
-//! counts.
+//! Each delivery is claimed in the register (a lease) before the send and
+//! recorded after, so a dispatch killed at any moment and started again,
+//! or two at once, deliver every notice and record each once; an e-mail
+//! interrupted between the relay's acceptance and its record is sent
+//! again with the same Message-ID once its claim lapses (at most one per
+//! worker of the killed dispatcher), which the report counts. An e-mail
+//! refused for good, or whose address is gone, becomes a letter.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
