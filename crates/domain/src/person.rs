@@ -295,8 +295,9 @@ impl PostalCode {
     /// 20000 to 20199 are Corse-du-Sud, the rest Haute-Corse).
     pub fn departement(&self) -> String {
         let code = self.as_str();
-        match &code[..2] {
-            "97" | "98" => code[..3].to_string(),
+        // Five ASCII digits by construction: the slices cannot fail.
+        match code.get(..2).unwrap_or_default() {
+            "97" | "98" => code.get(..3).unwrap_or_default().to_string(),
             "20" if code < "20200" => "2A".to_string(),
             "20" => "2B".to_string(),
             two => two.to_string(),
