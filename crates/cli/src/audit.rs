@@ -292,13 +292,22 @@ async fn checkpoint(loc: &Location) -> Result<()> {
         .open()
         .await
         .context("taking the ledger's writer (is a server running on it?)")?;
-    let signed = ledger.checkpoint_now().await?;
-    // Opened here and held nowhere else: closing releases the writer lock.
+    let signed = sign_and_close(ledger).await??;
+    print!("{}", signed.note);
+    Ok(())
+}
+
+/// Signs a checkpoint now on a ledger this command opened, then closes it:
+/// opened here and held nowhere else, closing releases the writer lock.
+/// The outer error is the close's, the inner the signature's.
+pub(crate) async fn sign_and_close(
+    ledger: std::sync::Arc<rempart_ledger::Ledger>,
+) -> Result<Result<rempart_ledger::SignedCheckpoint, rempart_ledger::LedgerError>> {
+    let signed = ledger.checkpoint_now().await;
     if let Ok(ledger) = std::sync::Arc::try_unwrap(ledger) {
         ledger.close().await?;
     }
-    print!("{}", signed.note);
-    Ok(())
+    Ok(signed)
 }
 
 async fn current_size(store: &dyn LedgerStore) -> Result<u64> {

@@ -19,11 +19,7 @@ use crate::location::Location;
 async fn evidence(location: &Location, store: &dyn LedgerStore) -> Result<(u64, String)> {
     match location.server().storage().ledger.open().await {
         Ok((ledger, _)) => {
-            let signed = ledger.checkpoint_now().await;
-            if let Ok(ledger) = std::sync::Arc::try_unwrap(ledger) {
-                ledger.close().await?;
-            }
-            match signed {
+            match crate::audit::sign_and_close(ledger).await? {
                 Ok(signed) => return Ok((signed.checkpoint.size, signed.note)),
                 // A PostgreSQL replica integrates: this process only stages.
                 Err(LedgerError::NotIntegrating) => {}
