@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use rempart_breach::Scope;
 use rempart_domain::incident::{
-    Compromised, Event, Incident, IncidentId, Milestone, NewIncident, Window,
+    Compromised, Event, Incident, IncidentId, Milestone, NewIncident, NoticeChannel, Window,
 };
 use rempart_domain::{AccountId, OrganisationId};
 use rempart_storage::Stores;
@@ -300,6 +300,28 @@ async fn show(location: &Location, id: IncidentId) -> Result<()> {
         .await?
         .with_context(|| format!("incident {id}: no such incident"))?;
     print!("{}", incident_text(&incident, Utc::now()));
+    let p = stores.notices.notice_progress(id).await?;
+    if p.total_queued() > 0 {
+        let channel = |c| {
+            format!(
+                "{}/{}",
+                p.sent.get(&c).unwrap_or(&0),
+                p.queued.get(&c).unwrap_or(&0)
+            )
+        };
+        println!(
+            "  notices: {} of {} delivered (e-mail {}, letters {}){}",
+            p.total_sent(),
+            p.total_queued(),
+            channel(NoticeChannel::Email),
+            channel(NoticeChannel::Letter),
+            if p.interrupted > 0 {
+                format!("; {} interrupted, to deliver again", p.interrupted)
+            } else {
+                String::new()
+            }
+        );
+    }
     Ok(())
 }
 

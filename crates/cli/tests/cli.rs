@@ -2980,6 +2980,12 @@ fn notice_scenario(db: Option<&str>) {
     assert_eq!(sink.messages().len(), messages.len());
     let shown = run(&["incident", "show", "1"]);
     assert_eq!(shown.matches("persons_informed").count(), 1, "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "notices: {to_inform} of {to_inform} delivered (e-mail {emails}/{emails}, letters {letters}/{letters})"
+        )),
+        "{shown}"
+    );
 
     // A relay that refuses some addresses for good: the dispatch goes on,
     // turns those notices into letters and says how many; the persons are
