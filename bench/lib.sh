@@ -25,3 +25,22 @@ imported_postgres() {
   "$1" import --data "$4" --database "$url" --today "$6" --rejects "$7" "$5" > /dev/null
   echo "$url"
 }
+
+# start_smtp_sink MAILDIR: the tests' SMTP sink (aiosmtpd, installed in
+# tools/smtp-sink/.venv if missing) on a free port, storing what it
+# accepts in MAILDIR; waits until it listens. Sets SINK_PORT and SINK_PID.
+start_smtp_sink() {
+  local sink=tools/smtp-sink/.venv
+  if [ ! -x "$sink/bin/python" ]; then
+    python3 -m venv "$sink"
+    "$sink/bin/pip" install -q --disable-pip-version-check -r tools/smtp-sink/requirements.txt
+  fi
+  SINK_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$sink/bin/python" -m aiosmtpd -n -l "127.0.0.1:$SINK_PORT" -c aiosmtpd.handlers.Mailbox "$1" &
+  SINK_PID=$!
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$SINK_PORT") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "the SMTP sink did not listen on 127.0.0.1:$SINK_PORT"
+}

@@ -28,20 +28,11 @@ done
 
 cargo build --release -q -p rempart-cli
 bin="${CARGO_TARGET_DIR:-target}/release/rempart"
-sink=tools/smtp-sink/.venv
-if [ ! -x "$sink/bin/python" ]; then
-  python3 -m venv "$sink"
-  "$sink/bin/pip" install -q --disable-pip-version-check -r tools/smtp-sink/requirements.txt
-fi
+. bench/lib.sh
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$sink/bin/python" -m aiosmtpd -n -l "127.0.0.1:$port" -c aiosmtpd.handlers.Mailbox "$work/maildir" &
-sink_pid=$!
-trap 'kill $sink_pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
+start_smtp_sink "$work/maildir"
+port=$SINK_PORT
+trap 'kill $SINK_PID 2>/dev/null; rm -rf "$work"' EXIT
 
 "$bin" bench notices --persons "$PERSONS" --dir "$work/sqlite" --smtp "127.0.0.1:$port"
 # The sink keeps its Maildir open: empty it, do not remove it.

@@ -227,19 +227,21 @@ pub async fn bench_notices(args: &NoticesBenchArgs) -> Result<()> {
         p.seconds / (read_s + render_s)
     );
 
+    // The arguments of the real dispatcher, unpaced, 8 workers, for at most
+    // `limit` notices.
+    let batch = |smtp: Option<String>, letters: Option<PathBuf>, limit: u64| DispatchArgs {
+        location: location.clone(),
+        id: id.get(),
+        smtp,
+        from: "dpo@exemple.invalid".into(),
+        letters,
+        rate: 1e9,
+        limit: Some(limit),
+        claim_seconds: 120,
+        parallel: 8,
+    };
     if let Some(relay) = args.smtp.as_ref().filter(|_| args.emails > 0) {
-        let d = dispatch(&DispatchArgs {
-            location: location.clone(),
-            id: id.get(),
-            smtp: Some(relay.clone()),
-            from: "dpo@exemple.invalid".into(),
-            letters: None,
-            rate: 1e9,
-            limit: Some(args.emails),
-            claim_seconds: 120,
-            parallel: 8,
-        })
-        .await?;
+        let d = dispatch(&batch(Some(relay.clone()), None, args.emails)).await?;
         println!(
             "e-mail delivery: {} in {:.1} s = {:.0}/s (8 workers, each notice claimed and recorded in the register around its SMTP transaction)",
             d.sent,
@@ -247,27 +249,14 @@ pub async fn bench_notices(args: &NoticesBenchArgs) -> Result<()> {
             d.sent as f64 / d.seconds
         );
     }
-    if args.letters == 0 {
-        return Ok(());
+    if args.letters > 0 {
+        let d = dispatch(&batch(None, Some(tmp.path().join("letters")), args.letters)).await?;
+        println!(
+            "letters: {} PDF files in {:.1} s = {:.0}/s (each written, synced and renamed before it is recorded)",
+            d.sent,
+            d.seconds,
+            d.sent as f64 / d.seconds
+        );
     }
-    let letters = tmp.path().join("letters");
-    let d = dispatch(&DispatchArgs {
-        location: location.clone(),
-        id: id.get(),
-        smtp: None,
-        from: "dpo@exemple.invalid".into(),
-        letters: Some(letters),
-        rate: 1e9,
-        limit: Some(args.letters),
-        claim_seconds: 120,
-        parallel: 8,
-    })
-    .await?;
-    println!(
-        "letters: {} PDF files in {:.1} s = {:.0}/s (each written, synced and renamed before it is recorded)",
-        d.sent,
-        d.seconds,
-        d.sent as f64 / d.seconds
-    );
     Ok(())
 }
