@@ -20,4 +20,4 @@ mod scope;
 
 pub use notice::{NoticeContext, NoticeFacts, NoticeText};
 pub use report::{Art33Draft, Controller, DraftError, DraftFacts, OrganisationLabel, Phase};
-pub use scope::{Exposure, NirSeen, Scope, ScopeError, scope, scope_at};
+pub use scope::{Exposure, NirSeen, Scope, ScopeError, ScopeSummary, scope, scope_at};

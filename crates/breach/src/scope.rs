@@ -243,6 +243,40 @@ impl Scope {
             .count() as u64
     }
 
+    /// Its counts, as the register's tools show them (ids and numbers,
+    /// never a personal value).
+    pub fn summary(&self) -> ScopeSummary {
+        ScopeSummary {
+            persons: self.persons.len() as u64,
+            reads: self.revealing,
+            pseudonymous_only: self.pseudonymous_only(),
+            by_field_group: self
+                .persons_by_group()
+                .into_iter()
+                .map(|(g, n)| (g.to_string(), n))
+                .collect(),
+            by_nir_view: self
+                .persons_by_nir()
+                .into_iter()
+                .map(|(v, n)| (v.to_string(), n))
+                .collect(),
+            by_organisation: self
+                .persons_by_organisation()
+                .into_iter()
+                .map(|(o, n)| (o.to_string(), n))
+                .collect(),
+            refused: self
+                .refused
+                .iter()
+                .map(|(r, n)| (r.to_string(), *n))
+                .collect(),
+            persons_only_attempted: self.refused_only_persons,
+            leaves: self.leaves,
+            leaf_range: self.leaf_range.map(|(lo, hi)| [lo, hi]),
+            tree_size: self.tree_size,
+        }
+    }
+
     /// The exposure of one person, if they were revealed.
     pub fn exposure_of(&self, person: PersonId) -> Option<&Exposure> {
         self.persons
@@ -250,6 +284,34 @@ impl Scope {
             .ok()
             .map(|i| &self.persons[i].1)
     }
+}
+
+/// A scope's counts ([`Scope::summary`]), serialisable as the CLI's JSON
+/// and the API's body share it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScopeSummary {
+    /// Persons revealed.
+    pub persons: u64,
+    /// Leaves that revealed person data.
+    pub reads: u64,
+    /// Persons whose exposure is pseudonymous only (Art. 34(3)(a)).
+    pub pseudonymous_only: u64,
+    /// Persons by field group shown.
+    pub by_field_group: BTreeMap<String, u64>,
+    /// Persons by the most revealing view of their NIR.
+    pub by_nir_view: BTreeMap<String, u64>,
+    /// Persons by organisation (its id) whose accounts saw them.
+    pub by_organisation: BTreeMap<String, u64>,
+    /// Refused attempts by reason.
+    pub refused: BTreeMap<String, u64>,
+    /// Persons named by a refused attempt and never revealed.
+    pub persons_only_attempted: u64,
+    /// Leaves of the compromised subjects in the window.
+    pub leaves: u64,
+    /// The lowest and highest index of the leaves counted.
+    pub leaf_range: Option<[u64; 2]>,
+    /// The ledger size the scope covers.
+    pub tree_size: u64,
 }
 
 /// Scopes a breach over the whole ledger as it is now.
@@ -293,12 +355,22 @@ pub async fn scope_at(
         })
         .collect();
     let slices = slices(store, window, tree_size).await?;
-    let (organisations, slices) = (&organisations, &slices);
-    let reads = subjects.iter().flat_map(|subject| {
-        slices
-            .iter()
-            .map(move |&(from, to)| read_slice(store, *subject, from, to, tree_size, organisations))
-    });
+    // The reads listed first (futures do nothing until polled): a lazy
+    // iterator of closures here makes the future not provably `Send`
+    // for every lifetime, which a server's handler needs.
+    let mut reads = Vec::with_capacity(subjects.len() * slices.len());
+    for subject in &subjects {
+        for &(from, to) in &slices {
+            reads.push(read_slice(
+                store,
+                *subject,
+                from,
+                to,
+                tree_size,
+                &organisations,
+            ));
+        }
+    }
     let parts: Vec<Partial> = stream::iter(reads)
         .buffer_unordered(SLICES)
         .try_collect()

@@ -8,11 +8,9 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use rempart_breach::Scope;
-use rempart_domain::incident::{
-    Compromised, Event, Incident, IncidentId, Milestone, NewIncident, NoticeChannel, Window,
-};
+use rempart_consult::{IncidentRequest, IncidentRequestError};
+use rempart_domain::incident::{Event, Incident, IncidentId, Milestone, NoticeChannel};
 use rempart_domain::{AccountId, OrganisationId};
-use rempart_storage::Stores;
 
 use crate::audit::parse_time;
 use crate::location::Location;
@@ -164,95 +162,38 @@ fn instant(text: &str, field: &str) -> Result<DateTime<Utc>> {
         .with_context(|| format!("--{field}: out of range"))
 }
 
-/// A guard alert by its id.
-async fn alert(stores: &Stores, id: i64) -> Result<rempart_guard::Alert> {
-    let found = stores
-        .guard
-        .alerts(&rempart_guard::store::AlertQuery {
-            from: None,
-            to: None,
-            account_id: None,
-            organisation_id: None,
-            after_id: id.saturating_sub(1),
-            limit: 1,
-        })
-        .await?;
-    match found.into_iter().next() {
-        Some(a) if a.id == id => Ok(a.alert),
-        _ => bail!("--alert: alert {id} is not in the guard's store"),
-    }
-}
-
-/// How far before an alert's evidence its incident's window starts by
-/// default: the guard speaks once the reads look wrong, and the same
-/// hands may have read quietly before.
-const BEFORE_ALERT: chrono::Duration = chrono::Duration::days(7);
-
 async fn open(args: &OpenArgs) -> Result<()> {
     let now = Utc::now();
     let stores = args.location.open_stores().await?;
-    let mut compromised: Vec<Compromised> = args
-        .accounts
-        .iter()
-        .map(|a| Compromised::Account(AccountId::new(*a)))
-        .chain(
-            args.organisations
-                .iter()
-                .map(|o| Compromised::Organisation(OrganisationId::new(*o))),
-        )
-        .collect();
-    for client in &args.clients {
-        match stores.auth.api_client(client).await? {
-            Some((_, account)) => compromised.push(Compromised::Account(account.account_id)),
-            None => bail!("--client: {client} is not a registered API client"),
-        }
-    }
-    let (mut from, mut title) = (None, args.title.clone());
-    if let Some(alert_id) = args.alert {
-        let a = alert(&stores, alert_id).await?;
-        if a.accounts.is_empty() {
-            compromised.push(Compromised::Account(a.account_id));
-        } else {
-            compromised.extend(a.accounts.iter().map(|x| Compromised::Account(*x)));
-        }
-        from = Some(a.evidence.from - BEFORE_ALERT);
-        title.get_or_insert_with(|| format!("Alerte {alert_id} de la garde ({})", a.kind.as_str()));
-    }
-    if compromised.is_empty() {
-        bail!(
-            "say what was compromised: --account ID, --organisation ID, --client ID or --alert ID"
-        );
-    }
-    let from = match (&args.from, from) {
-        (Some(t), _) => instant(t, "from")?,
-        (None, Some(f)) => f,
-        (None, None) => bail!("--from: the window's start is required (or --alert ID)"),
+    let time = |t: &Option<String>, field| t.as_deref().map(|t| instant(t, field)).transpose();
+    let request = IncidentRequest {
+        title: args.title.clone(),
+        accounts: args.accounts.iter().map(|a| AccountId::new(*a)).collect(),
+        organisations: args
+            .organisations
+            .iter()
+            .map(|o| OrganisationId::new(*o))
+            .collect(),
+        clients: args.clients.clone(),
+        alert: args.alert,
+        from: time(&args.from, "from")?,
+        to: time(&args.to, "to")?,
+        aware_at: time(&args.aware_at, "aware-at")?,
     };
-    let to = match &args.to {
-        Some(t) => instant(t, "to")?,
-        None => now,
+    let found = match request.alert_query() {
+        Some(query) => stores.guard.alerts(&query).await?,
+        None => Vec::new(),
     };
-    let window = Window::new(from, to).context("--from/--to")?;
-    let Some(title) = title else {
-        bail!("--title: say what happened, in a line (or --alert ID)");
-    };
-    let aware_at = match &args.aware_at {
-        Some(t) => instant(t, "aware-at")?,
-        None => now,
-    };
-    let id = stores
-        .incidents
-        .open_incident(
-            &NewIncident {
-                title,
-                compromised,
-                window,
-                aware_at,
-                opened_by: args.by.clone(),
-            },
-            now,
-        )
-        .await?;
+    let new = request
+        .resolve(stores.auth.as_ref(), found, args.by.clone(), now)
+        .await
+        .map_err(|e| match e {
+            IncidentRequestError::Invalid { field, reason } => {
+                anyhow::anyhow!("--{}: {reason}", flag(field))
+            }
+            IncidentRequestError::Unavailable(cause) => anyhow::anyhow!(cause),
+        })?;
+    let id = stores.incidents.open_incident(&new, now).await?;
     println!("incident {id} opened");
     let incident = stores
         .incidents
@@ -357,6 +298,18 @@ async fn event(
         .await?;
     println!("incident {id}: {milestone} recorded");
     Ok(())
+}
+
+/// The command's flag for a field of an incident request.
+fn flag(field: &str) -> &str {
+    match field {
+        "accounts" => "account",
+        "organisations" => "organisation",
+        "clients" => "client",
+        "aware_at" => "aware-at",
+        "compromised" => "account/--organisation/--client/--alert",
+        other => other,
+    }
 }
 
 /// Where the 72 hours of Art. 33 stand.
@@ -538,31 +491,26 @@ fn scope_text(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f6
 }
 
 fn scope_json(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f64) -> String {
-    let counts = |m: Vec<(String, u64)>| {
-        serde_json::Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, serde_json::Value::from(v)))
-                .collect(),
-        )
+    #[derive(serde::Serialize)]
+    struct ScopeJson<'a> {
+        incident: i64,
+        window: serde_json::Value,
+        compromised: Vec<String>,
+        #[serde(flatten)]
+        counts: rempart_breach::ScopeSummary,
+        leaves_after_checkpoint: u64,
+        checkpoint: &'a str,
+        seconds: f64,
+    }
+    let json = ScopeJson {
+        incident: i.id.get(),
+        window: serde_json::json!({"from": i.window.from().to_string(), "to": i.window.to().to_string()}),
+        compromised: i.compromised.iter().map(|c| c.to_string()).collect(),
+        counts: s.summary(),
+        leaves_after_checkpoint: later,
+        checkpoint,
+        seconds,
     };
-    serde_json::json!({
-        "incident": i.id.get(),
-        "window": {"from": i.window.from().to_string(), "to": i.window.to().to_string()},
-        "compromised": i.compromised.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        "persons": s.persons.len(),
-        "reads": s.revealing,
-        "pseudonymous_only": s.pseudonymous_only(),
-        "by_field_group": counts(s.persons_by_group().into_iter().map(|(g, n)| (g.to_string(), n)).collect()),
-        "by_nir_view": counts(s.persons_by_nir().into_iter().map(|(v, n)| (v.to_string(), n)).collect()),
-        "by_organisation": counts(s.persons_by_organisation().into_iter().map(|(o, n)| (o.to_string(), n)).collect()),
-        "refused": counts(s.refused.iter().map(|(r, n)| (r.to_string(), *n)).collect()),
-        "persons_only_attempted": s.refused_only_persons,
-        "leaves": s.leaves,
-        "leaf_range": s.leaf_range.map(|(lo, hi)| [lo, hi]),
-        "tree_size": s.tree_size,
-        "leaves_after_checkpoint": later,
-        "checkpoint": checkpoint,
-        "seconds": seconds,
-    })
-    .to_string()
+    // Strings, numbers and maps of them: serialising cannot fail.
+    serde_json::to_string(&json).unwrap_or_default()
 }

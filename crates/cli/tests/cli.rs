@@ -2490,7 +2490,10 @@ fn incident_scenario(db: Option<&str>) {
             .unwrap();
     });
     let e = fails(&["incident", "open", "--alert", "99"]);
-    assert!(e.contains("alert 99 is not in the guard's store"), "{e}");
+    assert!(
+        e.contains("--alert: no such alert in the guard's store"),
+        "{e}"
+    );
     let from_alert = run(&[
         "incident", "open", "--alert", "1", "--scope", "--by", "rssi",
     ]);
@@ -2559,7 +2562,7 @@ fn incident_scenario(db: Option<&str>) {
         "2026-01-01",
     ]);
     assert!(
-        e.contains("--client: rmpc_nope is not a registered API client"),
+        e.contains("--client: item 1 is not a registered API client"),
         "{e}"
     );
     let by_client = run(&[
@@ -2587,7 +2590,10 @@ fn incident_scenario(db: Option<&str>) {
     let e = fails(&as_strs(&open("999999", "2026-01-01", "2026-01-02")));
     assert!(e.contains("account 999999 is not in the registry"), "{e}");
     let e = fails(&as_strs(&open("1", "2026-01-02", "2026-01-01")));
-    assert!(e.contains("window: it must end after it starts"), "{e}");
+    assert!(
+        e.contains("--to: the window must end after it starts"),
+        "{e}"
+    );
     let e = fails(&["incident", "show", "42"]);
     assert!(e.contains("incident 42: no such incident"), "{e}");
     let e = fails(&["incident", "event", "1", "--milestone", "notified"]);

@@ -186,6 +186,11 @@ pub enum Refusal {
         error: OAuthError,
         description: String,
     },
+    /// The request conflicts with the state of what it acts on (an
+    /// incident already closed); the text says which and why, never a
+    /// personal value.
+    #[error("{0}")]
+    Conflict(String),
     /// Something failed; nothing was released. The text is for operators
     /// (it names the failing stage, never a personal value).
     #[error("service unavailable: {0}")]
@@ -319,6 +324,9 @@ pub struct Consultation {
     // Federated login through an OpenID provider (see `federation.rs`);
     // absent, the login page does not offer it.
     pub(crate) federation: Option<Arc<Federation>>,
+    // The breach register (see `incidents.rs`); absent, its operations
+    // are not offered.
+    pub(crate) register: Option<Arc<crate::incidents::Register>>,
     // Every instant an operation uses: the system clock unless a test's
     // replaces it (`with_clock`); read it through `now`.
     pub(crate) clock: Clock,
@@ -356,6 +364,7 @@ impl Consultation {
             web: None,
             clients: None,
             federation: None,
+            register: None,
             clock: Arc::new(Utc::now),
             late_alerts: Arc::default(),
         }

@@ -51,6 +51,7 @@ pub mod authorize;
 pub mod clients;
 pub mod federation;
 mod guard;
+mod incidents;
 mod kernel;
 pub mod login;
 pub mod purge;
@@ -71,10 +72,15 @@ pub use authenticate::{BadCredential, Caller, IssuedCredential, ProofRequest, Vi
 pub use authorize::{MAX_REASON_BYTES, MIN_REASON_CHARS};
 pub use clients::{ClientConfigError, ClientSettings, TOKEN_PATH, TokenRequest};
 pub use federation::{FederatedCallback, FederatedStart};
+pub use incidents::{
+    BEFORE_ALERT, IncidentRequest, IncidentRequestError, IncidentView, Register, ScopeView,
+};
 pub use kernel::{AccountState, Clock, Consultation, LoginFailure, OAuthError, Presented, Refusal};
 pub use login::{LoginAnswer, LoginSettings, PasswordForm, Started};
 pub use purge::{PurgeConfigError, PurgeSettings};
 pub use reads::{BreakGlass, CaseloadPage, MAX_PAGE, NirShown, SearchBy, SearchResults, Shown};
+/// A scope's counts, as the register's answers carry them.
+pub use rempart_breach::ScopeSummary;
 /// Where a consultation's leaf is (its index, or a staging receipt): part
 /// of what a consultation returns.
 pub use rempart_ledger::LeafRef;

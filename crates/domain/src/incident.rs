@@ -2,6 +2,7 @@
 //! compromised, the window, the timeline. Types only; the register is kept
 //! by `rempart-storage` and the scope computed by `rempart-breach`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -307,4 +308,30 @@ pub struct StoredNotice {
     pub attempts: u32,
     /// When its delivery was recorded.
     pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Where an incident's notices stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoticeProgress {
+    /// Queued, by channel.
+    pub queued: BTreeMap<NoticeChannel, u64>,
+    /// Delivered, by channel.
+    pub sent: BTreeMap<NoticeChannel, u64>,
+    /// Begun and not recorded delivered: a dispatcher stopped during
+    /// their delivery (they are delivered again, with the same identity).
+    pub interrupted: u64,
+    /// Queued, by the person's département.
+    pub by_departement: BTreeMap<String, u64>,
+}
+
+impl NoticeProgress {
+    /// Every notice queued.
+    pub fn total_queued(&self) -> u64 {
+        self.queued.values().sum()
+    }
+
+    /// Every notice delivered.
+    pub fn total_sent(&self) -> u64 {
+        self.sent.values().sum()
+    }
 }

@@ -274,6 +274,9 @@ coded_enum!(
         /// Lifted the guard's freeze of an organisation, with a written
         /// reason.
         OrganisationUnfreeze = 24 => "organisation_unfreeze",
+        /// Entered an incident in the breach register, or a step of its
+        /// timeline (the note says which incident and which step).
+        IncidentRecord = 25 => "incident_record",
     }
 );
 

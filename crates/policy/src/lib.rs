@@ -77,6 +77,9 @@ pub enum Action {
     ReviewAccounts,
     /// Lift the guard's freeze of an organisation (with a written reason).
     LiftFreeze,
+    /// Keep the breach register: open incidents, record their timeline,
+    /// scope them from the ledger, read them.
+    ManageIncidents,
 }
 
 impl Action {
@@ -98,6 +101,7 @@ impl Action {
         Action::DecideAccount,
         Action::ReviewAccounts,
         Action::LiftFreeze,
+        Action::ManageIncidents,
     ];
 
     /// The Cedar action id.
@@ -120,6 +124,7 @@ impl Action {
             Action::DecideAccount => "decide_account",
             Action::ReviewAccounts => "review_accounts",
             Action::LiftFreeze => "lift_freeze",
+            Action::ManageIncidents => "manage_incidents",
         }
     }
 
@@ -135,6 +140,7 @@ impl Action {
                 | Action::DecideAccount
                 | Action::ReviewAccounts
                 | Action::LiftFreeze
+                | Action::ManageIncidents
         )
     }
 

@@ -532,6 +532,38 @@ fn lifting_a_freeze_needs_agency_security_or_an_officer_and_a_reason() {
     }
 }
 
+/// The breach register: agency security and the DPO, active; nobody else,
+/// over every kind, role and state (a partner's security officer or DPO
+/// included: the controller keeps the register).
+#[test]
+fn the_breach_register_is_kept_by_agency_security_and_the_dpo() {
+    let a = defaults();
+    let none = what(Purpose::FollowUp, vec![]);
+    let mut entitled = 0;
+    for kind in OrganisationKind::ALL {
+        for role in Role::ALL {
+            for state in AccountState::ALL {
+                let w = who(*kind, *role, *state);
+                let expected = *kind == OrganisationKind::FranceTravail
+                    && matches!(role, Role::Security | Role::Dpo)
+                    && *state == AccountState::Active;
+                entitled += usize::from(expected);
+                assert_eq!(
+                    a.is_allowed(&w, Action::ManageIncidents, &none).unwrap(),
+                    expected,
+                    "{kind} {role} {state}"
+                );
+                assert_eq!(
+                    a.is_allowed_uncached(&w, Action::ManageIncidents, &none)
+                        .unwrap(),
+                    expected
+                );
+            }
+        }
+    }
+    assert_eq!(entitled, 2);
+}
+
 #[test]
 fn search_and_caseload_follow_the_purposes_of_the_organisation_kind() {
     let a = defaults();

@@ -318,6 +318,10 @@ impl App {
                 .with_federation(federation)
                 .map_err(BuildError::Login)?;
         }
+        consultation = consultation.with_register(rempart_consult::Register {
+            incidents: stores.incidents.clone(),
+            notices: stores.notices.clone(),
+        });
         let mut tasks = Vec::new();
         if sync {
             let exporter = Exporter::new(

@@ -220,6 +220,7 @@ const ACCOUNTS: &[(&str, &str, Role)] = &[
     ("t.mlm", "T-ML", Role::Manager),
     ("t.ftm", "T-FT", Role::Manager),
     ("t.sec", "T-FT", Role::Security),
+    ("t.dpo", "T-FT", Role::Dpo),
 ];
 
 /// The guard every test runs behind: the real one, over the real stores,
@@ -2686,6 +2687,363 @@ async fn a_frozen_organisation_is_lifted_by_security_with_a_reason() {
         );
         app.stop().await;
     }
+}
+
+/// The breach register over HTTP: agency security opens an incident, the
+/// DPO scopes it and follows its timeline; nobody else may; bad input is a
+/// clear error with nothing written; a closed incident takes nothing more,
+/// even from requests racing its close; every call is ledgered, and no
+/// leaf carries the officers' text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breach_register_is_kept_over_the_api_by_security_and_the_dpo() {
+    for backend in BACKENDS {
+        let app = spawn_app(backend).await;
+        let ce1 = app.org("T-CE1");
+        let persons: Vec<PersonId> = (0..6).map(|n| app.fresh_person(600 + n)).collect();
+        for p in &persons[..4] {
+            app.mandate("T-CE1", None, *p, Purpose::FollowUp, today(), None)
+                .await;
+        }
+        app.mandate("T-ML", None, persons[4], Purpose::FollowUp, today(), None)
+            .await;
+        // Cap emploi 1 reads four persons over two accounts and tries a
+        // fifth it has no mandate on; the Mission locale reads its own.
+        for (login, p) in [
+            ("t.ce1", persons[0]),
+            ("t.ce1", persons[1]),
+            ("t.ce1", persons[2]),
+            ("t.ce1b", persons[3]),
+            ("t.ml", persons[4]),
+        ] {
+            let (s, body) = app.read(login, p, "follow_up").await;
+            assert_eq!(s, 200, "{backend:?} {login}: {body}");
+        }
+        let (s, _) = app.read("t.ce1", persons[5], "follow_up").await;
+        assert_eq!(s, 404);
+        let before = app.ledger_size().await;
+        let from = (Utc::now() - Duration::hours(1)).to_rfc3339();
+        let title = "Identifiants de Cap emploi 1 publiés sur un forum";
+        let incident = json!({ "title": title, "organisations": [ce1], "from": from });
+
+        // Nobody but agency security and the DPO, for any call.
+        for login in ["t.ce1", "t.ft", "t.officer", "t.ftm", "t.mlm"] {
+            let (s, body) = app.post(Some(login), "/api/v1/incidents", &incident).await;
+            assert_eq!(s, 403, "{backend:?} {login}: {body}");
+            let (s, _) = app.get(Some(login), "/api/v1/incidents").await;
+            assert_eq!(s, 403, "{backend:?} {login}");
+        }
+        let (s, _) = app.post(None, "/api/v1/incidents", &incident).await;
+        assert_eq!(s, 401);
+
+        // Bad input: the field and the reason, nothing written.
+        let future = (Utc::now() + Duration::hours(2)).to_rfc3339();
+        let bad = [
+            (
+                json!({ "title": title, "accounts": [999999], "from": from }),
+                "accounts",
+            ),
+            (
+                json!({ "title": title, "organisations": [999999], "from": from }),
+                "organisations",
+            ),
+            (
+                json!({ "title": title, "accounts": [0], "from": from }),
+                "accounts",
+            ),
+            (
+                json!({ "title": title, "clients": ["rmpc_nope"], "from": from }),
+                "clients",
+            ),
+            (json!({ "title": title, "from": from }), "compromised"),
+            (json!({ "title": title, "organisations": [ce1] }), "from"),
+            (
+                json!({ "title": title, "organisations": [ce1], "from": "hier" }),
+                "from",
+            ),
+            (
+                json!({ "title": title, "organisations": [ce1], "from": future }),
+                "to",
+            ),
+            (
+                json!({ "title": title, "organisations": [ce1], "from": from, "to": from }),
+                "to",
+            ),
+            (json!({ "organisations": [ce1], "from": from }), "title"),
+            (
+                json!({ "title": "  ", "organisations": [ce1], "from": from }),
+                "title",
+            ),
+            (
+                json!({ "title": "a\u{7}b", "organisations": [ce1], "from": from }),
+                "title",
+            ),
+            (
+                json!({ "title": title, "organisations": [ce1], "from": from, "aware_at": future }),
+                "aware_at",
+            ),
+            (json!({ "title": title, "alert": 424242 }), "alert"),
+            (
+                json!({ "title": title, "organisations": [ce1], "from": from, "extra": 1 }),
+                "extra",
+            ),
+        ];
+        for (body, field) in &bad {
+            let (s, answer) = app.post(Some("t.sec"), "/api/v1/incidents", body).await;
+            assert_eq!(s, 400, "{backend:?} {body}: {answer}");
+            assert_eq!(
+                answer["error"]["field"], *field,
+                "{backend:?} {body}: {answer}"
+            );
+        }
+        let (s, list) = app.get(Some("t.dpo"), "/api/v1/incidents").await;
+        assert_eq!(s, 200, "{list}");
+        assert_eq!(list, json!({ "incidents": [] }), "{backend:?}");
+
+        // Security opens it; the answer is the register's entry.
+        let (s, opened) = app
+            .post(Some("t.sec"), "/api/v1/incidents", &incident)
+            .await;
+        assert_eq!(s, 201, "{backend:?}: {opened}");
+        let id = opened["id"].as_i64().unwrap();
+        assert_eq!(opened["title"], title);
+        assert_eq!(
+            opened["compromised"],
+            json!([{ "kind": "organisation", "id": ce1 }])
+        );
+        assert_eq!(opened["closed"], false);
+        assert_eq!(opened["timeline"][0]["milestone"], "opened");
+        assert_eq!(opened["notices"]["queued"], 0);
+        let sec = app.account("t.sec");
+        assert_eq!(
+            opened["opened_by"],
+            format!("account {} ({})", sec.account_id, sec.login.as_str())
+        );
+
+        // The DPO scopes it: exactly the four persons Cap emploi 1 read,
+        // the refused attempt counted apart, bound to a signed checkpoint.
+        let scope_path = format!("/api/v1/incidents/{id}/scope");
+        let (s, body) = app
+            .post(
+                Some("t.dpo"),
+                &format!("{scope_path}?persons=maybe"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 400, "{body}");
+        assert_eq!(body["error"]["field"], "persons");
+        let (s, scope) = app
+            .post(
+                Some("t.dpo"),
+                &format!("{scope_path}?persons=true"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {scope}");
+        let listed: HashSet<i64> = scope["person_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap())
+            .collect();
+        let expected: HashSet<i64> = persons[..4].iter().map(|p| p.get()).collect();
+        assert_eq!(listed, expected, "{backend:?}: {scope}");
+        assert_eq!(scope["persons"], 4);
+        assert_eq!(scope["reads"], 4);
+        assert_eq!(scope["by_organisation"], json!({ ce1.to_string(): 4 }));
+        assert_eq!(scope["refused"]["no_mandate"], 1, "{scope}");
+        assert_eq!(scope["persons_only_attempted"], 1, "{scope}");
+        let size = scope["tree_size"].as_u64().unwrap();
+        assert!(size >= before, "{scope}");
+        let checkpoint = scope["checkpoint"].as_str().unwrap();
+        assert_eq!(
+            checkpoint.lines().nth(1),
+            Some(size.to_string().as_str()),
+            "{checkpoint}"
+        );
+        // Without asking, no list of persons.
+        let (s, again) = app.post(Some("t.sec"), &scope_path, &json!({})).await;
+        assert_eq!(s, 200, "{again}");
+        assert!(again.get("person_ids").is_none(), "{again}");
+        assert_eq!(again["persons"], 4);
+
+        // The timeline: steps with their notes; bad steps refused.
+        let events = format!("/api/v1/incidents/{id}/events");
+        for (body, field) in [
+            (json!({ "milestone": "opened" }), "milestone"),
+            (json!({ "milestone": "notified" }), "milestone"),
+            (json!({ "milestone": "contained", "at": future }), "at"),
+            (
+                json!({ "milestone": "contained", "note": "a\u{0}" }),
+                "note",
+            ),
+            (json!({ "milestone": "contained", "at": "demain" }), "at"),
+        ] {
+            let (s, answer) = app.post(Some("t.dpo"), &events, &body).await;
+            assert_eq!(s, 400, "{backend:?} {body}: {answer}");
+            assert_eq!(answer["error"]["field"], field, "{answer}");
+        }
+        let (s, body) = app
+            .post(Some("t.ce1"), &events, &json!({ "milestone": "closed" }))
+            .await;
+        assert_eq!(s, 403, "{body}");
+        let (s, body) = app
+            .post(
+                Some("t.sec"),
+                "/api/v1/incidents/99999/events",
+                &json!({ "milestone": "contained" }),
+            )
+            .await;
+        assert_eq!(s, 404, "{body}");
+        let (s, shown) = app
+            .post(
+                Some("t.sec"),
+                &events,
+                &json!({ "milestone": "contained", "note": "Comptes suspendus, clés révoquées" }),
+            )
+            .await;
+        assert_eq!(s, 200, "{backend:?}: {shown}");
+        let steps: Vec<&str> = shown["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["milestone"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            ["opened", "scoped", "scoped", "contained"],
+            "{shown}"
+        );
+        let (s, closed) = app
+            .post(Some("t.dpo"), &events, &json!({ "milestone": "closed" }))
+            .await;
+        assert_eq!(s, 200, "{closed}");
+        assert_eq!(closed["closed"], true);
+        // Closed: nothing more, a 409 naming why.
+        let (s, body) = app
+            .post(Some("t.sec"), &events, &json!({ "milestone": "contained" }))
+            .await;
+        assert_eq!(s, 409, "{backend:?}: {body}");
+        assert_error(&body, "conflict");
+        let (s, body) = app.post(Some("t.sec"), &scope_path, &json!({})).await;
+        assert_eq!(s, 409, "{backend:?}: {body}");
+        let (s, shown) = app
+            .get(Some("t.sec"), &format!("/api/v1/incidents/{id}"))
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(shown["timeline"].as_array().unwrap().len(), 5, "{shown}");
+
+        // Steps racing a close: whatever the interleaving, nothing is
+        // recorded after the close, and each step refused after it says so.
+        let (s, second) = app
+            .post(
+                Some("t.sec"),
+                "/api/v1/incidents",
+                &json!({ "title": "Poste de travail volé", "accounts": [app.account("t.ml").account_id], "from": from }),
+            )
+            .await;
+        assert_eq!(s, 201, "{second}");
+        let events2 = format!("/api/v1/incidents/{}/events", second["id"]);
+        let racing = (0..12).map(|n| {
+            let milestone = if n == 6 { "closed" } else { "contained" };
+            let (app, events2) = (&app, &events2);
+            async move {
+                app.post(Some("t.dpo"), events2, &json!({ "milestone": milestone }))
+                    .await
+                    .0
+            }
+        });
+        let statuses = futures_util::future::join_all(racing).await;
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 409),
+            "{statuses:?}"
+        );
+        let (_, shown) = app
+            .get(
+                Some("t.dpo"),
+                &format!("/api/v1/incidents/{}", second["id"]),
+            )
+            .await;
+        let timeline = shown["timeline"].as_array().unwrap();
+        assert_eq!(
+            timeline.last().unwrap()["milestone"],
+            "closed",
+            "{backend:?}: {shown}"
+        );
+        let recorded = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!(
+            timeline.len(),
+            1 + recorded,
+            "{backend:?}: {statuses:?} {shown}"
+        );
+
+        let (s, list) = app.get(Some("t.sec"), "/api/v1/incidents").await;
+        assert_eq!(s, 200);
+        let ids: Vec<i64> = list["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, [second["id"].as_i64().unwrap(), id], "newest first");
+
+        // The ledger: every call under its author; refusals as such; the
+        // officers' words in none.
+        let leaves = app.leaves(before).await;
+        let keepers = [
+            app.account("t.sec").account_id,
+            app.account("t.dpo").account_id,
+        ];
+        let recorded: Vec<&AuditLeaf> = leaves
+            .iter()
+            .filter(|l| l.action == LeafAction::IncidentRecord && l.decision.is_allow())
+            .collect();
+        assert!(recorded.iter().all(|l| keepers.contains(&l.account)));
+        // Two openings, then contained and closed on the first, and the
+        // second's steps that got in; a step that passed its rehearsal and
+        // then lost the race to the close has its allow leaf followed by a
+        // deny leaf pointing at it ("not made").
+        let undone = leaves
+            .iter()
+            .filter(|l| {
+                l.action == LeafAction::IncidentRecord
+                    && !l.decision.is_allow()
+                    && l.note
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("not made ("))
+            })
+            .count();
+        assert_eq!(
+            recorded.len() - undone,
+            2 + 2 + recorded_steps(&statuses),
+            "{backend:?}"
+        );
+        let refused_partners = leaves
+            .iter()
+            .filter(|l| {
+                l.account == app.account("t.ce1").account_id
+                    && l.decision == Decision::Deny(rempart_ledger::DenyReason::PolicyDenied)
+            })
+            .count();
+        assert_eq!(refused_partners, 3, "open, list, event: {backend:?}");
+        let scoped = leaves
+            .iter()
+            .filter(|l| l.action == LeafAction::Export && l.decision.is_allow())
+            .count();
+        assert_eq!(scoped, 2, "{backend:?}");
+        for l in &leaves {
+            let note = l.note.as_deref().unwrap_or("");
+            assert!(
+                !note.contains("Cap emploi 1") && !note.contains("Comptes"),
+                "{note}"
+            );
+        }
+        app.stop().await;
+    }
+}
+
+/// Steps of the racing incident recorded (its close included).
+fn recorded_steps(statuses: &[u16]) -> usize {
+    statuses.iter().filter(|s| **s == 200).count()
 }
 
 /// A working day at a normal rhythm: an advisor reads some thirty persons

@@ -169,6 +169,18 @@ pub(crate) fn check_new(new: &NewIncident, now: DateTime<Utc>) -> Result<Checked
     })
 }
 
+/// Whether the register would take `new` as far as its fields go (the
+/// subjects' existence is checked in its transaction): what a caller
+/// rehearses before it ledgers the opening.
+pub fn validate_new(new: &NewIncident, now: DateTime<Utc>) -> Result<(), RegisterError> {
+    check_new(new, now).map(|_| ())
+}
+
+/// Whether the register would take `event` as far as its fields go.
+pub fn validate_event(event: &Event) -> Result<(), RegisterError> {
+    check_event(event).map(|_| ())
+}
+
 /// An event as it will be stored.
 pub(crate) struct CheckedEvent {
     pub at: DateTime<Utc>,

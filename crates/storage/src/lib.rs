@@ -44,7 +44,7 @@ pub use auth::{
     ResetKind, ReviewEntry, SESSION_METHODS, StoredActivation, StoredPasskeyRow, StoredSession,
     StoredTotp, Suspension, ThrottleEntry, ThrottleInsert, ThrottleScope,
 };
-pub use incidents::{IncidentStore, RegisterError};
+pub use incidents::{IncidentStore, RegisterError, validate_event, validate_new};
 pub use notices::{NoticeProgress, NoticeStore};
 
 use std::sync::Arc;

@@ -9,41 +9,14 @@
 //! counts, instants, the person's département and a digest: no personal
 //! value. The address it goes to is read from the vault when it is sent.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rempart_domain::PersonId;
+pub use rempart_domain::incident::NoticeProgress;
 use rempart_domain::incident::{IncidentId, NoticeChannel, NoticeRun, QueuedNotice, StoredNotice};
 
 use crate::StorageError;
 use crate::incidents::{RegisterError, checked_text, register_error};
-
-/// Where an incident's notices stand.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NoticeProgress {
-    /// Queued, by channel.
-    pub queued: BTreeMap<NoticeChannel, u64>,
-    /// Delivered, by channel.
-    pub sent: BTreeMap<NoticeChannel, u64>,
-    /// Begun and not recorded delivered: a dispatcher stopped during
-    /// their delivery (they are delivered again, with the same identity).
-    pub interrupted: u64,
-    /// Queued, by the person's département.
-    pub by_departement: BTreeMap<String, u64>,
-}
-
-impl NoticeProgress {
-    /// Every notice queued.
-    pub fn total_queued(&self) -> u64 {
-        self.queued.values().sum()
-    }
-
-    /// Every notice delivered.
-    pub fn total_sent(&self) -> u64 {
-        self.sent.values().sum()
-    }
-}
 
 /// The notices' persistence. Every method is one transaction.
 #[async_trait]

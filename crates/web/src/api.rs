@@ -44,6 +44,19 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/organisations", get(organisations))
         .route("/api/v1/organisations/{id}/accounts", get(accounts))
         .route("/api/v1/organisations/{id}/lift-freeze", post(lift_freeze))
+        .route(
+            "/api/v1/incidents",
+            get(crate::incidents::list).post(crate::incidents::open),
+        )
+        .route("/api/v1/incidents/{id}", get(crate::incidents::show))
+        .route(
+            "/api/v1/incidents/{id}/events",
+            post(crate::incidents::event),
+        )
+        .route(
+            "/api/v1/incidents/{id}/scope",
+            post(crate::incidents::scope),
+        )
         .route("/api/v1/accounts/{id}/suspend", post(suspend))
         .route("/api/v1/accounts/{id}/reactivate", post(reactivate))
         .route(

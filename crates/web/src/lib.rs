@@ -26,6 +26,7 @@ mod client;
 mod conn;
 mod error;
 mod html;
+mod incidents;
 pub mod pages;
 mod refusal;
 mod request;

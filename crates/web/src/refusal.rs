@@ -38,6 +38,7 @@ pub(crate) fn status(r: &Refusal) -> StatusCode {
         | Refusal::OrganisationFrozen => StatusCode::FORBIDDEN,
         Refusal::NotFound | Refusal::NotOffered => StatusCode::NOT_FOUND,
         Refusal::Invalid { .. } | Refusal::Restart => StatusCode::BAD_REQUEST,
+        Refusal::Conflict(_) => StatusCode::CONFLICT,
         Refusal::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
         Refusal::LoginFailed(f) if f.is_throttled() => StatusCode::TOO_MANY_REQUESTS,
         Refusal::LoginFailed(_) => StatusCode::UNAUTHORIZED,
@@ -83,6 +84,7 @@ impl From<Refusal> for ApiError {
             Refusal::Throttled { .. } => "throttled",
             Refusal::AccountSuspended => "account_suspended",
             Refusal::OrganisationFrozen => "organisation_frozen",
+            Refusal::Conflict(_) => "conflict",
             // Browser login and the token endpoint answer on their own
             // surfaces; should one reach the API, it reads as what it is.
             Refusal::LoginFailed(f) if f.is_throttled() => "throttled",
@@ -125,6 +127,7 @@ pub(crate) fn portal_text(r: &Refusal) -> &'static str {
         Refusal::Invalid { .. } | Refusal::Restart | Refusal::OAuth { .. } => {
             "La demande n'est pas valable."
         }
+        Refusal::Conflict(_) => "La demande ne peut plus être faite : l'état a changé.",
         Refusal::StepUpRequired => {
             "Cette action demande une confirmation avec votre clé d'accès \
              (sans clé d'accès : reconnectez-vous)."
