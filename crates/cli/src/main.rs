@@ -15,6 +15,7 @@ mod clients;
 mod demo;
 mod device_key;
 mod drill;
+mod files;
 mod guard;
 mod incident;
 mod location;

@@ -16,8 +16,7 @@
 //! refused for good, or whose address is gone, becomes a letter.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -826,30 +825,8 @@ async fn deliver(
             let pdf = letter_pdf(text, &recipient)
                 .with_context(|| format!("incident {incident}: person {person}'s letter"))?;
             let path = dir.join(format!("person-{person}.pdf"));
-            tokio::task::spawn_blocking(move || write_atomically(&path, &pdf)).await??;
+            tokio::task::spawn_blocking(move || crate::files::write_private(&path, &pdf)).await??;
             Ok(true)
         }
     }
-}
-
-/// Writes a file whole or not at all: a letter written again after an
-/// interruption replaces the same file, so the batch holds one per
-/// person.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("pdf.part");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    // A letter holds a name and an address: for its owner's eyes only.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

@@ -5,37 +5,9 @@
 use anyhow::{Context, Result, bail};
 use rempart_breach::Scope;
 use rempart_domain::incident::{Incident, IncidentId};
-use rempart_ledger::{LedgerError, LedgerStore, StoreError};
-use rempart_server::BuildError;
 use rempart_storage::Stores;
 
 use crate::location::Location;
-
-/// The checkpoint a scope is bound to: a fresh one when no server holds
-/// the ledger's writer, else the latest one a server signed (leaves after
-/// it are left out, and the report says how many). Any other failure to
-/// open the ledger (unreachable, not matching its checkpoint) is the
-/// command's error: a scope is never bound to a ledger that did not open.
-async fn evidence(location: &Location, store: &dyn LedgerStore) -> Result<(u64, String)> {
-    match location.server().storage().ledger.open().await {
-        Ok((ledger, _)) => {
-            match crate::audit::sign_and_close(ledger).await? {
-                Ok(signed) => return Ok((signed.checkpoint.size, signed.note)),
-                // A PostgreSQL replica integrates: this process only stages.
-                Err(LedgerError::NotIntegrating) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(BuildError::Ledger(LedgerError::Store(StoreError::WriterBusy(_)))) => {}
-        Err(e) => return Err(e.into()),
-    }
-    match store.latest_checkpoint().await? {
-        Some(c) => Ok((c.size, c.note)),
-        None => bail!(
-            "the ledger has no signed checkpoint yet and its writer is busy: wait for the server's next checkpoint"
-        ),
-    }
-}
 
 /// An open incident of the register: unknown and closed ones are refused
 /// (a closed incident's scope and notices were fixed while it was open).
@@ -64,7 +36,7 @@ pub(crate) struct BoundScope {
 
 pub(crate) async fn bound_scope(location: &Location, incident: &Incident) -> Result<BoundScope> {
     let store = location.open_ledger_store().await?;
-    let (size, checkpoint) = evidence(location, store.as_ref()).await?;
+    let (size, checkpoint) = crate::audit::evidence(location, store.as_ref()).await?;
     let started = std::time::Instant::now();
     let scope =
         rempart_breach::scope_at(store.as_ref(), &incident.compromised, incident.window, size)

@@ -784,6 +784,99 @@ fn audit_scenario(db: Option<&str>) {
     }
     let persons = run(&["audit", "query", "--account", "1", "--persons-only"]);
     assert!(persons.lines().count() <= rows.lines().count());
+
+    // One person's history: exactly the leaves the person index holds,
+    // newest first, and a bundle that verifies with the public key alone.
+    let person = persons.lines().next().unwrap().trim().to_string();
+    let index_of = |line: &str| -> u64 {
+        serde_json::from_str::<serde_json::Value>(line).unwrap()["index"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut expected: Vec<u64> = run(&["audit", "query", "--person", &person, "--format", "jsonl"])
+        .lines()
+        .map(index_of)
+        .collect();
+    let bundle = dir.path().join("history.json");
+    let history = run(&[
+        "audit",
+        "history",
+        "--person",
+        &person,
+        "--bundle",
+        s(&bundle),
+        "--format",
+        "jsonl",
+    ]);
+    let listed: Vec<u64> = history.lines().map(index_of).collect();
+    // Same instant, same order: the query gives (time, index) ascending.
+    expected.reverse();
+    assert_eq!(listed, expected);
+    assert!(!listed.is_empty());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&bundle).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let public = run(&["audit", "verifier-key"]);
+    let checked = ok(&[
+        "audit",
+        "verify-bundle",
+        s(&bundle),
+        "--verifier-key",
+        public.trim(),
+    ]);
+    assert!(
+        checked.starts_with(&format!(
+            "bundle of person {person}: {} entries",
+            listed.len()
+        )),
+        "{checked}"
+    );
+    // The independent verifier in README, Python's standard library alone.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/verify_bundle.py");
+    let python = |file: &Path| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(file)
+            .arg(public.trim())
+            .output()
+            .unwrap()
+    };
+    let out = python(&bundle);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).starts_with(&format!("OK: {} entries of person {person}", listed.len())),
+        "{}",
+        stdout(&out)
+    );
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    doc["entries"][0]["index"] = serde_json::json!(listed[0] + 1);
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, doc.to_string()).unwrap();
+    let out = rempart(&[
+        "audit",
+        "verify-bundle",
+        s(&forged),
+        "--verifier-key",
+        public.trim(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not verify") && err.contains("entry 1 (leaf"),
+        "{err}"
+    );
+    let out = python(&forged);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("entry 1: not in the log"), "{err}");
     let bad = rempart(
         &loc(&["audit", "prove", "--leaf", "9999"])
             .iter()

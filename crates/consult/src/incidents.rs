@@ -27,20 +27,12 @@ use rempart_guard::Alert;
 use rempart_guard::store::{AlertQuery, StoredAlert};
 use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
 use rempart_policy::Action;
-use rempart_storage::{AuthStore, IncidentStore, NoticeStore, RegisterError};
+use rempart_storage::{AuthStore, RegisterError};
 
 use crate::authenticate::Caller;
 use crate::authorize;
 use crate::kernel::{ChangeRefusal, Consultation, Ctx, Presented, Refusal};
-
-/// The breach register's stores, on the registry's database.
-#[derive(Clone)]
-pub struct Register {
-    /// Incidents and their timelines.
-    pub incidents: Arc<dyn IncidentStore>,
-    /// Their notices (for where delivery stands).
-    pub notices: Arc<dyn NoticeStore>,
-}
+use crate::settings::Register;
 
 /// How far before an alert's evidence its incident's window starts by
 /// default: the guard speaks once the reads look wrong, and the same

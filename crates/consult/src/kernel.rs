@@ -326,7 +326,7 @@ pub struct Consultation {
     pub(crate) federation: Option<Arc<Federation>>,
     // The breach register (see `incidents.rs`); absent, its operations
     // are not offered.
-    pub(crate) register: Option<Arc<crate::incidents::Register>>,
+    pub(crate) register: Option<Arc<crate::settings::Register>>,
     // Every instant an operation uses: the system clock unless a test's
     // replaces it (`with_clock`); read it through `now`.
     pub(crate) clock: Clock,

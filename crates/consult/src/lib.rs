@@ -72,9 +72,7 @@ pub use authenticate::{BadCredential, Caller, IssuedCredential, ProofRequest, Vi
 pub use authorize::{MAX_REASON_BYTES, MIN_REASON_CHARS};
 pub use clients::{ClientConfigError, ClientSettings, TOKEN_PATH, TokenRequest};
 pub use federation::{FederatedCallback, FederatedStart};
-pub use incidents::{
-    BEFORE_ALERT, IncidentRequest, IncidentRequestError, IncidentView, Register, ScopeView,
-};
+pub use incidents::{BEFORE_ALERT, IncidentRequest, IncidentRequestError, IncidentView, ScopeView};
 pub use kernel::{AccountState, Clock, Consultation, LoginFailure, OAuthError, Presented, Refusal};
 pub use login::{LoginAnswer, LoginSettings, PasswordForm, Started};
 pub use purge::{PurgeConfigError, PurgeSettings};
@@ -84,6 +82,7 @@ pub use rempart_breach::ScopeSummary;
 /// Where a consultation's leaf is (its index, or a staging receipt): part
 /// of what a consultation returns.
 pub use rempart_ledger::LeafRef;
+pub use settings::Register;
 pub use views::{
     AccountHistory, AccountReview, AccountView, CaseloadEntry, GrantDecision, GrantRequestView,
     MandateTerms, MandateView, ResetKind, ResetView,

@@ -1,11 +1,11 @@
 //! What a [`Consultation`](crate::kernel::Consultation) is configured with for
 //! browser login and API clients, checked, and the state built from it
-//! that every request shares ([`Web`], [`Clients`]). The settings types
-//! are public under `login` and `clients` too; the state is the kernel's
-//! to hold and the operations' to use. Nothing here touches the store or
-//! the ledger.
+//! that every request shares ([`Web`], [`Clients`]); and the breach
+//! register's stores ([`Register`]). The settings types are public under
+//! `login` and `clients` too; the state is the kernel's to hold and the
+//! operations' to use. Nothing here touches the store or the ledger.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
@@ -15,6 +15,7 @@ use rempart_auth::dpop::ReplayCache;
 use rempart_auth::lockout::{Lockout, LockoutPolicy};
 use rempart_auth::passkey::{Passkeys, RP_NAME};
 use rempart_auth::password::{HashParams, PasswordHasher};
+use rempart_storage::{IncidentStore, NoticeStore};
 
 // -------------------------------------------------------------------------
 // Browser login
@@ -253,4 +254,13 @@ impl Clients {
             policy,
         })
     }
+}
+
+/// The breach register's stores, on the registry's database.
+#[derive(Clone)]
+pub struct Register {
+    /// Incidents and their timelines.
+    pub incidents: Arc<dyn IncidentStore>,
+    /// Their notices (for where delivery stands).
+    pub notices: Arc<dyn NoticeStore>,
 }

@@ -663,6 +663,10 @@ pub struct QueryFigures {
     pub account_page: Timing,
     /// First page (100 leaves) of a person's leaves over the log.
     pub person_page: Timing,
+    /// A person's history as their page shows it: every leaf about them,
+    /// newest first, the first 20 with their inclusion proofs against the
+    /// whole log.
+    pub person_history: Timing,
 }
 
 /// Times the breach-scoping question and paged queries.
@@ -680,6 +684,7 @@ pub async fn query_speed(
     let week = 7 * 24 * 3600 * 1_000_000i64;
     let mut g = Synthetic::new(5, 0);
     let (mut weeks, mut pages, mut persons) = (Vec::new(), Vec::new(), Vec::new());
+    let mut histories = Vec::new();
     for _ in 0..samples {
         let account = AccountId::new(2 + (g.random() % (SYNTHETIC_ACCOUNTS - 1)) as i64);
         let from = Timestamp(SYNTHETIC_START.0 + (g.random() % 4) as i64 * week);
@@ -716,6 +721,19 @@ pub async fn query_speed(
         )
         .await?;
         persons.push(t.elapsed().as_micros() as u64);
+
+        let t = Instant::now();
+        crate::history::person_history(
+            store.as_ref(),
+            person,
+            leaves,
+            crate::history::HistoryPage {
+                offset: 0,
+                limit: 20,
+            },
+        )
+        .await?;
+        histories.push(t.elapsed().as_micros() as u64);
     }
     Ok(QueryFigures {
         leaves,
@@ -724,6 +742,7 @@ pub async fn query_speed(
         account_week: timing(weeks),
         account_page: timing(pages),
         person_page: timing(persons),
+        person_history: timing(histories),
     })
 }
 

@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod history;
 pub mod key;
 pub mod leaf;
 mod ledger;

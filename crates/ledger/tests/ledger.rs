@@ -13,6 +13,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rempart_domain::{FieldGroup, Purpose};
 use rempart_ledger::bench;
+use rempart_ledger::history::{
+    AccessBundle, BundleError, HistoryPage, person_history, prove_inclusions,
+};
 use rempart_ledger::merkle::{
     Frontier, Hash, MemoryTree, NodeId, NodeSource, leaf_hash, verify_consistency,
 };
@@ -400,6 +403,7 @@ both!(
     a_replaced_key_is_told_apart,
     tamper_inconsistent_checkpoint,
     bench_functions_run,
+    person_histories_and_their_bundles,
 );
 
 // ---------------------------------------------------------------- scenarios
@@ -1950,4 +1954,175 @@ async fn bench_functions_run(b: Backend) {
     let q = bench::query_speed(&env.store, 3, 1000).await.unwrap();
     assert_eq!(q.leaves, 450);
     assert!(bench::hash_rate(1000).unwrap() > 0.0);
+}
+
+/// A person's history: every leaf about them up to a checkpoint, newest
+/// first (ties by index), paged, each with its proof; the bundle verifies
+/// with the public key alone, and every alteration of it is named.
+async fn person_histories_and_their_bundles(b: Backend) {
+    let env = Env::new(b).await;
+    let key = key();
+    let ledger = Ledger::open(env.store.clone(), copy(&key), no_auto_checkpoints())
+        .await
+        .unwrap();
+    // Person 1002 is in leaves 2, 7, …, 37; leaves 7 and 12 at one instant.
+    let mut leaves: Vec<AuditLeaf> = (0..40).map(leaf).collect();
+    leaves[7].time = leaves[12].time;
+    ledger.append_batch(&leaves).await.unwrap();
+    let signed = ledger.checkpoint_now().await.unwrap();
+    ledger.close().await.unwrap();
+    let store = env.store.as_ref();
+    let person = PersonId::new(1002);
+    let page = |offset, limit| HistoryPage { offset, limit };
+    let indexes = |h: &rempart_ledger::history::PersonHistory| -> Vec<u64> {
+        h.entries.iter().map(|e| e.index).collect()
+    };
+    let mut seen = Vec::new();
+    for offset in [0, 3, 6] {
+        let h = person_history(store, person, 40, page(offset, 3))
+            .await
+            .unwrap();
+        assert_eq!(h.total, 8);
+        seen.extend(indexes(&h));
+    }
+    assert_eq!(seen, [37, 32, 27, 22, 17, 12, 7, 2], "{b:?}");
+    assert!(
+        person_history(store, person, 40, page(8, 3))
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+    assert!(
+        person_history(store, person, 40, page(u64::MAX, 3))
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+    // Up to an older size: only what that tree holds.
+    let older = person_history(store, person, 20, page(0, 100))
+        .await
+        .unwrap();
+    assert_eq!(indexes(&older), [17, 12, 7, 2]);
+    assert_eq!(older.total, 4);
+    // A person never read: nothing, and no error.
+    let nobody = person_history(store, PersonId::new(999_999), 40, page(0, 10))
+        .await
+        .unwrap();
+    assert_eq!((nobody.total, nobody.entries.len()), (0, 0));
+    // Batched proofs are the single proofs.
+    let batch = prove_inclusions(store, &[0, 17, 39], 40).await.unwrap();
+    for p in &batch {
+        assert_eq!(*p, prove_inclusion(store, p.index, 40).await.unwrap());
+    }
+
+    let full = person_history(store, person, 40, page(0, 100))
+        .await
+        .unwrap();
+    let bundle = AccessBundle::new(&full, &signed.note);
+    let json = serde_json::to_string(&bundle).unwrap();
+    let back: AccessBundle = serde_json::from_str(&json).unwrap();
+    let verified = back.verify(&key.verifier()).unwrap();
+    assert_eq!(verified.person, person);
+    assert_eq!(verified.checkpoint.size, 40);
+    assert_eq!(
+        verified.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [37, 32, 27, 22, 17, 12, 7, 2]
+    );
+    // A page verifies too.
+    let first = person_history(store, person, 40, page(0, 3)).await.unwrap();
+    AccessBundle::new(&first, &signed.note)
+        .verify(&key.verifier())
+        .unwrap();
+
+    // Every byte of every leaf changed: refused, never a panic.
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    for n in 0..bundle.entries.len() {
+        let data = B64.decode(&bundle.entries[n].leaf).unwrap();
+        for at in 0..data.len() {
+            let mut changed = data.clone();
+            changed[at] ^= 0x01;
+            let mut tampered = bundle.clone();
+            tampered.entries[n].leaf = B64.encode(&changed);
+            assert!(
+                tampered.verify(&key.verifier()).is_err(),
+                "entry {n} byte {at}"
+            );
+        }
+    }
+    let refused = |mutate: &dyn Fn(&mut AccessBundle)| {
+        let mut tampered = bundle.clone();
+        mutate(&mut tampered);
+        tampered.verify(&key.verifier()).unwrap_err()
+    };
+    // Another person's entry slipped in, with its own valid proof.
+    let other = person_history(store, PersonId::new(1003), 40, page(0, 1))
+        .await
+        .unwrap();
+    let stranger = AccessBundle::new(&other, &signed.note).entries[0].clone();
+    assert!(matches!(
+        refused(&|b| {
+            b.entries.insert(0, stranger.clone());
+            b.total += 1;
+        }),
+        BundleError::OtherPerson { position: 1, .. }
+    ));
+    assert!(matches!(
+        refused(&|b| b.entries.swap(0, 1)),
+        BundleError::Order { position: 2, .. }
+    ));
+    assert!(matches!(
+        refused(&|b| {
+            let again = b.entries[2].clone();
+            b.entries.insert(3, again);
+        }),
+        BundleError::Order { .. } | BundleError::Total { .. }
+    ));
+    assert!(matches!(
+        refused(&|b| b.entries[1].index += 1),
+        BundleError::NotIncluded { position: 2, .. }
+    ));
+    assert!(matches!(
+        refused(&|b| {
+            b.entries[1].proof.pop();
+        }),
+        BundleError::NotIncluded { position: 2, .. }
+    ));
+    assert!(matches!(
+        refused(&|b| b.entries[1].proof[0] = "AAAA".into()),
+        BundleError::Malformed { position: 2, .. }
+    ));
+    assert!(matches!(
+        refused(&|b| b.entries[0].leaf = "%%%".into()),
+        BundleError::Malformed { position: 1, .. }
+    ));
+    assert!(matches!(
+        refused(&|b| b.total = 2),
+        BundleError::Total { .. }
+    ));
+    assert!(matches!(
+        refused(&|b| b.format = "x".into()),
+        BundleError::Format
+    ));
+    assert!(matches!(
+        refused(&|b| b.checkpoint = b.checkpoint.replace("\n40\n", "\n41\n")),
+        BundleError::Checkpoint(_)
+    ));
+    // Signed by another key: refused, even if everything else holds.
+    let stranger_key = LedgerKey::generate(ORIGIN).unwrap();
+    assert!(matches!(
+        bundle.verify(&stranger_key.verifier()),
+        Err(BundleError::Checkpoint(_))
+    ));
+    // A bundle against a checkpoint the entries are not in (an older one).
+    let mut stale = bundle.clone();
+    stale.checkpoint = Checkpoint::new(ORIGIN, 20, root(store, 20).await.unwrap())
+        .sign(key.signer())
+        .unwrap();
+    assert!(matches!(
+        stale.verify(&key.verifier()),
+        Err(BundleError::NotIncluded { position: 1, .. })
+    ));
 }
