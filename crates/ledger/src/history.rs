@@ -12,8 +12,6 @@
 //! the log the checkpoint commits to; the list being whole rests on the
 //! person index, which `audit verify` checks against the leaves.
 
-use std::collections::BTreeSet;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -21,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::LedgerError;
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::leaf::{AuditLeaf, PersonId, Timestamp};
-use crate::merkle::{Hash, InclusionProof, NodeId, inclusion_plan, leaf_hash};
+use crate::merkle::{Hash, InclusionProof, leaf_hash};
 use crate::note::VerifierKey;
 use crate::store::{LedgerStore, QueryRange, StoreError, Subject};
 
@@ -104,7 +102,7 @@ pub async fn person_history(
     let end = start.saturating_add(page.limit as usize).min(all.len());
     let chosen = &all[start..end];
     let indexes: Vec<u64> = chosen.iter().map(|r| r.index).collect();
-    let proofs = prove_inclusions(store, &indexes, size).await?;
+    let proofs = crate::proof::prove_inclusions(store, &indexes, size).await?;
     let mut entries = Vec::with_capacity(chosen.len());
     for (row, proof) in chosen.iter().zip(proofs) {
         let leaf = AuditLeaf::decode(&row.data).map_err(|reason| LedgerError::CorruptLeaf {
@@ -133,51 +131,6 @@ pub async fn person_history(
         total,
         entries,
     })
-}
-
-/// Inclusion proofs of several leaves in the tree of `size`, from one
-/// lookup of the stored hashes they need together.
-pub async fn prove_inclusions(
-    store: &dyn LedgerStore,
-    indexes: &[u64],
-    size: u64,
-) -> Result<Vec<InclusionProof>, LedgerError> {
-    let plans = indexes
-        .iter()
-        .map(|i| inclusion_plan(*i, size))
-        .collect::<Result<Vec<_>, _>>()?;
-    let ids: Vec<NodeId> = plans
-        .iter()
-        .flat_map(|p| p.node_ids())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let hashes = if ids.is_empty() {
-        Vec::new()
-    } else {
-        store.nodes(&ids).await?
-    };
-    plans
-        .iter()
-        .zip(indexes)
-        .map(|(plan, index)| {
-            let hashes = plan.assemble(|id: NodeId| {
-                ids.binary_search(&id)
-                    .ok()
-                    .and_then(|i| hashes.get(i).copied())
-                    .ok_or_else(|| {
-                        LedgerError::Store(StoreError::Corrupt(
-                            "the store returned fewer hashes than asked".into(),
-                        ))
-                    })
-            })?;
-            Ok(InclusionProof {
-                index: *index,
-                size,
-                hashes,
-            })
-        })
-        .collect()
 }
 
 /// A person's history as a portable, verifiable file (JSON).

@@ -14,7 +14,28 @@ async fn fetch(
     plan: &ProofPlan,
     size: u64,
 ) -> Result<Vec<Hash>, LedgerError> {
-    let ids = plan.node_ids();
+    Ok(fetch_all(store, std::slice::from_ref(plan), size)
+        .await?
+        .pop()
+        .unwrap_or_default())
+}
+
+/// Fetches the hashes several plans need, together, in one store call,
+/// and assembles each.
+async fn fetch_all(
+    store: &dyn LedgerStore,
+    plans: &[ProofPlan],
+    size: u64,
+) -> Result<Vec<Vec<Hash>>, LedgerError> {
+    let ids: Vec<NodeId> = plans
+        .iter()
+        .flat_map(ProofPlan::node_ids)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if ids.is_empty() {
+        return plans.iter().map(|p| assemble(p, &ids, &[])).collect();
+    }
     let hashes = match store.nodes(&ids).await {
         Ok(h) => h,
         Err(e @ StoreError::MissingNode { .. }) => {
@@ -27,7 +48,12 @@ async fn fetch(
         }
         Err(e) => return Err(e.into()),
     };
-    // `ids` is sorted: look hashes up by binary search.
+    plans.iter().map(|p| assemble(p, &ids, &hashes)).collect()
+}
+
+/// A plan's hashes from those fetched for `ids` (sorted: looked up by
+/// binary search).
+fn assemble(plan: &ProofPlan, ids: &[NodeId], hashes: &[Hash]) -> Result<Vec<Hash>, LedgerError> {
     plan.assemble(|id: NodeId| {
         ids.binary_search(&id)
             .ok()
@@ -62,6 +88,30 @@ pub async fn prove_inclusion(
         size,
         hashes: fetch(store, &plan, size).await?,
     })
+}
+
+/// Inclusion proofs of several leaves in the tree of `size`, from one
+/// lookup of the stored hashes they need together (what a page of a
+/// person's history needs).
+pub async fn prove_inclusions(
+    store: &dyn LedgerStore,
+    indexes: &[u64],
+    size: u64,
+) -> Result<Vec<InclusionProof>, LedgerError> {
+    let plans = indexes
+        .iter()
+        .map(|i| inclusion_plan(*i, size))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hashes = fetch_all(store, &plans, size).await?;
+    Ok(indexes
+        .iter()
+        .zip(hashes)
+        .map(|(index, hashes)| InclusionProof {
+            index: *index,
+            size,
+            hashes,
+        })
+        .collect())
 }
 
 /// Consistency proof from the tree of `old` leaves to the tree of `new`.

@@ -13,13 +13,11 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use rempart_domain::{FieldGroup, Purpose};
 use rempart_ledger::bench;
-use rempart_ledger::history::{
-    AccessBundle, BundleError, HistoryPage, person_history, prove_inclusions,
-};
+use rempart_ledger::history::{AccessBundle, BundleError, HistoryPage, person_history};
 use rempart_ledger::merkle::{
     Frontier, Hash, MemoryTree, NodeId, NodeSource, leaf_hash, verify_consistency,
 };
-use rempart_ledger::proof::{prove_consistency, prove_inclusion, root};
+use rempart_ledger::proof::{prove_consistency, prove_inclusion, prove_inclusions, root};
 use rempart_ledger::query::{persons_read_by_account, query};
 use rempart_ledger::store::postgres::{PgLedgerConfig, PgLedgerStore};
 use rempart_ledger::store::sqlite::{FILE_NAME, SqliteLedgerStore};
