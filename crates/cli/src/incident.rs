@@ -391,7 +391,7 @@ async fn scope(args: &ScopeArgs) -> Result<()> {
         ),
         ScopeFormat::Json => println!(
             "{}",
-            scope_json(&incident, &scope, &checkpoint, later, seconds)
+            scope_json(&incident, &scope, &checkpoint, later, seconds)?
         ),
     }
     Ok(())
@@ -490,7 +490,13 @@ fn scope_text(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f6
     out
 }
 
-fn scope_json(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f64) -> String {
+fn scope_json(
+    i: &Incident,
+    s: &Scope,
+    checkpoint: &str,
+    later: u64,
+    seconds: f64,
+) -> Result<String> {
     #[derive(serde::Serialize)]
     struct ScopeJson<'a> {
         incident: i64,
@@ -511,6 +517,5 @@ fn scope_json(i: &Incident, s: &Scope, checkpoint: &str, later: u64, seconds: f6
         checkpoint,
         seconds,
     };
-    // Strings, numbers and maps of them: serialising cannot fail.
-    serde_json::to_string(&json).unwrap_or_default()
+    Ok(serde_json::to_string(&json)?)
 }

@@ -25,7 +25,7 @@ use rempart_domain::incident::{
 use rempart_domain::{AccountId, OrganisationId, Purpose};
 use rempart_guard::Alert;
 use rempart_guard::store::{AlertQuery, StoredAlert};
-use rempart_ledger::{Action as LeafAction, Decision as LeafDecision, DenyReason, FieldGroups};
+use rempart_ledger::{Action as LeafAction, DenyReason};
 use rempart_policy::Action;
 use rempart_storage::{AuthStore, RegisterError};
 
@@ -249,17 +249,11 @@ impl Consultation {
         if let Err(e) = self.rehearse_open(&new, now).await {
             return Err(self.register_refusal(&ctx, e).await);
         }
-        let leaf = ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Allow,
-            None,
-            Some(format!(
-                "incident opened: {} subjects, window of {} h",
-                new.compromised.len(),
-                (new.window.to() - new.window.from()).num_hours()
-            )),
-        );
+        let leaf = ctx.noted(format!(
+            "incident opened: {} subjects, window of {} h",
+            new.compromised.len(),
+            (new.window.to() - new.window.from()).num_hours()
+        ));
         let id = self
             .leaf_then(&ctx, leaf, async {
                 register
@@ -294,14 +288,8 @@ impl Consultation {
                 .await?;
             views.push(IncidentView { incident, notices });
         }
-        self.record(ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Allow,
-            None,
-            Some(format!("incidents ({} rows)", views.len())),
-        ))
-        .await?;
+        self.record(ctx.noted(format!("incidents ({} rows)", views.len())))
+            .await?;
         Ok(views)
     }
 
@@ -316,14 +304,7 @@ impl Consultation {
             .await?;
         let ctx = Ctx::new(&caller, LeafAction::AdminList, now);
         let view = self.view(&ctx, &register, id).await?;
-        self.record(ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Allow,
-            None,
-            Some(format!("incident {id}")),
-        ))
-        .await?;
+        self.record(ctx.noted(format!("incident {id}"))).await?;
         Ok(view)
     }
 
@@ -352,22 +333,13 @@ impl Consultation {
         // refusal is ledgered alone; then the leaf, then the register's
         // one statement that finds the incident open (a racing close wins
         // or loses whole: a step that lost is a deny leaf after its allow).
-        let rehearsal = match register.incidents.incident(id).await {
-            Ok(Some(i)) if i.is_closed() => Err(RegisterError::Closed(id)),
-            Ok(Some(_)) => rempart_storage::validate_event(&event),
-            Ok(None) => Err(RegisterError::Unknown(id)),
-            Err(e) => Err(e),
-        };
+        let rehearsal = stored_incident(&register, id, true)
+            .await
+            .and_then(|_| rempart_storage::validate_event(&event));
         if let Err(e) = rehearsal {
             return Err(self.register_refusal(&ctx, e).await);
         }
-        let leaf = ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Allow,
-            None,
-            Some(format!("incident {id}: {milestone}")),
-        );
+        let leaf = ctx.noted(format!("incident {id}: {milestone}"));
         self.leaf_then(&ctx, leaf, async {
             register
                 .incidents
@@ -390,16 +362,8 @@ impl Consultation {
     ) -> Result<ScopeView, Refusal> {
         let (caller, register, now) = self.register_keeper(presented, LeafAction::Export).await?;
         let ctx = Ctx::new(&caller, LeafAction::Export, now);
-        let incident = match register.incidents.incident(id).await {
-            Ok(Some(i)) if !i.is_closed() => i,
-            Ok(Some(_)) => {
-                return Err(self.register_refusal(&ctx, RegisterError::Closed(id)).await);
-            }
-            Ok(None) => {
-                return Err(self
-                    .register_refusal(&ctx, RegisterError::Unknown(id))
-                    .await);
-            }
+        let incident = match stored_incident(&register, id, true).await {
+            Ok(i) => i,
             Err(e) => return Err(self.register_refusal(&ctx, e).await),
         };
         let (size, checkpoint) = self.evidence(&ctx).await?;
@@ -428,14 +392,8 @@ impl Consultation {
             scope.persons.len(),
             scope.pseudonymous_only()
         );
-        self.record(ctx.leaf(
-            None,
-            FieldGroups::EMPTY,
-            LeafDecision::Allow,
-            None,
-            Some(format!("incident {id} scoped: {summary}")),
-        ))
-        .await?;
+        self.record(ctx.noted(format!("incident {id} scoped: {summary}")))
+            .await?;
         // The scope stands on its leaf whether or not the step is recorded
         // (a close racing it): it is answered either way, and a step that
         // could not be recorded is a deny leaf after it.
@@ -481,9 +439,8 @@ impl Consultation {
         register: &Register,
         id: IncidentId,
     ) -> Result<IncidentView, Refusal> {
-        let incident = match register.incidents.incident(id).await {
-            Ok(Some(i)) => i,
-            Ok(None) => return Err(self.register_refusal(ctx, RegisterError::Unknown(id)).await),
+        let incident = match stored_incident(register, id, false).await {
+            Ok(i) => i,
             Err(e) => return Err(self.register_refusal(ctx, e).await),
         };
         let notices = self
@@ -558,6 +515,20 @@ impl Consultation {
                 .fail(ctx, None, "checkpoint", &"no signed checkpoint yet")
                 .await),
         }
+    }
+}
+
+/// An incident of the register: `Unknown` if there is none, `Closed` if
+/// it must be `open` and is not.
+async fn stored_incident(
+    register: &Register,
+    id: IncidentId,
+    open: bool,
+) -> Result<Incident, RegisterError> {
+    match register.incidents.incident(id).await? {
+        None => Err(RegisterError::Unknown(id)),
+        Some(i) if open && i.is_closed() => Err(RegisterError::Closed(id)),
+        Some(i) => Ok(i),
     }
 }
 

@@ -900,6 +900,18 @@ impl<'a> Ctx<'a> {
         self
     }
 
+    /// An allowed leaf of this request about no person, with its note
+    /// (what was listed, opened or changed).
+    pub(crate) fn noted(&self, note: String) -> AuditLeaf {
+        self.leaf(
+            None,
+            FieldGroups::EMPTY,
+            LeafDecision::Allow,
+            None,
+            Some(note),
+        )
+    }
+
     /// A leaf of this request: its time, caller, session, action and
     /// purpose, with what the caller of this helper says.
     pub(crate) fn leaf(
